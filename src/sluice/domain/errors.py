@@ -1,0 +1,62 @@
+"""The domain's errors, each with a stable code (DESIGN §10) so every layer can map them.
+
+Input errors also subclass :class:`ValueError`.
+"""
+
+from __future__ import annotations
+
+
+class SluiceError(Exception):
+    """Root of every error sluice raises on purpose."""
+
+    code: int = 0
+    error: str = "error"
+
+
+class InvalidInputError(SluiceError, ValueError):
+    code = 60
+    error = "invalid_input"
+
+
+class InvalidAmountError(InvalidInputError):
+    code = 61
+    error = "invalid_amount"
+
+
+class MalformedUpdateError(InvalidInputError):
+    """An update from the ledger does not have the shape the parser relies on.
+
+    Carries the update id (when it could be read) so an operator can find and quarantine it.
+    """
+
+    code = 12
+    error = "invalid_component_response"
+
+    def __init__(self, update_id: str | None, problem: str, *, offset: int | None = None) -> None:
+        self.update_id = update_id
+        self.problem = problem
+        self.offset = offset
+        where = f"update {update_id!r}" if update_id else "an update without a readable update id"
+        if offset is not None:
+            where += f" at offset {offset}"
+        super().__init__(f"malformed {where}: {problem}")
+
+
+class ComponentCallFailedError(SluiceError):
+    code = 11
+    error = "component_call_failed"
+
+
+class InvalidOperationStateError(SluiceError):
+    code = 41
+    error = "invalid_operation_state"
+
+
+class DuplicateOperationError(SluiceError):
+    code = 42
+    error = "duplicate_operation"
+
+
+class NotFoundError(SluiceError, LookupError):
+    code = 10
+    error = "not_found"

@@ -1,0 +1,1 @@
+"""The Integration DB: SQLAlchemy Core tables, migrations and the unit of work."""

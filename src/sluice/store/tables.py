@@ -1,0 +1,264 @@
+"""The Integration DB's tables (SQLAlchemy Core), the same on PostgreSQL and SQLite.
+
+Every table ingestion writes is keyed so that replaying an update is a no-op: updates by update id,
+history entries by (update id, node id), holdings and instructions by contract id, journal
+transactions by a key derived from the update. Money is ``NUMERIC(38, 10)`` on PostgreSQL and the
+canonical decimal string on SQLite (never REAL).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+)
+
+from sluice.domain.amounts import format_amount
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+metadata = MetaData(naming_convention=NAMING)
+
+
+class Money(TypeDecorator[Decimal]):
+    """An exact amount: NUMERIC(38, 10) where the database has it, else the canonical string."""
+
+    impl = Numeric(38, 10)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(String(48))
+        return dialect.type_descriptor(Numeric(38, 10, asdecimal=True))
+
+    def process_bind_param(self, value: Decimal | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if dialect.name == "sqlite":
+            return format_amount(value)
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        if value is None:
+            return None
+        return Decimal(value) if not isinstance(value, Decimal) else value
+
+
+PARTY = String(512)
+CONTRACT_ID = String(512)
+UPDATE_ID = String(256)
+TIMESTAMP = String(32)  # canonical RFC 3339 text, fixed width, so text order is time order
+
+ledger_cursors = Table(
+    "ledger_cursors",
+    metadata,
+    Column("connection", String(600), primary_key=True),
+    Column("party", PARTY, nullable=False),
+    Column("offset", BigInteger, nullable=False),
+    Column("update_id", UPDATE_ID, nullable=True),
+    Column("record_time", TIMESTAMP, nullable=True),
+    Column("synchronizer_id", String(512), nullable=True),
+    Column("updated_at", TIMESTAMP, nullable=False),
+)
+
+ingested_updates = Table(
+    "ingested_updates",
+    metadata,
+    Column("update_id", UPDATE_ID, primary_key=True),
+    Column("connection", String(600), nullable=False),
+    Column("offset", BigInteger, nullable=False),
+    Column("record_time", TIMESTAMP, nullable=False),
+    # "ingested", or "quarantined" when an operator set a malformed update aside.
+    Column("status", String(16), nullable=False),
+)
+
+quarantined_updates = Table(
+    "quarantined_updates",
+    metadata,
+    Column("update_id", UPDATE_ID, primary_key=True),
+    Column("connection", String(600), nullable=True),
+    Column("offset", BigInteger, nullable=True),
+    Column("problem", Text, nullable=True),
+    Column("raw", Text, nullable=True),
+    Column("requested_by", String(200), nullable=False),
+    Column("requested_at", TIMESTAMP, nullable=False),
+    # Set once ingestion has skipped past it.
+    Column("skipped_at", TIMESTAMP, nullable=True),
+)
+
+ingestion_failures = Table(
+    "ingestion_failures",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("connection", String(600), nullable=False),
+    Column("update_id", UPDATE_ID, nullable=True),
+    Column("offset", BigInteger, nullable=True),
+    Column("problem", Text, nullable=False),
+    Column("raw", Text, nullable=True),
+    Column("failed_at", TIMESTAMP, nullable=False),
+)
+
+instruments = Table(
+    "instruments",
+    metadata,
+    Column("admin", PARTY, nullable=False),
+    Column("id", String(200), nullable=False),
+    Column("registry_url", String(1000), nullable=True),
+    Column("trusted", Boolean, nullable=False),
+    Column("enabled", Boolean, nullable=False),
+    Column("transfer_kinds", String(100), nullable=False),
+    Column("created_at", TIMESTAMP, nullable=False),
+    PrimaryKeyConstraint("admin", "id"),
+)
+
+customers = Table(
+    "customers",
+    metadata,
+    Column("id", String(100), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("created_at", TIMESTAMP, nullable=False),
+)
+
+deposit_accounts = Table(
+    "deposit_accounts",
+    metadata,
+    # The id the customer puts in the reason of a deposit.
+    Column("id", String(200), primary_key=True),
+    Column("customer_id", String(100), ForeignKey("customers.id"), nullable=False),
+    Column("created_at", TIMESTAMP, nullable=False),
+)
+
+holdings = Table(
+    "holdings",
+    metadata,
+    Column("contract_id", CONTRACT_ID, primary_key=True),
+    Column("owner", PARTY, nullable=False),
+    Column("instrument_admin", PARTY, nullable=False),
+    Column("instrument_id", String(200), nullable=False),
+    Column("amount", Money, nullable=False),
+    Column("lock_holders", Text, nullable=True),  # JSON list, null when unlocked
+    Column("lock_expires_at", TIMESTAMP, nullable=True),
+    Column("lock_context", Text, nullable=True),
+    Column("created_update_id", UPDATE_ID, nullable=False),
+    Column("created_offset", BigInteger, nullable=False),
+    Column("archived_update_id", UPDATE_ID, nullable=True),
+    Column("archived_offset", BigInteger, nullable=True),
+    Index("ix_holdings_active", "owner", "instrument_admin", "instrument_id", "archived_update_id"),
+)
+
+transfer_instructions = Table(
+    "transfer_instructions",
+    metadata,
+    Column("contract_id", CONTRACT_ID, primary_key=True),
+    Column("correlation_id", CONTRACT_ID, nullable=False, index=True),
+    Column("original_instruction_cid", CONTRACT_ID, nullable=True),
+    Column("direction", String(8), nullable=False),  # "in" | "out" (self → "out")
+    Column("sender", PARTY, nullable=False),
+    Column("receiver", PARTY, nullable=False),
+    Column("instrument_admin", PARTY, nullable=False),
+    Column("instrument_id", String(200), nullable=False),
+    Column("amount", Money, nullable=False),
+    Column("reason", Text, nullable=True),
+    Column("requested_at", TIMESTAMP, nullable=False),
+    Column("execute_before", TIMESTAMP, nullable=False),
+    Column("input_holding_cids", Text, nullable=False),  # JSON list
+    Column("transfer_meta", Text, nullable=False),  # JSON object
+    Column("status", String(40), nullable=False, index=True),
+    Column("created_update_id", UPDATE_ID, nullable=False),
+    Column("closed_update_id", UPDATE_ID, nullable=True),
+)
+
+history_entries = Table(
+    "history_entries",
+    metadata,
+    Column("update_id", UPDATE_ID, nullable=False),
+    Column("node_id", Integer, nullable=False),
+    Column("connection", String(600), nullable=False),
+    Column("offset", BigInteger, nullable=False),
+    Column("record_time", TIMESTAMP, nullable=False),
+    Column("kind", String(20), nullable=False),
+    Column("status", String(20), nullable=True),
+    Column("sender", PARTY, nullable=True),
+    Column("receiver", PARTY, nullable=True),
+    Column("instrument_admin", PARTY, nullable=True),
+    Column("instrument_id", String(200), nullable=True),
+    Column("amount", Money, nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("correlation_id", CONTRACT_ID, nullable=True),
+    Column("holdings_created", Text, nullable=False),  # JSON list of contract ids
+    Column("holdings_archived", Text, nullable=False),
+    # What the exchange did with it: credited, suspense, fee, pending, none, review.
+    Column("disposition", String(20), nullable=False),
+    Column("customer_id", String(100), nullable=True),
+    PrimaryKeyConstraint("update_id", "node_id"),
+    Index("ix_history_entries_offset", "connection", "offset"),
+)
+
+accounts = Table(
+    "accounts",
+    metadata,
+    # "<name>|<instrument admin>|<instrument id>", e.g. "customer:c1|DSO::1220..|Amulet".
+    Column("id", String(1200), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("instrument_admin", PARTY, nullable=False),
+    Column("instrument_id", String(200), nullable=False),
+    Column("side", String(10), nullable=False),  # "asset" | "liability"
+    # The cached balance in the account's natural sign (assets: debits − credits).
+    Column("balance", Money, nullable=False),
+)
+
+journal_transactions = Table(
+    "journal_transactions",
+    metadata,
+    # Chosen by the writer and unique: a replayed effect writes the same key and is refused.
+    Column("id", String(700), primary_key=True),
+    Column("kind", String(40), nullable=False),
+    Column("update_id", UPDATE_ID, nullable=True, index=True),
+    Column("description", Text, nullable=True),
+    Column("created_at", TIMESTAMP, nullable=False),
+)
+
+journal_postings = Table(
+    "journal_postings",
+    metadata,
+    Column("transaction_id", String(700), ForeignKey("journal_transactions.id"), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("account_id", String(1200), ForeignKey("accounts.id"), nullable=False, index=True),
+    # Signed: debits positive, credits negative; a transaction's postings sum to zero.
+    Column("amount", Money, nullable=False),
+    PrimaryKeyConstraint("transaction_id", "seq"),
+)
+
+alerts = Table(
+    "alerts",
+    metadata,
+    # Derived from what raised it, so a replay raises nothing new.
+    Column("id", String(700), primary_key=True),
+    Column("severity", String(10), nullable=False),  # critical | warning | info
+    Column("kind", String(60), nullable=False, index=True),
+    Column("message", Text, nullable=False),
+    Column("update_id", UPDATE_ID, nullable=True),
+    Column("details", Text, nullable=True),  # JSON
+    Column("created_at", TIMESTAMP, nullable=False),
+    Column("acknowledged_at", TIMESTAMP, nullable=True),
+)
