@@ -110,15 +110,17 @@ class Cursor:
     """The last ingested position of one ledger connection."""
 
     offset: int
-    update_id: str
-    record_time: datetime
-    synchronizer_id: str
+    # The last transaction ingested (None while only checkpoints have been seen).
+    update_id: str | None
+    # The last ingested record time, from transactions and checkpoints alike.
+    record_time: datetime | None
+    synchronizer_id: str | None
 
     def as_json(self) -> dict[str, object]:
         return {
             "offset": self.offset,
             "update_id": self.update_id,
-            "record_time": format_timestamp(self.record_time),
+            "record_time": format_timestamp(self.record_time) if self.record_time else None,
             "synchronizer_id": self.synchronizer_id,
         }
 

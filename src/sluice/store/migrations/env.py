@@ -1,4 +1,4 @@
-"""Alembic environment: runs on the connection that :func:`sluice.store.database.migrate` hands over."""
+"""Alembic environment: runs on the connection handed over by ``database.migrate``."""
 
 from __future__ import annotations
 

@@ -1,0 +1,52 @@
+# Two commands for a newcomer: `make demo` runs the product, `make test` runs the tests.
+# Both create the virtualenv and install what they need first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
+UV_VERSION := 0.13.8
+PG_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/sluice_bench
+BENCH_UPDATES ?= 100000
+
+.PHONY: demo test lint format bench bench-quick lock clean install
+
+install: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@$(PYTHON) -m venv --help >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq python3-venv; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+	@$(BIN)/uv pip install -q --python $(BIN)/python -r requirements.lock
+	@$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
+	@rm -f $(VENV)/.installed-*; touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/sluice demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix src tests
+	$(BIN)/ruff format src tests
+
+test: lint
+	$(BIN)/pytest
+
+bench: $(STAMP)
+	$(BIN)/sluice bench ingest --updates $(BENCH_UPDATES) --db sqlite:///data/bench/bench.db --record docs/benchmarks.md
+	$(BIN)/sluice bench ingest --updates $(BENCH_UPDATES) --db $(PG_URL) --record docs/benchmarks.md
+
+bench-quick: $(STAMP)
+	$(BIN)/sluice bench ingest --updates 5000 --db sqlite:///data/bench/bench.db
+
+# Re-pin every dependency after changing pyproject.toml.
+lock: $(STAMP)
+	$(BIN)/uv pip compile pyproject.toml --extra dev --generate-hashes -q -o requirements.lock
+
+clean:
+	rm -rf $(VENV) data bench/out .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,103 @@
+"""A ledger read from a file of recorded updates: the source of ``sluice ledger replay``.
+
+The file holds ``JsGetUpdatesResponse`` or ``JsTransaction`` objects, either as one JSON array or
+as JSON lines (one object per line); a file holding a single object is read as a list of one.
+JSON lines are streamed, so a large file is never loaded whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from sluice.domain.errors import MalformedUpdateError
+
+
+class UpdateFile:
+    """Implements the reading side of the ledger port over a file."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"no such update file: {self.path}")
+
+    def ledger_end(self) -> int:
+        end = 0
+        for item in self._items():
+            offset = item_offset(item)
+            if offset is not None:
+                end = max(end, offset)
+        return end
+
+    def updates(
+        self, party: str, after_offset: int | None, *, limit: int | None = None
+    ) -> Iterator[Mapping[str, Any]]:
+        count = 0
+        for item in self._items():
+            offset = item_offset(item)
+            if after_offset is not None and offset is not None and offset <= after_offset:
+                continue
+            yield item
+            count += 1
+            if limit is not None and count >= limit:
+                return
+
+    def _items(self) -> Iterator[Mapping[str, Any]]:
+        with self.path.open("rb") as handle:
+            head = handle.read(4096).lstrip()
+        if head.startswith(b"["):
+            yield from self._whole()
+            return
+        with self.path.open("rb") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    item = orjson.loads(line)
+                except orjson.JSONDecodeError as exc:
+                    if number == 1:
+                        # Not JSON lines after all: one (pretty-printed) object.
+                        yield from self._whole()
+                        return
+                    raise MalformedUpdateError(
+                        None, f"{self.path} line {number}: not valid JSON ({exc})"
+                    ) from exc
+                yield _check_object(item, f"{self.path} line {number}")
+
+    def _whole(self) -> Iterator[Mapping[str, Any]]:
+        try:
+            value = orjson.loads(self.path.read_bytes())
+        except orjson.JSONDecodeError as exc:
+            raise MalformedUpdateError(None, f"{self.path}: not valid JSON ({exc})") from exc
+        items = value if isinstance(value, list) else [value]
+        for index, item in enumerate(items):
+            yield _check_object(item, f"{self.path} item {index}")
+
+
+def _check_object(item: object, where: str) -> Mapping[str, Any]:
+    if not isinstance(item, dict):
+        raise MalformedUpdateError(
+            None, f"{where}: expected a JSON object, got {type(item).__name__}"
+        )
+    return item
+
+
+def item_offset(item: Mapping[str, Any]) -> int | None:
+    """The offset of a ``JsGetUpdatesResponse`` / ``JsTransaction`` / checkpoint, if readable."""
+    offset = item.get("offset")
+    if isinstance(offset, int):
+        return offset
+    update = item.get("update")
+    if isinstance(update, Mapping):
+        for value in update.values():
+            if isinstance(value, Mapping):
+                inner = value.get("value", value)
+                if isinstance(inner, Mapping) and isinstance(inner.get("offset"), int):
+                    return int(inner["offset"])
+    transaction = item.get("transaction")
+    if isinstance(transaction, Mapping) and isinstance(transaction.get("offset"), int):
+        return int(transaction["offset"])
+    return None

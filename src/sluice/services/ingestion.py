@@ -1,0 +1,473 @@
+"""Ledger history ingestion: the treasury's updates, exactly once, into the Integration DB.
+
+Guarantees:
+
+* **Exactly once.** Whatever a batch of updates does to the DB — holdings, instructions, history,
+  journal, alerts — and the cursor that says how far ingestion got are committed in one
+  transaction. A crash loses at most a batch that was never committed, and a restart resumes from
+  the committed cursor.
+* **Replays are no-ops.** An update whose id was ingested before is skipped, so re-delivery, a
+  node restored from backup or a replay of the same file change nothing.
+* **Nothing is lost.** Every change of the treasury's holdings is booked to some account (see
+  :mod:`sluice.domain.deposits`); an update the parser cannot read stops ingestion with an error
+  naming it, and stays in the way until an operator quarantines it.
+* **Bounded.** Batches have a maximum size; read errors are retried a bounded number of times
+  with exponential backoff, then ingestion stops with a clear error and the cursor where it was.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from sluice.domain.deposits import dispose_entry
+from sluice.domain.errors import MalformedUpdateError, SluiceError
+from sluice.domain.history import (
+    ParsedTransaction,
+    parse_transaction,
+    parse_update,
+    unwrap_update,
+)
+from sluice.domain.ledger import Checkpoint, Cursor, Holding, InstrumentId, TransferInstruction
+from sluice.ports import (
+    EntryRecord,
+    IngestBatch,
+    IngestedUpdate,
+    LedgerClient,
+    LedgerReadError,
+    UnitOfWorkFactory,
+)
+
+CLOSED_STATUS_BY_ENTRY = {
+    "completed": "completed",
+    "rejected": "rejected",
+    "withdrawn": "withdrawn",
+    "failed": "failed",
+    # An update that passes an instruction on replaces it with a new one.
+    "pending": "superseded",
+}
+
+
+class IngestionStoppedError(SluiceError):
+    """Ingestion stopped and will not go on by itself; the message says why and what to do."""
+
+    code = 40
+    error = "ingestion_stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class IngestionSettings:
+    batch_size_max: int = 500
+    read_attempts_max: int = 5
+    retry_delay_s: float = 0.2
+    retry_delay_max_s: float = 5.0
+    poll_interval_s: float = 1.0
+
+
+@dataclass(slots=True)
+class IngestionProgress:
+    transactions: int = 0
+    checkpoints: int = 0
+    skipped: int = 0
+    quarantined: int = 0
+    batches: int = 0
+    read_retries: int = 0
+    cursor: Cursor | None = None
+    reached_end: bool = False
+
+
+def connection_name(party: str, node: str = "default") -> str:
+    """Ingestion runs once per (treasury party, node); this names that pair."""
+    return f"{party}@{node}"
+
+
+@dataclass(slots=True)
+class _BatchState:
+    """What the batch being built has seen so far, so later updates in it can refer back."""
+
+    batch: IngestBatch
+    cursor: Cursor | None
+    holdings: dict[str, Holding] = field(default_factory=dict)
+    instructions: dict[str, TransferInstruction] = field(default_factory=dict)
+    customers: dict[str, str] = field(default_factory=dict)
+    seen_ids: set[str] = field(default_factory=set)
+
+
+class Ingestion:
+    """The ingestion loop of one treasury party on one ledger connection."""
+
+    def __init__(
+        self,
+        uow: UnitOfWorkFactory,
+        ledger: LedgerClient,
+        party: str,
+        *,
+        connection: str | None = None,
+        settings: IngestionSettings | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        on_batch: Callable[[IngestionProgress], None] | None = None,
+    ) -> None:
+        self._uow = uow
+        self._ledger = ledger
+        self.party = party
+        self.connection = connection or connection_name(party)
+        self.settings = settings or IngestionSettings()
+        self._sleep = sleep
+        self.on_batch = on_batch
+        self._onboarded: set[InstrumentId] | None = None
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def run(
+        self,
+        *,
+        stop: Callable[[], bool] = lambda: False,
+        follow: bool = False,
+        max_transactions: int | None = None,
+    ) -> IngestionProgress:
+        """Ingest up to the ledger end (``follow``: keep polling until ``stop()`` says so)."""
+        progress = IngestionProgress()
+        failures = 0
+        while not stop():
+            with self._uow() as uow:
+                cursor = uow.ingestion.load_cursor(self.connection)
+                self._onboarded = uow.ingestion.onboarded_instruments()
+            progress.cursor = cursor
+            try:
+                consumed = self._ingest_from(cursor, progress, stop, max_transactions)
+            except LedgerReadError as exc:
+                failures += 1
+                progress.read_retries += 1
+                if failures >= self.settings.read_attempts_max:
+                    raise IngestionStoppedError(
+                        f"reading updates for {self.party} failed {failures} times in a row "
+                        f"(last: {exc}); the cursor stays at offset "
+                        f"{progress.cursor.offset if progress.cursor else 'none'}; "
+                        f"restart ingestion once the ledger is reachable"
+                    ) from exc
+                delay = min(
+                    self.settings.retry_delay_s * 2 ** (failures - 1),
+                    self.settings.retry_delay_max_s,
+                )
+                self._sleep(delay)
+                continue
+            if consumed:
+                failures = 0
+            if max_transactions is not None and progress.transactions >= max_transactions:
+                break
+            if not follow:
+                progress.reached_end = True
+                break
+            if not consumed:
+                self._sleep(self.settings.poll_interval_s)
+        return progress
+
+    def _ingest_from(
+        self,
+        cursor: Cursor | None,
+        progress: IngestionProgress,
+        stop: Callable[[], bool],
+        max_transactions: int | None,
+    ) -> int:
+        """Read from the cursor to the ledger end in batches; returns the items consumed."""
+        after = cursor.offset if cursor is not None else None
+        stream: Iterator[Mapping[str, Any]] = iter(self._ledger.updates(self.party, after))
+        consumed = 0
+        pending: list[Mapping[str, Any]] = []
+        size = self.settings.batch_size_max
+        try:
+            for raw in stream:
+                pending.append(raw)
+                if len(pending) >= size or (
+                    max_transactions is not None
+                    and progress.transactions + len(pending) >= max_transactions
+                ):
+                    cursor = self._commit_batch(pending, cursor, progress)
+                    consumed += len(pending)
+                    pending = []
+                    if stop() or (
+                        max_transactions is not None and progress.transactions >= max_transactions
+                    ):
+                        return consumed
+        finally:
+            # Whole updates read before a failure are kept: they are complete and in order.
+            if pending:
+                self._commit_batch(pending, cursor, progress)
+                consumed += len(pending)
+        return consumed
+
+    # -- one batch ------------------------------------------------------------------------------
+
+    def _commit_batch(
+        self,
+        raws: list[Mapping[str, Any]],
+        cursor: Cursor | None,
+        progress: IngestionProgress,
+    ) -> Cursor | None:
+        """Apply ``raws`` in one transaction; on a malformed update, commit the ones before it,
+        record the failure and stop."""
+        with self._uow() as uow:
+            repo = uow.ingestion
+            unwrapped: list[tuple[str, Mapping[str, Any]]] = []
+            update_ids: list[str] = []
+            consumed_cids: set[str] = set()
+            for raw in raws:
+                try:
+                    kind, body = unwrap_update(raw)
+                except MalformedUpdateError:
+                    kind, body = "malformed", raw
+                unwrapped.append((kind, body))
+                if kind == "transaction":
+                    update_id = body.get("updateId")
+                    if isinstance(update_id, str):
+                        update_ids.append(update_id)
+                    _collect_consumed(body, consumed_cids)
+            known = repo.known_update_ids(update_ids)
+            quarantined = repo.quarantined_keys(
+                update_ids + [_offset_key(body) for kind, body in unwrapped if kind == "malformed"]
+            )
+            state = _BatchState(
+                batch=IngestBatch(connection=self.connection, party=self.party), cursor=cursor
+            )
+            state.holdings = repo.holdings_by_ids(consumed_cids)
+            state.instructions = repo.instructions_by_ids(consumed_cids)
+            state.customers = repo.customers_for_reasons(_reasons(unwrapped, known))
+            failure: MalformedUpdateError | None = None
+            failed_raw: Mapping[str, Any] | None = None
+            for (kind, body), raw in zip(unwrapped, raws, strict=True):
+                try:
+                    self._apply(kind, body, state, known, quarantined, progress)
+                except MalformedUpdateError as exc:
+                    failure, failed_raw = exc, raw
+                    break
+            repo.write_batch(replace_cursor(state.batch, state.cursor))
+            uow.commit()
+        progress.batches += 1
+        progress.cursor = state.cursor
+        if self.on_batch is not None:
+            self.on_batch(progress)
+        if failure is not None:
+            self._stop_on(failure, failed_raw or {})
+        return state.cursor
+
+    def _apply(
+        self,
+        kind: str,
+        body: Mapping[str, Any],
+        state: _BatchState,
+        known: set[str],
+        quarantined: set[str],
+        progress: IngestionProgress,
+    ) -> None:
+        if kind == "malformed":
+            key = _offset_key(body)
+            if key in quarantined:
+                self._skip_quarantined(key, _loose_offset(body), None, state, progress)
+                return
+            unwrap_update(body)  # raises the precise error
+            return
+        if kind == "transaction":
+            update_id = body.get("updateId")
+            if isinstance(update_id, str) and update_id in quarantined:
+                self._skip_quarantined(
+                    update_id, _loose_offset(body), body.get("recordTime"), state, progress
+                )
+                return
+            if isinstance(update_id, str) and (update_id in known or update_id in state.seen_ids):
+                progress.skipped += 1
+                offset = _loose_offset(body)
+                if offset is not None and state.cursor is not None:
+                    state.cursor = replace(state.cursor, offset=offset)
+                return
+        if kind == "checkpoint":
+            wrapped = {"update": {"OffsetCheckpoint": {"value": body}}}
+            parsed = parse_update(wrapped, self.party, state.holdings.get, state.instructions.get)
+        else:
+            parsed = parse_transaction(body, self.party, state.holdings.get, state.instructions.get)
+        if parsed is None:
+            return
+        if isinstance(parsed, Checkpoint):
+            progress.checkpoints += 1
+            state.cursor = _advance(state.cursor, parsed.offset, None, parsed.record_time, None)
+            return
+        self._apply_transaction(parsed, state)
+        progress.transactions += 1
+
+    def _apply_transaction(self, tx: ParsedTransaction, state: _BatchState) -> None:
+        batch = state.batch
+        state.seen_ids.add(tx.update_id)
+        batch.updates.append(IngestedUpdate(tx.update_id, tx.offset, tx.record_time, "ingested"))
+        onboarded = self._onboarded or set()
+        closing: dict[str, str] = {}
+        for entry in tx.entries:
+            for holding in entry.holdings_created:
+                batch.holdings_created.append((holding, tx.update_id, tx.offset))
+                state.holdings[holding.contract_id] = holding
+            for holding in entry.holdings_archived:
+                batch.holdings_archived.append((holding.contract_id, tx.update_id, tx.offset))
+                state.holdings.pop(holding.contract_id, None)
+            if entry.instruction_cid and entry.status in CLOSED_STATUS_BY_ENTRY:
+                closing[entry.instruction_cid] = CLOSED_STATUS_BY_ENTRY[entry.status]
+            disposition = dispose_entry(
+                entry,
+                update_id=tx.update_id,
+                party=self.party,
+                customer_for_reason=state.customers,
+                is_onboarded=onboarded.__contains__,
+            )
+            batch.journal.extend(disposition.journal)
+            batch.alerts.extend(disposition.alerts)
+            batch.entries.append(
+                EntryRecord(
+                    update_id=tx.update_id,
+                    offset=tx.offset,
+                    record_time=tx.record_time,
+                    entry=entry,
+                    disposition=disposition.kind,
+                    customer_id=disposition.customer_id,
+                )
+            )
+        for instruction in tx.instructions_created:
+            transfer = instruction.transfer
+            direction = "in" if transfer.receiver == self.party != transfer.sender else "out"
+            batch.instructions_created.append((instruction, direction, tx.update_id))
+            state.instructions[instruction.contract_id] = instruction
+        for cid in tx.instructions_archived:
+            batch.instructions_closed.append((cid, closing.get(cid, "archived"), tx.update_id))
+        state.cursor = _advance(
+            state.cursor, tx.offset, tx.update_id, tx.record_time, tx.synchronizer_id
+        )
+
+    def _skip_quarantined(
+        self,
+        key: str,
+        offset: int | None,
+        record_time: object,
+        state: _BatchState,
+        progress: IngestionProgress,
+    ) -> None:
+        progress.quarantined += 1
+        state.batch.quarantine_skipped.append(key)
+        if offset is not None:
+            state.cursor = _advance(state.cursor, offset, None, None, None)
+
+    def _stop_on(self, failure: MalformedUpdateError, raw: Mapping[str, Any]) -> None:
+        try:
+            text = orjson.dumps(raw).decode()
+        except TypeError:
+            text = repr(raw)
+        with self._uow() as uow:
+            uow.ingestion.record_failure(
+                self.connection, failure.update_id, failure.offset, failure.problem, text
+            )
+            uow.commit()
+        key = failure.update_id or f"offset:{failure.offset}"
+        raise IngestionStoppedError(
+            f"ingestion stopped at {failure}. Nothing after it was ingested. Fix the source, or "
+            f"set it aside with `sluice ingest --quarantine {key}` and start ingestion again"
+        ) from failure
+
+
+def replace_cursor(batch: IngestBatch, cursor: Cursor | None) -> IngestBatch:
+    batch.cursor = cursor
+    return batch
+
+
+def _advance(
+    cursor: Cursor | None,
+    offset: int,
+    update_id: str | None,
+    record_time: datetime | None,
+    synchronizer_id: str | None,
+) -> Cursor:
+    if cursor is None:
+        return Cursor(offset, update_id, record_time, synchronizer_id)
+    latest = cursor.record_time
+    if record_time is not None and (latest is None or record_time > latest):
+        latest = record_time
+    return Cursor(
+        offset=offset,
+        update_id=update_id if update_id is not None else cursor.update_id,
+        record_time=latest,
+        synchronizer_id=synchronizer_id or cursor.synchronizer_id,
+    )
+
+
+def _collect_consumed(body: Mapping[str, Any], into: set[str]) -> None:
+    events = body.get("events")
+    if not isinstance(events, list):
+        return
+    for event in events:
+        if isinstance(event, dict):
+            exercised = event.get("ExercisedEvent")
+            if isinstance(exercised, dict) and exercised.get("consuming"):
+                cid = exercised.get("contractId")
+                if isinstance(cid, str):
+                    into.add(cid)
+
+
+def _reasons(unwrapped: list[tuple[str, Mapping[str, Any]]], known: set[str]) -> set[str]:
+    """Every string under a ``.../reason`` metadata key in the batch (a cheap superset)."""
+    reasons: set[str] = set()
+    for kind, body in unwrapped:
+        if kind != "transaction" or body.get("updateId") in known:
+            continue
+        _find_reasons(body.get("events"), reasons)
+    return reasons
+
+
+def _find_reasons(value: object, into: set[str]) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "splice.lfdecentralizedtrust.org/reason" and isinstance(item, str):
+                into.add(item)
+            elif isinstance(item, dict | list):
+                _find_reasons(item, into)
+    elif isinstance(value, list):
+        for item in value:
+            if isinstance(item, dict | list):
+                _find_reasons(item, into)
+
+
+def _loose_offset(body: Mapping[str, Any]) -> int | None:
+    """The offset of a possibly malformed item, if one can be read at all."""
+    for candidate in (body, _inner(body)):
+        offset = candidate.get("offset") if isinstance(candidate, Mapping) else None
+        if isinstance(offset, int) and not isinstance(offset, bool):
+            return offset
+    return None
+
+
+def _inner(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    update = body.get("update")
+    if isinstance(update, Mapping):
+        for value in update.values():
+            if isinstance(value, Mapping):
+                inner = value.get("value", value)
+                return inner if isinstance(inner, Mapping) else None
+    return None
+
+
+def _offset_key(body: Mapping[str, Any]) -> str:
+    return f"offset:{_loose_offset(body)}"
+
+
+def quarantine_update(
+    uow_factory: UnitOfWorkFactory, connection: str, key: str, *, requested_by: str
+) -> bool:
+    """Set an update aside so ingestion skips it (recorded, with the problem and the raw update
+    when ingestion stopped on it). Returns False when it was already quarantined."""
+    with uow_factory() as uow:
+        failure = uow.ingestion.last_failure(connection, key)
+        offset, problem, raw = failure if failure else (None, None, None)
+        if offset is None and key.startswith("offset:"):
+            tail = key.removeprefix("offset:")
+            offset = int(tail) if tail.isdigit() else None
+        added = uow.ingestion.quarantine(key, connection, offset, problem, raw, requested_by)
+        uow.commit()
+        return added

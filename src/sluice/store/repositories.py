@@ -1,0 +1,605 @@
+"""Repositories over one SQL connection: bulk reads and writes shaped for ingestion's batches."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Iterable, Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Row, and_, bindparam, func, insert, select, update
+
+from sluice.domain.amounts import ZERO
+from sluice.domain.deposits import Alert
+from sluice.domain.journal import AccountRef, balance_change
+from sluice.domain.ledger import (
+    PENDING_INSTRUCTION_STATUSES,
+    Cursor,
+    Holding,
+    InstrumentId,
+    Lock,
+    Transfer,
+    TransferInstruction,
+    format_timestamp,
+    parse_timestamp,
+)
+from sluice.ports import EntryRecord, HistoryRecord, IngestBatch
+from sluice.store import tables as t
+
+CHUNK = 500  # bound on the number of parameters in one IN (…) list
+T = TypeVar("T")
+
+
+def _chunks(items: Collection[T], size: int = CHUNK) -> Iterator[list[T]]:
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _now() -> str:
+    return format_timestamp(datetime.now(UTC))
+
+
+def _ts(value: datetime | None) -> str | None:
+    return format_timestamp(value) if value is not None else None
+
+
+def _holding_from_row(row: Row[Any]) -> Holding:
+    lock = None
+    if row.lock_holders is not None:
+        lock = Lock(
+            holders=tuple(json.loads(row.lock_holders)),
+            expires_at=parse_timestamp(row.lock_expires_at) if row.lock_expires_at else None,
+            context=row.lock_context,
+        )
+    return Holding(
+        contract_id=row.contract_id,
+        owner=row.owner,
+        instrument=InstrumentId(row.instrument_admin, row.instrument_id),
+        amount=row.amount,
+        lock=lock,
+    )
+
+
+def _instruction_from_row(row: Row[Any]) -> TransferInstruction:
+    meta = json.loads(row.transfer_meta)
+    transfer = Transfer(
+        sender=row.sender,
+        receiver=row.receiver,
+        amount=row.amount,
+        instrument=InstrumentId(row.instrument_admin, row.instrument_id),
+        requested_at=parse_timestamp(row.requested_at),
+        execute_before=parse_timestamp(row.execute_before),
+        input_holding_cids=tuple(json.loads(row.input_holding_cids)),
+        meta=meta,
+    )
+    return TransferInstruction(
+        contract_id=row.contract_id,
+        transfer=transfer,
+        status=row.status,
+        original_instruction_cid=row.original_instruction_cid,
+    )
+
+
+def _account_from_id(account_id: str) -> AccountRef:
+    name, admin, instrument_id = account_id.split("|", 2)
+    return AccountRef(name, InstrumentId(admin, instrument_id))
+
+
+class SqlIngestionRepository:
+    def __init__(self, connection: Connection) -> None:
+        self._c = connection
+
+    def load_cursor(self, connection: str) -> Cursor | None:
+        row = self._c.execute(
+            select(t.ledger_cursors).where(t.ledger_cursors.c.connection == connection)
+        ).first()
+        if row is None:
+            return None
+        return Cursor(
+            offset=row.offset,
+            update_id=row.update_id,
+            record_time=parse_timestamp(row.record_time) if row.record_time else None,
+            synchronizer_id=row.synchronizer_id,
+        )
+
+    def set_cursor(self, connection: str, party: str, cursor: Cursor) -> None:
+        values = {
+            "party": party,
+            "offset": cursor.offset,
+            "update_id": cursor.update_id,
+            "record_time": _ts(cursor.record_time),
+            "synchronizer_id": cursor.synchronizer_id,
+            "updated_at": _now(),
+        }
+        changed = self._c.execute(
+            update(t.ledger_cursors)
+            .where(t.ledger_cursors.c.connection == connection)
+            .values(**values)
+        ).rowcount
+        if not changed:
+            self._c.execute(insert(t.ledger_cursors).values(connection=connection, **values))
+
+    def known_update_ids(self, update_ids: Collection[str]) -> set[str]:
+        found: set[str] = set()
+        column = t.ingested_updates.c.update_id
+        for chunk in _chunks(update_ids):
+            found.update(self._c.execute(select(column).where(column.in_(chunk))).scalars())
+        return found
+
+    def quarantined_keys(self, keys: Collection[str]) -> set[str]:
+        found: set[str] = set()
+        column = t.quarantined_updates.c.update_id
+        for chunk in _chunks(keys):
+            found.update(self._c.execute(select(column).where(column.in_(chunk))).scalars())
+        return found
+
+    def holdings_by_ids(self, contract_ids: Collection[str]) -> dict[str, Holding]:
+        found: dict[str, Holding] = {}
+        for chunk in _chunks(contract_ids):
+            rows = self._c.execute(
+                select(t.holdings).where(
+                    and_(
+                        t.holdings.c.contract_id.in_(chunk),
+                        t.holdings.c.archived_update_id.is_(None),
+                    )
+                )
+            )
+            for row in rows:
+                found[row.contract_id] = _holding_from_row(row)
+        return found
+
+    def instructions_by_ids(self, contract_ids: Collection[str]) -> dict[str, TransferInstruction]:
+        found: dict[str, TransferInstruction] = {}
+        table = t.transfer_instructions
+        for chunk in _chunks(contract_ids):
+            for row in self._c.execute(select(table).where(table.c.contract_id.in_(chunk))):
+                found[row.contract_id] = _instruction_from_row(row)
+        return found
+
+    def customers_for_reasons(self, reasons: Collection[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        table = t.deposit_accounts
+        for chunk in _chunks(reasons):
+            rows = self._c.execute(
+                select(table.c.id, table.c.customer_id).where(table.c.id.in_(chunk))
+            )
+            found.update({row.id: row.customer_id for row in rows})
+        return found
+
+    def onboarded_instruments(self) -> set[InstrumentId]:
+        table = t.instruments
+        rows = self._c.execute(select(table.c.admin, table.c.id).where(table.c.enabled.is_(True)))
+        return {InstrumentId(row.admin, row.id) for row in rows}
+
+    def write_batch(self, batch: IngestBatch) -> None:
+        c = self._c
+        now = _now()
+        if batch.updates:
+            c.execute(
+                insert(t.ingested_updates),
+                [
+                    {
+                        "update_id": u.update_id,
+                        "connection": batch.connection,
+                        "offset": u.offset,
+                        "record_time": format_timestamp(u.record_time),
+                        "status": u.status,
+                    }
+                    for u in batch.updates
+                ],
+            )
+        if batch.holdings_created:
+            c.execute(
+                insert(t.holdings),
+                [
+                    {
+                        "contract_id": h.contract_id,
+                        "owner": h.owner,
+                        "instrument_admin": h.instrument.admin,
+                        "instrument_id": h.instrument.id,
+                        "amount": h.amount,
+                        "lock_holders": json.dumps(list(h.lock.holders)) if h.lock else None,
+                        "lock_expires_at": _ts(h.lock.expires_at) if h.lock else None,
+                        "lock_context": h.lock.context if h.lock else None,
+                        "created_update_id": update_id,
+                        "created_offset": offset,
+                        "archived_update_id": None,
+                        "archived_offset": None,
+                    }
+                    for h, update_id, offset in batch.holdings_created
+                ],
+            )
+        if batch.holdings_archived:
+            c.execute(
+                update(t.holdings)
+                .where(t.holdings.c.contract_id == bindparam("cid"))
+                .values(archived_update_id=bindparam("upd"), archived_offset=bindparam("off")),
+                [
+                    {"cid": cid, "upd": update_id, "off": offset}
+                    for cid, update_id, offset in batch.holdings_archived
+                ],
+            )
+        if batch.instructions_created:
+            c.execute(
+                insert(t.transfer_instructions),
+                [
+                    {
+                        "contract_id": i.contract_id,
+                        "correlation_id": i.correlation_id,
+                        "original_instruction_cid": i.original_instruction_cid,
+                        "direction": direction,
+                        "sender": i.transfer.sender,
+                        "receiver": i.transfer.receiver,
+                        "instrument_admin": i.transfer.instrument.admin,
+                        "instrument_id": i.transfer.instrument.id,
+                        "amount": i.transfer.amount,
+                        "reason": i.transfer.reason,
+                        "requested_at": format_timestamp(i.transfer.requested_at),
+                        "execute_before": format_timestamp(i.transfer.execute_before),
+                        "input_holding_cids": json.dumps(list(i.transfer.input_holding_cids)),
+                        "transfer_meta": json.dumps(dict(i.transfer.meta)),
+                        "status": i.status,
+                        "created_update_id": update_id,
+                        "closed_update_id": None,
+                    }
+                    for i, direction, update_id in batch.instructions_created
+                ],
+            )
+        if batch.instructions_closed:
+            c.execute(
+                update(t.transfer_instructions)
+                .where(t.transfer_instructions.c.contract_id == bindparam("cid"))
+                .values(status=bindparam("st"), closed_update_id=bindparam("upd")),
+                [
+                    {"cid": cid, "st": status, "upd": update_id}
+                    for cid, status, update_id in batch.instructions_closed
+                ],
+            )
+        if batch.entries:
+            c.execute(
+                insert(t.history_entries), [_entry_row(batch.connection, r) for r in batch.entries]
+            )
+        if batch.journal:
+            self._post(batch, now)
+        if batch.alerts:
+            c.execute(
+                insert(t.alerts),
+                [
+                    {
+                        "id": a.id,
+                        "severity": a.severity,
+                        "kind": a.kind,
+                        "message": a.message,
+                        "update_id": a.update_id,
+                        "details": json.dumps(dict(a.details), sort_keys=True),
+                        "created_at": now,
+                        "acknowledged_at": None,
+                    }
+                    for a in batch.alerts
+                ],
+            )
+        if batch.quarantine_skipped:
+            c.execute(
+                update(t.quarantined_updates)
+                .where(t.quarantined_updates.c.update_id == bindparam("key"))
+                .values(skipped_at=now),
+                [{"key": key} for key in batch.quarantine_skipped],
+            )
+        if batch.cursor is not None:
+            self.set_cursor(batch.connection, batch.party, batch.cursor)
+
+    def _post(self, batch: IngestBatch, now: str) -> None:
+        """Journal transactions, their postings and the cached balances they move."""
+        c = self._c
+        deltas: dict[str, Decimal] = {}
+        refs: dict[str, AccountRef] = {}
+        postings: list[dict[str, object]] = []
+        for txn in batch.journal:
+            for seq, posting in enumerate(txn.postings):
+                account_id = posting.account.id
+                refs[account_id] = posting.account
+                deltas[account_id] = deltas.get(account_id, ZERO) + balance_change(
+                    posting.account, posting.amount
+                )
+                postings.append(
+                    {
+                        "transaction_id": txn.id,
+                        "seq": seq,
+                        "account_id": account_id,
+                        "amount": posting.amount,
+                    }
+                )
+        c.execute(
+            insert(t.journal_transactions),
+            [
+                {
+                    "id": txn.id,
+                    "kind": txn.kind,
+                    "update_id": txn.update_id,
+                    "description": txn.description,
+                    "created_at": now,
+                }
+                for txn in batch.journal
+            ],
+        )
+        apply_balance_deltas(c, deltas, refs)
+        c.execute(insert(t.journal_postings), postings)
+
+    def record_failure(
+        self, connection: str, update_id: str | None, offset: int | None, problem: str, raw: str
+    ) -> None:
+        self._c.execute(
+            insert(t.ingestion_failures).values(
+                connection=connection,
+                update_id=update_id,
+                offset=offset,
+                problem=problem,
+                raw=raw,
+                failed_at=_now(),
+            )
+        )
+
+    def last_failure(self, connection: str, update_id: str) -> tuple[int | None, str, str] | None:
+        table = t.ingestion_failures
+        row = self._c.execute(
+            select(table.c.offset, table.c.problem, table.c.raw)
+            .where(and_(table.c.connection == connection, table.c.update_id == update_id))
+            .order_by(table.c.id.desc())
+            .limit(1)
+        ).first()
+        return (row.offset, row.problem, row.raw or "") if row else None
+
+    def quarantine(
+        self,
+        key: str,
+        connection: str,
+        offset: int | None,
+        problem: str | None,
+        raw: str | None,
+        requested_by: str,
+    ) -> bool:
+        table = t.quarantined_updates
+        if self._c.execute(select(table.c.update_id).where(table.c.update_id == key)).first():
+            return False
+        self._c.execute(
+            insert(table).values(
+                update_id=key,
+                connection=connection,
+                offset=offset,
+                problem=problem,
+                raw=raw,
+                requested_by=requested_by,
+                requested_at=_now(),
+                skipped_at=None,
+            )
+        )
+        return True
+
+
+def apply_balance_deltas(
+    c: Connection, deltas: dict[str, Decimal], refs: dict[str, AccountRef]
+) -> None:
+    """Move cached balances, creating accounts on first use; rows are locked while read."""
+    existing: dict[str, Decimal] = {}
+    for chunk in _chunks(list(deltas)):
+        rows = c.execute(
+            select(t.accounts.c.id, t.accounts.c.balance)
+            .where(t.accounts.c.id.in_(chunk))
+            .with_for_update()
+        )
+        existing.update({row.id: row.balance for row in rows})
+    new_rows = []
+    changed = []
+    for account_id, delta in deltas.items():
+        if account_id in existing:
+            if delta:
+                changed.append({"aid": account_id, "bal": existing[account_id] + delta})
+        else:
+            ref = refs[account_id]
+            new_rows.append(
+                {
+                    "id": account_id,
+                    "name": ref.name,
+                    "instrument_admin": ref.instrument.admin,
+                    "instrument_id": ref.instrument.id,
+                    "side": ref.side,
+                    "balance": delta,
+                }
+            )
+    for row in changed:
+        ref = refs[str(row["aid"])]
+        balance = row["bal"]
+        assert not (ref.customer_id and isinstance(balance, Decimal) and balance < 0), (
+            f"customer account {ref.id} would go negative: {balance}"
+        )
+    if new_rows:
+        c.execute(insert(t.accounts), new_rows)
+    if changed:
+        c.execute(
+            update(t.accounts)
+            .where(t.accounts.c.id == bindparam("aid"))
+            .values(balance=bindparam("bal")),
+            changed,
+        )
+
+
+def _entry_row(connection: str, record: EntryRecord) -> dict[str, object]:
+    e = record.entry
+    return {
+        "update_id": record.update_id,
+        "node_id": e.node_id,
+        "connection": connection,
+        "offset": record.offset,
+        "record_time": format_timestamp(record.record_time),
+        "kind": e.kind,
+        "status": e.status,
+        "sender": e.sender,
+        "receiver": e.receiver,
+        "instrument_admin": e.instrument.admin if e.instrument else None,
+        "instrument_id": e.instrument.id if e.instrument else None,
+        "amount": e.amount,
+        "reason": e.reason,
+        "correlation_id": e.correlation_id,
+        "holdings_created": json.dumps([h.contract_id for h in e.holdings_created]),
+        "holdings_archived": json.dumps([h.contract_id for h in e.holdings_archived]),
+        "disposition": record.disposition,
+        "customer_id": record.customer_id,
+    }
+
+
+class SqlBooksRepository:
+    def __init__(self, connection: Connection) -> None:
+        self._c = connection
+
+    def balances(self) -> dict[AccountRef, Decimal]:
+        rows = self._c.execute(select(t.accounts.c.id, t.accounts.c.balance))
+        return {_account_from_id(row.id): row.balance for row in rows}
+
+    def balances_from_postings(self) -> dict[AccountRef, Decimal]:
+        result: dict[AccountRef, Decimal] = {}
+        table = t.journal_postings
+        if self._c.dialect.name == "sqlite":
+            rows: Iterable[Any] = self._c.execute(select(table.c.account_id, table.c.amount))
+            sums: dict[str, Decimal] = {}
+            for row in rows:
+                sums[row.account_id] = sums.get(row.account_id, ZERO) + row.amount
+        else:
+            rows = self._c.execute(
+                select(table.c.account_id, func.sum(table.c.amount).label("total")).group_by(
+                    table.c.account_id
+                )
+            )
+            sums = {row.account_id: Decimal(row.total) for row in rows}
+        for account_id, total in sums.items():
+            ref = _account_from_id(account_id)
+            result[ref] = balance_change(ref, total)
+        return result
+
+    def active_holdings(self, owner: str | None = None) -> list[Holding]:
+        query = select(t.holdings).where(t.holdings.c.archived_update_id.is_(None))
+        if owner is not None:
+            query = query.where(t.holdings.c.owner == owner)
+        query = query.order_by(t.holdings.c.created_offset, t.holdings.c.contract_id)
+        return [_holding_from_row(row) for row in self._c.execute(query)]
+
+    def pending_instructions(self) -> list[tuple[TransferInstruction, str, str]]:
+        table = t.transfer_instructions
+        rows = self._c.execute(
+            select(table)
+            .where(table.c.status.in_(sorted(PENDING_INSTRUCTION_STATUSES)))
+            .order_by(table.c.created_update_id, table.c.contract_id)
+        )
+        return [(_instruction_from_row(row), row.direction, row.status) for row in rows]
+
+    def history(self, connection: str) -> list[HistoryRecord]:
+        table = t.history_entries
+        rows = self._c.execute(
+            select(table)
+            .where(table.c.connection == connection)
+            .order_by(table.c.offset, table.c.node_id)
+        )
+        return [
+            HistoryRecord(
+                update_id=row.update_id,
+                offset=row.offset,
+                record_time=parse_timestamp(row.record_time),
+                node_id=row.node_id,
+                kind=row.kind,
+                status=row.status,
+                sender=row.sender,
+                receiver=row.receiver,
+                instrument=(
+                    InstrumentId(row.instrument_admin, row.instrument_id)
+                    if row.instrument_admin is not None
+                    else None
+                ),
+                amount=row.amount,
+                reason=row.reason,
+                correlation_id=row.correlation_id,
+                holdings_created=tuple(json.loads(row.holdings_created)),
+                holdings_archived=tuple(json.loads(row.holdings_archived)),
+                disposition=row.disposition,
+                customer_id=row.customer_id,
+            )
+            for row in rows
+        ]
+
+    def alerts(self, limit: int = 1000) -> list[Alert]:
+        rows = self._c.execute(
+            select(t.alerts).order_by(t.alerts.c.created_at, t.alerts.c.id).limit(limit)
+        )
+        return [
+            Alert(
+                id=row.id,
+                severity=row.severity,
+                kind=row.kind,
+                message=row.message,
+                update_id=row.update_id,
+                details=json.loads(row.details) if row.details else {},
+            )
+            for row in rows
+        ]
+
+
+class SqlReferenceRepository:
+    def __init__(self, connection: Connection) -> None:
+        self._c = connection
+
+    def add_customer(self, customer_id: str, name: str) -> bool:
+        table = t.customers
+        if self._c.execute(select(table.c.id).where(table.c.id == customer_id)).first():
+            return False
+        self._c.execute(insert(table).values(id=customer_id, name=name, created_at=_now()))
+        return True
+
+    def add_deposit_account(self, account_id: str, customer_id: str) -> bool:
+        table = t.deposit_accounts
+        if self._c.execute(select(table.c.id).where(table.c.id == account_id)).first():
+            return False
+        self._c.execute(
+            insert(table).values(id=account_id, customer_id=customer_id, created_at=_now())
+        )
+        return True
+
+    def customer_of_deposit_account(self, account_id: str) -> str | None:
+        table = t.deposit_accounts
+        return self._c.execute(
+            select(table.c.customer_id).where(table.c.id == account_id)
+        ).scalar_one_or_none()
+
+    def add_instrument(
+        self, instrument: InstrumentId, registry_url: str | None, trusted: bool, kinds: str
+    ) -> bool:
+        table = t.instruments
+        exists = self._c.execute(
+            select(table.c.id).where(
+                and_(table.c.admin == instrument.admin, table.c.id == instrument.id)
+            )
+        ).first()
+        if exists:
+            return False
+        self._c.execute(
+            insert(table).values(
+                admin=instrument.admin,
+                id=instrument.id,
+                registry_url=registry_url,
+                trusted=trusted,
+                enabled=True,
+                transfer_kinds=kinds,
+                created_at=_now(),
+            )
+        )
+        return True
+
+    def customers(self) -> list[tuple[str, str]]:
+        rows = self._c.execute(
+            select(t.customers.c.id, t.customers.c.name).order_by(t.customers.c.id)
+        )
+        return [(row.id, row.name) for row in rows]

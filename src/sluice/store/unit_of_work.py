@@ -1,0 +1,50 @@
+"""The unit of work: one database transaction, with the repositories bound to it.
+
+``with uow: read → decide → write → uow.commit()``. Leaving the block without ``commit`` rolls
+back, so a failure half-way through a step writes nothing.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection, Engine
+
+from sluice.ports import UnitOfWork
+from sluice.store.repositories import (
+    SqlBooksRepository,
+    SqlIngestionRepository,
+    SqlReferenceRepository,
+)
+
+
+class SqlUnitOfWork:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._connection: Connection | None = None
+
+    def __enter__(self) -> UnitOfWork:
+        connection = self._engine.connect()
+        connection.begin()
+        self._connection = connection
+        self.ingestion = SqlIngestionRepository(connection)
+        self.books = SqlBooksRepository(connection)
+        self.reference = SqlReferenceRepository(connection)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        connection = self._connection
+        if connection is None:
+            return
+        try:
+            if connection.in_transaction():
+                connection.rollback()
+        finally:
+            connection.close()
+            self._connection = None
+
+    def commit(self) -> None:
+        assert self._connection is not None, "commit outside of a unit of work"
+        self._connection.commit()
+
+    def rollback(self) -> None:
+        assert self._connection is not None, "rollback outside of a unit of work"
+        self._connection.rollback()
