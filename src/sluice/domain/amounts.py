@@ -8,6 +8,7 @@ the moment they are written, and never lets a float near them.
 from __future__ import annotations
 
 import decimal
+import re
 from decimal import Decimal
 
 from sluice.domain.errors import InvalidAmountError
@@ -23,16 +24,27 @@ _CONTEXT = decimal.Context(
 )
 
 
+_DECIMAL_TEXT = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?\Z", re.ASCII)
+
+
 def parse_amount(text: object, *, field: str = "amount") -> Decimal:
-    """Read a ledger decimal string exactly; refuse anything that would lose or invent precision."""
+    """Read a ledger decimal string exactly; refuse anything that would lose or invent precision.
+
+    Accepts decimal text as the ledger writes it (``"-12.5"``, or with an exponent); no spaces,
+    underscores or non-ASCII digits.
+    """
     if isinstance(text, bool) or not isinstance(text, str | int | Decimal):
         raise InvalidAmountError(f"{field}: expected a decimal string, got {type(text).__name__}")
+    if isinstance(text, str) and not _DECIMAL_TEXT.match(text):
+        raise InvalidAmountError(f"{field}: {text!r} is not a decimal number")
     try:
         value = Decimal(text) if not isinstance(text, Decimal) else text
     except decimal.InvalidOperation as exc:
         raise InvalidAmountError(f"{field}: {text!r} is not a decimal number") from exc
     if not value.is_finite():
         raise InvalidAmountError(f"{field}: {text!r} is not a finite number")
+    if abs(value) > MAXIMUM:
+        raise InvalidAmountError(f"{field}: {text!r} is too large")
     quantized = value.quantize(QUANTUM, context=_CONTEXT)
     if quantized != value:
         raise InvalidAmountError(f"{field}: {text!r} has more than {SCALE} fractional digits")

@@ -154,11 +154,13 @@ def parse_timestamp(text: object, *, field: str = "timestamp") -> datetime:
             value = value[: dot + 7] + value[end:]
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError as exc:
+        if parsed.tzinfo is None:
+            raise InvalidInputError(f"{field}: {text!r} has no time zone")
+        return parsed.astimezone(UTC)
+    except (ValueError, OverflowError) as exc:
+        if isinstance(exc, InvalidInputError):
+            raise
         raise InvalidInputError(f"{field}: {text!r} is not an RFC 3339 timestamp") from exc
-    if parsed.tzinfo is None:
-        raise InvalidInputError(f"{field}: {text!r} has no time zone")
-    return parsed.astimezone(UTC)
 
 
 def format_timestamp(value: datetime) -> str:

@@ -1,0 +1,1 @@
+"""Benchmarks, run through ``sluice bench …`` and recorded in ``docs/benchmarks.md``."""
