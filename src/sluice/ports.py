@@ -32,10 +32,11 @@ class LedgerClient(Protocol):
         ...
 
     def updates(
-        self, party: str, after_offset: int, *, limit: int | None = None
+        self, party: str, after_offset: int | None, *, limit: int | None = None
     ) -> Iterator[JsonObject]:
         """``JsGetUpdatesResponse`` objects (transactions and offset checkpoints) visible to
-        ``party`` with an offset greater than ``after_offset``, in offset order.
+        ``party`` with an offset greater than ``after_offset`` (None: from the beginning), in
+        offset order.
 
         Ends at the current ledger end (or after ``limit`` items). Raises
         :class:`LedgerReadError` when the read fails part-way; items already yielded stand.

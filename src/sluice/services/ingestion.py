@@ -38,6 +38,7 @@ from sluice.ports import (
     EntryRecord,
     IngestBatch,
     IngestedUpdate,
+    IngestionRepository,
     LedgerClient,
     LedgerReadError,
     UnitOfWorkFactory,
@@ -94,7 +95,7 @@ class _BatchState:
     cursor: Cursor | None
     holdings: dict[str, Holding] = field(default_factory=dict)
     instructions: dict[str, TransferInstruction] = field(default_factory=dict)
-    customers: dict[str, str] = field(default_factory=dict)
+    customers: Mapping[str, str] = field(default_factory=dict)
     seen_ids: set[str] = field(default_factory=set)
 
 
@@ -217,6 +218,7 @@ class Ingestion:
             update_ids: list[str] = []
             consumed_cids: set[str] = set()
             for raw in raws:
+                kind: str
                 try:
                     kind, body = unwrap_update(raw)
                 except MalformedUpdateError:
@@ -236,7 +238,11 @@ class Ingestion:
             )
             state.holdings = repo.holdings_by_ids(consumed_cids)
             state.instructions = repo.instructions_by_ids(consumed_cids)
-            state.customers = repo.customers_for_reasons(_reasons(unwrapped, known))
+            reasons = _reasons(unwrapped, known)
+            reasons.update(
+                i.transfer.reason for i in state.instructions.values() if i.transfer.reason
+            )
+            state.customers = _CustomerLookup(repo, repo.customers_for_reasons(reasons))
             failure: MalformedUpdateError | None = None
             failed_raw: Mapping[str, Any] | None = None
             for (kind, body), raw in zip(unwrapped, raws, strict=True):
@@ -371,6 +377,29 @@ class Ingestion:
             f"ingestion stopped at {failure}. Nothing after it was ingested. Fix the source, or "
             f"set it aside with `sluice ingest --quarantine {key}` and start ingestion again"
         ) from failure
+
+
+class _CustomerLookup(Mapping[str, str]):
+    """Deposit account → customer: prefetched for the batch, asked for one by one otherwise
+    (a reason can also come from an instruction recorded in an earlier batch)."""
+
+    def __init__(self, repo: IngestionRepository, known: dict[str, str]) -> None:
+        self._repo = repo
+        self._known: dict[str, str | None] = dict(known)
+
+    def __getitem__(self, reason: str) -> str:
+        if reason not in self._known:
+            self._known[reason] = self._repo.customers_for_reasons([reason]).get(reason)
+        customer = self._known[reason]
+        if customer is None:
+            raise KeyError(reason)
+        return customer
+
+    def __iter__(self) -> Iterator[str]:
+        return (reason for reason, customer in self._known.items() if customer is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for customer in self._known.values() if customer is not None)
 
 
 def replace_cursor(batch: IngestBatch, cursor: Cursor | None) -> IngestBatch:

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 from sqlalchemy import Connection, Engine
 
-from sluice.ports import UnitOfWork
+from sluice.ports import (
+    BooksRepository,
+    IngestionRepository,
+    ReferenceRepository,
+    UnitOfWork,
+)
 from sluice.store.repositories import (
     SqlBooksRepository,
     SqlIngestionRepository,
@@ -17,6 +22,10 @@ from sluice.store.repositories import (
 
 
 class SqlUnitOfWork:
+    ingestion: IngestionRepository
+    books: BooksRepository
+    reference: ReferenceRepository
+
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._connection: Connection | None = None
