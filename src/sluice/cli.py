@@ -164,7 +164,7 @@ def ingest(
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    embedded = EmbeddedLedger.open(str(ledger_file))
+    embedded = EmbeddedLedger.open(str(ledger_file), read_only=True)
     try:
         ingestion = Ingestion(
             database.uow,
@@ -199,3 +199,38 @@ def check(db: DbOption = None) -> None:
     for problem in result.problems:
         err.print(f"[red]✗[/] {problem}")
     raise typer.Exit(1)
+
+
+@bench_app.command("ingest")
+def bench_ingest(
+    updates: Annotated[int, typer.Option("--updates", min=100, help="Stream length.")] = 100_000,
+    db: Annotated[
+        str, typer.Option("--db", help="Database to benchmark; it is EMPTIED first.")
+    ] = "sqlite:///data/bench/bench.db",
+    live_updates: Annotated[
+        int, typer.Option(help="How many updates to replay one per DB transaction.")
+    ] = 2_000,
+    stream: Annotated[
+        Path | None, typer.Option(help="Reuse (or keep) the generated stream at this path.")
+    ] = None,
+    record: Annotated[
+        Path | None, typer.Option(help="Append the figures to this Markdown file.")
+    ] = None,
+) -> None:
+    """Generate a realistic treasury stream, then measure replaying it into the database."""
+    from sluice.bench.measure import measure_in_child
+    from sluice.bench.record import append_result
+    from sluice.bench.stream import generate
+
+    path = stream or Path("data/bench") / f"stream-{updates}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    setup_file = path.with_suffix(".setup.json")
+    if not (path.exists() and setup_file.exists()):
+        with err.status(f"generating {updates} updates with the embedded ledger → {path}"):
+            generate(path, updates)
+    with err.status(f"measuring replay of {path} into {db}"):
+        result = measure_in_child(path, db, live_updates)
+    result["db"] = db.split("://", 1)[0]
+    sys.stdout.write(json.dumps(result) + "\n")
+    if record is not None:
+        append_result(record, result, command=" ".join(["sluice", *sys.argv[1:]]))

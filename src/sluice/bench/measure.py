@@ -18,9 +18,11 @@ import orjson
 import sqlalchemy as sa
 
 from sluice import bootstrap
+from sluice.bench.stream import StreamSetup
 from sluice.ledger.file import UpdateFile
 from sluice.services.books import check_invariant
 from sluice.services.ingestion import Ingestion, IngestionSettings, connection_name
+from sluice.services.reference import onboard_instrument, register_customer
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,10 +71,19 @@ def reset_database(url: str) -> None:
 
 
 def replay(
-    path: Path, party: str, url: str, *, batch_size: int, limit: int | None
+    path: Path, setup: StreamSetup, url: str, *, batch_size: int, limit: int | None
 ) -> tuple[int, float]:
+    """Ingest the file into an emptied database; returns (items, seconds)."""
     reset_database(url)
     database = bootstrap.database(url)
+    party = setup.party
+    for instrument in setup.instruments:
+        onboard_instrument(database.uow, instrument)
+    by_customer: dict[str, list[str]] = {}
+    for account, customer in setup.accounts.items():
+        by_customer.setdefault(customer, []).append(account)
+    for customer, accounts in by_customer.items():
+        register_customer(database.uow, customer, customer, accounts)
     ingestion = Ingestion(
         database.uow,
         _Limited(UpdateFile(path), limit),
@@ -99,10 +110,11 @@ class _Limited:
         return self._source.updates(party, after_offset, limit=self._limit)
 
 
-def measure(path: Path, party: str, url: str, live_updates: int) -> Measurement:
+def measure(path: Path, url: str, live_updates: int) -> Measurement:
+    setup = StreamSetup.read(path.with_suffix(".setup.json"))
     count, floor, median = decode_floor(path)
-    live_count, live_elapsed = replay(path, party, url, batch_size=1, limit=live_updates)
-    total, elapsed = replay(path, party, url, batch_size=1000, limit=None)
+    live_count, live_elapsed = replay(path, setup, url, batch_size=1, limit=live_updates)
+    total, elapsed = replay(path, setup, url, batch_size=1000, limit=None)
     database = bootstrap.database(url)
     books = check_invariant(database.uow).holds
     database.dispose()
@@ -121,14 +133,14 @@ def measure(path: Path, party: str, url: str, live_updates: int) -> Measurement:
     )
 
 
-def _child(path: str, party: str, url: str, live_updates: int, queue: Any) -> None:
-    queue.put(asdict(measure(Path(path), party, url, live_updates)))
+def _child(path: str, url: str, live_updates: int, queue: Any) -> None:
+    queue.put(asdict(measure(Path(path), url, live_updates)))
 
 
-def measure_in_child(path: Path, party: str, url: str, live_updates: int) -> dict[str, Any]:
+def measure_in_child(path: Path, url: str, live_updates: int) -> dict[str, Any]:
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=_child, args=(str(path), party, url, live_updates, queue))
+    process = context.Process(target=_child, args=(str(path), url, live_updates, queue))
     process.start()
     result: dict[str, Any] = queue.get()
     process.join()
