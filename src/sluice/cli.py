@@ -234,3 +234,17 @@ def bench_ingest(
     sys.stdout.write(json.dumps(result) + "\n")
     if record is not None:
         append_result(record, result, command=" ".join(["sluice", *sys.argv[1:]]))
+
+
+@app.command("demo")
+def demo(
+    data: Annotated[
+        Path, typer.Option("--data", help="Folder for the demo's ledger and database.")
+    ] = Path("data/demo"),
+    seed: Annotated[int, typer.Option(help="Seed for the demo's customers and amounts.")] = 1,
+) -> None:
+    """Run the whole flow on the embedded defaults and print a readable report."""
+    from sluice.demo import run_demo
+
+    ok = run_demo(data, seed=seed, console=Console())
+    raise typer.Exit(0 if ok else 1)

@@ -461,8 +461,7 @@ MALFORMED = [
     (
         _set((*VIEW, "amount"), "1e100"),
         "update-1",
-        "events[0] (node 0) CreatedEvent.interfaceViews[0].viewValue.amount: '1e100' is too "
-        "large",
+        "events[0] (node 0) CreatedEvent.interfaceViews[0].viewValue.amount: '1e100' is too large",
     ),
     (
         _set((*VIEW, "amount"), 12.5),
