@@ -143,16 +143,12 @@ class SqlIngestionRepository:
     def holdings_by_ids(self, contract_ids: Collection[str]) -> dict[str, Holding]:
         found: dict[str, Holding] = {}
         for chunk in _chunks(contract_ids):
-            rows = self._c.execute(
-                select(t.holdings).where(
-                    and_(
-                        t.holdings.c.contract_id.in_(chunk),
-                        t.holdings.c.archived_update_id.is_(None),
-                    )
-                )
-            )
+            # Only the primary key in the condition: with a second one, a planner working from
+            # stale statistics (a fresh table under bulk load) may walk another index instead.
+            rows = self._c.execute(select(t.holdings).where(t.holdings.c.contract_id.in_(chunk)))
             for row in rows:
-                found[row.contract_id] = _holding_from_row(row)
+                if row.archived_update_id is None:
+                    found[row.contract_id] = _holding_from_row(row)
         return found
 
     def instructions_by_ids(self, contract_ids: Collection[str]) -> dict[str, TransferInstruction]:
