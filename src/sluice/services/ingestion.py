@@ -134,6 +134,7 @@ class Ingestion:
         self._sleep = sleep
         self.on_batch = on_batch
         self._onboarded: set[InstrumentId] | None = None
+        self._statistics_due = 1_000
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -289,6 +290,12 @@ class Ingestion:
             uow.commit()
         progress.batches += 1
         progress.cursor = state.cursor
+        if progress.transactions >= self._statistics_due:
+            # Refresh at 1k, 2k, 4k, … updates: a catch-up of a long history is a bulk load.
+            self._statistics_due = max(2 * self._statistics_due, progress.transactions)
+            with self._uow() as uow:
+                uow.ingestion.refresh_statistics()
+                uow.commit()
         if self.on_batch is not None:
             self.on_batch(progress)
         if failure is not None:

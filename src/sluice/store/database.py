@@ -41,6 +41,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: object) -> None:
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
+    # 64 MiB of page cache: the indexes on random ids (contract ids, update ids) outgrow the
+    # default 2 MiB as soon as a few tens of thousands of updates are in.
+    cursor.execute("PRAGMA cache_size=-65536")
     cursor.close()
 
 

@@ -328,6 +328,19 @@ class SqlIngestionRepository:
         apply_balance_deltas(c, deltas, refs)
         c.execute(insert(t.journal_postings), postings)
 
+    def refresh_statistics(self) -> None:
+        """Let the query planner see how big ingestion's tables have grown (PostgreSQL).
+
+        On a fresh database under bulk load the statistics say the tables are empty, and the
+        planner answers the batch lookups (``update_id IN (…)``) with sequential scans that
+        grow with the table; autovacuum catches up only a minute or so later.
+        """
+        if self._c.dialect.name == "postgresql":
+            self._c.exec_driver_sql(
+                "ANALYZE ingested_updates, holdings, transfer_instructions, history_entries, "
+                "journal_transactions, journal_postings, accounts"
+            )
+
     def record_failure(
         self, connection: str, update_id: str | None, offset: int | None, problem: str, raw: str
     ) -> None:
