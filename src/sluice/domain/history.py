@@ -1149,3 +1149,21 @@ def parse_update(
     if kind == "checkpoint":
         return parse_checkpoint(body)
     return None
+
+
+def item_offset(item: Mapping[str, Any]) -> int | None:
+    """The offset of a ``JsGetUpdatesResponse`` / ``JsTransaction`` / checkpoint, if readable."""
+    offset = item.get("offset")
+    if isinstance(offset, int):
+        return offset
+    update = item.get("update")
+    if isinstance(update, Mapping):
+        for value in update.values():
+            if isinstance(value, Mapping):
+                inner = value.get("value", value)
+                if isinstance(inner, Mapping) and isinstance(inner.get("offset"), int):
+                    return int(inner["offset"])
+    transaction = item.get("transaction")
+    if isinstance(transaction, Mapping) and isinstance(transaction.get("offset"), int):
+        return int(transaction["offset"])
+    return None

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from sluice.domain.errors import MalformedUpdateError
+from sluice.domain.history import item_offset
 
 
 class UpdateFile:
@@ -83,21 +84,3 @@ def _check_object(item: object, where: str) -> Mapping[str, Any]:
             None, f"{where}: expected a JSON object, got {type(item).__name__}"
         )
     return item
-
-
-def item_offset(item: Mapping[str, Any]) -> int | None:
-    """The offset of a ``JsGetUpdatesResponse`` / ``JsTransaction`` / checkpoint, if readable."""
-    offset = item.get("offset")
-    if isinstance(offset, int):
-        return offset
-    update = item.get("update")
-    if isinstance(update, Mapping):
-        for value in update.values():
-            if isinstance(value, Mapping):
-                inner = value.get("value", value)
-                if isinstance(inner, Mapping) and isinstance(inner.get("offset"), int):
-                    return int(inner["offset"])
-    transaction = item.get("transaction")
-    if isinstance(transaction, Mapping) and isinstance(transaction.get("offset"), int):
-        return int(transaction["offset"])
-    return None

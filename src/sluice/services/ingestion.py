@@ -31,6 +31,7 @@ from sluice.domain.deposits import dispose_entry
 from sluice.domain.errors import MalformedUpdateError, SluiceError
 from sluice.domain.history import (
     ParsedTransaction,
+    item_offset,
     parse_transaction,
     parse_update,
     unwrap_update,
@@ -313,7 +314,7 @@ class Ingestion:
         if kind == "malformed":
             key = _offset_key(body)
             if key in quarantined:
-                return _Skip(_loose_offset(body), key)
+                return _Skip(item_offset(body), key)
             unwrap_update(body)  # raises the precise error
             return None
         if kind == "checkpoint":
@@ -324,9 +325,9 @@ class Ingestion:
         update_id = body.get("updateId")
         if isinstance(update_id, str):
             if update_id in quarantined:
-                return _Skip(_loose_offset(body), update_id)
+                return _Skip(item_offset(body), update_id)
             if update_id in known or update_id in state.seen_ids:
-                return _Skip(_loose_offset(body), None)
+                return _Skip(item_offset(body), None)
         tx = parse_transaction(body, self.party, state.holdings.get, state.instructions.get)
         state.seen_ids.add(tx.update_id)
         for entry in tx.entries:
@@ -484,27 +485,8 @@ def _collect_consumed(body: Mapping[str, Any], into: set[str]) -> None:
                     into.add(cid)
 
 
-def _loose_offset(body: Mapping[str, Any]) -> int | None:
-    """The offset of a possibly malformed item, if one can be read at all."""
-    for candidate in (body, _inner(body)):
-        offset = candidate.get("offset") if isinstance(candidate, Mapping) else None
-        if isinstance(offset, int) and not isinstance(offset, bool):
-            return offset
-    return None
-
-
-def _inner(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    update = body.get("update")
-    if isinstance(update, Mapping):
-        for value in update.values():
-            if isinstance(value, Mapping):
-                inner = value.get("value", value)
-                return inner if isinstance(inner, Mapping) else None
-    return None
-
-
 def _offset_key(body: Mapping[str, Any]) -> str:
-    return f"offset:{_loose_offset(body)}"
+    return f"offset:{item_offset(body)}"
 
 
 def quarantine_update(
