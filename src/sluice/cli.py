@@ -90,16 +90,15 @@ def ledger_replay(
             return
         try:
             connection = connection_name(party, f"file:{file.name}")
-            ingestion = Ingestion(
-                database.uow,
-                source,
-                party,
-                connection=connection,
-                settings=IngestionSettings(batch_size_max=batch_size),
-            )
             with ingestion_progress(f"replaying {file.name}") as on_batch:
-                ingestion.on_batch = on_batch
-                ingestion.run()
+                Ingestion(
+                    database.uow,
+                    source,
+                    party,
+                    connection=connection,
+                    settings=IngestionSettings(batch_size_max=batch_size),
+                    on_batch=on_batch,
+                ).run()
             view = treasury_view(database.uow, party, connection)
         except SluiceError as exc:
             fail(str(exc))
@@ -166,16 +165,15 @@ def ingest(
     signal.signal(signal.SIGINT, request_stop)
     embedded = EmbeddedLedger.open(str(ledger_file), read_only=True)
     try:
-        ingestion = Ingestion(
-            database.uow,
-            embedded.client(party),
-            party,
-            connection=connection,
-            settings=IngestionSettings(batch_size_max=batch_size),
-        )
         with ingestion_progress(f"ingesting for {party}") as on_batch:
-            ingestion.on_batch = on_batch
-            progress = ingestion.run(follow=follow, stop=lambda: stopping)
+            progress = Ingestion(
+                database.uow,
+                embedded.client(party),
+                party,
+                connection=connection,
+                settings=IngestionSettings(batch_size_max=batch_size),
+                on_batch=on_batch,
+            ).run(follow=follow, stop=lambda: stopping)
         err.print(
             f"ingested {progress.transactions} transactions, {progress.checkpoints} checkpoints; "
             f"cursor {progress.cursor.as_json() if progress.cursor else None}"

@@ -108,9 +108,6 @@ class IngestBatch:
     quarantine_skipped: list[str] = field(default_factory=list)
     cursor: Cursor | None = None
 
-    def __len__(self) -> int:
-        return len(self.updates)
-
 
 class IngestionRepository(Protocol):
     def load_cursor(self, connection: str) -> Cursor | None: ...
