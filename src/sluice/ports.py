@@ -10,12 +10,20 @@ from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from sluice.domain.deposits import Alert
 from sluice.domain.history import HistoryEntry
 from sluice.domain.journal import AccountRef, JournalTransaction
-from sluice.domain.ledger import Cursor, Holding, InstrumentId, TransferInstruction
+from sluice.domain.ledger import (
+    Cursor,
+    Holding,
+    InstrumentId,
+    Transfer,
+    TransferInstruction,
+    TransferKind,
+)
+from sluice.domain.withdrawals import Withdrawal
 
 JsonObject = Mapping[str, Any]
 
@@ -42,6 +50,98 @@ class LedgerClient(Protocol):
         :class:`LedgerReadError` when the read fails part-way; items already yielded stand.
         """
         ...
+
+
+# --- Commands and the registry -----------------------------------------------------------------
+
+InstructionChoice = Literal["accept", "reject", "withdraw"]
+
+
+class CommandError(Exception):
+    """A command was not confirmed. ``definite`` says it certainly did not commit (the node
+    rejected it); otherwise (a lost response, a timeout) it may or may not have. Either way the
+    outcome is learned from ingestion, never from this."""
+
+    def __init__(self, message: str, *, definite: bool, code: str | None = None) -> None:
+        super().__init__(message)
+        self.definite = definite
+        self.code = code
+
+
+class RegistryError(Exception):
+    """The registry could not answer (unreachable, or it refused the request)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChoiceContextData:
+    """A registry's choice context, passed through untouched, and the contracts to disclose."""
+
+    values: JsonObject
+    disclosed_contracts: tuple[JsonObject, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FactoryChoice:
+    """``POST /registry/transfer-instruction/v1/transfer-factory``: what the registry answers."""
+
+    factory_id: str
+    transfer_kind: TransferKind
+    context: ChoiceContextData
+
+
+class RegistryClient(Protocol):
+    """The Registry API of one instrument admin."""
+
+    def transfer_factory(self, transfer: Transfer) -> FactoryChoice: ...
+    def choice_context(
+        self, choice: InstructionChoice, instruction_cid: str
+    ) -> ChoiceContextData: ...
+
+
+class LedgerCommands(Protocol):
+    """The submitting side of a ledger connection. Returning means the node confirmed the
+    command; :class:`CommandError` means it did not (see there)."""
+
+    def submit_transfer(
+        self,
+        transfer: Transfer,
+        factory: FactoryChoice,
+        *,
+        act_as: str,
+        command_id: str,
+        max_record_time: datetime | None,
+    ) -> None: ...
+
+    def exercise_instruction(
+        self,
+        choice: InstructionChoice,
+        instruction_cid: str,
+        context: ChoiceContextData,
+        *,
+        act_as: str,
+        command_id: str,
+        max_record_time: datetime | None = None,
+    ) -> None: ...
+
+
+RegistryLookup = Callable[[InstrumentId], RegistryClient]
+"""The registry of an instrument's admin (the URL comes from onboarding, in the DB)."""
+
+
+class ComplianceGate(Protocol):
+    """Whether the exchange may take funds from a sender (multi-step deposits). Allows everything
+    until the compliance module lands."""
+
+    def allows_deposit(
+        self, customer_id: str, sender: str, instrument: InstrumentId, amount: Decimal
+    ) -> tuple[bool, str]: ...
+
+
+class AllowAll:
+    def allows_deposit(
+        self, customer_id: str, sender: str, instrument: InstrumentId, amount: Decimal
+    ) -> tuple[bool, str]:
+        return True, "no compliance rules configured"
 
 
 # --- The Integration DB as the services see it -------------------------------------------------
@@ -106,6 +206,8 @@ class IngestBatch:
     journal: list[JournalTransaction] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
     quarantine_skipped: list[str] = field(default_factory=list)
+    withdrawals_new: dict[str, Withdrawal] = field(default_factory=dict)
+    withdrawals_changed: dict[str, Withdrawal] = field(default_factory=dict)
     cursor: Cursor | None = None
 
 
@@ -119,6 +221,10 @@ class IngestionRepository(Protocol):
     ) -> dict[str, TransferInstruction]: ...
     def customers_for_reasons(self, reasons: Collection[str]) -> dict[str, str]: ...
     def onboarded_instruments(self) -> set[InstrumentId]: ...
+    def withdrawals_by_ids(self, ids: Collection[str]) -> dict[str, Withdrawal]:
+        """Locked until the batch commits (workers skip them meanwhile)."""
+        ...
+
     def write_batch(self, batch: IngestBatch) -> None: ...
     def refresh_statistics(self) -> None: ...
     def record_failure(
@@ -156,9 +262,100 @@ class ReferenceRepository(Protocol):
     def add_deposit_account(self, account_id: str, customer_id: str) -> bool: ...
     def customer_of_deposit_account(self, account_id: str) -> str | None: ...
     def add_instrument(
-        self, instrument: InstrumentId, registry_url: str | None, trusted: bool, kinds: str
+        self,
+        instrument: InstrumentId,
+        registry_url: str | None,
+        trusted: bool,
+        kinds: str,
+        limits: Mapping[str, str] | None = None,
     ) -> bool: ...
+    def set_instrument_enabled(self, instrument: InstrumentId, enabled: bool) -> bool: ...
+    def instruments(self) -> list[InstrumentRecord]: ...
     def customers(self) -> list[tuple[str, str]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class InstrumentRecord:
+    instrument: InstrumentId
+    registry_url: str | None
+    trusted: bool
+    enabled: bool
+    transfer_kinds: tuple[str, ...]
+    limits: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingOffer:
+    """A pending incoming transfer instruction, with what the deposit worker did about it."""
+
+    instruction: TransferInstruction
+    status: str
+    customer_id: str | None
+    action: str | None  # accept | reject | None (left alone)
+    attempts: int
+    last_error: str | None
+
+
+class WithdrawalRepository(Protocol):
+    def get(self, withdrawal_id: str, *, lock: bool = False) -> Withdrawal | None: ...
+    def insert(self, withdrawal: Withdrawal) -> None: ...
+    def update(self, withdrawal: Withdrawal, *, expected_status: str | None = None) -> bool:
+        """Write the record; with ``expected_status``, only if it still has that status."""
+        ...
+
+    def claim(
+        self,
+        statuses: Collection[str],
+        limit: int,
+        *,
+        kinds: Collection[str] = (),
+        trec_tgt_at_most: datetime | None = None,
+    ) -> list[Withdrawal]:
+        """Live records in these statuses, locked for this transaction; rows another worker has
+        locked are skipped (``FOR UPDATE SKIP LOCKED`` on PostgreSQL)."""
+        ...
+
+    def find(
+        self, *, statuses: Collection[str] = (), customer_id: str | None = None, limit: int = 1000
+    ) -> list[Withdrawal]: ...
+    def largest_live_trec_tgt(self) -> datetime | None: ...
+    def record_attempt(
+        self, withdrawal_id: str, attempt: int, inputs: tuple[str, ...], trec_tgt: datetime
+    ) -> None: ...
+    def close_attempt(
+        self, withdrawal_id: str, attempt: int, outcome: str, error: str | None
+    ) -> None: ...
+
+    def spendable_holdings(self, owner: str, instrument: InstrumentId) -> list[Holding]:
+        """Active, unreserved holdings (locked ones included: selection decides)."""
+        ...
+
+    def holdings_of(self, owner: str, instrument: InstrumentId) -> list[tuple[Holding, str | None]]:
+        """Active holdings with the record that reserved each (None: free)."""
+        ...
+
+    def reserve(self, contract_ids: Collection[str], withdrawal_id: str) -> bool:
+        """Reserve free, active holdings for a record; False (nothing reserved) if any is not."""
+        ...
+
+    def release(self, withdrawal_id: str) -> int: ...
+    def post(self, journal: list[JournalTransaction]) -> None: ...
+    def balance(self, account: AccountRef, *, lock: bool = False) -> Decimal: ...
+    def cursor(self, connection: str) -> Cursor | None: ...
+    def control(self, key: str) -> str | None: ...
+    def set_control(self, key: str, value: str | None) -> None: ...
+    def instrument(self, instrument: InstrumentId) -> InstrumentRecord | None: ...
+    def customer_exists(self, customer_id: str) -> bool: ...
+    def live_instruction(self, correlation_id: str) -> str | None:
+        """The contract id of the pending instruction of a multi-step transfer, if any."""
+        ...
+
+
+class DepositOfferRepository(Protocol):
+    def pending_incoming(self, party: str, limit: int = 1000) -> list[IncomingOffer]: ...
+    def record_action(
+        self, instruction_cid: str, action: str, error: str | None, decided: str
+    ) -> None: ...
 
 
 class UnitOfWork(Protocol):
@@ -167,6 +364,8 @@ class UnitOfWork(Protocol):
     ingestion: IngestionRepository
     books: BooksRepository
     reference: ReferenceRepository
+    withdrawals: WithdrawalRepository
+    offers: DepositOfferRepository
 
     def __enter__(self) -> UnitOfWork: ...
     def __exit__(self, *exc_info: object) -> None: ...

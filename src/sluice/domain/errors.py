@@ -60,3 +60,13 @@ class DuplicateOperationError(SluiceError):
 class NotFoundError(SluiceError, LookupError):
     code = 10
     error = "not_found"
+
+
+class InsufficientBalanceError(InvalidInputError):
+    code = 62
+    error = "insufficient_balance"
+
+
+class InstrumentNotOnboardedError(InvalidInputError):
+    code = 63
+    error = "instrument_not_onboarded"

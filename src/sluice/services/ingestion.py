@@ -30,6 +30,7 @@ import orjson
 from sluice.domain.deposits import dispose_entry
 from sluice.domain.errors import MalformedUpdateError, SluiceError
 from sluice.domain.history import (
+    HistoryEntry,
     ParsedTransaction,
     item_offset,
     parse_transaction,
@@ -37,6 +38,7 @@ from sluice.domain.history import (
     unwrap_update,
 )
 from sluice.domain.ledger import Checkpoint, Cursor, Holding, InstrumentId, TransferInstruction
+from sluice.domain.withdrawals import Withdrawal, book_withdrawal_entry, is_withdrawal_entry
 from sluice.ports import (
     EntryRecord,
     IngestBatch,
@@ -110,6 +112,7 @@ class _BatchState:
     holdings: dict[str, Holding] = field(default_factory=dict)
     instructions: dict[str, TransferInstruction] = field(default_factory=dict)
     customers: Mapping[str, str] = field(default_factory=dict)
+    withdrawals: dict[str, Withdrawal] = field(default_factory=dict)
     seen_ids: set[str] = field(default_factory=set)
 
 
@@ -282,6 +285,14 @@ class Ingestion:
                 if entry.reason
             }
             state.customers = _CustomerLookup(repo, repo.customers_for_reasons(reasons))
+            outgoing = {
+                entry.reason
+                for step in steps
+                if isinstance(step, ParsedTransaction)
+                for entry in step.entries
+                if entry.reason and entry.kind in ("transfer_out", "self_transfer")
+            }
+            state.withdrawals = repo.withdrawals_by_ids(outgoing) if outgoing else {}
 
             # Pass 3: decide and collect the writes.
             for step in steps:
@@ -367,6 +378,10 @@ class Ingestion:
                 batch.holdings_archived.append((holding.contract_id, tx.update_id, tx.offset))
             if entry.instruction_cid and entry.status in CLOSED_STATUS_BY_ENTRY:
                 closing[entry.instruction_cid] = CLOSED_STATUS_BY_ENTRY[entry.status]
+            known = state.withdrawals.get(entry.reason) if entry.reason else None
+            if is_withdrawal_entry(entry, known):
+                self._apply_withdrawal_entry(entry, known, tx, state)
+                continue
             disposition = dispose_entry(
                 entry,
                 update_id=tx.update_id,
@@ -394,6 +409,36 @@ class Ingestion:
             batch.instructions_closed.append((cid, closing.get(cid, "archived"), tx.update_id))
         state.cursor = _advance(
             state.cursor, tx.offset, tx.update_id, tx.record_time, tx.synchronizer_id
+        )
+
+    def _apply_withdrawal_entry(
+        self,
+        entry: HistoryEntry,
+        known: Withdrawal | None,
+        tx: ParsedTransaction,
+        state: _BatchState,
+    ) -> None:
+        batch = state.batch
+        outcome = book_withdrawal_entry(
+            entry, known, update_id=tx.update_id, record_time=tx.record_time, party=self.party
+        )
+        record = outcome.withdrawal
+        state.withdrawals[record.id] = record
+        if outcome.is_new or record.id in batch.withdrawals_new:
+            batch.withdrawals_new[record.id] = record
+        else:
+            batch.withdrawals_changed[record.id] = record
+        batch.journal.extend(outcome.journal)
+        batch.alerts.extend(outcome.alerts)
+        batch.entries.append(
+            EntryRecord(
+                update_id=tx.update_id,
+                offset=tx.offset,
+                record_time=tx.record_time,
+                entry=entry,
+                disposition=outcome.disposition,
+                customer_id=record.customer_id,
+            )
         )
 
     def _stop_on(self, failure: MalformedUpdateError, raw: Mapping[str, Any]) -> None:

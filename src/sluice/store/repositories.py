@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -12,7 +12,7 @@ from sqlalchemy import Connection, Row, and_, bindparam, func, insert, select, u
 
 from sluice.domain.amounts import ZERO
 from sluice.domain.deposits import Alert
-from sluice.domain.journal import AccountRef, balance_change
+from sluice.domain.journal import AccountRef, JournalTransaction, balance_change
 from sluice.domain.ledger import (
     PENDING_INSTRUCTION_STATUSES,
     Cursor,
@@ -24,7 +24,8 @@ from sluice.domain.ledger import (
     format_timestamp,
     parse_timestamp,
 )
-from sluice.ports import EntryRecord, HistoryRecord, IngestBatch
+from sluice.domain.withdrawals import Withdrawal
+from sluice.ports import EntryRecord, HistoryRecord, IngestBatch, InstrumentRecord
 from sluice.store import tables as t
 
 CHUNK = 500  # bound on the number of parameters in one IN (…) list
@@ -174,6 +175,14 @@ class SqlIngestionRepository:
         rows = self._c.execute(select(table.c.admin, table.c.id).where(table.c.enabled.is_(True)))
         return {InstrumentId(row.admin, row.id) for row in rows}
 
+    def withdrawals_by_ids(self, ids: Collection[str]) -> dict[str, Withdrawal]:
+        found: dict[str, Withdrawal] = {}
+        table = t.withdrawals
+        for chunk in _chunks(ids):
+            rows = self._c.execute(select(table).where(table.c.id.in_(chunk)).with_for_update())
+            found.update({row.id: withdrawal_from_row(row) for row in rows})
+        return found
+
     def write_batch(self, batch: IngestBatch) -> None:
         c = self._c
         now = _now()
@@ -262,8 +271,27 @@ class SqlIngestionRepository:
             c.execute(
                 insert(t.history_entries), [_entry_row(batch.connection, r) for r in batch.entries]
             )
+        if batch.withdrawals_new:
+            c.execute(
+                insert(t.withdrawals),
+                [withdrawal_row(w, now) for w in batch.withdrawals_new.values()],
+            )
+        for withdrawal in batch.withdrawals_changed.values():
+            c.execute(
+                update(t.withdrawals)
+                .where(t.withdrawals.c.id == withdrawal.id)
+                .values(
+                    status=withdrawal.status,
+                    instruction_cid=withdrawal.instruction_cid,
+                    offered_at=_ts(withdrawal.offered_at),
+                    outcome_update_id=withdrawal.outcome_update_id,
+                    failure=withdrawal.failure,
+                    updated_at=now,
+                )
+            )
         if batch.journal:
-            self._post(batch, now)
+            # A withdrawal rebuilt from the chain after a DB restore may leave its customer owing.
+            post_journal(c, batch.journal, now, forbid_negative_customers=False)
         if batch.alerts:
             c.execute(
                 insert(t.alerts),
@@ -290,43 +318,6 @@ class SqlIngestionRepository:
             )
         if batch.cursor is not None:
             self.set_cursor(batch.connection, batch.party, batch.cursor)
-
-    def _post(self, batch: IngestBatch, now: str) -> None:
-        """Journal transactions, their postings and the cached balances they move."""
-        c = self._c
-        deltas: dict[str, Decimal] = {}
-        refs: dict[str, AccountRef] = {}
-        postings: list[dict[str, object]] = []
-        for txn in batch.journal:
-            for seq, posting in enumerate(txn.postings):
-                account_id = posting.account.id
-                refs[account_id] = posting.account
-                deltas[account_id] = deltas.get(account_id, ZERO) + balance_change(
-                    posting.account, posting.amount
-                )
-                postings.append(
-                    {
-                        "transaction_id": txn.id,
-                        "seq": seq,
-                        "account_id": account_id,
-                        "amount": posting.amount,
-                    }
-                )
-        c.execute(
-            insert(t.journal_transactions),
-            [
-                {
-                    "id": txn.id,
-                    "kind": txn.kind,
-                    "update_id": txn.update_id,
-                    "description": txn.description,
-                    "created_at": now,
-                }
-                for txn in batch.journal
-            ],
-        )
-        apply_balance_deltas(c, deltas, refs)
-        c.execute(insert(t.journal_postings), postings)
 
     def refresh_statistics(self) -> None:
         """Let the query planner see how big ingestion's tables have grown (PostgreSQL).
@@ -392,8 +383,55 @@ class SqlIngestionRepository:
         return True
 
 
+def post_journal(
+    c: Connection,
+    journal: Iterable[JournalTransaction],
+    now: str,
+    *,
+    forbid_negative_customers: bool = True,
+) -> None:
+    """Journal transactions, their postings and the cached balances they move."""
+    deltas: dict[str, Decimal] = {}
+    refs: dict[str, AccountRef] = {}
+    postings: list[dict[str, object]] = []
+    transactions: list[dict[str, object]] = []
+    for txn in journal:
+        transactions.append(
+            {
+                "id": txn.id,
+                "kind": txn.kind,
+                "update_id": txn.update_id,
+                "description": txn.description,
+                "created_at": now,
+            }
+        )
+        for seq, posting in enumerate(txn.postings):
+            account_id = posting.account.id
+            refs[account_id] = posting.account
+            deltas[account_id] = deltas.get(account_id, ZERO) + balance_change(
+                posting.account, posting.amount
+            )
+            postings.append(
+                {
+                    "transaction_id": txn.id,
+                    "seq": seq,
+                    "account_id": account_id,
+                    "amount": posting.amount,
+                }
+            )
+    if not transactions:
+        return
+    c.execute(insert(t.journal_transactions), transactions)
+    apply_balance_deltas(c, deltas, refs, forbid_negative_customers=forbid_negative_customers)
+    c.execute(insert(t.journal_postings), postings)
+
+
 def apply_balance_deltas(
-    c: Connection, deltas: dict[str, Decimal], refs: dict[str, AccountRef]
+    c: Connection,
+    deltas: dict[str, Decimal],
+    refs: dict[str, AccountRef],
+    *,
+    forbid_negative_customers: bool = True,
 ) -> None:
     """Move cached balances, creating accounts on first use; rows are locked while read."""
     existing: dict[str, Decimal] = {}
@@ -422,7 +460,7 @@ def apply_balance_deltas(
                     "balance": delta,
                 }
             )
-    for row in changed:
+    for row in changed if forbid_negative_customers else ():
         ref = refs[str(row["aid"])]
         balance = row["bal"]
         assert not (ref.customer_id and isinstance(balance, Decimal) and balance < 0), (
@@ -584,7 +622,12 @@ class SqlReferenceRepository:
         ).scalar_one_or_none()
 
     def add_instrument(
-        self, instrument: InstrumentId, registry_url: str | None, trusted: bool, kinds: str
+        self,
+        instrument: InstrumentId,
+        registry_url: str | None,
+        trusted: bool,
+        kinds: str,
+        limits: Mapping[str, str] | None = None,
     ) -> bool:
         table = t.instruments
         exists = self._c.execute(
@@ -603,12 +646,92 @@ class SqlReferenceRepository:
                 enabled=True,
                 transfer_kinds=kinds,
                 created_at=_now(),
+                limits=json.dumps(dict(limits), sort_keys=True) if limits else None,
             )
         )
         return True
+
+    def set_instrument_enabled(self, instrument: InstrumentId, enabled: bool) -> bool:
+        table = t.instruments
+        return bool(
+            self._c.execute(
+                update(table)
+                .where(and_(table.c.admin == instrument.admin, table.c.id == instrument.id))
+                .values(enabled=enabled)
+            ).rowcount
+        )
+
+    def instruments(self) -> list[InstrumentRecord]:
+        table = t.instruments
+        rows = self._c.execute(select(table).order_by(table.c.id, table.c.admin))
+        return [instrument_from_row(row) for row in rows]
 
     def customers(self) -> list[tuple[str, str]]:
         rows = self._c.execute(
             select(t.customers.c.id, t.customers.c.name).order_by(t.customers.c.id)
         )
         return [(row.id, row.name) for row in rows]
+
+
+def instrument_from_row(row: Row[Any]) -> InstrumentRecord:
+    return InstrumentRecord(
+        instrument=InstrumentId(row.admin, row.id),
+        registry_url=row.registry_url,
+        trusted=bool(row.trusted),
+        enabled=bool(row.enabled),
+        transfer_kinds=tuple(k for k in row.transfer_kinds.split(",") if k),
+        limits=json.loads(row.limits) if row.limits else {},
+    )
+
+
+def withdrawal_from_row(row: Row[Any]) -> Withdrawal:
+    return Withdrawal(
+        id=row.id,
+        kind=row.kind,
+        customer_id=row.customer_id,
+        sender=row.sender,
+        receiver=row.receiver,
+        instrument=InstrumentId(row.instrument_admin, row.instrument_id),
+        amount=row.amount,
+        status=row.status,
+        attempt=row.attempt,
+        attempts_max=row.attempts_max,
+        idempotency_key=row.idempotency_key,
+        trec_tgt=parse_timestamp(row.trec_tgt) if row.trec_tgt else None,
+        inputs=tuple(json.loads(row.inputs)),
+        requested_at=parse_timestamp(row.requested_at) if row.requested_at else None,
+        instruction_cid=row.instruction_cid,
+        offered_at=parse_timestamp(row.offered_at) if row.offered_at else None,
+        outcome_update_id=row.outcome_update_id,
+        failure=row.failure,
+        last_error=row.last_error,
+        rebuilt=bool(row.rebuilt),
+    )
+
+
+def withdrawal_row(w: Withdrawal, now: str) -> dict[str, object]:
+    return {
+        "id": w.id,
+        "kind": w.kind,
+        "customer_id": w.customer_id,
+        "idempotency_key": w.idempotency_key,
+        "sender": w.sender,
+        "receiver": w.receiver,
+        "instrument_admin": w.instrument.admin,
+        "instrument_id": w.instrument.id,
+        "amount": w.amount,
+        "status": w.status,
+        "attempt": w.attempt,
+        "attempts_max": w.attempts_max,
+        "trec_tgt": _ts(w.trec_tgt),
+        "inputs": json.dumps(list(w.inputs)),
+        "requested_at": _ts(w.requested_at),
+        "instruction_cid": w.instruction_cid,
+        "offered_at": _ts(w.offered_at),
+        "outcome_update_id": w.outcome_update_id,
+        "failure": w.failure,
+        "last_error": w.last_error,
+        "rebuilt": w.rebuilt,
+        "created_at": now,
+        "updated_at": now,
+    }

@@ -128,6 +128,7 @@ instruments = Table(
     Column("enabled", Boolean, nullable=False),
     Column("transfer_kinds", String(100), nullable=False),
     Column("created_at", TIMESTAMP, nullable=False),
+    Column("limits", Text, nullable=True),  # JSON object of amounts
     PrimaryKeyConstraint("admin", "id"),
 )
 
@@ -163,6 +164,8 @@ holdings = Table(
     Column("created_offset", BigInteger, nullable=False),
     Column("archived_update_id", UPDATE_ID, nullable=True),
     Column("archived_offset", BigInteger, nullable=True),
+    # The withdrawal, merge or split whose current attempt may spend it (at most one).
+    Column("reserved_by", String(100), nullable=True, index=True),
     Index("ix_holdings_active", "owner", "instrument_admin", "instrument_id", "archived_update_id"),
 )
 
@@ -261,4 +264,68 @@ alerts = Table(
     Column("details", Text, nullable=True),  # JSON
     Column("created_at", TIMESTAMP, nullable=False),
     Column("acknowledged_at", TIMESTAMP, nullable=True),
+)
+
+withdrawals = Table(
+    "withdrawals",
+    metadata,
+    # Derived from (customer, idempotency key) for withdrawals; the reason of its transfers.
+    Column("id", String(100), primary_key=True),
+    Column("kind", String(16), nullable=False),  # withdrawal | merge | split
+    Column("customer_id", String(100), nullable=True),
+    Column("idempotency_key", String(200), nullable=True),
+    Column("sender", PARTY, nullable=False),
+    Column("receiver", PARTY, nullable=False),
+    Column("instrument_admin", PARTY, nullable=False),
+    Column("instrument_id", String(200), nullable=False),
+    Column("amount", Money, nullable=False),
+    Column("status", String(16), nullable=False, index=True),
+    Column("attempt", Integer, nullable=False),
+    Column("attempts_max", Integer, nullable=False),
+    Column("trec_tgt", TIMESTAMP, nullable=True),
+    Column("inputs", Text, nullable=False),  # JSON list: the current attempt's reserved inputs
+    Column("requested_at", TIMESTAMP, nullable=True),
+    Column("instruction_cid", CONTRACT_ID, nullable=True),  # the offer's correlation id
+    Column("offered_at", TIMESTAMP, nullable=True),
+    Column("outcome_update_id", UPDATE_ID, nullable=True),
+    Column("failure", Text, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("rebuilt", Boolean, nullable=False),
+    Column("created_at", TIMESTAMP, nullable=False),
+    Column("updated_at", TIMESTAMP, nullable=False),
+    Index("ix_withdrawals_customer", "customer_id", "idempotency_key", unique=True),
+)
+
+withdrawal_attempts = Table(
+    "withdrawal_attempts",
+    metadata,
+    Column("withdrawal_id", String(100), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("inputs", Text, nullable=False),  # JSON list
+    Column("trec_tgt", TIMESTAMP, nullable=False),
+    Column("outcome", String(40), nullable=True),
+    Column("error", Text, nullable=True),
+    Column("created_at", TIMESTAMP, nullable=False),
+    PrimaryKeyConstraint("withdrawal_id", "attempt"),
+)
+
+deposit_offer_actions = Table(
+    "deposit_offer_actions",
+    metadata,
+    # What the deposit worker did about an incoming offer (by the instruction's contract id).
+    Column("instruction_cid", CONTRACT_ID, primary_key=True),
+    Column("action", String(16), nullable=False),  # accept | reject
+    Column("decided", Text, nullable=False),  # why
+    Column("attempts", Integer, nullable=False),
+    Column("last_error", Text, nullable=True),
+    Column("updated_at", TIMESTAMP, nullable=False),
+)
+
+control = Table(
+    "control",
+    metadata,
+    # Operator switches, e.g. "withdrawals_hold_until".
+    Column("key", String(100), primary_key=True),
+    Column("value", Text, nullable=True),
+    Column("updated_at", TIMESTAMP, nullable=False),
 )

@@ -10,21 +10,26 @@ from sqlalchemy import Connection, Engine
 
 from sluice.ports import (
     BooksRepository,
+    DepositOfferRepository,
     IngestionRepository,
     ReferenceRepository,
     UnitOfWork,
+    WithdrawalRepository,
 )
 from sluice.store.repositories import (
     SqlBooksRepository,
     SqlIngestionRepository,
     SqlReferenceRepository,
 )
+from sluice.store.withdrawal_repository import SqlDepositOfferRepository, SqlWithdrawalRepository
 
 
 class SqlUnitOfWork:
     ingestion: IngestionRepository
     books: BooksRepository
     reference: ReferenceRepository
+    withdrawals: WithdrawalRepository
+    offers: DepositOfferRepository
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -37,6 +42,8 @@ class SqlUnitOfWork:
         self.ingestion = SqlIngestionRepository(connection)
         self.books = SqlBooksRepository(connection)
         self.reference = SqlReferenceRepository(connection)
+        self.withdrawals = SqlWithdrawalRepository(connection)
+        self.offers = SqlDepositOfferRepository(connection)
         return self
 
     def __exit__(self, *exc_info: object) -> None:

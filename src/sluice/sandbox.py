@@ -1,0 +1,203 @@
+"""An exchange wired to the embedded ledger in one process: the test bed of the workers, the
+simulation, the demo and the benchmarks.
+
+:meth:`Sandbox.create` builds a small world — nodes ``registry`` (the token admins), ``exchange``
+(the treasury) and ``wallets`` (the customers); Canton Coin (``Amulet`` of the DSO party, 1-step:
+everyone pre-approves it) and USDX (its issuer allows no preapprovals, so every transfer is an
+offer); customers ``cust-N`` with deposit accounts ``acct-N`` and a party each — and hands out the
+services bound to it: ingestion, the withdrawal worker, the deposit worker. The clock of every
+service is the ledger's own (record times are what ``trec_tgt`` is compared with).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+from sluice import bootstrap
+from sluice.domain.ledger import InstrumentId
+from sluice.domain.withdrawals import Withdrawal
+from sluice.ledger.local import EmbeddedLedger, RegistryPolicy
+from sluice.ledger.local.adapters import EmbeddedCommands, embedded_registries
+from sluice.ports import AllowAll, ComplianceGate, LedgerCommands, RegistryLookup
+from sluice.services.deposit_worker import DepositWorker, DepositWorkerSettings
+from sluice.services.ingestion import (
+    Ingestion,
+    IngestionProgress,
+    IngestionSettings,
+    connection_name,
+)
+from sluice.services.reference import onboard_instrument, register_customer
+from sluice.services.withdrawals import (
+    WithdrawalSettings,
+    WithdrawalWorker,
+    request_withdrawal,
+)
+
+EXCHANGE_NODE = "exchange"
+
+
+@dataclass
+class Sandbox:
+    ledger: EmbeddedLedger
+    database: bootstrap.Database
+    treasury: str
+    coin: InstrumentId
+    token: InstrumentId
+    customers: dict[str, str] = field(default_factory=dict)  # customer id → party
+    withdrawal_settings: WithdrawalSettings = field(default_factory=WithdrawalSettings)
+    ingestion_settings: IngestionSettings = field(default_factory=IngestionSettings)
+    node: str = EXCHANGE_NODE
+
+    @classmethod
+    def create(
+        cls,
+        database_url: str,
+        *,
+        customers: int = 3,
+        seed: int = 1,
+        ledger: EmbeddedLedger | None = None,
+        coin_fee: Decimal = Decimal(0),
+        tap: Decimal = Decimal(10_000),
+        withdrawal_settings: WithdrawalSettings | None = None,
+        ingestion_settings: IngestionSettings | None = None,
+    ) -> Sandbox:
+        ledger = ledger or EmbeddedLedger.open(None, seed=seed, checkpoint_interval_s=30.0)
+        for node in ("registry", EXCHANGE_NODE, "wallets"):
+            ledger.add_node(node)
+        dso = ledger.allocate_party("dso", "registry")
+        issuer = ledger.allocate_party("issuer", "registry")
+        treasury = ledger.allocate_party("treasury", EXCHANGE_NODE)
+        coin = ledger.create_instrument(dso, "Amulet", RegistryPolicy(transfer_fee=coin_fee))
+        token = ledger.create_instrument(issuer, "USDX", RegistryPolicy(preapprovals_allowed=False))
+        ledger.create_preapproval(treasury, coin)
+        database = bootstrap.database(database_url)
+        onboard_instrument(database.uow, coin, transfer_kinds="direct")
+        onboard_instrument(database.uow, token, transfer_kinds="offer")
+        sandbox = cls(
+            ledger=ledger,
+            database=database,
+            treasury=treasury,
+            coin=coin,
+            token=token,
+            withdrawal_settings=withdrawal_settings or WithdrawalSettings(),
+            ingestion_settings=ingestion_settings or IngestionSettings(),
+        )
+        for n in range(customers):
+            sandbox.add_customer(f"cust-{n}", f"acct-{n}", tap=tap)
+        return sandbox
+
+    def add_customer(self, customer_id: str, account: str, *, tap: Decimal) -> str:
+        party = self.ledger.allocate_party(customer_id, "wallets")
+        self.ledger.create_preapproval(party, self.coin)
+        if tap:
+            self.ledger.tap(party, self.coin, tap)
+            self.ledger.tap(party, self.token, tap)
+        register_customer(self.database.uow, customer_id, customer_id, [account])
+        self.customers[customer_id] = party
+        return party
+
+    # -- wiring -----------------------------------------------------------------------------------
+
+    @property
+    def connection(self) -> str:
+        return connection_name(self.treasury, self.node)
+
+    def clock(self) -> datetime:
+        return self.ledger.time()
+
+    @property
+    def commands(self) -> LedgerCommands:
+        return EmbeddedCommands(self.ledger)
+
+    @property
+    def registries(self) -> RegistryLookup:
+        return embedded_registries(self.ledger)
+
+    def ingestion(self, **kwargs: object) -> Ingestion:
+        return Ingestion(
+            self.database.uow,
+            self.ledger.client(self.treasury),
+            self.treasury,
+            connection=self.connection,
+            settings=self.ingestion_settings,
+            sleep=lambda _s: None,
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    def ingest(self) -> IngestionProgress:
+        return self.ingestion().run()
+
+    def withdrawal_worker(
+        self,
+        *,
+        commands: LedgerCommands | None = None,
+        after_submit: Callable[[Withdrawal], None] | None = None,
+        settings: WithdrawalSettings | None = None,
+    ) -> WithdrawalWorker:
+        return WithdrawalWorker(
+            self.database.uow,
+            commands or self.commands,
+            self.registries,
+            treasury=self.treasury,
+            connection=self.connection,
+            clock=self.clock,
+            settings=settings or self.withdrawal_settings,
+            after_submit=after_submit,
+        )
+
+    def deposit_worker(
+        self,
+        gate: ComplianceGate | None = None,
+        settings: DepositWorkerSettings | None = None,
+    ) -> DepositWorker:
+        return DepositWorker(
+            self.database.uow,
+            self.commands,
+            self.registries,
+            gate or AllowAll(),
+            treasury=self.treasury,
+            settings=settings,
+        )
+
+    def withdraw(
+        self,
+        customer_id: str,
+        amount: Decimal | str,
+        *,
+        instrument: InstrumentId | None = None,
+        key: str,
+        receiver: str | None = None,
+    ) -> Withdrawal:
+        return request_withdrawal(
+            self.database.uow,
+            treasury=self.treasury,
+            customer_id=customer_id,
+            receiver=receiver or self.customers[customer_id],
+            instrument=instrument or self.coin,
+            amount=amount,
+            idempotency_key=key,
+            clock=self.clock,
+            settings=self.withdrawal_settings,
+        )
+
+    def deposit(
+        self, customer_id: str, amount: Decimal | str, *, instrument: InstrumentId | None = None
+    ) -> str | None:
+        """The customer sends ``amount`` to the treasury with their deposit account as reason;
+        returns the offer's contract id when it became one."""
+        account = "acct-" + customer_id.removeprefix("cust-")
+        result = self.ledger.transfer(
+            self.customers[customer_id],
+            self.treasury,
+            instrument or self.coin,
+            Decimal(amount),
+            reason=account,
+        )
+        return result.instruction_cid
+
+    def close(self) -> None:
+        self.database.dispose()
+        self.ledger.close()

@@ -1,0 +1,657 @@
+"""Withdrawals: requests, the stateless worker that submits them, retries, refunds, pool upkeep.
+
+How a withdrawal could be paid twice, and why it cannot be here
+----------------------------------------------------------------
+A withdrawal is paid twice if two transfers carrying it commit on the ledger, or if it is paid
+and also credited back. Each could happen in a naive design:
+
+1. *Resubmitting after an unclear answer.* A command whose response was lost (timeout, crash of
+   the worker right after submitting) may have committed. Submitting a second transfer with other
+   inputs would pay again. Here a retry is never decided from a command's answer: every attempt
+   carries ``max_record_time = trec_tgt``, and the attempt is declared failed only once
+   *ingestion* has reached a record time at or past ``trec_tgt`` without seeing a transfer whose
+   reason is the withdrawal's id. The ledger rejects any commit at or after ``max_record_time``,
+   and record times grow with offsets, so at that point the attempt can never commit any more.
+2. *Two workers submitting the same withdrawal.* Workers claim records under row locks
+   (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, one writer at a time on SQLite) and move them to
+   ``submitting`` before calling out. Even if two submissions of one attempt did happen (a worker
+   restarted between submitting and recording it), both spend the same reserved inputs under the
+   same command id: the ledger archives inputs on commit, so at most one of them commits.
+3. *Refunding a withdrawal that is still in flight.* The customer is credited back only when the
+   attempt is definitely failed (point 1) and no attempts are left, when an offer is rejected,
+   withdrawn or expired (seen by ingestion), or when ingestion proves it otherwise. Never from a
+   command error.
+4. *Reusing inputs.* A holding is reserved by at most one live record (a conditional update that
+   reserves all of a record's inputs or none) and stays reserved until the attempt is over.
+5. *A restored Integration DB.* It forgets attempts submitted after the backup, whose transfers
+   may still commit. ``hold_until_safe`` stops all submissions until ingestion has passed the
+   latest ``trec_tgt`` any forgotten attempt could have had; meanwhile ingestion rebuilds the
+   forgotten withdrawals from the chain (sluice writes the customer and kind into the transfer's
+   metadata), so nothing is paid or credited twice.
+
+If a transfer for a finished withdrawal is ever seen anyway, ingestion books it to suspense with a
+critical ``withdrawal_paid_twice`` alert rather than paying from the customer's balance.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from sluice.domain.amounts import format_amount, parse_amount
+from sluice.domain.coin_selection import Candidate, plan_merge, plan_split, select_inputs
+from sluice.domain.errors import (
+    DuplicateOperationError,
+    InstrumentNotOnboardedError,
+    InsufficientBalanceError,
+    InvalidAmountError,
+    InvalidInputError,
+    NotFoundError,
+)
+from sluice.domain.journal import (
+    IN_FLIGHT,
+    AccountRef,
+    JournalTransaction,
+    Posting,
+    customer_account_name,
+)
+from sluice.domain.ledger import (
+    REASON_KEY,
+    Cursor,
+    Holding,
+    InstrumentId,
+    Transfer,
+    check_party_id,
+    format_timestamp,
+    parse_timestamp,
+)
+from sluice.domain.withdrawals import (
+    AWAITING_OUTCOME_STATUSES,
+    LIVE_STATUSES,
+    Withdrawal,
+    upkeep_id,
+    withdrawal_id,
+)
+from sluice.ports import (
+    CommandError,
+    LedgerCommands,
+    RegistryError,
+    RegistryLookup,
+    UnitOfWork,
+    UnitOfWorkFactory,
+    WithdrawalRepository,
+)
+
+log = logging.getLogger(__name__)
+
+HOLD_KEY = "withdrawals_hold_until"
+Clock = Callable[[], datetime]
+
+
+@dataclass(frozen=True, slots=True)
+class WithdrawalSettings:
+    # trec_tgt = now + this when inputs are reserved.
+    trec_span_s: float = 120.0
+    attempts_max: int = 3
+    # An offer's execute_before (the admin expires it then) and when we withdraw it ourselves.
+    offer_expiry_s: float = 7 * 24 * 3600.0
+    offer_timeout_s: float = 24 * 3600.0
+    claim_batch: int = 50
+    # Pool upkeep: merge when more than merge_threshold holdings are below merge_small_below;
+    # split while fewer than split_parallel holdings are at least split_large_at_least (0: off).
+    merge_threshold: int = 40
+    merge_small_below: Decimal = Decimal("10")
+    split_parallel: int = 0
+    split_large_at_least: Decimal = Decimal("100")
+
+    def __post_init__(self) -> None:
+        if self.trec_span_s <= 0 or self.offer_expiry_s <= 0 or self.offer_timeout_s <= 0:
+            raise InvalidInputError("withdrawal time spans must be positive")
+        if self.attempts_max < 1 or self.claim_batch < 1:
+            raise InvalidInputError("attempts_max and claim_batch must be at least 1")
+
+
+# --- requests ----------------------------------------------------------------------------------
+
+
+def request_withdrawal(
+    uow_factory: UnitOfWorkFactory,
+    *,
+    treasury: str,
+    customer_id: str,
+    receiver: str,
+    instrument: InstrumentId,
+    amount: Decimal | str,
+    idempotency_key: str,
+    clock: Clock,
+    settings: WithdrawalSettings | None = None,
+) -> Withdrawal:
+    """Debit the customer, record the withdrawal and (when holdings are free) reserve its inputs
+    and set its ``trec_tgt`` — all in one transaction. The same idempotency key again returns the
+    first withdrawal. Bad input raises a clear error and changes nothing."""
+    settings = settings or WithdrawalSettings()
+    value = parse_amount(amount, field="amount")
+    if value <= 0:
+        raise InvalidAmountError(f"amount must be positive, got {format_amount(value)}")
+    check_party_id(receiver)
+    if receiver == treasury:
+        raise InvalidInputError("a withdrawal cannot be paid to the treasury party itself")
+    if not idempotency_key.strip():
+        raise InvalidInputError("idempotency key must not be empty")
+    wid = withdrawal_id(customer_id, idempotency_key)
+    with uow_factory() as uow:
+        repo = uow.withdrawals
+        existing = repo.get(wid, lock=True)
+        if existing is not None:
+            same = (existing.receiver, existing.instrument, existing.amount) == (
+                receiver,
+                instrument,
+                value,
+            )
+            if not same:
+                raise DuplicateOperationError(
+                    f"idempotency key {idempotency_key!r} was already used for withdrawal "
+                    f"{wid} with other parameters"
+                )
+            return existing
+        if not repo.customer_exists(customer_id):
+            raise NotFoundError(f"unknown customer {customer_id!r}")
+        record = repo.instrument(instrument)
+        if record is None or not record.enabled:
+            raise InstrumentNotOnboardedError(
+                f"instrument {instrument.key()} is not onboarded"
+                + ("" if record is None else " (it is disabled)")
+            )
+        account = AccountRef(customer_account_name(customer_id), instrument)
+        balance = repo.balance(account, lock=True)
+        if balance < value:
+            raise InsufficientBalanceError(
+                f"customer {customer_id} has {format_amount(balance)} {instrument.id}, "
+                f"cannot withdraw {format_amount(value)}"
+            )
+        repo.post(
+            [
+                JournalTransaction(
+                    id=f"withdraw:{wid}",
+                    kind="withdrawal_requested",
+                    postings=(
+                        Posting(account, value),
+                        Posting(AccountRef(IN_FLIGHT, instrument), -value),
+                    ),
+                    description=f"withdrawal {wid} to {receiver}",
+                )
+            ]
+        )
+        withdrawal = Withdrawal(
+            id=wid,
+            kind="withdrawal",
+            customer_id=customer_id,
+            sender=treasury,
+            receiver=receiver,
+            instrument=instrument,
+            amount=value,
+            status="queued",
+            attempts_max=settings.attempts_max,
+            idempotency_key=idempotency_key,
+            requested_at=clock(),
+        )
+        withdrawal = _try_reserve(repo, withdrawal, clock, settings) or withdrawal
+        repo.insert(withdrawal)
+        if withdrawal.status == "reserved":
+            assert withdrawal.trec_tgt is not None
+            repo.record_attempt(wid, withdrawal.attempt, withdrawal.inputs, withdrawal.trec_tgt)
+        uow.commit()
+        return withdrawal
+
+
+def _candidates(holdings: list[Holding]) -> list[Candidate]:
+    return [
+        Candidate(
+            contract_id=h.contract_id,
+            amount=h.amount,
+            locked=h.lock is not None,
+            locked_until=h.lock.expires_at if h.lock is not None else None,
+        )
+        for h in holdings
+    ]
+
+
+def _lock_time(repo: WithdrawalRepository, connection: str | None, clock: Clock) -> datetime:
+    """The time against which lock expiry is judged: the last ingested record time (the ledger
+    has certainly reached it), else the clock."""
+    cursor = repo.cursor(connection) if connection else None
+    if cursor is not None and cursor.record_time is not None:
+        return cursor.record_time
+    return clock()
+
+
+def _try_reserve(
+    repo: WithdrawalRepository,
+    withdrawal: Withdrawal,
+    clock: Clock,
+    settings: WithdrawalSettings,
+    connection: str | None = None,
+) -> Withdrawal | None:
+    """Select and reserve inputs for the record's next attempt; None if none can be found now."""
+    holdings = repo.spendable_holdings(withdrawal.sender, withdrawal.instrument)
+    selection = select_inputs(
+        _candidates(holdings),
+        withdrawal.amount,
+        now=_lock_time(repo, connection, clock),
+    )
+    if selection is None:
+        return None
+    inputs = tuple(c.contract_id for c in selection.inputs)
+    if not repo.reserve(inputs, withdrawal.id):
+        return None
+    return replace(
+        withdrawal,
+        status="reserved",
+        inputs=inputs,
+        trec_tgt=clock() + timedelta(seconds=settings.trec_span_s),
+        last_error=None,
+    )
+
+
+# --- the hold after a DB restore ---------------------------------------------------------------
+
+
+def hold_until_safe(
+    uow_factory: UnitOfWorkFactory, *, clock: Clock, settings: WithdrawalSettings | None = None
+) -> datetime:
+    """Stop submissions until ingestion passes every ``trec_tgt`` an attempt forgotten by a DB
+    restore could have had: the largest one the DB knows, or now + the span (an attempt submitted
+    just before the restore), whichever is later. Workers lift the hold by themselves."""
+    settings = settings or WithdrawalSettings()
+    with uow_factory() as uow:
+        latest = uow.withdrawals.largest_live_trec_tgt()
+        until = clock() + timedelta(seconds=settings.trec_span_s)
+        if latest is not None and latest > until:
+            until = latest
+        uow.withdrawals.set_control(HOLD_KEY, format_timestamp(until))
+        uow.commit()
+    return until
+
+
+def release_hold(uow_factory: UnitOfWorkFactory) -> None:
+    with uow_factory() as uow:
+        uow.withdrawals.set_control(HOLD_KEY, None)
+        uow.commit()
+
+
+def held_until(uow: UnitOfWork, connection: str) -> datetime | None:
+    """The hold in force (None: none, or ingestion has passed it)."""
+    value = uow.withdrawals.control(HOLD_KEY)
+    if not value:
+        return None
+    until = parse_timestamp(value)
+    cursor = uow.withdrawals.cursor(connection)
+    if cursor is not None and cursor.record_time is not None and cursor.record_time >= until:
+        return None
+    return until
+
+
+# --- the worker --------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class WorkerTick:
+    settled: int = 0
+    retried: int = 0
+    refunded: int = 0
+    reserved: int = 0
+    submitted: int = 0
+    submit_errors: int = 0
+    offers_withdrawn: int = 0
+    upkeep_created: int = 0
+    held: bool = False
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def busy(self) -> bool:
+        return bool(
+            self.settled
+            or self.reserved
+            or self.submitted
+            or self.submit_errors
+            or self.offers_withdrawn
+            or self.upkeep_created
+        )
+
+
+class WithdrawalWorker:
+    """Stateless: everything it knows is in the DB, so any number may run and any may be killed
+    at any point. One ``run_once`` settles expired attempts, reserves inputs for queued records,
+    submits reserved ones, withdraws offers left unanswered too long and plans pool upkeep."""
+
+    def __init__(
+        self,
+        uow_factory: UnitOfWorkFactory,
+        commands: LedgerCommands,
+        registries: RegistryLookup,
+        *,
+        treasury: str,
+        connection: str,
+        clock: Clock,
+        settings: WithdrawalSettings | None = None,
+        after_submit: Callable[[Withdrawal], None] | None = None,
+    ) -> None:
+        self._uow = uow_factory
+        self._commands = commands
+        self._registries = registries
+        self.treasury = treasury
+        self.connection = connection
+        self._clock = clock
+        self.settings = settings or WithdrawalSettings()
+        # A test hook: called between a submission and recording it (crash tests raise here).
+        self._after_submit = after_submit
+
+    def run_once(self, *, upkeep: bool = True) -> WorkerTick:
+        tick = WorkerTick()
+        self.settle_expired(tick)
+        self.reserve_queued(tick)
+        self.submit_reserved(tick)
+        self.withdraw_stale_offers(tick)
+        if upkeep:
+            self.plan_upkeep(tick)
+        return tick
+
+    # -- settling attempts whose trec_tgt has passed ---------------------------------------------
+
+    def settle_expired(self, tick: WorkerTick) -> None:
+        with self._uow() as uow:
+            repo = uow.withdrawals
+            cursor = repo.cursor(self.connection)
+            if cursor is None or cursor.record_time is None:
+                return
+            due = repo.claim(
+                AWAITING_OUTCOME_STATUSES,
+                self.settings.claim_batch,
+                trec_tgt_at_most=cursor.record_time,
+            )
+            for record in due:
+                self._settle(repo, record, cursor, tick)
+            uow.commit()
+
+    def _settle(
+        self, repo: WithdrawalRepository, record: Withdrawal, cursor: Cursor, tick: WorkerTick
+    ) -> None:
+        """Ingestion has passed ``trec_tgt`` and saw no transfer for the record: the attempt can
+        never commit any more."""
+        tick.settled += 1
+        repo.release(record.id)
+        repo.close_attempt(record.id, record.attempt, "expired", record.last_error)
+        retry = (
+            record.kind == "withdrawal"
+            and record.failure is None
+            and record.attempt < record.attempts_max
+        )
+        if retry:
+            tick.retried += 1
+            repo.update(
+                replace(
+                    record,
+                    status="queued",
+                    attempt=record.attempt + 1,
+                    inputs=(),
+                    trec_tgt=None,
+                    last_error=f"attempt {record.attempt} expired unseen at {cursor.record_time}",
+                )
+            )
+            return
+        failure = record.failure or (
+            f"{record.attempt} attempt(s) expired without committing"
+            if record.kind == "withdrawal"
+            else "expired without committing"
+        )
+        if record.kind == "withdrawal" and record.customer_id is not None:
+            tick.refunded += 1
+            repo.post([_refund(record)])
+        repo.update(replace(record, status="failed", failure=failure, inputs=()))
+
+    # -- reserving inputs for queued records ------------------------------------------------------
+
+    def reserve_queued(self, tick: WorkerTick) -> None:
+        with self._uow() as uow:
+            repo = uow.withdrawals
+            for record in repo.claim(["queued"], self.settings.claim_batch):
+                reserved = _try_reserve(repo, record, self._clock, self.settings, self.connection)
+                if reserved is None:
+                    message = "no free holdings cover the amount yet; waiting"
+                    if record.last_error != message:
+                        repo.update(replace(record, last_error=message))
+                    continue
+                repo.update(reserved)
+                assert reserved.trec_tgt is not None
+                repo.record_attempt(
+                    reserved.id, reserved.attempt, reserved.inputs, reserved.trec_tgt
+                )
+                tick.reserved += 1
+            uow.commit()
+
+    # -- submitting -------------------------------------------------------------------------------
+
+    def submit_reserved(self, tick: WorkerTick) -> None:
+        with self._uow() as uow:
+            until = held_until(uow, self.connection)
+            if until is not None:
+                tick.held = True
+                return
+            if uow.withdrawals.control(HOLD_KEY):
+                uow.withdrawals.set_control(HOLD_KEY, None)  # ingestion has passed it
+            claimed = uow.withdrawals.claim(["reserved"], self.settings.claim_batch)
+            for record in claimed:
+                uow.withdrawals.update(replace(record, status="submitting"))
+            kinds = {
+                record.instrument: uow.withdrawals.instrument(record.instrument)
+                for record in claimed
+            }
+            uow.commit()
+        now = self._clock()
+        for record in claimed:
+            instrument = kinds.get(record.instrument)
+            allowed = instrument.transfer_kinds if instrument is not None else ("direct",)
+            error, failure = self._submit(record, allowed, now)
+            if error is not None:
+                tick.submit_errors += 1
+                tick.errors.append(f"{record.id}: {error}")
+            else:
+                tick.submitted += 1
+            if self._after_submit is not None:
+                self._after_submit(record)
+            with self._uow() as uow:
+                current = uow.withdrawals.get(record.id, lock=True)
+                if current is not None and current.status == "submitting":
+                    uow.withdrawals.update(
+                        replace(current, status="submitted", last_error=error, failure=failure)
+                    )
+                uow.commit()
+
+    def _submit(
+        self, record: Withdrawal, allowed: tuple[str, ...], now: datetime
+    ) -> tuple[str | None, str | None]:
+        """Submit the record's current attempt. Returns (error, permanent failure)."""
+        assert record.trec_tgt is not None
+        meta = {REASON_KEY: record.id, **record.transfer_meta()}
+        transfer = Transfer(
+            sender=record.sender,
+            receiver=record.receiver,
+            amount=record.amount,
+            instrument=record.instrument,
+            requested_at=now,
+            execute_before=now + timedelta(seconds=self.settings.offer_expiry_s),
+            input_holding_cids=record.inputs,
+            meta=meta,
+        )
+        try:
+            factory = self._registries(record.instrument).transfer_factory(transfer)
+        except RegistryError as exc:
+            return f"registry: {exc}", None
+        expected = ("self",) if record.kind != "withdrawal" else allowed
+        if factory.transfer_kind not in expected:
+            # Not submitted; refunded once trec_tgt has passed (an earlier submission of this
+            # attempt by a worker that crashed could still be in flight until then).
+            failure = (
+                f"the registry would make this transfer {factory.transfer_kind!r}; "
+                f"{record.instrument.key()} is onboarded for {', '.join(expected)} only"
+            )
+            return failure, failure
+        try:
+            self._commands.submit_transfer(
+                transfer,
+                factory,
+                act_as=record.sender,
+                command_id=f"{record.id}-{record.attempt}",
+                max_record_time=record.trec_tgt,
+            )
+        except CommandError as exc:
+            return f"{'rejected' if exc.definite else 'unconfirmed'}: {exc}", None
+        return None, None
+
+    # -- offers left unanswered -------------------------------------------------------------------
+
+    def withdraw_stale_offers(self, tick: WorkerTick) -> None:
+        with self._uow() as uow:
+            repo = uow.withdrawals
+            cursor = repo.cursor(self.connection)
+            if cursor is None or cursor.record_time is None:
+                return
+            deadline = cursor.record_time - timedelta(seconds=self.settings.offer_timeout_s)
+            stale: list[tuple[Withdrawal, str]] = []
+            for record in repo.claim(["offered"], self.settings.claim_batch):
+                if record.offered_at is None or record.offered_at > deadline:
+                    continue
+                if record.instruction_cid is None:
+                    continue
+                live = repo.live_instruction(record.instruction_cid)
+                if live is not None:
+                    stale.append((record, live))
+            uow.commit()
+        for record, instruction_cid in stale:
+            try:
+                context = self._registries(record.instrument).choice_context(
+                    "withdraw", instruction_cid
+                )
+                self._commands.exercise_instruction(
+                    "withdraw",
+                    instruction_cid,
+                    context,
+                    act_as=record.sender,
+                    command_id=f"{record.id}-withdraw-{instruction_cid[-16:]}",
+                )
+                tick.offers_withdrawn += 1
+            except (CommandError, RegistryError) as exc:
+                tick.errors.append(f"{record.id}: withdrawing the offer failed: {exc}")
+
+    # -- pool upkeep ------------------------------------------------------------------------------
+
+    def plan_upkeep(self, tick: WorkerTick) -> None:
+        """Merge many small holdings, or split a large one, as a self-transfer record."""
+        if not self.settings.merge_threshold and not self.settings.split_parallel:
+            return
+        with self._uow() as uow:
+            repo = uow.withdrawals
+            cursor = repo.cursor(self.connection)
+            if cursor is None:
+                return
+            now = _lock_time(repo, self.connection, self._clock)
+            live = repo.find(statuses=sorted(LIVE_STATUSES))
+            # One upkeep record per instrument at a time.
+            busy = {r.instrument for r in live if r.kind != "withdrawal"}
+            for instrument in uow.reference.instruments():
+                if not instrument.enabled or instrument.instrument in busy:
+                    continue
+                record = self._plan_for(repo, self.treasury, instrument.instrument, now, cursor)
+                if record is not None:
+                    tick.upkeep_created += 1
+            uow.commit()
+
+    def _plan_for(
+        self,
+        repo: WithdrawalRepository,
+        party: str,
+        instrument: InstrumentId,
+        now: datetime,
+        cursor: Cursor,
+    ) -> Withdrawal | None:
+        candidates = _candidates(repo.spendable_holdings(party, instrument))
+        if not candidates:
+            return None
+        settings = self.settings
+        inputs: tuple[str, ...] = ()
+        amount = Decimal(0)
+        kind: str | None = None
+        if settings.merge_threshold:
+            merge = plan_merge(
+                candidates,
+                now=now,
+                threshold=settings.merge_threshold,
+                small_below=settings.merge_small_below,
+            )
+            if merge:
+                kind = "merge"
+                inputs = tuple(c.contract_id for c in merge)
+                amount = sum((c.amount for c in merge), Decimal(0))
+        if kind is None and settings.split_parallel:
+            split = plan_split(
+                candidates,
+                now=now,
+                parallel=settings.split_parallel,
+                large_at_least=settings.split_large_at_least,
+            )
+            if split is not None:
+                kind = "split"
+                inputs = (split.contract_id,)
+                amount = parse_amount((split.amount / 2).quantize(Decimal("1e-10")))
+        if kind is None or amount <= 0:
+            return None
+        record = Withdrawal(
+            id=upkeep_id(kind, inputs, str(cursor.offset)),
+            kind="merge" if kind == "merge" else "split",
+            customer_id=None,
+            sender=party,
+            receiver=party,
+            instrument=instrument,
+            amount=amount,
+            status="reserved",
+            attempts_max=1,
+            inputs=inputs,
+            requested_at=self._clock(),
+            trec_tgt=self._clock() + timedelta(seconds=settings.trec_span_s),
+        )
+        if repo.get(record.id) is not None or not repo.reserve(inputs, record.id):
+            return None
+        repo.insert(record)
+        assert record.trec_tgt is not None
+        repo.record_attempt(record.id, 1, inputs, record.trec_tgt)
+        return record
+
+
+def _refund(record: Withdrawal) -> JournalTransaction:
+    assert record.customer_id is not None
+    return JournalTransaction(
+        id=f"refund:{record.id}",
+        kind="withdrawal_refunded",
+        postings=(
+            Posting(AccountRef(IN_FLIGHT, record.instrument), record.amount),
+            Posting(
+                AccountRef(customer_account_name(record.customer_id), record.instrument),
+                -record.amount,
+            ),
+        ),
+        description=f"withdrawal {record.id} failed: credited back",
+    )
+
+
+def list_withdrawals(
+    uow_factory: UnitOfWorkFactory,
+    *,
+    statuses: tuple[str, ...] = (),
+    customer_id: str | None = None,
+    limit: int = 1000,
+) -> list[Withdrawal]:
+    with uow_factory() as uow:
+        return uow.withdrawals.find(statuses=statuses, customer_id=customer_id, limit=limit)

@@ -1,0 +1,316 @@
+"""Withdrawals, their attempts and holding reservations; incoming offers for the deposit worker."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Connection, Select, and_, func, insert, select, update
+
+from sluice.domain.amounts import ZERO
+from sluice.domain.journal import AccountRef, JournalTransaction
+from sluice.domain.ledger import (
+    PENDING_INSTRUCTION_STATUSES,
+    Cursor,
+    Holding,
+    InstrumentId,
+    parse_timestamp,
+)
+from sluice.domain.withdrawals import LIVE_STATUSES, Withdrawal
+from sluice.ports import IncomingOffer, InstrumentRecord
+from sluice.store import tables as t
+from sluice.store.repositories import (
+    SqlIngestionRepository,
+    _holding_from_row,
+    _instruction_from_row,
+    _now,
+    _ts,
+    instrument_from_row,
+    post_journal,
+    withdrawal_from_row,
+    withdrawal_row,
+)
+
+
+class SqlWithdrawalRepository:
+    def __init__(self, connection: Connection) -> None:
+        self._c = connection
+
+    def get(self, withdrawal_id: str, *, lock: bool = False) -> Withdrawal | None:
+        query = select(t.withdrawals).where(t.withdrawals.c.id == withdrawal_id)
+        if lock:
+            query = query.with_for_update()
+        row = self._c.execute(query).first()
+        return withdrawal_from_row(row) if row else None
+
+    def insert(self, withdrawal: Withdrawal) -> None:
+        self._c.execute(insert(t.withdrawals).values(**withdrawal_row(withdrawal, _now())))
+
+    def update(self, withdrawal: Withdrawal, *, expected_status: str | None = None) -> bool:
+        values = withdrawal_row(withdrawal, _now())
+        del values["id"], values["created_at"]
+        condition = t.withdrawals.c.id == withdrawal.id
+        if expected_status is not None:
+            condition = and_(condition, t.withdrawals.c.status == expected_status)
+        changed = self._c.execute(update(t.withdrawals).where(condition).values(**values))
+        return bool(changed.rowcount)
+
+    def claim(
+        self,
+        statuses: Collection[str],
+        limit: int,
+        *,
+        kinds: Collection[str] = (),
+        trec_tgt_at_most: datetime | None = None,
+    ) -> list[Withdrawal]:
+        table = t.withdrawals
+        query = select(table).where(table.c.status.in_(list(statuses)))
+        if trec_tgt_at_most is not None:
+            # Canonical timestamps: text order is time order.
+            query = query.where(table.c.trec_tgt <= _ts(trec_tgt_at_most))
+        if kinds:
+            query = query.where(table.c.kind.in_(list(kinds)))
+        query = query.order_by(table.c.created_at, table.c.id).limit(limit)
+        if self._c.dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        return [withdrawal_from_row(row) for row in self._c.execute(query)]
+
+    def find(
+        self, *, statuses: Collection[str] = (), customer_id: str | None = None, limit: int = 1000
+    ) -> list[Withdrawal]:
+        table = t.withdrawals
+        query = select(table)
+        if statuses:
+            query = query.where(table.c.status.in_(list(statuses)))
+        if customer_id is not None:
+            query = query.where(table.c.customer_id == customer_id)
+        query = query.order_by(table.c.created_at, table.c.id).limit(limit)
+        return [withdrawal_from_row(row) for row in self._c.execute(query)]
+
+    def largest_live_trec_tgt(self) -> datetime | None:
+        table = t.withdrawals
+        value = self._c.execute(
+            select(func.max(table.c.trec_tgt)).where(table.c.status.in_(list(LIVE_STATUSES)))
+        ).scalar_one_or_none()
+        return parse_timestamp(value) if value else None
+
+    def record_attempt(
+        self, withdrawal_id: str, attempt: int, inputs: tuple[str, ...], trec_tgt: datetime
+    ) -> None:
+        table = t.withdrawal_attempts
+        exists = self._c.execute(
+            select(table.c.attempt).where(
+                and_(table.c.withdrawal_id == withdrawal_id, table.c.attempt == attempt)
+            )
+        ).first()
+        values = {"inputs": json.dumps(list(inputs)), "trec_tgt": _ts(trec_tgt)}
+        if exists:
+            self._c.execute(
+                update(table)
+                .where(and_(table.c.withdrawal_id == withdrawal_id, table.c.attempt == attempt))
+                .values(**values)
+            )
+        else:
+            self._c.execute(
+                insert(table).values(
+                    withdrawal_id=withdrawal_id,
+                    attempt=attempt,
+                    outcome=None,
+                    error=None,
+                    created_at=_now(),
+                    **values,
+                )
+            )
+
+    def close_attempt(
+        self, withdrawal_id: str, attempt: int, outcome: str, error: str | None
+    ) -> None:
+        table = t.withdrawal_attempts
+        self._c.execute(
+            update(table)
+            .where(and_(table.c.withdrawal_id == withdrawal_id, table.c.attempt == attempt))
+            .values(outcome=outcome, error=error)
+        )
+
+    def _active(self, owner: str, instrument: InstrumentId) -> Select[Any]:
+        table = t.holdings
+        return select(table).where(
+            and_(
+                table.c.owner == owner,
+                table.c.instrument_admin == instrument.admin,
+                table.c.instrument_id == instrument.id,
+                table.c.archived_update_id.is_(None),
+            )
+        )
+
+    def spendable_holdings(self, owner: str, instrument: InstrumentId) -> list[Holding]:
+        query = self._active(owner, instrument).where(t.holdings.c.reserved_by.is_(None))
+        return [_holding_from_row(row) for row in self._c.execute(query)]
+
+    def holdings_of(self, owner: str, instrument: InstrumentId) -> list[tuple[Holding, str | None]]:
+        return [
+            (_holding_from_row(row), row.reserved_by)
+            for row in self._c.execute(self._active(owner, instrument))
+        ]
+
+    def reserve(self, contract_ids: Collection[str], withdrawal_id: str) -> bool:
+        table = t.holdings
+        wanted = list(dict.fromkeys(contract_ids))
+        if not wanted:
+            return False
+        changed = self._c.execute(
+            update(table)
+            .where(
+                and_(
+                    table.c.contract_id.in_(wanted),
+                    table.c.reserved_by.is_(None),
+                    table.c.archived_update_id.is_(None),
+                )
+            )
+            .values(reserved_by=withdrawal_id)
+        ).rowcount
+        if changed != len(wanted):
+            # Someone else got one of them first: give back what was taken here.
+            self.release(withdrawal_id)
+            return False
+        return True
+
+    def release(self, withdrawal_id: str) -> int:
+        table = t.holdings
+        return int(
+            self._c.execute(
+                update(table).where(table.c.reserved_by == withdrawal_id).values(reserved_by=None)
+            ).rowcount
+        )
+
+    def post(self, journal: list[JournalTransaction]) -> None:
+        post_journal(self._c, journal, _now())
+
+    def balance(self, account: AccountRef, *, lock: bool = False) -> Decimal:
+        query = select(t.accounts.c.balance).where(t.accounts.c.id == account.id)
+        if lock:
+            query = query.with_for_update()
+        value = self._c.execute(query).scalar_one_or_none()
+        return value if value is not None else ZERO
+
+    def cursor(self, connection: str) -> Cursor | None:
+        return SqlIngestionRepository(self._c).load_cursor(connection)
+
+    def control(self, key: str) -> str | None:
+        return self._c.execute(
+            select(t.control.c.value).where(t.control.c.key == key)
+        ).scalar_one_or_none()
+
+    def set_control(self, key: str, value: str | None) -> None:
+        table = t.control
+        changed = self._c.execute(
+            update(table).where(table.c.key == key).values(value=value, updated_at=_now())
+        ).rowcount
+        if not changed:
+            self._c.execute(insert(table).values(key=key, value=value, updated_at=_now()))
+
+    def instrument(self, instrument: InstrumentId) -> InstrumentRecord | None:
+        table = t.instruments
+        row = self._c.execute(
+            select(table).where(
+                and_(table.c.admin == instrument.admin, table.c.id == instrument.id)
+            )
+        ).first()
+        return instrument_from_row(row) if row else None
+
+    def customer_exists(self, customer_id: str) -> bool:
+        return (
+            self._c.execute(select(t.customers.c.id).where(t.customers.c.id == customer_id)).first()
+            is not None
+        )
+
+    def live_instruction(self, correlation_id: str) -> str | None:
+        table = t.transfer_instructions
+        return self._c.execute(
+            select(table.c.contract_id)
+            .where(
+                and_(
+                    table.c.correlation_id == correlation_id,
+                    table.c.status.in_(sorted(PENDING_INSTRUCTION_STATUSES)),
+                )
+            )
+            .limit(1)
+        ).scalar_one_or_none()
+
+
+class SqlDepositOfferRepository:
+    def __init__(self, connection: Connection) -> None:
+        self._c = connection
+
+    def pending_incoming(self, party: str, limit: int = 1000) -> list[IncomingOffer]:
+        ti = t.transfer_instructions
+        actions = t.deposit_offer_actions
+        accounts = t.deposit_accounts
+        query = (
+            select(
+                ti,
+                accounts.c.customer_id.label("customer_id"),
+                actions.c.action.label("action"),
+                actions.c.attempts.label("attempts"),
+                actions.c.last_error.label("last_error"),
+            )
+            .select_from(
+                ti.outerjoin(accounts, accounts.c.id == ti.c.reason).outerjoin(
+                    actions, actions.c.instruction_cid == ti.c.contract_id
+                )
+            )
+            .where(
+                and_(
+                    ti.c.direction == "in",
+                    ti.c.receiver == party,
+                    ti.c.status.in_(sorted(PENDING_INSTRUCTION_STATUSES)),
+                )
+            )
+            .order_by(ti.c.requested_at, ti.c.contract_id)
+            .limit(limit)
+        )
+        return [
+            IncomingOffer(
+                instruction=_instruction_from_row(row),
+                status=row.status,
+                customer_id=row.customer_id,
+                action=row.action,
+                attempts=row.attempts or 0,
+                last_error=row.last_error,
+            )
+            for row in self._c.execute(query)
+        ]
+
+    def record_action(
+        self, instruction_cid: str, action: str, error: str | None, decided: str
+    ) -> None:
+        table = t.deposit_offer_actions
+        row = self._c.execute(
+            select(table.c.attempts).where(table.c.instruction_cid == instruction_cid)
+        ).first()
+        if row is None:
+            self._c.execute(
+                insert(table).values(
+                    instruction_cid=instruction_cid,
+                    action=action,
+                    decided=decided,
+                    attempts=1,
+                    last_error=error,
+                    updated_at=_now(),
+                )
+            )
+        else:
+            self._c.execute(
+                update(table)
+                .where(table.c.instruction_cid == instruction_cid)
+                .values(
+                    action=action,
+                    decided=decided,
+                    attempts=row.attempts + 1,
+                    last_error=error,
+                    updated_at=_now(),
+                )
+            )
