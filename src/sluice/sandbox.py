@@ -74,7 +74,12 @@ class Sandbox:
         token = ledger.create_instrument(issuer, "USDX", RegistryPolicy(preapprovals_allowed=False))
         ledger.create_preapproval(treasury, coin)
         database = bootstrap.database(database_url)
-        onboard_instrument(database.uow, coin, transfer_kinds="direct")
+        onboard_instrument(
+            database.uow,
+            coin,
+            transfer_kinds="direct",
+            limits={"transfer_fee": str(coin_fee)} if coin_fee else None,
+        )
         onboard_instrument(database.uow, token, transfer_kinds="offer")
         sandbox = cls(
             ledger=ledger,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from sluice.domain.errors import InvalidInputError
 from sluice.domain.ledger import InstrumentId, check_party_id
 from sluice.ports import UnitOfWorkFactory
@@ -34,12 +36,15 @@ def onboard_instrument(
     registry_url: str | None = None,
     trusted: bool = True,
     transfer_kinds: str = "direct",
+    limits: Mapping[str, str] | None = None,
 ) -> bool:
     """Record an instrument as onboarded so its deposits are credited; idempotent."""
     check_party_id(instrument.admin)
     if not instrument.id:
         raise InvalidInputError("instrument id must not be empty")
     with uow_factory() as uow:
-        added = uow.reference.add_instrument(instrument, registry_url, trusted, transfer_kinds)
+        added = uow.reference.add_instrument(
+            instrument, registry_url, trusted, transfer_kinds, limits
+        )
         uow.commit()
         return added

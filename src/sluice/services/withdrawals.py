@@ -142,8 +142,12 @@ def request_withdrawal(
     if not idempotency_key.strip():
         raise InvalidInputError("idempotency key must not be empty")
     wid = withdrawal_id(customer_id, idempotency_key)
+    account = AccountRef(customer_account_name(customer_id), instrument)
     with uow_factory() as uow:
         repo = uow.withdrawals
+        # The customer's balance row is locked first: a concurrent request of the same customer
+        # (the same idempotency key included) waits here, then sees what the first one wrote.
+        balance = repo.balance(account, lock=True)
         existing = repo.get(wid, lock=True)
         if existing is not None:
             same = (existing.receiver, existing.instrument, existing.amount) == (
@@ -165,8 +169,6 @@ def request_withdrawal(
                 f"instrument {instrument.key()} is not onboarded"
                 + ("" if record is None else " (it is disabled)")
             )
-        account = AccountRef(customer_account_name(customer_id), instrument)
-        balance = repo.balance(account, lock=True)
         if balance < value:
             raise InsufficientBalanceError(
                 f"customer {customer_id} has {format_amount(balance)} {instrument.id}, "
@@ -219,6 +221,16 @@ def _candidates(holdings: list[Holding]) -> list[Candidate]:
     ]
 
 
+def _fee_allowance(repo: WithdrawalRepository, withdrawal: Withdrawal) -> Decimal:
+    """What the admin may burn from the sender on top of the amount (the instrument's
+    ``transfer_fee`` limit, set at onboarding); self-transfers pay none."""
+    if withdrawal.sender == withdrawal.receiver:
+        return Decimal(0)
+    record = repo.instrument(withdrawal.instrument)
+    fee = record.limits.get("transfer_fee") if record is not None else None
+    return parse_amount(fee, field="transfer_fee") if fee else Decimal(0)
+
+
 def _lock_time(repo: WithdrawalRepository, connection: str | None, clock: Clock) -> datetime:
     """The time against which lock expiry is judged: the last ingested record time (the ledger
     has certainly reached it), else the clock."""
@@ -239,7 +251,7 @@ def _try_reserve(
     holdings = repo.spendable_holdings(withdrawal.sender, withdrawal.instrument)
     selection = select_inputs(
         _candidates(holdings),
-        withdrawal.amount,
+        withdrawal.amount + _fee_allowance(repo, withdrawal),
         now=_lock_time(repo, connection, clock),
     )
     if selection is None:

@@ -435,10 +435,12 @@ def apply_balance_deltas(
 ) -> None:
     """Move cached balances, creating accounts on first use; rows are locked while read."""
     existing: dict[str, Decimal] = {}
-    for chunk in _chunks(list(deltas)):
+    for chunk in _chunks(sorted(deltas)):
         rows = c.execute(
             select(t.accounts.c.id, t.accounts.c.balance)
             .where(t.accounts.c.id.in_(chunk))
+            # Locks taken in one order everywhere, so two writers never wait on each other.
+            .order_by(t.accounts.c.id)
             .with_for_update()
         )
         existing.update({row.id: row.balance for row in rows})
