@@ -2,26 +2,39 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import signal
 import sys
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn, get_args
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from sqlalchemy.exc import ArgumentError
 
 from sluice import bootstrap
 from sluice.config import Settings
-from sluice.domain.errors import SluiceError
+from sluice.domain.amounts import format_amount, parse_amount
+from sluice.domain.errors import InvalidInputError, SluiceError
+from sluice.domain.ledger import InstrumentId, check_party_id, format_timestamp, parse_timestamp
+from sluice.domain.withdrawals import Withdrawal, WithdrawalStatus
 from sluice.ledger.file import UpdateFile
+from sluice.ports import AllowAll, IncomingOffer, InstrumentRecord
 from sluice.services.books import check_invariant, treasury_view
+from sluice.services.deposit_worker import DepositWorker, list_incoming_offers
 from sluice.services.ingestion import (
     Ingestion,
     IngestionProgress,
@@ -29,12 +42,43 @@ from sluice.services.ingestion import (
     connection_name,
     quarantine_update,
 )
+from sluice.services.recovery import (
+    hold_state,
+    largest_live_trec_tgt,
+    offset_for_record_time,
+    rewind_cursor,
+)
+from sluice.services.reference import (
+    list_instruments,
+    onboard_instrument,
+    set_instrument_enabled,
+)
+from sluice.services.withdrawals import (
+    WithdrawalSettings,
+    WithdrawalWorker,
+    hold_until_safe,
+    list_withdrawals,
+    release_hold,
+    request_withdrawal,
+)
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 ledger_app = typer.Typer(no_args_is_help=True, help="The token ledger: replay recorded updates.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (results go to docs/benchmarks.md).")
+withdrawals_app = typer.Typer(
+    no_args_is_help=True, help="Withdrawals: list them; hold submissions after a DB restore."
+)
+instruments_app = typer.Typer(
+    no_args_is_help=True, help="Onboarded instruments: add, list, disable, enable."
+)
+deposits_app = typer.Typer(no_args_is_help=True, help="Deposits, as support needs to see them.")
+workers_app = typer.Typer(no_args_is_help=True, help="The withdrawal and deposit workers.")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(bench_app, name="bench")
+app.add_typer(withdrawals_app, name="withdrawals")
+app.add_typer(instruments_app, name="instruments")
+app.add_typer(deposits_app, name="deposits")
+app.add_typer(workers_app, name="workers")
 
 err = Console(stderr=True)
 
@@ -42,15 +86,64 @@ DbOption = Annotated[
     str | None,
     typer.Option("--db", help="Integration DB URL (sqlite:///path or postgresql://…)."),
 ]
+TreasuryOption = Annotated[
+    str | None,
+    typer.Option("--treasury", help="Treasury party (default: SLUICE_TREASURY_PARTY)."),
+]
+LedgerOption = Annotated[
+    Path | None,
+    typer.Option("--ledger", help="Embedded ledger file (default: data/ledger.db)."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+AdminOption = Annotated[str, typer.Option("--admin", help="The instrument admin's party.")]
+IdOption = Annotated[str, typer.Option("--id", help="The admin's id for the instrument.")]
+
+STATUSES: tuple[str, ...] = get_args(WithdrawalStatus)
 
 
 def main() -> None:
     app()
 
 
-def fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}")
+# --- errors and output -----------------------------------------------------------------------
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """One line on stderr, then exit (2: the input was refused)."""
+    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, highlight=False)
     raise typer.Exit(code)
+
+
+def fail_with(exc: SluiceError) -> NoReturn:
+    """``error <code> <name>: message`` on one line, exit 2."""
+    err.print(
+        f"[bold red]error {exc.code} {exc.error}:[/] {escape(str(exc))}",
+        soft_wrap=True,
+        highlight=False,
+    )
+    raise typer.Exit(2)
+
+
+def note(message: str) -> None:
+    err.print(escape(message), soft_wrap=True, highlight=False)
+
+
+def print_json(value: object) -> None:
+    sys.stdout.write(json.dumps(value, indent=2) + "\n")
+
+
+def print_table(table: Table) -> None:
+    # Made per call so that COLUMNS set by the caller's environment is honoured.
+    Console(highlight=False).print(table)
+
+
+def _time(value: datetime | None) -> str | None:
+    return format_timestamp(value) if value is not None else None
+
+
+def _short_amount(value: Decimal) -> str:
+    """An amount for people: exact, without trailing zeros."""
+    return f"{value.normalize():f}"
 
 
 @contextmanager
@@ -72,6 +165,111 @@ def ingestion_progress(label: str, total: int | None = None) -> Iterator[Any]:
         yield on_batch
 
 
+@contextmanager
+def stop_signals() -> Iterator[Callable[[], bool]]:
+    """SIGTERM and Ctrl-C ask a loop to stop after its current round (yields "was it asked?");
+    the previous handlers come back afterwards."""
+    requested = False
+
+    def request(_signum: int, _frame: FrameType | None) -> None:
+        nonlocal requested
+        requested = True
+
+    previous = {sig: signal.signal(sig, request) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield lambda: requested
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+# --- wiring from the embedded defaults ---------------------------------------------------------
+
+
+def open_database(db: str | None, settings: Settings | None = None) -> bootstrap.Database:
+    url = db or (settings or Settings.from_environment()).database_url
+    try:
+        return bootstrap.database(url)
+    except ArgumentError:
+        fail("--db is not a database URL (expected sqlite:///path or postgresql://…)")
+
+
+def treasury_party(option: str | None, settings: Settings) -> str:
+    party = option or settings.treasury_party
+    if not party:
+        fail("no treasury party: pass --treasury or set SLUICE_TREASURY_PARTY")
+    try:
+        return check_party_id(party)
+    except InvalidInputError as exc:
+        fail_with(exc)
+
+
+def ledger_time_or_now(path: Path) -> datetime:
+    """The embedded ledger's time when its file exists (record times are what ``trec_tgt`` is
+    compared with), else the wall clock in UTC."""
+    from sluice.ledger.local.engine import EmbeddedLedger
+
+    if not path.exists():
+        return datetime.now(UTC)
+    embedded = EmbeddedLedger.open(str(path), read_only=True)
+    try:
+        return embedded.time()
+    finally:
+        embedded.close()
+
+
+def withdrawal_settings() -> WithdrawalSettings:
+    """:class:`WithdrawalSettings`, each overridable as ``SLUICE_WITHDRAWAL_<NAME>`` (for example
+    ``SLUICE_WITHDRAWAL_TREC_SPAN_S=300``)."""
+    defaults = WithdrawalSettings()
+    changes: dict[str, Any] = {}
+    for item in dataclasses.fields(WithdrawalSettings):
+        variable = f"SLUICE_WITHDRAWAL_{item.name.upper()}"
+        text = os.environ.get(variable, "").strip()
+        if not text:
+            continue
+        default = getattr(defaults, item.name)
+        value: object
+        try:
+            if isinstance(default, Decimal):
+                value = parse_amount(text, field=variable)
+            elif isinstance(default, int):
+                value = int(text)
+            else:
+                value = float(text)
+                if not math.isfinite(value):
+                    raise ValueError(text)
+        except ValueError:
+            fail(f"{variable}={text!r} is not a valid {type(default).__name__}")
+        changes[item.name] = value
+    try:
+        return dataclasses.replace(defaults, **changes)
+    except InvalidInputError as exc:
+        fail_with(exc)
+
+
+def instrument_option(instrument: str | None, admin: str | None, id_: str | None) -> InstrumentId:
+    """``--instrument ADMIN:ID`` (split at the last colon: party ids contain ``::``), or
+    ``--admin`` and ``--id``."""
+    if instrument is not None:
+        if admin is not None or id_ is not None:
+            fail("name the instrument with --instrument ADMIN:ID or with --admin and --id")
+        head, sep, tail = instrument.rpartition(":")
+        if not sep or not head or not tail or head.endswith(":"):
+            fail(f"--instrument {instrument!r} is not ADMIN:ID (e.g. dso::1220abcd:Amulet)")
+        admin, id_ = head, tail
+    if not admin or not id_ or not id_.strip():
+        fail("name the instrument: --instrument ADMIN:ID, or --admin and --id")
+    try:
+        check_party_id(admin)
+    except InvalidInputError as exc:
+        fail_with(exc)
+    return InstrumentId(admin, id_)
+
+
+# --- ledger replay and ingestion ---------------------------------------------------------------
+
+
 @ledger_app.command("replay")
 def ledger_replay(
     file: Annotated[Path, typer.Argument(help="JSON array or JSON lines of updates.")],
@@ -84,10 +282,9 @@ def ledger_replay(
         url = db or f"sqlite:///{Path(scratch) / 'replay.db'}"
         try:
             source = UpdateFile(file)
-            database = bootstrap.database(url)
-        except (FileNotFoundError, SluiceError) as exc:
+        except FileNotFoundError as exc:
             fail(str(exc))
-            return
+        database = open_database(url)
         try:
             connection = connection_name(party, f"file:{file.name}")
             with ingestion_progress(f"replaying {file.name}") as on_batch:
@@ -102,10 +299,9 @@ def ledger_replay(
             view = treasury_view(database.uow, party, connection)
         except SluiceError as exc:
             fail(str(exc))
-            return
         finally:
             database.dispose()
-    sys.stdout.write(json.dumps(view, indent=2) + "\n")
+    print_json(view)
 
 
 @app.command("ingest")
@@ -114,10 +310,7 @@ def ingest(
     party: Annotated[
         str | None, typer.Option("--party", help="Treasury party (default: SLUICE_TREASURY_PARTY).")
     ] = None,
-    ledger: Annotated[
-        Path | None,
-        typer.Option("--ledger", help="Embedded ledger file (default: data/ledger.db)."),
-    ] = None,
+    ledger: LedgerOption = None,
     node: Annotated[str | None, typer.Option("--node", help="Ledger node the party is on.")] = None,
     follow: Annotated[bool, typer.Option("--follow/--once", help="Keep polling.")] = True,
     quarantine: Annotated[
@@ -126,6 +319,24 @@ def ingest(
             "--quarantine",
             metavar="UPDATE_ID",
             help="Set a malformed update aside so ingestion can continue past it, then exit.",
+        ),
+    ] = None,
+    from_offset: Annotated[
+        int | None,
+        typer.Option(
+            "--from-offset",
+            min=0,
+            help="First move the cursor to this offset (re-read what follows; updates already "
+            "ingested are skipped).",
+        ),
+    ] = None,
+    from_record_time: Annotated[
+        str | None,
+        typer.Option(
+            "--from-record-time",
+            metavar="RFC3339",
+            help="First move the cursor to just before the first update at or after this "
+            "record time (after a node restore: offsets changed, record times did not).",
         ),
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, max=10_000)] = 500,
@@ -137,15 +348,25 @@ def ingest(
     party = party or settings.treasury_party
     if not party:
         fail("no treasury party: pass --party or set SLUICE_TREASURY_PARTY")
-        return
+    if from_offset is not None and from_record_time is not None:
+        fail("--from-offset and --from-record-time are alternatives: pass one of them")
+    rewinding = from_offset is not None or from_record_time is not None
+    if quarantine is not None and rewinding:
+        fail("--quarantine cannot be combined with --from-offset / --from-record-time")
+    since: datetime | None = None
+    if from_record_time is not None:
+        try:
+            since = parse_timestamp(from_record_time, field="--from-record-time")
+        except InvalidInputError as exc:
+            fail_with(exc)
     node_name = node or settings.node
-    database = bootstrap.database(db or settings.database_url)
+    database = open_database(db, settings)
     connection = connection_name(party, node_name)
     if quarantine is not None:
         added = quarantine_update(
             database.uow, connection, quarantine, requested_by=os.environ.get("USER", "operator")
         )
-        err.print(
+        note(
             f"update {quarantine} {'set aside' if added else 'was already set aside'}; "
             "ingestion will skip it"
         )
@@ -153,33 +374,49 @@ def ingest(
         return
     ledger_file = ledger or settings.ledger_path
     if not ledger_file.exists():
+        database.dispose()
         fail(f"no embedded ledger at {ledger_file} (run `sluice demo` first, or pass --ledger)")
-        return
-    stopping = False
-
-    def request_stop(_signum: int, _frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
     embedded = EmbeddedLedger.open(str(ledger_file), read_only=True)
     try:
-        with ingestion_progress(f"ingesting for {party}") as on_batch:
+        client = embedded.client(party)
+        if rewinding:
+            end = client.ledger_end()
+            if since is not None:
+                offset = offset_for_record_time(client, party, since)
+            else:
+                assert from_offset is not None
+                offset = from_offset
+                if offset > end:
+                    fail(f"offset {offset} is after the ledger end {end} of {party}'s node")
+            move = rewind_cursor(
+                database.uow,
+                connection,
+                party,
+                offset=offset,
+                record_time=embedded.record_time_at(party, offset) if offset else None,
+            )
+            was = move.previous.offset if move.previous is not None else "none"
+            note(
+                f"cursor moved from offset {was} to {move.current.offset} (record time "
+                f"{_time(move.current.record_time) or 'none'}); updates already ingested will "
+                "be skipped"
+            )
+        with stop_signals() as stopping, ingestion_progress(f"ingesting for {party}") as on_batch:
             progress = Ingestion(
                 database.uow,
-                embedded.client(party),
+                client,
                 party,
                 connection=connection,
                 settings=IngestionSettings(batch_size_max=batch_size),
                 on_batch=on_batch,
-            ).run(follow=follow, stop=lambda: stopping)
-        err.print(
-            f"ingested {progress.transactions} transactions, {progress.checkpoints} checkpoints; "
+            ).run(follow=follow, stop=stopping)
+        note(
+            f"ingested {progress.transactions} transactions, {progress.checkpoints} checkpoints"
+            f" ({progress.skipped} already ingested, skipped); "
             f"cursor {progress.cursor.as_json() if progress.cursor else None}"
         )
     except SluiceError as exc:
-        fail(str(exc))
+        fail_with(exc)
     finally:
         embedded.close()
         database.dispose()
@@ -188,15 +425,541 @@ def ingest(
 @app.command("check")
 def check(db: DbOption = None) -> None:
     """Check the books: customers + suspense + in-flight + fees = treasury holdings."""
-    database = bootstrap.database(db or Settings.from_environment().database_url)
+    database = open_database(db)
     result = check_invariant(database.uow)
     database.dispose()
     if result.holds:
         err.print("[green]the books balance[/]: every unit owed is held on the ledger")
         return
     for problem in result.problems:
-        err.print(f"[red]✗[/] {problem}")
+        err.print(f"[red]✗[/] {escape(problem)}", soft_wrap=True)
     raise typer.Exit(1)
+
+
+# --- withdrawals -------------------------------------------------------------------------------
+
+
+def withdrawal_json(record: Withdrawal) -> dict[str, object]:
+    return {
+        "id": record.id,
+        "kind": record.kind,
+        "customer_id": record.customer_id,
+        "sender": record.sender,
+        "receiver": record.receiver,
+        "instrument": record.instrument.as_json(),
+        "amount": format_amount(record.amount),
+        "status": record.status,
+        "attempt": record.attempt,
+        "attempts_max": record.attempts_max,
+        "idempotency_key": record.idempotency_key,
+        "trec_tgt": _time(record.trec_tgt),
+        "inputs": list(record.inputs),
+        "requested_at": _time(record.requested_at),
+        "instruction_cid": record.instruction_cid,
+        "offered_at": _time(record.offered_at),
+        "outcome_update_id": record.outcome_update_id,
+        "failure": record.failure,
+        "last_error": record.last_error,
+        "rebuilt": record.rebuilt,
+    }
+
+
+@app.command("withdraw")
+def withdraw(
+    customer: Annotated[str, typer.Option("--customer", help="The customer paying out.")],
+    to: Annotated[str, typer.Option("--to", help="The receiving party.")],
+    amount: Annotated[str, typer.Option("--amount", help="Exact decimal amount.")],
+    key: Annotated[
+        str, typer.Option("--key", help="Idempotency key: the same key again returns the first.")
+    ],
+    instrument: Annotated[
+        str | None, typer.Option("--instrument", metavar="ADMIN:ID", help="The instrument.")
+    ] = None,
+    admin: Annotated[str | None, typer.Option("--admin", help="Instrument admin party.")] = None,
+    instrument_id: Annotated[str | None, typer.Option("--id", help="Instrument id.")] = None,
+    treasury: TreasuryOption = None,
+    db: DbOption = None,
+    ledger: LedgerOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Request a withdrawal: debit the customer and queue the payout (workers submit it)."""
+    settings = Settings.from_environment()
+    what = instrument_option(instrument, admin, instrument_id)
+    party = treasury_party(treasury, settings)
+    now = ledger_time_or_now(ledger or settings.ledger_path)
+    database = open_database(db, settings)
+    try:
+        record = request_withdrawal(
+            database.uow,
+            treasury=party,
+            customer_id=customer,
+            receiver=to,
+            instrument=what,
+            amount=amount,
+            idempotency_key=key,
+            clock=lambda: now,
+            settings=withdrawal_settings(),
+        )
+    except SluiceError as exc:
+        fail_with(exc)
+    finally:
+        database.dispose()
+    if as_json:
+        print_json(withdrawal_json(record))
+        return
+    lines = [
+        f"withdrawal {record.id}: {record.status}",
+        f"  {_short_amount(record.amount)} {record.instrument.id} "
+        f"from customer {record.customer_id} to {record.receiver}",
+        f"  inputs: {', '.join(record.inputs) if record.inputs else 'none reserved yet'}",
+        f"  trec_tgt: {_time(record.trec_tgt) or 'set when inputs are reserved'}",
+    ]
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+def _statuses(option: str | None) -> tuple[str, ...]:
+    if option is None:
+        return ()
+    chosen = tuple(s.strip() for s in option.split(",") if s.strip())
+    unknown = [s for s in chosen if s not in STATUSES]
+    if unknown or not chosen:
+        fail(f"--status {option!r}: expected one or more of {', '.join(STATUSES)}")
+    return chosen
+
+
+@withdrawals_app.command("list")
+def withdrawals_list(
+    status: Annotated[
+        str | None, typer.Option("--status", help="Only these statuses (comma-separated).")
+    ] = None,
+    customer: Annotated[str | None, typer.Option("--customer", help="Only this customer.")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=10_000)] = 1000,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Withdrawals and pool upkeep records, newest state first."""
+    statuses = _statuses(status)
+    database = open_database(db)
+    try:
+        records = list_withdrawals(
+            database.uow, statuses=statuses, customer_id=customer, limit=limit
+        )
+    finally:
+        database.dispose()
+    if as_json:
+        print_json([withdrawal_json(r) for r in records])
+        return
+    if not records:
+        note("no withdrawals" + (" match" if status or customer else ""))
+        return
+    table = Table(title=f"{len(records)} withdrawal(s)")
+    for column in ("id", "kind", "customer", "amount", "instrument", "status", "attempt"):
+        table.add_column(column, no_wrap=column == "id")
+    table.add_column("trec_tgt")
+    table.add_column("failure / last error")
+    for r in records:
+        table.add_row(
+            r.id,
+            r.kind,
+            r.customer_id or "—",
+            _short_amount(r.amount),
+            r.instrument.id,
+            r.status,
+            f"{r.attempt}/{r.attempts_max}",
+            _time(r.trec_tgt) or "—",
+            r.failure or r.last_error or "",
+        )
+    print_table(table)
+
+
+@withdrawals_app.command("hold")
+def withdrawals_hold(
+    until_safe: Annotated[
+        bool,
+        typer.Option(
+            "--until-safe",
+            help="Hold submissions until ingestion has passed every trec_tgt an attempt "
+            "forgotten by a DB restore could have.",
+        ),
+    ] = False,
+    release: Annotated[bool, typer.Option("--release", help="Lift the hold now.")] = False,
+    treasury: TreasuryOption = None,
+    node: Annotated[str | None, typer.Option("--node", help="Ledger node the party is on.")] = None,
+    db: DbOption = None,
+    ledger: LedgerOption = None,
+) -> None:
+    """Show the withdrawal hold, set it (--until-safe) or lift it (--release)."""
+    if until_safe and release:
+        fail("--until-safe and --release are alternatives: pass one of them")
+    settings = Settings.from_environment()
+    database = open_database(db, settings)
+    try:
+        if release:
+            release_hold(database.uow)
+            note("hold released: workers submit withdrawals again")
+            return
+        if until_safe:
+            span = withdrawal_settings()
+            now = ledger_time_or_now(ledger or settings.ledger_path)
+            latest = largest_live_trec_tgt(database.uow)
+            until = hold_until_safe(database.uow, clock=lambda: now, settings=span)
+            why = (
+                "the latest trec_tgt of a withdrawal in flight"
+                if latest is not None and latest == until
+                else f"now ({format_timestamp(now)}) + trec_span_s ({span.trec_span_s:g} s): an "
+                "attempt submitted just before the backup was taken could have that trec_tgt"
+            )
+            note(f"withdrawal submissions held until {format_timestamp(until)}: {why}")
+            note(
+                "workers submit nothing until ingestion has passed that record time; "
+                "then they lift the hold themselves"
+            )
+            return
+        party = treasury_party(treasury, settings)
+        state = hold_state(database.uow, connection_name(party, node or settings.node))
+    finally:
+        database.dispose()
+    reached = _time(state.ingested_record_time) or "nothing yet"
+    if state.until is None:
+        note("no hold: workers submit withdrawals")
+    elif state.in_force:
+        note(
+            f"withdrawal submissions held until {format_timestamp(state.until)}; "
+            f"ingestion has reached {reached}"
+        )
+    else:
+        note(
+            f"the hold until {format_timestamp(state.until)} is over (ingestion has reached "
+            f"{reached}); the next worker run clears it"
+        )
+
+
+# --- instruments -------------------------------------------------------------------------------
+
+
+def _limits(text: str | None) -> dict[str, str]:
+    """``key=value,key=value`` → a dict (the values are checked as exact decimals later)."""
+    if text is None or not text.strip():
+        return {}
+    limits: dict[str, str] = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or not name or not value:
+            fail(f"--limits {text!r}: expected key=value pairs separated by commas")
+        if name in limits:
+            fail(f"--limits: {name} is given twice")
+        limits[name] = value
+    return limits
+
+
+def instrument_json(record: InstrumentRecord) -> dict[str, object]:
+    return {
+        "instrument": record.instrument.as_json(),
+        "registry_url": record.registry_url,
+        "trusted": record.trusted,
+        "enabled": record.enabled,
+        "transfer_kinds": list(record.transfer_kinds),
+        "limits": dict(record.limits),
+    }
+
+
+@instruments_app.command("add")
+def instruments_add(
+    admin: AdminOption,
+    instrument_id: IdOption,
+    registry: Annotated[str, typer.Option("--registry", help="The admin's registry URL.")],
+    trusted: Annotated[
+        bool,
+        typer.Option(
+            "--trusted/--untrusted", help="Whether the exchange trusts the admin (required)."
+        ),
+    ],
+    transfer_kinds: Annotated[
+        str,
+        typer.Option(
+            "--transfer-kinds", help="What withdrawals may become: direct, offer, or both."
+        ),
+    ] = "direct",
+    limits: Annotated[
+        str | None,
+        typer.Option(
+            "--limits", metavar="KEY=VALUE,…", help="e.g. withdrawal_max=5000,transfer_fee=0.1"
+        ),
+    ] = None,
+    db: DbOption = None,
+) -> None:
+    """Onboard an instrument of a trusted admin so its deposits are credited."""
+    instrument = InstrumentId(admin, instrument_id)
+    parsed = _limits(limits)
+    database = open_database(db)
+    try:
+        added = onboard_instrument(
+            database.uow,
+            instrument,
+            registry_url=registry,
+            trusted=trusted,
+            transfer_kinds=transfer_kinds,
+            limits=parsed,
+        )
+        record = next(r for r in list_instruments(database.uow) if r.instrument == instrument)
+    except SluiceError as exc:
+        fail_with(exc)
+    finally:
+        database.dispose()
+    if not added:
+        note(
+            f"instrument {instrument.key()} is already onboarded "
+            f"({'enabled' if record.enabled else 'disabled'}); nothing changed"
+        )
+        return
+    shown = ", ".join(f"{k}={v}" for k, v in record.limits.items()) or "none"
+    note(
+        f"onboarded {instrument.key()} for {', '.join(record.transfer_kinds)} withdrawals; "
+        f"limits: {shown}"
+    )
+
+
+@instruments_app.command("list")
+def instruments_list(db: DbOption = None, as_json: JsonOption = False) -> None:
+    """Every onboarded instrument, enabled or not."""
+    database = open_database(db)
+    try:
+        records = list_instruments(database.uow)
+    finally:
+        database.dispose()
+    if as_json:
+        print_json([instrument_json(r) for r in records])
+        return
+    if not records:
+        note("no instruments onboarded")
+        return
+    table = Table(title=f"{len(records)} instrument(s)")
+    for column in ("id", "admin", "enabled", "trusted", "transfer kinds", "registry", "limits"):
+        table.add_column(column)
+    for r in records:
+        table.add_row(
+            r.instrument.id,
+            r.instrument.admin,
+            "yes" if r.enabled else "no",
+            "yes" if r.trusted else "no",
+            ", ".join(r.transfer_kinds),
+            r.registry_url or "—",
+            ", ".join(f"{k}={v}" for k, v in r.limits.items()),
+        )
+    print_table(table)
+
+
+def _set_enabled(admin: str, instrument_id: str, enabled: bool, db: str | None) -> None:
+    instrument = InstrumentId(admin, instrument_id)
+    database = open_database(db)
+    try:
+        set_instrument_enabled(database.uow, instrument, enabled)
+    except SluiceError as exc:
+        fail_with(exc)
+    finally:
+        database.dispose()
+    if enabled:
+        note(f"instrument {instrument.key()} enabled: its deposits are credited again")
+    else:
+        note(
+            f"instrument {instrument.key()} disabled: its deposits go to suspense with an "
+            "alert, and no withdrawal of it can be requested"
+        )
+
+
+@instruments_app.command("disable")
+def instruments_disable(admin: AdminOption, instrument_id: IdOption, db: DbOption = None) -> None:
+    """Stop crediting deposits of an instrument (they go to suspense) and refuse withdrawals."""
+    _set_enabled(admin, instrument_id, False, db)
+
+
+@instruments_app.command("enable")
+def instruments_enable(admin: AdminOption, instrument_id: IdOption, db: DbOption = None) -> None:
+    """Credit deposits of a disabled instrument again."""
+    _set_enabled(admin, instrument_id, True, db)
+
+
+# --- deposits ----------------------------------------------------------------------------------
+
+
+def offer_json(offer: IncomingOffer, onboarded: set[InstrumentId]) -> dict[str, object]:
+    transfer = offer.instruction.transfer
+    return {
+        "contract_id": offer.instruction.contract_id,
+        "status": offer.status,
+        "sender": transfer.sender,
+        "amount": format_amount(transfer.amount),
+        "instrument": transfer.instrument.as_json(),
+        "instrument_onboarded": transfer.instrument in onboarded,
+        "reason": transfer.reason,
+        "known_account": offer.customer_id is not None,
+        "customer_id": offer.customer_id,
+        "requested_at": _time(transfer.requested_at),
+        "execute_before": _time(transfer.execute_before),
+        "action": offer.action,
+        "attempts": offer.attempts,
+        "last_error": offer.last_error,
+    }
+
+
+@deposits_app.command("offers")
+def deposits_offers(
+    treasury: TreasuryOption = None, db: DbOption = None, as_json: JsonOption = False
+) -> None:
+    """Pending incoming offers and what the deposit worker did with each."""
+    settings = Settings.from_environment()
+    party = treasury_party(treasury, settings)
+    database = open_database(db, settings)
+    try:
+        offers = list_incoming_offers(database.uow, party)
+        onboarded = {r.instrument for r in list_instruments(database.uow) if r.enabled}
+    finally:
+        database.dispose()
+    if as_json:
+        print_json([offer_json(o, onboarded) for o in offers])
+        return
+    if not offers:
+        note("no pending incoming offers")
+        return
+    table = Table(title=f"{len(offers)} pending incoming offer(s)")
+    columns = ("offer", "sender", "amount", "instrument", "reason", "customer", "status")
+    for column in (*columns, "worker action", "attempts", "last error"):
+        table.add_column(column)
+    for offer in offers:
+        transfer = offer.instruction.transfer
+        instrument = transfer.instrument.id
+        if transfer.instrument not in onboarded:
+            instrument += " (not onboarded)"
+        table.add_row(
+            offer.instruction.contract_id[-16:],
+            transfer.sender,
+            _short_amount(transfer.amount),
+            instrument,
+            transfer.reason or "—",
+            offer.customer_id or "unknown account",
+            offer.status,
+            offer.action or "—",
+            str(offer.attempts),
+            offer.last_error or "",
+        )
+    print_table(table)
+
+
+# --- workers -----------------------------------------------------------------------------------
+
+
+@workers_app.command("run")
+def workers_run(
+    once: Annotated[bool, typer.Option("--once", help="One round, then exit.")] = False,
+    interval: Annotated[
+        float, typer.Option("--interval", min=0.05, max=3600.0, help="Seconds between rounds.")
+    ] = 1.0,
+    treasury: TreasuryOption = None,
+    node: Annotated[str | None, typer.Option("--node", help="Ledger node the party is on.")] = None,
+    db: DbOption = None,
+    ledger: LedgerOption = None,
+) -> None:
+    """Run the withdrawal and deposit workers against the embedded ledger file.
+
+    The file is opened for writing, and an embedded ledger file has exactly one writer: run this
+    only in the embedded setup, when nothing else writes the file (`sluice ingest` only reads it
+    and may run alongside)."""
+    from sluice.ledger.local.adapters import EmbeddedCommands, embedded_registries
+    from sluice.ledger.local.engine import EmbeddedLedger
+
+    settings = Settings.from_environment()
+    party = treasury_party(treasury, settings)
+    ledger_file = ledger or settings.ledger_path
+    if not ledger_file.exists():
+        fail(f"no embedded ledger at {ledger_file} (run `sluice demo` first, or pass --ledger)")
+    worker_settings = withdrawal_settings()
+    database = open_database(db, settings)
+    embedded = EmbeddedLedger.open(str(ledger_file))
+    try:
+        commands = EmbeddedCommands(embedded)
+        registries = embedded_registries(embedded)
+        withdrawals = WithdrawalWorker(
+            database.uow,
+            commands,
+            registries,
+            treasury=party,
+            connection=connection_name(party, node or settings.node),
+            clock=embedded.time,
+            settings=worker_settings,
+        )
+        deposits = DepositWorker(database.uow, commands, registries, AllowAll(), treasury=party)
+        held = ", submissions HELD (see `sluice withdrawals hold`)"
+        with stop_signals() as stopping:
+            while not stopping():
+                paid = withdrawals.run_once()
+                answered = deposits.run_once()
+                embedded.flush()  # what was submitted becomes visible to `sluice ingest`
+                if once or paid.busy or answered.busy or paid.held:
+                    note(
+                        f"withdrawals: settled {paid.settled} (retried {paid.retried}, refunded "
+                        f"{paid.refunded}), reserved {paid.reserved}, submitted {paid.submitted}, "
+                        f"offers withdrawn {paid.offers_withdrawn}, upkeep {paid.upkeep_created}"
+                        f"{held if paid.held else ''}; deposits: accepted {answered.accepted}, "
+                        f"rejected {answered.rejected}, left alone {answered.left_alone}"
+                    )
+                for problem in (*paid.errors, *answered.errors):
+                    note(f"  ! {problem}")
+                if once:
+                    break
+                _sleep_unless(interval, stopping)
+    except SluiceError as exc:
+        fail_with(exc)
+    finally:
+        embedded.close()
+        database.dispose()
+
+
+def _sleep_unless(seconds: float, stop: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + seconds
+    while not stop():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(left, 0.1))
+
+
+# --- simulation, benchmarks, demo --------------------------------------------------------------
+
+
+@app.command("sim")
+def sim(
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the run (reproducible).")],
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Operations to run.")],
+    crash_rate: Annotated[
+        float, typer.Option("--crash-rate", min=0.0, max=1.0, help="Chance of a crash per step.")
+    ] = 0.05,
+    fault_rate: Annotated[
+        float, typer.Option("--fault-rate", min=0.0, max=1.0, help="Chance of a ledger fault.")
+    ] = 0.05,
+    db: DbOption = None,
+) -> None:
+    """Simulate customers, workers, crashes and ledger faults; check nothing is paid twice."""
+    from sluice.sim import simulate_command
+
+    raise typer.Exit(simulate_command(seed, steps, crash_rate, fault_rate, db))
+
+
+@bench_app.command("withdrawals")
+def bench_withdrawals(
+    record: Annotated[
+        Path | None, typer.Option("--record", help="Append the figures to this Markdown file.")
+    ] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="A short run (smoke test).")] = False,
+    db: Annotated[
+        str | None,
+        typer.Option("--db", help="Database to benchmark; it is EMPTIED first (default: scratch)."),
+    ] = None,
+) -> None:
+    """Measure withdrawal throughput and coin selection on the embedded ledger."""
+    from sluice.bench.withdrawals import bench_command
+
+    bench_command(record, quick, db)
 
 
 @bench_app.command("ingest")

@@ -6,18 +6,29 @@ reference ledger):
 1. **Setup.** A ledger with three nodes: ``dso`` (the token admins), ``exchange`` (the treasury)
    and ``wallets`` (the customers). A Canton-Coin-like instrument (``Amulet`` of the DSO party,
    "Canton Coin", CC) and a second token, USDX, whose admin allows no transfer preapprovals. The
-   treasury pre-approves incoming Canton Coin. The Integration DB knows both instruments and five
-   customers, each with a deposit account.
+   treasury pre-approves incoming Canton Coin. The Integration DB knows both instruments, five
+   customers and Mallory, who is on the exchange's block list, each with a deposit account.
 2. **Activity.** Customers tap the faucet and make a few hundred 1-step deposits to the treasury
    with their deposit account as the reason; a few carry a reason nobody knows (or none). One
-   customer sends USDX, which can only arrive as an offer; it stays pending. The clock moves, so
-   the exchange's node emits checkpoints.
+   customer and Mallory send USDX, which can only arrive as an offer; both stay pending. The clock
+   moves, so the exchange's node emits checkpoints.
 3. **Crash and resume.** ``sluice ingest`` runs as a separate process and is killed with SIGKILL
    part-way. A second run resumes from the cursor the first one committed (not from zero) and
-   ends at the ledger end.
-4. **The books.** What each customer deposited against what sluice credited, suspense, the
-   pending offer, the cursor, alerts, and the journal invariant
-   ``Σ customers + suspense + in-flight + fees = treasury holdings``.
+   ends at the ledger end. It reads the ledger file read-only; the demo process is its only
+   writer.
+4. **The workers**, in the demo process against the same ledger, each step followed by ingestion
+   (in process from here on): the deposit worker accepts the customer's USDX offer (credited once
+   ingestion sees the accept) and rejects Mallory's (the compliance gate denies her party, the
+   funds go back to her). The customers' wallets pre-approve CC; customers withdraw CC, paid in
+   one step, and USDX, paid as offers the receiver answers: one accepted (paid), one rejected
+   (credited back). Then a withdrawal worker dies right after submitting a withdrawal, before
+   recording it; a new worker takes over, does not submit it again, ingestion sees the transfer,
+   and the clock moves past the attempt's ``trec_tgt`` without anything being refunded: the
+   withdrawal is paid exactly once (one transfer with its id as reason on the ledger).
+5. **The books.** What each customer deposited against what sluice credited, suspense, the
+   pending offers, every deposit offer and withdrawal with its outcome, each customer's balance
+   (deposits credited − withdrawals paid, refunds included), the cursor, alerts, and the journal
+   invariant ``Σ customers + suspense + in-flight + fees = treasury holdings``.
 
 Every run starts from scratch: the data folder is wiped first (only when it is empty or was made
 by the demo). What the customers do is a pure function of the seed (:func:`plan`), so a test can
@@ -34,10 +45,12 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any, Literal
 
 import psutil
 from rich.console import Console
@@ -54,13 +67,25 @@ from sluice.domain.journal import (
     customer_account_name,
     treasury_account_name,
 )
-from sluice.domain.ledger import Cursor, InstrumentId
+from sluice.domain.ledger import REASON_KEY, Cursor, InstrumentId
+from sluice.domain.withdrawals import Withdrawal, withdrawal_id
 from sluice.ledger.local import EmbeddedLedger, RegistryPolicy
+from sluice.ledger.local.adapters import EmbeddedCommands, embedded_registries
 from sluice.services.books import check_invariant, customer_balances, treasury_view
-from sluice.services.ingestion import connection_name
+from sluice.services.deposit_worker import DepositWorker, list_incoming_offers
+from sluice.services.ingestion import Ingestion, IngestionSettings, connection_name
 from sluice.services.reference import onboard_instrument, register_customer
+from sluice.services.withdrawals import (
+    WithdrawalSettings,
+    WithdrawalWorker,
+    list_withdrawals,
+    request_withdrawal,
+)
 
-TITLE = "sluice demo: customer deposits, ingestion killed and resumed, the books"
+TITLE = (
+    "sluice demo: customer deposits, ingestion killed and resumed, deposit offers, "
+    "withdrawals (one through a worker crash), the books"
+)
 MARKER = ".sluice-demo"
 NODE = "exchange"
 DEPOSITS = 300
@@ -68,6 +93,12 @@ UNKNOWN_DEPOSITS = 8
 UNKNOWN_REASONS: tuple[str | None, ...] = ("acct-zoe", "acct-alcie", None)
 TAP = Decimal(100_000)
 OFFER_AMOUNT = Decimal("250.00")
+BLOCKED_OFFER_AMOUNT = Decimal("500.00")
+ONE_STEP_WITHDRAWALS = 4  # CC withdrawals paid in one step, each by another customer
+USDX_PAID = Decimal("100.00")  # a USDX withdrawal the receiver accepts
+USDX_REFUSED = Decimal("40.00")  # one the receiver rejects: credited back
+WORKER_ROUNDS_MAX = 20  # bound on run_once + ingest rounds per step
+STEP_S = 5.0  # how far the ledger clock moves between rounds
 BATCH_SIZE = 20
 POLL_S = 0.002
 CHILD_TIMEOUT_S = 60.0
@@ -95,6 +126,10 @@ CUSTOMERS = (
     Customer("dave", "Dave Okafor"),
     Customer("erin", "Erin Novak"),
 )
+# Registered like the others, but her party is on the exchange's block list: her USDX offer is
+# rejected by the deposit worker's compliance gate. She makes no CC deposits.
+BLOCKED = Customer("mallory", "Mallory Stone")
+EVERYONE = (*CUSTOMERS, BLOCKED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,12 +143,44 @@ class Deposit:
         return self.reason == self.customer.account
 
 
+Symbol = Literal["CC", "USDX"]
+SYMBOLS: tuple[Symbol, ...] = ("CC", "USDX")
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedWithdrawal:
+    key: str  # the customer's idempotency key
+    customer: Customer
+    amount: Decimal
+    symbol: Symbol
+    answer: Literal["accept", "reject"] | None  # the receiver's, for an offer (USDX)
+    crash: bool = False  # the worker submitting it dies before recording the submission
+
+    @property
+    def id(self) -> str:
+        return withdrawal_id(self.customer.id, self.key)
+
+    @property
+    def path(self) -> str:
+        return "offer" if self.symbol == "USDX" else "1-step"
+
+    @property
+    def paid(self) -> bool:
+        return self.answer != "reject"
+
+    @property
+    def expected_status(self) -> str:
+        return "completed" if self.paid else "failed"
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
     deposits: tuple[Deposit, ...]
     pauses: tuple[float, ...]  # seconds the clock moves after each deposit
-    offer: Deposit  # USDX, which can only arrive as an offer
-    offer_after: int  # sent after this many deposits
+    offer: Deposit  # USDX, which can only arrive as an offer; the deposit worker accepts it
+    offer_after: int  # sent after this many deposits (Mallory's right after it)
+    blocked_offer: Deposit  # Mallory's USDX offer: rejected by the compliance gate
+    withdrawals: tuple[PlannedWithdrawal, ...]
 
     def expected_balances(self) -> dict[str, Decimal]:
         """Per customer id: the Canton Coin sluice must credit."""
@@ -122,6 +189,27 @@ class Plan:
             if deposit.attributable:
                 totals[deposit.customer.id] += deposit.amount
         return totals
+
+    def paid_out(self, customer: Customer, symbol: Symbol) -> Decimal:
+        """What the withdrawals of ``customer`` in ``symbol`` must pay (refunded ones: nothing)."""
+        return sum(
+            (
+                w.amount
+                for w in self.withdrawals
+                if w.customer == customer and w.symbol == symbol and w.paid
+            ),
+            ZERO,
+        )
+
+    def credited(self, customer: Customer, symbol: Symbol) -> Decimal:
+        """What sluice must credit ``customer`` in ``symbol`` for deposits (accepted offers)."""
+        if symbol == "CC":
+            return self.expected_balances().get(customer.id, ZERO)
+        return self.offer.amount if customer == self.offer.customer else ZERO
+
+    def expected_final(self, customer: Customer, symbol: Symbol) -> Decimal:
+        """Balance at the end: deposits credited − withdrawals paid (refunds included)."""
+        return self.credited(customer, symbol) - self.paid_out(customer, symbol)
 
     def expected_suspense(self) -> Decimal:
         return sum((d.amount for d in self.deposits if not d.attributable), ZERO)
@@ -147,7 +235,36 @@ def plan(seed: int) -> Plan:
     pauses = tuple(rng.uniform(2.0, 30.0) for _ in range(DEPOSITS))
     sender = rng.choice(CUSTOMERS)
     offer = Deposit(sender, OFFER_AMOUNT, sender.account)
-    return Plan(tuple(deposits), pauses, offer, rng.randrange(DEPOSITS // 3, 2 * DEPOSITS // 3))
+    offer_after = rng.randrange(DEPOSITS // 3, 2 * DEPOSITS // 3)
+    credited = {c.id: ZERO for c in CUSTOMERS}
+    for deposit in deposits:
+        if deposit.attributable:
+            credited[deposit.customer.id] += deposit.amount
+
+    def cc_amount(customer: Customer) -> Decimal:
+        # At most half of what the customer deposited, so the request is always covered.
+        drawn = Decimal(rng.randrange(5_000, 200_000)) / 100
+        return min(drawn, (credited[customer.id] / 2).quantize(Decimal("0.01")))
+
+    one_step = rng.sample(CUSTOMERS, ONE_STEP_WITHDRAWALS)
+    withdrawals = [
+        PlannedWithdrawal(f"cc-{n}", customer, cc_amount(customer), "CC", None)
+        for n, customer in enumerate(one_step, start=1)
+    ]
+    crashed = next(c for c in CUSTOMERS if c not in one_step)
+    withdrawals += [
+        PlannedWithdrawal("usdx-1", sender, USDX_PAID, "USDX", "accept"),
+        PlannedWithdrawal("usdx-2", sender, USDX_REFUSED, "USDX", "reject"),
+        PlannedWithdrawal("cc-crash", crashed, cc_amount(crashed), "CC", None, crash=True),
+    ]
+    return Plan(
+        tuple(deposits),
+        pauses,
+        offer,
+        offer_after,
+        Deposit(BLOCKED, BLOCKED_OFFER_AMOUNT, BLOCKED.account),
+        tuple(withdrawals),
+    )
 
 
 # --- the world: the ledger and the Integration DB ------------------------------------------------
@@ -162,6 +279,7 @@ class World:
     coin: InstrumentId
     usdx: InstrumentId
     parties: dict[str, Customer] = field(default_factory=dict)  # party → customer
+    party_of: dict[str, str] = field(default_factory=dict)  # customer id → party
     ledger_end: int = 0
     transactions: int = 0  # in the treasury's stream
     checkpoints: int = 0  # in the treasury's stream
@@ -174,6 +292,9 @@ class World:
 
     def symbol(self, instrument_key: str) -> str:
         return {self.coin.key(): "CC", self.usdx.key(): "USDX"}.get(instrument_key, instrument_key)
+
+    def instrument(self, symbol: Symbol) -> InstrumentId:
+        return self.coin if symbol == "CC" else self.usdx
 
 
 class FolderInUseError(Exception):
@@ -193,8 +314,12 @@ def prepare_folder(data_dir: Path) -> None:
     (data_dir / MARKER).write_text("made by `sluice demo`; wiped at the start of every run\n")
 
 
-def build_ledger(data_dir: Path, seed: int, the_plan: Plan) -> World:
-    """Parties, instruments, the treasury's preapproval, then the customers' activity."""
+def build_ledger(data_dir: Path, seed: int, the_plan: Plan) -> tuple[World, EmbeddedLedger]:
+    """Parties, instruments, the treasury's preapproval, then the customers' activity.
+
+    The ledger stays open: the demo process is the only writer of its file for the whole run.
+    Everything is flushed before returning, so ``sluice ingest`` in another process reads it all.
+    """
     path = data_dir / "ledger.db"
     ledger = EmbeddedLedger.open(str(path), seed=seed, checkpoint_interval_s=60.0)
     try:
@@ -209,26 +334,28 @@ def build_ledger(data_dir: Path, seed: int, the_plan: Plan) -> World:
         )
         ledger.create_preapproval(treasury, coin)
         world = World(data_dir, path, f"sqlite:///{data_dir / 'sluice.db'}", treasury, coin, usdx)
-        party_of = {}
-        for customer in CUSTOMERS:
+        party_of = world.party_of
+        for customer in EVERYONE:
             party = ledger.allocate_party(customer.id, "wallets")
             world.parties[party] = customer
             party_of[customer.id] = party
-            ledger.tap(party, coin, TAP)
-        ledger.mint(party_of[the_plan.offer.customer.id], usdx, the_plan.offer.amount)
+            if customer != BLOCKED:
+                ledger.tap(party, coin, TAP)
+        for offer in (the_plan.offer, the_plan.blocked_offer):
+            ledger.mint(party_of[offer.customer.id], usdx, offer.amount)
         for index, (deposit, pause) in enumerate(
             zip(the_plan.deposits, the_plan.pauses, strict=True)
         ):
             if index == the_plan.offer_after:
-                offer = the_plan.offer
-                ledger.transfer(
-                    party_of[offer.customer.id],
-                    treasury,
-                    usdx,
-                    offer.amount,
-                    reason=offer.reason,
-                    expect_kind="offer",
-                )
+                for offer in (the_plan.offer, the_plan.blocked_offer):
+                    ledger.transfer(
+                        party_of[offer.customer.id],
+                        treasury,
+                        usdx,
+                        offer.amount,
+                        reason=offer.reason,
+                        expect_kind="offer",
+                    )
             ledger.transfer(
                 party_of[deposit.customer.id],
                 treasury,
@@ -246,13 +373,20 @@ def build_ledger(data_dir: Path, seed: int, the_plan: Plan) -> World:
                 world.transactions += 1
             else:
                 world.checkpoints += 1
-        for holding in ledger.active_holdings(treasury):
-            world.held_on_ledger[holding.instrument] = (
-                world.held_on_ledger.get(holding.instrument, ZERO) + holding.amount
-            )
-    finally:
-        ledger.close()  # flushes the journal, so `sluice ingest` in another process reads it all
-    return world
+        world.held_on_ledger = held_on_ledger(ledger, treasury)
+        ledger.flush()  # so `sluice ingest` in another process reads it all
+    except BaseException:
+        ledger.close()
+        raise
+    return world, ledger
+
+
+def held_on_ledger(ledger: EmbeddedLedger, party: str) -> dict[InstrumentId, Decimal]:
+    """What ``party`` holds per instrument, straight from the ledger (locked holdings too)."""
+    held: dict[InstrumentId, Decimal] = {}
+    for holding in ledger.active_holdings(party):
+        held[holding.instrument] = held.get(holding.instrument, ZERO) + holding.amount
+    return held
 
 
 def set_up_books(world: World) -> bootstrap.Database:
@@ -260,7 +394,7 @@ def set_up_books(world: World) -> bootstrap.Database:
     database = bootstrap.database(world.db_url)
     onboard_instrument(database.uow, world.coin, transfer_kinds="direct")
     onboard_instrument(database.uow, world.usdx, transfer_kinds="offer")
-    for customer in CUSTOMERS:
+    for customer in EVERYONE:
         register_customer(database.uow, customer.id, customer.name, [customer.account])
     return database
 
@@ -367,6 +501,272 @@ def run_to_end(world: World, database: bootstrap.Database) -> SecondRun:
     )
 
 
+# --- the workers, in the demo process: deposit offers, withdrawals, a crash ----------------------
+
+
+class WorkerCrashError(Exception):
+    """What the crash hook raises: the worker dies between submitting and recording it."""
+
+
+@dataclass(frozen=True, slots=True)
+class BlockList:
+    """A compliance gate that denies deposits sent by the parties on the exchange's block list."""
+
+    parties: frozenset[str]
+
+    def allows_deposit(
+        self, customer_id: str, sender: str, instrument: InstrumentId, amount: Decimal
+    ) -> tuple[bool, str]:
+        if sender in self.parties:
+            return False, "sender is on the block list"
+        return True, "sender is not on the block list"
+
+
+@dataclass(frozen=True, slots=True)
+class OfferOutcome:
+    """An incoming deposit offer: what the deposit worker decided, what the ledger then did."""
+
+    contract_id: str
+    customer: Customer | None
+    amount: Decimal
+    instrument_key: str
+    reason: str | None
+    action: str | None  # accept | reject | None (left alone)
+    why: str
+    status: str | None  # the last status ingestion saw: completed, rejected, pending…
+
+
+@dataclass(frozen=True, slots=True)
+class CrashStory:
+    """The withdrawal whose worker died right after submitting it, and what followed."""
+
+    withdrawal: PlannedWithdrawal
+    crashed: bool  # the hook fired (False: the worker never got to submit it)
+    status_after_crash: str | None
+    submitted_by_successor: int  # submissions of the worker that took over, first round
+    status_after_ingestion: str | None
+    trec_tgt: datetime | None
+    cursor_time: datetime | None  # ingestion's record time once the clock moved past trec_tgt
+    settled_after_trec_tgt: int  # attempts the successor then settled (retried or refunded)
+    transfers_on_ledger: int  # committed transfers carrying the withdrawal's id as reason
+
+
+@dataclass(slots=True)
+class WorkersStory:
+    offers: list[OfferOutcome] = field(default_factory=list)
+    preapprovals: int = 0
+    requested: int = 0
+    rounds: int = 0
+    answered: list[tuple[PlannedWithdrawal, str]] = field(default_factory=list)
+    crash: CrashStory | None = None
+
+
+@dataclass(slots=True)
+class Exchange:
+    """The exchange's services in this process, bound to the demo's ledger object (the only
+    writer of the ledger file) and the Integration DB. Their clock is the ledger's."""
+
+    world: World
+    ledger: EmbeddedLedger
+    database: bootstrap.Database
+    settings: WithdrawalSettings = field(default_factory=WithdrawalSettings)
+
+    def clock(self) -> datetime:
+        return self.ledger.time()
+
+    def ingest(self) -> None:
+        """Ingest the treasury's stream up to the ledger end, in this process."""
+        Ingestion(
+            self.database.uow,
+            self.ledger.client(self.world.treasury),
+            self.world.treasury,
+            connection=self.world.connection,
+            settings=IngestionSettings(),
+            sleep=lambda _s: None,
+        ).run()
+
+    def withdrawal_worker(
+        self, after_submit: Callable[[Withdrawal], None] | None = None
+    ) -> WithdrawalWorker:
+        return WithdrawalWorker(
+            self.database.uow,
+            EmbeddedCommands(self.ledger),
+            embedded_registries(self.ledger),
+            treasury=self.world.treasury,
+            connection=self.world.connection,
+            clock=self.clock,
+            settings=self.settings,
+            after_submit=after_submit,
+        )
+
+    def deposit_worker(self, gate: BlockList) -> DepositWorker:
+        return DepositWorker(
+            self.database.uow,
+            EmbeddedCommands(self.ledger),
+            embedded_registries(self.ledger),
+            gate,
+            treasury=self.world.treasury,
+        )
+
+    def request(self, planned: PlannedWithdrawal) -> Withdrawal:
+        return request_withdrawal(
+            self.database.uow,
+            treasury=self.world.treasury,
+            customer_id=planned.customer.id,
+            receiver=self.world.party_of[planned.customer.id],
+            instrument=self.world.instrument(planned.symbol),
+            amount=planned.amount,
+            idempotency_key=planned.key,
+            clock=self.clock,
+            settings=self.settings,
+        )
+
+    def withdrawal(self, withdrawal_id: str) -> Withdrawal | None:
+        with self.database.uow() as uow:
+            return uow.withdrawals.get(withdrawal_id)
+
+    def drive(self, worker: WithdrawalWorker) -> int:
+        """``run_once`` then ingestion, the clock moving a little each round, until a round finds
+        nothing to do. Returns the number of rounds."""
+        for rounds in range(1, WORKER_ROUNDS_MAX + 1):
+            tick = worker.run_once()
+            self.ledger.advance(STEP_S)
+            self.ingest()
+            if not tick.busy:
+                return rounds
+        raise RuntimeError(f"the withdrawal worker was still busy after {WORKER_ROUNDS_MAX} rounds")
+
+
+def transfers_with_reason(ledger: EmbeddedLedger, party: str, reason: str) -> int:
+    """Committed ``TransferFactory_Transfer`` exercises in ``party``'s stream whose reason is
+    ``reason``: the ledger's own count of the payments made for a withdrawal."""
+    count = 0
+    for item in ledger.updates(party, 0):
+        transaction: dict[str, Any] | None = item["update"].get("Transaction")
+        if transaction is None:
+            continue
+        for event in transaction["value"]["events"]:
+            exercised = event.get("ExercisedEvent")
+            if exercised is None or exercised["choice"] != "TransferFactory_Transfer":
+                continue
+            meta = exercised["choiceArgument"]["transfer"]["meta"]["values"]
+            count += meta.get(REASON_KEY) == reason
+    return count
+
+
+def answer_deposit_offers(exchange: Exchange) -> list[OfferOutcome]:
+    """The deposit worker answers the pending incoming offers (the block list denies Mallory);
+    ingestion then sees the accept credited and the reject returned."""
+    world = exchange.world
+    gate = BlockList(frozenset({world.party_of[BLOCKED.id]}))
+    exchange.deposit_worker(gate).run_once()
+    answered = list_incoming_offers(exchange.database.uow, world.treasury)
+    exchange.ledger.advance(STEP_S)
+    exchange.ingest()
+    with exchange.database.uow() as uow:
+        last_status = {
+            record.correlation_id: record.status
+            for record in uow.books.history(world.connection)
+            if record.kind == "transfer_in" and record.correlation_id
+        }
+    outcomes = []
+    for offer in answered:
+        transfer = offer.instruction.transfer
+        _, why = gate.allows_deposit(
+            offer.customer_id or "", transfer.sender, transfer.instrument, transfer.amount
+        )
+        outcomes.append(
+            OfferOutcome(
+                contract_id=offer.instruction.contract_id,
+                customer=world.parties.get(transfer.sender),
+                amount=transfer.amount,
+                instrument_key=transfer.instrument.key(),
+                reason=transfer.reason,
+                action=offer.action,
+                why=why,
+                status=last_status.get(offer.instruction.correlation_id),
+            )
+        )
+    return outcomes
+
+
+def pay_withdrawals(exchange: Exchange, the_plan: Plan, story: WorkersStory) -> None:
+    """The customers' wallets pre-approve CC; every withdrawal but the crash one is requested and
+    driven to its outcome; the receivers answer the USDX offers."""
+    world, ledger = exchange.world, exchange.ledger
+    for customer in CUSTOMERS:
+        ledger.create_preapproval(world.party_of[customer.id], world.coin)
+        story.preapprovals += 1
+    planned = [w for w in the_plan.withdrawals if not w.crash]
+    for item in planned:
+        exchange.request(item)
+        story.requested += 1
+    story.rounds = exchange.drive(exchange.withdrawal_worker())
+    for item in planned:
+        record = exchange.withdrawal(item.id)
+        if item.answer is None or record is None or record.instruction_cid is None:
+            continue
+        answer = ledger.accept if item.answer == "accept" else ledger.reject
+        answer(record.instruction_cid, world.party_of[item.customer.id])
+        story.answered.append((item, item.answer))
+    ledger.advance(STEP_S)
+    exchange.ingest()
+
+
+def crash_a_worker(exchange: Exchange, planned: PlannedWithdrawal) -> CrashStory:
+    """A worker dies right after submitting ``planned`` (before recording the submission); a new
+    one takes over. Nothing may submit it again and nothing may refund it: it is paid once."""
+    world, ledger = exchange.world, exchange.ledger
+    exchange.request(planned)
+
+    def die_after_submitting(record: Withdrawal) -> None:
+        if record.id == planned.id:
+            raise WorkerCrashError(f"worker died after submitting {record.id}")
+
+    crashed = False
+    try:
+        exchange.withdrawal_worker(after_submit=die_after_submitting).run_once()
+    except WorkerCrashError:
+        crashed = True
+    after_crash = exchange.withdrawal(planned.id)
+    successor = exchange.withdrawal_worker()
+    first = successor.run_once()
+    ledger.advance(STEP_S)
+    exchange.ingest()
+    after_ingestion = exchange.withdrawal(planned.id)
+    # Past trec_tgt: an attempt ingestion has not seen by now could never commit, so this is when
+    # the worker would retry or refund it — it must do neither, the transfer was seen.
+    ledger.advance(exchange.settings.trec_span_s + STEP_S)
+    ledger.checkpoint()
+    exchange.ingest()
+    later = successor.run_once()
+    exchange.ingest()
+    with exchange.database.uow() as uow:
+        cursor = uow.ingestion.load_cursor(world.connection)
+    return CrashStory(
+        withdrawal=planned,
+        crashed=crashed,
+        status_after_crash=after_crash.status if after_crash else None,
+        submitted_by_successor=first.submitted,
+        status_after_ingestion=after_ingestion.status if after_ingestion else None,
+        trec_tgt=after_crash.trec_tgt if after_crash else None,
+        cursor_time=cursor.record_time if cursor else None,
+        settled_after_trec_tgt=later.settled,
+        transfers_on_ledger=transfers_with_reason(ledger, world.treasury, planned.id),
+    )
+
+
+def run_workers(exchange: Exchange, the_plan: Plan) -> WorkersStory:
+    story = WorkersStory()
+    story.offers = answer_deposit_offers(exchange)
+    pay_withdrawals(exchange, the_plan, story)
+    crashed = next(w for w in the_plan.withdrawals if w.crash)
+    story.crash = crash_a_worker(exchange, crashed)
+    exchange.ledger.checkpoint()  # so the cursor ends at the ledger end
+    exchange.ingest()
+    return story
+
+
 # --- the report ----------------------------------------------------------------------------------
 
 
@@ -376,6 +776,15 @@ def money(value: Decimal) -> str:
 
 def mark(ok: bool) -> str:
     return "[green]✓[/]" if ok else "[bold red]✗[/]"
+
+
+def shorten(record_id: str) -> str:
+    """``wd-6b39a7c9beaa…`` → ``wd-6b39a7c9…``."""
+    return f"{record_id[:11]}…"
+
+
+def stamp(moment: datetime | None) -> str:
+    return f"{moment:%H:%M:%S}" if moment else "?"
 
 
 def short(party: str) -> str:
@@ -393,13 +802,18 @@ def show_setup(console: Console, world: World, the_plan: Plan) -> None:
     table.add_row("Integration DB", world.db_url)
     table.add_row("treasury", f"{short(world.treasury)} on node {NODE}, preapproval for CC")
     table.add_row("instruments", "CC = Amulet (Canton Coin) of dso; USDX (no preapprovals)")
-    table.add_row("customers", ", ".join(f"{c.name} ({c.account})" for c in CUSTOMERS))
-    offer = the_plan.offer
+    table.add_row(
+        "customers",
+        ", ".join(f"{c.name} ({c.account})" for c in CUSTOMERS)
+        + f"; {BLOCKED.name} ({BLOCKED.account}) is on the exchange's block list",
+    )
+    offer, blocked = the_plan.offer, the_plan.blocked_offer
     table.add_row(
         "activity",
         f"{len(CUSTOMERS)} faucet taps; {len(the_plan.deposits)} 1-step CC deposits, "
         f"{the_plan.unattributed()} of them with an unknown or missing reason; "
-        f"1 USDX offer ({money(offer.amount)} from {offer.customer.name})",
+        f"2 USDX offers ({money(offer.amount)} from {offer.customer.name}, "
+        f"{money(blocked.amount)} from {blocked.customer.name})",
     )
     table.add_row(
         "treasury's stream",
@@ -496,7 +910,179 @@ def show_pending(console: Console, world: World, database: bootstrap.Database) -
         )
     console.print()
     console.print(table)
-    return len(pending) == 1
+    return len(pending) == 2
+
+
+def show_workers(console: Console, world: World, story: WorkersStory) -> bool:
+    console.print()
+    console.print(
+        "[bold]5. The workers[/], in the demo process (the only writer of the ledger file), "
+        "ingestion in process after every step"
+    )
+    accepted = sum(1 for o in story.offers if o.action == "accept")
+    rejected = sum(1 for o in story.offers if o.action == "reject")
+    console.print(
+        f"  deposit worker (block list: {BLOCKED.name}): accepted {accepted} offer(s), "
+        f"rejected {rejected}"
+    )
+    console.print(f"  the wallets of {story.preapprovals} customers pre-approve CC")
+    console.print(
+        f"  {story.requested} withdrawals requested, each customer debited into in-flight at "
+        f"once; withdrawal worker: {story.rounds} rounds of run_once + ingestion until nothing "
+        "was left to do"
+    )
+    for planned, answer in story.answered:
+        console.print(
+            f"  {planned.customer.name}'s wallet {answer}s the {money(planned.amount)} USDX offer "
+            f"of {shorten(planned.id)}"
+        )
+    crash = story.crash
+    if crash is None:
+        return False
+    planned = crash.withdrawal
+    died = crash.crashed and crash.status_after_crash == "submitting"
+    console.print(
+        f"  crash: worker 1 submitted {shorten(planned.id)} ({planned.customer.name}, "
+        f"{money(planned.amount)} CC) and died before recording it: status "
+        f"{crash.status_after_crash} {mark(died)}"
+    )
+    not_again = crash.submitted_by_successor == 0
+    seen = crash.status_after_ingestion == "completed"
+    console.print(
+        f"         worker 2 took over and submitted it {crash.submitted_by_successor} more "
+        f"time(s) {mark(not_again)}; ingestion saw the transfer: {crash.status_after_ingestion} "
+        f"{mark(seen)}"
+    )
+    past = (
+        crash.trec_tgt is not None
+        and crash.cursor_time is not None
+        and crash.cursor_time >= crash.trec_tgt
+    )
+    untouched = crash.settled_after_trec_tgt == 0
+    console.print(
+        f"         clock moved past trec_tgt {stamp(crash.trec_tgt)}, ingestion at "
+        f"{stamp(crash.cursor_time)} {mark(past)}: worker 2 retried or refunded "
+        f"{crash.settled_after_trec_tgt} attempt(s) {mark(untouched)}"
+    )
+    once = crash.transfers_on_ledger == 1
+    console.print(
+        f"         transfers on the ledger with reason {shorten(planned.id)}: "
+        f"{crash.transfers_on_ledger} {mark(once)} (paid exactly once)"
+    )
+    return died and not_again and seen and past and untouched and once
+
+
+def show_offers(console: Console, world: World, the_plan: Plan, story: WorkersStory) -> bool:
+    table = Table(title="6. Deposit offers and what happened to them", title_justify="left")
+    for name in ("from", "amount", "reason", "deposit worker", "on the ledger", "credited", ""):
+        table.add_column(name, justify="right" if name == "amount" else "left")
+    expected = {
+        the_plan.offer.customer.id: ("accept", "completed"),
+        the_plan.blocked_offer.customer.id: ("reject", "rejected"),
+    }
+    ok = len(story.offers) == len(expected)
+    for offer in story.offers:
+        symbol = world.symbol(offer.instrument_key)
+        who = offer.customer.id if offer.customer else None
+        matches = expected.get(who or "") == (offer.action, offer.status)
+        ok = ok and matches
+        credited = (
+            f"{money(offer.amount)} {symbol} to {offer.customer.name if offer.customer else '?'}"
+            if offer.status == "completed"
+            else "nothing: the funds went back to the sender"
+        )
+        table.add_row(
+            offer.customer.name if offer.customer else "?",
+            f"{money(offer.amount)} {symbol}",
+            offer.reason or "",
+            f"{offer.action or 'left alone'} ({offer.why})",
+            offer.status or "?",
+            credited,
+            mark(matches),
+        )
+    console.print()
+    console.print(table)
+    return ok
+
+
+def outcome(record: Withdrawal, planned: PlannedWithdrawal) -> str:
+    if record.status == "completed":
+        return "paid once, through a worker crash" if planned.crash else "paid"
+    if record.status == "failed":
+        return f"refunded: {record.failure or record.last_error or 'failed'}"
+    return f"in flight ({record.last_error or 'waiting'})"
+
+
+def show_withdrawals(
+    console: Console, world: World, the_plan: Plan, database: bootstrap.Database
+) -> bool:
+    records = {r.id: r for r in list_withdrawals(database.uow) if r.kind == "withdrawal"}
+    table = Table(title="7. Withdrawals", title_justify="left")
+    for name in ("withdrawal", "customer", "amount", "instrument", "path", "status", "outcome"):
+        table.add_column(name, justify="right" if name == "amount" else "left")
+    table.add_column("")
+    ok = len(records) == len(the_plan.withdrawals)
+    for planned in the_plan.withdrawals:
+        record = records.get(planned.id)
+        if record is None:
+            ok = False
+            table.add_row(shorten(planned.id), planned.customer.name, "", "", "", "missing", "")
+            continue
+        path = "offer" if record.offered_at is not None else "1-step"
+        matches = (
+            record.status == planned.expected_status
+            and path == planned.path
+            and record.amount == planned.amount
+            and world.symbol(record.instrument.key()) == planned.symbol
+        )
+        ok = ok and matches
+        table.add_row(
+            shorten(record.id),
+            planned.customer.name,
+            money(record.amount),
+            world.symbol(record.instrument.key()),
+            path,
+            record.status,
+            outcome(record, planned),
+            mark(matches),
+        )
+    console.print()
+    console.print(table)
+    return ok
+
+
+def show_final_balances(
+    console: Console, world: World, the_plan: Plan, database: bootstrap.Database
+) -> bool:
+    balances = customer_balances(database.uow)
+    table = Table(title="8. Balances after deposits and withdrawals", title_justify="left")
+    table.add_column("customer")
+    for symbol in SYMBOLS:
+        for name in ("credited", "paid out", "balance"):
+            table.add_column(f"{symbol} {name}", justify="right")
+    table.add_column("")
+    table.caption = (
+        "credited: deposits sluice credited; paid out: withdrawals paid (a refunded one pays "
+        "nothing); balance: the books, = credited − paid out"
+    )
+    ok = True
+    for customer in EVERYONE:
+        account = balances.get(customer_account_name(customer.id), {})
+        cells: list[str] = []
+        matches = True
+        for symbol in SYMBOLS:
+            balance = account.get(world.instrument(symbol).key(), ZERO)
+            matches = matches and balance == the_plan.expected_final(customer, symbol)
+            cells += [
+                money(the_plan.credited(customer, symbol)),
+                money(the_plan.paid_out(customer, symbol)),
+                money(balance),
+            ]
+        ok = ok and matches
+        table.add_row(customer.name, *cells, mark(matches))
+    console.print()
+    console.print(table)
+    return ok
 
 
 def show_cursor_and_alerts(console: Console, world: World, database: bootstrap.Database) -> None:
@@ -507,14 +1093,14 @@ def show_cursor_and_alerts(console: Console, world: World, database: bootstrap.D
     if cursor is not None:
         record_time = cursor.as_json()["record_time"]
         console.print(
-            f"[bold]5. Cursor[/] of {short(world.treasury)}@{NODE}: offset {cursor.offset}, "
+            f"[bold]9. Cursor[/] of {short(world.treasury)}@{NODE}: offset {cursor.offset}, "
             f"record time {record_time} (the ledger's simulated clock), "
             f"last update {str(cursor.update_id)[:16]}…"
         )
     console.print(
         "[bold]   Alerts[/] for the operator: "
         + (", ".join(f"{kind} × {count}" for kind, count in sorted(alerts.items())) or "none")
-        + " (one per deposit sluice could not attribute)"
+        + " (deposit_unattributed: one per deposit sluice could not attribute)"
     )
 
 
@@ -524,7 +1110,7 @@ def total(balances: Balances, accounts: Iterable[str], instrument_key: str) -> D
 
 def show_books(console: Console, world: World, database: bootstrap.Database) -> bool:
     balances = customer_balances(database.uow)
-    table = Table(title="6. The books per instrument", title_justify="left")
+    table = Table(title="10. The books per instrument", title_justify="left")
     columns = ("", "Σ customers", "suspense", "in flight", "fees", "treasury (ingested)")
     for name in (*columns, "on the ledger"):
         table.add_column(name, justify="right")
@@ -580,8 +1166,10 @@ def show_next_steps(console: Console, world: World) -> None:
 
 def run_demo(data_dir: Path, *, seed: int, console: Console) -> bool:
     """Run the demo in ``data_dir`` (wiped first); True when every check of the report holds:
-    the books balance, each customer got what they deposited, suspense holds the rest, the offer
-    is pending and ingestion resumed from its cursor to the ledger end."""
+    the books balance, each customer got what they deposited, suspense holds the rest, both
+    offers were pending and then accepted / rejected as planned, ingestion resumed from its
+    cursor to the ledger end, every withdrawal ended as planned (the crashed one paid exactly
+    once) and each balance is deposits credited − withdrawals paid."""
     started = time.perf_counter()
     console.print(Panel.fit(TITLE, subtitle=f"seed {seed}", style="bold"))
     try:
@@ -590,25 +1178,35 @@ def run_demo(data_dir: Path, *, seed: int, console: Console) -> bool:
         console.print(f"[bold red]error:[/] {exc}")
         return False
     the_plan = plan(seed)
-    with console.status("building the ledger: taps, deposits, an offer, checkpoints…"):
-        world = build_ledger(data_dir, seed, the_plan)
-    database = set_up_books(world)
+    with console.status("building the ledger: taps, deposits, offers, checkpoints…"):
+        world, ledger = build_ledger(data_dir, seed, the_plan)
     try:
-        show_setup(console, world, the_plan)
-        with console.status("ingesting in another process (to be killed part-way)…"):
-            first = run_and_kill(world)
-        with console.status("ingesting again: resuming from the cursor…"):
-            second = run_to_end(world, database)
-        resumed = show_ingestion(console, world, first, second)
-        balances = customer_balances(database.uow)
-        credited = show_customers(console, world, the_plan, balances)
-        pending = show_pending(console, world, database)
-        show_cursor_and_alerts(console, world, database)
-        books = show_books(console, world, database)
+        database = set_up_books(world)
+        try:
+            show_setup(console, world, the_plan)
+            with console.status("ingesting in another process (to be killed part-way)…"):
+                first = run_and_kill(world)
+            with console.status("ingesting again: resuming from the cursor…"):
+                second = run_to_end(world, database)
+            resumed = show_ingestion(console, world, first, second)
+            balances = customer_balances(database.uow)
+            credited = show_customers(console, world, the_plan, balances)
+            pending = show_pending(console, world, database)
+            with console.status("the workers: deposit offers, withdrawals, a worker crash…"):
+                story = run_workers(Exchange(world, ledger, database), the_plan)
+            workers = show_workers(console, world, story)
+            offers = show_offers(console, world, the_plan, story)
+            withdrawals = show_withdrawals(console, world, the_plan, database)
+            final = show_final_balances(console, world, the_plan, database)
+            world.held_on_ledger = held_on_ledger(ledger, world.treasury)
+            show_cursor_and_alerts(console, world, database)
+            books = show_books(console, world, database)
+        finally:
+            database.dispose()
     finally:
-        database.dispose()
+        ledger.close()
     show_next_steps(console, world)
-    ok = books and credited and pending and resumed
+    ok = all((books, credited, pending, resumed, workers, offers, withdrawals, final))
     elapsed = time.perf_counter() - started
     with_start_up = time.time() - psutil.Process().create_time()
     verdict = "[bold green]all checks hold[/]" if ok else "[bold red]some checks failed[/]"

@@ -51,6 +51,12 @@ class LedgerClient(Protocol):
         """
         ...
 
+    def offset_at_record_time(self, party: str, time: datetime) -> int:
+        """The largest offset of ``party``'s node whose record time is at or before ``time`` (0
+        if none). Offsets are node-local; record times are not, so after a node was restored
+        from a backup this is how a reader finds where it was on the node's new offsets."""
+        ...
+
 
 # --- Commands and the registry -----------------------------------------------------------------
 

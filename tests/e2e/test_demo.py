@@ -1,7 +1,11 @@
 """``sluice demo`` end to end, as a newcomer runs it: the command, its report, and its files.
 
 The report is checked against :func:`sluice.demo.plan` (what the customers did, a pure function of
-the seed), and the Integration DB and the ledger file the demo leaves behind are checked too.
+the seed): the deposits credited, the two USDX offers (accepted; rejected by the block list), every
+withdrawal's status and outcome (the one whose worker crashed paid once), and each customer's final
+balance. The Integration DB and the ledger file the demo leaves behind are checked too, the ledger
+independently of sluice: the transfers carrying the crashed withdrawal's id, and every wallet's
+holdings against what the customer was given, sent and was paid.
 """
 
 from __future__ import annotations
@@ -18,10 +22,24 @@ import pytest
 from rich.console import Console
 
 from sluice import bootstrap
-from sluice.demo import CUSTOMERS, Plan, money, plan, run_demo
+from sluice.demo import (
+    BLOCKED,
+    CUSTOMERS,
+    EVERYONE,
+    SYMBOLS,
+    TAP,
+    Customer,
+    Plan,
+    PlannedWithdrawal,
+    money,
+    plan,
+    run_demo,
+)
+from sluice.domain.ledger import REASON_KEY, InstrumentId
 from sluice.ledger.local import EmbeddedLedger
-from sluice.services.books import customer_balances
+from sluice.services.books import check_invariant, customer_balances
 from sluice.services.ingestion import connection_name
+from sluice.services.withdrawals import list_withdrawals
 
 pytestmark = pytest.mark.slow
 
@@ -58,6 +76,16 @@ def table_row(report: str, first_cell: str, containing: str = "") -> list[str]:
     raise AssertionError(f"no table row starting with {first_cell!r} in:\n{report}")
 
 
+def section(report: str, start: str, end: str) -> str:
+    """The part of the report from the heading ``start`` to the heading ``end``."""
+    assert start in report and end in report, (start, end)
+    return report.split(start, 1)[1].split(end, 1)[0]
+
+
+def shortened(planned: PlannedWithdrawal) -> str:
+    return f"{planned.id[:11]}…"
+
+
 def check_report(report: str, expected: Plan) -> None:
     balances = expected.expected_balances()
     for customer in CUSTOMERS:
@@ -66,27 +94,147 @@ def check_report(report: str, expected: Plan) -> None:
         assert cells[1:5] == [customer.account, shown, shown, "✓"], cells
     suspense = money(expected.expected_suspense())
     assert table_row(report, "suspense")[2:5] == [suspense, suspense, "✓"]
-    offer = expected.offer
-    assert "1 pending offer" in report
-    offer_row = table_row(report, offer.customer.name, containing="USDX")
-    assert offer_row[1] == f"{money(offer.amount)} USDX"
-    assert offer_row[3].startswith("pending_receiver_acceptance")
+    pending = section(report, "4. Pending offers", "5. The workers")
+    assert "2 pending offers" in pending
+    for offer in (expected.offer, expected.blocked_offer):
+        offer_row = table_row(pending, offer.customer.name, containing="USDX")
+        assert offer_row[1:3] == [f"{money(offer.amount)} USDX", offer.customer.account]
+        assert offer_row[3].startswith("pending_receiver_acceptance")
     assert f"deposit_unattributed × {expected.unattributed()}" in report
+    check_workers_report(report, expected)
     assert "invariant holds" in report
     assert "all checks hold" in report
 
 
+def check_workers_report(report: str, expected: Plan) -> None:
+    """The deposit offers, the withdrawals and the final balances, row by row against the plan."""
+    offers = section(report, "6. Deposit offers", "7. Withdrawals")
+    accepted = table_row(offers, expected.offer.customer.name)
+    assert accepted[1] == f"{money(expected.offer.amount)} USDX"
+    assert accepted[3].startswith("accept") and accepted[4:] == [
+        "completed",
+        f"{money(expected.offer.amount)} USDX to {expected.offer.customer.name}",
+        "✓",
+    ]
+    rejected = table_row(offers, BLOCKED.name)
+    assert rejected[3] == "reject (sender is on the block list)"
+    assert rejected[4] == "rejected" and rejected[6] == "✓"
+
+    withdrawals = section(report, "7. Withdrawals", "8. Balances after")
+    assert len(expected.withdrawals) == 7
+    for planned in expected.withdrawals:
+        cells = table_row(withdrawals, shortened(planned))
+        outcome = cells[6]
+        assert cells[1:6] == [
+            planned.customer.name,
+            money(planned.amount),
+            planned.symbol,
+            planned.path,
+            planned.expected_status,
+        ], cells
+        if planned.answer == "reject":
+            assert outcome == "refunded: offer rejected", cells
+        elif planned.crash:
+            assert outcome == "paid once, through a worker crash", cells
+        else:
+            assert outcome == "paid", cells
+        assert cells[7] == "✓"
+    crashed = next(w for w in expected.withdrawals if w.crash)
+    assert f"transfers on the ledger with reason {shortened(crashed)}: 1 ✓" in report
+    assert "submitted it 0 more time(s) ✓" in report
+    assert "retried or refunded 0 attempt(s) ✓" in report
+
+    final = section(report, "8. Balances after", "9. Cursor")
+    for customer in EVERYONE:
+        cells = table_row(final, customer.name)
+        shown = []
+        for symbol in SYMBOLS:
+            credited = expected.credited(customer, symbol)
+            paid = expected.paid_out(customer, symbol)
+            shown += [money(credited), money(paid), money(credited - paid)]
+        assert cells[1:] == [*shown, "✓"], cells
+
+
+def payments(ledger: EmbeddedLedger, party: str, reason: str) -> list[str]:
+    """Update ids of the committed transactions in which ``party`` exercised a transfer whose
+    reason is ``reason``: read from the ledger file, not from sluice's books."""
+    found = []
+    for item in ledger.updates(party, 0):
+        transaction = item["update"].get("Transaction")
+        if transaction is None:
+            continue
+        for event in transaction["value"]["events"]:
+            exercised = event.get("ExercisedEvent", {})
+            if exercised.get("choice") != "TransferFactory_Transfer":
+                continue
+            if exercised["choiceArgument"]["transfer"]["meta"]["values"].get(REASON_KEY) == reason:
+                found.append(transaction["value"]["updateId"])
+    return found
+
+
+def wallet_expected(expected: Plan, customer: Customer, symbol: str) -> Decimal:
+    """What the customer's wallet must hold on the ledger: given − sent + paid back out."""
+    paid = expected.paid_out(customer, "CC" if symbol == "CC" else "USDX")
+    if symbol == "CC":
+        if customer == BLOCKED:
+            return Decimal(0)
+        sent = sum((d.amount for d in expected.deposits if d.customer == customer), Decimal(0))
+        return TAP - sent + paid
+    # USDX: minted for the offer; the accepted one went to the treasury, the rejected one came back
+    held = Decimal(0)
+    if customer == expected.blocked_offer.customer:
+        held += expected.blocked_offer.amount
+    return held + paid
+
+
 def check_files(data: Path, expected: Plan) -> None:
-    """What the demo left behind: exact balances in the DB, the cursor at the ledger end."""
+    """What the demo left behind: exact balances and withdrawal statuses in the DB, the books
+    balanced, the cursor at the ledger end, and on the ledger the crashed withdrawal paid once and
+    every wallet holding what it was given, sent and paid."""
     database = bootstrap.database(f"sqlite:///{data / 'sluice.db'}")
     ledger = EmbeddedLedger.open(str(data / "ledger.db"), read_only=True)
     try:
-        balances = customer_balances(database.uow)
-        for customer in CUSTOMERS:
-            coin = balances[f"customer:{customer.id}"]
-            assert list(coin.values()) == [expected.expected_balances()[customer.id]]
-        assert sum(balances["suspense"].values(), Decimal(0)) == expected.expected_suspense()
         (treasury,) = ledger.parties("exchange")
+        symbols = {c.instrument.id: c.instrument for c in ledger.instrument_configs()}
+        coin, usdx = symbols["Amulet"], symbols["USDX"]
+        instruments: dict[str, InstrumentId] = {"CC": coin, "USDX": usdx}
+        balances = customer_balances(database.uow)
+        for customer in EVERYONE:
+            account = balances.get(f"customer:{customer.id}", {})
+            for symbol in SYMBOLS:
+                assert account.get(instruments[symbol].key(), Decimal(0)) == (
+                    expected.expected_final(customer, symbol)
+                ), (customer, symbol)
+        assert sum(balances["suspense"].values(), Decimal(0)) == expected.expected_suspense()
+        assert check_invariant(database.uow).problems == []
+
+        records = {w.id: w for w in list_withdrawals(database.uow) if w.kind == "withdrawal"}
+        assert set(records) == {w.id for w in expected.withdrawals}
+        for planned in expected.withdrawals:
+            record = records[planned.id]
+            assert (record.status, record.amount, record.instrument) == (
+                planned.expected_status,
+                planned.amount,
+                instruments[planned.symbol],
+            ), planned
+            count = len(payments(ledger, treasury, planned.id))
+            # A 1-step payment is one transfer; an offer is one transfer (answered separately).
+            assert count == 1, (planned, count)
+        crashed = next(w for w in expected.withdrawals if w.crash)
+        assert len(payments(ledger, treasury, crashed.id)) == 1
+
+        parties = {p.split("::", 1)[0]: p for p in ledger.parties("wallets")}
+        for customer in EVERYONE:
+            for symbol in SYMBOLS:
+                held = sum(
+                    (
+                        h.amount
+                        for h in ledger.active_holdings(parties[customer.id], instruments[symbol])
+                    ),
+                    Decimal(0),
+                )
+                assert held == wallet_expected(expected, customer, symbol), (customer, symbol)
+
         with database.uow() as uow:
             cursor = uow.ingestion.load_cursor(connection_name(treasury, "exchange"))
         assert cursor is not None

@@ -11,6 +11,7 @@ import resource
 import statistics
 import time
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,9 @@ class _Limited:
 
     def updates(self, party: str, after_offset: int | None, *, limit: int | None = None) -> Any:
         return self._source.updates(party, after_offset, limit=self._limit)
+
+    def offset_at_record_time(self, party: str, time: datetime) -> int:
+        return self._source.offset_at_record_time(party, time)
 
 
 def measure(path: Path, url: str, live_updates: int) -> Measurement:

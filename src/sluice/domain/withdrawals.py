@@ -127,6 +127,9 @@ class WithdrawalOutcome:
 
 def is_withdrawal_entry(entry: HistoryEntry, known: Withdrawal | None) -> bool:
     """Whether an entry is the ledger's side of a withdrawal, merge or split sluice made."""
+    if entry.kind == "merge_split" and entry.reason:
+        # A self-transfer's result carries tx-kind merge-split, which wins over the direction.
+        return known is not None and known.kind != "withdrawal"
     if entry.kind not in ("transfer_out", "self_transfer") or not entry.reason:
         return False
     if known is not None:
@@ -205,7 +208,10 @@ def book_withdrawal_entry(
             customer_account_name(record.customer_id) if record.customer_id else SUSPENSE,
             instrument,
         )
-    amount_matches = entry.amount is None or entry.amount == record.amount
+    # A merge_split entry's amount is the treasury's net change (the fee), not the transfer's.
+    amount_matches = (
+        entry.kind == "merge_split" or entry.amount is None or entry.amount == record.amount
+    )
     other_instruments = {i: c for i, c in change.items() if i != instrument}
     for other, delta in sorted(other_instruments.items()):
         post(

@@ -8,13 +8,15 @@ JSON lines are streamed, so a large file is never loaded whole.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from sluice.domain.errors import MalformedUpdateError
-from sluice.domain.history import item_offset
+from sluice.domain.errors import InvalidInputError, MalformedUpdateError
+from sluice.domain.history import item_offset, unwrap_update
+from sluice.domain.ledger import parse_timestamp
 
 
 class UpdateFile:
@@ -45,6 +47,16 @@ class UpdateFile:
             count += 1
             if limit is not None and count >= limit:
                 return
+
+    def offset_at_record_time(self, party: str, time: datetime) -> int:
+        """The largest offset whose record time is at or before ``time`` (0 if none)."""
+        found = 0
+        for item in self._items():
+            offset = item_offset(item)
+            recorded = _record_time(item)
+            if offset is not None and recorded is not None and recorded <= time:
+                found = max(found, offset)
+        return found
 
     def _items(self) -> Iterator[Mapping[str, Any]]:
         with self.path.open("rb") as handle:
@@ -84,3 +96,20 @@ def _check_object(item: object, where: str) -> Mapping[str, Any]:
             None, f"{where}: expected a JSON object, got {type(item).__name__}"
         )
     return item
+
+
+def _record_time(item: Mapping[str, Any]) -> datetime | None:
+    """A transaction's record time, or a checkpoint's latest synchronizer time; None if it has
+    none that can be read."""
+    try:
+        kind, body = unwrap_update(item)
+        if kind == "transaction":
+            return parse_timestamp(body.get("recordTime"))
+        times = [
+            parse_timestamp(entry.get("recordTime"))
+            for entry in body.get("synchronizerTimes") or ()
+            if isinstance(entry, Mapping)
+        ]
+    except (InvalidInputError, AttributeError, TypeError):
+        return None
+    return max(times, default=None)

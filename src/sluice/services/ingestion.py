@@ -212,9 +212,12 @@ class Ingestion:
                     max_transactions is not None
                     and progress.transactions + len(pending) >= max_transactions
                 ):
-                    cursor = self._commit_batch(pending, cursor, progress)
-                    consumed += len(pending)
-                    pending = []
+                    # Taken out of ``pending`` first: if anything after its commit raises (the
+                    # on_batch hook), the ``finally`` below must not apply it a second time
+                    # with the old cursor (that would move the cursor's record time back).
+                    batch, pending = pending, []
+                    cursor = self._commit_batch(batch, cursor, progress)
+                    consumed += len(batch)
                     if stop() or (
                         max_transactions is not None and progress.transactions >= max_transactions
                     ):
@@ -290,7 +293,7 @@ class Ingestion:
                 for step in steps
                 if isinstance(step, ParsedTransaction)
                 for entry in step.entries
-                if entry.reason and entry.kind in ("transfer_out", "self_transfer")
+                if entry.reason and entry.kind in ("transfer_out", "self_transfer", "merge_split")
             }
             state.withdrawals = repo.withdrawals_by_ids(outgoing) if outgoing else {}
 

@@ -1,12 +1,27 @@
-"""Customers, their deposit accounts, and the instruments the exchange has onboarded."""
+"""Customers, their deposit accounts, and the instruments the exchange has onboarded.
+
+Onboarding an instrument is what makes its deposits count: ingestion credits a deposit only when
+its instrument is onboarded *and enabled*; anything else goes to suspense with an alert. Only
+instruments whose admin the exchange trusts are onboarded, each with the transfer kinds its
+withdrawals may take (``direct``: 1-step; ``offer``: the receiver must accept) and optional
+limits, kept as exact decimal strings.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Collection, Mapping
+from decimal import Decimal
+from urllib.parse import urlsplit
 
-from sluice.domain.errors import InvalidInputError
+from sluice.domain.amounts import format_amount, parse_amount
+from sluice.domain.errors import InvalidInputError, NotFoundError
 from sluice.domain.ledger import InstrumentId, check_party_id
-from sluice.ports import UnitOfWorkFactory
+from sluice.ports import InstrumentRecord, UnitOfWorkFactory
+
+# The transfer kinds a withdrawal of an onboarded instrument may take (see DESIGN §1).
+WITHDRAWAL_TRANSFER_KINDS = ("direct", "offer")
+_LIMIT_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}\Z")
 
 
 def register_customer(
@@ -29,22 +44,90 @@ def register_customer(
         uow.commit()
 
 
+def check_transfer_kinds(kinds: str | Collection[str]) -> tuple[str, ...]:
+    """A non-empty subset of ``direct`` and ``offer`` (as a comma-separated string or a list), in
+    canonical order."""
+    names = kinds.split(",") if isinstance(kinds, str) else list(kinds)
+    cleaned = {name.strip() for name in names if name.strip()}
+    if not cleaned:
+        raise InvalidInputError("transfer kinds must name at least one of: direct, offer")
+    unknown = sorted(cleaned - set(WITHDRAWAL_TRANSFER_KINDS))
+    if unknown:
+        raise InvalidInputError(
+            f"unknown transfer kind(s) {', '.join(unknown)}: expected direct and/or offer"
+        )
+    return tuple(kind for kind in WITHDRAWAL_TRANSFER_KINDS if kind in cleaned)
+
+
+def check_limits(limits: Mapping[str, str | Decimal | int]) -> dict[str, str]:
+    """Limit names (``withdrawal_max``, ``transfer_fee``…: lower case, digits, underscores) with
+    exact, non-negative decimal values, returned as canonical decimal strings."""
+    checked: dict[str, str] = {}
+    for name, value in limits.items():
+        if not _LIMIT_NAME.match(name):
+            raise InvalidInputError(
+                f"limit name {name!r} must be lower case letters, digits and underscores"
+            )
+        amount = parse_amount(value, field=f"limit {name}")
+        if amount < 0:
+            raise InvalidInputError(f"limit {name} must not be negative, got {value}")
+        checked[name] = format_amount(amount)
+    return checked
+
+
+def check_registry_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise InvalidInputError(f"registry URL {url!r} is not an http(s) URL")
+    return url
+
+
 def onboard_instrument(
     uow_factory: UnitOfWorkFactory,
     instrument: InstrumentId,
     *,
     registry_url: str | None = None,
     trusted: bool = True,
-    transfer_kinds: str = "direct",
-    limits: Mapping[str, str] | None = None,
+    transfer_kinds: str | Collection[str] = "direct",
+    limits: Mapping[str, str | Decimal | int] | None = None,
 ) -> bool:
-    """Record an instrument as onboarded so its deposits are credited; idempotent."""
+    """Record an instrument as onboarded (and enabled) so its deposits are credited.
+
+    Refuses an admin the exchange does not trust: its registry hands out the choice contexts
+    sluice passes to the ledger, and its deposits would be credited as real money. Idempotent:
+    returns False, changing nothing, when the instrument is already onboarded."""
     check_party_id(instrument.admin)
-    if not instrument.id:
+    if not instrument.id.strip():
         raise InvalidInputError("instrument id must not be empty")
+    if not trusted:
+        raise InvalidInputError(
+            f"the admin {instrument.admin} is not trusted: only instruments of trusted admins "
+            "are onboarded, since their registries answer for what sluice submits and their "
+            "deposits are credited to customers"
+        )
+    if registry_url is not None:
+        check_registry_url(registry_url)
+    kinds = check_transfer_kinds(transfer_kinds)
+    checked = check_limits(limits or {})
     with uow_factory() as uow:
         added = uow.reference.add_instrument(
-            instrument, registry_url, trusted, transfer_kinds, limits
+            instrument, registry_url, trusted, ",".join(kinds), checked or None
         )
         uow.commit()
         return added
+
+
+def set_instrument_enabled(
+    uow_factory: UnitOfWorkFactory, instrument: InstrumentId, enabled: bool
+) -> None:
+    """Enable or disable an onboarded instrument. While disabled its deposits go to suspense with
+    an alert and no withdrawal of it can be requested."""
+    with uow_factory() as uow:
+        if not uow.reference.set_instrument_enabled(instrument, enabled):
+            raise NotFoundError(f"instrument {instrument.key()} is not onboarded")
+        uow.commit()
+
+
+def list_instruments(uow_factory: UnitOfWorkFactory) -> list[InstrumentRecord]:
+    with uow_factory() as uow:
+        return uow.reference.instruments()

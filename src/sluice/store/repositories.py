@@ -24,7 +24,7 @@ from sluice.domain.ledger import (
     format_timestamp,
     parse_timestamp,
 )
-from sluice.domain.withdrawals import Withdrawal
+from sluice.domain.withdrawals import TERMINAL_STATUSES, Withdrawal
 from sluice.ports import EntryRecord, HistoryRecord, IngestBatch, InstrumentRecord
 from sluice.store import tables as t
 
@@ -289,6 +289,14 @@ class SqlIngestionRepository:
                     updated_at=now,
                 )
             )
+            if withdrawal.status in TERMINAL_STATUSES:
+                # A finished record keeps nothing reserved (after a DB restore its current
+                # attempt's inputs may not be the ones the transfer seen here spent).
+                c.execute(
+                    update(t.holdings)
+                    .where(t.holdings.c.reserved_by == withdrawal.id)
+                    .values(reserved_by=None)
+                )
         if batch.journal:
             # A withdrawal rebuilt from the chain after a DB restore may leave its customer owing.
             post_journal(c, batch.journal, now, forbid_negative_customers=False)

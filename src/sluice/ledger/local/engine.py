@@ -2013,6 +2013,12 @@ class NodeClient:
             raise InvalidInputError(f"{party} is not hosted on node {self.node}")
         return self._ledger.updates(party, after_offset, limit=limit)
 
+    def offset_at_record_time(self, party: str, time: datetime) -> int:
+        self._refresh()
+        if self._ledger.node_of(party) != self.node:
+            raise InvalidInputError(f"{party} is not hosted on node {self.node}")
+        return self._ledger.offset_at_record_time(self.node, time)
+
 
 __all__ = [
     "CommandRejectedError",
