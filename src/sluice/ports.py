@@ -309,6 +309,10 @@ class WithdrawalRepository(Protocol):
         """Write the record; with ``expected_status``, only if it still has that status."""
         ...
 
+    def update_many(
+        self, withdrawals: Collection[Withdrawal], *, expected_status: str | None = None
+    ) -> int: ...
+
     def claim(
         self,
         statuses: Collection[str],

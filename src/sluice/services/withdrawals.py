@@ -106,6 +106,8 @@ class WithdrawalSettings:
     merge_small_below: Decimal = Decimal("10")
     split_parallel: int = 0
     split_large_at_least: Decimal = Decimal("100")
+    # How often (clock time) a worker looks at the pool for upkeep.
+    upkeep_interval_s: float = 10.0
 
     def __post_init__(self) -> None:
         if self.trec_span_s <= 0 or self.offer_expiry_s <= 0 or self.offer_timeout_s <= 0:
@@ -360,6 +362,7 @@ class WithdrawalWorker:
         self.settings = settings or WithdrawalSettings()
         # A test hook: called between a submission and recording it (crash tests raise here).
         self._after_submit = after_submit
+        self._next_upkeep: datetime | None = None
 
     def run_once(self, *, upkeep: bool = True) -> WorkerTick:
         tick = WorkerTick()
@@ -455,14 +458,16 @@ class WithdrawalWorker:
             if uow.withdrawals.control(HOLD_KEY):
                 uow.withdrawals.set_control(HOLD_KEY, None)  # ingestion has passed it
             claimed = uow.withdrawals.claim(["reserved"], self.settings.claim_batch)
-            for record in claimed:
-                uow.withdrawals.update(replace(record, status="submitting"))
+            uow.withdrawals.update_many([replace(r, status="submitting") for r in claimed])
             kinds = {
-                record.instrument: uow.withdrawals.instrument(record.instrument)
-                for record in claimed
+                instrument: uow.withdrawals.instrument(instrument)
+                for instrument in {record.instrument for record in claimed}
             }
             uow.commit()
+        if not claimed:
+            return
         now = self._clock()
+        done: list[Withdrawal] = []
         for record in claimed:
             instrument = kinds.get(record.instrument)
             allowed = instrument.transfer_kinds if instrument is not None else ("direct",)
@@ -474,13 +479,13 @@ class WithdrawalWorker:
                 tick.submitted += 1
             if self._after_submit is not None:
                 self._after_submit(record)
-            with self._uow() as uow:
-                current = uow.withdrawals.get(record.id, lock=True)
-                if current is not None and current.status == "submitting":
-                    uow.withdrawals.update(
-                        replace(current, status="submitted", last_error=error, failure=failure)
-                    )
-                uow.commit()
+            done.append(replace(record, status="submitted", last_error=error, failure=failure))
+        # Recorded together, in one transaction. A crash before this leaves the records in
+        # ``submitting``, which is settled exactly like ``submitted`` once trec_tgt has passed;
+        # a record ingestion has meanwhile completed (or settled) is left as it is.
+        with self._uow() as uow:
+            uow.withdrawals.update_many(done, expected_status="submitting")
+            uow.commit()
 
     def _submit(
         self, record: Withdrawal, allowed: tuple[str, ...], now: datetime
@@ -561,9 +566,14 @@ class WithdrawalWorker:
     # -- pool upkeep ------------------------------------------------------------------------------
 
     def plan_upkeep(self, tick: WorkerTick) -> None:
-        """Merge many small holdings, or split a large one, as a self-transfer record."""
+        """Merge many small holdings, or split a large one, as a self-transfer record. Looks at
+        the pool at most once per ``upkeep_interval_s`` of clock time (it reads every holding)."""
         if not self.settings.merge_threshold and not self.settings.split_parallel:
             return
+        now_clock = self._clock()
+        if self._next_upkeep is not None and now_clock < self._next_upkeep:
+            return
+        self._next_upkeep = now_clock + timedelta(seconds=self.settings.upkeep_interval_s)
         with self._uow() as uow:
             repo = uow.withdrawals
             cursor = repo.cursor(self.connection)

@@ -276,27 +276,44 @@ class SqlIngestionRepository:
                 insert(t.withdrawals),
                 [withdrawal_row(w, now) for w in batch.withdrawals_new.values()],
             )
-        for withdrawal in batch.withdrawals_changed.values():
+        if batch.withdrawals_changed:
             c.execute(
                 update(t.withdrawals)
-                .where(t.withdrawals.c.id == withdrawal.id)
+                .where(t.withdrawals.c.id == bindparam("wid"))
                 .values(
-                    status=withdrawal.status,
-                    instruction_cid=withdrawal.instruction_cid,
-                    offered_at=_ts(withdrawal.offered_at),
-                    outcome_update_id=withdrawal.outcome_update_id,
-                    failure=withdrawal.failure,
+                    status=bindparam("st"),
+                    instruction_cid=bindparam("icid"),
+                    offered_at=bindparam("oat"),
+                    outcome_update_id=bindparam("oud"),
+                    failure=bindparam("fail"),
                     updated_at=now,
-                )
+                ),
+                [
+                    {
+                        "wid": w.id,
+                        "st": w.status,
+                        "icid": w.instruction_cid,
+                        "oat": _ts(w.offered_at),
+                        "oud": w.outcome_update_id,
+                        "fail": w.failure,
+                    }
+                    for w in batch.withdrawals_changed.values()
+                ],
             )
-            if withdrawal.status in TERMINAL_STATUSES:
-                # A finished record keeps nothing reserved (after a DB restore its current
-                # attempt's inputs may not be the ones the transfer seen here spent).
-                c.execute(
-                    update(t.holdings)
-                    .where(t.holdings.c.reserved_by == withdrawal.id)
-                    .values(reserved_by=None)
-                )
+        finished = [
+            {"wid": w.id}
+            for w in batch.withdrawals_changed.values()
+            if w.status in TERMINAL_STATUSES
+        ]
+        if finished:
+            # A finished record keeps nothing reserved (after a DB restore its current attempt's
+            # inputs may not be the ones the transfer seen here spent).
+            c.execute(
+                update(t.holdings)
+                .where(t.holdings.c.reserved_by == bindparam("wid"))
+                .values(reserved_by=None),
+                finished,
+            )
         if batch.journal:
             # A withdrawal rebuilt from the chain after a DB restore may leave its customer owing.
             post_journal(c, batch.journal, now, forbid_negative_customers=False)

@@ -8,7 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Select, and_, func, insert, select, update
+from sqlalchemy import Connection, Select, and_, bindparam, func, insert, select, update
 
 from sluice.domain.amounts import ZERO
 from sluice.domain.journal import AccountRef, JournalTransaction
@@ -50,13 +50,31 @@ class SqlWithdrawalRepository:
         self._c.execute(insert(t.withdrawals).values(**withdrawal_row(withdrawal, _now())))
 
     def update(self, withdrawal: Withdrawal, *, expected_status: str | None = None) -> bool:
-        values = withdrawal_row(withdrawal, _now())
-        del values["id"], values["created_at"]
-        condition = t.withdrawals.c.id == withdrawal.id
+        return self.update_many([withdrawal], expected_status=expected_status) == 1
+
+    def update_many(
+        self, withdrawals: Collection[Withdrawal], *, expected_status: str | None = None
+    ) -> int:
+        """Write the records (one statement, bound parameters); with ``expected_status``, only
+        those that still have it. Returns how many rows changed."""
+        if not withdrawals:
+            return 0
+        now = _now()
+        rows = []
+        for withdrawal in withdrawals:
+            row = withdrawal_row(withdrawal, now)
+            del row["created_at"]
+            rows.append({f"p_{key}": value for key, value in row.items()})
+        table = t.withdrawals
+        condition = table.c.id == bindparam("p_id")
         if expected_status is not None:
-            condition = and_(condition, t.withdrawals.c.status == expected_status)
-        changed = self._c.execute(update(t.withdrawals).where(condition).values(**values))
-        return bool(changed.rowcount)
+            condition = and_(condition, table.c.status == expected_status)
+        statement = (
+            update(table)
+            .where(condition)
+            .values({key[2:]: bindparam(key) for key in rows[0] if key != "p_id"})
+        )
+        return int(self._c.execute(statement, rows).rowcount)
 
     def claim(
         self,
