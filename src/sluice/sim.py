@@ -1094,7 +1094,8 @@ class _Simulation:
                 self._violation("payments", f"{count} transfers committed for {record_id}")
         for row in records:
             count = self.payments.get(row.id, 0)
-            is_offer = row.kind == "withdrawal" and row.instrument_id == self.sb.token.id
+            instrument = InstrumentId(row.instrument_admin, row.instrument_id)
+            is_offer = row.kind == "withdrawal" and instrument == self.sb.token
             if row.rebuilt:
                 self._violation("payments", f"{row.id} was rebuilt from the chain")
             if row.status == "completed":
@@ -1110,7 +1111,8 @@ class _Simulation:
             elif final:
                 self._violation("settled", f"{row.kind} {row.id} is still {row.status}")
             if final and is_offer and (row.status == "completed") != (row.id in self.accepted):
-                self._violation("payments", f"{row.id} is {row.status}; accepted: no")
+                accepted = "accepted" if row.id in self.accepted else "not accepted"
+                self._violation("payments", f"{row.id} is {row.status}, its offer {accepted}")
 
     def _check_reservations(
         self, records: list[Any], reserved: dict[str, str], spent: dict[str, bool]

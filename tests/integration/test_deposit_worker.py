@@ -57,9 +57,7 @@ def balance(sb: Sandbox, customer: str, instrument: InstrumentId | None = None) 
 
 
 def holdings(sb: Sandbox, party: str, instrument: InstrumentId | None = None) -> Decimal:
-    return sum(
-        (h.amount for h in sb.ledger.active_holdings(party, instrument or sb.token)), ZERO
-    )
+    return sum((h.amount for h in sb.ledger.active_holdings(party, instrument or sb.token)), ZERO)
 
 
 def pending_on_ledger(sb: Sandbox) -> set[str]:
@@ -105,14 +103,12 @@ class _CountingRegistry:
     def transfer_factory(self, transfer: Any) -> Any:
         return self._inner.transfer_factory(transfer)
 
-    def choice_context(
-        self, choice: InstructionChoice, instruction_cid: str
-    ) -> ChoiceContextData:
+    def choice_context(self, choice: InstructionChoice, instruction_cid: str) -> ChoiceContextData:
         self._contexts[(choice, instruction_cid)] += 1
         return self._inner.choice_context(choice, instruction_cid)
 
 
-class Crash(Exception):
+class CrashError(Exception):
     """The worker process dying at an inconvenient moment."""
 
 
@@ -124,7 +120,7 @@ class CrashAfterCommand:
 
     def submit_transfer(self, *args: Any, **kwargs: Any) -> None:
         self._inner.submit_transfer(*args, **kwargs)
-        raise Crash("died after the transfer was submitted")
+        raise CrashError("died after the transfer was submitted")
 
     def exercise_instruction(
         self,
@@ -134,7 +130,7 @@ class CrashAfterCommand:
         **kwargs: Any,
     ) -> None:
         self._inner.exercise_instruction(choice, instruction_cid, context, **kwargs)
-        raise Crash(f"died after the {choice} went through, before recording it")
+        raise CrashError(f"died after the {choice} went through, before recording it")
 
 
 def worker(
@@ -266,7 +262,9 @@ def test_offer_with_an_unknown_reason_or_instrument_is_left_alone_and_listed(
     assert unknown.instruction_cid is not None
     sb.ledger.withdraw(unknown.instruction_cid, sender)
     sb.ingest()
-    remaining = {o.instruction.contract_id for o in list_incoming_offers(sb.database.uow, sb.treasury)}
+    remaining = {
+        o.instruction.contract_id for o in list_incoming_offers(sb.database.uow, sb.treasury)
+    }
     assert remaining == cids - {unknown.instruction_cid}
     assert holdings(sb, sb.treasury) == ZERO
     assert_books_balance(sb)
@@ -345,7 +343,7 @@ def test_deposit_worker_crash_after_accepting_before_recording_credits_once(
     sb: Sandbox,
 ) -> None:
     cid = offered(sb, "cust-0", "80")
-    with pytest.raises(Crash):
+    with pytest.raises(CrashError):
         worker(sb, commands=CrashAfterCommand(sb.commands)).run_once()
     assert pending_on_ledger(sb) == set()  # the accept committed
     (offer,) = list_incoming_offers(sb.database.uow, sb.treasury)

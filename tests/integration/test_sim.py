@@ -13,9 +13,10 @@ Here it runs
 * a few seeds on PostgreSQL (row locks, ``NUMERIC``), which must give the very line SQLite gives;
 * one seed twice in this process and once in another process with another hash seed: the same
   line each time; different seeds give different lines;
-* two seeds with the Integration DB tampered with mid-run — a balanced journal entry that credits
-  a customer with nobody's deposit, a paid withdrawal put back in the queue so that the worker pays
-  it again — which must be reported at that step, by the check that exists for it.
+* three seeds with the Integration DB tampered with mid-run — a balanced journal entry that
+  credits a customer with nobody's deposit; an ingestion cursor claiming an hour more than was
+  ingested (the worker then refunds a withdrawal that was paid); a paid withdrawal put back in the
+  queue, so that the worker pays it again — each reported by the check that exists for it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import subprocess
 import sys
 from collections import Counter
 from dataclasses import replace
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
@@ -168,6 +170,26 @@ def test_a_credit_nobody_deposited_is_reported() -> None:
     assert {"credits", "suspense"} <= checks
     assert "books" not in checks
     assert all(violation.startswith("step 40: ") for violation in result.violations)
+
+
+def test_a_cursor_claiming_more_than_was_ingested_is_reported_with_what_it_causes() -> None:
+    """The worker refunds an attempt once the cursor's record time passes its ``trec_tgt``; a
+    cursor an hour ahead of what was ingested makes it refund a withdrawal that was paid."""
+
+    def jump_the_cursor(step: int, sandbox: Sandbox) -> None:
+        if step != 50:
+            return
+        with sandbox.database.uow() as uow:
+            cursor = uow.ingestion.load_cursor(sandbox.connection)
+            assert cursor is not None
+            ahead = replace(cursor, record_time=sandbox.clock() + timedelta(hours=1))
+            uow.ingestion.set_cursor(sandbox.connection, sandbox.treasury, ahead)
+            uow.commit()
+
+    result = run_simulation(3, 100, crash_rate=0.0, fault_rate=0.0, tamper=jump_the_cursor)
+    assert result.violations[0].startswith("step 50: cursor: ")
+    checks = {violation.split(": ")[1] for violation in result.violations}
+    assert {"payments", "alerts"} <= checks  # paid and refunded: withdrawal_paid_twice
 
 
 def test_a_withdrawal_paid_twice_is_reported() -> None:

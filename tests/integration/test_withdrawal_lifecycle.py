@@ -7,9 +7,11 @@ Amulet, 1-step, and USDX, whose transfers are all offers) through random steps â
 deposit (USDX deposits are offers the deposit worker answers), request withdrawals (sometimes
 again with an idempotency key already used, with the same or other parameters), two withdrawal
 workers run, the deposit worker runs, ingestion runs, the clock moves (past ``trec_tgt``, the
-offer timeout, the offers' expiry), the next command of a worker fails or its response is lost,
-customers accept or reject the offers they were sent, the admin expires what is due. Small
-holdings pile up, so the workers also merge.
+offer timeout, the offers' expiry), the next command of a worker (either withdrawal worker or the
+deposit worker) fails or its response is lost, customers accept or reject the offers they were
+sent, the admin expires what is due. Each scenario opens with every customer holding credited
+funds and a few withdrawals requested, so there is always something in flight. Small holdings
+pile up, so the workers also merge.
 
 After every step:
 
@@ -26,11 +28,14 @@ After every step:
 
 At the end of each scenario the faults are cleared and the world is run until nothing is live
 (customers accept what they are offered, time passes): everything must drain to completed or
-failed with nothing left in flight or reserved. Runs 40 scenarios on SQLite and 10 on PostgreSQL.
+failed with nothing left in flight or reserved. Runs 30 scenarios of 25 steps on SQLite (with
+``synchronous=OFF``, see :func:`relax_durability`) and 10 on PostgreSQL, one database per test,
+emptied between scenarios.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from decimal import Decimal
 from typing import Any, ClassVar
@@ -51,7 +56,7 @@ from sluice.domain.errors import DuplicateOperationError, InsufficientBalanceErr
 from sluice.domain.journal import IN_FLIGHT, AccountRef, customer_account_name
 from sluice.domain.ledger import InstrumentId
 from sluice.domain.withdrawals import TERMINAL_STATUSES, Withdrawal
-from sluice.ledger.local import CommandRejectedError, ResponseLostError
+from sluice.ledger.local import CommandRejectedError
 from sluice.sandbox import Sandbox
 from sluice.services.books import check_invariant, customer_balances
 from sluice.services.withdrawals import WithdrawalSettings, list_withdrawals
@@ -371,10 +376,9 @@ class Lifecycle(RuleBasedStateMachine):
             for party in sb.customers.values():
                 for offer in sb.ledger.active_instructions(party):
                     if offer.transfer.sender == sb.treasury:
-                        try:
+                        # Refused once expired: then the admin or the worker ends it.
+                        with contextlib.suppress(CommandRejectedError):
                             sb.ledger.accept(offer.contract_id, party)
-                        except CommandRejectedError:
-                            pass  # expired: the admin or the worker ends it
             for worker in self.workers:
                 worker.run_once()
             sb.deposit_worker().run_once()
@@ -425,6 +429,5 @@ COMMON_OUTCOMES = {
 
 def test_every_withdrawal_ends_paid_once_or_refunded_whatever_happens(database_url: str) -> None:
     examples = 30 if database_url.startswith("sqlite") else 10
-    examples = int(__import__("os").environ.get("LC_EX", examples))
     outcomes = run_lifecycles(database_url, examples)
     assert set(outcomes) >= COMMON_OUTCOMES, outcomes

@@ -212,9 +212,6 @@ class Ingestion:
                     max_transactions is not None
                     and progress.transactions + len(pending) >= max_transactions
                 ):
-                    # Taken out of ``pending`` first: if anything after its commit raises (the
-                    # on_batch hook), the ``finally`` below must not apply it a second time
-                    # with the old cursor (that would move the cursor's record time back).
                     batch, pending = pending, []
                     cursor = self._commit_batch(batch, cursor, progress)
                     consumed += len(batch)
@@ -222,11 +219,15 @@ class Ingestion:
                         max_transactions is not None and progress.transactions >= max_transactions
                     ):
                         return consumed
-        finally:
-            # Whole updates read before a failure are kept: they are complete and in order.
+        except LedgerReadError:
+            # Whole updates read before a read failure are kept: they are complete and in order.
+            # (On any other error nothing more is written: a crash must not commit anything.)
             if pending:
                 self._commit_batch(pending, cursor, progress)
-                consumed += len(pending)
+            raise
+        if pending:
+            self._commit_batch(pending, cursor, progress)
+            consumed += len(pending)
         return consumed
 
     # -- one batch ------------------------------------------------------------------------------
