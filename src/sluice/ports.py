@@ -337,7 +337,8 @@ class WithdrawalRepository(Protocol):
     ) -> None: ...
 
     def spendable_holdings(self, owner: str, instrument: InstrumentId) -> list[Holding]:
-        """Active, unreserved holdings (locked ones included: selection decides)."""
+        """Active, unreserved holdings (locked ones included: selection decides; their locks
+        carry only the expiry)."""
         ...
 
     def holdings_of(self, owner: str, instrument: InstrumentId) -> list[tuple[Holding, str | None]]:

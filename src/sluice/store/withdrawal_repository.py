@@ -17,6 +17,7 @@ from sluice.domain.ledger import (
     Cursor,
     Holding,
     InstrumentId,
+    Lock,
     parse_timestamp,
 )
 from sluice.domain.withdrawals import LIVE_STATUSES, Withdrawal
@@ -165,8 +166,29 @@ class SqlWithdrawalRepository:
         )
 
     def spendable_holdings(self, owner: str, instrument: InstrumentId) -> list[Holding]:
-        query = self._active(owner, instrument).where(t.holdings.c.reserved_by.is_(None))
-        return [_holding_from_row(row) for row in self._c.execute(query)]
+        """Only what selection needs is read (this runs for every withdrawal request)."""
+        table = t.holdings
+        query = select(
+            table.c.contract_id, table.c.amount, table.c.lock_holders, table.c.lock_expires_at
+        ).where(
+            and_(
+                table.c.owner == owner,
+                table.c.instrument_admin == instrument.admin,
+                table.c.instrument_id == instrument.id,
+                table.c.archived_update_id.is_(None),
+                table.c.reserved_by.is_(None),
+            )
+        )
+        found = []
+        for cid, amount, lock_holders, lock_expires_at in self._c.execute(query):
+            lock = None
+            if lock_holders is not None:
+                lock = Lock(
+                    holders=(),
+                    expires_at=parse_timestamp(lock_expires_at) if lock_expires_at else None,
+                )
+            found.append(Holding(cid, owner, instrument, amount, lock))
+        return found
 
     def holdings_of(self, owner: str, instrument: InstrumentId) -> list[tuple[Holding, str | None]]:
         return [
