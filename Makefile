@@ -9,7 +9,7 @@ UV_VERSION := 0.13.8
 PG_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/sluice_bench
 BENCH_UPDATES ?= 100000
 
-.PHONY: demo test lint format bench bench-quick lock clean install
+.PHONY: demo test lint format bench bench-quick soak lock clean install
 
 install: $(STAMP)
 
@@ -44,6 +44,14 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(BIN)/sluice bench ingest --updates 5000 --db sqlite:///data/bench/bench.db
+
+# The deterministic simulation over many seeds (make test runs a short sweep); prints the line of
+# every seed with a violation and a summary. SOAK_SEEDS=1-2000 SOAK_JOBS=1 for a longer one.
+SOAK_SEEDS ?= 1-500
+SOAK_STEPS ?= 400
+SOAK_JOBS ?= 2
+soak: $(STAMP)
+	$(BIN)/python -m sluice.sim --seeds $(SOAK_SEEDS) --steps $(SOAK_STEPS) --jobs $(SOAK_JOBS)
 
 # Re-pin every dependency after changing pyproject.toml.
 lock: $(STAMP)

@@ -466,6 +466,8 @@ class _Simulation:
         self.label = "setup"
         self._failed_checks: set[str] = set()
         self._reclaimed: set[tuple[str, str]] = set()
+        self._cursor_floor: datetime | None = None  # the cursor's record time at the last check
+        self._newest_ingested: datetime | None = None  # of the commits ingested since a rewind
         self.instruments = (sandbox.coin, sandbox.token)
         self.customer_ids = sorted(sandbox.customers)
         self.accounts = {"acct-" + c.removeprefix("cust-"): c for c in self.customer_ids}
@@ -901,6 +903,7 @@ class _Simulation:
         since = cursor.record_time - timedelta(seconds=self.rng.choice((0, 0, 30, 300)))
         treasury = self.sb.treasury
         offset = offset_for_record_time(self.ledger.client(treasury), treasury, since)
+        self._cursor_floor = self._newest_ingested = None  # moving it back is the point
         rewind_cursor(
             self.sb.database.uow,
             self.sb.connection,
@@ -1025,16 +1028,36 @@ class _Simulation:
         for commit in self.unconfirmed:
             if commit.update_id not in self.ingested:
                 waiting.append(commit)
-            elif commit.account is not None and commit.instrument is not None:
+                continue
+            newest = self._newest_ingested
+            self._newest_ingested = (
+                max(newest, commit.record_time) if newest else commit.record_time
+            )
+            if commit.account is not None and commit.instrument is not None:
                 key = (commit.account, commit.instrument)
                 self.owed[key] = self.owed.get(key, ZERO) + commit.amount
         self.unconfirmed = waiting
 
     def _check_cursor(self, cursor_time: datetime | None) -> None:
         """What the withdrawal worker relies on to declare an attempt failed: everything up to
-        the cursor's record time has been ingested."""
+        the cursor's record time has been ingested. And the record time is that of the newest
+        update ingested (or later); it only moves back when the runbook moves the cursor."""
+        newest = self._newest_ingested
+        if newest is not None and (cursor_time is None or cursor_time < newest):
+            self._violation(
+                "cursor",
+                f"an update of {format_timestamp(newest)} was ingested, but the cursor's record "
+                f"time is {format_timestamp(cursor_time) if cursor_time else 'none'}",
+            )
         if cursor_time is None:
             return
+        floor, self._cursor_floor = self._cursor_floor, cursor_time
+        if floor is not None and cursor_time < floor:
+            self._violation(
+                "cursor",
+                f"the cursor's record time moved back from {format_timestamp(floor)} to "
+                f"{format_timestamp(cursor_time)}",
+            )
         for commit in self.unconfirmed:
             if commit.record_time <= cursor_time:
                 self._violation(

@@ -38,7 +38,7 @@ from sluice.sandbox import Sandbox
 from sluice.services.withdrawals import list_withdrawals
 from sluice.sim import main, run_simulation, simulate_command
 
-SWEEP_SEEDS = range(1, 41)
+SWEEP_SEEDS = range(1, 65)
 SWEEP_STEPS = 100
 POSTGRES_SEEDS = (1, 2)
 POSTGRES_STEPS = 100
@@ -102,6 +102,8 @@ def test_seeds_on_postgresql_keep_every_guarantee_and_match_sqlite(postgres_url:
 
 def test_the_same_seed_gives_the_same_line_in_any_process() -> None:
     first = run_simulation(7, 80).as_json_line()
+    line = json.loads(first)
+    assert line["deposits"] and line["withdrawals"] and line["crashes"] and line["faults"]
     assert run_simulation(7, 80).as_json_line() == first
     code = "from sluice.sim import run_simulation; print(run_simulation(7, 80).as_json_line())"
     other = subprocess.run(
