@@ -326,7 +326,12 @@ class WithdrawalRepository(Protocol):
         ...
 
     def find(
-        self, *, statuses: Collection[str] = (), customer_id: str | None = None, limit: int = 1000
+        self,
+        *,
+        statuses: Collection[str] = (),
+        customer_id: str | None = None,
+        kinds: Collection[str] = (),
+        limit: int = 1000,
     ) -> list[Withdrawal]: ...
     def largest_live_trec_tgt(self) -> datetime | None: ...
     def record_attempt(

@@ -38,8 +38,8 @@ from sluice.sandbox import Sandbox
 from sluice.services.withdrawals import list_withdrawals
 from sluice.sim import main, run_simulation, simulate_command
 
-SWEEP_SEEDS = range(1, 65)
-SWEEP_STEPS = 100
+SWEEP_SEEDS = range(1, 201)
+SWEEP_STEPS = 60
 POSTGRES_SEEDS = (1, 2)
 POSTGRES_STEPS = 100
 # What the sweep must have made happen at least once (SimulationResult.outcomes).

@@ -580,9 +580,9 @@ class WithdrawalWorker:
             if cursor is None:
                 return
             now = _lock_time(repo, self.connection, self._clock)
-            live = repo.find(statuses=sorted(LIVE_STATUSES))
             # One upkeep record per instrument at a time.
-            busy = {r.instrument for r in live if r.kind != "withdrawal"}
+            live = repo.find(statuses=sorted(LIVE_STATUSES), kinds=("merge", "split"))
+            busy = {r.instrument for r in live}
             for instrument in uow.reference.instruments():
                 if not instrument.enabled or instrument.instrument in busy:
                     continue

@@ -711,6 +711,11 @@ def instrument_from_row(row: Row[Any]) -> InstrumentRecord:
     )
 
 
+def _stored_time(text: str) -> datetime:
+    """A timestamp this DB wrote (canonical, ``...Z``): the fast path of ``parse_timestamp``."""
+    return datetime.fromisoformat(text)
+
+
 def withdrawal_from_row(row: Row[Any]) -> Withdrawal:
     return Withdrawal(
         id=row.id,
@@ -724,11 +729,11 @@ def withdrawal_from_row(row: Row[Any]) -> Withdrawal:
         attempt=row.attempt,
         attempts_max=row.attempts_max,
         idempotency_key=row.idempotency_key,
-        trec_tgt=parse_timestamp(row.trec_tgt) if row.trec_tgt else None,
+        trec_tgt=_stored_time(row.trec_tgt) if row.trec_tgt else None,
         inputs=tuple(json.loads(row.inputs)),
-        requested_at=parse_timestamp(row.requested_at) if row.requested_at else None,
+        requested_at=_stored_time(row.requested_at) if row.requested_at else None,
         instruction_cid=row.instruction_cid,
-        offered_at=parse_timestamp(row.offered_at) if row.offered_at else None,
+        offered_at=_stored_time(row.offered_at) if row.offered_at else None,
         outcome_update_id=row.outcome_update_id,
         failure=row.failure,
         last_error=row.last_error,

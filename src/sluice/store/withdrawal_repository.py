@@ -98,12 +98,19 @@ class SqlWithdrawalRepository:
         return [withdrawal_from_row(row) for row in self._c.execute(query)]
 
     def find(
-        self, *, statuses: Collection[str] = (), customer_id: str | None = None, limit: int = 1000
+        self,
+        *,
+        statuses: Collection[str] = (),
+        customer_id: str | None = None,
+        kinds: Collection[str] = (),
+        limit: int = 1000,
     ) -> list[Withdrawal]:
         table = t.withdrawals
         query = select(table)
         if statuses:
             query = query.where(table.c.status.in_(list(statuses)))
+        if kinds:
+            query = query.where(table.c.kind.in_(list(kinds)))
         if customer_id is not None:
             query = query.where(table.c.customer_id == customer_id)
         query = query.order_by(table.c.created_at, table.c.id).limit(limit)
