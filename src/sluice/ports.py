@@ -346,10 +346,6 @@ class WithdrawalRepository(Protocol):
         carry only the expiry)."""
         ...
 
-    def holdings_of(self, owner: str, instrument: InstrumentId) -> list[tuple[Holding, str | None]]:
-        """Active holdings with the record that reserved each (None: free)."""
-        ...
-
     def reserve(self, contract_ids: Collection[str], withdrawal_id: str) -> bool:
         """Reserve free, active holdings for a record; False (nothing reserved) if any is not."""
         ...

@@ -103,10 +103,6 @@ class Withdrawal:
     last_error: str | None = None
     rebuilt: bool = False
 
-    @property
-    def is_live(self) -> bool:
-        return self.status in LIVE_STATUSES
-
     def transfer_meta(self) -> dict[str, str]:
         meta: dict[str, str] = {KIND_KEY: self.kind}
         if self.customer_id is not None:

@@ -396,14 +396,7 @@ class Ingestion:
             batch.journal.extend(disposition.journal)
             batch.alerts.extend(disposition.alerts)
             batch.entries.append(
-                EntryRecord(
-                    update_id=tx.update_id,
-                    offset=tx.offset,
-                    record_time=tx.record_time,
-                    entry=entry,
-                    disposition=disposition.kind,
-                    customer_id=disposition.customer_id,
-                )
+                _entry_record(tx, entry, disposition.kind, disposition.customer_id)
             )
         for instruction in tx.instructions_created:
             transfer = instruction.transfer
@@ -434,16 +427,7 @@ class Ingestion:
             batch.withdrawals_changed[record.id] = record
         batch.journal.extend(outcome.journal)
         batch.alerts.extend(outcome.alerts)
-        batch.entries.append(
-            EntryRecord(
-                update_id=tx.update_id,
-                offset=tx.offset,
-                record_time=tx.record_time,
-                entry=entry,
-                disposition=outcome.disposition,
-                customer_id=record.customer_id,
-            )
-        )
+        batch.entries.append(_entry_record(tx, entry, outcome.disposition, record.customer_id))
 
     def _stop_on(self, failure: MalformedUpdateError, raw: Mapping[str, Any]) -> None:
         try:
@@ -499,6 +483,19 @@ def _relaxed_garbage_collection() -> Iterator[None]:
         yield
     finally:
         gc.set_threshold(*thresholds)
+
+
+def _entry_record(
+    tx: ParsedTransaction, entry: HistoryEntry, disposition: str, customer_id: str | None
+) -> EntryRecord:
+    return EntryRecord(
+        update_id=tx.update_id,
+        offset=tx.offset,
+        record_time=tx.record_time,
+        entry=entry,
+        disposition=disposition,
+        customer_id=customer_id,
+    )
 
 
 def _advance(

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sluice.domain.errors import InvalidInputError
-from sluice.domain.ledger import Cursor, parse_timestamp
+from sluice.domain.ledger import Cursor
 from sluice.ports import LedgerClient, UnitOfWorkFactory
-from sluice.services.withdrawals import HOLD_KEY, held_until
+from sluice.services.withdrawals import hold_in_force, recorded_hold
 
 ONE_MICROSECOND = timedelta(microseconds=1)
 
@@ -98,12 +98,11 @@ def hold_state(uow_factory: UnitOfWorkFactory, connection: str) -> HoldState:
     """The hold ``hold_until_safe`` set: it stops submissions until ingestion on ``connection``
     has passed it (the next worker run then clears it)."""
     with uow_factory() as uow:
-        value = uow.withdrawals.control(HOLD_KEY)
-        in_force = held_until(uow, connection) is not None
+        until = recorded_hold(uow)
         cursor = uow.withdrawals.cursor(connection)
     return HoldState(
-        until=parse_timestamp(value) if value else None,
-        in_force=in_force,
+        until=until,
+        in_force=hold_in_force(until, cursor),
         ingested_record_time=cursor.record_time if cursor is not None else None,
     )
 

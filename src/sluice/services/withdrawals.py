@@ -35,7 +35,6 @@ critical ``withdrawal_paid_twice`` alert rather than paying from the customer's 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -77,6 +76,7 @@ from sluice.domain.withdrawals import (
 )
 from sluice.ports import (
     CommandError,
+    InstrumentRecord,
     LedgerCommands,
     RegistryError,
     RegistryLookup,
@@ -84,8 +84,6 @@ from sluice.ports import (
     UnitOfWorkFactory,
     WithdrawalRepository,
 )
-
-log = logging.getLogger(__name__)
 
 HOLD_KEY = "withdrawals_hold_until"
 Clock = Callable[[], datetime]
@@ -202,7 +200,15 @@ def request_withdrawal(
             idempotency_key=idempotency_key,
             requested_at=clock(),
         )
-        withdrawal = _try_reserve(repo, withdrawal, clock, settings) or withdrawal
+        reserved = _try_reserve(
+            repo,
+            withdrawal,
+            fee=_fee_allowance(record, withdrawal),
+            now=clock(),
+            clock=clock,
+            settings=settings,
+        )
+        withdrawal = reserved or withdrawal
         repo.insert(withdrawal)
         if withdrawal.status == "reserved":
             assert withdrawal.trec_tgt is not None
@@ -223,20 +229,18 @@ def _candidates(holdings: list[Holding]) -> list[Candidate]:
     ]
 
 
-def _fee_allowance(repo: WithdrawalRepository, withdrawal: Withdrawal) -> Decimal:
+def _fee_allowance(record: InstrumentRecord | None, withdrawal: Withdrawal) -> Decimal:
     """What the admin may burn from the sender on top of the amount (the instrument's
     ``transfer_fee`` limit, set at onboarding); self-transfers pay none."""
     if withdrawal.sender == withdrawal.receiver:
         return Decimal(0)
-    record = repo.instrument(withdrawal.instrument)
     fee = record.limits.get("transfer_fee") if record is not None else None
     return parse_amount(fee, field="transfer_fee") if fee else Decimal(0)
 
 
-def _lock_time(repo: WithdrawalRepository, connection: str | None, clock: Clock) -> datetime:
+def _lock_time(cursor: Cursor | None, clock: Clock) -> datetime:
     """The time against which lock expiry is judged: the last ingested record time (the ledger
     has certainly reached it), else the clock."""
-    cursor = repo.cursor(connection) if connection else None
     if cursor is not None and cursor.record_time is not None:
         return cursor.record_time
     return clock()
@@ -245,17 +249,16 @@ def _lock_time(repo: WithdrawalRepository, connection: str | None, clock: Clock)
 def _try_reserve(
     repo: WithdrawalRepository,
     withdrawal: Withdrawal,
+    *,
+    fee: Decimal,
+    now: datetime,
     clock: Clock,
     settings: WithdrawalSettings,
-    connection: str | None = None,
 ) -> Withdrawal | None:
-    """Select and reserve inputs for the record's next attempt; None if none can be found now."""
+    """Select and reserve inputs (amount + ``fee``, locks judged at ``now``) for the record's
+    next attempt; None if none can be found now."""
     holdings = repo.spendable_holdings(withdrawal.sender, withdrawal.instrument)
-    selection = select_inputs(
-        _candidates(holdings),
-        withdrawal.amount + _fee_allowance(repo, withdrawal),
-        now=_lock_time(repo, connection, clock),
-    )
+    selection = select_inputs(_candidates(holdings), withdrawal.amount + fee, now=now)
     if selection is None:
         return None
     inputs = tuple(c.contract_id for c in selection.inputs)
@@ -296,16 +299,17 @@ def release_hold(uow_factory: UnitOfWorkFactory) -> None:
         uow.commit()
 
 
-def held_until(uow: UnitOfWork, connection: str) -> datetime | None:
-    """The hold in force (None: none, or ingestion has passed it)."""
+def recorded_hold(uow: UnitOfWork) -> datetime | None:
+    """The hold as recorded (None: none), whether or not ingestion has passed it."""
     value = uow.withdrawals.control(HOLD_KEY)
-    if not value:
-        return None
-    until = parse_timestamp(value)
-    cursor = uow.withdrawals.cursor(connection)
-    if cursor is not None and cursor.record_time is not None and cursor.record_time >= until:
-        return None
-    return until
+    return parse_timestamp(value) if value else None
+
+
+def hold_in_force(until: datetime | None, cursor: Cursor | None) -> bool:
+    """A recorded hold stops submissions until ingestion's record time has reached it."""
+    if until is None:
+        return False
+    return cursor is None or cursor.record_time is None or cursor.record_time < until
 
 
 # --- the worker --------------------------------------------------------------------------------
@@ -432,8 +436,19 @@ class WithdrawalWorker:
     def reserve_queued(self, tick: WorkerTick) -> None:
         with self._uow() as uow:
             repo = uow.withdrawals
+            now = _lock_time(repo.cursor(self.connection), self._clock)
+            instruments: dict[InstrumentId, InstrumentRecord | None] = {}
             for record in repo.claim(["queued"], self.settings.claim_batch):
-                reserved = _try_reserve(repo, record, self._clock, self.settings, self.connection)
+                if record.instrument not in instruments:
+                    instruments[record.instrument] = repo.instrument(record.instrument)
+                reserved = _try_reserve(
+                    repo,
+                    record,
+                    fee=_fee_allowance(instruments[record.instrument], record),
+                    now=now,
+                    clock=self._clock,
+                    settings=self.settings,
+                )
                 if reserved is None:
                     message = "no free holdings cover the amount yet; waiting"
                     if record.last_error != message:
@@ -451,11 +466,11 @@ class WithdrawalWorker:
 
     def submit_reserved(self, tick: WorkerTick) -> None:
         with self._uow() as uow:
-            until = held_until(uow, self.connection)
-            if until is not None:
+            until = recorded_hold(uow)
+            if hold_in_force(until, uow.withdrawals.cursor(self.connection)):
                 tick.held = True
                 return
-            if uow.withdrawals.control(HOLD_KEY):
+            if until is not None:
                 uow.withdrawals.set_control(HOLD_KEY, None)  # ingestion has passed it
             claimed = uow.withdrawals.claim(["reserved"], self.settings.claim_batch)
             uow.withdrawals.update_many([replace(r, status="submitting") for r in claimed])
@@ -579,7 +594,7 @@ class WithdrawalWorker:
             cursor = repo.cursor(self.connection)
             if cursor is None:
                 return
-            now = _lock_time(repo, self.connection, self._clock)
+            now = _lock_time(cursor, self._clock)
             # One upkeep record per instrument at a time.
             live = repo.find(statuses=sorted(LIVE_STATUSES), kinds=("merge", "split"))
             busy = {r.instrument for r in live}

@@ -6,9 +6,8 @@ import json
 from collections.abc import Collection
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
 
-from sqlalchemy import Connection, Select, and_, bindparam, func, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, func, insert, select, update
 
 from sluice.domain.amounts import ZERO
 from sluice.domain.journal import AccountRef, JournalTransaction
@@ -25,7 +24,6 @@ from sluice.ports import IncomingOffer, InstrumentRecord
 from sluice.store import tables as t
 from sluice.store.repositories import (
     SqlIngestionRepository,
-    _holding_from_row,
     _instruction_from_row,
     _now,
     _ts,
@@ -161,17 +159,6 @@ class SqlWithdrawalRepository:
             .values(outcome=outcome, error=error)
         )
 
-    def _active(self, owner: str, instrument: InstrumentId) -> Select[Any]:
-        table = t.holdings
-        return select(table).where(
-            and_(
-                table.c.owner == owner,
-                table.c.instrument_admin == instrument.admin,
-                table.c.instrument_id == instrument.id,
-                table.c.archived_update_id.is_(None),
-            )
-        )
-
     def spendable_holdings(self, owner: str, instrument: InstrumentId) -> list[Holding]:
         """Only what selection needs is read (this runs for every withdrawal request)."""
         table = t.holdings
@@ -196,12 +183,6 @@ class SqlWithdrawalRepository:
                 )
             found.append(Holding(cid, owner, instrument, amount, lock))
         return found
-
-    def holdings_of(self, owner: str, instrument: InstrumentId) -> list[tuple[Holding, str | None]]:
-        return [
-            (_holding_from_row(row), row.reserved_by)
-            for row in self._c.execute(self._active(owner, instrument))
-        ]
 
     def reserve(self, contract_ids: Collection[str], withdrawal_id: str) -> bool:
         table = t.holdings
