@@ -1048,6 +1048,17 @@ def parse_transaction(
     )
 
 
+def parse_transfer(value: Mapping[str, Any]) -> Transfer:
+    """A token-standard ``Transfer`` record (as in a ``TransferFactory_Transfer`` argument);
+    :class:`InvalidInputError` naming the field that is wrong."""
+    if not isinstance(value, Mapping):
+        raise InvalidInputError(str(_wrong("transfer", value, "an object")))
+    try:
+        return _transfer(value, "transfer.")
+    except _ShapeError as exc:
+        raise InvalidInputError(str(exc)) from None
+
+
 _UPDATE_KINDS: Final[Mapping[str, UpdateKind]] = {
     "Transaction": "transaction",
     "OffsetCheckpoint": "checkpoint",

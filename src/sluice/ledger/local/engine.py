@@ -62,6 +62,7 @@ from sluice.domain.ledger import (
     format_timestamp,
     parse_timestamp,
 )
+from sluice.ledger.wire import Json, copy_json
 from sluice.ports import JsonObject, LedgerReadError
 
 from .faults import Faults, ReadPlan
@@ -78,12 +79,10 @@ from .transactions import (
     Contract,
     HoldingContract,
     InstructionContract,
-    Json,
     PreapprovalContract,
     RulesContract,
     Tree,
     build_tree,
-    copy_json,
     created_event_body,
     project,
     trace_context_for,

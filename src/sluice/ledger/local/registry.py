@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any
 from sluice.domain.amounts import ZERO, format_amount, parse_amount
 from sluice.domain.errors import InvalidInputError
 from sluice.domain.ledger import InstrumentId, Transfer, TransferKind, format_timestamp
+from sluice.ledger.wire import Json
 
-from .transactions import PREAPPROVAL_TEMPLATE_ID, RULES_TEMPLATE_ID, Json
+from .transactions import PREAPPROVAL_TEMPLATE_ID, RULES_TEMPLATE_ID
 
 if TYPE_CHECKING:
     from .engine import EmbeddedLedger

@@ -35,28 +35,21 @@ from sluice.domain.ledger import (
     format_timestamp,
     parse_timestamp,
 )
-
-Json = dict[str, Any]
+from sluice.ledger.wire import (
+    HOLDING_INTERFACE_ID,
+    TRANSFER_FACTORY_INTERFACE_ID,
+    TRANSFER_INSTRUCTION_INTERFACE_ID,
+    Json,
+    extra_args_json,
+    instrument_json,
+    transfer_json,
+)
 
 
 def fake_package_id(package_name: str) -> str:
     """A fixed 64-hex package id for one of the embedded ledger's own Daml packages."""
     return hashlib.sha256(f"sluice-embedded-package:{package_name}".encode()).hexdigest()
 
-
-# The token-standard interface packages carry their real MainNet package ids (the same in every
-# registry), so embedded data and real data name the interfaces identically.
-HOLDING_INTERFACE_ID = (
-    "718a0f77e505a8de22f188bd4c87fe74101274e9d4cb1bfac7d09aec7158d35b"
-    ":Splice.Api.Token.HoldingV1:Holding"
-)
-_TRANSFER_INSTRUCTION_PACKAGE = "55ba4deb0ad4662c4168b39859738a0e91388d252286480c7331b3f71a517281"
-TRANSFER_FACTORY_INTERFACE_ID = (
-    f"{_TRANSFER_INSTRUCTION_PACKAGE}:Splice.Api.Token.TransferInstructionV1:TransferFactory"
-)
-TRANSFER_INSTRUCTION_INTERFACE_ID = (
-    f"{_TRANSFER_INSTRUCTION_PACKAGE}:Splice.Api.Token.TransferInstructionV1:TransferInstruction"
-)
 
 REGISTRY_PACKAGE_NAME = "sluice-token-registry"
 PREAPPROVAL_PACKAGE_NAME = "splice-amulet"
@@ -266,10 +259,6 @@ def burned_text(value: Decimal) -> str:
     return text if "." in text else f"{text}.0"
 
 
-def instrument_json(admin: str, instrument_id: str) -> Json:
-    return {"admin": admin, "id": instrument_id}
-
-
 def lock_json(lock: Lock | None) -> Json | None:
     if lock is None:
         return None
@@ -279,43 +268,6 @@ def lock_json(lock: Lock | None) -> Json | None:
         "expiresAfter": None,
         "context": lock.context,
     }
-
-
-def transfer_json(
-    *,
-    sender: str,
-    receiver: str,
-    amount: str,
-    admin: str,
-    instrument_id: str,
-    requested_at: str,
-    execute_before: str,
-    input_cids: Sequence[str],
-    meta: Mapping[str, str],
-) -> Json:
-    return {
-        "sender": sender,
-        "receiver": receiver,
-        "amount": amount,
-        "instrumentId": instrument_json(admin, instrument_id),
-        "requestedAt": requested_at,
-        "executeBefore": execute_before,
-        "inputHoldingCids": list(input_cids),
-        "meta": {"values": dict(meta)},
-    }
-
-
-def extra_args_json(context: Mapping[str, Any], meta: Mapping[str, str]) -> Json:
-    return {"context": {"values": copy_json(context)}, "meta": {"values": dict(meta)}}
-
-
-def copy_json(value: Any) -> Any:
-    """A deep copy of decoded JSON (dicts, lists, scalars)."""
-    if isinstance(value, dict):
-        return {k: copy_json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [copy_json(v) for v in value]
-    return value
 
 
 def _instruction_transfer_json(c: InstructionContract) -> Json:
