@@ -18,6 +18,7 @@ What is here:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -431,3 +432,18 @@ def is_definite_rejection(error: Mapping[str, Any]) -> bool:
         "AuthInterceptorInvalidAuthenticationCredentials",
         "InsufficientPermission",
     }
+
+
+# --- external parties -----------------------------------------------------------------------------
+
+SIGNATURE_FORMAT = "SIGNATURE_FORMAT_CONCAT"
+SIGNING_ALGORITHM = "SIGNING_ALGORITHM_SPEC_ED25519"
+HASHING_SCHEME_VERSION = "HASHING_SCHEME_VERSION_V2"
+
+
+def key_fingerprint(public_key_raw: bytes) -> str:
+    """The id of an Ed25519 public key as ``signedBy`` names it: a SHA-256 multihash (``1220`` +
+    hex digest) of the raw 32-byte key."""
+    if len(public_key_raw) != 32:
+        raise InvalidInputError("an Ed25519 public key has 32 bytes")
+    return "1220" + hashlib.sha256(public_key_raw).hexdigest()
