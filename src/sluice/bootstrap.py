@@ -5,14 +5,40 @@ Nothing here runs at import time; entry points call these functions.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import urlsplit
 
 from sqlalchemy import Engine
 
-from sluice.ports import UnitOfWork
+from sluice.config import DeploymentConfig, LedgerAuthConfig
+from sluice.domain.errors import InvalidInputError
+from sluice.domain.ledger import InstrumentId
+from sluice.ledger.canton import (
+    CantonCommands,
+    CantonLedgerClient,
+    Ed25519Signer,
+    LedgerHttp,
+    NoAuth,
+    OAuth2ClientCredentials,
+    SelfSignedToken,
+    StaticToken,
+    TokenSource,
+    registry_lookup,
+)
+from sluice.ports import LedgerClient, LedgerCommands, RegistryLookup, UnitOfWork
 from sluice.store.database import open_database
 from sluice.store.unit_of_work import SqlUnitOfWork
+
+
+def _nothing() -> None:
+    return None
+
+
+def _unknown_record_time(_party: str, _offset: int) -> datetime | None:
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,3 +59,132 @@ class Database:
 def database(url: str) -> Database:
     """Open (and migrate) the Integration DB at ``url``."""
     return Database(open_database(url))
+
+
+# --- ledger connections ------------------------------------------------------------------------
+
+
+@dataclass
+class LedgerConnection:
+    """Everything the exchange side needs from one ledger: reads for ingestion, commands and
+    registries for the workers, and the clock their deadlines are computed with (the ledger's
+    own for the embedded ledger, the system's for a real synchronizer)."""
+
+    client: LedgerClient
+    commands: LedgerCommands
+    registries: RegistryLookup
+    clock: Callable[[], datetime]
+    node: str
+    description: str
+    flush: Callable[[], None] = _nothing
+    close: Callable[[], None] = _nothing
+    # The record time of the node's item at an offset, where the ledger can tell cheaply.
+    record_time_at: Callable[[str, int], datetime | None] = _unknown_record_time
+
+
+def registry_urls(
+    uow: Callable[[], UnitOfWork], configured: Mapping[str, str]
+) -> Callable[[InstrumentId], str | None]:
+    """Where an instrument's registry is: onboarding's URL (in the DB), else the configuration's
+    URL for its admin. The admin itself always comes from the DB record, never from a registry."""
+
+    def url_of(instrument: InstrumentId) -> str | None:
+        with uow() as work:
+            record = work.reference.instrument(instrument)
+        if record is not None and record.registry_url:
+            return record.registry_url
+        return configured.get(instrument.admin)
+
+    return url_of
+
+
+def token_source(auth: LedgerAuthConfig) -> TokenSource:
+    if auth.kind == "static":
+        return StaticToken(auth.secret_value())
+    if auth.kind == "hs256":
+        assert auth.user_id is not None
+        return SelfSignedToken(auth.secret_value(), auth.user_id, audience=auth.audience)
+    if auth.kind == "oauth2":
+        assert auth.token_url is not None
+        assert auth.client_id is not None
+        return OAuth2ClientCredentials(
+            auth.token_url,
+            auth.client_id,
+            auth.secret_value(),
+            audience=auth.audience,
+            scope=auth.scope,
+        )
+    return NoAuth()
+
+
+def canton_connection(
+    config: DeploymentConfig,
+    database: Database,
+    *,
+    participant_url: str | None = None,
+    clock: Callable[[], datetime] | None = None,
+) -> LedgerConnection:
+    """The Canton adapter: a participant's JSON Ledger API and the registries' Registry API."""
+    url = participant_url or config.ledger.participant_url
+    if not url:
+        raise InvalidInputError("no participant URL: set ledger.participant_url or --ledger-url")
+    auth = token_source(config.ledger.auth)
+    http = LedgerHttp(
+        url, auth, timeout_s=config.ledger.timeout_s, retries_max=config.ledger.retries_max
+    )
+    signers: dict[str, Ed25519Signer] = {}
+    party = config.treasury.party
+    if party is not None and config.treasury.signing_key is not None:
+        signers[party] = Ed25519Signer.from_file(config.treasury.signing_key)
+    client = CantonLedgerClient(
+        http, page_size=config.ledger.page_size, use_websocket=config.ledger.websocket
+    )
+    commands = CantonCommands(http, user_id=config.ledger.user_id, signers=signers)
+    registries = registry_lookup(
+        registry_urls(database.uow, config.registries.urls),
+        timeout_s=config.registries.timeout_s,
+    )
+    return LedgerConnection(
+        client=client,
+        commands=commands,
+        registries=registries,
+        clock=clock or _system_clock,
+        node=participant_node(url),
+        description=f"Canton participant {url}",
+        close=http.close,
+    )
+
+
+def embedded_connection(path: Path, node: str, *, writable: bool) -> LedgerConnection:
+    """The embedded ledger file, read by ingestion (read-only: any number of readers) or also
+    written by the workers (writable: exactly one writer per file)."""
+    from sluice.ledger.local.adapters import EmbeddedCommands, embedded_registries
+    from sluice.ledger.local.engine import EmbeddedLedger
+
+    if not path.exists():
+        raise InvalidInputError(
+            f"no embedded ledger at {path} (run `sluice demo` first, or pass --ledger)"
+        )
+    ledger = EmbeddedLedger.open(str(path), read_only=not writable)
+    return LedgerConnection(
+        client=ledger.node_client(node),
+        commands=EmbeddedCommands(ledger),
+        registries=embedded_registries(ledger),
+        clock=ledger.time,
+        node=node,
+        description=f"embedded ledger {path} (node {node})",
+        flush=ledger.flush if writable else _nothing,
+        close=ledger.close,
+        record_time_at=ledger.record_time_at,
+    )
+
+
+def participant_node(url: str) -> str:
+    """The name ingestion's cursor is kept under for a participant: host, port and path, so the
+    same node reached by the same URL always continues the same cursor."""
+    parts = urlsplit(url)
+    return parts.netloc + parts.path.rstrip("/")
+
+
+def _system_clock() -> datetime:
+    return datetime.now(UTC)

@@ -26,7 +26,7 @@ from rich.table import Table
 from sqlalchemy.exc import ArgumentError
 
 from sluice import bootstrap
-from sluice.config import Settings
+from sluice.config import ConfigError, DeploymentConfig, Settings, load_config
 from sluice.domain.amounts import format_amount, parse_amount
 from sluice.domain.errors import InvalidInputError, SluiceError
 from sluice.domain.ledger import InstrumentId, check_party_id, format_timestamp, parse_timestamp
@@ -63,7 +63,9 @@ from sluice.services.withdrawals import (
 )
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
-ledger_app = typer.Typer(no_args_is_help=True, help="The token ledger: replay recorded updates.")
+ledger_app = typer.Typer(
+    no_args_is_help=True, help="The token ledger: serve it over HTTP, replay recorded updates."
+)
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (results go to docs/benchmarks.md).")
 withdrawals_app = typer.Typer(
     no_args_is_help=True, help="Withdrawals: list them; hold submissions after a DB restore."
@@ -73,12 +75,14 @@ instruments_app = typer.Typer(
 )
 deposits_app = typer.Typer(no_args_is_help=True, help="Deposits, as support needs to see them.")
 workers_app = typer.Typer(no_args_is_help=True, help="The withdrawal and deposit workers.")
+config_app = typer.Typer(no_args_is_help=True, help="The deployment configuration: check it.")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(bench_app, name="bench")
 app.add_typer(withdrawals_app, name="withdrawals")
 app.add_typer(instruments_app, name="instruments")
 app.add_typer(deposits_app, name="deposits")
 app.add_typer(workers_app, name="workers")
+app.add_typer(config_app, name="config")
 
 err = Console(stderr=True)
 
@@ -94,6 +98,14 @@ LedgerOption = Annotated[
     Path | None,
     typer.Option("--ledger", help="Embedded ledger file (default: data/ledger.db)."),
 ]
+LedgerUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--ledger-url",
+        help="A participant's JSON Ledger API (a Canton node, or `sluice ledger serve`); "
+        "default: the configuration's ledger.participant_url.",
+    ),
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 AdminOption = Annotated[str, typer.Option("--admin", help="The instrument admin's party.")]
 IdOption = Annotated[str, typer.Option("--id", help="The admin's id for the instrument.")]
@@ -103,6 +115,33 @@ STATUSES: tuple[str, ...] = get_args(WithdrawalStatus)
 
 def main() -> None:
     app()
+
+
+_config_file: Path | None = None
+
+
+@app.callback()
+def configure(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            envvar="SLUICE_CONFIG",
+            help="Deployment configuration (TOML); environment variables override it.",
+        ),
+    ] = None,
+) -> None:
+    """sluice: deposits, withdrawals and compliance between an exchange and its ledgers."""
+    global _config_file
+    _config_file = config
+
+
+def deployment() -> DeploymentConfig:
+    """The validated deployment configuration (file + environment); exits listing every problem."""
+    try:
+        return load_config(_config_file)
+    except ConfigError as exc:
+        fail(str(exc))
 
 
 # --- errors and output -----------------------------------------------------------------------
@@ -304,6 +343,131 @@ def ledger_replay(
     print_json(view)
 
 
+@ledger_app.command("serve")
+def ledger_serve(
+    ledger: LedgerOption = None,
+    host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="0: any free port.")] = 7575,
+    node: Annotated[
+        str, typer.Option("--node", help="The node served at /v2 (every node: /nodes/NAME/v2).")
+    ] = "exchange",
+    list_limit: Annotated[
+        int, typer.Option("--list-limit", min=1, help="Largest HTTP list answer (else 413).")
+    ] = 200,
+    auth_secret: Annotated[
+        str | None,
+        typer.Option(
+            "--auth-secret",
+            envvar="SLUICE_SERVE_AUTH_SECRET",
+            help="Require HS256 bearer tokens signed with this secret.",
+        ),
+    ] = None,
+    oauth_client: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--oauth-client",
+            metavar="ID:SECRET",
+            help="Serve /oauth/token (client credentials) for this client; repeatable.",
+        ),
+    ] = None,
+    external_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--external-key",
+            metavar="PARTY=KEYFILE",
+            help="An external party's Ed25519 public key (raw 32 bytes, hex or PEM); "
+            "its commands must come signed through /v2/interactive-submission.",
+        ),
+    ] = None,
+    replay: Annotated[
+        Path | None,
+        typer.Option("--replay", help="Serve this file of recorded updates, read-only."),
+    ] = None,
+    create: Annotated[
+        bool, typer.Option("--create", help="Create an empty ledger file if there is none.")
+    ] = False,
+) -> None:
+    """Serve the embedded ledger over the JSON Ledger API v2 (HTTP and WebSocket), the Registry
+    API of every token admin (/registries/ADMIN) and a sandbox control API (/sandbox/v1)."""
+    from sluice.ledger.local.engine import EmbeddedLedger
+    from sluice.ledger.local.server import LedgerServer, ServerAuth, load_public_key
+
+    if oauth_client and not auth_secret:
+        fail("--oauth-client needs --auth-secret (the tokens it issues are signed with it)")
+    clients: dict[str, str] = {}
+    for item in oauth_client or []:
+        client_id, sep, secret = item.partition(":")
+        if not sep or not client_id or not secret:
+            fail(f"--oauth-client {item!r}: expected ID:SECRET")
+        clients[client_id] = secret
+    keys: dict[str, bytes] = {}
+    for item in external_key or []:
+        party, sep, key_file = item.partition("=")
+        if not sep:
+            fail(f"--external-key {item!r}: expected PARTY=KEYFILE")
+        try:
+            keys[check_party_id(party)] = load_public_key(Path(key_file))
+        except (OSError, ValueError) as exc:
+            fail(f"--external-key {item!r}: {exc}")
+    auth = ServerAuth(auth_secret, oauth_clients=clients) if auth_secret else None
+    if replay is not None:
+        if not replay.is_file():
+            fail(f"no such update file: {replay}")
+        server = LedgerServer.replay(replay, host=host, port=port, list_limit=list_limit, auth=auth)
+        embedded = None
+    else:
+        path = ledger or Settings.from_environment().ledger_path
+        if not path.exists() and not create:
+            fail(f"no embedded ledger at {path} (run `sluice demo`, or pass --create)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        embedded = EmbeddedLedger.open(str(path))
+        if create and not embedded.nodes():
+            embedded.add_node(node)
+        server = LedgerServer(
+            embedded,
+            host=host,
+            port=port,
+            default_node=node,
+            list_limit=list_limit,
+            auth=auth,
+            external_keys=keys,
+        )
+    try:
+        server.serve_forever(
+            on_ready=lambda url: note(
+                f"serving {'the replay of ' + str(replay) if replay else 'the embedded ledger'} at "
+                f"{url} (node {node} at /v2; /nodes/NAME/v2; registries at /registries/ADMIN"
+                f"{'; sandbox control at /sandbox/v1' if embedded else ''}); Ctrl-C stops"
+            )
+        )
+    finally:
+        if embedded is not None:
+            embedded.close()
+
+
+@config_app.command("check")
+def config_check(
+    connect: Annotated[
+        bool,
+        typer.Option("--connect", help="Also reach the participant and each registry."),
+    ] = False,
+) -> None:
+    """Validate the configuration and print it resolved (secrets hidden)."""
+    config = deployment()
+    print_json(config.redacted())
+    if not connect:
+        return
+    database = open_database(config.database_url)
+    try:
+        link = open_ledger(config, database, None, None, None, writable=False)
+        note(f"{link.description}: ledger end {link.client.ledger_end()}")
+        link.close()
+    except SluiceError as exc:
+        fail_with(exc)
+    finally:
+        database.dispose()
+
+
 @app.command("ingest")
 def ingest(
     db: DbOption = None,
@@ -340,14 +504,14 @@ def ingest(
         ),
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, max=10_000)] = 500,
+    ledger_url: LedgerUrlOption = None,
 ) -> None:
     """Run the ingestion loop for the treasury party against the ledger, until stopped."""
-    from sluice.ledger.local.engine import EmbeddedLedger
-
     settings = Settings.from_environment()
-    party = party or settings.treasury_party
+    config = deployment()
+    party = party or config.treasury.party
     if not party:
-        fail("no treasury party: pass --party or set SLUICE_TREASURY_PARTY")
+        fail("no treasury party: pass --party or set SLUICE_TREASURY_PARTY (or treasury.party)")
     if from_offset is not None and from_record_time is not None:
         fail("--from-offset and --from-record-time are alternatives: pass one of them")
     rewinding = from_offset is not None or from_record_time is not None
@@ -359,9 +523,13 @@ def ingest(
             since = parse_timestamp(from_record_time, field="--from-record-time")
         except InvalidInputError as exc:
             fail_with(exc)
-    node_name = node or settings.node
-    database = open_database(db, settings)
-    connection = connection_name(party, node_name)
+    database = open_database(db or config.database_url, settings)
+    try:
+        link = open_ledger(config, database, ledger, ledger_url, node, writable=False)
+    except SluiceError as exc:
+        database.dispose()
+        fail_with(exc)
+    connection = connection_name(party, link.node)
     if quarantine is not None:
         added = quarantine_update(
             database.uow, connection, quarantine, requested_by=os.environ.get("USER", "operator")
@@ -370,15 +538,11 @@ def ingest(
             f"update {quarantine} {'set aside' if added else 'was already set aside'}; "
             "ingestion will skip it"
         )
+        link.close()
         database.dispose()
         return
-    ledger_file = ledger or settings.ledger_path
-    if not ledger_file.exists():
-        database.dispose()
-        fail(f"no embedded ledger at {ledger_file} (run `sluice demo` first, or pass --ledger)")
-    embedded = EmbeddedLedger.open(str(ledger_file), read_only=True)
     try:
-        client = embedded.client(party)
+        client = link.client
         if rewinding:
             end = client.ledger_end()
             if since is not None:
@@ -393,7 +557,7 @@ def ingest(
                 connection,
                 party,
                 offset=offset,
-                record_time=embedded.record_time_at(party, offset) if offset else None,
+                record_time=link.record_time_at(party, offset) if offset else None,
             )
             was = move.previous.offset if move.previous is not None else "none"
             note(
@@ -418,8 +582,25 @@ def ingest(
     except SluiceError as exc:
         fail_with(exc)
     finally:
-        embedded.close()
+        link.close()
         database.dispose()
+
+
+def open_ledger(
+    config: DeploymentConfig,
+    database: bootstrap.Database,
+    ledger: Path | None,
+    ledger_url: str | None,
+    node: str | None,
+    *,
+    writable: bool,
+) -> bootstrap.LedgerConnection:
+    """The ledger a command works on: ``--ledger-url`` (or a configured participant) through the
+    Canton client, else the embedded ledger file."""
+    if ledger_url is not None or (ledger is None and config.ledger.kind == "canton"):
+        return bootstrap.canton_connection(config, database, participant_url=ledger_url)
+    path = ledger or config.ledger_path
+    return bootstrap.embedded_connection(path, node or config.ledger.node, writable=writable)
 
 
 @app.command("check")
@@ -859,42 +1040,57 @@ def workers_run(
     node: Annotated[str | None, typer.Option("--node", help="Ledger node the party is on.")] = None,
     db: DbOption = None,
     ledger: LedgerOption = None,
+    ledger_url: LedgerUrlOption = None,
+    sandbox_clock: Annotated[
+        bool,
+        typer.Option(
+            "--sandbox-clock",
+            help="Take the time from `sluice ledger serve`'s sandbox clock instead of the "
+            "system's (only with an embedded ledger served over HTTP).",
+        ),
+    ] = False,
 ) -> None:
-    """Run the withdrawal and deposit workers against the embedded ledger file.
+    """Run the withdrawal and deposit workers until stopped.
 
-    The file is opened for writing, and an embedded ledger file has exactly one writer: run this
-    only in the embedded setup, when nothing else writes the file (`sluice ingest` only reads it
-    and may run alongside)."""
-    from sluice.ledger.local.adapters import EmbeddedCommands, embedded_registries
-    from sluice.ledger.local.engine import EmbeddedLedger
-
+    Against a participant node (`--ledger-url` or the configuration) any number of worker
+    processes may run. Against an embedded ledger file, the file is opened for writing and has
+    exactly one writer: run one worker process, and `sluice ingest` (a reader) alongside."""
     settings = Settings.from_environment()
-    party = treasury_party(treasury, settings)
-    ledger_file = ledger or settings.ledger_path
-    if not ledger_file.exists():
-        fail(f"no embedded ledger at {ledger_file} (run `sluice demo` first, or pass --ledger)")
+    config = deployment()
+    party = treasury_party(treasury or config.treasury.party, settings)
     worker_settings = withdrawal_settings()
-    database = open_database(db, settings)
-    embedded = EmbeddedLedger.open(str(ledger_file))
+    database = open_database(db or config.database_url, settings)
     try:
-        commands = EmbeddedCommands(embedded)
-        registries = embedded_registries(embedded)
+        link = open_ledger(config, database, ledger, ledger_url, node, writable=True)
+    except SluiceError as exc:
+        database.dispose()
+        fail_with(exc)
+    clock = link.clock
+    if sandbox_clock:
+        from sluice.ledger.local.remote import RemoteLedger
+
+        if ledger_url is None:
+            fail("--sandbox-clock needs --ledger-url (a `sluice ledger serve` URL)")
+        clock = RemoteLedger(sandbox_base(ledger_url)).time
+    try:
         withdrawals = WithdrawalWorker(
             database.uow,
-            commands,
-            registries,
+            link.commands,
+            link.registries,
             treasury=party,
-            connection=connection_name(party, node or settings.node),
-            clock=embedded.time,
+            connection=connection_name(party, link.node),
+            clock=clock,
             settings=worker_settings,
         )
-        deposits = DepositWorker(database.uow, commands, registries, AllowAll(), treasury=party)
+        deposits = DepositWorker(
+            database.uow, link.commands, link.registries, AllowAll(), treasury=party
+        )
         held = ", submissions HELD (see `sluice withdrawals hold`)"
         with stop_signals() as stopping:
             while not stopping():
                 paid = withdrawals.run_once()
                 answered = deposits.run_once()
-                embedded.flush()  # what was submitted becomes visible to `sluice ingest`
+                link.flush()  # what was submitted becomes visible to `sluice ingest`
                 if once or paid.busy or answered.busy or paid.held:
                     note(
                         f"withdrawals: settled {paid.settled} (retried {paid.retried}, refunded "
@@ -911,8 +1107,14 @@ def workers_run(
     except SluiceError as exc:
         fail_with(exc)
     finally:
-        embedded.close()
+        link.close()
         database.dispose()
+
+
+def sandbox_base(participant_url: str) -> str:
+    """The base URL of `sluice ledger serve` from one of its participant URLs."""
+    base, _, _node = participant_url.rstrip("/").partition("/nodes/")
+    return base
 
 
 def _sleep_unless(seconds: float, stop: Callable[[], bool]) -> None:
@@ -938,11 +1140,18 @@ def sim(
         float, typer.Option("--fault-rate", min=0.0, max=1.0, help="Chance of a ledger fault.")
     ] = 0.05,
     db: DbOption = None,
+    via_http: Annotated[
+        bool,
+        typer.Option(
+            "--via-http",
+            help="Serve the ledger on a local port and talk to it through the Canton client.",
+        ),
+    ] = False,
 ) -> None:
     """Simulate customers, workers, crashes and ledger faults; check nothing is paid twice."""
     from sluice.sim import simulate_command
 
-    raise typer.Exit(simulate_command(seed, steps, crash_rate, fault_rate, db))
+    raise typer.Exit(simulate_command(seed, steps, crash_rate, fault_rate, db, via_http))
 
 
 @bench_app.command("withdrawals")
@@ -960,6 +1169,22 @@ def bench_withdrawals(
     from sluice.bench.withdrawals import bench_command
 
     bench_command(record, quick, db)
+
+
+@bench_app.command("wire")
+def bench_wire(
+    updates: Annotated[int, typer.Option("--updates", min=100, help="Stream length.")] = 20_000,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, max=10)] = 2,
+    record: Annotated[
+        Path | None, typer.Option("--record", help="Append the figures to this Markdown file.")
+    ] = None,
+) -> None:
+    """Ingestion over WebSocket / HTTP from `sluice ledger serve` against in process."""
+    from sluice.bench.wire import bench_command
+
+    with err.status(f"measuring ingestion of {updates} updates in process and over the wire"):
+        result = bench_command(updates, rounds, record)
+    sys.stdout.write(json.dumps(result) + "\n")
 
 
 @bench_app.command("ingest")
@@ -1003,9 +1228,27 @@ def demo(
         Path, typer.Option("--data", help="Folder for the demo's ledger and database.")
     ] = Path("data/demo"),
     seed: Annotated[int, typer.Option(help="Seed for the demo's customers and amounts.")] = 1,
+    via_http: Annotated[
+        bool,
+        typer.Option(
+            "--via-http",
+            help="Serve the ledger on a local port; every exchange call goes through the Canton "
+            "client over HTTP and WebSocket.",
+        ),
+    ] = False,
+    ledger_url: Annotated[
+        str | None,
+        typer.Option(
+            "--ledger-url",
+            help="Run against a `sluice ledger serve` at this URL (started with --create on a "
+            "fresh ledger file).",
+        ),
+    ] = None,
 ) -> None:
     """Run the whole flow on the embedded defaults and print a readable report."""
     from sluice.demo import run_demo
 
-    ok = run_demo(data, seed=seed, console=Console())
+    if via_http and ledger_url:
+        fail("--via-http starts its own server; --ledger-url uses one already running: pick one")
+    ok = run_demo(data, seed=seed, console=Console(), via_http=via_http, ledger_url=ledger_url)
     raise typer.Exit(0 if ok else 1)

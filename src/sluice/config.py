@@ -1,14 +1,39 @@
-"""Settings for the embedded defaults, overridable from the environment.
+"""Configuration: the embedded defaults, and the file of a real deployment.
 
-A newcomer needs none of them: everything lives under ``./data`` and uses the embedded ledger and
-SQLite. (The configuration file of a real deployment comes with the Canton client.)
+A newcomer needs none of it: everything lives under ``./data`` and uses the embedded ledger and
+SQLite (:class:`Settings`, read from the environment only).
+
+A real deployment writes a TOML file (``sluice --config FILE`` or ``SLUICE_CONFIG``) naming the
+participant node, how to authenticate to it, the treasury party and where its signing key is, and
+the registries; environment variables override single values (:data:`ENVIRONMENT_OVERRIDES`).
+:func:`load_config` validates everything at start and reports *every* problem at once, each with
+where the value came from, so a deployment never starts half-configured. Secrets are read from a
+file or an environment variable named in the config (``*_file`` / ``*_env``), or given inline
+(discouraged, allowed for local networks); they are never printed.
 """
 
 from __future__ import annotations
 
 import os
+import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from sluice.domain.errors import InvalidInputError
+from sluice.domain.ledger import check_party_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,3 +56,269 @@ class Settings:
             treasury_party=os.environ.get("SLUICE_TREASURY_PARTY") or None,
             node=os.environ.get("SLUICE_LEDGER_NODE", "exchange"),
         )
+
+
+# --- the deployment file -----------------------------------------------------------------------
+
+
+class ConfigError(InvalidInputError):
+    """The configuration is not usable; ``problems`` lists each one as ``"key: problem"``."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.problems = problems
+        listed = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"configuration {source} has {len(problems)} problem(s):\n{listed}")
+
+
+def _check_url(value: str | None, *, schemes: tuple[str, ...] = ("http", "https")) -> str | None:
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in schemes or not parts.netloc:
+        raise ValueError(f"{value!r} is not an {'/'.join(schemes)} URL")
+    return value.rstrip("/")
+
+
+def _secret(inline: SecretStr | None, file: Path | None, env: str | None, name: str) -> list[str]:
+    """Problems with one secret given in one of three ways (an empty list when it is fine)."""
+    given = [k for k, v in (("", inline), ("_file", file), ("_env", env)) if v is not None]
+    if not given:
+        return [f"{name} is required (or {name}_file / {name}_env)"]
+    if len(given) > 1:
+        return [f"give one of {', '.join(name + g for g in given)}, not several"]
+    if file is not None and not file.is_file():
+        return [f"{name}_file: no such file {file}"]
+    if env is not None and not os.environ.get(env):
+        return [f"{name}_env: the environment variable {env} is not set"]
+    return []
+
+
+def _read_secret(inline: SecretStr | None, file: Path | None, env: str | None) -> str:
+    if inline is not None:
+        return inline.get_secret_value()
+    if file is not None:
+        return file.read_text().strip()
+    assert env is not None
+    return os.environ[env]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LedgerAuthConfig(_Section):
+    """How sluice authenticates to the participant's Ledger API (a bearer JWT)."""
+
+    kind: Literal["none", "static", "hs256", "oauth2"] = "none"
+    # static: a token issued elsewhere
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    token_env: str | None = None
+    # hs256: sluice signs its own tokens (local networks whose node trusts a shared secret)
+    secret: SecretStr | None = None
+    secret_file: Path | None = None
+    secret_env: str | None = None
+    user_id: str | None = None
+    audience: str | None = None
+    # oauth2: client credentials against the identity provider
+    token_url: str | None = None
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    client_secret_file: Path | None = None
+    client_secret_env: str | None = None
+    scope: str | None = None
+
+    _check_token_url = field_validator("token_url")(_check_url)
+
+    @model_validator(mode="after")
+    def _complete(self) -> LedgerAuthConfig:
+        problems: list[str] = []
+        if self.kind == "static":
+            problems += _secret(self.token, self.token_file, self.token_env, "token")
+        elif self.kind == "hs256":
+            problems += _secret(self.secret, self.secret_file, self.secret_env, "secret")
+            if not self.user_id:
+                problems.append("user_id is required for kind = 'hs256' (the token's subject)")
+        elif self.kind == "oauth2":
+            if not self.token_url:
+                problems.append("token_url is required for kind = 'oauth2'")
+            if not self.client_id:
+                problems.append("client_id is required for kind = 'oauth2'")
+            problems += _secret(
+                self.client_secret,
+                self.client_secret_file,
+                self.client_secret_env,
+                "client_secret",
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def secret_value(self) -> str:
+        """The token (static), the signing secret (hs256) or the client secret (oauth2)."""
+        if self.kind == "static":
+            return _read_secret(self.token, self.token_file, self.token_env)
+        if self.kind == "hs256":
+            return _read_secret(self.secret, self.secret_file, self.secret_env)
+        if self.kind == "oauth2":
+            return _read_secret(self.client_secret, self.client_secret_file, self.client_secret_env)
+        raise InvalidInputError("no secret for ledger auth kind 'none'")
+
+
+class LedgerConfig(_Section):
+    """Which ledger sluice reads and submits to."""
+
+    kind: Literal["embedded", "canton"] = "embedded"
+    # embedded: the embedded ledger's file and the node the treasury is on
+    path: Path | None = None
+    node: str = "exchange"
+    # canton: the participant's JSON Ledger API (e.g. https://validator.example.com/api/json-api)
+    participant_url: str | None = None
+    user_id: str | None = None
+    timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+    retries_max: Annotated[int, Field(ge=0, le=20)] = 4
+    page_size: Annotated[int, Field(ge=1, le=10_000)] = 200
+    websocket: bool = True
+    auth: LedgerAuthConfig = LedgerAuthConfig()
+
+    _check_participant_url = field_validator("participant_url")(_check_url)
+
+    @model_validator(mode="after")
+    def _complete(self) -> LedgerConfig:
+        if self.kind == "canton" and not self.participant_url:
+            raise ValueError("participant_url is required for kind = 'canton'")
+        return self
+
+
+class TreasuryConfig(_Section):
+    """The exchange's treasury party and, for an external party, its Ed25519 signing key."""
+
+    party: str | None = None
+    signing_key: Path | None = None
+
+    @field_validator("party")
+    @classmethod
+    def _party(cls, value: str | None) -> str | None:
+        return None if value is None else check_party_id(value)
+
+    @field_validator("signing_key")
+    @classmethod
+    def _key(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such key file {value}")
+        return value
+
+
+class DatabaseConfig(_Section):
+    url: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("sqlite:", "postgresql")):
+            raise ValueError(f"{value!r} is not a sqlite:// or postgresql:// URL")
+        return value
+
+
+class RegistriesConfig(_Section):
+    """Registry URLs by admin party, used for instruments onboarded without ``--registry-url``
+    (onboarding's URL, kept in the Integration DB, always wins)."""
+
+    urls: dict[str, str] = {}
+    timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+
+    @field_validator("urls")
+    @classmethod
+    def _urls(cls, value: dict[str, str]) -> dict[str, str]:
+        checked: dict[str, str] = {}
+        for admin, url in value.items():
+            check_party_id(admin)
+            checked[admin] = _check_url(url) or url
+        return checked
+
+
+class DeploymentConfig(_Section):
+    data_dir: Path = Path("data")
+    database: DatabaseConfig = DatabaseConfig()
+    ledger: LedgerConfig = LedgerConfig()
+    treasury: TreasuryConfig = TreasuryConfig()
+    registries: RegistriesConfig = RegistriesConfig()
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url or f"sqlite:///{self.data_dir / 'sluice.db'}"
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.ledger.path or self.data_dir / "ledger.db"
+
+    def redacted(self) -> dict[str, Any]:
+        """The resolved configuration as JSON, secrets shown as ``***``."""
+        return self.model_dump(mode="json")
+
+
+# Environment variables that override one value each (applied over the file).
+ENVIRONMENT_OVERRIDES: Mapping[str, tuple[str, ...]] = {
+    "SLUICE_DATA_DIR": ("data_dir",),
+    "SLUICE_DATABASE_URL": ("database", "url"),
+    "SLUICE_LEDGER_KIND": ("ledger", "kind"),
+    "SLUICE_LEDGER_URL": ("ledger", "participant_url"),
+    "SLUICE_LEDGER_PATH": ("ledger", "path"),
+    "SLUICE_LEDGER_NODE": ("ledger", "node"),
+    "SLUICE_LEDGER_USER_ID": ("ledger", "user_id"),
+    "SLUICE_LEDGER_AUTH_KIND": ("ledger", "auth", "kind"),
+    "SLUICE_LEDGER_TOKEN": ("ledger", "auth", "token"),
+    "SLUICE_LEDGER_AUTH_SECRET": ("ledger", "auth", "secret"),
+    "SLUICE_LEDGER_CLIENT_ID": ("ledger", "auth", "client_id"),
+    "SLUICE_LEDGER_CLIENT_SECRET": ("ledger", "auth", "client_secret"),
+    "SLUICE_LEDGER_TOKEN_URL": ("ledger", "auth", "token_url"),
+    "SLUICE_TREASURY_PARTY": ("treasury", "party"),
+    "SLUICE_TREASURY_SIGNING_KEY": ("treasury", "signing_key"),
+}
+
+
+def load_config(
+    path: Path | None = None, environ: Mapping[str, str] | None = None
+) -> DeploymentConfig:
+    """The deployment configuration: the TOML file at ``path`` (if any) with the environment's
+    overrides applied, validated. :class:`ConfigError` lists every problem found."""
+    environ = os.environ if environ is None else environ
+    source = str(path) if path is not None else "(environment)"
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(source, [f"no such file {path}"]) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(source, [f"not valid TOML: {exc}"]) from None
+    origin: dict[tuple[str, ...], str] = {}
+    for name, keys in ENVIRONMENT_OVERRIDES.items():
+        value = environ.get(name)
+        if not value:
+            continue
+        section = data
+        for key in keys[:-1]:
+            section = section.setdefault(key, {})
+            if not isinstance(section, dict):
+                raise ConfigError(source, [f"{'.'.join(keys[:-1])}: must be a table"])
+        section[keys[-1]] = value
+        origin[keys] = name
+    ledger = data.get("ledger")
+    if isinstance(ledger, dict) and ledger.get("participant_url") and "kind" not in ledger:
+        ledger["kind"] = "canton"
+    try:
+        return DeploymentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, [_problem(error, origin) for error in exc.errors()]) from None
+
+
+def _problem(error: Mapping[str, Any], origin: Mapping[tuple[str, ...], str]) -> str:
+    location = tuple(str(part) for part in error.get("loc", ()))
+    key = ".".join(location) or "(top level)"
+    message = str(error.get("msg", "invalid"))
+    message = message.removeprefix("Value error, ")
+    if error.get("type") == "extra_forbidden":
+        message = "unknown key (misspelt?)"
+    env = origin.get(location)
+    return f"{key}: {message}" + (f" (from {env})" if env else "")

@@ -30,6 +30,13 @@ reference ledger):
    (deposits credited − withdrawals paid, refunds included), the cursor, alerts, and the journal
    invariant ``Σ customers + suspense + in-flight + fees = treasury holdings``.
 
+**Over the wire.** ``--via-http`` serves the demo's ledger on a local port (as ``sluice ledger
+serve`` does) and ``--ledger-url URL`` uses a ``sluice ledger serve`` already running (on a fresh
+ledger: ``--create --ledger NEW_FILE``). Then every call of the exchange side — both ingestion runs
+(the killed one is a separate process again), the workers' commands, the registries — goes through
+the Canton client over HTTP and WebSocket, and the outside world (the admins, the customers'
+wallets, the clock) is driven through the server's sandbox control API.
+
 Every run starts from scratch: the data folder is wiped first (only when it is empty or was made
 by the demo). What the customers do is a pure function of the seed (:func:`plan`), so a test can
 check the report against it.
@@ -69,8 +76,18 @@ from sluice.domain.journal import (
 )
 from sluice.domain.ledger import REASON_KEY, Cursor, InstrumentId
 from sluice.domain.withdrawals import Withdrawal, withdrawal_id
+from sluice.ledger.canton import (
+    CantonCommands,
+    CantonLedgerClient,
+    LedgerHttp,
+    NoAuth,
+    registry_lookup,
+)
 from sluice.ledger.local import EmbeddedLedger, RegistryPolicy
 from sluice.ledger.local.adapters import EmbeddedCommands, embedded_registries
+from sluice.ledger.local.remote import RemoteLedger
+from sluice.ledger.local.server import LedgerServer
+from sluice.ports import LedgerClient, LedgerCommands, RegistryLookup
 from sluice.services.books import check_invariant, customer_balances, treasury_view
 from sluice.services.deposit_worker import DepositWorker, list_incoming_offers
 from sluice.services.ingestion import Ingestion, IngestionSettings, connection_name
@@ -104,6 +121,8 @@ POLL_S = 0.002
 CHILD_TIMEOUT_S = 60.0
 
 Balances = dict[str, dict[str, Decimal]]  # account name → instrument key → balance
+# The outside world: the ledger object itself, or the sandbox control API of `sluice ledger serve`.
+Ledger = EmbeddedLedger | RemoteLedger
 
 
 # --- the plan: what the customers do (pure, from the seed) ---------------------------------------
@@ -270,6 +289,21 @@ def plan(seed: int) -> Plan:
 # --- the world: the ledger and the Integration DB ------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Wire:
+    """Where the exchange side reaches the ledger when the demo runs over HTTP: a ``sluice ledger
+    serve`` at ``base_url``."""
+
+    base_url: str
+
+    @property
+    def participant_url(self) -> str:
+        return f"{self.base_url}/nodes/{NODE}"
+
+    def registry_url(self, admin: str) -> str:
+        return f"{self.base_url}/registries/{admin}"
+
+
 @dataclass(slots=True)
 class World:
     data_dir: Path
@@ -278,6 +312,8 @@ class World:
     treasury: str
     coin: InstrumentId
     usdx: InstrumentId
+    wire: Wire | None = None
+    http: LedgerHttp | None = None  # one connection pool for every call over the wire
     parties: dict[str, Customer] = field(default_factory=dict)  # party → customer
     party_of: dict[str, str] = field(default_factory=dict)  # customer id → party
     ledger_end: int = 0
@@ -288,7 +324,21 @@ class World:
 
     @property
     def connection(self) -> str:
-        return connection_name(self.treasury, NODE)
+        node = bootstrap.participant_node(self.wire.participant_url) if self.wire else NODE
+        return connection_name(self.treasury, node)
+
+    def reader(self, ledger: Ledger) -> LedgerClient:
+        """The treasury node's reading side: in process, or the Canton client over HTTP."""
+        if self.wire is None:
+            assert isinstance(ledger, EmbeddedLedger)
+            return ledger.client(self.treasury)
+        return CantonLedgerClient(self.connect())
+
+    def connect(self) -> LedgerHttp:
+        assert self.wire is not None
+        if self.http is None:
+            self.http = LedgerHttp(self.wire.participant_url, NoAuth())
+        return self.http
 
     def symbol(self, instrument_key: str) -> str:
         return {self.coin.key(): "CC", self.usdx.key(): "USDX"}.get(instrument_key, instrument_key)
@@ -314,14 +364,20 @@ def prepare_folder(data_dir: Path) -> None:
     (data_dir / MARKER).write_text("made by `sluice demo`; wiped at the start of every run\n")
 
 
-def build_ledger(data_dir: Path, seed: int, the_plan: Plan) -> tuple[World, EmbeddedLedger]:
+def build_ledger(
+    data_dir: Path, path: Path, ledger: Ledger, the_plan: Plan, wire: Wire | None
+) -> World:
     """Parties, instruments, the treasury's preapproval, then the customers' activity.
 
-    The ledger stays open: the demo process is the only writer of its file for the whole run.
-    Everything is flushed before returning, so ``sluice ingest`` in another process reads it all.
+    The ledger stays open: the demo process (or the server it talks to) is the only writer of its
+    file for the whole run. Everything is flushed before returning, so ``sluice ingest`` in
+    another process reads it all.
     """
-    path = data_dir / "ledger.db"
-    ledger = EmbeddedLedger.open(str(path), seed=seed, checkpoint_interval_s=60.0)
+    if ledger.nodes():
+        raise FolderInUseError(
+            "the demo needs a fresh ledger, this one already has nodes "
+            f"({', '.join(ledger.nodes())}): start `sluice ledger serve --create --ledger NEW_FILE`"
+        )
     try:
         for node in ("dso", NODE, "wallets"):
             ledger.add_node(node)
@@ -333,7 +389,9 @@ def build_ledger(data_dir: Path, seed: int, the_plan: Plan) -> tuple[World, Embe
             issuer, "USDX", RegistryPolicy(preapprovals_allowed=False), symbol="USDX"
         )
         ledger.create_preapproval(treasury, coin)
-        world = World(data_dir, path, f"sqlite:///{data_dir / 'sluice.db'}", treasury, coin, usdx)
+        world = World(
+            data_dir, path, f"sqlite:///{data_dir / 'sluice.db'}", treasury, coin, usdx, wire
+        )
         party_of = world.party_of
         for customer in EVERYONE:
             party = ledger.allocate_party(customer.id, "wallets")
@@ -368,7 +426,7 @@ def build_ledger(data_dir: Path, seed: int, the_plan: Plan) -> tuple[World, Embe
         ledger.checkpoint()
         world.ledger_end = ledger.ledger_end(NODE)
         world.updates = ledger.update_count()
-        for item in ledger.updates(treasury, 0):
+        for item in world.reader(ledger).updates(treasury, 0):
             if "Transaction" in item["update"]:
                 world.transactions += 1
             else:
@@ -378,10 +436,10 @@ def build_ledger(data_dir: Path, seed: int, the_plan: Plan) -> tuple[World, Embe
     except BaseException:
         ledger.close()
         raise
-    return world, ledger
+    return world
 
 
-def held_on_ledger(ledger: EmbeddedLedger, party: str) -> dict[InstrumentId, Decimal]:
+def held_on_ledger(ledger: Ledger, party: str) -> dict[InstrumentId, Decimal]:
     """What ``party`` holds per instrument, straight from the ledger (locked holdings too)."""
     held: dict[InstrumentId, Decimal] = {}
     for holding in ledger.active_holdings(party):
@@ -392,8 +450,14 @@ def held_on_ledger(ledger: EmbeddedLedger, party: str) -> dict[InstrumentId, Dec
 def set_up_books(world: World) -> bootstrap.Database:
     """The Integration DB: both instruments onboarded, the customers and their deposit accounts."""
     database = bootstrap.database(world.db_url)
-    onboard_instrument(database.uow, world.coin, transfer_kinds="direct")
-    onboard_instrument(database.uow, world.usdx, transfer_kinds="offer")
+    wire = world.wire
+    for instrument, kinds in ((world.coin, "direct"), (world.usdx, "offer")):
+        onboard_instrument(
+            database.uow,
+            instrument,
+            transfer_kinds=kinds,
+            registry_url=wire.registry_url(instrument.admin) if wire else None,
+        )
     for customer in EVERYONE:
         register_customer(database.uow, customer.id, customer.name, [customer.account])
     return database
@@ -425,6 +489,10 @@ def sluice_command() -> list[str]:
 
 
 def ingest_command(world: World) -> list[str]:
+    if world.wire is not None:
+        source = ["--ledger-url", world.wire.participant_url]
+    else:
+        source = ["--ledger", str(world.ledger_path), "--node", NODE]
     return [
         *sluice_command(),
         "ingest",
@@ -433,10 +501,7 @@ def ingest_command(world: World) -> list[str]:
         world.treasury,
         "--db",
         world.db_url,
-        "--ledger",
-        str(world.ledger_path),
-        "--node",
-        NODE,
+        *source,
         "--batch-size",
         str(BATCH_SIZE),
     ]
@@ -563,22 +628,37 @@ class WorkersStory:
 
 @dataclass(slots=True)
 class Exchange:
-    """The exchange's services in this process, bound to the demo's ledger object (the only
-    writer of the ledger file) and the Integration DB. Their clock is the ledger's."""
+    """The exchange's services in this process, bound to the demo's ledger (in process, or over
+    HTTP through the Canton client) and the Integration DB. Their clock is the ledger's."""
 
     world: World
-    ledger: EmbeddedLedger
+    ledger: Ledger
     database: bootstrap.Database
     settings: WithdrawalSettings = field(default_factory=WithdrawalSettings)
 
     def clock(self) -> datetime:
         return self.ledger.time()
 
+    @property
+    def commands(self) -> LedgerCommands:
+        wire = self.world.wire
+        if wire is None:
+            assert isinstance(self.ledger, EmbeddedLedger)
+            return EmbeddedCommands(self.ledger)
+        return CantonCommands(self.world.connect())
+
+    @property
+    def registries(self) -> RegistryLookup:
+        if self.world.wire is None:
+            assert isinstance(self.ledger, EmbeddedLedger)
+            return embedded_registries(self.ledger)
+        return registry_lookup(bootstrap.registry_urls(self.database.uow, {}))
+
     def ingest(self) -> None:
         """Ingest the treasury's stream up to the ledger end, in this process."""
         Ingestion(
             self.database.uow,
-            self.ledger.client(self.world.treasury),
+            self.world.reader(self.ledger),
             self.world.treasury,
             connection=self.world.connection,
             settings=IngestionSettings(),
@@ -590,8 +670,8 @@ class Exchange:
     ) -> WithdrawalWorker:
         return WithdrawalWorker(
             self.database.uow,
-            EmbeddedCommands(self.ledger),
-            embedded_registries(self.ledger),
+            self.commands,
+            self.registries,
             treasury=self.world.treasury,
             connection=self.world.connection,
             clock=self.clock,
@@ -602,8 +682,8 @@ class Exchange:
     def deposit_worker(self, gate: BlockList) -> DepositWorker:
         return DepositWorker(
             self.database.uow,
-            EmbeddedCommands(self.ledger),
-            embedded_registries(self.ledger),
+            self.commands,
+            self.registries,
             gate,
             treasury=self.world.treasury,
         )
@@ -637,11 +717,11 @@ class Exchange:
         raise RuntimeError(f"the withdrawal worker was still busy after {WORKER_ROUNDS_MAX} rounds")
 
 
-def transfers_with_reason(ledger: EmbeddedLedger, party: str, reason: str) -> int:
+def transfers_with_reason(reader: LedgerClient, party: str, reason: str) -> int:
     """Committed ``TransferFactory_Transfer`` exercises in ``party``'s stream whose reason is
     ``reason``: the ledger's own count of the payments made for a withdrawal."""
     count = 0
-    for item in ledger.updates(party, 0):
+    for item in reader.updates(party, 0):
         transaction: dict[str, Any] | None = item["update"].get("Transaction")
         if transaction is None:
             continue
@@ -752,7 +832,9 @@ def crash_a_worker(exchange: Exchange, planned: PlannedWithdrawal) -> CrashStory
         trec_tgt=after_crash.trec_tgt if after_crash else None,
         cursor_time=cursor.record_time if cursor else None,
         settled_after_trec_tgt=later.settled,
-        transfers_on_ledger=transfers_with_reason(ledger, world.treasury, planned.id),
+        transfers_on_ledger=transfers_with_reason(
+            world.reader(ledger), world.treasury, planned.id
+        ),
     )
 
 
@@ -798,7 +880,10 @@ def show_setup(console: Console, world: World, the_plan: Plan) -> None:
     table.add_column(style="bold")
     table.add_column()
     table.add_row("data folder", str(world.data_dir))
-    table.add_row("ledger", f"{world.ledger_path} (nodes dso, exchange, wallets)")
+    where = str(world.ledger_path)
+    if world.wire is not None:
+        where = f"{world.wire.base_url} (served over HTTP; every exchange call goes over the wire)"
+    table.add_row("ledger", f"{where} (nodes dso, exchange, wallets)")
     table.add_row("Integration DB", world.db_url)
     table.add_row("treasury", f"{short(world.treasury)} on node {NODE}, preapproval for CC")
     table.add_row("instruments", "CC = Amulet (Canton Coin) of dso; USDX (no preapprovals)")
@@ -1148,7 +1233,11 @@ def show_next_steps(console: Console, world: World) -> None:
         (
             "follow the ledger (nothing new arrives here; Ctrl-C stops it cleanly)",
             f"sluice ingest --follow --party {world.treasury} --db {world.db_url} "
-            f"--ledger {world.ledger_path} --node {NODE}",
+            + (
+                f"--ledger-url {world.wire.participant_url}"
+                if world.wire
+                else f"--ledger {world.ledger_path} --node {NODE}"
+            ),
         ),
         ("check the books", f"sluice check --db {world.db_url}"),
         (
@@ -1164,12 +1253,22 @@ def show_next_steps(console: Console, world: World) -> None:
 # --- the whole run -------------------------------------------------------------------------------
 
 
-def run_demo(data_dir: Path, *, seed: int, console: Console) -> bool:
+def run_demo(
+    data_dir: Path,
+    *,
+    seed: int,
+    console: Console,
+    via_http: bool = False,
+    ledger_url: str | None = None,
+) -> bool:
     """Run the demo in ``data_dir`` (wiped first); True when every check of the report holds:
     the books balance, each customer got what they deposited, suspense holds the rest, both
     offers were pending and then accepted / rejected as planned, ingestion resumed from its
     cursor to the ledger end, every withdrawal ended as planned (the crashed one paid exactly
-    once) and each balance is deposits credited − withdrawals paid."""
+    once) and each balance is deposits credited − withdrawals paid.
+
+    ``via_http``: serve the ledger on a local port and go through the Canton client;
+    ``ledger_url``: the same against a ``sluice ledger serve`` already running."""
     started = time.perf_counter()
     console.print(Panel.fit(TITLE, subtitle=f"seed {seed}", style="bold"))
     try:
@@ -1178,8 +1277,27 @@ def run_demo(data_dir: Path, *, seed: int, console: Console) -> bool:
         console.print(f"[bold red]error:[/] {exc}")
         return False
     the_plan = plan(seed)
-    with console.status("building the ledger: taps, deposits, offers, checkpoints…"):
-        world, ledger = build_ledger(data_dir, seed, the_plan)
+    path = data_dir / "ledger.db"
+    embedded: EmbeddedLedger | None = None
+    server: LedgerServer | None = None
+    ledger: Ledger
+    wire: Wire | None = None
+    if ledger_url is not None:
+        wire = Wire(ledger_url.rstrip("/"))
+        ledger = RemoteLedger(wire.base_url)
+    else:
+        embedded = EmbeddedLedger.open(str(path), seed=seed, checkpoint_interval_s=60.0)
+        ledger = embedded
+        if via_http:
+            server = LedgerServer(embedded, default_node=NODE).start()
+            wire = Wire(server.url)
+            ledger = RemoteLedger(wire.base_url)
+    try:
+        with console.status("building the ledger: taps, deposits, offers, checkpoints…"):
+            world = build_ledger(data_dir, path, ledger, the_plan, wire)
+    except FolderInUseError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        return False
     try:
         database = set_up_books(world)
         try:
@@ -1204,7 +1322,13 @@ def run_demo(data_dir: Path, *, seed: int, console: Console) -> bool:
         finally:
             database.dispose()
     finally:
+        if world.http is not None:
+            world.http.close()
         ledger.close()
+        if server is not None:
+            server.stop()
+        if embedded is not None and embedded is not ledger:
+            embedded.close()
     show_next_steps(console, world)
     ok = all((books, credited, pending, resumed, workers, offers, withdrawals, final))
     elapsed = time.perf_counter() - started

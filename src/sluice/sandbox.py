@@ -7,6 +7,12 @@ everyone pre-approves it) and USDX (its issuer allows no preapprovals, so every 
 offer); customers ``cust-N`` with deposit accounts ``acct-N`` and a party each — and hands out the
 services bound to it: ingestion, the withdrawal worker, the deposit worker. The clock of every
 service is the ledger's own (record times are what ``trec_tgt`` is compared with).
+
+With ``via_http=True`` the sandbox also serves its ledger over HTTP on a local port
+(:class:`~sluice.ledger.local.server.LedgerServer`, as ``sluice ledger serve`` does) and every call
+of the exchange side — ingestion's reads, the workers' commands, the registries — goes through the
+Canton client over that socket, exactly as against a real participant node. The customers' wallets,
+the token admins and the clock stay in process: they are the outside world.
 """
 
 from __future__ import annotations
@@ -20,8 +26,16 @@ from sluice import bootstrap
 from sluice.domain.ledger import InstrumentId
 from sluice.domain.withdrawals import Withdrawal
 from sluice.ledger.local import EmbeddedLedger, RegistryPolicy
+from sluice.ledger.canton import (
+    CantonCommands,
+    CantonLedgerClient,
+    LedgerHttp,
+    NoAuth,
+    registry_lookup,
+)
 from sluice.ledger.local.adapters import EmbeddedCommands, embedded_registries
-from sluice.ports import AllowAll, ComplianceGate, LedgerCommands, RegistryLookup
+from sluice.ledger.local.server import LedgerServer
+from sluice.ports import AllowAll, ComplianceGate, LedgerClient, LedgerCommands, RegistryLookup
 from sluice.services.deposit_worker import DepositWorker, DepositWorkerSettings
 from sluice.services.ingestion import (
     Ingestion,
@@ -50,6 +64,8 @@ class Sandbox:
     withdrawal_settings: WithdrawalSettings = field(default_factory=WithdrawalSettings)
     ingestion_settings: IngestionSettings = field(default_factory=IngestionSettings)
     node: str = EXCHANGE_NODE
+    server: LedgerServer | None = None
+    _http: LedgerHttp | None = None
 
     @classmethod
     def create(
@@ -63,6 +79,7 @@ class Sandbox:
         tap: Decimal = Decimal(10_000),
         withdrawal_settings: WithdrawalSettings | None = None,
         ingestion_settings: IngestionSettings | None = None,
+        via_http: bool = False,
     ) -> Sandbox:
         ledger = ledger or EmbeddedLedger.open(None, seed=seed, checkpoint_interval_s=30.0)
         for node in ("registry", EXCHANGE_NODE, "wallets"):
@@ -74,13 +91,20 @@ class Sandbox:
         token = ledger.create_instrument(issuer, "USDX", RegistryPolicy(preapprovals_allowed=False))
         ledger.create_preapproval(treasury, coin)
         database = bootstrap.database(database_url)
+        server = LedgerServer(ledger, default_node=EXCHANGE_NODE).start() if via_http else None
         onboard_instrument(
             database.uow,
             coin,
             transfer_kinds="direct",
             limits={"transfer_fee": str(coin_fee)} if coin_fee else None,
+            registry_url=server.registry_url(coin.admin) if server else None,
         )
-        onboard_instrument(database.uow, token, transfer_kinds="offer")
+        onboard_instrument(
+            database.uow,
+            token,
+            transfer_kinds="offer",
+            registry_url=server.registry_url(token.admin) if server else None,
+        )
         sandbox = cls(
             ledger=ledger,
             database=database,
@@ -89,7 +113,10 @@ class Sandbox:
             token=token,
             withdrawal_settings=withdrawal_settings or WithdrawalSettings(),
             ingestion_settings=ingestion_settings or IngestionSettings(),
+            server=server,
         )
+        if server is not None:
+            sandbox._http = LedgerHttp(server.node_url(EXCHANGE_NODE), NoAuth(), retries_max=2)
         for n in range(customers):
             sandbox.add_customer(f"cust-{n}", f"acct-{n}", tap=tap)
         return sandbox
@@ -114,17 +141,32 @@ class Sandbox:
         return self.ledger.time()
 
     @property
+    def via_http(self) -> bool:
+        return self._http is not None
+
+    def ledger_client(self) -> LedgerClient:
+        """The treasury node's reading side: in process, or the Canton client over HTTP."""
+        if self._http is not None:
+            return CantonLedgerClient(self._http)
+        return self.ledger.client(self.treasury)
+
+    @property
     def commands(self) -> LedgerCommands:
+        if self._http is not None:
+            return CantonCommands(self._http)
         return EmbeddedCommands(self.ledger)
 
     @property
     def registries(self) -> RegistryLookup:
+        if self.server is not None:
+            # As in a deployment: each admin's registry URL is onboarding's, read from the DB.
+            return registry_lookup(bootstrap.registry_urls(self.database.uow, {}))
         return embedded_registries(self.ledger)
 
     def ingestion(self, **kwargs: object) -> Ingestion:
         return Ingestion(
             self.database.uow,
-            self.ledger.client(self.treasury),
+            self.ledger_client(),
             self.treasury,
             connection=self.connection,
             settings=self.ingestion_settings,
@@ -204,5 +246,9 @@ class Sandbox:
         return result.instruction_cid
 
     def close(self) -> None:
+        if self._http is not None:
+            self._http.close()
+        if self.server is not None:
+            self.server.stop()
         self.database.dispose()
         self.ledger.close()

@@ -414,12 +414,15 @@ def run_simulation(
     fault_rate: float = 0.05,
     db_url: str | None = None,
     tamper: Tamper | None = None,
+    via_http: bool = False,
 ) -> SimulationResult:
     """Run ``steps`` steps of the simulation for ``seed`` and return what happened.
 
     ``db_url`` None: a fresh SQLite file in a temporary directory (deleted afterwards); otherwise
     that database is emptied first. ``tamper`` (for tests of the checks themselves) is called
     after each step's action, before the checks, with the step number and the sandbox.
+    ``via_http``: the exchange side talks to the ledger through the Canton client over a local
+    HTTP/WebSocket server (the ledger's faults then reach it as a node's errors would).
     """
     if steps < 0:
         raise ValueError("steps must not be negative")
@@ -434,6 +437,7 @@ def run_simulation(
             tap=TAP,
             withdrawal_settings=SETTINGS,
             ingestion_settings=IngestionSettings(retry_delay_s=0.0, retry_delay_max_s=0.0),
+            via_http=via_http,
         )
         try:
             if db_url is None:
@@ -564,7 +568,7 @@ class _Simulation:
             )
             self._ingestion = Ingestion(
                 self.sb.database.uow,
-                self.ledger.client(self.sb.treasury),
+                self.sb.ledger_client(),
                 self.sb.treasury,
                 connection=self.sb.connection,
                 settings=settings,
@@ -902,7 +906,7 @@ class _Simulation:
             return
         since = cursor.record_time - timedelta(seconds=self.rng.choice((0, 0, 30, 300)))
         treasury = self.sb.treasury
-        offset = offset_for_record_time(self.ledger.client(treasury), treasury, since)
+        offset = offset_for_record_time(self.sb.ledger_client(), treasury, since)
         self._cursor_floor = self._newest_ingested = None  # moving it back is the point
         rewind_cursor(
             self.sb.database.uow,
@@ -1294,11 +1298,17 @@ def simulate_command(
     crash_rate: float = 0.05,
     fault_rate: float = 0.05,
     db_url: str | None = None,
+    via_http: bool = False,
 ) -> int:
     """``sluice sim``: run one simulation, print its JSON line; the exit code (1 on any
     violation)."""
     result = run_simulation(
-        seed, steps, crash_rate=crash_rate, fault_rate=fault_rate, db_url=db_url
+        seed,
+        steps,
+        crash_rate=crash_rate,
+        fault_rate=fault_rate,
+        db_url=db_url,
+        via_http=via_http,
     )
     print(result.as_json_line())
     return 0 if result.ok else 1
@@ -1315,9 +1325,18 @@ def _parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def _run_one(arguments: tuple[int, int, float, float, str | None]) -> SimulationResult:
-    seed, steps, crash_rate, fault_rate, db_url = arguments
-    return run_simulation(seed, steps, crash_rate=crash_rate, fault_rate=fault_rate, db_url=db_url)
+def _run_one(
+    arguments: tuple[int, int, float, float, str | None, bool],
+) -> SimulationResult:
+    seed, steps, crash_rate, fault_rate, db_url, via_http = arguments
+    return run_simulation(
+        seed,
+        steps,
+        crash_rate=crash_rate,
+        fault_rate=fault_rate,
+        db_url=db_url,
+        via_http=via_http,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1330,11 +1349,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fault-rate", type=float, default=0.05)
     parser.add_argument("--db", default=None, help="a database URL (emptied first); one job only")
     parser.add_argument("--jobs", type=int, default=1, help="processes running seeds")
+    parser.add_argument(
+        "--via-http",
+        action="store_true",
+        help="the exchange talks to the ledger through the Canton client over a local server",
+    )
     options = parser.parse_args(argv)
     seeds = _parse_seeds(options.seeds)
     jobs = 1 if options.db else max(1, options.jobs)
     work = [
-        (seed, options.steps, options.crash_rate, options.fault_rate, options.db) for seed in seeds
+        (seed, options.steps, options.crash_rate, options.fault_rate, options.db, options.via_http)
+        for seed in seeds
     ]
     started = time.perf_counter()
     failed: list[int] = []

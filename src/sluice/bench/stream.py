@@ -48,10 +48,20 @@ class StreamSetup:
         )
 
 
-def generate(path: Path, updates: int, *, customers: int = 200, seed: int = 7) -> StreamSetup:
-    """Write at least ``updates`` items of the treasury's stream to ``path`` (JSON lines)."""
+def generate(
+    path: Path,
+    updates: int,
+    *,
+    customers: int = 200,
+    seed: int = 7,
+    ledger_path: Path | None = None,
+) -> StreamSetup:
+    """Write at least ``updates`` items of the treasury's stream to ``path`` (JSON lines); with
+    ``ledger_path`` the ledger itself is kept in that file too (for serving it)."""
     rng = random.Random(seed)
-    ledger = EmbeddedLedger.open(None, seed=seed, checkpoint_interval_s=30.0)
+    ledger = EmbeddedLedger.open(
+        None if ledger_path is None else str(ledger_path), seed=seed, checkpoint_interval_s=30.0
+    )
     for node in ("exchange", "wallets", "registry"):
         ledger.add_node(node)
     dso = ledger.allocate_party("dso", "registry")
@@ -92,6 +102,7 @@ def generate(path: Path, updates: int, *, customers: int = 200, seed: int = 7) -
         for item in ledger.updates(treasury, 0):
             out.write(orjson.dumps(item))
             out.write(b"\n")
+    ledger.close()
     setup = StreamSetup(party=treasury, accounts=accounts, instruments=[coin, token])
     setup.write(path.with_suffix(".setup.json"))
     return setup
