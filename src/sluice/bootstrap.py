@@ -90,9 +90,10 @@ def registry_urls(
 
     def url_of(instrument: InstrumentId) -> str | None:
         with uow() as work:
-            record = work.reference.instrument(instrument)
-        if record is not None and record.registry_url:
-            return record.registry_url
+            records = work.reference.instruments()
+        for record in records:
+            if record.instrument == instrument and record.registry_url:
+                return record.registry_url
         return configured.get(instrument.admin)
 
     return url_of
@@ -139,7 +140,9 @@ def canton_connection(
     client = CantonLedgerClient(
         http, page_size=config.ledger.page_size, use_websocket=config.ledger.websocket
     )
-    commands = CantonCommands(http, user_id=config.ledger.user_id, signers=signers)
+    commands = CantonCommands(
+        http, user_id=config.ledger.user_id, signers=signers, clock=clock or _system_clock
+    )
     registries = registry_lookup(
         registry_urls(database.uow, config.registries.urls),
         timeout_s=config.registries.timeout_s,

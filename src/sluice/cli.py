@@ -594,11 +594,14 @@ def open_ledger(
     node: str | None,
     *,
     writable: bool,
+    clock: Callable[[], datetime] | None = None,
 ) -> bootstrap.LedgerConnection:
     """The ledger a command works on: ``--ledger-url`` (or a configured participant) through the
     Canton client, else the embedded ledger file."""
     if ledger_url is not None or (ledger is None and config.ledger.kind == "canton"):
-        return bootstrap.canton_connection(config, database, participant_url=ledger_url)
+        return bootstrap.canton_connection(
+            config, database, participant_url=ledger_url, clock=clock
+        )
     path = ledger or config.ledger_path
     return bootstrap.embedded_connection(path, node or config.ledger.node, writable=writable)
 
@@ -1059,19 +1062,20 @@ def workers_run(
     config = deployment()
     party = treasury_party(treasury or config.treasury.party, settings)
     worker_settings = withdrawal_settings()
-    database = open_database(db or config.database_url, settings)
-    try:
-        link = open_ledger(config, database, ledger, ledger_url, node, writable=True)
-    except SluiceError as exc:
-        database.dispose()
-        fail_with(exc)
-    clock = link.clock
+    clock: Callable[[], datetime] | None = None
     if sandbox_clock:
         from sluice.ledger.local.remote import RemoteLedger
 
         if ledger_url is None:
             fail("--sandbox-clock needs --ledger-url (a `sluice ledger serve` URL)")
         clock = RemoteLedger(sandbox_base(ledger_url)).time
+    database = open_database(db or config.database_url, settings)
+    try:
+        link = open_ledger(config, database, ledger, ledger_url, node, writable=True, clock=clock)
+    except SluiceError as exc:
+        database.dispose()
+        fail_with(exc)
+    clock = link.clock
     try:
         withdrawals = WithdrawalWorker(
             database.uow,

@@ -645,7 +645,8 @@ class Exchange:
         if wire is None:
             assert isinstance(self.ledger, EmbeddedLedger)
             return EmbeddedCommands(self.ledger)
-        return CantonCommands(self.world.connect())
+        margin = self.settings.trec_span_s / 4  # the embedded ledger commits at once
+        return CantonCommands(self.world.connect(), clock=self.clock, local_margin_s=margin)
 
     @property
     def registries(self) -> RegistryLookup:
@@ -832,9 +833,7 @@ def crash_a_worker(exchange: Exchange, planned: PlannedWithdrawal) -> CrashStory
         trec_tgt=after_crash.trec_tgt if after_crash else None,
         cursor_time=cursor.record_time if cursor else None,
         settled_after_trec_tgt=later.settled,
-        transfers_on_ledger=transfers_with_reason(
-            world.reader(ledger), world.treasury, planned.id
-        ),
+        transfers_on_ledger=transfers_with_reason(world.reader(ledger), world.treasury, planned.id),
     )
 
 

@@ -25,7 +25,6 @@ from decimal import Decimal
 from sluice import bootstrap
 from sluice.domain.ledger import InstrumentId
 from sluice.domain.withdrawals import Withdrawal
-from sluice.ledger.local import EmbeddedLedger, RegistryPolicy
 from sluice.ledger.canton import (
     CantonCommands,
     CantonLedgerClient,
@@ -33,6 +32,7 @@ from sluice.ledger.canton import (
     NoAuth,
     registry_lookup,
 )
+from sluice.ledger.local import EmbeddedLedger, RegistryPolicy
 from sluice.ledger.local.adapters import EmbeddedCommands, embedded_registries
 from sluice.ledger.local.server import LedgerServer
 from sluice.ports import AllowAll, ComplianceGate, LedgerClient, LedgerCommands, RegistryLookup
@@ -153,7 +153,10 @@ class Sandbox:
     @property
     def commands(self) -> LedgerCommands:
         if self._http is not None:
-            return CantonCommands(self._http)
+            # The embedded ledger commits at once, so the margin only has to keep a late
+            # submission out; a real node needs its tolerance plus its submission delay.
+            margin = self.withdrawal_settings.trec_span_s / 4
+            return CantonCommands(self._http, clock=self.clock, local_margin_s=margin)
         return EmbeddedCommands(self.ledger)
 
     @property

@@ -23,7 +23,6 @@ from sluice.ports import CommandError, LedgerClient, RegistryError
 from sluice.sandbox import Sandbox
 
 
-
 @pytest.fixture(params=["embedded", "canton"])
 def sandbox(request: pytest.FixtureRequest) -> Iterator[Sandbox]:
     world = Sandbox.create("sqlite://", customers=2, via_http=request.param == "canton")
@@ -61,7 +60,9 @@ def transfer_from_treasury(sandbox: Sandbox, receiver: str, amount: str, *, coin
 
 def fund_treasury(sandbox: Sandbox) -> None:
     sandbox.deposit("cust-0", "500")
-    sandbox.deposit("cust-1", "300", instrument=sandbox.token)
+    offer = sandbox.deposit("cust-1", "300", instrument=sandbox.token)
+    assert offer is not None
+    sandbox.ledger.accept(offer, sandbox.treasury)
 
 
 def test_the_stream_is_the_ledgers_own_item_for_item(sandbox: Sandbox) -> None:
@@ -111,7 +112,9 @@ def test_offset_at_record_time_finds_the_last_item_at_or_before(sandbox: Sandbox
         assert isinstance(at, type(first_time))
         found = client.offset_at_record_time(sandbox.treasury, at)
         assert found == max(
-            item_offset(i) or 0 for i in items if record_time(i) <= at  # type: ignore[operator]
+            item_offset(i) or 0
+            for i in items
+            if record_time(i) <= at  # type: ignore[operator]
         )
 
 
@@ -147,7 +150,8 @@ def test_an_offer_is_made_then_withdrawn_through_the_registry_context(sandbox: S
         transfer, factory, act_as=sandbox.treasury, command_id="offer-1", max_record_time=None
     )
     (instruction,) = [
-        i for i in sandbox.ledger.active_instructions(sandbox.treasury)
+        i
+        for i in sandbox.ledger.active_instructions(sandbox.treasury)
         if i.transfer.sender == sandbox.treasury
     ]
     context = registry.choice_context("withdraw", instruction.contract_id)
@@ -160,7 +164,8 @@ def test_an_offer_is_made_then_withdrawn_through_the_registry_context(sandbox: S
         command_id="withdraw-1",
     )
     assert not [
-        i for i in sandbox.ledger.active_instructions(sandbox.treasury)
+        i
+        for i in sandbox.ledger.active_instructions(sandbox.treasury)
         if i.transfer.sender == sandbox.treasury
     ]
 

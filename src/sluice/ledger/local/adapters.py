@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from sluice.domain.errors import InvalidInputError
 from sluice.domain.ledger import InstrumentId, Transfer
 from sluice.ledger.local.engine import (
     CommandRejectedError,
@@ -95,7 +96,7 @@ class EmbeddedRegistry:
     def transfer_factory(self, transfer: Transfer) -> FactoryChoice:
         try:
             factory = self._ledger.registry(self.admin).transfer_factory(transfer)
-        except LedgerError as exc:
+        except (LedgerError, InvalidInputError) as exc:
             raise RegistryError(str(exc)) from exc
         context = factory.choice_context
         return FactoryChoice(

@@ -1787,6 +1787,82 @@ class EmbeddedLedger:
                 raise NotFoundError(f"update {update_id} is not visible to {party}")
             return self._transaction_json(self._updates[seq], party, offset)
 
+    def update_offset(self, update_id: str, node_or_party: str) -> int | None:
+        """The offset of update ``update_id`` on a node (named directly or by one of its parties);
+        None if the node does not have it (it sees nothing of it, or lost it in a restore)."""
+        with self._lock:
+            node = self._node(node_or_party)
+            seq = self._update_seq.get(update_id)
+            return None if seq is None else node.offset_by_seq.get(seq)
+
+    def events_by_contract_id(self, contract_id: str, party: str) -> JsonObject:
+        """``JsGetEventsByContractIdResponse``: the create of a contract ``party`` is a stakeholder
+        of, and its archive if it was archived, at the offsets of the party's node.
+
+        Active contracts are found at once; an archived one by searching the party's updates from
+        the newest (O(updates the party sees) — a lookup for tools and tests, not a hot path)."""
+        with self._lock:
+            self._check_party(party)
+            node = self._nodes[self._party_node[party]]
+            synchronizer_id = self._settings.synchronizer_id
+            result: Json = {}
+            origin = self._origin.get(contract_id)
+            if origin is not None:
+                contract = self.contract(contract_id)
+                if party not in contract.signatories and party not in contract.observers:
+                    raise NotFoundError(f"contract {contract_id} is not visible to {party}")
+                seq, node_id = origin
+                body = created_event_body(contract, node_id)
+                result["created"] = {
+                    "createdEvent": {
+                        "offset": node.offset_by_seq.get(seq, 0),
+                        **body,
+                        "witnessParties": [party],
+                    },
+                    "synchronizerId": synchronizer_id,
+                }
+                return result
+            for seq in range(len(self._updates) - 1, -1, -1):
+                update = self._updates[seq]
+                if party not in update.visible:
+                    continue
+                tree = build_tree(json.loads(update.record))
+                by_id = {n.node_id: n for n in tree.nodes}
+                for is_create, value, node_id in tree.effects:
+                    found_id = value.contract_id if is_create else value
+                    tree_node = by_id.get(node_id)
+                    if (
+                        found_id != contract_id
+                        or tree_node is None
+                        or party not in tree_node.visible
+                    ):
+                        continue
+                    offset = node.offset_by_seq.get(seq, 0)
+                    event = tree_node.event()
+                    if is_create and "created" not in result:
+                        result["created"] = {
+                            "createdEvent": {"offset": offset, **event, "witnessParties": [party]},
+                            "synchronizerId": synchronizer_id,
+                        }
+                    elif not is_create and "archived" not in result:
+                        result["archived"] = {
+                            "archivedEvent": {
+                                "offset": offset,
+                                "nodeId": node_id,
+                                "contractId": contract_id,
+                                "templateId": event["templateId"],
+                                "witnessParties": [party],
+                                "packageName": event["packageName"],
+                                "implementedInterfaces": list(event["implementedInterfaces"]),
+                            },
+                            "synchronizerId": synchronizer_id,
+                        }
+                if "created" in result:
+                    return result
+            if result:
+                return result
+            raise NotFoundError(f"contract {contract_id} is not visible to {party}")
+
     def offset_at_record_time(self, node_or_party: str, time: datetime) -> int:
         """The largest offset of the node whose record time is at or before ``time`` (0 if none):
         where to resume a reader that has processed everything up to ``time``."""
@@ -1916,6 +1992,25 @@ class EmbeddedLedger:
     def update_count(self) -> int:
         with self._lock:
             return len(self._updates)
+
+    def completion_sequence(self) -> int:
+        """The sequence number of the latest completion (of any party); 0 if none. A reader
+        following :meth:`completions` polls this cheaply to see whether there is anything new."""
+        with self._lock:
+            return len(self._completions)
+
+    def has_updates_after(self, party: str, offset: int) -> bool:
+        """Whether ``party``'s node has a transaction ``party`` sees at an offset after
+        ``offset`` (checkpoints do not count): if not, its active contracts at ``offset`` are
+        exactly the current ones."""
+        with self._lock:
+            self._check_party(party)
+            node = self._nodes[self._party_node[party]]
+            for index in range(bisect_right(node.offsets, offset), len(node.offsets)):
+                item = node.items[index]
+                if item != _CHECKPOINT and party in self._updates[item].visible:
+                    return True
+            return False
 
     def client(self, party: str) -> NodeClient:
         """A :class:`sluice.ports.LedgerClient` on ``party``'s node."""
