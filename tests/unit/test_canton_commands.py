@@ -343,9 +343,33 @@ def test_every_external_execution_has_a_fresh_submission_id() -> None:
 def test_a_party_without_a_signer_uses_submit_and_wait() -> None:
     node, commands, _ = external_setup(submit_and_wait=COMPLETED)
     commands.submit_transfer(
-        a_transfer(), a_factory(), act_as=EXCHANGE, command_id="c", max_record_time=NOW
+        a_transfer(), a_factory(), act_as=EXCHANGE, command_id="c", max_record_time=None
     )
     assert [path for path, _ in node.requests] == ["/v2/commands/submit-and-wait"]
+
+
+@pytest.mark.parametrize(("left_s", "submitted"), [(91, True), (89, False), (-5, False)])
+def test_a_local_party_command_is_submitted_only_with_its_margin_before_max_record_time(
+    left_s: int, submitted: bool
+) -> None:
+    """The node cannot enforce max_record_time for a local party; a command sent later than the
+    margin before it could commit after the worker has already retried (a double payment)."""
+    node = Node(submit_and_wait=COMPLETED)
+    commands = commands_for(node, clock=lambda: NOW, local_margin_s=90)
+    deadline = NOW + timedelta(seconds=left_s)
+    if submitted:
+        commands.submit_transfer(
+            a_transfer(), a_factory(), act_as=EXCHANGE, command_id="c", max_record_time=deadline
+        )
+        assert [path for path, _ in node.requests] == ["/v2/commands/submit-and-wait"]
+        return
+    with pytest.raises(CommandError, match="not submitted") as caught:
+        commands.submit_transfer(
+            a_transfer(), a_factory(), act_as=EXCHANGE, command_id="c", max_record_time=deadline
+        )
+    assert caught.value.definite is True
+    assert caught.value.code == "SUBMISSION_TOO_LATE"
+    assert node.requests == []
 
 
 def test_a_failed_prepare_is_definite_because_nothing_was_submitted() -> None:

@@ -109,6 +109,7 @@ POLL_INTERVAL_S = 0.02
 # Items read from the ledger per worker-thread hop of a stream (bounded work per tick).
 STREAM_CHUNK_ITEMS = 256
 PAGE_SIZE_MAX = 1000
+REQUEST_BODY_MAX_BYTES = 16 * 1024 * 1024
 AUTH_SUBPROTOCOL = "daml.ws.auth"
 TOKEN_SUBPROTOCOL_PREFIX = "jwt.token."
 _PROTECTED_PREFIXES = ("/v2/", "/nodes/", "/registries/", CONTROL_PATH + "/")
@@ -355,6 +356,20 @@ def load_public_key(path: Path) -> bytes:
 
 
 # --- reading request bodies -----------------------------------------------------------------------
+
+
+async def read_body(request: Request) -> bytes:
+    """The request body, refused (413, plain text) beyond :data:`REQUEST_BODY_MAX_BYTES`."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > REQUEST_BODY_MAX_BYTES:
+            raise Problem(
+                413, f"Invalid value for: body (more than {REQUEST_BODY_MAX_BYTES} bytes)"
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _object(raw: bytes | str) -> Json:
@@ -651,7 +666,7 @@ class _Api:
         return _json(result)
 
     async def _body(self, request: Request) -> Json:
-        return _object(await request.body())
+        return _object(await read_body(request))
 
     def _refresh(self) -> None:
         if self._ledger is not None and self._ledger.read_only:
@@ -1343,7 +1358,11 @@ class _RegistryApi:
 
     async def _request_object(self, request: Request) -> Json:
         try:
-            value = orjson.loads(await request.body() or b"{}")
+            raw = await read_body(request)
+        except Problem:
+            raise registry_problem(413, "the body is too large") from None
+        try:
+            value = orjson.loads(raw or b"{}")
         except orjson.JSONDecodeError as exc:
             raise registry_problem(400, f"the body is not JSON: {exc}") from None
         if not isinstance(value, dict):
@@ -1464,7 +1483,10 @@ class _Control:
 
     async def call(self, request: Request) -> Response:
         method = request.path_params["method"]
-        raw = await request.body()
+        try:
+            raw = await read_body(request)
+        except Problem:
+            return _json(error_json(InvalidInputError("the body is too large"))[1], 413)
 
         def work() -> Response:
             try:
@@ -1487,7 +1509,10 @@ class _OAuth:
         self.auth = auth
 
     async def token(self, request: Request) -> Response:
-        raw = (await request.body()).decode("utf-8", errors="replace")
+        try:
+            raw = (await read_body(request)).decode("utf-8", errors="replace")
+        except Problem:
+            return _json({"error": "invalid_request"}, 413)
         form = {k: v[0] for k, v in parse_qs(raw, keep_blank_values=True).items()}
         authorization = request.headers.get("authorization", "")
         if authorization.lower().startswith("basic "):
