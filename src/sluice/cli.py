@@ -384,7 +384,12 @@ def ledger_serve(
         typer.Option("--replay", help="Serve this file of recorded updates, read-only."),
     ] = None,
     create: Annotated[
-        bool, typer.Option("--create", help="Create an empty ledger file if there is none.")
+        bool,
+        typer.Option(
+            "--create",
+            help="Create an empty ledger file if there is none (nodes, parties and instruments "
+            "are then made through /sandbox/v1, as `sluice demo --ledger-url` does).",
+        ),
     ] = False,
 ) -> None:
     """Serve the embedded ledger over the JSON Ledger API v2 (HTTP and WebSocket), the Registry
@@ -421,8 +426,6 @@ def ledger_serve(
             fail(f"no embedded ledger at {path} (run `sluice demo`, or pass --create)")
         path.parent.mkdir(parents=True, exist_ok=True)
         embedded = EmbeddedLedger.open(str(path))
-        if create and not embedded.nodes():
-            embedded.add_node(node)
         server = LedgerServer(
             embedded,
             host=host,

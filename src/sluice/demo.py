@@ -295,6 +295,7 @@ class Wire:
     serve`` at ``base_url``."""
 
     base_url: str
+    started_here: bool = False  # --via-http: the server stops with the demo
 
     @property
     def participant_url(self) -> str:
@@ -1228,12 +1229,25 @@ def show_books(console: Console, world: World, database: bootstrap.Database) -> 
 def show_next_steps(console: Console, world: World) -> None:
     console.print()
     console.print("[bold]Explore further[/] (the files stay in the data folder):")
+    steps: list[tuple[str, str]] = []
+    if world.wire is not None and world.wire.started_here:
+        steps.append(
+            (
+                "serve the demo's ledger again (the next command reads it through the Canton "
+                "client; Ctrl-C stops the server)",
+                f"sluice ledger serve --ledger {world.ledger_path} --port 7575",
+            )
+        )
+    participant = "http://127.0.0.1:7575/nodes/exchange"
+    if world.wire is not None and not steps:
+        participant = world.wire.participant_url
     for comment, command in (
+        *steps,
         (
             "follow the ledger (nothing new arrives here; Ctrl-C stops it cleanly)",
             f"sluice ingest --follow --party {world.treasury} --db {world.db_url} "
             + (
-                f"--ledger-url {world.wire.participant_url}"
+                f"--ledger-url {participant}"
                 if world.wire
                 else f"--ledger {world.ledger_path} --node {NODE}"
             ),
@@ -1289,7 +1303,7 @@ def run_demo(
         ledger = embedded
         if via_http:
             server = LedgerServer(embedded, default_node=NODE).start()
-            wire = Wire(server.url)
+            wire = Wire(server.url, started_here=True)
             ledger = RemoteLedger(wire.base_url)
     try:
         with console.status("building the ledger: taps, deposits, offers, checkpoints…"):
