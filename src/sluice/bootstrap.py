@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import Engine
 
-from sluice.config import DeploymentConfig, LedgerAuthConfig
+from sluice.config import DeploymentConfig, LedgerConfig
 from sluice.domain.errors import InvalidInputError
 from sluice.domain.ledger import InstrumentId
 from sluice.ledger.canton import (
@@ -99,12 +99,14 @@ def registry_urls(
     return url_of
 
 
-def token_source(auth: LedgerAuthConfig) -> TokenSource:
+def token_source(ledger: LedgerConfig) -> TokenSource:
+    """How requests to the participant are authenticated, per ``[ledger.auth]``."""
+    auth = ledger.auth
     if auth.kind == "static":
         return StaticToken(auth.secret_value())
     if auth.kind == "hs256":
-        assert auth.user_id is not None
-        return SelfSignedToken(auth.secret_value(), auth.user_id, audience=auth.audience)
+        assert ledger.token_subject is not None
+        return SelfSignedToken(auth.secret_value(), ledger.token_subject, audience=auth.audience)
     if auth.kind == "oauth2":
         assert auth.token_url is not None
         assert auth.client_id is not None
@@ -129,7 +131,7 @@ def canton_connection(
     url = participant_url or config.ledger.participant_url
     if not url:
         raise InvalidInputError("no participant URL: set ledger.participant_url or --ledger-url")
-    auth = token_source(config.ledger.auth)
+    auth = token_source(config.ledger)
     http = LedgerHttp(
         url, auth, timeout_s=config.ledger.timeout_s, retries_max=config.ledger.retries_max
     )

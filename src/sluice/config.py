@@ -137,8 +137,6 @@ class LedgerAuthConfig(_Section):
             problems += _secret(self.token, self.token_file, self.token_env, "token")
         elif self.kind == "hs256":
             problems += _secret(self.secret, self.secret_file, self.secret_env, "secret")
-            if not self.user_id:
-                problems.append("user_id is required for kind = 'hs256' (the token's subject)")
         elif self.kind == "oauth2":
             if not self.token_url:
                 problems.append("token_url is required for kind = 'oauth2'")
@@ -187,7 +185,16 @@ class LedgerConfig(_Section):
     def _complete(self) -> LedgerConfig:
         if self.kind == "canton" and not self.participant_url:
             raise ValueError("participant_url is required for kind = 'canton'")
+        if self.auth.kind == "hs256" and not self.token_subject:
+            raise ValueError(
+                "auth.user_id (or user_id) is required for auth kind = 'hs256': the token's subject"
+            )
         return self
+
+    @property
+    def token_subject(self) -> str | None:
+        """The Ledger API user a self-signed token names."""
+        return self.auth.user_id or self.user_id
 
 
 class TreasuryConfig(_Section):

@@ -11,6 +11,9 @@ Here it runs
   between a submission and its recording, node restores, lost responses, …) — a sweep that
   stopped exercising one would prove nothing about it;
 * a few seeds on PostgreSQL (row locks, ``NUMERIC``), which must give the very line SQLite gives;
+* a few seeds with the exchange talking to the ledger through the Canton client over a local HTTP
+  / WebSocket server (``via_http``), where the ledger's faults reach it as a node's errors: no
+  violation either (this found a late local-party submission paying twice);
 * one seed twice in this process and once in another process with another hash seed: the same
   line each time; different seeds give different lines;
 * three seeds with the Integration DB tampered with mid-run — a balanced journal entry that
@@ -41,6 +44,8 @@ from sluice.sim import main, run_simulation, simulate_command
 SWEEP_SEEDS = range(1, 201)
 SWEEP_STEPS = 60
 POSTGRES_SEEDS = (1, 2)
+HTTP_SEEDS = range(1, 9)
+HTTP_STEPS = 100
 POSTGRES_STEPS = 100
 # What the sweep must have made happen at least once (SimulationResult.outcomes).
 PATHS = (
@@ -89,6 +94,16 @@ def test_many_seeds_with_crashes_and_faults_keep_every_guarantee() -> None:
             failures.append(result.as_json_line())
     assert failures == []
     assert [path for path in PATHS if outcomes[path] == 0] == []
+
+
+def test_seeds_over_the_wire_keep_every_guarantee() -> None:
+    totals: Counter[str] = Counter()
+    for seed in HTTP_SEEDS:
+        result = run_simulation(seed, HTTP_STEPS, crash_rate=0.1, fault_rate=0.1, via_http=True)
+        assert result.violations == [], result.as_json_line()
+        totals.update(deposits=result.deposits, withdrawals=result.withdrawals)
+        totals.update(faults=result.faults, crashes=result.crashes)
+    assert min(totals.values()) > 0, totals
 
 
 @pytest.mark.postgres

@@ -57,6 +57,9 @@ COMPLETIONS_PATH = "/v2/commands/completions"
 VERSION_PATH = "/v2/version"
 
 
+FIRST_AFTER_ATTEMPTS = 3  # reads of the item after an offset, when a node re-delivers
+
+
 @dataclass(slots=True)
 class _Reading:
     """Where one ``updates`` call stands: what was asked and what was yielded so far."""
@@ -367,26 +370,32 @@ class CantonLedgerClient:
         return expect_list(answer, "POST", UPDATES_PATH, "JsGetUpdatesResponse")
 
     def _first_after(self, party: str, offset: int, end: int) -> tuple[int, datetime] | None:
-        """The offset and record time of ``party``'s first item after ``offset``."""
-        try:
-            items = self._page(party, offset, end, 1)
-        except CantonError as exc:
-            raise CantonReadError(
-                f"searching the offsets of {party} by record time failed: {exc}",
-                node_code=exc.node_code,
-                cause=exc.cause,
-            ) from exc
-        if not items:
-            return None
-        item = items[0]
-        found = item_offset(item) if isinstance(item, dict) else None
-        time = _record_time(item)
-        if found is None or found <= offset or time is None:
-            raise CantonReadError(
-                f"searching the offsets of {party} by record time: the item after offset "
-                f"{offset} has no readable offset or record time: {_describe(item)}"
-            )
-        return found, time
+        """The offset and record time of ``party``'s first item after ``offset``. An item at or
+        before ``offset`` (a node re-delivering older items) is read again, a bounded number of
+        times."""
+        for _attempt in range(FIRST_AFTER_ATTEMPTS):
+            try:
+                items = self._page(party, offset, end, 1)
+            except CantonError as exc:
+                raise CantonReadError(
+                    f"searching the offsets of {party} by record time failed: {exc}",
+                    node_code=exc.node_code,
+                    cause=exc.cause,
+                ) from exc
+            if not items:
+                return None
+            item = items[0]
+            found = item_offset(item) if isinstance(item, dict) else None
+            time = _record_time(item)
+            if found is None or time is None:
+                break
+            if found > offset:
+                return found, time
+        raise CantonReadError(
+            f"searching the offsets of {party} by record time: the item after offset "
+            f"{offset} has no readable offset or record time, or is not after it: "
+            f"{_describe(item)}"
+        )
 
     def _fall_back(self, exc: NoWebSocketError) -> None:
         if self._websocket:
