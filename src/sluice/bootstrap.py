@@ -143,7 +143,11 @@ def canton_connection(
         http, page_size=config.ledger.page_size, use_websocket=config.ledger.websocket
     )
     commands = CantonCommands(
-        http, user_id=config.ledger.user_id, signers=signers, clock=clock or _system_clock
+        http,
+        user_id=config.ledger.user_id,
+        signers=signers,
+        clock=clock or _system_clock,
+        local_margin_s=config.ledger.local_margin_s,
     )
     registries = registry_lookup(
         registry_urls(database.uow, config.registries.urls),

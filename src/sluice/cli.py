@@ -31,6 +31,7 @@ from sluice.domain.amounts import format_amount, parse_amount
 from sluice.domain.errors import InvalidInputError, SluiceError
 from sluice.domain.ledger import InstrumentId, check_party_id, format_timestamp, parse_timestamp
 from sluice.domain.withdrawals import Withdrawal, WithdrawalStatus
+from sluice.ledger.canton import CantonCommands
 from sluice.ledger.file import UpdateFile
 from sluice.ports import AllowAll, IncomingOffer, InstrumentRecord
 from sluice.services.books import check_invariant, treasury_view
@@ -1079,6 +1080,14 @@ def workers_run(
         database.dispose()
         fail_with(exc)
     clock = link.clock
+    margin = config.ledger.local_margin_s
+    if isinstance(link.commands, CantonCommands) and worker_settings.trec_span_s <= margin:
+        link.close()
+        database.dispose()
+        fail(
+            f"SLUICE_WITHDRAWAL_TREC_SPAN_S ({worker_settings.trec_span_s:g} s) must exceed "
+            f"ledger.local_margin_s ({margin:g} s), or no local-party withdrawal could be submitted"
+        )
     try:
         withdrawals = WithdrawalWorker(
             database.uow,

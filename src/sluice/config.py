@@ -177,6 +177,8 @@ class LedgerConfig(_Section):
     retries_max: Annotated[int, Field(ge=0, le=20)] = 4
     page_size: Annotated[int, Field(ge=1, le=10_000)] = 200
     websocket: bool = True
+    # A local party's command is submitted only while this much is left before its deadline.
+    local_margin_s: Annotated[float, Field(ge=0, le=3600)] = 90.0
     auth: LedgerAuthConfig = LedgerAuthConfig()
 
     _check_participant_url = field_validator("participant_url")(_check_url)
