@@ -85,7 +85,9 @@ class _Reading:
         offset = item_offset(message)
         if offset is None:
             raise self.error(f"an item has no readable offset: {_describe(message)}")
-        if offset <= self.last:
+        # A recording may start at offset 0; reading "from the beginning" (after 0) includes it.
+        first_at_zero = offset == 0 and self.last == 0 and self.count == 0
+        if offset <= self.last and not first_at_zero:
             raise self.error(
                 f"an item at offset {offset} came after offset {self.last} (out of order)"
             )

@@ -72,7 +72,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -362,13 +362,17 @@ async def read_body(request: Request) -> bytes:
     """The request body, refused (413, plain text) beyond :data:`REQUEST_BODY_MAX_BYTES`."""
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > REQUEST_BODY_MAX_BYTES:
-            raise Problem(
-                413, f"Invalid value for: body (more than {REQUEST_BODY_MAX_BYTES} bytes)"
-            )
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > REQUEST_BODY_MAX_BYTES:
+                raise Problem(
+                    413, f"Invalid value for: body (more than {REQUEST_BODY_MAX_BYTES} bytes)"
+                )
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # The client gave up (its timeout); nobody reads an answer, nothing was done.
+        raise Problem(400, "the client disconnected before sending its body") from None
     return b"".join(chunks)
 
 
@@ -587,7 +591,10 @@ class _ReplaySource(_Source):
             return self._end
 
     def open_updates(self, node: str, party: str, after: int) -> Iterator[JsonObject]:
-        return (_as_update_response(item) for item in self.file.updates(party, after))
+        # beginExclusive 0 means "from the beginning", which a recorded file may start with an
+        # item at offset 0 (normalised recordings do).
+        start = None if after == 0 else after
+        return (_as_update_response(item) for item in self.file.updates(party, start))
 
     def check_party(self, node: str, party: str) -> None:
         return None
