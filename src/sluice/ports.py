@@ -29,7 +29,13 @@ JsonObject = Mapping[str, Any]
 
 
 class LedgerReadError(Exception):
-    """Reading from the ledger failed in a way that may succeed when tried again."""
+    """Reading from the ledger failed in a way that may succeed when tried again — unless
+    ``retryable`` is False: the node refused the reader's credentials or rights, which no retry
+    fixes."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 class LedgerClient(Protocol):

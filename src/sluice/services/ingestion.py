@@ -168,6 +168,12 @@ class Ingestion:
             except LedgerReadError as exc:
                 failures += 1
                 progress.read_retries += 1
+                if not exc.retryable:
+                    raise IngestionStoppedError(
+                        f"reading updates for {self.party} was refused: {exc}; the cursor stays "
+                        f"at offset {progress.cursor.offset if progress.cursor else 'none'}; "
+                        "check the credentials and the reader's rights (CanReadAs on the party)"
+                    ) from exc
                 if failures >= self.settings.read_attempts_max:
                     raise IngestionStoppedError(
                         f"reading updates for {self.party} failed {failures} times in a row "

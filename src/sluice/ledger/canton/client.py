@@ -37,6 +37,7 @@ from sluice.domain.ledger import parse_timestamp
 from sluice.ledger import wire
 
 from .errors import (
+    CantonAuthError,
     CantonError,
     CantonReadError,
     CantonUnavailableError,
@@ -112,6 +113,7 @@ class _Reading:
             node_code=exc.node_code if exc is not None else None,
             cause=exc.cause if exc is not None else None,
             items=self.count,
+            retryable=not isinstance(exc, CantonAuthError),
         )
 
 
@@ -148,7 +150,10 @@ class CantonLedgerClient:
             return self._ledger_end()
         except CantonError as exc:
             raise CantonReadError(
-                f"reading the ledger end failed: {exc}", node_code=exc.node_code, cause=exc.cause
+                f"reading the ledger end failed: {exc}",
+                node_code=exc.node_code,
+                cause=exc.cause,
+                retryable=not isinstance(exc, CantonAuthError),
             ) from exc
 
     def updates(

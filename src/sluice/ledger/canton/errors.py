@@ -91,8 +91,9 @@ class CantonReadError(LedgerReadError):
         node_code: str | None = None,
         cause: str | None = None,
         items: int = 0,
+        retryable: bool = True,
     ) -> None:
-        super().__init__(message)
+        super().__init__(message, retryable=retryable)
         self.node_code = node_code
         self.cause = cause
         self.items = items
