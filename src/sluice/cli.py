@@ -244,6 +244,37 @@ def treasury_party(option: str | None, settings: Settings) -> str:
         fail_with(exc)
 
 
+SandboxClockOption = Annotated[
+    bool,
+    typer.Option(
+        "--sandbox-clock",
+        help="Take the time from `sluice ledger serve`'s sandbox clock (needs --ledger-url) "
+        "instead of the system's.",
+    ),
+]
+
+
+def current_time(ledger: Path | None, ledger_url: str | None, sandbox_clock: bool) -> datetime:
+    """What time it is for deadlines (``trec_tgt``): the served sandbox's clock, the system's
+    against a participant node, else the embedded ledger file's."""
+    if sandbox_clock:
+        from sluice.ledger.local.remote import RemoteLedger
+
+        if ledger_url is None:
+            fail("--sandbox-clock needs --ledger-url (a `sluice ledger serve` URL)")
+        remote = RemoteLedger(sandbox_base(ledger_url))
+        try:
+            return remote.time()
+        except SluiceError as exc:
+            fail_with(exc)
+        finally:
+            remote.close()
+    config = deployment()
+    if ledger_url is not None or (ledger is None and config.ledger.kind == "canton"):
+        return datetime.now(UTC)
+    return ledger_time_or_now(ledger or config.ledger_path)
+
+
 def ledger_time_or_now(path: Path) -> datetime:
     """The embedded ledger's time when its file exists (record times are what ``trec_tgt`` is
     compared with), else the wall clock in UTC."""
@@ -668,13 +699,15 @@ def withdraw(
     treasury: TreasuryOption = None,
     db: DbOption = None,
     ledger: LedgerOption = None,
+    ledger_url: LedgerUrlOption = None,
+    sandbox_clock: SandboxClockOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Request a withdrawal: debit the customer and queue the payout (workers submit it)."""
     settings = Settings.from_environment()
     what = instrument_option(instrument, admin, instrument_id)
     party = treasury_party(treasury, settings)
-    now = ledger_time_or_now(ledger or settings.ledger_path)
+    now = current_time(ledger, ledger_url, sandbox_clock)
     database = open_database(db, settings)
     try:
         record = request_withdrawal(
@@ -775,6 +808,8 @@ def withdrawals_hold(
     node: Annotated[str | None, typer.Option("--node", help="Ledger node the party is on.")] = None,
     db: DbOption = None,
     ledger: LedgerOption = None,
+    ledger_url: LedgerUrlOption = None,
+    sandbox_clock: SandboxClockOption = False,
 ) -> None:
     """Show the withdrawal hold, set it (--until-safe) or lift it (--release)."""
     if until_safe and release:
@@ -788,7 +823,7 @@ def withdrawals_hold(
             return
         if until_safe:
             span = withdrawal_settings()
-            now = ledger_time_or_now(ledger or settings.ledger_path)
+            now = current_time(ledger, ledger_url, sandbox_clock)
             latest = largest_live_trec_tgt(database.uow)
             until = hold_until_safe(database.uow, clock=lambda: now, settings=span)
             why = (
@@ -1048,14 +1083,7 @@ def workers_run(
     db: DbOption = None,
     ledger: LedgerOption = None,
     ledger_url: LedgerUrlOption = None,
-    sandbox_clock: Annotated[
-        bool,
-        typer.Option(
-            "--sandbox-clock",
-            help="Take the time from `sluice ledger serve`'s sandbox clock instead of the "
-            "system's (only with an embedded ledger served over HTTP).",
-        ),
-    ] = False,
+    sandbox_clock: SandboxClockOption = False,
 ) -> None:
     """Run the withdrawal and deposit workers until stopped.
 

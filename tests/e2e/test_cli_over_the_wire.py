@@ -34,6 +34,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ import httpx
 import pytest
 
 from sluice import bootstrap
-from sluice.domain.ledger import InstrumentId
+from sluice.domain.ledger import InstrumentId, parse_timestamp
 from sluice.ledger.file import UpdateFile
 from sluice.ledger.local.remote import RemoteLedger
 from sluice.ledger.local.server import ServerAuth
@@ -363,11 +364,15 @@ def test_an_operator_onboards_ingests_and_pays_out_against_a_served_ledger(
         requested = sluice(
             *("withdraw", "--customer", "cust-0", "--to", world.customer, *treasury),
             *("--instrument", f"{world.dso}:Amulet", "--amount", "120", "--key", "k1"),
-            *("--db", db, "--json"),
+            *("--db", db, "--json", *participant, "--sandbox-clock"),
             env=env,
         )
         withdrawal = json.loads(requested.stdout)
         assert (withdrawal["status"], withdrawal["amount"]) == ("reserved", "120.0000000000")
+        # The deadline is on the served ledger's clock, not the system's.
+        deadline = parse_timestamp(withdrawal["trec_tgt"])
+        with world.remote() as ledger:
+            assert timedelta(0) < deadline - ledger.time() <= timedelta(seconds=120)
 
         ran = sluice(
             *("workers", "run", "--once", *participant, "--sandbox-clock", *treasury, "--db", db),
