@@ -80,13 +80,8 @@ def reset_database(url: str) -> None:
     engine.dispose()
 
 
-def replay(
-    path: Path, setup: StreamSetup, url: str, *, batch_size: int, limit: int | None
-) -> tuple[int, float]:
-    """Ingest the file into an emptied database; returns (items, seconds)."""
-    reset_database(url)
-    database = bootstrap.database(url)
-    party = setup.party
+def set_up_exchange(database: bootstrap.Database, setup: StreamSetup) -> None:
+    """What the exchange knows before it ingests: the instruments and the customers' accounts."""
     for instrument in setup.instruments:
         onboard_instrument(database.uow, instrument)
     by_customer: dict[str, list[str]] = {}
@@ -94,6 +89,16 @@ def replay(
         by_customer.setdefault(customer, []).append(account)
     for customer, accounts in by_customer.items():
         register_customer(database.uow, customer, customer, accounts)
+
+
+def replay(
+    path: Path, setup: StreamSetup, url: str, *, batch_size: int, limit: int | None
+) -> tuple[int, float]:
+    """Ingest the file into an emptied database; returns (items, seconds)."""
+    reset_database(url)
+    database = bootstrap.database(url)
+    party = setup.party
+    set_up_exchange(database, setup)
     ingestion = Ingestion(
         database.uow,
         _Limited(UpdateFile(path), limit),

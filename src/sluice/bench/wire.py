@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 
 from sluice import bootstrap
+from sluice.bench.measure import set_up_exchange
 from sluice.bench.record import machine
 from sluice.bench.stream import StreamSetup, generate
 from sluice.ledger.canton import CantonLedgerClient, LedgerHttp, NoAuth
@@ -33,7 +34,6 @@ from sluice.ledger.local import EmbeddedLedger
 from sluice.ports import LedgerClient
 from sluice.services.books import check_invariant
 from sluice.services.ingestion import Ingestion, IngestionSettings, connection_name
-from sluice.services.reference import onboard_instrument, register_customer
 
 NODE = "exchange"
 SERVER_START_S = 180.0
@@ -90,13 +90,7 @@ def ingest(client: LedgerClient, setup: StreamSetup, url: str) -> tuple[int, flo
     """Ingest everything into the (fresh) database at ``url``: (items, seconds, books balance)."""
     database = bootstrap.database(url)
     try:
-        for instrument in setup.instruments:
-            onboard_instrument(database.uow, instrument)
-        by_customer: dict[str, list[str]] = {}
-        for account, customer in setup.accounts.items():
-            by_customer.setdefault(customer, []).append(account)
-        for customer, accounts in by_customer.items():
-            register_customer(database.uow, customer, customer, accounts)
+        set_up_exchange(database, setup)
         ingestion = Ingestion(
             database.uow,
             client,
