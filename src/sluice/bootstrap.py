@@ -90,10 +90,9 @@ def registry_urls(
 
     def url_of(instrument: InstrumentId) -> str | None:
         with uow() as work:
-            records = work.reference.instruments()
-        for record in records:
-            if record.instrument == instrument and record.registry_url:
-                return record.registry_url
+            record = work.withdrawals.instrument(instrument)
+        if record is not None and record.registry_url:
+            return record.registry_url
         return configured.get(instrument.admin)
 
     return url_of

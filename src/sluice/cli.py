@@ -254,6 +254,12 @@ SandboxClockOption = Annotated[
 ]
 
 
+def uses_participant(config: DeploymentConfig, ledger: Path | None, ledger_url: str | None) -> bool:
+    """Whether a command talks to a participant node (``--ledger-url``, or a configured one and
+    no ``--ledger`` file) rather than to the embedded ledger file."""
+    return ledger_url is not None or (ledger is None and config.ledger.kind == "canton")
+
+
 def current_time(ledger: Path | None, ledger_url: str | None, sandbox_clock: bool) -> datetime:
     """What time it is for deadlines (``trec_tgt``): the served sandbox's clock, the system's
     against a participant node, else the embedded ledger file's."""
@@ -270,7 +276,7 @@ def current_time(ledger: Path | None, ledger_url: str | None, sandbox_clock: boo
         finally:
             remote.close()
     config = deployment()
-    if ledger_url is not None or (ledger is None and config.ledger.kind == "canton"):
+    if uses_participant(config, ledger, ledger_url):
         return datetime.now(UTC)
     return ledger_time_or_now(ledger or config.ledger_path)
 
@@ -633,7 +639,7 @@ def open_ledger(
 ) -> bootstrap.LedgerConnection:
     """The ledger a command works on: ``--ledger-url`` (or a configured participant) through the
     Canton client, else the embedded ledger file."""
-    if ledger_url is not None or (ledger is None and config.ledger.kind == "canton"):
+    if uses_participant(config, ledger, ledger_url):
         return bootstrap.canton_connection(
             config, database, participant_url=ledger_url, clock=clock
         )

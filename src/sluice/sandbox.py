@@ -66,6 +66,7 @@ class Sandbox:
     node: str = EXCHANGE_NODE
     server: LedgerServer | None = None
     _http: LedgerHttp | None = None
+    _registries: RegistryLookup | None = None
 
     @classmethod
     def create(
@@ -162,8 +163,11 @@ class Sandbox:
     @property
     def registries(self) -> RegistryLookup:
         if self.server is not None:
-            # As in a deployment: each admin's registry URL is onboarding's, read from the DB.
-            return registry_lookup(bootstrap.registry_urls(self.database.uow, {}))
+            if self._registries is None:
+                # As in a deployment: each admin's registry URL is onboarding's, read from the
+                # DB; one client per registry for the sandbox's life.
+                self._registries = registry_lookup(bootstrap.registry_urls(self.database.uow, {}))
+            return self._registries
         return embedded_registries(self.ledger)
 
     def ingestion(self, **kwargs: object) -> Ingestion:

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -161,8 +162,6 @@ HEADER = (
 
 def record(path: Path, result: WireMeasurement, command: str) -> None:
     """Add a row under this benchmark's table in ``path`` (the section is made if missing)."""
-    from datetime import UTC, datetime
-
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     if MARKER not in text:
         text = text.rstrip("\n") + f"\n\n{MARKER}\n\n{HEADER}"

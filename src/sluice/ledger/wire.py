@@ -161,6 +161,25 @@ def instruction_command(
     }
 
 
+def _commands_body(
+    commands: Sequence[Json],
+    command_id: str,
+    act_as: Sequence[str],
+    user_id: str | None,
+    disclosed_contracts: Sequence[Mapping[str, Any]],
+) -> Json:
+    """What a submission and a preparation both carry."""
+    body: Json = {
+        "commands": list(commands),
+        "commandId": command_id,
+        "actAs": list(act_as),
+        "disclosedContracts": [dict(c) for c in disclosed_contracts],
+    }
+    if user_id:
+        body["userId"] = user_id
+    return body
+
+
 def js_commands(
     commands: Sequence[Json],
     *,
@@ -171,14 +190,7 @@ def js_commands(
     submission_id: str | None = None,
 ) -> Json:
     """A ``JsCommands`` body for ``/v2/commands/submit-and-wait``."""
-    body: Json = {
-        "commands": list(commands),
-        "commandId": command_id,
-        "actAs": list(act_as),
-        "disclosedContracts": [dict(c) for c in disclosed_contracts],
-    }
-    if user_id:
-        body["userId"] = user_id
+    body = _commands_body(commands, command_id, act_as, user_id, disclosed_contracts)
     if submission_id:
         body["submissionId"] = submission_id
     return body
@@ -195,16 +207,9 @@ def prepare_request(
     max_record_time: datetime | None = None,
 ) -> Json:
     """A ``JsPrepareSubmissionRequest`` for ``/v2/interactive-submission/prepare``."""
-    body: Json = {
-        "commands": list(commands),
-        "commandId": command_id,
-        "actAs": list(act_as),
-        "disclosedContracts": [dict(c) for c in disclosed_contracts],
-        "verboseHashing": False,
-        "packageIdSelectionPreference": [],
-    }
-    if user_id:
-        body["userId"] = user_id
+    body = _commands_body(commands, command_id, act_as, user_id, disclosed_contracts)
+    body["verboseHashing"] = False
+    body["packageIdSelectionPreference"] = []
     if synchronizer_id:
         body["synchronizerId"] = synchronizer_id
     if max_record_time is not None:
