@@ -138,6 +138,14 @@ customers = Table(
     Column("id", String(100), primary_key=True),
     Column("name", String(200), nullable=False),
     Column("created_at", TIMESTAMP, nullable=False),
+    # The KYC registry (DESIGN §6): tier 0 (none) … 4, and a status that gates every operation.
+    Column("kyc_tier", Integer, nullable=False, server_default="1"),
+    Column("kyc_status", String(20), nullable=False, server_default="active"),
+    Column("status_reason", Text, nullable=True),
+    Column("risk_score", Integer, nullable=False, server_default="0"),
+    Column("risk_flags", Text, nullable=True),  # JSON list
+    Column("sanctions_match", Text, nullable=True),  # JSON object of the last screening hit
+    Column("kyc_updated_at", TIMESTAMP, nullable=True),
 )
 
 deposit_accounts = Table(
@@ -271,7 +279,7 @@ withdrawals = Table(
     metadata,
     # Derived from (customer, idempotency key) for withdrawals; the reason of its transfers.
     Column("id", String(100), primary_key=True),
-    Column("kind", String(16), nullable=False),  # withdrawal | merge | split
+    Column("kind", String(16), nullable=False),  # withdrawal | merge | split | return
     Column("customer_id", String(100), nullable=True),
     Column("idempotency_key", String(200), nullable=True),
     Column("sender", PARTY, nullable=False),
@@ -328,4 +336,110 @@ control = Table(
     Column("key", String(100), primary_key=True),
     Column("value", Text, nullable=True),
     Column("updated_at", TIMESTAMP, nullable=False),
+)
+
+
+# --- compliance (DESIGN §6) -----------------------------------------------------------------------
+
+compliance_limits = Table(
+    "compliance_limits",
+    metadata,
+    # An officer's override of the configured ladder for one (tier, operation); null = no limit.
+    Column("tier", Integer, nullable=False),
+    Column("operation", String(20), nullable=False),
+    Column("per_operation", Money, nullable=True),
+    Column("daily", Money, nullable=True),
+    Column("monthly", Money, nullable=True),
+    Column("updated_by", String(200), nullable=False),
+    Column("updated_at", TIMESTAMP, nullable=False),
+    PrimaryKeyConstraint("tier", "operation"),
+)
+
+compliance_usage = Table(
+    "compliance_usage",
+    metadata,
+    # What each allowed operation used of its customer's limits, written in the operation's own
+    # transaction; keyed by the operation so a replay records nothing twice.
+    Column("operation_id", String(300), primary_key=True),
+    Column("customer_id", String(100), nullable=False),
+    Column("operation", String(20), nullable=False),
+    Column("amount", Money, nullable=False),  # in reference units
+    Column("counterparty", PARTY, nullable=True),
+    Column("occurred_at", TIMESTAMP, nullable=False),
+    Index("ix_compliance_usage_customer", "customer_id", "occurred_at"),
+)
+
+flagged_addresses = Table(
+    "flagged_addresses",
+    metadata,
+    # A party (or any address) whose every operation is refused until an officer unflags it.
+    Column("address", String(600), primary_key=True),
+    Column("reason", Text, nullable=False),
+    Column("flagged_by", String(200), nullable=False),
+    Column("flagged_at", TIMESTAMP, nullable=False),
+)
+
+compliance_holds = Table(
+    "compliance_holds",
+    metadata,
+    # A deposit that arrived but was not credited: booked to the compliance-hold account.
+    Column("id", String(700), primary_key=True),
+    Column("customer_id", String(100), nullable=True),
+    Column("deposit_account", String(200), nullable=True),
+    Column("sender", PARTY, nullable=False),
+    Column("instrument_admin", PARTY, nullable=False),
+    Column("instrument_id", String(200), nullable=False),
+    Column("amount", Money, nullable=False),
+    Column("update_id", UPDATE_ID, nullable=False),
+    Column("why", Text, nullable=False),
+    Column("status", String(20), nullable=False, index=True),  # held | released | returned
+    Column("held_at", TIMESTAMP, nullable=False),
+    Column("decided_by", String(200), nullable=True),
+    Column("decided_at", TIMESTAMP, nullable=True),
+    Column("withdrawal_id", String(100), nullable=True),  # the return's withdrawal
+)
+
+compliance_reviews = Table(
+    "compliance_reviews",
+    metadata,
+    # The compliance officer's queue.
+    Column("id", String(700), primary_key=True),
+    Column("kind", String(40), nullable=False),
+    Column("customer_id", String(100), nullable=True, index=True),
+    Column("subject", String(700), nullable=True),
+    Column("reason", Text, nullable=False),
+    Column("opened_at", TIMESTAMP, nullable=False),
+    Column("closed_at", TIMESTAMP, nullable=True, index=True),
+    Column("closed_by", String(200), nullable=True),
+    Column("resolution", Text, nullable=True),
+)
+
+audit_records = Table(
+    "audit_records",
+    metadata,
+    # Append-only and hash-chained: hash = sha256(previous_hash + canonical record). Triggers
+    # refuse UPDATE and DELETE; `sluice audit verify` finds what was changed anyway.
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("operation_id", String(300), nullable=False, index=True),
+    Column("recorded_at", TIMESTAMP, nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("customer_id", String(100), nullable=True, index=True),
+    Column("kyc", Text, nullable=True),  # JSON: tier and status at the time
+    Column("operation", String(60), nullable=False),
+    Column("parameters", Text, nullable=False),  # JSON
+    Column("checks", Text, nullable=False),  # JSON list
+    Column("state_changes", Text, nullable=False),  # JSON list
+    Column("error", Text, nullable=True),
+    Column("previous_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+audit_head = Table(
+    "audit_head",
+    metadata,
+    # One row: the last record's seq and hash. Appenders lock it, so the chain stays a line, and
+    # a record cut off the end is caught.
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
 )
