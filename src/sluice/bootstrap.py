@@ -5,7 +5,7 @@ Nothing here runs at import time; entry points call these functions.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,8 +14,10 @@ from urllib.parse import urlsplit
 from sqlalchemy import Engine
 
 from sluice.config import DeploymentConfig, LedgerConfig
+from sluice.domain.compliance import LimitLadder, TierLimits
 from sluice.domain.errors import InvalidInputError
 from sluice.domain.ledger import InstrumentId
+from sluice.domain.risk import RiskRules
 from sluice.ledger.canton import (
     CantonCommands,
     CantonLedgerClient,
@@ -29,6 +31,8 @@ from sluice.ledger.canton import (
     registry_lookup,
 )
 from sluice.ports import LedgerClient, LedgerCommands, RegistryLookup, UnitOfWork
+from sluice.screening import ListedSanctions, screen_to_json_lines
+from sluice.services.compliance import ComplianceSettings, KycRegistry
 from sluice.store.database import open_database
 from sluice.store.unit_of_work import SqlUnitOfWork
 
@@ -196,3 +200,38 @@ def participant_node(url: str) -> str:
 
 def _system_clock() -> datetime:
     return datetime.now(UTC)
+
+
+# --- the KYC registry --------------------------------------------------------------------------
+
+
+def sanctions_screen(directory: Path, prefix: str | None = None) -> ListedSanctions:
+    """The sanctions list in ``directory`` (OFAC CSV set and/or OpenSanctions JSON lines), loaded
+    and indexed in memory; a damaged file raises ``SanctionsListError`` naming file and line."""
+    return ListedSanctions.load(directory, prefix)
+
+
+def screening_json_lines(screen: ListedSanctions, names: Iterable[str]) -> Iterator[str]:
+    return screen_to_json_lines(screen, names)
+
+
+def kyc_registry(config: DeploymentConfig) -> KycRegistry:
+    """The KYC registry the configuration describes: DESIGN §6's ladder with the configured
+    steps over it, the risk rules, the reference rates and, when one is configured, the
+    sanctions list (loaded now, so a damaged list stops the start-up with a clear error)."""
+    section = config.compliance
+    ladder = LimitLadder.default()
+    for step in section.limits:
+        ladder = ladder.with_override(
+            step.tier, step.operation, TierLimits(step.per_operation, step.daily, step.monthly)
+        )
+    risk = RiskRules.from_mapping(section.risk) if section.risk else RiskRules()
+    screen = (
+        sanctions_screen(section.sanctions_list, section.sanctions_prefix)
+        if section.sanctions_list is not None
+        else None
+    )
+    settings = ComplianceSettings(
+        ladder=ladder, risk=risk, reference_rates=dict(section.reference_rates)
+    )
+    return KycRegistry(settings, screen)

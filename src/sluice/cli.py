@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import getpass
 import json
 import math
 import os
@@ -28,13 +29,42 @@ from sqlalchemy.exc import ArgumentError
 from sluice import bootstrap
 from sluice.config import ConfigError, DeploymentConfig, Settings, load_config
 from sluice.domain.amounts import format_amount, parse_amount
+from sluice.domain.compliance import (
+    MONTH,
+    OPERATIONS,
+    HeldDeposit,
+    Profile,
+    ReviewItem,
+    check_operation,
+    usage_in_windows,
+)
 from sluice.domain.errors import InvalidInputError, SluiceError
 from sluice.domain.ledger import InstrumentId, check_party_id, format_timestamp, parse_timestamp
 from sluice.domain.withdrawals import Withdrawal, WithdrawalStatus
 from sluice.ledger.canton import CantonCommands
 from sluice.ledger.file import UpdateFile
-from sluice.ports import AllowAll, IncomingOffer, InstrumentRecord
+from sluice.ports import IncomingOffer, InstrumentRecord
+from sluice.services.audit import list_audit_records, verify_audit_log
 from sluice.services.books import check_invariant, treasury_view
+from sluice.services.compliance import (
+    KycRegistry,
+    RegistryGate,
+    describe_decisions,
+    verify_operation_compliance,
+)
+from sluice.services.compliance_officer import (
+    change_tier,
+    close_review,
+    flag_address,
+    limits_from_text,
+    review_queue,
+    screen_customers,
+    set_customer_status,
+    unflag_address,
+)
+from sluice.services.compliance_officer import release_hold as release_deposit
+from sluice.services.compliance_officer import return_hold as return_deposit
+from sluice.services.compliance_officer import set_limits as set_tier_limits
 from sluice.services.deposit_worker import DepositWorker, list_incoming_offers
 from sluice.services.ingestion import (
     Ingestion,
@@ -52,6 +82,7 @@ from sluice.services.recovery import (
 from sluice.services.reference import (
     list_instruments,
     onboard_instrument,
+    register_customer,
     set_instrument_enabled,
 )
 from sluice.services.withdrawals import (
@@ -77,6 +108,12 @@ instruments_app = typer.Typer(
 deposits_app = typer.Typer(no_args_is_help=True, help="Deposits, as support needs to see them.")
 workers_app = typer.Typer(no_args_is_help=True, help="The withdrawal and deposit workers.")
 config_app = typer.Typer(no_args_is_help=True, help="The deployment configuration: check it.")
+customers_app = typer.Typer(no_args_is_help=True, help="Customers: register them, show their KYC.")
+compliance_app = typer.Typer(
+    no_args_is_help=True,
+    help="The KYC registry and the compliance officer: screen, check, review, release, freeze.",
+)
+audit_app = typer.Typer(no_args_is_help=True, help="The audit trail: verify its chain, list it.")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(bench_app, name="bench")
 app.add_typer(withdrawals_app, name="withdrawals")
@@ -84,6 +121,9 @@ app.add_typer(instruments_app, name="instruments")
 app.add_typer(deposits_app, name="deposits")
 app.add_typer(workers_app, name="workers")
 app.add_typer(config_app, name="config")
+app.add_typer(customers_app, name="customers")
+app.add_typer(compliance_app, name="compliance")
+app.add_typer(audit_app, name="audit")
 
 err = Console(stderr=True)
 
@@ -372,6 +412,7 @@ def ledger_replay(
                     connection=connection,
                     settings=IngestionSettings(batch_size_max=batch_size),
                     on_batch=on_batch,
+                    compliance=kyc_registry(),
                 ).run()
             view = treasury_view(database.uow, party, connection)
         except SluiceError as exc:
@@ -614,6 +655,7 @@ def ingest(
                 connection=connection,
                 settings=IngestionSettings(batch_size_max=batch_size),
                 on_batch=on_batch,
+                compliance=kyc_registry(),
             ).run(follow=follow, stop=stopping)
         note(
             f"ingested {progress.transactions} transactions, {progress.checkpoints} checkpoints"
@@ -726,6 +768,7 @@ def withdraw(
             idempotency_key=key,
             clock=lambda: now,
             settings=withdrawal_settings(),
+            compliance=kyc_registry(),
         )
     except SluiceError as exc:
         fail_with(exc)
@@ -1132,8 +1175,13 @@ def workers_run(
             clock=clock,
             settings=worker_settings,
         )
+        registry = kyc_registry()
         deposits = DepositWorker(
-            database.uow, link.commands, link.registries, AllowAll(), treasury=party
+            database.uow,
+            link.commands,
+            link.registries,
+            RegistryGate(database.uow, registry, clock),
+            treasury=party,
         )
         held = ", submissions HELD (see `sluice withdrawals hold`)"
         with stop_signals() as stopping:
@@ -1270,6 +1318,590 @@ def bench_ingest(
     sys.stdout.write(json.dumps(result) + "\n")
     if record is not None:
         append_result(record, result, command=" ".join(["sluice", *sys.argv[1:]]))
+
+
+# --- customers, the KYC registry, the compliance officer, the audit trail ----------------------
+
+ActorOption = Annotated[
+    str | None,
+    typer.Option(
+        "--actor",
+        help="Who is acting, for the audit trail (default: SLUICE_ACTOR, else the login name).",
+    ),
+]
+ReasonOption = Annotated[str, typer.Option("--reason", help="Why (goes into the audit trail).")]
+
+
+def actor_name(option: str | None) -> str:
+    name = option or os.environ.get("SLUICE_ACTOR") or getpass.getuser()
+    if not name.strip():
+        fail("say who is acting: --actor NAME or SLUICE_ACTOR")
+    return name
+
+
+def kyc_registry() -> KycRegistry:
+    """The KYC registry of the deployment configuration (limits, risk rules, sanctions list)."""
+    try:
+        return bootstrap.kyc_registry(deployment())
+    except SluiceError as exc:
+        fail_with(exc)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def profile_json(profile: Profile) -> dict[str, object]:
+    return {
+        "customer_id": profile.customer_id,
+        "tier": profile.tier,
+        "status": profile.status,
+        "status_reason": profile.status_reason,
+        "risk_score": profile.risk_score,
+    }
+
+
+def hold_json(hold: HeldDeposit) -> dict[str, object]:
+    return {
+        "id": hold.id,
+        "status": hold.status,
+        "customer_id": hold.customer_id,
+        "deposit_account": hold.deposit_account,
+        "sender": hold.sender,
+        "instrument": f"{hold.instrument_admin}:{hold.instrument_id}",
+        "amount": format_amount(hold.amount),
+        "update_id": hold.update_id,
+        "why": hold.why,
+        "held_at": _time(hold.held_at),
+        "decided_by": hold.decided_by,
+        "decided_at": _time(hold.decided_at),
+        "withdrawal_id": hold.withdrawal_id,
+    }
+
+
+def review_json(review: ReviewItem) -> dict[str, object]:
+    return {
+        "id": review.id,
+        "kind": review.kind,
+        "customer_id": review.customer_id,
+        "subject": review.subject,
+        "reason": review.reason,
+        "opened_at": _time(review.opened_at),
+    }
+
+
+@customers_app.command("add")
+def customers_add(
+    customer_id: Annotated[str, typer.Argument(help="The exchange's id for the customer.")],
+    name: Annotated[str, typer.Option("--name", help="Legal name (screened against lists).")],
+    account: Annotated[
+        list[str] | None,
+        typer.Option("--account", help="A deposit account id (repeat for several)."),
+    ] = None,
+    tier: Annotated[int, typer.Option("--tier", min=0, max=4, help="KYC tier 0–4.")] = 1,
+    actor: ActorOption = None,
+    db: DbOption = None,
+) -> None:
+    """Register a customer with a KYC tier and deposit accounts (idempotent)."""
+    database = open_database(db)
+    try:
+        register_customer(
+            database.uow, customer_id, name, account or [], tier=tier, actor=actor_name(actor)
+        )
+        with database.uow() as uow:
+            profile = uow.compliance.profiles([customer_id])[customer_id]
+    except SluiceError as exc:
+        fail_with(exc)
+    finally:
+        database.dispose()
+    print_json(profile_json(profile))
+
+
+@customers_app.command("show")
+def customers_show(
+    customer_id: Annotated[str, typer.Argument(help="The customer.")],
+    db: DbOption = None,
+) -> None:
+    """A customer's KYC tier, status, risk score and what they used of their limits."""
+    database = open_database(db)
+    registry = kyc_registry()
+    try:
+        now = _now()
+        with database.uow() as uow:
+            session = registry.session(uow, [customer_id], since=now, lock=False)
+            profile = session.profiles.get(customer_id)
+            if profile is None:
+                fail(f"unknown customer {customer_id!r}")
+            usage = uow.compliance.usage([customer_id], now - MONTH).get(customer_id, [])
+            windows = {}
+            for operation in OPERATIONS:
+                daily, monthly = usage_in_windows(usage, operation, now)
+                limits = session.ladder.of(profile.tier, operation)
+                windows[operation] = {
+                    "used_24h": format_amount(daily),
+                    "used_30d": format_amount(monthly),
+                    **limits.as_dict(),
+                }
+    finally:
+        database.dispose()
+    print_json({**profile_json(profile), "limits": windows})
+
+
+@compliance_app.command("screen")
+def compliance_screen(
+    list_dir: Annotated[
+        Path, typer.Option("--list", help="Directory of the sanctions list (OFAC CSV / JSONL).")
+    ],
+    name: Annotated[str | None, typer.Option("--name", help="One name to screen.")] = None,
+    batch: Annotated[
+        Path | None, typer.Option("--batch", help="A file of names, one per line.")
+    ] = None,
+    prefix: Annotated[
+        str | None,
+        typer.Option("--prefix", help="Which OFAC file set of the directory (e.g. full-)."),
+    ] = None,
+) -> None:
+    """Screen names against a sanctions list: one JSON line per name."""
+    if (name is None) == (batch is None):
+        fail("give exactly one of --name NAME or --batch FILE")
+    try:
+        screen = bootstrap.sanctions_screen(list_dir, prefix)
+        if batch is not None:
+            try:
+                text = batch.read_text(encoding="utf-8")
+            except OSError as exc:
+                fail(f"cannot read {batch}: {exc.strerror or exc}")
+            names = [line.strip() for line in text.splitlines() if line.strip()]
+        else:
+            names = [name or ""]
+        for line in bootstrap.screening_json_lines(screen, names):
+            sys.stdout.write(line + "\n")
+    except SluiceError as exc:
+        fail_with(exc)
+
+
+@compliance_app.command("check")
+def compliance_check(
+    customer: Annotated[str, typer.Option("--customer", help="The customer.")],
+    operation: Annotated[
+        str,
+        typer.Option("--operation", help="deposit, withdrawal, mint, burn, transfer, exchange."),
+    ],
+    amount: Annotated[str, typer.Option("--amount", help="Amount in reference units.")],
+    counterparty: Annotated[
+        str | None, typer.Option("--counterparty", help="The other party, if any.")
+    ] = None,
+    actor: ActorOption = None,
+    db: DbOption = None,
+) -> None:
+    """Ask the KYC registry whether an operation would be allowed now (audited, uses nothing)."""
+    database = open_database(db)
+    try:
+        decision = verify_operation_compliance(
+            database.uow,
+            kyc_registry(),
+            customer,
+            check_operation(operation),
+            parse_amount(amount, field="amount"),
+            counterparty,
+            at=_now(),
+            actor=actor_name(actor),
+        )
+    except SluiceError as exc:
+        fail_with(exc)
+    finally:
+        database.dispose()
+    print_json(describe_decisions([decision])[0])
+    raise typer.Exit(0 if decision.allowed else 1)
+
+
+@compliance_app.command("queue")
+def compliance_queue(db: DbOption = None, as_json: JsonOption = False) -> None:
+    """The review queue: open reviews, held deposits, customers not active, flagged addresses."""
+    database = open_database(db)
+    try:
+        queue = review_queue(database.uow)
+    finally:
+        database.dispose()
+    if as_json:
+        print_json(
+            {
+                "reviews": [review_json(r) for r in queue.reviews],
+                "holds": [hold_json(h) for h in queue.holds],
+                "customers": [profile_json(p) for p in queue.customers],
+                "flagged_addresses": [
+                    {"address": a, "reason": r, "flagged_by": b, "flagged_at": _time(t)}
+                    for a, r, b, t in queue.flagged_addresses
+                ],
+            }
+        )
+        return
+    holds = Table(title=f"held deposits ({len(queue.holds)})")
+    for column in ("hold", "customer", "sender", "amount", "why"):
+        holds.add_column(column)
+    for hold in queue.holds:
+        holds.add_row(
+            hold.id,
+            hold.customer_id or "-",
+            hold.sender,
+            f"{_short_amount(hold.amount)} {hold.instrument_id}",
+            hold.why,
+        )
+    print_table(holds)
+    reviews = Table(title=f"open reviews ({len(queue.reviews)})")
+    for column in ("review", "kind", "customer", "reason"):
+        reviews.add_column(column)
+    for review in queue.reviews:
+        reviews.add_row(review.id, review.kind, review.customer_id or "-", review.reason)
+    print_table(reviews)
+    customers = Table(title=f"customers not active ({len(queue.customers)})")
+    for column in ("customer", "tier", "status", "reason"):
+        customers.add_column(column)
+    for profile in queue.customers:
+        customers.add_row(
+            profile.customer_id, str(profile.tier), profile.status, profile.status_reason or ""
+        )
+    print_table(customers)
+    if queue.flagged_addresses:
+        flagged = Table(title=f"flagged addresses ({len(queue.flagged_addresses)})")
+        for column in ("address", "reason", "by"):
+            flagged.add_column(column)
+        for address, reason, by, _at in queue.flagged_addresses:
+            flagged.add_row(address, reason, by)
+        print_table(flagged)
+
+
+@compliance_app.command("release")
+def compliance_release(
+    hold_id: Annotated[str, typer.Argument(help="The held deposit (see `compliance queue`).")],
+    reason: ReasonOption,
+    customer: Annotated[
+        str | None,
+        typer.Option("--customer", help="Credit this customer (when the deposit named none)."),
+    ] = None,
+    actor: ActorOption = None,
+    db: DbOption = None,
+) -> None:
+    """Release a held deposit: credit it to its customer."""
+    database = open_database(db)
+    try:
+        hold = release_deposit(
+            database.uow,
+            hold_id,
+            actor=actor_name(actor),
+            at=_now(),
+            reason=reason,
+            customer_id=customer,
+        )
+    except SluiceError as exc:
+        fail_with(exc)
+    finally:
+        database.dispose()
+    print_json(hold_json(hold))
+
+
+@compliance_app.command("return")
+def compliance_return(
+    hold_id: Annotated[str, typer.Argument(help="The held deposit (see `compliance queue`).")],
+    reason: ReasonOption,
+    treasury: TreasuryOption = None,
+    actor: ActorOption = None,
+    db: DbOption = None,
+) -> None:
+    """Return a held deposit to its sender (queued as a payout; the workers send it)."""
+    settings = Settings.from_environment()
+    party = treasury_party(treasury or deployment().treasury.party, settings)
+    database = open_database(db, settings)
+    try:
+        record = return_deposit(
+            database.uow,
+            hold_id,
+            treasury=party,
+            actor=actor_name(actor),
+            at=_now(),
+            reason=reason,
+            registry=kyc_registry(),
+        )
+    except SluiceError as exc:
+        fail_with(exc)
+    finally:
+        database.dispose()
+    print_json(withdrawal_json(record))
+
+
+def _status_command(
+    customer: str, status: str, reason: str, actor: str | None, db: str | None
+) -> None:
+    database = open_database(db)
+    try:
+        profile = set_customer_status(
+            database.uow, customer, status, actor=actor_name(actor), at=_now(), reason=reason
+        )
+    except SluiceError as exc:
+        fail_with(exc)
+    finally:
+        database.dispose()
+    print_json(profile_json(profile))
+
+
+CustomerArgument = Annotated[str, typer.Argument(help="The customer.")]
+
+
+@compliance_app.command("freeze")
+def compliance_freeze(
+    customer: CustomerArgument, reason: ReasonOption, actor: ActorOption = None, db: DbOption = None
+) -> None:
+    """Freeze a customer: every operation of theirs is refused, deposits are held."""
+    _status_command(customer, "frozen", reason, actor, db)
+
+
+@compliance_app.command("unfreeze")
+def compliance_unfreeze(
+    customer: CustomerArgument, reason: ReasonOption, actor: ActorOption = None, db: DbOption = None
+) -> None:
+    """Make a frozen, under-review or blacklisted customer active again."""
+    _status_command(customer, "active", reason, actor, db)
+
+
+@compliance_app.command("status")
+def compliance_status(
+    customer: CustomerArgument,
+    status: Annotated[str, typer.Argument(help="active, under_review, frozen or blacklisted.")],
+    reason: ReasonOption,
+    actor: ActorOption = None,
+    db: DbOption = None,
+) -> None:
+    """Set a customer's KYC status."""
+    _status_command(customer, status, reason, actor, db)
+
+
+@compliance_app.command("tier")
+def compliance_tier(
+    customer: CustomerArgument,
+    tier: Annotated[int, typer.Argument(min=0, max=4, help="The new KYC tier, 0–4.")],
+    reason: ReasonOption,
+    actor: ActorOption = None,
+    db: DbOption = None,
+) -> None:
+    """Change a customer's KYC tier (after enhanced verification, say)."""
+    database = open_database(db)
+    try:
+        profile = change_tier(
+            database.uow, customer, tier, actor=actor_name(actor), at=_now(), reason=reason
+        )
+    except SluiceError as exc:
+        fail_with(exc)
+    finally:
+        database.dispose()
+    print_json(profile_json(profile))
+
+
+@compliance_app.command("limits")
+def compliance_limits(
+    tier: Annotated[
+        int | None, typer.Option("--tier", min=0, max=4, help="Tier to change.")
+    ] = None,
+    operation: Annotated[
+        str | None, typer.Option("--operation", help="Operation to change.")
+    ] = None,
+    per_operation: Annotated[
+        str | None, typer.Option("--per-operation", help="Amount or 'none'.")
+    ] = None,
+    daily: Annotated[str | None, typer.Option("--daily", help="Amount or 'none'.")] = None,
+    monthly: Annotated[str | None, typer.Option("--monthly", help="Amount or 'none'.")] = None,
+    reason: Annotated[str | None, typer.Option("--reason", help="Why (audited).")] = None,
+    actor: ActorOption = None,
+    db: DbOption = None,
+) -> None:
+    """Show the limit ladder in force; with --tier and --operation, set one step of it."""
+    database = open_database(db)
+    registry = kyc_registry()
+    try:
+        if tier is not None or operation is not None:
+            if tier is None or operation is None or reason is None:
+                fail("setting limits needs --tier, --operation and --reason")
+            set_tier_limits(
+                database.uow,
+                tier,
+                operation,
+                limits_from_text(per_operation, daily, monthly),
+                actor=actor_name(actor),
+                at=_now(),
+                reason=reason,
+            )
+        with database.uow() as uow:
+            ladder = registry.session(uow, [], since=_now(), lock=False).ladder
+    except SluiceError as exc:
+        fail_with(exc)
+    finally:
+        database.dispose()
+    print_json(
+        [
+            {"tier": t, "operation": op, **ladder.of(t, op).as_dict()}
+            for t in range(5)
+            for op in OPERATIONS
+        ]
+    )
+
+
+@compliance_app.command("flag")
+def compliance_flag(
+    address: Annotated[str, typer.Argument(help="A party or address.")],
+    reason: ReasonOption,
+    actor: ActorOption = None,
+    db: DbOption = None,
+) -> None:
+    """Flag an address: every operation with it is refused at once, deposits from it held."""
+    database = open_database(db)
+    try:
+        added = flag_address(
+            database.uow, address, actor=actor_name(actor), at=_now(), reason=reason
+        )
+    except SluiceError as exc:
+        fail_with(exc)
+    finally:
+        database.dispose()
+    note(f"{address} flagged" if added else f"{address} was already flagged")
+
+
+@compliance_app.command("unflag")
+def compliance_unflag(
+    address: Annotated[str, typer.Argument(help="A flagged party or address.")],
+    reason: ReasonOption,
+    actor: ActorOption = None,
+    db: DbOption = None,
+) -> None:
+    """Lift an address's flag."""
+    database = open_database(db)
+    try:
+        unflag_address(database.uow, address, actor=actor_name(actor), at=_now(), reason=reason)
+    except SluiceError as exc:
+        fail_with(exc)
+    finally:
+        database.dispose()
+    note(f"{address} unflagged")
+
+
+@compliance_app.command("close-review")
+def compliance_close_review(
+    review_id: Annotated[str, typer.Argument(help="The review (see `compliance queue`).")],
+    resolution: Annotated[str, typer.Option("--resolution", help="What was decided and why.")],
+    actor: ActorOption = None,
+    db: DbOption = None,
+) -> None:
+    """Close a review item."""
+    database = open_database(db)
+    try:
+        close_review(
+            database.uow, review_id, actor=actor_name(actor), at=_now(), resolution=resolution
+        )
+    except SluiceError as exc:
+        fail_with(exc)
+    finally:
+        database.dispose()
+    note(f"review {review_id} closed")
+
+
+@compliance_app.command("screen-customers")
+def compliance_screen_customers(
+    list_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--list", help="Sanctions list directory (default: compliance.sanctions_list)."
+        ),
+    ] = None,
+    prefix: Annotated[str | None, typer.Option("--prefix", help="OFAC file set prefix.")] = None,
+    actor: ActorOption = None,
+    db: DbOption = None,
+) -> None:
+    """Screen every customer's name; matches go under review (run after each list update)."""
+    config = deployment()
+    directory = list_dir or config.compliance.sanctions_list
+    if directory is None:
+        fail("no sanctions list: pass --list DIR or set compliance.sanctions_list")
+    database = open_database(db)
+    try:
+        screen = bootstrap.sanctions_screen(directory, prefix or config.compliance.sanctions_prefix)
+        matches = screen_customers(
+            database.uow,
+            screen,
+            actor=actor_name(actor),
+            at=_now(),
+            on_progress=lambda done, total: note(f"screened {done}/{total} customers"),
+        )
+    except SluiceError as exc:
+        fail_with(exc)
+    finally:
+        database.dispose()
+    for customer_id, result in matches:
+        sys.stdout.write(
+            json.dumps({"customer_id": customer_id, **dataclasses.asdict(result)}) + "\n"
+        )
+    note(f"{len(matches)} match(es); see `sluice compliance queue`")
+
+
+@audit_app.command("verify")
+def audit_verify(db: DbOption = None) -> None:
+    """Check the audit trail's hash chain; names any modified, deleted or reordered record."""
+    database = open_database(db)
+    try:
+        result = verify_audit_log(
+            database.uow,
+            on_progress=lambda n: note(f"checked {n} records") if n % 100_000 == 0 else None,
+        )
+    finally:
+        database.dispose()
+    for finding in result.findings:
+        sys.stdout.write(f"{finding.kind}: {finding.message}\n")
+    if result.ok:
+        sys.stdout.write(f"audit trail intact: {result.records_checked} records\n")
+        return
+    sys.stdout.write(
+        f"audit trail BROKEN: {len(result.findings)} finding(s) in "
+        f"{result.records_checked} records\n"
+    )
+    raise typer.Exit(1)
+
+
+@audit_app.command("list")
+def audit_list(
+    customer: Annotated[str | None, typer.Option("--customer", help="Only this customer.")] = None,
+    operation_id: Annotated[
+        str | None, typer.Option("--operation-id", help="Only this operation.")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=100_000)] = 100,
+    db: DbOption = None,
+) -> None:
+    """Audit records, newest last, as JSON lines."""
+    database = open_database(db)
+    try:
+        records = list_audit_records(
+            database.uow, customer_id=customer, operation_id=operation_id, limit=limit
+        )
+    finally:
+        database.dispose()
+    for record in records:
+        entry = record.entry
+        sys.stdout.write(
+            json.dumps(
+                {
+                    "seq": record.seq,
+                    "recorded_at": _time(entry.recorded_at),
+                    "operation": entry.operation,
+                    "operation_id": entry.operation_id,
+                    "actor": entry.actor,
+                    "customer_id": entry.customer_id,
+                    "kyc": entry.kyc,
+                    "parameters": entry.parameters,
+                    "checks": list(entry.checks),
+                    "state_changes": list(entry.state_changes),
+                    "error": entry.error,
+                    "hash": record.hash,
+                },
+                default=str,
+            )
+            + "\n"
+        )
 
 
 @app.command("demo")

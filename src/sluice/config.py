@@ -18,6 +18,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -246,12 +247,41 @@ class RegistriesConfig(_Section):
         return checked
 
 
+class LimitConfig(_Section):
+    """One (tier, operation) of the limit ladder; an absent limit means none."""
+
+    tier: Annotated[int, Field(ge=0, le=4)]
+    operation: Literal["deposit", "withdrawal", "mint", "burn", "transfer", "exchange"]
+    per_operation: Annotated[Decimal, Field(ge=0)] | None = None
+    daily: Annotated[Decimal, Field(ge=0)] | None = None
+    monthly: Annotated[Decimal, Field(ge=0)] | None = None
+
+
+class ComplianceConfig(_Section):
+    """The KYC registry: where the sanctions list is, the limit ladder (over DESIGN §6's default
+    ladder), the risk rules and the reference rate of each instrument (key ``admin::id`` or id)."""
+
+    sanctions_list: Path | None = None
+    sanctions_prefix: str | None = None
+    limits: list[LimitConfig] = []
+    risk: dict[str, Any] = {}
+    reference_rates: dict[str, Annotated[Decimal, Field(gt=0)]] = {}
+
+    @field_validator("sanctions_list")
+    @classmethod
+    def _list(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(f"no such directory {value}")
+        return value
+
+
 class DeploymentConfig(_Section):
     data_dir: Path = Path("data")
     database: DatabaseConfig = DatabaseConfig()
     ledger: LedgerConfig = LedgerConfig()
     treasury: TreasuryConfig = TreasuryConfig()
     registries: RegistriesConfig = RegistriesConfig()
+    compliance: ComplianceConfig = ComplianceConfig()
 
     @property
     def database_url(self) -> str:
@@ -283,6 +313,7 @@ ENVIRONMENT_OVERRIDES: Mapping[str, tuple[str, ...]] = {
     "SLUICE_LEDGER_TOKEN_URL": ("ledger", "auth", "token_url"),
     "SLUICE_TREASURY_PARTY": ("treasury", "party"),
     "SLUICE_TREASURY_SIGNING_KEY": ("treasury", "signing_key"),
+    "SLUICE_SANCTIONS_LIST": ("compliance", "sanctions_list"),
 }
 
 

@@ -6,12 +6,21 @@ decoded JSON), so one parser serves a real participant node and the embedded led
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal, Protocol
 
+from sluice.domain.audit import AuditEntry, AuditRecord
+from sluice.domain.compliance import (
+    HeldDeposit,
+    KycStatus,
+    Profile,
+    ReviewItem,
+    TierLimits,
+    UsageRecord,
+)
 from sluice.domain.deposits import Alert
 from sluice.domain.history import HistoryEntry
 from sluice.domain.journal import AccountRef, JournalTransaction
@@ -141,19 +150,39 @@ RegistryLookup = Callable[[InstrumentId], RegistryClient]
 
 
 class ComplianceGate(Protocol):
-    """Whether the exchange may take funds from a sender (multi-step deposits). Allows everything
-    until the compliance module lands."""
+    """Whether the exchange may take funds from a sender (multi-step deposits): the KYC
+    registry's decision, without recording any usage (the credit records it when it lands)."""
 
     def allows_deposit(
         self, customer_id: str, sender: str, instrument: InstrumentId, amount: Decimal
     ) -> tuple[bool, str]: ...
 
 
-class AllowAll:
-    def allows_deposit(
-        self, customer_id: str, sender: str, instrument: InstrumentId, amount: Decimal
-    ) -> tuple[bool, str]:
-        return True, "no compliance rules configured"
+@dataclass(frozen=True, slots=True)
+class NameMatch:
+    """A sanctions screening result for one name."""
+
+    name: str
+    match: bool
+    score: float
+    entity_id: str | None
+    matched_name: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AddressMatch:
+    """A listed digital currency address (or party) and the entity it belongs to."""
+
+    address: str
+    entity_id: str
+    entity_name: str
+
+
+class SanctionsScreen(Protocol):
+    """The sanctions list in force (in memory; reloads swap it without downtime)."""
+
+    def screen_name(self, name: str) -> NameMatch: ...
+    def screen_address(self, address: str) -> AddressMatch | None: ...
 
 
 # --- The Integration DB as the services see it -------------------------------------------------
@@ -376,6 +405,71 @@ class DepositOfferRepository(Protocol):
     ) -> None: ...
 
 
+class ComplianceRepository(Protocol):
+    """The KYC registry's tables, read and written in the caller's transaction."""
+
+    def profiles(self, customer_ids: Collection[str], *, lock: bool = False) -> dict[str, Profile]:
+        """KYC tier and status per customer (``lock``: hold their rows until commit, so two
+        operations of one customer decide one after the other)."""
+        ...
+
+    def usage(
+        self, customer_ids: Collection[str], since: datetime
+    ) -> dict[str, list[UsageRecord]]: ...
+    def record_usage(self, customer_id: str, records: Sequence[UsageRecord]) -> None:
+        """Insert usage rows; one already recorded under the same operation id is left alone."""
+        ...
+
+    def limit_overrides(self) -> dict[tuple[int, str], TierLimits]: ...
+    def set_limits(
+        self, tier: int, operation: str, limits: TierLimits, actor: str, at: datetime
+    ) -> None: ...
+    def flagged(self, addresses: Collection[str]) -> dict[str, str]: ...
+    def flag_address(self, address: str, reason: str, actor: str, at: datetime) -> bool: ...
+    def unflag_address(self, address: str) -> bool: ...
+    def flagged_addresses(self) -> list[tuple[str, str, str, datetime]]: ...
+    def set_profile(
+        self,
+        customer_id: str,
+        *,
+        at: datetime,
+        tier: int | None = None,
+        status: KycStatus | None = None,
+        status_reason: str | None = None,
+        risk_score: int | None = None,
+        risk_flags: Sequence[str] | None = None,
+        sanctions_match: Mapping[str, object] | None = None,
+    ) -> bool: ...
+    def customer_names(self) -> list[tuple[str, str]]: ...
+    def add_hold(self, hold: HeldDeposit) -> bool: ...
+    def holds(self, *, status: str | None = "held", limit: int = 1000) -> list[HeldDeposit]: ...
+    def hold(self, hold_id: str, *, lock: bool = False) -> HeldDeposit | None: ...
+    def close_hold(
+        self, hold_id: str, status: str, actor: str, at: datetime, withdrawal_id: str | None = None
+    ) -> bool: ...
+    def open_review(self, review: ReviewItem) -> bool: ...
+    def reviews(self, *, open_only: bool = True, limit: int = 1000) -> list[ReviewItem]: ...
+    def close_review(self, review_id: str, actor: str, resolution: str, at: datetime) -> bool: ...
+
+
+class AuditLog(Protocol):
+    """The append-only, hash-chained audit trail, in the caller's transaction."""
+
+    def append(self, entries: Sequence[AuditEntry]) -> list[int]:
+        """Chain and insert ``entries`` (locking the chain's head until commit); their seqs."""
+        ...
+
+    def records(self, after_seq: int = 0, limit: int = 1000) -> list[AuditRecord]: ...
+    def head(self) -> tuple[int, str] | None: ...
+    def find(
+        self,
+        *,
+        customer_id: str | None = None,
+        operation_id: str | None = None,
+        limit: int = 100,
+    ) -> list[AuditRecord]: ...
+
+
 class UnitOfWork(Protocol):
     """One database transaction; nothing is written unless ``commit`` is called."""
 
@@ -384,6 +478,8 @@ class UnitOfWork(Protocol):
     reference: ReferenceRepository
     withdrawals: WithdrawalRepository
     offers: DepositOfferRepository
+    compliance: ComplianceRepository
+    audit: AuditLog
 
     def __enter__(self) -> UnitOfWork: ...
     def __exit__(self, *exc_info: object) -> None: ...

@@ -24,6 +24,7 @@ from decimal import Decimal
 
 from sluice import bootstrap
 from sluice.domain.ledger import InstrumentId
+from sluice.domain.risk import RiskRules
 from sluice.domain.withdrawals import Withdrawal
 from sluice.ledger.canton import (
     CantonCommands,
@@ -35,7 +36,8 @@ from sluice.ledger.canton import (
 from sluice.ledger.local import EmbeddedLedger, RegistryPolicy
 from sluice.ledger.local.adapters import EmbeddedCommands, embedded_registries
 from sluice.ledger.local.server import LedgerServer
-from sluice.ports import AllowAll, ComplianceGate, LedgerClient, LedgerCommands, RegistryLookup
+from sluice.ports import ComplianceGate, LedgerClient, LedgerCommands, RegistryLookup
+from sluice.services.compliance import ComplianceSettings, KycRegistry, RegistryGate
 from sluice.services.deposit_worker import DepositWorker, DepositWorkerSettings
 from sluice.services.ingestion import (
     Ingestion,
@@ -53,6 +55,16 @@ from sluice.services.withdrawals import (
 EXCHANGE_NODE = "exchange"
 
 
+def sandbox_registry(risk: RiskRules | None = None) -> KycRegistry:
+    """The default limit ladder and no sanctions list; the risk rules are off unless given,
+    because the sandbox's customers are scripts that deposit and withdraw at machine speed — the
+    very pattern the velocity and smurfing rules exist to catch."""
+    off = RiskRules(
+        velocity_weight=0, structuring_weight=0, smurfing_weight=0, new_counterparty_weight=0
+    )
+    return KycRegistry(ComplianceSettings(risk=risk or off))
+
+
 @dataclass
 class Sandbox:
     ledger: EmbeddedLedger
@@ -65,6 +77,8 @@ class Sandbox:
     ingestion_settings: IngestionSettings = field(default_factory=IngestionSettings)
     node: str = EXCHANGE_NODE
     server: LedgerServer | None = None
+    # The KYC registry every flow of the sandbox passes (see ``sandbox_registry``).
+    compliance: KycRegistry = field(default_factory=lambda: sandbox_registry())
     _http: LedgerHttp | None = None
     _registries: RegistryLookup | None = None
 
@@ -178,7 +192,7 @@ class Sandbox:
             connection=self.connection,
             settings=self.ingestion_settings,
             sleep=lambda _s: None,
-            **kwargs,  # type: ignore[arg-type]
+            **{"compliance": self.compliance, **kwargs},  # type: ignore[arg-type]
         )
 
     def ingest(self) -> IngestionProgress:
@@ -211,7 +225,7 @@ class Sandbox:
             self.database.uow,
             self.commands,
             self.registries,
-            gate or AllowAll(),
+            gate or RegistryGate(self.database.uow, self.compliance, self.clock),
             treasury=self.treasury,
             settings=settings,
         )
@@ -235,6 +249,7 @@ class Sandbox:
             idempotency_key=key,
             clock=self.clock,
             settings=self.withdrawal_settings,
+            compliance=self.compliance,
         )
 
     def deposit(

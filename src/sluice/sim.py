@@ -127,7 +127,7 @@ from sluice.services.ingestion import (
 from sluice.services.recovery import offset_for_record_time, rewind_cursor
 from sluice.services.withdrawals import WithdrawalSettings, WithdrawalWorker, request_withdrawal
 from sluice.store import tables
-from sluice.store.database import MIGRATIONS
+from sluice.store.database import MIGRATIONS, empty_tables
 from sluice.store.repositories import SqlBooksRepository
 
 CUSTOMERS = 3
@@ -377,13 +377,7 @@ def empty_database(url: str) -> None:
     """Migrate the DB at ``url`` and empty every table (TRUNCATE on PostgreSQL)."""
     database = bootstrap.database(url)
     try:
-        with database.engine.begin() as connection:
-            if connection.dialect.name == "postgresql":
-                names = ", ".join(f'"{table.name}"' for table in tables.metadata.sorted_tables)
-                connection.exec_driver_sql(f"TRUNCATE {names} CASCADE")
-            else:
-                for table in reversed(tables.metadata.sorted_tables):
-                    connection.execute(table.delete())
+        empty_tables(database.engine)
     finally:
         database.dispose()
 

@@ -23,7 +23,6 @@ from sluice.domain.journal import SUSPENSE, AccountRef, customer_account_name
 from sluice.domain.ledger import InstrumentId
 from sluice.ledger.local import RegistryPolicy
 from sluice.ports import (
-    AllowAll,
     ChoiceContextData,
     ComplianceGate,
     InstructionChoice,
@@ -32,6 +31,7 @@ from sluice.ports import (
 )
 from sluice.sandbox import Sandbox
 from sluice.services.books import check_invariant
+from sluice.services.compliance import RegistryGate
 from sluice.services.deposit_worker import (
     DepositWorker,
     DepositWorkerSettings,
@@ -145,7 +145,7 @@ def worker(
         sb.database.uow,
         commands or sb.commands,
         registries or sb.registries,
-        gate or AllowAll(),
+        gate or RegistryGate(sb.database.uow, sb.compliance, sb.clock),
         treasury=sb.treasury,
         settings=DepositWorkerSettings(attempts_max=attempts_max),
     )

@@ -55,7 +55,7 @@ from sluice.ledger.local import CommandRejectedError, EmbeddedLedger, RegistryPo
 from sluice.services.books import check_invariant, customer_balances
 from sluice.services.ingestion import Ingestion, IngestionSettings
 from sluice.services.reference import onboard_instrument, register_customer
-from sluice.store import tables
+from sluice.store.database import empty_tables
 
 CUSTOMERS = 3
 CONNECTION = "scenario"
@@ -83,13 +83,7 @@ def customer_id(index: int) -> str:
 def reset(database: bootstrap.Database) -> None:
     """Empty every table, then give the exchange its customers (deposit account ``acct-N`` →
     ``cust-N``)."""
-    with database.engine.begin() as connection:
-        if connection.dialect.name == "postgresql":
-            names = ", ".join(f'"{table.name}"' for table in tables.metadata.sorted_tables)
-            connection.exec_driver_sql(f"TRUNCATE {names} CASCADE")
-        else:
-            for table in reversed(tables.metadata.sorted_tables):
-                connection.execute(table.delete())
+    empty_tables(database.engine)
     for n in range(CUSTOMERS):
         register_customer(database.uow, customer_id(n), f"Customer {n}", [f"acct-{n}"])
 

@@ -61,6 +61,7 @@ from sluice.sandbox import Sandbox
 from sluice.services.books import check_invariant, customer_balances
 from sluice.services.withdrawals import WithdrawalSettings, list_withdrawals
 from sluice.store import tables
+from sluice.store.database import empty_tables
 from tests.integration.test_withdrawals import (
     LedgerView,
     assert_live_inputs_disjoint,
@@ -95,14 +96,9 @@ def customer_id(index: int) -> str:
 
 
 def empty(sb: Sandbox) -> None:
-    """Delete every row, so the next scenario starts from an empty DB."""
-    with sb.database.engine.begin() as connection:
-        if connection.dialect.name == "postgresql":
-            names = ", ".join(f'"{table.name}"' for table in tables.metadata.sorted_tables)
-            connection.exec_driver_sql(f"TRUNCATE {names} CASCADE")
-        else:
-            for table in reversed(tables.metadata.sorted_tables):
-                connection.execute(table.delete())
+    """Delete every row, so the next scenario starts from an empty DB — except the audit trail,
+    which the database keeps append-only (its chain simply continues)."""
+    empty_tables(sb.database.engine)
 
 
 def relax_durability(sb: Sandbox) -> None:

@@ -4,7 +4,10 @@ An entry changes the treasury's holdings by some amount per instrument; that cha
 booked, in full, to exactly one liability account, so nothing is ever lost:
 
 * a completed incoming transfer whose reason is a known deposit account, of an onboarded
-  instrument, is credited to that customer;
+  instrument, is credited to that customer — if the KYC registry admits it; one it refuses (a
+  frozen or listed sender or customer, a limit, a risk flag) is booked to the compliance-hold
+  account instead, pending a compliance officer's review;
+* a deposit from a listed or flagged sender is held the same way whatever its reason says;
 * one with an unknown or missing reason, or of an instrument that is not onboarded, goes to
   suspense and raises an alert (an operator assigns it later);
 * the network fees the treasury pays on its own housekeeping (self-transfers, merges, unlocks)
@@ -25,6 +28,7 @@ from typing import Literal
 from sluice.domain.amounts import ZERO, format_amount
 from sluice.domain.history import HistoryEntry
 from sluice.domain.journal import (
+    COMPLIANCE_HOLD,
     FEES,
     SUSPENSE,
     AccountRef,
@@ -35,7 +39,7 @@ from sluice.domain.journal import (
 )
 from sluice.domain.ledger import InstrumentId
 
-DispositionKind = Literal["credited", "suspense", "fee", "pending", "none", "review"]
+DispositionKind = Literal["credited", "suspense", "fee", "pending", "none", "review", "held"]
 Severity = Literal["critical", "warning", "info"]
 
 FEE_KINDS = frozenset({"self_transfer", "merge_split", "unlock", "expire_dust"})
@@ -69,6 +73,11 @@ def net_holdings_change(entry: HistoryEntry) -> dict[InstrumentId, Decimal]:
     return {instrument: amount for instrument, amount in change.items() if amount != 0}
 
 
+# Asked before a deposit is credited (customer set) or sent to suspense (customer None): None to
+# go ahead, else why it must be held. Asking for a credit records the usage when it admits it.
+Admission = Callable[[HistoryEntry, InstrumentId, Decimal, str | None], str | None]
+
+
 def dispose_entry(
     entry: HistoryEntry,
     *,
@@ -76,6 +85,7 @@ def dispose_entry(
     party: str,
     customer_for_reason: Mapping[str, str],
     is_onboarded: Callable[[InstrumentId], bool],
+    admit: Admission | None = None,
 ) -> Disposition:
     change = net_holdings_change(entry)
     if not change:
@@ -122,7 +132,22 @@ def dispose_entry(
         shown = f"{format_amount(amount)} {instrument.id}"
         if entry.kind == "transfer_in":
             customer = customer_for_reason.get(entry.reason) if entry.reason else None
-            if not is_onboarded(instrument):
+            crediting = customer if customer is not None and amount > 0 else None
+            if crediting is not None and not is_onboarded(instrument):
+                crediting = None
+            held = admit(entry, instrument, amount, crediting) if admit and amount > 0 else None
+            if held is not None:
+                book(instrument, amount, COMPLIANCE_HOLD, "deposit_held")
+                alert(
+                    "deposit_held",
+                    "warning",
+                    f"deposit of {shown} from {entry.sender} for "
+                    f"{'customer ' + customer if customer else 'no known customer'} held for "
+                    f"compliance review: {held}",
+                    instrument,
+                )
+                outcome, customer_id = "held", customer
+            elif not is_onboarded(instrument):
                 book(instrument, amount, SUSPENSE, "deposit_suspense")
                 alert(
                     "instrument_not_onboarded",

@@ -70,3 +70,37 @@ class InsufficientBalanceError(InvalidInputError):
 class InstrumentNotOnboardedError(InvalidInputError):
     code = 63
     error = "instrument_not_onboarded"
+
+
+class ComplianceError(SluiceError):
+    """An operation the KYC registry refused; ``checks`` say which check failed and why."""
+
+    code = 20
+    error = "compliance_check_failed"
+
+    def __init__(self, message: str, *, checks: tuple[tuple[str, bool, str], ...] = ()) -> None:
+        super().__init__(message)
+        self.checks = checks
+
+
+class InsufficientKycTierError(ComplianceError):
+    """Over a limit of the customer's tier, or below the tier the operation needs: the customer
+    must complete enhanced verification to reach ``required_tier`` (None: no tier allows it)."""
+
+    code = 21
+    error = "insufficient_kyc_tier"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        required_tier: int | None,
+        checks: tuple[tuple[str, bool, str], ...] = (),
+    ) -> None:
+        super().__init__(message, checks=checks)
+        self.required_tier = required_tier
+
+
+class AddressBlacklistedError(ComplianceError):
+    code = 22
+    error = "address_blacklisted"

@@ -24,7 +24,9 @@ Side = Literal["asset", "liability"]
 SUSPENSE = "suspense"
 IN_FLIGHT = "in_flight"
 FEES = "fees"
-LIABILITY_NAMES = (SUSPENSE, IN_FLIGHT, FEES)
+# Deposits the KYC registry refused to credit, until a compliance officer releases or returns them.
+COMPLIANCE_HOLD = "compliance_hold"
+LIABILITY_NAMES = (SUSPENSE, IN_FLIGHT, FEES, COMPLIANCE_HOLD)
 
 
 def treasury_account_name(party: str) -> str:

@@ -41,6 +41,7 @@ from sluice.domain.amounts import ZERO, format_amount
 from sluice.domain.deposits import Alert, Severity, net_holdings_change
 from sluice.domain.history import HistoryEntry
 from sluice.domain.journal import (
+    COMPLIANCE_HOLD,
     FEES,
     IN_FLIGHT,
     SUSPENSE,
@@ -52,7 +53,9 @@ from sluice.domain.journal import (
 )
 from sluice.domain.ledger import InstrumentId
 
-WithdrawalKind = Literal["withdrawal", "merge", "split"]
+# "return": a held deposit paid back to its sender, funded by the compliance-hold account.
+WithdrawalKind = Literal["withdrawal", "merge", "split", "return"]
+PAYOUT_KINDS: frozenset[str] = frozenset({"withdrawal", "return"})
 WithdrawalStatus = Literal[
     "queued", "reserved", "submitting", "submitted", "offered", "completed", "failed"
 ]
@@ -103,6 +106,17 @@ class Withdrawal:
     last_error: str | None = None
     rebuilt: bool = False
 
+    @property
+    def is_payout(self) -> bool:
+        """A payment to someone else (a customer's withdrawal or a return), not pool upkeep."""
+        return self.kind in PAYOUT_KINDS
+
+    def funding_account(self) -> str:
+        """The liability account the amount is owed from, and credited back to on failure."""
+        if self.kind == "return":
+            return COMPLIANCE_HOLD
+        return customer_account_name(self.customer_id) if self.customer_id else SUSPENSE
+
     def transfer_meta(self) -> dict[str, str]:
         meta: dict[str, str] = {KIND_KEY: self.kind}
         if self.customer_id is not None:
@@ -125,7 +139,7 @@ def is_withdrawal_entry(entry: HistoryEntry, known: Withdrawal | None) -> bool:
     """Whether an entry is the ledger's side of a withdrawal, merge or split sluice made."""
     if entry.kind == "merge_split" and entry.reason:
         # A self-transfer's result carries tx-kind merge-split, which wins over the direction.
-        return known is not None and known.kind != "withdrawal"
+        return known is not None and not known.is_payout
     if entry.kind not in ("transfer_out", "self_transfer") or not entry.reason:
         return False
     if known is not None:
@@ -199,11 +213,8 @@ def book_withdrawal_entry(
     # Who the amount is owed by: in flight, or for a rebuilt record the customer (suspense when
     # the metadata names none).
     owed = AccountRef(IN_FLIGHT, instrument)
-    if is_new and record.kind == "withdrawal":
-        owed = AccountRef(
-            customer_account_name(record.customer_id) if record.customer_id else SUSPENSE,
-            instrument,
-        )
+    if is_new and record.is_payout:
+        owed = AccountRef(record.funding_account(), instrument)
     # A merge_split entry's amount is the treasury's net change (the fee), not the transfer's.
     amount_matches = (
         entry.kind == "merge_split" or entry.amount is None or entry.amount == record.amount
@@ -222,7 +233,7 @@ def book_withdrawal_entry(
         )
     delta = change.get(instrument, ZERO)
     status = entry.status
-    is_customer_payout = record.kind == "withdrawal"
+    is_customer_payout = record.is_payout
 
     # A transfer for a record that is already finished: never booked as a payment.
     if not is_new and record.status in TERMINAL_STATUSES and status in ("completed", "pending"):
@@ -298,13 +309,10 @@ def book_withdrawal_entry(
             Posting(treasury(instrument), delta),
             Posting(AccountRef(FEES, instrument), -delta),
         ]
-        if record.status == "offered" and is_customer_payout and record.customer_id is not None:
+        if record.status == "offered" and is_customer_payout:
             postings += [
                 Posting(AccountRef(IN_FLIGHT, instrument), record.amount),
-                Posting(
-                    AccountRef(customer_account_name(record.customer_id), instrument),
-                    -record.amount,
-                ),
+                Posting(AccountRef(record.funding_account(), instrument), -record.amount),
             ]
         post("withdrawal_refunded", postings, f"withdrawal {record.id} offer {status}")
         updated = replace(
@@ -332,16 +340,15 @@ def book_withdrawal_entry(
 
 def _rebuild(entry: HistoryEntry, party: str, record_time: datetime) -> Withdrawal:
     kind_text = entry.meta.get(KIND_KEY, "withdrawal")
-    kind: WithdrawalKind = (
-        "merge" if kind_text == "merge" else ("split" if kind_text == "split" else "withdrawal")
-    )
+    kinds: dict[str, WithdrawalKind] = {"merge": "merge", "split": "split", "return": "return"}
+    kind = kinds.get(kind_text, "withdrawal")
     assert entry.instrument is not None
     assert entry.amount is not None
     assert entry.reason
     return Withdrawal(
         id=entry.reason,
         kind=kind,
-        customer_id=entry.meta.get(CUSTOMER_KEY) if kind == "withdrawal" else None,
+        customer_id=entry.meta.get(CUSTOMER_KEY) if kind in PAYOUT_KINDS else None,
         sender=party,
         receiver=entry.receiver or party,
         instrument=entry.instrument,

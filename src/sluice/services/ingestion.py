@@ -23,10 +23,14 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import orjson
 
+from sluice.domain.amounts import format_amount
+from sluice.domain.audit import AuditEntry
+from sluice.domain.compliance import ComplianceRequest, HeldDeposit, ReviewItem
 from sluice.domain.deposits import dispose_entry
 from sluice.domain.errors import MalformedUpdateError, SluiceError
 from sluice.domain.history import (
@@ -48,6 +52,7 @@ from sluice.ports import (
     LedgerReadError,
     UnitOfWorkFactory,
 )
+from sluice.services.compliance import ComplianceSession, KycRegistry
 
 CLOSED_STATUS_BY_ENTRY = {
     "completed": "completed",
@@ -114,6 +119,9 @@ class _BatchState:
     customers: Mapping[str, str] = field(default_factory=dict)
     withdrawals: dict[str, Withdrawal] = field(default_factory=dict)
     seen_ids: set[str] = field(default_factory=set)
+    # The KYC registry's view of the customers and senders of the batch's deposits.
+    compliance: ComplianceSession | None = None
+    audit: list[AuditEntry] = field(default_factory=list)
 
 
 class Ingestion:
@@ -129,8 +137,10 @@ class Ingestion:
         settings: IngestionSettings | None = None,
         sleep: Callable[[float], None] = time.sleep,
         on_batch: Callable[[IngestionProgress], None] | None = None,
+        compliance: KycRegistry | None = None,
     ) -> None:
         self._uow = uow
+        self._registry = compliance or KycRegistry()
         self._ledger = ledger
         self.party = party
         self.connection = connection or connection_name(party)
@@ -303,12 +313,37 @@ class Ingestion:
                 if entry.reason and entry.kind in ("transfer_out", "self_transfer", "merge_split")
             }
             state.withdrawals = repo.withdrawals_by_ids(outgoing) if outgoing else {}
+            deposits = [
+                (step.record_time, entry)
+                for step in steps
+                if isinstance(step, ParsedTransaction)
+                for entry in step.entries
+                if entry.kind == "transfer_in"
+            ]
+            if deposits:
+                # Every deposit passes the KYC registry before it is credited: its customers'
+                # rows are locked and their recent usage read once for the whole batch.
+                state.compliance = self._registry.session(
+                    uow,
+                    {
+                        customer
+                        for _, entry in deposits
+                        if entry.reason and (customer := state.customers.get(entry.reason))
+                    },
+                    {entry.sender for _, entry in deposits if entry.sender},
+                    since=min(time for time, _ in deposits),
+                    lock=True,
+                )
 
             # Pass 3: decide and collect the writes.
             for step in steps:
                 self._apply(step, state, progress)
             state.batch.cursor = state.cursor
             repo.write_batch(state.batch)
+            if state.compliance is not None:
+                state.compliance.flush()
+            if state.audit:
+                uow.audit.append(state.audit)
             uow.commit()
         progress.batches += 1
         progress.cursor = state.cursor
@@ -398,7 +433,10 @@ class Ingestion:
                 party=self.party,
                 customer_for_reason=state.customers,
                 is_onboarded=onboarded.__contains__,
+                admit=self._admission(tx, state),
             )
+            if disposition.kind in ("credited", "held"):
+                self._audit_deposit(tx, entry, disposition.kind, disposition.customer_id, state)
             batch.journal.extend(disposition.journal)
             batch.alerts.extend(disposition.alerts)
             batch.entries.append(
@@ -413,6 +451,102 @@ class Ingestion:
         state.cursor = _advance(
             state.cursor, tx.offset, tx.update_id, tx.record_time, tx.synchronizer_id
         )
+
+    def _admission(
+        self, tx: ParsedTransaction, state: _BatchState
+    ) -> Callable[[HistoryEntry, InstrumentId, Decimal, str | None], str | None]:
+        """The KYC registry's answer for one deposit of ``tx`` (see ``dispose_entry``); a refused
+        deposit is recorded as held, with a review item for the compliance officer."""
+
+        def admit(
+            entry: HistoryEntry, instrument: InstrumentId, amount: Decimal, customer: str | None
+        ) -> str | None:
+            session = state.compliance
+            assert session is not None, "a batch with deposits has a compliance session"
+            operation_id = f"deposit:{tx.update_id}:{entry.node_id}:{instrument.key()}"
+            why: str | None
+            if customer is None:
+                why = session.listed(entry.sender) if entry.sender else None
+                if why is not None:
+                    why = f"sender {entry.sender} is {why}"
+            else:
+                decision = session.decide(
+                    ComplianceRequest(
+                        customer,
+                        "deposit",
+                        self._registry.settings.value(instrument, amount),
+                        entry.sender,
+                    ),
+                    operation_id=operation_id,
+                    at=tx.record_time,
+                    actor=f"ingestion:{self.connection}",
+                    record=True,
+                    parameters={
+                        "instrument": instrument.key(),
+                        "instrument_amount": format_amount(amount),
+                        "update_id": tx.update_id,
+                        "deposit_account": entry.reason,
+                    },
+                )
+                why = None if decision.allowed else decision.summary()
+            if why is not None:
+                hold_id = f"hold:{tx.update_id}:{entry.node_id}:{instrument.key()}"
+                session.hold(
+                    HeldDeposit(
+                        id=hold_id,
+                        sender=entry.sender or "",
+                        instrument_admin=instrument.admin,
+                        instrument_id=instrument.id,
+                        amount=amount,
+                        update_id=tx.update_id,
+                        why=why,
+                        held_at=tx.record_time,
+                        customer_id=customer,
+                        deposit_account=entry.reason,
+                    )
+                )
+                session.open_review(
+                    ReviewItem(
+                        id=f"review:{hold_id}",
+                        kind="deposit_held",
+                        reason=why,
+                        opened_at=tx.record_time,
+                        customer_id=customer,
+                        subject=hold_id,
+                    )
+                )
+            return why
+
+        return admit
+
+    def _audit_deposit(
+        self,
+        tx: ParsedTransaction,
+        entry: HistoryEntry,
+        outcome: str,
+        customer_id: str | None,
+        state: _BatchState,
+    ) -> None:
+        target = "compliance_hold" if outcome == "held" else f"customer:{customer_id}"
+        record = AuditEntry(
+            operation_id=f"deposit:{tx.update_id}:{entry.node_id}",
+            operation=f"deposit_{outcome}",
+            actor=f"ingestion:{self.connection}",
+            recorded_at=tx.record_time,
+            customer_id=customer_id,
+            parameters={
+                "update_id": tx.update_id,
+                "sender": entry.sender,
+                "deposit_account": entry.reason,
+                "instrument": entry.instrument.key() if entry.instrument else None,
+                "amount": format_amount(entry.amount) if entry.amount is not None else None,
+            },
+            state_changes=[{"credited": target}],
+        )
+        if state.compliance is not None:
+            state.compliance.audit(record)
+        else:
+            state.audit.append(record)
 
     def _apply_withdrawal_entry(
         self,
@@ -434,6 +568,24 @@ class Ingestion:
         batch.journal.extend(outcome.journal)
         batch.alerts.extend(outcome.alerts)
         batch.entries.append(_entry_record(tx, entry, outcome.disposition, record.customer_id))
+        if known is None or known.status != record.status:
+            state.audit.append(
+                AuditEntry(
+                    operation_id=record.id,
+                    operation=f"{record.kind}_{record.status}",
+                    actor=f"ingestion:{self.connection}",
+                    recorded_at=tx.record_time,
+                    customer_id=record.customer_id,
+                    parameters={"update_id": tx.update_id, "entry": entry.kind},
+                    state_changes=[
+                        {
+                            "status": record.status,
+                            "was": known.status if known is not None else None,
+                            "failure": record.failure,
+                        }
+                    ],
+                )
+            )
 
     def _stop_on(self, failure: MalformedUpdateError, raw: Mapping[str, Any]) -> None:
         try:

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Mapping
+from datetime import UTC, datetime
 from decimal import Decimal
 from urllib.parse import urlsplit
 
 from sluice.domain.amounts import format_amount, parse_amount
+from sluice.domain.audit import AuditEntry
+from sluice.domain.compliance import check_tier
 from sluice.domain.errors import InvalidInputError, NotFoundError
 from sluice.domain.ledger import InstrumentId, check_party_id
 from sluice.ports import InstrumentRecord, UnitOfWorkFactory
@@ -25,13 +28,43 @@ _LIMIT_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}\Z")
 
 
 def register_customer(
-    uow_factory: UnitOfWorkFactory, customer_id: str, name: str, deposit_accounts: list[str]
+    uow_factory: UnitOfWorkFactory,
+    customer_id: str,
+    name: str,
+    deposit_accounts: list[str],
+    *,
+    tier: int | None = None,
+    actor: str = "operator",
+    at: datetime | None = None,
 ) -> None:
-    """Create a customer (if new) and attach deposit accounts to it; idempotent."""
+    """Create a customer (if new) and attach deposit accounts to it; idempotent. A new customer
+    starts on KYC tier 1 (basic verification done), active, unless ``tier`` says otherwise."""
     if not customer_id.strip():
         raise InvalidInputError("customer id must not be empty")
+    checked_tier = check_tier(tier) if tier is not None else None
+    when = at or datetime.now(UTC)
     with uow_factory() as uow:
-        uow.reference.add_customer(customer_id, name)
+        created = uow.reference.add_customer(customer_id, name)
+        if created and checked_tier is not None:
+            uow.compliance.set_profile(customer_id, at=when, tier=checked_tier)
+        if created:
+            uow.audit.append(
+                [
+                    AuditEntry(
+                        operation_id=f"customer:{customer_id}",
+                        operation="customer_registered",
+                        actor=actor,
+                        recorded_at=when,
+                        customer_id=customer_id,
+                        parameters={
+                            "name": name,
+                            "deposit_accounts": list(deposit_accounts),
+                            "tier": checked_tier if checked_tier is not None else 1,
+                        },
+                        state_changes=[{"customer": customer_id, "created": True}],
+                    )
+                ]
+            )
         for account in deposit_accounts:
             if not account.strip():
                 raise InvalidInputError("deposit account id must not be empty")

@@ -41,7 +41,9 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from sluice.domain.amounts import format_amount, parse_amount
+from sluice.domain.audit import AuditEntry
 from sluice.domain.coin_selection import Candidate, plan_merge, plan_split, select_inputs
+from sluice.domain.compliance import ComplianceRequest
 from sluice.domain.errors import (
     DuplicateOperationError,
     InstrumentNotOnboardedError,
@@ -84,6 +86,7 @@ from sluice.ports import (
     UnitOfWorkFactory,
     WithdrawalRepository,
 )
+from sluice.services.compliance import KycRegistry, check_operation_allowed
 
 HOLD_KEY = "withdrawals_hold_until"
 Clock = Callable[[], datetime]
@@ -128,11 +131,15 @@ def request_withdrawal(
     idempotency_key: str,
     clock: Clock,
     settings: WithdrawalSettings | None = None,
+    compliance: KycRegistry | None = None,
+    actor: str | None = None,
 ) -> Withdrawal:
-    """Debit the customer, record the withdrawal and (when holdings are free) reserve its inputs
-    and set its ``trec_tgt`` — all in one transaction. The same idempotency key again returns the
-    first withdrawal. Bad input raises a clear error and changes nothing."""
+    """Pass the KYC registry, debit the customer, record the withdrawal and (when holdings are
+    free) reserve its inputs and set its ``trec_tgt`` — all in one transaction. The same
+    idempotency key again returns the first withdrawal. Bad input raises a clear error and changes
+    nothing; a compliance denial changes nothing but the audit trail."""
     settings = settings or WithdrawalSettings()
+    registry = compliance or KycRegistry()
     value = parse_amount(amount, field="amount")
     if value <= 0:
         raise InvalidAmountError(f"amount must be positive, got {format_amount(value)}")
@@ -169,6 +176,18 @@ def request_withdrawal(
                 f"instrument {instrument.key()} is not onboarded"
                 + ("" if record is None else " (it is disabled)")
             )
+        now = clock()
+        check_operation_allowed(
+            uow,
+            registry,
+            ComplianceRequest(
+                customer_id, "withdrawal", registry.settings.value(instrument, value), receiver
+            ),
+            operation_id=wid,
+            at=now,
+            actor=actor or f"customer:{customer_id}",
+            parameters={"instrument": instrument.key(), "instrument_amount": format_amount(value)},
+        )
         if balance < value:
             raise InsufficientBalanceError(
                 f"customer {customer_id} has {format_amount(balance)} {instrument.id}, "
@@ -210,6 +229,30 @@ def request_withdrawal(
         )
         withdrawal = reserved or withdrawal
         repo.insert(withdrawal)
+        uow.audit.append(
+            [
+                AuditEntry(
+                    operation_id=wid,
+                    operation="withdrawal_requested",
+                    actor=actor or f"customer:{customer_id}",
+                    recorded_at=now,
+                    customer_id=customer_id,
+                    parameters={
+                        "receiver": receiver,
+                        "instrument": instrument.key(),
+                        "amount": format_amount(value),
+                        "idempotency_key": idempotency_key,
+                    },
+                    state_changes=[
+                        {
+                            "debited": customer_account_name(customer_id),
+                            "amount": format_amount(value),
+                        },
+                        {"withdrawal": wid, "status": withdrawal.status},
+                    ],
+                )
+            ]
+        )
         if withdrawal.status == "reserved":
             assert withdrawal.trec_tgt is not None
             repo.record_attempt(wid, withdrawal.attempt, withdrawal.inputs, withdrawal.trec_tgt)
@@ -403,11 +446,7 @@ class WithdrawalWorker:
         tick.settled += 1
         repo.release(record.id)
         repo.close_attempt(record.id, record.attempt, "expired", record.last_error)
-        retry = (
-            record.kind == "withdrawal"
-            and record.failure is None
-            and record.attempt < record.attempts_max
-        )
+        retry = record.is_payout and record.failure is None and record.attempt < record.attempts_max
         if retry:
             tick.retried += 1
             repo.update(
@@ -423,10 +462,10 @@ class WithdrawalWorker:
             return
         failure = record.failure or (
             f"{record.attempt} attempt(s) expired without committing"
-            if record.kind == "withdrawal"
+            if record.is_payout
             else "expired without committing"
         )
-        if record.kind == "withdrawal" and record.customer_id is not None:
+        if record.is_payout:
             tick.refunded += 1
             repo.post([_refund(record)])
         repo.update(replace(record, status="failed", failure=failure, inputs=()))
@@ -522,7 +561,7 @@ class WithdrawalWorker:
             factory = self._registries(record.instrument).transfer_factory(transfer)
         except RegistryError as exc:
             return f"registry: {exc}", None
-        expected = ("self",) if record.kind != "withdrawal" else allowed
+        expected = ("self",) if not record.is_payout else allowed
         if factory.transfer_kind not in expected:
             # Not submitted; refunded once trec_tgt has passed (an earlier submission of this
             # attempt by a worker that crashed could still be in flight until then).
@@ -668,18 +707,15 @@ class WithdrawalWorker:
 
 
 def _refund(record: Withdrawal) -> JournalTransaction:
-    assert record.customer_id is not None
+    assert record.is_payout
     return JournalTransaction(
         id=f"refund:{record.id}",
         kind="withdrawal_refunded",
         postings=(
             Posting(AccountRef(IN_FLIGHT, record.instrument), record.amount),
-            Posting(
-                AccountRef(customer_account_name(record.customer_id), record.instrument),
-                -record.amount,
-            ),
+            Posting(AccountRef(record.funding_account(), record.instrument), -record.amount),
         ),
-        description=f"withdrawal {record.id} failed: credited back",
+        description=f"{record.kind} {record.id} failed: credited back",
     )
 
 

@@ -13,6 +13,8 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
+from sluice.store import tables
+
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
@@ -67,3 +69,17 @@ def open_database(url: str, *, run_migrations: bool = True) -> Engine:
     if run_migrations:
         migrate(engine)
     return engine
+
+
+def empty_tables(engine: Engine) -> None:
+    """Delete every row (TRUNCATE on PostgreSQL) — except the audit trail, which the database
+    keeps append-only: its chain simply continues. For test and simulation resets only."""
+    kept = {tables.audit_records.name, tables.audit_head.name}
+    emptied = [table for table in tables.metadata.sorted_tables if table.name not in kept]
+    with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            names = ", ".join(f'"{table.name}"' for table in emptied)
+            connection.exec_driver_sql(f"TRUNCATE {names} CASCADE")
+        else:
+            for table in reversed(emptied):
+                connection.execute(table.delete())

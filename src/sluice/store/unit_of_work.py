@@ -9,13 +9,17 @@ from __future__ import annotations
 from sqlalchemy import Connection, Engine
 
 from sluice.ports import (
+    AuditLog,
     BooksRepository,
+    ComplianceRepository,
     DepositOfferRepository,
     IngestionRepository,
     ReferenceRepository,
     UnitOfWork,
     WithdrawalRepository,
 )
+from sluice.store.audit_repository import SqlAuditLog
+from sluice.store.compliance_repository import SqlComplianceRepository
 from sluice.store.repositories import (
     SqlBooksRepository,
     SqlIngestionRepository,
@@ -30,6 +34,8 @@ class SqlUnitOfWork:
     reference: ReferenceRepository
     withdrawals: WithdrawalRepository
     offers: DepositOfferRepository
+    compliance: ComplianceRepository
+    audit: AuditLog
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -44,6 +50,8 @@ class SqlUnitOfWork:
         self.reference = SqlReferenceRepository(connection)
         self.withdrawals = SqlWithdrawalRepository(connection)
         self.offers = SqlDepositOfferRepository(connection)
+        self.compliance = SqlComplianceRepository(connection)
+        self.audit = SqlAuditLog(connection)
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -1,0 +1,287 @@
+"""The in-memory name index: which listed names a query could be, and how close each one is.
+
+**Blocking.** A query must not be scored against all ~21,000 listed names. Every canonical token
+of the list is indexed under itself and, for tokens of four letters or more, under each of its
+one-letter deletions (a symmetric deletion neighbourhood: two tokens one typo apart — a wrong,
+missing, extra or swapped letter — share a key). A query token collects the names holding any
+token it shares a key with. Tokens held by many names (``muhammad``, ``trading``) are capped:
+they only confirm names already found through a rarer token, or, when the query has nothing rarer,
+are intersected with each other. The best few candidates by an estimate of their score are then
+scored properly.
+
+**Scoring** (0–100). Query and listed tokens are aligned one to one, best pairs first, by
+rapidfuzz's normalised Indel similarity (the better of the canonical tokens and the spelling keys;
+pairs under a floor do not align; an initial aligns with a name it begins). Each listed token
+weighs its rarity on the list (inverse document frequency), so a shared rare surname counts for
+more than a shared ``muhammad``; an aligned query token weighs what its listed token weighs, an
+unaligned one its own rarity (the rarest for a word the list does not have). The matched weight
+is measured against the lighter side (a dropped middle name still matches) and the heavier side
+(extra unmatched words pull the score down), blended 70/30. A guard keeps one shared word from
+matching: when either side has two or more words, two must align, else the score is capped below
+any sensible threshold. Separately, the names written without spaces are compared whole
+(``abdulrahman`` vs ``abdul rahman``); a near-identical result counts as well. An exact match of
+the sorted canonical tokens scores 100 without further work.
+
+The index is built once and never changed afterwards, so any number of threads may query it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from rapidfuzz.distance import Indel
+
+from sluice.screening.names import NormalisedName
+
+DEFAULT_THRESHOLD = 85.0
+"""A score at or above this is a match (0–100)."""
+
+TOKEN_SIMILARITY_FLOOR = 0.75
+"""Two tokens less similar than this do not align at all."""
+SMALLER_SIDE_SHARE = 0.7
+"""How much of the score is the matched share of the smaller side (the rest: the larger side)."""
+POSTINGS_CAP = 400
+"""A token held by more names than this only confirms candidates found otherwise."""
+CANDIDATES_SCORED_MAX = 16
+"""How many of the best-estimated candidates are scored fully."""
+JOINED_SIMILARITY_MIN = 0.95
+"""The whole-name comparison (spaces removed) counts only when at least this close."""
+ONE_WORD_CAP = 60.0
+"""The most a query scores when only one word aligns and either side has more."""
+INITIAL_WEIGHT = 0.5
+"""The weight of a one-letter token (an initial)."""
+INITIAL_SIMILARITY = 0.9
+"""How well an initial matches a name it begins."""
+DELETION_LENGTH_MIN = 4
+"""Tokens shorter than this are looked up exactly (their deletions would block too widely)."""
+
+
+@dataclass(frozen=True, slots=True)
+class IndexedName:
+    """One listed name (primary or alias) as the index holds it."""
+
+    text: str
+    entity: int
+    tokens: tuple[str, ...]
+    spellings: tuple[str, ...]
+    weights: tuple[float, ...]
+    total_weight: float
+    words: int  # tokens that are not initials
+    joined: str
+
+
+@dataclass(frozen=True, slots=True)
+class NameScore:
+    """The best listed name for a query and its score (0–100)."""
+
+    name: IndexedName
+    score: float
+
+
+def _deletions(token: str) -> set[str]:
+    keys = {token}
+    if len(token) >= DELETION_LENGTH_MIN:
+        keys.update(token[:position] + token[position + 1 :] for position in range(len(token)))
+    return keys
+
+
+def token_similarity(left: str, right: str) -> float:
+    """0–1: normalised Indel similarity (0 under the floor); an initial is nearly as good as a
+    name it begins."""
+    if left == right:
+        return 1.0
+    if len(left) == 1 or len(right) == 1:
+        return INITIAL_SIMILARITY if left[0] == right[0] else 0.0
+    return Indel.normalized_similarity(left, right, score_cutoff=TOKEN_SIMILARITY_FLOOR)
+
+
+def _words(tokens: tuple[str, ...]) -> int:
+    return sum(1 for token in tokens if len(token) > 1)
+
+
+class NameIndex:
+    """Listed names, indexed for blocking and scoring (immutable once built)."""
+
+    def __init__(self, names: Sequence[tuple[str, int, NormalisedName]]) -> None:
+        """``names``: (the name as listed, the entity's position, its normalised form)."""
+        document_frequency: dict[str, int] = {}
+        for _, _, normalised in names:
+            for token in set(normalised.tokens):
+                document_frequency[token] = document_frequency.get(token, 0) + 1
+        count = max(len(names), 1)
+        self._weights = {
+            token: _weight(token, frequency, count)
+            for token, frequency in document_frequency.items()
+        }
+        self._unknown_weight = math.log(1 + count)
+        indexed: list[IndexedName] = []
+        postings: dict[str, list[int]] = {}
+        exact: dict[str, list[int]] = {}
+        neighbourhood: dict[str, set[str]] = {}
+        for position, (text, entity, normalised) in enumerate(names):
+            weights = tuple(self._weights[token] for token in normalised.tokens)
+            indexed.append(
+                IndexedName(
+                    text=text,
+                    entity=entity,
+                    tokens=normalised.tokens,
+                    spellings=normalised.spellings,
+                    weights=weights,
+                    total_weight=sum(weights),
+                    words=_words(normalised.tokens),
+                    joined=normalised.joined,
+                )
+            )
+            for token, spelling in zip(normalised.tokens, normalised.spellings, strict=True):
+                held = postings.setdefault(token, [])
+                if not held or held[-1] != position:
+                    held.append(position)
+                for key in _deletions(token) | _deletions(spelling):
+                    neighbourhood.setdefault(key, set()).add(token)
+            exact.setdefault(normalised.sorted_key, []).append(position)
+        self._names = tuple(indexed)
+        self._totals = tuple(name.total_weight for name in indexed)
+        self._postings = {token: tuple(held) for token, held in postings.items()}
+        self._posting_sets = {
+            token: frozenset(held) for token, held in postings.items() if len(held) > POSTINGS_CAP
+        }
+        self._exact = {key: tuple(held) for key, held in exact.items()}
+        self._neighbourhood = {key: tuple(tokens) for key, tokens in neighbourhood.items()}
+
+    @property
+    def names(self) -> tuple[IndexedName, ...]:
+        return self._names
+
+    def weight(self, token: str) -> float:
+        """A token's weight: its rarity on the list (unknown tokens weigh as the rarest)."""
+        if len(token) == 1:
+            return INITIAL_WEIGHT
+        return self._weights.get(token, self._unknown_weight)
+
+    def best(self, query: NormalisedName) -> NameScore | None:
+        """The best-scoring listed name for ``query``, or None when nothing comes close."""
+        if not query.tokens:
+            return None
+        exact = self._exact.get(query.sorted_key)
+        if exact:
+            return NameScore(self._names[exact[0]], 100.0)
+        query_weights = tuple(self.weight(token) for token in query.tokens)
+        estimates = self._candidates(query, query_weights)
+        if not estimates:
+            return None
+        names = self._names
+        totals = self._totals
+        query_total = sum(query_weights)
+        # Ranked by the estimate's share of the larger side, the cheapest proxy of the blend.
+        ranked = heapq.nlargest(
+            CANDIDATES_SCORED_MAX,
+            estimates,
+            key=lambda position: estimates[position] / max(query_total, totals[position]),
+        )
+        best: NameScore | None = None
+        for position in ranked:
+            name = names[position]
+            score = score_tokens(query, query_weights, name)
+            if best is None or score > best.score:
+                best = NameScore(name, score)
+        return best
+
+    def _candidates(self, query: NormalisedName, weights: tuple[float, ...]) -> dict[int, float]:
+        """Candidate names → an estimate of their matched weight."""
+        found: list[tuple[int, str, float]] = []
+        for token, spelling in zip(query.tokens, query.spellings, strict=True):
+            similar: set[str] = set()
+            for key in _deletions(token) | _deletions(spelling):
+                similar.update(self._neighbourhood.get(key, ()))
+            for listed in similar:
+                similarity = max(
+                    token_similarity(token, listed), token_similarity(spelling, listed)
+                )
+                if similarity:
+                    held = len(self._postings[listed])
+                    found.append((held, listed, similarity * self._weights[listed]))
+        found.sort()
+        estimates: dict[int, float] = {}
+        common: list[tuple[str, float]] = []
+        for held, listed, gain in found:
+            if held <= POSTINGS_CAP:
+                for position in self._postings[listed]:
+                    estimates[position] = estimates.get(position, 0.0) + gain
+            else:
+                common.append((listed, gain))
+        if not estimates and len(common) >= 2:
+            # Only common words (e.g. "Muhammad Ali"): names holding at least two of them.
+            first, second = common[0][0], common[1][0]
+            for position in self._posting_sets[first] & self._posting_sets[second]:
+                estimates[position] = 0.0
+        for listed, gain in common:
+            held_set = self._posting_sets[listed]
+            for position in estimates:
+                if position in held_set:
+                    estimates[position] += gain
+        return estimates
+
+
+def _weight(token: str, frequency: int, count: int) -> float:
+    if len(token) == 1:
+        return INITIAL_WEIGHT
+    return math.log(1 + count / frequency)
+
+
+def _blend(matched: float, query_total: float, name_total: float) -> float:
+    smaller, larger = sorted((query_total, name_total))
+    if smaller <= 0:
+        return 0.0
+    return 100 * (
+        SMALLER_SIDE_SHARE * min(matched / smaller, 1.0)
+        + (1 - SMALLER_SIDE_SHARE) * min(matched / larger, 1.0)
+    )
+
+
+def score_tokens(
+    query: NormalisedName, query_weights: tuple[float, ...], name: IndexedName
+) -> float:
+    """Score (0–100) ``query`` against one listed name (see the module docstring)."""
+    pairs: list[tuple[float, int, int]] = []
+    for query_position, (query_token, query_spelling) in enumerate(
+        zip(query.tokens, query.spellings, strict=True)
+    ):
+        for name_position, name_token in enumerate(name.tokens):
+            similarity = token_similarity(query_token, name_token)
+            if similarity < 1.0:
+                similarity = max(
+                    similarity, token_similarity(query_spelling, name.spellings[name_position])
+                )
+            if similarity:
+                pairs.append((similarity, query_position, name_position))
+    pairs.sort(reverse=True)
+    used_query: set[int] = set()
+    used_name: set[int] = set()
+    matched = 0.0
+    query_total = 0.0
+    aligned_words = 0
+    for similarity, query_position, name_position in pairs:
+        if query_position in used_query or name_position in used_name:
+            continue
+        used_query.add(query_position)
+        used_name.add(name_position)
+        # An aligned query word weighs what the listed word weighs (a misspelt word would
+        # otherwise weigh as the rarest word there is).
+        weight = name.weights[name_position]
+        matched += similarity * weight
+        query_total += weight
+        if len(query.tokens[query_position]) > 1 and len(name.tokens[name_position]) > 1:
+            aligned_words += 1
+    query_total += sum(
+        weight for position, weight in enumerate(query_weights) if position not in used_query
+    )
+    score = _blend(matched, query_total, name.total_weight)
+    if aligned_words < 2 and max(_words(query.tokens), name.words) >= 2:
+        score = min(score, ONE_WORD_CAP)
+    joined = Indel.normalized_similarity(
+        query.joined, name.joined, score_cutoff=JOINED_SIMILARITY_MIN
+    )
+    return round(max(score, 100 * joined), 2)

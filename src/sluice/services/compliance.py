@@ -1,0 +1,404 @@
+"""The KYC registry as a use case: every operation that moves value asks it first (DESIGN §6).
+
+``verify_operation_compliance`` is the one call; flows use it through a :class:`ComplianceSession`,
+which reads the customers concerned once, in the operation's own transaction, decides in memory
+and writes what it decided — usage against the limits, status changes, review items, held deposits
+and the audit records — into that same transaction. So an operation and the usage it consumed
+commit together or not at all, and two concurrent operations of one customer cannot both slip under
+a limit: the customer's row is locked (PostgreSQL ``FOR UPDATE``) before the usage is read.
+
+A denied operation still leaves a trace: the caller commits the session's writes (the audit record,
+a status change the risk rules made) without the operation, then raises the decision's error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from decimal import Decimal
+
+from sluice.domain.amounts import format_amount
+from sluice.domain.audit import AuditEntry
+from sluice.domain.compliance import (
+    MONTH,
+    ComplianceDecision,
+    ComplianceRequest,
+    HeldDeposit,
+    LimitLadder,
+    Operation,
+    Profile,
+    ReviewItem,
+    UsageRecord,
+    decide,
+    usage_in_windows,
+)
+from sluice.domain.errors import InvalidInputError
+from sluice.domain.ledger import InstrumentId
+from sluice.domain.risk import RiskRules, assess_risk
+from sluice.ports import SanctionsScreen, UnitOfWork, UnitOfWorkFactory
+
+SYSTEM_ACTOR = "system"
+
+
+@dataclass(frozen=True, slots=True)
+class ComplianceSettings:
+    """The registry's configuration: the limit ladder, the risk rules and, per instrument, how
+    many reference currency units one unit is worth (1 when not listed)."""
+
+    ladder: LimitLadder = field(default_factory=LimitLadder.default)
+    risk: RiskRules = field(default_factory=RiskRules)
+    reference_rates: Mapping[str, Decimal] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for key, rate in self.reference_rates.items():
+            if rate <= 0:
+                raise InvalidInputError(f"reference rate of {key} must be positive")
+
+    def value(self, instrument: InstrumentId | None, amount: Decimal) -> Decimal:
+        """``amount`` of ``instrument`` in reference currency units."""
+        if instrument is None:
+            return amount
+        rate = self.reference_rates.get(instrument.key()) or self.reference_rates.get(instrument.id)
+        return amount if rate is None else amount * rate
+
+
+class KycRegistry:
+    """The registry's configuration plus the sanctions list in force (optional: without one,
+    counterparties are checked against the flagged addresses only)."""
+
+    def __init__(
+        self, settings: ComplianceSettings | None = None, screen: SanctionsScreen | None = None
+    ) -> None:
+        self.settings = settings or ComplianceSettings()
+        self.screen = screen
+
+    def session(
+        self,
+        uow: UnitOfWork,
+        customer_ids: Collection[str],
+        counterparties: Collection[str] = (),
+        *,
+        since: datetime,
+        lock: bool = True,
+    ) -> ComplianceSession:
+        return ComplianceSession(self, uow, customer_ids, counterparties, since=since, lock=lock)
+
+
+class ComplianceSession:
+    """The decisions of one transaction (see the module docstring)."""
+
+    def __init__(
+        self,
+        registry: KycRegistry,
+        uow: UnitOfWork,
+        customer_ids: Collection[str],
+        counterparties: Collection[str],
+        *,
+        since: datetime,
+        lock: bool,
+    ) -> None:
+        self._registry = registry
+        self._uow = uow
+        repo = uow.compliance
+        ids = sorted(set(customer_ids))
+        self.profiles: dict[str, Profile] = repo.profiles(ids, lock=lock) if ids else {}
+        self._usage: dict[str, list[UsageRecord]] = repo.usage(ids, since - MONTH) if ids else {}
+        ladder = registry.settings.ladder
+        for (tier, operation), limits in repo.limit_overrides().items():
+            ladder = ladder.with_override(tier, operation, limits)
+        self.ladder = ladder
+        self._flagged: dict[str, str] = repo.flagged(set(counterparties)) if counterparties else {}
+        self._asked_flags: set[str] = set(counterparties)
+        self._new_usage: dict[str, list[UsageRecord]] = {}
+        self._profile_changes: dict[str, Profile] = {}
+        self._reviews: list[ReviewItem] = []
+        self._holds: list[HeldDeposit] = []
+        self._audit: list[AuditEntry] = []
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def listed(self, address: str) -> str | None:
+        """Why ``address`` may not be dealt with (flagged by an officer, or on the sanctions list),
+        or None."""
+        if address not in self._asked_flags:
+            self._flagged.update(self._uow.compliance.flagged([address]))
+            self._asked_flags.add(address)
+        reason = self._flagged.get(address)
+        if reason is not None:
+            return f"flagged ({reason})"
+        screen = self._registry.screen
+        if screen is not None:
+            hit = screen.screen_address(address)
+            if hit is not None:
+                return f"on the sanctions list ({hit.entity_id} {hit.entity_name})"
+        return None
+
+    # -- deciding -------------------------------------------------------------------------------
+
+    def decide(
+        self,
+        request: ComplianceRequest,
+        *,
+        operation_id: str,
+        at: datetime,
+        actor: str,
+        record: bool,
+        parameters: Mapping[str, object] | None = None,
+    ) -> ComplianceDecision:
+        """Decide ``request`` at ``at``; when allowed and ``record``, its usage counts from now on
+        (for later decisions of this session too). Always audited."""
+        rules = self._registry.settings.risk
+        profile = self.profiles.get(request.customer_id)
+        history = self._usage.setdefault(request.customer_id, [])
+        daily, monthly = usage_in_windows(history, request.operation, at)
+        current = UsageRecord(
+            operation_id, request.operation, request.amount, at, request.counterparty
+        )
+        risk = None
+        if profile is not None and request.amount > 0:
+            recent = [item for item in history if item.occurred_at <= at]
+            risk = assess_risk(
+                recent,
+                current,
+                rules=rules,
+                limits=self.ladder.of(profile.tier, request.operation),
+                now=at,
+            )
+        listed = self.listed(request.counterparty) if request.counterparty else None
+        decision = decide(
+            request,
+            profile,
+            ladder=self.ladder,
+            used_daily=daily,
+            used_monthly=monthly,
+            counterparty_listed=listed,
+            risk_score=risk.score if risk is not None else 0,
+            risk_threshold=rules.threshold,
+            risk_flags=risk.flag_names() if risk is not None else (),
+        )
+        changes: list[dict[str, object]] = []
+        if decision.allowed and record:
+            history.append(current)
+            self._new_usage.setdefault(request.customer_id, []).append(current)
+            changes.append(
+                {
+                    "usage": request.operation,
+                    "amount": format_amount(request.amount),
+                    "daily_used": format_amount(daily + request.amount),
+                    "monthly_used": format_amount(monthly + request.amount),
+                }
+            )
+        over = risk is not None and risk.over_threshold
+        if over and profile is not None and risk is not None and profile.status == "active":
+            reason = f"risk score {risk.score}: {', '.join(risk.flag_names())}"
+            self.set_profile(
+                replace(profile, status="under_review", status_reason=reason, risk_score=risk.score)
+            )
+            self.open_review(
+                ReviewItem(
+                    id=f"risk:{request.customer_id}:{operation_id}",
+                    kind="risk",
+                    reason=reason,
+                    opened_at=at,
+                    customer_id=request.customer_id,
+                    subject=operation_id,
+                )
+            )
+            changes.append({"status": "under_review", "was": "active", "reason": reason})
+        self.audit(
+            AuditEntry(
+                operation_id=operation_id,
+                operation=f"compliance_check:{request.operation}",
+                actor=actor,
+                recorded_at=at,
+                customer_id=request.customer_id,
+                kyc=profile.as_dict() if profile is not None else None,
+                parameters={
+                    "operation": request.operation,
+                    "amount": format_amount(request.amount),
+                    "counterparty": request.counterparty,
+                    **(parameters or {}),
+                },
+                checks=[check.as_dict() for check in decision.checks],
+                state_changes=changes,
+                error=None if decision.allowed else f"{decision.code}: {decision.summary()}",
+            )
+        )
+        return decision
+
+    # -- writing ----------------------------------------------------------------------------------
+
+    def set_profile(self, profile: Profile) -> None:
+        self.profiles[profile.customer_id] = profile
+        self._profile_changes[profile.customer_id] = profile
+
+    def open_review(self, review: ReviewItem) -> None:
+        self._reviews.append(review)
+
+    def hold(self, held: HeldDeposit) -> None:
+        self._holds.append(held)
+
+    def audit(self, entry: AuditEntry) -> None:
+        self._audit.append(entry)
+
+    def flush(self) -> None:
+        """Write what the session decided into the caller's transaction (the caller commits)."""
+        repo = self._uow.compliance
+        for customer_id, records in self._new_usage.items():
+            repo.record_usage(customer_id, records)
+        for profile in self._profile_changes.values():
+            at = max((entry.recorded_at for entry in self._audit), default=None)
+            assert at is not None, "a status change is always audited"
+            repo.set_profile(
+                profile.customer_id,
+                at=at,
+                status=profile.status,
+                status_reason=profile.status_reason,
+                risk_score=profile.risk_score,
+            )
+        for held in self._holds:
+            repo.add_hold(held)
+        for review in self._reviews:
+            repo.open_review(review)
+        if self._audit:
+            self._uow.audit.append(self._audit)
+        self._new_usage = {}
+        self._profile_changes = {}
+        self._holds = []
+        self._reviews = []
+        self._audit = []
+
+
+# --- the one call, and its batch form ---------------------------------------------------------
+
+
+def verify_operation_compliance(
+    uow_factory: UnitOfWorkFactory,
+    registry: KycRegistry,
+    customer_id: str,
+    operation: Operation,
+    amount: Decimal,
+    counterparty: str | None = None,
+    *,
+    at: datetime,
+    actor: str = SYSTEM_ACTOR,
+    operation_id: str | None = None,
+) -> ComplianceDecision:
+    """Would the registry allow this operation now? Audited; records no usage (the operation
+    records it when it happens, in its own transaction)."""
+    return batch_compliance_check(
+        uow_factory,
+        registry,
+        [ComplianceRequest(customer_id, operation, amount, counterparty)],
+        at=at,
+        actor=actor,
+        operation_ids=[operation_id] if operation_id else None,
+    )[0]
+
+
+def batch_compliance_check(
+    uow_factory: UnitOfWorkFactory,
+    registry: KycRegistry,
+    requests: Sequence[ComplianceRequest],
+    *,
+    at: datetime,
+    actor: str = SYSTEM_ACTOR,
+    operation_ids: Sequence[str] | None = None,
+) -> list[ComplianceDecision]:
+    """Decide many requests in one transaction, each on its own (none counts against another)."""
+    if operation_ids is not None and len(operation_ids) != len(requests):
+        raise InvalidInputError("one operation id per request")
+    ids = operation_ids or [f"check:{at.isoformat()}:{index}" for index in range(len(requests))]
+    with uow_factory() as uow:
+        session = registry.session(
+            uow,
+            [request.customer_id for request in requests],
+            [request.counterparty for request in requests if request.counterparty],
+            since=at,
+            lock=False,
+        )
+        decisions = [
+            session.decide(request, operation_id=oid, at=at, actor=actor, record=False)
+            for request, oid in zip(requests, ids, strict=True)
+        ]
+        session.flush()
+        uow.commit()
+    return decisions
+
+
+def check_operation_allowed(
+    uow: UnitOfWork,
+    registry: KycRegistry,
+    request: ComplianceRequest,
+    *,
+    operation_id: str,
+    at: datetime,
+    actor: str,
+    parameters: Mapping[str, object] | None = None,
+) -> None:
+    """The guard a flow calls first thing in its transaction, before it writes anything: records
+    the usage on success (the caller then writes the operation and commits); on a denial commits
+    the audit trail alone and raises the decision's error."""
+    session = registry.session(
+        uow,
+        [request.customer_id],
+        [request.counterparty] if request.counterparty else [],
+        since=at,
+        lock=True,
+    )
+    decision = session.decide(
+        request, operation_id=operation_id, at=at, actor=actor, record=True, parameters=parameters
+    )
+    session.flush()
+    if not decision.allowed:
+        uow.commit()
+        raise decision.error()
+
+
+def describe_decisions(decisions: Iterable[ComplianceDecision]) -> list[dict[str, object]]:
+    return [
+        {
+            "customer_id": decision.request.customer_id,
+            "operation": decision.request.operation,
+            "amount": format_amount(decision.request.amount),
+            "counterparty": decision.request.counterparty,
+            **decision.as_dict(),
+        }
+        for decision in decisions
+    ]
+
+
+class RegistryGate:
+    """The deposit worker's compliance gate: the KYC registry decides whether an incoming offer
+    may be accepted (a denial makes the worker reject it, so the sender gets the funds back).
+    Records no usage — the credit does, when ingestion sees the accept commit."""
+
+    def __init__(
+        self,
+        uow_factory: UnitOfWorkFactory,
+        registry: KycRegistry,
+        clock: Callable[[], datetime],
+        *,
+        actor: str = "deposit-worker",
+    ) -> None:
+        self._uow = uow_factory
+        self._registry = registry
+        self._clock = clock
+        self._actor = actor
+
+    def allows_deposit(
+        self, customer_id: str, sender: str, instrument: InstrumentId, amount: Decimal
+    ) -> tuple[bool, str]:
+        decision = verify_operation_compliance(
+            self._uow,
+            self._registry,
+            customer_id,
+            "deposit",
+            self._registry.settings.value(instrument, amount),
+            sender,
+            at=self._clock(),
+            actor=self._actor,
+            operation_id=f"offer:{customer_id}:{sender}:{format_amount(amount)}",
+        )
+        return decision.allowed, decision.summary()

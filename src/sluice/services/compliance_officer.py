@@ -1,0 +1,571 @@
+"""What a compliance officer does (DESIGN §6, §10 "compliance override"): work the review queue,
+release or return held deposits, freeze and unfreeze customers, flag addresses, change tiers and
+limits, and screen the customer base against a freshly loaded sanctions list.
+
+Each command is one transaction that also appends its audit record naming the officer, so the
+trail says who changed what, when and why. Money moves only between liability accounts of the
+books (compliance hold → customer, compliance hold → in flight for a return), never out of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from sluice.domain.amounts import format_amount
+from sluice.domain.audit import AuditEntry
+from sluice.domain.compliance import (
+    HeldDeposit,
+    KycStatus,
+    Profile,
+    ReviewItem,
+    TierLimits,
+    UsageRecord,
+    check_operation,
+    check_status,
+    check_tier,
+)
+from sluice.domain.errors import (
+    AddressBlacklistedError,
+    InvalidInputError,
+    InvalidOperationStateError,
+    NotFoundError,
+)
+from sluice.domain.journal import (
+    COMPLIANCE_HOLD,
+    IN_FLIGHT,
+    AccountRef,
+    JournalTransaction,
+    Posting,
+    customer_account_name,
+)
+from sluice.domain.ledger import InstrumentId, check_party_id
+from sluice.domain.withdrawals import Withdrawal
+from sluice.ports import NameMatch, SanctionsScreen, UnitOfWork, UnitOfWorkFactory
+from sluice.services.compliance import KycRegistry
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewQueue:
+    reviews: list[ReviewItem]
+    holds: list[HeldDeposit]
+    customers: list[Profile]  # every customer who is not active
+    flagged_addresses: list[tuple[str, str, str, datetime]]
+
+
+def _require_actor(actor: str) -> str:
+    if not actor.strip():
+        raise InvalidInputError("the officer's name (actor) must not be empty")
+    return actor
+
+
+def _require_reason(reason: str) -> str:
+    if not reason.strip():
+        raise InvalidInputError("a reason is required: it goes into the audit trail")
+    return reason
+
+
+def _audit(
+    uow: UnitOfWork,
+    *,
+    operation: str,
+    operation_id: str,
+    actor: str,
+    at: datetime,
+    customer: Profile | None = None,
+    customer_id: str | None = None,
+    parameters: dict[str, object] | None = None,
+    state_changes: list[dict[str, object]] | None = None,
+) -> None:
+    uow.audit.append(
+        [
+            AuditEntry(
+                operation_id=operation_id,
+                operation=operation,
+                actor=actor,
+                recorded_at=at,
+                customer_id=customer.customer_id if customer is not None else customer_id,
+                kyc=customer.as_dict() if customer is not None else None,
+                parameters=parameters or {},
+                state_changes=state_changes or [],
+            )
+        ]
+    )
+
+
+def _profile(uow: UnitOfWork, customer_id: str) -> Profile:
+    profile = uow.compliance.profiles([customer_id], lock=True).get(customer_id)
+    if profile is None:
+        raise NotFoundError(f"unknown customer {customer_id!r}")
+    return profile
+
+
+# --- the queue ---------------------------------------------------------------------------------
+
+
+def review_queue(uow_factory: UnitOfWorkFactory, *, limit: int = 1000) -> ReviewQueue:
+    with uow_factory() as uow:
+        repo = uow.compliance
+        names = [customer_id for customer_id, _ in repo.customer_names()]
+        profiles = repo.profiles(names)
+        return ReviewQueue(
+            reviews=repo.reviews(open_only=True, limit=limit),
+            holds=repo.holds(status="held", limit=limit),
+            customers=sorted(
+                (p for p in profiles.values() if p.status != "active"),
+                key=lambda p: p.customer_id,
+            ),
+            flagged_addresses=repo.flagged_addresses(),
+        )
+
+
+def close_review(
+    uow_factory: UnitOfWorkFactory, review_id: str, *, actor: str, at: datetime, resolution: str
+) -> None:
+    _require_actor(actor)
+    _require_reason(resolution)
+    with uow_factory() as uow:
+        if not uow.compliance.close_review(review_id, actor, resolution, at):
+            raise NotFoundError(f"no open review {review_id!r}")
+        _audit(
+            uow,
+            operation="review_closed",
+            operation_id=review_id,
+            actor=actor,
+            at=at,
+            parameters={"resolution": resolution},
+            state_changes=[{"review": review_id, "closed": True}],
+        )
+        uow.commit()
+
+
+# --- customers -----------------------------------------------------------------------------------
+
+
+def set_customer_status(
+    uow_factory: UnitOfWorkFactory,
+    customer_id: str,
+    status: str,
+    *,
+    actor: str,
+    at: datetime,
+    reason: str,
+) -> Profile:
+    """Freeze, unfreeze (active), put under review or blacklist a customer; takes effect for
+    every operation at once (each one reads the status in its own transaction)."""
+    _require_actor(actor)
+    _require_reason(reason)
+    new_status: KycStatus = check_status(status)
+    with uow_factory() as uow:
+        before = _profile(uow, customer_id)
+        uow.compliance.set_profile(
+            customer_id,
+            at=at,
+            status=new_status,
+            status_reason=None if new_status == "active" else reason,
+            risk_score=0 if new_status == "active" else None,
+        )
+        after = uow.compliance.profiles([customer_id])[customer_id]
+        _audit(
+            uow,
+            operation="customer_status_changed",
+            operation_id=f"status:{customer_id}:{at.isoformat()}",
+            actor=actor,
+            at=at,
+            customer=before,
+            parameters={"status": new_status, "reason": reason},
+            state_changes=[{"status": new_status, "was": before.status}],
+        )
+        uow.commit()
+        return after
+
+
+def freeze_customer(
+    uow_factory: UnitOfWorkFactory, customer_id: str, *, actor: str, at: datetime, reason: str
+) -> Profile:
+    return set_customer_status(
+        uow_factory, customer_id, "frozen", actor=actor, at=at, reason=reason
+    )
+
+
+def unfreeze_customer(
+    uow_factory: UnitOfWorkFactory, customer_id: str, *, actor: str, at: datetime, reason: str
+) -> Profile:
+    return set_customer_status(
+        uow_factory, customer_id, "active", actor=actor, at=at, reason=reason
+    )
+
+
+def change_tier(
+    uow_factory: UnitOfWorkFactory,
+    customer_id: str,
+    tier: int | str,
+    *,
+    actor: str,
+    at: datetime,
+    reason: str,
+) -> Profile:
+    _require_actor(actor)
+    _require_reason(reason)
+    new_tier = check_tier(tier)
+    with uow_factory() as uow:
+        before = _profile(uow, customer_id)
+        uow.compliance.set_profile(customer_id, at=at, tier=new_tier)
+        _audit(
+            uow,
+            operation="customer_tier_changed",
+            operation_id=f"tier:{customer_id}:{at.isoformat()}",
+            actor=actor,
+            at=at,
+            customer=before,
+            parameters={"tier": new_tier, "reason": reason},
+            state_changes=[{"tier": new_tier, "was": before.tier}],
+        )
+        after = uow.compliance.profiles([customer_id])[customer_id]
+        uow.commit()
+        return after
+
+
+def set_limits(
+    uow_factory: UnitOfWorkFactory,
+    tier: int | str,
+    operation: str,
+    limits: TierLimits,
+    *,
+    actor: str,
+    at: datetime,
+    reason: str,
+) -> None:
+    """Override the configured ladder for one (tier, operation); effective for the next decision."""
+    _require_actor(actor)
+    _require_reason(reason)
+    checked_tier = check_tier(tier)
+    checked_operation = check_operation(operation)
+    with uow_factory() as uow:
+        before = uow.compliance.limit_overrides().get((checked_tier, checked_operation))
+        uow.compliance.set_limits(checked_tier, checked_operation, limits, actor, at)
+        _audit(
+            uow,
+            operation="limits_changed",
+            operation_id=f"limits:{checked_tier}:{checked_operation}:{at.isoformat()}",
+            actor=actor,
+            at=at,
+            parameters={
+                "tier": checked_tier,
+                "operation": checked_operation,
+                "reason": reason,
+                **limits.as_dict(),
+            },
+            state_changes=[
+                {"limits": limits.as_dict(), "was": before.as_dict() if before else "configured"}
+            ],
+        )
+        uow.commit()
+
+
+# --- addresses -----------------------------------------------------------------------------------
+
+
+def flag_address(
+    uow_factory: UnitOfWorkFactory, address: str, *, actor: str, at: datetime, reason: str
+) -> bool:
+    """Refuse every operation with ``address`` from now on (deposits from it are held)."""
+    _require_actor(actor)
+    _require_reason(reason)
+    if not address.strip():
+        raise InvalidInputError("address must not be empty")
+    with uow_factory() as uow:
+        added = uow.compliance.flag_address(address, reason, actor, at)
+        _audit(
+            uow,
+            operation="address_flagged",
+            operation_id=f"flag:{address}:{at.isoformat()}",
+            actor=actor,
+            at=at,
+            parameters={"address": address, "reason": reason},
+            state_changes=[{"flagged": address, "new": added}],
+        )
+        uow.commit()
+        return added
+
+
+def unflag_address(
+    uow_factory: UnitOfWorkFactory, address: str, *, actor: str, at: datetime, reason: str
+) -> None:
+    _require_actor(actor)
+    _require_reason(reason)
+    with uow_factory() as uow:
+        if not uow.compliance.unflag_address(address):
+            raise NotFoundError(f"address {address!r} is not flagged")
+        _audit(
+            uow,
+            operation="address_unflagged",
+            operation_id=f"unflag:{address}:{at.isoformat()}",
+            actor=actor,
+            at=at,
+            parameters={"address": address, "reason": reason},
+            state_changes=[{"unflagged": address}],
+        )
+        uow.commit()
+
+
+# --- held deposits -------------------------------------------------------------------------------
+
+
+def _open_hold(uow: UnitOfWork, hold_id: str) -> HeldDeposit:
+    hold = uow.compliance.hold(hold_id, lock=True)
+    if hold is None:
+        raise NotFoundError(f"no held deposit {hold_id!r}")
+    if hold.status != "held":
+        raise InvalidOperationStateError(
+            f"deposit {hold_id} was already {hold.status} by {hold.decided_by}"
+        )
+    return hold
+
+
+def _close_reviews_of(
+    uow: UnitOfWork, subject: str, actor: str, resolution: str, at: datetime
+) -> None:
+    for review in uow.compliance.reviews(open_only=True, limit=100_000):
+        if review.subject == subject:
+            uow.compliance.close_review(review.id, actor, resolution, at)
+
+
+def release_hold(
+    uow_factory: UnitOfWorkFactory,
+    hold_id: str,
+    *,
+    actor: str,
+    at: datetime,
+    reason: str,
+    customer_id: str | None = None,
+) -> HeldDeposit:
+    """Credit a held deposit to its customer (or, for one whose reason named nobody, to
+    ``customer_id``). An officer's override: the limits are not checked, but the amount counts
+    against the customer's deposit usage from now on."""
+    _require_actor(actor)
+    _require_reason(reason)
+    with uow_factory() as uow:
+        hold = _open_hold(uow, hold_id)
+        target = customer_id or hold.customer_id
+        if target is None:
+            raise InvalidInputError(
+                f"deposit {hold_id} names no customer; say which customer to credit"
+            )
+        profile = _profile(uow, target)
+        instrument = InstrumentId(hold.instrument_admin, hold.instrument_id)
+        uow.withdrawals.post(
+            [
+                JournalTransaction(
+                    id=f"release:{hold_id}",
+                    kind="deposit_released",
+                    postings=(
+                        Posting(AccountRef(COMPLIANCE_HOLD, instrument), hold.amount),
+                        Posting(
+                            AccountRef(customer_account_name(target), instrument), -hold.amount
+                        ),
+                    ),
+                    description=f"held deposit {hold_id} released to {target} by {actor}",
+                )
+            ]
+        )
+        uow.compliance.record_usage(
+            target, [UsageRecord(f"release:{hold_id}", "deposit", hold.amount, at, hold.sender)]
+        )
+        uow.compliance.close_hold(hold_id, "released", actor, at)
+        _close_reviews_of(uow, hold_id, actor, f"released: {reason}", at)
+        _audit(
+            uow,
+            operation="deposit_released",
+            operation_id=hold_id,
+            actor=actor,
+            at=at,
+            customer=profile,
+            parameters={
+                "reason": reason,
+                "amount": format_amount(hold.amount),
+                "instrument": instrument.key(),
+                "sender": hold.sender,
+            },
+            state_changes=[
+                {"debited": COMPLIANCE_HOLD, "credited": customer_account_name(target)},
+                {"hold": hold_id, "status": "released"},
+            ],
+        )
+        uow.commit()
+        return uow.compliance.hold(hold_id) or hold
+
+
+def return_hold(
+    uow_factory: UnitOfWorkFactory,
+    hold_id: str,
+    *,
+    treasury: str,
+    actor: str,
+    at: datetime,
+    reason: str,
+    registry: KycRegistry | None = None,
+    attempts_max: int = 3,
+) -> Withdrawal:
+    """Send a held deposit back to its sender: a ``return`` withdrawal funded by the
+    compliance-hold account, run by the withdrawal worker like any payout (a failed return is
+    credited back to the hold account). Funds from a listed or flagged sender are blocked, never
+    returned: such a deposit can only stay held."""
+    _require_actor(actor)
+    _require_reason(reason)
+    registry = registry or KycRegistry()
+    with uow_factory() as uow:
+        hold = _open_hold(uow, hold_id)
+        check_party_id(hold.sender)
+        session = registry.session(uow, [], [hold.sender], since=at, lock=False)
+        listed = session.listed(hold.sender)
+        if listed is not None:
+            raise AddressBlacklistedError(
+                f"deposit {hold_id} came from {hold.sender}, which is {listed}: its funds stay "
+                f"blocked in the compliance-hold account and cannot be returned"
+            )
+        instrument = InstrumentId(hold.instrument_admin, hold.instrument_id)
+        return_id = "return-" + hashlib.sha256(hold_id.encode()).hexdigest()[:32]
+        withdrawal = Withdrawal(
+            id=return_id,
+            kind="return",
+            customer_id=hold.customer_id,
+            sender=treasury,
+            receiver=hold.sender,
+            instrument=instrument,
+            amount=hold.amount,
+            status="queued",
+            attempts_max=attempts_max,
+            idempotency_key=return_id,
+            requested_at=at,
+        )
+        uow.withdrawals.post(
+            [
+                JournalTransaction(
+                    id=f"return:{hold_id}",
+                    kind="deposit_returning",
+                    postings=(
+                        Posting(AccountRef(COMPLIANCE_HOLD, instrument), hold.amount),
+                        Posting(AccountRef(IN_FLIGHT, instrument), -hold.amount),
+                    ),
+                    description=f"held deposit {hold_id} returned to {hold.sender} by {actor}",
+                )
+            ]
+        )
+        uow.withdrawals.insert(withdrawal)
+        uow.compliance.close_hold(hold_id, "returned", actor, at, withdrawal_id=return_id)
+        _close_reviews_of(uow, hold_id, actor, f"returned: {reason}", at)
+        _audit(
+            uow,
+            operation="deposit_returned",
+            operation_id=hold_id,
+            actor=actor,
+            at=at,
+            customer_id=hold.customer_id,
+            parameters={
+                "reason": reason,
+                "amount": format_amount(hold.amount),
+                "instrument": instrument.key(),
+                "receiver": hold.sender,
+            },
+            state_changes=[
+                {"debited": COMPLIANCE_HOLD, "credited": IN_FLIGHT},
+                {"hold": hold_id, "status": "returned", "withdrawal": return_id},
+            ],
+        )
+        uow.commit()
+        return withdrawal
+
+
+# --- screening the customer base -----------------------------------------------------------------
+
+
+def screen_customers(
+    uow_factory: UnitOfWorkFactory,
+    screen: SanctionsScreen,
+    *,
+    actor: str,
+    at: datetime,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> list[tuple[str, NameMatch]]:
+    """Screen every customer's name; a match puts an active customer under review (an officer
+    then clears or blacklists them) and opens a review item. Returns the matches."""
+    _require_actor(actor)
+    with uow_factory() as uow:
+        customers = uow.compliance.customer_names()
+    matches: list[tuple[str, NameMatch]] = []
+    for index, (customer_id, name) in enumerate(customers, 1):
+        result = screen.screen_name(name)
+        if result.match:
+            matches.append((customer_id, result))
+        if on_progress is not None and (index % 500 == 0 or index == len(customers)):
+            on_progress(index, len(customers))
+    for customer_id, result in matches:
+        with uow_factory() as uow:
+            profile = _profile(uow, customer_id)
+            hit: dict[str, object] = {
+                "entity_id": result.entity_id,
+                "matched_name": result.matched_name,
+                "score": result.score,
+            }
+            reason = (
+                f"name {result.name!r} matches {result.matched_name!r} ({result.entity_id}, "
+                f"score {result.score:.1f})"
+            )
+            new_status: KycStatus | None = "under_review" if profile.status == "active" else None
+            if new_status is not None:
+                uow.compliance.set_profile(
+                    customer_id,
+                    at=at,
+                    sanctions_match=hit,
+                    status=new_status,
+                    status_reason=reason,
+                )
+            else:
+                uow.compliance.set_profile(customer_id, at=at, sanctions_match=hit)
+            uow.compliance.open_review(
+                ReviewItem(
+                    id=f"sanctions:{customer_id}:{result.entity_id}",
+                    kind="sanctions_match",
+                    reason=reason,
+                    opened_at=at,
+                    customer_id=customer_id,
+                    subject=result.entity_id,
+                )
+            )
+            _audit(
+                uow,
+                operation="customer_screened",
+                operation_id=f"screen:{customer_id}:{at.isoformat()}",
+                actor=actor,
+                at=at,
+                customer=profile,
+                parameters={"name": result.name},
+                state_changes=[{"sanctions_match": hit, "status": new_status or profile.status}],
+            )
+            uow.commit()
+    return matches
+
+
+def limits_from_text(
+    per_operation: str | None, daily: str | None, monthly: str | None
+) -> TierLimits:
+    """Limits as an operator types them: an amount, or ``none`` for no limit."""
+
+    def parse(name: str, text: str | None) -> Decimal | None:
+        if text is None or text.strip().lower() in ("", "none", "unlimited"):
+            return None
+        try:
+            value = Decimal(text)
+        except ArithmeticError:
+            raise InvalidInputError(f"{name} must be an amount or 'none', got {text!r}") from None
+        if not value.is_finite() or value < 0:
+            raise InvalidInputError(f"{name} must be a non-negative amount, got {text!r}")
+        return value
+
+    return TierLimits(
+        parse("per_operation", per_operation), parse("daily", daily), parse("monthly", monthly)
+    )
