@@ -68,6 +68,7 @@ from sqlalchemy import create_engine
 from sluice import bootstrap
 from sluice.domain.amounts import ZERO
 from sluice.domain.journal import (
+    COMPLIANCE_HOLD,
     FEES,
     IN_FLIGHT,
     SUSPENSE,
@@ -88,7 +89,16 @@ from sluice.ledger.local.adapters import EmbeddedCommands, embedded_registries
 from sluice.ledger.local.remote import RemoteLedger
 from sluice.ledger.local.server import LedgerServer
 from sluice.ports import LedgerClient, LedgerCommands, RegistryLookup
+from sluice.services.audit import verify_audit_log
 from sluice.services.books import check_invariant, customer_balances, treasury_view
+from sluice.services.compliance import KycRegistry, RegistryGate
+from sluice.services.compliance_officer import (
+    flag_address,
+    freeze_customer,
+    release_hold,
+    review_queue,
+    unfreeze_customer,
+)
 from sluice.services.deposit_worker import DepositWorker, list_incoming_offers
 from sluice.services.ingestion import Ingestion, IngestionSettings, connection_name
 from sluice.services.reference import onboard_instrument, register_customer
@@ -574,18 +584,7 @@ class WorkerCrashError(Exception):
     """What the crash hook raises: the worker dies between submitting and recording it."""
 
 
-@dataclass(frozen=True, slots=True)
-class BlockList:
-    """A compliance gate that denies deposits sent by the parties on the exchange's block list."""
-
-    parties: frozenset[str]
-
-    def allows_deposit(
-        self, customer_id: str, sender: str, instrument: InstrumentId, amount: Decimal
-    ) -> tuple[bool, str]:
-        if sender in self.parties:
-            return False, "sender is on the block list"
-        return True, "sender is not on the block list"
+OFFICER = "demo-officer"
 
 
 @dataclass(frozen=True, slots=True)
@@ -636,6 +635,7 @@ class Exchange:
     ledger: Ledger
     database: bootstrap.Database
     settings: WithdrawalSettings = field(default_factory=WithdrawalSettings)
+    registry: KycRegistry = field(default_factory=KycRegistry)
 
     def clock(self) -> datetime:
         return self.ledger.time()
@@ -665,6 +665,7 @@ class Exchange:
             connection=self.world.connection,
             settings=IngestionSettings(),
             sleep=lambda _s: None,
+            compliance=self.registry,
         ).run()
 
     def withdrawal_worker(
@@ -681,12 +682,13 @@ class Exchange:
             after_submit=after_submit,
         )
 
-    def deposit_worker(self, gate: BlockList) -> DepositWorker:
+    def deposit_worker(self) -> DepositWorker:
+        """Its compliance gate is the KYC registry."""
         return DepositWorker(
             self.database.uow,
             self.commands,
             self.registries,
-            gate,
+            RegistryGate(self.database.uow, self.registry, self.clock),
             treasury=self.world.treasury,
         )
 
@@ -701,6 +703,7 @@ class Exchange:
             idempotency_key=planned.key,
             clock=self.clock,
             settings=self.settings,
+            compliance=self.registry,
         )
 
     def withdrawal(self, withdrawal_id: str) -> Withdrawal | None:
@@ -737,11 +740,18 @@ def transfers_with_reason(reader: LedgerClient, party: str, reason: str) -> int:
 
 
 def answer_deposit_offers(exchange: Exchange) -> list[OfferOutcome]:
-    """The deposit worker answers the pending incoming offers (the block list denies Mallory);
-    ingestion then sees the accept credited and the reject returned."""
+    """A compliance officer flags Mallory's party; the deposit worker answers the pending
+    incoming offers (the KYC registry refuses Mallory's); ingestion then sees the accept credited
+    and the reject returned."""
     world = exchange.world
-    gate = BlockList(frozenset({world.party_of[BLOCKED.id]}))
-    exchange.deposit_worker(gate).run_once()
+    flag_address(
+        exchange.database.uow,
+        world.party_of[BLOCKED.id],
+        actor=OFFICER,
+        at=exchange.clock(),
+        reason="on the exchange's block list",
+    )
+    exchange.deposit_worker().run_once()
     answered = list_incoming_offers(exchange.database.uow, world.treasury)
     exchange.ledger.advance(STEP_S)
     exchange.ingest()
@@ -754,8 +764,10 @@ def answer_deposit_offers(exchange: Exchange) -> list[OfferOutcome]:
     outcomes = []
     for offer in answered:
         transfer = offer.instruction.transfer
-        _, why = gate.allows_deposit(
-            offer.customer_id or "", transfer.sender, transfer.instrument, transfer.amount
+        why = (
+            "sender flagged: on the exchange's block list"
+            if offer.action == "reject"
+            else "the KYC registry allows it"
         )
         outcomes.append(
             OfferOutcome(
@@ -847,6 +859,116 @@ def run_workers(exchange: Exchange, the_plan: Plan) -> WorkersStory:
     exchange.ledger.checkpoint()  # so the cursor ends at the ledger end
     exchange.ingest()
     return story
+
+
+HELD_CUSTOMER = CUSTOMERS[2]
+HELD_AMOUNT = Decimal("75.00")
+
+
+@dataclass(frozen=True, slots=True)
+class ComplianceStory:
+    """A deposit the KYC registry refused to credit: held, reviewed, released by an officer."""
+
+    customer: Customer
+    amount: Decimal
+    balance_before: Decimal
+    balance_while_held: Decimal
+    held_while_held: Decimal
+    hold_id: str | None
+    why: str
+    queue_holds: int
+    balance_after_release: Decimal
+    held_after_release: Decimal
+    audit_records: int
+    audit_intact: bool
+
+
+def hold_and_release(exchange: Exchange) -> ComplianceStory:
+    """An officer freezes a customer; the customer's next deposit arrives and is held, not
+    credited; the officer reviews the queue, unfreezes the customer and releases the deposit."""
+    world, ledger, uow = exchange.world, exchange.ledger, exchange.database.uow
+    customer, coin = HELD_CUSTOMER, world.coin
+
+    def balances() -> tuple[Decimal, Decimal]:
+        all_balances = customer_balances(uow)
+        own = all_balances.get(customer_account_name(customer.id), {}).get(coin.key(), ZERO)
+        return own, all_balances.get(COMPLIANCE_HOLD, {}).get(coin.key(), ZERO)
+
+    before, _ = balances()
+    freeze_customer(
+        uow, customer.id, actor=OFFICER, at=exchange.clock(), reason="account takeover suspected"
+    )
+    ledger.transfer(
+        world.party_of[customer.id], world.treasury, coin, HELD_AMOUNT, reason=customer.account
+    )
+    ledger.advance(STEP_S)
+    exchange.ingest()
+    while_held, held = balances()
+    queue = review_queue(uow)
+    hold = next((h for h in queue.holds if h.customer_id == customer.id), None)
+    if hold is not None:
+        unfreeze_customer(
+            uow, customer.id, actor=OFFICER, at=exchange.clock(), reason="identity re-verified"
+        )
+        release_hold(uow, hold.id, actor=OFFICER, at=exchange.clock(), reason="customer cleared")
+    after, held_after = balances()
+    audit = verify_audit_log(uow)
+    return ComplianceStory(
+        customer=customer,
+        amount=HELD_AMOUNT,
+        balance_before=before,
+        balance_while_held=while_held,
+        held_while_held=held,
+        hold_id=hold.id if hold else None,
+        why=hold.why if hold else "not held",
+        queue_holds=len(queue.holds),
+        balance_after_release=after,
+        held_after_release=held_after,
+        audit_records=audit.records_checked,
+        audit_intact=audit.ok,
+    )
+
+
+def show_compliance(console: Console, world: World, story: ComplianceStory) -> bool:
+    name, amount = story.customer.name, f"{money(story.amount)} CC"
+    steps = [
+        (
+            f"officer freezes {name}; {name} deposits {amount}",
+            f"held, not credited — {story.why}",
+            story.balance_while_held == story.balance_before
+            and story.held_while_held == story.amount,
+        ),
+        (
+            "the review queue",
+            f"{story.queue_holds} held deposit(s), {money(story.held_while_held)} CC in the "
+            "compliance-hold account",
+            story.queue_holds == 1 and story.hold_id is not None,
+        ),
+        (
+            f"officer unfreezes {name} and releases the deposit",
+            f"{name}: {money(story.balance_before)} → {money(story.balance_after_release)} CC; "
+            f"compliance hold {money(story.held_after_release)}",
+            story.balance_after_release == story.balance_before + story.amount
+            and story.held_after_release == ZERO,
+        ),
+        (
+            "sluice audit verify",
+            f"{story.audit_records} records, hash chain "
+            + ("intact" if story.audit_intact else "BROKEN"),
+            story.audit_intact and story.audit_records > 0,
+        ),
+    ]
+    table = Table(
+        title="9. Compliance: a deposit the KYC registry refused, held, then released",
+        title_justify="left",
+    )
+    for column in ("step", "result", ""):
+        table.add_column(column)
+    for step, result, ok in steps:
+        table.add_row(step, result, mark(ok))
+    console.print()
+    console.print(table)
+    return all(ok for _, _, ok in steps)
 
 
 # --- the report ----------------------------------------------------------------------------------
@@ -1007,7 +1129,7 @@ def show_workers(console: Console, world: World, story: WorkersStory) -> bool:
     accepted = sum(1 for o in story.offers if o.action == "accept")
     rejected = sum(1 for o in story.offers if o.action == "reject")
     console.print(
-        f"  deposit worker (block list: {BLOCKED.name}): accepted {accepted} offer(s), "
+        f"  deposit worker (KYC registry; {BLOCKED.name} flagged): accepted {accepted} offer(s), "
         f"rejected {rejected}"
     )
     console.print(f"  the wallets of {story.preapprovals} customers pre-approve CC")
@@ -1178,7 +1300,7 @@ def show_cursor_and_alerts(console: Console, world: World, database: bootstrap.D
     if cursor is not None:
         record_time = cursor.as_json()["record_time"]
         console.print(
-            f"[bold]9. Cursor[/] of {short(world.treasury)}@{NODE}: offset {cursor.offset}, "
+            f"[bold]10. Cursor[/] of {short(world.treasury)}@{NODE}: offset {cursor.offset}, "
             f"record time {record_time} (the ledger's simulated clock), "
             f"last update {str(cursor.update_id)[:16]}…"
         )
@@ -1195,8 +1317,16 @@ def total(balances: Balances, accounts: Iterable[str], instrument_key: str) -> D
 
 def show_books(console: Console, world: World, database: bootstrap.Database) -> bool:
     balances = customer_balances(database.uow)
-    table = Table(title="10. The books per instrument", title_justify="left")
-    columns = ("", "Σ customers", "suspense", "in flight", "fees", "treasury (ingested)")
+    table = Table(title="11. The books per instrument", title_justify="left")
+    columns = (
+        "",
+        "Σ customers",
+        "suspense",
+        "compliance hold",
+        "in flight",
+        "fees",
+        "treasury (ingested)",
+    )
     for name in (*columns, "on the ledger"):
         table.add_column(name, justify="right")
     customers = [name for name in balances if name.startswith("customer:")]
@@ -1206,6 +1336,7 @@ def show_books(console: Console, world: World, database: bootstrap.Database) -> 
             world.symbol(key),
             money(total(balances, customers, key)),
             money(total(balances, [SUSPENSE], key)),
+            money(total(balances, [COMPLIANCE_HOLD], key)),
             money(total(balances, [IN_FLIGHT], key)),
             money(total(balances, [FEES], key)),
             money(total(balances, [treasury_account_name(world.treasury)], key)),
@@ -1216,8 +1347,9 @@ def show_books(console: Console, world: World, database: bootstrap.Database) -> 
     check = check_invariant(database.uow)
     if check.holds:
         console.print(
-            "[bold green]invariant holds[/]: Σ customers + suspense + in flight + fees = "
-            "treasury holdings, for every instrument, and every cached balance = its postings"
+            "[bold green]invariant holds[/]: Σ customers + suspense + compliance hold + in flight "
+            "+ fees = treasury holdings, for every instrument, and every cached balance = its "
+            "postings"
         )
     else:
         console.print("[bold red]invariant broken:[/]")
@@ -1253,6 +1385,15 @@ def show_next_steps(console: Console, world: World) -> None:
             ),
         ),
         ("check the books", f"sluice check --db {world.db_url}"),
+        (
+            "the compliance officer's view, and the audit trail's hash chain",
+            f"sluice compliance queue --db {world.db_url}; sluice audit verify --db {world.db_url}",
+        ),
+        (
+            "screen names against the OFAC sample list",
+            "sluice compliance screen --list ../shared/reference/sanctions --prefix sample- "
+            '--name "Elvis Angus Logan Morey"',
+        ),
         (
             "ingest real Canton updates recorded in a file",
             "sluice ledger replay ../shared/reference/canton/fixtures/mock-txs.json "
@@ -1323,12 +1464,16 @@ def run_demo(
             balances = customer_balances(database.uow)
             credited = show_customers(console, world, the_plan, balances)
             pending = show_pending(console, world, database)
+            exchange = Exchange(world, ledger, database)
             with console.status("the workers: deposit offers, withdrawals, a worker crash…"):
-                story = run_workers(Exchange(world, ledger, database), the_plan)
+                story = run_workers(exchange, the_plan)
             workers = show_workers(console, world, story)
             offers = show_offers(console, world, the_plan, story)
             withdrawals = show_withdrawals(console, world, the_plan, database)
             final = show_final_balances(console, world, the_plan, database)
+            with console.status("compliance: a customer frozen, a deposit held and released…"):
+                held = hold_and_release(exchange)
+            compliance = show_compliance(console, world, held)
             world.held_on_ledger = held_on_ledger(ledger, world.treasury)
             show_cursor_and_alerts(console, world, database)
             books = show_books(console, world, database)
@@ -1343,7 +1488,7 @@ def run_demo(
         if embedded is not None and embedded is not ledger:
             embedded.close()
     show_next_steps(console, world)
-    ok = all((books, credited, pending, resumed, workers, offers, withdrawals, final))
+    ok = all((books, credited, pending, resumed, workers, offers, withdrawals, final, compliance))
     elapsed = time.perf_counter() - started
     with_start_up = time.time() - psutil.Process().create_time()
     verdict = "[bold green]all checks hold[/]" if ok else "[bold red]some checks failed[/]"

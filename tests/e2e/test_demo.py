@@ -26,6 +26,8 @@ from sluice.demo import (
     BLOCKED,
     CUSTOMERS,
     EVERYONE,
+    HELD_AMOUNT,
+    HELD_CUSTOMER,
     SYMBOLS,
     TAP,
     Customer,
@@ -117,7 +119,7 @@ def check_workers_report(report: str, expected: Plan) -> None:
         "✓",
     ]
     rejected = table_row(offers, BLOCKED.name)
-    assert rejected[3] == "reject (sender is on the block list)"
+    assert rejected[3] == "reject (sender flagged: on the exchange's block list)"
     assert rejected[4] == "rejected" and rejected[6] == "✓"
 
     withdrawals = section(report, "7. Withdrawals", "8. Balances after")
@@ -144,7 +146,7 @@ def check_workers_report(report: str, expected: Plan) -> None:
     assert "submitted it 0 more time(s) ✓" in report
     assert "retried or refunded 0 attempt(s) ✓" in report
 
-    final = section(report, "8. Balances after", "9. Cursor")
+    final = section(report, "8. Balances after", "9. Compliance")
     for customer in EVERYONE:
         cells = table_row(final, customer.name)
         shown = []
@@ -153,6 +155,15 @@ def check_workers_report(report: str, expected: Plan) -> None:
             paid = expected.paid_out(customer, symbol)
             shown += [money(credited), money(paid), money(credited - paid)]
         assert cells[1:] == [*shown, "✓"], cells
+
+    compliance = section(report, "9. Compliance", "10. Cursor")
+    carol = CUSTOMERS[2].name
+    held = table_row(compliance, f"officer freezes {carol}; {carol} deposits 75.00 CC")
+    assert held[1].startswith("held, not credited") and "customer is frozen" in held[1], held
+    released = table_row(compliance, f"officer unfreezes {carol} and releases the deposit")
+    assert "compliance hold 0.00" in released[1] and released[2] == "✓", released
+    audit = table_row(compliance, "sluice audit verify")
+    assert "hash chain intact" in audit[1] and audit[2] == "✓", audit
 
 
 def payments(ledger: EmbeddedLedger, party: str, reason: str) -> list[str]:
@@ -179,6 +190,8 @@ def wallet_expected(expected: Plan, customer: Customer, symbol: str) -> Decimal:
         if customer == BLOCKED:
             return Decimal(0)
         sent = sum((d.amount for d in expected.deposits if d.customer == customer), Decimal(0))
+        if customer == HELD_CUSTOMER:
+            sent += HELD_AMOUNT  # the deposit held for compliance review, then released
         return TAP - sent + paid
     # USDX: minted for the offer; the accepted one went to the treasury, the rejected one came back
     held = Decimal(0)
@@ -202,9 +215,11 @@ def check_files(data: Path, expected: Plan) -> None:
         for customer in EVERYONE:
             account = balances.get(f"customer:{customer.id}", {})
             for symbol in SYMBOLS:
+                released = HELD_AMOUNT if (customer, symbol) == (HELD_CUSTOMER, "CC") else 0
                 assert account.get(instruments[symbol].key(), Decimal(0)) == (
-                    expected.expected_final(customer, symbol)
+                    expected.expected_final(customer, symbol) + released
                 ), (customer, symbol)
+        assert sum(balances.get("compliance_hold", {}).values(), Decimal(0)) == 0
         assert sum(balances["suspense"].values(), Decimal(0)) == expected.expected_suspense()
         assert check_invariant(database.uow).problems == []
 

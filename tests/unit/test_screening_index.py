@@ -187,6 +187,11 @@ def test_a_blank_name_is_invalid_input(screen: ListedSanctions, name: str) -> No
         screen.screen_name(name)
 
 
+def test_a_name_without_letters_or_digits_is_invalid_input(screen: ListedSanctions) -> None:
+    with pytest.raises(InvalidInputError, match="letters or digits"):
+        screen.screen_name("-- !! --")
+
+
 def test_an_overlong_name_is_invalid_input(screen: ListedSanctions) -> None:
     with pytest.raises(InvalidInputError, match="at most"):
         screen.screen_name("A" * 5_000)

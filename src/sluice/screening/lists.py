@@ -194,7 +194,10 @@ class SanctionsList:
 
     def find_name(self, name: str) -> NameFound | None:
         """The closest listed name to ``name`` (None when no listed name is close at all)."""
-        found: NameScore | None = self.index.best(normalise_name(check_name(name)))
+        normalised = normalise_name(check_name(name))
+        if not normalised.tokens:
+            raise InvalidInputError(f"a name to screen needs letters or digits: {name!r}")
+        found: NameScore | None = self.index.best(normalised)
         if found is None:
             return None
         return NameFound(found.score, self.entities[found.name.entity], found.name.text)

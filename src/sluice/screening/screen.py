@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 
+from sluice.domain.errors import InvalidInputError
 from sluice.ports import AddressMatch, NameMatch, SanctionsScreen
 from sluice.screening.index import DEFAULT_THRESHOLD
 from sluice.screening.lists import SanctionsList, check_name, load_list
@@ -112,7 +113,7 @@ class ListedSanctions:
         results: list[NameMatch] = []
         for name in names:
             if len(results) >= BATCH_SIZE_MAX:
-                raise ValueError(f"at most {BATCH_SIZE_MAX} names per batch")
+                raise InvalidInputError(f"at most {BATCH_SIZE_MAX} names per batch")
             results.append(_screen(sanctions_list, name, self._threshold))
         return results
 
