@@ -44,6 +44,7 @@ from sluice.domain.withdrawals import Withdrawal, WithdrawalStatus
 from sluice.ledger.canton import CantonCommands
 from sluice.ledger.file import UpdateFile
 from sluice.ports import IncomingOffer, InstrumentRecord
+from sluice.screening import ListedSanctions
 from sluice.services.audit import list_audit_records, verify_audit_log
 from sluice.services.books import check_invariant, treasury_view
 from sluice.services.compliance import (
@@ -655,7 +656,7 @@ def ingest(
                 connection=connection,
                 settings=IngestionSettings(batch_size_max=batch_size),
                 on_batch=on_batch,
-                compliance=kyc_registry(),
+                compliance=kyc_registry(reload_on_hangup=follow),
             ).run(follow=follow, stop=stopping)
         note(
             f"ingested {progress.transactions} transactions, {progress.checkpoints} checkpoints"
@@ -1166,6 +1167,7 @@ def workers_run(
             f"ledger.local_margin_s ({margin:g} s), or no local-party withdrawal could be submitted"
         )
     try:
+        registry = kyc_registry(reload_on_hangup=not once)
         withdrawals = WithdrawalWorker(
             database.uow,
             link.commands,
@@ -1174,8 +1176,8 @@ def workers_run(
             connection=connection_name(party, link.node),
             clock=clock,
             settings=worker_settings,
+            compliance=registry,
         )
-        registry = kyc_registry()
         deposits = DepositWorker(
             database.uow,
             link.commands,
@@ -1370,12 +1372,28 @@ def actor_name(option: str | None) -> str:
     return name
 
 
-def kyc_registry() -> KycRegistry:
-    """The KYC registry of the deployment configuration (limits, risk rules, sanctions list)."""
+def kyc_registry(*, reload_on_hangup: bool = False) -> KycRegistry:
+    """The KYC registry of the deployment configuration (limits, risk rules, sanctions list).
+
+    ``reload_on_hangup`` (long-running commands): SIGHUP reloads the sanctions list from its
+    directory without stopping; a damaged list is refused and the one in force stays."""
     try:
-        return bootstrap.kyc_registry(deployment())
+        registry = bootstrap.kyc_registry(deployment())
     except SluiceError as exc:
         fail_with(exc)
+    screen = registry.screen
+    if reload_on_hangup and isinstance(screen, ListedSanctions):
+
+        def reload(_signum: int, _frame: FrameType | None) -> None:
+            try:
+                fresh = screen.reload()
+            except (SluiceError, OSError, ValueError) as exc:
+                note(f"sanctions list NOT reloaded, the previous one stays in force: {exc}")
+                return
+            note(f"sanctions list reloaded: {fresh.entity_count} entities from {fresh.source}")
+
+        signal.signal(signal.SIGHUP, reload)
+    return registry
 
 
 def _now() -> datetime:
@@ -1623,6 +1641,7 @@ def compliance_release(
             at=_now(),
             reason=reason,
             customer_id=customer,
+            registry=kyc_registry(),
         )
     except SluiceError as exc:
         fail_with(exc)

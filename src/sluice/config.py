@@ -314,6 +314,7 @@ ENVIRONMENT_OVERRIDES: Mapping[str, tuple[str, ...]] = {
     "SLUICE_TREASURY_PARTY": ("treasury", "party"),
     "SLUICE_TREASURY_SIGNING_KEY": ("treasury", "signing_key"),
     "SLUICE_SANCTIONS_LIST": ("compliance", "sanctions_list"),
+    "SLUICE_SANCTIONS_PREFIX": ("compliance", "sanctions_prefix"),
 }
 
 

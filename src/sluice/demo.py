@@ -680,6 +680,7 @@ class Exchange:
             clock=self.clock,
             settings=self.settings,
             after_submit=after_submit,
+            compliance=self.registry,
         )
 
     def deposit_worker(self) -> DepositWorker:

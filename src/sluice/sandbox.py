@@ -214,6 +214,7 @@ class Sandbox:
             clock=self.clock,
             settings=settings or self.withdrawal_settings,
             after_submit=after_submit,
+            compliance=self.compliance,
         )
 
     def deposit_worker(

@@ -8,11 +8,17 @@ key; unknown keys; secrets read from files / environment variables and never pri
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
+from sluice import bootstrap
 from sluice.config import ConfigError, load_config
+from sluice.domain.compliance import TierLimits
+from sluice.domain.errors import InvalidInputError
+from sluice.domain.ledger import InstrumentId
+from tests.conftest import reference_path
 
 TREASURY = "treasury::1220" + "ab" * 32
 DSO = "DSO::1220" + "cd" * 32
@@ -159,3 +165,56 @@ def test_secrets_come_from_the_environment_and_are_never_printed(
     )
     assert inline.ledger.auth.secret_value() == "tok-123"
     assert "tok-123" not in json.dumps(inline.redacted())
+
+
+def test_the_compliance_section_builds_the_kyc_registry(tmp_path: Path) -> None:
+    lists = reference_path("sanctions")
+    path = tmp_path / "sluice.toml"
+    path.write_text(
+        f"""
+[compliance]
+sanctions_list = "{lists}"
+sanctions_prefix = "sample-"
+reference_rates = {{ "Amulet" = "0.5" }}
+
+[[compliance.limits]]
+tier = 1
+operation = "withdrawal"
+per_operation = "100"
+daily = "250"
+
+[compliance.risk]
+threshold = 90
+"""
+    )
+    registry = bootstrap.kyc_registry(load_config(path, environ={}))
+    ladder = registry.settings.ladder
+    assert ladder.of(1, "withdrawal") == TierLimits(Decimal(100), Decimal(250), None)
+    assert ladder.of(1, "deposit").daily == Decimal(1_000_000)  # the default ladder elsewhere
+    assert registry.settings.risk.threshold == 90
+    assert registry.settings.value(InstrumentId("dso::1220aa", "Amulet"), Decimal(10)) == 5
+    assert registry.screen is not None
+    listed = registry.screen.screen_address("0x2f389ce8bd8ff92de3402ffce4691d17fc4f6535")
+    assert listed is not None and listed.entity_id.startswith("ofac-sdn:")
+
+
+def test_a_bad_compliance_section_is_refused_clearly(tmp_path: Path) -> None:
+    path = tmp_path / "sluice.toml"
+    path.write_text(
+        """
+[compliance]
+sanctions_list = "/no/such/dir"
+
+[[compliance.limits]]
+tier = 7
+operation = "teleport"
+"""
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={})
+    text = str(caught.value)
+    assert "compliance.sanctions_list" in text and "no such directory" in text
+    assert "compliance.limits.0.tier" in text and "compliance.limits.0.operation" in text
+    path.write_text("[compliance.risk]\nthreshold = 70\nvelocity_weigth = 5\n")
+    with pytest.raises(InvalidInputError, match="velocity_weigth"):
+        bootstrap.kyc_registry(load_config(path, environ={}))

@@ -36,6 +36,7 @@ from sluice.domain.compliance import (
 from sluice.domain.errors import InvalidInputError
 from sluice.domain.ledger import InstrumentId
 from sluice.domain.risk import RiskRules, assess_risk
+from sluice.domain.withdrawals import Withdrawal
 from sluice.ports import SanctionsScreen, UnitOfWork, UnitOfWorkFactory
 
 SYSTEM_ACTOR = "system"
@@ -390,6 +391,7 @@ class RegistryGate:
     def allows_deposit(
         self, customer_id: str, sender: str, instrument: InstrumentId, amount: Decimal
     ) -> tuple[bool, str]:
+        at = self._clock()
         decision = verify_operation_compliance(
             self._uow,
             self._registry,
@@ -397,8 +399,48 @@ class RegistryGate:
             "deposit",
             self._registry.settings.value(instrument, amount),
             sender,
-            at=self._clock(),
+            at=at,
             actor=self._actor,
-            operation_id=f"offer:{customer_id}:{sender}:{format_amount(amount)}",
+            operation_id=f"offer:{customer_id}:{format_amount(amount)}:{at.isoformat()}",
         )
         return decision.allowed, decision.summary()
+
+
+def undo_failed_payouts(
+    uow: UnitOfWork, failed: Iterable[Withdrawal], *, at: datetime, actor: str
+) -> None:
+    """After payouts failed and were credited back, in the same transaction: a customer's
+    withdrawal no longer counts against their limits (nothing left the account), and a failed
+    return puts its deposit back on hold with a review item, so the officer decides again."""
+    withdrawals = [record.id for record in failed if record.kind == "withdrawal"]
+    uow.compliance.forget_usage(withdrawals)
+    for record in failed:
+        if record.kind != "return":
+            continue
+        hold = uow.compliance.reopen_hold(record.id)
+        if hold is None:
+            continue
+        reason = f"the return {record.id} failed ({record.failure or 'no reason'}); held again"
+        uow.compliance.open_review(
+            ReviewItem(
+                id=f"return-failed:{record.id}",
+                kind="deposit_held",
+                reason=reason,
+                opened_at=at,
+                customer_id=hold.customer_id,
+                subject=hold.id,
+            )
+        )
+        uow.audit.append(
+            [
+                AuditEntry(
+                    operation_id=hold.id,
+                    operation="deposit_held_again",
+                    actor=actor,
+                    recorded_at=at,
+                    customer_id=hold.customer_id,
+                    parameters={"withdrawal_id": record.id, "failure": record.failure},
+                    state_changes=[{"hold": hold.id, "status": "held", "was": "returned"}],
+                )
+            ]
+        )

@@ -342,6 +342,7 @@ def release_hold(
     at: datetime,
     reason: str,
     customer_id: str | None = None,
+    registry: KycRegistry | None = None,
 ) -> HeldDeposit:
     """Credit a held deposit to its customer (or, for one whose reason named nobody, to
     ``customer_id``). An officer's override: the limits are not checked, but the amount counts
@@ -372,8 +373,9 @@ def release_hold(
                 )
             ]
         )
+        value = (registry or KycRegistry()).settings.value(instrument, hold.amount)
         uow.compliance.record_usage(
-            target, [UsageRecord(f"release:{hold_id}", "deposit", hold.amount, at, hold.sender)]
+            target, [UsageRecord(f"release:{hold_id}", "deposit", value, at, hold.sender)]
         )
         uow.compliance.close_hold(hold_id, "released", actor, at)
         _close_reviews_of(uow, hold_id, actor, f"released: {reason}", at)

@@ -52,7 +52,7 @@ from sluice.ports import (
     LedgerReadError,
     UnitOfWorkFactory,
 )
-from sluice.services.compliance import ComplianceSession, KycRegistry
+from sluice.services.compliance import ComplianceSession, KycRegistry, undo_failed_payouts
 
 CLOSED_STATUS_BY_ENTRY = {
     "completed": "completed",
@@ -122,6 +122,7 @@ class _BatchState:
     # The KYC registry's view of the customers and senders of the batch's deposits.
     compliance: ComplianceSession | None = None
     audit: list[AuditEntry] = field(default_factory=list)
+    failed_payouts: list[tuple[Withdrawal, datetime]] = field(default_factory=list)
 
 
 class Ingestion:
@@ -344,6 +345,8 @@ class Ingestion:
                 state.compliance.flush()
             if state.audit:
                 uow.audit.append(state.audit)
+            for failed, at in state.failed_payouts:
+                undo_failed_payouts(uow, [failed], at=at, actor=f"ingestion:{self.connection}")
             uow.commit()
         progress.batches += 1
         progress.cursor = state.cursor
@@ -568,6 +571,12 @@ class Ingestion:
         batch.journal.extend(outcome.journal)
         batch.alerts.extend(outcome.alerts)
         batch.entries.append(_entry_record(tx, entry, outcome.disposition, record.customer_id))
+        if (
+            record.is_payout
+            and record.status == "failed"
+            and (known is None or known.status != "failed")
+        ):
+            state.failed_payouts.append((record, tx.record_time))
         if known is None or known.status != record.status:
             state.audit.append(
                 AuditEntry(

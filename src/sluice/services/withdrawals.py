@@ -86,7 +86,7 @@ from sluice.ports import (
     UnitOfWorkFactory,
     WithdrawalRepository,
 )
-from sluice.services.compliance import KycRegistry, check_operation_allowed
+from sluice.services.compliance import KycRegistry, check_operation_allowed, undo_failed_payouts
 
 HOLD_KEY = "withdrawals_hold_until"
 Clock = Callable[[], datetime]
@@ -152,8 +152,10 @@ def request_withdrawal(
     account = AccountRef(customer_account_name(customer_id), instrument)
     with uow_factory() as uow:
         repo = uow.withdrawals
-        # The customer's balance row is locked first: a concurrent request of the same customer
-        # (the same idempotency key included) waits here, then sees what the first one wrote.
+        # The customer's row is locked first, then their balance row: a concurrent request of
+        # the same customer (the same idempotency key included) waits here, then sees what the
+        # first one wrote. Ingestion and the officer's commands lock in the same order.
+        uow.compliance.profiles([customer_id], lock=True)
         balance = repo.balance(account, lock=True)
         existing = repo.get(wid, lock=True)
         if existing is not None:
@@ -369,6 +371,9 @@ class WorkerTick:
     offers_withdrawn: int = 0
     upkeep_created: int = 0
     held: bool = False
+    # Payouts not reserved or not submitted this round because their customer is no longer
+    # active or their receiver was flagged since the request.
+    compliance_blocked: int = 0
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -399,8 +404,10 @@ class WithdrawalWorker:
         clock: Clock,
         settings: WithdrawalSettings | None = None,
         after_submit: Callable[[Withdrawal], None] | None = None,
+        compliance: KycRegistry | None = None,
     ) -> None:
         self._uow = uow_factory
+        self._registry = compliance or KycRegistry()
         self._commands = commands
         self._registries = registries
         self.treasury = treasury
@@ -434,13 +441,18 @@ class WithdrawalWorker:
                 self.settings.claim_batch,
                 trec_tgt_at_most=cursor.record_time,
             )
-            for record in due:
-                self._settle(repo, record, cursor, tick)
+            failed = [self._settle(repo, record, cursor, tick) for record in due]
+            undo_failed_payouts(
+                uow,
+                [record for record in failed if record is not None],
+                at=cursor.record_time,
+                actor="withdrawal-worker",
+            )
             uow.commit()
 
     def _settle(
         self, repo: WithdrawalRepository, record: Withdrawal, cursor: Cursor, tick: WorkerTick
-    ) -> None:
+    ) -> Withdrawal | None:
         """Ingestion has passed ``trec_tgt`` and saw no transfer for the record: the attempt can
         never commit any more."""
         tick.settled += 1
@@ -459,7 +471,7 @@ class WithdrawalWorker:
                     last_error=f"attempt {record.attempt} expired unseen at {cursor.record_time}",
                 )
             )
-            return
+            return None
         failure = record.failure or (
             f"{record.attempt} attempt(s) expired without committing"
             if record.is_payout
@@ -468,7 +480,9 @@ class WithdrawalWorker:
         if record.is_payout:
             tick.refunded += 1
             repo.post([_refund(record)])
-        repo.update(replace(record, status="failed", failure=failure, inputs=()))
+        settled = replace(record, status="failed", failure=failure, inputs=())
+        repo.update(settled)
+        return settled if record.is_payout else None
 
     # -- reserving inputs for queued records ------------------------------------------------------
 
@@ -477,7 +491,15 @@ class WithdrawalWorker:
             repo = uow.withdrawals
             now = _lock_time(repo.cursor(self.connection), self._clock)
             instruments: dict[InstrumentId, InstrumentRecord | None] = {}
-            for record in repo.claim(["queued"], self.settings.claim_batch):
+            claimed = repo.claim(["queued"], self.settings.claim_batch)
+            blocked = self._compliance_blocked(uow, claimed)
+            for record in claimed:
+                if record.id in blocked:
+                    tick.compliance_blocked += 1
+                    message = f"waiting: {blocked[record.id]}"
+                    if record.last_error != message:
+                        repo.update(replace(record, last_error=message))
+                    continue
                 if record.instrument not in instruments:
                     instruments[record.instrument] = repo.instrument(record.instrument)
                 reserved = _try_reserve(
@@ -512,6 +534,11 @@ class WithdrawalWorker:
             if until is not None:
                 uow.withdrawals.set_control(HOLD_KEY, None)  # ingestion has passed it
             claimed = uow.withdrawals.claim(["reserved"], self.settings.claim_batch)
+            # Frozen or flagged since they were reserved: not submitted; they stay reserved,
+            # expire at trec_tgt and wait in the queue like any retry.
+            blocked = self._compliance_blocked(uow, claimed)
+            tick.compliance_blocked += len(blocked)
+            claimed = [record for record in claimed if record.id not in blocked]
             uow.withdrawals.update_many([replace(r, status="submitting") for r in claimed])
             kinds = {
                 instrument: uow.withdrawals.instrument(instrument)
@@ -540,6 +567,27 @@ class WithdrawalWorker:
         with self._uow() as uow:
             uow.withdrawals.update_many(done, expected_status="submitting")
             uow.commit()
+
+    def _compliance_blocked(self, uow: UnitOfWork, records: list[Withdrawal]) -> dict[str, str]:
+        """Payouts that may not leave now: the KYC registry allowed them when they were
+        requested, but the customer has since been frozen (or put under review, or blacklisted)
+        or the receiver flagged. Flagging freezes every operation at once, queued ones included."""
+        payouts = [record for record in records if record.is_payout]
+        if not payouts:
+            return {}
+        customers = {r.customer_id for r in payouts if r.customer_id and r.kind == "withdrawal"}
+        session = self._registry.session(
+            uow, customers, {r.receiver for r in payouts}, since=self._clock(), lock=False
+        )
+        blocked: dict[str, str] = {}
+        for record in payouts:
+            profile = session.profiles.get(record.customer_id or "")
+            if record.kind == "withdrawal" and profile is not None and profile.status != "active":
+                blocked[record.id] = f"customer {record.customer_id} is {profile.status}"
+            listed = session.listed(record.receiver)
+            if listed is not None:
+                blocked[record.id] = f"receiver {record.receiver} is {listed}"
+        return blocked
 
     def _submit(
         self, record: Withdrawal, allowed: tuple[str, ...], now: datetime

@@ -266,6 +266,20 @@ class SqlComplianceRepository:
             ],
         )
 
+    def forget_usage(self, operation_ids: Collection[str]) -> int:
+        """Remove the usage of operations that moved nothing in the end (a refunded withdrawal)."""
+        if not operation_ids:
+            return 0
+        table = t.compliance_usage
+        removed = 0
+        ids = sorted(set(operation_ids))
+        for start in range(0, len(ids), CHUNK):
+            chunk = ids[start : start + CHUNK]
+            removed += int(
+                self._c.execute(delete(table).where(table.c.operation_id.in_(chunk))).rowcount
+            )
+        return removed
+
     def limit_overrides(self) -> dict[tuple[int, str], TierLimits]:
         table = t.compliance_limits
         rows = self._c.execute(select(table).order_by(table.c.tier, table.c.operation))
@@ -388,6 +402,23 @@ class SqlComplianceRepository:
             )
         ).rowcount
         return bool(changed)
+
+    def reopen_hold(self, withdrawal_id: str) -> HeldDeposit | None:
+        """The hold a failed return (``withdrawal_id``) came from, set back to ``held``."""
+        table = t.compliance_holds
+        row = self._c.execute(
+            select(table.c.id).where(
+                and_(table.c.withdrawal_id == withdrawal_id, table.c.status == "returned")
+            )
+        ).first()
+        if row is None:
+            return None
+        self._c.execute(
+            update(table)
+            .where(table.c.id == row.id)
+            .values(status="held", decided_by=None, decided_at=None, withdrawal_id=None)
+        )
+        return self.hold(row.id)
 
     # --- the review queue -------------------------------------------------------------------
 
