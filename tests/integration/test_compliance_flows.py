@@ -289,6 +289,50 @@ def test_withdrawal_to_a_flagged_party_is_refused_until_it_is_unflagged(sb: Sand
     assert_books_and_trail(sb)
 
 
+def test_freezing_a_customer_stops_a_payout_already_requested_until_unfrozen(
+    sb: Sandbox,
+) -> None:
+    fund(sb, "cust-0", "500")
+    requested = sb.withdraw("cust-0", "100", key="k")
+    assert requested.status == "reserved"  # allowed when requested; not yet submitted
+    before = wallet(sb, "cust-0")
+    freeze_customer(sb.database.uow, "cust-0", actor=OFFICER, at=sb.clock(), reason="takeover")
+
+    worker = sb.withdrawal_worker()
+    tick = worker.run_once()
+    assert (tick.submitted, tick.compliance_blocked) == (0, 1)
+    # Past its trec_tgt it goes back to the queue and waits there while the customer is frozen.
+    sb.ledger.advance(sb.withdrawal_settings.trec_span_s + 5)
+    sb.ledger.checkpoint()
+    sb.ingest()
+    for _ in range(3):
+        tick = worker.run_once()
+        sb.ingest()
+        assert tick.submitted == 0
+    waiting = withdrawal(sb, requested.id)
+    assert waiting is not None and waiting.status == "queued"
+    assert waiting.last_error == "waiting: customer cust-0 is frozen"
+    assert wallet(sb, "cust-0") == before  # nothing left the treasury
+
+    unfreeze_customer(sb.database.uow, "cust-0", actor=OFFICER, at=sb.clock(), reason="cleared")
+    assert settle(sb, requested.id).status == "completed"
+    assert balance(sb, "cust-0") == D(400)
+    assert_books_and_trail(sb)
+
+
+def test_flagging_the_receiver_stops_a_payout_already_requested(sb: Sandbox) -> None:
+    fund(sb, "cust-0", "500")
+    receiver = sb.customers["cust-1"]
+    sb.withdraw("cust-0", "100", key="k", receiver=receiver)
+    before = wallet(sb, "cust-1")
+    officer_flags(sb, receiver)
+    tick = sb.withdrawal_worker().run_once()
+    assert (tick.submitted, tick.compliance_blocked) == (0, 1)
+    sb.ingest()
+    assert wallet(sb, "cust-1") == before
+    assert_books_and_trail(sb)
+
+
 # --- 1-step deposits held, released, returned --------------------------------------------------
 
 
