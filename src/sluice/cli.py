@@ -1365,6 +1365,21 @@ ActorOption = Annotated[
 ReasonOption = Annotated[str, typer.Option("--reason", help="Why (goes into the audit trail).")]
 
 
+@contextmanager
+def compliance_database(
+    db: str | None, settings: Settings | None = None
+) -> Iterator[bootstrap.Database]:
+    """The Integration DB for one command: a refused request ends it with its error code, and
+    the database is closed whatever happens."""
+    database = open_database(db, settings)
+    try:
+        yield database
+    except SluiceError as exc:
+        fail_with(exc)
+    finally:
+        database.dispose()
+
+
 def actor_name(option: str | None) -> str:
     name = option or os.environ.get("SLUICE_ACTOR") or getpass.getuser()
     if not name.strip():
@@ -1452,17 +1467,12 @@ def customers_add(
     db: DbOption = None,
 ) -> None:
     """Register a customer with a KYC tier and deposit accounts (idempotent)."""
-    database = open_database(db)
-    try:
+    with compliance_database(db) as database:
         register_customer(
             database.uow, customer_id, name, account or [], tier=tier, actor=actor_name(actor)
         )
         with database.uow() as uow:
             profile = uow.compliance.profiles([customer_id])[customer_id]
-    except SluiceError as exc:
-        fail_with(exc)
-    finally:
-        database.dispose()
     print_json(profile_json(profile))
 
 
@@ -1544,8 +1554,7 @@ def compliance_check(
     db: DbOption = None,
 ) -> None:
     """Ask the KYC registry whether an operation would be allowed now (audited, uses nothing)."""
-    database = open_database(db)
-    try:
+    with compliance_database(db) as database:
         decision = verify_operation_compliance(
             database.uow,
             kyc_registry(),
@@ -1556,10 +1565,6 @@ def compliance_check(
             at=_now(),
             actor=actor_name(actor),
         )
-    except SluiceError as exc:
-        fail_with(exc)
-    finally:
-        database.dispose()
     print_json(describe_decisions([decision])[0])
     raise typer.Exit(0 if decision.allowed else 1)
 
@@ -1632,8 +1637,7 @@ def compliance_release(
     db: DbOption = None,
 ) -> None:
     """Release a held deposit: credit it to its customer."""
-    database = open_database(db)
-    try:
+    with compliance_database(db) as database:
         hold = release_deposit(
             database.uow,
             hold_id,
@@ -1643,10 +1647,6 @@ def compliance_release(
             customer_id=customer,
             registry=kyc_registry(),
         )
-    except SluiceError as exc:
-        fail_with(exc)
-    finally:
-        database.dispose()
     print_json(hold_json(hold))
 
 
@@ -1661,8 +1661,7 @@ def compliance_return(
     """Return a held deposit to its sender (queued as a payout; the workers send it)."""
     settings = Settings.from_environment()
     party = treasury_party(treasury or deployment().treasury.party, settings)
-    database = open_database(db, settings)
-    try:
+    with compliance_database(db, settings) as database:
         record = return_deposit(
             database.uow,
             hold_id,
@@ -1672,25 +1671,16 @@ def compliance_return(
             reason=reason,
             registry=kyc_registry(),
         )
-    except SluiceError as exc:
-        fail_with(exc)
-    finally:
-        database.dispose()
     print_json(withdrawal_json(record))
 
 
 def _status_command(
     customer: str, status: str, reason: str, actor: str | None, db: str | None
 ) -> None:
-    database = open_database(db)
-    try:
+    with compliance_database(db) as database:
         profile = set_customer_status(
             database.uow, customer, status, actor=actor_name(actor), at=_now(), reason=reason
         )
-    except SluiceError as exc:
-        fail_with(exc)
-    finally:
-        database.dispose()
     print_json(profile_json(profile))
 
 
@@ -1734,15 +1724,10 @@ def compliance_tier(
     db: DbOption = None,
 ) -> None:
     """Change a customer's KYC tier (after enhanced verification, say)."""
-    database = open_database(db)
-    try:
+    with compliance_database(db) as database:
         profile = change_tier(
             database.uow, customer, tier, actor=actor_name(actor), at=_now(), reason=reason
         )
-    except SluiceError as exc:
-        fail_with(exc)
-    finally:
-        database.dispose()
     print_json(profile_json(profile))
 
 
@@ -1802,15 +1787,10 @@ def compliance_flag(
     db: DbOption = None,
 ) -> None:
     """Flag an address: every operation with it is refused at once, deposits from it held."""
-    database = open_database(db)
-    try:
+    with compliance_database(db) as database:
         added = flag_address(
             database.uow, address, actor=actor_name(actor), at=_now(), reason=reason
         )
-    except SluiceError as exc:
-        fail_with(exc)
-    finally:
-        database.dispose()
     note(f"{address} flagged" if added else f"{address} was already flagged")
 
 
@@ -1822,13 +1802,8 @@ def compliance_unflag(
     db: DbOption = None,
 ) -> None:
     """Lift an address's flag."""
-    database = open_database(db)
-    try:
+    with compliance_database(db) as database:
         unflag_address(database.uow, address, actor=actor_name(actor), at=_now(), reason=reason)
-    except SluiceError as exc:
-        fail_with(exc)
-    finally:
-        database.dispose()
     note(f"{address} unflagged")
 
 
@@ -1840,15 +1815,10 @@ def compliance_close_review(
     db: DbOption = None,
 ) -> None:
     """Close a review item."""
-    database = open_database(db)
-    try:
+    with compliance_database(db) as database:
         close_review(
             database.uow, review_id, actor=actor_name(actor), at=_now(), resolution=resolution
         )
-    except SluiceError as exc:
-        fail_with(exc)
-    finally:
-        database.dispose()
     note(f"review {review_id} closed")
 
 
@@ -1869,8 +1839,7 @@ def compliance_screen_customers(
     directory = list_dir or config.compliance.sanctions_list
     if directory is None:
         fail("no sanctions list: pass --list DIR or set compliance.sanctions_list")
-    database = open_database(db)
-    try:
+    with compliance_database(db) as database:
         screen = bootstrap.sanctions_screen(directory, prefix or config.compliance.sanctions_prefix)
         matches = screen_customers(
             database.uow,
@@ -1879,10 +1848,6 @@ def compliance_screen_customers(
             at=_now(),
             on_progress=lambda done, total: note(f"screened {done}/{total} customers"),
         )
-    except SluiceError as exc:
-        fail_with(exc)
-    finally:
-        database.dispose()
     for customer_id, result in matches:
         sys.stdout.write(
             json.dumps({"customer_id": customer_id, **dataclasses.asdict(result)}) + "\n"

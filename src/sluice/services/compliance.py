@@ -248,12 +248,12 @@ class ComplianceSession:
         repo = self._uow.compliance
         for customer_id, records in self._new_usage.items():
             repo.record_usage(customer_id, records)
+        changed_at = max((entry.recorded_at for entry in self._audit), default=None)
         for profile in self._profile_changes.values():
-            at = max((entry.recorded_at for entry in self._audit), default=None)
-            assert at is not None, "a status change is always audited"
+            assert changed_at is not None, "a status change is always audited"
             repo.set_profile(
                 profile.customer_id,
-                at=at,
+                at=changed_at,
                 status=profile.status,
                 status_reason=profile.status_reason,
                 risk_score=profile.risk_score,

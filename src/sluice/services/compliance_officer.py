@@ -326,14 +326,6 @@ def _open_hold(uow: UnitOfWork, hold_id: str) -> HeldDeposit:
     return hold
 
 
-def _close_reviews_of(
-    uow: UnitOfWork, subject: str, actor: str, resolution: str, at: datetime
-) -> None:
-    for review in uow.compliance.reviews(open_only=True, limit=100_000):
-        if review.subject == subject:
-            uow.compliance.close_review(review.id, actor, resolution, at)
-
-
 def release_hold(
     uow_factory: UnitOfWorkFactory,
     hold_id: str,
@@ -378,7 +370,7 @@ def release_hold(
             target, [UsageRecord(f"release:{hold_id}", "deposit", value, at, hold.sender)]
         )
         uow.compliance.close_hold(hold_id, "released", actor, at)
-        _close_reviews_of(uow, hold_id, actor, f"released: {reason}", at)
+        uow.compliance.close_reviews_of(hold_id, actor, f"released: {reason}", at)
         _audit(
             uow,
             operation="deposit_released",
@@ -459,7 +451,7 @@ def return_hold(
         )
         uow.withdrawals.insert(withdrawal)
         uow.compliance.close_hold(hold_id, "returned", actor, at, withdrawal_id=return_id)
-        _close_reviews_of(uow, hold_id, actor, f"returned: {reason}", at)
+        uow.compliance.close_reviews_of(hold_id, actor, f"returned: {reason}", at)
         _audit(
             uow,
             operation="deposit_returned",

@@ -451,6 +451,17 @@ class SqlComplianceRepository:
         query = query.order_by(table.c.opened_at, table.c.id).limit(limit)
         return [_review_from_row(row) for row in self._c.execute(query)]
 
+    def close_reviews_of(self, subject: str, actor: str, resolution: str, at: datetime) -> int:
+        """Close every open review item about ``subject`` (a held deposit, say)."""
+        table = t.compliance_reviews
+        return int(
+            self._c.execute(
+                update(table)
+                .where(and_(table.c.subject == subject, table.c.closed_at.is_(None)))
+                .values(closed_at=format_timestamp(at), closed_by=actor, resolution=resolution)
+            ).rowcount
+        )
+
     def close_review(self, review_id: str, actor: str, resolution: str, at: datetime) -> bool:
         table = t.compliance_reviews
         changed = self._c.execute(
