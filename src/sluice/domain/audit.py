@@ -32,6 +32,7 @@ import hashlib
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -44,7 +45,13 @@ from sluice.domain.ledger import format_timestamp
 GENESIS_HASH = "0" * 64
 
 # Column widths of the audit_records table: refused here so that both engines behave alike.
-FIELD_LENGTH_MAX = {"operation_id": 300, "operation": 60, "actor": 200, "customer_id": 100}
+FIELD_LENGTH_MAX = {
+    "operation_id": 300,
+    "operation": 60,
+    "actor": 200,
+    "customer_id": 100,
+    "correlation_id": 100,
+}
 # Bound on the records kept in memory to explain breaks, and on the findings reported.
 DETAIL_MAX = 20_000
 FINDINGS_MAX = 1_000
@@ -71,6 +78,13 @@ class AuditEntry:
     checks: Sequence[Mapping[str, object]] = ()
     state_changes: Sequence[Mapping[str, object]] = ()
     error: str | None = None
+    # The request that caused it; the log fills it from ``current_correlation_id`` when unset.
+    correlation_id: str | None = None
+
+
+# Set by an entry point (the HTTP API, per request) so every record appended while it handles
+# the request names it, without threading it through every service call.
+current_correlation_id: ContextVar[str | None] = ContextVar("correlation_id", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +219,7 @@ def check_entry(entry: AuditEntry) -> None:
 
 def canonical_content(seq: int, entry: AuditEntry) -> dict[str, object]:
     """The record's content in the normalised form that is stored and hashed."""
-    return {
+    content: dict[str, object] = {
         "seq": seq,
         "operation_id": json_value(entry.operation_id, "operation_id"),
         "recorded_at": _timestamp_text(entry.recorded_at, "recorded_at"),
@@ -218,6 +232,10 @@ def canonical_content(seq: int, entry: AuditEntry) -> dict[str, object]:
         "state_changes": json_value(entry.state_changes, "state_changes"),
         "error": json_value(entry.error, "error"),
     }
+    # Hashed only when present, so records written before correlation ids still verify.
+    if entry.correlation_id is not None:
+        content["correlation_id"] = json_value(entry.correlation_id, "correlation_id")
+    return content
 
 
 def canonical_bytes(content: Mapping[str, object]) -> bytes:

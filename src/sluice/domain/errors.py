@@ -104,3 +104,62 @@ class InsufficientKycTierError(ComplianceError):
 class AddressBlacklistedError(ComplianceError):
     code = 22
     error = "address_blacklisted"
+
+
+class UnauthorizedError(SluiceError):
+    """No credentials, or credentials that do not name a valid principal."""
+
+    code = 1
+    error = "unauthorized"
+
+
+class PermissionDeniedError(SluiceError):
+    """A valid principal whose role does not allow the operation."""
+
+    code = 2
+    error = "insufficient_permissions"
+
+
+class OperationTimeoutError(SluiceError):
+    code = 40
+    error = "operation_timeout"
+
+
+class ApprovalRequiredError(SluiceError):
+    """A critical operation was recorded as a proposal; it runs once enough distinct principals
+    have approved it (``approval_id`` names the proposal)."""
+
+    code = 43
+    error = "approval_required"
+
+    def __init__(self, message: str, *, approval_id: str) -> None:
+        super().__init__(message)
+        self.approval_id = approval_id
+
+
+class SystemPausedError(SluiceError):
+    """Value-moving operations are stopped until an operator resumes them."""
+
+    code = 50
+    error = "system_paused"
+
+
+class EmergencyModeError(SystemPausedError):
+    code = 51
+    error = "emergency_mode"
+
+
+class MaintenanceModeError(SystemPausedError):
+    code = 52
+    error = "maintenance_mode"
+
+
+class RateLimitedError(SluiceError):
+    """Too many requests; ``retry_after_s`` says when the next one would be admitted."""
+
+    code = 53
+    error = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

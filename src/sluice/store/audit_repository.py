@@ -23,6 +23,7 @@ was changed anyway by someone able to drop them.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,6 +38,7 @@ from sluice.domain.audit import (
     canonical_content,
     check_entry,
     content_hash,
+    current_correlation_id,
 )
 from sluice.domain.errors import InvalidInputError
 from sluice.domain.ledger import parse_timestamp
@@ -60,6 +62,14 @@ class SqlAuditLog:
     def append(self, entries: Sequence[AuditEntry]) -> list[int]:
         if not entries:
             return []
+        correlation_id = current_correlation_id.get()
+        if correlation_id is not None:
+            entries = [
+                entry
+                if entry.correlation_id is not None
+                else replace(entry, correlation_id=correlation_id)
+                for entry in entries
+            ]
         for entry in entries:
             check_entry(entry)
         seq, previous_hash = self._lock_head()
@@ -153,6 +163,7 @@ def _row(content: dict[str, object], previous_hash: str, digest: str) -> dict[st
         "checks": _json(content["checks"]),
         "state_changes": _json(content["state_changes"]),
         "error": content["error"],
+        "correlation_id": content.get("correlation_id"),
         "previous_hash": previous_hash,
         "hash": digest,
     }
@@ -186,6 +197,7 @@ def _record(row: Row[Any]) -> AuditRecord:
         checks=decoded("checks", row.checks),
         state_changes=decoded("state changes", row.state_changes),
         error=row.error,
+        correlation_id=row.correlation_id,
     )
     return AuditRecord(
         seq=int(row.seq),

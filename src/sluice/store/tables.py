@@ -16,6 +16,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -431,6 +432,8 @@ audit_records = Table(
     Column("state_changes", Text, nullable=False),  # JSON list
     Column("error", Text, nullable=True),
     Column("previous_hash", String(64), nullable=False),
+    # The request that caused it (the API's correlation id); hashed only when present.
+    Column("correlation_id", String(100), nullable=True, index=True),
     Column("hash", String(64), nullable=False),
 )
 
@@ -442,4 +445,77 @@ audit_head = Table(
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("seq", BigInteger, nullable=False),
     Column("hash", String(64), nullable=False),
+)
+
+
+# --- access control and controls (DESIGN §10) ---------------------------------------------------
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    # The key is shown once at creation; only the sha256 of its secret part is kept.
+    Column("id", String(40), primary_key=True),
+    Column("secret_hash", String(64), nullable=False),
+    Column("role", String(20), nullable=False),
+    Column("customer_id", String(100), nullable=True),
+    Column("label", String(200), nullable=True),
+    Column("created_by", String(300), nullable=False),
+    Column("created_at", TIMESTAMP, nullable=False),
+    Column("revoked_by", String(300), nullable=True),
+    Column("revoked_at", TIMESTAMP, nullable=True),
+)
+
+approvals = Table(
+    "approvals",
+    metadata,
+    # A critical operation waiting for (or done with) its M-of-N approvals.
+    Column("id", String(120), primary_key=True),
+    Column("operation", String(40), nullable=False),
+    Column("parameters", Text, nullable=False),  # JSON
+    Column("proposed_by", String(300), nullable=False),
+    Column("proposed_at", TIMESTAMP, nullable=False),
+    Column("required", Integer, nullable=False),
+    Column("status", String(16), nullable=False, index=True),
+    Column(
+        "votes", Text, nullable=False
+    ),  # JSON list of {principal_id, role, decision, at, comment}
+    Column("customer_id", String(100), nullable=True, index=True),
+    Column("timelock_s", Float, nullable=False),
+    Column("effective_at", TIMESTAMP, nullable=True),
+    Column("executed_at", TIMESTAMP, nullable=True),
+    Column("result", Text, nullable=True),  # JSON
+    Column("error", Text, nullable=True),
+    Column("correlation_id", String(100), nullable=True),
+    Column("reason", Text, nullable=True),
+)
+
+runtime_settings = Table(
+    "runtime_settings",
+    metadata,
+    # Configuration changed at run time: each value with the time it takes effect (after the
+    # time lock). The value in force is the latest row whose effective_at has passed.
+    Column("key", String(100), nullable=False),
+    Column("effective_at", TIMESTAMP, nullable=False),
+    Column("value", Text, nullable=False),  # JSON
+    Column("set_by", String(300), nullable=False),
+    Column("approval_id", String(120), nullable=True),
+    PrimaryKeyConstraint("key", "effective_at"),
+)
+
+suspense_assignments = Table(
+    "suspense_assignments",
+    metadata,
+    # A deposit credited to suspense (no or unknown reason) that was later given to a customer;
+    # keyed like the history entry it came from, so it can be assigned only once.
+    Column("update_id", UPDATE_ID, nullable=False),
+    Column("node_id", Integer, nullable=False),
+    Column("customer_id", String(100), nullable=False),
+    Column("instrument_admin", PARTY, nullable=False),
+    Column("instrument_id", String(200), nullable=False),
+    Column("amount", Money, nullable=False),
+    Column("assigned_by", String(300), nullable=False),
+    Column("assigned_at", TIMESTAMP, nullable=False),
+    Column("approval_id", String(120), nullable=True),
+    Column("reason", Text, nullable=True),
+    PrimaryKeyConstraint("update_id", "node_id"),
 )

@@ -9,6 +9,8 @@ from __future__ import annotations
 from sqlalchemy import Connection, Engine
 
 from sluice.ports import (
+    AccessRepository,
+    AccountsRepository,
     AuditLog,
     BooksRepository,
     ComplianceRepository,
@@ -18,6 +20,8 @@ from sluice.ports import (
     UnitOfWork,
     WithdrawalRepository,
 )
+from sluice.store.access_repository import SqlAccessRepository
+from sluice.store.account_repository import SqlAccountsRepository
 from sluice.store.audit_repository import SqlAuditLog
 from sluice.store.compliance_repository import SqlComplianceRepository
 from sluice.store.repositories import (
@@ -36,6 +40,8 @@ class SqlUnitOfWork:
     offers: DepositOfferRepository
     compliance: ComplianceRepository
     audit: AuditLog
+    access: AccessRepository
+    accounts: AccountsRepository
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -52,6 +58,8 @@ class SqlUnitOfWork:
         self.offers = SqlDepositOfferRepository(connection)
         self.compliance = SqlComplianceRepository(connection)
         self.audit = SqlAuditLog(connection)
+        self.access = SqlAccessRepository(connection)
+        self.accounts = SqlAccountsRepository(connection)
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -1,0 +1,48 @@
+"""The FastAPI application: routes, error handlers, correlation ids, rate limits."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from sluice.api.context import ApiContext
+from sluice.api.errors import install_error_handlers
+from sluice.api.operations import executors
+from sluice.api.routes import admin, compliance, customers, instruments, system, withdrawals
+from sluice.api.security import CorrelationMiddleware, RateLimiter
+
+DESCRIPTION = """\
+sluice moves value in and out of the exchange under compliance control.
+
+**Credentials.** An API key in `X-API-Key` (or `Authorization: Bearer sk_…`), or a bearer JWT from
+the configured OIDC provider. Each endpoint says which capability it needs; the roles that hold
+each capability are in DESIGN §10's matrix. A user (role `user`) reaches only their own
+customer's resources; anything else answers 404.
+
+**Errors** carry `{code, error, message, details, correlation_id}` with sluice's stable codes
+(1 unauthorized, 2 insufficient permissions, 10 not found, 20–22 compliance, 41 invalid state,
+42 duplicate, 50–52 paused, 53 rate limited, 60–63 invalid input). Every answer has an
+`X-Correlation-ID` header; the same id is in the logs and the audit records of the request.
+
+**Critical operations** (instrument changes, large withdrawals, limit changes, suspense
+assignment, configuration changes) answer 202 with a proposal that runs once enough distinct
+principals have approved it; configuration changes then wait out a time lock.
+"""
+
+
+def create_app(context: ApiContext) -> FastAPI:
+    app = FastAPI(
+        title="sluice",
+        version="1",
+        description=DESCRIPTION,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    if not context.executors:
+        context.executors = executors(context)
+    app.state.context = context
+    app.state.rate_limiter = RateLimiter()
+    install_error_handlers(app)
+    for module in (system, customers, withdrawals, instruments, compliance, admin):
+        app.include_router(module.router)
+    app.add_middleware(CorrelationMiddleware)
+    return app

@@ -1,0 +1,34 @@
+"""Everything the HTTP API needs from the rest of sluice, built once by ``sluice.server``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sluice.api.oidc import JwtVerifier
+from sluice.ports import RegistryLookup, UnitOfWorkFactory
+from sluice.services.access import ApiKeyVerifier
+from sluice.services.approvals import Executor
+from sluice.services.compliance import KycRegistry
+from sluice.services.settings import RuntimeSettings
+from sluice.services.withdrawals import WithdrawalSettings
+
+
+@dataclass
+class ApiContext:
+    uow: UnitOfWorkFactory
+    treasury: str
+    clock: Callable[[], datetime]
+    compliance: KycRegistry
+    settings: RuntimeSettings
+    keys: ApiKeyVerifier
+    jwt: JwtVerifier | None = None
+    registries: RegistryLookup | None = None
+    withdrawal_settings: WithdrawalSettings = field(default_factory=WithdrawalSettings)
+    # Readiness beyond the database: name → (ready, detail), e.g. the service loop's heartbeat.
+    readiness: Mapping[str, Callable[[], tuple[bool, str]]] = field(default_factory=dict)
+    # The configuration as JSON with secrets redacted, shown to router admins.
+    deployment: Mapping[str, object] = field(default_factory=dict)
+    # The approval executors; filled by ``create_app`` from ``sluice.api.operations``.
+    executors: Mapping[str, Executor] = field(default_factory=dict)

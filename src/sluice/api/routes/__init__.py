@@ -1,0 +1,1 @@
+"""The API's endpoints, one module per area; each endpoint declares its permission."""
