@@ -10,6 +10,11 @@ from sluice.api.operations import executors
 from sluice.api.routes import admin, compliance, customers, instruments, system, withdrawals
 from sluice.api.security import CorrelationMiddleware, RateLimiter
 
+# Every router of the API, in the order they are mounted.
+ROUTERS = tuple(
+    module.router for module in (system, customers, withdrawals, instruments, compliance, admin)
+)
+
 DESCRIPTION = """\
 sluice moves value in and out of the exchange under compliance control.
 
@@ -42,7 +47,7 @@ def create_app(context: ApiContext) -> FastAPI:
     app.state.context = context
     app.state.rate_limiter = RateLimiter()
     install_error_handlers(app)
-    for module in (system, customers, withdrawals, instruments, compliance, admin):
-        app.include_router(module.router)
+    for router in ROUTERS:
+        app.include_router(router)
     app.add_middleware(CorrelationMiddleware)
     return app

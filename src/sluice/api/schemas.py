@@ -258,13 +258,20 @@ def instrument_out(record: InstrumentRecord) -> InstrumentOut:
     )
 
 
+TransferKindIn = Literal["direct", "offer", "self"]
+
+
+def _direct_only() -> list[TransferKindIn]:
+    return ["direct"]
+
+
 class OnboardIn(Body):
     admin: PartyId
     id: Identifier
     registry_url: Annotated[str, StringConstraints(max_length=500)] | None = None
     trusted: bool = True
-    transfer_kinds: list[Literal["direct", "offer", "self"]] = Field(
-        default_factory=lambda: ["direct"], min_length=1, max_length=3
+    transfer_kinds: list[TransferKindIn] = Field(
+        default_factory=_direct_only, min_length=1, max_length=3
     )
     limits: dict[Identifier, LimitIn] | None = None
     reason: Reason | None = None

@@ -86,6 +86,13 @@ def current_pause(uow_factory: UnitOfWorkFactory) -> PauseState | None:
         return pause_state(uow)
 
 
+def _mode(value: str) -> PauseMode:
+    for mode in PAUSE_MODES:
+        if value == mode:
+            return mode
+    raise InvalidInputError(f"mode must be one of {', '.join(PAUSE_MODES)}, got {value!r}")
+
+
 def pause(
     uow_factory: UnitOfWorkFactory,
     *,
@@ -95,11 +102,9 @@ def pause(
     at: datetime,
 ) -> PauseState:
     """Stop value-moving operations. Pausing again replaces the mode and reason."""
-    if mode not in PAUSE_MODES:
-        raise InvalidInputError(f"mode must be one of {', '.join(PAUSE_MODES)}, got {mode!r}")
     if not reason.strip():
         raise InvalidInputError("a pause needs a reason")
-    state = PauseState(mode=mode, reason=reason.strip(), actor=actor, since=at)  # type: ignore[arg-type]
+    state = PauseState(mode=_mode(mode), reason=reason.strip(), actor=actor, since=at)
     with uow_factory() as uow:
         previous = pause_state(uow)
         uow.withdrawals.set_control(PAUSE_KEY, orjson.dumps(state.as_json()).decode())

@@ -17,6 +17,7 @@ from sluice.api.routes.common import (
     Context,
     PageParams,
     RouterAdmin,
+    Staff,
 )
 from sluice.api.schemas import (
     ApiKeyIn,
@@ -84,11 +85,9 @@ def _vote(
     decision: Literal["approve", "reject"],
     body: VoteIn,
     context: Context,
-    caller: AnyPrincipal,
+    caller: Staff,
 ) -> ApprovalOut:
     principal = caller.require()
-    if principal.is_user:
-        raise PermissionDeniedError("customers cannot approve operations")
     result = vote_on_approval(
         context.uow,
         approval_id,
@@ -106,18 +105,14 @@ def _vote(
     response_model=ApprovalOut,
     summary="Approve (a distinct principal holding the operation's capability)",
 )
-def approve(
-    approval_id: ApprovalId, body: VoteIn, context: Context, caller: AnyPrincipal
-) -> ApprovalOut:
+def approve(approval_id: ApprovalId, body: VoteIn, context: Context, caller: Staff) -> ApprovalOut:
     return _vote(approval_id, "approve", body, context, caller)
 
 
 @router.post(
     "/v1/approvals/{approval_id}/reject", response_model=ApprovalOut, summary="Reject (ends it)"
 )
-def reject(
-    approval_id: ApprovalId, body: VoteIn, context: Context, caller: AnyPrincipal
-) -> ApprovalOut:
+def reject(approval_id: ApprovalId, body: VoteIn, context: Context, caller: Staff) -> ApprovalOut:
     return _vote(approval_id, "reject", body, context, caller)
 
 
