@@ -28,6 +28,7 @@ from sqlalchemy.exc import ArgumentError
 
 from sluice import bootstrap
 from sluice.config import ConfigError, DeploymentConfig, Settings, load_config
+from sluice.domain.access import ROLES, check_role
 from sluice.domain.amounts import format_amount, parse_amount
 from sluice.domain.compliance import (
     MONTH,
@@ -43,8 +44,9 @@ from sluice.domain.ledger import InstrumentId, check_party_id, format_timestamp,
 from sluice.domain.withdrawals import Withdrawal, WithdrawalStatus
 from sluice.ledger.canton import CantonCommands
 from sluice.ledger.file import UpdateFile
-from sluice.ports import IncomingOffer, InstrumentRecord
+from sluice.ports import ApiKeyRecord, IncomingOffer, InstrumentRecord
 from sluice.screening import ListedSanctions
+from sluice.services.access import create_api_key, list_api_keys, revoke_api_key
 from sluice.services.audit import list_audit_records, verify_audit_log
 from sluice.services.books import check_invariant, treasury_view
 from sluice.services.compliance import (
@@ -115,6 +117,9 @@ compliance_app = typer.Typer(
     help="The KYC registry and the compliance officer: screen, check, review, release, freeze.",
 )
 audit_app = typer.Typer(no_args_is_help=True, help="The audit trail: verify its chain, list it.")
+admin_app = typer.Typer(
+    no_args_is_help=True, help="Administration of the HTTP API: create, list and revoke API keys."
+)
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(bench_app, name="bench")
 app.add_typer(withdrawals_app, name="withdrawals")
@@ -125,6 +130,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(customers_app, name="customers")
 app.add_typer(compliance_app, name="compliance")
 app.add_typer(audit_app, name="audit")
+app.add_typer(admin_app, name="admin")
 
 err = Console(stderr=True)
 
@@ -1917,6 +1923,163 @@ def audit_list(
             )
             + "\n"
         )
+
+
+# --- the service and its API keys --------------------------------------------------------------
+
+
+@app.command("serve")
+def serve(
+    host: Annotated[
+        str | None,
+        typer.Option("--host", help="Interface to listen on (default: api.host, 127.0.0.1)."),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            "--port", min=0, max=65535, help="Port (default: api.port, 8080; 0: any free port)."
+        ),
+    ] = None,
+    interval: Annotated[
+        float,
+        typer.Option(
+            "--interval",
+            min=0.05,
+            max=3600.0,
+            help="Seconds between rounds of ingestion and the workers.",
+        ),
+    ] = 1.0,
+    db: DbOption = None,
+    ledger: LedgerOption = None,
+    ledger_url: LedgerUrlOption = None,
+) -> None:
+    """Serve the HTTP API (OpenAPI at /openapi.json) with ingestion and the workers, until
+    SIGTERM or Ctrl-C.
+
+    With no configuration: an SQLite DB and an embedded ledger under the data directory
+    (SLUICE_DATA_DIR, default ./data); the ledger is created on the first start with Canton Coin
+    (Amulet) and USDX. Against an embedded ledger file this process is its only writer: stop
+    `sluice workers run` on the same file first."""
+    from sluice.server import serve as run_service
+
+    config = deployment()
+    settings = withdrawal_settings()
+    try:
+        clean = run_service(
+            config,
+            host=host,
+            port=port,
+            interval_s=interval,
+            database_url=db,
+            ledger_path=ledger,
+            ledger_url=ledger_url,
+            withdrawal_settings=settings,
+        )
+    except ArgumentError:
+        fail("--db is not a database URL (expected sqlite:///path or postgresql://…)")
+    except SluiceError as exc:
+        fail_with(exc)
+    if not clean:
+        note("sluice stopped, but not cleanly: see the log above")
+        raise typer.Exit(1)
+    note("sluice stopped cleanly")
+
+
+def api_key_json(record: ApiKeyRecord) -> dict[str, object]:
+    return {
+        "id": record.id,
+        "role": record.role,
+        "customer_id": record.customer_id,
+        "label": record.label,
+        "created_by": record.created_by,
+        "created_at": _time(record.created_at),
+        "revoked_by": record.revoked_by,
+        "revoked_at": _time(record.revoked_at),
+    }
+
+
+@admin_app.command("create-api-key")
+def admin_create_api_key(
+    role: Annotated[str, typer.Option("--role", help=f"One of: {', '.join(ROLES)}.")],
+    customer: Annotated[
+        str | None, typer.Option("--customer", help="The customer a `user` key acts for.")
+    ] = None,
+    label: Annotated[
+        str | None, typer.Option("--label", help="What the key is for (shown in lists).")
+    ] = None,
+    actor: ActorOption = None,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Create an API key and print it: only its hash is stored, so it is shown this once."""
+    try:
+        checked = check_role(role)
+    except ValueError as exc:
+        fail(f"--role: {exc}")
+    who = actor_name(actor)
+    with compliance_database(db or deployment().database_url) as database:
+        record, secret = create_api_key(
+            database.uow, role=checked, customer_id=customer, label=label, actor=who, at=_now()
+        )
+    if as_json:
+        print_json({**api_key_json(record), "key": secret})
+    else:
+        lines = [f"key: {secret}", f"id: {record.id}", f"role: {record.role}"]
+        if record.customer_id:
+            lines.append(f"customer: {record.customer_id}")
+        if record.label:
+            lines.append(f"label: {record.label}")
+        sys.stdout.write("\n".join(lines) + "\n")
+    note(
+        "keep the key now: it will not be shown again (send it as the X-API-Key header; "
+        f"revoke it with `sluice admin revoke-api-key {record.id}`)"
+    )
+
+
+@admin_app.command("list-api-keys")
+def admin_list_api_keys(
+    offset: Annotated[int, typer.Option("--offset", min=0, help="Skip this many keys.")] = 0,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 100,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """API keys (never their secrets), revoked ones included."""
+    with compliance_database(db or deployment().database_url) as database:
+        records = list_api_keys(database.uow, offset=offset, limit=limit)
+    if as_json:
+        print_json([api_key_json(r) for r in records])
+        return
+    if not records:
+        note("no API keys (create one with `sluice admin create-api-key --role super_admin`)")
+        return
+    table = Table(title=f"{len(records)} API key(s)")
+    for column in ("id", "role", "customer", "label", "created by", "created at", "revoked"):
+        table.add_column(column, no_wrap=column == "id")
+    for r in records:
+        revoked = f"{_time(r.revoked_at)} by {r.revoked_by}" if r.revoked_at else ""
+        table.add_row(
+            r.id,
+            r.role,
+            r.customer_id or "—",
+            r.label or "",
+            r.created_by,
+            _time(r.created_at),
+            revoked,
+        )
+    print_table(table)
+
+
+@admin_app.command("revoke-api-key")
+def admin_revoke_api_key(
+    key_id: Annotated[str, typer.Argument(help="The key's id (from list-api-keys).")],
+    actor: ActorOption = None,
+    db: DbOption = None,
+) -> None:
+    """Revoke an API key: requests with it are refused from now on (within seconds)."""
+    who = actor_name(actor)
+    with compliance_database(db or deployment().database_url) as database:
+        revoke_api_key(database.uow, key_id, actor=who, at=_now())
+    note(f"API key {key_id} revoked")
 
 
 @app.command("demo")

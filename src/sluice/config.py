@@ -35,6 +35,7 @@ from pydantic import (
 
 from sluice.domain.errors import InvalidInputError
 from sluice.domain.ledger import check_party_id
+from sluice.services.settings import check_setting
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,6 +276,89 @@ class ComplianceConfig(_Section):
         return value
 
 
+# The token signature algorithms an OIDC provider may use: asymmetric only, since a shared
+# secret would let anyone who can verify tokens also mint them.
+JWT_ALGORITHMS = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+)
+
+
+class OidcConfig(_Section):
+    """Bearer tokens from an OpenID Connect provider: who issues them, for which audience, and
+    where its public keys are (``jwks_url``, or a ``jwks_file`` for a provider without one)."""
+
+    issuer: Annotated[str, Field(min_length=1)]
+    audience: Annotated[str, Field(min_length=1)]
+    jwks_url: str | None = None
+    jwks_file: Path | None = None
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+    role_claim: Annotated[str, Field(min_length=1)] = "sluice_role"
+    customer_claim: Annotated[str, Field(min_length=1)] = "sluice_customer"
+    leeway_s: Annotated[float, Field(ge=0, le=600)] = 30.0
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _jwks_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError(f"{value!r} is not an http/https URL")
+        return value
+
+    @field_validator("algorithms")
+    @classmethod
+    def _algorithms(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        refused = [a for a in value if a not in JWT_ALGORITHMS]
+        if not value or refused:
+            raise ValueError(
+                f"algorithms must be some of {', '.join(JWT_ALGORITHMS)} (asymmetric only)"
+                + (f"; not {', '.join(refused)}" if refused else "")
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _keys(self) -> OidcConfig:
+        if (self.jwks_url is None) == (self.jwks_file is None):
+            raise ValueError("give exactly one of jwks_url and jwks_file")
+        if self.jwks_file is not None and not self.jwks_file.is_file():
+            raise ValueError(f"jwks_file: no such file {self.jwks_file}")
+        return self
+
+
+class ApiConfig(_Section):
+    """The HTTP API: where it listens, the OIDC provider whose tokens it accepts (API keys work
+    without one), and the defaults of the run-time settings (``approvals.required``,
+    ``config.timelock_s``, ``withdrawals.approval_above``, ``rate_limits.*``), which approved
+    changes override while sluice runs."""
+
+    host: Annotated[str, Field(min_length=1)] = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8080
+    oidc: OidcConfig | None = None
+    settings: dict[str, Any] = {}
+
+    @field_validator("settings")
+    @classmethod
+    def _settings(cls, value: dict[str, Any]) -> dict[str, Any]:
+        problems: list[str] = []
+        for key, item in value.items():
+            try:
+                check_setting(key, item)
+            except InvalidInputError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
+
 class DeploymentConfig(_Section):
     data_dir: Path = Path("data")
     database: DatabaseConfig = DatabaseConfig()
@@ -282,6 +366,7 @@ class DeploymentConfig(_Section):
     treasury: TreasuryConfig = TreasuryConfig()
     registries: RegistriesConfig = RegistriesConfig()
     compliance: ComplianceConfig = ComplianceConfig()
+    api: ApiConfig = ApiConfig()
 
     @property
     def database_url(self) -> str:
@@ -315,6 +400,8 @@ ENVIRONMENT_OVERRIDES: Mapping[str, tuple[str, ...]] = {
     "SLUICE_TREASURY_SIGNING_KEY": ("treasury", "signing_key"),
     "SLUICE_SANCTIONS_LIST": ("compliance", "sanctions_list"),
     "SLUICE_SANCTIONS_PREFIX": ("compliance", "sanctions_prefix"),
+    "SLUICE_API_HOST": ("api", "host"),
+    "SLUICE_API_PORT": ("api", "port"),
 }
 
 

@@ -36,7 +36,13 @@ from sluice.ledger.canton import (
 from sluice.ledger.local import EmbeddedLedger, RegistryPolicy
 from sluice.ledger.local.adapters import EmbeddedCommands, embedded_registries
 from sluice.ledger.local.server import LedgerServer
-from sluice.ports import ComplianceGate, LedgerClient, LedgerCommands, RegistryLookup
+from sluice.ports import (
+    ComplianceGate,
+    LedgerClient,
+    LedgerCommands,
+    RegistryLookup,
+    UnitOfWorkFactory,
+)
 from sluice.services.compliance import ComplianceSettings, KycRegistry, RegistryGate
 from sluice.services.deposit_worker import DepositWorker, DepositWorkerSettings
 from sluice.services.ingestion import (
@@ -63,6 +69,44 @@ def sandbox_registry(risk: RiskRules | None = None) -> KycRegistry:
         velocity_weight=0, structuring_weight=0, smurfing_weight=0, new_counterparty_weight=0
     )
     return KycRegistry(ComplianceSettings(risk=risk or off))
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxWorld:
+    """The parties and instruments of the sandbox's small world (see :func:`create_world`)."""
+
+    treasury: str
+    coin: InstrumentId
+    token: InstrumentId
+
+
+def create_world(ledger: EmbeddedLedger, *, coin_fee: Decimal = Decimal(0)) -> SandboxWorld:
+    """The sandbox's world on an empty ledger, without customers: nodes ``registry``, ``exchange``
+    and ``wallets``; the DSO's Canton Coin (``Amulet``, 1-step: the treasury pre-approves it) and
+    the issuer's USDX (offers only), both admins on ``registry``; the treasury on ``exchange``."""
+    for node in ("registry", EXCHANGE_NODE, "wallets"):
+        ledger.add_node(node)
+    dso = ledger.allocate_party("dso", "registry")
+    issuer = ledger.allocate_party("issuer", "registry")
+    treasury = ledger.allocate_party("treasury", EXCHANGE_NODE)
+    coin = ledger.create_instrument(dso, "Amulet", RegistryPolicy(transfer_fee=coin_fee))
+    token = ledger.create_instrument(issuer, "USDX", RegistryPolicy(preapprovals_allowed=False))
+    ledger.create_preapproval(treasury, coin)
+    return SandboxWorld(treasury=treasury, coin=coin, token=token)
+
+
+def onboard_world(
+    uow: UnitOfWorkFactory, world: SandboxWorld, *, coin_fee: Decimal = Decimal(0)
+) -> None:
+    """Onboard the world's two instruments in the Integration DB (idempotent): Amulet for direct
+    transfers, USDX for offers."""
+    onboard_instrument(
+        uow,
+        world.coin,
+        transfer_kinds="direct",
+        limits={"transfer_fee": str(coin_fee)} if coin_fee else None,
+    )
+    onboard_instrument(uow, world.token, transfer_kinds="offer")
 
 
 @dataclass

@@ -5,6 +5,7 @@ limits, and screen the customer base against a freshly loaded sanctions list.
 Each command is one transaction that also appends its audit record naming the officer, so the
 trail says who changed what, when and why. Money moves only between liability accounts of the
 books (compliance hold → customer, compliance hold → in flight for a return), never out of them.
+Releasing and returning held deposits move value, so they are refused while sluice is paused.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from sluice.domain.ledger import InstrumentId, check_party_id
 from sluice.domain.withdrawals import Withdrawal
 from sluice.ports import NameMatch, SanctionsScreen, UnitOfWork, UnitOfWorkFactory
 from sluice.services.compliance import KycRegistry
+from sluice.services.controls import check_not_paused
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,6 +344,7 @@ def release_hold(
     _require_actor(actor)
     _require_reason(reason)
     with uow_factory() as uow:
+        check_not_paused(uow)
         hold = _open_hold(uow, hold_id)
         target = customer_id or hold.customer_id
         if target is None:
@@ -412,6 +415,7 @@ def return_hold(
     _require_reason(reason)
     registry = registry or KycRegistry()
     with uow_factory() as uow:
+        check_not_paused(uow)
         hold = _open_hold(uow, hold_id)
         check_party_id(hold.sender)
         session = registry.session(uow, [], [hold.sender], since=at, lock=False)

@@ -11,7 +11,8 @@ credits nothing. This worker decides what to do with each one:
 Offers held by the admin (``pending_internal_workflow``) wait for the admin. The customer is
 credited only when ingestion sees the accept commit, so a lost answer, a retry or a second worker
 can never credit twice: the instruction can be accepted once. Each try asks the registry for a
-fresh choice context, and the number of tries per offer is bounded.
+fresh choice context, and the number of tries per offer is bounded. While sluice is paused the
+worker answers nothing (see ``services/controls``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from sluice.ports import (
     RegistryLookup,
     UnitOfWorkFactory,
 )
+from sluice.services.controls import pause_state
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +45,8 @@ class DepositTick:
     rejected: int = 0
     left_alone: int = 0
     waiting: int = 0
+    # The pause mode in force (paused, emergency, maintenance): the worker did nothing at all.
+    paused: str | None = None
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -71,6 +75,10 @@ class DepositWorker:
     def run_once(self) -> DepositTick:
         tick = DepositTick()
         with self._uow() as uow:
+            state = pause_state(uow)
+            if state is not None:
+                tick.paused = state.mode
+                return tick
             offers = uow.offers.pending_incoming(self.treasury, self.settings.batch)
             onboarded = {r.instrument for r in uow.reference.instruments() if r.enabled}
         for offer in offers:

@@ -20,7 +20,10 @@ and also credited back. Each could happen in a naive design:
 3. *Refunding a withdrawal that is still in flight.* The customer is credited back only when the
    attempt is definitely failed (point 1) and no attempts are left, when an offer is rejected,
    withdrawn or expired (seen by ingestion), or when ingestion proves it otherwise. Never from a
-   command error.
+   command error. A customer may cancel only a record whose current attempt never left
+   (``queued`` or ``reserved``): the cancel and the worker's claim serialise on the record's row,
+   whichever comes second sees the other's status; and no cancel is taken while the hold after a
+   DB restore (point 5) is recorded, since the DB may then have forgotten a submission.
 4. *Reusing inputs.* A holding is reserved by at most one live record (a conditional update that
    reserves all of a record's inputs or none) and stays reserved until the attempt is over.
 5. *A restored Integration DB.* It forgets attempts submitted after the backup, whose transfers
@@ -50,6 +53,7 @@ from sluice.domain.errors import (
     InsufficientBalanceError,
     InvalidAmountError,
     InvalidInputError,
+    InvalidOperationStateError,
     NotFoundError,
 )
 from sluice.domain.journal import (
@@ -87,6 +91,7 @@ from sluice.ports import (
     WithdrawalRepository,
 )
 from sluice.services.compliance import KycRegistry, check_operation_allowed, undo_failed_payouts
+from sluice.services.controls import check_not_paused, pause_state
 
 HOLD_KEY = "withdrawals_hold_until"
 Clock = Callable[[], datetime]
@@ -151,6 +156,7 @@ def request_withdrawal(
     wid = withdrawal_id(customer_id, idempotency_key)
     account = AccountRef(customer_account_name(customer_id), instrument)
     with uow_factory() as uow:
+        check_not_paused(uow)
         repo = uow.withdrawals
         # The customer's row is locked first, then their balance row: a concurrent request of
         # the same customer (the same idempotency key included) waits here, then sees what the
@@ -262,6 +268,101 @@ def request_withdrawal(
         return withdrawal
 
 
+# What a customer can still take back: nothing of the current attempt has gone to the ledger
+# (the worker moves a record to ``submitting``, under its row lock, before calling out), and any
+# earlier attempt is definitely over (a retry is queued only once ingestion has passed its
+# trec_tgt).
+CANCELLABLE_STATUSES: frozenset[str] = frozenset({"queued", "reserved"})
+_NOT_CANCELLABLE = {
+    "submitting": "it is being submitted to the ledger",
+    "submitted": "it was submitted to the ledger and may still commit",
+    "offered": "its offer is on the ledger (the receiver may still accept it)",
+    "completed": "it was paid out",
+    "failed": "it is already over",
+}
+
+
+def cancel_withdrawal(
+    uow_factory: UnitOfWorkFactory,
+    withdrawal_id: str,
+    *,
+    customer_id: str | None,
+    actor: str,
+    at: datetime,
+) -> Withdrawal:
+    """Take back a withdrawal that has not been submitted (``queued`` or ``reserved``): its
+    inputs are released, the customer is credited back, it ends ``failed`` with failure
+    ``cancelled`` and stops counting against their limits — in one transaction, audited.
+
+    ``customer_id`` (a customer cancelling their own): another customer's withdrawal is not
+    found. A worker that claimed the record first wins and the cancel is refused (41); a record
+    cancelled first is never claimed for submission, because claims only take queued and
+    reserved records and the two serialise on the record's row lock."""
+    with uow_factory() as uow:
+        check_not_paused(uow)
+        repo = uow.withdrawals
+        found = repo.get(withdrawal_id)
+        if found is None or (customer_id is not None and found.customer_id != customer_id):
+            raise NotFoundError(f"unknown withdrawal {withdrawal_id!r}")
+        # The customer's row, then the record's, then the balances: the order every writer
+        # of a customer's money locks in.
+        if found.customer_id is not None:
+            uow.compliance.profiles([found.customer_id], lock=True)
+        record = repo.get(withdrawal_id, lock=True)
+        assert record is not None, f"withdrawal {withdrawal_id} vanished"
+        if record.kind != "withdrawal":
+            raise InvalidOperationStateError(
+                f"{withdrawal_id} is a {record.kind}, not a customer's withdrawal; it cannot "
+                "be cancelled"
+            )
+        if record.status not in CANCELLABLE_STATUSES:
+            raise InvalidOperationStateError(
+                f"withdrawal {withdrawal_id} cannot be cancelled: "
+                f"{_NOT_CANCELLABLE.get(record.status, record.status)} (status {record.status})"
+            )
+        if recorded_hold(uow) is not None:
+            # After a DB restore the DB may not know that this record was submitted.
+            raise InvalidOperationStateError(
+                f"withdrawal {withdrawal_id} cannot be cancelled while submissions are on hold "
+                "after a database restore: the ledger may hold an attempt this database has "
+                "forgotten; try again once the hold has passed"
+            )
+        released = repo.release(record.id)
+        if record.status == "reserved":
+            repo.close_attempt(record.id, record.attempt, "cancelled", None)
+        cancelled = replace(
+            record, status="failed", failure="cancelled", inputs=(), last_error=None
+        )
+        if not repo.update(cancelled, expected_status=record.status):
+            raise InvalidOperationStateError(
+                f"withdrawal {withdrawal_id} changed while it was being cancelled; not cancelled"
+            )
+        repo.post([_refund(record)])
+        uow.compliance.forget_usage([record.id])
+        uow.audit.append(
+            [
+                AuditEntry(
+                    operation_id=record.id,
+                    operation="withdrawal_cancelled",
+                    actor=actor,
+                    recorded_at=at,
+                    customer_id=record.customer_id,
+                    parameters={"status": record.status, "attempt": record.attempt},
+                    state_changes=[
+                        {
+                            "credited": record.funding_account(),
+                            "amount": format_amount(record.amount),
+                        },
+                        {"withdrawal": record.id, "status": "failed", "failure": "cancelled"},
+                        {"inputs_released": released},
+                    ],
+                )
+            ]
+        )
+        uow.commit()
+    return cancelled
+
+
 def _candidates(holdings: list[Holding]) -> list[Candidate]:
     return [
         Candidate(
@@ -371,6 +472,8 @@ class WorkerTick:
     offers_withdrawn: int = 0
     upkeep_created: int = 0
     held: bool = False
+    # The pause mode in force (paused, emergency, maintenance): the worker did nothing at all.
+    paused: str | None = None
     # Payouts not reserved or not submitted this round because their customer is no longer
     # active or their receiver was flagged since the request.
     compliance_blocked: int = 0
@@ -419,10 +522,19 @@ class WithdrawalWorker:
         self._next_upkeep: datetime | None = None
 
     def run_once(self, *, upkeep: bool = True) -> WorkerTick:
+        """One round; while sluice is paused, nothing (not even a claim) and ``tick.paused``
+        says why."""
         tick = WorkerTick()
+        with self._uow() as uow:
+            state = pause_state(uow)
+        if state is not None:
+            tick.paused = state.mode
+            return tick
         self.settle_expired(tick)
         self.reserve_queued(tick)
         self.submit_reserved(tick)
+        if tick.paused is not None:
+            return tick
         self.withdraw_stale_offers(tick)
         if upkeep:
             self.plan_upkeep(tick)
@@ -527,6 +639,12 @@ class WithdrawalWorker:
 
     def submit_reserved(self, tick: WorkerTick) -> None:
         with self._uow() as uow:
+            # Asked again right before claiming: a pause that came during this round stops the
+            # calls out to the ledger.
+            state = pause_state(uow)
+            if state is not None:
+                tick.paused = state.mode
+                return
             until = recorded_hold(uow)
             if hold_in_force(until, uow.withdrawals.cursor(self.connection)):
                 tick.held = True
