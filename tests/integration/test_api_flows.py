@@ -523,3 +523,24 @@ def test_the_callers_correlation_id_is_echoed_and_written_to_the_audit_trail(
         "/v1/system/status", headers={**world.headers("user"), "X-Correlation-ID": "bad id!"}
     )
     assert odd.headers["x-correlation-id"] != "bad id!"
+
+
+def test_every_request_is_logged_with_its_correlation_id_and_principal(world: ApiWorld) -> None:
+    import structlog
+    from structlog.testing import LogCapture
+
+    capture = LogCapture()
+    previous = structlog.get_config()
+    structlog.configure(processors=[structlog.contextvars.merge_contextvars, capture])
+    try:
+        answer = world.client().get(
+            "/v1/instruments", headers={**world.headers("operator"), "X-Correlation-ID": "trace-9"}
+        )
+    finally:
+        structlog.configure(**previous)
+    assert answer.status_code == 200
+    lines = [line for line in capture.entries if line.get("event") == "request"]
+    assert lines, capture.entries
+    assert lines[-1]["path"] == "/v1/instruments" and lines[-1]["status"] == 200
+    assert lines[-1]["correlation_id"] == "trace-9"
+    assert str(lines[-1]["principal"]).startswith("key:")

@@ -34,7 +34,7 @@ principals have approved it; configuration changes then wait out a time lock.
 """
 
 
-def create_app(context: ApiContext) -> FastAPI:
+def create_app(context: ApiContext, *, access_log: bool = True) -> FastAPI:
     app = FastAPI(
         title="sluice",
         version="1",
@@ -49,5 +49,5 @@ def create_app(context: ApiContext) -> FastAPI:
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
-    app.add_middleware(CorrelationMiddleware)
+    app.add_middleware(CorrelationMiddleware, access_log=access_log)
     return app

@@ -48,10 +48,12 @@ log = structlog.get_logger("sluice.api")
 
 class CorrelationMiddleware:
     """Plain ASGI middleware (no per-request task switch): sets the correlation id for the
-    request and adds it to the answer's headers."""
+    request, adds it to the answer's headers, and writes one access log line per request
+    (method, path, status, milliseconds, principal, correlation id)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, access_log: bool = True) -> None:
         self.app = app
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -68,16 +70,28 @@ class CorrelationMiddleware:
         token = current_correlation_id.set(correlation_id)
         structlog.contextvars.bind_contextvars(correlation_id=correlation_id)
         header = (CORRELATION_HEADER.lower().encode(), correlation_id.encode())
+        started = time.perf_counter()
+        status = 0
 
         async def send_with_header(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
+                status = int(message["status"])
                 message["headers"] = [*message.get("headers", []), header]
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_header)
         finally:
-            structlog.contextvars.unbind_contextvars("correlation_id")
+            if self.access_log:
+                log.info(
+                    "request",
+                    method=scope.get("method"),
+                    path=scope.get("path"),
+                    status=status,
+                    ms=round((time.perf_counter() - started) * 1000, 2),
+                )
+            structlog.contextvars.unbind_contextvars("correlation_id", "principal")
             current_correlation_id.reset(token)
 
 
