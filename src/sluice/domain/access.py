@@ -56,7 +56,7 @@ def check_role(value: str) -> Role:
 @dataclass(frozen=True, slots=True)
 class Principal:
     """Who is calling: an API key (``id`` = ``key:<key id>``) or a token's subject
-    (``jwt:<issuer>#<subject>``), with a role and, for users, the customer they act for."""
+    (``jwt:<subject>``), with a role and, for users, the customer they act for."""
 
     id: str
     role: Role
