@@ -1197,7 +1197,10 @@ def workers_run(
                 paid = withdrawals.run_once()
                 answered = deposits.run_once()
                 link.flush()  # what was submitted becomes visible to `sluice ingest`
-                if once or paid.busy or answered.busy or paid.held:
+                paused = paid.paused or answered.paused
+                if paused:
+                    note(f"PAUSED ({paused}): nothing is submitted until `sluice` is resumed")
+                elif once or paid.busy or answered.busy or paid.held:
                     note(
                         f"withdrawals: settled {paid.settled} (retried {paid.retried}, refunded "
                         f"{paid.refunded}), reserved {paid.reserved}, submitted {paid.submitted}, "

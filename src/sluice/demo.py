@@ -25,7 +25,16 @@ reference ledger):
    recording it; a new worker takes over, does not submit it again, ingestion sees the transfer,
    and the clock moves past the attempt's ``trec_tgt`` without anything being refunded: the
    withdrawal is paid exactly once (one transfer with its id as reason on the ledger).
-5. **The books.** What each customer deposited against what sluice credited, suspense, the
+5. **The HTTP API.** The application ``sluice serve`` runs (``create_app``) in uvicorn on a free
+   local port, on the demo's Integration DB, driven with httpx as an exchange's systems and staff
+   would: API keys per role (made by the ``create_api_key`` service; only their ids are shown), a
+   customer's balance and deposit instructions, a withdrawal sent twice with one
+   ``Idempotency-Key`` (one withdrawal), a large one (above a threshold set low for the demo)
+   proposed and approved by two distinct staff members, an emergency pause (a withdrawal request
+   answers 503 with code 50, a balance read still works) and resume, a request without credentials
+   (401) and one for another customer's balance (404), and the pause in the audit trail with its
+   request's correlation id. The demo's withdrawal worker then pays both withdrawals.
+6. **The books.** What each customer deposited against what sluice credited, suspense, the
    pending offers, every deposit offer and withdrawal with its outcome, each customer's balance
    (deposits credited − withdrawals paid, refunds included), the cursor, alerts, and the journal
    invariant ``Σ customers + suspense + in-flight + fees = treasury holdings``.
@@ -50,22 +59,31 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
+import httpx
 import psutil
+import structlog
+import uvicorn
+from fastapi import FastAPI
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 from sqlalchemy import create_engine
 
 from sluice import bootstrap
+from sluice.api.app import create_app
+from sluice.api.context import ApiContext
+from sluice.domain.access import Role
 from sluice.domain.amounts import ZERO
 from sluice.domain.journal import (
     COMPLIANCE_HOLD,
@@ -89,6 +107,8 @@ from sluice.ledger.local.adapters import EmbeddedCommands, embedded_registries
 from sluice.ledger.local.remote import RemoteLedger
 from sluice.ledger.local.server import LedgerServer
 from sluice.ports import LedgerClient, LedgerCommands, RegistryLookup
+from sluice.server import bind, url_of
+from sluice.services.access import ApiKeyVerifier, create_api_key
 from sluice.services.audit import verify_audit_log
 from sluice.services.books import check_invariant, customer_balances, treasury_view
 from sluice.services.compliance import KycRegistry, RegistryGate
@@ -102,6 +122,7 @@ from sluice.services.compliance_officer import (
 from sluice.services.deposit_worker import DepositWorker, list_incoming_offers
 from sluice.services.ingestion import Ingestion, IngestionSettings, connection_name
 from sluice.services.reference import onboard_instrument, register_customer
+from sluice.services.settings import RuntimeSettings
 from sluice.services.withdrawals import (
     WithdrawalSettings,
     WithdrawalWorker,
@@ -111,7 +132,7 @@ from sluice.services.withdrawals import (
 
 TITLE = (
     "sluice demo: customer deposits, ingestion killed and resumed, deposit offers, "
-    "withdrawals (one through a worker crash), the books"
+    "withdrawals (one through a worker crash), the HTTP API, the books"
 )
 MARKER = ".sluice-demo"
 NODE = "exchange"
@@ -972,6 +993,447 @@ def show_compliance(console: Console, world: World, story: ComplianceStory) -> b
     return all(ok for _, _, ok in steps)
 
 
+# --- the HTTP API: the exchange's systems and staff drive sluice over HTTP -----------------------
+
+API_CUSTOMER = CUSTOMERS[0]  # the customer whose front end calls the API
+API_OTHER = CUSTOMERS[1]  # whose balance API_CUSTOMER's key must not see
+APPROVAL_ABOVE = Decimal(1000)  # withdrawals.approval_above for the demo (reference units)
+# What the customer withdraws over HTTP: a small withdrawal (sent twice with one Idempotency-Key)
+# and a large one that needs two staff approvals. The demo's withdrawal worker pays both.
+API_WITHDRAWALS = (
+    PlannedWithdrawal("api-order-1", API_CUSTOMER, Decimal("25.00"), "CC", None),
+    PlannedWithdrawal("api-order-2", API_CUSTOMER, Decimal("1200.00"), "CC", None),
+)
+API_REFUSED_KEY = "api-order-3"  # asked for during the pause: refused, so never created
+PAUSE_REASON = "incident drill: unusual withdrawal pattern"
+API_ACTOR = "demo-admin"  # who creates the keys (with the service, as `sluice admin` does)
+# The keys: who holds them (as the report names them), their role, the customer of a user key.
+API_KEYS: tuple[tuple[str, Role, Customer | None], ...] = (
+    ("super admin", "super_admin", None),
+    ("system admin", "system_admin", None),
+    ("operator", "operator", None),
+    ("compliance officer", "compliance_officer", None),
+    (f"{API_CUSTOMER.name} (user)", "user", API_CUSTOMER),
+)
+ANONYMOUS = "anonymous"
+API_TIMEOUT_S = 10.0  # per HTTP request, and for the server to start and to stop
+
+
+@dataclass(frozen=True, slots=True)
+class ApiCall:
+    """One request of the chapter and what came of it."""
+
+    who: str
+    method: str
+    path: str  # as shown: record ids shortened
+    status: int
+    code: int | None  # sluice's error code, for an error answer
+    what: str
+    ok: bool
+
+
+@dataclass(slots=True)
+class ApiStory:
+    url: str = ""
+    key_ids: list[tuple[str, str]] = field(default_factory=list)  # who → key id (never the key)
+    calls: list[ApiCall] = field(default_factory=list)
+    rounds: int = 0  # the withdrawal worker's rounds paying the API's withdrawals
+    paid_after: int = 0  # how many calls came before the worker paid
+
+
+@contextmanager
+def api_log(path: Path) -> Iterator[None]:
+    """The API's log lines (structlog) go to ``path`` in the data folder, not into the report;
+    a logging set up by whoever runs the demo is left as it is."""
+    if structlog.is_configured():
+        yield
+        return
+    with path.open("w") as file:
+        structlog.configure(
+            processors=[
+                structlog.contextvars.merge_contextvars,
+                structlog.processors.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                structlog.dev.ConsoleRenderer(colors=False),
+            ],
+            logger_factory=structlog.WriteLoggerFactory(file),
+        )
+        try:
+            yield
+        finally:
+            structlog.reset_defaults()
+
+
+@contextmanager
+def serving(app: FastAPI) -> Iterator[str]:
+    """``app`` in uvicorn on a free local port, in a thread; yields its base URL."""
+    sock = bind("127.0.0.1", 0)
+    server = uvicorn.Server(
+        uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False)
+    )
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="sluice-demo-api", daemon=True
+    )
+    thread.start()
+    try:
+        deadline = time.monotonic() + API_TIMEOUT_S
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the API server did not start within {API_TIMEOUT_S:.0f}s")
+            thread.join(POLL_S)
+        yield url_of(sock)
+    finally:
+        server.should_exit = True
+        thread.join(API_TIMEOUT_S)
+        sock.close()
+
+
+def api_context(exchange: Exchange) -> ApiContext:
+    """What ``sluice serve`` builds for its API (:func:`sluice.server.build_service`), on the
+    demo's Integration DB, treasury, KYC registry and clock; large withdrawals need approvals
+    above :data:`APPROVAL_ABOVE` instead of the default."""
+    uow = exchange.database.uow
+    return ApiContext(
+        uow=uow,
+        treasury=exchange.world.treasury,
+        clock=exchange.clock,
+        compliance=exchange.registry,
+        settings=RuntimeSettings(
+            uow, {"withdrawals.approval_above": str(APPROVAL_ABOVE)}, clock=exchange.clock
+        ),
+        keys=ApiKeyVerifier(uow),
+        withdrawal_settings=exchange.settings,
+    )
+
+
+def error_code(response: httpx.Response) -> int | None:
+    """sluice's code from an error answer's body ``{code, error, message, …}``."""
+    if response.is_success:
+        return None
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    code = body.get("code") if isinstance(body, dict) else None
+    return code if isinstance(code, int) else None
+
+
+def refusal(response: httpx.Response) -> str:
+    """``code 50 system_paused`` for an error answer."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:60]
+    return f"code {body.get('code')} {body.get('error')}"
+
+
+@dataclass(slots=True)
+class ApiClient:
+    """The exchange's side of the chapter: one HTTP client, a key per caller, every request
+    recorded as a row of the report."""
+
+    http: httpx.Client
+    keys: dict[str, str]
+    story: ApiStory
+    last: tuple[str, str, str, httpx.Response] | None = field(default=None, init=False)
+
+    def send(
+        self,
+        who: str,
+        method: str,
+        path: str,
+        *,
+        shown: str | None = None,
+        body: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> httpx.Response:
+        headers: dict[str, str] = {}
+        if who in self.keys:
+            headers["X-API-Key"] = self.keys[who]
+        if idempotency_key is not None:
+            headers["Idempotency-Key"] = idempotency_key
+        response = self.http.request(method, path, json=body, headers=headers)
+        self.last = (who, method, shown or path, response)
+        return response
+
+    def note(self, what: str, ok: bool) -> bool:
+        """Record the last request with what happened and whether that is what was meant to."""
+        assert self.last is not None, "note() follows a send()"
+        who, method, shown, response = self.last
+        self.story.calls.append(
+            ApiCall(who, method, shown, response.status_code, error_code(response), what, ok)
+        )
+        return ok
+
+
+def create_demo_keys(exchange: Exchange, story: ApiStory) -> dict[str, str]:
+    """A key per caller, made by the service ``sluice admin create-api-key`` uses; only each key's
+    id goes into the report."""
+    keys: dict[str, str] = {}
+    for who, role, customer in API_KEYS:
+        record, key = create_api_key(
+            exchange.database.uow,
+            role=role,
+            customer_id=customer.id if customer else None,
+            label=f"demo: {who}",
+            actor=API_ACTOR,
+            at=exchange.clock(),
+        )
+        keys[who] = key
+        story.key_ids.append((who, record.id))
+    return keys
+
+
+def cc_balance(body: Any, coin: InstrumentId) -> Decimal | None:
+    """The CC amount in a ``GET …/balances`` answer."""
+    for row in body.get("balances", []) if isinstance(body, dict) else []:
+        if row.get("instrument") == {"admin": coin.admin, "id": coin.id}:
+            return Decimal(row["amount"])
+    return None
+
+
+def drive_the_api(exchange: Exchange, client: ApiClient) -> bool:
+    """The requests of the chapter, in order; True when each answered as planned."""
+    world = exchange.world
+    coin, customer = world.coin, API_CUSTOMER
+    user = API_KEYS[-1][0]
+    small, large = API_WITHDRAWALS
+    own = f"/v1/customers/{customer.id}"
+    instrument = {"admin": coin.admin, "id": coin.id}
+
+    def on_the_books() -> Decimal:
+        balances = customer_balances(exchange.database.uow)
+        return balances.get(customer_account_name(customer.id), {}).get(coin.key(), ZERO)
+
+    def withdraw(planned_key: str, amount: Decimal) -> httpx.Response:
+        return client.send(
+            user,
+            "POST",
+            f"{own}/withdrawals",
+            body={
+                "receiver": world.party_of[customer.id],
+                "instrument": instrument,
+                "amount": str(amount),
+            },
+            idempotency_key=planned_key,
+        )
+
+    # The customer's front end: balance and where to deposit.
+    before = on_the_books()
+    answer = client.send(user, "GET", f"{own}/balances")
+    shown = cc_balance(answer.json(), coin) if answer.status_code == 200 else None
+    ok = client.note(
+        f"CC {money(shown) if shown is not None else '?'} (the books: {money(before)})",
+        shown == before,
+    )
+    answer = client.send(user, "GET", f"{own}/deposit-instructions")
+    found = [
+        item
+        for item in (answer.json() if answer.status_code == 200 else [])
+        if item["instrument"] == instrument
+    ]
+    ok &= client.note(
+        f"send CC to {short(found[0]['treasury'])} with reason {found[0]['deposit_account']}"
+        if found
+        else "no instructions for CC",
+        bool(found)
+        and found[0]["treasury"] == world.treasury
+        and found[0]["deposit_account"] == customer.account,
+    )
+
+    # A withdrawal, and the same request again (a retry after a timeout): one withdrawal.
+    first = withdraw(small.key, small.amount)
+    created = first.json() if first.status_code == 201 else {}
+    ok &= client.note(
+        f"withdrawal {shorten(created.get('id', '?'))} of {money(small.amount)} CC "
+        f"(Idempotency-Key {small.key}): {created.get('status')}",
+        first.status_code == 201 and created.get("id") == small.id,
+    )
+    again = withdraw(small.key, small.amount)
+    replayed = again.headers.get("idempotent-replayed") == "true"
+    ok &= client.note(
+        f"the same key again: the same withdrawal {shorten(again.json().get('id', '?'))}, "
+        f"Idempotent-Replayed: {str(replayed).lower()}",
+        again.status_code == 200 and replayed and again.json().get("id") == small.id,
+    )
+
+    # A large withdrawal: a proposal two distinct staff members approve.
+    proposed = withdraw(large.key, large.amount)
+    approval = proposed.json() if proposed.status_code == 202 else {}
+    approval_id = str(approval.get("id", "?"))
+    ok &= client.note(
+        f"{money(large.amount)} CC > {money(APPROVAL_ABOVE)} reference units: proposal "
+        f"{shorten(approval_id)}, {approval.get('approvals')} of {approval.get('required')} "
+        "approvals",
+        proposed.status_code == 202
+        and approval.get("status") == "pending"
+        and approval.get("approvals") == 0
+        and approval.get("required") == 2,
+    )
+    for who, count, status in (("operator", 1, "pending"), ("system admin", 2, "executed")):
+        vote = client.send(
+            who,
+            "POST",
+            f"/v1/approvals/{approval_id}/approve",
+            shown=f"/v1/approvals/{shorten(approval_id)}/approve",
+            body={"comment": f"{who}: called the customer back"},
+        )
+        done = vote.json() if vote.status_code == 200 else {}
+        result = done.get("result") or {}
+        executed = f", withdrawal {shorten(str(result.get('withdrawal_id')))} created"
+        ok &= client.note(
+            f"approval {done.get('approvals')} of {done.get('required')}: {done.get('status')}"
+            + (executed if done.get("status") == "executed" else ""),
+            vote.status_code == 200
+            and done.get("approvals") == count
+            and done.get("status") == status
+            and (status == "pending" or result.get("withdrawal_id") == large.id),
+        )
+
+    # The emergency pause: value stops moving, reads go on.
+    paused = client.send(
+        "compliance officer",
+        "POST",
+        "/v1/system/pause",
+        body={"mode": "paused", "reason": PAUSE_REASON},
+    )
+    pause_correlation = paused.headers.get("x-correlation-id", "")
+    ok &= client.note(
+        f"paused ({paused.json().get('reason')}); X-Correlation-ID {pause_correlation[:8]}…",
+        paused.status_code == 200 and paused.json().get("mode") == "paused",
+    )
+    refused = withdraw(API_REFUSED_KEY, small.amount)
+    ok &= client.note(
+        f"{refusal(refused)}: no withdrawal created",
+        refused.status_code == 503 and error_code(refused) == 50,
+    )
+    reserved = small.amount + large.amount
+    answer = client.send(user, "GET", f"{own}/balances")
+    shown = cc_balance(answer.json(), coin) if answer.status_code == 200 else None
+    ok &= client.note(
+        f"reads go on: CC {money(shown) if shown is not None else '?'} "
+        f"({money(reserved)} reserved for the two withdrawals)",
+        shown == before - reserved,
+    )
+    resumed = client.send(
+        "system admin", "POST", "/v1/system/resume", body={"reason": "drill over"}
+    )
+    ok &= client.note(
+        "running again",
+        resumed.status_code == 200 and resumed.json().get("running") is True,
+    )
+
+    # Access control: no credentials, and another customer's data.
+    anonymous = client.send(ANONYMOUS, "GET", f"{own}/balances")
+    ok &= client.note(
+        f"{refusal(anonymous)}: no credentials",
+        anonymous.status_code == 401 and error_code(anonymous) == 1,
+    )
+    other = client.send(user, "GET", f"/v1/customers/{API_OTHER.id}/balances")
+    ok &= client.note(
+        f"{refusal(other)}: another customer's data does not exist for this key",
+        other.status_code == 404 and error_code(other) == 10,
+    )
+
+    # The audit trail: the pause, with the correlation id of the request that made it.
+    audit = client.send("super admin", "GET", "/v1/audit?limit=50")
+    records = audit.json() if audit.status_code == 200 else []
+    pause_record = next(
+        (r for r in reversed(records) if r.get("operation") == "system_paused"), None
+    )
+    ok &= client.note(
+        f"system_paused by {pause_record['actor'].split(':', 1)[0]} with the pause "
+        f"request's correlation id {str(pause_record['correlation_id'])[:8]}…"
+        if pause_record
+        else "no system_paused record",
+        pause_record is not None
+        and bool(pause_correlation)
+        and pause_record["correlation_id"] == pause_correlation,
+    )
+    return ok
+
+
+def settle_over_the_api(exchange: Exchange, client: ApiClient) -> bool:
+    """The demo's withdrawal worker pays what was asked for over HTTP (1-step CC, the customer's
+    wallet pre-approves it); the operator sees both completed and the books still balance."""
+    client.story.paid_after = len(client.story.calls)
+    client.story.rounds = exchange.drive(exchange.withdrawal_worker())
+    exchange.ledger.checkpoint()  # so the cursor ends at the ledger end
+    exchange.ingest()
+    ok = True
+    for planned in API_WITHDRAWALS:
+        answer = client.send(
+            "operator",
+            "GET",
+            f"/v1/withdrawals/{planned.id}",
+            shown=f"/v1/withdrawals/{shorten(planned.id)}",
+        )
+        status = answer.json().get("status") if answer.status_code == 200 else None
+        ok &= client.note(
+            f"{status}: {money(planned.amount)} CC paid by the withdrawal worker",
+            status == "completed",
+        )
+    books = client.send("super admin", "GET", "/v1/books/check")
+    holds = books.status_code == 200 and books.json().get("holds") is True
+    ok &= client.note("the books balance" if holds else "the books do NOT balance", holds)
+    return ok
+
+
+def use_the_api(exchange: Exchange) -> tuple[ApiStory, bool]:
+    """Serve the real application on the demo's Integration DB and drive it like an exchange's
+    systems and staff would; then pay the withdrawals it took."""
+    story = ApiStory()
+    keys = create_demo_keys(exchange, story)
+    app = create_app(api_context(exchange))
+    with (
+        api_log(exchange.world.data_dir / "api.log"),
+        serving(app) as url,
+        httpx.Client(base_url=url, timeout=API_TIMEOUT_S) as http,
+    ):
+        story.url = url
+        client = ApiClient(http, keys, story)
+        driven = drive_the_api(exchange, client)
+        settled = settle_over_the_api(exchange, client)
+    return story, driven and settled
+
+
+API_CALLS = 17  # the rows of the chapter's table
+
+
+def show_api(console: Console, story: ApiStory, ok: bool) -> bool:
+    console.print()
+    console.print(
+        f"[bold]10. The HTTP API[/]: the application `sluice serve` runs, in uvicorn at "
+        f"{story.url}, on the demo's Integration DB; withdrawals above "
+        f"{money(APPROVAL_ABOVE)} reference units need 2 approvals"
+    )
+    console.print(
+        "  API keys made with create_api_key (only a hash is stored; the keys are shown nowhere):"
+    )
+    console.print(
+        "    " + ", ".join(f"{who} {key_id}" for who, key_id in story.key_ids), highlight=False
+    )
+    table = Table(title_justify="left")
+    for name in ("who", "method", "path", "status", "what happened", ""):
+        table.add_column(name)
+    for index, call in enumerate(story.calls, start=1):
+        table.add_row(
+            call.who,
+            call.method,
+            call.path,
+            str(call.status),
+            call.what,
+            mark(call.ok),
+            end_section=index == story.paid_after,
+        )
+    table.caption = (
+        f"between the sections the demo's withdrawal worker paid both withdrawals ({story.rounds} "
+        "rounds of run_once + ingestion); the API's log: api.log"
+    )
+    console.print(table, highlight=False)
+    return ok and len(story.calls) == API_CALLS and all(call.ok for call in story.calls)
+
+
 # --- the report ----------------------------------------------------------------------------------
 
 
@@ -984,8 +1446,9 @@ def mark(ok: bool) -> str:
 
 
 def shorten(record_id: str) -> str:
-    """``wd-6b39a7c9beaa…`` → ``wd-6b39a7c9…``."""
-    return f"{record_id[:11]}…"
+    """``wd-6b39a7c9beaa…`` → ``wd-6b39a7c9…``, ``ap-wd-6b39a7c9beaa…`` → ``ap-wd-6b39a7c9…``."""
+    prefix, _, digest = record_id.rpartition("-")
+    return f"{prefix}-{digest[:8]}…" if prefix else f"{record_id[:11]}…"
 
 
 def stamp(moment: datetime | None) -> str:
@@ -1301,7 +1764,7 @@ def show_cursor_and_alerts(console: Console, world: World, database: bootstrap.D
     if cursor is not None:
         record_time = cursor.as_json()["record_time"]
         console.print(
-            f"[bold]10. Cursor[/] of {short(world.treasury)}@{NODE}: offset {cursor.offset}, "
+            f"[bold]11. Cursor[/] of {short(world.treasury)}@{NODE}: offset {cursor.offset}, "
             f"record time {record_time} (the ledger's simulated clock), "
             f"last update {str(cursor.update_id)[:16]}…"
         )
@@ -1318,7 +1781,7 @@ def total(balances: Balances, accounts: Iterable[str], instrument_key: str) -> D
 
 def show_books(console: Console, world: World, database: bootstrap.Database) -> bool:
     balances = customer_balances(database.uow)
-    table = Table(title="11. The books per instrument", title_justify="left")
+    table = Table(title="12. The books per instrument", title_justify="left")
     columns = (
         "",
         "Σ customers",
@@ -1359,6 +1822,26 @@ def show_books(console: Console, world: World, database: bootstrap.Database) -> 
     return check.holds
 
 
+def serve_steps(world: World) -> list[tuple[str, str]]:
+    """``sluice serve`` on the demo's files, when the demo's ledger is a file of its own."""
+    if world.wire is not None and not world.wire.started_here:
+        return []
+    key = "sluice admin create-api-key --role user --customer"
+    return [
+        (
+            "serve the HTTP API, ingestion and the workers on the demo's files (the only writer of "
+            "the ledger file while it runs); the demo's keys were never shown, so make one",
+            f"{key} {API_CUSTOMER.id} --db {world.db_url}; "
+            f"sluice serve --db {world.db_url} --ledger {world.ledger_path} --port 8080",
+        ),
+        (
+            "then, in another terminal, with the key it printed",
+            'curl -H "X-API-Key: sk_…" '
+            f"http://127.0.0.1:8080/v1/customers/{API_CUSTOMER.id}/balances",
+        ),
+    ]
+
+
 def show_next_steps(console: Console, world: World) -> None:
     console.print()
     console.print("[bold]Explore further[/] (the files stay in the data folder):")
@@ -1385,6 +1868,7 @@ def show_next_steps(console: Console, world: World) -> None:
                 else f"--ledger {world.ledger_path} --node {NODE}"
             ),
         ),
+        *serve_steps(world),
         ("check the books", f"sluice check --db {world.db_url}"),
         (
             "the compliance officer's view, and the audit trail's hash chain",
@@ -1420,7 +1904,8 @@ def run_demo(
     the books balance, each customer got what they deposited, suspense holds the rest, both
     offers were pending and then accepted / rejected as planned, ingestion resumed from its
     cursor to the ledger end, every withdrawal ended as planned (the crashed one paid exactly
-    once) and each balance is deposits credited − withdrawals paid.
+    once), each balance is deposits credited − withdrawals paid, and every request of the HTTP
+    API answered as planned.
 
     ``via_http``: serve the ledger on a local port and go through the Canton client;
     ``ledger_url``: the same against a ``sluice ledger serve`` already running."""
@@ -1475,6 +1960,9 @@ def run_demo(
             with console.status("compliance: a customer frozen, a deposit held and released…"):
                 held = hold_and_release(exchange)
             compliance = show_compliance(console, world, held)
+            with console.status("the HTTP API: keys, balances, withdrawals, approvals, a pause…"):
+                api_story, api_ok = use_the_api(exchange)
+            api = show_api(console, api_story, api_ok)
             world.held_on_ledger = held_on_ledger(ledger, world.treasury)
             show_cursor_and_alerts(console, world, database)
             books = show_books(console, world, database)
@@ -1489,7 +1977,9 @@ def run_demo(
         if embedded is not None and embedded is not ledger:
             embedded.close()
     show_next_steps(console, world)
-    ok = all((books, credited, pending, resumed, workers, offers, withdrawals, final, compliance))
+    ok = all(
+        (books, credited, pending, resumed, workers, offers, withdrawals, final, compliance, api)
+    )
     elapsed = time.perf_counter() - started
     with_start_up = time.time() - psutil.Process().create_time()
     verdict = "[bold green]all checks hold[/]" if ok else "[bold red]some checks failed[/]"

@@ -87,6 +87,7 @@ from sluice.services.access import ApiKeyVerifier, create_api_key
 from sluice.services.books import check_invariant
 from sluice.services.compliance_officer import change_tier
 from sluice.services.settings import RuntimeSettings
+from sluice.server import configure_logging
 from sluice.services.withdrawals import WithdrawalSettings
 from sluice.store import tables
 
@@ -202,7 +203,9 @@ def api_context(database: bootstrap.Database, treasury: str) -> ApiContext:
 
 def create_app_from_environment() -> FastAPI:
     """uvicorn's application factory in each server process: the database named by
-    ``SLUICE_BENCH_API_DB``, the treasury by ``SLUICE_BENCH_API_TREASURY``."""
+    ``SLUICE_BENCH_API_DB``, the treasury by ``SLUICE_BENCH_API_TREASURY``; logging (one access
+    line per request, to stderr) as ``sluice serve`` has it."""
+    configure_logging()
     database = bootstrap.database(os.environ[ENV_DB])
     return create_app(api_context(database, os.environ[ENV_TREASURY]))
 

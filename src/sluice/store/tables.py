@@ -224,6 +224,11 @@ history_entries = Table(
     Column("customer_id", String(100), nullable=True),
     PrimaryKeyConstraint("update_id", "node_id"),
     Index("ix_history_entries_offset", "connection", "offset"),
+    # A customer's history (credited deposits, and the transfers of their withdrawals by reason).
+    Index("ix_history_entries_customer", "customer_id", "record_time"),
+    # Hash on PostgreSQL: a reason is whatever a sender wrote, and a long one must never fail
+    # ingestion on a B-tree's row-size limit.
+    Index("ix_history_entries_reason", "reason", postgresql_using="hash"),
 )
 
 accounts = Table(
