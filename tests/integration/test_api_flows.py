@@ -544,3 +544,16 @@ def test_every_request_is_logged_with_its_correlation_id_and_principal(world: Ap
     assert lines[-1]["path"] == "/v1/instruments" and lines[-1]["status"] == 200
     assert lines[-1]["correlation_id"] == "trace-9"
     assert str(lines[-1]["principal"]).startswith("key:")
+
+
+def test_guessing_keys_is_rate_limited_by_client_address(sqlite_url: str) -> None:
+    world = api_world(sqlite_url, settings={"rate_limits.key_per_s": 1, "rate_limits.key_burst": 3})
+    try:
+        client = world.client()
+        bad = {"X-API-Key": "sk_0123456789abcdef_not-the-secret"}
+        answers = [client.get("/v1/instruments", headers=bad).status_code for _ in range(5)]
+        assert answers == [401, 401, 401, 429, 429]
+        # A valid key has its own bucket.
+        assert client.get("/v1/instruments", headers=world.headers("operator")).status_code == 200
+    finally:
+        world.sandbox.close()

@@ -251,28 +251,40 @@ def _audit_rate_limit(context: ApiContext, key: str, which: str, now: datetime) 
         log.exception("could not audit a rate-limit refusal", key=key)
 
 
+def _limit(context: ApiContext, request: Request, key: str) -> None:
+    limits = context.settings.rate_limits()
+    limiter: RateLimiter = request.app.state.rate_limiter
+    refused = limiter.admit(
+        key,
+        key_rate=limits.key_per_s,
+        key_burst=limits.key_burst,
+        global_rate=limits.global_per_s,
+        global_burst=limits.global_burst,
+    )
+    if refused is not None:
+        which, wait = refused
+        if limiter.should_audit(key):
+            _audit_rate_limit(context, key, which, context.clock())
+        raise RateLimitedError(
+            f"{which} rate limit reached; retry in {wait:.2f} s", retry_after_s=wait
+        )
+
+
 def guard(permission: Permission) -> Callable[[Request], Any]:
     """The dependency an endpoint declares its permission with."""
 
     async def dependency(request: Request) -> Caller:
         context: ApiContext = request.app.state.context
-        principal = authenticate(context, request)
-        limits = context.settings.rate_limits()
-        key = principal.id if principal is not None else f"ip:{_client(request)}"
-        refused = request.app.state.rate_limiter.admit(
-            key,
-            key_rate=limits.key_per_s,
-            key_burst=limits.key_burst,
-            global_rate=limits.global_per_s,
-            global_burst=limits.global_burst,
+        try:
+            principal = authenticate(context, request)
+        except UnauthorizedError:
+            # Bad credentials count against the client's address, so guessing keys is slowed
+            # down like any other flood.
+            _limit(context, request, f"ip:{_client(request)}")
+            raise
+        _limit(
+            context, request, principal.id if principal is not None else f"ip:{_client(request)}"
         )
-        if refused is not None:
-            which, wait = refused
-            if request.app.state.rate_limiter.should_audit(key):
-                _audit_rate_limit(context, key, which, context.clock())
-            raise RateLimitedError(
-                f"{which} rate limit reached; retry in {wait:.2f} s", retry_after_s=wait
-            )
         if not permission.admits(principal):
             if principal is None:
                 raise UnauthorizedError("credentials required: an API key or a bearer token")
