@@ -1005,7 +1005,7 @@ API_WITHDRAWALS = (
     PlannedWithdrawal("api-order-2", API_CUSTOMER, Decimal("1200.00"), "CC", None),
 )
 API_REFUSED_KEY = "api-order-3"  # asked for during the pause: refused, so never created
-PAUSE_REASON = "incident drill: unusual withdrawal pattern"
+PAUSE_REASON = "incident drill"
 API_ACTOR = "demo-admin"  # who creates the keys (with the service, as `sluice admin` does)
 # The keys: who holds them (as the report names them), their role, the customer of a user key.
 API_KEYS: tuple[tuple[str, Role, Customer | None], ...] = (
@@ -1123,7 +1123,9 @@ def refusal(response: httpx.Response) -> str:
     try:
         body = response.json()
     except ValueError:
-        return response.text[:60]
+        body = None
+    if not isinstance(body, dict):
+        return f"HTTP {response.status_code}"
     return f"code {body.get('code')} {body.get('error')}"
 
 
@@ -1233,7 +1235,7 @@ def drive_the_api(exchange: Exchange, client: ApiClient) -> bool:
         if item["instrument"] == instrument
     ]
     ok &= client.note(
-        f"send CC to {short(found[0]['treasury'])} with reason {found[0]['deposit_account']}"
+        f"send CC to {short(found[0]['treasury'])}, reason {found[0]['deposit_account']}"
         if found
         else "no instructions for CC",
         bool(found)
@@ -1245,15 +1247,14 @@ def drive_the_api(exchange: Exchange, client: ApiClient) -> bool:
     first = withdraw(small.key, small.amount)
     created = first.json() if first.status_code == 201 else {}
     ok &= client.note(
-        f"withdrawal {shorten(created.get('id', '?'))} of {money(small.amount)} CC "
-        f"(Idempotency-Key {small.key}): {created.get('status')}",
+        f"{shorten(created.get('id', '?'))}: {money(small.amount)} CC, {created.get('status')}",
         first.status_code == 201 and created.get("id") == small.id,
     )
     again = withdraw(small.key, small.amount)
     replayed = again.headers.get("idempotent-replayed") == "true"
     ok &= client.note(
-        f"the same key again: the same withdrawal {shorten(again.json().get('id', '?'))}, "
-        f"Idempotent-Replayed: {str(replayed).lower()}",
+        f"the same {shorten(again.json().get('id', '?'))}"
+        + (" (Idempotent-Replayed)" if replayed else ""),
         again.status_code == 200 and replayed and again.json().get("id") == small.id,
     )
 
@@ -1262,9 +1263,8 @@ def drive_the_api(exchange: Exchange, client: ApiClient) -> bool:
     approval = proposed.json() if proposed.status_code == 202 else {}
     approval_id = str(approval.get("id", "?"))
     ok &= client.note(
-        f"{money(large.amount)} CC > {money(APPROVAL_ABOVE)} reference units: proposal "
-        f"{shorten(approval_id)}, {approval.get('approvals')} of {approval.get('required')} "
-        "approvals",
+        f"{money(large.amount)} CC: proposal {shorten(approval_id)}, "
+        f"{approval.get('approvals')} of {approval.get('required')} approvals",
         proposed.status_code == 202
         and approval.get("status") == "pending"
         and approval.get("approvals") == 0
@@ -1280,9 +1280,9 @@ def drive_the_api(exchange: Exchange, client: ApiClient) -> bool:
         )
         done = vote.json() if vote.status_code == 200 else {}
         result = done.get("result") or {}
-        executed = f", withdrawal {shorten(str(result.get('withdrawal_id')))} created"
+        executed = f", {shorten(str(result.get('withdrawal_id')))} created"
         ok &= client.note(
-            f"approval {done.get('approvals')} of {done.get('required')}: {done.get('status')}"
+            f"{done.get('approvals')} of {done.get('required')} approvals: {done.get('status')}"
             + (executed if done.get("status") == "executed" else ""),
             vote.status_code == 200
             and done.get("approvals") == count
@@ -1304,7 +1304,7 @@ def drive_the_api(exchange: Exchange, client: ApiClient) -> bool:
     )
     refused = withdraw(API_REFUSED_KEY, small.amount)
     ok &= client.note(
-        f"{refusal(refused)}: no withdrawal created",
+        f"{refusal(refused)}: nothing created",
         refused.status_code == 503 and error_code(refused) == 50,
     )
     reserved = small.amount + large.amount
@@ -1312,7 +1312,7 @@ def drive_the_api(exchange: Exchange, client: ApiClient) -> bool:
     shown = cc_balance(answer.json(), coin) if answer.status_code == 200 else None
     ok &= client.note(
         f"reads go on: CC {money(shown) if shown is not None else '?'} "
-        f"({money(reserved)} reserved for the two withdrawals)",
+        f"({money(reserved)} reserved)",
         shown == before - reserved,
     )
     resumed = client.send(
@@ -1331,7 +1331,7 @@ def drive_the_api(exchange: Exchange, client: ApiClient) -> bool:
     )
     other = client.send(user, "GET", f"/v1/customers/{API_OTHER.id}/balances")
     ok &= client.note(
-        f"{refusal(other)}: another customer's data does not exist for this key",
+        f"{refusal(other)}: not this key's customer",
         other.status_code == 404 and error_code(other) == 10,
     )
 
@@ -1342,8 +1342,8 @@ def drive_the_api(exchange: Exchange, client: ApiClient) -> bool:
         (r for r in reversed(records) if r.get("operation") == "system_paused"), None
     )
     ok &= client.note(
-        f"system_paused by {pause_record['actor'].split(':', 1)[0]} with the pause "
-        f"request's correlation id {str(pause_record['correlation_id'])[:8]}…"
+        f"system_paused by {pause_record['actor'].split(':', 1)[0]}, correlation id "
+        f"{str(pause_record['correlation_id'])[:8]}…"
         if pause_record
         else "no system_paused record",
         pause_record is not None
@@ -1370,7 +1370,7 @@ def settle_over_the_api(exchange: Exchange, client: ApiClient) -> bool:
         )
         status = answer.json().get("status") if answer.status_code == 200 else None
         ok &= client.note(
-            f"{status}: {money(planned.amount)} CC paid by the withdrawal worker",
+            f"{status}: {money(planned.amount)} CC paid by the worker",
             status == "completed",
         )
     books = client.send("super admin", "GET", "/v1/books/check")
@@ -1415,7 +1415,7 @@ def show_api(console: Console, story: ApiStory, ok: bool) -> bool:
     )
     table = Table(title_justify="left")
     for name in ("who", "method", "path", "status", "what happened", ""):
-        table.add_column(name)
+        table.add_column(name, overflow="fold")
     for index, call in enumerate(story.calls, start=1):
         table.add_row(
             call.who,
@@ -1427,8 +1427,8 @@ def show_api(console: Console, story: ApiStory, ok: bool) -> bool:
             end_section=index == story.paid_after,
         )
     table.caption = (
-        f"between the sections the demo's withdrawal worker paid both withdrawals ({story.rounds} "
-        "rounds of run_once + ingestion); the API's log: api.log"
+        f"between the sections: the demo's withdrawal worker paid both withdrawals "
+        f"({story.rounds} rounds of run_once + ingestion); the API's log: api.log"
     )
     console.print(table, highlight=False)
     return ok and len(story.calls) == API_CALLS and all(call.ok for call in story.calls)

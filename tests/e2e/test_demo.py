@@ -3,15 +3,18 @@
 The report is checked against :func:`sluice.demo.plan` (what the customers did, a pure function of
 the seed): the deposits credited, the two USDX offers (accepted; rejected by the block list), every
 withdrawal's status and outcome (the one whose worker crashed paid once), and each customer's final
-balance. The Integration DB and the ledger file the demo leaves behind are checked too, the ledger
-independently of sluice: the transfers carrying the crashed withdrawal's id, and every wallet's
-holdings against what the customer was given, sent and was paid.
+balance. The HTTP API chapter is checked request by request against what an exchange's systems and
+staff were meant to get (status, error code, what happened), and no API key appears in the report.
+The Integration DB and the ledger file the demo leaves behind are checked too, the ledger
+independently of sluice: the transfers carrying each withdrawal's id (those requested over HTTP
+included), and every wallet's holdings against what the customer was given, sent and was paid.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,6 +26,9 @@ from rich.console import Console
 
 from sluice import bootstrap
 from sluice.demo import (
+    API_CUSTOMER,
+    API_OTHER,
+    API_WITHDRAWALS,
     BLOCKED,
     CUSTOMERS,
     EVERYONE,
@@ -39,7 +45,9 @@ from sluice.demo import (
 )
 from sluice.domain.ledger import REASON_KEY, InstrumentId
 from sluice.ledger.local import EmbeddedLedger
+from sluice.services.access import list_api_keys
 from sluice.services.books import check_invariant, customer_balances
+from sluice.services.controls import current_pause
 from sluice.services.ingestion import connection_name
 from sluice.services.withdrawals import list_withdrawals
 
@@ -104,6 +112,7 @@ def check_report(report: str, expected: Plan) -> None:
         assert offer_row[3].startswith("pending_receiver_acceptance")
     assert f"deposit_unattributed × {expected.unattributed()}" in report
     check_workers_report(report, expected)
+    check_api_report(report, expected)
     assert "invariant holds" in report
     assert "all checks hold" in report
 
@@ -156,7 +165,7 @@ def check_workers_report(report: str, expected: Plan) -> None:
             shown += [money(credited), money(paid), money(credited - paid)]
         assert cells[1:] == [*shown, "✓"], cells
 
-    compliance = section(report, "9. Compliance", "10. Cursor")
+    compliance = section(report, "9. Compliance", "10. The HTTP API")
     carol = CUSTOMERS[2].name
     held = table_row(compliance, f"officer freezes {carol}; {carol} deposits 75.00 CC")
     assert held[1].startswith("held, not credited") and "customer is frozen" in held[1], held
@@ -164,6 +173,69 @@ def check_workers_report(report: str, expected: Plan) -> None:
     assert "compliance hold 0.00" in released[1] and released[2] == "✓", released
     audit = table_row(compliance, "sluice audit verify")
     assert "hash chain intact" in audit[1] and audit[2] == "✓", audit
+
+
+def api_paid(customer: Customer, symbol: str) -> Decimal:
+    """What the withdrawals requested over HTTP pay ``customer`` (the demo's worker pays both)."""
+    return sum(
+        (w.amount for w in API_WITHDRAWALS if w.customer == customer and w.symbol == symbol),
+        Decimal(0),
+    )
+
+
+def table_rows(report: str) -> list[list[str]]:
+    """The cells of every body row of the tables in ``report``."""
+    rows = []
+    for line in report.splitlines():
+        if line.startswith("│"):
+            rows.append([cell.strip() for cell in line.strip().strip("│").split("│")])
+    return rows
+
+
+def check_api_report(report: str, expected: Plan) -> None:
+    """Each request of the HTTP API chapter, in order: who, method, path, status, sluice's error
+    code where one is due, and what came of it."""
+    chapter = section(report, "10. The HTTP API", "11. Cursor")
+    user = f"{API_CUSTOMER.name} (user)"
+    own = f"/v1/customers/{API_CUSTOMER.id}"
+    small, large = API_WITHDRAWALS
+    approve = f"/v1/approvals/ap-{shortened(large)}/approve"
+    before = expected.expected_final(API_CUSTOMER, "CC")
+    if API_CUSTOMER == HELD_CUSTOMER:
+        before += HELD_AMOUNT
+    after = before - small.amount - large.amount
+    planned: list[tuple[str, str, str, str, list[str]]] = [
+        (user, "GET", f"{own}/balances", "200", [f"CC {money(before)}"]),
+        (user, "GET", f"{own}/deposit-instructions", "200", [API_CUSTOMER.account]),
+        (user, "POST", f"{own}/withdrawals", "201", [shortened(small), "25.00 CC", "reserved"]),
+        (user, "POST", f"{own}/withdrawals", "200", [shortened(small), "Idempotent-Replayed"]),
+        (user, "POST", f"{own}/withdrawals", "202", ["1,200.00 CC", "0 of 2 approvals"]),
+        ("operator", "POST", approve, "200", ["1 of 2 approvals: pending"]),
+        ("system admin", "POST", approve, "200", ["2 of 2 approvals: executed", shortened(large)]),
+        ("compliance officer", "POST", "/v1/system/pause", "200", ["paused"]),
+        (user, "POST", f"{own}/withdrawals", "503", ["code 50 system_paused"]),
+        (user, "GET", f"{own}/balances", "200", [f"CC {money(after)}"]),
+        ("system admin", "POST", "/v1/system/resume", "200", ["running again"]),
+        ("anonymous", "GET", f"{own}/balances", "401", ["code 1 unauthorized"]),
+        (user, "GET", f"/v1/customers/{API_OTHER.id}/balances", "404", ["code 10 not_found"]),
+        ("super admin", "GET", "/v1/audit?limit=50", "200", ["system_paused"]),
+        ("operator", "GET", f"/v1/withdrawals/{shortened(small)}", "200", ["completed"]),
+        ("operator", "GET", f"/v1/withdrawals/{shortened(large)}", "200", ["completed"]),
+        ("super admin", "GET", "/v1/books/check", "200", ["the books balance"]),
+    ]
+    rows = table_rows(chapter)
+    assert len(rows) == len(planned), rows
+    for cells, (who, method, path, status, what) in zip(rows, planned, strict=True):
+        assert cells[:4] == [who, method, path, status], cells
+        assert all(part in cells[4] for part in what), (cells, what)
+        assert cells[5] == "✓", cells
+    # The pause in the audit trail carries the pause request's correlation id.
+    given = re.search(r"X-Correlation-ID ([0-9a-f]{8})…", rows[7][4])
+    recorded = re.search(r"correlation id ([0-9a-f]{8})…", rows[13][4])
+    assert given and recorded and given.group(1) == recorded.group(1), (rows[7], rows[13])
+    # Five keys by id; no key itself anywhere in the report.
+    assert len(re.findall(r"(?:admin|operator|officer|\(user\)) [0-9a-f]{16}\b", chapter)) == 5
+    assert re.search(r"sk_[0-9a-f]{16}_", report) is None
 
 
 def payments(ledger: EmbeddedLedger, party: str, reason: str) -> list[str]:
@@ -186,6 +258,7 @@ def payments(ledger: EmbeddedLedger, party: str, reason: str) -> list[str]:
 def wallet_expected(expected: Plan, customer: Customer, symbol: str) -> Decimal:
     """What the customer's wallet must hold on the ledger: given − sent + paid back out."""
     paid = expected.paid_out(customer, "CC" if symbol == "CC" else "USDX")
+    paid += api_paid(customer, symbol)
     if symbol == "CC":
         if customer == BLOCKED:
             return Decimal(0)
@@ -217,15 +290,19 @@ def check_files(data: Path, expected: Plan) -> None:
             for symbol in SYMBOLS:
                 released = HELD_AMOUNT if (customer, symbol) == (HELD_CUSTOMER, "CC") else 0
                 assert account.get(instruments[symbol].key(), Decimal(0)) == (
-                    expected.expected_final(customer, symbol) + released
+                    expected.expected_final(customer, symbol)
+                    + released
+                    - api_paid(customer, symbol)
                 ), (customer, symbol)
         assert sum(balances.get("compliance_hold", {}).values(), Decimal(0)) == 0
         assert sum(balances["suspense"].values(), Decimal(0)) == expected.expected_suspense()
         assert check_invariant(database.uow).problems == []
 
         records = {w.id: w for w in list_withdrawals(database.uow) if w.kind == "withdrawal"}
-        assert set(records) == {w.id for w in expected.withdrawals}
-        for planned in expected.withdrawals:
+        # Over HTTP: two withdrawals (the refused one during the pause was never created).
+        every = (*expected.withdrawals, *API_WITHDRAWALS)
+        assert set(records) == {w.id for w in every}
+        for planned in every:
             record = records[planned.id]
             assert (record.status, record.amount, record.instrument) == (
                 planned.expected_status,
@@ -237,6 +314,12 @@ def check_files(data: Path, expected: Plan) -> None:
             assert count == 1, (planned, count)
         crashed = next(w for w in expected.withdrawals if w.crash)
         assert len(payments(ledger, treasury, crashed.id)) == 1
+        keys = list_api_keys(database.uow)
+        assert sorted(k.role for k in keys) == sorted(
+            ["super_admin", "system_admin", "operator", "compliance_officer", "user"]
+        )
+        assert [k.customer_id for k in keys if k.role == "user"] == [API_CUSTOMER.id]
+        assert current_pause(database.uow) is None  # resumed
 
         parties = {p.split("::", 1)[0]: p for p in ledger.parties("wallets")}
         for customer in EVERYONE:
