@@ -1327,6 +1327,56 @@ def bench_screening(
         fail_with(exc)
 
 
+@bench_app.command("api")
+def bench_api(
+    db: Annotated[
+        str, typer.Option("--db", help="Database to serve from; it is EMPTIED first.")
+    ] = "postgresql+psycopg://postgres@127.0.0.1:5432/sluice_bench_api",
+    clients: Annotated[
+        int, typer.Option("--clients", min=1, max=500, help="Concurrent clients.")
+    ] = 50,
+    duration: Annotated[
+        float, typer.Option("--duration", min=1.0, max=600.0, help="Seconds per run.")
+    ] = 10.0,
+    warmup: Annotated[
+        float, typer.Option("--warmup", min=0.0, max=60.0, help="Seconds of warm-up per run.")
+    ] = 2.0,
+    paced_rate: Annotated[
+        float,
+        typer.Option("--paced-rate", min=0.0, help="Balance reads/s of the paced run (0: none)."),
+    ] = 1_000.0,
+    workers: Annotated[
+        list[int] | None,
+        typer.Option("--workers", min=1, max=16, help="uvicorn worker processes (repeatable)."),
+    ] = None,
+    tool: Annotated[
+        str,
+        typer.Option("--tool", help="Load generator: auto (wrk if it can be had), wrk, python."),
+    ] = "auto",
+    record: Annotated[
+        Path | None, typer.Option("--record", help="Write the figures to this Markdown file.")
+    ] = None,
+) -> None:
+    """Balance reads and withdrawal requests per second and their p50 / p99 over HTTP, with
+    concurrent clients against uvicorn, next to GET /health as the baseline."""
+    from sluice.bench.api import WORKER_COUNTS, ApiBenchSettings, bench_command
+
+    if tool not in ("auto", "wrk", "python"):
+        raise typer.BadParameter("one of auto, wrk, python", param_hint="--tool")
+    settings = ApiBenchSettings(
+        url=db,
+        clients=clients,
+        duration_s=duration,
+        warmup_s=warmup,
+        paced_rate=paced_rate or None,
+        worker_counts=tuple(workers or WORKER_COUNTS),
+        tool=tool,
+    )
+    # No spinner: its refresh thread would share the GIL with the paced load generator.
+    err.print(f"measuring the HTTP API with {clients} clients against {db}…")
+    bench_command(settings, record)
+
+
 @bench_app.command("ingest")
 def bench_ingest(
     updates: Annotated[int, typer.Option("--updates", min=100, help="Stream length.")] = 100_000,

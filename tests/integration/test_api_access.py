@@ -196,9 +196,7 @@ def test_framework_pages_are_public_and_describe_every_endpoint(world: ApiWorld)
     with world.client() as client:
         spec = client.get("/openapi.json").json()
         assert client.get("/docs").status_code == 200
-    operations = {
-        (method.upper(), path) for path, item in spec["paths"].items() for method in item
-    }
+    operations = {(method.upper(), path) for path, item in spec["paths"].items() for method in item}
     assert operations == set(EXPECTED)
 
 

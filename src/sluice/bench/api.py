@@ -11,12 +11,16 @@ What is measured, in one run (``sluice bench api``):
   its whole path: authentication, rate limits, the pause check, the customer's lock, the KYC
   decision, the debit, the record and its audit entries, committed.
 * **The server.** uvicorn serving the real application (:func:`sluice.api.app.create_app`) on
-  127.0.0.1 in its own process, with 1 and then 2 worker processes (``--workers``), as
-  ``sluice serve`` configures it (h11, no access log, the production caches of API keys and
-  runtime settings, the default thread pool and connection pool). Each worker process builds its
-  context from environment variables (:func:`create_app_from_environment`); the context's clock
-  is the system clock, and the rate limits are raised so that they never refuse the benchmark.
-  Each worker count starts from a freshly built exchange.
+  127.0.0.1 in spawned processes — 1 (what ``sluice serve`` runs), then 2, each with its own
+  listening socket on the same port (see :func:`api_server`) — configured as ``sluice serve``
+  has it:
+  h11, sluice's own access log line per request to stderr (here a file in the scratch folder)
+  instead of uvicorn's, the production caches of API keys (5 s) and runtime settings (1 s), the
+  default thread pool (40) and connection pool (10 + 10). Each process builds its own context and
+  engine (:func:`serve`); the context's clock is the system clock, and the rate limits are raised
+  so that they never refuse the benchmark. Each process count starts from a freshly built
+  exchange. The load generator runs on the same machine, and so does PostgreSQL: the figures are
+  those of the whole machine, which the report names.
 * **The load.** ``clients`` concurrent clients, each with its own keep-alive connection, customer
   and key, in a closed loop (a client sends its next request when the previous one is answered)
   for ``duration_s`` after ``warmup_s`` of the same load, for three requests:
@@ -25,7 +29,8 @@ What is measured, in one run (``sluice bench api``):
   with a new ``Idempotency-Key`` every time. The load generator is ``wrk`` when it is installed
   (installed with apt-get when missing and possible) with one thread per connection and a
   generated Lua script that gives each connection its client; else the Python generator below.
-  The report says which one ran.
+  The report says which one ran. (wrk, not wrk2: it cannot pace, hence the Python generator
+  for the paced run.)
 * **Paced reads.** A closed loop measures the most the server does; latency at a given rate is
   another question. The balance read is also sent open-loop at ``paced_rate`` (1,000/s) by the
   Python generator: client *i*'s *n*-th request is due at ``t0 + (n·clients + i) / rate``, and
@@ -39,7 +44,8 @@ never throughput. Latencies (p50, p99, max) are over all answers. ``wrk`` counts
 
 **Checked after each worker count.** Every withdrawal request has a unique idempotency key
 ``<run>-<client>-<n>``; the generators record which keys were answered with an error and which
-were still in flight when the run stopped. Those in flight are sent again with the same key
+were never answered: still in flight when wrk stopped, lost with a connection, or (one per wrk
+run) made by wrk to verify the script and never sent. Those are sent again with the same key
 (answered 200 if the first one was booked, 201 if it never arrived), then the withdrawal records
 in the database must be exactly the keys answered 2xx — none missing, none extra, none twice —
 and the books invariant (:func:`sluice.services.books.check_invariant`) must hold.
@@ -55,7 +61,9 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import multiprocessing
 import os
+import queue
 import re
 import shutil
 import socket
@@ -68,12 +76,13 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import sqlalchemy as sa
-from fastapi import FastAPI
+import uvicorn
 
 from sluice import bootstrap
 from sluice.api.app import create_app
@@ -83,13 +92,16 @@ from sluice.bench.record import machine
 from sluice.domain.ledger import InstrumentId
 from sluice.ledger.local import EmbeddedLedger
 from sluice.sandbox import Sandbox, sandbox_registry
+from sluice.server import configure_logging, url_of
 from sluice.services.access import ApiKeyVerifier, create_api_key
 from sluice.services.books import check_invariant
 from sluice.services.compliance_officer import change_tier
 from sluice.services.settings import RuntimeSettings
-from sluice.server import configure_logging
 from sluice.services.withdrawals import WithdrawalSettings
 from sluice.store import tables
+
+if TYPE_CHECKING:
+    from multiprocessing.queues import Queue
 
 DEFAULT_DB = "postgresql+psycopg://postgres@127.0.0.1:5432/sluice_bench_api"
 CLIENTS = 50
@@ -105,9 +117,6 @@ READ_P99_TARGET_MS = 50.0
 ACTOR = "sluice bench api"
 SCENARIOS = ("health", "balance", "withdrawal")
 
-# What the server processes read their parameters from (see ``create_app_from_environment``).
-ENV_DB = "SLUICE_BENCH_API_DB"
-ENV_TREASURY = "SLUICE_BENCH_API_TREASURY"
 # Rate limits far above anything the benchmark sends: they are not what is measured.
 RATE_LIMITS_OFF: dict[str, object] = {
     "rate_limits.key_per_s": 1_000_000.0,
@@ -117,9 +126,10 @@ RATE_LIMITS_OFF: dict[str, object] = {
 }
 
 SERVER_START_S = 60.0
+LISTEN_BACKLOG = 2048  # as sluice serve listens
 SERVER_STOP_S = 30.0
 REQUEST_TIMEOUT_S = 30.0
-DRAIN_S = 60.0  # how long a run waits for its last answers after its duration
+DRAIN_S = 60.0  # how long a paced run may overrun its duration before it stops sending
 WRK_SLACK_S = 120.0  # wrk's own time limit beyond the run's duration
 INSTALL_S = 300.0
 LATENCIES_MAX = 2_000_000  # bound on the latencies one Python run keeps
@@ -201,83 +211,109 @@ def api_context(database: bootstrap.Database, treasury: str) -> ApiContext:
     )
 
 
-def create_app_from_environment() -> FastAPI:
-    """uvicorn's application factory in each server process: the database named by
-    ``SLUICE_BENCH_API_DB``, the treasury by ``SLUICE_BENCH_API_TREASURY``; logging (one access
-    line per request, to stderr) as ``sluice serve`` has it."""
+def serve(sock: socket.socket, url: str, treasury: str, log_path: str, ready: Queue[int]) -> None:
+    """One server process (the target of each spawned worker): the API over the database at
+    ``url`` on the listening ``sock`` until SIGTERM, with logging as ``sluice serve`` has it (one
+    access line per request, to stderr — here ``log_path``). Puts its pid on ``ready`` once the
+    application is built."""
+    with open(log_path, "ab", buffering=0) as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
     configure_logging()
-    database = bootstrap.database(os.environ[ENV_DB])
-    return create_app(api_context(database, os.environ[ENV_TREASURY]))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    app = create_app(api_context(bootstrap.database(url), treasury))
+    config = uvicorn.Config(app, http="h11", lifespan="off", access_log=False, log_level="warning")
+    server = uvicorn.Server(config)
+    ready.put(os.getpid())
+    server.run(sockets=[sock])
 
 
 @contextmanager
 def api_server(exchange: Exchange, workers: int, log_path: Path) -> Iterator[str]:
-    """uvicorn serving the API over ``exchange``'s database in a child process with ``workers``
-    worker processes; yields the base URL once ``/health`` answers, stops it afterwards."""
-    port = _free_port()
-    environment = {**os.environ, ENV_DB: exchange.url, ENV_TREASURY: exchange.treasury}
-    command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        f"{__name__}:create_app_from_environment",
-        "--factory",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        str(workers),
-        "--http",
-        "h11",
-        "--lifespan",
-        "off",
-        "--no-access-log",
-        "--log-level",
-        "warning",
+    """The API over ``exchange``'s database in ``workers`` spawned processes on one port of
+    127.0.0.1; yields the base URL once every process is up and ``/health`` answers, stops them
+    afterwards (SIGTERM, then SIGKILL after ``SERVER_STOP_S``).
+
+    Each process gets its own listening socket on the same port (``SO_REUSEPORT``), so that
+    the kernel spreads the clients' connections over the processes; with one shared socket the
+    first process to wake takes a whole burst of new connections, and keep-alive clients stay
+    where they landed. The sockets are created with ``IPPROTO_TCP`` as :func:`sluice.server.bind`
+    creates ``sluice serve``'s, so asyncio sets ``TCP_NODELAY`` on every connection it accepts.
+    (uvicorn's ``--workers`` binds with protocol 0, and then asyncio leaves Nagle's algorithm on:
+    an answer written as headers then body waits for the client's delayed ACK, ~40 ms a request.)
+    """
+    sockets = listening_sockets(workers)
+    base = url_of(sockets[0])
+    context = multiprocessing.get_context("spawn")
+    ready: Queue[int] = context.Queue()
+    processes = [
+        context.Process(
+            target=serve,
+            args=(sock, exchange.url, exchange.treasury, str(log_path), ready),
+            name=f"sluice-bench-api-{n}",
+        )
+        for n, sock in enumerate(sockets)
     ]
-    base = f"http://127.0.0.1:{port}"
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(command, env=environment, stdout=log, stderr=log)
-        try:
-            _wait_until_serving(base, workers, process, log_path)
-            yield base
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=SERVER_STOP_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=SERVER_STOP_S)
+    started: list[BaseProcess] = []
+    try:
+        for process in processes:
+            process.start()
+            started.append(process)
+        _wait_until_serving(base, processes, ready, log_path)
+        yield base
+    finally:
+        for child in started:
+            if child.is_alive():
+                child.terminate()
+        for child in started:
+            child.join(SERVER_STOP_S)
+            if child.is_alive():
+                child.kill()
+                child.join(SERVER_STOP_S)
+        for sock in sockets:
+            sock.close()
+
+
+def listening_sockets(count: int) -> list[socket.socket]:
+    """``count`` TCP sockets listening on one free port of 127.0.0.1 (``SO_REUSEPORT``)."""
+    sockets: list[socket.socket] = []
+    port = 0
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(("127.0.0.1", port))
+            sock.listen(LISTEN_BACKLOG)
+            port = int(sock.getsockname()[1])
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
 
 
 def _wait_until_serving(
-    base: str, workers: int, process: subprocess.Popen[bytes], log_path: Path
+    base: str, processes: Sequence[BaseProcess], ready: Queue[int], log_path: Path
 ) -> None:
-    # Every worker process answers once it is up; with several, a few answers in a row are a
-    # good sign that none is still importing (the kernel spreads connections over them).
     deadline = time.monotonic() + SERVER_START_S
-    answered = 0
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
+    started = 0
+    while started < len(processes) and time.monotonic() < deadline:
+        if not all(process.is_alive() for process in processes):
             break
+        try:
+            ready.get(timeout=0.2)
+            started += 1
+        except queue.Empty:
+            continue
+    while started == len(processes) and time.monotonic() < deadline:
         try:
             with httpx.Client(timeout=2.0) as client:
                 if client.get(f"{base}/health").status_code == 200:
-                    answered += 1
-                    if answered >= 4 * workers:
-                        return
-                    continue
+                    return
         except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    tail = log_path.read_text(errors="replace")[-2_000:]
+            time.sleep(0.1)
+    tail = log_path.read_text(errors="replace")[-2_000:] if log_path.exists() else ""
     raise RuntimeError(f"the API server did not start within {SERVER_START_S:.0f} s:\n{tail}")
 
 
@@ -389,6 +425,7 @@ class LoadRun:
     p50_ms: float
     p99_ms: float
     max_ms: float
+    load_1m: float | None = None  # the machine's 1-minute load average when the run ended
 
     @property
     def errors(self) -> int:
@@ -403,6 +440,7 @@ def load_run(
     mode: str,
     tool: str,
     offered_per_s: float | None = None,
+    load_1m: float | None = None,
 ) -> LoadRun:
     statuses: dict[str, int] = {}
     for tally in raw.tallies:
@@ -429,6 +467,7 @@ def load_run(
         p50_ms=round(raw.p50_ms, 3),
         p99_ms=round(raw.p99_ms, 3),
         max_ms=round(raw.max_ms, 3),
+        load_1m=load_1m,
     )
 
 
@@ -534,8 +573,8 @@ async def _python_run(
         n = 0
         while True:
             due = started + (n * clients + index) / rate if rate is not None else loop.time()
-            if due >= deadline:
-                return
+            if due >= deadline or loop.time() > deadline + DRAIN_S:
+                return  # the schedule is done, or the server fell hopelessly behind it
             n += 1
             wait = due - loop.time()
             if wait > 0:
@@ -594,7 +633,8 @@ def python_run(
 ) -> RawRun:
     """One run of the Python generator: a closed loop, or paced at ``rate`` requests/s over all
     clients (see the module docstring). Requests still unanswered after the duration are waited
-    for (each within ``REQUEST_TIMEOUT_S``)."""
+    for (each within ``REQUEST_TIMEOUT_S``); a paced run that falls more than ``DRAIN_S`` behind
+    its schedule stops sending (its ``answered`` then falls short of rate × duration)."""
     return asyncio.run(_python_run(base, requests, run=run, duration_s=duration_s, rate=rate))
 
 
@@ -824,7 +864,7 @@ def wrk_run(
 class WithdrawalCheck:
     """Withdrawal requests against the records they left (see the module docstring)."""
 
-    sent: int
+    sent: int  # requests made, each with its own key (wrk's unsent one included)
     answered_ok: int  # 2xx answers, the resent unanswered ones included
     answered_failed: int
     resent: int  # unanswered in their run (see ClientTally.unsettled), sent again with their key
@@ -859,7 +899,7 @@ def check_withdrawals(
     sent = failed = resent = booked_before = 0
     for run, raw in runs:
         for tally in raw.tallies:
-            sent += tally.sent - len(tally.unsent)
+            sent += tally.sent
             keys = {idempotency_key(run, tally.client, n) for n in range(1, tally.sent + 1)}
             keys -= set(tally.failed_keys)
             failed += len(tally.failed_keys)
@@ -903,7 +943,7 @@ def check_withdrawals(
 
 
 @dataclass(frozen=True, slots=True)
-class Settings:
+class ApiBenchSettings:
     url: str = DEFAULT_DB
     clients: int = CLIENTS
     duration_s: float = DURATION_S
@@ -962,6 +1002,10 @@ def _read_target_met(result: WorkersResult, paced_rate: float | None) -> bool:
     return closed.p99_ms < READ_P99_TARGET_MS
 
 
+def _load() -> float:
+    return round(os.getloadavg()[0], 1)
+
+
 def choose_tool(tool: str) -> str:
     """The load generator to use: ``wrk <version>`` or ``python``."""
     if tool == "python":
@@ -975,7 +1019,7 @@ def choose_tool(tool: str) -> str:
 
 
 def measure_workers(
-    exchange: Exchange, workers: int, settings: Settings, tool: str, scratch: Path
+    exchange: Exchange, workers: int, settings: ApiBenchSettings, tool: str, scratch: Path
 ) -> WorkersResult:
     """Every run against one server with ``workers`` processes, then the withdrawal check."""
     runs: list[LoadRun] = []
@@ -998,7 +1042,16 @@ def measure_workers(
             raw = closed(scenario, name, settings.duration_s)
             if scenario == "withdrawal":
                 withdrawal_runs.append((name, raw))
-            runs.append(load_run(raw, workers=workers, scenario=scenario, mode="closed", tool=tool))
+            runs.append(
+                load_run(
+                    raw,
+                    workers=workers,
+                    scenario=scenario,
+                    mode="closed",
+                    tool=tool,
+                    load_1m=_load(),
+                )
+            )
             if scenario == "balance" and settings.paced_rate is not None:
                 paced = python_run(
                     base,
@@ -1015,13 +1068,14 @@ def measure_workers(
                         mode="paced",
                         tool="python",
                         offered_per_s=settings.paced_rate,
+                        load_1m=_load(),
                     )
                 )
         check = check_withdrawals(base, exchange, withdrawal_runs)
     return WorkersResult(workers=workers, runs=tuple(runs), withdrawals=check)
 
 
-def measure(settings: Settings, *, scratch: Path | None = None) -> ApiBenchReport:
+def measure(settings: ApiBenchSettings, *, scratch: Path | None = None) -> ApiBenchReport:
     """The whole benchmark (see the module docstring); ``scratch`` keeps wrk's scripts and the
     server's log (a temporary folder when not given)."""
     if settings.clients < 1 or settings.duration_s <= 0 or settings.warmup_s < 0:
@@ -1081,9 +1135,9 @@ def _details(report: ApiBenchReport) -> str:
             if report.paced_rate is not None
             else ".\n\n"
         ),
-        "| workers | request | load | answered | 2xx | other statuses | lost | in flight at end "
-        "| socket errors | req/s | p50 ms | p99 ms | max ms |\n",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| workers | request | pace | answered | 2xx | other statuses | lost | in flight at end "
+        "| socket errors | req/s | p50 ms | p99 ms | max ms | load |\n",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     ]
     for result in report.results:
         for run in result.runs:
@@ -1098,7 +1152,8 @@ def _details(report: ApiBenchReport) -> str:
             lines.append(
                 f"| {run.workers} | {run.scenario} | {load} | {run.answered} | {run.ok} "
                 f"| {others or 'none'} | {run.lost} | {run.in_flight} | {run.socket_errors} "
-                f"| {run.requests_per_s:,.1f} | {run.p50_ms} | {run.p99_ms} | {run.max_ms} |\n"
+                f"| {run.requests_per_s:,.1f} | {run.p50_ms} | {run.p99_ms} | {run.max_ms} "
+                f"| {run.load_1m if run.load_1m is not None else '—'} |\n"
             )
     lines.append("\n")
     for result in report.results:
@@ -1155,7 +1210,7 @@ def record_api_report(report: ApiBenchReport, path: Path, *, command: str) -> No
     path.write_text(head + body + ("\n" + rest.lstrip("\n") if rest else ""))
 
 
-def bench_command(settings: Settings, record: Path | None) -> ApiBenchReport:
+def bench_command(settings: ApiBenchSettings, record: Path | None) -> ApiBenchReport:
     """``sluice bench api``: measure, print the figures as JSON, record them when asked."""
     report = measure(settings)
     sys.stdout.write(json.dumps(report.as_dict(), default=str) + "\n")

@@ -1,0 +1,166 @@
+"""The HTTP API benchmark (:mod:`sluice.bench.api`), as a smoke test on SQLite: a short run of the
+whole harness against a real uvicorn server has the report's shape, its numbers counted from the
+answers, every withdrawal request accounted for in the database, and is recorded in the page;
+requests the API refuses are counted as failures, never as throughput, by both load generators.
+
+Runs last a second or two each (a smoke test of the harness, not a measurement).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sluice.bench.api import (
+    DEPOSIT,
+    HEADER,
+    SECTION,
+    ApiBenchSettings,
+    Exchange,
+    RawRun,
+    Request,
+    api_server,
+    check_withdrawals,
+    load_run,
+    measure,
+    prepare_exchange,
+    python_run,
+    record_api_report,
+    requests_for,
+    wrk_run,
+)
+
+pytestmark = pytest.mark.slow
+
+CLIENTS = 3
+EARLIER = (
+    "# Benchmarks\n\n## Ingestion (`sluice bench ingest`)\n\n"
+    "| date | machine |\n|---|---|\n| 2026-01-01 | box |\n\nIngestion prose that must stay.\n"
+)
+
+
+@pytest.fixture
+def exchange(tmp_path: Path) -> Exchange:
+    return prepare_exchange(f"sqlite:///{tmp_path / 'api.db'}", CLIENTS)
+
+
+@pytest.fixture
+def server(exchange: Exchange, tmp_path: Path) -> Iterator[str]:
+    with api_server(exchange, 1, tmp_path / "server.log") as base:
+        yield base
+
+
+def _run(tool: str, base: str, requests: list[Request], run: str, tmp_path: Path) -> RawRun:
+    if tool == "wrk":
+        if shutil.which("wrk") is None:
+            pytest.skip("wrk is not installed (the Python generator is tested without it)")
+        return wrk_run(base, requests, run=run, duration_s=1, scratch=tmp_path)
+    return python_run(base, requests, run=run, duration_s=1)
+
+
+def _wrong_key(request: Request) -> Request:
+    headers = tuple(
+        (name, value[:-4] + "0000" if name == "X-API-Key" else value)
+        for name, value in request.headers
+    )
+    return dataclasses.replace(request, headers=headers)
+
+
+def test_a_short_run_reports_every_figure_and_accounts_for_every_withdrawal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = ApiBenchSettings(
+        url=f"sqlite:///{tmp_path / 'api.db'}",
+        clients=CLIENTS,
+        duration_s=1.0,
+        warmup_s=0.5,
+        paced_rate=30.0,
+        worker_counts=(1,),
+        tool="python",
+    )
+    report = measure(settings, scratch=tmp_path / "scratch")
+
+    assert (report.db, report.tool, report.clients) == ("sqlite", "python", CLIENTS)
+    [result] = report.results
+    assert [(run.scenario, run.mode) for run in result.runs] == [
+        ("health", "closed"),
+        ("balance", "closed"),
+        ("balance", "paced"),
+        ("withdrawal", "closed"),
+    ]
+    for run in result.runs:
+        assert run.clients == CLIENTS and run.workers == 1
+        assert run.ok > 0 and run.answered == run.ok and run.errors == 0
+        assert run.requests_per_s == pytest.approx(run.ok / run.duration_s, rel=0.01)
+        assert 0 < run.p50_ms <= run.p99_ms <= run.max_ms
+    paced = result.run("balance", "paced")
+    assert paced is not None and paced.offered_per_s == 30.0
+    assert 25 <= paced.answered <= 31  # 30/s for one second, give or take the last one
+    withdrawal = result.run("withdrawal")
+    assert withdrawal is not None and set(withdrawal.statuses) == {"201"}
+    check = result.withdrawals
+    assert check.exact and check.books_balance
+    assert check.recorded == check.answered_ok == check.sent >= withdrawal.ok
+    assert report.books_balance and report.withdrawals_exact
+    assert not report.target_met()  # three clients on SQLite do not make 1,000 reads/s
+
+    page = tmp_path / "benchmarks.md"
+    page.write_text(EARLIER)
+    record_api_report(report, page, command="sluice bench api --clients 3")
+    text = page.read_text()
+    assert text.startswith(EARLIER.rstrip("\n"))
+    assert text.count(SECTION) == 1 and HEADER in text
+    rows = [line for line in text.split(SECTION)[1].splitlines() if line.startswith("| 20")]
+    assert len(rows) == 1
+    assert "uvicorn × 1" in rows[0] and "`sluice bench api --clients 3`" in rows[0]
+    assert "NOT met" in rows[0]
+    assert json.dumps(report.as_dict(), default=str)  # what the command prints
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("tool", ["python", "wrk"])
+def test_refused_requests_are_counted_as_failures_not_throughput(
+    tool: str, exchange: Exchange, server: str, tmp_path: Path
+) -> None:
+    wrong = [_wrong_key(request) for request in requests_for("balance", exchange)]
+    run = load_run(
+        _run(tool, server, wrong, "refused", tmp_path),
+        workers=1,
+        scenario="balance",
+        mode="closed",
+        tool=tool,
+    )
+    assert run.answered > 0
+    assert run.ok == 0 and run.failed == run.answered == run.statuses["401"]
+    assert run.requests_per_s == 0.0 and run.errors == run.answered
+
+
+@pytest.mark.parametrize("tool", ["python", "wrk"])
+def test_refused_withdrawals_are_failures_and_leave_no_record(
+    tool: str, exchange: Exchange, server: str, tmp_path: Path
+) -> None:
+    # More than the deposit, less than what would need approvals: refused for the balance.
+    over = str(DEPOSIT + 1_000)
+    assert exchange.coin.id == "Amulet" and DEPOSIT + 1_000 < 10_000
+    too_much = [
+        dataclasses.replace(request, body=(request.body or "").replace('"0.01"', f'"{over}"'))
+        for request in requests_for("withdrawal", exchange)
+    ]
+    allowed = requests_for("withdrawal", exchange)
+    refused_raw = _run(tool, server, too_much, "too-much", tmp_path)
+    allowed_raw = _run(tool, server, allowed, "allowed", tmp_path)
+    refused = load_run(refused_raw, workers=1, scenario="withdrawal", mode="closed", tool=tool)
+    assert refused.ok == 0 and refused.failed == refused.answered > 0
+    assert set(refused.statuses) == {"422"}  # insufficient balance (code 62)
+
+    check = check_withdrawals(
+        server, exchange, [("too-much", refused_raw), ("allowed", allowed_raw)]
+    )
+    assert check.exact and check.books_balance
+    assert check.answered_failed >= refused.failed
+    assert check.recorded == check.answered_ok > 0  # only the allowed ones were booked
