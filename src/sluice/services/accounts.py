@@ -78,8 +78,12 @@ def customer_balances(
     """What the exchange owes the customer, per instrument (withdrawals requested are already
     taken off)."""
     with uow_factory() as uow:
-        _customer(uow, customer_id)
-        return uow.accounts.customer_balances(customer_id)
+        balances = uow.accounts.customer_balances(customer_id)
+        if not balances:
+            # Balances exist only for known customers, so the (costlier) customer lookup is
+            # needed only to tell "no balances yet" from "no such customer".
+            _customer(uow, customer_id)
+        return balances
 
 
 def customer_history(
