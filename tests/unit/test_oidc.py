@@ -14,7 +14,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -107,25 +107,31 @@ def test_clock_skew_within_the_leeway_is_tolerated(
     assert verifier.authenticate(token).id == "jwt:alice"
 
 
+# The claims are built when each test runs (not when the module is collected), so a long
+# test session cannot make a "valid" token expire before it is used.
 @pytest.mark.parametrize(
-    ("payload", "reason"),
+    ("overrides", "reason"),
     [
-        (claims(exp=int(time.time()) - 3600), "expired"),
-        (claims(nbf=int(time.time()) + 3600), "not yet valid"),
-        (claims(iss="https://evil.example.com"), "wrong issuer"),
-        (claims(aud="another-api"), "wrong audience"),
-        (claims(exp=None), "'exp'"),
-        (claims(sub=None), "'sub'"),
-        (claims(sluice_role=None), "sluice_role"),
-        (claims(sluice_role="root"), "unknown role"),
-        (claims(sluice_role=["super_admin"]), "not a string"),
-        (claims(sluice_role="user"), "sluice_customer"),
-        (claims(sub="s" * 151), "too long|at most 150"),
+        (lambda now: {"exp": now - 3600}, "expired"),
+        (lambda now: {"nbf": now + 3600}, "not yet valid"),
+        (lambda now: {"iss": "https://evil.example.com"}, "wrong issuer"),
+        (lambda now: {"aud": "another-api"}, "wrong audience"),
+        (lambda now: {"exp": None}, "'exp'"),
+        (lambda now: {"sub": None}, "'sub'"),
+        (lambda now: {"sluice_role": None}, "sluice_role"),
+        (lambda now: {"sluice_role": "root"}, "unknown role"),
+        (lambda now: {"sluice_role": ["super_admin"]}, "not a string"),
+        (lambda now: {"sluice_role": "user"}, "sluice_customer"),
+        (lambda now: {"sub": "s" * 151}, "too long|at most 150"),
     ],
 )
 def test_a_wrong_token_is_refused_saying_why(
-    verifier: JwtVerifier, rsa_key: rsa.RSAPrivateKey, payload: dict[str, Any], reason: str
+    verifier: JwtVerifier,
+    rsa_key: rsa.RSAPrivateKey,
+    overrides: Callable[[int], dict[str, Any]],
+    reason: str,
 ) -> None:
+    payload = claims(**overrides(int(time.time())))
     with pytest.raises(UnauthorizedError, match=reason):
         verifier.authenticate(sign(rsa_key, payload))
 
