@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -117,8 +118,17 @@ def test_a_short_run_reports_every_figure_and_accounts_for_every_withdrawal(
     assert text.count(SECTION) == 1 and HEADER in text
     rows = [line for line in text.split(SECTION)[1].splitlines() if line.startswith("| 20")]
     assert len(rows) == 1
-    assert "uvicorn × 1" in rows[0] and "`sluice bench api --clients 3`" in rows[0]
+    assert f"{report.server} × 1" in rows[0] and "`sluice bench api --clients 3`" in rows[0]
     assert "NOT met" in rows[0]
+
+    # Prose under the details stays; the rows accumulate; the details are this run's.
+    page.write_text(text + "\n### Why\n\nProse that must stay.\n")
+    record_api_report(report, page, command="sluice bench api --clients 3 --duration 1")
+    again = page.read_text()
+    assert again.count(SECTION) == again.count("### Latest run") == 1
+    assert again.endswith("### Why\n\nProse that must stay.\n")
+    rows = [line for line in again.split(SECTION)[1].splitlines() if line.startswith("| 20")]
+    assert len(rows) == 2 and "`sluice bench api --clients 3 --duration 1`" in rows[1]
     assert json.dumps(report.as_dict(), default=str)  # what the command prints
     capsys.readouterr()
 
@@ -164,3 +174,14 @@ def test_refused_withdrawals_are_failures_and_leave_no_record(
     assert check.exact and check.books_balance
     assert check.answered_failed >= refused.failed
     assert check.recorded == check.answered_ok > 0  # only the allowed ones were booked
+
+
+def test_requests_nobody_answers_are_lost_not_successes(exchange: Exchange) -> None:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    raw = python_run(base, requests_for("balance", exchange), run="nobody", duration_s=0.3)
+    run = load_run(raw, workers=1, scenario="balance", mode="closed", tool="python")
+    assert run.answered == run.ok == 0 and run.requests_per_s == 0.0
+    assert run.lost == run.socket_errors == sum(t.sent for t in raw.tallies) > 0
+    assert run.errors == run.lost

@@ -14,7 +14,8 @@ What is measured, in one run (``sluice bench api``):
   127.0.0.1 in spawned processes — 1 (what ``sluice serve`` runs), then 2, each with its own
   listening socket on the same port (see :func:`api_server`) — configured as ``sluice serve``
   has it:
-  h11, sluice's own access log line per request to stderr (here a file in the scratch folder)
+  uvicorn's default HTTP and event loop implementations (:func:`server_stack` names them), sluice's
+  own access log line per request to stderr (here a file in the scratch folder)
   instead of uvicorn's, the production caches of API keys (5 s) and runtime settings (1 s), the
   default thread pool (40) and connection pool (10 + 10). Each process builds its own context and
   engine (:func:`serve`); the context's clock is the system clock, and the rate limits are raised
@@ -59,6 +60,7 @@ judged).
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import math
 import multiprocessing
@@ -136,7 +138,7 @@ LATENCIES_MAX = 2_000_000  # bound on the latencies one Python run keeps
 
 SECTION = "## HTTP API (`sluice bench api`)"
 HEADER = (
-    "| date | machine | db | load | server | health req/s (p50 / p99 ms) "
+    "| date | machine | db | clients, load generator | server | health req/s (p50 / p99 ms) "
     "| balance req/s (p50 / p99 ms) | balance paced: req/s (p50 / p99 ms) "
     "| withdrawal req/s (p50 / p99 ms) | errors | withdrawals booked / answered 2xx | books "
     "| target | command |\n"
@@ -221,10 +223,22 @@ def serve(sock: socket.socket, url: str, treasury: str, log_path: str, ready: Qu
         os.dup2(log.fileno(), 2)
     configure_logging()
     app = create_app(api_context(bootstrap.database(url), treasury))
-    config = uvicorn.Config(app, http="h11", lifespan="off", access_log=False, log_level="warning")
+    config = uvicorn.Config(app, lifespan="off", access_log=False, log_level="warning")
     server = uvicorn.Server(config)
     ready.put(os.getpid())
     server.run(sockets=[sock])
+
+
+def server_stack() -> str:
+    """uvicorn's version and the HTTP parser and event loop its defaults pick here (httptools and
+    uvloop when they are installed, else h11 and asyncio), as for ``sluice serve``."""
+
+    def installed(module: str) -> bool:
+        return importlib.util.find_spec(module) is not None
+
+    http = "httptools" if installed("httptools") else "h11"
+    loop = "uvloop" if installed("uvloop") else "asyncio"
+    return f"uvicorn {uvicorn.__version__} ({http}, {loop})"
 
 
 @contextmanager
@@ -588,8 +602,7 @@ async def _python_run(
             except (ConnectionError, TimeoutError):
                 socket_errors += 1
                 connection.close()
-                if key is not None:
-                    tally.unanswered.append(key)
+                tally.unanswered.append(key if key is not None else str(n))
                 continue
             now = loop.time()
             last_answer = max(last_answer, now)
@@ -967,6 +980,7 @@ class WorkersResult:
 class ApiBenchReport:
     db: str
     tool: str
+    server: str  # see server_stack
     clients: int
     duration_s: float
     warmup_s: float
@@ -1089,6 +1103,7 @@ def measure(settings: ApiBenchSettings, *, scratch: Path | None = None) -> ApiBe
     return ApiBenchReport(
         db=sa.engine.make_url(settings.url).get_backend_name(),
         tool=tool,
+        server=server_stack(),
         clients=settings.clients,
         duration_s=settings.duration_s,
         warmup_s=settings.warmup_s,
@@ -1198,7 +1213,7 @@ def record_api_report(report: ApiBenchReport, path: Path, *, command: str) -> No
         errors = sum(run.errors for run in result.runs)
         rows.append(
             f"| {stamp} | {where} | {report.db} | {report.clients} clients, {report.tool} "
-            f"| uvicorn × {result.workers} | {_figure(result.run('health'))} "
+            f"| {report.server} × {result.workers} | {_figure(result.run('health'))} "
             f"| {_figure(result.run('balance'))} | {_figure(result.run('balance', 'paced'))} "
             f"| {_figure(result.run('withdrawal'))} | {errors} "
             f"| {check.recorded} / {check.answered_ok}"
