@@ -126,12 +126,14 @@ def review_queue(uow_factory: UnitOfWorkFactory, *, limit: int = 1000) -> Review
 
 def close_review(
     uow_factory: UnitOfWorkFactory, review_id: str, *, actor: str, at: datetime, resolution: str
-) -> None:
+) -> ReviewItem:
     _require_actor(actor)
     _require_reason(resolution)
     with uow_factory() as uow:
         if not uow.compliance.close_review(review_id, actor, resolution, at):
             raise NotFoundError(f"no open review {review_id!r}")
+        closed = uow.compliance.review(review_id)
+        assert closed is not None, "a review just closed must be there"
         _audit(
             uow,
             operation="review_closed",
@@ -142,6 +144,7 @@ def close_review(
             state_changes=[{"review": review_id, "closed": True}],
         )
         uow.commit()
+        return closed
 
 
 # --- customers -----------------------------------------------------------------------------------

@@ -451,6 +451,11 @@ class SqlComplianceRepository:
         query = query.order_by(table.c.opened_at, table.c.id).limit(limit)
         return [_review_from_row(row) for row in self._c.execute(query)]
 
+    def review(self, review_id: str) -> ReviewItem | None:
+        table = t.compliance_reviews
+        row = self._c.execute(select(table).where(table.c.id == review_id)).first()
+        return _review_from_row(row) if row is not None else None
+
     def close_reviews_of(self, subject: str, actor: str, resolution: str, at: datetime) -> int:
         """Close every open review item about ``subject`` (a held deposit, say)."""
         table = t.compliance_reviews

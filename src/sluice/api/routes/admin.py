@@ -35,7 +35,7 @@ from sluice.api.schemas import (
     approval_out,
     page,
 )
-from sluice.domain.approvals import APPROVAL_STATUSES
+from sluice.domain.approvals import APPROVAL_STATUSES, Approval
 from sluice.domain.errors import NotFoundError, PermissionDeniedError
 from sluice.services.access import create_api_key, list_api_keys, revoke_api_key
 from sluice.services.approvals import (
@@ -72,12 +72,17 @@ def approvals(
     return page([approval_out(a) for a in found], paging.offset, paging.limit)
 
 
-@router.get("/v1/approvals/{approval_id}", response_model=ApprovalOut, summary="A proposal")
-def approval(approval_id: ApprovalId, context: Context, caller: AnyPrincipal) -> ApprovalOut:
+def _visible_approval(context: Context, caller: AnyPrincipal, approval_id: str) -> Approval:
+    """The proposal, if the caller may see it: a user only those about their own customer."""
     found = get_approval(context.uow, approval_id)
     if caller.customer_scope is not None and found.customer_id != caller.customer_scope:
         raise NotFoundError(f"no approval {approval_id}")
-    return approval_out(found)
+    return found
+
+
+@router.get("/v1/approvals/{approval_id}", response_model=ApprovalOut, summary="A proposal")
+def approval(approval_id: ApprovalId, context: Context, caller: AnyPrincipal) -> ApprovalOut:
+    return approval_out(_visible_approval(context, caller, approval_id))
 
 
 def _vote(
@@ -122,9 +127,7 @@ def reject(approval_id: ApprovalId, body: VoteIn, context: Context, caller: Staf
     summary="Withdraw one's own proposal",
 )
 def cancel(approval_id: ApprovalId, context: Context, caller: AnyPrincipal) -> ApprovalOut:
-    found = get_approval(context.uow, approval_id)
-    if caller.customer_scope is not None and found.customer_id != caller.customer_scope:
-        raise NotFoundError(f"no approval {approval_id}")
+    _visible_approval(context, caller, approval_id)
     return approval_out(
         cancel_approval(context.uow, approval_id, principal=caller.require(), at=context.clock())
     )

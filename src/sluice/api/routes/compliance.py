@@ -140,14 +140,10 @@ def reviews(
 def close(
     review_id: ReviewId, body: ResolutionIn, context: Context, caller: ComplianceOverride
 ) -> ReviewOut:
-    officer.close_review(
+    closed = officer.close_review(
         context.uow, review_id, actor=caller.actor, at=context.clock(), resolution=body.resolution
     )
-    with context.uow() as uow:
-        found = [r for r in uow.compliance.reviews(open_only=False) if r.id == review_id]
-    if not found:
-        raise InvalidOperationStateError(f"review {review_id} is gone")
-    return review_out(found[0])
+    return review_out(closed)
 
 
 # --- limits and flagged addresses ----------------------------------------------------------------
