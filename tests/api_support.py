@@ -90,6 +90,7 @@ def api_world(
         keys=ApiKeyVerifier(uow, ttl_s=0.0),
         registries=sandbox.registries,
         withdrawal_settings=sandbox.withdrawal_settings,
+        reads=sandbox.database.async_reads(),
     )
     world = ApiWorld(sandbox=sandbox, context=context, app=create_app(context))
     for role in ROLES:
@@ -115,7 +116,7 @@ def live_server(app: FastAPI, *, workers_max: int = 64) -> Iterator[str]:
     import anyio.to_thread
 
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
 
     async def raise_thread_limit() -> None:

@@ -30,9 +30,10 @@ from sluice.ledger.canton import (
     TokenSource,
     registry_lookup,
 )
-from sluice.ports import LedgerClient, LedgerCommands, RegistryLookup, UnitOfWork
+from sluice.ports import AsyncReads, LedgerClient, LedgerCommands, RegistryLookup, UnitOfWork
 from sluice.screening import ListedSanctions, screen_to_json_lines
 from sluice.services.compliance import ComplianceSettings, KycRegistry
+from sluice.store.async_reads import PgAsyncReads
 from sluice.store.database import open_database
 from sluice.store.unit_of_work import SqlUnitOfWork
 
@@ -55,6 +56,13 @@ class Database:
     @property
     def uow_factory(self) -> Callable[[], UnitOfWork]:
         return self.uow
+
+    def async_reads(self) -> AsyncReads | None:
+        """The API's asyncio reads on this database (PostgreSQL), or None where the synchronous
+        store on worker threads answers them (SQLite, whose driver has no asyncio)."""
+        if self.engine.url.get_backend_name() != "postgresql":
+            return None
+        return PgAsyncReads(self.engine.url)
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -634,3 +634,21 @@ class UnitOfWork(Protocol):
 
 
 UnitOfWorkFactory = Callable[[], UnitOfWork]
+
+
+class AsyncReads(Protocol):
+    """The API's hot reads, answered without a worker thread: one statement on a connection of
+    an asyncio pool, opened and closed on the event loop that serves them (the application's
+    lifespan). Each read is one statement in autocommit, so it sees one consistent snapshot."""
+
+    @property
+    def serving(self) -> bool:
+        """True when open on the running event loop (the only loop it may be used on)."""
+        ...
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def customer_balances(self, customer_id: str) -> dict[InstrumentId, Decimal]:
+        """The customer's balances, as :meth:`AccountsRepository.customer_balances` reads
+        them (empty for an unknown customer: telling those apart is the caller's business)."""
+        ...

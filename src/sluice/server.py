@@ -693,6 +693,7 @@ def _wire(
         registries=link.registries,
         withdrawal_settings=settings,
         deployment=config.redacted(),
+        reads=database.async_reads(),
     )
     context.executors = executors(context)
     parts: list[Part] = []

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
 from sluice.api.context import ApiContext
@@ -35,7 +38,20 @@ principals have approved it; configuration changes then wait out a time lock.
 
 
 def create_app(context: ApiContext, *, access_log: bool = True) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # The asyncio reads live on the loop that serves the requests: opened here, closed here.
+        reads = context.reads
+        if reads is not None:
+            await reads.open()
+        try:
+            yield
+        finally:
+            if reads is not None:
+                await reads.close()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="sluice",
         version="1",
         description=DESCRIPTION,

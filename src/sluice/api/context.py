@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from sluice.api.oidc import JwtVerifier
-from sluice.ports import RegistryLookup, UnitOfWorkFactory
+from sluice.ports import AsyncReads, RegistryLookup, UnitOfWorkFactory
 from sluice.services.access import ApiKeyVerifier
 from sluice.services.approvals import Executor
 from sluice.services.compliance import KycRegistry
@@ -26,6 +26,10 @@ class ApiContext:
     jwt: JwtVerifier | None = None
     registries: RegistryLookup | None = None
     withdrawal_settings: WithdrawalSettings = field(default_factory=WithdrawalSettings)
+    # The hot reads answered on the event loop (PostgreSQL); opened and closed by the
+    # application's lifespan. None, or not open on the serving loop: the synchronous store on a
+    # worker thread answers instead.
+    reads: AsyncReads | None = None
     # Readiness beyond the database: name → (ready, detail), e.g. the service loop's heartbeat.
     readiness: Mapping[str, Callable[[], tuple[bool, str]]] = field(default_factory=dict)
     # The configuration as JSON with secrets redacted, shown to router admins.

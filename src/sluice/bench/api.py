@@ -17,9 +17,10 @@ What is measured, in one run (``sluice bench api``):
   uvicorn's default HTTP and event loop implementations (:func:`server_stack` names them), sluice's
   own access log line per request to stderr (here a file in the scratch folder)
   instead of uvicorn's, the production caches of API keys (5 s) and runtime settings (1 s), the
-  default thread pool (40) and connection pool (10 + 10). Each process builds its own context and
-  engine (:func:`serve`); the context's clock is the system clock, and the rate limits are raised
-  so that they never refuse the benchmark. Each process count starts from a freshly built
+  default thread pool (40) and connection pool (10 + 10), and the application's lifespan, which
+  opens the asyncio read pool (2–10 connections) that answers balance reads on the event loop.
+  Each process builds its own context and engine (:func:`serve`); the context's clock is the
+  system clock, and the rate limits are raised so that they never refuse the benchmark. Each process count starts from a freshly built
   exchange. The load generator runs on the same machine, and so does PostgreSQL: the figures are
   those of the whole machine, which the report names.
 * **The load.** ``clients`` concurrent clients, each with its own keep-alive connection, customer
@@ -210,6 +211,7 @@ def api_context(database: bootstrap.Database, treasury: str) -> ApiContext:
         settings=RuntimeSettings(database.uow, RATE_LIMITS_OFF, clock=clock),
         keys=ApiKeyVerifier(database.uow),
         withdrawal_settings=WithdrawalSettings(),
+        reads=database.async_reads(),
     )
 
 
@@ -223,7 +225,7 @@ def serve(sock: socket.socket, url: str, treasury: str, log_path: str, ready: Qu
         os.dup2(log.fileno(), 2)
     configure_logging()
     app = create_app(api_context(bootstrap.database(url), treasury))
-    config = uvicorn.Config(app, lifespan="off", access_log=False, log_level="warning")
+    config = uvicorn.Config(app, lifespan="on", access_log=False, log_level="warning")
     server = uvicorn.Server(config)
     ready.put(os.getpid())
     server.run(sockets=[sock])

@@ -22,7 +22,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, literal_column, or_, select
+from sqlalchemy import BindParameter, Connection, Row, Select, and_, literal_column, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import ReturningInsert
 
@@ -78,6 +78,17 @@ def history_record_from_row(row: Row[Any]) -> HistoryRecord:
     )
 
 
+def balances_query(account_name: str | BindParameter[str]) -> Select[str, str, Decimal]:
+    """A customer account's balances per instrument (the synchronous repository and the API's
+    asyncio reads run this same statement)."""
+    table = t.accounts
+    return (
+        select(table.c.instrument_admin, table.c.instrument_id, table.c.balance)
+        .where(table.c.name == account_name)
+        .order_by(table.c.instrument_id, table.c.instrument_admin)
+    )
+
+
 class SqlAccountsRepository:
     def __init__(self, connection: Connection) -> None:
         self._c = connection
@@ -128,12 +139,7 @@ class SqlAccountsRepository:
         ]
 
     def customer_balances(self, customer_id: str) -> dict[InstrumentId, Decimal]:
-        table = t.accounts
-        rows = self._c.execute(
-            select(table.c.instrument_admin, table.c.instrument_id, table.c.balance)
-            .where(table.c.name == customer_account_name(customer_id))
-            .order_by(table.c.instrument_id, table.c.instrument_admin)
-        )
+        rows = self._c.execute(balances_query(customer_account_name(customer_id)))
         return {InstrumentId(admin, instrument): balance for admin, instrument, balance in rows}
 
     def customer_history(

@@ -15,7 +15,11 @@ from sluice.domain.access import AUTHENTICATED, Permission, requires
 PAGE_LIMIT_MAX = 500
 
 
-def context_of(request: Request) -> ApiContext:
+# Dependencies are ``async`` even when they do not await: FastAPI runs a plain function on a
+# worker thread, a hand-over that costs more than these functions do.
+
+
+async def context_of(request: Request) -> ApiContext:
     context: ApiContext = request.app.state.context
     return context
 
@@ -29,7 +33,7 @@ class Paging:
     limit: int
 
 
-def paging(
+async def paging(
     offset: Annotated[int, Query(ge=0, le=10_000_000, description="items to skip")] = 0,
     limit: Annotated[int, Query(ge=1, le=PAGE_LIMIT_MAX, description="items per page")] = 50,
 ) -> Paging:

@@ -5,11 +5,14 @@ A user (role ``user``) reaches only their own customer: any other customer id an
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from sluice.api.context import ApiContext
 from sluice.api.errors import JsonResponse
 from sluice.api.operations import propose
 from sluice.api.routes.common import (
@@ -120,10 +123,23 @@ def change_kyc(
     return kyc_out(profile)
 
 
+async def _balances(context: ApiContext, customer_id: str) -> dict[InstrumentId, Decimal]:
+    """On the event loop when the asyncio reads serve it (PostgreSQL), else on a worker thread.
+    No balances at all may mean no such customer: the service tells (404) on a worker thread."""
+    reads = context.reads
+    if reads is not None and reads.serving:
+        values = await reads.customer_balances(customer_id)
+        if values:
+            return values
+    return await run_in_threadpool(accounts.customer_balances, context.uow, customer_id)
+
+
 @router.get("/{customer_id}/balances", response_model=BalancesOut, summary="Balances")
-def balances(customer_id: CustomerId, context: Context, caller: OwnOrCompliance) -> BalancesOut:
+async def balances(
+    customer_id: CustomerId, context: Context, caller: OwnOrCompliance
+) -> BalancesOut:
     caller.check_customer(customer_id)
-    values = accounts.customer_balances(context.uow, customer_id)
+    values = await _balances(context, customer_id)
     return BalancesOut(
         customer_id=customer_id,
         balances=[

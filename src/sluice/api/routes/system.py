@@ -24,7 +24,7 @@ def _pause_out(state: PauseState | None) -> PauseOut | None:
 
 
 @router.get("/health", response_model=HealthOut, summary="Liveness (public)")
-def health() -> HealthOut:
+async def health() -> HealthOut:
     return HealthOut(status="ok")
 
 
