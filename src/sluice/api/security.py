@@ -29,6 +29,7 @@ from typing import Any
 
 import structlog
 from fastapi import Request
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sluice.api.context import ApiContext
@@ -232,6 +233,17 @@ def authenticate(context: ApiContext, request: Request) -> Principal | None:
     return context.jwt.authenticate(value)
 
 
+class RateLimitRefusedError(RateLimitedError):
+    """A refusal by the rate limiter; ``audit`` when it is the principal's first this minute
+    (the guard then writes the audit record, on a worker thread)."""
+
+    def __init__(self, message: str, *, retry_after_s: float, key: str, which: str, audit: bool):
+        super().__init__(message, retry_after_s=retry_after_s)
+        self.key = key
+        self.which = which
+        self.audit = audit
+
+
 def _audit_rate_limit(context: ApiContext, key: str, which: str, now: datetime) -> None:
     try:
         with context.uow() as uow:
@@ -263,37 +275,74 @@ def _limit(context: ApiContext, request: Request, key: str) -> None:
     )
     if refused is not None:
         which, wait = refused
-        if limiter.should_audit(key):
-            _audit_rate_limit(context, key, which, context.clock())
-        raise RateLimitedError(
-            f"{which} rate limit reached; retry in {wait:.2f} s", retry_after_s=wait
+        raise RateLimitRefusedError(
+            f"{which} rate limit reached; retry in {wait:.2f} s",
+            retry_after_s=wait,
+            key=key,
+            which=which,
+            audit=limiter.should_audit(key),
         )
 
 
+def _admit(context: ApiContext, request: Request, permission: Permission) -> Caller:
+    """Authenticate, rate-limit and authorise (may read the database: keys and settings)."""
+    try:
+        principal = authenticate(context, request)
+    except UnauthorizedError:
+        # Bad credentials count against the client's address, so guessing keys is slowed
+        # down like any other flood.
+        _limit(context, request, f"ip:{_client(request)}")
+        raise
+    _limit(context, request, principal.id if principal is not None else f"ip:{_client(request)}")
+    if not permission.admits(principal):
+        if principal is None:
+            raise UnauthorizedError("credentials required: an API key or a bearer token")
+        raise PermissionDeniedError(
+            f"role {principal.role} may not do this (needs {permission.describe()})"
+        )
+    return Caller(principal, permission)
+
+
+def _needs_no_io(context: ApiContext, request: Request) -> bool:
+    """True when :func:`_admit` can run without touching the database or the network: the
+    settings are cached and the credentials are none or a cached API key (a bearer JWT may need
+    the provider's keys fetched)."""
+    if not context.settings.cached:
+        return False
+    try:
+        credentials = credentials_of(request)
+    except UnauthorizedError:
+        return True
+    if credentials is None:
+        return True
+    kind, value = credentials
+    return kind == "key" and context.keys.is_cached(value)
+
+
 def guard(permission: Permission) -> Callable[[Request], Any]:
-    """The dependency an endpoint declares its permission with."""
+    """The dependency an endpoint declares its permission with.
+
+    It runs on the event loop, and hands the check to a worker thread whenever the check needs
+    the database (a key or the settings not cached) or the network (a JWT), so that a slow
+    database never stalls the loop that every request shares."""
 
     async def dependency(request: Request) -> Caller:
         context: ApiContext = request.app.state.context
         try:
-            principal = authenticate(context, request)
-        except UnauthorizedError:
-            # Bad credentials count against the client's address, so guessing keys is slowed
-            # down like any other flood.
-            _limit(context, request, f"ip:{_client(request)}")
+            if _needs_no_io(context, request):
+                caller = _admit(context, request, permission)
+            else:
+                caller = await run_in_threadpool(_admit, context, request, permission)
+        except RateLimitRefusedError as refusal:
+            if refusal.audit:
+                await run_in_threadpool(
+                    _audit_rate_limit, context, refusal.key, refusal.which, context.clock()
+                )
             raise
-        _limit(
-            context, request, principal.id if principal is not None else f"ip:{_client(request)}"
-        )
-        if not permission.admits(principal):
-            if principal is None:
-                raise UnauthorizedError("credentials required: an API key or a bearer token")
-            raise PermissionDeniedError(
-                f"role {principal.role} may not do this (needs {permission.describe()})"
-            )
-        if principal is not None:
-            structlog.contextvars.bind_contextvars(principal=principal.id)
-        return Caller(principal, permission)
+        if caller.principal is not None:
+            # Bound here, on the loop: a worker thread's context changes stay in that thread.
+            structlog.contextvars.bind_contextvars(principal=caller.principal.id)
+        return caller
 
     dependency.permission = permission  # type: ignore[attr-defined]
     return dependency

@@ -20,9 +20,10 @@ What is measured, in one run (``sluice bench api``):
   default thread pool (40) and connection pool (10 + 10), and the application's lifespan, which
   opens the asyncio read pool (2–10 connections) that answers balance reads on the event loop.
   Each process builds its own context and engine (:func:`serve`); the context's clock is the
-  system clock, and the rate limits are raised so that they never refuse the benchmark. Each process count starts from a freshly built
-  exchange. The load generator runs on the same machine, and so does PostgreSQL: the figures are
-  those of the whole machine, which the report names.
+  system clock, and the rate limits are raised so that they never refuse the benchmark. Each
+  process count starts from a freshly built exchange. The load generator runs on the same
+  machine, and so does PostgreSQL: the figures are those of the whole machine, which the report
+  names.
 * **The load.** ``clients`` concurrent clients, each with its own keep-alive connection, customer
   and key, in a closed loop (a client sends its next request when the previous one is answered)
   for ``duration_s`` after ``warmup_s`` of the same load, for three requests:

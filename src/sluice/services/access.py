@@ -251,6 +251,15 @@ class ApiKeyVerifier:
             raise UnauthorizedError(f"API key {key_id}: the secret does not match")
         return cached.principal
 
+    def is_cached(self, presented: str) -> bool:
+        """True when authenticating ``presented`` now needs no database look-up (its key id is
+        cached, or it is malformed and refused without one)."""
+        try:
+            key_id, _secret = parse_key(presented)
+        except UnauthorizedError:
+            return True
+        return self._cached(key_id) is not None
+
     def forget(self, key_id: str) -> None:
         """Drop a key from the cache (after revoking it), so it is looked up again."""
         with self._lock:

@@ -367,6 +367,12 @@ class RuntimeSettings:
             chosen = row
         return chosen
 
+    @property
+    def cached(self) -> bool:
+        """True while the rows read last are still fresh: a read now touches no database."""
+        with self._lock:
+            return self._rows is not None and self._monotonic() - self._read_at < self._ttl_s
+
     def _current_rows(self) -> dict[str, list[_Row]]:
         now = self._monotonic()
         with self._lock:
