@@ -222,6 +222,32 @@ def test_the_cache_spares_the_database_until_its_ttl_passes(db: Database) -> Non
     assert factory.calls == 2
 
 
+def test_keys_first_used_together_are_looked_up_again_at_different_moments(
+    db: Database,
+) -> None:
+    keys = [
+        create_api_key(db.uow, role="operator", customer_id=None, label=None, actor="r", at=T0)[1]
+        for _ in range(40)
+    ]
+    factory, ticks = CountingFactory(db), Ticks()
+    verifier = ApiKeyVerifier(factory, ttl_s=5.0, clock=ticks)
+    for key in keys:
+        verifier.authenticate(key)
+    assert factory.calls == 40
+    # Within half the TTL nothing is looked up again; by the TTL everything has been, spread
+    # over the second half rather than all at one moment.
+    reloads: list[int] = []
+    for _ in range(10):
+        ticks.now += 0.5
+        before = factory.calls
+        for key in keys:
+            verifier.authenticate(key)
+        reloads.append(factory.calls - before)
+    assert reloads[:4] == [0, 0, 0, 0]
+    assert sum(reloads[:10]) >= 40 and max(reloads) < 40
+    assert sum(1 for n in reloads[4:10] if n) >= 3
+
+
 def test_a_revocation_takes_effect_after_the_ttl_or_at_once_when_forgotten(
     db: Database,
 ) -> None:

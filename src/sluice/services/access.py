@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import random
 import secrets
 import string
 import threading
@@ -217,7 +218,8 @@ class ApiKeyVerifier:
     Thread-safe. At most :data:`CACHE_ENTRIES_MAX` keys are kept (the least recently used go
     first). Failed look-ups are never cached, so a key created a moment ago works at once.
     A revocation committed elsewhere takes effect here within ``ttl_s``; :meth:`forget` makes it
-    immediate.
+    immediate. Each entry is kept for a random part of ``ttl_s`` between ``1 - jitter`` and 1,
+    so that keys first used at the same moment are looked up again at different moments.
     """
 
     def __init__(
@@ -227,11 +229,17 @@ class ApiKeyVerifier:
         ttl_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         entries_max: int = CACHE_ENTRIES_MAX,
+        jitter: float = 0.5,
+        uniform: Callable[[], float] = random.random,
     ) -> None:
         if not ttl_s >= 0:
             raise InvalidInputError(f"ttl_s must be ≥ 0, got {ttl_s!r}")
         if entries_max < 1:
             raise InvalidInputError(f"entries_max must be ≥ 1, got {entries_max!r}")
+        if not 0 <= jitter < 1:
+            raise InvalidInputError(f"jitter must be in [0, 1), got {jitter!r}")
+        self._jitter = jitter
+        self._uniform = uniform
         self._uow_factory = uow_factory
         self._ttl_s = ttl_s
         self._clock = clock
@@ -294,7 +302,10 @@ class ApiKeyVerifier:
         except ValueError as exc:
             # A row that no longer names a valid role or customer admits no one.
             raise UnauthorizedError(f"API key {key_id} is not usable: {exc}") from None
-        entry = _Cached(record.secret_hash, principal, self._clock() + self._ttl_s)
+        # Each entry lives between (1 - jitter) × ttl and ttl: keys first used together (a
+        # fleet of clients starting at once) do not all expire, and go to the database, together.
+        lifetime = self._ttl_s * (1.0 - self._jitter * self._uniform())
+        entry = _Cached(record.secret_hash, principal, self._clock() + lifetime)
         if self._ttl_s > 0:
             with self._lock:
                 self._cache[key_id] = entry
