@@ -18,11 +18,15 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy as sa
+
+from sluice.store.async_reads import APPLICATION_NAME
 
 pytestmark = pytest.mark.slow
 
@@ -151,9 +155,14 @@ def stop_cleanly(served: Served) -> None:
     assert "Traceback" not in output
 
 
-def serve_twice(folder: Path, env: dict[str, str]) -> None:
+def serve_twice(
+    folder: Path,
+    env: dict[str, str],
+    while_serving: Callable[[Served, str], None] | None = None,
+) -> None:
     """First start on nothing, a key, authenticated reads, SIGTERM; then a second start that must
-    find the same ledger, treasury and key."""
+    find the same ledger, treasury and key. ``while_serving(served, key)`` runs during the
+    first."""
     served = start(folder, env, "first")
     try:
         ready = wait_for(served, "/ready").json()
@@ -178,6 +187,8 @@ def serve_twice(folder: Path, env: dict[str, str]) -> None:
         assert treasury.startswith("treasury::")
         assert "embedded world created" in served.output()
         assert "sluice admin create-api-key --role super_admin" in served.output()
+        if while_serving is not None:
+            while_serving(served, key)
     finally:
         if served.process.poll() is None:
             stop_cleanly(served)
@@ -215,7 +226,43 @@ def test_serve_with_no_configuration_answers_with_keys_and_restarts_on_the_same_
 def test_serve_on_postgresql_answers_with_keys_and_restarts_on_the_same_world(
     tmp_path: Path, postgres_url: str
 ) -> None:
-    serve_twice(tmp_path, environment(tmp_path, SLUICE_DATABASE_URL=postgres_url))
+    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+
+    def read_pool_connections() -> int:
+        with admin.connect() as connection:
+            return int(
+                connection.execute(
+                    sa.text(
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND application_name = :name"
+                    ),
+                    {"name": APPLICATION_NAME},
+                ).scalar_one()
+            )
+
+    def balances_on_the_event_loop(served: Served, key: str) -> None:
+        # The application's lifespan opened the asyncio read pool in the serving process.
+        assert read_pool_connections() >= 1
+        created = httpx.post(
+            f"{served.url}/v1/customers",
+            json={"id": "cust-e2e", "name": "E2E", "deposit_accounts": ["acct-e2e"]},
+            headers={"X-API-Key": key},
+            timeout=10.0,
+        )
+        assert created.status_code == 201, created.text
+        empty = served.get("/v1/customers/cust-e2e/balances", key)
+        assert empty.status_code == 200 and empty.json()["balances"] == []
+        assert served.get("/v1/customers/nobody/balances", key).status_code == 404
+
+    try:
+        serve_twice(
+            tmp_path,
+            environment(tmp_path, SLUICE_DATABASE_URL=postgres_url),
+            while_serving=balances_on_the_event_loop,
+        )
+        assert read_pool_connections() == 0  # closed with the lifespan at shutdown
+    finally:
+        admin.dispose()
     assert not (tmp_path / "data" / "sluice.db").exists()
 
 

@@ -39,6 +39,8 @@ from sluice.store.account_repository import balances_query
 POOL_MIN = 2
 POOL_MAX = 10
 TIMEOUT_S = 10.0
+# How the pool's connections show in pg_stat_activity.
+APPLICATION_NAME = "sluice-api-reads"
 
 
 def _compiled_balances_sql() -> str:
@@ -90,7 +92,7 @@ class PgAsyncReads:
             min_size=self._min_size,
             max_size=self._max_size,
             timeout=self._timeout_s,
-            kwargs={"autocommit": True},
+            kwargs={"autocommit": True, "application_name": APPLICATION_NAME},
             name="sluice-reads",
             open=False,
         )
