@@ -365,6 +365,9 @@ def test_holds_list_by_status_oldest_first_within_the_limit(
     assert [hold.id for hold in repository.holds(status=None)] == ["h-b", "h-a", "h-c"]
     assert [hold.id for hold in repository.holds(status="released")] == ["h-a"]
     assert [hold.id for hold in repository.holds(status=None, limit=2)] == ["h-b", "h-a"]
+    assert [hold.id for hold in repository.holds(status=None, offset=1, limit=1)] == ["h-a"]
+    assert [hold.id for hold in repository.holds(status=None, offset=2)] == ["h-c"]
+    assert repository.holds(status=None, offset=3) == []
 
 
 def test_holds_written_in_one_transaction_are_seen_by_the_next(engine: Engine) -> None:
@@ -404,6 +407,10 @@ def test_reviews_are_listed_oldest_first_and_closed_ones_only_on_request(
         "customer verified",
     )
     assert [item.id for item in repository.reviews(open_only=False, limit=1)] == ["r-b"]
+    assert [i.id for i in repository.reviews(open_only=False, offset=1, limit=1)] == [
+        everything[1].id
+    ]
+    assert repository.reviews(open_only=False, offset=len(everything)) == []
 
 
 def test_a_review_item_is_closed_at_most_once(repository: SqlComplianceRepository) -> None:

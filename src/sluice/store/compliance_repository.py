@@ -366,13 +366,15 @@ class SqlComplianceRepository:
         )
         return self._c.execute(statement).first() is not None
 
-    def holds(self, *, status: str | None = "held", limit: int = 1000) -> list[HeldDeposit]:
-        """Holds in ``status`` (None: all), oldest first."""
+    def holds(
+        self, *, status: str | None = "held", offset: int = 0, limit: int = 1000
+    ) -> list[HeldDeposit]:
+        """Holds in ``status`` (None: all), oldest first, from the ``offset``-th on."""
         table = t.compliance_holds
         query = select(table)
         if status is not None:
             query = query.where(table.c.status == _hold_status(status))
-        query = query.order_by(table.c.held_at, table.c.id).limit(limit)
+        query = query.order_by(table.c.held_at, table.c.id).offset(offset).limit(limit)
         return [_hold_from_row(row) for row in self._c.execute(query)]
 
     def hold(self, hold_id: str, *, lock: bool = False) -> HeldDeposit | None:
@@ -442,13 +444,16 @@ class SqlComplianceRepository:
         )
         return self._c.execute(statement).first() is not None
 
-    def reviews(self, *, open_only: bool = True, limit: int = 1000) -> list[ReviewItem]:
-        """Review items, oldest first (``open_only``: those not yet closed)."""
+    def reviews(
+        self, *, open_only: bool = True, offset: int = 0, limit: int = 1000
+    ) -> list[ReviewItem]:
+        """Review items, oldest first (``open_only``: those not yet closed), from the
+        ``offset``-th on."""
         table = t.compliance_reviews
         query = select(table)
         if open_only:
             query = query.where(table.c.closed_at.is_(None))
-        query = query.order_by(table.c.opened_at, table.c.id).limit(limit)
+        query = query.order_by(table.c.opened_at, table.c.id).offset(offset).limit(limit)
         return [_review_from_row(row) for row in self._c.execute(query)]
 
     def review(self, review_id: str) -> ReviewItem | None:

@@ -71,8 +71,7 @@ def holds(
     status: Annotated[Literal["held", "released", "returned"] | None, Query()] = "held",
 ) -> dict[str, object]:
     with context.uow() as uow:
-        found = uow.compliance.holds(status=status, limit=paging.offset + paging.limit)
-    items = found[paging.offset : paging.offset + paging.limit]
+        items = uow.compliance.holds(status=status, offset=paging.offset, limit=paging.limit)
     return page([hold_out(h) for h in items], paging.offset, paging.limit)
 
 
@@ -127,8 +126,9 @@ def reviews(
     open_only: bool = True,
 ) -> dict[str, object]:
     with context.uow() as uow:
-        found = uow.compliance.reviews(open_only=open_only, limit=paging.offset + paging.limit)
-    items = found[paging.offset : paging.offset + paging.limit]
+        items = uow.compliance.reviews(
+            open_only=open_only, offset=paging.offset, limit=paging.limit
+        )
     return page([review_out(r) for r in items], paging.offset, paging.limit)
 
 
