@@ -967,6 +967,7 @@ def instruments_add(
         ),
     ] = None,
     db: DbOption = None,
+    actor: ActorOption = None,
 ) -> None:
     """Onboard an instrument of a trusted admin so its deposits are credited."""
     instrument = InstrumentId(admin, instrument_id)
@@ -980,6 +981,7 @@ def instruments_add(
             trusted=trusted,
             transfer_kinds=transfer_kinds,
             limits=parsed,
+            actor=actor_name(actor),
         )
         record = next(r for r in list_instruments(database.uow) if r.instrument == instrument)
     except SluiceError as exc:
@@ -1029,11 +1031,14 @@ def instruments_list(db: DbOption = None, as_json: JsonOption = False) -> None:
     print_table(table)
 
 
-def _set_enabled(admin: str, instrument_id: str, enabled: bool, db: str | None) -> None:
+def _set_enabled(
+    admin: str, instrument_id: str, enabled: bool, db: str | None, actor: str | None
+) -> None:
     instrument = InstrumentId(admin, instrument_id)
+    who = actor_name(actor)
     database = open_database(db)
     try:
-        set_instrument_enabled(database.uow, instrument, enabled)
+        set_instrument_enabled(database.uow, instrument, enabled, actor=who)
     except SluiceError as exc:
         fail_with(exc)
     finally:
@@ -1048,15 +1053,19 @@ def _set_enabled(admin: str, instrument_id: str, enabled: bool, db: str | None) 
 
 
 @instruments_app.command("disable")
-def instruments_disable(admin: AdminOption, instrument_id: IdOption, db: DbOption = None) -> None:
+def instruments_disable(
+    admin: AdminOption, instrument_id: IdOption, db: DbOption = None, actor: ActorOption = None
+) -> None:
     """Stop crediting deposits of an instrument (they go to suspense) and refuse withdrawals."""
-    _set_enabled(admin, instrument_id, False, db)
+    _set_enabled(admin, instrument_id, False, db, actor)
 
 
 @instruments_app.command("enable")
-def instruments_enable(admin: AdminOption, instrument_id: IdOption, db: DbOption = None) -> None:
+def instruments_enable(
+    admin: AdminOption, instrument_id: IdOption, db: DbOption = None, actor: ActorOption = None
+) -> None:
     """Credit deposits of a disabled instrument again."""
-    _set_enabled(admin, instrument_id, True, db)
+    _set_enabled(admin, instrument_id, True, db, actor)
 
 
 # --- deposits ----------------------------------------------------------------------------------

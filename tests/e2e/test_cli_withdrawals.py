@@ -190,12 +190,25 @@ def test_instruments_are_added_listed_disabled_and_enabled(sluice: Any, world: W
         "transfer_kinds": ["direct", "offer"],
         "limits": {"transfer_fee": "0.1000000000", "withdrawal_max": "5000.0000000000"},
     }
-    sluice(f"instruments disable {amulet}")
+    sluice(f"instruments disable {amulet} --actor alice")
     assert [r["enabled"] for r in listed(sluice, "instruments list")] == [False]
     table = sluice("instruments list").stdout
     assert "Amulet" in table and "withdrawal_max=5000.0000000000" in table
-    sluice(f"instruments enable {amulet}")
+    sluice(f"instruments enable {amulet} --actor bob")
     assert [r["enabled"] for r in listed(sluice, "instruments list")] == [True]
+
+    # Each change is in the audit trail, by whom (the first add said no --actor: the login name).
+    trail = [json.loads(line) for line in sluice("audit list").stdout.splitlines()]
+    instrument_records = [
+        (r["operation"], r["actor"]) for r in trail if r["operation"].startswith("instrument_")
+    ]
+    assert [op for op, _ in instrument_records] == [
+        "instrument_onboarded",
+        "instrument_disabled",
+        "instrument_enabled",
+    ]
+    assert [actor for _, actor in instrument_records][1:] == ["alice", "bob"]
+    sluice("audit verify")  # the chain still verifies (the fixture fails on an error)
 
 
 @pytest.mark.parametrize(

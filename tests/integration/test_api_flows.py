@@ -380,6 +380,15 @@ def test_onboarding_an_instrument_takes_two_super_admins(world: ApiWorld) -> Non
     assert done["status"] == "executed", done
     listed = client.get("/v1/instruments", headers=world.headers("user")).json()
     assert any(i["id"] == "GOLD" and i["transfer_kinds"] == ["direct", "offer"] for i in listed)
+    with world.context.uow() as uow:
+        records = uow.audit.records(limit=1000)
+    (onboarded,) = [
+        r.entry
+        for r in records
+        if r.entry.operation == "instrument_onboarded" and r.entry.parameters.get("id") == "GOLD"
+    ]
+    assert onboarded.actor == f"approval:{proposal['id']}"
+    assert onboarded.correlation_id is not None  # written during the approving request
 
 
 def test_a_configuration_change_takes_effect_only_after_the_time_lock(world: ApiWorld) -> None:

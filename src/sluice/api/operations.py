@@ -37,7 +37,7 @@ def _decimal(value: object) -> Decimal | None:
 def executors(context: ApiContext) -> dict[str, Executor]:
     """The executor of every critical operation, bound to ``context``."""
 
-    def onboard(approval: Approval, _at: datetime) -> Mapping[str, object]:
+    def onboard(approval: Approval, at: datetime) -> Mapping[str, object]:
         p = approval.parameters
         added = onboard_instrument(
             context.uow,
@@ -46,12 +46,20 @@ def executors(context: ApiContext) -> dict[str, Executor]:
             trusted=bool(p.get("trusted", True)),
             transfer_kinds=tuple(p.get("transfer_kinds") or ("direct",)),  # type: ignore[arg-type]
             limits=p.get("limits"),  # type: ignore[arg-type]
+            actor=f"approval:{approval.id}",
+            at=at,
         )
         return {"onboarded": added}
 
     def enabler(enabled: bool) -> Executor:
-        def run(approval: Approval, _at: datetime) -> Mapping[str, object]:
-            set_instrument_enabled(context.uow, _instrument(approval.parameters), enabled)
+        def run(approval: Approval, at: datetime) -> Mapping[str, object]:
+            set_instrument_enabled(
+                context.uow,
+                _instrument(approval.parameters),
+                enabled,
+                actor=f"approval:{approval.id}",
+                at=at,
+            )
             return {"enabled": enabled}
 
         return run

@@ -123,8 +123,11 @@ def onboard_instrument(
     trusted: bool = True,
     transfer_kinds: str | Collection[str] = "direct",
     limits: Mapping[str, str | Decimal | int] | None = None,
+    actor: str = "operator",
+    at: datetime | None = None,
 ) -> bool:
-    """Record an instrument as onboarded (and enabled) so its deposits are credited.
+    """Record an instrument as onboarded (and enabled) so its deposits are credited, with an
+    ``instrument_onboarded`` audit record by ``actor``.
 
     Refuses an admin the exchange does not trust: its registry hands out the choice contexts
     sluice passes to the ledger, and its deposits would be credited as real money. Idempotent:
@@ -142,22 +145,62 @@ def onboard_instrument(
         check_registry_url(registry_url)
     kinds = check_transfer_kinds(transfer_kinds)
     checked = check_limits(limits or {})
+    when = at or datetime.now(UTC)
     with uow_factory() as uow:
         added = uow.reference.add_instrument(
             instrument, registry_url, trusted, ",".join(kinds), checked or None
         )
+        if added:
+            uow.audit.append(
+                [
+                    AuditEntry(
+                        operation_id=f"instrument:{instrument.key()}",
+                        operation="instrument_onboarded",
+                        actor=actor,
+                        recorded_at=when,
+                        parameters={
+                            "admin": instrument.admin,
+                            "id": instrument.id,
+                            "registry_url": registry_url,
+                            "transfer_kinds": list(kinds),
+                            "limits": {k: str(v) for k, v in (checked or {}).items()},
+                        },
+                        state_changes=[{"instrument": instrument.key(), "onboarded": True}],
+                    )
+                ]
+            )
         uow.commit()
         return added
 
 
 def set_instrument_enabled(
-    uow_factory: UnitOfWorkFactory, instrument: InstrumentId, enabled: bool
+    uow_factory: UnitOfWorkFactory,
+    instrument: InstrumentId,
+    enabled: bool,
+    *,
+    actor: str = "operator",
+    at: datetime | None = None,
 ) -> None:
-    """Enable or disable an onboarded instrument. While disabled its deposits go to suspense with
-    an alert and no withdrawal of it can be requested."""
+    """Enable or disable an onboarded instrument, with an ``instrument_enabled`` /
+    ``instrument_disabled`` audit record by ``actor``. While disabled its deposits go to suspense
+    with an alert and no withdrawal of it can be requested."""
+    when = at or datetime.now(UTC)
+    operation = "instrument_enabled" if enabled else "instrument_disabled"
     with uow_factory() as uow:
         if not uow.reference.set_instrument_enabled(instrument, enabled):
             raise NotFoundError(f"instrument {instrument.key()} is not onboarded")
+        uow.audit.append(
+            [
+                AuditEntry(
+                    operation_id=f"instrument:{instrument.key()}:{operation}:{when.isoformat()}",
+                    operation=operation,
+                    actor=actor,
+                    recorded_at=when,
+                    parameters={"admin": instrument.admin, "id": instrument.id},
+                    state_changes=[{"instrument": instrument.key(), "enabled": enabled}],
+                )
+            ]
+        )
         uow.commit()
 
 
