@@ -56,7 +56,7 @@ and the books invariant (:func:`sluice.services.books.check_invariant`) must hol
 **Targets** (issue 6): ≥ 1,000 balance reads/s with p99 < 50 ms. Met when some worker count
 serves ≥ 1,000 reads/s in the closed loop without errors and, where the paced run was made,
 answers the paced reads at 1,000/s with p99 < 50 ms (else the closed loop's p99 is what is
-judged).
+judged). Each row of the recorded table is judged for its own worker count.
 """
 
 from __future__ import annotations
