@@ -10,7 +10,7 @@ Guarantees:
   ``BEGIN IMMEDIATE`` and are already serialised.
 * Inserting a proposal or a setting whose key exists writes nothing (``ON CONFLICT DO NOTHING``,
   checked through ``RETURNING``), so two writers cannot both insert.
-* Every list is paged and bounded: ``limit`` must be within 1..:data:`PAGE_LIMIT_MAX`.
+* Every list is paged and bounded (:func:`sluice.store.rows.check_page`).
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 import orjson
-from sqlalchemy import Connection, Row, Table, and_, literal_column, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, Row, and_, literal_column, select, update
 from sqlalchemy.sql.dml import ReturningInsert
 
 from sluice.domain.approvals import APPROVAL_STATUSES, Approval, ApprovalStatus, Vote
@@ -29,34 +28,14 @@ from sluice.domain.errors import DuplicateOperationError, InvalidInputError
 from sluice.domain.ledger import format_timestamp
 from sluice.ports import ApiKeyRecord, SettingRecord
 from sluice.store import tables as t
-
-PAGE_LIMIT_MAX = 1000
-
-
-def check_page(offset: int, limit: int) -> None:
-    """Refuse a page that is not bounded or starts before the first row."""
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-        raise InvalidInputError(f"offset must be a whole number ≥ 0, got {offset!r}")
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= PAGE_LIMIT_MAX:
-        raise InvalidInputError(f"limit must be within 1..{PAGE_LIMIT_MAX}, got {limit!r}")
-
-
-def _ts(value: datetime | None) -> str | None:
-    return format_timestamp(value) if value is not None else None
-
-
-def _time(text: str) -> datetime:
-    """A timestamp this DB wrote (canonical RFC 3339 with ``Z``)."""
-    return datetime.fromisoformat(text)
-
-
-def _optional_time(text: str | None) -> datetime | None:
-    return _time(text) if text is not None else None
-
-
-def _json(value: object) -> str:
-    # Decimals and anything else without a JSON form are kept as their text.
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS, default=str).decode()
+from sluice.store.rows import (
+    check_page,
+    insert_for,
+    optional_time,
+    time_of,
+    to_json,
+    ts,
+)
 
 
 def _status(value: str) -> ApprovalStatus:
@@ -69,7 +48,7 @@ def _status(value: str) -> ApprovalStatus:
 
 
 def _votes_json(votes: tuple[Vote, ...]) -> str:
-    return _json(
+    return to_json(
         [
             {
                 "principal_id": v.principal_id,
@@ -97,7 +76,7 @@ def _votes(text: str) -> tuple[Vote, ...]:
             principal_id=item["principal_id"],
             role=item["role"],
             decision=_decision(item["decision"]),
-            at=_time(item["at"]),
+            at=time_of(item["at"]),
             comment=item.get("comment"),
         )
         for item in orjson.loads(text)
@@ -105,7 +84,7 @@ def _votes(text: str) -> tuple[Vote, ...]:
 
 
 def _mapping(value: Mapping[str, object] | None) -> str | None:
-    return _json(dict(value)) if value is not None else None
+    return to_json(dict(value)) if value is not None else None
 
 
 def _api_key_from_row(row: Row[Any]) -> ApiKeyRecord:
@@ -116,16 +95,16 @@ def _api_key_from_row(row: Row[Any]) -> ApiKeyRecord:
         customer_id=row.customer_id,
         label=row.label,
         created_by=row.created_by,
-        created_at=_time(row.created_at),
+        created_at=time_of(row.created_at),
         revoked_by=row.revoked_by,
-        revoked_at=_optional_time(row.revoked_at),
+        revoked_at=optional_time(row.revoked_at),
     )
 
 
 def _approval_values(approval: Approval) -> dict[str, object]:
     return {
         "operation": approval.operation,
-        "parameters": _json(dict(approval.parameters)),
+        "parameters": to_json(dict(approval.parameters)),
         "proposed_by": approval.proposed_by,
         "proposed_at": format_timestamp(approval.proposed_at),
         "required": approval.required,
@@ -133,8 +112,8 @@ def _approval_values(approval: Approval) -> dict[str, object]:
         "votes": _votes_json(approval.votes),
         "customer_id": approval.customer_id,
         "timelock_s": float(approval.timelock_s),
-        "effective_at": _ts(approval.effective_at),
-        "executed_at": _ts(approval.executed_at),
+        "effective_at": ts(approval.effective_at),
+        "executed_at": ts(approval.executed_at),
         "result": _mapping(approval.result),
         "error": approval.error,
         "correlation_id": approval.correlation_id,
@@ -148,14 +127,14 @@ def _approval_from_row(row: Row[Any]) -> Approval:
         operation=row.operation,
         parameters=orjson.loads(row.parameters),
         proposed_by=row.proposed_by,
-        proposed_at=_time(row.proposed_at),
+        proposed_at=time_of(row.proposed_at),
         required=row.required,
         status=_status(row.status),
         votes=_votes(row.votes),
         customer_id=row.customer_id,
         timelock_s=float(row.timelock_s),
-        effective_at=_optional_time(row.effective_at),
-        executed_at=_optional_time(row.executed_at),
+        effective_at=optional_time(row.effective_at),
+        executed_at=optional_time(row.executed_at),
         result=orjson.loads(row.result) if row.result is not None else None,
         error=row.error,
         correlation_id=row.correlation_id,
@@ -167,7 +146,7 @@ def _setting_from_row(row: Row[Any]) -> SettingRecord:
     return SettingRecord(
         key=row.key,
         value=orjson.loads(row.value),
-        effective_at=_time(row.effective_at),
+        effective_at=time_of(row.effective_at),
         set_by=row.set_by,
         approval_id=row.approval_id,
     )
@@ -181,17 +160,12 @@ class SqlAccessRepository:
     def _postgresql(self) -> bool:
         return self._c.dialect.name == "postgresql"
 
-    def _insert(self, table: Table) -> postgresql.Insert | sqlite.Insert:
-        if self._postgresql:
-            return postgresql.insert(table)
-        return sqlite.insert(table)
-
     # --- API keys ---------------------------------------------------------------------------
 
     def add_api_key(self, record: ApiKeyRecord) -> None:
         """Insert a key; :class:`DuplicateOperationError` if its id is taken."""
         statement: ReturningInsert[Any] = (
-            self._insert(t.api_keys)
+            insert_for(self._c, t.api_keys)
             .values(
                 id=record.id,
                 secret_hash=record.secret_hash,
@@ -201,7 +175,7 @@ class SqlAccessRepository:
                 created_by=record.created_by,
                 created_at=format_timestamp(record.created_at),
                 revoked_by=record.revoked_by,
-                revoked_at=_ts(record.revoked_at),
+                revoked_at=ts(record.revoked_at),
             )
             .on_conflict_do_nothing(index_elements=["id"])
             .returning(literal_column("1"))
@@ -236,7 +210,7 @@ class SqlAccessRepository:
 
     def add_approval(self, approval: Approval) -> bool:
         statement: ReturningInsert[Any] = (
-            self._insert(t.approvals)
+            insert_for(self._c, t.approvals)
             .values(id=approval.id, **_approval_values(approval))
             .on_conflict_do_nothing(index_elements=["id"])
             .returning(literal_column("1"))
@@ -292,9 +266,9 @@ class SqlAccessRepository:
         """Insert a value of a setting. Writing the same value for the same (key, effective_at)
         again is a no-op (an executor that ran twice); a different value there is refused with
         :class:`DuplicateOperationError`."""
-        text = _json(record.value)
+        text = to_json(record.value)
         statement: ReturningInsert[Any] = (
-            self._insert(t.runtime_settings)
+            insert_for(self._c, t.runtime_settings)
             .values(
                 key=record.key,
                 effective_at=format_timestamp(record.effective_at),

@@ -2,9 +2,10 @@
 
 Guarantees:
 
-* Every list is a bounded page: ``limit`` between 1 and :data:`PAGE_LIMIT_MAX`, ``offset`` not
-  negative (anything else is refused with :class:`InvalidInputError` before a query runs), in a
-  total order (ties broken by the key), so consecutive pages neither repeat nor skip a row.
+* Every list is a bounded page (:func:`sluice.store.rows.check_page`): ``limit`` between 1 and
+  1,000, ``offset`` not negative (anything else is refused with :class:`InvalidInputError`
+  before a query runs), in a total order (ties broken by the key), so consecutive pages neither
+  repeat nor skip a row.
 * A customer's balances are the cached ``accounts`` rows of ``customer:<id>``, the same rows
   every posting moves under lock, so a read never sees half a transaction.
 * A suspense item is the history entry of a deposit booked to suspense (a transfer into the
@@ -16,66 +17,26 @@ Guarantees:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import BindParameter, Connection, Row, Select, and_, literal_column, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import ReturningInsert
 
 from sluice.domain.compliance import Profile, check_status
-from sluice.domain.errors import InvalidInputError
 from sluice.domain.journal import customer_account_name
 from sluice.domain.ledger import InstrumentId, format_timestamp, parse_timestamp
 from sluice.domain.withdrawals import Withdrawal
 from sluice.ports import CustomerRecord, HistoryRecord, SuspenseItem
 from sluice.store import tables as t
-from sluice.store.repositories import withdrawal_from_row
+from sluice.store.repositories import history_record_from_row, withdrawal_from_row
+from sluice.store.rows import check_page, insert_for
 
-PAGE_LIMIT_MAX = 1000
 SUSPENSE_DISPOSITION = "suspense"
 # What ingestion records for a deposit: the only kind of suspense entry a customer can be owed.
 DEPOSIT_KIND = "transfer_in"
-
-
-def check_page(offset: int, limit: int) -> None:
-    """Refuse a page that is unbounded or starts before the first row."""
-    if isinstance(limit, bool) or not isinstance(limit, int):
-        raise InvalidInputError(f"limit must be an integer, got {limit!r}")
-    if isinstance(offset, bool) or not isinstance(offset, int):
-        raise InvalidInputError(f"offset must be an integer, got {offset!r}")
-    if not 1 <= limit <= PAGE_LIMIT_MAX:
-        raise InvalidInputError(f"limit must be between 1 and {PAGE_LIMIT_MAX}, got {limit}")
-    if offset < 0:
-        raise InvalidInputError(f"offset must not be negative, got {offset}")
-
-
-def history_record_from_row(row: Row[Any]) -> HistoryRecord:
-    return HistoryRecord(
-        update_id=row.update_id,
-        offset=row.offset,
-        record_time=parse_timestamp(row.record_time),
-        node_id=row.node_id,
-        kind=row.kind,
-        status=row.status,
-        sender=row.sender,
-        receiver=row.receiver,
-        instrument=(
-            InstrumentId(row.instrument_admin, row.instrument_id)
-            if row.instrument_admin is not None
-            else None
-        ),
-        amount=row.amount,
-        reason=row.reason,
-        correlation_id=row.correlation_id,
-        holdings_created=tuple(json.loads(row.holdings_created)),
-        holdings_archived=tuple(json.loads(row.holdings_archived)),
-        disposition=row.disposition,
-        customer_id=row.customer_id,
-    )
 
 
 def balances_query(account_name: str | BindParameter[str]) -> Select[str, str, Decimal]:
@@ -259,11 +220,7 @@ class SqlAccountsRepository:
         reason: str | None,
     ) -> bool:
         table = t.suspense_assignments
-        insert: postgresql.Insert | sqlite.Insert = (
-            postgresql.insert(table)
-            if self._c.dialect.name == "postgresql"
-            else sqlite.insert(table)
-        )
+        insert = insert_for(self._c, table)
         statement: ReturningInsert[Any] = (
             insert.values(
                 update_id=item.update_id,

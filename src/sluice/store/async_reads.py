@@ -109,19 +109,23 @@ class PgAsyncReads:
         pool = self._pool
         if pool is None or not self.serving:
             raise RuntimeError("the read pool is not open on this event loop")
-        for attempt in (1, 2):
-            try:
-                async with pool.connection() as connection:
-                    cursor = await connection.execute(sql, params)
-                    return await cursor.fetchall()
-            except PoolTimeout as exc:
-                raise OperationTimeoutError(
-                    f"no database connection became free within {self._timeout_s:.0f} s"
-                ) from exc
-            except psycopg.OperationalError:
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+        try:
+            return await self._fetch_on(pool, sql, params)
+        except psycopg.OperationalError:
+            # The pool has discarded the broken connection; a read is safe to try once more.
+            return await self._fetch_on(pool, sql, params)
+
+    async def _fetch_on(
+        self, pool: AsyncConnectionPool, sql: str, params: dict[str, object]
+    ) -> list[tuple[object, ...]]:
+        try:
+            async with pool.connection() as connection:
+                cursor = await connection.execute(sql, params)
+                return await cursor.fetchall()
+        except PoolTimeout as exc:
+            raise OperationTimeoutError(
+                f"no database connection became free within {self._timeout_s:.0f} s"
+            ) from exc
 
     async def customer_balances(self, customer_id: str) -> dict[InstrumentId, Decimal]:
         rows = await self._fetch(

@@ -23,8 +23,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Row, Table, and_, delete, literal_column, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, Row, and_, delete, literal_column, select, update
 from sqlalchemy.sql.dml import ReturningInsert
 
 from sluice.domain.compliance import (
@@ -40,6 +39,7 @@ from sluice.domain.compliance import (
 from sluice.domain.errors import InvalidInputError
 from sluice.domain.ledger import format_timestamp
 from sluice.store import tables as t
+from sluice.store.rows import insert_for, optional_time, time_of, to_json, ts
 
 CHUNK = 500  # bound on the number of parameters in one IN (…) list
 HOLD_STATUSES: tuple[HoldStatus, ...] = ("held", "released", "returned")
@@ -62,24 +62,6 @@ def _chunks(items: Collection[str], size: int = CHUNK) -> Iterator[list[str]]:
         yield ordered[start : start + size]
 
 
-def _ts(value: datetime | None) -> str | None:
-    return format_timestamp(value) if value is not None else None
-
-
-def _time(text: str) -> datetime:
-    """A timestamp this DB wrote (canonical RFC 3339 with ``Z``)."""
-    return datetime.fromisoformat(text)
-
-
-def _optional_time(text: str | None) -> datetime | None:
-    return _time(text) if text is not None else None
-
-
-def _json(value: object) -> str:
-    # Decimals and anything else without a JSON form are kept as their text.
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS, default=str).decode()
-
-
 def _hold_status(value: str) -> HoldStatus:
     for status in HOLD_STATUSES:
         if value == status:
@@ -96,12 +78,12 @@ def _hold_from_row(row: Row[Any]) -> HeldDeposit:
         amount=row.amount,
         update_id=row.update_id,
         why=row.why,
-        held_at=_time(row.held_at),
+        held_at=time_of(row.held_at),
         customer_id=row.customer_id,
         deposit_account=row.deposit_account,
         status=_hold_status(row.status),
         decided_by=row.decided_by,
-        decided_at=_optional_time(row.decided_at),
+        decided_at=optional_time(row.decided_at),
         withdrawal_id=row.withdrawal_id,
     )
 
@@ -111,10 +93,10 @@ def _review_from_row(row: Row[Any]) -> ReviewItem:
         id=row.id,
         kind=row.kind,
         reason=row.reason,
-        opened_at=_time(row.opened_at),
+        opened_at=time_of(row.opened_at),
         customer_id=row.customer_id,
         subject=row.subject,
-        closed_at=_optional_time(row.closed_at),
+        closed_at=optional_time(row.closed_at),
         closed_by=row.closed_by,
         resolution=row.resolution,
     )
@@ -127,13 +109,6 @@ class SqlComplianceRepository:
     @property
     def _postgresql(self) -> bool:
         return self._c.dialect.name == "postgresql"
-
-    def _insert(self, table: Table) -> postgresql.Insert | sqlite.Insert:
-        """An INSERT that can skip or merge rows whose key exists (both dialects spell it the
-        same way: ``ON CONFLICT``)."""
-        if self._postgresql:
-            return postgresql.insert(table)
-        return sqlite.insert(table)
 
     # --- profiles ---------------------------------------------------------------------------
 
@@ -186,9 +161,9 @@ class SqlComplianceRepository:
         if risk_score is not None:
             values["risk_score"] = risk_score
         if risk_flags is not None:
-            values["risk_flags"] = _json(list(risk_flags))
+            values["risk_flags"] = to_json(list(risk_flags))
         if sanctions_match is not None:
-            values["sanctions_match"] = _json(dict(sanctions_match)) if sanctions_match else None
+            values["sanctions_match"] = to_json(dict(sanctions_match)) if sanctions_match else None
         table = t.customers
         changed = self._c.execute(
             update(table).where(table.c.id == customer_id).values(**values)
@@ -212,7 +187,7 @@ class SqlComplianceRepository:
             risk_score=row.risk_score,
             risk_flags=tuple(orjson.loads(row.risk_flags)) if row.risk_flags else (),
             sanctions_match=orjson.loads(row.sanctions_match) if row.sanctions_match else None,
-            updated_at=_optional_time(row.kyc_updated_at),
+            updated_at=optional_time(row.kyc_updated_at),
         )
 
     def customer_names(self) -> list[tuple[str, str]]:
@@ -240,7 +215,7 @@ class SqlComplianceRepository:
                         operation_id=row.operation_id,
                         operation=row.operation,
                         amount=row.amount,
-                        occurred_at=_time(row.occurred_at),
+                        occurred_at=time_of(row.occurred_at),
                         counterparty=row.counterparty,
                     )
                 )
@@ -250,7 +225,7 @@ class SqlComplianceRepository:
         if not records:
             return
         self._c.execute(
-            self._insert(t.compliance_usage).on_conflict_do_nothing(
+            insert_for(self._c, t.compliance_usage).on_conflict_do_nothing(
                 index_elements=["operation_id"]
             ),
             [
@@ -298,7 +273,7 @@ class SqlComplianceRepository:
             "updated_by": actor,
             "updated_at": format_timestamp(at),
         }
-        statement = self._insert(t.compliance_limits).values(
+        statement = insert_for(self._c, t.compliance_limits).values(
             tier=tier, operation=operation, **values
         )
         self._c.execute(
@@ -323,8 +298,8 @@ class SqlComplianceRepository:
     def flag_address(self, address: str, reason: str, actor: str, at: datetime) -> bool:
         """False if already flagged: the first flag (its reason, officer and time) stays."""
         statement: ReturningInsert[Any] = (
-            self._insert(t.flagged_addresses)
-            .values(address=address, reason=reason, flagged_by=actor, flagged_at=_ts(at))
+            insert_for(self._c, t.flagged_addresses)
+            .values(address=address, reason=reason, flagged_by=actor, flagged_at=ts(at))
             .on_conflict_do_nothing(index_elements=["address"])
             .returning(literal_column("1"))
         )
@@ -337,14 +312,14 @@ class SqlComplianceRepository:
     def flagged_addresses(self) -> list[tuple[str, str, str, datetime]]:
         table = t.flagged_addresses
         rows = self._c.execute(select(table).order_by(table.c.flagged_at, table.c.address))
-        return [(row.address, row.reason, row.flagged_by, _time(row.flagged_at)) for row in rows]
+        return [(row.address, row.reason, row.flagged_by, time_of(row.flagged_at)) for row in rows]
 
     # --- held deposits ----------------------------------------------------------------------
 
     def add_hold(self, hold: HeldDeposit) -> bool:
         """False if a hold with this id exists (an ingestion replay): the first one stays."""
         statement: ReturningInsert[Any] = (
-            self._insert(t.compliance_holds)
+            insert_for(self._c, t.compliance_holds)
             .values(
                 id=hold.id,
                 customer_id=hold.customer_id,
@@ -358,7 +333,7 @@ class SqlComplianceRepository:
                 status=_hold_status(hold.status),
                 held_at=format_timestamp(hold.held_at),
                 decided_by=hold.decided_by,
-                decided_at=_ts(hold.decided_at),
+                decided_at=ts(hold.decided_at),
                 withdrawal_id=hold.withdrawal_id,
             )
             .on_conflict_do_nothing(index_elements=["id"])
@@ -427,7 +402,7 @@ class SqlComplianceRepository:
     def open_review(self, review: ReviewItem) -> bool:
         """False if an item with this id exists (a replay): the first one stays."""
         statement: ReturningInsert[Any] = (
-            self._insert(t.compliance_reviews)
+            insert_for(self._c, t.compliance_reviews)
             .values(
                 id=review.id,
                 kind=review.kind,
@@ -435,7 +410,7 @@ class SqlComplianceRepository:
                 subject=review.subject,
                 reason=review.reason,
                 opened_at=format_timestamp(review.opened_at),
-                closed_at=_ts(review.closed_at),
+                closed_at=ts(review.closed_at),
                 closed_by=review.closed_by,
                 resolution=review.resolution,
             )

@@ -27,6 +27,7 @@ from sluice.domain.ledger import (
 from sluice.domain.withdrawals import TERMINAL_STATUSES, Withdrawal
 from sluice.ports import EntryRecord, HistoryRecord, IngestBatch, InstrumentRecord
 from sluice.store import tables as t
+from sluice.store.rows import ts
 
 CHUNK = 500  # bound on the number of parameters in one IN (…) list
 T = TypeVar("T")
@@ -47,8 +48,29 @@ def _now() -> str:
     return format_timestamp(datetime.now(UTC))
 
 
-def _ts(value: datetime | None) -> str | None:
-    return format_timestamp(value) if value is not None else None
+def history_record_from_row(row: Row[Any]) -> HistoryRecord:
+    return HistoryRecord(
+        update_id=row.update_id,
+        offset=row.offset,
+        record_time=parse_timestamp(row.record_time),
+        node_id=row.node_id,
+        kind=row.kind,
+        status=row.status,
+        sender=row.sender,
+        receiver=row.receiver,
+        instrument=(
+            InstrumentId(row.instrument_admin, row.instrument_id)
+            if row.instrument_admin is not None
+            else None
+        ),
+        amount=row.amount,
+        reason=row.reason,
+        correlation_id=row.correlation_id,
+        holdings_created=tuple(json.loads(row.holdings_created)),
+        holdings_archived=tuple(json.loads(row.holdings_archived)),
+        disposition=row.disposition,
+        customer_id=row.customer_id,
+    )
 
 
 def _holding_from_row(row: Row[Any]) -> Holding:
@@ -115,7 +137,7 @@ class SqlIngestionRepository:
             "party": party,
             "offset": cursor.offset,
             "update_id": cursor.update_id,
-            "record_time": _ts(cursor.record_time),
+            "record_time": ts(cursor.record_time),
             "synchronizer_id": cursor.synchronizer_id,
             "updated_at": _now(),
         }
@@ -211,7 +233,7 @@ class SqlIngestionRepository:
                         "instrument_id": h.instrument.id,
                         "amount": h.amount,
                         "lock_holders": json.dumps(list(h.lock.holders)) if h.lock else None,
-                        "lock_expires_at": _ts(h.lock.expires_at) if h.lock else None,
+                        "lock_expires_at": ts(h.lock.expires_at) if h.lock else None,
                         "lock_context": h.lock.context if h.lock else None,
                         "created_update_id": update_id,
                         "created_offset": offset,
@@ -293,7 +315,7 @@ class SqlIngestionRepository:
                         "wid": w.id,
                         "st": w.status,
                         "icid": w.instruction_cid,
-                        "oat": _ts(w.offered_at),
+                        "oat": ts(w.offered_at),
                         "oud": w.outcome_update_id,
                         "fail": w.failure,
                     }
@@ -579,31 +601,7 @@ class SqlBooksRepository:
             .where(table.c.connection == connection)
             .order_by(table.c.offset, table.c.node_id)
         )
-        return [
-            HistoryRecord(
-                update_id=row.update_id,
-                offset=row.offset,
-                record_time=parse_timestamp(row.record_time),
-                node_id=row.node_id,
-                kind=row.kind,
-                status=row.status,
-                sender=row.sender,
-                receiver=row.receiver,
-                instrument=(
-                    InstrumentId(row.instrument_admin, row.instrument_id)
-                    if row.instrument_admin is not None
-                    else None
-                ),
-                amount=row.amount,
-                reason=row.reason,
-                correlation_id=row.correlation_id,
-                holdings_created=tuple(json.loads(row.holdings_created)),
-                holdings_archived=tuple(json.loads(row.holdings_archived)),
-                disposition=row.disposition,
-                customer_id=row.customer_id,
-            )
-            for row in rows
-        ]
+        return [history_record_from_row(row) for row in rows]
 
     def alerts(self, limit: int = 1000) -> list[Alert]:
         rows = self._c.execute(
@@ -755,11 +753,11 @@ def withdrawal_row(w: Withdrawal, now: str) -> dict[str, object]:
         "status": w.status,
         "attempt": w.attempt,
         "attempts_max": w.attempts_max,
-        "trec_tgt": _ts(w.trec_tgt),
+        "trec_tgt": ts(w.trec_tgt),
         "inputs": json.dumps(list(w.inputs)),
-        "requested_at": _ts(w.requested_at),
+        "requested_at": ts(w.requested_at),
         "instruction_cid": w.instruction_cid,
-        "offered_at": _ts(w.offered_at),
+        "offered_at": ts(w.offered_at),
         "outcome_update_id": w.outcome_update_id,
         "failure": w.failure,
         "last_error": w.last_error,

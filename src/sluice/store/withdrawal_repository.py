@@ -26,12 +26,12 @@ from sluice.store.repositories import (
     SqlIngestionRepository,
     _instruction_from_row,
     _now,
-    _ts,
     instrument_from_row,
     post_journal,
     withdrawal_from_row,
     withdrawal_row,
 )
+from sluice.store.rows import ts
 
 
 class SqlWithdrawalRepository:
@@ -87,7 +87,7 @@ class SqlWithdrawalRepository:
         query = select(table).where(table.c.status.in_(list(statuses)))
         if trec_tgt_at_most is not None:
             # Canonical timestamps: text order is time order.
-            query = query.where(table.c.trec_tgt <= _ts(trec_tgt_at_most))
+            query = query.where(table.c.trec_tgt <= ts(trec_tgt_at_most))
         if kinds:
             query = query.where(table.c.kind.in_(list(kinds)))
         query = query.order_by(table.c.created_at, table.c.id).limit(limit)
@@ -130,7 +130,7 @@ class SqlWithdrawalRepository:
                 and_(table.c.withdrawal_id == withdrawal_id, table.c.attempt == attempt)
             )
         ).first()
-        values = {"inputs": json.dumps(list(inputs)), "trec_tgt": _ts(trec_tgt)}
+        values = {"inputs": json.dumps(list(inputs)), "trec_tgt": ts(trec_tgt)}
         if exists:
             self._c.execute(
                 update(table)
