@@ -9,7 +9,7 @@ UV_VERSION := 0.13.8
 PG_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/sluice_bench
 BENCH_UPDATES ?= 100000
 
-.PHONY: demo test lint format bench bench-quick soak lock clean install
+.PHONY: demo test tools lint format bench bench-quick soak lock clean install
 
 install: $(STAMP)
 
@@ -34,8 +34,14 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix src tests
 	$(BIN)/ruff format src tests
 
-test: lint
+test: lint tools
 	$(BIN)/pytest
+
+# Programs the tests drive besides Python: wrk (the API benchmark's load generator).
+SUDO := $(shell test "$$(id -u)" -eq 0 || echo sudo)
+tools:
+	@command -v wrk >/dev/null || { echo "installing wrk"; $(SUDO) apt-get update -qq && \
+		$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 
 bench: $(STAMP)
 	$(BIN)/sluice bench ingest --updates $(BENCH_UPDATES) --db sqlite:///data/bench/bench.db --record docs/benchmarks.md
