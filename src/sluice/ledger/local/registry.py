@@ -29,7 +29,7 @@ from sluice.ledger.wire import Json
 from .transactions import PREAPPROVAL_TEMPLATE_ID, RULES_TEMPLATE_ID
 
 if TYPE_CHECKING:
-    from .engine import EmbeddedLedger
+    from .instruments import Instruments
 
 # Choice-context keys. The values are ``AnyValue`` JSON: {"tag": "AV_ContractId", "value": cid}.
 RULES_CONTEXT_KEY = "registry-rules"
@@ -190,7 +190,7 @@ def context_contract_id(values: Mapping[str, Any], key: str) -> str | None:
 class Registry:
     """The Registry API of one instrument admin, answered from the embedded ledger's state."""
 
-    def __init__(self, ledger: EmbeddedLedger, admin: str) -> None:
+    def __init__(self, ledger: Instruments, admin: str) -> None:
         self._ledger = ledger
         self.admin = admin
 
