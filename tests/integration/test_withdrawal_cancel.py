@@ -11,12 +11,14 @@ forgotten, audited — and never submitted by a worker run afterwards; cancellin
 submission, after completion, of an offer on the ledger, of a return of a held deposit, and while
 the hold after a DB restore is recorded, each refused (41) with nothing written; another
 customer's withdrawal and unknown ids not found (10). On PostgreSQL, cancels racing a worker that
-claims the same withdrawals: for each, exactly one of the two wins and the books balance.
+claims the same withdrawals, over several rounds: for each, exactly one of the two wins and the
+books balance; which one came first is recorded, and both orders must occur.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -250,72 +252,102 @@ def test_another_customers_or_an_unknown_withdrawal_is_not_found(sb: Sandbox) ->
     assert record(sb, requested.id).status == "reserved"
 
 
+RACE_ROUNDS = 6
+RACE_SIZE = 10
+# The worker's delay after the common start, per round. Left to itself the worker's claim mostly
+# comes first; none (a plain race) alternates with short head starts for the cancels, so that both
+# orders show up in every run of the test rather than by luck.
+WORKER_DELAYS_S = (0.0, 0.002, 0.0, 0.01, 0.0, 0.05)
+
+
+def race_round(sb: Sandbox, round_number: int, worker_delay_s: float) -> dict[str, object]:
+    """Ten reserved withdrawals; a worker thread submits while ten threads cancel them, all
+    released together. Returns each withdrawal's outcome: the cancelled record, or the refusal."""
+    requested = [
+        sb.withdraw("cust-0", "20", key=f"race-{round_number}-{n}") for n in range(RACE_SIZE)
+    ]
+    assert {w.status for w in requested} == {"reserved"}
+    barrier = threading.Barrier(len(requested) + 1)
+    outcomes: list[object] = [None] * len(requested)
+    ticks: list[WorkerTick] = []
+    errors: list[BaseException] = []
+
+    def run_worker() -> None:
+        worker = sb.withdrawal_worker()
+        barrier.wait()
+        time.sleep(worker_delay_s)
+        try:
+            ticks.append(worker.run_once())
+        except BaseException as exc:  # judged by the main thread
+            errors.append(exc)
+
+    def run_cancel(n: int) -> None:
+        barrier.wait()
+        try:
+            outcomes[n] = cancel(sb, requested[n])
+        except BaseException as exc:  # judged by the main thread
+            outcomes[n] = exc
+
+    threads = [threading.Thread(target=run_worker)] + [
+        threading.Thread(target=run_cancel, args=(n,)) for n in range(len(requested))
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads)
+    assert errors == []
+    assert all(isinstance(o, Withdrawal | InvalidOperationStateError) for o in outcomes), outcomes
+    assert not any(isinstance(o, SluiceError) and o.code != 41 for o in outcomes)
+    assert ticks[0].submitted == sum(
+        1 for o in outcomes if isinstance(o, InvalidOperationStateError)
+    )
+    return {w.id: o for w, o in zip(requested, outcomes, strict=True)}
+
+
 @pytest.mark.postgres
 def test_cancels_racing_the_worker_claim_each_lose_or_win_exactly_once(
     postgres_url: str,
 ) -> None:
-    """Ten reserved withdrawals; a worker thread submits while ten threads cancel them. Each
-    withdrawal is either cancelled (refunded, nothing on the ledger) or submitted (its cancel
-    refused, paid once) — never both, never neither."""
+    """Rounds of ten reserved withdrawals, a worker thread submitting while ten threads cancel
+    them. Each withdrawal is either cancelled (refunded, nothing on the ledger) or submitted (its
+    cancel refused, paid once) — never both, never neither. Which of the two came first is
+    recorded for every withdrawal, and both orders must have happened across the rounds."""
     sb = Sandbox.create(postgres_url)
     try:
-        fund(sb, "cust-0", *["50"] * 10)
+        fund(sb, "cust-0", *["50"] * (RACE_ROUNDS * RACE_SIZE))
         wallet_before = wallet(sb, "cust-0")
-        requested = [sb.withdraw("cust-0", "20", key=f"race-{n}") for n in range(10)]
-        assert {w.status for w in requested} == {"reserved"}
-        barrier = threading.Barrier(len(requested) + 1)
-        outcomes: list[object] = [None] * len(requested)
-        ticks: list[WorkerTick] = []
-        errors: list[BaseException] = []
+        outcomes: dict[str, object] = {}
+        orders: list[tuple[int, str]] = []  # (round, which came first) per withdrawal
+        for round_number, delay_s in enumerate(WORKER_DELAYS_S):
+            found = race_round(sb, round_number, delay_s)
+            outcomes.update(found)
+            orders += [
+                (round_number, "cancel" if isinstance(o, Withdrawal) else "claim")
+                for o in found.values()
+            ]
 
-        def run_worker() -> None:
-            worker = sb.withdrawal_worker()
-            barrier.wait()
-            try:
-                ticks.append(worker.run_once())
-            except BaseException as exc:  # judged by the main thread
-                errors.append(exc)
-
-        def run_cancel(n: int) -> None:
-            barrier.wait()
-            try:
-                outcomes[n] = cancel(sb, requested[n])
-            except BaseException as exc:  # judged by the main thread
-                outcomes[n] = exc
-
-        threads = [threading.Thread(target=run_worker)] + [
-            threading.Thread(target=run_cancel, args=(n,)) for n in range(len(requested))
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=120)
-        assert not any(thread.is_alive() for thread in threads)
-        assert errors == []
-        assert all(isinstance(o, Withdrawal | InvalidOperationStateError) for o in outcomes), (
-            outcomes
-        )
-        assert not any(isinstance(o, SluiceError) and o.code != 41 for o in outcomes)
-
-        # Whatever the first worker round left reserved, later rounds submit; cancelled ones stay.
+        # Whatever the racing worker rounds left reserved, later rounds submit; cancelled ones
+        # stay cancelled.
         for _ in range(3):
             sb.withdrawal_worker().run_once()
             sb.ingest()
         view = ledger_view(sb)
         paid = D(0)
-        for withdrawal, outcome in zip(requested, outcomes, strict=True):
-            final = record(sb, withdrawal.id)
+        for withdrawal_id, outcome in outcomes.items():
+            final = record(sb, withdrawal_id)
             if isinstance(outcome, Withdrawal):
                 assert (final.status, final.failure) == ("failed", "cancelled")
-                assert view.with_reason(withdrawal.id) == []
+                assert view.with_reason(withdrawal_id) == []
             else:
                 assert final.status == "completed", final
-                assert view.paid(withdrawal.id) == 1
-                paid += withdrawal.amount
-        assert ticks[0].submitted == sum(
-            1 for o in outcomes if isinstance(o, InvalidOperationStateError)
-        )
-        assert balance(sb, "cust-0") == D(500) - paid
+                assert view.paid(withdrawal_id) == 1
+                paid += final.amount
+        # Both orders happened: some cancels were taken before the worker's claim (and refused
+        # it the record), some came after it (and were refused).
+        firsts = {first for _, first in orders}
+        assert firsts == {"cancel", "claim"}, orders
+        assert balance(sb, "cust-0") == D(50 * RACE_ROUNDS * RACE_SIZE) - paid
         assert wallet(sb, "cust-0") == wallet_before + paid
         assert account(sb, IN_FLIGHT) == ZERO
         assert reservations(sb) == {}
