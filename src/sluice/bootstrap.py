@@ -30,12 +30,20 @@ from sluice.ledger.canton import (
     TokenSource,
     registry_lookup,
 )
-from sluice.ports import AsyncReads, LedgerClient, LedgerCommands, RegistryLookup, UnitOfWork
+from sluice.ports import (
+    AsyncReads,
+    LedgerClient,
+    LedgerCommands,
+    RegistryLookup,
+    UnitOfWork,
+    WriterLock,
+)
 from sluice.screening import ListedSanctions, screen_to_json_lines
 from sluice.services.compliance import ComplianceSettings, KycRegistry
 from sluice.store.async_reads import PgAsyncReads
 from sluice.store.database import open_database
 from sluice.store.unit_of_work import SqlUnitOfWork
+from sluice.store.writer_lock import writer_lock as ingestion_writer_lock
 
 
 def _nothing() -> None:
@@ -63,6 +71,11 @@ class Database:
         if self.engine.url.get_backend_name() != "postgresql":
             return None
         return PgAsyncReads(self.engine.url)
+
+    def writer_lock(self, connection: str) -> WriterLock:
+        """The lock that makes one process the ingestion writer of ``connection`` (party@node):
+        an advisory lock on PostgreSQL, a lock file next to an SQLite file."""
+        return ingestion_writer_lock(self.engine, connection)
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -656,3 +656,34 @@ class AsyncReads(Protocol):
         """The customer's balances, as :meth:`AccountsRepository.customer_balances` reads
         them (empty for an unknown customer: telling those apart is the caller's business)."""
         ...
+
+
+# --- one ingestion writer ----------------------------------------------------------------------
+
+
+class WriterLockError(Exception):
+    """The lock's own session could not be reached (the database is down or refused it)."""
+
+
+class WriterLock(Protocol):
+    """Which process writes ingestion's results for one (treasury party, node): the one that
+    holds this lock. It lives on a session (or an open file) of its own, never inside a unit of
+    work, and the writer keeps it for its life; a standby holds nothing while it waits."""
+
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free, without waiting; True when it is held (also when it was
+        already). Raises :class:`WriterLockError` when the lock's session cannot be opened."""
+        ...
+
+    def held(self) -> bool:
+        """Whether the lock is still ours, checked on its session: False once that session
+        broke (the database restarted, the connection was cut) or the lock file was replaced."""
+        ...
+
+    def holder(self) -> str | None:
+        """Who holds the lock, as far as can be told (e.g. ``pid 4711 on host-a``), or None."""
+        ...
+
+    def release(self) -> None:
+        """Let go of the lock and close its session; :meth:`try_acquire` may be called again."""
+        ...

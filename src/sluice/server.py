@@ -15,6 +15,12 @@ tick of the withdrawal worker and one of the deposit worker, flushes the embedde
 executes operations left approved by a crash. One thread because an embedded ledger file has
 exactly one writer; against a participant node the same loop is simply the process's worker.
 
+Ingestion has one writer per (treasury party, node) across processes: the ingestion part holds
+the pair's writer lock (an advisory lock on PostgreSQL, a lock file next to an SQLite file). In
+a second ``sluice serve`` for the same pair the API and the workers run as usual, while its
+ingestion part tries the lock without waiting each round (:class:`IngestionStandby`) and ingests
+only once the writer is gone. The lock is taken in the first round and kept until shutdown.
+
 Shutting down
 -------------
 SIGTERM or Ctrl-C stops the HTTP server first (requests in progress finish, for a bounded time),
@@ -54,7 +60,7 @@ from sluice.domain.errors import InvalidInputError, SystemPausedError
 from sluice.domain.ledger import check_party_id, format_timestamp
 from sluice.ledger.local import EmbeddedLedger
 from sluice.ledger.local.adapters import EmbeddedCommands, embedded_registries
-from sluice.ports import UnitOfWorkFactory
+from sluice.ports import UnitOfWorkFactory, WriterLock
 from sluice.sandbox import EXCHANGE_NODE, create_world, onboard_world
 from sluice.services.access import ApiKeyVerifier, list_api_keys
 from sluice.services.approvals import run_approved
@@ -63,6 +69,12 @@ from sluice.services.controls import current_pause
 from sluice.services.deposit_worker import DepositWorker
 from sluice.services.ingestion import Ingestion, IngestionSettings, connection_name
 from sluice.services.settings import RuntimeSettings
+from sluice.services.standby import (
+    IngestionLockLostError,
+    fenced,
+    standby_message,
+    took_over_message,
+)
 from sluice.services.withdrawals import WithdrawalSettings, WithdrawalWorker
 
 log = structlog.get_logger("sluice.server")
@@ -478,11 +490,62 @@ class ServiceLoop:
         return True, detail
 
 
-def ingestion_part(ingestion: Ingestion, stopping: threading.Event) -> Part:
+class IngestionStandby:
+    """The ingestion part's side of the writer lock: each round it tries the lock without
+    waiting (the API and the workers keep running meanwhile), logs once that it waits as a
+    standby and for whom, and when it took over. A lock lost while writing is let go of; the
+    next round tries again."""
+
+    def __init__(self, lock: WriterLock, party: str, node: str) -> None:
+        self.lock = lock
+        self.party = party
+        self.node = node
+        self.holding = False
+        self._announced: str | None = None
+
+    def try_take(self) -> bool:
+        if self.lock.try_acquire():
+            if not self.holding:
+                if self._announced is not None:
+                    log.info(took_over_message(self.party, self.node))
+                else:
+                    log.info("ingestion lock taken", party=self.party, node=self.node)
+            self.holding = True
+            self._announced = None
+            return True
+        self.holding = False
+        message = standby_message(self.party, self.node, self.lock.holder())
+        if message != self._announced:
+            log.info(message)
+            self._announced = message
+        return False
+
+    def lost(self, error: IngestionLockLostError) -> str:
+        self.lock.release()
+        self.holding = False
+        message = f"{error}; waiting as standby again"
+        self._announced = message
+        return message
+
+
+def ingestion_part(
+    ingestion: Ingestion, stopping: threading.Event, standby: IngestionStandby | None = None
+) -> Part:
+    """Ingest up to the ledger end (at most ``ROUND_TRANSACTIONS_MAX``). With ``standby``, only
+    while this process holds the writer lock; ``ingestion`` must then commit through units of
+    work fenced by that lock (:func:`sluice.services.standby.fenced`)."""
+
     def run() -> Outcome:
-        progress = ingestion.run(
-            follow=False, stop=stopping.is_set, max_transactions=ROUND_TRANSACTIONS_MAX
-        )
+        if standby is not None and not standby.try_take():
+            return Outcome()
+        try:
+            progress = ingestion.run(
+                follow=False, stop=stopping.is_set, max_transactions=ROUND_TRANSACTIONS_MAX
+            )
+        except IngestionLockLostError as exc:
+            if standby is None:
+                raise
+            return Outcome(problems=(standby.lost(exc),))
         return Outcome(
             busy=bool(progress.transactions or progress.quarantined),
             counts={
@@ -655,8 +718,11 @@ def _wire(
     def nap(seconds: float) -> None:  # ingestion's retry back-off, cut short by a stop
         stopping.wait(seconds)
 
+    # One ingestion writer per (treasury, node): a second `sluice serve` waits as a standby.
+    writer_lock = database.writer_lock(connection)
+    standby = IngestionStandby(writer_lock, treasury, link.node)
     ingestion = Ingestion(
-        database.uow,
+        fenced(database.uow, writer_lock),
         link.client,
         treasury,
         connection=connection,
@@ -700,7 +766,7 @@ def _wire(
     if follow is not None:
         parts.append(Part("clock", _followed(follow)))
     parts += [
-        ingestion_part(ingestion, stopping),
+        ingestion_part(ingestion, stopping, standby),
         withdrawal_part(withdrawals),
         deposit_part(deposits),
         Part("flush", _flushed(link)),
@@ -711,6 +777,7 @@ def _wire(
         try:
             link.flush()
         finally:
+            writer_lock.release()
             link.close()
             database.dispose()
 
