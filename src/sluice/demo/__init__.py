@@ -1,0 +1,221 @@
+"""The sluice demo: an exchange, its customers and the token ledger, end to end in a few seconds.
+
+What it shows, on the embedded defaults (two SQLite files in one data folder, the embedded
+reference ledger):
+
+1. **Setup.** A ledger with three nodes: ``dso`` (the token admins), ``exchange`` (the treasury)
+   and ``wallets`` (the customers). A Canton-Coin-like instrument (``Amulet`` of the DSO party,
+   "Canton Coin", CC) and a second token, USDX, whose admin allows no transfer preapprovals. The
+   treasury pre-approves incoming Canton Coin. The Integration DB knows both instruments, five
+   customers and Mallory, who is on the exchange's block list, each with a deposit account.
+2. **Activity.** Customers tap the faucet and make a few hundred 1-step deposits to the treasury
+   with their deposit account as the reason; a few carry a reason nobody knows (or none). One
+   customer and Mallory send USDX, which can only arrive as an offer; both stay pending. The clock
+   moves, so the exchange's node emits checkpoints.
+3. **Crash and resume.** ``sluice ingest`` runs as a separate process and is killed with SIGKILL
+   part-way. A second run resumes from the cursor the first one committed (not from zero) and
+   ends at the ledger end. It reads the ledger file read-only; the demo process is its only
+   writer.
+4. **The workers**, in the demo process against the same ledger, each step followed by ingestion
+   (in process from here on): the deposit worker accepts the customer's USDX offer (credited once
+   ingestion sees the accept) and rejects Mallory's (the compliance gate denies her party, the
+   funds go back to her). The customers' wallets pre-approve CC; customers withdraw CC, paid in
+   one step, and USDX, paid as offers the receiver answers: one accepted (paid), one rejected
+   (credited back). Then a withdrawal worker dies right after submitting a withdrawal, before
+   recording it; a new worker takes over, does not submit it again, ingestion sees the transfer,
+   and the clock moves past the attempt's ``trec_tgt`` without anything being refunded: the
+   withdrawal is paid exactly once (one transfer with its id as reason on the ledger).
+5. **Compliance.** An officer freezes a customer, whose next deposit is held instead of credited;
+   the officer reviews the queue, unfreezes the customer and releases it; the audit trail's hash
+   chain is verified.
+6. **The HTTP API.** The application ``sluice serve`` runs (``create_app``) in uvicorn on a free
+   local port, on the demo's Integration DB, driven with httpx as an exchange's systems and staff
+   would: API keys per role (made by the ``create_api_key`` service; only their ids are shown), a
+   customer's balance and deposit instructions, a withdrawal sent twice with one
+   ``Idempotency-Key`` (one withdrawal), a large one (above a threshold set low for the demo)
+   proposed and approved by two distinct staff members, an emergency pause (a withdrawal request
+   answers 503 with code 50, a balance read still works) and resume, a request without credentials
+   (401) and one for another customer's balance (404), and the pause in the audit trail with its
+   request's correlation id. The demo's withdrawal worker then pays both withdrawals.
+7. **The books.** What each customer deposited against what sluice credited, suspense, the
+   pending offers, every deposit offer and withdrawal with its outcome, each customer's balance
+   (deposits credited − withdrawals paid, refunds included), the cursor, alerts, and the journal
+   invariant ``Σ customers + suspense + in-flight + fees = treasury holdings``.
+
+**Over the wire.** ``--via-http`` serves the demo's ledger on a local port (as ``sluice ledger
+serve`` does) and ``--ledger-url URL`` uses a ``sluice ledger serve`` already running (on a fresh
+ledger: ``--create --ledger NEW_FILE``). Then every call of the exchange side — both ingestion runs
+(the killed one is a separate process again), the workers' commands, the registries — goes through
+the Canton client over HTTP and WebSocket, and the outside world (the admins, the customers'
+wallets, the clock) is driven through the server's sandbox control API.
+
+Every run starts from scratch: the data folder is wiped first (only when it is empty or was made
+by the demo). What the customers do is a pure function of the seed (:func:`plan`), so a test can
+check the report against it.
+
+**Layout.** :mod:`~sluice.demo.world` builds the world (the plan, the ledger, the Integration DB,
+the exchange's services); each chapter is a module with a ``CHAPTER`` (:class:`Chapter`: ``run``
+then ``show``), listed in order in :data:`CHAPTERS`; :mod:`~sluice.demo.report` holds the
+formatting and the summary tables read from the books between chapters. A new chapter is one
+module and one line in :data:`CHAPTERS`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+from rich.console import Console
+from rich.panel import Panel
+
+from sluice.demo import api, compliance, ingestion, report, setup, workers
+from sluice.demo.api import API_CUSTOMER, API_OTHER, API_WITHDRAWALS
+from sluice.demo.compliance import HELD_AMOUNT, HELD_CUSTOMER
+from sluice.demo.ingestion import ingest_command, sluice_command
+from sluice.demo.next_steps import show_next_steps
+from sluice.demo.report import Chapter, Sections, money
+from sluice.demo.world import (
+    BLOCKED,
+    CUSTOMERS,
+    EVERYONE,
+    NODE,
+    SYMBOLS,
+    TAP,
+    Customer,
+    Exchange,
+    FolderInUseError,
+    Ledger,
+    Plan,
+    PlannedWithdrawal,
+    Wire,
+    build_ledger,
+    plan,
+    prepare_folder,
+    set_up_books,
+)
+from sluice.ledger.local import EmbeddedLedger
+from sluice.ledger.local.remote import RemoteLedger
+from sluice.ledger.local.server import LedgerServer
+
+__all__ = [
+    "API_CUSTOMER",
+    "API_OTHER",
+    "API_WITHDRAWALS",
+    "BLOCKED",
+    "CHAPTERS",
+    "CUSTOMERS",
+    "EVERYONE",
+    "HELD_AMOUNT",
+    "HELD_CUSTOMER",
+    "SYMBOLS",
+    "TAP",
+    "Chapter",
+    "Customer",
+    "FolderInUseError",
+    "Plan",
+    "PlannedWithdrawal",
+    "ingest_command",
+    "money",
+    "plan",
+    "run_demo",
+    "sluice_command",
+]
+
+TITLE = (
+    "sluice demo: customer deposits, ingestion killed and resumed, deposit offers, "
+    "withdrawals (one through a worker crash), the HTTP API, the books"
+)
+
+# The chapters, in the order they run; each prints its sections as soon as it has run, numbered
+# in this order.
+CHAPTERS: tuple[Chapter[Any], ...] = (
+    setup.CHAPTER,  # the ledger and the books the demo built
+    ingestion.CHAPTER,  # `sluice ingest` in another process, killed, then resumed
+    report.DEPOSITS_CREDITED,  # what sluice credited each customer, the offers left pending
+    workers.CHAPTER,  # deposit offers answered, withdrawals paid, a worker crash
+    report.WITHDRAWALS_SETTLED,  # every withdrawal's outcome, each customer's balance
+    compliance.CHAPTER,  # a deposit held, reviewed and released
+    api.CHAPTER,  # the exchange's systems and staff over HTTP
+    report.BOOKS,  # the cursor, the alerts, the books per instrument and the invariant
+)
+
+
+def tell(chapter: Chapter[Any], exchange: Exchange, console: Console, sections: Sections) -> bool:
+    """Run one chapter, then print what happened; True when its checks hold."""
+    story = chapter.run(exchange, console.status)
+    return chapter.show(console, story, sections)
+
+
+def run_demo(
+    data_dir: Path,
+    *,
+    seed: int,
+    console: Console,
+    via_http: bool = False,
+    ledger_url: str | None = None,
+) -> bool:
+    """Run the demo in ``data_dir`` (wiped first); True when every check of the report holds:
+    the books balance, each customer got what they deposited, suspense holds the rest, both
+    offers were pending and then accepted / rejected as planned, ingestion resumed from its
+    cursor to the ledger end, every withdrawal ended as planned (the crashed one paid exactly
+    once), each balance is deposits credited − withdrawals paid, and every request of the HTTP
+    API answered as planned.
+
+    ``via_http``: serve the ledger on a local port and go through the Canton client;
+    ``ledger_url``: the same against a ``sluice ledger serve`` already running."""
+    started = time.perf_counter()
+    console.print(Panel.fit(TITLE, subtitle=f"seed {seed}", style="bold"))
+    try:
+        prepare_folder(data_dir)
+    except FolderInUseError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        return False
+    the_plan = plan(seed)
+    path = data_dir / "ledger.db"
+    embedded: EmbeddedLedger | None = None
+    server: LedgerServer | None = None
+    ledger: Ledger
+    wire: Wire | None = None
+    if ledger_url is not None:
+        wire = Wire(ledger_url.rstrip("/"))
+        ledger = RemoteLedger(wire.base_url)
+    else:
+        embedded = EmbeddedLedger.open(str(path), seed=seed, checkpoint_interval_s=60.0)
+        ledger = embedded
+        if via_http:
+            server = LedgerServer(embedded, default_node=NODE).start()
+            wire = Wire(server.url, started_here=True)
+            ledger = RemoteLedger(wire.base_url)
+    try:
+        with console.status("building the ledger: taps, deposits, offers, checkpoints…"):
+            world = build_ledger(data_dir, path, ledger, the_plan, wire)
+    except FolderInUseError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        return False
+    try:
+        database = set_up_books(world)
+        try:
+            exchange = Exchange(world, ledger, database)
+            sections = Sections()
+            checks = [tell(chapter, exchange, console, sections) for chapter in CHAPTERS]
+        finally:
+            database.dispose()
+    finally:
+        if world.http is not None:
+            world.http.close()
+        ledger.close()
+        if server is not None:
+            server.stop()
+        if embedded is not None and embedded is not ledger:
+            embedded.close()
+    show_next_steps(console, world)
+    ok = all(checks)
+    elapsed = time.perf_counter() - started
+    with_start_up = time.time() - psutil.Process().create_time()
+    verdict = "[bold green]all checks hold[/]" if ok else "[bold red]some checks failed[/]"
+    console.print(
+        f"\n{verdict} — the demo took {elapsed:.1f}s ({with_start_up:.1f}s with Python start-up)"
+    )
+    return ok
