@@ -1,0 +1,55 @@
+"""The ``sluice`` command line: translates arguments into service calls and prints results."""
+
+from __future__ import annotations
+
+import typer
+
+from sluice.cli import (
+    admin,
+    audit,
+    bench,
+    books,
+    compliance,
+    config,
+    customers,
+    demo,
+    deposits,
+    ingest,
+    instruments,
+    ledger,
+    serve,
+    sim,
+    withdrawals,
+    workers,
+)
+from sluice.cli.common import configure
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+app.callback()(configure)
+
+# Each part adds its commands with ``register(app)``. `sluice --help` lists the top-level
+# commands, then the command groups, each in the order they are registered here.
+PARTS = (
+    ingest,  # ingest
+    books,  # check
+    ledger,  # ledger …
+    bench,  # bench …
+    withdrawals,  # withdraw, withdrawals …
+    instruments,  # instruments …
+    deposits,  # deposits …
+    workers,  # workers …
+    config,  # config …
+    customers,  # customers …
+    compliance,  # compliance …
+    audit,  # audit …
+    admin,  # admin …
+    sim,  # sim
+    serve,  # serve
+    demo,  # demo
+)
+for part in PARTS:
+    part.register(app)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,168 @@
+"""``sluice bench``: the benchmarks (results go to docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sluice.cli.common import err, fail_with
+from sluice.domain.errors import SluiceError
+
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (results go to docs/benchmarks.md).")
+
+
+@bench_app.command("withdrawals")
+def bench_withdrawals(
+    record: Annotated[
+        Path | None, typer.Option("--record", help="Append the figures to this Markdown file.")
+    ] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="A short run (smoke test).")] = False,
+    db: Annotated[
+        str | None,
+        typer.Option("--db", help="Database to benchmark; it is EMPTIED first (default: scratch)."),
+    ] = None,
+) -> None:
+    """Measure withdrawal throughput and coin selection on the embedded ledger."""
+    from sluice.bench.withdrawals import bench_command
+
+    bench_command(record, quick, db)
+
+
+@bench_app.command("wire")
+def bench_wire(
+    updates: Annotated[int, typer.Option("--updates", min=100, help="Stream length.")] = 20_000,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, max=10)] = 2,
+    record: Annotated[
+        Path | None, typer.Option("--record", help="Append the figures to this Markdown file.")
+    ] = None,
+) -> None:
+    """Ingestion over WebSocket / HTTP from `sluice ledger serve` against in process."""
+    from sluice.bench.wire import bench_command
+
+    with err.status(f"measuring ingestion of {updates} updates in process and over the wire"):
+        result = bench_command(updates, rounds, record)
+    sys.stdout.write(json.dumps(result) + "\n")
+
+
+@bench_app.command("screening")
+def bench_screening(
+    list_dir: Annotated[Path, typer.Option("--list", help="Sanctions list directory.")] = Path(
+        "../shared/reference/sanctions"
+    ),
+    prefix: Annotated[str, typer.Option("--prefix", help="OFAC file set to load.")] = "full-",
+    count: Annotated[
+        int, typer.Option("--count", min=100, help="Screenings in the timed stream.")
+    ] = 20_000,
+    seed: Annotated[int | None, typer.Option("--seed", help="Labelled set seed.")] = None,
+    record: Annotated[
+        Path | None, typer.Option(help="Write the figures to this Markdown file.")
+    ] = None,
+) -> None:
+    """Screenings per second and p99 on one core against the full list, and precision / recall
+    at the default threshold on a labelled set of listed-name variations and unlisted names."""
+    from sluice.bench.screening import DEFAULT_SEED, bench_command
+
+    try:
+        with err.status(f"loading {list_dir} ({prefix}*) and screening…"):
+            bench_command(
+                list_dir,
+                prefix=prefix,
+                count=count,
+                seed=DEFAULT_SEED if seed is None else seed,
+                record=record,
+            )
+    except SluiceError as exc:
+        fail_with(exc)
+
+
+@bench_app.command("api")
+def bench_api(
+    db: Annotated[
+        str, typer.Option("--db", help="Database to serve from; it is EMPTIED first.")
+    ] = "postgresql+psycopg://postgres@127.0.0.1:5432/sluice_bench_api",
+    clients: Annotated[
+        int, typer.Option("--clients", min=1, max=500, help="Concurrent clients.")
+    ] = 50,
+    duration: Annotated[
+        float, typer.Option("--duration", min=1.0, max=600.0, help="Seconds per run.")
+    ] = 10.0,
+    warmup: Annotated[
+        float, typer.Option("--warmup", min=0.0, max=60.0, help="Seconds of warm-up per run.")
+    ] = 2.0,
+    paced_rate: Annotated[
+        float,
+        typer.Option("--paced-rate", min=0.0, help="Balance reads/s of the paced run (0: none)."),
+    ] = 1_000.0,
+    workers: Annotated[
+        list[int] | None,
+        typer.Option("--workers", min=1, max=16, help="uvicorn worker processes (repeatable)."),
+    ] = None,
+    tool: Annotated[
+        str,
+        typer.Option("--tool", help="Load generator: auto (wrk if it can be had), wrk, python."),
+    ] = "auto",
+    record: Annotated[
+        Path | None, typer.Option("--record", help="Write the figures to this Markdown file.")
+    ] = None,
+) -> None:
+    """Balance reads and withdrawal requests per second and their p50 / p99 over HTTP, with
+    concurrent clients against uvicorn, next to GET /health as the baseline."""
+    from sluice.bench.api import WORKER_COUNTS, ApiBenchSettings, bench_command
+
+    if tool not in ("auto", "wrk", "python"):
+        raise typer.BadParameter("one of auto, wrk, python", param_hint="--tool")
+    settings = ApiBenchSettings(
+        url=db,
+        clients=clients,
+        duration_s=duration,
+        warmup_s=warmup,
+        paced_rate=paced_rate or None,
+        worker_counts=tuple(workers or WORKER_COUNTS),
+        tool=tool,
+    )
+    # No spinner: its refresh thread would share the GIL with the paced load generator.
+    err.print(f"measuring the HTTP API with {clients} clients against {db}…")
+    bench_command(settings, record)
+
+
+@bench_app.command("ingest")
+def bench_ingest(
+    updates: Annotated[int, typer.Option("--updates", min=100, help="Stream length.")] = 100_000,
+    db: Annotated[
+        str, typer.Option("--db", help="Database to benchmark; it is EMPTIED first.")
+    ] = "sqlite:///data/bench/bench.db",
+    live_updates: Annotated[
+        int, typer.Option(help="How many updates to replay one per DB transaction.")
+    ] = 2_000,
+    stream: Annotated[
+        Path | None, typer.Option(help="Reuse (or keep) the generated stream at this path.")
+    ] = None,
+    record: Annotated[
+        Path | None, typer.Option(help="Append the figures to this Markdown file.")
+    ] = None,
+) -> None:
+    """Generate a realistic treasury stream, then measure replaying it into the database."""
+    from sluice.bench.measure import measure_in_child
+    from sluice.bench.record import append_result
+    from sluice.bench.stream import generate
+
+    path = stream or Path("data/bench") / f"stream-{updates}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    setup_file = path.with_suffix(".setup.json")
+    if not (path.exists() and setup_file.exists()):
+        with err.status(f"generating {updates} updates with the embedded ledger → {path}"):
+            generate(path, updates)
+    with err.status(f"measuring replay of {path} into {db}"):
+        result = measure_in_child(path, db, live_updates)
+    result["db"] = db.split("://", 1)[0]
+    sys.stdout.write(json.dumps(result) + "\n")
+    if record is not None:
+        append_result(record, result, command=" ".join(["sluice", *sys.argv[1:]]))
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(bench_app, name="bench")

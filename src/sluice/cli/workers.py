@@ -1,0 +1,143 @@
+"""``sluice workers``: the withdrawal and deposit workers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Annotated
+
+import typer
+
+from sluice.cli.common import (
+    DbOption,
+    LedgerOption,
+    LedgerUrlOption,
+    SandboxClockOption,
+    TreasuryOption,
+    deployment,
+    fail,
+    fail_with,
+    kyc_registry,
+    note,
+    open_database,
+    open_ledger,
+    sandbox_base,
+    stop_signals,
+    treasury_party,
+    withdrawal_settings,
+)
+from sluice.config import Settings
+from sluice.domain.errors import SluiceError
+from sluice.ledger.canton import CantonCommands
+from sluice.services.compliance import RegistryGate
+from sluice.services.deposit_worker import DepositWorker
+from sluice.services.ingestion import connection_name
+from sluice.services.withdrawals import WithdrawalWorker
+
+workers_app = typer.Typer(no_args_is_help=True, help="The withdrawal and deposit workers.")
+
+
+@workers_app.command("run")
+def workers_run(
+    once: Annotated[bool, typer.Option("--once", help="One round, then exit.")] = False,
+    interval: Annotated[
+        float, typer.Option("--interval", min=0.05, max=3600.0, help="Seconds between rounds.")
+    ] = 1.0,
+    treasury: TreasuryOption = None,
+    node: Annotated[str | None, typer.Option("--node", help="Ledger node the party is on.")] = None,
+    db: DbOption = None,
+    ledger: LedgerOption = None,
+    ledger_url: LedgerUrlOption = None,
+    sandbox_clock: SandboxClockOption = False,
+) -> None:
+    """Run the withdrawal and deposit workers until stopped.
+
+    Against a participant node (`--ledger-url` or the configuration) any number of worker
+    processes may run. Against an embedded ledger file, the file is opened for writing and has
+    exactly one writer: run one worker process, and `sluice ingest` (a reader) alongside."""
+    settings = Settings.from_environment()
+    config = deployment()
+    party = treasury_party(treasury or config.treasury.party, settings)
+    worker_settings = withdrawal_settings()
+    clock: Callable[[], datetime] | None = None
+    if sandbox_clock:
+        from sluice.ledger.local.remote import RemoteLedger
+
+        if ledger_url is None:
+            fail("--sandbox-clock needs --ledger-url (a `sluice ledger serve` URL)")
+        clock = RemoteLedger(sandbox_base(ledger_url)).time
+    database = open_database(db or config.database_url, settings)
+    try:
+        link = open_ledger(config, database, ledger, ledger_url, node, writable=True, clock=clock)
+    except SluiceError as exc:
+        database.dispose()
+        fail_with(exc)
+    clock = link.clock
+    margin = config.ledger.local_margin_s
+    if isinstance(link.commands, CantonCommands) and worker_settings.trec_span_s <= margin:
+        link.close()
+        database.dispose()
+        fail(
+            f"SLUICE_WITHDRAWAL_TREC_SPAN_S ({worker_settings.trec_span_s:g} s) must exceed "
+            f"ledger.local_margin_s ({margin:g} s), or no local-party withdrawal could be submitted"
+        )
+    try:
+        registry = kyc_registry(reload_on_hangup=not once)
+        withdrawals = WithdrawalWorker(
+            database.uow,
+            link.commands,
+            link.registries,
+            treasury=party,
+            connection=connection_name(party, link.node),
+            clock=clock,
+            settings=worker_settings,
+            compliance=registry,
+        )
+        deposits = DepositWorker(
+            database.uow,
+            link.commands,
+            link.registries,
+            RegistryGate(database.uow, registry, clock),
+            treasury=party,
+        )
+        held = ", submissions HELD (see `sluice withdrawals hold`)"
+        with stop_signals() as stopping:
+            while not stopping():
+                paid = withdrawals.run_once()
+                answered = deposits.run_once()
+                link.flush()  # what was submitted becomes visible to `sluice ingest`
+                paused = paid.paused or answered.paused
+                if paused:
+                    note(f"PAUSED ({paused}): nothing is submitted until `sluice` is resumed")
+                elif once or paid.busy or answered.busy or paid.held:
+                    note(
+                        f"withdrawals: settled {paid.settled} (retried {paid.retried}, refunded "
+                        f"{paid.refunded}), reserved {paid.reserved}, submitted {paid.submitted}, "
+                        f"offers withdrawn {paid.offers_withdrawn}, upkeep {paid.upkeep_created}"
+                        f"{held if paid.held else ''}; deposits: accepted {answered.accepted}, "
+                        f"rejected {answered.rejected}, left alone {answered.left_alone}"
+                    )
+                for problem in (*paid.errors, *answered.errors):
+                    note(f"  ! {problem}")
+                if once:
+                    break
+                _sleep_unless(interval, stopping)
+    except SluiceError as exc:
+        fail_with(exc)
+    finally:
+        link.close()
+        database.dispose()
+
+
+def _sleep_unless(seconds: float, stop: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + seconds
+    while not stop():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(left, 0.1))
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(workers_app, name="workers")
