@@ -21,6 +21,7 @@ from sluice.domain.compliance import (
     ReviewItem,
     TierLimits,
     UsageRecord,
+    UsageWindows,
 )
 from sluice.domain.deposits import Alert
 from sluice.domain.history import HistoryEntry
@@ -414,11 +415,36 @@ class ComplianceRepository(Protocol):
         operations of one customer decide one after the other)."""
         ...
 
-    def usage(
-        self, customer_ids: Collection[str], since: datetime
-    ) -> dict[str, list[UsageRecord]]: ...
+    def usage(self, customer_ids: Collection[str], since: datetime) -> dict[str, list[UsageRecord]]:
+        """Every usage row after ``since`` (for display; decisions read the bounded forms)."""
+        ...
+
+    def usage_windows(
+        self,
+        customer_ids: Collection[str],
+        first: datetime,
+        last: datetime,
+        operations: Collection[str] = ...,
+    ) -> dict[str, UsageWindows]:
+        """The usage totals and edge records decisions of ``operations`` (default: all) at
+        times in ``[first, last]`` need."""
+        ...
+
+    def recent_usage(
+        self, customer_ids: Collection[str], after: datetime, until: datetime, limit: int
+    ) -> dict[str, list[UsageRecord]]:
+        """Each customer's latest ``limit`` usage rows in ``(after, until]``, oldest first."""
+        ...
+
+    def counterparties_seen(
+        self, customer_id: str, counterparties: Collection[str], after: datetime, until: datetime
+    ) -> set[str]: ...
     def record_usage(self, customer_id: str, records: Sequence[UsageRecord]) -> None:
         """Insert usage rows; one already recorded under the same operation id is left alone."""
+        ...
+
+    def record_usage_of(self, records_by_customer: Mapping[str, Sequence[UsageRecord]]) -> None:
+        """:meth:`record_usage` for many customers at once."""
         ...
 
     def forget_usage(self, operation_ids: Collection[str]) -> int:

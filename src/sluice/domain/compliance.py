@@ -8,13 +8,20 @@ reason, so the audit trail and the error both say exactly why. Nothing here touc
 Limits are in the instrument's reference currency units (``amount × reference rate``). Rolling
 windows are half-open: an operation at ``t`` counts in the 24 h window of every ``now`` with
 ``now - 24h < t <= now``.
+
+What a customer used in a window is summed from :class:`UsageWindows`: totals per operation in
+hour and day buckets for the bulk of the window, and the individual records only in the hours
+where a window's edges fall (the hour ``now - 24h`` or ``now - 30 days`` lies in, and the hour of
+``now`` itself). So a decision needs a bounded number of rows — about 30 day totals, 70 hour
+totals and three hours of records per operation — however long the customer's history, and the
+sums stay exact to the microsecond at both edges.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Literal
 
@@ -39,8 +46,12 @@ KycStatus = Literal["active", "under_review", "frozen", "blacklisted"]
 STATUSES: tuple[KycStatus, ...] = ("active", "under_review", "frozen", "blacklisted")
 TIERS = range(5)
 TIER_MAX = 4
+HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
 MONTH = timedelta(days=30)
+WINDOWS = (DAY, MONTH)
+BUCKET_LENGTHS_S = (3600, 86400)  # hour and day buckets of usage
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def check_operation(value: str) -> Operation:
@@ -175,17 +186,185 @@ class UsageRecord:
 def usage_in_windows(
     records: Iterable[UsageRecord], operation: str, now: datetime
 ) -> tuple[Decimal, Decimal]:
-    """What the customer used of ``operation`` in the rolling 24 h and 30 days before ``now``."""
-    daily = monthly = ZERO
+    """What the customer used of ``operation`` in the rolling 24 h and 30 days before ``now``,
+    summed the way a decision sums it: from buckets, with the records only at the edges."""
+    return UsageWindows.of_records(records, now, now).used(operation, now)
+
+
+def bucket_start(at: datetime, length_s: int) -> datetime:
+    """The start of the ``length_s`` bucket (hour or day, in UTC) that ``at`` falls in."""
+    elapsed = at - _EPOCH
+    seconds = elapsed.days * 86400 + elapsed.seconds
+    return _EPOCH + timedelta(seconds=seconds - seconds % length_s)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageBucket:
+    """The total of one operation's usage in one hour or day (``length_s`` 3600 or 86400)."""
+
+    operation: str
+    length_s: int
+    starts_at: datetime
+    amount: Decimal
+    count: int
+
+
+def usage_buckets(
+    records: Iterable[UsageRecord], sign: int = 1
+) -> dict[tuple[str, int, datetime], UsageBucket]:
+    """The hour and day totals ``records`` add to (``sign`` -1: what removing them takes off)."""
+    totals: dict[tuple[str, int, datetime], UsageBucket] = {}
     for record in records:
-        if record.operation != operation or record.occurred_at > now:
-            continue
-        age = now - record.occurred_at
-        if age < MONTH:
-            monthly += record.amount
-            if age < DAY:
-                daily += record.amount
-    return daily, monthly
+        for length_s in BUCKET_LENGTHS_S:
+            key = (record.operation, length_s, bucket_start(record.occurred_at, length_s))
+            known = totals.get(key)
+            amount = sign * record.amount
+            totals[key] = (
+                UsageBucket(key[0], length_s, key[2], amount, sign)
+                if known is None
+                else replace(known, amount=known.amount + amount, count=known.count + sign)
+            )
+    return totals
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSpan:
+    """What must be read to decide at any ``now`` in ``[first, last]``: the records in
+    ``record_ranges``, the hour buckets starting in ``hour_ranges`` and the day buckets starting
+    in ``day_ranges`` (every range half-open, ``[low, high)``)."""
+
+    first: datetime
+    last: datetime
+    record_ranges: tuple[tuple[datetime, datetime], ...]
+    hour_ranges: tuple[tuple[datetime, datetime], ...]
+    day_ranges: tuple[tuple[datetime, datetime], ...]
+
+    @classmethod
+    def of(cls, first: datetime, last: datetime) -> UsageSpan:
+        assert first <= last, "a span runs forwards"
+        after_last = last + timedelta(microseconds=1)
+        records = [(bucket_start(first, 3600), after_last)]
+        hours = [(bucket_start(first, 86400), after_last)]
+        for window in WINDOWS:
+            records.append(
+                (bucket_start(first - window, 3600), bucket_start(last - window, 3600) + HOUR)
+            )
+            # The full hours between the hour a window starts in and the next day.
+            hours.append(
+                (
+                    bucket_start(first - window, 3600) + HOUR,
+                    _day_after(bucket_start(last - window, 3600) + HOUR),
+                )
+            )
+        days = ((bucket_start(first - MONTH, 86400), after_last),)
+        return cls(first, last, _merged(records), _merged(hours), days)
+
+    def covers(self, now: datetime) -> bool:
+        return self.first <= now <= self.last
+
+
+def _day_after(at: datetime) -> datetime:
+    """The first day boundary at or after ``at``."""
+    return bucket_start(at - timedelta(microseconds=1), 86400) + DAY
+
+
+def _merged(ranges: Sequence[tuple[datetime, datetime]]) -> tuple[tuple[datetime, datetime], ...]:
+    merged: list[tuple[datetime, datetime]] = []
+    for low, high in sorted(ranges):
+        if merged and low <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], high))
+        else:
+            merged.append((low, high))
+    return tuple(merged)
+
+
+def _window_parts(
+    now: datetime, window: timedelta
+) -> tuple[
+    list[tuple[datetime, datetime]], list[tuple[datetime, datetime]], tuple[datetime, datetime]
+]:
+    """How the window ``(now - window, now]`` is summed: hour buckets in the first ranges, day
+    buckets in the second, and records (exactly) in ``start < t < first full hour`` and
+    ``hour of now <= t <= now`` — the third item gives those two bounds."""
+    start = now - window
+    first_hour = bucket_start(start, 3600) + HOUR
+    last_hour = bucket_start(now, 3600)
+    if first_hour > last_hour:
+        return [], [], (now, now)  # shorter than an hour: records only
+    first_day = _day_after(first_hour)
+    last_day = bucket_start(last_hour, 86400)
+    if first_day <= last_day:
+        hours = [(first_hour, first_day), (last_day, last_hour)]
+        days = [(first_day, last_day)]
+    else:
+        hours, days = [(first_hour, last_hour)], []
+    return hours, days, (first_hour, last_hour)
+
+
+class UsageWindows:
+    """One customer's usage as far as decisions at times in ``span`` need it: bucket totals and
+    the records at the windows' edges (see the module docstring). Usage recorded later in the
+    same transaction is added with :meth:`add`, so later decisions count it."""
+
+    def __init__(self, span: UsageSpan, operations: Iterable[str] = OPERATIONS) -> None:
+        self.span = span
+        self.operations = frozenset(operations)
+        self.records: list[UsageRecord] = []
+        self._totals: dict[tuple[str, int, datetime], Decimal] = {}
+
+    @classmethod
+    def of_records(
+        cls, records: Iterable[UsageRecord], first: datetime, last: datetime
+    ) -> UsageWindows:
+        windows = cls(UsageSpan.of(first, last))
+        for record in records:
+            windows.add(record)
+        return windows
+
+    def covers(self, operation: str, now: datetime) -> bool:
+        """Whether ``used(operation, now)`` can be answered from what was read."""
+        return operation in self.operations and self.span.covers(now)
+
+    def add_total(
+        self, operation: str, length_s: int, starts_at: datetime, amount: Decimal
+    ) -> None:
+        key = (operation, length_s, starts_at)
+        self._totals[key] = self._totals.get(key, ZERO) + amount
+
+    def add_record(self, record: UsageRecord) -> None:
+        """A record as read from the edges (its buckets are read separately)."""
+        self.records.append(record)
+
+    def add(self, record: UsageRecord) -> None:
+        """A record and its share of the buckets."""
+        self.records.append(record)
+        for length_s in BUCKET_LENGTHS_S:
+            starts_at = bucket_start(record.occurred_at, length_s)
+            self.add_total(record.operation, length_s, starts_at, record.amount)
+
+    def used(self, operation: str, now: datetime) -> tuple[Decimal, Decimal]:
+        """What was used of ``operation`` in the 24 h and the 30 days up to ``now``."""
+        assert self.covers(operation, now), f"usage of {operation} at {now} was not read"
+        daily, monthly = (self._window(operation, now, window) for window in WINDOWS)
+        return daily, monthly
+
+    def _window(self, operation: str, now: datetime, window: timedelta) -> Decimal:
+        hours, days, (first_hour, last_hour) = _window_parts(now, window)
+        start = now - window
+        total = ZERO
+        for (kind, length_s, starts_at), amount in self._totals.items():
+            if kind != operation:
+                continue
+            ranges = hours if length_s == 3600 else days
+            if any(low <= starts_at < high for low, high in ranges):
+                total += amount
+        for record in self.records:
+            if record.operation != operation:
+                continue
+            at = record.occurred_at
+            if start < at < first_hour or last_hour <= at <= now:
+                total += record.amount
+        return total
 
 
 @dataclass(frozen=True, slots=True)

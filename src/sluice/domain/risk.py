@@ -1,7 +1,7 @@
 """Risk scoring (DESIGN §6): rules over a customer's recent activity that add up to a score.
 
-:func:`assess_risk` looks at the operation being decided together with the customer's usage
-records of the last 30 days and fires each rule of :class:`RiskRules` at most once:
+:func:`assess_risk` looks at the operation being decided together with the customer's recent
+usage records and fires each rule of :class:`RiskRules` at most once:
 
 * ``velocity`` — too many operations (of any kind, the current one included) in a short window;
 * ``structuring`` — repeated amounts just under a per-operation or daily limit of the tier;
@@ -13,6 +13,14 @@ threshold the customer is put under review everywhere (the caller does that; thi
 decides). The assessment is a pure function of its arguments: the same history, operation, rules
 and ``now`` always give the same score and flags, in the order above.
 
+The records a decision hands over are a bounded recent slice: at most
+``recent_operations_max`` (32) of the customer's latest operations, none older than the longest
+rule window (7 days by default) — what velocity, structuring and smurfing look at, read the same
+way however long the customer's history. Beyond the slice a rule sees nothing: velocity counts
+at most that many earlier operations (enough to fire, since the bound is never below
+``velocity_count_max``), and structuring and smurfing count the slice's records only. Whether a
+counterparty is new is asked of the whole 30 days separately (``counterparties_seen``).
+
 Windows are half-open like the limits' windows (:mod:`sluice.domain.compliance`): a record at
 ``t`` is in a window of length ``w`` ending at ``now`` when ``now - w < t <= now``. Records after
 ``now`` are ignored; the operation being decided is taken to happen at ``now``.
@@ -21,7 +29,7 @@ Windows are half-open like the limits' windows (:mod:`sluice.domain.compliance`)
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -36,7 +44,12 @@ CASH_OUT_OPERATIONS = frozenset({"withdrawal", "transfer"})
 WINDOW_MAX_S = MONTH.total_seconds()
 
 _WEIGHTS = ("velocity_weight", "structuring_weight", "smurfing_weight", "new_counterparty_weight")
-_COUNTS = ("velocity_count_max", "structuring_count_min", "small_deposits_min")
+_COUNTS = (
+    "velocity_count_max",
+    "structuring_count_min",
+    "small_deposits_min",
+    "recent_operations_max",
+)
 _WINDOWS = ("velocity_window_s", "structuring_window_s", "small_deposits_window_s")
 
 
@@ -64,6 +77,9 @@ class RiskRules:
       100 000 (10 % of tier 1's daily limit) to a counterparty absent from the history adds
       ``new_counterparty_weight`` = 20.
 
+    * the slice of history the rules see: the latest ``recent_operations_max`` = 32 operations
+      within the longest rule window (never fewer than the rules' own counts need).
+
     A weight of 0 turns its rule off. Windows are 1 s … 30 days (the history's depth).
     """
 
@@ -82,6 +98,7 @@ class RiskRules:
     smurfing_weight: int = 50
     new_counterparty_amount_min: Decimal = Decimal("100000")
     new_counterparty_weight: int = 20
+    recent_operations_max: int = 32
 
     def __post_init__(self) -> None:
         _check_int("threshold", self.threshold, 1, SCORE_MAX)
@@ -114,6 +131,24 @@ class RiskRules:
             raise InvalidInputError(
                 f"risk rule new_counterparty_amount_min must not be negative, got {amount_min}"
             )
+
+    @property
+    def recent_operations(self) -> int:
+        """How many of the latest operations a decision reads for the rules."""
+        return max(
+            self.recent_operations_max,
+            self.velocity_count_max,
+            self.structuring_count_min,
+            self.small_deposits_min,
+        )
+
+    @property
+    def recent_window(self) -> timedelta:
+        """How far back the rules' windows reach."""
+        seconds = max(
+            self.velocity_window_s, self.structuring_window_s, self.small_deposits_window_s
+        )
+        return timedelta(seconds=seconds)
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, object]) -> RiskRules:
@@ -174,18 +209,21 @@ def assess_risk(
     rules: RiskRules,
     limits: TierLimits | None,
     now: datetime,
+    counterparties_seen: Collection[str] = (),
 ) -> RiskAssessment:
-    """Score ``current`` (not part of ``history``) against the customer's last 30 days.
+    """Score ``current`` (not part of ``history``) against the customer's recent operations.
 
     ``limits`` are the customer's tier limits for ``current.operation``; without them the
     structuring rule cannot tell what "just under a limit" is and does not fire.
+    ``counterparties_seen``: counterparties the customer dealt with in the last 30 days beyond
+    those in ``history``.
     """
     past = [record for record in history if record.occurred_at <= now]
     candidates = (
         _velocity(past, rules, now),
         _structuring(past, current, rules, limits, now),
         _smurfing(past, current, rules, now),
-        _new_counterparty(past, current, rules),
+        _new_counterparty(past, current, rules, counterparties_seen),
     )
     flags = tuple(flag for flag in candidates if flag is not None and flag.weight > 0)
     score = min(SCORE_MAX, sum(flag.weight for flag in flags))
@@ -273,7 +311,10 @@ def _smurfing(
 
 
 def _new_counterparty(
-    past: Sequence[UsageRecord], current: UsageRecord, rules: RiskRules
+    past: Sequence[UsageRecord],
+    current: UsageRecord,
+    rules: RiskRules,
+    seen: Collection[str],
 ) -> RiskFlag | None:
     counterparty = current.counterparty
     if (
@@ -282,7 +323,7 @@ def _new_counterparty(
         or current.amount < rules.new_counterparty_amount_min
     ):
         return None
-    if any(record.counterparty == counterparty for record in past):
+    if counterparty in seen or any(record.counterparty == counterparty for record in past):
         return None
     return RiskFlag(
         "new_counterparty",

@@ -7,12 +7,19 @@ and the audit records — into that same transaction. So an operation and the us
 commit together or not at all, and two concurrent operations of one customer cannot both slip under
 a limit: the customer's row is locked (PostgreSQL ``FOR UPDATE``) before the usage is read.
 
+What a session reads of a customer's usage is bounded, whatever their history: the hour and day
+totals and the edge records of the rolling windows (exact sums, see
+:class:`~sluice.domain.compliance.UsageWindows`), the latest operations the risk rules look at
+(at most ``RiskRules.recent_operations`` within the rules' longest window) and, for a payout, one
+indexed look-up of whether its counterparty was dealt with in the last 30 days.
+
 A denied operation still leaves a trace: the caller commits the session's writes (the audit record,
 a status change the risk rules made) without the operation, then raises the decision's error.
 """
 
 from __future__ import annotations
 
+from bisect import insort
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -22,6 +29,7 @@ from sluice.domain.amounts import format_amount
 from sluice.domain.audit import AuditEntry
 from sluice.domain.compliance import (
     MONTH,
+    OPERATIONS,
     ComplianceDecision,
     ComplianceRequest,
     HeldDeposit,
@@ -30,12 +38,12 @@ from sluice.domain.compliance import (
     Profile,
     ReviewItem,
     UsageRecord,
+    UsageWindows,
     decide,
-    usage_in_windows,
 )
 from sluice.domain.errors import InvalidInputError
 from sluice.domain.ledger import InstrumentId
-from sluice.domain.risk import RiskRules, assess_risk
+from sluice.domain.risk import CASH_OUT_OPERATIONS, RiskRules, assess_risk
 from sluice.domain.withdrawals import Withdrawal
 from sluice.ports import SanctionsScreen, UnitOfWork, UnitOfWorkFactory
 
@@ -81,9 +89,22 @@ class KycRegistry:
         counterparties: Collection[str] = (),
         *,
         since: datetime,
+        until: datetime | None = None,
+        operations: Collection[str] = OPERATIONS,
         lock: bool = True,
     ) -> ComplianceSession:
-        return ComplianceSession(self, uow, customer_ids, counterparties, since=since, lock=lock)
+        """A session for decisions of ``operations`` at times in ``[since, until]`` (``until``
+        defaults to ``since``; another decision reads that customer's usage again)."""
+        return ComplianceSession(
+            self,
+            uow,
+            customer_ids,
+            counterparties,
+            since=since,
+            until=until,
+            operations=operations,
+            lock=lock,
+        )
 
 
 class ComplianceSession:
@@ -97,6 +118,8 @@ class ComplianceSession:
         counterparties: Collection[str],
         *,
         since: datetime,
+        until: datetime | None,
+        operations: Collection[str],
         lock: bool,
     ) -> None:
         self._registry = registry
@@ -104,7 +127,10 @@ class ComplianceSession:
         repo = uow.compliance
         ids = sorted(set(customer_ids))
         self.profiles: dict[str, Profile] = repo.profiles(ids, lock=lock) if ids else {}
-        self._usage: dict[str, list[UsageRecord]] = repo.usage(ids, since - MONTH) if ids else {}
+        self._windows: dict[str, UsageWindows] = {}
+        self._recent: dict[str, list[UsageRecord]] = {}
+        if ids:
+            self._read_usage(ids, since, until or since, operations)
         ladder = registry.settings.ladder
         for (tier, operation), limits in repo.limit_overrides().items():
             ladder = ladder.with_override(tier, operation, limits)
@@ -118,6 +144,53 @@ class ComplianceSession:
         self._audit: list[AuditEntry] = []
 
     # -- reading ----------------------------------------------------------------------------------
+
+    def _read_usage(
+        self,
+        customer_ids: Collection[str],
+        first: datetime,
+        last: datetime,
+        operations: Collection[str],
+    ) -> None:
+        repo = self._uow.compliance
+        rules = self._registry.settings.risk
+        self._windows.update(repo.usage_windows(customer_ids, first, last, operations))
+        self._recent.update(
+            repo.recent_usage(
+                customer_ids, first - rules.recent_window, last, rules.recent_operations
+            )
+        )
+
+    def _usage_at(self, customer_id: str, operation: str, at: datetime) -> UsageWindows:
+        """The customer's usage read for decisions at ``at`` (read again if the session's span
+        does not cover it; what this session recorded and has not flushed is added back)."""
+        windows = self._windows.get(customer_id)
+        if windows is None or not windows.covers(operation, at):
+            self._read_usage([customer_id], at, at, OPERATIONS)
+            windows = self._windows[customer_id]
+            for record in self._new_usage.get(customer_id, ()):
+                windows.add(record)
+                insort(self._recent[customer_id], record, key=_record_order)
+        return windows
+
+    def _recent_before(self, customer_id: str, at: datetime) -> list[UsageRecord]:
+        """The slice of recent operations the risk rules see for a decision at ``at``."""
+        rules = self._registry.settings.risk
+        start = at - rules.recent_window
+        recent = [
+            record
+            for record in self._recent.get(customer_id, ())
+            if start < record.occurred_at <= at
+        ]
+        return recent[-rules.recent_operations :]
+
+    def _counterparties_seen(self, request: ComplianceRequest, at: datetime) -> set[str]:
+        counterparty = request.counterparty
+        if counterparty is None or request.operation not in CASH_OUT_OPERATIONS:
+            return set()
+        return self._uow.compliance.counterparties_seen(
+            request.customer_id, [counterparty], at - MONTH, at
+        )
 
     def listed(self, address: str) -> str | None:
         """Why ``address`` may not be dealt with (flagged by an officer, or on the sanctions list),
@@ -151,20 +224,20 @@ class ComplianceSession:
         (for later decisions of this session too). Always audited."""
         rules = self._registry.settings.risk
         profile = self.profiles.get(request.customer_id)
-        history = self._usage.setdefault(request.customer_id, [])
-        daily, monthly = usage_in_windows(history, request.operation, at)
+        windows = self._usage_at(request.customer_id, request.operation, at)
+        daily, monthly = windows.used(request.operation, at)
         current = UsageRecord(
             operation_id, request.operation, request.amount, at, request.counterparty
         )
         risk = None
         if profile is not None and request.amount > 0:
-            recent = [item for item in history if item.occurred_at <= at]
             risk = assess_risk(
-                recent,
+                self._recent_before(request.customer_id, at),
                 current,
                 rules=rules,
                 limits=self.ladder.of(profile.tier, request.operation),
                 now=at,
+                counterparties_seen=self._counterparties_seen(request, at),
             )
         listed = self.listed(request.counterparty) if request.counterparty else None
         decision = decide(
@@ -180,7 +253,8 @@ class ComplianceSession:
         )
         changes: list[dict[str, object]] = []
         if decision.allowed and record:
-            history.append(current)
+            windows.add(current)
+            insort(self._recent.setdefault(request.customer_id, []), current, key=_record_order)
             self._new_usage.setdefault(request.customer_id, []).append(current)
             changes.append(
                 {
@@ -246,8 +320,8 @@ class ComplianceSession:
     def flush(self) -> None:
         """Write what the session decided into the caller's transaction (the caller commits)."""
         repo = self._uow.compliance
-        for customer_id, records in self._new_usage.items():
-            repo.record_usage(customer_id, records)
+        if self._new_usage:
+            repo.record_usage_of(self._new_usage)
         changed_at = max((entry.recorded_at for entry in self._audit), default=None)
         for profile in self._profile_changes.values():
             assert changed_at is not None, "a status change is always audited"
@@ -269,6 +343,10 @@ class ComplianceSession:
         self._holds = []
         self._reviews = []
         self._audit = []
+
+
+def _record_order(record: UsageRecord) -> tuple[datetime, str]:
+    return (record.occurred_at, record.operation_id)
 
 
 # --- the one call, and its batch form ---------------------------------------------------------
@@ -317,6 +395,7 @@ def batch_compliance_check(
             [request.customer_id for request in requests],
             [request.counterparty for request in requests if request.counterparty],
             since=at,
+            operations={request.operation for request in requests},
             lock=False,
         )
         decisions = [
@@ -346,6 +425,7 @@ def check_operation_allowed(
         [request.customer_id],
         [request.counterparty] if request.counterparty else [],
         since=at,
+        operations=[request.operation],
         lock=True,
     )
     decision = session.decide(

@@ -333,6 +333,8 @@ class Ingestion:
                     },
                     {entry.sender for _, entry in deposits if entry.sender},
                     since=min(time for time, _ in deposits),
+                    until=max(time for time, _ in deposits),
+                    operations=["deposit"],
                     lock=True,
                 )
 

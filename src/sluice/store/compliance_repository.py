@@ -12,6 +12,14 @@ Guarantees:
   transactions begin with ``BEGIN IMMEDIATE`` and so are already serialised; nothing more is done.
 * Reads for many customers or addresses are set-based (one query per ``CHUNK`` of ids), because
   ingestion asks for a whole batch at once.
+* Usage totals (``compliance_usage_totals``, per customer, operation and hour or day) move with
+  the usage rows in the same statement sequence: a row inserted (not a replay skipped by the
+  conflict clause) adds to its hour and day, a row forgotten takes its amount off again. On
+  PostgreSQL the totals are upserted with the addition done by the database (``amount +
+  excluded.amount``, exact ``NUMERIC``); SQLite keeps money as text and serialises whole
+  transactions, so there the totals are read, added in Python and upserted with the result.
+* What a decision reads is bounded whatever the customer's history: the totals and edge records
+  of :class:`UsageSpan`, and at most ``limit`` recent rows per customer.
 * A hold leaves ``held`` at most once; a review item is closed at most once.
 """
 
@@ -20,21 +28,42 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Row, and_, delete, literal_column, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Row,
+    and_,
+    bindparam,
+    delete,
+    false,
+    literal_column,
+    or_,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.sql.dml import ReturningInsert
+from sqlalchemy.sql.expression import BindParameter, Executable
 
 from sluice.domain.compliance import (
+    BUCKET_LENGTHS_S,
+    OPERATIONS,
     HeldDeposit,
     HoldStatus,
     KycStatus,
     Profile,
     ReviewItem,
     TierLimits,
+    UsageBucket,
     UsageRecord,
+    UsageSpan,
+    UsageWindows,
     check_status,
+    usage_buckets,
 )
 from sluice.domain.errors import InvalidInputError
 from sluice.domain.ledger import format_timestamp
@@ -42,6 +71,7 @@ from sluice.store import tables as t
 from sluice.store.rows import insert_for, optional_time, time_of, to_json, ts
 
 CHUNK = 500  # bound on the number of parameters in one IN (…) list
+RECENT_CHUNK = 50  # customers per statement reading each one's latest usage rows
 HOLD_STATUSES: tuple[HoldStatus, ...] = ("held", "released", "returned")
 
 
@@ -60,6 +90,112 @@ def _chunks(items: Collection[str], size: int = CHUNK) -> Iterator[list[str]]:
     ordered = sorted(set(items))
     for start in range(0, len(ordered), size):
         yield ordered[start : start + size]
+
+
+def _in_ranges(
+    column: ColumnElement[Any], ranges: Sequence[tuple[datetime, datetime]]
+) -> ColumnElement[bool]:
+    """``column`` (a timestamp's canonical text) in any of the half-open ``ranges``."""
+    if not ranges:
+        return false()
+    return or_(
+        *(
+            and_(column >= format_timestamp(low), column < format_timestamp(high))
+            for low, high in ranges
+        )
+    )
+
+
+SPAN_RANGES = 3  # a span's record and hour ranges, at most (see UsageSpan.of)
+
+
+def _range_parameters(
+    name: str, ranges: Sequence[tuple[datetime, datetime]], count: int
+) -> dict[str, str]:
+    """Bind values for ``count`` ranges; missing ones are empty (low = high)."""
+    assert len(ranges) <= count, f"{len(ranges)} {name} ranges, at most {count} expected"
+    padded = list(ranges) + [(ranges[-1][1], ranges[-1][1])] * (count - len(ranges))
+    values = {}
+    for index, (low, high) in enumerate(padded):
+        values[f"{name}_low_{index}"] = format_timestamp(low)
+        values[f"{name}_high_{index}"] = format_timestamp(high)
+    return values
+
+
+def _totals_statement() -> Executable:
+    """The totals of a span: one indexed range of the primary key per part (parts are disjoint,
+    so UNION ALL repeats no row)."""
+    totals = t.compliance_usage_totals
+    ids: BindParameter[list[str]] = bindparam("ids", expanding=True)
+    operations: BindParameter[list[str]] = bindparam("operations", expanding=True)
+    columns = (
+        totals.c.customer_id,
+        totals.c.operation,
+        totals.c.length_s,
+        totals.c.starts_at,
+        totals.c.amount,
+    )
+    parts = [("hour", 3600, index) for index in range(SPAN_RANGES)] + [("day", 86400, 0)]
+    return union_all(
+        *(
+            select(*columns).where(
+                totals.c.customer_id.in_(ids),
+                totals.c.length_s == length_s,
+                totals.c.starts_at >= bindparam(f"{name}_low_{index}"),
+                totals.c.starts_at < bindparam(f"{name}_high_{index}"),
+                totals.c.operation.in_(operations),
+            )
+            for name, length_s, index in parts
+        )
+    )
+
+
+def _edge_records_statement() -> Executable:
+    usage = t.compliance_usage
+    ids: BindParameter[list[str]] = bindparam("ids", expanding=True)
+    operations: BindParameter[list[str]] = bindparam("operations", expanding=True)
+    return union_all(
+        *(
+            select(usage).where(
+                usage.c.customer_id.in_(ids),
+                usage.c.occurred_at >= bindparam(f"edge_low_{index}"),
+                usage.c.occurred_at < bindparam(f"edge_high_{index}"),
+                usage.c.operation.in_(operations),
+            )
+            for index in range(SPAN_RANGES)
+        )
+    )
+
+
+_TOTALS_IN_SPAN = _totals_statement()
+_EDGE_RECORDS = _edge_records_statement()
+
+
+def _usage_from_row(row: Row[Any]) -> UsageRecord:
+    return UsageRecord(
+        operation_id=row.operation_id,
+        operation=row.operation,
+        amount=row.amount,
+        occurred_at=time_of(row.occurred_at),
+        counterparty=row.counterparty,
+    )
+
+
+def _bucket_key(bucket: UsageBucket) -> tuple[int, str, str]:
+    return (bucket.length_s, format_timestamp(bucket.starts_at), bucket.operation)
+
+
+def _plus(bucket: UsageBucket, known: tuple[Decimal, int] | None) -> UsageBucket:
+    if known is None:
+        return bucket
+    amount, count = known
+    return UsageBucket(
+        bucket.operation,
+        bucket.length_s,
+        bucket.starts_at,
+        amount + bucket.amount,
+        count + bucket.count,
+    )
 
 
 def _hold_status(value: str) -> HoldStatus:
@@ -221,39 +357,216 @@ class SqlComplianceRepository:
                 )
         return found
 
+    def usage_windows(
+        self,
+        customer_ids: Collection[str],
+        first: datetime,
+        last: datetime,
+        operations: Collection[str] = OPERATIONS,
+    ) -> dict[str, UsageWindows]:
+        """What decisions at times in ``[first, last]`` need of each customer's usage: the hour
+        and day totals and the edge records of :class:`UsageSpan` — a bounded number of rows
+        however long the history, each range read through an index."""
+        span = UsageSpan.of(first, last)
+        found = {customer_id: UsageWindows(span, operations) for customer_id in customer_ids}
+        ranges = {
+            **_range_parameters("hour", span.hour_ranges, SPAN_RANGES),
+            **_range_parameters("day", span.day_ranges, 1),
+        }
+        edges = _range_parameters("edge", span.record_ranges, SPAN_RANGES)
+        for chunk in _chunks(customer_ids):
+            kinds = sorted(set(operations))
+            rows = self._c.execute(_TOTALS_IN_SPAN, {"ids": chunk, "operations": kinds, **ranges})
+            for customer_id, operation, length_s, starts_at, amount in rows:
+                found[customer_id].add_total(operation, length_s, time_of(starts_at), amount)
+            edge_rows = self._c.execute(_EDGE_RECORDS, {"ids": chunk, "operations": kinds, **edges})
+            for row in edge_rows:
+                found[row.customer_id].add_record(_usage_from_row(row))
+        return found
+
+    def recent_usage(
+        self, customer_ids: Collection[str], after: datetime, until: datetime, limit: int
+    ) -> dict[str, list[UsageRecord]]:
+        """Each customer's latest ``limit`` usage rows in ``(after, until]``, oldest first."""
+        usage = t.compliance_usage
+        low, high = format_timestamp(after), format_timestamp(until)
+        found: dict[str, list[UsageRecord]] = {customer_id: [] for customer_id in customer_ids}
+        for chunk in _chunks(customer_ids, RECENT_CHUNK):
+            latest = [
+                select(usage)
+                .where(
+                    usage.c.customer_id == customer_id,
+                    usage.c.occurred_at > low,
+                    usage.c.occurred_at <= high,
+                )
+                .order_by(usage.c.occurred_at.desc(), usage.c.operation_id.desc())
+                .limit(limit)
+                .subquery()
+                for customer_id in chunk
+            ]
+            query = union_all(*(select(part) for part in latest))
+            for row in self._c.execute(query):
+                found[row.customer_id].append(_usage_from_row(row))
+        for records in found.values():
+            records.sort(key=lambda record: (record.occurred_at, record.operation_id))
+        return found
+
+    def counterparties_seen(
+        self, customer_id: str, counterparties: Collection[str], after: datetime, until: datetime
+    ) -> set[str]:
+        """Which of ``counterparties`` the customer dealt with in ``(after, until]`` (one indexed
+        look-up each)."""
+        usage = t.compliance_usage
+        seen: set[str] = set()
+        for counterparty in sorted(set(counterparties)):
+            row = self._c.execute(
+                select(usage.c.counterparty)
+                .where(
+                    usage.c.customer_id == customer_id,
+                    usage.c.counterparty == counterparty,
+                    usage.c.occurred_at > format_timestamp(after),
+                    usage.c.occurred_at <= format_timestamp(until),
+                )
+                .limit(1)
+            ).first()
+            if row is not None:
+                seen.add(counterparty)
+        return seen
+
     def record_usage(self, customer_id: str, records: Sequence[UsageRecord]) -> None:
-        if not records:
+        self.record_usage_of({customer_id: records})
+
+    def record_usage_of(self, records_by_customer: Mapping[str, Sequence[UsageRecord]]) -> None:
+        """Insert usage rows of many customers at once, and add the new ones to the totals."""
+        rows = [
+            {
+                "operation_id": record.operation_id,
+                "customer_id": customer_id,
+                "operation": record.operation,
+                "amount": record.amount,
+                "counterparty": record.counterparty,
+                "occurred_at": format_timestamp(record.occurred_at),
+            }
+            for customer_id, records in records_by_customer.items()
+            for record in records
+        ]
+        if not rows:
             return
-        self._c.execute(
-            insert_for(self._c, t.compliance_usage).on_conflict_do_nothing(
-                index_elements=["operation_id"]
-            ),
-            [
-                {
-                    "operation_id": record.operation_id,
-                    "customer_id": customer_id,
-                    "operation": record.operation,
-                    "amount": record.amount,
-                    "counterparty": record.counterparty,
-                    "occurred_at": format_timestamp(record.occurred_at),
-                }
-                for record in records
-            ],
+        table = t.compliance_usage
+        inserted = set(
+            self._c.execute(
+                insert_for(self._c, table)
+                .on_conflict_do_nothing(index_elements=["operation_id"])
+                .returning(table.c.operation_id),
+                rows,
+            ).scalars()
+        )
+        self._add_to_totals(
+            {
+                customer_id: [r for r in records if r.operation_id in inserted]
+                for customer_id, records in records_by_customer.items()
+            },
+            sign=1,
         )
 
     def forget_usage(self, operation_ids: Collection[str]) -> int:
-        """Remove the usage of operations that moved nothing in the end (a refunded withdrawal)."""
+        """Remove the usage of operations that moved nothing in the end (a refunded withdrawal),
+        and take it off the totals."""
         if not operation_ids:
             return 0
         table = t.compliance_usage
-        removed = 0
+        removed: dict[str, list[UsageRecord]] = {}
         ids = sorted(set(operation_ids))
         for start in range(0, len(ids), CHUNK):
             chunk = ids[start : start + CHUNK]
-            removed += int(
-                self._c.execute(delete(table).where(table.c.operation_id.in_(chunk))).rowcount
+            rows = self._c.execute(
+                delete(table).where(table.c.operation_id.in_(chunk)).returning(*table.c)
             )
-        return removed
+            for row in rows:
+                removed.setdefault(row.customer_id, []).append(_usage_from_row(row))
+        self._add_to_totals(removed, sign=-1)
+        return sum(len(records) for records in removed.values())
+
+    def _add_to_totals(
+        self, records_by_customer: Mapping[str, Sequence[UsageRecord]], *, sign: int
+    ) -> None:
+        totals = t.compliance_usage_totals
+        changes = [
+            (customer_id, bucket)
+            for customer_id, records in records_by_customer.items()
+            for bucket in usage_buckets(records, sign).values()
+        ]
+        if not changes:
+            return
+        if not self._postgresql:
+            # SQLite: money is text, so add in Python (the transaction is already exclusive).
+            known = self._totals_of(changes)
+            changes = [
+                (customer_id, _plus(bucket, known.get((customer_id, *_bucket_key(bucket)))))
+                for customer_id, bucket in changes
+            ]
+        statement = insert_for(self._c, totals)
+        excluded = statement.excluded
+        if self._postgresql:
+            new_values = {
+                "amount": totals.c.amount + excluded.amount,
+                "count": totals.c.count + excluded.count,
+            }
+        else:
+            new_values = {"amount": excluded.amount, "count": excluded.count}
+        self._c.execute(
+            statement.on_conflict_do_update(
+                index_elements=["customer_id", "length_s", "starts_at", "operation"],
+                set_=new_values,
+            ),
+            [
+                {
+                    "customer_id": customer_id,
+                    "length_s": bucket.length_s,
+                    "starts_at": format_timestamp(bucket.starts_at),
+                    "operation": bucket.operation,
+                    "amount": bucket.amount,
+                    "count": bucket.count,
+                }
+                for customer_id, bucket in changes
+            ],
+        )
+
+    def _totals_of(
+        self, changes: Sequence[tuple[str, UsageBucket]]
+    ) -> dict[tuple[str, int, str, str], tuple[Decimal, int]]:
+        """The stored totals of the buckets ``changes`` touch (one indexed look-up per customer
+        chunk and bucket length)."""
+        totals = t.compliance_usage_totals
+        customers = sorted({customer_id for customer_id, _ in changes})
+        found: dict[tuple[str, int, str, str], tuple[Decimal, int]] = {}
+        for length_s in BUCKET_LENGTHS_S:
+            starts = sorted(
+                {
+                    format_timestamp(bucket.starts_at)
+                    for _, bucket in changes
+                    if bucket.length_s == length_s
+                }
+            )
+            for customer_chunk in _chunks(customers):
+                for start_chunk in _chunks(starts):
+                    rows = self._c.execute(
+                        select(
+                            totals.c.customer_id,
+                            totals.c.length_s,
+                            totals.c.starts_at,
+                            totals.c.operation,
+                            totals.c.amount,
+                            totals.c.count,
+                        ).where(
+                            totals.c.customer_id.in_(customer_chunk),
+                            totals.c.length_s == length_s,
+                            totals.c.starts_at.in_(start_chunk),
+                        )
+                    )
+                    for customer_id, length, starts_at, operation, amount, count in rows:
+                        found[(customer_id, length, starts_at, operation)] = (amount, count)
+        return found
 
     def limit_overrides(self) -> dict[tuple[int, str], TierLimits]:
         table = t.compliance_limits

@@ -373,6 +373,21 @@ compliance_usage = Table(
     Column("counterparty", PARTY, nullable=True),
     Column("occurred_at", TIMESTAMP, nullable=False),
     Index("ix_compliance_usage_customer", "customer_id", "occurred_at"),
+    Index("ix_compliance_usage_counterparty", "customer_id", "counterparty", "occurred_at"),
+)
+
+compliance_usage_totals = Table(
+    "compliance_usage_totals",
+    metadata,
+    # The usage rows summed per customer, operation and hour or day (``length_s`` 3600 / 86400),
+    # kept in the same transactions as the rows; decisions read these instead of every row.
+    Column("customer_id", String(100), nullable=False),
+    Column("length_s", Integer, nullable=False),
+    Column("starts_at", TIMESTAMP, nullable=False),
+    Column("operation", String(20), nullable=False),
+    Column("amount", Money, nullable=False),  # in reference units
+    Column("count", Integer, nullable=False),
+    PrimaryKeyConstraint("customer_id", "length_s", "starts_at", "operation"),
 )
 
 flagged_addresses = Table(
