@@ -1,105 +1,26 @@
-"""The audit trail's records and their hash chain (DESIGN §6).
+"""Verifying the audit chain: which records were modified, deleted, reordered or inserted.
 
-Every compliance decision and every state-changing operation appends one record. Each record's
-hash covers its canonical content and the previous record's hash, so changing, removing or
-reordering a record breaks the chain from that point on, and verification names the record.
-
-Guarantees:
-
-* **Canonical content.** A record's content (its seq and every field of its entry) has exactly one
-  serialisation: compact JSON with sorted keys, UTF-8. Timestamps are canonical UTC text, decimals
-  are their plain text, integers beyond 64 bits are decimal text, tuples are lists, enums are their
-  values. What the log stores is this same normalised form, so a record read back hashes exactly as
-  it did when it was appended. A value that has no canonical form (a naive datetime, a float that
-  is not finite, an arbitrary object) is refused with :class:`InvalidInputError` naming the field.
-* **The chain.** ``hash = sha256(previous_hash ‖ canonical content)``; the first record links to
-  :data:`GENESIS_HASH`. The head (last seq and hash) is kept apart, so a record cut off the end is
-  caught too.
-* **Verification names the record.** :class:`ChainVerifier` reads the records once, in seq order,
-  keeping only the records around a break (at most :data:`DETAIL_MAX`), and explains each break:
-  a record whose content no longer matches its hash was *modified*; a record gone from the middle
-  or the start was *deleted*, from the end *truncated*; a record found at another seq than it was
-  written at was *reordered* (it proves its true seq: its hash matches its content at that seq);
-  a record no later record links to while another holds its place was *inserted*; a record whose
-  hash was recomputed after a change is named through the link its successor no longer makes.
-  A chain rewritten wholesale from some record on (every later hash recomputed) is caught only by
-  the head, or by a checkpoint kept elsewhere (``start`` of :class:`ChainVerifier`).
+:class:`ChainVerifier` reads the records once, in seq order, with bounded memory, and explains
+each break it finds (see :mod:`sluice.domain.audit`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
-from collections.abc import Iterable, Mapping, Sequence
-from contextvars import ContextVar
-from dataclasses import dataclass, field
-from datetime import datetime
-from decimal import Decimal
-from enum import Enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Literal
 
 from sluice.domain.errors import InvalidInputError
-from sluice.domain.ledger import format_timestamp
 
-GENESIS_HASH = "0" * 64
+from .records import GENESIS_HASH, AuditEntry, AuditRecord, chain_hash
 
-# Column widths of the audit_records table: refused here so that both engines behave alike.
-FIELD_LENGTH_MAX = {
-    "operation_id": 300,
-    "operation": 60,
-    "actor": 200,
-    "customer_id": 100,
-    "correlation_id": 100,
-}
 # Bound on the records kept in memory to explain breaks, and on the findings reported.
 DETAIL_MAX = 20_000
 FINDINGS_MAX = 1_000
 # How far from its place a renumbered record is looked for when no neighbour gives its seq away.
 _SHIFT_TRIES = (1, -1, 2, -2, 3, -3)
-_INT_MIN = -(2**63)
-_INT_MAX = 2**63 - 1
-_DECIMAL_EXPONENT_MAX = 100  # beyond this, plain notation would be needlessly long
 
 FindingKind = Literal["modified", "deleted", "truncated", "reordered", "inserted", "head"]
-
-
-@dataclass(frozen=True, slots=True)
-class AuditEntry:
-    """A record to append (the log assigns its sequence number and hashes)."""
-
-    operation_id: str
-    operation: str
-    actor: str
-    recorded_at: datetime
-    customer_id: str | None = None
-    kyc: Mapping[str, object] | None = None
-    parameters: Mapping[str, object] = field(default_factory=dict)
-    checks: Sequence[Mapping[str, object]] = ()
-    state_changes: Sequence[Mapping[str, object]] = ()
-    error: str | None = None
-    # The request that caused it; the log fills it from ``current_correlation_id`` when unset.
-    correlation_id: str | None = None
-
-
-# Set by an entry point (the HTTP API, per request) so every record appended while it handles
-# the request names it, without threading it through every service call.
-current_correlation_id: ContextVar[str | None] = ContextVar("correlation_id", default=None)
-
-
-@dataclass(frozen=True, slots=True)
-class AuditRecord:
-    """A record as stored: its entry, its place in the chain and its hashes.
-
-    ``damage`` says why a stored row could not be read back as written (e.g. a column that is no
-    longer JSON); the entry then holds placeholders and the record never verifies.
-    """
-
-    seq: int
-    entry: AuditEntry
-    previous_hash: str
-    hash: str
-    damage: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,157 +47,6 @@ class ChainVerification:
     findings_omitted: int = 0
     last_seq: int = 0
     last_hash: str = GENESIS_HASH
-
-
-# --- canonical content ---------------------------------------------------------------------------
-
-
-def json_value(value: object, path: str = "value") -> object:
-    """``value`` as plain JSON values (dict with str keys, list, str, int, float, bool, None),
-    the form the log stores and hashes. Deterministic and idempotent; refuses what has no
-    canonical form."""
-    if value is None or value is True or value is False:
-        return value
-    if isinstance(value, str):
-        if type(value) is str:
-            return value
-        return json_value(value.value, path) if isinstance(value, Enum) else str.__str__(value)
-    if isinstance(value, dict):
-        return _json_object(value, path)
-    if isinstance(value, list | tuple):
-        return [json_value(item, f"{path}[{i}]") for i, item in enumerate(value)]
-    if isinstance(value, Enum):
-        return json_value(value.value, path)
-    if isinstance(value, int):
-        number = int(value)
-        return number if _INT_MIN <= number <= _INT_MAX else str(number)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise InvalidInputError(f"audit record {path}: {value!r} is not a finite number")
-        return float(value)
-    if isinstance(value, Decimal):
-        return _decimal_text(value)
-    if isinstance(value, datetime):
-        return _timestamp_text(value, path)
-    if isinstance(value, Mapping):
-        return _json_object(value, path)
-    if isinstance(value, set | frozenset):
-        items = [json_value(item, f"{path}[]") for item in value]
-        return sorted(items, key=_canonical_text)
-    if isinstance(value, Sequence) and not isinstance(value, bytes | bytearray):
-        return [json_value(item, f"{path}[{i}]") for i, item in enumerate(value)]
-    raise InvalidInputError(f"audit record {path}: a {type(value).__name__} cannot be recorded")
-
-
-def _json_object(value: Mapping[object, object], path: str) -> dict[str, object]:
-    result: dict[str, object] = {}
-    for key, item in value.items():
-        if isinstance(key, str):
-            name = str.__str__(key)
-        elif isinstance(key, int) and not isinstance(key, bool):
-            name = str(int(key))
-        else:
-            raise InvalidInputError(
-                f"audit record {path}: key {key!r} is a {type(key).__name__}, not a string"
-            )
-        if name in result:
-            raise InvalidInputError(f"audit record {path}: key {name!r} appears twice")
-        result[name] = json_value(item, f"{path}.{name}")
-    return result
-
-
-def _decimal_text(value: Decimal) -> str:
-    exponent = value.as_tuple().exponent
-    if isinstance(exponent, int) and abs(exponent) <= _DECIMAL_EXPONENT_MAX:
-        return format(value, "f")
-    return str(value)  # NaN, infinities and extreme exponents: their own exact text
-
-
-def _timestamp_text(value: datetime, path: str) -> str:
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise InvalidInputError(f"audit record {path}: {value.isoformat()} has no time zone")
-    return format_timestamp(value)
-
-
-def _canonical_text(value: object) -> str:
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
-
-
-def check_entry(entry: AuditEntry) -> None:
-    """Refuse an entry the log cannot store as given (empty or over-long identifying fields)."""
-    for name in ("operation_id", "operation", "actor"):
-        if not getattr(entry, name):
-            raise InvalidInputError(f"audit record {name} must not be empty")
-    for name, length_max in FIELD_LENGTH_MAX.items():
-        value = getattr(entry, name)
-        if value is not None and len(value) > length_max:
-            raise InvalidInputError(
-                f"audit record {name} is {len(value)} characters long (at most {length_max})"
-            )
-
-
-def canonical_content(seq: int, entry: AuditEntry) -> dict[str, object]:
-    """The record's content in the normalised form that is stored and hashed."""
-    content: dict[str, object] = {
-        "seq": seq,
-        "operation_id": json_value(entry.operation_id, "operation_id"),
-        "recorded_at": _timestamp_text(entry.recorded_at, "recorded_at"),
-        "actor": json_value(entry.actor, "actor"),
-        "customer_id": json_value(entry.customer_id, "customer_id"),
-        "kyc": json_value(entry.kyc, "kyc"),
-        "operation": json_value(entry.operation, "operation"),
-        "parameters": json_value(entry.parameters, "parameters"),
-        "checks": json_value(entry.checks, "checks"),
-        "state_changes": json_value(entry.state_changes, "state_changes"),
-        "error": json_value(entry.error, "error"),
-    }
-    # Hashed only when present, so records written before correlation ids still verify.
-    if entry.correlation_id is not None:
-        content["correlation_id"] = json_value(entry.correlation_id, "correlation_id")
-    return content
-
-
-def canonical_bytes(content: Mapping[str, object]) -> bytes:
-    """The one serialisation of normalised content: sorted keys, no spaces, UTF-8."""
-    try:
-        return _canonical_text(content).encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InvalidInputError(
-            f"audit record: text that is not valid Unicode cannot be recorded ({exc.reason})"
-        ) from exc
-    except (TypeError, ValueError) as exc:  # content that did not come from json_value
-        raise InvalidInputError(f"audit record: {exc}") from exc
-
-
-def content_hash(previous_hash: str, content: Mapping[str, object]) -> str:
-    """sha256 hex of the previous hash followed by the canonical content."""
-    digest = hashlib.sha256(previous_hash.encode("ascii", "replace"))
-    digest.update(canonical_bytes(content))
-    return digest.hexdigest()
-
-
-def chain_hash(previous_hash: str, seq: int, entry: AuditEntry) -> str:
-    """The hash of ``entry`` appended as record ``seq`` after a record whose hash is
-    ``previous_hash``."""
-    return content_hash(previous_hash, canonical_content(seq, entry))
-
-
-def chain_entries(
-    entries: Iterable[AuditEntry], *, after_seq: int = 0, previous_hash: str = GENESIS_HASH
-) -> list[AuditRecord]:
-    """Chain ``entries`` after record ``after_seq`` (whose hash is ``previous_hash``)."""
-    records: list[AuditRecord] = []
-    for seq, entry in enumerate(entries, start=after_seq + 1):
-        check_entry(entry)
-        digest = chain_hash(previous_hash, seq, entry)
-        records.append(AuditRecord(seq, entry, previous_hash, digest))
-        previous_hash = digest
-    return records
-
-
-# --- verification -------------------------------------------------------------------------------
 
 
 @dataclass(slots=True)
