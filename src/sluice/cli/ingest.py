@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from sluice.bootstrap import LedgerConnection
 from sluice.cli.common import (
     DbOption,
     LedgerOption,
@@ -26,13 +27,16 @@ from sluice.cli.common import (
 from sluice.config import Settings
 from sluice.domain.errors import InvalidInputError, SluiceError
 from sluice.domain.ledger import parse_timestamp
+from sluice.ports import UnitOfWorkFactory
 from sluice.services.ingestion import (
     Ingestion,
+    IngestionProgress,
     IngestionSettings,
     connection_name,
     quarantine_update,
 )
 from sluice.services.recovery import offset_for_record_time, rewind_cursor
+from sluice.services.standby import fenced, run_as_writer, take_lock
 
 
 def ingest(
@@ -71,8 +75,19 @@ def ingest(
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, max=10_000)] = 500,
     ledger_url: LedgerUrlOption = None,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait/--no-wait",
+            help="When another process ingests for the same party and node, wait as a hot "
+            "standby and take over when it stops (default), or exit at once with an error.",
+        ),
+    ] = True,
 ) -> None:
-    """Run the ingestion loop for the treasury party against the ledger, until stopped."""
+    """Run the ingestion loop for the treasury party against the ledger, until stopped.
+
+    One process ingests per (party, node): a second one waits as a hot standby (holding
+    nothing but its wait) and takes over from the cursor when the first one stops or dies."""
     settings = Settings.from_environment()
     config = deployment()
     party = party or config.treasury.party
@@ -107,40 +122,43 @@ def ingest(
         link.close()
         database.dispose()
         return
+    lock = database.writer_lock(connection)
     try:
-        client = link.client
-        if rewinding:
-            end = client.ledger_end()
-            if since is not None:
-                offset = offset_for_record_time(client, party, since)
-            else:
-                assert from_offset is not None
-                offset = from_offset
-                if offset > end:
-                    fail(f"offset {offset} is after the ledger end {end} of {party}'s node")
-            move = rewind_cursor(
-                database.uow,
-                connection,
-                party,
-                offset=offset,
-                record_time=link.record_time_at(party, offset) if offset else None,
+        with stop_signals() as stopping:
+            writing = take_lock(
+                lock, party=party, node=link.node, stop=stopping, wait=wait, notify=note
             )
-            was = move.previous.offset if move.previous is not None else "none"
-            note(
-                f"cursor moved from offset {was} to {move.current.offset} (record time "
-                f"{timestamp_or_none(move.current.record_time) or 'none'}); updates already "
-                "ingested will be skipped"
-            )
-        with stop_signals() as stopping, ingestion_progress(f"ingesting for {party}") as on_batch:
-            progress = Ingestion(
-                database.uow,
-                client,
-                party,
-                connection=connection,
-                settings=IngestionSettings(batch_size_max=batch_size),
-                on_batch=on_batch,
-                compliance=kyc_registry(reload_on_hangup=follow),
-            ).run(follow=follow, stop=stopping)
+            if not writing:
+                note("stopped while waiting as standby; nothing was ingested")
+                return
+            if rewinding:
+                _rewind(link, fenced(database.uow, lock), connection, party, from_offset, since)
+            with ingestion_progress(f"ingesting for {party}") as on_batch:
+
+                def work(uow: UnitOfWorkFactory) -> IngestionProgress:
+                    return Ingestion(
+                        uow,
+                        link.client,
+                        party,
+                        connection=connection,
+                        settings=IngestionSettings(batch_size_max=batch_size),
+                        on_batch=on_batch,
+                        compliance=kyc_registry(reload_on_hangup=follow),
+                    ).run(follow=follow, stop=stopping)
+
+                progress = run_as_writer(
+                    lock,
+                    database.uow,
+                    work,
+                    party=party,
+                    node=link.node,
+                    stop=stopping,
+                    wait=wait,
+                    notify=note,
+                )
+        if progress is None:
+            note("stopped while waiting as standby again; nothing more was ingested")
+            return
         note(
             f"ingested {progress.transactions} transactions, {progress.checkpoints} checkpoints"
             f" ({progress.skipped} already ingested, skipped); "
@@ -149,8 +167,42 @@ def ingest(
     except SluiceError as exc:
         fail_with(exc)
     finally:
+        lock.release()
         link.close()
         database.dispose()
+
+
+def _rewind(
+    link: LedgerConnection,
+    uow: UnitOfWorkFactory,
+    connection: str,
+    party: str,
+    from_offset: int | None,
+    since: datetime | None,
+) -> None:
+    """Move the cursor before ingesting (``--from-offset`` / ``--from-record-time``)."""
+    client = link.client
+    end = client.ledger_end()
+    if since is not None:
+        offset = offset_for_record_time(client, party, since)
+    else:
+        assert from_offset is not None
+        offset = from_offset
+        if offset > end:
+            fail(f"offset {offset} is after the ledger end {end} of {party}'s node")
+    move = rewind_cursor(
+        uow,
+        connection,
+        party,
+        offset=offset,
+        record_time=link.record_time_at(party, offset) if offset else None,
+    )
+    was = move.previous.offset if move.previous is not None else "none"
+    note(
+        f"cursor moved from offset {was} to {move.current.offset} (record time "
+        f"{timestamp_or_none(move.current.record_time) or 'none'}); updates already "
+        "ingested will be skipped"
+    )
 
 
 def register(app: typer.Typer) -> None:
