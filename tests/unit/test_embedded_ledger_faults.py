@@ -1,19 +1,23 @@
 """Every fault the embedded ledger can inject (``ledger.faults``), and how a reader recovers.
 
-Lost responses of committed commands, failed commands, stalled and cut streams, re-delivery from an
-older offset, random failures (reproducible from the seed), a node restored from a backup (offsets
-change, update ids do not) and a node whose offsets restart after a major upgrade.
+Lost responses of committed commands, commands committed late (after their ``max_record_time``,
+or not at all when an input was spent meanwhile), failed commands, stalled and cut streams,
+re-delivery from an older offset, random failures (reproducible from the seed), a node restored
+from a backup (offsets change, update ids do not) and a node whose offsets restart after a major
+upgrade.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
 from sluice.domain.ledger import InstrumentId
 from sluice.ledger.local import (
+    CommandTimeoutError,
     DuplicateCommandError,
     EmbeddedLedger,
     InjectedFailureError,
@@ -95,6 +99,62 @@ def test_resubmitting_after_a_lost_response_returns_the_first_outcome(world: Wor
     with pytest.raises(DuplicateCommandError) as duplicate:
         deposit(world, command_id="w-2")
     assert duplicate.value.first == lost.value.result
+
+
+def test_a_late_commit_lands_when_delivered_whatever_its_max_record_time(world: World) -> None:
+    ledger = world.ledger
+    ledger.tap(world.alice, world.cc, "1000")
+    first, second = [h.contract_id for h in ledger.active_holdings(world.alice, world.cc)]
+    deadline = ledger.time() + timedelta(seconds=30)
+    ledger.faults.late_commit_next()
+    before = ledger.update_count()
+    with pytest.raises(CommandTimeoutError):
+        deposit(world, command_id="late-1", max_record_time=deadline, inputs=[first])
+    assert ledger.update_count() == before
+    assert ledger.faults.late_commits_pending() == ["late-1"]
+    # Only the next command is late; the clock passes the deadline before the late one lands.
+    assert deposit(world, command_id="on-time", inputs=[second]).status == "completed"
+    ledger.advance(60)
+    (delivered,) = ledger.faults.deliver_late_commits()
+    assert delivered.committed and delivered.command_id == "late-1"
+    assert ledger.update_count() == before + 2
+    assert delivered.update_id in update_ids(items(ledger, world.treasury))
+    assert ledger.faults.late_commits_pending() == []
+    assert ledger.faults.deliver_late_commits() == []
+    # It is a committed command like any other: the same command id again is a duplicate.
+    with pytest.raises(DuplicateCommandError):
+        deposit(world, command_id="late-1")
+
+
+def test_a_late_commit_for_one_party_lets_the_others_commands_through(world: World) -> None:
+    ledger = world.ledger
+    ledger.faults.late_commit_next(party=world.treasury)
+    assert deposit(world, command_id="alice-1").status == "completed"
+    with pytest.raises(CommandTimeoutError):
+        ledger.transfer(world.treasury, world.alice, world.cc, "1", command_id="treasury-1")
+    assert ledger.faults.late_commits_pending() == ["treasury-1"]
+    (delivered,) = ledger.faults.deliver_late_commits()
+    assert delivered.committed and delivered.act_as == (world.treasury,)
+
+
+def test_a_late_commit_whose_input_was_spent_meanwhile_never_commits(world: World) -> None:
+    ledger = world.ledger
+    (coin,) = [h.contract_id for h in ledger.active_holdings(world.alice, world.cc)]
+    ledger.faults.late_commit_next(2)
+    for command_id in ("late-a", "late-b"):
+        with pytest.raises(CommandTimeoutError):
+            deposit(world, command_id=command_id, inputs=[coin])
+    # A later command spends the same holding first.
+    assert deposit(world, command_id="first", inputs=[coin]).status == "completed"
+    before = ledger.update_count()
+    delivered = ledger.faults.deliver_late_commits(1)
+    assert [(d.command_id, d.committed) for d in delivered] == [("late-a", False)]
+    assert "inactive" in (delivered[0].error or "")
+    assert ledger.update_count() == before
+    assert ledger.faults.drop_late_commits() == 1
+    assert ledger.faults.deliver_late_commits() == []
+    errors = [c for c in ledger.completions(world.alice) if c.command_id.startswith("late-")]
+    assert [(c.command_id, c.status) for c in errors] == [("late-a", "error")]
 
 
 def test_failed_commands_are_rejected_without_committing(world: World) -> None:
@@ -266,9 +326,11 @@ def test_clearing_faults_switches_every_transient_fault_off(world: World) -> Non
     faults.stall_stream()
     faults.cut_stream_after(0)
     faults.fail_reads_randomly(1.0)
+    faults.late_commit_next()
     faults.clear()
     deposit(world)
     assert len(items(world.ledger, world.treasury)) == 2
+    assert faults.late_commits_pending() == []
 
 
 def test_fault_parameters_are_checked(world: World) -> None:
@@ -276,5 +338,9 @@ def test_fault_parameters_are_checked(world: World) -> None:
         world.ledger.faults.fail_reads_randomly(1.5)
     with pytest.raises(ValueError, match="count"):
         world.ledger.faults.fail_next_commands(0)
+    with pytest.raises(ValueError, match="count"):
+        world.ledger.faults.late_commit_next(0)
+    with pytest.raises(ValueError, match="count"):
+        world.ledger.faults.deliver_late_commits(-1)
     with pytest.raises(ValueError, match="backup offset"):
         world.ledger.faults.restore_node_from_backup("exchange", 99)

@@ -7,6 +7,7 @@ Start with :meth:`EmbeddedLedger.open`; see :mod:`.engine` for what it guarantee
 from .engine import (
     CommandRejectedError,
     CommandResult,
+    CommandTimeoutError,
     Completion,
     DuplicateCommandError,
     EmbeddedLedger,
@@ -46,6 +47,7 @@ __all__ = [
     "ChoiceContext",
     "CommandRejectedError",
     "CommandResult",
+    "CommandTimeoutError",
     "Completion",
     "DuplicateCommandError",
     "EmbeddedLedger",

@@ -18,11 +18,13 @@ from sluice.domain.ledger import InstrumentId, format_timestamp, parse_timestamp
 from .clock import SynchronizerClock
 from .errors import (
     CommandRejectedError,
+    CommandTimeoutError,
     DuplicateCommandError,
     InjectedFailureError,
     MaxRecordTimeExceededError,
     ResponseLostError,
 )
+from .faults import LateCommand, LateDelivery
 from .results import CommandResult
 from .state import CommittedUpdate, CompletionRow, digest, dumps
 from .transactions import (
@@ -66,6 +68,8 @@ class Commits(SynchronizerClock):
             first = self._duplicate_of(act_as, command_id)
             if first is not None:
                 raise DuplicateCommandError(first)
+            if self.faults.take_late_commit(LateCommand(act_as, command_id, prepare)):
+                raise CommandTimeoutError(command_id)
             record_time = self._next_record_time()
             if max_record_time is not None and record_time >= max_record_time:
                 raise MaxRecordTimeExceededError(
@@ -77,6 +81,38 @@ class Commits(SynchronizerClock):
             exc.command_id = command_id
             self._reject(act_as, command_id, exc)
             raise
+        result = self._commit(act_as, command_id, record_time, record)
+        if self.faults.take_response_drop():
+            raise ResponseLostError(command_id, result)
+        return result
+
+    def _deliver_late(self, command: LateCommand) -> LateDelivery:
+        """Commit a command accepted under the late-commit fault, now: deduplication and
+        validation as for any command (an input archived meanwhile rejects it), but no
+        ``max_record_time`` — the node commits it whatever the deadline was."""
+        with self._lock:
+            self._check_writable()
+            act_as, command_id = command.act_as, command.command_id
+            try:
+                first = self._duplicate_of(act_as, command_id)
+                if first is not None:
+                    raise DuplicateCommandError(first)
+                record_time = self._next_record_time()
+                record: dict[str, Any] = command.prepare(record_time)
+            except CommandRejectedError as exc:
+                exc.command_id = command_id
+                self._reject(act_as, command_id, exc)
+                return LateDelivery(command_id, act_as, error=f"{exc.error}: {exc.message}")
+            result = self._commit(act_as, command_id, record_time, record)
+            return LateDelivery(command_id, act_as, update_id=result.update_id)
+
+    def _commit(
+        self,
+        act_as: tuple[str, ...],
+        command_id: str,
+        record_time: datetime,
+        record: dict[str, Any],
+    ) -> CommandResult:
         seq = len(self._updates)
         record.update(
             update_id=f"1220{digest(f'{self._settings.seed}:update:{seq}')}",
@@ -88,8 +124,6 @@ class Commits(SynchronizerClock):
         result = self._apply_commit(text, record)
         self._write("commit", text)
         self._maybe_checkpoint()
-        if self.faults.take_response_drop():
-            raise ResponseLostError(command_id, result)
         return result
 
     def _duplicate_of(self, act_as: tuple[str, ...], command_id: str) -> CommandResult | None:

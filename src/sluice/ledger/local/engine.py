@@ -49,6 +49,7 @@ from sluice.ports import JsonObject
 
 from .errors import (
     CommandRejectedError,
+    CommandTimeoutError,
     DuplicateCommandError,
     ExpiredError,
     InactiveContractError,
@@ -283,6 +284,7 @@ class NodeClient:
 __all__ = [
     "CommandRejectedError",
     "CommandResult",
+    "CommandTimeoutError",
     "Completion",
     "DuplicateCommandError",
     "EmbeddedLedger",

@@ -140,6 +140,18 @@ class ResponseLostError(LedgerError):
         self.result = result
 
 
+class CommandTimeoutError(LedgerError):
+    """The node accepted the command but did not answer in time (the late-commit fault): it may
+    still commit, even after its ``max_record_time``."""
+
+    code = 40
+    error = "operation_timeout"
+
+    def __init__(self, command_id: str) -> None:
+        super().__init__(f"command {command_id!r} was accepted but not answered in time")
+        self.command_id = command_id
+
+
 class UnknownPartyError(LedgerError, NotFoundError):
     code = 10
     error = "not_found"

@@ -5,6 +5,13 @@ Each fault imitates something a real participant node does to its clients:
 * **lost response** (:meth:`Faults.drop_next_responses`): the command commits, the caller gets
   :class:`~sluice.ledger.local.engine.ResponseLostError` instead of the result — the update exists
   and shows up in the stream; a retry with the same command id is deduplicated.
+* **late commit** (:meth:`Faults.late_commit_next`): the command is accepted, its caller gets
+  :class:`~sluice.ledger.local.engine.CommandTimeoutError` (the node did not answer in time), and
+  it commits only when :meth:`Faults.deliver_late_commits` says so — at the record time of that
+  moment, whatever its ``max_record_time``, the way a node commits a local party's command that
+  carries none. Its inputs are checked then as for any command: if one was archived meanwhile, it
+  is rejected and nothing commits. A resubmission under the same command id that committed first
+  makes it a duplicate.
 * **failed command** (:meth:`Faults.fail_next_commands`, :meth:`Faults.fail_commands_randomly`):
   the command is rejected before anything commits
   (:class:`~sluice.ledger.local.engine.InjectedFailureError`).
@@ -21,8 +28,9 @@ Each fault imitates something a real participant node does to its clients:
 * **major upgrade** (:meth:`Faults.major_upgrade`): the node's offsets restart from 1 and its old
   history is gone from its stream.
 
-The transient faults live only in memory; restores and upgrades change the node for good and are
-persisted like any other ledger event. Random faults draw from a generator seeded from the
+The transient faults live only in memory (a command accepted late is lost with the process, as if
+the node had dropped it); restores and upgrades change the node for good and are persisted like
+any other ledger event. Random faults draw from a generator seeded from the
 ledger's seed, so a run is reproducible.
 """
 
@@ -30,8 +38,10 @@ from __future__ import annotations
 
 import random
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .engine import EmbeddedLedger
@@ -47,6 +57,31 @@ class ReadPlan:
     failure_rate: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class LateCommand:
+    """A command accepted under the late-commit fault, waiting to be delivered: ``prepare``
+    builds its update record at the record time of delivery (or raises its rejection)."""
+
+    act_as: tuple[str, ...]
+    command_id: str
+    prepare: Callable[[datetime], dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class LateDelivery:
+    """What delivering one late command did: committed as ``update_id``, or rejected with
+    ``error`` (an input archived meanwhile, a duplicate, ...)."""
+
+    command_id: str
+    act_as: tuple[str, ...]
+    update_id: str | None = None
+    error: str | None = None
+
+    @property
+    def committed(self) -> bool:
+        return self.update_id is not None
+
+
 _ALL_NODES = ""
 
 
@@ -59,6 +94,8 @@ class Faults:
         self._responses_to_drop = 0
         self._commands_to_fail: list[str] = []
         self._command_failure_rate = 0.0
+        self._late_to_take: list[str | None] = []  # the party each late commit waits for
+        self._late: list[LateCommand] = []
         self._stalls: dict[str, int] = {}
         self._cuts: dict[str, list[int]] = {}
         self._redeliveries: dict[str, int] = {}
@@ -70,6 +107,32 @@ class Faults:
         """The next ``count`` commands that commit raise ``ResponseLostError`` to their caller."""
         _check_count(count)
         self._responses_to_drop += count
+
+    def late_commit_next(self, count: int = 1, *, party: str | None = None) -> None:
+        """The next ``count`` commands (of ``party`` among their submitters, any if None; not
+        those refused at once as failed or duplicates) are accepted, answered with
+        ``CommandTimeoutError``, and commit only when delivered."""
+        _check_count(count)
+        self._late_to_take.extend([party] * count)
+
+    def late_commits_pending(self) -> list[str]:
+        """The command ids accepted late and not delivered yet, oldest first."""
+        return [command.command_id for command in self._late]
+
+    def deliver_late_commits(self, count: int | None = None) -> list[LateDelivery]:
+        """Commit (or reject) the oldest ``count`` commands accepted late (all if None), one
+        after the other, now: at the next record time, ignoring their ``max_record_time``."""
+        if count is not None and count < 0:
+            raise ValueError("count must not be negative")
+        taken = self._late if count is None else self._late[:count]
+        self._late = self._late[len(taken) :]
+        return [self._ledger._deliver_late(command) for command in taken]
+
+    def drop_late_commits(self) -> int:
+        """Forget the commands accepted late (the node lost them: they never commit)."""
+        dropped = len(self._late)
+        self._late.clear()
+        return dropped
 
     def fail_next_commands(self, count: int = 1, *, message: str = "injected failure") -> None:
         """The next ``count`` commands are rejected before they commit."""
@@ -132,7 +195,9 @@ class Faults:
         self._ledger._upgrade_node(node)
 
     def clear(self) -> None:
-        """Switch off every transient fault."""
+        """Switch off every transient fault. Commands already accepted late stay pending until
+        they are delivered or dropped: they are in the node, not in a switch."""
+        self._late_to_take.clear()
         self._responses_to_drop = 0
         self._commands_to_fail.clear()
         self._command_failure_rate = 0.0
@@ -149,6 +214,17 @@ class Faults:
         if self._command_failure_rate and self._random.random() < self._command_failure_rate:
             return "injected random failure"
         return None
+
+    def take_late_commit(self, command: LateCommand) -> bool:
+        """Whether ``command`` is to commit late; if so it is kept until delivered."""
+        if not self._late_to_take:
+            return False
+        party = self._late_to_take[0]
+        if party is not None and party not in command.act_as:
+            return False
+        self._late_to_take.pop(0)
+        self._late.append(command)
+        return True
 
     def take_response_drop(self) -> bool:
         if self._responses_to_drop:

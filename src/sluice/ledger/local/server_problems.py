@@ -16,6 +16,7 @@ from sluice.ledger.wire import Json
 
 from .engine import (
     CommandRejectedError,
+    CommandTimeoutError,
     Completion,
     DuplicateCommandError,
     EmbeddedLedger,
@@ -90,9 +91,9 @@ _DEFAULT_REJECTION = ("DAML_INTERPRETATION_ERROR", CATEGORY_STATE)
 
 
 def command_problem(exc: Exception, ledger: EmbeddedLedger, party: str) -> Problem:
-    """A command's failure as Canton answers it: rejections are definite; a duplicate or a lost
-    response is not (the command may have committed)."""
-    if isinstance(exc, ResponseLostError):
+    """A command's failure as Canton answers it: rejections are definite; a duplicate, a lost
+    response or a timeout is not (the command may have committed, or may still)."""
+    if isinstance(exc, ResponseLostError | CommandTimeoutError):
         return canton_problem(
             "REQUEST_TIME_OUT",
             f"{exc.error}: {exc}",
