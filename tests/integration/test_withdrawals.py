@@ -42,7 +42,13 @@ from sluice.domain.errors import (
 from sluice.domain.history import item_offset, unwrap_update
 from sluice.domain.journal import FEES, IN_FLIGHT, AccountRef, customer_account_name
 from sluice.domain.ledger import REASON_KEY, InstrumentId, Transfer
-from sluice.domain.withdrawals import LIVE_STATUSES, TERMINAL_STATUSES, Withdrawal
+from sluice.domain.withdrawals import (
+    FENCE_KIND,
+    KIND_KEY,
+    LIVE_STATUSES,
+    TERMINAL_STATUSES,
+    Withdrawal,
+)
 from sluice.ledger.local.adapters import EmbeddedCommands
 from sluice.ports import CommandError
 from sluice.sandbox import Sandbox
@@ -76,6 +82,8 @@ class LedgerTransfer:
     instrument: InstrumentId
     outcome: str  # the result tag: Completed | Pending | Failed
     instruction_cid: str | None
+    # A fence: the treasury's self-transfer of a record's anchor, which pays nobody.
+    fence: bool = False
 
 
 @dataclass
@@ -125,6 +133,7 @@ class LedgerView:
                         instrument=InstrumentId(instrument["admin"], instrument["id"]),
                         outcome=tag,
                         instruction_cid=(output.get("value") or {}).get("transferInstructionCid"),
+                        fence=transfer["meta"]["values"].get(KIND_KEY) == FENCE_KIND,
                     )
                 )
             elif choice.startswith("TransferInstruction_"):
@@ -138,6 +147,8 @@ class LedgerView:
         at once, or offers the receiver accepted."""
         count = 0
         for transfer in self.with_reason(reason):
+            if transfer.fence:
+                continue
             if transfer.outcome == "Completed":
                 count += 1
             elif transfer.outcome == "Pending" and transfer.instruction_cid is not None:
@@ -714,7 +725,7 @@ def test_offer_accepted_while_the_worker_was_down_completes_by_ingestion_alone(
 # --- 6. retries that succeed ----------------------------------------------------------------------
 
 
-def test_rejected_submission_is_retried_with_new_inputs_after_trec_tgt(
+def test_rejected_submission_is_retried_around_its_anchor_after_trec_tgt(
     world: SandboxFactory,
 ) -> None:
     sb = world()
@@ -733,11 +744,14 @@ def test_rejected_submission_is_retried_with_new_inputs_after_trec_tgt(
     assert sb.withdrawal_worker().run_once().settled == 0
     assert record(sb, requested.id).status == "submitted"
 
-    # Meanwhile a holding of exactly the amount arrives: the retry picks it.
+    # Meanwhile a holding of exactly the amount arrives. The retry still spends the first
+    # attempt's input (its anchor, which covers the amount alone): the two attempts share it, so
+    # the ledger could never commit both.
     fund(sb, "cust-1", "100")
     assert trec_passed_and_retried(sb, requested.id) == 2
     retried = record(sb, requested.id)
-    assert retried.inputs != (first_input,)
+    assert retried.inputs == (first_input,)
+    assert reservations(sb) == {first_input: requested.id}
     sb.ingest()
     assert record(sb, requested.id).status == "completed"
 
@@ -800,10 +814,23 @@ def test_retries_exhausted_fail_the_withdrawal_and_refund_the_customer(
         assert current.trec_tgt is not None
         pass_beyond(sb, current.trec_tgt)
 
+    # The attempts were sent and one might still commit late: before the customer is credited
+    # back, the anchor is fenced (a self-transfer of it alone; the same round submits it).
     tick = sb.withdrawal_worker().run_once()
-    assert (tick.settled, tick.retried, tick.refunded) == (1, 0, 1)
+    assert (tick.settled, tick.retried, tick.fenced, tick.refunded, tick.submitted) == (
+        1,
+        0,
+        1,
+        0,
+        1,
+    )
+    fencing = record(sb, requested.id)
+    assert (fencing.status, fencing.attempt) == ("submitted", 4)
+    assert "3 attempt(s)" in (fencing.failure or "")
+    assert balance(sb, "cust-0") == D(300)
+    sb.ingest()
     failed = record(sb, requested.id)
-    assert failed.status == "failed" and failed.inputs == ()
+    assert failed.status == "failed" and failed.outcome_update_id is not None
     assert "3 attempt(s)" in (failed.failure or "")
     assert balance(sb, "cust-0") == D(500)
     assert account(sb, IN_FLIGHT) == ZERO
@@ -813,9 +840,15 @@ def test_retries_exhausted_fail_the_withdrawal_and_refund_the_customer(
         (1, "expired"),
         (2, "expired"),
         (3, "expired"),
+        (4, None),
     ]
-    assert rows[0][2] < rows[1][2] < rows[2][2]
-    assert ledger_view(sb).with_reason(requested.id) == []
+    assert rows[0][2] < rows[1][2] < rows[2][2] < rows[3][2]
+    # Every attempt spent the same anchor; the fence spent it alone, to the treasury itself.
+    assert {inputs[0] for _n, inputs, _trec, _outcome in rows} == {rows[0][1][0]}
+    (fence,) = ledger_view(sb).with_reason(requested.id)
+    assert (fence.sender, fence.receiver, fence.outcome) == (sb.treasury, sb.treasury, "Completed")
+    assert fence.fence and fence.amount == D(500)
+    assert ledger_view(sb).paid(requested.id) == 0
     assert wallet(sb, "cust-0") == paid_before
     # Nothing more happens to it.
     pass_beyond(sb, sb.clock() + timedelta(hours=1))

@@ -3,7 +3,9 @@
 Examples for each strategy (exact, branch and bound, fallback), locks, reservations, the input
 cap, insufficient funds and bad arguments; hypothesis properties on random pools (the invariants
 of every answer, when ``None`` is allowed, independence from the candidates' order, and that the
-search finds a changeless set whenever one exists in a small pool); merge and split planning;
+search finds a changeless set whenever one exists in a small pool); selection around a retry's
+anchor (examples and a property: the anchor is always an input, the answer is otherwise valid and
+exists whenever the anchor plus the largest others cover the target); merge and split planning;
 and a smoke run of the selection benchmark (no timing assertions).
 """
 
@@ -26,6 +28,7 @@ from sluice.domain.coin_selection import (
     Selection,
     plan_merge,
     plan_split,
+    select_around,
     select_inputs,
     spendable,
 )
@@ -419,6 +422,77 @@ def test_property_a_changeless_set_in_a_small_pool_is_found(
     if exists:
         assert selection is not None
         assert selection.change == 0
+
+
+# --- around an anchor ----------------------------------------------------------------------------
+
+
+def test_an_anchor_that_covers_the_target_is_the_only_input() -> None:
+    anchor = holding("anchor", 150)
+    selection = select_around(anchor, pool_of(100, 60), Decimal(100), now=NOW)
+    assert ids(selection) == ["anchor"]
+    assert selection is not None and (selection.change, selection.strategy) == (50, "fallback")
+    exact = select_around(anchor, pool_of(100), Decimal(150), now=NOW)
+    assert exact is not None and (ids(exact), exact.strategy) == (["anchor"], "exact")
+
+
+def test_the_rest_is_selected_for_what_the_anchor_leaves() -> None:
+    anchor = holding("anchor", 30)
+    # 70 is left: a changeless pair of the others (40 + 30) rather than the single 100.
+    selection = select_around(anchor, pool_of(100, 40, 30, 5), Decimal(100), now=NOW)
+    assert selection is not None
+    assert sorted(ids(selection)) == ["anchor", "c001", "c002"]
+    assert (selection.total, selection.change) == (Decimal(100), Decimal(0))
+
+
+def test_a_locked_or_listed_anchor_is_still_the_anchor_and_never_taken_twice() -> None:
+    anchor = holding("anchor", 10, locked=True, locked_until=FUTURE)
+    others = [anchor, holding("a", 5), holding("b", 20)]
+    selection = select_around(anchor, others, Decimal(25), now=NOW)
+    assert sorted(ids(selection)) == ["anchor", "b"]
+
+
+def test_around_an_anchor_the_input_cap_counts_the_anchor() -> None:
+    anchor = holding("anchor", 1)
+    pool = pool_of(*[1] * 10)
+    assert select_around(anchor, pool, Decimal(5), now=NOW, max_inputs=4) is None
+    assert len(ids(select_around(anchor, pool, Decimal(5), now=NOW, max_inputs=5))) == 5
+    assert select_around(anchor, pool, Decimal(2), now=NOW, max_inputs=1) is None
+
+
+def test_around_an_anchor_not_enough_is_none_and_bad_arguments_are_refused() -> None:
+    anchor = holding("anchor", 10)
+    assert select_around(anchor, pool_of(5, 5), Decimal(21), now=NOW) is None
+    with pytest.raises(InvalidAmountError):
+        select_around(anchor, pool_of(5), Decimal(0), now=NOW)
+    with pytest.raises(InvalidInputError):
+        select_around(anchor, pool_of(5), Decimal(1), now=NOW, max_inputs=0)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cases(), amounts)
+def test_property_the_anchor_is_always_an_input(
+    case: tuple[list[Candidate], Decimal, int, int, frozenset[str]], anchor_amount: Decimal
+) -> None:
+    pool, target, max_inputs, tries, excluded = case
+    anchor = Candidate("anchor", anchor_amount)
+    selection = select_around(
+        anchor, pool, target, now=NOW, max_inputs=max_inputs, bnb_tries=tries, excluded=excluded
+    )
+    others = sorted(usable(pool, excluded), reverse=True)[: max_inputs - 1]
+    if selection is None:
+        assert anchor_amount < target
+        assert max_inputs == 1 or anchor_amount + sum(others) < target
+        return
+    inputs = selection.inputs
+    assert anchor in inputs
+    assert 1 <= len(inputs) <= max_inputs
+    assert len({c.contract_id for c in inputs}) == len(inputs)
+    assert all(c.contract_id not in excluded for c in inputs)
+    assert selection.total == sum(c.amount for c in inputs) >= target
+    assert selection.change == selection.total - target
+    if anchor_amount >= target:
+        assert inputs == (anchor,)
 
 
 # --- merge and split -----------------------------------------------------------------------------

@@ -11,6 +11,10 @@ another withdrawal and empty ones, then tries in order:
    only pairs are looked for (cheap: only amounts of at least half the target are visited);
 3. **fallback** - the largest holdings until the target is covered; the excess is change.
 
+:func:`select_around` chooses the inputs of a retry: the record's *anchor* (the holding every
+attempt of one withdrawal, merge or split spends, so that the ledger can commit at most one of
+them) plus whatever :func:`select_inputs` finds for the part of the target it does not cover.
+
 Nothing ever uses more than ``max_inputs`` inputs: if even the largest ``max_inputs`` holdings do
 not cover the target the answer is ``None`` (merge small holdings first, see :func:`plan_merge`).
 Ties between equal amounts go to the smallest contract id, so the answer depends only on the set
@@ -160,6 +164,47 @@ def select_inputs(
         above = [c for c in kept if c.amount > least]
         level = sorted((c for c in kept if c.amount == least), key=_BY_CONTRACT)
         return _selection(above + level[: count - len(above)], wanted, FALLBACK)
+
+
+def select_around(
+    anchor: Candidate,
+    candidates: Sequence[Candidate],
+    target: Decimal,
+    *,
+    now: datetime,
+    max_inputs: int = INPUTS_MAX,
+    bnb_tries: int = 100_000,
+    excluded: Collection[str] = (),
+) -> Selection | None:
+    """Inputs for ``target`` that always include ``anchor``; ``None`` when they cannot cover it.
+
+    The anchor is taken whatever its lock (its record holds it already). When it alone covers the
+    target it is the only input; otherwise :func:`select_inputs` chooses, among the other
+    candidates and with one input fewer, holdings for what it leaves. Raises as
+    :func:`select_inputs` does.
+    """
+    wanted = parse_amount(target, field="target")
+    if wanted <= 0:
+        raise InvalidAmountError(f"target: {target} is not positive")
+    if max_inputs < 1:
+        raise InvalidInputError(f"max_inputs: {max_inputs} is below 1")
+    with decimal.localcontext(_CONTEXT):
+        if anchor.amount >= wanted:
+            return _selection([anchor], wanted, EXACT if anchor.amount == wanted else FALLBACK)
+        if max_inputs == 1:
+            return None
+        others = [c for c in candidates if c.contract_id != anchor.contract_id]
+        rest = select_inputs(
+            others,
+            wanted - anchor.amount,
+            now=now,
+            max_inputs=max_inputs - 1,
+            bnb_tries=bnb_tries,
+            excluded=excluded,
+        )
+        if rest is None:
+            return None
+        return _selection([anchor, *rest.inputs], wanted, rest.strategy)
 
 
 def _changeless(

@@ -13,6 +13,17 @@ A withdrawal moves through these statuses::
                          ──reject / withdraw / expiry──▶ failed (customer credited back)
     retries exhausted, or the registry would make it the wrong kind → failed (credited back)
 
+Every attempt of one record spends its *anchor*, the first of its inputs, chosen by its first
+attempt and reserved by the record until it is finished; the ledger commits at most one
+transaction spending a holding, so at most one attempt of a record can ever commit, however late
+the node commits it. A retry is ``queued`` again with only the anchor in ``inputs`` and selects
+the rest around it. A record that may have sent an attempt is credited back (or, for upkeep,
+failed) only once its anchor is archived by a transaction that is not one of its attempts: a
+*fence*, a self-transfer of the anchor alone that the worker submits as the record's last attempts
+(``failure`` set, the record still awaiting an outcome), carrying the record's id as reason and
+``fence`` as kind. Ingestion that sees a fence commit fails the record and credits it back; if it
+sees one of the record's transfers instead, the record completes and the fence can never commit.
+
 Merges and splits of the treasury's holdings are the same kind of record (``kind`` "merge" or
 "split"): self-transfers through the same worker, with no customer and nothing to credit back.
 
@@ -63,6 +74,8 @@ WithdrawalStatus = Literal[
 # Metadata sluice writes on every transfer it submits, next to the reason (= the record's id).
 KIND_KEY = "sluice.exchange/kind"
 CUSTOMER_KEY = "sluice.exchange/customer"
+# The kind a fence's self-transfer carries (its reason is the record it fences).
+FENCE_KIND = "fence"
 
 LIVE_STATUSES: frozenset[str] = frozenset(
     {"queued", "reserved", "submitting", "submitted", "offered"}
@@ -111,14 +124,27 @@ class Withdrawal:
         """A payment to someone else (a customer's withdrawal or a return), not pool upkeep."""
         return self.kind in PAYOUT_KINDS
 
+    @property
+    def anchor(self) -> str | None:
+        """The holding every attempt spends (the first input), once the first attempt chose it."""
+        return self.inputs[0] if self.inputs else None
+
+    def may_have_left(self) -> bool:
+        """Whether an attempt of this record may have reached the ledger: any earlier attempt
+        (it may commit late), or the current one once a worker claimed it for submission —
+        except when the worker refused to send it (``failure`` set by the registry check)."""
+        if self.attempt > 1 or self.status == "submitting":
+            return True
+        return self.status == "submitted" and self.failure is None
+
     def funding_account(self) -> str:
         """The liability account the amount is owed from, and credited back to on failure."""
         if self.kind == "return":
             return COMPLIANCE_HOLD
         return customer_account_name(self.customer_id) if self.customer_id else SUSPENSE
 
-    def transfer_meta(self) -> dict[str, str]:
-        meta: dict[str, str] = {KIND_KEY: self.kind}
+    def transfer_meta(self, *, fence: bool = False) -> dict[str, str]:
+        meta: dict[str, str] = {KIND_KEY: FENCE_KIND if fence else self.kind}
         if self.customer_id is not None:
             meta[CUSTOMER_KEY] = self.customer_id
         return meta
@@ -138,8 +164,9 @@ class WithdrawalOutcome:
 def is_withdrawal_entry(entry: HistoryEntry, known: Withdrawal | None) -> bool:
     """Whether an entry is the ledger's side of a withdrawal, merge or split sluice made."""
     if entry.kind == "merge_split" and entry.reason:
-        # A self-transfer's result carries tx-kind merge-split, which wins over the direction.
-        return known is not None and not known.is_payout
+        # A self-transfer's result carries tx-kind merge-split, which wins over the direction:
+        # upkeep, or a fence of any record.
+        return known is not None and (not known.is_payout or entry.meta.get(KIND_KEY) == FENCE_KIND)
     if entry.kind not in ("transfer_out", "self_transfer") or not entry.reason:
         return False
     if known is not None:
@@ -235,6 +262,39 @@ def book_withdrawal_entry(
     status = entry.status
     is_customer_payout = record.is_payout
 
+    if not is_new and entry.meta.get(KIND_KEY) == FENCE_KIND:
+        # A fence spent the anchor: no attempt of the record can commit any more.
+        post(
+            "network_fee",
+            [Posting(treasury(instrument), delta), Posting(AccountRef(FEES, instrument), -delta)],
+            f"fence of {record.kind} {record.id}",
+        )
+        if status != "completed" or record.status not in AWAITING_OUTCOME_STATUSES:
+            # Cannot happen: a fence shares the anchor with every attempt of its record.
+            alert(
+                "withdrawal_fence_unexpected",
+                "critical",
+                f"a fence ({status}) of {record.kind} {record.id} committed while it was "
+                f"{record.status}; the record is left as it was",
+            )
+            return WithdrawalOutcome(record, False, "review", tuple(journal), tuple(alerts))
+        if is_customer_payout:
+            post(
+                "withdrawal_refunded",
+                [
+                    Posting(AccountRef(IN_FLIGHT, instrument), record.amount),
+                    Posting(AccountRef(record.funding_account(), instrument), -record.amount),
+                ],
+                f"{record.kind} {record.id} fenced: credited back",
+            )
+        updated = replace(
+            record,
+            status="failed",
+            failure=record.failure or "fenced",
+            outcome_update_id=update_id,
+        )
+        return WithdrawalOutcome(updated, False, "withdrawal", tuple(journal), tuple(alerts))
+
     # A transfer for a record that is already finished: never booked as a payment.
     if not is_new and record.status in TERMINAL_STATUSES and status in ("completed", "pending"):
         post(
@@ -281,7 +341,8 @@ def book_withdrawal_entry(
                 ],
                 f"{record.kind} {record.id}",
             )
-        updated = replace(record, status="completed", outcome_update_id=update_id)
+        # A late attempt may land while the record is being fenced: it is paid, not failed.
+        updated = replace(record, status="completed", outcome_update_id=update_id, failure=None)
         return WithdrawalOutcome(updated, is_new, "withdrawal", tuple(journal), tuple(alerts))
 
     if status == "pending":
@@ -301,6 +362,7 @@ def book_withdrawal_entry(
             status="offered",
             instruction_cid=entry.correlation_id or entry.instruction_cid,
             offered_at=record_time,
+            failure=None,
         )
         return WithdrawalOutcome(updated, is_new, "withdrawal", tuple(journal), tuple(alerts))
 

@@ -6,31 +6,53 @@ A withdrawal is paid twice if two transfers carrying it commit on the ledger, or
 and also credited back. Each could happen in a naive design:
 
 1. *Resubmitting after an unclear answer.* A command whose response was lost (timeout, crash of
-   the worker right after submitting) may have committed. Submitting a second transfer with other
-   inputs would pay again. Here a retry is never decided from a command's answer: every attempt
-   carries ``max_record_time = trec_tgt``, and the attempt is declared failed only once
-   *ingestion* has reached a record time at or past ``trec_tgt`` without seeing a transfer whose
-   reason is the withdrawal's id. The ledger rejects any commit at or after ``max_record_time``,
-   and record times grow with offsets, so at that point the attempt can never commit any more.
+   the worker right after submitting) may have committed, and may even commit long after its
+   deadline: a local party's ``submit-and-wait`` carries no ``maxRecordTime``, so only the node's
+   own timing bounds it. Submitting a second transfer with other inputs would pay again. Here
+   every attempt of a record spends its *anchor*: one input the first attempt chose, which the
+   record keeps reserved from then until it is finished (a retry is ``queued`` with the anchor as
+   its only input and selects the rest around it, so a changed amount or fee is no problem). The
+   ledger archives an input when a transaction spending it commits, so of all the attempts of one
+   record at most one can ever commit, whatever the node's timing — attempts 1 and 3 share the
+   anchor as much as 1 and 2 do. A retry is still decided only by *ingestion*: every attempt
+   carries ``max_record_time = trec_tgt``, and the attempt is retried once ingestion has reached a
+   record time at or past ``trec_tgt`` without seeing a transfer whose reason is the record's id
+   (any attempt's: a late one completes the record all the same, and the retry in flight then
+   fails on the spent anchor). If ingestion shows the anchor archived while the record is still
+   live, a transaction that is not one of its attempts spent it (ingestion books a transfer of
+   the record in the same transaction as the archive of its inputs): none of its attempts can
+   commit any more, and it starts afresh with a new anchor.
 2. *Two workers submitting the same withdrawal.* Workers claim records under row locks
    (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, one writer at a time on SQLite) and move them to
    ``submitting`` before calling out. Even if two submissions of one attempt did happen (a worker
    restarted between submitting and recording it), both spend the same reserved inputs under the
    same command id: the ledger archives inputs on commit, so at most one of them commits.
-3. *Refunding a withdrawal that is still in flight.* The customer is credited back only when the
-   attempt is definitely failed (point 1) and no attempts are left, when an offer is rejected,
-   withdrawn or expired (seen by ingestion), or when ingestion proves it otherwise. Never from a
-   command error. A customer may cancel only a record whose current attempt never left
-   (``queued`` or ``reserved``): the cancel and the worker's claim serialise on the record's row,
-   whichever comes second sees the other's status; and no cancel is taken while the hold after a
-   DB restore (point 5) is recorded, since the DB may then have forgotten a submission.
+3. *Refunding a withdrawal that is still in flight.* The customer is credited back only when
+   nothing of the record can commit any more, proven by the ledger rather than by a deadline:
+   its only attempt never left (the worker had not claimed it, or refused to send it); or its
+   anchor was archived by a transaction that is not one of its attempts. When the last attempt
+   expires unseen and one may have left, the record is *fenced*: its next attempts are a
+   self-transfer of the anchor alone (reason = the record's id, kind ``fence``), retried around
+   the same anchor as long as it takes, and the customer is credited back by ingestion when it
+   sees the fence commit. If a late attempt commits instead, ingestion completes the record and
+   the fence can never commit. Offers rejected, withdrawn or expired are credited back by
+   ingestion too. Never from a command error. A customer may cancel only a first attempt that
+   never left (``queued`` or ``reserved``, attempt 1): the cancel and the worker's claim
+   serialise on the record's row, whichever comes second sees the other's status; a retry cannot
+   be cancelled (its earlier attempt may still commit); and no cancel is taken while the hold
+   after a DB restore (point 5) is recorded, since the DB may then have forgotten a submission.
 4. *Reusing inputs.* A holding is reserved by at most one live record (a conditional update that
-   reserves all of a record's inputs or none) and stays reserved until the attempt is over.
+   reserves all of a record's inputs or none) and stays reserved until the attempt is over — the
+   anchor until the record is over.
 5. *A restored Integration DB.* It forgets attempts submitted after the backup, whose transfers
-   may still commit. ``hold_until_safe`` stops all submissions until ingestion has passed the
-   latest ``trec_tgt`` any forgotten attempt could have had; meanwhile ingestion rebuilds the
-   forgotten withdrawals from the chain (sluice writes the customer and kind into the transfer's
-   metadata), so nothing is paid or credited twice.
+   may still commit, and which may have spent inputs the restored record does not list.
+   ``hold_until_safe`` stops all submissions until ingestion has passed the latest ``trec_tgt``
+   any forgotten attempt could have had; meanwhile ingestion rebuilds the forgotten withdrawals
+   from the chain (sluice writes the customer and kind into the transfer's metadata), so nothing
+   is paid or credited twice. This one guard still rests on time: on the hold's span, and for a
+   local party on the Canton adapter's margin (``local_margin_s``: a command is only sent while
+   enough time is left before its deadline for the node's own bound to keep it from committing
+   after it), which also stays as the second guard behind the anchor and the fence.
 
 If a transfer for a finished withdrawal is ever seen anyway, ingestion books it to suspense with a
 critical ``withdrawal_paid_twice`` alert rather than paying from the customer's balance.
@@ -45,7 +67,13 @@ from decimal import Decimal
 
 from sluice.domain.amounts import format_amount, parse_amount
 from sluice.domain.audit import AuditEntry
-from sluice.domain.coin_selection import Candidate, plan_merge, plan_split, select_inputs
+from sluice.domain.coin_selection import (
+    Candidate,
+    plan_merge,
+    plan_split,
+    select_around,
+    select_inputs,
+)
 from sluice.domain.compliance import ComplianceRequest
 from sluice.domain.errors import (
     DuplicateOperationError,
@@ -228,7 +256,7 @@ def request_withdrawal(
             requested_at=clock(),
         )
         reserved = _try_reserve(
-            repo,
+            uow,
             withdrawal,
             fee=_fee_allowance(record, withdrawal),
             now=clock(),
@@ -268,10 +296,10 @@ def request_withdrawal(
         return withdrawal
 
 
-# What a customer can still take back: nothing of the current attempt has gone to the ledger
-# (the worker moves a record to ``submitting``, under its row lock, before calling out), and any
-# earlier attempt is definitely over (a retry is queued only once ingestion has passed its
-# trec_tgt).
+# What a customer can still take back: the first attempt, while nothing of it has gone to the
+# ledger (the worker moves a record to ``submitting``, under its row lock, before calling out).
+# A retry is not: its earlier attempt may still commit late (a local party's command carries no
+# deadline), so it ends only by its own transfer or by a fence (see the header).
 CANCELLABLE_STATUSES: frozenset[str] = frozenset({"queued", "reserved"})
 _NOT_CANCELLABLE = {
     "submitting": "it is being submitted to the ledger",
@@ -319,6 +347,12 @@ def cancel_withdrawal(
             raise InvalidOperationStateError(
                 f"withdrawal {withdrawal_id} cannot be cancelled: "
                 f"{_NOT_CANCELLABLE.get(record.status, record.status)} (status {record.status})"
+            )
+        if record.attempt > 1:
+            raise InvalidOperationStateError(
+                f"withdrawal {withdrawal_id} cannot be cancelled: attempt {record.attempt - 1} "
+                "was submitted to the ledger and may still commit; it is either paid or credited "
+                "back by itself"
             )
         if recorded_hold(uow) is not None:
             # After a DB restore the DB may not know that this record was submitted.
@@ -393,7 +427,7 @@ def _lock_time(cursor: Cursor | None, clock: Clock) -> datetime:
 
 
 def _try_reserve(
-    repo: WithdrawalRepository,
+    uow: UnitOfWork,
     withdrawal: Withdrawal,
     *,
     fee: Decimal,
@@ -402,14 +436,33 @@ def _try_reserve(
     settings: WithdrawalSettings,
 ) -> Withdrawal | None:
     """Select and reserve inputs (amount + ``fee``, locks judged at ``now``) for the record's
-    next attempt; None if none can be found now."""
+    next attempt; None if none can be found now. A record that has an anchor keeps it as its
+    first input and selects the rest around it; if ingestion shows the anchor archived, no
+    attempt of the record can commit any more (see the module's header) and it starts afresh."""
+    repo = uow.withdrawals
+    target = withdrawal.amount + fee
     holdings = repo.spendable_holdings(withdrawal.sender, withdrawal.instrument)
-    selection = select_inputs(_candidates(holdings), withdrawal.amount + fee, now=now)
-    if selection is None:
-        return None
-    inputs = tuple(c.contract_id for c in selection.inputs)
-    if not repo.reserve(inputs, withdrawal.id):
-        return None
+    anchor_id = withdrawal.anchor
+    anchor = uow.ingestion.holdings_by_ids([anchor_id]).get(anchor_id) if anchor_id else None
+    if anchor_id is not None and anchor is None:
+        repo.release(withdrawal.id)
+        withdrawal = replace(withdrawal, inputs=())
+    if anchor is None:
+        selection = select_inputs(_candidates(holdings), target, now=now)
+        if selection is None:
+            return None
+        inputs = tuple(c.contract_id for c in selection.inputs)
+        if not repo.reserve(inputs, withdrawal.id):
+            return None
+    else:
+        (candidate,) = _candidates([anchor])
+        selection = select_around(candidate, _candidates(holdings), target, now=now)
+        if selection is None:
+            return None
+        others = tuple(c.contract_id for c in selection.inputs if c.contract_id != anchor_id)
+        if others and not repo.reserve(others, withdrawal.id):
+            return None
+        inputs = (anchor.contract_id, *others)
     return replace(
         withdrawal,
         status="reserved",
@@ -471,6 +524,9 @@ class WorkerTick:
     submit_errors: int = 0
     offers_withdrawn: int = 0
     upkeep_created: int = 0
+    # Records whose last attempt expired and that may have sent one: their anchor is fenced
+    # before they are credited back (or, for upkeep, failed).
+    fenced: int = 0
     held: bool = False
     # The pause mode in force (paused, emergency, maintenance): the worker did nothing at all.
     paused: str | None = None
@@ -565,13 +621,21 @@ class WithdrawalWorker:
     def _settle(
         self, repo: WithdrawalRepository, record: Withdrawal, cursor: Cursor, tick: WorkerTick
     ) -> Withdrawal | None:
-        """Ingestion has passed ``trec_tgt`` and saw no transfer for the record: the attempt can
-        never commit any more."""
+        """Ingestion has passed ``trec_tgt`` and saw no transfer for the record: retry it around
+        its anchor, fence it, or — when nothing of it can commit any more — fail it. Returns the
+        record when it is a payout that failed here (credited back)."""
         tick.settled += 1
-        repo.release(record.id)
         repo.close_attempt(record.id, record.attempt, "expired", record.last_error)
-        retry = record.is_payout and record.failure is None and record.attempt < record.attempts_max
-        if retry:
+        unseen = f"attempt {record.attempt} expired unseen at {cursor.record_time}"
+        anchor = record.anchor
+        # Only the anchor stays reserved. Ingestion books a transfer of this record in the same
+        # transaction as the archive of the inputs it spent, so if the anchor cannot be reserved
+        # again (it is archived) while the record is still live, a transaction that is not one of
+        # its attempts spent it: none of them can ever commit.
+        repo.release(record.id)
+        anchored = anchor is not None and repo.reserve([anchor], record.id)
+        final = record.failure is not None or record.attempt >= record.attempts_max
+        if not anchored and record.is_payout and not final:
             tick.retried += 1
             repo.update(
                 replace(
@@ -580,15 +644,66 @@ class WithdrawalWorker:
                     attempt=record.attempt + 1,
                     inputs=(),
                     trec_tgt=None,
-                    last_error=f"attempt {record.attempt} expired unseen at {cursor.record_time}",
+                    last_error=f"{unseen}; its anchor was spent elsewhere: inputs chosen afresh",
                 )
             )
             return None
+        if anchored and not final:
+            assert anchor is not None
+            if record.is_payout:
+                tick.retried += 1
+                # The rest is selected around the anchor (the amount or the fee may have changed).
+                repo.update(
+                    replace(
+                        record,
+                        status="queued",
+                        attempt=record.attempt + 1,
+                        inputs=(anchor,),
+                        trec_tgt=None,
+                        last_error=unseen,
+                    )
+                )
+                return None
+            # A merge or split is tried again with the same inputs (its amount is theirs).
+            rest = record.inputs[1:]
+            if not rest or repo.reserve(rest, record.id):
+                tick.retried += 1
+                retried = replace(
+                    record,
+                    status="reserved",
+                    attempt=record.attempt + 1,
+                    trec_tgt=self._clock() + timedelta(seconds=self.settings.trec_span_s),
+                    last_error=unseen,
+                )
+                repo.update(retried)
+                assert retried.trec_tgt is not None
+                repo.record_attempt(retried.id, retried.attempt, retried.inputs, retried.trec_tgt)
+                return None
+            # Another of its inputs is gone: it cannot succeed any more; it is fenced below.
         failure = record.failure or (
             f"{record.attempt} attempt(s) expired without committing"
             if record.is_payout
             else "expired without committing"
         )
+        if anchored and record.may_have_left():
+            assert anchor is not None
+            tick.fenced += 1
+            ending = "credited back" if record.is_payout else "failed"
+            fence = replace(
+                record,
+                status="reserved",
+                attempt=record.attempt + 1,
+                inputs=(anchor,),
+                trec_tgt=self._clock() + timedelta(seconds=self.settings.trec_span_s),
+                failure=failure,
+                last_error=f"{unseen}; fencing its anchor before it is {ending}",
+            )
+            repo.update(fence)
+            assert fence.trec_tgt is not None
+            repo.record_attempt(fence.id, fence.attempt, fence.inputs, fence.trec_tgt)
+            return None
+        # Nothing of it can commit any more: no attempt left, or its anchor was spent elsewhere.
+        repo.release(record.id)
         if record.is_payout:
             tick.refunded += 1
             repo.post([_refund(record)])
@@ -615,7 +730,7 @@ class WithdrawalWorker:
                 if record.instrument not in instruments:
                     instruments[record.instrument] = repo.instrument(record.instrument)
                 reserved = _try_reserve(
-                    repo,
+                    uow,
                     record,
                     fee=_fee_allowance(instruments[record.instrument], record),
                     now=now,
@@ -653,8 +768,11 @@ class WithdrawalWorker:
                 uow.withdrawals.set_control(HOLD_KEY, None)  # ingestion has passed it
             claimed = uow.withdrawals.claim(["reserved"], self.settings.claim_batch)
             # Frozen or flagged since they were reserved: not submitted; they stay reserved,
-            # expire at trec_tgt and wait in the queue like any retry.
-            blocked = self._compliance_blocked(uow, claimed)
+            # expire at trec_tgt and wait in the queue like any retry. A fence pays nobody and
+            # always leaves.
+            blocked = self._compliance_blocked(
+                uow, [record for record in claimed if record.failure is None]
+            )
             tick.compliance_blocked += len(blocked)
             claimed = [record for record in claimed if record.id not in blocked]
             uow.withdrawals.update_many([replace(r, status="submitting") for r in claimed])
@@ -662,6 +780,8 @@ class WithdrawalWorker:
                 instrument: uow.withdrawals.instrument(instrument)
                 for instrument in {record.instrument for record in claimed}
             }
+            fenced = [r.anchor for r in claimed if r.failure is not None and r.anchor is not None]
+            anchors = uow.ingestion.holdings_by_ids(fenced) if fenced else {}
             uow.commit()
         if not claimed:
             return
@@ -670,7 +790,10 @@ class WithdrawalWorker:
         for record in claimed:
             instrument = kinds.get(record.instrument)
             allowed = instrument.transfer_kinds if instrument is not None else ("direct",)
-            error, failure = self._submit(record, allowed, now)
+            if record.failure is not None:
+                error, failure = self._submit_fence(record, anchors, now)
+            else:
+                error, failure = self._submit(record, allowed, now)
             if error is not None:
                 tick.submit_errors += 1
                 tick.errors.append(f"{record.id}: {error}")
@@ -678,7 +801,14 @@ class WithdrawalWorker:
                 tick.submitted += 1
             if self._after_submit is not None:
                 self._after_submit(record)
-            done.append(replace(record, status="submitted", last_error=error, failure=failure))
+            done.append(
+                replace(
+                    record,
+                    status="submitted",
+                    last_error=error,
+                    failure=failure or record.failure,
+                )
+            )
         # Recorded together, in one transaction. A crash before this leaves the records in
         # ``submitting``, which is settled exactly like ``submitted`` once trec_tgt has passed;
         # a record ingestion has meanwhile completed (or settled) is left as it is.
@@ -746,6 +876,46 @@ class WithdrawalWorker:
             )
         except CommandError as exc:
             return f"{'rejected' if exc.definite else 'unconfirmed'}: {exc}", None
+        return None, None
+
+    def _submit_fence(
+        self, record: Withdrawal, anchors: dict[str, Holding], now: datetime
+    ) -> tuple[str | None, str | None]:
+        """Submit a fence: a self-transfer of the record's anchor alone, with the record's id as
+        reason and ``fence`` as kind. Returns (error, None): the record's failure stays."""
+        assert record.trec_tgt is not None
+        assert record.anchor is not None
+        anchor = anchors.get(record.anchor)
+        if anchor is None:
+            # Archived already: by this fence's earlier attempt (ingestion fails the record
+            # when it sees it) or by another transaction (settled once trec_tgt has passed).
+            return f"fence not sent: its anchor {record.anchor} is already archived", None
+        transfer = Transfer(
+            sender=record.sender,
+            receiver=record.sender,
+            amount=anchor.amount,
+            instrument=record.instrument,
+            requested_at=now,
+            execute_before=now + timedelta(seconds=self.settings.offer_expiry_s),
+            input_holding_cids=(anchor.contract_id,),
+            meta={REASON_KEY: record.id, **record.transfer_meta(fence=True)},
+        )
+        try:
+            factory = self._registries(record.instrument).transfer_factory(transfer)
+        except RegistryError as exc:
+            return f"fence: registry: {exc}", None
+        if factory.transfer_kind != "self":
+            return f"fence: the registry would make it {factory.transfer_kind!r}", None
+        try:
+            self._commands.submit_transfer(
+                transfer,
+                factory,
+                act_as=record.sender,
+                command_id=f"{record.id}-fence-{record.attempt}",
+                max_record_time=record.trec_tgt,
+            )
+        except CommandError as exc:
+            return f"fence {'rejected' if exc.definite else 'unconfirmed'}: {exc}", None
         return None, None
 
     # -- offers left unanswered -------------------------------------------------------------------
@@ -859,7 +1029,7 @@ class WithdrawalWorker:
             instrument=instrument,
             amount=amount,
             status="reserved",
-            attempts_max=1,
+            attempts_max=settings.attempts_max,
             inputs=inputs,
             requested_at=self._clock(),
             trec_tgt=self._clock() + timedelta(seconds=settings.trec_span_s),

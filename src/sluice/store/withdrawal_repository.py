@@ -201,8 +201,13 @@ class SqlWithdrawalRepository:
             .values(reserved_by=withdrawal_id)
         ).rowcount
         if changed != len(wanted):
-            # Someone else got one of them first: give back what was taken here.
-            self.release(withdrawal_id)
+            # Someone else got one of them first: give back what was taken here (and only that:
+            # the record may hold its anchor from an earlier attempt).
+            self._c.execute(
+                update(table)
+                .where(and_(table.c.contract_id.in_(wanted), table.c.reserved_by == withdrawal_id))
+                .values(reserved_by=None)
+            )
             return False
         return True
 
