@@ -1,0 +1,214 @@
+"""The scenario driver: one seed, ``N`` steps, then the drain.
+
+:func:`run_simulation` builds a :class:`~sluice.sandbox.Sandbox` — an embedded ledger whose seed is
+the run's, an Integration DB, customers ``cust-N`` — and takes the steps. Each step, drawing from
+the seed's random source only: with probability ``fault_rate`` the ledger is given a fault, with
+probability ``crash_rate`` the exchange's processes crash (:mod:`sluice.sim.faults`); then one
+action is drawn by weight from the actions of the actors (:mod:`sluice.sim.actors`) and performed,
+the model learns from the treasury's completions, and every invariant is checked
+(:mod:`sluice.sim.invariants`).
+
+At the end, faults stop, the clock moves past every deadline and the workers and ingestion run
+until nothing is left to do (a bounded number of rounds). Then every check runs once more, with
+its final conditions (``settled``, ``wallets``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import event, func, select
+
+from sluice.domain.withdrawals import LIVE_STATUSES
+from sluice.ports import LedgerReadError
+from sluice.sandbox import Sandbox
+from sluice.services.ingestion import IngestionSettings, IngestionStoppedError
+from sluice.sim.actors import ACTIONS, ingestion, ledger_admin, workers
+from sluice.sim.actors.customers import DEPOSIT_OFFER_SPANS_S
+from sluice.sim.database import database_url, fast_sqlite
+from sluice.sim.faults import Crash, inject_fault
+from sluice.sim.invariants import check_invariants
+from sluice.sim.state import (
+    CUSTOMERS,
+    SETTINGS,
+    TAP,
+    SimulationResult,
+    SimulationState,
+    Tamper,
+)
+from sluice.store import tables
+
+DRAIN_ROUNDS_MAX = 20
+# Past every deadline at once: attempts, stale offers, offer expiries, customers' offers.
+DRAIN_CLOCK_MOVE_S = (
+    max(
+        SETTINGS.trec_span_s,
+        SETTINGS.offer_timeout_s,
+        SETTINGS.offer_expiry_s,
+        *DEPOSIT_OFFER_SPANS_S,
+    )
+    + 1.0
+)
+# One round of the drain, in order. The withdrawal worker twice: what one run reserves or plans,
+# the next submits (before the clock moves past its trec_tgt).
+DRAIN_ROUND: tuple[Callable[[SimulationState], None], ...] = (
+    ingestion.ingest_everything,
+    workers.run_deposit_worker,
+    workers.run_withdrawal_worker,
+    workers.run_withdrawal_worker,
+    ingestion.ingest_everything,
+)
+
+
+def run_simulation(
+    seed: int,
+    steps: int,
+    *,
+    crash_rate: float = 0.05,
+    fault_rate: float = 0.05,
+    db_url: str | None = None,
+    tamper: Tamper | None = None,
+    via_http: bool = False,
+) -> SimulationResult:
+    """Run ``steps`` steps of the simulation for ``seed`` and return what happened.
+
+    ``db_url`` None: a fresh SQLite file in a temporary directory (deleted afterwards); otherwise
+    that database is emptied first. ``tamper`` (for tests of the checks themselves) is called
+    after each step's action, before the checks, with the step number and the sandbox.
+    ``via_http``: the exchange side talks to the ledger through the Canton client over a local
+    HTTP/WebSocket server (the ledger's faults then reach it as a node's errors would).
+    """
+    if steps < 0:
+        raise ValueError("steps must not be negative")
+    for name, rate in (("crash_rate", crash_rate), ("fault_rate", fault_rate)):
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"{name} must be between 0 and 1")
+    with database_url(db_url) as url:
+        sandbox = Sandbox.create(
+            url,
+            customers=CUSTOMERS,
+            seed=seed,
+            tap=TAP,
+            withdrawal_settings=SETTINGS,
+            ingestion_settings=IngestionSettings(retry_delay_s=0.0, retry_delay_max_s=0.0),
+            via_http=via_http,
+        )
+        try:
+            if db_url is None:
+                event.listen(sandbox.database.engine, "connect", fast_sqlite)
+                sandbox.database.engine.dispose()
+            simulation = _Simulation(seed, steps, sandbox, crash_rate, fault_rate, tamper)
+            return simulation.run()
+        finally:
+            sandbox.close()
+
+
+class _Simulation:
+    def __init__(
+        self,
+        seed: int,
+        steps: int,
+        sandbox: Sandbox,
+        crash_rate: float,
+        fault_rate: float,
+        tamper: Tamper | None,
+    ) -> None:
+        self.sim = SimulationState(seed, steps, sandbox, crash_rate)
+        self.fault_rate = fault_rate
+        self.tamper = tamper
+
+    def run(self) -> SimulationResult:
+        sim = self.sim
+        weights = [action.weight for action in ACTIONS]
+        for step in range(1, sim.result.steps + 1):
+            sim.label = f"step {step}"
+            if sim.rng.random() < self.fault_rate:
+                inject_fault(sim)
+            if sim.rng.random() < sim.crash_rate:
+                sim.restart("restart")
+            action = sim.rng.choices(ACTIONS, weights)[0]
+            sim.result.outcomes[f"action_{action.name}"] += 1
+            self._perform(action.perform, ledger_only=action.ledger_only)
+            sim.absorb_completions()
+            if self.tamper is not None:
+                self.tamper(step, sim.sandbox)
+                sim.dirty = True
+            check_invariants(sim)
+        sim.label = "end"
+        self._drain()
+        return sim.result
+
+    def _perform(
+        self, action: Callable[[SimulationState], None], *, ledger_only: bool = False
+    ) -> None:
+        sim = self.sim
+        try:
+            action(sim)
+        except Crash as crash:
+            sim.restart(str(crash))
+        except IngestionStoppedError as exc:
+            if isinstance(exc.__cause__, LedgerReadError):
+                # Too many cut reads in a row: ingestion gives up; a restart resumes.
+                sim.result.outcomes["ingestion_stopped"] += 1
+                sim.stop(ingestion.PROCESS)
+            else:
+                sim.violation("error", f"ingestion stopped: {exc}")
+        except Exception as exc:  # anything else the exchange raised is a finding
+            sim.violation("error", f"{type(exc).__name__}: {exc}")
+        finally:
+            if not ledger_only:
+                sim.dirty = True
+
+    def _drain(self) -> None:
+        """Stop the faults, move the clock past every deadline and run everything until nothing
+        is left to do; then check that every withdrawal is finished and every wallet adds up."""
+        sim = self.sim
+        sim.ledger.faults.clear()
+        sim.crash_rate = 0.0
+        sim.stop_all()
+        for round_ in range(DRAIN_ROUNDS_MAX):
+            for action in DRAIN_ROUND:
+                self._perform(action)
+                sim.absorb_completions()
+            if self._quiet():
+                break
+            if round_ % 2 == 0:
+                sim.ledger.advance(DRAIN_CLOCK_MOVE_S)
+                sim.ledger.checkpoint()
+            # After the clock moved, the admin expires what is due either at once or a round
+            # later (the worker has withdrawn its stale offers by then).
+            if round_ % 2 == 1 or sim.rng.random() < 0.5:
+                self._perform(ledger_admin.expire_instructions, ledger_only=True)
+                sim.absorb_completions()
+        check_invariants(sim, final=True)
+        for row in sim.read_database().records:
+            sim.result.outcomes[f"end_{row.kind}_{_ending(row.status, row.failure)}"] += 1
+
+    def _quiet(self) -> bool:
+        sim = self.sim
+        if sim.ledger.active_instructions(sim.sandbox.treasury):
+            return False
+        with sim.engine.connect() as connection:
+            live = connection.execute(
+                select(func.count())
+                .select_from(tables.withdrawals)
+                .where(tables.withdrawals.c.status.in_(sorted(LIVE_STATUSES)))
+            ).scalar_one()
+            cursor = connection.execute(
+                select(tables.ledger_cursors.c.offset).where(
+                    tables.ledger_cursors.c.connection == sim.sandbox.connection
+                )
+            ).scalar_one_or_none()
+        return live == 0 and cursor == sim.ledger.ledger_end(sim.sandbox.node)
+
+
+def _ending(status: str, failure: str | None) -> str:
+    """How a record ended, for the outcome counts: completed, offer_rejected / _withdrawn /
+    _failed (expired), attempts_expired, or failed."""
+    if status != "failed" or not failure:
+        return status
+    if failure.startswith("offer "):
+        return failure.replace(" ", "_")
+    if "expired" in failure:
+        return "attempts_expired"
+    return "failed"
