@@ -164,5 +164,36 @@ def bench_ingest(
         append_result(record, result, command=" ".join(["sluice", *sys.argv[1:]]))
 
 
+@bench_app.command("compliance")
+def bench_compliance(
+    sqlite: Annotated[
+        str, typer.Option("--sqlite", help="SQLite database to benchmark; it is EMPTIED first.")
+    ] = "sqlite:///data/bench/compliance.db",
+    postgresql: Annotated[
+        str, typer.Option("--postgresql", help="PostgreSQL database; it is EMPTIED first.")
+    ] = "postgresql+psycopg://postgres@127.0.0.1:5432/sluice_bench_compliance",
+    engines: Annotated[
+        str, typer.Option("--engines", help="Which to run: sqlite, postgresql or both.")
+    ] = "both",
+    requests: Annotated[
+        int, typer.Option("--requests", min=1, max=10_000, help="Timed requests per history.")
+    ] = 200,
+    record: Annotated[
+        Path | None, typer.Option("--record", help="Append the figures to this Markdown file.")
+    ] = None,
+) -> None:
+    """A withdrawal request's time for customers with 10, 1,000 and 10,000 earlier operations
+    this month (one JSON line per engine; target: p50 ratio 10,000 : 10 ≤ 1.3)."""
+    from sluice.bench.compliance import bench_command
+
+    urls = {"sqlite": [sqlite], "postgresql": [postgresql], "both": [sqlite, postgresql]}
+    if engines not in urls:
+        raise typer.BadParameter(
+            f"sqlite, postgresql or both, not {engines!r}", param_hint="--engines"
+        )
+    with err.status("measuring withdrawal requests against customers' histories"):
+        bench_command(urls[engines], requests=requests, record=record)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(bench_app, name="bench")

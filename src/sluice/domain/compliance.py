@@ -309,8 +309,8 @@ class UsageWindows:
     def __init__(self, span: UsageSpan, operations: Iterable[str] = OPERATIONS) -> None:
         self.span = span
         self.operations = frozenset(operations)
-        self.records: list[UsageRecord] = []
-        self._totals: dict[tuple[str, int, datetime], Decimal] = {}
+        self._records: dict[str, list[UsageRecord]] = {}
+        self._totals: dict[str, dict[tuple[int, datetime], Decimal]] = {}
 
     @classmethod
     def of_records(
@@ -328,16 +328,17 @@ class UsageWindows:
     def add_total(
         self, operation: str, length_s: int, starts_at: datetime, amount: Decimal
     ) -> None:
-        key = (operation, length_s, starts_at)
-        self._totals[key] = self._totals.get(key, ZERO) + amount
+        totals = self._totals.setdefault(operation, {})
+        key = (length_s, starts_at)
+        totals[key] = totals.get(key, ZERO) + amount
 
     def add_record(self, record: UsageRecord) -> None:
         """A record as read from the edges (its buckets are read separately)."""
-        self.records.append(record)
+        self._records.setdefault(record.operation, []).append(record)
 
     def add(self, record: UsageRecord) -> None:
         """A record and its share of the buckets."""
-        self.records.append(record)
+        self.add_record(record)
         for length_s in BUCKET_LENGTHS_S:
             starts_at = bucket_start(record.occurred_at, length_s)
             self.add_total(record.operation, length_s, starts_at, record.amount)
@@ -345,26 +346,32 @@ class UsageWindows:
     def used(self, operation: str, now: datetime) -> tuple[Decimal, Decimal]:
         """What was used of ``operation`` in the 24 h and the 30 days up to ``now``."""
         assert self.covers(operation, now), f"usage of {operation} at {now} was not read"
-        daily, monthly = (self._window(operation, now, window) for window in WINDOWS)
+        totals = self._totals.get(operation, {})
+        records = self._records.get(operation, ())
+        daily, monthly = (_window_sum(totals, records, now, window) for window in WINDOWS)
         return daily, monthly
 
-    def _window(self, operation: str, now: datetime, window: timedelta) -> Decimal:
-        hours, days, (first_hour, last_hour) = _window_parts(now, window)
-        start = now - window
-        total = ZERO
-        for (kind, length_s, starts_at), amount in self._totals.items():
-            if kind != operation:
-                continue
-            ranges = hours if length_s == 3600 else days
-            if any(low <= starts_at < high for low, high in ranges):
+
+def _window_sum(
+    totals: Mapping[tuple[int, datetime], Decimal],
+    records: Iterable[UsageRecord],
+    now: datetime,
+    window: timedelta,
+) -> Decimal:
+    hours, days, (first_hour, last_hour) = _window_parts(now, window)
+    start = now - window
+    total = ZERO
+    for (length_s, starts_at), amount in totals.items():
+        ranges = hours if length_s == 3600 else days
+        for low, high in ranges:
+            if low <= starts_at < high:
                 total += amount
-        for record in self.records:
-            if record.operation != operation:
-                continue
-            at = record.occurred_at
-            if start < at < first_hour or last_hour <= at <= now:
-                total += record.amount
-        return total
+                break
+    for record in records:
+        at = record.occurred_at
+        if start < at < first_hour or last_hour <= at <= now:
+            total += record.amount
+    return total
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ decides). The assessment is a pure function of its arguments: the same history, 
 and ``now`` always give the same score and flags, in the order above.
 
 The records a decision hands over are a bounded recent slice: at most
-``recent_operations_max`` (32) of the customer's latest operations, none older than the longest
+``recent_operations_max`` (20) of the customer's latest operations, none older than the longest
 rule window (7 days by default) — what velocity, structuring and smurfing look at, read the same
 way however long the customer's history. Beyond the slice a rule sees nothing: velocity counts
 at most that many earlier operations (enough to fire, since the bound is never below
@@ -77,7 +77,7 @@ class RiskRules:
       100 000 (10 % of tier 1's daily limit) to a counterparty absent from the history adds
       ``new_counterparty_weight`` = 20.
 
-    * the slice of history the rules see: the latest ``recent_operations_max`` = 32 operations
+    * the slice of history the rules see: the latest ``recent_operations_max`` = 20 operations
       within the longest rule window (never fewer than the rules' own counts need).
 
     A weight of 0 turns its rule off. Windows are 1 s … 30 days (the history's depth).
@@ -98,7 +98,7 @@ class RiskRules:
     smurfing_weight: int = 50
     new_counterparty_amount_min: Decimal = Decimal("100000")
     new_counterparty_weight: int = 20
-    recent_operations_max: int = 32
+    recent_operations_max: int = 20
 
     def __post_init__(self) -> None:
         _check_int("threshold", self.threshold, 1, SCORE_MAX)
@@ -230,12 +230,9 @@ def assess_risk(
     return RiskAssessment(score, flags, rules.threshold)
 
 
-def _in_window(record: UsageRecord, now: datetime, window_s: float) -> bool:
-    return now - timedelta(seconds=window_s) < record.occurred_at <= now
-
-
 def _velocity(past: Sequence[UsageRecord], rules: RiskRules, now: datetime) -> RiskFlag | None:
-    count = 1 + sum(1 for record in past if _in_window(record, now, rules.velocity_window_s))
+    start = now - timedelta(seconds=rules.velocity_window_s)
+    count = 1 + sum(1 for record in past if start < record.occurred_at <= now)
     if count <= rules.velocity_count_max:
         return None
     return RiskFlag(
@@ -266,11 +263,12 @@ def _structuring(
 
     if not just_under(current.amount):
         return None
+    start = now - timedelta(seconds=rules.structuring_window_s)
     earlier = sum(
         1
         for record in past
         if record.operation == current.operation
-        and _in_window(record, now, rules.structuring_window_s)
+        and start < record.occurred_at <= now
         and just_under(record.amount)
     )
     count = 1 + earlier
@@ -289,12 +287,13 @@ def _smurfing(
 ) -> RiskFlag | None:
     if current.operation != "withdrawal":
         return None
+    start = now - timedelta(seconds=rules.small_deposits_window_s)
     small = [
         record.amount
         for record in past
         if record.operation == "deposit"
         and record.amount < rules.small_deposit_below
-        and _in_window(record, now, rules.small_deposits_window_s)
+        and start < record.occurred_at <= now
     ]
     if len(small) < rules.small_deposits_min:
         return None

@@ -29,6 +29,7 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from functools import cache
 from typing import Any
 
 import orjson
@@ -122,6 +123,26 @@ def _range_parameters(
     return values
 
 
+def _usage_columns() -> tuple[ColumnElement[Any], ...]:
+    """The columns :func:`_usage_from_tuple` reads, in its order."""
+    usage = t.compliance_usage
+    return (
+        usage.c.customer_id,
+        usage.c.operation_id,
+        usage.c.operation,
+        usage.c.amount,
+        usage.c.occurred_at,
+        usage.c.counterparty,
+    )
+
+
+def _usage_from_tuple(row: Sequence[Any]) -> tuple[str, UsageRecord]:
+    customer_id, operation_id, operation, amount, occurred_at, counterparty = row
+    return customer_id, UsageRecord(
+        operation_id, operation, amount, time_of(occurred_at), counterparty
+    )
+
+
 def _totals_statement() -> Executable:
     """The totals of a span: one indexed range of the primary key per part (parts are disjoint,
     so UNION ALL repeats no row)."""
@@ -156,7 +177,7 @@ def _edge_records_statement() -> Executable:
     operations: BindParameter[list[str]] = bindparam("operations", expanding=True)
     return union_all(
         *(
-            select(usage).where(
+            select(*_usage_columns()).where(
                 usage.c.customer_id.in_(ids),
                 usage.c.occurred_at >= bindparam(f"edge_low_{index}"),
                 usage.c.occurred_at < bindparam(f"edge_high_{index}"),
@@ -165,6 +186,30 @@ def _edge_records_statement() -> Executable:
             for index in range(SPAN_RANGES)
         )
     )
+
+
+@cache
+def _latest_usage_statement(customers: int) -> Executable:
+    """The latest ``:limit`` usage rows in ``(:low, :high]`` of each of ``customers`` customers
+    (``:id_0`` …): one index range per customer, newest first, read no further than the limit.
+    Built once per chunk size, so each call only binds values."""
+    usage = t.compliance_usage
+    low: BindParameter[str] = bindparam("low")
+    high: BindParameter[str] = bindparam("high")
+    limit: BindParameter[int] = bindparam("limit")
+    latest = [
+        select(*_usage_columns())
+        .where(
+            usage.c.customer_id == bindparam(f"id_{index}"),
+            usage.c.occurred_at > low,
+            usage.c.occurred_at <= high,
+        )
+        .order_by(usage.c.occurred_at.desc(), usage.c.operation_id.desc())
+        .limit(limit)
+        .subquery()
+        for index in range(customers)
+    ]
+    return union_all(*(select(part) for part in latest))
 
 
 _TOTALS_IN_SPAN = _totals_statement()
@@ -381,32 +426,24 @@ class SqlComplianceRepository:
                 found[customer_id].add_total(operation, length_s, time_of(starts_at), amount)
             edge_rows = self._c.execute(_EDGE_RECORDS, {"ids": chunk, "operations": kinds, **edges})
             for row in edge_rows:
-                found[row.customer_id].add_record(_usage_from_row(row))
+                customer_id, record = _usage_from_tuple(row)
+                found[customer_id].add_record(record)
         return found
 
     def recent_usage(
         self, customer_ids: Collection[str], after: datetime, until: datetime, limit: int
     ) -> dict[str, list[UsageRecord]]:
         """Each customer's latest ``limit`` usage rows in ``(after, until]``, oldest first."""
-        usage = t.compliance_usage
         low, high = format_timestamp(after), format_timestamp(until)
         found: dict[str, list[UsageRecord]] = {customer_id: [] for customer_id in customer_ids}
         for chunk in _chunks(customer_ids, RECENT_CHUNK):
-            latest = [
-                select(usage)
-                .where(
-                    usage.c.customer_id == customer_id,
-                    usage.c.occurred_at > low,
-                    usage.c.occurred_at <= high,
-                )
-                .order_by(usage.c.occurred_at.desc(), usage.c.operation_id.desc())
-                .limit(limit)
-                .subquery()
-                for customer_id in chunk
-            ]
-            query = union_all(*(select(part) for part in latest))
-            for row in self._c.execute(query):
-                found[row.customer_id].append(_usage_from_row(row))
+            parameters: dict[str, object] = {"low": low, "high": high, "limit": limit}
+            parameters.update(
+                {f"id_{index}": customer_id for index, customer_id in enumerate(chunk)}
+            )
+            for row in self._c.execute(_latest_usage_statement(len(chunk)), parameters):
+                customer_id, record = _usage_from_tuple(row)
+                found[customer_id].append(record)
         for records in found.values():
             records.sort(key=lambda record: (record.occurred_at, record.operation_id))
         return found
