@@ -16,6 +16,13 @@ ingested, the last writer and the last standby are stopped with SIGTERM. Then ``
 passes, the cursor is at the ledger end, the ingested update ids are exactly the stream's
 transactions, and history, balances and alerts equal those of one uninterrupted in-process run
 into a second DB. Runs on SQLite and on PostgreSQL.
+
+The same for ``sluice serve``: two of them on one DB and one ledger served over HTTP (``sluice
+ledger serve``; two serves cannot share an embedded ledger file, which has one writer). The
+second says it waits as a standby naming the first's pid, while its API answers and ``/ready``
+is 200; the first ingests a deposit; it is killed with SIGKILL, a further deposit is made, and
+the second must say it took over within a few seconds and credit it, with the cursor at the
+ledger end, ``sluice check`` passing and a clean exit on SIGTERM.
 """
 
 from __future__ import annotations
@@ -38,11 +45,15 @@ import pytest
 import sqlalchemy as sa
 
 from sluice import bootstrap
+from sluice.domain.journal import customer_account_name
 from sluice.ledger.local import EmbeddedLedger, RegistryPolicy
-from sluice.services.books import check_invariant
+from sluice.ledger.local.remote import RemoteLedger
+from sluice.services.books import check_invariant, customer_balances
 from sluice.services.ingestion import Ingestion, IngestionSettings, connection_name
+from sluice.services.reference import onboard_instrument, register_customer
 from sluice.store import tables
 from tests.conftest import PG_ADMIN_URL, missing, postgres_available
+from tests.e2e.test_cli_over_the_wire import free_port, start_server
 from tests.e2e.test_crash_recovery import (
     CursorProbe,
     Stream,
@@ -50,6 +61,9 @@ from tests.e2e.test_crash_recovery import (
     second_postgres_database,
     state_of,
 )
+from tests.e2e.test_serve import Served
+from tests.e2e.test_serve import environment as serve_environment
+from tests.e2e.test_serve import wait_for as serve_ready
 
 pytestmark = pytest.mark.slow
 
@@ -409,3 +423,105 @@ def test_a_standby_ingester_takes_over_from_a_killed_writer_and_nothing_is_inges
     finally:
         database.dispose()
         reference.dispose()
+
+
+# --- a second `sluice serve` ---------------------------------------------------------------------
+
+
+def start_serve(folder: Path, env: dict[str, str], name: str, db: str, ledger_url: str) -> Served:
+    """``sluice serve`` on the DB and the participant URL, returned once ``/health`` is 200."""
+    port = free_port()
+    log = folder / f"{name}.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [
+                *(str(SLUICE), "serve", "--port", str(port), "--interval", "0.2"),
+                *("--db", db, "--ledger-url", ledger_url),
+            ],
+            cwd=folder,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    served = Served(process, f"http://127.0.0.1:{port}", log)
+    serve_ready(served, "/health")
+    return served
+
+
+def balance_of(database: bootstrap.Database, customer: str) -> Decimal:
+    accounts = customer_balances(database.uow)
+    return sum(accounts.get(customer_account_name(customer), {}).values(), Decimal(0))
+
+
+def test_a_standby_serve_answers_requests_and_takes_over_ingestion_from_a_killed_one(
+    database_url: str, tmp_path: Path
+) -> None:
+    ledger_server = start_server(
+        tmp_path / "ledger", "--create", "--ledger", str(tmp_path / "l.db")
+    )
+    database = bootstrap.database(database_url)
+    try:
+        with RemoteLedger(ledger_server.url) as ledger:
+            for node in ("registry", NODE, "wallets"):
+                ledger.add_node(node)
+            dso = ledger.allocate_party("dso", "registry")
+            treasury = ledger.allocate_party("treasury", NODE)
+            customer = ledger.allocate_party("cust-0", "wallets")
+            coin = ledger.create_instrument(dso, "Amulet")
+            ledger.create_preapproval(treasury, coin)
+            ledger.tap(customer, coin, 1_000)
+            ledger.transfer(customer, treasury, coin, Decimal(100), reason="acct-0")
+            ledger.flush()
+        register_customer(database.uow, "cust-0", "Customer 0", ["acct-0"])
+        onboard_instrument(database.uow, coin, registry_url=ledger_server.registry_url(dso))
+        participant = ledger_server.node_url(NODE)
+        probe = CursorProbe(
+            database_url, connection_name(treasury, bootstrap.participant_node(participant))
+        )
+        env = serve_environment(tmp_path, SLUICE_TREASURY_PARTY=treasury)
+        first = start_serve(tmp_path, env, "first", database_url, participant)
+        second: Served | None = None
+        try:
+            wait_for(lambda: probe.offset() >= ledger_server.ledger_end(), START_MAX_S, "ingest")
+            assert balance_of(database, "cust-0") == Decimal(100)
+            second = start_serve(tmp_path, env, "second", database_url, participant)
+            waiting = (
+                f"{WAITING} {treasury} on {bootstrap.participant_node(participant)} "
+                f"(held by pid {first.process.pid} on "
+            )
+            wait_for(lambda: waiting in second.output(), START_MAX_S, "the standby's line")
+            serve_ready(second, "/ready")  # the standby's API and service loop run
+            assert second.get("/v1/instruments").status_code == 401  # it answers requests
+
+            with RemoteLedger(ledger_server.url) as ledger:
+                ledger.transfer(customer, treasury, coin, Decimal(20), reason="acct-0")
+                ledger.flush()
+            wait_for(lambda: balance_of(database, "cust-0") == 120, RUN_TIMEOUT_S, "the writer")
+
+            first.process.send_signal(signal.SIGKILL)
+            killed_at = time.monotonic()
+            first.process.wait(timeout=RUN_TIMEOUT_S)
+            with RemoteLedger(ledger_server.url) as ledger:
+                ledger.transfer(customer, treasury, coin, Decimal(3), reason="acct-0")
+                ledger.flush()
+            wait_for(lambda: TOOK_OVER in second.output(), TAKEOVER_MAX_S, "the takeover")
+            assert time.monotonic() - killed_at < TAKEOVER_MAX_S
+            wait_for(lambda: balance_of(database, "cust-0") == 123, RUN_TIMEOUT_S, "the standby")
+            assert probe.offset() == ledger_server.ledger_end()
+            assert second.terminate() == 0, second.output()
+        finally:
+            probe.dispose()
+            for served in (first, second):
+                if served is not None and served.process.poll() is None:
+                    served.process.kill()
+                    served.process.wait()
+        checked = subprocess.run(
+            [str(SLUICE), "check", "--db", database_url],
+            capture_output=True,
+            timeout=RUN_TIMEOUT_S,
+            check=False,
+        )
+        assert checked.returncode == 0, checked.stderr.decode()
+    finally:
+        database.dispose()
+        ledger_server.stop()
