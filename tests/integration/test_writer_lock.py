@@ -171,12 +171,14 @@ def test_the_lock_follows_the_engine(tmp_path: Path) -> None:
         on_file.dispose()
 
 
-def test_the_file_lock_holder_writes_its_pid_into_the_file(tmp_path: Path) -> None:
+def test_the_file_lock_holder_writes_its_pid_over_the_previous_holders(tmp_path: Path) -> None:
     lock = FileWriterLock(tmp_path / "x.lock")
     assert lock.holder() is None
+    lock.path.write_text(f"pid=4000000 host={'a-long-host-name' * 4}\n")  # a dead holder's
     assert lock.try_acquire()
     try:
-        assert f"pid={os.getpid()}" in lock.path.read_text()
+        assert lock.path.read_text() == f"pid={os.getpid()} host={socket.gethostname()}\n"
+        assert lock.holder() == ME
     finally:
         lock.release()
 

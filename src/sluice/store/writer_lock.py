@@ -189,8 +189,10 @@ class FileWriterLock:
             os.close(fd)
             raise WriterLockError(f"cannot lock {self.path}: {exc}") from exc
         pid, host = _identity()
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid={pid} host={host}\n".encode(), 0)
+        # Written over the previous holder's line, then cut to length: a standby reading it
+        # meanwhile never sees an empty file.
+        written = os.pwrite(fd, f"pid={pid} host={host}\n".encode(), 0)
+        os.ftruncate(fd, written)
         self._fd = fd
         return True
 
