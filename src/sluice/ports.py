@@ -277,6 +277,12 @@ class IngestionRepository(Protocol):
         """(offset, problem, raw) of the latest failure recorded for that update."""
         ...
 
+    def last_failure_at_offset(
+        self, connection: str, offset: int
+    ) -> tuple[int | None, str, str] | None:
+        """(offset, problem, raw) of the latest failure recorded at that offset."""
+        ...
+
     def quarantine(
         self,
         key: str,

@@ -2,7 +2,10 @@
 
 Uses the real treasury-view fixtures (a 1-step deposit with a reason, an incoming offer and its
 accept) and small hand-made streams for checkpoints, read errors, malformed updates and crashes
-in the middle of a batch.
+in the middle of a batch. Malformed updates come in every kind an operator meets: one with an id
+(set aside by id), a transaction without ``updateId`` and an update of no known shape (set aside
+by ``offset:N``, recorded with the problem and the raw update), and one without any readable
+offset (the error points to moving the cursor instead).
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from sluice import bootstrap
+from sluice.domain.errors import InvalidInputError
 from sluice.domain.ledger import InstrumentId
 from sluice.ledger.file import UpdateFile
 from sluice.ports import LedgerReadError
@@ -28,6 +33,7 @@ from sluice.services.ingestion import (
     quarantine_update,
 )
 from sluice.services.reference import onboard_instrument, register_customer
+from sluice.store import tables
 from sluice.store.repositories import SqlIngestionRepository
 from tests.conftest import reference_path
 
@@ -322,3 +328,118 @@ def test_a_batch_is_all_or_nothing(
         assert uow.books.balances() == {}
     ingest(database, source, DEPOSIT_TREASURY)
     assert customer_balances(database.uow)["customer:c-1"] == {AMULET.key(): Decimal("800")}
+
+
+def quarantine_record(database: bootstrap.Database, key: str) -> dict[str, Any]:
+    with database.engine.connect() as connection:
+        row = connection.execute(
+            sa.select(tables.quarantined_updates).where(
+                tables.quarantined_updates.c.update_id == key
+            )
+        ).one()
+    return dict(row._mapping)
+
+
+def stop_message(database: bootstrap.Database, source: Any) -> str:
+    with pytest.raises(IngestionStoppedError) as stopped:
+        ingest(database, source, DEPOSIT_TREASURY)
+    return " ".join(str(stopped.value).split())
+
+
+def test_a_transaction_without_update_id_is_set_aside_by_offset_and_ingestion_continues(
+    database: bootstrap.Database, tmp_path: Path
+) -> None:
+    items = deposit_stream(4)
+    del transaction(items[2])["updateId"]
+    source = UpdateFile(write_lines(tmp_path / "u.jsonl", items))
+    message = stop_message(database, source)
+    assert "a malformed update without a readable update id at offset 1002" in message
+    assert "`sluice ingest --quarantine offset:1002`" in message
+
+    assert quarantine_update(database.uow, "test", "offset:1002", requested_by="ops")
+    # Recorded with the failure it caused: the problem and the raw update.
+    record = quarantine_record(database, "offset:1002")
+    assert record["offset"] == 1002
+    assert "updateId" in record["problem"], record
+    assert json.loads(record["raw"]) == items[2]
+
+    ingest(database, source, DEPOSIT_TREASURY)
+    with database.uow() as uow:
+        cursor = uow.ingestion.load_cursor("test")
+        assert cursor is not None and cursor.offset == 1003
+        assert len(uow.books.history("test")) == 3
+    assert quarantine_record(database, "offset:1002")["skipped_at"] is not None
+    assert check_invariant(database.uow).holds
+
+
+def test_an_update_of_unreadable_kind_is_named_by_its_offset_and_can_be_set_aside(
+    database: bootstrap.Database, tmp_path: Path
+) -> None:
+    items: list[Mapping[str, Any]] = list(deposit_stream(4))
+    items[2] = {"update": {"Mystery": {"value": {"offset": 1002}}}}
+    source = UpdateFile(write_lines(tmp_path / "u.jsonl", items))
+    message = stop_message(database, source)
+    assert "ingestion stopped at a malformed update without a readable update id" in message
+    assert "at offset 1002" in message
+    assert "`sluice ingest --quarantine offset:1002`" in message
+    assert "offset:None" not in message
+
+    assert quarantine_update(database.uow, "test", "offset:1002", requested_by="ops")
+    record = quarantine_record(database, "offset:1002")
+    assert "Mystery" in record["problem"] and "Mystery" in record["raw"], record
+    ingest(database, source, DEPOSIT_TREASURY)
+    with database.uow() as uow:
+        cursor = uow.ingestion.load_cursor("test")
+        assert cursor is not None and cursor.offset == 1003
+        assert len(uow.books.history("test")) == 3
+
+
+def test_an_offset_key_sets_aside_a_malformed_update_that_has_an_id(
+    database: bootstrap.Database, tmp_path: Path
+) -> None:
+    items = deposit_stream(3)
+    bad = transaction(items[1])
+    bad["recordTime"] = "yesterday"
+    source = UpdateFile(write_lines(tmp_path / "u.jsonl", items))
+    assert f"--quarantine {bad['updateId']}" in stop_message(database, source)
+    assert quarantine_update(database.uow, "test", "offset:1001", requested_by="ops")
+    assert "yesterday" in quarantine_record(database, "offset:1001")["problem"]
+    ingest(database, source, DEPOSIT_TREASURY)
+    with database.uow() as uow:
+        cursor = uow.ingestion.load_cursor("test")
+        assert cursor is not None and cursor.offset == 1002
+        assert len(uow.books.history("test")) == 2
+
+
+def test_an_offset_key_never_skips_a_well_formed_update(
+    database: bootstrap.Database, tmp_path: Path
+) -> None:
+    source = UpdateFile(write_lines(tmp_path / "u.jsonl", deposit_stream(3)))
+    assert quarantine_update(database.uow, "test", "offset:1001", requested_by="ops")
+    ingest(database, source, DEPOSIT_TREASURY)
+    with database.uow() as uow:
+        assert len(uow.books.history("test")) == 3
+    assert quarantine_record(database, "offset:1001")["skipped_at"] is None
+
+
+def test_an_update_without_a_readable_offset_points_to_moving_the_cursor(
+    database: bootstrap.Database, tmp_path: Path
+) -> None:
+    items: list[Mapping[str, Any]] = list(deposit_stream(3))
+    items[2] = {"mystery": True}
+    source = UpdateFile(write_lines(tmp_path / "u.jsonl", items))
+    message = stop_message(database, source)
+    assert "a malformed update without a readable update id or offset" in message
+    assert "offset:None" not in message and "--quarantine" not in message
+    assert "after offset 1001" in message
+    assert "`sluice ingest --once --from-offset N`" in message
+    with database.uow() as uow:
+        cursor = uow.ingestion.load_cursor("test")
+        assert cursor is not None and cursor.offset == 1001
+
+
+def test_an_offset_key_that_is_no_offset_is_refused(database: bootstrap.Database) -> None:
+    with pytest.raises(InvalidInputError, match="offset:N"):
+        quarantine_update(database.uow, "test", "offset:six", requested_by="ops")
+    with database.engine.connect() as connection:
+        assert connection.execute(sa.select(tables.quarantined_updates)).first() is None

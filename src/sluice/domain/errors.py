@@ -36,10 +36,15 @@ class MalformedUpdateError(InvalidInputError):
         self.update_id = update_id
         self.problem = problem
         self.offset = offset
-        where = f"update {update_id!r}" if update_id else "an update without a readable update id"
+        if update_id:
+            where = f"malformed update {update_id!r}"
+        elif offset is None:
+            where = "a malformed update without a readable update id or offset"
+        else:
+            where = "a malformed update without a readable update id"
         if offset is not None:
             where += f" at offset {offset}"
-        super().__init__(f"malformed {where}: {problem}")
+        super().__init__(f"{where}: {problem}")
 
 
 class ComponentCallFailedError(SluiceError):

@@ -32,7 +32,7 @@ from sluice.domain.amounts import format_amount
 from sluice.domain.audit import AuditEntry
 from sluice.domain.compliance import ComplianceRequest, HeldDeposit, ReviewItem
 from sluice.domain.deposits import dispose_entry
-from sluice.domain.errors import MalformedUpdateError, SluiceError
+from sluice.domain.errors import InvalidInputError, MalformedUpdateError, SluiceError
 from sluice.domain.history import (
     HistoryEntry,
     ParsedTransaction,
@@ -275,9 +275,7 @@ class Ingestion:
                         update_ids.append(update_id)
                     _collect_consumed(body, consumed_cids)
             known = repo.known_update_ids(update_ids)
-            quarantined = repo.quarantined_keys(
-                update_ids + [_offset_key(body) for kind, body in unwrapped if kind == "malformed"]
-            )
+            quarantined = repo.quarantined_keys(update_ids)
             state = _BatchState(
                 batch=IngestBatch(connection=self.connection, party=self.party), cursor=cursor
             )
@@ -292,8 +290,14 @@ class Ingestion:
                 try:
                     step = self._parse(kind, body, state, known, quarantined)
                 except MalformedUpdateError as exc:
-                    failure, failed_raw = exc, raw
-                    break
+                    # Whatever is wrong with it, an update with a readable offset can be set
+                    # aside by that offset (a well-formed update never is).
+                    offset = exc.offset if exc.offset is not None else item_offset(raw)
+                    key = f"offset:{offset}"
+                    if offset is None or not repo.quarantined_keys([key]):
+                        failure, failed_raw = exc, raw
+                        break
+                    step = _Skip(offset, key)
                 if step is not None:
                     steps.append(step)
 
@@ -361,7 +365,7 @@ class Ingestion:
         if self.on_batch is not None:
             self.on_batch(progress)
         if failure is not None:
-            self._stop_on(failure, failed_raw or {})
+            self._stop_on(failure, failed_raw or {}, state.cursor)
         return state.cursor
 
     def _parse(
@@ -373,9 +377,6 @@ class Ingestion:
         quarantined: set[str],
     ) -> _Step | None:
         if kind == "malformed":
-            key = _offset_key(body)
-            if key in quarantined:
-                return _Skip(item_offset(body), key)
             unwrap_update(body)  # raises the precise error
             return None
         if kind == "checkpoint":
@@ -598,7 +599,9 @@ class Ingestion:
                 )
             )
 
-    def _stop_on(self, failure: MalformedUpdateError, raw: Mapping[str, Any]) -> None:
+    def _stop_on(
+        self, failure: MalformedUpdateError, raw: Mapping[str, Any], cursor: Cursor | None
+    ) -> None:
         try:
             text = orjson.dumps(raw).decode()
         except TypeError:
@@ -608,10 +611,19 @@ class Ingestion:
                 self.connection, failure.update_id, failure.offset, failure.problem, text
             )
             uow.commit()
+        stopped = f"ingestion stopped at {failure}. Nothing after it was ingested. Fix the source"
+        if failure.update_id is None and failure.offset is None:
+            # Nothing names it, so it cannot be quarantined: the cursor has to move past it.
+            after = "the start" if cursor is None else f"offset {cursor.offset}"
+            raise IngestionStoppedError(
+                f"{stopped}, or move past it: it is the first update after {after}; find its "
+                "offset N on the ledger node and resume after it with "
+                "`sluice ingest --once --from-offset N`"
+            ) from failure
         key = failure.update_id or f"offset:{failure.offset}"
         raise IngestionStoppedError(
-            f"ingestion stopped at {failure}. Nothing after it was ingested. Fix the source, or "
-            f"set it aside with `sluice ingest --quarantine {key}` and start ingestion again"
+            f"{stopped}, or set it aside with `sluice ingest --quarantine {key}` and start "
+            "ingestion again"
         ) from failure
 
 
@@ -700,21 +712,23 @@ def _collect_consumed(body: Mapping[str, Any], into: set[str]) -> None:
                     into.add(cid)
 
 
-def _offset_key(body: Mapping[str, Any]) -> str:
-    return f"offset:{item_offset(body)}"
-
-
 def quarantine_update(
     uow_factory: UnitOfWorkFactory, connection: str, key: str, *, requested_by: str
 ) -> bool:
     """Set an update aside so ingestion skips it (recorded, with the problem and the raw update
     when ingestion stopped on it). Returns False when it was already quarantined."""
+    at_offset: int | None = None
+    if key.startswith("offset:"):
+        tail = key.removeprefix("offset:")
+        if not tail.isdigit():
+            raise InvalidInputError(f"{key!r}: an offset key is offset:N, N the update's offset")
+        at_offset = int(tail)
     with uow_factory() as uow:
-        failure = uow.ingestion.last_failure(connection, key)
-        offset, problem, raw = failure if failure else (None, None, None)
-        if offset is None and key.startswith("offset:"):
-            tail = key.removeprefix("offset:")
-            offset = int(tail) if tail.isdigit() else None
+        if at_offset is None:
+            failure = uow.ingestion.last_failure(connection, key)
+        else:
+            failure = uow.ingestion.last_failure_at_offset(connection, at_offset)
+        offset, problem, raw = failure if failure else (at_offset, None, None)
         added = uow.ingestion.quarantine(key, connection, offset, problem, raw, requested_by)
         uow.commit()
         return added

@@ -8,7 +8,17 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Row, and_, bindparam, func, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Row,
+    and_,
+    bindparam,
+    func,
+    insert,
+    select,
+    update,
+)
 
 from sluice.domain.amounts import ZERO
 from sluice.domain.deposits import Alert
@@ -395,9 +405,21 @@ class SqlIngestionRepository:
 
     def last_failure(self, connection: str, update_id: str) -> tuple[int | None, str, str] | None:
         table = t.ingestion_failures
+        return self._last_failure(
+            and_(table.c.connection == connection, table.c.update_id == update_id)
+        )
+
+    def last_failure_at_offset(
+        self, connection: str, offset: int
+    ) -> tuple[int | None, str, str] | None:
+        table = t.ingestion_failures
+        return self._last_failure(and_(table.c.connection == connection, table.c.offset == offset))
+
+    def _last_failure(self, condition: ColumnElement[bool]) -> tuple[int | None, str, str] | None:
+        table = t.ingestion_failures
         row = self._c.execute(
             select(table.c.offset, table.c.problem, table.c.raw)
-            .where(and_(table.c.connection == connection, table.c.update_id == update_id))
+            .where(condition)
             .order_by(table.c.id.desc())
             .limit(1)
         ).first()

@@ -93,7 +93,19 @@ def unwrap_update(raw: Mapping[str, Any]) -> tuple[UpdateKind, Mapping[str, Any]
     Accepts a ``JsGetUpdatesResponse`` (``{"update": {"Transaction": {"value": tx}}}``, also
     without ``"value"``), a ``JsGetTransactionResponse`` (``{"transaction": tx}``), a bare
     ``JsTransaction`` (has ``updateId`` and ``events``) or a bare ``OffsetCheckpoint`` value.
+    The error for an update of no known shape carries its offset when one can be read, so an
+    operator can still name it.
     """
+    try:
+        return _unwrap(raw)
+    except MalformedUpdateError as exc:
+        offset = item_offset(raw) if isinstance(raw, Mapping) else None
+        if offset is None:
+            raise
+        raise MalformedUpdateError(exc.update_id, exc.problem, offset=offset) from None
+
+
+def _unwrap(raw: Mapping[str, Any]) -> tuple[UpdateKind, Mapping[str, Any]]:
     if not isinstance(raw, Mapping):
         raise MalformedUpdateError(None, f"update: expected a JSON object, got {_type_name(raw)}")
     update = raw.get("update")
