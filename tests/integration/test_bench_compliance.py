@@ -14,7 +14,13 @@ from pathlib import Path
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from sluice.bench.compliance import SECTION, bench_command, customer_for
+from sluice.bench.compliance import (
+    SECTION,
+    EngineResult,
+    append_compliance_result,
+    bench_command,
+    customer_for,
+)
 from sluice.cli import app
 from sluice.store import tables as t
 
@@ -89,3 +95,24 @@ def test_every_timed_request_went_through_the_service_and_was_booked(database_ur
                 assert usage == size + withdrawals
     finally:
         engine.dispose()
+
+
+def test_a_recorded_row_goes_under_the_last_row_and_keeps_the_prose_below_the_table(
+    tmp_path: Path,
+) -> None:
+    record = tmp_path / "benchmarks.md"
+    record.write_text(EARLIER)
+    figures = EngineResult("sqlite", [10, 1000, 10000], [5.0, 5.1, 5.2], [7.0, 7.1, 7.2], 1.04)
+    append_compliance_result(record, figures, command="first")
+    record.write_text(record.read_text() + "\nProse under the table.\n\n## Next section\n")
+    slower = EngineResult("postgresql", [10, 1000, 10000], [9.0, 9.5, 12.0], [20, 21, 30], 1.333)
+    append_compliance_result(record, slower, command="second")
+
+    section = record.read_text().split(SECTION, 1)[1]
+    lines = section.splitlines()
+    rows = [index for index, line in enumerate(lines) if line.startswith("| 20")]
+    assert len(rows) == 2 and rows[1] == rows[0] + 1
+    assert "`first`" in lines[rows[0]] and "ratio ≤ 1.3: met" in lines[rows[0]]
+    assert "`second`" in lines[rows[1]] and "ratio ≤ 1.3: NOT met" in lines[rows[1]]
+    assert lines.index("Prose under the table.") > rows[1]
+    assert section.rstrip().endswith("## Next section")

@@ -174,7 +174,8 @@ def measure_engine(url: str, *, history: Sequence[int], requests: int) -> Engine
 
 
 def append_compliance_result(path: Path, result: EngineResult, *, command: str) -> None:
-    """Add one row to the benchmark's section of ``path`` (the section is made on first use)."""
+    """Add one row to the benchmark's table in ``path`` (the section and table are made on first
+    use); everything else in the file, prose under the table included, is kept in place."""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     if SECTION not in text:
         text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{HEADER}"
@@ -187,9 +188,15 @@ def append_compliance_result(path: Path, result: EngineResult, *, command: str) 
         f"| {result.ratio_10000_to_10} | ratio ≤ {RATIO_TARGET}: {met} | `{command}` |\n"
     )
     head, _, tail = text.partition(SECTION)
-    section, sep, rest = tail.partition("\n## ")
-    text = head + SECTION + section.rstrip("\n") + "\n" + row + (sep + rest if sep else "")
-    path.write_text(text)
+    lines = tail.splitlines(keepends=True)
+    # The row goes right after the last row of the section's table, before any prose under it.
+    end = next(i for i, line in enumerate(lines) if line.startswith("| date |"))
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    if end == len(lines) and lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    lines.insert(end, row)
+    path.write_text(head + SECTION + "".join(lines))
 
 
 def bench_command(
