@@ -7,6 +7,8 @@ parameters; then the same through the HTTP API (uvicorn on a local port, one ``h
 thread). Every round uses a new key and is judged on its own: no thread raised (a second insert
 would fail on the unique key), both got the same withdrawal, the DB holds one withdrawal and one
 ``withdrawal_requested`` journal transaction for it, and the customer's balance went down once.
+Over HTTP exactly one answer is 201 and the other is a replay's (200 with ``Idempotent-Replayed:
+true``), also when both passed the route's own look-up before either had written.
 
 That the two calls really overlapped is measured, not assumed:
 
@@ -257,9 +259,14 @@ def test_same_key_posted_twice_at_once_over_http_makes_one_withdrawal(
                 free_overlaps += overlapped(calls)
             answers: list[Any] = [call.answer for call in calls]
             assert all(isinstance(answer, httpx.Response) for answer in answers), answers
-            assert {answer.status_code for answer in answers} <= {200, 201}, [
+            # The one that made it answers 201; the other answers exactly as a replay does,
+            # whether it found the withdrawal before calling the service or inside it.
+            created, replayed = sorted(answers, key=lambda answer: -answer.status_code)
+            assert (created.status_code, replayed.status_code) == (201, 200), [
                 answer.text for answer in answers
             ]
+            assert "Idempotent-Replayed" not in created.headers
+            assert replayed.headers.get("Idempotent-Replayed") == "true"
             ids = {answer.json()["id"] for answer in answers}
             assert ids == {withdrawal_id(CUSTOMER, key)}
             assert answers[0].json() == answers[1].json()

@@ -166,11 +166,13 @@ def request_withdrawal(
     settings: WithdrawalSettings | None = None,
     compliance: KycRegistry | None = None,
     actor: str | None = None,
+    on_replay: Callable[[Withdrawal], None] | None = None,
 ) -> Withdrawal:
     """Pass the KYC registry, debit the customer, record the withdrawal and (when holdings are
     free) reserve its inputs and set its ``trec_tgt`` — all in one transaction. The same
-    idempotency key again returns the first withdrawal. Bad input raises a clear error and changes
-    nothing; a compliance denial changes nothing but the audit trail."""
+    idempotency key again returns the first withdrawal (and tells ``on_replay``, so a caller can
+    answer as a replay even when it lost a race to the first request). Bad input raises a clear
+    error and changes nothing; a compliance denial changes nothing but the audit trail."""
     settings = settings or WithdrawalSettings()
     registry = compliance or KycRegistry()
     value = parse_amount(amount, field="amount")
@@ -203,6 +205,8 @@ def request_withdrawal(
                     f"idempotency key {idempotency_key!r} was already used for withdrawal "
                     f"{wid} with other parameters"
                 )
+            if on_replay is not None:
+                on_replay(existing)
             return existing
         if not repo.customer_exists(customer_id):
             raise NotFoundError(f"unknown customer {customer_id!r}")

@@ -50,7 +50,7 @@ from sluice.domain.amounts import format_amount
 from sluice.domain.compliance import STATUSES, Profile
 from sluice.domain.errors import InvalidInputError, NotFoundError
 from sluice.domain.ledger import InstrumentId
-from sluice.domain.withdrawals import withdrawal_id
+from sluice.domain.withdrawals import Withdrawal, withdrawal_id
 from sluice.services import accounts
 from sluice.services.compliance_officer import change_tier, set_customer_status
 from sluice.services.reference import register_customer
@@ -266,6 +266,9 @@ def create_withdrawal(
                 reason=f"withdrawal above {format_amount(threshold)} reference units",
             )
             return JsonResponse(approval_out(approval).model_dump(mode="json"), 202)
+    # A request that lost the race to the first one with its key passed the look-up above but
+    # gets the first one's withdrawal from the service: it answers as a replay too.
+    replays: list[Withdrawal] = []
     record = request_withdrawal(
         context.uow,
         treasury=context.treasury,
@@ -278,8 +281,10 @@ def create_withdrawal(
         settings=context.withdrawal_settings,
         compliance=context.compliance,
         actor=caller.actor,
+        on_replay=replays.append,
     )
-    headers = {"Idempotent-Replayed": "true"} if existing is not None else {}
+    replayed = existing is not None or bool(replays)
+    headers = {"Idempotent-Replayed": "true"} if replayed else {}
     return JsonResponse(
-        withdrawal_out(record).model_dump(mode="json"), 200 if existing else 201, headers=headers
+        withdrawal_out(record).model_dump(mode="json"), 200 if replayed else 201, headers=headers
     )
