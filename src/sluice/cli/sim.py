@@ -19,6 +19,15 @@ def sim(
         float, typer.Option("--fault-rate", min=0.0, max=1.0, help="Chance of a ledger fault.")
     ] = 0.05,
     db: DbOption = None,
+    late_commit_rate: Annotated[
+        float,
+        typer.Option(
+            "--late-commit-rate",
+            min=0.0,
+            max=1.0,
+            help="Share of the faults that commit the treasury's next command late.",
+        ),
+    ] = 0.0,
     via_http: Annotated[
         bool,
         typer.Option(
@@ -30,7 +39,9 @@ def sim(
     """Simulate customers, workers, crashes and ledger faults; check nothing is paid twice."""
     from sluice.sim import simulate_command
 
-    raise typer.Exit(simulate_command(seed, steps, crash_rate, fault_rate, db, via_http))
+    raise typer.Exit(
+        simulate_command(seed, steps, crash_rate, fault_rate, db, via_http, late_commit_rate)
+    )
 
 
 def register(app: typer.Typer) -> None:

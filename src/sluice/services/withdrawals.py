@@ -430,6 +430,20 @@ def _lock_time(cursor: Cursor | None, clock: Clock) -> datetime:
     return clock()
 
 
+def _drop_spent_anchor(uow: UnitOfWork, record: Withdrawal) -> Withdrawal:
+    """A live record whose anchor ingestion shows archived: a transaction that is not one of its
+    attempts spent it (ingestion books a transfer of the record in the same transaction as the
+    archive of its inputs), so none of its attempts can commit any more. It starts afresh: no
+    anchor, nothing reserved. Any other record is returned as it is."""
+    anchor = record.anchor
+    if anchor is None or uow.ingestion.holdings_by_ids([anchor]):
+        return record
+    uow.withdrawals.release(record.id)
+    fresh = replace(record, inputs=(), last_error=f"its anchor {anchor} was spent elsewhere")
+    uow.withdrawals.update(fresh)
+    return fresh
+
+
 def _try_reserve(
     uow: UnitOfWork,
     withdrawal: Withdrawal,
@@ -441,16 +455,15 @@ def _try_reserve(
 ) -> Withdrawal | None:
     """Select and reserve inputs (amount + ``fee``, locks judged at ``now``) for the record's
     next attempt; None if none can be found now. A record that has an anchor keeps it as its
-    first input and selects the rest around it; if ingestion shows the anchor archived, no
-    attempt of the record can commit any more (see the module's header) and it starts afresh."""
+    first input and selects the rest around it (None too if the anchor is no longer active: see
+    :func:`_drop_spent_anchor`)."""
     repo = uow.withdrawals
     target = withdrawal.amount + fee
     holdings = repo.spendable_holdings(withdrawal.sender, withdrawal.instrument)
     anchor_id = withdrawal.anchor
     anchor = uow.ingestion.holdings_by_ids([anchor_id]).get(anchor_id) if anchor_id else None
     if anchor_id is not None and anchor is None:
-        repo.release(withdrawal.id)
-        withdrawal = replace(withdrawal, inputs=())
+        return None
     if anchor is None:
         selection = select_inputs(_candidates(holdings), target, now=now)
         if selection is None:
@@ -724,7 +737,8 @@ class WithdrawalWorker:
             instruments: dict[InstrumentId, InstrumentRecord | None] = {}
             claimed = repo.claim(["queued"], self.settings.claim_batch)
             blocked = self._compliance_blocked(uow, claimed)
-            for record in claimed:
+            for claimed_record in claimed:
+                record = _drop_spent_anchor(uow, claimed_record)
                 if record.id in blocked:
                     tick.compliance_blocked += 1
                     message = f"waiting: {blocked[record.id]}"

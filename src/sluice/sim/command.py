@@ -12,6 +12,15 @@ from concurrent.futures import ProcessPoolExecutor
 from sluice.sim.scenario import run_simulation
 from sluice.sim.state import SimulationResult
 
+# Counted in the summary when late commits are on: injected, then delivered (committed or
+# rejected because an input was spent meanwhile), and the fences the worker sent.
+LATE_COMMIT_OUTCOMES = (
+    "fault_late_commit",
+    "late_commit_committed",
+    "late_commit_rejected",
+    "worker_fenced",
+)
+
 
 def simulate_command(
     seed: int,
@@ -20,6 +29,7 @@ def simulate_command(
     fault_rate: float = 0.05,
     db_url: str | None = None,
     via_http: bool = False,
+    late_commit_rate: float = 0.0,
 ) -> int:
     """``sluice sim``: run one simulation, print its JSON line; the exit code (1 on any
     violation)."""
@@ -30,6 +40,7 @@ def simulate_command(
         fault_rate=fault_rate,
         db_url=db_url,
         via_http=via_http,
+        late_commit_rate=late_commit_rate,
     )
     print(result.as_json_line())
     return 0 if result.ok else 1
@@ -47,9 +58,9 @@ def _parse_seeds(text: str) -> list[int]:
 
 
 def _run_one(
-    arguments: tuple[int, int, float, float, str | None, bool],
+    arguments: tuple[int, int, float, float, str | None, bool, float],
 ) -> SimulationResult:
-    seed, steps, crash_rate, fault_rate, db_url, via_http = arguments
+    seed, steps, crash_rate, fault_rate, db_url, via_http, late_commit_rate = arguments
     return run_simulation(
         seed,
         steps,
@@ -57,6 +68,7 @@ def _run_one(
         fault_rate=fault_rate,
         db_url=db_url,
         via_http=via_http,
+        late_commit_rate=late_commit_rate,
     )
 
 
@@ -75,11 +87,26 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="the exchange talks to the ledger through the Canton client over a local server",
     )
+    parser.add_argument(
+        "--late-commit-rate",
+        type=float,
+        default=0.0,
+        help="share of the faults that are a late commit of the treasury's next command "
+        "(0: none, and the other faults draw as without it)",
+    )
     options = parser.parse_args(argv)
     seeds = _parse_seeds(options.seeds)
     jobs = 1 if options.db else max(1, options.jobs)
     work = [
-        (seed, options.steps, options.crash_rate, options.fault_rate, options.db, options.via_http)
+        (
+            seed,
+            options.steps,
+            options.crash_rate,
+            options.fault_rate,
+            options.db,
+            options.via_http,
+            options.late_commit_rate,
+        )
         for seed in seeds
     ]
     started = time.perf_counter()
@@ -93,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             crashes=result.crashes,
             faults=result.faults,
         )
+        totals.update({name: result.outcomes[name] for name in LATE_COMMIT_OUTCOMES})
         if not result.ok:
             failed.append(result.seed)
             print(result.as_json_line(), flush=True)
@@ -108,6 +136,11 @@ def main(argv: list[str] | None = None) -> int:
         "seeds": len(seeds),
         "steps": options.steps,
         **{name: totals[name] for name in ("deposits", "withdrawals", "crashes", "faults")},
+        **(
+            {name: totals[name] for name in LATE_COMMIT_OUTCOMES}
+            if options.late_commit_rate
+            else {}
+        ),
         "failed": failed,
         "elapsed_s": round(time.perf_counter() - started, 1),
     }

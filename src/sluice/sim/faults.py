@@ -9,6 +9,13 @@ offsets — the simulation then follows the runbook (``sluice ingest --from-reco
 cursor moves to the node's offset for the last ingested record time, or a little earlier, and what
 is read again is skipped by update id.
 
+With ``late_commit_rate`` above zero, an injected fault is first, with that probability, a *late
+commit* instead (drawn before the others, and only then, so runs without it keep their draws): the
+treasury's next command is accepted, answered with a timeout and committed later — at the start
+of a step, with probability :data:`LATE_DELIVERY_RATE` while one waits (the oldest first), and in
+any case during the drain, after the workers have settled what they could — past its
+``max_record_time`` if need be, or rejected then if one of its inputs was spent meanwhile.
+
 With probability ``crash_rate`` the workers and ingestion are dropped and rebuilt from the DB;
 crashes also strike inside them (:func:`crash_point`) — before a submission, between a submission
 and its recording, around an accept or an offer withdrawal, after an ingestion batch — as a
@@ -171,9 +178,38 @@ FAULTS: tuple[Fault, ...] = (
 )
 
 
+# The chance, at the start of a step, that the oldest command accepted late is delivered.
+LATE_DELIVERY_RATE = 0.1
+
+
+def late_commit(sim: SimulationState) -> None:
+    """The treasury's next command commits late (see the module's docstring)."""
+    sim.ledger.faults.late_commit_next(1, party=sim.sandbox.treasury)
+
+
+LATE_COMMIT = Fault("late_commit", 0, late_commit)
+
+
 def inject_fault(sim: SimulationState) -> None:
-    """Give the ledger one fault, drawn by weight from :data:`FAULTS`."""
-    fault = sim.rng.choices(FAULTS, [fault.weight for fault in FAULTS])[0]
+    """Give the ledger one fault: a late commit with probability ``late_commit_rate`` (drawn only
+    when that is not zero), otherwise one drawn by weight from :data:`FAULTS`."""
+    if sim.late_commit_rate and sim.rng.random() < sim.late_commit_rate:
+        fault = LATE_COMMIT
+    else:
+        fault = sim.rng.choices(FAULTS, [fault.weight for fault in FAULTS])[0]
     fault.inject(sim)
     sim.result.faults += 1
     sim.result.outcomes[f"fault_{fault.name}"] += 1
+
+
+def deliver_late_commits(sim: SimulationState, *, every: bool = False) -> None:
+    """Commit (or reject) the oldest command accepted late, with probability
+    :data:`LATE_DELIVERY_RATE` (drawn only while one waits), or all of them if ``every``."""
+    faults = sim.ledger.faults
+    if not faults.late_commits_pending():
+        return
+    if not every and sim.rng.random() >= LATE_DELIVERY_RATE:
+        return
+    for delivery in faults.deliver_late_commits(None if every else 1):
+        outcome = "committed" if delivery.committed else "rejected"
+        sim.result.outcomes[f"late_commit_{outcome}"] += 1

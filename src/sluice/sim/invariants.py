@@ -18,8 +18,11 @@ results and the treasury's command completions) and, after **every** step, check
 * ``payments``: at most one transfer committed per withdrawal, merge or split; a completed record
   has exactly one; a refunded Amulet withdrawal (or a failed merge or split) has none; a USDX
   withdrawal is completed only if its receiver accepted the offer, and never refunded after that;
-* ``reservations``: every reserved holding belongs to a live record awaiting its outcome that
-  lists it, no holding is an input of two such records, and their inputs are reserved by them;
+* ``reservations``: every reserved holding belongs to a live record awaiting its outcome (or a
+  retry queued with its anchor) that lists it, no holding is an input of two such records, and
+  their inputs are reserved by them — or already spent, by the offer's expiry that reclaimed an
+  expired lock or (only with late commits) by another record's late attempt: the attempt then
+  cannot commit; it is settled and retried;
 * ``alerts``: none but unattributed deposits (no ``withdrawal_paid_twice``, no
   ``withdrawal_amount_mismatch``, no rebuilt withdrawal, nothing unexplained);
 * ``request`` (by the customers' request, :func:`check_request_unchanged`): a refused or repeated
@@ -47,8 +50,8 @@ from decimal import Decimal
 from sluice.domain.amounts import ZERO, format_amount
 from sluice.domain.journal import FEES, IN_FLIGHT, SUSPENSE, AccountRef, customer_account_name
 from sluice.domain.ledger import InstrumentId, format_timestamp
-from sluice.domain.withdrawals import AWAITING_OUTCOME_STATUSES, LIVE_STATUSES
-from sluice.sim.state import TAP, DatabaseState, SimulationState
+from sluice.domain.withdrawals import LIVE_STATUSES
+from sluice.sim.state import HOLDING_STATUSES, TAP, DatabaseState, SimulationState
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +211,7 @@ def check_reservations(sim: SimulationState, state: DatabaseState, final: bool) 
     inputs_of: dict[str, list[str]] = {}
     owner: dict[str, str] = {}
     for row in state.records:
-        if row.status not in AWAITING_OUTCOME_STATUSES:
+        if row.status not in HOLDING_STATUSES:
             continue
         inputs = json.loads(row.inputs)
         inputs_of[row.id] = inputs
@@ -216,13 +219,16 @@ def check_reservations(sim: SimulationState, state: DatabaseState, final: bool) 
             other = owner.setdefault(contract_id, row.id)
             if other != row.id:
                 sim.violation("reservations", f"{contract_id} is an input of {other} and {row.id}")
-            if spent.get(contract_id):
+            if spent.get(contract_id) or (contract_id in spent and sim.late_commit_rate):
                 # A holding whose lock had expired when it was reserved (the treasury's own
                 # offer that nobody answered): the offer's withdrawal or expiry returned it
-                # first. The attempt cannot commit; it is settled and retried.
+                # first. Or an input another record's earlier attempt also spent, committing
+                # late after that record had moved on to a retry around its anchor. Either way
+                # the attempt cannot commit; it is settled and retried.
                 if (row.id, contract_id) not in sim.reclaimed:
                     sim.reclaimed.add((row.id, contract_id))
-                    sim.result.outcomes["input_lock_reclaimed"] += 1
+                    how = "lock_reclaimed" if spent[contract_id] else "spent_by_a_late_attempt"
+                    sim.result.outcomes[f"input_{how}"] += 1
             elif reserved.get(contract_id) != row.id:
                 sim.violation(
                     "reservations",

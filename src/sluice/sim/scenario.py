@@ -3,14 +3,16 @@
 :func:`run_simulation` builds a :class:`~sluice.sandbox.Sandbox` — an embedded ledger whose seed is
 the run's, an Integration DB, customers ``cust-N`` — and takes the steps. Each step, drawing from
 the seed's random source only: with probability ``fault_rate`` the ledger is given a fault, with
-probability ``crash_rate`` the exchange's processes crash (:mod:`sluice.sim.faults`); then one
+probability ``crash_rate`` the exchange's processes crash (:mod:`sluice.sim.faults`); a command
+the node accepted late may commit now (only while one waits); then one
 action is drawn by weight from the actions of the actors (:mod:`sluice.sim.actors`) and performed,
 the model learns from the treasury's completions, and every invariant is checked
 (:mod:`sluice.sim.invariants`).
 
 At the end, faults stop, the clock moves past every deadline and the workers and ingestion run
-until nothing is left to do (a bounded number of rounds). Then every check runs once more, with
-its final conditions (``settled``, ``wallets``).
+until nothing is left to do (a bounded number of rounds); commands still waiting to commit late
+are delivered in one of the first rounds, after the workers have settled what they could. Then
+every check runs once more, with its final conditions (``settled``, ``wallets``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from sluice.services.ingestion import IngestionSettings, IngestionStoppedError
 from sluice.sim.actors import ACTIONS, ingestion, ledger_admin, workers
 from sluice.sim.actors.customers import DEPOSIT_OFFER_SPANS_S
 from sluice.sim.database import database_url, fast_sqlite
-from sluice.sim.faults import Crash, inject_fault
+from sluice.sim.faults import Crash, deliver_late_commits, inject_fault
 from sluice.sim.invariants import check_invariants
 from sluice.sim.state import (
     CUSTOMERS,
@@ -69,6 +71,7 @@ def run_simulation(
     db_url: str | None = None,
     tamper: Tamper | None = None,
     via_http: bool = False,
+    late_commit_rate: float = 0.0,
 ) -> SimulationResult:
     """Run ``steps`` steps of the simulation for ``seed`` and return what happened.
 
@@ -77,10 +80,13 @@ def run_simulation(
     after each step's action, before the checks, with the step number and the sandbox.
     ``via_http``: the exchange side talks to the ledger through the Canton client over a local
     HTTP/WebSocket server (the ledger's faults then reach it as a node's errors would).
+    ``late_commit_rate``: the share of injected faults that are a late commit of the treasury's
+    next command (0, the default: none, and the other faults are drawn exactly as without it).
     """
     if steps < 0:
         raise ValueError("steps must not be negative")
-    for name, rate in (("crash_rate", crash_rate), ("fault_rate", fault_rate)):
+    rates = (("crash_rate", crash_rate), ("fault_rate", fault_rate))
+    for name, rate in (*rates, ("late_commit_rate", late_commit_rate)):
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"{name} must be between 0 and 1")
     with database_url(db_url) as url:
@@ -98,6 +104,7 @@ def run_simulation(
                 event.listen(sandbox.database.engine, "connect", fast_sqlite)
                 sandbox.database.engine.dispose()
             simulation = _Simulation(seed, steps, sandbox, crash_rate, fault_rate, tamper)
+            simulation.sim.late_commit_rate = late_commit_rate
             return simulation.run()
         finally:
             sandbox.close()
@@ -126,6 +133,7 @@ class _Simulation:
                 inject_fault(sim)
             if sim.rng.random() < sim.crash_rate:
                 sim.restart("restart")
+            deliver_late_commits(sim)
             action = sim.rng.choices(ACTIONS, weights)[0]
             sim.result.outcomes[f"action_{action.name}"] += 1
             self._perform(action.perform, ledger_only=action.ledger_only)
@@ -166,10 +174,15 @@ class _Simulation:
         sim.ledger.faults.clear()
         sim.crash_rate = 0.0
         sim.stop_all()
+        late_round = sim.rng.randint(0, 2) if sim.ledger.faults.late_commits_pending() else 0
         for round_ in range(DRAIN_ROUNDS_MAX):
             for action in DRAIN_ROUND:
                 self._perform(action)
                 sim.absorb_completions()
+            if round_ == late_round:
+                deliver_late_commits(sim, every=True)
+                sim.absorb_completions()
+                sim.dirty = True
             if self._quiet():
                 break
             if round_ % 2 == 0:
@@ -187,6 +200,8 @@ class _Simulation:
     def _quiet(self) -> bool:
         sim = self.sim
         if sim.ledger.active_instructions(sim.sandbox.treasury):
+            return False
+        if sim.ledger.faults.late_commits_pending():
             return False
         with sim.engine.connect() as connection:
             live = connection.execute(

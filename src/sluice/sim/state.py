@@ -45,6 +45,9 @@ SETTINGS = WithdrawalSettings(
     split_parallel=2,
     split_large_at_least=Decimal(50),
 )
+# Records that may hold reserved inputs: those awaiting an outcome, and retries queued with their
+# anchor.
+HOLDING_STATUSES = AWAITING_OUTCOME_STATUSES | {"queued"}
 # Alerts the simulation expects: deposits with an unknown or missing reason go to suspense.
 EXPECTED_ALERTS = ("deposit_unattributed",)
 # The command id of a withdrawal's, merge's or split's transfer: ``{record id}-{attempt}``.
@@ -128,7 +131,7 @@ class DatabaseState:
     balances: dict[AccountRef, Decimal]
     records: list[Any]  # rows of RECORDS
     reserved: dict[str, str]  # active holding → the record that reserved it
-    spent: dict[str, bool]  # archived inputs of records awaiting an outcome → whether locked
+    spent: dict[str, bool]  # archived inputs of records that hold inputs → whether locked
     alerts: list[tuple[str, str]]  # (kind, message) of the first unexpected alert
     treasury_holdings: frozenset[str]  # the treasury's active holdings, ingested
 
@@ -140,6 +143,8 @@ class SimulationState:
         self.ledger = sandbox.ledger
         self.engine: Engine = sandbox.database.engine
         self.crash_rate = crash_rate
+        # Of the faults injected, the share that are late commits (0: none, and no draw for it).
+        self.late_commit_rate = 0.0
         self.result = SimulationResult(seed=seed, steps=steps)
         self.label = "setup"
         self.instruments = (sandbox.coin, sandbox.token)
@@ -274,7 +279,7 @@ class SimulationState:
             awaited = [
                 contract_id
                 for row in records
-                if row.status in AWAITING_OUTCOME_STATUSES
+                if row.status in HOLDING_STATUSES
                 for contract_id in json.loads(row.inputs)
                 if contract_id not in reserved
             ]

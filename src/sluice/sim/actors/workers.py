@@ -60,6 +60,7 @@ def run_withdrawal_worker(sim: SimulationState) -> None:
     outcomes = sim.result.outcomes
     outcomes["worker_retried"] += tick.retried
     outcomes["worker_refunded"] += tick.refunded
+    outcomes["worker_fenced"] += tick.fenced
     outcomes["worker_submit_errors"] += tick.submit_errors
     outcomes["worker_offers_withdrawn"] += tick.offers_withdrawn
     outcomes["worker_upkeep"] += tick.upkeep_created
