@@ -5,14 +5,17 @@ the update (its id, its offset and the problem) and the command that sets it asi
 ingest --quarantine ID``); nothing after it ingested, and a second run stopping at the same place
 (an update is never skipped silently); ``sluice ingest --quarantine ID`` recording it; the next
 ``sluice ingest`` carrying on past it; ``sluice check`` finding the books balanced before and
-after.
+after. The same for a transaction without ``updateId``: the message names it by offset (``sluice
+ingest --quarantine offset:N``), the quarantine record carries the problem and the raw update, and
+ingestion carries on past it.
 
 How: an embedded ledger in memory records a stream of customers' deposits to the treasury. It is
-written out as JSON lines with one deposit broken (a holding's amount ``12,5``) and served by
-``sluice ledger serve --replay``; every ``sluice`` command is the virtualenv's console script run
-as a process against that server and an SQLite Integration DB. The customers and the instrument
-are set up in the DB in process (each ``sluice`` start costs seconds). What each run did is read
-back from the DB: the cursor, the balances, the quarantine record.
+written out as JSON lines with one deposit broken (a holding's amount ``12,5``, or no
+``updateId``) and served by ``sluice ledger serve --replay``; every ``sluice`` command is the
+virtualenv's console script run as a process against that server and an SQLite Integration DB.
+The customers and the instrument are set up in the DB in process (each ``sluice`` start costs
+seconds). What each run did is read back from the DB: the cursor, the balances, the quarantine
+record.
 """
 
 from __future__ import annotations
@@ -65,9 +68,10 @@ def holding_views(events: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
                 yield value
 
 
-def record_deposits(folder: Path) -> Recording:
+def record_deposits(folder: Path, *, without_update_id: bool = False) -> Recording:
     """Customers' 1-step deposits recorded from the treasury's update stream; the deposit at
-    ``BROKEN`` gets an amount that is no decimal."""
+    ``BROKEN`` gets an amount that is no decimal, or (``without_update_id``) loses its
+    ``updateId``, so only its offset names it."""
     ledger = EmbeddedLedger.open(":memory:", seed=14)
     try:
         for node in ("registry", "exchange", "wallets"):
@@ -97,12 +101,17 @@ def record_deposits(folder: Path) -> Recording:
         for item in items
         if item["update"].get("Transaction", {}).get("value", {}).get("offset") == broken_offset
     ]
-    views = [v for v in holding_views(broken["events"]) if v.get("owner") == treasury]
-    assert views, "the deposit creates a holding of the treasury"
-    views[0]["amount"] = "12,5"
+    if without_update_id:
+        del broken["updateId"]
+        key = f"offset:{broken_offset}"
+    else:
+        views = [v for v in holding_views(broken["events"]) if v.get("owner") == treasury]
+        assert views, "the deposit creates a holding of the treasury"
+        views[0]["amount"] = "12,5"
+        key = broken["updateId"]
     path = folder / "recorded.jsonl"
     path.write_text("".join(json.dumps(item) + "\n" for item in items))
-    return Recording(path, treasury, coin, broken_offset, broken["updateId"])
+    return Recording(path, treasury, coin, broken_offset, key)
 
 
 @dataclass(frozen=True)
@@ -171,8 +180,11 @@ def balances_of(deposits: list[tuple[int, str]]) -> dict[str, Decimal]:
 
 
 @pytest.fixture
-def exchange(tmp_path: Path) -> Iterator[Exchange]:
-    recording = record_deposits(tmp_path)
+def exchange(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Exchange]:
+    """``@pytest.mark.parametrize("exchange", ["without_update_id"], indirect=True)``: the
+    broken deposit has no ``updateId`` instead of a bad amount."""
+    broken = getattr(request, "param", "bad_amount")
+    recording = record_deposits(tmp_path, without_update_id=broken == "without_update_id")
     db = f"sqlite:///{tmp_path / 'sluice.db'}"
     database = bootstrap.database(db)
     try:
@@ -229,3 +241,43 @@ def test_ingest_stops_on_a_malformed_update_and_quarantine_lets_it_continue(
     assert "the books balance" in exchange.check().stderr
     (record,) = exchange.quarantined()
     assert record["skipped_at"] is not None  # ingestion went past it
+
+
+@pytest.mark.parametrize("exchange", ["without_update_id"], indirect=True)
+def test_an_update_without_id_stops_ingestion_and_quarantine_by_offset_lets_it_continue(
+    exchange: Exchange,
+) -> None:
+    key = exchange.recording.broken_key
+    offset = exchange.recording.broken_offset
+    assert key == f"offset:{offset}"
+
+    stopped = exchange.ingest("--once", code=2)
+    message = " ".join(stopped.stderr.split())
+    assert "error 40 ingestion_stopped" in message, stopped.explained()
+    assert (
+        f"ingestion stopped at a malformed update without a readable update id at offset {offset}"
+        in message
+    ), stopped.explained()
+    assert "updateId" in message, stopped.explained()
+    assert f"`sluice ingest --quarantine {key}`" in message, stopped.explained()
+    assert exchange.cursor_offset() == offset - 1
+    assert exchange.balances() == balances_of(DEPOSITS[:BROKEN])
+
+    set_aside = exchange.ingest("--quarantine", key)
+    assert f"update {key} set aside; ingestion will skip it" in set_aside.stderr
+    (record,) = exchange.quarantined()
+    assert (record["update_id"], record["offset"], record["skipped_at"]) == (key, offset, None)
+    # Recorded with the failure it caused: the problem and the raw update.
+    assert record["problem"] and "updateId" in record["problem"], record
+    recorded = json.loads(record["raw"] or "null")
+    assert recorded["update"]["Transaction"]["value"]["offset"] == offset, record
+    assert "updateId" not in recorded["update"]["Transaction"]["value"], record
+
+    carried_on = exchange.ingest("--once")
+    assert "ingested" in carried_on.stderr, carried_on.explained()
+    assert exchange.cursor_offset() == exchange.server.ledger_end()
+    expected = balances_of(DEPOSITS[:BROKEN] + DEPOSITS[BROKEN + 1 :])
+    assert exchange.balances() == expected
+    assert "the books balance" in exchange.check().stderr
+    (record,) = exchange.quarantined()
+    assert record["skipped_at"] is not None
