@@ -51,8 +51,11 @@ def ingest(
         str | None,
         typer.Option(
             "--quarantine",
-            metavar="UPDATE_ID",
-            help="Set a malformed update aside so ingestion can continue past it, then exit.",
+            metavar="UPDATE_ID|offset:N",
+            help=(
+                "Set a malformed update aside (by its update id, or offset:N when it has no "
+                "readable id) so ingestion can continue past it, then exit."
+            ),
         ),
     ] = None,
     from_offset: Annotated[
