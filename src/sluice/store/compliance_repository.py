@@ -47,6 +47,7 @@ from sqlalchemy import (
     union_all,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import ReturningInsert
 from sqlalchemy.sql.expression import BindParameter, Executable
 
@@ -212,6 +213,61 @@ def _latest_usage_statement(customers: int) -> Executable:
     return union_all(*(select(part) for part in latest))
 
 
+@cache
+def _usage_insert(dialect: str) -> Executable:
+    """Usage rows, a replayed one skipped by the database; returns the ids that went in."""
+    table = t.compliance_usage
+    insert = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+    return insert.on_conflict_do_nothing(index_elements=["operation_id"]).returning(
+        table.c.operation_id
+    )
+
+
+@cache
+def _totals_upsert(dialect: str) -> Executable:
+    """Totals inserted or merged: PostgreSQL adds in the database (exact ``NUMERIC``); on SQLite
+    the caller passes the new total (money is text there, and the transaction is exclusive)."""
+    totals = t.compliance_usage_totals
+    insert = postgresql.insert(totals) if dialect == "postgresql" else sqlite.insert(totals)
+    excluded = insert.excluded
+    if dialect == "postgresql":
+        new_values = {
+            "amount": totals.c.amount + excluded.amount,
+            "count": totals.c.count + excluded.count,
+        }
+    else:
+        new_values = {"amount": excluded.amount, "count": excluded.count}
+    return insert.on_conflict_do_update(
+        index_elements=["customer_id", "length_s", "starts_at", "operation"], set_=new_values
+    )
+
+
+def _totals_of_buckets_statement() -> Executable:
+    totals = t.compliance_usage_totals
+    ids: BindParameter[list[str]] = bindparam("ids", expanding=True)
+    starts: BindParameter[list[str]] = bindparam("starts", expanding=True)
+    return select(
+        totals.c.customer_id,
+        totals.c.length_s,
+        totals.c.starts_at,
+        totals.c.operation,
+        totals.c.amount,
+        totals.c.count,
+    ).where(
+        totals.c.customer_id.in_(ids),
+        totals.c.length_s == bindparam("length_s"),
+        totals.c.starts_at.in_(starts),
+    )
+
+
+def _flagged_statement() -> Executable:
+    table = t.flagged_addresses
+    addresses: BindParameter[list[str]] = bindparam("addresses", expanding=True)
+    return select(table.c.address, table.c.reason).where(table.c.address.in_(addresses))
+
+
+_TOTALS_OF_BUCKETS = _totals_of_buckets_statement()
+_FLAGGED = _flagged_statement()
 _TOTALS_IN_SPAN = _totals_statement()
 _EDGE_RECORDS = _edge_records_statement()
 
@@ -489,15 +545,7 @@ class SqlComplianceRepository:
         ]
         if not rows:
             return
-        table = t.compliance_usage
-        inserted = set(
-            self._c.execute(
-                insert_for(self._c, table)
-                .on_conflict_do_nothing(index_elements=["operation_id"])
-                .returning(table.c.operation_id),
-                rows,
-            ).scalars()
-        )
+        inserted = set(self._c.execute(_usage_insert(self._c.dialect.name), rows).scalars())
         self._add_to_totals(
             {
                 customer_id: [r for r in records if r.operation_id in inserted]
@@ -527,7 +575,6 @@ class SqlComplianceRepository:
     def _add_to_totals(
         self, records_by_customer: Mapping[str, Sequence[UsageRecord]], *, sign: int
     ) -> None:
-        totals = t.compliance_usage_totals
         changes = [
             (customer_id, bucket)
             for customer_id, records in records_by_customer.items()
@@ -542,20 +589,8 @@ class SqlComplianceRepository:
                 (customer_id, _plus(bucket, known.get((customer_id, *_bucket_key(bucket)))))
                 for customer_id, bucket in changes
             ]
-        statement = insert_for(self._c, totals)
-        excluded = statement.excluded
-        if self._postgresql:
-            new_values = {
-                "amount": totals.c.amount + excluded.amount,
-                "count": totals.c.count + excluded.count,
-            }
-        else:
-            new_values = {"amount": excluded.amount, "count": excluded.count}
         self._c.execute(
-            statement.on_conflict_do_update(
-                index_elements=["customer_id", "length_s", "starts_at", "operation"],
-                set_=new_values,
-            ),
+            _totals_upsert(self._c.dialect.name),
             [
                 {
                     "customer_id": customer_id,
@@ -574,7 +609,6 @@ class SqlComplianceRepository:
     ) -> dict[tuple[str, int, str, str], tuple[Decimal, int]]:
         """The stored totals of the buckets ``changes`` touch (one indexed look-up per customer
         chunk and bucket length)."""
-        totals = t.compliance_usage_totals
         customers = sorted({customer_id for customer_id, _ in changes})
         found: dict[tuple[str, int, str, str], tuple[Decimal, int]] = {}
         for length_s in BUCKET_LENGTHS_S:
@@ -588,18 +622,8 @@ class SqlComplianceRepository:
             for customer_chunk in _chunks(customers):
                 for start_chunk in _chunks(starts):
                     rows = self._c.execute(
-                        select(
-                            totals.c.customer_id,
-                            totals.c.length_s,
-                            totals.c.starts_at,
-                            totals.c.operation,
-                            totals.c.amount,
-                            totals.c.count,
-                        ).where(
-                            totals.c.customer_id.in_(customer_chunk),
-                            totals.c.length_s == length_s,
-                            totals.c.starts_at.in_(start_chunk),
-                        )
+                        _TOTALS_OF_BUCKETS,
+                        {"ids": customer_chunk, "length_s": length_s, "starts": start_chunk},
                     )
                     for customer_id, length, starts_at, operation, amount, count in rows:
                         found[(customer_id, length, starts_at, operation)] = (amount, count)
@@ -636,13 +660,10 @@ class SqlComplianceRepository:
     # --- flagged addresses ------------------------------------------------------------------
 
     def flagged(self, addresses: Collection[str]) -> dict[str, str]:
-        table = t.flagged_addresses
         found: dict[str, str] = {}
         for chunk in _chunks(addresses):
-            rows = self._c.execute(
-                select(table.c.address, table.c.reason).where(table.c.address.in_(chunk))
-            )
-            found.update({row.address: row.reason for row in rows})
+            rows = self._c.execute(_FLAGGED, {"addresses": chunk})
+            found.update((address, reason) for address, reason in rows)
         return found
 
     def flag_address(self, address: str, reason: str, actor: str, at: datetime) -> bool:
