@@ -40,7 +40,7 @@ from sluice.domain.errors import InvalidInputError
 SCORE_MAX = 100
 # Operations that move value out to someone else: where a new counterparty matters.
 CASH_OUT_OPERATIONS = frozenset({"withdrawal", "transfer"})
-# The caller hands over 30 days of history, so no rule may look further back than that.
+# Usage is kept and looked up over 30 days, so no rule may look further back than that.
 WINDOW_MAX_S = MONTH.total_seconds()
 
 _WEIGHTS = ("velocity_weight", "structuring_weight", "smurfing_weight", "new_counterparty_weight")
