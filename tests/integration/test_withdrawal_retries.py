@@ -45,6 +45,7 @@ from tests.integration.test_withdrawals import (
     balance,
     fund,
     ledger_view,
+    offer_to,
     pass_beyond,
     record,
     reservations,
@@ -439,3 +440,58 @@ def test_a_retry_cannot_be_cancelled_while_its_earlier_attempt_may_commit(
     sb.ingest()
     assert_paid_once(sb, requested.id, D(120))
     assert balance(sb, "cust-0") == D(380)
+
+
+# --- an earlier attempt landing as an offer, and inputs it spent under another record -------------
+
+
+def test_a_late_offer_releases_the_retrys_inputs_and_the_record_holding_a_spent_one_starts_afresh(
+    world: SandboxFactory,
+) -> None:
+    sb = world()
+    fund(sb, "cust-1", "300", "200", instrument=sb.token)
+    first = sb.withdraw("cust-1", "400", instrument=sb.token, key="k1")
+    assert len(first.inputs) == 2
+    anchor, other = first.inputs
+    sb.ledger.faults.late_commit_next()
+    sb.withdrawal_worker().run_once()
+    fund(sb, "cust-1", "150", instrument=sb.token)
+    expire_current_attempt(sb, first.id)
+
+    # The retry keeps the anchor; meanwhile another withdrawal takes the input it let go.
+    worker = sb.withdrawal_worker()
+    worker.settle_expired(WorkerTick())
+    second = sb.withdraw("cust-1", "200", instrument=sb.token, key="k2")
+    assert second.inputs == (other,)
+    worker.reserve_queued(WorkerTick())
+    retry = record(sb, first.id)
+    assert retry.anchor == anchor and retry.inputs[1] not in (anchor, other)
+
+    # The first attempt lands late as an offer: it spends the anchor and the input the second
+    # withdrawal holds now.
+    (late,) = sb.ledger.faults.deliver_late_commits()
+    assert late.committed
+    sb.ingest()
+    assert record(sb, first.id).status == "offered"
+    # The offer holds nothing reserved; the second withdrawal's input is gone.
+    assert reservations(sb) == {}
+    tick = sb.withdrawal_worker().run_once()
+    assert (tick.submitted, tick.submit_errors) == (0, 1)  # the second one: its input is spent
+    expire_current_attempt(sb, second.id)
+    tick = sb.withdrawal_worker().run_once()
+    assert (tick.settled, tick.retried, tick.reserved, tick.submitted) == (1, 1, 1, 1)
+    assert record(sb, second.id).anchor not in (None, other)
+    sb.ingest()
+    assert record(sb, second.id).status == "offered"
+
+    for withdrawal in (first, second):
+        sb.ledger.accept(offer_to(sb, "cust-1", withdrawal.id), sb.customers["cust-1"])
+    sb.ingest()
+    view = ledger_view(sb)
+    assert [view.paid(w.id) for w in (first, second)] == [1, 1]
+    assert {record(sb, w.id).status for w in (first, second)} == {"completed"}
+    assert balance(sb, "cust-1", sb.token) == D(50)
+    assert account(sb, IN_FLIGHT, sb.token) == ZERO
+    assert reservations(sb) == {}
+    assert "withdrawal_paid_twice" not in alert_kinds(sb)
+    assert_books_balance(sb)

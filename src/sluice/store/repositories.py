@@ -335,11 +335,12 @@ class SqlIngestionRepository:
         finished = [
             {"wid": w.id}
             for w in batch.withdrawals_changed.values()
-            if w.status in TERMINAL_STATUSES
+            if w.status in TERMINAL_STATUSES or w.status == "offered"
         ]
         if finished:
-            # A finished record keeps nothing reserved (after a DB restore its current attempt's
-            # inputs may not be the ones the transfer seen here spent).
+            # A finished record, or one whose offer is on the ledger, keeps nothing reserved: the
+            # transfer seen here may have spent other inputs than the current attempt's (an
+            # earlier attempt committing late while a retry was in flight, or a DB restore).
             c.execute(
                 update(t.holdings)
                 .where(t.holdings.c.reserved_by == bindparam("wid"))

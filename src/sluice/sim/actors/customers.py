@@ -176,6 +176,9 @@ def request_withdrawal(sim: SimulationState) -> None:
             idempotency_key=request.key,
             clock=sandbox.clock,
             settings=SETTINGS,
+            # The sandbox's registry, risk rules off: its customers are scripts that deposit and
+            # withdraw at machine speed, the very pattern the velocity and smurfing rules catch.
+            compliance=sandbox.compliance,
         )
     except (SluiceError, ValueError) as exc:
         sim.result.outcomes[f"request_refused_{type(exc).__name__}"] += 1

@@ -33,6 +33,8 @@ def ingestion(sim: SimulationState) -> Ingestion:
             settings=settings,
             sleep=lambda _s: None,
             on_batch=after_batch,
+            # The sandbox's registry, risk rules off, as for the customers' requests.
+            compliance=sim.sandbox.compliance,
         )
 
     return sim.process(PROCESS, start)
