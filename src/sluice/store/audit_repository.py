@@ -43,6 +43,7 @@ from sluice.domain.audit import (
 from sluice.domain.errors import InvalidInputError
 from sluice.domain.ledger import parse_timestamp
 from sluice.store import tables as t
+from sluice.store.bulk import insert_rows
 
 HEAD_ID = 1
 PAGE_MAX = 10_000  # bound on the records one read returns
@@ -73,14 +74,14 @@ class SqlAuditLog:
         for entry in entries:
             check_entry(entry)
         seq, previous_hash = self._lock_head()
-        rows: list[dict[str, object]] = []
+        rows: list[tuple[object, ...]] = []
         for entry in entries:
             seq += 1
             content = canonical_content(seq, entry)
             digest = content_hash(previous_hash, content)
             rows.append(_row(content, previous_hash, digest))
             previous_hash = digest
-        self._c.execute(t.audit_records.insert(), rows)
+        insert_rows(self._c, t.audit_records, _COLUMNS, rows)
         self._c.execute(
             update(t.audit_head)
             .where(t.audit_head.c.id == HEAD_ID)
@@ -149,24 +150,43 @@ def _json(value: object) -> str:
     return orjson.dumps(value).decode()
 
 
-def _row(content: dict[str, object], previous_hash: str, digest: str) -> dict[str, object]:
+_COLUMNS = (
+    "seq",
+    "operation_id",
+    "recorded_at",
+    "actor",
+    "customer_id",
+    "kyc",
+    "operation",
+    "parameters",
+    "checks",
+    "state_changes",
+    "error",
+    "correlation_id",
+    "previous_hash",
+    "hash",
+)
+
+
+def _row(content: dict[str, object], previous_hash: str, digest: str) -> tuple[object, ...]:
+    """The row of ``_COLUMNS`` that stores ``content``."""
     kyc = content["kyc"]
-    return {
-        "seq": content["seq"],
-        "operation_id": content["operation_id"],
-        "recorded_at": content["recorded_at"],
-        "actor": content["actor"],
-        "customer_id": content["customer_id"],
-        "kyc": _json(kyc) if kyc is not None else None,
-        "operation": content["operation"],
-        "parameters": _json(content["parameters"]),
-        "checks": _json(content["checks"]),
-        "state_changes": _json(content["state_changes"]),
-        "error": content["error"],
-        "correlation_id": content.get("correlation_id"),
-        "previous_hash": previous_hash,
-        "hash": digest,
-    }
+    return (
+        content["seq"],
+        content["operation_id"],
+        content["recorded_at"],
+        content["actor"],
+        content["customer_id"],
+        _json(kyc) if kyc is not None else None,
+        content["operation"],
+        _json(content["parameters"]),
+        _json(content["checks"]),
+        _json(content["state_changes"]),
+        content["error"],
+        content.get("correlation_id"),
+        previous_hash,
+        digest,
+    )
 
 
 def _record(row: Row[Any]) -> AuditRecord:

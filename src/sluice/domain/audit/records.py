@@ -82,18 +82,49 @@ def json_value(value: object, path: str = "value") -> object:
     """``value`` as plain JSON values (dict with str keys, list, str, int, float, bool, None),
     the form the log stores and hashes. Deterministic and idempotent; refuses what has no
     canonical form."""
+    try:
+        return _plain_value(value)
+    except InvalidInputError:
+        # Walked again naming each field on the way, so the error says which one it is.
+        return _named_value(value, path)
+
+
+def _plain_value(value: object) -> object:
+    """:func:`json_value` for the values records are made of, without naming each field on the
+    way (the hot path: ingestion appends two records per deposit); any other value takes the
+    general walk."""
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return value
+    if kind is dict:
+        result: dict[str, object] = {}
+        for key, item in value.items():  # type: ignore[attr-defined]
+            if type(key) is not str:
+                return _named_value(value, "value")
+            result[key] = _plain_value(item)
+        return result
+    if kind is list or kind is tuple:
+        return [_plain_value(item) for item in value]  # type: ignore[attr-defined]
+    if kind is int and _INT_MIN <= value <= _INT_MAX:  # type: ignore[operator]
+        return value
+    if kind is Decimal:
+        return _decimal_text(value)  # type: ignore[arg-type]
+    return _named_value(value, "value")
+
+
+def _named_value(value: object, path: str) -> object:
     if value is None or value is True or value is False:
         return value
     if isinstance(value, str):
         if type(value) is str:
             return value
-        return json_value(value.value, path) if isinstance(value, Enum) else str.__str__(value)
+        return _named_value(value.value, path) if isinstance(value, Enum) else str.__str__(value)
     if isinstance(value, dict):
         return _json_object(value, path)
     if isinstance(value, list | tuple):
-        return [json_value(item, f"{path}[{i}]") for i, item in enumerate(value)]
+        return [_named_value(item, f"{path}[{i}]") for i, item in enumerate(value)]
     if isinstance(value, Enum):
-        return json_value(value.value, path)
+        return _named_value(value.value, path)
     if isinstance(value, int):
         number = int(value)
         return number if _INT_MIN <= number <= _INT_MAX else str(number)
@@ -108,10 +139,10 @@ def json_value(value: object, path: str = "value") -> object:
     if isinstance(value, Mapping):
         return _json_object(value, path)
     if isinstance(value, set | frozenset):
-        items = [json_value(item, f"{path}[]") for item in value]
+        items = [_named_value(item, f"{path}[]") for item in value]
         return sorted(items, key=_canonical_text)
     if isinstance(value, Sequence) and not isinstance(value, bytes | bytearray):
-        return [json_value(item, f"{path}[{i}]") for i, item in enumerate(value)]
+        return [_named_value(item, f"{path}[{i}]") for i, item in enumerate(value)]
     raise InvalidInputError(f"audit record {path}: a {type(value).__name__} cannot be recorded")
 
 
@@ -128,7 +159,7 @@ def _json_object(value: Mapping[object, object], path: str) -> dict[str, object]
             )
         if name in result:
             raise InvalidInputError(f"audit record {path}: key {name!r} appears twice")
-        result[name] = json_value(item, f"{path}.{name}")
+        result[name] = _named_value(item, f"{path}.{name}")
     return result
 
 
@@ -145,10 +176,14 @@ def _timestamp_text(value: datetime, path: str) -> str:
     return format_timestamp(value)
 
 
+# Built once: json.dumps with these options would build an encoder on every call.
+_CANONICAL_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+
+
 def _canonical_text(value: object) -> str:
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
+    return _CANONICAL_ENCODER.encode(value)
 
 
 def check_entry(entry: AuditEntry) -> None:
