@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -37,6 +37,7 @@ from sluice.domain.ledger import (
 from sluice.domain.withdrawals import TERMINAL_STATUSES, Withdrawal
 from sluice.ports import EntryRecord, HistoryRecord, IngestBatch, InstrumentRecord
 from sluice.store import tables as t
+from sluice.store.bulk import insert_rows, money_value
 from sluice.store.rows import ts
 
 CHUNK = 500  # bound on the number of parameters in one IN (…) list
@@ -218,41 +219,43 @@ class SqlIngestionRepository:
     def write_batch(self, batch: IngestBatch) -> None:
         c = self._c
         now = _now()
-        if batch.updates:
-            c.execute(
-                insert(t.ingested_updates),
-                [
-                    {
-                        "update_id": u.update_id,
-                        "connection": batch.connection,
-                        "offset": u.offset,
-                        "record_time": format_timestamp(u.record_time),
-                        "status": u.status,
-                    }
-                    for u in batch.updates
-                ],
-            )
-        if batch.holdings_created:
-            c.execute(
-                insert(t.holdings),
-                [
-                    {
-                        "contract_id": h.contract_id,
-                        "owner": h.owner,
-                        "instrument_admin": h.instrument.admin,
-                        "instrument_id": h.instrument.id,
-                        "amount": h.amount,
-                        "lock_holders": json.dumps(list(h.lock.holders)) if h.lock else None,
-                        "lock_expires_at": ts(h.lock.expires_at) if h.lock else None,
-                        "lock_context": h.lock.context if h.lock else None,
-                        "created_update_id": update_id,
-                        "created_offset": offset,
-                        "archived_update_id": None,
-                        "archived_offset": None,
-                    }
-                    for h, update_id, offset in batch.holdings_created
-                ],
-            )
+        money = money_value(c)
+        # The hot tables (one row or more per update) go through the driver's executemany.
+        insert_rows(
+            c,
+            t.ingested_updates,
+            ("update_id", "connection", "offset", "record_time", "status"),
+            [
+                (
+                    u.update_id,
+                    batch.connection,
+                    u.offset,
+                    format_timestamp(u.record_time),
+                    u.status,
+                )
+                for u in batch.updates
+            ],
+        )
+        insert_rows(
+            c,
+            t.holdings,
+            _HOLDING_COLUMNS,
+            [
+                (
+                    h.contract_id,
+                    h.owner,
+                    h.instrument.admin,
+                    h.instrument.id,
+                    money(h.amount),
+                    json.dumps(list(h.lock.holders)) if h.lock else None,
+                    ts(h.lock.expires_at) if h.lock else None,
+                    h.lock.context if h.lock else None,
+                    update_id,
+                    offset,
+                )
+                for h, update_id, offset in batch.holdings_created
+            ],
+        )
         if batch.holdings_archived:
             c.execute(
                 update(t.holdings)
@@ -299,10 +302,12 @@ class SqlIngestionRepository:
                     for cid, status, update_id in batch.instructions_closed
                 ],
             )
-        if batch.entries:
-            c.execute(
-                insert(t.history_entries), [_entry_row(batch.connection, r) for r in batch.entries]
-            )
+        insert_rows(
+            c,
+            t.history_entries,
+            _ENTRY_COLUMNS,
+            [_entry_row(batch.connection, r, money) for r in batch.entries],
+        )
         if batch.withdrawals_new:
             c.execute(
                 insert(t.withdrawals),
@@ -463,37 +468,28 @@ def post_journal(
     """Journal transactions, their postings and the cached balances they move."""
     deltas: dict[str, Decimal] = {}
     refs: dict[str, AccountRef] = {}
-    postings: list[dict[str, object]] = []
-    transactions: list[dict[str, object]] = []
+    money = money_value(c)
+    postings: list[tuple[object, ...]] = []
+    transactions: list[tuple[object, ...]] = []
     for txn in journal:
-        transactions.append(
-            {
-                "id": txn.id,
-                "kind": txn.kind,
-                "update_id": txn.update_id,
-                "description": txn.description,
-                "created_at": now,
-            }
-        )
+        transactions.append((txn.id, txn.kind, txn.update_id, txn.description, now))
         for seq, posting in enumerate(txn.postings):
             account_id = posting.account.id
             refs[account_id] = posting.account
             deltas[account_id] = deltas.get(account_id, ZERO) + balance_change(
                 posting.account, posting.amount
             )
-            postings.append(
-                {
-                    "transaction_id": txn.id,
-                    "seq": seq,
-                    "account_id": account_id,
-                    "amount": posting.amount,
-                }
-            )
+            postings.append((txn.id, seq, account_id, money(posting.amount)))
     if not transactions:
         return
-    c.execute(insert(t.journal_transactions), transactions)
+    insert_rows(
+        c,
+        t.journal_transactions,
+        ("id", "kind", "update_id", "description", "created_at"),
+        transactions,
+    )
     apply_balance_deltas(c, deltas, refs, forbid_negative_customers=forbid_negative_customers)
-    c.execute(insert(t.journal_postings), postings)
+    insert_rows(c, t.journal_postings, ("transaction_id", "seq", "account_id", "amount"), postings)
 
 
 def apply_balance_deltas(
@@ -549,28 +545,65 @@ def apply_balance_deltas(
         )
 
 
-def _entry_row(connection: str, record: EntryRecord) -> dict[str, object]:
+_HOLDING_COLUMNS = (
+    "contract_id",
+    "owner",
+    "instrument_admin",
+    "instrument_id",
+    "amount",
+    "lock_holders",
+    "lock_expires_at",
+    "lock_context",
+    "created_update_id",
+    "created_offset",
+)
+_ENTRY_COLUMNS = (
+    "update_id",
+    "node_id",
+    "connection",
+    "offset",
+    "record_time",
+    "kind",
+    "status",
+    "sender",
+    "receiver",
+    "instrument_admin",
+    "instrument_id",
+    "amount",
+    "reason",
+    "correlation_id",
+    "holdings_created",
+    "holdings_archived",
+    "disposition",
+    "customer_id",
+)
+
+
+def _entry_row(
+    connection: str, record: EntryRecord, money: Callable[[Decimal], object]
+) -> tuple[object, ...]:
+    """The row of ``_ENTRY_COLUMNS`` that stores ``record``."""
     e = record.entry
-    return {
-        "update_id": record.update_id,
-        "node_id": e.node_id,
-        "connection": connection,
-        "offset": record.offset,
-        "record_time": format_timestamp(record.record_time),
-        "kind": e.kind,
-        "status": e.status,
-        "sender": e.sender,
-        "receiver": e.receiver,
-        "instrument_admin": e.instrument.admin if e.instrument else None,
-        "instrument_id": e.instrument.id if e.instrument else None,
-        "amount": e.amount,
-        "reason": e.reason,
-        "correlation_id": e.correlation_id,
-        "holdings_created": json.dumps([h.contract_id for h in e.holdings_created]),
-        "holdings_archived": json.dumps([h.contract_id for h in e.holdings_archived]),
-        "disposition": record.disposition,
-        "customer_id": record.customer_id,
-    }
+    return (
+        record.update_id,
+        e.node_id,
+        connection,
+        record.offset,
+        format_timestamp(record.record_time),
+        e.kind,
+        e.status,
+        e.sender,
+        e.receiver,
+        e.instrument.admin if e.instrument else None,
+        e.instrument.id if e.instrument else None,
+        money(e.amount) if e.amount is not None else None,
+        e.reason,
+        e.correlation_id,
+        json.dumps([h.contract_id for h in e.holdings_created]),
+        json.dumps([h.contract_id for h in e.holdings_archived]),
+        record.disposition,
+        record.customer_id,
+    )
 
 
 class SqlBooksRepository:
