@@ -20,7 +20,7 @@ sums stay exact to the microsecond at both edges.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Literal
@@ -213,18 +213,17 @@ def usage_buckets(
     records: Iterable[UsageRecord], sign: int = 1
 ) -> dict[tuple[str, int, datetime], UsageBucket]:
     """The hour and day totals ``records`` add to (``sign`` -1: what removing them takes off)."""
-    totals: dict[tuple[str, int, datetime], UsageBucket] = {}
+    sums: dict[tuple[str, int, datetime], tuple[Decimal, int]] = {}
     for record in records:
+        amount = sign * record.amount
         for length_s in BUCKET_LENGTHS_S:
             key = (record.operation, length_s, bucket_start(record.occurred_at, length_s))
-            known = totals.get(key)
-            amount = sign * record.amount
-            totals[key] = (
-                UsageBucket(key[0], length_s, key[2], amount, sign)
-                if known is None
-                else replace(known, amount=known.amount + amount, count=known.count + sign)
-            )
-    return totals
+            known = sums.get(key)
+            sums[key] = (amount, sign) if known is None else (known[0] + amount, known[1] + sign)
+    return {
+        key: UsageBucket(key[0], key[1], key[2], amount, count)
+        for key, (amount, count) in sums.items()
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,12 +360,15 @@ def _window_sum(
     hours, days, (first_hour, last_hour) = _window_parts(now, window)
     start = now - window
     total = ZERO
+    # At most two hour ranges and one day range (see _window_parts); missing ones are empty.
+    (hour_low_0, hour_high_0), (hour_low_1, hour_high_1) = (*hours, (now, now), (now, now))[:2]
+    day_low, day_high = days[0] if days else (now, now)
     for (length_s, starts_at), amount in totals.items():
-        ranges = hours if length_s == 3600 else days
-        for low, high in ranges:
-            if low <= starts_at < high:
+        if length_s == 3600:
+            if hour_low_0 <= starts_at < hour_high_0 or hour_low_1 <= starts_at < hour_high_1:
                 total += amount
-                break
+        elif day_low <= starts_at < day_high:
+            total += amount
     for record in records:
         at = record.occurred_at
         if start < at < first_hour or last_hour <= at <= now:

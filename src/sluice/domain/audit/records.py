@@ -101,10 +101,14 @@ def _plain_value(value: object) -> object:
         for key, item in value.items():  # type: ignore[attr-defined]
             if type(key) is not str:
                 return _named_value(value, "value")
-            result[key] = _plain_value(item)
+            # Text and nothing, the usual leaves, are taken as they are without a call.
+            result[key] = item if type(item) is str or item is None else _plain_value(item)
         return result
     if kind is list or kind is tuple:
-        return [_plain_value(item) for item in value]  # type: ignore[attr-defined]
+        return [
+            item if type(item) is str or item is None else _plain_value(item)
+            for item in value  # type: ignore[attr-defined]
+        ]
     if kind is int and _INT_MIN <= value <= _INT_MAX:  # type: ignore[operator]
         return value
     if kind is Decimal:
