@@ -1,4 +1,4 @@
-"""Many rows into one table through the driver's ``executemany``, in the caller's transaction.
+"""The driver's ``executemany`` and plain row reads for the hot paths, in the caller's transaction.
 
 The hot write paths (ingestion's audit records and usage rows) insert thousands of rows a batch.
 SQLAlchemy Core spends more time building each row's parameters than the driver spends writing
@@ -8,11 +8,13 @@ values already in the form the column stores (see :func:`money_value`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from functools import cache
+from typing import Any
 
-from sqlalchemy import Connection, Dialect, Table
+from sqlalchemy import Connection, Dialect, Executable, Table
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from sluice.domain.amounts import format_amount
 
@@ -46,3 +48,77 @@ def money_value(connection: Connection) -> Callable[[Decimal], object]:
 
 def _same(value: Decimal) -> object:
     return value
+
+
+def select_rows(
+    connection: Connection, statement: Executable, parameters: Mapping[str, object]
+) -> Sequence[Sequence[Any]]:
+    """The rows of a prebuilt ``statement`` (no expanding parameters) as the driver returns them:
+    no result processing, so a Money column comes back as the driver gives it (text on SQLite)."""
+    compiled = _compiled(connection.dialect, statement)
+    values = compiled.construct_params(dict(parameters))  # with the statement's own binds
+    if compiled.positiontup is None:
+        return connection.exec_driver_sql(compiled.string, values).all()
+    positional = tuple(values[name] for name in compiled.positiontup)
+    return connection.exec_driver_sql(compiled.string, positional).all()
+
+
+@cache
+def _compiled(dialect: Dialect, statement: Executable) -> SQLCompiler:
+    compiled = statement.compile(dialect=dialect)  # type: ignore[attr-defined]
+    assert isinstance(compiled, SQLCompiler), "a select compiles to SQL"
+    return compiled
+
+
+def execute_many(
+    connection: Connection, statement: Executable, rows: Sequence[Mapping[str, object]]
+) -> None:
+    """A prebuilt ``statement`` once per row of parameters, one ``executemany`` of the driver
+    (the values already in the form the columns store, see :func:`money_value`)."""
+    if not rows:
+        return
+    compiled = _compiled(connection.dialect, statement)
+    names = compiled.positiontup
+    if names is None:
+        connection.exec_driver_sql(compiled.string, [dict(row) for row in rows])
+    else:
+        connection.exec_driver_sql(
+            compiled.string, [tuple(row[name] for name in names) for row in rows]
+        )
+
+
+def insert_new_rows(
+    connection: Connection,
+    table: Table,
+    columns: Sequence[str],
+    rows: Sequence[tuple[object, ...]],
+    key: str,
+) -> set[object]:
+    """Insert ``rows``, skipping those whose ``key`` (a unique column, one of ``columns``) is
+    already taken; returns the keys of the rows that went in. Multi-row statements of at most
+    :data:`ROWS_PER_STATEMENT` rows."""
+    inserted: set[object] = set()
+    for start in range(0, len(rows), ROWS_PER_STATEMENT):
+        chunk = rows[start : start + ROWS_PER_STATEMENT]
+        sql = _insert_new_statement(connection.dialect, table.name, tuple(columns), key, len(chunk))
+        values = tuple(value for row in chunk for value in row)
+        inserted.update(row[0] for row in connection.exec_driver_sql(sql, values))
+    return inserted
+
+
+ROWS_PER_STATEMENT = 500  # well under SQLite's limit on bound values in one statement
+
+
+@cache
+def _insert_new_statement(
+    dialect: Dialect, table: str, columns: tuple[str, ...], key: str, rows: int
+) -> str:
+    quote = dialect.identifier_preparer.quote
+    placeholder = _PLACEHOLDER[dialect.paramstyle]
+    assert "{}" not in placeholder, "positional placeholders only"
+    row = "(" + ", ".join([placeholder] * len(columns)) + ")"
+    names = ", ".join(quote(column) for column in columns)
+    return (
+        f"INSERT INTO {quote(table)} ({names}) VALUES {', '.join([row] * rows)} "
+        f"ON CONFLICT ({quote(key)}) DO NOTHING RETURNING {quote(key)}"
+    )

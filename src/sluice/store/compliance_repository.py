@@ -70,6 +70,7 @@ from sluice.domain.compliance import (
 from sluice.domain.errors import InvalidInputError
 from sluice.domain.ledger import format_timestamp
 from sluice.store import tables as t
+from sluice.store.bulk import execute_many, insert_new_rows, money_value, select_rows
 from sluice.store.rows import insert_for, optional_time, time_of, to_json, ts
 
 CHUNK = 500  # bound on the number of parameters in one IN (…) list
@@ -213,14 +214,15 @@ def _latest_usage_statement(customers: int) -> Executable:
     return union_all(*(select(part) for part in latest))
 
 
-@cache
-def _usage_insert(dialect: str) -> Executable:
-    """Usage rows, a replayed one skipped by the database; returns the ids that went in."""
-    table = t.compliance_usage
-    insert = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
-    return insert.on_conflict_do_nothing(index_elements=["operation_id"]).returning(
-        table.c.operation_id
-    )
+# The usage row's columns as record_usage_of writes them (operation_id first: the key).
+_USAGE_COLUMNS = (
+    "operation_id",
+    "customer_id",
+    "operation",
+    "amount",
+    "counterparty",
+    "occurred_at",
+)
 
 
 @cache
@@ -497,9 +499,17 @@ class SqlComplianceRepository:
             parameters.update(
                 {f"id_{index}": customer_id for index, customer_id in enumerate(chunk)}
             )
-            for row in self._c.execute(_latest_usage_statement(len(chunk)), parameters):
-                customer_id, record = _usage_from_tuple(row)
-                found[customer_id].append(record)
+            rows = select_rows(self._c, _latest_usage_statement(len(chunk)), parameters)
+            for customer_id, operation_id, operation, amount, occurred_at, counterparty in rows:
+                found[customer_id].append(
+                    UsageRecord(
+                        operation_id,
+                        operation,
+                        amount if type(amount) is Decimal else Decimal(amount),
+                        time_of(occurred_at),
+                        counterparty,
+                    )
+                )
         for records in found.values():
             records.sort(key=lambda record: (record.occurred_at, record.operation_id))
         return found
@@ -531,21 +541,25 @@ class SqlComplianceRepository:
 
     def record_usage_of(self, records_by_customer: Mapping[str, Sequence[UsageRecord]]) -> None:
         """Insert usage rows of many customers at once, and add the new ones to the totals."""
+        money = money_value(self._c)
         rows = [
-            {
-                "operation_id": record.operation_id,
-                "customer_id": customer_id,
-                "operation": record.operation,
-                "amount": record.amount,
-                "counterparty": record.counterparty,
-                "occurred_at": format_timestamp(record.occurred_at),
-            }
+            (
+                record.operation_id,
+                customer_id,
+                record.operation,
+                money(record.amount),
+                record.counterparty,
+                format_timestamp(record.occurred_at),
+            )
             for customer_id, records in records_by_customer.items()
             for record in records
         ]
         if not rows:
             return
-        inserted = set(self._c.execute(_usage_insert(self._c.dialect.name), rows).scalars())
+        # A replayed row is skipped by the database; only the rows that went in count.
+        inserted = insert_new_rows(
+            self._c, t.compliance_usage, _USAGE_COLUMNS, rows, key="operation_id"
+        )
         self._add_to_totals(
             {
                 customer_id: [r for r in records if r.operation_id in inserted]
@@ -589,7 +603,9 @@ class SqlComplianceRepository:
                 (customer_id, _plus(bucket, known.get((customer_id, *_bucket_key(bucket)))))
                 for customer_id, bucket in changes
             ]
-        self._c.execute(
+        money = money_value(self._c)
+        execute_many(
+            self._c,
             _totals_upsert(self._c.dialect.name),
             [
                 {
@@ -597,7 +613,7 @@ class SqlComplianceRepository:
                     "length_s": bucket.length_s,
                     "starts_at": format_timestamp(bucket.starts_at),
                     "operation": bucket.operation,
-                    "amount": bucket.amount,
+                    "amount": money(bucket.amount),
                     "count": bucket.count,
                 }
                 for customer_id, bucket in changes
