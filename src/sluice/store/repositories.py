@@ -37,7 +37,7 @@ from sluice.domain.ledger import (
 from sluice.domain.withdrawals import TERMINAL_STATUSES, Withdrawal
 from sluice.ports import EntryRecord, HistoryRecord, IngestBatch, InstrumentRecord
 from sluice.store import tables as t
-from sluice.store.bulk import insert_rows, money_value
+from sluice.store.bulk import execute_many, insert_rows, money_value
 from sluice.store.rows import ts
 
 CHUNK = 500  # bound on the number of parameters in one IN (…) list
@@ -256,16 +256,14 @@ class SqlIngestionRepository:
                 for h, update_id, offset in batch.holdings_created
             ],
         )
-        if batch.holdings_archived:
-            c.execute(
-                update(t.holdings)
-                .where(t.holdings.c.contract_id == bindparam("cid"))
-                .values(archived_update_id=bindparam("upd"), archived_offset=bindparam("off")),
-                [
-                    {"cid": cid, "upd": update_id, "off": offset}
-                    for cid, update_id, offset in batch.holdings_archived
-                ],
-            )
+        execute_many(
+            c,
+            _ARCHIVE_HOLDING,
+            [
+                {"cid": cid, "upd": update_id, "off": offset}
+                for cid, update_id, offset in batch.holdings_archived
+            ],
+        )
         if batch.instructions_created:
             c.execute(
                 insert(t.transfer_instructions),
@@ -292,16 +290,14 @@ class SqlIngestionRepository:
                     for i, direction, update_id in batch.instructions_created
                 ],
             )
-        if batch.instructions_closed:
-            c.execute(
-                update(t.transfer_instructions)
-                .where(t.transfer_instructions.c.contract_id == bindparam("cid"))
-                .values(status=bindparam("st"), closed_update_id=bindparam("upd")),
-                [
-                    {"cid": cid, "st": status, "upd": update_id}
-                    for cid, status, update_id in batch.instructions_closed
-                ],
-            )
+        execute_many(
+            c,
+            _CLOSE_INSTRUCTION,
+            [
+                {"cid": cid, "st": status, "upd": update_id}
+                for cid, status, update_id in batch.instructions_closed
+            ],
+        )
         insert_rows(
             c,
             t.history_entries,
@@ -511,11 +507,11 @@ def apply_balance_deltas(
         )
         existing.update({row.id: row.balance for row in rows})
     new_rows = []
-    changed = []
+    changed: list[tuple[str, Decimal]] = []
     for account_id, delta in deltas.items():
         if account_id in existing:
             if delta:
-                changed.append({"aid": account_id, "bal": existing[account_id] + delta})
+                changed.append((account_id, existing[account_id] + delta))
         else:
             ref = refs[account_id]
             new_rows.append(
@@ -528,23 +524,36 @@ def apply_balance_deltas(
                     "balance": delta,
                 }
             )
-    for row in changed if forbid_negative_customers else ():
-        ref = refs[str(row["aid"])]
-        balance = row["bal"]
-        assert not (ref.customer_id and isinstance(balance, Decimal) and balance < 0), (
+    for account_id, balance in changed if forbid_negative_customers else ():
+        ref = refs[account_id]
+        assert not (ref.customer_id and balance < 0), (
             f"customer account {ref.id} would go negative: {balance}"
         )
     if new_rows:
         c.execute(insert(t.accounts), new_rows)
     if changed:
-        c.execute(
-            update(t.accounts)
-            .where(t.accounts.c.id == bindparam("aid"))
-            .values(balance=bindparam("bal")),
-            changed,
+        money = money_value(c)
+        execute_many(
+            c,
+            _SET_BALANCE,
+            [{"aid": account_id, "bal": money(balance)} for account_id, balance in changed],
         )
 
 
+# Prebuilt, so the driver's executemany runs each one compiled once (see store/bulk.py).
+_ARCHIVE_HOLDING = (
+    update(t.holdings)
+    .where(t.holdings.c.contract_id == bindparam("cid"))
+    .values(archived_update_id=bindparam("upd"), archived_offset=bindparam("off"))
+)
+_CLOSE_INSTRUCTION = (
+    update(t.transfer_instructions)
+    .where(t.transfer_instructions.c.contract_id == bindparam("cid"))
+    .values(status=bindparam("st"), closed_update_id=bindparam("upd"))
+)
+_SET_BALANCE = (
+    update(t.accounts).where(t.accounts.c.id == bindparam("aid")).values(balance=bindparam("bal"))
+)
 _HOLDING_COLUMNS = (
     "contract_id",
     "owner",
