@@ -57,11 +57,14 @@ bench-quick: $(STAMP)
 
 # The deterministic simulation over many seeds (make test runs a short sweep); prints the line of
 # every seed with a violation and a summary. SOAK_SEEDS=1-2000 SOAK_JOBS=1 for a longer one.
+# SOAK_LATE is the share of faults that are late commits (a command committed after its deadline);
+# SOAK_LATE=0 draws the faults as before late commits existed.
 SOAK_SEEDS ?= 1-500
 SOAK_STEPS ?= 400
 SOAK_JOBS ?= 2
+SOAK_LATE ?= 0.3
 soak: $(STAMP)
-	$(BIN)/python -m sluice.sim --seeds $(SOAK_SEEDS) --steps $(SOAK_STEPS) --jobs $(SOAK_JOBS)
+	$(BIN)/python -m sluice.sim --seeds $(SOAK_SEEDS) --steps $(SOAK_STEPS) --jobs $(SOAK_JOBS) --late-commit-rate $(SOAK_LATE)
 
 # Re-pin every dependency after changing pyproject.toml.
 lock: $(STAMP)
