@@ -3,127 +3,75 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
-from datetime import UTC, datetime
-from decimal import Decimal
-from typing import Any, TypeVar
+from collections.abc import Collection
 
-from sqlalchemy import (
-    ColumnElement,
-    Connection,
-    Row,
-    and_,
-    bindparam,
-    func,
-    insert,
-    select,
-    update,
-)
+from sqlalchemy import ColumnElement, Connection, and_, bindparam, insert, select, update
 
-from sluice.domain.amounts import ZERO
-from sluice.domain.deposits import Alert
-from sluice.domain.journal import AccountRef, JournalTransaction, balance_change
 from sluice.domain.ledger import (
-    PENDING_INSTRUCTION_STATUSES,
     Cursor,
     Holding,
     InstrumentId,
-    Lock,
-    Transfer,
     TransferInstruction,
     format_timestamp,
     parse_timestamp,
 )
 from sluice.domain.withdrawals import TERMINAL_STATUSES, Withdrawal
-from sluice.ports import EntryRecord, HistoryRecord, IngestBatch, InstrumentRecord
+from sluice.ports import IngestBatch
 from sluice.store import tables as t
+from sluice.store.books_repository import SqlBooksRepository
 from sluice.store.bulk import execute_many, insert_rows, money_value
+from sluice.store.postings import (
+    _ARCHIVE_HOLDING,
+    _CLOSE_INSTRUCTION,
+    _ENTRY_COLUMNS,
+    _HOLDING_COLUMNS,
+    _SET_BALANCE,
+    _entry_row,
+    apply_balance_deltas,
+    post_journal,
+)
+from sluice.store.records import (
+    CHUNK,
+    _account_from_id,
+    _chunks,
+    _holding_from_row,
+    _instruction_from_row,
+    _now,
+    _stored_time,
+    history_record_from_row,
+    instrument_from_row,
+    withdrawal_from_row,
+    withdrawal_row,
+)
+from sluice.store.reference_repository import SqlReferenceRepository
 from sluice.store.rows import ts
 
-CHUNK = 500  # bound on the number of parameters in one IN (…) list
-T = TypeVar("T")
-
-
-def _chunks(items: Collection[T], size: int = CHUNK) -> Iterator[list[T]]:
-    batch: list[T] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def _now() -> str:
-    return format_timestamp(datetime.now(UTC))
-
-
-def history_record_from_row(row: Row[Any]) -> HistoryRecord:
-    return HistoryRecord(
-        update_id=row.update_id,
-        offset=row.offset,
-        record_time=parse_timestamp(row.record_time),
-        node_id=row.node_id,
-        kind=row.kind,
-        status=row.status,
-        sender=row.sender,
-        receiver=row.receiver,
-        instrument=(
-            InstrumentId(row.instrument_admin, row.instrument_id)
-            if row.instrument_admin is not None
-            else None
-        ),
-        amount=row.amount,
-        reason=row.reason,
-        correlation_id=row.correlation_id,
-        holdings_created=tuple(json.loads(row.holdings_created)),
-        holdings_archived=tuple(json.loads(row.holdings_archived)),
-        disposition=row.disposition,
-        customer_id=row.customer_id,
-    )
-
-
-def _holding_from_row(row: Row[Any]) -> Holding:
-    lock = None
-    if row.lock_holders is not None:
-        lock = Lock(
-            holders=tuple(json.loads(row.lock_holders)),
-            expires_at=parse_timestamp(row.lock_expires_at) if row.lock_expires_at else None,
-            context=row.lock_context,
-        )
-    return Holding(
-        contract_id=row.contract_id,
-        owner=row.owner,
-        instrument=InstrumentId(row.instrument_admin, row.instrument_id),
-        amount=row.amount,
-        lock=lock,
-    )
-
-
-def _instruction_from_row(row: Row[Any]) -> TransferInstruction:
-    meta = json.loads(row.transfer_meta)
-    transfer = Transfer(
-        sender=row.sender,
-        receiver=row.receiver,
-        amount=row.amount,
-        instrument=InstrumentId(row.instrument_admin, row.instrument_id),
-        requested_at=parse_timestamp(row.requested_at),
-        execute_before=parse_timestamp(row.execute_before),
-        input_holding_cids=tuple(json.loads(row.input_holding_cids)),
-        meta=meta,
-    )
-    return TransferInstruction(
-        contract_id=row.contract_id,
-        transfer=transfer,
-        status=row.status,
-        original_instruction_cid=row.original_instruction_cid,
-    )
-
-
-def _account_from_id(account_id: str) -> AccountRef:
-    name, admin, instrument_id = account_id.split("|", 2)
-    return AccountRef(name, InstrumentId(admin, instrument_id))
+# The journal writes, the other repositories and the row conversions live in their own modules;
+# they are re-exported here so that every name this module has offered stays importable from it.
+__all__ = [
+    "CHUNK",
+    "_ARCHIVE_HOLDING",
+    "_CLOSE_INSTRUCTION",
+    "_ENTRY_COLUMNS",
+    "_HOLDING_COLUMNS",
+    "_SET_BALANCE",
+    "SqlBooksRepository",
+    "SqlIngestionRepository",
+    "SqlReferenceRepository",
+    "_account_from_id",
+    "_chunks",
+    "_entry_row",
+    "_holding_from_row",
+    "_instruction_from_row",
+    "_now",
+    "_stored_time",
+    "apply_balance_deltas",
+    "history_record_from_row",
+    "instrument_from_row",
+    "post_journal",
+    "withdrawal_from_row",
+    "withdrawal_row",
+]
 
 
 class SqlIngestionRepository:
@@ -452,381 +400,3 @@ class SqlIngestionRepository:
             )
         )
         return True
-
-
-def post_journal(
-    c: Connection,
-    journal: Iterable[JournalTransaction],
-    now: str,
-    *,
-    forbid_negative_customers: bool = True,
-) -> None:
-    """Journal transactions, their postings and the cached balances they move."""
-    deltas: dict[str, Decimal] = {}
-    refs: dict[str, AccountRef] = {}
-    money = money_value(c)
-    postings: list[tuple[object, ...]] = []
-    transactions: list[tuple[object, ...]] = []
-    for txn in journal:
-        transactions.append((txn.id, txn.kind, txn.update_id, txn.description, now))
-        for seq, posting in enumerate(txn.postings):
-            account_id = posting.account.id
-            refs[account_id] = posting.account
-            deltas[account_id] = deltas.get(account_id, ZERO) + balance_change(
-                posting.account, posting.amount
-            )
-            postings.append((txn.id, seq, account_id, money(posting.amount)))
-    if not transactions:
-        return
-    insert_rows(
-        c,
-        t.journal_transactions,
-        ("id", "kind", "update_id", "description", "created_at"),
-        transactions,
-    )
-    apply_balance_deltas(c, deltas, refs, forbid_negative_customers=forbid_negative_customers)
-    insert_rows(c, t.journal_postings, ("transaction_id", "seq", "account_id", "amount"), postings)
-
-
-def apply_balance_deltas(
-    c: Connection,
-    deltas: dict[str, Decimal],
-    refs: dict[str, AccountRef],
-    *,
-    forbid_negative_customers: bool = True,
-) -> None:
-    """Move cached balances, creating accounts on first use; rows are locked while read."""
-    existing: dict[str, Decimal] = {}
-    for chunk in _chunks(sorted(deltas)):
-        rows = c.execute(
-            select(t.accounts.c.id, t.accounts.c.balance)
-            .where(t.accounts.c.id.in_(chunk))
-            # Locks taken in one order everywhere, so two writers never wait on each other.
-            .order_by(t.accounts.c.id)
-            .with_for_update()
-        )
-        existing.update({row.id: row.balance for row in rows})
-    new_rows = []
-    changed: list[tuple[str, Decimal]] = []
-    for account_id, delta in deltas.items():
-        if account_id in existing:
-            if delta:
-                changed.append((account_id, existing[account_id] + delta))
-        else:
-            ref = refs[account_id]
-            new_rows.append(
-                {
-                    "id": account_id,
-                    "name": ref.name,
-                    "instrument_admin": ref.instrument.admin,
-                    "instrument_id": ref.instrument.id,
-                    "side": ref.side,
-                    "balance": delta,
-                }
-            )
-    for account_id, balance in changed if forbid_negative_customers else ():
-        ref = refs[account_id]
-        assert not (ref.customer_id and balance < 0), (
-            f"customer account {ref.id} would go negative: {balance}"
-        )
-    if new_rows:
-        c.execute(insert(t.accounts), new_rows)
-    if changed:
-        money = money_value(c)
-        execute_many(
-            c,
-            _SET_BALANCE,
-            [{"aid": account_id, "bal": money(balance)} for account_id, balance in changed],
-        )
-
-
-# Prebuilt, so the driver's executemany runs each one compiled once (see store/bulk.py).
-_ARCHIVE_HOLDING = (
-    update(t.holdings)
-    .where(t.holdings.c.contract_id == bindparam("cid"))
-    .values(archived_update_id=bindparam("upd"), archived_offset=bindparam("off"))
-)
-_CLOSE_INSTRUCTION = (
-    update(t.transfer_instructions)
-    .where(t.transfer_instructions.c.contract_id == bindparam("cid"))
-    .values(status=bindparam("st"), closed_update_id=bindparam("upd"))
-)
-_SET_BALANCE = (
-    update(t.accounts).where(t.accounts.c.id == bindparam("aid")).values(balance=bindparam("bal"))
-)
-_HOLDING_COLUMNS = (
-    "contract_id",
-    "owner",
-    "instrument_admin",
-    "instrument_id",
-    "amount",
-    "lock_holders",
-    "lock_expires_at",
-    "lock_context",
-    "created_update_id",
-    "created_offset",
-)
-_ENTRY_COLUMNS = (
-    "update_id",
-    "node_id",
-    "connection",
-    "offset",
-    "record_time",
-    "kind",
-    "status",
-    "sender",
-    "receiver",
-    "instrument_admin",
-    "instrument_id",
-    "amount",
-    "reason",
-    "correlation_id",
-    "holdings_created",
-    "holdings_archived",
-    "disposition",
-    "customer_id",
-)
-
-
-def _entry_row(
-    connection: str, record: EntryRecord, money: Callable[[Decimal], object]
-) -> tuple[object, ...]:
-    """The row of ``_ENTRY_COLUMNS`` that stores ``record``."""
-    e = record.entry
-    return (
-        record.update_id,
-        e.node_id,
-        connection,
-        record.offset,
-        format_timestamp(record.record_time),
-        e.kind,
-        e.status,
-        e.sender,
-        e.receiver,
-        e.instrument.admin if e.instrument else None,
-        e.instrument.id if e.instrument else None,
-        money(e.amount) if e.amount is not None else None,
-        e.reason,
-        e.correlation_id,
-        json.dumps([h.contract_id for h in e.holdings_created]),
-        json.dumps([h.contract_id for h in e.holdings_archived]),
-        record.disposition,
-        record.customer_id,
-    )
-
-
-class SqlBooksRepository:
-    def __init__(self, connection: Connection) -> None:
-        self._c = connection
-
-    def balances(self) -> dict[AccountRef, Decimal]:
-        rows = self._c.execute(select(t.accounts.c.id, t.accounts.c.balance))
-        return {_account_from_id(row.id): row.balance for row in rows}
-
-    def balances_from_postings(self) -> dict[AccountRef, Decimal]:
-        result: dict[AccountRef, Decimal] = {}
-        table = t.journal_postings
-        if self._c.dialect.name == "sqlite":
-            rows: Iterable[Any] = self._c.execute(select(table.c.account_id, table.c.amount))
-            sums: dict[str, Decimal] = {}
-            for row in rows:
-                sums[row.account_id] = sums.get(row.account_id, ZERO) + row.amount
-        else:
-            rows = self._c.execute(
-                select(table.c.account_id, func.sum(table.c.amount).label("total")).group_by(
-                    table.c.account_id
-                )
-            )
-            sums = {row.account_id: Decimal(row.total) for row in rows}
-        for account_id, total in sums.items():
-            ref = _account_from_id(account_id)
-            result[ref] = balance_change(ref, total)
-        return result
-
-    def active_holdings(self, owner: str | None = None) -> list[Holding]:
-        query = select(t.holdings).where(t.holdings.c.archived_update_id.is_(None))
-        if owner is not None:
-            query = query.where(t.holdings.c.owner == owner)
-        query = query.order_by(t.holdings.c.created_offset, t.holdings.c.contract_id)
-        return [_holding_from_row(row) for row in self._c.execute(query)]
-
-    def pending_instructions(self) -> list[tuple[TransferInstruction, str, str]]:
-        table = t.transfer_instructions
-        rows = self._c.execute(
-            select(table)
-            .where(table.c.status.in_(sorted(PENDING_INSTRUCTION_STATUSES)))
-            .order_by(table.c.created_update_id, table.c.contract_id)
-        )
-        return [(_instruction_from_row(row), row.direction, row.status) for row in rows]
-
-    def history(self, connection: str) -> list[HistoryRecord]:
-        table = t.history_entries
-        rows = self._c.execute(
-            select(table)
-            .where(table.c.connection == connection)
-            .order_by(table.c.offset, table.c.node_id)
-        )
-        return [history_record_from_row(row) for row in rows]
-
-    def alerts(self, limit: int = 1000) -> list[Alert]:
-        rows = self._c.execute(
-            select(t.alerts).order_by(t.alerts.c.created_at, t.alerts.c.id).limit(limit)
-        )
-        return [
-            Alert(
-                id=row.id,
-                severity=row.severity,
-                kind=row.kind,
-                message=row.message,
-                update_id=row.update_id,
-                details=json.loads(row.details) if row.details else {},
-            )
-            for row in rows
-        ]
-
-
-class SqlReferenceRepository:
-    def __init__(self, connection: Connection) -> None:
-        self._c = connection
-
-    def add_customer(self, customer_id: str, name: str) -> bool:
-        table = t.customers
-        if self._c.execute(select(table.c.id).where(table.c.id == customer_id)).first():
-            return False
-        self._c.execute(insert(table).values(id=customer_id, name=name, created_at=_now()))
-        return True
-
-    def add_deposit_account(self, account_id: str, customer_id: str) -> bool:
-        table = t.deposit_accounts
-        if self._c.execute(select(table.c.id).where(table.c.id == account_id)).first():
-            return False
-        self._c.execute(
-            insert(table).values(id=account_id, customer_id=customer_id, created_at=_now())
-        )
-        return True
-
-    def customer_of_deposit_account(self, account_id: str) -> str | None:
-        table = t.deposit_accounts
-        return self._c.execute(
-            select(table.c.customer_id).where(table.c.id == account_id)
-        ).scalar_one_or_none()
-
-    def add_instrument(
-        self,
-        instrument: InstrumentId,
-        registry_url: str | None,
-        trusted: bool,
-        kinds: str,
-        limits: Mapping[str, str] | None = None,
-    ) -> bool:
-        table = t.instruments
-        exists = self._c.execute(
-            select(table.c.id).where(
-                and_(table.c.admin == instrument.admin, table.c.id == instrument.id)
-            )
-        ).first()
-        if exists:
-            return False
-        self._c.execute(
-            insert(table).values(
-                admin=instrument.admin,
-                id=instrument.id,
-                registry_url=registry_url,
-                trusted=trusted,
-                enabled=True,
-                transfer_kinds=kinds,
-                created_at=_now(),
-                limits=json.dumps(dict(limits), sort_keys=True) if limits else None,
-            )
-        )
-        return True
-
-    def set_instrument_enabled(self, instrument: InstrumentId, enabled: bool) -> bool:
-        table = t.instruments
-        return bool(
-            self._c.execute(
-                update(table)
-                .where(and_(table.c.admin == instrument.admin, table.c.id == instrument.id))
-                .values(enabled=enabled)
-            ).rowcount
-        )
-
-    def instruments(self) -> list[InstrumentRecord]:
-        table = t.instruments
-        rows = self._c.execute(select(table).order_by(table.c.id, table.c.admin))
-        return [instrument_from_row(row) for row in rows]
-
-    def customers(self) -> list[tuple[str, str]]:
-        rows = self._c.execute(
-            select(t.customers.c.id, t.customers.c.name).order_by(t.customers.c.id)
-        )
-        return [(row.id, row.name) for row in rows]
-
-
-def instrument_from_row(row: Row[Any]) -> InstrumentRecord:
-    return InstrumentRecord(
-        instrument=InstrumentId(row.admin, row.id),
-        registry_url=row.registry_url,
-        trusted=bool(row.trusted),
-        enabled=bool(row.enabled),
-        transfer_kinds=tuple(k for k in row.transfer_kinds.split(",") if k),
-        limits=json.loads(row.limits) if row.limits else {},
-    )
-
-
-def _stored_time(text: str) -> datetime:
-    """A timestamp this DB wrote (canonical, ``...Z``): the fast path of ``parse_timestamp``."""
-    return datetime.fromisoformat(text)
-
-
-def withdrawal_from_row(row: Row[Any]) -> Withdrawal:
-    return Withdrawal(
-        id=row.id,
-        kind=row.kind,
-        customer_id=row.customer_id,
-        sender=row.sender,
-        receiver=row.receiver,
-        instrument=InstrumentId(row.instrument_admin, row.instrument_id),
-        amount=row.amount,
-        status=row.status,
-        attempt=row.attempt,
-        attempts_max=row.attempts_max,
-        idempotency_key=row.idempotency_key,
-        trec_tgt=_stored_time(row.trec_tgt) if row.trec_tgt else None,
-        inputs=tuple(json.loads(row.inputs)),
-        requested_at=_stored_time(row.requested_at) if row.requested_at else None,
-        instruction_cid=row.instruction_cid,
-        offered_at=_stored_time(row.offered_at) if row.offered_at else None,
-        outcome_update_id=row.outcome_update_id,
-        failure=row.failure,
-        last_error=row.last_error,
-        rebuilt=bool(row.rebuilt),
-    )
-
-
-def withdrawal_row(w: Withdrawal, now: str) -> dict[str, object]:
-    return {
-        "id": w.id,
-        "kind": w.kind,
-        "customer_id": w.customer_id,
-        "idempotency_key": w.idempotency_key,
-        "sender": w.sender,
-        "receiver": w.receiver,
-        "instrument_admin": w.instrument.admin,
-        "instrument_id": w.instrument.id,
-        "amount": w.amount,
-        "status": w.status,
-        "attempt": w.attempt,
-        "attempts_max": w.attempts_max,
-        "trec_tgt": ts(w.trec_tgt),
-        "inputs": json.dumps(list(w.inputs)),
-        "requested_at": ts(w.requested_at),
-        "instruction_cid": w.instruction_cid,
-        "offered_at": ts(w.offered_at),
-        "outcome_update_id": w.outcome_update_id,
-        "failure": w.failure,
-        "last_error": w.last_error,
-        "rebuilt": w.rebuilt,
-        "created_at": now,
-        "updated_at": now,
-    }
