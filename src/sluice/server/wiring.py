@@ -1,0 +1,270 @@
+"""Wiring a whole service from the configuration: the database, the ledger connection, the API's
+context and the loop's parts.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from sluice import bootstrap
+from sluice.api.context import ApiContext
+from sluice.api.oidc import JwtVerifier, OidcSettings
+from sluice.api.operations import executors
+from sluice.config import DeploymentConfig
+from sluice.domain.errors import InvalidInputError
+from sluice.ledger.local.adapters import EmbeddedCommands, embedded_registries
+from sluice.server.loop import (
+    IngestionStandby,
+    Outcome,
+    Part,
+    ServiceLoop,
+    _wall_clock,
+    deposit_part,
+    ingestion_part,
+    pause_reason,
+    withdrawal_part,
+)
+from sluice.server.world import EmbeddedWorld, FollowedClock, prepare_embedded_world
+from sluice.services.access import ApiKeyVerifier, list_api_keys
+from sluice.services.approvals import run_approved
+from sluice.services.compliance import KycRegistry, RegistryGate
+from sluice.services.deposit_worker import DepositWorker
+from sluice.services.ingestion import Ingestion, IngestionSettings, connection_name
+from sluice.services.settings import RuntimeSettings
+from sluice.services.standby import fenced
+from sluice.services.withdrawals import WithdrawalSettings, WithdrawalWorker
+
+
+@dataclass
+class Service:
+    """A configured sluice: the API's context and the loop that runs beside it."""
+
+    config: DeploymentConfig
+    database: bootstrap.Database
+    link: bootstrap.LedgerConnection
+    treasury: str
+    context: ApiContext
+    loop: ServiceLoop
+    world: EmbeddedWorld | None = None
+
+    @property
+    def database_description(self) -> str:
+        return self.database.engine.url.render_as_string(hide_password=True)
+
+    def has_api_keys(self) -> bool:
+        return bool(list_api_keys(self.database.uow, limit=1))
+
+    def close(self, timeout_s: float = 30.0) -> bool:
+        return self.loop.stop(timeout_s)
+
+
+def build_service(
+    config: DeploymentConfig,
+    *,
+    database_url: str | None = None,
+    ledger_path: Path | None = None,
+    ledger_url: str | None = None,
+    interval_s: float = 1.0,
+    withdrawal_settings: WithdrawalSettings | None = None,
+    wall_clock: Callable[[], datetime] = _wall_clock,
+) -> Service:
+    """Wire a service from the configuration (``database_url``, ``ledger_path`` and
+    ``ledger_url`` override it, as the command line's ``--db``, ``--ledger``, ``--ledger-url``).
+
+    A participant URL (given, or configured with no ledger file given) means the Canton adapter;
+    otherwise the embedded ledger file, created with the sandbox's world when no configuration
+    names one and it does not exist yet. Nothing runs until ``service.loop.start()``."""
+    registry = bootstrap.kyc_registry(config)
+    settings = withdrawal_settings or WithdrawalSettings()
+    database = bootstrap.database(database_url or config.database_url)
+    try:
+        link, treasury, world = _ledger(config, database, ledger_path, ledger_url, settings)
+    except BaseException:
+        database.dispose()
+        raise
+    try:
+        return _wire(
+            config, database, link, treasury, world, registry, settings, interval_s, wall_clock
+        )
+    except BaseException:
+        link.close()
+        database.dispose()
+        raise
+
+
+def _ledger(
+    config: DeploymentConfig,
+    database: bootstrap.Database,
+    ledger_path: Path | None,
+    ledger_url: str | None,
+    settings: WithdrawalSettings,
+) -> tuple[bootstrap.LedgerConnection, str, EmbeddedWorld | None]:
+    if ledger_url is not None or (ledger_path is None and config.ledger.kind == "canton"):
+        treasury = config.treasury.party
+        if treasury is None:
+            raise InvalidInputError(
+                "no treasury party: set treasury.party (or SLUICE_TREASURY_PARTY)"
+            )
+        margin = config.ledger.local_margin_s
+        if settings.trec_span_s <= margin:
+            raise InvalidInputError(
+                f"SLUICE_WITHDRAWAL_TREC_SPAN_S ({settings.trec_span_s:g} s) must exceed "
+                f"ledger.local_margin_s ({margin:g} s), or no local-party withdrawal could be "
+                "submitted"
+            )
+        link = bootstrap.canton_connection(config, database, participant_url=ledger_url)
+        return link, treasury, None
+    named = ledger_path is not None or config.ledger.path is not None
+    world = prepare_embedded_world(
+        ledger_path or config.ledger_path,
+        database,
+        node=config.ledger.node,
+        treasury=config.treasury.party,
+        create=not named,
+    )
+    return _embedded_link(world, config.ledger.node), world.treasury, world
+
+
+def _wire(
+    config: DeploymentConfig,
+    database: bootstrap.Database,
+    link: bootstrap.LedgerConnection,
+    treasury: str,
+    world: EmbeddedWorld | None,
+    registry: KycRegistry,
+    settings: WithdrawalSettings,
+    interval_s: float,
+    wall_clock: Callable[[], datetime],
+) -> Service:
+    follow = FollowedClock(world.ledger, wall_clock) if world is not None else None
+    api_clock: Callable[[], datetime] = follow if follow is not None else wall_clock
+    connection = connection_name(treasury, link.node)
+    stopping = threading.Event()
+
+    def nap(seconds: float) -> None:  # ingestion's retry back-off, cut short by a stop
+        stopping.wait(seconds)
+
+    # One ingestion writer per (treasury, node): a second `sluice serve` waits as a standby.
+    writer_lock = database.writer_lock(connection)
+    standby = IngestionStandby(writer_lock, treasury, link.node)
+    ingestion = Ingestion(
+        fenced(database.uow, writer_lock),
+        link.client,
+        treasury,
+        connection=connection,
+        settings=IngestionSettings(),
+        sleep=nap,
+        compliance=registry,
+    )
+    withdrawals = WithdrawalWorker(
+        database.uow,
+        link.commands,
+        link.registries,
+        treasury=treasury,
+        connection=connection,
+        clock=link.clock,
+        settings=settings,
+        compliance=registry,
+    )
+    deposits = DepositWorker(
+        database.uow,
+        link.commands,
+        link.registries,
+        RegistryGate(database.uow, registry, link.clock),
+        treasury=treasury,
+    )
+    oidc = config.api.oidc
+    context = ApiContext(
+        uow=database.uow,
+        treasury=treasury,
+        clock=api_clock,
+        compliance=registry,
+        settings=RuntimeSettings(database.uow, dict(config.api.settings), clock=api_clock),
+        keys=ApiKeyVerifier(database.uow),
+        jwt=JwtVerifier(OidcSettings(**oidc.model_dump())) if oidc is not None else None,
+        registries=link.registries,
+        withdrawal_settings=settings,
+        deployment=config.redacted(),
+        reads=database.async_reads(),
+    )
+    context.executors = executors(context)
+    parts: list[Part] = []
+    if follow is not None:
+        parts.append(Part("clock", _followed(follow)))
+    parts += [
+        ingestion_part(ingestion, stopping, standby),
+        withdrawal_part(withdrawals),
+        deposit_part(deposits),
+        Part("flush", _flushed(link)),
+        approvals_part(context),
+    ]
+
+    def close() -> None:
+        try:
+            link.flush()
+        finally:
+            writer_lock.release()
+            link.close()
+            database.dispose()
+
+    loop = ServiceLoop(
+        parts,
+        interval_s=interval_s,
+        paused=pause_reason(database.uow),
+        close=close,
+        stopping=stopping,
+    )
+    context.readiness = {**context.readiness, "service_loop": loop.readiness}
+    return Service(
+        config=config,
+        database=database,
+        link=link,
+        treasury=treasury,
+        context=context,
+        loop=loop,
+        world=world,
+    )
+
+
+def _embedded_link(world: EmbeddedWorld, node: str) -> bootstrap.LedgerConnection:
+    ledger = world.ledger
+    return bootstrap.LedgerConnection(
+        client=ledger.node_client(node),
+        commands=EmbeddedCommands(ledger),
+        registries=embedded_registries(ledger),
+        clock=ledger.time,
+        node=node,
+        description=f"embedded ledger {world.path} (node {node})",
+        flush=ledger.flush,
+        close=ledger.close,
+        record_time_at=ledger.record_time_at,
+    )
+
+
+def _followed(clock: FollowedClock) -> Callable[[], Outcome | None]:
+    def run() -> None:
+        clock.follow()
+
+    return run
+
+
+def _flushed(link: bootstrap.LedgerConnection) -> Callable[[], Outcome | None]:
+    def run() -> None:
+        link.flush()  # what the workers submitted reaches the file
+
+    return run
+
+
+def approvals_part(context: ApiContext) -> Part:
+    """Operations whose approvals are complete but were not executed (the process stopped in
+    between) are executed here; the API executes them itself when the last approval arrives."""
+
+    def run() -> Outcome:
+        executed = run_approved(context.uow, context.executors, context.clock())
+        return Outcome(busy=bool(executed), counts={"executed": executed})
+
+    return Part("approvals", run, moves_value=True)
