@@ -1,0 +1,443 @@
+"""Rolling-window usage as stored: usage rows keyed by operation id, the hour and day totals
+that move with them, and the bounded reads a decision makes (see ``compliance_repository``)."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from datetime import datetime
+from decimal import Decimal
+from functools import cache
+from typing import Any
+
+from sqlalchemy import ColumnElement, Row, and_, bindparam, delete, false, or_, select, union_all
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.expression import BindParameter, Executable
+
+from sluice.domain.compliance import (
+    BUCKET_LENGTHS_S,
+    OPERATIONS,
+    UsageBucket,
+    UsageRecord,
+    UsageSpan,
+    UsageWindows,
+    usage_buckets,
+)
+from sluice.domain.ledger import format_timestamp
+from sluice.store import tables as t
+from sluice.store.bulk import execute_many, insert_new_rows, money_value, select_rows
+from sluice.store.compliance_connection import CHUNK, ComplianceConnection, _chunks
+from sluice.store.rows import time_of
+
+RECENT_CHUNK = 50  # customers per statement reading each one's latest usage rows
+
+
+def _in_ranges(
+    column: ColumnElement[Any], ranges: Sequence[tuple[datetime, datetime]]
+) -> ColumnElement[bool]:
+    """``column`` (a timestamp's canonical text) in any of the half-open ``ranges``."""
+    if not ranges:
+        return false()
+    return or_(
+        *(
+            and_(column >= format_timestamp(low), column < format_timestamp(high))
+            for low, high in ranges
+        )
+    )
+
+
+SPAN_RANGES = 3  # a span's record and hour ranges, at most (see UsageSpan.of)
+
+
+def _range_parameters(
+    name: str, ranges: Sequence[tuple[datetime, datetime]], count: int
+) -> dict[str, str]:
+    """Bind values for ``count`` ranges; missing ones are empty (low = high)."""
+    assert len(ranges) <= count, f"{len(ranges)} {name} ranges, at most {count} expected"
+    padded = list(ranges) + [(ranges[-1][1], ranges[-1][1])] * (count - len(ranges))
+    values = {}
+    for index, (low, high) in enumerate(padded):
+        values[f"{name}_low_{index}"] = format_timestamp(low)
+        values[f"{name}_high_{index}"] = format_timestamp(high)
+    return values
+
+
+def _usage_columns() -> tuple[ColumnElement[Any], ...]:
+    """The columns :func:`_usage_from_tuple` reads, in its order."""
+    usage = t.compliance_usage
+    return (
+        usage.c.customer_id,
+        usage.c.operation_id,
+        usage.c.operation,
+        usage.c.amount,
+        usage.c.occurred_at,
+        usage.c.counterparty,
+    )
+
+
+def _usage_from_tuple(row: Sequence[Any]) -> tuple[str, UsageRecord]:
+    customer_id, operation_id, operation, amount, occurred_at, counterparty = row
+    return customer_id, UsageRecord(
+        operation_id, operation, amount, time_of(occurred_at), counterparty
+    )
+
+
+def _totals_statement() -> Executable:
+    """The totals of a span: one indexed range of the primary key per part (parts are disjoint,
+    so UNION ALL repeats no row)."""
+    totals = t.compliance_usage_totals
+    ids: BindParameter[list[str]] = bindparam("ids", expanding=True)
+    operations: BindParameter[list[str]] = bindparam("operations", expanding=True)
+    columns = (
+        totals.c.customer_id,
+        totals.c.operation,
+        totals.c.length_s,
+        totals.c.starts_at,
+        totals.c.amount,
+    )
+    parts = [("hour", 3600, index) for index in range(SPAN_RANGES)] + [("day", 86400, 0)]
+    return union_all(
+        *(
+            select(*columns).where(
+                totals.c.customer_id.in_(ids),
+                totals.c.length_s == length_s,
+                totals.c.starts_at >= bindparam(f"{name}_low_{index}"),
+                totals.c.starts_at < bindparam(f"{name}_high_{index}"),
+                totals.c.operation.in_(operations),
+            )
+            for name, length_s, index in parts
+        )
+    )
+
+
+def _edge_records_statement() -> Executable:
+    usage = t.compliance_usage
+    ids: BindParameter[list[str]] = bindparam("ids", expanding=True)
+    operations: BindParameter[list[str]] = bindparam("operations", expanding=True)
+    return union_all(
+        *(
+            select(*_usage_columns()).where(
+                usage.c.customer_id.in_(ids),
+                usage.c.occurred_at >= bindparam(f"edge_low_{index}"),
+                usage.c.occurred_at < bindparam(f"edge_high_{index}"),
+                usage.c.operation.in_(operations),
+            )
+            for index in range(SPAN_RANGES)
+        )
+    )
+
+
+@cache
+def _latest_usage_statement(customers: int) -> Executable:
+    """The latest ``:limit`` usage rows in ``(:low, :high]`` of each of ``customers`` customers
+    (``:id_0`` …): one index range per customer, newest first, read no further than the limit.
+    Built once per chunk size, so each call only binds values."""
+    usage = t.compliance_usage
+    low: BindParameter[str] = bindparam("low")
+    high: BindParameter[str] = bindparam("high")
+    limit: BindParameter[int] = bindparam("limit")
+    latest = [
+        select(*_usage_columns())
+        .where(
+            usage.c.customer_id == bindparam(f"id_{index}"),
+            usage.c.occurred_at > low,
+            usage.c.occurred_at <= high,
+        )
+        .order_by(usage.c.occurred_at.desc(), usage.c.operation_id.desc())
+        .limit(limit)
+        .subquery()
+        for index in range(customers)
+    ]
+    return union_all(*(select(part) for part in latest))
+
+
+# The usage row's columns as record_usage_of writes them (operation_id first: the key).
+_USAGE_COLUMNS = (
+    "operation_id",
+    "customer_id",
+    "operation",
+    "amount",
+    "counterparty",
+    "occurred_at",
+)
+
+
+@cache
+def _totals_upsert(dialect: str) -> Executable:
+    """Totals inserted or merged: PostgreSQL adds in the database (exact ``NUMERIC``); on SQLite
+    the caller passes the new total (money is text there, and the transaction is exclusive)."""
+    totals = t.compliance_usage_totals
+    insert = postgresql.insert(totals) if dialect == "postgresql" else sqlite.insert(totals)
+    excluded = insert.excluded
+    if dialect == "postgresql":
+        new_values = {
+            "amount": totals.c.amount + excluded.amount,
+            "count": totals.c.count + excluded.count,
+        }
+    else:
+        new_values = {"amount": excluded.amount, "count": excluded.count}
+    return insert.on_conflict_do_update(
+        index_elements=["customer_id", "length_s", "starts_at", "operation"], set_=new_values
+    )
+
+
+def _totals_of_buckets_statement() -> Executable:
+    totals = t.compliance_usage_totals
+    ids: BindParameter[list[str]] = bindparam("ids", expanding=True)
+    starts: BindParameter[list[str]] = bindparam("starts", expanding=True)
+    return select(
+        totals.c.customer_id,
+        totals.c.length_s,
+        totals.c.starts_at,
+        totals.c.operation,
+        totals.c.amount,
+        totals.c.count,
+    ).where(
+        totals.c.customer_id.in_(ids),
+        totals.c.length_s == bindparam("length_s"),
+        totals.c.starts_at.in_(starts),
+    )
+
+
+_TOTALS_OF_BUCKETS = _totals_of_buckets_statement()
+_TOTALS_IN_SPAN = _totals_statement()
+_EDGE_RECORDS = _edge_records_statement()
+
+
+def _usage_from_row(row: Row[Any]) -> UsageRecord:
+    return UsageRecord(
+        operation_id=row.operation_id,
+        operation=row.operation,
+        amount=row.amount,
+        occurred_at=time_of(row.occurred_at),
+        counterparty=row.counterparty,
+    )
+
+
+def _bucket_key(bucket: UsageBucket) -> tuple[int, str, str]:
+    return (bucket.length_s, format_timestamp(bucket.starts_at), bucket.operation)
+
+
+def _plus(bucket: UsageBucket, known: tuple[Decimal, int] | None) -> UsageBucket:
+    if known is None:
+        return bucket
+    amount, count = known
+    return UsageBucket(
+        bucket.operation,
+        bucket.length_s,
+        bucket.starts_at,
+        amount + bucket.amount,
+        count + bucket.count,
+    )
+
+
+class SqlComplianceUsage(ComplianceConnection):
+    """Usage rows and their totals, written in the operation's own transaction."""
+
+    def usage(self, customer_ids: Collection[str], since: datetime) -> dict[str, list[UsageRecord]]:
+        """Usage strictly after ``since``, oldest first; every customer asked about has a list
+        (empty if they used nothing)."""
+        table = t.compliance_usage
+        after = format_timestamp(since)  # canonical text: text order is time order
+        found: dict[str, list[UsageRecord]] = {customer_id: [] for customer_id in customer_ids}
+        for chunk in _chunks(customer_ids):
+            rows = self._c.execute(
+                select(table)
+                .where(and_(table.c.customer_id.in_(chunk), table.c.occurred_at > after))
+                .order_by(table.c.customer_id, table.c.occurred_at, table.c.operation_id)
+            )
+            for row in rows:
+                found[row.customer_id].append(
+                    UsageRecord(
+                        operation_id=row.operation_id,
+                        operation=row.operation,
+                        amount=row.amount,
+                        occurred_at=time_of(row.occurred_at),
+                        counterparty=row.counterparty,
+                    )
+                )
+        return found
+
+    def usage_windows(
+        self,
+        customer_ids: Collection[str],
+        first: datetime,
+        last: datetime,
+        operations: Collection[str] = OPERATIONS,
+    ) -> dict[str, UsageWindows]:
+        """What decisions at times in ``[first, last]`` need of each customer's usage: the hour
+        and day totals and the edge records of :class:`UsageSpan` — a bounded number of rows
+        however long the history, each range read through an index."""
+        span = UsageSpan.of(first, last)
+        found = {customer_id: UsageWindows(span, operations) for customer_id in customer_ids}
+        ranges = {
+            **_range_parameters("hour", span.hour_ranges, SPAN_RANGES),
+            **_range_parameters("day", span.day_ranges, 1),
+        }
+        edges = _range_parameters("edge", span.record_ranges, SPAN_RANGES)
+        for chunk in _chunks(customer_ids):
+            kinds = sorted(set(operations))
+            rows = self._c.execute(_TOTALS_IN_SPAN, {"ids": chunk, "operations": kinds, **ranges})
+            for customer_id, operation, length_s, starts_at, amount in rows:
+                found[customer_id].add_total(operation, length_s, time_of(starts_at), amount)
+            edge_rows = self._c.execute(_EDGE_RECORDS, {"ids": chunk, "operations": kinds, **edges})
+            for row in edge_rows:
+                customer_id, record = _usage_from_tuple(row)
+                found[customer_id].add_record(record)
+        return found
+
+    def recent_usage(
+        self, customer_ids: Collection[str], after: datetime, until: datetime, limit: int
+    ) -> dict[str, list[UsageRecord]]:
+        """Each customer's latest ``limit`` usage rows in ``(after, until]``, oldest first."""
+        low, high = format_timestamp(after), format_timestamp(until)
+        found: dict[str, list[UsageRecord]] = {customer_id: [] for customer_id in customer_ids}
+        for chunk in _chunks(customer_ids, RECENT_CHUNK):
+            parameters: dict[str, object] = {"low": low, "high": high, "limit": limit}
+            parameters.update(
+                {f"id_{index}": customer_id for index, customer_id in enumerate(chunk)}
+            )
+            rows = select_rows(self._c, _latest_usage_statement(len(chunk)), parameters)
+            for customer_id, operation_id, operation, amount, occurred_at, counterparty in rows:
+                found[customer_id].append(
+                    UsageRecord(
+                        operation_id,
+                        operation,
+                        amount if type(amount) is Decimal else Decimal(amount),
+                        time_of(occurred_at),
+                        counterparty,
+                    )
+                )
+        for records in found.values():
+            records.sort(key=lambda record: (record.occurred_at, record.operation_id))
+        return found
+
+    def counterparties_seen(
+        self, customer_id: str, counterparties: Collection[str], after: datetime, until: datetime
+    ) -> set[str]:
+        """Which of ``counterparties`` the customer dealt with in ``(after, until]`` (one indexed
+        look-up each)."""
+        usage = t.compliance_usage
+        seen: set[str] = set()
+        for counterparty in sorted(set(counterparties)):
+            row = self._c.execute(
+                select(usage.c.counterparty)
+                .where(
+                    usage.c.customer_id == customer_id,
+                    usage.c.counterparty == counterparty,
+                    usage.c.occurred_at > format_timestamp(after),
+                    usage.c.occurred_at <= format_timestamp(until),
+                )
+                .limit(1)
+            ).first()
+            if row is not None:
+                seen.add(counterparty)
+        return seen
+
+    def record_usage(self, customer_id: str, records: Sequence[UsageRecord]) -> None:
+        self.record_usage_of({customer_id: records})
+
+    def record_usage_of(self, records_by_customer: Mapping[str, Sequence[UsageRecord]]) -> None:
+        """Insert usage rows of many customers at once, and add the new ones to the totals."""
+        money = money_value(self._c)
+        rows = [
+            (
+                record.operation_id,
+                customer_id,
+                record.operation,
+                money(record.amount),
+                record.counterparty,
+                format_timestamp(record.occurred_at),
+            )
+            for customer_id, records in records_by_customer.items()
+            for record in records
+        ]
+        if not rows:
+            return
+        # A replayed row is skipped by the database; only the rows that went in count.
+        inserted = insert_new_rows(
+            self._c, t.compliance_usage, _USAGE_COLUMNS, rows, key="operation_id"
+        )
+        self._add_to_totals(
+            {
+                customer_id: [r for r in records if r.operation_id in inserted]
+                for customer_id, records in records_by_customer.items()
+            },
+            sign=1,
+        )
+
+    def forget_usage(self, operation_ids: Collection[str]) -> int:
+        """Remove the usage of operations that moved nothing in the end (a refunded withdrawal),
+        and take it off the totals."""
+        if not operation_ids:
+            return 0
+        table = t.compliance_usage
+        removed: dict[str, list[UsageRecord]] = {}
+        ids = sorted(set(operation_ids))
+        for start in range(0, len(ids), CHUNK):
+            chunk = ids[start : start + CHUNK]
+            rows = self._c.execute(
+                delete(table).where(table.c.operation_id.in_(chunk)).returning(*table.c)
+            )
+            for row in rows:
+                removed.setdefault(row.customer_id, []).append(_usage_from_row(row))
+        self._add_to_totals(removed, sign=-1)
+        return sum(len(records) for records in removed.values())
+
+    def _add_to_totals(
+        self, records_by_customer: Mapping[str, Sequence[UsageRecord]], *, sign: int
+    ) -> None:
+        changes = [
+            (customer_id, bucket)
+            for customer_id, records in records_by_customer.items()
+            for bucket in usage_buckets(records, sign).values()
+        ]
+        if not changes:
+            return
+        if not self._postgresql:
+            # SQLite: money is text, so add in Python (the transaction is already exclusive).
+            known = self._totals_of(changes)
+            changes = [
+                (customer_id, _plus(bucket, known.get((customer_id, *_bucket_key(bucket)))))
+                for customer_id, bucket in changes
+            ]
+        money = money_value(self._c)
+        execute_many(
+            self._c,
+            _totals_upsert(self._c.dialect.name),
+            [
+                {
+                    "customer_id": customer_id,
+                    "length_s": bucket.length_s,
+                    "starts_at": format_timestamp(bucket.starts_at),
+                    "operation": bucket.operation,
+                    "amount": money(bucket.amount),
+                    "count": bucket.count,
+                }
+                for customer_id, bucket in changes
+            ],
+        )
+
+    def _totals_of(
+        self, changes: Sequence[tuple[str, UsageBucket]]
+    ) -> dict[tuple[str, int, str, str], tuple[Decimal, int]]:
+        """The stored totals of the buckets ``changes`` touch (one indexed look-up per customer
+        chunk and bucket length)."""
+        customers = sorted({customer_id for customer_id, _ in changes})
+        found: dict[tuple[str, int, str, str], tuple[Decimal, int]] = {}
+        for length_s in BUCKET_LENGTHS_S:
+            starts = sorted(
+                {
+                    format_timestamp(bucket.starts_at)
+                    for _, bucket in changes
+                    if bucket.length_s == length_s
+                }
+            )
+            for customer_chunk in _chunks(customers):
+                for start_chunk in _chunks(starts):
+                    rows = self._c.execute(
+                        _TOTALS_OF_BUCKETS,
+                        {"ids": customer_chunk, "length_s": length_s, "starts": start_chunk},
+                    )
+                    for customer_id, length, starts_at, operation, amount, count in rows:
+                        found[(customer_id, length, starts_at, operation)] = (amount, count)
+        return found
