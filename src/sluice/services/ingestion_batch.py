@@ -1,0 +1,387 @@
+"""One batch of ledger updates decided: parsed in order, replays and quarantined updates skipped,
+deposits passed through the KYC registry, and everything the batch writes collected into one
+:class:`IngestBatch` (see :mod:`sluice.services.ingestion` for what ingestion guarantees)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sluice.domain.amounts import format_amount
+from sluice.domain.audit import AuditEntry
+from sluice.domain.compliance import ComplianceRequest, HeldDeposit, ReviewItem
+from sluice.domain.deposits import dispose_entry
+from sluice.domain.history import (
+    HistoryEntry,
+    ParsedTransaction,
+    item_offset,
+    parse_transaction,
+    parse_update,
+    unwrap_update,
+)
+from sluice.domain.ledger import Checkpoint, Cursor, Holding, InstrumentId, TransferInstruction
+from sluice.domain.withdrawals import Withdrawal, book_withdrawal_entry, is_withdrawal_entry
+from sluice.ports import EntryRecord, IngestBatch, IngestedUpdate, IngestionRepository
+from sluice.services.compliance import ComplianceSession, KycRegistry
+
+CLOSED_STATUS_BY_ENTRY = {
+    "completed": "completed",
+    "rejected": "rejected",
+    "withdrawn": "withdrawn",
+    "failed": "failed",
+    # An update that passes an instruction on replaces it with a new one.
+    "pending": "superseded",
+}
+
+
+@dataclass(slots=True)
+class IngestionProgress:
+    transactions: int = 0
+    checkpoints: int = 0
+    skipped: int = 0
+    quarantined: int = 0
+    batches: int = 0
+    read_retries: int = 0
+    cursor: Cursor | None = None
+    reached_end: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Skip:
+    """An update not applied: already ingested (no key) or quarantined by an operator."""
+
+    offset: int | None
+    quarantine_key: str | None
+
+
+_Step = ParsedTransaction | Checkpoint | _Skip
+
+
+@dataclass(slots=True)
+class _BatchState:
+    """What the batch being built has seen so far, so later updates in it can refer back."""
+
+    batch: IngestBatch
+    cursor: Cursor | None
+    holdings: dict[str, Holding] = field(default_factory=dict)
+    instructions: dict[str, TransferInstruction] = field(default_factory=dict)
+    customers: Mapping[str, str] = field(default_factory=dict)
+    withdrawals: dict[str, Withdrawal] = field(default_factory=dict)
+    seen_ids: set[str] = field(default_factory=set)
+    # The KYC registry's view of the customers and senders of the batch's deposits.
+    compliance: ComplianceSession | None = None
+    audit: list[AuditEntry] = field(default_factory=list)
+    failed_payouts: list[tuple[Withdrawal, datetime]] = field(default_factory=list)
+
+
+class BatchDecisions:
+    """The part of :class:`~sluice.services.ingestion.Ingestion` that turns a batch's updates
+    into its writes; the loop around it reads, commits and moves the cursor."""
+
+    party: str
+    connection: str
+    _registry: KycRegistry
+    _onboarded: set[InstrumentId] | None
+
+    def _parse(
+        self,
+        kind: str,
+        body: Mapping[str, Any],
+        state: _BatchState,
+        known: set[str],
+        quarantined: set[str],
+    ) -> _Step | None:
+        if kind == "malformed":
+            unwrap_update(body)  # raises the precise error
+            return None
+        if kind == "checkpoint":
+            wrapped = {"update": {"OffsetCheckpoint": {"value": body}}}
+            return parse_update(wrapped, self.party, state.holdings.get, state.instructions.get)
+        if kind != "transaction":
+            return None
+        update_id = body.get("updateId")
+        if isinstance(update_id, str):
+            if update_id in quarantined:
+                return _Skip(item_offset(body), update_id)
+            if update_id in known or update_id in state.seen_ids:
+                return _Skip(item_offset(body), None)
+        tx = parse_transaction(body, self.party, state.holdings.get, state.instructions.get)
+        state.seen_ids.add(tx.update_id)
+        for entry in tx.entries:
+            for holding in entry.holdings_created:
+                state.holdings[holding.contract_id] = holding
+            for holding in entry.holdings_archived:
+                state.holdings.pop(holding.contract_id, None)
+        for instruction in tx.instructions_created:
+            state.instructions[instruction.contract_id] = instruction
+        return tx
+
+    def _apply(self, step: _Step, state: _BatchState, progress: IngestionProgress) -> None:
+        if isinstance(step, _Skip):
+            if step.quarantine_key is not None:
+                progress.quarantined += 1
+                state.batch.quarantine_skipped.append(step.quarantine_key)
+            else:
+                progress.skipped += 1
+            if step.offset is not None:
+                state.cursor = _advance(state.cursor, step.offset, None, None, None)
+        elif isinstance(step, Checkpoint):
+            progress.checkpoints += 1
+            state.cursor = _advance(state.cursor, step.offset, None, step.record_time, None)
+        else:
+            self._apply_transaction(step, state)
+            progress.transactions += 1
+
+    def _apply_transaction(self, tx: ParsedTransaction, state: _BatchState) -> None:
+        batch = state.batch
+        batch.updates.append(IngestedUpdate(tx.update_id, tx.offset, tx.record_time, "ingested"))
+        onboarded = self._onboarded or set()
+        closing: dict[str, str] = {}
+        for entry in tx.entries:
+            for holding in entry.holdings_created:
+                batch.holdings_created.append((holding, tx.update_id, tx.offset))
+            for holding in entry.holdings_archived:
+                batch.holdings_archived.append((holding.contract_id, tx.update_id, tx.offset))
+            if entry.instruction_cid and entry.status in CLOSED_STATUS_BY_ENTRY:
+                closing[entry.instruction_cid] = CLOSED_STATUS_BY_ENTRY[entry.status]
+            known = state.withdrawals.get(entry.reason) if entry.reason else None
+            if is_withdrawal_entry(entry, known):
+                self._apply_withdrawal_entry(entry, known, tx, state)
+                continue
+            disposition = dispose_entry(
+                entry,
+                update_id=tx.update_id,
+                party=self.party,
+                customer_for_reason=state.customers,
+                is_onboarded=onboarded.__contains__,
+                admit=self._admission(tx, state),
+            )
+            if disposition.kind in ("credited", "held"):
+                self._audit_deposit(tx, entry, disposition.kind, disposition.customer_id, state)
+            batch.journal.extend(disposition.journal)
+            batch.alerts.extend(disposition.alerts)
+            batch.entries.append(
+                _entry_record(tx, entry, disposition.kind, disposition.customer_id)
+            )
+        for instruction in tx.instructions_created:
+            transfer = instruction.transfer
+            direction = "in" if transfer.receiver == self.party != transfer.sender else "out"
+            batch.instructions_created.append((instruction, direction, tx.update_id))
+        for cid in tx.instructions_archived:
+            batch.instructions_closed.append((cid, closing.get(cid, "archived"), tx.update_id))
+        state.cursor = _advance(
+            state.cursor, tx.offset, tx.update_id, tx.record_time, tx.synchronizer_id
+        )
+
+    def _admission(
+        self, tx: ParsedTransaction, state: _BatchState
+    ) -> Callable[[HistoryEntry, InstrumentId, Decimal, str | None], str | None]:
+        """The KYC registry's answer for one deposit of ``tx`` (see ``dispose_entry``); a refused
+        deposit is recorded as held, with a review item for the compliance officer."""
+
+        def admit(
+            entry: HistoryEntry, instrument: InstrumentId, amount: Decimal, customer: str | None
+        ) -> str | None:
+            session = state.compliance
+            assert session is not None, "a batch with deposits has a compliance session"
+            operation_id = f"deposit:{tx.update_id}:{entry.node_id}:{instrument.key()}"
+            why: str | None
+            if customer is None:
+                why = session.listed(entry.sender) if entry.sender else None
+                if why is not None:
+                    why = f"sender {entry.sender} is {why}"
+            else:
+                decision = session.decide(
+                    ComplianceRequest(
+                        customer,
+                        "deposit",
+                        self._registry.settings.value(instrument, amount),
+                        entry.sender,
+                    ),
+                    operation_id=operation_id,
+                    at=tx.record_time,
+                    actor=f"ingestion:{self.connection}",
+                    record=True,
+                    parameters={
+                        "instrument": instrument.key(),
+                        "instrument_amount": format_amount(amount),
+                        "update_id": tx.update_id,
+                        "deposit_account": entry.reason,
+                    },
+                )
+                why = None if decision.allowed else decision.summary()
+            if why is not None:
+                hold_id = f"hold:{tx.update_id}:{entry.node_id}:{instrument.key()}"
+                session.hold(
+                    HeldDeposit(
+                        id=hold_id,
+                        sender=entry.sender or "",
+                        instrument_admin=instrument.admin,
+                        instrument_id=instrument.id,
+                        amount=amount,
+                        update_id=tx.update_id,
+                        why=why,
+                        held_at=tx.record_time,
+                        customer_id=customer,
+                        deposit_account=entry.reason,
+                    )
+                )
+                session.open_review(
+                    ReviewItem(
+                        id=f"review:{hold_id}",
+                        kind="deposit_held",
+                        reason=why,
+                        opened_at=tx.record_time,
+                        customer_id=customer,
+                        subject=hold_id,
+                    )
+                )
+            return why
+
+        return admit
+
+    def _audit_deposit(
+        self,
+        tx: ParsedTransaction,
+        entry: HistoryEntry,
+        outcome: str,
+        customer_id: str | None,
+        state: _BatchState,
+    ) -> None:
+        target = "compliance_hold" if outcome == "held" else f"customer:{customer_id}"
+        record = AuditEntry(
+            operation_id=f"deposit:{tx.update_id}:{entry.node_id}",
+            operation=f"deposit_{outcome}",
+            actor=f"ingestion:{self.connection}",
+            recorded_at=tx.record_time,
+            customer_id=customer_id,
+            parameters={
+                "update_id": tx.update_id,
+                "sender": entry.sender,
+                "deposit_account": entry.reason,
+                "instrument": entry.instrument.key() if entry.instrument else None,
+                "amount": format_amount(entry.amount) if entry.amount is not None else None,
+            },
+            state_changes=[{"credited": target}],
+        )
+        if state.compliance is not None:
+            state.compliance.audit(record)
+        else:
+            state.audit.append(record)
+
+    def _apply_withdrawal_entry(
+        self,
+        entry: HistoryEntry,
+        known: Withdrawal | None,
+        tx: ParsedTransaction,
+        state: _BatchState,
+    ) -> None:
+        batch = state.batch
+        outcome = book_withdrawal_entry(
+            entry, known, update_id=tx.update_id, record_time=tx.record_time, party=self.party
+        )
+        record = outcome.withdrawal
+        state.withdrawals[record.id] = record
+        if outcome.is_new or record.id in batch.withdrawals_new:
+            batch.withdrawals_new[record.id] = record
+        else:
+            batch.withdrawals_changed[record.id] = record
+        batch.journal.extend(outcome.journal)
+        batch.alerts.extend(outcome.alerts)
+        batch.entries.append(_entry_record(tx, entry, outcome.disposition, record.customer_id))
+        if (
+            record.is_payout
+            and record.status == "failed"
+            and (known is None or known.status != "failed")
+        ):
+            state.failed_payouts.append((record, tx.record_time))
+        if known is None or known.status != record.status:
+            state.audit.append(
+                AuditEntry(
+                    operation_id=record.id,
+                    operation=f"{record.kind}_{record.status}",
+                    actor=f"ingestion:{self.connection}",
+                    recorded_at=tx.record_time,
+                    customer_id=record.customer_id,
+                    parameters={"update_id": tx.update_id, "entry": entry.kind},
+                    state_changes=[
+                        {
+                            "status": record.status,
+                            "was": known.status if known is not None else None,
+                            "failure": record.failure,
+                        }
+                    ],
+                )
+            )
+
+
+class _CustomerLookup(Mapping[str, str]):
+    """Deposit account → customer: prefetched for the batch, asked for one by one otherwise
+    (a reason can also come from an instruction recorded in an earlier batch)."""
+
+    def __init__(self, repo: IngestionRepository, known: dict[str, str]) -> None:
+        self._repo = repo
+        self._known: dict[str, str | None] = dict(known)
+
+    def __getitem__(self, reason: str) -> str:
+        if reason not in self._known:
+            self._known[reason] = self._repo.customers_for_reasons([reason]).get(reason)
+        customer = self._known[reason]
+        if customer is None:
+            raise KeyError(reason)
+        return customer
+
+    def __iter__(self) -> Iterator[str]:
+        return (reason for reason, customer in self._known.items() if customer is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for customer in self._known.values() if customer is not None)
+
+
+def _entry_record(
+    tx: ParsedTransaction, entry: HistoryEntry, disposition: str, customer_id: str | None
+) -> EntryRecord:
+    return EntryRecord(
+        update_id=tx.update_id,
+        offset=tx.offset,
+        record_time=tx.record_time,
+        entry=entry,
+        disposition=disposition,
+        customer_id=customer_id,
+    )
+
+
+def _advance(
+    cursor: Cursor | None,
+    offset: int,
+    update_id: str | None,
+    record_time: datetime | None,
+    synchronizer_id: str | None,
+) -> Cursor:
+    if cursor is None:
+        return Cursor(offset, update_id, record_time, synchronizer_id)
+    latest = cursor.record_time
+    if record_time is not None and (latest is None or record_time > latest):
+        latest = record_time
+    return Cursor(
+        offset=offset,
+        update_id=update_id if update_id is not None else cursor.update_id,
+        record_time=latest,
+        synchronizer_id=synchronizer_id or cursor.synchronizer_id,
+    )
+
+
+def _collect_consumed(body: Mapping[str, Any], into: set[str]) -> None:
+    events = body.get("events")
+    if not isinstance(events, list):
+        return
+    for event in events:
+        if isinstance(event, dict):
+            exercised = event.get("ExercisedEvent")
+            if isinstance(exercised, dict) and exercised.get("consuming"):
+                cid = exercised.get("contractId")
+                if isinstance(cid, str):
+                    into.add(cid)
