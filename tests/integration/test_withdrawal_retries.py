@@ -18,6 +18,7 @@ failed once, no ``withdrawal_paid_twice`` alert, nothing reserved and the books 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -27,9 +28,13 @@ import sqlalchemy as sa
 
 from sluice.domain.errors import InvalidOperationStateError
 from sluice.domain.journal import FEES, IN_FLIGHT
+from sluice.domain.ledger import Transfer
+from sluice.domain.withdrawals import Withdrawal
+from sluice.ports import FactoryChoice, RegistryClient
 from sluice.sandbox import Sandbox
 from sluice.services.withdrawals import (
     WithdrawalSettings,
+    WithdrawalWorker,
     WorkerTick,
     cancel_withdrawal,
     list_withdrawals,
@@ -495,3 +500,79 @@ def test_a_late_offer_releases_the_retrys_inputs_and_the_record_holding_a_spent_
     assert reservations(sb) == {}
     assert "withdrawal_paid_twice" not in alert_kinds(sb)
     assert_books_balance(sb)
+
+
+# --- a worker that was away while the record moved on --------------------------------------------
+
+
+class _AnswersOffer:
+    """A registry that answers ``offer`` for every transfer (as it would for a receiver whose
+    transfer preapproval was missing at that moment): the instrument is onboarded for ``direct``
+    only, so the worker records a definite failure and sends nothing."""
+
+    def __init__(self, inner: RegistryClient) -> None:
+        self._inner = inner
+
+    def transfer_factory(self, transfer: Transfer) -> FactoryChoice:
+        return dataclasses.replace(self._inner.transfer_factory(transfer), transfer_kind="offer")
+
+    def choice_context(self, *args: Any, **kwargs: Any) -> Any:
+        return self._inner.choice_context(*args, **kwargs)
+
+
+def test_a_worker_recording_an_attempt_the_record_has_moved_past_changes_nothing(
+    world: SandboxFactory,
+) -> None:
+    """Worker 1 claims attempt 1, finds it cannot be sent, and is away before recording that.
+    Meanwhile attempt 1 expires, worker 2 retries (attempt 2) and sends it, and the record is
+    ``submitting`` again when worker 1 comes back. Worker 1's write must not replace attempt 2's
+    row: written back, attempt 1 with its failure and passed ``trec_tgt`` would be refunded at
+    once while attempt 2 commits — paid and credited back."""
+    sb = world()
+    fund(sb, "cust-0", "500", "300")
+    paid_before = wallet(sb, "cust-0")
+    requested = sb.withdraw("cust-0", "120", key="k1")
+
+    class AwayError(Exception):
+        pass
+
+    def worker_2_while_worker_1_is_away(claimed: Withdrawal) -> None:
+        expire_current_attempt(sb, claimed.id)
+        tick = WorkerTick()
+        worker_2 = sb.withdrawal_worker()
+        worker_2.settle_expired(tick)
+        worker_2.reserve_queued(tick)
+        assert (tick.retried, tick.reserved) == (1, 1)
+
+        def away(_: Withdrawal) -> None:
+            raise AwayError
+
+        with pytest.raises(AwayError):  # sent attempt 2 (it commits), not yet recorded
+            sb.withdrawal_worker(after_submit=away).submit_reserved(WorkerTick())
+        assert (record(sb, claimed.id).status, record(sb, claimed.id).attempt) == ("submitting", 2)
+
+    registries = sb.registries
+    worker_1 = WithdrawalWorker(
+        sb.database.uow,
+        sb.commands,
+        lambda instrument: _AnswersOffer(registries(instrument)),
+        treasury=sb.treasury,
+        connection=sb.connection,
+        clock=sb.clock,
+        settings=sb.withdrawal_settings,
+        after_submit=worker_2_while_worker_1_is_away,
+        compliance=sb.compliance,
+    )
+    tick = WorkerTick()
+    worker_1.submit_reserved(tick)
+    assert tick.submit_errors == 1 and "onboarded for direct only" in tick.errors[0]
+
+    current = record(sb, requested.id)
+    assert (current.status, current.attempt, current.failure) == ("submitting", 2, None)
+    tick = sb.withdrawal_worker().run_once(upkeep=False)
+    assert (tick.settled, tick.refunded, tick.fenced) == (0, 0, 0)
+
+    sb.ingest()
+    assert_paid_once(sb, requested.id, D(120))
+    assert wallet(sb, "cust-0") == paid_before + D(120)
+    assert balance(sb, "cust-0") == D(680)

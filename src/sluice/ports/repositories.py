@@ -191,8 +191,15 @@ class WithdrawalRepository(Protocol):
         ...
 
     def update_many(
-        self, withdrawals: Collection[Withdrawal], *, expected_status: str | None = None
-    ) -> int: ...
+        self,
+        withdrawals: Collection[Withdrawal],
+        *,
+        expected_status: str | None = None,
+        same_attempt: bool = False,
+    ) -> int:
+        """Write the records; with ``expected_status``, only those that still have it; with
+        ``same_attempt``, only those still on the written record's attempt and ``trec_tgt``."""
+        ...
 
     def claim(
         self,

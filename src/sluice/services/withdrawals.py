@@ -829,9 +829,12 @@ class WithdrawalWorker:
             )
         # Recorded together, in one transaction. A crash before this leaves the records in
         # ``submitting``, which is settled exactly like ``submitted`` once trec_tgt has passed;
-        # a record ingestion has meanwhile completed (or settled) is left as it is.
+        # a record ingestion has meanwhile completed (or settled) is left as it is. So is one
+        # that has moved on to a later attempt (or fence) while this worker was away and is
+        # ``submitting`` again under another worker: written back, this attempt's row would
+        # replace the live attempt's and could refund a record that attempt then pays.
         with self._uow() as uow:
-            uow.withdrawals.update_many(done, expected_status="submitting")
+            uow.withdrawals.update_many(done, expected_status="submitting", same_attempt=True)
             uow.commit()
 
     def _compliance_blocked(self, uow: UnitOfWork, records: list[Withdrawal]) -> dict[str, str]:

@@ -52,10 +52,16 @@ class SqlWithdrawalRepository:
         return self.update_many([withdrawal], expected_status=expected_status) == 1
 
     def update_many(
-        self, withdrawals: Collection[Withdrawal], *, expected_status: str | None = None
+        self,
+        withdrawals: Collection[Withdrawal],
+        *,
+        expected_status: str | None = None,
+        same_attempt: bool = False,
     ) -> int:
         """Write the records (one statement, bound parameters); with ``expected_status``, only
-        those that still have it. Returns how many rows changed."""
+        those that still have it; with ``same_attempt``, only those still on the record's attempt
+        and ``trec_tgt`` (a status can leave and come back while a worker is away). Returns how
+        many rows changed."""
         if not withdrawals:
             return 0
         now = _now()
@@ -68,6 +74,12 @@ class SqlWithdrawalRepository:
         condition = table.c.id == bindparam("p_id")
         if expected_status is not None:
             condition = and_(condition, table.c.status == expected_status)
+        if same_attempt:
+            condition = and_(
+                condition,
+                table.c.attempt == bindparam("p_attempt"),
+                table.c.trec_tgt.is_not_distinct_from(bindparam("p_trec_tgt")),
+            )
         statement = (
             update(table)
             .where(condition)
