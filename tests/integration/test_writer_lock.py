@@ -47,7 +47,9 @@ from sluice.store.writer_lock import (
     writer_lock,
 )
 
-PARTY = "treasury::1220aa"
+# A party of this test run alone: advisory locks are shared by every session on the database, so
+# another test run on the same PostgreSQL must not hold this run's lock.
+PARTY = f"treasury::1220{os.getpid():08x}"
 NODE = "exchange"
 CONNECTION = f"{PARTY}@{NODE}"
 ME = f"pid {os.getpid()} on {socket.gethostname()}"
