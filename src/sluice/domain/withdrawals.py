@@ -143,6 +143,13 @@ class Withdrawal:
             return COMPLIANCE_HOLD
         return customer_account_name(self.customer_id) if self.customer_id else SUSPENSE
 
+    def credit_back(self) -> tuple[Posting, Posting]:
+        """The postings that credit the amount back: out of in-flight, to the funding account."""
+        return (
+            Posting(AccountRef(IN_FLIGHT, self.instrument), self.amount),
+            Posting(AccountRef(self.funding_account(), self.instrument), -self.amount),
+        )
+
     def transfer_meta(self, *, fence: bool = False) -> dict[str, str]:
         meta: dict[str, str] = {KIND_KEY: FENCE_KIND if fence else self.kind}
         if self.customer_id is not None:
@@ -281,10 +288,7 @@ def book_withdrawal_entry(
         if is_customer_payout:
             post(
                 "withdrawal_refunded",
-                [
-                    Posting(AccountRef(IN_FLIGHT, instrument), record.amount),
-                    Posting(AccountRef(record.funding_account(), instrument), -record.amount),
-                ],
+                list(record.credit_back()),
                 f"{record.kind} {record.id} fenced: credited back",
             )
         updated = replace(
@@ -372,10 +376,7 @@ def book_withdrawal_entry(
             Posting(AccountRef(FEES, instrument), -delta),
         ]
         if record.status == "offered" and is_customer_payout:
-            postings += [
-                Posting(AccountRef(IN_FLIGHT, instrument), record.amount),
-                Posting(AccountRef(record.funding_account(), instrument), -record.amount),
-            ]
+            postings += record.credit_back()
         post("withdrawal_refunded", postings, f"withdrawal {record.id} offer {status}")
         updated = replace(
             record,

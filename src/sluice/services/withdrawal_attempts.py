@@ -14,7 +14,7 @@ from decimal import Decimal
 from sluice.domain.amounts import parse_amount
 from sluice.domain.coin_selection import Candidate, select_around, select_inputs
 from sluice.domain.errors import InvalidInputError
-from sluice.domain.journal import IN_FLIGHT, AccountRef, JournalTransaction, Posting
+from sluice.domain.journal import JournalTransaction
 from sluice.domain.ledger import Cursor, Holding, format_timestamp, parse_timestamp
 from sluice.domain.withdrawals import Withdrawal
 from sluice.ports import InstrumentRecord, UnitOfWork, UnitOfWorkFactory
@@ -141,10 +141,7 @@ def _refund(record: Withdrawal) -> JournalTransaction:
     return JournalTransaction(
         id=f"refund:{record.id}",
         kind="withdrawal_refunded",
-        postings=(
-            Posting(AccountRef(IN_FLIGHT, record.instrument), record.amount),
-            Posting(AccountRef(record.funding_account(), record.instrument), -record.amount),
-        ),
+        postings=record.credit_back(),
         description=f"{record.kind} {record.id} failed: credited back",
     )
 
