@@ -168,3 +168,17 @@ class RateLimitedError(SluiceError):
     def __init__(self, message: str, *, retry_after_s: float) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class BitcoinTransactionError(SluiceError):
+    """A Bitcoin transaction could not be built, signed or broadcast (DESIGN §10, code 32)."""
+
+    code = 32
+    error = "bitcoin_transaction_failed"
+
+
+class InvalidAddressError(InvalidInputError):
+    """A Bitcoin address that is malformed or belongs to another network than the custody's."""
+
+    code = 64
+    error = "invalid_address"

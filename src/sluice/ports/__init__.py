@@ -15,6 +15,8 @@ from sluice.ports.access import (
     SettingRecord,
     SuspenseItem,
 )
+from sluice.ports.bitcoin_payouts import BitcoinPayoutRepository
+from sluice.ports.bitcoin_watch import BitcoinWatchRepository
 from sluice.ports.compliance import (
     AddressMatch,
     ComplianceGate,
@@ -66,6 +68,8 @@ __all__ = [
     "ApiKeyRecord",
     "AsyncReads",
     "AuditLog",
+    "BitcoinPayoutRepository",
+    "BitcoinWatchRepository",
     "BooksRepository",
     "ChoiceContextData",
     "CommandError",

@@ -8,6 +8,8 @@ from typing import Protocol
 
 from sluice.domain.ledger import InstrumentId
 from sluice.ports.access import AccessRepository, AccountsRepository
+from sluice.ports.bitcoin_payouts import BitcoinPayoutRepository
+from sluice.ports.bitcoin_watch import BitcoinWatchRepository
 from sluice.ports.repositories import (
     AuditLog,
     BooksRepository,
@@ -31,6 +33,8 @@ class UnitOfWork(Protocol):
     audit: AuditLog
     access: AccessRepository
     accounts: AccountsRepository
+    btc_watch: BitcoinWatchRepository
+    btc_payouts: BitcoinPayoutRepository
 
     def __enter__(self) -> UnitOfWork: ...
     def __exit__(self, *exc_info: object) -> None: ...

@@ -31,6 +31,8 @@ from sluice.ports import (
     AccessRepository,
     AccountsRepository,
     AuditLog,
+    BitcoinPayoutRepository,
+    BitcoinWatchRepository,
     BooksRepository,
     ComplianceRepository,
     DepositOfferRepository,
@@ -186,6 +188,8 @@ class _FencedUnitOfWork:
     audit: AuditLog
     access: AccessRepository
     accounts: AccountsRepository
+    btc_watch: BitcoinWatchRepository
+    btc_payouts: BitcoinPayoutRepository
 
     def __init__(self, inner: UnitOfWork, lock: WriterLock) -> None:
         self._inner = inner
@@ -203,6 +207,8 @@ class _FencedUnitOfWork:
         self.audit = work.audit
         self.access = work.access
         self.accounts = work.accounts
+        self.btc_watch = work.btc_watch
+        self.btc_payouts = work.btc_payouts
         return self
 
     def __exit__(self, *exc_info: object) -> None:

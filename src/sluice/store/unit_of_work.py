@@ -12,6 +12,8 @@ from sluice.ports import (
     AccessRepository,
     AccountsRepository,
     AuditLog,
+    BitcoinPayoutRepository,
+    BitcoinWatchRepository,
     BooksRepository,
     ComplianceRepository,
     DepositOfferRepository,
@@ -23,6 +25,8 @@ from sluice.ports import (
 from sluice.store.access_repository import SqlAccessRepository
 from sluice.store.account_repository import SqlAccountsRepository
 from sluice.store.audit_repository import SqlAuditLog
+from sluice.store.bitcoin_payout_repository import SqlBitcoinPayoutRepository
+from sluice.store.bitcoin_watch_repository import SqlBitcoinWatchRepository
 from sluice.store.compliance_repository import SqlComplianceRepository
 from sluice.store.repositories import (
     SqlBooksRepository,
@@ -42,6 +46,8 @@ class SqlUnitOfWork:
     audit: AuditLog
     access: AccessRepository
     accounts: AccountsRepository
+    btc_watch: BitcoinWatchRepository
+    btc_payouts: BitcoinPayoutRepository
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -60,6 +66,8 @@ class SqlUnitOfWork:
         self.audit = SqlAuditLog(connection)
         self.access = SqlAccessRepository(connection)
         self.accounts = SqlAccountsRepository(connection)
+        self.btc_watch = SqlBitcoinWatchRepository(connection)
+        self.btc_payouts = SqlBitcoinPayoutRepository(connection)
         return self
 
     def __exit__(self, *exc_info: object) -> None:

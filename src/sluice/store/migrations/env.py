@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
+import sluice.store.bitcoin_tables  # noqa: F401  (registers its tables on the metadata)
 from sluice.store.tables import metadata
 
 connection: Connection | None = context.config.attributes.get("connection")
