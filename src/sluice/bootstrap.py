@@ -9,11 +9,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from sqlalchemy import Engine
 
-from sluice.config import DeploymentConfig, LedgerConfig
+from sluice.config import BitcoinConfig, DeploymentConfig, LedgerConfig
+from sluice.domain.chains import CHAINS, Chain, chain_named
 from sluice.domain.compliance import LimitLadder, TierLimits
 from sluice.domain.errors import InvalidInputError
 from sluice.domain.ledger import InstrumentId
@@ -38,12 +40,17 @@ from sluice.ports import (
     UnitOfWork,
     WriterLock,
 )
+from sluice.ports.bitcoin import BitcoinNode, CustodyWallet
 from sluice.screening import ListedSanctions, screen_to_json_lines
+from sluice.services.bitcoin_settings import BitcoinSettings
 from sluice.services.compliance import ComplianceSettings, KycRegistry
 from sluice.store.async_reads import PgAsyncReads
 from sluice.store.database import open_database
 from sluice.store.unit_of_work import SqlUnitOfWork
 from sluice.store.writer_lock import writer_lock as ingestion_writer_lock
+
+if TYPE_CHECKING:
+    from sluice.bitcoin.chainfile import ChainFile
 
 
 def _nothing() -> None:
@@ -256,3 +263,131 @@ def kyc_registry(config: DeploymentConfig) -> KycRegistry:
         ladder=ladder, risk=risk, reference_rates=dict(section.reference_rates)
     )
     return KycRegistry(settings, screen)
+
+
+# --- Bitcoin custody ---------------------------------------------------------------------------
+
+# Signatures a payout needs (the custody is 2-of-3).
+SIGNERS_NEEDED = 2
+
+
+@dataclass
+class BitcoinCustody:
+    """Custody as configured: the node (a real one over JSON-RPC, or the embedded chain in a
+    file), the wallet with the keys this process signs with, and the services' settings.
+
+    ``configured`` is false for the sandbox custody (no ``[bitcoin]`` section): three keys made
+    in the data directory on first use, on the embedded regtest chain. ``sandbox`` is the
+    embedded chain's file (for ``sluice btc sandbox …``), None against a real node."""
+
+    node: BitcoinNode
+    wallet: CustodyWallet
+    settings: BitcoinSettings
+    description: str
+    configured: bool
+    signers: int
+    sandbox: ChainFile | None = None
+    close: Callable[[], None] = _nothing
+
+    @property
+    def chain(self) -> Chain:
+        return self.settings.chain
+
+    @property
+    def can_sign(self) -> bool:
+        return self.signers >= SIGNERS_NEEDED
+
+    def signing_problem(self) -> str | None:
+        """Why payouts cannot be signed by this process, or None."""
+        if self.can_sign:
+            return None
+        return (
+            f"payouts need {SIGNERS_NEEDED} of the custody's 3 keys and this process holds "
+            f"{self.signers}: list two key files in [bitcoin] key_files (watching works without)"
+        )
+
+
+def bitcoin_settings(section: BitcoinConfig | None) -> BitcoinSettings:
+    """``[bitcoin]`` as the services take it. The sandbox's (no section) sends a queued payout
+    at the next round instead of waiting for others to batch with it."""
+    if section is None:
+        return BitcoinSettings(chain=CHAINS["regtest"], payout_batch_window_s=0.0)
+    return BitcoinSettings(
+        chain=chain_named(section.network),
+        confirmations_min=section.confirmations_min,
+        fee_target_blocks=section.fee_target_blocks,
+        fee_rate_min_sat_vb=section.fee_rate_min_sat_vb,
+        fee_rate_max_sat_vb=section.fee_rate_max_sat_vb,
+        payout_fee_max_sats=section.payout_fee_max_sats,
+        payout_batch_max=section.payout_batch_max,
+        payout_batch_window_s=section.payout_batch_window_s,
+        payout_bump_after_blocks=section.payout_bump_after_blocks,
+        watch_start_height=section.watch_start_height,
+    )
+
+
+def bitcoin_directory(config: DeploymentConfig) -> Path:
+    """Where the embedded chain and the sandbox custody are kept."""
+    return config.data_dir / "bitcoin"
+
+
+def embedded_chain(config: DeploymentConfig, chain: Chain) -> ChainFile:
+    from sluice.bitcoin.chainfile import ChainFile
+
+    return ChainFile(bitcoin_directory(config) / f"chain-{chain.name}.pickle", chain)
+
+
+def bitcoin_custody(config: DeploymentConfig) -> BitcoinCustody:
+    """Custody from ``[bitcoin]``, or the sandbox custody on the embedded chain without one.
+
+    Checks first that the wallet signs with libsecp256k1 (embit's pure-Python fallback is about
+    80 times slower). Nothing is asked of the node here: it may be down, and the watcher waits
+    for it."""
+    # Imported here: embit and httpx are loaded only by the commands that use custody.
+    from sluice.bitcoin.chainfile import FileNode, sandbox_custody
+    from sluice.bitcoin.keys import load_signing_keys
+    from sluice.bitcoin.wallet import EmbitCustodyWallet, check_secp256k1
+
+    check_secp256k1()
+    section = config.bitcoin
+    settings = bitcoin_settings(section)
+    chain = settings.chain
+    if section is None:
+        custody = sandbox_custody(bitcoin_directory(config) / "sandbox", chain)
+        descriptor = custody.descriptor
+        key_files: list[str | Path] = list(custody.key_files)
+    else:
+        descriptor = section.descriptor
+        key_files = list(section.key_files)
+    keys = load_signing_keys(list(key_files), chain=chain)
+    wallet = EmbitCustodyWallet(descriptor, chain, keys)
+    if section is not None and section.rpc_url is not None:
+        from sluice.bitcoin.rpc import BitcoinRpc
+
+        rpc = BitcoinRpc(
+            section.rpc_url,
+            user=section.rpc_user,
+            password=section.rpc_password_value(),
+            cookie_file=section.rpc_cookie_file,
+            timeout_s=section.rpc_timeout_s,
+        )
+        return BitcoinCustody(
+            node=rpc,
+            wallet=wallet,
+            settings=settings,
+            description=f"{chain.name} node {section.rpc_url}",
+            configured=True,
+            signers=len(keys),
+            close=rpc.close,
+        )
+    file = embedded_chain(config, chain)
+    kind = "sandbox custody" if section is None else "custody"
+    return BitcoinCustody(
+        node=FileNode(file),
+        wallet=wallet,
+        settings=settings,
+        description=f"{kind} on the embedded {chain.name} chain {file.path} (no real node)",
+        configured=section is not None,
+        signers=len(keys),
+        sandbox=file,
+    )

@@ -493,6 +493,8 @@ class BitcoinConfig(_Section):
                 stray_keys = ", ".join(stray)
                 return [f"rpc_url: required with {stray_keys} (no node to authenticate to)"]
             return []
+        if urlsplit(self.rpc_url).password is not None:
+            return ["rpc_url: holds a password; give it as rpc_password_file instead"]
         if not given:
             return ["rpc_url: needs one of rpc_password, rpc_password_file, rpc_cookie_file"]
         if len(given) > 1:
