@@ -1,0 +1,758 @@
+"""The custody's 2-of-3 multisig wallet over embit, with the strict checks embit leaves to us.
+
+embit does the cryptography (BIP 32 derivation, ECDSA through libsecp256k1, scripts, PSBT); this
+module decides what is acceptable, because embit is lenient where custody cannot be:
+
+* a descriptor's ``#checksum`` is required and verified here (embit ignores a wrong one), and only
+  ``wsh(sortedmulti(2,K1/0/*,K2/0/*,K3/0/*))`` over three extended public keys of the custody's
+  network is accepted (:func:`parse_descriptor`);
+* an address is validated against the custody's own network (embit decodes any network's address,
+  and answers ``None`` for a base58 version it does not know): the HRP, bech32 for witness version
+  0 and bech32m for 1 and above (BIP 350), the witness program's length, and only the network's
+  own base58 versions. A foreign address is refused naming whose it is;
+* embit falls back silently to pure-Python secp256k1, about 80× slower at signing:
+  :func:`check_secp256k1` refuses to run on it;
+* every signature is checked against its sighash and public key before a transaction leaves
+  :meth:`EmbitCustodyWallet.sign`, and the finalised witness is checked to be
+  ``<empty> <sig> <sig> <witnessScript>`` with the signatures in the script's key order.
+
+Deposit addresses are ``K/0/i`` and change ``K/1/i`` (``branch`` 0 and 1); the derivations of the
+branch keys are cached, so an address costs one public derivation per key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from embit import base58, bech32, bip32, ec, script  # type: ignore[import-untyped]
+from embit.descriptor import Descriptor  # type: ignore[import-untyped]
+from embit.descriptor.checksum import checksum as descriptor_checksum  # type: ignore[import-untyped]
+from embit.descriptor.miniscript import Multi, Sortedmulti  # type: ignore[import-untyped]
+from embit.finalizer import finalize_psbt  # type: ignore[import-untyped]
+from embit.psbt import PSBT, DerivationPath  # type: ignore[import-untyped]
+from embit.transaction import (  # type: ignore[import-untyped]
+    SIGHASH,
+    Transaction,
+    TransactionInput,
+    TransactionOutput,
+)
+
+from sluice.bitcoin.keys import SigningKey
+from sluice.bitcoin.params import embit_network, networks_of_base58_version, networks_of_hrp
+from sluice.domain.chains import Chain, to_coins
+from sluice.domain.errors import BitcoinTransactionError, InvalidAddressError, InvalidInputError
+from sluice.ports.bitcoin import DerivedAddress, SignedTransaction, SpendInput, TxOutput
+
+THRESHOLD = 2
+CUSTODY_KEYS = 3
+SEQUENCE_RBF = 0xFFFFFFFD  # BIP 125: replaceable, and no relative lock-time
+SEQUENCE_FINAL = 0xFFFFFFFF
+BRANCHES = (0, 1)  # 0: deposits (K/0/*), 1: change (K/1/*)
+MAX_STANDARD_VSIZE = 100_000  # Bitcoin Core relays nothing heavier than 400,000 weight units
+MAX_MONEY_SATS = 84_000_000 * 100_000_000  # Litecoin's cap, the larger of the networks'
+_HARDENED = 0x80000000
+_DERIVED_CACHE_MAX = 100_000
+_CTYPES_BACKEND = "embit.util.ctypes_secp256k1"
+_TXID = re.compile(r"[0-9a-f]{64}")
+_DESCRIPTOR_CHECKSUM = re.compile(r"[qpzry9x8gf2tvdw0s3jn54khce6mua7l]{8}")
+# An extended private key (any network's: xprv, tprv, yprv, …) anywhere in a descriptor.
+_PRIVATE_EXTENDED_KEY = re.compile(r"[a-zA-Z]prv[1-9A-HJ-NP-Za-km-z]{20,}")
+_XKEY_NAMES = {"0488b21e": "xpub (bitcoin)", "043587cf": "tpub (test networks)"}
+
+# Sizes of a P2WSH 2-of-3 spend, for the vsize upper bound. The witness is: the item count, the
+# empty item CHECKMULTISIG's off-by-one pops, two signatures counted at their largest (72 bytes of
+# DER plus the sighash byte) and the 105-byte witness script (OP_2, three 33-byte keys, OP_3,
+# OP_CHECKMULTISIG), each item with its length byte.
+_INPUT_BASE_BYTES = 32 + 4 + 1 + 4  # outpoint, empty scriptSig, sequence
+_WITNESS_SCRIPT_BYTES = 1 + CUSTODY_KEYS * 34 + 2
+_SIGNATURE_MAX_BYTES = 72 + 1
+_INPUT_WITNESS_BYTES = 1 + 1 + THRESHOLD * (1 + _SIGNATURE_MAX_BYTES) + 1 + _WITNESS_SCRIPT_BYTES
+
+
+def check_secp256k1() -> None:
+    """Raise :class:`BitcoinTransactionError` unless embit signs and derives with libsecp256k1.
+
+    embit imports its ctypes binding and, when the library cannot be loaded, falls back without a
+    word to a pure-Python implementation; the functions it ends up with tell which one it took."""
+    for module in (ec, bip32):
+        backend = getattr(module, "secp256k1", None)
+        origin = getattr(getattr(backend, "ecdsa_sign", None), "__module__", None)
+        if origin != _CTYPES_BACKEND:
+            raise BitcoinTransactionError(
+                "embit is using its pure-Python secp256k1 (about 80x slower at signing), not "
+                f"libsecp256k1 ({module.__name__} signs with {origin}): install libsecp256k1 "
+                "or an embit build whose bundled library loads on this platform"
+            )
+
+
+# ---------------------------------------------------------------- descriptors
+
+
+@dataclass(frozen=True, slots=True)
+class CustodyKey:
+    """One of the descriptor's three keys: its account xpub and where it comes from."""
+
+    xpub: str
+    fingerprint: str  # the origin's master fingerprint, or the xpub's own when no origin is given
+    origin_path: tuple[int, ...]  # the path from that master to the xpub (empty without origin)
+    hd: Any = field(repr=False, compare=False)  # embit HDKey (public)
+
+
+@dataclass(frozen=True, slots=True)
+class CustodyDescriptor:
+    """A verified ``wsh(sortedmulti(2,K1/0/*,K2/0/*,K3/0/*))`` descriptor of one chain."""
+
+    text: str  # as given, with its verified checksum
+    chain: Chain
+    keys: tuple[CustodyKey, ...]
+    threshold: int = THRESHOLD
+
+    def branch_text(self, branch: int) -> str:
+        """The descriptor of ``branch`` (0 deposits, 1 change), with its checksum; branch 0 is the
+        text as given."""
+        if branch == 0:
+            return self.text
+        if branch not in BRANCHES:
+            raise InvalidInputError(f"branch must be 0 (deposits) or 1 (change), not {branch}")
+        parts = []
+        for key in self.keys:
+            origin = ""
+            if key.origin_path:
+                path = "/".join(
+                    f"{i - _HARDENED}h" if i >= _HARDENED else str(i) for i in key.origin_path
+                )
+                origin = f"[{key.fingerprint}/{path}]"
+            parts.append(f"{origin}{key.xpub}/{branch}/*")
+        body = f"wsh(sortedmulti({self.threshold},{','.join(parts)}))"
+        return f"{body}#{descriptor_checksum(body)}"
+
+
+def _descriptor_error(message: str) -> InvalidInputError:
+    return InvalidInputError(f"custody descriptor: {message}")
+
+
+def parse_descriptor(text: str, chain: Chain) -> CustodyDescriptor:
+    """Verify ``text`` as the custody descriptor of ``chain``; :class:`InvalidInputError` saying
+    what is wrong otherwise (missing or wrong checksum, shape, threshold, key kind, network)."""
+    text = text.strip()
+    if _PRIVATE_EXTENDED_KEY.search(text):
+        # Said before anything else, and without quoting the text, which holds the secret.
+        raise _descriptor_error(
+            "contains a private key; the descriptor holds only the three extended public keys "
+            "(keep the private keys in key files)"
+        )
+    if any(character.isspace() for character in text):
+        raise _descriptor_error("contains whitespace")
+    body, hash_sign, given = text.partition("#")
+    if not hash_sign:
+        raise _descriptor_error(
+            "the checksum is missing: a descriptor must end with #<8-character checksum> "
+            "(`sluice btc custody init` prints one; Bitcoin Core's getdescriptorinfo computes it)"
+        )
+    if not _DESCRIPTOR_CHECKSUM.fullmatch(given):
+        raise _descriptor_error(f"{given!r} is not a descriptor checksum (8 bech32 characters)")
+    try:
+        expected = descriptor_checksum(body)
+    except Exception:
+        raise _descriptor_error("contains characters descriptors do not use") from None
+    if given != expected:
+        raise _descriptor_error(
+            f"checksum #{given} does not match the descriptor: it was altered or mistyped"
+        )
+    try:
+        parsed = Descriptor.from_string(body)
+    except Exception as exc:
+        raise _descriptor_error(
+            f"cannot be parsed ({exc}); expected wsh(sortedmulti(2,K1/0/*,K2/0/*,K3/0/*))"
+        ) from None
+    return CustodyDescriptor(text=text, chain=chain, keys=_check_shape(parsed, chain))
+
+
+def _check_shape(parsed: Any, chain: Chain) -> tuple[CustodyKey, ...]:
+    expected_shape = "expected wsh(sortedmulti(2,K1/0/*,K2/0/*,K3/0/*))"
+    if parsed.sh or parsed.taproot or not parsed.wsh or parsed.miniscript is None:
+        raise _descriptor_error(f"must be a native P2WSH multisig: {expected_shape}")
+    miniscript = parsed.miniscript
+    if not isinstance(miniscript, Sortedmulti):
+        kind = "multi()" if isinstance(miniscript, Multi) else type(miniscript).__name__
+        raise _descriptor_error(f"must use sortedmulti(), not {kind}: {expected_shape}")
+    threshold = miniscript.args[0].num
+    keys = parsed.keys
+    if len(keys) != CUSTODY_KEYS:
+        raise _descriptor_error(f"must have exactly 3 keys, not {len(keys)}: {expected_shape}")
+    if threshold != THRESHOLD:
+        raise _descriptor_error(f"threshold must be 2 of 3, not {threshold} of 3")
+    custody_keys: list[CustodyKey] = []
+    for number, key in enumerate(keys, start=1):
+        if not key.is_extended:
+            raise _descriptor_error(f"key {number} is not an extended public key (xpub/tpub)")
+        if key.key.is_private:
+            raise _descriptor_error(f"key {number} is a private key; use its extended public key")
+        version = bytes(key.key.version)
+        if version != chain.xpub_version:
+            found = _XKEY_NAMES.get(version.hex(), f"version {version.hex()}")
+            wanted = _XKEY_NAMES.get(chain.xpub_version.hex(), chain.xpub_version.hex())
+            raise _descriptor_error(
+                f"key {number} is a {found} key, this custody is on {chain.name} ({wanted})"
+            )
+        if str(key.allowed_derivation) != "/0/*":
+            raise _descriptor_error(
+                f"key {number} must end with /0/* (the deposit branch), "
+                f"not {key.allowed_derivation or '(nothing)'}"
+            )
+        if key.origin is not None:
+            fingerprint = bytes(key.origin.fingerprint).hex()
+            origin_path = tuple(key.origin.derivation)
+        else:
+            fingerprint, origin_path = bytes(key.key.my_fingerprint).hex(), ()
+        xpub = key.key.to_base58(version=chain.xpub_version)
+        custody_keys.append(CustodyKey(xpub, fingerprint, origin_path, key.key))
+    if len({key.xpub for key in custody_keys}) != CUSTODY_KEYS:
+        raise _descriptor_error("the three keys must be distinct")
+    return tuple(custody_keys)
+
+
+# ---------------------------------------------------------------- addresses
+
+
+def _names(networks: Sequence[str]) -> str:
+    if len(networks) == 1:
+        return networks[0]
+    return ", ".join(networks[:-1]) + " or " + networks[-1]
+
+
+def _article(networks: Sequence[str]) -> str:
+    return "an" if _names(networks)[0] in "aeiou" else "a"
+
+
+class _AddressCodec:
+    """Addresses of one chain, strictly: the chain's HRP and base58 versions only."""
+
+    def __init__(self, chain: Chain) -> None:
+        self.chain = chain
+
+    def _refuse(self, address: str, reason: str) -> InvalidAddressError:
+        return InvalidAddressError(f"address {address!r} refused: {reason}")
+
+    def _foreign(self, address: str, networks: Sequence[str]) -> InvalidAddressError:
+        return self._refuse(
+            address,
+            f"{_article(networks)} {_names(networks)} address, this custody is on "
+            f"{self.chain.name}",
+        )
+
+    def script_of(self, address: str) -> bytes:
+        if not isinstance(address, str) or not address:
+            raise InvalidAddressError("address refused: empty")
+        if len(address) > 120 or any(not 33 <= ord(c) <= 126 for c in address):
+            raise self._refuse(address[:120], "not an address (length or characters)")
+        separator = address.rfind("1")
+        hrp = address[:separator].lower() if separator > 0 else ""
+        if hrp and (hrp == self.chain.bech32_hrp or networks_of_hrp(hrp)):
+            return self._segwit_script(address, hrp)
+        base58_script = self._base58_script(address)
+        if base58_script is not None:
+            return base58_script
+        if hrp and bech32.bech32_decode(address)[0] is not None:
+            raise self._refuse(address, f"a segwit address of an unknown network (HRP {hrp!r})")
+        raise self._refuse(address, "neither a valid bech32/bech32m nor a base58check address")
+
+    def _segwit_script(self, address: str, hrp: str) -> bytes:
+        encoding, decoded_hrp, data = bech32.bech32_decode(address)
+        if encoding is None:
+            raise self._refuse(
+                address, "invalid bech32 string (checksum, mixed case, length or characters)"
+            )
+        if decoded_hrp != self.chain.bech32_hrp:
+            raise self._foreign(address, networks_of_hrp(decoded_hrp))
+        if not data:
+            raise self._refuse(address, "empty data section")
+        version = data[0]
+        if version > 16:
+            raise self._refuse(address, f"invalid witness version {version}")
+        program = bech32.convertbits(data[1:], 5, 8, False)
+        if program is None:
+            raise self._refuse(address, "invalid padding in the witness program")
+        if not 2 <= len(program) <= 40:
+            raise self._refuse(address, f"invalid witness program length ({len(program)} bytes)")
+        if version == 0 and len(program) not in (20, 32):
+            raise self._refuse(
+                address, f"witness version 0 needs a 20 or 32-byte program, not {len(program)}"
+            )
+        if version == 0 and encoding != bech32.Encoding.BECH32:
+            raise self._refuse(address, "witness version 0 must be bech32, not bech32m (BIP 350)")
+        if version > 0 and encoding != bech32.Encoding.BECH32M:
+            raise self._refuse(
+                address, f"witness version {version} must be bech32m, not bech32 (BIP 350)"
+            )
+        opcode = 0 if version == 0 else 0x50 + version
+        return bytes([opcode, len(program)]) + bytes(program)
+
+    def _base58_script(self, address: str) -> bytes | None:
+        if any(c not in base58.B58_DIGITS for c in address):
+            return None
+        try:
+            payload = base58.decode_check(address)
+        except Exception:
+            return None
+        if len(payload) != 21:
+            raise self._refuse(address, f"a base58 payload of {len(payload)} bytes, not 21")
+        version, digest = payload[0], bytes(payload[1:])
+        if version == self.chain.p2pkh_version:
+            return b"\x76\xa9\x14" + digest + b"\x88\xac"
+        if version in self.chain.p2sh_versions:
+            return b"\xa9\x14" + digest + b"\x87"
+        networks = networks_of_base58_version(version)
+        if networks:
+            raise self._foreign(address, networks)
+        raise self._refuse(address, f"unknown base58 version {version}")
+
+    def address_of(self, script_bytes: bytes) -> str | None:
+        size = len(script_bytes)
+        if size == 25 and script_bytes[:3] == b"\x76\xa9\x14" and script_bytes[23:] == b"\x88\xac":
+            return str(base58.encode_check(bytes([self.chain.p2pkh_version]) + script_bytes[3:23]))
+        if size == 23 and script_bytes[:2] == b"\xa9\x14" and script_bytes[22] == 0x87:
+            version = self.chain.p2sh_versions[0]
+            return str(base58.encode_check(bytes([version]) + script_bytes[2:22]))
+        if 4 <= size <= 42 and script_bytes[1] == size - 2:
+            opcode = script_bytes[0]
+            if opcode == 0:
+                version = 0
+            elif 0x51 <= opcode <= 0x60:
+                version = opcode - 0x50
+            else:
+                return None
+            if version == 0 and size - 2 not in (20, 32):
+                return None
+            encoded = bech32.encode(self.chain.bech32_hrp, version, script_bytes[2:])
+            return None if encoded is None else str(encoded)
+        return None
+
+
+# ---------------------------------------------------------------- the wallet
+
+
+@dataclass(frozen=True, slots=True)
+class _Derived:
+    address: DerivedAddress
+    witness_script: Any  # embit Script
+    # (public key, fingerprint, full path) of each descriptor key, in descriptor order
+    derivations: tuple[tuple[Any, bytes, tuple[int, ...]], ...]
+
+
+class _Signer:
+    """A held private key matched to one descriptor key, with its branch keys cached."""
+
+    def __init__(self, key: SigningKey, position: int, account: Any) -> None:
+        self.source = key.source
+        self.position = position  # index of its descriptor key
+        self._account = account  # embit HDKey (private) whose public half is the descriptor key
+        self._branches: dict[int, Any] = {}
+
+    def private_key(self, branch: int, index: int) -> Any:
+        branch_key = self._branches.get(branch)
+        if branch_key is None:
+            branch_key = self._account.derive([branch])
+            self._branches[branch] = branch_key
+        return branch_key.derive([index]).key
+
+
+def _same_key(left: Any, right: Any) -> bool:
+    return bool(left.sec() == right.sec() and left.chain_code == right.chain_code)
+
+
+class EmbitCustodyWallet:
+    """:class:`~sluice.ports.bitcoin.CustodyWallet` over embit: addresses from the verified
+    descriptor, strict address validation, and 2-of-3 signing with the keys this process holds.
+
+    ``keys`` may be empty (a watch-only process derives addresses and validates them); every key
+    given must be one of the descriptor's, and signing needs two distinct ones."""
+
+    def __init__(self, descriptor_text: str, chain: Chain, keys: Sequence[SigningKey]) -> None:
+        check_secp256k1()
+        self._chain = chain
+        self._parsed = parse_descriptor(descriptor_text, chain)
+        self._network = embit_network(chain)
+        self._codec = _AddressCodec(chain)
+        self._branch_keys: dict[int, list[Any]] = {}
+        self._derived: dict[tuple[int, int], _Derived] = {}
+        self._signers = self._match_signers(keys)
+
+    def _match_signers(self, keys: Sequence[SigningKey]) -> list[_Signer]:
+        signers: dict[int, _Signer] = {}
+        for key in keys:
+            if key.version != self._chain.xprv_version:
+                raise BitcoinTransactionError(
+                    f"signing key {key.source} is of another network than {self._chain.name}"
+                )
+            match = self._match(key)
+            if match is None:
+                raise BitcoinTransactionError(
+                    f"signing key {key.source} (fingerprint {key.fingerprint}) is not one of the "
+                    "custody descriptor's three keys"
+                )
+            position, account = match
+            # The same key loaded twice still counts once towards the two signatures.
+            signers.setdefault(position, _Signer(key, position, account))
+        return [signers[position] for position in sorted(signers)]
+
+    def _match(self, key: SigningKey) -> tuple[int, Any] | None:
+        root = key.hd_root
+        for position, custody_key in enumerate(self._parsed.keys):
+            if custody_key.origin_path and key.fingerprint == custody_key.fingerprint:
+                account = root.derive(list(custody_key.origin_path))
+                if _same_key(account, custody_key.hd):
+                    return position, account
+            if _same_key(root, custody_key.hd):
+                return position, root
+        return None
+
+    # -- addresses
+
+    @property
+    def descriptor(self) -> str:
+        return self._parsed.text
+
+    @property
+    def chain(self) -> Chain:
+        return self._chain
+
+    @property
+    def signing_keys_held(self) -> int:
+        """How many distinct descriptor keys this process can sign with."""
+        return len(self._signers)
+
+    def descriptor_of_branch(self, branch: int) -> str:
+        """The descriptor of ``branch`` with its checksum (for ``scantxoutset``)."""
+        return self._parsed.branch_text(branch)
+
+    def derive(self, branch: int, index: int) -> DerivedAddress:
+        return self._derive(branch, index).address
+
+    def _derive(self, branch: int, index: int) -> _Derived:
+        if branch not in BRANCHES:
+            raise InvalidInputError(f"branch must be 0 (deposits) or 1 (change), not {branch}")
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < _HARDENED:
+            raise InvalidInputError(f"derivation index must be in [0, 2^31), not {index!r}")
+        cached = self._derived.get((branch, index))
+        if cached is not None:
+            return cached
+        branch_keys = self._branch_keys.get(branch)
+        if branch_keys is None:
+            branch_keys = [key.hd.derive([branch]) for key in self._parsed.keys]
+            self._branch_keys[branch] = branch_keys
+        publics = [branch_key.derive([index]).key for branch_key in branch_keys]
+        # sortedmulti: the keys in the script in the lexicographic order of their encodings.
+        witness_script = script.multisig(THRESHOLD, sorted(publics, key=lambda pub: pub.sec()))
+        script_pubkey = script.p2wsh(witness_script)
+        derived = _Derived(
+            address=DerivedAddress(
+                address=str(script_pubkey.address(self._network)),
+                script_hex=script_pubkey.data.hex(),
+                branch=branch,
+                index=index,
+            ),
+            witness_script=witness_script,
+            derivations=tuple(
+                (
+                    public,
+                    bytes.fromhex(custody_key.fingerprint),
+                    (*custody_key.origin_path, branch, index),
+                )
+                for public, custody_key in zip(publics, self._parsed.keys, strict=True)
+            ),
+        )
+        if len(self._derived) >= _DERIVED_CACHE_MAX:
+            self._derived.clear()
+        self._derived[(branch, index)] = derived
+        return derived
+
+    def validate_address(self, address: str) -> str:
+        return self._codec.script_of(address).hex()
+
+    def address_of(self, script_hex: str) -> str | None:
+        try:
+            script_bytes = bytes.fromhex(script_hex)
+        except (ValueError, TypeError):
+            return None
+        return self._codec.address_of(script_bytes)
+
+    # -- transactions
+
+    def estimate_vsize(self, inputs: int, output_scripts: list[str]) -> int:
+        if inputs < 0:
+            raise InvalidInputError("the number of inputs cannot be negative")
+        outputs_bytes = 0
+        for script_hex in output_scripts:
+            length = len(bytes.fromhex(script_hex))
+            outputs_bytes += 8 + _compact_size(length) + length
+        base = (
+            4
+            + _compact_size(inputs)
+            + inputs * _INPUT_BASE_BYTES
+            + _compact_size(len(output_scripts))
+            + outputs_bytes
+            + 4
+        )
+        witness = 2 + inputs * _INPUT_WITNESS_BYTES  # marker and flag, then each input's stack
+        weight = base * 4 + witness
+        return -(-weight // 4)
+
+    def sign(
+        self, inputs: list[SpendInput], outputs: list[TxOutput], *, rbf: bool = True
+    ) -> SignedTransaction:
+        if len(self._signers) < THRESHOLD:
+            raise BitcoinTransactionError(
+                f"signing needs {THRESHOLD} of the {CUSTODY_KEYS} custody keys; this process "
+                f"holds {len(self._signers)}"
+            )
+        fee_sats = _check_spend(inputs, outputs)
+        try:
+            return self._sign(inputs, outputs, rbf=rbf, fee_sats=fee_sats)
+        except (BitcoinTransactionError, InvalidInputError):
+            raise
+        except Exception as exc:
+            raise BitcoinTransactionError(f"signing failed: {type(exc).__name__}: {exc}") from exc
+
+    def _sign(
+        self, inputs: list[SpendInput], outputs: list[TxOutput], *, rbf: bool, fee_sats: int
+    ) -> SignedTransaction:
+        sequence = SEQUENCE_RBF if rbf else SEQUENCE_FINAL
+        derived = [self._derive(spend.branch, spend.index) for spend in inputs]
+        unsigned = Transaction(
+            version=2,
+            vin=[
+                TransactionInput(bytes.fromhex(spend.txid), spend.vout, sequence=sequence)
+                for spend in inputs
+            ],
+            vout=[
+                TransactionOutput(
+                    output.amount_sats, script.Script(bytes.fromhex(output.script_hex))
+                )
+                for output in outputs
+            ],
+            locktime=0,
+        )
+        psbt = PSBT(unsigned)
+        for psbt_input, spend, own in zip(psbt.inputs, inputs, derived, strict=True):
+            psbt_input.witness_utxo = TransactionOutput(
+                spend.amount_sats, script.Script(bytes.fromhex(own.address.script_hex))
+            )
+            psbt_input.witness_script = own.witness_script
+            for public, fingerprint, path in own.derivations:
+                psbt_input.bip32_derivations[public] = DerivationPath(fingerprint, list(path))
+        # One transaction object for every sighash, so BIP 143's hashPrevouts, hashSequence and
+        # hashOutputs are computed once rather than once per input.
+        sighashes = [
+            unsigned.sighash_segwit(i, own.witness_script, spend.amount_sats, SIGHASH.ALL)
+            for i, (spend, own) in enumerate(zip(inputs, derived, strict=True))
+        ]
+        for signer in self._signers[:THRESHOLD]:
+            for psbt_input, spend, own, sighash in zip(
+                psbt.inputs, inputs, derived, sighashes, strict=True
+            ):
+                private = signer.private_key(spend.branch, spend.index)
+                public = own.derivations[signer.position][0]
+                if private.get_public_key().sec() != public.sec():
+                    raise BitcoinTransactionError(
+                        f"key {signer.source} does not derive input {spend.outpoint}'s key"
+                    )
+                signature = private.sign(sighash)
+                psbt_input.partial_sigs[public] = signature.serialize() + bytes([SIGHASH.ALL])
+        for psbt_input, spend, sighash in zip(psbt.inputs, inputs, sighashes, strict=True):
+            _check_partial_signatures(psbt_input, spend, sighash)
+        final = finalize_psbt(psbt)
+        if final is None:
+            raise BitcoinTransactionError("the PSBT could not be finalised")
+        for i, (spend, own, sighash) in enumerate(zip(inputs, derived, sighashes, strict=True)):
+            _check_final_witness(final.vin[i].witness.items, own.witness_script, spend, sighash)
+        raw = final.serialize()
+        stripped_size = len(unsigned.serialize())  # no witness: P2WSH scriptSigs are empty
+        weight = stripped_size * 3 + len(raw)
+        return SignedTransaction(
+            raw_hex=raw.hex(),
+            txid=final.txid().hex(),
+            vsize=-(-weight // 4),
+            fee_sats=fee_sats,
+        )
+
+
+def _check_spend(inputs: list[SpendInput], outputs: list[TxOutput]) -> int:
+    """The fee (inputs − outputs) after checking the spend is well formed; refuses duplicates."""
+    if not inputs:
+        raise BitcoinTransactionError("a transaction needs at least one input")
+    if not outputs:
+        raise BitcoinTransactionError("a transaction needs at least one output")
+    seen: set[tuple[str, int]] = set()
+    for spend in inputs:
+        if not _TXID.fullmatch(spend.txid):
+            raise BitcoinTransactionError(f"input txid {spend.txid!r} is not 64 lower-case hex")
+        if not 0 <= spend.vout <= 0xFFFFFFFF:
+            raise BitcoinTransactionError(f"input {spend.outpoint}: vout out of range")
+        if not 0 < spend.amount_sats <= MAX_MONEY_SATS:
+            raise BitcoinTransactionError(f"input {spend.outpoint}: amount out of range")
+        if (spend.txid, spend.vout) in seen:
+            raise BitcoinTransactionError(f"input {spend.outpoint} is spent twice")
+        seen.add((spend.txid, spend.vout))
+    for number, output in enumerate(outputs):
+        if not 0 < output.amount_sats <= MAX_MONEY_SATS:
+            raise BitcoinTransactionError(f"output {number}: amount must be positive")
+        try:
+            script_bytes = bytes.fromhex(output.script_hex)
+        except ValueError:
+            raise BitcoinTransactionError(f"output {number}: script is not hex") from None
+        if not script_bytes:
+            raise BitcoinTransactionError(f"output {number}: empty script")
+    total_in = sum(spend.amount_sats for spend in inputs)
+    total_out = sum(output.amount_sats for output in outputs)
+    if total_out > total_in:
+        raise BitcoinTransactionError(f"outputs ({total_out} sats) exceed inputs ({total_in} sats)")
+    return total_in - total_out
+
+
+def _check_partial_signatures(psbt_input: Any, spend: SpendInput, sighash: bytes) -> None:
+    signatures = psbt_input.partial_sigs
+    if len(signatures) != THRESHOLD:
+        raise BitcoinTransactionError(
+            f"input {spend.outpoint} has {len(signatures)} signatures, not {THRESHOLD}"
+        )
+    for public, signature in signatures.items():
+        if signature[-1] != SIGHASH.ALL or not public.verify(
+            ec.Signature.parse(signature[:-1]), sighash
+        ):
+            raise BitcoinTransactionError(f"input {spend.outpoint}: a signature does not verify")
+
+
+def _check_final_witness(
+    items: list[bytes], witness_script: Any, spend: SpendInput, sighash: bytes
+) -> None:
+    """``<empty> <sig> <sig> <witnessScript>``, each signature valid for the next unused key in
+    the script's order (the order CHECKMULTISIG requires)."""
+    if len(items) != 2 + THRESHOLD or items[0] != b"" or items[-1] != witness_script.data:
+        raise BitcoinTransactionError(f"input {spend.outpoint}: unexpected final witness")
+    script_bytes = witness_script.data
+    publics = [
+        ec.PublicKey.parse(script_bytes[1 + 34 * n + 1 : 1 + 34 * (n + 1)])
+        for n in range(CUSTODY_KEYS)
+    ]
+    position = 0
+    for signature in items[1:-1]:
+        parsed = ec.Signature.parse(signature[:-1])
+        while position < len(publics) and not publics[position].verify(parsed, sighash):
+            position += 1
+        if position == len(publics):
+            raise BitcoinTransactionError(
+                f"input {spend.outpoint}: signatures not valid in the script's key order"
+            )
+        position += 1
+
+
+def _compact_size(n: int) -> int:
+    if n < 0xFD:
+        return 1
+    if n <= 0xFFFF:
+        return 3
+    if n <= 0xFFFFFFFF:
+        return 5
+    return 9
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def _script_type(script_bytes: bytes) -> str:
+    """Bitcoin Core's name of an output script's type."""
+    size = len(script_bytes)
+    if size == 25 and script_bytes[:3] == b"\x76\xa9\x14" and script_bytes[23:] == b"\x88\xac":
+        return "pubkeyhash"
+    if size == 23 and script_bytes[:2] == b"\xa9\x14" and script_bytes[22] == 0x87:
+        return "scripthash"
+    if size == 22 and script_bytes[:2] == b"\x00\x14":
+        return "witness_v0_keyhash"
+    if size == 34 and script_bytes[:2] == b"\x00\x20":
+        return "witness_v0_scripthash"
+    if size == 34 and script_bytes[:2] == b"\x51\x20":
+        return "witness_v1_taproot"
+    if 4 <= size <= 42 and 0x51 <= script_bytes[0] <= 0x60 and script_bytes[1] == size - 2:
+        return "witness_unknown"
+    if size >= 1 and script_bytes[0] == 0x6A:
+        return "nulldata"
+    return "nonstandard"
+
+
+def decode_transaction(raw_hex: str, chain: Chain | None = None) -> dict[str, Any]:
+    """A raw transaction in ``getrawtransaction``'s verbose shape (``txid``, ``hash`` = wtxid,
+    ``size``, ``vsize``, ``weight``, ``version``, ``locktime``, ``vin``, ``vout`` with ``value``
+    in :class:`~decimal.Decimal` coins). With ``chain``, outputs with an address carry it.
+    :class:`BitcoinTransactionError` for bytes that are not exactly one transaction."""
+    try:
+        raw = bytes.fromhex(raw_hex)
+        stream = io.BytesIO(raw)
+        tx = Transaction.read_from(stream)
+        if stream.read(1):
+            raise ValueError("bytes left after the transaction")
+        # embit reads short fields as zeros; only an exact round trip proves the bytes were whole.
+        if tx.serialize() != raw:
+            raise ValueError("truncated or non-canonical encoding")
+    except Exception as exc:
+        raise BitcoinTransactionError(f"TX decode failed: {exc}") from None
+    segwit = tx.is_segwit
+    weight = _stripped_size(tx) * 3 + len(raw)
+    codec = _AddressCodec(chain) if chain is not None else None
+    vin: list[dict[str, Any]] = []
+    for txin in tx.vin:
+        entry: dict[str, Any]
+        if txin.txid == b"\x00" * 32 and txin.vout == 0xFFFFFFFF:
+            entry = {"coinbase": txin.script_sig.data.hex()}
+        else:
+            entry = {
+                "txid": txin.txid.hex(),
+                "vout": txin.vout,
+                "scriptSig": {"hex": txin.script_sig.data.hex()},
+            }
+        if segwit and txin.witness.items:
+            entry["txinwitness"] = [item.hex() for item in txin.witness.items]
+        entry["sequence"] = txin.sequence
+        vin.append(entry)
+    vout: list[dict[str, Any]] = []
+    for n, txout in enumerate(tx.vout):
+        script_bytes = bytes(txout.script_pubkey.data)
+        script_pubkey: dict[str, Any] = {
+            "hex": script_bytes.hex(),
+            "type": _script_type(script_bytes),
+        }
+        if codec is not None:
+            address = codec.address_of(script_bytes)
+            if address is not None:
+                script_pubkey["address"] = address
+        value: Decimal = to_coins(txout.value)
+        vout.append({"value": value, "n": n, "scriptPubKey": script_pubkey})
+    return {
+        "txid": tx.txid().hex(),
+        "hash": hashlib.sha256(hashlib.sha256(raw).digest()).digest()[::-1].hex(),
+        "version": tx.version,
+        "size": len(raw),
+        "vsize": -(-weight // 4),
+        "weight": weight,
+        "locktime": tx.locktime,
+        "vin": vin,
+        "vout": vout,
+        "hex": raw_hex.lower(),
+    }
+
+
+def _stripped_size(tx: Any) -> int:
+    """The size without witness data (what the txid hashes)."""
+    size = 4 + _compact_size(len(tx.vin)) + _compact_size(len(tx.vout)) + 4
+    for txin in tx.vin:
+        script_length = len(txin.script_sig.data)
+        size += 32 + 4 + _compact_size(script_length) + script_length + 4
+    for txout in tx.vout:
+        size += len(txout.serialize())
+    return size
