@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,7 +106,9 @@ def _check_private_file(path: Path) -> None:
         )
 
 
-def load_signing_keys(specs: list[str | Path], *, chain: Chain | None = None) -> list[SigningKey]:
+def load_signing_keys(
+    specs: Sequence[str | Path], *, chain: Chain | None = None
+) -> list[SigningKey]:
     """The keys named by ``specs``: each a path to a file holding one extended private key, or
     ``env:NAME`` for an environment variable holding it. With ``chain``, a key of another network
     (an ``xprv`` on a ``tprv`` chain) is refused."""
