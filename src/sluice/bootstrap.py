@@ -377,7 +377,7 @@ def bitcoin_custody(config: DeploymentConfig) -> BitcoinCustody:
             settings=settings,
             description=f"{chain.name} node {section.rpc_url}",
             configured=True,
-            signers=len(keys),
+            signers=wallet.signing_keys_held,
             close=rpc.close,
         )
     file = embedded_chain(config, chain)
@@ -388,6 +388,6 @@ def bitcoin_custody(config: DeploymentConfig) -> BitcoinCustody:
         settings=settings,
         description=f"{kind} on the embedded {chain.name} chain {file.path} (no real node)",
         configured=section is not None,
-        signers=len(keys),
+        signers=wallet.signing_keys_held,
         sandbox=file,
     )

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from sluice import bootstrap
 from sluice.cli.common import (
     DbOption,
     LedgerOption,
@@ -27,9 +28,11 @@ from sluice.cli.common import (
     treasury_party,
     withdrawal_settings,
 )
-from sluice.config import Settings
+from sluice.config import DeploymentConfig, Settings
 from sluice.domain.errors import SluiceError
 from sluice.ledger.canton import CantonCommands
+from sluice.server import ServiceLoop, configure_logging
+from sluice.server.bitcoin import bitcoin_loop
 from sluice.services.compliance import RegistryGate
 from sluice.services.deposit_worker import DepositWorker
 from sluice.services.ingestion import connection_name
@@ -51,7 +54,8 @@ def workers_run(
     ledger_url: LedgerUrlOption = None,
     sandbox_clock: SandboxClockOption = False,
 ) -> None:
-    """Run the withdrawal and deposit workers until stopped.
+    """Run the withdrawal and deposit workers until stopped (and, with a `[bitcoin]` section, the
+    Bitcoin deposit watcher and payouts worker beside them, on a thread of their own).
 
     Against a participant node (`--ledger-url` or the configuration) any number of worker
     processes may run. Against an embedded ledger file, the file is opened for writing and has
@@ -83,6 +87,12 @@ def workers_run(
             f"ledger.local_margin_s ({margin:g} s), or no local-party withdrawal could be submitted"
         )
     try:
+        bitcoin = _bitcoin_loop(config, database, interval)
+    except SluiceError as exc:
+        link.close()
+        database.dispose()
+        fail_with(exc)
+    try:
         registry = kyc_registry(reload_on_hangup=not once)
         withdrawals = WithdrawalWorker(
             database.uow,
@@ -103,7 +113,11 @@ def workers_run(
         )
         held = ", submissions HELD (see `sluice withdrawals hold`)"
         with stop_signals() as stopping:
+            if bitcoin is not None and not once:
+                bitcoin.start()
             while not stopping():
+                if bitcoin is not None and once:
+                    bitcoin.run_round()
                 paid = withdrawals.run_once()
                 answered = deposits.run_once()
                 link.flush()  # what was submitted becomes visible to `sluice ingest`
@@ -126,8 +140,23 @@ def workers_run(
     except SluiceError as exc:
         fail_with(exc)
     finally:
+        if bitcoin is not None:
+            bitcoin.stop()
         link.close()
         database.dispose()
+
+
+def _bitcoin_loop(
+    config: DeploymentConfig, database: bootstrap.Database, interval: float
+) -> ServiceLoop | None:
+    """The Bitcoin watcher and payouts worker when `[bitcoin]` is configured; they log through
+    the service's log lines on stderr."""
+    if config.bitcoin is None:
+        return None
+    configure_logging()
+    custody = bootstrap.bitcoin_custody(config)
+    note(f"bitcoin: {custody.description}")
+    return bitcoin_loop(custody, database, interval_s=interval)
 
 
 def _sleep_unless(seconds: float, stop: Callable[[], bool]) -> None:

@@ -142,7 +142,7 @@ def serve(
             target=server.run, kwargs={"sockets": [sock]}, name="sluice-http", daemon=True
         )
         with _signals(stopping, forcing):
-            service.loop.start()
+            service.start()
             thread.start()
             url = url_of(sock)
             while not server.started and thread.is_alive() and not stopping.is_set():
@@ -155,11 +155,11 @@ def serve(
                 if not thread.is_alive():
                     log.error("the HTTP server stopped on its own; shutting down")
                     break
-                if not service.loop.alive:
+                if not service.alive:
                     log.error("the service loop stopped on its own; shutting down")
                     break
                 stopping.wait(0.5)
-            clean = thread.is_alive() and service.loop.alive
+            clean = thread.is_alive() and service.alive
             log.info("stopping: HTTP requests in progress finish, then the service loop's round")
             server.should_exit = True
             deadline = time.monotonic() + graceful_s + 5
@@ -190,6 +190,11 @@ def _announce(service: Service, url: str) -> None:
         treasury=service.treasury,
         interval_s=service.loop.interval_s,
     )
+    if service.bitcoin is not None:
+        log.info(
+            "bitcoin custody: deposit watcher and payouts beside the service loop",
+            custody=service.bitcoin.description,
+        )
     if service.world is not None and service.world.created:
         log.info("embedded ledger created with Amulet and USDX", ledger=str(service.world.path))
     if not service.has_api_keys():

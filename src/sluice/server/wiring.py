@@ -17,6 +17,7 @@ from sluice.api.operations import executors
 from sluice.config import DeploymentConfig
 from sluice.domain.errors import InvalidInputError
 from sluice.ledger.local.adapters import EmbeddedCommands, embedded_registries
+from sluice.server.bitcoin import bitcoin_loop
 from sluice.server.loop import (
     IngestionStandby,
     Outcome,
@@ -50,6 +51,9 @@ class Service:
     context: ApiContext
     loop: ServiceLoop
     world: EmbeddedWorld | None = None
+    # Bitcoin custody's watcher and payouts worker, when ``[bitcoin]`` is configured.
+    bitcoin: bootstrap.BitcoinCustody | None = None
+    bitcoin_loop: ServiceLoop | None = None
 
     @property
     def database_description(self) -> str:
@@ -58,8 +62,20 @@ class Service:
     def has_api_keys(self) -> bool:
         return bool(list_api_keys(self.database.uow, limit=1))
 
+    def start(self) -> None:
+        """Start the loop, and the Bitcoin loop beside it when there is one."""
+        self.loop.start()
+        if self.bitcoin_loop is not None:
+            self.bitcoin_loop.start()
+
+    @property
+    def alive(self) -> bool:
+        return self.loop.alive and (self.bitcoin_loop is None or self.bitcoin_loop.alive)
+
     def close(self, timeout_s: float = 30.0) -> bool:
-        return self.loop.stop(timeout_s)
+        # The Bitcoin loop first: it uses the database the main loop disposes of when it stops.
+        bitcoin_stopped = self.bitcoin_loop is None or self.bitcoin_loop.stop(timeout_s)
+        return self.loop.stop(timeout_s) and bitcoin_stopped
 
 
 def build_service(
@@ -80,20 +96,39 @@ def build_service(
     names one and it does not exist yet. Nothing runs until ``service.loop.start()``."""
     registry = bootstrap.kyc_registry(config)
     settings = withdrawal_settings or WithdrawalSettings()
-    database = bootstrap.database(database_url or config.database_url)
+    # Custody's keys and wallet are checked before anything opens (a [bitcoin] section only).
+    custody = bootstrap.bitcoin_custody(config) if config.bitcoin is not None else None
+    try:
+        database = bootstrap.database(database_url or config.database_url)
+    except BaseException:
+        if custody is not None:
+            custody.close()
+        raise
     try:
         link, treasury, world = _ledger(config, database, ledger_path, ledger_url, settings)
     except BaseException:
+        if custody is not None:
+            custody.close()
         database.dispose()
         raise
     try:
-        return _wire(
+        service = _wire(
             config, database, link, treasury, world, registry, settings, interval_s, wall_clock
         )
     except BaseException:
+        if custody is not None:
+            custody.close()
         link.close()
         database.dispose()
         raise
+    if custody is not None:
+        service.bitcoin = custody
+        service.bitcoin_loop = bitcoin_loop(custody, database, interval_s=interval_s)
+        service.context.readiness = {
+            **service.context.readiness,
+            "bitcoin_loop": service.bitcoin_loop.readiness,
+        }
+    return service
 
 
 def _ledger(
