@@ -37,11 +37,14 @@ format: $(STAMP)
 test: lint tools
 	$(BIN)/pytest
 
-# Programs the tests drive besides Python: wrk (the API benchmark's load generator).
+# Programs the tests drive besides Python: wrk (the API benchmark's load generator) and litecoind
+# (Debian's Litecoin Core, the real node of the Bitcoin custody tests, run in -regtest).
 SUDO := $(shell test "$$(id -u)" -eq 0 || echo sudo)
 tools:
 	@command -v wrk >/dev/null || { echo "installing wrk"; $(SUDO) apt-get update -qq && \
 		$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+	@command -v litecoind >/dev/null || { echo "installing litecoind"; $(SUDO) apt-get update -qq && \
+		$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq litecoind >/dev/null; }
 
 bench: $(STAMP)
 	$(BIN)/sluice bench ingest --updates $(BENCH_UPDATES) --db sqlite:///data/bench/bench.db --record docs/benchmarks.md
