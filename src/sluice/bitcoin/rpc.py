@@ -37,6 +37,7 @@ payment is the caller's decision, and the payouts worker makes it by the outpoin
 from __future__ import annotations
 
 import importlib
+import itertools
 import json
 import logging
 import time
@@ -131,7 +132,7 @@ class BitcoinRpc:
         self.read_retries = read_retries
         self._backoff_s = backoff_s
         self._sleep = sleep
-        self._next_id = 0
+        self._ids = itertools.count(1)
         self._client = httpx.Client(
             timeout=timeout_s,
             transport=transport,
@@ -308,8 +309,7 @@ class BitcoinRpc:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _exchange(self, method: str, params: list[Any], credentials: tuple[str, str] | None) -> Any:
-        self._next_id += 1
-        request_id = self._next_id
+        request_id = next(self._ids)
         body = (
             f'{{"jsonrpc":"1.0","id":{request_id},"method":{json.dumps(method)},'
             f'"params":{encode_params(params)}}}'
