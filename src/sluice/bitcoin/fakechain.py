@@ -139,7 +139,7 @@ class _Block:
     previous_hash: str | None
     time: int
     txids: tuple[str, ...]
-    undo: list[tuple[Outpoint, _Coin]] = field(default_factory=list)  # the coins it spent
+    undo: dict[Outpoint, _Coin] = field(default_factory=dict)  # the coins it spent
 
 
 class _PolicyError(Exception):
@@ -272,6 +272,8 @@ def _derived_script(text: str, index: int) -> str:
 def _descriptor_scripts(item: str | JsonObject) -> tuple[str, set[str]]:
     """The descriptor's text (checksum verified when given) and the output scripts it covers."""
     if isinstance(item, dict):
+        if "desc" not in item:
+            raise NodeRejectedError("Scan object needs a 'desc'", code=RPC_INVALID_PARAMETER)
         desc, scan_range = str(item["desc"]), item.get("range")
     else:
         desc, scan_range = item, None
@@ -400,14 +402,14 @@ class FakeChain:
         with self._lock:
             if not 1 <= depth <= self.tip_height:
                 raise ValueError(f"cannot reorg {depth} blocks of a chain at {self.tip_height}")
-            returned: list[_Tx] = []
-            for _ in range(depth):
-                block = self._disconnect_tip()
-                returned[:0] = [self._txs[t] for t in block.txids if not self._txs[t].coinbase]
+            top = [self._blocks[block_hash] for block_hash in self._active[-depth:]]
+            returned = [self._txs[t] for b in top for t in b.txids if not self._txs[t].coinbase]
             candidates = {tx.txid: tx for tx in [*returned, *self._mempool.values()]}
             unknown = dropped - candidates.keys()
             if unknown:
                 raise ValueError(f"not in the disconnected blocks nor the mempool: {unknown}")
+            for _ in range(depth):
+                self._disconnect_tip()
             self._mempool.clear()
             self._spenders.clear()
             for tx in self._in_order(candidates):
@@ -463,7 +465,7 @@ class FakeChain:
                 "time": block.time,
                 "mediantime": block.time,
                 "nTx": len(block.txids),
-                "tx": [self._tx_json(self._txs[txid]) for txid in block.txids],
+                "tx": [self._tx_json(self._txs[txid], with_hex=True) for txid in block.txids],
             }
             if block.previous_hash is not None:
                 answer["previousblockhash"] = block.previous_hash
@@ -814,7 +816,7 @@ class FakeChain:
             tx = self._txs[txid]
             if not (tx.coinbase or tx.external):
                 for inp in tx.inputs:
-                    block.undo.append((inp.outpoint, self._spend(inp.outpoint)))
+                    block.undo[inp.outpoint] = self._spend(inp.outpoint)
             for n, (script_hex, sats) in enumerate(tx.outputs):
                 self._add_coin((txid, n), _Coin(script_hex, sats, block.height, tx.coinbase))
             self._tx_block[txid] = block.hash
@@ -824,13 +826,16 @@ class FakeChain:
 
     def _disconnect_tip(self) -> _Block:
         block = self._blocks[self._active.pop()]
+        # Last transaction first: a child in the block gives its parent's output back before the
+        # parent's outputs are taken away.
         for txid in reversed(block.txids):
-            for n in range(len(self._txs[txid].outputs)):
+            tx = self._txs[txid]
+            for n in range(len(tx.outputs)):
                 self._spend((txid, n))
+            if not (tx.coinbase or tx.external):
+                for inp in tx.inputs:
+                    self._add_coin(inp.outpoint, block.undo.pop(inp.outpoint))
             del self._tx_block[txid]
-        for outpoint, coin in block.undo:
-            self._add_coin(outpoint, coin)
-        block.undo.clear()
         return block
 
     def _add_coin(self, outpoint: Outpoint, coin: _Coin) -> None:

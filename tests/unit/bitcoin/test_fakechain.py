@@ -221,10 +221,29 @@ def test_a_reorg_puts_parents_before_their_children_in_the_new_block(chain: Fake
     assert [tx["txid"] for tx in block["tx"][1:]] == [coin[0], child_txid]
 
 
+def test_reorgs_in_a_row_keep_a_parent_and_its_child_mined_together(chain: FakeChain) -> None:
+    coin = funded(chain)
+    child_txid = chain.sendrawtransaction(spend([coin], [(OURS, 99_000)]))
+    blocks = set()
+    for _ in range(3):
+        chain.reorg(1, blocks=1)  # the top block, which holds both, each time
+        blocks.add(block_of(chain, child_txid))
+        assert block_of(chain, child_txid) == block_of(chain, coin[0])
+    assert chain.tip_height == 1
+    assert len(blocks) == 3
+    unspents = chain.scantxoutset([f"raw({OURS})"])["unspents"]
+    assert [(u["txid"], u["vout"]) for u in unspents] == [(child_txid, 0)]
+    chain.reorg(1, drop_txids=[child_txid], include_mempool=False)
+    assert chain.mempool_txids == [coin[0]]
+    assert chain.scantxoutset([f"raw({OURS})"])["unspents"] == []
+
+
 def test_a_reorg_refuses_an_unknown_drop_or_too_deep_a_fork(chain: FakeChain) -> None:
     chain.mine(2)
+    tip = chain.getblockhash(2)
     with pytest.raises(ValueError, match="not in the disconnected"):
         chain.reorg(1, drop_txids=["22" * 32])
+    assert chain.getblockhash(2) == tip  # refused before anything changed
     with pytest.raises(ValueError, match="cannot reorg"):
         chain.reorg(3)
 
