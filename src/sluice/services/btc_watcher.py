@@ -1,0 +1,531 @@
+"""The deposit watcher: follows the Bitcoin chain block by block and records every output to a
+custody script, the spends of custody outputs, and confirmations.
+
+Guarantees:
+
+* **One block, one transaction.** A block's row in ``btc_blocks`` (the cursor is the highest
+  row), the custody outputs found in it, the custody outputs its inputs spend and the deposits
+  that reach ``confirmations_min`` at it are committed together — the tracking-record pattern of
+  ingestion. A crash loses a whole block or nothing, and a restart resumes from the cursor.
+* **Confirmed exactly once.** Confirmations are counted from the cursor (``cursor_height −
+  block_height + 1``), and ``seen → confirmed`` is a status change in the block's transaction,
+  so a replayed or restarted watcher cannot confirm twice.
+* **Reorgs are undone, not forgotten.** A reorg is detected by the hash chain (the node's hash at
+  the cursor's height, or the next block's ``previousblockhash``, differs from the cursor's). The
+  watcher walks back to the fork point comparing stored hashes with ``getblockhash``, and in one
+  transaction deletes the blocks above it, marks the outputs found only in them ``reorged`` and
+  clears the spends recorded in them; then it applies the new branch. The same ``txid:vout``
+  seen again is the same row, and counts its confirmations again from its new block. A confirmed
+  (or credited) deposit that is reorged raises an alert (critical when credited) and is audited;
+  a credited one that comes back stays credited, so it is never credited twice.
+* **Matched on scripts only.** Outputs are matched on ``scriptPubKey.hex``, never on address
+  fields (old nodes answer ``addresses``, new ones ``address``). Outputs under the chain's dust
+  limit are recorded as ``dust`` and never confirmed or credited.
+* **Survives the node.** A node that is down, restarting or behind ends the round with
+  ``tick.error`` and the cursor where it was; nothing escapes :meth:`DepositWatcher.run_once`.
+
+Speed: the custody scripts and the unspent custody outpoints are kept in memory (scripts reloaded
+when the address count changes, outpoints when the cursor moved under this watcher or after a
+reorg), so an output or input that is not custody's costs a dictionary lookup and no SQL; a
+block's writes are one statement per kind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from sluice.domain.audit import AuditEntry
+from sluice.domain.chains import to_sats
+from sluice.domain.deposits import Alert
+from sluice.domain.errors import NotFoundError as SluiceNotFoundError
+from sluice.ports import UnitOfWork, UnitOfWorkFactory
+from sluice.ports.bitcoin import BitcoinNode, BitcoinNodeError, CustodyWallet, NotFoundError
+from sluice.ports.bitcoin_watch import (
+    DEPOSIT_BRANCH,
+    CustodyAddress,
+    CustodyBalance,
+    CustodyOutput,
+    DepositView,
+    FoundOutput,
+    FoundSpend,
+    RolledBack,
+    UtxoView,
+    WatchedBlock,
+)
+from sluice.services.bitcoin_settings import BitcoinSettings
+
+log = structlog.get_logger("sluice.bitcoin")
+
+Clock = Callable[[], datetime]
+ACTOR = "btc-watcher"
+# Stored hashes compared per read while walking back to a fork point.
+_WALK_BATCH = 64
+# Reorgs handled in one round before it ends (a chain that keeps changing is followed next round).
+_REORGS_PER_ROUND_MAX = 3
+
+
+@dataclass(slots=True)
+class WatchTick:
+    """One round: blocks applied, reorgs undone (and the blocks they rolled back), custody
+    outputs found (``dust`` apart), outputs that reached ``confirmations_min`` (deposits and
+    change), the node's tip and the watcher's cursor after the round, and why the round stopped
+    early (node down or behind)."""
+
+    blocks: int = 0
+    reorgs: int = 0
+    rolled_back_blocks: int = 0
+    outputs: int = 0
+    dust: int = 0
+    confirmed: int = 0
+    tip_height: int | None = None
+    cursor_height: int | None = None
+    error: str | None = None
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.blocks or self.reorgs)
+
+
+class _ChainChangedError(Exception):
+    """The next block does not extend the cursor: a reorg happened while reading."""
+
+
+class DepositWatcher:
+    """Follows the chain from the stored cursor. Any number may run: a block is applied by
+    whichever claims its row first, and a watcher whose cursor moved under it reloads."""
+
+    def __init__(
+        self,
+        uow_factory: UnitOfWorkFactory,
+        node: BitcoinNode,
+        wallet: CustodyWallet,
+        settings: BitcoinSettings,
+        clock: Clock,
+    ) -> None:
+        self._uow = uow_factory
+        self._node = node
+        self._wallet = wallet
+        self.settings = settings
+        self._clock = clock
+        # Custody scripts → their address rows, and how many rows that was loaded from.
+        self._scripts: dict[str, CustodyAddress] = {}
+        self._address_count = -1
+        # Custody outputs in the active chain not spent yet, and how many outputs still "seen"
+        # each block height holds (to know when a block brings confirmations due).
+        self._unspent: set[tuple[str, int]] = set()
+        self._seen: dict[int, int] = {}
+        # The cursor the in-memory state matches; None: reload before the next block.
+        self._cursor: WatchedBlock | None = None
+        self._loaded = False
+
+    # -- one round ---------------------------------------------------------------------------
+
+    def run_once(self) -> WatchTick:
+        tick = WatchTick()
+        try:
+            self._round(tick)
+        except BitcoinNodeError as exc:
+            tick.error = f"the bitcoin node did not answer: {exc}"
+            log.warning(
+                "btc watcher: node unavailable; the cursor stays",
+                error=str(exc),
+                cursor_height=tick.cursor_height,
+            )
+        if tick.busy:
+            log.info(
+                "btc watcher",
+                blocks=tick.blocks,
+                reorgs=tick.reorgs,
+                outputs=tick.outputs,
+                confirmed=tick.confirmed,
+                cursor_height=tick.cursor_height,
+            )
+        return tick
+
+    def _round(self, tick: WatchTick) -> None:
+        cursor = self._refresh()
+        tick.cursor_height = cursor.height if cursor else None
+        info = self._node.getblockchaininfo()
+        tip = int(info["blocks"])
+        tick.tip_height = tip
+        if cursor is not None:
+            if tip < cursor.height:
+                if self._stored_hash(tip) in (None, self._node.getblockhash(tip)):
+                    tick.error = (
+                        f"the bitcoin node is behind: its tip is at height {tip}, the watcher "
+                        f"is at {cursor.height}; waiting for it"
+                    )
+                    log.warning("btc watcher: node behind", tip=tip, cursor=cursor.height)
+                    return
+                cursor = self._undo_reorg(tick)
+            elif self._node.getblockhash(cursor.height) != cursor.hash:
+                cursor = self._undo_reorg(tick)
+            tick.cursor_height = cursor.height if cursor else None
+        next_hash: str | None = None
+        while tick.blocks < self.settings.watch_blocks_max:
+            height = cursor.height + 1 if cursor else self.settings.watch_start_height
+            if height > tip and next_hash is None:
+                break
+            block_hash = next_hash or self._node.getblockhash(height)
+            block = self._node.getblock(block_hash)
+            try:
+                applied = self._apply(block, cursor, tick)
+            except _ChainChangedError:
+                if tick.reorgs >= _REORGS_PER_ROUND_MAX:
+                    break
+                cursor = self._undo_reorg(tick)
+                tick.cursor_height = cursor.height if cursor else None
+                next_hash = None
+                continue
+            if not applied:
+                break  # another watcher applied it: this one reloads next round
+            cursor = self._cursor
+            tick.cursor_height = height
+            # Bitcoin Core names the next block of the active chain; that saves a getblockhash.
+            following = block.get("nextblockhash")
+            next_hash = following if isinstance(following, str) else None
+
+    def _refresh(self) -> WatchedBlock | None:
+        """The stored cursor; the in-memory state reloaded when it does not match it."""
+        with self._uow() as uow:
+            repo = uow.btc_watch
+            cursor = repo.cursor()
+            if not self._loaded or cursor != self._cursor:
+                self._load(uow)
+            self._load_scripts(uow)
+        self._cursor = cursor
+        return cursor
+
+    def _load(self, uow: UnitOfWork) -> None:
+        repo = uow.btc_watch
+        self._unspent = {(o.txid, o.vout) for o in repo.unspent_outputs()}
+        self._seen = {}
+        for output in repo.outputs(statuses=("seen",), limit=100_000):
+            if output.block_height is not None:
+                height = output.block_height
+                self._seen[height] = self._seen.get(height, 0) + 1
+        self._loaded = True
+
+    def _load_scripts(self, uow: UnitOfWork) -> None:
+        repo = uow.btc_watch
+        count = repo.address_count()
+        if count != self._address_count:
+            self._scripts = {a.script_hex: a for a in repo.addresses()}
+            self._address_count = count
+
+    def _stored_hash(self, height: int) -> str | None:
+        with self._uow() as uow:
+            return uow.btc_watch.block_hashes(height, height).get(height)
+
+    # -- applying a block --------------------------------------------------------------------
+
+    def _apply(
+        self, block: Mapping[str, Any], cursor: WatchedBlock | None, tick: WatchTick
+    ) -> bool:
+        height = int(block["height"])
+        block_hash = str(block["hash"])
+        previous = block.get("previousblockhash")
+        if cursor is not None and (previous != cursor.hash or height != cursor.height + 1):
+            raise _ChainChangedError
+        now = self._clock()
+        threshold = height - self.settings.confirmations_min + 1
+        with self._uow() as uow:
+            repo = uow.btc_watch
+            # Read after the block was fetched: an address paid in it was issued (committed)
+            # before it was handed out, so before the block existed, so it is in this count.
+            self._load_scripts(uow)
+            found, spends = self._scan(block)
+            watched = WatchedBlock(height, block_hash, previous, len(found))
+            if not repo.claim_block(watched, now):
+                uow.rollback()
+                self._loaded = False
+                return False
+            repo.record_outputs(found, height, block_hash, now)
+            repo.mark_funded([o.address for o in found], now)
+            repo.record_spends(spends, height, block_hash)
+            seen = dict(self._seen)
+            for output in found:
+                if output.status == "seen":
+                    seen[height] = seen.get(height, 0) + 1
+            confirmed: list[CustodyOutput] = []
+            if any(at <= threshold for at in seen):
+                confirmed = repo.confirm(threshold, now)
+                seen = {at: n for at, n in seen.items() if at > threshold}
+            self._audit_confirmed(uow, confirmed, height, now)
+            uow.commit()
+        # The block is committed: the in-memory state follows it.
+        for spend in spends:
+            self._unspent.discard((spend.txid, spend.vout))
+        spent = {(spend.txid, spend.vout) for spend in spends}
+        self._unspent.update((o.txid, o.vout) for o in found if (o.txid, o.vout) not in spent)
+        self._seen = seen
+        self._cursor = watched
+        tick.blocks += 1
+        tick.outputs += sum(1 for o in found if o.status != "dust")
+        tick.dust += sum(1 for o in found if o.status == "dust")
+        tick.confirmed += len(confirmed)
+        return True
+
+    def _scan(self, block: Mapping[str, Any]) -> tuple[list[FoundOutput], list[FoundSpend]]:
+        """The block's outputs to custody scripts and its inputs spending custody outputs, in
+        block order (an output spent later in the same block is found, then spent)."""
+        scripts = self._scripts
+        unspent = self._unspent
+        dust_limit = self.settings.chain.p2wsh_dust_limit_sats
+        created: set[tuple[str, int]] = set()
+        found: list[FoundOutput] = []
+        spends: list[FoundSpend] = []
+        for tx in block["tx"]:
+            txid = tx["txid"]
+            for vin in tx["vin"]:
+                spent_txid = vin.get("txid")
+                if spent_txid is None:
+                    continue  # coinbase
+                key = (spent_txid, vin["vout"])
+                if key in unspent or key in created:
+                    spends.append(FoundSpend(spent_txid, vin["vout"], txid))
+            inputs: tuple[str, ...] | None = None
+            for out in tx["vout"]:
+                address = scripts.get(out["scriptPubKey"]["hex"])
+                if address is None:
+                    continue
+                if inputs is None:
+                    inputs = tuple(
+                        f"{vin['txid']}:{vin['vout']}" for vin in tx["vin"] if "txid" in vin
+                    )
+                amount = to_sats(out["value"])
+                vout = int(out["n"])
+                found.append(
+                    FoundOutput(
+                        txid=txid,
+                        vout=vout,
+                        kind="deposit" if address.branch == DEPOSIT_BRANCH else "change",
+                        address=address.address,
+                        script_hex=address.script_hex,
+                        customer_id=address.customer_id,
+                        amount_sats=amount,
+                        status="dust" if amount < dust_limit else "seen",
+                        input_outpoints=inputs,
+                    )
+                )
+                created.add((txid, vout))
+        return found, spends
+
+    def _audit_confirmed(
+        self, uow: UnitOfWork, confirmed: list[CustodyOutput], height: int, now: datetime
+    ) -> None:
+        entries = [
+            AuditEntry(
+                operation_id=f"btc-output:{o.txid}:{o.vout}",
+                operation="btc_deposit_confirmed",
+                actor=ACTOR,
+                recorded_at=now,
+                customer_id=o.customer_id,
+                parameters={
+                    "txid": o.txid,
+                    "vout": o.vout,
+                    "address": o.address,
+                    "amount_sats": o.amount_sats,
+                    "block_height": o.block_height,
+                    "block_hash": o.block_hash,
+                    "confirmations": height - (o.block_height or height) + 1,
+                },
+                state_changes=[{"output": o.outpoint, "status": o.status}],
+            )
+            for o in confirmed
+            if o.kind == "deposit"
+        ]
+        if entries:
+            uow.audit.append(entries)
+
+    # -- reorgs ------------------------------------------------------------------------------
+
+    def _undo_reorg(self, tick: WatchTick) -> WatchedBlock | None:
+        """Roll back to the fork point (the highest stored block the node still has at its
+        height); returns the cursor after it."""
+        with self._uow() as uow:
+            cursor = uow.btc_watch.cursor()
+            low = uow.btc_watch.lowest_height()
+        if cursor is None or low is None:
+            return None
+        fork = self._fork_point(cursor.height, low)
+        now = self._clock()
+        with self._uow() as uow:
+            rolled = uow.btc_watch.roll_back(fork)
+            self._report_reorg(uow, rolled, cursor, now)
+            uow.commit()
+        tick.reorgs += 1
+        tick.rolled_back_blocks += len(rolled.blocks)
+        log.warning(
+            "btc watcher: reorg rolled back",
+            fork_height=fork,
+            blocks=len(rolled.blocks),
+            outputs_reorged=len(rolled.reorged),
+            spends_cleared=rolled.spends_cleared,
+        )
+        self._loaded = False
+        return self._refresh()
+
+    def _fork_point(self, top: int, low: int) -> int:
+        """The highest stored height whose hash the node has at that height; ``low - 1`` when
+        none (nothing the watcher applied is on the node's chain any more)."""
+        high = top
+        while high >= low:
+            batch_low = max(low, high - _WALK_BATCH + 1)
+            with self._uow() as uow:
+                stored = uow.btc_watch.block_hashes(batch_low, high)
+            for height in range(high, batch_low - 1, -1):
+                ours = stored.get(height)
+                if ours is None:
+                    continue
+                try:
+                    theirs = self._node.getblockhash(height)
+                except NotFoundError:
+                    continue  # the node's chain is shorter than this
+                if theirs == ours:
+                    return height
+            high = batch_low - 1
+        return low - 1
+
+    def _report_reorg(
+        self, uow: UnitOfWork, rolled: RolledBack, cursor: WatchedBlock, now: datetime
+    ) -> None:
+        alerts: list[Alert] = []
+        entries: list[AuditEntry] = []
+        for o in rolled.reorged:
+            if o.status not in ("confirmed", "credited"):
+                continue
+            credited = o.status == "credited"
+            what = "deposit" if o.kind == "deposit" else "change output"
+            alerts.append(
+                Alert(
+                    id=f"btc-reorged:{o.txid}:{o.vout}:{o.block_hash}",
+                    severity="critical" if credited else "warning",
+                    kind=f"btc_{o.kind}_reorged",
+                    message=(
+                        f"{o.status} {what} {o.txid}:{o.vout} of {o.amount_sats} sats"
+                        + (f" (customer {o.customer_id})" if o.customer_id else "")
+                        + f" left the chain with block {o.block_height} {o.block_hash}"
+                        + (": it was credited" if credited else "")
+                    ),
+                    details={
+                        "txid": o.txid,
+                        "vout": str(o.vout),
+                        "amount_sats": str(o.amount_sats),
+                        "customer": o.customer_id or "",
+                        "block_height": str(o.block_height),
+                        "block_hash": o.block_hash or "",
+                        "status": o.status,
+                    },
+                )
+            )
+            entries.append(
+                AuditEntry(
+                    operation_id=f"btc-output:{o.txid}:{o.vout}",
+                    operation=f"btc_{o.kind}_reorged",
+                    actor=ACTOR,
+                    recorded_at=now,
+                    customer_id=o.customer_id,
+                    parameters={
+                        "amount_sats": o.amount_sats,
+                        "block_height": o.block_height,
+                        "block_hash": o.block_hash,
+                        "was": o.status,
+                    },
+                    state_changes=[{"output": o.outpoint, "status": "reorged"}],
+                )
+            )
+        entries.insert(
+            0,
+            AuditEntry(
+                operation_id=f"btc-reorg:{rolled.fork_height}:{cursor.hash}",
+                operation="btc_reorg",
+                actor=ACTOR,
+                recorded_at=now,
+                parameters={
+                    "fork_height": rolled.fork_height,
+                    "old_tip_height": cursor.height,
+                    "old_tip_hash": cursor.hash,
+                    "blocks_rolled_back": len(rolled.blocks),
+                    "spends_cleared": rolled.spends_cleared,
+                },
+                state_changes=[
+                    {"output": o.outpoint, "was": o.status, "status": "reorged"}
+                    for o in rolled.reorged
+                ],
+            ),
+        )
+        uow.btc_watch.add_alerts(alerts, now)
+        uow.audit.append(entries)
+
+
+# --- reads for the CLI and the API ---------------------------------------------------------------
+
+
+def _confirmations(cursor: WatchedBlock | None, block_height: int | None) -> int:
+    if cursor is None or block_height is None:
+        return 0
+    return max(0, cursor.height - block_height + 1)
+
+
+def list_deposits(
+    uow_factory: UnitOfWorkFactory, *, customer_id: str | None = None, limit: int = 1000
+) -> list[DepositView]:
+    """Deposits to customer addresses, newest first, with confirmations at the watcher's
+    cursor."""
+    with uow_factory() as uow:
+        repo = uow.btc_watch
+        if customer_id is not None and not repo.customer_exists(customer_id):
+            raise SluiceNotFoundError(f"unknown customer {customer_id!r}")
+        cursor = repo.cursor()
+        outputs = repo.outputs(customer_id=customer_id, kinds=("deposit",), limit=limit)
+    return [
+        DepositView(
+            txid=o.txid,
+            vout=o.vout,
+            customer=o.customer_id,
+            address=o.address,
+            amount_sats=o.amount_sats,
+            confirmations=_confirmations(cursor, o.block_height),
+            status=o.status,
+            block_height=o.block_height,
+            block_hash=o.block_hash,
+        )
+        for o in outputs
+    ]
+
+
+def custody_balance(uow_factory: UnitOfWorkFactory) -> CustodyBalance:
+    """Custody's unspent outputs and totals at the watcher's cursor (one transaction)."""
+    with uow_factory() as uow:
+        repo = uow.btc_watch
+        cursor = repo.cursor()
+        outputs = repo.outputs(unspent=True, limit=100_000)
+    utxos = [
+        UtxoView(
+            txid=o.txid,
+            vout=o.vout,
+            kind=o.kind,
+            customer=o.customer_id,
+            address=o.address,
+            amount_sats=o.amount_sats,
+            confirmations=_confirmations(cursor, o.block_height),
+            status=o.status,
+            block_height=o.block_height,
+            reserved_by=o.reserved_by,
+        )
+        for o in outputs
+    ]
+    return CustodyBalance(
+        height=cursor.height if cursor else None,
+        block_hash=cursor.hash if cursor else None,
+        utxos=utxos,
+        total_sats=sum(u.amount_sats for u in utxos),
+        confirmed_sats=sum(u.amount_sats for u in utxos if u.status in ("confirmed", "credited")),
+        reserved_sats=sum(u.amount_sats for u in utxos if u.reserved_by is not None),
+    )
