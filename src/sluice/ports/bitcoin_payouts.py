@@ -3,8 +3,195 @@ custody outputs it reserves and sees spent (``btc_*`` tables)."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from sluice.domain.deposits import Alert
+
+# Payouts not yet in a batch: the worker picks them up (oldest first).
+PAYOUT_WAITING_STATUSES = ("queued", "waiting_fee")
+# Batches the worker still follows: not yet confirmed, and not handed to an operator.
+BATCH_OPEN_STATUSES = ("signed", "broadcast", "mined")
+
+
+@dataclass(frozen=True, slots=True)
+class PayoutRecord:
+    id: str
+    kind: str  # operator | redemption | return
+    address: str
+    script_hex: str
+    amount_sats: int  # requested; the fee is deducted from it
+    status: str  # queued | waiting_fee | batched | broadcast | mined | completed | failed
+    requested_by: str
+    requested_at: datetime
+    fee_sats: int | None = None
+    batch_id: str | None = None
+    vout: int | None = None
+    completed_at: datetime | None = None
+    last_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRecord:
+    """A payout transaction, identified by the custody outpoints it spends. ``versions`` are
+    every signed version (the first and each fee bump) as JSON objects: ``txid``, ``fee_sats``,
+    ``fee_rate``, ``vsize``, ``change_sats``, ``change_vout`` and ``payouts`` (payout id →
+    ``[vout, fee_sats]``)."""
+
+    id: str
+    outpoints: tuple[str, ...]
+    status: str  # signed | broadcast | mined | confirmed | stuck
+    txid: str
+    raw_hex: str
+    versions: tuple[Mapping[str, Any], ...]
+    fee_sats: int
+    fee_rate_sat_vb: str
+    vsize: int
+    change_sats: int
+    created_at: datetime
+    updated_at: datetime
+    change_vout: int | None = None
+    change_address: str | None = None
+    broadcast_height: int | None = None
+    bumps: int = 0
+    mined_height: int | None = None
+    mined_block_hash: str | None = None
+    last_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CustodyOutput:
+    """A custody output as the watcher recorded it, with the derivation that signs for it."""
+
+    txid: str
+    vout: int
+    amount_sats: int
+    status: str
+    branch: int
+    index: int
+    reserved_by: str | None = None
+
+    @property
+    def outpoint(self) -> str:
+        return f"{self.txid}:{self.vout}"
+
+
+@dataclass(frozen=True, slots=True)
+class OutputSpend:
+    """Where the watcher saw a custody output spent."""
+
+    txid: str
+    height: int
+    block_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class PayoutAssignment:
+    """A payout's place in a batch's version: its output and its share of the fee."""
+
+    payout_id: str
+    vout: int
+    fee_sats: int
+    status: str = "batched"
+    last_error: str | None = field(default=None)
 
 
 class BitcoinPayoutRepository(Protocol):
     """Payouts and batches, and the custody UTXO set they are paid from."""
+
+    # -- payouts -----------------------------------------------------------------------------
+    def get_payout(self, payout_id: str, *, lock: bool = False) -> PayoutRecord | None: ...
+
+    def insert_payout(self, payout: PayoutRecord) -> bool:
+        """False (and nothing written) when a payout with that id exists."""
+        ...
+
+    def payouts(self, statuses: Collection[str] = (), *, limit: int = 1000) -> list[PayoutRecord]:
+        """Oldest first (requested time, then id); every status when ``statuses`` is empty."""
+        ...
+
+    def payouts_of_batch(self, batch_id: str) -> list[PayoutRecord]: ...
+
+    def set_payouts_error(self, payout_ids: Collection[str], error: str | None) -> int:
+        """Note ``error`` on payouts whatever their status (their status stays)."""
+        ...
+
+    def set_payouts_waiting(
+        self, payout_ids: Collection[str], status: str | None, error: str | None
+    ) -> int:
+        """Payouts still waiting (queued or waiting_fee) take ``status`` (None: they keep
+        theirs) and ``error``."""
+        ...
+
+    def assign_payouts(
+        self,
+        batch_id: str,
+        assignments: Sequence[PayoutAssignment],
+        *,
+        expected_statuses: Collection[str],
+    ) -> int:
+        """Each payout takes the batch, its vout, fee, status and error, only while its status
+        is one of ``expected_statuses`` (and, unless it is waiting, while it is on that batch).
+        Returns how many rows changed: fewer than asked means someone else moved one."""
+        ...
+
+    def complete_payouts(self, batch_id: str, at: datetime) -> list[str]:
+        """The batch's payouts not yet completed become completed; returns their ids."""
+        ...
+
+    # -- batches -----------------------------------------------------------------------------
+    def insert_batch(self, batch: BatchRecord) -> bool:
+        """False (and nothing written) when a batch with that id exists."""
+        ...
+
+    def get_batch(self, batch_id: str) -> BatchRecord | None: ...
+
+    def batches(self, statuses: Collection[str] = (), *, limit: int = 1000) -> list[BatchRecord]:
+        """Oldest first."""
+        ...
+
+    def update_batch(
+        self,
+        batch: BatchRecord,
+        *,
+        expected_txid: str | None = None,
+        expected_status: str | None = None,
+    ) -> bool:
+        """Write the batch's changing columns; with ``expected_txid`` and ``expected_status``,
+        only if it still has them (another worker may have moved it meanwhile)."""
+        ...
+
+    # -- the custody UTXO set ----------------------------------------------------------------
+    def spendable_outputs(self, dust_limit: int, *, limit: int = 10_000) -> list[CustodyOutput]:
+        """Confirmed (or credited) custody outputs not dust, unspent and unreserved."""
+        ...
+
+    def outputs(self, outpoints: Collection[str]) -> dict[str, CustodyOutput]: ...
+
+    def reserve_outputs(self, outpoints: Collection[str], batch_id: str) -> bool:
+        """Reserve all of them for the batch, or none: False when one is reserved or spent."""
+        ...
+
+    def spends(self, outpoints: Collection[str]) -> dict[str, OutputSpend]:
+        """The outpoints the watcher saw spent in a block, with where."""
+        ...
+
+    def cursor_height(self) -> int | None:
+        """The watcher's cursor: the highest block it processed (None before its first)."""
+        ...
+
+    # -- change addresses and alerts ---------------------------------------------------------
+    def next_change_index(self) -> int:
+        """One above the highest change index issued (0 for the first)."""
+        ...
+
+    def add_change_address(self, address: str, script_hex: str, index: int, at: datetime) -> bool:
+        """Record a change address (branch 1, no customer); False when that index or script is
+        taken."""
+        ...
+
+    def add_alert(self, alert: Alert, at: datetime) -> bool:
+        """False when an alert with that id was raised already."""
+        ...
