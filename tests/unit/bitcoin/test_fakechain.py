@@ -7,11 +7,15 @@ and mining, confirmations, reorgs of depth 1-3 that move a transaction to anothe
 with what spends it, BIP 125 replacement (accepted when signalled and paying more, refused
 otherwise), double spends against the chain, the mempool's other refusals, fee estimates with and
 without a rate, a node that is down, unknown blocks and transactions, scantxoutset over raw and
-ranged multisig descriptors, the size and weight of a transaction, and deterministic hashes.
+ranged multisig descriptors, the size and weight of a transaction, and deterministic hashes. A
+hypothesis property runs random histories (funding, spends, fee bumps, mining, reorgs with drops,
+evictions) and after each step rebuilds the UTXO set from the active blocks, through the public
+calls only, to compare it with what scantxoutset answers and what the mempool spends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -29,6 +33,8 @@ from embit.transaction import (  # type: ignore[import-untyped]
     TransactionInput,
     TransactionOutput,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sluice.bitcoin.fakechain import MINER_SCRIPT_HEX, FakeChain
 from sluice.domain.chains import CHAINS
@@ -522,3 +528,82 @@ def test_the_same_history_gives_the_same_hashes() -> None:
         return hashes + chain.reorg(1)
 
     assert history() == history()
+
+
+def check_consistent(chain: FakeChain) -> None:
+    """The UTXO set the chain answers is the one its active blocks make, and its mempool spends
+    only outputs that exist, each once."""
+    utxos: dict[tuple[str, int], str] = {}
+    previous = None
+    for height in range(chain.tip_height + 1):
+        block = chain.getblock(chain.getblockhash(height))
+        assert block.get("previousblockhash") == previous
+        previous = block["hash"]
+        for tx in block["tx"]:
+            assert tx["txid"] not in chain.mempool_txids
+            for vin in tx["vin"]:
+                if "coinbase" not in vin:
+                    # A funding transaction's inputs are outside the chain: absent here.
+                    utxos.pop((vin["txid"], vin["vout"]), None)
+            for out in tx["vout"]:
+                utxos[(tx["txid"], out["n"])] = out["scriptPubKey"]["hex"]
+    scripts = sorted(set(utxos.values()))
+    scanned = chain.scantxoutset([f"raw({s})" for s in scripts])["unspents"]
+    assert {(u["txid"], u["vout"]) for u in scanned} == set(utxos)
+    mempool = {txid: chain.getrawtransaction(txid) for txid in chain.mempool_txids}
+    known = {txid for txid, _ in utxos} | set(mempool)
+    spent: set[tuple[str, int]] = set()
+    for tx in mempool.values():
+        assert "blockhash" not in tx
+        for vin in tx["vin"]:
+            outpoint = (vin["txid"], vin["vout"])
+            assert outpoint not in spent
+            spent.add(outpoint)
+            if vin["txid"] in known:
+                assert outpoint in utxos or vin["txid"] in mempool
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_any_history_keeps_the_utxo_set_and_the_mempool_consistent(data: st.DataObject) -> None:
+    chain = FakeChain(clock=lambda: NOW)
+    for _ in range(data.draw(st.integers(1, 25), label="steps")):
+        step = data.draw(st.sampled_from(["fund", "spend", "bump", "mine", "reorg", "evict"]))
+        ours = chain.scantxoutset([f"raw({OURS})"])["unspents"]
+        pending = [
+            (txid, out["n"], int(out["value"] * 100_000_000))
+            for txid in chain.mempool_txids
+            for out in chain.getrawtransaction(txid)["vout"]
+            if out["scriptPubKey"]["hex"] == OURS
+        ]
+        coins = [(u["txid"], u["vout"], int(u["amount"] * 100_000_000)) for u in ours] + pending
+        coins = [coin for coin in coins if coin[2] > 6_000]  # leaves no dust after the fee
+        if step == "fund":
+            chain.fund(
+                OURS, data.draw(st.integers(10_000, 1_000_000)), mine=data.draw(st.booleans())
+            )
+        elif step in ("spend", "bump") and coins:
+            coin = data.draw(st.sampled_from(coins))
+            fee = 1_000 if step == "spend" else data.draw(st.integers(1_000, 5_000))
+            with contextlib.suppress(NodeRejectedError):
+                # Already spent in the mempool, or a replacement that pays too little.
+                chain.sendrawtransaction(spend([coin], [(OURS, coin[2] - fee)]))
+        elif step == "mine":
+            chain.mine(data.draw(st.integers(1, 3)))
+        elif step == "reorg" and chain.tip_height >= 1:
+            depth = data.draw(st.integers(1, min(3, chain.tip_height)))
+            top = [
+                chain.getblock(chain.getblockhash(h))
+                for h in range(chain.tip_height - depth + 1, chain.tip_height + 1)
+            ]
+            movable = [tx["txid"] for b in top for tx in b["tx"][1:]] + chain.mempool_txids
+            drop = data.draw(st.lists(st.sampled_from(movable), max_size=2)) if movable else []
+            chain.reorg(
+                depth,
+                drop_txids=drop,
+                blocks=data.draw(st.integers(0, depth + 1)),
+                include_mempool=data.draw(st.booleans()),
+            )
+        elif step == "evict" and chain.mempool_txids:
+            chain.evict(data.draw(st.sampled_from(chain.mempool_txids)))
+        check_consistent(chain)
