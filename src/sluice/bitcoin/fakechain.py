@@ -439,14 +439,6 @@ class FakeChain:
                 "warnings": "",
             }
 
-    def getblockcount(self) -> int:
-        with self._answer():
-            return len(self._active) - 1
-
-    def getbestblockhash(self) -> str:
-        with self._answer():
-            return self._active[-1]
-
     def getblockhash(self, height: int) -> str:
         with self._answer():
             if not 0 <= height < len(self._active):
@@ -591,32 +583,6 @@ class FakeChain:
                 "depends": depends,
                 "spentby": spent_by,
                 "bip125-replaceable": any(t.signals_rbf for t in self._with_ancestors(tx)),
-            }
-
-    def getrawmempool(self) -> list[str]:
-        with self._answer():
-            return list(self._mempool)
-
-    def gettxout(self, txid: str, vout: int, include_mempool: bool = True) -> JsonObject | None:
-        """The unspent output ``txid:vout``, ``None`` when spent or unknown (Core's answer)."""
-        with self._answer():
-            outpoint = (txid, vout)
-            if include_mempool and outpoint in self._spenders:
-                return None
-            coin = self._utxos.get(outpoint)
-            confirmations = len(self._active) - coin.height if coin else 0
-            if coin is None and include_mempool and txid in self._mempool:
-                outputs = self._mempool[txid].outputs
-                if vout < len(outputs):
-                    coin = _Coin(outputs[vout][0], outputs[vout][1], -1, coinbase=False)
-            if coin is None:
-                return None
-            return {
-                "bestblock": self._active[-1],
-                "confirmations": confirmations,
-                "value": _coins(coin.sats),
-                "scriptPubKey": dict(_script_pub_key(coin.script_hex, self.chain)),
-                "coinbase": coin.coinbase,
             }
 
     # The mempool's rules -------------------------------------------------------------------------
