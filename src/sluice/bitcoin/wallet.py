@@ -61,8 +61,9 @@ _DERIVED_CACHE_MAX = 100_000
 _CTYPES_BACKEND = "embit.util.ctypes_secp256k1"
 _TXID = re.compile(r"[0-9a-f]{64}")
 _DESCRIPTOR_CHECKSUM = re.compile(r"[qpzry9x8gf2tvdw0s3jn54khce6mua7l]{8}")
-# An extended private key (any network's: xprv, tprv, yprv, …) anywhere in a descriptor.
-_PRIVATE_EXTENDED_KEY = re.compile(r"[a-zA-Z]prv[1-9A-HJ-NP-Za-km-z]{20,}")
+# An extended private key (any network's: xprv, tprv, yprv, …) as a key of the descriptor: at the
+# start of a key expression only, since "prv" occurs inside about one public key in a hundred.
+_PRIVATE_EXTENDED_KEY = re.compile(r"(?:^|[(,\]])[a-zA-Z]prv[1-9A-HJ-NP-Za-km-z]{20,}")
 _XKEY_NAMES = {"0488b21e": "xpub (bitcoin)", "043587cf": "tpub (test networks)"}
 
 # Sizes of a P2WSH 2-of-3 spend, for the vsize upper bound. The witness is: the item count, the

@@ -168,6 +168,22 @@ def test_a_private_key_in_the_descriptor_is_refused_without_quoting_it() -> None
     assert private not in str(caught.value)
 
 
+def test_a_private_key_with_an_origin_is_refused_too() -> None:
+    origin = f"[{ROOTS[0].my_fingerprint.hex()}/{path_text(account_path(CHAIN))}]"
+    private = ROOTS[0].derive(account_path(CHAIN)).to_base58()
+    body = f"wsh(sortedmulti(2,{origin}{private}/0/*,{_keys(*ROOTS[1:])}))"
+    with pytest.raises(InvalidInputError, match="contains a private key"):
+        parse_descriptor(_with_checksum(body), CHAIN)
+
+
+def test_a_public_key_with_prv_inside_is_not_taken_for_a_private_one() -> None:
+    # About one public key in a hundred has "prv" in its base58 text; this one does.
+    root = bip32.HDKey.from_seed((123).to_bytes(64, "big"), version=CHAIN.xprv_version)
+    assert "gprvhp" in _account_xpub(root)
+    body = f"wsh(sortedmulti(2,{_keys(root, *ROOTS[1:])}))"
+    assert parse_descriptor(_with_checksum(body), CHAIN).keys[0].xpub == _account_xpub(root)
+
+
 def test_keys_of_another_network_are_refused() -> None:
     mainnet = CHAINS["bitcoin"]
     roots = [_root(n, mainnet) for n in (1, 2, 3)]
