@@ -22,6 +22,7 @@ otherwise, saying that ``make test`` installs it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -177,7 +178,7 @@ class RegtestNode:
                     break
                 except NodeUnavailableError:  # not listening yet, or -28 warming up
                     if time.monotonic() > deadline:
-                        self.kill()
+                        self.kill(flush=False)
                         raise RuntimeError(
                             f"litecoind did not answer within {START_TIMEOUT_S} s: "
                             f"{self.diagnostics()}"
@@ -205,12 +206,18 @@ class RegtestNode:
                 process.wait(timeout=STOP_TIMEOUT_S)
         self._process = None
 
-    def kill(self) -> None:
-        """Kill the node at once (a crash): no orderly shutdown."""
+    def kill(self, *, flush: bool = True) -> None:
+        """Kill the node at once (SIGKILL): no orderly shutdown. A killed node forgets what it had
+        not written to disk, which on a young regtest chain is every block since it started; with
+        ``flush`` (the default) its state is written first (``gettxoutsetinfo`` forces that), so
+        it comes back at the same tip, as a node that crashed after a while would."""
         process = self._process
         if process is None:
             return
         if process.poll() is None:
+            if flush:
+                with contextlib.suppress(BitcoinNodeError):
+                    self.rpc.call("gettxoutsetinfo")
             process.send_signal(signal.SIGKILL)
             process.wait(timeout=STOP_TIMEOUT_S)
         self._process = None
@@ -227,7 +234,7 @@ class RegtestNode:
             try:
                 self.stop()
             except Exception:
-                self.kill()
+                self.kill(flush=False)
         finally:
             self.rpc.close()
             shutil.rmtree(self.datadir, ignore_errors=True)

@@ -408,3 +408,18 @@ def test_http_errors_without_json() -> None:
     )
     with pytest.raises(BitcoinNodeError, match="another request"):
         client.call("getblockcount")
+
+
+def test_harness_killed_node_comes_back_at_its_tip(litecoind: RegtestNode) -> None:
+    """The harness's crash (SIGKILL after a flush) keeps the chain and the wallet: other tests
+    kill the node mid-flow and expect it back where it was."""
+    litecoind.mine(1)
+    tip = litecoind.rpc.getblockchaininfo()["bestblockhash"]
+    balance = litecoind.rpc.call("getbalance")
+    litecoind.kill()
+    assert not litecoind.running
+    with pytest.raises(NodeUnavailableError):
+        litecoind.rpc.call("getblockcount")
+    litecoind.start()
+    assert litecoind.rpc.getblockchaininfo()["bestblockhash"] == tip
+    assert litecoind.rpc.call("getbalance") == balance
