@@ -271,7 +271,10 @@ class RegtestNode:
         return str(self.rpc.call("sendtoaddress", address, to_coins(sats)))
 
     def invalidate(self, block_hash: str) -> None:
+        """Take ``block_hash`` (and its descendants) off the active chain. The next :meth:`mine`
+        pays a fresh address: mining the same block again would be refused as a duplicate."""
         self.rpc.call("invalidateblock", block_hash)
+        self._mining_address = None
 
     def reconsider(self, block_hash: str) -> None:
         self.rpc.call("reconsiderblock", block_hash)

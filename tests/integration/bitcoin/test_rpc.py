@@ -423,3 +423,16 @@ def test_harness_killed_node_comes_back_at_its_tip(litecoind: RegtestNode) -> No
     litecoind.start()
     assert litecoind.rpc.getblockchaininfo()["bestblockhash"] == tip
     assert litecoind.rpc.call("getbalance") == balance
+
+
+def test_harness_reorg_with_invalidate_and_reconsider(litecoind: RegtestNode) -> None:
+    base = litecoind.height
+    old_branch = litecoind.mine(2)
+    litecoind.invalidate(old_branch[0])
+    assert litecoind.height == base
+    new_branch = litecoind.mine(3)  # to a fresh address: not the same blocks again
+    assert not set(new_branch) & set(old_branch)
+    assert litecoind.rpc.getblockhash(base + 1) == new_branch[0]
+    litecoind.reconsider(old_branch[0])  # the longer branch stays active
+    assert litecoind.rpc.getblockchaininfo()["bestblockhash"] == new_branch[-1]
+    assert litecoind.rpc.getblock(old_branch[1])["confirmations"] == -1
