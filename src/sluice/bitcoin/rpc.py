@@ -120,8 +120,10 @@ class BitcoinRpc:
             raise ValueError(f"{parsed.copy_with(username=None, password=None)} is not an http URL")
         if read_retries < 0:
             raise ValueError("read_retries must not be negative")
-        if cookie_file is not None and (user is not None or password is not None):
-            raise ValueError("give either a cookie file or a user and password, not both")
+        if cookie_file is not None and password is not None:
+            raise ValueError("give either a cookie file or a password, not both")
+        if cookie_file is not None:
+            user = None  # the cookie file holds the user name too
         if parsed.username and user is None and cookie_file is None:
             user, password = parsed.username, parsed.password
         self.url = str(parsed.copy_with(username=None, password=None))
