@@ -559,11 +559,9 @@ class EmbitCustodyWallet:
                 psbt.inputs, inputs, derived, sighashes, strict=True
             ):
                 private = signer.private_key(spend.branch, spend.index)
+                # Filed under the key the descriptor derives: a signer that derived another key
+                # fails the verification below rather than going out unnoticed.
                 public = own.derivations[signer.position][0]
-                if private.get_public_key().sec() != public.sec():
-                    raise BitcoinTransactionError(
-                        f"key {signer.source} does not derive input {spend.outpoint}'s key"
-                    )
                 signature = private.sign(sighash)
                 psbt_input.partial_sigs[public] = signature.serialize() + bytes([SIGHASH.ALL])
         for psbt_input, spend, sighash in zip(psbt.inputs, inputs, sighashes, strict=True):
@@ -571,8 +569,10 @@ class EmbitCustodyWallet:
         final = finalize_psbt(psbt)
         if final is None:
             raise BitcoinTransactionError("the PSBT could not be finalised")
-        for i, (spend, own, sighash) in enumerate(zip(inputs, derived, sighashes, strict=True)):
-            _check_final_witness(final.vin[i].witness.items, own.witness_script, spend, sighash)
+        for txin, psbt_input, spend, own in zip(
+            final.vin, psbt.inputs, inputs, derived, strict=True
+        ):
+            _check_final_witness(txin.witness.items, own.witness_script, spend, psbt_input)
         raw = final.serialize()
         stripped_size = len(unsigned.serialize())  # no witness: P2WSH scriptSigs are empty
         weight = stripped_size * 3 + len(raw)
@@ -631,27 +631,29 @@ def _check_partial_signatures(psbt_input: Any, spend: SpendInput, sighash: bytes
 
 
 def _check_final_witness(
-    items: list[bytes], witness_script: Any, spend: SpendInput, sighash: bytes
+    items: list[bytes], witness_script: Any, spend: SpendInput, psbt_input: Any
 ) -> None:
-    """``<empty> <sig> <sig> <witnessScript>``, each signature valid for the next unused key in
-    the script's order (the order CHECKMULTISIG requires)."""
+    """``<empty> <sig> <sig> <witnessScript>`` with the two verified partial signatures, in the
+    order of their keys in the script (CHECKMULTISIG matches signatures to keys in order)."""
     if len(items) != 2 + THRESHOLD or items[0] != b"" or items[-1] != witness_script.data:
         raise BitcoinTransactionError(f"input {spend.outpoint}: unexpected final witness")
     script_bytes = witness_script.data
-    publics = [
-        ec.PublicKey.parse(script_bytes[1 + 34 * n + 1 : 1 + 34 * (n + 1)])
-        for n in range(CUSTODY_KEYS)
-    ]
-    position = 0
+    script_keys = [script_bytes[2 + 34 * n : 2 + 34 * n + 33] for n in range(CUSTODY_KEYS)]
+    key_of_signature = {
+        signature: public.sec() for public, signature in psbt_input.partial_sigs.items()
+    }
+    positions = []
     for signature in items[1:-1]:
-        parsed = ec.Signature.parse(signature[:-1])
-        while position < len(publics) and not publics[position].verify(parsed, sighash):
-            position += 1
-        if position == len(publics):
+        key = key_of_signature.get(signature)
+        if key is None or key not in script_keys:
             raise BitcoinTransactionError(
-                f"input {spend.outpoint}: signatures not valid in the script's key order"
+                f"input {spend.outpoint}: the final witness holds an unverified signature"
             )
-        position += 1
+        positions.append(script_keys.index(key))
+    if positions != sorted(set(positions)):
+        raise BitcoinTransactionError(
+            f"input {spend.outpoint}: signatures not in the script's key order"
+        )
 
 
 def _compact_size(n: int) -> int:

@@ -30,7 +30,7 @@ import pytest
 from embit import bip32
 from embit.descriptor import Descriptor  # type: ignore[import-untyped]
 from embit.descriptor.checksum import checksum  # type: ignore[import-untyped]
-from embit.finalizer import parse_multisig  # type: ignore[import-untyped]
+from embit.finalizer import finalize_psbt, parse_multisig  # type: ignore[import-untyped]
 from embit.script import Script, Witness  # type: ignore[import-untyped]
 from embit.transaction import (  # type: ignore[import-untyped]
     SIGHASH,
@@ -355,6 +355,36 @@ def test_account_keys_sign_a_descriptor_without_origins() -> None:
         for k in range(3)
     )
     assert valid == 2
+
+
+def _tampering_finaliser(change: Any) -> Any:
+    """embit's finaliser, with each input's witness items passed through ``change``."""
+
+    def finalise(psbt: Any) -> Any:
+        tx = finalize_psbt(psbt)
+        for txin in tx.vin:
+            txin.witness = Witness(change(list(txin.witness.items)))
+        return tx
+
+    return finalise
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda items: [items[0], items[2], items[1], items[3]], "not in the script's key order"),
+        (lambda items: [items[0], items[1], items[1], items[3]], "not in the script's key order"),
+        (lambda items: [items[0], b"\x30" * 71, items[2], items[3]], "unverified signature"),
+        (lambda items: items[1:], "unexpected final witness"),
+    ],
+    ids=["swapped", "repeated", "foreign", "no-dummy"],
+)
+def test_a_final_witness_that_would_not_verify_is_caught(
+    wallet: EmbitCustodyWallet, monkeypatch: pytest.MonkeyPatch, change: Any, message: str
+) -> None:
+    monkeypatch.setattr("sluice.bitcoin.wallet.finalize_psbt", _tampering_finaliser(change))
+    with pytest.raises(BitcoinTransactionError, match=message):
+        wallet.sign(_spends(wallet, 2), [TxOutput(PAYEE, 250_000)])
 
 
 @pytest.mark.parametrize("held", [(), (0,), (1, 1)])
