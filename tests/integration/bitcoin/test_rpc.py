@@ -13,8 +13,10 @@ be made to give on demand (warming up, a proxy's 503, an answer to another reque
 
 from __future__ import annotations
 
+import json
 import time
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -436,3 +438,31 @@ def test_harness_reorg_with_invalidate_and_reconsider(litecoind: RegtestNode) ->
     litecoind.reconsider(old_branch[0])  # the longer branch stays active
     assert litecoind.rpc.getblockchaininfo()["bestblockhash"] == new_branch[-1]
     assert litecoind.rpc.getblock(old_branch[1])["confirmations"] == -1
+
+
+def test_cookie_read_again_after_a_401(tmp_path: Path) -> None:
+    """A node restarted between reading the cookie and asking refuses the old one: the client
+    reads the file again and asks once more; a 401 with an unchanged cookie is final."""
+    cookie = tmp_path / ".cookie"
+    cookie.write_text("__cookie__:old")
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers["authorization"])
+        if len(seen) == 1:
+            cookie.write_text("__cookie__:new")  # the node restarted meanwhile
+            return httpx.Response(401)
+        if seen[-1] != seen[1] or len(seen) > 2:
+            return httpx.Response(401)
+        body = json.loads(request.content)
+        return httpx.Response(200, json={"result": 5, "error": None, "id": body["id"]})
+
+    with BitcoinRpc(
+        "http://127.0.0.1:1/", cookie_file=cookie, transport=httpx.MockTransport(handler)
+    ) as client:
+        assert client.call("getblockcount") == 5
+        assert seen[0] != seen[1]
+        with pytest.raises(BitcoinNodeError, match=r"authentication failed.*cookie file"):
+            client.call("getblockcount")
+    with pytest.raises(ValueError, match="cookie file or a password"):
+        BitcoinRpc("http://127.0.0.1:1/", cookie_file=cookie, password="x")
