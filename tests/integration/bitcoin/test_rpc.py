@@ -5,10 +5,13 @@ A ``litecoind -regtest`` (Litecoin Core 0.21, Bitcoin Core's RPC) is started onc
 of every port method (amounts as ``Decimal``; 0.21 answers ``addresses`` arrays, so callers match
 on ``scriptPubKey.hex``), the typed errors (not found, rejected, unavailable after bounded retries,
 authentication), cookie authentication across a node restart, and broadcasting settled by txid:
-twice the same transaction, a lost answer, a failed connection, a real rejection.
+twice the same transaction, a lost answer, a failed connection, a real rejection. Also the
+harness's own promises other tests build on: a killed node comes back at its tip, and a reorg made
+with ``invalidateblock`` / ``reconsiderblock``.
 
 The last few tests run the client over ``httpx.MockTransport`` for answers a healthy node cannot
-be made to give on demand (warming up, a proxy's 503, an answer to another request).
+be made to give on demand (warming up, a proxy's 503, an answer to another request, a cookie
+that changed between reading it and asking).
 """
 
 from __future__ import annotations
