@@ -7,7 +7,18 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, bindparam, func, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Row,
+    and_,
+    bindparam,
+    func,
+    literal_column,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.sql import Executable
 
 from sluice.domain.deposits import Alert
 from sluice.ports.bitcoin_payouts import (
@@ -21,7 +32,7 @@ from sluice.ports.bitcoin_payouts import (
 from sluice.store import tables as t
 from sluice.store.bitcoin_tables import btc_addresses, btc_batches, btc_blocks, btc_outputs
 from sluice.store.bitcoin_tables import btc_payouts as payouts_table
-from sluice.store.rows import insert_for, optional_time, time_of, to_json, ts
+from sluice.store.rows import insert_for, is_postgresql, optional_time, time_of, to_json, ts
 
 CHANGE_BRANCH = 1
 # Outputs a batch may spend are confirmed deposits or change, or deposits already credited.
@@ -124,7 +135,7 @@ class SqlBitcoinPayoutRepository:
         return _payout_from_row(row) if row else None
 
     def insert_payout(self, payout: PayoutRecord) -> bool:
-        statement = (
+        statement: Executable = (
             insert_for(self._connection, payouts_table)
             .values(
                 id=payout.id,
@@ -142,8 +153,9 @@ class SqlBitcoinPayoutRepository:
                 last_error=payout.last_error,
             )
             .on_conflict_do_nothing(index_elements=["id"])
+            .returning(literal_column("1"))
         )
-        return bool(self._connection.execute(statement).rowcount)
+        return self._connection.execute(statement).first() is not None
 
     def payouts(self, statuses: Collection[str] = (), *, limit: int = 1000) -> list[PayoutRecord]:
         query = select(payouts_table)
@@ -202,8 +214,10 @@ class SqlBitcoinPayoutRepository:
             return 0
         table = payouts_table
         waiting = set(expected_statuses) <= set(PAYOUT_WAITING_STATUSES)
+        # Statuses as plain comparisons: an expanding IN cannot go through executemany.
         condition = and_(
-            table.c.id == bindparam("p_id"), table.c.status.in_(list(expected_statuses))
+            table.c.id == bindparam("p_id"),
+            or_(*(table.c.status == status for status in expected_statuses)),
         )
         if not waiting:
             condition = and_(condition, table.c.batch_id == batch_id)
@@ -249,12 +263,13 @@ class SqlBitcoinPayoutRepository:
     # -- batches -----------------------------------------------------------------------------
 
     def insert_batch(self, batch: BatchRecord) -> bool:
-        statement = (
+        statement: Executable = (
             insert_for(self._connection, btc_batches)
             .values(**_batch_row(batch))
             .on_conflict_do_nothing(index_elements=["id"])
+            .returning(literal_column("1"))
         )
-        return bool(self._connection.execute(statement).rowcount)
+        return self._connection.execute(statement).first() is not None
 
     def get_batch(self, batch_id: str) -> BatchRecord | None:
         row = self._connection.execute(
@@ -339,6 +354,15 @@ class SqlBitcoinPayoutRepository:
         wanted = list(dict.fromkeys(outpoints))
         if not wanted:
             return False
+        if is_postgresql(self._connection):
+            # Rows are locked in one order (by outpoint) before the update, so two workers
+            # reaching for overlapping outputs wait for each other instead of deadlocking.
+            self._connection.execute(
+                select(btc_outputs.c.txid)
+                .where(_outpoint_condition(wanted))
+                .order_by(btc_outputs.c.txid, btc_outputs.c.vout)
+                .with_for_update()
+            ).all()
         # One conditional statement: of two batches reaching for the same output, the second
         # one's update waits for the first to commit (PostgreSQL) or for the write lock
         # (SQLite), then finds it reserved and changes fewer rows than it asked for.
@@ -394,7 +418,7 @@ class SqlBitcoinPayoutRepository:
         return 0 if value is None else int(value) + 1
 
     def add_change_address(self, address: str, script_hex: str, index: int, at: datetime) -> bool:
-        statement = (
+        statement: Executable = (
             insert_for(self._connection, btc_addresses)
             .values(
                 address=address,
@@ -406,11 +430,12 @@ class SqlBitcoinPayoutRepository:
                 funded_at=None,
             )
             .on_conflict_do_nothing()
+            .returning(literal_column("1"))
         )
-        return bool(self._connection.execute(statement).rowcount)
+        return self._connection.execute(statement).first() is not None
 
     def add_alert(self, alert: Alert, at: datetime) -> bool:
-        statement = (
+        statement: Executable = (
             insert_for(self._connection, t.alerts)
             .values(
                 id=alert.id,
@@ -423,5 +448,6 @@ class SqlBitcoinPayoutRepository:
                 acknowledged_at=None,
             )
             .on_conflict_do_nothing(index_elements=["id"])
+            .returning(literal_column("1"))
         )
-        return bool(self._connection.execute(statement).rowcount)
+        return self._connection.execute(statement).first() is not None
