@@ -218,6 +218,18 @@ def test_a_reorg_above_the_deposit_leaves_it_alone(world: World) -> None:
     assert (view.status, view.block_height, view.confirmations) == ("seen", 1, 5)
 
 
+def test_a_branch_of_the_same_length_is_a_reorg_at_once(world: World) -> None:
+    address = world.address("alice")
+    world.chain.mine(2)
+    txid, _ = world.chain.fund(address.script_hex, 80_000, mine=True)  # block 3
+    world.run()
+    # No block beyond the cursor: only the hash at the cursor's height tells.
+    world.chain.reorg(2, blocks=2, include_mempool=False)
+    tick = world.run()
+    assert (tick.reorgs, tick.rolled_back_blocks, tick.blocks) == (1, 2, 2)
+    assert world.deposit(txid).status == "reorged"
+
+
 def test_a_reorg_that_drops_the_deposit(world: World) -> None:
     address = world.address("alice")
     txid, _ = world.chain.fund(address.script_hex, 80_000, mine=True)
