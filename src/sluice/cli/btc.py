@@ -22,6 +22,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
+import structlog
 import typer
 from rich.table import Table
 
@@ -45,7 +46,6 @@ from sluice.cli.common import (
 from sluice.domain.chains import chain_named
 from sluice.domain.errors import SluiceError
 from sluice.ports.bitcoin import BitcoinNodeError, NodeUnavailableError
-from sluice.services.controls import current_pause
 
 if TYPE_CHECKING:
     from sluice.bitcoin.chainfile import ChainFile
@@ -79,7 +79,23 @@ def _node_failed(exc: BitcoinNodeError) -> NoReturn:
     fail(f"the Bitcoin node refused: {exc}")
 
 
+def _log_to_stderr() -> None:
+    """The services' log lines on stderr, as `sluice serve` writes them: stdout is for results
+    (``--json``)."""
+    if structlog.is_configured():
+        return
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.dev.ConsoleRenderer(colors=False),
+        ],
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+
+
 def _custody() -> bootstrap.BitcoinCustody:
+    _log_to_stderr()
     config = deployment()
     try:
         custody = bootstrap.bitcoin_custody(config)
@@ -234,6 +250,7 @@ def btc_address(
     new: Annotated[
         bool, typer.Option("--new", help="A new address even if the current one is unfunded.")
     ] = False,
+    actor: ActorOption = None,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -259,9 +276,9 @@ def btc_deposits(
     reorged, dust, credited)."""
     from sluice.services.btc_watcher import list_deposits
 
-    with _session(db) as (custody, database):
-        deposits = list_deposits(database.uow, custody.settings, customer_id=customer)
-    rows = [_deposit_json(d) for d in deposits]
+    with _session(db) as (_custody, database):
+        deposits = list_deposits(database.uow, customer_id=customer)
+    rows = [_record_json(d) for d in deposits]
     if as_json:
         print_json(rows)
         return
@@ -278,8 +295,8 @@ def btc_deposits(
     print_table(table)
 
 
-def _deposit_json(deposit: object) -> dict[str, Any]:
-    record = _plain(deposit)
+def _record_json(value: object) -> dict[str, Any]:
+    record = _plain(value)
     assert isinstance(record, dict)
     return record
 
@@ -289,10 +306,9 @@ def btc_balance(db: DbOption = None, as_json: JsonOption = False) -> None:
     """Custody's unspent outputs and their totals, at the watcher's height and block hash."""
     from sluice.services.btc_watcher import custody_balance
 
-    with _session(db) as (custody, database):
-        balance = custody_balance(database.uow, custody.settings)
-    record = _plain(balance)
-    assert isinstance(record, dict)
+    with _session(db) as (_custody, database):
+        balance = custody_balance(database.uow)
+    record = _record_json(balance)
     if as_json:
         print_json(record)
         return
@@ -335,6 +351,7 @@ def btc_payout(
         payout = request_payout(
             database.uow,
             custody.wallet,
+            custody.settings,
             payout_id=payout_id,
             address=to,
             amount_sats=amount,
@@ -345,17 +362,11 @@ def btc_payout(
         problem = custody.signing_problem()
     if problem is not None:
         note(f"queued, but {problem}")
-    record = _payout_json(payout)
+    record = payout.to_json()
     if as_json:
         print_json(record)
         return
     _write([f"payout {record['id']}: {record['status']} ({record['amount_sats']} sats to {to})"])
-
-
-def _payout_json(payout: object) -> dict[str, Any]:
-    record = _plain(payout)
-    assert isinstance(record, dict)
-    return record
 
 
 @btc_app.command("payouts")
@@ -365,7 +376,7 @@ def btc_payouts(db: DbOption = None, as_json: JsonOption = False) -> None:
 
     with _session(db) as (custody, database):
         payouts = list_payouts(database.uow, custody.settings)
-    rows = [_payout_json(p) for p in payouts]
+    rows = [p.to_json() for p in payouts]
     if as_json:
         print_json(rows)
         return
@@ -421,7 +432,15 @@ def btc_watch(
             note(f"watching {custody.description} every {interval:g} s; Ctrl-C stops")
         with stop_signals() as stopping:
             while True:
-                result = _round(watcher.run_once, payouts, database)
+                if once:
+                    result = _round(watcher.run_once, payouts)
+                else:
+                    try:
+                        result = _round(watcher.run_once, payouts)
+                    except (SluiceError, BitcoinNodeError) as exc:
+                        # A long watch outlives one failed round: say so and try again.
+                        note(f"! round failed, tried again in {interval:g} s: {exc}")
+                        result = {"busy": False, "error": None}
                 if once:
                     if as_json:
                         print_json(result)
@@ -438,26 +457,26 @@ def btc_watch(
                     return
 
 
-def _round(
-    watch: Callable[[], object], payouts: Any | None, database: bootstrap.Database
-) -> dict[str, Any]:
+def _round(watch: Callable[[], object], payouts: Any | None) -> dict[str, Any]:
     """One round: the watcher first (payouts learn from the spends it records), then the
-    payouts worker unless sluice is paused. A node that cannot be reached ends the round."""
-    result: dict[str, Any] = {"watch": None, "payouts": None, "paused": None, "error": None}
-    try:
-        result["watch"] = _plain(watch())
-        pause = current_pause(database.uow)
-        if pause is not None:
-            result["paused"] = pause.mode
-        elif payouts is not None:
-            result["payouts"] = _plain(payouts.run_once())
-    except NodeUnavailableError as exc:
-        result["error"] = f"the Bitcoin node is not reachable: {exc}"
-    ticks = [t for t in (result["watch"], result["payouts"]) if isinstance(t, dict)]
-    result["busy"] = any(
-        isinstance(v, int) and not isinstance(v, bool) and v for t in ticks for v in t.values()
+    payouts worker (which does nothing while sluice is paused). A watcher that could not reach
+    the node sets ``error``."""
+    watched = _record_json(watch())
+    paid = _record_json(payouts.run_once()) if payouts is not None else None
+    busy = any(
+        isinstance(v, int) and not isinstance(v, bool) and v
+        for tick in (watched, paid)
+        if tick is not None
+        for k, v in tick.items()
+        if k not in ("tip_height", "cursor_height", "followed")
     )
-    return result
+    return {
+        "watch": watched,
+        "payouts": paid,
+        "paused": paid.get("paused") if paid is not None else None,
+        "error": watched.get("error"),
+        "busy": busy,
+    }
 
 
 def _summary(result: dict[str, Any]) -> str:
@@ -471,8 +490,7 @@ def _summary(result: dict[str, Any]) -> str:
                 if isinstance(v, int) and not isinstance(v, bool)
             )
             parts.append(f"{name}: {counts}")
-            for problem in tick.get("errors", []) or []:
-                parts.append(f"  ! {problem}")
+            parts += [f"! {problem}" for problem in tick.get("errors") or []]
     if result["paused"] is not None:
         parts.append(f"payouts PAUSED ({result['paused']})")
     if result["error"] is not None:

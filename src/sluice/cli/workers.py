@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -31,12 +31,13 @@ from sluice.cli.common import (
 from sluice.config import DeploymentConfig, Settings
 from sluice.domain.errors import SluiceError
 from sluice.ledger.canton import CantonCommands
-from sluice.server import ServiceLoop, configure_logging
-from sluice.server.bitcoin import bitcoin_loop
 from sluice.services.compliance import RegistryGate
 from sluice.services.deposit_worker import DepositWorker
 from sluice.services.ingestion import connection_name
 from sluice.services.withdrawals import WithdrawalWorker
+
+if TYPE_CHECKING:
+    from sluice.server import ServiceLoop
 
 workers_app = typer.Typer(no_args_is_help=True, help="The withdrawal and deposit workers.")
 
@@ -153,6 +154,10 @@ def _bitcoin_loop(
     the service's log lines on stderr."""
     if config.bitcoin is None:
         return None
+    # Imported here: the server's modules are loaded only by the processes that run custody.
+    from sluice.server import configure_logging
+    from sluice.server.bitcoin import bitcoin_loop
+
     configure_logging()
     custody = bootstrap.bitcoin_custody(config)
     note(f"bitcoin: {custody.description}")

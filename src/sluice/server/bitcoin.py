@@ -28,25 +28,34 @@ log = structlog.get_logger("sluice.server")
 BITCOIN_INTERVAL_MIN_S = 1.0
 
 
+class BitcoinRoundError(RuntimeError):
+    """The watcher's round ended early (the node down, restarting or behind): raised so that the
+    loop counts the part as failing — logged with back-off, shown by the readiness probe."""
+
+
 def tick_outcome(tick: object) -> Outcome:
-    """A watcher's or payouts worker's tick as the loop logs it: its counts, busy when any is
-    non-zero, and its problems with single items."""
+    """A watcher's or payouts worker's tick as the loop logs it: its counts (busy as the tick
+    says), and its problems with single items."""
     counts: dict[str, object] = {}
     problems: tuple[str, ...] = ()
     if dataclasses.is_dataclass(tick) and not isinstance(tick, type):
         for item in dataclasses.fields(tick):
             value = getattr(tick, item.name)
-            if item.name in ("errors", "problems"):
+            if item.name == "errors":
                 problems = tuple(str(p) for p in value)
             elif isinstance(value, int | str) or value is None:
                 counts[item.name] = value
-    busy = any(isinstance(v, int) and not isinstance(v, bool) and v for v in counts.values())
-    return Outcome(busy=busy or bool(problems), counts=counts, problems=problems)
+    busy = bool(getattr(tick, "busy", False))
+    return Outcome(busy=busy, counts=counts, problems=problems)
 
 
 def watcher_part(run_once: Callable[[], object]) -> Part:
     def run() -> Outcome:
-        return tick_outcome(run_once())
+        tick = run_once()
+        error = getattr(tick, "error", None)
+        if error:
+            raise BitcoinRoundError(str(error))
+        return tick_outcome(tick)
 
     return Part("bitcoin_watcher", run)
 
