@@ -596,14 +596,17 @@ class PayoutWorker:
             # node holds it, it went out; otherwise send the very transaction recorded.
             tick.recovered += 1
             if any(self._in_mempool(str(v["txid"])) for v in batch.versions):
-                self._record_sent(batch, _Sent("sent"), cursor, tick, first=True)
+                self._record_sent(batch, _Sent("sent"), cursor, tick, counted=None)
                 return
-            self._send(batch, cursor, tick, first=True)
+            self._send(batch, cursor, tick, counted="broadcast")
             return
         if self._in_mempool(batch.txid):
+            if batch.broadcast_height is None:
+                # A bump that went out but whose sending was not recorded: its timer starts.
+                self._record_sent(batch, _Sent("sent"), cursor, tick, counted=None)
             return
         # Evicted, reorged out and not taken back, or a bump recorded but never sent.
-        self._send(batch, cursor, tick, first=False)
+        self._send(batch, cursor, tick, counted="rebroadcast")
 
     def _broadcast(self, raw_hex: str) -> _Sent:
         try:
@@ -618,16 +621,24 @@ class PayoutWorker:
         return _Sent("sent")
 
     def _send(
-        self, batch: BatchRecord, cursor: int | None, tick: PayoutTick, *, first: bool
+        self, batch: BatchRecord, cursor: int | None, tick: PayoutTick, *, counted: str
     ) -> None:
         sent = self._broadcast(batch.raw_hex)
         if self._after_broadcast is not None:
             self._after_broadcast(batch)
-        self._record_sent(batch, sent, cursor, tick, first=first)
+        self._record_sent(batch, sent, cursor, tick, counted=counted)
 
     def _record_sent(
-        self, batch: BatchRecord, sent: _Sent, cursor: int | None, tick: PayoutTick, *, first: bool
+        self,
+        batch: BatchRecord,
+        sent: _Sent,
+        cursor: int | None,
+        tick: PayoutTick,
+        *,
+        counted: str | None,
     ) -> None:
+        """Record a broadcast's outcome; when sent, count it in ``tick`` as ``counted``
+        (``broadcast`` or ``rebroadcast``; None when the node was found holding it)."""
         now = self._clock()
         error: str | None
         if sent.outcome == "unknown":
@@ -638,10 +649,11 @@ class PayoutWorker:
         else:
             # Sent, or refused: the refusal is kept and the same transaction retried, and a batch
             # left unmined is bumped after payout_bump_after_blocks either way. The bump timer
-            # starts at the first broadcast; sending it again after an eviction does not reset it.
+            # starts when a version first goes out; sending it again after an eviction does not
+            # reset it.
             error = None if sent.outcome == "sent" else f"broadcast refused: {sent.reason}"
             height = batch.broadcast_height
-            if first or height is None:
+            if height is None:
                 height = self._height(cursor)
             updated = replace(
                 batch, status="broadcast", broadcast_height=height, updated_at=now, last_error=error
@@ -662,11 +674,10 @@ class PayoutWorker:
                     expected_statuses=("batched",),
                 )
             uow.commit()
-        if sent.outcome == "sent":
-            if first:
-                tick.broadcast += 1
-            else:
-                tick.rebroadcast += 1
+        if sent.outcome == "sent" and counted == "broadcast":
+            tick.broadcast += 1
+        elif sent.outcome == "sent" and counted == "rebroadcast":
+            tick.rebroadcast += 1
 
     # -- fee bumps -----------------------------------------------------------------------------
 
@@ -757,6 +768,8 @@ class PayoutWorker:
             raw_hex=signed.raw_hex,
             versions=(*batch.versions, version),
             bumps=batch.bumps + 1,
+            # Set once this version is known to have gone out (below, or by the next round).
+            broadcast_height=None,
             updated_at=now,
             last_error=None,
         )
@@ -798,12 +811,13 @@ class PayoutWorker:
         if sent.outcome != "sent":
             bump_error = f"fee bump {sent.outcome}: {sent.reason}"
         with self._uow() as uow:
-            # The bump timer restarts from here whatever the answer: an unsent or refused bump is
-            # retried as the current version next round, and bumped again from its own fee later.
+            # The bump timer restarts from here when the node answered: a refused bump is retried
+            # as the current version next round, and bumped again from its own fee later. An
+            # unanswered one is looked for by txid next round, which starts the timer.
             uow.btc_payouts.update_batch(
                 replace(
                     updated,
-                    broadcast_height=height,
+                    broadcast_height=None if sent.outcome == "unknown" else height,
                     last_error=bump_error,
                     updated_at=self._clock(),
                 ),
@@ -1040,7 +1054,7 @@ class PayoutWorker:
         log.info("btc payouts: batch %s signed: %s (%d payouts)", batch.id, signed.txid, len(ids))
         if self._after_record is not None:
             self._after_record(batch)
-        self._send(batch, cursor, tick, first=True)
+        self._send(batch, cursor, tick, counted="broadcast")
 
     def _note_error(self, ids: Sequence[str], error: str, tick: PayoutTick) -> None:
         tick.errors.append(error)
