@@ -33,7 +33,7 @@ from sluice.domain.errors import (
     InvalidAmountError,
     InvalidInputError,
 )
-from sluice.ports.bitcoin import SignedTransaction, SpendInput, TxOutput
+from sluice.ports.bitcoin import NodeUnavailableError, SignedTransaction, SpendInput, TxOutput
 from sluice.ports.bitcoin_payouts import BatchRecord
 from sluice.services.bitcoin_settings import BitcoinSettings
 from sluice.services.btc_addresses import deposit_address
@@ -45,6 +45,7 @@ from sluice.services.btc_payouts import (
     request_payout,
 )
 from sluice.services.btc_watcher import DepositWatcher
+from sluice.services.controls import pause, resume
 
 CHAIN = CHAINS["regtest"]
 START = datetime(2026, 12, 5, 6, 0, 0, tzinfo=UTC)
@@ -657,3 +658,82 @@ def test_inputs_spent_by_another_transaction_stop_the_batch_for_good(custody: Cu
         tick = worker.run_once()
         assert (tick.stuck, tick.batches, tick.broadcast, tick.rebroadcast) == (0, 0, 0, 0)
     assert custody.paid("p1") == []
+
+
+def test_a_bump_without_change_takes_the_extra_fee_from_the_payout_up_to_its_cap(
+    custody: Custody,
+) -> None:
+    # The inputs cover the payout with less than dust left over: no change output.
+    custody.fund(150_300)
+    custody.request("p1", 150_000)
+    worker = custody.worker()
+    worker.run_once()
+    (first,) = custody.batches()
+    assert (first.change_sats, first.change_vout) == (0, None)
+    before = custody.payouts()["p1"].fee_sats
+    assert before is not None
+    custody.mine(SETTINGS.payout_bump_after_blocks, include_mempool=False)
+    assert worker.run_once().bumped == 1
+    (bumped,) = custody.batches()
+    after = custody.payouts()["p1"].fee_sats
+    assert after is not None and before < after <= SETTINGS.payout_fee_max_sats
+    assert bumped.fee_sats == after + 300  # the leftover still goes to the fee
+    # Bumped again and again, the fee would pass the payout's cap: the batch then waits as is.
+    bumps = 1
+    for _ in range(20):
+        custody.mine(SETTINGS.payout_bump_after_blocks, include_mempool=False)
+        bumps += worker.run_once().bumped
+        (last,) = custody.batches()
+        if last.last_error is not None:
+            break
+    assert 3 < bumps == last.bumps
+    view = custody.payouts()["p1"]
+    assert view.fee_sats is not None and view.fee_sats <= SETTINGS.payout_fee_max_sats
+    assert last.last_error is not None and "waits as it is" in last.last_error
+    assert custody.chain.mempool_txids == [last.txid]
+    custody.settle()
+    custody.assert_paid_once("p1")
+
+
+class LosingAnswers:
+    """The node, with the answer to ``sendrawtransaction`` lost on the way back (``delivered``:
+    whether the transaction reached it first)."""
+
+    def __init__(self, chain: FakeChain, *, delivered: bool) -> None:
+        self._chain = chain
+        self._delivered = delivered
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._chain, name)
+
+    def sendrawtransaction(self, raw_hex: str) -> str:
+        if self._delivered:
+            self._chain.sendrawtransaction(raw_hex)
+        raise NodeUnavailableError("timed out")
+
+
+@pytest.mark.parametrize("delivered", [False, True])
+def test_an_unanswered_broadcast_is_settled_by_txid(custody: Custody, delivered: bool) -> None:
+    custody.fund(400_000)
+    custody.request("p1", 150_000)
+    tick = custody.worker(node=LosingAnswers(custody.chain, delivered=delivered)).run_once()
+    assert tick.batches == 1 and "unanswered" in tick.errors[0]
+    (batch,) = custody.batches()
+    assert batch.status == "signed"
+    assert custody.chain.mempool_txids == ([batch.txid] if delivered else [])
+    tick = custody.worker().run_once()
+    assert (tick.recovered, tick.broadcast, tick.batches) == (1, 0 if delivered else 1, 0)
+    assert custody.chain.mempool_txids == [batch.txid]
+    custody.settle()
+    custody.assert_paid_once("p1")
+
+
+def test_nothing_moves_while_paused(custody: Custody) -> None:
+    custody.fund(400_000)
+    custody.request("p1", 150_000)
+    pause(custody.uow, mode="paused", reason="audit", actor="ops", at=custody.clock())
+    tick = custody.worker().run_once()
+    assert (tick.paused, tick.batches) == ("paused", 0)
+    assert custody.batches() == []
+    resume(custody.uow, reason="done", actor="ops", at=custody.clock())
+    assert custody.worker().run_once().batches == 1
