@@ -106,6 +106,25 @@ class CustodyOutput:
 
 
 @dataclass(frozen=True, slots=True)
+class ConfirmedOutput:
+    """An output that just reached ``confirmations_min`` (``status``: ``confirmed``, or
+    ``credited`` for one credited before a reorg took it away and brought it back)."""
+
+    txid: str
+    vout: int
+    kind: OutputKind
+    customer_id: str | None
+    amount_sats: int
+    status: OutputStatus
+    block_height: int
+    block_hash: str
+
+    @property
+    def outpoint(self) -> str:
+        return f"{self.txid}:{self.vout}"
+
+
+@dataclass(frozen=True, slots=True)
 class RolledBack:
     """What rolling back to a fork point undid."""
 
@@ -222,7 +241,7 @@ class BitcoinWatchRepository(Protocol):
         """Record which transaction spent each output, in which block; returns how many."""
         ...
 
-    def confirm(self, up_to_height: int, at: datetime) -> list[CustodyOutput]:
+    def confirm(self, up_to_height: int, at: datetime) -> list[ConfirmedOutput]:
         """Outputs ``seen`` in a block at or below ``up_to_height`` become ``confirmed`` (or
         ``credited`` again when they were credited before a reorg); returns them as updated."""
         ...

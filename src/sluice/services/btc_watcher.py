@@ -33,7 +33,7 @@ block's writes are one statement per kind.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -47,9 +47,9 @@ from sluice.ports import UnitOfWork, UnitOfWorkFactory
 from sluice.ports.bitcoin import BitcoinNode, BitcoinNodeError, CustodyWallet, NotFoundError
 from sluice.ports.bitcoin_watch import (
     DEPOSIT_BRANCH,
+    ConfirmedOutput,
     CustodyAddress,
     CustodyBalance,
-    CustodyOutput,
     DepositView,
     FoundOutput,
     FoundSpend,
@@ -246,17 +246,19 @@ class DepositWatcher:
                 self._loaded = False
                 return False
             repo.record_outputs(found, height, block_hash, now)
-            repo.mark_funded([o.address for o in found], now)
+            # An address known funded stays funded: only the others are written.
+            funded = {o.script_hex for o in found if self._scripts[o.script_hex].funded_at is None}
+            repo.mark_funded([self._scripts[script].address for script in funded], now)
             repo.record_spends(spends, height, block_hash)
             seen = dict(self._seen)
             for output in found:
                 if output.status == "seen":
                     seen[height] = seen.get(height, 0) + 1
-            confirmed: list[CustodyOutput] = []
+            confirmed: list[ConfirmedOutput] = []
             if any(at <= threshold for at in seen):
                 confirmed = repo.confirm(threshold, now)
                 seen = {at: n for at, n in seen.items() if at > threshold}
-            self._audit_confirmed(uow, confirmed, height, now)
+            self._audit_confirmed(uow, confirmed, watched, now)
             uow.commit()
         # The block is committed: the in-memory state follows it.
         for spend in spends:
@@ -265,6 +267,8 @@ class DepositWatcher:
         self._unspent.update((o.txid, o.vout) for o in found if (o.txid, o.vout) not in spent)
         self._seen = seen
         self._cursor = watched
+        for script in funded:
+            self._scripts[script] = replace(self._scripts[script], funded_at=now)
         tick.blocks += 1
         tick.outputs += sum(1 for o in found if o.status != "dust")
         tick.dust += sum(1 for o in found if o.status == "dust")
@@ -317,31 +321,46 @@ class DepositWatcher:
         return found, spends
 
     def _audit_confirmed(
-        self, uow: UnitOfWork, confirmed: list[CustodyOutput], height: int, now: datetime
+        self, uow: UnitOfWork, confirmed: list[ConfirmedOutput], block: WatchedBlock, now: datetime
     ) -> None:
-        entries = [
-            AuditEntry(
-                operation_id=f"btc-output:{o.txid}:{o.vout}",
-                operation="btc_deposit_confirmed",
-                actor=ACTOR,
-                recorded_at=now,
-                customer_id=o.customer_id,
-                parameters={
-                    "txid": o.txid,
-                    "vout": o.vout,
-                    "address": o.address,
-                    "amount_sats": o.amount_sats,
-                    "block_height": o.block_height,
-                    "block_hash": o.block_hash,
-                    "confirmations": height - (o.block_height or height) + 1,
-                },
-                state_changes=[{"output": o.outpoint, "status": o.status}],
-            )
-            for o in confirmed
-            if o.kind == "deposit"
-        ]
-        if entries:
-            uow.audit.append(entries)
+        """One record per block that confirmed deposits, naming each (with its customer): a
+        block may confirm thousands, and the trail's cost is per record. The customer's id is on
+        the record when the block confirmed only theirs."""
+        deposits = [o for o in confirmed if o.kind == "deposit"]
+        if not deposits:
+            return
+        height = block.height
+        customers = sorted({o.customer_id or "" for o in deposits})
+        statuses: dict[str, int] = {}
+        for o in deposits:
+            statuses[o.status] = statuses.get(o.status, 0) + 1
+        uow.audit.append(
+            [
+                AuditEntry(
+                    operation_id=f"btc-confirmed:{height}:{block.hash}",
+                    operation="btc_deposits_confirmed",
+                    actor=ACTOR,
+                    recorded_at=now,
+                    customer_id=customers[0] if len(customers) == 1 and customers[0] else None,
+                    parameters={
+                        "cursor_height": height,
+                        "cursor_hash": block.hash,
+                        "customers": customers,
+                        "amount_sats": sum(o.amount_sats for o in deposits),
+                        # Rows of plain values: cheaper to hash than one mapping each.
+                        "columns": ["output", "customer", "amount_sats", "block_height"],
+                        "deposits": [
+                            [o.outpoint, o.customer_id, o.amount_sats, o.block_height]
+                            for o in deposits
+                        ],
+                    },
+                    state_changes=[
+                        {"status": status, "deposits": count}
+                        for status, count in sorted(statuses.items())
+                    ],
+                )
+            ]
+        )
 
     # -- reorgs ------------------------------------------------------------------------------
 

@@ -23,10 +23,12 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 from sqlalchemy import (
     Connection,
+    Executable,
     Row,
     and_,
     bindparam,
@@ -34,14 +36,18 @@ from sqlalchemy import (
     delete,
     func,
     literal,
+    literal_column,
+    null,
     select,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 
 from sluice.domain.deposits import Alert
 from sluice.domain.errors import InvalidInputError, InvalidOperationStateError, NotFoundError
 from sluice.ports.bitcoin_watch import (
     DEPOSIT_BRANCH,
+    ConfirmedOutput,
     CustodyAddress,
     CustodyOutput,
     FoundOutput,
@@ -53,6 +59,7 @@ from sluice.ports.bitcoin_watch import (
 )
 from sluice.store import tables as t
 from sluice.store.bitcoin_tables import btc_addresses, btc_blocks, btc_outputs
+from sluice.store.bulk import execute_many, select_rows
 from sluice.store.rows import insert_for, is_postgresql, optional_time, time_of, to_json, ts
 
 _OUTPUT_LIMIT_MAX = 100_000
@@ -96,6 +103,69 @@ def output_from_row(row: Row[Any]) -> CustodyOutput:
 def block_from_row(row: Row[Any]) -> WatchedBlock:
     return WatchedBlock(
         height=row.height, hash=row.hash, previous_hash=row.previous_hash, outputs=row.outputs
+    )
+
+
+@cache
+def _outputs_upsert(dialect: str) -> Executable:
+    """Outputs found in a block: new ones inserted; one recorded before and now ``reorged`` is
+    the same row, back in this block (and its confirmations start again); any other existing
+    row is left as it is. Every value is bound by name (``execute_many`` binds nothing else)."""
+    table = btc_outputs
+    insert = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+    columns = (
+        "txid",
+        "vout",
+        "kind",
+        "address",
+        "script_hex",
+        "customer_id",
+        "amount_sats",
+        "status",
+        "block_height",
+        "block_hash",
+        "input_outpoints",
+        "first_seen_at",
+    )
+    insert = insert.values({name: bindparam(name) for name in columns})
+    return insert.on_conflict_do_update(
+        index_elements=[table.c.txid, table.c.vout],
+        set_={
+            "status": insert.excluded.status,
+            "block_height": insert.excluded.block_height,
+            "block_hash": insert.excluded.block_hash,
+            "confirmed_at": null(),
+        },
+        where=table.c.status == literal_column("'reorged'"),
+    )
+
+
+@cache
+def _confirm_statement() -> Executable:
+    """Outputs ``seen`` in a block at or below ``:up_to`` become ``confirmed`` — or ``credited``
+    again when they were credited before a reorg took them away (``confirmed`` is what the mint
+    credits, so such a deposit can never be credited twice)."""
+    table = btc_outputs
+    return (
+        update(table)
+        .where(table.c.status == "seen", table.c.block_height <= bindparam("up_to"))
+        .values(
+            status=case(
+                (table.c.credited_at.is_(None), literal("confirmed")),
+                else_=literal("credited"),
+            ),
+            confirmed_at=bindparam("at"),
+        )
+        .returning(
+            table.c.txid,
+            table.c.vout,
+            table.c.kind,
+            table.c.customer_id,
+            table.c.amount_sats,
+            table.c.status,
+            table.c.block_height,
+            table.c.block_hash,
+        )
     )
 
 
@@ -211,21 +281,18 @@ class SqlBitcoinWatchRepository:
     ) -> None:
         if not outputs:
             return
-        table = btc_outputs
-        insert = insert_for(self._c, table)
-        statement = insert.on_conflict_do_update(
-            index_elements=[table.c.txid, table.c.vout],
-            set_={
-                "status": insert.excluded.status,
-                "block_height": insert.excluded.block_height,
-                "block_hash": insert.excluded.block_hash,
-                "confirmed_at": None,
-            },
-            where=table.c.status == "reorged",
-        )
         now = ts(at)
-        self._c.execute(
-            statement,
+        # A transaction's outputs share its inputs: their JSON is made once.
+        inputs_json: dict[tuple[str, ...], str] = {}
+        for output in outputs:
+            if output.input_outpoints not in inputs_json:
+                inputs_json[output.input_outpoints] = to_json(list(output.input_outpoints))
+        # Through the driver's executemany with a statement built once: a block may hold
+        # thousands of custody outputs, and SQLAlchemy's per-row work would cost more than the
+        # database's.
+        execute_many(
+            self._c,
+            _outputs_upsert(self._c.dialect.name),
             [
                 {
                     "txid": output.txid,
@@ -238,14 +305,8 @@ class SqlBitcoinWatchRepository:
                     "status": output.status,
                     "block_height": height,
                     "block_hash": block_hash,
-                    "input_outpoints": to_json(list(output.input_outpoints)),
+                    "input_outpoints": inputs_json[output.input_outpoints],
                     "first_seen_at": now,
-                    "confirmed_at": None,
-                    "credited_at": None,
-                    "reserved_by": None,
-                    "spent_txid": None,
-                    "spent_height": None,
-                    "spent_block_hash": None,
                 }
                 for output in outputs
             ],
@@ -270,24 +331,22 @@ class SqlBitcoinWatchRepository:
         )
         return len(spends)
 
-    def confirm(self, up_to_height: int, at: datetime) -> list[CustodyOutput]:
-        table = btc_outputs
-        rows = self._c.execute(
-            update(table)
-            .where(table.c.status == "seen", table.c.block_height <= up_to_height)
-            .values(
-                # Credited before a reorg took it away: it comes back credited, never confirmed
-                # (confirmed is what the mint credits).
-                status=case(
-                    (table.c.credited_at.is_(None), literal("confirmed")),
-                    else_=literal("credited"),
-                ),
-                confirmed_at=ts(at),
+    def confirm(self, up_to_height: int, at: datetime) -> list[ConfirmedOutput]:
+        rows = select_rows(self._c, _confirm_statement(), {"up_to": up_to_height, "at": ts(at)})
+        confirmed = [
+            ConfirmedOutput(
+                txid=txid,
+                vout=vout,
+                kind=kind,
+                customer_id=customer_id,
+                amount_sats=int(amount),
+                status=status,
+                block_height=block_height,
+                block_hash=block_hash,
             )
-            .returning(*table.c)
-        ).all()
-        confirmed = [output_from_row(row) for row in rows]
-        confirmed.sort(key=lambda output: (output.block_height or 0, output.txid, output.vout))
+            for txid, vout, kind, customer_id, amount, status, block_height, block_hash in rows
+        ]
+        confirmed.sort(key=lambda output: (output.block_height, output.txid, output.vout))
         return confirmed
 
     def roll_back(self, fork_height: int) -> RolledBack:

@@ -168,9 +168,13 @@ def test_a_deposit_reaches_six_confirmations_exactly_once(world: World) -> None:
     assert world.confirmed == 1
     assert [t.confirmed for t in world.ticks] == [0, 0, 0, 0, 1, 0, 0]
     assert world.run().blocks == 0  # nothing new: nothing done
-    (audited,) = world.operations("btc_deposit_confirmed")
+    (audited,) = world.operations("btc_deposits_confirmed")
     assert audited.entry.customer_id == "alice"
-    assert audited.entry.parameters["confirmations"] == 6
+    assert audited.entry.parameters["amount_sats"] == 125_000
+    assert audited.entry.parameters["customers"] == ["alice"]
+    assert audited.entry.parameters["deposits"] == [[f"{txid}:{vout}", "alice", 125_000, 1]]
+    assert audited.entry.parameters["cursor_height"] == 6
+    assert audited.entry.state_changes == [{"status": "confirmed", "deposits": 1}]
     row = world.output(txid, vout)
     assert row.kind == "deposit" and row.confirmed_at is not None
     assert row.input_outpoints and all(":" in o for o in row.input_outpoints)
