@@ -41,6 +41,15 @@ reference ledger):
    pending offers, every deposit offer and withdrawal with its outcome, each customer's balance
    (deposits credited − withdrawals paid, refunds included), the cursor, alerts, and the journal
    invariant ``Σ customers + suspense + in-flight + fees = treasury holdings``.
+8. **Bitcoin custody**, on the embedded defaults: a sandbox 2-of-3 custody (three keys in the data
+   folder, two sign) on the in-memory chain. The customers get deposit addresses and deposit (one
+   of them dust); the watcher confirms the deposits at 6. A reorg two blocks deep drops one
+   unconfirmed deposit (``reorged``) and moves another to a new block (the same deposit,
+   confirmed once). Three payouts leave in one 2-of-3 transaction, fee deducted; the worker dies
+   between broadcasting and recording it and the next one finds it in the mempool; blocks come
+   without it and it is fee-bumped (a new txid, the same inputs and payouts), then completed at
+   6 confirmations. The custody balance at the watcher's height and hash equals the chain's UTXO
+   set for the custody's descriptors.
 
 **Over the wire.** ``--via-http`` serves the demo's ledger on a local port (as ``sluice ledger
 serve`` does) and ``--ledger-url URL`` uses a ``sluice ledger serve`` already running (on a fresh
@@ -70,7 +79,7 @@ import psutil
 from rich.console import Console
 from rich.panel import Panel
 
-from sluice.demo import api, compliance, ingestion, report, setup, workers
+from sluice.demo import api, bitcoin, compliance, ingestion, report, setup, workers
 from sluice.demo.api import API_CUSTOMER, API_OTHER, API_WITHDRAWALS
 from sluice.demo.compliance import HELD_AMOUNT, HELD_CUSTOMER
 from sluice.demo.ingestion import ingest_command, sluice_command
@@ -139,6 +148,7 @@ CHAPTERS: tuple[Chapter[Any], ...] = (
     compliance.CHAPTER,  # a deposit held, reviewed and released
     api.CHAPTER,  # the exchange's systems and staff over HTTP
     report.BOOKS,  # the cursor, the alerts, the books per instrument and the invariant
+    bitcoin.CHAPTER,  # custody: deposits, a reorg, a batched payout through a crash and a bump
 )
 
 
