@@ -54,6 +54,7 @@ bench: $(STAMP)
 	$(BIN)/sluice bench screening --record docs/benchmarks.md
 	$(BIN)/sluice bench api --record docs/benchmarks.md
 	$(BIN)/sluice bench compliance --record docs/benchmarks.md
+	$(BIN)/sluice bench bitcoin --record docs/benchmarks.md
 
 bench-quick: $(STAMP)
 	$(BIN)/sluice bench ingest --updates 5000 --db sqlite:///data/bench/bench.db
