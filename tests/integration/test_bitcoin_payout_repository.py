@@ -11,8 +11,9 @@ would have recorded them.
 
 Concurrency (PostgreSQL): a reservation of outputs another open transaction reserved waits for it
 (seen in ``pg_stat_activity``) and, once that one commits, reserves nothing — not even the
-outputs nobody else had; the same for moving a payout into a batch; then many reservations from
-two threads at once never reserve one output twice.
+outputs nobody else had; the same for moving a payout into a batch; many reservations from two
+threads at once never reserve one output twice; and two payout workers (the real wallet, the
+in-memory chain, the real watcher) running their rounds at the same moment pay each payout once.
 """
 
 from __future__ import annotations
@@ -22,14 +23,25 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from sluice import bootstrap
+from sluice.bitcoin.fakechain import FakeChain
+from sluice.bitcoin.keys import create_sandbox_custody, load_signing_keys
+from sluice.bitcoin.wallet import EmbitCustodyWallet
+from sluice.domain.chains import CHAINS
 from sluice.domain.deposits import Alert
 from sluice.ports import UnitOfWork
 from sluice.ports.bitcoin_payouts import BatchRecord, PayoutAssignment, PayoutRecord
+from sluice.services.bitcoin_settings import BitcoinSettings
+from sluice.services.btc_addresses import deposit_address
+from sluice.services.btc_payouts import PayoutWorker, list_payouts, request_payout
+from sluice.services.btc_watcher import DepositWatcher
 from sluice.store.bitcoin_tables import btc_addresses, btc_blocks, btc_outputs
 from sluice.store.rows import ts
 
@@ -444,4 +456,101 @@ def test_two_threads_reserving_at_once_never_share_an_output(postgres_url: str) 
     with database.uow() as uow:
         stored = uow.btc_payouts.outputs(outpoints)
     assert sorted(o.outpoint for o in stored.values() if o.reserved_by) == sorted(taken)
+    database.dispose()
+
+
+@pytest.mark.postgres
+def test_two_payout_workers_at_once_pay_each_payout_once(postgres_url: str, tmp_path: Path) -> None:
+    database = bootstrap.database(postgres_url)
+    chain_params = CHAINS["regtest"]
+    sandbox = create_sandbox_custody(tmp_path / "keys", chain_params)
+    keys = load_signing_keys(sandbox.key_files[:2], chain=chain_params)
+    wallet = EmbitCustodyWallet(sandbox.descriptor, chain_params, keys)
+    settings = BitcoinSettings(chain=chain_params, confirmations_min=2, payout_batch_window_s=0)
+    chain = FakeChain(chain_params, fee_rate_sat_vb=Decimal(3))
+    ticks = iter(range(10**6))
+
+    def clock() -> datetime:
+        return WHEN + timedelta(milliseconds=next(ticks))
+
+    watcher = DepositWatcher(database.uow, chain, wallet, settings, clock)
+    with database.uow() as uow:
+        uow.reference.add_customer("alice", "Alice")
+        uow.commit()
+    for amount in (300_000, 250_000):
+        address = deposit_address(database.uow, wallet, "alice", new=True, clock=clock)
+        chain.fund(address.script_hex, amount)
+    chain.mine(2)
+    watcher.run_once()
+    destinations = {}
+    for n in range(6):
+        script = f"0014{n + 1:040x}"
+        destination = wallet.address_of(script)
+        assert destination is not None
+        destinations[f"p{n}"] = script
+        request_payout(
+            database.uow,
+            wallet,
+            settings,
+            payout_id=f"p{n}",
+            address=destination,
+            amount_sats=60_000,
+            kind="redemption",
+            requested_by="router",
+            clock=clock,
+        )
+    barrier = threading.Barrier(2)
+    both_signed = threading.Barrier(2)
+    failures: list[BaseException] = []
+    lost: list[str] = []
+
+    class SigningTogether:
+        """The wallet, where the first signature of each worker waits for the other's: both
+        chose the same payouts and coins before either records anything."""
+
+        def __init__(self) -> None:
+            self.first = True
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(wallet, name)
+
+        def sign(self, inputs: Any, outputs: Any, *, rbf: bool = True) -> Any:
+            signed = wallet.sign(inputs, outputs, rbf=rbf)
+            if self.first:
+                self.first = False
+                both_signed.wait(WAIT_TIMEOUT_S)
+            return signed
+
+    def work() -> None:
+        worker = PayoutWorker(database.uow, chain, SigningTogether(), settings, clock)
+        try:
+            for _ in range(4):
+                barrier.wait(WAIT_TIMEOUT_S)
+                lost.extend(worker.run_once().errors)
+        except BaseException as exc:  # reported below, in the test's thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not any(thread.is_alive() for thread in threads)
+    assert failures == []
+    assert len(lost) == 1 and "taken meanwhile" in lost[0]
+    worker = PayoutWorker(database.uow, chain, wallet, settings, clock)
+    for _ in range(4):
+        chain.mine()
+        watcher.run_once()
+        worker.run_once()
+    views = {view.id: view for view in list_payouts(database.uow)}
+    assert {view.status for view in views.values()} == {"completed"}
+    paid: dict[str, int] = {}
+    for height in range(chain.tip_height + 1):
+        for tx in chain.getblock(chain.getblockhash(height))["tx"]:
+            for out in tx["vout"]:
+                for payout_id, script in destinations.items():
+                    if out["scriptPubKey"]["hex"] == script:
+                        paid[payout_id] = paid.get(payout_id, 0) + 1
+    assert paid == dict.fromkeys(destinations, 1)
     database.dispose()
