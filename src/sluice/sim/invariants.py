@@ -34,6 +34,22 @@ is left; the checks above hold, ingestion has caught up, a USDX withdrawal is co
 when its offer was accepted; and ``wallets``, every customer's wallet on the ledger holds what
 they were given, minus what they sent, plus what was paid out to them.
 
+With Bitcoin custody (once an action of its actor was drawn), against the in-memory chain's
+blocks as its node calls answer them:
+
+* ``btc_deposits``: every output the watcher recorded is in a block of the watcher's chain (or
+  ``reorged``, without one), ``dust`` exactly when under the dust limit, otherwise ``confirmed``
+  exactly when it has ``confirmations_min`` at the watcher's cursor; and while that cursor is on
+  the active chain, every custody output up to it is recorded once, in its block, and nothing
+  recorded is missing from it — so a reorg neither loses a deposit nor counts one twice;
+* ``btc_utxos``: when the watcher has caught up with the tip, the DB's unspent custody outputs are
+  exactly the chain's UTXO set for custody scripts (those issued and the next few of each branch);
+* ``btc_payouts``: every payout requested is recorded once and none that was not; a payout stays
+  in the first batch it was put in; its destination (its own script) is paid by at most one
+  transaction of the active chain, which spends exactly its batch's outpoints and, once the worker
+  knows it mined, pays the amount less the payout's fee share at the payout's output; a completed
+  payout is paid on the active chain with ``confirmations_min`` at the watcher's cursor.
+
 A new check is one function ``(simulation state, DB state, final)`` and one entry in
 :data:`INVARIANTS`; the entries run in their order, which is the order of the violations a step
 reports.
@@ -51,7 +67,16 @@ from sluice.domain.amounts import ZERO, format_amount
 from sluice.domain.journal import FEES, IN_FLIGHT, SUSPENSE, AccountRef, customer_account_name
 from sluice.domain.ledger import InstrumentId, format_timestamp
 from sluice.domain.withdrawals import LIVE_STATUSES
-from sluice.sim.state import HOLDING_STATUSES, TAP, DatabaseState, SimulationState
+from sluice.ports.bitcoin import NotFoundError
+from sluice.sim.state import (
+    HOLDING_STATUSES,
+    TAP,
+    BitcoinCustody,
+    BitcoinRows,
+    ChainOutput,
+    DatabaseState,
+    SimulationState,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +297,187 @@ def check_wallets(sim: SimulationState, state: DatabaseState, final: bool) -> No
                 )
 
 
+# --- Bitcoin custody ----------------------------------------------------------------------------
+
+# Custody scripts past the highest index issued on each branch that the checks also watch: money
+# sent to an address the DB never recorded would be custody's and unaccounted.
+LOOKAHEAD = 3
+
+
+def _cursor_on_active_chain(custody: BitcoinCustody, rows: BitcoinRows) -> tuple[int, str] | None:
+    """The watcher's cursor, when its block is on the node's active chain."""
+    cursor = rows.cursor
+    if cursor is None:
+        return None
+    try:
+        on_chain = custody.node.getblockhash(cursor[0]) == cursor[1]
+    except NotFoundError:
+        on_chain = False
+    return cursor if on_chain else None
+
+
+def check_bitcoin_deposits(sim: SimulationState, state: DatabaseState, final: bool) -> None:
+    custody, rows = sim.bitcoin, state.bitcoin
+    if custody is None or rows is None:
+        return
+    name = "btc_deposits"
+    minimum = custody.settings.confirmations_min
+    dust_limit = custody.settings.chain.p2wsh_dust_limit_sats
+    cursor = rows.cursor
+    for outpoint, row in rows.outputs.items():
+        if row.status == "reorged":
+            if row.block_height is not None:
+                sim.violation(name, f"{outpoint} is reorged but still in block {row.block_height}")
+            continue
+        if cursor is None or row.block_height is None:
+            sim.violation(name, f"{outpoint} is {row.status} but in no block the watcher holds")
+            continue
+        if rows.blocks.get(row.block_height) != row.block_hash:
+            sim.violation(
+                name,
+                f"{outpoint} is recorded in block {row.block_hash} at {row.block_height}, which "
+                "is not on the watcher's chain",
+            )
+            continue
+        confirmations = cursor[0] - row.block_height + 1
+        if row.amount_sats < dust_limit:
+            expected: tuple[str, ...] = ("dust",)
+        elif confirmations >= minimum:
+            expected = ("confirmed", "credited")
+        else:
+            expected = ("seen",)
+        if row.status not in expected:
+            sim.violation(
+                name,
+                f"{outpoint} ({row.amount_sats} sats, {confirmations} confirmations at the "
+                f"watcher's cursor) is {row.status}, expected {' or '.join(expected)}",
+            )
+    active = _cursor_on_active_chain(custody, rows)
+    if active is None:
+        return  # the watcher has yet to see a reorg: it is judged on its own chain above
+    view = custody.view(active[1])
+    scripts = custody.custody_scripts(rows.addresses, LOOKAHEAD)
+    for outpoint, output in view.outputs.items():
+        if output.script_hex not in scripts:
+            continue
+        row = rows.outputs.get(outpoint)
+        if row is None or row.block_hash != output.block_hash:
+            where = "not recorded" if row is None else f"recorded as {row.status}"
+            sim.violation(
+                name,
+                f"{outpoint} pays custody {output.amount_sats} sats in block {output.height} "
+                f"({output.block_hash}), up to the watcher's cursor, but is {where}",
+            )
+        elif row.amount_sats != output.amount_sats or row.script_hex != output.script_hex:
+            sim.violation(
+                name,
+                f"{outpoint} is recorded as {row.amount_sats} sats to {row.script_hex}, the "
+                f"chain says {output.amount_sats} sats to {output.script_hex}",
+            )
+    for outpoint, row in rows.outputs.items():
+        if row.status != "reorged" and outpoint not in view.outputs:
+            sim.violation(
+                name,
+                f"{outpoint} is {row.status} in block {row.block_height}, but the active chain "
+                "up to the watcher's cursor has no such output",
+            )
+
+
+def check_bitcoin_utxos(sim: SimulationState, state: DatabaseState, final: bool) -> None:
+    custody, rows = sim.bitcoin, state.bitcoin
+    if custody is None or rows is None or rows.cursor is None:
+        return
+    if rows.cursor[1] != custody.node.getblockchaininfo()["bestblockhash"]:
+        return  # the watcher has blocks to catch up with
+    view = custody.view(rows.cursor[1])
+    scripts = custody.custody_scripts(rows.addresses, LOOKAHEAD)
+    on_chain = {
+        outpoint: view.outputs[outpoint].amount_sats
+        for outpoint in view.unspent
+        if view.outputs[outpoint].script_hex in scripts
+    }
+    in_db = {
+        outpoint: row.amount_sats
+        for outpoint, row in rows.outputs.items()
+        if row.block_height is not None and row.status != "reorged" and row.spent_txid is None
+    }
+    if in_db != on_chain:
+        differing = sorted(set(in_db.items()) ^ set(on_chain.items()))[0][0]
+        sim.violation(
+            "btc_utxos",
+            f"at the tip {rows.cursor[0]} ({rows.cursor[1]}) the DB holds {len(in_db)} unspent "
+            f"custody outputs ({sum(in_db.values())} sats), the chain {len(on_chain)} "
+            f"({sum(on_chain.values())} sats); e.g. {differing}: DB "
+            f"{in_db.get(differing)}, chain {on_chain.get(differing)}",
+        )
+
+
+def check_bitcoin_payouts(sim: SimulationState, state: DatabaseState, final: bool) -> None:
+    custody, rows = sim.bitcoin, state.bitcoin
+    if custody is None or rows is None:
+        return
+    name = "btc_payouts"
+    tip = custody.view(custody.node.getblockchaininfo()["bestblockhash"])
+    destinations = {payout.script_hex for payout in custody.payouts.values()}
+    paid: dict[str, list[ChainOutput]] = {}
+    for output in tip.outputs.values():
+        if output.script_hex in destinations:
+            paid.setdefault(output.script_hex, []).append(output)
+    recorded = {row.id: row for row in rows.payouts}
+    for row in rows.payouts:
+        if row.id not in custody.payouts:
+            sim.violation(name, f"payout {row.id} is recorded but nobody requested it")
+    cursor = rows.cursor
+    for payout in custody.payouts.values():
+        outputs = paid.get(payout.script_hex, [])
+        if len({output.txid for output in outputs}) > 1:
+            sim.violation(
+                name,
+                f"{payout.id} paid by {len(outputs)} transactions: "
+                f"{', '.join(output.outpoint for output in outputs)}",
+            )
+        row = recorded.get(payout.id)
+        if row is None:
+            sim.violation(name, f"payout {payout.id} was requested but is not recorded")
+            continue
+        if row.batch_id is not None:
+            first = custody.batch_of.setdefault(row.id, row.batch_id)
+            if first != row.batch_id:
+                sim.violation(name, f"{row.id} is in two batches: {first} and {row.batch_id}")
+        batch = rows.batches.get(row.batch_id) if row.batch_id is not None else None
+        for output in outputs:
+            spends = set(tip.inputs[output.txid])
+            if batch is None or spends != set(json.loads(batch.outpoints)):
+                sim.violation(
+                    name,
+                    f"{row.id} is paid by {output.txid}, which does not spend its batch's "
+                    f"outpoints ({row.batch_id})",
+                )
+            elif (
+                batch.txid == output.txid
+                and batch.status in ("mined", "confirmed")
+                and (
+                    output.vout != row.vout or output.amount_sats != row.amount_sats - row.fee_sats
+                )
+            ):
+                sim.violation(
+                    name,
+                    f"{row.id}: {output.outpoint} pays {output.amount_sats} sats; recorded as "
+                    f"output {row.vout}, {row.amount_sats} sats less a fee of {row.fee_sats}",
+                )
+        if row.status == "completed":
+            deep = cursor is not None and any(
+                cursor[0] - output.height + 1 >= custody.settings.confirmations_min
+                for output in outputs
+            )
+            if not deep:
+                sim.violation(
+                    name,
+                    f"{row.id} is completed but not paid on the active chain with "
+                    f"{custody.settings.confirmations_min} confirmations at the watcher's cursor",
+                )
+
+
 INVARIANTS: tuple[Invariant, ...] = (
     Invariant("books", check_books),
     Invariant("holdings", check_holdings),
@@ -281,6 +487,9 @@ INVARIANTS: tuple[Invariant, ...] = (
     Invariant("reservations", check_reservations),
     Invariant("alerts", check_alerts),
     Invariant("wallets", check_wallets, final_only=True),
+    Invariant("btc_deposits", check_bitcoin_deposits),
+    Invariant("btc_utxos", check_bitcoin_utxos),
+    Invariant("btc_payouts", check_bitcoin_payouts),
 )
 
 

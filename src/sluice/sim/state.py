@@ -12,7 +12,7 @@ import json
 import random
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -20,15 +20,19 @@ from typing import Any, TypeVar, cast
 
 from sqlalchemy import Connection, Engine, select
 
+from sluice.bitcoin.fakechain import FakeChain
 from sluice.domain.amounts import ZERO
+from sluice.domain.chains import to_sats
 from sluice.domain.journal import AccountRef
 from sluice.domain.ledger import InstrumentId, parse_timestamp
 from sluice.domain.withdrawals import AWAITING_OUTCOME_STATUSES
 from sluice.ledger.local import CommandResult
+from sluice.ports.bitcoin import CustodyWallet, JsonObject
 from sluice.sandbox import Sandbox
+from sluice.services.bitcoin_settings import BitcoinSettings
 from sluice.services.books import check_invariant
 from sluice.services.withdrawals import WithdrawalSettings
-from sluice.store import tables
+from sluice.store import bitcoin_tables, tables
 from sluice.store.repositories import SqlBooksRepository
 
 CUSTOMERS = 3
@@ -48,8 +52,9 @@ SETTINGS = WithdrawalSettings(
 # Records that may hold reserved inputs: those awaiting an outcome, and retries queued with their
 # anchor.
 HOLDING_STATUSES = AWAITING_OUTCOME_STATUSES | {"queued"}
-# Alerts the simulation expects: deposits with an unknown or missing reason go to suspense.
-EXPECTED_ALERTS = ("deposit_unattributed",)
+# Alerts the simulation expects: deposits with an unknown or missing reason go to suspense; a
+# Bitcoin payout requested before custody holds enough confirmed funds waits for them.
+EXPECTED_ALERTS = ("deposit_unattributed", "btc_payout_insufficient_funds")
 # The command id of a withdrawal's, merge's or split's transfer: ``{record id}-{attempt}``.
 _TRANSFER_COMMAND = re.compile(r"^((?:wd|merge|split)-[0-9a-f]{32})-(\d+)$")
 _ACCEPT_COMMAND = re.compile(r"^deposit-accept-(.{24})-\d+$")
@@ -134,6 +139,7 @@ class DatabaseState:
     spent: dict[str, bool]  # archived inputs of records that hold inputs → whether locked
     alerts: list[tuple[str, str]]  # (kind, message) of the first unexpected alert
     treasury_holdings: frozenset[str]  # the treasury's active holdings, ingested
+    bitcoin: BitcoinRows | None = None  # once the simulation has a Bitcoin custody
 
 
 class SimulationState:
@@ -169,6 +175,8 @@ class SimulationState:
         self._processes: dict[str, object] = {}
         self._database_state: DatabaseState | None = None
         self.dirty = True  # the Integration DB may have changed since it was last read
+        # The Bitcoin custody, made by its actor the first time one of its actions is drawn.
+        self.bitcoin: BitcoinCustody | None = None
 
     def violation(self, check: str, detail: str) -> None:
         """Record a failed check; each check is reported once, at the first step it fails."""
@@ -310,6 +318,7 @@ class SimulationState:
                     )
                 ).scalars()
             )
+            bitcoin = read_bitcoin(connection) if self.bitcoin is not None else None
         self._database_state = DatabaseState(
             books_problems=problems,
             cursor_offset=cursor.offset if cursor is not None else None,
@@ -322,6 +331,7 @@ class SimulationState:
             spent=spent,
             alerts=alerts,
             treasury_holdings=treasury_holdings,
+            bitcoin=bitcoin,
         )
         self.dirty = False
         return self._database_state
@@ -364,3 +374,168 @@ RECORDS = select(
     tables.withdrawals.c.rebuilt,
     tables.withdrawals.c.failure,
 ).order_by(tables.withdrawals.c.id)
+
+
+# --- Bitcoin custody -----------------------------------------------------------------------------
+# The simulation's custody runs on an in-memory chain (the embedded default). Its checks compare
+# the Integration DB with what the node's blocks say, read through the node's own calls
+# (``getblock``), so they do not trust the chain's internals any more than the watcher does.
+
+
+@dataclass(frozen=True, slots=True)
+class ChainOutput:
+    """An output of a transaction (not a coinbase) in a block."""
+
+    txid: str
+    vout: int
+    script_hex: str
+    amount_sats: int
+    height: int
+    block_hash: str
+
+    @property
+    def outpoint(self) -> str:
+        return f"{self.txid}:{self.vout}"
+
+
+@dataclass(frozen=True, slots=True)
+class ChainView:
+    """The chain from its first block up to ``block_hash``: every output of a transaction that is
+    not a coinbase, which of them are unspent, and what each transaction spends."""
+
+    height: int
+    block_hash: str
+    outputs: dict[str, ChainOutput]  # outpoint → output
+    unspent: frozenset[str]
+    inputs: dict[str, tuple[str, ...]]  # txid → the outpoints it spends
+
+
+@dataclass(frozen=True, slots=True)
+class PayoutRequest:
+    """A payout the simulation asked for; each pays its own destination script, so every output
+    to that script on the chain is a payment of this payout."""
+
+    id: str
+    address: str
+    script_hex: str
+    amount_sats: int
+
+
+@dataclass(slots=True)
+class BitcoinCustody:
+    """The simulation's Bitcoin custody: the in-memory chain, the 2-of-3 wallet, the settings,
+    what the customers sent and the payouts requested, and what the checks remember."""
+
+    node: FakeChain
+    wallet: CustodyWallet
+    settings: BitcoinSettings
+    funded: dict[str, tuple[str, int]] = field(default_factory=dict)  # txid → (customer, sats)
+    payouts: dict[str, PayoutRequest] = field(default_factory=dict)
+    batch_of: dict[str, str] = field(default_factory=dict)  # payout id → first batch seen
+    views: dict[str, ChainView] = field(default_factory=dict)  # by block hash
+    derived: dict[tuple[int, int], str] = field(default_factory=dict)  # (branch, index) → script
+
+    def view(self, block_hash: str) -> ChainView:
+        """The chain up to ``block_hash`` (on the active chain or not), built block by block from
+        the nearest block already seen; a block's content never changes under its hash."""
+        found = self.views.get(block_hash)
+        if found is not None:
+            return found
+        blocks: list[JsonObject] = []
+        current: str | None = block_hash
+        while current is not None and current not in self.views:
+            block = self.node.getblock(current)
+            blocks.append(block)
+            current = block.get("previousblockhash")
+        view = self.views[current] if current is not None else None
+        for block in reversed(blocks):
+            view = _apply_block(view, block)
+            self.views[view.block_hash] = view
+        assert view is not None
+        return view
+
+    def script(self, branch: int, index: int) -> str:
+        """The custody script at ``branch``/``index``, derived once."""
+        key = (branch, index)
+        script = self.derived.get(key)
+        if script is None:
+            script = self.derived[key] = self.wallet.derive(branch, index).script_hex
+        return script
+
+    def custody_scripts(self, issued: Mapping[str, tuple[int, int]], lookahead: int) -> set[str]:
+        """The scripts of every issued address and of the next ``lookahead`` indices of each
+        branch: an output to one of those that the DB does not know is custody's money too."""
+        scripts = set(issued)
+        for branch in (0, 1):
+            indices = [index for b, index in issued.values() if b == branch]
+            first = max(indices) + 1 if indices else 0
+            scripts.update(self.script(branch, i) for i in range(first, first + lookahead))
+        return scripts
+
+
+def _apply_block(parent: ChainView | None, block: JsonObject) -> ChainView:
+    outputs = dict(parent.outputs) if parent is not None else {}
+    unspent = set(parent.unspent) if parent is not None else set()
+    inputs = dict(parent.inputs) if parent is not None else {}
+    height, block_hash = int(block["height"]), str(block["hash"])
+    for tx in block["tx"]:
+        if any("coinbase" in vin for vin in tx["vin"]):
+            continue
+        spent = tuple(f"{vin['txid']}:{vin['vout']}" for vin in tx["vin"])
+        inputs[tx["txid"]] = spent
+        unspent.difference_update(spent)
+        for out in tx["vout"]:
+            output = ChainOutput(
+                tx["txid"],
+                int(out["n"]),
+                str(out["scriptPubKey"]["hex"]),
+                to_sats(out["value"]),
+                height,
+                block_hash,
+            )
+            outputs[output.outpoint] = output
+            unspent.add(output.outpoint)
+    return ChainView(height, block_hash, outputs, frozenset(unspent), inputs)
+
+
+@dataclass(frozen=True, slots=True)
+class BitcoinRows:
+    """What the Bitcoin checks read from the Integration DB (``btc_*`` tables)."""
+
+    blocks: dict[int, str]  # the watcher's chain: height → hash
+    outputs: dict[str, Any]  # outpoint → btc_outputs row
+    payouts: list[Any]  # btc_payouts rows
+    batches: dict[str, Any]  # id → btc_batches row
+    addresses: dict[str, tuple[int, int]]  # script → (branch, index)
+
+    @property
+    def cursor(self) -> tuple[int, str] | None:
+        """The watcher's cursor: its highest block (height, hash)."""
+        if not self.blocks:
+            return None
+        height = max(self.blocks)
+        return height, self.blocks[height]
+
+
+def read_bitcoin(connection: Connection) -> BitcoinRows:
+    blocks, outputs = bitcoin_tables.btc_blocks, bitcoin_tables.btc_outputs
+    addresses, batches = bitcoin_tables.btc_addresses, bitcoin_tables.btc_batches
+    payouts = bitcoin_tables.btc_payouts
+    return BitcoinRows(
+        blocks={
+            row.height: row.hash
+            for row in connection.execute(select(blocks.c.height, blocks.c.hash))
+        },
+        outputs={
+            f"{row.txid}:{row.vout}": row
+            for row in connection.execute(select(outputs).order_by(outputs.c.txid, outputs.c.vout))
+        },
+        payouts=list(connection.execute(select(payouts).order_by(payouts.c.id))),
+        batches={row.id: row for row in connection.execute(select(batches).order_by(batches.c.id))},
+        addresses={
+            row.script_hex: (row.branch, row.derivation_index)
+            for row in connection.execute(
+                select(addresses.c.script_hex, addresses.c.branch, addresses.c.derivation_index)
+            )
+        },
+    )

@@ -9,7 +9,10 @@ Each step draws one action, by weight, from the actions of all :data:`ACTORS` in
 * :mod:`~sluice.sim.actors.ingestion` runs (sometimes only for a few transactions, always in small
   batches);
 * :mod:`~sluice.sim.actors.workers`: the withdrawal worker runs (reserve, submit, settle, retry,
-  refund, withdraw stale offers, merge and split the pool), the deposit worker runs.
+  refund, withdraw stale offers, merge and split the pool), the deposit worker runs;
+* :mod:`~sluice.sim.actors.bitcoin`: custody on the in-memory chain — customers deposit (some
+  dust), blocks are mined, the chain reorganises, the node evicts, the deposit watcher runs,
+  payouts are requested and the payouts worker runs (crashing after recording, after sending).
 
 A new actor is one module defining its ``ACTOR`` (an :class:`Actor`: its :class:`Action`\\ s, each
 a name, a weight and a function of the :class:`~sluice.sim.state.SimulationState`) and one line
@@ -17,7 +20,7 @@ below. The order is the draw's: a new actor goes at the end (every seed then dra
 as with any new action).
 """
 
-from sluice.sim.actors import customers, ingestion, ledger_admin, workers
+from sluice.sim.actors import bitcoin, customers, ingestion, ledger_admin, workers
 from sluice.sim.actors.actor import Action, Actor
 
 ACTORS: tuple[Actor, ...] = (
@@ -25,6 +28,7 @@ ACTORS: tuple[Actor, ...] = (
     ledger_admin.ACTOR,
     ingestion.ACTOR,
     workers.ACTOR,
+    bitcoin.ACTOR,
 )
 
 ACTIONS: tuple[Action, ...] = tuple(action for actor in ACTORS for action in actor.actions)
