@@ -398,6 +398,10 @@ class PayoutWorker:
             except NodeUnavailableError as exc:
                 tick.errors.append(f"{step.__name__}: the node is unavailable: {exc}")
                 log.warning("btc payouts: %s: the node is unavailable: %s", step.__name__, exc)
+            except BitcoinNodeError as exc:
+                # Whatever the step had not recorded is done again next round, from the DB.
+                tick.errors.append(f"{step.__name__}: the node refused: {exc}")
+                log.warning("btc payouts: %s: the node refused: %s", step.__name__, exc)
         return tick
 
     def _height(self, cursor: int | None) -> int:
@@ -965,7 +969,7 @@ class PayoutWorker:
         try:
             signed = self._wallet.sign([_spend_input(c) for c in inputs], tx_outputs, rbf=True)
             _check_fee(signed, plan.fee_sats)
-        except BitcoinTransactionError as exc:
+        except (BitcoinTransactionError, InvalidInputError) as exc:
             self._note_error(ids, f"signing failed: {exc}", tick)
             return
         (accepted,) = self._node.testmempoolaccept([signed.raw_hex])
