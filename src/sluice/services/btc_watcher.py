@@ -33,6 +33,7 @@ block's writes are one statement per kind.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -44,7 +45,13 @@ from sluice.domain.chains import to_sats
 from sluice.domain.deposits import Alert
 from sluice.domain.errors import NotFoundError as SluiceNotFoundError
 from sluice.ports import UnitOfWork, UnitOfWorkFactory
-from sluice.ports.bitcoin import BitcoinNode, BitcoinNodeError, CustodyWallet, NotFoundError
+from sluice.ports.bitcoin import (
+    BitcoinNode,
+    BitcoinNodeError,
+    CustodyWallet,
+    JsonObject,
+    NotFoundError,
+)
 from sluice.ports.bitcoin_watch import (
     DEPOSIT_BRANCH,
     ConfirmedOutput,
@@ -89,6 +96,24 @@ class WatchTick:
     @property
     def busy(self) -> bool:
         return bool(self.blocks or self.reorgs)
+
+
+def _result(pending: Future[JsonObject] | None) -> JsonObject | None:
+    """The block read ahead; None when none was, or when it left the node meanwhile (a reorg:
+    the block at the next height is then asked for by height)."""
+    if pending is None:
+        return None
+    try:
+        return pending.result()
+    except NotFoundError:
+        return None
+
+
+def _settle(pending: Future[JsonObject] | None) -> None:
+    """Wait for a read no longer wanted (its answer or error is dropped): the node is then free
+    for the next call."""
+    if pending is not None:
+        pending.exception()
 
 
 class _ChainChangedError(Exception):
@@ -166,29 +191,44 @@ class DepositWatcher:
             elif self._node.getblockhash(cursor.height) != cursor.hash:
                 cursor = self._undo_reorg(tick)
             tick.cursor_height = cursor.height if cursor else None
-        next_hash: str | None = None
-        while tick.blocks < self.settings.watch_blocks_max:
-            height = cursor.height + 1 if cursor else self.settings.watch_start_height
-            if height > tip and next_hash is None:
-                break
-            block_hash = next_hash or self._node.getblockhash(height)
-            block = self._node.getblock(block_hash)
+        # The next block is read while this one is written: its ``getblock`` (the node's work
+        # and the answer's transfer) overlaps the block's transaction (its SQL and the commit's
+        # flush to disk), so a round costs about the larger of the two, not their sum. One read
+        # at a time: the main thread calls the node only when no read is in flight.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="btc-watch-read") as reader:
+            pending: Future[JsonObject] | None = None
             try:
-                applied = self._apply(block, cursor, tick)
-            except _ChainChangedError:
-                if tick.reorgs >= _REORGS_PER_ROUND_MAX:
-                    break
-                cursor = self._undo_reorg(tick)
-                tick.cursor_height = cursor.height if cursor else None
-                next_hash = None
-                continue
-            if not applied:
-                break  # another watcher applied it: this one reloads next round
-            cursor = self._cursor
-            tick.cursor_height = height
-            # Bitcoin Core names the next block of the active chain; that saves a getblockhash.
-            following = block.get("nextblockhash")
-            next_hash = following if isinstance(following, str) else None
+                while tick.blocks < self.settings.watch_blocks_max:
+                    height = cursor.height + 1 if cursor else self.settings.watch_start_height
+                    block = _result(pending)
+                    pending = None
+                    if block is None:
+                        if height > tip:
+                            break
+                        block = self._node.getblock(self._node.getblockhash(height))
+                    # Bitcoin Core names the next block of the active chain: no getblockhash.
+                    following = block.get("nextblockhash")
+                    if (
+                        isinstance(following, str)
+                        and tick.blocks + 1 < self.settings.watch_blocks_max
+                    ):
+                        pending = reader.submit(self._node.getblock, following)
+                    try:
+                        applied = self._apply(block, cursor, tick)
+                    except _ChainChangedError:
+                        _settle(pending)
+                        pending = None
+                        if tick.reorgs >= _REORGS_PER_ROUND_MAX:
+                            break
+                        cursor = self._undo_reorg(tick)
+                        tick.cursor_height = cursor.height if cursor else None
+                        continue
+                    if not applied:
+                        break  # another watcher applied it: this one reloads next round
+                    cursor = self._cursor
+                    tick.cursor_height = height
+            finally:
+                _settle(pending)
 
     def _refresh(self) -> WatchedBlock | None:
         """The stored cursor; the in-memory state reloaded when it does not match it."""

@@ -14,9 +14,10 @@ confirmed once, counted from the new block); a confirmed deposit reorged raises 
 credited one a critical alert, and the credited one that comes back stays credited; two
 deposits to one address; dust; an address issued while the watcher runs; spends of custody
 outputs (a 2-of-3 signed spend with change, and an output spent in the block that made it);
-a restart (a new watcher object) resumes from the cursor without counting twice; a node that is
-down, or behind (with the same chain, and with another one), then back; the bound on blocks per
-round and the start height.
+a restart (a new watcher object) resumes from the cursor without counting twice; two watchers on
+one database; a node that is down, or behind (with the same chain, and with another one), then
+back; a reorg while a round reads (the next block is read ahead while one is written); the
+bound on blocks per round and the start height.
 """
 
 from __future__ import annotations
@@ -541,6 +542,46 @@ def test_a_node_behind_on_another_branch_is_a_reorg(world: World) -> None:
     moved = world.deposit(txid)
     assert (moved.block_height, moved.block_hash) == (1, world.chain.getblockhash(1))
     assert moved.status == "seen" and moved.confirmations == 3
+
+
+class ReorgWhileReading:
+    """The chain, reorganised by ``depth`` blocks just before the ``at``-th ``getblock`` (the
+    watcher is then half-way through a round, with the next block read ahead)."""
+
+    def __init__(self, chain: FakeChain, at: int, depth: int) -> None:
+        self._chain = chain
+        self._at = at
+        self._depth = depth
+        self.reads = 0
+
+    def getblock(self, block_hash: str) -> JsonObject:
+        self.reads += 1
+        if self.reads == self._at:
+            self._chain.reorg(self._depth)
+        return self._chain.getblock(block_hash)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._chain, name)
+
+
+@pytest.mark.parametrize("at", [2, 3, 5])
+def test_a_reorg_while_the_watcher_reads(world: World, at: int) -> None:
+    address = world.address("alice")
+    txid, _ = world.chain.fund(address.script_hex, 80_000)
+    world.chain.mine(5)  # the deposit in block 1
+    node = ReorgWhileReading(world.chain, at, depth=5)
+    world.watcher = world.new_watcher(node)
+    first = world.watcher.run_once()
+    assert first.error is None
+    for _ in range(3):
+        if world.watcher.run_once().blocks == 0:
+            break
+    world.check_blocks()
+    view = world.deposit(txid)
+    assert (view.block_height, view.block_hash) == (1, world.chain.getblockhash(1))
+    assert view.status == "confirmed" and view.confirmations == 6
+    with world.db.uow() as uow:
+        assert len(uow.btc_watch.outputs()) == 1
 
 
 def test_blocks_per_round_are_bounded_and_start_at_the_start_height(world: World) -> None:
