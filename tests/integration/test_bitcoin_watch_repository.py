@@ -163,6 +163,7 @@ def test_outputs_spends_confirmations_and_a_reorg(database: bootstrap.Database) 
             f"{TXA}:1",
             f"{TXB}:3",
         }
+        assert repo.seen_heights() == {1: 1, 2: 1}  # dust is not waiting for confirmations
         assert repo.record_spends([FoundSpend(TXA, 0, TXC)], 2, H[2]) == 1
         confirmed = repo.confirm(1, WHEN)  # dust is never confirmed
         assert [(o.outpoint, o.status) for o in confirmed] == [(f"{TXA}:0", "confirmed")]

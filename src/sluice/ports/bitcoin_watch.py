@@ -251,6 +251,10 @@ class BitcoinWatchRepository(Protocol):
         fields and confirmation cleared) and clear the spends recorded in them."""
         ...
 
+    def seen_heights(self) -> dict[int, int]:
+        """How many outputs still ``seen`` each block height holds."""
+        ...
+
     def unspent_outputs(self) -> list[CustodyOutput]:
         """Outputs in the active chain (not reorged) that no recorded transaction spent."""
         ...

@@ -27,7 +27,8 @@ Guarantees:
 Speed: the custody scripts and the unspent custody outpoints are kept in memory (scripts reloaded
 when the address count changes, outpoints when the cursor moved under this watcher or after a
 reorg), so an output or input that is not custody's costs a dictionary lookup and no SQL; a
-block's writes are one statement per kind.
+block's writes are one statement per kind; and the next block is read from the node while the
+current one is written, so a round costs about the larger of the two.
 """
 
 from __future__ import annotations
@@ -244,11 +245,7 @@ class DepositWatcher:
     def _load(self, uow: UnitOfWork) -> None:
         repo = uow.btc_watch
         self._unspent = {(o.txid, o.vout) for o in repo.unspent_outputs()}
-        self._seen = {}
-        for output in repo.outputs(statuses=("seen",), limit=100_000):
-            if output.block_height is not None:
-                height = output.block_height
-                self._seen[height] = self._seen.get(height, 0) + 1
+        self._seen = repo.seen_heights()
         self._loaded = True
 
     def _load_scripts(self, uow: UnitOfWork) -> None:

@@ -383,6 +383,15 @@ class SqlBitcoinWatchRepository:
             fork_height=fork_height, blocks=blocks, reorged=reorged, spends_cleared=int(cleared)
         )
 
+    def seen_heights(self) -> dict[int, int]:
+        table = btc_outputs
+        rows = self._c.execute(
+            select(table.c.block_height, func.count())
+            .where(table.c.status == "seen", table.c.block_height.is_not(None))
+            .group_by(table.c.block_height)
+        )
+        return {int(height): int(count) for height, count in rows}
+
     def unspent_outputs(self) -> list[CustodyOutput]:
         table = btc_outputs
         rows = self._c.execute(
