@@ -245,7 +245,8 @@ def test_mark_credited_only_from_confirmed(database: bootstrap.Database) -> None
         assert {o.outpoint for o in repo.confirm(1, WHEN)} == {f"{TXA}:0", f"{TXB}:0"}
         with pytest.raises(InvalidOperationStateError, match="change, not a deposit"):
             repo.mark_credited(TXB, 0, at=WHEN)
-        assert repo.mark_credited(TXA, 0, at=WHEN).status == "credited"
+        credited = repo.mark_credited(TXA, 0)  # at: now
+        assert credited.status == "credited" and credited.credited_at is not None
         with pytest.raises(InvalidOperationStateError, match="credited, not confirmed"):
             repo.mark_credited(TXA, 0, at=WHEN)
         uow.commit()

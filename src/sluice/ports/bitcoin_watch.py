@@ -279,8 +279,9 @@ class BitcoinWatchRepository(Protocol):
         """Newest first (highest block first, unmined ones before)."""
         ...
 
-    def mark_credited(self, txid: str, vout: int, *, at: datetime) -> CustodyOutput:
-        """A ``confirmed`` deposit becomes ``credited`` (the mint booked it). Refused with
+    def mark_credited(self, txid: str, vout: int, *, at: datetime | None = None) -> CustodyOutput:
+        """A ``confirmed`` deposit becomes ``credited`` (the mint booked it, in this same
+        transaction; ``at`` defaults to now). Refused with
         :class:`~sluice.domain.errors.InvalidOperationStateError` in any other status (so a
         deposit is credited once), :class:`~sluice.domain.errors.NotFoundError` when unknown."""
         ...

@@ -44,6 +44,7 @@ import structlog
 from sluice.domain.audit import AuditEntry
 from sluice.domain.chains import to_sats
 from sluice.domain.deposits import Alert
+from sluice.domain.errors import InvalidOperationStateError
 from sluice.domain.errors import NotFoundError as SluiceNotFoundError
 from sluice.ports import UnitOfWork, UnitOfWorkFactory
 from sluice.ports.bitcoin import (
@@ -252,8 +253,26 @@ class DepositWatcher:
         repo = uow.btc_watch
         count = repo.address_count()
         if count != self._address_count:
-            self._scripts = {a.script_hex: a for a in repo.addresses()}
+            addresses = repo.addresses()
+            self._check_descriptor(addresses)
+            self._scripts = {a.script_hex: a for a in addresses}
             self._address_count = count
+
+    def _check_descriptor(self, addresses: list[CustodyAddress]) -> None:
+        """The newest address of each branch is what this wallet derives there: a watcher
+        configured with another custody's descriptor would otherwise watch addresses whose
+        coins it cannot spend, and say nothing."""
+        newest: dict[int, CustodyAddress] = {}
+        for address in addresses:
+            if address.index >= newest.get(address.branch, address).index:
+                newest[address.branch] = address
+        for address in newest.values():
+            if self._wallet.derive(address.branch, address.index).script_hex != address.script_hex:
+                raise InvalidOperationStateError(
+                    f"custody address {address.address} (branch {address.branch}, index "
+                    f"{address.index}) is not what the configured descriptor derives there: "
+                    "the watcher is configured with another custody's descriptor"
+                )
 
     def _stored_hash(self, height: int) -> str | None:
         with self._uow() as uow:

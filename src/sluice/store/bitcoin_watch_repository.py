@@ -60,6 +60,7 @@ from sluice.ports.bitcoin_watch import (
 from sluice.store import tables as t
 from sluice.store.bitcoin_tables import btc_addresses, btc_blocks, btc_outputs
 from sluice.store.bulk import execute_many, select_rows
+from sluice.store.records import _now
 from sluice.store.rows import insert_for, is_postgresql, optional_time, time_of, to_json, ts
 
 _OUTPUT_LIMIT_MAX = 100_000
@@ -460,7 +461,7 @@ class SqlBitcoinWatchRepository:
         ).limit(limit)
         return [output_from_row(row) for row in self._c.execute(query)]
 
-    def mark_credited(self, txid: str, vout: int, *, at: datetime) -> CustodyOutput:
+    def mark_credited(self, txid: str, vout: int, *, at: datetime | None = None) -> CustodyOutput:
         table = btc_outputs
         condition = and_(
             table.c.txid == txid,
@@ -472,7 +473,7 @@ class SqlBitcoinWatchRepository:
         row = self._c.execute(
             update(table)
             .where(condition)
-            .values(status="credited", credited_at=ts(at))
+            .values(status="credited", credited_at=ts(at) if at is not None else _now())
             .returning(*table.c)
         ).first()
         if row is not None:

@@ -17,7 +17,8 @@ outputs (a 2-of-3 signed spend with change, and an output spent in the block tha
 a restart (a new watcher object) resumes from the cursor without counting twice; two watchers on
 one database; a node that is down, or behind (with the same chain, and with another one), then
 back; a reorg while a round reads (the next block is read ahead while one is written); the
-bound on blocks per round and the start height.
+bound on blocks per round and the start height; a watcher given another custody's descriptor
+refuses to run.
 """
 
 from __future__ import annotations
@@ -597,3 +598,14 @@ def test_blocks_per_round_are_bounded_and_start_at_the_start_height(world: World
         assert uow.btc_watch.lowest_height() == 4
         assert [o.txid for o in uow.btc_watch.outputs()] == [late]
     assert early not in {d.txid for d in list_deposits(world.db.uow)}
+
+
+def test_a_watcher_of_another_descriptor_refuses_to_run(world: World, tmp_path: Path) -> None:
+    world.address("alice")
+    other = create_sandbox_custody(tmp_path / "other-keys", CHAIN)
+    elsewhere = EmbitCustodyWallet(other.descriptor, CHAIN, [])
+    watcher = DepositWatcher(world.db.uow, world.chain, elsewhere, world.settings, world.clock)
+    with pytest.raises(InvalidOperationStateError, match="another custody's descriptor"):
+        watcher.run_once()
+    with world.db.uow() as uow:
+        assert uow.btc_watch.cursor() is None
