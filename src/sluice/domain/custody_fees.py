@@ -144,10 +144,16 @@ class BumpPlan:
     rate: Decimal
 
 
-def bump_fee_required(old_fee: int, old_rate: Decimal, vsize: int, factor: Decimal) -> int:
+def bump_fee_required(
+    old_fee: int,
+    old_rate: Decimal,
+    vsize: int,
+    factor: Decimal,
+    market_rate: Decimal = Decimal(0),
+) -> int:
     """The least fee a replacement of ``vsize`` vbytes pays: its rate at least ``factor`` times
-    the old one, and BIP 125's increment over the old fee."""
-    by_rate = fee_for(vsize, old_rate * factor)
+    the old one and at least ``market_rate``, and BIP 125's increment over the old fee."""
+    by_rate = fee_for(vsize, max(old_rate * factor, market_rate))
     by_increment = old_fee + fee_for(vsize, INCREMENTAL_RELAY_SAT_VB)
     return max(by_rate, by_increment)
 
@@ -162,19 +168,21 @@ def plan_bump(
     factor: Decimal,
     fee_max: int,
     dust_limit: int,
+    market_rate: Decimal = Decimal(0),
 ) -> BumpPlan | None:
-    """A replacement of the same inputs and payouts paying more: the extra fee comes from the
-    change first (kept while it stays above dust), then from the payouts, each up to ``fee_max``
-    in all. ``None`` when the payouts would go over it (the batch then waits as it is)."""
+    """A replacement of the same inputs and payouts paying more (at least ``factor`` times the
+    old rate, and at least ``market_rate``): the extra fee comes from the change first (kept
+    while it stays above dust), then from the payouts, each up to ``fee_max`` in all. ``None``
+    when the payouts would go over it (the batch then waits as it is)."""
     if change_sats > 0:
         size = vsize(True)
-        fee = bump_fee_required(old_fee, old_rate, size, factor)
+        fee = bump_fee_required(old_fee, old_rate, size, factor, market_rate)
         change = change_sats - (fee - old_fee)
         if change >= dust_limit:
             return BumpPlan(tuple(shares), change, fee, size, Decimal(fee) / size)
     # No change output: all of it goes to the fee, and the payouts pay what is still missing.
     size = vsize(False)
-    fee = bump_fee_required(old_fee, old_rate, size, factor)
+    fee = bump_fee_required(old_fee, old_rate, size, factor, market_rate)
     missing = fee - old_fee - change_sats
     if missing <= 0:
         paid = old_fee + change_sats

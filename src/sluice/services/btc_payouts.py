@@ -695,6 +695,11 @@ class PayoutWorker:
         for batch in batches:
             if batch.broadcast_height is None or height - batch.broadcast_height < after:
                 continue
+            if not self._in_mempool(batch.txid) and not _refused_for_its_fee(batch):
+                # Nothing to replace: the node has it in a block the watcher has not reached
+                # (it answered "already in block chain", or its inputs are spent), or its answer
+                # was lost. Whatever it is, a replacement spending the same inputs cannot help.
+                continue
             try:
                 self._bump_one(batch, height, tick)
             except NodeUnavailableError:
@@ -724,6 +729,8 @@ class PayoutWorker:
         plan = plan_bump(
             old_fee=batch.fee_sats,
             old_rate=Decimal(batch.fee_rate_sat_vb),
+            # In a rising market the bump goes at least to today's estimate (within the cap).
+            market_rate=self._fee_rate(),
             shares=shares,
             change_sats=batch.change_sats,
             vsize=vsize,
@@ -1081,6 +1088,20 @@ def _sizer(
         return wallet.estimate_vsize(inputs, [*scripts, *extra])
 
     return vsize
+
+
+# What a node answers when a batch's inputs are spent: by the batch itself (mined) or otherwise.
+_INPUTS_GONE = ("missingorspent", "missing-inputs", "missing inputs", "txn-mempool-conflict")
+
+
+def _refused_for_its_fee(batch: BatchRecord) -> bool:
+    """The node refused the batch's current version for something a higher fee may cure (the
+    mempool's minimum fee rose, a replacement paid too little), not because its inputs are
+    gone."""
+    error = (batch.last_error or "").lower()
+    if not error.startswith(("broadcast refused", "fee bump rejected")):
+        return False
+    return not any(marker in error for marker in _INPUTS_GONE)
 
 
 def _spend_input(output: CustodyOutput) -> SpendInput:

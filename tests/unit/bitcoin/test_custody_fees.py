@@ -137,6 +137,22 @@ def test_a_bump_pays_at_least_bip125s_increment() -> None:
     assert plan.fee_sats == 600 + 300 * INCREMENTAL_RELAY_SAT_VB
 
 
+def test_a_bump_goes_at_least_to_the_market_rate() -> None:
+    plan = plan_bump(
+        old_fee=600,
+        old_rate=Decimal(2),
+        shares=[300, 300],
+        change_sats=50_000,
+        vsize=sizes(300, 260),
+        factor=Decimal("1.5"),
+        fee_max=10_000,
+        dust_limit=330,
+        market_rate=Decimal(20),
+    )
+    assert plan is not None
+    assert (plan.fee_sats, plan.rate) == (6_000, Decimal(20))
+
+
 def test_a_bump_without_enough_change_drops_it_then_charges_the_payouts() -> None:
     plan = plan_bump(
         old_fee=600,
@@ -198,9 +214,10 @@ def test_fee_plans_conserve_every_satoshi(
     rate=st.decimals(min_value=1, max_value=100, places=2),
     factor=st.decimals(min_value=1, max_value=4, places=2),
     fee_max=st.integers(min_value=1_000, max_value=100_000),
+    market=st.decimals(min_value=0, max_value=300, places=1),
 )
 def test_bumps_pay_more_conserve_satoshis_and_respect_the_cap(
-    amounts: list[int], extra: int, rate: Decimal, factor: Decimal, fee_max: int
+    amounts: list[int], extra: int, rate: Decimal, factor: Decimal, fee_max: int, market: Decimal
 ) -> None:
     inputs = sum(amounts) + extra
     vsize = sizes(400 + 43 * len(amounts), 357 + 43 * len(amounts))
@@ -215,13 +232,14 @@ def test_bumps_pay_more_conserve_satoshis_and_respect_the_cap(
         factor=factor,
         fee_max=max(fee_max, max(first.shares)),
         dust_limit=330,
+        market_rate=market,
     )
     if plan is None:
         return
     outputs = sum(a - s for a, s in zip(amounts, plan.shares, strict=True))
     assert inputs == outputs + plan.change_sats + plan.fee_sats
     assert plan.fee_sats >= first.fee_sats + plan.vsize * INCREMENTAL_RELAY_SAT_VB
-    assert Decimal(plan.fee_sats) / plan.vsize >= old_rate * factor
+    assert Decimal(plan.fee_sats) / plan.vsize >= max(old_rate * factor, market)
     assert max(plan.shares) <= max(fee_max, max(first.shares))
     assert all(new >= old for new, old in zip(plan.shares, first.shares, strict=True))
     assert plan.change_sats == 0 or plan.change_sats >= 330

@@ -737,3 +737,35 @@ def test_nothing_moves_while_paused(custody: Custody) -> None:
     assert custody.batches() == []
     resume(custody.uow, reason="done", actor="ops", at=custody.clock())
     assert custody.worker().run_once().batches == 1
+
+
+def test_a_bump_in_a_rising_market_goes_to_the_current_estimate(custody: Custody) -> None:
+    custody.fund(400_000)
+    custody.request("p1", 150_000)
+    worker = custody.worker()
+    worker.run_once()
+    (first,) = custody.batches()
+    custody.chain.set_fee_rate(Decimal(40))
+    custody.mine(SETTINGS.payout_bump_after_blocks, include_mempool=False)
+    assert worker.run_once().bumped == 1
+    (bumped,) = custody.batches()
+    assert Decimal(first.fee_rate_sat_vb) == 5
+    assert Decimal(bumped.fee_rate_sat_vb) >= 40
+    custody.settle()
+    custody.assert_paid_once("p1")
+
+
+def test_a_batch_mined_beyond_the_watchers_cursor_is_not_bumped(custody: Custody) -> None:
+    custody.fund(400_000)
+    custody.request("p1", 150_000)
+    worker = custody.worker()
+    worker.run_once()
+    (batch,) = custody.batches()
+    custody.mine(SETTINGS.payout_bump_after_blocks, include_mempool=False)
+    custody.chain.mine()  # it is mined; the watcher has not seen that block yet
+    tick = worker.run_once()
+    assert (tick.bumped, tick.errors) == (0, [])
+    (same,) = custody.batches()
+    assert (same.txid, same.bumps) == (batch.txid, 0)
+    custody.settle()
+    custody.assert_paid_once("p1")
