@@ -42,3 +42,4 @@ def test_tiny_run_against_litecoind() -> None:
     )
     assert list(line["sign_ms"]) == ["1", "3"]
     assert line["libsecp256k1"] is True
+    assert line["ratio_target_met"] == (line["ratio"] >= 0.5)

@@ -77,7 +77,8 @@ def check_line(line: dict[str, Any], settings: BitcoinBenchSettings) -> None:
     assert list(line["sign_ms"]) == [str(count) for count in settings.sign_inputs]
     assert all(ms > 0 for ms in line["sign_ms"].values())
     assert line["libsecp256k1"] is True  # the wallet refuses to start without it
-    assert line["ratio_target_met"] == (line["ratio"] >= 0.5)
+    # The ratio's target is against a node's RPC; the in-memory chain has none.
+    assert line["ratio_target_met"] is None
 
 
 def test_tiny_run_measures_every_figure(result: dict[str, Any]) -> None:
@@ -122,6 +123,7 @@ def test_recording_adds_rows_and_keeps_the_file(tmp_path: Path, result: dict[str
     assert cells[2] == "in-memory"
     assert cells[3] == f"3 × {result['outputs_per_block']:,}"
     assert cells[6] == str(result["ratio"])
+    assert cells[8].startswith("ratio ≥ 0.5: n/a (no node); 100 inputs < 500 ms: ")
     assert section.index(rows[1]) < section.index("What the figures mean.")
 
 

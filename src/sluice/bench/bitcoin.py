@@ -57,6 +57,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from sluice import bootstrap
 from sluice.bench.record import machine
@@ -104,7 +105,7 @@ class BitcoinBenchSettings:
     outputs_per_block: int = 1_000
     custody_per_block: int = 20
     customers: int = 200
-    rounds: int = 3
+    rounds: int = 5
     sign_inputs: tuple[int, ...] = SIGN_INPUTS
     sign_runs: int = 9
     node: str = "auto"
@@ -325,8 +326,10 @@ def open_blocks(settings: BitcoinBenchSettings, chain: Chain) -> BlockMaker:
         rpc = BitcoinRpc(settings.rpc_url, timeout_s=60.0)
         if not rpc.call("listwallets"):
             rpc.call("createwallet", WALLET)
-        version = rpc.call("getnetworkinfo").get("subversion", "")
-        return RpcBlocks(rpc, chain, f"{settings.rpc_url} {str(version).strip('/')}".strip())
+        version = str(rpc.call("getnetworkinfo").get("subversion", "")).strip("/")
+        # The host and port only: the URL may carry the node's user and password.
+        where = urlsplit(settings.rpc_url)
+        return RpcBlocks(rpc, chain, f"{version or 'node'} at {where.hostname}:{where.port}")
     program = shutil.which("litecoind")
     if settings.node == "in-memory" or (settings.node == "auto" and program is None):
         return MemoryBlocks(chain)
@@ -561,6 +564,7 @@ def measure(
     watch_rate = statistics.median(watch_rates)
     ratio = watch_rate / raw_rate
     largest = str(max(settings.sign_inputs))
+    in_memory = isinstance(maker, MemoryBlocks)
     return {
         "node": maker.description,
         "network": chain.name,
@@ -581,7 +585,9 @@ def measure(
         "sign_ms": sign_ms,
         "sign_runs": settings.sign_runs,
         "libsecp256k1": libsecp,
-        "ratio_target_met": ratio >= RATIO_TARGET,
+        # The target is against a node's RPC: the in-memory chain hands out blocks by a plain
+        # call, so its ratio says how fast the watcher's own work is, not how it keeps up.
+        "ratio_target_met": None if in_memory else ratio >= RATIO_TARGET,
         "sign_target_met": sign_ms[largest] < SIGN_TARGET_MS,
     }
 
@@ -595,7 +601,7 @@ def append_bitcoin_result(path: Path, result: dict[str, Any], *, command: str) -
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     if SECTION not in text:
         text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{HEADER}"
-    ratio_met = "met" if result["ratio_target_met"] else "NOT met"
+    ratio_met = {True: "met", False: "NOT met", None: "n/a (no node)"}[result["ratio_target_met"]]
     sign_met = "met" if result["sign_target_met"] else "NOT met"
     sign = " / ".join(f"{value:.1f}" for value in result["sign_ms"].values())
     secp = "" if result["libsecp256k1"] else " (pure-Python secp256k1)"

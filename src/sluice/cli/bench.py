@@ -206,7 +206,7 @@ def bench_bitcoin(
     ] = 20,
     rounds: Annotated[
         int, typer.Option("--rounds", min=1, max=20, help="Alternating raw / watcher passes.")
-    ] = 3,
+    ] = 5,
     sign_runs: Annotated[
         int, typer.Option("--sign-runs", min=1, help="Payouts signed per input count.")
     ] = 9,
