@@ -44,11 +44,12 @@ blocks as its node calls answer them:
   recorded is missing from it — so a reorg neither loses a deposit nor counts one twice;
 * ``btc_utxos``: when the watcher has caught up with the tip, the DB's unspent custody outputs are
   exactly the chain's UTXO set for custody scripts (those issued and the next few of each branch);
-* ``btc_payouts``: every payout requested is recorded once and none that was not; a payout stays
-  in the first batch it was put in; its destination (its own script) is paid by at most one
-  transaction of the active chain, which spends exactly its batch's outpoints and, once the worker
-  knows it mined, pays the amount less the payout's fee share at the payout's output; a completed
-  payout is paid on the active chain with ``confirmations_min`` at the watcher's cursor.
+* ``btc_paid_twice``: a payout stays in the first batch it was put in, and its destination (a
+  script of its own) is paid by at most one transaction of the active chain;
+* ``btc_payouts``: every payout requested is recorded once and none that was not; what pays it on
+  the chain spends exactly its batch's outpoints and, once the worker knows the batch mined, pays
+  the amount less the payout's fee share at the payout's output; a completed payout is paid on the
+  active chain with ``confirmations_min`` at the watcher's cursor.
 
 A new check is one function ``(simulation state, DB state, final)`` and one entry in
 :data:`INVARIANTS`; the entries run in their order, which is the order of the violations a step
@@ -432,7 +433,7 @@ def check_bitcoin_payouts(sim: SimulationState, state: DatabaseState, final: boo
         outputs = paid.get(payout.script_hex, [])
         if len({output.txid for output in outputs}) > 1:
             sim.violation(
-                name,
+                "btc_paid_twice",
                 f"{payout.id} paid by {len(outputs)} transactions: "
                 f"{', '.join(output.outpoint for output in outputs)}",
             )
@@ -443,7 +444,9 @@ def check_bitcoin_payouts(sim: SimulationState, state: DatabaseState, final: boo
         if row.batch_id is not None:
             first = custody.batch_of.setdefault(row.id, row.batch_id)
             if first != row.batch_id:
-                sim.violation(name, f"{row.id} is in two batches: {first} and {row.batch_id}")
+                sim.violation(
+                    "btc_paid_twice", f"{row.id} is in two batches: {first} and {row.batch_id}"
+                )
         batch = rows.batches.get(row.batch_id) if row.batch_id is not None else None
         for output in outputs:
             spends = set(tip.inputs[output.txid])
