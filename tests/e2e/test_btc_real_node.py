@@ -1,0 +1,450 @@
+"""Bitcoin custody against a real node, driven through the ``sluice btc`` commands.
+
+Covers, on Debian's ``litecoind -regtest`` (Litecoin Core 0.21, Bitcoin Core's RPC) started by the
+harness (:mod:`tests.bitcoin_regtest`) in a temporary data directory:
+
+* **Deposits** (SQLite). Two customers get deposit addresses (never the same one; the same one
+  again until it is funded, a new one after). The node's legacy wallet pays two deposits to one
+  address, one of them under the P2WSH dust limit of Litecoin (3300 litoshi; the node's wallet
+  and mempool refuse such an output, so that one is mined with ``generateblock``). Blocks are
+  mined and ``sluice btc watch --once`` runs again and again, each run a new process, so the
+  watcher is restarted between all rounds. The node is restarted (a new cookie file), and
+  stopped: a round then exits with code 1 and says the node is not reachable, without a
+  traceback, and the next round after the node is back carries on. A deposit is ``seen`` until
+  it has 6 confirmations, then ``confirmed``; it is never listed twice and its amount is what
+  was sent; the dust output is recorded as ``dust`` and never confirmed.
+  A reorg made with ``invalidateblock`` on the block holding an unconfirmed deposit, then a block
+  mined to another address (the same block again would be a duplicate), puts the deposit in a
+  new block: the same ``txid:vout``, one row, its new block hash. Switching back
+  (``invalidateblock`` on the new block, ``reconsiderblock`` on the old one) moves it back; it
+  then confirms once. A deposit whose block is invalidated and whose transaction is
+  double-spent in the new branch ends ``reorged`` and is never confirmed, however many blocks
+  follow. The watcher's rounds report exactly one confirmation per confirmed deposit.
+* **Payouts** (SQLite and PostgreSQL). After deposits are confirmed, three ``sluice btc payout``
+  requests (a replay of one answers the same payout) go out in ONE transaction at the next
+  round: on the node it has the custody's inputs, the three payouts' outputs (each the amount
+  less its share of the fee) and a change output, every input's witness is the empty dummy, two
+  signatures and the 2-of-3 ``sortedmulti`` script, and it signals BIP 125. Blocks are then
+  mined empty (``generateblock`` with no transaction: the batch stays in the mempool as if
+  miners passed it over) until ``payout_bump_after_blocks``; the next round fee-bumps it: a new
+  txid spending the same outpoints, the old one gone from the mempool, the payouts the same.
+  Mined and confirmed, ``sluice btc payouts`` shows each completed with the mined txid, and the
+  node's wallet received each payout's amount less its fee share exactly once; later rounds
+  send nothing more.
+* **A crash between broadcast and record** (SQLite). One round of the payouts worker, wired from
+  the same configuration file, is killed with SIGKILL by its ``after_broadcast`` hook: the node
+  holds the batch, the DB still says it was only signed. The next ``sluice btc watch --once``
+  finds it in the mempool and records it as sent without sending anything else; it is mined,
+  completes, and the destination is paid exactly once.
+
+Every wait is a bounded poll. Without ``litecoind`` the harness skips (fails under ``CI=true``).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.bitcoin_regtest import RegtestNode
+from tests.e2e.btc_node_cli import (
+    MATURE_BLOCKS,
+    Custody,
+    double_spend_in_block,
+    empty_blocks,
+    in_mempool,
+    output_index,
+    pay_below_relay_dust,
+    pays,
+    sats,
+    wait_until,
+)
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIRMATIONS = 6
+DUST_LIMIT = 3300  # Litecoin's P2WSH dust limit (its dust relay fee is 10x Bitcoin's)
+BUMP_AFTER = 2
+CRASH_TIMEOUT_S = 120.0
+
+
+@pytest.fixture
+def node() -> Iterator[RegtestNode]:
+    """A node of its own for each test, its wallet holding spendable coins."""
+    regtest = RegtestNode()
+    try:
+        regtest.start()
+        regtest.mine(MATURE_BLOCKS)
+        yield regtest
+    finally:
+        regtest.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'sluice.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+def tip(node: RegtestNode) -> str:
+    return str(node.rpc.call("getbestblockhash"))
+
+
+def block_txids(node: RegtestNode, block_hash: str) -> list[str]:
+    return [str(txid) for txid in node.rpc.call("getblock", block_hash, 1)["tx"]]
+
+
+def wait_in_mempool(node: RegtestNode, txid: str) -> None:
+    wait_until(f"{txid} back in the node's mempool", lambda: in_mempool(node, txid))
+
+
+# --- deposits ----------------------------------------------------------------------------------
+
+
+def test_deposits_confirm_once_across_restarts_node_outages_and_reorgs(
+    node: RegtestNode, tmp_path: Path
+) -> None:
+    custody = Custody.create(
+        node,
+        tmp_path / "custody",
+        f"sqlite:///{tmp_path / 'sluice.db'}",
+        confirmations_min=CONFIRMATIONS,
+    )
+    custody.add_customer("alice")
+    custody.add_customer("bob")
+    alice = custody.address("alice")
+    bob = custody.address("bob")
+    assert alice["address"] != bob["address"] and alice["index"] != bob["index"]
+    assert custody.address("alice") == alice  # unfunded: the same address again
+    alice_address = str(alice["address"])
+
+    # Two deposits to alice's address: one in the mempool, one of dust in a block of its own.
+    big_sats, dust_sats = 1_000_000, 3_000
+    assert dust_sats < DUST_LIMIT
+    big_txid = node.fund(alice_address, big_sats)
+    big = f"{big_txid}:{output_index(node, big_txid, alice_address)}"
+    dust_txid, _ = pay_below_relay_dust(node, alice_address, dust_sats)
+    dust = f"{dust_txid}:{output_index(node, dust_txid, alice_address)}"
+
+    first = custody.watch()
+    assert first["error"] is None
+    assert first["watch"]["dust"] == 1 and first["watch"]["outputs"] == 0
+    assert first["watch"]["cursor_height"] == node.height
+    deposits = custody.deposits()
+    assert deposits[dust]["status"] == "dust" and deposits[dust]["amount_sats"] == dust_sats
+    assert big not in deposits  # still in the mempool
+
+    node.mine(1)
+    custody.watch()
+    deposits = custody.deposits()
+    assert deposits[big]["status"] == "seen"
+    assert deposits[big]["amount_sats"] == big_sats
+    assert deposits[big]["confirmations"] == 1
+    assert deposits[big]["customer"] == "alice"
+
+    # The node restarts (with a new cookie): the next round reads on.
+    node.restart()
+    node.mine(1)
+    assert custody.watch()["watch"]["cursor_height"] == node.height
+
+    # The node is down: the round says so and exits 1, nothing changes; then it carries on.
+    node.stop()
+    down = custody.watch(code=1)
+    assert down["error"] is not None, down
+    assert down["watch"]["blocks"] == 0
+    node.start()
+    node.mine(2)
+    resumed = custody.watch()
+    assert resumed["error"] is None and resumed["watch"]["blocks"] == 2
+    assert custody.deposits()[big]["confirmations"] == 4
+
+    node.mine(1)
+    custody.watch()
+    deposits = custody.deposits()
+    assert (deposits[big]["status"], deposits[big]["confirmations"]) == ("seen", 5)
+    node.mine(1)
+    assert custody.watch()["watch"]["confirmed"] == 1
+    deposits = custody.deposits()
+    assert (deposits[big]["status"], deposits[big]["confirmations"]) == ("confirmed", 6)
+    assert deposits[dust]["status"] == "dust"
+
+    # A reorg moves bob's unconfirmed deposit to another block, then back.
+    moved_sats = 500_000
+    moved_txid = node.fund(str(bob["address"]), moved_sats)
+    moved = f"{moved_txid}:{output_index(node, moved_txid, str(bob['address']))}"
+    (old_block,) = node.mine(1)
+    assert moved_txid in block_txids(node, old_block)
+    custody.watch()
+    assert custody.deposits()[moved]["block_hash"] == old_block
+
+    node.invalidate(old_block)
+    wait_in_mempool(node, moved_txid)
+    (new_block,) = node.mine(1)  # to a fresh address: the same block again is a duplicate
+    assert new_block != old_block and moved_txid in block_txids(node, new_block)
+    reorged = custody.watch()
+    assert reorged["watch"]["reorgs"] == 1
+    deposits = custody.deposits()
+    assert deposits[moved]["status"] == "seen"
+    assert deposits[moved]["block_hash"] == new_block
+    assert deposits[moved]["amount_sats"] == moved_sats
+
+    node.invalidate(new_block)
+    node.reconsider(old_block)
+    wait_until("the node back on the first branch", lambda: tip(node) == old_block)
+    assert custody.watch()["watch"]["reorgs"] == 1
+    deposits = custody.deposits()
+    assert (deposits[moved]["status"], deposits[moved]["block_hash"]) == ("seen", old_block)
+    assert deposits[moved]["confirmations"] == 1
+    node.mine(CONFIRMATIONS - 2)
+    custody.watch()
+    assert custody.deposits()[moved]["status"] == "seen"
+    node.mine(1)
+    assert custody.watch()["watch"]["confirmed"] == 1
+    deposits = custody.deposits()
+    assert (deposits[moved]["status"], deposits[moved]["confirmations"]) == ("confirmed", 6)
+    assert deposits[moved]["block_hash"] == old_block
+
+    # A deposit dropped by a reorg: its block invalidated, its coins spent elsewhere.
+    funded_again = custody.address("alice")  # funded: a new address now
+    assert funded_again["address"] != alice_address and funded_again["index"] != alice["index"]
+    dropped_sats = 200_000
+    dropped_txid = node.fund(str(funded_again["address"]), dropped_sats)
+    dropped = f"{dropped_txid}:{output_index(node, dropped_txid, str(funded_again['address']))}"
+    (dropped_block,) = node.mine(1)
+    custody.watch()
+    assert custody.deposits()[dropped]["status"] == "seen"
+    node.invalidate(dropped_block)
+    wait_in_mempool(node, dropped_txid)
+    double_spend_in_block(node, dropped_txid)
+    assert not in_mempool(node, dropped_txid)  # its conflict is mined: it is gone for good
+    node.mine(1)
+    assert custody.watch()["watch"]["reorgs"] == 1
+    deposits = custody.deposits()
+    assert (deposits[dropped]["status"], deposits[dropped]["confirmations"]) == ("reorged", 0)
+    node.mine(CONFIRMATIONS)
+    assert custody.watch()["watch"]["confirmed"] == 0
+    # Reconsidering the dropped block changes nothing: its branch is shorter.
+    node.reconsider(dropped_block)
+    assert custody.watch()["watch"]["reorgs"] == 0
+
+    deposits = custody.deposits()
+    assert {key: (row["status"], row["amount_sats"]) for key, row in deposits.items()} == {
+        big: ("confirmed", big_sats),
+        dust: ("dust", dust_sats),
+        moved: ("confirmed", moved_sats),
+        dropped: ("reorged", dropped_sats),
+    }
+    assert custody.confirmed_in_rounds() == 2  # each confirmed deposit exactly once
+    balance = custody.json("btc", "balance")
+    assert balance["height"] == node.height and balance["block_hash"] == tip(node)
+    assert balance["confirmed_sats"] == big_sats + moved_sats
+
+
+# --- payouts -----------------------------------------------------------------------------------
+
+
+def funded_custody(node: RegtestNode, folder: Path, db: str, amounts: list[int]) -> Custody:
+    """A custody whose deposits of ``amounts`` (to one customer) are confirmed."""
+    custody = Custody.create(
+        node,
+        folder,
+        db,
+        confirmations_min=CONFIRMATIONS,
+        payout_batch_window_s=0,
+        payout_bump_after_blocks=BUMP_AFTER,
+    )
+    custody.add_customer("alice")
+    address = str(custody.address("alice")["address"])
+    for amount in amounts:
+        node.fund(address, amount)
+    node.mine(CONFIRMATIONS)
+    custody.watch()
+    deposits = custody.deposits()
+    assert sorted(r["amount_sats"] for r in deposits.values()) == sorted(amounts)
+    assert {r["status"] for r in deposits.values()} == {"confirmed"}
+    return custody
+
+
+def multisig_witness(vin: dict[str, Any]) -> None:
+    """A P2WSH 2-of-3 spend: the empty dummy, two signatures (SIGHASH_ALL), the script
+    ``OP_2 <33-byte key> x3 OP_3 OP_CHECKMULTISIG``."""
+    witness = vin["txinwitness"]
+    assert len(witness) == 4, witness
+    dummy, first, second, script = witness
+    assert dummy == ""
+    for signature in (first, second):
+        assert signature.startswith("30") and signature.endswith("01"), signature
+    assert first != second
+    assert len(script) == 2 * (1 + 3 * 34 + 2), script
+    assert script.startswith("52") and script.endswith("53ae"), script
+    keys = [script[2 + 68 * n : 2 + 68 * (n + 1)] for n in range(3)]
+    assert all(key.startswith("21") for key in keys)
+    assert [k[2:] for k in keys] == sorted(k[2:] for k in keys)  # sortedmulti
+
+
+def tx_fee(node: RegtestNode, tx: dict[str, Any]) -> int:
+    """What ``tx`` pays in fee: its inputs (looked up on the node) less its outputs."""
+    spent = sum(
+        sats(node.rpc.call("getrawtransaction", i["txid"], True)["vout"][i["vout"]]["value"])
+        for i in tx["vin"]
+    )
+    return spent - sum(sats(o["value"]) for o in tx["vout"])
+
+
+def received(node: RegtestNode, address: str) -> int:
+    return sats(node.rpc.call("getreceivedbyaddress", address, 1))
+
+
+def test_batched_payouts_signed_2_of_3_bumped_once_and_paid_once(
+    node: RegtestNode, tmp_path: Path, db_url: str
+) -> None:
+    custody = funded_custody(node, tmp_path / "custody", db_url, [45_000_000, 40_000_000])
+    destinations = [node.new_address() for _ in range(3)]
+    amounts = [10_000_000, 20_000_000, 30_000_000]
+    for n, (address, amount) in enumerate(zip(destinations, amounts, strict=True)):
+        queued = custody.json(
+            "btc", "payout", "--id", f"p-{n}", "--to", address, "--amount", str(amount)
+        )
+        assert (queued["id"], queued["status"], queued["amount_sats"]) == (
+            f"p-{n}",
+            "queued",
+            amount,
+        )
+    again = custody.json(
+        "btc", "payout", "--id", "p-0", "--to", destinations[0], "--amount", str(amounts[0])
+    )
+    assert again["id"] == "p-0" and again["status"] == "queued"
+
+    sent = custody.watch()
+    assert sent["payouts"]["batches"] == 1 and sent["payouts"]["batched"] == 3
+    assert sent["payouts"]["broadcast"] == 1 and not sent["payouts"]["errors"]
+    payouts = custody.payouts()
+    assert set(payouts) == {"p-0", "p-1", "p-2"}
+    (first_txid,) = {p["txid"] for p in payouts.values()}
+    (outpoints,) = {tuple(p["outpoints"]) for p in payouts.values()}
+    assert {p["status"] for p in payouts.values()} == {"broadcast"}
+    assert in_mempool(node, first_txid)
+    assert node.rpc.call("getmempoolentry", first_txid)["bip125-replaceable"] is True
+
+    tx = node.rpc.call("getrawtransaction", first_txid, True)
+    assert sorted(f"{i['txid']}:{i['vout']}" for i in tx["vin"]) == sorted(outpoints)
+    for vin in tx["vin"]:
+        multisig_witness(vin)
+    assert len(tx["vout"]) == 4  # three payouts and the change
+    fee_first = sum(int(p["fee_sats"]) for p in payouts.values())
+    assert fee_first > 0
+    assert tx_fee(node, tx) == fee_first  # the payouts share the fee, the change pays none
+    for n, (address, amount) in enumerate(zip(destinations, amounts, strict=True)):
+        out = tx["vout"][payouts[f"p-{n}"]["vout"]]
+        assert pays(out, address)
+        assert sats(out["value"]) == amount - payouts[f"p-{n}"]["fee_sats"]
+
+    # Blocks pass without the batch: it is fee-bumped once, the same inputs, a new txid.
+    empty_blocks(node, BUMP_AFTER - 1)
+    waiting = custody.watch()
+    assert waiting["payouts"]["bumped"] == 0 and in_mempool(node, first_txid)
+    empty_blocks(node, 1)
+    bumped = custody.watch()
+    assert bumped["payouts"]["bumped"] == 1 and not bumped["payouts"]["errors"]
+    payouts = custody.payouts()
+    (bumped_txid,) = {p["txid"] for p in payouts.values()}
+    assert bumped_txid != first_txid
+    assert {tuple(p["outpoints"]) for p in payouts.values()} == {outpoints}
+    assert {p["status"] for p in payouts.values()} == {"broadcast"}
+    assert in_mempool(node, bumped_txid) and not in_mempool(node, first_txid)
+    replacement = node.rpc.call("getrawtransaction", bumped_txid, True)
+    assert sorted(f"{i['txid']}:{i['vout']}" for i in replacement["vin"]) == sorted(outpoints)
+    for vin in replacement["vin"]:
+        multisig_witness(vin)
+    # The extra fee came from the change: each payout still pays what it paid before.
+    assert tx_fee(node, replacement) > fee_first
+    assert sum(int(p["fee_sats"]) for p in payouts.values()) == fee_first
+    for n, (address, amount) in enumerate(zip(destinations, amounts, strict=True)):
+        out = replacement["vout"][payouts[f"p-{n}"]["vout"]]
+        assert pays(out, address)
+        assert sats(out["value"]) == amount - payouts[f"p-{n}"]["fee_sats"]
+
+    (mined_block,) = node.mine(1)
+    assert bumped_txid in block_txids(node, mined_block)
+    assert custody.watch()["payouts"]["mined"] == 1
+    assert {p["status"] for p in custody.payouts().values()} == {"mined"}
+    node.mine(CONFIRMATIONS - 1)
+    done = custody.watch()
+    assert done["payouts"]["confirmed"] == 1 and done["payouts"]["completed"] == 3
+    payouts = custody.payouts()
+    for n, (address, amount) in enumerate(zip(destinations, amounts, strict=True)):
+        payout = payouts[f"p-{n}"]
+        assert payout["status"] == "completed" and payout["txid"] == bumped_txid
+        assert payout["confirmations"] == CONFIRMATIONS
+        assert received(node, address) == amount - payout["fee_sats"]
+        (utxo,) = node.rpc.call("listunspent", 1, 9_999_999, [address])
+        assert utxo["txid"] == bumped_txid
+
+    # Later rounds send nothing more.
+    node.mine(1)
+    after = custody.watch()
+    assert after["payouts"]["broadcast"] == 0 and after["payouts"]["batches"] == 0
+    assert after["payouts"]["bumped"] == 0 and after["payouts"]["rebroadcast"] == 0
+    for n, (address, amount) in enumerate(zip(destinations, amounts, strict=True)):
+        assert received(node, address) == amount - payouts[f"p-{n}"]["fee_sats"]
+    assert node.rpc.call("getrawmempool") == []
+
+
+def test_a_crash_between_broadcast_and_record_ends_with_one_payment(
+    node: RegtestNode, tmp_path: Path
+) -> None:
+    custody = funded_custody(
+        node, tmp_path / "custody", f"sqlite:///{tmp_path / 'sluice.db'}", [40_000_000]
+    )
+    destination = node.new_address()
+    amount = 15_000_000
+    custody.json("btc", "payout", "--id", "crash-1", "--to", destination, "--amount", str(amount))
+
+    crashed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.e2e.btc_node_cli",
+            "crash-after-broadcast",
+            "--config",
+            str(custody.config),
+            "--db",
+            custody.db,
+        ],
+        cwd=REPO,
+        env=custody.env,
+        capture_output=True,
+        text=True,
+        timeout=CRASH_TIMEOUT_S,
+    )
+    assert crashed.returncode == -9, (crashed.returncode, crashed.stdout, crashed.stderr)
+    (payout,) = custody.payouts().values()
+    assert payout["status"] == "batched"  # recorded as signed, not as sent
+    txid = str(payout["txid"])
+    assert node.rpc.call("getrawmempool") == [txid]  # yet the node holds it
+
+    recovered = custody.watch()
+    assert recovered["payouts"]["recovered"] == 1 and recovered["payouts"]["batches"] == 0
+    assert node.rpc.call("getrawmempool") == [txid]  # nothing else was sent
+    (payout,) = custody.payouts().values()
+    assert (payout["status"], payout["txid"]) == ("broadcast", txid)
+
+    node.mine(CONFIRMATIONS)
+    done = custody.watch()
+    assert done["payouts"]["completed"] == 1
+    (payout,) = custody.payouts().values()
+    assert (payout["status"], payout["txid"]) == ("completed", txid)
+    assert received(node, destination) == amount - payout["fee_sats"]
+    (utxo,) = node.rpc.call("listunspent", 1, 9_999_999, [destination])
+    assert utxo["txid"] == txid
+    node.mine(1)
+    custody.watch()
+    assert received(node, destination) == amount - payout["fee_sats"]
+    assert node.rpc.call("getrawmempool") == []
