@@ -121,7 +121,7 @@ def test_recording_adds_rows_and_keeps_the_file(tmp_path: Path, result: dict[str
     assert len(rows) == 2
     cells = [cell.strip() for cell in rows[0].strip().strip("|").split("|")]
     assert cells[2] == "in-memory"
-    assert cells[3] == f"3 × {result['outputs_per_block']:,}"
+    assert cells[3] == f"3 × {result['outputs_per_block']:,.0f}"
     assert cells[6] == str(result["ratio"])
     assert cells[8].startswith("ratio ≥ 0.5: n/a (no node); 100 inputs < 500 ms: ")
     assert section.index(rows[1]) < section.index("What the figures mean.")

@@ -607,7 +607,7 @@ def append_bitcoin_result(path: Path, result: dict[str, Any], *, command: str) -
     secp = "" if result["libsecp256k1"] else " (pure-Python secp256k1)"
     row = (
         f"| {datetime.now(UTC):%Y-%m-%d} | {machine()}, load {os.getloadavg()[0]:.1f} "
-        f"| {result['node']} | {result['blocks']} × {result['outputs_per_block']:,} "
+        f"| {result['node']} | {result['blocks']} × {result['outputs_per_block']:,.0f} "
         f"| {result['raw_blocks_per_s']} | {result['watcher_blocks_per_s']} | {result['ratio']} "
         f"| {sign}{secp} | ratio ≥ {RATIO_TARGET}: {ratio_met}; "
         f"{max(int(k) for k in result['sign_ms'])} inputs < {SIGN_TARGET_MS:.0f} ms: {sign_met} "
