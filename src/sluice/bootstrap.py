@@ -306,6 +306,18 @@ class BitcoinCustody:
             f"{self.signers}: list two key files in [bitcoin] key_files (watching works without)"
         )
 
+    def network_problem(self) -> str | None:
+        """Asks the node which chain it follows: a message when it is not this custody's
+        network, else None (``BitcoinNodeError`` when it cannot be asked)."""
+        answered = self.node.getblockchaininfo().get("chain")
+        if answered == self.chain.node_chain:
+            return None
+        return (
+            f"the node ({self.description}) follows the chain {answered!r}, and this custody is "
+            f"on {self.chain.name} (chain {self.chain.node_chain!r}): check [bitcoin] network "
+            "and rpc_url"
+        )
+
 
 def bitcoin_settings(section: BitcoinConfig | None) -> BitcoinSettings:
     """``[bitcoin]`` as the services take it. The sandbox's (no section) sends a queued payout

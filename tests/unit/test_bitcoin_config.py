@@ -7,7 +7,8 @@ wrong checksum, or of another network); the node's password given in exactly one
 file or cookie), with a user where one is needed and never inside the URL; the password never
 printed (``redacted()``, which ``sluice config check`` prints, and the error messages); the
 environment's overrides; no section meaning the sandbox custody on the embedded regtest chain;
-and custody with fewer than two signing keys watching but refusing to sign.
+custody with fewer than two signing keys watching but refusing to sign; and a node of another
+network (or one that does not answer) never watched by the server's watcher part.
 
 How: TOML files written to a temporary directory and read with :func:`load_config`; the custody
 keys are made with :func:`create_sandbox_custody`, so descriptors carry real checksums.
@@ -15,6 +16,7 @@ keys are made with :func:`create_sandbox_custody`, so descriptors carry real che
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from decimal import Decimal
 from pathlib import Path
@@ -22,9 +24,12 @@ from pathlib import Path
 import pytest
 
 from sluice import bootstrap
+from sluice.bitcoin.fakechain import FakeChain
 from sluice.bitcoin.keys import SandboxCustody, create_sandbox_custody
 from sluice.config import ConfigError, DeploymentConfig, load_config
 from sluice.domain.chains import CHAINS
+from sluice.server.bitcoin import BitcoinRoundError, watcher_part
+from sluice.services.btc_watcher import WatchTick
 
 SECRET = "correct-horse-battery-staple"
 
@@ -334,3 +339,34 @@ def test_custody_with_one_key_watches_but_does_not_sign(
     assert problem is not None and "2 of the custody's 3 keys" in problem and "holds 1" in problem
     address = wired.wallet.derive(0, 0)
     assert wired.wallet.validate_address(address.address) == address.script_hex
+
+
+def test_a_node_of_another_network_is_never_watched(tmp_path: Path) -> None:
+    wired = bootstrap.bitcoin_custody(DeploymentConfig(data_dir=tmp_path / "data"))
+    assert wired.network_problem() is None
+    elsewhere = dataclasses.replace(wired, node=FakeChain(CHAINS["bitcoin"]))
+    problem = elsewhere.network_problem()
+    assert problem is not None
+    assert "follows the chain 'main'" in problem and "on regtest (chain 'regtest')" in problem
+    rounds: list[int] = []
+
+    def run_once() -> WatchTick:
+        rounds.append(1)
+        return WatchTick()
+
+    refused = watcher_part(run_once, elsewhere.network_problem)
+    with pytest.raises(BitcoinRoundError, match="follows the chain 'main'"):
+        refused.run()
+    assert rounds == []
+    down = FakeChain(CHAINS["regtest"])
+    down.down = True
+    unreachable = watcher_part(run_once, dataclasses.replace(wired, node=down).network_problem)
+    with pytest.raises(BitcoinRoundError, match="did not answer"):
+        unreachable.run()
+    assert rounds == []
+    # Checked until the node once answers with custody's chain, then not asked again.
+    down.down = False
+    assert unreachable.run() is not None and rounds == [1]
+    down.down = True
+    unreachable.run()
+    assert rounds == [1, 1]

@@ -428,6 +428,7 @@ def btc_watch(
         )
         if problem is not None:
             note(f"payouts are not sent: {problem}")
+        _check_network(custody)
         if not once:
             note(f"watching {custody.description} every {interval:g} s; Ctrl-C stops")
         with stop_signals() as stopping:
@@ -455,6 +456,16 @@ def btc_watch(
                 if stopping():
                     note("stopped")
                     return
+
+
+def _check_network(custody: bootstrap.BitcoinCustody) -> None:
+    """Refuse a node of another network; one that does not answer is the watcher's to report."""
+    try:
+        problem = custody.network_problem()
+    except BitcoinNodeError:
+        return
+    if problem is not None:
+        fail(problem)
 
 
 def _round(watch: Callable[[], object], payouts: Any | None) -> dict[str, Any]:

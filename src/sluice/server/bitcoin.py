@@ -20,6 +20,7 @@ from datetime import datetime
 import structlog
 
 from sluice import bootstrap
+from sluice.ports.bitcoin import BitcoinNodeError
 from sluice.server.loop import Outcome, Part, ServiceLoop, _wall_clock, pause_reason
 
 log = structlog.get_logger("sluice.server")
@@ -49,8 +50,23 @@ def tick_outcome(tick: object) -> Outcome:
     return Outcome(busy=busy, counts=counts, problems=problems)
 
 
-def watcher_part(run_once: Callable[[], object]) -> Part:
+def watcher_part(
+    run_once: Callable[[], object], network_problem: Callable[[], str | None] | None = None
+) -> Part:
+    """The watcher's part; ``network_problem`` is asked until the node once answered that it
+    follows custody's chain (a node of another network is never watched)."""
+    checked = network_problem is None
+
     def run() -> Outcome:
+        nonlocal checked
+        if not checked and network_problem is not None:
+            try:
+                problem = network_problem()
+            except BitcoinNodeError as exc:
+                raise BitcoinRoundError(f"the bitcoin node did not answer: {exc}") from None
+            if problem is not None:
+                raise BitcoinRoundError(problem)
+            checked = True
         tick = run_once()
         error = getattr(tick, "error", None)
         if error:
@@ -82,7 +98,7 @@ def bitcoin_loop(
     watcher = DepositWatcher(
         database.uow, custody.node, custody.wallet, custody.settings, clock=clock
     )
-    parts = [watcher_part(watcher.run_once)]
+    parts = [watcher_part(watcher.run_once, custody.network_problem)]
     problem = custody.signing_problem()
     if problem is None:
         worker = PayoutWorker(
