@@ -14,7 +14,12 @@ paid the amount less the fee, the change back in custody; the JSON keys of every
 are a contract; the sandbox commands refused and ``watch --once`` exiting 1 when a real node is
 configured and down. In process: ``sluice serve``'s service with a ``[bitcoin]`` section runs the
 watcher and the payouts worker on their own loop, which confirms a deposit and completes a
-payout, and which keeps running (reported failing) while the node is unreachable.
+payout, and which keeps running (reported failing) while the node is unreachable. Against a real
+node (Debian's ``litecoind -regtest``, skipped when it is not installed unless ``CI=true``), the
+whole path through the command line: ``custody init --toml`` with the node's part added, a
+deposit funded from the node's wallet, a reorg made with ``invalidateblock`` that the deposit
+survives as the same one, confirmed once, and a payout signed 2-of-3, accepted, mined and
+completed, the recipient paid the amount less the fee.
 
 How: every ``sluice`` is the virtualenv's console script run as a process (the helpers of
 ``test_cli_over_the_wire``) with ``SLUICE_DATA_DIR`` in ``tmp_path``, so the sandbox custody and
@@ -29,7 +34,7 @@ import json
 import stat
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +51,7 @@ from sluice.services.btc_addresses import deposit_address
 from sluice.services.btc_payouts import list_payouts, request_payout
 from sluice.services.btc_watcher import list_deposits
 from sluice.services.reference import register_customer
+from tests.bitcoin_regtest import RegtestNode
 from tests.e2e.test_cli_over_the_wire import command, environment, free_port, run_together, sluice
 
 pytestmark = pytest.mark.slow
@@ -455,3 +461,88 @@ def test_serve_keeps_running_while_the_node_is_down(tmp_path: Path) -> None:
         assert service.alive and service.context.readiness["service_loop"]()[0]
     finally:
         assert service.close(timeout_s=20)
+
+
+# --- against a real node --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def litecoind() -> Iterator[RegtestNode]:
+    """Debian's ``litecoind -regtest`` whose wallet holds spendable coins."""
+    node = RegtestNode()
+    try:
+        node.start()
+        node.mine(101)
+        yield node
+    finally:
+        node.close()
+
+
+def test_against_a_real_node_everything_through_the_cli(
+    tmp_path: Path, litecoind: RegtestNode
+) -> None:
+    data = tmp_path / "data"
+    env = with_customers(data, "alice")
+    # The operator's path: custody init --toml, then the node's part added to the block.
+    made = sluice(
+        "btc",
+        "custody",
+        "init",
+        "--keys-dir",
+        str(tmp_path / "keys"),
+        "--network",
+        "litecoin-regtest",
+        "--toml",
+        env=env,
+    )
+    config = tmp_path / "sluice.toml"
+    config.write_text(
+        made.stdout
+        + f'rpc_url = "{litecoind.url}"\n'
+        + f'rpc_cookie_file = "{litecoind.cookie_file}"\n'
+        # Litecoin relays nothing under 10 sat/vB; the young chain has no estimate: the floor.
+        + "fee_rate_min_sat_vb = 20\n"
+        + "payout_batch_window_s = 0\n"
+    )
+    env["SLUICE_CONFIG"] = str(config)
+    address = btc(env, "address", "--customer", "alice")["address"]
+    assert address.startswith("rltc1q")
+
+    funding = litecoind.fund(address, 40_000_000)
+    litecoind.mine(5)
+    tick = btc(env, "watch", "--once")
+    assert tick["error"] is None and tick["watch"]["outputs"] == 1
+    (deposit,) = btc(env, "deposits", "--customer", "alice")
+    assert (deposit["txid"], deposit["status"], deposit["confirmations"]) == (funding, "seen", 5)
+    assert deposit["amount_sats"] == 40_000_000
+
+    # A reorg: the deposit's block is invalidated and another branch mined (to another address:
+    # the same block again would be a duplicate); the deposit comes back, as the same one.
+    old_hash = deposit["block_hash"]
+    litecoind.invalidate(old_hash)
+    litecoind.mine(7)
+    tick = btc(env, "watch", "--once")
+    assert tick["watch"]["reorgs"] == 1 and tick["watch"]["confirmed"] == 1
+    (deposit,) = btc(env, "deposits", "--customer", "alice")
+    assert deposit["txid"] == funding and deposit["status"] == "confirmed"
+    assert deposit["block_hash"] != old_hash and deposit["confirmations"] == 7
+    assert btc(env, "watch", "--once")["watch"]["confirmed"] == 0
+
+    receiver = litecoind.new_address()
+    queued = btc(env, "payout", "--id", "real-1", "--to", receiver, "--amount", "5000000")
+    assert queued["status"] == "queued"
+    tick = btc(env, "watch", "--once")
+    assert tick["payouts"]["broadcast"] == 1, tick
+    (sent,) = btc(env, "payouts")
+    assert sent["status"] == "broadcast"
+    assert sent["outpoints"] == [f"{funding}:{deposit['vout']}"]
+    assert litecoind.rpc.getmempoolentry(sent["txid"])
+    litecoind.mine(6)
+    tick = btc(env, "watch", "--once")
+    (done,) = btc(env, "payouts")
+    assert (done["status"], done["confirmations"]) == ("completed", 6), tick
+    received = litecoind.rpc.call("getreceivedbyaddress", receiver, 1)
+    assert to_sats(received) == 5_000_000 - done["fee_sats"]
+    balance = btc(env, "balance")
+    assert balance["block_hash"] == litecoind.rpc.getblockchaininfo()["bestblockhash"]
+    assert balance["total_sats"] == 40_000_000 - 5_000_000
