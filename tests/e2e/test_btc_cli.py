@@ -12,7 +12,8 @@ another block (the same ``txid:vout``, once); a payout queued (idempotent by id,
 request under the same id refused), sent by ``watch --once``, mined and completed, the recipient
 paid the amount less the fee, the change back in custody; the JSON keys of every command, which
 are a contract; the sandbox commands refused and ``watch --once`` exiting 1 when a real node is
-configured and down. In process: ``sluice serve``'s service with a ``[bitcoin]`` section runs the
+configured and down; commands run side by side each changing the embedded chain the other
+left (nothing lost). In process: ``sluice serve``'s service with a ``[bitcoin]`` section runs the
 watcher and the payouts worker on their own loop, which confirms a deposit and completes a
 payout, and which keeps running (reported failing) while the node is unreachable. Against a real
 node (Debian's ``litecoind -regtest``, skipped when it is not installed unless ``CI=true``), the
@@ -281,6 +282,28 @@ def test_reorgs_drop_a_deposit_or_move_it_to_another_block(tmp_path: Path) -> No
     assert again["block_hash"] != before[moved["txid"]]["block_hash"]
     assert again["block_hash"] == chain_node(data).getblockhash(1)
     assert again["confirmations"] == 5  # the new branch: heights 1–5
+
+
+def test_commands_side_by_side_change_the_embedded_chain_one_after_the_other(
+    tmp_path: Path,
+) -> None:
+    env = environment(tmp_path / "data")
+    btc(env, "sandbox", "mine", "1")  # makes the sandbox custody once, before the race
+    first, second, funded = run_together(
+        command("btc", "sandbox", "mine", "3", "--json", env=env),
+        command("btc", "sandbox", "mine", "3", "--json", env=env),
+        command(
+            "btc", "sandbox", "fund", "--address", OUTSIDE, "--amount", "9000", "--json", env=env
+        ),
+    )
+    # Each change applied to the chain the other left: no block and no funding lost.
+    heights = sorted(json.loads(done.stdout)["height"] for done in (first, second))
+    assert heights == [4, 7]
+    node = chain_node(tmp_path / "data")
+    assert node.getblockchaininfo()["blocks"] == 7
+    txid = json.loads(funded.stdout)["txid"]
+    found = node.getrawtransaction(txid)
+    assert found["txid"] == txid
 
 
 # --- payouts -------------------------------------------------------------------------------------
