@@ -1,6 +1,8 @@
 """The state of one simulation run, which every part of it reads and changes: the seed's random
 source, the sandbox, the exchange's processes (dropped by a crash), the model of what the ledger
-committed, the Integration DB as the checks read it, and the result with its violations.
+committed, the Bitcoin custody (its in-memory chain, what was sent to it and asked of it, and the
+chain as its blocks say, block by block), the Integration DB as the checks read it, and the result
+with its violations.
 
 Everything random is drawn from :attr:`SimulationState.rng` only, in the order the parts ask:
 that order is what makes a seed give the same run.
