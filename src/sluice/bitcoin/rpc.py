@@ -2,11 +2,15 @@
 
 What it guarantees:
 
-* One persistent ``httpx.Client`` per node; every call is a JSON-RPC 1.0 ``POST`` to the URL
-  (a ``/wallet/<name>`` path in it is kept). Credentials are ``user``/``password``, the node's
-  cookie file (read again at every attempt, because the node writes a new one each time it
-  starts), or ``user:password@`` in the URL. Neither the password nor the cookie is ever logged,
-  put in an error message or shown by ``repr``.
+* One ``httpx.Client`` per node; every call is a JSON-RPC 1.0 ``POST`` to the URL (a
+  ``/wallet/<name>`` path in it is kept), on a connection of its own. A kept-alive connection
+  costs more than it saves here: Bitcoin Core's HTTP server holds back the tail of a mid-sized
+  answer (25–50 kB, a block of 50–100 outputs) until the client's delayed acknowledgement comes,
+  about 44 ms later, while a fresh local connection answers the same call in under 2 ms.
+  Credentials are ``user``/``password``, the node's cookie file (read again at every attempt,
+  because the node writes a new one each time it starts), or ``user:password@`` in the URL.
+  Neither the password nor the cookie is ever logged, put in an error message or shown by
+  ``repr``.
 * Answers are decoded with ``json.loads(parse_float=Decimal)``: amounts are exact ``Decimal``
   coins, never floats. (orjson has no Decimal mode; the standard decoder parses a 1,000-output
   block at verbosity 2 in about 2.5 ms, well below the node's own time to serialise it.)
@@ -70,6 +74,8 @@ RPC_VERIFY_ALREADY_IN_CHAIN = -27
 RPC_IN_WARMUP = -28
 
 _SNIPPET_SIZE_MAX = 200
+# Every call on a fresh connection (see the module docstring: delayed acknowledgements).
+_NO_KEEPALIVE = httpx.Limits(max_keepalive_connections=0)
 
 
 def encode_params(value: Any) -> str:
@@ -137,7 +143,7 @@ class BitcoinRpc:
         self._ids = itertools.count(1)
         self._client = httpx.Client(
             timeout=timeout_s,
-            transport=transport,
+            transport=transport or httpx.HTTPTransport(limits=_NO_KEEPALIVE),
             headers={"content-type": "application/json"},
         )
 
