@@ -18,17 +18,16 @@ module decides what is acceptable, because embit is lenient where custody cannot
   ``<empty> <sig> <sig> <witnessScript>`` with the signatures in the script's key order.
 
 Deposit addresses are ``K/0/i`` and change ``K/1/i`` (``branch`` 0 and 1); the derivations of the
-branch keys are cached, so an address costs one public derivation per key.
+branch keys are cached, so an address costs one public derivation per key. Reading a raw
+transaction back (:func:`decode_transaction`) is in :mod:`sluice.bitcoin.transactions`, re-exported
+here.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
 from embit import bip32, ec, script  # type: ignore[import-untyped]
@@ -46,7 +45,8 @@ from embit.transaction import (  # type: ignore[import-untyped]
 
 from sluice.bitcoin.keys import SigningKey
 from sluice.bitcoin.params import AddressCodec, embit_network
-from sluice.domain.chains import Chain, to_coins
+from sluice.bitcoin.transactions import compact_size, decode_transaction
+from sluice.domain.chains import Chain
 from sluice.domain.errors import BitcoinTransactionError, InvalidInputError
 from sluice.ports.bitcoin import DerivedAddress, SignedTransaction, SpendInput, TxOutput
 
@@ -75,6 +75,22 @@ _INPUT_BASE_BYTES = 32 + 4 + 1 + 4  # outpoint, empty scriptSig, sequence
 _WITNESS_SCRIPT_BYTES = 1 + CUSTODY_KEYS * 34 + 2
 _SIGNATURE_MAX_BYTES = 72 + 1
 _INPUT_WITNESS_BYTES = 1 + 1 + THRESHOLD * (1 + _SIGNATURE_MAX_BYTES) + 1 + _WITNESS_SCRIPT_BYTES
+
+__all__ = [
+    "BRANCHES",
+    "CUSTODY_KEYS",
+    "MAX_MONEY_SATS",
+    "MAX_STANDARD_VSIZE",
+    "SEQUENCE_FINAL",
+    "SEQUENCE_RBF",
+    "THRESHOLD",
+    "CustodyDescriptor",
+    "CustodyKey",
+    "EmbitCustodyWallet",
+    "check_secp256k1",
+    "decode_transaction",
+    "parse_descriptor",
+]
 
 
 def check_secp256k1() -> None:
@@ -376,12 +392,12 @@ class EmbitCustodyWallet:
         outputs_bytes = 0
         for script_hex in output_scripts:
             length = len(bytes.fromhex(script_hex))
-            outputs_bytes += 8 + _compact_size(length) + length
+            outputs_bytes += 8 + compact_size(length) + length
         base = (
             4
-            + _compact_size(inputs)
+            + compact_size(inputs)
             + inputs * _INPUT_BASE_BYTES
-            + _compact_size(len(output_scripts))
+            + compact_size(len(output_scripts))
             + outputs_bytes
             + 4
         )
@@ -538,108 +554,3 @@ def _check_final_witness(
         raise BitcoinTransactionError(
             f"input {spend.outpoint}: signatures not in the script's key order"
         )
-
-
-def _compact_size(n: int) -> int:
-    if n < 0xFD:
-        return 1
-    if n <= 0xFFFF:
-        return 3
-    if n <= 0xFFFFFFFF:
-        return 5
-    return 9
-
-
-# ---------------------------------------------------------------- decoding
-
-
-def _script_type(script_bytes: bytes) -> str:
-    """Bitcoin Core's name of an output script's type."""
-    size = len(script_bytes)
-    if size == 25 and script_bytes[:3] == b"\x76\xa9\x14" and script_bytes[23:] == b"\x88\xac":
-        return "pubkeyhash"
-    if size == 23 and script_bytes[:2] == b"\xa9\x14" and script_bytes[22] == 0x87:
-        return "scripthash"
-    if size == 22 and script_bytes[:2] == b"\x00\x14":
-        return "witness_v0_keyhash"
-    if size == 34 and script_bytes[:2] == b"\x00\x20":
-        return "witness_v0_scripthash"
-    if size == 34 and script_bytes[:2] == b"\x51\x20":
-        return "witness_v1_taproot"
-    if 4 <= size <= 42 and 0x51 <= script_bytes[0] <= 0x60 and script_bytes[1] == size - 2:
-        return "witness_unknown"
-    if size >= 1 and script_bytes[0] == 0x6A:
-        return "nulldata"
-    return "nonstandard"
-
-
-def decode_transaction(raw_hex: str, chain: Chain | None = None) -> dict[str, Any]:
-    """A raw transaction in ``getrawtransaction``'s verbose shape (``txid``, ``hash`` = wtxid,
-    ``size``, ``vsize``, ``weight``, ``version``, ``locktime``, ``vin``, ``vout`` with ``value``
-    in :class:`~decimal.Decimal` coins). With ``chain``, outputs with an address carry it.
-    :class:`BitcoinTransactionError` for bytes that are not exactly one transaction."""
-    try:
-        raw = bytes.fromhex(raw_hex)
-        stream = io.BytesIO(raw)
-        tx = Transaction.read_from(stream)
-        if stream.read(1):
-            raise ValueError("bytes left after the transaction")
-        # embit reads short fields as zeros; only an exact round trip proves the bytes were whole.
-        if tx.serialize() != raw:
-            raise ValueError("truncated or non-canonical encoding")
-    except Exception as exc:
-        raise BitcoinTransactionError(f"TX decode failed: {exc}") from None
-    segwit = tx.is_segwit
-    weight = _stripped_size(tx) * 3 + len(raw)
-    codec = AddressCodec(chain) if chain is not None else None
-    vin: list[dict[str, Any]] = []
-    for txin in tx.vin:
-        entry: dict[str, Any]
-        if txin.txid == b"\x00" * 32 and txin.vout == 0xFFFFFFFF:
-            entry = {"coinbase": txin.script_sig.data.hex()}
-        else:
-            entry = {
-                "txid": txin.txid.hex(),
-                "vout": txin.vout,
-                "scriptSig": {"hex": txin.script_sig.data.hex()},
-            }
-        if segwit and txin.witness.items:
-            entry["txinwitness"] = [item.hex() for item in txin.witness.items]
-        entry["sequence"] = txin.sequence
-        vin.append(entry)
-    vout: list[dict[str, Any]] = []
-    for n, txout in enumerate(tx.vout):
-        script_bytes = bytes(txout.script_pubkey.data)
-        script_pubkey: dict[str, Any] = {
-            "hex": script_bytes.hex(),
-            "type": _script_type(script_bytes),
-        }
-        if codec is not None:
-            address = codec.address_of(script_bytes)
-            if address is not None:
-                script_pubkey["address"] = address
-        value: Decimal = to_coins(txout.value)
-        vout.append({"value": value, "n": n, "scriptPubKey": script_pubkey})
-    return {
-        "txid": tx.txid().hex(),
-        "hash": hashlib.sha256(hashlib.sha256(raw).digest()).digest()[::-1].hex(),
-        "version": tx.version,
-        "size": len(raw),
-        "vsize": -(-weight // 4),
-        "weight": weight,
-        "locktime": tx.locktime,
-        "vin": vin,
-        "vout": vout,
-        "hex": raw_hex.lower(),
-    }
-
-
-def _stripped_size(tx: Any) -> int:
-    """The size without witness data (what the txid hashes)."""
-    size = 4 + _compact_size(len(tx.vin)) + _compact_size(len(tx.vout)) + 4
-    for txin in tx.vin:
-        script_length = len(txin.script_sig.data)
-        size += 32 + 4 + _compact_size(script_length) + script_length + 4
-    for txout in tx.vout:
-        size += len(txout.serialize())
-    return size
