@@ -360,10 +360,16 @@ def test_deposit_from_a_flagged_sender_is_held_and_released_to_the_customer_by_a
     (review,) = queue.reviews
     assert (review.kind, review.subject, review.customer_id) == ("deposit_held", hold.id, "cust-0")
     assert usage(sb, "cust-0", "deposit") == []
-    operations = [
-        r.entry.operation for r in list_audit_records(sb.database.uow, customer_id="cust-0")
-    ]
+    records = list_audit_records(sb.database.uow, customer_id="cust-0")
+    operations = [r.entry.operation for r in records]
     assert "deposit_held" in operations and "deposit_credited" not in operations
+    # The hold and the refused decision behind it are one record.
+    (held_record,) = [r.entry for r in records if r.entry.operation == "deposit_held"]
+    assert held_record.error is not None and held_record.error.startswith("22: ")
+    assert [c["name"] for c in held_record.checks if not c["passed"]] == [
+        "sanctions_counterparty"
+    ]
+    assert held_record.state_changes == [{"credited": "compliance_hold"}]
 
     released = release_hold(
         sb.database.uow, hold.id, actor=OFFICER, at=sb.clock(), reason="sender verified"
@@ -695,7 +701,6 @@ def test_audit_trail_of_a_scenario_verifies_and_names_a_tampered_record(sb: Sand
     trail = list_audit_records(sb.database.uow, customer_id="cust-0")
     assert [r.entry.operation for r in trail] == [
         "customer_registered",
-        "compliance_check:deposit",
         "deposit_credited",
         "customer_status_changed",
         "compliance_check:withdrawal",
@@ -703,9 +708,25 @@ def test_audit_trail_of_a_scenario_verifies_and_names_a_tampered_record(sb: Sand
         "compliance_check:withdrawal",
         "withdrawal_requested",
     ]
+    # Ingestion audits a deposit's compliance decision and its credit in one record: the
+    # customer's KYC state, every check with its reason, the usage it adds and where it went.
+    credited = trail[1].entry
+    assert credited.kyc == {"tier": 1, "status": "active", "risk_score": 0}
+    assert [check["name"] for check in credited.checks] == [
+        "status",
+        "sanctions_customer",
+        "sanctions_counterparty",
+        "limits",
+        "risk",
+    ]
+    assert all(check["passed"] for check in credited.checks) and credited.error is None
+    assert credited.parameters["operation"] == "deposit"
+    assert credited.parameters["instrument_amount"] == "500.0000000000"
+    assert [change.get("usage") for change in credited.state_changes] == ["deposit", None]
+    assert credited.state_changes[-1] == {"credited": "customer:cust-0"}
     assert verify_audit_log(sb.database.uow).ok
 
-    target = trail[4].seq  # the refused check
+    target = trail[3].seq  # the refused check
     with sb.database.engine.begin() as connection:
         if connection.dialect.name == "postgresql":
             connection.exec_driver_sql(

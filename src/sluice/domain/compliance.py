@@ -261,6 +261,47 @@ class UsageSpan:
     def covers(self, now: datetime) -> bool:
         return self.first <= now <= self.last
 
+    def beyond(
+        self, known: UsageSpan
+    ) -> tuple[
+        tuple[tuple[datetime, datetime], ...],
+        tuple[tuple[datetime, datetime], ...],
+        tuple[tuple[datetime, datetime], ...],
+    ]:
+        """What this span needs that ``known`` did not: its record, hour and day ranges less
+        those of ``known``."""
+        return (
+            _minus(self.record_ranges, known.record_ranges),
+            _minus(self.hour_ranges, known.hour_ranges),
+            _minus(self.day_ranges, known.day_ranges),
+        )
+
+
+def _minus(
+    ranges: Sequence[tuple[datetime, datetime]], taken: Sequence[tuple[datetime, datetime]]
+) -> tuple[tuple[datetime, datetime], ...]:
+    """The parts of the half-open ``ranges`` outside every range of ``taken``."""
+    left: list[tuple[datetime, datetime]] = []
+    for low, high in ranges:
+        pieces = [(low, high)]
+        for taken_low, taken_high in taken:
+            cut: list[tuple[datetime, datetime]] = []
+            for piece_low, piece_high in pieces:
+                if taken_high <= piece_low or piece_high <= taken_low:
+                    cut.append((piece_low, piece_high))
+                    continue
+                if piece_low < taken_low:
+                    cut.append((piece_low, taken_low))
+                if taken_high < piece_high:
+                    cut.append((taken_high, piece_high))
+            pieces = cut
+        left.extend(pieces)
+    return tuple(left)
+
+
+def _within(at: datetime, ranges: Sequence[tuple[datetime, datetime]]) -> bool:
+    return any(low <= at < high for low, high in ranges)
+
 
 def _day_after(at: datetime) -> datetime:
     """The first day boundary at or after ``at``."""
@@ -342,13 +383,101 @@ class UsageWindows:
             starts_at = bucket_start(record.occurred_at, length_s)
             self.add_total(record.operation, length_s, starts_at, record.amount)
 
+    def retain(self, span: UsageSpan) -> None:
+        """Keep only what ``span`` needs (its records and bucket totals; what was added for
+        decisions inside the old span lies in its ranges, so it is kept or was never read),
+        and answer for ``span`` from now on — after the caller adds what
+        ``span.beyond(old span)`` reads."""
+        records, hours, days = span.record_ranges, span.hour_ranges, span.day_ranges
+        self._records = {
+            operation: [record for record in kept if _within(record.occurred_at, records)]
+            for operation, kept in self._records.items()
+        }
+        self._totals = {
+            operation: {
+                key: amount
+                for key, amount in totals.items()
+                if _within(key[1], hours if key[0] == 3600 else days)
+            }
+            for operation, totals in self._totals.items()
+        }
+        self.span = span
+
     def used(self, operation: str, now: datetime) -> tuple[Decimal, Decimal]:
         """What was used of ``operation`` in the 24 h and the 30 days up to ``now``."""
         assert self.covers(operation, now), f"usage of {operation} at {now} was not read"
         totals = self._totals.get(operation, {})
         records = self._records.get(operation, ())
-        daily, monthly = (_window_sum(totals, records, now, window) for window in WINDOWS)
+        # Both windows in one walk over the totals and records (each sum adds the same values in
+        # the same order as _window_sum would on its own).
+        (
+            (d_hour_0, d_hour_1, d_days, d_start, d_first, d_last),
+            (m_hour_0, m_hour_1, m_days, m_start, m_first, m_last),
+        ) = _both_window_bounds(now)
+        daily = monthly = ZERO
+        for (length_s, starts_at), amount in totals.items():
+            if length_s == 3600:
+                if d_hour_0[0] <= starts_at < d_hour_0[1] or d_hour_1[0] <= starts_at < d_hour_1[1]:
+                    daily += amount
+                if m_hour_0[0] <= starts_at < m_hour_0[1] or m_hour_1[0] <= starts_at < m_hour_1[1]:
+                    monthly += amount
+            else:
+                if d_days[0] <= starts_at < d_days[1]:
+                    daily += amount
+                if m_days[0] <= starts_at < m_days[1]:
+                    monthly += amount
+        for record in records:
+            at = record.occurred_at
+            if d_start < at < d_first or d_last <= at <= now:
+                daily += record.amount
+            if m_start < at < m_first or m_last <= at <= now:
+                monthly += record.amount
         return daily, monthly
+
+
+_Range = tuple[datetime, datetime]
+_Bounds = tuple[_Range, _Range, _Range, datetime, datetime, datetime]
+_ONE_US = timedelta(microseconds=1)
+_DAY_HOURS_BACK = DAY - HOUR
+_MONTH_DAYS_BACK = MONTH - DAY
+
+
+def _both_window_bounds(now: datetime) -> tuple[_Bounds, _Bounds]:
+    """:func:`_window_bounds` of the 24 h and the 30-day window, from the hour of ``now``: both
+    windows are whole hours long (30 days whole days), so their hour and day boundaries are that
+    hour's and its day's moved back — three bucket computations instead of eight."""
+    last_hour = bucket_start(now, 3600)
+    last_day = bucket_start(last_hour, 86400)
+    empty = (now, now)
+    bounds = []
+    for window, first_day in (
+        (DAY, bucket_start(last_hour - _DAY_HOURS_BACK - _ONE_US, 86400) + DAY),
+        # The 30-day window starts in the hour of now − 30 days, whose day is last_day − 30 days.
+        (MONTH, last_day - _MONTH_DAYS_BACK),
+    ):
+        first_hour = last_hour - window + HOUR
+        if first_day <= last_day:
+            hour_0, hour_1, days = (
+                (first_hour, first_day),
+                (last_day, last_hour),
+                (first_day, last_day),
+            )
+        else:
+            hour_0, hour_1, days = (first_hour, last_hour), empty, empty
+        bounds.append((hour_0, hour_1, days, now - window, first_hour, last_hour))
+    return bounds[0], bounds[1]
+
+
+def _window_bounds(
+    now: datetime, window: timedelta
+) -> tuple[_Range, _Range, _Range, datetime, datetime, datetime]:
+    """:func:`_window_parts` as :meth:`UsageWindows.used` walks it: the two hour ranges and the
+    day range (missing ones empty), the window's start, and the two bounds of its records."""
+    hours, days, (first_hour, last_hour) = _window_parts(now, window)
+    empty = (now, now)
+    hour_0 = hours[0] if hours else empty
+    hour_1 = hours[1] if len(hours) > 1 else empty
+    return hour_0, hour_1, days[0] if days else empty, now - window, first_hour, last_hour
 
 
 def _window_sum(

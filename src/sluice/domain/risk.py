@@ -33,6 +33,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from functools import cache
 
 from sluice.domain.compliance import MONTH, TierLimits, UsageRecord
 from sluice.domain.errors import InvalidInputError
@@ -252,11 +253,7 @@ def _structuring(
 ) -> RiskFlag | None:
     if limits is None:
         return None
-    bands = [
-        (limit * (1 - rules.structuring_band), limit)
-        for limit in (limits.per_operation, limits.daily)
-        if limit is not None and limit > 0
-    ]
+    bands = _bands(limits.per_operation, limits.daily, rules.structuring_band)
 
     def just_under(amount: Decimal) -> bool:
         return any(low <= amount < high for low, high in bands)
@@ -328,6 +325,19 @@ def _new_counterparty(
         "new_counterparty",
         rules.new_counterparty_weight,
         f"{current.operation} of {_plain(current.amount)} to new counterparty {counterparty}",
+    )
+
+
+@cache
+def _bands(
+    per_operation: Decimal | None, daily: Decimal | None, band: Decimal
+) -> tuple[tuple[Decimal, Decimal], ...]:
+    """The ranges just under the per-operation and daily limits (computed once per tier and
+    rules: every decision asks)."""
+    return tuple(
+        (limit * (1 - band), limit)
+        for limit in (per_operation, daily)
+        if limit is not None and limit > 0
     )
 
 

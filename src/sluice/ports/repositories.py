@@ -70,6 +70,15 @@ class HistoryRecord:
     customer_id: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class UsageWrite:
+    """What recording usage changed: the new usage version of every customer with a row that
+    went in, and the operation ids of those rows (a replayed one is left out)."""
+
+    versions: dict[str, int]
+    inserted: set[str]
+
+
 @dataclass(slots=True)
 class IngestBatch:
     """Everything one ingestion batch writes, in one transaction with the cursor."""
@@ -294,8 +303,32 @@ class ComplianceRepository(Protocol):
         """Insert usage rows; one already recorded under the same operation id is left alone."""
         ...
 
-    def record_usage_of(self, records_by_customer: Mapping[str, Sequence[UsageRecord]]) -> None:
-        """:meth:`record_usage` for many customers at once."""
+    def record_usage_of(
+        self, records_by_customer: Mapping[str, Sequence[UsageRecord]]
+    ) -> UsageWrite:
+        """:meth:`record_usage` for many customers at once; what went in."""
+        ...
+
+    def read_usage_ranges(
+        self,
+        windows: Mapping[str, UsageWindows],
+        record_ranges: Sequence[tuple[datetime, datetime]],
+        hour_ranges: Sequence[tuple[datetime, datetime]],
+        day_ranges: Sequence[tuple[datetime, datetime]],
+    ) -> None:
+        """Add to each customer's ``windows`` the usage records in ``record_ranges`` and the
+        hour and day totals starting in ``hour_ranges`` and ``day_ranges``."""
+        ...
+
+    def usage_between(
+        self, customer_ids: Collection[str], after: datetime, until: datetime
+    ) -> dict[str, list[UsageRecord]]:
+        """Every usage row of each customer in ``(after, until]``, oldest first."""
+        ...
+
+    def usage_versions(self, customer_ids: Collection[str]) -> dict[str, int]:
+        """Each customer's usage version: it moves in every transaction that changes the
+        customer's usage rows (0: never changed)."""
         ...
 
     def forget_usage(self, operation_ids: Collection[str]) -> int:

@@ -30,7 +30,7 @@ from sluice.domain.errors import InvalidInputError, MalformedUpdateError, Sluice
 from sluice.domain.history import ParsedTransaction, item_offset, unwrap_update
 from sluice.domain.ledger import Cursor, InstrumentId
 from sluice.ports import IngestBatch, LedgerClient, LedgerReadError, UnitOfWorkFactory
-from sluice.services.compliance import KycRegistry, undo_failed_payouts
+from sluice.services.compliance import KycRegistry, UsageCache, undo_failed_payouts
 from sluice.services.ingestion_batch import (
     CLOSED_STATUS_BY_ENTRY,
     BatchDecisions,
@@ -101,6 +101,8 @@ class Ingestion(BatchDecisions):
         self.on_batch = on_batch
         self._onboarded: set[InstrumentId] | None = None
         self._statistics_due = 1_000
+        # The batch's customers' usage, kept from batch to batch (trusted only after a commit).
+        self._usage = UsageCache()
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -208,6 +210,36 @@ class Ingestion(BatchDecisions):
     ) -> Cursor | None:
         """Apply ``raws`` in one transaction; on a malformed update, commit the ones before it,
         record the failure and stop."""
+        try:
+            outcome = self._write_batch(raws, cursor, progress)
+        except BaseException:
+            # What the batch added to the kept usage never reached the database.
+            self._usage.clear()
+            raise
+        self._usage.commit()
+        state, failure, failed_raw = outcome
+        progress.batches += 1
+        progress.cursor = state.cursor
+        if progress.transactions >= self._statistics_due:
+            # Refresh at 1k, 2k, 4k, … updates: a catch-up of a long history is a bulk load.
+            self._statistics_due = max(2 * self._statistics_due, progress.transactions)
+            with self._uow() as uow:
+                uow.ingestion.refresh_statistics()
+                uow.commit()
+        if self.on_batch is not None:
+            self.on_batch(progress)
+        if failure is not None:
+            self._stop_on(failure, failed_raw or {}, state.cursor)
+        return state.cursor
+
+    def _write_batch(
+        self,
+        raws: list[Mapping[str, Any]],
+        cursor: Cursor | None,
+        progress: IngestionProgress,
+    ) -> tuple[_BatchState, MalformedUpdateError | None, Mapping[str, Any] | None]:
+        """Decide ``raws`` up to the first malformed one and commit that; the batch's state, and
+        the failure with its update, if any."""
         with self._uow() as uow:
             repo = uow.ingestion
             unwrapped: list[tuple[str, Mapping[str, Any]]] = []
@@ -291,6 +323,7 @@ class Ingestion(BatchDecisions):
                     until=max(time for time, _ in deposits),
                     operations=["deposit"],
                     lock=True,
+                    cache=self._usage,
                 )
 
             # Pass 3: decide and collect the writes.
@@ -305,19 +338,7 @@ class Ingestion(BatchDecisions):
             for failed, at in state.failed_payouts:
                 undo_failed_payouts(uow, [failed], at=at, actor=f"ingestion:{self.connection}")
             uow.commit()
-        progress.batches += 1
-        progress.cursor = state.cursor
-        if progress.transactions >= self._statistics_due:
-            # Refresh at 1k, 2k, 4k, … updates: a catch-up of a long history is a bulk load.
-            self._statistics_due = max(2 * self._statistics_due, progress.transactions)
-            with self._uow() as uow:
-                uow.ingestion.refresh_statistics()
-                uow.commit()
-        if self.on_batch is not None:
-            self.on_batch(progress)
-        if failure is not None:
-            self._stop_on(failure, failed_raw or {}, state.cursor)
-        return state.cursor
+        return state, failure, failed_raw
 
     def _stop_on(
         self, failure: MalformedUpdateError, raw: Mapping[str, Any], cursor: Cursor | None

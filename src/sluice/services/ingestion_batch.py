@@ -12,7 +12,12 @@ from typing import Any
 
 from sluice.domain.amounts import format_amount
 from sluice.domain.audit import AuditEntry
-from sluice.domain.compliance import ComplianceRequest, HeldDeposit, ReviewItem
+from sluice.domain.compliance import (
+    ComplianceDecision,
+    ComplianceRequest,
+    HeldDeposit,
+    ReviewItem,
+)
 from sluice.domain.deposits import dispose_entry
 from sluice.domain.history import (
     HistoryEntry,
@@ -74,6 +79,9 @@ class _BatchState:
     # The KYC registry's view of the customers and senders of the batch's deposits.
     compliance: ComplianceSession | None = None
     audit: list[AuditEntry] = field(default_factory=list)
+    # Deposit entries (update id, node id) with an amount admitted without a decision of the
+    # registry (no customer to decide for): their credit or hold gets a record of its own.
+    undecided: set[tuple[str, int]] = field(default_factory=set)
     failed_payouts: list[tuple[Withdrawal, datetime]] = field(default_factory=list)
 
 
@@ -159,7 +167,10 @@ class BatchDecisions:
                 is_onboarded=onboarded.__contains__,
                 admit=self._admission(tx, state),
             )
-            if disposition.kind in ("credited", "held"):
+            if disposition.kind in ("credited", "held") and (
+                (tx.update_id, entry.node_id) in state.undecided
+            ):
+                # Decided amounts were audited with their decision (see _admission).
                 self._audit_deposit(tx, entry, disposition.kind, disposition.customer_id, state)
             batch.journal.extend(disposition.journal)
             batch.alerts.extend(disposition.alerts)
@@ -180,7 +191,13 @@ class BatchDecisions:
         self, tx: ParsedTransaction, state: _BatchState
     ) -> Callable[[HistoryEntry, InstrumentId, Decimal, str | None], str | None]:
         """The KYC registry's answer for one deposit of ``tx`` (see ``dispose_entry``); a refused
-        deposit is recorded as held, with a review item for the compliance officer."""
+        deposit is recorded as held, with a review item for the compliance officer.
+
+        A deposit for a customer is decided, and what comes of the decision is certain from it:
+        allowed, ``dispose_entry`` credits the customer; refused, it books the amount to the
+        compliance hold. So one audit record says both — the decision (the customer's KYC
+        state, every check with its reason, the usage it adds) named ``deposit_credited`` or
+        ``deposit_held``, with the credit's target among its state changes."""
 
         def admit(
             entry: HistoryEntry, instrument: InstrumentId, amount: Decimal, customer: str | None
@@ -190,6 +207,7 @@ class BatchDecisions:
             operation_id = f"deposit:{tx.update_id}:{entry.node_id}:{instrument.key()}"
             why: str | None
             if customer is None:
+                state.undecided.add((tx.update_id, entry.node_id))
                 why = session.listed(entry.sender) if entry.sender else None
                 if why is not None:
                     why = f"sender {entry.sender} is {why}"
@@ -211,6 +229,7 @@ class BatchDecisions:
                         "update_id": tx.update_id,
                         "deposit_account": entry.reason,
                     },
+                    audited_as=_deposit_outcome(customer),
                 )
                 why = None if decision.allowed else decision.summary()
             if why is not None:
@@ -316,6 +335,20 @@ class BatchDecisions:
                     ],
                 )
             )
+
+
+def _deposit_outcome(
+    customer: str,
+) -> Callable[[ComplianceDecision], tuple[str, dict[str, object]]]:
+    """How a deposit decision for ``customer`` is audited: named for what ingestion does with
+    the deposit, with the credit's target as ``_audit_deposit`` records it."""
+
+    def outcome(decision: ComplianceDecision) -> tuple[str, dict[str, object]]:
+        if decision.allowed:
+            return "deposit_credited", {"credited": f"customer:{customer}"}
+        return "deposit_held", {"credited": "compliance_hold"}
+
+    return outcome
 
 
 class _CustomerLookup(Mapping[str, str]):

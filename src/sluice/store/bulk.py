@@ -122,3 +122,33 @@ def _insert_new_statement(
         f"INSERT INTO {quote(table)} ({names}) VALUES {', '.join([row] * rows)} "
         f"ON CONFLICT ({quote(key)}) DO NOTHING RETURNING {quote(key)}"
     )
+
+
+def bump_counters(
+    connection: Connection, table: Table, key: str, counter: str, keys: Sequence[object]
+) -> dict[object, int]:
+    """Move ``counter`` by one for each of ``keys`` (a row starting at 1 when there is none, in
+    the same statement); returns each key's new value. Multi-row statements of at most
+    :data:`ROWS_PER_STATEMENT` rows."""
+    found: dict[object, int] = {}
+    unique = sorted(set(keys), key=str)  # sorted: two bumpers lock rows in the same order
+    for start in range(0, len(unique), ROWS_PER_STATEMENT):
+        chunk = unique[start : start + ROWS_PER_STATEMENT]
+        sql = _bump_statement(connection.dialect, table.name, key, counter, len(chunk))
+        for name, value in connection.exec_driver_sql(sql, tuple(chunk)):
+            found[name] = int(value)
+    return found
+
+
+@cache
+def _bump_statement(dialect: Dialect, table: str, key: str, counter: str, rows: int) -> str:
+    quote = dialect.identifier_preparer.quote
+    placeholder = _PLACEHOLDER[dialect.paramstyle]
+    assert "{}" not in placeholder, "positional placeholders only"
+    values = ", ".join([f"({placeholder}, 1)"] * rows)
+    name, column = quote(table), quote(counter)
+    return (
+        f"INSERT INTO {name} ({quote(key)}, {column}) VALUES {values} "
+        f"ON CONFLICT ({quote(key)}) DO UPDATE SET {column} = {name}.{column} + 1 "
+        f"RETURNING {quote(key)}, {column}"
+    )

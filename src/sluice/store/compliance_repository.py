@@ -18,6 +18,10 @@ Guarantees:
   PostgreSQL the totals are upserted with the addition done by the database (``amount +
   excluded.amount``, exact ``NUMERIC``); SQLite keeps money as text and serialises whole
   transactions, so there the totals are read, added in Python and upserted with the result.
+* Every change of a customer's usage rows (a row recorded, not a replay; a row forgotten) moves
+  the customer's usage version (``compliance_usage_versions``) by one in the same transaction, so
+  a writer that keeps usage in memory across transactions (ingestion) can tell whether anyone
+  else changed it since.
 * What a decision reads is bounded whatever the customer's history: the totals and edge records
   of :class:`UsageSpan`, and at most ``limit`` recent rows per customer.
 * A hold leaves ``held`` at most once; a review item is closed at most once.

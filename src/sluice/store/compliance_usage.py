@@ -4,7 +4,7 @@ that move with them, and the bounded reads a decision makes (see ``compliance_re
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from functools import cache
 from typing import Any
@@ -23,8 +23,15 @@ from sluice.domain.compliance import (
     usage_buckets,
 )
 from sluice.domain.ledger import format_timestamp
+from sluice.ports.repositories import UsageWrite
 from sluice.store import tables as t
-from sluice.store.bulk import execute_many, insert_new_rows, money_value, select_rows
+from sluice.store.bulk import (
+    bump_counters,
+    execute_many,
+    insert_new_rows,
+    money_value,
+    select_rows,
+)
 from sluice.store.compliance_connection import CHUNK, ComplianceConnection, _chunks
 from sluice.store.rows import time_of
 
@@ -48,12 +55,16 @@ def _in_ranges(
 SPAN_RANGES = 3  # a span's record and hour ranges, at most (see UsageSpan.of)
 
 
+_NO_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _range_parameters(
     name: str, ranges: Sequence[tuple[datetime, datetime]], count: int
 ) -> dict[str, str]:
     """Bind values for ``count`` ranges; missing ones are empty (low = high)."""
     assert len(ranges) <= count, f"{len(ranges)} {name} ranges, at most {count} expected"
-    padded = list(ranges) + [(ranges[-1][1], ranges[-1][1])] * (count - len(ranges))
+    empty = ranges[-1][1] if ranges else _NO_TIME
+    padded = list(ranges) + [(empty, empty)] * (count - len(ranges))
     values = {}
     for index, (low, high) in enumerate(padded):
         values[f"{name}_low_{index}"] = format_timestamp(low)
@@ -198,6 +209,21 @@ def _totals_of_buckets_statement() -> Executable:
     )
 
 
+def _usage_between_statement() -> Executable:
+    usage = t.compliance_usage
+    ids: BindParameter[list[str]] = bindparam("ids", expanding=True)
+    return (
+        select(*_usage_columns())
+        .where(
+            usage.c.customer_id.in_(ids),
+            usage.c.occurred_at > bindparam("low"),
+            usage.c.occurred_at <= bindparam("high"),
+        )
+        .order_by(usage.c.customer_id, usage.c.occurred_at, usage.c.operation_id)
+    )
+
+
+_USAGE_BETWEEN = _usage_between_statement()
 _TOTALS_OF_BUCKETS = _totals_of_buckets_statement()
 _TOTALS_IN_SPAN = _totals_statement()
 _EDGE_RECORDS = _edge_records_statement()
@@ -269,21 +295,64 @@ class SqlComplianceUsage(ComplianceConnection):
         however long the history, each range read through an index."""
         span = UsageSpan.of(first, last)
         found = {customer_id: UsageWindows(span, operations) for customer_id in customer_ids}
-        ranges = {
-            **_range_parameters("hour", span.hour_ranges, SPAN_RANGES),
-            **_range_parameters("day", span.day_ranges, 1),
-        }
-        edges = _range_parameters("edge", span.record_ranges, SPAN_RANGES)
-        for chunk in _chunks(customer_ids):
-            kinds = sorted(set(operations))
-            rows = self._c.execute(_TOTALS_IN_SPAN, {"ids": chunk, "operations": kinds, **ranges})
-            for customer_id, operation, length_s, starts_at, amount in rows:
-                found[customer_id].add_total(operation, length_s, time_of(starts_at), amount)
-            edge_rows = self._c.execute(_EDGE_RECORDS, {"ids": chunk, "operations": kinds, **edges})
-            for row in edge_rows:
-                customer_id, record = _usage_from_tuple(row)
-                found[customer_id].add_record(record)
+        self.read_usage_ranges(found, span.record_ranges, span.hour_ranges, span.day_ranges)
         return found
+
+    def read_usage_ranges(
+        self,
+        windows: Mapping[str, UsageWindows],
+        record_ranges: Sequence[tuple[datetime, datetime]],
+        hour_ranges: Sequence[tuple[datetime, datetime]],
+        day_ranges: Sequence[tuple[datetime, datetime]],
+    ) -> None:
+        """Add to each customer's ``windows`` (all of the same operations) the usage records in
+        ``record_ranges`` and the hour and day totals starting in ``hour_ranges`` and
+        ``day_ranges`` (half-open ranges; each read through an index)."""
+        if not windows:
+            return
+        kinds = sorted({operation for found in windows.values() for operation in found.operations})
+        rounds = max(
+            -(-len(record_ranges) // SPAN_RANGES),
+            -(-len(hour_ranges) // SPAN_RANGES),
+            len(day_ranges),
+        )
+        for index in range(rounds):
+            cut = slice(index * SPAN_RANGES, (index + 1) * SPAN_RANGES)
+            ranges = {
+                **_range_parameters("hour", hour_ranges[cut], SPAN_RANGES),
+                **_range_parameters("day", day_ranges[index : index + 1], 1),
+            }
+            edges = _range_parameters("edge", record_ranges[cut], SPAN_RANGES)
+            for chunk in _chunks(list(windows)):
+                parameters = {"ids": chunk, "operations": kinds}
+                if hour_ranges[cut] or day_ranges[index : index + 1]:
+                    rows = self._c.execute(_TOTALS_IN_SPAN, {**parameters, **ranges})
+                    for customer_id, operation, length_s, starts_at, amount in rows:
+                        windows[customer_id].add_total(
+                            operation, length_s, time_of(starts_at), amount
+                        )
+                if record_ranges[cut]:
+                    for row in self._c.execute(_EDGE_RECORDS, {**parameters, **edges}):
+                        customer_id, record = _usage_from_tuple(row)
+                        windows[customer_id].add_record(record)
+
+    def usage_versions(self, customer_ids: Collection[str]) -> dict[str, int]:
+        """Each customer's usage version (0 when their usage never changed)."""
+        table = t.compliance_usage_versions
+        found = dict.fromkeys(customer_ids, 0)
+        for chunk in _chunks(list(found)):
+            rows = self._c.execute(
+                select(table.c.customer_id, table.c.version).where(table.c.customer_id.in_(chunk))
+            )
+            for customer_id, version in rows:
+                found[customer_id] = int(version)
+        return found
+
+    def _bump_versions(self, customer_ids: Collection[str]) -> dict[str, int]:
+        """Move the usage version of each customer whose usage this transaction changed."""
+        table = t.compliance_usage_versions
+        bumped = bump_counters(self._c, table, "customer_id", "version", list(customer_ids))
+        return {str(customer_id): version for customer_id, version in bumped.items()}
 
     def recent_usage(
         self, customer_ids: Collection[str], after: datetime, until: datetime, limit: int
@@ -311,6 +380,19 @@ class SqlComplianceUsage(ComplianceConnection):
             records.sort(key=lambda record: (record.occurred_at, record.operation_id))
         return found
 
+    def usage_between(
+        self, customer_ids: Collection[str], after: datetime, until: datetime
+    ) -> dict[str, list[UsageRecord]]:
+        """Every usage row of each customer in ``(after, until]``, oldest first (for a span as
+        short as a batch's: bounded by time)."""
+        found: dict[str, list[UsageRecord]] = {customer_id: [] for customer_id in customer_ids}
+        parameters = {"low": format_timestamp(after), "high": format_timestamp(until)}
+        for chunk in _chunks(list(found)):
+            for row in self._c.execute(_USAGE_BETWEEN, {"ids": chunk, **parameters}):
+                customer_id, record = _usage_from_tuple(row)
+                found[customer_id].append(record)
+        return found
+
     def counterparties_seen(
         self, customer_id: str, counterparties: Collection[str], after: datetime, until: datetime
     ) -> set[str]:
@@ -336,8 +418,11 @@ class SqlComplianceUsage(ComplianceConnection):
     def record_usage(self, customer_id: str, records: Sequence[UsageRecord]) -> None:
         self.record_usage_of({customer_id: records})
 
-    def record_usage_of(self, records_by_customer: Mapping[str, Sequence[UsageRecord]]) -> None:
-        """Insert usage rows of many customers at once, and add the new ones to the totals."""
+    def record_usage_of(
+        self, records_by_customer: Mapping[str, Sequence[UsageRecord]]
+    ) -> UsageWrite:
+        """Insert usage rows of many customers at once, add the new ones to the totals and move
+        the usage version of every customer with a new row."""
         money = money_value(self._c)
         rows = [
             (
@@ -352,18 +437,18 @@ class SqlComplianceUsage(ComplianceConnection):
             for record in records
         ]
         if not rows:
-            return
+            return UsageWrite({}, set())
         # A replayed row is skipped by the database; only the rows that went in count.
         inserted = insert_new_rows(
             self._c, t.compliance_usage, _USAGE_COLUMNS, rows, key="operation_id"
         )
-        self._add_to_totals(
-            {
-                customer_id: [r for r in records if r.operation_id in inserted]
-                for customer_id, records in records_by_customer.items()
-            },
-            sign=1,
-        )
+        added = {
+            customer_id: [r for r in records if r.operation_id in inserted]
+            for customer_id, records in records_by_customer.items()
+        }
+        self._add_to_totals(added, sign=1)
+        versions = self._bump_versions([customer for customer, new in added.items() if new])
+        return UsageWrite(versions, {str(operation_id) for operation_id in inserted})
 
     def forget_usage(self, operation_ids: Collection[str]) -> int:
         """Remove the usage of operations that moved nothing in the end (a refunded withdrawal),
@@ -381,6 +466,7 @@ class SqlComplianceUsage(ComplianceConnection):
             for row in rows:
                 removed.setdefault(row.customer_id, []).append(_usage_from_row(row))
         self._add_to_totals(removed, sign=-1)
+        self._bump_versions(removed)
         return sum(len(records) for records in removed.values())
 
     def _add_to_totals(

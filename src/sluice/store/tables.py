@@ -390,6 +390,17 @@ compliance_usage_totals = Table(
     PrimaryKeyConstraint("customer_id", "length_s", "starts_at", "operation"),
 )
 
+compliance_usage_versions = Table(
+    "compliance_usage_versions",
+    metadata,
+    # Moves by one in every transaction that changes a customer's usage rows (and their totals),
+    # in that transaction. A reader that kept a customer's usage in memory (ingestion, across its
+    # batches) trusts what it kept only while the version is the one it saw or wrote itself.
+    # No row: version 0.
+    Column("customer_id", String(100), primary_key=True),
+    Column("version", BigInteger, nullable=False),
+)
+
 flagged_addresses = Table(
     "flagged_addresses",
     metadata,
