@@ -49,6 +49,35 @@ def sats(coins: Decimal | str | int) -> int:
 
 
 @dataclass
+class Watching:
+    """A ``sluice btc watch`` loop process and the file its output goes to."""
+
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for(self, text: str, timeout_s: float = POLL_TIMEOUT_S) -> None:
+        def said() -> bool:
+            assert self.process.poll() is None, f"the watch exited: {self.output()}"
+            return text in self.output()
+
+        wait_until(f"the watch to say {text!r}", said, timeout_s)
+
+    def stop(self) -> int:
+        """SIGTERM, then its exit code (SIGKILL if it does not stop in time)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=COMMAND_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+@dataclass
 class Custody:
     """A custody on the node: its configuration file, its Integration DB, and the environment
     every ``sluice`` process runs in. ``rounds`` keeps the JSON of every ``watch --once``."""
@@ -109,6 +138,29 @@ class Custody:
         assert done.code == code, f"expected exit code {code}: {done.explained()}"
         assert "Traceback" not in done.output, done.explained()
         return done
+
+    def start_watch(self, interval_s: float) -> Watching:
+        """``sluice btc watch --interval S`` running on, its output in a file."""
+        log = self.folder / f"watch-{len(list(self.folder.glob('watch-*.log')))}.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [
+                    sluice_script(),
+                    "--config",
+                    str(self.config),
+                    "btc",
+                    "watch",
+                    "--interval",
+                    str(interval_s),
+                    "--db",
+                    self.db,
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+            )
+        return Watching(process, log)
 
     def json(self, *args: str, code: int = 0) -> Any:
         done = self.run(*args, "--json", code=code)

@@ -8,9 +8,10 @@ harness (:mod:`tests.bitcoin_regtest`) in a temporary data directory:
   address, one of them under the P2WSH dust limit of Litecoin (3300 litoshi; the node's wallet
   and mempool refuse such an output, so that one is mined with ``generateblock``). Blocks are
   mined and ``sluice btc watch --once`` runs again and again, each run a new process, so the
-  watcher is restarted between all rounds. The node is restarted (a new cookie file), and
-  stopped: a round then exits with code 1 and says the node is not reachable, without a
-  traceback, and the next round after the node is back carries on. A deposit is ``seen`` until
+  watcher is restarted between all rounds. The node is killed (SIGKILL: connection refused)
+  and stopped (its cookie file gone, a new one at its next start): a round then exits with
+  code 1 and names the node it cannot reach, without a traceback, and the next round after the
+  node is back carries on. A deposit is ``seen`` until
   it has 6 confirmations, then ``confirmed``; it is never listed twice and its amount is what
   was sent; the dust output is recorded as ``dust`` and never confirmed.
   A reorg made with ``invalidateblock`` on the block holding an unconfirmed deposit, then a block
@@ -19,7 +20,12 @@ harness (:mod:`tests.bitcoin_regtest`) in a temporary data directory:
   (``invalidateblock`` on the new block, ``reconsiderblock`` on the old one) moves it back; it
   then confirms once. A deposit whose block is invalidated and whose transaction is
   double-spent in the new branch ends ``reorged`` and is never confirmed, however many blocks
-  follow. The watcher's rounds report exactly one confirmation per confirmed deposit.
+  follow. The watcher's rounds report exactly one confirmation per confirmed deposit, the
+  audit trail names each confirmed deposit once (and ``sluice audit verify`` passes), and the
+  outputs table holds exactly the rows listed.
+* **A long-running watch** (``sluice btc watch --interval 0.2``, SQLite) sees a deposit, rides
+  out the node killed under it (it says so and keeps running), confirms the deposit once the
+  node is back, and exits 0 on SIGTERM.
 * **Payouts** (SQLite and PostgreSQL). After deposits are confirmed, three ``sluice btc payout``
   requests (a replay of one answers the same payout) go out in ONE transaction at the next
   round: on the node it has the custody's inputs, the three payouts' outputs (each the amount
@@ -27,10 +33,12 @@ harness (:mod:`tests.bitcoin_regtest`) in a temporary data directory:
   signatures and the 2-of-3 ``sortedmulti`` script, and it signals BIP 125. Blocks are then
   mined empty (``generateblock`` with no transaction: the batch stays in the mempool as if
   miners passed it over) until ``payout_bump_after_blocks``; the next round fee-bumps it: a new
-  txid spending the same outpoints, the old one gone from the mempool, the payouts the same.
+  txid spending the same outpoints and paying more fee (taken from the change), the old one
+  gone from the mempool, the payouts the same.
   Mined and confirmed, ``sluice btc payouts`` shows each completed with the mined txid, and the
-  node's wallet received each payout's amount less its fee share exactly once; later rounds
-  send nothing more.
+  node's wallet received each payout's amount less its fee share exactly once, custody holds
+  just the change (``sluice btc balance``; deposits = payouts paid + fee + change), and later
+  rounds send nothing more.
 * **A crash between broadcast and record** (SQLite). One round of the payouts worker, wired from
   the same configuration file, is killed with SIGKILL by its ``after_broadcast`` hook: the node
   holds the batch, the DB still says it was only signed. The next ``sluice btc watch --once``
@@ -42,6 +50,7 @@ Every wait is a bounded poll. Without ``litecoind`` the harness skips (fails und
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -49,7 +58,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
+from sluice.store.bitcoin_tables import btc_outputs
+from sluice.store.tables import audit_records
 from tests.bitcoin_regtest import RegtestNode
 from tests.e2e.btc_node_cli import (
     MATURE_BLOCKS,
@@ -71,6 +83,7 @@ CONFIRMATIONS = 6
 DUST_LIMIT = 3300  # Litecoin's P2WSH dust limit (its dust relay fee is 10x Bitcoin's)
 BUMP_AFTER = 2
 CRASH_TIMEOUT_S = 120.0
+LOOP_TIMEOUT_S = 60.0  # for a running watch to see what happened (its start costs seconds)
 
 
 @pytest.fixture
@@ -103,6 +116,47 @@ def block_txids(node: RegtestNode, block_hash: str) -> list[str]:
 
 def wait_in_mempool(node: RegtestNode, txid: str) -> None:
     wait_until(f"{txid} back in the node's mempool", lambda: in_mempool(node, txid))
+
+
+def outputs_in_db(db: str) -> dict[str, tuple[str, int]]:
+    """Every custody output the watcher recorded (its table, not a listing of it)."""
+    engine = sa.create_engine(db)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(
+                    btc_outputs.c.txid,
+                    btc_outputs.c.vout,
+                    btc_outputs.c.status,
+                    btc_outputs.c.amount_sats,
+                )
+            ).all()
+    finally:
+        engine.dispose()
+    found = {f"{r.txid}:{r.vout}": (str(r.status), int(r.amount_sats)) for r in rows}
+    assert len(found) == len(rows), rows
+    return found
+
+
+def confirmations_audited(db: str) -> list[str]:
+    """The deposits named by the audit trail's ``btc_deposits_confirmed`` records, with
+    repetitions: a deposit confirmed twice would be named twice."""
+    engine = sa.create_engine(db)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(audit_records.c.parameters).where(
+                    audit_records.c.operation == "btc_deposits_confirmed"
+                )
+            ).all()
+    finally:
+        engine.dispose()
+    named: list[str] = []
+    for row in rows:
+        parameters = json.loads(row.parameters)
+        column = parameters["columns"].index("output")
+        named += [str(deposit[column]) for deposit in parameters["deposits"]]
+    return named
 
 
 # --- deposits ----------------------------------------------------------------------------------
@@ -149,15 +203,20 @@ def test_deposits_confirm_once_across_restarts_node_outages_and_reorgs(
     assert deposits[big]["confirmations"] == 1
     assert deposits[big]["customer"] == "alice"
 
-    # The node restarts (with a new cookie): the next round reads on.
-    node.restart()
+    # The node is killed: a round says it cannot reach it (connection refused), exits 1 and
+    # changes nothing; once it is back, the next round reads on.
+    node.kill()
+    down = custody.watch(code=1)
+    assert down["error"] is not None and f"127.0.0.1:{node.rpc_port}" in down["error"]
+    assert down["watch"]["blocks"] == 0
+    node.start()
     node.mine(1)
     assert custody.watch()["watch"]["cursor_height"] == node.height
-
-    # The node is down: the round says so and exits 1, nothing changes; then it carries on.
+    # Stopped the orderly way, the node takes its cookie file along; restarted, it writes a new
+    # one, which the next round reads.
     node.stop()
     down = custody.watch(code=1)
-    assert down["error"] is not None, down
+    assert down["error"] is not None and f"127.0.0.1:{node.rpc_port}" in down["error"]
     assert down["watch"]["blocks"] == 0
     node.start()
     node.mine(2)
@@ -241,7 +300,12 @@ def test_deposits_confirm_once_across_restarts_node_outages_and_reorgs(
         moved: ("confirmed", moved_sats),
         dropped: ("reorged", dropped_sats),
     }
+    assert outputs_in_db(custody.db) == {
+        key: (row["status"], row["amount_sats"]) for key, row in deposits.items()
+    }
     assert custody.confirmed_in_rounds() == 2  # each confirmed deposit exactly once
+    assert sorted(confirmations_audited(custody.db)) == sorted([big, moved])
+    custody.run("audit", "verify")
     balance = custody.json("btc", "balance")
     assert balance["height"] == node.height and balance["block_hash"] == tip(node)
     assert balance["confirmed_sats"] == big_sats + moved_sats
@@ -387,6 +451,17 @@ def test_batched_payouts_signed_2_of_3_bumped_once_and_paid_once(
         (utxo,) = node.rpc.call("listunspent", 1, 9_999_999, [address])
         assert utxo["txid"] == bumped_txid
 
+    # What custody holds now is the change, and nothing was lost: deposits = paid + fee + change.
+    balance = custody.json("btc", "balance")
+    paid_vouts = {int(p["vout"]) for p in payouts.values()}
+    (change_vout,) = set(range(len(replacement["vout"]))) - paid_vouts
+    change_sats = sats(replacement["vout"][change_vout]["value"])
+    (utxo,) = balance["utxos"]
+    assert (utxo["txid"], utxo["vout"], utxo["kind"]) == (bumped_txid, change_vout, "change")
+    assert utxo["amount_sats"] == change_sats == balance["total_sats"]
+    paid = sum(amount - int(payouts[f"p-{n}"]["fee_sats"]) for n, amount in enumerate(amounts))
+    assert paid + tx_fee(node, replacement) + change_sats == 45_000_000 + 40_000_000
+
     # Later rounds send nothing more.
     node.mine(1)
     after = custody.watch()
@@ -448,3 +523,43 @@ def test_a_crash_between_broadcast_and_record_ends_with_one_payment(
     custody.watch()
     assert received(node, destination) == amount - payout["fee_sats"]
     assert node.rpc.call("getrawmempool") == []
+
+
+def test_a_long_running_watch_rides_out_the_node_going_away(
+    node: RegtestNode, tmp_path: Path
+) -> None:
+    custody = Custody.create(
+        node,
+        tmp_path / "custody",
+        f"sqlite:///{tmp_path / 'sluice.db'}",
+        confirmations_min=CONFIRMATIONS,
+    )
+    custody.add_customer("alice")
+    address = str(custody.address("alice")["address"])
+    watching = custody.start_watch(interval_s=0.2)
+    try:
+        amount = 700_000
+        txid = node.fund(address, amount)
+        deposit = f"{txid}:{output_index(node, txid, address)}"
+        node.mine(1)
+        wait_until(
+            "the deposit seen by the running watch",
+            lambda: outputs_in_db(custody.db).get(deposit) == ("seen", amount),
+            timeout_s=LOOP_TIMEOUT_S,
+        )
+        node.kill()
+        watching.wait_for(f"127.0.0.1:{node.rpc_port}", timeout_s=LOOP_TIMEOUT_S)
+        node.start()
+        node.mine(CONFIRMATIONS - 1)
+        wait_until(
+            "the deposit confirmed by the running watch",
+            lambda: outputs_in_db(custody.db).get(deposit) == ("confirmed", amount),
+            timeout_s=LOOP_TIMEOUT_S,
+        )
+        assert watching.process.poll() is None
+    finally:
+        code = watching.stop()
+    output = watching.output()
+    assert code == 0, output
+    assert "Traceback" not in output and "stopped" in output, output
+    assert confirmations_audited(custody.db) == [deposit]
