@@ -32,12 +32,7 @@ from sluice.bitcoin.fakechain.records import (
     sha256d,
 )
 from sluice.domain.chains import Chain
-from sluice.ports.bitcoin import (
-    JsonObject,
-    NodeRejectedError,
-    NodeUnavailableError,
-    NotFoundError,
-)
+from sluice.ports.bitcoin import JsonObject, NodeRejectedError, NodeUnavailableError, NotFoundError
 
 _SCRIPT_TYPES = {
     "p2pkh": "pubkeyhash",

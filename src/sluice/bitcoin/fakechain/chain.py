@@ -8,11 +8,7 @@ from collections.abc import Iterable
 from decimal import Decimal
 
 from sluice.bitcoin.fakechain.answers import NodeAnswers
-from sluice.bitcoin.fakechain.records import (
-    RELAY_FEE_SAT_VB,
-    build,
-    from_embit,
-)
+from sluice.bitcoin.fakechain.records import RELAY_FEE_SAT_VB, build, from_embit
 
 
 class FakeChain(NodeAnswers):

@@ -22,9 +22,7 @@ from embit.transaction import (  # type: ignore[import-untyped]
     TransactionOutput,
 )
 
-from sluice.ports.bitcoin import (
-    NodeRejectedError,
-)
+from sluice.ports.bitcoin import NodeRejectedError
 
 Outpoint = tuple[str, int]
 

@@ -1,0 +1,524 @@
+"""The payout worker's new batches and fee bumps: payouts batched with the custody's confirmed
+outputs, signed and recorded *before* they are sent, and a batch left unmined replaced by a
+version paying more fee that spends the very same inputs.
+
+The header of :mod:`sluice.services.btc_payouts` explains how a payout could be paid twice and why
+it cannot; :class:`~sluice.services.btc_payout_worker.PayoutWorker` runs these steps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
+from decimal import Decimal
+from typing import Any
+
+from sluice.domain.audit import AuditEntry
+from sluice.domain.custody_fees import (
+    Coin,
+    FeePlan,
+    fee_rate_from_estimate,
+    plan_bump,
+    plan_fees,
+    select_coins,
+)
+from sluice.domain.deposits import Alert
+from sluice.domain.errors import BitcoinTransactionError, InvalidInputError
+from sluice.ports.bitcoin import (
+    BitcoinNodeError,
+    CustodyWallet,
+    DerivedAddress,
+    NodeRejectedError,
+    NodeUnavailableError,
+    SignedTransaction,
+    SpendInput,
+    TxOutput,
+)
+from sluice.ports.bitcoin_payouts import (
+    PAYOUT_WAITING_STATUSES,
+    BatchRecord,
+    CustodyOutput,
+    PayoutRecord,
+)
+from sluice.services.btc_payout_sending import (
+    CHANGE_BRANCH,
+    INPUTS_MAX,
+    WORKER,
+    PayoutTick,
+    PayoutWorkerBase,
+    _assignments,
+    _with_version,
+)
+
+# Every payout module logs as one: operators (and the demo, which routes it to its log file) know
+# the payouts' logger by this name.
+log = logging.getLogger("sluice.services.btc_payouts")
+
+
+class PayoutBatching(PayoutWorkerBase):
+    """Fee bumps and new batches (see :class:`~sluice.services.btc_payout_worker.PayoutWorker`)."""
+
+    # -- fee bumps -----------------------------------------------------------------------------
+
+    def bump(self, tick: PayoutTick, cursor: int | None) -> None:
+        after = self.settings.payout_bump_after_blocks
+        with self._uow() as uow:
+            batches = uow.btc_payouts.batches(("broadcast",))
+        if not batches:
+            return
+        height = self._height(cursor)
+        for batch in batches:
+            if batch.broadcast_height is None or height - batch.broadcast_height < after:
+                continue
+            if not self._in_mempool(batch.txid) and not _refused_for_its_fee(batch):
+                # Nothing to replace: the node has it in a block the watcher has not reached
+                # (it answered "already in block chain", or its inputs are spent), or its answer
+                # was lost. Whatever it is, a replacement spending the same inputs cannot help.
+                continue
+            try:
+                self._bump_one(batch, height, tick)
+            except NodeUnavailableError:
+                raise
+            except (BitcoinNodeError, BitcoinTransactionError) as exc:
+                tick.errors.append(f"batch {batch.id}: fee bump: {exc}")
+                log.warning("btc payouts: batch %s: fee bump: %s", batch.id, exc)
+
+    def _bump_one(self, batch: BatchRecord, height: int, tick: PayoutTick) -> None:
+        with self._uow() as uow:
+            repo = uow.btc_payouts
+            payouts = repo.payouts_of_batch(batch.id)
+            outputs = repo.outputs(batch.outpoints)
+        latest = batch.versions[-1]
+        placed: Mapping[str, Sequence[int]] = latest["payouts"]
+        payouts = sorted(payouts, key=lambda p: placed[p.id][0])
+        shares = [int(placed[p.id][1]) for p in payouts]
+        scripts = [p.script_hex for p in payouts]
+        change_script = latest.get("change_script")
+        settings = self.settings
+        vsize = _sizer(
+            self._wallet,
+            len(batch.outpoints),
+            scripts,
+            None if change_script is None else str(change_script),
+        )
+        plan = plan_bump(
+            old_fee=batch.fee_sats,
+            old_rate=Decimal(batch.fee_rate_sat_vb),
+            # In a rising market the bump goes at least to today's estimate (within the cap).
+            market_rate=self._fee_rate(),
+            shares=shares,
+            change_sats=batch.change_sats,
+            vsize=vsize,
+            factor=settings.payout_bump_factor,
+            fee_max=settings.payout_fee_max_sats,
+            dust_limit=settings.chain.p2wsh_dust_limit_sats,
+        )
+        if plan is None:
+            error = (
+                f"unmined since height {batch.broadcast_height}, but a fee bump would take more "
+                f"than {settings.payout_fee_max_sats} sats of fee from a payout: it waits as it is"
+            )
+            if batch.last_error != error:
+                with self._uow() as uow:
+                    uow.btc_payouts.update_batch(
+                        replace(batch, last_error=error, updated_at=self._clock()),
+                        expected_txid=batch.txid,
+                        expected_status="broadcast",
+                    )
+                    uow.commit()
+                log.warning("btc payouts: batch %s: %s", batch.id, error)
+            return
+        inputs = [_spend_input(outputs[outpoint]) for outpoint in batch.outpoints]
+        tx_outputs = [
+            TxOutput(p.script_hex, p.amount_sats - share)
+            for p, share in zip(payouts, plan.shares, strict=True)
+        ]
+        if plan.change_sats:
+            assert change_script is not None
+            tx_outputs.append(TxOutput(str(change_script), plan.change_sats))
+        signed = self._wallet.sign(inputs, tx_outputs, rbf=True)
+        _check_fee(signed, plan.fee_sats)
+        version = _version(
+            signed,
+            plan.fee_sats,
+            plan.rate,
+            plan.vsize,
+            payouts,
+            plan.shares,
+            plan.change_sats,
+            str(change_script) if plan.change_sats else None,
+        )
+        now = self._clock()
+        updated = replace(
+            _with_version(batch, version),
+            raw_hex=signed.raw_hex,
+            versions=(*batch.versions, version),
+            bumps=batch.bumps + 1,
+            # Set once this version is known to have gone out (below, or by the next round).
+            broadcast_height=None,
+            updated_at=now,
+            last_error=None,
+        )
+        # The new version is recorded before it is sent: whatever is mined, it is one of them.
+        with self._uow() as uow:
+            repo = uow.btc_payouts
+            if not repo.update_batch(
+                updated, expected_txid=batch.txid, expected_status="broadcast"
+            ):
+                return
+            repo.assign_payouts(
+                batch.id, _assignments(version, "broadcast"), expected_statuses=("broadcast",)
+            )
+            uow.audit.append(
+                [
+                    AuditEntry(
+                        operation_id=batch.id,
+                        operation="btc_batch_fee_bumped",
+                        actor=WORKER,
+                        recorded_at=now,
+                        parameters={
+                            "replaces": batch.txid,
+                            "txid": signed.txid,
+                            "fee_sats": plan.fee_sats,
+                            "fee_rate_sat_vb": str(plan.rate),
+                        },
+                    )
+                ]
+            )
+            uow.commit()
+        tick.bumped += 1
+        log.info("btc payouts: batch %s bumped: %s → %s", batch.id, batch.txid, signed.txid)
+        if self._after_record is not None:
+            self._after_record(updated)
+        sent = self._broadcast(updated.raw_hex)
+        if self._after_broadcast is not None:
+            self._after_broadcast(updated)
+        bump_error: str | None = None
+        if sent.outcome != "sent":
+            bump_error = f"fee bump {sent.outcome}: {sent.reason}"
+        with self._uow() as uow:
+            # The bump timer restarts from here when the node answered: a refused bump is retried
+            # as the current version next round, and bumped again from its own fee later. An
+            # unanswered one is looked for by txid next round, which starts the timer.
+            uow.btc_payouts.update_batch(
+                replace(
+                    updated,
+                    broadcast_height=None if sent.outcome == "unknown" else height,
+                    last_error=bump_error,
+                    updated_at=self._clock(),
+                ),
+                expected_txid=updated.txid,
+                expected_status="broadcast",
+            )
+            uow.commit()
+        if bump_error is not None:
+            tick.errors.append(f"batch {batch.id}: {bump_error}")
+
+    # -- new batches ---------------------------------------------------------------------------
+
+    def make_batches(self, tick: PayoutTick, cursor: int | None) -> None:
+        settings = self.settings
+        with self._uow() as uow:
+            waiting = uow.btc_payouts.payouts(
+                PAYOUT_WAITING_STATUSES, limit=settings.payout_batch_max
+            )
+        if not waiting:
+            return
+        now = self._clock()
+        waited = (now - waiting[0].requested_at).total_seconds()
+        if len(waiting) < settings.payout_batch_max and waited < settings.payout_batch_window_s:
+            return
+        rate = self._fee_rate()
+        dust = settings.chain.p2wsh_dust_limit_sats
+        with self._uow() as uow:
+            repo = uow.btc_payouts
+            coins = repo.spendable_outputs(dust)
+            change_index = repo.next_change_index()
+        by_outpoint = {c.outpoint: c for c in coins}
+        available = sum(
+            c.amount_sats for c in sorted(coins, key=lambda c: -c.amount_sats)[:INPUTS_MAX]
+        )
+        # Oldest first, as many as the confirmed funds cover; the rest wait for funds.
+        chosen: list[PayoutRecord] = []
+        total = 0
+        for payout in waiting:
+            if total + payout.amount_sats > available:
+                break
+            chosen.append(payout)
+            total += payout.amount_sats
+        short = waiting[len(chosen) :]
+        if short:
+            self._note_insufficient(short, available, total, tick)
+        change = self._wallet.derive(CHANGE_BRANCH, change_index)
+        while chosen:
+            selected = select_coins(
+                [Coin(c.outpoint, c.amount_sats) for c in coins],
+                sum(p.amount_sats for p in chosen),
+                max_inputs=INPUTS_MAX,
+            )
+            assert selected is not None  # the chosen payouts fit the largest INPUTS_MAX coins
+            plan = plan_fees(
+                [p.amount_sats for p in chosen],
+                sum(c.amount_sats for c in selected),
+                rate=rate,
+                vsize=_sizer(
+                    self._wallet, len(selected), [p.script_hex for p in chosen], change.script_hex
+                ),
+                dust_limit=dust,
+            )
+            over = [
+                p
+                for p, s in zip(chosen, plan.shares, strict=True)
+                if s > settings.payout_fee_max_sats
+            ]
+            if not over:
+                self._record_batch(
+                    chosen, [by_outpoint[c.key] for c in selected], plan, rate, change, cursor, tick
+                )
+                return
+            share = max(plan.shares)
+            self._note_waiting_fee(over, share, rate, tick)
+            chosen = [p for p in chosen if p not in over]
+
+    def _fee_rate(self) -> Decimal:
+        settings = self.settings
+        try:
+            answer = self._node.estimatesmartfee(settings.fee_target_blocks)
+        except NodeRejectedError as exc:
+            log.warning("btc payouts: estimatesmartfee refused (%s): the floor is used", exc)
+            answer = None
+        return fee_rate_from_estimate(
+            answer, settings.fee_rate_min_sat_vb, settings.fee_rate_max_sat_vb
+        )
+
+    def _note_insufficient(
+        self, short: Sequence[PayoutRecord], available: int, covered: int, tick: PayoutTick
+    ) -> None:
+        tick.insufficient += len(short)
+        needed = covered + sum(p.amount_sats for p in short)
+        error = (
+            f"waiting for confirmed custody funds: {available} sats spendable, "
+            f"{needed} sats asked by the payouts queued up to this one"
+        )
+        now = self._clock()
+        with self._uow() as uow:
+            repo = uow.btc_payouts
+            repo.set_payouts_waiting([p.id for p in short], None, error)
+            for payout in short:
+                repo.add_alert(
+                    Alert(
+                        id=f"btc_payout_insufficient_funds:{payout.id}",
+                        severity="warning",
+                        kind="btc_payout_insufficient_funds",
+                        message=f"payout {payout.id} of {payout.amount_sats} sats: {error}",
+                        details={"payout": payout.id, "available_sats": str(available)},
+                    ),
+                    now,
+                )
+            uow.commit()
+        log.warning("btc payouts: %d payout(s) %s", len(short), error)
+
+    def _note_waiting_fee(
+        self, over: Sequence[PayoutRecord], share: int, rate: Decimal, tick: PayoutTick
+    ) -> None:
+        tick.waiting_fee += len(over)
+        error = (
+            f"its share of the network fee, {share} sats at {rate} sat/vB, is over "
+            f"payout_fee_max_sats ({self.settings.payout_fee_max_sats}): it waits for lower fees"
+        )
+        with self._uow() as uow:
+            uow.btc_payouts.set_payouts_waiting([p.id for p in over], "waiting_fee", error)
+            uow.commit()
+
+    def _record_batch(
+        self,
+        payouts: Sequence[PayoutRecord],
+        inputs: Sequence[CustodyOutput],
+        plan: FeePlan,
+        rate: Decimal,
+        change: DerivedAddress,
+        cursor: int | None,
+        tick: PayoutTick,
+    ) -> None:
+        tx_outputs = [
+            TxOutput(p.script_hex, p.amount_sats - share)
+            for p, share in zip(payouts, plan.shares, strict=True)
+        ]
+        change_script = change.script_hex if plan.change_sats else None
+        if change_script is not None:
+            tx_outputs.append(TxOutput(change_script, plan.change_sats))
+        ids = [p.id for p in payouts]
+        try:
+            signed = self._wallet.sign([_spend_input(c) for c in inputs], tx_outputs, rbf=True)
+            _check_fee(signed, plan.fee_sats)
+        except (BitcoinTransactionError, InvalidInputError) as exc:
+            self._note_error(ids, f"signing failed: {exc}", tick)
+            return
+        (accepted,) = self._node.testmempoolaccept([signed.raw_hex])
+        if not accepted.get("allowed"):
+            tick.refused += 1
+            reason = accepted.get("reject-reason", "no reason given")
+            self._note_error(ids, f"the node would refuse the batch: {reason}", tick)
+            return
+        now = self._clock()
+        outpoints = tuple(c.outpoint for c in inputs)
+        version = _version(
+            signed,
+            plan.fee_sats,
+            rate,
+            plan.vsize,
+            payouts,
+            plan.shares,
+            plan.change_sats,
+            change_script,
+        )
+        batch = _with_version(
+            BatchRecord(
+                id=_batch_id(outpoints),
+                outpoints=outpoints,
+                status="signed",
+                txid=signed.txid,
+                raw_hex=signed.raw_hex,
+                versions=(version,),
+                fee_sats=plan.fee_sats,
+                fee_rate_sat_vb=str(rate),
+                vsize=plan.vsize,
+                change_sats=plan.change_sats,
+                created_at=now,
+                updated_at=now,
+            ),
+            version,
+        )
+        batch = replace(batch, change_address=change.address if change_script else None)
+        with self._uow() as uow:
+            repo = uow.btc_payouts
+            if change_script is not None and not repo.add_change_address(
+                change.address, change.script_hex, change.index, now
+            ):
+                tick.errors.append(f"change index {change.index} was taken meanwhile")
+                return
+            if not repo.insert_batch(batch):
+                tick.errors.append(f"batch {batch.id} exists already")
+                return
+            if not repo.reserve_outputs(outpoints, batch.id):
+                tick.errors.append("an input was reserved by another batch meanwhile")
+                return
+            moved = repo.assign_payouts(
+                batch.id,
+                _assignments(version, "batched"),
+                expected_statuses=PAYOUT_WAITING_STATUSES,
+            )
+            if moved != len(payouts):
+                # Another worker batched one of them: nothing of this batch is recorded, and its
+                # signed transaction is never sent.
+                tick.errors.append("a payout was batched by another worker meanwhile")
+                return
+            uow.audit.append(
+                [
+                    AuditEntry(
+                        operation_id=batch.id,
+                        operation="btc_batch_signed",
+                        actor=WORKER,
+                        recorded_at=now,
+                        parameters={
+                            "txid": signed.txid,
+                            "outpoints": list(outpoints),
+                            "fee_sats": plan.fee_sats,
+                            "fee_rate_sat_vb": str(rate),
+                            "change_sats": plan.change_sats,
+                        },
+                        state_changes=[
+                            {"payout": p.id, "status": "batched", "fee_sats": share}
+                            for p, share in zip(payouts, plan.shares, strict=True)
+                        ],
+                    )
+                ]
+            )
+            uow.commit()
+        tick.batches += 1
+        tick.batched += len(payouts)
+        log.info("btc payouts: batch %s signed: %s (%d payouts)", batch.id, signed.txid, len(ids))
+        if self._after_record is not None:
+            self._after_record(batch)
+        self._send(batch, cursor, tick, counted="broadcast")
+
+    def _note_error(self, ids: Sequence[str], error: str, tick: PayoutTick) -> None:
+        tick.errors.append(error)
+        log.warning("btc payouts: %s (payouts %s)", error, ", ".join(ids))
+        with self._uow() as uow:
+            uow.btc_payouts.set_payouts_waiting(ids, None, error)
+            uow.commit()
+
+
+def _batch_id(outpoints: Iterable[str]) -> str:
+    """A batch's id follows from the outpoints it spends: two workers that chose the same
+    inputs would record the same batch, and the second is refused by the primary key."""
+    digest = hashlib.sha256(",".join(sorted(outpoints)).encode()).hexdigest()
+    return f"btcb-{digest[:32]}"
+
+
+def _sizer(
+    wallet: CustodyWallet, inputs: int, scripts: Sequence[str], change_script: str | None
+) -> Callable[[bool], int]:
+    """The batch's virtual size with or without its change output, as the wallet counts it."""
+
+    def vsize(with_change: bool) -> int:
+        extra = [change_script] if with_change and change_script is not None else []
+        return wallet.estimate_vsize(inputs, [*scripts, *extra])
+
+    return vsize
+
+
+# What a node answers when a batch's inputs are spent: by the batch itself (mined) or otherwise.
+_INPUTS_GONE = ("missingorspent", "missing-inputs", "missing inputs", "txn-mempool-conflict")
+
+
+def _refused_for_its_fee(batch: BatchRecord) -> bool:
+    """The node refused the batch's current version for something a higher fee may cure (the
+    mempool's minimum fee rose, a replacement paid too little), not because its inputs are
+    gone."""
+    error = (batch.last_error or "").lower()
+    if not error.startswith(("broadcast refused", "fee bump rejected")):
+        return False
+    return not any(marker in error for marker in _INPUTS_GONE)
+
+
+def _spend_input(output: CustodyOutput) -> SpendInput:
+    return SpendInput(output.txid, output.vout, output.amount_sats, output.branch, output.index)
+
+
+def _check_fee(signed: SignedTransaction, planned: int) -> None:
+    """The wallet's own count of the fee (inputs − outputs) must be the plan's: anything else
+    means outputs were not what was asked for, and nothing is recorded."""
+    if signed.fee_sats != planned:
+        raise BitcoinTransactionError(
+            f"the signed transaction pays {signed.fee_sats} sats of fee, {planned} were planned"
+        )
+
+
+def _version(
+    signed: SignedTransaction,
+    fee_sats: int,
+    rate: Decimal,
+    vsize: int,
+    payouts: Sequence[PayoutRecord],
+    shares: Sequence[int],
+    change_sats: int,
+    change_script: str | None,
+) -> dict[str, Any]:
+    """A version as recorded in ``btc_batches.versions``: the payouts' outputs come first in
+    their order, the change (if any) last."""
+    return {
+        "txid": signed.txid,
+        "fee_sats": fee_sats,
+        "fee_rate": str(rate),
+        "vsize": vsize,
+        "change_sats": change_sats,
+        "change_vout": len(payouts) if change_sats else None,
+        "change_script": change_script,
+        "payouts": {
+            p.id: [n, share] for n, (p, share) in enumerate(zip(payouts, shares, strict=True))
+        },
+    }

@@ -1,0 +1,222 @@
+"""The payout worker's base: what it holds, and sending a batch's recorded transaction.
+
+:class:`PayoutWorkerBase` broadcasts a batch's recorded raw transaction and records the outcome;
+it never builds one. New batches and fee bumps are in :mod:`sluice.services.btc_payout_batches`,
+following batches in :mod:`sluice.services.btc_payout_worker`. The header of
+:mod:`sluice.services.btc_payouts` explains how a payout could be paid twice and why it cannot.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from sluice.ports import UnitOfWorkFactory
+from sluice.ports.bitcoin import (
+    BitcoinNode,
+    CustodyWallet,
+    NodeRejectedError,
+    NodeUnavailableError,
+    NotFoundError,
+)
+from sluice.ports.bitcoin_payouts import BatchRecord, PayoutAssignment
+from sluice.services.bitcoin_settings import BitcoinSettings
+
+# Every payout module logs as one: operators (and the demo, which routes it to its log file) know
+# the payouts' logger by this name.
+log = logging.getLogger("sluice.services.btc_payouts")
+
+Clock = Callable[[], datetime]
+
+WORKER = "btc-payouts-worker"
+CHANGE_BRANCH = 1
+# A batch spends at most this many custody outputs (a bound on the work and on the signing time).
+INPUTS_MAX = 500
+# Bitcoin Core's error code for "Transaction already in block chain".
+RPC_ALREADY_IN_CHAIN = -27
+# What nodes answer when they already hold the very transaction sent: it went out.
+_ALREADY_KNOWN = (
+    "already in block chain",
+    "txn-already-in-mempool",
+    "txn-already-known",
+    "already have transaction",
+)
+
+
+@dataclass(slots=True)
+class PayoutTick:
+    followed: int = 0  # open batches looked at
+    broadcast: int = 0  # first broadcasts (including a recovered signed batch)
+    rebroadcast: int = 0  # the same transaction sent again (evicted, reorged, unanswered)
+    # Signed batches found unsent or unrecorded (a crash or a lost answer) and settled.
+    recovered: int = 0
+    mined: int = 0
+    confirmed: int = 0
+    completed: int = 0  # payouts completed
+    reorged: int = 0
+    stuck: int = 0
+    bumped: int = 0
+    batches: int = 0  # new batches recorded
+    batched: int = 0  # payouts moved into them
+    waiting_fee: int = 0
+    insufficient: int = 0  # payouts waiting for confirmed custody funds
+    refused: int = 0  # batches testmempoolaccept refused
+    paused: str | None = None
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def busy(self) -> bool:
+        return bool(
+            self.broadcast
+            or self.rebroadcast
+            or self.mined
+            or self.confirmed
+            or self.reorged
+            or self.bumped
+            or self.batches
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """A broadcast's outcome: ``sent`` (the node holds it), ``unknown`` (no answer: check by
+    txid next round) or ``rejected`` (the node refused it, ``reason`` says why)."""
+
+    outcome: str
+    reason: str | None = None
+
+
+class PayoutWorkerBase:
+    """The worker's settings, ports and test hooks, and the sending of a batch's recorded
+    transaction (see :class:`~sluice.services.btc_payout_worker.PayoutWorker`)."""
+
+    def __init__(
+        self,
+        uow_factory: UnitOfWorkFactory,
+        node: BitcoinNode,
+        wallet: CustodyWallet,
+        settings: BitcoinSettings,
+        clock: Clock,
+        *,
+        after_record: Callable[[BatchRecord], None] | None = None,
+        after_broadcast: Callable[[BatchRecord], None] | None = None,
+    ) -> None:
+        self._uow = uow_factory
+        self._node = node
+        self._wallet = wallet
+        self.settings = settings
+        self._clock = clock
+        # Test hooks: called once a signed batch (or a bump) is committed and before it is sent,
+        # and after a broadcast before recording it (crash tests raise there).
+        self._after_record = after_record
+        self._after_broadcast = after_broadcast
+
+    def _height(self, cursor: int | None) -> int:
+        """The height confirmations and bumps are counted at: the watcher's cursor, so that what
+        the worker decides agrees with what the watcher has seen; the node's tip before the
+        watcher has processed any block."""
+        if cursor is not None:
+            return cursor
+        return int(self._node.getblockchaininfo()["blocks"])
+
+    def _in_mempool(self, txid: str) -> bool:
+        try:
+            self._node.getmempoolentry(txid)
+        except NotFoundError:
+            return False
+        return True
+
+    def _broadcast(self, raw_hex: str) -> _Sent:
+        try:
+            self._node.sendrawtransaction(raw_hex)
+        except NodeUnavailableError as exc:
+            return _Sent("unknown", str(exc))
+        except NodeRejectedError as exc:
+            text = str(exc).lower()
+            if exc.code == RPC_ALREADY_IN_CHAIN or any(k in text for k in _ALREADY_KNOWN):
+                return _Sent("sent")
+            return _Sent("rejected", str(exc))
+        return _Sent("sent")
+
+    def _send(
+        self, batch: BatchRecord, cursor: int | None, tick: PayoutTick, *, counted: str
+    ) -> None:
+        sent = self._broadcast(batch.raw_hex)
+        if self._after_broadcast is not None:
+            self._after_broadcast(batch)
+        self._record_sent(batch, sent, cursor, tick, counted=counted)
+
+    def _record_sent(
+        self,
+        batch: BatchRecord,
+        sent: _Sent,
+        cursor: int | None,
+        tick: PayoutTick,
+        *,
+        counted: str | None,
+    ) -> None:
+        """Record a broadcast's outcome; when sent, count it in ``tick`` as ``counted``
+        (``broadcast`` or ``rebroadcast``; None when the node was found holding it)."""
+        now = self._clock()
+        error: str | None
+        if sent.outcome == "unknown":
+            # No answer: whether it went out is checked by txid next round (a signed batch stays
+            # signed; the same transaction is all that is ever sent for it).
+            error = f"broadcast unanswered: {sent.reason}"
+            updated = replace(batch, updated_at=now, last_error=error)
+        else:
+            # Sent, or refused: the refusal is kept and the same transaction retried, and a batch
+            # left unmined is bumped after payout_bump_after_blocks either way. The bump timer
+            # starts when a version first goes out; sending it again after an eviction does not
+            # reset it.
+            error = None if sent.outcome == "sent" else f"broadcast refused: {sent.reason}"
+            height = batch.broadcast_height
+            if height is None:
+                height = self._height(cursor)
+            updated = replace(
+                batch, status="broadcast", broadcast_height=height, updated_at=now, last_error=error
+            )
+        if error is not None:
+            tick.errors.append(f"batch {batch.id}: {error}")
+            log.warning("btc payouts: batch %s: %s", batch.id, error)
+        with self._uow() as uow:
+            repo = uow.btc_payouts
+            if not repo.update_batch(
+                updated, expected_txid=batch.txid, expected_status=batch.status
+            ):
+                return
+            if updated.status == "broadcast" and batch.status == "signed":
+                repo.assign_payouts(
+                    batch.id,
+                    _assignments(batch.versions[-1], "broadcast"),
+                    expected_statuses=("batched",),
+                )
+            uow.commit()
+        if sent.outcome == "sent" and counted == "broadcast":
+            tick.broadcast += 1
+        elif sent.outcome == "sent" and counted == "rebroadcast":
+            tick.rebroadcast += 1
+
+
+def _with_version(batch: BatchRecord, version: Mapping[str, Any]) -> BatchRecord:
+    """The batch as of ``version``: its txid, fee and change."""
+    return replace(
+        batch,
+        txid=str(version["txid"]),
+        fee_sats=int(version["fee_sats"]),
+        fee_rate_sat_vb=str(version["fee_rate"]),
+        vsize=int(version["vsize"]),
+        change_sats=int(version["change_sats"]),
+        change_vout=version.get("change_vout"),
+    )
+
+
+def _assignments(version: Mapping[str, Any], status: str) -> list[PayoutAssignment]:
+    placed: Mapping[str, Sequence[int]] = version["payouts"]
+    return [
+        PayoutAssignment(payout_id, int(vout), int(fee), status)
+        for payout_id, (vout, fee) in placed.items()
+    ]

@@ -1,0 +1,258 @@
+"""The Bitcoin payout worker: :class:`PayoutWorker` follows open batches until they are confirmed
+(mined, reorged, evicted, stuck, a crash to recover), bumps the fee of those left unmined and
+makes new batches of the queued payouts.
+
+The header of :mod:`sluice.services.btc_payouts` explains how a payout could be paid twice and why
+it cannot here; the steps are split by part: sending a recorded batch in
+:mod:`sluice.services.btc_payout_sending`, new batches and fee bumps in
+:mod:`sluice.services.btc_payout_batches`, following them here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+from sluice.domain.audit import AuditEntry
+from sluice.domain.deposits import Alert
+from sluice.ports.bitcoin import BitcoinNodeError, NodeUnavailableError
+from sluice.ports.bitcoin_payouts import BATCH_OPEN_STATUSES, BatchRecord, OutputSpend
+from sluice.services.btc_payout_batches import PayoutBatching
+from sluice.services.btc_payout_sending import (
+    WORKER,
+    PayoutTick,
+    _assignments,
+    _Sent,
+    _with_version,
+)
+from sluice.services.controls import pause_state
+
+# Every payout module logs as one: operators (and the demo, which routes it to its log file) know
+# the payouts' logger by this name.
+log = logging.getLogger("sluice.services.btc_payouts")
+
+
+class PayoutWorker(PayoutBatching):
+    """Stateless: everything it knows is in the DB, so any number may run and any may be killed
+    at any point. One ``run_once`` follows the open batches (mined, confirmed, reorged, evicted,
+    a crash to recover), bumps the fee of batches stuck unmined, and makes new batches of the
+    queued payouts."""
+
+    def run_once(self) -> PayoutTick:
+        """One round; while sluice is paused, nothing and ``tick.paused`` says why."""
+        tick = PayoutTick()
+        with self._uow() as uow:
+            state = pause_state(uow)
+            cursor = uow.btc_payouts.cursor_height()
+        if state is not None:
+            tick.paused = state.mode
+            return tick
+        for step in (self.follow, self.bump, self.make_batches):
+            try:
+                step(tick, cursor)
+            except NodeUnavailableError as exc:
+                tick.errors.append(f"{step.__name__}: the node is unavailable: {exc}")
+                log.warning("btc payouts: %s: the node is unavailable: %s", step.__name__, exc)
+            except BitcoinNodeError as exc:
+                # Whatever the step had not recorded is done again next round, from the DB.
+                tick.errors.append(f"{step.__name__}: the node refused: {exc}")
+                log.warning("btc payouts: %s: the node refused: %s", step.__name__, exc)
+        return tick
+
+    # -- following batches ---------------------------------------------------------------------
+
+    def follow(self, tick: PayoutTick, cursor: int | None) -> None:
+        with self._uow() as uow:
+            batches = uow.btc_payouts.batches(BATCH_OPEN_STATUSES)
+        for batch in batches:
+            tick.followed += 1
+            try:
+                self._follow_one(batch, cursor, tick)
+            except NodeUnavailableError:
+                raise
+            except BitcoinNodeError as exc:
+                tick.errors.append(f"batch {batch.id}: {exc}")
+                log.warning("btc payouts: batch %s: %s", batch.id, exc)
+
+    def _follow_one(self, batch: BatchRecord, cursor: int | None, tick: PayoutTick) -> None:
+        with self._uow() as uow:
+            spends = uow.btc_payouts.spends(batch.outpoints)
+        if spends:
+            versions = {str(v["txid"]): v for v in batch.versions}
+            foreign = {s.txid for s in spends.values()} - versions.keys()
+            if foreign:
+                self._stuck(batch, sorted(foreign), tick)
+                return
+            txids = {s.txid for s in spends.values()}
+            if len(spends) < len(batch.outpoints) or len(txids) != 1:
+                return  # the watcher is between blocks: look again next round
+            (spend,) = {s for s in spends.values() if s.txid in txids}
+            assert cursor is not None  # spends come from blocks the watcher processed
+            self._mined(batch, versions[spend.txid], spend, cursor, tick)
+            return
+        if batch.status == "mined":
+            batch = self._reorged(batch, tick)
+        self._ensure_sent(batch, cursor, tick)
+
+    def _mined(
+        self,
+        batch: BatchRecord,
+        version: Mapping[str, Any],
+        spend: OutputSpend,
+        cursor: int,
+        tick: PayoutTick,
+    ) -> None:
+        confirmations = cursor - spend.height + 1
+        confirmed = confirmations >= self.settings.confirmations_min
+        status = "confirmed" if confirmed else "mined"
+        same = (batch.status, batch.mined_height, batch.mined_block_hash, batch.txid) == (
+            status,
+            spend.height,
+            spend.block_hash,
+            spend.txid,
+        )
+        if same:
+            return
+        now = self._clock()
+        updated = replace(
+            _with_version(batch, version),
+            status=status,
+            mined_height=spend.height,
+            mined_block_hash=spend.block_hash,
+            updated_at=now,
+            last_error=None,
+        )
+        with self._uow() as uow:
+            repo = uow.btc_payouts
+            if not repo.update_batch(updated, expected_status=batch.status):
+                return  # another worker moved it: next round sees what it did
+            repo.assign_payouts(
+                batch.id,
+                _assignments(version, "mined"),
+                expected_statuses=("batched", "broadcast", "mined"),
+            )
+            completed: list[str] = []
+            if confirmed:
+                completed = repo.complete_payouts(batch.id, now)
+            uow.audit.append(
+                [
+                    AuditEntry(
+                        operation_id=batch.id,
+                        operation="btc_batch_confirmed" if confirmed else "btc_batch_mined",
+                        actor=WORKER,
+                        recorded_at=now,
+                        parameters={
+                            "txid": spend.txid,
+                            "height": spend.height,
+                            "block_hash": spend.block_hash,
+                            "confirmations": confirmations,
+                        },
+                        state_changes=[{"payout": pid, "status": "completed"} for pid in completed],
+                    )
+                ]
+            )
+            uow.commit()
+        if batch.status != "mined":
+            tick.mined += 1
+        if confirmed:
+            tick.confirmed += 1
+            tick.completed += len(completed)
+            log.info("btc payouts: batch %s confirmed in %s", batch.id, spend.txid)
+
+    def _reorged(self, batch: BatchRecord, tick: PayoutTick) -> BatchRecord:
+        """The watcher cleared the batch's spends: its block left the active chain. The batch is
+        back to broadcast with its latest version (the same inputs: whatever is mined next is
+        still this batch)."""
+        now = self._clock()
+        latest = batch.versions[-1]
+        updated = replace(
+            _with_version(batch, latest),
+            status="broadcast",
+            mined_height=None,
+            mined_block_hash=None,
+            updated_at=now,
+            last_error=f"its block {batch.mined_block_hash} was reorged away",
+        )
+        with self._uow() as uow:
+            repo = uow.btc_payouts
+            if not repo.update_batch(updated, expected_status="mined"):
+                return batch
+            repo.assign_payouts(
+                batch.id, _assignments(latest, "broadcast"), expected_statuses=("mined",)
+            )
+            uow.commit()
+        tick.reorged += 1
+        log.warning(
+            "btc payouts: batch %s was reorged out of block %s", batch.id, batch.mined_block_hash
+        )
+        return updated
+
+    def _stuck(self, batch: BatchRecord, foreign: Sequence[str], tick: PayoutTick) -> None:
+        if batch.status == "stuck":
+            return
+        now = self._clock()
+        message = (
+            f"payout batch {batch.id}: its custody inputs were spent by {', '.join(foreign)}, "
+            "which is none of its versions; its payouts are not paid again automatically"
+        )
+        updated = replace(batch, status="stuck", updated_at=now, last_error=message)
+        with self._uow() as uow:
+            repo = uow.btc_payouts
+            if not repo.update_batch(updated, expected_status=batch.status):
+                return
+            payouts = repo.payouts_of_batch(batch.id)
+            repo.set_payouts_error([p.id for p in payouts], message)
+            repo.add_alert(
+                Alert(
+                    id=f"btc_batch_stuck:{batch.id}",
+                    severity="critical",
+                    kind="btc_batch_stuck",
+                    message=message,
+                    details={
+                        "batch": batch.id,
+                        "spent_by": ",".join(foreign),
+                        "payouts": ",".join(p.id for p in payouts),
+                    },
+                ),
+                now,
+            )
+            uow.audit.append(
+                [
+                    AuditEntry(
+                        operation_id=batch.id,
+                        operation="btc_batch_stuck",
+                        actor=WORKER,
+                        recorded_at=now,
+                        parameters={"spent_by": list(foreign)},
+                        error=message,
+                    )
+                ]
+            )
+            uow.commit()
+        tick.stuck += 1
+        log.critical("btc payouts: %s", message)
+
+    def _ensure_sent(self, batch: BatchRecord, cursor: int | None, tick: PayoutTick) -> None:
+        """A batch not seen mined: make sure the node holds it, sending the recorded transaction
+        (never another) when it does not."""
+        if batch.status == "signed":
+            # A crash between recording and broadcasting, or an unanswered broadcast: if the
+            # node holds it, it went out; otherwise send the very transaction recorded.
+            tick.recovered += 1
+            if any(self._in_mempool(str(v["txid"])) for v in batch.versions):
+                self._record_sent(batch, _Sent("sent"), cursor, tick, counted=None)
+                return
+            self._send(batch, cursor, tick, counted="broadcast")
+            return
+        if self._in_mempool(batch.txid):
+            if batch.broadcast_height is None:
+                # A bump that went out but whose sending was not recorded: its timer starts.
+                self._record_sent(batch, _Sent("sent"), cursor, tick, counted=None)
+            return
+        # Evicted, reorged out and not taken back, or a bump recorded but never sent.
+        self._send(batch, cursor, tick, counted="rebroadcast")
+
+
+__all__ = ["PayoutTick", "PayoutWorker"]
