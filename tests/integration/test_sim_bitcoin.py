@@ -11,8 +11,8 @@ the in-memory chain's blocks as its node calls answer them.
 * a sweep of seeds, some with crashes at four times the default rate: no violation, and together
   they reach every custody path that matters (dust, reorgs of each depth and one dropping a
   transaction, evictions, full blocks, batches, rebroadcasts, fee bumps, a recovery after a crash,
-  payouts completed, crashes after recording and after broadcasting) — a sweep that stopped
-  reaching one would prove nothing about it;
+  payouts completed, crashes after recording and after broadcasting, a broadcast whose answer
+  was lost) — a sweep that stopped reaching one would prove nothing about it;
 * a seed with bitcoin activity gives the same line on PostgreSQL as on SQLite;
 * three seeds with the custody tables tampered with mid-run — a deposit marked confirmed before
   its confirmations; a confirmed, unspent deposit deleted (the books lose money the chain holds);
@@ -35,18 +35,10 @@ from sluice.store.bitcoin_tables import btc_outputs, btc_payouts
 
 pytestmark = pytest.mark.slow
 
-# (seed, crash rate, fault rate): crashes at four times the default rate kill the payouts worker
-# between recording and broadcasting often enough; at the default rates it lives long enough to
-# bump a fee.
-SWEEP = (
-    (7, 0.2, 0.1),
-    (12, 0.2, 0.1),
-    (13, 0.2, 0.1),
-    (18, 0.2, 0.1),
-    (20, 0.05, 0.05),
-    (26, 0.05, 0.05),
-    (30, 0.05, 0.05),
-)
+# (seed, crash rate, fault rate): odd seeds crash at four times the default rate, which kills the
+# payouts worker between recording and broadcasting often enough; even ones at the default rates,
+# where it lives long enough to bump fees and complete payouts.
+SWEEP = tuple((seed, 0.2, 0.1) if seed % 2 else (seed, 0.05, 0.05) for seed in range(1, 25))
 SWEEP_STEPS = 300
 # What the sweep must have made happen at least once (SimulationResult.outcomes).
 PATHS = (
@@ -64,6 +56,7 @@ PATHS = (
     "btc_batches",
     "btc_rebroadcast",
     "btc_bumped",
+    "btc_link_dropped_at_sendrawtransaction",
     "btc_recovered",
     "btc_payouts_completed",
     "crash_btc_after_record",
@@ -127,7 +120,7 @@ def test_a_deposit_confirmed_early_is_reported() -> None:
         return bool(changed)
 
     tamper, done = tamper_once(confirm_a_seen_deposit)
-    result = run_simulation(4, 120, tamper=tamper)
+    result = run_simulation(4, 300, tamper=tamper)
     assert done
     assert "btc_deposits" in checks_at(result.violations, done[0]), result.violations
     assert any("expected seen" in v for v in result.violations)

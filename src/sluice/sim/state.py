@@ -29,7 +29,7 @@ from sluice.domain.journal import AccountRef
 from sluice.domain.ledger import InstrumentId, parse_timestamp
 from sluice.domain.withdrawals import AWAITING_OUTCOME_STATUSES
 from sluice.ledger.local import CommandResult
-from sluice.ports.bitcoin import CustodyWallet, JsonObject
+from sluice.ports.bitcoin import BitcoinNode, CustodyWallet, JsonObject
 from sluice.sandbox import Sandbox
 from sluice.services.bitcoin_settings import BitcoinSettings
 from sluice.services.books import check_invariant
@@ -431,6 +431,7 @@ class BitcoinCustody:
     node: FakeChain
     wallet: CustodyWallet
     settings: BitcoinSettings
+    link: BitcoinNode  # the node as the exchange's processes reach it (the checks read ``node``)
     funded: dict[str, tuple[str, int]] = field(default_factory=dict)  # txid → (customer, sats)
     payouts: dict[str, PayoutRequest] = field(default_factory=dict)
     batch_of: dict[str, str] = field(default_factory=dict)  # payout id → first batch seen

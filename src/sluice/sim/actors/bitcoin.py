@@ -3,7 +3,9 @@ their custody addresses (now and then dust), miners mine (now and then blocks th
 mempool out, so a payout waits and is fee-bumped), the chain reorganises 1–3 blocks deep (now and
 then dropping a transaction), the node evicts a mempool transaction, the deposit watcher runs, an
 operator requests a payout (now and then the same one again), and the payouts worker runs, dying
-now and then right after recording a batch or right after broadcasting it.
+now and then right after recording a batch or right after broadcasting it. Now and then the
+connection of the watcher or the worker to the node drops in the middle of a round — for a
+broadcast, after the node took the transaction, so that its answer is lost.
 
 The custody is made the first time one of these actions is drawn, so a run that draws none pays
 nothing for it. Its keys are fixed (made from constant seeds, never from the run's random source,
@@ -29,6 +31,7 @@ from sluice.bitcoin.fakechain import FakeChain
 from sluice.bitcoin.keys import SigningKey
 from sluice.bitcoin.wallet import EmbitCustodyWallet
 from sluice.domain.chains import CHAINS
+from sluice.ports.bitcoin import JsonObject, NodeUnavailableError
 from sluice.services.bitcoin_settings import BitcoinSettings
 from sluice.services.btc_addresses import deposit_address
 from sluice.services.btc_payouts import PayoutWorker, request_payout
@@ -94,11 +97,82 @@ def custody_wallet() -> EmbitCustodyWallet:
     return EmbitCustodyWallet(str(descriptor), CHAIN, keys)
 
 
+class DroppingLink:
+    """The node as the exchange's processes reach it, whose connection can be made to drop at the
+    n-th call of a round: before the call reaches the node or, for a broadcast, after the node
+    took the transaction (its answer is lost — the payouts worker must then check by txid, never
+    send a new transaction)."""
+
+    def __init__(self, node: FakeChain) -> None:
+        self.node = node
+        self._calls_left: int | None = None
+        self.dropped: str | None = None  # the call at which it dropped
+
+    def arm(self, calls: int) -> None:
+        """Drop the connection at the call after ``calls`` more have gone through."""
+        self._calls_left, self.dropped = calls, None
+
+    def disarm(self) -> None:
+        self._calls_left = None
+
+    def _drops(self, call: str) -> bool:
+        if self._calls_left is None:
+            return False
+        if self._calls_left == 0:
+            self._calls_left, self.dropped = None, call
+            return True
+        self._calls_left -= 1
+        return False
+
+    def _check(self, call: str) -> None:
+        if self._drops(call):
+            raise NodeUnavailableError("the connection to the node dropped")
+
+    def getblockchaininfo(self) -> JsonObject:
+        self._check("getblockchaininfo")
+        return self.node.getblockchaininfo()
+
+    def getblockhash(self, height: int) -> str:
+        self._check("getblockhash")
+        return self.node.getblockhash(height)
+
+    def getblock(self, block_hash: str) -> JsonObject:
+        self._check("getblock")
+        return self.node.getblock(block_hash)
+
+    def getrawtransaction(self, txid: str, block_hash: str | None = None) -> JsonObject:
+        self._check("getrawtransaction")
+        return self.node.getrawtransaction(txid, block_hash)
+
+    def sendrawtransaction(self, raw_hex: str) -> str:
+        drops = self._drops("sendrawtransaction")
+        txid = self.node.sendrawtransaction(raw_hex)
+        if drops:
+            raise NodeUnavailableError("the connection dropped before the node answered")
+        return txid
+
+    def testmempoolaccept(self, raw_hexes: list[str]) -> list[JsonObject]:
+        self._check("testmempoolaccept")
+        return self.node.testmempoolaccept(raw_hexes)
+
+    def estimatesmartfee(self, conf_target: int) -> JsonObject:
+        self._check("estimatesmartfee")
+        return self.node.estimatesmartfee(conf_target)
+
+    def scantxoutset(self, descriptors: list[str | JsonObject]) -> JsonObject:
+        self._check("scantxoutset")
+        return self.node.scantxoutset(descriptors)
+
+    def getmempoolentry(self, txid: str) -> JsonObject:
+        self._check("getmempoolentry")
+        return self.node.getmempoolentry(txid)
+
+
 def custody(sim: SimulationState) -> BitcoinCustody:
     """The run's custody, made on first use."""
     if sim.bitcoin is None:
         node = FakeChain(CHAIN, clock=sim.sandbox.clock)
-        sim.bitcoin = BitcoinCustody(node, custody_wallet(), SETTINGS)
+        sim.bitcoin = BitcoinCustody(node, custody_wallet(), SETTINGS, DroppingLink(node))
         sim.dirty = True  # the checks read the btc_* tables from now on
     return sim.bitcoin
 
@@ -109,7 +183,7 @@ def watcher(sim: SimulationState) -> DepositWatcher:
         WATCHER,
         lambda: DepositWatcher(
             sim.sandbox.database.uow,
-            bitcoin.node,
+            bitcoin.link,
             bitcoin.wallet,
             bitcoin.settings,
             sim.sandbox.clock,
@@ -130,7 +204,7 @@ def payout_worker(sim: SimulationState) -> PayoutWorker:
         PAYOUTS,
         lambda: PayoutWorker(
             sim.sandbox.database.uow,
-            bitcoin.node,
+            bitcoin.link,
             bitcoin.wallet,
             bitcoin.settings,
             sim.sandbox.clock,
@@ -203,12 +277,27 @@ def evict(sim: SimulationState) -> None:
 # --- the exchange: the watcher, payout requests, the payouts worker ----------------------------
 
 
+def drop_link_now_and_then(sim: SimulationState) -> DroppingLink:
+    """A tenth of the time, the connection to the node drops within the round's first calls."""
+    link = custody(sim).link
+    assert isinstance(link, DroppingLink)
+    if sim.rng.random() < 0.1:
+        link.arm(sim.rng.randint(0, 6))
+    return link
+
+
 def watch(sim: SimulationState) -> None:
-    tick = quietly(watcher(sim).run_once)
+    link = drop_link_now_and_then(sim)
+    try:
+        tick = quietly(watcher(sim).run_once)
+    finally:
+        link.disarm()
     outcomes = sim.result.outcomes
     outcomes["btc_watch_reorgs"] += tick.reorgs
     outcomes["btc_confirmed"] += tick.confirmed
-    if tick.error is not None:
+    if link.dropped:
+        outcomes[f"btc_link_dropped_at_{link.dropped}"] += 1
+    elif tick.error is not None:
         sim.violation("error", f"the deposit watcher stopped: {tick.error}")
 
 
@@ -245,8 +334,14 @@ def request(sim: SimulationState) -> None:
 
 
 def pay(sim: SimulationState) -> None:
-    tick = quietly(payout_worker(sim).run_once)
+    link = drop_link_now_and_then(sim)
+    try:
+        tick = quietly(payout_worker(sim).run_once)
+    finally:
+        link.disarm()
     outcomes = sim.result.outcomes
+    if link.dropped:
+        outcomes[f"btc_link_dropped_at_{link.dropped}"] += 1
     outcomes["btc_batches"] += tick.batches
     outcomes["btc_bumped"] += tick.bumped
     outcomes["btc_rebroadcast"] += tick.rebroadcast
@@ -263,12 +358,12 @@ def pay(sim: SimulationState) -> None:
 ACTOR = Actor(
     "bitcoin",
     (
-        Action("btc_deposit", 2, deposit),
-        Action("btc_mine", 3, mine, ledger_only=True),
+        Action("btc_deposit", 3, deposit),
+        Action("btc_mine", 4, mine, ledger_only=True),
         Action("btc_reorg", 1, reorg, ledger_only=True),
         Action("btc_evict", 1, evict, ledger_only=True),
-        Action("btc_watch", 3, watch),
-        Action("btc_request_payout", 1, request),
-        Action("btc_pay", 2, pay),
+        Action("btc_watch", 4, watch),
+        Action("btc_request_payout", 2, request),
+        Action("btc_pay", 3, pay),
     ),
 )
