@@ -116,6 +116,7 @@ def custody_log(path: Path) -> Iterator[None]:
             )
         payouts_log = logging.getLogger("sluice.services.btc_payouts")
         handler: logging.Handler | None = None
+        propagate = payouts_log.propagate
         if not logging.getLogger().handlers:
             handler = logging.StreamHandler(file)
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -126,7 +127,7 @@ def custody_log(path: Path) -> Iterator[None]:
         finally:
             if handler is not None:
                 payouts_log.removeHandler(handler)
-                payouts_log.propagate = True
+                payouts_log.propagate = propagate
             if configure:
                 structlog.reset_defaults()
 
@@ -237,6 +238,7 @@ def reorg(custody: Custody, story: BitcoinStory) -> None:
     after = custody.deposits()
     rows = list_deposits(custody.uow)
     counted = sum(1 for d in rows if (d.txid, d.vout) == moved)
+    confirmed = sum(d.amount_sats for d in rows if d.status == "confirmed")
     story.check(
         f"{erin.name} deposits {btc(DROPPED_SATS)}, {bob.name} {btc(MOVED_SATS)} (a new "
         f"address: his first was funded); both in block {before[moved].block_height}, 2 "
@@ -245,13 +247,15 @@ def reorg(custody: Custody, story: BitcoinStory) -> None:
         "back): "
         f"{erin.name}'s dropped → {after[dropped].status}; {bob.name}'s moved from "
         f"{old_block[:12]}… to {str(new_block)[:12]}…, the same deposit, "
-        f"{after[moved].status} once at {after[moved].confirmations}",
+        f"{after[moved].status} once at {after[moved].confirmations}; confirmed in all "
+        f"{btc(confirmed)}",
         before[dropped].status == before[moved].status == "seen"
         and tick.reorgs == 1
         and after[dropped].status == "reorged"
         and new_block != old_block
         and after[moved].status == "confirmed"
-        and counted == 1,
+        and counted == 1
+        and confirmed == sum(FIRST_DEPOSITS) + MOVED_SATS,
     )
 
 
