@@ -34,11 +34,15 @@ harness (:mod:`tests.bitcoin_regtest`) in a temporary data directory:
   mined empty (``generateblock`` with no transaction: the batch stays in the mempool as if
   miners passed it over) until ``payout_bump_after_blocks``; the next round fee-bumps it: a new
   txid spending the same outpoints and paying more fee (taken from the change), the old one
-  gone from the mempool, the payouts the same.
-  Mined and confirmed, ``sluice btc payouts`` shows each completed with the mined txid, and the
+  gone from the mempool, the payouts the same. Mined, its block is invalidated and the same
+  transaction mined again in a new block: the payouts follow it (one batch, the same txid).
+  Confirmed, ``sluice btc payouts`` shows each completed with the mined txid, and the
   node's wallet received each payout's amount less its fee share exactly once, custody holds
   just the change (``sluice btc balance``; deposits = payouts paid + fee + change), and later
   rounds send nothing more.
+* **The replaced version mined after all** (SQLite): after a fee bump, a block holding the
+  *first* version (``generateblock`` with its raw transaction) completes the same payouts with
+  that txid, paid once, and nothing more is sent.
 * **A crash between broadcast and record** (SQLite). One round of the payouts worker, wired from
   the same configuration file, is killed with SIGKILL by its ``after_broadcast`` hook: the node
   holds the batch, the DB still says it was only signed. The next ``sluice btc watch --once``
@@ -439,6 +443,18 @@ def test_batched_payouts_signed_2_of_3_bumped_once_and_paid_once(
     assert bumped_txid in block_txids(node, mined_block)
     assert custody.watch()["payouts"]["mined"] == 1
     assert {p["status"] for p in custody.payouts().values()} == {"mined"}
+    # Its block is reorged away; the same transaction is mined again in another block.
+    node.invalidate(mined_block)
+    wait_in_mempool(node, bumped_txid)
+    (remined_block,) = node.mine(1)
+    assert bumped_txid in block_txids(node, remined_block)
+    reorged = custody.watch()
+    assert reorged["watch"]["reorgs"] == 1
+    assert reorged["payouts"]["broadcast"] == 0 and reorged["payouts"]["rebroadcast"] == 0
+    payouts = custody.payouts()
+    assert {(p["status"], p["txid"], p["confirmations"]) for p in payouts.values()} == {
+        ("mined", bumped_txid, 1)
+    }
     node.mine(CONFIRMATIONS - 1)
     done = custody.watch()
     assert done["payouts"]["confirmed"] == 1 and done["payouts"]["completed"] == 3
@@ -563,3 +579,52 @@ def test_a_long_running_watch_rides_out_the_node_going_away(
     assert code == 0, output
     assert "Traceback" not in output and "stopped" in output, output
     assert confirmations_audited(custody.db) == [deposit]
+
+
+def test_a_replaced_version_mined_after_all_is_the_same_payout(
+    node: RegtestNode, tmp_path: Path
+) -> None:
+    """After a fee bump, a miner that kept the first version mines it (``generateblock`` with
+    its raw transaction, which the node's mempool had replaced): the batch is tracked by the
+    outpoints it spends, so the payouts complete with that txid and are paid once; the bump is
+    never sent again."""
+    custody = funded_custody(
+        node, tmp_path / "custody", f"sqlite:///{tmp_path / 'sluice.db'}", [30_000_000]
+    )
+    destinations = [node.new_address() for _ in range(2)]
+    amounts = [5_000_000, 7_000_000]
+    for n, (address, amount) in enumerate(zip(destinations, amounts, strict=True)):
+        custody.json("btc", "payout", "--id", f"r-{n}", "--to", address, "--amount", str(amount))
+    assert custody.watch()["payouts"]["batched"] == 2
+    (first_txid,) = {p["txid"] for p in custody.payouts().values()}
+    first_hex = str(node.rpc.call("getrawtransaction", first_txid))
+    first_shares = {pid: p["fee_sats"] for pid, p in custody.payouts().items()}
+
+    empty_blocks(node, BUMP_AFTER)
+    assert custody.watch()["payouts"]["bumped"] == 1
+    (bumped_txid,) = {p["txid"] for p in custody.payouts().values()}
+    assert bumped_txid != first_txid and in_mempool(node, bumped_txid)
+
+    block = node.rpc.call("generateblock", node.new_address(), [first_hex])["hash"]
+    assert first_txid in block_txids(node, block)
+    assert not in_mempool(node, bumped_txid)  # its inputs are spent: gone for good
+    mined = custody.watch()
+    assert mined["payouts"]["mined"] == 1 and mined["payouts"]["stuck"] == 0
+    node.mine(CONFIRMATIONS - 1)
+    done = custody.watch()
+    assert done["payouts"]["completed"] == 2
+    payouts = custody.payouts()
+    for n, (address, amount) in enumerate(zip(destinations, amounts, strict=True)):
+        payout = payouts[f"r-{n}"]
+        assert (payout["status"], payout["txid"]) == ("completed", first_txid)
+        assert payout["fee_sats"] == first_shares[f"r-{n}"]
+        assert received(node, address) == amount - payout["fee_sats"]
+        (utxo,) = node.rpc.call("listunspent", 1, 9_999_999, [address])
+        assert utxo["txid"] == first_txid
+    node.mine(1)
+    after = custody.watch()
+    assert after["payouts"]["rebroadcast"] == 0 and after["payouts"]["bumped"] == 0
+    assert not after["payouts"]["errors"]
+    assert node.rpc.call("getrawmempool") == []
+    (utxo,) = custody.json("btc", "balance")["utxos"]
+    assert (utxo["txid"], utxo["kind"]) == (first_txid, "change")
