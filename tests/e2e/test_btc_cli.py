@@ -1,38 +1,40 @@
-"""``sluice btc`` as an operator drives it, on the embedded chain, and custody inside
-``sluice serve``'s wiring.
+"""``sluice btc`` as an operator drives it, on the embedded chain, and custody inside ``sluice
+serve``'s wiring.
 
 Covers: ``sluice btc custody init`` (three key files of mode 0600 in a directory of mode 0700, a
 descriptor whose checksum verifies, a ``--toml`` block that is valid TOML and a valid
-configuration, the ``--json`` shape, a second init into the same directory refused); a
-customer's deposit address kept until it is funded, then a new one, never another customer's;
-``sandbox fund`` + ``sandbox mine`` + ``watch --once``: a deposit seen, confirmed at the sixth
-confirmation exactly once (later rounds confirm nothing), a dust output recorded as dust; reorgs
-made with ``sandbox reorg``: one that drops a deposit (``reorged``) and one that moves it to
-another block (the same ``txid:vout``, once); a payout queued (idempotent by id, a different
-request under the same id refused), sent by ``watch --once``, mined and completed, the recipient
-paid the amount less the fee, the change back in custody; the JSON keys of every command, which
-are a contract; the sandbox commands refused and ``watch --once`` exiting 1 when a real node is
-configured and down; commands run side by side each changing the embedded chain the other
-left (nothing lost). In process: ``sluice serve``'s service with a ``[bitcoin]`` section runs the
-watcher and the payouts worker on their own loop, which confirms a deposit and completes a
-payout, and which keeps running (reported failing) while the node is unreachable. Against a real
-node (Debian's ``litecoind -regtest``, skipped when it is not installed unless ``CI=true``), the
-whole path through the command line: ``custody init --toml`` with the node's part added, a
-deposit funded from the node's wallet, a reorg made with ``invalidateblock`` that the deposit
-survives as the same one, confirmed once, and a payout signed 2-of-3, accepted, mined and
-completed, the recipient paid the amount less the fee.
+configuration, the ``--json`` shape, a second init into the same directory refused); a customer's
+deposit address kept until it is funded, then a new one, never another customer's; ``sandbox fund``
++ ``sandbox mine`` + ``watch --once``: a deposit seen, confirmed at the sixth confirmation exactly
+once (later rounds confirm nothing), a dust output recorded as dust; reorgs made with ``sandbox
+reorg``: one that drops a deposit (``reorged``) and one that moves it to another block (the same
+``txid:vout``, once); a payout queued (idempotent by id, a different request under the same id
+refused), sent by ``watch --once``, mined and completed, the recipient paid the amount less the
+fee, the change back in custody; the JSON keys of every command, which are a contract; the sandbox
+commands refused and ``watch --once`` exiting 1 when a real node is configured and down; commands
+run side by side each changing the embedded chain the other left (nothing lost); ``watch`` without
+``--once`` confirming a deposit funded while it runs and stopping cleanly on Ctrl-C. In process:
+``sluice serve``'s service with a ``[bitcoin]`` section runs the watcher and the payouts worker on
+their own loop, which confirms a deposit and completes a payout, and which keeps running (reported
+failing) while the node is unreachable. Against a real node (Debian's ``litecoind -regtest``,
+skipped when it is not installed unless ``CI=true``), the whole path through the command line:
+``custody init --toml`` with the node's part added, a deposit funded from the node's wallet, a
+reorg made with ``invalidateblock`` that the deposit survives as the same one, confirmed once, and
+a payout signed 2-of-3, accepted, mined and completed, the recipient paid the amount less the fee.
 
 How: every ``sluice`` is the virtualenv's console script run as a process (the helpers of
 ``test_cli_over_the_wire``) with ``SLUICE_DATA_DIR`` in ``tmp_path``, so the sandbox custody and
 the embedded chain's file are made there on first use; customers are registered in the SQLite
-Integration DB in process (each ``sluice`` start costs seconds). What the chain holds is read
-back from its file (``FileNode``), as another process sees it.
+Integration DB in process (each ``sluice`` start costs seconds). What the chain holds is read back
+from its file (``FileNode``), as another process sees it.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import stat
+import subprocess
 import time
 import tomllib
 from collections.abc import Callable, Iterator
@@ -53,7 +55,14 @@ from sluice.services.btc_payouts import list_payouts, request_payout
 from sluice.services.btc_watcher import list_deposits
 from sluice.services.reference import register_customer
 from tests.bitcoin_regtest import RegtestNode
-from tests.e2e.test_cli_over_the_wire import command, environment, free_port, run_together, sluice
+from tests.e2e.test_cli_over_the_wire import (
+    command,
+    environment,
+    free_port,
+    run_together,
+    sluice,
+    sluice_script,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -304,6 +313,34 @@ def test_commands_side_by_side_change_the_embedded_chain_one_after_the_other(
     txid = json.loads(funded.stdout)["txid"]
     found = node.getrawtransaction(txid)
     assert found["txid"] == txid
+
+
+def test_watch_follows_the_chain_until_interrupted(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    env = with_customers(data, "alice")
+    address = btc(env, "address", "--customer", "alice")["address"]
+    log = tmp_path / "watch.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sluice_script(), "btc", "watch", "--interval", "0.2"],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    try:
+        wait_for(lambda: "Ctrl-C stops" in log.read_text(), "the watch to start")
+        btc(env, "sandbox", "fund", "--address", address, "--amount", "60000", "--mine")
+        btc(env, "sandbox", "mine", "5")
+        wait_for(lambda: "confirmed 1" in log.read_text(), "the running watch to confirm it")
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=WAIT_S) == 0, log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert log.read_text().rstrip().endswith("stopped")
+    (deposit,) = btc(env, "deposits")
+    assert deposit["status"] == "confirmed"
 
 
 # --- payouts -------------------------------------------------------------------------------------
