@@ -274,13 +274,15 @@ def in_mempool(node: RegtestNode, txid: str) -> bool:
 
 
 def crash_after_broadcast(config: Path, db: str) -> None:
-    """One payouts round wired as ``sluice btc watch`` wires it (the configuration file through
-    :mod:`sluice.bootstrap`), killed with SIGKILL by the worker's hook right after the node took
-    the broadcast, before the batch is recorded as sent. Returns only if nothing was sent."""
+    """One round as ``sluice btc watch --once`` makes it (the watcher, then the payouts worker,
+    wired from the configuration file through :mod:`sluice.bootstrap`), killed with SIGKILL by
+    the worker's hook right after the node took a broadcast (a new batch or a fee bump), before
+    it is recorded as sent. Returns only if nothing was sent."""
     from sluice import bootstrap
     from sluice.cli.common import utc_now
     from sluice.config import load_config
     from sluice.services.btc_payouts import PayoutWorker
+    from sluice.services.btc_watcher import DepositWatcher
 
     def die(batch: object) -> None:
         del batch
@@ -289,6 +291,10 @@ def crash_after_broadcast(config: Path, db: str) -> None:
     custody = bootstrap.bitcoin_custody(load_config(config))
     database = bootstrap.database(db)
     try:
+        watched = DepositWatcher(
+            database.uow, custody.node, custody.wallet, custody.settings, clock=utc_now
+        ).run_once()
+        assert watched.error is None, watched
         worker = PayoutWorker(
             database.uow,
             custody.node,
@@ -302,6 +308,32 @@ def crash_after_broadcast(config: Path, db: str) -> None:
     finally:
         database.dispose()
         custody.close()
+
+
+def run_crash_after_broadcast(custody: Custody, repo: Path, timeout_s: float) -> None:
+    """:func:`crash_after_broadcast` in a process of its own, which must die of SIGKILL."""
+    crashed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.e2e.btc_node_cli",
+            "crash-after-broadcast",
+            "--config",
+            str(custody.config),
+            "--db",
+            custody.db,
+        ],
+        cwd=repo,
+        env=custody.env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+    assert crashed.returncode == -signal.SIGKILL, (
+        crashed.returncode,
+        crashed.stdout,
+        crashed.stderr,
+    )
 
 
 def _main(argv: list[str]) -> int:

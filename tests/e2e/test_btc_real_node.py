@@ -47,7 +47,9 @@ harness (:mod:`tests.bitcoin_regtest`) in a temporary data directory:
   the same configuration file, is killed with SIGKILL by its ``after_broadcast`` hook: the node
   holds the batch, the DB still says it was only signed. The next ``sluice btc watch --once``
   finds it in the mempool and records it as sent without sending anything else; it is mined,
-  completes, and the destination is paid exactly once.
+  completes, and the destination is paid exactly once. The same for a round killed right
+  after the node took a fee bump (the bump was recorded before it was sent): the next round
+  finds it in the mempool, neither sends nor bumps again, and it is the version mined.
 
 Every wait is a bounded poll. Without ``litecoind`` the harness skips (fails under ``CI=true``).
 """
@@ -55,8 +57,6 @@ Every wait is a bounded poll. Without ``litecoind`` the harness skips (fails und
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -76,6 +76,7 @@ from tests.e2e.btc_node_cli import (
     output_index,
     pay_below_relay_dust,
     pays,
+    run_crash_after_broadcast,
     sats,
     wait_until,
 )
@@ -498,24 +499,7 @@ def test_a_crash_between_broadcast_and_record_ends_with_one_payment(
     amount = 15_000_000
     custody.json("btc", "payout", "--id", "crash-1", "--to", destination, "--amount", str(amount))
 
-    crashed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tests.e2e.btc_node_cli",
-            "crash-after-broadcast",
-            "--config",
-            str(custody.config),
-            "--db",
-            custody.db,
-        ],
-        cwd=REPO,
-        env=custody.env,
-        capture_output=True,
-        text=True,
-        timeout=CRASH_TIMEOUT_S,
-    )
-    assert crashed.returncode == -9, (crashed.returncode, crashed.stdout, crashed.stderr)
+    run_crash_after_broadcast(custody, REPO, CRASH_TIMEOUT_S)
     (payout,) = custody.payouts().values()
     assert payout["status"] == "batched"  # recorded as signed, not as sent
     txid = str(payout["txid"])
@@ -537,6 +521,51 @@ def test_a_crash_between_broadcast_and_record_ends_with_one_payment(
     assert utxo["txid"] == txid
     node.mine(1)
     custody.watch()
+    assert received(node, destination) == amount - payout["fee_sats"]
+    assert node.rpc.call("getrawmempool") == []
+
+
+def test_a_crash_between_a_fee_bump_and_its_record_ends_with_one_payment(
+    node: RegtestNode, tmp_path: Path
+) -> None:
+    custody = funded_custody(
+        node, tmp_path / "custody", f"sqlite:///{tmp_path / 'sluice.db'}", [40_000_000]
+    )
+    destination = node.new_address()
+    amount = 15_000_000
+    custody.json("btc", "payout", "--id", "crash-2", "--to", destination, "--amount", str(amount))
+    assert custody.watch()["payouts"]["broadcast"] == 1
+    (payout,) = custody.payouts().values()
+    first_txid = str(payout["txid"])
+
+    # The bump is due; the round that makes it dies right after the node took it.
+    empty_blocks(node, BUMP_AFTER)
+    run_crash_after_broadcast(custody, REPO, CRASH_TIMEOUT_S)
+    (payout,) = custody.payouts().values()
+    bumped_txid = str(payout["txid"])  # recorded before it was sent
+    assert bumped_txid != first_txid
+    assert node.rpc.call("getrawmempool") == [bumped_txid]
+
+    # The next round finds the bump in the mempool: it starts the bump's timer instead of
+    # bumping again, and sends nothing.
+    recovered = custody.watch()
+    assert recovered["payouts"]["bumped"] == 0 and recovered["payouts"]["broadcast"] == 0
+    (payout,) = custody.payouts().values()
+    (pending,) = node.rpc.call("getrawmempool")
+    assert pending == bumped_txid
+    assert payout["status"] == "broadcast" and payout["txid"] == pending
+
+    node.mine(CONFIRMATIONS)
+    done = custody.watch()
+    assert done["payouts"]["completed"] == 1
+    (payout,) = custody.payouts().values()
+    assert (payout["status"], payout["txid"]) == ("completed", pending)
+    assert received(node, destination) == amount - payout["fee_sats"]
+    (utxo,) = node.rpc.call("listunspent", 1, 9_999_999, [destination])
+    assert utxo["txid"] == pending
+    node.mine(1)
+    after = custody.watch()
+    assert after["payouts"]["rebroadcast"] == 0 and not after["payouts"]["errors"]
     assert received(node, destination) == amount - payout["fee_sats"]
     assert node.rpc.call("getrawmempool") == []
 
