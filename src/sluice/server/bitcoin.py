@@ -113,4 +113,5 @@ def bitcoin_loop(
         interval_s=max(interval_s, BITCOIN_INTERVAL_MIN_S),
         paused=pause_reason(database.uow),
         close=custody.close,
+        name="bitcoin",
     )

@@ -79,6 +79,7 @@ class ServiceLoop:
         stale_after_s: float | None = None,
         clock: Callable[[], datetime] = _wall_clock,
         monotonic: Callable[[], float] = time.monotonic,
+        name: str = "service",
     ) -> None:
         if interval_s <= 0:
             raise InvalidInputError("the service loop's interval must be positive")
@@ -86,6 +87,7 @@ class ServiceLoop:
         if len(set(names)) != len(names):
             raise InvalidInputError(f"part names must differ: {names}")
         self.parts = tuple(parts)
+        self.name = name  # in its log lines and its thread's name, when a process runs several
         self.interval_s = interval_s
         self.stale_after_s = stale_after_s or max(10 * interval_s, 30.0)
         self._paused = paused
@@ -115,17 +117,19 @@ class ServiceLoop:
         if self._closed:
             raise InvalidInputError("the service loop was stopped; build a new one")
         self._started_at = self._monotonic()
-        self._thread = threading.Thread(target=self._run, name="sluice-service-loop", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"sluice-{self.name}-loop", daemon=True
+        )
         self._thread.start()
         return self
 
     def _run(self) -> None:
-        log.info("service loop started", interval_s=self.interval_s)
+        log.info("service loop started", loop=self.name, interval_s=self.interval_s)
         while not self._stopping.is_set():
             self.run_round()
             self._wake.wait(self.interval_s)
             self._wake.clear()
-        log.info("service loop stopped", rounds=self.rounds)
+        log.info("service loop stopped", loop=self.name, rounds=self.rounds)
 
     def run_round(self) -> None:
         """One round: every part once, in order (callable directly, without the thread)."""
