@@ -38,6 +38,7 @@ import subprocess
 import time
 import tomllib
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,10 @@ def with_customers(data: Path, *customers: str) -> dict[str, str]:
 
 def chain_node(data: Path) -> FileNode:
     return FileNode(ChainFile(data / "bitcoin" / "chain-regtest.pickle", REGTEST))
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 def wait_for(condition: Callable[[], bool], what: str) -> None:
@@ -453,7 +458,7 @@ def test_serve_runs_the_watcher_and_payouts_on_their_own_loop(tmp_path: Path) ->
         assert "bitcoin_loop" in service.context.readiness
         register_customer(service.database.uow, "alice", "Alice Example", [])
         address = deposit_address(
-            service.database.uow, service.bitcoin.wallet, "alice", clock=bootstrap._system_clock
+            service.database.uow, service.bitcoin.wallet, "alice", clock=utc_now
         )
         sandbox = service.bitcoin.sandbox
         assert sandbox is not None
@@ -475,7 +480,7 @@ def test_serve_runs_the_watcher_and_payouts_on_their_own_loop(tmp_path: Path) ->
             amount_sats=100000,
             kind="operator",
             requested_by="test",
-            clock=bootstrap._system_clock,
+            clock=utc_now,
         )
 
         def payout() -> str:
