@@ -185,6 +185,41 @@ class Custody:
         self.rounds.append(answer)
         return answer
 
+    def watch_together(self, count: int) -> list[dict[str, Any]]:
+        """``count`` rounds of ``sluice btc watch --once --json`` started at once; each must
+        exit 0 without a traceback. Their answers, in no particular order."""
+        argv = [
+            sluice_script(),
+            "--config",
+            str(self.config),
+            "btc",
+            "watch",
+            "--once",
+            "--json",
+            "--db",
+            self.db,
+        ]
+        processes = [
+            subprocess.Popen(
+                argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env
+            )
+            for _ in range(count)
+        ]
+        answers: list[dict[str, Any]] = []
+        try:
+            for process in processes:
+                stdout, stderr = process.communicate(timeout=COMMAND_TIMEOUT_S)
+                done = Done(("btc", "watch", "--once"), process.returncode, stdout, stderr)
+                assert done.code == 0 and "Traceback" not in done.output, done.explained()
+                answers.append(json.loads(stdout))
+        finally:
+            for process in processes:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+        self.rounds += answers
+        return answers
+
     def deposits(self) -> dict[str, dict[str, Any]]:
         """``sluice btc deposits --json`` by ``txid:vout``; a key seen twice fails."""
         rows = self.json("btc", "deposits")

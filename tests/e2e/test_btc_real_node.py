@@ -26,6 +26,8 @@ harness (:mod:`tests.bitcoin_regtest`) in a temporary data directory:
 * **A long-running watch** (``sluice btc watch --interval 0.2``, SQLite) sees a deposit, rides
   out the node killed under it (it says so and keeps running), confirms the deposit once the
   node is back, and exits 0 on SIGTERM.
+* **A confirmed deposit reorged away** (6 blocks deep) and back in a new, at first shorter,
+  branch: one row, an alert, seen again, confirmed again.
 * **Payouts** (SQLite and PostgreSQL). After deposits are confirmed, three ``sluice btc payout``
   requests (a replay of one answers the same payout) go out in ONE transaction at the next
   round: on the node it has the custody's inputs, the three payouts' outputs (each the amount
@@ -40,6 +42,8 @@ harness (:mod:`tests.bitcoin_regtest`) in a temporary data directory:
   node's wallet received each payout's amount less its fee share exactly once, custody holds
   just the change (``sluice btc balance``; deposits = payouts paid + fee + change), and later
   rounds send nothing more.
+* **Rounds at once** (SQLite and PostgreSQL): three ``sluice btc watch --once`` started
+  together over three queued payouts make one batch, one transaction, one payment each.
 * **The replaced version mined after all** (SQLite): after a fee bump, a block holding the
   *first* version (``generateblock`` with its raw transaction) completes the same payouts with
   that txid, paid once, and nothing more is sent.
@@ -65,7 +69,7 @@ import pytest
 import sqlalchemy as sa
 
 from sluice.store.bitcoin_tables import btc_outputs
-from sluice.store.tables import audit_records
+from sluice.store.tables import alerts, audit_records
 from tests.bitcoin_regtest import RegtestNode
 from tests.e2e.btc_node_cli import (
     MATURE_BLOCKS,
@@ -141,6 +145,16 @@ def outputs_in_db(db: str) -> dict[str, tuple[str, int]]:
     found = {f"{r.txid}:{r.vout}": (str(r.status), int(r.amount_sats)) for r in rows}
     assert len(found) == len(rows), rows
     return found
+
+
+def alerts_of(db: str, kind: str) -> list[dict[str, Any]]:
+    engine = sa.create_engine(db)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(sa.select(alerts).where(alerts.c.kind == kind)).all()
+    finally:
+        engine.dispose()
+    return [dict(row._mapping) for row in rows]
 
 
 def confirmations_audited(db: str) -> list[str]:
@@ -316,6 +330,45 @@ def test_deposits_confirm_once_across_restarts_node_outages_and_reorgs(
     assert balance["confirmed_sats"] == big_sats + moved_sats
 
 
+def test_a_confirmed_deposit_reorged_away_comes_back_as_the_same_deposit(
+    node: RegtestNode, tmp_path: Path
+) -> None:
+    """A deposit with 6 confirmations whose block is invalidated; the new branch, shorter than
+    the watcher's cursor at first, holds it again: the watcher rolls back (a shorter chain
+    whose hashes differ is a reorg, not a node behind), warns with an alert, and the deposit is
+    the same row, seen again, confirmed again 6 blocks later."""
+    db = f"sqlite:///{tmp_path / 'sluice.db'}"
+    custody = Custody.create(node, tmp_path / "custody", db, confirmations_min=CONFIRMATIONS)
+    custody.add_customer("alice")
+    address = str(custody.address("alice")["address"])
+    amount = 800_000
+    txid = node.fund(address, amount)
+    deposit = f"{txid}:{output_index(node, txid, address)}"
+    (first_block, *_) = node.mine(CONFIRMATIONS)
+    assert custody.watch()["watch"]["confirmed"] == 1
+    assert outputs_in_db(db) == {deposit: ("confirmed", amount)}
+
+    node.invalidate(first_block)
+    wait_in_mempool(node, txid)
+    (new_block,) = node.mine(1)
+    assert txid in block_txids(node, new_block)
+    reorged = custody.watch()
+    assert reorged["error"] is None
+    assert reorged["watch"]["reorgs"] == 1
+    assert reorged["watch"]["rolled_back_blocks"] == CONFIRMATIONS
+    row = custody.deposits()[deposit]
+    assert (row["status"], row["confirmations"], row["block_hash"]) == ("seen", 1, new_block)
+    (alert,) = alerts_of(db, "btc_deposit_reorged")
+    assert alert["severity"] == "warning" and first_block in alert["id"]
+
+    node.mine(CONFIRMATIONS - 1)
+    assert custody.watch()["watch"]["confirmed"] == 1
+    assert outputs_in_db(db) == {deposit: ("confirmed", amount)}
+    row = custody.deposits()[deposit]
+    assert (row["confirmations"], row["block_hash"]) == (CONFIRMATIONS, new_block)
+    assert len(alerts_of(db, "btc_deposit_reorged")) == 1
+
+
 # --- payouts -----------------------------------------------------------------------------------
 
 
@@ -486,6 +539,32 @@ def test_batched_payouts_signed_2_of_3_bumped_once_and_paid_once(
     assert after["payouts"]["bumped"] == 0 and after["payouts"]["rebroadcast"] == 0
     for n, (address, amount) in enumerate(zip(destinations, amounts, strict=True)):
         assert received(node, address) == amount - payouts[f"p-{n}"]["fee_sats"]
+    assert node.rpc.call("getrawmempool") == []
+
+
+def test_rounds_run_at_once_batch_each_payout_once(
+    node: RegtestNode, tmp_path: Path, db_url: str
+) -> None:
+    """Three ``sluice btc watch --once`` started together over queued payouts: whichever
+    batches them, they are in one batch, one transaction reaches the node, and each destination
+    is paid once."""
+    custody = funded_custody(node, tmp_path / "custody", db_url, [20_000_000, 20_000_000])
+    destinations = [node.new_address() for _ in range(3)]
+    amounts = [4_000_000, 5_000_000, 6_000_000]
+    for n, (address, amount) in enumerate(zip(destinations, amounts, strict=True)):
+        custody.json("btc", "payout", "--id", f"c-{n}", "--to", address, "--amount", str(amount))
+    rounds = custody.watch_together(3)
+    assert sum(r["payouts"]["batched"] for r in rounds) == 3
+    payouts = custody.payouts()
+    (txid,) = {p["txid"] for p in payouts.values()}
+    assert {p["status"] for p in payouts.values()} == {"broadcast"}
+    assert node.rpc.call("getrawmempool") == [txid]
+    node.mine(CONFIRMATIONS)
+    custody.watch()
+    payouts = custody.payouts()
+    for n, (address, amount) in enumerate(zip(destinations, amounts, strict=True)):
+        assert payouts[f"c-{n}"]["status"] == "completed"
+        assert received(node, address) == amount - payouts[f"c-{n}"]["fee_sats"]
     assert node.rpc.call("getrawmempool") == []
 
 
