@@ -39,7 +39,8 @@ blocks as its node calls answer them:
 
 * ``btc_deposits``: every output the watcher recorded is in a block of the watcher's chain (or
   ``reorged``, without one), ``dust`` exactly when under the dust limit, otherwise ``confirmed``
-  exactly when it has ``confirmations_min`` at the watcher's cursor; and while that cursor is on
+  exactly when it had ``confirmations_min`` at the highest cursor the watcher reached (a reorg
+  above its block moves the cursor back for a while, not the deposit); and while that cursor is on
   the active chain, every custody output up to it is recorded once, in its block, and nothing
   recorded is missing from it — so a reorg neither loses a deposit nor counts one twice;
 * ``btc_utxos``: when the watcher has caught up with the tip, the DB's unspent custody outputs are
@@ -325,6 +326,8 @@ def check_bitcoin_deposits(sim: SimulationState, state: DatabaseState, final: bo
     minimum = custody.settings.confirmations_min
     dust_limit = custody.settings.chain.p2wsh_dust_limit_sats
     cursor = rows.cursor
+    if cursor is not None:
+        custody.cursor_high = max(custody.cursor_high, cursor[0])
     for outpoint, row in rows.outputs.items():
         if row.status == "reorged":
             if row.block_height is not None:
@@ -343,7 +346,10 @@ def check_bitcoin_deposits(sim: SimulationState, state: DatabaseState, final: bo
         confirmations = cursor[0] - row.block_height + 1
         if row.amount_sats < dust_limit:
             expected: tuple[str, ...] = ("dust",)
-        elif confirmations >= minimum:
+        elif confirmations >= minimum or custody.cursor_high - row.block_height + 1 >= minimum:
+            # Confirmed when the watcher reached confirmations_min over it; a reorg above its
+            # block (never as deep as confirmations_min here) moves the cursor back for a while,
+            # not the deposit.
             expected = ("confirmed", "credited")
         else:
             expected = ("seen",)
@@ -428,7 +434,8 @@ def check_bitcoin_payouts(sim: SimulationState, state: DatabaseState, final: boo
     for row in rows.payouts:
         if row.id not in custody.payouts:
             sim.violation(name, f"payout {row.id} is recorded but nobody requested it")
-    cursor = rows.cursor
+    if rows.cursor is not None:
+        custody.cursor_high = max(custody.cursor_high, rows.cursor[0])
     for payout in custody.payouts.values():
         outputs = paid.get(payout.script_hex, [])
         if len({output.txid for output in outputs}) > 1:
@@ -469,8 +476,8 @@ def check_bitcoin_payouts(sim: SimulationState, state: DatabaseState, final: boo
                     f"output {row.vout}, {row.amount_sats} sats less a fee of {row.fee_sats}",
                 )
         if row.status == "completed":
-            deep = cursor is not None and any(
-                cursor[0] - output.height + 1 >= custody.settings.confirmations_min
+            deep = any(
+                custody.cursor_high - output.height + 1 >= custody.settings.confirmations_min
                 for output in outputs
             )
             if not deep:

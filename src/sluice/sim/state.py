@@ -435,6 +435,9 @@ class BitcoinCustody:
     funded: dict[str, tuple[str, int]] = field(default_factory=dict)  # txid → (customer, sats)
     payouts: dict[str, PayoutRequest] = field(default_factory=dict)
     batch_of: dict[str, str] = field(default_factory=dict)  # payout id → first batch seen
+    # The highest cursor the watcher has reached: a reorg moves its cursor back to the fork point
+    # and the new branch, at least as long, brings it back up.
+    cursor_high: int = -1
     views: dict[str, ChainView] = field(default_factory=dict)  # by block hash
     derived: dict[tuple[int, int], str] = field(default_factory=dict)  # (branch, index) → script
 
