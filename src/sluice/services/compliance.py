@@ -19,7 +19,7 @@ a status change the risk rules made) without the operation, then raises the deci
 
 from __future__ import annotations
 
-from bisect import insort
+from bisect import bisect_right, insort
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -331,13 +331,13 @@ class ComplianceSession:
 
     def _recent_before(self, customer_id: str, at: datetime) -> list[UsageRecord]:
         """The slice of recent operations the risk rules see for a decision at ``at``."""
-        start = at - self._recent_window
-        recent = [
-            record
-            for record in self._recent.get(customer_id, ())
-            if start < record.occurred_at <= at
-        ]
-        return recent[-self._recent_count :]
+        recent = self._recent.get(customer_id)
+        if not recent:
+            return []
+        # The rows are in (time, operation id) order: the slice is found by halving.
+        low = bisect_right(recent, (at - self._recent_window, _LAST_KEY), key=_record_order)
+        high = bisect_right(recent, (at, _LAST_KEY), key=_record_order)
+        return recent[max(low, high - self._recent_count) : high]
 
     def _counterparties_seen(self, request: ComplianceRequest, at: datetime) -> set[str]:
         counterparty = request.counterparty

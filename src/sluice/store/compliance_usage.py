@@ -239,8 +239,11 @@ def _usage_from_row(row: Row[Any]) -> UsageRecord:
     )
 
 
-def _bucket_key(bucket: UsageBucket) -> tuple[int, str, str]:
-    return (bucket.length_s, format_timestamp(bucket.starts_at), bucket.operation)
+def _total_key(
+    customer_id: str, bucket: UsageBucket, texts: Mapping[datetime, str]
+) -> tuple[str, int, str, str]:
+    """A bucket's key as stored (its start as text, from ``texts``)."""
+    return (customer_id, bucket.length_s, texts[bucket.starts_at], bucket.operation)
 
 
 def _plus(bucket: UsageBucket, known: tuple[Decimal, int] | None) -> UsageBucket:
@@ -479,11 +482,16 @@ class SqlComplianceUsage(ComplianceConnection):
         ]
         if not changes:
             return
+        # The customers' buckets share a few hours and days: each start's text is made once.
+        texts: dict[datetime, str] = {}
+        for _, bucket in changes:
+            if bucket.starts_at not in texts:
+                texts[bucket.starts_at] = format_timestamp(bucket.starts_at)
         if not self._postgresql:
             # SQLite: money is text, so add in Python (the transaction is already exclusive).
-            known = self._totals_of(changes)
+            known = self._totals_of(changes, texts)
             changes = [
-                (customer_id, _plus(bucket, known.get((customer_id, *_bucket_key(bucket)))))
+                (customer_id, _plus(bucket, known.get(_total_key(customer_id, bucket, texts))))
                 for customer_id, bucket in changes
             ]
         money = money_value(self._c)
@@ -494,7 +502,7 @@ class SqlComplianceUsage(ComplianceConnection):
                 {
                     "customer_id": customer_id,
                     "length_s": bucket.length_s,
-                    "starts_at": format_timestamp(bucket.starts_at),
+                    "starts_at": texts[bucket.starts_at],
                     "operation": bucket.operation,
                     "amount": money(bucket.amount),
                     "count": bucket.count,
@@ -504,7 +512,7 @@ class SqlComplianceUsage(ComplianceConnection):
         )
 
     def _totals_of(
-        self, changes: Sequence[tuple[str, UsageBucket]]
+        self, changes: Sequence[tuple[str, UsageBucket]], texts: Mapping[datetime, str]
     ) -> dict[tuple[str, int, str, str], tuple[Decimal, int]]:
         """The stored totals of the buckets ``changes`` touch (one indexed look-up per customer
         chunk and bucket length)."""
@@ -512,11 +520,7 @@ class SqlComplianceUsage(ComplianceConnection):
         found: dict[tuple[str, int, str, str], tuple[Decimal, int]] = {}
         for length_s in BUCKET_LENGTHS_S:
             starts = sorted(
-                {
-                    format_timestamp(bucket.starts_at)
-                    for _, bucket in changes
-                    if bucket.length_s == length_s
-                }
+                {texts[bucket.starts_at] for _, bucket in changes if bucket.length_s == length_s}
             )
             for customer_chunk in _chunks(customers):
                 for start_chunk in _chunks(starts):

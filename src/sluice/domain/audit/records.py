@@ -14,7 +14,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from enum import Enum
 
@@ -175,6 +175,8 @@ def _decimal_text(value: Decimal) -> str:
 
 
 def _timestamp_text(value: datetime, path: str) -> str:
+    if value.tzinfo is UTC:
+        return format_timestamp(value)
     if value.tzinfo is None or value.utcoffset() is None:
         raise InvalidInputError(f"audit record {path}: {value.isoformat()} has no time zone")
     return format_timestamp(value)
@@ -205,18 +207,28 @@ def check_entry(entry: AuditEntry) -> None:
 
 def canonical_content(seq: int, entry: AuditEntry) -> dict[str, object]:
     """The record's content in the normalised form that is stored and hashed."""
+    # Text and nothing, what the identifying fields usually hold, are their own normal form;
+    # anything else takes json_value (same result, one call less on the hot path).
+    operation_id, actor, customer_id = entry.operation_id, entry.actor, entry.customer_id
+    operation, error = entry.operation, entry.error
     content: dict[str, object] = {
         "seq": seq,
-        "operation_id": json_value(entry.operation_id, "operation_id"),
+        "operation_id": (
+            operation_id if type(operation_id) is str else json_value(operation_id, "operation_id")
+        ),
         "recorded_at": _timestamp_text(entry.recorded_at, "recorded_at"),
-        "actor": json_value(entry.actor, "actor"),
-        "customer_id": json_value(entry.customer_id, "customer_id"),
+        "actor": actor if type(actor) is str else json_value(actor, "actor"),
+        "customer_id": (
+            customer_id
+            if customer_id is None or type(customer_id) is str
+            else json_value(customer_id, "customer_id")
+        ),
         "kyc": json_value(entry.kyc, "kyc"),
-        "operation": json_value(entry.operation, "operation"),
+        "operation": operation if type(operation) is str else json_value(operation, "operation"),
         "parameters": json_value(entry.parameters, "parameters"),
         "checks": json_value(entry.checks, "checks"),
         "state_changes": json_value(entry.state_changes, "state_changes"),
-        "error": json_value(entry.error, "error"),
+        "error": error if error is None or type(error) is str else json_value(error, "error"),
     }
     # Hashed only when present, so records written before correlation ids still verify.
     if entry.correlation_id is not None:
