@@ -90,9 +90,18 @@ class Custody:
     rounds: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
-    def create(cls, node: RegtestNode, folder: Path, db: str, **settings: object) -> Custody:
+    def create(
+        cls,
+        node: RegtestNode,
+        folder: Path,
+        db: str,
+        *,
+        password_file: bool = False,
+        **settings: object,
+    ) -> Custody:
         """``sluice btc custody init --toml``, then the node's part and ``settings`` appended to
-        the ``[bitcoin]`` block, as an operator does."""
+        the ``[bitcoin]`` block, as an operator does. The node is reached with its cookie file,
+        or (``password_file``) with ``rpc_user`` and ``rpc_password_file``."""
         folder.mkdir(parents=True, exist_ok=True)
         env = environment(folder / "data")
         config = folder / "sluice.toml"
@@ -109,10 +118,17 @@ class Custody:
         )
         block = made.stdout
         assert block.startswith("[bitcoin]\n"), made.explained()
-        lines = [
-            f"rpc_url = {json.dumps(node.url)}",
-            f"rpc_cookie_file = {json.dumps(str(node.cookie_file))}",
-        ]
+        lines = [f"rpc_url = {json.dumps(node.url)}"]
+        if password_file:
+            secret = folder / "rpc-password"
+            secret.write_text(node.password + "\n")
+            secret.chmod(0o600)
+            lines += [
+                f"rpc_user = {json.dumps(node.user)}",
+                f"rpc_password_file = {json.dumps(str(secret))}",
+            ]
+        else:
+            lines.append(f"rpc_cookie_file = {json.dumps(str(node.cookie_file))}")
         for key, value in settings.items():
             lines.append(f"{key} = {json.dumps(value) if isinstance(value, str) else value}")
         config.write_text(block + "\n".join(lines) + "\n")
@@ -137,7 +153,15 @@ class Custody:
         done = Done(tuple(args), completed.returncode, completed.stdout, completed.stderr)
         assert done.code == code, f"expected exit code {code}: {done.explained()}"
         assert "Traceback" not in done.output, done.explained()
+        self.check_no_secret(done.output)
         return done
+
+    def check_no_secret(self, output: str) -> None:
+        """Neither the node's password nor a custody key is ever printed or logged."""
+        secrets = [self.node.password]
+        secrets += [p.read_text().strip() for p in sorted(self.folder.glob("keys/*"))]
+        for secret in secrets:
+            assert secret and secret not in output, "a secret was printed"
 
     def start_watch(self, interval_s: float) -> Watching:
         """``sluice btc watch --interval S`` running on, its output in a file."""
@@ -211,6 +235,7 @@ class Custody:
                 stdout, stderr = process.communicate(timeout=COMMAND_TIMEOUT_S)
                 done = Done(("btc", "watch", "--once"), process.returncode, stdout, stderr)
                 assert done.code == 0 and "Traceback" not in done.output, done.explained()
+                self.check_no_secret(done.output)
                 answers.append(json.loads(stdout))
         finally:
             for process in processes:

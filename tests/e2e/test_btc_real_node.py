@@ -44,7 +44,8 @@ harness (:mod:`tests.bitcoin_regtest`) in a temporary data directory:
   rounds send nothing more.
 * **Rounds at once** (SQLite and PostgreSQL): three ``sluice btc watch --once`` started
   together over three queued payouts make one batch, one transaction, one payment each.
-* **The replaced version mined after all** (SQLite): after a fee bump, a block holding the
+* **The replaced version mined after all** (SQLite; the node reached with ``rpc_user`` and
+  ``rpc_password_file`` instead of its cookie file): after a fee bump, a block holding the
   *first* version (``generateblock`` with its raw transaction) completes the same payouts with
   that txid, paid once, and nothing more is sent.
 * **A crash between broadcast and record** (SQLite). One round of the payouts worker, wired from
@@ -55,7 +56,8 @@ harness (:mod:`tests.bitcoin_regtest`) in a temporary data directory:
   after the node took a fee bump (the bump was recorded before it was sent): the next round
   finds it in the mempool, neither sends nor bumps again, and it is the version mined.
 
-Every wait is a bounded poll. Without ``litecoind`` the harness skips (fails under ``CI=true``).
+No run ends in a traceback, and no output holds the node's password or a custody key. Every
+wait is a bounded poll. Without ``litecoind`` the harness skips (fails under ``CI=true``).
 """
 
 from __future__ import annotations
@@ -372,12 +374,15 @@ def test_a_confirmed_deposit_reorged_away_comes_back_as_the_same_deposit(
 # --- payouts -----------------------------------------------------------------------------------
 
 
-def funded_custody(node: RegtestNode, folder: Path, db: str, amounts: list[int]) -> Custody:
+def funded_custody(
+    node: RegtestNode, folder: Path, db: str, amounts: list[int], *, password_file: bool = False
+) -> Custody:
     """A custody whose deposits of ``amounts`` (to one customer) are confirmed."""
     custody = Custody.create(
         node,
         folder,
         db,
+        password_file=password_file,
         confirmations_min=CONFIRMATIONS,
         payout_batch_window_s=0,
         payout_bump_after_blocks=BUMP_AFTER,
@@ -686,6 +691,7 @@ def test_a_long_running_watch_rides_out_the_node_going_away(
     output = watching.output()
     assert code == 0, output
     assert "Traceback" not in output and "stopped" in output, output
+    custody.check_no_secret(output)
     assert confirmations_audited(custody.db) == [deposit]
 
 
@@ -697,7 +703,11 @@ def test_a_replaced_version_mined_after_all_is_the_same_payout(
     outpoints it spends, so the payouts complete with that txid and are paid once; the bump is
     never sent again."""
     custody = funded_custody(
-        node, tmp_path / "custody", f"sqlite:///{tmp_path / 'sluice.db'}", [30_000_000]
+        node,
+        tmp_path / "custody",
+        f"sqlite:///{tmp_path / 'sluice.db'}",
+        [30_000_000],
+        password_file=True,
     )
     destinations = [node.new_address() for _ in range(2)]
     amounts = [5_000_000, 7_000_000]
