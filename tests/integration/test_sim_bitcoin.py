@@ -14,11 +14,11 @@ the in-memory chain's blocks as its node calls answer them.
   payouts completed, crashes after recording and after broadcasting, a broadcast whose answer
   was lost) — a sweep that stopped reaching one would prove nothing about it;
 * a seed with bitcoin activity gives the same line on PostgreSQL as on SQLite;
-* three seeds with the custody tables tampered with mid-run — a deposit marked confirmed before
-  its confirmations; a confirmed, unspent deposit deleted (the books lose money the chain holds);
-  a completed payout put back in the queue, so that the worker pays it again from other coins —
-  each reported by the check that exists for it at the step of the tampering, and the second
-  payment by ``btc_paid_twice``.
+* four runs with the custody tables tampered with mid-run — a deposit marked confirmed before
+  its confirmations; a deposit recorded for another customer; a confirmed, unspent deposit
+  deleted (the books lose money the chain holds); a completed payout put back in the queue, so
+  that the worker pays it again from other coins — each reported by the check that exists for
+  it at the step of the tampering, and the second payment by ``btc_paid_twice``.
 """
 
 from __future__ import annotations
@@ -124,6 +124,29 @@ def test_a_deposit_confirmed_early_is_reported() -> None:
     assert done
     assert "btc_deposits" in checks_at(result.violations, done[0]), result.violations
     assert any("expected seen" in v for v in result.violations)
+
+
+def test_a_deposit_recorded_for_another_customer_is_reported() -> None:
+    def give_a_deposit_to_someone_else(sandbox: Sandbox) -> bool:
+        with sandbox.database.engine.begin() as connection:
+            row = connection.execute(
+                select(btc_outputs.c.txid, btc_outputs.c.customer_id).where(
+                    btc_outputs.c.kind == "deposit"
+                )
+            ).first()
+            if row is None:
+                return False
+            other = "cust-1" if row.customer_id != "cust-1" else "cust-2"
+            connection.execute(
+                update(btc_outputs).where(btc_outputs.c.txid == row.txid).values(customer_id=other)
+            )
+        return True
+
+    tamper, done = tamper_once(give_a_deposit_to_someone_else)
+    result = run_simulation(4, 300, tamper=tamper)
+    assert done
+    assert checks_at(result.violations, done[0]) == {"btc_deposits"}, result.violations
+    assert any("sent" in v and "to their address" in v for v in result.violations)
 
 
 def test_a_lost_deposit_is_reported() -> None:

@@ -37,12 +37,13 @@ they were given, minus what they sent, plus what was paid out to them.
 With Bitcoin custody (once an action of its actor was drawn), against the in-memory chain's
 blocks as its node calls answer them:
 
-* ``btc_deposits``: every output the watcher recorded is in a block of the watcher's chain (or
-  ``reorged``, without one), ``dust`` exactly when under the dust limit, otherwise ``confirmed``
-  exactly when it had ``confirmations_min`` at the highest cursor the watcher reached (a reorg
-  above its block moves the cursor back for a while, not the deposit); and while that cursor is on
-  the active chain, every custody output up to it is recorded once, in its block, and nothing
-  recorded is missing from it — so a reorg neither loses a deposit nor counts one twice;
+* ``btc_deposits``: every deposit is recorded for the customer who sent it, with its amount;
+  every output the watcher recorded is in a block of the watcher's chain (or ``reorged``, without
+  one), ``dust`` exactly when under the dust limit, otherwise ``confirmed`` exactly when it had
+  ``confirmations_min`` at the highest cursor the watcher reached (a reorg above its block moves
+  the cursor back for a while, not the deposit); and while that cursor is on the active chain,
+  every custody output up to it is recorded once, in its block, and nothing recorded is missing
+  from it — so a reorg neither loses a deposit nor counts one twice;
 * ``btc_utxos``: when the watcher has caught up with the tip, the DB's unspent custody outputs are
   exactly the chain's UTXO set for custody scripts (those issued and the next few of each branch);
 * ``btc_paid_twice``: a payout stays in the first batch it was put in, and its destination (a
@@ -329,6 +330,16 @@ def check_bitcoin_deposits(sim: SimulationState, state: DatabaseState, final: bo
     if cursor is not None:
         custody.cursor_high = max(custody.cursor_high, cursor[0])
     for outpoint, row in rows.outputs.items():
+        sender = custody.funded.get(row.txid)
+        if sender is not None and (row.kind, row.customer_id, row.amount_sats) != (
+            "deposit",
+            *sender,
+        ):
+            sim.violation(
+                name,
+                f"{outpoint} is recorded as a {row.kind} of {row.amount_sats} sats for "
+                f"{row.customer_id}; {sender[0]} sent {sender[1]} sats to their address",
+            )
         if row.status == "reorged":
             if row.block_height is not None:
                 sim.violation(name, f"{outpoint} is reorged but still in block {row.block_height}")
