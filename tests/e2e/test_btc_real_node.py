@@ -25,7 +25,8 @@ harness (:mod:`tests.bitcoin_regtest`) in a temporary data directory:
   outputs table holds exactly the rows listed.
 * **A long-running watch** (``sluice btc watch --interval 0.2``, SQLite) sees a deposit, rides
   out the node killed under it (it says so and keeps running), confirms the deposit once the
-  node is back, and exits 0 on SIGTERM.
+  node is back, watches an address issued by another process while it runs, sends a payout
+  queued meanwhile and completes it, and exits 0 on SIGTERM.
 * **A confirmed deposit reorged away** (6 blocks deep) and back in a new, at first shorter,
   branch: one row, an alert, seen again, confirmed again.
 * **Payouts** (SQLite and PostgreSQL). After deposits are confirmed, three ``sluice btc payout``
@@ -70,7 +71,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from sluice.store.bitcoin_tables import btc_outputs
+from sluice.store.bitcoin_tables import btc_outputs, btc_payouts
 from sluice.store.tables import alerts, audit_records
 from tests.bitcoin_regtest import RegtestNode
 from tests.e2e.btc_node_cli import (
@@ -157,6 +158,18 @@ def alerts_of(db: str, kind: str) -> list[dict[str, Any]]:
     finally:
         engine.dispose()
     return [dict(row._mapping) for row in rows]
+
+
+def payout_status(db: str, payout_id: str) -> str | None:
+    engine = sa.create_engine(db)
+    try:
+        with engine.connect() as connection:
+            status = connection.execute(
+                sa.select(btc_payouts.c.status).where(btc_payouts.c.id == payout_id)
+            ).scalar_one_or_none()
+    finally:
+        engine.dispose()
+    return None if status is None else str(status)
 
 
 def confirmations_audited(db: str) -> list[str]:
@@ -662,6 +675,7 @@ def test_a_long_running_watch_rides_out_the_node_going_away(
         tmp_path / "custody",
         f"sqlite:///{tmp_path / 'sluice.db'}",
         confirmations_min=CONFIRMATIONS,
+        payout_batch_window_s=0,
     )
     custody.add_customer("alice")
     address = str(custody.address("alice")["address"])
@@ -679,10 +693,40 @@ def test_a_long_running_watch_rides_out_the_node_going_away(
         node.kill()
         watching.wait_for(f"127.0.0.1:{node.rpc_port}", timeout_s=LOOP_TIMEOUT_S)
         node.start()
+        # An address issued by another process while the watch runs is watched too.
+        custody.add_customer("bob")
+        bob_address = str(custody.address("bob")["address"])
+        bob_txid = node.fund(bob_address, amount)
+        bob_deposit = f"{bob_txid}:{output_index(node, bob_txid, bob_address)}"
         node.mine(CONFIRMATIONS - 1)
         wait_until(
-            "the deposit confirmed by the running watch",
+            "the first deposit confirmed by the running watch",
             lambda: outputs_in_db(custody.db).get(deposit) == ("confirmed", amount),
+            timeout_s=LOOP_TIMEOUT_S,
+        )
+        wait_until(
+            "the second deposit seen by the running watch",
+            lambda: outputs_in_db(custody.db).get(bob_deposit) == ("seen", amount),
+            timeout_s=LOOP_TIMEOUT_S,
+        )
+
+        # A payout queued meanwhile is sent by the running watch, and completes.
+        destination = node.new_address()
+        custody.json("btc", "payout", "--id", "loop-1", "--to", destination, "--amount", "400000")
+
+        def sent() -> bool:
+            pool = node.rpc.call("getrawmempool")
+            return len(pool) == 1 and any(
+                pays(out, destination)
+                for out in node.rpc.call("getrawtransaction", pool[0], True)["vout"]
+            )
+
+        wait_until("the payout in the node's mempool", sent, timeout_s=LOOP_TIMEOUT_S)
+        (payout_txid,) = node.rpc.call("getrawmempool")
+        node.mine(CONFIRMATIONS)
+        wait_until(
+            "the payout completed by the running watch",
+            lambda: payout_status(custody.db, "loop-1") == "completed",
             timeout_s=LOOP_TIMEOUT_S,
         )
         assert watching.process.poll() is None
@@ -692,7 +736,10 @@ def test_a_long_running_watch_rides_out_the_node_going_away(
     assert code == 0, output
     assert "Traceback" not in output and "stopped" in output, output
     custody.check_no_secret(output)
-    assert confirmations_audited(custody.db) == [deposit]
+    assert sorted(confirmations_audited(custody.db)) == sorted([deposit, bob_deposit])
+    (payout,) = custody.payouts().values()
+    assert (payout["status"], payout["txid"]) == ("completed", payout_txid)
+    assert received(node, destination) == 400_000 - payout["fee_sats"]
 
 
 def test_a_replaced_version_mined_after_all_is_the_same_payout(
