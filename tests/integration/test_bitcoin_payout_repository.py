@@ -299,6 +299,24 @@ def test_reservations_are_all_or_nothing(database: bootstrap.Database) -> None:
     assert {o.outpoint: o.reserved_by for o in reserved.values()} == {a: "b1", b: "b1", c: None}
 
 
+@pytest.mark.parametrize("status", ["reorged", "seen", "dust"])
+def test_a_reservation_refuses_an_output_no_longer_spendable(
+    database: bootstrap.Database, status: str
+) -> None:
+    """The watcher may mark an output reorged after spendable_outputs() read it: the reservation
+    itself checks the status, so a batch never reserves (and signs) an output gone from the
+    chain, and nothing of it is reserved."""
+    _add_address(database, 0)
+    good = _add_output(database, TX[0], 0, 90_000)
+    gone = _add_output(database, TX[1], 0, 60_000, status=status)
+    with database.uow() as uow:
+        assert not uow.btc_payouts.reserve_outputs([good, gone], "b1")
+        uow.commit()
+    with database.uow() as uow:
+        reserved = uow.btc_payouts.outputs([good, gone])
+    assert {o.outpoint: o.reserved_by for o in reserved.values()} == {good: None, gone: None}
+
+
 def test_the_cursor_change_addresses_and_alerts(database: bootstrap.Database) -> None:
     _add_address(database, 0)  # a deposit index does not count for change
     with database.uow() as uow:

@@ -171,7 +171,8 @@ class BitcoinPayoutRepository(Protocol):
     def outputs(self, outpoints: Collection[str]) -> dict[str, CustodyOutput]: ...
 
     def reserve_outputs(self, outpoints: Collection[str], batch_id: str) -> bool:
-        """Reserve all of them for the batch, or none: False when one is reserved or spent."""
+        """Reserve all of them for the batch, or none: False when one is reserved, spent or no
+        longer spendable (not confirmed or credited, e.g. reorged)."""
         ...
 
     def spends(self, outpoints: Collection[str]) -> dict[str, OutputSpend]:

@@ -371,6 +371,9 @@ class SqlBitcoinPayoutRepository:
             .where(
                 and_(
                     _outpoint_condition(wanted),
+                    # Only outputs still spendable: one the watcher marked reorged meanwhile
+                    # (after spendable_outputs() read it) makes the reservation fail whole.
+                    btc_outputs.c.status.in_(SPENDABLE_STATUSES),
                     btc_outputs.c.reserved_by.is_(None),
                     btc_outputs.c.spent_txid.is_(None),
                 )
