@@ -268,7 +268,9 @@ def test_deposits_confirm_once_across_restarts_node_outages_and_reorgs(
     assert (deposits[big]["status"], deposits[big]["confirmations"]) == ("confirmed", 6)
     assert deposits[dust]["status"] == "dust"
 
-    # A reorg moves bob's unconfirmed deposit to another block, then back.
+    # A reorg moves bob's unconfirmed deposit to another block, then back; the node restarts
+    # first (a new cookie file for the next round to read).
+    node.restart()
     moved_sats = 500_000
     moved_txid = node.fund(str(bob["address"]), moved_sats)
     moved = f"{moved_txid}:{output_index(node, moved_txid, str(bob['address']))}"
