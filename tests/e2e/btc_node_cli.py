@@ -3,9 +3,10 @@
 configuration file pointing at the node, and every command run as a process.
 
 Run as a program (``python -m tests.e2e.btc_node_cli crash-after-broadcast --config F --db URL``)
-it is one round of the payouts worker, wired from the same configuration as ``sluice``, that kills
-its own process with SIGKILL right after the node accepted a broadcast and before anything is
-recorded: a real crash at the one point the CLI gives no way to reach.
+it is one round as ``sluice btc watch --once`` makes it (the watcher, then the payouts worker),
+wired from the same configuration file, that kills its own process with SIGKILL right after the
+node accepted a broadcast (a new batch or a fee bump) and before it is recorded as sent: a real
+crash at the one point the CLI gives no way to reach (the worker's ``after_broadcast`` hook).
 """
 
 from __future__ import annotations
