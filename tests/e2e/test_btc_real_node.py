@@ -49,13 +49,15 @@ harness (:mod:`tests.bitcoin_regtest`) in a temporary data directory:
   ``rpc_password_file`` instead of its cookie file): after a fee bump, a block holding the
   *first* version (``generateblock`` with its raw transaction) completes the same payouts with
   that txid, paid once, and nothing more is sent.
-* **A crash between broadcast and record** (SQLite). One round of the payouts worker, wired from
-  the same configuration file, is killed with SIGKILL by its ``after_broadcast`` hook: the node
-  holds the batch, the DB still says it was only signed. The next ``sluice btc watch --once``
-  finds it in the mempool and records it as sent without sending anything else; it is mined,
-  completes, and the destination is paid exactly once. The same for a round killed right
-  after the node took a fee bump (the bump was recorded before it was sent): the next round
-  finds it in the mempool, neither sends nor bumps again, and it is the version mined.
+* **A crash between broadcast and record** (SQLite). A payout's id asked again with another
+  amount, and another network's address, are refused (exit 2) and queue nothing. One round as
+  ``sluice btc watch --once`` makes it, wired from the same configuration file, is killed with
+  SIGKILL by the payouts worker's ``after_broadcast`` hook: the node holds the batch, the DB
+  still says it was only signed. The next ``sluice btc watch --once`` finds it in the mempool
+  and records it as sent without sending anything else; it is mined, completes, and the
+  destination is paid exactly once. The same for a round killed right after the node took a
+  fee bump (the bump was recorded before it was sent): the next round finds it in the mempool,
+  neither sends nor bumps again, and it is the version mined.
 
 No run ends in a traceback, and no output holds the node's password or a custody key. Every
 wait is a bounded poll. Without ``litecoind`` the harness skips (fails under ``CI=true``).
@@ -597,6 +599,17 @@ def test_a_crash_between_broadcast_and_record_ends_with_one_payment(
     destination = node.new_address()
     amount = 15_000_000
     custody.json("btc", "payout", "--id", "crash-1", "--to", destination, "--amount", str(amount))
+    # The same id asking for something else is refused; so is another network's address.
+    changed = custody.run(
+        "btc", "payout", "--id", "crash-1", "--to", destination, "--amount", "15000001", code=2
+    )
+    assert "crash-1" in changed.stderr and "15000000" in changed.stderr
+    mainnet = "bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4"  # BIP 173's P2WPKH example
+    foreign = custody.run(
+        "btc", "payout", "--id", "crash-x", "--to", mainnet, "--amount", str(amount), code=2
+    )
+    assert "error 64" in foreign.stderr and "litecoin-regtest" in foreign.stderr
+    assert set(custody.payouts()) == {"crash-1"}
 
     run_crash_after_broadcast(custody, REPO, CRASH_TIMEOUT_S)
     (payout,) = custody.payouts().values()
