@@ -146,7 +146,10 @@ class BitcoinPayoutRepository(Protocol):
         """False (and nothing written) when a batch with that id exists."""
         ...
 
-    def get_batch(self, batch_id: str) -> BatchRecord | None: ...
+    def get_batch(self, batch_id: str, *, lock: bool = False) -> BatchRecord | None:
+        """With ``lock``, the row is locked until the unit of work ends (PostgreSQL), so what is
+        decided from it is written before another worker reads it."""
+        ...
 
     def batches(self, statuses: Collection[str] = (), *, limit: int = 1000) -> list[BatchRecord]:
         """Oldest first."""
@@ -158,9 +161,11 @@ class BitcoinPayoutRepository(Protocol):
         *,
         expected_txid: str | None = None,
         expected_status: str | None = None,
+        expected_bumps: int | None = None,
     ) -> bool:
-        """Write the batch's changing columns; with ``expected_txid`` and ``expected_status``,
-        only if it still has them (another worker may have moved it meanwhile)."""
+        """Write the batch's changing columns; with ``expected_txid``, ``expected_status`` and
+        ``expected_bumps`` (the version the caller read), only if it still has them (another
+        worker may have moved it meanwhile)."""
         ...
 
     # -- the custody UTXO set ----------------------------------------------------------------

@@ -49,6 +49,7 @@ from sluice.services.btc_payout_sending import (
     PayoutTick,
     PayoutWorkerBase,
     _assignments,
+    _update,
     _with_version,
 )
 
@@ -122,10 +123,10 @@ class PayoutBatching(PayoutWorkerBase):
             )
             if batch.last_error != error:
                 with self._uow() as uow:
-                    uow.btc_payouts.update_batch(
+                    _update(
+                        uow.btc_payouts,
                         replace(batch, last_error=error, updated_at=self._clock()),
-                        expected_txid=batch.txid,
-                        expected_status="broadcast",
+                        batch,
                     )
                     uow.commit()
                 log.warning("btc payouts: batch %s: %s", batch.id, error)
@@ -164,10 +165,8 @@ class PayoutBatching(PayoutWorkerBase):
         # The new version is recorded before it is sent: whatever is mined, it is one of them.
         with self._uow() as uow:
             repo = uow.btc_payouts
-            if not repo.update_batch(
-                updated, expected_txid=batch.txid, expected_status="broadcast"
-            ):
-                return
+            if not _update(repo, updated, batch):
+                return  # another worker bumped or settled it meanwhile
             repo.assign_payouts(
                 batch.id, _assignments(version, "broadcast"), expected_statuses=("broadcast",)
             )
@@ -202,15 +201,15 @@ class PayoutBatching(PayoutWorkerBase):
             # The bump timer restarts from here when the node answered: a refused bump is retried
             # as the current version next round, and bumped again from its own fee later. An
             # unanswered one is looked for by txid next round, which starts the timer.
-            uow.btc_payouts.update_batch(
+            _update(
+                uow.btc_payouts,
                 replace(
                     updated,
                     broadcast_height=None if sent.outcome == "unknown" else height,
                     last_error=bump_error,
                     updated_at=self._clock(),
                 ),
-                expected_txid=updated.txid,
-                expected_status="broadcast",
+                updated,
             )
             uow.commit()
         if bump_error is not None:

@@ -22,7 +22,7 @@ from sluice.ports.bitcoin import (
     NodeUnavailableError,
     NotFoundError,
 )
-from sluice.ports.bitcoin_payouts import BatchRecord, PayoutAssignment
+from sluice.ports.bitcoin_payouts import BatchRecord, BitcoinPayoutRepository, PayoutAssignment
 from sluice.services.bitcoin_settings import BitcoinSettings
 
 # Every payout module logs as one: operators (and the demo, which routes it to its log file) know
@@ -184,9 +184,19 @@ class PayoutWorkerBase:
             log.warning("btc payouts: batch %s: %s", batch.id, error)
         with self._uow() as uow:
             repo = uow.btc_payouts
-            if not repo.update_batch(
-                updated, expected_txid=batch.txid, expected_status=batch.status
-            ):
+            current = _current(repo, batch)
+            if current is None:
+                return  # another worker moved it meanwhile: what it did stands
+            updated = replace(
+                current,
+                status=updated.status,
+                broadcast_height=updated.broadcast_height
+                if current.broadcast_height is None
+                else current.broadcast_height,
+                updated_at=now,
+                last_error=error,
+            )
+            if not _update(repo, updated, batch):
                 return
             if updated.status == "broadcast" and batch.status == "signed":
                 repo.assign_payouts(
@@ -199,6 +209,27 @@ class PayoutWorkerBase:
             tick.broadcast += 1
         elif sent.outcome == "sent" and counted == "rebroadcast":
             tick.rebroadcast += 1
+
+
+def _current(repo: BitcoinPayoutRepository, read: BatchRecord) -> BatchRecord | None:
+    """The batch as it is now (locked on PostgreSQL), if it is still at the version ``read``
+    (status, txid and bump count); None when another worker moved it meanwhile."""
+    current = repo.get_batch(read.id, lock=True)
+    if current is None or (current.status, current.txid, current.bumps) != (
+        read.status,
+        read.txid,
+        read.bumps,
+    ):
+        return None
+    return current
+
+
+def _update(repo: BitcoinPayoutRepository, updated: BatchRecord, read: BatchRecord) -> bool:
+    """Write ``updated`` only while the row still has the version ``read`` (status, txid, bump
+    count): a worker acting on an older read changes nothing."""
+    return repo.update_batch(
+        updated, expected_txid=read.txid, expected_status=read.status, expected_bumps=read.bumps
+    )
 
 
 def _with_version(batch: BatchRecord, version: Mapping[str, Any]) -> BatchRecord:

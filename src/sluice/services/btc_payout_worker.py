@@ -17,6 +17,7 @@ from typing import Any
 
 from sluice.domain.audit import AuditEntry
 from sluice.domain.deposits import Alert
+from sluice.ports import UnitOfWork
 from sluice.ports.bitcoin import BitcoinNodeError, NodeUnavailableError
 from sluice.ports.bitcoin_payouts import BATCH_OPEN_STATUSES, BatchRecord, OutputSpend
 from sluice.services.btc_payout_batches import PayoutBatching
@@ -25,6 +26,7 @@ from sluice.services.btc_payout_sending import (
     PayoutTick,
     _assignments,
     _Sent,
+    _update,
     _with_version,
 )
 from sluice.services.controls import pause_state
@@ -36,9 +38,11 @@ log = logging.getLogger("sluice.services.btc_payouts")
 
 class PayoutWorker(PayoutBatching):
     """Stateless: everything it knows is in the DB, so any number may run and any may be killed
-    at any point. One ``run_once`` follows the open batches (mined, confirmed, reorged, evicted,
-    a crash to recover), bumps the fee of batches stuck unmined, and makes new batches of the
-    queued payouts."""
+    at any point. Every change of a batch is decided from the batch read again in the unit of
+    work that writes it, and written only while it still has the status, txid and bump count
+    read: a worker acting on an older read writes nothing. One ``run_once`` follows the open
+    batches (mined, confirmed, reorged, evicted, a crash to recover), bumps the fee of batches
+    stuck unmined, and makes new batches of the queued payouts."""
 
     def run_once(self) -> PayoutTick:
         """One round; while sluice is paused, nothing and ``tick.paused`` says why."""
@@ -76,28 +80,40 @@ class PayoutWorker(PayoutBatching):
                 tick.errors.append(f"batch {batch.id}: {exc}")
                 log.warning("btc payouts: batch %s: %s", batch.id, exc)
 
-    def _follow_one(self, batch: BatchRecord, cursor: int | None, tick: PayoutTick) -> None:
+    def _follow_one(self, seen: BatchRecord, cursor: int | None, tick: PayoutTick) -> None:
+        """Follow one batch. ``seen`` is only its id here: the batch is read again, locked,
+        in the unit of work that reads its spends and writes what follows from them, so a
+        worker whose list of batches is older than another worker's bump or mining decides from
+        the batch as it is now, never from its snapshot."""
         with self._uow() as uow:
-            spends = uow.btc_payouts.spends(batch.outpoints)
-        if spends:
-            versions = {str(v["txid"]): v for v in batch.versions}
-            foreign = {s.txid for s in spends.values()} - versions.keys()
-            if foreign:
-                self._stuck(batch, sorted(foreign), tick)
+            repo = uow.btc_payouts
+            batch = repo.get_batch(seen.id, lock=True)
+            if batch is None or batch.status not in BATCH_OPEN_STATUSES:
                 return
-            txids = {s.txid for s in spends.values()}
-            if len(spends) < len(batch.outpoints) or len(txids) != 1:
-                return  # the watcher is between blocks: look again next round
-            (spend,) = {s for s in spends.values() if s.txid in txids}
-            assert cursor is not None  # spends come from blocks the watcher processed
-            self._mined(batch, versions[spend.txid], spend, cursor, tick)
-            return
-        if batch.status == "mined":
-            batch = self._reorged(batch, tick)
+            spends = repo.spends(batch.outpoints)
+            if spends:
+                versions = {str(v["txid"]): v for v in batch.versions}
+                foreign = {s.txid for s in spends.values()} - versions.keys()
+                if foreign:
+                    self._stuck(uow, batch, sorted(foreign), tick)
+                    return
+                txids = {s.txid for s in spends.values()}
+                if len(spends) < len(batch.outpoints) or len(txids) != 1:
+                    return  # the watcher is between blocks: look again next round
+                (spend,) = {s for s in spends.values() if s.txid in txids}
+                assert cursor is not None  # spends come from blocks the watcher processed
+                self._mined(uow, batch, versions[spend.txid], spend, cursor, tick)
+                return
+            if batch.status == "mined":
+                reorged = self._reorged(uow, batch, cursor, tick)
+                if reorged is None:
+                    return
+                batch = reorged
         self._ensure_sent(batch, cursor, tick)
 
     def _mined(
         self,
+        uow: UnitOfWork,
         batch: BatchRecord,
         version: Mapping[str, Any],
         spend: OutputSpend,
@@ -124,36 +140,35 @@ class PayoutWorker(PayoutBatching):
             updated_at=now,
             last_error=None,
         )
-        with self._uow() as uow:
-            repo = uow.btc_payouts
-            if not repo.update_batch(updated, expected_status=batch.status):
-                return  # another worker moved it: next round sees what it did
-            repo.assign_payouts(
-                batch.id,
-                _assignments(version, "mined"),
-                expected_statuses=("batched", "broadcast", "mined"),
-            )
-            completed: list[str] = []
-            if confirmed:
-                completed = repo.complete_payouts(batch.id, now)
-            uow.audit.append(
-                [
-                    AuditEntry(
-                        operation_id=batch.id,
-                        operation="btc_batch_confirmed" if confirmed else "btc_batch_mined",
-                        actor=WORKER,
-                        recorded_at=now,
-                        parameters={
-                            "txid": spend.txid,
-                            "height": spend.height,
-                            "block_hash": spend.block_hash,
-                            "confirmations": confirmations,
-                        },
-                        state_changes=[{"payout": pid, "status": "completed"} for pid in completed],
-                    )
-                ]
-            )
-            uow.commit()
+        repo = uow.btc_payouts
+        if not _update(repo, updated, batch):
+            return  # another worker moved it: next round sees what it did
+        repo.assign_payouts(
+            batch.id,
+            _assignments(version, "mined"),
+            expected_statuses=("batched", "broadcast", "mined"),
+        )
+        completed: list[str] = []
+        if confirmed:
+            completed = repo.complete_payouts(batch.id, now)
+        uow.audit.append(
+            [
+                AuditEntry(
+                    operation_id=batch.id,
+                    operation="btc_batch_confirmed" if confirmed else "btc_batch_mined",
+                    actor=WORKER,
+                    recorded_at=now,
+                    parameters={
+                        "txid": spend.txid,
+                        "height": spend.height,
+                        "block_hash": spend.block_hash,
+                        "confirmations": confirmations,
+                    },
+                    state_changes=[{"payout": pid, "status": "completed"} for pid in completed],
+                )
+            ]
+        )
+        uow.commit()
         if batch.status != "mined":
             tick.mined += 1
         if confirmed:
@@ -161,7 +176,9 @@ class PayoutWorker(PayoutBatching):
             tick.completed += len(completed)
             log.info("btc payouts: batch %s confirmed in %s", batch.id, spend.txid)
 
-    def _reorged(self, batch: BatchRecord, tick: PayoutTick) -> BatchRecord:
+    def _reorged(
+        self, uow: UnitOfWork, batch: BatchRecord, cursor: int | None, tick: PayoutTick
+    ) -> BatchRecord | None:
         """The watcher cleared the batch's spends: its block left the active chain. The batch is
         back to broadcast with its latest version (the same inputs: whatever is mined next is
         still this batch)."""
@@ -175,21 +192,22 @@ class PayoutWorker(PayoutBatching):
             updated_at=now,
             last_error=f"its block {batch.mined_block_hash} was reorged away",
         )
-        with self._uow() as uow:
-            repo = uow.btc_payouts
-            if not repo.update_batch(updated, expected_status="mined"):
-                return batch
-            repo.assign_payouts(
-                batch.id, _assignments(latest, "broadcast"), expected_statuses=("mined",)
-            )
-            uow.commit()
+        repo = uow.btc_payouts
+        if not _update(repo, updated, batch):
+            return None
+        repo.assign_payouts(
+            batch.id, _assignments(latest, "broadcast"), expected_statuses=("mined",)
+        )
+        uow.commit()
         tick.reorged += 1
         log.warning(
             "btc payouts: batch %s was reorged out of block %s", batch.id, batch.mined_block_hash
         )
         return updated
 
-    def _stuck(self, batch: BatchRecord, foreign: Sequence[str], tick: PayoutTick) -> None:
+    def _stuck(
+        self, uow: UnitOfWork, batch: BatchRecord, foreign: Sequence[str], tick: PayoutTick
+    ) -> None:
         if batch.status == "stuck":
             return
         now = self._clock()
@@ -198,39 +216,38 @@ class PayoutWorker(PayoutBatching):
             "which is none of its versions; its payouts are not paid again automatically"
         )
         updated = replace(batch, status="stuck", updated_at=now, last_error=message)
-        with self._uow() as uow:
-            repo = uow.btc_payouts
-            if not repo.update_batch(updated, expected_status=batch.status):
-                return
-            payouts = repo.payouts_of_batch(batch.id)
-            repo.set_payouts_error([p.id for p in payouts], message)
-            repo.add_alert(
-                Alert(
-                    id=f"btc_batch_stuck:{batch.id}",
-                    severity="critical",
-                    kind="btc_batch_stuck",
-                    message=message,
-                    details={
-                        "batch": batch.id,
-                        "spent_by": ",".join(foreign),
-                        "payouts": ",".join(p.id for p in payouts),
-                    },
-                ),
-                now,
-            )
-            uow.audit.append(
-                [
-                    AuditEntry(
-                        operation_id=batch.id,
-                        operation="btc_batch_stuck",
-                        actor=WORKER,
-                        recorded_at=now,
-                        parameters={"spent_by": list(foreign)},
-                        error=message,
-                    )
-                ]
-            )
-            uow.commit()
+        repo = uow.btc_payouts
+        if not _update(repo, updated, batch):
+            return
+        payouts = repo.payouts_of_batch(batch.id)
+        repo.set_payouts_error([p.id for p in payouts], message)
+        repo.add_alert(
+            Alert(
+                id=f"btc_batch_stuck:{batch.id}",
+                severity="critical",
+                kind="btc_batch_stuck",
+                message=message,
+                details={
+                    "batch": batch.id,
+                    "spent_by": ",".join(foreign),
+                    "payouts": ",".join(p.id for p in payouts),
+                },
+            ),
+            now,
+        )
+        uow.audit.append(
+            [
+                AuditEntry(
+                    operation_id=batch.id,
+                    operation="btc_batch_stuck",
+                    actor=WORKER,
+                    recorded_at=now,
+                    parameters={"spent_by": list(foreign)},
+                    error=message,
+                )
+            ]
+        )
+        uow.commit()
         tick.stuck += 1
         log.critical("btc payouts: %s", message)
 

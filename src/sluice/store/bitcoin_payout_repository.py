@@ -271,10 +271,12 @@ class SqlBitcoinPayoutRepository:
         )
         return self._connection.execute(statement).first() is not None
 
-    def get_batch(self, batch_id: str) -> BatchRecord | None:
-        row = self._connection.execute(
-            select(btc_batches).where(btc_batches.c.id == batch_id)
-        ).first()
+    def get_batch(self, batch_id: str, *, lock: bool = False) -> BatchRecord | None:
+        query = select(btc_batches).where(btc_batches.c.id == batch_id)
+        if lock and is_postgresql(self._connection):
+            # SQLite's transactions begin IMMEDIATE and are serialised already.
+            query = query.with_for_update()
+        row = self._connection.execute(query).first()
         return _batch_from_row(row) if row else None
 
     def batches(self, statuses: Collection[str] = (), *, limit: int = 1000) -> list[BatchRecord]:
@@ -290,6 +292,7 @@ class SqlBitcoinPayoutRepository:
         *,
         expected_txid: str | None = None,
         expected_status: str | None = None,
+        expected_bumps: int | None = None,
     ) -> bool:
         values = _batch_row(batch)
         for fixed in ("id", "outpoints", "created_at"):
@@ -299,6 +302,8 @@ class SqlBitcoinPayoutRepository:
             condition = and_(condition, btc_batches.c.txid == expected_txid)
         if expected_status is not None:
             condition = and_(condition, btc_batches.c.status == expected_status)
+        if expected_bumps is not None:
+            condition = and_(condition, btc_batches.c.bumps == expected_bumps)
         changed = self._connection.execute(update(btc_batches).where(condition).values(**values))
         return bool(changed.rowcount)
 

