@@ -181,12 +181,14 @@ class PayoutWorker(PayoutBatching):
     ) -> BatchRecord | None:
         """The watcher cleared the batch's spends: its block left the active chain. The batch is
         back to broadcast with its latest version (the same inputs: whatever is mined next is
-        still this batch)."""
+        still this batch). Its bump timer restarts at the current height: it was in a block a
+        moment ago, so its fee was enough, and a bump now would only cost more."""
         now = self._clock()
         latest = batch.versions[-1]
         updated = replace(
             _with_version(batch, latest),
             status="broadcast",
+            broadcast_height=self._height(cursor),
             mined_height=None,
             mined_block_hash=None,
             updated_at=now,

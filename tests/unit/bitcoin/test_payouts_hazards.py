@@ -80,3 +80,29 @@ def test_a_stale_worker_cannot_overwrite_a_bumped_batch_with_its_old_read(
         bumped.versions,
         bumped.last_error,
     )
+
+
+# --- a shallow reorg ---------------------------------------------------------------------------
+
+
+def test_a_batch_back_from_a_shallow_reorg_is_not_bumped_at_once(custody: Custody) -> None:
+    """A batch mined, then its block reorged away, is back in the mempool with the fee that had
+    got it mined: its bump timer restarts at the current height instead of bumping it at once
+    because it first went out long ago."""
+    custody.fund(400_000)
+    custody.request("p1", 150_000)
+    worker = custody.worker()
+    worker.run_once()
+    custody.mine(SETTINGS.payout_bump_after_blocks - 1, include_mempool=False)
+    custody.mine()  # mined now, payout_bump_after_blocks after it went out
+    assert worker.run_once().mined == 1
+    custody.chain.reorg(1, include_mempool=False)  # back to the mempool, not yet mined again
+    custody.watch()
+    tick = worker.run_once()
+    (batch,) = custody.batches()
+    assert tick.reorged == 1
+    assert (tick.bumped, batch.bumps, batch.status) == (0, 0, "broadcast")
+    assert batch.broadcast_height == custody.chain.tip_height
+    assert custody.chain.mempool_txids == [batch.txid]
+    custody.settle(worker)
+    custody.assert_paid_once("p1")
