@@ -49,6 +49,9 @@ harness (:mod:`tests.bitcoin_regtest`) in a temporary data directory:
   ``rpc_password_file`` instead of its cookie file): after a fee bump, a block holding the
   *first* version (``generateblock`` with its raw transaction) completes the same payouts with
   that txid, paid once, and nothing more is sent.
+* **A node that forgot the batch** (SQLite): killed with the batch in its mempool, the node
+  comes back without it; the next round sends the recorded transaction again (the same txid,
+  nothing new) and it completes, paying the destination (an address of no wallet) once.
 * **A crash between broadcast and record** (SQLite). A payout's id asked again with another
   amount, and another network's address, are refused (exit 2) and queue nothing. One round as
   ``sluice btc watch --once`` makes it, wired from the same configuration file, is killed with
@@ -588,6 +591,53 @@ def test_rounds_run_at_once_batch_each_payout_once(
         assert payouts[f"c-{n}"]["status"] == "completed"
         assert received(node, address) == amount - payouts[f"c-{n}"]["fee_sats"]
     assert node.rpc.call("getrawmempool") == []
+
+
+def foreign_address(node: RegtestNode) -> str:
+    """An address of this network whose key is in no wallet of the node (the generator point's
+    P2WPKH): the node's wallet would otherwise take a payment to it back into its mempool after
+    a crash, on its own."""
+    generator = "0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798"
+    descriptor = node.rpc.call("getdescriptorinfo", f"wpkh({generator})")["descriptor"]
+    (address,) = node.rpc.call("deriveaddresses", descriptor)
+    assert not node.rpc.call("getaddressinfo", address)["ismine"]
+    return str(address)
+
+
+def test_a_batch_the_node_forgot_in_a_crash_is_sent_again_unchanged(
+    node: RegtestNode, tmp_path: Path
+) -> None:
+    """The node is killed with the batch in its mempool (a killed node does not save its
+    mempool): the next round sends the recorded transaction again, the same txid, and the
+    payout completes, paid once."""
+    custody = funded_custody(
+        node, tmp_path / "custody", f"sqlite:///{tmp_path / 'sluice.db'}", [20_000_000]
+    )
+    destination = foreign_address(node)
+    amount = 3_000_000
+    custody.json("btc", "payout", "--id", "lost-1", "--to", destination, "--amount", str(amount))
+    assert custody.watch()["payouts"]["broadcast"] == 1
+    (payout,) = custody.payouts().values()
+    txid = str(payout["txid"])
+    assert node.rpc.call("getrawmempool") == [txid]
+
+    node.kill()
+    node.start()
+    assert node.rpc.call("getrawmempool") == []
+    again = custody.watch()
+    assert again["payouts"]["rebroadcast"] == 1 and again["payouts"]["batches"] == 0
+    assert node.rpc.call("getrawmempool") == [txid]
+
+    node.mine(CONFIRMATIONS)
+    assert custody.watch()["payouts"]["completed"] == 1
+    (payout,) = custody.payouts().values()
+    assert (payout["status"], payout["txid"]) == ("completed", txid)
+    tx = node.rpc.call("getrawtransaction", txid, True)
+    paid = [sats(out["value"]) for out in tx["vout"] if pays(out, destination)]
+    assert paid == [amount - payout["fee_sats"]]
+    unspent = node.rpc.call("gettxout", txid, payout["vout"])
+    assert sats(unspent["value"]) == amount - payout["fee_sats"]
+    assert unspent["confirmations"] == CONFIRMATIONS
 
 
 def test_a_crash_between_broadcast_and_record_ends_with_one_payment(
