@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from decimal import ROUND_CEILING, Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 SATS_PER_COIN = 100_000_000
 # BIP 125 (rule 4): a replacement pays for its own relay at least at the node's incremental relay
@@ -158,6 +158,19 @@ def bump_fee_required(
     return max(by_rate, by_increment)
 
 
+@dataclass(frozen=True, slots=True)
+class BumpRefused:
+    """Why no replacement is made: ``rate_max`` (its fee rate would go over the cap), or
+    ``payout_share`` (a payout's share would go over its limit: ``fee_max``, or what keeps its
+    output above its destination's dust limit)."""
+
+    reason: str
+
+
+def _floor(value: Decimal) -> int:
+    return int(value.to_integral_value(rounding=ROUND_FLOOR))
+
+
 def plan_bump(
     *,
     old_fee: int,
@@ -169,30 +182,53 @@ def plan_bump(
     fee_max: int,
     dust_limit: int,
     market_rate: Decimal = Decimal(0),
-) -> BumpPlan | None:
+    rate_max: Decimal | None = None,
+    share_max: Sequence[int] | None = None,
+) -> BumpPlan | BumpRefused:
     """A replacement of the same inputs and payouts paying more (at least ``factor`` times the
-    old rate, and at least ``market_rate``): the extra fee comes from the change first (kept
-    while it stays above dust), then from the payouts, each up to ``fee_max`` in all. ``None``
-    when the payouts would go over it (the batch then waits as it is)."""
+    old rate, and at least ``market_rate``, but never above ``rate_max``): the extra fee comes
+    from the change first (kept while it stays above dust), then from the payouts, each up to
+    ``fee_max`` in all and up to its ``share_max`` (what leaves its output above dust).
+    :class:`BumpRefused` when BIP 125's least increment would already go over ``rate_max``, or
+    a payout over its limit (the batch then waits as it is)."""
+    limits = [fee_max] * len(shares) if share_max is None else [min(fee_max, m) for m in share_max]
+    if len(limits) != len(shares):
+        raise ValueError("one share limit per payout")
+    wanted = max(old_rate * factor, market_rate)
+
+    def required(size: int) -> tuple[int, int | None]:
+        """The replacement's fee at ``size`` vbytes, and the most the cap allows."""
+        by_rate = fee_for(size, wanted)
+        cap = None if rate_max is None else _floor(Decimal(size) * rate_max)
+        if cap is not None:
+            by_rate = min(by_rate, cap)
+        return max(by_rate, old_fee + fee_for(size, INCREMENTAL_RELAY_SAT_VB)), cap
+
     if change_sats > 0:
         size = vsize(True)
-        fee = bump_fee_required(old_fee, old_rate, size, factor, market_rate)
+        fee, cap = required(size)
         change = change_sats - (fee - old_fee)
         if change >= dust_limit:
+            if cap is not None and fee > cap:
+                return BumpRefused("rate_max")
             return BumpPlan(tuple(shares), change, fee, size, Decimal(fee) / size)
     # No change output: all of it goes to the fee, and the payouts pay what is still missing.
     size = vsize(False)
-    fee = bump_fee_required(old_fee, old_rate, size, factor, market_rate)
+    fee, cap = required(size)
     missing = fee - old_fee - change_sats
     if missing <= 0:
         paid = old_fee + change_sats
+        if cap is not None and paid > cap:
+            return BumpRefused("rate_max")
         return BumpPlan(tuple(shares), 0, paid, size, Decimal(paid) / size)
+    if cap is not None and fee > cap:
+        return BumpRefused("rate_max")
     extra = split_fee(missing, len(shares))
     # The payout that paid the least so far takes the largest part of the extra.
     order = sorted(range(len(shares)), key=lambda n: (shares[n], n))
     new_shares = list(shares)
     for n, part in zip(order, extra, strict=True):
         new_shares[n] += part
-    if max(new_shares) > fee_max:
-        return None
+    if any(share > limit for share, limit in zip(new_shares, limits, strict=True)):
+        return BumpRefused("payout_share")
     return BumpPlan(tuple(new_shares), 0, fee, size, Decimal(fee) / size)

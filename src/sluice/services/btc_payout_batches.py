@@ -17,6 +17,7 @@ from typing import Any
 
 from sluice.domain.audit import AuditEntry
 from sluice.domain.custody_fees import (
+    BumpRefused,
     Coin,
     FeePlan,
     fee_rate_from_estimate,
@@ -115,21 +116,12 @@ class PayoutBatching(PayoutWorkerBase):
             factor=settings.payout_bump_factor,
             fee_max=settings.payout_fee_max_sats,
             dust_limit=settings.chain.p2wsh_dust_limit_sats,
+            # A bump never pays more than the configured cap: a batch unmined at the cap stays
+            # as it is (an operator looks at why), custody's change is not spent on fees.
+            rate_max=settings.fee_rate_max_sat_vb,
         )
-        if plan is None:
-            error = (
-                f"unmined since height {batch.broadcast_height}, but a fee bump would take more "
-                f"than {settings.payout_fee_max_sats} sats of fee from a payout: it waits as it is"
-            )
-            if batch.last_error != error:
-                with self._uow() as uow:
-                    _update(
-                        uow.btc_payouts,
-                        replace(batch, last_error=error, updated_at=self._clock()),
-                        batch,
-                    )
-                    uow.commit()
-                log.warning("btc payouts: batch %s: %s", batch.id, error)
+        if isinstance(plan, BumpRefused):
+            self._note_bump_refused(batch, plan)
             return
         inputs = [_spend_input(outputs[outpoint]) for outpoint in batch.outpoints]
         tx_outputs = [
@@ -214,6 +206,47 @@ class PayoutBatching(PayoutWorkerBase):
             uow.commit()
         if bump_error is not None:
             tick.errors.append(f"batch {batch.id}: {bump_error}")
+
+    def _note_bump_refused(self, batch: BatchRecord, refused: BumpRefused) -> None:
+        """A batch that cannot be bumped waits as it is: noted on it once, and at the fee rate
+        cap an alert (once per batch) tells operators that bumping stopped."""
+        settings = self.settings
+        if refused.reason == "rate_max":
+            error = (
+                f"unmined since height {batch.broadcast_height} at {batch.fee_rate_sat_vb} sat/vB: "
+                f"a fee bump would go over fee_rate_max_sat_vb ({settings.fee_rate_max_sat_vb}), "
+                "so it is no longer bumped"
+            )
+        else:
+            error = (
+                f"unmined since height {batch.broadcast_height}, but a fee bump would take more "
+                f"than {settings.payout_fee_max_sats} sats of fee from a payout, or leave its "
+                "output under the dust limit: it waits as it is"
+            )
+        if batch.last_error == error:
+            return
+        now = self._clock()
+        with self._uow() as uow:
+            repo = uow.btc_payouts
+            if not _update(repo, replace(batch, last_error=error, updated_at=now), batch):
+                return
+            if refused.reason == "rate_max":
+                repo.add_alert(
+                    Alert(
+                        id=f"btc_batch_fee_capped:{batch.id}",
+                        severity="warning",
+                        kind="btc_batch_fee_capped",
+                        message=f"payout batch {batch.id}: {error}",
+                        details={
+                            "batch": batch.id,
+                            "txid": batch.txid,
+                            "fee_rate_sat_vb": batch.fee_rate_sat_vb,
+                        },
+                    ),
+                    now,
+                )
+            uow.commit()
+        log.warning("btc payouts: batch %s: %s", batch.id, error)
 
     # -- new batches ---------------------------------------------------------------------------
 

@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 from sluice.domain.chains import CHAINS
 from sluice.domain.custody_fees import (
     INCREMENTAL_RELAY_SAT_VB,
+    BumpPlan,
+    BumpRefused,
     Coin,
     dust_limit_sats,
     fee_for,
@@ -116,7 +118,7 @@ def test_a_bump_takes_from_the_change_first() -> None:
         fee_max=10_000,
         dust_limit=330,
     )
-    assert plan is not None
+    assert isinstance(plan, BumpPlan)
     assert plan.fee_sats == 900  # max(300 × 3, 600 + 300 × 1)
     assert plan.change_sats == 49_700
     assert plan.shares == (300, 300)
@@ -133,7 +135,7 @@ def test_a_bump_pays_at_least_bip125s_increment() -> None:
         fee_max=10_000,
         dust_limit=330,
     )
-    assert plan is not None
+    assert isinstance(plan, BumpPlan)
     assert plan.fee_sats == 600 + 300 * INCREMENTAL_RELAY_SAT_VB
 
 
@@ -149,7 +151,7 @@ def test_a_bump_goes_at_least_to_the_market_rate() -> None:
         dust_limit=330,
         market_rate=Decimal(20),
     )
-    assert plan is not None
+    assert isinstance(plan, BumpPlan)
     assert (plan.fee_sats, plan.rate) == (6_000, Decimal(20))
 
 
@@ -164,7 +166,7 @@ def test_a_bump_without_enough_change_drops_it_then_charges_the_payouts() -> Non
         fee_max=10_000,
         dust_limit=330,
     )
-    assert plan is not None
+    assert isinstance(plan, BumpPlan)
     # Without change: 260 vB at 6 sat/vB = 1,560; the change's 400 covers part of it.
     assert plan.change_sats == 0
     assert plan.fee_sats == 1_560
@@ -183,7 +185,7 @@ def test_a_bump_over_a_payouts_cap_is_not_made() -> None:
         fee_max=1_000,
         dust_limit=330,
     )
-    assert plan is None
+    assert plan == BumpRefused("payout_share")
 
 
 amounts = st.lists(st.integers(min_value=10_000, max_value=10**8), min_size=1, max_size=20)
@@ -215,9 +217,16 @@ def test_fee_plans_conserve_every_satoshi(
     factor=st.decimals(min_value=1, max_value=4, places=2),
     fee_max=st.integers(min_value=1_000, max_value=100_000),
     market=st.decimals(min_value=0, max_value=300, places=1),
+    rate_max=st.decimals(min_value=1, max_value=400, places=1),
 )
 def test_bumps_pay_more_conserve_satoshis_and_respect_the_cap(
-    amounts: list[int], extra: int, rate: Decimal, factor: Decimal, fee_max: int, market: Decimal
+    amounts: list[int],
+    extra: int,
+    rate: Decimal,
+    factor: Decimal,
+    fee_max: int,
+    market: Decimal,
+    rate_max: Decimal,
 ) -> None:
     inputs = sum(amounts) + extra
     vsize = sizes(400 + 43 * len(amounts), 357 + 43 * len(amounts))
@@ -233,13 +242,16 @@ def test_bumps_pay_more_conserve_satoshis_and_respect_the_cap(
         fee_max=max(fee_max, max(first.shares)),
         dust_limit=330,
         market_rate=market,
+        rate_max=rate_max,
     )
-    if plan is None:
+    if isinstance(plan, BumpRefused):
         return
     outputs = sum(a - s for a, s in zip(amounts, plan.shares, strict=True))
     assert inputs == outputs + plan.change_sats + plan.fee_sats
     assert plan.fee_sats >= first.fee_sats + plan.vsize * INCREMENTAL_RELAY_SAT_VB
-    assert Decimal(plan.fee_sats) / plan.vsize >= max(old_rate * factor, market)
+    wanted = fee_for(plan.vsize, max(old_rate * factor, market))
+    assert plan.fee_sats >= min(wanted, int(plan.vsize * rate_max))
+    assert plan.fee_sats <= plan.vsize * rate_max
     assert max(plan.shares) <= max(fee_max, max(first.shares))
     assert all(new >= old for new, old in zip(plan.shares, first.shares, strict=True))
     assert plan.change_sats == 0 or plan.change_sats >= 330
@@ -259,3 +271,40 @@ def test_selection_reaches_the_target_whenever_the_coins_can(coins: list[int], t
     assert sum(c.amount_sats for c in chosen) >= target
     # Fewest coins: dropping the smallest chosen one falls short.
     assert sum(c.amount_sats for c in chosen[:-1]) < target
+
+
+def _bump(
+    old_fee: int, old_rate: Decimal, change_sats: int, factor: str = "1.5", **more: object
+) -> object:
+    return plan_bump(
+        old_fee=old_fee,
+        old_rate=old_rate,
+        shares=[300, 300],
+        change_sats=change_sats,
+        vsize=sizes(300, 260),
+        factor=Decimal(factor),
+        fee_max=100_000,
+        dust_limit=330,
+        **more,  # type: ignore[arg-type]
+    )
+
+
+def test_a_bump_never_goes_over_the_fee_rate_cap() -> None:
+    """The rate a bump asks for is held at ``rate_max``; once the old fee plus BIP 125's
+    increment is over it, no bump is made at all (with change or without)."""
+    plan = _bump(12_000, Decimal(40), 500_000, rate_max=Decimal(50))
+    assert isinstance(plan, BumpPlan)
+    assert (plan.fee_sats, plan.rate) == (15_000, Decimal(50))  # not 60 sat/vB
+    assert _bump(15_000, Decimal(50), 500_000, rate_max=Decimal(50)) == BumpRefused("rate_max")
+    assert _bump(12_900, Decimal("49.6"), 0, rate_max=Decimal(50)) == BumpRefused("rate_max")
+    # Without a cap the same bump goes on.
+    assert isinstance(_bump(15_000, Decimal(50), 500_000), BumpPlan)
+
+
+def test_a_bump_keeps_each_payout_above_its_dust_limit() -> None:
+    """Without change the payouts pay the extra fee: 780 sats each here, which the second payout
+    cannot pay and keep its output above dust (its limit is 700)."""
+    plan = _bump(600, Decimal(2), 0, "3")
+    assert isinstance(plan, BumpPlan) and plan.shares == (780, 780)
+    refused = _bump(600, Decimal(2), 0, "3", share_max=[10_000, 700])
+    assert refused == BumpRefused("payout_share")

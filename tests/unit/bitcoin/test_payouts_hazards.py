@@ -14,6 +14,9 @@ once; and a change address's issuance is audited.
 
 from __future__ import annotations
 
+from dataclasses import replace
+from decimal import Decimal
+
 from sluice.ports.bitcoin_payouts import BATCH_OPEN_STATUSES
 from sluice.services.btc_payout_sending import _Sent
 from sluice.services.btc_payouts import PayoutTick
@@ -104,5 +107,35 @@ def test_a_batch_back_from_a_shallow_reorg_is_not_bumped_at_once(custody: Custod
     assert (tick.bumped, batch.bumps, batch.status) == (0, 0, "broadcast")
     assert batch.broadcast_height == custody.chain.tip_height
     assert custody.chain.mempool_txids == [batch.txid]
+    custody.settle(worker)
+    custody.assert_paid_once("p1")
+
+
+# --- fee bumps at the cap ----------------------------------------------------------------------
+
+
+def test_bumps_stop_at_the_fee_rate_cap_with_one_warning(custody: Custody) -> None:
+    """A batch with change left unmined for reasons other than its fee is bumped ×1.5 every
+    payout_bump_after_blocks, paid from custody's change: never past fee_rate_max_sat_vb. At the
+    cap bumping stops and one warning says so."""
+    custody.settings = replace(SETTINGS, fee_rate_max_sat_vb=Decimal(20))
+    custody.fund(2_000_000)
+    custody.request("p1", 150_000)
+    worker = custody.worker()
+    worker.run_once()
+    (first,) = custody.batches()
+    for _ in range(14):
+        custody.mine(SETTINGS.payout_bump_after_blocks, include_mempool=False)
+        worker.run_once()
+    (last,) = custody.batches()
+    rates = [Decimal(str(v["fee_rate"])) for v in last.versions]
+    assert max(rates) <= Decimal(20) < rates[-1] * Decimal("1.5")
+    assert all(int(v["fee_sats"]) <= int(v["vsize"]) * 20 for v in last.versions)
+    assert 1 <= last.bumps < 14
+    assert last.last_error is not None and "fee_rate_max_sat_vb" in last.last_error
+    assert custody.chain.mempool_txids == [last.txid]
+    assert first.change_sats - last.change_sats == last.fee_sats - first.fee_sats
+    assert _alerts(custody) == [("warning", "btc_batch_fee_capped")]
+    # The batch is still the same and is paid once when mined.
     custody.settle(worker)
     custody.assert_paid_once("p1")
