@@ -23,7 +23,8 @@ class PayoutRecord:
     address: str
     script_hex: str
     amount_sats: int  # requested; the fee is deducted from it
-    status: str  # queued | waiting_fee | batched | broadcast | mined | completed | failed
+    # queued | waiting_fee | batched | broadcast | mined | completed | failed | cancelled
+    status: str
     requested_by: str
     requested_at: datetime
     fee_sats: int | None = None
@@ -113,6 +114,11 @@ class BitcoinPayoutRepository(Protocol):
         ...
 
     def payouts_of_batch(self, batch_id: str) -> list[PayoutRecord]: ...
+
+    def cancel_payout(self, payout_id: str, note: str) -> bool:
+        """The payout becomes ``cancelled`` (with ``note``) only while it waits unbatched
+        (queued or waiting_fee); False otherwise, and nothing changes."""
+        ...
 
     def set_payouts_error(self, payout_ids: Collection[str], error: str | None) -> int:
         """Note ``error`` on payouts whatever their status (their status stays)."""

@@ -20,6 +20,7 @@ from sluice.domain.custody_fees import (
     BumpRefused,
     Coin,
     FeePlan,
+    dust_limit_sats,
     fee_rate_from_estimate,
     plan_bump,
     plan_fees,
@@ -119,6 +120,8 @@ class PayoutBatching(PayoutWorkerBase):
             # A bump never pays more than the configured cap: a batch unmined at the cap stays
             # as it is (an operator looks at why), custody's change is not spent on fees.
             rate_max=settings.fee_rate_max_sat_vb,
+            # Each payout's output stays above its destination's dust limit.
+            share_max=[p.amount_sats - self._least_output(p) for p in payouts],
         )
         if isinstance(plan, BumpRefused):
             self._note_bump_refused(batch, plan)
@@ -305,14 +308,25 @@ class PayoutBatching(PayoutWorkerBase):
                 for p, s in zip(chosen, plan.shares, strict=True)
                 if s > settings.payout_fee_max_sats
             ]
-            if not over:
+            # A payout whose output would be dust (or nothing) once its share is deducted cannot
+            # be in this batch: it would make the whole batch unsignable or refused, round after
+            # round, and every other payout would wait behind it. It waits alone instead.
+            dusty = [
+                (p, s)
+                for p, s in zip(chosen, plan.shares, strict=True)
+                if p not in over and p.amount_sats - s < self._least_output(p)
+            ]
+            if not over and not dusty:
                 self._record_batch(
                     chosen, [by_outpoint[c.key] for c in selected], plan, rate, change, cursor, tick
                 )
                 return
-            share = max(plan.shares)
-            self._note_waiting_fee(over, share, rate, tick)
-            chosen = [p for p in chosen if p not in over]
+            if over:
+                self._note_waiting_fee(over, max(plan.shares), rate, tick)
+            if dusty:
+                self._note_below_dust(dusty, rate, tick)
+            left_out = {p.id for p in over} | {p.id for p, _ in dusty}
+            chosen = [p for p in chosen if p.id not in left_out]
 
     def _fee_rate(self) -> Decimal:
         settings = self.settings
@@ -363,6 +377,43 @@ class PayoutBatching(PayoutWorkerBase):
         with self._uow() as uow:
             uow.btc_payouts.set_payouts_waiting([p.id for p in over], "waiting_fee", error)
             uow.commit()
+
+    def _least_output(self, payout: PayoutRecord) -> int:
+        """The least output a payout may be paid with: one satoshi over its destination's dust
+        limit (a dust output is refused by the network's relay policy)."""
+        relay = self.settings.chain.dust_relay_fee_sat_per_kvb
+        return dust_limit_sats(payout.script_hex, relay) + 1
+
+    def _note_below_dust(
+        self, dusty: Sequence[tuple[PayoutRecord, int]], rate: Decimal, tick: PayoutTick
+    ) -> None:
+        """Payouts left out of a batch because their share of the fee would leave their output
+        under the dust limit: they wait for lower fees (or an operator cancels them), each with
+        its reason and one warning alert."""
+        tick.waiting_fee += len(dusty)
+        now = self._clock()
+        with self._uow() as uow:
+            repo = uow.btc_payouts
+            for payout, share in dusty:
+                error = (
+                    f"its share of the network fee, {share} sats at {rate} sat/vB, would leave "
+                    f"{payout.amount_sats - share} sats, under its address's dust limit (the "
+                    f"least output is {self._least_output(payout)} sats): it waits for lower "
+                    "fees, or an operator cancels it"
+                )
+                repo.set_payouts_waiting([payout.id], "waiting_fee", error)
+                repo.add_alert(
+                    Alert(
+                        id=f"btc_payout_below_dust:{payout.id}",
+                        severity="warning",
+                        kind="btc_payout_below_dust",
+                        message=f"payout {payout.id} of {payout.amount_sats} sats: {error}",
+                        details={"payout": payout.id, "fee_share_sats": str(share)},
+                    ),
+                    now,
+                )
+            uow.commit()
+        log.warning("btc payouts: %d payout(s) left out of a batch: under dust", len(dusty))
 
     def _record_batch(
         self,

@@ -49,10 +49,16 @@ from datetime import datetime
 
 from sluice.domain.audit import AuditEntry
 from sluice.domain.custody_fees import dust_limit_sats
-from sluice.domain.errors import DuplicateOperationError, InvalidAmountError, InvalidInputError
+from sluice.domain.errors import (
+    DuplicateOperationError,
+    InvalidAmountError,
+    InvalidInputError,
+    InvalidOperationStateError,
+    NotFoundError,
+)
 from sluice.ports import UnitOfWork, UnitOfWorkFactory
 from sluice.ports.bitcoin import CustodyWallet
-from sluice.ports.bitcoin_payouts import BatchRecord, PayoutRecord
+from sluice.ports.bitcoin_payouts import PAYOUT_WAITING_STATUSES, BatchRecord, PayoutRecord
 from sluice.services.bitcoin_settings import BitcoinSettings
 from sluice.services.btc_payout_worker import PayoutTick, PayoutWorker
 from sluice.services.controls import check_not_paused
@@ -239,6 +245,55 @@ def request_payout(
         return _views(uow, [record])[0]
 
 
+def cancel_payout(
+    uow_factory: UnitOfWorkFactory,
+    *,
+    payout_id: str,
+    cancelled_by: str,
+    clock: Clock,
+    reason: str | None = None,
+) -> PayoutView:
+    """An operator cancels a payout that is not in a batch yet (queued or waiting_fee, e.g. one
+    whose output would be dust at today's fees). Once batched it is not cancellable
+    (:class:`InvalidOperationStateError`, code 41): a signed transaction paying it is recorded
+    and may be mined. Cancelling a cancelled payout answers it as it is."""
+    if not cancelled_by.strip():
+        raise InvalidInputError("a cancellation names who cancelled")
+    now = clock()
+    with uow_factory() as uow:
+        repo = uow.btc_payouts
+        payout = repo.get_payout(payout_id, lock=True)
+        if payout is None:
+            raise NotFoundError(f"no payout {payout_id!r}")
+        if payout.status == "cancelled":
+            return _views(uow, [payout])[0]
+        note = f"cancelled by {cancelled_by}" + (f": {reason}" if reason else "")
+        if payout.status not in PAYOUT_WAITING_STATUSES or not repo.cancel_payout(payout_id, note):
+            raise InvalidOperationStateError(
+                f"payout {payout_id!r} is {payout.status}"
+                + (f" in batch {payout.batch_id}" if payout.batch_id else "")
+                + ": only a payout not yet batched (queued or waiting_fee) can be cancelled"
+            )
+        uow.audit.append(
+            [
+                AuditEntry(
+                    operation_id=payout_id,
+                    operation="btc_payout_cancelled",
+                    actor=cancelled_by,
+                    recorded_at=now,
+                    parameters={"reason": reason, "amount_sats": payout.amount_sats},
+                    state_changes=[
+                        {"payout": payout_id, "from": payout.status, "status": "cancelled"}
+                    ],
+                )
+            ]
+        )
+        uow.commit()
+        cancelled = repo.get_payout(payout_id)
+        assert cancelled is not None
+        return _views(uow, [cancelled])[0]
+
+
 def _check_same(existing: PayoutRecord, address: str, amount_sats: int, kind: str) -> None:
     asked = {"address": address, "amount_sats": amount_sats, "kind": kind}
     first = {
@@ -260,6 +315,7 @@ __all__ = [
     "PayoutTick",
     "PayoutView",
     "PayoutWorker",
+    "cancel_payout",
     "get_payout",
     "list_payouts",
     "request_payout",

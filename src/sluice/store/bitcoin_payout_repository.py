@@ -193,6 +193,20 @@ class SqlBitcoinPayoutRepository:
         )
         return int(self._connection.execute(statement).rowcount)
 
+    def cancel_payout(self, payout_id: str, note: str) -> bool:
+        statement = (
+            update(payouts_table)
+            .where(
+                and_(
+                    payouts_table.c.id == payout_id,
+                    payouts_table.c.status.in_(PAYOUT_WAITING_STATUSES),
+                    payouts_table.c.batch_id.is_(None),
+                )
+            )
+            .values(status="cancelled", last_error=note)
+        )
+        return bool(self._connection.execute(statement).rowcount)
+
     def set_payouts_error(self, payout_ids: Collection[str], error: str | None) -> int:
         if not payout_ids:
             return 0

@@ -17,9 +17,12 @@ from __future__ import annotations
 from dataclasses import replace
 from decimal import Decimal
 
+import pytest
+
+from sluice.domain.errors import InvalidOperationStateError, NotFoundError
 from sluice.ports.bitcoin_payouts import BATCH_OPEN_STATUSES
 from sluice.services.btc_payout_sending import _Sent
-from sluice.services.btc_payouts import PayoutTick
+from sluice.services.btc_payouts import PayoutTick, cancel_payout
 from tests.unit.bitcoin.test_payouts import SETTINGS, Custody, custody, wallet
 
 __all__ = ["custody", "wallet"]  # the fixtures, used by name
@@ -139,3 +142,81 @@ def test_bumps_stop_at_the_fee_rate_cap_with_one_warning(custody: Custody) -> No
     # The batch is still the same and is paid once when mined.
     custody.settle(worker)
     custody.assert_paid_once("p1")
+
+
+# --- a payout whose output would be dust -------------------------------------------------------
+
+
+def test_a_payout_left_under_dust_by_its_fee_waits_alone_and_never_blocks_the_others(
+    custody: Custody,
+) -> None:
+    """``small`` was queued at the least allowed while payout_fee_max_sats was 20,000; fees then
+    rose and the operator raised the cap. Its share of the fee would now leave its output under
+    dust (here: negative): it is left out of the batch, with the reason and an alert, and
+    ``big`` goes. The operator can then cancel ``small``, which is not batched."""
+    custody.settings = replace(SETTINGS, payout_fee_max_sats=20_000)
+    custody.fund(1_000_000)
+    custody.request("small", 20_295)
+    custody.request("big", 500_000)
+    custody.chain.set_fee_rate(Decimal(250))
+    high = replace(SETTINGS, payout_fee_max_sats=20_000, fee_rate_max_sat_vb=Decimal(500))
+    assert custody.worker(settings=high).run_once().waiting_fee == 2
+    raised = replace(high, payout_fee_max_sats=60_000)
+    tick = custody.worker(settings=raised).run_once()
+    assert (tick.batches, tick.batched, tick.errors) == (1, 1, [])
+    views = custody.payouts()
+    assert views["big"].status == "broadcast"
+    assert views["small"].status == "waiting_fee"
+    assert views["small"].last_error is not None and "dust" in views["small"].last_error
+    assert ("warning", "btc_payout_below_dust") in _alerts(custody)
+    # Round after round it keeps waiting, alone: nothing is signed for it.
+    tick = custody.worker(settings=raised).run_once()
+    assert (tick.batches, tick.errors) == (0, [])
+    assert len(custody.batches()) == 1
+
+    with pytest.raises(InvalidOperationStateError) as refused:
+        cancel_payout(custody.uow, payout_id="big", cancelled_by="ops", clock=custody.clock)
+    assert refused.value.code == 41
+    cancelled = cancel_payout(
+        custody.uow, payout_id="small", cancelled_by="ops", clock=custody.clock, reason="dust"
+    )
+    assert cancelled.status == "cancelled"
+    again = cancel_payout(custody.uow, payout_id="small", cancelled_by="ops", clock=custody.clock)
+    assert again == cancelled
+    with pytest.raises(NotFoundError):
+        cancel_payout(custody.uow, payout_id="nope", cancelled_by="ops", clock=custody.clock)
+    with custody.uow() as uow:
+        records = uow.audit.find(operation_id="small", limit=10)
+    assert [r.entry.operation for r in records] == ["btc_payout_requested", "btc_payout_cancelled"]
+    custody.chain.set_fee_rate(Decimal(5))
+    custody.settings = raised
+    custody.settle(custody.worker(settings=raised))
+    custody.assert_paid_once("big")
+    assert custody.payouts()["small"].status == "cancelled"
+    assert custody.paid("small") == []
+
+
+def test_a_bump_that_would_leave_a_payout_under_dust_is_not_made(custody: Custody) -> None:
+    """Without change the payouts pay a bump's extra fee: never so much that an output falls
+    under its dust limit (the batch waits as it is instead)."""
+    custody.fund(150_000 + 20_295 + 300)  # the 300 left over is under dust: no change
+    custody.request("big", 150_000)
+    custody.request("small", 20_295)  # the least allowed at payout_fee_max_sats 20,000
+    custody.settings = replace(
+        SETTINGS,
+        payout_fee_max_sats=60_000,
+        payout_bump_factor=Decimal(60),
+        fee_rate_max_sat_vb=Decimal(500),
+    )
+    worker = custody.worker()
+    assert worker.run_once().batches == 1
+    (first,) = custody.batches()
+    assert first.change_sats == 0
+    custody.mine(SETTINGS.payout_bump_after_blocks, include_mempool=False)
+    tick = worker.run_once()
+    (batch,) = custody.batches()
+    assert (tick.bumped, batch.bumps) == (0, 0)
+    assert batch.last_error is not None and "dust" in batch.last_error
+    assert custody.chain.mempool_txids == [first.txid]
+    small = custody.payouts()["small"]
+    assert small.fee_sats is not None and 20_295 - small.fee_sats > 294
