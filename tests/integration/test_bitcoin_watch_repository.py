@@ -2,12 +2,12 @@
 concurrent address issuance on PostgreSQL.
 
 Covers: addresses (a taken index, address or script is refused by the database and reported, the
-customer's latest address, funding), blocks (a height is claimed once, the cursor, hashes by
-height, rolling back to a fork point), outputs (recorded once per outpoint; a reorged row comes
-back as the same row while a row in the chain is never overwritten; spends; confirmations with a
-credited deposit coming back credited), ``mark_credited`` (confirmed deposits only, once),
-alerts (an id raises once) and the reads. Each test writes through units of work and reads back
-through fresh ones.
+customer's latest address, funding), blocks (a height is claimed once and only on top of its
+parent, the cursor, hashes by height, rolling back to a fork point), outputs (recorded once per
+outpoint; a reorged row comes back as the same row while a row in the chain is never
+overwritten; spends; confirmations with a credited deposit coming back credited),
+``mark_credited`` (confirmed deposits only, once), alerts (an id raises once) and the reads.
+Each test writes through units of work and reads back through fresh ones.
 
 Concurrency (PostgreSQL): a transaction that inserts an index another open transaction holds
 waits for it (seen in ``pg_stat_activity``) and, once that one commits, is told the index is
@@ -90,7 +90,8 @@ def _apply(db: bootstrap.Database, height: int, outputs: list[FoundOutput], **kw
     hashes = kw.get("hashes", H)
     assert isinstance(hashes, list)
     with db.uow() as uow:
-        previous = hashes[height - 1] if height else None
+        previous = kw.get("previous", hashes[height - 1] if height else None)
+        assert previous is None or isinstance(previous, str)
         assert uow.btc_watch.claim_block(
             WatchedBlock(height, hashes[height], previous, len(outputs)), WHEN
         )
@@ -141,7 +142,11 @@ def test_a_block_height_is_claimed_once_and_rolled_back_to_a_fork(
     with database.uow() as uow:
         repo = uow.btc_watch
         assert not repo.claim_block(WatchedBlock(9, ALT[9], H[8]), WHEN)  # height taken
-        assert not repo.claim_block(WatchedBlock(10, H[9], H[8]), WHEN)  # hash taken
+        assert not repo.claim_block(WatchedBlock(10, H[9], H[9]), WHEN)  # hash taken
+        # Not on top of the stored row at height - 1 (fetched from another branch): refused.
+        assert not repo.claim_block(WatchedBlock(10, ALT[10], ALT[9]), WHEN)
+        # No row at height - 1 while blocks are stored: not the first block, refused.
+        assert not repo.claim_block(WatchedBlock(12, ALT[12], H[11]), WHEN)
         assert repo.cursor() == WatchedBlock(9, H[9], H[8], 0)
         assert repo.lowest_height() == 5
         assert repo.block_hashes(4, 6) == {5: H[5], 6: H[6]}
@@ -151,6 +156,9 @@ def test_a_block_height_is_claimed_once_and_rolled_back_to_a_fork(
     with database.uow() as uow:
         cursor = uow.btc_watch.cursor()
         assert cursor is not None and cursor.height == 7
+        # The new branch goes on top of the fork point.
+        assert uow.btc_watch.claim_block(WatchedBlock(8, ALT[8], H[7]), WHEN)
+        uow.commit()
 
 
 def test_outputs_spends_confirmations_and_a_reorg(database: bootstrap.Database) -> None:
@@ -204,7 +212,13 @@ def test_outputs_spends_confirmations_and_a_reorg(database: bootstrap.Database) 
         # Out of the chain: no block to order by, so by outpoint.
         assert [o.outpoint for o in repo.outputs()] == [f"{TXA}:0", f"{TXA}:1", f"{TXB}:3"]
     # The new branch holds TXA again, in another block: the same rows, seen again.
-    _apply(database, 1, [_found(TXA, 0, 50_000), _found(TXA, 1, 300, status="dust")], hashes=ALT)
+    _apply(
+        database,
+        1,
+        [_found(TXA, 0, 50_000), _found(TXA, 1, 300, status="dust")],
+        hashes=ALT,
+        previous=H[0],
+    )
     with database.uow() as uow:
         repo = uow.btc_watch
         back = repo.output(TXA, 0)

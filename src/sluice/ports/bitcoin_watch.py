@@ -226,8 +226,11 @@ class BitcoinWatchRepository(Protocol):
     def lowest_height(self) -> int | None: ...
 
     def claim_block(self, block: WatchedBlock, at: datetime) -> bool:
-        """Insert the block's row; False when its height or hash already has one (another
-        watcher applied it)."""
+        """Insert the block's row when it extends the stored chain: the row at ``height − 1``
+        has the block's ``previous_hash`` (or nothing is stored yet). False, and nothing
+        written, when its height or hash already has a row (another watcher applied it) or its
+        parent is not the stored block there (it was fetched from a branch the stored chain has
+        left since)."""
         ...
 
     def record_outputs(

@@ -14,7 +14,13 @@ Guarantees:
   the cursor's height, or the next block's ``previousblockhash``, differs from the cursor's). The
   watcher walks back to the fork point comparing stored hashes with ``getblockhash``, and in one
   transaction deletes the blocks above it, marks the outputs found only in them ``reorged`` and
-  clears the spends recorded in them; then it applies the new branch. The same ``txid:vout``
+  clears the spends recorded in them; then it applies the new branch.
+* **Only blocks of the active chain, on top of their parent.** A block whose ``getblock``
+  answer says ``confirmations < 1`` (the node left its branch, e.g. one read ahead just before a
+  reorg) is never applied, and a block's transaction refuses it unless the stored row at
+  ``height − 1`` is its ``previousblockhash`` (another watcher may have moved the stored chain
+  since it was fetched). Either ends the round; the next one resolves it from the stored
+  cursor. The same ``txid:vout``
   seen again is the same row, and counts its confirmations again from its new block. A confirmed
   (or credited) deposit that is reorged raises an alert (critical when credited) and is audited;
   a credited one that comes back stays credited, so it is never credited twice.
@@ -226,7 +232,10 @@ class DepositWatcher:
                         tick.cursor_height = cursor.height if cursor else None
                         continue
                     if not applied:
-                        break  # another watcher applied it: this one reloads next round
+                        # Another watcher applied it, or moved the stored chain, or the node
+                        # left the block's branch meanwhile: the next round starts from the
+                        # stored cursor and the node's chain as they are then.
+                        break
                     cursor = self._cursor
                     tick.cursor_height = height
             finally:
@@ -288,6 +297,12 @@ class DepositWatcher:
         previous = block.get("previousblockhash")
         if cursor is not None and (previous != cursor.hash or height != cursor.height + 1):
             raise _ChainChangedError
+        confirmations = block.get("confirmations")
+        if isinstance(confirmations, int) and confirmations < 1:
+            # Core answers -1 for a block off its active chain: one read (ahead, or before a
+            # reorg) from a branch the node has left since. Never applied.
+            log.info("btc watcher: block left the node's chain", height=height, hash=block_hash)
+            return False
         now = self._clock()
         threshold = height - self.settings.confirmations_min + 1
         with self._uow() as uow:
@@ -297,6 +312,8 @@ class DepositWatcher:
             self._load_scripts(uow)
             found, spends = self._scan(block)
             watched = WatchedBlock(height, block_hash, previous, len(found))
+            # Refused when the stored row at height - 1 is not this block's parent (another
+            # watcher moved the stored chain since this one fetched it) or the height is taken.
             if not repo.claim_block(watched, now):
                 uow.rollback()
                 self._loaded = False

@@ -7,9 +7,11 @@ Guarantees:
   whether the row went in; a caller racing another transaction for the same index (PostgreSQL
   waits for that one to commit first) gets False and tries the next index — nothing is checked
   first and then written, so two transactions cannot both take an index.
-* **A block is applied once.** :meth:`claim_block` inserts the block's row with ``ON CONFLICT DO
-  NOTHING`` first in the block's transaction: a second watcher applying the same height learns it
-  lost and writes nothing.
+* **A block is applied once, on top of its parent.** :meth:`claim_block` first reads its parent's
+  row (locked on PostgreSQL) and refuses a block whose ``previousblockhash`` is not the stored
+  hash at ``height − 1`` (a block fetched before another watcher moved the chain); then it
+  inserts the row with ``ON CONFLICT DO NOTHING``: a second watcher applying the same height
+  learns it lost and writes nothing.
 * **The same outpoint is the same row.** An output seen again after a reorg updates its reorged
   row (``ON CONFLICT (txid, vout) DO UPDATE … WHERE status = 'reorged'``); a row in the active
   chain is never overwritten, and ``credited_at`` survives a reorg, so a deposit credited before
@@ -262,7 +264,25 @@ class SqlBitcoinWatchRepository:
         value = self._c.execute(select(func.min(btc_blocks.c.height))).scalar_one_or_none()
         return None if value is None else int(value)
 
+    def _row_hash(self, height: int) -> str | None:
+        """The stored hash at ``height``; on PostgreSQL its row stays locked until the
+        transaction ends. Every change of the stored chain's top goes through this lock (a block
+        locks its parent's row, a rollback the tip's), so two watchers' changes take turns and
+        each sees what the other committed."""
+        query = select(btc_blocks.c.hash).where(btc_blocks.c.height == height)
+        if is_postgresql(self._c):
+            query = query.with_for_update()
+        value = self._c.execute(query).scalar_one_or_none()
+        return None if value is None else str(value)
+
     def claim_block(self, block: WatchedBlock, at: datetime) -> bool:
+        parent = self._row_hash(block.height - 1)
+        if parent is None:
+            # Only the first block has no parent row, and then nothing is stored at all.
+            if self._c.execute(select(btc_blocks.c.height).limit(1)).first() is not None:
+                return False
+        elif parent != block.previous_hash:
+            return False  # fetched from a branch the stored chain has left: stale
         statement = (
             insert_for(self._c, btc_blocks)
             .values(

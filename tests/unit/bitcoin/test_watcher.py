@@ -19,6 +19,11 @@ one database; a node that is down, or behind (with the same chain, and with anot
 back; a reorg while a round reads (the next block is read ahead while one is written); the
 bound on blocks per round and the start height; a watcher given another custody's descriptor
 refuses to run.
+
+Two watchers racing on one reorg (a node wrapper runs the other watcher at a chosen call): a
+block fetched from the old branch is not stored on top of the other's new branch. A block read
+ahead that the node orphans before it is applied (its answer says ``confirmations: -1``) is
+never stored.
 """
 
 from __future__ import annotations
@@ -92,10 +97,14 @@ class World:
         return deposit_address(self.db.uow, self.wallet, customer, new=new, clock=self.clock)
 
     def run(self) -> WatchTick:
-        tick = self.watcher.run_once()
-        self.ticks.append(tick)
+        tick = self.run_unchecked()
         if tick.error is None:
             self.check_blocks()
+        return tick
+
+    def run_unchecked(self) -> WatchTick:
+        tick = self.watcher.run_once()
+        self.ticks.append(tick)
         return tick
 
     def check_blocks(self) -> None:
@@ -609,3 +618,95 @@ def test_a_watcher_of_another_descriptor_refuses_to_run(world: World, tmp_path: 
         watcher.run_once()
     with world.db.uow() as uow:
         assert uow.btc_watch.cursor() is None
+
+
+class CallHook:
+    """The chain, with ``action`` run once at the ``at``-th call of ``method``: before the call
+    is answered, or (``after``) between reading the answer and returning it."""
+
+    def __init__(
+        self, chain: FakeChain, method: str, at: int, action: Any, *, after: bool = False
+    ) -> None:
+        self._chain = chain
+        self._method = method
+        self._at = at
+        self._action = action
+        self._after = after
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(self._chain, name)
+        if name != self._method:
+            return real
+
+        def call(*args: Any) -> Any:
+            self.calls += 1
+            if self.calls != self._at:
+                return real(*args)
+            if self._after:
+                answer = real(*args)
+                self._action()
+                return answer
+            self._action()
+            return real(*args)
+
+        return call
+
+
+def test_a_block_fetched_from_the_old_branch_is_not_stored_on_the_new_one(world: World) -> None:
+    """Watcher A fetches block 5 of the old branch; meanwhile the node replaces blocks 4–5 and
+    watcher B (one block per round) rolls back and applies 4'. A's block 5 (parent: the old 4,
+    which A still holds as its cursor) is refused in its transaction, and A's next rounds follow
+    the new branch."""
+    world.chain.mine(4)
+    world.run()
+    b = DepositWatcher(
+        world.db.uow,
+        world.chain,
+        world.wallet,
+        replace(world.settings, watch_blocks_max=1),
+        world.clock,
+    )
+    assert b.run_once().blocks == 0
+    world.chain.mine()  # block 5 of the old branch
+
+    def reorg_and_b_runs() -> None:
+        world.chain.reorg(2, blocks=2)
+        tick = b.run_once()
+        assert (tick.reorgs, tick.blocks, tick.cursor_height) == (1, 1, 4)
+
+    a = world.new_watcher(CallHook(world.chain, "getblock", 1, reorg_and_b_runs, after=True))
+    tick = a.run_once()
+    assert (tick.blocks, tick.error) == (0, None)
+    with world.db.uow() as uow:
+        stored = uow.btc_watch.block_hashes(0, 10)
+    # The stored chain is the node's, up to B's 4': no old block 5 on top of it.
+    assert stored == {height: world.chain.getblockhash(height) for height in range(5)}
+    for _ in range(3):
+        if a.run_once().blocks:
+            break
+    world.check_blocks()
+
+
+def test_a_block_read_ahead_then_orphaned_is_never_applied(world: World) -> None:
+    """The round applies block 2 while block 3 is read ahead; the node replaces block 3 before
+    answering, so the answer is the old block 3 with ``confirmations: -1`` (its parent, block 2,
+    is what the watcher stored). It is not applied: the round ends at block 2, no reorg is
+    recorded, and the next round applies the node's block 3."""
+    address = world.address("alice")
+    world.chain.mine()
+    world.run()
+    world.chain.mine()  # block 2
+    txid, _ = world.chain.fund(address.script_hex, 70_000, mine=True)  # old block 3
+    old_three = world.chain.getblockhash(3)
+    node = CallHook(world.chain, "getblock", 2, lambda: world.chain.reorg(1, include_mempool=False))
+    world.watcher = world.new_watcher(node)
+    first = world.run_unchecked()
+    assert (first.blocks, first.reorgs, first.cursor_height, first.error) == (1, 0, 2, None)
+    with world.db.uow() as uow:
+        assert uow.btc_watch.block_hashes(3, 3) == {}
+        assert uow.btc_watch.output(txid, 0) is None
+    assert world.chain.getblockhash(3) != old_three
+    second = world.run()
+    assert (second.blocks, second.reorgs) == (world.chain.tip_height - 2, 0)
+    assert world.operations("btc_reorg") == []
