@@ -3,23 +3,25 @@ concurrent address issuance on PostgreSQL.
 
 Covers: addresses (a taken index, address or script is refused by the database and reported, the
 customer's latest address, funding), blocks (a height is claimed once and only on top of its
-parent, the cursor, hashes by height, rolling back to a fork point), outputs (recorded once per
-outpoint; a reorged row comes back as the same row while a row in the chain is never
-overwritten; spends; confirmations with a credited deposit coming back credited),
-``mark_credited`` (confirmed deposits only, once), alerts (an id raises once) and the reads.
-Each test writes through units of work and reads back through fresh ones.
+parent, the cursor, hashes by height, rolling back to a fork point only under the tip it was
+found under), outputs (recorded once per outpoint; a reorged row comes back as the same row
+while a row in the chain is never overwritten; spends; confirmations with a credited deposit
+coming back credited), ``mark_credited`` (confirmed deposits only, once), alerts (an id raises
+once) and the reads. Each test writes through units of work and reads back through fresh ones.
 
-Concurrency (PostgreSQL): a transaction that inserts an index another open transaction holds
-waits for it (seen in ``pg_stat_activity``) and, once that one commits, is told the index is
-taken; then many issuances from two threads at once, each through ``deposit_address`` with the
-real custody wallet, give every customer a different address and every index exactly once.
+Concurrency (PostgreSQL): a rollback and a block on top of the same tip take turns (the second
+waits for the first's lock, then does nothing); a transaction that inserts an index another open
+transaction holds waits for it (seen in ``pg_stat_activity``) and, once that one commits, is
+told the index is taken; then many issuances from two threads at once, each through
+``deposit_address`` with the real custody wallet, give every customer a different address and
+every index exactly once.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,6 +35,7 @@ from sluice.bitcoin.wallet import EmbitCustodyWallet
 from sluice.domain.chains import CHAINS
 from sluice.domain.deposits import Alert
 from sluice.domain.errors import InvalidOperationStateError, NotFoundError
+from sluice.ports import UnitOfWork
 from sluice.ports.bitcoin_watch import (
     CustodyAddress,
     FoundOutput,
@@ -150,8 +153,15 @@ def test_a_block_height_is_claimed_once_and_rolled_back_to_a_fork(
         assert repo.cursor() == WatchedBlock(9, H[9], H[8], 0)
         assert repo.lowest_height() == 5
         assert repo.block_hashes(4, 6) == {5: H[5], 6: H[6]}
-        rolled = repo.roll_back(7)
-        assert [b.height for b in rolled.blocks] == [9, 8]
+        # Under another tip than the stored one (moved by another watcher): nothing is undone.
+        assert repo.holds_tip(WatchedBlock(9, H[9], H[8]))
+        assert not repo.holds_tip(WatchedBlock(9, ALT[9], H[8]))
+        assert not repo.holds_tip(WatchedBlock(8, H[8], H[7]))
+        assert repo.roll_back(7, tip=WatchedBlock(8, H[8], H[7])) is None
+        assert repo.roll_back(7, tip=WatchedBlock(9, ALT[9], H[8])) is None
+        assert repo.cursor() == WatchedBlock(9, H[9], H[8], 0)
+        rolled = repo.roll_back(7, tip=WatchedBlock(9, H[9], H[8]))
+        assert rolled is not None and [b.height for b in rolled.blocks] == [9, 8]
         uow.commit()
     with database.uow() as uow:
         cursor = uow.btc_watch.cursor()
@@ -194,7 +204,8 @@ def test_outputs_spends_confirmations_and_a_reorg(database: bootstrap.Database) 
         uow.commit()
     # A reorg back to block 0 takes both blocks: outputs reorged, the spend in block 2 cleared.
     with database.uow() as uow:
-        rolled = uow.btc_watch.roll_back(0)
+        rolled = uow.btc_watch.roll_back(0, tip=WatchedBlock(2, H[2], H[1], 1))
+        assert rolled is not None
         assert [(o.outpoint, o.status) for o in rolled.reorged] == [
             (f"{TXA}:0", "credited"),
             (f"{TXA}:1", "dust"),
@@ -376,4 +387,54 @@ def test_concurrent_issuance_never_gives_an_index_twice(postgres_url: str, tmp_p
     assert {a.customer_id: a.address for a in rows} == issued
     for row in rows:
         assert wallet.derive(0, row.index).address == row.address
+    database.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("first", ["roll_back", "claim"])
+def test_a_rollback_and_a_block_on_top_take_turns(postgres_url: str, first: str) -> None:
+    """Two watchers change the stored chain's top at once: one rolls back to block 5 from the
+    tip 7 it found its fork point under, the other applies block 8 on top of that 7. Whichever
+    holds its lock first wins; the second waits for it (seen in ``pg_stat_activity``) and then
+    does nothing: never a block 8 above a gap, never a rollback that undoes a block it did not
+    see."""
+    database = bootstrap.database(postgres_url)
+    for height in range(0, 8):
+        _apply(database, height, [])
+    tip = WatchedBlock(7, H[7], H[6])
+
+    def roll_back(uow: UnitOfWork) -> bool:
+        return uow.btc_watch.roll_back(5, tip=tip) is not None
+
+    def claim(uow: UnitOfWork) -> bool:
+        return uow.btc_watch.claim_block(WatchedBlock(8, H[8], H[7]), WHEN)
+
+    actions: dict[str, Callable[[UnitOfWork], bool]] = {"roll_back": roll_back, "claim": claim}
+    second_name = "claim" if first == "roll_back" else "roll_back"
+    holding = database.uow()
+    uow_a = holding.__enter__()
+    assert actions[first](uow_a)
+    outcome: dict[str, bool] = {}
+
+    def second() -> None:
+        with database.uow() as uow:
+            outcome[second_name] = actions[second_name](uow)
+            uow.commit()
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    deadline = time.monotonic() + WAIT_TIMEOUT_S
+    while _waiting_sessions(database.engine) < 1:
+        assert time.monotonic() < deadline, "the second change never waited for the first"
+        time.sleep(0.01)
+    assert outcome == {}
+    uow_a.commit()
+    holding.__exit__(None, None, None)
+    thread.join(WAIT_TIMEOUT_S)
+    assert not thread.is_alive()
+    assert outcome == {second_name: False}
+    with database.uow() as uow:
+        cursor = uow.btc_watch.cursor()
+    assert cursor is not None
+    assert cursor.height == (5 if first == "roll_back" else 8)
     database.dispose()

@@ -233,6 +233,12 @@ class BitcoinWatchRepository(Protocol):
         left since)."""
         ...
 
+    def holds_tip(self, tip: WatchedBlock) -> bool:
+        """Whether the stored chain still ends at ``tip`` (its highest row, same height and
+        hash). The tip's row stays locked until the transaction ends (PostgreSQL): no block can
+        be added on top, nor the chain rolled back, by another transaction meanwhile."""
+        ...
+
     def record_outputs(
         self, outputs: Sequence[FoundOutput], height: int, block_hash: str, at: datetime
     ) -> None:
@@ -249,9 +255,11 @@ class BitcoinWatchRepository(Protocol):
         ``credited`` again when they were credited before a reorg); returns them as updated."""
         ...
 
-    def roll_back(self, fork_height: int) -> RolledBack:
+    def roll_back(self, fork_height: int, *, tip: WatchedBlock) -> RolledBack | None:
         """Delete the blocks above ``fork_height``, mark the outputs in them ``reorged`` (block
-        fields and confirmation cleared) and clear the spends recorded in them."""
+        fields and confirmation cleared) and clear the spends recorded in them. ``tip`` is the
+        stored tip the fork point was found under: when the stored chain no longer ends there
+        (:meth:`holds_tip`; another watcher moved it), nothing is done and None is returned."""
         ...
 
     def seen_heights(self) -> dict[int, int]:

@@ -14,7 +14,9 @@ Guarantees:
   the cursor's height, or the next block's ``previousblockhash``, differs from the cursor's). The
   watcher walks back to the fork point comparing stored hashes with ``getblockhash``, and in one
   transaction deletes the blocks above it, marks the outputs found only in them ``reorged`` and
-  clears the spends recorded in them; then it applies the new branch.
+  clears the spends recorded in them; then it applies the new branch. That transaction first
+  checks (and locks) the stored tip the fork point was found under: when another watcher moved
+  it meanwhile, nothing is rolled back and the round ends (the next one checks again).
 * **Only blocks of the active chain, on top of their parent.** A block whose ``getblock``
   answer says ``confirmations < 1`` (the node left its branch, e.g. one read ahead just before a
   reorg) is never applied, and a block's transaction refuses it unless the stored row at
@@ -128,6 +130,11 @@ class _ChainChangedError(Exception):
     """The next block does not extend the cursor: a reorg happened while reading."""
 
 
+class _ChainMovedError(Exception):
+    """The stored chain moved under this watcher (another one rolled back or applied blocks)
+    between finding a fork point and rolling back to it: nothing was rolled back."""
+
+
 class DepositWatcher:
     """Follows the chain from the stored cursor. Any number may run: a block is applied by
     whichever claims its row first, and a watcher whose cursor moved under it reloads."""
@@ -162,6 +169,10 @@ class DepositWatcher:
         tick = WatchTick()
         try:
             self._round(tick)
+        except _ChainMovedError:
+            # What another watcher did is re-checked from the stored cursor next round.
+            self._loaded = False
+            log.info("btc watcher: the stored chain moved under this round; it ends")
         except BitcoinNodeError as exc:
             tick.error = f"the bitcoin node did not answer: {exc}"
             log.warning(
@@ -448,7 +459,14 @@ class DepositWatcher:
         fork = self._fork_point(cursor.height, low)
         now = self._clock()
         with self._uow() as uow:
-            rolled = uow.btc_watch.roll_back(fork)
+            # The fork point was found outside any transaction: the rollback happens only if
+            # the stored chain still ends at the tip it was found under, else another watcher
+            # handled the reorg (or more) meanwhile, and undoing its blocks would report its
+            # deposits reorged for nothing.
+            rolled = uow.btc_watch.roll_back(fork, tip=cursor)
+            if rolled is None:
+                uow.rollback()
+                raise _ChainMovedError
             self._report_reorg(uow, rolled, cursor, now)
             uow.commit()
         tick.reorgs += 1

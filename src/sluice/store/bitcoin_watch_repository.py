@@ -12,6 +12,12 @@ Guarantees:
   hash at ``height − 1`` (a block fetched before another watcher moved the chain); then it
   inserts the row with ``ON CONFLICT DO NOTHING``: a second watcher applying the same height
   learns it lost and writes nothing.
+* **A rollback undoes only what it was computed from.** :meth:`roll_back` locks the tip its
+  caller found the fork point under and does nothing when the stored chain no longer ends there
+  (another watcher rolled back or applied blocks meanwhile). The stored chain's top changes only
+  under the lock of one row (a block's parent, a rollback's tip), so on PostgreSQL a block and a
+  rollback cannot interleave; SQLite transactions begin with ``BEGIN IMMEDIATE`` and are
+  serialised already.
 * **The same outpoint is the same row.** An output seen again after a reorg updates its reorged
   row (``ON CONFLICT (txid, vout) DO UPDATE … WHERE status = 'reorged'``); a row in the active
   chain is never overwritten, and ``credited_at`` survives a reorg, so a deposit credited before
@@ -297,6 +303,14 @@ class SqlBitcoinWatchRepository:
         )
         return self._c.execute(statement).first() is not None
 
+    def holds_tip(self, tip: WatchedBlock) -> bool:
+        if self._row_hash(tip.height) != tip.hash:
+            return False
+        # Read after the lock: a block on top committed before it was taken is seen here, and
+        # none can be added while it is held.
+        highest = self._c.execute(select(func.max(btc_blocks.c.height))).scalar_one_or_none()
+        return highest is not None and int(highest) == tip.height
+
     def record_outputs(
         self, outputs: Sequence[FoundOutput], height: int, block_hash: str, at: datetime
     ) -> None:
@@ -370,7 +384,9 @@ class SqlBitcoinWatchRepository:
         confirmed.sort(key=lambda output: (output.block_height, output.txid, output.vout))
         return confirmed
 
-    def roll_back(self, fork_height: int) -> RolledBack:
+    def roll_back(self, fork_height: int, *, tip: WatchedBlock) -> RolledBack | None:
+        if not self.holds_tip(tip):
+            return None
         table = btc_outputs
         blocks = [
             block_from_row(row)

@@ -20,10 +20,11 @@ back; a reorg while a round reads (the next block is read ahead while one is wri
 bound on blocks per round and the start height; a watcher given another custody's descriptor
 refuses to run.
 
-Two watchers racing on one reorg (a node wrapper runs the other watcher at a chosen call): a
-block fetched from the old branch is not stored on top of the other's new branch. A block read
-ahead that the node orphans before it is applied (its answer says ``confirmations: -1``) is
-never stored.
+Two watchers racing on one reorg (a node wrapper runs the other watcher at a chosen call): one
+that found its fork point before the other handled the reorg rolls back nothing (no false
+alert, the credited deposit untouched), and a block fetched from the old branch is not stored
+on top of the other's new branch. A block read ahead that the node orphans before it is applied
+(its answer says ``confirmations: -1``) is never stored.
 """
 
 from __future__ import annotations
@@ -651,6 +652,43 @@ class CallHook:
             return real(*args)
 
         return call
+
+
+def test_a_rollback_found_before_another_watcher_handled_the_reorg_does_nothing(
+    world: World,
+) -> None:
+    """Watcher B finds its fork point; watcher A meanwhile rolls back, applies the whole new
+    branch (confirming the deposit) and the mint credits it. B's rollback then finds the stored
+    tip moved and undoes nothing: no alert, no second reorg record, the deposit stays credited."""
+    world.chain.mine(2)
+    world.run()
+    address = world.address("alice")
+    txid, vout = world.chain.fund(address.script_hex, 100_000)
+    world.chain.mine()  # block 3
+    world.run()
+    world.chain.reorg(1, blocks=6)  # the deposit moves into block 3 of the new branch
+
+    def a_handles_the_reorg() -> None:
+        tick = world.run()
+        assert (tick.reorgs, tick.blocks, tick.confirmed) == (1, 6, 1)
+        with world.db.uow() as uow:
+            uow.btc_watch.mark_credited(txid, vout, at=world.clock())
+            uow.commit()
+
+    # B's calls to getblockhash: the reorg check at its cursor, then the walk to the fork point.
+    b = world.new_watcher(CallHook(world.chain, "getblockhash", 2, a_handles_the_reorg))
+    tick_b = b.run_once()
+    assert (tick_b.reorgs, tick_b.rolled_back_blocks, tick_b.blocks) == (0, 0, 0)
+    assert tick_b.error is None
+    world.check_blocks()
+    deposit = world.deposit(txid, vout)
+    assert (deposit.status, deposit.block_height) == ("credited", 3)
+    assert world.alerts() == []
+    assert len(world.operations("btc_reorg")) == 1
+    # The next round of B starts from the stored cursor: nothing left to do.
+    again = b.run_once()
+    assert (again.reorgs, again.blocks, again.error) == (0, 0, None)
+    assert world.deposit(txid, vout).status == "credited"
 
 
 def test_a_block_fetched_from_the_old_branch_is_not_stored_on_the_new_one(world: World) -> None:
