@@ -14,6 +14,10 @@ from sluice.domain.deposits import Alert
 PAYOUT_WAITING_STATUSES = ("queued", "waiting_fee")
 # Batches the worker still follows: not yet confirmed, and not handed to an operator.
 BATCH_OPEN_STATUSES = ("signed", "broadcast", "mined")
+# Batches the worker looks at each round: the open ones, and the orphaned ones (an input was
+# reorged away; never sent again, but watched in case a version is mined after all, or the
+# missing input comes back).
+BATCH_FOLLOWED_STATUSES = (*BATCH_OPEN_STATUSES, "orphaned")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +47,7 @@ class BatchRecord:
 
     id: str
     outpoints: tuple[str, ...]
-    status: str  # signed | broadcast | mined | confirmed | stuck
+    status: str  # signed | broadcast | mined | confirmed | stuck | orphaned | released
     txid: str
     raw_hex: str
     versions: tuple[Mapping[str, Any], ...]
@@ -143,6 +147,11 @@ class BitcoinPayoutRepository(Protocol):
         Returns how many rows changed: fewer than asked means someone else moved one."""
         ...
 
+    def requeue_payouts(self, batch_id: str, note: str) -> list[str]:
+        """The batch's payouts not yet mined or completed (batched or broadcast) go back to
+        ``queued``, out of the batch (no batch, vout or fee), with ``note``; returns their ids."""
+        ...
+
     def complete_payouts(self, batch_id: str, at: datetime) -> list[str]:
         """The batch's payouts not yet completed become completed; returns their ids."""
         ...
@@ -184,6 +193,10 @@ class BitcoinPayoutRepository(Protocol):
     def reserve_outputs(self, outpoints: Collection[str], batch_id: str) -> bool:
         """Reserve all of them for the batch, or none: False when one is reserved, spent or no
         longer spendable (not confirmed or credited, e.g. reorged)."""
+        ...
+
+    def release_outputs(self, batch_id: str) -> list[str]:
+        """The unspent outputs reserved by the batch are reserved no more; returns them."""
         ...
 
     def spends(self, outpoints: Collection[str]) -> dict[str, OutputSpend]:

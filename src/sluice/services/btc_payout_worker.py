@@ -19,7 +19,7 @@ from sluice.domain.audit import AuditEntry
 from sluice.domain.deposits import Alert
 from sluice.ports import UnitOfWork
 from sluice.ports.bitcoin import BitcoinNodeError, NodeUnavailableError
-from sluice.ports.bitcoin_payouts import BATCH_OPEN_STATUSES, BatchRecord, OutputSpend
+from sluice.ports.bitcoin_payouts import BATCH_FOLLOWED_STATUSES, BatchRecord, OutputSpend
 from sluice.services.btc_payout_batches import PayoutBatching
 from sluice.services.btc_payout_sending import (
     WORKER,
@@ -69,7 +69,7 @@ class PayoutWorker(PayoutBatching):
 
     def follow(self, tick: PayoutTick, cursor: int | None) -> None:
         with self._uow() as uow:
-            batches = uow.btc_payouts.batches(BATCH_OPEN_STATUSES)
+            batches = uow.btc_payouts.batches(BATCH_FOLLOWED_STATUSES)
         for batch in batches:
             tick.followed += 1
             try:
@@ -88,7 +88,7 @@ class PayoutWorker(PayoutBatching):
         with self._uow() as uow:
             repo = uow.btc_payouts
             batch = repo.get_batch(seen.id, lock=True)
-            if batch is None or batch.status not in BATCH_OPEN_STATUSES:
+            if batch is None or batch.status not in BATCH_FOLLOWED_STATUSES:
                 return
             spends = repo.spends(batch.outpoints)
             if spends:
@@ -104,6 +104,20 @@ class PayoutWorker(PayoutBatching):
                 assert cursor is not None  # spends come from blocks the watcher processed
                 self._mined(uow, batch, versions[spend.txid], spend, cursor, tick)
                 return
+            outputs = repo.outputs(batch.outpoints)
+            gone = sorted(
+                o for o in batch.outpoints if o not in outputs or outputs[o].status == "reorged"
+            )
+            if gone:
+                # An input left the chain with a reorg: no version of the batch is valid while
+                # it is gone. Nothing is sent or bumped; an operator decides (see the header).
+                self._orphaned(uow, batch, gone, tick)
+                return
+            if batch.status == "orphaned":
+                resumed = self._resumed(uow, batch, cursor)
+                if resumed is None:
+                    return
+                batch = resumed
             if batch.status == "mined":
                 reorged = self._reorged(uow, batch, cursor, tick)
                 if reorged is None:
@@ -205,6 +219,93 @@ class PayoutWorker(PayoutBatching):
         log.warning(
             "btc payouts: batch %s was reorged out of block %s", batch.id, batch.mined_block_hash
         )
+        return updated
+
+    def _orphaned(
+        self, uow: UnitOfWork, batch: BatchRecord, gone: Sequence[str], tick: PayoutTick
+    ) -> None:
+        """An input of the batch was reorged away (a reorg deeper than confirmations_min took
+        the deposit's transaction, and it is not back): every version of the batch spends it, so
+        none can be mined unless it comes back. The batch is orphaned with a critical alert
+        naming its payouts; it is never sent or bumped again, and its other inputs stay
+        reserved until an operator releases it (``sluice btc batch release``)."""
+        if batch.status == "orphaned":
+            return
+        now = self._clock()
+        repo = uow.btc_payouts
+        payouts = repo.payouts_of_batch(batch.id)
+        ids = [p.id for p in payouts]
+        message = (
+            f"payout batch {batch.id}: its input(s) {', '.join(gone)} were reorged out of the "
+            f"chain, so no version of it can be mined unless they come back; payouts "
+            f"{', '.join(ids)} are not paid. It is not sent again. Once sure no version of it "
+            "can be mined, an operator releases it (sluice btc batch release) and the payouts "
+            "are queued again"
+        )
+        updated = replace(batch, status="orphaned", updated_at=now, last_error=message)
+        if not _update(repo, updated, batch):
+            return
+        repo.set_payouts_error(ids, message)
+        repo.add_alert(
+            Alert(
+                id=f"btc_batch_orphaned:{batch.id}",
+                severity="critical",
+                kind="btc_batch_orphaned",
+                message=message,
+                details={
+                    "batch": batch.id,
+                    "reorged_inputs": ",".join(gone),
+                    "payouts": ",".join(ids),
+                },
+            ),
+            now,
+        )
+        uow.audit.append(
+            [
+                AuditEntry(
+                    operation_id=batch.id,
+                    operation="btc_batch_orphaned",
+                    actor=WORKER,
+                    recorded_at=now,
+                    parameters={"reorged_inputs": list(gone), "payouts": ids},
+                    error=message,
+                )
+            ]
+        )
+        uow.commit()
+        tick.orphaned += 1
+        log.critical("btc payouts: %s", message)
+
+    def _resumed(
+        self, uow: UnitOfWork, batch: BatchRecord, cursor: int | None
+    ) -> BatchRecord | None:
+        """The orphaned batch's missing input is back on the chain: the batch is valid again and
+        is followed as broadcast (its recorded transaction is what is sent)."""
+        now = self._clock()
+        updated = replace(
+            batch,
+            status="broadcast",
+            broadcast_height=self._height(cursor),
+            updated_at=now,
+            last_error="its reorged input is back on the chain",
+        )
+        repo = uow.btc_payouts
+        if not _update(repo, updated, batch):
+            return None
+        repo.set_payouts_error([p.id for p in repo.payouts_of_batch(batch.id)], None)
+        uow.audit.append(
+            [
+                AuditEntry(
+                    operation_id=batch.id,
+                    operation="btc_batch_resumed",
+                    actor=WORKER,
+                    recorded_at=now,
+                    parameters={"txid": batch.txid},
+                )
+            ]
+        )
+        uow.commit()
+        log.warning("btc payouts: batch %s: its reorged input is back; followed again", batch.id)
         return updated
 
     def _stuck(

@@ -34,8 +34,23 @@ A payout is paid twice if two transactions that each pay it are mined. A naive d
    fewer rows than it asked for and records nothing; its signed transaction is never sent.
 4. *A reorg.* A mined batch whose spends the watcher clears goes back to ``broadcast``; the same
    transaction is sent again if the node does not hold it, never a new one. A batch is completed
-   only at ``confirmations_min``, counted from the watcher's cursor, and confirmed inputs are never
-   released: a reserved output stays reserved for good.
+   only at ``confirmations_min``, counted from the watcher's cursor. A reorg deeper than that
+   which takes a *confirmed* batch's block away reopens it (critical alert, payouts back from
+   ``completed`` to ``broadcast``): its recorded transaction is sent again, never a new one.
+5. *A reorg that takes an input away.* If a reorg deeper than ``confirmations_min`` drops the
+   transaction of a deposit a batch spends, no version of the batch is valid: the batch is
+   ``orphaned`` (critical alert naming its payouts) and is never sent or bumped again. Its
+   payouts are paid again only when an operator releases it (``sluice btc batch release``),
+   which queues them again and frees the batch's other inputs. That is the one place a payout
+   could be paid twice: if the missing deposit came back later, an old version of the batch
+   would be valid again, and it could be mined alongside the new batch if the two share no
+   input. So releasing is the operator's decision that the deposit will not come back, and it
+   is refused unless the batch is orphaned, an input is still reorged, no spend of its inputs
+   is recorded, and the node holds none of its versions (mempool or chain). Every input of the
+   batch, the missing one included, is released: a new batch that spends one of them conflicts
+   with the old versions, so at most one of the two can be mined. Until the release, a
+   missing input that comes back makes the batch ``broadcast`` again (the same transaction).
+   Otherwise a reserved output stays reserved for good.
 
 Coins are only ever chosen from the custody's own confirmed outputs, as the watcher recorded them;
 the node's wallet is never used.
@@ -44,7 +59,7 @@ the node's wallet is never used.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from sluice.domain.audit import AuditEntry
@@ -57,7 +72,8 @@ from sluice.domain.errors import (
     NotFoundError,
 )
 from sluice.ports import UnitOfWork, UnitOfWorkFactory
-from sluice.ports.bitcoin import CustodyWallet
+from sluice.ports.bitcoin import BitcoinNode, CustodyWallet
+from sluice.ports.bitcoin import NotFoundError as NodeNotFoundError
 from sluice.ports.bitcoin_payouts import PAYOUT_WAITING_STATUSES, BatchRecord, PayoutRecord
 from sluice.services.bitcoin_settings import BitcoinSettings
 from sluice.services.btc_payout_worker import PayoutTick, PayoutWorker
@@ -294,6 +310,131 @@ def cancel_payout(
         return _views(uow, [cancelled])[0]
 
 
+@dataclass(frozen=True, slots=True)
+class ReleasedBatch:
+    """An orphaned batch an operator released: the inputs no longer reserved and the payouts
+    queued again."""
+
+    batch_id: str
+    released_outpoints: tuple[str, ...]
+    requeued: tuple[str, ...]
+    released_by: str
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "batch_id": self.batch_id,
+            "status": "released",
+            "released_outpoints": list(self.released_outpoints),
+            "requeued_payouts": list(self.requeued),
+            "released_by": self.released_by,
+        }
+
+
+def release_batch(
+    uow_factory: UnitOfWorkFactory,
+    node: BitcoinNode,
+    *,
+    batch_id: str,
+    released_by: str,
+    clock: Clock,
+) -> ReleasedBatch:
+    """An operator releases an ``orphaned`` batch (an input was reorged out of the chain): its
+    inputs are reserved no more and its unpaid payouts are queued again, to be paid by a new
+    batch. Refused (:class:`InvalidOperationStateError`, code 41) unless the batch is orphaned,
+    an input is still reorged, no spend of its inputs is recorded, and the node holds none of
+    its versions, in its mempool or its chain. See the header: releasing is the operator's
+    decision that the missing input will not come back."""
+    if not released_by.strip():
+        raise InvalidInputError("a release names who released")
+    with uow_factory() as uow:
+        batch = uow.btc_payouts.get_batch(batch_id)
+    if batch is None:
+        raise NotFoundError(f"no payout batch {batch_id!r}")
+    if batch.status != "orphaned":
+        raise InvalidOperationStateError(
+            f"batch {batch_id} is {batch.status}: only an orphaned batch can be released"
+        )
+    # The node first: a version it holds (mempool or chain) may be mined, and its payouts must
+    # not be queued again. A node that cannot answer refuses the release (the error propagates).
+    for version in batch.versions:
+        txid = str(version["txid"])
+        try:
+            node.getrawtransaction(txid)
+        except NodeNotFoundError:
+            pass
+        else:
+            raise InvalidOperationStateError(
+                f"batch {batch_id}: the node holds its version {txid} (mempool or chain): "
+                "it may be mined, so it is not released"
+            )
+        try:
+            node.getmempoolentry(txid)
+        except NodeNotFoundError:
+            continue
+        raise InvalidOperationStateError(
+            f"batch {batch_id}: its version {txid} is in the node's mempool: not released"
+        )
+    now = clock()
+    with uow_factory() as uow:
+        repo = uow.btc_payouts
+        current = repo.get_batch(batch_id, lock=True)
+        if current is None or (current.status, current.txid, current.bumps) != (
+            batch.status,
+            batch.txid,
+            batch.bumps,
+        ):
+            raise InvalidOperationStateError(
+                f"batch {batch_id} changed meanwhile: look at it again before releasing it"
+            )
+        if repo.spends(batch.outpoints):
+            raise InvalidOperationStateError(
+                f"batch {batch_id}: the watcher saw some of its inputs spent: not released"
+            )
+        outputs = repo.outputs(batch.outpoints)
+        if not any(o not in outputs or outputs[o].status == "reorged" for o in batch.outpoints):
+            raise InvalidOperationStateError(
+                f"batch {batch_id}: its inputs are all back on the chain: it is followed again, "
+                "not released"
+            )
+        note = (
+            f"queued again: batch {batch_id} was orphaned by a reorg and released by {released_by}"
+        )
+        released = repo.release_outputs(batch_id)
+        requeued = repo.requeue_payouts(batch_id, note)
+        updated = replace(
+            current,
+            status="released",
+            updated_at=now,
+            last_error=f"released by {released_by}; its payouts are queued again",
+        )
+        if not repo.update_batch(
+            updated,
+            expected_txid=current.txid,
+            expected_status="orphaned",
+            expected_bumps=current.bumps,
+        ):
+            raise InvalidOperationStateError(f"batch {batch_id} changed meanwhile")
+        uow.audit.append(
+            [
+                AuditEntry(
+                    operation_id=batch_id,
+                    operation="btc_batch_released",
+                    actor=released_by,
+                    recorded_at=now,
+                    parameters={
+                        "versions": [str(v["txid"]) for v in batch.versions],
+                        "outpoints": list(batch.outpoints),
+                    },
+                    state_changes=[{"batch": batch_id, "status": "released"}]
+                    + [{"output": o, "reserved_by": None} for o in released]
+                    + [{"payout": pid, "status": "queued"} for pid in requeued],
+                )
+            ]
+        )
+        uow.commit()
+    return ReleasedBatch(batch_id, tuple(released), tuple(requeued), released_by)
+
+
 def _check_same(existing: PayoutRecord, address: str, amount_sats: int, kind: str) -> None:
     asked = {"address": address, "amount_sats": amount_sats, "kind": kind}
     first = {
@@ -315,8 +456,10 @@ __all__ = [
     "PayoutTick",
     "PayoutView",
     "PayoutWorker",
+    "ReleasedBatch",
     "cancel_payout",
     "get_payout",
     "list_payouts",
+    "release_batch",
     "request_payout",
 ]

@@ -258,6 +258,22 @@ class SqlBitcoinPayoutRepository:
         ]
         return int(self._connection.execute(statement, rows).rowcount)
 
+    def requeue_payouts(self, batch_id: str, note: str) -> list[str]:
+        table = payouts_table
+        pending = and_(table.c.batch_id == batch_id, table.c.status.in_(("batched", "broadcast")))
+        ids = list(
+            self._connection.execute(select(table.c.id).where(pending).order_by(table.c.id))
+            .scalars()
+            .all()
+        )
+        if ids:
+            self._connection.execute(
+                update(table)
+                .where(and_(pending, table.c.id.in_(ids)))
+                .values(status="queued", batch_id=None, vout=None, fee_sats=None, last_error=note)
+            )
+        return ids
+
     def complete_payouts(self, batch_id: str, at: datetime) -> list[str]:
         table = payouts_table
         pending = and_(table.c.batch_id == batch_id, table.c.status != "completed")
@@ -407,6 +423,17 @@ class SqlBitcoinPayoutRepository:
             )
             return False
         return True
+
+    def release_outputs(self, batch_id: str) -> list[str]:
+        mine = and_(btc_outputs.c.reserved_by == batch_id, btc_outputs.c.spent_txid.is_(None))
+        rows = self._connection.execute(
+            select(btc_outputs.c.txid, btc_outputs.c.vout)
+            .where(mine)
+            .order_by(btc_outputs.c.txid, btc_outputs.c.vout)
+        ).all()
+        if rows:
+            self._connection.execute(update(btc_outputs).where(mine).values(reserved_by=None))
+        return [f"{row.txid}:{row.vout}" for row in rows]
 
     def spends(self, outpoints: Collection[str]) -> dict[str, OutputSpend]:
         if not outpoints:

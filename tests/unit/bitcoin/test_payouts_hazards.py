@@ -21,8 +21,9 @@ import pytest
 
 from sluice.domain.errors import InvalidOperationStateError, NotFoundError
 from sluice.ports.bitcoin_payouts import BATCH_OPEN_STATUSES
+from sluice.services.btc_addresses import deposit_address
 from sluice.services.btc_payout_sending import _Sent
-from sluice.services.btc_payouts import PayoutTick, cancel_payout
+from sluice.services.btc_payouts import PayoutTick, cancel_payout, release_batch
 from tests.unit.bitcoin.test_payouts import SETTINGS, Custody, custody, wallet
 
 __all__ = ["custody", "wallet"]  # the fixtures, used by name
@@ -220,3 +221,72 @@ def test_a_bump_that_would_leave_a_payout_under_dust_is_not_made(custody: Custod
     assert custody.chain.mempool_txids == [first.txid]
     small = custody.payouts()["small"]
     assert small.fee_sats is not None and 20_295 - small.fee_sats > 294
+
+
+# --- an input reorged away ---------------------------------------------------------------------
+
+
+def test_a_batch_whose_input_a_deep_reorg_took_is_orphaned_then_released_by_an_operator(
+    custody: Custody,
+) -> None:
+    """A broadcast batch spends D1 and D2. A reorg deeper than confirmations_min drops D2's
+    transaction for good: no version of the batch can be mined. It is orphaned with a critical
+    alert naming its payout, never sent or bumped again; an operator's release (refused while
+    the batch's version is still held by the node) frees D1 and queues the payout again, which a
+    new batch pays once."""
+    custody.fund(300_000)  # D1
+    alice = deposit_address(custody.uow, custody.wallet, "alice", new=True, clock=custody.clock)
+    d2, _ = custody.chain.fund(alice.script_hex, 300_000)
+    custody.mine(SETTINGS.confirmations_min)
+    custody.request("p1", 500_000)  # needs D1 and D2
+    worker = custody.worker()
+    assert worker.run_once().batches == 1
+    (batch,) = custody.batches()
+    assert len(batch.outpoints) == 2
+    # The version is still in the node's mempool: not orphaned yet, and not releasable.
+    with pytest.raises(InvalidOperationStateError):
+        release_batch(
+            custody.uow, custody.chain, batch_id=batch.id, released_by="ops", clock=custody.clock
+        )
+    custody.chain.reorg(SETTINGS.confirmations_min + 1, drop_txids=[d2])
+    custody.watch()
+    tick = worker.run_once()
+    assert tick.orphaned == 1
+    for _ in range(SETTINGS.payout_bump_after_blocks + 2):
+        custody.mine()
+        tick = worker.run_once()
+        assert (tick.rebroadcast, tick.bumped, tick.orphaned, tick.errors) == (0, 0, 0, [])
+    (batch,) = custody.batches()
+    assert batch.status == "orphaned"
+    view = custody.payouts()["p1"]
+    assert view.last_error is not None and "reorged" in view.last_error
+    with custody.uow() as uow:
+        alerts = [a for a in uow.books.alerts() if a.kind == "btc_batch_orphaned"]
+        reserved = uow.btc_payouts.outputs(batch.outpoints)
+        assert uow.btc_payouts.spendable_outputs(0) == []
+    assert [(a.severity, a.details["payouts"]) for a in alerts] == [("critical", "p1")]
+    assert all(o.reserved_by == batch.id for o in reserved.values())
+
+    with pytest.raises(InvalidOperationStateError) as refused:
+        cancel_payout(custody.uow, payout_id="p1", cancelled_by="ops", clock=custody.clock)
+    assert refused.value.code == 41
+    released = release_batch(
+        custody.uow, custody.chain, batch_id=batch.id, released_by="ops", clock=custody.clock
+    )
+    assert released.requeued == ("p1",)
+    assert set(released.released_outpoints) == set(batch.outpoints)
+    with pytest.raises(InvalidOperationStateError):  # released once only
+        release_batch(
+            custody.uow, custody.chain, batch_id=batch.id, released_by="ops", clock=custody.clock
+        )
+    assert custody.payouts()["p1"].status == "queued"
+    with custody.uow() as uow:
+        records = uow.audit.find(operation_id=batch.id, limit=10)
+    assert "btc_batch_released" in [r.entry.operation for r in records]
+    # With more funds the payout is paid once, by a new batch spending D1.
+    custody.fund(300_000)
+    tick = worker.run_once()
+    assert tick.batches == 1
+    custody.settle(worker)
+    custody.assert_paid_once("p1")
+    assert custody.payouts()["p1"].batch_id != batch.id
