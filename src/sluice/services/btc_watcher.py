@@ -26,6 +26,13 @@ Guarantees:
   seen again is the same row, and counts its confirmations again from its new block. A confirmed
   (or credited) deposit that is reorged raises an alert (critical when credited) and is audited;
   a credited one that comes back stays credited, so it is never credited twice.
+* **``confirmations_min`` may change between runs.** Lowered, it confirms the outputs that
+  already have enough confirmations at the next round, with no new block needed (in a
+  transaction that holds the stored tip, audited with the setting's value). Raised, it applies
+  to outputs still ``seen``; an output already ``confirmed`` (or ``credited``) stays so.
+  Confirmation is a decision taken once at the cursor: the mint may have credited the deposit
+  and a payout may have spent the output, so a setting never takes it back — only a reorg does
+  (above).
 * **Matched on scripts only.** Outputs are matched on ``scriptPubKey.hex``, never on address
   fields (old nodes answer ``addresses``, new ones ``address``). Outputs under the chain's dust
   limit are recorded as ``dust`` and never confirmed or credited.
@@ -210,6 +217,8 @@ class DepositWatcher:
             elif self._node.getblockhash(cursor.height) != cursor.hash:
                 cursor = self._undo_reorg(tick)
             tick.cursor_height = cursor.height if cursor else None
+        if cursor is not None:
+            self._confirm_due(cursor, tick)
         # The next block is read while this one is written: its ``getblock`` (the node's work
         # and the answer's transfer) overlaps the block's transaction (its SQL and the commit's
         # flush to disk), so a round costs about the larger of the two, not their sum. One read
@@ -359,6 +368,27 @@ class DepositWatcher:
         tick.confirmed += len(confirmed)
         return True
 
+    def _confirm_due(self, cursor: WatchedBlock, tick: WatchTick) -> None:
+        """Confirm what is due at the cursor without a new block: outputs ``seen`` that have
+        ``confirmations_min`` already (it was lowered since they were last counted). Nothing is
+        read when none is due (the in-memory count of ``seen`` outputs per height tells)."""
+        threshold = cursor.height - self.settings.confirmations_min + 1
+        if not any(at <= threshold for at in self._seen):
+            return
+        now = self._clock()
+        with self._uow() as uow:
+            repo = uow.btc_watch
+            # Counted from this cursor only while it is the stored tip (locked): a rollback by
+            # another watcher meanwhile would make the count wrong.
+            if not repo.holds_tip(cursor):
+                uow.rollback()
+                raise _ChainMovedError
+            confirmed = repo.confirm(threshold, now)
+            self._audit_confirmed(uow, confirmed, cursor, now, catch_up=True)
+            uow.commit()
+        self._seen = {at: n for at, n in self._seen.items() if at > threshold}
+        tick.confirmed += len(confirmed)
+
     def _scan(self, block: Mapping[str, Any]) -> tuple[list[FoundOutput], list[FoundSpend]]:
         """The block's outputs to custody scripts and its inputs spending custody outputs, in
         block order (an output spent later in the same block is found, then spent)."""
@@ -405,11 +435,19 @@ class DepositWatcher:
         return found, spends
 
     def _audit_confirmed(
-        self, uow: UnitOfWork, confirmed: list[ConfirmedOutput], block: WatchedBlock, now: datetime
+        self,
+        uow: UnitOfWork,
+        confirmed: list[ConfirmedOutput],
+        block: WatchedBlock,
+        now: datetime,
+        *,
+        catch_up: bool = False,
     ) -> None:
         """One record per block that confirmed deposits, naming each (with its customer): a
         block may confirm thousands, and the trail's cost is per record. The customer's id is on
-        the record when the block confirmed only theirs."""
+        the record when the block confirmed only theirs. ``catch_up``: confirmed at the cursor
+        with no new block, after ``confirmations_min`` was lowered (its own record, naming the
+        setting)."""
         deposits = [o for o in confirmed if o.kind == "deposit"]
         if not deposits:
             return
@@ -418,10 +456,15 @@ class DepositWatcher:
         statuses: dict[str, int] = {}
         for o in deposits:
             statuses[o.status] = statuses.get(o.status, 0) + 1
+        operation_id = f"btc-confirmed:{height}:{block.hash}"
+        extra: dict[str, Any] = {}
+        if catch_up:
+            operation_id += f":min-{self.settings.confirmations_min}"
+            extra["confirmations_min"] = self.settings.confirmations_min
         uow.audit.append(
             [
                 AuditEntry(
-                    operation_id=f"btc-confirmed:{height}:{block.hash}",
+                    operation_id=operation_id,
                     operation="btc_deposits_confirmed",
                     actor=ACTOR,
                     recorded_at=now,
@@ -437,6 +480,7 @@ class DepositWatcher:
                             [o.outpoint, o.customer_id, o.amount_sats, o.block_height]
                             for o in deposits
                         ],
+                        **extra,
                     },
                     state_changes=[
                         {"status": status, "deposits": count}

@@ -24,7 +24,9 @@ Two watchers racing on one reorg (a node wrapper runs the other watcher at a cho
 that found its fork point before the other handled the reorg rolls back nothing (no false
 alert, the credited deposit untouched), and a block fetched from the old branch is not stored
 on top of the other's new branch. A block read ahead that the node orphans before it is applied
-(its answer says ``confirmations: -1``) is never stored.
+(its answer says ``confirmations: -1``) is never stored. ``confirmations_min`` lowered between
+runs confirms at the next round with no new block (once, audited); raised, it leaves confirmed
+deposits confirmed and applies to those still seen.
 """
 
 from __future__ import annotations
@@ -748,3 +750,34 @@ def test_a_block_read_ahead_then_orphaned_is_never_applied(world: World) -> None
     second = world.run()
     assert (second.blocks, second.reorgs) == (world.chain.tip_height - 2, 0)
     assert world.operations("btc_reorg") == []
+
+
+def test_confirmations_min_changed_between_runs(world: World) -> None:
+    address = world.address("alice")
+    first, _ = world.chain.fund(address.script_hex, 50_000, mine=True)  # block 1
+    world.chain.mine(3)
+    world.run()
+    assert world.deposit(first).confirmations == 4 and world.deposit(first).status == "seen"
+    # Lowered to 3: the deposit already has 4, so it is confirmed at the next round, no new
+    # block needed, once.
+    world.settings = replace(world.settings, confirmations_min=3)
+    world.watcher = world.new_watcher()
+    tick = world.run()
+    assert (tick.blocks, tick.confirmed) == (0, 1)
+    assert world.deposit(first).status == "confirmed"
+    (audited,) = world.operations("btc_deposits_confirmed")
+    assert audited.entry.parameters["confirmations_min"] == 3
+    assert audited.entry.parameters["deposits"] == [[f"{first}:0", "alice", 50_000, 1]]
+    assert world.run().confirmed == 0
+    # Raised to 10: the confirmed deposit stays confirmed; a deposit still seen waits for 10.
+    second, _ = world.chain.fund(world.address("alice").script_hex, 60_000, mine=True)  # 5
+    world.settings = replace(world.settings, confirmations_min=10)
+    world.watcher = world.new_watcher()
+    world.chain.mine(5)
+    assert world.run().confirmed == 0
+    assert world.deposit(first).status == "confirmed"
+    assert (world.deposit(second).status, world.deposit(second).confirmations) == ("seen", 6)
+    world.chain.mine(4)
+    assert world.run().confirmed == 1
+    assert world.deposit(second).status == "confirmed"
+    assert verify_audit_log(world.db.uow).ok
