@@ -1,7 +1,9 @@
 """The audit chain under tampering, in memory (sluice.domain.audit).
 
 Covers the canonical content (one serialisation per record, the same after a round trip through
-stored JSON, refusals for values without one), chain building, and verification: a clean chain
+stored JSON, refusals for values without one; for content without floats, the store's orjson
+bytes are those canonical bytes, over random trees of text, integers and decimals), chain
+building, and verification: a clean chain
 passes, and every kind of tampering — a field modified, a hash recomputed, a record deleted from
 the start, middle or end, records swapped or renumbered, a forged record inserted or appended, the
 head altered — fails and names the record by its seq. A hypothesis test applies one random
@@ -18,6 +20,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from enum import Enum
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -28,14 +31,17 @@ from sluice.domain.audit import (
     AuditRecord,
     ChainVerification,
     ChainVerifier,
+    FloatFreeContent,
     canonical_bytes,
     canonical_content,
     chain_entries,
     chain_hash,
+    content_hash,
     json_value,
     verify_chain,
 )
 from sluice.domain.errors import InvalidInputError
+from sluice.store.audit_repository import _content_hash as _store_content_hash
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -169,6 +175,63 @@ def test_content_read_back_from_stored_json_hashes_as_it_was_appended(
     stored = json.loads(json.dumps(json_value(parameters)))  # what a reader gets back
     read_back = replace(written, parameters=stored)
     assert chain_hash(GENESIS_HASH, 1, read_back) == chain_hash(GENESIS_HASH, 1, written)
+
+
+float_free_leaves = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.text(max_size=20)
+    | st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=6)  # control characters
+    | st.decimals(allow_nan=False, allow_infinity=False, places=4)
+)
+float_free_trees = st.recursive(
+    float_free_leaves,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@given(
+    parameters=st.dictionaries(st.text(max_size=8), float_free_trees, max_size=5),
+    checks=st.lists(st.dictionaries(st.text(max_size=8), float_free_trees, max_size=3), max_size=3),
+    previous=st.text(alphabet="0123456789abcdef", min_size=64, max_size=64),
+)
+@settings(max_examples=300, deadline=None)
+def test_content_without_floats_hashes_the_same_from_orjson_as_from_canonical_bytes(
+    parameters: dict[str, object], checks: list[dict[str, object]], previous: str
+) -> None:
+    """The store hashes float-free content from orjson's bytes: they must be the canonical ones,
+    and the content the one the general walk gives."""
+    written = entry(1, parameters=parameters, checks=checks, correlation_id="req-é\u2028")
+    content = canonical_content(1, written)
+    assert type(content) is FloatFreeContent
+    assert content["parameters"] == json_value(parameters)
+    assert content["checks"] == json_value(checks)
+    assert orjson.dumps(content, option=orjson.OPT_SORT_KEYS) == canonical_bytes(dict(content))
+    assert _store_content_hash(previous, content) == content_hash(previous, dict(content))
+
+
+@given(parameters=st.dictionaries(st.text(max_size=8), json_trees, max_size=5))
+@settings(max_examples=200, deadline=None)
+def test_content_with_floats_or_times_takes_the_canonical_encoder(
+    parameters: dict[str, object],
+) -> None:
+    content = canonical_content(1, entry(1, parameters=parameters))
+    walked = json_value(parameters)
+    assert content["parameters"] == walked
+    assert _store_content_hash(GENESIS_HASH, content) == content_hash(GENESIS_HASH, dict(content))
+    if "e-" in json.dumps(walked):  # a float written with an exponent: orjson would differ
+        assert type(content) is not FloatFreeContent
+
+
+def test_text_that_is_not_unicode_is_refused_by_the_stores_hash_as_by_the_canonical_one() -> None:
+    content = canonical_content(1, entry(1, parameters={"name": "\ud800"}))
+    assert type(content) is FloatFreeContent
+    with pytest.raises(InvalidInputError, match="not valid Unicode"):
+        _store_content_hash(GENESIS_HASH, content)
 
 
 # --- a clean chain -----------------------------------------------------------------------------

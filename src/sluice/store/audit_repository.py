@@ -11,7 +11,8 @@ Guarantees:
   PostgreSQL end up waiting on the same row instead of failing.
 * **Stored as hashed.** Each JSON column holds the normalised value the hash was computed over
   (:func:`sluice.domain.audit.canonical_content`), so a record read back verifies bit for bit.
-* **Fast enough for ingestion.** One ``executemany`` insert and one head update per call.
+* **Fast enough for ingestion.** One ``executemany`` insert and one head update per call;
+  content without floats is hashed from orjson's bytes, which are then the canonical ones.
 * **Readable after tampering.** A row that can no longer be decoded (a column that is not JSON,
   a timestamp that is not one) is still returned, with ``damage`` saying why, so verification
   names it instead of failing.
@@ -35,6 +36,8 @@ from sluice.domain.audit import (
     GENESIS_HASH,
     AuditEntry,
     AuditRecord,
+    FloatFreeContent,
+    bytes_hash,
     canonical_content,
     check_entry,
     content_hash,
@@ -78,7 +81,7 @@ class SqlAuditLog:
         for entry in entries:
             seq += 1
             content = canonical_content(seq, entry)
-            digest = content_hash(previous_hash, content)
+            digest = _content_hash(previous_hash, content)
             rows.append(_row(content, previous_hash, digest))
             previous_hash = digest
         insert_rows(self._c, t.audit_records, _COLUMNS, rows)
@@ -144,6 +147,21 @@ def _page(limit: int) -> int:
     if not 1 <= limit <= PAGE_MAX:
         raise InvalidInputError(f"audit page size must be 1–{PAGE_MAX}, got {limit}")
     return limit
+
+
+def _content_hash(previous_hash: str, content: dict[str, object]) -> str:
+    """:func:`content_hash`, from orjson's bytes when the content holds no float: for such
+    content they are the canonical bytes (keys sorted by code point, no spaces, UTF-8, the same
+    escapes; ``tests/unit/test_audit_chain.py`` compares both encoders), at a tenth of the cost.
+    Anything orjson refuses (text that is not valid Unicode) takes the canonical path and its
+    error."""
+    if type(content) is FloatFreeContent:
+        try:
+            canonical = orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
+        except TypeError:
+            return content_hash(previous_hash, content)
+        return bytes_hash(previous_hash, canonical)
+    return content_hash(previous_hash, content)
 
 
 def _json(value: object) -> str:

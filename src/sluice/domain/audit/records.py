@@ -116,6 +116,47 @@ def _plain_value(value: object) -> object:
     return _named_value(value, "value")
 
 
+class _NotPlainError(Exception):
+    """A value :func:`_float_free_value` leaves to :func:`json_value`."""
+
+
+def _float_free_value(value: object) -> object:
+    """:func:`_plain_value` of a value made only of text, nothing, booleans, 64-bit integers,
+    decimals, lists and objects with text keys; raises :class:`_NotPlainError` on anything else (a
+    float above all), so that the result is known to hold no float."""
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return value
+    if kind is dict:
+        result: dict[str, object] = {}
+        for key, item in value.items():  # type: ignore[attr-defined]
+            if type(key) is not str:
+                raise _NotPlainError
+            result[key] = item if type(item) is str or item is None else _float_free_value(item)
+        return result
+    if kind is list or kind is tuple:
+        return [
+            item if type(item) is str or item is None else _float_free_value(item)
+            for item in value  # type: ignore[attr-defined]
+        ]
+    if kind is int and _INT_MIN <= value <= _INT_MAX:  # type: ignore[operator]
+        return value
+    if kind is Decimal:
+        return _decimal_text(value)  # type: ignore[arg-type]
+    raise _NotPlainError
+
+
+class FloatFreeContent(dict[str, object]):
+    """Canonical content known to hold no float: nothing but text, nothing, booleans, 64-bit
+    integers, lists and objects with text keys. Its canonical bytes are therefore what any JSON
+    encoder gives that sorts keys by code point, writes no spaces, leaves non-ASCII text as UTF-8
+    and escapes control characters as ``json`` does — floats are the one value whose text such
+    encoders write differently (``1e-05`` or ``1e-5``). The store hashes such content with its
+    faster encoder; verification always uses :func:`canonical_bytes`."""
+
+    __slots__ = ()
+
+
 def _named_value(value: object, path: str) -> object:
     if value is None or value is True or value is False:
         return value
@@ -206,7 +247,11 @@ def check_entry(entry: AuditEntry) -> None:
 
 
 def canonical_content(seq: int, entry: AuditEntry) -> dict[str, object]:
-    """The record's content in the normalised form that is stored and hashed."""
+    """The record's content in the normalised form that is stored and hashed: a
+    :class:`FloatFreeContent` when it holds no float (the usual case), else a plain dict."""
+    fast = _float_free_content(seq, entry)
+    if fast is not None:
+        return fast
     # Text and nothing, what the identifying fields usually hold, are their own normal form;
     # anything else takes json_value (same result, one call less on the hot path).
     operation_id, actor, customer_id = entry.operation_id, entry.actor, entry.customer_id
@@ -236,6 +281,47 @@ def canonical_content(seq: int, entry: AuditEntry) -> dict[str, object]:
     return content
 
 
+def _float_free_content(seq: int, entry: AuditEntry) -> FloatFreeContent | None:
+    """The content of :func:`canonical_content` when every identifying field is text (or
+    nothing) and the JSON fields hold no float; None when any of them needs the general walk."""
+    operation_id, actor, customer_id = entry.operation_id, entry.actor, entry.customer_id
+    operation, error, correlation_id = entry.operation, entry.error, entry.correlation_id
+    if (
+        type(operation_id) is not str
+        or type(actor) is not str
+        or type(operation) is not str
+        or not (customer_id is None or type(customer_id) is str)
+        or not (error is None or type(error) is str)
+        or not (correlation_id is None or type(correlation_id) is str)
+        or type(seq) is not int
+        or not _INT_MIN <= seq <= _INT_MAX
+    ):
+        return None
+    try:
+        kyc = _float_free_value(entry.kyc)
+        parameters = _float_free_value(entry.parameters)
+        checks = _float_free_value(entry.checks)
+        state_changes = _float_free_value(entry.state_changes)
+    except _NotPlainError:
+        return None
+    content = FloatFreeContent(
+        seq=seq,
+        operation_id=operation_id,
+        recorded_at=_timestamp_text(entry.recorded_at, "recorded_at"),
+        actor=actor,
+        customer_id=customer_id,
+        kyc=kyc,
+        operation=operation,
+        parameters=parameters,
+        checks=checks,
+        state_changes=state_changes,
+        error=error,
+    )
+    if correlation_id is not None:
+        content["correlation_id"] = correlation_id
+    return content
+
+
 def canonical_bytes(content: Mapping[str, object]) -> bytes:
     """The one serialisation of normalised content: sorted keys, no spaces, UTF-8."""
     try:
@@ -250,8 +336,13 @@ def canonical_bytes(content: Mapping[str, object]) -> bytes:
 
 def content_hash(previous_hash: str, content: Mapping[str, object]) -> str:
     """sha256 hex of the previous hash followed by the canonical content."""
+    return bytes_hash(previous_hash, canonical_bytes(content))
+
+
+def bytes_hash(previous_hash: str, canonical: bytes) -> str:
+    """sha256 hex of the previous hash followed by ``canonical``, content's canonical bytes."""
     digest = hashlib.sha256(previous_hash.encode("ascii", "replace"))
-    digest.update(canonical_bytes(content))
+    digest.update(canonical)
     return digest.hexdigest()
 
 
