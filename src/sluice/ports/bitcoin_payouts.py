@@ -152,6 +152,11 @@ class BitcoinPayoutRepository(Protocol):
         ``queued``, out of the batch (no batch, vout or fee), with ``note``; returns their ids."""
         ...
 
+    def reopen_payouts(self, batch_id: str, note: str) -> list[str]:
+        """The batch's completed payouts go back to ``broadcast`` (no completion time), with
+        ``note``: its block was reorged away after they completed. Returns their ids."""
+        ...
+
     def complete_payouts(self, batch_id: str, at: datetime) -> list[str]:
         """The batch's payouts not yet completed become completed; returns their ids."""
         ...
@@ -168,6 +173,11 @@ class BitcoinPayoutRepository(Protocol):
 
     def batches(self, statuses: Collection[str] = (), *, limit: int = 1000) -> list[BatchRecord]:
         """Oldest first."""
+        ...
+
+    def confirmed_batches_unspent(self, since_height: int, *, limit: int = 100) -> list[str]:
+        """Confirmed batches mined at ``since_height`` or above with an input the watcher no
+        longer sees spent (a reorg deeper than confirmations_min cleared it): their ids."""
         ...
 
     def update_batch(

@@ -58,6 +58,7 @@ class PayoutTick:
     completed: int = 0  # payouts completed
     reorged: int = 0
     stuck: int = 0
+    reopened: int = 0  # confirmed batches whose block a deep reorg took away
     orphaned: int = 0  # batches found spending an output a reorg took away
     bumped: int = 0
     batches: int = 0  # new batches recorded

@@ -31,6 +31,10 @@ from sluice.services.btc_payout_sending import (
 )
 from sluice.services.controls import pause_state
 
+# Confirmed batches are looked at again (their spends cleared by a reorg) while mined at most this
+# many blocks under the watcher's cursor: a bound on the query, far beyond any reorg seen.
+REOPEN_DEPTH_MAX = 1_000
+
 # Every payout module logs as one: operators (and the demo, which routes it to its log file) know
 # the payouts' logger by this name.
 log = logging.getLogger("sluice.services.btc_payouts")
@@ -69,7 +73,17 @@ class PayoutWorker(PayoutBatching):
 
     def follow(self, tick: PayoutTick, cursor: int | None) -> None:
         with self._uow() as uow:
-            batches = uow.btc_payouts.batches(BATCH_FOLLOWED_STATUSES)
+            repo = uow.btc_payouts
+            batches = repo.batches(BATCH_FOLLOWED_STATUSES)
+            if cursor is not None:
+                # Confirmed batches are not followed, except those whose spends the watcher
+                # cleared: a reorg deeper than confirmations_min took their block away.
+                since = cursor - REOPEN_DEPTH_MAX
+                batches += [
+                    batch
+                    for batch_id in repo.confirmed_batches_unspent(since)
+                    if (batch := repo.get_batch(batch_id)) is not None
+                ]
         for batch in batches:
             tick.followed += 1
             try:
@@ -88,7 +102,7 @@ class PayoutWorker(PayoutBatching):
         with self._uow() as uow:
             repo = uow.btc_payouts
             batch = repo.get_batch(seen.id, lock=True)
-            if batch is None or batch.status not in BATCH_FOLLOWED_STATUSES:
+            if batch is None or batch.status not in (*BATCH_FOLLOWED_STATUSES, "confirmed"):
                 return
             spends = repo.spends(batch.outpoints)
             if spends:
@@ -98,12 +112,18 @@ class PayoutWorker(PayoutBatching):
                     self._stuck(uow, batch, sorted(foreign), tick)
                     return
                 txids = {s.txid for s in spends.values()}
-                if len(spends) < len(batch.outpoints) or len(txids) != 1:
+                if len(spends) == len(batch.outpoints) and len(txids) == 1:
+                    (spend,) = {s for s in spends.values() if s.txid in txids}
+                    assert cursor is not None  # spends come from blocks the watcher processed
+                    self._mined(uow, batch, versions[spend.txid], spend, cursor, tick)
+                    return
+                if batch.status != "confirmed":
                     return  # the watcher is between blocks: look again next round
-                (spend,) = {s for s in spends.values() if s.txid in txids}
-                assert cursor is not None  # spends come from blocks the watcher processed
-                self._mined(uow, batch, versions[spend.txid], spend, cursor, tick)
-                return
+            if batch.status == "confirmed":
+                reopened = self._reopened(uow, batch, cursor, tick)
+                if reopened is None or spends:
+                    return
+                batch = reopened
             outputs = repo.outputs(batch.outpoints)
             gone = sorted(
                 o for o in batch.outpoints if o not in outputs or outputs[o].status == "reorged"
@@ -221,6 +241,66 @@ class PayoutWorker(PayoutBatching):
         )
         return updated
 
+    def _reopened(
+        self, uow: UnitOfWork, batch: BatchRecord, cursor: int | None, tick: PayoutTick
+    ) -> BatchRecord | None:
+        """A confirmed batch whose spends the watcher cleared: a reorg deeper than
+        confirmations_min took its block away, and its payouts, completed, are no longer paid
+        on the active chain. It is reopened with a critical alert: back to broadcast (its bump
+        timer restarting now), its payouts back from completed to broadcast, and its recorded
+        transaction sent again when the node does not hold it (never a new one)."""
+        now = self._clock()
+        repo = uow.btc_payouts
+        message = (
+            f"payout batch {batch.id} was confirmed in block {batch.mined_block_hash} at height "
+            f"{batch.mined_height}, which a reorg deeper than confirmations_min took away: its "
+            "payouts are not paid on the active chain any more; it is followed again"
+        )
+        latest = batch.versions[-1]
+        updated = replace(
+            _with_version(batch, latest),
+            status="broadcast",
+            broadcast_height=self._height(cursor),
+            mined_height=None,
+            mined_block_hash=None,
+            updated_at=now,
+            last_error=message,
+        )
+        if not _update(repo, updated, batch):
+            return None
+        ids = repo.reopen_payouts(batch.id, message)
+        repo.add_alert(
+            Alert(
+                id=f"btc_batch_reopened:{batch.id}:{batch.mined_block_hash}",
+                severity="critical",
+                kind="btc_batch_reopened",
+                message=message,
+                details={
+                    "batch": batch.id,
+                    "block_hash": str(batch.mined_block_hash),
+                    "payouts": ",".join(ids),
+                },
+            ),
+            now,
+        )
+        uow.audit.append(
+            [
+                AuditEntry(
+                    operation_id=batch.id,
+                    operation="btc_batch_reopened",
+                    actor=WORKER,
+                    recorded_at=now,
+                    parameters={"txid": batch.txid, "block_hash": batch.mined_block_hash},
+                    state_changes=[{"payout": pid, "status": "broadcast"} for pid in ids],
+                    error=message,
+                )
+            ]
+        )
+        uow.commit()
+        tick.reopened += 1
+        log.critical("btc payouts: %s", message)
+        return updated
+
     def _orphaned(
         self, uow: UnitOfWork, batch: BatchRecord, gone: Sequence[str], tick: PayoutTick
     ) -> None:
@@ -322,6 +402,9 @@ class PayoutWorker(PayoutBatching):
         repo = uow.btc_payouts
         if not _update(repo, updated, batch):
             return
+        if batch.status == "confirmed":
+            # Completed on a block a reorg took away, and now spent by something else.
+            repo.reopen_payouts(batch.id, message)
         payouts = repo.payouts_of_batch(batch.id)
         repo.set_payouts_error([p.id for p in payouts], message)
         repo.add_alert(

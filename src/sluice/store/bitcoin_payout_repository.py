@@ -274,6 +274,22 @@ class SqlBitcoinPayoutRepository:
             )
         return ids
 
+    def reopen_payouts(self, batch_id: str, note: str) -> list[str]:
+        table = payouts_table
+        done = and_(table.c.batch_id == batch_id, table.c.status == "completed")
+        ids = list(
+            self._connection.execute(select(table.c.id).where(done).order_by(table.c.id))
+            .scalars()
+            .all()
+        )
+        if ids:
+            self._connection.execute(
+                update(table)
+                .where(and_(done, table.c.id.in_(ids)))
+                .values(status="broadcast", completed_at=None, last_error=note)
+            )
+        return ids
+
     def complete_payouts(self, batch_id: str, at: datetime) -> list[str]:
         table = payouts_table
         pending = and_(table.c.batch_id == batch_id, table.c.status != "completed")
@@ -315,6 +331,23 @@ class SqlBitcoinPayoutRepository:
             query = query.where(btc_batches.c.status.in_(list(statuses)))
         query = query.order_by(btc_batches.c.created_at, btc_batches.c.id).limit(limit)
         return [_batch_from_row(row) for row in self._connection.execute(query)]
+
+    def confirmed_batches_unspent(self, since_height: int, *, limit: int = 100) -> list[str]:
+        query = (
+            select(btc_batches.c.id)
+            .join(btc_outputs, btc_outputs.c.reserved_by == btc_batches.c.id)
+            .where(
+                and_(
+                    btc_batches.c.status == "confirmed",
+                    btc_batches.c.mined_height >= since_height,
+                    btc_outputs.c.spent_txid.is_(None),
+                )
+            )
+            .group_by(btc_batches.c.id)
+            .order_by(btc_batches.c.id)
+            .limit(limit)
+        )
+        return list(self._connection.execute(query).scalars().all())
 
     def update_batch(
         self,

@@ -290,3 +290,39 @@ def test_a_batch_whose_input_a_deep_reorg_took_is_orphaned_then_released_by_an_o
     custody.settle(worker)
     custody.assert_paid_once("p1")
     assert custody.payouts()["p1"].batch_id != batch.id
+
+
+# --- a confirmed batch reorged away ------------------------------------------------------------
+
+
+def test_a_confirmed_batch_whose_block_a_deep_reorg_took_is_reopened_and_paid_again_once(
+    custody: Custody,
+) -> None:
+    """A batch completed at confirmations_min; a deeper reorg then took its block away and the
+    node dropped its transaction. The batch is followed again: a critical alert, the payout back
+    from completed to broadcast, the recorded transaction sent again, and it completes once on
+    the active chain."""
+    custody.fund(150_300)  # no change output: the leftover is under dust
+    custody.request("p1", 150_000)
+    worker = custody.worker()
+    worker.run_once()
+    custody.settle(worker)
+    custody.assert_paid_once("p1")
+    (batch,) = custody.batches()
+    assert batch.status == "confirmed"
+    custody.chain.reorg(SETTINGS.confirmations_min + 2, drop_txids=[batch.txid])
+    custody.watch()
+    assert custody.paid("p1") == []
+    tick = worker.run_once()
+    assert (tick.reopened, tick.rebroadcast) == (1, 1)
+    view = custody.payouts()["p1"]
+    assert (view.status, view.confirmations, view.completed_at) == ("broadcast", 0, None)
+    (reopened,) = custody.batches()
+    assert (reopened.status, reopened.txid) == ("broadcast", batch.txid)
+    assert custody.chain.mempool_txids == [batch.txid]
+    with custody.uow() as uow:
+        alerts = [a for a in uow.books.alerts() if a.kind == "btc_batch_reopened"]
+    assert [(a.severity, a.details["payouts"]) for a in alerts] == [("critical", "p1")]
+    custody.settle(worker)
+    custody.assert_paid_once("p1")
+    assert worker.run_once().reopened == 0
