@@ -498,8 +498,29 @@ class PayoutBatching(PayoutWorkerBase):
                 # signed transaction is never sent.
                 tick.errors.append("a payout was batched by another worker meanwhile")
                 return
+            issued = []
+            if change_script is not None:
+                # Every custody address issued is audited, change as well as deposits (the
+                # same record the address service writes), in the batch's own transaction.
+                issued.append(
+                    AuditEntry(
+                        operation_id=f"btc-address:{change.address}",
+                        operation="btc_change_address_issued",
+                        actor=WORKER,
+                        recorded_at=now,
+                        parameters={
+                            "branch": CHANGE_BRANCH,
+                            "index": change.index,
+                            "reason": f"change of batch {batch.id}",
+                        },
+                        state_changes=[
+                            {"address": change.address, "customer": None, "index": change.index}
+                        ],
+                    )
+                )
             uow.audit.append(
                 [
+                    *issued,
                     AuditEntry(
                         operation_id=batch.id,
                         operation="btc_batch_signed",
@@ -516,7 +537,7 @@ class PayoutBatching(PayoutWorkerBase):
                             {"payout": p.id, "status": "batched", "fee_sats": share}
                             for p, share in zip(payouts, plan.shares, strict=True)
                         ],
-                    )
+                    ),
                 ]
             )
             uow.commit()

@@ -326,3 +326,22 @@ def test_a_confirmed_batch_whose_block_a_deep_reorg_took_is_reopened_and_paid_ag
     custody.settle(worker)
     custody.assert_paid_once("p1")
     assert worker.run_once().reopened == 0
+
+
+# --- change addresses --------------------------------------------------------------------------
+
+
+def test_a_change_address_issued_for_a_batch_is_audited(custody: Custody) -> None:
+    """Every custody address issued has its audit record, change included, written with the
+    batch that uses it."""
+    custody.fund(400_000)
+    custody.request("p1", 150_000)
+    custody.worker().run_once()
+    (batch,) = custody.batches()
+    assert batch.change_address is not None
+    with custody.uow() as uow:
+        records = uow.audit.find(operation_id=f"btc-address:{batch.change_address}", limit=10)
+    assert [r.entry.operation for r in records] == ["btc_change_address_issued"]
+    (record,) = records
+    assert record.entry.parameters["branch"] == 1
+    assert record.entry.state_changes[0]["address"] == batch.change_address
