@@ -31,6 +31,7 @@ from sluice.store.bulk import (
     insert_new_rows,
     money_value,
     select_rows,
+    timestamp_text,
 )
 from sluice.store.compliance_connection import CHUNK, ComplianceConnection, _chunks
 from sluice.store.rows import time_of
@@ -434,7 +435,7 @@ class SqlComplianceUsage(ComplianceConnection):
                 record.operation,
                 money(record.amount),
                 record.counterparty,
-                format_timestamp(record.occurred_at),
+                timestamp_text(record.occurred_at),
             )
             for customer_id, records in records_by_customer.items()
             for record in records

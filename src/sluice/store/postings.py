@@ -11,10 +11,9 @@ from sqlalchemy import Connection, bindparam, insert, select, update
 
 from sluice.domain.amounts import ZERO
 from sluice.domain.journal import AccountRef, JournalTransaction, balance_change
-from sluice.domain.ledger import format_timestamp
 from sluice.ports import EntryRecord
 from sluice.store import tables as t
-from sluice.store.bulk import execute_many, insert_rows, money_value
+from sluice.store.bulk import execute_many, insert_rows, money_value, timestamp_text
 from sluice.store.records import _chunks
 
 
@@ -162,7 +161,7 @@ def _entry_row(
         e.node_id,
         connection,
         record.offset,
-        format_timestamp(record.record_time),
+        timestamp_text(record.record_time),
         e.kind,
         e.status,
         e.sender,

@@ -19,7 +19,7 @@ from sluice.domain.withdrawals import TERMINAL_STATUSES, Withdrawal
 from sluice.ports import IngestBatch
 from sluice.store import tables as t
 from sluice.store.books_repository import SqlBooksRepository
-from sluice.store.bulk import execute_many, insert_rows, money_value
+from sluice.store.bulk import execute_many, insert_rows, money_value, timestamp_text
 from sluice.store.postings import (
     _ARCHIVE_HOLDING,
     _CLOSE_INSTRUCTION,
@@ -178,7 +178,7 @@ class SqlIngestionRepository:
                     u.update_id,
                     batch.connection,
                     u.offset,
-                    format_timestamp(u.record_time),
+                    timestamp_text(u.record_time),
                     u.status,
                 )
                 for u in batch.updates

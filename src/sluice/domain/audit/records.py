@@ -215,12 +215,28 @@ def _decimal_text(value: Decimal) -> str:
     return str(value)  # NaN, infinities and extreme exponents: their own exact text
 
 
+# The last UTC time recorded and its text: ingestion records many decisions at one update's time.
+# One tuple, read and replaced whole, so concurrent appenders at worst format a time again.
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_last_utc_time: tuple[datetime, str] = (_EPOCH, format_timestamp(_EPOCH))
+
+
 def _timestamp_text(value: datetime, path: str) -> str:
     if value.tzinfo is UTC:
-        return format_timestamp(value)
+        last = _last_utc_time
+        if last[0] == value:
+            return last[1]
+        return _remember_utc_time(value)
     if value.tzinfo is None or value.utcoffset() is None:
         raise InvalidInputError(f"audit record {path}: {value.isoformat()} has no time zone")
     return format_timestamp(value)
+
+
+def _remember_utc_time(value: datetime) -> str:
+    global _last_utc_time
+    text = format_timestamp(value)
+    _last_utc_time = (value, text)
+    return text
 
 
 # Built once: json.dumps with these options would build an encoder on every call.
