@@ -14,18 +14,21 @@ Guarantees:
   the cursor's height, or the next block's ``previousblockhash``, differs from the cursor's). The
   watcher walks back to the fork point comparing stored hashes with ``getblockhash``, and in one
   transaction deletes the blocks above it, marks the outputs found only in them ``reorged`` and
-  clears the spends recorded in them; then it applies the new branch. That transaction first
-  checks (and locks) the stored tip the fork point was found under: when another watcher moved
-  it meanwhile, nothing is rolled back and the round ends (the next one checks again).
+  clears the spends recorded in them; then it applies the new branch. The same ``txid:vout``
+  seen again is the same row, and counts its confirmations again from its new block. A confirmed
+  (or credited) deposit that is reorged raises an alert (critical when credited) and is audited;
+  a credited one that comes back stays credited, so it is never credited twice.
+* **A rollback undoes only what it was computed from.** The fork point is found outside any
+  transaction; the rollback's transaction first checks (and locks) the stored tip it was found
+  under. When another watcher moved it meanwhile, nothing is rolled back and the round ends (the
+  next one checks again), so a second watcher never undoes the first one's new branch nor
+  reports its deposits reorged.
 * **Only blocks of the active chain, on top of their parent.** A block whose ``getblock``
   answer says ``confirmations < 1`` (the node left its branch, e.g. one read ahead just before a
   reorg) is never applied, and a block's transaction refuses it unless the stored row at
   ``height − 1`` is its ``previousblockhash`` (another watcher may have moved the stored chain
   since it was fetched). Either ends the round; the next one resolves it from the stored
-  cursor. The same ``txid:vout``
-  seen again is the same row, and counts its confirmations again from its new block. A confirmed
-  (or credited) deposit that is reorged raises an alert (critical when credited) and is audited;
-  a credited one that comes back stays credited, so it is never credited twice.
+  cursor.
 * **``confirmations_min`` may change between runs.** Lowered, it confirms the outputs that
   already have enough confirmations at the next round, with no new block needed (in a
   transaction that holds the stored tip, audited with the setting's value). Raised, it applies
@@ -139,7 +142,8 @@ class _ChainChangedError(Exception):
 
 class _ChainMovedError(Exception):
     """The stored chain moved under this watcher (another one rolled back or applied blocks)
-    between finding a fork point and rolling back to it: nothing was rolled back."""
+    between reading the cursor and acting on it (rolling back to a fork point, confirming what
+    is due): nothing was done."""
 
 
 class DepositWatcher:
