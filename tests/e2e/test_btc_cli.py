@@ -611,3 +611,59 @@ def test_against_a_real_node_everything_through_the_cli(
     balance = btc(env, "balance")
     assert balance["block_hash"] == litecoind.rpc.getblockchaininfo()["bestblockhash"]
     assert balance["total_sats"] == 40_000_000 - 5_000_000
+
+
+def test_an_operator_cancels_an_unbatched_payout_and_releases_an_orphaned_batch(
+    tmp_path: Path,
+) -> None:
+    """``sluice btc payout cancel`` cancels a payout not yet batched (audited) and refuses a
+    batched one with error 41. ``sluice btc batch release`` refuses a batch the node still holds
+    (error 41); once a deep reorg dropped one of its inputs for good, the batch is orphaned, and
+    the release queues its payout again."""
+    data = tmp_path / "data"
+    env = with_customers(data, "alice")
+    first = btc(env, "address", "--customer", "alice")["address"]
+    btc(env, "sandbox", "fund", "--address", first, "--amount", "300000", "--mine")
+    second = btc(env, "address", "--customer", "alice", "--new")["address"]
+    dropped = btc(env, "sandbox", "fund", "--address", second, "--amount", "300000", "--mine")
+    btc(env, "sandbox", "mine", "5")
+    assert btc(env, "watch", "--once")["watch"]["confirmed"] == 2
+
+    btc(env, "payout", "--id", "p-late", "--to", OUTSIDE, "--amount", "90000")
+    cancelled = btc(env, "payout", "cancel", "--id", "p-late")
+    assert set(cancelled) == PAYOUT_KEYS
+    assert cancelled["status"] == "cancelled"
+    assert "operator-1" in cancelled["last_error"]
+
+    btc(env, "payout", "--id", "p-big", "--to", OUTSIDE, "--amount", "500000")
+    assert btc(env, "watch", "--once")["payouts"]["broadcast"] == 1
+    batched = btc(env, "payout", "cancel", "--id", "p-big", code=2)
+    assert "error 41" in batched.stderr
+    sent = {p["id"]: p for p in btc(env, "payouts")}
+    batch_id = sent["p-big"]["batch_id"]
+    assert len(sent["p-big"]["outpoints"]) == 2
+    held = btc(env, "batch", "release", "--id", batch_id, code=2)
+    assert "error 41" in held.stderr
+
+    btc(env, "sandbox", "reorg", "--depth", "6", "--drop", dropped["txid"])
+    assert btc(env, "watch", "--once")["payouts"]["orphaned"] == 1
+    released = btc(env, "batch", "release", "--id", batch_id)
+    assert released["requeued_payouts"] == ["p-big"]
+    assert released["status"] == "released"
+    assert len(released["released_outpoints"]) == 2
+    after = {p["id"]: p for p in btc(env, "payouts")}
+    assert (after["p-big"]["status"], after["p-big"]["batch_id"]) == ("queued", None)
+    assert after["p-late"]["status"] == "cancelled"
+    again = btc(env, "batch", "release", "--id", batch_id, code=2)
+    assert "error 41" in again.stderr
+    database = bootstrap.database(f"sqlite:///{data / 'sluice.db'}")
+    try:
+        with database.uow() as uow:
+            operations = {
+                r.entry.operation
+                for name in ("p-late", batch_id)
+                for r in uow.audit.find(operation_id=name, limit=20)
+            }
+    finally:
+        database.dispose()
+    assert {"btc_payout_cancelled", "btc_batch_orphaned", "btc_batch_released"} <= operations
