@@ -17,7 +17,8 @@ A payout is paid twice if two transactions that each pay it are mined. A naive d
    it, see 2): resending the same transaction cannot pay twice, so a crash at any step is
    recovered by sending it again (the node answers "already in the mempool / the chain", which
    counts as sent). A crash between signing and recording leaves nothing recorded and nothing
-   sent: the signed transaction is lost with the process and the payout is still queued.
+   sent: the signed transaction is lost with the process and the payout is still queued. An
+   operator may cancel a payout only while no batch holds it (the same conditional update).
 2. *Fee bumps and malleation.* A replacement has a new txid, and a third party can change the
    witness of ours. A worker that follows its payment by txid sees "not mined" when another
    version was, and pays again. Here a batch is identified by the custody *outpoints* it spends:
@@ -29,9 +30,13 @@ A payout is paid twice if two transactions that each pay it are mined. A naive d
    automatically.
 3. *Two workers batching the same payout, or spending the same coins.* Moving a payout into a
    batch is a conditional update (only while it is still ``queued`` or ``waiting_fee``), and
-   reserving inputs is one conditional update (only outputs still unreserved and unspent, all of
-   them or the whole unit of work is rolled back). Of two workers racing, the second changes
+   reserving inputs is one conditional update (only outputs still confirmed or credited,
+   unreserved and unspent, all of them or the whole unit of work is rolled back). Of two workers racing, the second changes
    fewer rows than it asked for and records nothing; its signed transaction is never sent.
+   Once recorded, a batch changes only from what is read again in the unit of work that writes
+   the change (locked on PostgreSQL), and only while it still has the status, txid and bump
+   count read: a worker acting on an older read (say, one missing another worker's fee bump)
+   writes nothing, so it can neither take a bump for a double spend nor overwrite it.
 4. *A reorg.* A mined batch whose spends the watcher clears goes back to ``broadcast``; the same
    transaction is sent again if the node does not hold it, never a new one. A batch is completed
    only at ``confirmations_min``, counted from the watcher's cursor. A reorg deeper than that
