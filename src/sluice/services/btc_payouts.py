@@ -31,8 +31,9 @@ A payout is paid twice if two transactions that each pay it are mined. A naive d
 3. *Two workers batching the same payout, or spending the same coins.* Moving a payout into a
    batch is a conditional update (only while it is still ``queued`` or ``waiting_fee``), and
    reserving inputs is one conditional update (only outputs still confirmed or credited,
-   unreserved and unspent, all of them or the whole unit of work is rolled back). Of two workers racing, the second changes
-   fewer rows than it asked for and records nothing; its signed transaction is never sent.
+   unreserved and unspent, all of them or the whole unit of work is rolled back). Of two
+   workers racing, the second changes fewer rows than it asked for and records nothing; its
+   signed transaction is never sent.
    Once recorded, a batch changes only from what is read again in the unit of work that writes
    the change (locked on PostgreSQL), and only while it still has the status, txid and bump
    count read: a worker acting on an older read (say, one missing another worker's fee bump)
