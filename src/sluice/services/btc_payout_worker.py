@@ -269,6 +269,12 @@ class PayoutWorker(PayoutBatching):
         if not _update(repo, updated, batch):
             return None
         ids = repo.reopen_payouts(batch.id, message)
+        # Their outputs and fees as in the version that is sent again.
+        repo.assign_payouts(
+            batch.id,
+            [replace(a, last_error=message) for a in _assignments(latest, "broadcast")],
+            expected_statuses=("broadcast",),
+        )
         repo.add_alert(
             Alert(
                 id=f"btc_batch_reopened:{batch.id}:{batch.mined_block_hash}",
@@ -322,9 +328,23 @@ class PayoutWorker(PayoutBatching):
             "can be mined, an operator releases it (sluice btc batch release) and the payouts "
             "are queued again"
         )
-        updated = replace(batch, status="orphaned", updated_at=now, last_error=message)
+        updated = replace(
+            batch,
+            status="orphaned",
+            mined_height=None,
+            mined_block_hash=None,
+            updated_at=now,
+            last_error=message,
+        )
         if not _update(repo, updated, batch):
             return
+        if batch.status == "mined":
+            # Its block was reorged away with the input: its payouts are not mined any more.
+            repo.assign_payouts(
+                batch.id,
+                _assignments(batch.versions[-1], "broadcast"),
+                expected_statuses=("mined",),
+            )
         repo.set_payouts_error(ids, message)
         repo.add_alert(
             Alert(

@@ -345,3 +345,32 @@ def test_a_change_address_issued_for_a_batch_is_audited(custody: Custody) -> Non
     (record,) = records
     assert record.entry.parameters["branch"] == 1
     assert record.entry.state_changes[0]["address"] == batch.change_address
+
+
+def test_a_mined_batch_whose_input_a_deep_reorg_took_is_orphaned_and_releasable(
+    custody: Custody,
+) -> None:
+    """The same reorg when the batch was already mined: its payout is no longer ``mined`` once
+    the batch is orphaned, so an operator's release queues it again."""
+    custody.fund(300_000)
+    alice = deposit_address(custody.uow, custody.wallet, "alice", new=True, clock=custody.clock)
+    d2, _ = custody.chain.fund(alice.script_hex, 300_000)
+    custody.mine(SETTINGS.confirmations_min)
+    custody.request("p1", 500_000)
+    worker = custody.worker()
+    worker.run_once()
+    custody.mine()
+    assert worker.run_once().mined == 1
+    assert custody.payouts()["p1"].status == "mined"
+    (batch,) = custody.batches()
+    custody.chain.reorg(SETTINGS.confirmations_min + 1, drop_txids=[d2])
+    custody.watch()
+    assert worker.run_once().orphaned == 1
+    (orphaned,) = custody.batches()
+    assert (orphaned.status, orphaned.mined_height) == ("orphaned", None)
+    assert custody.payouts()["p1"].status == "broadcast"
+    released = release_batch(
+        custody.uow, custody.chain, batch_id=batch.id, released_by="ops", clock=custody.clock
+    )
+    assert released.requeued == ("p1",)
+    assert custody.payouts()["p1"].status == "queued"
