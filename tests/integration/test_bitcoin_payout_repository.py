@@ -572,3 +572,72 @@ def test_two_payout_workers_at_once_pay_each_payout_once(postgres_url: str, tmp_
                         paid[payout_id] = paid.get(payout_id, 0) + 1
     assert paid == dict.fromkeys(destinations, 1)
     database.dispose()
+
+
+def test_an_operators_decisions_and_a_reopened_batch_on_both_engines(
+    database: bootstrap.Database,
+) -> None:
+    """What cancelling, releasing an orphaned batch and reopening a confirmed one write: a
+    payout is cancelled only while unbatched; a batch is updated only at the bump count read;
+    released outputs are those unspent of the batch; requeued payouts leave the batch; completed
+    payouts go back to broadcast; a confirmed batch with an input no longer spent is found (and
+    only within the height asked)."""
+    _add_address(database, 0)
+    a = _add_output(database, TX[0], 0, 90_000, reserved_by="b1")
+    b = _add_output(database, TX[1], 0, 60_000, status="reorged", reserved_by="b1")
+    spent = _add_output(database, TX[2], 0, 50_000, reserved_by="b2", spent=(TX[20], 5, "b5" * 32))
+    cleared = _add_output(database, TX[3], 0, 50_000, reserved_by="b3")
+    with database.uow() as uow:
+        repo = uow.btc_payouts
+        for n in range(1, 5):
+            repo.insert_payout(_payout(n, minutes=n))
+        assert repo.insert_batch(replace(_batch("b1", (a, b)), status="orphaned"))
+        assert repo.insert_batch(
+            replace(_batch("b2", (spent,)), status="confirmed", mined_height=5)
+        )
+        assert repo.insert_batch(
+            replace(_batch("b3", (cleared,)), status="confirmed", mined_height=6)
+        )
+        repo.assign_payouts(
+            "b1",
+            [PayoutAssignment("p1", 0, 500, "broadcast"), PayoutAssignment("p2", 1, 500)],
+            expected_statuses=("queued",),
+        )
+        repo.assign_payouts(
+            "b3", [PayoutAssignment("p3", 0, 500, "completed")], expected_statuses=("queued",)
+        )
+        uow.commit()
+    with database.uow() as uow:
+        repo = uow.btc_payouts
+        assert not repo.cancel_payout("p1", "too late")
+        assert repo.cancel_payout("p4", "cancelled by ops")
+        assert not repo.cancel_payout("p4", "again")
+        batch = repo.get_batch("b1", lock=True)
+        assert batch is not None
+        assert not repo.update_batch(
+            replace(batch, status="released"), expected_status="orphaned", expected_bumps=1
+        )
+        assert repo.update_batch(
+            replace(batch, status="released"), expected_status="orphaned", expected_bumps=0
+        )
+        assert repo.release_outputs("b1") == [a, b]
+        assert repo.release_outputs("b2") == []  # spent: stays reserved
+        assert repo.requeue_payouts("b1", "queued again") == ["p1", "p2"]
+        assert repo.confirmed_batches_unspent(0) == ["b3"]
+        assert repo.confirmed_batches_unspent(7) == []
+        assert repo.reopen_payouts("b3", "reorged") == ["p3"]
+        uow.commit()
+    with database.uow() as uow:
+        repo = uow.btc_payouts
+        payouts = {p.id: p for p in repo.payouts()}
+        outputs = repo.outputs([a, b, spent])
+        released = repo.get_batch("b1")
+    assert released is not None and released.status == "released"
+    assert {o: outputs[o].reserved_by for o in (a, b, spent)} == {a: None, b: None, spent: "b2"}
+    assert [(payouts[p].status, payouts[p].batch_id, payouts[p].vout) for p in ("p1", "p2")] == [
+        ("queued", None, None),
+        ("queued", None, None),
+    ]
+    assert payouts["p1"].last_error == "queued again"
+    assert (payouts["p3"].status, payouts["p3"].completed_at) == ("broadcast", None)
+    assert (payouts["p4"].status, payouts["p4"].last_error) == ("cancelled", "cancelled by ops")
