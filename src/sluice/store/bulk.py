@@ -9,7 +9,6 @@ values already in the form the column stores (see :func:`money_value`).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
 from decimal import Decimal
 from functools import cache
 from typing import Any
@@ -18,25 +17,6 @@ from sqlalchemy import Connection, Dialect, Executable, Table
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from sluice.domain.amounts import format_amount
-from sluice.domain.ledger import format_timestamp
-
-# The last time written and its text: a batch writes each update's record time to several tables
-# (updates, history entries, usage rows), one after the other. One tuple, read and replaced whole,
-# so concurrent writers at worst format a time again.
-_last_timestamp: tuple[datetime, str] | None = None
-
-
-def timestamp_text(value: datetime) -> str:
-    """:func:`format_timestamp` of ``value``, made once for a run of the same time (equal
-    datetimes are the same instant, whose UTC text is the same)."""
-    global _last_timestamp
-    last = _last_timestamp
-    if last is not None and last[0] == value:
-        return last[1]
-    text = format_timestamp(value)
-    _last_timestamp = (value, text)
-    return text
-
 
 _PLACEHOLDER = {"qmark": "?", "format": "%s", "pyformat": "%s", "numeric": ":{}"}
 

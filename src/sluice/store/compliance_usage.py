@@ -13,6 +13,7 @@ from sqlalchemy import ColumnElement, Row, and_, bindparam, delete, false, or_, 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.expression import BindParameter, Executable
 
+from sluice.domain.audit import timestamp_text
 from sluice.domain.compliance import (
     BUCKET_LENGTHS_S,
     OPERATIONS,
@@ -31,7 +32,6 @@ from sluice.store.bulk import (
     insert_new_rows,
     money_value,
     select_rows,
-    timestamp_text,
 )
 from sluice.store.compliance_connection import CHUNK, ComplianceConnection, _chunks
 from sluice.store.rows import time_of

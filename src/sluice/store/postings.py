@@ -10,10 +10,11 @@ from decimal import Decimal
 from sqlalchemy import Connection, bindparam, insert, select, update
 
 from sluice.domain.amounts import ZERO
+from sluice.domain.audit import timestamp_text
 from sluice.domain.journal import AccountRef, JournalTransaction, balance_change
 from sluice.ports import EntryRecord
 from sluice.store import tables as t
-from sluice.store.bulk import execute_many, insert_rows, money_value, timestamp_text
+from sluice.store.bulk import execute_many, insert_rows, money_value
 from sluice.store.records import _chunks
 
 

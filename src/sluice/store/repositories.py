@@ -7,6 +7,7 @@ from collections.abc import Collection
 
 from sqlalchemy import ColumnElement, Connection, and_, bindparam, insert, select, update
 
+from sluice.domain.audit import timestamp_text
 from sluice.domain.ledger import (
     Cursor,
     Holding,
@@ -19,7 +20,7 @@ from sluice.domain.withdrawals import TERMINAL_STATUSES, Withdrawal
 from sluice.ports import IngestBatch
 from sluice.store import tables as t
 from sluice.store.books_repository import SqlBooksRepository
-from sluice.store.bulk import execute_many, insert_rows, money_value, timestamp_text
+from sluice.store.bulk import execute_many, insert_rows, money_value
 from sluice.store.postings import (
     _ARCHIVE_HOLDING,
     _CLOSE_INSTRUCTION,

@@ -46,6 +46,7 @@ from .records import (
     content_hash,
     current_correlation_id,
     json_value,
+    timestamp_text,
 )
 from .verification import (
     DETAIL_MAX,
@@ -78,5 +79,6 @@ __all__ = [
     "content_hash",
     "current_correlation_id",
     "json_value",
+    "timestamp_text",
     "verify_chain",
 ]

@@ -215,28 +215,33 @@ def _decimal_text(value: Decimal) -> str:
     return str(value)  # NaN, infinities and extreme exponents: their own exact text
 
 
-# The last UTC time recorded and its text: ingestion records many decisions at one update's time.
-# One tuple, read and replaced whole, so concurrent appenders at worst format a time again.
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_last_utc_time: tuple[datetime, str] = (_EPOCH, format_timestamp(_EPOCH))
+# UTC times recently written and their text: ingestion writes each update's record time to
+# several tables a batch (updates, history entries, usage rows, audit records), table by table.
+# Bounded; emptied when full. A dict's get and set are atomic, so threads at worst format a time
+# again.
+_UTC_TEXTS: dict[datetime, str] = {}
+_UTC_TEXTS_MAX = 8192
+
+
+def timestamp_text(value: datetime) -> str:
+    """:func:`~sluice.domain.ledger.format_timestamp` of ``value``, remembered for recent UTC
+    times (the same text: equal UTC datetimes are the same instant)."""
+    if value.tzinfo is not UTC:
+        return format_timestamp(value)
+    text = _UTC_TEXTS.get(value)
+    if text is None:
+        if len(_UTC_TEXTS) >= _UTC_TEXTS_MAX:
+            _UTC_TEXTS.clear()
+        text = _UTC_TEXTS[value] = format_timestamp(value)
+    return text
 
 
 def _timestamp_text(value: datetime, path: str) -> str:
     if value.tzinfo is UTC:
-        last = _last_utc_time
-        if last[0] == value:
-            return last[1]
-        return _remember_utc_time(value)
+        return timestamp_text(value)
     if value.tzinfo is None or value.utcoffset() is None:
         raise InvalidInputError(f"audit record {path}: {value.isoformat()} has no time zone")
     return format_timestamp(value)
-
-
-def _remember_utc_time(value: datetime) -> str:
-    global _last_utc_time
-    text = format_timestamp(value)
-    _last_utc_time = (value, text)
-    return text
 
 
 # Built once: json.dumps with these options would build an encoder on every call.
