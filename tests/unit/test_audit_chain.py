@@ -38,9 +38,12 @@ from sluice.domain.audit import (
     chain_hash,
     content_hash,
     json_value,
+    timestamp_text,
     verify_chain,
 )
+from sluice.domain.audit.records import _UTC_TEXTS
 from sluice.domain.errors import InvalidInputError
+from sluice.domain.ledger import format_timestamp
 from sluice.store.audit_repository import _content_hash as _store_content_hash
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -225,6 +228,23 @@ def test_content_with_floats_or_times_takes_the_canonical_encoder(
     assert _store_content_hash(GENESIS_HASH, content) == content_hash(GENESIS_HASH, dict(content))
     if "e-" in json.dumps(walked):  # a float written with an exponent: orjson would differ
         assert type(content) is not FloatFreeContent
+
+
+def test_a_remembered_time_has_the_text_of_format_timestamp_in_any_time_zone() -> None:
+    """Record times' text is remembered (ingestion writes each to several tables): the text is
+    the canonical one, for UTC times (remembered) and others (converted, not remembered), and the
+    memory stays bounded."""
+    east = timezone(timedelta(hours=5, minutes=30))
+    first = datetime.min.replace(tzinfo=UTC)
+    for value in (T0, T0.astimezone(east), T0 + timedelta(microseconds=1), first):
+        assert timestamp_text(value) == format_timestamp(value)
+        assert timestamp_text(value) == format_timestamp(value)  # the second time, remembered
+    assert timestamp_text(T0.astimezone(east)) == "2026-03-01T12:00:00.000000Z"
+    assert timestamp_text(T0) == "2026-03-01T12:00:00.000000Z"
+    for seconds in range(9000):
+        timestamp_text(T0 + timedelta(seconds=seconds))
+    assert len(_UTC_TEXTS) <= 8192
+    assert timestamp_text(T0 + timedelta(seconds=8999)) == "2026-03-01T14:29:59.000000Z"
 
 
 def test_text_that_is_not_unicode_is_refused_by_the_stores_hash_as_by_the_canonical_one() -> None:
