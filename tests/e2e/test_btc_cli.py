@@ -619,7 +619,9 @@ def test_an_operator_cancels_an_unbatched_payout_and_releases_an_orphaned_batch(
     """``sluice btc payout cancel`` cancels a payout not yet batched (audited) and refuses a
     batched one with error 41. ``sluice btc batch release`` refuses a batch the node still holds
     (error 41); once a deep reorg dropped one of its inputs for good, the batch is orphaned, and
-    the release queues its payout again."""
+    the release keeps its surviving input reserved and queues its payout again for a successor
+    (not cancellable meanwhile), which the next round, once more funds confirm, makes spending
+    that input."""
     data = tmp_path / "data"
     env = with_customers(data, "alice")
     first = btc(env, "address", "--customer", "alice")["address"]
@@ -650,12 +652,26 @@ def test_an_operator_cancels_an_unbatched_payout_and_releases_an_orphaned_batch(
     released = btc(env, "batch", "release", "--id", batch_id)
     assert released["requeued_payouts"] == ["p-big"]
     assert released["status"] == "released"
-    assert len(released["released_outpoints"]) == 2
+    (kept,) = released["kept_outpoints"]  # the first deposit; the second was dropped
+    assert kept in sent["p-big"]["outpoints"]
+    assert not kept.startswith(dropped["txid"])
     after = {p["id"]: p for p in btc(env, "payouts")}
-    assert (after["p-big"]["status"], after["p-big"]["batch_id"]) == ("queued", None)
+    assert (after["p-big"]["status"], after["p-big"]["batch_id"]) == ("queued", batch_id)
     assert after["p-late"]["status"] == "cancelled"
     again = btc(env, "batch", "release", "--id", batch_id, code=2)
     assert "error 41" in again.stderr
+    waiting = btc(env, "payout", "cancel", "--id", "p-big", code=2)
+    assert "error 41" in waiting.stderr and "successor" in waiting.stderr
+
+    # The first deposit alone cannot pay it: with another one confirmed, its successor spends
+    # both.
+    third = btc(env, "address", "--customer", "alice", "--new")["address"]
+    btc(env, "sandbox", "fund", "--address", third, "--amount", "300000", "--mine")
+    btc(env, "sandbox", "mine", "5")
+    assert btc(env, "watch", "--once")["payouts"]["broadcast"] == 1
+    paid = {p["id"]: p for p in btc(env, "payouts")}["p-big"]
+    assert paid["status"] == "broadcast" and paid["batch_id"] != batch_id
+    assert kept in paid["outpoints"]
     database = bootstrap.database(f"sqlite:///{data / 'sluice.db'}")
     try:
         with database.uow() as uow:

@@ -579,14 +579,18 @@ def test_an_operators_decisions_and_a_reopened_batch_on_both_engines(
 ) -> None:
     """What cancelling, releasing an orphaned batch and reopening a confirmed one write: a
     payout is cancelled only while unbatched; a batch is updated only at the bump count read;
-    released outputs are those unspent of the batch; requeued payouts leave the batch; completed
-    payouts go back to broadcast; a confirmed batch with an input no longer spent is found (and
-    only within the height asked)."""
+    a released batch's surviving inputs are those reserved by it still confirmed and unspent;
+    requeued payouts keep the batch (they wait for its successor), are not cancellable and go
+    only into a batch naming it as predecessor, which takes over every surviving input or
+    none; completed payouts go back to broadcast; a confirmed batch with an input no longer
+    spent is found (and only within the height asked)."""
     _add_address(database, 0)
     a = _add_output(database, TX[0], 0, 90_000, reserved_by="b1")
     b = _add_output(database, TX[1], 0, 60_000, status="reorged", reserved_by="b1")
     spent = _add_output(database, TX[2], 0, 50_000, reserved_by="b2", spent=(TX[20], 5, "b5" * 32))
     cleared = _add_output(database, TX[3], 0, 50_000, reserved_by="b3")
+    c = _add_output(database, TX[4], 0, 40_000, reserved_by="b4")
+    d = _add_output(database, TX[5], 0, 40_000, status="credited", reserved_by="b4")
     with database.uow() as uow:
         repo = uow.btc_payouts
         for n in range(1, 5):
@@ -620,9 +624,27 @@ def test_an_operators_decisions_and_a_reopened_batch_on_both_engines(
         assert repo.update_batch(
             replace(batch, status="released"), expected_status="orphaned", expected_bumps=0
         )
-        assert repo.release_outputs("b1") == [a, b]
-        assert repo.release_outputs("b2") == []  # spent: stays reserved
+        assert [o.outpoint for o in repo.reserved_spendable("b1")] == [a]  # b is reorged
+        assert repo.reserved_spendable("b2") == []  # spent
         assert repo.requeue_payouts("b1", "queued again") == ["p1", "p2"]
+        assert [p.id for p in repo.payouts(("queued",), in_batch=True)] == ["p1", "p2"]
+        assert [p.id for p in repo.payouts(("queued",), in_batch=False)] == []
+        assert not repo.cancel_payout("p1", "waits for the successor")
+        # Another batch (say from a read made before the release) cannot take them.
+        successor = PayoutAssignment("p1", 0, 400), PayoutAssignment("p2", 1, 400)
+        assert repo.assign_payouts("b9", successor, expected_statuses=("queued",)) == 0
+        assert repo.take_over_outputs([], "b1", "b9") is False
+        assert repo.take_over_outputs([b], "b1", "b9") is False  # reorged: not surviving
+        assert repo.take_over_outputs([spent], "b2", "b9") is False
+        assert repo.take_over_outputs([a], "b1", "b9")
+        # All surviving inputs or none: d would be left behind.
+        assert repo.take_over_outputs([c], "b4", "b8") is False
+        assert {o.reserved_by for o in repo.outputs([c, d]).values()} == {"b4"}
+        assert repo.reserved_spendable("b1") == []
+        moved = repo.assign_payouts(
+            "b9", successor, expected_statuses=("queued",), predecessor="b1"
+        )
+        assert moved == 2
         assert repo.confirmed_batches_unspent(0) == ["b3"]
         assert repo.confirmed_batches_unspent(7) == []
         assert repo.reopen_payouts("b3", "reorged") == ["p3"]
@@ -633,11 +655,10 @@ def test_an_operators_decisions_and_a_reopened_batch_on_both_engines(
         outputs = repo.outputs([a, b, spent])
         released = repo.get_batch("b1")
     assert released is not None and released.status == "released"
-    assert {o: outputs[o].reserved_by for o in (a, b, spent)} == {a: None, b: None, spent: "b2"}
+    assert {o: outputs[o].reserved_by for o in (a, b, spent)} == {a: "b9", b: "b1", spent: "b2"}
     assert [(payouts[p].status, payouts[p].batch_id, payouts[p].vout) for p in ("p1", "p2")] == [
-        ("queued", None, None),
-        ("queued", None, None),
+        ("batched", "b9", 0),
+        ("batched", "b9", 1),
     ]
-    assert payouts["p1"].last_error == "queued again"
     assert (payouts["p3"].status, payouts["p3"].completed_at) == ("broadcast", None)
     assert (payouts["p4"].status, payouts["p4"].last_error) == ("cancelled", "cancelled by ops")

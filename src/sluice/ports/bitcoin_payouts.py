@@ -18,6 +18,8 @@ BATCH_OPEN_STATUSES = ("signed", "broadcast", "mined")
 # reorged away; never sent again, but watched in case a version is mined after all, or the
 # missing input comes back).
 BATCH_FOLLOWED_STATUSES = (*BATCH_OPEN_STATUSES, "orphaned")
+# Custody outputs a batch may spend: confirmed deposits or change, or deposits already credited.
+SPENDABLE_OUTPUT_STATUSES = ("confirmed", "credited")
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +34,8 @@ class PayoutRecord:
     requested_by: str
     requested_at: datetime
     fee_sats: int | None = None
+    # The batch paying it; while it waits (queued or waiting_fee), the *released* batch whose
+    # successor must pay it (None for a payout never batched).
     batch_id: str | None = None
     vout: int | None = None
     completed_at: datetime | None = None
@@ -113,15 +117,24 @@ class BitcoinPayoutRepository(Protocol):
         """False (and nothing written) when a payout with that id exists."""
         ...
 
-    def payouts(self, statuses: Collection[str] = (), *, limit: int = 1000) -> list[PayoutRecord]:
-        """Oldest first (requested time, then id); every status when ``statuses`` is empty."""
+    def payouts(
+        self,
+        statuses: Collection[str] = (),
+        *,
+        limit: int = 1000,
+        in_batch: bool | None = None,
+    ) -> list[PayoutRecord]:
+        """Oldest first (requested time, then id); every status when ``statuses`` is empty.
+        ``in_batch`` True: only those with a batch (waiting ones: a released batch's, for its
+        successor); False: only those without; None: both."""
         ...
 
     def payouts_of_batch(self, batch_id: str) -> list[PayoutRecord]: ...
 
     def cancel_payout(self, payout_id: str, note: str) -> bool:
         """The payout becomes ``cancelled`` (with ``note``) only while it waits unbatched
-        (queued or waiting_fee); False otherwise, and nothing changes."""
+        (queued or waiting_fee, and no batch: not a released batch's); False otherwise, and
+        nothing changes."""
         ...
 
     def set_payouts_error(self, payout_ids: Collection[str], error: str | None) -> int:
@@ -141,15 +154,18 @@ class BitcoinPayoutRepository(Protocol):
         assignments: Sequence[PayoutAssignment],
         *,
         expected_statuses: Collection[str],
+        predecessor: str | None = None,
     ) -> int:
         """Each payout takes the batch, its vout, fee, status and error, only while its status
-        is one of ``expected_statuses`` (and, unless it is waiting, while it is on that batch).
-        Returns how many rows changed: fewer than asked means someone else moved one."""
+        is one of ``expected_statuses`` and it is on that batch, or, when waiting, on no batch
+        (or on the released batch ``predecessor``, for its successor). Returns how many rows
+        changed: fewer than asked means someone else moved one."""
         ...
 
     def requeue_payouts(self, batch_id: str, note: str) -> list[str]:
-        """The batch's payouts not yet mined or completed (batched or broadcast) go back to
-        ``queued``, out of the batch (no batch, vout or fee), with ``note``; returns their ids."""
+        """The (released) batch's payouts not yet mined or completed (batched or broadcast) go
+        back to ``queued`` with ``note``, without vout or fee but *keeping the batch*: they wait
+        for its successor, which spends the batch's surviving inputs. Returns their ids."""
         ...
 
     def reopen_payouts(self, batch_id: str, note: str) -> list[str]:
@@ -205,8 +221,16 @@ class BitcoinPayoutRepository(Protocol):
         longer spendable (not confirmed or credited, e.g. reorged)."""
         ...
 
-    def release_outputs(self, batch_id: str) -> list[str]:
-        """The unspent outputs reserved by the batch are reserved no more; returns them."""
+    def reserved_spendable(self, batch_id: str) -> list[CustodyOutput]:
+        """The outputs reserved by the batch that are still spendable (confirmed or credited,
+        unspent): a released batch's surviving inputs, which its successor spends."""
+        ...
+
+    def take_over_outputs(self, outpoints: Collection[str], from_batch: str, to_batch: str) -> bool:
+        """The released batch ``from_batch``'s surviving inputs become reserved by its successor
+        ``to_batch``: all of them, or none. False (nothing changed) when ``outpoints`` is empty,
+        one of them is not a spendable, unspent output reserved by ``from_batch``, or
+        ``from_batch`` has a surviving input not among them."""
         ...
 
     def spends(self, outpoints: Collection[str]) -> dict[str, OutputSpend]:

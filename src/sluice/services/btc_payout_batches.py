@@ -53,6 +53,8 @@ from sluice.services.btc_payout_sending import (
     _assignments,
     _update,
     _with_version,
+    released_lineage,
+    unconflicted,
 )
 
 # Every payout module logs as one: operators (and the demo, which routes it to its log file) know
@@ -254,10 +256,11 @@ class PayoutBatching(PayoutWorkerBase):
     # -- new batches ---------------------------------------------------------------------------
 
     def make_batches(self, tick: PayoutTick, cursor: int | None) -> None:
+        self.make_successors(tick, cursor)
         settings = self.settings
         with self._uow() as uow:
             waiting = uow.btc_payouts.payouts(
-                PAYOUT_WAITING_STATUSES, limit=settings.payout_batch_max
+                PAYOUT_WAITING_STATUSES, limit=settings.payout_batch_max, in_batch=False
             )
         if not waiting:
             return
@@ -327,6 +330,113 @@ class PayoutBatching(PayoutWorkerBase):
                 self._note_below_dust(dusty, rate, tick)
             left_out = {p.id for p in over} | {p.id for p, _ in dusty}
             chosen = [p for p in chosen if p.id not in left_out]
+
+    # -- successors of released batches ---------------------------------------------------------
+
+    def make_successors(self, tick: PayoutTick, cursor: int | None) -> None:
+        """Each released batch's payouts still waiting go out together, alone, in its successor:
+        a batch spending *every* surviving input of the released batch (plus other confirmed
+        coins when they are not enough), so that it and any old version of the released batch
+        share an input and at most one of them can ever be mined. They never join another
+        batch, and wait (with their reason) while no such successor can be made."""
+        with self._uow() as uow:
+            waiting = uow.btc_payouts.payouts(PAYOUT_WAITING_STATUSES, limit=100_000, in_batch=True)
+        groups: dict[str, list[PayoutRecord]] = {}
+        for payout in waiting:
+            assert payout.batch_id is not None
+            groups.setdefault(payout.batch_id, []).append(payout)
+        for released_id, payouts in groups.items():
+            self._make_successor(released_id, payouts, tick, cursor)
+
+    def _make_successor(
+        self,
+        released_id: str,
+        payouts: Sequence[PayoutRecord],
+        tick: PayoutTick,
+        cursor: int | None,
+    ) -> None:
+        settings = self.settings
+        dust = settings.chain.p2wsh_dust_limit_sats
+        ids = [p.id for p in payouts]
+        with self._uow() as uow:
+            repo = uow.btc_payouts
+            released = repo.get_batch(released_id)
+            kept = repo.reserved_spendable(released_id)
+            lineage = (
+                released_lineage(released, repo.batches(("released",), limit=100_000))
+                if released is not None
+                else []
+            )
+            others = repo.spendable_outputs(dust)
+            change_index = repo.next_change_index()
+        if released is None or released.status != "released":
+            status = "missing" if released is None else released.status
+            self._note_error(
+                ids, f"they wait for a successor of batch {released_id}, which is {status}", tick
+            )
+            return
+        loose = unconflicted([c.outpoint for c in kept], lineage)
+        if not kept or loose:
+            # A surviving input reorged away since the release: the successor waits for it to
+            # come back rather than be made without it.
+            self._note_error(
+                ids,
+                f"waiting for the successor of released batch {released_id}: it must spend a "
+                "confirmed input of "
+                + ", ".join(b.id for b in (loose or [released]))
+                + " (so that no old version can be mined with it), and none is spendable now",
+                tick,
+            )
+            return
+        total = sum(p.amount_sats for p in payouts)
+        kept_sats = sum(c.amount_sats for c in kept)
+        extra: list[CustodyOutput] = []
+        if total > kept_sats:
+            by_outpoint = {c.outpoint: c for c in others}
+            selected = select_coins(
+                [Coin(c.outpoint, c.amount_sats) for c in others],
+                total - kept_sats,
+                max_inputs=max(1, INPUTS_MAX - len(kept)),
+            )
+            if selected is None:
+                room = max(1, INPUTS_MAX - len(kept))
+                largest = sorted(others, key=lambda c: -c.amount_sats)[:room]
+                self._note_insufficient(
+                    payouts, kept_sats + sum(c.amount_sats for c in largest), 0, tick
+                )
+                return
+            extra = [by_outpoint[c.key] for c in selected]
+        inputs = [*kept, *extra]
+        rate = self._fee_rate()
+        change = self._wallet.derive(CHANGE_BRANCH, change_index)
+        plan = plan_fees(
+            [p.amount_sats for p in payouts],
+            sum(c.amount_sats for c in inputs),
+            rate=rate,
+            vsize=_sizer(
+                self._wallet, len(inputs), [p.script_hex for p in payouts], change.script_hex
+            ),
+            dust_limit=dust,
+        )
+        over = [
+            p for p, s in zip(payouts, plan.shares, strict=True) if s > settings.payout_fee_max_sats
+        ]
+        dusty = [
+            (p, s)
+            for p, s in zip(payouts, plan.shares, strict=True)
+            if p not in over and p.amount_sats - s < self._least_output(p)
+        ]
+        if over or dusty:
+            # The released batch's payouts go together or not at all: one left for a later
+            # batch might be paid by it without the released batch's inputs.
+            if over:
+                self._note_waiting_fee(over, max(plan.shares), rate, tick)
+            if dusty:
+                self._note_below_dust(dusty, rate, tick)
+            return
+        self._record_batch(
+            payouts, inputs, plan, rate, change, cursor, tick, predecessor=released_id
+        )
 
     def _fee_rate(self) -> Decimal:
         settings = self.settings
@@ -424,7 +534,12 @@ class PayoutBatching(PayoutWorkerBase):
         change: DerivedAddress,
         cursor: int | None,
         tick: PayoutTick,
+        *,
+        predecessor: str | None = None,
     ) -> None:
+        """Sign, check and record a batch, then send it. With ``predecessor`` it is the
+        successor of that released batch: the inputs reserved by it (all of its surviving ones)
+        are taken over, the others reserved, in the same unit of work."""
         tx_outputs = [
             TxOutput(p.script_hex, p.amount_sats - share)
             for p, share in zip(payouts, plan.shares, strict=True)
@@ -459,7 +574,7 @@ class PayoutBatching(PayoutWorkerBase):
         )
         batch = _with_version(
             BatchRecord(
-                id=_batch_id(outpoints),
+                id=_batch_id(outpoints, predecessor),
                 outpoints=outpoints,
                 status="signed",
                 txid=signed.txid,
@@ -485,13 +600,21 @@ class PayoutBatching(PayoutWorkerBase):
             if not repo.insert_batch(batch):
                 tick.errors.append(f"batch {batch.id} exists already")
                 return
-            if not repo.reserve_outputs(outpoints, batch.id):
+            kept = [c.outpoint for c in inputs if predecessor and c.reserved_by == predecessor]
+            fresh = [c.outpoint for c in inputs if c.outpoint not in kept]
+            if predecessor is not None and not repo.take_over_outputs(kept, predecessor, batch.id):
+                tick.errors.append(
+                    f"the surviving inputs of released batch {predecessor} changed meanwhile"
+                )
+                return
+            if fresh and not repo.reserve_outputs(fresh, batch.id):
                 tick.errors.append("an input was reserved by another batch meanwhile")
                 return
             moved = repo.assign_payouts(
                 batch.id,
                 _assignments(version, "batched"),
                 expected_statuses=PAYOUT_WAITING_STATUSES,
+                predecessor=predecessor,
             )
             if moved != len(payouts):
                 # Another worker batched one of them: nothing of this batch is recorded, and its
@@ -532,6 +655,7 @@ class PayoutBatching(PayoutWorkerBase):
                             "fee_sats": plan.fee_sats,
                             "fee_rate_sat_vb": str(rate),
                             "change_sats": plan.change_sats,
+                            "successor_of": predecessor,
                         },
                         state_changes=[
                             {"payout": p.id, "status": "batched", "fee_sats": share}
@@ -556,10 +680,15 @@ class PayoutBatching(PayoutWorkerBase):
             uow.commit()
 
 
-def _batch_id(outpoints: Iterable[str]) -> str:
-    """A batch's id follows from the outpoints it spends: two workers that chose the same
-    inputs would record the same batch, and the second is refused by the primary key."""
-    digest = hashlib.sha256(",".join(sorted(outpoints)).encode()).hexdigest()
+def _batch_id(outpoints: Iterable[str], predecessor: str | None = None) -> str:
+    """A batch's id follows from the outpoints it spends (and, for a successor, the released
+    batch it succeeds, whose very inputs it may spend again if the missing one came back): two
+    workers that chose the same inputs would record the same batch, and the second is refused
+    by the primary key."""
+    key = ",".join(sorted(outpoints))
+    if predecessor is not None:
+        key = f"{key};successor of {predecessor}"
+    digest = hashlib.sha256(key.encode()).hexdigest()
     return f"btcb-{digest[:32]}"
 
 

@@ -9,7 +9,7 @@ following batches in :mod:`sluice.services.btc_payout_worker`. The header of
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -253,3 +253,31 @@ def _assignments(version: Mapping[str, Any], status: str) -> list[PayoutAssignme
         PayoutAssignment(payout_id, int(vout), int(fee), status)
         for payout_id, (vout, fee) in placed.items()
     ]
+
+
+def released_lineage(batch: BatchRecord, released: Iterable[BatchRecord]) -> list[BatchRecord]:
+    """The released batches whose old versions a successor of ``batch`` must conflict with:
+    those sharing an input with it, and, in turn, with them (a successor spends its released
+    batch's inputs, so a chain of releases shares inputs link by link). ``batch`` itself is
+    first when it is released."""
+    pool = {r.id: r for r in released}
+    found: list[BatchRecord] = []
+    spent = set(batch.outpoints)
+    if batch.id in pool:
+        found.append(pool.pop(batch.id))
+    grew = True
+    while grew:
+        grew = False
+        for other in list(pool.values()):
+            if spent & set(other.outpoints):
+                found.append(pool.pop(other.id))
+                spent |= set(other.outpoints)
+                grew = True
+    return found
+
+
+def unconflicted(kept: Iterable[str], lineage: Iterable[BatchRecord]) -> list[BatchRecord]:
+    """The batches of ``lineage`` none of whose inputs is in ``kept``: a successor spending
+    ``kept`` would not conflict with their old versions."""
+    keep = set(kept)
+    return [b for b in lineage if not keep & set(b.outpoints)]

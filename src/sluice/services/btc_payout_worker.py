@@ -314,7 +314,8 @@ class PayoutWorker(PayoutBatching):
         the deposit's transaction, and it is not back): every version of the batch spends it, so
         none can be mined unless it comes back. The batch is orphaned with a critical alert
         naming its payouts; it is never sent or bumped again, and its other inputs stay
-        reserved until an operator releases it (``sluice btc batch release``)."""
+        reserved, for the successor an operator's release (``sluice btc batch release``) leads
+        to."""
         if batch.status == "orphaned":
             return
         now = self._clock()
@@ -326,7 +327,7 @@ class PayoutWorker(PayoutBatching):
             f"chain, so no version of it can be mined unless they come back; payouts "
             f"{', '.join(ids)} are not paid. It is not sent again. Once sure no version of it "
             "can be mined, an operator releases it (sluice btc batch release) and the payouts "
-            "are queued again"
+            "are paid by a successor spending its surviving inputs"
         )
         updated = replace(
             batch,

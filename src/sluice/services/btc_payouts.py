@@ -45,18 +45,29 @@ A payout is paid twice if two transactions that each pay it are mined. A naive d
    ``completed`` to ``broadcast``): its recorded transaction is sent again, never a new one.
 5. *A reorg that takes an input away.* If a reorg deeper than ``confirmations_min`` drops the
    transaction of a deposit a batch spends, no version of the batch is valid: the batch is
-   ``orphaned`` (critical alert naming its payouts) and is never sent or bumped again. Its
-   payouts are paid again only when an operator releases it (``sluice btc batch release``),
-   which queues them again and frees the batch's other inputs. That is the one place a payout
-   could be paid twice: if the missing deposit came back later, an old version of the batch
-   would be valid again, and it could be mined alongside the new batch if the two share no
-   input. So releasing is the operator's decision that the deposit will not come back, and it
-   is refused unless the batch is orphaned, an input is still reorged, no spend of its inputs
-   is recorded, and the node holds none of its versions (mempool or chain). Every input of the
-   batch, the missing one included, is released: a new batch that spends one of them conflicts
-   with the old versions, so at most one of the two can be mined. Until the release, a
-   missing input that comes back makes the batch ``broadcast`` again (the same transaction).
-   Otherwise a reserved output stays reserved for good.
+   ``orphaned`` (critical alert naming its payouts) and is never sent or bumped again. Until
+   an operator releases it, a missing input that comes back makes it ``broadcast`` again (the
+   same transaction). Its payouts are paid otherwise only once an operator releases it
+   (``sluice btc batch release``), and the danger then is that the missing deposit comes back
+   later: every old signed version of the batch would be valid again and could be mined next to
+   a new batch paying the same payouts. So the new batch is made to conflict with them, the
+   way a fee bump does: release keeps the batch's *surviving* inputs (confirmed, unspent)
+   reserved for it, and queues its payouts again still marked with the batch
+   (``batch_id``: waiting for its successor). The worker pays them together and alone in a
+   *successor* batch that spends every one of those surviving inputs (plus other confirmed
+   coins if they are not enough), taking them over in the unit of work that records it, all
+   or nothing; they never join another batch, and they cannot be cancelled (an old version
+   paying them may still be mined). Every old version spends all of the released batch's
+   inputs, so it and the successor share an input: at most one of them can ever be mined.
+   The same holds down a chain of releases: a successor must also share an input with every
+   released batch it follows (they share inputs link by link). Release is refused unless the
+   batch is orphaned, an input is still reorged, no spend of its inputs is recorded, the node
+   holds none of its versions (mempool or chain), and it has a surviving input shared with
+   every released batch it follows; with none, no successor could conflict with the old
+   versions, and the operator waits for the deposit to come back or pays by other means
+   (batched payouts cannot be cancelled). An input of a released batch that comes back after
+   its successor was made stays reserved by the released batch: never spent by anything that
+   could pay its payouts a second time. Otherwise a reserved output stays reserved for good.
 
 Coins are only ever chosen from the custody's own confirmed outputs, as the watcher recorded them;
 the node's wallet is never used.
@@ -82,6 +93,7 @@ from sluice.ports.bitcoin import BitcoinNode, CustodyWallet
 from sluice.ports.bitcoin import NotFoundError as NodeNotFoundError
 from sluice.ports.bitcoin_payouts import PAYOUT_WAITING_STATUSES, BatchRecord, PayoutRecord
 from sluice.services.bitcoin_settings import BitcoinSettings
+from sluice.services.btc_payout_sending import released_lineage, unconflicted
 from sluice.services.btc_payout_worker import PayoutTick, PayoutWorker
 from sluice.services.controls import check_not_paused
 
@@ -132,6 +144,7 @@ class PayoutView:
 
 
 def _view(payout: PayoutRecord, batch: BatchRecord | None, cursor: int | None) -> PayoutView:
+    waiting = payout.status in PAYOUT_WAITING_STATUSES
     confirmations = 0
     if batch is not None and batch.mined_height is not None and cursor is not None:
         confirmations = max(0, cursor - batch.mined_height + 1)
@@ -143,8 +156,10 @@ def _view(payout: PayoutRecord, batch: BatchRecord | None, cursor: int | None) -
         fee_sats=payout.fee_sats,
         status=payout.status,
         batch_id=payout.batch_id,
-        txid=None if batch is None else batch.txid,
-        outpoints=() if batch is None else batch.outpoints,
+        # A waiting payout's batch is a released one it waits to be paid by a successor of:
+        # none of that batch's transactions is paying it.
+        txid=None if batch is None or waiting else batch.txid,
+        outpoints=() if batch is None or waiting else batch.outpoints,
         confirmations=confirmations,
         vout=payout.vout,
         requested_by=payout.requested_by,
@@ -278,7 +293,8 @@ def cancel_payout(
     """An operator cancels a payout that is not in a batch yet (queued or waiting_fee, e.g. one
     whose output would be dust at today's fees). Once batched it is not cancellable
     (:class:`InvalidOperationStateError`, code 41): a signed transaction paying it is recorded
-    and may be mined. Cancelling a cancelled payout answers it as it is."""
+    and may be mined; nor is one queued again by a release, waiting for the released batch's
+    successor, whose old versions pay it. Cancelling a cancelled payout answers it as it is."""
     if not cancelled_by.strip():
         raise InvalidInputError("a cancellation names who cancelled")
     now = clock()
@@ -290,6 +306,12 @@ def cancel_payout(
         if payout.status == "cancelled":
             return _views(uow, [payout])[0]
         note = f"cancelled by {cancelled_by}" + (f": {reason}" if reason else "")
+        if payout.status in PAYOUT_WAITING_STATUSES and payout.batch_id is not None:
+            raise InvalidOperationStateError(
+                f"payout {payout_id!r} waits for the successor of released batch "
+                f"{payout.batch_id}, whose old signed versions pay it and may still be mined: "
+                "it cannot be cancelled"
+            )
         if payout.status not in PAYOUT_WAITING_STATUSES or not repo.cancel_payout(payout_id, note):
             raise InvalidOperationStateError(
                 f"payout {payout_id!r} is {payout.status}"
@@ -318,11 +340,11 @@ def cancel_payout(
 
 @dataclass(frozen=True, slots=True)
 class ReleasedBatch:
-    """An orphaned batch an operator released: the inputs no longer reserved and the payouts
-    queued again."""
+    """An orphaned batch an operator released: its surviving inputs, kept reserved for the
+    successor that must spend them all, and its payouts, queued again for that successor."""
 
     batch_id: str
-    released_outpoints: tuple[str, ...]
+    kept_outpoints: tuple[str, ...]
     requeued: tuple[str, ...]
     released_by: str
 
@@ -330,7 +352,7 @@ class ReleasedBatch:
         return {
             "batch_id": self.batch_id,
             "status": "released",
-            "released_outpoints": list(self.released_outpoints),
+            "kept_outpoints": list(self.kept_outpoints),
             "requeued_payouts": list(self.requeued),
             "released_by": self.released_by,
         }
@@ -345,11 +367,13 @@ def release_batch(
     clock: Clock,
 ) -> ReleasedBatch:
     """An operator releases an ``orphaned`` batch (an input was reorged out of the chain): its
-    inputs are reserved no more and its unpaid payouts are queued again, to be paid by a new
-    batch. Refused (:class:`InvalidOperationStateError`, code 41) unless the batch is orphaned,
-    an input is still reorged, no spend of its inputs is recorded, and the node holds none of
-    its versions, in its mempool or its chain. See the header: releasing is the operator's
-    decision that the missing input will not come back."""
+    unpaid payouts are queued again for its *successor*, a batch of them alone that spends
+    every surviving input of this one (kept reserved for it), so that the successor and any
+    old version of this batch can never both be mined. Refused
+    (:class:`InvalidOperationStateError`, code 41) unless the batch is orphaned, an input is
+    still reorged, no spend of its inputs is recorded, the node holds none of its versions
+    (mempool or chain), and it has a surviving input (confirmed, unspent) shared with every
+    released batch it succeeds. See point 5 of the header."""
     if not released_by.strip():
         raise InvalidInputError("a release names who released")
     with uow_factory() as uow:
@@ -402,16 +426,39 @@ def release_batch(
                 f"batch {batch_id}: its inputs are all back on the chain: it is followed again, "
                 "not released"
             )
+        kept = [o.outpoint for o in repo.reserved_spendable(batch_id)]
+        if not kept:
+            raise InvalidOperationStateError(
+                f"batch {batch_id}: none of its inputs survived the reorg (none is confirmed and "
+                "unspent), so no new batch could conflict with its old versions: if the missing "
+                "deposit came back, one of them could be mined next to it and pay its payouts "
+                "twice. It is not released: wait for the deposit to come back (the batch is then "
+                "followed again), or pay its payouts by other means; batched payouts cannot be "
+                "cancelled"
+            )
+        lineage = released_lineage(current, repo.batches(("released",), limit=100_000))
+        loose = unconflicted(kept, lineage)
+        if loose:
+            raise InvalidOperationStateError(
+                f"batch {batch_id} succeeds released batch(es) "
+                + ", ".join(b.id for b in loose)
+                + " but none of its surviving inputs is one of theirs, so a new batch could not "
+                "conflict with their old versions: not released (see the release refused for "
+                "want of a surviving input)"
+            )
         note = (
-            f"queued again: batch {batch_id} was orphaned by a reorg and released by {released_by}"
+            f"queued again for a successor of batch {batch_id}, orphaned by a reorg and released "
+            f"by {released_by}: the successor spends its surviving inputs {', '.join(kept)}"
         )
-        released = repo.release_outputs(batch_id)
         requeued = repo.requeue_payouts(batch_id, note)
         updated = replace(
             current,
             status="released",
             updated_at=now,
-            last_error=f"released by {released_by}; its payouts are queued again",
+            last_error=(
+                f"released by {released_by}; its payouts are queued again for a successor "
+                f"spending its surviving inputs {', '.join(kept)}"
+            ),
         )
         if not repo.update_batch(
             updated,
@@ -432,13 +479,16 @@ def release_batch(
                         "outpoints": list(batch.outpoints),
                     },
                     state_changes=[{"batch": batch_id, "status": "released"}]
-                    + [{"output": o, "reserved_by": None} for o in released]
-                    + [{"payout": pid, "status": "queued"} for pid in requeued],
+                    + [{"output": o, "reserved_by": batch_id} for o in kept]
+                    + [
+                        {"payout": pid, "status": "queued", "successor_of": batch_id}
+                        for pid in requeued
+                    ],
                 )
             ]
         )
         uow.commit()
-    return ReleasedBatch(batch_id, tuple(released), tuple(requeued), released_by)
+    return ReleasedBatch(batch_id, tuple(kept), tuple(requeued), released_by)
 
 
 def _check_same(existing: PayoutRecord, address: str, amount_sats: int, kind: str) -> None:

@@ -23,6 +23,7 @@ from sqlalchemy.sql import Executable
 from sluice.domain.deposits import Alert
 from sluice.ports.bitcoin_payouts import (
     PAYOUT_WAITING_STATUSES,
+    SPENDABLE_OUTPUT_STATUSES,
     BatchRecord,
     CustodyOutput,
     OutputSpend,
@@ -36,7 +37,7 @@ from sluice.store.rows import insert_for, is_postgresql, optional_time, time_of,
 
 CHANGE_BRANCH = 1
 # Outputs a batch may spend are confirmed deposits or change, or deposits already credited.
-SPENDABLE_STATUSES = ("confirmed", "credited")
+SPENDABLE_STATUSES = SPENDABLE_OUTPUT_STATUSES
 
 
 def _payout_from_row(row: Row[Any]) -> PayoutRecord:
@@ -157,10 +158,19 @@ class SqlBitcoinPayoutRepository:
         )
         return self._connection.execute(statement).first() is not None
 
-    def payouts(self, statuses: Collection[str] = (), *, limit: int = 1000) -> list[PayoutRecord]:
+    def payouts(
+        self,
+        statuses: Collection[str] = (),
+        *,
+        limit: int = 1000,
+        in_batch: bool | None = None,
+    ) -> list[PayoutRecord]:
         query = select(payouts_table)
         if statuses:
             query = query.where(payouts_table.c.status.in_(list(statuses)))
+        if in_batch is not None:
+            batch = payouts_table.c.batch_id
+            query = query.where(batch.is_not(None) if in_batch else batch.is_(None))
         # Canonical timestamps: text order is time order.
         query = query.order_by(payouts_table.c.requested_at, payouts_table.c.id).limit(limit)
         return [_payout_from_row(row) for row in self._connection.execute(query)]
@@ -223,6 +233,7 @@ class SqlBitcoinPayoutRepository:
         assignments: Sequence[PayoutAssignment],
         *,
         expected_statuses: Collection[str],
+        predecessor: str | None = None,
     ) -> int:
         if not assignments:
             return 0
@@ -235,6 +246,12 @@ class SqlBitcoinPayoutRepository:
         )
         if not waiting:
             condition = and_(condition, table.c.batch_id == batch_id)
+        elif predecessor is None:
+            # A released batch's payout waits for that batch's successor only: taking it into
+            # any other batch (say from an old read, made before the release) changes nothing.
+            condition = and_(condition, table.c.batch_id.is_(None))
+        else:
+            condition = and_(condition, table.c.batch_id == predecessor)
         statement = (
             update(table)
             .where(condition)
@@ -270,7 +287,8 @@ class SqlBitcoinPayoutRepository:
             self._connection.execute(
                 update(table)
                 .where(and_(pending, table.c.id.in_(ids)))
-                .values(status="queued", batch_id=None, vout=None, fee_sats=None, last_error=note)
+                # The batch stays: they wait for its successor (see the port).
+                .values(status="queued", vout=None, fee_sats=None, last_error=note)
             )
         return ids
 
@@ -457,16 +475,50 @@ class SqlBitcoinPayoutRepository:
             return False
         return True
 
-    def release_outputs(self, batch_id: str) -> list[str]:
-        mine = and_(btc_outputs.c.reserved_by == batch_id, btc_outputs.c.spent_txid.is_(None))
-        rows = self._connection.execute(
-            select(btc_outputs.c.txid, btc_outputs.c.vout)
-            .where(mine)
+    def _surviving(self, batch_id: str) -> Any:
+        return and_(
+            btc_outputs.c.reserved_by == batch_id,
+            btc_outputs.c.status.in_(SPENDABLE_STATUSES),
+            btc_outputs.c.spent_txid.is_(None),
+        )
+
+    def reserved_spendable(self, batch_id: str) -> list[CustodyOutput]:
+        query = (
+            self._output_query()
+            .where(self._surviving(batch_id))
             .order_by(btc_outputs.c.txid, btc_outputs.c.vout)
-        ).all()
-        if rows:
-            self._connection.execute(update(btc_outputs).where(mine).values(reserved_by=None))
-        return [f"{row.txid}:{row.vout}" for row in rows]
+        )
+        return [self._output(row) for row in self._connection.execute(query)]
+
+    def take_over_outputs(self, outpoints: Collection[str], from_batch: str, to_batch: str) -> bool:
+        wanted = list(dict.fromkeys(outpoints))
+        if not wanted:
+            return False
+        surviving = self._surviving(from_batch)
+        if is_postgresql(self._connection):
+            self._connection.execute(
+                select(btc_outputs.c.txid)
+                .where(btc_outputs.c.reserved_by == from_batch)
+                .order_by(btc_outputs.c.txid, btc_outputs.c.vout)
+                .with_for_update()
+            ).all()
+        changed = self._connection.execute(
+            update(btc_outputs)
+            .where(and_(_outpoint_condition(wanted), surviving))
+            .values(reserved_by=to_batch)
+        ).rowcount
+        # Every surviving input is taken, or none: one left behind (say, an input that came
+        # back on the chain meanwhile) would let an old version of the released batch be mined
+        # next to the successor if they shared nothing else.
+        left = self._connection.execute(select(btc_outputs.c.txid).where(surviving)).first()
+        if changed != len(wanted) or left is not None:
+            self._connection.execute(
+                update(btc_outputs)
+                .where(and_(_outpoint_condition(wanted), btc_outputs.c.reserved_by == to_batch))
+                .values(reserved_by=from_batch)
+            )
+            return False
+        return True
 
     def spends(self, outpoints: Collection[str]) -> dict[str, OutputSpend]:
         if not outpoints:

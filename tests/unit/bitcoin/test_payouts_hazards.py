@@ -19,11 +19,14 @@ from decimal import Decimal
 
 import pytest
 
+from sluice.bitcoin.wallet import decode_transaction
 from sluice.domain.errors import InvalidOperationStateError, NotFoundError
-from sluice.ports.bitcoin_payouts import BATCH_OPEN_STATUSES
+from sluice.ports.bitcoin import NodeRejectedError
+from sluice.ports.bitcoin import NotFoundError as NodeNotFoundError
+from sluice.ports.bitcoin_payouts import BATCH_OPEN_STATUSES, BatchRecord, CustodyOutput
 from sluice.services.btc_addresses import deposit_address
 from sluice.services.btc_payout_sending import _Sent
-from sluice.services.btc_payouts import PayoutTick, cancel_payout, release_batch
+from sluice.services.btc_payouts import PayoutTick, ReleasedBatch, cancel_payout, release_batch
 from tests.unit.bitcoin.test_payouts import SETTINGS, Custody, custody, wallet
 
 __all__ = ["custody", "wallet"]  # the fixtures, used by name
@@ -226,15 +229,12 @@ def test_a_bump_that_would_leave_a_payout_under_dust_is_not_made(custody: Custod
 # --- an input reorged away ---------------------------------------------------------------------
 
 
-def test_a_batch_whose_input_a_deep_reorg_took_is_orphaned_then_released_by_an_operator(
-    custody: Custody,
-) -> None:
-    """A broadcast batch spends D1 and D2. A reorg deeper than confirmations_min drops D2's
-    transaction for good: no version of the batch can be mined. It is orphaned with a critical
-    alert naming its payout, never sent or bumped again; an operator's release (refused while
-    the batch's version is still held by the node) frees D1 and queues the payout again, which a
-    new batch pays once."""
+def _orphan_a_batch_of_two_deposits(custody: Custody) -> tuple[BatchRecord, str, str]:
+    """A batch paying p1 (500,000 sats) from D1 and D2; a reorg deeper than confirmations_min
+    then drops D2's transaction from the chain for good, and the batch is orphaned. Answers the
+    batch, D1's outpoint and D2's txid."""
     custody.fund(300_000)  # D1
+    (d1,) = [o.outpoint for o in _spendable(custody)]
     alice = deposit_address(custody.uow, custody.wallet, "alice", new=True, clock=custody.clock)
     d2, _ = custody.chain.fund(alice.script_hex, 300_000)
     custody.mine(SETTINGS.confirmations_min)
@@ -245,13 +245,38 @@ def test_a_batch_whose_input_a_deep_reorg_took_is_orphaned_then_released_by_an_o
     assert len(batch.outpoints) == 2
     # The version is still in the node's mempool: not orphaned yet, and not releasable.
     with pytest.raises(InvalidOperationStateError):
-        release_batch(
-            custody.uow, custody.chain, batch_id=batch.id, released_by="ops", clock=custody.clock
-        )
+        _release(custody, batch.id)
     custody.chain.reorg(SETTINGS.confirmations_min + 1, drop_txids=[d2])
     custody.watch()
-    tick = worker.run_once()
-    assert tick.orphaned == 1
+    assert worker.run_once().orphaned == 1
+    return batch, d1, d2
+
+
+def _spendable(custody: Custody) -> list[CustodyOutput]:
+    with custody.uow() as uow:
+        outputs: list[CustodyOutput] = uow.btc_payouts.spendable_outputs(0)
+    return outputs
+
+
+def _release(custody: Custody, batch_id: str) -> ReleasedBatch:
+    return release_batch(
+        custody.uow, custody.chain, batch_id=batch_id, released_by="ops", clock=custody.clock
+    )
+
+
+def test_a_batch_whose_input_a_deep_reorg_took_is_orphaned_then_released_by_an_operator(
+    custody: Custody,
+) -> None:
+    """A broadcast batch spends D1 and D2. A reorg deeper than confirmations_min drops D2's
+    transaction for good: no version of the batch can be mined. It is orphaned with a critical
+    alert naming its payout, never sent or bumped again; an operator's release (refused while
+    the batch's version is still held by the node) keeps D1 reserved and queues the payout again
+    for the batch's successor: a batch of that payout alone that spends D1 (and another coin,
+    as D1 is not enough), so that it and any old version share an input. Until that coin
+    confirms the payout waits, and a payout queued meanwhile is paid by a batch of its own that
+    does not touch D1. The payout is paid once, by the successor."""
+    batch, d1, _ = _orphan_a_batch_of_two_deposits(custody)
+    worker = custody.worker()
     for _ in range(SETTINGS.payout_bump_after_blocks + 2):
         custody.mine()
         tick = worker.run_once()
@@ -263,33 +288,186 @@ def test_a_batch_whose_input_a_deep_reorg_took_is_orphaned_then_released_by_an_o
     with custody.uow() as uow:
         alerts = [a for a in uow.books.alerts() if a.kind == "btc_batch_orphaned"]
         reserved = uow.btc_payouts.outputs(batch.outpoints)
-        assert uow.btc_payouts.spendable_outputs(0) == []
+    assert _spendable(custody) == []
     assert [(a.severity, a.details["payouts"]) for a in alerts] == [("critical", "p1")]
     assert all(o.reserved_by == batch.id for o in reserved.values())
 
     with pytest.raises(InvalidOperationStateError) as refused:
         cancel_payout(custody.uow, payout_id="p1", cancelled_by="ops", clock=custody.clock)
     assert refused.value.code == 41
-    released = release_batch(
-        custody.uow, custody.chain, batch_id=batch.id, released_by="ops", clock=custody.clock
-    )
+    released = _release(custody, batch.id)
     assert released.requeued == ("p1",)
-    assert set(released.released_outpoints) == set(batch.outpoints)
+    assert released.kept_outpoints == (d1,)  # D2 is gone: D1 alone survived
     with pytest.raises(InvalidOperationStateError):  # released once only
-        release_batch(
-            custody.uow, custody.chain, batch_id=batch.id, released_by="ops", clock=custody.clock
-        )
-    assert custody.payouts()["p1"].status == "queued"
+        _release(custody, batch.id)
+    view = custody.payouts()["p1"]
+    assert (view.status, view.batch_id, view.txid, view.vout) == ("queued", batch.id, None, None)
+    # Waiting for its successor, it cannot be cancelled: an old version paying it may be mined.
+    with pytest.raises(InvalidOperationStateError) as refused:
+        cancel_payout(custody.uow, payout_id="p1", cancelled_by="ops", clock=custody.clock)
+    assert refused.value.code == 41 and "successor" in str(refused.value)
     with custody.uow() as uow:
         records = uow.audit.find(operation_id=batch.id, limit=10)
+        assert uow.btc_payouts.outputs([d1])[d1].reserved_by == batch.id  # kept, not freed
     assert "btc_batch_released" in [r.entry.operation for r in records]
-    # With more funds the payout is paid once, by a new batch spending D1.
+
+    # D1 alone cannot pay p1: the successor waits for funds. A payout queued meanwhile gets a
+    # batch of its own from other coins, never D1, and p1 is not mixed into it.
+    custody.request("p2", 150_000)
+    assert worker.run_once().batches == 0
+    custody.fund(160_000)  # enough for p2, not for p1 even with D1
+    tick = worker.run_once()
+    assert (tick.batches, tick.insufficient, tick.errors) == (1, 1, [])
+    waiting = custody.payouts()["p1"]
+    assert (waiting.status, waiting.batch_id) == ("queued", batch.id)
+    assert waiting.last_error is not None and "waiting for confirmed custody funds" in (
+        waiting.last_error
+    )
+    (other,) = [b for b in custody.batches() if b.id != batch.id]
+    assert d1 not in other.outpoints
+    assert set(other.versions[-1]["payouts"]) == {"p2"}
+    assert custody.payouts()["p1"].batch_id == batch.id
+    custody.settle(worker)
+    custody.assert_paid_once("p2")
+
     custody.fund(300_000)
     tick = worker.run_once()
-    assert tick.batches == 1
+    assert (tick.batches, tick.errors) == (1, [])
+    (successor,) = [b for b in custody.batches() if b.id not in (batch.id, other.id)]
+    assert set(successor.versions[-1]["payouts"]) == {"p1"}
+    # Every version of the released batch spends its recorded outpoints (a bump spends the same
+    # ones); the successor spends every one of them that survived.
+    old_inputs = {f"{i['txid']}:{i['vout']}" for i in decode_transaction(batch.raw_hex)["vin"]}
+    assert old_inputs == set(batch.outpoints)
+    assert set(released.kept_outpoints) <= set(successor.outpoints) & old_inputs
+    with custody.uow() as uow:
+        taken = uow.btc_payouts.outputs(successor.outpoints)
+    assert {o.reserved_by for o in taken.values()} == {successor.id}
     custody.settle(worker)
     custody.assert_paid_once("p1")
-    assert custody.payouts()["p1"].batch_id != batch.id
+    assert custody.payouts()["p1"].batch_id == successor.id
+
+
+def test_an_old_version_of_a_released_batch_is_refused_once_its_deposit_comes_back(
+    custody: Custody,
+) -> None:
+    """The hazard itself: a released batch's missing deposit comes back on the chain after its
+    payouts were paid again. Here the reorg puts D2's transaction back in the node's mempool
+    (not in a block), so the watcher sees D2 reorged and the batch is orphaned; the node evicts
+    the batch's version, the operator releases it, and its successor spends D1 and another
+    coin. Then D2 is mined again, and the old version, valid but for D1, is broadcast: the
+    chain refuses it, because the successor spent D1. The destination is paid once."""
+    custody.fund(300_000)  # D1
+    (d1,) = [o.outpoint for o in _spendable(custody)]
+    alice = deposit_address(custody.uow, custody.wallet, "alice", new=True, clock=custody.clock)
+    d2, _ = custody.chain.fund(alice.script_hex, 300_000)
+    custody.mine(SETTINGS.confirmations_min)
+    custody.request("p1", 500_000)
+    worker = custody.worker()
+    assert worker.run_once().batches == 1
+    (batch,) = custody.batches()
+    d2_outpoint = next(o for o in batch.outpoints if o != d1)
+    custody.chain.reorg(SETTINGS.confirmations_min + 1, include_mempool=False)
+    custody.watch()
+    assert set(custody.chain.mempool_txids) == {d2, batch.txid}
+    assert worker.run_once().orphaned == 1
+    custody.chain.evict(batch.txid)  # the node forgets the version; D2 stays in its mempool
+    released = _release(custody, batch.id)
+    assert released.kept_outpoints == (d1,)
+
+    custody.chain.fund(alice.script_hex, 300_000)  # more funds, mined with D2 below
+    custody.mine(SETTINGS.confirmations_min)
+    with custody.uow() as uow:
+        back = uow.btc_payouts.outputs([d2_outpoint])[d2_outpoint]
+    assert back.status == "confirmed"  # the missing deposit is back on the chain
+    # It came back before the successor was made, but D1 was not enough alone: the successor
+    # spends every surviving input, D2 among them now, and other coins as needed.
+    tick = worker.run_once()
+    assert (tick.batches, tick.errors) == (1, [])
+    (successor,) = [b for b in custody.batches() if b.id != batch.id]
+    assert {d1, d2_outpoint} <= set(successor.outpoints)
+    custody.mine()
+    assert worker.run_once().mined == 1
+    with pytest.raises(NodeRejectedError) as conflict:
+        custody.chain.sendrawtransaction(batch.raw_hex)
+    assert "missingorspent" in str(conflict.value)
+    with pytest.raises(NodeNotFoundError):
+        custody.chain.getrawtransaction(batch.txid)
+    custody.settle(worker)
+    custody.assert_paid_once("p1")
+
+
+def test_an_old_version_is_refused_after_the_successor_when_the_deposit_comes_back_late(
+    custody: Custody,
+) -> None:
+    """As above, but the missing deposit comes back only once the successor (spending D1 and
+    another coin) is mined: the old version, all of whose inputs but D1 are then on the chain,
+    is refused for its spent input D1; D2 stays reserved by the released batch, and the
+    destination is paid once."""
+    custody.fund(300_000)  # D1
+    (d1,) = [o.outpoint for o in _spendable(custody)]
+    alice = deposit_address(custody.uow, custody.wallet, "alice", new=True, clock=custody.clock)
+    d2, _ = custody.chain.fund(alice.script_hex, 300_000)
+    custody.mine(SETTINGS.confirmations_min)
+    custody.request("p1", 500_000)
+    worker = custody.worker()
+    assert worker.run_once().batches == 1
+    (batch,) = custody.batches()
+    d2_outpoint = next(o for o in batch.outpoints if o != d1)
+    custody.chain.reorg(SETTINGS.confirmations_min + 1, include_mempool=False)
+    custody.watch()
+    assert worker.run_once().orphaned == 1
+    custody.chain.evict(d2)  # D2 and the version spending it leave the mempool
+    assert custody.chain.mempool_txids == []
+    _release(custody, batch.id)
+    custody.fund(300_000)
+    assert worker.run_once().batches == 1
+    (successor,) = [b for b in custody.batches() if b.id != batch.id]
+    assert d1 in successor.outpoints and d2_outpoint not in successor.outpoints
+    custody.mine()
+    assert worker.run_once().mined == 1
+    # The deposit comes back: its transaction is mined again. The in-memory chain has no
+    # control for that (a dropped funding transaction cannot be sent again: its inputs are
+    # outside the chain), so the test puts it back in the mempool itself.
+    custody.chain._add_to_mempool(custody.chain._txs[d2])
+    custody.mine(SETTINGS.confirmations_min)
+    with custody.uow() as uow:
+        back = uow.btc_payouts.outputs([d2_outpoint])[d2_outpoint]
+    assert (back.status, back.reserved_by) == ("confirmed", batch.id)
+    with pytest.raises(NodeRejectedError) as conflict:
+        custody.chain.sendrawtransaction(batch.raw_hex)
+    assert "missingorspent" in str(conflict.value)
+    custody.settle(worker)
+    custody.assert_paid_once("p1")
+    assert d2_outpoint not in {o.outpoint for o in _spendable(custody)}
+
+
+def test_a_release_is_refused_when_no_input_of_the_batch_survived(custody: Custody) -> None:
+    """A batch whose only input a deep reorg dropped: a new batch could share no input with
+    its old versions, which would be valid again if the deposit came back. The release is
+    refused (code 41, saying why and that batched payouts cannot be cancelled); the batch stays
+    orphaned and its payout is not queued again."""
+    custody.mine(SETTINGS.confirmations_min)
+    alice = deposit_address(custody.uow, custody.wallet, "alice", new=True, clock=custody.clock)
+    d1, _ = custody.chain.fund(alice.script_hex, 300_000)
+    custody.mine(SETTINGS.confirmations_min)
+    custody.request("p1", 200_000)
+    worker = custody.worker()
+    assert worker.run_once().batches == 1
+    custody.chain.reorg(SETTINGS.confirmations_min + 1, drop_txids=[d1])
+    custody.watch()
+    assert worker.run_once().orphaned == 1
+    (batch,) = custody.batches()
+    with pytest.raises(InvalidOperationStateError) as refused:
+        _release(custody, batch.id)
+    message = str(refused.value)
+    assert refused.value.code == 41
+    assert "none of its inputs survived" in message and "cannot be cancelled" in message
+    (after,) = custody.batches()
+    assert after.status == "orphaned"
+    assert custody.payouts()["p1"].status == "broadcast"
+    custody.fund(400_000)
+    assert worker.run_once().batches == 0
 
 
 # --- a confirmed batch reorged away ------------------------------------------------------------
