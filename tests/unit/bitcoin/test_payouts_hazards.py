@@ -6,10 +6,13 @@ a SQLite DB (the ``custody`` fixture of ``test_payouts``) into one hazard, then 
 outcome on the DB and on the chain itself: a payout whose output would be dust is left out of
 its batch (and can be cancelled while unbatched); a batch whose input a deep reorg dropped is
 orphaned with a critical alert and is released only by an operator once no version of it can be
-found on the node; a confirmed batch whose block a deep reorg took away is reopened and paid
-again with its recorded transaction; a worker acting on an old read of a batch writes nothing;
-fee bumps stop at ``fee_rate_max_sat_vb``; a batch back from a shallow reorg is not bumped at
-once; and a change address's issuance is audited.
+found on the node and an input of it survived; its payouts are then paid by a successor that
+spends every surviving input, so an old version broadcast once the deposit is back is refused by
+the chain (conflict) and the destination is paid once, and a successor is released only while it
+still shares an input with every batch it succeeds; a confirmed batch whose block a deep reorg
+took away is reopened and paid again with its recorded transaction; a worker acting on an old
+read of a batch writes nothing; fee bumps stop at ``fee_rate_max_sat_vb``; a batch back from a
+shallow reorg is not bumped at once; and a change address's issuance is audited.
 """
 
 from __future__ import annotations
@@ -468,6 +471,31 @@ def test_a_release_is_refused_when_no_input_of_the_batch_survived(custody: Custo
     assert custody.payouts()["p1"].status == "broadcast"
     custody.fund(400_000)
     assert worker.run_once().batches == 0
+
+
+def test_a_successor_is_released_only_if_it_still_conflicts_with_the_batch_it_succeeds(
+    custody: Custody,
+) -> None:
+    """A chain of releases: batch B0 (D1, D2) lost D2 and was released; its successor S1 spends
+    D1 and D3. A later reorg drops D1's transaction too, so S1 is orphaned with D3 alone
+    surviving. A successor of S1 spending D3 would share no input with B0, whose old versions
+    would be valid again if D1 and D2 both came back: releasing S1 is refused (code 41)."""
+    b0, d1, _ = _orphan_a_batch_of_two_deposits(custody)
+    _release(custody, b0.id)
+    custody.fund(300_000)  # D3
+    worker = custody.worker()
+    assert worker.run_once().batches == 1
+    (s1,) = [b for b in custody.batches() if b.id != b0.id]
+    assert d1 in s1.outpoints and len(s1.outpoints) == 2
+    custody.chain.reorg(custody.chain.tip_height, drop_txids=[d1.split(":")[0]])
+    custody.watch()
+    assert worker.run_once().orphaned == 1
+    with pytest.raises(InvalidOperationStateError) as refused:
+        _release(custody, s1.id)
+    assert refused.value.code == 41 and b0.id in str(refused.value)
+    statuses = {b.id: b.status for b in custody.batches()}
+    assert statuses == {b0.id: "released", s1.id: "orphaned"}
+    assert custody.payouts()["p1"].status == "broadcast"
 
 
 # --- a confirmed batch reorged away ------------------------------------------------------------
