@@ -428,9 +428,10 @@ def btc_batch_release(
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Release an orphaned batch (an input was reorged out of the chain): its inputs are freed
-    and its payouts queued again. Refused (error 41) unless it is orphaned and the node holds
-    none of its versions; release only once sure the missing deposit will not come back."""
+    """Release an orphaned batch (an input was reorged out of the chain): its payouts are queued
+    again for a successor batch that spends every surviving input of this one, so the two can
+    never both be mined. Refused (error 41) unless it is orphaned, an input survived and the node
+    holds none of its versions."""
     from sluice.services.btc_payouts import release_batch
 
     released_by = actor_name(actor)

@@ -82,8 +82,10 @@ btc_payouts = Table(
     Column("script_hex", String(140), nullable=False),
     Column("amount_sats", BigInteger, nullable=False),  # requested; the fee is deducted from it
     Column("fee_sats", BigInteger, nullable=True),  # this payout's share of the network fee
-    # queued | waiting_fee | batched | broadcast | mined | completed | failed
+    # queued | waiting_fee | batched | broadcast | mined | completed | cancelled
     Column("status", String(12), nullable=False, index=True),
+    # The batch that pays it; on a queued payout, the released batch whose successor must pay it
+    # (spending that batch's surviving inputs, so the two can never both be mined).
     Column("batch_id", String(100), nullable=True, index=True),
     Column("vout", Integer, nullable=True),  # its output in the batch's current version
     Column("requested_by", String(200), nullable=False),
@@ -98,7 +100,8 @@ btc_batches = Table(
     Column("id", String(100), primary_key=True),
     # The custody outpoints it spends ("txid:vout", JSON list): its identity across fee bumps.
     Column("outpoints", Text, nullable=False),
-    # signed | broadcast | mined | confirmed | stuck
+    # signed | broadcast | mined | confirmed | stuck | orphaned (an input was reorged away) |
+    # released (orphaned, and its payouts left to a successor by an operator)
     Column("status", String(10), nullable=False, index=True),
     Column("txid", TXID, nullable=False),  # the current version's (or the mined one's) txid
     Column("raw_hex", Text, nullable=False),  # the current version, signed and final
