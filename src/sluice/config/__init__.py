@@ -24,22 +24,26 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
-    ModelWrapValidatorHandler,
     SecretStr,
-    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from sluice.domain.chains import CHAINS, chain_named
+from sluice.config.bitcoin import BitcoinConfig as BitcoinConfig
+from sluice.config.sections import (
+    _check_url,
+    _read_secret,
+    _secret,
+    _Section,
+)
 from sluice.domain.errors import InvalidInputError
 from sluice.domain.ledger import check_party_id
 from sluice.services.settings import check_setting
+
+# The sections are pydantic models, whose base (in sluice.config.sections) ruff cannot see from
+# here: pydantic copies a mutable default for each instance, hence the RUF012 exemptions.
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,65 +78,6 @@ class ConfigError(InvalidInputError):
         self.problems = problems
         listed = "\n".join(f"  - {p}" for p in problems)
         super().__init__(f"configuration {source} has {len(problems)} problem(s):\n{listed}")
-
-
-def _check_url(value: str | None, *, schemes: tuple[str, ...] = ("http", "https")) -> str | None:
-    if value is None:
-        return None
-    parts = urlsplit(value)
-    if parts.scheme not in schemes or not parts.netloc:
-        raise ValueError(f"{value!r} is not an {'/'.join(schemes)} URL")
-    return value.rstrip("/")
-
-
-def _secret(inline: SecretStr | None, file: Path | None, env: str | None, name: str) -> list[str]:
-    """Problems with one secret given in one of three ways (an empty list when it is fine)."""
-    given = [k for k, v in (("", inline), ("_file", file), ("_env", env)) if v is not None]
-    if not given:
-        return [f"{name} is required (or {name}_file / {name}_env)"]
-    if len(given) > 1:
-        return [f"give one of {', '.join(name + g for g in given)}, not several"]
-    if file is not None and not file.is_file():
-        return [f"{name}_file: no such file {file}"]
-    if env is not None and not os.environ.get(env):
-        return [f"{name}_env: the environment variable {env} is not set"]
-    return []
-
-
-def _detail(error: Any) -> InitErrorDetails:
-    """A validation error as pydantic reports it, to be raised again with others."""
-    kind = error["type"]
-    if kind == "value_error":
-        message = str(error["msg"]).removeprefix("Value error, ")
-        return InitErrorDetails(
-            type=PydanticCustomError("value_error", message), loc=error["loc"], input=error["input"]
-        )
-    return InitErrorDetails(
-        type=kind, loc=error["loc"], input=error["input"], ctx=error.get("ctx", {})
-    )
-
-
-def _located(problem: str, data: Any) -> InitErrorDetails:
-    """``"key: message"`` (or a message about the section) as a validation error at that key."""
-    key, separator, message = problem.partition(": ")
-    if separator and key.isidentifier():
-        return InitErrorDetails(
-            type=PydanticCustomError("value_error", message), loc=(key,), input=data
-        )
-    return InitErrorDetails(type=PydanticCustomError("value_error", problem), loc=(), input=data)
-
-
-def _read_secret(inline: SecretStr | None, file: Path | None, env: str | None) -> str:
-    if inline is not None:
-        return inline.get_secret_value()
-    if file is not None:
-        return file.read_text().strip()
-    assert env is not None
-    return os.environ[env]
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class LedgerAuthConfig(_Section):
@@ -262,7 +207,7 @@ class RegistriesConfig(_Section):
     """Registry URLs by admin party, used for instruments onboarded without ``--registry-url``
     (onboarding's URL, kept in the Integration DB, always wins)."""
 
-    urls: dict[str, str] = {}
+    urls: dict[str, str] = {}  # noqa: RUF012
     timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
 
     @field_validator("urls")
@@ -291,9 +236,9 @@ class ComplianceConfig(_Section):
 
     sanctions_list: Path | None = None
     sanctions_prefix: str | None = None
-    limits: list[LimitConfig] = []
-    risk: dict[str, Any] = {}
-    reference_rates: dict[str, Annotated[Decimal, Field(gt=0)]] = {}
+    limits: list[LimitConfig] = []  # noqa: RUF012
+    risk: dict[str, Any] = {}  # noqa: RUF012
+    reference_rates: dict[str, Annotated[Decimal, Field(gt=0)]] = {}  # noqa: RUF012
 
     @field_validator("sanctions_list")
     @classmethod
@@ -370,7 +315,7 @@ class ApiConfig(_Section):
     host: Annotated[str, Field(min_length=1)] = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 8080
     oidc: OidcConfig | None = None
-    settings: dict[str, Any] = {}
+    settings: dict[str, Any] = {}  # noqa: RUF012
 
     @field_validator("settings")
     @classmethod
@@ -384,167 +329,6 @@ class ApiConfig(_Section):
         if problems:
             raise ValueError("; ".join(problems))
         return value
-
-
-class BitcoinConfig(_Section):
-    """Bitcoin custody: the network, the node (none: the embedded in-memory chain under the data
-    directory), the custody's 2-of-3 descriptor and the key files this process signs with, and
-    the watcher's and the payouts' settings (:class:`~sluice.services.bitcoin_settings.
-    BitcoinSettings`).
-
-    The node's password is given in exactly one way: inline (discouraged), in a file, or as the
-    node's cookie file (``<datadir>/.cookie``, rewritten at every start of the node, so it is
-    read when connecting, not checked here). A key file entry is a path or ``env:NAME``."""
-
-    network: str = "regtest"
-    rpc_url: str | None = None
-    rpc_user: str | None = None
-    rpc_password: SecretStr | None = None
-    rpc_password_file: Path | None = None
-    rpc_cookie_file: Path | None = None
-    rpc_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
-    descriptor: Annotated[str, Field(min_length=1)]
-    key_files: list[Annotated[str, Field(min_length=1)]] = []
-    confirmations_min: Annotated[int, Field(ge=1, le=1000)] = 6
-    fee_target_blocks: Annotated[int, Field(ge=1, le=1008)] = 6
-    fee_rate_min_sat_vb: Annotated[Decimal, Field(gt=0, le=100_000)] = Decimal(2)
-    fee_rate_max_sat_vb: Annotated[Decimal, Field(gt=0, le=100_000)] = Decimal(200)
-    payout_fee_max_sats: Annotated[int, Field(ge=0)] = 50_000
-    payout_batch_max: Annotated[int, Field(ge=1, le=1000)] = 50
-    payout_batch_window_s: Annotated[float, Field(ge=0, le=86_400)] = 60.0
-    payout_bump_after_blocks: Annotated[int, Field(ge=1, le=1000)] = 3
-    watch_start_height: Annotated[int, Field(ge=0)] = 0
-
-    _check_rpc_url = field_validator("rpc_url")(_check_url)
-
-    @field_validator("network")
-    @classmethod
-    def _network(cls, value: str) -> str:
-        if value not in CHAINS:
-            raise ValueError(f"unknown network {value!r}: expected one of {', '.join(CHAINS)}")
-        return value
-
-    @model_validator(mode="wrap")
-    @classmethod
-    def _everything(cls, data: Any, handler: ModelWrapValidatorHandler[BitcoinConfig]) -> Any:
-        """Every problem at once: pydantic skips the checks across keys when one key is already
-        invalid, so on that path they are run here over the keys that were valid."""
-        try:
-            config = handler(data)
-        except ValidationError as exc:
-            errors = exc.errors()
-            if not isinstance(data, Mapping) or any(not e["loc"] for e in errors):
-                raise
-            failed = {str(e["loc"][0]) for e in errors}
-            valid: dict[str, Any] = {}
-            for key, value in data.items():
-                field = cls.model_fields.get(str(key))
-                if field is not None and key not in failed:
-                    valid[str(key)] = TypeAdapter(field.rebuild_annotation()).validate_python(value)
-            partial = cls.model_construct(**valid)
-            extra = partial._problems(failed)
-            if not extra:
-                raise
-            details = [_detail(e) for e in errors] + [_located(p, data) for p in extra]
-            raise ValidationError.from_exception_data(exc.title, details) from None
-        problems = config._problems(set())
-        if problems:
-            located = [_located(p, data) for p in problems]
-            raise ValidationError.from_exception_data(cls.__name__, located)
-        return config
-
-    def _problems(self, failed: set[str]) -> list[str]:
-        """The checks across keys, each skipped when a key it needs is already invalid."""
-        problems: list[str] = []
-        if not failed & {
-            "rpc_url",
-            "rpc_user",
-            "rpc_password",
-            "rpc_password_file",
-            "rpc_cookie_file",
-        }:
-            problems += self._node_problems()
-        if "key_files" not in failed:
-            problems += self._key_problems()
-        if not failed & {"fee_rate_min_sat_vb", "fee_rate_max_sat_vb"} and (
-            self.fee_rate_min_sat_vb > self.fee_rate_max_sat_vb
-        ):
-            problems.append(
-                f"fee_rate_min_sat_vb: {self.fee_rate_min_sat_vb} must not exceed "
-                f"fee_rate_max_sat_vb ({self.fee_rate_max_sat_vb})"
-            )
-        if not failed & {"network", "descriptor"}:
-            problems += self._descriptor_problems()
-        return problems
-
-    def _node_problems(self) -> list[str]:
-        given = [
-            name
-            for name, value in (
-                ("rpc_password", self.rpc_password),
-                ("rpc_password_file", self.rpc_password_file),
-                ("rpc_cookie_file", self.rpc_cookie_file),
-            )
-            if value is not None
-        ]
-        if self.rpc_url is None:
-            stray = given + (["rpc_user"] if self.rpc_user is not None else [])
-            if stray:
-                stray_keys = ", ".join(stray)
-                return [f"rpc_url: required with {stray_keys} (no node to authenticate to)"]
-            return []
-        if urlsplit(self.rpc_url).password is not None:
-            return ["rpc_url: holds a password; give it as rpc_password_file instead"]
-        if not given:
-            return ["rpc_url: needs one of rpc_password, rpc_password_file, rpc_cookie_file"]
-        if len(given) > 1:
-            return [f"give one of {', '.join(given)}, not several"]
-        problems: list[str] = []
-        if self.rpc_cookie_file is not None:
-            if self.rpc_user is not None:
-                problems.append("rpc_user: not used with rpc_cookie_file (the cookie names it)")
-        elif not self.rpc_user:
-            problems.append(f"rpc_user: required with {given[0]}")
-        if self.rpc_password_file is not None and not self.rpc_password_file.is_file():
-            problems.append(f"rpc_password_file: no such file {self.rpc_password_file}")
-        return problems
-
-    def _key_problems(self) -> list[str]:
-        problems: list[str] = []
-        if len(set(self.key_files)) != len(self.key_files):
-            problems.append("key_files: the same key is named twice")
-        for entry in self.key_files:
-            if entry.startswith("env:"):
-                name = entry.removeprefix("env:")
-                if not name or not os.environ.get(name):
-                    problems.append(f"key_files: the environment variable {name!r} is not set")
-            elif not Path(entry).is_file():
-                problems.append(f"key_files: no such file {entry}")
-        return problems
-
-    def _descriptor_problems(self) -> list[str]:
-        # Imported here: the descriptor is checked with the wallet's own parser (embit), which
-        # a command that never touches custody need not load.
-        from sluice.bitcoin.wallet import parse_descriptor
-
-        try:
-            parse_descriptor(self.descriptor, chain_named(self.network))
-        except InvalidInputError as exc:
-            return [f"descriptor: {exc}"]
-        return []
-
-    @property
-    def embedded(self) -> bool:
-        """No node configured: the embedded in-memory chain under the data directory."""
-        return self.rpc_url is None
-
-    def rpc_password_value(self) -> str | None:
-        """The node's password (inline or from its file); None with a cookie file."""
-        if self.rpc_password is not None:
-            return self.rpc_password.get_secret_value()
-        if self.rpc_password_file is not None:
-            return self.rpc_password_file.read_text().strip()
-        return None
 
 
 class DeploymentConfig(_Section):
