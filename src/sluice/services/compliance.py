@@ -7,11 +7,9 @@ and the audit records — into that same transaction. So an operation and the us
 commit together or not at all, and two concurrent operations of one customer cannot both slip under
 a limit: the customer's row is locked (PostgreSQL ``FOR UPDATE``) before the usage is read.
 
-What a session reads of a customer's usage is bounded, whatever their history: the hour and day
-totals and the edge records of the rolling windows (exact sums, see
-:class:`~sluice.domain.compliance.UsageWindows`), the latest operations the risk rules look at
-(at most ``RiskRules.recent_operations`` within the rules' longest window) and, for a payout, one
-indexed look-up of whether its counterparty was dealt with in the last 30 days.
+The session, what it reads of a customer's usage (bounded, whatever their history) and the
+:class:`UsageCache` that keeps usage across one writer's transactions live in
+:mod:`sluice.services.compliance_session`; their names are re-exported here.
 
 A denied operation still leaves a trace: the caller commits the session's writes (the audit record,
 a status change the risk rules made) without the operation, then raises the decision's error.
@@ -19,41 +17,46 @@ a status change the risk rules made) without the operation, then raises the deci
 
 from __future__ import annotations
 
-from bisect import bisect_right, insort
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
 from sluice.domain.amounts import format_amount
 from sluice.domain.audit import AuditEntry
 from sluice.domain.compliance import (
-    MONTH,
     OPERATIONS,
     ComplianceDecision,
     ComplianceRequest,
-    HeldDeposit,
     LimitLadder,
     Operation,
-    Profile,
     ReviewItem,
-    UsageRecord,
-    UsageSpan,
-    UsageWindows,
-    decide,
 )
 from sluice.domain.errors import InvalidInputError
 from sluice.domain.ledger import InstrumentId
-from sluice.domain.risk import CASH_OUT_OPERATIONS, RiskRules, assess_risk
+from sluice.domain.risk import RiskRules
 from sluice.domain.withdrawals import Withdrawal
 from sluice.ports import SanctionsScreen, UnitOfWork, UnitOfWorkFactory
-from sluice.ports.repositories import UsageWrite
+from sluice.services.compliance_session import AuditedAs, ComplianceSession, UsageCache
+
+# The session and the usage cache live in compliance_session; their names are re-exported so that
+# they stay importable from here.
+__all__ = [
+    "SYSTEM_ACTOR",
+    "AuditedAs",
+    "ComplianceSession",
+    "ComplianceSettings",
+    "KycRegistry",
+    "RegistryGate",
+    "UsageCache",
+    "batch_compliance_check",
+    "check_operation_allowed",
+    "describe_decisions",
+    "undo_failed_payouts",
+    "verify_operation_compliance",
+]
 
 SYSTEM_ACTOR = "system"
-
-# Given a decision, the operation its audit record is named for and the state change that record
-# adds (see ComplianceSession.decide).
-AuditedAs = Callable[[ComplianceDecision], tuple[str, dict[str, object]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,456 +118,6 @@ class KycRegistry:
             lock=lock,
             cache=cache,
         )
-
-
-_LAST_KEY = "\U0010ffff"  # after every operation id: (t, _LAST_KEY) follows every record at t
-
-
-@dataclass(slots=True)
-class _Kept:
-    """One customer's usage as a cache keeps it: the windows for decisions in their span, and
-    every usage row with ``(occurred_at, operation_id) >= complete_from`` and ``occurred_at <=
-    high`` for the risk rules, all as of usage version ``version``."""
-
-    version: int
-    windows: UsageWindows
-    recent: list[UsageRecord]
-    complete_from: tuple[datetime, str]
-    high: datetime
-
-
-class UsageCache:
-    """Customers' usage kept across the sessions of one writer (ingestion, batch after batch).
-
-    Every transaction that changes a customer's usage rows moves their usage version (see
-    ``ComplianceRepository.usage_versions``). A session reads the versions of its customers; one
-    still at the version kept — nobody else changed the usage since, and what this writer added
-    was kept along — is not read again: only the ranges the new span needs beyond the old one,
-    and the rows after the last time kept. Anyone else's change (a withdrawal request, a refund,
-    an officer's release, in this process or another) shows as another version, and the
-    customer is read afresh. What a session adds is trusted only once its transaction commits
-    (:meth:`commit`); a transaction that does not commit must :meth:`clear` the cache.
-    """
-
-    CUSTOMERS_MAX = 20_000  # kept at most; beyond, the cache starts over
-
-    def __init__(self) -> None:
-        self._kept: dict[str, _Kept] = {}
-        self._settled: dict[str, int] = {}  # the versions the open transaction leaves
-
-    def __len__(self) -> int:
-        return len(self._kept)
-
-    def clear(self) -> None:
-        self._kept.clear()
-        self._settled.clear()
-
-    def commit(self) -> None:
-        """The transaction that used the cache committed: keep what it left, at its versions."""
-        for customer_id, version in self._settled.items():
-            kept = self._kept.get(customer_id)
-            if kept is not None:
-                kept.version = version
-        self._settled.clear()
-        if len(self._kept) > self.CUSTOMERS_MAX:
-            self._kept.clear()
-
-    def _drop(self, customer_id: str) -> None:
-        self._kept.pop(customer_id, None)
-        self._settled.pop(customer_id, None)
-
-
-class ComplianceSession:
-    """The decisions of one transaction (see the module docstring)."""
-
-    def __init__(
-        self,
-        registry: KycRegistry,
-        uow: UnitOfWork,
-        customer_ids: Collection[str],
-        counterparties: Collection[str],
-        *,
-        since: datetime,
-        until: datetime | None,
-        operations: Collection[str],
-        lock: bool,
-        cache: UsageCache | None = None,
-    ) -> None:
-        self._registry = registry
-        self._uow = uow
-        self._cache = cache
-        rules = registry.settings.risk
-        self._recent_window, self._recent_count = rules.recent_window, rules.recent_operations
-        repo = uow.compliance
-        ids = sorted(set(customer_ids))
-        self.profiles: dict[str, Profile] = repo.profiles(ids, lock=lock) if ids else {}
-        self._windows: dict[str, UsageWindows] = {}
-        self._recent: dict[str, list[UsageRecord]] = {}
-        self._versions: dict[str, int] = {}
-        # The cache's rows of each customer, which the usage this session records joins too.
-        self._kept_recent: dict[str, list[UsageRecord]] = {}
-        if ids and cache is not None:
-            self._read_usage_kept(cache, ids, since, until or since, operations)
-        elif ids:
-            self._read_usage(ids, since, until or since, operations)
-        ladder = registry.settings.ladder
-        for (tier, operation), limits in repo.limit_overrides().items():
-            ladder = ladder.with_override(tier, operation, limits)
-        self.ladder = ladder
-        self._flagged: dict[str, str] = repo.flagged(set(counterparties)) if counterparties else {}
-        self._asked_flags: set[str] = set(counterparties)
-        self._new_usage: dict[str, list[UsageRecord]] = {}
-        self._profile_changes: dict[str, Profile] = {}
-        self._reviews: list[ReviewItem] = []
-        self._holds: list[HeldDeposit] = []
-        self._audit: list[AuditEntry] = []
-
-    # -- reading ----------------------------------------------------------------------------------
-
-    def _read_usage(
-        self,
-        customer_ids: Collection[str],
-        first: datetime,
-        last: datetime,
-        operations: Collection[str],
-    ) -> None:
-        repo = self._uow.compliance
-        rules = self._registry.settings.risk
-        self._windows.update(repo.usage_windows(customer_ids, first, last, operations))
-        self._recent.update(
-            repo.recent_usage(
-                customer_ids, first - rules.recent_window, last, rules.recent_operations
-            )
-        )
-
-    def _read_usage_kept(
-        self,
-        cache: UsageCache,
-        customer_ids: Sequence[str],
-        first: datetime,
-        last: datetime,
-        operations: Collection[str],
-    ) -> None:
-        """:meth:`_read_usage` through ``cache``: customers still at the version kept are read
-        only for what the span ``[first, last]`` needs beyond what is kept."""
-        repo = self._uow.compliance
-        rules = self._registry.settings.risk
-        window, count = rules.recent_window, rules.recent_operations
-        span = UsageSpan.of(first, last)
-        kinds = frozenset(operations)
-        self._versions = repo.usage_versions(customer_ids)
-        kept: dict[str, _Kept] = {}
-        for customer_id in customer_ids:
-            found = cache._kept.get(customer_id)
-            if (
-                found is not None
-                and found.version == self._versions[customer_id]
-                and found.windows.operations == kinds
-            ):
-                kept[customer_id] = found
-            else:
-                cache._drop(customer_id)
-        # The risk rules' rows after the last time kept: every one up to the span's end, so
-        # what is kept stays complete (grouped: one read per time kept).
-        by_high: dict[datetime, list[str]] = {}
-        for customer_id, found in kept.items():
-            if found.high < last:
-                by_high.setdefault(found.high, []).append(customer_id)
-        for high, group in by_high.items():
-            newer = repo.usage_between(group, high, last)
-            for customer_id in group:
-                found = kept[customer_id]
-                found.recent.extend(newer[customer_id])
-                found.high = last
-        # The slice a fresh read gives is the latest ``count`` rows in (first − window, last];
-        # kept rows give the same only if they hold all of those.
-        for customer_id in list(kept):
-            if not _slice_kept(kept[customer_id], first - window, last, count):
-                del kept[customer_id]
-                cache._drop(customer_id)
-        # The windows: only the ranges the span needs beyond the one kept (grouped by span).
-        by_span: dict[UsageSpan, dict[str, UsageWindows]] = {}
-        for customer_id, found in kept.items():
-            if found.windows.span != span:
-                by_span.setdefault(found.windows.span, {})[customer_id] = found.windows
-        for old_span, windows in by_span.items():
-            records, hours, days = span.beyond(old_span)
-            for found_windows in windows.values():
-                found_windows.retain(span)
-            repo.read_usage_ranges(windows, records, hours, days)
-        fresh = [customer_id for customer_id in customer_ids if customer_id not in kept]
-        if fresh:
-            windows_read = repo.usage_windows(fresh, first, last, operations)
-            recent_read = repo.recent_usage(fresh, first - window, last, count)
-            for customer_id in fresh:
-                recent = recent_read[customer_id]
-                complete_from = (
-                    (first - window, _LAST_KEY) if len(recent) < count else _record_order(recent[0])
-                )
-                kept[customer_id] = cache._kept[customer_id] = _Kept(
-                    self._versions[customer_id],
-                    windows_read[customer_id],
-                    list(recent),
-                    complete_from,
-                    last,
-                )
-        for customer_id, found in kept.items():
-            self._windows[customer_id] = found.windows
-            self._recent[customer_id] = _slice(found, first - window, last, count)
-            _prune_recent(found, first - window, count)
-            self._kept_recent[customer_id] = found.recent
-
-    def _usage_at(self, customer_id: str, operation: str, at: datetime) -> UsageWindows:
-        """The customer's usage read for decisions at ``at`` (read again if the session's span
-        does not cover it; what this session recorded and has not flushed is added back)."""
-        windows = self._windows.get(customer_id)
-        if windows is None or not windows.covers(operation, at):
-            if self._cache is not None:
-                self._cache._drop(customer_id)  # read afresh below, no longer what it keeps
-                self._kept_recent.pop(customer_id, None)
-            self._read_usage([customer_id], at, at, OPERATIONS)
-            windows = self._windows[customer_id]
-            for record in self._new_usage.get(customer_id, ()):
-                windows.add(record)
-                insort(self._recent[customer_id], record, key=_record_order)
-        return windows
-
-    def _recent_before(self, customer_id: str, at: datetime) -> list[UsageRecord]:
-        """The slice of recent operations the risk rules see for a decision at ``at``."""
-        recent = self._recent.get(customer_id)
-        if not recent:
-            return []
-        # The rows are in (time, operation id) order: the slice is found by halving.
-        low = bisect_right(recent, (at - self._recent_window, _LAST_KEY), key=_record_order)
-        high = bisect_right(recent, (at, _LAST_KEY), key=_record_order)
-        return recent[max(low, high - self._recent_count) : high]
-
-    def _counterparties_seen(self, request: ComplianceRequest, at: datetime) -> set[str]:
-        counterparty = request.counterparty
-        if counterparty is None or request.operation not in CASH_OUT_OPERATIONS:
-            return set()
-        return self._uow.compliance.counterparties_seen(
-            request.customer_id, [counterparty], at - MONTH, at
-        )
-
-    def listed(self, address: str) -> str | None:
-        """Why ``address`` may not be dealt with (flagged by an officer, or on the sanctions list),
-        or None."""
-        if address not in self._asked_flags:
-            self._flagged.update(self._uow.compliance.flagged([address]))
-            self._asked_flags.add(address)
-        reason = self._flagged.get(address)
-        if reason is not None:
-            return f"flagged ({reason})"
-        screen = self._registry.screen
-        if screen is not None:
-            hit = screen.screen_address(address)
-            if hit is not None:
-                return f"on the sanctions list ({hit.entity_id} {hit.entity_name})"
-        return None
-
-    # -- deciding -------------------------------------------------------------------------------
-
-    def decide(
-        self,
-        request: ComplianceRequest,
-        *,
-        operation_id: str,
-        at: datetime,
-        actor: str,
-        record: bool,
-        parameters: Mapping[str, object] | None = None,
-        audited_as: AuditedAs | None = None,
-    ) -> ComplianceDecision:
-        """Decide ``request`` at ``at``; when allowed and ``record``, its usage counts from now on
-        (for later decisions of this session too). Always audited: by a record of its own
-        (``compliance_check:<operation>``), or, with ``audited_as``, by the record of what the
-        caller does with the decision — the operation that names and the state change it adds
-        (ingestion credits or holds a deposit this way, one record for the decision and what
-        came of it)."""
-        rules = self._registry.settings.risk
-        profile = self.profiles.get(request.customer_id)
-        windows = self._usage_at(request.customer_id, request.operation, at)
-        daily, monthly = windows.used(request.operation, at)
-        current = UsageRecord(
-            operation_id, request.operation, request.amount, at, request.counterparty
-        )
-        risk = None
-        if profile is not None and request.amount > 0:
-            risk = assess_risk(
-                self._recent_before(request.customer_id, at),
-                current,
-                rules=rules,
-                limits=self.ladder.of(profile.tier, request.operation),
-                now=at,
-                counterparties_seen=self._counterparties_seen(request, at),
-            )
-        listed = self.listed(request.counterparty) if request.counterparty else None
-        decision = decide(
-            request,
-            profile,
-            ladder=self.ladder,
-            used_daily=daily,
-            used_monthly=monthly,
-            counterparty_listed=listed,
-            risk_score=risk.score if risk is not None else 0,
-            risk_threshold=rules.threshold,
-            risk_flags=risk.flag_names() if risk is not None else (),
-        )
-        changes: list[dict[str, object]] = []
-        if decision.allowed and record:
-            windows.add(current)
-            insort(self._recent.setdefault(request.customer_id, []), current, key=_record_order)
-            kept_recent = self._kept_recent.get(request.customer_id)
-            if kept_recent is not None:
-                insort(kept_recent, current, key=_record_order)
-            self._new_usage.setdefault(request.customer_id, []).append(current)
-            changes.append(
-                {
-                    "usage": request.operation,
-                    "amount": format_amount(request.amount),
-                    "daily_used": format_amount(daily + request.amount),
-                    "monthly_used": format_amount(monthly + request.amount),
-                }
-            )
-        over = risk is not None and risk.over_threshold
-        if over and profile is not None and risk is not None and profile.status == "active":
-            reason = f"risk score {risk.score}: {', '.join(risk.flag_names())}"
-            self.set_profile(
-                replace(profile, status="under_review", status_reason=reason, risk_score=risk.score)
-            )
-            self.open_review(
-                ReviewItem(
-                    id=f"risk:{request.customer_id}:{operation_id}",
-                    kind="risk",
-                    reason=reason,
-                    opened_at=at,
-                    customer_id=request.customer_id,
-                    subject=operation_id,
-                )
-            )
-            changes.append({"status": "under_review", "was": "active", "reason": reason})
-        operation = f"compliance_check:{request.operation}"
-        if audited_as is not None:
-            operation, outcome = audited_as(decision)
-            changes.append(outcome)
-        self.audit(
-            AuditEntry(
-                operation_id=operation_id,
-                operation=operation,
-                actor=actor,
-                recorded_at=at,
-                customer_id=request.customer_id,
-                kyc=profile.as_dict() if profile is not None else None,
-                parameters={
-                    "operation": request.operation,
-                    "amount": format_amount(request.amount),
-                    "counterparty": request.counterparty,
-                    **(parameters or {}),
-                },
-                checks=[check.as_dict() for check in decision.checks],
-                state_changes=changes,
-                error=None if decision.allowed else f"{decision.code}: {decision.summary()}",
-            )
-        )
-        return decision
-
-    # -- writing ----------------------------------------------------------------------------------
-
-    def set_profile(self, profile: Profile) -> None:
-        self.profiles[profile.customer_id] = profile
-        self._profile_changes[profile.customer_id] = profile
-
-    def open_review(self, review: ReviewItem) -> None:
-        self._reviews.append(review)
-
-    def hold(self, held: HeldDeposit) -> None:
-        self._holds.append(held)
-
-    def audit(self, entry: AuditEntry) -> None:
-        self._audit.append(entry)
-
-    def flush(self) -> None:
-        """Write what the session decided into the caller's transaction (the caller commits)."""
-        repo = self._uow.compliance
-        if self._new_usage:
-            written = repo.record_usage_of(self._new_usage)
-            if self._cache is not None:
-                self._settle_cache(self._cache, written)
-        changed_at = max((entry.recorded_at for entry in self._audit), default=None)
-        for profile in self._profile_changes.values():
-            assert changed_at is not None, "a status change is always audited"
-            repo.set_profile(
-                profile.customer_id,
-                at=changed_at,
-                status=profile.status,
-                status_reason=profile.status_reason,
-                risk_score=profile.risk_score,
-            )
-        for held in self._holds:
-            repo.add_hold(held)
-        for review in self._reviews:
-            repo.open_review(review)
-        if self._audit:
-            self._uow.audit.append(self._audit)
-        self._new_usage = {}
-        self._profile_changes = {}
-        self._holds = []
-        self._reviews = []
-        self._audit = []
-
-    def _settle_cache(self, cache: UsageCache, written: UsageWrite) -> None:
-        """What the cache may keep once this transaction commits: a customer whose every new
-        row went in and whose version moved by exactly this write (nobody else's in between)."""
-        for customer_id, records in self._new_usage.items():
-            version = written.versions.get(customer_id)
-            if (
-                customer_id in cache._kept
-                and version == self._versions.get(customer_id, -2) + 1
-                and all(record.operation_id in written.inserted for record in records)
-            ):
-                cache._settled[customer_id] = version
-            else:
-                cache._drop(customer_id)
-
-
-def _record_order(record: UsageRecord) -> tuple[datetime, str]:
-    return (record.occurred_at, record.operation_id)
-
-
-def _slice_kept(kept: _Kept, start: datetime, last: datetime, count: int) -> bool:
-    """Whether the kept rows hold the latest ``count`` rows in ``(start, last]`` as the
-    database has them: all rows after ``start`` are kept, or at least ``count`` of them (every
-    row from ``complete_from`` on is)."""
-    if kept.complete_from <= (start, _LAST_KEY):
-        return True
-    return sum(1 for record in kept.recent if start < record.occurred_at <= last) >= count
-
-
-def _slice(kept: _Kept, start: datetime, last: datetime, count: int) -> list[UsageRecord]:
-    """The latest ``count`` kept rows in ``(start, last]``, oldest first: what
-    ``recent_usage(…, start, last, count)`` reads (see :func:`_slice_kept`)."""
-    rows = [record for record in kept.recent if start < record.occurred_at <= last]
-    return rows[-count:]
-
-
-def _prune_recent(kept: _Kept, start: datetime, count: int) -> None:
-    """Forget the rows no later slice needs while time moves on: those at or before ``start``,
-    and all but the latest ``count`` (a later slice ends at a later time, so its latest rows are
-    among these and the ones added after)."""
-    recent = kept.recent
-    by_time = 0
-    while by_time < len(recent) and recent[by_time].occurred_at <= start:
-        by_time += 1
-    # Every row after ``start`` is still kept (from complete_from on)…
-    complete_from = max(kept.complete_from, (start, _LAST_KEY))
-    cut = by_time
-    if len(recent) - count > by_time:
-        # … unless older ones go by count: then complete from the oldest one kept.
-        cut = len(recent) - count
-        complete_from = _record_order(recent[cut])
-    del recent[:cut]
-    kept.complete_from = complete_from
 
 
 # --- the one call, and its batch form ---------------------------------------------------------
