@@ -34,8 +34,10 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix src tests
 	$(BIN)/ruff format src tests
 
+# The suite runs on TEST_WORKERS processes (pytest-xdist); TEST_WORKERS=0 runs it in this one.
+TEST_WORKERS ?= 2
 test: lint tools
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS)
 
 # Programs the tests drive besides Python: wrk (the API benchmark's load generator) and litecoind
 # (Debian's Litecoin Core, the real node of the Bitcoin custody tests, run in -regtest).
