@@ -366,9 +366,7 @@ def test_deposit_from_a_flagged_sender_is_held_and_released_to_the_customer_by_a
     # The hold and the refused decision behind it are one record.
     (held_record,) = [r.entry for r in records if r.entry.operation == "deposit_held"]
     assert held_record.error is not None and held_record.error.startswith("22: ")
-    assert [c["name"] for c in held_record.checks if not c["passed"]] == [
-        "sanctions_counterparty"
-    ]
+    assert [c["name"] for c in held_record.checks if not c["passed"]] == ["sanctions_counterparty"]
     assert held_record.state_changes == [{"credited": "compliance_hold"}]
 
     released = release_hold(
