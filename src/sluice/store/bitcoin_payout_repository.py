@@ -30,7 +30,7 @@ from sluice.ports.bitcoin_payouts import (
     PayoutAssignment,
     PayoutRecord,
 )
-from sluice.store import tables as t
+from sluice.store.bitcoin_rows import insert_address, insert_alert, next_derivation_index
 from sluice.store.bitcoin_tables import btc_addresses, btc_batches, btc_blocks, btc_outputs
 from sluice.store.bitcoin_tables import btc_payouts as payouts_table
 from sluice.store.rows import insert_for, is_postgresql, optional_time, time_of, to_json, ts
@@ -544,44 +544,18 @@ class SqlBitcoinPayoutRepository:
     # -- change addresses and alerts ---------------------------------------------------------
 
     def next_change_index(self) -> int:
-        value = self._connection.execute(
-            select(func.max(btc_addresses.c.derivation_index)).where(
-                btc_addresses.c.branch == CHANGE_BRANCH
-            )
-        ).scalar()
-        return 0 if value is None else int(value) + 1
+        return next_derivation_index(self._connection, CHANGE_BRANCH)
 
     def add_change_address(self, address: str, script_hex: str, index: int, at: datetime) -> bool:
-        statement: Executable = (
-            insert_for(self._connection, btc_addresses)
-            .values(
-                address=address,
-                script_hex=script_hex,
-                branch=CHANGE_BRANCH,
-                derivation_index=index,
-                customer_id=None,
-                created_at=ts(at),
-                funded_at=None,
-            )
-            .on_conflict_do_nothing()
-            .returning(literal_column("1"))
+        return insert_address(
+            self._connection,
+            address=address,
+            script_hex=script_hex,
+            branch=CHANGE_BRANCH,
+            index=index,
+            customer_id=None,
+            created_at=at,
         )
-        return self._connection.execute(statement).first() is not None
 
     def add_alert(self, alert: Alert, at: datetime) -> bool:
-        statement: Executable = (
-            insert_for(self._connection, t.alerts)
-            .values(
-                id=alert.id,
-                severity=alert.severity,
-                kind=alert.kind,
-                message=alert.message,
-                update_id=alert.update_id,
-                details=json.dumps(dict(alert.details), sort_keys=True),
-                created_at=ts(at),
-                acknowledged_at=None,
-            )
-            .on_conflict_do_nothing(index_elements=["id"])
-            .returning(literal_column("1"))
-        )
-        return self._connection.execute(statement).first() is not None
+        return insert_alert(self._connection, alert, at)

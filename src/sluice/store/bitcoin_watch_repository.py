@@ -66,6 +66,7 @@ from sluice.ports.bitcoin_watch import (
     WatchedBlock,
 )
 from sluice.store import tables as t
+from sluice.store.bitcoin_rows import insert_address, insert_alert, next_derivation_index
 from sluice.store.bitcoin_tables import btc_addresses, btc_blocks, btc_outputs
 from sluice.store.bulk import execute_many, select_rows
 from sluice.store.records import _now
@@ -191,30 +192,19 @@ class SqlBitcoinWatchRepository:
         return self._c.execute(query).first() is not None
 
     def next_index(self, branch: int) -> int:
-        highest = self._c.execute(
-            select(func.max(btc_addresses.c.derivation_index)).where(
-                btc_addresses.c.branch == branch
-            )
-        ).scalar_one_or_none()
-        return 0 if highest is None else int(highest) + 1
+        return next_derivation_index(self._c, branch)
 
     def add_address(self, address: CustodyAddress) -> bool:
-        statement = (
-            insert_for(self._c, btc_addresses)
-            .values(
-                address=address.address,
-                script_hex=address.script_hex,
-                branch=address.branch,
-                derivation_index=address.index,
-                customer_id=address.customer_id,
-                created_at=ts(address.created_at),
-                funded_at=ts(address.funded_at),
-            )
-            # No conflict target: any of the unique keys (address, script, branch + index).
-            .on_conflict_do_nothing()
-            .returning(btc_addresses.c.address)
+        return insert_address(
+            self._c,
+            address=address.address,
+            script_hex=address.script_hex,
+            branch=address.branch,
+            index=address.index,
+            customer_id=address.customer_id,
+            created_at=address.created_at,
+            funded_at=address.funded_at,
         )
-        return self._c.execute(statement).first() is not None
 
     def latest_address(self, customer_id: str) -> CustodyAddress | None:
         table = btc_addresses
@@ -437,25 +427,7 @@ class SqlBitcoinWatchRepository:
         return [output_from_row(row) for row in rows]
 
     def add_alerts(self, alerts: Sequence[Alert], at: datetime) -> int:
-        added = 0
-        for alert in alerts:
-            statement = (
-                insert_for(self._c, t.alerts)
-                .values(
-                    id=alert.id,
-                    severity=alert.severity,
-                    kind=alert.kind,
-                    message=alert.message,
-                    update_id=alert.update_id,
-                    details=json.dumps(dict(alert.details), sort_keys=True),
-                    created_at=ts(at),
-                    acknowledged_at=None,
-                )
-                .on_conflict_do_nothing(index_elements=["id"])
-                .returning(t.alerts.c.id)
-            )
-            added += self._c.execute(statement).first() is not None
-        return added
+        return sum(insert_alert(self._c, alert, at) for alert in alerts)
 
     # -- outputs -------------------------------------------------------------------------------
 
