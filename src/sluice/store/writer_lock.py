@@ -153,8 +153,14 @@ class PgWriterLock:
         return known or f"PostgreSQL backend {backend} ({name or 'no application name'})"
 
     def release(self) -> None:
-        # Closing the session releases a session-level advisory lock; no unlock call is needed
-        # (and none could reach a broken session).
+        # Unlock first: the server drops a closed session's locks only once its backend has
+        # gone, a moment after the close returns, and a standby asking in between would be
+        # refused. A session that cannot be reached is closed all the same, and its lock goes
+        # with it.
+        session = self._session
+        if session is not None and self._held:
+            with contextlib.suppress(psycopg.Error):
+                session.execute("SELECT pg_advisory_unlock(%s)", (self.key,))
         self._discard()
 
     def _discard(self) -> None:
