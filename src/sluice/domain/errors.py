@@ -182,3 +182,19 @@ class InvalidAddressError(InvalidInputError):
 
     code = 64
     error = "invalid_address"
+
+
+class MintGuardError(SluiceError):
+    """A mint would take iSTSi supply above confirmed reserves minus pending redemptions (the
+    mint guard): refused, and minting halts."""
+
+    code = 30
+    error = "mint_guard_breach"
+
+
+class MintingHaltedError(SluiceError):
+    """Minting is halted (a guard breach, or a minted deposit a reorg removed) until an
+    officer's approved action resumes it."""
+
+    code = 31
+    error = "minting_halted"

@@ -6,6 +6,7 @@ from alembic import context
 from sqlalchemy import Connection
 
 import sluice.store.bitcoin_tables  # noqa: F401  (registers its tables on the metadata)
+import sluice.store.issuance_tables  # noqa: F401
 from sluice.store.tables import metadata
 
 connection: Connection | None = context.config.attributes.get("connection")
