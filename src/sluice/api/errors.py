@@ -22,6 +22,7 @@ from sluice.domain.audit import current_correlation_id
 from sluice.domain.errors import (
     ApprovalRequiredError,
     ComplianceError,
+    DuplicateOperationError,
     InsufficientKycTierError,
     RateLimitedError,
     SluiceError,
@@ -106,6 +107,8 @@ def details_of(exc: SluiceError) -> dict[str, Any]:
         details["required_tier"] = exc.required_tier
     if isinstance(exc, RateLimitedError):
         details["retry_after_s"] = round(exc.retry_after_s, 3)
+    if isinstance(exc, DuplicateOperationError) and exc.first is not None:
+        details["first"] = dict(exc.first)
     if isinstance(exc, ApprovalRequiredError):
         details["approval_id"] = exc.approval_id
     field = getattr(exc, "field", None)

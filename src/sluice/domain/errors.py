@@ -5,6 +5,9 @@ Input errors also subclass :class:`ValueError`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 
 class SluiceError(Exception):
     """Root of every error sluice raises on purpose."""
@@ -58,8 +61,15 @@ class InvalidOperationStateError(SluiceError):
 
 
 class DuplicateOperationError(SluiceError):
+    """The operation id was used before. ``first`` (JSON) is the first operation's result, when
+    the flow answers it with the error."""
+
     code = 42
     error = "duplicate_operation"
+
+    def __init__(self, message: str, *, first: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.first = first
 
 
 class NotFoundError(SluiceError, LookupError):
