@@ -44,6 +44,7 @@ from sluice.ports import (
     WriterLock,
     WriterLockError,
 )
+from sluice.ports.issuance import IssuanceRepository
 
 STANDBY_POLL_INTERVAL_S = 0.5
 
@@ -190,6 +191,7 @@ class _FencedUnitOfWork:
     accounts: AccountsRepository
     btc_watch: BitcoinWatchRepository
     btc_payouts: BitcoinPayoutRepository
+    issuance: IssuanceRepository
 
     def __init__(self, inner: UnitOfWork, lock: WriterLock) -> None:
         self._inner = inner
@@ -209,6 +211,7 @@ class _FencedUnitOfWork:
         self.accounts = work.accounts
         self.btc_watch = work.btc_watch
         self.btc_payouts = work.btc_payouts
+        self.issuance = work.issuance
         return self
 
     def __exit__(self, *exc_info: object) -> None:

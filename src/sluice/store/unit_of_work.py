@@ -22,12 +22,14 @@ from sluice.ports import (
     UnitOfWork,
     WithdrawalRepository,
 )
+from sluice.ports.issuance import IssuanceRepository
 from sluice.store.access_repository import SqlAccessRepository
 from sluice.store.account_repository import SqlAccountsRepository
 from sluice.store.audit_repository import SqlAuditLog
 from sluice.store.bitcoin_payout_repository import SqlBitcoinPayoutRepository
 from sluice.store.bitcoin_watch_repository import SqlBitcoinWatchRepository
 from sluice.store.compliance_repository import SqlComplianceRepository
+from sluice.store.issuance_repository import SqlIssuanceRepository
 from sluice.store.repositories import (
     SqlBooksRepository,
     SqlIngestionRepository,
@@ -48,6 +50,7 @@ class SqlUnitOfWork:
     accounts: AccountsRepository
     btc_watch: BitcoinWatchRepository
     btc_payouts: BitcoinPayoutRepository
+    issuance: IssuanceRepository
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -68,6 +71,7 @@ class SqlUnitOfWork:
         self.accounts = SqlAccountsRepository(connection)
         self.btc_watch = SqlBitcoinWatchRepository(connection)
         self.btc_payouts = SqlBitcoinPayoutRepository(connection)
+        self.issuance = SqlIssuanceRepository(connection)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
