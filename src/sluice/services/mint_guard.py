@@ -1,0 +1,295 @@
+"""The mint guard (Chainlink Secure Mint's rule): iSTSi is minted only while
+
+    supply + amount ≤ confirmed reserves − pending redemptions
+
+and the check is made in the same database transaction that records the mint.
+
+What makes it safe:
+
+* **Checked and recorded together, one at a time.** :func:`record_mint` takes the guard's lock
+  (``IssuanceRepository.lock_guard``: a row lock on PostgreSQL, the write lock on SQLite) before
+  it reads the figures, and inserts the mint record (``submitted``) in that same transaction. A
+  recorded mint counts in the supply from then on (whether or not it was sent), so two
+  concurrent mints each see the other's amount: together they never exceed the reserves.
+* **The ledger's supply counts too.** ``supply`` is the larger of our records' and the ledger's
+  (read just before the transaction): a mint made outside sluice cannot be hidden by our records.
+* **Recorded before sent, sent with its record's id.** The ledger command id is the record's
+  id; :func:`send_mint` may be called again after a crash or an unclear answer and the ledger's
+  command deduplication answers the first result: one mint per record, whatever happens.
+* **A breach stops everything.** A refused check rolls the mint back, then halts minting (in
+  a new transaction: the halt must survive the refusal), raises a critical alert and an audit
+  record. Every later mint is refused (:class:`MintingHaltedError`, 31) until an approved
+  ``issuance.resume_minting`` runs :func:`resume_minting`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from sluice.domain.audit import AuditEntry
+from sluice.domain.deposits import Alert
+from sluice.domain.errors import InvalidInputError, MintGuardError, MintingHaltedError
+from sluice.domain.ledger import format_timestamp
+from sluice.ports import UnitOfWork, UnitOfWorkFactory
+from sluice.ports.issuance import (
+    IssuerRejectedError,
+    IssuerResult,
+    MintRecord,
+)
+from sluice.services.issuance_settings import IssuanceContext
+
+log = structlog.get_logger("sluice.issuance")
+
+ACTOR = "mint-guard"
+
+
+def record_mint(ctx: IssuanceContext, mint: MintRecord, *, actor: str) -> MintRecord:
+    """Check the guard and record ``mint`` (``submitted``) in one transaction; the record as
+    stored. A mint already recorded under this id is answered as it is (it passed the guard
+    when it was recorded). Minting halted: :class:`MintingHaltedError` (31). The guard
+    refusing: minting halts (critical alert, audited) and :class:`MintGuardError` (30)."""
+    if mint.amount_sats <= 0:
+        raise ValueError(f"a mint is of a positive number of satoshis: {mint.amount_sats}")
+    ledger_supply = ctx.issuer.supply()
+    with ctx.uow() as uow:
+        repo = uow.issuance
+        state = repo.lock_guard()
+        if state.minting_halted:
+            raise MintingHaltedError(
+                f"minting is halted ({state.halted_reason or 'no reason given'}): the mint "
+                f"{mint.id} waits until an approved resume_minting"
+            )
+        existing = repo.get_mint(mint.id)
+        if existing is not None:
+            return existing
+        figures = repo.guard_figures()
+        supply = max(figures.supply, ledger_supply)
+        if supply + mint.amount_sats > figures.reserves - figures.pending_redemptions:
+            uow.rollback()
+            breach = (
+                f"the mint {mint.id} of {mint.amount_sats} sats would take the supply of "
+                f"{supply} sats above the reserves of {figures.reserves} sats less "
+                f"{figures.pending_redemptions} sats of pending redemptions"
+            )
+            refused = True
+        else:
+            refused = False
+            repo.insert_mint(mint)
+            uow.audit.append(
+                [
+                    AuditEntry(
+                        operation_id=mint.operation_id,
+                        operation="issuance_mint_recorded",
+                        actor=actor,
+                        recorded_at=mint.created_at,
+                        customer_id=mint.customer_id,
+                        parameters={
+                            "mint_id": mint.id,
+                            "owner": mint.owner,
+                            "amount_sats": mint.amount_sats,
+                            "reason": mint.reason,
+                        },
+                        checks=[
+                            {
+                                "check": "mint_guard",
+                                "supply_sats": supply,
+                                "ledger_supply_sats": ledger_supply,
+                                "reserves_sats": figures.reserves,
+                                "pending_redemptions_sats": figures.pending_redemptions,
+                                "passed": True,
+                            }
+                        ],
+                        state_changes=[{"mint": mint.id, "status": mint.status}],
+                    )
+                ]
+            )
+            uow.commit()
+    if not refused:
+        return mint
+    details = {
+        "mint_id": mint.id,
+        "operation_id": mint.operation_id,
+        "amount_sats": str(mint.amount_sats),
+        "supply_sats": str(supply),
+        "ledger_supply_sats": str(ledger_supply),
+        "reserves_sats": str(figures.reserves),
+        "pending_redemptions_sats": str(figures.pending_redemptions),
+    }
+    halt_minting(
+        ctx.uow,
+        reason=breach,
+        kind="mint_guard_breach",
+        details=details,
+        at=ctx.clock(),
+        actor=actor,
+        alert_id=f"mint_guard_breach:{mint.id}",
+    )
+    log.error("mint guard breach: minting halted", **details)
+    raise MintGuardError(breach)
+
+
+def send_mint(ctx: IssuanceContext, mint: MintRecord) -> IssuerResult:
+    """Send a recorded mint to the ledger (command id = the record's id) and record its result:
+    ``committed`` with the update id; refused by the ledger → ``failed`` and the error raised
+    again. :class:`~sluice.ports.issuance.IssuerOutcomeUnknownError` is raised as it is: send the
+    same record again."""
+    try:
+        result = ctx.issuer.mint(
+            mint.owner, mint.amount_sats, reason=mint.reason, command_id=mint.id
+        )
+    except IssuerRejectedError as exc:
+        with ctx.uow() as uow:
+            uow.issuance.set_mint_status(mint.id, "failed")
+            uow.audit.append([_sent_entry(mint, ctx.clock(), "failed", error=str(exc))])
+            uow.commit()
+        raise
+    with ctx.uow() as uow:
+        current = uow.issuance.get_mint(mint.id)
+        if current is None or current.status != "committed":
+            uow.issuance.set_mint_status(mint.id, "committed", update_id=result.update_id)
+            uow.audit.append([_sent_entry(mint, ctx.clock(), "committed", result=result)])
+            uow.commit()
+    return result
+
+
+def _sent_entry(
+    mint: MintRecord,
+    at: datetime,
+    status: str,
+    *,
+    result: IssuerResult | None = None,
+    error: str | None = None,
+) -> AuditEntry:
+    return AuditEntry(
+        operation_id=mint.operation_id,
+        operation="issuance_mint_sent",
+        actor=ACTOR,
+        recorded_at=at,
+        customer_id=mint.customer_id,
+        parameters={"mint_id": mint.id, "owner": mint.owner, "amount_sats": mint.amount_sats},
+        state_changes=[
+            {
+                "mint": mint.id,
+                "status": status,
+                **({"update_id": result.update_id} if result else {}),
+            }
+        ],
+        error=error,
+    )
+
+
+def halt_minting_in(
+    uow: UnitOfWork,
+    *,
+    reason: str,
+    kind: str,
+    details: Mapping[str, str],
+    at: datetime,
+    actor: str,
+    alert_id: str | None = None,
+) -> None:
+    """Halt minting in the caller's transaction (the caller commits): the switch, a critical
+    alert of ``kind`` and an audit record. Already halted: the first reason stays, the alert and
+    the record are added (each event is reported)."""
+    repo = uow.issuance
+    state = repo.lock_guard()
+    if not state.minting_halted:
+        repo.set_minting_halted(True, reason=reason, at=at)
+    repo.add_alerts(
+        [
+            Alert(
+                id=alert_id or f"{kind}:{format_timestamp(at)}",
+                severity="critical",
+                kind=kind,
+                message=f"minting halted: {reason}",
+                details=dict(details),
+            )
+        ],
+        at,
+    )
+    uow.audit.append(
+        [
+            AuditEntry(
+                operation_id=alert_id or f"{kind}:{format_timestamp(at)}",
+                operation="issuance_minting_halted",
+                actor=actor,
+                recorded_at=at,
+                parameters={"reason": reason, "kind": kind, **details},
+                state_changes=[
+                    {
+                        "minting_halted": True,
+                        "was": state.minting_halted,
+                    }
+                ],
+            )
+        ]
+    )
+
+
+def halt_minting(
+    uow_factory: UnitOfWorkFactory,
+    *,
+    reason: str,
+    kind: str,
+    details: Mapping[str, str],
+    at: datetime,
+    actor: str,
+    alert_id: str | None = None,
+) -> None:
+    """Halt minting in a transaction of its own (see :func:`halt_minting_in`)."""
+    with uow_factory() as uow:
+        halt_minting_in(
+            uow, reason=reason, kind=kind, details=details, at=at, actor=actor, alert_id=alert_id
+        )
+        uow.commit()
+
+
+def resume_minting(
+    uow_factory: UnitOfWorkFactory, *, reason: str, actor: str, at: datetime
+) -> None:
+    """Resume minting (the executor of the approved ``issuance.resume_minting``). Audited; run
+    again once minting is on, it changes nothing."""
+    if not reason.strip():
+        raise InvalidInputError("resuming minting needs a reason")
+    with uow_factory() as uow:
+        repo = uow.issuance
+        state = repo.lock_guard()
+        if not state.minting_halted:
+            return
+        repo.set_minting_halted(False, reason=None, at=at)
+        uow.audit.append(
+            [
+                AuditEntry(
+                    operation_id=f"resume_minting:{format_timestamp(at)}",
+                    operation="issuance_minting_resumed",
+                    actor=actor,
+                    recorded_at=at,
+                    parameters={"reason": reason, "halted_reason": state.halted_reason},
+                    state_changes=[{"minting_halted": False, "was": True}],
+                )
+            ]
+        )
+        uow.commit()
+    log.warning("minting resumed", actor=actor, reason=reason)
+
+
+def guard_status(ctx: IssuanceContext) -> dict[str, Any]:
+    """The guard's figures now, in satoshis, and the switch."""
+    ledger_supply = ctx.issuer.supply()
+    with ctx.uow() as uow:
+        figures = uow.issuance.guard_figures()
+        state = uow.issuance.minting_state()
+    supply = max(figures.supply, ledger_supply)
+    return {
+        "supply_sats": supply,
+        "ledger_supply_sats": ledger_supply,
+        "reserves_sats": figures.reserves,
+        "pending_redemptions_sats": figures.pending_redemptions,
+        "headroom_sats": figures.reserves - figures.pending_redemptions - supply,
+        "minting_halted": state.minting_halted,
+        "halted_reason": state.halted_reason,
+    }
