@@ -1216,7 +1216,7 @@ def test_remote_ledger_raises_the_ledgers_own_errors(world: World) -> None:
             remote.transfer(world.alice, world.treasury, world.coin, 1, command_id="once")
         assert duplicate.value.first == first
         with pytest.raises(NotFoundError):
-            remote.call("burn", owner=world.alice)
+            remote.call("set_policy", instrument=world.coin)
         with pytest.raises(InvalidInputError, match="unknown arguments"):
             remote.call("time", when="now")
         with pytest.raises(InvalidInputError, match="hint"):

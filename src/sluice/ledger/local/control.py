@@ -26,6 +26,8 @@ from sluice.domain.ledger import (
     Holding,
     InstrumentId,
     Lock,
+    Transfer,
+    TransferInstruction,
     TransferKind,
     format_timestamp,
     parse_timestamp,
@@ -41,7 +43,7 @@ from .engine import (
     LedgerError,
     ResponseLostError,
 )
-from .registry import RegistryPolicy
+from .registry import InstrumentConfig, RegistryPolicy
 
 CONTROL_PATH = "/sandbox/v1"
 
@@ -181,6 +183,15 @@ CONTROL_METHODS: Mapping[str, Mapping[str, tuple[Decoder, bool]]] = {
         "command_id": (_text, False),
         "max_record_time": (_time, False),
     },
+    "burn": {
+        "owner": (_text, True),
+        "instrument": (_instrument, True),
+        "amount": (_amount, True),
+        "inputs": (_texts, False),
+        "reason": (_text, False),
+        "command_id": (_text, False),
+        "max_record_time": (_time, False),
+    },
     "transfer": {
         "sender": (_text, True),
         "receiver": (_text, True),
@@ -198,6 +209,13 @@ CONTROL_METHODS: Mapping[str, Mapping[str, tuple[Decoder, bool]]] = {
     "accept": _INSTRUCTION_CHOICE,
     "reject": _INSTRUCTION_CHOICE,
     "withdraw": _INSTRUCTION_CHOICE,
+    "admin_update": {
+        "instruction_cid": (_text, True),
+        "approve": (_flag, True),
+        "reason": (_text, False),
+        "command_id": (_text, False),
+        "max_record_time": (_time, False),
+    },
     "advance": {"seconds": (_number, True)},
     "set_time": {"time": (_time, True)},
     "time": {},
@@ -205,6 +223,8 @@ CONTROL_METHODS: Mapping[str, Mapping[str, tuple[Decoder, bool]]] = {
     "ledger_end": {"node_or_party": (_text, True)},
     "update_count": {},
     "active_holdings": {"party": (_text, True), "instrument": (_instrument, False)},
+    "active_instructions": {"party": (_text, True)},
+    "instrument_config": {"instrument": (_instrument, True)},
     "supply": {"instrument": (_instrument, True)},
     "totals": {"instrument": (_instrument, True)},
     "expire_instructions": {"admin": (_text, False)},
@@ -286,7 +306,25 @@ def to_json(value: object) -> Any:
             "fees": format_amount(value.fees),
             "supply": format_amount(value.supply),
         }
-    if isinstance(value, RegistryPolicy):
+    if isinstance(value, TransferInstruction):
+        transfer = value.transfer
+        return {
+            "contract_id": value.contract_id,
+            "status": value.status,
+            "original_instruction_cid": value.original_instruction_cid,
+            "meta": dict(value.meta),
+            "transfer": {
+                "sender": transfer.sender,
+                "receiver": transfer.receiver,
+                "amount": format_amount(transfer.amount),
+                "instrument": transfer.instrument.as_json(),
+                "requested_at": format_timestamp(transfer.requested_at),
+                "execute_before": format_timestamp(transfer.execute_before),
+                "input_holding_cids": list(transfer.input_holding_cids),
+                "meta": dict(transfer.meta),
+            },
+        }
+    if isinstance(value, RegistryPolicy | InstrumentConfig):
         return value.as_json()
     if isinstance(value, Mapping):
         return {str(k): to_json(v) for k, v in value.items()}
@@ -328,6 +366,26 @@ def holding_from_json(data: Mapping[str, Any]) -> Holding:
         instrument=InstrumentId(data["instrument"]["admin"], data["instrument"]["id"]),
         amount=Decimal(data["amount"]),
         lock=lock,
+    )
+
+
+def instruction_from_json(data: Mapping[str, Any]) -> TransferInstruction:
+    transfer = data["transfer"]
+    return TransferInstruction(
+        contract_id=data["contract_id"],
+        transfer=Transfer(
+            sender=transfer["sender"],
+            receiver=transfer["receiver"],
+            amount=Decimal(transfer["amount"]),
+            instrument=InstrumentId(transfer["instrument"]["admin"], transfer["instrument"]["id"]),
+            requested_at=parse_timestamp(transfer["requested_at"]),
+            execute_before=parse_timestamp(transfer["execute_before"]),
+            input_holding_cids=tuple(transfer.get("input_holding_cids") or ()),
+            meta=dict(transfer.get("meta") or {}),
+        ),
+        status=data["status"],
+        original_instruction_cid=data.get("original_instruction_cid"),
+        meta=dict(data.get("meta") or {}),
     )
 
 

@@ -8,7 +8,10 @@ ledger over the JSON Ledger API.
 
 JSON forms: amounts are decimal strings, times RFC 3339 text, an ``InstrumentId`` is
 ``{"admin", "id"}``, a ``RegistryPolicy`` an object of its fields, a ``CommandResult`` / ``Holding``
-/ ``InstrumentTotals`` an object of their fields. An error is ``{"code", "error", "message",
+/ ``InstrumentTotals`` an object of their fields, an ``InstrumentConfig`` its registry form
+(``{"admin", "id", "name", "symbol", "decimals", "policy"}``), a ``TransferInstruction``
+``{"contract_id", "status", "original_instruction_cid", "meta", "transfer": {...}}`` with the
+transfer's fields. An error is ``{"code", "error", "message",
 "type"}`` (the sluice error's code and name, and its class) with a 4xx status.
 
 :class:`RemoteLedger` is the client: the same method names, arguments and Python types as the
@@ -27,7 +30,13 @@ from typing import Any
 
 import httpx
 
-from sluice.domain.ledger import Holding, InstrumentId, TransferKind, parse_timestamp
+from sluice.domain.ledger import (
+    Holding,
+    InstrumentId,
+    TransferInstruction,
+    TransferKind,
+    parse_timestamp,
+)
 
 from .control import (
     CONTROL_METHODS,
@@ -38,10 +47,11 @@ from .control import (
     error_from_json,
     error_json,
     holding_from_json,
+    instruction_from_json,
     to_json,
 )
 from .engine import CommandResult, InstrumentTotals
-from .registry import RegistryPolicy
+from .registry import InstrumentConfig, RegistryPolicy
 
 # --- the client ----------------------------------------------------------------------------------
 
@@ -116,6 +126,9 @@ class RemoteLedger:
         )
         return InstrumentId(found["admin"], found["id"])
 
+    def instrument_config(self, instrument: InstrumentId) -> InstrumentConfig:
+        return InstrumentConfig.from_json(self.call("instrument_config", instrument=instrument))
+
     def preapproval_id(self, receiver: str, instrument: InstrumentId) -> str | None:
         found = self.call("preapproval_id", receiver=receiver, instrument=instrument)
         return None if found is None else str(found)
@@ -156,6 +169,28 @@ class RemoteLedger:
             owner=owner,
             instrument=instrument,
             amount=amount,
+            reason=reason,
+            command_id=command_id,
+            max_record_time=max_record_time,
+        )
+
+    def burn(
+        self,
+        owner: str,
+        instrument: InstrumentId,
+        amount: Decimal | str | int,
+        *,
+        inputs: Sequence[str] | None = None,
+        reason: str | None = None,
+        command_id: str | None = None,
+        max_record_time: datetime | None = None,
+    ) -> CommandResult:
+        return self._result(
+            "burn",
+            owner=owner,
+            instrument=instrument,
+            amount=amount,
+            inputs=inputs,
             reason=reason,
             command_id=command_id,
             max_record_time=max_record_time,
@@ -235,6 +270,24 @@ class RemoteLedger:
             "withdraw", instruction_cid, actor, command_id, max_record_time, context, extra_meta
         )
 
+    def admin_update(
+        self,
+        instruction_cid: str,
+        *,
+        approve: bool,
+        reason: str | None = None,
+        command_id: str | None = None,
+        max_record_time: datetime | None = None,
+    ) -> CommandResult:
+        return self._result(
+            "admin_update",
+            instruction_cid=instruction_cid,
+            approve=approve,
+            reason=reason,
+            command_id=command_id,
+            max_record_time=max_record_time,
+        )
+
     def expire_instructions(self, admin: str | None = None) -> list[CommandResult]:
         return [command_result_from_json(r) for r in self.call("expire_instructions", admin=admin)]
 
@@ -290,6 +343,9 @@ class RemoteLedger:
         found = self.call("active_holdings", party=party, instrument=instrument)
         return [holding_from_json(h) for h in found]
 
+    def active_instructions(self, party: str) -> list[TransferInstruction]:
+        return [instruction_from_json(i) for i in self.call("active_instructions", party=party)]
+
     def supply(self, instrument: InstrumentId) -> Decimal:
         return Decimal(self.call("supply", instrument=instrument))
 
@@ -321,5 +377,6 @@ __all__ = [
     "error_from_json",
     "error_json",
     "holding_from_json",
+    "instruction_from_json",
     "to_json",
 ]
