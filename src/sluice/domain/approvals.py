@@ -51,6 +51,11 @@ CRITICAL_OPERATIONS: Mapping[str, Capability] = {
     "compliance.limits": "compliance_override",
     "suspense.assign": "user_operations",
     "config.change": "router_admin",
+    "issuance.retry": "router_admin",
+    "issuance.compensate": "router_admin",
+    "issuance.resolve": "router_admin",
+    "issuance.resume_minting": "router_admin",
+    "issuance.update_contract_addresses": "router_admin",
 }
 
 

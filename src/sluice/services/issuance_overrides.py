@@ -1,0 +1,295 @@
+"""An operator's hands on the router's operations: retry, compensate, resolve. Each is the
+executor of an approval-gated operation (``issuance.retry``, ``issuance.compensate``,
+``issuance.resolve``), is audited, and leaves an ``override`` record in the operation's steps.
+
+Why an override cannot mint or pay twice
+----------------------------------------
+* *Racing a router.* An override moves the operation with the same version check the router
+  records with, so a router that claimed it before records nothing afterwards (its step was
+  idempotent). An override of an operation whose lease a router holds right now (a step may be
+  half-way) is refused (41): the operator tries again once the step is recorded.
+* *Retry* only puts a ``stuck`` or ``waiting`` operation back at the step it stopped at, with
+  its attempts at zero: the step is idempotent (command ids derived from the operation), so
+  running it again finds what it did before instead of doing it again.
+* *Compensate* first claims the operation (a lease), so no router runs a step of it while the
+  definition's compensation looks at what really happened (a burn committed or not, a payout
+  still cancellable) and undoes it; the compensation refuses (41) whatever it cannot undo
+  without paying twice, and the operation is then left as it was. A completed, compensated,
+  resolved or returned operation is refused outright.
+* *Resolve* only closes a ``stuck``, ``held`` or ``waiting`` operation with the operator's
+  reason: it moves no value, and nothing runs it afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import replace
+from datetime import timedelta
+
+from sluice.domain.deposits import Severity
+from sluice.domain.errors import (
+    InvalidInputError,
+    InvalidOperationStateError,
+    NotFoundError,
+    SluiceError,
+)
+from sluice.ports import UnitOfWork
+from sluice.ports.issuance import IssuanceOperation, OperationStatus, StepOutcomeKind
+from sluice.services.controls import check_not_paused
+from sluice.services.issuance_router import (
+    DONE,
+    OperationDefinition,
+    StepOutcome,
+    audit_move,
+    leased,
+    record_override,
+    stuck_alert,
+)
+from sluice.services.issuance_settings import IssuanceContext
+
+log = logging.getLogger(__name__)
+
+RETRYABLE: tuple[OperationStatus, ...] = ("stuck", "waiting")
+RESOLVABLE: tuple[OperationStatus, ...] = ("stuck", "held", "waiting")
+NOT_COMPENSABLE: tuple[OperationStatus, ...] = ("completed", "compensated", "resolved", "returned")
+
+
+def _reason(reason: str) -> str:
+    if not reason or not reason.strip():
+        raise InvalidInputError("an override needs a reason")
+    return reason.strip()
+
+
+def _load(uow: UnitOfWork, ctx: IssuanceContext, operation_id: str) -> IssuanceOperation:
+    op = uow.issuance.get_operation(operation_id, lock=True)
+    if op is None:
+        raise NotFoundError(f"no issuance operation {operation_id}")
+    if leased(op, ctx.clock(), ctx.settings):
+        raise InvalidOperationStateError(
+            f"operation {operation_id} is running step {op.step} right now; try again once it "
+            "is recorded"
+        )
+    return op
+
+
+def _override(
+    ctx: IssuanceContext,
+    operation_id: str,
+    *,
+    action: str,
+    allowed: tuple[OperationStatus, ...],
+    reason: str,
+    actor: str,
+    move: dict[str, object],
+) -> IssuanceOperation:
+    reason = _reason(reason)
+    now = ctx.clock()
+    with ctx.uow() as uow:
+        op = _load(uow, ctx, operation_id)
+        if op.status not in allowed:
+            raise InvalidOperationStateError(
+                f"operation {operation_id} is {op.status}; {action} needs it {' or '.join(allowed)}"
+            )
+        moved = replace(op, version=op.version + 1, updated_at=now, **move)  # type: ignore[arg-type]
+        if move.get("status") in ("resolved",):
+            moved = replace(moved, completed_at=now)
+        if not uow.issuance.update_operation(moved, expected_version=op.version):
+            raise InvalidOperationStateError(f"operation {operation_id} moved meanwhile; try again")
+        outcome: StepOutcomeKind = "retry" if action == "retry" else "done"
+        record_override(
+            uow,
+            op,
+            kind="override",
+            outcome=outcome,
+            at=now,
+            detail={"action": action, "reason": reason, "actor": actor},
+        )
+        audit_move(
+            uow,
+            before=op,
+            after=moved,
+            operation=f"issuance_{action}",
+            actor=actor,
+            at=now,
+            parameters={"reason": reason, "step": op.step},
+        )
+        uow.commit()
+    return moved
+
+
+def retry_operation(
+    ctx: IssuanceContext, operation_id: str, *, reason: str, actor: str
+) -> IssuanceOperation:
+    """Run a stuck (or waiting) operation's step again, at once, with its attempts at zero."""
+    return _override(
+        ctx,
+        operation_id,
+        action="retry",
+        allowed=RETRYABLE,
+        reason=reason,
+        actor=actor,
+        move={"status": "pending", "attempts": 0, "next_attempt_at": None, "last_error": None},
+    )
+
+
+def resolve_operation(
+    ctx: IssuanceContext, operation_id: str, *, reason: str, actor: str
+) -> IssuanceOperation:
+    """Close a stuck, held or waiting operation with the operator's reason (moves no value)."""
+    return _override(
+        ctx,
+        operation_id,
+        action="resolve",
+        allowed=RESOLVABLE,
+        reason=reason,
+        actor=actor,
+        move={"status": "resolved", "next_attempt_at": None},
+    )
+
+
+def compensate_operation(
+    ctx: IssuanceContext,
+    definitions: Mapping[str, OperationDefinition],
+    operation_id: str,
+    *,
+    reason: str,
+    actor: str,
+) -> IssuanceOperation:
+    """Undo what the operation did, by its definition's compensation. Refused (41) for a
+    completed, compensated, resolved or returned operation, and whenever the compensation
+    refuses; the operation is then left as it was."""
+    reason = _reason(reason)
+    now = ctx.clock()
+    with ctx.uow() as uow:
+        check_not_paused(uow)
+        op = _load(uow, ctx, operation_id)
+        if op.status in NOT_COMPENSABLE:
+            raise InvalidOperationStateError(
+                f"operation {operation_id} is {op.status}; it cannot be compensated"
+            )
+        definition = definitions.get(op.type)
+        if definition is None:
+            raise InvalidOperationStateError(f"no definition for operations of {op.type}")
+        # The claim: no router runs a step of it while the compensation looks and acts.
+        claimed = replace(
+            op,
+            version=op.version + 1,
+            updated_at=now,
+            next_attempt_at=now + timedelta(seconds=ctx.settings.lease_s),
+        )
+        if not uow.issuance.update_operation(claimed, expected_version=op.version):
+            raise InvalidOperationStateError(f"operation {operation_id} moved meanwhile; try again")
+        uow.commit()
+    try:
+        outcome = definition.compensate(ctx, claimed)
+    except InvalidOperationStateError:
+        _release(ctx, op, claimed)
+        raise
+    except SluiceError as exc:
+        outcome = StepOutcome("fail", error=f"{type(exc).__name__}: {exc}")
+    except Exception as exc:
+        log.exception("compensation of %s raised", operation_id)
+        outcome = StepOutcome("retry", error=f"{type(exc).__name__}: {exc}")
+    return _record_compensation(ctx, definition, claimed, outcome, reason=reason, actor=actor)
+
+
+def _release(ctx: IssuanceContext, before: IssuanceOperation, claimed: IssuanceOperation) -> None:
+    """Give the operation back as it was before a refused compensation claimed it."""
+    with ctx.uow() as uow:
+        restored = replace(
+            claimed,
+            version=claimed.version + 1,
+            updated_at=ctx.clock(),
+            next_attempt_at=before.next_attempt_at,
+        )
+        if uow.issuance.update_operation(restored, expected_version=claimed.version):
+            uow.commit()
+
+
+def _record_compensation(
+    ctx: IssuanceContext,
+    definition: OperationDefinition,
+    claimed: IssuanceOperation,
+    outcome: StepOutcome,
+    *,
+    reason: str,
+    actor: str,
+) -> IssuanceOperation:
+    now = ctx.clock()
+    result = {**claimed.result, **outcome.result}
+    base = replace(claimed, version=claimed.version + 1, updated_at=now, result=result)
+    alert = False
+    if outcome.kind == "done":
+        following = outcome.next_step or DONE
+        if following == DONE:
+            moved = replace(
+                base,
+                status=outcome.status or "compensated",
+                step=DONE,
+                attempts=0,
+                next_attempt_at=None,
+                last_error=None,
+                completed_at=now,
+            )
+        elif definition.step(following) is None:
+            moved = replace(
+                base,
+                status="stuck",
+                next_attempt_at=None,
+                last_error=f"the compensation named an unknown step {following!r}",
+            )
+            alert = True
+        else:  # the router runs the compensation's steps (a re-mint, say)
+            moved = replace(
+                base,
+                status="pending",
+                step=following,
+                attempts=0,
+                next_attempt_at=None,
+                last_error=None,
+            )
+    else:
+        error = outcome.error or f"the compensation answered {outcome.kind}"
+        moved = replace(base, status="stuck", next_attempt_at=None, last_error=error)
+        alert = True
+    with ctx.uow() as uow:
+        if not uow.issuance.update_operation(moved, expected_version=claimed.version):
+            raise InvalidOperationStateError(
+                f"operation {claimed.id} moved while it was being compensated"
+            )
+        record_override(
+            uow,
+            claimed,
+            kind="override",
+            outcome="done",
+            at=now,
+            detail={"action": "compensate", "reason": reason, "actor": actor},
+        )
+        record_override(
+            uow,
+            claimed,
+            kind="compensation",
+            outcome=outcome.kind,
+            at=now,
+            detail=dict(outcome.detail),
+            error=outcome.error,
+        )
+        audit_move(
+            uow,
+            before=claimed,
+            after=moved,
+            operation="issuance_compensate",
+            actor=actor,
+            at=now,
+            parameters={"reason": reason, "step": claimed.step, "outcome": outcome.kind},
+            error=outcome.error,
+        )
+        if alert:
+            seq = uow.issuance.steps(claimed.id)[-1].seq
+            severity: Severity = "critical" if outcome.kind in ("fail", "done") else "warning"
+            uow.issuance.add_alerts(
+                [stuck_alert(claimed, seq, severity, moved.last_error or "")], now
+            )
+        uow.commit()
+    return moved
