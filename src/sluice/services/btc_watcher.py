@@ -9,7 +9,8 @@ Guarantees:
   ingestion. A crash loses a whole block or nothing, and a restart resumes from the cursor.
 * **Confirmed exactly once.** Confirmations are counted from the cursor (``cursor_height −
   block_height + 1``), and ``seen → confirmed`` is a status change in the block's transaction,
-  so a replayed or restarted watcher cannot confirm twice.
+  so a replayed or restarted watcher cannot confirm twice. A confirmed customer deposit opens its
+  ``bitcoin_deposit`` issuance operation in that same transaction (services/issuance_intake.py).
 * **Reorgs are undone, not forgotten.** A reorg is detected by the hash chain (the node's hash at
   the cursor's height, or the next block's ``previousblockhash``, differs from the cursor's). The
   watcher walks back to the fork point comparing stored hashes with ``getblockhash``, and in one
@@ -17,7 +18,8 @@ Guarantees:
   clears the spends recorded in them; then it applies the new branch. The same ``txid:vout``
   seen again is the same row, and counts its confirmations again from its new block. A confirmed
   (or credited) deposit that is reorged raises an alert (critical when credited) and is audited;
-  a credited one that comes back stays credited, so it is never credited twice.
+  a credited one that comes back stays credited, so it is never credited twice. A credited
+  deposit reorged also halts minting (issuance_intake, in the rollback's transaction).
 * **A rollback undoes only what it was computed from.** The fork point is found outside any
   transaction; the rollback's transaction first checks (and locks) the stored tip it was found
   under. When another watcher moved it meanwhile, nothing is rolled back and the round ends (the
@@ -85,6 +87,7 @@ from sluice.services.bitcoin_settings import BitcoinSettings
 # The custody reads are written in btc_deposits; the CLI, the API and the demo import them here.
 from sluice.services.btc_deposits import custody_balance as custody_balance
 from sluice.services.btc_deposits import list_deposits as list_deposits
+from sluice.services.issuance_intake import on_deposits_reorged, open_deposit_operations
 
 log = structlog.get_logger("sluice.bitcoin")
 
@@ -356,6 +359,7 @@ class DepositWatcher:
                 confirmed = repo.confirm(threshold, now)
                 seen = {at: n for at, n in seen.items() if at > threshold}
             self._audit_confirmed(uow, confirmed, watched, now)
+            open_deposit_operations(uow, confirmed, now)
             uow.commit()
         # The block is committed: the in-memory state follows it.
         for spend in spends:
@@ -389,6 +393,7 @@ class DepositWatcher:
                 raise _ChainMovedError
             confirmed = repo.confirm(threshold, now)
             self._audit_confirmed(uow, confirmed, cursor, now, catch_up=True)
+            open_deposit_operations(uow, confirmed, now)
             uow.commit()
         self._seen = {at: n for at, n in self._seen.items() if at > threshold}
         tick.confirmed += len(confirmed)
@@ -516,6 +521,7 @@ class DepositWatcher:
                 uow.rollback()
                 raise _ChainMovedError
             self._report_reorg(uow, rolled, cursor, now)
+            on_deposits_reorged(uow, rolled, now)
             uow.commit()
         tick.reorgs += 1
         tick.rolled_back_blocks += len(rolled.blocks)
