@@ -215,6 +215,7 @@ CONTROL_METHODS: Mapping[str, Mapping[str, tuple[Decoder, bool]]] = {
         "reason": (_text, False),
         "command_id": (_text, False),
         "max_record_time": (_time, False),
+        "admin": (_text, False),
     },
     "advance": {"seconds": (_number, True)},
     "set_time": {"time": (_time, True)},

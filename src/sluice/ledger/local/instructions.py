@@ -73,18 +73,22 @@ class Instructions(Instruments):
         reason: str | None = None,
         command_id: str | None = None,
         max_record_time: datetime | None = None,
+        admin: str | None = None,
     ) -> CommandResult:
         """The admin ends the internal workflow of a held transfer (``TransferInstruction_Update``):
         ``approve`` passes it on to the receiver as a new instruction (``_Pending``); otherwise it
-        fails and the sender's funds come back (``_Failed``)."""
+        fails and the sender's funds come back (``_Failed``). Naming the ``admin`` submits as it
+        without looking the instruction up first, so a resend of a committed update is answered
+        as a duplicate rather than as an inactive contract."""
         with self._lock:
-            instruction = self.instruction_contract(instruction_cid)
+            if admin is None:
+                admin = self.instruction_contract(instruction_cid).admin
             decision = "approved" if approve else (reason or "rejected")
             context = {"registry-decision": {"tag": "AV_Text", "value": decision}}
             return self._instruction_choice(
                 "update",
                 instruction_cid,
-                instruction.admin,
+                admin,
                 command_id,
                 max_record_time,
                 context,

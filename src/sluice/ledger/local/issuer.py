@@ -101,6 +101,7 @@ class _TokenLedger(Protocol):
         reason: str | None = None,
         command_id: str | None = None,
         max_record_time: datetime | None = None,
+        admin: str | None = None,
     ) -> CommandResult: ...
 
     def active_instructions(self, party: str) -> list[TransferInstruction]: ...
@@ -193,7 +194,11 @@ class _IssuerCommands:
         return self._command(
             command_id,
             lambda: self._ledger.admin_update(
-                instruction_cid, approve=approve, reason=reason, command_id=command_id
+                instruction_cid,
+                approve=approve,
+                reason=reason,
+                command_id=command_id,
+                admin=self._instrument.admin,
             ),
         )
 

@@ -278,6 +278,7 @@ class RemoteLedger:
         reason: str | None = None,
         command_id: str | None = None,
         max_record_time: datetime | None = None,
+        admin: str | None = None,
     ) -> CommandResult:
         return self._result(
             "admin_update",
@@ -286,6 +287,7 @@ class RemoteLedger:
             reason=reason,
             command_id=command_id,
             max_record_time=max_record_time,
+            admin=admin,
         )
 
     def expire_instructions(self, admin: str | None = None) -> list[CommandResult]:
