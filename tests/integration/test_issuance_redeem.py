@@ -1,0 +1,384 @@
+"""Redemption of iSTSi for Bitcoin (``token_withdrawal``) end to end, on SQLite and PostgreSQL.
+
+Real parts: the Integration DB, the embedded ledger with iSTSi and its issuer
+(:class:`EmbeddedIssuerLedger`), the sandbox custody wallet (embit, 2 of 3 keys), the in-memory
+chain (:class:`FakeChain`) with the deposit watcher and the payouts worker, the KYC registry and
+the router with :data:`issuance_redeem.DEFINITION`. Ingestion's booking of the mint, the burn
+and the re-mint is simulated by posting the journal transactions SPEC16 says it posts
+(``issuance_mint``, ``issuance_burn``) and marking the re-mint credited; the books' checks
+(``in_flight`` back to zero, the customer whole) are made on that journal. "Paid once" is checked
+on the chain: the outputs to the redemption's address over every block.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sluice import bootstrap
+from sluice.bitcoin.fakechain import FakeChain
+from sluice.bitcoin.keys import create_sandbox_custody, load_signing_keys
+from sluice.bitcoin.wallet import EmbitCustodyWallet
+from sluice.domain.chains import CHAINS, to_sats
+from sluice.domain.compliance import TierLimits
+from sluice.domain.errors import (
+    AddressBlacklistedError,
+    ComplianceError,
+    DuplicateOperationError,
+    InsufficientBalanceError,
+    InsufficientKycTierError,
+    InvalidAddressError,
+    InvalidAmountError,
+    InvalidOperationStateError,
+)
+from sluice.domain.journal import (
+    IN_FLIGHT,
+    AccountRef,
+    JournalTransaction,
+    Posting,
+    customer_account_name,
+    treasury_account_name,
+)
+from sluice.ledger.local.engine import EmbeddedLedger
+from sluice.ledger.local.issuer import EmbeddedIssuerLedger, create_istsi
+from sluice.ports.issuance import (
+    IssuanceOperation,
+    IssuerLedger,
+    IssuerOutcomeUnknownError,
+    IssuerRejectedError,
+    IssuerResult,
+    sats_to_amount,
+)
+from sluice.services.balances import BalanceLine, customer_balances
+from sluice.services.bitcoin_settings import BitcoinSettings
+from sluice.services.btc_addresses import deposit_address
+from sluice.services.btc_payouts import PayoutWorker, cancel_payout, get_payout, request_payout
+from sluice.services.btc_watcher import DepositWatcher
+from sluice.services.compliance import KycRegistry
+from sluice.services.compliance_officer import flag_address, freeze_customer, set_limits
+from sluice.services.issuance_overrides import compensate_operation
+from sluice.services.issuance_redeem import (
+    DEFINITION,
+    burn_id_of,
+    payout_id_of,
+    remint_id_of,
+    request_redemption,
+)
+from sluice.services.issuance_router import IssuanceRouter
+from sluice.services.issuance_settings import IssuanceContext
+
+CHAIN = CHAINS["regtest"]
+START = datetime(2026, 12, 5, 6, 0, tzinfo=UTC)
+CONFIRMATIONS = 3
+SETTINGS = BitcoinSettings(
+    chain=CHAIN,
+    confirmations_min=CONFIRMATIONS,
+    payout_fee_max_sats=20_000,
+    payout_batch_max=10,
+    payout_batch_window_s=0,
+)
+ALICE = "alice"
+DEFINITIONS = {"token_withdrawal": DEFINITION}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = START
+
+    def __call__(self) -> datetime:
+        self.now += timedelta(seconds=1)
+        return self.now
+
+
+class FaultyIssuer:
+    """The issuer with faults: ``lose_answers`` burns commit but their answer is lost;
+    ``reject_burns`` burns are refused. Counts what reaches the ledger."""
+
+    def __init__(self, inner: IssuerLedger) -> None:
+        self.inner = inner
+        self.lose_answers = 0
+        self.reject_burns = 0
+        self.burns_sent: list[str] = []
+
+    @property
+    def instrument(self) -> Any:
+        return self.inner.instrument
+
+    def mint(self, owner: str, sats: int, *, reason: str, command_id: str) -> IssuerResult:
+        return self.inner.mint(owner, sats, reason=reason, command_id=command_id)
+
+    def burn(self, owner: str, sats: int, *, reason: str, command_id: str) -> IssuerResult:
+        self.burns_sent.append(command_id)
+        if self.reject_burns:
+            self.reject_burns -= 1
+            raise IssuerRejectedError(f"{command_id}: refused (test)")
+        result = self.inner.burn(owner, sats, reason=reason, command_id=command_id)
+        if self.lose_answers:
+            self.lose_answers -= 1
+            raise IssuerOutcomeUnknownError(f"{command_id}: the answer was lost (test)")
+        return result
+
+    def decide_transfer(self, *args: Any, **kwargs: Any) -> IssuerResult:
+        return self.inner.decide_transfer(*args, **kwargs)
+
+    def held_transfers(self, limit: int = 100) -> list[Any]:
+        return self.inner.held_transfers(limit)
+
+    def supply(self) -> int:
+        return self.inner.supply()
+
+
+def destination(wallet: EmbitCustodyWallet, name: str) -> tuple[str, str]:
+    """A P2WPKH address outside custody: (address, script)."""
+    script = "0014" + hashlib.sha256(name.encode()).hexdigest()[:40]
+    address = wallet.address_of(script)
+    assert address is not None
+    return address, script
+
+
+@dataclass
+class World:
+    db: bootstrap.Database
+    wallet: EmbitCustodyWallet
+    chain: FakeChain = field(default_factory=lambda: FakeChain(CHAIN, fee_rate_sat_vb=Decimal(5)))
+    clock: Clock = field(default_factory=Clock)
+    registry: KycRegistry = field(default_factory=KycRegistry)
+    journal_seq: int = 0
+
+    def __post_init__(self) -> None:
+        self.ledger = EmbeddedLedger.open(None, seed=16, checkpoint_interval_s=None)
+        for node in ("registry", "exchange"):
+            self.ledger.add_node(node)
+        issuer_party = self.ledger.allocate_party("issuer", "registry")
+        self.treasury = self.ledger.allocate_party("treasury", "exchange")
+        create_istsi(self.ledger, issuer_party)
+        self.issuer = FaultyIssuer(EmbeddedIssuerLedger(self.ledger, issuer_party))
+        self.istsi = self.issuer.instrument
+        self.ctx = IssuanceContext(
+            uow=self.db.uow,
+            clock=self.clock,
+            issuer=self.issuer,
+            registry=self.registry,
+            wallet=self.wallet,
+            node=self.chain,
+            treasury=self.treasury,
+            bitcoin=SETTINGS,
+        )
+        self.router = IssuanceRouter(self.ctx, DEFINITIONS)
+
+    # -- set-up --------------------------------------------------------------------------------
+
+    def customer(self, customer: str, *, tier: int = 1) -> None:
+        with self.db.uow() as uow:
+            uow.reference.add_customer(customer, customer.title())
+            uow.compliance.set_profile(customer, at=self.clock(), tier=tier, status="active")
+            uow.commit()
+
+    def post(self, kind: str, *postings: tuple[str, Decimal]) -> None:
+        self.journal_seq += 1
+        with self.db.uow() as uow:
+            uow.withdrawals.post(
+                [
+                    JournalTransaction(
+                        id=f"test:{kind}:{self.journal_seq}",
+                        kind=kind,
+                        postings=tuple(
+                            Posting(AccountRef(name, self.istsi), amount)
+                            for name, amount in postings
+                        ),
+                    )
+                ]
+            )
+            uow.commit()
+
+    def give_istsi(self, customer: str, sats: int) -> None:
+        """A deposit's mint to the treasury and ingestion's credit of it to the customer."""
+        self.issuer.mint(
+            self.treasury, sats, reason=f"test:{customer}", command_id=f"test-mint:{customer}"
+        )
+        value = sats_to_amount(sats)
+        self.post(
+            "issuance_mint",
+            (treasury_account_name(self.treasury), value),
+            (customer_account_name(customer), -value),
+        )
+
+    def book_burn(self, op: IssuanceOperation) -> None:
+        """Ingestion books the committed burn: treasury −X, in_flight debited."""
+        value = sats_to_amount(op.amount_sats)
+        self.post("issuance_burn", (treasury_account_name(self.treasury), -value), (IN_FLIGHT, value))
+
+    def book_remint(self, op: IssuanceOperation) -> None:
+        """Ingestion books the re-mint like a mint (the customer credited) and marks it."""
+        value = sats_to_amount(op.amount_sats)
+        self.post(
+            "issuance_mint",
+            (treasury_account_name(self.treasury), value),
+            (customer_account_name(op.customer_id), -value),
+        )
+        with self.db.uow() as uow:
+            uow.issuance.mark_mint_credited(remint_id_of(op.id))
+            uow.commit()
+
+    def fund_custody(self, *amounts: int) -> None:
+        for amount in amounts:
+            address = deposit_address(self.db.uow, self.wallet, "treasury-funding", new=True, clock=self.clock)
+            self.chain.fund(address.script_hex, amount)
+        self.mine(CONFIRMATIONS)
+
+    # -- running ---------------------------------------------------------------------------------
+
+    def watch(self) -> None:
+        tick = DepositWatcher(self.db.uow, self.chain, self.wallet, SETTINGS, self.clock).run_once()
+        assert tick.error is None, tick.error
+
+    def mine(self, count: int = 1) -> None:
+        self.chain.mine(count)
+        self.watch()
+
+    def pay(self) -> None:
+        tick = PayoutWorker(self.db.uow, self.chain, self.wallet, SETTINGS, self.clock).run_once()
+        assert not tick.errors, tick.errors
+
+    def redeem(self, sats: int, key: str = "k1", *, to: str = "dest", **kw: Any) -> IssuanceOperation:
+        address, _ = destination(self.wallet, to)
+        arguments: dict[str, Any] = {
+            "customer_id": ALICE,
+            "amount_sats": sats,
+            "address": address,
+            "idempotency_key": key,
+            "actor": f"customer:{ALICE}",
+        }
+        arguments.update(kw)
+        return request_redemption(self.ctx, **arguments)
+
+    def run(self, op_id: str) -> IssuanceOperation:
+        return self.router.run_operation(op_id)
+
+    # -- reads -------------------------------------------------------------------------------------
+
+    def operation(self, op_id: str) -> IssuanceOperation:
+        with self.db.uow() as uow:
+            op = uow.issuance.get_operation(op_id)
+        assert op is not None
+        return op
+
+    def balance(self, name: str) -> Decimal:
+        with self.db.uow() as uow:
+            return uow.withdrawals.balance(AccountRef(name, self.istsi))
+
+    def lines(self, customer: str = ALICE) -> dict[str, BalanceLine]:
+        return {line.instrument.id: line for line in customer_balances(self.db.uow, customer)}
+
+    def paid_to(self, script: str) -> list[int]:
+        found = []
+        for height in range(self.chain.tip_height + 1):
+            for tx in self.chain.getblock(self.chain.getblockhash(height))["tx"]:
+                for out in tx["vout"]:
+                    if out["scriptPubKey"]["hex"] == script:
+                        found.append(to_sats(out["value"]))
+        return found
+
+    def operations_count(self) -> int:
+        with self.db.uow() as uow:
+            return len(uow.issuance.operations())
+
+
+@pytest.fixture(scope="module")
+def wallet(tmp_path_factory: pytest.TempPathFactory) -> EmbitCustodyWallet:
+    sandbox = create_sandbox_custody(tmp_path_factory.mktemp("keys") / "custody", CHAIN)
+    keys = load_signing_keys(sandbox.key_files[:2], chain=CHAIN)
+    return EmbitCustodyWallet(sandbox.descriptor, CHAIN, keys)
+
+
+@pytest.fixture
+def world(database_url: str, wallet: EmbitCustodyWallet) -> Iterator[World]:
+    db = bootstrap.database(database_url)
+    w = World(db, wallet)
+    w.customer(ALICE)
+    w.give_istsi(ALICE, 1_000_000)
+    yield w
+    db.dispose()
+
+
+def _stays_untouched(world: World) -> None:
+    assert world.balance(customer_account_name(ALICE)) == Decimal("0.01")
+    assert world.balance(IN_FLIGHT) == 0
+    assert world.operations_count() == 0
+
+
+# --- requests -----------------------------------------------------------------------------------
+
+
+def test_a_request_moves_the_istsi_to_in_flight_and_opens_the_operation(world: World) -> None:
+    op = world.redeem(300_000)
+    assert (op.id, op.type, op.status, op.step) == (
+        f"redeem:{ALICE}:k1",
+        "token_withdrawal",
+        "pending",
+        "burn",
+    )
+    assert op.params["requested_by"] == f"customer:{ALICE}"
+    # What the exchange owes: 0.007 iSTSi to the customer, 0.003 in flight.
+    assert world.balance(customer_account_name(ALICE)) == Decimal("0.007")
+    assert world.balance(IN_FLIGHT) == Decimal("0.003")
+    line = world.lines()["iSTSi"]
+    assert line.instrument == world.istsi
+    assert (line.available, line.held, line.in_flight) == (Decimal("0.007"), 0, Decimal("0.003"))
+
+
+def test_the_same_idempotency_key_answers_42_with_the_first_operation(world: World) -> None:
+    first = world.redeem(300_000)
+    with pytest.raises(DuplicateOperationError) as raised:
+        world.redeem(400_000)
+    assert raised.value.code == 42
+    assert raised.value.first is not None
+    assert (raised.value.first["id"], raised.value.first["amount_sats"]) == (first.id, 300_000)
+    assert world.balance(IN_FLIGHT) == Decimal("0.003")  # taken once
+
+
+def test_kyc_refusals_take_nothing(world: World) -> None:
+    set_limits(
+        world.db.uow,
+        1,
+        "burn",
+        TierLimits(Decimal("0.002"), None, None),
+        actor="officer",
+        at=world.clock(),
+        reason="test",
+    )
+    with pytest.raises(InsufficientKycTierError):
+        world.redeem(300_000)
+    _stays_untouched(world)
+
+    listed, _ = destination(world.wallet, "listed")
+    flag_address(world.db.uow, listed, actor="officer", at=world.clock(), reason="stolen coins")
+    with pytest.raises(AddressBlacklistedError) as raised:
+        world.redeem(100_000, to="listed")
+    assert raised.value.code == 22
+    _stays_untouched(world)
+
+    freeze_customer(world.db.uow, ALICE, actor="officer", at=world.clock(), reason="review")
+    with pytest.raises(ComplianceError):
+        world.redeem(100_000, key="k2")
+    _stays_untouched(world)
+
+
+def test_bad_addresses_and_amounts_are_refused(world: World) -> None:
+    mainnet = "bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4"
+    with pytest.raises(InvalidAddressError) as raised:
+        world.redeem(300_000, address=mainnet)
+    assert raised.value.code == 64
+    with pytest.raises(InvalidAmountError):
+        world.redeem(20_000)  # the payout's fee could leave it under the dust limit
+    with pytest.raises(InsufficientBalanceError) as short:
+        world.redeem(1_000_001)
+    assert short.value.code == 62
+    _stays_untouched(world)
