@@ -213,7 +213,9 @@ class World:
     def book_burn(self, op: IssuanceOperation) -> None:
         """Ingestion books the committed burn: treasury −X, in_flight debited."""
         value = sats_to_amount(op.amount_sats)
-        self.post("issuance_burn", (treasury_account_name(self.treasury), -value), (IN_FLIGHT, value))
+        self.post(
+            "issuance_burn", (treasury_account_name(self.treasury), -value), (IN_FLIGHT, value)
+        )
 
     def book_remint(self, op: IssuanceOperation) -> None:
         """Ingestion books the re-mint like a mint (the customer credited) and marks it."""
@@ -228,8 +230,10 @@ class World:
             uow.commit()
 
     def fund_custody(self, *amounts: int) -> None:
+        """Confirmed custody outputs (deposits of another customer): the reserves paying out."""
+        self.customer("bob")
         for amount in amounts:
-            address = deposit_address(self.db.uow, self.wallet, "treasury-funding", new=True, clock=self.clock)
+            address = deposit_address(self.db.uow, self.wallet, "bob", new=True, clock=self.clock)
             self.chain.fund(address.script_hex, amount)
         self.mine(CONFIRMATIONS)
 
@@ -247,7 +251,9 @@ class World:
         tick = PayoutWorker(self.db.uow, self.chain, self.wallet, SETTINGS, self.clock).run_once()
         assert not tick.errors, tick.errors
 
-    def redeem(self, sats: int, key: str = "k1", *, to: str = "dest", **kw: Any) -> IssuanceOperation:
+    def redeem(
+        self, sats: int, key: str = "k1", *, to: str = "dest", **kw: Any
+    ) -> IssuanceOperation:
         address, _ = destination(self.wallet, to)
         arguments: dict[str, Any] = {
             "customer_id": ALICE,
@@ -382,3 +388,167 @@ def test_bad_addresses_and_amounts_are_refused(world: World) -> None:
         world.redeem(1_000_001)
     assert short.value.code == 62
     _stays_untouched(world)
+
+
+# --- the flow ------------------------------------------------------------------------------------
+
+
+def _compensate(world: World, op_id: str) -> IssuanceOperation:
+    return compensate_operation(
+        world.ctx, DEFINITIONS, op_id, reason="customer asked", actor="operator"
+    )
+
+
+def test_a_redemption_is_burned_paid_in_a_batch_and_completed_at_n_confirmations(
+    world: World,
+) -> None:
+    world.fund_custody(2_000_000)
+    op = world.redeem(300_000)
+    _, script = destination(world.wallet, "dest")
+    other = request_payout(
+        world.db.uow,
+        world.wallet,
+        SETTINGS,
+        payout_id="ops-1",
+        address=destination(world.wallet, "ops")[0],
+        amount_sats=100_000,
+        kind="operator",
+        requested_by="ops",
+        clock=world.clock,
+    )
+    waiting = world.run(op.id)
+    assert (waiting.status, waiting.step) == ("waiting", "confirm")
+    assert world.issuer.supply() == 700_000  # burned once
+    world.book_burn(op)
+    payout = get_payout(world.db.uow, payout_id_of(op.id))
+    assert payout is not None
+    assert (payout.kind, payout.amount_sats, payout.status) == ("redemption", 300_000, "queued")
+
+    world.pay()
+    batched = get_payout(world.db.uow, payout_id_of(op.id))
+    first = get_payout(world.db.uow, other.id)
+    assert batched is not None and first is not None
+    assert batched.batch_id is not None and batched.batch_id == first.batch_id
+    assert world.run(op.id).status == "waiting"
+
+    for _ in range(CONFIRMATIONS + 1):
+        world.mine()
+        world.pay()
+    done = world.run(op.id)
+    assert done.status == "completed", done.last_error
+    paid = get_payout(world.db.uow, payout_id_of(op.id))
+    assert paid is not None and paid.fee_sats is not None and paid.fee_sats > 0
+    assert done.result["received_sats"] == 300_000 - paid.fee_sats
+    assert done.result["confirmations"] >= CONFIRMATIONS
+    assert world.paid_to(script) == [300_000 - paid.fee_sats]  # paid once
+    # The books after ingestion: nothing left in flight, the treasury's iSTSi down by the burn.
+    assert world.balance(IN_FLIGHT) == 0
+    assert world.balance(customer_account_name(ALICE)) == Decimal("0.007")
+    assert world.balance(treasury_account_name(world.treasury)) == Decimal("0.007")
+    assert world.lines()["iSTSi"].in_flight == 0
+    with pytest.raises(InvalidOperationStateError):
+        _compensate(world, op.id)
+
+
+def test_a_burn_whose_answer_was_lost_is_sent_again_with_its_command_id_and_burns_once(
+    world: World,
+) -> None:
+    world.issuer.lose_answers = 1
+    op = world.redeem(300_000)
+    retried = world.run(op.id)
+    assert (retried.status, retried.step, retried.attempts) == ("pending", "burn", 1)
+    assert world.issuer.supply() == 700_000  # it did commit
+    with pytest.raises(InvalidOperationStateError, match="unknown"):
+        _compensate(world, op.id)  # never refunded while the burn's outcome is unknown
+    assert world.balance(IN_FLIGHT) == Decimal("0.003")
+
+    after = world.run(op.id)
+    assert (after.status, after.step) == ("waiting", "confirm")
+    assert world.issuer.burns_sent == [burn_id_of(op.id)] * 2
+    assert world.issuer.supply() == 700_000  # burned once
+    with world.db.uow() as uow:
+        burn = uow.issuance.get_burn(burn_id_of(op.id))
+    assert burn is not None and burn.status == "committed" and burn.update_id
+
+
+def test_a_payout_cancelled_for_good_is_reminted_and_the_customer_made_whole(
+    world: World,
+) -> None:
+    world.fund_custody(2_000_000)
+    op = world.redeem(300_000)
+    _, script = destination(world.wallet, "dest")
+    assert world.run(op.id).step == "confirm"
+    world.book_burn(op)
+    cancel_payout(
+        world.db.uow, payout_id=payout_id_of(op.id), cancelled_by="ops", clock=world.clock
+    )
+    minted = world.run(op.id)
+    assert (minted.status, minted.step) == ("waiting", "remint")  # until ingestion credits it
+    assert world.issuer.supply() == 1_000_000
+    world.book_remint(op)
+    whole = world.run(op.id)
+    assert whole.status == "compensated", whole.last_error
+    assert whole.result["payout_status"] == "cancelled"
+    assert world.balance(customer_account_name(ALICE)) == Decimal("0.01")
+    assert world.balance(IN_FLIGHT) == 0
+    line = world.lines()["iSTSi"]
+    assert (line.available, line.in_flight) == (Decimal("0.01"), 0)
+    world.pay()
+    world.mine(CONFIRMATIONS)
+    assert world.paid_to(script) == []  # and never paid
+
+
+def test_compensation_is_refused_while_a_batch_holds_the_payout_and_cancels_a_queued_one(
+    world: World,
+) -> None:
+    world.fund_custody(2_000_000)
+    held = world.redeem(300_000)
+    world.run(held.id)
+    world.book_burn(held)
+    world.pay()  # batched: a signed transaction paying it is recorded
+    with pytest.raises(InvalidOperationStateError, match="batch") as refused:
+        _compensate(world, held.id)
+    assert refused.value.code == 41
+    after = world.operation(held.id)
+    assert (after.status, after.step) == ("waiting", "confirm")
+    payout = get_payout(world.db.uow, payout_id_of(held.id))
+    assert payout is not None and payout.status == "broadcast" and payout.batch_id
+
+    queued = world.redeem(200_000, key="k2")
+    world.run(queued.id)
+    world.book_burn(queued)
+    moved = _compensate(world, queued.id)
+    assert (moved.status, moved.step) == ("pending", "remint")
+    cancelled = get_payout(world.db.uow, payout_id_of(queued.id))
+    assert cancelled is not None and cancelled.status == "cancelled"
+    assert world.run(queued.id).step == "remint"
+    world.book_remint(queued)
+    assert world.run(queued.id).status == "compensated"
+    assert world.balance(customer_account_name(ALICE)) == Decimal("0.007")  # 0.003 still out
+
+
+def test_a_refund_when_the_burn_never_committed(world: World) -> None:
+    world.issuer.reject_burns = 1
+    op = world.redeem(300_000)
+    stuck = world.run(op.id)
+    assert (stuck.status, stuck.step) == ("stuck", "burn")
+    refunded = _compensate(world, op.id)
+    assert refunded.status == "compensated"
+    assert refunded.result["refunded"] is True
+    assert world.balance(customer_account_name(ALICE)) == Decimal("0.01")
+    assert world.balance(IN_FLIGHT) == 0
+    assert world.issuer.supply() == 1_000_000
+    # A late burn step never sends the burn of a refunded redemption.
+    outcome = DEFINITION.step("burn")(world.ctx, world.operation(op.id))  # type: ignore[misc]
+    assert outcome.kind == "fail"
+    assert world.issuer.burns_sent == [burn_id_of(op.id)]
+    with pytest.raises(InvalidOperationStateError):
+        _compensate(world, op.id)
+
+    # Before any burn was even tried: refunded too, and the router leaves it alone.
+    untouched = world.redeem(200_000, key="k2")
+    assert _compensate(world, untouched.id).status == "compensated"
+    assert world.run(untouched.id).status == "compensated"
+    assert world.issuer.burns_sent == [burn_id_of(op.id)]
+    assert world.balance(customer_account_name(ALICE)) == Decimal("0.01")
+    assert world.balance(IN_FLIGHT) == 0
