@@ -27,7 +27,12 @@ from sluice.ledger.local.issuer import EmbeddedIssuerLedger, create_istsi
 from sluice.ports.issuance import IssuerResult, sats_to_amount
 from sluice.services.audit import list_audit_records, verify_audit_log
 from sluice.services.compliance import KycRegistry
-from sluice.services.compliance_officer import flag_address, freeze_customer, unfreeze_customer
+from sluice.services.compliance_officer import (
+    change_tier,
+    flag_address,
+    freeze_customer,
+    unfreeze_customer,
+)
 from sluice.services.issuance_settings import IssuanceContext
 from sluice.services.issuance_transfers import HoldTick, command_id_of, decide_held_transfers
 
@@ -288,3 +293,18 @@ def test_the_work_per_call_is_bounded(world: World) -> None:
     assert [h.instruction_cid for h in world.issuer.held_transfers()] == [second]
     assert decide_held_transfers(world.ctx, limit=1) == HoldTick(approved=1)
     assert decide_held_transfers(world.ctx) == HoldTick()
+
+
+def test_a_sender_the_registry_refuses_is_rejected_and_no_usage_counted(world: World) -> None:
+    change_tier(world.db.uow, "cust-a", 0, actor=OFFICER, at=world.now(), reason="lapsed KYC")
+    cid = world.send("alice", "bob", 2_500)
+    assert decide_held_transfers(world.ctx) == HoldTick(rejected=1)
+    decision = decisions(world)[cid]
+    assert not decision.approve and decision.reason.startswith("sender cust-a: ")
+    assert world.held_sats("alice") == 10_000 and world.held_sats("bob") == 0
+    with world.db.uow() as uow:
+        assert uow.compliance.usage(["cust-a"], world.now().replace(year=2000)) in (
+            {},
+            {"cust-a": []},
+        )
+    assert audited(world, cid) == ["compliance_check:transfer", "istsi_transfer_rejected"]
