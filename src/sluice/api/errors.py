@@ -107,8 +107,8 @@ def details_of(exc: SluiceError) -> dict[str, Any]:
         details["required_tier"] = exc.required_tier
     if isinstance(exc, RateLimitedError):
         details["retry_after_s"] = round(exc.retry_after_s, 3)
-    if isinstance(exc, DuplicateOperationError) and exc.first is not None:
-        details["first"] = dict(exc.first)
+    if isinstance(exc, DuplicateOperationError) and exc.first_operation is not None:
+        details["first"] = dict(exc.first_operation)
     if isinstance(exc, ApprovalRequiredError):
         details["approval_id"] = exc.approval_id
     field = getattr(exc, "field", None)

@@ -61,15 +61,15 @@ class InvalidOperationStateError(SluiceError):
 
 
 class DuplicateOperationError(SluiceError):
-    """The operation id was used before. ``first`` (JSON) is the first operation's result, when
-    the flow answers it with the error."""
+    """The operation id was used before. ``first_operation`` (JSON, from ``first``) is the first
+    operation's result, when the flow answers it with the error."""
 
     code = 42
     error = "duplicate_operation"
 
     def __init__(self, message: str, *, first: Mapping[str, Any] | None = None) -> None:
         super().__init__(message)
-        self.first = first
+        self.first_operation = first
 
 
 class NotFoundError(SluiceError, LookupError):
