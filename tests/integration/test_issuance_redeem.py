@@ -552,3 +552,20 @@ def test_a_refund_when_the_burn_never_committed(world: World) -> None:
     assert world.issuer.burns_sent == [burn_id_of(op.id)]
     assert world.balance(customer_account_name(ALICE)) == Decimal("0.01")
     assert world.balance(IN_FLIGHT) == 0
+
+
+def test_a_remint_passes_the_mint_guard_when_reserves_just_cover_the_supply(world: World) -> None:
+    """Fully backed (reserves = supply): the re-mint restores the supply its burn took while the
+    Bitcoin never left, so the guard must let it through rather than halt minting."""
+    world.fund_custody(1_000_000)
+    op = world.redeem(300_000)
+    world.run(op.id)
+    world.book_burn(op)
+    cancel_payout(
+        world.db.uow, payout_id=payout_id_of(op.id), cancelled_by="ops", clock=world.clock
+    )
+    minted = world.run(op.id)
+    assert (minted.status, minted.step) == ("waiting", "remint"), minted.last_error
+    with world.db.uow() as uow:
+        assert not uow.issuance.minting_state().minting_halted
+    assert world.issuer.supply() == 1_000_000

@@ -400,6 +400,7 @@ class SqlIssuanceRepository:
         pending = select(func.coalesce(func.sum(ops.c.amount_sats), 0)).where(
             ops.c.type == "token_withdrawal",
             ops.c.status.not_in(REDEMPTION_CLOSED_STATUSES),
+            ops.c.step != "remint",  # its payout can never be paid: the Bitcoin stays
         )
         row = self._c.execute(
             select(
@@ -487,19 +488,28 @@ class SqlIssuanceRepository:
         rows = self._c.execute(query).all()
         if any(row.party == party and row.customer_id != customer_id for row in rows):
             return False
+        # The replacement is one savepoint: a registration of the same party (or customer) by a
+        # concurrent transaction makes the insert wait on PostgreSQL and then find a key taken;
+        # the savepoint is rolled back, so the customer's earlier row stays and False means
+        # nothing was written.
+        savepoint = self._c.begin_nested()
         self._c.execute(delete(table).where(table.c.customer_id == customer_id))
-        # A concurrent registration of the same party by another customer makes this insert
-        # wait on PostgreSQL and then find the key taken: nothing written, False.
-        return self._insert(
-            table,
-            "party",
-            {
-                "party": party,
-                "customer_id": customer_id,
-                "mint_to_party": mint_to_party,
-                "registered_at": ts(at),
-            },
+        statement: Executable = (
+            insert_for(self._c, table)
+            .values(
+                party=party,
+                customer_id=customer_id,
+                mint_to_party=mint_to_party,
+                registered_at=ts(at),
+            )
+            .on_conflict_do_nothing()  # no target: the party or the customer taken
+            .returning(literal_column("1"))
         )
+        if self._c.execute(statement).first() is None:
+            savepoint.rollback()
+            return False
+        savepoint.commit()
+        return True
 
     def mint_to_party(self, customer_id: str) -> str | None:
         table = customer_parties
