@@ -446,10 +446,10 @@ def test_the_same_operation_id_is_created_once_and_answers_the_first_operation(
     with pytest.raises(DuplicateOperationError) as caught:
         world.create(amount_sats=99)
     assert caught.value.code == 42 and "op-1" in str(caught.value)
-    assert caught.value.first is not None
-    assert caught.value.first["status"] == "completed"
-    assert caught.value.first["amount_sats"] == first.amount_sats
-    assert caught.value.first == operation_json(world.op())
+    assert caught.value.first_operation is not None
+    assert caught.value.first_operation["status"] == "completed"
+    assert caught.value.first_operation["amount_sats"] == first.amount_sats
+    assert caught.value.first_operation == operation_json(world.op())
     with world.db.uow() as uow:
         assert len(uow.issuance.operations()) == 1
 
@@ -559,6 +559,7 @@ def test_a_compensation_that_refuses_leaves_the_operation_as_it_was(world: World
     after = world.op()
     assert after.status == before.status == "stuck"
     assert after.next_attempt_at == before.next_attempt_at
+    assert after.last_error == before.last_error == "broken"
     assert all(r.kind == "step" for r in world.steps())
 
 
@@ -707,3 +708,35 @@ def test_a_failing_rebuild_runs_no_step(world: World) -> None:
     tick = world.router(rebuild=rebuild).tick()
     assert tick.error is not None and "unreachable" in tick.error
     assert world.sent == {} and world.op().status == "pending"
+
+
+def test_nothing_else_acts_on_an_operation_while_it_is_compensated(world: World) -> None:
+    world.script["a"] = [StepOutcome("retry", error="slow node")]
+    world.create()
+    world.router().run_operation("op-1")
+    world.clock.advance(60)  # due again: a router would run it
+    seen: list[Any] = []
+
+    def compensation(_ctx: IssuanceContext, op: IssuanceOperation) -> StepOutcome:
+        seen.append(world.router().tick())
+        actions: list[Callable[[], IssuanceOperation]] = [
+            lambda: compensate_operation(
+                world.ctx, world.definitions(), "op-1", reason="r", actor="b"
+            ),
+            lambda: resolve_operation(world.ctx, "op-1", reason="r", actor="b"),
+        ]
+        for action in actions:
+            with pytest.raises(InvalidOperationStateError, match="right now"):
+                action()
+        return StepOutcome("done")
+
+    definitions = world.definitions()
+    definitions["bitcoin_deposit"] = OperationDefinition(
+        type="bitcoin_deposit",
+        steps=definitions["bitcoin_deposit"].steps,
+        compensate=compensation,
+    )
+    op = compensate_operation(world.ctx, definitions, "op-1", reason="refund", actor="a")
+    assert seen[0].looked_at == 0
+    assert world.sent["op-1:a"] == 1
+    assert op.status == "compensated"

@@ -11,11 +11,13 @@ Why an override cannot mint or pay twice
 * *Retry* only puts a ``stuck`` or ``waiting`` operation back at the step it stopped at, with
   its attempts at zero: the step is idempotent (command ids derived from the operation), so
   running it again finds what it did before instead of doing it again.
-* *Compensate* first claims the operation (a lease), so no router runs a step of it while the
+* *Compensate* first claims the operation: it is made ``stuck`` (which no router runs) with a
+  lease that refuses a second override meanwhile, so nothing else acts on it while the
   definition's compensation looks at what really happened (a burn committed or not, a payout
-  still cancellable) and undoes it; the compensation refuses (41) whatever it cannot undo
-  without paying twice, and the operation is then left as it was. A completed, compensated,
-  resolved or returned operation is refused outright.
+  still cancellable) and undoes it. A crash during the compensation leaves it ``stuck`` for an
+  operator (the compensation is idempotent, as steps are). The compensation refuses (41)
+  whatever it cannot undo without paying twice, and the operation is then left as it was. A
+  completed, compensated, resolved or returned operation is refused outright.
 * *Resolve* only closes a ``stuck``, ``held`` or ``waiting`` operation with the operator's
   reason: it moves no value, and nothing runs it afterwards.
 """
@@ -174,9 +176,11 @@ def compensate_operation(
         # The claim: no router runs a step of it while the compensation looks and acts.
         claimed = replace(
             op,
+            status="stuck",
             version=op.version + 1,
             updated_at=now,
             next_attempt_at=now + timedelta(seconds=ctx.settings.lease_s),
+            last_error=f"being compensated ({actor}: {reason})",
         )
         if not uow.issuance.update_operation(claimed, expected_version=op.version):
             raise InvalidOperationStateError(f"operation {operation_id} moved meanwhile; try again")
@@ -191,7 +195,7 @@ def compensate_operation(
     except Exception as exc:
         log.exception("compensation of %s raised", operation_id)
         outcome = StepOutcome("retry", error=f"{type(exc).__name__}: {exc}")
-    return _record_compensation(ctx, definition, claimed, outcome, reason=reason, actor=actor)
+    return _record_compensation(ctx, definition, op, claimed, outcome, reason=reason, actor=actor)
 
 
 def _release(ctx: IssuanceContext, before: IssuanceOperation, claimed: IssuanceOperation) -> None:
@@ -200,8 +204,10 @@ def _release(ctx: IssuanceContext, before: IssuanceOperation, claimed: IssuanceO
         restored = replace(
             claimed,
             version=claimed.version + 1,
+            status=before.status,
             updated_at=ctx.clock(),
             next_attempt_at=before.next_attempt_at,
+            last_error=before.last_error,
         )
         if uow.issuance.update_operation(restored, expected_version=claimed.version):
             uow.commit()
@@ -210,6 +216,7 @@ def _release(ctx: IssuanceContext, before: IssuanceOperation, claimed: IssuanceO
 def _record_compensation(
     ctx: IssuanceContext,
     definition: OperationDefinition,
+    before: IssuanceOperation,
     claimed: IssuanceOperation,
     outcome: StepOutcome,
     *,
@@ -277,7 +284,7 @@ def _record_compensation(
         )
         audit_move(
             uow,
-            before=claimed,
+            before=before,
             after=moved,
             operation="issuance_compensate",
             actor=actor,

@@ -246,9 +246,10 @@ def operation_json(
 def leased(op: IssuanceOperation, now: datetime, settings: IssuanceSettings) -> bool:
     """Whether a worker holds ``op`` right now: a claim moves ``next_attempt_at`` to exactly
     ``updated_at + lease_s`` (a wait or backoff of exactly that length reads as a lease too,
-    which only makes an override wait a little)."""
+    which only makes an override wait a little). A compensation's claim is the same on a
+    ``stuck`` operation (which no router runs)."""
     return (
-        op.status in OPEN_STATUSES
+        (op.status in OPEN_STATUSES or op.status == "stuck")
         and op.next_attempt_at is not None
         and op.next_attempt_at > now
         and op.next_attempt_at - op.updated_at == timedelta(seconds=settings.lease_s)
