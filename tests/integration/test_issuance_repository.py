@@ -601,3 +601,41 @@ def test_lock_guard_serialises_two_minting_transactions(postgres_url: str) -> No
         assert _guard_seq(database) == 2
     finally:
         database.dispose()
+
+
+@pytest.mark.postgres
+def test_a_party_registered_by_two_customers_at_once_goes_to_the_first(
+    postgres_url: str,
+) -> None:
+    database = bootstrap.database(postgres_url)
+    try:
+        with database.uow() as uow:
+            assert uow.issuance.set_customer_party("bob", "bob::old", WHEN)
+            uow.commit()
+        outcome: dict[str, bool] = {}
+        holding = database.uow()
+        first = holding.__enter__()
+        assert first.issuance.set_customer_party("alice", "shared::1220", WHEN)
+
+        def other() -> None:
+            with database.uow() as uow:
+                outcome["bob"] = uow.issuance.set_customer_party("bob", "shared::1220", WHEN)
+                uow.commit()  # committed even though refused: it must have written nothing
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        try:
+            _wait_for_a_lock_wait(database.engine, thread)
+            assert outcome == {}
+            first.commit()
+        finally:
+            holding.__exit__(None, None, None)
+            thread.join(WAIT_TIMEOUT_S)
+        assert outcome == {"bob": False}
+        with database.uow() as uow:
+            assert uow.issuance.customer_of_party(["shared::1220", "bob::old"]) == {
+                "shared::1220": "alice",
+                "bob::old": "bob",
+            }
+    finally:
+        database.dispose()
