@@ -150,7 +150,7 @@ def test_each_instrument_shows_available_held_and_in_flight(db: bootstrap.Databa
         AMULET,
         Decimal("7"),
         Decimal("4"),
-        0,
+        Decimal(0),
     )
 
 

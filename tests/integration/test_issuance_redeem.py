@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -337,7 +336,11 @@ def test_a_request_moves_the_istsi_to_in_flight_and_opens_the_operation(world: W
     assert world.balance(IN_FLIGHT) == Decimal("0.003")
     line = world.lines()["iSTSi"]
     assert line.instrument == world.istsi
-    assert (line.available, line.held, line.in_flight) == (Decimal("0.007"), 0, Decimal("0.003"))
+    assert (line.available, line.held, line.in_flight) == (
+        Decimal("0.007"),
+        Decimal(0),
+        Decimal("0.003"),
+    )
 
 
 def test_the_same_idempotency_key_answers_42_with_the_first_operation(world: World) -> None:
@@ -345,8 +348,11 @@ def test_the_same_idempotency_key_answers_42_with_the_first_operation(world: Wor
     with pytest.raises(DuplicateOperationError) as raised:
         world.redeem(400_000)
     assert raised.value.code == 42
-    assert raised.value.first is not None
-    assert (raised.value.first["id"], raised.value.first["amount_sats"]) == (first.id, 300_000)
+    assert raised.value.first_operation is not None
+    assert (raised.value.first_operation["id"], raised.value.first_operation["amount_sats"]) == (
+        first.id,
+        300_000,
+    )
     assert world.balance(IN_FLIGHT) == Decimal("0.003")  # taken once
 
 
@@ -492,7 +498,7 @@ def test_a_payout_cancelled_for_good_is_reminted_and_the_customer_made_whole(
     assert world.balance(customer_account_name(ALICE)) == Decimal("0.01")
     assert world.balance(IN_FLIGHT) == 0
     line = world.lines()["iSTSi"]
-    assert (line.available, line.in_flight) == (Decimal("0.01"), 0)
+    assert (line.available, line.in_flight) == (Decimal("0.01"), Decimal(0))
     world.pay()
     world.mine(CONFIRMATIONS)
     assert world.paid_to(script) == []  # and never paid

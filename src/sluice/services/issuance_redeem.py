@@ -55,7 +55,6 @@ so one of them at a time works on a redemption.
 from __future__ import annotations
 
 from dataclasses import replace
-from decimal import Decimal
 from typing import Any
 
 from sluice.domain.amounts import format_amount
@@ -79,7 +78,6 @@ from sluice.domain.journal import (
     Posting,
     customer_account_name,
 )
-from sluice.ports import UnitOfWork
 from sluice.ports.bitcoin_payouts import PAYOUT_WAITING_STATUSES
 from sluice.ports.issuance import (
     TERMINAL_STATUSES,
@@ -196,7 +194,19 @@ def request_redemption(
         if not uow.withdrawals.customer_exists(customer_id):
             raise NotFoundError(f"unknown customer {customer_id!r}")
         now = ctx.clock()
-        _check_burn_allowed(ctx, uow, customer_id, value, address, operation_id, actor)
+        # The destination address is the counterparty: listed or flagged, it is refused. A
+        # refusal commits its audit record alone and raises the compliance error.
+        check_operation_allowed(
+            uow,
+            ctx.registry,
+            ComplianceRequest(
+                customer_id, "burn", ctx.registry.settings.value(instrument, value), address
+            ),
+            operation_id=operation_id,
+            at=now,
+            actor=actor,
+            parameters={"instrument": instrument.key(), "instrument_amount": format_amount(value)},
+        )
         if balance < value:
             raise InsufficientBalanceError(
                 f"customer {customer_id} has {format_amount(balance)} {instrument.id}, "
@@ -253,32 +263,6 @@ def request_redemption(
         )
         uow.commit()
         return operation
-
-
-def _check_burn_allowed(
-    ctx: IssuanceContext,
-    uow: UnitOfWork,
-    customer_id: str,
-    value: Decimal,
-    address: str,
-    operation_id: str,
-    actor: str,
-) -> None:
-    """The KYC registry's decision on a ``burn`` of ``value`` iSTSi paid to ``address`` (the
-    address is the counterparty: listed or flagged, it is refused). A refusal commits its audit
-    record alone and raises the compliance error."""
-    instrument = ctx.issuer.instrument
-    check_operation_allowed(
-        uow,
-        ctx.registry,
-        ComplianceRequest(
-            customer_id, "burn", ctx.registry.settings.value(instrument, value), address
-        ),
-        operation_id=operation_id,
-        at=ctx.clock(),
-        actor=actor,
-        parameters={"instrument": instrument.key(), "instrument_amount": format_amount(value)},
-    )
 
 
 # --- the steps ---------------------------------------------------------------------------------
@@ -623,13 +607,7 @@ def compensate(ctx: IssuanceContext, operation: IssuanceOperation) -> StepOutcom
         )
     burn = _burn_of(ctx, operation.id)
     if burn is None or burn.status == "failed":
-        journal_id = _refund(ctx, operation, actor=ROUTER_ACTOR)
-        return _done(
-            "done",
-            status="compensated",
-            detail={"journal": journal_id},
-            result={"refunded": True, "refund_journal": journal_id},
-        )
+        return refund_step(ctx, operation)
     if burn.status == "submitted":
         raise InvalidOperationStateError(
             f"redemption {operation.id}: the outcome of its burn is unknown; retry the operation "
