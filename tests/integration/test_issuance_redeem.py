@@ -13,6 +13,7 @@ on the chain: the outputs to the redemption's address over every block.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -62,7 +63,7 @@ from sluice.services.btc_payouts import PayoutWorker, cancel_payout, get_payout,
 from sluice.services.btc_watcher import DepositWatcher
 from sluice.services.compliance import KycRegistry
 from sluice.services.compliance_officer import flag_address, freeze_customer, set_limits
-from sluice.services.issuance_overrides import compensate_operation
+from sluice.services.issuance_overrides import compensate_operation, retry_operation
 from sluice.services.issuance_redeem import (
     DEFINITION,
     burn_id_of,
@@ -575,3 +576,43 @@ def test_a_remint_passes_the_mint_guard_when_reserves_just_cover_the_supply(worl
     with world.db.uow() as uow:
         assert not uow.issuance.minting_state().minting_halted
     assert world.issuer.supply() == 1_000_000
+
+
+def test_a_rejected_burn_is_sent_again_on_an_operator_retry_and_burns_once(world: World) -> None:
+    world.issuer.reject_burns = 1
+    op = world.redeem(300_000)
+    assert world.run(op.id).status == "stuck"
+    assert world.issuer.supply() == 1_000_000
+    retry_operation(world.ctx, op.id, reason="treasury topped up", actor="operator")
+    after = world.run(op.id)
+    assert (after.status, after.step) == ("waiting", "confirm"), after.last_error
+    assert world.issuer.burns_sent == [burn_id_of(op.id)] * 2
+    assert world.issuer.supply() == 700_000
+    with pytest.raises(InvalidOperationStateError, match="re-mint"):
+        DEFINITION.step("refund")(world.ctx, after)  # type: ignore[misc]  # burned: no refund
+
+
+def test_concurrent_requests_with_one_key_take_the_istsi_once(world: World) -> None:
+    threads = 4
+    barrier = threading.Barrier(threads)
+    outcomes: list[object] = []
+
+    def request() -> None:
+        barrier.wait(timeout=30)
+        try:
+            outcomes.append(world.redeem(300_000, key="same"))
+        except Exception as exc:  # collected and judged below
+            outcomes.append(exc)
+
+    workers = [threading.Thread(target=request) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    created = [o for o in outcomes if isinstance(o, IssuanceOperation)]
+    duplicates = [o for o in outcomes if isinstance(o, DuplicateOperationError)]
+    assert len(created) == 1 and len(duplicates) == threads - 1, outcomes
+    assert all(d.first_operation and d.first_operation["id"] == created[0].id for d in duplicates)
+    assert world.balance(IN_FLIGHT) == Decimal("0.003")
+    assert world.balance(customer_account_name(ALICE)) == Decimal("0.007")
+    assert world.operations_count() == 1
