@@ -6,10 +6,10 @@ Nothing here runs at import time; entry points call these functions.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from sqlalchemy import Engine
@@ -41,9 +41,12 @@ from sluice.ports import (
     WriterLock,
 )
 from sluice.ports.bitcoin import BitcoinNode, CustodyWallet
+from sluice.ports.issuance import ContractAddresses, IssuerLedger
 from sluice.screening import ListedSanctions, screen_to_json_lines
 from sluice.services.bitcoin_settings import BitcoinSettings
 from sluice.services.compliance import ComplianceSettings, KycRegistry
+from sluice.services.issuance_router import IssuanceRouter
+from sluice.services.issuance_settings import IssuanceContext
 from sluice.store.async_reads import PgAsyncReads
 from sluice.store.database import open_database
 from sluice.store.unit_of_work import SqlUnitOfWork
@@ -51,6 +54,7 @@ from sluice.store.writer_lock import writer_lock as ingestion_writer_lock
 
 if TYPE_CHECKING:
     from sluice.bitcoin.chainfile import ChainFile
+    from sluice.ledger.local.engine import EmbeddedLedger
 
 
 def _nothing() -> None:
@@ -403,3 +407,306 @@ def bitcoin_custody(config: DeploymentConfig) -> BitcoinCustody:
         signers=wallet.signing_keys_held,
         sandbox=file,
     )
+
+
+# --- iSTSi issuance ----------------------------------------------------------------------------
+
+# Where the treasury party of an embedded world is remembered (server/world.py's TREASURY_KEY).
+_TREASURY_CONTROL_KEY = "treasury_party"
+# The hint of the issuer party the sandbox allocates when ``[issuance] issuer_party`` is absent.
+SANDBOX_ISSUER_HINT = "issuer"
+ISSUANCE_ACTOR = "issuance"
+
+
+@dataclass(frozen=True, slots=True)
+class Issuance:
+    """iSTSi issuance as configured: the router's context, the router (with the operation types
+    of :mod:`sluice.services.issuance_operations` and the contract-address rebuild hook), what
+    it runs against, and how to let go of it (the issuer ledger it opened, the custody it made)."""
+
+    context: IssuanceContext
+    router: IssuanceRouter
+    description: str
+    close: Callable[[], None]
+
+
+def issuance(
+    config: DeploymentConfig,
+    database: Database,
+    *,
+    ledger_path: Path | None = None,
+    custody: BitcoinCustody | None = None,
+    clock: Callable[[], datetime] | None = None,
+    ledger: EmbeddedLedger | None = None,
+    treasury: str | None = None,
+) -> Issuance:
+    """Wire iSTSi issuance from ``[issuance]``.
+
+    ``custody`` defaults to :func:`bitcoin_custody` (closed by ``close`` then). The issuer's
+    commands go, in this order, to ``[issuance] control_url`` (a served embedded ledger's sandbox
+    control: :class:`RemoteIssuerLedger`), to ``ledger`` (an embedded ledger this process has
+    open already, e.g. ``sluice serve``'s world: never closed here), or to the embedded ledger
+    file (``ledger_path`` or the configured/default one) opened in process for writing
+    (:class:`EmbeddedIssuerLedger`; flushed and closed by ``close``). Against a Canton
+    participant with none of these, :class:`InvalidInputError`: a real token implementation has
+    to be plugged in first.
+
+    Ensures iSTSi exists on that ledger (:func:`create_istsi`; with no ``issuer_party`` the
+    sandbox's ``issuer::…`` party, allocated once) and is onboarded in the books (transfer kinds
+    direct and offer) — both idempotent. The treasury: ``treasury``, else ``[treasury] party``,
+    else the embedded world's recorded one, else the only ``treasury::…`` party on the ledger's
+    node. ``clock`` (the router's: leases, backoff, waits) defaults to the system's, which the
+    Bitcoin watcher that opens deposit operations uses too.
+
+    Contract addresses (``issuance.update_contract_addresses``) in force override the
+    configuration: read now, and by the router at each tick (:func:`issuance_rebuild`)."""
+    from sluice.services.issuance_contracts import contract_addresses_in_force
+    from sluice.services.issuance_operations import DEFINITIONS
+
+    section = config.issuance
+    closers: list[Callable[[], None]] = []
+    if custody is None:
+        custody = bitcoin_custody(config)
+        closers.append(custody.close)
+    try:
+        admin, described = _issuer_ledger(config, ledger_path, ledger, closers)
+        party = section.issuer_party or _sandbox_issuer(admin, config.ledger.node)
+        the_treasury = _issuance_treasury(config, database, admin, treasury)
+        registry = kyc_registry(config)
+        now = clock or _system_clock
+        base = IssuanceContext(
+            uow=database.uow,
+            clock=now,
+            issuer=_ensure_istsi(admin, party, section.instrument_id, database, now()),
+            registry=registry,
+            wallet=custody.wallet,
+            node=custody.node,
+            treasury=the_treasury,
+            bitcoin=custody.settings,
+            settings=section.settings(),
+        )
+        rebuild = issuance_rebuild(base, admin, custody, config, database)
+        in_force = contract_addresses_in_force(database.uow, now())
+        context = rebuild(in_force) if in_force is not None else base
+        router = IssuanceRouter(context, DEFINITIONS, rebuild=rebuild, addresses=in_force)
+    except BaseException:
+        _close_all(closers)
+        raise
+    description = (
+        f"iSTSi issuance (issuer {context.issuer.instrument.admin} on {described}; "
+        f"{custody.description})"
+    )
+    return Issuance(
+        context=context,
+        router=router,
+        description=description,
+        close=lambda: _close_all(closers),
+    )
+
+
+def _close_all(closers: list[Callable[[], None]]) -> None:
+    """Run every closer (the last opened first), each even when an earlier one failed."""
+    problem: BaseException | None = None
+    for close in reversed(closers):
+        try:
+            close()
+        except Exception as exc:  # the others must still be closed
+            problem = problem or exc
+    closers.clear()
+    if problem is not None:
+        raise problem
+
+
+class _IssuerAdmin(Protocol):
+    """What the issuer's wiring needs of a ledger: the embedded one or its remote control."""
+
+    def nodes(self) -> list[str]: ...
+
+    def parties(self, node: str | None = None) -> list[str]: ...
+
+    def allocate_party(self, hint: str, node: str) -> str: ...
+
+    def instrument_config(self, instrument: InstrumentId) -> Any: ...
+
+    def create_instrument(
+        self,
+        admin: str,
+        instrument_id: str,
+        policy: Any = None,
+        *,
+        name: str | None = None,
+        symbol: str | None = None,
+        decimals: int = 10,
+    ) -> InstrumentId: ...
+
+
+def _issuer_ledger(
+    config: DeploymentConfig,
+    ledger_path: Path | None,
+    ledger: EmbeddedLedger | None,
+    closers: list[Callable[[], None]],
+) -> tuple[Any, str]:
+    """The ledger the issuer's commands go to, and its description; what was opened here is
+    added to ``closers``."""
+    from sluice.ledger.local.engine import EmbeddedLedger
+    from sluice.ledger.local.remote import RemoteLedger
+
+    control_url = config.issuance.control_url
+    if control_url is not None:
+        remote = RemoteLedger(control_url, timeout_s=config.ledger.timeout_s)
+        closers.append(remote.close)
+        return remote, f"the served ledger {control_url}"
+    if ledger is not None:
+        return ledger, "the embedded ledger"
+    if ledger_path is None and config.ledger.kind == "canton":
+        raise InvalidInputError(
+            "iSTSi issuance: the ledger is a Canton participant and no issuer is available "
+            "there (a real token implementation has to be plugged in); for the sandbox, set "
+            "[issuance] control_url to a served embedded ledger, or use an embedded ledger file"
+        )
+    path = ledger_path or config.ledger_path
+    if not path.exists():
+        raise InvalidInputError(
+            f"iSTSi issuance: no embedded ledger at {path} (run `sluice demo` first, pass "
+            "--ledger, or set [issuance] control_url)"
+        )
+    opened = EmbeddedLedger.open(str(path), read_only=False)
+
+    def close() -> None:
+        try:
+            opened.flush()
+        finally:
+            opened.close()
+
+    closers.append(close)
+    return opened, f"the embedded ledger {path}"
+
+
+def _sandbox_issuer(admin: _IssuerAdmin, node: str) -> str:
+    """The sandbox's issuer party: the one ``issuer::…`` party on the ledger, allocated (on the
+    ``dso`` node when there is one, else ``node``) the first time."""
+    found = [p for p in admin.parties() if p.split("::", 1)[0] == SANDBOX_ISSUER_HINT]
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise InvalidInputError(
+            f"iSTSi issuance: {len(found)} parties named {SANDBOX_ISSUER_HINT!r} on the ledger: "
+            "set [issuance] issuer_party"
+        )
+    nodes = admin.nodes()
+    home = "dso" if "dso" in nodes else node
+    if home not in nodes:
+        raise InvalidInputError(
+            f"iSTSi issuance: the ledger has no node {home!r} to allocate the issuer party on "
+            "(ledger.node): set [issuance] issuer_party"
+        )
+    return admin.allocate_party(SANDBOX_ISSUER_HINT, home)
+
+
+def _issuance_treasury(
+    config: DeploymentConfig, database: Database, admin: _IssuerAdmin, given: str | None
+) -> str:
+    from sluice.domain.ledger import check_party_id
+
+    if given or config.treasury.party:
+        return check_party_id(given or config.treasury.party or "")
+    with database.uow() as work:
+        recorded = work.withdrawals.control(_TREASURY_CONTROL_KEY)
+    if recorded:
+        return recorded
+    node = config.ledger.node
+    found = [p for p in admin.parties(node) if p.split("::", 1)[0] == "treasury"]
+    if len(found) != 1:
+        raise InvalidInputError(
+            f"iSTSi issuance: cannot tell the treasury party on node {node!r} ({len(found)} "
+            "parties named treasury): set treasury.party (or SLUICE_TREASURY_PARTY)"
+        )
+    return found[0]
+
+
+def _ensure_istsi(
+    admin: _IssuerAdmin, party: str, instrument_id: str, database: Database, at: datetime
+) -> IssuerLedger:
+    """The issuer's commands on ``party``'s instrument, which exists on the ledger (created for
+    iSTSi) and is onboarded in the books afterwards (idempotent, both)."""
+    from sluice.ledger.local.errors import UnknownInstrumentError
+    from sluice.ledger.local.issuer import (
+        ISTSI_ID,
+        EmbeddedIssuerLedger,
+        RemoteIssuerLedger,
+        create_istsi,
+    )
+    from sluice.ledger.local.remote import RemoteLedger
+    from sluice.services.reference import onboard_instrument
+
+    if instrument_id == ISTSI_ID:
+        instrument = create_istsi(admin, party)
+    else:
+        instrument = InstrumentId(party, instrument_id)
+        try:
+            admin.instrument_config(instrument)
+        except UnknownInstrumentError:
+            raise InvalidInputError(
+                f"[issuance] instrument_id: no instrument {instrument_id!r} of {party} on the "
+                f"ledger (only {ISTSI_ID!r} is created by sluice)"
+            ) from None
+    onboard_instrument(
+        database.uow,
+        instrument,
+        transfer_kinds=("direct", "offer"),
+        actor=ISSUANCE_ACTOR,
+        at=at,
+    )
+    if isinstance(admin, RemoteLedger):
+        return RemoteIssuerLedger(admin, party, instrument_id)
+    return EmbeddedIssuerLedger(admin, party, instrument_id)  # type: ignore[arg-type]
+
+
+def issuance_rebuild(
+    base: IssuanceContext,
+    admin: Any,
+    custody: BitcoinCustody,
+    config: DeploymentConfig,
+    database: Database,
+) -> Callable[[ContractAddresses], IssuanceContext]:
+    """The router's rebuild hook: the context for the contract addresses in force.
+
+    * ``issuer_party``: the issuer's commands move to that party's iSTSi (created on the ledger
+      and onboarded in the books when new); absent, the configured issuer stays.
+    * ``bitcoin_node_url`` and ``custody_descriptor``: custody is not switched inside a running
+      process (its keys, wallet and watcher are built at start-up). A value that differs from
+      the running custody's makes the hook raise, so the router runs no step on stale wiring (its
+      tick reports the error, logged by the loop) until the process is restarted with a
+      ``[bitcoin]`` section that matches; the same value (or none) changes nothing.
+    * ``registry_url``: the KYC registry is this process's own (``[compliance]``), so it is
+      recorded but changes nothing here.
+    """
+
+    def rebuild(addresses: ContractAddresses) -> IssuanceContext:
+        running_url = config.bitcoin.rpc_url if config.bitcoin is not None else None
+        url = addresses.bitcoin_node_url
+        if url is not None and url.rstrip("/") != (running_url or "").rstrip("/"):
+            raise InvalidInputError(
+                f"the contract addresses in force name the Bitcoin node {url} and this process "
+                f"runs custody on {custody.description}: restart with [bitcoin] rpc_url = {url!r}"
+            )
+        wanted = addresses.custody_descriptor
+        if wanted is not None and wanted not in _custody_descriptors(custody, config):
+            raise InvalidInputError(
+                "the contract addresses in force name another custody descriptor than this "
+                "process runs with: restart with that [bitcoin] descriptor"
+            )
+        party = addresses.issuer_party
+        if party is None or party == base.issuer.instrument.admin:
+            return base
+        issuer = _ensure_istsi(admin, party, base.settings.instrument_id, database, base.clock())
+        return replace(base, issuer=issuer)
+
+    return rebuild
+
+
+def _custody_descriptors(custody: BitcoinCustody, config: DeploymentConfig) -> set[str]:
+    known = {custody.wallet.descriptor}
+    if config.bitcoin is not None:
+        known.add(config.bitcoin.descriptor)
+    return {d for d in known if d}

@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 from sluice.config.bitcoin import BitcoinConfig as BitcoinConfig
+from sluice.config.issuance import IssuanceConfig as IssuanceConfig
 from sluice.config.sections import (
     _check_url,
     _read_secret,
@@ -342,6 +343,8 @@ class DeploymentConfig(_Section):
     # Bitcoin custody; absent: the sandbox custody on the embedded chain (`sluice btc …` only,
     # never run by `sluice serve` or `sluice workers run`).
     bitcoin: BitcoinConfig | None = None
+    # iSTSi issuance (runs where Bitcoin custody and an issuer ledger are available).
+    issuance: IssuanceConfig = IssuanceConfig()
 
     @property
     def database_url(self) -> str:
