@@ -116,6 +116,9 @@ class LedgerConnection:
     close: Callable[[], None] = _nothing
     # The record time of the node's item at an offset, where the ledger can tell cheaply.
     record_time_at: Callable[[str, int], datetime | None] = _unknown_record_time
+    # The embedded ledger itself, when that is what this connection is (iSTSi's issuer
+    # commands share it: an embedded ledger file has one writer).
+    embedded: EmbeddedLedger | None = None
 
 
 def registry_urls(
@@ -220,6 +223,7 @@ def embedded_connection(path: Path, node: str, *, writable: bool) -> LedgerConne
         flush=ledger.flush if writable else _nothing,
         close=ledger.close,
         record_time_at=ledger.record_time_at,
+        embedded=ledger if writable else None,
     )
 
 

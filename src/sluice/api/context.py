@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sluice.api.oidc import JwtVerifier
 from sluice.ports import AsyncReads, RegistryLookup, UnitOfWorkFactory
@@ -13,6 +14,9 @@ from sluice.services.approvals import Executor
 from sluice.services.compliance import KycRegistry
 from sluice.services.settings import RuntimeSettings
 from sluice.services.withdrawals import WithdrawalSettings
+
+if TYPE_CHECKING:
+    from sluice import bootstrap
 
 
 @dataclass
@@ -36,3 +40,6 @@ class ApiContext:
     deployment: Mapping[str, object] = field(default_factory=dict)
     # The approval executors; filled by ``create_app`` from ``sluice.api.operations``.
     executors: Mapping[str, Executor] = field(default_factory=dict)
+    # iSTSi issuance (its router and context), when this process runs it (Bitcoin custody and an
+    # issuer ledger); None: the issuance endpoints answer 503 saying so.
+    issuance: bootstrap.Issuance | None = None

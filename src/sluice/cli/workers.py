@@ -88,8 +88,16 @@ def workers_run(
             f"ledger.local_margin_s ({margin:g} s), or no local-party withdrawal could be submitted"
         )
     try:
-        bitcoin = _bitcoin_loop(config, database, interval)
+        custody, bitcoin = _bitcoin_loop(config, database, interval)
     except SluiceError as exc:
+        link.close()
+        database.dispose()
+        fail_with(exc)
+    try:
+        issuance = _issuance_loop(config, database, custody, link, party, interval)
+    except SluiceError as exc:
+        if bitcoin is not None:
+            bitcoin.stop()
         link.close()
         database.dispose()
         fail_with(exc)
@@ -116,9 +124,13 @@ def workers_run(
         with stop_signals() as stopping:
             if bitcoin is not None and not once:
                 bitcoin.start()
+            if issuance is not None and not once:
+                issuance.start()
             while not stopping():
                 if bitcoin is not None and once:
                     bitcoin.run_round()
+                if issuance is not None and once:
+                    issuance.run_round()
                 paid = withdrawals.run_once()
                 answered = deposits.run_once()
                 link.flush()  # what was submitted becomes visible to `sluice ingest`
@@ -141,6 +153,8 @@ def workers_run(
     except SluiceError as exc:
         fail_with(exc)
     finally:
+        if issuance is not None:
+            issuance.stop()
         if bitcoin is not None:
             bitcoin.stop()
         link.close()
@@ -149,11 +163,11 @@ def workers_run(
 
 def _bitcoin_loop(
     config: DeploymentConfig, database: bootstrap.Database, interval: float
-) -> ServiceLoop | None:
-    """The Bitcoin watcher and payouts worker when `[bitcoin]` is configured; they log through
-    the service's log lines on stderr."""
+) -> tuple[bootstrap.BitcoinCustody | None, ServiceLoop | None]:
+    """Custody, and the Bitcoin watcher and payouts worker, when `[bitcoin]` is configured; they
+    log through the service's log lines on stderr."""
     if config.bitcoin is None:
-        return None
+        return None, None
     # Imported here: the server's modules are loaded only by the processes that run custody.
     from sluice.server import configure_logging
     from sluice.server.bitcoin import bitcoin_loop
@@ -161,7 +175,37 @@ def _bitcoin_loop(
     configure_logging()
     custody = bootstrap.bitcoin_custody(config)
     note(f"bitcoin: {custody.description}")
-    return bitcoin_loop(custody, database, interval_s=interval)
+    return custody, bitcoin_loop(custody, database, interval_s=interval)
+
+
+def _issuance_loop(
+    config: DeploymentConfig,
+    database: bootstrap.Database,
+    custody: bootstrap.BitcoinCustody | None,
+    link: bootstrap.LedgerConnection,
+    treasury: str,
+    interval: float,
+) -> ServiceLoop | None:
+    """iSTSi issuance's router and KYC hold worker, where custody and an issuer ledger (the
+    embedded ledger file this process writes, or `[issuance] control_url`) are available;
+    otherwise the reason is logged and shown."""
+    from sluice.server.issuance import issuance_off_reason, serve_issuance
+
+    reason = issuance_off_reason(config, custody, link.embedded)
+    if reason is not None:
+        note(f"issuance: off ({reason})")
+    served = serve_issuance(
+        config,
+        database,
+        custody=custody,
+        ledger=link.embedded,
+        treasury=treasury,
+        interval_s=interval,
+    )
+    if served is None:
+        return None
+    note(f"issuance: {served[0].description}")
+    return served[1]
 
 
 def _sleep_unless(seconds: float, stop: Callable[[], bool]) -> None:

@@ -195,6 +195,10 @@ def _announce(service: Service, url: str) -> None:
             "bitcoin custody: deposit watcher and payouts beside the service loop",
             custody=service.bitcoin.description,
         )
+    if service.issuance is not None:
+        log.info(
+            "iSTSi issuance: router and KYC hold worker", issuance=service.issuance.description
+        )
     if service.world is not None and service.world.created:
         log.info("embedded ledger created with Amulet and USDX", ledger=str(service.world.path))
     if not service.has_api_keys():

@@ -18,6 +18,7 @@ from sluice.config import DeploymentConfig
 from sluice.domain.errors import InvalidInputError
 from sluice.ledger.local.adapters import EmbeddedCommands, embedded_registries
 from sluice.server.bitcoin import bitcoin_loop
+from sluice.server.issuance import serve_issuance
 from sluice.server.loop import (
     IngestionStandby,
     Outcome,
@@ -54,6 +55,9 @@ class Service:
     # Bitcoin custody's watcher and payouts worker, when ``[bitcoin]`` is configured.
     bitcoin: bootstrap.BitcoinCustody | None = None
     bitcoin_loop: ServiceLoop | None = None
+    # iSTSi issuance's router and KYC hold worker, when custody and an issuer ledger are there.
+    issuance: bootstrap.Issuance | None = None
+    issuance_loop: ServiceLoop | None = None
 
     @property
     def database_description(self) -> str:
@@ -67,14 +71,23 @@ class Service:
         self.loop.start()
         if self.bitcoin_loop is not None:
             self.bitcoin_loop.start()
+        if self.issuance_loop is not None:
+            self.issuance_loop.start()
 
     @property
     def alive(self) -> bool:
-        return self.loop.alive and (self.bitcoin_loop is None or self.bitcoin_loop.alive)
+        return (
+            self.loop.alive
+            and (self.bitcoin_loop is None or self.bitcoin_loop.alive)
+            and (self.issuance_loop is None or self.issuance_loop.alive)
+        )
 
     def close(self, timeout_s: float = 30.0) -> bool:
-        # The Bitcoin loop first: it uses the database the main loop disposes of when it stops.
+        # Issuance first (it uses custody and the ledger), then the Bitcoin loop: both use the
+        # database the main loop disposes of when it stops.
+        issuance_stopped = self.issuance_loop is None or self.issuance_loop.stop(timeout_s)
         bitcoin_stopped = self.bitcoin_loop is None or self.bitcoin_loop.stop(timeout_s)
+        bitcoin_stopped = bitcoin_stopped and issuance_stopped
         return self.loop.stop(timeout_s) and bitcoin_stopped
 
 
@@ -127,6 +140,25 @@ def build_service(
         service.context.readiness = {
             **service.context.readiness,
             "bitcoin_loop": service.bitcoin_loop.readiness,
+        }
+    try:
+        issuance = serve_issuance(
+            config,
+            database,
+            custody=custody,
+            ledger=world.ledger if world is not None else None,
+            treasury=treasury,
+            interval_s=interval_s,
+        )
+    except BaseException:
+        service.close()
+        raise
+    if issuance is not None:
+        service.issuance, service.issuance_loop = issuance
+        service.context.issuance = service.issuance
+        service.context.readiness = {
+            **service.context.readiness,
+            "issuance_loop": service.issuance_loop.readiness,
         }
     return service
 
