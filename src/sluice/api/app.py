@@ -10,12 +10,21 @@ from fastapi import FastAPI
 from sluice.api.context import ApiContext
 from sluice.api.errors import install_error_handlers
 from sluice.api.operations import executors
-from sluice.api.routes import admin, compliance, customers, instruments, system, withdrawals
+from sluice.api.routes import (
+    admin,
+    compliance,
+    customers,
+    instruments,
+    issuance,
+    system,
+    withdrawals,
+)
 from sluice.api.security import CorrelationMiddleware, RateLimiter
 
 # Every router of the API, in the order they are mounted.
-ROUTERS = tuple(
-    module.router for module in (system, customers, withdrawals, instruments, compliance, admin)
+ROUTERS = (
+    *(module.router for module in (system, customers, withdrawals, instruments, compliance, admin)),
+    *issuance.ROUTERS,
 )
 
 DESCRIPTION = """\

@@ -90,7 +90,8 @@ def error_body(
 
 
 def status_of(exc: SluiceError) -> int:
-    status = STATUS_BY_CODE.get(exc.code)
+    # An error may name its own status (e.g. 503 for a part the deployment does not configure).
+    status = getattr(exc, "http_status", None) or STATUS_BY_CODE.get(exc.code)
     if status is not None:
         return status
     return 422 if isinstance(exc, ValueError) else 500

@@ -1,0 +1,301 @@
+"""The iSTSi issuance endpoints through the real application (``create_app`` with the test
+client), on SQLite and PostgreSQL: a customer's redemption with an Idempotency-Key (the same key
+again: 409, code 42, the first redemption in ``details.first``), what a user may not see of
+another customer, staff's lists and views, overrides/resume/contracts proposed (202), held
+deposits, the deposit address and deposits, and 503 when issuance is not configured."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sluice.bitcoin.wallet import EmbitCustodyWallet
+from sluice.services.btc_watcher import DepositWatcher
+from sluice.services.mint_guard import halt_minting
+from tests.api_support import ApiWorld, api_world
+from tests.integration.issuance_api_support import (
+    CONFIRMATIONS,
+    IssuanceWorld,
+    add_issuance,
+    custody_wallet,
+)
+
+AMOUNT = 200_000
+
+
+@pytest.fixture(scope="module")
+def wallet(tmp_path_factory: pytest.TempPathFactory) -> EmbitCustodyWallet:
+    return custody_wallet(tmp_path_factory.mktemp("keys") / "custody")
+
+
+@pytest.fixture
+def world(database_url: str, wallet: EmbitCustodyWallet) -> Iterator[IssuanceWorld]:
+    api = api_world(database_url, settings={"approvals.required": 2})
+    built = add_issuance(api, wallet)
+    built.give_istsi("cust-0", 1_000_000)
+    built.give_istsi("cust-1", 1_000_000)
+    yield built
+    api.sandbox.close()
+
+
+def redeem(
+    world: IssuanceWorld, who: str, customer: str, key: str, *, amount: int = AMOUNT, **body: Any
+) -> Any:
+    payload = {"amount_sats": amount, "address": world.outside_address(customer), **body}
+    with world.api.client() as client:
+        return client.post(
+            f"/v1/customers/{customer}/redemptions",
+            json=payload,
+            headers={**world.api.headers(who), "Idempotency-Key": key},
+        )
+
+
+def get(world: IssuanceWorld, who: str, path: str, **params: Any) -> Any:
+    with world.api.client() as client:
+        return client.get(path, headers=world.api.headers(who), params=params)
+
+
+def post(world: IssuanceWorld, who: str, path: str, body: Any) -> Any:
+    with world.api.client() as client:
+        return client.post(path, json=body, headers=world.api.headers(who))
+
+
+def test_a_customer_redeems_once_per_idempotency_key(world: IssuanceWorld) -> None:
+    first = redeem(world, "user", "cust-0", "k-1")
+    assert first.status_code == 201, first.text
+    op = first.json()
+    assert op["id"] == "redeem:cust-0:k-1"
+    assert (op["type"], op["status"], op["step"]) == ("token_withdrawal", "pending", "burn")
+    assert op["amount_sats"] == AMOUNT
+    assert op["params"]["address"] == world.outside_address("cust-0")
+    assert op["params"]["requested_by"].startswith("user:")
+
+    again = redeem(world, "user", "cust-0", "k-1", amount=AMOUNT + 1)
+    assert again.status_code == 409, again.text
+    error = again.json()
+    assert error["code"] == 42
+    assert error["details"]["first"]["id"] == op["id"]
+    assert error["details"]["first"]["amount_sats"] == AMOUNT
+
+    # Taken once: in flight is the first amount only.
+    lines = get(world, "user", "/v1/customers/cust-0/balances/detail").json()["balances"]
+    istsi = [line for line in lines if line["instrument"]["id"] == "iSTSi"]
+    assert len(istsi) == 1
+    assert Decimal(istsi[0]["in_flight"]) == Decimal("0.002")
+    assert Decimal(istsi[0]["available"]) == Decimal("0.008")
+
+    shown = get(world, "user", f"/v1/customers/cust-0/redemptions/{op['id']}")
+    assert shown.status_code == 200, shown.text
+    assert shown.json()["id"] == op["id"]
+    assert shown.json()["steps"] == []
+    listed = get(world, "user", "/v1/customers/cust-0/redemptions").json()
+    assert [item["id"] for item in listed["items"]] == [op["id"]]
+
+
+def test_refused_redemptions_take_nothing(world: IssuanceWorld) -> None:
+    bad = redeem(world, "user", "cust-0", "k-bad", address="bc1qnotanaddressofthisnetwork")
+    assert (bad.status_code, bad.json()["code"]) == (422, 64), bad.text
+    mainnet = redeem(
+        world, "user", "cust-0", "k-main", address="bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq"
+    )
+    assert (mainnet.status_code, mainnet.json()["code"]) == (422, 64), mainnet.text
+    too_much = redeem(world, "user", "cust-0", "k-much", amount=2_000_000)
+    assert (too_much.status_code, too_much.json()["code"]) == (422, 62), too_much.text
+    no_key = post(
+        world,
+        "user",
+        "/v1/customers/cust-0/redemptions",
+        {"amount_sats": AMOUNT, "address": world.outside_address("x")},
+    )
+    assert no_key.status_code == 422
+    with world.ctx.uow() as uow:
+        assert uow.issuance.operations(customer_id="cust-0") == []
+    lines = get(world, "user", "/v1/customers/cust-0/balances/detail").json()["balances"]
+    istsi = [line for line in lines if line["instrument"]["id"] == "iSTSi"]
+    assert [Decimal(line["available"]) for line in istsi] == [Decimal("0.01")]
+    assert [Decimal(line["in_flight"]) for line in istsi] == [Decimal(0)]
+
+
+def test_a_user_reaches_nothing_of_another_customer(world: IssuanceWorld) -> None:
+    theirs = redeem(world, "user:cust-1", "cust-1", "theirs")
+    assert theirs.status_code == 201, theirs.text
+    their_id = theirs.json()["id"]
+    for path in (
+        f"/v1/customers/cust-1/redemptions/{their_id}",
+        "/v1/customers/cust-1/redemptions",
+        "/v1/customers/cust-1/istsi/deposits",
+        "/v1/customers/cust-1/istsi/deposit-address",
+        "/v1/customers/cust-1/balances/detail",
+        # Their redemption under my own customer's path is not mine either.
+        f"/v1/customers/cust-0/redemptions/{their_id}",
+    ):
+        answer = get(world, "user", path)
+        assert (answer.status_code, answer.json()["code"]) == (404, 10), (path, answer.text)
+    foreign = redeem(world, "user", "cust-1", "not-mine")
+    assert (foreign.status_code, foreign.json()["code"]) == (404, 10)
+    # Staff endpoints refuse users outright.
+    for path in ("/v1/issuance/operations", f"/v1/issuance/operations/{their_id}"):
+        answer = get(world, "user", path)
+        assert (answer.status_code, answer.json()["code"]) == (403, 2)
+    # A compliance officer may look but not redeem for a customer.
+    seen = get(world, "compliance_officer", f"/v1/customers/cust-1/redemptions/{their_id}")
+    assert seen.status_code == 200, seen.text
+    refused = redeem(world, "compliance_officer", "cust-1", "officer")
+    assert (refused.status_code, refused.json()["code"]) == (403, 2)
+    with world.ctx.uow() as uow:
+        assert [op.id for op in uow.issuance.operations()] == [their_id]
+
+
+def test_staff_list_and_show_operations(world: IssuanceWorld) -> None:
+    mine = redeem(world, "user", "cust-0", "a").json()["id"]
+    theirs = redeem(world, "user:cust-1", "cust-1", "b").json()["id"]
+    all_ops = get(world, "operator", "/v1/issuance/operations").json()
+    assert {item["id"] for item in all_ops["items"]} == {mine, theirs}
+    only = get(world, "compliance_officer", "/v1/issuance/operations", customer_id="cust-1")
+    assert [item["id"] for item in only.json()["items"]] == [theirs]
+    paged = get(world, "operator", "/v1/issuance/operations", limit=1, offset=1).json()
+    assert len(paged["items"]) == 1 and paged["next_offset"] == 2
+    none = get(world, "operator", "/v1/issuance/operations", status="completed").json()
+    assert none["items"] == []
+
+    world.issuance.router.run_operation(mine)  # the burn commits, the payout is queued
+    shown = get(world, "operator", f"/v1/issuance/operations/{mine}").json()
+    assert shown["step"] != "burn"
+    assert [step["step"] for step in shown["steps"]][:1] == ["burn"]
+    assert shown["steps"][0]["outcome"] == "done"
+    missing = get(world, "operator", "/v1/issuance/operations/redeem:cust-0:nope")
+    assert (missing.status_code, missing.json()["code"]) == (404, 10)
+
+    guard = get(world, "operator", "/v1/issuance/guard").json()
+    assert guard["supply_sats"] == 2_000_000 - AMOUNT
+    assert guard["minting_halted"] is False
+    assert get(world, "system_admin", "/v1/issuance/transfers").json()["items"] == []
+
+
+def test_overrides_resume_and_contracts_are_proposed(world: IssuanceWorld) -> None:
+    op_id = redeem(world, "user", "cust-0", "o").json()["id"]
+    for action in ("retry", "compensate", "resolve"):
+        answer = post(
+            world, "system_admin", f"/v1/issuance/operations/{op_id}/{action}", {"reason": "x"}
+        )
+        assert answer.status_code == 202, answer.text
+        approval = answer.json()
+        assert approval["operation"] == f"issuance.{action}"
+        assert approval["parameters"]["operation_id"] == op_id
+        assert approval["status"] == "pending"
+        assert approval["required"] == 2
+    refused = post(world, "operator", f"/v1/issuance/operations/{op_id}/retry", {"reason": "x"})
+    assert (refused.status_code, refused.json()["code"]) == (403, 2)
+    missing = post(
+        world, "super_admin", "/v1/issuance/operations/redeem:cust-0:nope/retry", {"reason": "x"}
+    )
+    assert (missing.status_code, missing.json()["code"]) == (404, 10)
+    # Nothing ran: the operation is as it was.
+    with world.ctx.uow() as uow:
+        op = uow.issuance.get_operation(op_id)
+    assert op is not None and (op.status, op.step) == ("pending", "burn")
+
+    not_halted = post(world, "super_admin", "/v1/issuance/guard/resume", {"reason": "ok"})
+    assert (not_halted.status_code, not_halted.json()["code"]) == (409, 41)
+    halt_minting(
+        world.ctx.uow,
+        reason="test",
+        kind="test",
+        details={},
+        at=world.ctx.clock(),
+        actor="test",
+    )
+    resumed = post(world, "super_admin", "/v1/issuance/guard/resume", {"reason": "checked"})
+    assert resumed.status_code == 202, resumed.text
+    assert resumed.json()["operation"] == "issuance.resume_minting"
+    assert get(world, "operator", "/v1/issuance/guard").json()["minting_halted"] is True
+
+    contracts = post(
+        world,
+        "system_admin",
+        "/v1/issuance/contracts",
+        {"bitcoin_node_url": "http://127.0.0.1:18443", "reason": "new node"},
+    )
+    assert contracts.status_code == 202, contracts.text
+    assert contracts.json()["operation"] == "issuance.update_contract_addresses"
+    assert contracts.json()["parameters"]["bitcoin_node_url"] == "http://127.0.0.1:18443"
+    bad = post(world, "system_admin", "/v1/issuance/contracts", {"bitcoin_node_url": "nope"})
+    assert (bad.status_code, bad.json()["code"]) == (422, 60), bad.text
+
+
+def test_held_deposit_actions_refuse_what_is_not_held(world: IssuanceWorld) -> None:
+    op_id = redeem(world, "user", "cust-0", "h").json()["id"]
+    release = post(
+        world, "compliance_officer", f"/v1/issuance/deposits/{op_id}/release", {"reason": "r"}
+    )
+    assert release.status_code in {404, 409}, release.text
+    assert release.json()["code"] in {10, 41}
+    returned = post(
+        world,
+        "super_admin",
+        "/v1/issuance/deposits/btc-deposit:00:0/return",
+        {"address": world.outside_address("back"), "reason": "r"},
+    )
+    assert (returned.status_code, returned.json()["code"]) == (404, 10), returned.text
+    refused = post(world, "system_admin", f"/v1/issuance/deposits/{op_id}/release", {"reason": "r"})
+    assert (refused.status_code, refused.json()["code"]) == (403, 2)
+
+
+def test_deposit_address_and_deposits(world: IssuanceWorld) -> None:
+    first = get(world, "user", "/v1/customers/cust-0/istsi/deposit-address")
+    assert first.status_code == 200, first.text
+    address = first.json()["address"]
+    assert get(world, "user", "/v1/customers/cust-0/istsi/deposit-address").json()["address"] == (
+        address
+    )
+    assert get(world, "user", "/v1/customers/cust-0/istsi/deposits").json()["items"] == []
+    script = world.wallet.validate_address(address)
+    txid, vout = world.chain.fund(script, 150_000, mine=True)
+    world.chain.mine(CONFIRMATIONS)
+    watcher = DepositWatcher(
+        world.ctx.uow, world.chain, world.wallet, world.ctx.bitcoin, world.ctx.clock
+    )
+    assert watcher.run_once().error is None
+    deposits = get(world, "compliance_officer", "/v1/customers/cust-0/istsi/deposits").json()
+    assert len(deposits["items"]) == 1
+    item = deposits["items"][0]
+    assert (item["txid"], item["vout"], item["amount_sats"]) == (txid, vout, 150_000)
+    assert item["operation_id"] == f"btc-deposit:{txid}:{vout}"
+    with world.ctx.uow() as uow:
+        op = uow.issuance.get_operation(item["operation_id"])
+    assert item["operation_status"] == (op.status if op is not None else None)
+    # Paid: the next request answers a fresh address.
+    fresh = get(world, "user", "/v1/customers/cust-0/istsi/deposit-address").json()["address"]
+    assert fresh != address
+
+
+def test_not_configured_answers_503(tmp_path: Path) -> None:
+    api: ApiWorld = api_world(f"sqlite:///{tmp_path / 'sluice.db'}")
+    try:
+        assert api.context.issuance is None
+        for path in (
+            "/v1/issuance/guard",
+            "/v1/issuance/operations",
+            "/v1/customers/cust-0/redemptions",
+            "/v1/customers/cust-0/istsi/deposit-address",
+        ):
+            answer = get_plain(api, "super_admin", path)
+            assert answer.status_code == 503, (path, answer.text)
+            body = answer.json()
+            assert body["error"] == "issuance_not_configured"
+            assert "issuance is not configured" in body["message"]
+        # Permission comes first: a user is refused staff endpoints with 403 even so.
+        assert get_plain(api, "user", "/v1/issuance/guard").status_code == 403
+        # Balances need no issuance.
+        assert get_plain(api, "user", "/v1/customers/cust-0/balances/detail").status_code == 200
+    finally:
+        api.sandbox.close()
+
+
+def get_plain(api: ApiWorld, who: str, path: str) -> Any:
+    with api.client() as client:
+        return client.get(path, headers=api.headers(who))
