@@ -1,0 +1,320 @@
+"""``sluice issuance``, ``sluice redeem`` and ``sluice balances`` as an operator drives them, on
+an embedded world and the sandbox custody.
+
+Covers: a customer's Bitcoin deposit on the sandbox chain (``sluice btc sandbox fund``) confirmed
+by ``sluice btc watch --once`` opens one ``bitcoin_deposit`` operation; ``sluice issuance run
+--once`` holds it (the sandbox's funding transaction has no readable inputs: KYC fails closed);
+``issuance release`` lets it on; the next round mints iSTSi to the treasury and waits for
+ingestion's credit (booked here in process, as ingestion would), then completes it; ``list`` and
+``show --json`` keys (a contract) and their filters; ``sluice balances --customer --json`` shows
+the iSTSi; ``sluice redeem`` moves it to in flight and opens the redemption; the same key again
+is refused with error 42 showing the first operation (``details.first`` under ``--json``, and on
+stdout for people); an override (``issuance compensate``) is only proposed while two approvals
+are required, and with one it runs at once (the redemption refunded, the iSTSi available again);
+a second compensation is refused (41) with nothing changed; ``issuance guard``; bad input
+(unknown status, unknown operation, an address of another network, a party id) gets a clear error
+and exit code 2.
+
+How: every ``sluice`` is the virtualenv's console script run as a process with
+``SLUICE_DATA_DIR`` in ``tmp_path`` (the helpers of ``test_cli_over_the_wire``); the embedded
+world (ledger file, treasury, instruments) and the customer are made in process first, as `sluice
+demo` would. Each ``sluice`` start costs seconds, so the steps share few tests.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sluice import bootstrap
+from sluice.domain.journal import (
+    AccountRef,
+    JournalTransaction,
+    Posting,
+    customer_account_name,
+    treasury_account_name,
+)
+from sluice.ports.issuance import sats_to_amount
+from sluice.server.world import prepare_embedded_world
+from sluice.services.reference import register_customer
+from tests.e2e.test_cli_over_the_wire import Done, environment, sluice
+
+pytestmark = pytest.mark.slow
+
+# An address outside custody (BIP 173's P2WPKH example, on regtest).
+OUTSIDE = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"
+MAINNET = "bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4"
+OPERATION_KEYS = {
+    "id",
+    "type",
+    "correlation_id",
+    "status",
+    "customer_id",
+    "amount_sats",
+    "step",
+    "attempts",
+    "params",
+    "result",
+    "last_error",
+    "next_attempt_at",
+    "created_at",
+    "updated_at",
+    "completed_at",
+}
+STEP_KEYS = {"seq", "step", "kind", "outcome", "attempt", "detail", "error", "at"}
+GUARD_KEYS = {
+    "supply_sats",
+    "ledger_supply_sats",
+    "reserves_sats",
+    "pending_redemptions_sats",
+    "headroom_sats",
+    "minting_halted",
+    "halted_reason",
+}
+DEPOSIT_SATS = 150_000
+REDEEM_SATS = 50_000
+
+
+def run(env: dict[str, str], *args: str, code: int = 0) -> Done:
+    return sluice(*args, env=env, code=code)
+
+
+def as_json(env: dict[str, str], *args: str, code: int = 0) -> Any:
+    """``sluice ARGS --json``: exactly one JSON document on stdout, decoded."""
+    return json.loads(run(env, *args, "--json", code=code).stdout)
+
+
+class World:
+    """The data directory: an embedded ledger with the sandbox's world, the Integration DB."""
+
+    def __init__(self, data: Path) -> None:
+        self.data = data
+        self.env = environment(data, SLUICE_ACTOR="operator-1")
+        self.database = bootstrap.database(f"sqlite:///{data / 'sluice.db'}")
+        world = prepare_embedded_world(data / "ledger.db", self.database, actor="test")
+        self.treasury = world.treasury
+        world.ledger.close()
+        register_customer(self.database.uow, "alice", "Alice Example", [])
+
+    def credit_mint(self, operation_id: str, sats: int) -> None:
+        """What ingestion does with a mint to the treasury: books it to the customer and marks
+        the mint record credited, in one transaction."""
+        with self.database.uow() as uow:
+            (istsi,) = [
+                r.instrument for r in uow.reference.instruments() if r.instrument.id == "iSTSi"
+            ]
+            value = sats_to_amount(sats)
+            uow.withdrawals.post(
+                [
+                    JournalTransaction(
+                        id=f"test:{operation_id}:mint",
+                        kind="issuance_mint",
+                        postings=(
+                            Posting(AccountRef(treasury_account_name(self.treasury), istsi), value),
+                            Posting(AccountRef(customer_account_name("alice"), istsi), -value),
+                        ),
+                    )
+                ]
+            )
+            uow.issuance.mark_mint_credited(f"issuance:{operation_id}:mint")
+            uow.commit()
+
+    def close(self) -> None:
+        self.database.dispose()
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    made = World(tmp_path / "data")
+    yield made
+    made.close()
+
+
+def istsi_line(env: dict[str, str]) -> tuple[Decimal, Decimal, Decimal]:
+    """Alice's iSTSi: (available, held, in flight)."""
+    balances = as_json(env, "balances", "--customer", "alice")
+    assert balances["customer_id"] == "alice"
+    (line,) = [b for b in balances["balances"] if b["instrument"]["id"] == "iSTSi"]
+    return Decimal(line["available"]), Decimal(line["held"]), Decimal(line["in_flight"])
+
+
+def test_a_deposit_is_minted_redeemed_once_and_compensated_through_the_cli(world: World) -> None:
+    env = world.env
+    address = as_json(env, "btc", "address", "--customer", "alice")["address"]
+    funded = as_json(
+        env, "btc", "sandbox", "fund", "--address", address, "--amount", str(DEPOSIT_SATS)
+    )
+    as_json(env, "btc", "sandbox", "mine", "6")
+    assert as_json(env, "btc", "watch", "--once")["watch"]["confirmed"] == 1
+
+    # The watcher opened the deposit's operation; nothing ran yet.
+    (listed,) = as_json(env, "issuance", "list")
+    deposit_id = f"btc-deposit:{funded['txid']}:{funded['vout']}"
+    assert set(listed) == OPERATION_KEYS
+    assert (listed["id"], listed["type"], listed["status"], listed["step"]) == (
+        deposit_id,
+        "bitcoin_deposit",
+        "pending",
+        "kyc",
+    )
+    assert (listed["customer_id"], listed["amount_sats"]) == ("alice", DEPOSIT_SATS)
+
+    # The sandbox's funding transaction has no inputs anyone can read: KYC holds the deposit.
+    tick = as_json(env, "issuance", "run", "--once")
+    assert tick["router"]["held"] == [deposit_id] and tick["router"]["error"] is None
+    assert set(tick["transfers"]) == {"approved", "rejected", "resent", "failed"}
+    assert as_json(env, "issuance", "list", "--status", "held", "--customer", "alice")[0]["id"] == (
+        deposit_id
+    )
+    assert as_json(env, "issuance", "list", "--type", "token_withdrawal") == []
+    released = as_json(env, "issuance", "release", deposit_id, "--reason", "inputs checked")
+    assert (released["status"], released["step"]) == ("pending", "reserve")
+
+    # Reserved and minted to the treasury; then it waits for ingestion's credit.
+    tick = as_json(env, "issuance", "run", "--once")
+    shown = as_json(env, "issuance", "show", deposit_id)
+    assert set(shown) == OPERATION_KEYS | {"steps"}
+    assert all(set(step) == STEP_KEYS for step in shown["steps"])
+    assert (shown["status"], shown["step"]) == ("waiting", "credit"), shown
+    kinds = [(s["step"], s["kind"], s["outcome"]) for s in shown["steps"]]
+    assert kinds[:3] == [
+        ("kyc", "step", "hold"),
+        ("kyc", "override", "done"),
+        ("reserve", "step", "done"),
+    ], kinds
+    assert ("mint", "step", "done") in kinds
+    guard = as_json(env, "issuance", "guard")
+    assert set(guard) == GUARD_KEYS
+    assert guard["supply_sats"] == DEPOSIT_SATS and guard["minting_halted"] is False
+
+    world.credit_mint(deposit_id, DEPOSIT_SATS)
+    tick = as_json(env, "issuance", "run", "--once")
+    assert tick["router"]["completed"] == [deposit_id]
+    assert istsi_line(env) == (Decimal("0.0015"), 0, 0)
+
+    # A redemption: the iSTSi moves to in flight at once.
+    redemption = as_json(
+        env,
+        "redeem",
+        "--customer",
+        "alice",
+        "--amount",
+        str(REDEEM_SATS),
+        "--to",
+        OUTSIDE,
+        "--idempotency-key",
+        "r-1",
+    )
+    assert set(redemption) == OPERATION_KEYS
+    assert (redemption["id"], redemption["status"], redemption["step"]) == (
+        "redeem:alice:r-1",
+        "pending",
+        "burn",
+    )
+    assert redemption["params"]["address"] == OUTSIDE
+    assert istsi_line(env) == (Decimal("0.001"), 0, Decimal("0.0005"))
+
+    # The same key again: error 42 with the first operation, nothing taken twice.
+    again = run(
+        env,
+        "redeem",
+        "--customer",
+        "alice",
+        "--amount",
+        "60000",
+        "--to",
+        OUTSIDE,
+        "--idempotency-key",
+        "r-1",
+        "--json",
+        code=2,
+    )
+    document = json.loads(again.stdout)
+    assert (document["code"], document["error"]) == (42, "duplicate_operation")
+    assert document["details"]["first"]["id"] == "redeem:alice:r-1"
+    assert document["details"]["first"]["amount_sats"] == REDEEM_SATS
+    assert "error 42 duplicate_operation" in again.stderr
+    people = run(
+        env,
+        "redeem",
+        "--customer",
+        "alice",
+        "--amount",
+        str(REDEEM_SATS),
+        "--to",
+        OUTSIDE,
+        "--idempotency-key",
+        "r-1",
+        code=2,
+    )
+    assert "operation redeem:alice:r-1: pending at step burn" in people.stdout
+    assert "error 42" in people.stderr
+    assert istsi_line(env) == (Decimal("0.001"), 0, Decimal("0.0005"))
+
+    # Two approvals required (the default): the compensation is only proposed.
+    proposed = as_json(env, "issuance", "compensate", "redeem:alice:r-1", "--reason", "asked")
+    approval = proposed["approval"]
+    assert (approval["operation"], approval["status"]) == ("issuance.compensate", "pending")
+    assert (approval["approvals"], approval["required"]) == (1, 2)
+    assert approval["parameters"] == {"operation_id": "redeem:alice:r-1", "reason": "asked"}
+    assert as_json(env, "issuance", "show", "redeem:alice:r-1")["status"] == "pending"
+
+    # One approval suffices: it runs at once and refunds the redemption (nothing was burned).
+    config = world.data / "one-approval.toml"
+    config.write_text('[api.settings]\n"approvals.required" = 1\n')
+    single = {**env, "SLUICE_CONFIG": str(config)}
+    done = as_json(single, "issuance", "compensate", "redeem:alice:r-1", "--reason", "asked")
+    assert done["approval"]["status"] == "executed"
+    assert done["operation"]["id"] == "redeem:alice:r-1"
+    if done["operation"]["status"] != "compensated":  # handed to the refund step
+        as_json(env, "issuance", "run", "--once")
+    final = as_json(env, "issuance", "show", "redeem:alice:r-1")
+    assert final["status"] == "compensated"
+    assert any(s["kind"] == "override" for s in final["steps"])
+    assert istsi_line(env) == (Decimal("0.0015"), 0, 0)
+
+    # A second compensation is refused (41) and changes nothing.
+    refused = run(single, "issuance", "compensate", "redeem:alice:r-1", "--reason", "again", code=2)
+    assert "error 41" in refused.stderr
+    assert istsi_line(env) == (Decimal("0.0015"), 0, 0)
+
+
+def test_bad_input_gets_a_clear_error(world: World) -> None:
+    env = world.env
+    bad_status = run(env, "issuance", "list", "--status", "lost", code=2)
+    assert "--status 'lost': expected one of pending" in bad_status.stderr
+    unknown = run(env, "issuance", "show", "btc-deposit:nope:0", "--json", code=2)
+    assert json.loads(unknown.stdout)["code"] == 10
+    assert "error 10 not_found: unknown issuance operation" in unknown.stderr
+    other_network = run(
+        env,
+        "redeem",
+        "--customer",
+        "alice",
+        "--amount",
+        "50000",
+        "--to",
+        MAINNET,
+        "--idempotency-key",
+        "k",
+        code=2,
+    )
+    assert "error 64" in other_network.stderr
+    bad_party = run(
+        env, "issuance", "set-party", "--customer", "alice", "--party", "not a party", code=2
+    )
+    assert "error 60" in bad_party.stderr
+    nobody = run(env, "balances", "--customer", "carol", code=2)
+    assert "error 10 not_found: unknown customer 'carol'" in nobody.stderr
+    party = f"alice::1220{'ab' * 32}"
+    chosen = as_json(
+        env, "issuance", "set-party", "--customer", "alice", "--party", party, "--mint-to-party"
+    )
+    assert chosen == {"customer_id": "alice", "party": party, "mint_to_party": True}
+    with world.database.uow() as uow:
+        assert uow.issuance.mint_to_party("alice") == party
