@@ -13,7 +13,8 @@ booked, in full, to exactly one liability account, so nothing is ever lost:
 * the network fees the treasury pays on its own housekeeping (self-transfers, merges, unlocks)
   go to the fee account;
 * anything else that moves the treasury's holdings (an outgoing transfer no withdrawal explains,
-  a mint, an unrecognised event) goes to suspense with an alert, for review.
+  a mint, an unrecognised event) goes to suspense with an alert, for review (the issuer's own
+  mints and burns of iSTSi are booked by :mod:`sluice.domain.issuance_books` instead).
 
 Incoming offers change nothing yet: they are recorded as pending and credited only when accepted.
 """
@@ -39,7 +40,9 @@ from sluice.domain.journal import (
 )
 from sluice.domain.ledger import InstrumentId
 
-DispositionKind = Literal["credited", "suspense", "fee", "pending", "none", "review", "held"]
+DispositionKind = Literal[
+    "credited", "suspense", "fee", "pending", "none", "review", "held", "burned"
+]
 Severity = Literal["critical", "warning", "info"]
 
 FEE_KINDS = frozenset({"self_transfer", "merge_split", "unlock", "expire_dust"})

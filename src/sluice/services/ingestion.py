@@ -41,6 +41,7 @@ from sluice.services.ingestion_batch import (
     _Skip,
     _Step,
 )
+from sluice.services.issuance_ingestion import issuance_books_for
 
 # How one batch is decided lives in ingestion_batch; the names this module has offered are
 # re-exported so that they stay importable from it.
@@ -301,6 +302,7 @@ class Ingestion(BatchDecisions):
                 if entry.reason and entry.kind in ("transfer_out", "self_transfer", "merge_split")
             }
             state.withdrawals = repo.withdrawals_by_ids(outgoing) if outgoing else {}
+            state.issuance = issuance_books_for(uow, steps, self.party)
             deposits = [
                 (step.record_time, entry)
                 for step in steps
@@ -331,6 +333,7 @@ class Ingestion(BatchDecisions):
                 self._apply(step, state, progress)
             state.batch.cursor = state.cursor
             repo.write_batch(state.batch)
+            state.issuance.flush(uow)
             if state.compliance is not None:
                 state.compliance.flush()
             if state.audit:

@@ -31,6 +31,7 @@ from sluice.domain.ledger import Checkpoint, Cursor, Holding, InstrumentId, Tran
 from sluice.domain.withdrawals import Withdrawal, book_withdrawal_entry, is_withdrawal_entry
 from sluice.ports import EntryRecord, IngestBatch, IngestedUpdate, IngestionRepository
 from sluice.services.compliance import ComplianceSession, KycRegistry
+from sluice.services.issuance_ingestion import IssuanceBatchBooks
 
 CLOSED_STATUS_BY_ENTRY = {
     "completed": "completed",
@@ -83,6 +84,7 @@ class _BatchState:
     # registry (no customer to decide for): their credit or hold gets a record of its own.
     undecided: set[tuple[str, int]] = field(default_factory=set)
     failed_payouts: list[tuple[Withdrawal, datetime]] = field(default_factory=list)
+    issuance: IssuanceBatchBooks = field(default_factory=IssuanceBatchBooks)
 
 
 class BatchDecisions:
@@ -167,6 +169,8 @@ class BatchDecisions:
                 is_onboarded=onboarded.__contains__,
                 admit=self._admission(tx, state),
             )
+            if entry.kind == "mint" or entry.kind == "burn":
+                disposition = state.issuance.dispose(entry, tx.update_id, disposition)
             if disposition.kind in ("credited", "held") and (
                 (tx.update_id, entry.node_id) in state.undecided
             ):

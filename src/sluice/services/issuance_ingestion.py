@@ -1,0 +1,117 @@
+"""The issuer's mints and burns in an ingestion batch: the router's records they name, read once
+per batch, and the mint records ingestion credits, marked in the batch's own transaction.
+
+Ingestion (services/ingestion.py, services/ingestion_batch.py) calls three things:
+
+* :func:`issuance_books_for` after parsing a batch: the mint records (``mints_by_reason``) and
+  burn records (``burns_by_reason``) for the reasons of the batch's ``mint`` and ``burn`` entries
+  in the ``issuance:`` namespace — one query per kind for the whole batch, none at all for a
+  batch without such entries (the common case, so the hot path costs nothing);
+* :meth:`IssuanceBatchBooks.dispose` for each ``mint``/``burn`` entry, after the default rule:
+  the booking of :func:`sluice.domain.issuance_books.book_issuance_entry` replaces the default
+  (suspense) when the entry's reason names a record;
+* :meth:`IssuanceBatchBooks.flush` before the batch commits: ``mark_mint_credited`` for each mint
+  booked to its customer.
+
+Why it is safe: the journal the booking adds and the ``credited`` mark are written in the same
+transaction as the ingested update and the cursor, so a crash leaves both or neither; a replayed
+update is skipped by its id before it gets here, so nothing is booked twice; a record credited
+already (or booked by an earlier entry of the same batch) is never credited again — a second
+command with the same reason goes to suspense with a critical alert (see the domain module).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from sluice.domain.deposits import Disposition
+from sluice.domain.history import HistoryEntry, ParsedTransaction
+from sluice.domain.issuance_books import (
+    IssuanceRecord,
+    book_issuance_entry,
+    is_issuance_entry,
+)
+from sluice.ports.issuance import BurnRecord, MintRecord, sats_to_amount
+from sluice.ports.unit_of_work import UnitOfWork
+
+
+@dataclass(slots=True)
+class IssuanceBatchBooks:
+    """The router's records named by one batch's mints and burns, and what the batch booked."""
+
+    party: str = ""
+    records: dict[str, IssuanceRecord] = field(default_factory=dict)
+    booked: set[str] = field(default_factory=set)
+    credited: list[str] = field(default_factory=list)
+
+    def dispose(self, entry: HistoryEntry, update_id: str, default: Disposition) -> Disposition:
+        """The disposition of a ``mint``/``burn`` entry: its booking when its reason names one of
+        the router's records, else ``default`` (what :func:`dispose_entry` decided)."""
+        if not self.records:
+            return default
+        booking = book_issuance_entry(
+            entry,
+            update_id=update_id,
+            party=self.party,
+            records=self.records,
+            booked_here=self.booked,
+        )
+        if booking is None:
+            return default
+        if booking.record is not None and booking.record.kind == "mint":
+            self.credited.append(booking.record.id)
+        return booking.disposition
+
+    def flush(self, uow: UnitOfWork) -> None:
+        """Mark the mints booked to their customers ``credited``, in the batch's transaction."""
+        for mint_id in self.credited:
+            uow.issuance.mark_mint_credited(mint_id)
+
+
+def issuance_books_for(uow: UnitOfWork, steps: Iterable[object], party: str) -> IssuanceBatchBooks:
+    """The records for the batch's issuance mints and burns (``steps``: the parsed updates of the
+    batch, other steps ignored), one query per kind; an empty lookup when there are none."""
+    mint_reasons: set[str] = set()
+    burn_reasons: set[str] = set()
+    for step in steps:
+        if not isinstance(step, ParsedTransaction):
+            continue
+        for entry in step.entries:
+            if entry.reason is not None and is_issuance_entry(entry):
+                (mint_reasons if entry.kind == "mint" else burn_reasons).add(entry.reason)
+    books = IssuanceBatchBooks(party=party)
+    if mint_reasons:
+        for reason, mint in uow.issuance.mints_by_reason(sorted(mint_reasons)).items():
+            books.records[reason] = _mint(mint)
+    if burn_reasons:
+        for reason, burn in uow.issuance.burns_by_reason(sorted(burn_reasons)).items():
+            books.records[reason] = _burn(burn)
+    return books
+
+
+def _mint(record: MintRecord) -> IssuanceRecord:
+    return IssuanceRecord(
+        id=record.id,
+        kind="mint",
+        reason=record.reason,
+        customer_id=record.customer_id,
+        owner=record.owner,
+        amount=sats_to_amount(record.amount_sats),
+        status=record.status,
+        update_id=record.update_id,
+        credited=record.credited,
+    )
+
+
+def _burn(record: BurnRecord) -> IssuanceRecord:
+    return IssuanceRecord(
+        id=record.id,
+        kind="burn",
+        reason=record.reason,
+        customer_id=record.customer_id,
+        owner=record.owner,
+        amount=sats_to_amount(record.amount_sats),
+        status=record.status,
+        update_id=record.update_id,
+    )
