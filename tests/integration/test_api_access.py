@@ -25,6 +25,7 @@ from fastapi.routing import APIRoute
 from sluice.api.app import ROUTERS
 from sluice.domain.access import ROLES, Permission, roles_admitted
 from tests.api_support import ApiWorld, api_world
+from tests.integration.issuance_api_support import add_issuance, custody_wallet
 
 ALL = frozenset(ROLES)
 STAFF = ALL - {"user"}
@@ -80,6 +81,24 @@ EXPECTED: dict[tuple[str, str], frozenset[str] | str] = {
     ("POST", "/v1/api-keys/{key_id}/revoke"): frozenset({S, Y}),
     ("GET", "/v1/audit"): frozenset({S, Y, C}),
     ("GET", "/v1/audit/verify"): frozenset({S, Y, C}),
+    # iSTSi issuance
+    ("GET", "/v1/customers/{customer_id}/istsi/deposit-address"): frozenset({S, Y, OP, U}),
+    ("GET", "/v1/customers/{customer_id}/istsi/deposits"): ALL,
+    ("GET", "/v1/customers/{customer_id}/balances/detail"): ALL,
+    ("POST", "/v1/customers/{customer_id}/redemptions"): frozenset({S, Y, OP, U}),
+    ("GET", "/v1/customers/{customer_id}/redemptions"): ALL,
+    ("GET", "/v1/customers/{customer_id}/redemptions/{operation_id}"): ALL,
+    ("GET", "/v1/issuance/operations"): STAFF,
+    ("GET", "/v1/issuance/operations/{operation_id}"): STAFF,
+    ("POST", "/v1/issuance/operations/{operation_id}/retry"): frozenset({S, Y}),
+    ("POST", "/v1/issuance/operations/{operation_id}/compensate"): frozenset({S, Y}),
+    ("POST", "/v1/issuance/operations/{operation_id}/resolve"): frozenset({S, Y}),
+    ("GET", "/v1/issuance/guard"): STAFF,
+    ("POST", "/v1/issuance/guard/resume"): frozenset({S, Y}),
+    ("POST", "/v1/issuance/deposits/{operation_id}/release"): frozenset({S, C}),
+    ("POST", "/v1/issuance/deposits/{operation_id}/return"): frozenset({S, C}),
+    ("POST", "/v1/issuance/contracts"): frozenset({S, Y}),
+    ("GET", "/v1/issuance/transfers"): STAFF,
 }
 
 PATH_VALUES = {
@@ -90,6 +109,7 @@ PATH_VALUES = {
     "review_id": "review-0000",
     "item_id": "update-0000:0",
     "key_id": "0000",
+    "operation_id": "redeem:cust-0:0000",
 }
 
 
@@ -97,6 +117,7 @@ PATH_VALUES = {
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiWorld]:
     url = f"sqlite:///{tmp_path_factory.mktemp('api') / 'sluice.db'}"
     built = api_world(url)
+    add_issuance(built, custody_wallet(tmp_path_factory.mktemp("keys") / "custody"))
     yield built
     built.sandbox.close()
 

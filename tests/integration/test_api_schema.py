@@ -25,12 +25,14 @@ from schemathesis.checks import (
 )
 
 from tests.api_support import ApiWorld, api_world
+from tests.integration.issuance_api_support import add_issuance, custody_wallet
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiWorld]:
     url = f"sqlite:///{tmp_path_factory.mktemp('schema') / 'sluice.db'}"
     built = api_world(url, settings={"approvals.required": 2})
+    add_issuance(built, custody_wallet(tmp_path_factory.mktemp("keys") / "custody"))
     for customer in ("cust-0", "cust-1"):
         built.sandbox.deposit(customer, Decimal(500))
     built.sandbox.ingest()
