@@ -36,9 +36,10 @@ each capability are in DESIGN §10's matrix. A user (role `user`) reaches only t
 customer's resources; anything else answers 404.
 
 **Errors** carry `{code, error, message, details, correlation_id}` with sluice's stable codes
-(1 unauthorized, 2 insufficient permissions, 10 not found, 20–22 compliance, 41 invalid state,
-42 duplicate, 50–52 paused, 53 rate limited, 60–63 invalid input). Every answer has an
-`X-Correlation-ID` header; the same id is in the logs and the audit records of the request.
+(1 unauthorized, 2 insufficient permissions, 10 not found, 20–22 compliance, 30–31 mint guard,
+41 invalid state, 42 duplicate, 50–52 paused, 53 rate limited, 60–64 invalid input). Every
+answer has an `X-Correlation-ID` header; the same id is in the logs and the audit records of the
+request.
 
 **Critical operations** (instrument changes, large withdrawals, limit changes, suspense
 assignment, configuration changes) answer 202 with a proposal that runs once enough distinct
