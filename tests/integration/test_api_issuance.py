@@ -213,6 +213,10 @@ def test_overrides_resume_and_contracts_are_proposed(world: IssuanceWorld) -> No
     assert resumed.status_code == 202, resumed.text
     assert resumed.json()["operation"] == "issuance.resume_minting"
     assert get(world, "operator", "/v1/issuance/guard").json()["minting_halted"] is True
+    # A second principal approves: the executor resumes minting.
+    approved = post(world, "system_admin:2", f"/v1/approvals/{resumed.json()['id']}/approve", {})
+    assert approved.status_code == 200, approved.text
+    assert get(world, "operator", "/v1/issuance/guard").json()["minting_halted"] is False
 
     contracts = post(
         world,
