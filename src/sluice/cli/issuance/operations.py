@@ -82,9 +82,11 @@ def issuance_list(
         note("no issuance operations" + (" match" if kind or state or customer else ""))
         return
     table = Table(title=f"{len(rows)} operation(s)")
-    for column in ("id", "type", "customer", "sats", "status", "step", "attempts", "updated"):
-        table.add_column(column, no_wrap=column == "id")
-    table.add_column("last error")
+    # The id (a deposit's names its txid) folds; the short columns are kept whole.
+    table.add_column("id", overflow="fold", min_width=20)
+    for column in ("type", "customer", "sats", "status", "step", "attempts", "updated"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("last error", overflow="fold")
     for row in rows:
         table.add_row(
             row["id"],
