@@ -50,6 +50,19 @@ reference ledger):
    without it and it is fee-bumped (a new txid, the same inputs and payouts), then completed at
    6 confirmations. The custody balance at the watcher's height and hash equals the chain's UTXO
    set for the custody's descriptors.
+9. **iSTSi issuance**, on that custody and the demo's ledger (an issuer party and iSTSi, every
+   transfer between parties held for KYC). Alice and Bob deposit BTC from their own wallets; at 6
+   confirmations the watcher opens an operation per deposit and the router runs it (KYC of the
+   customer and of the deposit's input addresses, reserve, the mint guard, the mint to the
+   treasury), and ingestion credits each customer. A reorg 6 blocks deep takes both minted
+   deposits off the chain and back: minting halts with a critical alert, the same deposits have
+   one operation each and were minted once, and the officer resumes minting. Dave is minted on
+   his own party; Erin's deposit, sent from an address on a (one-entry) sanctions list, is held.
+   Alice and Bob redeem: burned, both payouts in one 2-of-3 batch, completed at 6 confirmations
+   with what each received. Dave's iSTSi transfer to Carol's party is held, approved by the KYC
+   hold worker and accepted; his transfer to Erin, whom the officer froze, is rejected. The mint
+   guard's supply, reserves and headroom close it, with the treasury's iSTSi on the ledger equal
+   to the customers' on the books.
 
 **Over the wire.** ``--via-http`` serves the demo's ledger on a local port (as ``sluice ledger
 serve`` does) and ``--ledger-url URL`` uses a ``sluice ledger serve`` already running (on a fresh
@@ -79,7 +92,7 @@ import psutil
 from rich.console import Console
 from rich.panel import Panel
 
-from sluice.demo import api, bitcoin, compliance, ingestion, report, setup, workers
+from sluice.demo import api, bitcoin, compliance, ingestion, issuance, report, setup, workers
 from sluice.demo.api import API_CUSTOMER, API_OTHER, API_WITHDRAWALS
 from sluice.demo.compliance import HELD_AMOUNT, HELD_CUSTOMER
 from sluice.demo.ingestion import ingest_command, sluice_command
@@ -149,6 +162,7 @@ CHAPTERS: tuple[Chapter[Any], ...] = (
     api.CHAPTER,  # the exchange's systems and staff over HTTP
     report.BOOKS,  # the cursor, the alerts, the books per instrument and the invariant
     bitcoin.CHAPTER,  # custody: deposits, a reorg, a batched payout through a crash and a bump
+    issuance.CHAPTER,  # iSTSi: minted at 6, a reorg, a held deposit, redemptions, held transfers
 )
 
 

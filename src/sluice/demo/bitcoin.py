@@ -398,7 +398,7 @@ def run(exchange: Exchange, status: Status) -> BitcoinStory:
         status("bitcoin custody: deposits, a reorg, a batched payout, a crash, a fee bump…"),
         custody_log(exchange.world.data_dir / LOG_FILE),
     ):
-        custody = Custody(exchange)
+        custody = exchange.custody = Custody(exchange)  # the iSTSi chapter goes on with it
         for part in (deposits_confirmed, reorg, payouts, balance):
             part(custody, story)
     return story

@@ -422,6 +422,7 @@ class Exchange:
     database: bootstrap.Database
     settings: WithdrawalSettings = field(default_factory=WithdrawalSettings)
     registry: KycRegistry = field(default_factory=KycRegistry)
+    custody: object = None  # the Bitcoin chapter's custody (demo.bitcoin.Custody), reused by iSTSi
 
     def clock(self) -> datetime:
         return self.ledger.time()
