@@ -71,6 +71,7 @@ from sluice.domain.journal import FEES, IN_FLIGHT, SUSPENSE, AccountRef, custome
 from sluice.domain.ledger import InstrumentId, format_timestamp
 from sluice.domain.withdrawals import LIVE_STATUSES
 from sluice.ports.bitcoin import NotFoundError
+from sluice.sim import issuance_invariants as istsi
 from sluice.sim.state import (
     HOLDING_STATUSES,
     TAP,
@@ -511,6 +512,11 @@ INVARIANTS: tuple[Invariant, ...] = (
     Invariant("btc_deposits", check_bitcoin_deposits),
     Invariant("btc_utxos", check_bitcoin_utxos),
     Invariant("btc_payouts", check_bitcoin_payouts),
+    # iSTSi issuance (sim/issuance_invariants.py)
+    Invariant("istsi_minted_once", istsi.check_minted_once),
+    Invariant("istsi_reserves", istsi.check_reserves),
+    Invariant("istsi_redeemed_once", istsi.check_redeemed_once),
+    Invariant("istsi_books", istsi.check_books),
 )
 
 

@@ -25,7 +25,7 @@ from sluice.domain.withdrawals import LIVE_STATUSES
 from sluice.ports import LedgerReadError
 from sluice.sandbox import Sandbox
 from sluice.services.ingestion import IngestionSettings, IngestionStoppedError
-from sluice.sim.actors import ACTIONS, ingestion, ledger_admin, workers
+from sluice.sim.actors import ACTIONS, ingestion, issuance, ledger_admin, workers
 from sluice.sim.actors.customers import DEPOSIT_OFFER_SPANS_S
 from sluice.sim.database import database_url, fast_sqlite
 from sluice.sim.faults import Crash, deliver_late_commits, inject_fault
@@ -58,6 +58,8 @@ DRAIN_ROUND: tuple[Callable[[SimulationState], None], ...] = (
     workers.run_deposit_worker,
     workers.run_withdrawal_worker,
     workers.run_withdrawal_worker,
+    ingestion.ingest_everything,
+    issuance.settle,  # iSTSi: router, hold worker, payouts, blocks, watcher (when the run has it)
     ingestion.ingest_everything,
 )
 
@@ -214,7 +216,8 @@ class _Simulation:
                     tables.ledger_cursors.c.connection == sim.sandbox.connection
                 )
             ).scalar_one_or_none()
-        return live == 0 and cursor == sim.ledger.ledger_end(sim.sandbox.node)
+        caught_up = cursor == sim.ledger.ledger_end(sim.sandbox.node)
+        return live == 0 and caught_up and issuance.open_operations(sim) == 0
 
 
 def _ending(status: str, failure: str | None) -> str:

@@ -34,6 +34,7 @@ from sluice.sandbox import Sandbox
 from sluice.services.bitcoin_settings import BitcoinSettings
 from sluice.services.books import check_invariant
 from sluice.services.withdrawals import WithdrawalSettings
+from sluice.sim.issuance_state import IssuanceWorld
 from sluice.store import bitcoin_tables, tables
 from sluice.store.repositories import SqlBooksRepository
 
@@ -179,6 +180,8 @@ class SimulationState:
         self.dirty = True  # the Integration DB may have changed since it was last read
         # The Bitcoin custody, made by its actor the first time one of its actions is drawn.
         self.bitcoin: BitcoinCustody | None = None
+        # iSTSi issuance (sim/issuance_state.py), made by its actor likewise.
+        self.issuance: IssuanceWorld | None = None
 
     def violation(self, check: str, detail: str) -> None:
         """Record a failed check; each check is reported once, at the first step it fails."""

@@ -20,7 +20,7 @@ below. The order is the draw's: a new actor goes at the end (every seed then dra
 as with any new action).
 """
 
-from sluice.sim.actors import bitcoin, customers, ingestion, ledger_admin, workers
+from sluice.sim.actors import bitcoin, customers, ingestion, issuance, ledger_admin, workers
 from sluice.sim.actors.actor import Action, Actor
 
 ACTORS: tuple[Actor, ...] = (
@@ -29,6 +29,7 @@ ACTORS: tuple[Actor, ...] = (
     ingestion.ACTOR,
     workers.ACTOR,
     bitcoin.ACTOR,
+    issuance.ACTOR,
 )
 
 ACTIONS: tuple[Action, ...] = tuple(action for actor in ACTORS for action in actor.actions)
