@@ -116,8 +116,8 @@ def check_minted_once(sim: SimulationState, state: DatabaseState, final: bool) -
     for command_id, count in sorted(issuance.committed.items()):
         if count > 1:
             sim.violation(name, f"the ledger committed {command_id} {count} times")
-        operation_id = operation_of(command_id)
-        if operation_id is not None and operation_id not in rows.operations:
+        named = operation_of(command_id)
+        if named is not None and named not in rows.operations:
             sim.violation(name, f"the ledger committed {command_id} for an unknown operation")
 
 

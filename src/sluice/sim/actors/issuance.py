@@ -213,8 +213,10 @@ def transfer(sim: SimulationState) -> None:
                     and transfer.receiver == parties[customer]
                     and instruction.status == "pending_receiver_acceptance"
                 ):
-                    cid = instruction.contract_id
-                    if _send(sim, "istsi", lambda: sim.ledger.accept(cid, parties[customer])):
+                    cid, party = instruction.contract_id, parties[customer]
+                    if _send(
+                        sim, "istsi", lambda cid=cid, party=party: sim.ledger.accept(cid, party)
+                    ):
                         sim.result.outcomes["istsi_transfer_accepted"] += 1
                     return
         return
@@ -373,7 +375,7 @@ ACTOR = Actor(
 )
 
 
-# --- the drain -------------------------------------------------------------------------------------
+# --- the drain ----------------------------------------------------------------------------------
 
 SETTLE_ROUNDS = 4
 
