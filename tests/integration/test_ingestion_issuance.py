@@ -304,6 +304,44 @@ def test_burns_book_against_in_flight_and_a_refunded_one_goes_to_suspense(world:
     world.books_hold()
 
 
+def test_a_second_burn_with_the_same_reason_in_a_later_batch_is_not_booked_again(
+    world: Books,
+) -> None:
+    """The burn booked keeps its update id on its record, so the same reason burned again (a
+    command resent after the ledger's deduplication window) goes to suspense."""
+    minted = world.record_mint("issuance:op-7", "alice", SATS)
+    world.issuer.mint(world.treasury, SATS, reason=minted.reason, command_id=minted.id)
+    world.ingest()
+    burn = world.record_burn("issuance:r-3:burn", "alice", 100_000, status="submitted")
+    with world.db.uow() as uow:
+        value = sats_to_amount(100_000)
+        uow.withdrawals.post(
+            [
+                JournalTransaction(
+                    id="test:requested-3",
+                    kind="redemption_requested",
+                    postings=(
+                        Posting(AccountRef(customer_account_name("alice"), world.istsi), value),
+                        Posting(AccountRef(IN_FLIGHT, world.istsi), -value),
+                    ),
+                )
+            ]
+        )
+        uow.commit()
+    first = world.issuer.burn(world.treasury, 100_000, reason=burn.reason, command_id=burn.id)
+    world.ingest()
+    with world.db.uow() as uow:
+        booked = uow.issuance.get_burn(burn.id)
+    assert booked is not None
+    assert (booked.status, booked.update_id) == ("committed", first.update_id)
+    world.issuer.burn(world.treasury, 100_000, reason=burn.reason, command_id="resent-late")
+    world.ingest()
+    assert world.balance(IN_FLIGHT) == 0
+    assert world.balance(SUSPENSE) == -sats_to_amount(100_000)
+    assert world.alert_kinds() == [("issuance_burn_unexpected", "critical")]
+    world.books_hold()
+
+
 def test_the_batch_reads_the_records_in_one_query_per_kind(world: Books) -> None:
     reasons = [f"issuance:bulk-{n}" for n in range(4)]
     for reason in reasons:

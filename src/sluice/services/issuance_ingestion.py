@@ -44,6 +44,10 @@ class IssuanceBatchBooks:
     records: dict[str, IssuanceRecord] = field(default_factory=dict)
     booked: set[str] = field(default_factory=set)
     credited: list[str] = field(default_factory=list)
+    # Burns booked here, with the update that burned: their records keep that update id, so a
+    # second ledger burn with the same reason in a later batch (a command resent after the
+    # ledger's deduplication window) goes to suspense instead of being booked again.
+    burned: list[tuple[str, str]] = field(default_factory=list)
 
     def dispose(self, entry: HistoryEntry, update_id: str, default: Disposition) -> Disposition:
         """The disposition of a ``mint``/``burn`` entry: its booking when its reason names one of
@@ -59,14 +63,20 @@ class IssuanceBatchBooks:
         )
         if booking is None:
             return default
-        if booking.record is not None and booking.record.kind == "mint":
-            self.credited.append(booking.record.id)
+        if booking.record is not None and booking.disposition.kind in ("credited", "burned"):
+            if booking.record.kind == "mint":
+                self.credited.append(booking.record.id)
+            else:
+                self.burned.append((booking.record.id, update_id))
         return booking.disposition
 
     def flush(self, uow: UnitOfWork) -> None:
-        """Mark the mints booked to their customers ``credited``, in the batch's transaction."""
+        """Mark the mints booked to their customers ``credited`` and the burns booked with their
+        update id, in the batch's transaction."""
         for mint_id in self.credited:
             uow.issuance.mark_mint_credited(mint_id)
+        for burn_id, update_id in self.burned:
+            uow.issuance.set_burn_status(burn_id, "committed", update_id=update_id)
 
 
 def issuance_books_for(uow: UnitOfWork, steps: Iterable[object], party: str) -> IssuanceBatchBooks:
