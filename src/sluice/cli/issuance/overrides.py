@@ -8,7 +8,10 @@ counts as its first approval. With ``approvals.required`` 1 it runs at once and 
 prints the operation as it now stands; otherwise it prints the proposal, which other staff
 approve through the HTTP API (``POST /v1/approvals/<id>/approve``), and `sluice serve`'s
 executors run it then. The parameters are ``{"operation_id", "reason"}`` (``{"reason"}`` for
-resume-minting) and the proposal's reason is the operator's.
+resume-minting) and the proposal's reason is the operator's: what `sluice serve`'s executors
+(api/operations.py) read, so a proposal made here runs there once approved. The executors here
+run only a proposal complete at once, in this process; the ones of `sluice serve` also run again
+one a crash left approved but not executed.
 
 Nothing is paid or minted twice through these commands: the overrides themselves refuse (41)
 whatever would (see :mod:`sluice.services.issuance_overrides`), and a proposal is executed once
@@ -44,7 +47,7 @@ from sluice.cli.issuance.wiring import (
 from sluice.domain.access import Principal, Role
 from sluice.domain.approvals import Approval
 from sluice.domain.errors import InvalidInputError, InvalidOperationStateError, SluiceError
-from sluice.services.approvals import Executor, propose_operation
+from sluice.services.approvals import Executor, approved_at, propose_operation
 from sluice.services.issuance_router import operation_json
 from sluice.services.settings import RuntimeSettings
 
@@ -82,7 +85,7 @@ def executors(issuance: bootstrap.Issuance) -> dict[str, Executor]:
             reason=reason_of(approval),
             actor=f"approval:{approval.id}",
         )
-        return {"operation_id": op.id, "status": op.status}
+        return {"operation": operation_json(op)}
 
     def compensate(approval: Approval, _at: datetime) -> Mapping[str, object]:
         op = compensate_operation(
@@ -92,7 +95,7 @@ def executors(issuance: bootstrap.Issuance) -> dict[str, Executor]:
             reason=reason_of(approval),
             actor=f"approval:{approval.id}",
         )
-        return {"operation_id": op.id, "status": op.status}
+        return {"operation": operation_json(op)}
 
     def resolve(approval: Approval, _at: datetime) -> Mapping[str, object]:
         op = resolve_operation(
@@ -101,9 +104,12 @@ def executors(issuance: bootstrap.Issuance) -> dict[str, Executor]:
             reason=reason_of(approval),
             actor=f"approval:{approval.id}",
         )
-        return {"operation_id": op.id, "status": op.status}
+        return {"operation": operation_json(op)}
 
-    def resume(approval: Approval, at: datetime) -> Mapping[str, object]:
+    def resume(approval: Approval, _at: datetime) -> Mapping[str, object]:
+        # Timed at the last approval, as `sluice serve`'s executor does: its audit id
+        # (resume_minting:<time>) is then the one a run again of this approval finds.
+        at = approved_at(approval)
         resume_minting(ctx.uow, reason=reason_of(approval), actor=f"approval:{approval.id}", at=at)
         return {"minting_halted": False}
 
