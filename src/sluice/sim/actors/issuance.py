@@ -17,6 +17,7 @@ the Bitcoin checks see each redemption paid at most once.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from collections.abc import Callable, Mapping
@@ -214,9 +215,7 @@ def transfer(sim: SimulationState) -> None:
                     and instruction.status == "pending_receiver_acceptance"
                 ):
                     cid, party = instruction.contract_id, parties[customer]
-                    if _send(
-                        sim, "istsi", lambda cid=cid, party=party: sim.ledger.accept(cid, party)
-                    ):
+                    if _send(sim, "istsi", functools.partial(sim.ledger.accept, cid, party)):
                         sim.result.outcomes["istsi_transfer_accepted"] += 1
                     return
         return
