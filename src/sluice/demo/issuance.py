@@ -26,7 +26,7 @@ iSTSi (1 unit = 1 satoshi, 8 decimals, every transfer between parties held for K
   what the customers hold on our books.
 
 Deterministic: the amounts, senders and order are fixed; only txids and party fingerprints vary
-(new custody keys each run). Fast: a few dozen blocks and one router run per operation step.
+(new custody keys each run). Fast: a few dozen blocks and a handful of router runs.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from sluice.demo.bitcoin import Custody, Step, btc, outside_address, sats_text
 from sluice.demo.report import Chapter, Sections, Status, mark
 from sluice.demo.world import CUSTOMERS, NODE, OFFICER, STEP_S, Customer, Exchange, held_on_ledger
 from sluice.domain.amounts import ZERO
+from sluice.domain.chains import to_coins
 from sluice.domain.journal import IN_FLIGHT, AccountRef, customer_account_name
 from sluice.domain.ledger import REASON_KEY, InstrumentId
 from sluice.ledger.local import EmbeddedLedger
@@ -536,13 +537,16 @@ def show(console: Console, story: IssuanceStory, sections: Sections) -> bool:
         guard_table.add_column(column, justify="right")
     if figures:
         guard_table.add_row(
-            btc(figures["supply_sats"]),
+            f"{to_coins(figures['supply_sats']):.8f} iSTSi",
             btc(figures["reserves_sats"]),
             btc(figures["pending_redemptions_sats"]),
             btc(figures["headroom_sats"]),
             "halted" if figures["minting_halted"] else "on",
         )
-    guard_table.caption = "supply + a mint ≤ confirmed reserves − pending redemptions"
+    guard_table.caption = (
+        "a mint is allowed while supply + the mint ≤ confirmed reserves − pending redemptions "
+        "(1 iSTSi = 1 BTC)"
+    )
     console.print()
     console.print(guard_table)
     return bool(story.steps) and all(step.ok for step in story.steps)
