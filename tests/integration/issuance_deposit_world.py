@@ -121,9 +121,9 @@ class World:
         return deposit_operation_id(txid, 0)
 
     def direct_deposit(self, customer: str, sats: int) -> str:
-        """A deposit whose input's previous transaction the node does not have (unreadable)."""
+        """A deposit whose input spends a non-standard script (no address: unreadable)."""
         address = deposit_address(self.db.uow, self.wallet, customer, clock=self.clock)
-        txid, vout = self.chain.fund(address.script_hex, sats, mine=True)
+        txid, vout = self.chain.fund(address.script_hex, sats, mine=True, sender_script="51")
         self.confirm()
         return deposit_operation_id(txid, vout)
 

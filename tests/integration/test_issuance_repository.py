@@ -37,7 +37,7 @@ from sluice.ports.issuance import (
     StepRecord,
     TransferDecision,
 )
-from sluice.store.bitcoin_tables import btc_outputs
+from sluice.store.bitcoin_tables import btc_outputs, btc_payouts
 from sluice.store.issuance_tables import issuance_state
 from sluice.store.rows import ts
 
@@ -106,14 +106,20 @@ def _burn(n: int, amount: int, status: str = "submitted") -> BurnRecord:
 
 
 def _add_output(
-    db: bootstrap.Database, n: int, amount: int, status: str, *, spent: bool = False
+    db: bootstrap.Database,
+    n: int,
+    amount: int,
+    status: str,
+    *,
+    spent: bool = False,
+    kind: str = "deposit",
 ) -> None:
     with db.engine.begin() as c:
         c.execute(
             sa.insert(btc_outputs).values(
                 txid=f"{0x150000 + n:064x}",
                 vout=0,
-                kind="deposit",
+                kind=kind,
                 address="bcrt1q0addr0000",
                 script_hex="00",
                 customer_id="alice",
@@ -405,6 +411,49 @@ def test_guard_figures_from_outputs_mints_burns_and_redemptions(
         assert uow.issuance.guard_figures() == figures
     assert figures.allows(1_200_000 - 46 - 450_000)
     assert not figures.allows(1_200_000 - 46 - 450_000 + 1)
+
+
+def test_a_mined_redemption_payout_leaves_the_pending_sum_and_its_change_counts(
+    database: bootstrap.Database,
+) -> None:
+    """Once a block holds a redemption's payout, its inputs have left the reserves: the
+    redemption stops counting as pending, and the payout's change (ours, in the same block)
+    counts before it is confirmed. A change output reorged away or spent does not."""
+    _add_output(database, 1, 5_000_000, "confirmed")
+    _add_output(database, 2, 700_000, "seen", kind="change")
+    _add_output(database, 3, 800_000, "reorged", kind="change")
+    _add_output(database, 4, 900_000, "seen", kind="change", spent=True)
+    _add_output(database, 5, 600_000, "seen")  # a deposit not yet confirmed: not counted
+    with database.uow() as uow:
+        repo = uow.issuance
+        for name in ("paid", "mined", "queued", "broadcast", "no-payout"):
+            repo.insert_operation(
+                _operation(f"r-{name}", type="token_withdrawal", status="pending", amount=1_000)
+            )
+        uow.commit()
+    with database.engine.begin() as c:
+        for name, status in (
+            ("paid", "completed"),
+            ("mined", "mined"),
+            ("queued", "queued"),
+            ("broadcast", "broadcast"),
+        ):
+            c.execute(
+                sa.insert(btc_payouts).values(
+                    id=f"redeem:r-{name}",
+                    kind="redemption",
+                    address="bcrt1q0dest0000",
+                    script_hex="00",
+                    amount_sats=1_000,
+                    status=status,
+                    requested_by="test",
+                    requested_at=ts(WHEN),
+                )
+            )
+    with database.uow() as uow:
+        assert uow.issuance.guard_figures() == GuardFigures(
+            supply=0, reserves=5_000_000 + 700_000, pending_redemptions=3 * 1_000
+        )
 
 
 # --- held transfers -----------------------------------------------------------------------------

@@ -46,7 +46,7 @@ from sluice.domain.errors import InvalidInputError
 from sluice.ports.bitcoin import JsonObject, NodeUnavailableError
 
 # Bumped when what is pickled changes shape; an older file is refused with a clear message.
-FORMAT = 2  # 2: FakeChain and its records moved into the sluice.bitcoin.fakechain package
+FORMAT = 3  # 2: FakeChain moved into the sluice.bitcoin.fakechain package; 3: funding sources kept
 # How long a change waits for another process's change to finish before giving up.
 LOCK_WAIT_S = 30.0
 

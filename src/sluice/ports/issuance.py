@@ -226,9 +226,10 @@ class GuardFigures:
     """What the mint guard compares, in satoshis, read in the mint's transaction.
 
     ``supply``: iSTSi issued by our records (mints not failed, minus burns committed), or the
-    ledger's supply if that is higher. ``reserves``: custody outputs confirmed (or credited),
-    unspent and not reorged. ``pending_redemptions``: redemptions whose payout is not yet
-    confirmed (from when the customer's iSTSi is taken)."""
+    ledger's supply if that is higher. ``reserves``: custody outputs confirmed (or credited) and
+    unspent, and the change of our own payouts from the block that mined them on.
+    ``pending_redemptions``: redemptions not closed whose payout no block holds yet (from when
+    the customer's iSTSi is taken; not at their re-mint)."""
 
     supply: int
     reserves: int

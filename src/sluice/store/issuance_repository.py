@@ -26,7 +26,20 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, delete, func, literal_column, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Row,
+    String,
+    and_,
+    delete,
+    exists,
+    func,
+    literal,
+    literal_column,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.sql import Executable
 
 from sluice.domain.deposits import Alert
@@ -43,7 +56,7 @@ from sluice.ports.issuance import (
     TransferDecision,
 )
 from sluice.store.bitcoin_rows import insert_alert
-from sluice.store.bitcoin_tables import btc_outputs
+from sluice.store.bitcoin_tables import btc_outputs, btc_payouts
 from sluice.store.issuance_tables import (
     customer_parties,
     issuance_burns,
@@ -61,6 +74,11 @@ STATE_ROW = 1
 RESERVE_STATUSES = ("confirmed", "credited")
 # A redemption stops counting against the reserves once its payout is done or it was undone.
 REDEMPTION_CLOSED_STATUSES = ("completed", "compensated", "resolved", "returned")
+# A redemption's payout in a block: the custody outputs it spent have left the reserves (and
+# its change counts, see guard_figures), so the redemption no longer counts as pending.
+PAYOUT_PAID_STATUSES = ("mined", "completed")
+# The redemption's payout id (services/issuance_redeem.payout_id_of).
+REDEMPTION_PAYOUT_PREFIX = "redeem:"
 
 
 def _json_of(text: str | None) -> dict[str, Any]:
@@ -393,14 +411,27 @@ class SqlIssuanceRepository:
         burned = select(func.coalesce(func.sum(issuance_burns.c.amount_sats), 0)).where(
             issuance_burns.c.status == "committed"
         )
-        reserves = select(func.coalesce(func.sum(btc_outputs.c.amount_sats), 0)).where(
-            btc_outputs.c.status.in_(RESERVE_STATUSES), btc_outputs.c.spent_txid.is_(None)
+        # Unspent custody outputs that are confirmed, and the change of our own payouts from
+        # the block that mined them on (were that block reorged away, the payout's inputs
+        # would be unspent again and its change gone, so the sum stays right either way).
+        outputs = btc_outputs.c
+        reserves = select(func.coalesce(func.sum(outputs.amount_sats), 0)).where(
+            outputs.spent_txid.is_(None),
+            or_(
+                outputs.status.in_(RESERVE_STATUSES),
+                and_(outputs.kind == "change", outputs.status == "seen"),
+            ),
         )
         ops = issuance_operations
+        paid = exists().where(
+            btc_payouts.c.id == literal(REDEMPTION_PAYOUT_PREFIX, String) + ops.c.id,
+            btc_payouts.c.status.in_(PAYOUT_PAID_STATUSES),
+        )
         pending = select(func.coalesce(func.sum(ops.c.amount_sats), 0)).where(
             ops.c.type == "token_withdrawal",
             ops.c.status.not_in(REDEMPTION_CLOSED_STATUSES),
             ops.c.step != "remint",  # its payout can never be paid: the Bitcoin stays
+            ~paid,
         )
         row = self._c.execute(
             select(

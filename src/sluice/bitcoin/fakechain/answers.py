@@ -175,6 +175,8 @@ class NodeAnswers(MempoolPolicy):
             if txid in self._tx_block:
                 answer = self._tx_json(self._txs[txid], with_hex=True)
                 return self._with_block(answer, self._blocks[self._tx_block[txid]])
+            if txid in self._sources:  # an outside transaction a funding spends
+                return self._tx_json(self._sources[txid], with_hex=True)
             message = "No such mempool or blockchain transaction"
             raise NotFoundError(message, code=RPC_INVALID_ADDRESS_OR_KEY)
 

@@ -42,22 +42,34 @@ class FakeChain(NodeAnswers):
                 hashes.append(block.hash)
             return hashes
 
-    def fund(self, script_hex: str, sats: int, *, mine: bool = False) -> tuple[str, int]:
+    def fund(
+        self, script_hex: str, sats: int, *, mine: bool = False, sender_script: str | None = None
+    ) -> tuple[str, int]:
         """Pay ``sats`` to ``script_hex`` from an outside source, into the mempool (and a block
-        when ``mine``); answers the new output's ``(txid, vout)``."""
-        txid = self.fund_many([(script_hex, sats)])
+        when ``mine``); answers the new output's ``(txid, vout)``. ``sender_script``: the
+        output script the payment spends from (default: a P2WPKH script of its own)."""
+        txid = self.fund_many([(script_hex, sats)], sender_script=sender_script)
         if mine:
             self.mine()
         return txid, 0
 
-    def fund_many(self, outputs: list[tuple[str, int]]) -> str:
-        """One funding transaction paying each ``(script_hex, sats)``, into the mempool."""
+    def fund_many(self, outputs: list[tuple[str, int]], *, sender_script: str | None = None) -> str:
+        """One funding transaction paying each ``(script_hex, sats)``, into the mempool. It
+        spends an output of ``sender_script`` (default: a P2WPKH script made for it) of an outside
+        transaction that ``getrawtransaction`` answers, as a node with a transaction index
+        does, so the sender's address can be read (and screened) like a real deposit's."""
         if not outputs or any(sats <= 0 for _, sats in outputs):
             raise ValueError("funding needs at least one output, each of a positive amount")
         with self._lock:
             self._counter += 1
-            source = hashlib.sha256(b"fakechain funding %d" % self._counter).digest()
-            parsed = build([(source, 0, b"\x51", 0xFFFFFFFE)], outputs)
+            seed = hashlib.sha256(b"fakechain funding %d" % self._counter).digest()
+            sender = sender_script or "0014" + seed[:20].hex()
+            total = sum(sats for _, sats in outputs)
+            origin = build([(seed, 0, b"\x51", 0xFFFFFFFE)], [(sender, total + 100_000)])
+            source = from_embit(origin, origin.serialize())
+            source.external = True
+            self._sources[source.txid] = source
+            parsed = build([(bytes.fromhex(source.txid), 0, b"\x51", 0xFFFFFFFE)], outputs)
             tx = from_embit(parsed, parsed.serialize())
             tx.external = True
             tx.fee_sats = tx.vsize * RELAY_FEE_SAT_VB

@@ -50,6 +50,9 @@ class ChainState:
         self._utxos_by_script: dict[str, set[Outpoint]] = {}
         self._mempool: dict[str, Tx] = {}
         self._spenders: dict[Outpoint, str] = {}  # outpoint → the mempool tx spending it
+        # The outside transactions funding transactions spend: confirmed long before this chain
+        # began, answered by getrawtransaction so that a funding's sender can be read.
+        self._sources: dict[str, Tx] = {}
         self._connect(self._new_block([]))
 
     # The mempool and the chain -------------------------------------------------------------------
