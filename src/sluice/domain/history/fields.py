@@ -168,9 +168,14 @@ def _loose_meta_values(obj: object) -> Mapping[str, str] | None:
 
 
 def _instrument(obj: Mapping[str, Any], key: str, path: str) -> InstrumentId:
-    value = _object(obj, key, path)
-    inner = path + key + "."
-    admin, identifier = _text(value, "admin", inner), _text(value, "id", inner)
+    value = obj.get(key)
+    if type(value) is not dict:
+        value = _object(obj, key, path)
+    admin, identifier = value.get("admin"), value.get("id")
+    if type(admin) is not str or type(identifier) is not str:
+        # The path is only spelled out for the error (this runs for every holding).
+        inner = path + key + "."
+        admin, identifier = _text(value, "admin", inner), _text(value, "id", inner)
     instrument = _INSTRUMENT_CACHE.get((admin, identifier))
     if instrument is None:
         instrument = InstrumentId(admin, identifier)
@@ -195,12 +200,20 @@ def _lock(value: object, path: str) -> Lock | None:
 
 
 def _holding(contract_id: str, view: Mapping[str, Any], path: str) -> Holding:
+    # The readers inlined for the common case (a string owner, no lock): every holding created
+    # in every update comes through here.
+    owner = view.get("owner")
+    if type(owner) is not str:
+        owner = _text(view, "owner", path)
+    instrument = _instrument(view, "instrumentId", path)
+    amount = _amount(view, "amount", path)
+    lock = view.get("lock")
     return Holding(
-        contract_id=contract_id,
-        owner=_text(view, "owner", path),
-        instrument=_instrument(view, "instrumentId", path),
-        amount=_amount(view, "amount", path),
-        lock=_lock(view.get("lock"), path + "lock"),
+        contract_id,
+        owner,
+        instrument,
+        amount,
+        None if lock is None else _lock(lock, path + "lock"),
     )
 
 
