@@ -411,10 +411,11 @@ def _collect_consumed(body: Mapping[str, Any], into: set[str]) -> None:
     events = body.get("events")
     if not isinstance(events, list):
         return
+    add = into.add
     for event in events:
         if isinstance(event, dict):
             exercised = event.get("ExercisedEvent")
             if isinstance(exercised, dict) and exercised.get("consuming"):
                 cid = exercised.get("contractId")
                 if isinstance(cid, str):
-                    into.add(cid)
+                    add(cid)

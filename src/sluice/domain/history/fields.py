@@ -154,13 +154,13 @@ def _meta_values(obj: Mapping[str, Any] | None, path: str) -> Mapping[str, str] 
 
 def _loose_meta_values(obj: object) -> Mapping[str, str] | None:
     """``obj.meta.values`` of a value that may not be token-standard at all: its text entries."""
-    if not isinstance(obj, Mapping):
+    if not (type(obj) is dict or isinstance(obj, Mapping)):
         return None
     meta = obj.get("meta")
-    if not isinstance(meta, Mapping):
+    if not (type(meta) is dict or isinstance(meta, Mapping)):
         return None
     values = meta.get("values")
-    if not isinstance(values, Mapping):
+    if not (type(values) is dict or isinstance(values, Mapping)):
         return None
     if all(type(value) is str for value in values.values()):
         return values
@@ -263,7 +263,7 @@ def _view_value(view: Mapping[str, Any], path: str) -> Mapping[str, Any] | None:
 
 def _result_status(result: object) -> tuple[EntryStatus, Mapping[str, Any]]:
     """The status a ``TransferInstructionResult`` reports, and its ``output.value``."""
-    if not isinstance(result, Mapping):
+    if not (type(result) is dict or isinstance(result, Mapping)):
         raise _wrong("exerciseResult", _MISSING if result is None else result, "an object")
     output = _object(result, "output", "exerciseResult.")
     tag = _text(output, "tag", "exerciseResult.output.")
@@ -271,4 +271,4 @@ def _result_status(result: object) -> tuple[EntryStatus, Mapping[str, Any]]:
     if status is None:
         raise _ShapeError(f"exerciseResult.output.tag: {tag!r} is not a transfer result")
     value = output.get("value")
-    return status, value if isinstance(value, Mapping) else _EMPTY_META
+    return status, value if (type(value) is dict or isinstance(value, Mapping)) else _EMPTY_META

@@ -323,11 +323,15 @@ class _Walk:
     @staticmethod
     def _nested_transfer(body: Mapping[str, Any]) -> Transfer | None:
         argument = body.get("choiceArgument")
-        if not isinstance(argument, Mapping):
+        if not (type(argument) is dict or isinstance(argument, Mapping)):
             return None
         value = argument.get("transfer")
         # Only a token-standard Transfer record will do (Amulet's own transfers differ).
-        if isinstance(value, Mapping) and "receiver" in value and "instrumentId" in value:
+        if (
+            (type(value) is dict or isinstance(value, Mapping))
+            and "receiver" in value
+            and "instrumentId" in value
+        ):
             return _transfer(value, "choiceArgument.transfer.")
         return None
 
@@ -390,7 +394,7 @@ class _Walk:
         party = self.party
         body = scope.body
         argument = body.get("choiceArgument")
-        if not isinstance(argument, Mapping):
+        if not (type(argument) is dict or isinstance(argument, Mapping)):
             argument = _EMPTY_META
         instruction_transfer = scope.fallback
         if scope.instruction is not None:
