@@ -292,7 +292,7 @@ class Ingestion(BatchDecisions):
                 for entry in step.entries
                 if entry.reason
             }
-            state.customers = _CustomerLookup(repo, repo.customers_for_reasons(reasons))
+            state.customers = _CustomerLookup(repo, repo.customers_for_reasons(reasons), reasons)
             outgoing = {
                 entry.reason
                 for step in steps
