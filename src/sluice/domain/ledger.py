@@ -181,6 +181,10 @@ def parse_timestamp(text: object, *, field: str = "timestamp") -> datetime:
 
 def format_timestamp(value: datetime) -> str:
     """Canonical text: UTC, always six fraction digits, so text order is time order."""
+    if value.tzinfo is UTC and value.year >= 1000:
+        # The same text from isoformat (several times cheaper than strftime): a UTC time's
+        # isoformat ends in "+00:00", and strftime pads the year only to its own width.
+        return value.isoformat(timespec="microseconds")[:-6] + "Z"
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 

@@ -146,7 +146,8 @@ class BatchDecisions:
     def _apply_transaction(self, tx: ParsedTransaction, state: _BatchState) -> None:
         batch = state.batch
         batch.updates.append(IngestedUpdate(tx.update_id, tx.offset, tx.record_time, "ingested"))
-        onboarded = self._onboarded or set()
+        is_onboarded = (self._onboarded or set()).__contains__
+        admit = self._admission(tx, state)  # one for all the update's entries
         closing: dict[str, str] = {}
         for entry in tx.entries:
             for holding in entry.holdings_created:
@@ -164,8 +165,8 @@ class BatchDecisions:
                 update_id=tx.update_id,
                 party=self.party,
                 customer_for_reason=state.customers,
-                is_onboarded=onboarded.__contains__,
-                admit=self._admission(tx, state),
+                is_onboarded=is_onboarded,
+                admit=admit,
             )
             if disposition.kind in ("credited", "held") and (
                 (tx.update_id, entry.node_id) in state.undecided

@@ -160,7 +160,10 @@ class SqlIngestionRepository:
     def instructions_by_ids(self, contract_ids: Collection[str]) -> dict[str, TransferInstruction]:
         found: dict[str, TransferInstruction] = {}
         table = t.transfer_instructions
-        for chunk in _chunks(contract_ids):
+        # Most of a batch's consumed contracts are holdings: first find which ids are
+        # instructions at all (a cheap driver query), then read only those rows.
+        rows = select_in(self._c, table, ("contract_id",), "contract_id", contract_ids)
+        for chunk in _chunks([row[0] for row in rows]):
             for row in self._c.execute(select(table).where(table.c.contract_id.in_(chunk))):
                 found[row.contract_id] = _instruction_from_row(row)
         return found
