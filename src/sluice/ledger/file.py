@@ -82,7 +82,9 @@ class UpdateFile:
                     raise MalformedUpdateError(
                         None, f"{self.path} line {number}: not valid JSON ({exc})"
                     ) from exc
-                yield _check_object(item, f"{self.path} line {number}")
+                if type(item) is not dict:  # (where it is, spelled out only when needed)
+                    _check_object(item, f"{self.path} line {number}")
+                yield item
 
     def _whole(self) -> Iterator[Mapping[str, Any]]:
         try:
