@@ -90,6 +90,37 @@ _HOLDING_READ = (
     "archived_update_id",
 )
 
+# Written through the driver's executemany as plain tuples, like the hot tables.
+_INSTRUCTION_COLUMNS = (
+    "contract_id",
+    "correlation_id",
+    "original_instruction_cid",
+    "direction",
+    "sender",
+    "receiver",
+    "instrument_admin",
+    "instrument_id",
+    "amount",
+    "reason",
+    "requested_at",
+    "execute_before",
+    "input_holding_cids",
+    "transfer_meta",
+    "status",
+    "created_update_id",
+    "closed_update_id",
+)
+_ALERT_COLUMNS = (
+    "id",
+    "severity",
+    "kind",
+    "message",
+    "update_id",
+    "details",
+    "created_at",
+    "acknowledged_at",
+)
+
 
 class SqlIngestionRepository:
     def __init__(self, connection: Connection) -> None:
@@ -233,32 +264,33 @@ class SqlIngestionRepository:
                 for cid, update_id, offset in batch.holdings_archived
             ],
         )
-        if batch.instructions_created:
-            c.execute(
-                insert(t.transfer_instructions),
-                [
-                    {
-                        "contract_id": i.contract_id,
-                        "correlation_id": i.correlation_id,
-                        "original_instruction_cid": i.original_instruction_cid,
-                        "direction": direction,
-                        "sender": i.transfer.sender,
-                        "receiver": i.transfer.receiver,
-                        "instrument_admin": i.transfer.instrument.admin,
-                        "instrument_id": i.transfer.instrument.id,
-                        "amount": i.transfer.amount,
-                        "reason": i.transfer.reason,
-                        "requested_at": format_timestamp(i.transfer.requested_at),
-                        "execute_before": format_timestamp(i.transfer.execute_before),
-                        "input_holding_cids": json.dumps(list(i.transfer.input_holding_cids)),
-                        "transfer_meta": json.dumps(dict(i.transfer.meta)),
-                        "status": i.status,
-                        "created_update_id": update_id,
-                        "closed_update_id": None,
-                    }
-                    for i, direction, update_id in batch.instructions_created
-                ],
-            )
+        insert_rows(
+            c,
+            t.transfer_instructions,
+            _INSTRUCTION_COLUMNS,
+            [
+                (
+                    i.contract_id,
+                    i.correlation_id,
+                    i.original_instruction_cid,
+                    direction,
+                    i.transfer.sender,
+                    i.transfer.receiver,
+                    i.transfer.instrument.admin,
+                    i.transfer.instrument.id,
+                    money(i.transfer.amount),
+                    i.transfer.reason,
+                    format_timestamp(i.transfer.requested_at),
+                    format_timestamp(i.transfer.execute_before),
+                    json.dumps(list(i.transfer.input_holding_cids)),
+                    json.dumps(dict(i.transfer.meta)),
+                    i.status,
+                    update_id,
+                    None,
+                )
+                for i, direction, update_id in batch.instructions_created
+            ],
+        )
         execute_many(
             c,
             _CLOSE_INSTRUCTION,
@@ -320,23 +352,24 @@ class SqlIngestionRepository:
         if batch.journal:
             # A withdrawal rebuilt from the chain after a DB restore may leave its customer owing.
             post_journal(c, batch.journal, now, forbid_negative_customers=False)
-        if batch.alerts:
-            c.execute(
-                insert(t.alerts),
-                [
-                    {
-                        "id": a.id,
-                        "severity": a.severity,
-                        "kind": a.kind,
-                        "message": a.message,
-                        "update_id": a.update_id,
-                        "details": json.dumps(dict(a.details), sort_keys=True),
-                        "created_at": now,
-                        "acknowledged_at": None,
-                    }
-                    for a in batch.alerts
-                ],
-            )
+        insert_rows(
+            c,
+            t.alerts,
+            _ALERT_COLUMNS,
+            [
+                (
+                    a.id,
+                    a.severity,
+                    a.kind,
+                    a.message,
+                    a.update_id,
+                    json.dumps(dict(a.details), sort_keys=True),
+                    now,
+                    None,
+                )
+                for a in batch.alerts
+            ],
+        )
         if batch.quarantine_skipped:
             c.execute(
                 update(t.quarantined_updates)
