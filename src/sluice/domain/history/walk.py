@@ -562,15 +562,16 @@ def _order_events(events: list[Any]) -> list[tuple[int, int, int, str, Mapping[s
         if not (type(body) is dict or isinstance(body, Mapping)):
             raise _wrong(f"events[{index}] {tag}", body, "an object")
         # Plain ints read inline; the path is spelled out only for anything else.
-        node = body.get("nodeId")
-        if type(node) is not int:
-            node = _integer(body, "nodeId", f"events[{index}] {tag}.")
+        value = body.get("nodeId")
+        node = value if type(value) is int else _integer(body, "nodeId", f"events[{index}] {tag}.")
         if node < 0:
             raise _ShapeError(f"events[{index}] {tag}.nodeId: {node} is negative")
         end = node
         if tag == _EXERCISED:
-            end = body.get("lastDescendantNodeId")
-            if type(end) is not int:
+            value = body.get("lastDescendantNodeId")
+            if type(value) is int:
+                end = value
+            else:
                 end = _integer(body, "lastDescendantNodeId", f"events[{index}] {tag}.")
             if end < node:
                 raise _ShapeError(
