@@ -25,6 +25,10 @@ _CONTEXT = decimal.Context(
 
 
 _DECIMAL_TEXT = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?\Z", re.ASCII)
+# The ledger's own spelling of a Numeric 10 that fits NUMERIC(38, 10): at most 28 integer digits
+# and exactly 10 fractional ones. Text of this shape is exact, in range and already at the
+# canonical scale, so it needs none of the checks below (most amounts read are of this shape).
+_CANONICAL_TEXT = re.compile(r"-?[0-9]{1,28}\.[0-9]{10}\Z", re.ASCII)
 
 
 def parse_amount(text: object, *, field: str = "amount") -> Decimal:
@@ -33,6 +37,8 @@ def parse_amount(text: object, *, field: str = "amount") -> Decimal:
     Accepts decimal text as the ledger writes it (``"-12.5"``, or with an exponent); no spaces,
     underscores or non-ASCII digits.
     """
+    if type(text) is str and _CANONICAL_TEXT.match(text):
+        return Decimal(text)
     if isinstance(text, bool) or not isinstance(text, str | int | Decimal):
         raise InvalidAmountError(f"{field}: expected a decimal string, got {type(text).__name__}")
     if isinstance(text, str) and not _DECIMAL_TEXT.match(text):
@@ -62,6 +68,13 @@ def quantize(value: Decimal) -> Decimal:
 
 def format_amount(value: Decimal) -> str:
     """The canonical text of an amount: always 10 fractional digits, as the ledger writes it."""
+    # Most amounts are already at the canonical scale, and then their plain ``str`` is the text
+    # (about three times cheaper than quantizing). ``str`` switches to an exponent for tiny
+    # values and zero ("1E-10", "0E-10"), and a value too long for the context must still fail
+    # to quantize as before; those take the general path.
+    text = str(value)
+    if len(text) < 60 and text[-11:-10] == "." and "E" not in text:
+        return text
     return f"{value.quantize(QUANTUM, context=_CONTEXT):f}"
 
 

@@ -132,7 +132,6 @@ def dispose_entry(
         )
 
     for instrument, amount in sorted(change.items()):
-        shown = f"{format_amount(amount)} {instrument.id}"
         if entry.kind == "transfer_in":
             customer = customer_for_reason.get(entry.reason) if entry.reason else None
             crediting = customer if customer is not None and amount > 0 else None
@@ -144,7 +143,7 @@ def dispose_entry(
                 alert(
                     "deposit_held",
                     "warning",
-                    f"deposit of {shown} from {entry.sender} for "
+                    f"deposit of {_shown(amount, instrument)} from {entry.sender} for "
                     f"{'customer ' + customer if customer else 'no known customer'} held for "
                     f"compliance review: {held}",
                     instrument,
@@ -155,8 +154,8 @@ def dispose_entry(
                 alert(
                     "instrument_not_onboarded",
                     "warning",
-                    f"deposit of {shown} ({instrument.admin}) in an instrument that is not "
-                    f"onboarded; held in suspense",
+                    f"deposit of {_shown(amount, instrument)} ({instrument.admin}) in an "
+                    "instrument that is not onboarded; held in suspense",
                     instrument,
                 )
                 outcome = "suspense"
@@ -175,7 +174,8 @@ def dispose_entry(
                 alert(
                     "deposit_unattributed",
                     "warning",
-                    f"deposit of {shown} from {entry.sender} with {problem}; held in suspense",
+                    f"deposit of {_shown(amount, instrument)} from {entry.sender} with "
+                    f"{problem}; held in suspense",
                     instrument,
                 )
                 outcome = "suspense"
@@ -188,8 +188,14 @@ def dispose_entry(
                 "holdings_change_unexplained",
                 "warning",
                 f"{entry.kind} ({entry.status or 'no status'}) changed the treasury's holdings by "
-                f"{shown} and nothing explains it; booked to suspense for review",
+                f"{_shown(amount, instrument)} and nothing explains it; booked to suspense for "
+                "review",
                 instrument,
             )
             outcome = "review"
     return Disposition(outcome, customer_id, tuple(journal), tuple(alerts))
+
+
+def _shown(amount: Decimal, instrument: InstrumentId) -> str:
+    """An amount as an alert message shows it (only alerts need it, so it is made for them)."""
+    return f"{format_amount(amount)} {instrument.id}"

@@ -138,6 +138,22 @@ def parse_timestamp(text: object, *, field: str = "timestamp") -> datetime:
     """Read an RFC 3339 timestamp as the Ledger API writes it (``...Z``, 0-9 fraction digits)."""
     if not isinstance(text, str):
         raise InvalidInputError(f"{field}: expected an RFC 3339 string, got {type(text).__name__}")
+    if (
+        len(text) == 27
+        and text[26] == "Z"
+        and text[19] == "."
+        and text.isascii()
+        and text[20:26].isdigit()
+    ):
+        # The ledger's usual spelling (YYYY-MM-DDTHH:MM:SS.ffffffZ): read as is, it is already
+        # UTC (``fromisoformat`` gives ``UTC`` itself for "Z", and ``astimezone`` keeps it).
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            pass  # the general path says what is wrong with it
+        else:
+            if parsed.tzinfo is UTC:
+                return parsed
     value = text
     if value.endswith(("Z", "z")):
         value = value[:-1] + "+00:00"
@@ -165,6 +181,10 @@ def parse_timestamp(text: object, *, field: str = "timestamp") -> datetime:
 
 def format_timestamp(value: datetime) -> str:
     """Canonical text: UTC, always six fraction digits, so text order is time order."""
+    if value.tzinfo is UTC and value.year >= 1000:
+        # The same text from isoformat (several times cheaper than strftime): a UTC time's
+        # isoformat ends in "+00:00", and strftime pads the year only to its own width.
+        return value.isoformat(timespec="microseconds")[:-6] + "Z"
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 

@@ -18,6 +18,8 @@ from sluice.domain.errors import InvalidInputError, MalformedUpdateError
 from sluice.domain.history import item_offset, unwrap_update
 from sluice.domain.ledger import parse_timestamp
 
+_READ_BUFFER = 1 << 20
+
 
 class UpdateFile:
     """Implements the reading side of the ledger port over a file."""
@@ -40,9 +42,10 @@ class UpdateFile:
     ) -> Iterator[Mapping[str, Any]]:
         count = 0
         for item in self._items():
-            offset = item_offset(item)
-            if after_offset is not None and offset is not None and offset <= after_offset:
-                continue
+            if after_offset is not None:
+                offset = item_offset(item)
+                if offset is not None and offset <= after_offset:
+                    continue
             yield item
             count += 1
             if limit is not None and count >= limit:
@@ -64,9 +67,10 @@ class UpdateFile:
         if head.startswith(b"["):
             yield from self._whole()
             return
-        with self.path.open("rb") as handle:
+        # A large buffer: the lines are long, and the default 8 KiB one costs a read per line.
+        with self.path.open("rb", buffering=_READ_BUFFER) as handle:
             for number, line in enumerate(handle, start=1):
-                if not line.strip():
+                if line.isspace():  # (iteration never yields an empty line)
                     continue
                 try:
                     item = orjson.loads(line)
@@ -78,7 +82,9 @@ class UpdateFile:
                     raise MalformedUpdateError(
                         None, f"{self.path} line {number}: not valid JSON ({exc})"
                     ) from exc
-                yield _check_object(item, f"{self.path} line {number}")
+                if type(item) is not dict:  # (where it is, spelled out only when needed)
+                    _check_object(item, f"{self.path} line {number}")
+                yield item
 
     def _whole(self) -> Iterator[Mapping[str, Any]]:
         try:

@@ -22,12 +22,13 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import orjson
 
 from sluice.domain.errors import InvalidInputError, MalformedUpdateError, SluiceError
-from sluice.domain.history import ParsedTransaction, item_offset, unwrap_update
+from sluice.domain.history import HistoryEntry, ParsedTransaction, item_offset, unwrap_update
 from sluice.domain.ledger import Cursor, InstrumentId
 from sluice.ports import IngestBatch, LedgerClient, LedgerReadError, UnitOfWorkFactory
 from sluice.services.compliance import KycRegistry, UsageCache, undo_failed_payouts
@@ -54,6 +55,10 @@ __all__ = [
     "connection_name",
     "quarantine_update",
 ]
+
+
+# The entries whose reason may name a withdrawal.
+_OUTGOING_KINDS = frozenset({"transfer_out", "self_transfer", "merge_split"})
 
 
 class IngestionStoppedError(SluiceError):
@@ -286,30 +291,21 @@ class Ingestion(BatchDecisions):
                     steps.append(step)
 
             # Pass 2: who the deposit accounts in this batch belong to, in one query.
-            reasons = {
-                entry.reason
-                for step in steps
-                if isinstance(step, ParsedTransaction)
-                for entry in step.entries
-                if entry.reason
-            }
-            state.customers = _CustomerLookup(repo, repo.customers_for_reasons(reasons))
-            outgoing = {
-                entry.reason
-                for step in steps
-                if isinstance(step, ParsedTransaction)
-                for entry in step.entries
-                if entry.reason and entry.kind in ("transfer_out", "self_transfer", "merge_split")
-            }
+            reasons: set[str] = set()
+            outgoing: set[str] = set()
+            deposits: list[tuple[datetime, HistoryEntry]] = []
+            for step in steps:
+                if isinstance(step, ParsedTransaction):
+                    for entry in step.entries:
+                        if entry.reason:
+                            reasons.add(entry.reason)
+                            if entry.kind in _OUTGOING_KINDS:
+                                outgoing.add(entry.reason)
+                        if entry.kind == "transfer_in":
+                            deposits.append((step.record_time, entry))
+            state.customers = _CustomerLookup(repo, repo.customers_for_reasons(reasons), reasons)
             state.withdrawals = repo.withdrawals_by_ids(outgoing) if outgoing else {}
             state.issuance = issuance_books_for(uow, steps, self.party)
-            deposits = [
-                (step.record_time, entry)
-                for step in steps
-                if isinstance(step, ParsedTransaction)
-                for entry in step.entries
-                if entry.kind == "transfer_in"
-            ]
             if deposits:
                 # Every deposit passes the KYC registry before it is credited: its customers'
                 # rows are locked and their recent usage read once for the whole batch.

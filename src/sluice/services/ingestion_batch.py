@@ -4,7 +4,7 @@ deposits passed through the KYC registry, and everything the batch writes collec
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -148,7 +148,8 @@ class BatchDecisions:
     def _apply_transaction(self, tx: ParsedTransaction, state: _BatchState) -> None:
         batch = state.batch
         batch.updates.append(IngestedUpdate(tx.update_id, tx.offset, tx.record_time, "ingested"))
-        onboarded = self._onboarded or set()
+        is_onboarded = (self._onboarded or set()).__contains__
+        admit = self._admission(tx, state)  # one for all the update's entries
         closing: dict[str, str] = {}
         for entry in tx.entries:
             for holding in entry.holdings_created:
@@ -166,8 +167,8 @@ class BatchDecisions:
                 update_id=tx.update_id,
                 party=self.party,
                 customer_for_reason=state.customers,
-                is_onboarded=onboarded.__contains__,
-                admit=self._admission(tx, state),
+                is_onboarded=is_onboarded,
+                admit=admit,
             )
             if entry.kind == "mint" or entry.kind == "burn":
                 disposition = state.issuance.dispose(entry, tx.update_id, disposition)
@@ -359,17 +360,31 @@ class _CustomerLookup(Mapping[str, str]):
     """Deposit account → customer: prefetched for the batch, asked for one by one otherwise
     (a reason can also come from an instruction recorded in an earlier batch)."""
 
-    def __init__(self, repo: IngestionRepository, known: dict[str, str]) -> None:
+    def __init__(
+        self, repo: IngestionRepository, known: dict[str, str], asked: Iterable[str] = ()
+    ) -> None:
+        """``known``: what the repository answered for the reasons ``asked``; those it found
+        no customer for need not be asked again."""
         self._repo = repo
         self._known: dict[str, str | None] = dict(known)
+        for reason in asked:
+            self._known.setdefault(reason, None)
 
-    def __getitem__(self, reason: str) -> str:
+    def _customer(self, reason: str) -> str | None:
         if reason not in self._known:
             self._known[reason] = self._repo.customers_for_reasons([reason]).get(reason)
-        customer = self._known[reason]
+        return self._known[reason]
+
+    def __getitem__(self, reason: str) -> str:
+        customer = self._customer(reason)
         if customer is None:
             raise KeyError(reason)
         return customer
+
+    def get(self, reason: str, default: Any = None) -> Any:
+        # Mapping.get goes through __getitem__ and a KeyError for every unknown reason.
+        customer = self._customer(reason)
+        return default if customer is None else customer
 
     def __iter__(self) -> Iterator[str]:
         return (reason for reason, customer in self._known.items() if customer is not None)
@@ -415,10 +430,11 @@ def _collect_consumed(body: Mapping[str, Any], into: set[str]) -> None:
     events = body.get("events")
     if not isinstance(events, list):
         return
+    add = into.add
     for event in events:
         if isinstance(event, dict):
             exercised = event.get("ExercisedEvent")
             if isinstance(exercised, dict) and exercised.get("consuming"):
                 cid = exercised.get("contractId")
                 if isinstance(cid, str):
-                    into.add(cid)
+                    add(cid)

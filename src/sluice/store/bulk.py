@@ -8,7 +8,7 @@ values already in the form the column stores (see :func:`money_value`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
 from functools import cache
 from typing import Any
@@ -61,6 +61,42 @@ def select_rows(
         return connection.exec_driver_sql(compiled.string, values).all()
     positional = tuple(values[name] for name in compiled.positiontup)
     return connection.exec_driver_sql(compiled.string, positional).all()
+
+
+def select_in(
+    connection: Connection,
+    table: Table,
+    columns: Sequence[str],
+    key: str,
+    values: Iterable[object],
+    *,
+    chunk: int = 500,
+) -> list[Sequence[Any]]:
+    """``SELECT columns FROM table WHERE key IN (values)`` as the driver returns the rows (no
+    result processing, see :func:`select_rows`), at most ``chunk`` values a statement.
+
+    For the batch lookups of ingestion: SQLAlchemy renders an expanding ``IN`` anew for every
+    execution and processes every row, which costs more than the query itself."""
+    found: list[Sequence[Any]] = []
+    pending = list(values)
+    names = tuple(columns)
+    for start in range(0, len(pending), chunk):
+        part = tuple(pending[start : start + chunk])
+        sql = _select_in_statement(connection.dialect, table.name, names, key, len(part))
+        found.extend(connection.exec_driver_sql(sql, part).all())
+    return found
+
+
+@cache
+def _select_in_statement(
+    dialect: Dialect, table: str, columns: tuple[str, ...], key: str, count: int
+) -> str:
+    quote = dialect.identifier_preparer.quote
+    placeholder = _PLACEHOLDER[dialect.paramstyle]
+    assert "{}" not in placeholder, "positional placeholders only"
+    names = ", ".join(quote(column) for column in columns)
+    marks = ", ".join([placeholder] * count)
+    return f"SELECT {names} FROM {quote(table)} WHERE {quote(key)} IN ({marks})"
 
 
 @cache

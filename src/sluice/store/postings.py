@@ -12,6 +12,7 @@ from sqlalchemy import Connection, bindparam, insert, select, update
 from sluice.domain.amounts import ZERO
 from sluice.domain.audit import timestamp_text
 from sluice.domain.journal import AccountRef, JournalTransaction, balance_change
+from sluice.domain.ledger import Holding
 from sluice.ports import EntryRecord
 from sluice.store import tables as t
 from sluice.store.bulk import execute_many, insert_rows, money_value
@@ -172,8 +173,20 @@ def _entry_row(
         money(e.amount) if e.amount is not None else None,
         e.reason,
         e.correlation_id,
-        json.dumps([h.contract_id for h in e.holdings_created]),
-        json.dumps([h.contract_id for h in e.holdings_archived]),
+        _ids_json(e.holdings_created),
+        _ids_json(e.holdings_archived),
         record.disposition,
         record.customer_id,
     )
+
+
+def _ids_json(holdings: tuple[Holding, ...]) -> str:
+    """``json.dumps`` of the holdings' contract ids, the same text built directly for ids that
+    need no escaping (contract ids are hex): ``json.dumps`` costs more than the rest of the row."""
+    if not holdings:
+        return "[]"
+    ids = [h.contract_id for h in holdings]
+    for cid in ids:
+        if not (cid.isascii() and cid.isalnum()):
+            return json.dumps(ids)
+    return '["' + '", "'.join(ids) + '"]'

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection
+from decimal import Decimal
 
 from sqlalchemy import ColumnElement, Connection, and_, bindparam, insert, select, update
 
@@ -12,6 +13,7 @@ from sluice.domain.ledger import (
     Cursor,
     Holding,
     InstrumentId,
+    Lock,
     TransferInstruction,
     format_timestamp,
     parse_timestamp,
@@ -20,7 +22,7 @@ from sluice.domain.withdrawals import TERMINAL_STATUSES, Withdrawal
 from sluice.ports import IngestBatch
 from sluice.store import tables as t
 from sluice.store.books_repository import SqlBooksRepository
-from sluice.store.bulk import execute_many, insert_rows, money_value
+from sluice.store.bulk import execute_many, insert_rows, money_value, select_in
 from sluice.store.postings import (
     _ARCHIVE_HOLDING,
     _CLOSE_INSTRUCTION,
@@ -75,6 +77,51 @@ __all__ = [
 ]
 
 
+# The columns _holding_from_row reads, and whether the holding is archived.
+_HOLDING_READ = (
+    "contract_id",
+    "owner",
+    "instrument_admin",
+    "instrument_id",
+    "amount",
+    "lock_holders",
+    "lock_expires_at",
+    "lock_context",
+    "archived_update_id",
+)
+
+# Written through the driver's executemany as plain tuples, like the hot tables.
+_INSTRUCTION_COLUMNS = (
+    "contract_id",
+    "correlation_id",
+    "original_instruction_cid",
+    "direction",
+    "sender",
+    "receiver",
+    "instrument_admin",
+    "instrument_id",
+    "amount",
+    "reason",
+    "requested_at",
+    "execute_before",
+    "input_holding_cids",
+    "transfer_meta",
+    "status",
+    "created_update_id",
+    "closed_update_id",
+)
+_ALERT_COLUMNS = (
+    "id",
+    "severity",
+    "kind",
+    "message",
+    "update_id",
+    "details",
+    "created_at",
+    "acknowledged_at",
+)
+
+
 class SqlIngestionRepository:
     def __init__(self, connection: Connection) -> None:
         self._c = connection
@@ -110,47 +157,51 @@ class SqlIngestionRepository:
             self._c.execute(insert(t.ledger_cursors).values(connection=connection, **values))
 
     def known_update_ids(self, update_ids: Collection[str]) -> set[str]:
-        found: set[str] = set()
-        column = t.ingested_updates.c.update_id
-        for chunk in _chunks(update_ids):
-            found.update(self._c.execute(select(column).where(column.in_(chunk))).scalars())
-        return found
+        rows = select_in(self._c, t.ingested_updates, ("update_id",), "update_id", update_ids)
+        return {row[0] for row in rows}
 
     def quarantined_keys(self, keys: Collection[str]) -> set[str]:
-        found: set[str] = set()
-        column = t.quarantined_updates.c.update_id
-        for chunk in _chunks(keys):
-            found.update(self._c.execute(select(column).where(column.in_(chunk))).scalars())
-        return found
+        rows = select_in(self._c, t.quarantined_updates, ("update_id",), "update_id", keys)
+        return {row[0] for row in rows}
 
     def holdings_by_ids(self, contract_ids: Collection[str]) -> dict[str, Holding]:
         found: dict[str, Holding] = {}
-        for chunk in _chunks(contract_ids):
-            # Only the primary key in the condition: with a second one, a planner working from
-            # stale statistics (a fresh table under bulk load) may walk another index instead.
-            rows = self._c.execute(select(t.holdings).where(t.holdings.c.contract_id.in_(chunk)))
-            for row in rows:
-                if row.archived_update_id is None:
-                    found[row.contract_id] = _holding_from_row(row)
+        # Only the primary key in the condition: with a second one, a planner working from
+        # stale statistics (a fresh table under bulk load) may walk another index instead.
+        rows = select_in(self._c, t.holdings, _HOLDING_READ, "contract_id", contract_ids)
+        for cid, owner, admin, instrument_id, amount, holders, expires, context, archived in rows:
+            if archived is None:
+                lock = None
+                if holders is not None:
+                    lock = Lock(
+                        holders=tuple(json.loads(holders)),
+                        expires_at=parse_timestamp(expires) if expires else None,
+                        context=context,
+                    )
+                found[cid] = Holding(
+                    contract_id=cid,
+                    owner=owner,
+                    instrument=InstrumentId(admin, instrument_id),
+                    # As the Money column reads it (text on SQLite).
+                    amount=amount if isinstance(amount, Decimal) else Decimal(amount),
+                    lock=lock,
+                )
         return found
 
     def instructions_by_ids(self, contract_ids: Collection[str]) -> dict[str, TransferInstruction]:
         found: dict[str, TransferInstruction] = {}
         table = t.transfer_instructions
-        for chunk in _chunks(contract_ids):
+        # Most of a batch's consumed contracts are holdings: first find which ids are
+        # instructions at all (a cheap driver query), then read only those rows.
+        rows = select_in(self._c, table, ("contract_id",), "contract_id", contract_ids)
+        for chunk in _chunks([row[0] for row in rows]):
             for row in self._c.execute(select(table).where(table.c.contract_id.in_(chunk))):
                 found[row.contract_id] = _instruction_from_row(row)
         return found
 
     def customers_for_reasons(self, reasons: Collection[str]) -> dict[str, str]:
-        found: dict[str, str] = {}
-        table = t.deposit_accounts
-        for chunk in _chunks(reasons):
-            rows = self._c.execute(
-                select(table.c.id, table.c.customer_id).where(table.c.id.in_(chunk))
-            )
-            found.update({row.id: row.customer_id for row in rows})
-        return found
+        rows = select_in(self._c, t.deposit_accounts, ("id", "customer_id"), "id", reasons)
+        return {row[0]: row[1] for row in rows}
 
     def onboarded_instruments(self) -> set[InstrumentId]:
         table = t.instruments
@@ -213,32 +264,33 @@ class SqlIngestionRepository:
                 for cid, update_id, offset in batch.holdings_archived
             ],
         )
-        if batch.instructions_created:
-            c.execute(
-                insert(t.transfer_instructions),
-                [
-                    {
-                        "contract_id": i.contract_id,
-                        "correlation_id": i.correlation_id,
-                        "original_instruction_cid": i.original_instruction_cid,
-                        "direction": direction,
-                        "sender": i.transfer.sender,
-                        "receiver": i.transfer.receiver,
-                        "instrument_admin": i.transfer.instrument.admin,
-                        "instrument_id": i.transfer.instrument.id,
-                        "amount": i.transfer.amount,
-                        "reason": i.transfer.reason,
-                        "requested_at": format_timestamp(i.transfer.requested_at),
-                        "execute_before": format_timestamp(i.transfer.execute_before),
-                        "input_holding_cids": json.dumps(list(i.transfer.input_holding_cids)),
-                        "transfer_meta": json.dumps(dict(i.transfer.meta)),
-                        "status": i.status,
-                        "created_update_id": update_id,
-                        "closed_update_id": None,
-                    }
-                    for i, direction, update_id in batch.instructions_created
-                ],
-            )
+        insert_rows(
+            c,
+            t.transfer_instructions,
+            _INSTRUCTION_COLUMNS,
+            [
+                (
+                    i.contract_id,
+                    i.correlation_id,
+                    i.original_instruction_cid,
+                    direction,
+                    i.transfer.sender,
+                    i.transfer.receiver,
+                    i.transfer.instrument.admin,
+                    i.transfer.instrument.id,
+                    money(i.transfer.amount),
+                    i.transfer.reason,
+                    format_timestamp(i.transfer.requested_at),
+                    format_timestamp(i.transfer.execute_before),
+                    json.dumps(list(i.transfer.input_holding_cids)),
+                    json.dumps(dict(i.transfer.meta)),
+                    i.status,
+                    update_id,
+                    None,
+                )
+                for i, direction, update_id in batch.instructions_created
+            ],
+        )
         execute_many(
             c,
             _CLOSE_INSTRUCTION,
@@ -300,23 +352,24 @@ class SqlIngestionRepository:
         if batch.journal:
             # A withdrawal rebuilt from the chain after a DB restore may leave its customer owing.
             post_journal(c, batch.journal, now, forbid_negative_customers=False)
-        if batch.alerts:
-            c.execute(
-                insert(t.alerts),
-                [
-                    {
-                        "id": a.id,
-                        "severity": a.severity,
-                        "kind": a.kind,
-                        "message": a.message,
-                        "update_id": a.update_id,
-                        "details": json.dumps(dict(a.details), sort_keys=True),
-                        "created_at": now,
-                        "acknowledged_at": None,
-                    }
-                    for a in batch.alerts
-                ],
-            )
+        insert_rows(
+            c,
+            t.alerts,
+            _ALERT_COLUMNS,
+            [
+                (
+                    a.id,
+                    a.severity,
+                    a.kind,
+                    a.message,
+                    a.update_id,
+                    json.dumps(dict(a.details), sort_keys=True),
+                    now,
+                    None,
+                )
+                for a in batch.alerts
+            ],
+        )
         if batch.quarantine_skipped:
             c.execute(
                 update(t.quarantined_updates)

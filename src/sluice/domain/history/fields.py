@@ -154,13 +154,13 @@ def _meta_values(obj: Mapping[str, Any] | None, path: str) -> Mapping[str, str] 
 
 def _loose_meta_values(obj: object) -> Mapping[str, str] | None:
     """``obj.meta.values`` of a value that may not be token-standard at all: its text entries."""
-    if not isinstance(obj, Mapping):
+    if not (type(obj) is dict or isinstance(obj, Mapping)):
         return None
     meta = obj.get("meta")
-    if not isinstance(meta, Mapping):
+    if not (type(meta) is dict or isinstance(meta, Mapping)):
         return None
     values = meta.get("values")
-    if not isinstance(values, Mapping):
+    if not (type(values) is dict or isinstance(values, Mapping)):
         return None
     if all(type(value) is str for value in values.values()):
         return values
@@ -168,9 +168,14 @@ def _loose_meta_values(obj: object) -> Mapping[str, str] | None:
 
 
 def _instrument(obj: Mapping[str, Any], key: str, path: str) -> InstrumentId:
-    value = _object(obj, key, path)
-    inner = path + key + "."
-    admin, identifier = _text(value, "admin", inner), _text(value, "id", inner)
+    value = obj.get(key)
+    if type(value) is not dict:
+        value = _object(obj, key, path)
+    admin, identifier = value.get("admin"), value.get("id")
+    if type(admin) is not str or type(identifier) is not str:
+        # The path is only spelled out for the error (this runs for every holding).
+        inner = path + key + "."
+        admin, identifier = _text(value, "admin", inner), _text(value, "id", inner)
     instrument = _INSTRUMENT_CACHE.get((admin, identifier))
     if instrument is None:
         instrument = InstrumentId(admin, identifier)
@@ -195,12 +200,20 @@ def _lock(value: object, path: str) -> Lock | None:
 
 
 def _holding(contract_id: str, view: Mapping[str, Any], path: str) -> Holding:
+    # The readers inlined for the common case (a string owner, no lock): every holding created
+    # in every update comes through here.
+    owner = view.get("owner")
+    if type(owner) is not str:
+        owner = _text(view, "owner", path)
+    instrument = _instrument(view, "instrumentId", path)
+    amount = _amount(view, "amount", path)
+    lock = view.get("lock")
     return Holding(
-        contract_id=contract_id,
-        owner=_text(view, "owner", path),
-        instrument=_instrument(view, "instrumentId", path),
-        amount=_amount(view, "amount", path),
-        lock=_lock(view.get("lock"), path + "lock"),
+        contract_id,
+        owner,
+        instrument,
+        amount,
+        None if lock is None else _lock(lock, path + "lock"),
     )
 
 
@@ -250,7 +263,7 @@ def _view_value(view: Mapping[str, Any], path: str) -> Mapping[str, Any] | None:
 
 def _result_status(result: object) -> tuple[EntryStatus, Mapping[str, Any]]:
     """The status a ``TransferInstructionResult`` reports, and its ``output.value``."""
-    if not isinstance(result, Mapping):
+    if not (type(result) is dict or isinstance(result, Mapping)):
         raise _wrong("exerciseResult", _MISSING if result is None else result, "an object")
     output = _object(result, "output", "exerciseResult.")
     tag = _text(output, "tag", "exerciseResult.output.")
@@ -258,4 +271,4 @@ def _result_status(result: object) -> tuple[EntryStatus, Mapping[str, Any]]:
     if status is None:
         raise _ShapeError(f"exerciseResult.output.tag: {tag!r} is not a transfer result")
     value = output.get("value")
-    return status, value if isinstance(value, Mapping) else _EMPTY_META
+    return status, value if (type(value) is dict or isinstance(value, Mapping)) else _EMPTY_META

@@ -40,7 +40,7 @@ def parse_transaction(
     instruction with that contract id, or None; archives are resolved through them and through
     what this transaction created before.
     """
-    if not isinstance(tx, Mapping):
+    if not (type(tx) is dict or isinstance(tx, Mapping)):
         raise MalformedUpdateError(None, str(_wrong("transaction", tx, "an object")))
     raw_offset = tx.get("offset")
     offset = raw_offset if type(raw_offset) is int else None
@@ -106,22 +106,22 @@ def unwrap_update(raw: Mapping[str, Any]) -> tuple[UpdateKind, Mapping[str, Any]
 
 
 def _unwrap(raw: Mapping[str, Any]) -> tuple[UpdateKind, Mapping[str, Any]]:
-    if not isinstance(raw, Mapping):
+    if not (type(raw) is dict or isinstance(raw, Mapping)):
         raise MalformedUpdateError(None, f"update: expected a JSON object, got {_type_name(raw)}")
     update = raw.get("update")
     if update is not None:
-        if not isinstance(update, Mapping):
+        if not (type(update) is dict or isinstance(update, Mapping)):
             problem = f"update: expected an object, got {_type_name(update)}"
             raise MalformedUpdateError(None, problem)
         for key, kind in _UPDATE_KINDS.items():
             inner = update.get(key)
             if inner is None:
                 continue
-            if not isinstance(inner, Mapping):
+            if not (type(inner) is dict or isinstance(inner, Mapping)):
                 problem = f"update.{key}: expected an object, got {_type_name(inner)}"
                 raise MalformedUpdateError(None, problem)
             value = inner.get("value")
-            if isinstance(value, Mapping):
+            if type(value) is dict or isinstance(value, Mapping):
                 return kind, value
             if value is not None:
                 problem = f"update.{key}.value: expected an object, got {_type_name(value)}"
@@ -134,7 +134,7 @@ def _unwrap(raw: Mapping[str, Any]) -> tuple[UpdateKind, Mapping[str, Any]]:
         )
     transaction = raw.get("transaction")
     if transaction is not None:
-        if not isinstance(transaction, Mapping):
+        if not (type(transaction) is dict or isinstance(transaction, Mapping)):
             problem = f"transaction: expected an object, got {_type_name(transaction)}"
             raise MalformedUpdateError(None, problem)
         return "transaction", transaction

@@ -280,29 +280,33 @@ class _Walk:
         for position, view in enumerate(views):
             if not (type(view) is dict or isinstance(view, Mapping)):
                 raise _wrong(f"interfaceViews[{position}]", view, "an object")
-            path = f"interfaceViews[{position}]."
-            name = qualified_name(_text(view, "interfaceId", path))
-            if name == HOLDING_INTERFACE:
-                value = _view_value(view, path)
-                if value is None:
-                    continue
-                holding = _holding(contract_id, value, path + "viewValue.")
-                if scope is not None:
-                    scope.all_created.append(holding)
-                if holding.owner == self.party:
-                    self.tx_holdings[contract_id] = holding
-                    (scope or group).created.append(holding)
-            elif name == TRANSFER_INSTRUCTION_INTERFACE:
-                value = _view_value(view, path)
-                if value is None:
-                    continue
-                instruction = _instruction(contract_id, value, path + "viewValue.")
-                self.tx_instructions[contract_id] = instruction
-                transfer = instruction.transfer
-                if self.party in (transfer.sender, transfer.receiver):
-                    self.instructions_created.append(instruction)
-                    if scope is None:
-                        self.entries.append(self._offer(node, instruction))
+            # The readers get paths relative to the view; the view's own path is put in front
+            # only when one fails (building it for every view costs more than the read).
+            try:
+                name = qualified_name(_text(view, "interfaceId", ""))
+                if name == HOLDING_INTERFACE:
+                    value = _view_value(view, "")
+                    if value is None:
+                        continue
+                    holding = _holding(contract_id, value, "viewValue.")
+                    if scope is not None:
+                        scope.all_created.append(holding)
+                    if holding.owner == self.party:
+                        self.tx_holdings[contract_id] = holding
+                        (scope or group).created.append(holding)
+                elif name == TRANSFER_INSTRUCTION_INTERFACE:
+                    value = _view_value(view, "")
+                    if value is None:
+                        continue
+                    instruction = _instruction(contract_id, value, "viewValue.")
+                    self.tx_instructions[contract_id] = instruction
+                    transfer = instruction.transfer
+                    if self.party in (transfer.sender, transfer.receiver):
+                        self.instructions_created.append(instruction)
+                        if scope is None:
+                            self.entries.append(self._offer(node, instruction))
+            except _ShapeError as exc:
+                raise _ShapeError(f"interfaceViews[{position}].{exc}") from None
 
     def _consumed(self, contract_id: str, scope: _Scope | None, group: _Group) -> None:
         holding = self.tx_holdings.get(contract_id) or self.holdings(contract_id)
@@ -319,11 +323,15 @@ class _Walk:
     @staticmethod
     def _nested_transfer(body: Mapping[str, Any]) -> Transfer | None:
         argument = body.get("choiceArgument")
-        if not isinstance(argument, Mapping):
+        if not (type(argument) is dict or isinstance(argument, Mapping)):
             return None
         value = argument.get("transfer")
         # Only a token-standard Transfer record will do (Amulet's own transfers differ).
-        if isinstance(value, Mapping) and "receiver" in value and "instrumentId" in value:
+        if (
+            (type(value) is dict or isinstance(value, Mapping))
+            and "receiver" in value
+            and "instrumentId" in value
+        ):
             return _transfer(value, "choiceArgument.transfer.")
         return None
 
@@ -386,7 +394,7 @@ class _Walk:
         party = self.party
         body = scope.body
         argument = body.get("choiceArgument")
-        if not isinstance(argument, Mapping):
+        if not (type(argument) is dict or isinstance(argument, Mapping)):
             argument = _EMPTY_META
         instruction_transfer = scope.fallback
         if scope.instruction is not None:
@@ -553,16 +561,22 @@ def _order_events(events: list[Any]) -> list[tuple[int, int, int, str, Mapping[s
             )
         if not (type(body) is dict or isinstance(body, Mapping)):
             raise _wrong(f"events[{index}] {tag}", body, "an object")
-        path = f"events[{index}] {tag}."
-        node = _integer(body, "nodeId", path)
+        # Plain ints read inline; the path is spelled out only for anything else.
+        value = body.get("nodeId")
+        node = value if type(value) is int else _integer(body, "nodeId", f"events[{index}] {tag}.")
         if node < 0:
-            raise _ShapeError(f"{path}nodeId: {node} is negative")
+            raise _ShapeError(f"events[{index}] {tag}.nodeId: {node} is negative")
         end = node
         if tag == _EXERCISED:
-            end = _integer(body, "lastDescendantNodeId", path)
+            value = body.get("lastDescendantNodeId")
+            if type(value) is int:
+                end = value
+            else:
+                end = _integer(body, "lastDescendantNodeId", f"events[{index}] {tag}.")
             if end < node:
                 raise _ShapeError(
-                    f"{path}lastDescendantNodeId: {end} is before its own node id {node}"
+                    f"events[{index}] {tag}.lastDescendantNodeId: {end} is before its own node "
+                    f"id {node}"
                 )
         if node <= previous:
             in_order = False
