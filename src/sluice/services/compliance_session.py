@@ -28,10 +28,11 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from sluice.domain.amounts import format_amount
-from sluice.domain.audit import AuditEntry
+from sluice.domain.audit import AuditEntry, FloatFreeArray, FloatFreeObject
 from sluice.domain.compliance import (
     MONTH,
     OPERATIONS,
+    Check,
     ComplianceDecision,
     ComplianceRequest,
     HeldDeposit,
@@ -349,7 +350,8 @@ class ComplianceSession:
             risk_threshold=rules.threshold,
             risk_flags=risk.flag_names() if risk is not None else (),
         )
-        changes: list[dict[str, object]] = []
+        changes: list[Mapping[str, object]] = []
+        amount_text = format_amount(request.amount)
         if decision.allowed and record:
             windows.add(current)
             insort(self._recent.setdefault(request.customer_id, []), current, key=_record_order)
@@ -358,12 +360,14 @@ class ComplianceSession:
                 insort(kept_recent, current, key=_record_order)
             self._new_usage.setdefault(request.customer_id, []).append(current)
             changes.append(
-                {
-                    "usage": request.operation,
-                    "amount": format_amount(request.amount),
-                    "daily_used": format_amount(daily + request.amount),
-                    "monthly_used": format_amount(monthly + request.amount),
-                }
+                _texts(
+                    {
+                        "usage": request.operation,
+                        "amount": amount_text,
+                        "daily_used": format_amount(daily + request.amount),
+                        "monthly_used": format_amount(monthly + request.amount),
+                    }
+                )
             )
         over = risk is not None and risk.over_threshold
         if over and profile is not None and risk is not None and profile.status == "active":
@@ -381,11 +385,13 @@ class ComplianceSession:
                     subject=operation_id,
                 )
             )
-            changes.append({"status": "under_review", "was": "active", "reason": reason})
+            changes.append(
+                _texts({"status": "under_review", "was": "active", "reason": reason})
+            )
         operation = f"compliance_check:{request.operation}"
         if audited_as is not None:
             operation, outcome = audited_as(decision)
-            changes.append(outcome)
+            changes.append(_texts(outcome))
         self.audit(
             AuditEntry(
                 operation_id=operation_id,
@@ -393,15 +399,17 @@ class ComplianceSession:
                 actor=actor,
                 recorded_at=at,
                 customer_id=request.customer_id,
-                kyc=profile.as_dict() if profile is not None else None,
-                parameters={
-                    "operation": request.operation,
-                    "amount": format_amount(request.amount),
-                    "counterparty": request.counterparty,
-                    **(parameters or {}),
-                },
-                checks=[check.as_dict() for check in decision.checks],
-                state_changes=changes,
+                kyc=_kyc_content(profile) if profile is not None else None,
+                parameters=_texts(
+                    {
+                        "operation": request.operation,
+                        "amount": amount_text,
+                        "counterparty": request.counterparty,
+                        **(parameters or {}),
+                    }
+                ),
+                checks=_checks_content(decision.checks),
+                state_changes=_array(changes),
                 error=None if decision.allowed else f"{decision.code}: {decision.summary()}",
             )
         )
@@ -464,6 +472,65 @@ class ComplianceSession:
                 cache._settled[customer_id] = version
             else:
                 cache._drop(customer_id)
+
+
+# -- audit content ------------------------------------------------------------------------------
+# A decision's audit record is built of values whose types are known here, so it is marked
+# float-free (FloatFreeObject/FloatFreeArray) where they are checked to be what canonical content
+# holds as it is — sparing the audit log a walk over every record; anything else (a caller's
+# parameter that is not text, say) stays a plain dict or list, which the log walks as before.
+
+
+def _texts(value: Mapping[str, object]) -> Mapping[str, object]:
+    """``value`` marked float-free when every key is text and every value text or nothing."""
+    for key, item in value.items():
+        if type(key) is not str or not (item is None or type(item) is str):
+            return value
+    return FloatFreeObject(value)
+
+
+def _array(values: list[Mapping[str, object]]) -> list[Mapping[str, object]]:
+    for value in values:
+        if type(value) is not FloatFreeObject:
+            return values
+    return FloatFreeArray(values)
+
+
+def _small_int(value: object) -> bool:
+    return type(value) is int and -(2**63) <= value < 2**63
+
+
+def _kyc_content(profile: Profile) -> Mapping[str, object]:
+    """``profile.as_dict()``, marked float-free when its fields are what they should be."""
+    content = profile.as_dict()
+    if (
+        _small_int(profile.tier)
+        and type(profile.status) is str
+        and _small_int(profile.risk_score)
+        and len(content) == 3
+    ):
+        return FloatFreeObject(content)
+    return content
+
+
+def _checks_content(checks: Sequence[Check]) -> list[Mapping[str, object]]:
+    """The checks as the audit record lists them (``Check.as_dict``), marked float-free when
+    every field is of its declared type."""
+    content: list[Mapping[str, object]] = []
+    plain = True
+    for check in checks:
+        item = check.as_dict()
+        if (
+            type(check.name) is str
+            and type(check.passed) is bool
+            and type(check.reason) is str
+            and len(item) == 3
+        ):
+            item = FloatFreeObject(item)
+        else:
+            plain = False
+        content.append(item)
+    return FloatFreeArray(content) if plain else content
 
 
 def _record_order(record: UsageRecord) -> tuple[datetime, str]:

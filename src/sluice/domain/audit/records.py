@@ -120,6 +120,24 @@ class _NotPlainError(Exception):
     """A value :func:`_float_free_value` leaves to :func:`json_value`."""
 
 
+class FloatFreeObject(dict[str, object]):
+    """A JSON object its builder guarantees to be in canonical form already and to hold no float:
+    text keys, and values that are text, nothing, booleans, 64-bit integers, or
+    :class:`FloatFreeObject` / :class:`FloatFreeArray` values themselves. :func:`canonical_content`
+    takes it as it is instead of walking it (the walk costs more than building the record on the
+    hot path of ingestion). Whoever builds one must only put such values in: content that may hold
+    anything else (a float, a decimal, a time, a caller's values) belongs in a plain dict, which
+    is walked. Stored and hashed exactly like an equal plain dict."""
+
+    __slots__ = ()
+
+
+class FloatFreeArray(list[object]):
+    """A JSON array of values as in :class:`FloatFreeObject` (same guarantee, same use)."""
+
+    __slots__ = ()
+
+
 def _float_free_value(value: object) -> object:
     """:func:`_plain_value` of a value made only of text, nothing, booleans, 64-bit integers,
     decimals, lists and objects with text keys; raises :class:`_NotPlainError` on anything else (a
@@ -127,6 +145,8 @@ def _float_free_value(value: object) -> object:
     kind = type(value)
     if kind is str or kind is bool or value is None:
         return value
+    if kind is FloatFreeObject or kind is FloatFreeArray:
+        return value  # canonical and float-free by construction: nothing to walk
     if kind is dict:
         result: dict[str, object] = {}
         for key, item in value.items():  # type: ignore[attr-defined]
