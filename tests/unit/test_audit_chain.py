@@ -268,11 +268,10 @@ def test_content_marked_float_free_is_stored_and_hashed_as_the_plain_content(
         checks=_marked(checks),  # type: ignore[arg-type]
     )
     # Also beside unmarked content, with a float (then the whole content takes the general walk).
-    for changes in ([{"a": "b"}], [{"a": "b"}, {"c": 1.5}]):
-        walked = canonical_content(1, replace(plain, state_changes=changes))
-        taken = canonical_content(
-            1, replace(marked, state_changes=[FloatFreeObject(changes[0]), *changes[1:]])
-        )
+    with_float: dict[str, object] = {"c": 1.5}
+    for more in ([], [with_float]):
+        walked = canonical_content(1, replace(plain, state_changes=[{"a": "b"}, *more]))
+        taken = canonical_content(1, replace(marked, state_changes=[FloatFreeObject(a="b"), *more]))
         assert type(taken) is type(walked)
         assert taken == walked
         assert canonical_bytes(taken) == canonical_bytes(walked)

@@ -25,7 +25,8 @@ from bisect import bisect_right, insort
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import TYPE_CHECKING
+from operator import attrgetter
+from typing import TYPE_CHECKING, cast
 
 from sluice.domain.amounts import format_amount
 from sluice.domain.audit import AuditEntry, FloatFreeArray, FloatFreeObject
@@ -265,7 +266,7 @@ class ComplianceSession:
             windows = self._windows[customer_id]
             for record in self._new_usage.get(customer_id, ()):
                 windows.add(record)
-                insort(self._recent[customer_id], record, key=_record_order)
+                _insort(self._recent[customer_id], record)
         return windows
 
     def _recent_before(self, customer_id: str, at: datetime) -> list[UsageRecord]:
@@ -354,10 +355,10 @@ class ComplianceSession:
         amount_text = format_amount(request.amount)
         if decision.allowed and record:
             windows.add(current)
-            insort(self._recent.setdefault(request.customer_id, []), current, key=_record_order)
+            _insort(self._recent.setdefault(request.customer_id, []), current)
             kept_recent = self._kept_recent.get(request.customer_id)
             if kept_recent is not None:
-                insort(kept_recent, current, key=_record_order)
+                _insort(kept_recent, current)
             self._new_usage.setdefault(request.customer_id, []).append(current)
             changes.append(
                 _texts(
@@ -385,9 +386,7 @@ class ComplianceSession:
                     subject=operation_id,
                 )
             )
-            changes.append(
-                _texts({"status": "under_review", "was": "active", "reason": reason})
-            )
+            changes.append(_texts({"status": "under_review", "was": "active", "reason": reason}))
         operation = f"compliance_check:{request.operation}"
         if audited_as is not None:
             operation, outcome = audited_as(decision)
@@ -489,11 +488,12 @@ def _texts(value: Mapping[str, object]) -> Mapping[str, object]:
     return FloatFreeObject(value)
 
 
-def _array(values: list[Mapping[str, object]]) -> list[Mapping[str, object]]:
+def _array(values: list[Mapping[str, object]]) -> Sequence[Mapping[str, object]]:
+    """``values`` marked float-free when every one of them is."""
     for value in values:
         if type(value) is not FloatFreeObject:
             return values
-    return FloatFreeArray(values)
+    return cast(Sequence[Mapping[str, object]], FloatFreeArray(values))
 
 
 def _small_int(value: object) -> bool:
@@ -513,28 +513,48 @@ def _kyc_content(profile: Profile) -> Mapping[str, object]:
     return content
 
 
-def _checks_content(checks: Sequence[Check]) -> list[Mapping[str, object]]:
+def _checks_content(checks: Sequence[Check]) -> Sequence[Mapping[str, object]]:
     """The checks as the audit record lists them (``Check.as_dict``), marked float-free when
     every field is of its declared type."""
     content: list[Mapping[str, object]] = []
     plain = True
     for check in checks:
-        item = check.as_dict()
+        name, passed, reason = check.name, check.passed, check.reason
         if (
-            type(check.name) is str
-            and type(check.passed) is bool
-            and type(check.reason) is str
-            and len(item) == 3
+            type(check) is Check
+            and type(name) is str
+            and type(passed) is bool
+            and type(reason) is str
         ):
-            item = FloatFreeObject(item)
+            # What Check.as_dict gives, in its order.
+            content.append(FloatFreeObject(name=name, passed=passed, reason=reason))
         else:
+            content.append(check.as_dict())
             plain = False
-        content.append(item)
-    return FloatFreeArray(content) if plain else content
+    return cast(Sequence[Mapping[str, object]], FloatFreeArray(content)) if plain else content
 
 
-def _record_order(record: UsageRecord) -> tuple[datetime, str]:
-    return (record.occurred_at, record.operation_id)
+# The order of usage rows: (time, operation id). An attrgetter, not a function: the bisections
+# and insertions of every decision call it (a C call instead of a Python frame).
+_record_order: Callable[[UsageRecord], tuple[datetime, str]] = attrgetter(
+    "occurred_at", "operation_id"
+)
+
+
+def _insort(records: list[UsageRecord], record: UsageRecord) -> None:
+    """``insort(records, record, key=_record_order)``; a record after every one (the usual case:
+    decisions come in time order) is appended without bisecting."""
+    if not records or _record_order(records[-1]) <= _record_order(record):
+        records.append(record)
+    else:
+        insort(records, record, key=_record_order)
+
+
+def _between(records: list[UsageRecord], start: datetime, last: datetime) -> tuple[int, int]:
+    """The positions of the rows with ``start < occurred_at <= last`` in ``records`` (in time
+    order, so found by halving: ``(t, _LAST_KEY)`` follows every row at ``t``)."""
+    low = bisect_right(records, (start, _LAST_KEY), key=_record_order)
+    return low, bisect_right(records, (last, _LAST_KEY), lo=low, key=_record_order)
 
 
 def _slice_kept(kept: _Kept, start: datetime, last: datetime, count: int) -> bool:
@@ -543,14 +563,15 @@ def _slice_kept(kept: _Kept, start: datetime, last: datetime, count: int) -> boo
     row from ``complete_from`` on is)."""
     if kept.complete_from <= (start, _LAST_KEY):
         return True
-    return sum(1 for record in kept.recent if start < record.occurred_at <= last) >= count
+    low, high = _between(kept.recent, start, last)
+    return high - low >= count
 
 
 def _slice(kept: _Kept, start: datetime, last: datetime, count: int) -> list[UsageRecord]:
     """The latest ``count`` kept rows in ``(start, last]``, oldest first: what
     ``recent_usage(…, start, last, count)`` reads (see :func:`_slice_kept`)."""
-    rows = [record for record in kept.recent if start < record.occurred_at <= last]
-    return rows[-count:]
+    low, high = _between(kept.recent, start, last)
+    return kept.recent[low:high][-count:]
 
 
 def _prune_recent(kept: _Kept, start: datetime, count: int) -> None:
