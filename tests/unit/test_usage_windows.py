@@ -31,7 +31,7 @@ from sluice.domain.compliance import (
 from sluice.domain.compliance_windows import (
     _both_window_bounds,
     _edges_of,
-    _used_bounds,
+    _hour_bounds,
     _within,
 )
 
@@ -161,11 +161,15 @@ def _nonempty(bounds: tuple[object, ...]) -> tuple[object, ...]:
 @given(at=_ANY_TIME)
 @settings(max_examples=300, deadline=None)
 def test_the_window_bounds_remembered_per_hour_are_those_of_the_time_itself(at: datetime) -> None:
-    remembered = _used_bounds(at)
-    remembered = _used_bounds(at)  # the second time from memory
+    remembered = _hour_bounds(at)
+    assert _hour_bounds(at) == remembered  # the second time from memory
     computed = _both_window_bounds(at)
-    for mine, theirs in zip(remembered, computed, strict=True):
-        assert _nonempty(mine) == _nonempty(theirs)
+    for mine, theirs, window in zip(remembered, computed, (DAY, MONTH), strict=True):
+        hour_0, hour_1, days, first, last = mine
+        assert theirs[3] == at - window  # the start the caller subtracts
+        assert _nonempty((hour_0, hour_1, days, first, last)) == _nonempty(
+            (*theirs[:3], *theirs[4:])
+        )
 
 
 @given(

@@ -262,10 +262,13 @@ class UsageWindows:
 
     def add(self, record: UsageRecord) -> None:
         """A record and its share of the buckets."""
-        self.add_record(record)
+        # add_record and add_total, inline (every allowed decision adds its record).
+        operation, at, amount = record.operation, record.occurred_at, record.amount
+        self._records.setdefault(operation, []).append(record)
+        totals = self._totals.setdefault(operation, {})
         for length_s in BUCKET_LENGTHS_S:
-            starts_at = bucket_start(record.occurred_at, length_s)
-            self.add_total(record.operation, length_s, starts_at, record.amount)
+            key = (length_s, bucket_start(at, length_s))
+            totals[key] = totals.get(key, ZERO) + amount
 
     def retain(self, span: UsageSpan) -> None:
         """Keep only what ``span`` needs (its records and bucket totals; what was added for
@@ -292,15 +295,19 @@ class UsageWindows:
 
     def used(self, operation: str, now: datetime) -> tuple[Decimal, Decimal]:
         """What was used of ``operation`` in the 24 h and the 30 days up to ``now``."""
-        assert self.covers(operation, now), f"usage of {operation} at {now} was not read"
+        # covers(), inline: every decision asks.
+        span = self.span
+        assert operation in self.operations, f"usage of {operation} was not read"
+        assert span.first <= now <= span.last, f"usage at {now} was not read"
         totals = self._totals.get(operation, {})
         records = self._records.get(operation, ())
         # Both windows in one walk over the totals and records (each sum adds the same values in
         # the same order as _window_sum would on its own).
         (
-            (d_hour_0, d_hour_1, d_days, d_start, d_first, d_last),
-            (m_hour_0, m_hour_1, m_days, m_start, m_first, m_last),
-        ) = _used_bounds(now)
+            (d_hour_0, d_hour_1, d_days, d_first, d_last),
+            (m_hour_0, m_hour_1, m_days, m_first, m_last),
+        ) = _hour_bounds(now)
+        d_start, m_start = now - DAY, now - MONTH
         daily = monthly = ZERO
         for (length_s, starts_at), amount in totals.items():
             if length_s == 3600:
@@ -355,41 +362,35 @@ def _both_window_bounds(now: datetime) -> tuple[_Bounds, _Bounds]:
     return bounds[0], bounds[1]
 
 
-# _both_window_bounds of the recent hours, moved to any ``now`` in the hour (see _used_bounds).
-_HOUR_BOUNDS: dict[datetime, tuple[_Bounds, _Bounds]] = {}
+# What _hour_bounds gives for the recent hours.
+_HOUR_BOUNDS: dict[datetime, tuple[_HourBounds, _HourBounds]] = {}
 _HOUR_BOUNDS_MAX = 4096
 
 
-def _used_bounds(now: datetime) -> tuple[_Bounds, _Bounds]:
-    """:func:`_both_window_bounds` for :meth:`UsageWindows.used`, remembered per hour (every
-    decision asks; ingestion decides many times in each hour). Within the hour of ``now`` only
-    the windows' starts (``now - window``) and the empty ranges move with ``now``; the cached
-    empty ranges are ``(hour, hour)`` instead of ``(now, now)``, as empty (nothing lies in
-    ``[x, x)``). Bounded; emptied when full."""
+_HourBounds = tuple[_Range, _Range, _Range, datetime, datetime]
+
+
+def _hour_bounds(now: datetime) -> tuple[_HourBounds, _HourBounds]:
+    """:func:`_both_window_bounds` for :meth:`UsageWindows.used` without the windows' starts
+    (``now - window``, which the caller subtracts), remembered per hour: every decision asks,
+    and ingestion decides many times in each hour. Within the hour of ``now`` nothing else
+    moves with ``now`` but the empty ranges, remembered as ``(hour, hour)`` instead of ``(now,
+    now)`` — as empty (nothing lies in ``[x, x)``). Bounded; emptied when full."""
     if now.tzinfo is not UTC:
-        return _both_window_bounds(now)
+        return _without_starts(_both_window_bounds(now))
     # In UTC an hour bucket starts where minutes, seconds and microseconds are zero.
     hour = now.replace(minute=0, second=0, microsecond=0)
     known = _HOUR_BOUNDS.get(hour)
     if known is None:
         if len(_HOUR_BOUNDS) >= _HOUR_BOUNDS_MAX:
             _HOUR_BOUNDS.clear()
-        known = _HOUR_BOUNDS[hour] = _both_window_bounds(hour)
-    (
-        (d_hour_0, d_hour_1, d_days, _, d_first, d_last),
-        (
-            m_hour_0,
-            m_hour_1,
-            m_days,
-            _,
-            m_first,
-            m_last,
-        ),
-    ) = known
-    return (
-        (d_hour_0, d_hour_1, d_days, now - DAY, d_first, d_last),
-        (m_hour_0, m_hour_1, m_days, now - MONTH, m_first, m_last),
-    )
+        known = _HOUR_BOUNDS[hour] = _without_starts(_both_window_bounds(hour))
+    return known
+
+
+def _without_starts(bounds: tuple[_Bounds, _Bounds]) -> tuple[_HourBounds, _HourBounds]:
+    daily, monthly = bounds
+    return (*daily[:3], *daily[4:]), (*monthly[:3], *monthly[4:])
 
 
 def _window_bounds(
