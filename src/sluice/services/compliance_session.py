@@ -496,21 +496,20 @@ def _array(values: list[Mapping[str, object]]) -> Sequence[Mapping[str, object]]
     return cast(Sequence[Mapping[str, object]], FloatFreeArray(values))
 
 
-def _small_int(value: object) -> bool:
-    return type(value) is int and -(2**63) <= value < 2**63
-
-
 def _kyc_content(profile: Profile) -> Mapping[str, object]:
     """``profile.as_dict()``, marked float-free when its fields are what they should be."""
-    content = profile.as_dict()
+    tier, status, risk_score = profile.tier, profile.status, profile.risk_score
     if (
-        _small_int(profile.tier)
-        and type(profile.status) is str
-        and _small_int(profile.risk_score)
-        and len(content) == 3
+        type(profile) is Profile
+        and type(tier) is int
+        and -(2**63) <= tier < 2**63
+        and type(status) is str
+        and type(risk_score) is int
+        and -(2**63) <= risk_score < 2**63
     ):
-        return FloatFreeObject(content)
-    return content
+        # What Profile.as_dict gives, in its order.
+        return FloatFreeObject(tier=tier, status=status, risk_score=risk_score)
+    return profile.as_dict()
 
 
 def _checks_content(checks: Sequence[Check]) -> Sequence[Mapping[str, object]]:
