@@ -31,7 +31,9 @@ from sluice.domain.audit import (
     AuditRecord,
     ChainVerification,
     ChainVerifier,
+    FloatFreeArray,
     FloatFreeContent,
+    FloatFreeObject,
     canonical_bytes,
     canonical_content,
     chain_entries,
@@ -45,6 +47,7 @@ from sluice.domain.audit.records import _UTC_TEXTS
 from sluice.domain.errors import InvalidInputError
 from sluice.domain.ledger import format_timestamp
 from sluice.store.audit_repository import _content_hash as _store_content_hash
+from sluice.store.audit_repository import _row as _store_row
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -215,6 +218,67 @@ def test_content_without_floats_hashes_the_same_from_orjson_as_from_canonical_by
     assert content["checks"] == json_value(checks)
     assert orjson.dumps(content, option=orjson.OPT_SORT_KEYS) == canonical_bytes(dict(content))
     assert _store_content_hash(previous, content) == content_hash(previous, dict(content))
+
+
+canonical_leaves = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.text(max_size=20)
+    | st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=6)  # control characters
+)
+canonical_trees = st.recursive(
+    canonical_leaves,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def _marked(value: object) -> object:
+    """``value`` with every object and array marked float-free, as a builder would."""
+    if isinstance(value, dict):
+        return FloatFreeObject({key: _marked(item) for key, item in value.items()})
+    if isinstance(value, list):
+        return FloatFreeArray(_marked(item) for item in value)
+    return value
+
+
+@given(
+    kyc=st.dictionaries(st.text(max_size=8), canonical_trees, max_size=4),
+    parameters=st.dictionaries(st.text(max_size=8), canonical_trees, max_size=5),
+    checks=st.lists(st.dictionaries(st.text(max_size=8), canonical_trees, max_size=3), max_size=3),
+    previous=st.text(alphabet="0123456789abcdef", min_size=64, max_size=64),
+)
+@settings(max_examples=300, deadline=None)
+def test_content_marked_float_free_is_stored_and_hashed_as_the_plain_content(
+    kyc: dict[str, object],
+    parameters: dict[str, object],
+    checks: list[dict[str, object]],
+    previous: str,
+) -> None:
+    """A builder may mark content it knows to be canonical and float-free; the log then takes it
+    as it is, and stores and hashes exactly what it does for the same content unmarked."""
+    plain = replace(entry(1, parameters=parameters, checks=checks), kyc=kyc)
+    marked = replace(
+        plain,
+        kyc=_marked(kyc),  # type: ignore[arg-type]
+        parameters=_marked(parameters),  # type: ignore[arg-type]
+        checks=_marked(checks),  # type: ignore[arg-type]
+    )
+    # Also beside unmarked content, with a float (then the whole content takes the general walk).
+    with_float: dict[str, object] = {"c": 1.5}
+    for more in ([], [with_float]):
+        walked = canonical_content(1, replace(plain, state_changes=[{"a": "b"}, *more]))
+        taken = canonical_content(1, replace(marked, state_changes=[FloatFreeObject(a="b"), *more]))
+        assert type(taken) is type(walked)
+        assert taken == walked
+        assert canonical_bytes(taken) == canonical_bytes(walked)
+        stored_hash = _store_content_hash(previous, taken)
+        assert stored_hash == _store_content_hash(previous, walked)
+        assert stored_hash == content_hash(previous, walked)
+        assert _store_row(taken, previous, "h") == _store_row(walked, previous, "h")
 
 
 @given(parameters=st.dictionaries(st.text(max_size=8), json_trees, max_size=5))

@@ -12,7 +12,8 @@ Examples: bucket starts, and the most a span of one instant asks for.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from bisect import bisect_right
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 from hypothesis import given, settings
@@ -26,6 +27,12 @@ from sluice.domain.compliance import (
     UsageWindows,
     bucket_start,
     usage_buckets,
+)
+from sluice.domain.compliance_windows import (
+    _both_window_bounds,
+    _edges_of,
+    _hour_bounds,
+    _within,
 )
 
 EPOCH = datetime(2025, 3, 1, tzinfo=UTC)
@@ -119,3 +126,61 @@ def test_a_span_of_one_instant_asks_for_a_bounded_number_of_totals_and_three_hou
     assert hours <= 3 * 24
     assert days <= 32
     assert record_time <= timedelta(hours=3)
+
+
+# --- the shortcuts of the hot path ---------------------------------------------------------------
+
+_ANY_TIME = st.datetimes(
+    min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC)
+)
+
+
+def _slow_bucket_start(at: datetime, length_s: int) -> datetime:
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    seconds = int((at - epoch) // timedelta(seconds=1))
+    return epoch + timedelta(seconds=seconds - seconds % length_s)
+
+
+@given(at=_ANY_TIME)
+@settings(max_examples=300, deadline=None)
+def test_a_bucket_starts_at_the_same_instant_whatever_the_way_it_is_found(at: datetime) -> None:
+    for length_s in (3600, 86400):
+        assert bucket_start(at, length_s) == _slow_bucket_start(at, length_s)
+        assert bucket_start(at, length_s).tzinfo is UTC
+    east = at.astimezone(timezone(timedelta(hours=5, minutes=30)))
+    assert bucket_start(east, 3600) == bucket_start(at, 3600)
+
+
+def _nonempty(bounds: tuple[object, ...]) -> tuple[object, ...]:
+    """The bounds with every empty range written as None (empty is empty wherever it lies)."""
+    return tuple(
+        None if isinstance(item, tuple) and item[0] == item[1] else item for item in bounds
+    )
+
+
+@given(at=_ANY_TIME)
+@settings(max_examples=300, deadline=None)
+def test_the_window_bounds_remembered_per_hour_are_those_of_the_time_itself(at: datetime) -> None:
+    remembered = _hour_bounds(at)
+    assert _hour_bounds(at) == remembered  # the second time from memory
+    computed = _both_window_bounds(at)
+    for mine, theirs, window in zip(remembered, computed, (DAY, MONTH), strict=True):
+        hour_0, hour_1, days, first, last = mine
+        assert theirs[3] == at - window  # the start the caller subtracts
+        assert _nonempty((hour_0, hour_1, days, first, last)) == _nonempty(
+            (*theirs[:3], *theirs[4:])
+        )
+
+
+@given(
+    edges=st.lists(_ANY_TIME, max_size=8),
+    probes=st.lists(_ANY_TIME, max_size=8),
+)
+@settings(max_examples=300, deadline=None)
+def test_ranges_found_by_halving_hold_what_the_ranges_hold(
+    edges: list[datetime], probes: list[datetime]
+) -> None:
+    ranges = [(low, max(low, high)) for low, high in zip(edges[::2], edges[1::2], strict=False)]
+    halved = _edges_of(ranges)
+    for at in [*probes, *edges]:
+        assert bool(bisect_right(halved, at) & 1) == _within(at, ranges)

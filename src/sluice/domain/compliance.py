@@ -322,7 +322,7 @@ def decide(
     elif profile.status != "active":
         fail(Check("status", False, _status_reason(profile)), 20)
     else:
-        checks.append(Check("status", True, "customer is active"))
+        checks.append(_ACTIVE)
 
     if customer_listed:
         fail(
@@ -330,7 +330,7 @@ def decide(
             22,
         )
     else:
-        checks.append(Check("sanctions_customer", True, "customer not listed"))
+        checks.append(_CUSTOMER_NOT_LISTED)
     if request.counterparty is not None:
         if counterparty_listed:
             fail(
@@ -342,7 +342,7 @@ def decide(
                 22,
             )
         else:
-            checks.append(Check("sanctions_counterparty", True, "counterparty not listed"))
+            checks.append(_COUNTERPARTY_NOT_LISTED)
 
     if profile is None:
         return ComplianceDecision(request, tuple(checks), code or 20)
@@ -386,8 +386,29 @@ def decide(
                 20,
             )
         else:
-            checks.append(Check("risk", True, f"risk score {risk_score} < {risk_threshold}"))
+            checks.append(_below_threshold(risk_score, risk_threshold))
     return ComplianceDecision(request, tuple(checks), code, required, risk_flags)
+
+
+# The checks that pass the same way every time, made once (a Check is immutable; most
+# decisions pass them all).
+_ACTIVE = Check("status", True, "customer is active")
+_CUSTOMER_NOT_LISTED = Check("sanctions_customer", True, "customer not listed")
+_COUNTERPARTY_NOT_LISTED = Check("sanctions_counterparty", True, "counterparty not listed")
+_BELOW_THRESHOLD: dict[tuple[int, int], Check] = {}
+
+
+def _below_threshold(risk_score: int, risk_threshold: int) -> Check:
+    """``Check("risk", True, …)``, remembered for plain integers (bounded)."""
+    if type(risk_score) is not int or type(risk_threshold) is not int:
+        return Check("risk", True, f"risk score {risk_score} < {risk_threshold}")
+    key = (risk_score, risk_threshold)
+    check = _BELOW_THRESHOLD.get(key)
+    if check is None:
+        check = Check("risk", True, f"risk score {risk_score} < {risk_threshold}")
+        if len(_BELOW_THRESHOLD) < 1024:
+            _BELOW_THRESHOLD[key] = check
+    return check
 
 
 def _status_reason(profile: Profile) -> str:

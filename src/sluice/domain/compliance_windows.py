@@ -15,6 +15,7 @@ database; :mod:`sluice.domain.compliance` re-exports every public name.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -62,6 +63,13 @@ def usage_in_windows(
 
 def bucket_start(at: datetime, length_s: int) -> datetime:
     """The start of the ``length_s`` bucket (hour or day, in UTC) that ``at`` falls in."""
+    if at.tzinfo is UTC and type(at) is datetime:
+        # The same instant without the arithmetic (every decision and usage row asks): in UTC
+        # an hour or day starts where the smaller fields are zero.
+        if length_s == 3600:
+            return at.replace(minute=0, second=0, microsecond=0)
+        if length_s == 86400:
+            return at.replace(hour=0, minute=0, second=0, microsecond=0)
     elapsed = at - _EPOCH
     seconds = elapsed.days * 86400 + elapsed.seconds
     return _EPOCH + timedelta(seconds=seconds - seconds % length_s)
@@ -172,6 +180,13 @@ def _within(at: datetime, ranges: Sequence[tuple[datetime, datetime]]) -> bool:
     return any(low <= at < high for low, high in ranges)
 
 
+def _edges_of(ranges: Sequence[tuple[datetime, datetime]]) -> list[datetime]:
+    """The edges of the half-open ``ranges``, merged, as one sorted list ``[low, high, low, …]``:
+    ``at`` lies in one of them (:func:`_within`) exactly when ``bisect_right(edges, at)`` is odd
+    (``low <= at < high``; an empty range's two equal edges hold no ``at`` between them)."""
+    return [edge for low_high in _merged(ranges) for edge in low_high]
+
+
 def _day_after(at: datetime) -> datetime:
     """The first day boundary at or after ``at``."""
     return bucket_start(at - timedelta(microseconds=1), 86400) + DAY
@@ -247,26 +262,32 @@ class UsageWindows:
 
     def add(self, record: UsageRecord) -> None:
         """A record and its share of the buckets."""
-        self.add_record(record)
+        # add_record and add_total, inline (every allowed decision adds its record).
+        operation, at, amount = record.operation, record.occurred_at, record.amount
+        self._records.setdefault(operation, []).append(record)
+        totals = self._totals.setdefault(operation, {})
         for length_s in BUCKET_LENGTHS_S:
-            starts_at = bucket_start(record.occurred_at, length_s)
-            self.add_total(record.operation, length_s, starts_at, record.amount)
+            key = (length_s, bucket_start(at, length_s))
+            totals[key] = totals.get(key, ZERO) + amount
 
     def retain(self, span: UsageSpan) -> None:
         """Keep only what ``span`` needs (its records and bucket totals; what was added for
         decisions inside the old span lies in its ranges, so it is kept or was never read),
         and answer for ``span`` from now on — after the caller adds what
         ``span.beyond(old span)`` reads."""
-        records, hours, days = span.record_ranges, span.hour_ranges, span.day_ranges
+        records = _edges_of(span.record_ranges)
+        hours, days = _edges_of(span.hour_ranges), _edges_of(span.day_ranges)
+        # Every record and total of the customer is tested (a cache keeps them batch after
+        # batch): by halving over the ranges' edges, one C call each (see _edges_of).
         self._records = {
-            operation: [record for record in kept if _within(record.occurred_at, records)]
+            operation: [record for record in kept if bisect_right(records, record.occurred_at) & 1]
             for operation, kept in self._records.items()
         }
         self._totals = {
             operation: {
                 key: amount
                 for key, amount in totals.items()
-                if _within(key[1], hours if key[0] == 3600 else days)
+                if bisect_right(hours if key[0] == 3600 else days, key[1]) & 1
             }
             for operation, totals in self._totals.items()
         }
@@ -274,15 +295,19 @@ class UsageWindows:
 
     def used(self, operation: str, now: datetime) -> tuple[Decimal, Decimal]:
         """What was used of ``operation`` in the 24 h and the 30 days up to ``now``."""
-        assert self.covers(operation, now), f"usage of {operation} at {now} was not read"
+        # covers(), inline: every decision asks.
+        span = self.span
+        assert operation in self.operations, f"usage of {operation} was not read"
+        assert span.first <= now <= span.last, f"usage at {now} was not read"
         totals = self._totals.get(operation, {})
         records = self._records.get(operation, ())
         # Both windows in one walk over the totals and records (each sum adds the same values in
         # the same order as _window_sum would on its own).
         (
-            (d_hour_0, d_hour_1, d_days, d_start, d_first, d_last),
-            (m_hour_0, m_hour_1, m_days, m_start, m_first, m_last),
-        ) = _both_window_bounds(now)
+            (d_hour_0, d_hour_1, d_days, d_first, d_last),
+            (m_hour_0, m_hour_1, m_days, m_first, m_last),
+        ) = _hour_bounds(now)
+        d_start, m_start = now - DAY, now - MONTH
         daily = monthly = ZERO
         for (length_s, starts_at), amount in totals.items():
             if length_s == 3600:
@@ -335,6 +360,37 @@ def _both_window_bounds(now: datetime) -> tuple[_Bounds, _Bounds]:
             hour_0, hour_1, days = (first_hour, last_hour), empty, empty
         bounds.append((hour_0, hour_1, days, now - window, first_hour, last_hour))
     return bounds[0], bounds[1]
+
+
+# What _hour_bounds gives for the recent hours.
+_HOUR_BOUNDS: dict[datetime, tuple[_HourBounds, _HourBounds]] = {}
+_HOUR_BOUNDS_MAX = 4096
+
+
+_HourBounds = tuple[_Range, _Range, _Range, datetime, datetime]
+
+
+def _hour_bounds(now: datetime) -> tuple[_HourBounds, _HourBounds]:
+    """:func:`_both_window_bounds` for :meth:`UsageWindows.used` without the windows' starts
+    (``now - window``, which the caller subtracts), remembered per hour: every decision asks,
+    and ingestion decides many times in each hour. Within the hour of ``now`` nothing else
+    moves with ``now`` but the empty ranges, remembered as ``(hour, hour)`` instead of ``(now,
+    now)`` — as empty (nothing lies in ``[x, x)``). Bounded; emptied when full."""
+    if now.tzinfo is not UTC:
+        return _without_starts(_both_window_bounds(now))
+    # In UTC an hour bucket starts where minutes, seconds and microseconds are zero.
+    hour = now.replace(minute=0, second=0, microsecond=0)
+    known = _HOUR_BOUNDS.get(hour)
+    if known is None:
+        if len(_HOUR_BOUNDS) >= _HOUR_BOUNDS_MAX:
+            _HOUR_BOUNDS.clear()
+        known = _HOUR_BOUNDS[hour] = _without_starts(_both_window_bounds(hour))
+    return known
+
+
+def _without_starts(bounds: tuple[_Bounds, _Bounds]) -> tuple[_HourBounds, _HourBounds]:
+    daily, monthly = bounds
+    return (*daily[:3], *daily[4:]), (*monthly[:3], *monthly[4:])
 
 
 def _window_bounds(

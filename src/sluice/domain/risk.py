@@ -226,14 +226,14 @@ def assess_risk(
         _smurfing(past, current, rules, now),
         _new_counterparty(past, current, rules, counterparties_seen),
     )
-    flags = tuple(flag for flag in candidates if flag is not None and flag.weight > 0)
-    score = min(SCORE_MAX, sum(flag.weight for flag in flags))
+    flags = tuple([flag for flag in candidates if flag is not None and flag.weight > 0])
+    score = min(SCORE_MAX, sum([flag.weight for flag in flags])) if flags else 0
     return RiskAssessment(score, flags, rules.threshold)
 
 
 def _velocity(past: Sequence[UsageRecord], rules: RiskRules, now: datetime) -> RiskFlag | None:
     start = now - timedelta(seconds=rules.velocity_window_s)
-    count = 1 + sum(1 for record in past if start < record.occurred_at <= now)
+    count = 1 + len([record for record in past if start < record.occurred_at <= now])
     if count <= rules.velocity_count_max:
         return None
     return RiskFlag(

@@ -25,13 +25,15 @@ from bisect import bisect_right, insort
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import TYPE_CHECKING
+from operator import attrgetter
+from typing import TYPE_CHECKING, cast
 
 from sluice.domain.amounts import format_amount
-from sluice.domain.audit import AuditEntry
+from sluice.domain.audit import AuditEntry, FloatFreeArray, FloatFreeObject
 from sluice.domain.compliance import (
     MONTH,
     OPERATIONS,
+    Check,
     ComplianceDecision,
     ComplianceRequest,
     HeldDeposit,
@@ -264,7 +266,7 @@ class ComplianceSession:
             windows = self._windows[customer_id]
             for record in self._new_usage.get(customer_id, ()):
                 windows.add(record)
-                insort(self._recent[customer_id], record, key=_record_order)
+                _insort(self._recent[customer_id], record)
         return windows
 
     def _recent_before(self, customer_id: str, at: datetime) -> list[UsageRecord]:
@@ -349,21 +351,24 @@ class ComplianceSession:
             risk_threshold=rules.threshold,
             risk_flags=risk.flag_names() if risk is not None else (),
         )
-        changes: list[dict[str, object]] = []
+        changes: list[Mapping[str, object]] = []
+        amount_text = format_amount(request.amount)
         if decision.allowed and record:
             windows.add(current)
-            insort(self._recent.setdefault(request.customer_id, []), current, key=_record_order)
+            _insort(self._recent.setdefault(request.customer_id, []), current)
             kept_recent = self._kept_recent.get(request.customer_id)
             if kept_recent is not None:
-                insort(kept_recent, current, key=_record_order)
+                _insort(kept_recent, current)
             self._new_usage.setdefault(request.customer_id, []).append(current)
             changes.append(
-                {
-                    "usage": request.operation,
-                    "amount": format_amount(request.amount),
-                    "daily_used": format_amount(daily + request.amount),
-                    "monthly_used": format_amount(monthly + request.amount),
-                }
+                _texts(
+                    {
+                        "usage": request.operation,
+                        "amount": amount_text,
+                        "daily_used": format_amount(daily + request.amount),
+                        "monthly_used": format_amount(monthly + request.amount),
+                    }
+                )
             )
         over = risk is not None and risk.over_threshold
         if over and profile is not None and risk is not None and profile.status == "active":
@@ -381,11 +386,11 @@ class ComplianceSession:
                     subject=operation_id,
                 )
             )
-            changes.append({"status": "under_review", "was": "active", "reason": reason})
+            changes.append(_texts({"status": "under_review", "was": "active", "reason": reason}))
         operation = f"compliance_check:{request.operation}"
         if audited_as is not None:
             operation, outcome = audited_as(decision)
-            changes.append(outcome)
+            changes.append(_texts(outcome))
         self.audit(
             AuditEntry(
                 operation_id=operation_id,
@@ -393,15 +398,17 @@ class ComplianceSession:
                 actor=actor,
                 recorded_at=at,
                 customer_id=request.customer_id,
-                kyc=profile.as_dict() if profile is not None else None,
-                parameters={
-                    "operation": request.operation,
-                    "amount": format_amount(request.amount),
-                    "counterparty": request.counterparty,
-                    **(parameters or {}),
-                },
-                checks=[check.as_dict() for check in decision.checks],
-                state_changes=changes,
+                kyc=_kyc_content(profile) if profile is not None else None,
+                parameters=_texts(
+                    {
+                        "operation": request.operation,
+                        "amount": amount_text,
+                        "counterparty": request.counterparty,
+                        **(parameters or {}),
+                    }
+                ),
+                checks=_checks_content(decision.checks),
+                state_changes=_array(changes),
                 error=None if decision.allowed else f"{decision.code}: {decision.summary()}",
             )
         )
@@ -466,8 +473,87 @@ class ComplianceSession:
                 cache._drop(customer_id)
 
 
-def _record_order(record: UsageRecord) -> tuple[datetime, str]:
-    return (record.occurred_at, record.operation_id)
+# -- audit content ------------------------------------------------------------------------------
+# A decision's audit record is built of values whose types are known here, so it is marked
+# float-free (FloatFreeObject/FloatFreeArray) where they are checked to be what canonical content
+# holds as it is — sparing the audit log a walk over every record; anything else (a caller's
+# parameter that is not text, say) stays a plain dict or list, which the log walks as before.
+
+
+def _texts(value: Mapping[str, object]) -> Mapping[str, object]:
+    """``value`` marked float-free when every key is text and every value text or nothing."""
+    for key, item in value.items():
+        if type(key) is not str or not (item is None or type(item) is str):
+            return value
+    return FloatFreeObject(value)
+
+
+def _array(values: list[Mapping[str, object]]) -> Sequence[Mapping[str, object]]:
+    """``values`` marked float-free when every one of them is."""
+    for value in values:
+        if type(value) is not FloatFreeObject:
+            return values
+    return cast(Sequence[Mapping[str, object]], FloatFreeArray(values))
+
+
+def _kyc_content(profile: Profile) -> Mapping[str, object]:
+    """``profile.as_dict()``, marked float-free when its fields are what they should be."""
+    tier, status, risk_score = profile.tier, profile.status, profile.risk_score
+    if (
+        type(profile) is Profile
+        and type(tier) is int
+        and -(2**63) <= tier < 2**63
+        and type(status) is str
+        and type(risk_score) is int
+        and -(2**63) <= risk_score < 2**63
+    ):
+        # What Profile.as_dict gives, in its order.
+        return FloatFreeObject(tier=tier, status=status, risk_score=risk_score)
+    return profile.as_dict()
+
+
+def _checks_content(checks: Sequence[Check]) -> Sequence[Mapping[str, object]]:
+    """The checks as the audit record lists them (``Check.as_dict``), marked float-free when
+    every field is of its declared type."""
+    content: list[Mapping[str, object]] = []
+    plain = True
+    for check in checks:
+        name, passed, reason = check.name, check.passed, check.reason
+        if (
+            type(check) is Check
+            and type(name) is str
+            and type(passed) is bool
+            and type(reason) is str
+        ):
+            # What Check.as_dict gives, in its order.
+            content.append(FloatFreeObject(name=name, passed=passed, reason=reason))
+        else:
+            content.append(check.as_dict())
+            plain = False
+    return cast(Sequence[Mapping[str, object]], FloatFreeArray(content)) if plain else content
+
+
+# The order of usage rows: (time, operation id). An attrgetter, not a function: the bisections
+# and insertions of every decision call it (a C call instead of a Python frame).
+_record_order: Callable[[UsageRecord], tuple[datetime, str]] = attrgetter(
+    "occurred_at", "operation_id"
+)
+
+
+def _insort(records: list[UsageRecord], record: UsageRecord) -> None:
+    """``insort(records, record, key=_record_order)``; a record after every one (the usual case:
+    decisions come in time order) is appended without bisecting."""
+    if not records or _record_order(records[-1]) <= _record_order(record):
+        records.append(record)
+    else:
+        insort(records, record, key=_record_order)
+
+
+def _between(records: list[UsageRecord], start: datetime, last: datetime) -> tuple[int, int]:
+    """The positions of the rows with ``start < occurred_at <= last`` in ``records`` (in time
+    order, so found by halving: ``(t, _LAST_KEY)`` follows every row at ``t``)."""
+    low = bisect_right(records, (start, _LAST_KEY), key=_record_order)
+    return low, bisect_right(records, (last, _LAST_KEY), lo=low, key=_record_order)
 
 
 def _slice_kept(kept: _Kept, start: datetime, last: datetime, count: int) -> bool:
@@ -476,14 +562,15 @@ def _slice_kept(kept: _Kept, start: datetime, last: datetime, count: int) -> boo
     row from ``complete_from`` on is)."""
     if kept.complete_from <= (start, _LAST_KEY):
         return True
-    return sum(1 for record in kept.recent if start < record.occurred_at <= last) >= count
+    low, high = _between(kept.recent, start, last)
+    return high - low >= count
 
 
 def _slice(kept: _Kept, start: datetime, last: datetime, count: int) -> list[UsageRecord]:
     """The latest ``count`` kept rows in ``(start, last]``, oldest first: what
     ``recent_usage(…, start, last, count)`` reads (see :func:`_slice_kept`)."""
-    rows = [record for record in kept.recent if start < record.occurred_at <= last]
-    return rows[-count:]
+    low, high = _between(kept.recent, start, last)
+    return kept.recent[low:high][-count:]
 
 
 def _prune_recent(kept: _Kept, start: datetime, count: int) -> None:

@@ -120,6 +120,24 @@ class _NotPlainError(Exception):
     """A value :func:`_float_free_value` leaves to :func:`json_value`."""
 
 
+class FloatFreeObject(dict[str, object]):
+    """A JSON object its builder guarantees to be in canonical form already and to hold no float:
+    text keys, and values that are text, nothing, booleans, 64-bit integers, or
+    :class:`FloatFreeObject` / :class:`FloatFreeArray` values themselves. :func:`canonical_content`
+    takes it as it is instead of walking it (the walk costs more than building the record on the
+    hot path of ingestion). Whoever builds one must only put such values in: content that may hold
+    anything else (a float, a decimal, a time, a caller's values) belongs in a plain dict, which
+    is walked. Stored and hashed exactly like an equal plain dict."""
+
+    __slots__ = ()
+
+
+class FloatFreeArray(list[object]):
+    """A JSON array of values as in :class:`FloatFreeObject` (same guarantee, same use)."""
+
+    __slots__ = ()
+
+
 def _float_free_value(value: object) -> object:
     """:func:`_plain_value` of a value made only of text, nothing, booleans, 64-bit integers,
     decimals, lists and objects with text keys; raises :class:`_NotPlainError` on anything else (a
@@ -127,6 +145,8 @@ def _float_free_value(value: object) -> object:
     kind = type(value)
     if kind is str or kind is bool or value is None:
         return value
+    if kind is FloatFreeObject or kind is FloatFreeArray:
+        return value  # canonical and float-free by construction: nothing to walk
     if kind is dict:
         result: dict[str, object] = {}
         for key, item in value.items():  # type: ignore[attr-defined]
@@ -256,6 +276,20 @@ def _canonical_text(value: object) -> str:
 
 def check_entry(entry: AuditEntry) -> None:
     """Refuse an entry the log cannot store as given (empty or over-long identifying fields)."""
+    operation_id, operation, actor = entry.operation_id, entry.operation, entry.actor
+    customer_id, correlation_id = entry.customer_id, entry.correlation_id
+    lengths = FIELD_LENGTH_MAX
+    if (
+        type(operation_id) is str
+        and type(operation) is str
+        and type(actor) is str
+        and 0 < len(operation_id) <= lengths["operation_id"]
+        and 0 < len(operation) <= lengths["operation"]
+        and 0 < len(actor) <= lengths["actor"]
+        and (customer_id is None or len(customer_id) <= lengths["customer_id"])
+        and (correlation_id is None or len(correlation_id) <= lengths["correlation_id"])
+    ):
+        return  # the usual entry, checked without a loop (ingestion appends one per deposit)
     for name in ("operation_id", "operation", "actor"):
         if not getattr(entry, name):
             raise InvalidInputError(f"audit record {name} must not be empty")
