@@ -7,7 +7,8 @@ from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import cache
-from typing import Any
+from hashlib import blake2b
+from typing import Any, cast
 
 from sqlalchemy import ColumnElement, Row, and_, bindparam, delete, false, or_, select, union_all
 from sqlalchemy.dialects import postgresql, sqlite
@@ -37,6 +38,23 @@ from sluice.store.compliance_connection import CHUNK, ComplianceConnection, _chu
 from sluice.store.rows import time_of
 
 RECENT_CHUNK = 50  # customers per statement reading each one's latest usage rows
+
+
+def operation_key(operation_id: str) -> bytes:
+    """The usage row's key: a 16-byte digest of the operation id. Operation ids are ~160
+    characters; an index of them was larger than the rows it pointed at, and a batch's new ids
+    land all over it (it was rewritten page by page on every commit). Two ids sharing a key
+    (probability ~2^-128 for a pair) would make the second look like a replay."""
+    return blake2b(operation_id.encode(), digest_size=16).digest()
+
+
+@cache
+def counterparty_key(counterparty: str) -> int:
+    """What ``ix_compliance_usage_counterparty`` indexes of a counterparty: a signed 64-bit
+    digest (a party id is ~80 characters). A look-up compares the party itself too, so two
+    parties sharing a key are still told apart. Cached: a customer deals with few parties."""
+    digest = blake2b(counterparty.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 def _in_ranges(
@@ -162,13 +180,15 @@ def _latest_usage_statement(customers: int) -> Executable:
     return union_all(*(select(part) for part in latest))
 
 
-# The usage row's columns as record_usage_of writes them (operation_id first: the key).
+# The usage row's columns as record_usage_of writes them (operation_key first: the key).
 _USAGE_COLUMNS = (
+    "operation_key",
     "operation_id",
     "customer_id",
     "operation",
     "amount",
     "counterparty",
+    "counterparty_key",
     "occurred_at",
 )
 
@@ -409,6 +429,7 @@ class SqlComplianceUsage(ComplianceConnection):
                 select(usage.c.counterparty)
                 .where(
                     usage.c.customer_id == customer_id,
+                    usage.c.counterparty_key == counterparty_key(counterparty),
                     usage.c.counterparty == counterparty,
                     usage.c.occurred_at > format_timestamp(after),
                     usage.c.occurred_at <= format_timestamp(until),
@@ -430,11 +451,13 @@ class SqlComplianceUsage(ComplianceConnection):
         money = money_value(self._c)
         rows = [
             (
+                operation_key(record.operation_id),
                 record.operation_id,
                 customer_id,
                 record.operation,
                 money(record.amount),
                 record.counterparty,
+                None if record.counterparty is None else counterparty_key(record.counterparty),
                 timestamp_text(record.occurred_at),
             )
             for customer_id, records in records_by_customer.items()
@@ -444,15 +467,18 @@ class SqlComplianceUsage(ComplianceConnection):
             return UsageWrite({}, set())
         # A replayed row is skipped by the database; only the rows that went in count.
         inserted = insert_new_rows(
-            self._c, t.compliance_usage, _USAGE_COLUMNS, rows, key="operation_id"
+            self._c, t.compliance_usage, _USAGE_COLUMNS, rows, key="operation_key"
         )
+        ids = {row[0]: row[1] for row in rows}
+        # bytes(): a driver may return a BLOB as a memoryview
+        went_in = {ids[bytes(key)] for key in cast("set[bytes | memoryview]", inserted)}
         added = {
-            customer_id: [r for r in records if r.operation_id in inserted]
+            customer_id: [r for r in records if r.operation_id in went_in]
             for customer_id, records in records_by_customer.items()
         }
         self._add_to_totals(added, sign=1)
         versions = self._bump_versions([customer for customer, new in added.items() if new])
-        return UsageWrite(versions, {str(operation_id) for operation_id in inserted})
+        return UsageWrite(versions, went_in)
 
     def forget_usage(self, operation_ids: Collection[str]) -> int:
         """Remove the usage of operations that moved nothing in the end (a refunded withdrawal),
@@ -461,11 +487,11 @@ class SqlComplianceUsage(ComplianceConnection):
             return 0
         table = t.compliance_usage
         removed: dict[str, list[UsageRecord]] = {}
-        ids = sorted(set(operation_ids))
-        for start in range(0, len(ids), CHUNK):
-            chunk = ids[start : start + CHUNK]
+        keys = sorted({operation_key(operation_id) for operation_id in operation_ids})
+        for start in range(0, len(keys), CHUNK):
+            chunk = keys[start : start + CHUNK]
             rows = self._c.execute(
-                delete(table).where(table.c.operation_id.in_(chunk)).returning(*table.c)
+                delete(table).where(table.c.operation_key.in_(chunk)).returning(*table.c)
             )
             for row in rows:
                 removed.setdefault(row.customer_id, []).append(_usage_from_row(row))
