@@ -6,24 +6,19 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
-from functools import cache
+from functools import cache, lru_cache
 from hashlib import blake2b
 from typing import Any, cast
 
 from sqlalchemy import (
     ColumnElement,
-    Dialect,
     Row,
     and_,
-    bindparam,
     delete,
-    false,
-    or_,
     select,
-    union_all,
 )
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.sql.expression import BindParameter, Executable
+from sqlalchemy.sql.expression import Executable
 
 from sluice.domain.amounts import format_amount
 from sluice.domain.audit import timestamp_text
@@ -45,7 +40,7 @@ from sluice.store.bulk import (
     insert_new_rows,
     money_value,
 )
-from sluice.store.compliance_connection import CHUNK, ComplianceConnection, _chunks
+from sluice.store.compliance_connection import CHUNK, ComplianceConnection, _chunks, marks
 from sluice.store.rows import time_of
 
 RECENT_CHUNK = 50  # customers per statement reading each one's latest usage rows
@@ -59,7 +54,7 @@ def operation_key(operation_id: str) -> bytes:
     return blake2b(operation_id.encode(), digest_size=16).digest()
 
 
-@cache
+@lru_cache(maxsize=4096)
 def counterparty_key(counterparty: str) -> int:
     """What ``ix_compliance_usage_counterparty`` indexes of a counterparty: a signed 64-bit
     digest (a party id is ~80 characters). A look-up compares the party itself too, so two
@@ -68,38 +63,18 @@ def counterparty_key(counterparty: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
-def _in_ranges(
-    column: ColumnElement[Any], ranges: Sequence[tuple[datetime, datetime]]
-) -> ColumnElement[bool]:
-    """``column`` (a timestamp's canonical text) in any of the half-open ``ranges``."""
-    if not ranges:
-        return false()
-    return or_(
-        *(
-            and_(column >= format_timestamp(low), column < format_timestamp(high))
-            for low, high in ranges
-        )
-    )
-
-
 SPAN_RANGES = 3  # a span's record and hour ranges, at most (see UsageSpan.of)
 
 
 _NO_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _range_parameters(
-    name: str, ranges: Sequence[tuple[datetime, datetime]], count: int
-) -> dict[str, str]:
-    """Bind values for ``count`` ranges; missing ones are empty (low = high)."""
-    assert len(ranges) <= count, f"{len(ranges)} {name} ranges, at most {count} expected"
+def _range_values(ranges: Sequence[tuple[datetime, datetime]], count: int) -> list[tuple[str, str]]:
+    """``count`` ranges as canonical text; missing ones are empty (low = high)."""
+    assert len(ranges) <= count, f"{len(ranges)} ranges, at most {count} expected"
     empty = ranges[-1][1] if ranges else _NO_TIME
     padded = list(ranges) + [(empty, empty)] * (count - len(ranges))
-    values = {}
-    for index, (low, high) in enumerate(padded):
-        values[f"{name}_low_{index}"] = format_timestamp(low)
-        values[f"{name}_high_{index}"] = format_timestamp(high)
-    return values
+    return [(format_timestamp(low), format_timestamp(high)) for low, high in padded]
 
 
 def _usage_columns() -> tuple[ColumnElement[Any], ...]:
@@ -116,73 +91,75 @@ def _usage_columns() -> tuple[ColumnElement[Any], ...]:
 
 
 def _usage_from_tuple(row: Sequence[Any]) -> tuple[str, UsageRecord]:
+    """A row of :func:`_usage_columns` as the driver returns it (money as text on SQLite)."""
     customer_id, operation_id, operation, amount, occurred_at, counterparty = row
     return customer_id, UsageRecord(
-        operation_id, operation, amount, time_of(occurred_at), counterparty
+        operation_id,
+        operation,
+        amount if type(amount) is Decimal else Decimal(amount),
+        time_of(occurred_at),
+        counterparty,
     )
 
 
-def _totals_statement() -> Executable:
-    """The totals of a span: one indexed range of the primary key per part (parts are disjoint,
-    so UNION ALL repeats no row)."""
-    totals = t.compliance_usage_totals
-    ids: BindParameter[list[str]] = bindparam("ids", expanding=True)
-    operations: BindParameter[list[str]] = bindparam("operations", expanding=True)
-    columns = (
-        totals.c.customer_id,
-        totals.c.operation,
-        totals.c.length_s,
-        totals.c.starts_at,
-        totals.c.amount,
-    )
-    parts = [("hour", 3600, index) for index in range(SPAN_RANGES)] + [("day", 86400, 0)]
-    return union_all(
-        *(
-            select(*columns).where(
-                totals.c.customer_id.in_(ids),
-                totals.c.length_s == length_s,
-                totals.c.starts_at >= bindparam(f"{name}_low_{index}"),
-                totals.c.starts_at < bindparam(f"{name}_high_{index}"),
-                totals.c.operation.in_(operations),
-            )
-            for name, length_s, index in parts
-        )
-    )
+# The reads below are SQL text run by the driver, the same on both engines: a batch runs each of
+# them for every chunk of its customers, and SQLAlchemy spent more time expanding the IN lists
+# and converting the rows of a Core statement than the database spent answering it.
+_USAGE_COLUMN_NAMES = "customer_id, operation_id, operation, amount, occurred_at, counterparty"
 
 
-def _edge_records_statement() -> Executable:
-    usage = t.compliance_usage
-    ids: BindParameter[list[str]] = bindparam("ids", expanding=True)
-    operations: BindParameter[list[str]] = bindparam("operations", expanding=True)
-    return union_all(
-        *(
-            select(*_usage_columns()).where(
-                usage.c.customer_id.in_(ids),
-                usage.c.occurred_at >= bindparam(f"edge_low_{index}"),
-                usage.c.occurred_at < bindparam(f"edge_high_{index}"),
-                usage.c.operation.in_(operations),
-            )
-            for index in range(SPAN_RANGES)
-        )
+@lru_cache(maxsize=256)
+def _totals_in_span_sql(mark: str, ids: int, operations: int) -> str:
+    """The totals of a span: one indexed range of the primary key per part, three hour ranges
+    and one day range (parts are disjoint, so UNION ALL repeats no row). Parameters per part:
+    the ids, the length, the range's low and high, the operations."""
+    part = (
+        "SELECT customer_id, operation, length_s, starts_at, amount "
+        f"FROM compliance_usage_totals WHERE customer_id IN ({marks(mark, ids)}) "
+        f"AND length_s = {mark} AND starts_at >= {mark} AND starts_at < {mark} "
+        f"AND operation IN ({marks(mark, operations)})"
+    )
+    return " UNION ALL ".join([part] * (SPAN_RANGES + 1))
+
+
+@lru_cache(maxsize=256)
+def _edge_records_sql(mark: str, ids: int, operations: int) -> str:
+    """The usage rows in up to three time ranges (parameters per range: the ids, the range's
+    low and high, the operations)."""
+    part = (
+        f"SELECT {_USAGE_COLUMN_NAMES} FROM compliance_usage "
+        f"WHERE customer_id IN ({marks(mark, ids)}) "
+        f"AND occurred_at >= {mark} AND occurred_at < {mark} "
+        f"AND operation IN ({marks(mark, operations)})"
+    )
+    return " UNION ALL ".join([part] * SPAN_RANGES)
+
+
+@lru_cache(maxsize=256)
+def _usage_between_sql(mark: str, ids: int) -> str:
+    return (
+        f"SELECT {_USAGE_COLUMN_NAMES} FROM compliance_usage "
+        f"WHERE customer_id IN ({marks(mark, ids)}) AND occurred_at > {mark} "
+        f"AND occurred_at <= {mark} ORDER BY customer_id, occurred_at, operation_id"
     )
 
 
-def _placeholder(dialect: Dialect) -> str:
-    """The driver's positional placeholder (``?`` for sqlite3, ``%s`` for psycopg)."""
-    assert dialect.paramstyle in ("qmark", "format", "pyformat"), dialect.paramstyle
-    return "?" if dialect.paramstyle == "qmark" else "%s"
+@lru_cache(maxsize=256)
+def _versions_sql(mark: str, ids: int) -> str:
+    return (
+        "SELECT customer_id, version FROM compliance_usage_versions "
+        f"WHERE customer_id IN ({marks(mark, ids)})"
+    )
 
 
-@cache
-def _latest_usage_sql(dialect: Dialect, customers: int) -> str:
+@lru_cache(maxsize=64)
+def _latest_usage_sql(mark: str, customers: int) -> str:
     """The latest ``limit`` usage rows in ``(low, high]`` of each of ``customers`` customers
     (parameters ``(customer, low, high, limit)`` per customer): one index range per customer,
     newest first, read no further than the limit. Written as SQL text, the same on both engines:
     SQLAlchemy took ~15 ms to compile the union of 50 parts, once per chunk size."""
-    mark = _placeholder(dialect)
-    columns = ", ".join(column.name for column in _usage_columns())
     part = (
-        f"SELECT {columns} FROM {t.compliance_usage.name} WHERE customer_id = {mark} "
+        f"SELECT {_USAGE_COLUMN_NAMES} FROM {t.compliance_usage.name} WHERE customer_id = {mark} "
         f"AND occurred_at > {mark} AND occurred_at <= {mark} "
         f"ORDER BY occurred_at DESC, operation_id DESC LIMIT {mark}"
     )
@@ -234,25 +211,6 @@ _SQLITE_TOTALS_UPSERT = (
     "ON CONFLICT (customer_id, length_s, starts_at, operation) "
     'DO UPDATE SET amount = excluded.amount, "count" = excluded."count"'
 )
-
-
-def _usage_between_statement() -> Executable:
-    usage = t.compliance_usage
-    ids: BindParameter[list[str]] = bindparam("ids", expanding=True)
-    return (
-        select(*_usage_columns())
-        .where(
-            usage.c.customer_id.in_(ids),
-            usage.c.occurred_at > bindparam("low"),
-            usage.c.occurred_at <= bindparam("high"),
-        )
-        .order_by(usage.c.customer_id, usage.c.occurred_at, usage.c.operation_id)
-    )
-
-
-_USAGE_BETWEEN = _usage_between_statement()
-_TOTALS_IN_SPAN = _totals_statement()
-_EDGE_RECORDS = _edge_records_statement()
 
 
 def _usage_from_row(row: Row[Any]) -> UsageRecord:
@@ -345,34 +303,41 @@ class SqlComplianceUsage(ComplianceConnection):
             -(-len(hour_ranges) // SPAN_RANGES),
             len(day_ranges),
         )
+        mark = self._mark
         for index in range(rounds):
             cut = slice(index * SPAN_RANGES, (index + 1) * SPAN_RANGES)
-            ranges = {
-                **_range_parameters("hour", hour_ranges[cut], SPAN_RANGES),
-                **_range_parameters("day", day_ranges[index : index + 1], 1),
-            }
-            edges = _range_parameters("edge", record_ranges[cut], SPAN_RANGES)
+            parts = [(3600, *pair) for pair in _range_values(hour_ranges[cut], SPAN_RANGES)]
+            parts += [(86400, *pair) for pair in _range_values(day_ranges[index : index + 1], 1)]
+            edges = _range_values(record_ranges[cut], SPAN_RANGES)
             for chunk in _chunks(list(windows)):
-                parameters = {"ids": chunk, "operations": kinds}
                 if hour_ranges[cut] or day_ranges[index : index + 1]:
-                    rows = self._c.execute(_TOTALS_IN_SPAN, {**parameters, **ranges})
-                    for customer_id, operation, length_s, starts_at, amount in rows:
+                    sql = _totals_in_span_sql(mark, len(chunk), len(kinds))
+                    values = [value for part in parts for value in (*chunk, *part, *kinds)]
+                    for (
+                        customer_id,
+                        operation,
+                        length_s,
+                        starts_at,
+                        amount,
+                    ) in self._c.exec_driver_sql(sql, tuple(values)):
                         windows[customer_id].add_total(
-                            operation, length_s, time_of(starts_at), amount
+                            operation,
+                            length_s,
+                            time_of(starts_at),
+                            amount if type(amount) is Decimal else Decimal(amount),
                         )
                 if record_ranges[cut]:
-                    for row in self._c.execute(_EDGE_RECORDS, {**parameters, **edges}):
+                    sql = _edge_records_sql(mark, len(chunk), len(kinds))
+                    values = [value for edge in edges for value in (*chunk, *edge, *kinds)]
+                    for row in self._c.exec_driver_sql(sql, tuple(values)):
                         customer_id, record = _usage_from_tuple(row)
                         windows[customer_id].add_record(record)
 
     def usage_versions(self, customer_ids: Collection[str]) -> dict[str, int]:
         """Each customer's usage version (0 when their usage never changed)."""
-        table = t.compliance_usage_versions
         found = dict.fromkeys(customer_ids, 0)
         for chunk in _chunks(list(found)):
-            rows = self._c.execute(
-                select(table.c.customer_id, table.c.version).where(table.c.customer_id.in_(chunk))
-            )
+            rows = self._c.exec_driver_sql(_versions_sql(self._mark, len(chunk)), tuple(chunk))
             for customer_id, version in rows:
                 found[customer_id] = int(version)
         return found
@@ -390,21 +355,13 @@ class SqlComplianceUsage(ComplianceConnection):
         low, high = format_timestamp(after), format_timestamp(until)
         found: dict[str, list[UsageRecord]] = {customer_id: [] for customer_id in customer_ids}
         for chunk in _chunks(customer_ids, RECENT_CHUNK):
-            sql = _latest_usage_sql(self._c.dialect, len(chunk))
+            sql = _latest_usage_sql(self._mark, len(chunk))
             parameters = tuple(
                 value for customer_id in chunk for value in (customer_id, low, high, limit)
             )
-            rows = self._c.exec_driver_sql(sql, parameters).all()
-            for customer_id, operation_id, operation, amount, occurred_at, counterparty in rows:
-                found[customer_id].append(
-                    UsageRecord(
-                        operation_id,
-                        operation,
-                        amount if type(amount) is Decimal else Decimal(amount),
-                        time_of(occurred_at),
-                        counterparty,
-                    )
-                )
+            for row in self._c.exec_driver_sql(sql, parameters):
+                customer_id, record = _usage_from_tuple(row)
+                found[customer_id].append(record)
         for records in found.values():
             records.sort(key=lambda record: (record.occurred_at, record.operation_id))
         return found
@@ -415,9 +372,10 @@ class SqlComplianceUsage(ComplianceConnection):
         """Every usage row of each customer in ``(after, until]``, oldest first (for a span as
         short as a batch's: bounded by time)."""
         found: dict[str, list[UsageRecord]] = {customer_id: [] for customer_id in customer_ids}
-        parameters = {"low": format_timestamp(after), "high": format_timestamp(until)}
+        low, high = format_timestamp(after), format_timestamp(until)
         for chunk in _chunks(list(found)):
-            for row in self._c.execute(_USAGE_BETWEEN, {"ids": chunk, **parameters}):
+            sql = _usage_between_sql(self._mark, len(chunk))
+            for row in self._c.exec_driver_sql(sql, (*chunk, low, high)):
                 customer_id, record = _usage_from_tuple(row)
                 found[customer_id].append(record)
         return found
