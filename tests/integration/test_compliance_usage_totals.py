@@ -210,6 +210,18 @@ def test_totals_follow_recorded_replayed_and_forgotten_usage(engine: Engine) -> 
         assert windows.used(operation, NOW) == hand_windows(kept, operation, NOW)
 
 
+# compliance_usage as revisions 0003 to 0007 made it (keyed by the operation id itself)
+USAGE_0004 = sa.table(
+    "compliance_usage",
+    sa.column("operation_id", sa.String()),
+    sa.column("customer_id", sa.String()),
+    sa.column("operation", sa.String()),
+    sa.column("amount", t.Money()),
+    sa.column("counterparty", sa.String()),
+    sa.column("occurred_at", sa.String()),
+)
+
+
 def test_the_migration_sums_the_usage_recorded_before_it(database_url: str) -> None:
     engine = create_database_engine(database_url)
     config = alembic_config(engine)
@@ -224,7 +236,7 @@ def test_the_migration_sums_the_usage_recorded_before_it(database_url: str) -> N
         for customer in records:
             SqlReferenceRepository(connection).add_customer(customer, customer)
         connection.execute(
-            t.compliance_usage.insert(),
+            USAGE_0004.insert(),
             [
                 {
                     "operation_id": record.operation_id,

@@ -20,6 +20,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Numeric,
     PrimaryKeyConstraint,
@@ -365,15 +366,21 @@ compliance_usage = Table(
     "compliance_usage",
     metadata,
     # What each allowed operation used of its customer's limits, written in the operation's own
-    # transaction; keyed by the operation so a replay records nothing twice.
-    Column("operation_id", String(300), primary_key=True),
+    # transaction; keyed by the operation so a replay records nothing twice. The key is a 16-byte
+    # digest of the operation id (``store.compliance_usage.operation_key``) and the counterparty
+    # index holds a 64-bit digest of the party (``counterparty_key``; a look-up also compares the
+    # party itself): the ids are ~160 characters, and indexes of them were most of the pages
+    # every batch of usage rows rewrote.
+    Column("operation_key", LargeBinary(16), primary_key=True),
+    Column("operation_id", String(300), nullable=False),
     Column("customer_id", String(100), nullable=False),
     Column("operation", String(20), nullable=False),
     Column("amount", Money, nullable=False),  # in reference units
     Column("counterparty", PARTY, nullable=True),
+    Column("counterparty_key", BigInteger, nullable=True),
     Column("occurred_at", TIMESTAMP, nullable=False),
     Index("ix_compliance_usage_customer", "customer_id", "occurred_at"),
-    Index("ix_compliance_usage_counterparty", "customer_id", "counterparty", "occurred_at"),
+    Index("ix_compliance_usage_counterparty", "customer_id", "counterparty_key", "occurred_at"),
 )
 
 compliance_usage_totals = Table(
