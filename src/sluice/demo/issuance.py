@@ -1,8 +1,9 @@
 """Chapter: iSTSi issuance, on the embedded defaults — Bitcoin in, iSTSi out, and back.
 
 It goes on with the Bitcoin chapter's custody (the sandbox 2-of-3 custody on the in-memory
-chain, its watcher) and the demo's ledger, where the exchange's node gets an issuer party and
-iSTSi (1 unit = 1 satoshi, 8 decimals, every transfer between parties held for KYC):
+chain, its watcher) and the demo's ledger, where the token admins' node gets the exchange's
+issuer party and iSTSi (1 unit = 1 satoshi, 8 decimals, every transfer between parties held for
+KYC):
 
 * Alice and Bob deposit BTC from their own wallets. At 6 confirmations the watcher opens a
   ``bitcoin_deposit`` operation per deposit; the router runs it (KYC of the customer and of the
@@ -77,6 +78,10 @@ TO_ERIN_SATS = 500_000  # Dave → Erin (frozen): rejected
 SENDER_FEE_SATS = 2_000  # what each sender's deposit transaction leaves as fee
 LISTED_SENDER = 0x66  # the sanctioned wallet's script byte
 SANCTIONS_DIR = "sanctions"
+# The token admins' node (the setup chapter's ``dso``): the issuer party is the exchange's, but it
+# lives with the other instruments' admins, so the exchange's node keeps its one party, the
+# treasury.
+ISSUER_NODE = "dso"
 
 
 def sender_script(n: int) -> str:
@@ -124,7 +129,7 @@ class Issuer:
         self.custody = shared if isinstance(shared, Custody) else Custody(exchange)
         ledger, world = exchange.ledger, exchange.world
         self.began = ledger.ledger_end(NODE)  # where the chapter's updates start
-        party = ledger.allocate_party("issuer", NODE)
+        party = ledger.allocate_party("issuer", ISSUER_NODE)
         create_istsi(ledger, party)
         self.issuer = (
             EmbeddedIssuerLedger(ledger, party)
