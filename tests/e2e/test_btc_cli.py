@@ -12,7 +12,8 @@ reorg``: one that drops a deposit (``reorged``) and one that moves it to another
 refused), sent by ``watch --once``, mined and completed, the recipient paid the amount less the
 fee, the change back in custody; the JSON keys of every command, which are a contract; the sandbox
 commands refused and ``watch --once`` exiting 1 when a real node is configured and down; commands
-run side by side each changing the embedded chain the other left (nothing lost); ``watch`` without
+run side by side each changing the embedded chain the other left (nothing lost), the funding
+spending from ``sandbox fund --from``'s address (another network's refused); ``watch`` without
 ``--once`` confirming a deposit funded while it runs and stopping cleanly on Ctrl-C. In process:
 ``sluice serve``'s service with a ``[bitcoin]`` section runs the watcher and the payouts worker on
 their own loop, which confirms a deposit and completes a payout, and which keeps running (reported
@@ -47,6 +48,7 @@ import pytest
 from sluice import bootstrap
 from sluice.bitcoin.chainfile import ChainFile, FileNode
 from sluice.bitcoin.keys import create_sandbox_custody
+from sluice.bitcoin.params import AddressCodec
 from sluice.bitcoin.wallet import parse_descriptor
 from sluice.config import BitcoinConfig, DeploymentConfig, load_config
 from sluice.domain.chains import CHAINS, to_sats
@@ -71,6 +73,10 @@ REGTEST = CHAINS["regtest"]
 # An address outside custody (BIP 173's P2WPKH example, on regtest).
 OUTSIDE = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"
 OUTSIDE_SCRIPT = "0014751e76e8199196d454941c45d1b3a323f1433bd6"
+# A sender outside custody for ``sandbox fund --from``; a mainnet address (BIP 173's).
+SENDER_SCRIPT = "0014" + "66" * 20
+SENDER = AddressCodec(REGTEST).address_of(bytes.fromhex(SENDER_SCRIPT)) or ""
+MAINNET = "bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4"
 
 ADDRESS_KEYS = {"customer", "address", "index"}
 DEPOSIT_KEYS = {
@@ -307,7 +313,10 @@ def test_commands_side_by_side_change_the_embedded_chain_one_after_the_other(
         command("btc", "sandbox", "mine", "3", "--json", env=env),
         command("btc", "sandbox", "mine", "3", "--json", env=env),
         command(
-            "btc", "sandbox", "fund", "--address", OUTSIDE, "--amount", "9000", "--json", env=env
+            "btc",
+            *("sandbox", "fund", "--address", OUTSIDE, "--amount", "9000", "--from", SENDER),
+            "--json",
+            env=env,
         ),
     )
     # Each change applied to the chain the other left: no block and no funding lost.
@@ -315,9 +324,20 @@ def test_commands_side_by_side_change_the_embedded_chain_one_after_the_other(
     assert heights == [4, 7]
     node = chain_node(tmp_path / "data")
     assert node.getblockchaininfo()["blocks"] == 7
-    txid = json.loads(funded.stdout)["txid"]
-    found = node.getrawtransaction(txid)
-    assert found["txid"] == txid
+    record = json.loads(funded.stdout)
+    assert record["from"] == SENDER
+    found = node.getrawtransaction(record["txid"])
+    assert found["txid"] == record["txid"]
+    # The funding spends an output paid to --from's address, which the node answers as well.
+    (spent,) = found["vin"]
+    source = node.getrawtransaction(spent["txid"])
+    paid = source["vout"][spent["vout"]]["scriptPubKey"]
+    assert paid["hex"] == SENDER_SCRIPT
+    # Another network's sender is refused, naming it.
+    mainnet = btc(
+        env, "sandbox", "fund", *("--address", OUTSIDE, "--amount", "1", "--from", MAINNET), code=2
+    )
+    assert f"address '{MAINNET}' refused: a bitcoin address" in mainnet.stderr
 
 
 def test_watch_follows_the_chain_until_interrupted(tmp_path: Path) -> None:

@@ -26,21 +26,36 @@ def sandbox_fund(
     address: Annotated[str, typer.Option("--address", help="Where to pay (this network's).")],
     amount: Annotated[int, typer.Option("--amount", min=1, help="Satoshis.")],
     mine: Annotated[bool, typer.Option("--mine", help="Also mine a block with it.")] = False,
+    sender: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="The sender's address (this network's): the payment spends an output of it, "
+            "so the deposit's sender screening sees it (e.g. an address on a sanctions list). "
+            "Default: an outside address of the chain's own.",
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Pay an address from outside the custody, into the embedded chain's mempool."""
+    """Pay an address from outside the custody, into the embedded chain's mempool.
+
+    The funding transaction spends an output (of a transaction the chain answers to
+    ``getrawtransaction``) paid to ``--from``'s address when given, so a deposit from a chosen
+    sender can be tried: screened, held or minted as a real one would be."""
     with _custody_only() as custody:
         file = _sandbox(custody)
         script = custody.wallet.validate_address(address)
+        sender_script = None if sender is None else custody.wallet.validate_address(sender)
         with file.change() as chain:
-            txid, vout = chain.fund(script, amount, mine=mine)
+            txid, vout = chain.fund(script, amount, mine=mine, sender_script=sender_script)
             height = chain.tip_height
     record = {"txid": txid, "vout": vout, "address": address, "amount_sats": amount}
     if as_json:
-        print_json({**record, "mined": mine, "height": height})
+        print_json({**record, "from": sender, "mined": mine, "height": height})
         return
     where = f"mined at height {height}" if mine else "in the mempool: `sluice btc sandbox mine`"
-    _write([f"funded {txid}:{vout} with {amount} sats to {address} ({where})"])
+    source = f" from {sender}" if sender is not None else ""
+    _write([f"funded {txid}:{vout} with {amount} sats to {address}{source} ({where})"])
 
 
 @sandbox_app.command("mine")
