@@ -5,10 +5,10 @@ step — all in the served process, driven from outside with the CLI as an opera
 How: a ``[bitcoin]`` section on the embedded regtest chain (no node) with the sandbox custody's
 descriptor and two key files, in a configuration file named by ``SLUICE_CONFIG``; ``sluice serve``
 as a subprocess (see tests/e2e/test_serve.py); then ``sluice customers add``, ``sluice btc
-address``, ``sluice btc sandbox fund --mine`` in other processes. The sandbox's funding
-transaction spends an output the chain does not have, so the KYC step cannot read the sender's
-address and holds the deposit (fail closed): the operation reaching ``held`` with a recorded
-``kyc`` step is the router part's work. Polls are bounded; SIGTERM must stop everything cleanly.
+address``, ``sluice btc sandbox fund --mine`` in other processes. The sandbox's funding spends
+from a sender address the chain can show, so the KYC step screens it and lets it through: the
+operation completing — KYC, reserve, mint, and the credit once the served ingestion booked the
+mint — is the router part's work. Polls are bounded; SIGTERM must stop everything cleanly.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from tests.e2e.test_serve import environment, sluice, start, stop_cleanly, wait_
 
 pytestmark = pytest.mark.slow
 
-ROUTER_WAIT_S = 60.0
+ROUTER_WAIT_S = 90.0
 
 
 def configure(folder: Path) -> Path:
@@ -72,7 +72,7 @@ def test_serve_runs_the_issuance_router_on_a_watched_deposit(tmp_path: Path) -> 
                 with database.uow() as uow:
                     operations = uow.issuance.operations()
                     steps = uow.issuance.steps(operations[0].id) if operations else []
-                if operations and operations[0].status == "held":
+                if operations and operations[0].status == "completed":
                     break
                 assert served.process.poll() is None, served.output()
                 assert time.monotonic() < deadline, (operations, served.output())
@@ -82,7 +82,9 @@ def test_serve_runs_the_issuance_router_on_a_watched_deposit(tmp_path: Path) -> 
         (operation,) = operations
         assert operation.id.startswith("btc-deposit:")
         assert (operation.customer_id, operation.amount_sats) == ("alice", 125_000)
-        assert [(s.step, s.outcome) for s in steps] == [("kyc", "hold")]
+        done = [s.step for s in steps if s.outcome == "done"]
+        assert done == ["kyc", "reserve", "mint", "credit"], steps
+        assert operation.result["credited"] is True
         assert "issuance_router" in served.output()
     finally:
         if served.process.poll() is None:
