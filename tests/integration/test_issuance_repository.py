@@ -113,6 +113,7 @@ def _add_output(
     *,
     spent: bool = False,
     kind: str = "deposit",
+    reserved_by: str | None = None,
 ) -> None:
     with db.engine.begin() as c:
         c.execute(
@@ -131,7 +132,7 @@ def _add_output(
                 first_seen_at=ts(WHEN),
                 confirmed_at=None,
                 credited_at=None,
-                reserved_by=None,
+                reserved_by=reserved_by,
                 spent_txid=f"{0xDEAD:064x}" if spent else None,
                 spent_height=2 if spent else None,
                 spent_block_hash="b2" * 32 if spent else None,
@@ -387,56 +388,121 @@ def test_guard_figures_from_outputs_mints_burns_and_redemptions(
         repo.insert_burn(_burn(4, 50_000, "committed"))
         repo.insert_burn(_burn(5, 7_000_000, "submitted"))
         repo.insert_burn(_burn(6, 8_000_000, "failed"))
-        # Pending redemptions: token withdrawals not closed.
+        # Pending redemptions: token withdrawals not closed whose burn committed.
         for n, status in enumerate(("pending", "waiting", "held", "stuck")):
             repo.insert_operation(
                 _operation(f"r-open-{n}", type="token_withdrawal", status=status, amount=10 + n)
             )
+            repo.insert_burn(_redemption_burn(f"r-open-{n}", 10 + n, "committed"))
         for n, status in enumerate(("completed", "compensated", "resolved", "returned")):
             repo.insert_operation(
                 _operation(f"r-shut-{n}", type="token_withdrawal", status=status, amount=10**7)
             )
+        # Its burn not committed (not sent yet, unknown, rejected): its amount is still in the
+        # supply, so it is not pending as well.
+        for status in ("submitted", "failed"):
+            repo.insert_operation(
+                _operation(f"r-{status}", type="token_withdrawal", status="pending", amount=10**7)
+            )
+            repo.insert_burn(_redemption_burn(f"r-{status}", 10**7, status))
+        repo.insert_operation(
+            _operation("r-no-burn", type="token_withdrawal", status="pending", amount=10**7)
+        )
         repo.insert_operation(_operation("deposit", status="pending", amount=10**8))
         # At its re-mint the payout can never be paid: the Bitcoin stays, nothing is pending.
         remint = _operation("r-remint", type="token_withdrawal", status="pending", amount=10**7)
         repo.insert_operation(replace(remint, step="remint"))
+        repo.insert_burn(_redemption_burn("r-remint", 10**7, "committed"))
         assert repo.guard_figures() == GuardFigures(
-            supply=300_000 + 200_000 - 50_000,
+            supply=300_000 + 200_000 - 50_000 - 46 - 10**7,
             reserves=1_000_000 + 200_000,
             pending_redemptions=10 + 11 + 12 + 13,
         )
         uow.commit()
-    figures = GuardFigures(supply=450_000, reserves=1_200_000, pending_redemptions=46)
+    figures = GuardFigures(supply=450_000 - 46 - 10**7, reserves=1_200_000, pending_redemptions=46)
     with database.uow() as uow:
         assert uow.issuance.guard_figures() == figures
-    assert figures.allows(1_200_000 - 46 - 450_000)
-    assert not figures.allows(1_200_000 - 46 - 450_000 + 1)
+    assert figures.allows(1_200_000 - 46 - figures.supply)
+    assert not figures.allows(1_200_000 - 46 - figures.supply + 1)
 
 
-def test_a_mined_redemption_payout_leaves_the_pending_sum_and_its_change_counts(
+def _redemption_burn(op_id: str, amount: int, status: str) -> BurnRecord:
+    return replace(
+        _burn(0, amount, status),
+        id=f"issuance:{op_id}:burn",
+        operation_id=op_id,
+        reason=f"issuance:{op_id}:burn",
+    )
+
+
+def test_a_redemption_counts_as_pending_only_once_its_burn_committed(
     database: bootstrap.Database,
 ) -> None:
-    """Once a block holds a redemption's payout, its inputs have left the reserves: the
-    redemption stops counting as pending, and the payout's change (ours, in the same block)
-    counts before it is confirmed. A change output reorged away or spent does not."""
+    """Steady state (reserves = supply), a redemption at its burn and a new deposit: the
+    deposit's mint fits. Before the burn commits, the redemption's amount is in the supply;
+    after, it is pending: never both (a false breach would halt minting)."""
+    _add_output(database, 1, 1_000_000, "credited")
+    _add_output(database, 2, 50_000, "confirmed")  # the new deposit
+    op = _operation("r-1", type="token_withdrawal", status="pending", amount=300_000)
+    with database.uow() as uow:
+        uow.issuance.insert_mint(_mint(1, 1_000_000, "committed"))
+        uow.issuance.insert_operation(replace(op, step="burn"))
+        uow.issuance.insert_burn(_redemption_burn("r-1", 300_000, "submitted"))
+        figures = uow.issuance.guard_figures()
+        uow.commit()
+    assert figures == GuardFigures(supply=1_000_000, reserves=1_050_000, pending_redemptions=0)
+    assert figures.allows(50_000)
+    with database.uow() as uow:
+        uow.issuance.set_burn_status("issuance:r-1:burn", "committed", update_id="u-burn")
+        figures = uow.issuance.guard_figures()
+        uow.commit()
+    assert figures == GuardFigures(supply=700_000, reserves=1_050_000, pending_redemptions=300_000)
+    assert figures.allows(50_000) and not figures.allows(50_001)
+
+
+def test_a_redemption_leaves_the_pending_sum_when_the_watcher_sees_its_inputs_spent(
+    database: bootstrap.Database,
+) -> None:
+    """A redemption stops counting as pending when a custody output its payout's batch reserved
+    is recorded spent: the watcher's record that takes that output out of the reserves, so both
+    figures move together whatever the payouts worker recorded meanwhile. The payout's change
+    (ours, in the same block) counts before it is confirmed; a change output reorged away or
+    spent does not."""
     _add_output(database, 1, 5_000_000, "confirmed")
     _add_output(database, 2, 700_000, "seen", kind="change")
     _add_output(database, 3, 800_000, "reorged", kind="change")
     _add_output(database, 4, 900_000, "seen", kind="change", spent=True)
     _add_output(database, 5, 600_000, "seen")  # a deposit not yet confirmed: not counted
+    # Inputs of the batches: spent (the watcher saw the block) or still unspent.
+    _add_output(database, 6, 40_000, "credited", spent=True, reserved_by="b-paid")
+    _add_output(database, 7, 50_000, "credited", spent=True, reserved_by="b-watcher-first")
+    _add_output(database, 8, 60_000, "credited", reserved_by="b-worker-first")
+    _add_output(database, 9, 70_000, "credited", reserved_by="b-broadcast")
+    amounts = {
+        "paid": 1_000,
+        "watcher-first": 2_000,
+        "worker-first": 4_000,
+        "queued": 8_000,
+        "broadcast": 16_000,
+        "no-payout": 32_000,
+    }
     with database.uow() as uow:
         repo = uow.issuance
-        for name in ("paid", "mined", "queued", "broadcast", "no-payout"):
+        for name, amount in amounts.items():
             repo.insert_operation(
-                _operation(f"r-{name}", type="token_withdrawal", status="pending", amount=1_000)
+                _operation(f"r-{name}", type="token_withdrawal", status="pending", amount=amount)
             )
+            repo.insert_burn(_redemption_burn(f"r-{name}", amount, "committed"))
         uow.commit()
     with database.engine.begin() as c:
-        for name, status in (
-            ("paid", "completed"),
-            ("mined", "mined"),
-            ("queued", "queued"),
-            ("broadcast", "broadcast"),
+        for name, status, batch in (
+            ("paid", "completed", "b-paid"),
+            # The watcher recorded the spend before the payouts worker saw the block.
+            ("watcher-first", "broadcast", "b-watcher-first"),
+            # The payouts worker saw the block first: the inputs are still in the reserves.
+            ("worker-first", "mined", "b-worker-first"),
+            ("queued", "queued", None),
+            ("broadcast", "broadcast", "b-broadcast"),
         ):
             c.execute(
                 sa.insert(btc_payouts).values(
@@ -444,15 +510,18 @@ def test_a_mined_redemption_payout_leaves_the_pending_sum_and_its_change_counts(
                     kind="redemption",
                     address="bcrt1q0dest0000",
                     script_hex="00",
-                    amount_sats=1_000,
+                    amount_sats=amounts[name],
                     status=status,
+                    batch_id=batch,
                     requested_by="test",
                     requested_at=ts(WHEN),
                 )
             )
     with database.uow() as uow:
         assert uow.issuance.guard_figures() == GuardFigures(
-            supply=0, reserves=5_000_000 + 700_000, pending_redemptions=3 * 1_000
+            supply=-sum(amounts.values()),
+            reserves=5_000_000 + 700_000 + 60_000 + 70_000,
+            pending_redemptions=4_000 + 8_000 + 16_000 + 32_000,
         )
 
 

@@ -228,8 +228,11 @@ class GuardFigures:
     ``supply``: iSTSi issued by our records (mints not failed, minus burns committed), or the
     ledger's supply if that is higher. ``reserves``: custody outputs confirmed (or credited) and
     unspent, and the change of our own payouts from the block that mined them on.
-    ``pending_redemptions``: redemptions not closed whose payout no block holds yet (from when
-    the customer's iSTSi is taken; not at their re-mint)."""
+    ``pending_redemptions``: redemptions not closed and not at their re-mint, from when their
+    burn committed (before, their amount is still in ``supply``) until the watcher saw their
+    payout's inputs spent (a custody output reserved by the payout's batch has a spending
+    transaction): the same record that takes those inputs out of ``reserves``, so a payout
+    leaves both figures at once."""
 
     supply: int
     reserves: int

@@ -74,9 +74,6 @@ STATE_ROW = 1
 RESERVE_STATUSES = ("confirmed", "credited")
 # A redemption stops counting against the reserves once its payout is done or it was undone.
 REDEMPTION_CLOSED_STATUSES = ("completed", "compensated", "resolved", "returned")
-# A redemption's payout in a block: the custody outputs it spent have left the reserves (and
-# its change counts, see guard_figures), so the redemption no longer counts as pending.
-PAYOUT_PAID_STATUSES = ("mined", "completed")
 # The redemption's payout id (services/issuance_redeem.payout_id_of).
 REDEMPTION_PAYOUT_PREFIX = "redeem:"
 
@@ -422,15 +419,29 @@ class SqlIssuanceRepository:
                 and_(outputs.kind == "change", outputs.status == "seen"),
             ),
         )
+        # A redemption is pending from when its burn committed (before, its amount is still in
+        # the supply: counting it here too would count it twice) until the watcher saw its
+        # payout's inputs spent — the very event that takes them out of the reserves above, so
+        # "paid" and "spent" change together, in the watcher's block transaction (and a reorg
+        # undoes both). Not at its re-mint: that payout can never be paid, the Bitcoin stays.
         ops = issuance_operations
+        burned_for_it = exists().where(
+            issuance_burns.c.operation_id == ops.c.id,
+            issuance_burns.c.status == "committed",
+        )
         paid = exists().where(
             btc_payouts.c.id == literal(REDEMPTION_PAYOUT_PREFIX, String) + ops.c.id,
-            btc_payouts.c.status.in_(PAYOUT_PAID_STATUSES),
+            btc_payouts.c.batch_id.is_not(None),
+            exists().where(
+                btc_outputs.c.reserved_by == btc_payouts.c.batch_id,
+                btc_outputs.c.spent_txid.is_not(None),
+            ),
         )
         pending = select(func.coalesce(func.sum(ops.c.amount_sats), 0)).where(
             ops.c.type == "token_withdrawal",
             ops.c.status.not_in(REDEMPTION_CLOSED_STATUSES),
-            ops.c.step != "remint",  # its payout can never be paid: the Bitcoin stays
+            ops.c.step != "remint",
+            burned_for_it,
             ~paid,
         )
         row = self._c.execute(
