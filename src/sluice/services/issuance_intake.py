@@ -9,7 +9,11 @@
 * :func:`on_deposits_reorged` runs in the transaction that rolls a reorg back: a ``credited``
   deposit (taken as a mint's reserve) that left the chain halts minting with a critical alert,
   since the iSTSi minted against it may no longer be backed. Nothing else is undone
-  automatically; an officer decides and resumes minting through an approval.
+  automatically; an officer decides and resumes minting through an approval. A deposit a reorg
+  removed before it was minted (its operation held by KYC, still at ``kyc``/``reserve``, or
+  returned) raises a warning alert instead: nothing is minted against it (``reserve`` waits for
+  it to confirm again, a return refuses an output that is not confirmed), but an officer should
+  know before deciding on it, and a queued return payout of it must be looked at.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
+from sluice.domain.deposits import Alert
 from sluice.ports import UnitOfWork
-from sluice.ports.bitcoin_watch import ConfirmedOutput, RolledBack
+from sluice.ports.bitcoin_watch import ConfirmedOutput, CustodyOutput, RolledBack
 from sluice.services.issuance_router import create_operation
 from sluice.services.mint_guard import halt_minting_in
 
@@ -63,8 +68,10 @@ def open_deposit_operations(
 
 
 def on_deposits_reorged(uow: UnitOfWork, rolled: RolledBack, at: datetime) -> bool:
-    """Halt minting when a reorg removed a credited deposit (in the caller's transaction);
-    answers whether it did."""
+    """Halt minting when a reorg removed a credited deposit, and warn of a removed deposit whose
+    operation is held or not minted yet (in the caller's transaction); answers whether minting
+    was halted."""
+    _warn_unminted(uow, rolled, at)
     gone = [o for o in rolled.reorged if o.kind == "deposit" and o.status == "credited"]
     if not gone:
         return False
@@ -87,3 +94,49 @@ def on_deposits_reorged(uow: UnitOfWork, rolled: RolledBack, at: datetime) -> bo
         f"{gone[0].block_hash}",
     )
     return True
+
+
+# Operations of a removed deposit worth a warning: not minted (held, or before/at ``reserve``),
+# or returned (its return payout may still be queued).
+_UNMINTED_STATUSES = ("held", "pending", "waiting", "stuck", "returned")
+
+
+def _warn_unminted(uow: UnitOfWork, rolled: RolledBack, at: datetime) -> int:
+    """A warning alert per reorged deposit (not credited: those halt minting) whose operation is
+    held, not yet minted, or returned; answers how many were raised."""
+    alerts: list[Alert] = []
+    for output in rolled.reorged:
+        if output.kind != "deposit" or output.status == "credited":
+            continue
+        op = uow.issuance.get_operation(deposit_operation_id(output.txid, output.vout))
+        if op is None or op.status not in _UNMINTED_STATUSES:
+            continue
+        alerts.append(_unminted_alert(output, op.id, op.status, op.step, rolled.fork_height))
+    if alerts:
+        uow.issuance.add_alerts(alerts, at)
+    return len(alerts)
+
+
+def _unminted_alert(
+    output: CustodyOutput, operation_id: str, status: str, step: str, fork_height: int
+) -> Alert:
+    if status == "returned":
+        what = "it was returned: check its return payout before it is paid"
+    else:
+        what = f"its operation is {status} at {step}; nothing was minted against it"
+    return Alert(
+        id=f"issuance_deposit_reorged:{fork_height}:{output.outpoint}:{output.block_hash}",
+        severity="warning",
+        kind="issuance_deposit_reorged",
+        message=(
+            f"deposit {output.outpoint} ({output.amount_sats} sats, operation {operation_id}) "
+            f"left the chain in a reorg to height {fork_height}; {what}"
+        ),
+        details={
+            "operation": operation_id,
+            "output": output.outpoint,
+            "amount_sats": str(output.amount_sats),
+            "status": status,
+            "fork_height": str(fork_height),
+        },
+    )
