@@ -17,7 +17,9 @@ and its record resumed after the lease; the pause stopping an operation between 
 routers on one operation (the lease keeps the second away, and once it ran out only one of them
 records the step); a duplicate operation id (42 with the first operation); retry, compensate
 and resolve with their refusals (41); contract addresses validated, written once per approval,
-in force only after their time lock, and the router rebuilding its context then.
+in force only after their time lock, and the router rebuilding its context then; the lease
+marked explicitly (a wait of exactly ``lease_s`` is no lease); every refused override audited;
+a redemption resolved only once nothing is owed (payout paid, burn refunded, or re-minted).
 """
 
 from __future__ import annotations
@@ -38,7 +40,13 @@ from sluice.domain.errors import (
     NotFoundError,
     SystemPausedError,
 )
-from sluice.ports.issuance import ContractAddresses, IssuanceOperation, StepRecord
+from sluice.ports.issuance import (
+    BurnRecord,
+    ContractAddresses,
+    IssuanceOperation,
+    MintRecord,
+    StepRecord,
+)
 from sluice.services.audit import list_audit_records
 from sluice.services.controls import pause, resume
 from sluice.services.issuance_contracts import (
@@ -126,7 +134,12 @@ class World:
                 steps=(("a", self.step("a")), ("b", self.step("b")), ("c", self.step("c"))),
                 compensate=self.compensate,
                 extra_steps={"x": self.step("x")},
-            )
+            ),
+            "token_withdrawal": OperationDefinition(
+                type="token_withdrawal",
+                steps=(("burn", self.step("burn")), ("payout", self.step("payout"))),
+                compensate=self.compensate,
+            ),
         }
 
     def router(self, **kwargs: Any) -> IssuanceRouter:
@@ -740,3 +753,146 @@ def test_nothing_else_acts_on_an_operation_while_it_is_compensated(world: World)
     assert seen[0].looked_at == 0
     assert world.sent["op-1:a"] == 1
     assert op.status == "compensated"
+
+
+# --- the lease, refusals audited, redemptions resolved only once nothing is owed ------------------
+
+
+def test_a_wait_of_exactly_lease_s_is_not_taken_for_a_lease(world: World) -> None:
+    during: list[dict[str, Any]] = []
+    world.hooks["a"] = lambda _op: during.append(dict(world.op().result))
+    world.script["a"] = [StepOutcome("wait", wait_s=SETTINGS.lease_s, detail={"why": "node"})]
+    world.create()
+    op = world.router().run_operation("op-1")
+    assert op.status == "waiting"
+    assert op.next_attempt_at == T0 + timedelta(seconds=SETTINGS.lease_s)
+    # While the step ran, the claim's lease was marked; recording the outcome removed it.
+    assert during == [{"leased_until": "2026-12-05T06:01:00.000000Z"}]
+    assert "leased_until" not in op.result
+    retried = retry_operation(world.ctx, "op-1", reason="node back", actor="admin:ada")
+    assert retried.status == "pending" and "leased_until" not in retried.result
+
+
+def test_every_refused_override_is_audited_with_its_reason(world: World) -> None:
+    def refusals(operation_id: str) -> list[tuple[str, str, Any, str | None]]:
+        return [
+            (r.entry.operation, r.entry.actor, r.entry.parameters.get("reason"), r.entry.error)
+            for r in list_audit_records(world.db.uow, operation_id=operation_id)
+            if r.entry.operation.endswith("_refused")
+        ]
+
+    world.create()  # pending: neither retry nor resolve may touch it
+    with pytest.raises(InvalidOperationStateError):
+        retry_operation(world.ctx, "op-1", reason="try", actor="admin:ada")
+    with pytest.raises(InvalidOperationStateError):
+        resolve_operation(world.ctx, "op-1", reason="close", actor="admin:bob")
+    stuck(world, "op-2")
+    world.compensation = [InvalidOperationStateError("a batch holds the payout")]
+    with pytest.raises(InvalidOperationStateError):
+        compensate_operation(world.ctx, world.definitions(), "op-2", reason="undo", actor="x")
+    with pytest.raises(NotFoundError):
+        retry_operation(world.ctx, "nope", reason="why", actor="admin:ada")
+
+    first = refusals("op-1")
+    assert [(name, actor, reason) for name, actor, reason, _ in first] == [
+        ("issuance_retry_refused", "admin:ada", "try"),
+        ("issuance_resolve_refused", "admin:bob", "close"),
+    ]
+    assert all(error and "InvalidOperationStateError" in error for *_, error in first)
+    ((name, _, reason, error),) = refusals("op-2")
+    assert (name, reason) == ("issuance_compensate_refused", "undo")
+    assert error is not None and "a batch holds the payout" in error
+    assert [(n, r) for n, _, r, _ in refusals("nope")] == [("issuance_retry_refused", "why")]
+    assert world.op("op-2").status == "stuck"
+
+
+def stuck_redemption(world: World, operation_id: str) -> IssuanceOperation:
+    world.script["burn"] = [StepOutcome("fail", error="broken")]
+    with world.db.uow() as uow:
+        create_operation(
+            uow,
+            operation_id=operation_id,
+            type="token_withdrawal",
+            customer_id="cust-1",
+            amount_sats=50_000,
+            params={"address": "bcrt1qexample", "idempotency_key": operation_id},
+            first_step="burn",
+            at=world.clock(),
+        )
+        uow.commit()
+    op = world.router().run_operation(operation_id)
+    assert op.status == "stuck"
+    return op
+
+
+def burn(world: World, operation_id: str, status: Any, update_id: str | None = None) -> None:
+    with world.db.uow() as uow:
+        assert uow.issuance.insert_burn(
+            BurnRecord(
+                id=f"issuance:{operation_id}:burn",
+                operation_id=operation_id,
+                customer_id="cust-1",
+                owner=world.ctx.treasury,
+                amount_sats=50_000,
+                reason=f"issuance:{operation_id}:burn",
+                status=status,
+                created_at=world.clock(),
+                update_id=update_id,
+            )
+        )
+        uow.commit()
+
+
+def test_resolve_of_a_redemption_that_took_value_and_gave_nothing_back_is_refused(
+    world: World,
+) -> None:
+    # Nothing burned yet: the customer's iSTSi is held in flight.
+    stuck_redemption(world, "redeem:cust-1:k1")
+    with pytest.raises(InvalidOperationStateError, match="compensate") as caught:
+        resolve_operation(world.ctx, "redeem:cust-1:k1", reason="close", actor="admin:ada")
+    assert caught.value.code == 41 and "in flight" in str(caught.value)
+    # Burned, and no payout: the customer would be left with nothing.
+    burn(world, "redeem:cust-1:k1", "committed", "update-1")
+    with pytest.raises(InvalidOperationStateError, match="burned and no payout"):
+        resolve_operation(world.ctx, "redeem:cust-1:k1", reason="close", actor="admin:ada")
+    assert world.op("redeem:cust-1:k1").status == "stuck"
+    names = [
+        r.entry.operation for r in list_audit_records(world.db.uow, operation_id="redeem:cust-1:k1")
+    ]
+    assert names.count("issuance_resolve_refused") == 2 and "issuance_resolve" not in names
+
+    # Re-minted: the value went back, resolve may close it.
+    with world.db.uow() as uow:
+        assert uow.issuance.insert_mint(
+            MintRecord(
+                id="issuance:redeem:cust-1:k1:remint",
+                operation_id="redeem:cust-1:k1",
+                customer_id="cust-1",
+                owner=world.ctx.treasury,
+                amount_sats=50_000,
+                reason="issuance:redeem:cust-1:k1:remint",
+                status="submitted",
+                created_at=world.clock(),
+            )
+        )
+        uow.commit()
+    with pytest.raises(InvalidOperationStateError):  # not committed yet: it may still fail
+        resolve_operation(world.ctx, "redeem:cust-1:k1", reason="close", actor="admin:ada")
+    with world.db.uow() as uow:
+        uow.issuance.set_mint_status(
+            "issuance:redeem:cust-1:k1:remint", "committed", update_id="update-2"
+        )
+        uow.commit()
+    op = resolve_operation(world.ctx, "redeem:cust-1:k1", reason="re-minted", actor="admin:ada")
+    assert op.status == "resolved"
+
+    # Refunded (the burn fenced as failed and refunded): resolve may close it too.
+    stuck_redemption(world, "redeem:cust-1:k2")
+    burn(world, "redeem:cust-1:k2", "failed", "refunded")
+    op = resolve_operation(world.ctx, "redeem:cust-1:k2", reason="refunded", actor="admin:ada")
+    assert op.status == "resolved"
+    # A rejected burn that was not refunded leaves the value in flight: refused.
+    stuck_redemption(world, "redeem:cust-1:k3")
+    burn(world, "redeem:cust-1:k3", "failed")
+    with pytest.raises(InvalidOperationStateError, match="compensate"):
+        resolve_operation(world.ctx, "redeem:cust-1:k3", reason="close", actor="admin:ada")

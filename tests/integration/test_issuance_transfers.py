@@ -8,7 +8,8 @@ the treasury approved, rejected to a frozen customer, to a flagged party and to 
 (the sender's holding comes back unlocked), a second run doing nothing, the first decision
 standing after a crash between the decision row and the command (then resent once), a crash
 after the command and a lost response (the resend records the committed update, nothing moves
-twice), the limit per call, and the audit records.
+twice), the limit per call, the audit records, a decision the ledger refuses for good closed
+(marked, audited, alerted, never resent) and a flagged sender party rejected.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pytest
 from sluice import bootstrap
 from sluice.ledger.local import EmbeddedLedger
 from sluice.ledger.local.issuer import EmbeddedIssuerLedger, create_istsi
-from sluice.ports.issuance import IssuerResult, sats_to_amount
+from sluice.ports.issuance import IssuerRejectedError, IssuerResult, sats_to_amount
 from sluice.services.audit import list_audit_records, verify_audit_log
 from sluice.services.compliance import KycRegistry
 from sluice.services.compliance_officer import (
@@ -34,7 +35,13 @@ from sluice.services.compliance_officer import (
     unfreeze_customer,
 )
 from sluice.services.issuance_settings import IssuanceContext
-from sluice.services.issuance_transfers import HoldTick, command_id_of, decide_held_transfers
+from sluice.services.issuance_transfers import (
+    REFUSED_PREFIX,
+    HoldTick,
+    command_id_of,
+    decide_held_transfers,
+    refused,
+)
 
 OFFICER = "officer-1"
 
@@ -308,3 +315,62 @@ def test_a_sender_the_registry_refuses_is_rejected_and_no_usage_counted(world: W
             {"cust-a": []},
         )
     assert audited(world, cid) == ["compliance_check:transfer", "istsi_transfer_rejected"]
+
+
+class RefusingIssuer:
+    """The issuer whose ledger refuses every decision for good (the instruction expired)."""
+
+    def __init__(self, issuer: EmbeddedIssuerLedger) -> None:
+        self.instrument = issuer.instrument
+        self.held_transfers = issuer.held_transfers
+        self.supply = issuer.supply
+        self.sent: list[str] = []
+
+    def decide_transfer(
+        self, instruction_cid: str, *, approve: bool, reason: str, command_id: str
+    ) -> IssuerResult:
+        self.sent.append(command_id)
+        raise IssuerRejectedError(f"instruction {instruction_cid} expired")
+
+
+def test_a_decision_the_ledger_refuses_for_good_is_closed_audited_alerted_and_not_resent(
+    world: World,
+) -> None:
+    cid = world.send("alice", "bob", 2_500)
+    refusing = RefusingIssuer(world.issuer)
+    ctx = world.with_issuer(refusing)
+    assert decide_held_transfers(ctx) == HoldTick(failed=1)
+    decision = decisions(world)[cid]
+    assert decision.approve and refused(decision)
+    assert decision.update_id == f"{REFUSED_PREFIX}instruction {cid} expired"[:200]
+    assert audited(world, cid) == [
+        "compliance_check:transfer",
+        "istsi_transfer_approved",
+        "istsi_transfer_refused",
+    ]
+    records = list_audit_records(world.db.uow, operation_id=command_id_of(cid))
+    assert records[-1].entry.error == f"instruction {cid} expired"
+    with world.db.uow() as uow:
+        alerts = [a for a in uow.books.alerts() if a.kind == "istsi_transfer_refused"]
+    assert [(a.id, a.severity) for a in alerts] == [(f"istsi-transfer-refused:{cid}", "warning")]
+
+    # Closed: neither the held loop nor the resend loop sends it again, so refusals cannot pile
+    # up among the unsent decisions.
+    assert decide_held_transfers(ctx) == HoldTick()
+    assert decide_held_transfers(ctx) == HoldTick()
+    assert refusing.sent == [command_id_of(cid)]
+    assert audited(world, cid)[-1] == "istsi_transfer_refused"
+    assert len(audited(world, cid)) == 3
+    assert verify_audit_log(world.db.uow).ok
+
+
+def test_a_listed_sender_party_is_rejected_although_its_customer_is_active(world: World) -> None:
+    flag_address(world.db.uow, world.parties["alice"], actor=OFFICER, at=world.now(), reason="mule")
+    cid = world.send("alice", "bob", 2_500)
+    assert decide_held_transfers(world.ctx) == HoldTick(rejected=1)
+    decision = decisions(world)[cid]
+    assert not decision.approve
+    assert decision.reason == f"sender party {world.parties['alice']} is flagged (mule)"
+    assert world.held_sats("alice") == 10_000 and world.held_sats("bob") == 0
+    assert world.ledger.active_instructions(world.parties["bob"]) == []
+    assert audited(world, cid) == ["istsi_transfer_rejected"]

@@ -19,16 +19,27 @@ Why an override cannot mint or pay twice
   whatever it cannot undo without paying twice, and the operation is then left as it was. A
   completed, compensated, resolved or returned operation is refused outright.
 * *Resolve* only closes a ``stuck``, ``held`` or ``waiting`` operation with the operator's
-  reason: it moves no value, and nothing runs it afterwards.
+  reason: it moves no value, and nothing runs it afterwards. Because it moves no value, it must
+  not close a redemption that took value and gave nothing back: a ``token_withdrawal`` is
+  resolved only once its payout is ``completed``, its burn was refunded (the burn record
+  ``failed`` with ``update_id = "refunded"``) or its burned iSTSi re-minted (the re-mint record
+  ``committed``, or credited by ingestion); anything else (iSTSi burned and no BTC sent, or held in
+  ``in_flight``) is refused (41) and the operator is pointed to ``compensate``.
+
+Every refusal (41, a missing reason, an unknown operation, the pause) leaves an audit record
+(``issuance_<action>_refused``) with the operator, the reason given and the error, in its own
+transaction after the refused one rolled back.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import timedelta
 
+from sluice.domain.audit import AuditEntry
 from sluice.domain.deposits import Severity
 from sluice.domain.errors import (
     InvalidInputError,
@@ -39,12 +50,13 @@ from sluice.domain.errors import (
 from sluice.ports import UnitOfWork
 from sluice.ports.issuance import IssuanceOperation, OperationStatus, StepOutcomeKind
 from sluice.services.controls import check_not_paused
+from sluice.services.issuance_lease import leased, with_lease, without_lease
+from sluice.services.issuance_redeem import REFUNDED, burn_id_of, payout_id_of, remint_id_of
 from sluice.services.issuance_router import (
     DONE,
     OperationDefinition,
     StepOutcome,
     audit_move,
-    leased,
     record_override,
     stuck_alert,
 )
@@ -67,7 +79,7 @@ def _load(uow: UnitOfWork, ctx: IssuanceContext, operation_id: str) -> IssuanceO
     op = uow.issuance.get_operation(operation_id, lock=True)
     if op is None:
         raise NotFoundError(f"no issuance operation {operation_id}")
-    if leased(op, ctx.clock(), ctx.settings):
+    if leased(op, ctx.clock()):
         raise InvalidOperationStateError(
             f"operation {operation_id} is running step {op.step} right now; try again once it "
             "is recorded"
@@ -75,7 +87,100 @@ def _load(uow: UnitOfWork, ctx: IssuanceContext, operation_id: str) -> IssuanceO
     return op
 
 
+@contextmanager
+def _refusals_audited(
+    ctx: IssuanceContext, operation_id: str, *, action: str, actor: str, reason: str
+) -> Iterator[None]:
+    """Audit a refused override (any sluice error raised inside), then let the error go on."""
+    try:
+        yield
+    except SluiceError as exc:
+        _audit_refusal(ctx, operation_id, action=action, actor=actor, reason=reason, error=exc)
+        raise
+
+
+def _audit_refusal(
+    ctx: IssuanceContext,
+    operation_id: str,
+    *,
+    action: str,
+    actor: str,
+    reason: str,
+    error: SluiceError,
+) -> None:
+    try:
+        with ctx.uow() as uow:
+            op = uow.issuance.get_operation(operation_id)
+            uow.audit.append(
+                [
+                    AuditEntry(
+                        operation_id=operation_id,
+                        operation=f"issuance_{action}_refused",
+                        actor=actor,
+                        recorded_at=ctx.clock(),
+                        customer_id=op.customer_id if op is not None else None,
+                        parameters={
+                            "reason": reason,
+                            "status": op.status if op is not None else None,
+                            "step": op.step if op is not None else None,
+                            "code": getattr(error, "code", None),
+                        },
+                        error=f"{type(error).__name__}: {error}",
+                        correlation_id=op.correlation_id if op is not None else None,
+                    )
+                ]
+            )
+            uow.commit()
+    except Exception:  # the refusal itself must reach the operator even if this fails
+        log.exception("auditing the refused %s of %s failed", action, operation_id)
+
+
+def _check_resolvable(uow: UnitOfWork, op: IssuanceOperation) -> None:
+    """A redemption is closed without moving value only when nothing is owed: its payout paid,
+    its burn refunded, or the burned iSTSi re-minted; otherwise 41, pointing to compensate."""
+    if op.type != "token_withdrawal":
+        return
+    burn = uow.issuance.get_burn(burn_id_of(op.id))
+    if burn is not None and burn.status == "failed" and burn.update_id == REFUNDED:
+        return
+    remint = uow.issuance.get_mint(remint_id_of(op.id))
+    if remint is not None and (remint.status == "committed" or remint.credited):
+        return
+    payout = uow.btc_payouts.get_payout(payout_id_of(op.id))  # in this transaction (SQLite)
+    if payout is not None and payout.status == "completed":
+        return
+    burned = burn is not None and burn.status == "committed"
+    raise InvalidOperationStateError(
+        f"redemption {op.id} cannot be resolved: "
+        + (
+            "its iSTSi was burned and "
+            + ("no payout was requested" if payout is None else f"its payout is {payout.status}")
+            if burned
+            else "the customer's iSTSi is held in flight (burn "
+            + ("not recorded" if burn is None else burn.status)
+            + ")"
+        )
+        + "; compensate it instead (a refund or a re-mint gives the value back)"
+    )
+
+
 def _override(
+    ctx: IssuanceContext,
+    operation_id: str,
+    *,
+    action: str,
+    allowed: tuple[OperationStatus, ...],
+    reason: str,
+    actor: str,
+    move: dict[str, object],
+) -> IssuanceOperation:
+    with _refusals_audited(ctx, operation_id, action=action, actor=actor, reason=reason):
+        return _override_unaudited(
+            ctx, operation_id, action=action, allowed=allowed, reason=reason, actor=actor, move=move
+        )
+
+
+def _override_unaudited(
     ctx: IssuanceContext,
     operation_id: str,
     *,
@@ -93,7 +198,10 @@ def _override(
             raise InvalidOperationStateError(
                 f"operation {operation_id} is {op.status}; {action} needs it {' or '.join(allowed)}"
             )
+        if action == "resolve":
+            _check_resolvable(uow, op)
         moved = replace(op, version=op.version + 1, updated_at=now, **move)  # type: ignore[arg-type]
+        moved = replace(moved, result=without_lease(moved.result))
         if move.get("status") in ("resolved",):
             moved = replace(moved, completed_at=now)
         if not uow.issuance.update_operation(moved, expected_version=op.version):
@@ -161,6 +269,18 @@ def compensate_operation(
     """Undo what the operation did, by its definition's compensation. Refused (41) for a
     completed, compensated, resolved or returned operation, and whenever the compensation
     refuses; the operation is then left as it was."""
+    with _refusals_audited(ctx, operation_id, action="compensate", actor=actor, reason=reason):
+        return _compensate(ctx, definitions, operation_id, reason=reason, actor=actor)
+
+
+def _compensate(
+    ctx: IssuanceContext,
+    definitions: Mapping[str, OperationDefinition],
+    operation_id: str,
+    *,
+    reason: str,
+    actor: str,
+) -> IssuanceOperation:
     reason = _reason(reason)
     now = ctx.clock()
     with ctx.uow() as uow:
@@ -180,6 +300,7 @@ def compensate_operation(
             version=op.version + 1,
             updated_at=now,
             next_attempt_at=now + timedelta(seconds=ctx.settings.lease_s),
+            result=with_lease(op.result, now, ctx.settings.lease_s),
             last_error=f"being compensated ({actor}: {reason})",
         )
         if not uow.issuance.update_operation(claimed, expected_version=op.version):
@@ -207,6 +328,7 @@ def _release(ctx: IssuanceContext, before: IssuanceOperation, claimed: IssuanceO
             status=before.status,
             updated_at=ctx.clock(),
             next_attempt_at=before.next_attempt_at,
+            result=without_lease(claimed.result),
             last_error=before.last_error,
         )
         if uow.issuance.update_operation(restored, expected_version=claimed.version):
@@ -224,7 +346,7 @@ def _record_compensation(
     actor: str,
 ) -> IssuanceOperation:
     now = ctx.clock()
-    result = {**claimed.result, **outcome.result}
+    result = without_lease({**claimed.result, **outcome.result})
     base = replace(claimed, version=claimed.version + 1, updated_at=now, result=result)
     alert = False
     if outcome.kind == "done":

@@ -18,7 +18,8 @@ How a step could be done twice, and why it is not
    no failed attempt: nothing was recorded.
 2. *Two routers on one operation.* Before a step, a router claims the operation: a conditional
    update on its ``version`` that also moves ``next_attempt_at`` to the end of a lease
-   (``lease_s``). A second router reading the same version loses the update and leaves the
+   (``lease_s``, marked in ``result.leased_until``: :mod:`sluice.services.issuance_lease`). A
+   second router reading the same version loses the update and leaves the
    operation alone; a tick only picks operations whose ``next_attempt_at`` has passed, so a
    leased one is not even looked at. Recording is conditional on the version the claim wrote:
    a router whose lease ran out and that another router claimed meanwhile records nothing (its
@@ -68,6 +69,7 @@ from sluice.ports.issuance import (
 )
 from sluice.services.controls import current_pause, pause_state
 from sluice.services.issuance_contracts import contract_addresses_in_force
+from sluice.services.issuance_lease import leased, with_lease, without_lease
 from sluice.services.issuance_settings import IssuanceContext, IssuanceSettings
 
 log = logging.getLogger(__name__)
@@ -241,19 +243,6 @@ def operation_json(
 
 
 # --- what the engine and the overrides share ----------------------------------------------------
-
-
-def leased(op: IssuanceOperation, now: datetime, settings: IssuanceSettings) -> bool:
-    """Whether a worker holds ``op`` right now: a claim moves ``next_attempt_at`` to exactly
-    ``updated_at + lease_s`` (a wait or backoff of exactly that length reads as a lease too,
-    which only makes an override wait a little). A compensation's claim is the same on a
-    ``stuck`` operation (which no router runs)."""
-    return (
-        (op.status in OPEN_STATUSES or op.status == "stuck")
-        and op.next_attempt_at is not None
-        and op.next_attempt_at > now
-        and op.next_attempt_at - op.updated_at == timedelta(seconds=settings.lease_s)
-    )
 
 
 def backoff_s(attempts: int, settings: IssuanceSettings) -> float:
@@ -448,7 +437,7 @@ class IssuanceRouter:
                 raise InvalidInputError(f"no issuance operation {operation_id}")
             if op.status not in OPEN_STATUSES:
                 return _Run(op)
-            if leased(op, now, self.settings) or (
+            if leased(op, now) or (
                 not force and op.next_attempt_at is not None and op.next_attempt_at > now
             ):
                 return _Run(op)
@@ -459,6 +448,7 @@ class IssuanceRouter:
                 version=op.version + 1,
                 updated_at=now,
                 next_attempt_at=now + timedelta(seconds=self.settings.lease_s),
+                result=with_lease(op.result, now, self.settings.lease_s),
             )
             if not uow.issuance.update_operation(claimed, expected_version=op.version):
                 return _Run(op, lost=True)
@@ -548,7 +538,7 @@ class IssuanceRouter:
         now: datetime,
     ) -> tuple[IssuanceOperation, Severity | None]:
         """The operation after ``outcome`` (and the severity of the alert it raises, if any)."""
-        result = {**op.result, **outcome.result}
+        result = without_lease({**op.result, **outcome.result})
         base = replace(op, version=op.version + 1, updated_at=now, result=result)
         settings = self.settings
         if outcome.kind == "done":

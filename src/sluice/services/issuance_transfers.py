@@ -8,8 +8,9 @@ always allowed) and asks the KYC registry:
 
 * the receiver must be a known customer whose status is ``active`` and whose party is not on a
   list (flagged by an officer or on the sanctions list);
-* the sender must be a known customer the registry allows a ``transfer`` of that value to the
-  receiver's party (tier limits, status, risk; the usage counts against their limits).
+* the sender must be a known customer whose party is not on a list (screened like the
+  receiver's) and whom the registry allows a ``transfer`` of that value to the receiver's party
+  (tier limits, status, risk; the usage counts against their limits).
 
 Approved, the instruction goes on to the receiver (who accepts it as any offer); rejected, it
 fails and the sender's holding is unlocked.
@@ -29,8 +30,15 @@ Why a transfer is decided once and its command commits at most once
    and answers the first result, whose update id is then recorded. A decision whose instruction
    is no longer held (its command did commit) is resent from the rows still without an update
    id, so its update id is recorded too.
-3. *A refusal changes nothing.* If the ledger refuses the command (the instruction expired or
-   was withdrawn), nothing moved; the row stays without an update id and is logged.
+3. *A refusal changes nothing, and is closed.* If the ledger refuses the command
+   (:class:`IssuerRejectedError`: the instruction expired or was withdrawn; sending it again
+   would be refused again), nothing moved. The decision is then closed: its update id becomes
+   ``"refused:<the ledger's reason>"`` (:data:`REFUSED_PREFIX`; the table has no status column,
+   and a real update id never starts so), with an audit record (``istsi_transfer_refused``) and
+   a warning alert (``istsi_transfer_refused``) in the same transaction. A closed decision is
+   never resent, so refusals cannot pile up among the unsent decisions and crowd out newer ones
+   whose update id is still to be recorded. Only an answer that is no answer
+   (:class:`IssuerOutcomeUnknownError`) leaves the row without an update id, to be resent.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ import structlog
 from sluice.domain.amounts import format_amount
 from sluice.domain.audit import AuditEntry
 from sluice.domain.compliance import ComplianceRequest
+from sluice.domain.deposits import Alert
 from sluice.ports import UnitOfWork
 from sluice.ports.issuance import (
     HeldTransfer,
@@ -56,6 +65,13 @@ from sluice.services.issuance_settings import IssuanceContext
 log = structlog.get_logger("sluice.issuance")
 
 ACTOR = "kyc-hold-worker"
+REFUSED_PREFIX = "refused:"
+UPDATE_ID_MAX = 200  # issuance_transfer_decisions.update_id
+
+
+def refused(decision: TransferDecision) -> bool:
+    """Whether the ledger refused the decision's command for good (it is closed, never resent)."""
+    return decision.update_id is not None and decision.update_id.startswith(REFUSED_PREFIX)
 
 
 def command_id_of(instruction_cid: str) -> str:
@@ -86,6 +102,8 @@ def decide_held_transfers(ctx: IssuanceContext, *, limit: int | None = None) -> 
     for transfer in held:
         seen.add(transfer.instruction_cid)
         decision, new = _decide(ctx, transfer)
+        if refused(decision):
+            continue  # closed: the ledger refused its command for good
         if _send(ctx, decision):
             key = ("approved" if decision.approve else "rejected") if new else "resent"
             counts[key] += 1
@@ -186,7 +204,7 @@ def _kyc(
             return False, f"{role} {party} is not a known customer's party", customers
     ids = [c for c in customers if c is not None]
     session = ctx.registry.session(
-        uow, ids, [receiver], since=at, operations=("transfer",), lock=True
+        uow, ids, [sender, receiver], since=at, operations=("transfer",), lock=True
     )
     if receiver_customer is not None:
         profile = session.profiles.get(receiver_customer)
@@ -199,6 +217,9 @@ def _kyc(
         if listed is not None:
             return False, f"receiver party {receiver} is {listed}", customers
     if sender_customer is not None:
+        listed = session.listed(sender)
+        if listed is not None:
+            return False, f"sender party {sender} is {listed}", customers
         value = ctx.registry.settings.value(ctx.issuer.instrument, transfer.amount)
         decision = session.decide(
             ComplianceRequest(sender_customer, "transfer", value, receiver),
@@ -230,6 +251,7 @@ def _send(ctx: IssuanceContext, decision: TransferDecision) -> bool:
         return False
     except IssuerRejectedError as exc:
         log.warning("istsi_transfer_decision_refused", instruction_cid=cid, error=str(exc))
+        _close_refused(ctx, decision, str(exc))
         return False
     with ctx.uow() as uow:
         uow.issuance.set_decision_update(cid, result.update_id)
@@ -237,4 +259,59 @@ def _send(ctx: IssuanceContext, decision: TransferDecision) -> bool:
     return True
 
 
-__all__ = ["ACTOR", "HoldTick", "command_id_of", "decide_held_transfers"]
+def _close_refused(ctx: IssuanceContext, decision: TransferDecision, error: str) -> None:
+    """Close a decision the ledger refused for good: the refused marker as its update id, an
+    audit record and a warning alert, in one transaction (a marker set already is kept)."""
+    cid = decision.instruction_cid
+    marker = (REFUSED_PREFIX + (error or "refused"))[:UPDATE_ID_MAX]
+    at = ctx.clock()
+    with ctx.uow() as uow:
+        current = uow.issuance.get_decision(cid)
+        if current is None or current.update_id is not None:
+            return  # recorded meanwhile (committed by another worker, or closed already)
+        uow.issuance.set_decision_update(cid, marker)
+        uow.audit.append(
+            [
+                AuditEntry(
+                    operation_id=command_id_of(cid),
+                    operation="istsi_transfer_refused",
+                    actor=ACTOR,
+                    recorded_at=at,
+                    parameters={
+                        "instruction_cid": cid,
+                        "decision": "approve" if decision.approve else "reject",
+                        "sender": decision.sender,
+                        "receiver": decision.receiver,
+                        "amount_sats": decision.amount_sats,
+                    },
+                    state_changes=[{"update_id": marker}],
+                    error=error,
+                )
+            ]
+        )
+        uow.issuance.add_alerts(
+            [
+                Alert(
+                    id=f"istsi-transfer-refused:{cid}",
+                    severity="warning",
+                    kind="istsi_transfer_refused",
+                    message=(
+                        f"the ledger refused the decision on held iSTSi transfer {cid} "
+                        f"({'approve' if decision.approve else 'reject'}): {error}"
+                    ),
+                    details={"instruction_cid": cid, "error": error},
+                )
+            ],
+            at,
+        )
+        uow.commit()
+
+
+__all__ = [
+    "ACTOR",
+    "REFUSED_PREFIX",
+    "HoldTick",
+    "command_id_of",
+    "decide_held_transfers",
+    "refused",
+]
