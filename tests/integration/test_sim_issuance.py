@@ -7,11 +7,15 @@ and each issuance check does fail when the tables lie.
 from __future__ import annotations
 
 from collections import Counter
+from decimal import Decimal
 
 import pytest
 from sqlalchemy import update
 
+from sluice.domain.journal import AccountRef, JournalTransaction, Posting, treasury_account_name
+from sluice.domain.journal import customer_account_name as account_name
 from sluice.sandbox import Sandbox
+from sluice.services.issuance_settings import ISTSI_ID
 from sluice.sim import run_simulation
 from sluice.store.bitcoin_tables import btc_outputs
 from sluice.store.issuance_tables import issuance_mints, issuance_operations
@@ -64,3 +68,40 @@ def test_redeemed_once_reports_a_completed_unpaid_redemption() -> None:
         .values(status="completed"),
     )
     assert any("istsi_redeemed_once" in v for v in violations), violations
+
+
+def test_books_report_istsi_the_treasury_does_not_hold() -> None:
+    """A balanced entry crediting a customer 1 iSTSi against the treasury's asset account keeps
+    the journal's own equation; only the ledger's iSTSi holdings can tell the books owe more."""
+
+    def credit_istsi_from_nowhere(step: int, sandbox: Sandbox) -> None:
+        if step != 30:
+            return
+        with sandbox.database.uow() as uow:
+            (istsi,) = [
+                r.instrument for r in uow.reference.instruments() if r.instrument.id == ISTSI_ID
+            ]
+            uow.withdrawals.post(
+                [
+                    JournalTransaction(
+                        id="tampered-istsi",
+                        kind="deposit",
+                        postings=(
+                            Posting(
+                                AccountRef(treasury_account_name(sandbox.treasury), istsi),
+                                Decimal(1),
+                            ),
+                            Posting(AccountRef(account_name("cust-1"), istsi), Decimal(-1)),
+                        ),
+                    )
+                ]
+            )
+            uow.commit()
+
+    violations = run_simulation(5, 40, tamper=credit_istsi_from_nowhere).violations
+    books = [v for v in violations if ": istsi_books: " in v]
+    assert books, violations
+    # Seen once ingestion has caught up with the ledger (the books check, comparing the treasury's
+    # account with its holdings, may report it earlier): exactly the 1 iSTSi credited from nowhere.
+    owe, _, held = books[-1].partition(" sats of iSTSi, the treasury holds ")
+    assert int(owe.rsplit(" ", 1)[1]) - int(held.split(" ")[0]) == 100_000_000, books

@@ -5,8 +5,8 @@ wallet and node), and what the issuance actor did that the checks compare with t
 ledger — the redemptions requested, the senders' addresses listed, the ledger's completions of
 the issuer's commands.
 
-It is made the first time an issuance action is drawn (as the Bitcoin custody is), so a run that
-draws none pays nothing for it.
+It is made before the run's first step, before any ledger fault is armed (the deployment's own
+setup: :func:`sluice.sim.actors.issuance.world`).
 """
 
 from __future__ import annotations

@@ -129,6 +129,10 @@ class _Simulation:
     def run(self) -> SimulationResult:
         sim = self.sim
         weights = [action.weight for action in ACTIONS]
+        # The issuer party and iSTSi are set up on the ledger (and onboarded in the books) before
+        # any fault is armed: it is the deployment's own setup, done once before the exchange runs,
+        # like the treasury's and the customers' parties the sandbox allocates.
+        issuance.world(sim)
         for step in range(1, sim.result.steps + 1):
             sim.label = f"step {step}"
             if sim.rng.random() < self.fault_rate:

@@ -180,7 +180,7 @@ class SimulationState:
         self.dirty = True  # the Integration DB may have changed since it was last read
         # The Bitcoin custody, made by its actor the first time one of its actions is drawn.
         self.bitcoin: BitcoinCustody | None = None
-        # iSTSi issuance (sim/issuance_state.py), made by its actor likewise.
+        # iSTSi issuance (sim/issuance_state.py), set up by its actor before the first step.
         self.issuance: IssuanceWorld | None = None
 
     def violation(self, check: str, detail: str) -> None:

@@ -8,11 +8,29 @@ deposits, a customer who receives minted iSTSi in their own party sends some to 
 customer's party, and the KYC hold worker decides those held transfers (the receiver accepts
 what was approved).
 
-Everything is made the first time one of these actions is drawn (:func:`world`): the issuer party
-and iSTSi on the run's ledger (onboarded in the books), the router's context over the custody
-the Bitcoin actor runs, and each customer's party registered (the last customer's mints go to
-their party). The customers' payout addresses are scripts of their own, one per redemption, so
-the Bitcoin checks see each redemption paid at most once.
+Everything is made before the first step, before any ledger fault is armed (:func:`world`, called
+by the scenario): the issuer party and iSTSi on the run's ledger (onboarded in the books), the
+router's context over the custody the Bitcoin actor runs, each customer's party registered (the
+last customer's mints go to their party), and the exchange's float. This is the deployment's own
+setup, done once before the exchange runs (as the sandbox allocates the treasury and the
+customers), so the faults the run injects into the exchange's work never strike it. The
+customers' payout addresses are scripts of their own, one per redemption, so the Bitcoin checks
+see each redemption paid at most once.
+
+The float — :data:`FLOAT_OUTPUTS` × :data:`FLOAT_SATS` of the exchange's own Bitcoin in custody,
+sent from a script no address reads, so the ``kyc`` step holds it (fail closed) and no iSTSi is
+ever minted against it — exists for one reason: the Bitcoin actor's *operator payouts* (kind
+``operator``, :func:`sluice.sim.actors.bitcoin.request`). Every other custody deposit of the run
+is minted one for one, so without the float the reserves are exactly the supply plus what the
+pending redemptions will pay; an operator payout paid out of those outputs then takes the
+confirmed reserves below the supply: ``istsi_reserves`` fails, or the next mint is refused by the
+guard (minting halted, the deposit ``stuck`` at ``mint``). Tried without the float: 24 of 30
+seeds × 150 steps fail so; without the float *and* without operator payouts, 60 seeds pass (the
+change of a payout in flight no longer needs it, since the guard counts that change as reserves
+and the redemption as pending only from its burn until its inputs are spent). This is a product
+issue to report: :func:`sluice.services.btc_payouts.request_payout` does not hold a payout that
+burns no iSTSi to the mint guard's figures, so nothing stops an operator paying out Bitcoin that
+backs the iSTSi in circulation.
 """
 
 from __future__ import annotations
@@ -42,7 +60,14 @@ from sluice.services.issuance_settings import IssuanceContext
 from sluice.services.issuance_transfers import decide_held_transfers
 from sluice.services.reference import onboard_instrument
 from sluice.sim.actors.actor import Action, Actor
-from sluice.sim.actors.bitcoin import custody, drop_link_now_and_then, pay, quietly, watch
+from sluice.sim.actors.bitcoin import (
+    REORG_DEPTH_MAX,
+    custody,
+    drop_link_now_and_then,
+    pay,
+    quietly,
+    watch,
+)
 from sluice.sim.actors.customers import _send
 from sluice.sim.faults import crash_point
 from sluice.sim.invariants import check_request_unchanged
@@ -56,10 +81,10 @@ DEPOSIT_SATS = (100_000, 3_000_000)
 REDEEM_SATS = (100_000, 1_500_000)  # at least the payout fee cap and the dust limit
 SENDERS_PER_CUSTOMER = 2
 # The exchange's own Bitcoin in custody (deposits of the first customer from an unreadable source,
-# held by the KYC step and never released): the operator's payouts of the Bitcoin actor, and the
-# change of a payout batch until it confirms, come out of it, not out of the reserves that back
-# the iSTSi minted.
+# held by the KYC step and never released): the Bitcoin actor's operator payouts come out of it,
+# not out of the reserves that back the iSTSi minted (see the module's docstring).
 FLOAT_OUTPUTS, FLOAT_SATS = 20, 50_000_000
+FLOAT_SENDER = "51"  # a script no address reads: the KYC step holds what it sends (fail closed)
 _R = TypeVar("_R")
 
 
@@ -139,8 +164,14 @@ def world(sim: SimulationState) -> IssuanceWorld:
     float_to = deposit_address(
         sandbox.database.uow, bitcoin.wallet, sim.customer_ids[0], clock=sandbox.clock
     )
-    txid = bitcoin.node.fund_many([(float_to.script_hex, FLOAT_SATS)] * FLOAT_OUTPUTS)
-    bitcoin.funded[txid] = (sim.customer_ids[0], FLOAT_SATS)
+    if FLOAT_OUTPUTS:
+        txid = bitcoin.node.fund_many(
+            [(float_to.script_hex, FLOAT_SATS)] * FLOAT_OUTPUTS, sender_script=FLOAT_SENDER
+        )
+        bitcoin.funded[txid] = (sim.customer_ids[0], FLOAT_SATS)
+        # Mined under more blocks than a reorg reaches, so neither an eviction nor a reorg's
+        # dropped transaction can take it away.
+        bitcoin.node.mine(REORG_DEPTH_MAX + 1)
     sim.issuance = IssuanceWorld(ctx, issuer, issuer_party)
     sim.dirty = True
     return sim.issuance
