@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,9 @@ from sluice.ports.issuance import MintRecord
 from sluice.services.audit import list_audit_records, verify_audit_log
 from sluice.services.btc_payouts import get_payout
 from sluice.services.compliance import KycRegistry
-from sluice.services.issuance_deposit import mint_id, review_id
+from sluice.services.issuance_deposit import DEFINITION, mint_id, review_id
 from sluice.services.issuance_held import release_held_deposit, return_held_deposit
-from sluice.services.mint_guard import guard_status, record_mint, resume_minting
+from sluice.services.mint_guard import guard_status, halt_minting, record_mint, resume_minting
 from tests.integration.issuance_deposit_world import (
     CHAIN,
     World,
@@ -384,3 +385,99 @@ def test_concurrent_mints_never_exceed_the_reserves(
         assert figures.supply == 3 * EACH <= figures.reserves == reserve
     finally:
         db.dispose()
+
+
+# --- resending, compensation and the reserve at mint time (review C2, C3, M4) --------------------
+
+LATER = timedelta(hours=25)  # past the ledger's 24 h deduplication window
+
+
+def _later(world: World) -> None:
+    """A day and more passes, on sluice's clock and the ledger's (which then forgets the
+    command ids it deduplicated)."""
+    world.clock.now += LATER
+    world.ledger.advance(LATER.total_seconds())
+
+
+def test_a_mint_whose_answer_was_lost_is_not_resent_after_the_resend_window(
+    world: World,
+) -> None:
+    world.customer("alice")
+    op_id = world.deposit("alice", SATS)
+    record_mint(world.ctx, _step_mint(world, op_id), actor="test")
+    # Sent, committed on the ledger, and the answer lost (the step answered retry).
+    world.issuer.mint(world.treasury, SATS, reason=f"issuance:{op_id}", command_id=mint_id(op_id))
+    _later(world)
+    op = world.router.run_operation(op_id)
+    assert (op.status, op.step) == ("stuck", "mint")
+    assert "not sent again" in (op.last_error or "")
+    assert world.supply() == SATS  # minted once: nothing resent the ledger no longer remembers
+    mint = world.mint(op_id)
+    assert mint is not None and mint.status == "submitted"
+    assert [a.severity for a in world.alerts() if a.kind == "issuance_stuck"] == ["critical"]
+
+
+def test_a_mint_ingestion_credited_counts_as_committed_and_is_never_resent(
+    world: World,
+) -> None:
+    world.customer("alice")
+    op_id = world.deposit("alice", SATS)
+    record_mint(world.ctx, _step_mint(world, op_id), actor="test")
+    world.issuer.mint(world.treasury, SATS, reason=f"issuance:{op_id}", command_id=mint_id(op_id))
+    world.credit(op_id)  # booked by ingestion while the record still said submitted
+    _later(world)
+    op = world.router.run_operation(op_id)
+    assert (op.status, op.step) == ("completed", "done"), op.last_error
+    assert world.supply() == SATS
+
+
+def test_a_compensated_deposit_is_fenced_against_a_late_mint_step(world: World) -> None:
+    world.customer("alice")
+    op_id = world.deposit("alice", SATS)
+    halt_minting(
+        world.db.uow, reason="test", kind="test", details={}, at=world.clock(), actor="test"
+    )
+    at_mint = world.router.run_operation(op_id)
+    assert (at_mint.status, at_mint.step) == ("waiting", "mint")
+    resume_minting(world.db.uow, reason="test", actor="officer", at=world.clock())
+    # The operator's compensation runs while a router's mint step is still under way.
+    outcome = DEFINITION.compensate(world.ctx, at_mint)
+    assert (outcome.kind, outcome.status) == ("done", "compensated")
+    fence = world.mint(op_id)
+    assert fence is not None and fence.status == "failed"
+    late = DEFINITION.step("mint")(world.ctx, at_mint)  # type: ignore[misc]
+    assert late.kind == "fail" and "compensated" in (late.error or "")
+    assert world.supply() == 0 and world.treasury_sats() == 0
+    # Compensating again is harmless; a minted deposit is still refused.
+    assert DEFINITION.compensate(world.ctx, at_mint).kind == "done"
+    minted = world.deposit("alice", SATS, sender=2)
+    assert world.router.run_operation(minted).step == "credit"
+    with pytest.raises(InvalidOperationStateError) as refused:
+        DEFINITION.compensate(world.ctx, world.operation(minted))
+    assert refused.value.code == 41
+
+
+def test_a_mint_after_minting_resumes_waits_while_its_deposit_is_reorged(world: World) -> None:
+    world.customer("alice")
+    op_id = world.deposit("alice", SATS)
+    halt_minting(
+        world.db.uow, reason="test", kind="test", details={}, at=world.clock(), actor="test"
+    )
+    assert world.router.run_operation(op_id).step == "mint"  # reserved (credited), waiting
+    txid = op_id.split(":")[1]
+    height = world.chain.getblock(world.chain.getrawtransaction(txid)["blockhash"])["height"]
+    world.chain.reorg(world.chain.tip_height - height + 1, drop_txids=[txid])
+    assert world.watcher.run_once().reorgs == 1
+    # Other reserves: the aggregate guard alone would let the mint through.
+    world.deposit("alice", 2 * SATS, sender=2)
+    resume_minting(world.db.uow, reason="another cause", actor="officer", at=world.clock())
+    op = world.router.run_operation(op_id)
+    assert (op.status, op.step) == ("waiting", "mint")
+    last = world.steps(op_id)[-1]
+    assert (last.step, last.outcome, dict(last.detail)) == (
+        "mint",
+        "wait",
+        {"reserve": "not credited"},
+    )
+    assert "reorged, not credited" in (last.error or "")
+    assert world.mint(op_id) is None and world.supply() == 0

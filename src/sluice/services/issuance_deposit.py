@@ -18,8 +18,12 @@ Its steps:
 ``mint``
     :func:`~sluice.services.mint_guard.record_mint` (guard checked and record written in one
     transaction) then :func:`~sluice.services.mint_guard.send_mint`, to the treasury or to the
-    customer's own party. Minting halted: ``wait``. Guard breach or the ledger refusing:
-    ``fail`` (stuck, an operator decides).
+    customer's own party. In record_mint's guarded transaction the deposit's custody output is
+    read again: only while it is ``credited`` is the mint recorded or sent (a reorg took it
+    away: ``wait``, whatever the switch says). Minting halted: ``wait``. Guard breach, the
+    ledger refusing, a mint record marked failed (the deposit was compensated) or an unknown
+    outcome older than the resend window: ``fail`` (stuck, an operator decides). A record
+    ingestion booked (``credited``) counts as committed: never sent again.
 ``credit``
     Minted to the treasury: waits until ingestion booked it to the customer's account (the mint
     record ``credited``). Minted to the customer's party: done at once (no books).
@@ -29,13 +33,17 @@ What makes it safe: every step can run again. ``kyc`` records usage under the op
 an output already ``credited``; ``mint`` uses the fixed record id ``issuance:<op id>:mint`` both
 as the record's key (a second ``record_mint`` answers the first record, no second check) and as
 the ledger's command id (a second ``send_mint`` answers the first result), so a crash anywhere
-between recording and sending mints once; ``credit`` only reads.
+between recording and sending mints once, and nothing older than the resend window is sent
+again (the ledger's deduplication would no longer answer for it); ``credit`` only reads. The
+operator's compensation first writes the mint record as ``failed`` (a fence, refused when a
+mint record that is not failed exists): a ``mint`` step still running late then finds that
+record and fails without sending, so a compensated deposit is never minted.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sluice.domain.audit import AuditEntry
 from sluice.domain.compliance import ComplianceRequest, ReviewItem
@@ -57,7 +65,14 @@ from sluice.ports.issuance import (
 from sluice.services.compliance import check_operation_allowed
 from sluice.services.issuance_router import OperationDefinition, StepOutcome
 from sluice.services.issuance_settings import IssuanceContext
-from sluice.services.mint_guard import record_mint, send_mint
+from sluice.services.mint_guard import (
+    MintCheck,
+    MintNotReadyError,
+    ResendWindowPassedError,
+    is_committed,
+    record_mint,
+    send_mint,
+)
 
 ACTOR = "issuance-router"
 
@@ -240,10 +255,8 @@ def reserve(ctx: IssuanceContext, operation: IssuanceOperation) -> StepOutcome:
     return StepOutcome(kind="done", detail={"output": f"{txid}:{vout}"}, next_step="mint")
 
 
-def mint(ctx: IssuanceContext, operation: IssuanceOperation) -> StepOutcome:
-    with ctx.uow() as uow:
-        owner = uow.issuance.mint_to_party(operation.customer_id) or ctx.treasury
-    record = MintRecord(
+def _mint_record(ctx: IssuanceContext, operation: IssuanceOperation, owner: str) -> MintRecord:
+    return MintRecord(
         id=mint_id(operation.id),
         operation_id=operation.id,
         customer_id=operation.customer_id,
@@ -253,24 +266,52 @@ def mint(ctx: IssuanceContext, operation: IssuanceOperation) -> StepOutcome:
         status="submitted",
         created_at=ctx.clock(),
     )
+
+
+def _reserve_still_credited(operation: IssuanceOperation) -> MintCheck:
+    """record_mint's check: the deposit's custody output is still ``credited`` (a reorg may
+    have taken it away since ``reserve``)."""
+    txid, vout = str(operation.params["txid"]), int(operation.params["vout"])
+
+    def check(uow: UnitOfWork) -> str | None:
+        output = uow.btc_watch.output(txid, vout)
+        status = "not recorded" if output is None else output.status
+        if status == "credited":
+            return None
+        return f"its custody output {txid}:{vout} is {status}, not credited"
+
+    return check
+
+
+def mint(ctx: IssuanceContext, operation: IssuanceOperation) -> StepOutcome:
+    with ctx.uow() as uow:
+        owner = uow.issuance.mint_to_party(operation.customer_id) or ctx.treasury
+    record = _mint_record(ctx, operation, owner)
     try:
-        recorded = record_mint(ctx, record, actor=ACTOR)
+        recorded = record_mint(ctx, record, actor=ACTOR, check=_reserve_still_credited(operation))
     except MintingHaltedError as exc:
         return StepOutcome(kind="wait", detail={"minting": "halted"}, error=str(exc))
+    except MintNotReadyError as exc:
+        return StepOutcome(kind="wait", detail={"reserve": "not credited"}, error=str(exc))
     except MintGuardError as exc:
         return StepOutcome(kind="fail", detail={"mint": record.id}, error=str(exc))
     update_id = recorded.update_id
     if recorded.status == "failed":
         return StepOutcome(
-            kind="fail", detail={"mint": recorded.id}, error="the ledger refused the mint"
+            kind="fail",
+            detail={"mint": recorded.id},
+            error=f"the mint {recorded.id} is recorded as failed (the ledger refused it, or the "
+            "deposit was compensated): nothing is sent",
         )
-    if recorded.status == "submitted":
+    if not is_committed(recorded):
         try:
             update_id = send_mint(ctx, recorded).update_id
         except IssuerRejectedError as exc:
             return StepOutcome(kind="fail", detail={"mint": recorded.id}, error=str(exc))
         except IssuerOutcomeUnknownError as exc:
             return StepOutcome(kind="retry", detail={"mint": recorded.id}, error=str(exc))
+        except ResendWindowPassedError as exc:
+            return StepOutcome(kind="fail", detail={"mint": recorded.id}, error=str(exc))
     minted = {"mint_id": recorded.id, "minted_to": recorded.owner, "mint_update_id": update_id}
     return StepOutcome(kind="done", detail=minted, result=minted, next_step="credit")
 
@@ -278,7 +319,7 @@ def mint(ctx: IssuanceContext, operation: IssuanceOperation) -> StepOutcome:
 def credit(ctx: IssuanceContext, operation: IssuanceOperation) -> StepOutcome:
     with ctx.uow() as uow:
         record = uow.issuance.get_mint(mint_id(operation.id))
-    if record is None or record.status != "committed":
+    if record is None or not is_committed(record):
         return StepOutcome(kind="fail", error=f"no committed mint {mint_id(operation.id)}")
     if record.owner != ctx.treasury:
         return StepOutcome(kind="done", detail={"to_party": record.owner}, next_step="done")
@@ -291,18 +332,38 @@ def credit(ctx: IssuanceContext, operation: IssuanceOperation) -> StepOutcome:
 
 def compensate(ctx: IssuanceContext, operation: IssuanceOperation) -> StepOutcome:
     """Close a deposit nothing was minted for (the Bitcoin stays in custody, for an officer to
-    return or handle). Refused once a mint was recorded and not refused by the ledger: the
-    iSTSi may exist, and only a redemption takes it back."""
+    return or handle). The mint record is first written ``failed`` (a fence): a ``mint`` step
+    running late finds it and fails without sending. Refused (41) once a mint was recorded and
+    not refused by the ledger: the iSTSi may exist, and only a redemption takes it back."""
+    fence = replace(_mint_record(ctx, operation, ctx.treasury), status="failed")
+    record: MintRecord | None = fence
     with ctx.uow() as uow:
-        record = uow.issuance.get_mint(mint_id(operation.id))
-    if record is not None and record.status != "failed":
+        if uow.issuance.insert_mint(fence):
+            uow.audit.append(
+                [
+                    AuditEntry(
+                        operation_id=operation.id,
+                        operation="issuance_mint_fenced",
+                        actor=ACTOR,
+                        recorded_at=fence.created_at,
+                        customer_id=operation.customer_id,
+                        parameters={"mint_id": fence.id, "amount_sats": fence.amount_sats},
+                        state_changes=[{"mint": fence.id, "status": "failed"}],
+                    )
+                ]
+            )
+            uow.commit()
+        else:
+            record = uow.issuance.get_mint(fence.id)
+    if record is None or record.status != "failed" or record.credited:
         raise InvalidOperationStateError(
-            f"{operation.id}: the mint {record.id} is {record.status}; a minted deposit is not "
+            f"{operation.id}: the mint {fence.id} is "
+            f"{'missing' if record is None else record.status}; a minted deposit is not "
             "compensated (the customer redeems it)"
         )
     return StepOutcome(
         kind="done",
-        detail={"minted": False},
+        detail={"minted": False, "mint_fence": fence.id},
         result={"compensated": "nothing minted"},
         next_step="done",
         status="compensated",

@@ -17,6 +17,9 @@ Clock = Callable[[], datetime]
 
 ISTSI_ID = "iSTSi"
 ISTSI_DECIMALS = 8
+# How long the token ledger remembers a command id (its command deduplication window): a mint or
+# burn sent again with the same id within it commits at most once; after it, it commits again.
+LEDGER_DEDUP_WINDOW_S = 24 * 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +41,18 @@ class IssuanceSettings:
     operations_per_round: int = 100
     # Held transfers the KYC hold worker decides per round.
     held_transfers_per_round: int = 100
+    # A mint or burn whose outcome is unknown (recorded ``submitted``) is sent again with the
+    # same command id only while its record is younger than this: well inside the ledger's
+    # deduplication window, so a resend can never commit a second time. Older, the step fails
+    # (stuck, critical alert) and an operator reconciles the record with the ledger.
+    resend_window_s: float = 12 * 3600.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.resend_window_s < LEDGER_DEDUP_WINDOW_S:
+            raise ValueError(
+                f"resend_window_s must be positive and below the ledger's deduplication window "
+                f"of {LEDGER_DEDUP_WINDOW_S:.0f} s: {self.resend_window_s}"
+            )
 
 
 @dataclass(frozen=True, slots=True)

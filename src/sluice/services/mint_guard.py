@@ -16,6 +16,17 @@ What makes it safe:
 * **Recorded before sent, sent with its record's id.** The ledger command id is the record's
   id; :func:`send_mint` may be called again after a crash or an unclear answer and the ledger's
   command deduplication answers the first result: one mint per record, whatever happens.
+* **Never resent once the ledger may have forgotten it.** The ledger remembers a command id for
+  its deduplication window (24 h) only. :func:`send_mint` refuses to send a record older than
+  ``IssuanceSettings.resend_window_s`` (12 h by default, validated below the ledger's window)
+  with :class:`ResendWindowPassedError` (41): the step fails (stuck, critical alert) and an
+  operator reconciles the record with the ledger. A mint ingestion booked is marked
+  ``committed`` with its update id (and ``credited``), so a mint whose answer was lost is never
+  sent again once the books have it.
+* **A mint checks its own reserve.** :func:`record_mint` takes an optional ``check`` run under
+  the guard's lock: a deposit's mint is recorded (or a recorded one answered for sending) only
+  while its custody output is still ``credited`` (:class:`MintNotReadyError` otherwise, nothing
+  written), so a reorg that took the deposit away stops its mint even once minting resumes.
 * **A breach stops everything.** A refused check rolls the mint back, then halts minting (in
   a new transaction: the halt must survive the refusal), raises a critical alert and an audit
   record. Every later mint is refused (:class:`MintingHaltedError`, 31) until an approved
@@ -24,7 +35,7 @@ What makes it safe:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -32,7 +43,12 @@ import structlog
 
 from sluice.domain.audit import AuditEntry
 from sluice.domain.deposits import Alert
-from sluice.domain.errors import InvalidInputError, MintGuardError, MintingHaltedError
+from sluice.domain.errors import (
+    InvalidInputError,
+    InvalidOperationStateError,
+    MintGuardError,
+    MintingHaltedError,
+)
 from sluice.domain.ledger import format_timestamp
 from sluice.ports import UnitOfWork, UnitOfWorkFactory
 from sluice.ports.issuance import (
@@ -46,24 +62,71 @@ log = structlog.get_logger("sluice.issuance")
 
 ACTOR = "mint-guard"
 
+# Run by record_mint under the guard's lock: why the mint may not be recorded or sent now (None:
+# it may). Say, a deposit's mint whose custody output is no longer credited.
+MintCheck = Callable[[UnitOfWork], str | None]
 
-def record_mint(ctx: IssuanceContext, mint: MintRecord, *, actor: str) -> MintRecord:
+
+class ResendWindowPassedError(InvalidOperationStateError):
+    """A mint or burn whose outcome is unknown is older than the resend window: the ledger may
+    no longer remember its command id, so sending it again could commit it twice. An operator
+    reconciles the record with the ledger instead."""
+
+
+class MintNotReadyError(InvalidOperationStateError):
+    """``record_mint``'s check refused: nothing was recorded or is to be sent (yet)."""
+
+
+def is_committed(mint: MintRecord) -> bool:
+    """The mint committed on the ledger: sent with an answer, or booked by ingestion (which
+    marks it ``credited``, and ``committed`` with its update id)."""
+    return mint.status == "committed" or mint.credited
+
+
+def check_resend_window(
+    ctx: IssuanceContext, *, kind: str, record_id: str, created_at: datetime
+) -> None:
+    """Refuse (:class:`ResendWindowPassedError`, 41) to send a ``submitted`` record older than
+    ``settings.resend_window_s``: past it, the ledger's deduplication may have forgotten the
+    command id and a resend could commit a second time."""
+    age_s = (ctx.clock() - created_at).total_seconds()
+    window_s = ctx.settings.resend_window_s
+    if age_s > window_s:
+        raise ResendWindowPassedError(
+            f"the {kind} {record_id} was recorded {age_s / 3600:.1f} h ago and its outcome is "
+            f"unknown: it is not sent again after {window_s / 3600:.1f} h (the ledger may no "
+            "longer deduplicate its command id); reconcile it with the ledger (its reason "
+            f"names {record_id})"
+        )
+
+
+def record_mint(
+    ctx: IssuanceContext, mint: MintRecord, *, actor: str, check: MintCheck | None = None
+) -> MintRecord:
     """Check the guard and record ``mint`` (``submitted``) in one transaction; the record as
     stored. A mint already recorded under this id is answered as it is (it passed the guard
-    when it was recorded). Minting halted: :class:`MintingHaltedError` (31). The guard
-    refusing: minting halts (critical alert, audited) and :class:`MintGuardError` (30)."""
+    when it was recorded): at once when it is finished (committed, credited or failed), else
+    after the checks below. Minting halted: :class:`MintingHaltedError` (31). ``check``
+    refusing: :class:`MintNotReadyError` (41), nothing written. The guard refusing: minting
+    halts (critical alert, audited) and :class:`MintGuardError` (30)."""
     if mint.amount_sats <= 0:
         raise ValueError(f"a mint is of a positive number of satoshis: {mint.amount_sats}")
     ledger_supply = ctx.issuer.supply()
     with ctx.uow() as uow:
         repo = uow.issuance
         state = repo.lock_guard()
+        existing = repo.get_mint(mint.id)
+        if existing is not None and (existing.status != "submitted" or existing.credited):
+            return existing  # nothing to send: its step moves on (or fails) whatever the switch
         if state.minting_halted:
             raise MintingHaltedError(
                 f"minting is halted ({state.halted_reason or 'no reason given'}): the mint "
                 f"{mint.id} waits until an approved resume_minting"
             )
-        existing = repo.get_mint(mint.id)
+        if check is not None:
+            refused_by_check = check(uow)
+            if refused_by_check is not None:
+                raise MintNotReadyError(f"the mint {mint.id} waits: {refused_by_check}")
         if existing is not None:
             return existing
         figures = repo.guard_figures()
@@ -136,7 +199,12 @@ def send_mint(ctx: IssuanceContext, mint: MintRecord) -> IssuerResult:
     """Send a recorded mint to the ledger (command id = the record's id) and record its result:
     ``committed`` with the update id; refused by the ledger → ``failed`` and the error raised
     again. :class:`~sluice.ports.issuance.IssuerOutcomeUnknownError` is raised as it is: send the
-    same record again."""
+    same record again, while it is younger than the resend window — older, nothing is sent and
+    :class:`ResendWindowPassedError` (41) is raised (see :func:`check_resend_window`). Only a
+    ``submitted`` record is sent (callers skip a committed or credited one)."""
+    if mint.status != "submitted" or mint.credited:
+        raise ValueError(f"the mint {mint.id} is {mint.status}: only a submitted mint is sent")
+    check_resend_window(ctx, kind="mint", record_id=mint.id, created_at=mint.created_at)
     try:
         result = ctx.issuer.mint(
             mint.owner, mint.amount_sats, reason=mint.reason, command_id=mint.id
