@@ -766,11 +766,22 @@ def test_a_wait_of_exactly_lease_s_is_not_taken_for_a_lease(world: World) -> Non
     op = world.router().run_operation("op-1")
     assert op.status == "waiting"
     assert op.next_attempt_at == T0 + timedelta(seconds=SETTINGS.lease_s)
+    # No worker holds it: the operator's retry is not refused as "running right now".
+    retried = retry_operation(world.ctx, "op-1", reason="node back", actor="admin:ada")
+    assert retried.status == "pending" and "leased_until" not in retried.result
     # While the step ran, the claim's lease was marked; recording the outcome removed it.
     assert during == [{"leased_until": "2026-12-05T06:01:00.000000Z"}]
     assert "leased_until" not in op.result
-    retried = retry_operation(world.ctx, "op-1", reason="node back", actor="admin:ada")
-    assert retried.status == "pending" and "leased_until" not in retried.result
+
+
+def test_a_step_that_outlives_its_lease_is_recorded_with_a_warning(world: World) -> None:
+    world.hooks["a"] = lambda _op: world.clock.advance(SETTINGS.lease_s + 30)
+    world.script["a"] = [StepOutcome("done", next_step="done")]
+    world.create()
+    assert world.router().run_operation("op-1").status == "completed"
+    assert [(a["kind"], a["severity"]) for a in world.alerts()] == [
+        ("issuance_lease_overrun", "warning")
+    ]
 
 
 def test_every_refused_override_is_audited_with_its_reason(world: World) -> None:

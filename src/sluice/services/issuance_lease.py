@@ -8,7 +8,9 @@ removes it. An operation is leased while that time lies ahead and the operation 
 ``stuck`` under a compensation's claim). Earlier the lease was inferred from
 ``next_attempt_at − updated_at == lease_s``, which a wait or backoff of exactly ``lease_s``
 matched too (an override then refused for no reason); the marker is written only by a claim.
-No schema change: ``result`` is a JSON column already, and the marker shows in
+A step that outlives its lease (a hanging ledger or node call) is recorded as usual when no
+one moved the operation meanwhile, with a warning alert (``issuance_lease_overrun``). No schema
+change: ``result`` is a JSON column already, and the marker shows in
 ``operation_json`` as ``result.leased_until`` while a step runs.
 """
 
@@ -18,6 +20,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
+from sluice.domain.deposits import Alert
 from sluice.domain.errors import SluiceError
 from sluice.domain.ledger import format_timestamp, parse_timestamp
 from sluice.ports.issuance import OPEN_STATUSES, IssuanceOperation
@@ -53,3 +56,16 @@ def leased(op: IssuanceOperation, now: datetime) -> bool:
         return False
     end = lease_end(op)
     return end is not None and end > now
+
+
+def overrun_alert(op: IssuanceOperation, seq: int, end: datetime, now: datetime) -> Alert:
+    """A step that outlived its lease (a hanging ledger or node call): raise lease_s above the
+    components' timeouts, and check the operation (an override may have acted meanwhile)."""
+    return Alert(
+        id=f"issuance-lease-overrun:{op.id}:{seq}",
+        severity="warning",
+        kind="issuance_lease_overrun",
+        message=f"step {op.step} of issuance operation {op.id} outlived its lease by "
+        f"{(now - end).total_seconds():.0f} s",
+        details={"operation_id": op.id, "step": op.step, "lease_end": format_timestamp(end)},
+    )

@@ -69,7 +69,13 @@ from sluice.ports.issuance import (
 )
 from sluice.services.controls import current_pause, pause_state
 from sluice.services.issuance_contracts import contract_addresses_in_force
-from sluice.services.issuance_lease import leased, with_lease, without_lease
+from sluice.services.issuance_lease import (
+    lease_end,
+    leased,
+    overrun_alert,
+    with_lease,
+    without_lease,
+)
 from sluice.services.issuance_settings import IssuanceContext, IssuanceSettings
 
 log = logging.getLogger(__name__)
@@ -523,6 +529,9 @@ class IssuanceRouter:
             if severity is not None:
                 error = moved.last_error or "failed"
                 uow.issuance.add_alerts([stuck_alert(claimed, seq, severity, error)], now)
+            end = lease_end(claimed)
+            if end is not None and now > end:  # an override could have acted meanwhile
+                uow.issuance.add_alerts([overrun_alert(claimed, seq, end, now)], now)
             uow.commit()
         if moved.status == "stuck":
             log.warning(
