@@ -207,6 +207,23 @@ def test_a_mint_with_a_recorded_reason_is_credited_to_its_customer_and_marked(
     world.books_hold()
 
 
+def test_a_booked_mint_is_marked_committed_with_its_update_id(world: Books) -> None:
+    """The router's record of a mint whose answer was lost says ``submitted``; once ingestion
+    booked it, it says ``committed`` with the update that minted, so it is never sent again."""
+    record = world.record_mint("issuance:op-lost", "alice", SATS, status="submitted")
+    minted = world.issuer.mint(world.treasury, SATS, reason=record.reason, command_id=record.id)
+    world.ingest()
+    with world.db.uow() as uow:
+        booked = uow.issuance.get_mint(record.id)
+    assert booked is not None
+    assert (booked.status, booked.update_id, booked.credited) == (
+        "committed",
+        minted.update_id,
+        True,
+    )
+    world.books_hold()
+
+
 def test_a_mint_with_an_unknown_reason_goes_to_suspense_with_an_alert(world: Books) -> None:
     world.issuer.mint(world.treasury, 5_000, reason="issuance:nobody", command_id="stray")
     world.issuer.mint(world.treasury, 7_000, reason="something else", command_id="stray-2")

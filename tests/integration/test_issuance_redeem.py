@@ -54,6 +54,7 @@ from sluice.ports.issuance import (
     IssuerOutcomeUnknownError,
     IssuerRejectedError,
     IssuerResult,
+    MintRecord,
     sats_to_amount,
 )
 from sluice.services.balances import BalanceLine, customer_balances
@@ -73,6 +74,7 @@ from sluice.services.issuance_redeem import (
 )
 from sluice.services.issuance_router import IssuanceRouter
 from sluice.services.issuance_settings import IssuanceContext
+from sluice.services.mint_guard import halt_minting, record_mint, resume_minting
 
 CHAIN = CHAINS["regtest"]
 START = datetime(2026, 12, 5, 6, 0, tzinfo=UTC)
@@ -476,6 +478,69 @@ def test_a_burn_whose_answer_was_lost_is_sent_again_with_its_command_id_and_burn
     with world.db.uow() as uow:
         burn = uow.issuance.get_burn(burn_id_of(op.id))
     assert burn is not None and burn.status == "committed" and burn.update_id
+
+
+LATER = timedelta(hours=25)  # past the ledger's 24 h deduplication window
+
+
+def _later(world: World) -> None:
+    """A day and more passes, on sluice's clock and the ledger's (which then forgets the
+    command ids it deduplicated)."""
+    world.clock.now += LATER
+    world.ledger.advance(LATER.total_seconds())
+
+
+def test_a_burn_whose_answer_was_lost_is_not_resent_after_the_resend_window(
+    world: World,
+) -> None:
+    world.issuer.lose_answers = 1
+    op = world.redeem(300_000)
+    assert world.run(op.id).step == "burn"  # retry: the outcome is unknown
+    assert world.issuer.supply() == 700_000  # it did commit
+    _later(world)
+    stuck = world.run(op.id)
+    assert (stuck.status, stuck.step) == ("stuck", "burn")
+    assert "not sent again" in (stuck.last_error or "")
+    assert world.issuer.burns_sent == [burn_id_of(op.id)]
+    assert world.issuer.supply() == 700_000  # burned once
+    with world.db.uow() as uow:
+        alerts = [a for a in uow.books.alerts() if a.kind == "issuance_stuck"]
+    assert [a.severity for a in alerts] == ["critical"]
+
+
+def test_a_remint_ingestion_credited_counts_as_committed_and_is_never_resent(
+    world: World,
+) -> None:
+    world.fund_custody(2_000_000)
+    op = world.redeem(300_000)
+    assert world.run(op.id).step == "confirm"
+    world.book_burn(op)
+    cancel_payout(
+        world.db.uow, payout_id=payout_id_of(op.id), cancelled_by="ops", clock=world.clock
+    )
+    halt_minting(
+        world.db.uow, reason="test", kind="test", details={}, at=world.clock(), actor="test"
+    )
+    assert world.run(op.id).step == "remint"  # waits while minting is halted
+    resume_minting(world.db.uow, reason="test", actor="officer", at=world.clock())
+    # The re-mint step recorded and sent it; the answer was lost, ingestion booked it.
+    remint = MintRecord(
+        id=remint_id_of(op.id),
+        operation_id=op.id,
+        customer_id=ALICE,
+        owner=world.treasury,
+        amount_sats=300_000,
+        reason=remint_id_of(op.id),
+        status="submitted",
+        created_at=world.clock(),
+    )
+    record_mint(world.ctx, remint, actor="test")
+    world.issuer.mint(world.treasury, 300_000, reason=remint.reason, command_id=remint.id)
+    world.book_remint(op)
+    _later(world)
+    whole = world.run(op.id)
+    assert whole.status == "compensated", whole.last_error
+    assert world.issuer.supply() == 1_000_000  # re-minted once
 
 
 def test_a_payout_cancelled_for_good_is_reminted_and_the_customer_made_whole(

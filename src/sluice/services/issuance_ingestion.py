@@ -10,8 +10,10 @@ Ingestion (services/ingestion.py, services/ingestion_batch.py) calls three thing
 * :meth:`IssuanceBatchBooks.dispose` for each ``mint``/``burn`` entry, after the default rule:
   the booking of :func:`sluice.domain.issuance_books.book_issuance_entry` replaces the default
   (suspense) when the entry's reason names a record;
-* :meth:`IssuanceBatchBooks.flush` before the batch commits: ``mark_mint_credited`` for each mint
-  booked to its customer.
+* :meth:`IssuanceBatchBooks.flush` before the batch commits: each mint booked to its customer
+  is marked ``credited`` and ``committed`` with the update that minted it (as each booked burn is
+  marked ``committed``), so the router never sends a booked mint again — not even after the
+  ledger's deduplication window, when a resend would mint a second time.
 
 Why it is safe: the journal the booking adds and the ``credited`` mark are written in the same
 transaction as the ingested update and the cursor, so a crash leaves both or neither; a replayed
@@ -43,7 +45,8 @@ class IssuanceBatchBooks:
     party: str = ""
     records: dict[str, IssuanceRecord] = field(default_factory=dict)
     booked: set[str] = field(default_factory=set)
-    credited: list[str] = field(default_factory=list)
+    # Mints booked here, with the update that minted: credited, and committed with that id.
+    credited: list[tuple[str, str]] = field(default_factory=list)
     # Burns booked here, with the update that burned: their records keep that update id, so a
     # second ledger burn with the same reason in a later batch (a command resent after the
     # ledger's deduplication window) goes to suspense instead of being booked again.
@@ -65,16 +68,17 @@ class IssuanceBatchBooks:
             return default
         if booking.record is not None and booking.disposition.kind in ("credited", "burned"):
             if booking.record.kind == "mint":
-                self.credited.append(booking.record.id)
+                self.credited.append((booking.record.id, update_id))
             else:
                 self.burned.append((booking.record.id, update_id))
         return booking.disposition
 
     def flush(self, uow: UnitOfWork) -> None:
-        """Mark the mints booked to their customers ``credited`` and the burns booked with their
-        update id, in the batch's transaction."""
-        for mint_id in self.credited:
+        """Mark the mints booked to their customers ``credited`` and ``committed``, and the burns
+        booked ``committed``, each with the update that made it, in the batch's transaction."""
+        for mint_id, update_id in self.credited:
             uow.issuance.mark_mint_credited(mint_id)
+            uow.issuance.set_mint_status(mint_id, "committed", update_id=update_id)
         for burn_id, update_id in self.burned:
             uow.issuance.set_burn_status(burn_id, "committed", update_id=update_id)
 

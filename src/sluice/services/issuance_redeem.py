@@ -24,7 +24,11 @@ How a redemption could lose or double-pay money, and why it cannot here
 2. *Burning twice.* The burn is recorded (``issuance_burns``, id = the ledger command id
    ``issuance:<op>:burn``) before it is sent, and every send uses that id: a retry after a lost
    answer (:class:`IssuerOutcomeUnknownError`) is answered by the ledger's command deduplication
-   with the first result, so it commits at most once.
+   with the first result, so it commits at most once. The ledger remembers a command id for its
+   deduplication window only, so a burn whose outcome is unknown is sent again only while its
+   record is younger than ``IssuanceSettings.resend_window_s`` (12 h, below the ledger's 24 h);
+   older, the step fails (stuck, critical alert) for an operator to reconcile with the ledger.
+   Ingestion marks a booked burn ``committed``, so a burn the books have is never sent again.
 3. *Paying twice.* The payout's id is ``redeem:<operation id>``: :func:`request_payout` answers
    the first request for the same id, so a step run again after a crash queues nothing new; from
    then on :mod:`sluice.services.btc_payouts` guarantees a payout is paid at most once.
@@ -46,7 +50,9 @@ How a redemption could lose or double-pay money, and why it cannot here
    it is moved back to ``submitted`` under the customer's lock, which the refund takes too.
 6. *Re-minting twice.* The re-mint is a mint record (``issuance:<op>:remint``) written with the
    mint guard's check before it is sent (:func:`record_mint`), sent with its id as the command id
-   (:func:`send_mint`); the record's id is unique, so the decision is made once.
+   (:func:`send_mint`); the record's id is unique, so the decision is made once. A re-mint
+   ingestion booked (``credited``) counts as committed, and one whose outcome is unknown is not
+   sent again past the resend window (as for the burn, point 2).
 
 Steps and compensation run under the router's claim of the operation (lease and version check),
 so one of them at a time works on a redemption.
@@ -105,7 +111,13 @@ from sluice.services.issuance_router import (
     operation_json,
 )
 from sluice.services.issuance_settings import IssuanceContext
-from sluice.services.mint_guard import record_mint, send_mint
+from sluice.services.mint_guard import (
+    ResendWindowPassedError,
+    check_resend_window,
+    is_committed,
+    record_mint,
+    send_mint,
+)
 
 OPERATION_TYPE: OperationType = "token_withdrawal"
 ROUTER_ACTOR = "issuance-router"
@@ -289,8 +301,11 @@ def _unpaid_for_good(view: PayoutView) -> bool:
 
 def burn_step(ctx: IssuanceContext, operation: IssuanceOperation) -> StepOutcome:
     """Burn the redeemed iSTSi from the treasury's holdings: recorded first, then sent with the
-    record's id as the command id (a retry sends the same command)."""
+    record's id as the command id (a retry sends the same command, while the record is younger
+    than the resend window; a rejected burn moved back to ``submitted`` is sent at once, and
+    counts as a resend once that run is over)."""
     burn_id = burn_id_of(operation.id)
+    first_send = False
     with ctx.uow() as uow:
         burn = uow.issuance.get_burn(burn_id)
         if burn is None:
@@ -307,6 +322,7 @@ def burn_step(ctx: IssuanceContext, operation: IssuanceOperation) -> StepOutcome
             if uow.issuance.insert_burn(decided):
                 uow.commit()
                 burn = decided
+                first_send = True
             else:
                 burn = uow.issuance.get_burn(burn_id)
     if burn is None:
@@ -320,6 +336,12 @@ def burn_step(ctx: IssuanceContext, operation: IssuanceOperation) -> StepOutcome
         )
     if burn.status == "failed":
         burn = _resubmit_rejected_burn(ctx, operation, burn)
+        first_send = True
+    if not first_send:
+        try:
+            check_resend_window(ctx, kind="burn", record_id=burn_id, created_at=burn.created_at)
+        except ResendWindowPassedError as exc:
+            return StepOutcome(kind="fail", error=str(exc), detail={"burn_id": burn_id})
     try:
         result = ctx.issuer.burn(
             burn.owner, burn.amount_sats, reason=burn.reason, command_id=burn.id
@@ -476,9 +498,11 @@ def remint_step(ctx: IssuanceContext, operation: IssuanceOperation) -> StepOutco
         return StepOutcome(
             kind="fail", error=f"the ledger rejected the re-mint {remint_id}: see the mint record"
         )
-    if mint.status == "submitted":
+    if not is_committed(mint):
         try:
             send_mint(ctx, mint)
+        except ResendWindowPassedError as exc:
+            return StepOutcome(kind="fail", error=str(exc), detail={"remint_id": remint_id})
         except IssuerOutcomeUnknownError as exc:
             return StepOutcome(
                 kind="retry",

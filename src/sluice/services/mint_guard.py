@@ -203,7 +203,8 @@ def send_mint(ctx: IssuanceContext, mint: MintRecord) -> IssuerResult:
     :class:`ResendWindowPassedError` (41) is raised (see :func:`check_resend_window`). Only a
     ``submitted`` record is sent (callers skip a committed or credited one)."""
     if mint.status != "submitted" or mint.credited:
-        raise ValueError(f"the mint {mint.id} is {mint.status}: only a submitted mint is sent")
+        state = "credited" if mint.credited else mint.status
+        raise ValueError(f"the mint {mint.id} is {state}: only a submitted mint is sent")
     check_resend_window(ctx, kind="mint", record_id=mint.id, created_at=mint.created_at)
     try:
         result = ctx.issuer.mint(
