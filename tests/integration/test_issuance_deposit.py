@@ -33,6 +33,7 @@ from sluice.services.btc_payouts import get_payout
 from sluice.services.compliance import KycRegistry
 from sluice.services.issuance_deposit import DEFINITION, mint_id, review_id
 from sluice.services.issuance_held import release_held_deposit, return_held_deposit
+from sluice.services.issuance_settings import IssuanceSettings
 from sluice.services.mint_guard import guard_status, halt_minting, record_mint, resume_minting
 from tests.integration.issuance_deposit_world import (
     CHAIN,
@@ -481,3 +482,10 @@ def test_a_mint_after_minting_resumes_waits_while_its_deposit_is_reorged(world: 
     )
     assert "reorged, not credited" in (last.error or "")
     assert world.mint(op_id) is None and world.supply() == 0
+
+
+@pytest.mark.parametrize("window_s", [0.0, 24 * 3600.0, 30 * 3600.0])
+def test_the_resend_window_stays_inside_the_ledgers_deduplication_window(window_s: float) -> None:
+    with pytest.raises(ValueError, match="deduplication window"):
+        IssuanceSettings(resend_window_s=window_s)
+    assert IssuanceSettings().resend_window_s == 12 * 3600.0
