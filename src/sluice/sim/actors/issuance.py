@@ -79,6 +79,7 @@ ROUTER = "istsi_router"
 ACTOR_NAME = "sim-officer"
 DEPOSIT_SATS = (100_000, 3_000_000)
 REDEEM_SATS = (100_000, 1_500_000)  # at least the payout fee cap and the dust limit
+HOLDER_SHARE = 0.8  # of new redemptions, asked by a customer holding enough iSTSi
 SENDERS_PER_CUSTOMER = 2
 # The exchange's own Bitcoin in custody (deposits of the first customer from an unreadable source,
 # held by the KYC step and never released): the Bitcoin actor's operator payouts come out of it,
@@ -322,13 +323,19 @@ def redeem(sim: SimulationState, customer: str | None = None) -> None:
             sim.violation("istsi_redeemed_once", f"{first.key} was taken twice")
         check_request_unchanged(sim, before, f"repeating redemption {first.key} changed the books")
         return
-    customer = customer or sim.rng.choice(sim.customer_ids)
+    holders = _holders(sim, issuance) if customer is None else []
+    if holders and sim.rng.random() < HOLDER_SHARE:
+        # Most redemptions are asked by a customer who holds enough (else a run reaches few).
+        customer, held = sim.rng.choice(holders)
+        sats = sim.rng.randint(REDEEM_SATS[0], min(REDEEM_SATS[1], held))
+    else:
+        customer = customer or sim.rng.choice(sim.customer_ids)
+        sats = sim.rng.randint(*REDEEM_SATS)
     key = f"redeem-{outcomes['istsi_redeem_asked']}"
     outcomes["istsi_redeem_asked"] += 1
     script = _script(f"redemption {key}")
     address = issuance.ctx.wallet.address_of(script)
     assert address is not None
-    sats = sim.rng.randint(*REDEEM_SATS)
     try:
         op = request_redemption(
             issuance.ctx,
@@ -346,6 +353,20 @@ def redeem(sim: SimulationState, customer: str | None = None) -> None:
         return
     issuance.redemptions[op.id] = Redemption(op.id, customer, key, sats, address, script)
     outcomes["istsi_redeemed"] += 1
+
+
+def _holders(sim: SimulationState, issuance: IssuanceWorld) -> list[tuple[str, int]]:
+    """The customers whose available iSTSi on the books covers the smallest redemption, each
+    with those sats."""
+    instrument = issuance.issuer.instrument
+    holders: list[tuple[str, int]] = []
+    with sim.sandbox.database.uow() as uow:
+        for customer in sim.customer_ids:
+            available = uow.accounts.customer_balances(customer).get(instrument)
+            sats = amount_to_sats(available) if available else 0
+            if sats >= REDEEM_SATS[0]:
+                holders.append((customer, sats))
+    return holders
 
 
 def officer(sim: SimulationState) -> None:
