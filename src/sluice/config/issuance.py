@@ -34,6 +34,7 @@ class IssuanceConfig(_Section):
     backoff_cap_s: Annotated[float, Field(gt=0, le=86_400)] = _DEFAULTS.backoff_cap_s
     poll_s: Annotated[float, Field(gt=0, le=3600)] = _DEFAULTS.poll_s
     lease_s: Annotated[float, Field(gt=0, le=86_400)] = _DEFAULTS.lease_s
+    resend_window_s: Annotated[float, Field(gt=0, lt=86_400)] = _DEFAULTS.resend_window_s
 
     _check_control_url = field_validator("control_url")(_check_url)
 
@@ -72,4 +73,5 @@ class IssuanceConfig(_Section):
             backoff_cap_s=self.backoff_cap_s,
             poll_s=self.poll_s,
             lease_s=self.lease_s,
+            resend_window_s=self.resend_window_s,
         )
