@@ -5,8 +5,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
-import sluice.store.bitcoin_tables  # noqa: F401  (registers its tables on the metadata)
-import sluice.store.issuance_tables  # noqa: F401
+# Imported for their tables, which they register on the metadata.
+from sluice.store import bitcoin_tables, issuance_tables  # noqa: F401
 from sluice.store.tables import metadata
 
 connection: Connection | None = context.config.attributes.get("connection")
