@@ -1,24 +1,28 @@
 """``sluice issuance``, ``sluice redeem`` and ``sluice balances`` as an operator drives them, on
 an embedded world and the sandbox custody.
 
-Covers: a customer's Bitcoin deposit on the sandbox chain (``sluice btc sandbox fund``) confirmed
-by ``sluice btc watch --once`` opens one ``bitcoin_deposit`` operation; ``sluice issuance run
---once`` holds it (the sandbox's funding transaction has no readable inputs: KYC fails closed);
-``issuance release`` lets it on; the next round mints iSTSi to the treasury and waits for
-ingestion's credit (booked here in process, as ingestion would), then completes it; ``list`` and
-``show --json`` keys (a contract) and their filters; ``sluice balances --customer --json`` shows
-the iSTSi; ``sluice redeem`` moves it to in flight and opens the redemption; the same key again
-is refused with error 42 showing the first operation (``details.first`` under ``--json``, and on
-stdout for people); an override (``issuance compensate``) is only proposed while two approvals
-are required, and with one it runs at once (the redemption refunded, the iSTSi available again);
-a second compensation is refused (41) with nothing changed; ``issuance guard``; bad input
-(unknown status, unknown operation, an address of another network, a party id) gets a clear error
-and exit code 2.
+Covers: a customer's Bitcoin deposits on the sandbox chain (``sluice btc sandbox fund``, one
+``--from`` an address on the deployment's sanctions list) confirmed by ``sluice btc watch --once``
+open one ``bitcoin_deposit`` operation each; ``sluice issuance run --once`` reads each sender: the
+deposit within the tier's mint limit goes on to be minted, the one over it and the listed sender's
+are held; the listed sender's can be neither released nor returned (41: the funds stay frozen,
+shown as held iSTSi), the other one ``issuance release`` lets on; minted iSTSi to the treasury
+waits for ingestion's credit (booked here in process, as ingestion would), then completes; ``list``
+and ``show --json`` keys (a contract) and their filters; ``sluice balances --customer --json``
+shows the iSTSi; ``sluice redeem`` moves it to in flight and opens the redemption; the same key
+again is refused with error 42 showing the first operation (``details.first`` under ``--json``, and
+on stdout for people); an override (``issuance compensate``) is only proposed while two approvals
+are required, and with one it runs at once (the redemption refunded, the iSTSi available again); a
+second compensation is refused (41) with nothing changed; ``issuance guard``; bad input (unknown
+status, unknown operation, an address of another network, a party id) gets a clear error and exit
+code 2.
 
 How: every ``sluice`` is the virtualenv's console script run as a process with
 ``SLUICE_DATA_DIR`` in ``tmp_path`` (the helpers of ``test_cli_over_the_wire``); the embedded
 world (ledger file, treasury, instruments) and the customer are made in process first, as `sluice
-demo` would. Each ``sluice`` start costs seconds, so the steps share few tests.
+demo` would; a configuration (``SLUICE_CONFIG``) names the one-entry sanctions list's directory and
+tier 1's mint limit, as a deployment does. Each ``sluice`` start costs seconds, so the steps
+share few tests.
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ from typing import Any
 import pytest
 
 from sluice import bootstrap
+from sluice.bitcoin.params import AddressCodec
+from sluice.demo.issuance import write_sanctions
+from sluice.domain.chains import CHAINS
 from sluice.domain.journal import (
     AccountRef,
     JournalTransaction,
@@ -39,7 +46,7 @@ from sluice.domain.journal import (
     customer_account_name,
     treasury_account_name,
 )
-from sluice.ports.issuance import sats_to_amount
+from sluice.ports.issuance import IssuanceOperation, sats_to_amount
 from sluice.server.world import prepare_embedded_world
 from sluice.services.reference import register_customer
 from tests.e2e.test_cli_over_the_wire import Done, environment, sluice
@@ -76,7 +83,16 @@ GUARD_KEYS = {
     "minting_halted",
     "halted_reason",
 }
-DEPOSIT_SATS = 150_000
+CLEAN_SATS = 60_000  # under alice's tier's mint limit: minted at once
+DEPOSIT_SATS = 150_000  # over it: held until an officer releases it
+LISTED_SATS = 40_000  # from the listed address: held, never released nor returned
+MINTED = sats_to_amount(CLEAN_SATS + DEPOSIT_SATS)
+ZERO = Decimal(0)
+FROZEN = sats_to_amount(LISTED_SATS)  # the listed deposit, held for good
+# The sanctioned sender (a P2WPKH script outside custody) and the deployment's KYC section: the
+# one-entry list's directory (as `sluice` loads lists) and tier 1's mint limit per operation.
+LISTED = AddressCodec(CHAINS["regtest"]).address_of(bytes.fromhex("0014" + "66" * 20)) or ""
+MINT_LIMIT = "0.001"
 REDEEM_SATS = 100_000  # at least the payout fee maximum (50 000 sats) + dust
 
 
@@ -94,7 +110,15 @@ class World:
 
     def __init__(self, data: Path) -> None:
         self.data = data
-        self.env = environment(data, SLUICE_ACTOR="operator-1")
+        write_sanctions(data / "sanctions", LISTED)
+        self.config = (
+            f'[compliance]\nsanctions_list = "{data / "sanctions"}"\n\n'
+            f'[[compliance.limits]]\ntier = 1\noperation = "mint"\nper_operation = "{MINT_LIMIT}"\n'
+        )
+        (data / "sluice.toml").write_text(self.config)
+        self.env = environment(
+            data, SLUICE_ACTOR="operator-1", SLUICE_CONFIG=str(data / "sluice.toml")
+        )
         self.database = bootstrap.database(f"sqlite:///{data / 'sluice.db'}")
         world = prepare_embedded_world(data / "ledger.db", self.database, actor="test")
         self.treasury = world.treasury
@@ -124,6 +148,12 @@ class World:
             uow.issuance.mark_mint_credited(f"issuance:{operation_id}:mint")
             uow.commit()
 
+    def operation(self, operation_id: str) -> IssuanceOperation:
+        with self.database.uow() as uow:
+            found = uow.issuance.get_operation(operation_id)
+        assert found is not None, operation_id
+        return found
+
     def close(self) -> None:
         self.database.dispose()
 
@@ -146,38 +176,75 @@ def istsi_line(env: dict[str, str]) -> tuple[Decimal, Decimal, Decimal]:
 def test_a_deposit_is_minted_redeemed_once_and_compensated_through_the_cli(world: World) -> None:
     env = world.env
     address = as_json(env, "btc", "address", "--customer", "alice")["address"]
-    funded = as_json(
-        env, "btc", "sandbox", "fund", "--address", address, "--amount", str(DEPOSIT_SATS)
-    )
+    ids = {}
+    for name, sats, sender in (
+        ("clean", CLEAN_SATS, ()),
+        ("large", DEPOSIT_SATS, ()),
+        ("listed", LISTED_SATS, ("--from", LISTED)),
+    ):
+        funded = as_json(
+            env, "btc", "sandbox", "fund", "--address", address, "--amount", str(sats), *sender
+        )
+        ids[name] = f"btc-deposit:{funded['txid']}:{funded['vout']}"
     as_json(env, "btc", "sandbox", "mine", "6")
-    assert as_json(env, "btc", "watch", "--once")["watch"]["confirmed"] == 1
+    assert as_json(env, "btc", "watch", "--once")["watch"]["confirmed"] == 3
 
-    # The watcher opened the deposit's operation; nothing ran yet.
-    (listed,) = as_json(env, "issuance", "list")
-    deposit_id = f"btc-deposit:{funded['txid']}:{funded['vout']}"
-    assert set(listed) == OPERATION_KEYS
-    assert (listed["id"], listed["type"], listed["status"], listed["step"]) == (
-        deposit_id,
-        "bitcoin_deposit",
-        "pending",
-        "kyc",
-    )
-    assert (listed["customer_id"], listed["amount_sats"]) == ("alice", DEPOSIT_SATS)
+    # The watcher opened one operation per deposit; nothing ran yet.
+    listed = {op["id"]: op for op in as_json(env, "issuance", "list")}
+    assert set(listed) == set(ids.values())
+    for name, sats in (("clean", CLEAN_SATS), ("large", DEPOSIT_SATS), ("listed", LISTED_SATS)):
+        op = listed[ids[name]]
+        assert set(op) == OPERATION_KEYS
+        assert (op["type"], op["status"], op["step"]) == ("bitcoin_deposit", "pending", "kyc")
+        assert (op["customer_id"], op["amount_sats"]) == ("alice", sats)
 
-    # The sandbox's funding transaction has no inputs anyone can read: KYC holds the deposit.
+    # KYC reads each deposit's sender: the clean one goes on to be minted at once; the one over
+    # the tier's mint limit and the one from the listed address are held.
     tick = as_json(env, "issuance", "run", "--once")
-    assert tick["router"]["held"] == [deposit_id] and tick["router"]["error"] is None
+    assert sorted(tick["router"]["held"]) == sorted([ids["large"], ids["listed"]])
+    assert tick["router"]["error"] is None
     assert set(tick["transfers"]) == {"approved", "rejected", "resent", "failed"}
-    assert as_json(env, "issuance", "list", "--status", "held", "--customer", "alice")[0]["id"] == (
-        deposit_id
+    held = as_json(
+        env,
+        "issuance",
+        "list",
+        "--status",
+        "held",
+        "--customer",
+        "alice",
+        "--type",
+        "bitcoin_deposit",
     )
-    assert as_json(env, "issuance", "list", "--type", "token_withdrawal") == []
-    released = as_json(env, "issuance", "release", deposit_id, "--reason", "inputs checked")
+    assert sorted(op["id"] for op in held) == sorted([ids["large"], ids["listed"]])
+    why = {op["id"]: op["last_error"] for op in held}
+    assert f"sender {LISTED} is" in why[ids["listed"]] and "sanctions" in why[ids["listed"]]
+    assert "over the per_operation limit 0.0010000000 of tier 1" in why[ids["large"]]
+    clean = world.operation(ids["clean"])  # read in process: no sluice start
+    assert (clean.status, clean.step, clean.result["kyc"]) == ("waiting", "credit", "allowed")
+
+    # The listed sender's Bitcoin stays frozen: neither released nor returned (41).
+    for refused in (
+        run(env, "issuance", "release", ids["listed"], "--reason", "looks fine", code=2),
+        run(
+            env,
+            "issuance",
+            "return",
+            ids["listed"],
+            "--to",
+            OUTSIDE,
+            "--reason",
+            "send back",
+            code=2,
+        ),
+    ):
+        assert "error 41" in refused.stderr and f"sender {LISTED} is listed" in refused.stderr
+    # The limit's hold is an officer's to lift.
+    released = as_json(env, "issuance", "release", ids["large"], "--reason", "source checked")
     assert (released["status"], released["step"]) == ("pending", "reserve")
 
-    # Reserved and minted to the treasury; then it waits for ingestion's credit.
-    tick = as_json(env, "issuance", "run", "--once")
-    shown = as_json(env, "issuance", "show", deposit_id)
+    # Reserved and minted to the treasury; then both wait for ingestion's credit.
+    as_json(env, "issuance", "run", "--once")
+    shown = as_json(env, "issuance", "show", ids["large"])
     assert set(shown) == OPERATION_KEYS | {"steps"}
     assert all(set(step) == STEP_KEYS for step in shown["steps"])
     assert (shown["status"], shown["step"]) == ("waiting", "credit"), shown
@@ -190,12 +257,14 @@ def test_a_deposit_is_minted_redeemed_once_and_compensated_through_the_cli(world
     assert ("mint", "step", "done") in kinds
     guard = as_json(env, "issuance", "guard")
     assert set(guard) == GUARD_KEYS
-    assert guard["supply_sats"] == DEPOSIT_SATS and guard["minting_halted"] is False
+    assert guard["supply_sats"] == CLEAN_SATS + DEPOSIT_SATS and guard["minting_halted"] is False
 
-    world.credit_mint(deposit_id, DEPOSIT_SATS)
+    world.credit_mint(ids["clean"], CLEAN_SATS)
+    world.credit_mint(ids["large"], DEPOSIT_SATS)
     tick = as_json(env, "issuance", "run", "--once")
-    assert tick["router"]["completed"] == [deposit_id]
-    assert istsi_line(env) == (Decimal("0.0015"), 0, 0)
+    assert sorted(tick["router"]["completed"]) == sorted([ids["clean"], ids["large"]])
+    # The listed deposit's iSTSi shows as held: never minted, never released.
+    assert istsi_line(env) == (MINTED, FROZEN, ZERO)
 
     # A redemption: the iSTSi moves to in flight at once.
     redemption = as_json(
@@ -217,7 +286,7 @@ def test_a_deposit_is_minted_redeemed_once_and_compensated_through_the_cli(world
         "burn",
     )
     assert redemption["params"]["address"] == OUTSIDE
-    assert istsi_line(env) == (Decimal("0.0005"), 0, Decimal("0.001"))
+    assert istsi_line(env) == (MINTED - Decimal("0.001"), FROZEN, Decimal("0.001"))
 
     # The same key again: error 42 with the first operation, nothing taken twice.
     again = run(
@@ -254,7 +323,7 @@ def test_a_deposit_is_minted_redeemed_once_and_compensated_through_the_cli(world
     )
     assert "operation redeem:alice:r-1: pending at step burn" in people.stdout
     assert "error 42" in people.stderr
-    assert istsi_line(env) == (Decimal("0.0005"), 0, Decimal("0.001"))
+    assert istsi_line(env) == (MINTED - Decimal("0.001"), FROZEN, Decimal("0.001"))
 
     # Two approvals required (the default): the compensation is only proposed.
     proposed = as_json(env, "issuance", "compensate", "redeem:alice:r-1", "--reason", "asked")
@@ -266,7 +335,7 @@ def test_a_deposit_is_minted_redeemed_once_and_compensated_through_the_cli(world
 
     # One approval suffices: it runs at once and refunds the redemption (nothing was burned).
     config = world.data / "one-approval.toml"
-    config.write_text('[api.settings]\n"approvals.required" = 1\n')
+    config.write_text(world.config + '\n[api.settings]\n"approvals.required" = 1\n')
     single = {**env, "SLUICE_CONFIG": str(config)}
     done = as_json(single, "issuance", "compensate", "redeem:alice:r-1", "--reason", "asked")
     assert done["approval"]["status"] == "executed"
@@ -276,12 +345,12 @@ def test_a_deposit_is_minted_redeemed_once_and_compensated_through_the_cli(world
     final = as_json(env, "issuance", "show", "redeem:alice:r-1")
     assert final["status"] == "compensated"
     assert any(s["kind"] == "override" for s in final["steps"])
-    assert istsi_line(env) == (Decimal("0.0015"), 0, 0)
+    assert istsi_line(env) == (MINTED, FROZEN, ZERO)
 
     # A second compensation is refused (41) and changes nothing.
     refused = run(single, "issuance", "compensate", "redeem:alice:r-1", "--reason", "again", code=2)
     assert "error 41" in refused.stderr
-    assert istsi_line(env) == (Decimal("0.0015"), 0, 0)
+    assert istsi_line(env) == (MINTED, FROZEN, ZERO)
 
 
 def test_bad_input_gets_a_clear_error(world: World) -> None:
