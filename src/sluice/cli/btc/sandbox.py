@@ -39,9 +39,9 @@ def sandbox_fund(
 ) -> None:
     """Pay an address from outside the custody, into the embedded chain's mempool.
 
-    The funding transaction spends an output (of a transaction the chain answers to
-    ``getrawtransaction``) paid to ``--from``'s address when given, so a deposit from a chosen
-    sender can be tried: screened, held or minted as a real one would be."""
+    With --from, the payment spends an output paid to that address (the chain answers its
+    transaction too), so a deposit from a chosen sender is screened, held or minted as a real
+    one would be."""
     with _custody_only() as custody:
         file = _sandbox(custody)
         script = custody.wallet.validate_address(address)
