@@ -305,8 +305,10 @@ def request(sim: SimulationState) -> None:
     """An operator queues a payout to an address of its own; a fifth of the time, one already
     requested is sent again (the same id and terms: nothing new)."""
     bitcoin = custody(sim)
-    if bitcoin.payouts and sim.rng.random() < 0.2:
-        payout = sim.rng.choice(list(bitcoin.payouts.values()))
+    # Its own payouts only (the issuance actor adds the redemptions' to follow them).
+    own = [p for p in bitcoin.payouts.values() if p.id.startswith("sim-payout-")]
+    if own and sim.rng.random() < 0.2:
+        payout = sim.rng.choice(own)
         sim.result.outcomes["btc_payout_repeated"] += 1
     else:
         number = len(bitcoin.payouts) + 1
