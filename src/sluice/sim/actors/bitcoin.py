@@ -31,6 +31,7 @@ from sluice.bitcoin.fakechain import FakeChain
 from sluice.bitcoin.keys import SigningKey
 from sluice.bitcoin.wallet import EmbitCustodyWallet
 from sluice.domain.chains import CHAINS
+from sluice.domain.errors import MintGuardError
 from sluice.ports.bitcoin import JsonObject, NodeUnavailableError
 from sluice.services.bitcoin_settings import BitcoinSettings
 from sluice.services.btc_addresses import deposit_address
@@ -321,17 +322,22 @@ def request(sim: SimulationState) -> None:
             f"sim-payout-{number}", address, script, sim.rng.randint(*PAYOUT_SATS)
         )
         sim.result.outcomes["btc_payout_requested"] += 1
-    request_payout(
-        sim.sandbox.database.uow,
-        bitcoin.wallet,
-        bitcoin.settings,
-        payout_id=payout.id,
-        address=payout.address,
-        amount_sats=payout.amount_sats,
-        kind="operator",
-        requested_by="sim-operator",
-        clock=sim.sandbox.clock,
-    )
+    try:
+        request_payout(
+            sim.sandbox.database.uow,
+            bitcoin.wallet,
+            bitcoin.settings,
+            payout_id=payout.id,
+            address=payout.address,
+            amount_sats=payout.amount_sats,
+            kind="operator",
+            requested_by="sim-operator",
+            clock=sim.sandbox.clock,
+        )
+    except MintGuardError:
+        # It would spend Bitcoin that backs the iSTSi minted: refused, nothing queued.
+        sim.result.outcomes["btc_payout_refused_by_guard"] += 1
+        return
     bitcoin.payouts[payout.id] = payout
 
 
