@@ -201,6 +201,7 @@ def test_a_payout_paid_twice_is_reported() -> None:
     # The books' lie is seen at once (paid by a transaction of no batch of its own); the second
     # payment when the worker batches it again.
     assert "btc_payouts" in checks_at(result.violations, done[0]), result.violations
-    assert any(
-        f": btc_paid_twice: {requeued[0]} is in two batches" in v for v in result.violations
-    ), result.violations
+    # (in two batches, or paid by two transactions: which one the seed's draws decide)
+    assert any(f": btc_paid_twice: {requeued[0]} " in v for v in result.violations), (
+        result.violations
+    )
