@@ -228,11 +228,15 @@ class GuardFigures:
     ``supply``: iSTSi issued by our records (mints not failed, minus burns committed), or the
     ledger's supply if that is higher. ``reserves``: custody outputs confirmed (or credited) and
     unspent, and the change of our own payouts from the block that mined them on.
-    ``pending_redemptions``: redemptions not closed and not at their re-mint, from when their
-    burn committed (before, their amount is still in ``supply``) until the watcher saw their
-    payout's inputs spent (a custody output reserved by the payout's batch has a spending
-    transaction): the same record that takes those inputs out of ``reserves``, so a payout
-    leaves both figures at once."""
+    ``pending_redemptions`` (the name stays; it is the pending *outflows*): redemptions burned
+    and not yet paid, and other custody payouts not yet paid. A redemption not closed and not at
+    its re-mint counts from when its burn committed (before, its amount is still in ``supply``)
+    until the watcher saw its payout's inputs spent (a custody output reserved by the payout's
+    batch has a spending transaction): the same record that takes those inputs out of
+    ``reserves``, so a payout leaves both figures at once. A payout of another kind (an
+    operator's, a held deposit's return), not cancelled or failed, counts from its request
+    (with no batch yet it is pending) until the watcher saw its inputs spent, by the same
+    rule."""
 
     supply: int
     reserves: int

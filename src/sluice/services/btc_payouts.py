@@ -71,6 +71,15 @@ A payout is paid twice if two transactions that each pay it are mined. A naive d
 
 Coins are only ever chosen from the custody's own confirmed outputs, as the watcher recorded them;
 the node's wallet is never used.
+
+How a payout could spend the Bitcoin behind iSTSi, and why it cannot here
+-------------------------------------------------------------------------
+Custody Bitcoin backs the iSTSi in circulation (``supply ≤ reserves − pending``, the mint
+guard's rule). An operator's payout or a return spends custody coins without burning anything.
+So :func:`request_payout` checks such a payout against the mint guard's figures under the
+guard's lock, in the transaction that inserts it, and the guard counts it as a pending outflow
+from then until the watcher sees its batch's inputs spent (when it leaves the reserves too):
+a mint and a payout, or two payouts, are checked one after the other and each sees the other.
 """
 
 from __future__ import annotations
@@ -86,6 +95,7 @@ from sluice.domain.errors import (
     InvalidAmountError,
     InvalidInputError,
     InvalidOperationStateError,
+    MintGuardError,
     NotFoundError,
 )
 from sluice.ports import UnitOfWork, UnitOfWorkFactory
@@ -222,8 +232,21 @@ def request_payout(
     clock: Clock,
 ) -> PayoutView:
     """Queue a payout of ``amount_sats`` (the network fee is deducted from it) to ``address``.
-    The same id again answers the first request when it asked for the same; otherwise it is a
-    :class:`DuplicateOperationError` naming what differs. Bad input changes nothing."""
+    The same id again answers the first request when it asked for the same (without any check
+    below); otherwise it is a :class:`DuplicateOperationError` naming what differs. Bad input
+    changes nothing.
+
+    A payout of any kind but ``redemption`` (an operator's, a held deposit's return) must not
+    spend Bitcoin that backs iSTSi in circulation: in the transaction that inserts it, under
+    the mint guard's lock, it is refused with :class:`MintGuardError` (30) when
+    ``supply > reserves − pending − amount_sats`` (the mint guard's figures; ``pending``
+    includes the other custody payouts not yet paid) while iSTSi is in circulation
+    (``supply > 0``; with none, nothing is backed and a payout may wait for its coins as
+    before). Nothing is written then and the refusal is audited (``btc_payout_refused``);
+    minting is not halted (nothing was breached). The
+    supply is our records' (mints not failed, minus burns committed): the ledger's supply is not
+    available to this service. A redemption's payout is not checked: its iSTSi was burned
+    first, and it is counted as pending from that burn."""
     settings = settings or BitcoinSettings()
     if not isinstance(payout_id, str) or not payout_id.strip():
         raise InvalidInputError("a payout id must not be empty")
@@ -255,31 +278,109 @@ def request_payout(
         requested_by=requested_by,
         requested_at=now,
     )
+    refusal: str | None = None
     with uow_factory() as uow:
         repo = uow.btc_payouts
         existing = repo.get_payout(payout_id, lock=True)
         if existing is None:
             check_not_paused(uow)
-            if not repo.insert_payout(record):
+            if kind != "redemption":
+                # Under the mint guard's lock, so that the figures read here and the payout
+                # inserted below are seen together by every later mint and payout. A request of
+                # the same id that committed while this one waited for the lock is answered as
+                # its replay (read again: the lock's wait ends after its commit).
+                uow.issuance.lock_guard()
+                existing = repo.get_payout(payout_id)
+                if existing is None:
+                    refusal = _dips_into_backing(uow, payout_id, kind, amount_sats)
+            if existing is None and refusal is None and not repo.insert_payout(record):
                 # A concurrent request of the same id committed first: answer as its replay.
                 existing = repo.get_payout(payout_id)
         if existing is not None:
             _check_same(existing, address, amount_sats, kind)
             return _views(uow, [existing])[0]
+        if refusal is None:
+            uow.audit.append(
+                [
+                    AuditEntry(
+                        operation_id=payout_id,
+                        operation="btc_payout_requested",
+                        actor=requested_by,
+                        recorded_at=now,
+                        parameters={"kind": kind, "address": address, "amount_sats": amount_sats},
+                        state_changes=[{"payout": payout_id, "status": "queued"}],
+                    )
+                ]
+            )
+            uow.commit()
+            return _views(uow, [record])[0]
+        uow.rollback()
+    # Refused, nothing written: the refusal is audited in a transaction of its own.
+    assert refusal is not None
+    _audit_refusal(
+        uow_factory,
+        payout_id=payout_id,
+        kind=kind,
+        address=address,
+        amount_sats=amount_sats,
+        requested_by=requested_by,
+        at=now,
+        message=refusal,
+    )
+    raise MintGuardError(refusal)
+
+
+def _dips_into_backing(uow: UnitOfWork, payout_id: str, kind: str, amount_sats: int) -> str | None:
+    """Why a custody payout of ``kind`` (not a redemption) would spend Bitcoin that backs iSTSi
+    in circulation, else None: refused when ``supply > reserves − pending − amount``. The
+    supply is our records' (mints not failed, minus burns committed): this service has no
+    ledger to ask, and the mint guard, which does, still refuses any mint the payout leaves
+    uncovered. With no iSTSi in circulation nothing is backed, and a payout may be queued
+    before the coins that pay it are confirmed (the payouts worker waits for them, with an
+    alert), as without issuance. Read under the guard's lock (the caller took it)."""
+    figures = uow.issuance.guard_figures()
+    if figures.supply <= 0:
+        return None
+    cover = figures.reserves - figures.pending_redemptions - amount_sats
+    if figures.supply <= cover:
+        return None
+    excess = max(0, figures.reserves - figures.pending_redemptions - figures.supply)
+    return (
+        f"the {kind} payout {payout_id} of {amount_sats} sats would spend Bitcoin that backs "
+        f"iSTSi in circulation: the reserves of {figures.reserves} sats less "
+        f"{figures.pending_redemptions} sats of pending outflows less this payout would fall "
+        f"below the iSTSi supply of {figures.supply} sats (our records); at most {excess} sats "
+        "of excess Bitcoin can be paid out now"
+    )
+
+
+def _audit_refusal(
+    uow_factory: UnitOfWorkFactory,
+    *,
+    payout_id: str,
+    kind: str,
+    address: str,
+    amount_sats: int,
+    requested_by: str,
+    at: datetime,
+    message: str,
+) -> None:
+    """Record a refused payout request in a transaction of its own (nothing else was written)."""
+    with uow_factory() as uow:
         uow.audit.append(
             [
                 AuditEntry(
                     operation_id=payout_id,
-                    operation="btc_payout_requested",
+                    operation="btc_payout_refused",
                     actor=requested_by,
-                    recorded_at=now,
+                    recorded_at=at,
                     parameters={"kind": kind, "address": address, "amount_sats": amount_sats},
-                    state_changes=[{"payout": payout_id, "status": "queued"}],
+                    checks=[{"check": "backing", "passed": False}],
+                    error=f"MintGuardError: {message}",
                 )
             ]
         )
         uow.commit()
-        return _views(uow, [record])[0]
 
 
 def cancel_payout(

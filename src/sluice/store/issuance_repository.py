@@ -76,6 +76,8 @@ RESERVE_STATUSES = ("confirmed", "credited")
 REDEMPTION_CLOSED_STATUSES = ("completed", "compensated", "resolved", "returned")
 # The redemption's payout id (services/issuance_redeem.payout_id_of).
 REDEMPTION_PAYOUT_PREFIX = "redeem:"
+# Custody payouts that will never be paid (no batch of theirs can be mined).
+PAYOUT_CLOSED_STATUSES = ("cancelled", "failed")
 
 
 def _json_of(text: str | None) -> dict[str, Any]:
@@ -444,18 +446,33 @@ class SqlIssuanceRepository:
             burned_for_it,
             ~paid,
         )
+        # Every other custody payout (an operator's, a held deposit's return) spends Bitcoin
+        # that may back iSTSi: it is pending from its request (no burn takes it out of the
+        # supply) until the watcher saw its batch's inputs spent, by the same rule as above. A
+        # payout cancelled before any batch held it is never paid.
+        payouts = btc_payouts.c
+        other_paid = exists().where(
+            btc_outputs.c.reserved_by == payouts.batch_id,
+            btc_outputs.c.spent_txid.is_not(None),
+        )
+        other_pending = select(func.coalesce(func.sum(payouts.amount_sats), 0)).where(
+            payouts.kind != "redemption",
+            payouts.status.not_in(PAYOUT_CLOSED_STATUSES),
+            or_(payouts.batch_id.is_(None), ~other_paid),
+        )
         row = self._c.execute(
             select(
                 minted.scalar_subquery().label("minted"),
                 burned.scalar_subquery().label("burned"),
                 reserves.scalar_subquery().label("reserves"),
                 pending.scalar_subquery().label("pending"),
+                other_pending.scalar_subquery().label("other_pending"),
             )
         ).one()
         return GuardFigures(
             supply=int(row.minted) - int(row.burned),
             reserves=int(row.reserves),
-            pending_redemptions=int(row.pending),
+            pending_redemptions=int(row.pending) + int(row.other_pending),
         )
 
     def minting_state(self) -> MintingState:
