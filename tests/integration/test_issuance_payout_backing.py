@@ -92,7 +92,7 @@ def minted_and_held(world: World) -> str:
     assert world.router.run_operation(held).status == "held"
     assert world.supply() == MINTED
     assert figures(world) == GuardFigures(
-        supply=MINTED, reserves=MINTED + HELD, pending_redemptions=0
+        supply=MINTED, reserves=MINTED + HELD, pending_redemptions=0, pending_payouts=0
     )
     return held
 
@@ -119,7 +119,7 @@ def test_an_operator_payout_may_spend_the_excess_only_and_then_counts_as_pending
     paid = operator_payout(world, "ops-1", 70_000)
     assert paid.status == "queued"
     assert figures(world) == GuardFigures(
-        supply=MINTED, reserves=MINTED + HELD, pending_redemptions=70_000
+        supply=MINTED, reserves=MINTED + HELD, pending_redemptions=0, pending_payouts=70_000
     )
     # Its replay is answered as it is, without a check (it would not fit a second time).
     assert operator_payout(world, "ops-1", 70_000) == paid
@@ -143,7 +143,7 @@ def test_a_return_of_a_held_deposit_passes_and_uses_up_the_excess(world: World) 
     op = return_held_deposit(world.ctx, held, address=address(world), reason="pay back", actor="o")
     assert (op.status, op.step) == ("returned", "done")
     assert figures(world) == GuardFigures(
-        supply=MINTED, reserves=MINTED + HELD, pending_redemptions=HELD
+        supply=MINTED, reserves=MINTED + HELD, pending_redemptions=0, pending_payouts=HELD
     )
     # The excess is gone: no operator payout fits, however small.
     with pytest.raises(MintGuardError) as refused:
@@ -155,9 +155,9 @@ def test_a_return_of_a_held_deposit_passes_and_uses_up_the_excess(world: World) 
 def test_a_cancelled_payout_stops_counting(world: World) -> None:
     minted_and_held(world)
     operator_payout(world, "ops-1", HELD)
-    assert figures(world).pending_redemptions == HELD
+    assert figures(world).pending_payouts == HELD
     cancel_payout(world.db.uow, payout_id="ops-1", cancelled_by="ops", clock=world.clock)
-    assert figures(world).pending_redemptions == 0
+    assert figures(world).pending_payouts == 0
     assert operator_payout(world, "ops-2", HELD).status == "queued"
 
 
@@ -229,7 +229,8 @@ def test_other_payouts_are_pending_until_the_watcher_sees_their_inputs_spent(
             assert uow.issuance.guard_figures() == GuardFigures(
                 supply=0,
                 reserves=70_000 + 80_000,
-                pending_redemptions=4_000 + 8_000 + 16_000 + 32_000,
+                pending_redemptions=0,
+                pending_payouts=4_000 + 8_000 + 16_000 + 32_000,
             )
     finally:
         db.dispose()

@@ -129,7 +129,10 @@ class GuardOut(Out):
     ledger_supply_sats: int
     reserves_sats: int
     pending_redemptions_sats: int
-    headroom_sats: int = Field(description="reserves − pending redemptions − supply")
+    pending_payouts_sats: int = Field(description="custody payouts other than redemptions, unpaid")
+    headroom_sats: int = Field(
+        description="reserves − pending redemptions − pending payouts − supply"
+    )
     minting_halted: bool
     halted_reason: str | None
 

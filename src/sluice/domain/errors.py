@@ -195,8 +195,9 @@ class InvalidAddressError(InvalidInputError):
 
 
 class MintGuardError(SluiceError):
-    """A mint would take iSTSi supply above confirmed reserves minus pending redemptions (the
-    mint guard): refused, and minting halts."""
+    """A mint would take iSTSi supply above confirmed reserves minus pending outflows (the mint
+    guard): refused, and minting halts. A custody payout that would spend the Bitcoin backing
+    iSTSi is refused with it too (minting does not halt for that)."""
 
     code = 30
     error = "mint_guard_breach"

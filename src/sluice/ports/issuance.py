@@ -228,8 +228,10 @@ class GuardFigures:
     ``supply``: iSTSi issued by our records (mints not failed, minus burns committed), or the
     ledger's supply if that is higher. ``reserves``: custody outputs confirmed (or credited) and
     unspent, and the change of our own payouts from the block that mined them on.
-    ``pending_redemptions`` (the name stays; it is the pending *outflows*): redemptions burned
-    and not yet paid, and other custody payouts not yet paid. A redemption not closed and not at
+    ``pending_redemptions``: redemptions burned and not yet paid; ``pending_payouts``: other
+    custody payouts not yet paid (both are outflows the guard keeps clear of the backing; the
+    issue's invariant ``supply ≤ reserves − pending redemptions`` names the first). A
+    redemption not closed and not at
     its re-mint counts from when its burn committed (before, its amount is still in ``supply``)
     until the watcher saw its payout's inputs spent (a custody output reserved by the payout's
     batch has a spending transaction): the same record that takes those inputs out of
@@ -241,9 +243,15 @@ class GuardFigures:
     supply: int
     reserves: int
     pending_redemptions: int
+    pending_payouts: int = 0
+
+    @property
+    def pending(self) -> int:
+        """Every pending outflow: redemptions and other payouts."""
+        return self.pending_redemptions + self.pending_payouts
 
     def allows(self, amount_sats: int) -> bool:
-        return self.supply + amount_sats <= self.reserves - self.pending_redemptions
+        return self.supply + amount_sats <= self.reserves - self.pending
 
 
 @dataclass(frozen=True, slots=True)

@@ -341,14 +341,14 @@ def _dips_into_backing(uow: UnitOfWork, payout_id: str, kind: str, amount_sats: 
     figures = uow.issuance.guard_figures()
     if figures.supply <= 0:
         return None
-    cover = figures.reserves - figures.pending_redemptions - amount_sats
+    cover = figures.reserves - figures.pending - amount_sats
     if figures.supply <= cover:
         return None
-    excess = max(0, figures.reserves - figures.pending_redemptions - figures.supply)
+    excess = max(0, figures.reserves - figures.pending - figures.supply)
     return (
         f"the {kind} payout {payout_id} of {amount_sats} sats would spend Bitcoin that backs "
         f"iSTSi in circulation: the reserves of {figures.reserves} sats less "
-        f"{figures.pending_redemptions} sats of pending outflows less this payout would fall "
+        f"{figures.pending} sats of pending outflows less this payout would fall "
         f"below the iSTSi supply of {figures.supply} sats (our records); at most {excess} sats "
         "of excess Bitcoin can be paid out now"
     )

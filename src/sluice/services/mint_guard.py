@@ -131,12 +131,13 @@ def record_mint(
             return existing
         figures = repo.guard_figures()
         supply = max(figures.supply, ledger_supply)
-        if supply + mint.amount_sats > figures.reserves - figures.pending_redemptions:
+        if supply + mint.amount_sats > figures.reserves - figures.pending:
             uow.rollback()
             breach = (
                 f"the mint {mint.id} of {mint.amount_sats} sats would take the supply of "
                 f"{supply} sats above the reserves of {figures.reserves} sats less "
-                f"{figures.pending_redemptions} sats of pending redemptions"
+                f"{figures.pending_redemptions} sats of pending redemptions and "
+                f"{figures.pending_payouts} sats of other pending payouts"
             )
             refused = True
         else:
@@ -163,6 +164,7 @@ def record_mint(
                                 "ledger_supply_sats": ledger_supply,
                                 "reserves_sats": figures.reserves,
                                 "pending_redemptions_sats": figures.pending_redemptions,
+                                "pending_payouts_sats": figures.pending_payouts,
                                 "passed": True,
                             }
                         ],
@@ -181,6 +183,7 @@ def record_mint(
         "ledger_supply_sats": str(ledger_supply),
         "reserves_sats": str(figures.reserves),
         "pending_redemptions_sats": str(figures.pending_redemptions),
+        "pending_payouts_sats": str(figures.pending_payouts),
     }
     halt_minting(
         ctx.uow,
@@ -358,7 +361,8 @@ def guard_status(ctx: IssuanceContext) -> dict[str, Any]:
         "ledger_supply_sats": ledger_supply,
         "reserves_sats": figures.reserves,
         "pending_redemptions_sats": figures.pending_redemptions,
-        "headroom_sats": figures.reserves - figures.pending_redemptions - supply,
+        "pending_payouts_sats": figures.pending_payouts,
+        "headroom_sats": figures.reserves - figures.pending - supply,
         "minting_halted": state.minting_halted,
         "halted_reason": state.halted_reason,
     }

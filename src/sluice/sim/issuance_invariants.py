@@ -7,8 +7,8 @@
   carries its reason, ``issuance:<operation id>[:remint|:burn]``), none for an operation we do not
   know; a mint record ``committed`` is committed on the ledger;
 * ``istsi_reserves``: the supply — by our records and on the ledger — never exceeds the confirmed
-  reserves less the redemptions pending (the mint guard's condition, held at every step, not
-  only when minting);
+  reserves less the redemptions pending (the issue's invariant; the mint guard keeps other
+  pending payouts clear of the backing too, which only makes it stricter);
 * ``istsi_redeemed_once``: a redemption's payout is recorded once, for its amount; a completed
   redemption was paid (its payout completed) and not reminted, a compensated one was never paid
   (the payout's paying once and staying in its first batch is ``btc_paid_twice``, as every

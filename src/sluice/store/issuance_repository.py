@@ -472,7 +472,8 @@ class SqlIssuanceRepository:
         return GuardFigures(
             supply=int(row.minted) - int(row.burned),
             reserves=int(row.reserves),
-            pending_redemptions=int(row.pending) + int(row.other_pending),
+            pending_redemptions=int(row.pending),
+            pending_payouts=int(row.other_pending),
         )
 
     def minting_state(self) -> MintingState:

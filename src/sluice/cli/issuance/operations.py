@@ -226,6 +226,7 @@ def issuance_guard(db: DbOption = None, as_json: JsonOption = False) -> None:
         f"supply: {status['supply_sats']} sats (ledger: {status['ledger_supply_sats']})",
         f"reserves: {status['reserves_sats']} sats",
         f"pending redemptions: {status['pending_redemptions_sats']} sats",
+        f"other pending payouts: {status['pending_payouts_sats']} sats",
         f"headroom: {status['headroom_sats']} sats",
     ]
     if status["minting_halted"]:
