@@ -79,6 +79,7 @@ GUARD_KEYS = {
     "ledger_supply_sats",
     "reserves_sats",
     "pending_redemptions_sats",
+    "pending_payouts_sats",
     "headroom_sats",
     "minting_halted",
     "halted_reason",

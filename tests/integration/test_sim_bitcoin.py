@@ -38,7 +38,10 @@ pytestmark = pytest.mark.slow
 # (seed, crash rate, fault rate): odd seeds crash at four times the default rate, which kills the
 # payouts worker between recording and broadcasting often enough; even ones at the default rates,
 # where it lives long enough to bump fees and complete payouts.
-SWEEP = tuple((seed, 0.2, 0.1) if seed % 2 else (seed, 0.05, 0.05) for seed in range(1, 25))
+# Seed 34 is added for the node link dropped at sendrawtransaction: since operator payouts that
+# would spend Bitcoin backing iSTSi are refused, seeds 1–24 make fewer batches and none of them
+# drops the link at that call.
+SWEEP = tuple((seed, 0.2, 0.1) if seed % 2 else (seed, 0.05, 0.05) for seed in (*range(1, 25), 34))
 SWEEP_STEPS = 300
 # What the sweep must have made happen at least once (SimulationResult.outcomes).
 PATHS = (
