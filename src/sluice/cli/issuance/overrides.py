@@ -8,10 +8,9 @@ counts as its first approval. With ``approvals.required`` 1 it runs at once and 
 prints the operation as it now stands; otherwise it prints the proposal, which other staff
 approve through the HTTP API (``POST /v1/approvals/<id>/approve``), and `sluice serve`'s
 executors run it then. The parameters are ``{"operation_id", "reason"}`` (``{"reason"}`` for
-resume-minting) and the proposal's reason is the operator's: what `sluice serve`'s executors
-(api/operations.py) read, so a proposal made here runs there once approved. The executors here
-run only a proposal complete at once, in this process; the ones of `sluice serve` also run again
-one a crash left approved but not executed.
+resume-minting) and the proposal's reason is the operator's. The executors are the ones `sluice
+serve` runs (services/issuance_approvals.py): here they run a proposal complete at once, in this
+process; `sluice serve` also runs again one a crash left approved but not executed.
 
 Nothing is paid or minted twice through these commands: the overrides themselves refuse (41)
 whatever would (see :mod:`sluice.services.issuance_overrides`), and a proposal is executed once
@@ -19,8 +18,6 @@ whatever would (see :mod:`sluice.services.issuance_overrides`), and a proposal i
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from datetime import datetime
 from typing import Annotated
 
 import typer
@@ -47,7 +44,7 @@ from sluice.cli.issuance.wiring import (
 from sluice.domain.access import Principal, Role
 from sluice.domain.approvals import Approval
 from sluice.domain.errors import InvalidInputError, InvalidOperationStateError, SluiceError
-from sluice.services.approvals import Executor, approved_at, propose_operation
+from sluice.services.approvals import Executor, propose_operation
 from sluice.services.issuance_router import operation_json
 from sluice.services.settings import RuntimeSettings
 
@@ -64,61 +61,12 @@ def local_principal(actor: str) -> Principal:
 
 
 def executors(issuance: bootstrap.Issuance) -> dict[str, Executor]:
-    """The issuance overrides as approval executors, bound to this command's context."""
-    from sluice.services.issuance_operations import DEFINITIONS
-    from sluice.services.issuance_overrides import (
-        compensate_operation,
-        resolve_operation,
-        retry_operation,
-    )
-    from sluice.services.mint_guard import resume_minting
+    """The issuance overrides as approval executors, bound to this command's context: the same
+    executors `sluice serve` runs (services/issuance_approvals.py)."""
+    from sluice.services.issuance_approvals import issuance_executors
 
     ctx = issuance.context
-
-    def reason_of(approval: Approval) -> str:
-        return str(approval.parameters.get("reason") or approval.reason or "")
-
-    def retry(approval: Approval, _at: datetime) -> Mapping[str, object]:
-        op = retry_operation(
-            ctx,
-            str(approval.parameters["operation_id"]),
-            reason=reason_of(approval),
-            actor=f"approval:{approval.id}",
-        )
-        return {"operation": operation_json(op)}
-
-    def compensate(approval: Approval, _at: datetime) -> Mapping[str, object]:
-        op = compensate_operation(
-            ctx,
-            DEFINITIONS,
-            str(approval.parameters["operation_id"]),
-            reason=reason_of(approval),
-            actor=f"approval:{approval.id}",
-        )
-        return {"operation": operation_json(op)}
-
-    def resolve(approval: Approval, _at: datetime) -> Mapping[str, object]:
-        op = resolve_operation(
-            ctx,
-            str(approval.parameters["operation_id"]),
-            reason=reason_of(approval),
-            actor=f"approval:{approval.id}",
-        )
-        return {"operation": operation_json(op)}
-
-    def resume(approval: Approval, _at: datetime) -> Mapping[str, object]:
-        # Timed at the last approval, as `sluice serve`'s executor does: its audit id
-        # (resume_minting:<time>) is then the one a run again of this approval finds.
-        at = approved_at(approval)
-        resume_minting(ctx.uow, reason=reason_of(approval), actor=f"approval:{approval.id}", at=at)
-        return {"minting_halted": False}
-
-    return {
-        "issuance.retry": retry,
-        "issuance.compensate": compensate,
-        "issuance.resolve": resolve,
-        "issuance.resume_minting": resume,
-    }
+    return issuance_executors(ctx.uow, lambda: ctx)
 
 
 def _propose(
