@@ -53,7 +53,7 @@ from sluice.bitcoin.wallet import parse_descriptor
 from sluice.config import BitcoinConfig, DeploymentConfig, load_config
 from sluice.domain.chains import CHAINS, to_sats
 from sluice.server import build_service
-from sluice.services.btc_addresses import deposit_address
+from sluice.services.btc_addresses import change_address, deposit_address
 from sluice.services.btc_payouts import list_payouts, request_payout
 from sluice.services.btc_watcher import list_deposits
 from sluice.services.reference import register_customer
@@ -480,17 +480,25 @@ def test_serve_runs_the_watcher_and_payouts_on_their_own_loop(tmp_path: Path) ->
         address = deposit_address(
             service.database.uow, service.bitcoin.wallet, "alice", clock=utc_now
         )
+        # The customer's deposit backs the iSTSi it mints (issuance is on by default), so the
+        # operator payout below is paid from a surplus: Bitcoin sent to a change address of the
+        # custody, which counts as reserves and mints nothing.
+        with service.database.uow() as uow:
+            surplus = change_address(uow, service.bitcoin.wallet, utc_now)
+            uow.commit()
         sandbox = service.bitcoin.sandbox
         assert sandbox is not None
         with sandbox.change() as chain:
             chain.fund(address.script_hex, 400000, mine=True)
+            chain.fund(surplus.script_hex, 400000, mine=True)
             chain.mine(5)
         service.start()
 
         def deposits() -> list[str]:
             return [d.status for d in list_deposits(service.database.uow)]
 
-        wait_for(lambda: deposits() == ["confirmed"], "the deposit to be confirmed")
+        # Confirmed, then credited once the issuance loop has minted it.
+        wait_for(lambda: deposits() in (["confirmed"], ["credited"]), "the deposit to be confirmed")
         request_payout(
             service.database.uow,
             service.bitcoin.wallet,
