@@ -20,6 +20,7 @@ from sluice.ports.repositories import (
     ReferenceRepository,
     WithdrawalRepository,
 )
+from sluice.ports.reserves import ReservesRepository
 
 
 class UnitOfWork(Protocol):
@@ -37,6 +38,7 @@ class UnitOfWork(Protocol):
     btc_watch: BitcoinWatchRepository
     btc_payouts: BitcoinPayoutRepository
     issuance: IssuanceRepository
+    reserves: ReservesRepository
 
     def __enter__(self) -> UnitOfWork: ...
     def __exit__(self, *exc_info: object) -> None: ...

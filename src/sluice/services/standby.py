@@ -45,6 +45,7 @@ from sluice.ports import (
     WriterLockError,
 )
 from sluice.ports.issuance import IssuanceRepository
+from sluice.ports.reserves import ReservesRepository
 
 STANDBY_POLL_INTERVAL_S = 0.5
 
@@ -192,6 +193,7 @@ class _FencedUnitOfWork:
     btc_watch: BitcoinWatchRepository
     btc_payouts: BitcoinPayoutRepository
     issuance: IssuanceRepository
+    reserves: ReservesRepository
 
     def __init__(self, inner: UnitOfWork, lock: WriterLock) -> None:
         self._inner = inner
@@ -212,6 +214,7 @@ class _FencedUnitOfWork:
         self.btc_watch = work.btc_watch
         self.btc_payouts = work.btc_payouts
         self.issuance = work.issuance
+        self.reserves = work.reserves
         return self
 
     def __exit__(self, *exc_info: object) -> None:

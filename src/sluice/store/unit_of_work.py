@@ -23,6 +23,7 @@ from sluice.ports import (
     WithdrawalRepository,
 )
 from sluice.ports.issuance import IssuanceRepository
+from sluice.ports.reserves import ReservesRepository
 from sluice.store.access_repository import SqlAccessRepository
 from sluice.store.account_repository import SqlAccountsRepository
 from sluice.store.audit_repository import SqlAuditLog
@@ -35,6 +36,7 @@ from sluice.store.repositories import (
     SqlIngestionRepository,
     SqlReferenceRepository,
 )
+from sluice.store.reserves_repository import SqlReservesRepository
 from sluice.store.withdrawal_repository import SqlDepositOfferRepository, SqlWithdrawalRepository
 
 
@@ -51,6 +53,7 @@ class SqlUnitOfWork:
     btc_watch: BitcoinWatchRepository
     btc_payouts: BitcoinPayoutRepository
     issuance: IssuanceRepository
+    reserves: ReservesRepository
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -72,6 +75,7 @@ class SqlUnitOfWork:
         self.btc_watch = SqlBitcoinWatchRepository(connection)
         self.btc_payouts = SqlBitcoinPayoutRepository(connection)
         self.issuance = SqlIssuanceRepository(connection)
+        self.reserves = SqlReservesRepository(connection)
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -6,7 +6,7 @@ from alembic import context
 from sqlalchemy import Connection
 
 # Imported for their tables, which they register on the metadata.
-from sluice.store import bitcoin_tables, issuance_tables  # noqa: F401
+from sluice.store import bitcoin_tables, issuance_tables, reserves_tables  # noqa: F401
 from sluice.store.tables import metadata
 
 connection: Connection | None = context.config.attributes.get("connection")
