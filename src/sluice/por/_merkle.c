@@ -1,0 +1,703 @@
+/*
+ * sluice.por._merkle: the proof-of-liabilities Merkle-sum tree in C.
+ *
+ * The construction is the one of docs/proof-of-reserves.md and of the pure-Python
+ * sluice.por.tree (which gives byte-identical roots and proofs); this module only makes it fast
+ * enough for ten million customers (the Python loop alone costs more than the hashing).
+ *
+ *   nonce = HMAC-SHA-256(secret, snapshot_id || 0x00 || customer_id)
+ *   uid   = SHA-256(nonce || customer_id)
+ *   leaf  = SHA-256(0x00 || SHA-256(snapshot_id || "/" || instrument) || uid || u128be(units))
+ *   node  = SHA-256(0x01 || h_left || u128be(sum_left) || h_right || u128be(sum_right))
+ *   pad   = SHA-256(0x02 || u64be(index) || SHA-256(snapshot_id))            (sum 0)
+ *
+ * Leaves are ordered by uid (bytewise ascending) and the leaf level is padded to a power of two.
+ * Memory: per level only the nodes that hold at least one real leaf are kept (hash and sum,
+ * 48 bytes), about 2n nodes in all. A node that holds padding only is the sibling of a kept node
+ * at most once per level, at the right edge; that one hash per level is computed while building
+ * (hashing its padding subtree with a stack as deep as the level) and kept, and no padding leaf
+ * is stored.
+ *
+ * Sums are unsigned 128-bit integers checked below 2^127 at every leaf and every parent, so no
+ * addition of two checked sums can wrap.
+ */
+#define PY_SSIZE_T_CLEAN
+#define OPENSSL_SUPPRESS_DEPRECATED
+#include <Python.h>
+#include <openssl/sha.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef unsigned __int128 u128;
+
+#define SUM_LIMIT (((u128)1) << 127)
+#define HASH_SIZE 32
+
+typedef struct {
+    uint8_t hash[HASH_SIZE];
+    u128 sum;
+} node_t;
+
+typedef struct {
+    uint64_t key; /* the uid's first 8 bytes, big-endian: the sort key */
+    uint32_t position;
+} order_t;
+
+typedef struct {
+    PyObject_HEAD
+    Py_ssize_t leaf_count;
+    int depth;
+    node_t **levels;           /* levels[j]: counts[j] nodes, j = 0 (leaves) .. depth (root) */
+    Py_ssize_t *counts;
+    uint8_t (*padding)[HASH_SIZE]; /* padding[j]: the padding-only node at index counts[j] */
+    uint8_t root_hash[HASH_SIZE];
+    u128 total;
+    uint32_t *leaf_of_input;
+    uint32_t *input_of_leaf;
+    PyObject *customer_ids;    /* the caller's sequence (kept to recompute nonces) */
+    SHA256_CTX hmac_inner;     /* HMAC inner state with snapshot_id || 0x00 absorbed */
+    SHA256_CTX hmac_outer;
+} TreeObject;
+
+/* ---------------------------------------------------------------- byte helpers */
+
+/* SHA-256 of one buffer. Not OpenSSL's SHA256(): since OpenSSL 3 that one looks the algorithm
+ * up through EVP on every call, which costs more than the hashing of a node. */
+static void sha256(const uint8_t *data, size_t size, uint8_t *out) {
+    SHA256_CTX ctx;
+    SHA256_Init(&ctx);
+    SHA256_Update(&ctx, data, size);
+    SHA256_Final(out, &ctx);
+}
+
+static void put_u128be(uint8_t *out, u128 value) {
+    for (int i = 15; i >= 0; i--) {
+        out[i] = (uint8_t)(value & 0xff);
+        value >>= 8;
+    }
+}
+
+static void put_u64be(uint8_t *out, uint64_t value) {
+    for (int i = 7; i >= 0; i--) {
+        out[i] = (uint8_t)(value & 0xff);
+        value >>= 8;
+    }
+}
+
+static void hash_node(uint8_t *out, const uint8_t *left, u128 left_sum, const uint8_t *right,
+                      u128 right_sum) {
+    uint8_t buffer[1 + 2 * (HASH_SIZE + 16)];
+    buffer[0] = 0x01;
+    memcpy(buffer + 1, left, HASH_SIZE);
+    put_u128be(buffer + 1 + HASH_SIZE, left_sum);
+    memcpy(buffer + 1 + HASH_SIZE + 16, right, HASH_SIZE);
+    put_u128be(buffer + 1 + 2 * HASH_SIZE + 16, right_sum);
+    sha256(buffer, sizeof buffer, out);
+}
+
+static void hash_padding_leaf(uint8_t *out, uint64_t index, const uint8_t *snapshot_hash) {
+    uint8_t buffer[1 + 8 + HASH_SIZE];
+    buffer[0] = 0x02;
+    put_u64be(buffer + 1, index);
+    memcpy(buffer + 9, snapshot_hash, HASH_SIZE);
+    sha256(buffer, sizeof buffer, out);
+}
+
+/* The hash of the padding-only subtree of 2^level leaves whose first leaf is at `first`. */
+static void hash_padding_subtree(uint8_t *out, uint64_t first, int level,
+                                 const uint8_t *snapshot_hash) {
+    uint8_t stack[64][HASH_SIZE];
+    int heights[64];
+    int top = 0;
+    uint64_t count = (uint64_t)1 << level;
+    for (uint64_t i = 0; i < count; i++) {
+        hash_padding_leaf(stack[top], first + i, snapshot_hash);
+        heights[top] = 0;
+        top++;
+        while (top >= 2 && heights[top - 1] == heights[top - 2]) {
+            uint8_t parent[HASH_SIZE];
+            hash_node(parent, stack[top - 2], 0, stack[top - 1], 0);
+            memcpy(stack[top - 2], parent, HASH_SIZE);
+            heights[top - 2]++;
+            top--;
+        }
+    }
+    memcpy(out, stack[0], HASH_SIZE);
+}
+
+static void hmac_prepare(const uint8_t *secret, size_t secret_size, const char *snapshot,
+                         size_t snapshot_size, SHA256_CTX *inner, SHA256_CTX *outer) {
+    uint8_t key[64] = {0};
+    uint8_t pad[64];
+    if (secret_size > 64) {
+        sha256(secret, secret_size, key);
+    } else {
+        memcpy(key, secret, secret_size);
+    }
+    for (int i = 0; i < 64; i++) pad[i] = key[i] ^ 0x36;
+    SHA256_Init(inner);
+    SHA256_Update(inner, pad, 64);
+    SHA256_Update(inner, snapshot, snapshot_size);
+    SHA256_Update(inner, "\0", 1);
+    for (int i = 0; i < 64; i++) pad[i] = key[i] ^ 0x5c;
+    SHA256_Init(outer);
+    SHA256_Update(outer, pad, 64);
+}
+
+static void compute_nonce(uint8_t *out, const SHA256_CTX *inner, const SHA256_CTX *outer,
+                          const char *customer, size_t customer_size) {
+    SHA256_CTX ctx = *inner;
+    uint8_t inner_hash[HASH_SIZE];
+    SHA256_Update(&ctx, customer, customer_size);
+    SHA256_Final(inner_hash, &ctx);
+    ctx = *outer;
+    SHA256_Update(&ctx, inner_hash, HASH_SIZE);
+    SHA256_Final(out, &ctx);
+}
+
+static void compute_uid(uint8_t *out, const uint8_t *nonce, const char *customer,
+                        size_t customer_size) {
+    SHA256_CTX ctx;
+    SHA256_Init(&ctx);
+    SHA256_Update(&ctx, nonce, HASH_SIZE);
+    SHA256_Update(&ctx, customer, customer_size);
+    SHA256_Final(out, &ctx);
+}
+
+static void compute_leaf(uint8_t *out, const uint8_t *instrument_hash, const uint8_t *uid,
+                         u128 units) {
+    uint8_t buffer[1 + 2 * HASH_SIZE + 16];
+    buffer[0] = 0x00;
+    memcpy(buffer + 1, instrument_hash, HASH_SIZE);
+    memcpy(buffer + 1 + HASH_SIZE, uid, HASH_SIZE);
+    put_u128be(buffer + 1 + 2 * HASH_SIZE, units);
+    sha256(buffer, sizeof buffer, out);
+}
+
+/* SHA-256(a || "/" || b), or SHA-256(a) when b is NULL. */
+static void hash_label(uint8_t *out, const char *a, Py_ssize_t a_size, const char *b,
+                       Py_ssize_t b_size) {
+    SHA256_CTX ctx;
+    SHA256_Init(&ctx);
+    SHA256_Update(&ctx, a, (size_t)a_size);
+    if (b != NULL) {
+        SHA256_Update(&ctx, "/", 1);
+        SHA256_Update(&ctx, b, (size_t)b_size);
+    }
+    SHA256_Final(out, &ctx);
+}
+
+/* ---------------------------------------------------------------- Python ints <-> u128 */
+
+/* Reads a non-negative int below 2^127 into *out; -1 with ValueError / TypeError otherwise. */
+static int read_units(PyObject *value, u128 *out, const char *what) {
+    if (!PyLong_Check(value) || PyBool_Check(value)) {
+        PyErr_Format(PyExc_TypeError, "%s: units must be an int, not %.100s", what,
+                     Py_TYPE(value)->tp_name);
+        return -1;
+    }
+    int overflow = 0;
+    long long small = PyLong_AsLongLongAndOverflow(value, &overflow);
+    if (small == -1 && PyErr_Occurred()) return -1;
+    if (overflow == 0) {
+        if (small < 0) {
+            PyErr_Format(PyExc_ValueError, "%s: units are negative (%lld)", what, small);
+            return -1;
+        }
+        *out = (u128)small;
+        return 0;
+    }
+    if (overflow < 0) {
+        PyErr_Format(PyExc_ValueError, "%s: units are negative (%S)", what, value);
+        return -1;
+    }
+    PyObject *shift = PyLong_FromLong(64);
+    PyObject *high = shift ? PyNumber_Rshift(value, shift) : NULL;
+    Py_XDECREF(shift);
+    if (high == NULL) return -1;
+    unsigned long long high_bits = PyLong_AsUnsignedLongLong(high);
+    Py_DECREF(high);
+    if (PyErr_Occurred() || high_bits >= (1ULL << 63)) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "%s: units %S are not below 2^127", what, value);
+        return -1;
+    }
+    PyObject *mask = PyLong_FromUnsignedLongLong(~0ULL);
+    PyObject *low = mask ? PyNumber_And(value, mask) : NULL;
+    Py_XDECREF(mask);
+    if (low == NULL) return -1;
+    unsigned long long low_bits = PyLong_AsUnsignedLongLong(low);
+    Py_DECREF(low);
+    if (PyErr_Occurred()) return -1;
+    *out = ((u128)high_bits << 64) | (u128)low_bits;
+    return 0;
+}
+
+static PyObject *units_to_int(u128 value) {
+    if (value <= (u128)~0ULL) return PyLong_FromUnsignedLongLong((unsigned long long)value);
+    PyObject *high = PyLong_FromUnsignedLongLong((unsigned long long)(value >> 64));
+    PyObject *low = PyLong_FromUnsignedLongLong((unsigned long long)value);
+    PyObject *shift = PyLong_FromLong(64);
+    PyObject *shifted = (high && shift) ? PyNumber_Lshift(high, shift) : NULL;
+    PyObject *result = (shifted && low) ? PyNumber_Or(shifted, low) : NULL;
+    Py_XDECREF(high);
+    Py_XDECREF(low);
+    Py_XDECREF(shift);
+    Py_XDECREF(shifted);
+    return result;
+}
+
+/* ---------------------------------------------------------------- the tree object */
+
+static void tree_free_buffers(TreeObject *self) {
+    if (self->levels != NULL) {
+        for (int j = 0; j <= self->depth; j++) PyMem_RawFree(self->levels[j]);
+        PyMem_RawFree(self->levels);
+        self->levels = NULL;
+    }
+    PyMem_RawFree(self->counts);
+    self->counts = NULL;
+    PyMem_RawFree(self->padding);
+    self->padding = NULL;
+    PyMem_RawFree(self->leaf_of_input);
+    self->leaf_of_input = NULL;
+    PyMem_RawFree(self->input_of_leaf);
+    self->input_of_leaf = NULL;
+}
+
+static void tree_dealloc(TreeObject *self) {
+    tree_free_buffers(self);
+    Py_XDECREF(self->customer_ids);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int compare_order(const void *a, const void *b) {
+    const order_t *left = a, *right = b;
+    if (left->key < right->key) return -1;
+    if (left->key > right->key) return 1;
+    return 0;
+}
+
+/* Sorts by the 64-bit prefix, then settles runs of equal prefixes by the full uid. */
+static const node_t *sort_uids;
+static int compare_full(const void *a, const void *b) {
+    const order_t *left = a, *right = b;
+    return memcmp(sort_uids[left->position].hash, sort_uids[right->position].hash, HASH_SIZE);
+}
+
+static int depth_for(Py_ssize_t count) {
+    int depth = 0;
+    while (((Py_ssize_t)1 << depth) < count) depth++;
+    return depth;
+}
+
+static PyTypeObject TreeType;
+
+/* Phase 1: nonce, uid and units of every input (GIL held: reads the Python objects). */
+static node_t *read_inputs(TreeObject *tree, PyObject **ids, PyObject **units, Py_ssize_t n) {
+    node_t *uids = PyMem_RawMalloc((size_t)(n ? n : 1) * sizeof(node_t));
+    if (uids == NULL) return (node_t *)PyErr_NoMemory();
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t size;
+        if (!PyUnicode_Check(ids[i])) {
+            PyErr_Format(PyExc_TypeError, "customer id at position %zd is not a str", i);
+            goto fail;
+        }
+        const char *customer = PyUnicode_AsUTF8AndSize(ids[i], &size);
+        if (customer == NULL) goto fail;
+        char what[200];
+        PyOS_snprintf(what, sizeof what, "customer %.150s", customer);
+        if (read_units(units[i], &uids[i].sum, what) < 0) goto fail;
+        uint8_t nonce[HASH_SIZE];
+        compute_nonce(nonce, &tree->hmac_inner, &tree->hmac_outer, customer, (size_t)size);
+        compute_uid(uids[i].hash, nonce, customer, (size_t)size);
+    }
+    return uids;
+fail:
+    PyMem_RawFree(uids);
+    return NULL;
+}
+
+/* Phase 2: leaf order by uid; refuses a customer id given twice (equal uids). */
+static int order_leaves(TreeObject *tree, const node_t *uids, Py_ssize_t n) {
+    order_t *order = PyMem_RawMalloc((size_t)(n ? n : 1) * sizeof(order_t));
+    tree->leaf_of_input = PyMem_RawMalloc((size_t)(n ? n : 1) * sizeof(uint32_t));
+    tree->input_of_leaf = PyMem_RawMalloc((size_t)(n ? n : 1) * sizeof(uint32_t));
+    if (order == NULL || tree->leaf_of_input == NULL || tree->input_of_leaf == NULL) {
+        PyMem_RawFree(order);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint64_t key = 0;
+        for (int b = 0; b < 8; b++) key = (key << 8) | uids[i].hash[b];
+        order[i].key = key;
+        order[i].position = (uint32_t)i;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    qsort(order, (size_t)n, sizeof(order_t), compare_order);
+    Py_END_ALLOW_THREADS
+    sort_uids = uids;
+    for (Py_ssize_t start = 0; start < n;) {
+        Py_ssize_t end = start + 1;
+        while (end < n && order[end].key == order[start].key) end++;
+        if (end - start > 1) qsort(order + start, (size_t)(end - start), sizeof(order_t), compare_full);
+        start = end;
+    }
+    sort_uids = NULL;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        uint32_t position = order[k].position;
+        if (k > 0 && memcmp(uids[order[k - 1].position].hash, uids[position].hash, HASH_SIZE) == 0) {
+            PyObject *customer = PySequence_Fast_GET_ITEM(tree->customer_ids, position);
+            PyErr_Format(PyExc_ValueError, "customer %S appears more than once", customer);
+            PyMem_RawFree(order);
+            return -1;
+        }
+        tree->input_of_leaf[k] = position;
+        tree->leaf_of_input[position] = (uint32_t)k;
+    }
+    PyMem_RawFree(order);
+    return 0;
+}
+
+/* Phase 3: the levels, leaves to root (no Python objects: runs without the GIL). */
+static int build_levels(TreeObject *tree, const node_t *uids, const uint8_t *instrument_hash,
+                        const uint8_t *snapshot_hash) {
+    Py_ssize_t n = tree->leaf_count;
+    int depth = tree->depth;
+    node_t *leaves = tree->levels[0];
+    int overflow = 0;
+    if (n == 0) {
+        hash_padding_leaf(leaves[0].hash, 0, snapshot_hash);
+        leaves[0].sum = 0;
+        return 0;
+    }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        const node_t *source = &uids[tree->input_of_leaf[k]];
+        compute_leaf(leaves[k].hash, instrument_hash, source->hash, source->sum);
+        leaves[k].sum = source->sum;
+    }
+    for (int j = 0; j < depth; j++) {
+        Py_ssize_t count = tree->counts[j];
+        const node_t *below = tree->levels[j];
+        node_t *above = tree->levels[j + 1];
+        if (count % 2 == 1) {
+            hash_padding_subtree(tree->padding[j], (uint64_t)count << j, j, snapshot_hash);
+        }
+        for (Py_ssize_t m = 0; m < tree->counts[j + 1]; m++) {
+            const node_t *left = &below[2 * m];
+            if (2 * m + 1 < count) {
+                const node_t *right = &below[2 * m + 1];
+                u128 sum = left->sum + right->sum;
+                if (sum >= SUM_LIMIT) overflow = 1;
+                hash_node(above[m].hash, left->hash, left->sum, right->hash, right->sum);
+                above[m].sum = sum;
+            } else {
+                hash_node(above[m].hash, left->hash, left->sum, tree->padding[j], 0);
+                above[m].sum = left->sum;
+            }
+        }
+    }
+    return overflow ? -1 : 0;
+}
+
+static PyObject *merkle_build(PyObject *module, PyObject *args) {
+    Py_buffer secret;
+    const char *snapshot, *instrument;
+    Py_ssize_t snapshot_size, instrument_size;
+    PyObject *id_sequence, *unit_sequence;
+    if (!PyArg_ParseTuple(args, "y*s#s#OO:build", &secret, &snapshot, &snapshot_size, &instrument,
+                          &instrument_size, &id_sequence, &unit_sequence)) {
+        return NULL;
+    }
+    PyObject *ids = PySequence_Fast(id_sequence, "customer_ids must be a sequence");
+    PyObject *units = ids ? PySequence_Fast(unit_sequence, "units must be a sequence") : NULL;
+    TreeObject *tree = NULL;
+    node_t *uids = NULL;
+    if (units == NULL) goto fail;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(ids);
+    if (PySequence_Fast_GET_SIZE(units) != n) {
+        PyErr_SetString(PyExc_ValueError, "customer_ids and units differ in length");
+        goto fail;
+    }
+    if (n >= ((Py_ssize_t)1 << 32)) {
+        PyErr_SetString(PyExc_ValueError, "at most 2^32 - 1 leaves");
+        goto fail;
+    }
+    tree = PyObject_New(TreeObject, &TreeType);
+    if (tree == NULL) goto fail;
+    tree->levels = NULL;
+    tree->counts = NULL;
+    tree->padding = NULL;
+    tree->leaf_of_input = NULL;
+    tree->input_of_leaf = NULL;
+    tree->customer_ids = ids;
+    ids = NULL;
+    tree->leaf_count = n;
+    tree->depth = depth_for(n);
+    hmac_prepare(secret.buf, (size_t)secret.len, snapshot, (size_t)snapshot_size,
+                 &tree->hmac_inner, &tree->hmac_outer);
+
+    uint8_t instrument_hash[HASH_SIZE], snapshot_hash[HASH_SIZE];
+    hash_label(instrument_hash, snapshot, snapshot_size, instrument, instrument_size);
+    hash_label(snapshot_hash, snapshot, snapshot_size, NULL, 0);
+
+    PyObject **id_items = PySequence_Fast_ITEMS(tree->customer_ids);
+    uids = read_inputs(tree, id_items, PySequence_Fast_ITEMS(units), n);
+    if (uids == NULL) goto fail;
+    if (order_leaves(tree, uids, n) < 0) goto fail;
+
+    int depth = tree->depth;
+    tree->levels = PyMem_RawCalloc((size_t)depth + 1, sizeof(node_t *));
+    tree->counts = PyMem_RawCalloc((size_t)depth + 1, sizeof(Py_ssize_t));
+    tree->padding = PyMem_RawCalloc((size_t)depth + 1, HASH_SIZE);
+    if (tree->levels == NULL || tree->counts == NULL || tree->padding == NULL) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    Py_ssize_t count = n ? n : 1;
+    for (int j = 0; j <= depth; j++) {
+        tree->counts[j] = count;
+        tree->levels[j] = PyMem_RawMalloc((size_t)count * sizeof(node_t));
+        if (tree->levels[j] == NULL) {
+            PyErr_NoMemory();
+            goto fail;
+        }
+        count = (count + 1) / 2;
+    }
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = build_levels(tree, uids, instrument_hash, snapshot_hash);
+    Py_END_ALLOW_THREADS
+    if (status < 0) {
+        PyErr_SetString(PyExc_ValueError, "the total of the balances is not below 2^127");
+        goto fail;
+    }
+    PyMem_RawFree(uids);
+    memcpy(tree->root_hash, tree->levels[depth][0].hash, HASH_SIZE);
+    tree->total = tree->levels[depth][0].sum;
+    Py_DECREF(units);
+    PyBuffer_Release(&secret);
+    return (PyObject *)tree;
+fail:
+    PyMem_RawFree(uids);
+    Py_XDECREF(tree);
+    Py_XDECREF(ids);
+    Py_XDECREF(units);
+    PyBuffer_Release(&secret);
+    return NULL;
+}
+
+static int check_index(TreeObject *self, Py_ssize_t index, const char *what) {
+    if (index < 0 || index >= self->leaf_count) {
+        PyErr_Format(PyExc_IndexError, "%s %zd out of range (%zd leaves)", what, index,
+                     self->leaf_count);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *tree_leaf_index(TreeObject *self, PyObject *arg) {
+    Py_ssize_t position = PyLong_AsSsize_t(arg);
+    if (position == -1 && PyErr_Occurred()) return NULL;
+    if (check_index(self, position, "input position") < 0) return NULL;
+    return PyLong_FromUnsignedLong(self->leaf_of_input[position]);
+}
+
+static PyObject *tree_input_position(TreeObject *self, PyObject *arg) {
+    Py_ssize_t index = PyLong_AsSsize_t(arg);
+    if (index == -1 && PyErr_Occurred()) return NULL;
+    if (check_index(self, index, "leaf index") < 0) return NULL;
+    return PyLong_FromUnsignedLong(self->input_of_leaf[index]);
+}
+
+static PyObject *tree_nonce(TreeObject *self, PyObject *arg) {
+    Py_ssize_t position = PyLong_AsSsize_t(arg);
+    if (position == -1 && PyErr_Occurred()) return NULL;
+    if (check_index(self, position, "input position") < 0) return NULL;
+    Py_ssize_t size;
+    PyObject *customer = PySequence_Fast_GET_ITEM(self->customer_ids, position);
+    const char *text = PyUnicode_AsUTF8AndSize(customer, &size);
+    if (text == NULL) return NULL;
+    uint8_t nonce[HASH_SIZE];
+    compute_nonce(nonce, &self->hmac_inner, &self->hmac_outer, text, (size_t)size);
+    return PyBytes_FromStringAndSize((const char *)nonce, HASH_SIZE);
+}
+
+static PyObject *tree_siblings(TreeObject *self, PyObject *arg) {
+    Py_ssize_t index = PyLong_AsSsize_t(arg);
+    if (index == -1 && PyErr_Occurred()) return NULL;
+    if (check_index(self, index, "leaf index") < 0) return NULL;
+    PyObject *result = PyList_New(self->depth);
+    if (result == NULL) return NULL;
+    for (int j = 0; j < self->depth; j++) {
+        Py_ssize_t sibling = (index >> j) ^ 1;
+        const uint8_t *hash;
+        u128 sum;
+        if (sibling < self->counts[j]) {
+            hash = self->levels[j][sibling].hash;
+            sum = self->levels[j][sibling].sum;
+        } else {
+            hash = self->padding[j];
+            sum = 0;
+        }
+        PyObject *pair = Py_BuildValue("(y#N)", (const char *)hash, (Py_ssize_t)HASH_SIZE,
+                                       units_to_int(sum));
+        if (pair == NULL) {
+            Py_DECREF(result);
+            return NULL;
+        }
+        PyList_SET_ITEM(result, j, pair);
+    }
+    return result;
+}
+
+static PyObject *tree_get_root_hash(TreeObject *self, void *closure) {
+    return PyBytes_FromStringAndSize((const char *)self->root_hash, HASH_SIZE);
+}
+
+static PyObject *tree_get_total(TreeObject *self, void *closure) {
+    return units_to_int(self->total);
+}
+
+static PyObject *tree_get_depth(TreeObject *self, void *closure) {
+    return PyLong_FromLong(self->depth);
+}
+
+static PyObject *tree_get_leaf_count(TreeObject *self, void *closure) {
+    return PyLong_FromSsize_t(self->leaf_count);
+}
+
+static PyMethodDef tree_methods[] = {
+    {"leaf_index", (PyCFunction)tree_leaf_index, METH_O,
+     "leaf_index(position) -> the leaf index of the input at this position"},
+    {"input_position", (PyCFunction)tree_input_position, METH_O,
+     "input_position(index) -> the input position of the leaf at this index"},
+    {"nonce", (PyCFunction)tree_nonce, METH_O,
+     "nonce(position) -> the 32-byte nonce of the input at this position"},
+    {"siblings", (PyCFunction)tree_siblings, METH_O,
+     "siblings(index) -> [(hash, units)] from the leaf upwards"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef tree_getset[] = {
+    {"root_hash", (getter)tree_get_root_hash, NULL, "the root's 32-byte hash", NULL},
+    {"total_units", (getter)tree_get_total, NULL, "the sum of every leaf's units", NULL},
+    {"depth", (getter)tree_get_depth, NULL, "levels above the leaves", NULL},
+    {"leaf_count", (getter)tree_get_leaf_count, NULL, "real leaves (customers)", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject TreeType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sluice.por._merkle.Tree",
+    .tp_basicsize = sizeof(TreeObject),
+    .tp_dealloc = (destructor)tree_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A built Merkle-sum tree (made by build()).",
+    .tp_methods = tree_methods,
+    .tp_getset = tree_getset,
+};
+
+/* ---------------------------------------------------------------- verification */
+
+static PyObject *merkle_compute_root(PyObject *module, PyObject *args) {
+    const char *snapshot, *instrument, *customer;
+    Py_ssize_t snapshot_size, instrument_size, customer_size;
+    Py_buffer nonce;
+    PyObject *units_object, *index_object, *siblings_object;
+    if (!PyArg_ParseTuple(args, "s#s#s#y*OOO:compute_root", &snapshot, &snapshot_size,
+                          &instrument, &instrument_size, &customer, &customer_size, &nonce,
+                          &units_object, &index_object, &siblings_object)) {
+        return NULL;
+    }
+    PyObject *siblings = NULL;
+    if (nonce.len != HASH_SIZE) {
+        PyErr_SetString(PyExc_ValueError, "the nonce is not 32 bytes");
+        goto fail;
+    }
+    u128 sum;
+    if (read_units(units_object, &sum, "the proof's balance") < 0) goto fail;
+    siblings = PySequence_Fast(siblings_object, "siblings must be a sequence");
+    if (siblings == NULL) goto fail;
+    Py_ssize_t depth = PySequence_Fast_GET_SIZE(siblings);
+    if (depth > 63) {
+        PyErr_SetString(PyExc_ValueError, "more than 63 siblings");
+        goto fail;
+    }
+    if (!PyLong_Check(index_object)) {
+        PyErr_SetString(PyExc_TypeError, "the index must be an int");
+        goto fail;
+    }
+    int overflow = 0;
+    long long index = PyLong_AsLongLongAndOverflow(index_object, &overflow);
+    if (index == -1 && PyErr_Occurred()) goto fail;
+    if (overflow != 0 || index < 0 || (unsigned long long)index >> depth != 0) {
+        PyErr_Format(PyExc_ValueError, "the index %S is not below 2^%zd", index_object, depth);
+        goto fail;
+    }
+    uint8_t hash[HASH_SIZE], label[HASH_SIZE], uid[HASH_SIZE];
+    compute_uid(uid, nonce.buf, customer, (size_t)customer_size);
+    hash_label(label, snapshot, snapshot_size, instrument, instrument_size);
+    compute_leaf(hash, label, uid, sum);
+    PyObject **items = PySequence_Fast_ITEMS(siblings);
+    for (Py_ssize_t j = 0; j < depth; j++) {
+        PyObject *pair = items[j];
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            PyErr_Format(PyExc_TypeError, "sibling %zd is not a (hash, units) pair", j);
+            goto fail;
+        }
+        PyObject *sibling_hash = PyTuple_GET_ITEM(pair, 0);
+        if (!PyBytes_Check(sibling_hash) || PyBytes_GET_SIZE(sibling_hash) != HASH_SIZE) {
+            PyErr_Format(PyExc_ValueError, "sibling %zd: the hash is not 32 bytes", j);
+            goto fail;
+        }
+        char what[40];
+        PyOS_snprintf(what, sizeof what, "sibling %zd", j);
+        u128 sibling_sum;
+        if (read_units(PyTuple_GET_ITEM(pair, 1), &sibling_sum, what) < 0) goto fail;
+        const uint8_t *other = (const uint8_t *)PyBytes_AS_STRING(sibling_hash);
+        uint8_t parent[HASH_SIZE];
+        if ((index >> j) & 1) {
+            hash_node(parent, other, sibling_sum, hash, sum);
+        } else {
+            hash_node(parent, hash, sum, other, sibling_sum);
+        }
+        memcpy(hash, parent, HASH_SIZE);
+        sum += sibling_sum;
+        if (sum >= SUM_LIMIT) {
+            PyErr_Format(PyExc_ValueError, "the sum at level %zd is not below 2^127", j + 1);
+            goto fail;
+        }
+    }
+    Py_DECREF(siblings);
+    PyBuffer_Release(&nonce);
+    return Py_BuildValue("(y#N)", (const char *)hash, (Py_ssize_t)HASH_SIZE, units_to_int(sum));
+fail:
+    Py_XDECREF(siblings);
+    PyBuffer_Release(&nonce);
+    return NULL;
+}
+
+static PyMethodDef merkle_methods[] = {
+    {"build", merkle_build, METH_VARARGS,
+     "build(secret, snapshot_id, instrument, customer_ids, units) -> Tree"},
+    {"compute_root", merkle_compute_root, METH_VARARGS,
+     "compute_root(snapshot_id, instrument, customer_id, nonce, units, index, siblings)"
+     " -> (root_hash, total_units); ValueError with the reason when the path is malformed"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef merkle_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "sluice.por._merkle",
+    .m_doc = "The proof-of-liabilities Merkle-sum tree in C (see sluice.por.tree).",
+    .m_size = -1,
+    .m_methods = merkle_methods,
+};
+
+PyMODINIT_FUNC PyInit__merkle(void) {
+    if (PyType_Ready(&TreeType) < 0) return NULL;
+    return PyModule_Create(&merkle_module);
+}
