@@ -9,6 +9,7 @@ exactly one spelling and a verifier reads it exactly as it was written.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -201,4 +202,42 @@ def _sibling(item: Any, level: int) -> Sibling:
     return Sibling(
         _hash(item["hash"], f"sibling {level} hash"),
         _units(item["units"], f"sibling {level} units"),
+    )
+
+
+def parse_roots(text: str) -> list[Root]:
+    """The roots in a published root file: one JSON object, a JSON array of them, or JSON lines
+    (one root per line, as ``sluice por snapshot`` prints them)."""
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError:
+        document = None
+        lines = [line for line in text.splitlines() if line.strip()]
+        try:
+            items = [json.loads(line) for line in lines]
+        except json.JSONDecodeError as exc:
+            raise InvalidInputError(f"the root file is not JSON nor JSON lines: {exc}") from exc
+    else:
+        items = document if isinstance(document, list) else [document]
+    if not items:
+        raise InvalidInputError("the root file holds no root")
+    return [Root.from_json(item) for item in items]
+
+
+def parse_proof(text: str) -> Proof:
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"the proof is not JSON: {exc}") from exc
+    return Proof.from_json(document)
+
+
+def root_for(roots: list[Root], snapshot_id: str, instrument: str) -> Root:
+    """The root of this snapshot and instrument among ``roots``."""
+    for root in roots:
+        if root.snapshot_id == snapshot_id and root.instrument == instrument:
+            return root
+    raise InvalidInputError(
+        f"no published root for snapshot {snapshot_id!r} and instrument {instrument!r} "
+        f"among the {len(roots)} in the root file"
     )
