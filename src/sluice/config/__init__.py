@@ -33,6 +33,8 @@ from pydantic import (
 
 from sluice.config.bitcoin import BitcoinConfig as BitcoinConfig
 from sluice.config.issuance import IssuanceConfig as IssuanceConfig
+from sluice.config.reserves import ReservesConfig as ReservesConfig
+from sluice.config.reserves import ToleranceConfig as ToleranceConfig
 from sluice.config.sections import (
     _check_url,
     _read_secret,
@@ -345,6 +347,8 @@ class DeploymentConfig(_Section):
     bitcoin: BitcoinConfig | None = None
     # iSTSi issuance (runs where Bitcoin custody and an issuer ledger are available).
     issuance: IssuanceConfig = IssuanceConfig()
+    # Reserves, reconciliation and proof of reserves.
+    reserves: ReservesConfig = ReservesConfig()
 
     @property
     def database_url(self) -> str:
@@ -353,6 +357,10 @@ class DeploymentConfig(_Section):
     @property
     def ledger_path(self) -> Path:
         return self.ledger.path or self.data_dir / "ledger.db"
+
+    @property
+    def por_secret_path(self) -> Path:
+        return self.reserves.por_secret_file or self.data_dir / "por-secret"
 
     def redacted(self) -> dict[str, Any]:
         """The resolved configuration as JSON, secrets shown as ``***``."""

@@ -24,6 +24,7 @@ from sluice.ports.compliance import (
     SanctionsScreen,
 )
 from sluice.ports.ledger import (
+    ActiveContractsReader,
     ChoiceContextData,
     CommandError,
     FactoryChoice,
@@ -64,6 +65,7 @@ from sluice.ports.writer_lock import (
 __all__ = [
     "AccessRepository",
     "AccountsRepository",
+    "ActiveContractsReader",
     "AddressMatch",
     "ApiKeyRecord",
     "AsyncReads",

@@ -53,6 +53,19 @@ class LedgerClient(Protocol):
         ...
 
 
+class ActiveContractsReader(Protocol):
+    """A node's active contracts, read from the ledger itself (reconciliation and the reserves
+    side of a proof of reserves read holdings this way, apart from what ingestion stored)."""
+
+    def ledger_end(self) -> int: ...
+
+    def active_contracts(self, party: str, at_offset: int | None = None) -> list[JsonObject]:
+        """``JsGetActiveContractsResponse`` items of the contracts ``party`` is a stakeholder
+        of, as of ``at_offset`` (None: the ledger end at the time of the call). Raises
+        :class:`LedgerReadError` when they cannot be read."""
+        ...
+
+
 # --- Commands and the registry -----------------------------------------------------------------
 
 InstructionChoice = Literal["accept", "reject", "withdraw"]

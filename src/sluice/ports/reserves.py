@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
-Severity = Literal["minor", "warning", "critical", "emergency"]
-SEVERITIES: tuple[Severity, ...] = ("minor", "warning", "critical", "emergency")
+from sluice.domain.reserves import SEVERITIES as SEVERITIES
+from sluice.domain.reserves import Severity as Severity
 
 # Where a discrepancy was found: the journal against the ledger's active contracts, custody
 # outputs in the DB against the node's UTXO set, or iSTSi supply against reserves.

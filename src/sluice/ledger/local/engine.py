@@ -45,7 +45,7 @@ from datetime import UTC, datetime
 
 from sluice.domain.errors import InvalidInputError
 from sluice.domain.ledger import parse_timestamp
-from sluice.ports import JsonObject
+from sluice.ports import JsonObject, LedgerReadError
 
 from .errors import (
     CommandRejectedError,
@@ -279,6 +279,28 @@ class NodeClient:
         if self._ledger.node_of(party) != self.node:
             raise InvalidInputError(f"{party} is not hosted on node {self.node}")
         return self._ledger.offset_at_record_time(self.node, time)
+
+    def active_contracts(self, party: str, at_offset: int | None = None) -> list[JsonObject]:
+        """``party``'s active contracts as the Canton JSON API lists them. The embedded ledger
+        keeps no archived contracts, so it answers at its end only: an earlier ``at_offset``
+        raises :class:`~sluice.ports.LedgerReadError` (read :meth:`active_contracts_at_end`
+        to get the offset and the contracts of one moment)."""
+        end, items = self.active_contracts_at_end(party)
+        if at_offset is not None and at_offset != end:
+            raise LedgerReadError(
+                f"the embedded ledger reads active contracts at its end ({end}) only, not at "
+                f"offset {at_offset}",
+                retryable=at_offset > end,
+            )
+        return items
+
+    def active_contracts_at_end(self, party: str) -> tuple[int, list[JsonObject]]:
+        """The node's ledger end and ``party``'s active contracts there, read together."""
+        self._refresh()
+        if self._ledger.node_of(party) != self.node:
+            raise InvalidInputError(f"{party} is not hosted on node {self.node}")
+        with self._ledger._lock:
+            return self._ledger.ledger_end(self.node), self._ledger.active_contracts(party)
 
 
 __all__ = [
