@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import urlsplit
 
 from sqlalchemy import Engine
@@ -33,6 +33,7 @@ from sluice.ledger.canton import (
     registry_lookup,
 )
 from sluice.ports import (
+    ActiveContractsReader,
     AsyncReads,
     LedgerClient,
     LedgerCommands,
@@ -47,6 +48,7 @@ from sluice.services.bitcoin_settings import BitcoinSettings
 from sluice.services.compliance import ComplianceSettings, KycRegistry
 from sluice.services.issuance_router import IssuanceRouter
 from sluice.services.issuance_settings import IssuanceContext
+from sluice.services.reserves_settings import ReservesContext, ReservesSettings
 from sluice.store.async_reads import PgAsyncReads
 from sluice.store.database import open_database
 from sluice.store.unit_of_work import SqlUnitOfWork
@@ -714,3 +716,55 @@ def _custody_descriptors(custody: BitcoinCustody, config: DeploymentConfig) -> s
     if config.bitcoin is not None:
         known.add(config.bitcoin.descriptor)
     return {d for d in known if d}
+
+
+# --- reserves ------------------------------------------------------------------------------------
+
+
+def reserves_settings(config: DeploymentConfig) -> ReservesSettings:
+    section = config.reserves
+    return ReservesSettings(
+        reading_interval_s=section.reading_interval_s,
+        reconcile_interval_s=section.reconcile_interval_s,
+        tolerances=section.tolerances.tolerances(),
+        ratio_warning_bps=section.ratio_warning_bps,
+        ratio_critical_bps=section.ratio_critical_bps,
+        scan_gap=section.scan_gap,
+    )
+
+
+def reserves_context(
+    config: DeploymentConfig,
+    database: Database,
+    *,
+    treasury: str,
+    clock: Callable[[], datetime] | None = None,
+    ledger: ActiveContractsReader | None = None,
+    custody: BitcoinCustody | None = None,
+    issuance: Issuance | None = None,
+) -> ReservesContext:
+    """The reserves side of a process, on the sources it already has open (none is closed by
+    it): the ledger connection's reader of active contracts, custody's node and wallet, and
+    issuance's issuer ledger. What is missing is reported as not read."""
+    issuer = issuance.context.issuer if issuance is not None else None
+    return ReservesContext(
+        uow=database.uow,
+        clock=clock or _system_clock,
+        treasury=treasury,
+        secret_path=config.por_secret_path,
+        settings=reserves_settings(config),
+        ledger=ledger,
+        node=custody.node if custody is not None else None,
+        wallet=custody.wallet if custody is not None else None,
+        issuer=issuer,
+        istsi=issuer.instrument if issuer is not None else None,
+    )
+
+
+def active_contracts_reader(connection: LedgerConnection) -> ActiveContractsReader | None:
+    """The connection's reader of active contracts, when its client has one (the Canton client
+    and the embedded ledger's node client do)."""
+    client = connection.client
+    if hasattr(client, "active_contracts"):
+        return cast("ActiveContractsReader", client)
+    return None

@@ -16,6 +16,8 @@ from sluice.api.routes import (
     customers,
     instruments,
     issuance,
+    por,
+    reserves,
     system,
     withdrawals,
 )
@@ -25,6 +27,8 @@ from sluice.api.security import CorrelationMiddleware, RateLimiter
 ROUTERS = (
     *(module.router for module in (system, customers, withdrawals, instruments, compliance, admin)),
     *issuance.ROUTERS,
+    reserves.router,
+    por.router,
 )
 
 DESCRIPTION = """\
