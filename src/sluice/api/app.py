@@ -17,6 +17,7 @@ from sluice.api.routes import (
     instruments,
     issuance,
     por,
+    reconciliation,
     reserves,
     system,
     withdrawals,
@@ -28,6 +29,7 @@ ROUTERS = (
     *(module.router for module in (system, customers, withdrawals, instruments, compliance, admin)),
     *issuance.ROUTERS,
     reserves.router,
+    reconciliation.router,
     por.router,
 )
 

@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Literal
 
 from sluice.domain.errors import InvalidInputError
+from sluice.domain.ledger import InstrumentId
 
 Severity = Literal["minor", "warning", "critical", "emergency"]
 SEVERITIES: tuple[Severity, ...] = ("minor", "warning", "critical", "emergency")
@@ -21,6 +22,11 @@ TOKEN_DECIMALS = 10
 ISTSI_DECIMALS = 8
 FULL_BPS = 10_000  # a ratio of 100 %
 UNITS_LIMIT = 2**127  # every balance and sum stays below this (u128 with a spare bit)
+
+
+def decimals_for(instrument: InstrumentId, istsi: InstrumentId | None) -> int:
+    """The decimals an instrument's units are counted in: 8 for iSTSi (satoshis), else 10."""
+    return ISTSI_DECIMALS if istsi is not None and instrument == istsi else TOKEN_DECIMALS
 
 
 def units_of(amount: Decimal, decimals: int) -> int:

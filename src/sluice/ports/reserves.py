@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
+from sluice.domain.deposits import Alert
 from sluice.domain.reserves import SEVERITIES as SEVERITIES
 from sluice.domain.reserves import Severity as Severity
 
@@ -159,6 +160,10 @@ class ReservesRepository(Protocol):
 
     def latest_readings(self) -> list[ReserveReading]:
         """The newest reading of each instrument."""
+        ...
+
+    def add_alerts(self, alerts: Sequence[Alert], at: datetime) -> int:
+        """Raise each alert once (an id raised before is left alone); answers how many went in."""
         ...
 
     # -- reconciliation ---------------------------------------------------------------------

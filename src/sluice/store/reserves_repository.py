@@ -9,13 +9,14 @@ processes taking a snapshot under the same id cannot both publish it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Connection, Row, func, insert, literal_column, select, update
 from sqlalchemy.sql import Executable
 
+from sluice.domain.deposits import Alert
 from sluice.ports.reserves import (
     Discrepancy,
     PorSnapshot,
@@ -29,6 +30,7 @@ from sluice.ports.reserves import (
     RunTrigger,
     Severity,
 )
+from sluice.store.bitcoin_rows import insert_alert
 from sluice.store.reserves_tables import (
     por_leaves,
     por_roots,
@@ -146,6 +148,9 @@ class SqlReservesRepository:
             .order_by(reserve_readings.c.instrument)
         )
         return [_reading(row) for row in rows]
+
+    def add_alerts(self, alerts: Sequence[Alert], at: datetime) -> int:
+        return sum(1 for alert in alerts if insert_alert(self._c, alert, at))
 
     # -- reconciliation ---------------------------------------------------------------------
 
