@@ -190,48 +190,56 @@ static void hash_label(uint8_t *out, const char *a, Py_ssize_t a_size, const cha
 
 /* ---------------------------------------------------------------- Python ints <-> u128 */
 
-/* Reads a non-negative int below 2^127 into *out; -1 with ValueError / TypeError otherwise. */
-static int read_units(PyObject *value, u128 *out, const char *what) {
-    if (!PyLong_Check(value) || PyBool_Check(value)) {
-        PyErr_Format(PyExc_TypeError, "%s: units must be an int, not %.100s", what,
-                     Py_TYPE(value)->tp_name);
-        return -1;
-    }
+enum { UNITS_OK = 0, UNITS_FAILED = -1, UNITS_NOT_INT = 1, UNITS_NEGATIVE = 2, UNITS_TOO_LARGE = 3 };
+
+/* Reads a non-negative int below 2^127 into *out. Returns UNITS_OK, UNITS_FAILED with a Python
+ * error set, or another status with no error set: the caller names the value only then, since
+ * formatting a message for every leaf would cost more than hashing it. */
+static int read_units(PyObject *value, u128 *out) {
+    if (!PyLong_Check(value) || PyBool_Check(value)) return UNITS_NOT_INT;
     int overflow = 0;
     long long small = PyLong_AsLongLongAndOverflow(value, &overflow);
-    if (small == -1 && PyErr_Occurred()) return -1;
+    if (small == -1 && PyErr_Occurred()) return UNITS_FAILED;
     if (overflow == 0) {
-        if (small < 0) {
-            PyErr_Format(PyExc_ValueError, "%s: units are negative (%lld)", what, small);
-            return -1;
-        }
+        if (small < 0) return UNITS_NEGATIVE;
         *out = (u128)small;
-        return 0;
+        return UNITS_OK;
     }
-    if (overflow < 0) {
-        PyErr_Format(PyExc_ValueError, "%s: units are negative (%S)", what, value);
-        return -1;
-    }
+    if (overflow < 0) return UNITS_NEGATIVE;
     PyObject *shift = PyLong_FromLong(64);
     PyObject *high = shift ? PyNumber_Rshift(value, shift) : NULL;
     Py_XDECREF(shift);
-    if (high == NULL) return -1;
+    if (high == NULL) return UNITS_FAILED;
     unsigned long long high_bits = PyLong_AsUnsignedLongLong(high);
     Py_DECREF(high);
-    if (PyErr_Occurred() || high_bits >= (1ULL << 63)) {
+    if (PyErr_Occurred()) {
         PyErr_Clear();
-        PyErr_Format(PyExc_ValueError, "%s: units %S are not below 2^127", what, value);
-        return -1;
+        return UNITS_TOO_LARGE;
     }
+    if (high_bits >= (1ULL << 63)) return UNITS_TOO_LARGE;
     PyObject *mask = PyLong_FromUnsignedLongLong(~0ULL);
     PyObject *low = mask ? PyNumber_And(value, mask) : NULL;
     Py_XDECREF(mask);
-    if (low == NULL) return -1;
+    if (low == NULL) return UNITS_FAILED;
     unsigned long long low_bits = PyLong_AsUnsignedLongLong(low);
     Py_DECREF(low);
-    if (PyErr_Occurred()) return -1;
+    if (PyErr_Occurred()) return UNITS_FAILED;
     *out = ((u128)high_bits << 64) | (u128)low_bits;
-    return 0;
+    return UNITS_OK;
+}
+
+/* Sets the error for a read_units status other than UNITS_OK; `what` names the value (stolen). */
+static void raise_units_error(int status, PyObject *value, PyObject *what) {
+    if (what == NULL) return;
+    if (status == UNITS_NOT_INT) {
+        PyErr_Format(PyExc_TypeError, "%U: units must be an int, not %.100s", what,
+                     Py_TYPE(value)->tp_name);
+    } else if (status == UNITS_NEGATIVE) {
+        PyErr_Format(PyExc_ValueError, "%U: units are negative (%S)", what, value);
+    } else if (status == UNITS_TOO_LARGE) {
+        PyErr_Format(PyExc_ValueError, "%U: units %S are not below 2^127", what, value);
+    }
+    Py_DECREF(what);
 }
 
 static PyObject *units_to_int(u128 value) {
@@ -306,9 +314,11 @@ static node_t *read_inputs(TreeObject *tree, PyObject **ids, PyObject **units, P
         }
         const char *customer = PyUnicode_AsUTF8AndSize(ids[i], &size);
         if (customer == NULL) goto fail;
-        char what[200];
-        PyOS_snprintf(what, sizeof what, "customer %.150s", customer);
-        if (read_units(units[i], &uids[i].sum, what) < 0) goto fail;
+        int status = read_units(units[i], &uids[i].sum);
+        if (status != UNITS_OK) {
+            raise_units_error(status, units[i], PyUnicode_FromFormat("customer %U", ids[i]));
+            goto fail;
+        }
         uint8_t nonce[HASH_SIZE];
         compute_nonce(nonce, &tree->hmac_inner, &tree->hmac_outer, customer, (size_t)size);
         compute_uid(uids[i].hash, nonce, customer, (size_t)size);
@@ -618,7 +628,11 @@ static PyObject *merkle_compute_root(PyObject *module, PyObject *args) {
         goto fail;
     }
     u128 sum;
-    if (read_units(units_object, &sum, "the proof's balance") < 0) goto fail;
+    int status = read_units(units_object, &sum);
+    if (status != UNITS_OK) {
+        raise_units_error(status, units_object, PyUnicode_FromString("the proof's balance"));
+        goto fail;
+    }
     siblings = PySequence_Fast(siblings_object, "siblings must be a sequence");
     if (siblings == NULL) goto fail;
     Py_ssize_t depth = PySequence_Fast_GET_SIZE(siblings);
@@ -653,10 +667,13 @@ static PyObject *merkle_compute_root(PyObject *module, PyObject *args) {
             PyErr_Format(PyExc_ValueError, "sibling %zd: the hash is not 32 bytes", j);
             goto fail;
         }
-        char what[40];
-        PyOS_snprintf(what, sizeof what, "sibling %zd", j);
         u128 sibling_sum;
-        if (read_units(PyTuple_GET_ITEM(pair, 1), &sibling_sum, what) < 0) goto fail;
+        PyObject *sibling_units = PyTuple_GET_ITEM(pair, 1);
+        status = read_units(sibling_units, &sibling_sum);
+        if (status != UNITS_OK) {
+            raise_units_error(status, sibling_units, PyUnicode_FromFormat("sibling %zd", j));
+            goto fail;
+        }
         const uint8_t *other = (const uint8_t *)PyBytes_AS_STRING(sibling_hash);
         uint8_t parent[HASH_SIZE];
         if ((index >> j) & 1) {

@@ -70,7 +70,11 @@ def verify_command(
             + "\n"
         )
     elif verdict.valid:
-        sys.stdout.write(f"valid: {verdict.reason}\n")
+        sys.stdout.write(
+            f"valid: {proof.customer_id}'s balance of {proof.balance} {proof.instrument} is "
+            f"included in snapshot {root.snapshot_id} (root {root.root_hash.hex()}, total "
+            f"{root.total}, taken at {root.taken_at})\n"
+        )
     else:
         sys.stdout.write(f"INVALID: {verdict.reason}\n")
     if not verdict.valid:
