@@ -4,7 +4,9 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
+# The C extension (setup.py, src/sluice/por/_merkle.c) is part of the install: a change rebuilds.
+NATIVE_SOURCES := setup.py src/sluice/por/_merkle.c
+STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml $(NATIVE_SOURCES) | cksum | cut -d' ' -f1)
 UV_VERSION := 0.13.8
 PG_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/sluice_bench
 BENCH_UPDATES ?= 100000
@@ -13,11 +15,14 @@ BENCH_UPDATES ?= 100000
 
 install: $(STAMP)
 
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock pyproject.toml $(NATIVE_SOURCES)
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq python3-venv; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
 	@$(BIN)/uv pip install -q --python $(BIN)/python -r requirements.lock
+	@# OpenSSL's headers for the proof-of-liabilities tree's C extension (sluice.por._merkle).
+	@test -f /usr/include/openssl/sha.h || { echo "installing libssl-dev"; $(SUDO) apt-get update -qq && \
+		$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libssl-dev >/dev/null; }
 	@$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
 	@rm -f $(VENV)/.installed-*; touch $(STAMP)
 
@@ -57,6 +62,7 @@ bench: $(STAMP)
 	$(BIN)/sluice bench api --record docs/benchmarks.md
 	$(BIN)/sluice bench compliance --record docs/benchmarks.md
 	$(BIN)/sluice bench bitcoin --record docs/benchmarks.md
+	$(BIN)/sluice bench por --record docs/benchmarks.md
 
 bench-quick: $(STAMP)
 	$(BIN)/sluice bench ingest --updates 5000 --db sqlite:///data/bench/bench.db
