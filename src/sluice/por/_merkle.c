@@ -371,23 +371,26 @@ static int order_leaves(TreeObject *tree, const node_t *uids, Py_ssize_t n) {
     return 0;
 }
 
-/* Phase 3: the levels, leaves to root (no Python objects: runs without the GIL). */
-static int build_levels(TreeObject *tree, const node_t *uids, const uint8_t *instrument_hash,
-                        const uint8_t *snapshot_hash) {
-    Py_ssize_t n = tree->leaf_count;
-    int depth = tree->depth;
+/* Phase 3: the leaves in uid order (no Python objects: runs without the GIL). */
+static void compute_leaves(TreeObject *tree, const node_t *uids, const uint8_t *instrument_hash,
+                           const uint8_t *snapshot_hash) {
     node_t *leaves = tree->levels[0];
-    int overflow = 0;
-    if (n == 0) {
+    if (tree->leaf_count == 0) {
         hash_padding_leaf(leaves[0].hash, 0, snapshot_hash);
         leaves[0].sum = 0;
-        return 0;
+        return;
     }
-    for (Py_ssize_t k = 0; k < n; k++) {
+    for (Py_ssize_t k = 0; k < tree->leaf_count; k++) {
         const node_t *source = &uids[tree->input_of_leaf[k]];
         compute_leaf(leaves[k].hash, instrument_hash, source->hash, source->sum);
         leaves[k].sum = source->sum;
     }
+}
+
+/* Phase 4: the levels above the leaves, to the root (runs without the GIL). */
+static int build_levels(TreeObject *tree, const uint8_t *snapshot_hash) {
+    int depth = tree->depth;
+    int overflow = 0;
     for (int j = 0; j < depth; j++) {
         Py_ssize_t count = tree->counts[j];
         const node_t *below = tree->levels[j];
@@ -466,25 +469,38 @@ static PyObject *merkle_build(PyObject *module, PyObject *args) {
         PyErr_NoMemory();
         goto fail;
     }
+    /* The leaves first, then the uids are freed before the levels above are allocated: at ten
+     * million customers that keeps half a gigabyte off the peak. */
     Py_ssize_t count = n ? n : 1;
     for (int j = 0; j <= depth; j++) {
         tree->counts[j] = count;
-        tree->levels[j] = PyMem_RawMalloc((size_t)count * sizeof(node_t));
+        count = (count + 1) / 2;
+    }
+    tree->levels[0] = PyMem_RawMalloc((size_t)tree->counts[0] * sizeof(node_t));
+    if (tree->levels[0] == NULL) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    compute_leaves(tree, uids, instrument_hash, snapshot_hash);
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(uids);
+    uids = NULL;
+    for (int j = 1; j <= depth; j++) {
+        tree->levels[j] = PyMem_RawMalloc((size_t)tree->counts[j] * sizeof(node_t));
         if (tree->levels[j] == NULL) {
             PyErr_NoMemory();
             goto fail;
         }
-        count = (count + 1) / 2;
     }
     int status;
     Py_BEGIN_ALLOW_THREADS
-    status = build_levels(tree, uids, instrument_hash, snapshot_hash);
+    status = build_levels(tree, snapshot_hash);
     Py_END_ALLOW_THREADS
     if (status < 0) {
         PyErr_SetString(PyExc_ValueError, "the total of the balances is not below 2^127");
         goto fail;
     }
-    PyMem_RawFree(uids);
     memcpy(tree->root_hash, tree->levels[depth][0].hash, HASH_SIZE);
     tree->total = tree->levels[depth][0].sum;
     Py_DECREF(units);
