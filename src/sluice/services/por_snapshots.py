@@ -1,0 +1,560 @@
+"""Proof-of-liabilities snapshots: customers' balances read from the journal at one moment, one
+Merkle-sum tree per instrument (``sluice.por``), the published roots, and each customer's
+inclusion proof afterwards (``docs/proof-of-reserves.md``).
+
+What goes in a tree: every ``customer:<id>`` account of the instrument with a positive balance,
+in the instrument's smallest unit (8 decimals for iSTSi, 10 for token-standard amounts). A zero
+balance owes nothing and is left out (its customer gets no proof: nothing of theirs is owed); a
+negative balance refuses the whole snapshot, since a tree cannot hold it and it means the books
+are wrong. Suspense, in-flight amounts, holds and fees are not customers' balances: the reserves
+side reports them.
+
+The balances are read in ONE read transaction, so every tree of a snapshot is taken at the same
+point of the journal; the trees are built outside it, and the snapshot, its roots and the
+balances each tree was built from are written in one write transaction afterwards. A proof is
+made later by rebuilding the tree from those stored balances and the operator's secret (the
+construction is deterministic), never from the live journal. The secret keys every nonce and so
+the order of the leaves: it is made once (32 random bytes, mode 0600) and must be backed up —
+without it no proof of a past snapshot can be given again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import re
+import secrets
+import stat
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from sluice.domain.errors import (
+    DuplicateOperationError,
+    InvalidInputError,
+    InvalidOperationStateError,
+    NotFoundError,
+    SluiceError,
+)
+from sluice.domain.ledger import InstrumentId, format_timestamp
+from sluice.domain.reserves import decimals_for, units_of
+from sluice.por.documents import Root, decimals_of
+from sluice.por.tree import IMPLEMENTATION, LiabilityTree, build_tree
+from sluice.ports import UnitOfWork, UnitOfWorkFactory
+from sluice.ports.reserves import PorSnapshot, PublishedRoot
+from sluice.services.reserves_settings import ReservesContext
+
+log = structlog.get_logger("sluice.por")
+
+SECRET_SIZE = 32
+# A snapshot id is hashed into every leaf as ``snapshot_id ‖ "/" ‖ instrument``: no "/" in it
+# (and nothing but plain characters), so no two (snapshot, instrument) pairs hash alike.
+SNAPSHOT_ID = re.compile(r"[A-Za-z0-9._:-]{1,100}")
+# Trees with at least this many leaves are logged as they are built (each one takes seconds).
+LARGE_TREE = 100_000
+# Trees rebuilt for proofs kept in memory (a snapshot is immutable, so they stay right).
+TREES_KEPT = 2
+
+
+class PorSecretError(InvalidOperationStateError):
+    """The proof-of-liabilities secret cannot be used (wrong size, readable by others, or not
+    the one the published roots were built with)."""
+
+
+# --- the secret ----------------------------------------------------------------------------------
+
+
+def load_or_create_secret(path: Path) -> bytes:
+    """The operator's secret: 32 bytes read from ``path``, made there on first use (random,
+    mode 0600, written whole or not at all). Refused when the file has another size or is
+    readable or writable by anyone but its owner: a leaked secret links every customer to
+    their leaf, a changed one can no longer rebuild any published tree."""
+    try:
+        return _read_secret(path)
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        try:
+            os.write(descriptor, secrets.token_bytes(SECRET_SIZE))
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        try:
+            # A hard link, not a rename: it never replaces a secret another process made
+            # meanwhile (that one is then read and used).
+            os.link(temporary, path)
+        except FileExistsError:
+            pass
+        else:
+            _sync_directory(path.parent)
+            log.info("por: made the proof-of-liabilities secret; back it up", path=str(path))
+    finally:
+        temporary.unlink(missing_ok=True)
+    return _read_secret(path)
+
+
+def _read_secret(path: Path) -> bytes:
+    with path.open("rb") as handle:
+        status = os.fstat(handle.fileno())
+        if not stat.S_ISREG(status.st_mode):
+            raise PorSecretError(f"the proof-of-liabilities secret {path} is not a file")
+        if status.st_mode & 0o077:
+            raise PorSecretError(
+                f"the proof-of-liabilities secret {path} is open to others (mode "
+                f"{stat.S_IMODE(status.st_mode):04o}); make it 0600 (chmod 600 {path})"
+            )
+        data = handle.read(SECRET_SIZE + 1)
+    if len(data) != SECRET_SIZE:
+        raise PorSecretError(
+            f"the proof-of-liabilities secret {path} holds {len(data)}"
+            f"{'+' if len(data) > SECRET_SIZE else ''} bytes, not {SECRET_SIZE}: it is not one "
+            "sluice made; restore it from the backup"
+        )
+    return data
+
+
+def _sync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+# --- taking a snapshot ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Liabilities:
+    """One instrument's customer balances at the snapshot: (customer id, units), by customer id,
+    positive balances only; ``zero`` counts the customers left out with a zero balance."""
+
+    instrument: InstrumentId
+    decimals: int
+    balances: tuple[tuple[str, int], ...]
+    zero: int
+
+    @property
+    def key(self) -> str:
+        return self.instrument.key()
+
+    @property
+    def total_units(self) -> int:
+        return sum(units for _, units in self.balances)
+
+
+def take_snapshot(
+    ctx: ReservesContext,
+    *,
+    instruments: Sequence[str] | None = None,
+    snapshot_id: str | None = None,
+) -> list[PublishedRoot]:
+    """Snapshot customers' liabilities and publish one root per instrument (by key).
+
+    ``instruments``: keys (or bare ids naming exactly one known instrument); None: every
+    instrument onboarded or held by a customer. ``snapshot_id``: default ``por-<UTC time>``;
+    an id used before is refused (DuplicateOperationError). A negative balance refuses the
+    whole snapshot (InvalidInputError naming the customer and the instrument)."""
+    secret = load_or_create_secret(ctx.secret_path)
+    taken_at = ctx.clock().astimezone(UTC)
+    snapshot_id = check_snapshot_id(snapshot_id or default_snapshot_id(taken_at))
+    started = time.monotonic()
+    with ctx.uow() as uow:
+        liabilities = read_liabilities(uow, ctx.istsi, instruments)
+    log.info(
+        "por: liabilities read",
+        snapshot_id=snapshot_id,
+        instruments=len(liabilities),
+        customers=sum(len(item.balances) for item in liabilities),
+        seconds=round(time.monotonic() - started, 3),
+    )
+    trees = [_build(secret, snapshot_id, item) for item in liabilities]
+    roots = [_published(tree.root(taken_at), taken_at) for tree in trees]
+    _store(ctx.uow, snapshot_id, taken_at, liabilities, roots)
+    _attach_reserves(ctx, snapshot_id, taken_at, liabilities)
+    log.info(
+        "por: snapshot published",
+        snapshot_id=snapshot_id,
+        roots=len(roots),
+        seconds=round(time.monotonic() - started, 3),
+    )
+    return roots
+
+
+def default_snapshot_id(taken_at: datetime) -> str:
+    """``por-<UTC time to the microsecond>``, e.g. ``por-20261205T113013.123456Z``."""
+    return "por-" + taken_at.astimezone(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+
+
+def check_snapshot_id(snapshot_id: str) -> str:
+    if SNAPSHOT_ID.fullmatch(snapshot_id) is None:
+        raise InvalidInputError(
+            f"snapshot id {snapshot_id!r}: 1 to 100 of the characters A-Z a-z 0-9 . _ : -"
+        )
+    return snapshot_id
+
+
+def read_liabilities(
+    uow: UnitOfWork, istsi: InstrumentId | None, instruments: Sequence[str] | None
+) -> list[Liabilities]:
+    """Customers' balances per instrument, from one read of the journal's balances (call it
+    inside one unit of work). Refuses the whole read when any balance is negative."""
+    balances = uow.books.balances()
+    known: dict[str, InstrumentId] = {
+        record.instrument.key(): record.instrument for record in uow.reference.instruments()
+    }
+    if istsi is not None:
+        known[istsi.key()] = istsi
+    per_instrument: dict[str, list[tuple[str, Decimal]]] = {}
+    for account, balance in balances.items():
+        customer_id = account.customer_id
+        if customer_id is None:
+            continue
+        known.setdefault(account.instrument.key(), account.instrument)
+        per_instrument.setdefault(account.instrument.key(), []).append((customer_id, balance))
+    keys = (
+        sorted(known)
+        if instruments is None
+        else sorted({resolve_instrument(name, known) for name in instruments})
+    )
+    _check_non_negative({key: per_instrument.get(key, []) for key in keys})
+    found = []
+    for key in keys:
+        instrument = known[key]
+        decimals = decimals_for(instrument, istsi)
+        rows = sorted(per_instrument.get(key, []))
+        positive = tuple(
+            (customer_id, _units(balance, decimals, customer_id, key))
+            for customer_id, balance in rows
+            if balance > 0
+        )
+        found.append(Liabilities(instrument, decimals, positive, len(rows) - len(positive)))
+    return found
+
+
+def _check_non_negative(balances: Mapping[str, Sequence[tuple[str, Decimal]]]) -> None:
+    negative = sorted(
+        (key, customer_id, balance)
+        for key, rows in balances.items()
+        for customer_id, balance in rows
+        if balance < 0
+    )
+    if negative:
+        key, customer_id, balance = negative[0]
+        more = f" (and {len(negative) - 1} more)" if len(negative) > 1 else ""
+        raise InvalidInputError(
+            f"customer {customer_id} has a negative balance of {balance.normalize():f} {key}"
+            f"{more}: a liabilities snapshot cannot hold it; fix the books first"
+        )
+
+
+def _units(balance: Decimal, decimals: int, customer_id: str, key: str) -> int:
+    try:
+        return units_of(balance, decimals)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"customer {customer_id}'s balance of {key}: {exc}") from exc
+
+
+def resolve_instrument(name: str, known: Iterable[str]) -> str:
+    """The instrument key ``name`` stands for among ``known``: the key itself, or a bare id
+    naming exactly one of them."""
+    keys = sorted(known)
+    if name in keys:
+        return name
+    matching = [key for key in keys if key.startswith(f"{name}@")]
+    if len(matching) == 1:
+        return matching[0]
+    if matching:
+        raise InvalidInputError(
+            f"instrument {name!r} names several instruments ({', '.join(matching)}): pass its key"
+        )
+    raise NotFoundError(
+        f"no instrument {name!r} here (known: {', '.join(keys) or 'none'}); an instrument is "
+        "named by its key <id>@<admin>"
+    )
+
+
+def _build(secret: bytes, snapshot_id: str, item: Liabilities) -> LiabilityTree:
+    count = len(item.balances)
+    if count >= LARGE_TREE:
+        log.info(
+            "por: building a tree",
+            instrument=item.key,
+            leaves=count,
+            implementation=IMPLEMENTATION,
+        )
+    started = time.monotonic()
+    customer_ids = [customer_id for customer_id, _ in item.balances]
+    units = [amount for _, amount in item.balances]
+    tree = build_tree(secret, snapshot_id, item.key, customer_ids, units, decimals=item.decimals)
+    log.info(
+        "por: tree built",
+        instrument=item.key,
+        leaves=count,
+        depth=tree.built.depth,
+        seconds=round(time.monotonic() - started, 3),
+    )
+    return tree
+
+
+def _published(root: Root, taken_at: datetime) -> PublishedRoot:
+    return PublishedRoot(
+        snapshot_id=root.snapshot_id,
+        instrument=root.instrument,
+        root_hash=root.root_hash.hex(),
+        total_units=root.total_units,
+        total=root.total,
+        leaf_count=root.leaf_count,
+        depth=root.depth,
+        taken_at=taken_at,
+    )
+
+
+def _liabilities_report(liabilities: Sequence[Liabilities]) -> dict[str, Any]:
+    return {
+        "liabilities": {
+            item.key: {
+                "decimals": item.decimals,
+                "customers": len(item.balances),
+                "zero_balances_left_out": item.zero,
+                "total_units": str(item.total_units),
+            }
+            for item in liabilities
+        }
+    }
+
+
+def _store(
+    uow_factory: UnitOfWorkFactory,
+    snapshot_id: str,
+    taken_at: datetime,
+    liabilities: Sequence[Liabilities],
+    roots: Sequence[PublishedRoot],
+) -> None:
+    started = time.monotonic()
+    with uow_factory() as uow:
+        snapshot = PorSnapshot(
+            id=snapshot_id,
+            taken_at=taken_at,
+            instruments=tuple(item.key for item in liabilities),
+            report=_liabilities_report(liabilities),
+        )
+        if not uow.reserves.add_snapshot(snapshot):
+            raise DuplicateOperationError(f"a snapshot {snapshot_id} exists already")
+        for root, item in zip(roots, liabilities, strict=True):
+            uow.reserves.add_root(root)
+            uow.reserves.add_leaves(snapshot_id, item.key, item.balances)
+        uow.commit()
+    log.info(
+        "por: snapshot stored",
+        snapshot_id=snapshot_id,
+        leaves=sum(len(item.balances) for item in liabilities),
+        seconds=round(time.monotonic() - started, 3),
+    )
+
+
+RESERVES_MODULE = "sluice.services.por_reserves"
+
+
+def _attach_reserves(
+    ctx: ReservesContext,
+    snapshot_id: str,
+    taken_at: datetime,
+    liabilities: Sequence[Liabilities],
+) -> None:
+    """The reserves side of the snapshot (``sluice.services.por_reserves``: what backs each
+    instrument, signed, against these liabilities), stored with it when this deployment has
+    that module. The liabilities are published whatever happens here: a reserves document that
+    cannot be made is logged, and the snapshot keeps its liabilities report."""
+    try:
+        module = importlib.import_module(RESERVES_MODULE)
+    except ModuleNotFoundError as exc:
+        if exc.name != RESERVES_MODULE:
+            raise
+        log.info("por: no reserves document (its module is not installed)", module=exc.name)
+        return
+    document = getattr(module, "reserves_document", None)
+    if document is None:
+        log.info("por: no reserves document (no reserves_document)", module=RESERVES_MODULE)
+        return
+    owed = {item.key: item.total_units for item in liabilities}
+    try:
+        reserves: Mapping[str, Any] = document(ctx, snapshot_id, taken_at, owed)
+        store = getattr(module, "store_reserves", None)
+        if store is not None:
+            store(ctx, snapshot_id, reserves)
+        else:
+            with ctx.uow() as uow:
+                report = _liabilities_report(liabilities)
+                uow.reserves.set_snapshot_report(snapshot_id, report, dict(reserves))
+                uow.commit()
+    except SluiceError as exc:
+        log.warning(
+            "por: the snapshot is published without its reserves document",
+            snapshot_id=snapshot_id,
+            error=f"{exc.code} {exc.error}: {exc}",
+        )
+        return
+    log.info("por: reserves document stored", snapshot_id=snapshot_id)
+
+
+# --- reading a snapshot back ----------------------------------------------------------------------
+
+
+def root_json(root: PublishedRoot) -> dict[str, Any]:
+    """The issue's root JSON, field for field, exactly as ``sluice por verify`` reads it."""
+    return Root(
+        snapshot_id=root.snapshot_id,
+        instrument=root.instrument,
+        root_hash=bytes.fromhex(root.root_hash),
+        total_units=root.total_units,
+        total=root.total,
+        leaf_count=root.leaf_count,
+        depth=root.depth,
+        taken_at=format_timestamp(root.taken_at),
+    ).as_json()
+
+
+def snapshot_json(snapshot: PorSnapshot) -> dict[str, Any]:
+    """A snapshot in the history: its id, time, instruments, report and whether its reserves
+    document is stored."""
+    return {
+        "id": snapshot.id,
+        "taken_at": format_timestamp(snapshot.taken_at),
+        "instruments": list(snapshot.instruments),
+        "report": dict(snapshot.report),
+        "has_reserves": snapshot.reserves is not None,
+    }
+
+
+def _snapshot(uow: UnitOfWork, snapshot_id: str | None) -> PorSnapshot:
+    if snapshot_id is None:
+        found = uow.reserves.latest_snapshot()
+        if found is None:
+            raise NotFoundError("no proof-of-liabilities snapshot has been taken yet")
+        return found
+    found = uow.reserves.snapshot(snapshot_id)
+    if found is None:
+        raise NotFoundError(f"no proof-of-liabilities snapshot {snapshot_id}")
+    return found
+
+
+def published_roots(
+    uow_factory: UnitOfWorkFactory, snapshot_id: str | None = None
+) -> list[dict[str, Any]]:
+    """The published roots of a snapshot (the latest by default), by instrument."""
+    with uow_factory() as uow:
+        snapshot = _snapshot(uow, snapshot_id)
+        roots = uow.reserves.roots(snapshot.id)
+    return [root_json(root) for root in roots]
+
+
+def snapshot_history(uow_factory: UnitOfWorkFactory, *, limit: int = 100) -> list[dict[str, Any]]:
+    """The snapshots taken, newest first."""
+    with uow_factory() as uow:
+        return [snapshot_json(snapshot) for snapshot in uow.reserves.snapshots(limit=limit)]
+
+
+def reserves_of(uow_factory: UnitOfWorkFactory, snapshot_id: str) -> dict[str, Any]:
+    """The reserves document stored with a snapshot (NotFound when none was stored)."""
+    with uow_factory() as uow:
+        snapshot = _snapshot(uow, snapshot_id)
+    if snapshot.reserves is None:
+        raise NotFoundError(f"snapshot {snapshot.id} has no reserves document")
+    return dict(snapshot.reserves)
+
+
+# --- a customer's proof ------------------------------------------------------------------------
+
+
+class _Trees:
+    """The last few trees rebuilt for proofs, by (snapshot, instrument, secret digest)."""
+
+    def __init__(self, kept: int) -> None:
+        self._kept = kept
+        self._trees: OrderedDict[tuple[str, str, bytes], LiabilityTree] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str, bytes]) -> LiabilityTree | None:
+        with self._lock:
+            tree = self._trees.get(key)
+            if tree is not None:
+                self._trees.move_to_end(key)
+            return tree
+
+    def put(self, key: tuple[str, str, bytes], tree: LiabilityTree) -> None:
+        with self._lock:
+            self._trees[key] = tree
+            self._trees.move_to_end(key)
+            while len(self._trees) > self._kept:
+                self._trees.popitem(last=False)
+
+
+_trees = _Trees(TREES_KEPT)
+
+
+def customer_proof(
+    ctx: ReservesContext, customer_id: str, instrument: str, snapshot_id: str | None = None
+) -> dict[str, Any]:
+    """The customer's inclusion proof in a snapshot (the latest by default), as the issue's
+    proof JSON. NotFound when the snapshot, the instrument or the customer's leaf is not there
+    (a customer whose balance was zero has no leaf)."""
+    with ctx.uow() as uow:
+        snapshot = _snapshot(uow, snapshot_id)
+        key = resolve_instrument(instrument, snapshot.instruments)
+        if uow.reserves.leaf(snapshot.id, key, customer_id) is None:
+            raise NotFoundError(
+                f"customer {customer_id} has no balance of {key} in snapshot {snapshot.id}"
+            )
+        root = next((r for r in uow.reserves.roots(snapshot.id) if r.instrument == key), None)
+        if root is None:
+            raise NotFoundError(f"snapshot {snapshot.id} has no root for {key}")
+        secret = load_or_create_secret(ctx.secret_path)
+        cache_key = (snapshot.id, key, hashlib.sha256(secret).digest())
+        tree = _trees.get(cache_key)
+        if tree is None:
+            leaves = uow.reserves.leaves(snapshot.id, key)
+    if tree is None:
+        tree = _rebuild(secret, root, leaves)
+        _trees.put(cache_key, tree)
+    return tree.proof(customer_id).as_json()
+
+
+def _rebuild(
+    secret: bytes, root: PublishedRoot, leaves: Sequence[tuple[str, int]]
+) -> LiabilityTree:
+    """The tree of a published root, rebuilt from its stored balances; refused unless it gives
+    the published root exactly (another secret, or altered balances, would not)."""
+    decimals = decimals_of(root.total, root.total_units)
+    tree = build_tree(
+        secret,
+        root.snapshot_id,
+        root.instrument,
+        [customer_id for customer_id, _ in leaves],
+        [units for _, units in leaves],
+        decimals=max(decimals if decimals is not None else 0, 0),
+    )
+    built = tree.built
+    if (built.root_hash.hex(), built.total_units, built.leaf_count) != (
+        root.root_hash,
+        root.total_units,
+        root.leaf_count,
+    ):
+        raise PorSecretError(
+            f"the stored balances of {root.instrument} in snapshot {root.snapshot_id} and this "
+            "proof-of-liabilities secret do not rebuild the published root: the secret is not "
+            "the one the snapshot was taken with (restore it from the backup)"
+        )
+    return tree
