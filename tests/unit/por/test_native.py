@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from sluice.por import hashing
 from sluice.por.tree import IMPLEMENTATION, NATIVE, PythonTree
 from sluice.por.verify import NATIVE_COMPUTE_ROOT, compute_root
-from tests.unit.por.conftest import Case, cases
+from tests.unit.por.strategies import Case, cases
 
 needs_native = pytest.mark.skipif(not NATIVE, reason="sluice.por._merkle is not built here")
 

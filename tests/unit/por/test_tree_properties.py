@@ -15,7 +15,7 @@ from sluice.domain.errors import InvalidInputError
 from sluice.por import hashing
 from sluice.por.documents import Proof, Root, Sibling, format_units
 from sluice.por.verify import verify_proof
-from tests.unit.por.conftest import BUILDERS, Case, cases, identifiers, root_of
+from tests.unit.por.strategies import BUILDERS, Case, cases, identifiers, root_of
 
 FIELDS_OF_A_PROOF = [
     "customer_id",
