@@ -256,6 +256,10 @@ class _Signer:
         self._account = account  # embit HDKey (private) whose public half is the descriptor key
         self._branches: dict[int, Any] = {}
 
+    def sign_digest(self, digest: bytes) -> bytes:
+        """DER ECDSA signature of ``digest`` (the message hash) by the account-level key."""
+        return bytes(self._account.key.sign(digest).serialize())
+
     def private_key(self, branch: int, index: int) -> Any:
         branch_key = self._branches.get(branch)
         if branch_key is None:
@@ -383,6 +387,28 @@ class EmbitCustodyWallet:
         except (ValueError, TypeError):
             return None
         return self._codec.address_of(script_bytes)
+
+    # -- proof of reserves
+
+    def sign_digest(self, digest: bytes) -> list[tuple[str, str]]:
+        """:class:`~sluice.ports.bitcoin.DigestSigner`: each held key's signature of ``digest``
+        under its descriptor xpub, each checked against that xpub before it is returned.
+
+        The account-level key signs: it never locks coins itself (outputs are locked by its
+        children ``K/branch/index``), and the digest is SHA-256 of a document, which no
+        transaction's sighash can be chosen to equal."""
+        if len(digest) != 32:
+            raise InvalidInputError(f"a digest is 32 bytes, not {len(digest)}")
+        signed: list[tuple[str, str]] = []
+        for signer in self._signers:
+            custody_key = self._parsed.keys[signer.position]
+            signature = signer.sign_digest(digest)
+            if not custody_key.hd.key.verify(ec.Signature.parse(signature), digest):
+                raise BitcoinTransactionError(
+                    f"the signature of key {signer.source} does not verify under its xpub"
+                )
+            signed.append((custody_key.xpub, signature.hex()))
+        return signed
 
     # -- transactions
 

@@ -158,3 +158,15 @@ class CustodyWallet(Protocol):
         """Build the PSBT, sign it with two of the three keys, finalise it and extract it.
         :class:`~sluice.domain.errors.BitcoinTransactionError` when that cannot be done."""
         ...
+
+
+class DigestSigner(Protocol):
+    """A custody wallet that signs a proof of reserves: a 32-byte digest, with each custody key
+    this process holds, at the account level (the key exactly as the descriptor names it, never
+    a derived child, so a verifier needs only the descriptor)."""
+
+    def sign_digest(self, digest: bytes) -> list[tuple[str, str]]:
+        """``(xpub as written in the descriptor, DER signature hex)`` per key held, in the
+        descriptor's key order: ECDSA over secp256k1 with ``digest`` as the message hash (it is
+        not hashed again), low S."""
+        ...

@@ -1,1 +1,213 @@
-"""(commands added by this module)"""
+"""``sluice por reserves`` prints the signed reserves document of a snapshot (the latest by
+default); ``sluice por verify-reserves FILE`` checks one with nothing else: no database, no
+configuration. The document's shape, canonical JSON, digest and signatures are in
+``docs/proof-of-reserves.md``.
+
+``verify-reserves`` exits 0 when the document is valid, 2 with every reason when it is not, and 1
+when ``--node`` was given and the node could not be asked (nothing was compared then).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from sluice.cli.common import DbOption, JsonOption, fail, note, open_database
+from sluice.cli.por.wiring import por_app
+from sluice.ports.bitcoin import BitcoinNode
+
+NODE_EXIT = 1  # the node could not be asked
+
+
+def _document_text(document: Any) -> str:
+    return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+@por_app.command("reserves")
+def reserves_command(
+    snapshot: Annotated[
+        str | None, typer.Option("--snapshot", help="The snapshot's id (default: the latest).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write the document to this file.")
+    ] = None,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Print or write the reserves document of a snapshot.
+
+    Custody addresses and balances at a block, signed by the custody keys; the treasury's
+    holdings at a ledger offset; reserves against liabilities per instrument."""
+    database = open_database(db)
+    try:
+        with database.uow() as uow:
+            found = (
+                uow.reserves.snapshot(snapshot)
+                if snapshot is not None
+                else uow.reserves.latest_snapshot()
+            )
+    finally:
+        database.dispose()
+    if found is None:
+        fail(f"no snapshot {snapshot!r}" if snapshot is not None else "no snapshot taken yet")
+    if found.reserves is None:
+        fail(f"snapshot {found.id} has no reserves document")
+    document = dict(found.reserves)
+    if out is not None:
+        try:
+            out.write_text(_document_text(document), encoding="utf-8")
+        except OSError as exc:
+            fail(f"cannot write {out}: {exc.strerror or exc}")
+        note(f"wrote the reserves document of snapshot {found.id} to {out}")
+        if not as_json:
+            return
+    if as_json:
+        sys.stdout.write(_document_text(document))
+        return
+    sys.stdout.write(_summary(document))
+
+
+def _summary(document: dict[str, Any]) -> str:
+    lines = [f"snapshot {document.get('snapshot_id')} taken at {document.get('taken_at')}"]
+    bitcoin = document.get("bitcoin") or {}
+    if bitcoin.get("read"):
+        lines.append(
+            f"bitcoin: {bitcoin['total_sats']} sats in {len(bitcoin['addresses'])} addresses at "
+            f"block {bitcoin['height']} {bitcoin['block_hash']}"
+        )
+    else:
+        lines.append(f"bitcoin: not read ({bitcoin.get('reason')})")
+    signatures = document.get("signatures") or []
+    lines.append(f"signatures: {len(signatures)} (threshold {bitcoin.get('threshold')})")
+    canton = document.get("canton") or {}
+    if canton.get("read"):
+        lines.append(f"canton: {canton['party']}'s holdings at offset {canton['offset']}")
+    else:
+        lines.append(f"canton: not read ({canton.get('reason')})")
+    for report in document.get("reports") or []:
+        if report.get("reserves_read"):
+            cover = "covered" if report["reserves_cover_liabilities"] else "NOT COVERED"
+            lines.append(
+                f"  {report['instrument']}: reserves {report['reserves']}, liabilities "
+                f"{report['liabilities']}, ratio {report['ratio_bps'] or '-'} bps, {cover}"
+            )
+        else:
+            lines.append(
+                f"  {report['instrument']}: liabilities {report['liabilities']}, reserves not "
+                f"read ({report.get('reason')})"
+            )
+    lines.append(f"digest: {document.get('digest')}")
+    return "\n".join(lines) + "\n"
+
+
+def _node(
+    url: str,
+    document: dict[str, Any],
+    cookie_file: Path | None,
+    user: str | None,
+    password: str | None,
+) -> BitcoinNode:
+    """The node ``--node`` names: an http(s) URL of Bitcoin Core's JSON-RPC, or ``file:PATH`` for
+    a sandbox's embedded chain file."""
+    if url.startswith("file:"):
+        from sluice.bitcoin.chainfile import ChainFile, FileNode
+        from sluice.domain.chains import CHAINS
+
+        chain = CHAINS.get(str((document.get("bitcoin") or {}).get("chain")))
+        if chain is None:
+            fail("the document names no known chain, so its chain file cannot be read")
+        return FileNode(ChainFile(Path(url.removeprefix("file:")), chain))
+    from sluice.bitcoin.rpc import BitcoinRpc
+
+    if cookie_file is not None and (user is not None or password is not None):
+        fail("give either --rpc-cookie-file or --rpc-user and --rpc-password, not both")
+    try:
+        return BitcoinRpc(url, user=user, password=password, cookie_file=cookie_file)
+    except ValueError as exc:
+        fail(f"--node: {exc}")
+
+
+@por_app.command("verify-reserves")
+def verify_reserves_command(
+    file: Annotated[
+        str, typer.Argument(metavar="FILE", help="The reserves document (- for stdin).")
+    ],
+    descriptor: Annotated[
+        str | None,
+        typer.Option("--descriptor", help="The custody descriptor as published (with #checksum)."),
+    ] = None,
+    node_url: Annotated[
+        str | None,
+        typer.Option(
+            "--node",
+            help="Recheck the balances on this node: its JSON-RPC URL, or file:PATH for a "
+            "sandbox's embedded chain file.",
+        ),
+    ] = None,
+    cookie_file: Annotated[
+        Path | None, typer.Option("--rpc-cookie-file", help="The node's cookie file.")
+    ] = None,
+    user: Annotated[str | None, typer.Option("--rpc-user", help="The node's RPC user.")] = None,
+    password: Annotated[
+        str | None, typer.Option("--rpc-password", help="The node's RPC password.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the verdict as JSON.")] = False,
+) -> None:
+    """Check a reserves document, with no database and no configuration.
+
+    Its digest, the custody keys' signatures against the descriptor's xpubs (at least its
+    threshold), every address against the descriptor, every sum; with --node, the balances
+    against a node."""
+    from sluice.ports.bitcoin import BitcoinNodeError
+    from sluice.services.por_reserves_verify import verify_reserves
+
+    try:
+        text = sys.stdin.read() if file == "-" else Path(file).read_text(encoding="utf-8")
+    except OSError as exc:
+        fail(f"cannot read {file}: {exc.strerror or exc}")
+    try:
+        document = json.loads(text)
+    except ValueError as exc:
+        fail(f"{file} is not JSON: {exc}")
+    if not isinstance(document, dict):
+        fail(f"{file} is not a JSON object")
+    node = _node(node_url, document, cookie_file, user, password) if node_url else None
+    try:
+        result = verify_reserves(document, descriptor=descriptor, node=node)
+    except BitcoinNodeError as exc:
+        fail(f"the node could not be asked: {exc}", NODE_EXIT)
+    finally:
+        close = getattr(node, "close", None)
+        if close is not None:
+            close()
+    if as_json:
+        sys.stdout.write(json.dumps(result.as_json(), indent=2) + "\n")
+    else:
+        sys.stdout.write(_verdict_text(result.as_json()))
+    if result.node_error is not None:
+        raise typer.Exit(NODE_EXIT)
+    if not result.valid:
+        raise typer.Exit(2)
+
+
+def _verdict_text(verdict: dict[str, Any]) -> str:
+    lines = ["valid" if verdict["valid"] else "INVALID"]
+    lines += [f"  reason: {reason}" for reason in verdict["reasons"]]
+    lines.append(
+        f"signatures: {verdict['signatures_valid']} valid of threshold {verdict['threshold']}"
+    )
+    lines += [f"  signed by {xpub}" for xpub in verdict["signed_by"]]
+    node = verdict["node"]
+    if node is not None:
+        state = "moved since the document's block" if node["tip_moved"] else "at its block"
+        lines.append(f"node: {node['total_sats']} sats at {node['height']} ({state})")
+        lines += [f"  difference: {difference}" for difference in node["differences"]]
+    if verdict["node_error"]:
+        lines.append(f"node: {verdict['node_error']}")
+    lines += [f"note: {n}" for n in verdict["notes"]]
+    lines.append(f"digest: {verdict['digest']}")
+    return "\n".join(lines) + "\n"

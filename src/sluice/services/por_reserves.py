@@ -1,0 +1,295 @@
+"""The reserves side of a proof-of-reserves snapshot: what backs each instrument, read from the
+sources themselves, signed by the custody keys, and set against the snapshot's liabilities.
+
+* **Bitcoin** (backing iSTSi): the custody's unspent outputs in the node's UTXO set at one block
+  (``scantxoutset`` over the custody descriptor, each branch from index 0 to the highest index
+  issued plus ``scan_gap``), grouped by address with each address's branch and index, so a
+  verifier derives every address from the published descriptor and counts no one else's coins.
+* **Canton tokens**: the treasury's holdings per instrument from the ledger's active contracts at
+  one offset, contract by contract.
+* **Reports**: per instrument, reserves against liabilities (``reserves_cover_liabilities`` and
+  the ratio in basis points).
+
+The whole document (everything but ``digest`` and ``signatures``) is hashed in canonical JSON and
+the digest signed by every custody key this process holds (:func:`reserves_document`). A source
+this process does not have, or could not read, is stated as not read with the reason, never left
+out. :mod:`sluice.services.por_reserves_verify` checks a document with nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from sluice.domain.chains import Chain
+from sluice.domain.errors import InvalidInputError
+from sluice.domain.ledger import InstrumentId
+from sluice.domain.reserves import (
+    ISTSI_DECIMALS,
+    TOKEN_DECIMALS,
+    decimals_for,
+    format_units,
+    ratio_bps,
+    units_of,
+)
+from sluice.ports import LedgerReadError
+from sluice.ports.bitcoin import BitcoinNodeError, CustodyWallet, DigestSigner
+from sluice.services.por_reserves_verify import (
+    FORMAT,
+    canonical_json,
+    document_digest,
+    verify_reserves,
+)
+from sluice.services.reserve_sources import (
+    CustodyScan,
+    ScannedOutput,
+    read_ledger_holdings,
+    scan_custody,
+)
+from sluice.services.reserves_settings import ReservesContext
+
+__all__ = [
+    "FORMAT",
+    "canonical_json",
+    "custody_ranges",
+    "document_digest",
+    "reserves_document",
+    "store_reserves",
+    "verify_reserves",
+]
+
+BRANCHES = (0, 1)  # 0: deposits (K/0/*), 1: change (K/1/*)
+
+
+def timestamp(value: datetime) -> str:
+    """``taken_at`` as the published roots write it: UTC, ISO 8601, ``Z``."""
+    if value.tzinfo is None:
+        raise InvalidInputError("taken_at must be timezone-aware")
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def reserves_document(
+    ctx: ReservesContext, snapshot_id: str, taken_at: datetime, liabilities: Mapping[str, int]
+) -> dict[str, Any]:
+    """The reserves document of snapshot ``snapshot_id``: the Bitcoin part, the Canton part and
+    a report per instrument against ``liabilities`` (units owed, by instrument key), with its
+    digest and the custody keys' signatures. Reads the node and the ledger now."""
+    for instrument, units in liabilities.items():
+        if isinstance(units, bool) or not isinstance(units, int) or units < 0:
+            raise InvalidInputError(f"liabilities of {instrument}: {units!r} is not units ≥ 0")
+    istsi = ctx.istsi.key() if ctx.istsi is not None else None
+    bitcoin = _bitcoin_part(ctx, istsi)
+    canton = _canton_part(ctx)
+    content: dict[str, Any] = {
+        "format": FORMAT,
+        "snapshot_id": snapshot_id,
+        "taken_at": timestamp(taken_at),
+        "bitcoin": bitcoin,
+        "canton": canton,
+        "reports": _reports(bitcoin, canton, istsi, liabilities),
+    }
+    digest = document_digest(content)
+    return content | {"digest": digest.hex(), "signatures": _signatures(ctx.wallet, digest)}
+
+
+def store_reserves(ctx: ReservesContext, snapshot_id: str, document: Mapping[str, Any]) -> None:
+    """Keep ``document`` with its snapshot; the snapshot's report is the per-instrument reports,
+    by instrument key."""
+    report = {str(r["instrument"]): dict(r) for r in document.get("reports", ())}
+    with ctx.uow() as uow:
+        if uow.reserves.snapshot(snapshot_id) is None:
+            raise InvalidInputError(f"no snapshot {snapshot_id!r}")
+        uow.reserves.set_snapshot_report(snapshot_id, report, dict(document))
+        uow.commit()
+
+
+# --- Bitcoin ------------------------------------------------------------------------------------
+
+
+def custody_ranges(ctx: ReservesContext) -> dict[int, int]:
+    """Per branch, the last index to scan: the highest index issued plus ``scan_gap``."""
+    with ctx.uow() as uow:
+        issued = {branch: uow.btc_watch.next_index(branch) - 1 for branch in BRANCHES}
+    return {branch: max(top + ctx.settings.scan_gap, 0) for branch, top in issued.items()}
+
+
+def _bitcoin_part(ctx: ReservesContext, istsi: str | None) -> dict[str, Any]:
+    wallet = ctx.wallet
+    if wallet is None:
+        return _no_custody(istsi, "no custody in this process")
+    chain = getattr(wallet, "chain", None)
+    if not isinstance(chain, Chain):
+        return _no_custody(istsi, "the custody wallet names no chain")
+    part: dict[str, Any] = {
+        "instrument": istsi,
+        "chain": chain.name,
+        "descriptor": wallet.descriptor,
+        "threshold": _threshold_of(wallet.descriptor),
+    }
+    if ctx.node is None:
+        return part | {"read": False, "reason": "no Bitcoin node in this process"}
+    try:
+        scan = scan_custody(ctx.node, wallet, custody_ranges(ctx))
+        addresses = _addresses(wallet, scan)
+    except (BitcoinNodeError, InvalidInputError) as exc:
+        return part | {"read": False, "reason": f"the custody could not be scanned: {exc}"}
+    return part | {
+        "read": True,
+        "height": scan.height,
+        "block_hash": scan.block_hash,
+        "ranges": [
+            {"branch": branch, "last_index": top} for branch, top in sorted(scan.ranges.items())
+        ],
+        "addresses": addresses,
+        "total_sats": scan.total_sats,
+    }
+
+
+def _no_custody(istsi: str | None, reason: str) -> dict[str, Any]:
+    return {"read": False, "reason": reason, "instrument": istsi, "descriptor": None}
+
+
+def _threshold_of(descriptor: str) -> int:
+    """``m`` of the descriptor's ``sortedmulti(m,…)``."""
+    head = descriptor.partition("sortedmulti(")[2].partition(",")[0]
+    if not head.isdigit():
+        raise InvalidInputError("the custody descriptor is not a sortedmulti descriptor")
+    return int(head)
+
+
+def _addresses(wallet: CustodyWallet, scan: CustodyScan) -> list[dict[str, Any]]:
+    """The scanned outputs grouped by address, each with its branch and index (found by deriving
+    the scanned ranges until every output's script is placed), by branch and index."""
+    by_script: dict[str, list[ScannedOutput]] = {}
+    for output in scan.outputs:
+        by_script.setdefault(output.script_hex, []).append(output)
+    placed: dict[str, tuple[int, int, str]] = {}
+    for branch, top in sorted(scan.ranges.items()):
+        for index in range(top + 1):
+            if len(placed) == len(by_script):
+                break
+            derived = wallet.derive(branch, index)
+            if derived.script_hex in by_script:
+                placed[derived.script_hex] = (branch, index, derived.address)
+    missing = sorted(set(by_script) - set(placed))
+    if missing:
+        raise InvalidInputError(f"outputs to scripts outside the scanned ranges: {missing[:3]}")
+    addresses = []
+    for script_hex, (branch, index, address) in sorted(placed.items(), key=lambda i: i[1][:2]):
+        outputs = by_script[script_hex]
+        if wallet.address_of(script_hex) != address:
+            raise InvalidInputError(f"the wallet names two addresses for script {script_hex}")
+        addresses.append(
+            {
+                "address": address,
+                "script_hex": script_hex,
+                "branch": branch,
+                "index": index,
+                "balance_sats": sum(o.amount_sats for o in outputs),
+                "outputs": [
+                    {
+                        "txid": o.txid,
+                        "vout": o.vout,
+                        "amount_sats": o.amount_sats,
+                        "height": o.height,
+                    }
+                    for o in outputs
+                ],
+            }
+        )
+    return addresses
+
+
+def _signatures(wallet: CustodyWallet | None, digest: bytes) -> list[dict[str, str]]:
+    """One signature per custody key held, by xpub; none from a process that holds no key."""
+    if wallet is None or not hasattr(wallet, "sign_digest"):
+        return []
+    pairs = cast("DigestSigner", wallet).sign_digest(digest)
+    return [{"xpub": xpub, "signature": signature} for xpub, signature in sorted(pairs)]
+
+
+# --- Canton --------------------------------------------------------------------------------------
+
+
+def _canton_part(ctx: ReservesContext) -> dict[str, Any]:
+    if ctx.ledger is None:
+        return {"read": False, "reason": "no ledger reader in this process", "party": ctx.treasury}
+    try:
+        read = read_ledger_holdings(ctx.ledger, ctx.treasury)
+    except LedgerReadError as exc:
+        return {
+            "read": False,
+            "reason": f"the ledger could not be read: {exc}",
+            "party": ctx.treasury,
+        }
+    instruments = []
+    for instrument in sorted(read.totals(), key=InstrumentId.key):
+        decimals = decimals_for(instrument, ctx.istsi)
+        contracts: list[dict[str, Any]] = []
+        total = 0
+        for holding in read.of(instrument):
+            units = units_of(holding.amount, decimals)
+            total += units
+            contracts.append(
+                {
+                    "contract_id": holding.contract_id,
+                    "units": str(units),
+                    "amount": format_units(units, decimals),
+                    "locked": holding.lock is not None,
+                }
+            )
+        instruments.append(
+            {
+                "instrument": instrument.key(),
+                "decimals": decimals,
+                "contracts": contracts,
+                "total_units": str(total),
+                "total": format_units(total, decimals),
+            }
+        )
+    return {"read": True, "party": read.party, "offset": read.offset, "instruments": instruments}
+
+
+# --- reports -------------------------------------------------------------------------------------
+
+
+def _reports(
+    bitcoin: Mapping[str, Any],
+    canton: Mapping[str, Any],
+    istsi: str | None,
+    liabilities: Mapping[str, int],
+) -> list[dict[str, Any]]:
+    held = {i["instrument"]: i for i in canton.get("instruments", ())}
+    keys = set(liabilities) | set(held) | ({istsi} if istsi is not None else set())
+    reports = []
+    for key in sorted(keys):
+        decimals = ISTSI_DECIMALS if key == istsi else TOKEN_DECIMALS
+        if key == istsi:
+            source, part = "bitcoin", bitcoin
+            reserves = int(bitcoin["total_sats"]) if bitcoin.get("read") else None
+        else:
+            source, part = "canton", canton
+            reserves = int(held[key]["total_units"]) if key in held else 0
+            if not canton.get("read"):
+                reserves = None
+        if key in held:
+            decimals = int(held[key]["decimals"])
+        owed = liabilities.get(key, 0)
+        ratio = ratio_bps(reserves, owed) if reserves is not None else None
+        reports.append(
+            {
+                "instrument": key,
+                "reserves_source": source,
+                "decimals": decimals,
+                "reserves_read": reserves is not None,
+                "reason": None if reserves is not None else part.get("reason"),
+                "reserves_units": str(reserves) if reserves is not None else None,
+                "reserves": format_units(reserves, decimals) if reserves is not None else None,
+                "liabilities_units": str(owed),
+                "liabilities": format_units(owed, decimals),
+                "reserves_cover_liabilities": reserves >= owed if reserves is not None else None,
+                "ratio_bps": str(ratio) if ratio is not None else None,
+            }
+        )
+    return reports
