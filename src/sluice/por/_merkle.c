@@ -294,6 +294,41 @@ static int compare_full(const void *a, const void *b) {
     return memcmp(sort_uids[left->position].hash, sort_uids[right->position].hash, HASH_SIZE);
 }
 
+/* Sorts by the 64-bit key: an LSD radix sort in four passes of 16 bits (uids are uniform, and
+ * at ten million leaves this is seconds faster than qsort); qsort for small counts. */
+static int sort_by_key(order_t *order, size_t count) {
+    if (count < 4096) {
+        qsort(order, count, sizeof(order_t), compare_order);
+        return 0;
+    }
+    order_t *buffer = PyMem_RawMalloc(count * sizeof(order_t));
+    size_t *counts = PyMem_RawMalloc(65536 * sizeof(size_t));
+    if (buffer == NULL || counts == NULL) {
+        PyMem_RawFree(buffer);
+        PyMem_RawFree(counts);
+        return -1;
+    }
+    order_t *from = order, *to = buffer;
+    for (int shift = 0; shift < 64; shift += 16) {
+        memset(counts, 0, 65536 * sizeof(size_t));
+        for (size_t i = 0; i < count; i++) counts[(from[i].key >> shift) & 0xffff]++;
+        size_t total = 0;
+        for (size_t digit = 0; digit < 65536; digit++) {
+            size_t here = counts[digit];
+            counts[digit] = total;
+            total += here;
+        }
+        for (size_t i = 0; i < count; i++) to[counts[(from[i].key >> shift) & 0xffff]++] = from[i];
+        order_t *swap = from;
+        from = to;
+        to = swap;
+    }
+    /* Four passes: the sorted records are back in `order`. */
+    PyMem_RawFree(buffer);
+    PyMem_RawFree(counts);
+    return 0;
+}
+
 static int depth_for(Py_ssize_t count) {
     int depth = 0;
     while (((Py_ssize_t)1 << depth) < count) depth++;
@@ -345,9 +380,15 @@ static int order_leaves(TreeObject *tree, const node_t *uids, Py_ssize_t n) {
         order[i].key = key;
         order[i].position = (uint32_t)i;
     }
+    int sorted;
     Py_BEGIN_ALLOW_THREADS
-    qsort(order, (size_t)n, sizeof(order_t), compare_order);
+    sorted = sort_by_key(order, (size_t)n);
     Py_END_ALLOW_THREADS
+    if (sorted < 0) {
+        PyMem_RawFree(order);
+        PyErr_NoMemory();
+        return -1;
+    }
     sort_uids = uids;
     for (Py_ssize_t start = 0; start < n;) {
         Py_ssize_t end = start + 1;

@@ -81,6 +81,8 @@ class PythonTree:
         self._padding_label = snapshot_label(snapshot_id)
         records = []
         for position, (customer_id, amount) in enumerate(zip(customer_ids, units, strict=True)):
+            if not isinstance(customer_id, str):
+                raise TypeError(f"customer id at position {position} is not a str")
             _check_units(amount, f"customer {customer_id}")
             uid = uid_for(nonce_for(secret, snapshot_id, customer_id), customer_id)
             records.append((uid, position, amount))

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sluice.domain.errors import InvalidInputError
 from sluice.por import hashing
 from sluice.por.tree import IMPLEMENTATION, NATIVE, PythonTree
 from sluice.por.verify import NATIVE_COMPUTE_ROOT, compute_root
@@ -78,6 +79,13 @@ def test_the_extension_refuses_what_python_refuses(
         _merkle.build(b"k", "s", "I", ids, units)  # type: ignore[arg-type]
     with pytest.raises(error, match=message):
         PythonTree(b"k", "s", "I", ids, units)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("native", [False, True] if NATIVE else [False])
+def test_a_customer_id_that_is_not_a_string_is_refused(native: bool) -> None:
+    case = Case(b"k", "s", "I", ["a", 7], [1, 2], 0)  # type: ignore[list-item]
+    with pytest.raises(InvalidInputError, match="position 1 is not a str"):
+        case.build(native=native)
 
 
 @needs_native
