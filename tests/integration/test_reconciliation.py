@@ -352,7 +352,7 @@ def test_a_source_that_cannot_be_read_fails_without_raising(
     sqlite_world: Reconciled, tmp_path: Path
 ) -> None:
     ctx = sqlite_world.reserves(tmp_path / "secret")
-    run = reconcile(replace(ctx, node=DownNode()), trigger="schedule")  # type: ignore[arg-type]
+    run = reconcile(replace(ctx, node=DownNode()), trigger="schedule")
     found = sources(run)
     assert found["custody"]["state"] == found["supply"]["state"] == "failed"
     assert "node down" in found["custody"]["reason"]

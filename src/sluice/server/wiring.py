@@ -30,12 +30,14 @@ from sluice.server.loop import (
     pause_reason,
     withdrawal_part,
 )
+from sluice.server.reserves import reserves_loop
 from sluice.server.world import EmbeddedWorld, FollowedClock, prepare_embedded_world
 from sluice.services.access import ApiKeyVerifier, list_api_keys
 from sluice.services.approvals import run_approved
 from sluice.services.compliance import KycRegistry, RegistryGate
 from sluice.services.deposit_worker import DepositWorker
 from sluice.services.ingestion import Ingestion, IngestionSettings, connection_name
+from sluice.services.reconciliation import with_sources
 from sluice.services.settings import RuntimeSettings
 from sluice.services.standby import fenced
 from sluice.services.withdrawals import WithdrawalSettings, WithdrawalWorker
@@ -58,6 +60,8 @@ class Service:
     # iSTSi issuance's router and KYC hold worker, when custody and an issuer ledger are there.
     issuance: bootstrap.Issuance | None = None
     issuance_loop: ServiceLoop | None = None
+    # Reserve readings and scheduled reconciliation, unless both intervals are 0.
+    reserves_loop: ServiceLoop | None = None
 
     @property
     def database_description(self) -> str:
@@ -73,6 +77,8 @@ class Service:
             self.bitcoin_loop.start()
         if self.issuance_loop is not None:
             self.issuance_loop.start()
+        if self.reserves_loop is not None:
+            self.reserves_loop.start()
 
     @property
     def alive(self) -> bool:
@@ -80,14 +86,17 @@ class Service:
             self.loop.alive
             and (self.bitcoin_loop is None or self.bitcoin_loop.alive)
             and (self.issuance_loop is None or self.issuance_loop.alive)
+            and (self.reserves_loop is None or self.reserves_loop.alive)
         )
 
     def close(self, timeout_s: float = 30.0) -> bool:
-        # Issuance first (it uses custody and the ledger), then the Bitcoin loop: both use the
-        # database the main loop disposes of when it stops.
+        # The reserves loop first (it reads through custody, the issuer and the ledger), then
+        # issuance (it uses custody and the ledger), then the Bitcoin loop: all use the database
+        # the main loop disposes of when it stops.
+        reserves_stopped = self.reserves_loop is None or self.reserves_loop.stop(timeout_s)
         issuance_stopped = self.issuance_loop is None or self.issuance_loop.stop(timeout_s)
         bitcoin_stopped = self.bitcoin_loop is None or self.bitcoin_loop.stop(timeout_s)
-        bitcoin_stopped = bitcoin_stopped and issuance_stopped
+        bitcoin_stopped = bitcoin_stopped and issuance_stopped and reserves_stopped
         return self.loop.stop(timeout_s) and bitcoin_stopped
 
 
@@ -160,7 +169,40 @@ def build_service(
             **service.context.readiness,
             "issuance_loop": service.issuance_loop.readiness,
         }
+    try:
+        _wire_reserves(service, custody)
+    except BaseException:
+        service.close()
+        raise
     return service
+
+
+def _wire_reserves(service: Service, custody: bootstrap.BitcoinCustody | None) -> None:
+    """The reserves context on the sources the service has open (the ledger connection's reader
+    of active contracts, custody, issuance's issuer ledger), in the API's context, and its loop
+    (readings and scheduled reconciliation) beside the others."""
+    connection = connection_name(service.treasury, service.link.node)
+    base = bootstrap.reserves_context(
+        service.config,
+        service.database,
+        treasury=service.treasury,
+        clock=service.context.clock,
+        ledger=bootstrap.active_contracts_reader(service.link),
+        custody=custody,
+        issuance=service.issuance,
+    )
+    context = with_sources(
+        base,
+        connection=connection,
+        confirmations_min=custody.settings.confirmations_min if custody is not None else None,
+    )
+    service.context.reserves = context
+    service.reserves_loop = reserves_loop(context, connection=connection)
+    if service.reserves_loop is not None:
+        service.context.readiness = {
+            **service.context.readiness,
+            "reserves_loop": service.reserves_loop.readiness,
+        }
 
 
 def _ledger(
