@@ -206,6 +206,29 @@ def check_snapshot_id(snapshot_id: str) -> str:
     return snapshot_id
 
 
+def find_istsi(
+    uow_factory: UnitOfWorkFactory, instrument_id: str, issuer_party: str | None = None
+) -> InstrumentId | None:
+    """Which instrument is iSTSi (its units are satoshis, 8 decimals) for a process without
+    issuance wired: the configured issuer's, else the one onboarded (or held by customers) with
+    the configured id; None when there is none. Several candidates are refused: counting iSTSi
+    at 10 decimals would publish totals a hundred times too large."""
+    if issuer_party is not None:
+        return InstrumentId(issuer_party, instrument_id)
+    with uow_factory() as uow:
+        onboarded = {r.instrument for r in uow.reference.instruments()}
+        candidates = sorted(i for i in onboarded if i.id == instrument_id)
+        if not candidates:
+            held = {account.instrument for account in uow.books.balances()}
+            candidates = sorted(i for i in held if i.id == instrument_id)
+    if len(candidates) > 1:
+        raise InvalidInputError(
+            f"several instruments are {instrument_id} ({', '.join(i.key() for i in candidates)}):"
+            " set [issuance] issuer_party to say which one is iSTSi"
+        )
+    return candidates[0] if candidates else None
+
+
 def read_liabilities(
     uow: UnitOfWork, istsi: InstrumentId | None, instruments: Sequence[str] | None
 ) -> list[Liabilities]:
