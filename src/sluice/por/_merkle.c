@@ -196,7 +196,9 @@ enum { UNITS_OK = 0, UNITS_FAILED = -1, UNITS_NOT_INT = 1, UNITS_NEGATIVE = 2, U
  * error set, or another status with no error set: the caller names the value only then, since
  * formatting a message for every leaf would cost more than hashing it. */
 static int read_units(PyObject *value, u128 *out) {
-    if (!PyLong_Check(value) || PyBool_Check(value)) return UNITS_NOT_INT;
+    /* Exactly int: a subclass could run Python code (its __rshift__) while the caller holds
+     * pointers into the input sequences. */
+    if (!PyLong_CheckExact(value)) return UNITS_NOT_INT;
     int overflow = 0;
     long long small = PyLong_AsLongLongAndOverflow(value, &overflow);
     if (small == -1 && PyErr_Occurred()) return UNITS_FAILED;
@@ -583,8 +585,17 @@ static PyObject *tree_nonce(TreeObject *self, PyObject *arg) {
     Py_ssize_t position = PyLong_AsSsize_t(arg);
     if (position == -1 && PyErr_Occurred()) return NULL;
     if (check_index(self, position, "input position") < 0) return NULL;
+    /* The caller's list may have changed since the build: read it with checks. */
+    if (position >= PySequence_Fast_GET_SIZE(self->customer_ids)) {
+        PyErr_SetString(PyExc_IndexError, "the customer ids changed since the tree was built");
+        return NULL;
+    }
     Py_ssize_t size;
     PyObject *customer = PySequence_Fast_GET_ITEM(self->customer_ids, position);
+    if (!PyUnicode_Check(customer)) {
+        PyErr_SetString(PyExc_TypeError, "the customer ids changed since the tree was built");
+        return NULL;
+    }
     const char *text = PyUnicode_AsUTF8AndSize(customer, &size);
     if (text == NULL) return NULL;
     uint8_t nonce[HASH_SIZE];

@@ -151,7 +151,7 @@ class PythonTree:
 
 
 def _check_units(amount: int, what: str) -> None:
-    if not isinstance(amount, int) or isinstance(amount, bool):
+    if type(amount) is not int:  # exactly int, as the C extension requires
         raise TypeError(f"{what}: units must be an int, not {type(amount).__name__}")
     if amount < 0:
         raise ValueError(f"{what}: units are negative ({amount})")
