@@ -29,7 +29,7 @@ import stat
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -103,6 +103,18 @@ def load_or_create_secret(path: Path) -> bytes:
     finally:
         temporary.unlink(missing_ok=True)
     return _read_secret(path)
+
+
+def load_secret(path: Path) -> bytes:
+    """The secret of past snapshots, never made here: without the file no proof of them can be
+    given, and a new secret would not rebuild their roots."""
+    try:
+        return _read_secret(path)
+    except FileNotFoundError:
+        raise PorSecretError(
+            f"the proof-of-liabilities secret {path} is missing: restore it from the backup "
+            "(no proof of a snapshot can be made without the secret it was taken with)"
+        ) from None
 
 
 def _read_secret(path: Path) -> bytes:
@@ -534,7 +546,21 @@ def customer_proof(
     """The customer's inclusion proof in a snapshot (the latest by default), as the issue's
     proof JSON. NotFound when the snapshot, the instrument or the customer's leaf is not there
     (a customer whose balance was zero has no leaf)."""
-    with ctx.uow() as uow:
+    return proof_in(
+        ctx.uow, lambda: load_secret(ctx.secret_path), customer_id, instrument, snapshot_id
+    )
+
+
+def proof_in(
+    uow_factory: UnitOfWorkFactory,
+    secret_of: Callable[[], bytes],
+    customer_id: str,
+    instrument: str,
+    snapshot_id: str | None = None,
+) -> dict[str, Any]:
+    """:func:`customer_proof` with the secret asked for only once the leaf is known to exist
+    (``secret_of`` may refuse: a process without the secret still answers NotFound first)."""
+    with uow_factory() as uow:
         snapshot = _snapshot(uow, snapshot_id)
         key = resolve_instrument(instrument, snapshot.instruments)
         if uow.reserves.leaf(snapshot.id, key, customer_id) is None:
@@ -544,7 +570,7 @@ def customer_proof(
         root = next((r for r in uow.reserves.roots(snapshot.id) if r.instrument == key), None)
         if root is None:
             raise NotFoundError(f"snapshot {snapshot.id} has no root for {key}")
-        secret = load_or_create_secret(ctx.secret_path)
+        secret = secret_of()
         cache_key = (snapshot.id, key, hashlib.sha256(secret).digest())
         tree = _trees.get(cache_key)
         if tree is None:
