@@ -187,14 +187,21 @@ def _any(guard: GuardFigures) -> bool:
     return any((guard.supply, guard.reserves, guard.pending_redemptions, guard.pending_payouts))
 
 
-def find_istsi(uow: UnitOfWork, at: datetime) -> InstrumentId | None:
-    """iSTSi when the caller does not know it: the issuer party of the contract addresses in
-    force, else the one onboarded instrument named ``iSTSi`` (None when there is none or
-    several)."""
+def find_istsi(
+    uow: UnitOfWork,
+    at: datetime,
+    *,
+    instrument_id: str = ISTSI_ID,
+    issuer_party: str | None = None,
+) -> InstrumentId | None:
+    """iSTSi when the caller does not know it: ``instrument_id`` of the issuer party of the
+    contract addresses in force, else of ``issuer_party`` (``[issuance] issuer_party``), else the
+    one onboarded instrument with that id (None when there is none or several)."""
     addresses = uow.issuance.contract_addresses(at)
-    if addresses is not None and addresses.issuer_party:
-        return InstrumentId(addresses.issuer_party, ISTSI_ID)
-    named = [r.instrument for r in uow.reference.instruments() if r.instrument.id == ISTSI_ID]
+    issuer = addresses.issuer_party if addresses is not None else None
+    if issuer or issuer_party:
+        return InstrumentId(issuer or issuer_party or "", instrument_id)
+    named = [r.instrument for r in uow.reference.instruments() if r.instrument.id == instrument_id]
     return named[0] if len(named) == 1 else None
 
 
