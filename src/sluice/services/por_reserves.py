@@ -94,12 +94,14 @@ def reserves_document(
 
 
 def store_reserves(ctx: ReservesContext, snapshot_id: str, document: Mapping[str, Any]) -> None:
-    """Keep ``document`` with its snapshot; the snapshot's report is the per-instrument reports,
-    by instrument key."""
-    report = {str(r["instrument"]): dict(r) for r in document.get("reports", ())}
+    """Keep ``document`` with its snapshot, and its per-instrument reports (by instrument key)
+    under ``reserves`` in the snapshot's report, beside what the report already holds."""
+    reports = {str(r["instrument"]): dict(r) for r in document.get("reports", ())}
     with ctx.uow() as uow:
-        if uow.reserves.snapshot(snapshot_id) is None:
+        snapshot = uow.reserves.snapshot(snapshot_id)
+        if snapshot is None:
             raise InvalidInputError(f"no snapshot {snapshot_id!r}")
+        report = dict(snapshot.report) | {"reserves": reports}
         uow.reserves.set_snapshot_report(snapshot_id, report, dict(document))
         uow.commit()
 

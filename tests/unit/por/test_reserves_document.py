@@ -418,13 +418,18 @@ def test_the_document_is_kept_with_its_snapshot(world: World) -> None:
     with pytest.raises(InvalidInputError):
         store_reserves(world.ctx, "snap-1", document)
     with world.ctx.uow() as uow:
-        uow.reserves.add_snapshot(PorSnapshot("snap-1", TAKEN_AT, [ISTSI.key(), world.cc.key()]))
+        uow.reserves.add_snapshot(
+            PorSnapshot(
+                "snap-1", TAKEN_AT, [ISTSI.key()], report={"liabilities": {ISTSI.key(): {}}}
+            )
+        )
         uow.commit()
     store_reserves(world.ctx, "snap-1", document)
     with world.ctx.uow() as uow:
         kept = uow.reserves.snapshot("snap-1")
     assert kept is not None and kept.reserves == document
-    assert kept.report[ISTSI.key()]["ratio_bps"] == "14750"
+    assert kept.report["reserves"][ISTSI.key()]["ratio_bps"] == "14750"
+    assert kept.report["liabilities"] == {ISTSI.key(): {}}
     assert verify_reserves(kept.reserves).valid
 
 

@@ -1,0 +1,184 @@
+"""The reserves document across processes: a snapshot's document kept in the Integration DB
+(SQLite and PostgreSQL) and printed by ``sluice por reserves``; ``sluice por verify-reserves``
+run as its own process on the file, with no database and no configuration (a fresh working
+directory, no SLUICE_* environment), with and without ``--node`` on the sandbox's chain file
+(the embedded chain a :class:`~sluice.bitcoin.chainfile.FileNode` serves from a file).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from sluice import bootstrap
+from sluice.bitcoin.chainfile import ChainFile, FileNode
+from sluice.bitcoin.keys import create_sandbox_custody, load_signing_keys
+from sluice.bitcoin.wallet import EmbitCustodyWallet
+from sluice.cli import app
+from sluice.domain.chains import CHAINS
+from sluice.domain.ledger import InstrumentId
+from sluice.ports.reserves import PorSnapshot
+from sluice.services.por_reserves import reserves_document, store_reserves
+from sluice.services.reserves_settings import ReservesContext, ReservesSettings
+
+CHAIN = CHAINS["regtest"]
+TAKEN_AT = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
+ISTSI = InstrumentId("issuer::1220ab", "iSTSi")
+SLUICE = Path(sys.executable).with_name("sluice")
+
+
+@dataclass
+class Sandbox:
+    ctx: ReservesContext
+    chain_file: ChainFile
+    descriptor: str
+    document: dict[str, Any]
+    path: Path  # the document, written as `sluice por reserves --out` writes it
+
+
+@contextmanager
+def new_sandbox(tmp_path: Path, database_url: str) -> Iterator[Sandbox]:
+    custody = create_sandbox_custody(tmp_path / "keys", CHAIN)
+    wallet = EmbitCustodyWallet(custody.descriptor, CHAIN, load_signing_keys(custody.key_files))
+    chain_file = ChainFile(tmp_path / "chain-regtest.pickle", CHAIN)
+    with chain_file.change() as chain:
+        chain.fund(wallet.derive(0, 0).script_hex, 120_000, mine=True)
+        chain.fund(wallet.derive(0, 5).script_hex, 30_000, mine=True)
+        chain.mine(1)
+    database = bootstrap.database(database_url)
+    ctx = ReservesContext(
+        uow=database.uow,
+        clock=lambda: TAKEN_AT,
+        treasury="treasury::1220cd",
+        secret_path=tmp_path / "por-secret",
+        settings=ReservesSettings(scan_gap=10),
+        node=FileNode(chain_file),
+        wallet=wallet,
+        istsi=ISTSI,
+    )
+    document = reserves_document(ctx, "snap-1", TAKEN_AT, {ISTSI.key(): 100_000})
+    with database.uow() as uow:
+        uow.reserves.add_snapshot(PorSnapshot("snap-1", TAKEN_AT, [ISTSI.key()]))
+        uow.commit()
+    store_reserves(ctx, "snap-1", document)
+    try:
+        yield Sandbox(ctx, chain_file, custody.descriptor, document, tmp_path / "reserves.json")
+    finally:
+        database.dispose()
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path, database_url: str) -> Iterator[Sandbox]:
+    """On each database engine."""
+    with new_sandbox(tmp_path, database_url) as made:
+        yield made
+
+
+@pytest.fixture
+def sandbox_sqlite(tmp_path: Path, sqlite_url: str) -> Iterator[Sandbox]:
+    """For what does not depend on the engine."""
+    with new_sandbox(tmp_path, sqlite_url) as made:
+        yield made
+
+
+def _environment() -> dict[str, str]:
+    return {key: value for key, value in os.environ.items() if not key.startswith("SLUICE_")}
+
+
+def _verify(*arguments: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(SLUICE), "por", "verify-reserves", *arguments],
+        cwd=cwd,
+        env=_environment(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _verify_here(*arguments: str) -> Result:
+    return CliRunner().invoke(app, ["por", "verify-reserves", *arguments])
+
+
+def test_the_stored_document_is_printed_and_written(sandbox: Sandbox, database_url: str) -> None:
+    runner = CliRunner()
+    written = runner.invoke(
+        app, ["por", "reserves", "--db", database_url, "--out", str(sandbox.path)]
+    )
+    assert written.exit_code == 0, written.output
+    assert json.loads(sandbox.path.read_text()) == sandbox.document
+    shown = runner.invoke(app, ["por", "reserves", "--db", database_url, "--snapshot", "snap-1"])
+    assert shown.exit_code == 0, shown.output
+    assert "bitcoin: 150000 sats in 2 addresses at block 3" in shown.output
+    assert "iSTSi@issuer::1220ab: reserves 0.0015, liabilities 0.001, ratio 15000 bps" in (
+        shown.output
+    )
+    as_json = runner.invoke(app, ["por", "reserves", "--db", database_url, "--json"])
+    assert json.loads(as_json.stdout) == sandbox.document
+    missing = runner.invoke(app, ["por", "reserves", "--db", database_url, "--snapshot", "nope"])
+    assert missing.exit_code == 2
+    verified = _verify_here(str(sandbox.path), "--descriptor", sandbox.descriptor)
+    assert verified.exit_code == 0, verified.output
+    assert verified.stdout.startswith("valid\n")
+    assert "signatures: 3 valid of threshold 2" in verified.stdout
+
+
+def test_verify_reserves_runs_in_another_process_and_rechecks_on_the_chain_file(
+    sandbox_sqlite: Sandbox, tmp_path: Path
+) -> None:
+    sandbox = sandbox_sqlite
+    sandbox.path.write_text(json.dumps(sandbox.document))
+    node = f"file:{sandbox.chain_file.path}"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    completed = _verify(
+        str(sandbox.path),
+        "--descriptor",
+        sandbox.descriptor,
+        "--node",
+        node,
+        "--json",
+        cwd=elsewhere,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    verdict = json.loads(completed.stdout)
+    assert verdict["valid"] is True and verdict["descriptor_pinned"] is True
+    assert verdict["node"] == {
+        "height": sandbox.document["bitcoin"]["height"],
+        "block_hash": sandbox.document["bitcoin"]["block_hash"],
+        "tip_moved": False,
+        "total_sats": 150_000,
+        "differences": [],
+    }
+
+    tampered = dict(sandbox.document) | {"snapshot_id": "snap-2"}
+    (elsewhere / "tampered.json").write_text(json.dumps(tampered))
+    refused = _verify_here(str(elsewhere / "tampered.json"), "--json")
+    assert refused.exit_code == 2, refused.output
+    verdict = json.loads(refused.stdout)
+    assert verdict["valid"] is False
+    assert any("is not the content's SHA-256" in reason for reason in verdict["reasons"])
+    assert any("does not verify" in reason for reason in verdict["reasons"])
+
+    # Paid again since: the node's tip moved, the difference is reported, not a failure.
+    with sandbox.chain_file.change() as chain:
+        chain.fund(sandbox.document["bitcoin"]["addresses"][1]["script_hex"], 1_000, mine=True)
+    moved = _verify_here(str(sandbox.path), "--node", node)
+    assert moved.exit_code == 0, moved.output
+    assert "moved since the document's block" in moved.stdout
+    assert "the document states 30000 sats, the node 31000" in moved.stdout
+    # A node that cannot be asked: exit 1, nothing compared.
+    down = _verify_here(str(sandbox.path), "--node", "http://127.0.0.1:9")
+    assert down.exit_code == 1, down.output
+    assert "the node could not be asked" in down.stdout
