@@ -59,6 +59,7 @@ from sluice.services.reconciliation import (
 from sluice.services.reconciliation_checks import INGESTION_LAG_BOUND_S
 from sluice.services.reference import onboard_instrument
 from sluice.services.reserves_settings import ReservesContext
+from tests.api_support import api_world
 from tests.integration.issuance_deposit_world import CHAIN, CONFIRMATIONS, World
 
 SATS = 400_000
@@ -367,3 +368,59 @@ def test_a_source_that_cannot_be_read_fails_without_raising(
     assert {s["state"] for s in sources(alone).values()} == {"not_read"}
     assert alone.status == "ok"
     assert [r.id for r in list_runs(ctx)] == [alone.id, run.id]
+
+
+# --- over HTTP -----------------------------------------------------------------------------------
+
+
+def test_the_api_runs_and_shows_reconciliations_to_whom_it_may(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """POST /v1/reserves/reconcile needs router_admin; the reports are for the auditors
+    (compliance_override or router_admin); without a reserves side, 503."""
+    world = api_world(sqlite_url, customers=1)
+    try:
+        sandbox = world.sandbox
+        sandbox.ingest()
+        client = world.client()
+        assert (
+            client.post("/v1/reserves/reconcile", headers=world.headers("system_admin")).status_code
+            == 503
+        )
+        world.context.reserves = with_sources(
+            ReservesContext(
+                uow=sandbox.database.uow,
+                clock=sandbox.clock,
+                treasury=sandbox.treasury,
+                secret_path=tmp_path / "secret",
+                ledger=sandbox.ledger.client(sandbox.treasury),
+            ),
+            connection=sandbox.connection,
+            confirmations_min=None,
+        )
+        for refused in ("compliance_officer", "operator", "user", None):
+            answer = client.post("/v1/reserves/reconcile", headers=world.headers(refused))
+            assert answer.status_code in (401, 403), (refused, answer.text)
+        answer = client.post("/v1/reserves/reconcile", headers=world.headers("system_admin"))
+        assert answer.status_code == 200, answer.text
+        run = answer.json()
+        assert (run["trigger"], run["status"], run["worst"]) == ("manual", "ok", None)
+        assert run["sources"]["ledger"]["state"] == "compared"
+        assert run["sources"]["custody"]["state"] == "not_read"
+        for reader in ("compliance_officer", "system_admin", "super_admin"):
+            listed = client.get("/v1/reserves/reconciliations", headers=world.headers(reader))
+            assert listed.status_code == 200, (reader, listed.text)
+            assert [r["id"] for r in listed.json()["items"]] == [run["id"]]
+            shown = client.get(
+                f"/v1/reserves/reconciliations/{run['id']}", headers=world.headers(reader)
+            )
+            assert shown.json() == run
+        for refused in ("operator", "user"):
+            answer = client.get("/v1/reserves/reconciliations", headers=world.headers(refused))
+            assert answer.status_code == 403, (refused, answer.text)
+        missing = client.get(
+            "/v1/reserves/reconciliations/recon-none", headers=world.headers("system_admin")
+        )
+        assert missing.status_code == 404
+    finally:
+        world.sandbox.close()
