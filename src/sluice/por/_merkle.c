@@ -25,6 +25,8 @@
 #define OPENSSL_SUPPRESS_DEPRECATED
 #include <Python.h>
 #include <openssl/sha.h>
+#include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -339,8 +341,122 @@ static int depth_for(Py_ssize_t count) {
 
 static PyTypeObject TreeType;
 
-/* Phase 1: nonce, uid and units of every input (GIL held: reads the Python objects). */
-static node_t *read_inputs(TreeObject *tree, PyObject **ids, PyObject **units, Py_ssize_t n) {
+/* ---------------------------------------------------------------- threads */
+
+/* The hashing of a build is split over the cores this process may run on (at most 8): contiguous
+ * ranges of leaves or nodes, each written by one thread only. Worker threads never touch a Python
+ * object. A thread that cannot be started leaves its range to the calling thread. */
+#define THREADS_MAX 8
+
+typedef void (*range_fn)(void *context, size_t start, size_t end);
+
+typedef struct {
+    range_fn fn;
+    void *context;
+    size_t start, end;
+} job_t;
+
+static void *run_job(void *argument) {
+    job_t *job = argument;
+    job->fn(job->context, job->start, job->end);
+    return NULL;
+}
+
+static int thread_count(void) {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) != 0) return 1;
+    int count = CPU_COUNT(&set);
+    return count < 1 ? 1 : (count > THREADS_MAX ? THREADS_MAX : count);
+}
+
+static void parallel_for(range_fn fn, void *context, size_t count, int threads, size_t minimum) {
+    if (threads <= 1 || count < minimum) {
+        fn(context, 0, count);
+        return;
+    }
+    pthread_t ids[THREADS_MAX];
+    job_t jobs[THREADS_MAX];
+    int started[THREADS_MAX] = {0};
+    for (int t = 0; t < threads; t++) {
+        jobs[t] = (job_t){fn, context, count * (size_t)t / (size_t)threads,
+                          count * (size_t)(t + 1) / (size_t)threads};
+    }
+    for (int t = 1; t < threads; t++) {
+        started[t] = pthread_create(&ids[t], NULL, run_job, &jobs[t]) == 0;
+    }
+    fn(context, jobs[0].start, jobs[0].end);
+    for (int t = 1; t < threads; t++) {
+        if (started[t]) {
+            pthread_join(ids[t], NULL);
+        } else {
+            fn(context, jobs[t].start, jobs[t].end);
+        }
+    }
+}
+
+#define PARALLEL_MINIMUM 16384
+
+typedef struct {
+    uint8_t (*parts)[HASH_SIZE];
+    uint64_t first;
+    int level;
+    const uint8_t *snapshot_hash;
+} padding_job_t;
+
+static void padding_range(void *argument, size_t start, size_t end) {
+    padding_job_t *job = argument;
+    for (size_t part = start; part < end; part++) {
+        hash_padding_subtree(job->parts[part], job->first + ((uint64_t)part << job->level),
+                             job->level, job->snapshot_hash);
+    }
+}
+
+/* hash_padding_subtree over `threads` cores: 2, 4 or 8 subtrees at once, then joined. */
+static void hash_padding_parallel(uint8_t *out, uint64_t first, int level,
+                                  const uint8_t *snapshot_hash, int threads) {
+    int split = 0;
+    while ((1 << split) < threads && split < 3) split++;
+    if (level < 14 || split == 0) {
+        hash_padding_subtree(out, first, level, snapshot_hash);
+        return;
+    }
+    uint8_t parts[1 << 3][HASH_SIZE];
+    padding_job_t job = {parts, first, level - split, snapshot_hash};
+    parallel_for(padding_range, &job, (size_t)1 << split, threads, 1);
+    for (int width = 1 << split; width > 1; width /= 2) {
+        for (int i = 0; i < width / 2; i++) {
+            uint8_t parent[HASH_SIZE];
+            hash_node(parent, parts[2 * i], 0, parts[2 * i + 1], 0);
+            memcpy(parts[i], parent, HASH_SIZE);
+        }
+    }
+    memcpy(out, parts[0], HASH_SIZE);
+}
+
+
+/* Phase 1: nonce and uid of every input. The UTF-8 bytes of the ids and the units are read with
+ * the GIL held (pointer and length parked in the uid's slot), then hashed by the threads while
+ * this thread keeps holding the GIL, so no Python code can free a string under them. */
+typedef struct {
+    TreeObject *tree;
+    node_t *uids;
+} inputs_job_t;
+
+static void hash_inputs(void *argument, size_t start, size_t end) {
+    inputs_job_t *job = argument;
+    for (size_t i = start; i < end; i++) {
+        const char *customer;
+        size_t size;
+        memcpy(&customer, job->uids[i].hash, sizeof customer);
+        memcpy(&size, job->uids[i].hash + sizeof customer, sizeof size);
+        uint8_t nonce[HASH_SIZE];
+        compute_nonce(nonce, &job->tree->hmac_inner, &job->tree->hmac_outer, customer, size);
+        compute_uid(job->uids[i].hash, nonce, customer, size);
+    }
+}
+
+static node_t *read_inputs(TreeObject *tree, PyObject **ids, PyObject **units, Py_ssize_t n,
+                           int threads) {
     node_t *uids = PyMem_RawMalloc((size_t)(n ? n : 1) * sizeof(node_t));
     if (uids == NULL) return (node_t *)PyErr_NoMemory();
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -356,10 +472,12 @@ static node_t *read_inputs(TreeObject *tree, PyObject **ids, PyObject **units, P
             raise_units_error(status, units[i], PyUnicode_FromFormat("customer %U", ids[i]));
             goto fail;
         }
-        uint8_t nonce[HASH_SIZE];
-        compute_nonce(nonce, &tree->hmac_inner, &tree->hmac_outer, customer, (size_t)size);
-        compute_uid(uids[i].hash, nonce, customer, (size_t)size);
+        size_t length = (size_t)size;
+        memcpy(uids[i].hash, &customer, sizeof customer);
+        memcpy(uids[i].hash + sizeof customer, &length, sizeof length);
     }
+    inputs_job_t job = {tree, uids};
+    parallel_for(hash_inputs, &job, (size_t)n, threads, PARALLEL_MINIMUM);
     return uids;
 fail:
     PyMem_RawFree(uids);
@@ -415,45 +533,70 @@ static int order_leaves(TreeObject *tree, const node_t *uids, Py_ssize_t n) {
 }
 
 /* Phase 3: the leaves in uid order (no Python objects: runs without the GIL). */
-static void compute_leaves(TreeObject *tree, const node_t *uids, const uint8_t *instrument_hash,
-                           const uint8_t *snapshot_hash) {
-    node_t *leaves = tree->levels[0];
-    if (tree->leaf_count == 0) {
-        hash_padding_leaf(leaves[0].hash, 0, snapshot_hash);
-        leaves[0].sum = 0;
-        return;
-    }
-    for (Py_ssize_t k = 0; k < tree->leaf_count; k++) {
-        const node_t *source = &uids[tree->input_of_leaf[k]];
-        compute_leaf(leaves[k].hash, instrument_hash, source->hash, source->sum);
+typedef struct {
+    TreeObject *tree;
+    const node_t *uids;
+    const uint8_t *instrument_hash;
+} leaves_job_t;
+
+static void leaves_range(void *argument, size_t start, size_t end) {
+    leaves_job_t *job = argument;
+    node_t *leaves = job->tree->levels[0];
+    for (size_t k = start; k < end; k++) {
+        const node_t *source = &job->uids[job->tree->input_of_leaf[k]];
+        compute_leaf(leaves[k].hash, job->instrument_hash, source->hash, source->sum);
         leaves[k].sum = source->sum;
     }
 }
 
+static void compute_leaves(TreeObject *tree, const node_t *uids, const uint8_t *instrument_hash,
+                           const uint8_t *snapshot_hash, int threads) {
+    if (tree->leaf_count == 0) {
+        hash_padding_leaf(tree->levels[0][0].hash, 0, snapshot_hash);
+        tree->levels[0][0].sum = 0;
+        return;
+    }
+    leaves_job_t job = {tree, uids, instrument_hash};
+    parallel_for(leaves_range, &job, (size_t)tree->leaf_count, threads, PARALLEL_MINIMUM);
+}
+
 /* Phase 4: the levels above the leaves, to the root (runs without the GIL). */
-static int build_levels(TreeObject *tree, const uint8_t *snapshot_hash) {
-    int depth = tree->depth;
+typedef struct {
+    const node_t *below;
+    node_t *above;
+    Py_ssize_t count; /* nodes below */
+    const uint8_t *padding;
+    int overflow;
+} level_job_t;
+
+static void level_range(void *argument, size_t start, size_t end) {
+    level_job_t *job = argument;
+    for (size_t m = start; m < end; m++) {
+        const node_t *left = &job->below[2 * m];
+        if ((Py_ssize_t)(2 * m + 1) < job->count) {
+            const node_t *right = &job->below[2 * m + 1];
+            u128 sum = left->sum + right->sum;
+            if (sum >= SUM_LIMIT) __atomic_store_n(&job->overflow, 1, __ATOMIC_RELAXED);
+            hash_node(job->above[m].hash, left->hash, left->sum, right->hash, right->sum);
+            job->above[m].sum = sum;
+        } else {
+            hash_node(job->above[m].hash, left->hash, left->sum, job->padding, 0);
+            job->above[m].sum = left->sum;
+        }
+    }
+}
+
+static int build_levels(TreeObject *tree, const uint8_t *snapshot_hash, int threads) {
     int overflow = 0;
-    for (int j = 0; j < depth; j++) {
+    for (int j = 0; j < tree->depth; j++) {
         Py_ssize_t count = tree->counts[j];
-        const node_t *below = tree->levels[j];
-        node_t *above = tree->levels[j + 1];
         if (count % 2 == 1) {
-            hash_padding_subtree(tree->padding[j], (uint64_t)count << j, j, snapshot_hash);
+            hash_padding_parallel(tree->padding[j], (uint64_t)count << j, j, snapshot_hash,
+                                  threads);
         }
-        for (Py_ssize_t m = 0; m < tree->counts[j + 1]; m++) {
-            const node_t *left = &below[2 * m];
-            if (2 * m + 1 < count) {
-                const node_t *right = &below[2 * m + 1];
-                u128 sum = left->sum + right->sum;
-                if (sum >= SUM_LIMIT) overflow = 1;
-                hash_node(above[m].hash, left->hash, left->sum, right->hash, right->sum);
-                above[m].sum = sum;
-            } else {
-                hash_node(above[m].hash, left->hash, left->sum, tree->padding[j], 0);
-                above[m].sum = left->sum;
-            }
-        }
+        level_job_t job = {tree->levels[j], tree->levels[j + 1], count, tree->padding[j], 0};
+        parallel_for(level_range, &job, (size_t)tree->counts[j + 1], threads, PARALLEL_MINIMUM);
+        overflow |= job.overflow;
     }
     return overflow ? -1 : 0;
 }
@@ -500,7 +643,8 @@ static PyObject *merkle_build(PyObject *module, PyObject *args) {
     hash_label(snapshot_hash, snapshot, snapshot_size, NULL, 0);
 
     PyObject **id_items = PySequence_Fast_ITEMS(tree->customer_ids);
-    uids = read_inputs(tree, id_items, PySequence_Fast_ITEMS(units), n);
+    int threads = thread_count();
+    uids = read_inputs(tree, id_items, PySequence_Fast_ITEMS(units), n, threads);
     if (uids == NULL) goto fail;
     if (order_leaves(tree, uids, n) < 0) goto fail;
 
@@ -525,7 +669,7 @@ static PyObject *merkle_build(PyObject *module, PyObject *args) {
         goto fail;
     }
     Py_BEGIN_ALLOW_THREADS
-    compute_leaves(tree, uids, instrument_hash, snapshot_hash);
+    compute_leaves(tree, uids, instrument_hash, snapshot_hash, threads);
     Py_END_ALLOW_THREADS
     PyMem_RawFree(uids);
     uids = NULL;
@@ -538,7 +682,7 @@ static PyObject *merkle_build(PyObject *module, PyObject *args) {
     }
     int status;
     Py_BEGIN_ALLOW_THREADS
-    status = build_levels(tree, snapshot_hash);
+    status = build_levels(tree, snapshot_hash, threads);
     Py_END_ALLOW_THREADS
     if (status < 0) {
         PyErr_SetString(PyExc_ValueError, "the total of the balances is not below 2^127");

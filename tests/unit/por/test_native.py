@@ -60,6 +60,20 @@ def test_a_tree_of_100_000_leaves_is_the_same_natively() -> None:
 
 
 @needs_native
+def test_a_tree_just_past_a_power_of_two_pads_the_same_natively() -> None:
+    # 2^15 + 1 leaves: depth 16, and padding-only subtrees of up to 2^14 leaves, which the C
+    # extension hashes on several threads.
+    ids = [f"c{i}" for i in range(2**15 + 1)]
+    units = list(range(len(ids)))
+    native = Case(b"secret", "snap", "I", ids, units, 0).build(native=True)
+    python = PythonTree(b"secret", "snap", "I", ids, units)
+    assert native.built.depth == python.depth == 16
+    assert native.built.root_hash == python.root_hash
+    last = native.built.leaf_index(len(ids) - 1)
+    assert native.built.siblings(last) == python.siblings(last)
+
+
+@needs_native
 @pytest.mark.parametrize(
     ("units", "error", "message"),
     [
