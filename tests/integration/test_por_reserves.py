@@ -1,8 +1,10 @@
 """The reserves document across processes: a snapshot's document kept in the Integration DB
 (SQLite and PostgreSQL) and printed by ``sluice por reserves``; ``sluice por verify-reserves``
 run as its own process on the file, with no database and no configuration (a fresh working
-directory, no SLUICE_* environment), with and without ``--node`` on the sandbox's chain file
-(the embedded chain a :class:`~sluice.bitcoin.chainfile.FileNode` serves from a file).
+directory, no SLUICE_* environment), with ``--node`` on the sandbox's chain file (the embedded
+chain a :class:`~sluice.bitcoin.chainfile.FileNode` serves from a file); then in-process: a
+tampered file, ``--roots`` (the liabilities must be the published roots' totals), a tip that
+moved, and a node that cannot be asked.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from sluice.bitcoin.wallet import EmbitCustodyWallet
 from sluice.cli import app
 from sluice.domain.chains import CHAINS
 from sluice.domain.ledger import InstrumentId
+from sluice.por.documents import Root
 from sluice.ports.reserves import PorSnapshot
 from sluice.services.por_reserves import reserves_document, store_reserves
 from sluice.services.reserves_settings import ReservesContext, ReservesSettings
@@ -170,6 +173,15 @@ def test_verify_reserves_runs_in_another_process_and_rechecks_on_the_chain_file(
     assert verdict["valid"] is False
     assert any("is not the content's SHA-256" in reason for reason in verdict["reasons"])
     assert any("does not verify" in reason for reason in verdict["reasons"])
+
+    # Against the snapshot's published roots: the liabilities must be their totals.
+    root = Root("snap-1", ISTSI.key(), b"\x07" * 32, 100_000, "0.001", 3, 2, "2026-12-05T12:00:00Z")
+    roots_file = elsewhere / "roots.jsonl"
+    roots_file.write_text(json.dumps(root.as_json()) + "\n")
+    assert _verify_here(str(sandbox.path), "--roots", str(roots_file)).exit_code == 0
+    roots_file.write_text(json.dumps(replace(root, total_units=100_001).as_json()) + "\n")
+    short = _verify_here(str(sandbox.path), "--roots", str(roots_file))
+    assert short.exit_code == 2 and "is not the published root's total_units" in short.stdout
 
     # Paid again since: the node's tip moved, the difference is reported, not a failure.
     with sandbox.chain_file.change() as chain:

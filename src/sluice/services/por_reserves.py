@@ -13,13 +13,17 @@ sources themselves, signed by the custody keys, and set against the snapshot's l
 The whole document (everything but ``digest`` and ``signatures``) is hashed in canonical JSON and
 the digest signed by every custody key this process holds (:func:`reserves_document`). A source
 this process does not have, or could not read, is stated as not read with the reason, never left
-out. :mod:`sluice.services.por_reserves_verify` checks a document with nothing else.
+out. :mod:`sluice.services.por_reserves_verify` checks a document with nothing else; the
+canonical JSON and the digest both sides compute are here.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, cast
 
 from sluice.domain.chains import Chain
@@ -35,12 +39,6 @@ from sluice.domain.reserves import (
 )
 from sluice.ports import LedgerReadError
 from sluice.ports.bitcoin import BitcoinNodeError, CustodyWallet, DigestSigner
-from sluice.services.por_reserves_verify import (
-    FORMAT,
-    canonical_json,
-    document_digest,
-    verify_reserves,
-)
 from sluice.services.reserve_sources import (
     CustodyScan,
     ScannedOutput,
@@ -51,15 +49,54 @@ from sluice.services.reserves_settings import ReservesContext
 
 __all__ = [
     "FORMAT",
+    "DocumentError",
     "canonical_json",
     "custody_ranges",
     "document_digest",
     "reserves_document",
     "store_reserves",
-    "verify_reserves",
 ]
 
 BRANCHES = (0, 1)  # 0: deposits (K/0/*), 1: change (K/1/*)
+FORMAT = "sluice-reserves/1"
+UNSIGNED_FIELDS = ("digest", "signatures")  # what the digest does not cover
+
+
+class DocumentError(ValueError):
+    """The document is not of the published shape (the message says where)."""
+
+
+# --- canonical JSON and the digest ----------------------------------------------------------------
+
+
+def canonical_json(value: Any) -> bytes:
+    """UTF-8 JSON, object keys sorted, no whitespace between tokens, non-ASCII characters written
+    as themselves, integers in plain decimal; floats are refused (the document has none). For a
+    document of strings, integers, booleans, null, arrays and objects with ASCII keys this is
+    RFC 8785 (JCS)."""
+    _check_no_floats(value, "$")
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
+        "utf-8"
+    )
+
+
+def _check_no_floats(value: Any, where: str) -> None:
+    if isinstance(value, float | Decimal):
+        raise DocumentError(f"{where}: a fractional number; the document has integers only")
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise DocumentError(f"{where}: a non-text key")
+            _check_no_floats(item, f"{where}.{key}")
+    elif isinstance(value, list | tuple):
+        for position, item in enumerate(value):
+            _check_no_floats(item, f"{where}[{position}]")
+
+
+def document_digest(document: Mapping[str, Any]) -> bytes:
+    """SHA-256 of the canonical JSON of ``document`` without ``digest`` and ``signatures``."""
+    content = {k: v for k, v in document.items() if k not in UNSIGNED_FIELDS}
+    return hashlib.sha256(canonical_json(content)).digest()
 
 
 def timestamp(value: datetime) -> str:

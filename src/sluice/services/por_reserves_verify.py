@@ -12,23 +12,24 @@ What :func:`verify_reserves` guarantees when it answers ``valid``:
   public keys of the document's chain, and equals the one given by the caller (when given);
 * every address is the descriptor's address at its branch and index (so no one else's coins are
   counted), its balance is the sum of its outputs, and the total is the sum of the balances;
-* the Canton part's totals are the sums of its contracts, and every report's reserves, cover
-  flag and ratio follow from the parts.
+* the Canton part's totals are the sums of its contracts, every instrument with reserves has a
+  report, and every report's reserves, cover flag and ratio follow from the parts;
+* with the snapshot's published liabilities roots, every report's liabilities are its root's
+  ``total_units`` (the figure each customer's inclusion proof is checked against).
 
 With a node, the same branches and ranges are scanned again (``scantxoutset``) and every balance
 is compared. A node whose tip moved since the document's block is said to have moved, and what
 differs is reported as a difference since that block, not as a false document; a node at the
 same block that answers other balances makes the document invalid.
 
-No database and no configuration is read: this module needs embit and the chain parameters only.
+No database and no configuration is read: this module needs embit, the chain parameters and
+the canonical JSON of :mod:`sluice.services.por_reserves`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -40,10 +41,10 @@ from embit.descriptor.miniscript import Sortedmulti  # type: ignore[import-untyp
 
 from sluice.domain.chains import CHAINS, Chain, to_sats
 from sluice.domain.reserves import format_units, ratio_bps
+from sluice.por.documents import Root
 from sluice.ports.bitcoin import BitcoinNode, BitcoinNodeError
+from sluice.services.por_reserves import FORMAT, DocumentError, document_digest
 
-FORMAT = "sluice-reserves/1"
-UNSIGNED_FIELDS = ("digest", "signatures")  # what the digest does not cover
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _UNITS = re.compile(r"0|[1-9][0-9]*")
 _MAX_ADDRESSES = 1_000_000  # a bound on the work one document can ask for
@@ -54,43 +55,6 @@ _READ_ONLY_FIELDS = (
     "reserves_cover_liabilities",
     "ratio_bps",
 )
-
-
-class DocumentError(ValueError):
-    """The document is not of the published shape (the message says where)."""
-
-
-# --- canonical JSON and the digest ----------------------------------------------------------------
-
-
-def canonical_json(value: Any) -> bytes:
-    """UTF-8 JSON, object keys sorted, no whitespace between tokens, non-ASCII characters written
-    as themselves, integers in plain decimal; floats are refused (the document has none). For a
-    document of strings, integers, booleans, null, arrays and objects with ASCII keys this is
-    RFC 8785 (JCS)."""
-    _check_no_floats(value, "$")
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
-        "utf-8"
-    )
-
-
-def _check_no_floats(value: Any, where: str) -> None:
-    if isinstance(value, float | Decimal):
-        raise DocumentError(f"{where}: a fractional number; the document has integers only")
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise DocumentError(f"{where}: a non-text key")
-            _check_no_floats(item, f"{where}.{key}")
-    elif isinstance(value, list | tuple):
-        for position, item in enumerate(value):
-            _check_no_floats(item, f"{where}[{position}]")
-
-
-def document_digest(document: Mapping[str, Any]) -> bytes:
-    """SHA-256 of the canonical JSON of ``document`` without ``digest`` and ``signatures``."""
-    content = {k: v for k, v in document.items() if k not in UNSIGNED_FIELDS}
-    return hashlib.sha256(canonical_json(content)).digest()
 
 
 # --- the descriptor ------------------------------------------------------------------------------
@@ -231,10 +195,15 @@ class _Findings:
 
 
 def verify_reserves(
-    document: Mapping[str, Any], *, descriptor: str | None = None, node: BitcoinNode | None = None
+    document: Mapping[str, Any],
+    *,
+    descriptor: str | None = None,
+    node: BitcoinNode | None = None,
+    roots: Sequence[Root] | None = None,
 ) -> VerificationResult:
     """Check ``document`` (see the module docstring); ``descriptor`` pins the custody descriptor
-    the document must carry, ``node`` rechecks its balances."""
+    the document must carry, ``node`` rechecks its balances, ``roots`` (the snapshot's published
+    liabilities roots) must give every report's liabilities."""
     found = _Findings()
     try:
         digest = document_digest(document)
@@ -265,6 +234,8 @@ def verify_reserves(
         _check_reports(
             document.get("reports"), bitcoin, totals.get("bitcoin"), canton_totals, found
         )
+        if roots is not None:
+            _check_roots(document, roots, found)
     except DocumentError as exc:
         found.reasons.append(str(exc))
     node_check: NodeCheck | None = None
@@ -493,6 +464,7 @@ def _check_reports(
 ) -> None:
     custody_instrument = bitcoin.get("instrument")
     seen: set[str] = set()
+    expected = set(canton_totals or ()) | ({custody_instrument} if custody_instrument else set())
     for number, report in enumerate(_list(reports, "reports")):
         where = f"reports[{number}]"
         if not isinstance(report, Mapping) or not isinstance(report.get("instrument"), str):
@@ -530,6 +502,31 @@ def _check_reports(
         ratio = ratio_bps(reserves, liabilities)
         if report.get("ratio_bps") != (str(ratio) if ratio is not None else None):
             found.reasons.append(f"{where}: ratio_bps {report.get('ratio_bps')!r} is not {ratio}")
+    for instrument in sorted(expected - seen):
+        found.reasons.append(f"{instrument} has reserves in the document but no report")
+
+
+def _check_roots(document: Mapping[str, Any], roots: Sequence[Root], found: _Findings) -> None:
+    """Each report's liabilities are its instrument's published root total in this snapshot,
+    and each root of this snapshot has its report."""
+    snapshot_id = document.get("snapshot_id")
+    published = {r.instrument: r for r in roots if r.snapshot_id == snapshot_id}
+    if not published:
+        found.reasons.append(f"no root given is of snapshot {snapshot_id!r}")
+        return
+    reported = {str(r["instrument"]): r for r in document["reports"]}
+    for instrument, root in sorted(published.items()):
+        report = reported.get(instrument)
+        if report is None:
+            found.reasons.append(f"{instrument} has a published root but no report")
+        elif report.get("liabilities_units") != str(root.total_units):
+            found.reasons.append(
+                f"{instrument}: liabilities_units {report.get('liabilities_units')!r} is not the "
+                f"published root's total_units {root.total_units}"
+            )
+    for instrument, report in sorted(reported.items()):
+        if instrument not in published and report.get("liabilities_units") != "0":
+            found.reasons.append(f"{instrument}: liabilities reported without a published root")
 
 
 def _recheck(

@@ -40,6 +40,7 @@ from sluice.domain.chains import CHAINS
 from sluice.domain.errors import InvalidInputError, NotFoundError
 from sluice.domain.ledger import InstrumentId
 from sluice.ledger.local.engine import EmbeddedLedger
+from sluice.por.documents import Root
 from sluice.ports.reserves import PorSnapshot
 from sluice.services.btc_addresses import deposit_address
 from sluice.services.por_reserves import (
@@ -438,3 +439,32 @@ def test_liabilities_must_be_units(world: World) -> None:
         reserves_document(world.ctx, "snap-1", TAKEN_AT, {ISTSI.key(): -1})
     with pytest.raises(InvalidInputError):
         reserves_document(world.ctx, "snap-1", TAKEN_AT.replace(tzinfo=None), {})
+
+
+def _root(instrument: str, total_units: int, snapshot_id: str = "snap-1") -> Root:
+    return Root(snapshot_id, instrument, b"\x01" * 32, total_units, "-", 2, 1, "2026-12-05T12:00Z")
+
+
+def test_the_liabilities_are_the_published_roots_totals(built: tuple[World, Document]) -> None:
+    world, document = built
+    roots = [_root(ISTSI.key(), 200_000), _root(world.cc.key(), 400_000_000_000)]
+    assert verify_reserves(document, roots=roots).valid
+    smaller = verify_reserves(document, roots=[roots[0], _root(world.cc.key(), 5)])
+    assert smaller.reasons == (
+        f"{world.cc.key()}: liabilities_units '400000000000' is not the published root's "
+        "total_units 5",
+    )
+    only_one = verify_reserves(document, roots=roots[:1])
+    assert only_one.reasons == (f"{world.cc.key()}: liabilities reported without a published root",)
+    other = verify_reserves(document, roots=[_root(ISTSI.key(), 200_000, "snap-0")])
+    assert other.reasons == ("no root given is of snapshot 'snap-1'",)
+    extra = verify_reserves(document, roots=[*roots, _root("USDC@issuer::1220ee", 1)])
+    assert extra.reasons == ("USDC@issuer::1220ee has a published root but no report",)
+
+
+def test_a_report_left_out_is_caught(built: tuple[World, Document]) -> None:
+    world, document = built
+    shorter = copy.deepcopy(document)
+    shorter["reports"] = [r for r in shorter["reports"] if r["instrument"] != world.cc.key()]
+    result = verify_reserves(resign(world, shorter))
+    assert result.reasons == (f"{world.cc.key()} has reserves in the document but no report",)

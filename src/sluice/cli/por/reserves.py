@@ -1,6 +1,7 @@
 """``sluice por reserves`` prints the signed reserves document of a snapshot (the latest by
 default); ``sluice por verify-reserves FILE`` checks one with nothing else: no database, no
-configuration. The document's shape, canonical JSON, digest and signatures are in
+configuration (``--roots`` adds the snapshot's published liabilities roots, ``--node`` a node to
+recheck the balances on). The document's shape, canonical JSON, digest and signatures are in
 ``docs/proof-of-reserves.md``.
 
 ``verify-reserves`` exits 0 when the document is valid, 2 with every reason when it is not, and 1
@@ -16,8 +17,10 @@ from typing import Annotated, Any
 
 import typer
 
-from sluice.cli.common import DbOption, JsonOption, fail, note, open_database
+from sluice.cli.common import DbOption, JsonOption, fail, fail_with, note, open_database
 from sluice.cli.por.wiring import por_app
+from sluice.domain.errors import InvalidInputError
+from sluice.por.documents import Root
 from sluice.ports.bitcoin import BitcoinNode
 
 NODE_EXIT = 1  # the node could not be asked
@@ -131,6 +134,17 @@ def _node(
         fail(f"--node: {exc}")
 
 
+def _roots(path: Path) -> list[Root]:
+    from sluice.por.documents import parse_roots
+
+    try:
+        return parse_roots(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        fail(f"cannot read {path}: {exc.strerror or exc}")
+    except InvalidInputError as exc:
+        fail_with(exc)
+
+
 @por_app.command("verify-reserves")
 def verify_reserves_command(
     file: Annotated[
@@ -155,6 +169,14 @@ def verify_reserves_command(
     password: Annotated[
         str | None, typer.Option("--rpc-password", help="The node's RPC password.")
     ] = None,
+    roots_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--roots",
+            help="The snapshot's published liabilities roots (JSON or JSON lines): every "
+            "report's liabilities must be its root's total.",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the verdict as JSON.")] = False,
 ) -> None:
     """Check a reserves document, with no database and no configuration.
@@ -175,9 +197,10 @@ def verify_reserves_command(
         fail(f"{file} is not JSON: {exc}")
     if not isinstance(document, dict):
         fail(f"{file} is not a JSON object")
+    roots = _roots(roots_file) if roots_file is not None else None
     node = _node(node_url, document, cookie_file, user, password) if node_url else None
     try:
-        result = verify_reserves(document, descriptor=descriptor, node=node)
+        result = verify_reserves(document, descriptor=descriptor, node=node, roots=roots)
     except BitcoinNodeError as exc:
         fail(f"the node could not be asked: {exc}", NODE_EXIT)
     finally:
