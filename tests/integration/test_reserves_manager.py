@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -44,6 +45,7 @@ from sluice.services.reserves import (
     reading_json,
     record,
     record_readings,
+    report_in,
     report_json,
     reserve_report,
     resolve_instrument,
@@ -353,3 +355,35 @@ def test_an_instrument_is_named_by_its_key_or_a_bare_id(world: World) -> None:
     record_readings(world.ctx)
     with pytest.raises(InvalidInputError, match="names 2 instruments"):
         resolve_instrument(world.db.uow, "Amulet")
+
+
+class MovingCursor:
+    """Ingestion's repository whose cursor reads answer the offsets given, one per read (as if
+    ingestion committed batches between the report's statements)."""
+
+    def __init__(self, real: Any, offsets: list[int]) -> None:
+        self.real, self.offsets, self.reads = real, offsets, 0
+
+    def load_cursor(self, connection: str) -> Cursor | None:
+        offset = self.offsets[min(self.reads, len(self.offsets) - 1)]
+        self.reads += 1
+        return Cursor(offset, None, None, None)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def test_figures_are_read_again_while_a_cursor_moves_under_them(world: World) -> None:
+    world.post(AMULET, customer_account_name("alice"), "1")
+    for offsets, expected, reads in (
+        ([5, 5], 5, 2),
+        ([5, 6, 6, 6], 6, 4),
+        ([1, 2, 3, 4, 5, 6], 6, 6),
+    ):
+        with world.db.uow() as uow:
+            moving = MovingCursor(uow.ingestion, offsets)
+            uow.ingestion = moving
+            report = report_in(uow, WHEN, istsi=ISTSI, connection=CONNECTION)
+        amulet = report.of(AMULET.key())
+        assert amulet is not None and amulet.read_at["supply"].offset == expected
+        assert moving.reads == reads  # before and after each of at most three reads
