@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -71,6 +73,26 @@ def test_a_tree_just_past_a_power_of_two_pads_the_same_natively() -> None:
     assert native.built.root_hash == python.root_hash
     last = native.built.leaf_index(len(ids) - 1)
     assert native.built.siblings(last) == python.siblings(last)
+
+
+PINNED_BUILD = """
+import os
+os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+from sluice.por import _merkle
+ids = [f"c{i}" for i in range(40_000)]
+print(_merkle.build(b"secret", "snap", "I", ids, list(range(40_000))).root_hash.hex())
+"""
+
+
+@needs_native
+def test_the_root_does_not_depend_on_how_many_cores_built_it() -> None:
+    # A process pinned to one core builds on one thread; this one may use all of its cores.
+    pinned = subprocess.run(
+        [sys.executable, "-c", PINNED_BUILD], capture_output=True, text=True, check=True
+    )
+    ids = [f"c{i}" for i in range(40_000)]
+    here = Case(b"secret", "snap", "I", ids, list(range(40_000)), 0).build(native=True)
+    assert pinned.stdout.strip() == here.built.root_hash.hex()
 
 
 @needs_native
