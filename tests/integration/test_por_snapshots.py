@@ -31,6 +31,7 @@ from sluice.services.por_snapshots import (
     PorSecretError,
     customer_proof,
     load_or_create_secret,
+    load_secret,
     published_roots,
     reserves_of,
     snapshot_history,
@@ -241,6 +242,13 @@ def test_a_secret_open_to_others_or_of_another_size_is_refused(tmp_path: Path) -
     path.write_bytes(b"x" * 64)
     with pytest.raises(PorSecretError, match="holds 33\\+ bytes"):
         load_or_create_secret(path)
+    # Proofs never make a secret: a lost one must be restored, not replaced.
+    with pytest.raises(PorSecretError, match="is missing: restore it from the backup"):
+        load_secret(tmp_path / "lost")
+    assert not (tmp_path / "lost").exists()
+    (tmp_path / "a-directory").mkdir()
+    with pytest.raises(PorSecretError, match="cannot read the proof-of-liabilities secret"):
+        load_or_create_secret(tmp_path / "a-directory")
 
 
 def test_another_secret_cannot_give_proofs_of_a_published_snapshot(

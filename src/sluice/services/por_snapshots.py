@@ -82,6 +82,16 @@ def load_or_create_secret(path: Path) -> bytes:
         return _read_secret(path)
     except FileNotFoundError:
         pass
+    try:
+        _create_secret(path)
+    except OSError as exc:
+        raise PorSecretError(
+            f"cannot make the proof-of-liabilities secret {path}: {exc.strerror or exc}"
+        ) from exc
+    return _read_secret(path)
+
+
+def _create_secret(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -102,7 +112,6 @@ def load_or_create_secret(path: Path) -> bytes:
             log.info("por: made the proof-of-liabilities secret; back it up", path=str(path))
     finally:
         temporary.unlink(missing_ok=True)
-    return _read_secret(path)
 
 
 def load_secret(path: Path) -> bytes:
@@ -118,6 +127,19 @@ def load_secret(path: Path) -> bytes:
 
 
 def _read_secret(path: Path) -> bytes:
+    """The secret's 32 bytes; FileNotFoundError when there is no file, PorSecretError for
+    anything else wrong with it."""
+    try:
+        return _checked_secret(path)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise PorSecretError(
+            f"cannot read the proof-of-liabilities secret {path}: {exc.strerror or exc}"
+        ) from exc
+
+
+def _checked_secret(path: Path) -> bytes:
     with path.open("rb") as handle:
         status = os.fstat(handle.fileno())
         if not stat.S_ISREG(status.st_mode):
@@ -184,6 +206,8 @@ def take_snapshot(
     snapshot_id = check_snapshot_id(snapshot_id or default_snapshot_id(taken_at))
     started = time.monotonic()
     with ctx.uow() as uow:
+        if uow.reserves.snapshot(snapshot_id) is not None:  # refused before any tree is built
+            raise DuplicateOperationError(f"a snapshot {snapshot_id} exists already")
         liabilities = read_liabilities(uow, ctx.istsi, instruments)
     log.info(
         "por: liabilities read",
@@ -538,6 +562,7 @@ class _Trees:
 
 
 _trees = _Trees(TREES_KEPT)
+_rebuilding = threading.Lock()
 
 
 def customer_proof(
@@ -576,8 +601,13 @@ def proof_in(
         if tree is None:
             leaves = uow.reserves.leaves(snapshot.id, key)
     if tree is None:
-        tree = _rebuild(secret, root, leaves)
-        _trees.put(cache_key, tree)
+        # One rebuild at a time: concurrent requests for a cold tree wait for the first one
+        # instead of each holding a tree of millions of leaves.
+        with _rebuilding:
+            tree = _trees.get(cache_key)
+            if tree is None:
+                tree = _rebuild(secret, root, leaves)
+                _trees.put(cache_key, tree)
     return tree.proof(customer_id).as_json()
 
 
