@@ -135,6 +135,10 @@ def test_the_stored_document_is_printed_and_written(sandbox: Sandbox, database_u
     assert verified.exit_code == 0, verified.output
     assert verified.stdout.startswith("valid\n")
     assert "signatures: 3 valid of threshold 2" in verified.stdout
+    assert (
+        "iSTSi@issuer::1220ab: reserves 150000 units, liabilities 100000, ratio 15000 bps, "
+        "covered" in verified.stdout
+    )
 
 
 def test_verify_reserves_runs_in_another_process_and_rechecks_on_the_chain_file(

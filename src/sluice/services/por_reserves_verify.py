@@ -40,14 +40,21 @@ from embit.descriptor.checksum import checksum as descriptor_checksum  # type: i
 from embit.descriptor.miniscript import Sortedmulti  # type: ignore[import-untyped]
 
 from sluice.domain.chains import CHAINS, Chain, to_sats
-from sluice.domain.reserves import format_units, ratio_bps
+from sluice.domain.reserves import UNITS_LIMIT, format_units, ratio_bps
 from sluice.por.documents import Root
 from sluice.ports.bitcoin import BitcoinNode, BitcoinNodeError
 from sluice.services.por_reserves import FORMAT, DocumentError, document_digest
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-_UNITS = re.compile(r"0|[1-9][0-9]*")
+_UNITS = re.compile(r"0|[1-9][0-9]{0,38}")  # below 2^127, which has 39 digits
 _MAX_ADDRESSES = 1_000_000  # a bound on the work one document can ask for
+_COVERAGE_FIELDS = (
+    "instrument",
+    "reserves_units",
+    "liabilities_units",
+    "reserves_cover_liabilities",
+    "ratio_bps",
+)
 # A report's fields that only a read source fills.
 _READ_ONLY_FIELDS = (
     "reserves_units",
@@ -169,6 +176,9 @@ class VerificationResult:
     descriptor_pinned: bool
     node: NodeCheck | None = None
     node_error: str | None = None
+    # What the document reports per instrument (instrument, reserves_units, liabilities_units,
+    # reserves_cover_liabilities, ratio_bps): checked when ``valid``.
+    coverage: tuple[Mapping[str, Any], ...] = ()
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -182,6 +192,7 @@ class VerificationResult:
             "descriptor_pinned": self.descriptor_pinned,
             "node": self.node.as_json() if self.node is not None else None,
             "node_error": self.node_error,
+            "coverage": [dict(c) for c in self.coverage],
         }
 
 
@@ -228,6 +239,8 @@ def verify_reserves(
             signers = _check_signatures(document.get("signatures"), published, digest, found)
             if bitcoin.get("read") is True:
                 totals["bitcoin"] = _check_addresses(bitcoin, published, found)
+            else:
+                found.notes.append(f"custody not read: {bitcoin.get('reason') or 'not stated'}")
         elif document.get("signatures"):
             found.reasons.append("signatures are given but no descriptor to check them against")
         canton_totals = _check_canton(canton, found)
@@ -266,6 +279,17 @@ def verify_reserves(
         descriptor_pinned=descriptor is not None,
         node=node_check,
         node_error=node_error,
+        coverage=_coverage(document.get("reports")),
+    )
+
+
+def _coverage(reports: Any) -> tuple[Mapping[str, Any], ...]:
+    if not isinstance(reports, list):
+        return ()
+    return tuple(
+        {name: report.get(name) for name in _COVERAGE_FIELDS}
+        for report in reports
+        if isinstance(report, Mapping)
     )
 
 
@@ -339,8 +363,8 @@ def _hex64(value: Any, where: str) -> str:
 
 
 def _units(value: Any, where: str) -> int:
-    if not isinstance(value, str) or not _UNITS.fullmatch(value):
-        raise DocumentError(f"{where} is not a decimal string of units")
+    if not isinstance(value, str) or not _UNITS.fullmatch(value) or int(value) >= UNITS_LIMIT:
+        raise DocumentError(f"{where} is not a decimal string of units below 2^127")
     return int(value)
 
 

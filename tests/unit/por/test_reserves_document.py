@@ -208,6 +208,10 @@ def test_the_document_states_the_custody_and_the_treasury_and_verifies(world: Wo
     result = verify_reserves(document, descriptor=world.custody.descriptor)
     assert result.valid, result.reasons
     assert (result.signatures_valid, result.threshold, result.descriptor_pinned) == (2, 2, True)
+    assert [(c["instrument"], c["reserves_cover_liabilities"]) for c in result.coverage] == [
+        (world.cc.key(), True),
+        (ISTSI.key(), True),
+    ]
     # A copy that went through a file (another spelling of the same JSON) verifies the same.
     assert verify_reserves(json.loads(json.dumps(document, indent=3))).valid
 
@@ -242,6 +246,7 @@ TAMPERINGS: dict[str, Callable[[Document], None]] = {
     "canton units": _set("canton.instruments.0.contracts.0.units", "525000000000"),
     "canton total": _set("canton.instruments.0.total_units", "600000000000"),
     "offset": _set("canton.offset", 1),
+    "units past 2^127": _set("canton.instruments.0.contracts.0.units", "9" * 5000),
     "report ratio": _set("reports.0.ratio_bps", "99999"),
     "report cover": _set("reports.1.reserves_cover_liabilities", False),
     "liabilities": _set("reports.0.liabilities_units", "1"),

@@ -224,6 +224,13 @@ def _verdict_text(verdict: dict[str, Any]) -> str:
         f"signatures: {verdict['signatures_valid']} valid of threshold {verdict['threshold']}"
     )
     lines += [f"  signed by {xpub}" for xpub in verdict["signed_by"]]
+    for report in verdict["coverage"]:
+        covered = report["reserves_cover_liabilities"]
+        state = "not read" if covered is None else ("covered" if covered else "NOT COVERED")
+        lines.append(
+            f"  {report['instrument']}: reserves {report['reserves_units']} units, liabilities "
+            f"{report['liabilities_units']}, ratio {report['ratio_bps'] or '-'} bps, {state}"
+        )
     node = verdict["node"]
     if node is not None:
         state = "moved since the document's block" if node["tip_moved"] else "at its block"
