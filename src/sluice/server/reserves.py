@@ -46,7 +46,7 @@ class Every:
         return True
 
 
-def readings_part(ctx: ReservesContext, connection: str | None, every: Every) -> Part:
+def readings_part(ctx: ReservesContext, every: Every) -> Part:
     """One reading per instrument, stored with its alerts (:mod:`sluice.services.reserves`)."""
 
     def run() -> Outcome | None:
@@ -54,7 +54,7 @@ def readings_part(ctx: ReservesContext, connection: str | None, every: Every) ->
             return None
         from sluice.services.reserves import record_readings  # the readings' own module
 
-        readings = record_readings(ctx, connection=connection)
+        readings = record_readings(ctx, connection=ctx.connection)
         return Outcome(counts={"readings": len(readings)})
 
     return Part(READINGS_PART, run)
@@ -90,7 +90,6 @@ def reconciliation_part(ctx: ReservesContext, every: Every) -> Part:
 def reserves_loop(
     ctx: ReservesContext,
     *,
-    connection: str | None,
     monotonic: Callable[[], float] = time.monotonic,
 ) -> ServiceLoop | None:
     """The readings and reconciliation parts on their own loop, each at its own interval; None
@@ -100,7 +99,7 @@ def reserves_loop(
     parts: list[Part] = []
     intervals: list[float] = []
     if settings.reading_interval_s > 0:
-        parts.append(readings_part(ctx, connection, Every(settings.reading_interval_s, monotonic)))
+        parts.append(readings_part(ctx, Every(settings.reading_interval_s, monotonic)))
         intervals.append(settings.reading_interval_s)
     if settings.reconcile_interval_s > 0:
         parts.append(reconciliation_part(ctx, Every(settings.reconcile_interval_s, monotonic)))

@@ -37,7 +37,6 @@ from sluice.services.approvals import run_approved
 from sluice.services.compliance import KycRegistry, RegistryGate
 from sluice.services.deposit_worker import DepositWorker
 from sluice.services.ingestion import Ingestion, IngestionSettings, connection_name
-from sluice.services.reconciliation import with_sources
 from sluice.services.settings import RuntimeSettings
 from sluice.services.standby import fenced
 from sluice.services.withdrawals import WithdrawalSettings, WithdrawalWorker
@@ -182,7 +181,7 @@ def _wire_reserves(service: Service, custody: bootstrap.BitcoinCustody | None) -
     of active contracts, custody, issuance's issuer ledger), in the API's context, and its loop
     (readings and scheduled reconciliation) beside the others."""
     connection = connection_name(service.treasury, service.link.node)
-    base = bootstrap.reserves_context(
+    context = bootstrap.reserves_context(
         service.config,
         service.database,
         treasury=service.treasury,
@@ -190,14 +189,10 @@ def _wire_reserves(service: Service, custody: bootstrap.BitcoinCustody | None) -
         ledger=bootstrap.active_contracts_reader(service.link),
         custody=custody,
         issuance=service.issuance,
-    )
-    context = with_sources(
-        base,
         connection=connection,
-        confirmations_min=custody.settings.confirmations_min if custody is not None else None,
     )
     service.context.reserves = context
-    service.reserves_loop = reserves_loop(context, connection=connection)
+    service.reserves_loop = reserves_loop(context)
     if service.reserves_loop is not None:
         service.context.readiness = {
             **service.context.readiness,

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
@@ -40,15 +39,8 @@ from sluice.ports.reserves import (
 from sluice.services import controls
 from sluice.services.bitcoin_settings import BitcoinSettings
 from sluice.services.mint_guard import halt_minting_in
-from sluice.services.reconciliation_checks import (
-    SourceCheck,
-    check_custody,
-    check_ledger,
-    check_supply,
-    details_text,
-    scan_ranges,
-)
-from sluice.services.reserve_sources import CustodyScan, scan_custody
+from sluice.services.reconciliation_chain import check_custody, check_supply, read_chain
+from sluice.services.reconciliation_checks import SourceCheck, check_ledger, details_text
 from sluice.services.reserves_settings import ReservesContext
 
 log = structlog.get_logger("sluice.reconciliation")
@@ -63,48 +55,15 @@ ALERT_SEVERITY: dict[Severity, str] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class ReconcileContext(ReservesContext):
-    """The reserves context with what reconciliation needs beyond it: the ingestion connection
-    whose cursor the journal is at, and custody's ``confirmations_min``."""
-
-    connection: str | None = None
-    confirmations_min: int | None = None
-
-
-def with_sources(
-    ctx: ReservesContext, *, connection: str | None, confirmations_min: int | None
-) -> ReconcileContext:
-    """``ctx`` with the ingestion connection and custody's confirmations."""
-    values = {item.name: getattr(ctx, item.name) for item in fields(ReservesContext)}
-    return ReconcileContext(**values, connection=connection, confirmations_min=confirmations_min)
-
-
-def _connection(ctx: ReservesContext) -> str | None:
-    return getattr(ctx, "connection", None)
-
-
 def _confirmations_min(ctx: ReservesContext) -> tuple[int, str]:
-    value = getattr(ctx, "confirmations_min", None)
-    if isinstance(value, int):
-        return value, "custody"
+    """Custody's ``confirmations_min``, else (a context built without custody's settings) the
+    default, said so in the report."""
+    if ctx.confirmations_min is not None:
+        return ctx.confirmations_min, "custody"
     return BitcoinSettings().confirmations_min, "default"
 
 
 # --- a run ---------------------------------------------------------------------------------------
-
-
-def _scan(ctx: ReservesContext) -> CustodyScan | BaseException | None:
-    """The node's scan of the custody descriptor (shared by custody and supply), the error that
-    prevented it, or None without custody."""
-    if ctx.node is None or ctx.wallet is None:
-        return None
-    try:
-        with ctx.uow() as uow:
-            ranges = scan_ranges(uow, ctx.settings.scan_gap)
-        return scan_custody(ctx.node, ctx.wallet, ranges)
-    except Exception as exc:
-        return exc
 
 
 def _status(checks: Sequence[SourceCheck]) -> RunStatus:
@@ -124,14 +83,11 @@ def reconcile(ctx: ReservesContext, *, trigger: RunTrigger) -> ReconciliationRun
     """Read every source, compare, react and store the run; answers it."""
     started = ctx.clock()
     run_id = new_run_id(started)
-    scan = _scan(ctx)
     confirmations_min, confirmations_from = _confirmations_min(ctx)
-    checks = [
-        check_ledger(ctx, _connection(ctx), started),
-        check_custody(ctx, scan),
-        check_supply(ctx, scan, confirmations_min),
-    ]
-    if checks[2].state == "compared":
+    ledger = check_ledger(ctx, ctx.connection, started)
+    chain = read_chain(ctx)
+    checks = [ledger, check_custody(ctx, chain), check_supply(ctx, chain, confirmations_min)]
+    if checks[2].state in ("compared", "not_compared"):
         checks[2].report["confirmations_min_from"] = confirmations_from
     found = [d for check in checks for d in check.discrepancies]
     the_worst = worst(d.severity for d in found)

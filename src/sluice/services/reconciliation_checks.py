@@ -1,16 +1,11 @@
-"""The three comparisons of a reconciliation run, each between our records and a read that does
-not go through them:
+"""What a reconciliation source's check answers (:class:`SourceCheck`), and the **ledger**
+check: the journal's treasury asset balance per instrument (what ingestion booked) against the
+treasury's holdings in the ledger's active contracts, at the same offset. The custody and supply
+checks are in :mod:`sluice.services.reconciliation_chain`.
 
-* **ledger**: the journal's treasury asset balance per instrument (what ingestion booked) against
-  the treasury's holdings in the ledger's active contracts, at the same offset;
-* **custody**: the custody outputs the watcher recorded against the node's ``scantxoutset`` over
-  the custody descriptor, at the same block;
-* **supply**: the iSTSi supply on the issuer's ledger against the confirmed custody outputs on the
-  node, less the pending outflows.
-
-Each answers a :class:`SourceCheck`: what was read and where, the figures, and the discrepancies
-(classed with :func:`sluice.domain.reserves.classify`); or why it was not read, not compared, or
-failed. Nothing here writes: :mod:`sluice.services.reconciliation` stores and reacts.
+Each check answers a :class:`SourceCheck`: what was read and where, the figures, and the
+discrepancies (classed with :func:`sluice.domain.reserves.classify`); or why it was not read, not
+compared, or failed. Nothing here writes: :mod:`sluice.services.reconciliation` stores and reacts.
 """
 
 from __future__ import annotations
@@ -24,10 +19,8 @@ from typing import Any, Literal
 from sluice.domain.journal import treasury_account_name
 from sluice.domain.ledger import Cursor, InstrumentId
 from sluice.domain.reserves import Tolerances, classify, decimals_for, format_units, units_of
-from sluice.ports import UnitOfWork
-from sluice.ports.bitcoin_watch import CHANGE_BRANCH, DEPOSIT_BRANCH, WatchedBlock
 from sluice.ports.reserves import Discrepancy, ReadPoint, ReconcileSource, ReconciliationRun
-from sluice.services.reserve_sources import CustodyScan, LedgerHoldings, read_ledger_holdings
+from sluice.services.reserve_sources import LedgerHoldings, read_ledger_holdings
 from sluice.services.reserves_settings import ReservesContext
 
 CheckState = Literal["compared", "not_compared", "not_read", "failed"]
@@ -242,170 +235,6 @@ def _ingestion_lag(
                 },
             )
     return None
-
-
-# --- custody -------------------------------------------------------------------------------------
-
-
-def scan_ranges(uow: UnitOfWork, scan_gap: int) -> dict[int, int]:
-    """Per branch, the highest index to scan: the highest issued plus the gap."""
-    return {
-        branch: uow.btc_watch.next_index(branch) - 1 + scan_gap
-        for branch in (DEPOSIT_BRANCH, CHANGE_BRANCH)
-    }
-
-
-def block_json(block: WatchedBlock | None) -> dict[str, Any] | None:
-    if block is None:
-        return None
-    return ReadPoint("chain", height=block.height, block_hash=block.hash).as_json()
-
-
-def check_custody(ctx: ReservesContext, scan: CustodyScan | BaseException | None) -> SourceCheck:
-    """The watcher's unspent custody outputs against the node's scan, compared only when the
-    watcher's cursor is the block the scan was taken at."""
-    if scan is None:
-        return SourceCheck("custody", "not_read", "this process has no Bitcoin custody")
-    if isinstance(scan, BaseException):
-        return failed("custody", scan)
-    try:
-        with ctx.uow() as uow:
-            before = uow.btc_watch.cursor()
-            # Recorded outputs in a block (not reorged) that no mined transaction spent: spends
-            # are recorded only from blocks, so this is what the UTXO set should hold.
-            recorded = [o for o in uow.btc_watch.unspent_outputs() if o.block_height is not None]
-            after = uow.btc_watch.cursor()
-    except Exception as exc:
-        return failed("custody", exc)
-    report: dict[str, Any] = {
-        "read_at": {
-            "chain": ReadPoint("chain", height=scan.height, block_hash=scan.block_hash).as_json(),
-            "watcher": block_json(before),
-        },
-        "ranges": {str(branch): top for branch, top in sorted(scan.ranges.items())},
-    }
-    if (
-        before != after
-        or before is None
-        or (before.height, before.hash)
-        != (
-            scan.height,
-            scan.block_hash,
-        )
-    ):
-        at = "has no block yet" if before is None else f"at block {before.height} {before.hash}"
-        reason = f"watcher {at}, node scanned at block {scan.height} {scan.block_hash}"
-        if before != after:
-            reason = "the watcher applied a block while its outputs were read"
-        return SourceCheck("custody", "not_compared", reason, report)
-    ours = {o.outpoint: o.amount_sats for o in recorded}
-    theirs = {o.outpoint: o.amount_sats for o in scan.outputs}
-    expected, actual = sum(ours.values()), sum(theirs.values())
-    missing_on_node = [p for p in ours if p not in theirs]
-    missing_in_db = [p for p in theirs if p not in ours]
-    amounts_differ = [p for p in ours if p in theirs and ours[p] != theirs[p]]
-    severity = classify(expected, actual, ctx.settings.tolerances)
-    message = f"DB {expected} sats in {len(ours)} outputs, node {actual} sats in {len(theirs)}"
-    if severity is None and (missing_on_node or missing_in_db or amounts_differ):
-        severity = "minor"
-        message += " (equal totals over different outputs)"
-    report |= figures(expected, actual, 0) | {
-        "severity": severity,
-        "outputs_db": len(ours),
-        "outputs_node": len(theirs),
-    }
-    check = SourceCheck("custody", "compared", None, report)
-    if severity is not None:
-        check.discrepancies.append(
-            Discrepancy(
-                source="custody",
-                instrument="BTC",
-                severity=severity,
-                expected_units=expected,
-                actual_units=actual,
-                message=f"custody outputs: {message}",
-                details={
-                    "height": scan.height,
-                    "block_hash": scan.block_hash,
-                    "missing_on_node": listed(missing_on_node),
-                    "missing_in_db": listed(missing_in_db),
-                    "amounts_differ": listed(amounts_differ),
-                },
-            )
-        )
-    return check
-
-
-# --- supply --------------------------------------------------------------------------------------
-
-
-def check_supply(
-    ctx: ReservesContext,
-    scan: CustodyScan | BaseException | None,
-    confirmations_min: int,
-) -> SourceCheck:
-    """iSTSi supply on the issuer's ledger against the node's confirmed custody outputs less the
-    pending redemptions and payouts (the only figures taken from the DB). Only a shortfall is a
-    discrepancy: reserves above supply are normal (deposits not minted yet, fees)."""
-    if ctx.issuer is None or ctx.istsi is None:
-        return SourceCheck("supply", "not_read", "this process has no issuer ledger (issuance)")
-    if scan is None:
-        return SourceCheck("supply", "not_read", "this process has no Bitcoin custody")
-    if isinstance(scan, BaseException):
-        return failed("supply", scan)
-    try:
-        supply = ctx.issuer.supply()
-        with ctx.uow() as uow:
-            guard = uow.issuance.guard_figures()
-    except Exception as exc:
-        return failed("supply", exc)
-    confirmed = [o for o in scan.outputs if scan.height - o.height + 1 >= confirmations_min]
-    reserves = sum(o.amount_sats for o in confirmed)
-    pending = guard.pending_redemptions + guard.pending_payouts
-    backing = reserves - pending
-    severity = classify(supply, backing, ctx.settings.tolerances) if backing < supply else None
-    instrument = ctx.istsi.key()
-    report: dict[str, Any] = {
-        "instrument": instrument,
-        "read_at": {
-            "supply": {"source": "issuer_ledger"},
-            "reserves": ReadPoint(
-                "chain", height=scan.height, block_hash=scan.block_hash
-            ).as_json(),
-            "pending": ReadPoint("db").as_json(),
-        },
-        "supply_units": str(supply),
-        "reserves_units": str(reserves),
-        "confirmations_min": confirmations_min,
-        "outputs_confirmed": len(confirmed),
-        "pending_redemptions_units": str(guard.pending_redemptions),
-        "pending_payouts_units": str(guard.pending_payouts),
-        "backing_units": str(backing),
-        "severity": severity,
-    } | figures(supply, backing, 0)
-    check = SourceCheck("supply", "compared", None, report)
-    if severity is not None:
-        check.discrepancies.append(
-            Discrepancy(
-                source="supply",
-                instrument=instrument,
-                severity=severity,
-                expected_units=supply,
-                actual_units=backing,
-                message=(
-                    f"iSTSi supply {supply} sats exceeds confirmed reserves {reserves} sats less "
-                    f"{pending} sats pending outflows ({backing} sats)"
-                ),
-                details={
-                    "height": scan.height,
-                    "block_hash": scan.block_hash,
-                    "reserves_units": str(reserves),
-                    "pending_redemptions_units": str(guard.pending_redemptions),
-                    "pending_payouts_units": str(guard.pending_payouts),
-                },
-            )
-        )
-    return check
 
 
 def details_text(details: Mapping[str, Any]) -> dict[str, str]:

@@ -60,14 +60,13 @@ from sluice.ports.issuance import IssuerLedger
 from sluice.ports.reserves import ReconciliationRun, severity_rank
 from sluice.services.ingestion import connection_name
 from sluice.services.reconciliation import (
-    ReconcileContext,
     get_run,
     list_runs,
     reconcile,
     run_json,
-    with_sources,
 )
 from sluice.services.reserves import find_istsi
+from sluice.services.reserves_settings import ReservesContext
 
 T = TypeVar("T")
 
@@ -161,13 +160,12 @@ def _log_to_stderr() -> None:
 
 
 @contextmanager
-def _database_context(db: str | None) -> Iterator[ReconcileContext]:
+def _database_context(db: str | None) -> Iterator[ReservesContext]:
     """A context on the database alone (history reads need no other source)."""
     config = deployment()
     database = open_database(db or config.database_url)
     try:
-        base = bootstrap.reserves_context(config, database, treasury="", clock=utc_now)
-        yield with_sources(base, connection=None, confirmations_min=None)
+        yield bootstrap.reserves_context(config, database, treasury="", clock=utc_now)
     finally:
         database.dispose()
 
@@ -190,7 +188,7 @@ def _context(
     db: str | None,
     ledger: Path | None,
     ledger_url: str | None,
-) -> ReconcileContext:
+) -> ReservesContext:
     """Every source this process can open, each closed by ``stack``; what cannot be opened is
     left out (reported as not read) with a note on stderr."""
     database = open_database(db or config.database_url)
@@ -210,14 +208,11 @@ def _context(
         clock=utc_now,
         ledger=reader,
         custody=custody,
+        connection=connection_name(treasury, node),
     )
     if issuer is not None:
         base = replace(base, issuer=issuer, istsi=issuer.instrument)
-    return with_sources(
-        base,
-        connection=connection_name(treasury, node),
-        confirmations_min=custody.settings.confirmations_min if custody is not None else None,
-    )
+    return base
 
 
 def _ledger(
