@@ -256,7 +256,7 @@ def _canton_part(ctx: ReservesContext) -> dict[str, Any]:
         return {"read": False, "reason": "no ledger reader in this process", "party": ctx.treasury}
     try:
         read = read_ledger_holdings(ctx.ledger, ctx.treasury)
-    except LedgerReadError as exc:
+    except (LedgerReadError, InvalidInputError) as exc:
         return {
             "read": False,
             "reason": f"the ledger could not be read: {exc}",
