@@ -742,6 +742,7 @@ def reserves_context(
     ledger: ActiveContractsReader | None = None,
     custody: BitcoinCustody | None = None,
     issuance: Issuance | None = None,
+    connection: str | None = None,
 ) -> ReservesContext:
     """The reserves side of a process, on the sources it already has open (none is closed by
     it): the ledger connection's reader of active contracts, custody's node and wallet, and
@@ -758,6 +759,8 @@ def reserves_context(
         wallet=custody.wallet if custody is not None else None,
         issuer=issuer,
         istsi=issuer.instrument if issuer is not None else None,
+        connection=connection,
+        confirmations_min=custody.settings.confirmations_min if custody is not None else None,
     )
 
 

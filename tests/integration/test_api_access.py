@@ -24,6 +24,7 @@ from fastapi.routing import APIRoute
 
 from sluice.api.app import ROUTERS
 from sluice.domain.access import ROLES, Permission, roles_admitted
+from sluice.services.reserves_settings import ReservesContext
 from tests.api_support import ApiWorld, api_world
 from tests.integration.issuance_api_support import add_issuance, custody_wallet
 
@@ -99,9 +100,22 @@ EXPECTED: dict[tuple[str, str], frozenset[str] | str] = {
     ("POST", "/v1/issuance/deposits/{operation_id}/return"): frozenset({S, C}),
     ("POST", "/v1/issuance/contracts"): frozenset({S, Y}),
     ("GET", "/v1/issuance/transfers"): STAFF,
+    # reserves and reconciliation
+    ("GET", "/v1/reserves"): STAFF,
+    ("GET", "/v1/reserves/history"): STAFF,
+    ("POST", "/v1/reserves/reconcile"): frozenset({S, Y}),
+    ("GET", "/v1/reserves/reconciliations"): frozenset({S, Y, C}),
+    ("GET", "/v1/reserves/reconciliations/{run_id}"): frozenset({S, Y, C}),
+    # proof of reserves
+    ("GET", "/v1/por/roots"): "public",
+    ("GET", "/v1/por/snapshots"): "public",
+    ("GET", "/v1/por/snapshots/{snapshot_id}/reserves"): "public",
+    ("GET", "/v1/customers/{customer_id}/por/proof"): ALL,
 }
 
 PATH_VALUES = {
+    "snapshot_id": "por-0000",
+    "run_id": "rec-0000",
     "customer_id": "cust-0",
     "withdrawal_id": "wd-0000",
     "approval_id": "ap-0000",
@@ -118,6 +132,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiWorld]:
     url = f"sqlite:///{tmp_path_factory.mktemp('api') / 'sluice.db'}"
     built = api_world(url)
     add_issuance(built, custody_wallet(tmp_path_factory.mktemp("keys") / "custody"))
+    # A reserves side with no sources: reconciliation runs and reports every source not read,
+    # so walking its endpoints cannot halt minting or pause the system for the other calls.
+    built.context.reserves = ReservesContext(
+        uow=built.context.uow,
+        clock=built.context.clock,
+        treasury=built.context.treasury,
+        secret_path=tmp_path_factory.mktemp("por") / "por-secret",
+    )
     yield built
     built.sandbox.close()
 

@@ -47,3 +47,9 @@ class ReservesContext:
     # issuance.
     issuer: IssuerLedger | None = None
     istsi: InstrumentId | None = None
+    # The ingestion connection (connection_name(treasury, node)) whose cursor the journal is
+    # at: the journal's read point, and the offset the ledger check compares at. None: unknown.
+    connection: str | None = None
+    # Custody's confirmations_min: the reserves that count are outputs with at least these
+    # confirmations. None: no custody here.
+    confirmations_min: int | None = None
