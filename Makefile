@@ -4,8 +4,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# The C extension (setup.py, src/sluice/por/_merkle.c) is part of the install: a change rebuilds.
-NATIVE_SOURCES := setup.py src/sluice/por/_merkle.c
+# The C extension (setup.py, src/sluice/por/_merkle*) is part of the install: a change rebuilds.
+NATIVE_SOURCES := setup.py $(wildcard src/sluice/por/_merkle.c src/sluice/por/_merkle_*.h)
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml $(NATIVE_SOURCES) | cksum | cut -d' ' -f1)
 UV_VERSION := 0.13.8
 PG_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/sluice_bench

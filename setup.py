@@ -14,6 +14,11 @@ setup(
         Extension(
             "sluice.por._merkle",
             ["src/sluice/por/_merkle.c"],
+            depends=[
+                "src/sluice/por/_merkle_hashing.h",
+                "src/sluice/por/_merkle_parallel.h",
+                "src/sluice/por/_merkle_units.h",
+            ],
             libraries=["crypto"],
             extra_compile_args=["-O3"],
             optional=True,

@@ -22,29 +22,16 @@
  * addition of two checked sums can wrap.
  */
 #define PY_SSIZE_T_CLEAN
-#define OPENSSL_SUPPRESS_DEPRECATED
 #include <Python.h>
-#include <openssl/sha.h>
-#include <pthread.h>
-#include <sched.h>
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
 
-typedef unsigned __int128 u128;
-
-#define SUM_LIMIT (((u128)1) << 127)
-#define HASH_SIZE 32
+#include "_merkle_hashing.h"
+#include "_merkle_parallel.h"
+#include "_merkle_units.h"
 
 typedef struct {
     uint8_t hash[HASH_SIZE];
     u128 sum;
 } node_t;
-
-typedef struct {
-    uint64_t key; /* the uid's first 8 bytes, big-endian: the sort key */
-    uint32_t position;
-} order_t;
 
 typedef struct {
     PyObject_HEAD
@@ -61,204 +48,6 @@ typedef struct {
     SHA256_CTX hmac_inner;     /* HMAC inner state with snapshot_id || 0x00 absorbed */
     SHA256_CTX hmac_outer;
 } TreeObject;
-
-/* ---------------------------------------------------------------- byte helpers */
-
-/* SHA-256 of one buffer. Not OpenSSL's SHA256(): since OpenSSL 3 that one looks the algorithm
- * up through EVP on every call, which costs more than the hashing of a node. */
-static void sha256(const uint8_t *data, size_t size, uint8_t *out) {
-    SHA256_CTX ctx;
-    SHA256_Init(&ctx);
-    SHA256_Update(&ctx, data, size);
-    SHA256_Final(out, &ctx);
-}
-
-static void put_u128be(uint8_t *out, u128 value) {
-    for (int i = 15; i >= 0; i--) {
-        out[i] = (uint8_t)(value & 0xff);
-        value >>= 8;
-    }
-}
-
-static void put_u64be(uint8_t *out, uint64_t value) {
-    for (int i = 7; i >= 0; i--) {
-        out[i] = (uint8_t)(value & 0xff);
-        value >>= 8;
-    }
-}
-
-static void hash_node(uint8_t *out, const uint8_t *left, u128 left_sum, const uint8_t *right,
-                      u128 right_sum) {
-    uint8_t buffer[1 + 2 * (HASH_SIZE + 16)];
-    buffer[0] = 0x01;
-    memcpy(buffer + 1, left, HASH_SIZE);
-    put_u128be(buffer + 1 + HASH_SIZE, left_sum);
-    memcpy(buffer + 1 + HASH_SIZE + 16, right, HASH_SIZE);
-    put_u128be(buffer + 1 + 2 * HASH_SIZE + 16, right_sum);
-    sha256(buffer, sizeof buffer, out);
-}
-
-static void hash_padding_leaf(uint8_t *out, uint64_t index, const uint8_t *snapshot_hash) {
-    uint8_t buffer[1 + 8 + HASH_SIZE];
-    buffer[0] = 0x02;
-    put_u64be(buffer + 1, index);
-    memcpy(buffer + 9, snapshot_hash, HASH_SIZE);
-    sha256(buffer, sizeof buffer, out);
-}
-
-/* The hash of the padding-only subtree of 2^level leaves whose first leaf is at `first`. */
-static void hash_padding_subtree(uint8_t *out, uint64_t first, int level,
-                                 const uint8_t *snapshot_hash) {
-    uint8_t stack[64][HASH_SIZE];
-    int heights[64];
-    int top = 0;
-    uint64_t count = (uint64_t)1 << level;
-    for (uint64_t i = 0; i < count; i++) {
-        hash_padding_leaf(stack[top], first + i, snapshot_hash);
-        heights[top] = 0;
-        top++;
-        while (top >= 2 && heights[top - 1] == heights[top - 2]) {
-            uint8_t parent[HASH_SIZE];
-            hash_node(parent, stack[top - 2], 0, stack[top - 1], 0);
-            memcpy(stack[top - 2], parent, HASH_SIZE);
-            heights[top - 2]++;
-            top--;
-        }
-    }
-    memcpy(out, stack[0], HASH_SIZE);
-}
-
-static void hmac_prepare(const uint8_t *secret, size_t secret_size, const char *snapshot,
-                         size_t snapshot_size, SHA256_CTX *inner, SHA256_CTX *outer) {
-    uint8_t key[64] = {0};
-    uint8_t pad[64];
-    if (secret_size > 64) {
-        sha256(secret, secret_size, key);
-    } else {
-        memcpy(key, secret, secret_size);
-    }
-    for (int i = 0; i < 64; i++) pad[i] = key[i] ^ 0x36;
-    SHA256_Init(inner);
-    SHA256_Update(inner, pad, 64);
-    SHA256_Update(inner, snapshot, snapshot_size);
-    SHA256_Update(inner, "\0", 1);
-    for (int i = 0; i < 64; i++) pad[i] = key[i] ^ 0x5c;
-    SHA256_Init(outer);
-    SHA256_Update(outer, pad, 64);
-}
-
-static void compute_nonce(uint8_t *out, const SHA256_CTX *inner, const SHA256_CTX *outer,
-                          const char *customer, size_t customer_size) {
-    SHA256_CTX ctx = *inner;
-    uint8_t inner_hash[HASH_SIZE];
-    SHA256_Update(&ctx, customer, customer_size);
-    SHA256_Final(inner_hash, &ctx);
-    ctx = *outer;
-    SHA256_Update(&ctx, inner_hash, HASH_SIZE);
-    SHA256_Final(out, &ctx);
-}
-
-static void compute_uid(uint8_t *out, const uint8_t *nonce, const char *customer,
-                        size_t customer_size) {
-    SHA256_CTX ctx;
-    SHA256_Init(&ctx);
-    SHA256_Update(&ctx, nonce, HASH_SIZE);
-    SHA256_Update(&ctx, customer, customer_size);
-    SHA256_Final(out, &ctx);
-}
-
-static void compute_leaf(uint8_t *out, const uint8_t *instrument_hash, const uint8_t *uid,
-                         u128 units) {
-    uint8_t buffer[1 + 2 * HASH_SIZE + 16];
-    buffer[0] = 0x00;
-    memcpy(buffer + 1, instrument_hash, HASH_SIZE);
-    memcpy(buffer + 1 + HASH_SIZE, uid, HASH_SIZE);
-    put_u128be(buffer + 1 + 2 * HASH_SIZE, units);
-    sha256(buffer, sizeof buffer, out);
-}
-
-/* SHA-256(a || "/" || b), or SHA-256(a) when b is NULL. */
-static void hash_label(uint8_t *out, const char *a, Py_ssize_t a_size, const char *b,
-                       Py_ssize_t b_size) {
-    SHA256_CTX ctx;
-    SHA256_Init(&ctx);
-    SHA256_Update(&ctx, a, (size_t)a_size);
-    if (b != NULL) {
-        SHA256_Update(&ctx, "/", 1);
-        SHA256_Update(&ctx, b, (size_t)b_size);
-    }
-    SHA256_Final(out, &ctx);
-}
-
-/* ---------------------------------------------------------------- Python ints <-> u128 */
-
-enum { UNITS_OK = 0, UNITS_FAILED = -1, UNITS_NOT_INT = 1, UNITS_NEGATIVE = 2, UNITS_TOO_LARGE = 3 };
-
-/* Reads a non-negative int below 2^127 into *out. Returns UNITS_OK, UNITS_FAILED with a Python
- * error set, or another status with no error set: the caller names the value only then, since
- * formatting a message for every leaf would cost more than hashing it. */
-static int read_units(PyObject *value, u128 *out) {
-    /* Exactly int: a subclass could run Python code (its __rshift__) while the caller holds
-     * pointers into the input sequences. */
-    if (!PyLong_CheckExact(value)) return UNITS_NOT_INT;
-    int overflow = 0;
-    long long small = PyLong_AsLongLongAndOverflow(value, &overflow);
-    if (small == -1 && PyErr_Occurred()) return UNITS_FAILED;
-    if (overflow == 0) {
-        if (small < 0) return UNITS_NEGATIVE;
-        *out = (u128)small;
-        return UNITS_OK;
-    }
-    if (overflow < 0) return UNITS_NEGATIVE;
-    PyObject *shift = PyLong_FromLong(64);
-    PyObject *high = shift ? PyNumber_Rshift(value, shift) : NULL;
-    Py_XDECREF(shift);
-    if (high == NULL) return UNITS_FAILED;
-    unsigned long long high_bits = PyLong_AsUnsignedLongLong(high);
-    Py_DECREF(high);
-    if (PyErr_Occurred()) {
-        PyErr_Clear();
-        return UNITS_TOO_LARGE;
-    }
-    if (high_bits >= (1ULL << 63)) return UNITS_TOO_LARGE;
-    PyObject *mask = PyLong_FromUnsignedLongLong(~0ULL);
-    PyObject *low = mask ? PyNumber_And(value, mask) : NULL;
-    Py_XDECREF(mask);
-    if (low == NULL) return UNITS_FAILED;
-    unsigned long long low_bits = PyLong_AsUnsignedLongLong(low);
-    Py_DECREF(low);
-    if (PyErr_Occurred()) return UNITS_FAILED;
-    *out = ((u128)high_bits << 64) | (u128)low_bits;
-    return UNITS_OK;
-}
-
-/* Sets the error for a read_units status other than UNITS_OK; `what` names the value (stolen). */
-static void raise_units_error(int status, PyObject *value, PyObject *what) {
-    if (what == NULL) return;
-    if (status == UNITS_NOT_INT) {
-        PyErr_Format(PyExc_TypeError, "%U: units must be an int, not %.100s", what,
-                     Py_TYPE(value)->tp_name);
-    } else if (status == UNITS_NEGATIVE) {
-        PyErr_Format(PyExc_ValueError, "%U: units are negative (%S)", what, value);
-    } else if (status == UNITS_TOO_LARGE) {
-        PyErr_Format(PyExc_ValueError, "%U: units %S are not below 2^127", what, value);
-    }
-    Py_DECREF(what);
-}
-
-static PyObject *units_to_int(u128 value) {
-    if (value <= (u128)~0ULL) return PyLong_FromUnsignedLongLong((unsigned long long)value);
-    PyObject *high = PyLong_FromUnsignedLongLong((unsigned long long)(value >> 64));
-    PyObject *low = PyLong_FromUnsignedLongLong((unsigned long long)value);
-    PyObject *shift = PyLong_FromLong(64);
-    PyObject *shifted = (high && shift) ? PyNumber_Lshift(high, shift) : NULL;
-    PyObject *result = (shifted && low) ? PyNumber_Or(shifted, low) : NULL;
-    Py_XDECREF(high);
-    Py_XDECREF(low);
-    Py_XDECREF(shift);
-    Py_XDECREF(shifted);
-    return result;
-}
 
 /* ---------------------------------------------------------------- the tree object */
 
@@ -284,53 +73,11 @@ static void tree_dealloc(TreeObject *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static int compare_order(const void *a, const void *b) {
-    const order_t *left = a, *right = b;
-    if (left->key < right->key) return -1;
-    if (left->key > right->key) return 1;
-    return 0;
-}
-
 /* Sorts by the 64-bit prefix, then settles runs of equal prefixes by the full uid. */
 static const node_t *sort_uids;
 static int compare_full(const void *a, const void *b) {
     const order_t *left = a, *right = b;
     return memcmp(sort_uids[left->position].hash, sort_uids[right->position].hash, HASH_SIZE);
-}
-
-/* Sorts by the 64-bit key: an LSD radix sort in four passes of 16 bits (uids are uniform, and
- * at ten million leaves this is seconds faster than qsort); qsort for small counts. */
-static int sort_by_key(order_t *order, size_t count) {
-    if (count < 4096) {
-        qsort(order, count, sizeof(order_t), compare_order);
-        return 0;
-    }
-    order_t *buffer = PyMem_RawMalloc(count * sizeof(order_t));
-    size_t *counts = PyMem_RawMalloc(65536 * sizeof(size_t));
-    if (buffer == NULL || counts == NULL) {
-        PyMem_RawFree(buffer);
-        PyMem_RawFree(counts);
-        return -1;
-    }
-    order_t *from = order, *to = buffer;
-    for (int shift = 0; shift < 64; shift += 16) {
-        memset(counts, 0, 65536 * sizeof(size_t));
-        for (size_t i = 0; i < count; i++) counts[(from[i].key >> shift) & 0xffff]++;
-        size_t total = 0;
-        for (size_t digit = 0; digit < 65536; digit++) {
-            size_t here = counts[digit];
-            counts[digit] = total;
-            total += here;
-        }
-        for (size_t i = 0; i < count; i++) to[counts[(from[i].key >> shift) & 0xffff]++] = from[i];
-        order_t *swap = from;
-        from = to;
-        to = swap;
-    }
-    /* Four passes: the sorted records are back in `order`. */
-    PyMem_RawFree(buffer);
-    PyMem_RawFree(counts);
-    return 0;
 }
 
 static int depth_for(Py_ssize_t count) {
@@ -340,59 +87,6 @@ static int depth_for(Py_ssize_t count) {
 }
 
 static PyTypeObject TreeType;
-
-/* ---------------------------------------------------------------- threads */
-
-/* The hashing of a build is split over the cores this process may run on (at most 8): contiguous
- * ranges of leaves or nodes, each written by one thread only. Worker threads never touch a Python
- * object. A thread that cannot be started leaves its range to the calling thread. */
-#define THREADS_MAX 8
-
-typedef void (*range_fn)(void *context, size_t start, size_t end);
-
-typedef struct {
-    range_fn fn;
-    void *context;
-    size_t start, end;
-} job_t;
-
-static void *run_job(void *argument) {
-    job_t *job = argument;
-    job->fn(job->context, job->start, job->end);
-    return NULL;
-}
-
-static int thread_count(void) {
-    cpu_set_t set;
-    if (sched_getaffinity(0, sizeof set, &set) != 0) return 1;
-    int count = CPU_COUNT(&set);
-    return count < 1 ? 1 : (count > THREADS_MAX ? THREADS_MAX : count);
-}
-
-static void parallel_for(range_fn fn, void *context, size_t count, int threads, size_t minimum) {
-    if (threads <= 1 || count < minimum) {
-        fn(context, 0, count);
-        return;
-    }
-    pthread_t ids[THREADS_MAX];
-    job_t jobs[THREADS_MAX];
-    int started[THREADS_MAX] = {0};
-    for (int t = 0; t < threads; t++) {
-        jobs[t] = (job_t){fn, context, count * (size_t)t / (size_t)threads,
-                          count * (size_t)(t + 1) / (size_t)threads};
-    }
-    for (int t = 1; t < threads; t++) {
-        started[t] = pthread_create(&ids[t], NULL, run_job, &jobs[t]) == 0;
-    }
-    fn(context, jobs[0].start, jobs[0].end);
-    for (int t = 1; t < threads; t++) {
-        if (started[t]) {
-            pthread_join(ids[t], NULL);
-        } else {
-            fn(context, jobs[t].start, jobs[t].end);
-        }
-    }
-}
 
 #define PARALLEL_MINIMUM 16384
 
@@ -639,8 +333,9 @@ static PyObject *merkle_build(PyObject *module, PyObject *args) {
                  &tree->hmac_inner, &tree->hmac_outer);
 
     uint8_t instrument_hash[HASH_SIZE], snapshot_hash[HASH_SIZE];
-    hash_label(instrument_hash, snapshot, snapshot_size, instrument, instrument_size);
-    hash_label(snapshot_hash, snapshot, snapshot_size, NULL, 0);
+    hash_label(instrument_hash, snapshot, (size_t)snapshot_size, instrument,
+               (size_t)instrument_size);
+    hash_label(snapshot_hash, snapshot, (size_t)snapshot_size, NULL, 0);
 
     PyObject **id_items = PySequence_Fast_ITEMS(tree->customer_ids);
     int threads = thread_count();
@@ -865,7 +560,7 @@ static PyObject *merkle_compute_root(PyObject *module, PyObject *args) {
     }
     uint8_t hash[HASH_SIZE], label[HASH_SIZE], uid[HASH_SIZE];
     compute_uid(uid, nonce.buf, customer, (size_t)customer_size);
-    hash_label(label, snapshot, snapshot_size, instrument, instrument_size);
+    hash_label(label, snapshot, (size_t)snapshot_size, instrument, (size_t)instrument_size);
     compute_leaf(hash, label, uid, sum);
     PyObject **items = PySequence_Fast_ITEMS(siblings);
     for (Py_ssize_t j = 0; j < depth; j++) {
