@@ -17,7 +17,15 @@ from typing import Annotated, Any
 
 import typer
 
-from sluice.cli.common import DbOption, JsonOption, fail, fail_with, note, open_database
+from sluice.cli.common import (
+    DbOption,
+    JsonOption,
+    deployment,
+    fail,
+    fail_with,
+    note,
+    open_database,
+)
 from sluice.cli.por.wiring import por_app
 from sluice.domain.errors import InvalidInputError
 from sluice.por.documents import Root
@@ -45,7 +53,7 @@ def reserves_command(
 
     Custody addresses and balances at a block, signed by the custody keys; the treasury's
     holdings at a ledger offset; reserves against liabilities per instrument."""
-    database = open_database(db)
+    database = open_database(db or deployment().database_url)
     try:
         with database.uow() as uow:
             found = (
