@@ -6,7 +6,8 @@ in-memory chain paying two issued deposit addresses and a change address, and th
 ledger with the treasury's Canton Coin holdings. Covers: the document verifies (digest, two
 signatures under the descriptor's xpubs, addresses derived from the descriptor, every sum, every
 report); a change to any balance, address, height, block hash, signature or the descriptor makes
-it fail, whether the digest is left alone or recomputed; a lie the operator signs itself (a
+it fail, whether the digest is left alone or recomputed (and, as a property, a change to any
+value anywhere in it); a lie the operator signs itself (a
 balance with matching outputs, another custody's address) is caught by the sums, the descriptor
 or the node; one key's signature is reported as below the threshold; missing sources are stated;
 the node recheck (same block, a moved tip, a block not on the node's chain); the signatures
@@ -31,6 +32,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec as crypto_ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from embit import bip32  # type: ignore[import-untyped]
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sluice import bootstrap
 from sluice.bitcoin.fakechain import FakeChain
@@ -473,3 +476,42 @@ def test_a_report_left_out_is_caught(built: tuple[World, Document]) -> None:
     shorter["reports"] = [r for r in shorter["reports"] if r["instrument"] != world.cc.key()]
     result = verify_reserves(resign(world, shorter))
     assert result.reasons == (f"{world.cc.key()} has reserves in the document but no report",)
+
+
+def _leaves(value: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _leaves(item, (*path, key))
+    elif isinstance(value, list):
+        for position, item in enumerate(value):
+            yield from _leaves(item, (*path, position))
+    else:
+        yield path
+
+
+def _changed(value: Any) -> Any:
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, str):
+        return value[:-1] + ("1" if value[-1:] != "1" else "2")
+    return "0"
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_a_change_to_any_value_fails_even_with_the_digest_recomputed(
+    built: tuple[World, Document], data: st.DataObject
+) -> None:
+    document = copy.deepcopy(built[1])
+    path = data.draw(st.sampled_from(sorted(_leaves(document), key=repr)))
+    *parents, last = path
+    target: Any = document
+    for part in parents:
+        target = target[part]
+    target[last] = _changed(target[last])
+    assert not verify_reserves(document).valid, path
+    if path[0] != "digest":
+        document["digest"] = document_digest(document).hex()
+        assert not verify_reserves(document).valid, path
