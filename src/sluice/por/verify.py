@@ -12,6 +12,7 @@ exactly as long as the root's depth, the index below 2^depth and below the root'
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -124,6 +125,12 @@ def verify_proof(proof: Proof, root: Root, *, native: bool | None = None) -> Ver
     return VALID
 
 
+@functools.lru_cache(maxsize=64)
+def _root_scale(total: str, total_units: int) -> int | None:
+    """decimals_of for a root: one root is checked against many proofs."""
+    return decimals_of(total, total_units)
+
+
 def _check_shape(proof: Proof, root: Root) -> str:
     """What must hold before hashing: the same tree, a consistent root, amounts that are the
     units written at one scale; the empty string when all is well."""
@@ -137,7 +144,7 @@ def _check_shape(proof: Proof, root: Root) -> str:
         return f"the root's depth {root.depth} does not fit its {root.leaf_count} leaves"
     if proof.index >= root.leaf_count:
         return f"the index {proof.index} is not below the root's {root.leaf_count} leaves"
-    total_scale = decimals_of(root.total, root.total_units)
+    total_scale = _root_scale(root.total, root.total_units)
     if total_scale is None:
         return f"the root's total {root.total!r} is not its {root.total_units} units"
     balance_scale = decimals_of(proof.balance, proof.units)
