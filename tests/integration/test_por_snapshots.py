@@ -30,6 +30,7 @@ from sluice.por.verify import verify_proof
 from sluice.services.por_snapshots import (
     PorSecretError,
     customer_proof,
+    find_istsi,
     load_or_create_secret,
     load_secret,
     published_roots,
@@ -296,3 +297,18 @@ def test_each_snapshot_has_its_own_nonces_and_order_and_ids_are_not_reused(
         second[0].snapshot_id,
         first[0].snapshot_id,
     ]
+
+
+def test_istsi_is_found_for_its_units_and_an_ambiguous_one_is_refused(
+    db: bootstrap.Database,
+) -> None:
+    assert find_istsi(db.uow, AT, "iSTSi") is None
+    _fund(db)
+    # Not onboarded here, but held by customers: still known, so its units are satoshis.
+    assert find_istsi(db.uow, AT, "iSTSi") == ISTSI
+    assert find_istsi(db.uow, AT, "iSTSi", "issuer::1220ff") == InstrumentId(
+        "issuer::1220ff", "iSTSi"
+    )
+    _post(db, "other-istsi", InstrumentId("issuer::1220dd", "iSTSi"), "bob", "1")
+    with pytest.raises(InvalidInputError, match="several instruments are iSTSi"):
+        find_istsi(db.uow, AT, "iSTSi")

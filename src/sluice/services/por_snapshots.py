@@ -51,6 +51,7 @@ from sluice.por.documents import Root, decimals_of
 from sluice.por.tree import IMPLEMENTATION, LiabilityTree, build_tree
 from sluice.ports import UnitOfWork, UnitOfWorkFactory
 from sluice.ports.reserves import PorSnapshot, PublishedRoot
+from sluice.services.reserves import find_istsi as find_booked_istsi
 from sluice.services.reserves_settings import ReservesContext
 
 log = structlog.get_logger("sluice.por")
@@ -243,17 +244,23 @@ def check_snapshot_id(snapshot_id: str) -> str:
 
 
 def find_istsi(
-    uow_factory: UnitOfWorkFactory, instrument_id: str, issuer_party: str | None = None
+    uow_factory: UnitOfWorkFactory,
+    at: datetime,
+    instrument_id: str,
+    issuer_party: str | None = None,
 ) -> InstrumentId | None:
     """Which instrument is iSTSi (its units are satoshis, 8 decimals) for a process without
-    issuance wired: the configured issuer's, else the one onboarded (or held by customers) with
-    the configured id; None when there is none. Several candidates are refused: counting iSTSi
-    at 10 decimals would publish totals a hundred times too large."""
-    if issuer_party is not None:
-        return InstrumentId(issuer_party, instrument_id)
+    issuance wired: :func:`sluice.services.reserves.find_istsi` (the issuer of the contract
+    addresses in force, the configured one, the one onboarded), else the one customers hold
+    with that id; None when there is none. Several candidates are refused: counting iSTSi at
+    10 decimals would publish totals a hundred times too large."""
     with uow_factory() as uow:
-        onboarded = {r.instrument for r in uow.reference.instruments()}
-        candidates = sorted(i for i in onboarded if i.id == instrument_id)
+        found = find_booked_istsi(uow, at, instrument_id=instrument_id, issuer_party=issuer_party)
+        if found is not None:
+            return found
+        candidates = sorted(
+            {r.instrument for r in uow.reference.instruments() if r.instrument.id == instrument_id}
+        )
         if not candidates:
             held = {account.instrument for account in uow.books.balances()}
             candidates = sorted(i for i in held if i.id == instrument_id)

@@ -87,7 +87,9 @@ def _context(database: bootstrap.Database) -> ReservesContext:
     context = bootstrap.reserves_context(
         config, database, treasury=config.treasury.party or "", clock=utc_now
     )
-    istsi = find_istsi(database.uow, config.issuance.instrument_id, config.issuance.issuer_party)
+    istsi = find_istsi(
+        database.uow, utc_now(), config.issuance.instrument_id, config.issuance.issuer_party
+    )
     return dataclasses.replace(context, istsi=istsi)
 
 
