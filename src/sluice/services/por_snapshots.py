@@ -21,7 +21,6 @@ without it no proof of a past snapshot can be given again.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import os
 import re
 import secrets
@@ -62,7 +61,7 @@ SECRET_SIZE = 32
 SNAPSHOT_ID = re.compile(r"[A-Za-z0-9._:-]{1,100}")
 # Trees with at least this many leaves are logged as they are built (each one takes seconds).
 LARGE_TREE = 100_000
-# Trees rebuilt for proofs kept in memory (a snapshot is immutable, so they stay right).
+# Trees rebuilt for proofs kept in memory.
 TREES_KEPT = 2
 
 
@@ -431,41 +430,20 @@ def _store(
     )
 
 
-RESERVES_MODULE = "sluice.services.por_reserves"
-
-
 def _attach_reserves(
     ctx: ReservesContext,
     snapshot_id: str,
     taken_at: datetime,
     liabilities: Sequence[Liabilities],
 ) -> None:
-    """The reserves side of the snapshot (``sluice.services.por_reserves``: what backs each
-    instrument, signed, against these liabilities), stored with it when this deployment has
-    that module. The liabilities are published whatever happens here: a reserves document that
-    cannot be made is logged, and the snapshot keeps its liabilities report."""
-    try:
-        module = importlib.import_module(RESERVES_MODULE)
-    except ModuleNotFoundError as exc:
-        if exc.name != RESERVES_MODULE:
-            raise
-        log.info("por: no reserves document (its module is not installed)", module=exc.name)
-        return
-    document = getattr(module, "reserves_document", None)
-    if document is None:
-        log.info("por: no reserves document (no reserves_document)", module=RESERVES_MODULE)
-        return
+    """The reserves side of the snapshot (what backs each instrument, read from the sources
+    this process has, signed, against these liabilities), stored with it. The liabilities are
+    published whatever happens here: a reserves document that cannot be made is logged."""
+    from sluice.services.por_reserves import reserves_document, store_reserves
+
     owed = {item.key: item.total_units for item in liabilities}
     try:
-        reserves: Mapping[str, Any] = document(ctx, snapshot_id, taken_at, owed)
-        store = getattr(module, "store_reserves", None)
-        if store is not None:
-            store(ctx, snapshot_id, reserves)
-        else:
-            with ctx.uow() as uow:
-                report = _liabilities_report(liabilities)
-                uow.reserves.set_snapshot_report(snapshot_id, report, dict(reserves))
-                uow.commit()
+        store_reserves(ctx, snapshot_id, reserves_document(ctx, snapshot_id, taken_at, owed))
     except SluiceError as exc:
         log.warning(
             "por: the snapshot is published without its reserves document",
@@ -545,31 +523,27 @@ def reserves_of(uow_factory: UnitOfWorkFactory, snapshot_id: str) -> dict[str, A
 # --- a customer's proof ------------------------------------------------------------------------
 
 
-class _Trees:
-    """The last few trees rebuilt for proofs, by (snapshot, instrument, secret digest)."""
-
-    def __init__(self, kept: int) -> None:
-        self._kept = kept
-        self._trees: OrderedDict[tuple[str, str, bytes], LiabilityTree] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple[str, str, bytes]) -> LiabilityTree | None:
-        with self._lock:
-            tree = self._trees.get(key)
-            if tree is not None:
-                self._trees.move_to_end(key)
-            return tree
-
-    def put(self, key: tuple[str, str, bytes], tree: LiabilityTree) -> None:
-        with self._lock:
-            self._trees[key] = tree
-            self._trees.move_to_end(key)
-            while len(self._trees) > self._kept:
-                self._trees.popitem(last=False)
-
-
-_trees = _Trees(TREES_KEPT)
+# The last few trees rebuilt for proofs, by (snapshot, instrument, secret digest): a snapshot
+# never changes, so they stay right.
+TreeKey = tuple[str, str, bytes]
+_trees: OrderedDict[TreeKey, LiabilityTree] = OrderedDict()
+_trees_lock = threading.Lock()
 _rebuilding = threading.Lock()
+
+
+def _cached(key: TreeKey) -> LiabilityTree | None:
+    with _trees_lock:
+        tree = _trees.get(key)
+        if tree is not None:
+            _trees.move_to_end(key)
+        return tree
+
+
+def _keep(key: TreeKey, tree: LiabilityTree) -> None:
+    with _trees_lock:
+        _trees[key] = tree
+        while len(_trees) > TREES_KEPT:
+            _trees.popitem(last=False)
 
 
 def customer_proof(
@@ -604,17 +578,17 @@ def proof_in(
             raise NotFoundError(f"snapshot {snapshot.id} has no root for {key}")
         secret = secret_of()
         cache_key = (snapshot.id, key, hashlib.sha256(secret).digest())
-        tree = _trees.get(cache_key)
+        tree = _cached(cache_key)
         if tree is None:
             leaves = uow.reserves.leaves(snapshot.id, key)
     if tree is None:
         # One rebuild at a time: concurrent requests for a cold tree wait for the first one
         # instead of each holding a tree of millions of leaves.
         with _rebuilding:
-            tree = _trees.get(cache_key)
+            tree = _cached(cache_key)
             if tree is None:
                 tree = _rebuild(secret, root, leaves)
-                _trees.put(cache_key, tree)
+                _keep(cache_key, tree)
     return tree.proof(customer_id).as_json()
 
 
