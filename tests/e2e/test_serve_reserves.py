@@ -22,8 +22,10 @@ from sluice.domain.chains import CHAINS
 from sluice.ports.reserves import ReconciliationRun
 from sluice.server import build_service
 from sluice.server.loop import _wall_clock
+from sluice.server.reserves import Every, reserves_loop
 from sluice.services.btc_addresses import deposit_address
 from sluice.services.reference import register_customer
+from sluice.services.reserves_settings import ReservesContext, ReservesSettings
 
 WAIT_S = 60.0
 
@@ -94,3 +96,32 @@ def test_serve_records_readings_and_reconciles_on_its_reserves_loop(tmp_path: Pa
             assert not uow.issuance.minting_state().minting_halted
     finally:
         assert service.close(timeout_s=20)
+
+
+def test_each_part_runs_at_its_own_interval_and_both_off_means_no_loop(tmp_path: Path) -> None:
+    now = [100.0]
+    every = Every(5.0, monotonic=lambda: now[0])
+    assert every.due()  # the first round
+    now[0] += 4.9
+    assert not every.due()
+    now[0] += 0.1
+    assert every.due()
+    assert not every.due()
+
+    def context(readings_s: float, reconcile_s: float) -> ReservesContext:
+        return ReservesContext(
+            uow=lambda: None,  # type: ignore[arg-type,return-value]
+            clock=_wall_clock,
+            treasury="treasury::1",
+            secret_path=tmp_path / "secret",
+            settings=ReservesSettings(
+                reading_interval_s=readings_s, reconcile_interval_s=reconcile_s
+            ),
+        )
+
+    assert reserves_loop(context(0, 0)) is None
+    only = reserves_loop(context(60, 0))
+    assert only is not None and [p.name for p in only.parts] == ["reserve_readings"]
+    both = reserves_loop(context(60, 300))
+    assert both is not None and both.interval_s == 60
+    assert [p.name for p in both.parts] == ["reserve_readings", "reconciliation"]
