@@ -164,14 +164,14 @@ def snapshots_command(
     if as_json:
         print_json(history)
         return
-    table = Table(title=f"{len(history)} snapshot(s)")
+    table = Table(title=f"{len(history)} snapshot(s); their roots: sluice por roots --snapshot ID")
     for column in ("id", "taken at", "instruments", "reserves"):
-        table.add_column(column, no_wrap=column != "instruments")
+        table.add_column(column, no_wrap=column == "id")
     for item in history:
         table.add_row(
             item["id"],
             item["taken_at"],
-            "\n".join(item["instruments"]) or "-",
+            str(len(item["instruments"])),
             "stored" if item["has_reserves"] else "-",
         )
     print_table(table)
