@@ -552,12 +552,12 @@ def customer_proof(
     """The customer's inclusion proof in a snapshot (the latest by default), as the issue's
     proof JSON. NotFound when the snapshot, the instrument or the customer's leaf is not there
     (a customer whose balance was zero has no leaf)."""
-    return proof_in(
+    return inclusion_proof(
         ctx.uow, lambda: load_secret(ctx.secret_path), customer_id, instrument, snapshot_id
     )
 
 
-def proof_in(
+def inclusion_proof(
     uow_factory: UnitOfWorkFactory,
     secret_of: Callable[[], bytes],
     customer_id: str,

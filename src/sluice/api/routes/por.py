@@ -29,8 +29,8 @@ from sluice.api.routes.customers import CustomerId
 from sluice.api.schemas import Page, page
 from sluice.domain.errors import SluiceError
 from sluice.services.por_snapshots import (
+    inclusion_proof,
     load_secret,
-    proof_in,
     published_roots,
     reserves_of,
     snapshot_history,
@@ -119,5 +119,7 @@ def get_proof(
     snapshot: SnapshotQuery = None,
 ) -> ProofOut:
     caller.check_customer(customer_id)
-    document = proof_in(context.uow, lambda: _secret_of(context), customer_id, instrument, snapshot)
+    document = inclusion_proof(
+        context.uow, lambda: _secret_of(context), customer_id, instrument, snapshot
+    )
     return proof_out(document)
