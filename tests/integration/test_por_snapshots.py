@@ -195,6 +195,15 @@ def test_the_reserves_document_is_stored_with_the_snapshot_against_its_liabiliti
     assert owed == {root.instrument: str(root.total_units) for root in roots}
     (snapshot,) = snapshot_history(db.uow)
     assert snapshot["has_reserves"] is True
+    # The liabilities report stays beside the reserves report.
+    liabilities = snapshot["report"]["liabilities"]
+    assert liabilities[AMULET.key()] == {
+        "decimals": 10,
+        "customers": 4,
+        "zero_balances_left_out": 1,
+        "total_units": str(roots[0].total_units),
+    }
+    assert liabilities[ISTSI.key()]["decimals"] == 8
 
 
 def test_a_negative_balance_refuses_the_whole_snapshot(
