@@ -49,7 +49,9 @@ class SnapshotOut(Out):
     id: str
     taken_at: str
     instruments: list[str]
-    report: dict[str, Any] = Field(description="per instrument: reserves against liabilities")
+    report: dict[str, Any] = Field(
+        description="liabilities (and, once stored, reserves) reports per instrument"
+    )
     has_reserves: bool = Field(description="whether its reserves document is stored")
 
 
