@@ -72,6 +72,7 @@ from sluice.domain.ledger import InstrumentId, format_timestamp
 from sluice.domain.withdrawals import LIVE_STATUSES
 from sluice.ports.bitcoin import NotFoundError
 from sluice.sim import issuance_invariants as istsi
+from sluice.sim import reserves_invariants as reserves
 from sluice.sim.state import (
     HOLDING_STATUSES,
     TAP,
@@ -517,6 +518,10 @@ INVARIANTS: tuple[Invariant, ...] = (
     Invariant("istsi_reserves", istsi.check_reserves),
     Invariant("istsi_redeemed_once", istsi.check_redeemed_once),
     Invariant("istsi_books", istsi.check_books),
+    # Reserves, reconciliation, proof of liabilities (sim/reserves_invariants.py)
+    Invariant("reserves_readings", reserves.check_readings),
+    Invariant("reserves_reconcile", reserves.check_reconciliation),
+    Invariant("reserves_proofs", reserves.check_snapshots),
 )
 
 

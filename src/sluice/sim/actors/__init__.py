@@ -20,7 +20,15 @@ below. The order is the draw's: a new actor goes at the end (every seed then dra
 as with any new action).
 """
 
-from sluice.sim.actors import bitcoin, customers, ingestion, issuance, ledger_admin, workers
+from sluice.sim.actors import (
+    bitcoin,
+    customers,
+    ingestion,
+    issuance,
+    ledger_admin,
+    reserves,
+    workers,
+)
 from sluice.sim.actors.actor import Action, Actor
 
 ACTORS: tuple[Actor, ...] = (
@@ -30,6 +38,7 @@ ACTORS: tuple[Actor, ...] = (
     workers.ACTOR,
     bitcoin.ACTOR,
     issuance.ACTOR,
+    reserves.ACTOR,
 )
 
 ACTIONS: tuple[Action, ...] = tuple(action for actor in ACTORS for action in actor.actions)
