@@ -146,7 +146,10 @@ def check_ledger(ctx: ReservesContext, connection: str | None, now: datetime) ->
         return check
     report["instruments"] = {}
     check = SourceCheck("ledger", "compared", None, report)
-    _compare_holdings(ctx, holdings, view, ctx.settings.tolerances, check)
+    try:
+        _compare_holdings(ctx, holdings, view, ctx.settings.tolerances, check)
+    except Exception as exc:  # an amount finer than the instrument's units, say
+        return failed("ledger", exc)
     return check
 
 
