@@ -1,9 +1,10 @@
 """Reconciliation: our records against independent reads, on a schedule inside ``sluice serve``
 and on demand (``sluice reserves reconcile``, ``POST /v1/reserves/reconcile``).
 
-A run reads every source it has (:mod:`sluice.services.reconciliation_checks`: the ledger's
-active contracts, the node's UTXO set over the custody descriptor, the issuer's supply), classes
-each discrepancy by the configured tolerances, and reacts:
+A run reads every source it has — the ledger's active contracts
+(:mod:`sluice.services.reconciliation_checks`), the node's UTXO set over the custody descriptor
+and the issuer's supply (:mod:`sluice.services.reconciliation_chain`) — classes each
+discrepancy by the configured tolerances, and reacts:
 
 * every discrepancy raises an alert (minor → info, warning → warning, critical and emergency →
   critical);
@@ -25,6 +26,7 @@ from typing import Any
 import structlog
 
 from sluice.domain.deposits import Alert
+from sluice.domain.deposits import Severity as AlertSeverity
 from sluice.domain.errors import NotFoundError
 from sluice.domain.ledger import format_timestamp
 from sluice.ports.reserves import (
@@ -47,7 +49,7 @@ log = structlog.get_logger("sluice.reconciliation")
 
 ACTOR = "reconciliation"
 HALT_KIND = "reconciliation_critical"
-ALERT_SEVERITY: dict[Severity, str] = {
+ALERT_SEVERITY: dict[Severity, AlertSeverity] = {
     "minor": "info",
     "warning": "warning",
     "critical": "critical",
@@ -143,7 +145,7 @@ def _sources(found: Sequence[Discrepancy]) -> str:
 def _alert(run_id: str, number: int, found: Discrepancy) -> Alert:
     return Alert(
         id=f"{run_id}:{number}",
-        severity=ALERT_SEVERITY[found.severity],  # type: ignore[arg-type]
+        severity=ALERT_SEVERITY[found.severity],
         kind=f"reconciliation_{found.source}",
         message=f"reconciliation {found.severity}: {found.message}",
         details={
