@@ -225,6 +225,7 @@ def test_a_clean_world_reconciles_ok(world: Reconciled, ctx: ReservesContext) ->
     assert custody["expected_units"] == custody["actual_units"]
     supply = found["supply"]
     assert (supply["supply_units"], supply["reserves_units"]) == (str(SATS), str(SATS))
+    assert supply["from_db"] == ["pending_redemptions_units", "pending_payouts_units"]
     assert not world.halted() and not world.paused()
     assert [r.id for r in list_runs(ctx)] == [run.id]
     assert get_run(ctx, run.id) == run

@@ -217,6 +217,8 @@ def check_supply(
         "pending_redemptions_units": str(guard.pending_redemptions),
         "pending_payouts_units": str(guard.pending_payouts),
         "backing_units": str(backing),
+        # The only figures of this check taken from our own records.
+        "from_db": ["pending_redemptions_units", "pending_payouts_units"],
     }
     reason = _not_at_scan(view, scan)
     if reason is not None:
