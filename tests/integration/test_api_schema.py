@@ -24,6 +24,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
+from sluice.services.reserves_settings import ReservesContext
 from tests.api_support import ApiWorld, api_world
 from tests.integration.issuance_api_support import add_issuance, custody_wallet
 
@@ -36,6 +37,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiWorld]:
     for customer in ("cust-0", "cust-1"):
         built.sandbox.deposit(customer, Decimal(500))
     built.sandbox.ingest()
+    # The reserves side, on the sandbox's ledger (reconciliation compares the journal there).
+    built.context.reserves = ReservesContext(
+        uow=built.sandbox.database.uow,
+        clock=built.sandbox.clock,
+        treasury=built.sandbox.treasury,
+        secret_path=tmp_path_factory.mktemp("por") / "por-secret",
+        ledger=built.sandbox.ledger.client(built.sandbox.treasury),
+        connection=built.sandbox.connection,
+    )
     yield built
     built.sandbox.close()
 
