@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,7 @@ from sluice.services.reconciliation import (
     reconcile,
     run_json,
 )
-from sluice.services.reconciliation_checks import INGESTION_LAG_BOUND_S
+from sluice.services.reconciliation_checks import INGESTION_LAG_BOUND_S, _ingestion_lag
 from sluice.services.reference import onboard_instrument
 from sluice.services.reserves_settings import ReservesContext
 from tests.api_support import api_world
@@ -422,3 +422,23 @@ def test_the_api_runs_and_shows_reconciliations_to_whom_it_may(
         assert missing.status_code == 404
     finally:
         world.sandbox.close()
+
+
+def test_an_offset_read_before_a_node_restore_is_no_lag() -> None:
+    """After a restore from backup the node's offsets are renumbered and ingestion rewinds: an
+    earlier run's read beyond the ledger's end now says nothing about ingestion's lag."""
+    now = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
+    earlier = ReconciliationRun(
+        id="rec-earlier",
+        trigger="schedule",
+        status="ok",
+        started_at=now - timedelta(seconds=INGESTION_LAG_BOUND_S + 60),
+        finished_at=now - timedelta(seconds=INGESTION_LAG_BOUND_S + 60),
+        worst=None,
+        report={"sources": {"ledger": {"ledger_offset": 12}}},
+    )
+    # The ledger's end is now 11 (renumbered), ingestion at 7 and catching up: no warning.
+    assert _ingestion_lag([earlier], 7, 11, now) is None
+    # Without a restore (the ledger still has offset 12), ingestion at 7 is behind.
+    lag = _ingestion_lag([earlier], 7, 20, now)
+    assert lag is not None and lag.severity == "warning"

@@ -206,7 +206,8 @@ def _ingestion_lag(
     earlier: Sequence[ReconciliationRun], offset: int | None, ledger_offset: int, now: datetime
 ) -> Discrepancy | None:
     """A warning when ingestion has not reached, within :data:`INGESTION_LAG_BOUND_S`, an offset
-    the ledger was read at by an earlier run."""
+    the ledger was read at by an earlier run (and that the ledger still has: after a node's
+    restore, earlier offsets beyond its end were renumbered)."""
     if offset is not None and offset >= ledger_offset:
         return None
     bound = now - timedelta(seconds=INGESTION_LAG_BOUND_S)
@@ -215,7 +216,9 @@ def _ingestion_lag(
             continue
         ledger = dict(run.report.get("sources", {})).get("ledger") or {}
         read = ledger.get("ledger_offset")
-        if isinstance(read, int) and (offset is None or offset < read):
+        # An offset beyond the ledger's end now was read before the node was restored from a
+        # backup (its offsets were renumbered and ingestion rewound): it says nothing of lag.
+        if isinstance(read, int) and read <= ledger_offset and (offset is None or offset < read):
             seconds = int((now - run.finished_at).total_seconds())
             at = "has not started" if offset is None else f"is at offset {offset}"
             return Discrepancy(
