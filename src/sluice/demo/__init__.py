@@ -63,6 +63,17 @@ reference ledger):
    hold worker and accepted; his transfer to Erin, whom the officer froze, is rejected. The mint
    guard's supply, reserves and headroom close it, with the treasury's iSTSi on the ledger equal
    to the customers' on the books.
+10. **Reserves and a proof of reserves**, on that world. The reserve figures per instrument (what
+    is owed against what backs it, each side with the ledger offset or block it was read at) and
+    iSTSi's reserve ratio; a reconciliation comparing all three sources (the treasury's active
+    contracts on the ledger, custody's ``scantxoutset``, iSTSi supply against reserves), clean.
+    Then Bitcoin leaves custody in a transaction sluice never made: the next run classes the
+    shortfall critical and halts minting; the Bitcoin comes back, a run is clean again, and
+    resuming minting is proposed by the officer and approved by a second member of staff. A
+    proof-of-liabilities snapshot publishes one root per instrument (the customers' balances in
+    the journal); Alice's inclusion proof verifies with the standalone verifier against the
+    published root, a copy claiming one unit more is refused, and the signed reserves document
+    verifies against the custody descriptor, the node and the roots.
 
 **Over the wire.** ``--via-http`` serves the demo's ledger on a local port (as ``sluice ledger
 serve`` does) and ``--ledger-url URL`` uses a ``sluice ledger serve`` already running (on a fresh
@@ -92,7 +103,17 @@ import psutil
 from rich.console import Console
 from rich.panel import Panel
 
-from sluice.demo import api, bitcoin, compliance, ingestion, issuance, report, setup, workers
+from sluice.demo import (
+    api,
+    bitcoin,
+    compliance,
+    ingestion,
+    issuance,
+    report,
+    reserves,
+    setup,
+    workers,
+)
 from sluice.demo.api import API_CUSTOMER, API_OTHER, API_WITHDRAWALS
 from sluice.demo.compliance import HELD_AMOUNT, HELD_CUSTOMER
 from sluice.demo.ingestion import ingest_command, sluice_command
@@ -163,6 +184,7 @@ CHAPTERS: tuple[Chapter[Any], ...] = (
     report.BOOKS,  # the cursor, the alerts, the books per instrument and the invariant
     bitcoin.CHAPTER,  # custody: deposits, a reorg, a batched payout through a crash and a bump
     issuance.CHAPTER,  # iSTSi: minted at 6, a reorg, a held deposit, redemptions, held transfers
+    reserves.CHAPTER,  # reserves, reconciliation (a shortfall halts minting), proof of reserves
 )
 
 
