@@ -43,6 +43,7 @@ REACHED = (
     "reserves_documents_verified",
 )
 TAMPER_SEED = 2
+POSTGRES_SEED = 1
 TAMPER_STEPS = 120
 
 Tamper = Callable[[int, Sandbox], None]
@@ -60,6 +61,20 @@ def test_seeds_keep_the_reserves_guarantees_through_crashes_and_faults() -> None
     assert [outcome for outcome in REACHED if reached[outcome] == 0] == [], reached
     # No run's reconciliation halted minting or paused: nothing worse than minor was compared.
     assert not [k for k in reached if k.startswith("reconcile_") and k.endswith("_minor")]
+
+
+@pytest.mark.postgres
+def test_a_seed_with_reserves_gives_the_same_line_on_postgresql(postgres_url: str) -> None:
+    """The same run on PostgreSQL: the same line and the same reserves outcomes (every source
+    compared as often, the same proofs verified)."""
+    on_sqlite = run_simulation(POSTGRES_SEED, STEPS, crash_rate=0.1, fault_rate=0.1)
+    assert on_sqlite.ok, on_sqlite.as_json_line()
+    on_postgres = run_simulation(
+        POSTGRES_SEED, STEPS, crash_rate=0.1, fault_rate=0.1, db_url=postgres_url
+    )
+    assert on_postgres.as_json_line() == on_sqlite.as_json_line()
+    reserves = [k for k in on_sqlite.outcomes if k.startswith(("reserves_", "reconcile_"))]
+    assert reserves and all(on_postgres.outcomes[k] == on_sqlite.outcomes[k] for k in reserves)
 
 
 def _at_first_snapshot(change: Callable[[Sandbox], None]) -> Tamper:

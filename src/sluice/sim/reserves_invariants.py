@@ -224,8 +224,7 @@ def _check_roots(
         balances = liabilities.get(key, {})
         expected = (str(sum(balances.values())), len(balances))
         found = (root["total_units"], root["leaf_count"])
-        # An instrument nobody holds has an empty tree: its padding leaf is its one leaf.
-        if found != expected and not (not balances and found[0] == "0"):
+        if found != expected:  # an instrument nobody holds: an empty tree, 0 over 0 leaves
             sim.violation(
                 "reserves_proofs",
                 f"{snapshot_id} {key}: the root's total {found[0]} units over {found[1]} leaves; "
