@@ -97,7 +97,9 @@ def reconcile_now(sim: SimulationState) -> None:
 
 
 def snapshot(sim: SimulationState) -> None:
-    """A proof-of-liabilities snapshot of every instrument, with its reserves document."""
+    """A proof-of-liabilities snapshot of every instrument, with its reserves document. A refused
+    snapshot is a violation (``reserves_snapshot``): the books never hold a negative customer
+    balance, and the run's secret is its own."""
     reserves = world(sim)
     snapshot_id = f"sim-{len(reserves.snapshots_taken) + 1}"
     try:
