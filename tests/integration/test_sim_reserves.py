@@ -19,6 +19,7 @@ from sluice.domain.journal import (
     JournalTransaction,
     Posting,
     customer_account_name,
+    treasury_account_name,
 )
 from sluice.sandbox import Sandbox
 from sluice.sim import run_simulation
@@ -189,3 +190,33 @@ def test_custody_records_that_are_not_the_chain_are_a_compared_discrepancy() -> 
     violations = _violations(inflate_one_output)
     found = _named(violations, "reserves_reconcile")
     assert found and "custody compared and found" in found[0], violations
+
+
+def test_a_journal_that_is_not_the_ledger_is_a_compared_discrepancy() -> None:
+    """The journal books 1,000 Canton Coin into the treasury (and suspense) that the ledger's
+    active contracts do not hold: the ledger source, compared at ingestion's offset, finds it."""
+
+    def book_from_nowhere(step: int, sandbox: Sandbox) -> None:
+        if step != 10:
+            return
+        with sandbox.database.uow() as uow:
+            uow.withdrawals.post(
+                [
+                    JournalTransaction(
+                        id="tampered-treasury",
+                        kind="deposit",
+                        postings=(
+                            Posting(
+                                AccountRef(treasury_account_name(sandbox.treasury), sandbox.coin),
+                                Decimal(1000),
+                            ),
+                            Posting(AccountRef(SUSPENSE, sandbox.coin), Decimal(-1000)),
+                        ),
+                    )
+                ]
+            )
+            uow.commit()
+
+    violations = _violations(book_from_nowhere)
+    found = _named(violations, "reserves_reconcile")
+    assert found and "ledger compared and found" in found[0], violations
