@@ -6,6 +6,8 @@ published root file.
 How: the journal (customers' Amulet at 10 decimals and iSTSi at 8) is written in process into the
 Integration DB under ``SLUICE_DATA_DIR``; every ``sluice`` is the virtualenv's console script run
 as a process. A tampered proof (one more unit) and a tampered root file (another total) exit 2.
+Without a ledger the snapshot is still taken, its reserves document saying the ledger was not
+read (``test_por_snapshot_sources`` takes one from every source).
 """
 
 from __future__ import annotations
@@ -129,7 +131,17 @@ def test_refusals_name_the_problem_and_exit_2(tmp_path: Path) -> None:
     _journal(data)
     none_yet = sluice("por", "roots", env=env, code=2)
     assert "error 10 not_found" in none_yet.stderr and none_yet.stdout == ""
-    sluice("por", "snapshot", "--id", "snap-1", "--instrument", "Amulet", env=env)
+    taken = sluice("por", "snapshot", "--id", "snap-1", "--instrument", "Amulet", env=env)
+    # No ledger here: the snapshot is taken, its reserves document says the Canton part was not
+    # read and why, and so does stderr.
+    assert f"ledger: not read (no embedded ledger at {data / 'ledger.db'})" in taken.stderr
+    assert "reserves: canton not read (no ledger reader in this process)" in taken.stderr
+    database = bootstrap.database(f"sqlite:///{data / 'sluice.db'}")
+    with database.uow() as uow:
+        stored = uow.reserves.snapshot("snap-1")
+    database.dispose()
+    assert stored is not None and stored.reserves is not None
+    assert stored.reserves["canton"]["read"] is False
     again = sluice("por", "snapshot", "--id", "snap-1", env=env, code=2)
     assert "error 42 duplicate_operation: a snapshot snap-1 exists already" in again.stderr
     assert again.stdout == ""

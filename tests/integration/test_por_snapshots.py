@@ -27,12 +27,10 @@ from sluice.domain.journal import (
 from sluice.domain.ledger import InstrumentId
 from sluice.por.documents import Proof, Root
 from sluice.por.verify import verify_proof
+from sluice.services.por_secret import PorSecretError, load_or_create_secret, load_secret
 from sluice.services.por_snapshots import (
-    PorSecretError,
     customer_proof,
     find_istsi,
-    load_or_create_secret,
-    load_secret,
     published_roots,
     reserves_of,
     snapshot_history,

@@ -1,6 +1,6 @@
 """What every command group shares: the common options, the output and error helpers, the
-configuration named by the root ``--config``, and the wiring of databases, ledgers and the KYC
-registry from the deployment configuration."""
+configuration named by the root ``--config``, and the wiring of databases, ledgers, the KYC
+registry and the reserves side's sources from the deployment configuration."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -33,10 +33,16 @@ from sluice.domain.compliance import Profile
 from sluice.domain.errors import InvalidInputError, SluiceError
 from sluice.domain.ledger import check_party_id, format_timestamp
 from sluice.domain.withdrawals import Withdrawal
+from sluice.ports import ActiveContractsReader
+from sluice.ports.issuance import IssuerLedger
 from sluice.screening import ListedSanctions
 from sluice.services.compliance import KycRegistry
-from sluice.services.ingestion import IngestionProgress
+from sluice.services.ingestion import IngestionProgress, connection_name
+from sluice.services.reserves import find_istsi
+from sluice.services.reserves_settings import ReservesContext
 from sluice.services.withdrawals import WithdrawalSettings
+
+T = TypeVar("T")
 
 err = Console(stderr=True)
 
@@ -300,6 +306,132 @@ def sandbox_base(participant_url: str) -> str:
     """The base URL of `sluice ledger serve` from one of its participant URLs."""
     base, _, _node = participant_url.rstrip("/").partition("/nodes/")
     return base
+
+
+# --- the reserves side's sources ----------------------------------------------------------------
+
+
+def recorded_treasury(config: DeploymentConfig, database: bootstrap.Database) -> str | None:
+    """The treasury party: ``treasury.party``, else the one an embedded world recorded in the
+    DB; None when neither is known."""
+    from sluice.server.world import TREASURY_KEY
+
+    if config.treasury.party:
+        return config.treasury.party
+    with database.uow() as uow:
+        recorded = uow.withdrawals.control(TREASURY_KEY)
+    return recorded or None
+
+
+def reserves_sources(
+    config: DeploymentConfig,
+    stack: ExitStack,
+    database: bootstrap.Database,
+    *,
+    treasury: str,
+    ledger: Path | None,
+    ledger_url: str | None,
+) -> ReservesContext:
+    """The reserves context on every source this process can open, each closed by ``stack``:
+    the ledger's active contracts (the embedded ledger file opened for reading, or the
+    participant), Bitcoin custody (``[bitcoin]``, else the sandbox custody) and the issuer's
+    ledger for iSTSi's supply. What cannot be opened is left out — the reserves side reports it
+    as not read — with a note on stderr; the ledger is not read without a ``treasury`` party."""
+    reader, node, embedded = _reserves_ledger(config, database, stack, ledger, ledger_url)
+    if reader is not None and not treasury:
+        note("ledger: not read (no treasury party: set treasury.party)")
+        reader = None
+    custody = _opened("Bitcoin custody", lambda: bootstrap.bitcoin_custody(config))
+    if custody is not None:
+        stack.callback(custody.close)
+        if not custody.configured:
+            note("custody: the sandbox custody on the embedded chain ([bitcoin] not configured)")
+    issuer = _reserves_issuer(config, database, stack, embedded)
+    base = bootstrap.reserves_context(
+        config,
+        database,
+        treasury=treasury,
+        clock=utc_now,
+        ledger=reader,
+        custody=custody,
+        connection=connection_name(treasury, node),
+    )
+    if issuer is not None:
+        base = dataclasses.replace(base, issuer=issuer, istsi=issuer.instrument)
+    return base
+
+
+def _reserves_ledger(
+    config: DeploymentConfig,
+    database: bootstrap.Database,
+    stack: ExitStack,
+    ledger: Path | None,
+    ledger_url: str | None,
+) -> tuple[ActiveContractsReader | None, str, Any]:
+    """The reader of the ledger's active contracts, the node ingestion's cursor is named by, and
+    the embedded ledger (for issuance's issuer, so the file is opened once)."""
+    if uses_participant(config, ledger, ledger_url):
+        link = _opened(
+            "the participant",
+            lambda: bootstrap.canton_connection(config, database, participant_url=ledger_url),
+        )
+        if link is None:
+            return None, config.ledger.node, None
+        stack.callback(link.close)
+        return bootstrap.active_contracts_reader(link), link.node, None
+    from sluice.ledger.local.engine import EmbeddedLedger
+
+    path = ledger or config.ledger_path
+    node = config.ledger.node
+    if not path.exists():
+        note(f"ledger: not read (no embedded ledger at {path})")
+        return None, node, None
+    opened = _opened("the embedded ledger", lambda: EmbeddedLedger.open(str(path), read_only=True))
+    if opened is None:
+        return None, node, None
+    stack.callback(opened.close)
+    reader = _opened("the ledger's node", lambda: opened.node_client(node))
+    return reader, node, opened
+
+
+def _reserves_issuer(
+    config: DeploymentConfig, database: bootstrap.Database, stack: ExitStack, embedded: Any
+) -> IssuerLedger | None:
+    """The issuer's ledger, for reading iSTSi's supply only: nothing is created or written on
+    it (building issuance would create iSTSi where it is missing). iSTSi is the instrument the
+    books know (:func:`~sluice.services.reserves.find_istsi`); its ledger is ``[issuance]
+    control_url`` (a served embedded ledger), else the embedded ledger file opened above."""
+    from sluice.ledger.local.issuer import EmbeddedIssuerLedger, RemoteIssuerLedger
+    from sluice.ledger.local.remote import RemoteLedger
+
+    with database.uow() as uow:
+        istsi = find_istsi(
+            uow,
+            utc_now(),
+            instrument_id=config.issuance.instrument_id,
+            issuer_party=config.issuance.issuer_party,
+        )
+    if istsi is None:
+        note("supply: not read (no iSTSi instrument in the books: issuance has not run here)")
+        return None
+    control_url = config.issuance.control_url
+    if control_url is not None:
+        remote = RemoteLedger(control_url, timeout_s=config.ledger.timeout_s)
+        stack.callback(remote.close)
+        return RemoteIssuerLedger(remote, istsi.admin, istsi.id)
+    if embedded is None:
+        note("supply: not read (no issuer ledger: set [issuance] control_url)")
+        return None
+    return EmbeddedIssuerLedger(embedded, istsi.admin, istsi.id)
+
+
+def _opened(what: str, open_it: Callable[[], T]) -> T | None:
+    """``open_it()``, or None with a note when it cannot be opened: that source is not read."""
+    try:
+        return open_it()
+    except Exception as exc:
+        note(f"{what}: not opened ({type(exc).__name__}: {exc}); its source is not read")
+        return None
 
 
 # --- the KYC registry and who is acting --------------------------------------------------------

@@ -28,9 +28,9 @@ from sluice.api.routes.common import ERRORS, Context, OwnOrCompliance, PageParam
 from sluice.api.routes.customers import CustomerId
 from sluice.api.schemas import Page, page
 from sluice.domain.errors import SluiceError
+from sluice.services.por_secret import load_secret
 from sluice.services.por_snapshots import (
     inclusion_proof,
-    load_secret,
     published_roots,
     reserves_of,
     snapshot_history,

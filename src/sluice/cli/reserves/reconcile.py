@@ -30,11 +30,10 @@ list of RUNs.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import structlog
 import typer
@@ -43,44 +42,33 @@ from sluice import bootstrap
 from sluice.cli.common import (
     DbOption,
     JsonOption,
+    LedgerOption,
+    LedgerUrlOption,
     deployment,
     fail,
     fail_with,
     note,
     open_database,
     print_json,
-    uses_participant,
+    recorded_treasury,
+    reserves_sources,
     utc_now,
 )
 from sluice.cli.reserves.wiring import reserves_app
 from sluice.config import DeploymentConfig
 from sluice.domain.errors import SluiceError
-from sluice.ports import ActiveContractsReader
-from sluice.ports.issuance import IssuerLedger
 from sluice.ports.reserves import ReconciliationRun, severity_rank
-from sluice.services.ingestion import connection_name
 from sluice.services.reconciliation import (
     get_run,
     list_runs,
     reconcile,
     run_json,
 )
-from sluice.services.reserves import find_istsi
 from sluice.services.reserves_settings import ReservesContext
-
-T = TypeVar("T")
 
 # Exit code when a warning or worse was found (2 stays a refusal, as everywhere).
 DISCREPANCY_EXIT = 3
 SOURCE_FAILED_EXIT = 2
-
-LedgerOption = Annotated[
-    Path | None, typer.Option("--ledger", help="The embedded ledger file (default: configured).")
-]
-LedgerUrlOption = Annotated[
-    str | None,
-    typer.Option("--ledger-url", help="A participant's JSON API URL (default: configured)."),
-]
 
 
 @reserves_app.command("reconcile")
@@ -170,18 +158,6 @@ def _database_context(db: str | None) -> Iterator[ReservesContext]:
         database.dispose()
 
 
-def _treasury(config: DeploymentConfig, database: bootstrap.Database) -> str:
-    from sluice.server.world import TREASURY_KEY
-
-    if config.treasury.party:
-        return config.treasury.party
-    with database.uow() as uow:
-        recorded = uow.withdrawals.control(TREASURY_KEY)
-    if not recorded:
-        fail("no treasury party: set treasury.party (or SLUICE_TREASURY_PARTY)")
-    return recorded
-
-
 def _context(
     config: DeploymentConfig,
     stack: ExitStack,
@@ -189,103 +165,16 @@ def _context(
     ledger: Path | None,
     ledger_url: str | None,
 ) -> ReservesContext:
-    """Every source this process can open, each closed by ``stack``; what cannot be opened is
-    left out (reported as not read) with a note on stderr."""
+    """Every source this process can open (:func:`reserves_sources`), each closed by ``stack``;
+    refused without a treasury party (the ledger source compares its holdings)."""
     database = open_database(db or config.database_url)
     stack.callback(database.dispose)
-    treasury = _treasury(config, database)
-    reader, node, embedded = _ledger(config, database, stack, ledger, ledger_url)
-    custody = _opened("Bitcoin custody", lambda: bootstrap.bitcoin_custody(config))
-    if custody is not None:
-        stack.callback(custody.close)
-        if not custody.configured:
-            note("custody: the sandbox custody on the embedded chain ([bitcoin] not configured)")
-    issuer = _issuer(config, database, stack, embedded)
-    base = bootstrap.reserves_context(
-        config,
-        database,
-        treasury=treasury,
-        clock=utc_now,
-        ledger=reader,
-        custody=custody,
-        connection=connection_name(treasury, node),
+    treasury = recorded_treasury(config, database)
+    if treasury is None:
+        fail("no treasury party: set treasury.party (or SLUICE_TREASURY_PARTY)")
+    return reserves_sources(
+        config, stack, database, treasury=treasury, ledger=ledger, ledger_url=ledger_url
     )
-    if issuer is not None:
-        base = replace(base, issuer=issuer, istsi=issuer.instrument)
-    return base
-
-
-def _ledger(
-    config: DeploymentConfig,
-    database: bootstrap.Database,
-    stack: ExitStack,
-    ledger: Path | None,
-    ledger_url: str | None,
-) -> tuple[ActiveContractsReader | None, str, Any]:
-    """The reader of the ledger's active contracts, the node ingestion's cursor is named by, and
-    the embedded ledger (for issuance's issuer, so the file is opened once)."""
-    if uses_participant(config, ledger, ledger_url):
-        link = _opened(
-            "the participant",
-            lambda: bootstrap.canton_connection(config, database, participant_url=ledger_url),
-        )
-        if link is None:
-            return None, config.ledger.node, None
-        stack.callback(link.close)
-        return bootstrap.active_contracts_reader(link), link.node, None
-    from sluice.ledger.local.engine import EmbeddedLedger
-
-    path = ledger or config.ledger_path
-    node = config.ledger.node
-    if not path.exists():
-        note(f"ledger: not read (no embedded ledger at {path})")
-        return None, node, None
-    opened = _opened("the embedded ledger", lambda: EmbeddedLedger.open(str(path), read_only=True))
-    if opened is None:
-        return None, node, None
-    stack.callback(opened.close)
-    reader = _opened("the ledger's node", lambda: opened.node_client(node))
-    return reader, node, opened
-
-
-def _issuer(
-    config: DeploymentConfig, database: bootstrap.Database, stack: ExitStack, embedded: Any
-) -> IssuerLedger | None:
-    """The issuer's ledger, for reading iSTSi's supply only: nothing is created or written on
-    it (building issuance would create iSTSi where it is missing). iSTSi is the instrument the
-    books know (:func:`find_istsi`); its ledger is ``[issuance] control_url`` (a served embedded
-    ledger), else the embedded ledger file opened above."""
-    from sluice.ledger.local.issuer import EmbeddedIssuerLedger, RemoteIssuerLedger
-    from sluice.ledger.local.remote import RemoteLedger
-
-    with database.uow() as uow:
-        istsi = find_istsi(
-            uow,
-            utc_now(),
-            instrument_id=config.issuance.instrument_id,
-            issuer_party=config.issuance.issuer_party,
-        )
-    if istsi is None:
-        note("supply: not read (no iSTSi instrument in the books: issuance has not run here)")
-        return None
-    control_url = config.issuance.control_url
-    if control_url is not None:
-        remote = RemoteLedger(control_url, timeout_s=config.ledger.timeout_s)
-        stack.callback(remote.close)
-        return RemoteIssuerLedger(remote, istsi.admin, istsi.id)
-    if embedded is None:
-        note("supply: not read (no issuer ledger: set [issuance] control_url)")
-        return None
-    return EmbeddedIssuerLedger(embedded, istsi.admin, istsi.id)
-
-
-def _opened(what: str, open_it: Callable[[], T]) -> T | None:
-    """``open_it()``, or None with a note when it cannot be opened: that source is not read."""
-    try:
-        return open_it()
-    except Exception as exc:
-        note(f"{what}: not opened ({type(exc).__name__}: {exc}); its source is not read")
-        return None
 
 
 # --- output --------------------------------------------------------------------------------------
