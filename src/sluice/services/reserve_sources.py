@@ -94,6 +94,22 @@ def read_ledger_holdings(reader: ActiveContractsReader, party: str) -> LedgerHol
     return LedgerHoldings(party, offset, tuple(holdings_in(items, party)))
 
 
+def reads_at_offset(reader: ActiveContractsReader) -> bool:
+    """Whether ``reader`` answers the active contracts at an earlier offset: a participant does
+    (within its pruning window); the embedded ledger's node client answers at its end only (it
+    keeps no archived contracts) and says so by offering ``active_contracts_at_end``."""
+    return getattr(reader, "active_contracts_at_end", None) is None
+
+
+def read_ledger_holdings_at(
+    reader: ActiveContractsReader, party: str, offset: int
+) -> LedgerHoldings:
+    """``party``'s holdings as the ledger's active contracts were at ``offset`` (0: none yet),
+    for a reader that answers earlier offsets (:func:`reads_at_offset`)."""
+    items = reader.active_contracts(party, offset) if offset > 0 else []
+    return LedgerHoldings(party, offset, tuple(holdings_in(items, party)))
+
+
 # --- the Bitcoin node ----------------------------------------------------------------------------
 
 
