@@ -49,6 +49,14 @@ log = structlog.get_logger("sluice.reconciliation")
 
 ACTOR = "reconciliation"
 HALT_KIND = "reconciliation_critical"
+# A source left unchecked (not compared, or failed) for longer than STALE_INTERVALS scheduled
+# runs, and at least STALE_BOUND_MIN_S, raises a warning alert of STALE_KIND (no setting of its
+# own: [reserves] has none for it). Looked for in the newest STALE_RUNS_LOOKED_AT stored runs.
+STALE_KIND = "reconciliation_stale"
+STALE_BOUND_MIN_S = 900.0
+STALE_INTERVALS = 3
+STALE_RUNS_LOOKED_AT = 100
+UNCHECKED = ("not_compared", "failed")
 ALERT_SEVERITY: dict[Severity, AlertSeverity] = {
     "minor": "info",
     "warning": "warning",
@@ -95,26 +103,40 @@ def reconcile(ctx: ReservesContext, *, trigger: RunTrigger) -> ReconciliationRun
     the_worst = worst(d.severity for d in found)
     finished = ctx.clock()
     actions = _pause_if_emergency(ctx, run_id, the_worst, found, finished)
-    alerts = [_alert(run_id, n, d) for n, d in enumerate(found, start=1)]
-    actions += [f"alert:{alert.id}" for alert in alerts]
     halting = severity_rank(the_worst) >= severity_rank("critical")
-    if halting:
-        actions.insert(0, "minting_halted")
     report = {"sources": {check.source: check.as_json() for check in checks}}
-    run = ReconciliationRun(
-        id=run_id,
-        trigger=trigger,
-        status=_status(checks),
-        started_at=started,
-        finished_at=finished,
-        worst=the_worst,
-        report=report,
-        actions=tuple(actions),
-        discrepancies=tuple(found),
-    )
     with ctx.uow() as uow:
-        uow.reserves.add_alerts(alerts, finished)
+        earlier = uow.reserves.runs(limit=STALE_RUNS_LOOKED_AT)
+        repeated = _repeated(earlier[0] if earlier else None, found)
+        alerts = [_alert(run_id, n, d) for n, d in enumerate(found, start=1) if n not in repeated]
+        alerts += stale_alerts(earlier, checks, finished, stale_bound_s(ctx))
+        # The same critical findings as the previous run, with minting still halted: the halt
+        # stays in force without a new alert and record each run.
+        halt_again = halting and (
+            any(
+                n not in repeated and severity_rank(d.severity) >= severity_rank("critical")
+                for n, d in enumerate(found, start=1)
+            )
+            or not uow.issuance.minting_state().minting_halted
+        )
         if halting:
+            actions.insert(0, "minting_halted" if halt_again else "minting_still_halted")
+        actions += [f"alert:{alert.id}" for alert in alerts]
+        if repeated and earlier:
+            actions.append(f"unchanged_since:{earlier[0].id}:{len(repeated)}")
+        run = ReconciliationRun(
+            id=run_id,
+            trigger=trigger,
+            status=_status(checks),
+            started_at=started,
+            finished_at=finished,
+            worst=the_worst,
+            report=report,
+            actions=tuple(actions),
+            discrepancies=tuple(found),
+        )
+        uow.reserves.add_alerts(alerts, finished)
+        if halt_again:
             halt_minting_in(
                 uow,
                 reason=f"reconciliation run {run_id} found a {the_worst} discrepancy",
@@ -136,6 +158,97 @@ def reconcile(ctx: ReservesContext, *, trigger: RunTrigger) -> ReconciliationRun
         states={check.source: check.state for check in checks},
     )
     return run
+
+
+def _finding(found: Discrepancy) -> tuple[str, str, str, int, int]:
+    return (
+        found.source,
+        found.instrument,
+        found.severity,
+        found.expected_units,
+        found.actual_units,
+    )
+
+
+def _repeated(previous: ReconciliationRun | None, found: Sequence[Discrepancy]) -> set[int]:
+    """The numbers (from 1) of the findings the previous run made identically (same source,
+    instrument, severity, expected and actual): a persistent discrepancy is alerted once, not
+    at every run; any change in it is a new finding."""
+    if previous is None:
+        return set()
+    before = {_finding(d) for d in previous.discrepancies}
+    return {n for n, d in enumerate(found, start=1) if _finding(d) in before}
+
+
+# --- sources left unchecked -----------------------------------------------------------------------
+
+
+def stale_bound_s(ctx: ReservesContext) -> float:
+    """How long a source may go without being compared before it is a warning:
+    :data:`STALE_INTERVALS` scheduled runs, and at least :data:`STALE_BOUND_MIN_S`."""
+    return max(STALE_BOUND_MIN_S, STALE_INTERVALS * ctx.settings.reconcile_interval_s)
+
+
+def _state(run: ReconciliationRun, source: str) -> Any:
+    return (dict(dict(run.report).get("sources", {})).get(source) or {}).get("state")
+
+
+def stale_alerts(
+    earlier: Sequence[ReconciliationRun],
+    checks: Sequence[SourceCheck],
+    now: datetime,
+    bound_s: float,
+) -> list[Alert]:
+    """A warning per source not compared (not compared or failed) in this run nor in the
+    stored runs since it last was, for longer than ``bound_s``: a watcher always a block
+    behind, a node whose scan always fails, a ledger never at ingestion's offset leave the
+    source unchecked, which no discrepancy says. Runs where the source was not read (a process
+    without it) neither end nor extend the period. The alert's id is of the last compared run
+    (else the first of the stored runs that did not compare it), so it is raised once per stale
+    period."""
+    alerts: list[Alert] = []
+    for check in checks:
+        if check.state not in UNCHECKED:
+            continue
+        last_compared: ReconciliationRun | None = None
+        first_unchecked: ReconciliationRun | None = None
+        for run in earlier:  # newest first
+            state = _state(run, check.source)
+            if state == "compared":
+                last_compared = run
+                break
+            if state in UNCHECKED:
+                first_unchecked = run
+        if last_compared is not None:
+            since, anchor = last_compared.finished_at, f"after:{last_compared.id}"
+        elif first_unchecked is not None:
+            since, anchor = first_unchecked.started_at, f"since:{first_unchecked.id}"
+        else:
+            continue  # this run is the first not to compare it
+        seconds = int((now - since).total_seconds())
+        if seconds <= bound_s:
+            continue
+        what = f"since run {last_compared.id}" if last_compared is not None else "in any stored run"
+        alerts.append(
+            Alert(
+                id=f"{STALE_KIND}:{check.source}:{anchor}",
+                severity="warning",
+                kind=STALE_KIND,
+                message=(
+                    f"reconciliation has not compared {check.source} {what} ({seconds} s, "
+                    f"bound {int(bound_s)} s); now {check.state}: {check.reason}"
+                ),
+                details={
+                    "source": check.source,
+                    "state": check.state,
+                    "reason": str(check.reason),
+                    "last_compared_run": last_compared.id if last_compared else "",
+                    "seconds": str(seconds),
+                    "bound_s": str(int(bound_s)),
+                },
+            )
+        )
+    return alerts
 
 
 def _sources(found: Sequence[Discrepancy]) -> str:
@@ -168,11 +281,15 @@ def _pause_if_emergency(
     at: datetime,
 ) -> list[str]:
     """An emergency pauses the system (before the run is stored, so that a failure to store it
-    leaves the system paused all the same); one already paused is left as it is."""
+    leaves the system paused all the same); one already in an emergency pause is left as it
+    is, another pause becomes the emergency."""
     if the_worst != "emergency":
         return []
-    if controls.current_pause(ctx.uow) is not None:
+    current = controls.current_pause(ctx.uow)
+    if current is not None and current.mode == "emergency":
         return ["system_already_paused"]
+    # Any other pause (an operator's maintenance, say) is raised to an emergency: a resume
+    # meant to end the maintenance must not lift it unawares.
     controls.pause(
         ctx.uow,
         mode="emergency",

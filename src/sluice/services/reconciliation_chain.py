@@ -32,6 +32,9 @@ from sluice.services.reconciliation_checks import SourceCheck, failed, figures, 
 from sluice.services.reserve_sources import CustodyScan, scan_custody
 from sluice.services.reserves_settings import ReservesContext
 
+# The watcher statuses the mint guard counts as reserves (store/issuance_repository.py).
+RESERVE_STATUSES = frozenset({"confirmed", "credited"})
+
 
 @dataclass(frozen=True, slots=True)
 class CustodyView:
@@ -193,10 +196,17 @@ def check_supply(
         return failed("supply", scan or RuntimeError("not scanned"))
     if supply is None:
         return SourceCheck("supply", "not_read", "this process has no issuer ledger (issuance)")
+    # The watcher confirms an output once and keeps it confirmed (a raised confirmations_min
+    # applies to outputs still only seen), and the mint guard counts by that status: an output
+    # is a reserve when deep enough now OR the watcher's row says confirmed/credited. The amount
+    # is still the node's; the DB only selects which of the node's outputs count.
+    by_status = frozenset(o.outpoint for o in view.outputs if o.status in RESERVE_STATUSES)
     confirmed = [
         o
         for o in scan.outputs
-        if scan.height - o.height + 1 >= confirmations_min or o.script_hex in view.change_scripts
+        if scan.height - o.height + 1 >= confirmations_min
+        or o.script_hex in view.change_scripts
+        or o.outpoint in by_status
     ]
     reserves = sum(o.amount_sats for o in confirmed)
     guard = view.guard
@@ -214,6 +224,11 @@ def check_supply(
         "reserves_units": str(reserves),
         "confirmations_min": confirmations_min,
         "outputs_counted": len(confirmed),
+        "outputs_counted_by_status": sum(
+            1
+            for o in confirmed
+            if o.outpoint in by_status and scan.height - o.height + 1 < confirmations_min
+        ),
         "pending_redemptions_units": str(guard.pending_redemptions),
         "pending_payouts_units": str(guard.pending_payouts),
         "backing_units": str(backing),

@@ -19,8 +19,14 @@ from typing import Any, Literal
 from sluice.domain.journal import treasury_account_name
 from sluice.domain.ledger import Cursor, InstrumentId
 from sluice.domain.reserves import Tolerances, classify, decimals_for, format_units, units_of
+from sluice.ports import ActiveContractsReader
 from sluice.ports.reserves import Discrepancy, ReadPoint, ReconcileSource, ReconciliationRun
-from sluice.services.reserve_sources import LedgerHoldings, read_ledger_holdings
+from sluice.services.reserve_sources import (
+    LedgerHoldings,
+    read_ledger_holdings,
+    read_ledger_holdings_at,
+    reads_at_offset,
+)
 from sluice.services.reserves_settings import ReservesContext
 
 CheckState = Literal["compared", "not_compared", "not_read", "failed"]
@@ -104,43 +110,87 @@ def _journal_view(ctx: ReservesContext, connection: str) -> _JournalView:
     return _JournalView(before, balances, contracts, before == after, earlier)
 
 
+def _consistent_view(ctx: ReservesContext, connection: str) -> _JournalView:
+    """The journal at one ingestion cursor, read again (at most :data:`LEDGER_READS_MAX` times)
+    while a batch committed in the middle of the read moved the cursor."""
+    view = _journal_view(ctx, connection)
+    for _ in range(LEDGER_READS_MAX - 1):
+        if view.consistent:
+            break
+        view = _journal_view(ctx, connection)
+    return view
+
+
+def _read_at_cursor(
+    ctx: ReservesContext, reader: ActiveContractsReader, connection: str
+) -> tuple[_JournalView, LedgerHoldings | None, int]:
+    """A reader that answers earlier offsets: the DB first (the journal at ingestion's cursor),
+    then the ledger's active contracts at exactly the cursor's offset, so the two are always of
+    the same moment however busy the ledger is; then the ledger's end (for the lag rule). No
+    holdings (None) when there is nothing to compare: ingestion has not started or its cursor
+    moved under every read."""
+    view = _consistent_view(ctx, connection)
+    holdings = None
+    if view.consistent and view.cursor is not None:
+        holdings = read_ledger_holdings_at(reader, ctx.treasury, view.cursor.offset)
+    return view, holdings, reader.ledger_end()
+
+
+def _read_at_end(
+    ctx: ReservesContext, reader: ActiveContractsReader, connection: str
+) -> tuple[_JournalView, LedgerHoldings]:
+    """The embedded ledger answers at its end only: read it there, then the journal; compared
+    only when ingestion's cursor is at that offset (read again while ingestion moved past it)."""
+    for _ in range(LEDGER_READS_MAX):
+        holdings = read_ledger_holdings(reader, ctx.treasury)
+        view = _journal_view(ctx, connection)
+        ahead = view.cursor is not None and view.cursor.offset > holdings.offset
+        if view.consistent and not ahead:
+            break
+    return view, holdings
+
+
 def check_ledger(ctx: ReservesContext, connection: str | None, now: datetime) -> SourceCheck:
-    """The journal's treasury balances against the ledger's active contracts, compared only when
-    ingestion's cursor is at the offset the ledger was read at."""
+    """The journal's treasury balances against the ledger's active contracts at the same offset:
+    read at ingestion's cursor when the reader answers earlier offsets (a participant), else at
+    the ledger's end and compared only when ingestion's cursor is there."""
     if ctx.ledger is None:
         return SourceCheck("ledger", "not_read", "this process has no reader of the ledger")
     if connection is None:
         return SourceCheck(
             "ledger", "not_read", "the ingestion connection of this ledger is not known here"
         )
+    at_cursor = reads_at_offset(ctx.ledger)
+    holdings: LedgerHoldings | None
     try:
-        for _ in range(LEDGER_READS_MAX):
-            holdings = read_ledger_holdings(ctx.ledger, ctx.treasury)
-            view = _journal_view(ctx, connection)
-            ahead = view.cursor is not None and view.cursor.offset > holdings.offset
-            if view.consistent and not ahead:
-                break
+        if at_cursor:
+            view, holdings, ledger_end = _read_at_cursor(ctx, ctx.ledger, connection)
+        else:
+            view, holdings = _read_at_end(ctx, ctx.ledger, connection)
+            ledger_end = holdings.offset
     except Exception as exc:  # a ledger or DB failure is reported, never raised into the loop
         return failed("ledger", exc)
     offset = view.cursor.offset if view.cursor is not None else None
+    read_offset = holdings.offset if holdings is not None else None
     report: dict[str, Any] = {
         "connection": connection,
-        "ledger_offset": holdings.offset,
+        "read_mode": "at_ingestion_offset" if at_cursor else "at_ledger_end",
+        "ledger_offset": read_offset,
+        "ledger_end": ledger_end,
         "ingestion_offset": offset,
         "read_at": {
-            "ledger": ReadPoint("ledger", offset=holdings.offset).as_json(),
+            "ledger": ReadPoint("ledger", offset=read_offset).as_json(),
             "db": {**ReadPoint("db").as_json(), "connection": connection, "offset": offset},
         },
     }
-    if offset != holdings.offset or not view.consistent:
+    lag = _ingestion_lag(view.earlier, offset, ledger_end, now)
+    if holdings is None or offset != holdings.offset or not view.consistent:
         at = "not started" if offset is None else f"at offset {offset}"
-        check = SourceCheck(
-            "ledger",
-            "not_compared",
-            f"ingestion {at}, ledger read at {holdings.offset}",
-            report,
-        )
-        lag = _ingestion_lag(view.earlier, offset, holdings.offset, now)
+        if holdings is None:
+            reason = f"ingestion {at}" + ("" if view.consistent else " and moving")
+        else:
+            reason = f"ingestion {at}, ledger read at {holdings.offset}"
+        check = SourceCheck("ledger", "not_compared", reason, report)
         if lag is not None:
             check.discrepancies.append(lag)
         return check
@@ -150,6 +200,8 @@ def check_ledger(ctx: ReservesContext, connection: str | None, now: datetime) ->
         _compare_holdings(ctx, holdings, view, ctx.settings.tolerances, check)
     except Exception as exc:  # an amount finer than the instrument's units, say
         return failed("ledger", exc)
+    if lag is not None:  # compared at ingestion's cursor, but that cursor is far behind
+        check.discrepancies.append(lag)
     return check
 
 
@@ -205,8 +257,8 @@ def _compare_holdings(
 def _ingestion_lag(
     earlier: Sequence[ReconciliationRun], offset: int | None, ledger_offset: int, now: datetime
 ) -> Discrepancy | None:
-    """A warning when ingestion has not reached, within :data:`INGESTION_LAG_BOUND_S`, an offset
-    the ledger was read at by an earlier run (and that the ledger still has: after a node's
+    """A warning when ingestion has not reached, within :data:`INGESTION_LAG_BOUND_S`, the
+    ledger's end an earlier run saw (and that the ledger still has: after a node's
     restore, earlier offsets beyond its end were renumbered)."""
     if offset is not None and offset >= ledger_offset:
         return None
@@ -215,7 +267,8 @@ def _ingestion_lag(
         if run.finished_at > bound:
             continue
         ledger = dict(run.report.get("sources", {})).get("ledger") or {}
-        read = ledger.get("ledger_offset")
+        # The ledger's end then (runs before "ledger_end" was reported read at their end).
+        read = ledger.get("ledger_end", ledger.get("ledger_offset"))
         # An offset beyond the ledger's end now was read before the node was restored from a
         # backup (its offsets were renumbered and ingestion rewound): it says nothing of lag.
         if isinstance(read, int) and read <= ledger_offset and (offset is None or offset < read):
