@@ -8,6 +8,8 @@ arithmetic.
 
 from __future__ import annotations
 
+import decimal
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal
@@ -23,6 +25,17 @@ ISTSI_DECIMALS = 8
 FULL_BPS = 10_000  # a ratio of 100 %
 UNITS_LIMIT = 2**127  # every balance and sum stays below this (u128 with a spare bit)
 
+# Where amounts become units and are added: 80 significant digits hold any NUMERIC(38, 10)
+# amount, any sum of them and any count of units below 2^127 (39 digits) with room to spare,
+# and a result that would still need rounding (or an exponent past 10^100) raises instead of
+# silently losing digits, as the default 28-digit context would.
+EXACT = decimal.Context(
+    prec=80,
+    rounding=decimal.ROUND_HALF_EVEN,
+    Emax=100,
+    traps=[decimal.InvalidOperation, decimal.Inexact, decimal.Rounded, decimal.Overflow],
+)
+
 
 def decimals_for(instrument: InstrumentId, istsi: InstrumentId | None) -> int:
     """The decimals an instrument's units are counted in: 8 for iSTSi (satoshis), else 10."""
@@ -30,8 +43,19 @@ def decimals_for(instrument: InstrumentId, istsi: InstrumentId | None) -> int:
 
 
 def units_of(amount: Decimal, decimals: int) -> int:
-    """``amount`` in units of 10^-decimals; refused when it has finer digits than that."""
-    scaled = amount.scaleb(decimals)
+    """``amount`` in units of 10^-decimals, exactly; refused when it has finer digits than
+    that, or is too large to count exactly (see :data:`EXACT`)."""
+    if not amount.is_finite():
+        raise InvalidInputError(f"{amount} is not a finite amount")
+    try:
+        scaled = amount.scaleb(decimals, context=EXACT)
+    except decimal.DecimalException as exc:
+        if amount and amount.adjusted() < -decimals:  # every digit finer than one unit
+            raise InvalidInputError(f"{amount} has more than {decimals} decimals") from exc
+        raise InvalidInputError(
+            f"{amount} cannot be counted exactly in units of 10^-{decimals}: too large or too "
+            "many digits"
+        ) from exc
     units = int(scaled)
     if scaled != units:
         raise InvalidInputError(f"{amount} has more than {decimals} decimals")
@@ -39,8 +63,23 @@ def units_of(amount: Decimal, decimals: int) -> int:
 
 
 def amount_of(units: int, decimals: int) -> Decimal:
-    """The decimal amount of ``units`` (exact)."""
-    return Decimal(units).scaleb(-decimals)
+    """The decimal amount of ``units`` (exact at any size: built from its digits, no context
+    rounds it)."""
+    return Decimal(f"{units}E{-decimals}")
+
+
+def exact_sum(amounts: Iterable[Decimal], start: Decimal = Decimal(0)) -> Decimal:
+    """``start`` plus ``amounts``, exactly: a sum that would need rounding raises
+    :class:`InvalidInputError` (the default context would round past 28 digits)."""
+    total = start
+    try:
+        for amount in amounts:
+            total = EXACT.add(total, amount)
+    except decimal.DecimalException as exc:
+        raise InvalidInputError(
+            f"a sum of amounts past {total} cannot be kept exactly: too large or too many digits"
+        ) from exc
+    return total
 
 
 def format_units(units: int, decimals: int) -> str:

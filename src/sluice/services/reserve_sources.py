@@ -18,6 +18,7 @@ from sluice.domain.errors import InvalidInputError
 from sluice.domain.history.choices import HOLDING_INTERFACE, qualified_name
 from sluice.domain.history.fields import _holding, _view_value
 from sluice.domain.ledger import Holding, InstrumentId
+from sluice.domain.reserves import exact_sum
 from sluice.ports import ActiveContractsReader, LedgerReadError
 from sluice.ports.bitcoin import BitcoinNode, BitcoinNodeError, CustodyWallet
 
@@ -34,11 +35,12 @@ class LedgerHoldings:
 
     def totals(self) -> dict[InstrumentId, Decimal]:
         """Per instrument, the sum of the party's holdings (locked ones included: they are
-        still the party's until a transfer archives them)."""
-        sums: dict[InstrumentId, Decimal] = {}
+        still the party's until a transfer archives them). Exact at any size: a sum that would
+        need rounding raises :class:`InvalidInputError` rather than lose digits."""
+        amounts: dict[InstrumentId, list[Decimal]] = {}
         for holding in self.holdings:
-            sums[holding.instrument] = sums.get(holding.instrument, ZERO) + holding.amount
-        return sums
+            amounts.setdefault(holding.instrument, []).append(holding.amount)
+        return {instrument: exact_sum(found, ZERO) for instrument, found in amounts.items()}
 
     def of(self, instrument: InstrumentId) -> list[Holding]:
         return sorted(

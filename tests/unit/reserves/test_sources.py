@@ -14,10 +14,19 @@ from sluice.bitcoin.keys import create_sandbox_custody
 from sluice.bitcoin.wallet import EmbitCustodyWallet
 from sluice.domain.chains import CHAINS
 from sluice.domain.errors import InvalidInputError
-from sluice.domain.reserves import Tolerances, classify, format_units, ratio_bps, units_of
+from sluice.domain.ledger import Holding, InstrumentId
+from sluice.domain.reserves import (
+    Tolerances,
+    amount_of,
+    classify,
+    format_units,
+    ratio_bps,
+    units_of,
+)
 from sluice.ledger.local.engine import EmbeddedLedger
 from sluice.ports import LedgerReadError
-from sluice.services.reserve_sources import read_ledger_holdings, scan_custody
+from sluice.services.por_snapshots import _units as por_units
+from sluice.services.reserve_sources import LedgerHoldings, read_ledger_holdings, scan_custody
 
 REGTEST = CHAINS["regtest"]
 
@@ -86,3 +95,47 @@ def test_a_difference_is_classed_by_its_relative_size(
     expected: int, actual: int, severity: str | None
 ) -> None:
     assert classify(expected, actual, Tolerances()) == severity
+
+
+# --- exactness past the default 28 significant digits --------------------------------------------
+
+WIDE = Decimal("123456789012345678901.2345678901")  # 31 significant digits
+
+
+def test_units_are_exact_past_28_significant_digits() -> None:
+    assert units_of(WIDE, 10) == 1_234_567_890_123_456_789_012_345_678_901
+    largest = 2**127 - 1
+    assert format_units(largest, 10) == "17014118346046923173168730371.5884105727"
+    assert amount_of(largest, 10) == Decimal("17014118346046923173168730371.5884105727")
+    assert units_of(amount_of(largest, 10), 10) == largest
+    assert units_of(Decimal("-0.5"), 10) == -5_000_000_000
+
+
+@pytest.mark.parametrize(
+    "amount", ["1E+200", "1E-999999999", "0.00000000001", "NaN", "Infinity", "1" * 81]
+)
+def test_an_amount_that_cannot_be_counted_exactly_is_refused(amount: str) -> None:
+    with pytest.raises(InvalidInputError):
+        units_of(Decimal(amount), 10)
+
+
+def test_holdings_are_summed_exactly() -> None:
+    instrument = InstrumentId("dso::1", "Amulet")
+    big = Decimal("99999999999999999999999999.9999999999")
+    read = LedgerHoldings(
+        "treasury::1",
+        7,
+        tuple(
+            Holding(f"c{n}", "treasury::1", instrument, amount)
+            for n, amount in enumerate((big, big, Decimal("0.0000000003")))
+        ),
+    )
+    total = read.totals()[instrument]
+    assert total == Decimal("200000000000000000000000000.0000000001")
+    assert units_of(total, 10) == 2_000_000_000_000_000_000_000_000_000_000_000_001
+
+
+def test_a_liabilities_balance_becomes_exact_units() -> None:
+    assert por_units(WIDE, 10, "c-1", "Amulet@dso::1") == units_of(WIDE, 10)
+    with pytest.raises(InvalidInputError, match="c-1's balance"):
+        por_units(Decimal("0.000000001"), 8, "c-1", "iSTSi@issuer::1")
