@@ -7,8 +7,13 @@ sources themselves, signed by the custody keys, and set against the snapshot's l
   verifier derives every address from the published descriptor and counts no one else's coins.
 * **Canton tokens**: the treasury's holdings per instrument from the ledger's active contracts at
   one offset, contract by contract.
-* **Reports**: per instrument, reserves against liabilities (``reserves_cover_liabilities`` and
-  the ratio in basis points).
+* **Reports**: per instrument, reserves against what is owed: the snapshot's liabilities (the
+  customers' balances in the tree) plus the other obligations the reserves also answer for, read
+  from the Integration DB (:func:`read_obligations`): for iSTSi, redemptions burned and not yet
+  paid, other custody payouts not yet paid and deposits confirmed but not yet minted; for every
+  instrument, its journal's suspense, in-flight withdrawals, compliance holds, fees and any other
+  non-customer liability. ``reserves_cover_liabilities`` and the ratio in basis points are against
+  that sum, so coins already owed to someone outside the tree never read as covering it.
 
 The whole document (everything but ``digest`` and ``signatures``) is hashed in canonical JSON and
 the digest signed by every custody key this process holds (:func:`reserves_document`). A source
@@ -26,8 +31,10 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, cast
 
+from sluice.domain.amounts import ZERO
 from sluice.domain.chains import Chain
 from sluice.domain.errors import InvalidInputError
+from sluice.domain.journal import COMPLIANCE_HOLD, FEES, IN_FLIGHT, SUSPENSE
 from sluice.domain.ledger import InstrumentId
 from sluice.domain.reserves import (
     ISTSI_DECIMALS,
@@ -37,7 +44,7 @@ from sluice.domain.reserves import (
     ratio_bps,
     units_of,
 )
-from sluice.ports import LedgerReadError
+from sluice.ports import LedgerReadError, UnitOfWork
 from sluice.ports.bitcoin import BitcoinNodeError, CustodyWallet, DigestSigner
 from sluice.services.reserve_sources import (
     CustodyScan,
@@ -45,6 +52,7 @@ from sluice.services.reserve_sources import (
     read_ledger_holdings,
     scan_custody,
 )
+from sluice.services.reserves import OTHER, journal_books
 from sluice.services.reserves_settings import ReservesContext
 
 __all__ = [
@@ -53,13 +61,22 @@ __all__ = [
     "canonical_json",
     "custody_ranges",
     "document_digest",
+    "read_obligations",
     "reserves_document",
     "store_reserves",
 ]
 
 BRANCHES = (0, 1)  # 0: deposits (K/0/*), 1: change (K/1/*)
-FORMAT = "sluice-reserves/1"
+FORMAT = "sluice-reserves/2"
 UNSIGNED_FIELDS = ("digest", "signatures")  # what the digest does not cover
+# iSTSi's obligations besides its journal's: outflows and inflows of Bitcoin not in the tree.
+PENDING_REDEMPTIONS = "pending_redemptions"
+PENDING_PAYOUTS = "pending_payouts"
+DEPOSITS_UNMINTED = "deposits_unminted"
+# Every instrument's journal classes owed to someone other than a customer's balance.
+JOURNAL_OBLIGATIONS = (SUSPENSE, IN_FLIGHT, COMPLIANCE_HOLD, FEES, OTHER)
+
+Obligations = Mapping[str, Mapping[str, int]]  # instrument key → {what: units}
 
 
 class DocumentError(ValueError):
@@ -107,14 +124,25 @@ def timestamp(value: datetime) -> str:
 
 
 def reserves_document(
-    ctx: ReservesContext, snapshot_id: str, taken_at: datetime, liabilities: Mapping[str, int]
+    ctx: ReservesContext,
+    snapshot_id: str,
+    taken_at: datetime,
+    liabilities: Mapping[str, int],
+    obligations: Obligations | None = None,
 ) -> dict[str, Any]:
     """The reserves document of snapshot ``snapshot_id``: the Bitcoin part, the Canton part and
-    a report per instrument against ``liabilities`` (units owed, by instrument key), with its
+    a report per instrument against ``liabilities`` (units owed to customers, by instrument key)
+    plus ``obligations`` (the other units owed, by instrument key and kind; read now from the
+    Integration DB when not given — best read in the liabilities' own transaction), with its
     digest and the custody keys' signatures. Reads the node and the ledger now."""
     for instrument, units in liabilities.items():
-        if isinstance(units, bool) or not isinstance(units, int) or units < 0:
-            raise InvalidInputError(f"liabilities of {instrument}: {units!r} is not units ≥ 0")
+        _check_units(units, f"liabilities of {instrument}")
+    if obligations is None:
+        with ctx.uow() as uow:
+            obligations = read_obligations(uow, ctx.istsi)
+    for instrument, kinds in obligations.items():
+        for kind, units in kinds.items():
+            _check_units(units, f"obligations of {instrument} ({kind})")
     istsi = ctx.istsi.key() if ctx.istsi is not None else None
     bitcoin = _bitcoin_part(ctx, istsi)
     canton = _canton_part(ctx)
@@ -124,10 +152,50 @@ def reserves_document(
         "taken_at": timestamp(taken_at),
         "bitcoin": bitcoin,
         "canton": canton,
-        "reports": _reports(bitcoin, canton, istsi, liabilities),
+        "reports": _reports(bitcoin, canton, istsi, liabilities, obligations),
     }
     digest = document_digest(content)
     return content | {"digest": digest.hex(), "signatures": _signatures(ctx.wallet, digest)}
+
+
+def _check_units(units: Any, where: str) -> None:
+    if isinstance(units, bool) or not isinstance(units, int) or units < 0:
+        raise InvalidInputError(f"{where}: {units!r} is not units ≥ 0")
+
+
+def read_obligations(uow: UnitOfWork, istsi: InstrumentId | None) -> dict[str, dict[str, int]]:
+    """What each instrument's reserves answer for besides the customers' balances in the tree,
+    in units, read in ``uow``'s transaction (with the liabilities, when the caller reads them in
+    the same one). From the journal (:func:`sluice.services.reserves.journal_books`), for every
+    instrument: its suspense, in-flight withdrawals (customers already debited), compliance
+    holds, fees and any other non-customer liability. For iSTSi, from the mint guard's figures:
+    redemptions burned and not yet paid and other custody payouts not yet paid (Bitcoin the
+    custody still holds and owes to the payee), and the deposits confirmed and not yet minted
+    (Bitcoin in custody owed as iSTSi not issued yet). A negative journal balance is no asset:
+    it counts as 0. Every instrument the journal or iSTSi names is listed, kinds with 0 too."""
+    books = journal_books(uow.books.balances())
+    found: dict[str, dict[str, int]] = {}
+    for instrument, book in books.items():
+        decimals = decimals_for(instrument, istsi)
+        found[instrument.key()] = {
+            kind: max(units_of(book.get(kind, ZERO), decimals), 0) for kind in JOURNAL_OBLIGATIONS
+        }
+    if istsi is not None:
+        guard = uow.issuance.guard_figures()
+        unminted = sum(
+            output.amount_sats
+            for output in uow.btc_watch.unspent_outputs()
+            if output.kind == "deposit"
+            and output.status == "confirmed"
+            and output.reserved_by is None  # a payout's input: in pending_payouts already
+        )
+        kinds = found.setdefault(istsi.key(), dict.fromkeys(JOURNAL_OBLIGATIONS, 0))
+        kinds |= {
+            PENDING_REDEMPTIONS: guard.pending_redemptions,
+            PENDING_PAYOUTS: guard.pending_payouts,
+            DEPOSITS_UNMINTED: unminted,
+        }
+    return found
 
 
 def store_reserves(ctx: ReservesContext, snapshot_id: str, document: Mapping[str, Any]) -> None:
@@ -298,6 +366,7 @@ def _reports(
     canton: Mapping[str, Any],
     istsi: str | None,
     liabilities: Mapping[str, int],
+    obligations: Obligations,
 ) -> list[dict[str, Any]]:
     held = {i["instrument"]: i for i in canton.get("instruments", ())}
     keys = set(liabilities) | set(held) | ({istsi} if istsi is not None else set())
@@ -312,10 +381,8 @@ def _reports(
             reserves = int(held[key]["total_units"]) if key in held else 0
             if not canton.get("read"):
                 reserves = None
-        if key in held:
-            decimals = int(held[key]["decimals"])
-        owed = liabilities.get(key, 0)
-        ratio = ratio_bps(reserves, owed) if reserves is not None else None
+            if key in held:
+                decimals = int(held[key]["decimals"])
         reports.append(
             {
                 "instrument": key,
@@ -325,10 +392,28 @@ def _reports(
                 "reason": None if reserves is not None else part.get("reason"),
                 "reserves_units": str(reserves) if reserves is not None else None,
                 "reserves": format_units(reserves, decimals) if reserves is not None else None,
-                "liabilities_units": str(owed),
-                "liabilities": format_units(owed, decimals),
-                "reserves_cover_liabilities": reserves >= owed if reserves is not None else None,
-                "ratio_bps": str(ratio) if ratio is not None else None,
             }
+            | owed_fields(liabilities.get(key, 0), obligations.get(key, {}), decimals, reserves)
         )
     return reports
+
+
+def owed_fields(
+    liabilities: int, obligations: Mapping[str, int], decimals: int, reserves: int | None
+) -> dict[str, Any]:
+    """A report's figures of what is owed, and the cover flag and ratio of ``reserves`` against
+    their sum (both None when the reserves were not read): the verifier recomputes them with
+    this same function from the document's numbers."""
+    other = sum(obligations.values())
+    owed = liabilities + other
+    ratio = ratio_bps(reserves, owed) if reserves is not None else None
+    return {
+        "liabilities_units": str(liabilities),
+        "liabilities": format_units(liabilities, decimals),
+        "other_obligations": {kind: str(units) for kind, units in sorted(obligations.items())},
+        "other_obligations_units": str(other),
+        "owed_units": str(owed),
+        "owed": format_units(owed, decimals),
+        "reserves_cover_liabilities": reserves >= owed if reserves is not None else None,
+        "ratio_bps": str(ratio) if ratio is not None else None,
+    }

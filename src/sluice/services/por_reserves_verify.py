@@ -6,14 +6,19 @@ What :func:`verify_reserves` guarantees when it answers ``valid``:
 * the digest is SHA-256 of the canonical JSON of the document without ``digest`` and
   ``signatures`` (:func:`canonical_json`), recomputed here, never taken from the document;
 * at least the descriptor's threshold (``m`` of its ``sortedmulti``) of distinct descriptor keys
-  signed that digest: each signature is DER, low S, ECDSA over secp256k1 with the digest as the
-  message hash, verified under the account-level public key the descriptor names;
+  (distinct public keys, not only distinct xpubs) signed that digest: each signature is DER,
+  low S, ECDSA over secp256k1 with the digest as the message hash, verified under the
+  account-level public key the descriptor names;
 * the descriptor carries a correct checksum, is ``wsh(sortedmulti(m,K1/0/*,…))`` over extended
   public keys of the document's chain, and equals the one given by the caller (when given);
 * every address is the descriptor's address at its branch and index (so no one else's coins are
   counted), its balance is the sum of its outputs, and the total is the sum of the balances;
 * the Canton part's totals are the sums of its contracts, every instrument with reserves has a
-  report, and every report's reserves, cover flag and ratio follow from the parts;
+  report, and every report's reserves follow from the parts, its cover flag and ratio from
+  those reserves against its liabilities plus the other obligations it states (the operator's
+  own figures: see :mod:`sluice.services.por_reserves_report`);
+* when the caller pins the Bitcoin-backed instrument (``istsi``), the Bitcoin part names it and
+  its report counts the custody's satoshis (8 decimals), never Canton holdings;
 * with the snapshot's published liabilities roots, every report's liabilities are its root's
   ``total_units`` (the figure each customer's inclusion proof is checked against).
 
@@ -28,7 +33,6 @@ the canonical JSON of :mod:`sluice.services.por_reserves`.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -40,29 +44,19 @@ from embit.descriptor.checksum import checksum as descriptor_checksum  # type: i
 from embit.descriptor.miniscript import Sortedmulti  # type: ignore[import-untyped]
 
 from sluice.domain.chains import CHAINS, Chain, to_sats
-from sluice.domain.reserves import UNITS_LIMIT, format_units, ratio_bps
 from sluice.por.documents import Root
 from sluice.ports.bitcoin import BitcoinNode, BitcoinNodeError
 from sluice.services.por_reserves import FORMAT, DocumentError, document_digest
-
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-_UNITS = re.compile(r"0|[1-9][0-9]{0,38}")  # below 2^127, which has 39 digits
-_MAX_ADDRESSES = 1_000_000  # a bound on the work one document can ask for
-_COVERAGE_FIELDS = (
-    "instrument",
-    "reserves_units",
-    "liabilities_units",
-    "reserves_cover_liabilities",
-    "ratio_bps",
+from sluice.services.por_reserves_report import (
+    Findings,
+    check_canton,
+    check_reports,
+    check_roots,
+    coverage,
+    hex64,
+    integer,
+    items,
 )
-# A report's fields that only a read source fills.
-_READ_ONLY_FIELDS = (
-    "reserves_units",
-    "reserves",
-    "reserves_cover_liabilities",
-    "ratio_bps",
-)
-
 
 # --- the descriptor ------------------------------------------------------------------------------
 
@@ -121,8 +115,12 @@ def read_descriptor(text: str, chain: Chain) -> PublishedDescriptor:
             raise DocumentError(f"descriptor key {number} does not end with /0/*")
         xpubs.append(str(key.key.to_base58(version=chain.xpub_version)))
         keys.append(key.key)
-    if len(set(xpubs)) != len(xpubs) or not 1 <= threshold <= len(xpubs):
-        raise DocumentError("the descriptor's keys are not distinct, or its threshold is wrong")
+    # Signatures verify under the public key alone: the same key under another chain code,
+    # depth or fingerprint is another xpub but the same signer, so distinct means distinct keys.
+    if len({key.key.sec() for key in keys}) != len(keys) or not 1 <= threshold <= len(keys):
+        raise DocumentError(
+            "the descriptor's public keys are not distinct, or its threshold is wrong"
+        )
     return PublishedDescriptor(text, chain, threshold, tuple(xpubs), tuple(keys))
 
 
@@ -176,7 +174,9 @@ class VerificationResult:
     descriptor_pinned: bool
     node: NodeCheck | None = None
     node_error: str | None = None
-    # What the document reports per instrument (instrument, reserves_units, liabilities_units,
+    istsi_pinned: bool = False
+    # What the document reports per instrument (por_reserves_report.COVERAGE_FIELDS: instrument,
+    # reserves_source, reserves_units, liabilities_units, other_obligations_units, owed_units,
     # reserves_cover_liabilities, ratio_bps): checked when ``valid``.
     coverage: tuple[Mapping[str, Any], ...] = ()
 
@@ -190,16 +190,11 @@ class VerificationResult:
             "threshold": self.threshold,
             "signed_by": list(self.signed_by),
             "descriptor_pinned": self.descriptor_pinned,
+            "istsi_pinned": self.istsi_pinned,
             "node": self.node.as_json() if self.node is not None else None,
             "node_error": self.node_error,
             "coverage": [dict(c) for c in self.coverage],
         }
-
-
-@dataclass
-class _Findings:
-    reasons: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
 
 
 # --- verification --------------------------------------------------------------------------------
@@ -209,13 +204,15 @@ def verify_reserves(
     document: Mapping[str, Any],
     *,
     descriptor: str | None = None,
+    istsi: str | None = None,
     node: BitcoinNode | None = None,
     roots: Sequence[Root] | None = None,
 ) -> VerificationResult:
     """Check ``document`` (see the module docstring); ``descriptor`` pins the custody descriptor
-    the document must carry, ``node`` rechecks its balances, ``roots`` (the snapshot's published
-    liabilities roots) must give every report's liabilities."""
-    found = _Findings()
+    the document must carry, ``istsi`` (an instrument key, published with the descriptor) pins
+    the instrument the custody's Bitcoin backs, ``node`` rechecks its balances, ``roots`` (the
+    snapshot's published liabilities roots) must give every report's liabilities."""
+    found = Findings()
     try:
         digest = document_digest(document)
     except (DocumentError, TypeError, ValueError) as exc:
@@ -243,12 +240,17 @@ def verify_reserves(
                 found.notes.append(f"custody not read: {bitcoin.get('reason') or 'not stated'}")
         elif document.get("signatures"):
             found.reasons.append("signatures are given but no descriptor to check them against")
-        canton_totals = _check_canton(canton, found)
-        _check_reports(
-            document.get("reports"), bitcoin, totals.get("bitcoin"), canton_totals, found
+        canton_totals = check_canton(canton, found)
+        check_reports(
+            document.get("reports"),
+            bitcoin,
+            totals.get("bitcoin"),
+            canton_totals,
+            found,
+            istsi=istsi,
         )
         if roots is not None:
-            _check_roots(document, roots, found)
+            check_roots(document, roots, found)
     except DocumentError as exc:
         found.reasons.append(str(exc))
     node_check: NodeCheck | None = None
@@ -279,27 +281,18 @@ def verify_reserves(
         descriptor_pinned=descriptor is not None,
         node=node_check,
         node_error=node_error,
-        coverage=_coverage(document.get("reports")),
+        istsi_pinned=istsi is not None,
+        coverage=coverage(document.get("reports")),
     )
 
 
-def _coverage(reports: Any) -> tuple[Mapping[str, Any], ...]:
-    if not isinstance(reports, list):
-        return ()
-    return tuple(
-        {name: report.get(name) for name in _COVERAGE_FIELDS}
-        for report in reports
-        if isinstance(report, Mapping)
-    )
-
-
-def _result(found: _Findings, *, reason: str) -> VerificationResult:
+def _result(found: Findings, *, reason: str) -> VerificationResult:
     found.reasons.append(reason)
     return VerificationResult(False, tuple(found.reasons), (), "", 0, None, (), False)
 
 
 def _descriptor_of(
-    bitcoin: Mapping[str, Any], pinned: str | None, found: _Findings
+    bitcoin: Mapping[str, Any], pinned: str | None, found: Findings
 ) -> PublishedDescriptor | None:
     text = bitcoin.get("descriptor")
     if text is None:
@@ -325,7 +318,7 @@ def _descriptor_of(
 
 
 def _check_signatures(
-    signatures: Any, published: PublishedDescriptor, digest: bytes, found: _Findings
+    signatures: Any, published: PublishedDescriptor, digest: bytes, found: Findings
 ) -> tuple[str, ...]:
     if not isinstance(signatures, list):
         raise DocumentError("signatures is not a list")
@@ -350,57 +343,33 @@ def _check_signatures(
     return tuple(valid)
 
 
-def _integer(value: Any, where: str, *, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise DocumentError(f"{where} is not an integer ≥ {minimum}")
-    return value
-
-
-def _hex64(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not _HEX64.fullmatch(value):
-        raise DocumentError(f"{where} is not 64 lower-case hex digits")
-    return value
-
-
-def _units(value: Any, where: str) -> int:
-    if not isinstance(value, str) or not _UNITS.fullmatch(value) or int(value) >= UNITS_LIMIT:
-        raise DocumentError(f"{where} is not a decimal string of units below 2^127")
-    return int(value)
-
-
-def _list(value: Any, where: str) -> list[Any]:
-    if not isinstance(value, list) or len(value) > _MAX_ADDRESSES:
-        raise DocumentError(f"{where} is not a list (of at most {_MAX_ADDRESSES})")
-    return value
-
-
 def document_ranges(bitcoin: Mapping[str, Any]) -> dict[int, int]:
     """The branches and the last index scanned on each, as the document states them."""
     ranges: dict[int, int] = {}
-    for number, item in enumerate(_list(bitcoin.get("ranges"), "bitcoin.ranges")):
+    for number, item in enumerate(items(bitcoin.get("ranges"), "bitcoin.ranges")):
         if not isinstance(item, Mapping):
             raise DocumentError(f"bitcoin.ranges[{number}] is not an object")
-        branch = _integer(item.get("branch"), f"bitcoin.ranges[{number}].branch")
-        ranges[branch] = _integer(item.get("last_index"), f"bitcoin.ranges[{number}].last_index")
+        branch = integer(item.get("branch"), f"bitcoin.ranges[{number}].branch")
+        ranges[branch] = integer(item.get("last_index"), f"bitcoin.ranges[{number}].last_index")
     return ranges
 
 
 def _check_addresses(
-    bitcoin: Mapping[str, Any], published: PublishedDescriptor, found: _Findings
+    bitcoin: Mapping[str, Any], published: PublishedDescriptor, found: Findings
 ) -> int:
     """The addresses' total after checking each against the descriptor and its outputs."""
-    _integer(bitcoin.get("height"), "bitcoin.height")
-    _hex64(bitcoin.get("block_hash"), "bitcoin.block_hash")
+    integer(bitcoin.get("height"), "bitcoin.height")
+    hex64(bitcoin.get("block_hash"), "bitcoin.block_hash")
     ranges = document_ranges(bitcoin)
     total = 0
     seen: set[tuple[int, int]] = set()
     outpoints: set[tuple[str, int]] = set()
-    for number, item in enumerate(_list(bitcoin.get("addresses"), "bitcoin.addresses")):
+    for number, item in enumerate(items(bitcoin.get("addresses"), "bitcoin.addresses")):
         where = f"bitcoin.addresses[{number}]"
         if not isinstance(item, Mapping):
             raise DocumentError(f"{where} is not an object")
-        branch = _integer(item.get("branch"), f"{where}.branch")
-        index = _integer(item.get("index"), f"{where}.index")
+        branch = integer(item.get("branch"), f"{where}.branch")
+        index = integer(item.get("index"), f"{where}.index")
         if (branch, index) in seen:
             found.reasons.append(f"{where}: branch {branch} index {index} is listed twice")
         seen.add((branch, index))
@@ -414,18 +383,18 @@ def _check_addresses(
                 f"{where}: {item.get('address')!r} is not the descriptor's address at "
                 f"{branch}/{index}"
             )
-        balance = _integer(item.get("balance_sats"), f"{where}.balance_sats")
+        balance = integer(item.get("balance_sats"), f"{where}.balance_sats")
         outputs_sum = 0
-        for position, output in enumerate(_list(item.get("outputs"), f"{where}.outputs")):
+        for position, output in enumerate(items(item.get("outputs"), f"{where}.outputs")):
             at = f"{where}.outputs[{position}]"
             if not isinstance(output, Mapping):
                 raise DocumentError(f"{at} is not an object")
-            outpoint = (_hex64(output.get("txid"), f"{at}.txid"), _integer(output.get("vout"), at))
+            outpoint = (hex64(output.get("txid"), f"{at}.txid"), integer(output.get("vout"), at))
             if outpoint in outpoints:
                 found.reasons.append(f"{at}: output {outpoint[0]}:{outpoint[1]} listed twice")
             outpoints.add(outpoint)
-            outputs_sum += _integer(output.get("amount_sats"), f"{at}.amount_sats", minimum=1)
-            if _integer(output.get("height"), f"{at}.height") > bitcoin["height"]:
+            outputs_sum += integer(output.get("amount_sats"), f"{at}.amount_sats", minimum=1)
+            if integer(output.get("height"), f"{at}.height") > bitcoin["height"]:
                 found.reasons.append(f"{at}: mined above the document's block")
         if outputs_sum != balance:
             found.reasons.append(
@@ -440,124 +409,11 @@ def _check_addresses(
     return total
 
 
-def _check_canton(canton: Mapping[str, Any], found: _Findings) -> dict[str, int] | None:
-    """Each instrument's total units after checking them against the contracts; None when the
-    ledger was not read."""
-    if canton.get("read") is not True:
-        found.notes.append(f"the ledger was not read: {canton.get('reason') or 'not stated'}")
-        return None
-    _integer(canton.get("offset"), "canton.offset")
-    totals: dict[str, int] = {}
-    contract_ids: set[str] = set()
-    for number, item in enumerate(_list(canton.get("instruments"), "canton.instruments")):
-        where = f"canton.instruments[{number}]"
-        if not isinstance(item, Mapping) or not isinstance(item.get("instrument"), str):
-            raise DocumentError(f"{where} is not an object naming its instrument")
-        instrument = str(item["instrument"])
-        decimals = _integer(item.get("decimals"), f"{where}.decimals")
-        total = 0
-        for position, contract in enumerate(_list(item.get("contracts"), f"{where}.contracts")):
-            at = f"{where}.contracts[{position}]"
-            if not isinstance(contract, Mapping) or not isinstance(
-                contract.get("contract_id"), str
-            ):
-                raise DocumentError(f"{at} is not an object with a contract_id")
-            if contract["contract_id"] in contract_ids:
-                found.reasons.append(f"{at}: contract {contract['contract_id']} listed twice")
-            contract_ids.add(contract["contract_id"])
-            units = _units(contract.get("units"), f"{at}.units")
-            if contract.get("amount") != format_units(units, decimals):
-                found.reasons.append(f"{at}: amount {contract.get('amount')!r} is not its units")
-            total += units
-        if _units(item.get("total_units"), f"{where}.total_units") != total:
-            found.reasons.append(f"{where}: total_units is not the sum of its contracts ({total})")
-        if item.get("total") != format_units(total, decimals):
-            found.reasons.append(f"{where}: total {item.get('total')!r} is not its total_units")
-        if instrument in totals:
-            found.reasons.append(f"{where}: {instrument} is listed twice")
-        totals[instrument] = total
-    return totals
-
-
-def _check_reports(
-    reports: Any,
-    bitcoin: Mapping[str, Any],
-    bitcoin_total: int | None,
-    canton_totals: Mapping[str, int] | None,
-    found: _Findings,
-) -> None:
-    custody_instrument = bitcoin.get("instrument")
-    seen: set[str] = set()
-    expected = set(canton_totals or ()) | ({custody_instrument} if custody_instrument else set())
-    for number, report in enumerate(_list(reports, "reports")):
-        where = f"reports[{number}]"
-        if not isinstance(report, Mapping) or not isinstance(report.get("instrument"), str):
-            raise DocumentError(f"{where} is not an object naming its instrument")
-        instrument = str(report["instrument"])
-        if instrument in seen:
-            found.reasons.append(f"{where}: {instrument} is reported twice")
-        seen.add(instrument)
-        if instrument == custody_instrument:
-            source, reserves = "bitcoin", bitcoin_total
-        else:
-            source = "canton"
-            reserves = canton_totals.get(instrument, 0) if canton_totals is not None else None
-        if report.get("reserves_source") != source:
-            found.reasons.append(f"{where}: {instrument}'s reserves are on {source}")
-        decimals = _integer(report.get("decimals"), f"{where}.decimals")
-        liabilities = _units(report.get("liabilities_units"), f"{where}.liabilities_units")
-        if report.get("liabilities") != format_units(liabilities, decimals):
-            found.reasons.append(f"{where}: liabilities is not its liabilities_units")
-        stated = report.get("reserves_units")
-        if report.get("reserves_read") is not (reserves is not None):
-            found.reasons.append(f"{where}: reserves_read does not say whether {source} was read")
-        if reserves is None:
-            if any(report.get(k) is not None for k in _READ_ONLY_FIELDS):
-                found.reasons.append(f"{where}: states reserves its source does not give")
-            continue
-        if report.get("reserves") != format_units(reserves, decimals):
-            found.reasons.append(f"{where}: reserves is not its reserves_units")
-        if stated is None or _units(stated, f"{where}.reserves_units") != reserves:
-            found.reasons.append(
-                f"{where}: reserves_units {stated!r} is not the {source} total ({reserves})"
-            )
-        if report.get("reserves_cover_liabilities") is not (reserves >= liabilities):
-            found.reasons.append(f"{where}: reserves_cover_liabilities is wrong")
-        ratio = ratio_bps(reserves, liabilities)
-        if report.get("ratio_bps") != (str(ratio) if ratio is not None else None):
-            found.reasons.append(f"{where}: ratio_bps {report.get('ratio_bps')!r} is not {ratio}")
-    for instrument in sorted(expected - seen):
-        found.reasons.append(f"{instrument} has reserves in the document but no report")
-
-
-def _check_roots(document: Mapping[str, Any], roots: Sequence[Root], found: _Findings) -> None:
-    """Each report's liabilities are its instrument's published root total in this snapshot,
-    and each root of this snapshot has its report."""
-    snapshot_id = document.get("snapshot_id")
-    published = {r.instrument: r for r in roots if r.snapshot_id == snapshot_id}
-    if not published:
-        found.reasons.append(f"no root given is of snapshot {snapshot_id!r}")
-        return
-    reported = {str(r["instrument"]): r for r in document["reports"]}
-    for instrument, root in sorted(published.items()):
-        report = reported.get(instrument)
-        if report is None:
-            found.reasons.append(f"{instrument} has a published root but no report")
-        elif report.get("liabilities_units") != str(root.total_units):
-            found.reasons.append(
-                f"{instrument}: liabilities_units {report.get('liabilities_units')!r} is not the "
-                f"published root's total_units {root.total_units}"
-            )
-    for instrument, report in sorted(reported.items()):
-        if instrument not in published and report.get("liabilities_units") != "0":
-            found.reasons.append(f"{instrument}: liabilities reported without a published root")
-
-
 def _recheck(
     node: BitcoinNode,
     bitcoin: Mapping[str, Any],
     published: PublishedDescriptor,
-    found: _Findings,
+    found: Findings,
 ) -> NodeCheck:
     """Scan the document's branches and ranges on ``node`` and compare address by address."""
     ranges = document_ranges(bitcoin)
@@ -598,7 +454,7 @@ def _recheck(
 
 
 def _check_block_on_chain(
-    node: BitcoinNode, doc_height: int, doc_hash: str, tip: int, found: _Findings
+    node: BitcoinNode, doc_height: int, doc_hash: str, tip: int, found: Findings
 ) -> None:
     if doc_height > tip:
         found.notes.append(f"the node is behind the document (tip {tip} < {doc_height})")

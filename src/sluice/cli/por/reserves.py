@@ -4,6 +4,10 @@ configuration (``--roots`` adds the snapshot's published liabilities roots, ``--
 recheck the balances on). The document's shape, canonical JSON, digest and signatures are in
 ``docs/proof-of-reserves.md``.
 
+``verify-reserves --descriptor D --istsi KEY`` pins the custody descriptor and the instrument
+its Bitcoin backs, both as published together; the verdict's first line says which of them was
+NOT pinned (the document then vouches for that part itself).
+
 ``verify-reserves`` exits 0 when the document is valid, 2 with every reason when it is not, and 1
 when ``--node`` was given and the node could not be asked (nothing was compared then).
 """
@@ -100,16 +104,21 @@ def _summary(document: dict[str, Any]) -> str:
     else:
         lines.append(f"canton: not read ({canton.get('reason')})")
     for report in document.get("reports") or []:
+        owed = (
+            f"liabilities {report['liabilities']} + other obligations "
+            f"{report.get('other_obligations_units', '0')} units = owed {report.get('owed')}"
+        )
+        source = report.get("reserves_source")
         if report.get("reserves_read"):
             cover = "covered" if report["reserves_cover_liabilities"] else "NOT COVERED"
             lines.append(
-                f"  {report['instrument']}: reserves {report['reserves']}, liabilities "
-                f"{report['liabilities']}, ratio {report['ratio_bps'] or '-'} bps, {cover}"
+                f"  {report['instrument']}: reserves {report['reserves']} ({source}), {owed}, "
+                f"ratio {report['ratio_bps'] or '-'} bps, {cover}"
             )
         else:
             lines.append(
-                f"  {report['instrument']}: liabilities {report['liabilities']}, reserves not "
-                f"read ({report.get('reason')})"
+                f"  {report['instrument']}: {owed}, reserves ({source}) not read "
+                f"({report.get('reason')})"
             )
     lines.append(f"digest: {document.get('digest')}")
     return "\n".join(lines) + "\n"
@@ -162,6 +171,15 @@ def verify_reserves_command(
         str | None,
         typer.Option("--descriptor", help="The custody descriptor as published (with #checksum)."),
     ] = None,
+    istsi: Annotated[
+        str | None,
+        typer.Option(
+            "--istsi",
+            metavar="KEY",
+            help="The instrument the custody's Bitcoin backs (<id>@<admin>), as published with "
+            "the descriptor: the document must say so and count it in satoshis.",
+        ),
+    ] = None,
     node_url: Annotated[
         str | None,
         typer.Option(
@@ -189,9 +207,10 @@ def verify_reserves_command(
 ) -> None:
     """Check a reserves document, with no database and no configuration.
 
-    Its digest, the custody keys' signatures against the descriptor's xpubs (at least its
-    threshold), every address against the descriptor, every sum; with --node, the balances
-    against a node."""
+    Its digest, the custody keys' signatures against the descriptor's keys (at least its
+    threshold), every address against the descriptor, every sum and ratio; with --istsi, that
+    the custody backs that instrument; with --node, the balances against a node. Give both
+    --descriptor and --istsi as published: without them the document vouches for itself."""
     from sluice.ports.bitcoin import BitcoinNodeError
     from sluice.services.por_reserves_verify import verify_reserves
 
@@ -208,7 +227,9 @@ def verify_reserves_command(
     roots = _roots(roots_file) if roots_file is not None else None
     node = _node(node_url, document, cookie_file, user, password) if node_url else None
     try:
-        result = verify_reserves(document, descriptor=descriptor, node=node, roots=roots)
+        result = verify_reserves(
+            document, descriptor=descriptor, istsi=istsi, node=node, roots=roots
+        )
     except BitcoinNodeError as exc:
         fail(f"the node could not be asked: {exc}", NODE_EXIT)
     finally:
@@ -226,7 +247,18 @@ def verify_reserves_command(
 
 
 def _verdict_text(verdict: dict[str, Any]) -> str:
-    lines = ["valid" if verdict["valid"] else "INVALID"]
+    unpinned = [
+        what
+        for what, pinned in (
+            ("descriptor", verdict["descriptor_pinned"]),
+            ("Bitcoin-backed instrument", verdict["istsi_pinned"]),
+        )
+        if not pinned
+    ]
+    head = "valid" if verdict["valid"] else "INVALID"
+    if unpinned:
+        head += " (" + ", ".join(f"{what} NOT pinned" for what in unpinned) + ")"
+    lines = [head]
     lines += [f"  reason: {reason}" for reason in verdict["reasons"]]
     lines.append(
         f"signatures: {verdict['signatures_valid']} valid of threshold {verdict['threshold']}"
@@ -236,8 +268,10 @@ def _verdict_text(verdict: dict[str, Any]) -> str:
         covered = report["reserves_cover_liabilities"]
         state = "not read" if covered is None else ("covered" if covered else "NOT COVERED")
         lines.append(
-            f"  {report['instrument']}: reserves {report['reserves_units']} units, liabilities "
-            f"{report['liabilities_units']}, ratio {report['ratio_bps'] or '-'} bps, {state}"
+            f"  {report['instrument']}: reserves {report['reserves_units']} units "
+            f"({report['reserves_source']}), liabilities {report['liabilities_units']} + other "
+            f"obligations {report['other_obligations_units']} = owed {report['owed_units']}, "
+            f"ratio {report['ratio_bps'] or '-'} bps, {state}"
         )
     node = verdict["node"]
     if node is not None:
