@@ -18,7 +18,7 @@ import structlog
 
 from sluice.ports.reserves import RECONCILE_SOURCES
 from sluice.server.loop import Outcome, Part, ServiceLoop
-from sluice.services.reconciliation import reconcile
+from sluice.services.reconciliation import STALE_KIND, reconcile
 from sluice.services.reserves_settings import ReservesContext
 
 log = structlog.get_logger("sluice.server")
@@ -61,7 +61,9 @@ def readings_part(ctx: ReservesContext, every: Every) -> Part:
 
 
 def reconciliation_part(ctx: ReservesContext, every: Every) -> Part:
-    """A scheduled reconciliation run; a source that could not be read is a problem to log."""
+    """A scheduled reconciliation run; a source that could not be read, and a source left
+    unchecked too long (its ``reconciliation_stale`` alert raised in this run), are problems to
+    log."""
 
     def run() -> Outcome | None:
         if not every.due():
@@ -72,6 +74,10 @@ def reconciliation_part(ctx: ReservesContext, every: Every) -> Part:
             f"{name}: {sources[name].get('reason')}"
             for name in RECONCILE_SOURCES
             if sources.get(name, {}).get("state") == "failed"
+        ) + tuple(
+            f"raised {action.removeprefix('alert:')}: a source left unchecked too long"
+            for action in done.actions
+            if action.startswith(f"alert:{STALE_KIND}:")
         )
         return Outcome(
             busy=True,

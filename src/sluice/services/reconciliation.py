@@ -109,7 +109,13 @@ def reconcile(ctx: ReservesContext, *, trigger: RunTrigger) -> ReconciliationRun
         earlier = uow.reserves.runs(limit=STALE_RUNS_LOOKED_AT)
         repeated = _repeated(earlier[0] if earlier else None, found)
         alerts = [_alert(run_id, n, d) for n, d in enumerate(found, start=1) if n not in repeated]
-        alerts += stale_alerts(earlier, checks, finished, stale_bound_s(ctx))
+        # Raised once per stale period: not again (nor listed again) once an earlier run did.
+        already = {action for done in earlier for action in done.actions}
+        alerts += [
+            alert
+            for alert in stale_alerts(earlier, checks, finished, stale_bound_s(ctx))
+            if f"alert:{alert.id}" not in already
+        ]
         # The same critical findings as the previous run, with minting still halted: the halt
         # stays in force without a new alert and record each run.
         halt_again = halting and (
