@@ -4,7 +4,10 @@ inclusion proof; their JSON shapes, strict parsing, and how units are written as
 Hashes are lowercase hex; units are decimal strings of integers (JSON numbers lose precision past
 2^53); amounts (``total``, ``balance``) are the units divided by 10^decimals, written with no
 exponent and no trailing zeros ("12.5", "0"). Parsing refuses anything else, so a document has
-exactly one spelling and a verifier reads it exactly as it was written.
+exactly one spelling and a verifier reads it exactly as it was written: units of more than 39
+digits (2^127 has 39), a JSON object with the same key twice (one reader would take the first,
+another the last), a JSON number of more than 39 digits, and a root file with two roots for the
+same snapshot and instrument are refused, each with :class:`InvalidInputError`.
 """
 
 from __future__ import annotations
@@ -18,7 +21,10 @@ from sluice.domain.errors import InvalidInputError
 from sluice.por.hashing import HASH_SIZE
 
 _HEX = re.compile(r"[0-9a-f]{64}")
-_UNITS = re.compile(r"0|[1-9][0-9]*")
+# At most 39 digits: every value below 2^127 fits, and ``int()`` never meets a number long
+# enough to be slow or to pass Python's limit on digits (a bare ValueError).
+_UNITS = re.compile(r"0|[1-9][0-9]{0,38}")
+_DIGITS_MAX = 39
 _AMOUNT = re.compile(r"(0|[1-9][0-9]*)(?:\.([0-9]*[1-9]))?")
 
 ROOT_FIELDS = (
@@ -205,39 +211,96 @@ def _sibling(item: Any, level: int) -> Sibling:
     )
 
 
+def load_strict_json(text: str) -> Any:
+    """JSON text as a published document must be read: :class:`json.JSONDecodeError` when it
+    is not JSON; :class:`InvalidInputError` for an object with a key twice, a number of more
+    than 39 digits, NaN or Infinity, or nesting too deep to read."""
+    try:
+        return json.loads(
+            text,
+            object_pairs_hook=_unique_keys,
+            parse_int=_bounded_int,
+            parse_constant=_no_constant,
+        )
+    except RecursionError as exc:
+        raise InvalidInputError("the JSON is nested too deeply") from exc
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise InvalidInputError(f"the key {key!r} appears twice in one JSON object")
+        found[key] = value
+    return found
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > _DIGITS_MAX:
+        raise InvalidInputError(f"a JSON number of more than {_DIGITS_MAX} digits")
+    return int(text)
+
+
+def _no_constant(name: str) -> Any:
+    raise InvalidInputError(f"{name} is not a JSON value")
+
+
 def parse_roots(text: str) -> list[Root]:
     """The roots in a published root file: one JSON object, a JSON array of them, or JSON lines
-    (one root per line, as ``sluice por snapshot`` prints them)."""
+    (one root per line, as ``sluice por snapshot`` prints them). A file with two roots for the
+    same snapshot and instrument is refused: which one a verifier took would be a guess."""
     try:
-        document = json.loads(text)
+        document = load_strict_json(text)
     except json.JSONDecodeError:
         document = None
         lines = [line for line in text.splitlines() if line.strip()]
         try:
-            items = [json.loads(line) for line in lines]
+            items = [load_strict_json(line) for line in lines]
         except json.JSONDecodeError as exc:
             raise InvalidInputError(f"the root file is not JSON nor JSON lines: {exc}") from exc
     else:
         items = document if isinstance(document, list) else [document]
     if not items:
         raise InvalidInputError("the root file holds no root")
-    return [Root.from_json(item) for item in items]
+    roots = [Root.from_json(item) for item in items]
+    _check_one_root_each(roots)
+    return roots
 
 
 def parse_proof(text: str) -> Proof:
     try:
-        document = json.loads(text)
+        document = load_strict_json(text)
     except json.JSONDecodeError as exc:
         raise InvalidInputError(f"the proof is not JSON: {exc}") from exc
     return Proof.from_json(document)
 
 
 def root_for(roots: list[Root], snapshot_id: str, instrument: str) -> Root:
-    """The root of this snapshot and instrument among ``roots``."""
-    for root in roots:
-        if root.snapshot_id == snapshot_id and root.instrument == instrument:
-            return root
+    """The root of this snapshot and instrument among ``roots``; refused when there are
+    several."""
+    found = [r for r in roots if r.snapshot_id == snapshot_id and r.instrument == instrument]
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise InvalidInputError(_several_roots(snapshot_id, instrument, len(found)))
     raise InvalidInputError(
         f"no published root for snapshot {snapshot_id!r} and instrument {instrument!r} "
         f"among the {len(roots)} in the root file"
+    )
+
+
+def _check_one_root_each(roots: list[Root]) -> None:
+    seen: set[tuple[str, str]] = set()
+    for root in roots:
+        key = (root.snapshot_id, root.instrument)
+        if key in seen:
+            count = sum(1 for r in roots if (r.snapshot_id, r.instrument) == key)
+            raise InvalidInputError(_several_roots(*key, count))
+        seen.add(key)
+
+
+def _several_roots(snapshot_id: str, instrument: str, count: int) -> str:
+    return (
+        f"the root file holds {count} roots for snapshot {snapshot_id!r} and instrument "
+        f"{instrument!r}: refused, a snapshot has one root per instrument"
     )

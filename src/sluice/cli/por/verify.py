@@ -21,12 +21,17 @@ from sluice.domain.errors import InvalidInputError
 
 
 def _read(path: str, what: str) -> str:
-    if path == "-":
-        return sys.stdin.read()
+    """The file's text; a file that cannot be read, or is not UTF-8, ends the command with one
+    line on stderr (never a traceback)."""
     try:
+        if path == "-":
+            raw = getattr(sys.stdin, "buffer", None)
+            return raw.read().decode("utf-8") if raw is not None else sys.stdin.read()
         return Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         fail(f"cannot read the {what} {path}: {exc.strerror or exc}")
+    except UnicodeDecodeError as exc:
+        fail(f"the {what} {path} is not UTF-8 text: {exc.reason} at byte {exc.start}")
 
 
 @por_app.command("verify")
