@@ -18,12 +18,16 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from sluice.domain.ledger import Cursor
 from sluice.ports import LedgerReadError
 from sluice.server.loop import Outcome
 from sluice.server.reserves import Every, reconciliation_part
 from sluice.services import controls
 from sluice.services.reconciliation import STALE_BOUND_MIN_S, STALE_KIND, reconcile
 from sluice.services.reserves_settings import ReservesContext
+from sluice.store.repositories import SqlIngestionRepository
 from tests.integration import test_reconciliation as base
 from tests.integration.issuance_deposit_world import CONFIRMATIONS
 from tests.integration.test_reconciliation import SATS, SIZES, Reconciled, sources
@@ -222,3 +226,43 @@ def test_an_emergency_turns_a_maintenance_pause_into_the_emergency(
     pause = controls.current_pause(world.db.uow)
     assert pause is not None and pause.mode == "emergency" and run.id in pause.reason
     assert "system_paused" in run.actions
+
+
+def test_the_journal_is_read_again_while_ingestions_cursor_moves_under_it(
+    sqlite_world: Reconciled, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL READ COMMITTED reads each statement at its own snapshot: a batch committed
+    between the cursor and the balances shows as a cursor that moved, and the journal is read
+    again before the ledger is asked for that offset; a cursor that never settles is not
+    compared."""
+    world = sqlite_world
+    reader = HistoricalReader(world.ledger.client(world.treasury))
+    ingested = reader.keep(world.treasury)
+    ctx = replace(world.reserves(tmp_path / "secret"), ledger=reader)
+    real = SqlIngestionRepository.load_cursor
+    calls: list[int] = []
+
+    def moving(moves: int) -> Any:
+        def load_cursor(self: SqlIngestionRepository, connection: str) -> Cursor | None:
+            cursor = real(self, connection)
+            calls.append(1)
+            if len(calls) <= moves and len(calls) % 2 == 1 and cursor is not None:
+                return replace(cursor, offset=cursor.offset - 1)  # the "before" read
+            return cursor
+
+        return load_cursor
+
+    monkeypatch.setattr(SqlIngestionRepository, "load_cursor", moving(1))
+    ledger = sources(reconcile(ctx, trigger="manual"))["ledger"]
+    assert ledger["state"] == "compared", ledger
+    assert reader.asked == [ingested]
+    assert len(calls) == 4  # the journal read twice, before and after each time
+    calls.clear()
+    reader.asked.clear()
+    monkeypatch.setattr(SqlIngestionRepository, "load_cursor", moving(1_000))
+    ledger = sources(reconcile(ctx, trigger="manual"))["ledger"]
+    assert (ledger["state"], ledger["reason"]) == (
+        "not_compared",
+        f"ingestion at offset {ingested - 1} and moving",
+    )
+    assert reader.asked == []
