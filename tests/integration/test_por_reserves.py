@@ -4,7 +4,11 @@ run as its own process on the file, with no database and no configuration (a fre
 directory, no SLUICE_* environment), with ``--node`` on the sandbox's chain file (the embedded
 chain a :class:`~sluice.bitcoin.chainfile.FileNode` serves from a file); then in-process: a
 tampered file, ``--roots`` (the liabilities must be the published roots' totals), a tip that
-moved, and a node that cannot be asked.
+moved, and a node that cannot be asked. The other obligations read from the Integration DB on
+each engine (the journal's suspense, in-flight and holds; a deposit confirmed and not minted) are
+owed with the liabilities: the document reports them and covers only what covers both, and
+``--istsi`` pins the instrument the custody backs (the verdict's first line says what was NOT
+pinned).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +34,21 @@ from sluice.bitcoin.keys import create_sandbox_custody, load_signing_keys
 from sluice.bitcoin.wallet import EmbitCustodyWallet
 from sluice.cli import app
 from sluice.domain.chains import CHAINS
+from sluice.domain.journal import (
+    COMPLIANCE_HOLD,
+    IN_FLIGHT,
+    SUSPENSE,
+    AccountRef,
+    JournalTransaction,
+    Posting,
+    treasury_account_name,
+)
 from sluice.domain.ledger import InstrumentId
 from sluice.por.documents import Root
+from sluice.ports.bitcoin_watch import FoundOutput, WatchedBlock
 from sluice.ports.reserves import PorSnapshot
-from sluice.services.por_reserves import reserves_document, store_reserves
+from sluice.services.por_reserves import read_obligations, reserves_document, store_reserves
+from sluice.services.por_reserves_verify import verify_reserves
 from sluice.services.reserves_settings import ReservesContext, ReservesSettings
 
 CHAIN = CHAINS["regtest"]
@@ -124,20 +140,36 @@ def test_the_stored_document_is_printed_and_written(sandbox: Sandbox, database_u
     shown = runner.invoke(app, ["por", "reserves", "--db", database_url, "--snapshot", "snap-1"])
     assert shown.exit_code == 0, shown.output
     assert "bitcoin: 150000 sats in 2 addresses at block 3" in shown.output
-    assert "iSTSi@issuer::1220ab: reserves 0.0015, liabilities 0.001, ratio 15000 bps" in (
-        shown.output
+    assert (
+        "iSTSi@issuer::1220ab: reserves 0.0015 (bitcoin), liabilities 0.001 + other obligations "
+        "0 units = owed 0.001, ratio 15000 bps, covered" in shown.output
     )
     as_json = runner.invoke(app, ["por", "reserves", "--db", database_url, "--json"])
     assert json.loads(as_json.stdout) == sandbox.document
     missing = runner.invoke(app, ["por", "reserves", "--db", database_url, "--snapshot", "nope"])
     assert missing.exit_code == 2
-    verified = _verify_here(str(sandbox.path), "--descriptor", sandbox.descriptor)
+    verified = _verify_here(
+        str(sandbox.path), "--descriptor", sandbox.descriptor, "--istsi", ISTSI.key()
+    )
     assert verified.exit_code == 0, verified.output
     assert verified.stdout.startswith("valid\n")
     assert "signatures: 3 valid of threshold 2" in verified.stdout
     assert (
-        "iSTSi@issuer::1220ab: reserves 150000 units, liabilities 100000, ratio 15000 bps, "
-        "covered" in verified.stdout
+        "iSTSi@issuer::1220ab: reserves 150000 units (bitcoin), liabilities 100000 + other "
+        "obligations 0 = owed 100000, ratio 15000 bps, covered" in verified.stdout
+    )
+    unpinned = _verify_here(str(sandbox.path))
+    assert unpinned.exit_code == 0, unpinned.output
+    assert unpinned.stdout.startswith(
+        "valid (descriptor NOT pinned, Bitcoin-backed instrument NOT pinned)\n"
+    )
+    other = _verify_here(str(sandbox.path), "--istsi", "iSTSi@someone::1220ff", "--json")
+    assert other.exit_code == 2, other.output
+    verdict = json.loads(other.stdout)
+    assert verdict["istsi_pinned"] is True and verdict["valid"] is False
+    assert (
+        "bitcoin.instrument is 'iSTSi@issuer::1220ab', not the pinned Bitcoin-backed instrument "
+        "iSTSi@someone::1220ff" in verdict["reasons"]
     )
 
 
@@ -198,3 +230,80 @@ def test_verify_reserves_runs_in_another_process_and_rechecks_on_the_chain_file(
     down = _verify_here(str(sandbox.path), "--node", "http://127.0.0.1:9")
     assert down.exit_code == 1, down.output
     assert "the node could not be asked" in down.stdout
+
+
+def _owe(sandbox: Sandbox, instrument: InstrumentId, account: str, amount: str, n: int) -> None:
+    """The treasury holds ``amount`` more of ``instrument``, owed to ``account``."""
+    value = Decimal(amount)
+    treasury = AccountRef(treasury_account_name("treasury::1220cd"), instrument)
+    with sandbox.ctx.uow() as uow:
+        uow.withdrawals.post(
+            [
+                JournalTransaction(
+                    id=f"test:{n}",
+                    kind="deposit",
+                    postings=(
+                        Posting(treasury, value),
+                        Posting(AccountRef(account, instrument), -value),
+                    ),
+                )
+            ]
+        )
+        uow.commit()
+
+
+def _confirmed_deposit(sandbox: Sandbox, sats: int) -> None:
+    """A deposit to custody the watcher confirmed and nothing minted yet."""
+    with sandbox.ctx.uow() as uow:
+        assert uow.btc_watch.claim_block(WatchedBlock(1, "b1" * 32, None), TAKEN_AT)
+        found = FoundOutput(
+            txid="d1" * 32,
+            vout=0,
+            kind="deposit",
+            address="bcrt1qcustody",
+            script_hex="0014" + "11" * 20,
+            customer_id=None,
+            amount_sats=sats,
+            status="seen",
+        )
+        uow.btc_watch.record_outputs([found], 1, "b1" * 32, TAKEN_AT)
+        uow.btc_watch.confirm(1, TAKEN_AT)
+        uow.commit()
+
+
+def test_the_other_obligations_are_read_and_owed_with_the_liabilities(sandbox: Sandbox) -> None:
+    coin = InstrumentId("dso::1220aa", "Amulet")
+    _owe(sandbox, coin, "customer:alice", "5", 1)
+    _owe(sandbox, coin, SUSPENSE, "1.5", 2)
+    _owe(sandbox, coin, IN_FLIGHT, "2", 3)
+    _owe(sandbox, coin, COMPLIANCE_HOLD, "0.25", 4)
+    _owe(sandbox, ISTSI, IN_FLIGHT, "0.0001", 5)
+    _confirmed_deposit(sandbox, 60_000)
+    with sandbox.ctx.uow() as uow:
+        found = read_obligations(uow, ISTSI)
+    assert found[coin.key()] == {
+        SUSPENSE: 15_000_000_000,
+        IN_FLIGHT: 20_000_000_000,
+        COMPLIANCE_HOLD: 2_500_000_000,
+        "fees": 0,
+        "other": 0,
+    }
+    assert found[ISTSI.key()] == {
+        SUSPENSE: 0,
+        IN_FLIGHT: 10_000,
+        COMPLIANCE_HOLD: 0,
+        "fees": 0,
+        "other": 0,
+        "pending_redemptions": 0,
+        "pending_payouts": 0,
+        "deposits_unminted": 60_000,
+    }
+    # Read by the document itself: custody 150000 sats covers the tree's 100000 but not the
+    # 70000 also owed out of it (a deposit not minted yet, iSTSi on its way out).
+    document = reserves_document(sandbox.ctx, "snap-2", TAKEN_AT, {ISTSI.key(): 100_000})
+    report = next(r for r in document["reports"] if r["instrument"] == ISTSI.key())
+    assert (report["other_obligations_units"], report["owed_units"]) == ("70000", "170000")
+    assert (report["reserves_cover_liabilities"], report["ratio_bps"]) == (False, "8823")
+    result = verify_reserves(document, descriptor=sandbox.descriptor, istsi=ISTSI.key())
+    assert result.valid, result.reasons
+    assert any("operator's own statement" in note for note in result.notes)
