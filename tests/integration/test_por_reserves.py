@@ -163,6 +163,8 @@ def test_the_stored_document_is_printed_and_written(sandbox: Sandbox, database_u
     assert unpinned.stdout.startswith(
         "valid (descriptor NOT pinned, Bitcoin-backed instrument NOT pinned)\n"
     )
+    bare = _verify_here(str(sandbox.path), "--istsi", "iSTSi")
+    assert bare.exit_code == 2 and "give the instrument's key" in bare.output
     other = _verify_here(str(sandbox.path), "--istsi", "iSTSi@someone::1220ff", "--json")
     assert other.exit_code == 2, other.output
     verdict = json.loads(other.stdout)

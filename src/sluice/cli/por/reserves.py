@@ -224,6 +224,8 @@ def verify_reserves_command(
         fail(f"{file} is not JSON: {exc}")
     if not isinstance(document, dict):
         fail(f"{file} is not a JSON object")
+    if istsi is not None and "@" not in istsi:
+        fail(f"--istsi {istsi!r}: give the instrument's key, <id>@<admin>, as published")
     roots = _roots(roots_file) if roots_file is not None else None
     node = _node(node_url, document, cookie_file, user, password) if node_url else None
     try:
