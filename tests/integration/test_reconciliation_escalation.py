@@ -14,7 +14,7 @@ world of :mod:`tests.integration.test_reconciliation`:
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +22,12 @@ import pytest
 
 from sluice.domain.ledger import Cursor
 from sluice.ports import LedgerReadError
+from sluice.ports.reserves import ReconciliationRun
 from sluice.server.loop import Outcome
 from sluice.server.reserves import Every, reconciliation_part
 from sluice.services import controls
-from sluice.services.reconciliation import STALE_BOUND_MIN_S, STALE_KIND, reconcile
+from sluice.services.reconciliation import STALE_BOUND_MIN_S, STALE_KIND, reconcile, stale_alerts
+from sluice.services.reconciliation_checks import SourceCheck
 from sluice.services.reserves_settings import ReservesContext
 from sluice.store.repositories import SqlIngestionRepository
 from tests.integration import test_reconciliation as base
@@ -125,7 +127,7 @@ def test_the_embedded_ledger_is_still_read_at_its_end(ctx: ReservesContext) -> N
 # --- R5: a source left unchecked ----------------------------------------------------------------
 
 
-def stale_alerts(world: Reconciled) -> list[tuple[str, str]]:
+def stale_alerts_of(world: Reconciled) -> list[tuple[str, str]]:
     return sorted((a.id, a.severity) for a in world.alerts() if a.kind == STALE_KIND)
 
 
@@ -138,19 +140,19 @@ def test_a_source_left_unchecked_past_the_bound_is_a_warning_once_per_period(
     world.chain.mine()  # the watcher is stuck behind the node from now on
     first = reconcile(ctx, trigger="schedule")
     assert sources(first)["custody"]["state"] == "not_compared"
-    assert stale_alerts(world) == []  # within the bound
+    assert stale_alerts_of(world) == []  # within the bound
     world.clock.now += timedelta(seconds=STALE_BOUND_MIN_S + 1)
     late = reconcile(ctx, trigger="schedule")
     expected = [
         (f"{STALE_KIND}:custody:after:{compared.id}", "warning"),
         (f"{STALE_KIND}:supply:after:{compared.id}", "warning"),
     ]
-    assert stale_alerts(world) == expected  # the ledger is compared: no alert for it
+    assert stale_alerts_of(world) == expected  # the ledger is compared: no alert for it
     assert f"alert:{STALE_KIND}:custody:after:{compared.id}" in late.actions
     # Still stale: not raised (nor listed) again.
     world.clock.now += timedelta(seconds=60)
     again = reconcile(ctx, trigger="schedule")
-    assert stale_alerts(world) == expected
+    assert stale_alerts_of(world) == expected
     assert not [a for a in again.actions if STALE_KIND in a]
     # Caught up, then stuck again: a new period, a new alert.
     assert world.watcher.run_once().error is None
@@ -159,7 +161,7 @@ def test_a_source_left_unchecked_past_the_bound_is_a_warning_once_per_period(
     world.chain.mine()
     world.clock.now += timedelta(seconds=STALE_BOUND_MIN_S + 1)
     reconcile(ctx, trigger="schedule")
-    assert f"{STALE_KIND}:custody:after:{caught_up.id}" in dict(stale_alerts(world))
+    assert f"{STALE_KIND}:custody:after:{caught_up.id}" in dict(stale_alerts_of(world))
 
 
 def test_a_source_never_compared_is_stale_from_the_first_run_that_did_not(
@@ -173,7 +175,7 @@ def test_a_source_never_compared_is_stale_from_the_first_run_that_did_not(
     part = reconciliation_part(ctx, Every(0.0, lambda: 0.0))
     outcome = part.run()
     assert isinstance(outcome, Outcome)
-    assert f"{STALE_KIND}:custody:since:{first.id}" in dict(stale_alerts(world))
+    assert f"{STALE_KIND}:custody:since:{first.id}" in dict(stale_alerts_of(world))
     # The serve loop logs it as a problem.
     assert any(f"{STALE_KIND}:custody:since:{first.id}" in p for p in outcome.problems)
 
@@ -266,3 +268,42 @@ def test_the_journal_is_read_again_while_ingestions_cursor_moves_under_it(
         f"ingestion at offset {ingested - 1} and moving",
     )
     assert reader.asked == []
+
+
+def stored_run(
+    number: int, at: datetime, custody: str, actions: tuple[str, ...] = ()
+) -> ReconciliationRun:
+    return ReconciliationRun(
+        id=f"rec-{number:03d}",
+        trigger="schedule",
+        status="ok",
+        started_at=at,
+        finished_at=at,
+        worst=None,
+        report={"sources": {"custody": {"state": custody}}},
+        actions=actions,
+    )
+
+
+def test_a_period_longer_than_the_runs_looked_at_is_reminded_daily_not_every_run() -> None:
+    now = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
+    check = SourceCheck("custody", "failed", "node down")
+    step = timedelta(seconds=300)
+    # Newest first, none compared custody.
+    window = [stored_run(n, now - (n + 1) * step, "failed") for n in range(10)]
+    (first,) = stale_alerts(window[:5], [check], now, 900.0, looked_at=10)
+    assert first.id == f"{STALE_KIND}:custody:since:rec-004"
+    (full,) = stale_alerts(window, [check], now, 900.0, looked_at=10)
+    assert full.id == f"{STALE_KIND}:custody:still:2026-12-05"
+    # Raised by a run of the period: not again.
+    raised = [replace(window[0], actions=(f"alert:{full.id}",)), *window[1:]]
+    assert stale_alerts(raised, [check], now, 900.0, looked_at=10) == []
+    # A compared run ends the period; one not reading the source neither ends nor extends it.
+    mixed = [
+        stored_run(0, now - step, "failed"),
+        stored_run(1, now - 2 * step, "not_read"),
+        stored_run(2, now - 5 * step, "compared"),
+    ]
+    (after,) = stale_alerts(mixed, [check], now, 900.0, looked_at=10)
+    assert after.id == f"{STALE_KIND}:custody:after:rec-002"
+    assert stale_alerts(mixed, [check], now, 1_500.0, looked_at=10) == []

@@ -109,13 +109,7 @@ def reconcile(ctx: ReservesContext, *, trigger: RunTrigger) -> ReconciliationRun
         earlier = uow.reserves.runs(limit=STALE_RUNS_LOOKED_AT)
         repeated = _repeated(earlier[0] if earlier else None, found)
         alerts = [_alert(run_id, n, d) for n, d in enumerate(found, start=1) if n not in repeated]
-        # Raised once per stale period: not again (nor listed again) once an earlier run did.
-        already = {action for done in earlier for action in done.actions}
-        alerts += [
-            alert
-            for alert in stale_alerts(earlier, checks, finished, stale_bound_s(ctx))
-            if f"alert:{alert.id}" not in already
-        ]
+        alerts += stale_alerts(earlier, checks, finished, stale_bound_s(ctx))
         # The same critical findings as the previous run, with minting still halted: the halt
         # stays in force without a new alert and record each run.
         halt_again = halting and (
@@ -204,37 +198,52 @@ def stale_alerts(
     checks: Sequence[SourceCheck],
     now: datetime,
     bound_s: float,
+    looked_at: int = STALE_RUNS_LOOKED_AT,
 ) -> list[Alert]:
     """A warning per source not compared (not compared or failed) in this run nor in the
     stored runs since it last was, for longer than ``bound_s``: a watcher always a block
     behind, a node whose scan always fails, a ledger never at ingestion's offset leave the
     source unchecked, which no discrepancy says. Runs where the source was not read (a process
-    without it) neither end nor extend the period. The alert's id is of the last compared run
-    (else the first of the stored runs that did not compare it), so it is raised once per stale
-    period."""
+    without it) neither end nor extend the period. Raised once per stale period: not when a run
+    since the last compared one raised it (its actions list it); its id is of the last compared
+    run (else of the first stored run that did not compare it; when none of the ``looked_at``
+    runs compared it, of the day: a daily reminder)."""
     alerts: list[Alert] = []
     for check in checks:
         if check.state not in UNCHECKED:
             continue
         last_compared: ReconciliationRun | None = None
         first_unchecked: ReconciliationRun | None = None
+        raised = False  # a run of this period raised it already (listed in its actions)
+        prefix = f"alert:{STALE_KIND}:{check.source}:"
         for run in earlier:  # newest first
             state = _state(run, check.source)
             if state == "compared":
                 last_compared = run
                 break
+            raised = raised or any(action.startswith(prefix) for action in run.actions)
             if state in UNCHECKED:
                 first_unchecked = run
+        if raised:
+            continue
         if last_compared is not None:
             since, anchor = last_compared.finished_at, f"after:{last_compared.id}"
-        elif first_unchecked is not None:
+        elif first_unchecked is not None and len(earlier) < looked_at:
             since, anchor = first_unchecked.started_at, f"since:{first_unchecked.id}"
+        elif first_unchecked is not None:
+            # Unchecked in every run looked at: the run that raised it may be older than them,
+            # and the first of them changes at every run; a reminder at most once a day.
+            since, anchor = first_unchecked.started_at, f"still:{now:%Y-%m-%d}"
         else:
             continue  # this run is the first not to compare it
         seconds = int((now - since).total_seconds())
         if seconds <= bound_s:
             continue
-        what = f"since run {last_compared.id}" if last_compared is not None else "in any stored run"
+        what = (
+            f"since run {last_compared.id}"
+            if last_compared is not None
+            else f"in the {len(earlier)} stored runs looked at"
+        )
         alerts.append(
             Alert(
                 id=f"{STALE_KIND}:{check.source}:{anchor}",
