@@ -9,7 +9,12 @@ discrepancy by the configured tolerances, and reacts:
 * every discrepancy raises an alert (minor → info, warning → warning, critical and emergency →
   critical);
 * the worst at critical or above halts minting (``reconciliation_critical``);
-* an emergency also pauses the system (mode ``emergency``), unless it is paused already.
+* an emergency also pauses the system (mode ``emergency``), unless it is in an emergency pause
+  already (another pause becomes the emergency);
+* a finding identical to one of the previous run's is recorded but not alerted again, nor its
+  halt while minting is still halted (:func:`_repeated`);
+* a source left unchecked (not compared or failed) for too long raises a
+  ``reconciliation_stale`` warning once per stale period (:func:`stale_alerts`).
 
 Each run is stored with its report (per source: what was read and where, the figures, why a
 source was not read or not compared) and the actions taken. A source that cannot be read is
