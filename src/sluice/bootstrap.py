@@ -730,6 +730,7 @@ def reserves_settings(config: DeploymentConfig) -> ReservesSettings:
         ratio_warning_bps=section.ratio_warning_bps,
         ratio_critical_bps=section.ratio_critical_bps,
         scan_gap=section.scan_gap,
+        scan_timeout_s=section.scan_timeout_s,
     )
 
 

@@ -23,6 +23,14 @@ What it guarantees:
   :class:`BitcoinNodeError` naming authentication: asking again would not help.
 * Reads are retried at most ``read_retries`` times, with a short doubling backoff, on
   :class:`NodeUnavailableError` only; nothing the node answered is retried.
+* ``scantxoutset`` is the exception: it walks the node's whole UTXO set, which takes minutes on
+  mainnet (Bitcoin Core's help says to use no client timeout). It is sent once, with its own
+  timeout (``scan_timeout_s``, default 600 s; :meth:`BitcoinRpc.scan_utxo_set` takes one per
+  call), and never retried: a second ``start`` while the first still runs only gets ``-8`` "Scan
+  already in progress". When it times out the node is asked to ``abort`` the scan (nobody will
+  read its answer) and :class:`NodeTimeoutError` is raised. Waiting for another process's scan
+  and one scan at a time in this process are the caller's part
+  (:func:`sluice.services.reserve_sources.scan_custody`).
 
 Broadcasting is never retried blindly. :meth:`BitcoinRpc.broadcast` (which
 :meth:`~BitcoinRpc.sendrawtransaction` is) computes the transaction's txid itself first. When the
@@ -105,6 +113,10 @@ def txid_of(raw_hex: str) -> str | None:
         return None
 
 
+class NodeTimeoutError(NodeUnavailableError):
+    """The node did not answer within the timeout (it may still be working on the call)."""
+
+
 class BitcoinRpc:
     """A Bitcoin Core (or Litecoin Core) node's JSON-RPC, as the :class:`BitcoinNode` port."""
 
@@ -116,6 +128,7 @@ class BitcoinRpc:
         password: str | None = None,
         cookie_file: str | Path | None = None,
         timeout_s: float = 10.0,
+        scan_timeout_s: float = 600.0,
         read_retries: int = 3,
         backoff_s: float = 0.1,
         sleep: Callable[[float], None] = time.sleep,
@@ -126,6 +139,8 @@ class BitcoinRpc:
             raise ValueError(f"{parsed.copy_with(username=None, password=None)} is not an http URL")
         if read_retries < 0:
             raise ValueError("read_retries must not be negative")
+        if not (timeout_s > 0 and scan_timeout_s > 0):
+            raise ValueError("timeouts must be positive")
         if cookie_file is not None and password is not None:
             raise ValueError("give either a cookie file or a password, not both")
         if cookie_file is not None:
@@ -137,6 +152,7 @@ class BitcoinRpc:
         self._password = password
         self.cookie_file = Path(cookie_file) if cookie_file is not None else None
         self.timeout_s = timeout_s
+        self.scan_timeout_s = scan_timeout_s
         self.read_retries = read_retries
         self._backoff_s = backoff_s
         self._sleep = sleep
@@ -167,9 +183,10 @@ class BitcoinRpc:
 
     # -- generic calls ----------------------------------------------------------------------------
 
-    def call(self, method: str, *params: Any) -> Any:
-        """Any RPC method, once: nothing is retried (the method may not be a read)."""
-        return self._attempt(method, list(params))
+    def call(self, method: str, *params: Any, timeout_s: float | None = None) -> Any:
+        """Any RPC method, once: nothing is retried (the method may not be a read).
+        ``timeout_s``: this call's timeout (None: the client's ``timeout_s``)."""
+        return self._attempt(method, list(params), timeout_s)
 
     def read(self, method: str, *params: Any) -> Any:
         """A read-only RPC method, retried on :class:`NodeUnavailableError` up to
@@ -217,8 +234,30 @@ class BitcoinRpc:
         return result
 
     def scantxoutset(self, descriptors: list[str | JsonObject]) -> JsonObject:
-        result: JsonObject = self.read("scantxoutset", "start", descriptors)
+        """A scan of the UTXO set within ``scan_timeout_s`` (see :meth:`scan_utxo_set`)."""
+        return self.scan_utxo_set(descriptors, timeout_s=self.scan_timeout_s)
+
+    def scan_utxo_set(self, descriptors: list[str | JsonObject], *, timeout_s: float) -> JsonObject:
+        """``scantxoutset start``, sent once with its own timeout. On a timeout the node's scan
+        is aborted (it would keep the node busy, and refuse the next scan, for nothing) and
+        :class:`NodeTimeoutError` is raised; another scan already running on the node is the
+        node's ``-8`` "Scan already in progress", raised as :class:`NodeRejectedError`."""
+        try:
+            result: JsonObject = self.call(
+                "scantxoutset", "start", descriptors, timeout_s=timeout_s
+            )
+        except NodeTimeoutError:
+            self._abort_scan()
+            raise
         return result
+
+    def _abort_scan(self) -> None:
+        try:
+            aborted = self.call("scantxoutset", "abort")
+        except BitcoinNodeError as error:
+            log.warning("bitcoin node: the timed-out UTXO scan could not be aborted (%s)", error)
+            return
+        log.warning("bitcoin node: the timed-out UTXO scan %s", "aborted" if aborted else "ended")
 
     def getmempoolentry(self, txid: str) -> JsonObject:
         result: JsonObject = self.read("getmempoolentry", txid)
@@ -302,21 +341,27 @@ class BitcoinRpc:
             return self.user, self._password or ""
         return None
 
-    def _attempt(self, method: str, params: list[Any]) -> Any:
+    def _attempt(self, method: str, params: list[Any], timeout_s: float | None = None) -> Any:
         # A node restarted between reading the cookie and asking answers 401 to the old cookie:
         # one more try with the file read again settles it.
         tries = 2 if self.cookie_file is not None else 1
         for attempt in range(tries):
             credentials = self._credentials()
             try:
-                return self._exchange(method, params, credentials)
+                return self._exchange(method, params, credentials, timeout_s)
             except _AuthenticationError as error:
                 if attempt + 1 < tries and self._credentials() != credentials:
                     continue
                 raise BitcoinNodeError(str(error)) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _exchange(self, method: str, params: list[Any], credentials: tuple[str, str] | None) -> Any:
+    def _exchange(
+        self,
+        method: str,
+        params: list[Any],
+        credentials: tuple[str, str] | None,
+        timeout_s: float | None = None,
+    ) -> Any:
         request_id = next(self._ids)
         body = (
             f'{{"jsonrpc":"1.0","id":{request_id},"method":{json.dumps(method)},'
@@ -328,11 +373,11 @@ class BitcoinRpc:
                 self.url,
                 content=body.encode(),
                 auth=httpx.USE_CLIENT_DEFAULT if credentials is None else credentials,
+                timeout=httpx.USE_CLIENT_DEFAULT if timeout_s is None else timeout_s,
             )
         except httpx.TimeoutException:
-            raise NodeUnavailableError(
-                f"{where}: {method} timed out after {self.timeout_s} s"
-            ) from None
+            waited = self.timeout_s if timeout_s is None else timeout_s
+            raise NodeTimeoutError(f"{where}: {method} timed out after {waited:g} s") from None
         except httpx.TransportError as error:
             raise NodeUnavailableError(
                 f"{where}: {method}: {type(error).__name__}: {error}"

@@ -41,7 +41,9 @@ class ReservesConfig(_Section):
     history); ``reconcile_interval_s``: how often it reconciles (0: only on demand).
     ``ratio_warning_bps`` / ``ratio_critical_bps``: a reserve ratio below these raises a warning
     / critical alert. ``scan_gap``: custody addresses scanned past the highest index issued on
-    each branch. ``por_secret_file``: 32 random bytes the per-customer nonces of proofs of
+    each branch. ``scan_timeout_s``: how long one custody scan (the node's ``scantxoutset``,
+    minutes on a mainnet-sized UTXO set) may take, waiting for another scan included.
+    ``por_secret_file``: 32 random bytes the per-customer nonces of proofs of
     liabilities are derived from (default ``<data_dir>/por-secret``, made on first use, mode
     0600; keep it with the database's backups: without it, past snapshots' proofs cannot be
     issued again)."""
@@ -52,6 +54,7 @@ class ReservesConfig(_Section):
     ratio_warning_bps: Annotated[int, Field(ge=0, le=1_000_000)] = 10_100
     ratio_critical_bps: Annotated[int, Field(ge=0, le=1_000_000)] = 10_000
     scan_gap: Annotated[int, Field(ge=0, le=100_000)] = 20
+    scan_timeout_s: Annotated[float, Field(gt=0, le=86_400)] = 600.0
     por_secret_file: Path | None = None
 
     @model_validator(mode="after")

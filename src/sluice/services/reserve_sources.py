@@ -7,6 +7,8 @@ with the Integration DB, and a proof of reserves publishes them.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -20,7 +22,14 @@ from sluice.domain.history.fields import _holding, _view_value
 from sluice.domain.ledger import Holding, InstrumentId
 from sluice.domain.reserves import exact_sum
 from sluice.ports import ActiveContractsReader, LedgerReadError
-from sluice.ports.bitcoin import BitcoinNode, BitcoinNodeError, CustodyWallet
+from sluice.ports.bitcoin import (
+    BitcoinNode,
+    BitcoinNodeError,
+    CustodyWallet,
+    JsonObject,
+    NodeRejectedError,
+    NodeUnavailableError,
+)
 
 # --- the ledger ----------------------------------------------------------------------------------
 
@@ -114,6 +123,17 @@ def read_ledger_holdings_at(
 
 # --- the Bitcoin node ----------------------------------------------------------------------------
 
+# How long a custody scan may take when the caller names no time and the node names none
+# (``[reserves] scan_timeout_s``): ``scantxoutset`` walks the whole UTXO set, minutes on mainnet.
+SCAN_TIMEOUT_S = 600.0
+# How often a node busy with another scan is asked again.
+SCAN_POLL_S = 2.0
+# Bitcoin Core answers a scan started while another runs with -8 "Scan already in progress".
+_SCAN_IN_PROGRESS_CODE = -8
+# One scan at a time in this process: the node runs one at a time anyway, and a second would
+# only be refused (the serve loop, `POST /v1/reserves/reconcile` and a snapshot can meet).
+_SCAN_LOCK = threading.Lock()
+
 
 @dataclass(frozen=True, slots=True)
 class ScannedOutput:
@@ -144,11 +164,22 @@ class CustodyScan:
 
 
 def scan_custody(
-    node: BitcoinNode, wallet: CustodyWallet, ranges: Mapping[int, int]
+    node: BitcoinNode,
+    wallet: CustodyWallet,
+    ranges: Mapping[int, int],
+    *,
+    timeout_s: float | None = None,
 ) -> CustodyScan:
     """``scantxoutset`` over the custody descriptor: each branch from index 0 to ``ranges[b]``
     (a gap past the highest index issued is the caller's choice). The node scans its UTXO set at
-    its tip, which it reports with the result."""
+    its tip, which it reports with the result.
+
+    The whole call takes at most ``timeout_s`` (None: the node's own ``scan_timeout_s`` when it
+    has one, else :data:`SCAN_TIMEOUT_S`), after which :class:`NodeUnavailableError` is raised:
+    waiting for another scan of this process to end (one at a time), waiting while the node is
+    busy with a scan of another process (asked again every :data:`SCAN_POLL_S`), and the scan
+    itself, which a node that takes a timeout per scan (``scan_utxo_set``) is given as what is
+    left of that time, and which is never retried."""
     if not ranges:
         raise InvalidInputError("nothing to scan: no branch given")
     descriptor_of = getattr(wallet, "descriptor_of_branch", None)
@@ -158,7 +189,16 @@ def scan_custody(
         {"desc": descriptor_of(branch), "range": [0, max(top, 0)]}
         for branch, top in sorted(ranges.items())
     ]
-    answer = node.scantxoutset(request)
+    budget = _scan_budget(node, timeout_s)
+    deadline = time.monotonic() + budget
+    if not _SCAN_LOCK.acquire(timeout=budget):
+        raise NodeUnavailableError(
+            f"another custody scan of this process did not end within {budget:g} s"
+        )
+    try:
+        answer = _scan_when_free(node, request, deadline, budget)
+    finally:
+        _SCAN_LOCK.release()
     if answer.get("success") is False:
         raise BitcoinNodeError("the node's scantxoutset did not succeed")
     outputs = tuple(
@@ -182,6 +222,41 @@ def scan_custody(
         outputs=outputs,
         ranges=dict(ranges),
     )
+
+
+def _scan_budget(node: BitcoinNode, timeout_s: float | None) -> float:
+    if timeout_s is None:
+        timeout_s = getattr(node, "scan_timeout_s", None) or SCAN_TIMEOUT_S
+    if not timeout_s > 0:
+        raise InvalidInputError(f"a scan timeout must be positive, not {timeout_s}")
+    return float(timeout_s)
+
+
+def _scan_when_free(
+    node: BitcoinNode, request: list[str | JsonObject], deadline: float, budget: float
+) -> JsonObject:
+    """The node's scan, asked again while the node answers that another one is in progress."""
+    scan_within = getattr(node, "scan_utxo_set", None)
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise NodeUnavailableError(
+                f"the node was busy with another UTXO scan for the whole {budget:g} s allowed"
+            )
+        try:
+            if scan_within is not None:
+                answer: JsonObject = scan_within(request, timeout_s=left)
+                return answer
+            return node.scantxoutset(request)
+        except NodeRejectedError as error:
+            if not scan_in_progress(error):
+                raise
+        time.sleep(min(SCAN_POLL_S, max(deadline - time.monotonic(), 0)))
+
+
+def scan_in_progress(error: BitcoinNodeError) -> bool:
+    """Whether the node refused a scan because another one is running on it."""
+    return error.code == _SCAN_IN_PROGRESS_CODE and "in progress" in str(error).lower()
 
 
 def _unspents(answer: Mapping[str, Any]) -> Sequence[Mapping[str, Any]]:

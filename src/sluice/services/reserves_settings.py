@@ -29,6 +29,7 @@ class ReservesSettings:
     ratio_warning_bps: int = 10_100
     ratio_critical_bps: int = 10_000
     scan_gap: int = 20
+    scan_timeout_s: float = 600.0  # one custody scan, waiting for another scan included
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,14 +4,20 @@ set (at one block); and the reserve arithmetic they feed."""
 
 from __future__ import annotations
 
+import threading
+import time
 from decimal import Decimal
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from sluice.bitcoin.fakechain import FakeChain
 from sluice.bitcoin.keys import create_sandbox_custody
 from sluice.bitcoin.wallet import EmbitCustodyWallet
+from sluice.bootstrap import reserves_settings
+from sluice.config import DeploymentConfig
+from sluice.config.reserves import ReservesConfig
 from sluice.domain.chains import CHAINS
 from sluice.domain.errors import InvalidInputError
 from sluice.domain.ledger import Holding, InstrumentId
@@ -25,6 +31,8 @@ from sluice.domain.reserves import (
 )
 from sluice.ledger.local.engine import EmbeddedLedger
 from sluice.ports import LedgerReadError
+from sluice.ports.bitcoin import JsonObject, NodeRejectedError, NodeUnavailableError
+from sluice.services import reserve_sources
 from sluice.services.por_snapshots import _units as por_units
 from sluice.services.reserve_sources import LedgerHoldings, read_ledger_holdings, scan_custody
 
@@ -136,6 +144,142 @@ def test_holdings_are_summed_exactly() -> None:
 
 
 def test_a_liabilities_balance_becomes_exact_units() -> None:
-    assert por_units(WIDE, 10, "c-1", "Amulet@dso::1") == units_of(WIDE, 10)
+    assert por_units(WIDE, 10, "c-1", "Amulet@dso::1") == 1_234_567_890_123_456_789_012_345_678_901
     with pytest.raises(InvalidInputError, match="c-1's balance"):
         por_units(Decimal("0.000000001"), 8, "c-1", "iSTSi@issuer::1")
+
+
+# --- a custody scan that takes long, or meets another scan ----------------------------------------
+
+IN_PROGRESS = 'scantxoutset: Scan already in progress, use action "abort" or "status" (code -8)'
+
+
+class BusyNode(FakeChain):
+    """A node that answers -8 "Scan already in progress" ``busy`` times, then scans; with a
+    ``gate``, each scan waits for it (a slow scan), counting scans running at once."""
+
+    def __init__(self, busy: int = 0, gate: threading.Event | None = None) -> None:
+        super().__init__(REGTEST)
+        self.busy = busy
+        self.gate = gate
+        self.calls = 0
+        self.running = 0
+        self.most_at_once = 0
+        self.started = threading.Event()
+        self._count = threading.Lock()
+
+    def scantxoutset(self, descriptors: list[str | JsonObject]) -> JsonObject:
+        with self._count:
+            self.calls += 1
+            if self.calls <= self.busy:
+                raise NodeRejectedError(IN_PROGRESS, code=-8)
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        self.started.set()
+        try:
+            if self.gate is not None:
+                assert self.gate.wait(10)
+            return super().scantxoutset(descriptors)
+        finally:
+            with self._count:
+                self.running -= 1
+
+
+class TimedNode(BusyNode):
+    """A node that takes a timeout per scan, as the RPC client does."""
+
+    scan_timeout_s = 7.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.timeouts: list[float] = []
+
+    def scan_utxo_set(self, descriptors: list[str | JsonObject], *, timeout_s: float) -> JsonObject:
+        self.timeouts.append(timeout_s)
+        return self.scantxoutset(descriptors)
+
+
+class RefusingNode(BusyNode):
+    def scantxoutset(self, descriptors: list[str | JsonObject]) -> JsonObject:
+        self.calls += 1
+        raise NodeRejectedError("scantxoutset: Invalid descriptor (code -8)", code=-8)
+
+
+@pytest.fixture
+def wallet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> EmbitCustodyWallet:
+    monkeypatch.setattr(reserve_sources, "SCAN_POLL_S", 0.005)
+    custody = create_sandbox_custody(tmp_path / "keys", REGTEST)
+    return EmbitCustodyWallet(custody.descriptor, REGTEST, [])
+
+
+Node = TypeVar("Node", bound=FakeChain)
+
+
+def _funded(node: Node, wallet: EmbitCustodyWallet) -> Node:
+    node.fund(wallet.derive(0, 1).script_hex, 150_000, mine=True)
+    return node
+
+
+def test_a_node_busy_with_another_scan_is_asked_again_until_it_scans(
+    wallet: EmbitCustodyWallet,
+) -> None:
+    node = _funded(BusyNode(busy=3), wallet)
+    assert scan_custody(node, wallet, {0: 2}, timeout_s=5).total_sats == 150_000
+    assert node.calls == 4
+
+
+def test_waiting_for_a_busy_node_ends_at_the_scan_timeout(wallet: EmbitCustodyWallet) -> None:
+    node = _funded(BusyNode(busy=10**9), wallet)
+    started = time.monotonic()
+    with pytest.raises(NodeUnavailableError, match="busy with another UTXO scan"):
+        scan_custody(node, wallet, {0: 2}, timeout_s=0.1)
+    assert 0.1 <= time.monotonic() - started < 2
+    assert node.calls > 2 and node.running == 0
+
+
+def test_another_rejection_is_not_retried(wallet: EmbitCustodyWallet) -> None:
+    node = _funded(RefusingNode(), wallet)
+    with pytest.raises(NodeRejectedError, match="Invalid descriptor"):
+        scan_custody(node, wallet, {0: 2}, timeout_s=5)
+    assert node.calls == 1
+
+
+def test_the_scan_gets_the_time_left_of_its_own_timeout(wallet: EmbitCustodyWallet) -> None:
+    node = _funded(TimedNode(), wallet)
+    scan_custody(node, wallet, {0: 2}, timeout_s=42)
+    scan_custody(node, wallet, {0: 2})  # the node's own scan timeout
+    assert 41 < node.timeouts[0] <= 42 and 6 < node.timeouts[1] <= 7
+    with pytest.raises(InvalidInputError):
+        scan_custody(node, wallet, {0: 2}, timeout_s=0)
+
+
+def test_one_scan_at_a_time_in_a_process(wallet: EmbitCustodyWallet) -> None:
+    gate = threading.Event()
+    node = _funded(BusyNode(gate=gate), wallet)
+    results: list[int] = []
+
+    def scan() -> None:
+        results.append(scan_custody(node, wallet, {0: 2}, timeout_s=10).total_sats)
+
+    first = threading.Thread(target=scan)
+    first.start()
+    assert node.started.wait(5)
+    second = threading.Thread(target=scan)
+    second.start()
+    with pytest.raises(NodeUnavailableError, match="another custody scan of this process"):
+        scan_custody(node, wallet, {0: 2}, timeout_s=0.05)
+    time.sleep(0.05)
+    assert node.calls == 1  # the second waits for the first, not the node
+    gate.set()
+    first.join(10)
+    second.join(10)
+    assert results == [150_000, 150_000]
+    assert node.calls == 2 and node.most_at_once == 1
+
+
+def test_the_scan_timeout_is_configured_in_the_reserves_section(tmp_path: Path) -> None:
+    config = DeploymentConfig(data_dir=tmp_path, reserves=ReservesConfig(scan_timeout_s=1800))
+    assert reserves_settings(config).scan_timeout_s == 1800
+    assert reserves_settings(DeploymentConfig(data_dir=tmp_path)).scan_timeout_s == 600
+    with pytest.raises(ValueError, match="scan_timeout_s"):
+        ReservesConfig(scan_timeout_s=0)
