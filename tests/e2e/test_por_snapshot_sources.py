@@ -152,7 +152,16 @@ def test_the_snapshot_stores_a_signed_document_read_from_custody_and_the_ledger(
     elsewhere.mkdir()
     clean = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(elsewhere)}
     verified = subprocess.run(
-        [sluice_script(), "por", "verify-reserves", str(document_file), "--descriptor", descriptor],
+        [
+            sluice_script(),
+            "por",
+            "verify-reserves",
+            str(document_file),
+            "--descriptor",
+            descriptor,
+            "--istsi",
+            ISTSI.key(),
+        ],
         cwd=elsewhere,
         env=clean,
         capture_output=True,

@@ -37,7 +37,10 @@ class ReconciliationRunOut(Out):
         )
     )
     actions: list[str] = Field(
-        description="minting_halted, system_paused, system_already_paused, alert:<id>"
+        description=(
+            "minting_halted, minting_still_halted, system_paused, system_already_paused, "
+            "alert:<id>, unchanged_since:<run id>:<count>"
+        )
     )
     discrepancies: list[DiscrepancyOut]
 

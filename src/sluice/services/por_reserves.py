@@ -237,7 +237,9 @@ def _bitcoin_part(ctx: ReservesContext, istsi: str | None) -> dict[str, Any]:
     if ctx.node is None:
         return part | {"read": False, "reason": "no Bitcoin node in this process"}
     try:
-        scan = scan_custody(ctx.node, wallet, custody_ranges(ctx))
+        scan = scan_custody(
+            ctx.node, wallet, custody_ranges(ctx), timeout_s=ctx.settings.scan_timeout_s
+        )
         addresses = _addresses(wallet, scan)
     except (BitcoinNodeError, InvalidInputError) as exc:
         return part | {"read": False, "reason": f"the custody could not be scanned: {exc}"}

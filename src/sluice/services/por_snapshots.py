@@ -99,10 +99,15 @@ def take_snapshot(
     taken_at = ctx.clock().astimezone(UTC)
     snapshot_id = check_snapshot_id(snapshot_id or default_snapshot_id(taken_at))
     started = time.monotonic()
+    from sluice.services.por_reserves import read_obligations
+
     with ctx.uow() as uow:
         if uow.reserves.snapshot(snapshot_id) is not None:  # refused before any tree is built
             raise DuplicateOperationError(f"a snapshot {snapshot_id} exists already")
         liabilities = read_liabilities(uow, ctx.istsi, instruments)
+        # What else is owed, in the liabilities' own transaction (the reserves report's other
+        # obligations: pending redemptions and payouts, suspense, holds, in flight, fees).
+        obligations = read_obligations(uow, ctx.istsi)
     log.info(
         "por: liabilities read",
         snapshot_id=snapshot_id,
@@ -113,7 +118,7 @@ def take_snapshot(
     trees = [_build(secret, snapshot_id, item) for item in liabilities]
     roots = [_published(tree.root(taken_at), taken_at) for tree in trees]
     _store(ctx.uow, snapshot_id, taken_at, liabilities, roots)
-    _attach_reserves(ctx, snapshot_id, taken_at, liabilities)
+    _attach_reserves(ctx, snapshot_id, taken_at, liabilities, obligations)
     log.info(
         "por: snapshot published",
         snapshot_id=snapshot_id,
@@ -329,6 +334,7 @@ def _attach_reserves(
     snapshot_id: str,
     taken_at: datetime,
     liabilities: Sequence[Liabilities],
+    obligations: Mapping[str, Mapping[str, int]],
 ) -> None:
     """The reserves side of the snapshot (what backs each instrument, read from the sources
     this process has, signed, against these liabilities), stored with it. The liabilities are
@@ -337,7 +343,8 @@ def _attach_reserves(
 
     owed = {item.key: item.total_units for item in liabilities}
     try:
-        store_reserves(ctx, snapshot_id, reserves_document(ctx, snapshot_id, taken_at, owed))
+        document = reserves_document(ctx, snapshot_id, taken_at, owed, obligations)
+        store_reserves(ctx, snapshot_id, document)
     except SluiceError as exc:
         log.warning(
             "por: the snapshot is published without its reserves document",

@@ -95,7 +95,9 @@ def read_chain(ctx: ReservesContext) -> ChainRead | None:
         except Exception as exc:
             supply = exc
     try:
-        scan: CustodyScan | Exception = scan_custody(ctx.node, ctx.wallet, view.ranges)
+        scan: CustodyScan | Exception = scan_custody(
+            ctx.node, ctx.wallet, view.ranges, timeout_s=ctx.settings.scan_timeout_s
+        )
     except Exception as exc:
         scan = exc
     return ChainRead(view, supply, scan)

@@ -211,6 +211,8 @@ def verify_reserves_command(
     threshold), every address against the descriptor, every sum and ratio; with --istsi, that
     the custody backs that instrument; with --node, the balances against a node. Give both
     --descriptor and --istsi as published: without them the document vouches for itself."""
+    from sluice.domain.errors import InvalidInputError
+    from sluice.por.documents import load_strict_json
     from sluice.ports.bitcoin import BitcoinNodeError
     from sluice.services.por_reserves_verify import verify_reserves
 
@@ -218,8 +220,13 @@ def verify_reserves_command(
         text = sys.stdin.read() if file == "-" else Path(file).read_text(encoding="utf-8")
     except OSError as exc:
         fail(f"cannot read {file}: {exc.strerror or exc}")
+    except UnicodeDecodeError as exc:
+        fail(f"{file} is not UTF-8 text: {exc}")
     try:
-        document = json.loads(text)
+        # Read as a published document must be: a key twice, NaN or a 40-digit number refused.
+        document = load_strict_json(text)
+    except InvalidInputError as exc:
+        fail(f"{file}: {exc}")
     except ValueError as exc:
         fail(f"{file} is not JSON: {exc}")
     if not isinstance(document, dict):

@@ -20,8 +20,9 @@ JSON (a contract; units are integers as decimal strings): a RUN is ``{"id", "tri
 (``minor`` | ``warning`` | ``critical`` | ``emergency`` | null), ``"started_at"``,
 ``"finished_at"``, ``"sources": {"ledger", "custody", "supply"}`` (each ``{"state"``:
 ``compared`` | ``not_compared`` | ``not_read`` | ``failed``, ``"reason"``, and the figures read:
-see docs/reserves.md), ``"actions"`` (``minting_halted``, ``system_paused``,
-``system_already_paused``, ``alert:<id>``…), ``"discrepancies": [{"source", "instrument",
+see docs/reserves.md), ``"actions"`` (``minting_halted``, ``minting_still_halted``,
+``system_paused``, ``system_already_paused``, ``alert:<id>``,
+``unchanged_since:<run id>:<count>``…), ``"discrepancies": [{"source", "instrument",
 "severity", "expected_units", "actual_units", "difference_units", "message", "details"}…]}``.
 ``reconcile --json`` and ``reconciliation --json`` print one RUN; ``reconciliations --json`` a
 list of RUNs.
