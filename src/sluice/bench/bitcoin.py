@@ -68,7 +68,7 @@ from sluice.bench.bitcoin_node import (
     MemoryBlocks,
     RpcBlocks,
 )
-from sluice.bench.record import machine
+from sluice.bench.record import insert_table_row, machine
 from sluice.bitcoin.keys import create_sandbox_custody, load_signing_keys
 from sluice.bitcoin.rpc import BitcoinRpc
 from sluice.bitcoin.wallet import EmbitCustodyWallet, check_secp256k1
@@ -403,9 +403,6 @@ def measure(
 def append_bitcoin_result(path: Path, result: dict[str, Any], *, command: str) -> None:
     """Add one row to the section's table in ``path`` (made on first use), keeping everything
     else in the file, prose under the table included, in place."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if SECTION not in text:
-        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{HEADER}"
     ratio_met = {True: "met", False: "NOT met", None: "n/a (no node)"}[result["ratio_target_met"]]
     sign_met = "met" if result["sign_target_met"] else "NOT met"
     sign = " / ".join(f"{value:.1f}" for value in result["sign_ms"].values())
@@ -418,16 +415,7 @@ def append_bitcoin_result(path: Path, result: dict[str, Any], *, command: str) -
         f"{max(int(k) for k in result['sign_ms'])} inputs < {SIGN_TARGET_MS:.0f} ms: {sign_met} "
         f"| `{command}` |\n"
     )
-    head, _, tail = text.partition(SECTION)
-    lines = tail.splitlines(keepends=True)
-    # The row goes right after the last row of the section's table, before any prose under it.
-    end = next(i for i, line in enumerate(lines) if line.startswith("| date |"))
-    while end < len(lines) and lines[end].startswith("|"):
-        end += 1
-    if end == len(lines) and lines and not lines[-1].endswith("\n"):
-        lines[-1] += "\n"
-    lines.insert(end, row)
-    path.write_text(head + SECTION + "".join(lines))
+    insert_table_row(path, SECTION, HEADER, row)
 
 
 def bench_command(

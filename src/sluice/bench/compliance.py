@@ -32,7 +32,7 @@ from pathlib import Path
 
 from sluice import bootstrap
 from sluice.bench.measure import reset_database
-from sluice.bench.record import machine
+from sluice.bench.record import insert_table_row, machine
 from sluice.domain.compliance import MONTH, UsageRecord
 from sluice.domain.journal import AccountRef, customer_account_name, transfer_into
 from sluice.domain.ledger import InstrumentId
@@ -176,9 +176,6 @@ def measure_engine(url: str, *, history: Sequence[int], requests: int) -> Engine
 def append_compliance_result(path: Path, result: EngineResult, *, command: str) -> None:
     """Add one row to the benchmark's table in ``path`` (the section and table are made on first
     use); everything else in the file, prose under the table included, is kept in place."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if SECTION not in text:
-        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{HEADER}"
     met = "met" if result.ratio_10000_to_10 <= RATIO_TARGET else "NOT met"
     row = (
         f"| {datetime.now(UTC):%Y-%m-%d} | {machine()}, load {os.getloadavg()[0]:.1f} "
@@ -187,16 +184,7 @@ def append_compliance_result(path: Path, result: EngineResult, *, command: str) 
         f"| {' / '.join(f'{value:.2f}' for value in result.request_ms_p99)} "
         f"| {result.ratio_10000_to_10} | ratio ≤ {RATIO_TARGET}: {met} | `{command}` |\n"
     )
-    head, _, tail = text.partition(SECTION)
-    lines = tail.splitlines(keepends=True)
-    # The row goes right after the last row of the section's table, before any prose under it.
-    end = next(i for i, line in enumerate(lines) if line.startswith("| date |"))
-    while end < len(lines) and lines[end].startswith("|"):
-        end += 1
-    if end == len(lines) and lines and not lines[-1].endswith("\n"):
-        lines[-1] += "\n"
-    lines.insert(end, row)
-    path.write_text(head + SECTION + "".join(lines))
+    insert_table_row(path, SECTION, HEADER, row)
 
 
 def bench_command(

@@ -41,7 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sluice.bench.record import machine
+from sluice.bench.record import insert_table_row, machine
 
 SECTION = "## Proof of liabilities (`sluice bench por`)"
 HEADER = (
@@ -169,9 +169,6 @@ def targets(result: dict[str, Any]) -> str:
 def append_por_result(path: Path, result: dict[str, Any], *, command: str) -> None:
     """Add one row to the section's table in ``path`` (made on first use); the rest of the file,
     prose under the table included, stays in place."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if SECTION not in text:
-        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{HEADER}"
     row = (
         f"| {datetime.now(UTC):%Y-%m-%d} | {machine()}, load {os.getloadavg()[0]:.1f} "
         f"| {result['implementation']}, {result['threads']} thread(s) "
@@ -180,15 +177,7 @@ def append_por_result(path: Path, result: dict[str, Any], *, command: str) -> No
         f"| {result['proofs_per_s']:,} | {result['verifications_per_s']:,} "
         f"| {targets(result)} | `{command}` |\n"
     )
-    head, _, tail = text.partition(SECTION)
-    lines = tail.splitlines(keepends=True)
-    end = next(i for i, line in enumerate(lines) if line.startswith("| date |"))
-    while end < len(lines) and lines[end].startswith("|"):
-        end += 1
-    if end == len(lines) and lines and not lines[-1].endswith("\n"):
-        lines[-1] += "\n"
-    lines.insert(end, row)
-    path.write_text(head + SECTION + "".join(lines))
+    insert_table_row(path, SECTION, HEADER, row)
 
 
 def bench_command(sizes: Sequence[int], record: Path | None) -> list[dict[str, Any]]:

@@ -43,3 +43,21 @@ def append_result(path: Path, result: dict[str, Any], *, command: str) -> None:
     section, sep, rest = tail.partition("\n## ")
     text = head + marker + section.rstrip("\n") + "\n" + row + (sep + rest if sep else "")
     path.write_text(text)
+
+
+def insert_table_row(path: Path, section: str, header: str, row: str) -> None:
+    """Add ``row`` to the table under ``section`` in ``path`` (the file, the section and its
+    ``header`` are made on first use), right after the table's last row: everything else in the
+    file, prose under the table included, stays in place."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if section not in text:
+        text = text.rstrip("\n") + f"\n\n{section}\n\n{header}"
+    head, _, tail = text.partition(section)
+    lines = tail.splitlines(keepends=True)
+    end = next(i for i, line in enumerate(lines) if line.startswith("| date |"))
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    if end == len(lines) and lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    lines.insert(end, row)
+    path.write_text(head + section + "".join(lines))

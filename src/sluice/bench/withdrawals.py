@@ -40,7 +40,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from sluice.bench.measure import reset_database
-from sluice.bench.record import machine
+from sluice.bench.record import insert_table_row, machine
 from sluice.bench.selection import measure_selection
 from sluice.ledger.local import EmbeddedLedger
 from sluice.sandbox import Sandbox
@@ -295,9 +295,6 @@ def targets(result: dict[str, Any]) -> str:
 def append_withdrawals_result(path: Path, result: dict[str, Any], *, command: str) -> None:
     """Add a row to the withdrawals table of ``path`` (the section and table are created the first
     time); everything else in the file is kept as it is."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if SECTION not in text:
-        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{HEADER}"
     runs = result["pipeline"]
     rates = " / ".join(
         f"{run['withdrawals_per_s']}" if run["completed"] == run["withdrawals"] else "incomplete"
@@ -312,17 +309,7 @@ def append_withdrawals_result(path: Path, result: dict[str, Any], *, command: st
         f"| {result['ratio']} | {result['selection_p50_ms']} / {result['selection_p99_ms']} "
         f"({result['selection_holdings']}) | {targets(result)} | {books} | `{command}` |\n"
     )
-    head, _, tail = text.partition(SECTION)
-    lines = tail.splitlines(keepends=True)
-    # The row goes right after the last row of the section's table, before any prose under it.
-    header_at = next(i for i, line in enumerate(lines) if line.startswith("| date |"))
-    end = header_at
-    while end < len(lines) and lines[end].startswith("|"):
-        end += 1
-    if end == len(lines) and lines and not lines[-1].endswith("\n"):
-        lines[-1] += "\n"
-    lines.insert(end, row)
-    path.write_text(head + SECTION + "".join(lines))
+    insert_table_row(path, SECTION, HEADER, row)
 
 
 @contextmanager
