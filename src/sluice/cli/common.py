@@ -19,6 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any, NoReturn, TypeVar
 
+import structlog
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -523,3 +524,18 @@ def profile_json(profile: Profile) -> dict[str, object]:
         "status_reason": profile.status_reason,
         "risk_score": profile.risk_score,
     }
+
+
+def log_to_stderr() -> None:
+    """The services' log lines on stderr, as `sluice serve` writes them: stdout is for results
+    (``--json``, JSON lines). Left as it is when logging is configured already."""
+    if structlog.is_configured():
+        return
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.dev.ConsoleRenderer(colors=False),
+        ],
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )

@@ -11,7 +11,6 @@ from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, NoReturn
 
-import structlog
 import typer
 
 from sluice import bootstrap
@@ -19,6 +18,7 @@ from sluice.cli.common import (
     deployment,
     fail,
     fail_with,
+    log_to_stderr,
     note,
     open_database,
     timestamp_or_none,
@@ -58,23 +58,8 @@ def _node_failed(exc: BitcoinNodeError) -> NoReturn:
     fail(f"the Bitcoin node refused: {exc}")
 
 
-def _log_to_stderr() -> None:
-    """The services' log lines on stderr, as `sluice serve` writes them: stdout is for results
-    (``--json``)."""
-    if structlog.is_configured():
-        return
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.dev.ConsoleRenderer(colors=False),
-        ],
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-    )
-
-
 def _custody() -> bootstrap.BitcoinCustody:
-    _log_to_stderr()
+    log_to_stderr()
     config = deployment()
     try:
         custody = bootstrap.bitcoin_custody(config)

@@ -34,7 +34,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-import structlog
 import typer
 from rich.table import Table
 
@@ -46,6 +45,7 @@ from sluice.cli.common import (
     LedgerUrlOption,
     deployment,
     fail_with,
+    log_to_stderr,
     note,
     open_database,
     print_json,
@@ -65,24 +65,10 @@ SnapshotOption = Annotated[
 ]
 
 
-def _log_to_stderr() -> None:
-    """Progress lines on stderr: stdout carries the JSON alone."""
-    if structlog.is_configured():
-        return
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.dev.ConsoleRenderer(colors=False),
-        ],
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-    )
-
-
 @contextmanager
 def _database(db: str | None) -> Iterator[bootstrap.Database]:
     """The Integration DB for one command; a refusal ends it (exit 2), and it is closed."""
-    _log_to_stderr()
+    log_to_stderr()
     database = open_database(db or deployment().database_url)
     try:
         yield database

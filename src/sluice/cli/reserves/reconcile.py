@@ -30,13 +30,11 @@ list of RUNs.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-import structlog
 import typer
 
 from sluice import bootstrap
@@ -48,6 +46,7 @@ from sluice.cli.common import (
     deployment,
     fail,
     fail_with,
+    log_to_stderr,
     note,
     open_database,
     print_json,
@@ -82,7 +81,7 @@ def reserves_reconcile(
     """Reconcile now: the journal against the ledger's active contracts, custody outputs against
     the node's UTXO set, iSTSi supply against reserves. Exit 0: nothing worse than minor; 3: a
     warning or worse; 2: a source failed or the command was refused."""
-    _log_to_stderr()
+    log_to_stderr()
     config = deployment()
     with ExitStack() as stack:
         ctx = _context(config, stack, db, ledger, ledger_url)
@@ -129,20 +128,6 @@ def reserves_reconciliation(
         except SluiceError as exc:
             fail_with(exc)
     _show(run, as_json=as_json)
-
-
-def _log_to_stderr() -> None:
-    """The run's log line on stderr: stdout is for the report (``--json``)."""
-    if structlog.is_configured():
-        return
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.dev.ConsoleRenderer(colors=False),
-        ],
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-    )
 
 
 # --- wiring --------------------------------------------------------------------------------------
