@@ -25,6 +25,7 @@ is the one the action read:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
@@ -282,13 +283,14 @@ def _check_document(
     if not verdict.valid:
         sim.violation(name, f"{snapshot_id}: the reserves document: {'; '.join(verdict.reasons)}")
         return
-    for report in verdict.coverage:
+    for report in document.get("reports", ()):
         if report.get("reserves_cover_liabilities") is False:
             sim.violation(
                 name,
-                f"{snapshot_id} {report.get('instrument')}: reserves "
-                f"{report.get('reserves_units')} units do not cover liabilities "
-                f"{report.get('liabilities_units')}",
+                f"{snapshot_id} {report.get('instrument')}: the document says reserves "
+                f"{report.get('reserves_units')} units do not cover what is owed "
+                f"{report.get('owed_units')} (liabilities {report.get('liabilities_units')}, "
+                f"other obligations {json.dumps(report.get('other_obligations'))})",
             )
         elif report.get("reserves_cover_liabilities") is None:
             sim.result.outcomes["reserves_document_not_read"] += 1
