@@ -137,7 +137,7 @@ def test_every_step_of_the_chapter_holds_and_is_reported(told: Told) -> None:
     assert "supply: critical" in report and "minting halted" in report
     assert "the approval executed, minting on" in report
     assert "a copy claiming one unit more is refused" in report
-    assert "reserves ≥ liabilities for 3 of 3 instruments" in report
+    assert "reserves cover what is owed (customers and other obligations) for 3 of 3" in report
 
 
 def test_the_readings_are_the_books_and_the_chain_at_their_read_points(told: Told) -> None:

@@ -24,7 +24,8 @@ chain and the issuer's iSTSi supply.
   for ``sluice por verify``.
 * **The signed reserves document** stored with the snapshot verifies against the custody
   descriptor (2 of 3 signatures), the node's UTXO set and the published roots, and states that
-  reserves cover liabilities for every instrument.
+  reserves cover what is owed for every instrument: the customers' balances in the tree and the
+  other obligations (suspense, in flight, deposits not minted yet, pending payouts).
 
 Fast: a handful of blocks, three reconciliation runs and three small trees.
 """
@@ -379,7 +380,8 @@ def reserves_document(reserves: Reserves, story: ReservesStory) -> None:
         f"{result.signatures_valid} custody keys ({result.threshold} needed), block "
         f"{bitcoin_part.get('height')}, "
         f"{sats_text(int(bitcoin_part.get('total_sats') or 0))} in custody, rechecked on the "
-        f"node; reserves ≥ liabilities for {len(covered)} of {len(result.coverage)} instruments",
+        "node; reserves cover what is owed (customers and other obligations) for "
+        f"{len(covered)} of {len(result.coverage)} instruments",
         result.valid
         and result.threshold is not None
         and result.signatures_valid >= result.threshold
