@@ -442,3 +442,68 @@ def test_an_offset_read_before_a_node_restore_is_no_lag() -> None:
     # Without a restore (the ledger still has offset 12), ingestion at 7 is behind.
     lag = _ingestion_lag([earlier], 7, 20, now)
     assert lag is not None and lag.severity == "warning"
+
+
+def _run(run_id: str, seconds_ago: float, now: datetime, **ledger: int) -> ReconciliationRun:
+    """An earlier run whose ledger check saw ``ledger`` (ingestion_offset, ledger_end)."""
+    at = now - timedelta(seconds=seconds_ago)
+    return ReconciliationRun(
+        id=run_id,
+        trigger="schedule",
+        status="ok",
+        started_at=at,
+        finished_at=at,
+        worst=None,
+        report={"sources": {"ledger": dict(ledger)}},
+    )
+
+
+def test_a_run_from_before_a_restore_is_no_lag_once_the_new_numbering_passed_it() -> None:
+    """After a restore the renumbered ledger grew past the old offset again: a later run saw the
+    smaller end, so the run before it (old numbering) is not compared with today's cursor."""
+    now = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
+    old = INGESTION_LAG_BOUND_S + 60
+    before = _run("rec-before", old + 120, now, ingestion_offset=5, ledger_end=9)
+    after = _run("rec-after", old, now, ingestion_offset=5, ledger_end=5)
+    # The ledger's end is 12 now; ingestion is at 7, below the 9 read in the old numbering.
+    assert _ingestion_lag([after, before], 7, 12, now) is None
+    # Without the restore (the ends only grew) the same old read is a lag.
+    grown = _run("rec-after", old, now, ingestion_offset=5, ledger_end=10)
+    lag = _ingestion_lag([grown, before], 7, 12, now)
+    assert lag is not None and lag.details["earlier_run"] == "rec-after"
+
+
+def test_a_run_from_before_the_cursor_was_rewound_is_no_lag() -> None:
+    """The runbook moved ingestion's cursor back (44 → 10): the run that saw the cursor at 44
+    and every run before it say nothing of ingestion's lag since."""
+    now = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
+    old = INGESTION_LAG_BOUND_S + 12
+    runs = [
+        _run("rec-2", old, now, ingestion_offset=44, ledger_end=44),
+        _run("rec-1", old + 60, now, ingestion_offset=20, ledger_end=21),
+    ]
+    assert _ingestion_lag(runs, 10, 50, now) is None
+    # A cursor that only moved forward (to 10 from 8) and is still below 21: a lag.
+    runs = [
+        _run("rec-2", old, now, ingestion_offset=8, ledger_end=44),
+        _run("rec-1", old + 60, now, ingestion_offset=8, ledger_end=21),
+    ]
+    lag = _ingestion_lag(runs, 10, 50, now)
+    assert lag is not None and lag.details["earlier_ledger_offset"] == 44
+    # Ingestion not started now although a run saw it at 3: the cursor was removed since.
+    started = [_run("rec-1", old, now, ingestion_offset=3, ledger_end=21)]
+    assert _ingestion_lag(started, None, 50, now) is None
+    never = [_run("rec-1", old, now, ledger_end=21)]
+    lag = _ingestion_lag(never, None, 50, now)
+    assert lag is not None and "has not started" in lag.message
+
+
+def test_a_run_within_the_bound_still_marks_a_rewind_before_it() -> None:
+    """A recent run (inside the bound, not itself compared) that saw a smaller cursor than an
+    older run still ends the walk: the older run is from before the rewind."""
+    now = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
+    runs = [
+        _run("rec-2", 30, now, ingestion_offset=12, ledger_end=40),
+        _run("rec-1", INGESTION_LAG_BOUND_S + 100, now, ingestion_offset=30, ledger_end=35),
+    ]
+    assert _ingestion_lag(runs, 20, 40, now) is None

@@ -258,42 +258,64 @@ def _ingestion_lag(
     earlier: Sequence[ReconciliationRun], offset: int | None, ledger_offset: int, now: datetime
 ) -> Discrepancy | None:
     """A warning when ingestion has not reached, within :data:`INGESTION_LAG_BOUND_S`, the
-    ledger's end an earlier run saw (and that the ledger still has: after a node's
-    restore, earlier offsets beyond its end were renumbered)."""
+    ledger's end an earlier run saw.
+
+    Offsets compare only within one numbering and one pass of ingestion. Ingestion's cursor and
+    the ledger's end only ever grow, except when a node is restored from a backup (its offsets
+    are renumbered from the backup's end) or the runbook rewinds the cursor (``sluice ingest
+    --from-record-time``). So the earlier runs are walked newest first and the walk ends at the
+    first run that saw a larger cursor, or a larger ledger end, than a later run (or now) saw:
+    that run, and every one before it, is from before the newest restore or rewind and says
+    nothing of today's lag. A restore or rewind that no run saw in between is still caught when
+    the ledger's end now is below the offset the earlier run read."""
     if offset is not None and offset >= ledger_offset:
         return None
     bound = now - timedelta(seconds=INGESTION_LAG_BOUND_S)
+    lowest_cursor, lowest_end = offset, ledger_offset  # the least seen since, newest first
     for run in earlier:
-        if run.finished_at > bound:
-            continue
         ledger = dict(run.report.get("sources", {})).get("ledger") or {}
         # The ledger's end then (runs before "ledger_end" was reported read at their end).
         read = ledger.get("ledger_end", ledger.get("ledger_offset"))
-        # An offset beyond the ledger's end now was read before the node was restored from a
-        # backup (its offsets were renumbered and ingestion rewound): it says nothing of lag.
-        if isinstance(read, int) and read <= ledger_offset and (offset is None or offset < read):
-            seconds = int((now - run.finished_at).total_seconds())
-            at = "has not started" if offset is None else f"is at offset {offset}"
-            return Discrepancy(
-                source="ledger",
-                instrument="*",
-                severity="warning",
-                expected_units=read,
-                actual_units=offset or 0,
-                message=(
-                    f"ingestion {at} and has not reached offset {read}, which the ledger was "
-                    f"read at {seconds} s ago (run {run.id})"
-                ),
-                details={
-                    "kind": "ingestion_lag",
-                    "earlier_run": run.id,
-                    "earlier_ledger_offset": read,
-                    "ingestion_offset": offset,
-                    "ledger_offset": ledger_offset,
-                    "bound_s": INGESTION_LAG_BOUND_S,
-                },
-            )
+        cursor = ledger.get("ingestion_offset")
+        if isinstance(cursor, int) and (lowest_cursor is None or cursor > lowest_cursor):
+            return None  # the cursor went back since this run: a rewind or a restore
+        if isinstance(read, int) and read > lowest_end:
+            return None  # the ledger's end went back since: the node was restored
+        if isinstance(cursor, int):
+            lowest_cursor = cursor
+        if isinstance(read, int):
+            lowest_end = read
+        if run.finished_at > bound or not isinstance(read, int):
+            continue
+        if offset is None or offset < read:
+            return _lag_warning(run, read, offset, ledger_offset, now)
     return None
+
+
+def _lag_warning(
+    run: ReconciliationRun, read: int, offset: int | None, ledger_offset: int, now: datetime
+) -> Discrepancy:
+    seconds = int((now - run.finished_at).total_seconds())
+    at = "has not started" if offset is None else f"is at offset {offset}"
+    return Discrepancy(
+        source="ledger",
+        instrument="*",
+        severity="warning",
+        expected_units=read,
+        actual_units=offset or 0,
+        message=(
+            f"ingestion {at} and has not reached offset {read}, which the ledger was "
+            f"read at {seconds} s ago (run {run.id})"
+        ),
+        details={
+            "kind": "ingestion_lag",
+            "earlier_run": run.id,
+            "earlier_ledger_offset": read,
+            "ingestion_offset": offset,
+            "ledger_offset": ledger_offset,
+            "bound_s": INGESTION_LAG_BOUND_S,
+        },
+    )
 
 
 def details_text(details: Mapping[str, Any]) -> dict[str, str]:
