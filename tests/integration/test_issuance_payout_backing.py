@@ -2,12 +2,15 @@
 mint guard, through the real watcher, router, embedded ledger and payouts service, on SQLite and
 PostgreSQL.
 
-Covers: an operator payout that would spend Bitcoin backing iSTSi in circulation is refused
-(30, nothing queued, the refusal audited, minting not halted); one within the excess is queued
-and counts as a pending outflow, so a later mint that it leaves uncovered is refused; a replay of
-a queued payout answers it without a check; a return of a held deposit (Bitcoin nothing was
-minted for) is queued and uses up the excess; a cancelled payout stops counting; and the guard's
-figures count such payouts until the watcher saw their batch's inputs spent.
+Covers: an operator payout that would spend Bitcoin backing iSTSi in circulation, or a customer's
+deposit not minted yet (waiting at KYC, held for an officer), is refused (30, nothing queued,
+the refusal audited, minting not halted); one within the excess (the exchange's own Bitcoin, on
+a change address) is queued and counts as a pending outflow; a held deposit released after such
+payouts is still minted (the mint's rule does not count the deposit being minted); a replay of
+a queued payout answers it without a check; a return of a held deposit is allowed with no excess
+at all and is then counted once (as its payout, not also as owed); a cancelled payout stops
+counting; and the guard's figures count such payouts until the watcher saw their batch's inputs
+spent.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from sluice.bitcoin.wallet import EmbitCustodyWallet
 from sluice.domain.errors import MintGuardError
 from sluice.ports.issuance import GuardFigures
 from sluice.services.audit import list_audit_records
+from sluice.services.btc_addresses import change_address
 from sluice.services.btc_payouts import PayoutView, cancel_payout, request_payout
 from sluice.services.compliance import KycRegistry
 from sluice.services.issuance_held import release_held_deposit, return_held_deposit
@@ -34,6 +38,7 @@ from tests.integration.issuance_deposit_world import CHAIN, World, sender_script
 
 MINTED = 200_000
 HELD = 125_000
+SURPLUS = 125_000  # the exchange's own Bitcoin, on a change address
 WHEN = datetime(2026, 12, 5, 6, 0, 0, tzinfo=UTC)
 
 
@@ -82,8 +87,8 @@ def audited(world: World, name: str) -> list[Any]:
 
 
 def minted_and_held(world: World) -> str:
-    """Alice's deposit minted (backing: MINTED sats), Bob's held (excess: HELD sats); answers
-    the held deposit's operation id."""
+    """Alice's deposit minted (backing: MINTED sats), Bob's held (owed: HELD sats, to be minted
+    or returned); answers the held deposit's operation id."""
     world.customer("alice")
     world.customer("bob", tier=0)  # tier 0 may not mint: his deposit is held
     minted = world.deposit("alice", MINTED)
@@ -92,26 +97,80 @@ def minted_and_held(world: World) -> str:
     assert world.router.run_operation(held).status == "held"
     assert world.supply() == MINTED
     assert figures(world) == GuardFigures(
-        supply=MINTED, reserves=MINTED + HELD, pending_redemptions=0, pending_payouts=0
+        supply=MINTED,
+        reserves=MINTED + HELD,
+        pending_redemptions=0,
+        pending_payouts=0,
+        unminted_deposits=HELD,
     )
     return held
+
+
+def surplus(world: World, sats: int = SURPLUS) -> None:
+    """The exchange's own Bitcoin: paid to a custody change address (no deposit, no customer),
+    confirmed. It is reserves nobody is owed."""
+    with world.db.uow() as uow:
+        change = change_address(uow, world.wallet, world.clock)
+        uow.commit()
+    world.chain.fund(change.script_hex, sats, mine=True)
+    world.confirm()
+
+
+def test_an_operator_payout_may_not_spend_a_deposit_not_minted_yet(world: World) -> None:
+    held = minted_and_held(world)
+    # Bob's held deposit is the only Bitcoin beyond the backing, and it is owed: refused.
+    with pytest.raises(MintGuardError) as refused:
+        operator_payout(world, "ops-1", 60_000)
+    assert refused.value.code == 30
+    message = str(refused.value)
+    assert f"plus {HELD} sats of customers' deposits not minted yet" in message
+    assert "at most 0 sats of excess Bitcoin" in message
+    with world.db.uow() as uow:
+        assert uow.btc_payouts.get_payout("ops-1") is None
+    (record,) = audited(world, "btc_payout_refused")
+    assert record.entry.operation_id == "ops-1" and "MintGuardError" in (record.entry.error or "")
+    assert not world.halted()
+    # Released, it is minted: the mint's own rule does not count it against itself.
+    release_held_deposit(world.ctx, held, reason="known sender", actor="officer")
+    assert world.router.run_operation(held).status == "waiting"
+    mint = world.mint(held)
+    assert mint is not None and mint.status == "committed"
+    assert world.supply() == MINTED + HELD
+    assert figures(world).unminted_deposits == 0
+    assert not world.halted()
+
+
+def test_a_deposit_not_yet_through_kyc_is_owed_too(world: World) -> None:
+    world.customer("alice")
+    waiting = world.deposit("alice", MINTED)  # confirmed: its operation is open at kyc
+    assert world.operation(waiting).step == "kyc"
+    assert figures(world) == GuardFigures(
+        supply=0,
+        reserves=MINTED,
+        pending_redemptions=0,
+        pending_payouts=0,
+        unminted_deposits=MINTED,
+    )
+    # No iSTSi in circulation, but the deposit is owed: no payout may spend it.
+    with pytest.raises(MintGuardError):
+        operator_payout(world, "ops-1", 60_000)
+    surplus(world)
+    assert operator_payout(world, "ops-1", SURPLUS).status == "queued"
 
 
 def test_an_operator_payout_may_spend_the_excess_only_and_then_counts_as_pending(
     world: World,
 ) -> None:
     held = minted_and_held(world)
-    # Into the backing: refused, nothing queued, audited, minting goes on.
+    surplus(world)
+    assert figures(world).reserves == MINTED + HELD + SURPLUS
+    # Into what is owed (the backing and Bob's deposit): refused, nothing queued, audited.
     with pytest.raises(MintGuardError) as refused:
-        operator_payout(world, "ops-1", HELD + 1)
+        operator_payout(world, "ops-1", SURPLUS + 1)
     assert refused.value.code == 30
     message = str(refused.value)
-    for figure in (HELD + 1, MINTED, MINTED + HELD, HELD):
+    for figure in (SURPLUS + 1, MINTED, MINTED + HELD + SURPLUS, HELD, SURPLUS):
         assert str(figure) in message
-    with world.db.uow() as uow:
-        assert uow.btc_payouts.get_payout("ops-1") is None
-    (record,) = audited(world, "btc_payout_refused")
-    assert record.entry.operation_id == "ops-1" and "MintGuardError" in (record.entry.error or "")
     assert audited(world, "btc_payout_requested") == []
     assert not world.halted()
 
@@ -119,46 +178,99 @@ def test_an_operator_payout_may_spend_the_excess_only_and_then_counts_as_pending
     paid = operator_payout(world, "ops-1", 70_000)
     assert paid.status == "queued"
     assert figures(world) == GuardFigures(
-        supply=MINTED, reserves=MINTED + HELD, pending_redemptions=0, pending_payouts=70_000
+        supply=MINTED,
+        reserves=MINTED + HELD + SURPLUS,
+        pending_redemptions=0,
+        pending_payouts=70_000,
+        unminted_deposits=HELD,
     )
     # Its replay is answered as it is, without a check (it would not fit a second time).
     assert operator_payout(world, "ops-1", 70_000) == paid
     with pytest.raises(MintGuardError):  # 55 000 sats of excess are left
-        operator_payout(world, "ops-2", HELD - 70_000 + 1)
-    assert operator_payout(world, "ops-2", HELD - 70_000).status == "queued"
+        operator_payout(world, "ops-2", SURPLUS - 70_000 + 1)
+    assert operator_payout(world, "ops-2", SURPLUS - 70_000).status == "queued"
     assert len(audited(world, "btc_payout_requested")) == 2
 
-    # An officer releases Bob's deposit: its Bitcoin is being paid out, so its mint would not
-    # be backed. The mint guard sees the pending payout and refuses it.
+    # An officer releases Bob's deposit after those payouts were requested: its Bitcoin was
+    # kept out of them, so it is minted and the guard is not breached.
     release_held_deposit(world.ctx, held, reason="known sender", actor="officer")
-    op = world.router.run_operation(held)
-    assert op.status == "stuck" and "pending" in (op.last_error or "")
-    assert world.mint(held) is None
-    assert world.supply() == MINTED
-    assert world.halted()
+    assert world.router.run_operation(held).status == "waiting"
+    mint = world.mint(held)
+    assert mint is not None and mint.status == "committed"
+    assert world.supply() == MINTED + HELD
+    assert not world.halted()
+    assert figures(world) == GuardFigures(
+        supply=MINTED + HELD,
+        reserves=MINTED + HELD + SURPLUS,
+        pending_redemptions=0,
+        pending_payouts=SURPLUS,
+        unminted_deposits=0,
+    )
 
 
-def test_a_return_of_a_held_deposit_passes_and_uses_up_the_excess(world: World) -> None:
+def test_a_return_of_a_held_deposit_passes_and_is_then_counted_once(world: World) -> None:
     held = minted_and_held(world)
+    # No excess at all: the deposit's own amount does not count against its return.
     op = return_held_deposit(world.ctx, held, address=address(world), reason="pay back", actor="o")
     assert (op.status, op.step) == ("returned", "done")
     assert figures(world) == GuardFigures(
-        supply=MINTED, reserves=MINTED + HELD, pending_redemptions=0, pending_payouts=HELD
+        supply=MINTED,
+        reserves=MINTED + HELD,
+        pending_redemptions=0,
+        pending_payouts=HELD,
+        unminted_deposits=0,
     )
-    # The excess is gone: no operator payout fits, however small.
+    # No excess: no operator payout fits, however small.
     with pytest.raises(MintGuardError) as refused:
         operator_payout(world, "ops-1", 60_000)
     assert refused.value.code == 30
+    # The exchange's own Bitcoin may be paid out in full: the returned deposit is counted once
+    # (as the return payout), not also as owed for a mint.
+    surplus(world)
+    assert operator_payout(world, "ops-1", SURPLUS).status == "queued"
+    with pytest.raises(MintGuardError):
+        operator_payout(world, "ops-2", 60_000)
     assert not world.halted()
+
+
+def test_a_return_payout_requested_while_still_held_is_counted_once(world: World) -> None:
+    """A return left half-done by an older version: its payout queued, the operation held."""
+    held = minted_and_held(world)
+    returned = request_payout(
+        world.db.uow,
+        world.wallet,
+        world.settings,
+        payout_id=f"return:{held}",
+        address=address(world),
+        amount_sats=HELD,
+        kind="return",
+        requested_by="officer",
+        clock=world.clock,
+    )
+    assert returned.status == "queued"
+    assert world.operation(held).status == "held"
+    assert figures(world) == GuardFigures(
+        supply=MINTED,
+        reserves=MINTED + HELD,
+        pending_redemptions=0,
+        pending_payouts=HELD,
+        unminted_deposits=0,
+    )
+    surplus(world)
+    assert operator_payout(world, "ops-1", SURPLUS).status == "queued"
+    # Its payout cancelled, the held deposit is owed again.
+    cancel_payout(world.db.uow, payout_id=f"return:{held}", cancelled_by="ops", clock=world.clock)
+    assert figures(world).unminted_deposits == HELD
 
 
 def test_a_cancelled_payout_stops_counting(world: World) -> None:
     minted_and_held(world)
-    operator_payout(world, "ops-1", HELD)
-    assert figures(world).pending_payouts == HELD
+    surplus(world)
+    operator_payout(world, "ops-1", SURPLUS)
+    assert figures(world).pending_payouts == SURPLUS
     cancel_payout(world.db.uow, payout_id="ops-1", cancelled_by="ops", clock=world.clock)
     assert figures(world).pending_payouts == 0
-    assert operator_payout(world, "ops-2", HELD).status == "queued"
+    assert operator_payout(world, "ops-2", SURPLUS).status == "queued"
 
 
 def _output(db: bootstrap.Database, n: int, amount: int, *, batch: str, spent: bool) -> None:

@@ -238,12 +238,25 @@ class GuardFigures:
     ``reserves``, so a payout leaves both figures at once. A payout of another kind (an
     operator's, a held deposit's return), not cancelled or failed, counts from its request
     (with no batch yet it is pending) until the watcher saw its inputs spent, by the same
-    rule."""
+    rule.
+
+    ``unminted_deposits``: customers' confirmed deposits owed as iSTSi not minted yet (or to be
+    paid back): the amounts of the ``bitcoin_deposit`` operations not closed (waiting at KYC,
+    held for an officer, stuck, or before their mint) whose custody output is confirmed in the
+    active chain and that have no mint record but a ``failed`` one (a mint not failed is in
+    ``supply`` already). A deposit being returned is closed (``returned``) before its return
+    payout is requested, which then counts in ``pending_payouts``; a deposit whose return
+    payout (``return:<operation id>``) exists, not cancelled or failed, is left out too: it
+    is counted once. Only a
+    payout other than a redemption is held to it (:mod:`sluice.services.btc_payouts`); the mint
+    rule (:meth:`allows`) leaves it out, since a mint turns an unminted deposit into supply and
+    adds nothing owed (counting it there would count the deposit being minted twice)."""
 
     supply: int
     reserves: int
     pending_redemptions: int
     pending_payouts: int = 0
+    unminted_deposits: int = 0
 
     @property
     def pending(self) -> int:
@@ -371,9 +384,11 @@ class IssuanceRepository(Protocol):
         after the other; returns the switches as they are."""
         ...
 
-    def guard_figures(self) -> GuardFigures:
+    def guard_figures(self, *, paying: str | None = None) -> GuardFigures:
         """The guard's figures from the database (``supply`` from our records only; the caller
-        takes the ledger's supply into account)."""
+        takes the ledger's supply into account). ``paying``: the id of a custody payout being
+        requested; a deposit it returns (``return:<operation id>``) is left out of
+        ``unminted_deposits``, as that payout is what will count it."""
         ...
 
     def minting_state(self) -> MintingState: ...

@@ -237,12 +237,14 @@ def request_payout(
     changes nothing.
 
     A payout of any kind but ``redemption`` (an operator's, a held deposit's return) must not
-    spend Bitcoin that backs iSTSi in circulation: in the transaction that inserts it, under
-    the mint guard's lock, it is refused with :class:`MintGuardError` (30) when
-    ``supply > reserves − pending − amount_sats`` (the mint guard's figures; ``pending``
-    includes the other custody payouts not yet paid) while iSTSi is in circulation
-    (``supply > 0``; with none, nothing is backed and a payout may wait for its coins as
-    before). Nothing is written then and the refusal is audited (``btc_payout_refused``);
+    spend Bitcoin that backs iSTSi in circulation or is owed for a deposit not minted yet: in
+    the transaction that inserts it, under the mint guard's lock, it is refused with
+    :class:`MintGuardError` (30) when
+    ``supply + unminted_deposits > reserves − pending − amount_sats`` (the mint guard's
+    figures; ``pending`` includes the other custody payouts not yet paid; a deposit being
+    returned is counted by its return payout only) while anything is owed
+    (``supply > 0`` or ``unminted_deposits > 0``; with neither, a payout may wait for its
+    coins as before). Nothing is written then and the refusal is audited (``btc_payout_refused``);
     minting is not halted (nothing was breached). The
     supply is our records' (mints not failed, minus burns committed): the ledger's supply is not
     available to this service. A redemption's payout is not checked: its iSTSi was burned
@@ -331,26 +333,37 @@ def request_payout(
 
 
 def _dips_into_backing(uow: UnitOfWork, payout_id: str, kind: str, amount_sats: int) -> str | None:
-    """Why a custody payout of ``kind`` (not a redemption) would spend Bitcoin that backs iSTSi
-    in circulation, else None: refused when ``supply > reserves − pending − amount``. The
+    """Why a custody payout of ``kind`` (not a redemption: an operator's, a held deposit's
+    return) would spend Bitcoin that is owed, else None: refused when it would leave less than
+    ``supply + pending + unminted deposits`` in custody, i.e. when
+    ``supply + unminted > reserves − pending − amount``. Owed are the iSTSi in circulation, the
+    redemptions and other payouts pending, and the customers' deposits confirmed and not minted
+    yet (waiting at KYC, held for an officer, before their mint: each is minted or returned
+    later, and an operator payout that spent one would leave its mint refused by the guard). A
+    deposit's own return is not held to its own amount: the return closes the operation
+    (``returned``, step ``returning``) before it requests the payout, and the figures leave out
+    the deposit this payout returns (``paying``), so it counts once, as this payout. The
     supply is our records' (mints not failed, minus burns committed): this service has no
     ledger to ask, and the mint guard, which does, still refuses any mint the payout leaves
-    uncovered. With no iSTSi in circulation nothing is backed, and a payout may be queued
-    before the coins that pay it are confirmed (the payouts worker waits for them, with an
-    alert), as without issuance. Read under the guard's lock (the caller took it)."""
-    figures = uow.issuance.guard_figures()
-    if figures.supply <= 0:
+    uncovered. With no iSTSi in circulation and no deposit
+    owed, nothing is owed, and a payout may be queued before the coins that pay it are
+    confirmed (the payouts worker waits for them, with an alert), as without issuance. Read
+    under the guard's lock (the caller took it)."""
+    figures = uow.issuance.guard_figures(paying=payout_id)
+    owed = figures.supply + figures.unminted_deposits
+    if figures.supply <= 0 and figures.unminted_deposits <= 0:
         return None
     cover = figures.reserves - figures.pending - amount_sats
-    if figures.supply <= cover:
+    if owed <= cover:
         return None
-    excess = max(0, figures.reserves - figures.pending - figures.supply)
+    excess = max(0, figures.reserves - figures.pending - owed)
     return (
-        f"the {kind} payout {payout_id} of {amount_sats} sats would spend Bitcoin that backs "
-        f"iSTSi in circulation: the reserves of {figures.reserves} sats less "
-        f"{figures.pending} sats of pending outflows less this payout would fall "
-        f"below the iSTSi supply of {figures.supply} sats (our records); at most {excess} sats "
-        "of excess Bitcoin can be paid out now"
+        f"the {kind} payout {payout_id} of {amount_sats} sats would spend Bitcoin that is owed: "
+        f"the reserves of {figures.reserves} sats less {figures.pending} sats of pending "
+        f"outflows less this payout would fall below the iSTSi supply of {figures.supply} sats "
+        f"(our records) plus {figures.unminted_deposits} sats of customers' deposits not minted "
+        f"yet (to be minted or returned); at most {excess} sats of excess Bitcoin can be paid "
+        "out now"
     )
 
 

@@ -31,6 +31,7 @@ from sqlalchemy import (
     Row,
     String,
     and_,
+    cast,
     delete,
     exists,
     func,
@@ -40,7 +41,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.sql import Executable
+from sqlalchemy.sql import Executable, Select
 
 from sluice.domain.deposits import Alert
 from sluice.ports.issuance import (
@@ -78,6 +79,10 @@ REDEMPTION_CLOSED_STATUSES = ("completed", "compensated", "resolved", "returned"
 REDEMPTION_PAYOUT_PREFIX = "redeem:"
 # Custody payouts that will never be paid (no batch of theirs can be mined).
 PAYOUT_CLOSED_STATUSES = ("cancelled", "failed")
+# A deposit's operation id: btc-deposit:<txid>:<vout> (sluice.services.issuance_intake).
+DEPOSIT_OPERATION_PREFIX = "btc-deposit:"
+# A held deposit's return payout id (services/issuance_held.return_payout_id).
+RETURN_PAYOUT_PREFIX = "return:"
 
 
 def _json_of(text: str | None) -> dict[str, Any]:
@@ -403,7 +408,7 @@ class SqlIssuanceRepository:
             self._c.execute(bump)
         return self.minting_state()
 
-    def guard_figures(self) -> GuardFigures:
+    def guard_figures(self, *, paying: str | None = None) -> GuardFigures:
         minted = select(func.coalesce(func.sum(issuance_mints.c.amount_sats), 0)).where(
             issuance_mints.c.status != "failed"
         )
@@ -467,6 +472,7 @@ class SqlIssuanceRepository:
                 reserves.scalar_subquery().label("reserves"),
                 pending.scalar_subquery().label("pending"),
                 other_pending.scalar_subquery().label("other_pending"),
+                _unminted_deposits(paying).scalar_subquery().label("unminted"),
             )
         ).one()
         return GuardFigures(
@@ -474,6 +480,7 @@ class SqlIssuanceRepository:
             reserves=int(row.reserves),
             pending_redemptions=int(row.pending),
             pending_payouts=int(row.other_pending),
+            unminted_deposits=int(row.unminted),
         )
 
     def minting_state(self) -> MintingState:
@@ -637,3 +644,41 @@ class SqlIssuanceRepository:
 
     def add_alerts(self, alerts: Sequence[Alert], at: datetime) -> int:
         return sum(insert_alert(self._c, alert, at) for alert in alerts)
+
+
+def _unminted_deposits(paying: str | None) -> Select[tuple[Any]]:
+    """The sum of the customers' deposits owed as iSTSi not minted yet: ``bitcoin_deposit``
+    operations not closed, whose custody output is confirmed in the active chain (one a reorg
+    took away, or not confirmed again yet, is not in custody: nothing is owed for it until it
+    is), with no mint record but a ``failed`` one (a mint not failed is in the supply already).
+    A deposit being paid back is counted by its return payout instead, never twice: a returned
+    operation is closed before its payout is requested, and one whose return payout
+    (``return:<operation id>``) exists and is not cancelled or failed, or is the payout
+    ``paying`` being requested, is left out here."""
+    ops, outputs, payouts = issuance_operations.c, btc_outputs.c, btc_payouts.c
+    return_id = literal(RETURN_PAYOUT_PREFIX, String) + ops.id
+    minted = exists().where(
+        issuance_mints.c.operation_id == ops.id, issuance_mints.c.status != "failed"
+    )
+    in_custody = exists().where(
+        outputs.kind == "deposit",
+        outputs.status.in_(RESERVE_STATUSES),
+        ops.id
+        == literal(DEPOSIT_OPERATION_PREFIX, String)
+        + outputs.txid
+        + literal(":", String)
+        + cast(outputs.vout, String),
+    )
+    being_returned = exists().where(
+        payouts.id == return_id, payouts.status.not_in(PAYOUT_CLOSED_STATUSES)
+    )
+    conditions = [
+        ops.type == "bitcoin_deposit",
+        ops.status.not_in(REDEMPTION_CLOSED_STATUSES),
+        in_custody,
+        ~minted,
+        ~being_returned,
+    ]
+    if paying is not None:
+        conditions.append(return_id != literal(paying, String))
+    return select(func.coalesce(func.sum(ops.amount_sats), 0)).where(*conditions)

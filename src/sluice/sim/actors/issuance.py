@@ -18,19 +18,15 @@ customers' payout addresses are scripts of their own, one per redemption, so the
 see each redemption paid at most once.
 
 The float — :data:`FLOAT_OUTPUTS` × :data:`FLOAT_SATS` of the exchange's own Bitcoin in custody,
-sent from a script no address reads, so the ``kyc`` step holds it (fail closed) and no iSTSi is
-ever minted against it — exists for one reason: the Bitcoin actor's *operator payouts* (kind
-``operator``, :func:`sluice.sim.actors.bitcoin.request`). Every other custody deposit of the run
-is minted one for one, so without the float the reserves are exactly the supply plus what the
-pending redemptions will pay; an operator payout paid out of those outputs then takes the
-confirmed reserves below the supply: ``istsi_reserves`` fails, or the next mint is refused by the
-guard (minting halted, the deposit ``stuck`` at ``mint``). Tried without the float: 24 of 30
-seeds × 150 steps fail so; without the float *and* without operator payouts, 60 seeds pass (the
-change of a payout in flight no longer needs it, since the guard counts that change as reserves
-and the redemption as pending only from its burn until its inputs are spent). This is a product
-issue to report: :func:`sluice.services.btc_payouts.request_payout` does not hold a payout that
-burns no iSTSi to the mint guard's figures, so nothing stops an operator paying out Bitcoin that
-backs the iSTSi in circulation.
+paid to a custody *change* address (``K/1/*``: no deposit, no customer, nothing to mint or
+return) — exists for one reason: the Bitcoin actor's *operator payouts* (kind ``operator``,
+:func:`sluice.sim.actors.bitcoin.request`). Every custody deposit of the run is owed: minted one
+for one, or (held by KYC) minted once released or paid back, and the guard holds a payout other
+than a redemption to the supply plus the deposits not minted yet
+(:func:`sluice.services.btc_payouts.request_payout`). Without the float every operator payout
+would be refused; a float of held deposits would not do either, since those are owed to their
+senders (the reserves document counts them as owed, and an operator payout that spent one would
+leave its mint refused by the guard once released).
 """
 
 from __future__ import annotations
@@ -50,7 +46,7 @@ from sluice.domain.errors import (
 )
 from sluice.ledger.local.issuer import EmbeddedIssuerLedger, create_istsi
 from sluice.ports.issuance import IssuanceOperation, amount_to_sats, sats_to_amount
-from sluice.services.btc_addresses import deposit_address
+from sluice.services.btc_addresses import change_address, deposit_address
 from sluice.services.compliance_officer import flag_address, freeze_customer, unfreeze_customer
 from sluice.services.issuance_held import release_held_deposit
 from sluice.services.issuance_operations import DEFINITIONS
@@ -81,11 +77,10 @@ DEPOSIT_SATS = (100_000, 3_000_000)
 REDEEM_SATS = (100_000, 1_500_000)  # at least the payout fee cap and the dust limit
 HOLDER_SHARE = 0.8  # of new redemptions, asked by a customer holding enough iSTSi
 SENDERS_PER_CUSTOMER = 2
-# The exchange's own Bitcoin in custody (deposits of the first customer from an unreadable source,
-# held by the KYC step and never released): the Bitcoin actor's operator payouts come out of it,
-# not out of the reserves that back the iSTSi minted (see the module's docstring).
+# The exchange's own Bitcoin in custody (paid to a change address: no deposit, nothing owed for
+# it): the Bitcoin actor's operator payouts come out of it, not out of the Bitcoin that backs the
+# iSTSi minted or is owed for a deposit (see the module's docstring).
 FLOAT_OUTPUTS, FLOAT_SATS = 20, 50_000_000
-FLOAT_SENDER = "51"  # a script no address reads: the KYC step holds what it sends (fail closed)
 _R = TypeVar("_R")
 
 
@@ -162,14 +157,11 @@ def world(sim: SimulationState) -> IssuanceWorld:
         bitcoin=bitcoin.settings,
         settings=ROUTER_SETTINGS,
     )
-    float_to = deposit_address(
-        sandbox.database.uow, bitcoin.wallet, sim.customer_ids[0], clock=sandbox.clock
-    )
     if FLOAT_OUTPUTS:
-        txid = bitcoin.node.fund_many(
-            [(float_to.script_hex, FLOAT_SATS)] * FLOAT_OUTPUTS, sender_script=FLOAT_SENDER
-        )
-        bitcoin.funded[txid] = (sim.customer_ids[0], FLOAT_SATS)
+        with sandbox.database.uow() as uow:
+            float_to = change_address(uow, bitcoin.wallet, sandbox.clock)
+            uow.commit()
+        bitcoin.node.fund_many([(float_to.script_hex, FLOAT_SATS)] * FLOAT_OUTPUTS)
         # Mined under more blocks than a reorg reaches, so neither an eviction nor a reorg's
         # dropped transaction can take it away.
         bitcoin.node.mine(REORG_DEPTH_MAX + 1)
@@ -401,7 +393,7 @@ def officer(sim: SimulationState) -> None:
             held = u.issuance.operations(status="held")
         if not held:
             return
-        # Only customers' deposits from their own wallets (the exchange's float stays held).
+        # Only customers' deposits from their own wallets.
         mine = [o for o in held if o.params.get("txid") in issuance.senders]
         if not mine:
             return
