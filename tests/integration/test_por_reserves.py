@@ -43,12 +43,13 @@ from sluice.domain.journal import (
     Posting,
     treasury_account_name,
 )
-from sluice.domain.ledger import InstrumentId
+from sluice.domain.ledger import Cursor, InstrumentId
 from sluice.por.documents import Root
 from sluice.ports.bitcoin_watch import FoundOutput, WatchedBlock
 from sluice.ports.reserves import PorSnapshot
 from sluice.services.por_reserves import read_obligations, reserves_document, store_reserves
 from sluice.services.por_reserves_verify import verify_reserves
+from sluice.services.por_snapshots import take_snapshot
 from sluice.services.reserves_settings import ReservesContext, ReservesSettings
 
 CHAIN = CHAINS["regtest"]
@@ -309,3 +310,41 @@ def test_the_other_obligations_are_read_and_owed_with_the_liabilities(sandbox: S
     result = verify_reserves(document, descriptor=sandbox.descriptor, istsi=ISTSI.key())
     assert result.valid, result.reasons
     assert any("operator's own statement" in note for note in result.notes)
+
+
+class AtOffsets:
+    """A participant's reader that holds nothing for the treasury and records the offsets it
+    was asked the active contracts at (it answers earlier offsets: no active_contracts_at_end)."""
+
+    def __init__(self, end: int) -> None:
+        self.end = end
+        self.asked: list[int | None] = []
+
+    def ledger_end(self) -> int:
+        return self.end
+
+    def active_contracts(self, party: str, at_offset: int | None = None) -> list[Any]:
+        self.asked.append(at_offset)
+        return []
+
+
+def test_a_snapshot_reads_the_treasury_at_the_journals_offset(sandbox: Sandbox) -> None:
+    """take_snapshot reads ingestion's cursor with the liabilities and the other obligations,
+    and the Canton part is read at exactly that offset although the ledger moved on."""
+    reader = AtOffsets(end=40)
+    ctx = replace(sandbox.ctx, ledger=reader, connection="treasury-exchange")
+    with ctx.uow() as uow:
+        uow.ingestion.set_cursor("treasury-exchange", ctx.treasury, Cursor(17, None, None, None))
+        uow.commit()
+    take_snapshot(ctx, snapshot_id="snap-at-17")
+    with ctx.uow() as uow:
+        stored = uow.reserves.snapshot("snap-at-17")
+    assert stored is not None and stored.reserves is not None
+    canton = stored.reserves["canton"]
+    assert (canton["read_mode"], canton["offset"], canton["journal_offset"]) == (
+        "at_journal_offset",
+        17,
+        17,
+    )
+    assert reader.asked == [17]
+    assert verify_reserves(stored.reserves, descriptor=sandbox.descriptor).valid

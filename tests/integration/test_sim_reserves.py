@@ -22,6 +22,7 @@ from sluice.domain.journal import (
     treasury_account_name,
 )
 from sluice.sandbox import Sandbox
+from sluice.services import por_snapshots as por_snapshots_service
 from sluice.sim import run_simulation
 from sluice.store.bitcoin_tables import btc_outputs
 from sluice.store.reserves_tables import por_leaves, por_roots, por_snapshots
@@ -48,6 +49,15 @@ POSTGRES_SEED = 1
 TAMPER_STEPS = 120
 
 Tamper = Callable[[int, Sandbox], None]
+
+
+@pytest.fixture(autouse=True)
+def _no_cached_trees() -> None:
+    """Each run starts without the process's cache of rebuilt liability trees: two runs of one
+    seed publish the same snapshot id under the same secret, so a tree the untampered run
+    rebuilt would answer the tampered run's proofs instead of its own (changed) stored leaves."""
+    with por_snapshots_service._trees_lock:
+        por_snapshots_service._trees.clear()
 
 
 def test_seeds_keep_the_reserves_guarantees_through_crashes_and_faults() -> None:

@@ -6,7 +6,12 @@ sources themselves, signed by the custody keys, and set against the snapshot's l
   issued plus ``scan_gap``), grouped by address with each address's branch and index, so a
   verifier derives every address from the published descriptor and counts no one else's coins.
 * **Canton tokens**: the treasury's holdings per instrument from the ledger's active contracts at
-  one offset, contract by contract.
+  one offset, contract by contract: the journal's offset (ingestion's cursor when the liabilities
+  and the other obligations were read) when the reader answers earlier offsets (a participant);
+  else the ledger's end (the embedded ledger), and when that end is not the journal's offset
+  the holdings and what is owed are of different moments — a withdrawal paid on the ledger and
+  not yet ingested is gone from the holdings but still in flight in the journal — so each token
+  report's cover is stated as undetermined (``null``, with the reason), never as false or true.
 * **Reports**: per instrument, reserves against what is owed: the snapshot's liabilities (the
   customers' balances in the tree) plus the other obligations the reserves also answer for, read
   from the Integration DB (:func:`read_obligations`): for iSTSi, redemptions burned and not yet
@@ -48,8 +53,11 @@ from sluice.ports import LedgerReadError, UnitOfWork
 from sluice.ports.bitcoin import BitcoinNodeError, CustodyWallet, DigestSigner
 from sluice.services.reserve_sources import (
     CustodyScan,
+    LedgerHoldings,
     ScannedOutput,
     read_ledger_holdings,
+    read_ledger_holdings_at,
+    reads_at_offset,
     scan_custody,
 )
 from sluice.services.reserves import OTHER, journal_books
@@ -61,13 +69,14 @@ __all__ = [
     "canonical_json",
     "custody_ranges",
     "document_digest",
+    "read_journal_offset",
     "read_obligations",
     "reserves_document",
     "store_reserves",
 ]
 
 BRANCHES = (0, 1)  # 0: deposits (K/0/*), 1: change (K/1/*)
-FORMAT = "sluice-reserves/2"
+FORMAT = "sluice-reserves/3"
 UNSIGNED_FIELDS = ("digest", "signatures")  # what the digest does not cover
 # iSTSi's obligations besides its journal's: outflows and inflows of Bitcoin not in the tree.
 PENDING_REDEMPTIONS = "pending_redemptions"
@@ -129,23 +138,32 @@ def reserves_document(
     taken_at: datetime,
     liabilities: Mapping[str, int],
     obligations: Obligations | None = None,
+    *,
+    journal_offset: int | None = None,
 ) -> dict[str, Any]:
     """The reserves document of snapshot ``snapshot_id``: the Bitcoin part, the Canton part and
     a report per instrument against ``liabilities`` (units owed to customers, by instrument key)
-    plus ``obligations`` (the other units owed, by instrument key and kind; read now from the
-    Integration DB when not given — best read in the liabilities' own transaction), with its
-    digest and the custody keys' signatures. Reads the node and the ledger now."""
+    plus ``obligations`` (the other units owed, by instrument key and kind), with its digest and
+    the custody keys' signatures. Reads the node and the ledger now.
+
+    ``journal_offset`` is ingestion's cursor when the liabilities and obligations were read (in
+    one transaction: :func:`read_journal_offset`); None: not known, and the token reports' cover
+    is then undetermined. When ``obligations`` is not given, they and the journal's offset are
+    read now, together (the given ``journal_offset`` is then not used)."""
     for instrument, units in liabilities.items():
         _check_units(units, f"liabilities of {instrument}")
     if obligations is None:
         with ctx.uow() as uow:
+            before = read_journal_offset(uow, ctx.connection)
             obligations = read_obligations(uow, ctx.istsi)
+            after = read_journal_offset(uow, ctx.connection)
+        journal_offset = before if before == after else None
     for instrument, kinds in obligations.items():
         for kind, units in kinds.items():
             _check_units(units, f"obligations of {instrument} ({kind})")
     istsi = ctx.istsi.key() if ctx.istsi is not None else None
     bitcoin = _bitcoin_part(ctx, istsi)
-    canton = _canton_part(ctx)
+    canton = _canton_part(ctx, journal_offset)
     content: dict[str, Any] = {
         "format": FORMAT,
         "snapshot_id": snapshot_id,
@@ -161,6 +179,17 @@ def reserves_document(
 def _check_units(units: Any, where: str) -> None:
     if isinstance(units, bool) or not isinstance(units, int) or units < 0:
         raise InvalidInputError(f"{where}: {units!r} is not units ≥ 0")
+
+
+def read_journal_offset(uow: UnitOfWork, connection: str | None) -> int | None:
+    """The offset the journal is at: ingestion's cursor on ``connection`` (the treasury's node),
+    read in ``uow``'s transaction; None when the connection is not known or nothing is ingested
+    yet. On PostgreSQL each statement reads its own snapshot: read it before and after the
+    figures, and take it only when both agree (no batch was ingested in between)."""
+    if connection is None:
+        return None
+    cursor = uow.ingestion.load_cursor(connection)
+    return cursor.offset if cursor is not None else None
 
 
 def read_obligations(uow: UnitOfWork, istsi: InstrumentId | None) -> dict[str, dict[str, int]]:
@@ -321,17 +350,36 @@ def _signatures(wallet: CustodyWallet | None, digest: bytes) -> list[dict[str, s
 # --- Canton --------------------------------------------------------------------------------------
 
 
-def _canton_part(ctx: ReservesContext) -> dict[str, Any]:
+def _canton_part(ctx: ReservesContext, journal_offset: int | None) -> dict[str, Any]:
+    """The treasury's holdings at the journal's offset when the reader answers earlier offsets
+    and the offset is known, else at the ledger's end; ``offset`` is where they were read,
+    ``journal_offset`` where the journal (the liabilities and obligations) is."""
     if ctx.ledger is None:
         return {"read": False, "reason": "no ledger reader in this process", "party": ctx.treasury}
+    at_journal = journal_offset is not None and reads_at_offset(ctx.ledger)
     try:
-        read = read_ledger_holdings(ctx.ledger, ctx.treasury)
+        read: LedgerHoldings
+        if at_journal and journal_offset is not None:
+            read = read_ledger_holdings_at(ctx.ledger, ctx.treasury, journal_offset)
+        else:
+            read = read_ledger_holdings(ctx.ledger, ctx.treasury)
     except (LedgerReadError, InvalidInputError) as exc:
         return {
             "read": False,
             "reason": f"the ledger could not be read: {exc}",
             "party": ctx.treasury,
         }
+    return {
+        "read": True,
+        "party": read.party,
+        "read_mode": "at_journal_offset" if at_journal else "at_ledger_end",
+        "offset": read.offset,
+        "journal_offset": journal_offset,
+        "instruments": _holdings_json(ctx, read),
+    }
+
+
+def _holdings_json(ctx: ReservesContext, read: LedgerHoldings) -> list[dict[str, Any]]:
     instruments = []
     for instrument in sorted(read.totals(), key=InstrumentId.key):
         decimals = decimals_for(instrument, ctx.istsi)
@@ -357,7 +405,28 @@ def _canton_part(ctx: ReservesContext) -> dict[str, Any]:
                 "total": format_units(total, decimals),
             }
         )
-    return {"read": True, "party": read.party, "offset": read.offset, "instruments": instruments}
+    return instruments
+
+
+def canton_undetermined(canton: Mapping[str, Any]) -> str | None:
+    """Why the Canton part's holdings cannot be set against the journal's figures (read at
+    another offset than the journal's, or the journal's offset not known), or None when they
+    can (or the ledger was not read: then there are no reserves to set against anything). The
+    verifier asks the same of the document."""
+    if canton.get("read") is not True:
+        return None
+    offset, journal = canton.get("offset"), canton.get("journal_offset")
+    if journal is None:
+        return (
+            f"the ledger was read at offset {offset}, the journal's offset (where the "
+            "liabilities and other obligations were read) is not known: cover undetermined"
+        )
+    if offset != journal:
+        return (
+            f"the ledger was read at offset {offset}, the liabilities and other obligations at "
+            f"the journal's offset {journal}: of different moments, cover undetermined"
+        )
+    return None
 
 
 # --- reports -------------------------------------------------------------------------------------
@@ -371,10 +440,12 @@ def _reports(
     obligations: Obligations,
 ) -> list[dict[str, Any]]:
     held = {i["instrument"]: i for i in canton.get("instruments", ())}
+    undetermined = canton_undetermined(canton)
     keys = set(liabilities) | set(held) | ({istsi} if istsi is not None else set())
     reports = []
     for key in sorted(keys):
         decimals = ISTSI_DECIMALS if key == istsi else TOKEN_DECIMALS
+        why_undetermined = None
         if key == istsi:
             source, part = "bitcoin", bitcoin
             reserves = int(bitcoin["total_sats"]) if bitcoin.get("read") else None
@@ -385,29 +456,45 @@ def _reports(
                 reserves = None
             if key in held:
                 decimals = int(held[key]["decimals"])
+            why_undetermined = undetermined
+        owed = owed_fields(
+            liabilities.get(key, 0),
+            obligations.get(key, {}),
+            decimals,
+            reserves,
+            determined=why_undetermined is None,
+        )
         reports.append(
             {
                 "instrument": key,
                 "reserves_source": source,
                 "decimals": decimals,
                 "reserves_read": reserves is not None,
-                "reason": None if reserves is not None else part.get("reason"),
+                "reason": why_undetermined if reserves is not None else part.get("reason"),
                 "reserves_units": str(reserves) if reserves is not None else None,
                 "reserves": format_units(reserves, decimals) if reserves is not None else None,
             }
-            | owed_fields(liabilities.get(key, 0), obligations.get(key, {}), decimals, reserves)
+            | owed
         )
     return reports
 
 
 def owed_fields(
-    liabilities: int, obligations: Mapping[str, int], decimals: int, reserves: int | None
+    liabilities: int,
+    obligations: Mapping[str, int],
+    decimals: int,
+    reserves: int | None,
+    *,
+    determined: bool = True,
 ) -> dict[str, Any]:
     """A report's figures of what is owed, and the cover flag and ratio of ``reserves`` against
-    their sum (both None when the reserves were not read): the verifier recomputes them with
-    this same function from the document's numbers."""
+    their sum (both None when the reserves were not read, or were read at another moment than
+    what is owed: not ``determined``): the verifier recomputes them with this same function from
+    the document's numbers."""
     other = sum(obligations.values())
     owed = liabilities + other
+    if not determined:
+        reserves = None
     ratio = ratio_bps(reserves, owed) if reserves is not None else None
     return {
         "liabilities_units": str(liabilities),

@@ -8,6 +8,11 @@ Bitcoin (for example the treasury's own holdings of that very token, which are c
 in custody and would "cover" any liabilities), is refused. A report's other obligations are the
 operator's own statement; the cover flag and the ratio are recomputed against the liabilities
 plus them, with the same function the document was made with.
+
+A token report whose Canton holdings were read at another ledger offset than the journal's (the
+embedded ledger answers at its end only, and ingestion may trail it) states its cover and ratio
+as ``null`` with the reason: the verifier recomputes that too and shows the cover as
+``undetermined`` — neither covered nor a false document.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Any
 
 from sluice.domain.reserves import ISTSI_DECIMALS, UNITS_LIMIT, format_units
 from sluice.por.documents import Root
-from sluice.services.por_reserves import DocumentError, owed_fields
+from sluice.services.por_reserves import DocumentError, canton_undetermined, owed_fields
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _UNITS = re.compile(r"0|[1-9][0-9]{0,38}")  # below 2^127, which has 39 digits
@@ -33,7 +38,11 @@ COVERAGE_FIELDS = (
     "owed_units",
     "reserves_cover_liabilities",
     "ratio_bps",
+    "reason",
 )
+# What the verifier shows of each report's cover (the ``cover`` coverage field).
+COVERED, NOT_COVERED, UNDETERMINED, NOT_READ = "covered", "not_covered", "undetermined", "not_read"
+READ_MODES = ("at_journal_offset", "at_ledger_end")
 # A report's fields that only a read source fills.
 _READ_ONLY_FIELDS = (
     "reserves_units",
@@ -87,14 +96,26 @@ def items(value: Any, where: str) -> list[Any]:
 
 
 def coverage(reports: Any) -> tuple[Mapping[str, Any], ...]:
-    """What the document reports per instrument (:data:`COVERAGE_FIELDS`)."""
+    """What the document reports per instrument (:data:`COVERAGE_FIELDS`), with ``cover``:
+    ``covered``, ``not_covered``, ``undetermined`` (reserves read, but at another moment than
+    what is owed) or ``not_read``."""
     if not isinstance(reports, list):
         return ()
     return tuple(
-        {name: report.get(name) for name in COVERAGE_FIELDS}
+        {name: report.get(name) for name in COVERAGE_FIELDS} | {"cover": cover_state(report)}
         for report in reports
         if isinstance(report, Mapping)
     )
+
+
+def cover_state(report: Mapping[str, Any]) -> str:
+    """A report's cover in one word (see :func:`coverage`)."""
+    if report.get("reserves_read") is not True:
+        return NOT_READ
+    covered = report.get("reserves_cover_liabilities")
+    if covered is None:
+        return UNDETERMINED
+    return COVERED if covered is True else NOT_COVERED
 
 
 def check_canton(canton: Mapping[str, Any], found: Findings) -> dict[str, int] | None:
@@ -103,7 +124,21 @@ def check_canton(canton: Mapping[str, Any], found: Findings) -> dict[str, int] |
     if canton.get("read") is not True:
         found.notes.append(f"the ledger was not read: {canton.get('reason') or 'not stated'}")
         return None
-    integer(canton.get("offset"), "canton.offset")
+    offset = integer(canton.get("offset"), "canton.offset")
+    journal = canton.get("journal_offset")
+    if journal is not None:
+        integer(journal, "canton.journal_offset")
+    mode = canton.get("read_mode")
+    if mode not in READ_MODES:
+        raise DocumentError(f"canton.read_mode {mode!r} is not one of {', '.join(READ_MODES)}")
+    if mode == "at_journal_offset" and offset != journal:
+        found.reasons.append(
+            f"canton.read_mode says the ledger was read at the journal's offset, but offset "
+            f"{offset} is not journal_offset {journal!r}"
+        )
+    why = canton_undetermined(canton)
+    if why is not None:
+        found.notes.append(f"the Canton reports' cover is undetermined: {why}")
     totals: dict[str, int] = {}
     contract_ids: set[str] = set()
     for number, item in enumerate(items(canton.get("instruments"), "canton.instruments")):
@@ -161,11 +196,14 @@ def check_reports(
     found: Findings,
     *,
     istsi: str | None = None,
+    canton: Mapping[str, Any] | None = None,
 ) -> None:
     """Every report's reserves follow from the parts, its owed figures from its liabilities and
-    other obligations, its cover flag and ratio from both; every instrument with reserves (and
-    the Bitcoin-backed one) has a report."""
+    other obligations, its cover flag and ratio from both (``null`` for a Canton report when
+    ``canton``, the document's Canton part, was read at another offset than the journal's);
+    every instrument with reserves (and the Bitcoin-backed one) has a report."""
     backed = custody_instrument(bitcoin, istsi, found)
+    undetermined = canton_undetermined(canton) if isinstance(canton, Mapping) else None
     seen: set[str] = set()
     expected = set(canton_totals or ()) | ({backed} if isinstance(backed, str) else set())
     any_obligations = False
@@ -193,7 +231,10 @@ def check_reports(
                 f"{where}: {instrument} is counted in satoshis: decimals must be "
                 f"{ISTSI_DECIMALS}, not {decimals}"
             )
-        any_obligations |= _check_owed(report, where, decimals, reserves, found)
+        determined = source != "canton" or undetermined is None
+        any_obligations |= _check_owed(report, where, decimals, reserves, found, determined)
+        if reserves is not None and not determined and not report.get("reason"):
+            found.reasons.append(f"{where}: states no reason its cover is undetermined")
         if report.get("reserves_read") is not (reserves is not None):
             found.reasons.append(f"{where}: reserves_read does not say whether {source} was read")
         if reserves is None:
@@ -214,10 +255,16 @@ def check_reports(
 
 
 def _check_owed(
-    report: Mapping[str, Any], where: str, decimals: int, reserves: int | None, found: Findings
+    report: Mapping[str, Any],
+    where: str,
+    decimals: int,
+    reserves: int | None,
+    found: Findings,
+    determined: bool,
 ) -> bool:
     """The report's owed figures, cover flag and ratio recomputed from its liabilities and other
-    obligations; answers whether it states any obligation above 0."""
+    obligations (cover and ratio null when not ``determined``); answers whether it states any
+    obligation above 0."""
     liabilities = units(report.get("liabilities_units"), f"{where}.liabilities_units")
     stated = report.get("other_obligations")
     if not isinstance(stated, Mapping):
@@ -226,7 +273,7 @@ def _check_owed(
         str(kind): units(value, f"{where}.other_obligations.{kind}")
         for kind, value in stated.items()
     }
-    expected = owed_fields(liabilities, obligations, decimals, reserves)
+    expected = owed_fields(liabilities, obligations, decimals, reserves, determined=determined)
     for name in _OWED_FIELDS:
         if report.get(name) != expected[name]:
             found.reasons.append(
@@ -237,7 +284,7 @@ def _check_owed(
         if report.get("reserves_cover_liabilities") is not expected["reserves_cover_liabilities"]:
             found.reasons.append(
                 f"{where}: reserves_cover_liabilities is wrong (reserves against liabilities "
-                "plus other obligations)"
+                "plus other obligations, null when read at another moment than the journal)"
             )
         if report.get("ratio_bps") != expected["ratio_bps"]:
             found.reasons.append(

@@ -16,7 +16,9 @@ What :func:`verify_reserves` guarantees when it answers ``valid``:
 * the Canton part's totals are the sums of its contracts, every instrument with reserves has a
   report, and every report's reserves follow from the parts, its cover flag and ratio from
   those reserves against its liabilities plus the other obligations it states (the operator's
-  own figures: see :mod:`sluice.services.por_reserves_report`);
+  own figures: see :mod:`sluice.services.por_reserves_report`) — ``null`` for a token whose
+  holdings were read at another ledger offset than the journal's, which the verdict shows as
+  ``undetermined`` (in ``coverage[].cover`` and a note), neither covered nor invalid;
 * when the caller pins the Bitcoin-backed instrument (``istsi``), the Bitcoin part names it and
   its report counts the custody's satoshis (8 decimals), never Canton holdings;
 * with the snapshot's published liabilities roots, every report's liabilities are its root's
@@ -177,7 +179,8 @@ class VerificationResult:
     istsi_pinned: bool = False
     # What the document reports per instrument (por_reserves_report.COVERAGE_FIELDS: instrument,
     # reserves_source, reserves_units, liabilities_units, other_obligations_units, owed_units,
-    # reserves_cover_liabilities, ratio_bps): checked when ``valid``.
+    # reserves_cover_liabilities, ratio_bps, reason; and cover: covered, not_covered,
+    # undetermined or not_read): checked when ``valid``.
     coverage: tuple[Mapping[str, Any], ...] = ()
 
     def as_json(self) -> dict[str, Any]:
@@ -248,6 +251,7 @@ def verify_reserves(
             canton_totals,
             found,
             istsi=istsi,
+            canton=canton,
         )
         if roots is not None:
             check_roots(document, roots, found)

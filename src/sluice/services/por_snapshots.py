@@ -99,15 +99,19 @@ def take_snapshot(
     taken_at = ctx.clock().astimezone(UTC)
     snapshot_id = check_snapshot_id(snapshot_id or default_snapshot_id(taken_at))
     started = time.monotonic()
-    from sluice.services.por_reserves import read_obligations
+    from sluice.services.por_reserves import read_journal_offset, read_obligations
 
     with ctx.uow() as uow:
         if uow.reserves.snapshot(snapshot_id) is not None:  # refused before any tree is built
             raise DuplicateOperationError(f"a snapshot {snapshot_id} exists already")
+        # The journal's offset (ingestion's cursor), read before and after the figures: the
+        # treasury's holdings are read at it, so reserves and what is owed are of one moment.
+        before = read_journal_offset(uow, ctx.connection)
         liabilities = read_liabilities(uow, ctx.istsi, instruments)
         # What else is owed, in the liabilities' own transaction (the reserves report's other
         # obligations: pending redemptions and payouts, suspense, holds, in flight, fees).
         obligations = read_obligations(uow, ctx.istsi)
+        journal_offset = before if read_journal_offset(uow, ctx.connection) == before else None
     log.info(
         "por: liabilities read",
         snapshot_id=snapshot_id,
@@ -118,7 +122,7 @@ def take_snapshot(
     trees = [_build(secret, snapshot_id, item) for item in liabilities]
     roots = [_published(tree.root(taken_at), taken_at) for tree in trees]
     _store(ctx.uow, snapshot_id, taken_at, liabilities, roots)
-    _attach_reserves(ctx, snapshot_id, taken_at, liabilities, obligations)
+    _attach_reserves(ctx, snapshot_id, taken_at, liabilities, obligations, journal_offset)
     log.info(
         "por: snapshot published",
         snapshot_id=snapshot_id,
@@ -335,15 +339,19 @@ def _attach_reserves(
     taken_at: datetime,
     liabilities: Sequence[Liabilities],
     obligations: Mapping[str, Mapping[str, int]],
+    journal_offset: int | None,
 ) -> None:
     """The reserves side of the snapshot (what backs each instrument, read from the sources
-    this process has, signed, against these liabilities), stored with it. The liabilities are
+    this process has, signed, against these liabilities and obligations, read at the journal's
+    ``journal_offset``), stored with it. The liabilities are
     published whatever happens here: a reserves document that cannot be made is logged."""
     from sluice.services.por_reserves import reserves_document, store_reserves
 
     owed = {item.key: item.total_units for item in liabilities}
     try:
-        document = reserves_document(ctx, snapshot_id, taken_at, owed, obligations)
+        document = reserves_document(
+            ctx, snapshot_id, taken_at, owed, obligations, journal_offset=journal_offset
+        )
         store_reserves(ctx, snapshot_id, document)
     except SluiceError as exc:
         log.warning(

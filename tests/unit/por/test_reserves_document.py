@@ -41,9 +41,10 @@ from sluice.bitcoin.keys import SandboxCustody, create_sandbox_custody, load_sig
 from sluice.bitcoin.wallet import EmbitCustodyWallet
 from sluice.domain.chains import CHAINS
 from sluice.domain.errors import InvalidInputError, NotFoundError
-from sluice.domain.ledger import InstrumentId
+from sluice.domain.ledger import Cursor, InstrumentId
 from sluice.ledger.local.engine import EmbeddedLedger
 from sluice.por.documents import Root
+from sluice.ports import LedgerReadError
 from sluice.ports.reserves import PorSnapshot
 from sluice.services.btc_addresses import deposit_address
 from sluice.services.por_reserves import (
@@ -58,6 +59,7 @@ from sluice.services.reserves_settings import ReservesContext, ReservesSettings
 CHAIN = CHAINS["regtest"]
 TAKEN_AT = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
 ISTSI = InstrumentId("issuer::1220ab", "iSTSi")
+CONNECTION = "treasury-exchange"
 Document = dict[str, Any]
 
 
@@ -93,10 +95,21 @@ class World:
     carol: str
     cc: InstrumentId
 
-    def document(self, **changes: Any) -> Document:
+    def document(self, *, caught_up: bool = True, **changes: Any) -> Document:
+        """The document, ingestion's cursor first moved to the ledger's end (``caught_up``: the
+        journal is at the offset the embedded ledger's holdings are read at) or left where it
+        is."""
+        if caught_up:
+            self.ingested_to(self.ledger.node_client("exchange").ledger_end())
         ctx = replace(self.ctx, **changes)
         liabilities = {ISTSI.key(): 200_000, self.cc.key(): 400_000_000_000}
         return reserves_document(ctx, "snap-1", TAKEN_AT, liabilities)
+
+    def ingested_to(self, offset: int) -> None:
+        """Ingestion's cursor on the treasury's connection at ``offset``."""
+        with self.ctx.uow() as uow:
+            uow.ingestion.set_cursor(CONNECTION, self.treasury, Cursor(offset, None, None, None))
+            uow.commit()
 
 
 @contextmanager
@@ -136,6 +149,7 @@ def new_world(tmp_path: Path, custody: SandboxCustody) -> Iterator[World]:
         node=chain,
         wallet=wallet,
         istsi=ISTSI,
+        connection=CONNECTION,
     )
     yield World(ctx, chain, wallet, custody, ledger, treasury, dso, carol, cc)
     db.dispose()
@@ -515,3 +529,115 @@ def test_a_change_to_any_value_fails_even_with_the_digest_recomputed(
     if path[0] != "digest":
         document["digest"] = document_digest(document).hex()
         assert not verify_reserves(document).valid, path
+
+
+# --- the Canton part at the journal's offset -----------------------------------------------------
+
+
+class KeptOffsets:
+    """A participant's reader over the embedded ledger: it answers the treasury's active
+    contracts at the offsets it kept (as a participant does within its pruning window)."""
+
+    def __init__(self, node: Any) -> None:
+        self.node = node
+        self.kept: dict[int, list[Any]] = {}
+        self.asked: list[int | None] = []
+
+    def keep(self, party: str) -> int:
+        end, items = self.node.active_contracts_at_end(party)
+        self.kept[int(end)] = items
+        return int(end)
+
+    def ledger_end(self) -> int:
+        return int(self.node.ledger_end())
+
+    def active_contracts(self, party: str, at_offset: int | None = None) -> list[Any]:
+        self.asked.append(at_offset)
+        if at_offset not in self.kept:
+            raise LedgerReadError(f"offset {at_offset} not kept", retryable=False)
+        return self.kept[at_offset]
+
+
+def test_holdings_at_the_ledgers_end_past_the_journal_leave_the_cover_undetermined(
+    world: World,
+) -> None:
+    """The embedded ledger answers at its end only: with ingestion behind it (a withdrawal paid
+    on the ledger and not ingested is gone from the holdings but still owed in the journal), the
+    token's cover is stated as undetermined, never as false, and the verifier shows it so."""
+    journal = world.ledger.node_client("exchange").ledger_end()
+    world.ingested_to(journal)
+    world.ledger.mint(world.treasury, world.cc, "1", reason="not ingested yet")
+    document = world.document(caught_up=False)
+    canton = document["canton"]
+    assert (canton["read_mode"], canton["journal_offset"]) == ("at_ledger_end", journal)
+    assert canton["offset"] > journal
+    reports = {r["instrument"]: r for r in document["reports"]}
+    token = reports[world.cc.key()]
+    assert token["reserves_read"] is True and token["reserves_units"] == "510000000000"
+    assert token["reserves_cover_liabilities"] is None and token["ratio_bps"] is None
+    assert f"offset {canton['offset']}" in token["reason"]
+    assert f"journal's offset {journal}" in token["reason"]
+    assert reports[ISTSI.key()]["reserves_cover_liabilities"] is True  # Bitcoin: unaffected
+    result = verify_reserves(document, descriptor=world.custody.descriptor)
+    assert result.valid, result.reasons
+    covers = {c["instrument"]: c["cover"] for c in result.coverage}
+    assert covers == {world.cc.key(): "undetermined", ISTSI.key(): "covered"}
+    assert any("cover is undetermined" in note for note in result.notes)
+    # Claiming the cover anyway, or the read at the journal's offset, is caught.
+    content = {k: v for k, v in document.items() if k not in ("digest", "signatures")}
+    claimed = copy.deepcopy(content)
+    for report in claimed["reports"]:
+        if report["instrument"] == world.cc.key():
+            report |= {"reserves_cover_liabilities": True, "ratio_bps": "12750"}
+    result = verify_reserves(resign(world, claimed), descriptor=world.custody.descriptor)
+    assert not result.valid
+    assert any("reserves_cover_liabilities is wrong" in r for r in result.reasons)
+    moved = copy.deepcopy(content)
+    moved["canton"]["read_mode"] = "at_journal_offset"
+    result = verify_reserves(resign(world, moved), descriptor=world.custody.descriptor)
+    assert not result.valid
+    assert any("read at the journal's offset" in r for r in result.reasons), result.reasons
+
+
+def test_an_unknown_journal_offset_leaves_the_cover_undetermined(world: World) -> None:
+    document = world.document(connection=None)
+    assert document["canton"]["journal_offset"] is None
+    token = next(r for r in document["reports"] if r["instrument"] == world.cc.key())
+    assert token["reserves_cover_liabilities"] is None and "not known" in token["reason"]
+    assert verify_reserves(document, descriptor=world.custody.descriptor).valid
+
+
+def test_a_participant_is_read_at_the_journals_offset(world: World) -> None:
+    """A reader that answers earlier offsets is asked for the holdings at exactly the journal's
+    offset, however far the ledger moved since: reserves and what is owed are of one moment."""
+    reader = KeptOffsets(world.ledger.node_client("exchange"))
+    journal = reader.keep(world.treasury)
+    world.ingested_to(journal)
+    world.ledger.mint(world.treasury, world.cc, "100", reason="not ingested yet")
+    document = world.document(caught_up=False, ledger=reader)
+    canton = document["canton"]
+    assert reader.asked == [journal]
+    assert (canton["read_mode"], canton["offset"], canton["journal_offset"]) == (
+        "at_journal_offset",
+        journal,
+        journal,
+    )
+    token = next(r for r in document["reports"] if r["instrument"] == world.cc.key())
+    assert (token["reserves_units"], token["reserves_cover_liabilities"], token["reason"]) == (
+        "500000000000",
+        True,
+        None,
+    )
+    result = verify_reserves(document, descriptor=world.custody.descriptor)
+    assert result.valid, result.reasons
+    assert {c["cover"] for c in result.coverage} == {"covered"}
+    # An offset the participant no longer answers (pruned): the ledger is stated as not read.
+    world.ingested_to(journal - 1)
+    pruned = world.document(caught_up=False, ledger=reader)
+    assert pruned["canton"]["read"] is False and "not kept" in pruned["canton"]["reason"]
+    token = next(r for r in pruned["reports"] if r["instrument"] == world.cc.key())
+    assert token["reserves_read"] is False
+    result = verify_reserves(pruned, descriptor=world.custody.descriptor)
+    assert result.valid, result.reasons
+    covers = {c["instrument"]: c["cover"] for c in result.coverage}
+    assert covers == {world.cc.key(): "not_read", ISTSI.key(): "covered"}
