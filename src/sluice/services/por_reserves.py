@@ -200,8 +200,10 @@ def read_obligations(uow: UnitOfWork, istsi: InstrumentId | None) -> dict[str, d
     holds, fees and any other non-customer liability. For iSTSi, from the mint guard's figures:
     redemptions burned and not yet paid and other custody payouts not yet paid (Bitcoin the
     custody still holds and owes to the payee), and the deposits confirmed and not yet minted
-    (Bitcoin in custody owed as iSTSi not issued yet). A negative journal balance is no asset:
-    it counts as 0. Every instrument the journal or iSTSi names is listed, kinds with 0 too."""
+    (Bitcoin in custody owed as iSTSi not issued yet, or to be returned: the guard's
+    ``unminted_deposits``, the figure an operator's payout is held to). A negative journal
+    balance is no asset: it counts as 0. Every instrument the journal or iSTSi names is listed,
+    kinds with 0 too."""
     books = journal_books(uow.books.balances())
     found: dict[str, dict[str, int]] = {}
     for instrument, book in books.items():
@@ -210,19 +212,15 @@ def read_obligations(uow: UnitOfWork, istsi: InstrumentId | None) -> dict[str, d
             kind: max(units_of(book.get(kind, ZERO), decimals), 0) for kind in JOURNAL_OBLIGATIONS
         }
     if istsi is not None:
+        # The guard's own figures, so that the document owes exactly what a custody payout is
+        # held to (sluice.services.btc_payouts): a deposit not minted is owed until it is minted
+        # (then in the supply) or its return payout requested (then a pending payout).
         guard = uow.issuance.guard_figures()
-        unminted = sum(
-            output.amount_sats
-            for output in uow.btc_watch.unspent_outputs()
-            if output.kind == "deposit"
-            and output.status == "confirmed"
-            and output.reserved_by is None  # a payout's input: in pending_payouts already
-        )
         kinds = found.setdefault(istsi.key(), dict.fromkeys(JOURNAL_OBLIGATIONS, 0))
         kinds |= {
             PENDING_REDEMPTIONS: guard.pending_redemptions,
             PENDING_PAYOUTS: guard.pending_payouts,
-            DEPOSITS_UNMINTED: unminted,
+            DEPOSITS_UNMINTED: guard.unminted_deposits,
         }
     return found
 
