@@ -43,6 +43,8 @@ REACHED = (
     "reconcile_final_supply_compared",
     "reserves_proofs_verified",
     "reserves_documents_verified",
+    # A token's holdings read at the journal's offset: its cover determined, and covering.
+    "reserves_document_covered_canton",
 )
 TAMPER_SEED = 2
 POSTGRES_SEED = 1

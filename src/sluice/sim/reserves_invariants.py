@@ -299,4 +299,6 @@ def _check_document(
         elif report.get("reserves_cover_liabilities") is None:
             # Holdings read at the ledger's end, the journal at ingestion's offset behind it.
             sim.result.outcomes["reserves_document_undetermined"] += 1
+        else:
+            sim.result.outcomes[f"reserves_document_covered_{report.get('reserves_source')}"] += 1
     sim.result.outcomes["reserves_documents_verified"] += 1
