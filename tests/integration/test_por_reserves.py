@@ -47,6 +47,7 @@ from sluice.domain.ledger import Cursor, InstrumentId
 from sluice.por.documents import Root
 from sluice.ports.bitcoin_watch import FoundOutput, WatchedBlock
 from sluice.ports.reserves import PorSnapshot
+from sluice.services.issuance_intake import open_deposit_operations
 from sluice.services.por_reserves import read_obligations, reserves_document, store_reserves
 from sluice.services.por_reserves_verify import verify_reserves
 from sluice.services.por_snapshots import take_snapshot
@@ -265,12 +266,13 @@ def _confirmed_deposit(sandbox: Sandbox, sats: int) -> None:
             kind="deposit",
             address="bcrt1qcustody",
             script_hex="0014" + "11" * 20,
-            customer_id=None,
+            customer_id="alice",
             amount_sats=sats,
             status="seen",
         )
         uow.btc_watch.record_outputs([found], 1, "b1" * 32, TAKEN_AT)
-        uow.btc_watch.confirm(1, TAKEN_AT)
+        # Its bitcoin_deposit operation opens with the confirmation, as the watcher's does.
+        assert open_deposit_operations(uow, uow.btc_watch.confirm(1, TAKEN_AT), TAKEN_AT) == 1
         uow.commit()
 
 
