@@ -100,7 +100,10 @@ def _summary(document: dict[str, Any]) -> str:
     lines.append(f"signatures: {len(signatures)} (threshold {bitcoin.get('threshold')})")
     canton = document.get("canton") or {}
     if canton.get("read"):
-        lines.append(f"canton: {canton['party']}'s holdings at offset {canton['offset']}")
+        lines.append(
+            f"canton: {canton['party']}'s holdings at offset {canton['offset']} (journal at "
+            f"{canton.get('journal_offset')}, {canton.get('read_mode')})"
+        )
     else:
         lines.append(f"canton: not read ({canton.get('reason')})")
     for report in document.get("reports") or []:
@@ -110,7 +113,12 @@ def _summary(document: dict[str, Any]) -> str:
         )
         source = report.get("reserves_source")
         if report.get("reserves_read"):
-            cover = "covered" if report["reserves_cover_liabilities"] else "NOT COVERED"
+            covered = report["reserves_cover_liabilities"]
+            cover = (
+                f"undetermined: {report.get('reason')}"
+                if covered is None
+                else ("covered" if covered else "NOT COVERED")
+            )
             lines.append(
                 f"  {report['instrument']}: reserves {report['reserves']} ({source}), {owed}, "
                 f"ratio {report['ratio_bps'] or '-'} bps, {cover}"
@@ -274,8 +282,12 @@ def _verdict_text(verdict: dict[str, Any]) -> str:
     )
     lines += [f"  signed by {xpub}" for xpub in verdict["signed_by"]]
     for report in verdict["coverage"]:
-        covered = report["reserves_cover_liabilities"]
-        state = "not read" if covered is None else ("covered" if covered else "NOT COVERED")
+        state = {
+            "covered": "covered",
+            "not_covered": "NOT COVERED",
+            "undetermined": f"undetermined ({report.get('reason')})",
+            "not_read": f"not read ({report.get('reason')})",
+        }[report["cover"]]
         lines.append(
             f"  {report['instrument']}: reserves {report['reserves_units']} units "
             f"({report['reserves_source']}), liabilities {report['liabilities_units']} + other "
