@@ -36,7 +36,7 @@ from sluice.ports.bitcoin import NotFoundError
 from sluice.ports.bitcoin_payouts import BatchRecord
 from sluice.ports.bitcoin_watch import CustodyBalance, DepositView
 from sluice.services.bitcoin_settings import BitcoinSettings
-from sluice.services.btc_addresses import deposit_address
+from sluice.services.btc_addresses import change_address, deposit_address
 from sluice.services.btc_payouts import PayoutView, PayoutWorker, list_payouts, request_payout
 from sluice.services.btc_watcher import DepositWatcher, custody_balance, list_deposits
 
@@ -54,6 +54,8 @@ PAYOUTS = (
     ("demo-payout-2", "redemption", 5_000_000),
     ("demo-payout-3", "return", 2_000_000),
 )
+# The exchange's own Bitcoin in custody, which the operator payout and the return are paid from.
+FLOAT_SATS = 15_000_000
 ROUNDS_MAX = 10  # bound on the empty blocks mined while waiting for the fee bump
 
 
@@ -277,6 +279,14 @@ def payouts(custody: Custody, story: BitcoinStory) -> None:
             clock=clock,
         )
 
+    # Customers' deposits are owed to them (as iSTSi once minted, or back): payouts other than
+    # redemptions are paid from the exchange's own Bitcoin. Its float goes to a change address of
+    # the custody (it is not a deposit: nothing is minted against it).
+    with uow() as work:
+        float_address = change_address(work, custody.wallet, clock)
+        work.commit()
+    node.fund(float_address.script_hex, FLOAT_SATS)
+    custody.mine_and_watch()
     for payout in PAYOUTS:
         request(*payout)
     repeated = request(*PAYOUTS[0])
