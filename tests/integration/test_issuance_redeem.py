@@ -59,7 +59,7 @@ from sluice.ports.issuance import (
 )
 from sluice.services.balances import BalanceLine, customer_balances
 from sluice.services.bitcoin_settings import BitcoinSettings
-from sluice.services.btc_addresses import deposit_address
+from sluice.services.btc_addresses import change_address
 from sluice.services.btc_payouts import PayoutWorker, cancel_payout, get_payout, request_payout
 from sluice.services.btc_watcher import DepositWatcher
 from sluice.services.compliance import KycRegistry
@@ -232,10 +232,13 @@ class World:
             uow.commit()
 
     def fund_custody(self, *amounts: int) -> None:
-        """Confirmed custody outputs (deposits of another customer): the reserves paying out."""
-        self.customer("bob")
+        """Confirmed custody outputs of the exchange's own Bitcoin (paid to change addresses: a
+        customer's deposit not minted yet is owed, and no operator payout may spend it): the
+        reserves paying out."""
         for amount in amounts:
-            address = deposit_address(self.db.uow, self.wallet, "bob", new=True, clock=self.clock)
+            with self.db.uow() as uow:
+                address = change_address(uow, self.wallet, self.clock)
+                uow.commit()
             self.chain.fund(address.script_hex, amount)
         self.mine(CONFIRMATIONS)
 

@@ -176,11 +176,8 @@ def test_obligations_must_be_units(world: World) -> None:
         reserves_document(world.ctx, "snap-1", TAKEN_AT, {}, {ISTSI.key(): {"pending_payouts": -1}})
 
 
-def test_the_obligations_are_read_from_the_guard_the_journal_and_the_watcher() -> None:
+def test_the_obligations_are_read_from_the_guard_and_the_journal() -> None:
     coin = InstrumentId("dso::1220aa", "Amulet")
-
-    def output(kind: str, status: str, sats: int, reserved_by: str | None = None) -> Any:
-        return SimpleNamespace(kind=kind, status=status, amount_sats=sats, reserved_by=reserved_by)
 
     balances = {
         AccountRef("customer:alice", coin): Decimal("5"),
@@ -193,16 +190,7 @@ def test_the_obligations_are_read_from_the_guard_the_journal_and_the_watcher() -
     }
     uow = SimpleNamespace(
         books=SimpleNamespace(balances=lambda: balances),
-        issuance=SimpleNamespace(guard_figures=lambda: GuardFigures(900, 1000, 150, 30)),
-        btc_watch=SimpleNamespace(
-            unspent_outputs=lambda: [
-                output("deposit", "confirmed", 40),
-                output("deposit", "credited", 500),
-                output("deposit", "confirmed", 7, reserved_by="batch-1"),  # a return: a payout
-                output("change", "confirmed", 60),
-                output("deposit", "seen", 3),
-            ]
-        ),
+        issuance=SimpleNamespace(guard_figures=lambda: GuardFigures(900, 1000, 150, 30, 40)),
     )
     found = read_obligations(uow, ISTSI)
     assert found[coin.key()] == {
