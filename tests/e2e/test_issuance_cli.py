@@ -80,6 +80,7 @@ GUARD_KEYS = {
     "reserves_sats",
     "pending_redemptions_sats",
     "pending_payouts_sats",
+    "unminted_deposits_sats",
     "headroom_sats",
     "minting_halted",
     "halted_reason",

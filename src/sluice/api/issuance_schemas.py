@@ -130,6 +130,12 @@ class GuardOut(Out):
     reserves_sats: int
     pending_redemptions_sats: int
     pending_payouts_sats: int = Field(description="custody payouts other than redemptions, unpaid")
+    unminted_deposits_sats: int = Field(
+        description=(
+            "customers' confirmed deposits not minted yet (owed: minted or returned); a payout "
+            "other than a redemption must leave them in custody"
+        )
+    )
     headroom_sats: int = Field(
         description="reserves − pending redemptions − pending payouts − supply"
     )

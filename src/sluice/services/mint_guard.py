@@ -362,6 +362,7 @@ def guard_status(ctx: IssuanceContext) -> dict[str, Any]:
         "reserves_sats": figures.reserves,
         "pending_redemptions_sats": figures.pending_redemptions,
         "pending_payouts_sats": figures.pending_payouts,
+        "unminted_deposits_sats": figures.unminted_deposits,
         "headroom_sats": figures.reserves - figures.pending - supply,
         "minting_halted": state.minting_halted,
         "halted_reason": state.halted_reason,

@@ -227,6 +227,7 @@ def issuance_guard(db: DbOption = None, as_json: JsonOption = False) -> None:
         f"reserves: {status['reserves_sats']} sats",
         f"pending redemptions: {status['pending_redemptions_sats']} sats",
         f"other pending payouts: {status['pending_payouts_sats']} sats",
+        f"deposits not minted yet: {status['unminted_deposits_sats']} sats",
         f"headroom: {status['headroom_sats']} sats",
     ]
     if status["minting_halted"]:
