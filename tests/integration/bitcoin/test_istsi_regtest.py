@@ -70,6 +70,8 @@ from sluice.services.issuance_router import (
 )
 from sluice.services.issuance_settings import IssuanceContext
 from sluice.services.mint_guard import guard_status
+from sluice.services.reconciliation import reconcile
+from sluice.services.reserves_settings import ReservesContext
 from sluice.store.tables import accounts, journal_postings, journal_transactions
 from tests.bitcoin_regtest import RegtestNode
 
@@ -446,3 +448,32 @@ def test_deposit_mint_redeem_payout_burn_through_a_router_crash_between_every_pa
     verified = verify_audit_log(world.process.database.uow)
     assert verified.ok, verified.findings
     assert verified.records_checked > 0
+
+    # -- reconciliation on the real node: the journal against the ledger's active contracts, the
+    # custody outputs in the DB against the node's scantxoutset over the descriptor, the supply
+    # against the node's confirmed custody outputs: all compared, all agree.
+    process = world.process
+    reserves = ReservesContext(
+        uow=process.database.uow,
+        clock=world.clock,
+        treasury=world.treasury,
+        secret_path=world.node.datadir / "por-secret",
+        ledger=world.ledger.client(world.treasury),
+        node=process.custody.node,
+        wallet=process.custody.wallet,
+        issuer=process.ctx.issuer,
+        istsi=process.ctx.issuer.instrument,
+        connection="istsi-e2e",
+        confirmations_min=process.custody.settings.confirmations_min,
+    )
+    run = reconcile(reserves, trigger="manual")
+    states = {name: source["state"] for name, source in run.report["sources"].items()}
+    assert states == {"ledger": "compared", "custody": "compared", "supply": "compared"}, run.report
+    assert run.discrepancies == () and run.status == "ok"
+    # iSTSi minted behind the router's back is supply nothing backs: the node's reserves show it.
+    process.ctx.issuer.mint(world.treasury, DEPOSIT_SATS, reason="unbacked", command_id="unbacked")
+    run = reconcile(reserves, trigger="manual")
+    (short,) = [d for d in run.discrepancies if d.source == "supply"]
+    assert short.actual_units < short.expected_units and short.severity == "emergency"
+    with process.database.uow() as uow:
+        assert uow.issuance.minting_state().minting_halted
