@@ -345,13 +345,16 @@ def _dips_into_backing(uow: UnitOfWork, payout_id: str, kind: str, amount_sats: 
     the deposit this payout returns (``paying``), so it counts once, as this payout. The
     supply is our records' (mints not failed, minus burns committed): this service has no
     ledger to ask, and the mint guard, which does, still refuses any mint the payout leaves
-    uncovered. With no iSTSi in circulation and no deposit
-    owed, nothing is owed, and a payout may be queued before the coins that pay it are
+    uncovered. With no iSTSi in circulation the guard does not apply (custody without
+    issuance, or before the first mint), and a payout may be queued before the coins that pay it are
     confirmed (the payouts worker waits for them, with an alert), as without issuance. Read
     under the guard's lock (the caller took it)."""
     figures = uow.issuance.guard_figures(paying=payout_id)
     owed = figures.supply + figures.unminted_deposits
-    if figures.supply <= 0 and figures.unminted_deposits <= 0:
+    if figures.supply <= 0:
+        # No iSTSi in circulation: the deployment has not issued yet (custody alone, or
+        # issuance before its first mint), and payouts are not held to the guard. Known gap:
+        # until the first mint, an operator payout may spend a deposit not minted yet.
         return None
     cover = figures.reserves - figures.pending - amount_sats
     if owed <= cover:

@@ -38,7 +38,7 @@ from typing import Any, cast
 
 from sluice.domain.amounts import ZERO
 from sluice.domain.chains import Chain
-from sluice.domain.errors import InvalidInputError
+from sluice.domain.errors import InvalidInputError, SluiceError
 from sluice.domain.journal import COMPLIANCE_HOLD, FEES, IN_FLIGHT, SUSPENSE
 from sluice.domain.ledger import InstrumentId
 from sluice.domain.reserves import (
@@ -358,10 +358,17 @@ def _canton_part(ctx: ReservesContext, journal_offset: int | None) -> dict[str, 
     try:
         read: LedgerHoldings
         if at_journal and journal_offset is not None:
-            read = read_ledger_holdings_at(ctx.ledger, ctx.treasury, journal_offset)
+            try:
+                read = read_ledger_holdings_at(ctx.ledger, ctx.treasury, journal_offset)
+            except (LedgerReadError, SluiceError):
+                # The offset is not served (pruned, or a served embedded ledger, which answers
+                # at its end and at offsets the party saw a transaction at): read at the end;
+                # the covers are undetermined unless that end is the journal's offset.
+                at_journal = False
+                read = read_ledger_holdings(ctx.ledger, ctx.treasury)
         else:
             read = read_ledger_holdings(ctx.ledger, ctx.treasury)
-    except (LedgerReadError, InvalidInputError) as exc:
+    except (LedgerReadError, SluiceError) as exc:
         return {
             "read": False,
             "reason": f"the ledger could not be read: {exc}",

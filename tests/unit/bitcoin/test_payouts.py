@@ -36,7 +36,7 @@ from sluice.domain.errors import (
 from sluice.ports.bitcoin import NodeUnavailableError, SignedTransaction, SpendInput, TxOutput
 from sluice.ports.bitcoin_payouts import BatchRecord
 from sluice.services.bitcoin_settings import BitcoinSettings
-from sluice.services.btc_addresses import deposit_address
+from sluice.services.btc_addresses import change_address, deposit_address
 from sluice.services.btc_payouts import (
     PayoutTick,
     PayoutView,
@@ -104,9 +104,13 @@ class Custody:
         self.watch()
 
     def fund(self, *amounts: int) -> None:
-        """Confirmed custody outputs of these amounts (one deposit address each)."""
+        """Confirmed custody outputs of these amounts: the exchange's own Bitcoin, one change
+        address each (a customer's deposit is owed to them until minted or returned: no operator
+        payout may spend it)."""
         for amount in amounts:
-            address = deposit_address(self.uow, self.wallet, "alice", new=True, clock=self.clock)
+            with self.uow() as uow:
+                address = change_address(uow, self.wallet, self.clock)
+                uow.commit()
             self.chain.fund(address.script_hex, amount)
         self.mine(self.settings.confirmations_min)
 
@@ -257,7 +261,12 @@ def test_a_batch_of_payouts_is_signed_mined_confirmed_and_completed_once(
         custody.assert_paid_once(payout_id)
     # The change came back to custody at a change address the watcher recognised.
     with custody.uow() as uow:
-        change = [o for o in uow.btc_watch.outputs(limit=100) if o.kind == "change"]
+        # (the funding went to change addresses too: the exchange's own Bitcoin)
+        change = [
+            o
+            for o in uow.btc_watch.outputs(limit=100)
+            if o.kind == "change" and o.txid == batch.txid
+        ]
         audit = [r.entry.operation for r in uow.audit.find(operation_id=batch.id, limit=10)]
     assert [(o.txid, o.amount_sats) for o in change] == [(batch.txid, batch.change_sats)]
     assert audit == ["btc_batch_signed", "btc_batch_mined", "btc_batch_confirmed"]

@@ -241,7 +241,8 @@ def _orphan_a_batch_of_two_deposits(custody: Custody) -> tuple[BatchRecord, str,
     alice = deposit_address(custody.uow, custody.wallet, "alice", new=True, clock=custody.clock)
     d2, _ = custody.chain.fund(alice.script_hex, 300_000)
     custody.mine(SETTINGS.confirmations_min)
-    custody.request("p1", 500_000)  # needs D1 and D2
+    # A redemption's payout: the customer's deposit it spends is minted iSTSi's backing.
+    custody.request("p1", 500_000, kind="redemption")  # needs D1 and D2
     worker = custody.worker()
     assert worker.run_once().batches == 1
     (batch,) = custody.batches()
@@ -365,7 +366,8 @@ def test_an_old_version_of_a_released_batch_is_refused_once_its_deposit_comes_ba
     alice = deposit_address(custody.uow, custody.wallet, "alice", new=True, clock=custody.clock)
     d2, _ = custody.chain.fund(alice.script_hex, 300_000)
     custody.mine(SETTINGS.confirmations_min)
-    custody.request("p1", 500_000)
+    # A redemption's payout: the customer's deposit it spends is minted iSTSi's backing.
+    custody.request("p1", 500_000, kind="redemption")
     worker = custody.worker()
     assert worker.run_once().batches == 1
     (batch,) = custody.batches()
@@ -412,7 +414,8 @@ def test_an_old_version_is_refused_after_the_successor_when_the_deposit_comes_ba
     alice = deposit_address(custody.uow, custody.wallet, "alice", new=True, clock=custody.clock)
     d2, _ = custody.chain.fund(alice.script_hex, 300_000)
     custody.mine(SETTINGS.confirmations_min)
-    custody.request("p1", 500_000)
+    # A redemption's payout: the customer's deposit it spends is minted iSTSi's backing.
+    custody.request("p1", 500_000, kind="redemption")
     worker = custody.worker()
     assert worker.run_once().batches == 1
     (batch,) = custody.batches()
@@ -454,7 +457,8 @@ def test_a_release_is_refused_when_no_input_of_the_batch_survived(custody: Custo
     alice = deposit_address(custody.uow, custody.wallet, "alice", new=True, clock=custody.clock)
     d1, _ = custody.chain.fund(alice.script_hex, 300_000)
     custody.mine(SETTINGS.confirmations_min)
-    custody.request("p1", 200_000)
+    # A redemption's payout: the customer's deposit it spends is minted iSTSi's backing.
+    custody.request("p1", 200_000, kind="redemption")
     worker = custody.worker()
     assert worker.run_once().batches == 1
     custody.chain.reorg(SETTINGS.confirmations_min + 1, drop_txids=[d1])
@@ -562,7 +566,8 @@ def test_a_mined_batch_whose_input_a_deep_reorg_took_is_orphaned_and_releasable(
     alice = deposit_address(custody.uow, custody.wallet, "alice", new=True, clock=custody.clock)
     d2, _ = custody.chain.fund(alice.script_hex, 300_000)
     custody.mine(SETTINGS.confirmations_min)
-    custody.request("p1", 500_000)
+    # A redemption's payout: the customer's deposit it spends is minted iSTSi's backing.
+    custody.request("p1", 500_000, kind="redemption")
     worker = custody.worker()
     worker.run_once()
     custody.mine()

@@ -136,6 +136,26 @@ def btc_address(
     _write([f"{issued.address}  (customer {customer}, index {issued.index})"])
 
 
+@btc_app.command("float-address")
+def btc_float_address(
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """A new custody address for the exchange's own Bitcoin (an operating float): operator
+    payouts and returns are paid from it. It is on the change branch, so nothing is minted
+    against what it receives; customers' deposits are owed to them and are never paid out as
+    operator payouts."""
+    from sluice.services.btc_addresses import change_address
+
+    with _session(db) as (custody, database), database.uow() as uow:
+        issued = change_address(uow, custody.wallet, utc_now)
+        uow.commit()
+    if as_json:
+        print_json({"address": issued.address, "branch": 1, "index": issued.index})
+        return
+    _write([f"{issued.address}  (the exchange's own Bitcoin, change branch, index {issued.index})"])
+
+
 @btc_app.command("deposits")
 def btc_deposits(
     customer: Annotated[str | None, typer.Option("--customer", help="Only this customer.")] = None,
