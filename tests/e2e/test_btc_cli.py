@@ -711,3 +711,21 @@ def test_an_operator_cancels_an_unbatched_payout_and_releases_an_orphaned_batch(
     finally:
         database.dispose()
     assert {"btc_payout_cancelled", "btc_batch_orphaned", "btc_batch_released"} <= operations
+
+
+def test_the_exchanges_own_bitcoin_goes_to_a_float_address_and_is_no_deposit(
+    tmp_path: Path,
+) -> None:
+    """``sluice btc float-address``: a new change-branch address each time; what it receives is
+    custody's (in the balance) but nobody's deposit (nothing to mint)."""
+    data = tmp_path / "data"
+    env = with_customers(data, "alice")
+    first = btc(env, "float-address")
+    second = btc(env, "float-address")
+    assert set(first) == {"address", "branch", "index"} and first["branch"] == 1
+    assert first["address"] != second["address"] and first["index"] != second["index"]
+    btc(env, "sandbox", "fund", "--address", first["address"], "--amount", "250000", "--mine")
+    btc(env, "sandbox", "mine", "6")
+    btc(env, "watch", "--once")
+    assert btc(env, "deposits") == []
+    assert btc(env, "balance")["total_sats"] == 250000
