@@ -113,9 +113,12 @@ class World:
     def __init__(self, data: Path) -> None:
         self.data = data
         write_sanctions(data / "sanctions", LISTED)
+        # The router polls a waiting operation again at once: each `issuance run --once` then
+        # finds it due, however fast the commands before it ran.
         self.config = (
             f'[compliance]\nsanctions_list = "{data / "sanctions"}"\n\n'
             f'[[compliance.limits]]\ntier = 1\noperation = "mint"\nper_operation = "{MINT_LIMIT}"\n'
+            "\n[issuance]\npoll_s = 0.001\n"
         )
         (data / "sluice.toml").write_text(self.config)
         self.env = environment(
