@@ -111,6 +111,12 @@ EXPECTED: dict[tuple[str, str], frozenset[str] | str] = {
     ("GET", "/v1/por/snapshots"): "public",
     ("GET", "/v1/por/snapshots/{snapshot_id}/reserves"): "public",
     ("GET", "/v1/customers/{customer_id}/por/proof"): ALL,
+    # metrics, alerts and circuit breakers
+    ("GET", "/metrics"): "public",
+    ("GET", "/v1/alerts"): STAFF,
+    ("POST", "/v1/alerts/{alert_id}/acknowledge"): STAFF,
+    ("GET", "/v1/breakers"): STAFF,
+    ("POST", "/v1/breakers/{name}/force"): frozenset({S, Y}),
 }
 
 PATH_VALUES = {
@@ -124,6 +130,8 @@ PATH_VALUES = {
     "item_id": "update-0000:0",
     "key_id": "0000",
     "operation_id": "redeem:cust-0:0000",
+    "alert_id": "alert-0000",
+    "name": "ledger",
 }
 
 

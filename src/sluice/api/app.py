@@ -12,10 +12,13 @@ from sluice.api.errors import install_error_handlers
 from sluice.api.operations import executors
 from sluice.api.routes import (
     admin,
+    alerts,
+    breakers,
     compliance,
     customers,
     instruments,
     issuance,
+    metrics,
     por,
     reconciliation,
     reserves,
@@ -31,6 +34,9 @@ ROUTERS = (
     reserves.router,
     reconciliation.router,
     por.router,
+    metrics.router,
+    alerts.router,
+    breakers.router,
 )
 
 DESCRIPTION = """\

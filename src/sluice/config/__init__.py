@@ -31,7 +31,11 @@ from pydantic import (
     model_validator,
 )
 
+from sluice.config.alerts import AlertsConfig as AlertsConfig
 from sluice.config.bitcoin import BitcoinConfig as BitcoinConfig
+from sluice.config.breakers import BreakerConfig as BreakerConfig
+from sluice.config.breakers import BreakersConfig as BreakersConfig
+from sluice.config.events import EventsConfig as EventsConfig
 from sluice.config.issuance import IssuanceConfig as IssuanceConfig
 from sluice.config.reserves import ReservesConfig as ReservesConfig
 from sluice.config.reserves import ToleranceConfig as ToleranceConfig
@@ -349,6 +353,12 @@ class DeploymentConfig(_Section):
     issuance: IssuanceConfig = IssuanceConfig()
     # Reserves, reconciliation and proof of reserves.
     reserves: ReservesConfig = ReservesConfig()
+    # Events: the outbox's relay to NATS JetStream or the in-process bus.
+    events: EventsConfig = EventsConfig()
+    # Alert rules and notification.
+    alerts: AlertsConfig = AlertsConfig()
+    # Circuit breakers, one per flow.
+    breakers: BreakersConfig = BreakersConfig()
 
     @property
     def database_url(self) -> str:

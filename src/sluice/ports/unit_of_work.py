@@ -10,6 +10,7 @@ from sluice.domain.ledger import InstrumentId
 from sluice.ports.access import AccessRepository, AccountsRepository
 from sluice.ports.bitcoin_payouts import BitcoinPayoutRepository
 from sluice.ports.bitcoin_watch import BitcoinWatchRepository
+from sluice.ports.events import EventOutbox
 from sluice.ports.issuance import IssuanceRepository
 from sluice.ports.repositories import (
     AuditLog,
@@ -39,6 +40,7 @@ class UnitOfWork(Protocol):
     btc_payouts: BitcoinPayoutRepository
     issuance: IssuanceRepository
     reserves: ReservesRepository
+    events: EventOutbox
 
     def __enter__(self) -> UnitOfWork: ...
     def __exit__(self, *exc_info: object) -> None: ...

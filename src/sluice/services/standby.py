@@ -44,6 +44,7 @@ from sluice.ports import (
     WriterLock,
     WriterLockError,
 )
+from sluice.ports.events import EventOutbox
 from sluice.ports.issuance import IssuanceRepository
 from sluice.ports.reserves import ReservesRepository
 
@@ -194,6 +195,7 @@ class _FencedUnitOfWork:
     btc_payouts: BitcoinPayoutRepository
     issuance: IssuanceRepository
     reserves: ReservesRepository
+    events: EventOutbox
 
     def __init__(self, inner: UnitOfWork, lock: WriterLock) -> None:
         self._inner = inner
@@ -215,6 +217,7 @@ class _FencedUnitOfWork:
         self.btc_payouts = work.btc_payouts
         self.issuance = work.issuance
         self.reserves = work.reserves
+        self.events = work.events
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -28,6 +28,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    text,
 )
 
 from sluice.domain.amounts import format_amount
@@ -279,6 +280,14 @@ alerts = Table(
     Column("details", Text, nullable=True),  # JSON
     Column("created_at", TIMESTAMP, nullable=False),
     Column("acknowledged_at", TIMESTAMP, nullable=True),
+    # Alert rules and notification (migration 0011).
+    Column("rule", String(100), nullable=True),  # the rule that raised it, if any
+    Column("acknowledged_by", String(200), nullable=True),
+    Column("resolved_at", TIMESTAMP, nullable=True),
+    Column("last_seen_at", TIMESTAMP, nullable=True),  # deduplicated: raised again while open
+    Column("occurrences", Integer, nullable=False, server_default=text("1")),
+    Column("notified_at", TIMESTAMP, nullable=True),
+    Column("notify_attempts", Integer, nullable=False, server_default=text("0")),
 )
 
 withdrawals = Table(

@@ -22,6 +22,7 @@ from sluice.ports import (
     UnitOfWork,
     WithdrawalRepository,
 )
+from sluice.ports.events import EventOutbox
 from sluice.ports.issuance import IssuanceRepository
 from sluice.ports.reserves import ReservesRepository
 from sluice.store.access_repository import SqlAccessRepository
@@ -30,6 +31,7 @@ from sluice.store.audit_repository import SqlAuditLog
 from sluice.store.bitcoin_payout_repository import SqlBitcoinPayoutRepository
 from sluice.store.bitcoin_watch_repository import SqlBitcoinWatchRepository
 from sluice.store.compliance_repository import SqlComplianceRepository
+from sluice.store.events_repository import SqlEventOutbox
 from sluice.store.issuance_repository import SqlIssuanceRepository
 from sluice.store.repositories import (
     SqlBooksRepository,
@@ -54,6 +56,7 @@ class SqlUnitOfWork:
     btc_payouts: BitcoinPayoutRepository
     issuance: IssuanceRepository
     reserves: ReservesRepository
+    events: EventOutbox
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -76,6 +79,7 @@ class SqlUnitOfWork:
         self.btc_payouts = SqlBitcoinPayoutRepository(connection)
         self.issuance = SqlIssuanceRepository(connection)
         self.reserves = SqlReservesRepository(connection)
+        self.events = SqlEventOutbox(connection)
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -6,7 +6,12 @@ from alembic import context
 from sqlalchemy import Connection
 
 # Imported for their tables, which they register on the metadata.
-from sluice.store import bitcoin_tables, issuance_tables, reserves_tables  # noqa: F401
+from sluice.store import (  # noqa: F401
+    bitcoin_tables,
+    events_tables,
+    issuance_tables,
+    reserves_tables,
+)
 from sluice.store.tables import metadata
 
 connection: Connection | None = context.config.attributes.get("connection")

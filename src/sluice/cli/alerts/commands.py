@@ -1,0 +1,3 @@
+"""``sluice alerts …`` commands."""
+
+from __future__ import annotations

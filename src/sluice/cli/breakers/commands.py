@@ -1,0 +1,3 @@
+"""``sluice breakers …`` commands."""
+
+from __future__ import annotations

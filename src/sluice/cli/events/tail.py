@@ -1,0 +1,3 @@
+"""``sluice events tail``: follow the event stream."""
+
+from __future__ import annotations
