@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -17,7 +17,9 @@ from sluice.api.operations import executors
 from sluice.config import DeploymentConfig
 from sluice.domain.errors import InvalidInputError
 from sluice.ledger.local.adapters import EmbeddedCommands, embedded_registries
+from sluice.server.alerts import alerts_loop
 from sluice.server.bitcoin import bitcoin_loop
+from sluice.server.events import events_loop
 from sluice.server.issuance import serve_issuance
 from sluice.server.loop import (
     IngestionStandby,
@@ -30,6 +32,7 @@ from sluice.server.loop import (
     pause_reason,
     withdrawal_part,
 )
+from sluice.server.monitoring import install_monitoring
 from sluice.server.reserves import reserves_loop
 from sluice.server.world import EmbeddedWorld, FollowedClock, prepare_embedded_world
 from sluice.services.access import ApiKeyVerifier, list_api_keys
@@ -61,6 +64,8 @@ class Service:
     issuance_loop: ServiceLoop | None = None
     # Reserve readings and scheduled reconciliation, unless both intervals are 0.
     reserves_loop: ServiceLoop | None = None
+    # The events relay and the alert rules' evaluation, each on a loop of its own when on.
+    extra_loops: list[ServiceLoop] = field(default_factory=list)
 
     @property
     def database_description(self) -> str:
@@ -78,6 +83,8 @@ class Service:
             self.issuance_loop.start()
         if self.reserves_loop is not None:
             self.reserves_loop.start()
+        for loop in self.extra_loops:
+            loop.start()
 
     @property
     def alive(self) -> bool:
@@ -86,13 +93,18 @@ class Service:
             and (self.bitcoin_loop is None or self.bitcoin_loop.alive)
             and (self.issuance_loop is None or self.issuance_loop.alive)
             and (self.reserves_loop is None or self.reserves_loop.alive)
+            and all(loop.alive for loop in self.extra_loops)
         )
 
     def close(self, timeout_s: float = 30.0) -> bool:
         # The reserves loop first (it reads through custody, the issuer and the ledger), then
         # issuance (it uses custody and the ledger), then the Bitcoin loop: all use the database
         # the main loop disposes of when it stops.
+        extras_stopped = True
+        for loop in self.extra_loops:  # every one asked to stop, whatever the others answer
+            extras_stopped = loop.stop(timeout_s) and extras_stopped
         reserves_stopped = self.reserves_loop is None or self.reserves_loop.stop(timeout_s)
+        reserves_stopped = reserves_stopped and extras_stopped
         issuance_stopped = self.issuance_loop is None or self.issuance_loop.stop(timeout_s)
         bitcoin_stopped = self.bitcoin_loop is None or self.bitcoin_loop.stop(timeout_s)
         bitcoin_stopped = bitcoin_stopped and issuance_stopped and reserves_stopped
@@ -170,10 +182,24 @@ def build_service(
         }
     try:
         _wire_reserves(service, custody)
+        _wire_monitoring(service)
     except BaseException:
         service.close()
         raise
     return service
+
+
+def _wire_monitoring(service: Service) -> None:
+    """Metrics, readiness probes and circuit breakers (:mod:`sluice.server.monitoring`), then
+    the events relay's and the alert rules' loops, each where it is on."""
+    install_monitoring(service)
+    for loop in (events_loop(service), alerts_loop(service)):
+        if loop is not None:
+            service.extra_loops.append(loop)
+            service.context.readiness = {
+                **service.context.readiness,
+                f"{loop.name}_loop": loop.readiness,
+            }
 
 
 def _wire_reserves(service: Service, custody: bootstrap.BitcoinCustody | None) -> None:

@@ -4,7 +4,8 @@ relay in ``seq`` order among the unpublished, marked with their stream sequence 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -16,6 +17,7 @@ from sluice.store.events_tables import event_outbox as t
 from sluice.store.rows import is_postgresql, optional_time, time_of, ts
 
 ERROR_TEXT_MAX = 2000
+log = logging.getLogger("sluice.events")
 
 
 def outbox_values(event: Event) -> dict[str, Any]:
@@ -59,13 +61,42 @@ def outbox_row(row: Row[Any]) -> OutboxRow:
     )
 
 
+# Called with the events a unit of work committed, right after its commit (in the committing
+# thread): the in-process relay's wake-up, the metrics of operations by type. A listener must
+# be quick and must not raise; one that raises is logged and the others still run.
+CommitListener = Callable[[Sequence[Event]], None]
+_listeners: list[CommitListener] = []
+
+
+def add_commit_listener(listener: CommitListener) -> None:
+    if listener not in _listeners:
+        _listeners.append(listener)
+
+
+def remove_commit_listener(listener: CommitListener) -> None:
+    if listener in _listeners:
+        _listeners.remove(listener)
+
+
+def notify_committed(events: Sequence[Event]) -> None:
+    """Tell the listeners which events just committed."""
+    for listener in list(_listeners):
+        try:
+            listener(events)
+        except Exception:
+            log.exception("events: a commit listener failed")
+
+
 class SqlEventOutbox:
     def __init__(self, connection: Connection) -> None:
         self._c = connection
+        # What this transaction added, for the commit listeners.
+        self.added: list[Event] = []
 
     def add(self, events: Sequence[Event]) -> None:
         if events:
             self._c.execute(t.insert(), [outbox_values(event) for event in events])
+            self.added.extend(events)
 
     def claim(
         self, *, ordering_key: str | None = None, limit: int = 500, lock: bool = False

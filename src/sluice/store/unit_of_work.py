@@ -31,7 +31,7 @@ from sluice.store.audit_repository import SqlAuditLog
 from sluice.store.bitcoin_payout_repository import SqlBitcoinPayoutRepository
 from sluice.store.bitcoin_watch_repository import SqlBitcoinWatchRepository
 from sluice.store.compliance_repository import SqlComplianceRepository
-from sluice.store.events_repository import SqlEventOutbox
+from sluice.store.events_repository import SqlEventOutbox, notify_committed
 from sluice.store.issuance_repository import SqlIssuanceRepository
 from sluice.store.repositories import (
     SqlBooksRepository,
@@ -79,7 +79,8 @@ class SqlUnitOfWork:
         self.btc_payouts = SqlBitcoinPayoutRepository(connection)
         self.issuance = SqlIssuanceRepository(connection)
         self.reserves = SqlReservesRepository(connection)
-        self.events = SqlEventOutbox(connection)
+        self._outbox = SqlEventOutbox(connection)
+        self.events = self._outbox
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -96,7 +97,11 @@ class SqlUnitOfWork:
     def commit(self) -> None:
         assert self._connection is not None, "commit outside of a unit of work"
         self._connection.commit()
+        committed, self._outbox.added = self._outbox.added, []
+        if committed:
+            notify_committed(committed)
 
     def rollback(self) -> None:
         assert self._connection is not None, "rollback outside of a unit of work"
         self._connection.rollback()
+        self._outbox.added = []

@@ -1,0 +1,1 @@
+"""The event bus adapters: the relay's publishers (NATS JetStream, in process)."""

@@ -1,0 +1,1 @@
+"""Monitoring: Prometheus metrics, alert rules and their notification."""
