@@ -10,6 +10,7 @@ from sluice.domain.ledger import InstrumentId
 from sluice.ports.access import AccessRepository, AccountsRepository
 from sluice.ports.bitcoin_payouts import BitcoinPayoutRepository
 from sluice.ports.bitcoin_watch import BitcoinWatchRepository
+from sluice.ports.breakers import BreakersRepository
 from sluice.ports.events import EventOutbox
 from sluice.ports.issuance import IssuanceRepository
 from sluice.ports.repositories import (
@@ -41,6 +42,7 @@ class UnitOfWork(Protocol):
     issuance: IssuanceRepository
     reserves: ReservesRepository
     events: EventOutbox
+    breakers: BreakersRepository
 
     def __enter__(self) -> UnitOfWork: ...
     def __exit__(self, *exc_info: object) -> None: ...

@@ -44,6 +44,7 @@ from sluice.ports import (
     WriterLock,
     WriterLockError,
 )
+from sluice.ports.breakers import BreakersRepository
 from sluice.ports.events import EventOutbox
 from sluice.ports.issuance import IssuanceRepository
 from sluice.ports.reserves import ReservesRepository
@@ -196,6 +197,7 @@ class _FencedUnitOfWork:
     issuance: IssuanceRepository
     reserves: ReservesRepository
     events: EventOutbox
+    breakers: BreakersRepository
 
     def __init__(self, inner: UnitOfWork, lock: WriterLock) -> None:
         self._inner = inner
@@ -218,6 +220,7 @@ class _FencedUnitOfWork:
         self.issuance = work.issuance
         self.reserves = work.reserves
         self.events = work.events
+        self.breakers = work.breakers
         return self
 
     def __exit__(self, *exc_info: object) -> None:

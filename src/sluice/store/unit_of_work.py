@@ -22,6 +22,7 @@ from sluice.ports import (
     UnitOfWork,
     WithdrawalRepository,
 )
+from sluice.ports.breakers import BreakersRepository
 from sluice.ports.events import EventOutbox
 from sluice.ports.issuance import IssuanceRepository
 from sluice.ports.reserves import ReservesRepository
@@ -30,6 +31,7 @@ from sluice.store.account_repository import SqlAccountsRepository
 from sluice.store.audit_repository import SqlAuditLog
 from sluice.store.bitcoin_payout_repository import SqlBitcoinPayoutRepository
 from sluice.store.bitcoin_watch_repository import SqlBitcoinWatchRepository
+from sluice.store.breakers_repository import SqlBreakersRepository
 from sluice.store.compliance_repository import SqlComplianceRepository
 from sluice.store.events_repository import SqlEventOutbox, notify_committed
 from sluice.store.issuance_repository import SqlIssuanceRepository
@@ -57,6 +59,7 @@ class SqlUnitOfWork:
     issuance: IssuanceRepository
     reserves: ReservesRepository
     events: EventOutbox
+    breakers: BreakersRepository
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -81,6 +84,7 @@ class SqlUnitOfWork:
         self.reserves = SqlReservesRepository(connection)
         self._outbox = SqlEventOutbox(connection)
         self.events = self._outbox
+        self.breakers = SqlBreakersRepository(connection)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
