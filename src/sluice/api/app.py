@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from sluice.api.context import ApiContext
 from sluice.api.errors import install_error_handlers
+from sluice.api.metrics_middleware import MetricsMiddleware
 from sluice.api.operations import executors
 from sluice.api.routes import (
     admin,
@@ -87,5 +88,6 @@ def create_app(context: ApiContext, *, access_log: bool = True) -> FastAPI:
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    app.add_middleware(MetricsMiddleware)
     app.add_middleware(CorrelationMiddleware, access_log=access_log)
     return app

@@ -41,6 +41,7 @@ from sluice.domain.errors import (
     RateLimitedError,
     UnauthorizedError,
 )
+from sluice.monitoring.metrics import auth_failed
 
 CORRELATION_HEADER = "X-Correlation-ID"
 _CORRELATION_RE = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
@@ -289,6 +290,7 @@ def _admit(context: ApiContext, request: Request, permission: Permission) -> Cal
     try:
         principal = authenticate(context, request)
     except UnauthorizedError:
+        auth_failed("invalid")
         # Bad credentials count against the client's address, so guessing keys is slowed
         # down like any other flood.
         _limit(context, request, f"ip:{_client(request)}")
@@ -296,6 +298,7 @@ def _admit(context: ApiContext, request: Request, permission: Permission) -> Cal
     _limit(context, request, principal.id if principal is not None else f"ip:{_client(request)}")
     if not permission.admits(principal):
         if principal is None:
+            auth_failed("missing")
             raise UnauthorizedError("credentials required: an API key or a bearer token")
         raise PermissionDeniedError(
             f"role {principal.role} may not do this (needs {permission.describe()})"
