@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -49,7 +49,7 @@ from sluice.bench.measure import reset_database
 from sluice.bench.record import insert_table_row, machine
 from sluice.config.events import EventsConfig
 from sluice.domain.errors import ComponentCallFailedError
-from sluice.domain.events import Event, new_event, payload_json
+from sluice.domain.events import SUBJECT_PREFIX, Event, new_event, payload_json
 
 SECTION = "## Events (`sluice bench events`)"
 HEADER = (
@@ -83,6 +83,8 @@ class EventsBenchSettings:
     db: str | None = None  # None: a fresh SQLite file under a temporary directory
     nats_url: str = DEFAULT_NATS_URL
     stream: str = ""  # "": a bench-only name, made unique per run
+    # Before every subject, so the bench stream overlaps no other stream's subjects.
+    subject_prefix: str = ""
     rounds: int = 2
     max_in_flight: int = EventsConfig().max_in_flight
     batch: int = EventsConfig().batch
@@ -189,14 +191,14 @@ async def reset_stream(js: Any, settings: EventsBenchSettings) -> None:
         await js.add_stream(
             StreamConfig(
                 name=settings.stream,
-                subjects=["sluice.>"],
+                subjects=[f"{settings.subject_prefix}{SUBJECT_PREFIX}.>"],
                 duplicate_window=settings.duplicate_window_s,
             )
         )
     except Exception as exc:
         raise EventsBenchError(
-            f"cannot create the stream {settings.stream} (subjects sluice.>) at "
-            f"{settings.nats_url}: {exc} — another stream there may hold sluice.>"
+            f"cannot create the stream {settings.stream} (subjects "
+            f"{settings.subject_prefix}{SUBJECT_PREFIX}.>) at {settings.nats_url}: {exc}"
         ) from exc
 
 
@@ -226,9 +228,11 @@ class Encoded:
     headers: dict[str, str]
 
 
-def encode_all(events: Sequence[Event]) -> list[Encoded]:
+def encode_all(events: Sequence[Event], subject_prefix: str = "") -> list[Encoded]:
+    """Each event as the relay publishes it: subject, envelope bytes, dedup id header."""
     return [
-        Encoded(event.subject, event.encode(), {"Nats-Msg-Id": event.event_id}) for event in events
+        Encoded(f"{subject_prefix}{event.subject}", event.encode(), {"Nats-Msg-Id": event.event_id})
+        for event in events
     ]
 
 
@@ -264,9 +268,6 @@ async def bare_run(settings: EventsBenchSettings, messages: Sequence[Encoded]) -
         await client.close()
 
 
-RelayRun = Callable[[bootstrap.Database, EventsBenchSettings], float]
-
-
 def relay_run(database: bootstrap.Database, settings: EventsBenchSettings, count: int) -> float:
     """The relay, from its first claim to the last row marked published, into the emptied
     stream; the seconds. Every row is then checked published and the stream to hold ``count``."""
@@ -298,7 +299,44 @@ async def _stream_messages_only(settings: EventsBenchSettings) -> int:
 
 
 def _time_relay(database: bootstrap.Database, settings: EventsBenchSettings) -> float:
-    raise EventsBenchError("the relay is not available yet")
+    """The relay as ``sluice events relay`` runs it (rows held while publishing on PostgreSQL,
+    one relay lock per ordering key), round after round at once until nothing is pending;
+    connecting and checking the stream come before the clock starts."""
+    from sluice.bus.nats import JetStreamPublisher
+    from sluice.services.relay import Relay
+    from sluice.store.relay_lock import relay_lock
+
+    publisher = JetStreamPublisher(
+        settings.nats_url,
+        settings.stream,
+        duplicate_window_s=settings.duplicate_window_s,
+        max_in_flight=settings.max_in_flight,
+        ack_timeout_s=settings.ack_timeout_s,
+        subject_prefix=settings.subject_prefix,
+        name="sluice-bench-relay",
+    )
+    engine = database.engine
+    relay = Relay(
+        database.uow,
+        publisher,
+        batch=settings.batch,
+        hold_rows=engine.dialect.name == "postgresql",
+        lock_for=lambda key: relay_lock(engine, key),
+    )
+    try:
+        relay.start()
+        started = time.perf_counter()
+        while True:
+            done = relay.run_round()
+            if done.error or done.failed or done.breaker_open or done.skipped:
+                raise EventsBenchError(f"relay round: {json.dumps(done.as_json())}")
+            if done.pending == 0:
+                break
+            if done.published == 0:
+                raise EventsBenchError(f"relay round published nothing: {done.as_json()}")
+        return time.perf_counter() - started
+    finally:
+        relay.close()
 
 
 # --- the benchmark -------------------------------------------------------------------------------
@@ -308,6 +346,8 @@ def measure(settings: EventsBenchSettings) -> dict[str, Any]:
     """Run the benchmark (see the module docstring); the JSON line's fields."""
     if not settings.stream:
         settings = _replace(settings, stream=bench_stream_name())
+    if not settings.subject_prefix:
+        settings = _replace(settings, subject_prefix=f"{settings.stream.lower()}.")
     with tempfile.TemporaryDirectory(prefix="sluice-bench-events-") as scratch:
         url = settings.db or f"sqlite:///{Path(scratch) / 'events.db'}"
         reset_database(url)
@@ -328,7 +368,7 @@ def _replace(settings: EventsBenchSettings, **changes: Any) -> EventsBenchSettin
 def _measure(database: bootstrap.Database, settings: EventsBenchSettings) -> dict[str, Any]:
     events = make_events(settings.events, datetime.now(UTC))
     seed_s = seed_outbox(database, events)
-    messages = encode_all(events)
+    messages = encode_all(events, settings.subject_prefix)
     payload_bytes = statistics.median(len(payload_json(event.payload)) for event in events[:1000])
     envelope_bytes = statistics.median(len(message.data) for message in messages[:1000])
     bare_s: list[float] = []
@@ -362,6 +402,7 @@ def _measure(database: bootstrap.Database, settings: EventsBenchSettings) -> dic
         "envelope_bytes": int(envelope_bytes),
         "seed_s": round(seed_s, 3),
         "stream": settings.stream,
+        "subjects": f"{settings.subject_prefix}{SUBJECT_PREFIX}.>",
         "nats_url": settings.nats_url,
         "targets_met": events_per_s >= EVENTS_TARGET and ratio >= RATIO_TARGET,
     }
