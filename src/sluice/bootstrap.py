@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import Engine
 
 from sluice.config import BitcoinConfig, DeploymentConfig, LedgerConfig
+from sluice.domain.breaker import BreakerSettings
 from sluice.domain.chains import CHAINS, Chain, chain_named
 from sluice.domain.compliance import LimitLadder, TierLimits
 from sluice.domain.errors import InvalidInputError
@@ -45,6 +46,12 @@ from sluice.ports.bitcoin import BitcoinNode, CustodyWallet
 from sluice.ports.issuance import ContractAddresses, IssuerLedger
 from sluice.screening import ListedSanctions, screen_to_json_lines
 from sluice.services.bitcoin_settings import BitcoinSettings
+from sluice.services.breaker_proxies import (
+    GuardedBitcoinNode,
+    GuardedLedgerCommands,
+    guarded_registries,
+)
+from sluice.services.breakers import Breakers, configure_breakers
 from sluice.services.compliance import ComplianceSettings, KycRegistry
 from sluice.services.issuance_router import IssuanceRouter
 from sluice.services.issuance_settings import IssuanceContext
@@ -97,6 +104,33 @@ class Database:
 def database(url: str) -> Database:
     """Open (and migrate) the Integration DB at ``url``."""
     return Database(open_database(url))
+
+
+def breaker_settings(config: DeploymentConfig) -> dict[str, BreakerSettings]:
+    """``[breakers]`` as each flow's settings (``flows.<name>`` over ``defaults``)."""
+    from sluice.services.breakers import FLOWS, check_flow
+
+    section = config.breakers
+    for name in section.flows:
+        check_flow(name)
+    return {
+        flow: BreakerSettings(
+            window=chosen.window,
+            min_calls=chosen.min_calls,
+            failure_rate=chosen.failure_rate,
+            open_s=chosen.open_s,
+            probes=chosen.probes,
+        )
+        for flow in FLOWS
+        for chosen in [section.flows.get(flow, section.defaults)]
+    }
+
+
+def install_breakers(config: DeploymentConfig, database: Database) -> Breakers:
+    """This process's circuit breakers from ``[breakers]``, attached to ``database`` (each
+    opening raises an alert and writes its event there; operators' forced states are read from
+    it)."""
+    return configure_breakers(breaker_settings(config), uow_factory=database.uow)
 
 
 # --- ledger connections ------------------------------------------------------------------------
@@ -195,8 +229,8 @@ def canton_connection(
     )
     return LedgerConnection(
         client=client,
-        commands=commands,
-        registries=registries,
+        commands=GuardedLedgerCommands(commands),
+        registries=guarded_registries(registries),
         clock=clock or _system_clock,
         node=participant_node(url),
         description=f"Canton participant {url}",
@@ -217,8 +251,8 @@ def embedded_connection(path: Path, node: str, *, writable: bool) -> LedgerConne
     ledger = EmbeddedLedger.open(str(path), read_only=not writable)
     return LedgerConnection(
         client=ledger.node_client(node),
-        commands=EmbeddedCommands(ledger),
-        registries=embedded_registries(ledger),
+        commands=GuardedLedgerCommands(EmbeddedCommands(ledger)),
+        registries=guarded_registries(embedded_registries(ledger)),
         clock=ledger.time,
         node=node,
         description=f"embedded ledger {path} (node {node})",
@@ -394,7 +428,7 @@ def bitcoin_custody(config: DeploymentConfig) -> BitcoinCustody:
             timeout_s=section.rpc_timeout_s,
         )
         return BitcoinCustody(
-            node=rpc,
+            node=GuardedBitcoinNode(rpc),
             wallet=wallet,
             settings=settings,
             description=f"{chain.name} node {section.rpc_url}",
@@ -405,7 +439,7 @@ def bitcoin_custody(config: DeploymentConfig) -> BitcoinCustody:
     file = embedded_chain(config, chain)
     kind = "sandbox custody" if section is None else "custody"
     return BitcoinCustody(
-        node=FileNode(file),
+        node=GuardedBitcoinNode(FileNode(file)),
         wallet=wallet,
         settings=settings,
         description=f"{kind} on the embedded {chain.name} chain {file.path} (no real node)",

@@ -1,5 +1,10 @@
 """The service loop: the parts of a round (ingestion, the workers, …), run in order on one
 background thread, and the ingestion part's standby side of the writer lock.
+
+A part may name its flow (:data:`sluice.services.breakers.FLOWS`): while that flow's circuit
+breaker is open the part is skipped (its work waits in the database) and its status says why; a
+:class:`~sluice.services.breakers.BreakerOpenError` raised from inside a part is a skip as well,
+not a failure.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import structlog
 from sluice.domain.errors import InvalidInputError, SystemPausedError
 from sluice.domain.ledger import format_timestamp
 from sluice.ports import UnitOfWorkFactory, WriterLock
+from sluice.services.breakers import BreakerOpenError, flow_open
 from sluice.services.controls import current_pause
 from sluice.services.deposit_worker import DepositWorker
 from sluice.services.ingestion import Ingestion
@@ -43,11 +49,13 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class Part:
-    """One step of a round. A part that moves value is skipped while sluice is paused."""
+    """One step of a round. A part that moves value is skipped while sluice is paused; a part
+    with a ``flow`` is skipped while that flow's circuit breaker is open."""
 
     name: str
     run: Callable[[], Outcome | None]
     moves_value: bool = False
+    flow: str | None = None
 
 
 @dataclass
@@ -57,7 +65,7 @@ class PartStatus:
     last_success_at: datetime | None = None
     last_error: str | None = None
     last_error_at: datetime | None = None
-    skipped: str | None = None  # why the last round skipped it (a pause)
+    skipped: str | None = None  # why the last round skipped it (a pause, an open breaker)
 
 
 class ServiceLoop:
@@ -139,6 +147,11 @@ class ServiceLoop:
                 with self._lock:
                     self._status[part.name].skipped = pause
                 continue
+            breaker = self._breaker_reason(part)
+            if breaker is not None:
+                with self._lock:
+                    self._status[part.name].skipped = breaker
+                continue
             self._run_part(part)
         with self._lock:
             self.rounds += 1
@@ -153,11 +166,23 @@ class ServiceLoop:
             log.warning("service loop cannot read the pause switch", error=str(exc))
             return f"pause switch unreadable: {exc}"
 
+    def _breaker_reason(self, part: Part) -> str | None:
+        """Why ``part`` waits for its flow's breaker now, or None (takes no half-open probe:
+        the part's guarded calls do)."""
+        if part.flow is None:
+            return None
+        try:
+            refusing = flow_open(part.flow)
+        except Exception as exc:  # a breaker that cannot be read does not stop work
+            log.warning("service loop cannot read a breaker", part=part.name, error=str(exc))
+            return None
+        return f"{part.flow} circuit breaker open" if refusing else None
+
     def _run_part(self, part: Part) -> None:
         status = self._status[part.name]
         try:
             outcome = part.run()
-        except SystemPausedError as exc:
+        except (SystemPausedError, BreakerOpenError) as exc:
             with self._lock:
                 status.skipped = str(exc)
             return
@@ -249,7 +274,7 @@ class ServiceLoop:
             return False, f"last round finished {age:.1f} s ago (limit {self.stale_after_s:g} s)"
         detail = f"{rounds} rounds, last finished {age:.1f} s ago"
         if skipped:
-            detail += f"; value-moving parts skipped ({'; '.join(skipped)})"
+            detail += f"; parts skipped ({'; '.join(skipped)})"
         if failing:
             detail += f"; failing: {'; '.join(failing)}"
         return True, detail
@@ -342,7 +367,7 @@ def withdrawal_part(worker: WithdrawalWorker) -> Part:
             problems=tuple(tick.errors),
         )
 
-    return Part("withdrawals", run, moves_value=True)
+    return Part("withdrawals", run, moves_value=True, flow="ledger")
 
 
 def deposit_part(worker: DepositWorker) -> Part:
@@ -358,7 +383,7 @@ def deposit_part(worker: DepositWorker) -> Part:
             problems=tuple(tick.errors),
         )
 
-    return Part("deposits", run, moves_value=True)
+    return Part("deposits", run, moves_value=True, flow="ledger")
 
 
 def pause_reason(uow: UnitOfWorkFactory) -> Callable[[], str | None]:

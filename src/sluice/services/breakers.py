@@ -328,10 +328,16 @@ def configure_breakers(
 
 
 @contextmanager
-def guard(flow: str, *, registry: Breakers | None = None) -> Iterator[CircuitBreaker]:
+def guard(
+    flow: str,
+    *,
+    registry: Breakers | None = None,
+    failure: Callable[[BaseException], bool] = counts_as_failure,
+) -> Iterator[CircuitBreaker]:
     """Run the block as one call of ``flow``: refused with :class:`BreakerOpenError` (the block
-    does not run) while the breaker is open; a success or a failure recorded otherwise (see
-    :func:`counts_as_failure`); the block's exception re-raised."""
+    does not run) while the breaker is open; a success or a failure recorded otherwise (what
+    counts as a failure: ``failure``, by default :func:`counts_as_failure`); the block's
+    exception re-raised."""
     breaker = (registry or breakers()).get(flow)
     if not breaker.allow():
         snapshot = breaker.snapshot()
@@ -339,7 +345,7 @@ def guard(flow: str, *, registry: Breakers | None = None) -> Iterator[CircuitBre
     try:
         yield breaker
     except BaseException as exc:
-        if counts_as_failure(exc):
+        if failure(exc):
             breaker.record_failure()
         else:
             breaker.release()
