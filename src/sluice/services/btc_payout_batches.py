@@ -34,6 +34,7 @@ from sluice.ports.bitcoin_payouts import (
     CustodyOutput,
     PayoutRecord,
 )
+from sluice.services.btc_payout_events import broadcast_events
 from sluice.services.btc_payout_recording import (
     PayoutRecording,
     _check_fee,
@@ -53,6 +54,7 @@ from sluice.services.btc_payout_sending import (
     released_lineage,
     unconflicted,
 )
+from sluice.services.events import emit_all
 
 # Every payout module logs as one: operators (and the demo, which routes it to its log file) know
 # the payouts' logger by this name.
@@ -179,6 +181,12 @@ class PayoutBatching(PayoutRecording):
                         },
                     )
                 ]
+            )
+            emit_all(
+                uow,
+                broadcast_events(
+                    batch.id, version, now, bumps=updated.bumps, replaces_txid=batch.txid
+                ),
             )
             uow.commit()
         tick.bumped += 1

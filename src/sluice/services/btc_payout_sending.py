@@ -24,6 +24,8 @@ from sluice.ports.bitcoin import (
 )
 from sluice.ports.bitcoin_payouts import BatchRecord, BitcoinPayoutRepository, PayoutAssignment
 from sluice.services.bitcoin_settings import BitcoinSettings
+from sluice.services.btc_payout_events import broadcast_events
+from sluice.services.events import emit_all
 
 # Every payout module logs as one: operators (and the demo, which routes it to its log file) know
 # the payouts' logger by this name.
@@ -205,6 +207,12 @@ class PayoutWorkerBase:
                     batch.id,
                     _assignments(batch.versions[-1], "broadcast"),
                     expected_statuses=("batched",),
+                )
+                emit_all(
+                    uow,
+                    broadcast_events(
+                        batch.id, batch.versions[-1], now, bumps=current.bumps, error=error
+                    ),
                 )
             uow.commit()
         if sent.outcome == "sent" and counted == "broadcast":

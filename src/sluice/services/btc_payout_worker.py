@@ -21,6 +21,7 @@ from sluice.ports import UnitOfWork
 from sluice.ports.bitcoin import BitcoinNodeError, NodeUnavailableError
 from sluice.ports.bitcoin_payouts import BATCH_FOLLOWED_STATUSES, BatchRecord, OutputSpend
 from sluice.services.btc_payout_batches import PayoutBatching
+from sluice.services.btc_payout_events import confirmed_events, failed_events
 from sluice.services.btc_payout_sending import (
     WORKER,
     PayoutTick,
@@ -30,6 +31,7 @@ from sluice.services.btc_payout_sending import (
     _with_version,
 )
 from sluice.services.controls import pause_state
+from sluice.services.events import emit_all
 
 # Confirmed batches are looked at again (their spends cleared by a reorg) while mined at most this
 # many blocks under the watcher's cursor: a bound on the query, far beyond any reorg seen.
@@ -202,6 +204,20 @@ class PayoutWorker(PayoutBatching):
                 )
             ]
         )
+        if completed:
+            done = set(completed)
+            emit_all(
+                uow,
+                confirmed_events(
+                    [p for p in repo.payouts_of_batch(batch.id) if p.id in done],
+                    batch_id=batch.id,
+                    txid=spend.txid,
+                    block_height=spend.height,
+                    block_hash=spend.block_hash,
+                    confirmations=confirmations,
+                    at=now,
+                ),
+            )
         uow.commit()
         if batch.status != "mined":
             tick.mined += 1
@@ -373,6 +389,10 @@ class PayoutWorker(PayoutBatching):
                 )
             ]
         )
+        emit_all(
+            uow,
+            failed_events(payouts, status="orphaned", reason=message, at=now, batch_id=batch.id),
+        )
         uow.commit()
         tick.orphaned += 1
         log.critical("btc payouts: %s", message)
@@ -453,6 +473,10 @@ class PayoutWorker(PayoutBatching):
                     error=message,
                 )
             ]
+        )
+        emit_all(
+            uow,
+            failed_events(payouts, status="stuck", reason=message, at=now, batch_id=batch.id),
         )
         uow.commit()
         tick.stuck += 1

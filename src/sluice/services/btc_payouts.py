@@ -103,9 +103,11 @@ from sluice.ports.bitcoin import BitcoinNode, CustodyWallet
 from sluice.ports.bitcoin import NotFoundError as NodeNotFoundError
 from sluice.ports.bitcoin_payouts import PAYOUT_WAITING_STATUSES, BatchRecord, PayoutRecord
 from sluice.services.bitcoin_settings import BitcoinSettings
+from sluice.services.btc_payout_events import failed_events, requested_event
 from sluice.services.btc_payout_sending import released_lineage, unconflicted
 from sluice.services.btc_payout_worker import PayoutTick, PayoutWorker
 from sluice.services.controls import check_not_paused
+from sluice.services.events import emit_all
 
 Clock = Callable[[], datetime]
 
@@ -314,6 +316,7 @@ def request_payout(
                     )
                 ]
             )
+            emit_all(uow, [requested_event(record, now)])
             uow.commit()
             return _views(uow, [record])[0]
         uow.rollback()
@@ -449,6 +452,7 @@ def cancel_payout(
                 )
             ]
         )
+        emit_all(uow, failed_events([payout], status="cancelled", reason=note, at=now))
         uow.commit()
         cancelled = repo.get_payout(payout_id)
         assert cancelled is not None

@@ -83,10 +83,12 @@ from sluice.ports.bitcoin_watch import (
     WatchedBlock,
 )
 from sluice.services.bitcoin_settings import BitcoinSettings
+from sluice.services.btc_deposits import confirmed_events, reorged_events, seen_events
 
 # The custody reads are written in btc_deposits; the CLI, the API and the demo import them here.
 from sluice.services.btc_deposits import custody_balance as custody_balance
 from sluice.services.btc_deposits import list_deposits as list_deposits
+from sluice.services.events import emit_all
 from sluice.services.issuance_intake import on_deposits_reorged, open_deposit_operations
 
 log = structlog.get_logger("sluice.bitcoin")
@@ -359,6 +361,8 @@ class DepositWatcher:
                 confirmed = repo.confirm(threshold, now)
                 seen = {at: n for at, n in seen.items() if at > threshold}
             self._audit_confirmed(uow, confirmed, watched, now)
+            emit_all(uow, seen_events(found, watched, now))
+            emit_all(uow, confirmed_events(confirmed, watched, now))
             open_deposit_operations(uow, confirmed, now)
             uow.commit()
         # The block is committed: the in-memory state follows it.
@@ -393,6 +397,7 @@ class DepositWatcher:
                 raise _ChainMovedError
             confirmed = repo.confirm(threshold, now)
             self._audit_confirmed(uow, confirmed, cursor, now, catch_up=True)
+            emit_all(uow, confirmed_events(confirmed, cursor, now))
             open_deposit_operations(uow, confirmed, now)
             uow.commit()
         self._seen = {at: n for at, n in self._seen.items() if at > threshold}
@@ -521,6 +526,7 @@ class DepositWatcher:
                 uow.rollback()
                 raise _ChainMovedError
             self._report_reorg(uow, rolled, cursor, now)
+            emit_all(uow, reorged_events(rolled.reorged, rolled.fork_height, now))
             on_deposits_reorged(uow, rolled, now)
             uow.commit()
         tick.reorgs += 1

@@ -49,7 +49,9 @@ from sluice.ports import UnitOfWork
 from sluice.ports.bitcoin_watch import CustodyOutput
 from sluice.ports.issuance import IssuanceOperation, MintRecord
 from sluice.services.btc_payouts import request_payout
+from sluice.services.events import emit_all
 from sluice.services.issuance_deposit import mint_id, review_id, screen_senders
+from sluice.services.issuance_events import operation_events
 from sluice.services.issuance_router import record_override
 from sluice.services.issuance_settings import IssuanceContext
 
@@ -150,6 +152,7 @@ def _close(
             _fence_mint(uow, ctx, op, at)
         if not uow.issuance.update_operation(moved, expected_version=op.version):
             raise InvalidOperationStateError(f"{op.id} moved meanwhile")
+        emit_all(uow, operation_events(op, moved, at))
         record_override(
             uow, op, kind="override", outcome="done", at=at, detail={**detail, "reason": reason}
         )

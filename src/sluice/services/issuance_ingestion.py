@@ -26,8 +26,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from sluice.domain.deposits import Disposition
+from sluice.domain.events import Event
 from sluice.domain.history import HistoryEntry, ParsedTransaction
 from sluice.domain.issuance_books import (
     IssuanceRecord,
@@ -36,6 +38,8 @@ from sluice.domain.issuance_books import (
 )
 from sluice.ports.issuance import BurnRecord, MintRecord, sats_to_amount
 from sluice.ports.unit_of_work import UnitOfWork
+from sluice.services.events import emit_all
+from sluice.services.issuance_events import burned_event, minted_event
 
 
 @dataclass(slots=True)
@@ -73,14 +77,26 @@ class IssuanceBatchBooks:
                 self.burned.append((booking.record.id, update_id))
         return booking.disposition
 
-    def flush(self, uow: UnitOfWork) -> None:
+    def flush(self, uow: UnitOfWork, at: datetime | None = None) -> None:
         """Mark the mints booked to their customers ``credited`` and ``committed``, and the burns
-        booked ``committed``, each with the update that made it, in the batch's transaction."""
+        booked ``committed``, each with the update that made it, in the batch's transaction;
+        those the router had not recorded committed yet write their ``istsi_minted`` or
+        ``istsi_burned`` event (at ``at``, now by default)."""
+        at = at or datetime.now(UTC)
+        events: list[Event] = []
         for mint_id, update_id in self.credited:
+            mint = uow.issuance.get_mint(mint_id)
+            if mint is not None and mint.status != "committed":
+                # The router had no answer yet: the ledger's own record commits it.
+                events.append(minted_event(mint, update_id, at))
             uow.issuance.mark_mint_credited(mint_id)
             uow.issuance.set_mint_status(mint_id, "committed", update_id=update_id)
         for burn_id, update_id in self.burned:
+            burn = uow.issuance.get_burn(burn_id)
+            if burn is not None and burn.status != "committed":
+                events.append(burned_event(burn, update_id, at))
             uow.issuance.set_burn_status(burn_id, "committed", update_id=update_id)
+        emit_all(uow, events)
 
 
 def issuance_books_for(uow: UnitOfWork, steps: Iterable[object], party: str) -> IssuanceBatchBooks:

@@ -50,6 +50,8 @@ from sluice.domain.errors import (
 from sluice.ports import UnitOfWork
 from sluice.ports.issuance import IssuanceOperation, OperationStatus, StepOutcomeKind
 from sluice.services.controls import check_not_paused
+from sluice.services.events import emit_all
+from sluice.services.issuance_events import operation_events
 from sluice.services.issuance_lease import leased, with_lease, without_lease
 from sluice.services.issuance_redeem import REFUNDED, burn_id_of, payout_id_of, remint_id_of
 from sluice.services.issuance_router import (
@@ -206,6 +208,7 @@ def _override_unaudited(
             moved = replace(moved, completed_at=now)
         if not uow.issuance.update_operation(moved, expected_version=op.version):
             raise InvalidOperationStateError(f"operation {operation_id} moved meanwhile; try again")
+        emit_all(uow, operation_events(op, moved, now))
         outcome: StepOutcomeKind = "retry" if action == "retry" else "done"
         record_override(
             uow,
@@ -387,6 +390,9 @@ def _record_compensation(
             raise InvalidOperationStateError(
                 f"operation {claimed.id} moved while it was being compensated"
             )
+        # From the operation as it was before the compensation claimed it (the claim's
+        # ``stuck`` is a lease, not an event).
+        emit_all(uow, operation_events(before, moved, now))
         record_override(
             uow,
             claimed,

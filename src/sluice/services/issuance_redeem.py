@@ -104,6 +104,8 @@ from sluice.services.btc_payouts import (
 )
 from sluice.services.compliance import check_operation_allowed
 from sluice.services.controls import check_not_paused
+from sluice.services.events import emit_all
+from sluice.services.issuance_events import burned_event, redemption_requested_event
 from sluice.services.issuance_router import (
     OperationDefinition,
     StepOutcome,
@@ -273,6 +275,7 @@ def request_redemption(
                 )
             ]
         )
+        emit_all(uow, [redemption_requested_event(operation, now)])
         uow.commit()
         return operation
 
@@ -364,8 +367,14 @@ def burn_step(ctx: IssuanceContext, operation: IssuanceOperation) -> StepOutcome
             detail={"burn_id": burn_id},
         )
     with ctx.uow() as uow:
-        uow.issuance.set_burn_status(burn_id, "committed", update_id=result.update_id)
-        uow.commit()
+        current = uow.issuance.get_burn(burn_id)
+        if current is None or current.status != "committed":
+            uow.issuance.set_burn_status(burn_id, "committed", update_id=result.update_id)
+            emit_all(
+                uow,
+                [burned_event(burn, result.update_id, ctx.clock(), operation.correlation_id)],
+            )
+            uow.commit()
     return _done(
         "payout",
         detail={"burn_id": burn_id, "update_id": result.update_id},

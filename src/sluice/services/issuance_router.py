@@ -68,7 +68,9 @@ from sluice.ports.issuance import (
     StepRecord,
 )
 from sluice.services.controls import current_pause, pause_state
+from sluice.services.events import emit_all
 from sluice.services.issuance_contracts import contract_addresses_in_force
+from sluice.services.issuance_events import operation_events
 from sluice.services.issuance_lease import (
     lease_end,
     leased,
@@ -500,6 +502,7 @@ class IssuanceRouter:
             )
             if not uow.issuance.update_operation(moved, expected_version=claimed.version):
                 return None
+            emit_all(uow, operation_events(claimed, moved, now))
             recorded = 0
             if not repeated_wait:
                 uow.issuance.add_step(

@@ -56,6 +56,8 @@ from sluice.ports.issuance import (
     IssuerResult,
     MintRecord,
 )
+from sluice.services.events import emit_all
+from sluice.services.issuance_events import minted_event
 from sluice.services.issuance_settings import IssuanceContext
 
 log = structlog.get_logger("sluice.issuance")
@@ -222,8 +224,10 @@ def send_mint(ctx: IssuanceContext, mint: MintRecord) -> IssuerResult:
     with ctx.uow() as uow:
         current = uow.issuance.get_mint(mint.id)
         if current is None or current.status != "committed":
+            now = ctx.clock()
             uow.issuance.set_mint_status(mint.id, "committed", update_id=result.update_id)
-            uow.audit.append([_sent_entry(mint, ctx.clock(), "committed", result=result)])
+            uow.audit.append([_sent_entry(mint, now, "committed", result=result)])
+            emit_all(uow, [minted_event(mint, result.update_id, now)])
             uow.commit()
     return result
 

@@ -33,6 +33,7 @@ import structlog
 from sluice.domain.deposits import Alert
 from sluice.domain.deposits import Severity as AlertSeverity
 from sluice.domain.errors import NotFoundError
+from sluice.domain.events import Event, new_event
 from sluice.domain.ledger import format_timestamp
 from sluice.ports.reserves import (
     Discrepancy,
@@ -45,6 +46,7 @@ from sluice.ports.reserves import (
 )
 from sluice.services import controls
 from sluice.services.bitcoin_settings import BitcoinSettings
+from sluice.services.events import emit_all
 from sluice.services.mint_guard import halt_minting_in
 from sluice.services.reconciliation_chain import check_custody, check_supply, read_chain
 from sluice.services.reconciliation_checks import SourceCheck, check_ledger, details_text
@@ -152,6 +154,7 @@ def reconcile(ctx: ReservesContext, *, trigger: RunTrigger) -> ReconciliationRun
                 alert_id=f"{run_id}:halt",
             )
         uow.reserves.add_run(run)
+        emit_all(uow, [run_event(run)])
         uow.commit()
     log.info(
         "reconciliation run",
@@ -347,6 +350,31 @@ def discrepancy_json(found: Discrepancy) -> dict[str, Any]:
         "message": found.message,
         "details": dict(found.details),
     }
+
+
+def run_event(run: ReconciliationRun) -> Event:
+    """``reconciliation_completed`` for a stored run (aggregate id the run's id)."""
+    found = run.discrepancies
+    return new_event(
+        "reconciliation_completed",
+        run.id,
+        {
+            "run_id": run.id,
+            "trigger": run.trigger,
+            "status": run.status,
+            "worst": run.worst,
+            "started_at": format_timestamp(run.started_at),
+            "finished_at": format_timestamp(run.finished_at),
+            "states": {
+                str(source): str(dict(check).get("state"))
+                for source, check in dict(dict(run.report).get("sources", {})).items()
+            },
+            "discrepancies": len(found),
+            "discrepancy_sources": sorted({str(d.source) for d in found}),
+            "actions": list(run.actions),
+        },
+        at=run.finished_at,
+    )
 
 
 def run_json(run: ReconciliationRun) -> dict[str, Any]:

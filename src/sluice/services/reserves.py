@@ -48,6 +48,7 @@ from typing import Any, Literal
 from sluice.domain.amounts import ZERO
 from sluice.domain.deposits import Alert
 from sluice.domain.errors import InvalidInputError, NotFoundError
+from sluice.domain.events import Event, new_event
 from sluice.domain.journal import COMPLIANCE_HOLD, FEES, IN_FLIGHT, SUSPENSE, AccountRef
 from sluice.domain.ledger import Cursor, InstrumentId, format_timestamp
 from sluice.domain.reserves import (
@@ -62,6 +63,7 @@ from sluice.ports import UnitOfWork, UnitOfWorkFactory
 from sluice.ports.bitcoin_watch import WatchedBlock
 from sluice.ports.issuance import GuardFigures
 from sluice.ports.reserves import ReadPoint, ReserveReading
+from sluice.services.events import emit_all
 from sluice.services.ingestion import connection_name
 from sluice.services.issuance_settings import ISTSI_ID
 from sluice.services.reserves_settings import ReservesContext, ReservesSettings
@@ -325,8 +327,32 @@ def record(ctx: ReservesContext, *, connection: str | None = None) -> Recorded:
             if alert is not None:
                 alerts.append(alert)
         raised = [a for a in alerts if uow.reserves.add_alerts([a], taken_at)]
+        emit_all(uow, [reading_event(r, ctx.settings) for r in stored])
         uow.commit()
     return Recorded(stored, raised)
+
+
+def reading_event(reading: ReserveReading, settings: ReservesSettings) -> Event:
+    """``reserve_updated`` for a stored reading (aggregate id the instrument's key): the
+    figures as decimal strings, ``ratio_bps`` and the level it is at."""
+    decimals = decimals_of(reading)
+    return new_event(
+        "reserve_updated",
+        reading.instrument,
+        {
+            "reading_id": reading.id,
+            "instrument": reading.instrument,
+            "kind": reading.kind,
+            "decimals": decimals,
+            "supply_units": str(reading.supply_units),
+            "supply": format_units(reading.supply_units, decimals),
+            "reserves_units": str(reading.reserves_units),
+            "reserves": format_units(reading.reserves_units, decimals),
+            "ratio_bps": reading.ratio_bps,
+            "level": ratio_level(reading, settings),
+        },
+        at=reading.taken_at,
+    )
 
 
 def crossing_alert(
