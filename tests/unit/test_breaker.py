@@ -255,7 +255,7 @@ def test_input_errors_are_not_failures_of_the_guard() -> None:
 def test_half_open_probes_go_through_the_guard_and_close_it() -> None:
     registry, clock = _registry()
     for _ in range(10):
-        with pytest.raises(OSError), guard("nats", registry=registry):
+        with pytest.raises(OSError, match="refused"), guard("nats", registry=registry):
             raise OSError("connection refused")
     clock.now += 30
     for _ in range(3):
