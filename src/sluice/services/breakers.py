@@ -444,3 +444,50 @@ def force_breaker(
     target.get(name).force(forced, row.reason or "")
     log.warning("breakers.forced", flow=name, state=state, reason=row.reason, actor=actor)
     return row
+
+
+def breaker_report(
+    uow_factory: UnitOfWorkFactory | None, registry: Breakers | None = None
+) -> list[dict[str, object]]:
+    """Each flow's breaker as this process sees it (state, window, wait left) with the stored
+    forced state (who forced it, why, when), for listings."""
+    target = registry or breakers()
+    stored = list_forced(uow_factory) if uow_factory is not None else {}
+    if uow_factory is not None:
+        target.apply_forced(
+            {name: row.forced for name, row in stored.items()},
+            {name: row.reason or "" for name, row in stored.items()},
+        )
+    rows: list[dict[str, object]] = []
+    for snapshot in target.snapshots():
+        row = stored.get(snapshot.name)
+        rows.append(
+            {
+                "flow": snapshot.name,
+                "description": FLOW_DESCRIPTIONS[snapshot.name],
+                "state": snapshot.state,
+                "forced": snapshot.forced,
+                "forced_by": row.actor if row is not None and row.forced else None,
+                "forced_reason": row.reason if row is not None and row.forced else None,
+                "forced_at": (
+                    format_timestamp(row.updated_at) if row is not None and row.forced else None
+                ),
+                "calls": snapshot.calls,
+                "failures": snapshot.failures,
+                "failure_rate": round(snapshot.failure_rate, 4),
+                "open_remaining_s": (
+                    round(snapshot.open_remaining_s, 3)
+                    if snapshot.open_remaining_s is not None
+                    else None
+                ),
+                "opened_count": snapshot.opened_count,
+                "settings": {
+                    "window": snapshot.settings.window,
+                    "min_calls": snapshot.settings.min_calls,
+                    "failure_rate": snapshot.settings.failure_rate,
+                    "open_s": snapshot.settings.open_s,
+                    "probes": snapshot.settings.probes,
+                },
+            }
+        )
+    return rows
