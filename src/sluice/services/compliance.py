@@ -21,6 +21,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from sluice.domain.amounts import format_amount
 from sluice.domain.audit import AuditEntry
@@ -28,16 +29,20 @@ from sluice.domain.compliance import (
     OPERATIONS,
     ComplianceDecision,
     ComplianceRequest,
+    HeldDeposit,
     LimitLadder,
     Operation,
     ReviewItem,
 )
 from sluice.domain.errors import InvalidInputError
+from sluice.domain.events import Event, new_event
 from sluice.domain.ledger import InstrumentId
 from sluice.domain.risk import RiskRules
 from sluice.domain.withdrawals import Withdrawal
 from sluice.ports import SanctionsScreen, UnitOfWork, UnitOfWorkFactory
 from sluice.services.compliance_session import AuditedAs, ComplianceSession, UsageCache
+from sluice.services.events import emit_all
+from sluice.services.withdrawal_attempts import instrument_payload, withdrawal_events
 
 # The session and the usage cache live in compliance_session; their names are re-exported so that
 # they stay importable from here.
@@ -204,6 +209,20 @@ def check_operation_allowed(
     )
     session.flush()
     if not decision.allowed:
+        emit_all(
+            uow,
+            [
+                compliance_event(
+                    request.customer_id,
+                    f"{request.operation}_refused",
+                    at=at,
+                    actor=actor,
+                    reason=decision.summary(),
+                    subject=operation_id,
+                    code=decision.code,
+                )
+            ],
+        )
         uow.commit()
         raise decision.error()
 
@@ -257,14 +276,112 @@ class RegistryGate:
         return decision.allowed, decision.summary()
 
 
+def deposit_event(
+    type: str,
+    deposit_id: str,
+    *,
+    at: datetime,
+    instrument: InstrumentId,
+    amount: Decimal,
+    status: str,
+    customer_id: str | None = None,
+    sender: str | None = None,
+    deposit_account: str | None = None,
+    held_in: str | None = None,
+    reason: str | None = None,
+    update_id: str | None = None,
+    offset: int | None = None,
+    hold_id: str | None = None,
+    withdrawal_id: str | None = None,
+    actor: str | None = None,
+) -> Event:
+    """The event of a deposit's state change (``deposit_*``); ``deposit_id`` is
+    ``<update id>:<node id>`` of the ledger entry that brought it (a suspense item's id)."""
+    return new_event(
+        type,
+        deposit_id,
+        {
+            "deposit_id": deposit_id,
+            "customer_id": customer_id,
+            "sender": sender,
+            "deposit_account": deposit_account,
+            "instrument": instrument_payload(instrument),
+            "amount": format_amount(amount),
+            "status": status,
+            "held_in": held_in,
+            "reason": reason,
+            "update_id": update_id,
+            "offset": offset,
+            "hold_id": hold_id,
+            "withdrawal_id": withdrawal_id,
+            "actor": actor,
+        },
+        at=at,
+    )
+
+
+def held_deposit_id(hold: HeldDeposit) -> str:
+    """The deposit a compliance hold holds (``hold:<update id>:<node id>:<instrument>``)."""
+    instrument = InstrumentId(hold.instrument_admin, hold.instrument_id)
+    return hold.id.removeprefix("hold:").removesuffix(f":{instrument.key()}")
+
+
+def hold_event(type: str, hold: HeldDeposit, *, at: datetime, status: str, **facts: Any) -> Event:
+    """:func:`deposit_event` for a deposit in the compliance hold."""
+    facts.setdefault("customer_id", hold.customer_id)
+    return deposit_event(
+        type,
+        held_deposit_id(hold),
+        at=at,
+        instrument=InstrumentId(hold.instrument_admin, hold.instrument_id),
+        amount=hold.amount,
+        status=status,
+        sender=hold.sender,
+        deposit_account=hold.deposit_account,
+        held_in="compliance_hold",
+        update_id=hold.update_id,
+        hold_id=hold.id,
+        **facts,
+    )
+
+
+def compliance_event(
+    customer_id: str,
+    action: str,
+    *,
+    at: datetime,
+    actor: str,
+    reason: str | None = None,
+    subject: str | None = None,
+    **facts: Any,
+) -> Event:
+    """``compliance_action``: an officer's decision about ``customer_id`` (aggregate = the
+    customer), ``action`` naming it (the audit record's operation)."""
+    return new_event(
+        "compliance_action",
+        customer_id,
+        {
+            "customer_id": customer_id,
+            "action": action,
+            "subject": subject,
+            "reason": reason,
+            "actor": actor,
+            **facts,
+        },
+        at=at,
+    )
+
+
 def undo_failed_payouts(
     uow: UnitOfWork, failed: Iterable[Withdrawal], *, at: datetime, actor: str
 ) -> None:
     """After payouts failed and were credited back, in the same transaction: a customer's
     withdrawal no longer counts against their limits (nothing left the account), and a failed
     return puts its deposit back on hold with a review item, so the officer decides again."""
+    failed = list(failed)
     withdrawals = [record.id for record in failed if record.kind == "withdrawal"]
     uow.compliance.forget_usage(withdrawals)
+    emit_all(uow, withdrawal_events("withdrawal_failed", failed, at=at, actor=actor))
     for record in failed:
         if record.kind != "return":
             continue
@@ -281,6 +398,20 @@ def undo_failed_payouts(
                 customer_id=hold.customer_id,
                 subject=hold.id,
             )
+        )
+        emit_all(
+            uow,
+            [
+                hold_event(
+                    "deposit_held",
+                    hold,
+                    at=at,
+                    status="held",
+                    reason=reason,
+                    withdrawal_id=record.id,
+                    actor=actor,
+                )
+            ],
         )
         uow.audit.append(
             [

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 
@@ -35,6 +35,7 @@ from sluice.domain.errors import (
     InvalidOperationStateError,
     NotFoundError,
 )
+from sluice.domain.events import new_event
 from sluice.domain.journal import (
     COMPLIANCE_HOLD,
     IN_FLIGHT,
@@ -46,8 +47,15 @@ from sluice.domain.journal import (
 from sluice.domain.ledger import InstrumentId, check_party_id
 from sluice.domain.withdrawals import Withdrawal
 from sluice.ports import NameMatch, SanctionsScreen, UnitOfWork, UnitOfWorkFactory
-from sluice.services.compliance import KycRegistry
+from sluice.services.compliance import KycRegistry, hold_event
+from sluice.services.compliance_session import kyc_event
 from sluice.services.controls import check_not_paused
+from sluice.services.events import emit_all
+from sluice.services.withdrawal_attempts import withdrawal_event
+
+# The aggregate of a compliance action about no one customer (an address, a tier's limits).
+COMPLIANCE_AGGREGATE = "compliance"
+_REASON_KEYS = ("reason", "resolution")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +89,35 @@ def _audit(
     customer_id: str | None = None,
     parameters: dict[str, object] | None = None,
     state_changes: list[dict[str, object]] | None = None,
+    about: str | None = None,
 ) -> None:
+    """Append the officer's audit record and its ``compliance_action`` event (aggregate: the
+    customer concerned — ``about`` when the record names none — or ``compliance`` for a
+    decision about no one customer: an address, a tier's limits)."""
+    subject_customer = (customer.customer_id if customer is not None else customer_id) or about
+    facts = parameters or {}
+    reason = facts.get("reason", facts.get("resolution"))
+    emit_all(
+        uow,
+        [
+            new_event(
+                "compliance_action",
+                subject_customer or COMPLIANCE_AGGREGATE,
+                {
+                    "customer_id": subject_customer,
+                    "action": operation,
+                    "subject": operation_id,
+                    "reason": None if reason is None else str(reason),
+                    "actor": actor,
+                    "details": {
+                        k: v for k, v in facts.items() if k not in ("reason", "resolution")
+                    },
+                    "changes": state_changes or [],
+                },
+                at=at,
+            )
+        ],
+    )
     uow.audit.append(
         [
             AuditEntry(
@@ -142,6 +178,7 @@ def close_review(
             at=at,
             parameters={"resolution": resolution},
             state_changes=[{"review": review_id, "closed": True}],
+            about=closed.customer_id,
         )
         uow.commit()
         return closed
@@ -184,6 +221,7 @@ def set_customer_status(
             parameters={"status": new_status, "reason": reason},
             state_changes=[{"status": new_status, "was": before.status}],
         )
+        emit_all(uow, [kyc_event(before, after, at=at, actor=actor, reason=reason)])
         uow.commit()
         return after
 
@@ -230,6 +268,7 @@ def change_tier(
             state_changes=[{"tier": new_tier, "was": before.tier}],
         )
         after = uow.compliance.profiles([customer_id])[customer_id]
+        emit_all(uow, [kyc_event(before, after, at=at, actor=actor, reason=reason)])
         uow.commit()
         return after
 
@@ -395,6 +434,20 @@ def release_hold(
                 {"hold": hold_id, "status": "released"},
             ],
         )
+        emit_all(
+            uow,
+            [
+                hold_event(
+                    "deposit_released",
+                    hold,
+                    at=at,
+                    status="released",
+                    customer_id=target,
+                    reason=reason,
+                    actor=actor,
+                )
+            ],
+        )
         uow.commit()
         return uow.compliance.hold(hold_id) or hold
 
@@ -477,6 +530,19 @@ def return_hold(
                 {"hold": hold_id, "status": "returned", "withdrawal": return_id},
             ],
         )
+        returned = [
+            hold_event(
+                "deposit_returned",
+                hold,
+                at=at,
+                status="returned",
+                reason=reason,
+                withdrawal_id=return_id,
+                actor=actor,
+            ),
+            withdrawal_event("withdrawal_requested", withdrawal, at=at, actor=actor),
+        ]
+        emit_all(uow, [event for event in returned if event is not None])
         uow.commit()
         return withdrawal
 
@@ -547,6 +613,9 @@ def screen_customers(
                 parameters={"name": result.name},
                 state_changes=[{"sanctions_match": hit, "status": new_status or profile.status}],
             )
+            if new_status is not None:
+                after = replace(profile, status=new_status, status_reason=reason)
+                emit_all(uow, [kyc_event(profile, after, at=at, actor=actor, reason=reason)])
             uow.commit()
     return matches
 

@@ -44,6 +44,7 @@ from sluice.domain.compliance import (
     UsageWindows,
     decide,
 )
+from sluice.domain.events import Event, new_event
 from sluice.domain.risk import CASH_OUT_OPERATIONS, assess_risk
 from sluice.ports import UnitOfWork
 from sluice.ports.repositories import UsageWrite
@@ -158,6 +159,7 @@ class ComplianceSession:
         self._reviews: list[ReviewItem] = []
         self._holds: list[HeldDeposit] = []
         self._audit: list[AuditEntry] = []
+        self._events: list[Event] = []
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -373,9 +375,11 @@ class ComplianceSession:
         over = risk is not None and risk.over_threshold
         if over and profile is not None and risk is not None and profile.status == "active":
             reason = f"risk score {risk.score}: {', '.join(risk.flag_names())}"
-            self.set_profile(
-                replace(profile, status="under_review", status_reason=reason, risk_score=risk.score)
+            changed = replace(
+                profile, status="under_review", status_reason=reason, risk_score=risk.score
             )
+            self.set_profile(changed)
+            self._events.append(kyc_event(profile, changed, at=at, actor=actor, reason=reason))
             self.open_review(
                 ReviewItem(
                     id=f"risk:{request.customer_id}:{operation_id}",
@@ -452,6 +456,9 @@ class ComplianceSession:
             repo.open_review(review)
         if self._audit:
             self._uow.audit.append(self._audit)
+        if self._events:
+            self._uow.events.add(self._events)
+            self._events = []
         self._new_usage = {}
         self._profile_changes = {}
         self._holds = []
@@ -590,3 +597,23 @@ def _prune_recent(kept: _Kept, start: datetime, count: int) -> None:
         complete_from = _record_order(recent[cut])
     del recent[:cut]
     kept.complete_from = complete_from
+
+
+def kyc_event(
+    before: Profile, after: Profile, *, at: datetime, actor: str, reason: str | None
+) -> Event:
+    """``customer_kyc_changed``: the customer's tier or status, and what they were."""
+    return new_event(
+        "customer_kyc_changed",
+        after.customer_id,
+        {
+            "customer_id": after.customer_id,
+            "tier": after.tier,
+            "was_tier": before.tier,
+            "status": after.status,
+            "was_status": before.status,
+            "reason": reason,
+            "actor": actor,
+        },
+        at=at,
+    )

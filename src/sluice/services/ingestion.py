@@ -32,6 +32,7 @@ from sluice.domain.history import HistoryEntry, ParsedTransaction, item_offset, 
 from sluice.domain.ledger import Cursor, InstrumentId
 from sluice.ports import IngestBatch, LedgerClient, LedgerReadError, UnitOfWorkFactory
 from sluice.services.compliance import KycRegistry, UsageCache, undo_failed_payouts
+from sluice.services.events import emit_all
 from sluice.services.ingestion_batch import (
     CLOSED_STATUS_BY_ENTRY,
     BatchDecisions,
@@ -329,6 +330,7 @@ class Ingestion(BatchDecisions):
                 self._apply(step, state, progress)
             state.batch.cursor = state.cursor
             repo.write_batch(state.batch)
+            emit_all(uow, state.events)
             state.issuance.flush(uow)
             if state.compliance is not None:
                 state.compliance.flush()

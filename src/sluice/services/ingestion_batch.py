@@ -19,6 +19,7 @@ from sluice.domain.compliance import (
     ReviewItem,
 )
 from sluice.domain.deposits import dispose_entry
+from sluice.domain.events import Event
 from sluice.domain.history import (
     HistoryEntry,
     ParsedTransaction,
@@ -27,11 +28,13 @@ from sluice.domain.history import (
     parse_update,
     unwrap_update,
 )
+from sluice.domain.journal import JournalTransaction
 from sluice.domain.ledger import Checkpoint, Cursor, Holding, InstrumentId, TransferInstruction
 from sluice.domain.withdrawals import Withdrawal, book_withdrawal_entry, is_withdrawal_entry
 from sluice.ports import EntryRecord, IngestBatch, IngestedUpdate, IngestionRepository
-from sluice.services.compliance import ComplianceSession, KycRegistry
+from sluice.services.compliance import ComplianceSession, KycRegistry, deposit_event
 from sluice.services.issuance_ingestion import IssuanceBatchBooks
+from sluice.services.withdrawal_attempts import withdrawal_event
 
 CLOSED_STATUS_BY_ENTRY = {
     "completed": "completed",
@@ -85,6 +88,10 @@ class _BatchState:
     undecided: set[tuple[str, int]] = field(default_factory=set)
     failed_payouts: list[tuple[Withdrawal, datetime]] = field(default_factory=list)
     issuance: IssuanceBatchBooks = field(default_factory=IssuanceBatchBooks)
+    # The batch's events, inserted in one statement with its writes.
+    events: list[Event] = field(default_factory=list)
+    # Why the registry held a deposit: (update id, node id, instrument key) → reason.
+    held_why: dict[tuple[str, int, str], str] = field(default_factory=dict)
 
 
 class BatchDecisions:
@@ -182,6 +189,8 @@ class BatchDecisions:
             batch.entries.append(
                 _entry_record(tx, entry, disposition.kind, disposition.customer_id)
             )
+            if entry.kind == "transfer_in" and disposition.kind in _DEPOSIT_OUTCOMES:
+                self._deposit_events(tx, entry, disposition.journal, state)
         for instruction in tx.instructions_created:
             transfer = instruction.transfer
             direction = "in" if transfer.receiver == self.party != transfer.sender else "out"
@@ -238,6 +247,7 @@ class BatchDecisions:
                 )
                 why = None if decision.allowed else decision.summary()
             if why is not None:
+                state.held_why[(tx.update_id, entry.node_id, instrument.key())] = why
                 hold_id = f"hold:{tx.update_id}:{entry.node_id}:{instrument.key()}"
                 session.hold(
                     HeldDeposit(
@@ -266,6 +276,51 @@ class BatchDecisions:
             return why
 
         return admit
+
+    def _deposit_events(
+        self,
+        tx: ParsedTransaction,
+        entry: HistoryEntry,
+        journal: Iterable[JournalTransaction],
+        state: _BatchState,
+    ) -> None:
+        """``deposit_credited`` / ``deposit_held``, one per instrument the deposit booked."""
+        deposit_id = f"{tx.update_id}:{entry.node_id}"
+        for txn in journal:
+            outcome = _DEPOSIT_BOOKINGS.get(txn.kind)
+            if outcome is None:
+                continue
+            type, status, held_in = outcome
+            treasury, liability = txn.postings
+            instrument = treasury.account.instrument
+            why = state.held_why.get((tx.update_id, entry.node_id, instrument.key()))
+            customer = liability.account.customer_id
+            if held_in is not None:
+                customer = state.customers.get(entry.reason) if entry.reason else None
+            if held_in == "suspense":
+                why = _suspense_reason(entry, instrument, customer, self._onboarded)
+            state.events.append(
+                deposit_event(
+                    type,
+                    deposit_id,
+                    at=tx.record_time,
+                    instrument=instrument,
+                    amount=treasury.amount,
+                    status=status,
+                    customer_id=customer,
+                    sender=entry.sender,
+                    deposit_account=entry.reason,
+                    held_in=held_in,
+                    reason=why,
+                    update_id=tx.update_id,
+                    offset=tx.offset,
+                    hold_id=(
+                        f"hold:{tx.update_id}:{entry.node_id}:{instrument.key()}"
+                        if held_in == "compliance_hold"
+                        else None
+                    ),
+                )
+            )
 
     def _audit_deposit(
         self,
@@ -322,6 +377,16 @@ class BatchDecisions:
             and (known is None or known.status != "failed")
         ):
             state.failed_payouts.append((record, tx.record_time))
+        if record.status == "completed" and (known is None or known.status != "completed"):
+            event = withdrawal_event(
+                "withdrawal_completed",
+                record,
+                at=tx.record_time,
+                update_id=tx.update_id,
+                offset=tx.offset,
+            )
+            if event is not None:
+                state.events.append(event)
         if known is None or known.status != record.status:
             state.audit.append(
                 AuditEntry(
@@ -340,6 +405,31 @@ class BatchDecisions:
                     ],
                 )
             )
+
+
+# A deposit's booking (journal kind) → its event's type, status and where it is held.
+_DEPOSIT_BOOKINGS: dict[str, tuple[str, str, str | None]] = {
+    "deposit": ("deposit_credited", "credited", None),
+    "deposit_held": ("deposit_held", "held", "compliance_hold"),
+    "deposit_suspense": ("deposit_held", "held", "suspense"),
+}
+_DEPOSIT_OUTCOMES = frozenset({"credited", "held", "suspense"})
+
+
+def _suspense_reason(
+    entry: HistoryEntry,
+    instrument: InstrumentId,
+    customer: str | None,
+    onboarded: set[InstrumentId] | None,
+) -> str:
+    """Why a deposit went to suspense (what the alert raised for it says at length)."""
+    if instrument not in (onboarded or set()):
+        return "instrument not onboarded"
+    if not entry.reason:
+        return "no deposit account"
+    if customer is None:
+        return "unknown deposit account"
+    return "negative amount"
 
 
 def _deposit_outcome(

@@ -6,21 +6,77 @@ how a withdrawal could be paid twice and why it cannot be here."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from sluice.domain.amounts import parse_amount
+from sluice.domain.amounts import format_amount, parse_amount
 from sluice.domain.coin_selection import Candidate, select_around, select_inputs
 from sluice.domain.errors import InvalidInputError
+from sluice.domain.events import Event, new_event
 from sluice.domain.journal import JournalTransaction
-from sluice.domain.ledger import Cursor, Holding, format_timestamp, parse_timestamp
-from sluice.domain.withdrawals import Withdrawal
+from sluice.domain.ledger import (
+    Cursor,
+    Holding,
+    InstrumentId,
+    format_timestamp,
+    parse_timestamp,
+)
+from sluice.domain.withdrawals import PAYOUT_KINDS, Withdrawal
 from sluice.ports import InstrumentRecord, UnitOfWork, UnitOfWorkFactory
 
 HOLD_KEY = "withdrawals_hold_until"
 Clock = Callable[[], datetime]
+
+
+def instrument_payload(instrument: InstrumentId) -> dict[str, str]:
+    """An instrument as every event's payload names it."""
+    return {"id": instrument.id, "admin": instrument.admin}
+
+
+def withdrawal_event(
+    type: str,
+    record: Withdrawal,
+    *,
+    at: datetime,
+    actor: str | None = None,
+    update_id: str | None = None,
+    offset: int | None = None,
+) -> Event | None:
+    """The event of a payout's state change (``withdrawal_*``), aggregate = the record's id;
+    ``None`` for pool upkeep (merges and splits are the treasury's own housekeeping, not
+    withdrawals anyone outside waits for). ``kind`` tells a customer's withdrawal from the
+    return of a held deposit to its sender."""
+    if record.kind not in PAYOUT_KINDS:
+        return None
+    return new_event(
+        type,
+        record.id,
+        {
+            "withdrawal_id": record.id,
+            "kind": record.kind,
+            "customer_id": record.customer_id,
+            "receiver": record.receiver,
+            "instrument": instrument_payload(record.instrument),
+            "amount": format_amount(record.amount),
+            "status": record.status,
+            "attempt": record.attempt,
+            "failure": record.failure,
+            "update_id": update_id or record.outcome_update_id,
+            "offset": offset,
+            "actor": actor,
+        },
+        at=at,
+    )
+
+
+def withdrawal_events(
+    type: str, records: Iterable[Withdrawal], *, at: datetime, actor: str | None = None
+) -> list[Event]:
+    """:func:`withdrawal_event` for each payout of ``records``."""
+    events = (withdrawal_event(type, record, at=at, actor=actor) for record in records)
+    return [event for event in events if event is not None]
 
 
 @dataclass(frozen=True, slots=True)

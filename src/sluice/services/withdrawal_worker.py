@@ -31,6 +31,7 @@ from sluice.ports import (
 )
 from sluice.services.compliance import KycRegistry, undo_failed_payouts
 from sluice.services.controls import pause_state
+from sluice.services.events import emit_all
 from sluice.services.withdrawal_attempts import (
     HOLD_KEY,
     Clock,
@@ -43,6 +44,7 @@ from sluice.services.withdrawal_attempts import (
     _try_reserve,
     hold_in_force,
     recorded_hold,
+    withdrawal_events,
 )
 
 # --- the worker --------------------------------------------------------------------------------
@@ -310,7 +312,19 @@ class WithdrawalWorker:
             )
             tick.compliance_blocked += len(blocked)
             claimed = [record for record in claimed if record.id not in blocked]
-            uow.withdrawals.update_many([replace(r, status="submitting") for r in claimed])
+            submitting = [replace(r, status="submitting") for r in claimed]
+            uow.withdrawals.update_many(submitting)
+            # Emitted as the attempt is claimed for the ledger (so it always precedes the
+            # completion ingestion may see); a fence is no payment attempt.
+            emit_all(
+                uow,
+                withdrawal_events(
+                    "withdrawal_submitted",
+                    [r for r in submitting if r.failure is None],
+                    at=self._clock(),
+                    actor="withdrawal-worker",
+                ),
+            )
             kinds = {
                 instrument: uow.withdrawals.instrument(instrument)
                 for instrument in {record.instrument for record in claimed}

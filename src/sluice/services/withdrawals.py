@@ -82,6 +82,7 @@ from sluice.domain.errors import (
     InvalidOperationStateError,
     NotFoundError,
 )
+from sluice.domain.events import Event
 from sluice.domain.journal import (
     IN_FLIGHT,
     AccountRef,
@@ -94,6 +95,7 @@ from sluice.domain.withdrawals import Withdrawal, withdrawal_id
 from sluice.ports import UnitOfWorkFactory
 from sluice.services.compliance import KycRegistry, check_operation_allowed
 from sluice.services.controls import check_not_paused
+from sluice.services.events import emit_all
 from sluice.services.withdrawal_attempts import (
     HOLD_KEY,
     Clock,
@@ -105,6 +107,7 @@ from sluice.services.withdrawal_attempts import (
     hold_until_safe,
     recorded_hold,
     release_hold,
+    withdrawal_event,
 )
 from sluice.services.withdrawal_worker import WithdrawalWorker, WorkerTick
 
@@ -273,6 +276,17 @@ def request_withdrawal(
         if withdrawal.status == "reserved":
             assert withdrawal.trec_tgt is not None
             repo.record_attempt(wid, withdrawal.attempt, withdrawal.inputs, withdrawal.trec_tgt)
+        emit_all(
+            uow,
+            _present(
+                withdrawal_event(
+                    "withdrawal_requested",
+                    withdrawal,
+                    at=now,
+                    actor=actor or f"customer:{customer_id}",
+                )
+            ),
+        )
         uow.commit()
         return withdrawal
 
@@ -374,6 +388,8 @@ def cancel_withdrawal(
                 )
             ]
         )
+        event = withdrawal_event("withdrawal_cancelled", cancelled, at=at, actor=actor)
+        emit_all(uow, _present(event))
         uow.commit()
     return cancelled
 
@@ -387,3 +403,7 @@ def list_withdrawals(
 ) -> list[Withdrawal]:
     with uow_factory() as uow:
         return uow.withdrawals.find(statuses=statuses, customer_id=customer_id, limit=limit)
+
+
+def _present(event: Event | None) -> list[Event]:
+    return [] if event is None else [event]
