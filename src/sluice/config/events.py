@@ -17,7 +17,9 @@ class EventsConfig(_Section):
     awaiting their ack at once; ``ack_timeout_s``: how long one may wait (then its outcome is
     unknown and it is published again with the same id); ``batch``: rows claimed per round;
     ``interval_s``: how long the relay sleeps when nothing is left; ``relay_in_serve``: whether
-    ``sluice serve`` runs the relay."""
+    ``sluice serve`` runs the relay. ``subject_prefix``: put before every subject (``""``
+    by default, else tokens each ending in ``.``, e.g. ``"staging."``), so that deployments sharing
+    one NATS account have streams of their own (a stream's subjects may not overlap another's)."""
 
     bus: Literal["embedded", "nats"] = "embedded"
     nats_url: str = "nats://127.0.0.1:4222"
@@ -28,6 +30,7 @@ class EventsConfig(_Section):
     batch: Annotated[int, Field(ge=1, le=100_000)] = 1000
     interval_s: Annotated[float, Field(gt=0, le=3600)] = 0.25
     relay_in_serve: bool = True
+    subject_prefix: Annotated[str, Field(pattern=r"^([A-Za-z0-9_-]+\.)*$", max_length=64)] = ""
 
     @field_validator("nats_url")
     @classmethod

@@ -1,3 +1,127 @@
-"""``sluice events relay``: publish the outbox's committed events."""
+"""``sluice events relay``: publish the outbox's committed events.
+
+To NATS JetStream when ``[events] bus = "nats"`` (the stream created or checked at start), else
+to the in-process bus (useful only inside a process with subscribers: ``sluice serve`` runs the
+relay itself). Runs until SIGTERM or Ctrl-C, logging each round that moved something on stderr;
+``--once`` publishes what is pending (batch after batch) and prints a JSON summary:
+
+``{"published", "duplicates", "failed", "pending", "rounds", "bus", "stream", "error"}``
+(``duplicates``: rows the bus had already, e.g. published before a crash and not marked;
+``pending``: rows left unpublished). The exit code is 1 when a publish failed.
+"""
 
 from __future__ import annotations
+
+from typing import Annotated
+
+import structlog
+import typer
+
+from sluice.cli.common import (
+    DbOption,
+    deployment,
+    fail,
+    fail_with,
+    log_to_stderr,
+    open_database,
+    print_json,
+    stop_signals,
+)
+from sluice.cli.events.wiring import events_app
+from sluice.domain.errors import SluiceError
+from sluice.server.events import relay_for
+from sluice.services.relay import Relay, RelayRound
+from sluice.store.events_repository import add_commit_listener, remove_commit_listener
+
+log = structlog.get_logger("sluice.events")
+
+# Rounds ``--once`` runs at most (each up to ``[events] batch`` rows per ordering key).
+ONCE_ROUNDS_MAX = 100_000
+
+
+@events_app.command("relay")
+def relay_command(
+    once: Annotated[
+        bool,
+        typer.Option("--once", help="Publish what is pending, print a JSON summary and exit."),
+    ] = False,
+    db: DbOption = None,
+) -> None:
+    """Publish the outbox's committed events to NATS JetStream (or the in-process bus)."""
+    config = deployment()
+    events = config.events
+    database = open_database(db or config.database_url)
+    relay = relay_for(events, database)
+    log_to_stderr()
+    try:
+        try:
+            relay.start()
+        except SluiceError as exc:
+            fail_with(exc)
+        if once:
+            _once(relay, events.bus, events.stream)
+            return
+        log.info(
+            "events relay running",
+            bus=events.bus,
+            stream=events.stream if events.bus == "nats" else None,
+            batch=events.batch,
+            interval_s=events.interval_s,
+        )
+
+        def progress(done: RelayRound) -> None:
+            if done.published or done.failed or done.skipped:
+                log.info("events relay round", **done.as_json())
+
+        add_commit_listener(relay.wake)
+        try:
+            with stop_signals() as stopping:
+                relay.run(stop=stopping, interval_s=events.interval_s, on_round=progress)
+        finally:
+            remove_commit_listener(relay.wake)
+        stats = relay.stats
+        log.info(
+            "events relay stopped",
+            rounds=stats.rounds,
+            published=stats.published,
+            duplicates=stats.duplicates,
+            failed=stats.failed,
+        )
+    finally:
+        relay.close()
+        database.dispose()
+
+
+def _once(relay: Relay, bus: str, stream: str) -> None:
+    published = duplicates = failed = rounds = 0
+    pending = 0
+    error: str | None = None
+    for _ in range(ONCE_ROUNDS_MAX):
+        try:
+            done = relay.run_round()
+        except SluiceError as exc:
+            fail_with(exc)
+        except Exception as exc:
+            fail(f"the relay's round failed: {type(exc).__name__}: {exc}", code=1)
+        rounds += 1
+        published += done.published
+        duplicates += done.duplicates
+        failed += done.failed
+        pending = done.pending
+        error = error or done.error
+        if not done.more or done.failed or done.breaker_open:
+            break
+    print_json(
+        {
+            "published": published,
+            "duplicates": duplicates,
+            "failed": failed,
+            "pending": pending,
+            "rounds": rounds,
+            "bus": bus,
+            "stream": stream if bus == "nats" else None,
+            "error": error,
+        }
+    )
+    if failed or error:
+        raise typer.Exit(1)

@@ -1,0 +1,236 @@
+"""The relay's publisher on NATS JetStream (nats-py).
+
+* **Connection**: reconnects are retried without limit (``max_reconnect_attempts=-1``); every
+  disconnect, reconnect, error and close is logged. A connection that cannot be made at all at
+  :meth:`JetStreamPublisher.start` raises :class:`~sluice.domain.errors.ComponentCallFailedError`
+  (the relay tries again at its next round).
+* **Stream**: created at start (subjects ``<prefix>sluice.>``, the configured duplicate window),
+  or checked: an existing stream whose subjects or duplicate window differ is updated, and one
+  that cannot be (another stream holds the subjects, the server refuses) fails start with the
+  reason.
+* **Publishing**: each event to its subject with ``Nats-Msg-Id`` = its ``event_id`` (JetStream
+  drops a second copy within the duplicate window and acks it as a duplicate with the first
+  copy's sequence), at most ``max_in_flight`` acks outstanding at once. No ack within
+  ``ack_timeout_s`` is :class:`PublishError` with ``outcome_unknown`` (it may be stored: publish
+  again with the same id); a JetStream refusal is a :class:`PublishError`. Results come back in
+  the input order, one per event; nothing is swallowed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Sequence
+
+import nats
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import StreamConfig
+
+from sluice.domain.errors import ComponentCallFailedError
+from sluice.domain.events import SUBJECT_PREFIX, Event
+from sluice.ports.events import PublishAck, PublishError
+
+log = structlog.get_logger("sluice.events")
+
+RECONNECT_WAIT_S = 1.0
+CONNECT_TIMEOUT_S = 5.0
+# Outgoing bytes kept while disconnected (then published on reconnect).
+RECONNECT_BUFFER_BYTES = 64 * 1024 * 1024
+
+
+def stream_subjects(subject_prefix: str = "") -> list[str]:
+    """The stream's subjects: every sluice subject (behind the prefix, when one is set)."""
+    return [f"{subject_prefix}{SUBJECT_PREFIX}.>"]
+
+
+def safe_url(url: str) -> str:
+    """``url`` without its credentials, for logs."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = rest.split("@", 1)[1]
+    return f"{scheme}{sep}{rest}"
+
+
+async def connect(url: str, *, name: str = "sluice") -> Client:
+    """A NATS connection that reconnects without limit and logs what happens to it."""
+    where = safe_url(url)
+
+    async def disconnected() -> None:
+        log.warning("nats disconnected", url=where)
+
+    async def reconnected() -> None:
+        log.info("nats reconnected", url=where)
+
+    async def error(exc: Exception) -> None:
+        log.warning("nats error", url=where, error=f"{type(exc).__name__}: {exc}")
+
+    async def closed() -> None:
+        log.info("nats connection closed", url=where)
+
+    try:
+        return await nats.connect(
+            url,
+            name=name,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=RECONNECT_WAIT_S,
+            connect_timeout=CONNECT_TIMEOUT_S,
+            allow_reconnect=True,
+            pending_size=RECONNECT_BUFFER_BYTES,
+            disconnected_cb=disconnected,
+            reconnected_cb=reconnected,
+            error_cb=error,
+            closed_cb=closed,
+        )
+    except Exception as exc:  # nats-py raises plain OSErrors and its own NoServersError
+        raise ComponentCallFailedError(
+            f"cannot connect to NATS at {where}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+async def ensure_stream(
+    js: JetStreamContext, name: str, *, duplicate_window_s: float, subject_prefix: str = ""
+) -> str:
+    """Create the stream ``name`` or bring an existing one to the subjects and duplicate window
+    wanted; returns what was done (``created``, ``updated`` or ``checked``)."""
+    subjects = stream_subjects(subject_prefix)
+    try:
+        info = await js.stream_info(name)
+    except nats.js.errors.NotFoundError:
+        info = None
+    except Exception as exc:
+        raise ComponentCallFailedError(f"cannot read JetStream stream {name}: {exc}") from exc
+    if info is None:
+        try:
+            await js.add_stream(
+                StreamConfig(name=name, subjects=subjects, duplicate_window=duplicate_window_s)
+            )
+        except Exception as exc:
+            raise ComponentCallFailedError(
+                f"cannot create JetStream stream {name} on {subjects}: {exc}"
+            ) from exc
+        log.info(
+            "events stream created", stream=name, subjects=subjects, dup_window_s=duplicate_window_s
+        )
+        return "created"
+    config = info.config
+    have_subjects = sorted(config.subjects or [])
+    have_window = float(config.duplicate_window or 0)
+    if set(subjects) <= set(have_subjects) and abs(have_window - duplicate_window_s) < 1e-6:
+        return "checked"
+    wanted = dataclasses.replace(
+        config,
+        subjects=sorted(set(have_subjects) | set(subjects)),
+        duplicate_window=duplicate_window_s,
+    )
+    try:
+        await js.update_stream(wanted)
+    except Exception as exc:
+        raise ComponentCallFailedError(
+            f"JetStream stream {name} has subjects {have_subjects} and a duplicate window of "
+            f"{have_window:g} s; it cannot be updated to {subjects} and {duplicate_window_s:g} s: "
+            f"{exc}"
+        ) from exc
+    log.info(
+        "events stream updated",
+        stream=name,
+        subjects=wanted.subjects,
+        dup_window_s=duplicate_window_s,
+        was_subjects=have_subjects,
+        was_dup_window_s=have_window,
+    )
+    return "updated"
+
+
+class JetStreamPublisher:
+    """:class:`~sluice.ports.events.EventPublisher` on NATS JetStream."""
+
+    def __init__(
+        self,
+        url: str,
+        stream: str,
+        *,
+        duplicate_window_s: float = 120.0,
+        max_in_flight: int = 1024,
+        ack_timeout_s: float = 5.0,
+        subject_prefix: str = "",
+        name: str = "sluice-relay",
+    ) -> None:
+        self.url = url
+        self.stream = stream
+        self.duplicate_window_s = duplicate_window_s
+        self.max_in_flight = max_in_flight
+        self.ack_timeout_s = ack_timeout_s
+        self.subject_prefix = subject_prefix
+        self.name = name
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self.stream_state: str | None = None
+
+    async def start(self) -> None:
+        if self._nc is None or self._nc.is_closed:
+            self._nc = await connect(self.url, name=self.name)
+            self._js = self._nc.jetstream(timeout=self.ack_timeout_s)
+        assert self._js is not None
+        self.stream_state = await ensure_stream(
+            self._js,
+            self.stream,
+            duplicate_window_s=self.duplicate_window_s,
+            subject_prefix=self.subject_prefix,
+        )
+
+    @property
+    def connected(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
+    def subject_of(self, event: Event) -> str:
+        return f"{self.subject_prefix}{event.subject}"
+
+    async def publish_many(self, events: Sequence[Event]) -> list[PublishAck | PublishError]:
+        js = self._js
+        if js is None:
+            raise RuntimeError("JetStreamPublisher.publish_many before start")
+        window = asyncio.Semaphore(self.max_in_flight)
+
+        async def one(event: Event) -> PublishAck | PublishError:
+            try:
+                ack = await js.publish(
+                    self.subject_of(event),
+                    event.encode(),
+                    timeout=self.ack_timeout_s,
+                    stream=self.stream,
+                    headers={"Nats-Msg-Id": event.event_id},
+                )
+            except (TimeoutError, nats.errors.TimeoutError) as exc:
+                return PublishError(
+                    f"no ack within {self.ack_timeout_s:g} s ({type(exc).__name__})",
+                    outcome_unknown=True,
+                )
+            except nats.js.errors.APIError as exc:
+                return PublishError(f"JetStream refused the publish: {exc}")
+            except nats.errors.NoRespondersError as exc:
+                return PublishError(f"no JetStream stream answers (no responders): {exc}")
+            except Exception as exc:  # connection closed, draining, …: may or may not be stored
+                return PublishError(f"{type(exc).__name__}: {exc}", outcome_unknown=True)
+            finally:
+                window.release()
+            return PublishAck(ack.stream, int(ack.seq), duplicate=bool(ack.duplicate))
+
+        tasks: list[asyncio.Task[PublishAck | PublishError]] = []
+        for event in events:
+            # Publishes start in input order; at most max_in_flight await their ack at once.
+            await window.acquire()
+            tasks.append(asyncio.ensure_future(one(event)))
+        return list(await asyncio.gather(*tasks))
+
+    async def close(self) -> None:
+        nc, self._nc, self._js = self._nc, None, None
+        if nc is not None and not nc.is_closed:
+            try:
+                await nc.drain()
+            except Exception as exc:
+                log.warning("nats drain failed; closing", error=f"{type(exc).__name__}: {exc}")
+                await nc.close()

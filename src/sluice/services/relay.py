@@ -1,0 +1,421 @@
+"""The events relay: publishes the outbox's committed events, at least once and in order per
+subject.
+
+Each round, for every ordering key with unpublished rows (an event's aggregate type), while
+holding that key's relay lock (one relay per ordering key; another relay's keys are skipped):
+
+1. claim up to ``batch`` unpublished rows of the key in ``seq`` order. Rows are always found by
+   ``published_at IS NULL``, never by "seq greater than the last one seen": seqs are taken before
+   commit, so a lower one may commit later, and it is published when it does;
+2. publish them (bounded acks in flight, ``Nats-Msg-Id`` = ``event_id``), inside the ``nats``
+   circuit breaker;
+3. after the acks, mark the rows published with their stream sequence, in order up to the first
+   row that was not acked; that row and every later one of the batch stay unpublished, the
+   failed ones with their attempt counted, and are published again (same event ids) at the next
+   round. Later rows the bus did take are then acked as duplicates (JetStream's dedup on the
+   event id within the stream's duplicate window) and marked with their first sequence.
+
+With ``hold_rows`` (PostgreSQL) the rows are claimed ``FOR UPDATE SKIP LOCKED`` and marked in
+the same transaction, which ends right after the acks. Without it (SQLite, where a transaction
+held open would block every writer) the rows are read, the read ends, they are published, and a
+short transaction marks them.
+
+A relay killed between publish and mark publishes those rows again: delivery is at least once,
+and consumers dedupe on ``event_id`` (JetStream already drops copies within its window).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import structlog
+
+from sluice.ports import UnitOfWork, UnitOfWorkFactory, WriterLock
+from sluice.ports.events import EventPublisher, OutboxRow, PublishAck, PublishError
+from sluice.services.breakers import BreakerOpenError, Breakers, guard
+
+log = structlog.get_logger("sluice.events")
+
+T = TypeVar("T")
+BREAKER_FLOW = "nats"
+
+LockFactory = Callable[[str], WriterLock]
+# Called after the acks and before the rows are marked (tests inject a crash there).
+AfterPublish = Callable[[Sequence[OutboxRow], Sequence[PublishAck | PublishError]], None]
+
+
+def _wall_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- running the publisher's coroutines -------------------------------------------------------
+
+
+class AsyncRunner:
+    """An asyncio loop on a thread of its own, for the publisher: its connection (pings,
+    reconnects) lives on while the relay's thread waits or works on the database."""
+
+    def __init__(self, name: str = "sluice-relay-io") -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def close(self) -> None:
+        if self.loop.is_closed():
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        if not self._thread.is_alive():
+            self.loop.close()
+
+
+# --- what a round did -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RelayRound:
+    """One round: rows ``published`` (marked now; ``duplicates`` of them the bus already had),
+    ``failed`` publishes (left for the next round), ``pending`` rows after it, ordering keys
+    ``skipped`` (another relay holds them), ``more`` when a key had a full batch (run again at
+    once), ``breaker_open`` when the ``nats`` breaker refused, the first ``error``."""
+
+    published: int = 0
+    duplicates: int = 0
+    failed: int = 0
+    pending: int = 0
+    keys: int = 0
+    skipped: int = 0
+    more: bool = False
+    breaker_open: bool = False
+    error: str | None = None
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "published": self.published,
+            "duplicates": self.duplicates,
+            "failed": self.failed,
+            "pending": self.pending,
+            "keys": self.keys,
+            "skipped": self.skipped,
+            "more": self.more,
+            "breaker_open": self.breaker_open,
+            "error": self.error,
+        }
+
+
+@dataclass
+class RelayStats:
+    """Totals since the relay started, and its last round (for logs and metrics)."""
+
+    rounds: int = 0
+    published: int = 0
+    duplicates: int = 0
+    failed: int = 0
+    last_round: RelayRound | None = None
+    last_round_at: datetime | None = None
+    last_error: str | None = None
+
+    def add(self, done: RelayRound, at: datetime) -> None:
+        self.rounds += 1
+        self.published += done.published
+        self.duplicates += done.duplicates
+        self.failed += done.failed
+        self.last_round = done
+        self.last_round_at = at
+        if done.error:
+            self.last_error = done.error
+
+
+@dataclass
+class _KeyOutcome:
+    published: int = 0
+    duplicates: int = 0
+    failed: int = 0
+    full: bool = False
+    breaker_open: bool = False
+    errors: list[str] = field(default_factory=list)
+
+
+class _PublishFailedError(Exception):
+    """Inside the breaker's guard: a round with failed publishes counts as a failed call."""
+
+
+_current: Relay | None = None
+
+
+def current_relay() -> Relay | None:
+    """The relay this process started last (``sluice serve``'s, ``sluice events relay``'s), for
+    metrics: its :attr:`Relay.stats` (totals and the last round) and :meth:`Relay.last_round`."""
+    return _current
+
+
+class Relay:
+    """Publishes the outbox through ``publisher`` (see the module's doc)."""
+
+    def __init__(
+        self,
+        uow: UnitOfWorkFactory,
+        publisher: EventPublisher,
+        *,
+        batch: int = 1000,
+        hold_rows: bool = False,
+        lock_for: LockFactory | None = None,
+        clock: Callable[[], datetime] = _wall_clock,
+        after_publish: AfterPublish | None = None,
+        runner: AsyncRunner | None = None,
+        breakers: Breakers | None = None,
+    ) -> None:
+        self._uow = uow
+        self.publisher = publisher
+        self.batch = batch
+        self.hold_rows = hold_rows
+        self._lock_for = lock_for
+        self._locks: dict[str, WriterLock] = {}
+        self._clock = clock
+        self.after_publish = after_publish
+        self._runner = runner
+        self._own_runner = runner is None
+        self._started = False
+        self._wake = threading.Event()
+        self._breakers = breakers  # the process's registry when None
+        self.stats = RelayStats()
+        self._stats_lock = threading.Lock()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    @property
+    def runner(self) -> AsyncRunner:
+        if self._runner is None:
+            self._runner = AsyncRunner()
+        return self._runner
+
+    def start(self) -> None:
+        """Connect the publisher and create or check its stream (raises when it cannot)."""
+        global _current
+        if not self._started:
+            self.runner.run(self.publisher.start())
+            self._started = True
+            _current = self
+
+    def close(self) -> None:
+        """Let go of the relay locks and close the publisher."""
+        for lock in self._locks.values():
+            with contextlib.suppress(Exception):
+                lock.release()
+        self._locks.clear()
+        if self._runner is not None:
+            try:
+                self._runner.run(self.publisher.close())
+            except Exception as exc:
+                log.warning("events relay: closing the publisher failed", error=str(exc))
+            if self._own_runner:
+                self._runner.close()
+                self._runner = None
+        self._started = False
+
+    def wake(self, *_args: object) -> None:
+        """Start the next round now (a commit listener: new events committed)."""
+        self._wake.set()
+
+    # -- rounds -------------------------------------------------------------------------------
+
+    def last_round(self) -> RelayRound | None:
+        with self._stats_lock:
+            return self.stats.last_round
+
+    def run_round(self) -> RelayRound:
+        """Publish what is pending now (up to ``batch`` rows per ordering key)."""
+        self.start()
+        with self._uow() as uow:
+            keys = uow.events.ordering_keys()
+        total = _KeyOutcome()
+        skipped = 0
+        for key in keys:
+            if not self._take(key):
+                skipped += 1
+                continue
+            done = self._relay_key(key)
+            total.published += done.published
+            total.duplicates += done.duplicates
+            total.failed += done.failed
+            total.full = total.full or done.full
+            total.breaker_open = total.breaker_open or done.breaker_open
+            total.errors.extend(done.errors)
+            if done.breaker_open:
+                break
+        with self._uow() as uow:
+            pending = uow.events.stats().pending
+        result = RelayRound(
+            published=total.published,
+            duplicates=total.duplicates,
+            failed=total.failed,
+            pending=pending,
+            keys=len(keys),
+            skipped=skipped,
+            more=total.full and not total.failed and not total.breaker_open,
+            breaker_open=total.breaker_open,
+            error=total.errors[0] if total.errors else None,
+        )
+        with self._stats_lock:
+            self.stats.add(result, self._clock())
+        return result
+
+    def run(
+        self,
+        *,
+        stop: Callable[[], bool],
+        interval_s: float,
+        on_round: Callable[[RelayRound], None] | None = None,
+    ) -> None:
+        """Round after round until ``stop()``: at once again while a batch was full, else after
+        ``interval_s`` or a :meth:`wake`. A round that raises is logged and tried again."""
+        failures = 0
+        while not stop():
+            try:
+                done = self.run_round()
+            except Exception as exc:
+                failures += 1
+                if failures & (failures - 1) == 0:  # 1, 2, 4, 8, … in a row
+                    log.warning(
+                        "events relay round failed",
+                        error=f"{type(exc).__name__}: {exc}",
+                        failures_in_a_row=failures,
+                    )
+                with self._stats_lock:
+                    self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                self._wake.wait(interval_s)
+                self._wake.clear()
+                continue
+            failures = 0
+            if on_round is not None:
+                on_round(done)
+            if done.more:
+                continue
+            self._wake.wait(interval_s)
+            self._wake.clear()
+
+    # -- one ordering key ---------------------------------------------------------------------
+
+    def _take(self, key: str) -> bool:
+        if self._lock_for is None:
+            return True
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = self._lock_for(key)
+        if lock.try_acquire():
+            return True
+        log.debug("events relay: another relay holds the key", ordering_key=key)
+        return False
+
+    def _relay_key(self, key: str) -> _KeyOutcome:
+        if self.hold_rows:
+            with self._uow() as uow:
+                rows = uow.events.claim(ordering_key=key, limit=self.batch, lock=True)
+                if not rows:
+                    return _KeyOutcome()
+                with self._settling(uow, rows) as outcome:
+                    results = self._publish(rows, outcome)
+                    if results is not None:
+                        self._settle(uow, rows, results, outcome)
+                uow.commit()
+                return outcome
+        with self._uow() as uow:
+            rows = uow.events.claim(ordering_key=key, limit=self.batch, lock=False)
+        if not rows:
+            return _KeyOutcome()
+        outcome = _KeyOutcome()
+        with self._settling(None, rows) as outcome:
+            results = self._publish(rows, outcome)
+        if results is not None:
+            with self._uow() as uow:
+                self._settle(uow, rows, results, outcome)
+                uow.commit()
+        return outcome
+
+    @contextlib.contextmanager
+    def _settling(self, uow: UnitOfWork | None, rows: Sequence[OutboxRow]) -> Iterator[_KeyOutcome]:
+        """A publish that raised (the publisher broke, an injected fault) counts an attempt on
+        every row of the batch, then the exception goes on."""
+        outcome = _KeyOutcome(full=len(rows) >= self.batch)
+        try:
+            yield outcome
+        except Exception as exc:
+            text = f"{type(exc).__name__}: {exc}"
+            try:
+                if uow is not None:
+                    uow.events.record_failure([row.event.event_id for row in rows], text)
+                    uow.commit()
+                else:
+                    with self._uow() as fresh:
+                        fresh.events.record_failure([row.event.event_id for row in rows], text)
+                        fresh.commit()
+            except Exception as inner:
+                log.warning("events relay: cannot record the failure", error=str(inner))
+            raise
+
+    def _publish(
+        self, rows: Sequence[OutboxRow], outcome: _KeyOutcome
+    ) -> list[PublishAck | PublishError] | None:
+        """The bus's answer for each row, or None when the breaker refused (nothing was sent)."""
+        results: list[PublishAck | PublishError] = []
+        try:
+            with guard(BREAKER_FLOW, registry=self._breakers):
+                results = self.runner.run(self.publisher.publish_many([r.event for r in rows]))
+                if len(results) != len(rows):
+                    raise RuntimeError(
+                        f"the publisher answered {len(results)} results for {len(rows)} events"
+                    )
+                if self.after_publish is not None:
+                    self.after_publish(rows, results)
+                errors = [r for r in results if isinstance(r, PublishError)]
+                if errors:
+                    raise _PublishFailedError(str(errors[0]))
+        except _PublishFailedError:
+            pass
+        except BreakerOpenError as exc:
+            outcome.breaker_open = True
+            outcome.errors.append(f"{type(exc).__name__}: {exc}")
+            return None
+        return results
+
+    def _settle(
+        self,
+        uow: UnitOfWork,
+        rows: Sequence[OutboxRow],
+        results: Sequence[PublishAck | PublishError],
+        outcome: _KeyOutcome,
+    ) -> None:
+        marked: list[tuple[str, int]] = []
+        duplicates = 0
+        first_error: PublishError | None = None
+        failed: list[str] = []
+        for row, result in zip(rows, results, strict=True):
+            if isinstance(result, PublishError):
+                first_error = first_error or result
+                failed.append(row.event.event_id)
+            elif first_error is None:
+                marked.append((row.event.event_id, result.seq))
+                duplicates += result.duplicate
+        outcome.published += uow.events.mark_published(marked, self._clock())
+        outcome.duplicates += duplicates
+        if first_error is not None:
+            unknown = " (outcome unknown)" if first_error.outcome_unknown else ""
+            text = f"{first_error}{unknown}"
+            uow.events.record_failure(failed, text)
+            outcome.failed += len(failed)
+            outcome.errors.append(text)
+            log.warning(
+                "events relay: publish failed; published again from the first failed row",
+                failed=len(failed),
+                error=text,
+                first_event_id=failed[0],
+            )
