@@ -61,6 +61,7 @@ STATUS_BY_CODE: Mapping[int, int] = {
     51: 503,  # emergency mode
     52: 503,  # maintenance mode
     53: 429,  # rate limited
+    54: 503,  # circuit breaker open
     60: 422,  # invalid input
     61: 422,  # invalid amount
     62: 422,  # insufficient balance

@@ -73,6 +73,7 @@ def workers_run(
             fail("--sandbox-clock needs --ledger-url (a `sluice ledger serve` URL)")
         clock = RemoteLedger(sandbox_base(ledger_url)).time
     database = open_database(db or config.database_url, settings)
+    bootstrap.install_breakers(config, database)
     try:
         link = open_ledger(config, database, ledger, ledger_url, node, writable=True, clock=clock)
     except SluiceError as exc:
@@ -80,7 +81,9 @@ def workers_run(
         fail_with(exc)
     clock = link.clock
     margin = config.ledger.local_margin_s
-    if isinstance(link.commands, CantonCommands) and worker_settings.trec_span_s <= margin:
+    # The commands may be wrapped in the ledger breaker's proxy: look through it.
+    commands = getattr(link.commands, "inner", link.commands)
+    if isinstance(commands, CantonCommands) and worker_settings.trec_span_s <= margin:
         link.close()
         database.dispose()
         fail(

@@ -82,6 +82,7 @@ EVENT_TYPES: dict[str, EventType] = _types(
     ("approval_proposed", "approval", "a critical operation awaits approvals"),
     ("approval_signed", "approval", "a principal approved or rejected a proposal"),
     ("approval_executed", "approval", "an approved operation ran"),
+    ("approval_cancelled", "approval", "a proposal was cancelled by its proposer"),
     ("system_paused", "system", "the emergency pause was set"),
     ("system_resumed", "system", "the emergency pause was lifted"),
     ("breaker_opened", "breaker", "a circuit breaker opened and paused its flow"),

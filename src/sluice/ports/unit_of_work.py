@@ -8,6 +8,7 @@ from typing import Protocol
 
 from sluice.domain.ledger import InstrumentId
 from sluice.ports.access import AccessRepository, AccountsRepository
+from sluice.ports.alerts import AlertRepository
 from sluice.ports.bitcoin_payouts import BitcoinPayoutRepository
 from sluice.ports.bitcoin_watch import BitcoinWatchRepository
 from sluice.ports.breakers import BreakersRepository
@@ -42,6 +43,7 @@ class UnitOfWork(Protocol):
     issuance: IssuanceRepository
     reserves: ReservesRepository
     events: EventOutbox
+    alerts: AlertRepository
     breakers: BreakersRepository
 
     def __enter__(self) -> UnitOfWork: ...

@@ -73,14 +73,14 @@ def watcher_part(
             raise BitcoinRoundError(str(error))
         return tick_outcome(tick)
 
-    return Part("bitcoin_watcher", run)
+    return Part("bitcoin_watcher", run, flow="bitcoin")
 
 
 def payouts_part(run_once: Callable[[], object]) -> Part:
     def run() -> Outcome:
         return tick_outcome(run_once())
 
-    return Part("bitcoin_payouts", run, moves_value=True)
+    return Part("bitcoin_payouts", run, moves_value=True, flow="payouts")
 
 
 def bitcoin_loop(

@@ -133,6 +133,7 @@ def build_service(
     custody = bootstrap.bitcoin_custody(config) if config.bitcoin is not None else None
     try:
         database = bootstrap.database(database_url or config.database_url)
+        bootstrap.install_breakers(config, database)
     except BaseException:
         if custody is not None:
             custody.close()

@@ -44,6 +44,7 @@ from sluice.ports import (
     WriterLock,
     WriterLockError,
 )
+from sluice.ports.alerts import AlertRepository
 from sluice.ports.breakers import BreakersRepository
 from sluice.ports.events import EventOutbox
 from sluice.ports.issuance import IssuanceRepository
@@ -197,6 +198,7 @@ class _FencedUnitOfWork:
     issuance: IssuanceRepository
     reserves: ReservesRepository
     events: EventOutbox
+    alerts: AlertRepository
     breakers: BreakersRepository
 
     def __init__(self, inner: UnitOfWork, lock: WriterLock) -> None:
@@ -220,6 +222,7 @@ class _FencedUnitOfWork:
         self.issuance = work.issuance
         self.reserves = work.reserves
         self.events = work.events
+        self.alerts = work.alerts
         self.breakers = work.breakers
         return self
 

@@ -90,6 +90,10 @@ def notify_committed(events: Sequence[Event]) -> None:
 class SqlEventOutbox:
     def __init__(self, connection: Connection) -> None:
         self._c = connection
+        # Found by code that has only the connection (alerts raised in the store), so that its
+        # events go through this outbox and reach the commit listeners.
+        self.connection = connection
+        connection.info["sluice.event_outbox"] = self
         # What this transaction added, for the commit listeners.
         self.added: list[Event] = []
 

@@ -21,6 +21,7 @@ from sluice.domain.ledger import (
 from sluice.domain.withdrawals import TERMINAL_STATUSES, Withdrawal
 from sluice.ports import IngestBatch
 from sluice.store import tables as t
+from sluice.store.bitcoin_rows import add_alert_events
 from sluice.store.books_repository import SqlBooksRepository
 from sluice.store.bulk import execute_many, insert_rows, money_value, select_in
 from sluice.store.postings import (
@@ -370,6 +371,7 @@ class SqlIngestionRepository:
                 for a in batch.alerts
             ],
         )
+        add_alert_events(c, batch.alerts, now)
         if batch.quarantine_skipped:
             c.execute(
                 update(t.quarantined_updates)

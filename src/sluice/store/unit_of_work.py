@@ -22,12 +22,14 @@ from sluice.ports import (
     UnitOfWork,
     WithdrawalRepository,
 )
+from sluice.ports.alerts import AlertRepository
 from sluice.ports.breakers import BreakersRepository
 from sluice.ports.events import EventOutbox
 from sluice.ports.issuance import IssuanceRepository
 from sluice.ports.reserves import ReservesRepository
 from sluice.store.access_repository import SqlAccessRepository
 from sluice.store.account_repository import SqlAccountsRepository
+from sluice.store.alerts_repository import SqlAlertRepository
 from sluice.store.audit_repository import SqlAuditLog
 from sluice.store.bitcoin_payout_repository import SqlBitcoinPayoutRepository
 from sluice.store.bitcoin_watch_repository import SqlBitcoinWatchRepository
@@ -59,6 +61,7 @@ class SqlUnitOfWork:
     issuance: IssuanceRepository
     reserves: ReservesRepository
     events: EventOutbox
+    alerts: AlertRepository
     breakers: BreakersRepository
 
     def __init__(self, engine: Engine) -> None:
@@ -84,6 +87,7 @@ class SqlUnitOfWork:
         self.reserves = SqlReservesRepository(connection)
         self._outbox = SqlEventOutbox(connection)
         self.events = self._outbox
+        self.alerts = SqlAlertRepository(connection)
         self.breakers = SqlBreakersRepository(connection)
         return self
 
