@@ -418,17 +418,26 @@ def _watcher(connection: Connection, sources: StateSources) -> Iterator[Metric]:
 
 STATE = StateCollector()
 REGISTRY.register(STATE)
+# Whether the installed sources came from :func:`ensure_state` (then the next API scraping
+# another database replaces them) rather than from :func:`install_state` (kept until replaced).
+_automatic = False
 
 
-def install_state(sources: StateSources) -> None:
-    """Scrape ``sources`` from now on (the process's one service; tests install theirs)."""
+def install_state(sources: StateSources | None) -> None:
+    """Scrape ``sources`` from now on (the process's one service; tests install theirs); None
+    forgets them."""
+    global _automatic
     STATE.sources = sources
+    _automatic = False
 
 
 def ensure_state(uow: object, clock: Callable[[], datetime]) -> None:
-    """Called by the scrape: when no sources, or another database's, are installed, scrape the
-    database behind ``uow`` (an API without ``sluice serve``'s wiring: no ledger, no node)."""
+    """Called by the scrape: when no sources are installed, or only ones this function chose for
+    another database, scrape the database behind ``uow`` (an API without ``sluice serve``'s
+    wiring: no ledger, no node)."""
+    global _automatic
     current = STATE.sources
     engine = engine_of(uow)
-    if current is None or (engine is not None and current.engine is not engine):
+    if current is None or (_automatic and current.engine is not engine):
         STATE.sources = StateSources(engine=engine, clock=clock)
+        _automatic = True

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info, disable_created_metrics
 
 from sluice import __version__
 from sluice.domain.events import EVENT_TYPES, Event
@@ -29,6 +29,9 @@ from sluice.store.events_repository import add_commit_listener
 
 T = TypeVar("T")
 
+# No ``_created`` series beside each counter and histogram: Prometheus does not need them and
+# they double the scrape.
+disable_created_metrics()
 REGISTRY = CollectorRegistry()
 
 BUILD_INFO = Info(
