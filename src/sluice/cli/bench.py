@@ -316,12 +316,16 @@ def bench_events(
     in_flight: Annotated[
         int | None,
         typer.Option(
-            "--in-flight", min=1, help="Acks in flight (default: [events] max_in_flight)."
+            "--in-flight",
+            min=1,
+            help="Acks in flight (default: the events section's max_in_flight).",
         ),
     ] = None,
     batch: Annotated[
         int | None,
-        typer.Option("--batch", min=1, help="Rows claimed per round (default: [events] batch)."),
+        typer.Option(
+            "--batch", min=1, help="Rows claimed per round (default: the events section's batch)."
+        ),
     ] = None,
     rounds: Annotated[
         int, typer.Option("--rounds", min=1, max=10, help="Alternating bare / relay pairs.")
