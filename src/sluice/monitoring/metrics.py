@@ -31,7 +31,7 @@ T = TypeVar("T")
 
 # No ``_created`` series beside each counter and histogram: Prometheus does not need them and
 # they double the scrape.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 REGISTRY = CollectorRegistry()
 
 BUILD_INFO = Info(
