@@ -163,4 +163,10 @@ def timed_part(loop: str, part: str, run: Callable[[], T]) -> Callable[[], T]:
         finally:
             duration.observe(time.perf_counter() - started)
 
+    observed.timed = True  # type: ignore[attr-defined]
     return observed
+
+
+def is_timed(run: Callable[[], object]) -> bool:
+    """Whether ``run`` came from :func:`timed_part` (so it is never timed twice)."""
+    return bool(getattr(run, "timed", False))

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from sluice.monitoring.collectors import Cached, StateSources, install_state
-from sluice.monitoring.metrics import listen, timed_part
+from sluice.monitoring.metrics import is_timed, listen, timed_part
 from sluice.server.loop import ServiceLoop
 from sluice.services.ingestion import connection_name
 
@@ -77,7 +77,10 @@ def time_parts(loop: ServiceLoop) -> None:
     """Each part's rounds timed in ``sluice_loop_part_duration_seconds{loop, part}`` (before the
     loop starts)."""
     loop.parts = tuple(
-        replace(part, run=timed_part(loop.name, part.name, part.run)) for part in loop.parts
+        part
+        if is_timed(part.run)
+        else replace(part, run=timed_part(loop.name, part.name, part.run))
+        for part in loop.parts
     )
 
 
