@@ -181,6 +181,7 @@ class RuleEvaluator:
         self._clock = clock
         self._since: dict[tuple[str, Labels], datetime] = {}
         self._history: dict[tuple[str, Labels], deque[tuple[datetime, float]]] = {}
+        self._counted: set[str] = set()  # increase_s rules evaluated once
 
     def _series(
         self, rule: AlertRule, samples: Sequence[Sample], now: datetime
@@ -195,6 +196,7 @@ class RuleEvaluator:
             series = {
                 labels: self._increase(rule, labels, value, now) for labels, value in series.items()
             }
+            self._counted.add(rule.name)
         if rule.aggregate is not None and series:
             values = list(series.values())
             combined = {
@@ -208,9 +210,15 @@ class RuleEvaluator:
 
     def _increase(self, rule: AlertRule, labels: Labels, value: float, now: datetime) -> float:
         """The counter's increase over the rule's window, from the values this evaluator saw
-        (a reset counts from zero; the first evaluation sees no increase)."""
+        (a reset counts from zero). The first evaluation sees no increase; a series that
+        appears later is new, so it counts from zero."""
         assert rule.increase_s is not None
-        history = self._history.setdefault((rule.name, labels), deque())
+        key = (rule.name, labels)
+        history = self._history.get(key)
+        if history is None:
+            history = self._history[key] = deque()
+            if rule.name in self._counted:
+                history.append((now, 0.0))
         history.append((now, value))
         while len(history) > 1 and (now - history[1][0]).total_seconds() >= rule.increase_s:
             history.popleft()

@@ -183,6 +183,8 @@ class Notifier:
             with self._uow_factory() as uow:
                 if taken:
                     uow.alerts.record_notified(record.id, at=self._clock())
+                    if failures:
+                        uow.alerts.record_notify_failure(record.id, attempts=failures)
                     result.notified.append(record.id)
                 else:
                     uow.alerts.record_notify_failure(record.id, attempts=failures)
