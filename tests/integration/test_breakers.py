@@ -24,8 +24,16 @@ from sluice.domain.breaker import BreakerSettings
 from sluice.sandbox import Sandbox
 from sluice.server.loop import ServiceLoop, withdrawal_part
 from sluice.services.breaker_proxies import GuardedLedgerCommands
-from sluice.services.breakers import Breakers, breakers, configure_breakers
+from sluice.services.breakers import (
+    FLOWS,
+    BreakerOpenError,
+    Breakers,
+    breakers,
+    configure_breakers,
+    guard,
+)
 from sluice.services.withdrawals import WithdrawalSettings
+from tests.api_support import api_world
 from tests.integration.test_withdrawals import (
     alert_kinds,
     assert_books_balance,
@@ -35,6 +43,7 @@ from tests.integration.test_withdrawals import (
     record,
 )
 
+FORCE = ["breakers", "force"]
 SETTINGS = BreakerSettings(window=8, min_calls=4, failure_rate=0.5, open_s=30.0, probes=2)
 
 
@@ -161,8 +170,7 @@ def test_a_forced_open_breaker_pauses_the_flow_until_given_back(
     db = ["--db", sb.database.engine.url.render_as_string(hide_password=False)]
     result = runner.invoke(
         app,
-        ["breakers", "force", "ledger", "open", "--reason", "node upgrade", "--actor", "ops-1"]
-        + db,
+        [*FORCE, "ledger", "open", "--reason", "node upgrade", "--actor", "ops-1", *db],
     )
     assert result.exit_code == 0, result.output
     # Another process (here: the registry the service uses) reads it within its refresh.
@@ -209,3 +217,61 @@ def test_the_process_registry_is_the_configured_one(sandbox: Sandbox, clock: Mon
     assert breakers() is registry
     assert registry.attached
     assert registry.get("webhooks").settings == SETTINGS
+
+
+def test_the_api_lists_breakers_and_forces_one_audited(postgres_url: str) -> None:
+    world = api_world(postgres_url, customers=1)
+    try:
+        registry = configure_breakers(default=SETTINGS, uow_factory=world.context.uow)
+        with world.client() as client:
+            listed = client.get("/v1/breakers", headers=world.headers("compliance_officer"))
+            assert listed.status_code == 200, listed.text
+            rows = listed.json()
+            assert [row["flow"] for row in rows] == list(FLOWS)
+            assert {row["state"] for row in rows} == {"closed"}
+            assert rows[0]["settings"] == {
+                "window": 8,
+                "min_calls": 4,
+                "failure_rate": 0.5,
+                "open_s": 30.0,
+                "probes": 2,
+            }
+
+            body = {"state": "open", "reason": "registry maintenance"}
+            refused = client.post(
+                "/v1/breakers/registry/force", json=body, headers=world.headers("operator")
+            )
+            assert refused.status_code == 403
+            forced = client.post(
+                "/v1/breakers/registry/force", json=body, headers=world.headers("system_admin")
+            )
+            assert forced.status_code == 200, forced.text
+            assert (forced.json()["state"], forced.json()["forced"]) == ("open", "open")
+            assert registry.states()["registry"] == "open"
+            with pytest.raises(BreakerOpenError), guard("registry"):
+                pytest.fail("a forced-open breaker let a call through")
+
+            unknown = client.post(
+                "/v1/breakers/kafka/force", json=body, headers=world.headers("system_admin")
+            )
+            assert unknown.status_code == 422
+            assert "ledger, registry, bitcoin, payouts, nats, webhooks" in unknown.json()["message"]
+
+            back = client.post(
+                "/v1/breakers/registry/force",
+                json={"state": "auto", "reason": "done"},
+                headers=world.headers("super_admin"),
+            )
+            assert back.status_code == 200, back.text
+            assert (back.json()["state"], back.json()["forced"]) == ("closed", None)
+        audited = _audited(world.sandbox, "breaker_forced")
+        assert [parameters for _actor, parameters in audited] == [
+            {"flow": "registry", "state": "open", "reason": "registry maintenance"},
+            {"flow": "registry", "state": "auto", "reason": "done"},
+        ]
+        assert all(actor for actor, _parameters in audited)
+        kinds = alert_kinds(world.sandbox)
+        assert kinds.count("breaker_open") == 1
+    finally:
+        configure_breakers()
+        world.sandbox.close()
