@@ -46,7 +46,9 @@ from sluice.domain.errors import (
     NotFoundError,
     SluiceError,
 )
+from sluice.domain.events import EVENT_TYPES
 from sluice.ports import UnitOfWork, UnitOfWorkFactory
+from sluice.services.events import emit
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,18 @@ def _parameters(parameters: Mapping[str, object]) -> dict[str, object]:
     return normalised
 
 
+# The audited operations that are events. A proposal's parameters and result and the votes'
+# comments stay in the audit trail (a configuration change's parameters may be confidential).
+_EVENT_OF = {
+    "approval_proposed": "approval_proposed",
+    "approval_approved": "approval_signed",
+    "approval_rejected": "approval_signed",
+    "approval_cancelled": "approval_cancelled",
+    "approval_executed": "approval_executed",
+    "approval_failed": "approval_executed",
+}
+
+
 def _audit(
     uow: UnitOfWork,
     approval: Approval,
@@ -111,6 +125,28 @@ def _audit(
     }
     if was is not None:
         change["was"] = was
+    event_type = _EVENT_OF.get(operation)
+    if event_type is not None and event_type in EVENT_TYPES:
+        decision = (parameters or {}).get("decision")
+        emit(
+            uow,
+            event_type,
+            approval.id,
+            {
+                "approval_id": approval.id,
+                "operation": approval.operation,
+                "customer_id": approval.customer_id,
+                "status": approval.status,
+                "was": was,
+                "approvals": len(approval.approvers),
+                "required": approval.required,
+                "decision": decision,
+                "reason": approval.reason,
+                "error": error,
+                "actor": actor,
+            },
+            at=at,
+        )
     uow.audit.append(
         [
             AuditEntry(

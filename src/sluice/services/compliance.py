@@ -293,6 +293,7 @@ def deposit_event(
     offset: int | None = None,
     hold_id: str | None = None,
     withdrawal_id: str | None = None,
+    approval_id: str | None = None,
     actor: str | None = None,
 ) -> Event:
     """The event of a deposit's state change (``deposit_*``); ``deposit_id`` is
@@ -314,6 +315,7 @@ def deposit_event(
             "offset": offset,
             "hold_id": hold_id,
             "withdrawal_id": withdrawal_id,
+            "approval_id": approval_id,
             "actor": actor,
         },
         at=at,

@@ -26,10 +26,13 @@ from sluice.domain.errors import (
 )
 from sluice.domain.ledger import format_timestamp, parse_timestamp
 from sluice.ports import UnitOfWork, UnitOfWorkFactory
+from sluice.services.events import emit
 
 PauseMode = Literal["paused", "emergency", "maintenance"]
 PAUSE_MODES: tuple[PauseMode, ...] = ("paused", "emergency", "maintenance")
 PAUSE_KEY = "pause"
+# The aggregate of the pause's events.
+SYSTEM_AGGREGATE = "system"
 
 _ERRORS: dict[str, type[SystemPausedError]] = {
     "paused": SystemPausedError,
@@ -125,6 +128,18 @@ def pause(
                 )
             ]
         )
+        emit(
+            uow,
+            "system_paused",
+            SYSTEM_AGGREGATE,
+            {
+                "mode": state.mode,
+                "was": previous.mode if previous is not None else "running",
+                "reason": state.reason,
+                "actor": actor,
+            },
+            at=at,
+        )
         uow.commit()
     return state
 
@@ -149,5 +164,12 @@ def resume(uow_factory: UnitOfWorkFactory, *, reason: str, actor: str, at: datet
                     state_changes=[{"pause": "running", "was": previous.mode}],
                 )
             ]
+        )
+        emit(
+            uow,
+            "system_resumed",
+            SYSTEM_AGGREGATE,
+            {"mode": "running", "was": previous.mode, "reason": reason.strip(), "actor": actor},
+            at=at,
         )
         uow.commit()

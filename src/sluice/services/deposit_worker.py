@@ -17,8 +17,11 @@ worker answers nothing (see ``services/controls``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
+from sluice.domain.amounts import format_amount
 from sluice.domain.ledger import InstrumentId
 from sluice.ports import (
     CommandError,
@@ -31,6 +34,8 @@ from sluice.ports import (
     UnitOfWorkFactory,
 )
 from sluice.services.controls import pause_state
+from sluice.services.events import emit
+from sluice.services.withdrawal_attempts import instrument_payload
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +69,10 @@ class DepositWorker:
         *,
         treasury: str,
         settings: DepositWorkerSettings | None = None,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self._uow = uow_factory
+        self._clock = clock or (lambda: datetime.now(UTC))
         self._commands = commands
         self._registries = registries
         self._gate = gate
@@ -128,6 +135,25 @@ class DepositWorker:
                 tick.rejected += 1
         with self._uow() as uow:
             uow.offers.record_action(instruction.contract_id, action, error, why)
+            if error is None:
+                emit(
+                    uow,
+                    "offer_accepted" if allowed else "offer_rejected",
+                    instruction.contract_id,
+                    {
+                        "offer_id": instruction.contract_id,
+                        "customer_id": offer.customer_id,
+                        "sender": transfer.sender,
+                        "deposit_account": transfer.reason,
+                        "instrument": instrument_payload(transfer.instrument),
+                        "amount": format_amount(transfer.amount),
+                        "status": "accepted" if allowed else "rejected",
+                        "reason": why,
+                        "attempt": offer.attempts + 1,
+                        "actor": "deposit-worker",
+                    },
+                    at=self._clock(),
+                )
             uow.commit()
 
 

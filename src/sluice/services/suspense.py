@@ -30,8 +30,9 @@ from sluice.domain.journal import (
     customer_account_name,
 )
 from sluice.ports import SuspenseItem, UnitOfWork, UnitOfWorkFactory
-from sluice.services.compliance import KycRegistry
+from sluice.services.compliance import KycRegistry, deposit_event
 from sluice.services.controls import check_not_paused
+from sluice.services.events import emit_all
 
 UPDATE_ID_LENGTH_MAX = 256
 NODE_ID_MAX = 2**31 - 1
@@ -169,6 +170,27 @@ def assign_suspense(
                     ],
                 )
             ]
+        )
+        emit_all(
+            uow,
+            [
+                deposit_event(
+                    "deposit_released",
+                    item.id,
+                    at=at,
+                    instrument=item.instrument,
+                    amount=item.amount,
+                    status="released",
+                    customer_id=customer_id,
+                    sender=item.sender,
+                    deposit_account=item.reason,
+                    held_in="suspense",
+                    reason=reason,
+                    update_id=item.update_id,
+                    approval_id=approval_id,
+                    actor=actor,
+                )
+            ],
         )
         assigned = uow.accounts.suspense_item(item.update_id, item.node_id)
         uow.commit()
