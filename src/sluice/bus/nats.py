@@ -58,8 +58,11 @@ def safe_url(url: str) -> str:
 async def connect(url: str, *, name: str = "sluice") -> Client:
     """A NATS connection that reconnects without limit and logs what happens to it."""
     where = safe_url(url)
+    client: list[Client] = []
 
     async def disconnected() -> None:
+        if client and (client[0].is_closed or client[0].is_draining):
+            return  # our own close
         log.warning("nats disconnected", url=where)
 
     async def reconnected() -> None:
@@ -72,7 +75,7 @@ async def connect(url: str, *, name: str = "sluice") -> Client:
         log.info("nats connection closed", url=where)
 
     try:
-        return await nats.connect(
+        nc = await nats.connect(
             url,
             name=name,
             max_reconnect_attempts=-1,
@@ -89,6 +92,8 @@ async def connect(url: str, *, name: str = "sluice") -> Client:
         raise ComponentCallFailedError(
             f"cannot connect to NATS at {where}: {type(exc).__name__}: {exc}"
         ) from exc
+    client.append(nc)
+    return nc
 
 
 async def ensure_stream(

@@ -23,7 +23,16 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from sluice.bus.nats import connect, stream_subjects
-from sluice.cli.common import DbOption, deployment, fail, fail_with, open_database, stop_signals
+from sluice.cli.common import (
+    DbOption,
+    deployment,
+    fail,
+    fail_with,
+    log_to_stderr,
+    note,
+    open_database,
+    stop_signals,
+)
 from sluice.cli.events.wiring import events_app
 from sluice.config.events import EventsConfig
 from sluice.domain.errors import InvalidInputError, SluiceError
@@ -61,6 +70,7 @@ def tail_command(
     if type is not None and type not in EVENT_TYPES:
         fail(f"unknown event type {type!r}; known: {', '.join(sorted(EVENT_TYPES))}")
     config = deployment()
+    log_to_stderr()  # stdout is for the events
     shown = 0
 
     def show(event: Event) -> bool:
@@ -128,6 +138,8 @@ async def _tail_nats(
             ordered_consumer=True,
             config=consumer,
         )
+        where = "its start" if from_start else f"its last {last}" if last else "new events"
+        note(f"following stream {config.stream} ({config.nats_url}) from {where}")
         while not stopping():
             try:
                 message = await subscription.next_msg(timeout=NEXT_WAIT_S)
@@ -180,6 +192,8 @@ def _tail_outbox(
             for row in backlog:
                 if not show(row.event):
                     return
+    where = "the start" if from_start else f"the last {last}" if last else "new events"
+    note(f"following the outbox's published events from {where}")
     shown: set[int] = set()
     while not stopping():
         rows = page(cursor)
