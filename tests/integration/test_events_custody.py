@@ -38,6 +38,7 @@ from sluice.services.mint_guard import record_mint
 from sluice.services.reconciliation import reconcile
 from sluice.services.reserves import record_readings
 from sluice.store.bitcoin_rows import alert_events
+from sluice.store.events_repository import add_commit_listener, remove_commit_listener
 from tests.integration import test_issuance_redeem as redeem
 from tests.integration.test_reconciliation import SATS, Reconciled, open_world
 from tests.unit.bitcoin.test_payouts import SETTINGS as PAYOUT_SETTINGS
@@ -299,13 +300,20 @@ def test_a_mint_the_guard_refuses_writes_no_mint_event_but_its_alert(
         status="submitted",
         created_at=world.clock(),
     )
-    with pytest.raises(MintGuardError):
-        record_mint(world.ctx, too_much, actor="test")
+    committed: list[Event] = []
+    add_commit_listener(committed.extend)
+    try:
+        with pytest.raises(MintGuardError):
+            record_mint(world.ctx, too_much, actor="test")
+    finally:
+        remove_commit_listener(committed.extend)
     found = check_all(world.db.uow)
     assert counts(found) == before
     (breach,) = [e for e in of(found, "alert_raised") if e.payload["kind"] == "mint_guard_breach"]
     assert breach.aggregate_id == f"mint_guard_breach:{too_much.id}"
     assert breach.payload["severity"] == "critical"
+    # Written through the unit of work's outbox: the commit listeners learnt of it.
+    assert breach.event_id in {e.event_id for e in committed}
 
 
 # --- reserves and reconciliation -----------------------------------------------------------------
