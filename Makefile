@@ -64,7 +64,7 @@ bench: $(STAMP)
 	$(BIN)/sluice bench bitcoin --record docs/benchmarks.md
 	$(BIN)/sluice bench por --record docs/benchmarks.md
 	$(BIN)/sluice bench events --events 100000 --record docs/benchmarks.md
-	$(BIN)/sluice bench events --events 100000 --db $(PG_URL) --record docs/benchmarks.md
+	$(BIN)/sluice bench events --events 100000 --db postgresql+psycopg://postgres@127.0.0.1:5432/sluice_bench_events --record docs/benchmarks.md
 
 bench-quick: $(STAMP)
 	$(BIN)/sluice bench ingest --updates 5000 --db sqlite:///data/bench/bench.db
