@@ -18,6 +18,7 @@ from sluice.cli.common import (
     compliance_database,
     deployment,
     fail,
+    log_to_stderr,
     note,
     print_json,
     print_table,
@@ -170,6 +171,7 @@ def alerts_evaluate(
     send the notifications due. Exit 0 whatever fired; ``for`` durations start again with each
     run (a rule with ``for`` > 0 never fires from one run alone)."""
     del once  # one round is all this command does; ``sluice serve`` evaluates on a loop
+    log_to_stderr()
     from sluice.monitoring.alerts import RuleEvaluator
     from sluice.monitoring.metrics import REGISTRY
     from sluice.monitoring.notify import Notifier
