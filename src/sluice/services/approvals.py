@@ -46,7 +46,6 @@ from sluice.domain.errors import (
     NotFoundError,
     SluiceError,
 )
-from sluice.domain.events import EVENT_TYPES
 from sluice.ports import UnitOfWork, UnitOfWorkFactory
 from sluice.services.events import emit
 
@@ -126,7 +125,7 @@ def _audit(
     if was is not None:
         change["was"] = was
     event_type = _EVENT_OF.get(operation)
-    if event_type is not None and event_type in EVENT_TYPES:
+    if event_type is not None:
         decision = (parameters or {}).get("decision")
         emit(
             uow,
