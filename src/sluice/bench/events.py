@@ -299,30 +299,23 @@ async def _stream_messages_only(settings: EventsBenchSettings) -> int:
 
 
 def _time_relay(database: bootstrap.Database, settings: EventsBenchSettings) -> float:
-    """The relay as ``sluice events relay`` runs it (rows held while publishing on PostgreSQL,
-    one relay lock per ordering key), round after round at once until nothing is pending;
-    connecting and checking the stream come before the clock starts."""
-    from sluice.bus.nats import JetStreamPublisher
-    from sluice.services.relay import Relay
-    from sluice.store.relay_lock import relay_lock
+    """The relay as ``sluice events relay`` and ``sluice serve`` build it
+    (:func:`sluice.server.events.relay_for`: rows held while publishing on PostgreSQL, one relay
+    lock per ordering key), round after round at once until nothing is pending; connecting and
+    checking the stream come before the clock starts."""
+    from sluice.server.events import relay_for
 
-    publisher = JetStreamPublisher(
-        settings.nats_url,
-        settings.stream,
+    config = EventsConfig(
+        bus="nats",
+        nats_url=settings.nats_url,
+        stream=settings.stream,
         duplicate_window_s=settings.duplicate_window_s,
         max_in_flight=settings.max_in_flight,
         ack_timeout_s=settings.ack_timeout_s,
-        subject_prefix=settings.subject_prefix,
-        name="sluice-bench-relay",
-    )
-    engine = database.engine
-    relay = Relay(
-        database.uow,
-        publisher,
         batch=settings.batch,
-        hold_rows=engine.dialect.name == "postgresql",
-        lock_for=lambda key: relay_lock(engine, key),
+        subject_prefix=settings.subject_prefix,
     )
+    relay = relay_for(config, database)
     try:
         relay.start()
         started = time.perf_counter()
