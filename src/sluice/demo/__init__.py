@@ -107,6 +107,7 @@ from sluice.demo import (
     api,
     bitcoin,
     compliance,
+    events,
     ingestion,
     issuance,
     report,
@@ -185,6 +186,7 @@ CHAPTERS: tuple[Chapter[Any], ...] = (
     bitcoin.CHAPTER,  # custody: deposits, a reorg, a batched payout through a crash and a bump
     issuance.CHAPTER,  # iSTSi: minted at 6, a reorg, a held deposit, redemptions, held transfers
     reserves.CHAPTER,  # reserves, reconciliation (a shortfall halts minting), proof of reserves
+    events.CHAPTER,  # the relay to the in-process bus, an alert rule, a breaker, /metrics
 )
 
 

@@ -71,6 +71,7 @@ from sluice.domain.journal import FEES, IN_FLIGHT, SUSPENSE, AccountRef, custome
 from sluice.domain.ledger import InstrumentId, format_timestamp
 from sluice.domain.withdrawals import LIVE_STATUSES
 from sluice.ports.bitcoin import NotFoundError
+from sluice.sim import events_invariants as events
 from sluice.sim import issuance_invariants as istsi
 from sluice.sim import reserves_invariants as reserves
 from sluice.sim.state import (
@@ -522,6 +523,10 @@ INVARIANTS: tuple[Invariant, ...] = (
     Invariant("reserves_readings", reserves.check_readings),
     Invariant("reserves_reconcile", reserves.check_reconciliation),
     Invariant("reserves_proofs", reserves.check_snapshots),
+    # Events: the relay's deliveries to a consumer (sim/events_invariants.py)
+    Invariant("events_delivered", events.check_delivered, final_only=True),
+    Invariant("events_order", events.check_order),
+    Invariant("events_aggregates", events.check_aggregates, final_only=True),
 )
 
 

@@ -25,7 +25,7 @@ from sluice.domain.withdrawals import LIVE_STATUSES
 from sluice.ports import LedgerReadError
 from sluice.sandbox import Sandbox
 from sluice.services.ingestion import IngestionSettings, IngestionStoppedError
-from sluice.sim.actors import ACTIONS, ingestion, issuance, ledger_admin, workers
+from sluice.sim.actors import ACTIONS, events, ingestion, issuance, ledger_admin, workers
 from sluice.sim.actors.customers import DEPOSIT_OFFER_SPANS_S
 from sluice.sim.database import database_url, fast_sqlite
 from sluice.sim.faults import Crash, deliver_late_commits, inject_fault
@@ -61,6 +61,7 @@ DRAIN_ROUND: tuple[Callable[[SimulationState], None], ...] = (
     ingestion.ingest_everything,
     issuance.settle,  # iSTSi: router, hold worker, payouts, blocks, watcher (when the run has it)
     ingestion.ingest_everything,
+    events.drain,  # the relay publishes what the round committed, with no faults
 )
 
 

@@ -23,6 +23,7 @@ as with any new action).
 from sluice.sim.actors import (
     bitcoin,
     customers,
+    events,
     ingestion,
     issuance,
     ledger_admin,
@@ -39,6 +40,7 @@ ACTORS: tuple[Actor, ...] = (
     bitcoin.ACTOR,
     issuance.ACTOR,
     reserves.ACTOR,
+    events.ACTOR,
 )
 
 ACTIONS: tuple[Action, ...] = tuple(action for actor in ACTORS for action in actor.actions)
