@@ -20,10 +20,13 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, func, select
 
+from sluice.bus.inprocess import InProcessBus, InProcessPublisher
 from sluice.domain.events import new_event
 from sluice.monitoring.collectors import StateSources, install_state
 from sluice.ports.reserves import ReserveReading
+from sluice.services.breakers import FLOWS, Breakers, configure_breakers
 from sluice.services.events import emit_all
+from sluice.services.relay import Relay
 from sluice.store.tables import withdrawals
 from tests.api_support import ApiWorld, api_world
 
@@ -305,3 +308,51 @@ def test_metric_names_follow_the_conventions_and_labels_are_never_ids(world: Api
     ):
         assert expected in names, expected
     assert names["sluice_http_request_duration_seconds"].type == "histogram"
+
+
+# --- circuit breakers and the relay --------------------------------------------------------------
+
+
+def test_circuit_breaker_states_show_one_state_per_flow(world: ApiWorld) -> None:
+    registry = configure_breakers()  # the process's, fresh: every flow closed
+    try:
+        registry.get("ledger").force("open")
+        samples = scrape(world)
+    finally:
+        configure_breakers()
+    for flow in FLOWS:
+        shown = {
+            state: value(samples, "sluice_circuit_breaker_state", flow=flow, state=state)
+            for state in ("closed", "open", "half_open")
+        }
+        expected = "open" if flow == "ledger" else "closed"
+        assert shown == {s: (1.0 if s == expected else 0.0) for s in shown}, flow
+
+
+def test_the_relay_publishing_empties_the_outbox_and_counts_what_it_published(
+    world: ApiWorld,
+) -> None:
+    sandbox = world.sandbox
+    at = sandbox.clock()
+    with sandbox.database.uow() as uow:
+        emit_all(uow, [new_event("system_paused", "system", {"n": n}, at=at) for n in range(4)])
+        uow.commit()
+    with sandbox.database.uow() as uow:
+        pending = uow.events.stats().pending
+    before = scrape(world)
+    assert value(before, "sluice_outbox_pending_events") == pending >= 4
+    assert value(before, "sluice_outbox_oldest_pending_age_seconds") >= 0
+    relay = Relay(sandbox.database.uow, InProcessPublisher(InProcessBus()), breakers=Breakers())
+    relay.start()
+    try:
+        for _ in range(50):
+            if relay.run_round().pending == 0:
+                break
+        after = scrape(world)
+    finally:
+        relay.close()
+    assert value(after, "sluice_outbox_pending_events") == 0
+    assert value(after, "sluice_outbox_oldest_pending_age_seconds") == 0
+    assert value(after, "sluice_relay_published_events_total") == pending
+    assert value(after, "sluice_relay_failed_publishes_total") == 0
+    assert value(after, "sluice_relay_rounds_total") >= 1

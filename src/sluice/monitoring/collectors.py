@@ -22,12 +22,13 @@ from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 import structlog
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import Connection, Engine, func, select, text
 
 from sluice.domain.withdrawals import LIVE_STATUSES, PAYOUT_KINDS
 from sluice.monitoring.metrics import REGISTRY, SCRAPE_ERRORS
+from sluice.services.relay import current_relay
 from sluice.store.bitcoin_tables import btc_blocks, btc_payouts
 from sluice.store.events_tables import event_outbox
 from sluice.store.issuance_tables import issuance_operations
@@ -129,6 +130,7 @@ class StateCollector(Collector):
             yield from self._ledger(sources, up)
             yield from self._bitcoin_node(sources, up)
         yield from self._breakers()
+        yield from self._relay()
         yield up
 
     # -- the Integration DB ---------------------------------------------------------------------
@@ -208,6 +210,36 @@ class StateCollector(Collector):
             for state in BREAKER_STATES:
                 gauge.add_metric([flow, state], 1 if current == state else 0)
         yield gauge
+
+    # -- the outbox relay ------------------------------------------------------------------------
+
+    def _relay(self) -> Iterator[Metric]:
+        relay = current_relay()
+        if relay is None:
+            return
+        stats = relay.stats
+        for name, doc, total in (
+            ("sluice_relay_rounds", "Rounds the outbox relay ran.", stats.rounds),
+            (
+                "sluice_relay_published_events",
+                "Events the relay published and marked (acked by the bus).",
+                stats.published,
+            ),
+            (
+                "sluice_relay_duplicate_events",
+                "Published events the bus already had (a publish repeated after a crash or a "
+                "timeout; dropped by the bus's duplicate window).",
+                stats.duplicates,
+            ),
+            (
+                "sluice_relay_failed_publishes",
+                "Publishes that failed or timed out (the rows are published again).",
+                stats.failed,
+            ),
+        ):
+            counter = CounterMetricFamily(name, doc)
+            counter.add_metric([], total)
+            yield counter
 
 
 def _cursor(connection: Connection, sources: StateSources, now: datetime) -> Iterator[Metric]:
