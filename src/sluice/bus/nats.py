@@ -28,7 +28,7 @@ import nats.js.errors
 import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import StreamConfig
+from nats.js.api import PubAck, StreamConfig
 
 from sluice.domain.errors import ComponentCallFailedError
 from sluice.domain.events import SUBJECT_PREFIX, Event
@@ -150,6 +150,15 @@ async def ensure_stream(
     return "updated"
 
 
+class AckTimeoutError(Exception):
+    """No ack came within the ack timeout."""
+
+
+def _expire(future: asyncio.Future[PubAck]) -> None:
+    if not future.done():
+        future.set_exception(AckTimeoutError())
+
+
 class JetStreamPublisher:
     """:class:`~sluice.ports.events.EventPublisher` on NATS JetStream."""
 
@@ -178,7 +187,10 @@ class JetStreamPublisher:
     async def start(self) -> None:
         if self._nc is None or self._nc.is_closed:
             self._nc = await connect(self.url, name=self.name)
-            self._js = self._nc.jetstream(timeout=self.ack_timeout_s)
+            self._js = self._nc.jetstream(
+                timeout=self.ack_timeout_s,
+                publish_async_max_pending=max(self.max_in_flight, 4000),
+            )
         assert self._js is not None
         self.stream_state = await ensure_stream(
             self._js,
@@ -198,38 +210,55 @@ class JetStreamPublisher:
         js = self._js
         if js is None:
             raise RuntimeError("JetStreamPublisher.publish_many before start")
+        loop = asyncio.get_running_loop()
         window = asyncio.Semaphore(self.max_in_flight)
-
-        async def one(event: Event) -> PublishAck | PublishError:
+        pending: list[asyncio.Future[PubAck] | PublishError] = []
+        for event in events:
+            # Sent in input order, pipelined: at most max_in_flight acks awaited at once.
+            await window.acquire()
             try:
-                ack = await js.publish(
+                future = await js.publish_async(
                     self.subject_of(event),
                     event.encode(),
-                    timeout=self.ack_timeout_s,
                     stream=self.stream,
                     headers={"Nats-Msg-Id": event.event_id},
                 )
-            except (TimeoutError, nats.errors.TimeoutError) as exc:
-                return PublishError(
-                    f"no ack within {self.ack_timeout_s:g} s ({type(exc).__name__})",
-                    outcome_unknown=True,
-                )
-            except nats.js.errors.APIError as exc:
-                return PublishError(f"JetStream refused the publish: {exc}")
-            except nats.errors.NoRespondersError as exc:
-                return PublishError(f"no JetStream stream answers (no responders): {exc}")
-            except Exception as exc:  # connection closed, draining, …: may or may not be stored
-                return PublishError(f"{type(exc).__name__}: {exc}", outcome_unknown=True)
-            finally:
+            except Exception as exc:
                 window.release()
-            return PublishAck(ack.stream, int(ack.seq), duplicate=bool(ack.duplicate))
+                pending.append(self._error(exc))
+                continue
+            timer = loop.call_later(self.ack_timeout_s, _expire, future)
 
-        tasks: list[asyncio.Task[PublishAck | PublishError]] = []
-        for event in events:
-            # Publishes start in input order; at most max_in_flight await their ack at once.
-            await window.acquire()
-            tasks.append(asyncio.ensure_future(one(event)))
-        return list(await asyncio.gather(*tasks))
+            def done(_future: object, timer: asyncio.TimerHandle = timer) -> None:
+                timer.cancel()
+                window.release()
+
+            future.add_done_callback(done)
+            pending.append(future)
+        results: list[PublishAck | PublishError] = []
+        for item in pending:
+            if isinstance(item, PublishError):
+                results.append(item)
+                continue
+            try:
+                ack = await item
+            except Exception as exc:
+                results.append(self._error(exc))
+                continue
+            results.append(PublishAck(ack.stream, int(ack.seq), duplicate=bool(ack.duplicate)))
+        return results
+
+    def _error(self, exc: Exception) -> PublishError:
+        if isinstance(exc, AckTimeoutError | TimeoutError | nats.errors.TimeoutError):
+            return PublishError(
+                f"no ack within {self.ack_timeout_s:g} s (outcome unknown)", outcome_unknown=True
+            )
+        if isinstance(exc, nats.js.errors.NoStreamResponseError | nats.errors.NoRespondersError):
+            return PublishError(f"no JetStream stream answers on the subject: {exc!r}")
+        if isinstance(exc, nats.js.errors.APIError):
+            return PublishError(f"JetStream refused the publish: {exc}")
+        # The connection closed, the buffer for a reconnect is full, …: it may have gone out.
+        return PublishError(f"{type(exc).__name__}: {exc}", outcome_unknown=True)
 
     async def close(self) -> None:
         nc, self._nc, self._js = self._nc, None, None
