@@ -417,3 +417,56 @@ def test_the_example_rules_use_metrics_that_exist() -> None:
     rules = load_rules(DOCS / "alert-rules.example.toml")
     used = {r.metric_name for r in rules} - {"alerts_open"}
     assert not sorted(n for n in used if not exists(n, known))
+
+
+def test_the_serve_loop_evaluates_then_notifies(database: bootstrap.Database) -> None:
+    from types import SimpleNamespace
+
+    from sluice.config.alerts import AlertsConfig
+    from sluice.server.alerts import alerts_loop
+
+    clock = Clock()
+
+    def service(alerts: AlertsConfig) -> Any:
+        return SimpleNamespace(
+            config=SimpleNamespace(alerts=alerts),
+            database=database,
+            context=SimpleNamespace(clock=clock),
+        )
+
+    assert alerts_loop(service(AlertsConfig())) is None  # no rules, no recipients
+    config = AlertsConfig.model_validate(
+        {
+            "evaluate_interval_s": 5,
+            "rules": [
+                {
+                    "name": "criticals",
+                    "metric": 'alerts_open{severity="critical"}',
+                    "aggregate": "count",
+                    "operator": ">=",
+                    "threshold": 1,
+                }
+            ],
+        }
+    )
+    loop = alerts_loop(service(config))
+    assert loop is not None
+    assert [(p.name, p.flow) for p in loop.parts] == [
+        ("alert_rules", None),
+        ("alert_notify", "webhooks"),
+    ]
+    assert loop.interval_s == 5
+    with database.uow() as uow:
+        insert_alert(
+            uow._connection,  # type: ignore[attr-defined]
+            Alert(id="stuck:2", severity="critical", kind="stuck_payout", message="stuck"),
+            clock.now,
+        )
+        uow.commit()
+    evaluated, notified = (part.run() for part in loop.parts)
+    assert evaluated is not None and evaluated.counts["raised"] == 1
+    assert notified is not None and notified.counts["notified"] == 2  # the rule's, the product's
+    assert {a.id: a.notified_at for a in list_alerts(database.uow).alerts} == {
+        "rule:criticals": clock.now,
+        "stuck:2": clock.now,
+    }
