@@ -31,6 +31,7 @@ from sluice.ports.issuance import MintRecord
 from sluice.services.btc_addresses import deposit_address
 from sluice.services.btc_payouts import cancel_payout, get_payout
 from sluice.services.btc_watcher import DepositWatcher
+from sluice.services.compliance import KycRegistry
 from sluice.services.issuance_deposit import mint_id
 from sluice.services.issuance_overrides import compensate_operation
 from sluice.services.issuance_redeem import burn_id_of, payout_id_of, remint_id_of
@@ -39,6 +40,7 @@ from sluice.services.reconciliation import reconcile
 from sluice.services.reserves import record_readings
 from sluice.store.bitcoin_rows import alert_events
 from sluice.store.events_repository import add_commit_listener, remove_commit_listener
+from tests.integration import test_ingestion_issuance as ingestion_books
 from tests.integration import test_issuance_redeem as redeem
 from tests.integration.test_reconciliation import SATS, Reconciled, open_world
 from tests.unit.bitcoin.test_payouts import SETTINGS as PAYOUT_SETTINGS
@@ -314,6 +316,48 @@ def test_a_mint_the_guard_refuses_writes_no_mint_event_but_its_alert(
     assert breach.payload["severity"] == "critical"
     # Written through the unit of work's outbox: the commit listeners learnt of it.
     assert breach.event_id in {e.event_id for e in committed}
+
+
+@pytest.fixture
+def books(database_url: str, wallet: EmbitCustodyWallet) -> Iterator[ingestion_books.Books]:
+    db = bootstrap.database(database_url)
+    world = ingestion_books.Books(
+        db,
+        wallet,
+        KycRegistry(),
+        FakeChain(CHAIN, fee_rate_sat_vb=Decimal(5)),
+        settings=ingestion_books.SETTINGS,
+    )
+    world.customer("alice")
+    yield world
+    db.dispose()
+
+
+def test_mints_and_burns_whose_answer_was_lost_are_committed_by_ingestion_once(
+    books: ingestion_books.Books,
+) -> None:
+    world = books
+    mint = world.record_mint("issuance:op-1", "alice", 2_000, status="submitted")
+    minted = world.issuer.mint(world.treasury, 2_000, reason=mint.reason, command_id=mint.id)
+    burn = world.record_burn("issuance:op-2:burn", "alice", 500, status="submitted")
+    burned = world.issuer.burn(world.treasury, 500, reason=burn.reason, command_id=burn.id)
+    done = world.record_mint("issuance:op-3", "alice", 1_000)  # the router committed it
+    world.issuer.mint(world.treasury, 1_000, reason=done.reason, command_id=done.id)
+    world.ingest()
+    found = check_all(world.db.uow)
+    assert counts(found) == {"istsi_minted": 1, "istsi_burned": 1}
+    (mint_event,) = of(found, "istsi_minted", "op-1")
+    assert (mint_event.payload["mint_id"], mint_event.payload["update_id"]) == (
+        mint.id,
+        minted.update_id,
+    )
+    (burn_event,) = of(found, "istsi_burned", "op-2")
+    assert (burn_event.payload["burn_id"], burn_event.payload["update_id"]) == (
+        burn.id,
+        burned.update_id,
+    )
+    world.ingest()
+    assert counts(events(world.db.uow)) == {"istsi_minted": 1, "istsi_burned": 1}
 
 
 # --- reserves and reconciliation -----------------------------------------------------------------

@@ -55,6 +55,9 @@ class IssuanceBatchBooks:
     # second ledger burn with the same reason in a later batch (a command resent after the
     # ledger's deduplication window) goes to suspense instead of being booked again.
     burned: list[tuple[str, str]] = field(default_factory=list)
+    # The records as read (by id), for the events of those this batch commits.
+    mints: dict[str, MintRecord] = field(default_factory=dict)
+    burns: dict[str, BurnRecord] = field(default_factory=dict)
 
     def dispose(self, entry: HistoryEntry, update_id: str, default: Disposition) -> Disposition:
         """The disposition of a ``mint``/``burn`` entry: its booking when its reason names one of
@@ -85,14 +88,14 @@ class IssuanceBatchBooks:
         at = at or datetime.now(UTC)
         events: list[Event] = []
         for mint_id, update_id in self.credited:
-            mint = uow.issuance.get_mint(mint_id)
+            mint = self.mints.get(mint_id)
             if mint is not None and mint.status != "committed":
                 # The router had no answer yet: the ledger's own record commits it.
                 events.append(minted_event(mint, update_id, at))
             uow.issuance.mark_mint_credited(mint_id)
             uow.issuance.set_mint_status(mint_id, "committed", update_id=update_id)
         for burn_id, update_id in self.burned:
-            burn = uow.issuance.get_burn(burn_id)
+            burn = self.burns.get(burn_id)
             if burn is not None and burn.status != "committed":
                 events.append(burned_event(burn, update_id, at))
             uow.issuance.set_burn_status(burn_id, "committed", update_id=update_id)
@@ -114,9 +117,11 @@ def issuance_books_for(uow: UnitOfWork, steps: Iterable[object], party: str) -> 
     if mint_reasons:
         for reason, mint in uow.issuance.mints_by_reason(sorted(mint_reasons)).items():
             books.records[reason] = _mint(mint)
+            books.mints[mint.id] = mint
     if burn_reasons:
         for reason, burn in uow.issuance.burns_by_reason(sorted(burn_reasons)).items():
             books.records[reason] = _burn(burn)
+            books.burns[burn.id] = burn
     return books
 
 
