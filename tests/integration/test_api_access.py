@@ -213,7 +213,8 @@ def test_every_endpoint_times_every_role_and_no_credentials_answers_per_the_matr
             calls += 1
             if "x-correlation-id" not in response.headers:
                 problems.append(f"{method} {path} as {who}: no X-Correlation-ID header")
-            body = response.json() if response.content else None
+            is_json = response.headers.get("content-type", "").startswith("application/json")
+            body = response.json() if response.content and is_json else None
             if response.status_code >= 400:
                 if not isinstance(body, dict) or set(body) != {
                     "code",

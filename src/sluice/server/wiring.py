@@ -32,7 +32,7 @@ from sluice.server.loop import (
     pause_reason,
     withdrawal_part,
 )
-from sluice.server.monitoring import install_monitoring
+from sluice.server.monitoring import install_monitoring, time_parts
 from sluice.server.reserves import reserves_loop
 from sluice.server.world import EmbeddedWorld, FollowedClock, prepare_embedded_world
 from sluice.services.access import ApiKeyVerifier, list_api_keys
@@ -196,6 +196,7 @@ def _wire_monitoring(service: Service) -> None:
     install_monitoring(service)
     for loop in (events_loop(service), alerts_loop(service)):
         if loop is not None:
+            time_parts(loop)
             service.extra_loops.append(loop)
             service.context.readiness = {
                 **service.context.readiness,
