@@ -114,6 +114,11 @@ def check_report(report: str, expected: Plan) -> None:
     check_workers_report(report, expected)
     check_api_report(report, expected)
     assert "invariant holds" in report
+    # The events chapter (tests/e2e/test_demo_events.py checks it in detail): the outbox relayed
+    # to the in-process bus, and the /metrics excerpt with the reserve ratios of the world.
+    assert "Events published to the in-process bus" in report
+    assert "sluice_outbox_pending_events 0.0" in report
+    assert 'sluice_reserve_ratio{instrument="Amulet"} 1.0' in report
     assert "all checks hold" in report
 
 

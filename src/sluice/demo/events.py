@@ -220,8 +220,8 @@ def relay(exchange: Exchange, story: EventsStory) -> Relay:
             break
     story.published = Counter(event.type for event in received)
     story.received = len(received)
-    sample = next((e for e in received if e.type in SAMPLE_TYPES), None)
-    sample = sample or (received[0] if received else None)
+    preferred = (e for kind in SAMPLE_TYPES for e in received if e.type == kind)
+    sample = next(preferred, received[0] if received else None)
     if sample is not None:
         story.sample = json.dumps(json.loads(sample.encode()), indent=2)
     story.check(
