@@ -126,6 +126,6 @@ def test_a_stream_that_cannot_be_made_fails_start_with_the_reason(
 
 
 def test_an_unreachable_server_fails_start_clearly() -> None:
-    publisher = JetStreamPublisher("nats://127.0.0.1:1", "NOPE")
+    publisher = JetStreamPublisher("nats://127.0.0.1:1", "NOPE", first_connect_timeout_s=2)
     with pytest.raises(ComponentCallFailedError, match="cannot connect to NATS"):
         asyncio.run(publisher.start())

@@ -19,10 +19,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections.abc import Sequence
 
-import nats
 import nats.errors
 import nats.js.errors
 import structlog
@@ -36,8 +36,10 @@ from sluice.ports.events import PublishAck, PublishError
 
 log = structlog.get_logger("sluice.events")
 
-RECONNECT_WAIT_S = 1.0
-CONNECT_TIMEOUT_S = 5.0
+RECONNECT_WAIT_S = 1
+CONNECT_TIMEOUT_S = 5
+# How long the first connection may take, over every attempt.
+FIRST_CONNECT_TIMEOUT_S = 15.0
 # Outgoing bytes kept while disconnected (then published on reconnect).
 RECONNECT_BUFFER_BYTES = 64 * 1024 * 1024
 
@@ -55,13 +57,16 @@ def safe_url(url: str) -> str:
     return f"{scheme}{sep}{rest}"
 
 
-async def connect(url: str, *, name: str = "sluice") -> Client:
-    """A NATS connection that reconnects without limit and logs what happens to it."""
+async def connect(
+    url: str, *, name: str = "sluice", first_timeout_s: float = FIRST_CONNECT_TIMEOUT_S
+) -> Client:
+    """A NATS connection that reconnects without limit and logs what happens to it; the first
+    connection must be made within ``first_timeout_s``."""
     where = safe_url(url)
-    client: list[Client] = []
+    nc = Client()
 
     async def disconnected() -> None:
-        if client and (client[0].is_closed or client[0].is_draining):
+        if nc.is_closed or nc.is_draining:
             return  # our own close
         log.warning("nats disconnected", url=where)
 
@@ -75,24 +80,29 @@ async def connect(url: str, *, name: str = "sluice") -> Client:
         log.info("nats connection closed", url=where)
 
     try:
-        nc = await nats.connect(
-            url,
-            name=name,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=RECONNECT_WAIT_S,
-            connect_timeout=CONNECT_TIMEOUT_S,
-            allow_reconnect=True,
-            pending_size=RECONNECT_BUFFER_BYTES,
-            disconnected_cb=disconnected,
-            reconnected_cb=reconnected,
-            error_cb=error,
-            closed_cb=closed,
+        # The first connection is bounded (with reconnects unlimited, nats-py would try forever).
+        await asyncio.wait_for(
+            nc.connect(
+                url,
+                name=name,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=RECONNECT_WAIT_S,
+                connect_timeout=CONNECT_TIMEOUT_S,
+                allow_reconnect=True,
+                pending_size=RECONNECT_BUFFER_BYTES,
+                disconnected_cb=disconnected,
+                reconnected_cb=reconnected,
+                error_cb=error,
+                closed_cb=closed,
+            ),
+            timeout=first_timeout_s,
         )
-    except Exception as exc:  # nats-py raises plain OSErrors and its own NoServersError
+    except Exception as exc:
+        with contextlib.suppress(Exception):
+            await nc.close()  # nats-py raises plain OSErrors and its own NoServersError
         raise ComponentCallFailedError(
             f"cannot connect to NATS at {where}: {type(exc).__name__}: {exc}"
         ) from exc
-    client.append(nc)
     return nc
 
 
@@ -172,6 +182,7 @@ class JetStreamPublisher:
         ack_timeout_s: float = 5.0,
         subject_prefix: str = "",
         name: str = "sluice-relay",
+        first_connect_timeout_s: float = FIRST_CONNECT_TIMEOUT_S,
     ) -> None:
         self.url = url
         self.stream = stream
@@ -180,13 +191,16 @@ class JetStreamPublisher:
         self.ack_timeout_s = ack_timeout_s
         self.subject_prefix = subject_prefix
         self.name = name
+        self.first_connect_timeout_s = first_connect_timeout_s
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self.stream_state: str | None = None
 
     async def start(self) -> None:
         if self._nc is None or self._nc.is_closed:
-            self._nc = await connect(self.url, name=self.name)
+            self._nc = await connect(
+                self.url, name=self.name, first_timeout_s=self.first_connect_timeout_s
+            )
             self._js = self._nc.jetstream(
                 timeout=self.ack_timeout_s,
                 publish_async_max_pending=max(self.max_in_flight, 4000),

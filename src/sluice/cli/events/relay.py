@@ -54,13 +54,14 @@ def relay_command(
     relay = relay_for(events, database)
     log_to_stderr()
     try:
-        try:
-            relay.start()
-        except SluiceError as exc:
-            fail_with(exc)
         if once:
+            try:
+                relay.start()
+            except SluiceError as exc:
+                fail_with(exc)
             _once(relay, events.bus, events.stream)
             return
+        # Running on: a bus that cannot be reached at start is tried again each round (logged).
         log.info(
             "events relay running",
             bus=events.bus,
