@@ -12,7 +12,10 @@
   drops a second copy within the duplicate window and acks it as a duplicate with the first
   copy's sequence), at most ``max_in_flight`` acks outstanding at once. No ack within
   ``ack_timeout_s`` is :class:`PublishError` with ``outcome_unknown`` (it may be stored: publish
-  again with the same id); a JetStream refusal is a :class:`PublishError`. Results come back in
+  again with the same id); a JetStream refusal is a :class:`PublishError`. Once a publish is
+  known to have failed, the rest of the batch is not sent (each is a :class:`PublishError`
+  "not sent"): only events already in flight then, at most ``max_in_flight - 1``, can land
+  before the failed one's retry (with ``max_in_flight = 1`` none can). Results come back in
   the input order, one per event; nothing is swallowed.
 """
 
@@ -160,6 +163,9 @@ async def ensure_stream(
     return "updated"
 
 
+NOT_SENT = "not sent: an earlier publish of the batch failed"
+
+
 class AckTimeoutError(Exception):
     """No ack came within the ack timeout."""
 
@@ -227,9 +233,14 @@ class JetStreamPublisher:
         loop = asyncio.get_running_loop()
         window = asyncio.Semaphore(self.max_in_flight)
         pending: list[asyncio.Future[PubAck] | PublishError] = []
+        failed = False  # once a publish failed, the rest of the batch is not sent
         for event in events:
             # Sent in input order, pipelined: at most max_in_flight acks awaited at once.
             await window.acquire()
+            if failed:
+                window.release()
+                pending.append(PublishError(NOT_SENT))
+                continue
             try:
                 future = await js.publish_async(
                     self.subject_of(event),
@@ -239,12 +250,16 @@ class JetStreamPublisher:
                 )
             except Exception as exc:
                 window.release()
+                failed = True
                 pending.append(self._error(exc))
                 continue
             timer = loop.call_later(self.ack_timeout_s, _expire, future)
 
-            def done(_future: object, timer: asyncio.TimerHandle = timer) -> None:
+            def done(future: asyncio.Future[PubAck], timer: asyncio.TimerHandle = timer) -> None:
+                nonlocal failed
                 timer.cancel()
+                if future.cancelled() or future.exception() is not None:
+                    failed = True
                 window.release()
 
             future.add_done_callback(done)
