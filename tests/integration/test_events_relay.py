@@ -450,3 +450,51 @@ def test_relay_for_config_publishes_to_nats_with_the_configured_window(
 
     assert asyncio.run(window()) == 30.0
     assert len(read_all(nats_target, 20)) == 20
+
+
+def test_refused_publish_stops_the_batch_and_order_holds_with_one_in_flight(
+    db: bootstrap.Database, nats_target: NatsTarget
+) -> None:
+    import nats
+    from nats.js.api import StreamConfig
+
+    async def stream(max_msg_size: int, *, create: bool) -> None:
+        nc = await nats.connect(nats_target.url)
+        try:
+            js = nc.jetstream()
+            config = StreamConfig(
+                name=nats_target.stream,
+                subjects=[nats_target.subjects],
+                duplicate_window=120.0,
+                max_msg_size=max_msg_size,
+            )
+            await (js.add_stream(config) if create else js.update_stream(config))
+        finally:
+            await nc.close()
+
+    # A stream that refuses messages over 1 KiB; the third event is bigger.
+    asyncio.run(stream(1024, create=True))
+    with db.uow() as uow:
+        committed = [
+            emit(uow, "withdrawal_requested", "w1", {"n": i, "pad": "x" * (2000 if i == 2 else 1)},
+                 at=T0 + timedelta(seconds=i))
+            for i in range(5)
+        ]  # fmt: skip
+        uow.commit()
+    relay = make_relay(db, jetstream(nats_target, max_in_flight=1))
+    try:
+        first = relay.run_round()
+        # Refused by JetStream: a publish error; the two after it were not sent.
+        assert (first.published, first.failed, first.pending) == (2, 3, 3)
+        assert first.error is not None and "JetStream refused" in first.error
+        with db.uow() as uow:
+            row = uow.events.get(committed[2].event_id)
+        assert row is not None and row.attempts == 1 and "refused" in (row.last_error or "")
+        assert asyncio.run(stream_state(nats_target.url, nats_target.stream)).messages == 2
+        asyncio.run(stream(1 << 20, create=False))  # the operator raises the limit
+        second = relay.run_round()
+        assert (second.published, second.duplicates, second.pending) == (3, 0, 0)
+    finally:
+        relay.close()
+    messages = read_all(nats_target, 5)
+    assert [m[2].event_id for m in messages] == [e.event_id for e in committed]

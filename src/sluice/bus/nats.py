@@ -24,14 +24,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 from collections.abc import Sequence
+from typing import Any
 
 import nats.errors
 import nats.js.errors
 import structlog
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import PubAck, StreamConfig
+from nats.js.api import Header, StreamConfig
 
 from sluice.domain.errors import ComponentCallFailedError
 from sluice.domain.events import SUBJECT_PREFIX, Event
@@ -163,6 +166,7 @@ async def ensure_stream(
     return "updated"
 
 
+NO_RESPONDERS = "503"
 NOT_SENT = "not sent: an earlier publish of the batch failed"
 
 
@@ -170,9 +174,68 @@ class AckTimeoutError(Exception):
     """No ack came within the ack timeout."""
 
 
-def _expire(future: asyncio.Future[PubAck]) -> None:
-    if not future.done():
-        future.set_exception(AckTimeoutError())
+class RefusedError(Exception):
+    """JetStream answered the publish with an error (its description)."""
+
+
+class NoStreamError(Exception):
+    """No stream answered (no responders on the subject)."""
+
+
+class _Acks:
+    """The acks of pipelined publishes, on one wildcard inbox subscription of the publisher's
+    (nats-py's own ``publish_async`` never completes a publish JetStream refuses)."""
+
+    def __init__(self) -> None:
+        self.prefix: str | None = None
+        self._futures: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._next = 0
+
+    async def start(self, nc: Client) -> None:
+        if self.prefix is None:
+            prefix = nc.new_inbox() + "."
+            await nc.subscribe(prefix + "*", cb=self._reply)
+            self.prefix = prefix
+
+    def inbox(self, token: str) -> str:
+        assert self.prefix is not None
+        return self.prefix + token
+
+    def expect(self, loop: asyncio.AbstractEventLoop) -> tuple[str, asyncio.Future[dict[str, Any]]]:
+        self._next += 1
+        token = str(self._next)
+        future: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self._futures[token] = future
+        return token, future
+
+    def forget(self, token: str) -> None:
+        self._futures.pop(token, None)
+
+    def expire(self, token: str) -> None:
+        future = self._futures.pop(token, None)
+        if future is not None and not future.done():
+            future.set_exception(AckTimeoutError())
+
+    async def _reply(self, msg: Msg) -> None:
+        assert self.prefix is not None
+        future = self._futures.pop(msg.subject[len(self.prefix) :], None)
+        if future is None or future.done():
+            return
+        if msg.headers and msg.headers.get(Header.STATUS) == NO_RESPONDERS:
+            future.set_exception(NoStreamError("no JetStream stream answers on the subject"))
+            return
+        try:
+            answer = json.loads(msg.data)
+        except ValueError:
+            future.set_exception(RefusedError(f"not a JetStream answer: {msg.data[:200]!r}"))
+            return
+        error = answer.get("error") if isinstance(answer, dict) else None
+        if error is not None or not isinstance(answer, dict) or "seq" not in answer:
+            description = error.get("description") if isinstance(error, dict) else error
+            code = error.get("err_code") if isinstance(error, dict) else None
+            future.set_exception(RefusedError(f"{description or answer} (err_code {code})"))
+            return
+        future.set_result(answer)
 
 
 class JetStreamPublisher:
@@ -201,15 +264,16 @@ class JetStreamPublisher:
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self.stream_state: str | None = None
+        self._acks = _Acks()
 
     async def start(self) -> None:
         if self._nc is None or self._nc.is_closed:
+            self._acks = _Acks()
             self._nc = await connect(
                 self.url, name=self.name, first_timeout_s=self.first_connect_timeout_s
             )
             self._js = self._nc.jetstream(
                 timeout=self.ack_timeout_s,
-                publish_async_max_pending=max(self.max_in_flight, 4000),
             )
         assert self._js is not None
         self.stream_state = await ensure_stream(
@@ -227,12 +291,14 @@ class JetStreamPublisher:
         return f"{self.subject_prefix}{event.subject}"
 
     async def publish_many(self, events: Sequence[Event]) -> list[PublishAck | PublishError]:
-        js = self._js
-        if js is None:
+        nc = self._nc
+        if nc is None:
             raise RuntimeError("JetStreamPublisher.publish_many before start")
+        acks = self._acks
+        await acks.start(nc)
         loop = asyncio.get_running_loop()
         window = asyncio.Semaphore(self.max_in_flight)
-        pending: list[asyncio.Future[PubAck] | PublishError] = []
+        pending: list[asyncio.Future[dict[str, Any]] | PublishError] = []
         failed = False  # once a publish failed, the rest of the batch is not sent
         for event in events:
             # Sent in input order, pipelined: at most max_in_flight acks awaited at once.
@@ -241,21 +307,25 @@ class JetStreamPublisher:
                 window.release()
                 pending.append(PublishError(NOT_SENT))
                 continue
+            token, future = acks.expect(loop)
             try:
-                future = await js.publish_async(
+                await nc.publish(
                     self.subject_of(event),
                     event.encode(),
-                    stream=self.stream,
-                    headers={"Nats-Msg-Id": event.event_id},
+                    reply=acks.inbox(token),
+                    headers={"Nats-Msg-Id": event.event_id, "Nats-Expected-Stream": self.stream},
                 )
             except Exception as exc:
+                acks.forget(token)
                 window.release()
                 failed = True
                 pending.append(self._error(exc))
                 continue
-            timer = loop.call_later(self.ack_timeout_s, _expire, future)
+            timer = loop.call_later(self.ack_timeout_s, acks.expire, token)
 
-            def done(future: asyncio.Future[PubAck], timer: asyncio.TimerHandle = timer) -> None:
+            def done(
+                future: asyncio.Future[dict[str, Any]], timer: asyncio.TimerHandle = timer
+            ) -> None:
                 nonlocal failed
                 timer.cancel()
                 if future.cancelled() or future.exception() is not None:
@@ -274,18 +344,20 @@ class JetStreamPublisher:
             except Exception as exc:
                 results.append(self._error(exc))
                 continue
-            results.append(PublishAck(ack.stream, int(ack.seq), duplicate=bool(ack.duplicate)))
+            results.append(
+                PublishAck(
+                    str(ack["stream"]), int(ack["seq"]), duplicate=bool(ack.get("duplicate"))
+                )
+            )
         return results
 
     def _error(self, exc: Exception) -> PublishError:
-        if isinstance(exc, AckTimeoutError | TimeoutError | nats.errors.TimeoutError):
-            return PublishError(
-                f"no ack within {self.ack_timeout_s:g} s (outcome unknown)", outcome_unknown=True
-            )
-        if isinstance(exc, nats.js.errors.NoStreamResponseError | nats.errors.NoRespondersError):
-            return PublishError(f"no JetStream stream answers on the subject: {exc!r}")
-        if isinstance(exc, nats.js.errors.APIError):
+        if isinstance(exc, RefusedError):
             return PublishError(f"JetStream refused the publish: {exc}")
+        if isinstance(exc, AckTimeoutError | TimeoutError | nats.errors.TimeoutError):
+            return PublishError(f"no ack within {self.ack_timeout_s:g} s", outcome_unknown=True)
+        if isinstance(exc, NoStreamError | nats.errors.NoRespondersError):
+            return PublishError(f"not stored: {exc}")
         # The connection closed, the buffer for a reconnect is full, …: it may have gone out.
         return PublishError(f"{type(exc).__name__}: {exc}", outcome_unknown=True)
 
