@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import threading
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -227,6 +228,11 @@ class Relay:
         self._wake.set()
 
     # -- rounds -------------------------------------------------------------------------------
+
+    def stats_snapshot(self) -> RelayStats:
+        """A copy of :attr:`stats`, safe to read from another thread (metrics)."""
+        with self._stats_lock:
+            return dataclasses.replace(self.stats)
 
     def last_round(self) -> RelayRound | None:
         with self._stats_lock:
