@@ -361,7 +361,7 @@ def test_nats_restart_mid_run_loses_nothing(sqlite_url: str, own_nats: OwnNatsSe
         relay.close()
         db.dispose()
     assert len(committed) == 400
-    assert relay.stats.failed > 0 or relay.stats.published == 400  # the restart was seen
+    assert relay.stats.failed > 0  # publishes failed while the server was down (then retried)
     messages = read_all(target, 400)
     ids = [m[2].event_id for m in messages]
     assert len(ids) == len(set(ids)) == 400  # nothing lost, nothing stored twice
