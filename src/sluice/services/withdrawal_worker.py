@@ -29,6 +29,7 @@ from sluice.ports import (
     UnitOfWorkFactory,
     WithdrawalRepository,
 )
+from sluice.services.breakers import BreakerOpenError
 from sluice.services.compliance import KycRegistry, undo_failed_payouts
 from sluice.services.controls import pause_state
 from sluice.services.events import emit_all
@@ -69,6 +70,9 @@ class WorkerTick:
     # Payouts not reserved or not submitted this round because their customer is no longer
     # active or their receiver was flagged since the request.
     compliance_blocked: int = 0
+    # Claimed records not sent because a circuit breaker refused the call before it reached the
+    # registry or the ledger: back to ``reserved``, same attempt, for the next round.
+    breaker_refused: int = 0
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -336,13 +340,26 @@ class WithdrawalWorker:
             return
         now = self._clock()
         done: list[Withdrawal] = []
-        for record in claimed:
+        for index, record in enumerate(claimed):
             instrument = kinds.get(record.instrument)
             allowed = instrument.transfer_kinds if instrument is not None else ("direct",)
-            if record.failure is not None:
-                error, failure = self._submit_fence(record, anchors, now)
-            else:
-                error, failure = self._submit(record, allowed, now)
+            try:
+                if record.failure is not None:
+                    error, failure = self._submit_fence(record, anchors, now)
+                else:
+                    error, failure = self._submit(record, allowed, now)
+            except BreakerOpenError as exc:
+                # Refused before the call was made: nobody sent this attempt (only a reserved
+                # record is claimed, and this worker sent nothing of it), so this record and
+                # the rest of the round go back to ``reserved`` on the same attempt and
+                # trec_tgt, and are submitted once the breaker lets calls through.
+                waiting = claimed[index:]
+                tick.breaker_refused += len(waiting)
+                done += [
+                    replace(r, status="reserved", last_error=f"not submitted: {exc}")
+                    for r in waiting
+                ]
+                break
             if error is not None:
                 tick.submit_errors += 1
                 tick.errors.append(f"{record.id}: {error}")
