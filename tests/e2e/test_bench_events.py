@@ -37,7 +37,7 @@ def require_nats() -> None:
         missing(f"NATS with JetStream at {NATS_URL}")
 
 
-async def _stream_names() -> list[str]:
+async def _stream_names() -> list[str | None]:
     import nats
 
     client = await nats.connect(NATS_URL, connect_timeout=3)
