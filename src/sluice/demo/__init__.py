@@ -74,6 +74,13 @@ reference ledger):
     the journal); Alice's inclusion proof verifies with the standalone verifier against the
     published root, a copy claiming one unit more is refused, and the signed reserves document
     verifies against the custody descriptor, the node and the roots.
+11. **Events, metrics, alerts and breakers**, on the embedded defaults. An alert rule (events
+    waiting in the outbox) fires against the metrics and an operator acknowledges it; the ledger
+    circuit breaker opens under injected faults, refuses, probes after its wait (an injected
+    clock) and closes; the relay publishes the outbox to the in-process bus with a subscriber
+    (counts by type, one envelope), a second round publishes nothing and a copy is dropped as a
+    duplicate; the rule resolves, and a /metrics excerpt shows operations, the outbox's pending
+    count and the reserve ratios.
 
 **Over the wire.** ``--via-http`` serves the demo's ledger on a local port (as ``sluice ledger
 serve`` does) and ``--ledger-url URL`` uses a ``sluice ledger serve`` already running (on a fresh
