@@ -215,7 +215,67 @@ def test_an_open_webhooks_breaker_stops_calls(
         notifier.close()
     assert breakers.get("webhooks").state == "open"
     assert len(receiver.requests) == 2  # the third try was refused by the open breaker
-    assert get_alert(database.uow, alert_id).notify_attempts == 3
+    # Only the two tries made count: the refusal is no try.
+    assert get_alert(database.uow, alert_id).notify_attempts == 2
+
+
+def test_a_breaker_refusal_is_no_try_and_defers_the_rest_of_the_round(
+    database: bootstrap.Database, hooks: list[Hook]
+) -> None:
+    """Refused calls are not counted, not waited on, never given up: the alerts wait for the
+    next round, and are sent once the breaker lets calls through. Alerts only for the log are
+    still logged."""
+    receiver = hook(hooks, fail_first=0)
+    clock = Clock()
+    with database.uow() as uow:
+        connection = uow._connection  # type: ignore[attr-defined]
+        for n in range(4):
+            insert_alert(
+                connection,
+                Alert(id=f"payout:{n}:stuck", severity="critical", kind="stuck", message="x"),
+                clock.now + timedelta(seconds=n),
+            )
+        insert_alert(
+            connection,
+            Alert(id="ingest:dust", severity="info", kind="dust", message="dust"),
+            clock.now,
+        )
+        uow.commit()
+    config = AlertsConfig.model_validate(
+        {
+            "recipients": {"critical": [receiver.url]},
+            "notify_attempts": 3,
+            "notify_backoff_s": 1,
+            "notify_give_up_after": 3,
+        }
+    )
+    breakers = Breakers({}, default=BreakerSettings(window=4, min_calls=2, open_s=3600))
+    breakers.get("webhooks").force("open")
+    waits: list[float] = []
+    notifier = Notifier(
+        config, [], database.uow, clock=clock, sleep=waits.append, breakers=breakers
+    )
+    try:
+        with structlog.testing.capture_logs() as logs:
+            for round_ in range(5):  # more rounds than notify_give_up_after tries
+                done = notifier.notify()
+                assert done.failed == [] and done.given_up == []
+                assert done.notified == (["ingest:dust"] if round_ == 0 else [])
+                assert len(done.deferred) == 4
+        assert receiver.requests == [] and waits == []
+        assert not any(e["event"] == "alert_webhook_failed" for e in logs)
+        for n in range(4):
+            record = get_alert(database.uow, f"payout:{n}:stuck")
+            assert record.notify_attempts == 0 and record.notified_at is None
+        assert get_alert(database.uow, "ingest:dust").notified_at is not None  # the log's
+
+        breakers.get("webhooks").force(None)
+        done = notifier.notify()
+    finally:
+        notifier.close()
+    assert breakers.get("webhooks").state == "closed"
+    assert sorted(done.notified) == [f"payout:{n}:stuck" for n in range(4)]
+    assert len(receiver.requests) == 4
 
 
 def test_log_recipients_and_the_products_own_alerts_by_severity(

@@ -9,13 +9,22 @@ round fails its failed tries are added to ``notify_attempts`` and the alert is s
 next round (every recipient again: receivers dedupe on ``alert_id`` and ``occurrences``), until
 ``notify_give_up_after`` tries in all, when it is logged as given up. Resolved alerts are not
 notified (neither their resolution).
+
+A try the open ``webhooks`` breaker refuses is no try: nothing was sent, so it is not counted,
+not waited on and never leads to giving up. The round stops calling webhooks there (the breaker
+is shared by every webhook): that alert and every later one with a webhook recipient are left
+for the next round untouched (``deferred``); alerts only for the log are still logged.
+
+Each round takes the alerts critical first, then warning, then info, newest first within a
+severity, so a backlog of older alerts cannot delay a new critical one (at most 100 a round; an
+older one waits while newer ones of its severity are pending).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -27,17 +36,9 @@ from sluice.config.alerts import AlertRule, AlertsConfig, LogRecipient, Recipien
 from sluice.domain.ledger import format_timestamp
 from sluice.ports import UnitOfWorkFactory
 from sluice.ports.alerts import AlertRecord
+from sluice.services.breakers import BreakerOpenError, Breakers, guard
 
 log = structlog.get_logger(__name__)
-
-try:
-    from sluice.services.breakers import Breakers, guard
-except ImportError:  # pragma: no cover - the breakers module ships with this one
-    Breakers = Any  # type: ignore[misc,assignment]
-
-    @contextmanager
-    def guard(flow: str, *, registry: Any = None) -> Iterator[None]:  # type: ignore[misc]
-        yield None
 
 
 class WebhookError(Exception):
@@ -76,11 +77,23 @@ def backoff_delays(config: AlertsConfig) -> list[float]:
 
 @dataclass(slots=True)
 class NotifyResult:
-    """What one round did: alerts notified, alerts whose round failed, alerts given up."""
+    """What one round did: alerts notified, alerts whose round failed, alerts given up, and
+    alerts left for the next round because the ``webhooks`` breaker refused the call."""
 
     notified: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     given_up: list[str] = field(default_factory=list)
+    deferred: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Delivery:
+    """One alert's delivery: whether every recipient took it, the tries that failed, and
+    whether the ``webhooks`` breaker refused a call (the rest was then not tried)."""
+
+    taken: bool
+    failures: int
+    refused: bool = False
 
 
 class Notifier:
@@ -120,8 +133,9 @@ class Notifier:
     def _guard(self) -> AbstractContextManager[Any]:
         return guard("webhooks", registry=self._breakers)
 
-    def _post(self, recipient: WebhookRecipient, body: dict[str, Any]) -> tuple[bool, int]:
-        """Deliver to one webhook: whether it took it, and the tries that failed."""
+    def _post(self, recipient: WebhookRecipient, body: dict[str, Any]) -> _Delivery:
+        """Deliver to one webhook: whether it took it, the tries that failed, and whether the
+        breaker refused a try (no call made: not counted, no wait, no further try)."""
         delays = backoff_delays(self._config)
         failures = 0
         for attempt in range(self._config.notify_attempts):
@@ -135,7 +149,15 @@ class Notifier:
                     )
                     if response.status_code >= 300:
                         raise WebhookError(f"HTTP {response.status_code}")
-                return True, failures
+                return _Delivery(True, failures)
+            except BreakerOpenError:
+                log.info(
+                    "alert_webhook_deferred",
+                    alert_id=body["alert_id"],
+                    url=recipient.url,
+                    reason="webhooks breaker open",
+                )
+                return _Delivery(False, failures, refused=True)
             except Exception as error:  # every failure is retried, then counted
                 failures += 1
                 log.warning(
@@ -147,15 +169,19 @@ class Notifier:
                 )
                 if attempt < len(delays):
                     self._sleep(delays[attempt])
-        return False, failures
+        return _Delivery(False, failures)
 
-    def _deliver(self, record: AlertRecord) -> tuple[bool, int]:
-        """Send ``record`` to every recipient: whether all took it, and the tries that
-        failed."""
+    def _deliver(self, record: AlertRecord, *, webhooks_refused: bool) -> _Delivery:
+        """Send ``record`` to every recipient: whether all took it, the tries that failed, and
+        whether the breaker refused a webhook call. After a refusal (in this alert or an earlier
+        one of the round) an alert with a webhook recipient is not touched at all."""
+        recipients = self.recipients(record)
+        if webhooks_refused and any(isinstance(r, WebhookRecipient) for r in recipients):
+            return _Delivery(False, 0, refused=True)
         body = alert_body(record)
         failed = 0
         all_taken = True
-        for recipient in self.recipients(record):
+        for recipient in recipients:
             if isinstance(recipient, LogRecipient):
                 log.warning(
                     "alert_notified",
@@ -167,34 +193,45 @@ class Notifier:
                     occurrences=record.occurrences,
                 )
                 continue
-            taken, failures = self._post(recipient, body)
-            all_taken = all_taken and taken
-            failed += failures
-        return all_taken, failed
+            delivery = self._post(recipient, body)
+            failed += delivery.failures
+            if delivery.refused:
+                return _Delivery(False, failed, refused=True)
+            all_taken = all_taken and delivery.taken
+        return _Delivery(all_taken, failed)
 
     def notify(self) -> NotifyResult:
-        """One round over the alerts not notified yet."""
+        """One round over the alerts not notified yet (critical first, newest first)."""
         give_up = self._config.notify_give_up_after
         result = NotifyResult()
         with self._uow_factory() as uow:
             pending = uow.alerts.to_notify(max_attempts=give_up)
+        refused = False
         for record in pending:
-            taken, failures = self._deliver(record)
+            delivery = self._deliver(record, webhooks_refused=refused)
+            refused = refused or delivery.refused
+            if delivery.refused and not delivery.failures:
+                result.deferred.append(record.id)
+                continue
             with self._uow_factory() as uow:
-                if taken:
+                if delivery.taken:
                     uow.alerts.record_notified(record.id, at=self._clock())
-                    if failures:
-                        uow.alerts.record_notify_failure(record.id, attempts=failures)
+                    if delivery.failures:
+                        uow.alerts.record_notify_failure(record.id, attempts=delivery.failures)
                     result.notified.append(record.id)
                 else:
-                    uow.alerts.record_notify_failure(record.id, attempts=failures)
-                    result.failed.append(record.id)
-                    if record.notify_attempts + failures >= give_up:
+                    # Only tries that were made count; a refusal after them is no try.
+                    uow.alerts.record_notify_failure(record.id, attempts=delivery.failures)
+                    if delivery.refused:
+                        result.deferred.append(record.id)
+                    else:
+                        result.failed.append(record.id)
+                    if record.notify_attempts + delivery.failures >= give_up:
                         result.given_up.append(record.id)
                         log.error(
                             "alert_notify_given_up",
                             alert_id=record.id,
-                            attempts=record.notify_attempts + failures,
+                            attempts=record.notify_attempts + delivery.failures,
                         )
                 uow.commit()
         return result

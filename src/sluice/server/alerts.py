@@ -3,9 +3,10 @@ their own every ``[alerts] evaluate_interval_s``.
 
 Two parts: ``alert_rules`` (evaluate the rules against the application's metrics, freshly
 collected) and ``alert_notify`` (send the alerts not notified yet; skipped while the
-``webhooks`` circuit breaker is open). The loop runs when rules or ``[alerts] recipients`` are
-configured; without either there is nothing to evaluate and the product's own alerts are in its
-log already.
+``webhooks`` circuit breaker is open; a refusal by the breaker within a round leaves the
+remaining webhook deliveries for the next round, uncounted). The loop runs when rules or
+``[alerts] recipients`` are configured; without either there is nothing to evaluate and the
+product's own alerts are in its log already.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def alerts_loop(service: Service) -> ServiceLoop | None:
                 "notified": len(done.notified),
                 "failed": len(done.failed),
                 "given_up": len(done.given_up),
+                "deferred": len(done.deferred),
             },
             problems=tuple(f"{a}: notification given up" for a in done.given_up),
         )
