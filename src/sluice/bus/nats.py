@@ -238,6 +238,15 @@ class _Acks:
         future.set_result(answer)
 
 
+class _Call:
+    """One ``publish_many`` call: ``failed`` once one of its publishes failed."""
+
+    __slots__ = ("failed",)
+
+    def __init__(self) -> None:
+        self.failed = False
+
+
 class JetStreamPublisher:
     """:class:`~sluice.ports.events.EventPublisher` on NATS JetStream."""
 
@@ -265,10 +274,16 @@ class JetStreamPublisher:
         self._js: JetStreamContext | None = None
         self.stream_state: str | None = None
         self._acks = _Acks()
+        # Shared by every call on the publisher's loop: the window of acks in flight, the turn
+        # to send, and the last call made (what a ``follows`` call continues).
+        self._window: asyncio.Semaphore | None = None
+        self._send: asyncio.Lock | None = None
+        self._last_call: _Call | None = None
 
     async def start(self) -> None:
         if self._nc is None or self._nc.is_closed:
             self._acks = _Acks()
+            self._window = self._send = self._last_call = None
             self._nc = await connect(
                 self.url, name=self.name, first_timeout_s=self.first_connect_timeout_s
             )
@@ -290,50 +305,78 @@ class JetStreamPublisher:
     def subject_of(self, event: Event) -> str:
         return f"{self.subject_prefix}{event.subject}"
 
-    async def publish_many(self, events: Sequence[Event]) -> list[PublishAck | PublishError]:
+    # The relay may hand over the envelopes already encoded (``data``) and overlap batches
+    # (``follows``): see :meth:`publish_many`.
+    pipelined = True
+
+    async def publish_many(
+        self,
+        events: Sequence[Event],
+        *,
+        data: Sequence[bytes | None] | None = None,
+        follows: bool = False,
+    ) -> list[PublishAck | PublishError]:
+        """Publish ``events`` in order (``data[i]``, when given, is ``events[i].encode()``
+        already made). Calls send one after the other in the order they were made, sharing
+        one window of ``max_in_flight`` acks, so a call made while the previous one's acks are
+        outstanding keeps the window full. With ``follows`` the call continues the previous
+        one: once any publish of the previous call failed, nothing more of this call is sent
+        (each is a :class:`PublishError` "not sent"), as within one call."""
         nc = self._nc
         if nc is None:
             raise RuntimeError("JetStreamPublisher.publish_many before start")
         acks = self._acks
         await acks.start(nc)
         loop = asyncio.get_running_loop()
-        window = asyncio.Semaphore(self.max_in_flight)
+        if self._window is None or self._send is None:
+            self._window = asyncio.Semaphore(self.max_in_flight)
+            self._send = asyncio.Lock()
+        window = self._window
+        call = _Call()
         pending: list[asyncio.Future[dict[str, Any]] | PublishError] = []
-        failed = False  # once a publish failed, the rest of the batch is not sent
-        for event in events:
-            # Sent in input order, pipelined: at most max_in_flight acks awaited at once.
-            await window.acquire()
-            if failed:
-                window.release()
-                pending.append(PublishError(NOT_SENT))
-                continue
-            token, future = acks.expect(loop)
-            try:
-                await nc.publish(
-                    self.subject_of(event),
-                    event.encode(),
-                    reply=acks.inbox(token),
-                    headers={"Nats-Msg-Id": event.event_id, "Nats-Expected-Stream": self.stream},
-                )
-            except Exception as exc:
-                acks.forget(token)
-                window.release()
-                failed = True
-                pending.append(self._error(exc))
-                continue
-            timer = loop.call_later(self.ack_timeout_s, acks.expire, token)
+        async with self._send:
+            previous, self._last_call = self._last_call, call
+            if not follows:
+                previous = None
+            for index, event in enumerate(events):
+                # Sent in input order, pipelined: at most max_in_flight acks awaited at once.
+                await window.acquire()
+                if call.failed or (previous is not None and previous.failed):
+                    call.failed = True
+                    window.release()
+                    pending.append(PublishError(NOT_SENT))
+                    continue
+                token, future = acks.expect(loop)
+                body = data[index] if data is not None else None
+                try:
+                    await nc.publish(
+                        self.subject_of(event),
+                        body if body is not None else event.encode(),
+                        reply=acks.inbox(token),
+                        headers={
+                            "Nats-Msg-Id": event.event_id,
+                            "Nats-Expected-Stream": self.stream,
+                        },
+                    )
+                except Exception as exc:
+                    acks.forget(token)
+                    window.release()
+                    call.failed = True
+                    pending.append(self._error(exc))
+                    continue
+                timer = loop.call_later(self.ack_timeout_s, acks.expire, token)
 
-            def done(
-                future: asyncio.Future[dict[str, Any]], timer: asyncio.TimerHandle = timer
-            ) -> None:
-                nonlocal failed
-                timer.cancel()
-                if future.cancelled() or future.exception() is not None:
-                    failed = True
-                window.release()
+                def done(
+                    future: asyncio.Future[dict[str, Any]],
+                    timer: asyncio.TimerHandle = timer,
+                ) -> None:
+                    timer.cancel()
+                    if future.cancelled() or future.exception() is not None:
+                        call.failed = True
+                    window.release()
 
-            future.add_done_callback(done)
-            pending.append(future)
+                future.add_done_callback(done)
+                pending.append(future)
         results: list[PublishAck | PublishError] = []
         for item in pending:
             if isinstance(item, PublishError):

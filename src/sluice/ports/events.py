@@ -24,6 +24,8 @@ class OutboxRow:
     published_at: datetime | None = None
     stream_seq: int | None = None
     last_error: str | None = None
+    # The envelope as published (``event.encode()``'s bytes), when the outbox made it already.
+    data: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +61,10 @@ class EventOutbox(Protocol):
 
     def ordering_keys(self) -> list[str]:
         """The ordering keys that have unpublished rows."""
+        ...
+
+    def pending_count(self) -> int:
+        """How many rows wait (cheaper than :meth:`stats`)."""
         ...
 
     def stats(self) -> OutboxStats:

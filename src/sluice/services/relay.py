@@ -27,6 +27,7 @@ and consumers dedupe on ``event_id`` (JetStream already drops copies within its 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import threading
@@ -45,6 +46,8 @@ log = structlog.get_logger("sluice.events")
 
 T = TypeVar("T")
 BREAKER_FLOW = "nats"
+# Batches of one ordering key a round publishes back to back (a publisher that overlaps them).
+PIPELINE_BATCHES = 50
 
 LockFactory = Callable[[str], WriterLock]
 # Called after the acks and before the rows are marked (tests inject a crash there).
@@ -69,6 +72,11 @@ class AsyncRunner:
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Start ``coro`` on the loop; its result comes later (coroutines submitted one after
+        the other start in that order)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def close(self) -> None:
         if self.loop.is_closed():
@@ -144,6 +152,27 @@ class _KeyOutcome:
     full: bool = False
     breaker_open: bool = False
     errors: list[str] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class _Batch:
+    """A claimed batch on its way: its rows, its unit of work (open while the rows are held,
+    on PostgreSQL), its publish under way, its call of the breaker."""
+
+    rows: list[OutboxRow]
+    stack: contextlib.ExitStack
+    uow: UnitOfWork | None = None
+    future: concurrent.futures.Future[list[PublishAck | PublishError]] | None = None
+    guarded: contextlib.AbstractContextManager[object] | None = None
+
+    def results(self) -> list[PublishAck | PublishError] | None:
+        """Its publish's results, waited for (None when nothing was sent or it raised)."""
+        if self.future is None:
+            return None
+        try:
+            return self.future.result()
+        except Exception:
+            return None
 
 
 class _PublishFailedError(Exception):
@@ -259,7 +288,7 @@ class Relay:
             if done.breaker_open:
                 break
         with self._uow() as uow:
-            pending = uow.events.stats().pending
+            pending = uow.events.pending_count()
         result = RelayRound(
             published=total.published,
             duplicates=total.duplicates,
@@ -323,6 +352,8 @@ class Relay:
         return False
 
     def _relay_key(self, key: str) -> _KeyOutcome:
+        if getattr(self.publisher, "pipelined", False):
+            return self._relay_key_pipelined(key)
         if self.hold_rows:
             with self._uow() as uow:
                 rows = uow.events.claim(ordering_key=key, limit=self.batch, lock=True)
@@ -425,3 +456,157 @@ class Relay:
                 error=text,
                 first_event_id=failed[0],
             )
+
+    # -- one ordering key, batches overlapped -------------------------------------------------
+
+    def _relay_key_pipelined(self, key: str) -> _KeyOutcome:
+        """Batch after batch of the key (up to :data:`PIPELINE_BATCHES` in a round), the next
+        one claimed and sent while the acks of the one before are outstanding, and that one
+        marked while the next one publishes: the publisher's window of acks stays full across
+        batches, and the database's work overlaps the bus's.
+
+        Why it keeps the guarantees:
+
+        * a row is marked only after its ack, in order, up to the first row of its batch that
+          was not acked; the batch sent after one with a failure is sent as its continuation
+          (``follows``: nothing more of it goes out once the failure is known, so no more
+          events can overtake the failed one than within one batch, at most
+          ``max_in_flight - 1``), and none of its rows is marked: they are all published again
+          from the failed row on, at the next round (what the bus had is acked as a
+          duplicate and marked with its first sequence);
+        * the next batch is found like every batch, by ``published_at IS NULL`` in ``seq``
+          order, leaving out the rows of the batch still in flight (on PostgreSQL that batch's
+          transaction holds them ``FOR UPDATE``, so ``SKIP LOCKED`` leaves them out too; the
+          next batch is claimed in a transaction of its own): never by "seq greater than the
+          last one seen";
+        * the batches of a key are sent one after the other on one connection (the
+          publisher's calls send in the order they were made), so a subject's events reach the
+          stream in ``seq`` order; one relay per ordering key still holds (the key's lock is
+          held for the whole round).
+        """
+        outcome = _KeyOutcome()
+        flying: _Batch | None = None
+        batch: _Batch | None = None
+        try:
+            for _ in range(PIPELINE_BATCHES):
+                exclude = {row.seq for row in flying.rows} if flying is not None else set()
+                batch = self._claim(key, exclude)
+                if batch is None:
+                    break
+                if not self._send(batch, follows=flying is not None, outcome=outcome):
+                    batch.stack.close()
+                    batch = None
+                    break
+                if flying is not None:
+                    ok = self._finish(flying, outcome)
+                    flying = None
+                    if not ok:  # the new batch followed a failed one: it is published again
+                        self._discard(batch)
+                        batch = None
+                        break
+                flying, batch = batch, None
+                if len(flying.rows) < self.batch:
+                    break
+                outcome.full = True  # there may be more: the caller runs again at once
+            if flying is not None:
+                current, flying = flying, None
+                self._finish(current, outcome)
+        except BaseException:
+            for left in (flying, batch):
+                if left is not None:
+                    self._discard(left)
+            raise
+        return outcome
+
+    def _claim(self, key: str, exclude: set[int]) -> _Batch | None:
+        stack = contextlib.ExitStack()
+        try:
+            uow = stack.enter_context(self._uow())
+            rows = uow.events.claim(
+                ordering_key=key, limit=self.batch + len(exclude), lock=self.hold_rows
+            )
+            if exclude:
+                rows = [row for row in rows if row.seq not in exclude]
+            rows = rows[: self.batch]
+            if not rows:
+                stack.close()
+                return None
+            if not self.hold_rows:
+                stack.close()  # SQLite: the read ends here; a short transaction marks
+                return _Batch(rows, contextlib.ExitStack())
+            return _Batch(rows, stack, uow)
+        except BaseException:
+            stack.close()
+            raise
+
+    def _send(self, batch: _Batch, *, follows: bool, outcome: _KeyOutcome) -> bool:
+        """Start publishing ``batch``; False when the breaker refused (nothing sent)."""
+        guarded = guard(BREAKER_FLOW, registry=self._breakers)
+        try:
+            guarded.__enter__()
+        except BreakerOpenError as exc:
+            outcome.breaker_open = True
+            outcome.errors.append(f"{type(exc).__name__}: {exc}")
+            return False
+        batch.guarded = guarded
+        events = [row.event for row in batch.rows]
+        data = [row.data for row in batch.rows]
+        batch.future = self.runner.submit(
+            self.publisher.publish_many(events, data=data, follows=follows)  # type: ignore[call-arg]
+        )
+        return True
+
+    def _finish(self, batch: _Batch, outcome: _KeyOutcome) -> bool:
+        """Wait for ``batch``'s acks, mark its rows (as :meth:`_relay_key` does); True when
+        every row was acked."""
+        assert batch.future is not None
+        assert batch.guarded is not None
+        guarded, batch.guarded = batch.guarded, None
+        try:
+            with self._settling(batch.uow, batch.rows) as done:
+                results: list[PublishAck | PublishError] = []
+                try:
+                    results = batch.future.result()
+                    if len(results) != len(batch.rows):
+                        raise RuntimeError(
+                            f"the publisher answered {len(results)} results for "
+                            f"{len(batch.rows)} events"
+                        )
+                    if self.after_publish is not None:
+                        self.after_publish(batch.rows, results)
+                    errors = [r for r in results if isinstance(r, PublishError)]
+                    if errors:
+                        raise _PublishFailedError(str(errors[0]))
+                except _PublishFailedError as exc:
+                    guarded.__exit__(type(exc), exc, exc.__traceback__)
+                except BaseException as exc:
+                    if not guarded.__exit__(type(exc), exc, exc.__traceback__):
+                        raise
+                else:
+                    guarded.__exit__(None, None, None)
+                if batch.uow is not None:
+                    self._settle(batch.uow, batch.rows, results, done)
+                    batch.uow.commit()
+                else:
+                    with self._uow() as uow:
+                        self._settle(uow, batch.rows, results, done)
+                        uow.commit()
+        finally:
+            batch.stack.close()
+        outcome.published += done.published
+        outcome.duplicates += done.duplicates
+        outcome.failed += done.failed
+        outcome.errors.extend(done.errors)
+        return done.failed == 0
+
+    def _discard(self, batch: _Batch) -> None:
+        """A batch not marked at all (it followed a failure, or the relay is giving up): its
+        publish is waited for, its rows stay unpublished (published again, the bus's copies
+        acked as duplicates), its transaction ends."""
+        try:
+            batch.results()
+            if batch.guarded is not None:
+                guarded, batch.guarded = batch.guarded, None
+                guarded.__exit__(None, None, None)
+        finally:
+            batch.stack.close()

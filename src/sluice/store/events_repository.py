@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, func, select, update
+import orjson
+from sqlalchemy import Connection, Row, func, select, text, update
 
 from sluice.domain.events import Event, payload_json
 from sluice.ports.events import OutboxRow, OutboxStats
+from sluice.store.bulk import insert_rows
 from sluice.store.events_tables import event_outbox as t
 from sluice.store.rows import is_postgresql, optional_time, time_of, ts
 
@@ -61,6 +63,93 @@ def outbox_row(row: Row[Any]) -> OutboxRow:
     )
 
 
+class StoredPayload(Mapping[str, Any]):
+    """A claimed row's payload, parsed from its stored JSON text only when something reads it
+    (the relay publishes the stored text as it is: see :func:`envelope_bytes`)."""
+
+    __slots__ = ("_value", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._value: dict[str, Any] | None = None
+
+    def _parsed(self) -> dict[str, Any]:
+        if self._value is None:
+            self._value = json.loads(self.text)
+        return self._value
+
+    def __getitem__(self, key: str) -> Any:
+        return self._parsed()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._parsed())
+
+    def __len__(self) -> int:
+        return len(self._parsed())
+
+    def __repr__(self) -> str:
+        return repr(self._parsed())
+
+
+_PAYLOAD_KEY = b',"payload":'
+
+
+def envelope_bytes(event: Event, payload_text: str) -> bytes:
+    """The bytes :meth:`Event.encode` makes for ``event``, its payload given as the stored JSON
+    text (written by :func:`~sluice.domain.events.payload_json`, which is what ``encode`` makes
+    of the same payload: compact, ASCII, decimals as strings): the envelope's other fields are
+    encoded and the payload text is spliced in, without parsing and encoding it again."""
+    head = {
+        "event_id": event.event_id,
+        "type": event.type,
+        "schema_version": event.schema_version,
+        "aggregate_type": event.aggregate_type,
+        "aggregate_id": event.aggregate_id,
+        "correlation_id": event.correlation_id,
+        "occurred_at": event.occurred_at.isoformat(),
+    }
+    encoded = orjson.dumps(head)
+    if not encoded.isascii():  # json.dumps escapes non-ASCII text: so must this
+        encoded = json.dumps(head, separators=(",", ":")).encode()
+    return encoded[:-1] + _PAYLOAD_KEY + payload_text.encode() + b"}"
+
+
+_CLAIM_COLUMNS = (
+    t.c.seq,
+    t.c.event_id,
+    t.c.type,
+    t.c.schema_version,
+    t.c.aggregate_type,
+    t.c.aggregate_id,
+    t.c.ordering_key,
+    t.c.correlation_id,
+    t.c.occurred_at,
+    t.c.payload,
+    t.c.attempts,
+)
+_OUTBOX_COLUMNS = (
+    "event_id",
+    "type",
+    "schema_version",
+    "aggregate_type",
+    "aggregate_id",
+    "ordering_key",
+    "correlation_id",
+    "occurred_at",
+    "payload",
+    "attempts",
+)
+_MARK_PG = text(
+    "UPDATE event_outbox AS o SET published_at = :at, stream_seq = v.seq "
+    "FROM unnest(CAST(:ids AS text[]), CAST(:seqs AS bigint[])) AS v(id, seq) "
+    "WHERE o.event_id = v.id AND o.published_at IS NULL"
+)
+_MARK_SQLITE = (
+    "UPDATE event_outbox SET published_at = ?, stream_seq = ? "
+    "WHERE event_id = ? AND published_at IS NULL"
+)
+
+
 # Called with the events a unit of work committed, right after its commit (in the committing
 # thread): the in-process relay's wake-up, the metrics of operations by type. A listener must
 # be quick and must not raise; one that raises is logged and the others still run.
@@ -99,33 +188,87 @@ class SqlEventOutbox:
 
     def add(self, events: Sequence[Event]) -> None:
         if events:
-            self._c.execute(t.insert(), [outbox_values(event) for event in events])
+            # One executemany of plain tuples through the driver (ingestion writes many).
+            insert_rows(
+                self._c,
+                t,
+                _OUTBOX_COLUMNS,
+                [
+                    (
+                        event.event_id,
+                        event.type,
+                        event.schema_version,
+                        event.aggregate_type,
+                        event.aggregate_id,
+                        event.aggregate_type,
+                        event.correlation_id,
+                        ts(event.occurred_at),
+                        payload_json(event.payload),
+                        0,
+                    )
+                    for event in events
+                ],
+            )
             self.added.extend(events)
 
     def claim(
         self, *, ordering_key: str | None = None, limit: int = 500, lock: bool = False
     ) -> list[OutboxRow]:
-        query = select(t).where(t.c.published_at.is_(None))
+        # Only what publishing needs, read by position; the payload stays the stored text (the
+        # row's ``data`` is the envelope as published, made from it without parsing it).
+        query = select(*_CLAIM_COLUMNS).where(t.c.published_at.is_(None))
         if ordering_key is not None:
             query = query.where(t.c.ordering_key == ordering_key)
         query = query.order_by(t.c.seq).limit(limit)
         if lock and is_postgresql(self._c):
             query = query.with_for_update(skip_locked=True)
-        return [outbox_row(row) for row in self._c.execute(query)]
+        rows = []
+        for (
+            seq,
+            event_id,
+            type_,
+            schema_version,
+            aggregate_type,
+            aggregate_id,
+            key,
+            correlation_id,
+            occurred_at,
+            payload,
+            attempts,
+        ) in self._c.execute(query):
+            event = Event(
+                event_id,
+                type_,
+                schema_version,
+                aggregate_type,
+                aggregate_id,
+                correlation_id,
+                time_of(occurred_at),
+                StoredPayload(payload),
+            )
+            rows.append(OutboxRow(seq, event, key, attempts, data=envelope_bytes(event, payload)))
+        return rows
 
     def mark_published(self, published: Sequence[tuple[str, int]], at: datetime) -> int:
         if not published:
             return 0
-        statement = (
-            update(t)
-            .where(t.c.event_id == bindparam("b_event_id"), t.c.published_at.is_(None))
-            .values(published_at=ts(at), stream_seq=bindparam("b_stream_seq"))
+        when = ts(at)
+        if is_postgresql(self._c):
+            # One statement for the batch.
+            result = self._c.execute(
+                _MARK_PG,
+                {
+                    "at": when,
+                    "ids": [event_id for event_id, _ in published],
+                    "seqs": [seq for _, seq in published],
+                },
+            )
+            return int(result.rowcount or 0)
+        # SQLite: one executemany of plain tuples through the driver (one prepared statement).
+        cursor = self._c.exec_driver_sql(
+            _MARK_SQLITE, [(when, seq, event_id) for event_id, seq in published]
         )
-        result = self._c.execute(
-            statement,
-            [{"b_event_id": event_id, "b_stream_seq": seq} for event_id, seq in published],
-        )
-        return int(result.rowcount or 0)
+        return int(cursor.rowcount or 0)
 
     def record_failure(self, event_ids: Sequence[str], error: str) -> None:
         if not event_ids:
@@ -139,6 +282,11 @@ class SqlEventOutbox:
     def ordering_keys(self) -> list[str]:
         query = select(t.c.ordering_key).where(t.c.published_at.is_(None)).distinct()
         return sorted(self._c.execute(query).scalars())
+
+    def pending_count(self) -> int:
+        """How many rows wait (the pending index only; :meth:`stats` also counts the published)."""
+        query = select(func.count()).where(t.c.published_at.is_(None))
+        return int(self._c.execute(query).scalar_one())
 
     def stats(self) -> OutboxStats:
         pending_query = select(func.count(), func.min(t.c.occurred_at)).where(
