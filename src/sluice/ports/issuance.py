@@ -361,6 +361,13 @@ class IssuanceRepository(Protocol):
         self, mint_id: str, status: MintStatus, *, update_id: str | None = None
     ) -> None: ...
 
+    def commit_mint(self, mint_id: str, update_id: str) -> bool:
+        """Mark the mint ``committed`` with ``update_id`` unless it is committed already, in one
+        conditional update: True when this call changed it. Of two writers booking the same mint
+        concurrently (the router with the ledger's answer, ingestion with the ledger's update)
+        exactly one gets True, so exactly one writes its ``istsi_minted`` event."""
+        ...
+
     def mints_by_reason(self, reasons: Sequence[str]) -> dict[str, MintRecord]:
         """Mints to the treasury by their ``reason`` (for ingestion to book them)."""
         ...
@@ -374,6 +381,14 @@ class IssuanceRepository(Protocol):
     def set_burn_status(
         self, burn_id: str, status: BurnStatus, *, update_id: str | None = None
     ) -> None: ...
+
+    def commit_burn(self, burn_id: str, update_id: str) -> bool:
+        """:meth:`commit_mint` for a burn (exactly one ``istsi_burned``)."""
+        ...
+
+    def correlation_ids(self, operation_ids: Sequence[str]) -> dict[str, str | None]:
+        """The correlation ids of these operations (ingestion's issuance events carry them)."""
+        ...
 
     def burns_by_reason(self, reasons: Sequence[str]) -> dict[str, BurnRecord]: ...
 

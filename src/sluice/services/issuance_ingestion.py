@@ -58,6 +58,10 @@ class IssuanceBatchBooks:
     # The records as read (by id), for the events of those this batch commits.
     mints: dict[str, MintRecord] = field(default_factory=dict)
     burns: dict[str, BurnRecord] = field(default_factory=dict)
+    # The record time of each update of the batch naming a record (the events' time), and the
+    # correlation ids of the records' operations (the events carry them).
+    record_times: dict[str, datetime] = field(default_factory=dict)
+    correlation_ids: dict[str, str | None] = field(default_factory=dict)
 
     def dispose(self, entry: HistoryEntry, update_id: str, default: Disposition) -> Disposition:
         """The disposition of a ``mint``/``burn`` entry: its booking when its reason names one of
@@ -82,24 +86,49 @@ class IssuanceBatchBooks:
 
     def flush(self, uow: UnitOfWork, at: datetime | None = None) -> None:
         """Mark the mints booked to their customers ``credited`` and ``committed``, and the burns
-        booked ``committed``, each with the update that made it, in the batch's transaction;
-        those the router had not recorded committed yet write their ``istsi_minted`` or
-        ``istsi_burned`` event (at ``at``, now by default)."""
-        at = at or datetime.now(UTC)
+        booked ``committed``, each with the update that made it, in the batch's transaction.
+        The status moves by a conditional update (``commit_mint``/``commit_burn``: only a record
+        not committed yet changes), and only a record this batch moved writes its
+        ``istsi_minted`` or ``istsi_burned`` event: the router booking the same mint or burn
+        with the ledger's answer at the same time (another thread, another connection) finds
+        it committed, or this update finds the router's, so exactly one of them writes the event
+        — whatever the batch read at its start. An event is at the record time of its update
+        (``at``, else now, for an update the batch did not name) with the correlation id of
+        the record's operation."""
         events: list[Event] = []
         for mint_id, update_id in self.credited:
-            mint = self.mints.get(mint_id)
-            if mint is not None and mint.status != "committed":
-                # The router had no answer yet: the ledger's own record commits it.
-                events.append(minted_event(mint, update_id, at))
             uow.issuance.mark_mint_credited(mint_id)
-            uow.issuance.set_mint_status(mint_id, "committed", update_id=update_id)
+            mint = self.mints.get(mint_id)
+            if not uow.issuance.commit_mint(mint_id, update_id):
+                # Committed already (by the router): it keeps the update that minted it.
+                uow.issuance.set_mint_status(mint_id, "committed", update_id=update_id)
+            elif mint is not None:
+                # The router had no answer yet: the ledger's own record commits it.
+                events.append(
+                    minted_event(
+                        mint,
+                        update_id,
+                        self._time_of(update_id, at),
+                        self.correlation_ids.get(mint.operation_id),
+                    )
+                )
         for burn_id, update_id in self.burned:
             burn = self.burns.get(burn_id)
-            if burn is not None and burn.status != "committed":
-                events.append(burned_event(burn, update_id, at))
-            uow.issuance.set_burn_status(burn_id, "committed", update_id=update_id)
+            if not uow.issuance.commit_burn(burn_id, update_id):
+                uow.issuance.set_burn_status(burn_id, "committed", update_id=update_id)
+            elif burn is not None:
+                events.append(
+                    burned_event(
+                        burn,
+                        update_id,
+                        self._time_of(update_id, at),
+                        self.correlation_ids.get(burn.operation_id),
+                    )
+                )
         emit_all(uow, events)
+
+    def _time_of(self, update_id: str, at: datetime | None) -> datetime:
+        return self.record_times.get(update_id) or at or datetime.now(UTC)
 
 
 def issuance_books_for(uow: UnitOfWork, steps: Iterable[object], party: str) -> IssuanceBatchBooks:
@@ -107,13 +136,15 @@ def issuance_books_for(uow: UnitOfWork, steps: Iterable[object], party: str) -> 
     batch, other steps ignored), one query per kind; an empty lookup when there are none."""
     mint_reasons: set[str] = set()
     burn_reasons: set[str] = set()
+    record_times: dict[str, datetime] = {}
     for step in steps:
         if not isinstance(step, ParsedTransaction):
             continue
         for entry in step.entries:
             if entry.reason is not None and is_issuance_entry(entry):
                 (mint_reasons if entry.kind == "mint" else burn_reasons).add(entry.reason)
-    books = IssuanceBatchBooks(party=party)
+                record_times[step.update_id] = step.record_time
+    books = IssuanceBatchBooks(party=party, record_times=record_times)
     if mint_reasons:
         for reason, mint in uow.issuance.mints_by_reason(sorted(mint_reasons)).items():
             books.records[reason] = _mint(mint)
@@ -122,6 +153,10 @@ def issuance_books_for(uow: UnitOfWork, steps: Iterable[object], party: str) -> 
         for reason, burn in uow.issuance.burns_by_reason(sorted(burn_reasons)).items():
             books.records[reason] = _burn(burn)
             books.burns[burn.id] = burn
+    operation_ids = [m.operation_id for m in books.mints.values()]
+    operation_ids += [b.operation_id for b in books.burns.values()]
+    if operation_ids:
+        books.correlation_ids = uow.issuance.correlation_ids(operation_ids)
     return books
 
 

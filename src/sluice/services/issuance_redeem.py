@@ -95,6 +95,7 @@ from sluice.ports.issuance import (
     OperationType,
     sats_to_amount,
 )
+from sluice.services.breakers import BreakerOpenError
 from sluice.services.btc_payouts import (
     PAYOUT_ID_MAX,
     PayoutView,
@@ -349,6 +350,8 @@ def burn_step(ctx: IssuanceContext, operation: IssuanceOperation) -> StepOutcome
         result = ctx.issuer.burn(
             burn.owner, burn.amount_sats, reason=burn.reason, command_id=burn.id
         )
+    except BreakerOpenError as exc:
+        return _breaker_wait(exc, {"burn_id": burn_id})
     except IssuerOutcomeUnknownError as exc:
         return StepOutcome(
             kind="retry",
@@ -367,9 +370,9 @@ def burn_step(ctx: IssuanceContext, operation: IssuanceOperation) -> StepOutcome
             detail={"burn_id": burn_id},
         )
     with ctx.uow() as uow:
-        current = uow.issuance.get_burn(burn_id)
-        if current is None or current.status != "committed":
-            uow.issuance.set_burn_status(burn_id, "committed", update_id=result.update_id)
+        # Conditional: ingestion may book this burn from the ledger's update at the same time;
+        # only the one that moves the record writes ``istsi_burned``.
+        if uow.issuance.commit_burn(burn_id, result.update_id):
             emit_all(
                 uow,
                 [burned_event(burn, result.update_id, ctx.clock(), operation.correlation_id)],
@@ -379,6 +382,18 @@ def burn_step(ctx: IssuanceContext, operation: IssuanceOperation) -> StepOutcome
         "payout",
         detail={"burn_id": burn_id, "update_id": result.update_id},
         result={"burn_id": burn_id, "burn_update_id": result.update_id},
+    )
+
+
+def _breaker_wait(exc: BreakerOpenError, detail: dict[str, Any]) -> StepOutcome:
+    """The ``ledger`` breaker refused the command before it was sent: the step waits (no
+    attempt used up, nothing failed) and sends the same record, with the same command id, once
+    the breaker lets calls through."""
+    return StepOutcome(
+        kind="wait",
+        detail={**detail, "breaker": exc.flow},
+        error=str(exc),
+        wait_s=exc.retry_after_s,
     )
 
 
@@ -510,6 +525,8 @@ def remint_step(ctx: IssuanceContext, operation: IssuanceOperation) -> StepOutco
     if not is_committed(mint):
         try:
             send_mint(ctx, mint)
+        except BreakerOpenError as exc:
+            return _breaker_wait(exc, {"remint_id": remint_id})
         except ResendWindowPassedError as exc:
             return StepOutcome(kind="fail", error=str(exc), detail={"remint_id": remint_id})
         except IssuerOutcomeUnknownError as exc:

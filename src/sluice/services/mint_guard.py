@@ -206,7 +206,14 @@ def send_mint(ctx: IssuanceContext, mint: MintRecord) -> IssuerResult:
     again. :class:`~sluice.ports.issuance.IssuerOutcomeUnknownError` is raised as it is: send the
     same record again, while it is younger than the resend window — older, nothing is sent and
     :class:`ResendWindowPassedError` (41) is raised (see :func:`check_resend_window`). Only a
-    ``submitted`` record is sent (callers skip a committed or credited one)."""
+    ``submitted`` record is sent (callers skip a committed or credited one).
+
+    :class:`~sluice.services.breakers.BreakerOpenError` (the ``ledger`` breaker refused the
+    call, see :mod:`sluice.services.issuer_breaker`) is raised as it is: nothing was sent and
+    the record is left ``submitted``, to be sent with the same command id once the breaker lets
+    calls through. The answer is recorded by a conditional update (``commit_mint``):
+    ingestion may book the same mint from the ledger's update at the same time, and only the
+    one that moves the record writes ``istsi_minted`` (with the operation's correlation id)."""
     if mint.status != "submitted" or mint.credited:
         state = "credited" if mint.credited else mint.status
         raise ValueError(f"the mint {mint.id} is {state}: only a submitted mint is sent")
@@ -222,12 +229,13 @@ def send_mint(ctx: IssuanceContext, mint: MintRecord) -> IssuerResult:
             uow.commit()
         raise
     with ctx.uow() as uow:
-        current = uow.issuance.get_mint(mint.id)
-        if current is None or current.status != "committed":
+        if uow.issuance.commit_mint(mint.id, result.update_id):
             now = ctx.clock()
-            uow.issuance.set_mint_status(mint.id, "committed", update_id=result.update_id)
+            correlation_id = uow.issuance.correlation_ids([mint.operation_id]).get(
+                mint.operation_id
+            )
             uow.audit.append([_sent_entry(mint, now, "committed", result=result)])
-            emit_all(uow, [minted_event(mint, result.update_id, now)])
+            emit_all(uow, [minted_event(mint, result.update_id, now, correlation_id)])
             uow.commit()
     return result
 

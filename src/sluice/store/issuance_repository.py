@@ -339,6 +339,15 @@ class SqlIssuanceRepository:
             update(issuance_mints).where(issuance_mints.c.id == mint_id).values(**values)
         )
 
+    def commit_mint(self, mint_id: str, update_id: str) -> bool:
+        statement = (
+            update(issuance_mints)
+            .where(issuance_mints.c.id == mint_id, issuance_mints.c.status != "committed")
+            .values(status="committed", update_id=update_id)
+            .returning(issuance_mints.c.id)
+        )
+        return self._c.execute(statement).first() is not None
+
     def mints_by_reason(self, reasons: Sequence[str]) -> dict[str, MintRecord]:
         wanted = list(dict.fromkeys(reasons))
         if not wanted:
@@ -381,6 +390,24 @@ class SqlIssuanceRepository:
         self._c.execute(
             update(issuance_burns).where(issuance_burns.c.id == burn_id).values(**values)
         )
+
+    def commit_burn(self, burn_id: str, update_id: str) -> bool:
+        statement = (
+            update(issuance_burns)
+            .where(issuance_burns.c.id == burn_id, issuance_burns.c.status != "committed")
+            .values(status="committed", update_id=update_id)
+            .returning(issuance_burns.c.id)
+        )
+        return self._c.execute(statement).first() is not None
+
+    def correlation_ids(self, operation_ids: Sequence[str]) -> dict[str, str | None]:
+        wanted = list(dict.fromkeys(operation_ids))
+        if not wanted:
+            return {}
+        query = select(issuance_operations.c.id, issuance_operations.c.correlation_id).where(
+            issuance_operations.c.id.in_(wanted)
+        )
+        return {row.id: row.correlation_id for row in self._c.execute(query)}
 
     def burns_by_reason(self, reasons: Sequence[str]) -> dict[str, BurnRecord]:
         wanted = list(dict.fromkeys(reasons))
