@@ -112,11 +112,27 @@ def test_relay_once_and_tail_on_jetstream(tmp_path: Path, nats_target: NatsTarge
         db.dispose()
 
 
+def test_relay_on_the_embedded_bus_is_refused_without_force(tmp_path: Path) -> None:
+    env, db = world(tmp_path, "[events]\ninterval_s = 0.1\n")
+    try:
+        commit(db, 3)
+        for args in (("--once",), ()):
+            done = sluice("events", "relay", *args, env=env, code=2)
+            assert done.code == 2, done.output
+            assert "sluice serve" in done.stderr and 'bus = "nats"' in done.stderr
+            assert "--force" in done.stderr
+        with db.uow() as uow:
+            stats = uow.events.stats()
+        assert stats.published == 0 and stats.pending == 3  # nothing taken from serve
+    finally:
+        db.dispose()
+
+
 def test_relay_once_and_tail_on_the_embedded_bus(tmp_path: Path) -> None:
     env, db = world(tmp_path, "[events]\ninterval_s = 0.1\n")
     try:
         committed = commit(db, 9)
-        summary = json.loads(sluice("events", "relay", "--once", env=env).stdout)
+        summary = json.loads(sluice("events", "relay", "--once", "--force", env=env).stdout)
         assert summary["published"] == 9 and summary["bus"] == "embedded"
         assert summary["stream"] is None and summary["pending"] == 0
         shown = sluice("events", "tail", "--from-start", "--count", "9", "--json", env=env)
@@ -124,11 +140,57 @@ def test_relay_once_and_tail_on_the_embedded_bus(tmp_path: Path) -> None:
 
         follower = start_tail(env, "--count", "2", "--json", "--type", "deposit_credited")
         later = commit(db, 6, start=9)
-        assert json.loads(sluice("events", "relay", "--once", env=env).stdout)["published"] == 6
+        relayed = sluice("events", "relay", "--once", "--force", env=env)
+        assert json.loads(relayed.stdout)["published"] == 6
         out, err = follower.communicate(timeout=60)
         assert follower.returncode == 0, err
         wanted = [e.event_id for e in later if e.type == "deposit_credited"]
         assert [e.event_id for e in lines(out)] == wanted
+    finally:
+        db.dispose()
+
+
+def test_tail_on_the_embedded_bus_shows_a_row_committed_after_a_higher_one(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """PostgreSQL: seq 1's transaction commits after seq 2's was published and shown."""
+    env, sqlite_db = world(tmp_path, "[events]\ninterval_s = 0.1\n")
+    sqlite_db.dispose()
+    db = bootstrap.database(postgres_url)
+    on_pg = ("--db", postgres_url)
+    try:
+        before = commit(db, 2)  # already published when the tail starts: not shown
+        sluice("events", "relay", "--once", "--force", *on_pg, env=env)
+        follower = start_tail(env, "--count", "3", "--json", *on_pg)
+        try:
+            with db.uow() as late:
+                slow = emit(late, "withdrawal_requested", "w-late", {"n": "late"}, at=T0)
+                fast = commit(db, 1, start=2)[0]  # a higher seq, committed first
+                summary = json.loads(
+                    sluice("events", "relay", "--once", "--force", *on_pg, env=env).stdout
+                )
+                assert summary["published"] == 1 and summary["pending"] == 0
+                assert follower.stdout is not None
+                assert decode_event(follower.stdout.readline()).event_id == fast.event_id
+                late.commit()
+            with db.uow() as uow:
+                rows = {r.event.event_id: r.seq for r in uow.events.find(limit=10)}
+            assert rows[slow.event_id] < rows[fast.event_id]  # really the lower seq
+            summary = json.loads(
+                sluice("events", "relay", "--once", "--force", *on_pg, env=env).stdout
+            )
+            assert summary["published"] == 1
+            newest = commit(db, 1, start=3)[0]
+            sluice("events", "relay", "--once", "--force", *on_pg, env=env)
+            out, err = follower.communicate(timeout=60)
+            assert follower.returncode == 0, err
+            shown = [e.event_id for e in lines(out)]
+            assert shown == [slow.event_id, newest.event_id]  # each once, nothing of before
+            assert not {e.event_id for e in before} & set(shown)
+        finally:
+            if follower.poll() is None:
+                follower.kill()
+                follower.communicate()
     finally:
         db.dispose()
 

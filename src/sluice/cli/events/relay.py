@@ -1,8 +1,11 @@
 """``sluice events relay``: publish the outbox's committed events.
 
-To NATS JetStream when ``[events] bus = "nats"`` (the stream created or checked at start), else
-to the in-process bus (useful only inside a process with subscribers: ``sluice serve`` runs the
-relay itself). Runs until SIGTERM or Ctrl-C, logging each round that moved something on stderr;
+To NATS JetStream when ``[events] bus = "nats"`` (the stream created or checked at start). With
+the embedded bus it is refused (exit 2): that bus's subscribers live inside ``sluice serve``,
+which runs the relay itself, so this process would publish to nobody and mark the rows
+published, and ``sluice serve``'s subscribers would never get them. ``--force`` publishes to
+this process's in-process bus anyway (the rows are marked published; e.g. to drain an outbox no
+one reads). Runs until SIGTERM or Ctrl-C, logging each round that moved something on stderr;
 ``--once`` publishes what is pending (batch after batch) and prints a JSON summary:
 
 ``{"published", "duplicates", "failed", "pending", "rounds", "bus", "stream", "error"}``
@@ -45,11 +48,29 @@ def relay_command(
         bool,
         typer.Option("--once", help="Publish what is pending, print a JSON summary and exit."),
     ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help=(
+                'With [events] bus = "embedded": publish to this process\'s in-process bus '
+                "anyway, which no one else receives, and mark the rows published."
+            ),
+        ),
+    ] = False,
     db: DbOption = None,
 ) -> None:
-    """Publish the outbox's committed events to NATS JetStream (or the in-process bus)."""
+    """Publish the outbox's committed events to NATS JetStream (the embedded bus: --force)."""
     config = deployment()
     events = config.events
+    if events.bus == "embedded" and not force:
+        fail(
+            'refused with [events] bus = "embedded": the embedded bus\'s subscribers live '
+            "inside `sluice serve`, which runs the relay itself; this process would mark the "
+            'events published with nobody to receive them. Set [events] bus = "nats" to '
+            "publish to NATS JetStream, or pass --force to publish to this process's bus "
+            "anyway (the events are marked published and lost to `sluice serve`)."
+        )
     database = open_database(db or config.database_url)
     relay = relay_for(events, database)
     log_to_stderr()

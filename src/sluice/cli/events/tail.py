@@ -3,7 +3,8 @@
 On NATS (``[events] bus = "nats"``): an ordered, ephemeral consumer on ``sluice.>`` of the
 stream (nothing is left on the server after it), from new events on, from the stream's start
 (``--from-start``) or from its last N messages (``--last N``). On the embedded bus: the outbox's
-published rows, polled every ``[events] interval_s`` (a row is shown once the relay marked it).
+published rows, polled every ``[events] interval_s`` (a row is shown once the relay marked it; one
+committing after higher ones, on PostgreSQL, is still shown, once).
 ``--type`` keeps one event type; ``--json`` prints each envelope as one JSON line (the bytes
 published), else a line for people. ``--count N`` exits after N events; SIGTERM or Ctrl-C ends
 it.
@@ -41,6 +42,8 @@ from sluice.ports import UnitOfWorkFactory
 from sluice.ports.events import OutboxRow
 
 PAGE = 1000
+# Pages read past the cursor in one poll before showing what they hold.
+PAGES_PER_POLL = 10
 NEXT_WAIT_S = 0.5
 
 
@@ -166,48 +169,124 @@ def _tail_outbox(
     show: Callable[[Event], bool],
     stopping: Callable[[], bool],
 ) -> None:
-    """Published rows in seq order. The cursor only moves past rows that are published, so a
-    row the relay marks later than higher ones (a late commit) is still shown, once."""
-
-    def page(after: int) -> list[OutboxRow]:
-        with uow() as work:
-            return work.events.find(after_seq=after, limit=PAGE, type=type)
-
-    cursor = 0
-    backlog: deque[OutboxRow] = deque(maxlen=last or 1)
+    """Published rows, polled every ``interval_s`` (see :class:`OutboxFollower`)."""
+    follower = OutboxFollower(uow, type)
     if not from_start:
-        # To the end of what is published now, keeping the last N to show.
-        while True:
-            rows = page(cursor)
-            for row in rows:
-                if row.published_at is None:
-                    break
-                cursor = row.seq
-                backlog.append(row)
-            else:
-                if len(rows) == PAGE:
-                    continue
-            break
-        if last is not None:
-            for row in backlog:
-                if not show(row.event):
-                    return
+        backlog = follower.skip_to_end(keep=last or 0)
+        for row in backlog:
+            if not show(row.event):
+                return
     where = "the start" if from_start else f"the last {last}" if last else "new events"
     note(f"following the outbox's published events from {where}")
-    shown: set[int] = set()
     while not stopping():
-        rows = page(cursor)
-        advancing = True
+        rows, caught_up = follower.poll()
         for row in rows:
-            if row.published_at is None:
-                advancing = False
-                continue
-            if row.seq not in shown:
-                if not show(row.event):
-                    return
-                shown.add(row.seq)
-            if advancing:
-                cursor = row.seq
-                shown.discard(row.seq)
-        if len(rows) < PAGE or not advancing:
+            if not show(row.event):
+                return
+        if caught_up:
             time.sleep(config.interval_s)
+
+
+# A seq missing below the cursor (a row not committed yet, or a rolled back insert) is looked
+# for again for this long and this many seqs back; a row committing later than that is missed.
+GAP_WAIT_S = 120.0
+GAP_SEQS = 5_000
+
+
+class OutboxFollower:
+    """Follows the outbox's published rows, each shown once, although neither seq order nor
+    publish order is commit order: on PostgreSQL a transaction holding seq 10 can commit after
+    one holding seq 11 (seq 10 is invisible while 11 is read), and the relay marks a row later
+    than higher ones of another ordering key. (The relay's ``stream_seq`` on the in-process bus
+    restarts with each process, so it cannot order rows across relays either.)
+
+    So the cursor is the highest seq read, and every seq below it not shown yet waits in
+    ``waiting``: a committed row not published yet (until it is; the cursor goes no further
+    than :data:`GAP_SEQS` past it), or a missing seq (until it shows up, for at most
+    :data:`GAP_WAIT_S` and while within :data:`GAP_SEQS` of the cursor). Each poll reads again
+    from the lowest waiting seq, so the re-read costs nothing while nothing waits. Rows are read
+    unfiltered (a missing seq must be told from a row of another type) and filtered here."""
+
+    def __init__(
+        self,
+        uow: UnitOfWorkFactory,
+        type: str | None = None,
+        *,
+        gap_wait_s: float = GAP_WAIT_S,
+        gap_seqs: int = GAP_SEQS,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._uow = uow
+        self._type = type
+        self._gap_wait_s = gap_wait_s
+        self._gap_seqs = gap_seqs
+        self._monotonic = monotonic
+        self.cursor = 0
+        # seq -> when it was first missed (None: a committed row waiting for the relay).
+        self.waiting: dict[int, float | None] = {}
+
+    def _page(self, after: int) -> list[OutboxRow]:
+        with self._uow() as work:
+            return work.events.find(after_seq=after, limit=PAGE)
+
+    def _wanted(self, row: OutboxRow) -> bool:
+        return self._type is None or row.event.type == self._type
+
+    def skip_to_end(self, keep: int = 0) -> list[OutboxRow]:
+        """Move to the end of what is there now; rows published now are not shown (but the
+        last ``keep`` of them, returned), rows published later are."""
+        backlog: deque[OutboxRow] = deque(maxlen=keep or 1)
+        while True:
+            rows, caught_up = self.poll()
+            if keep:
+                backlog.extend(rows)
+            if caught_up:
+                break
+        return list(backlog) if keep else []
+
+    def poll(self) -> tuple[list[OutboxRow], bool]:
+        """Rows to show now (published, of the type, not shown before), in seq order, and
+        whether the end was reached (False: call again at once)."""
+        now = self._monotonic()
+        self._forget(now)
+        out: list[OutboxRow] = []
+        after = min(self.waiting) - 1 if self.waiting else self.cursor
+        reads = 0
+        # The lowest committed row waiting for the relay: the cursor stays within
+        # ``gap_seqs`` of it, so memory and the re-read stay bounded and nothing is dropped.
+        held = min((seq for seq, since in self.waiting.items() if since is None), default=None)
+        while True:
+            rows = self._page(after)
+            reads += 1
+            for row in rows:
+                if row.seq <= self.cursor:
+                    if row.seq not in self.waiting:
+                        continue  # shown (or skipped) already
+                    if row.published_at is None:
+                        self.waiting[row.seq] = None
+                        continue
+                    del self.waiting[row.seq]
+                else:
+                    if held is not None and row.seq - held >= self._gap_seqs:
+                        return out, True  # read no further until the relay catches up
+                    for missing in range(max(self.cursor + 1, row.seq - self._gap_seqs), row.seq):
+                        self.waiting[missing] = now
+                    self.cursor = row.seq
+                    if row.published_at is None:
+                        self.waiting[row.seq] = None
+                        held = row.seq if held is None else held
+                        continue
+                if self._wanted(row):
+                    out.append(row)
+            if len(rows) < PAGE:
+                return out, True
+            after = rows[-1].seq
+            if after >= self.cursor and reads >= PAGES_PER_POLL:
+                return out, False
+
+    def _forget(self, now: float) -> None:
+        """Drop missing seqs waited for long enough (rolled back, or too late to show)."""
+        lowest = self.cursor - self._gap_seqs
+        for seq, since in list(self.waiting.items()):
+            if since is not None and (seq <= lowest or now - since >= self._gap_wait_s):
+                del self.waiting[seq]
