@@ -17,11 +17,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import httpx
-import structlog
 import uvicorn
 from fastapi import FastAPI
 from rich.console import Console
@@ -30,7 +28,14 @@ from rich.table import Table
 from sluice.api.app import create_app
 from sluice.api.context import ApiContext
 from sluice.demo.report import Chapter, Sections, Status, mark, money, short, shorten
-from sluice.demo.world import CUSTOMERS, POLL_S, Customer, Exchange, PlannedWithdrawal
+from sluice.demo.world import (
+    CUSTOMERS,
+    POLL_S,
+    Customer,
+    Exchange,
+    PlannedWithdrawal,
+    log_to_file,
+)
 from sluice.domain.access import Role
 from sluice.domain.amounts import ZERO
 from sluice.domain.journal import customer_account_name
@@ -85,29 +90,6 @@ class ApiStory:
     rounds: int = 0  # the withdrawal worker's rounds paying the API's withdrawals
     paid_after: int = 0  # how many calls came before the worker paid
     ok: bool = False  # every request answered as planned and both withdrawals were paid
-
-
-@contextmanager
-def api_log(path: Path) -> Iterator[None]:
-    """The API's log lines (structlog) go to ``path`` in the data folder, not into the report;
-    a logging set up by whoever runs the demo is left as it is."""
-    if structlog.is_configured():
-        yield
-        return
-    with path.open("w") as file:
-        structlog.configure(
-            processors=[
-                structlog.contextvars.merge_contextvars,
-                structlog.processors.add_log_level,
-                structlog.processors.TimeStamper(fmt="iso", utc=True),
-                structlog.dev.ConsoleRenderer(colors=False),
-            ],
-            logger_factory=structlog.WriteLoggerFactory(file),
-        )
-        try:
-            yield
-        finally:
-            structlog.reset_defaults()
 
 
 @contextmanager
@@ -432,7 +414,7 @@ def use_the_api(exchange: Exchange) -> ApiStory:
     keys = create_demo_keys(exchange, story)
     app = create_app(api_context(exchange))
     with (
-        api_log(exchange.world.data_dir / "api.log"),
+        log_to_file(exchange.world.data_dir / "api.log"),
         serving(app) as url,
         httpx.Client(base_url=url, timeout=API_TIMEOUT_S) as http,
     ):

@@ -28,7 +28,7 @@ from rich.table import Table
 from sluice.bus.inprocess import InProcessBus, InProcessPublisher
 from sluice.config.alerts import AlertRule
 from sluice.demo.report import Chapter, Sections, Status, mark
-from sluice.demo.world import Exchange
+from sluice.demo.world import Exchange, log_to_file
 from sluice.domain.breaker import BreakerSettings
 from sluice.domain.events import Event
 from sluice.domain.ledger import Transfer
@@ -251,7 +251,10 @@ def relay(exchange: Exchange, story: EventsStory) -> Relay:
 
 def run(exchange: Exchange, status: Status) -> EventsStory:
     story = EventsStory()
-    with status("events: an alert, a breaker, the relay to the in-process bus, /metrics…"):
+    with (
+        status("events: an alert, a breaker, the relay to the in-process bus, /metrics…"),
+        log_to_file(exchange.world.data_dir / "events.log"),
+    ):
         metrics.listen()  # count committed operations from now on, as `sluice serve` does
         install_state(StateSources(engine=exchange.database.engine, clock=exchange.clock))
         try:

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import random
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Literal
+
+import structlog
 
 from sluice import bootstrap
 from sluice.domain.amounts import ZERO
@@ -508,3 +511,26 @@ class Exchange:
             if not tick.busy:
                 return rounds
         raise RuntimeError(f"the withdrawal worker was still busy after {WORKER_ROUNDS_MAX} rounds")
+
+
+@contextmanager
+def log_to_file(path: Path) -> Iterator[None]:
+    """Log lines (structlog) written while a chapter runs go to ``path`` in the data folder, not
+    into the report; a logging set up by whoever runs the demo is left as it is."""
+    if structlog.is_configured():
+        yield
+        return
+    with path.open("w") as file:
+        structlog.configure(
+            processors=[
+                structlog.contextvars.merge_contextvars,
+                structlog.processors.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                structlog.dev.ConsoleRenderer(colors=False),
+            ],
+            logger_factory=structlog.WriteLoggerFactory(file),
+        )
+        try:
+            yield
+        finally:
+            structlog.reset_defaults()
