@@ -470,3 +470,41 @@ def test_the_serve_loop_evaluates_then_notifies(database: bootstrap.Database) ->
         "rule:criticals": clock.now,
         "stuck:2": clock.now,
     }
+
+
+def test_two_evaluators_resolving_the_same_alert_write_one_alert_resolved(
+    database: bootstrap.Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two evaluators (two ``sluice serve``, or ``sluice alerts evaluate`` beside one) both read
+    the alert unresolved; the first resolves it, the second finds it resolved at its update and
+    writes no second ``alert_resolved``."""
+    from sluice.store.alerts_repository import SqlAlertRepository
+
+    registry = CollectorRegistry()
+    gauge = Gauge("test_backlog", "backlog", registry=registry)
+    gauge.set(5)
+    clock = Clock()
+    backlog = rule(name="backlog", metric="test_backlog", operator=">", threshold=1)
+    first = RuleEvaluator([backlog], database.uow, registry, clock=clock)
+    second = RuleEvaluator([backlog], database.uow, registry, clock=clock)
+    (alert_id,) = first.evaluate().raised
+    assert second.evaluate().repeated == [alert_id]
+
+    gauge.set(0)
+    clock.advance(15)
+    with database.uow() as uow:
+        stale = uow.alerts.open_rule_alerts("backlog")  # what the second one read
+    assert [a.id for a in stale] == [alert_id]
+    assert first.evaluate().resolved == [alert_id]
+    resolved_at = clock.now
+    clock.advance(1)
+    monkeypatch.setattr(SqlAlertRepository, "open_rule_alerts", lambda self, rule: stale)
+    assert second.evaluate().resolved == []
+    monkeypatch.undo()
+
+    assert [e["alert_id"] for e in events_of(database, "alert_resolved")] == [alert_id]
+    (record,) = list_alerts(database.uow, status=["resolved"]).alerts
+    assert record.resolved_at == resolved_at  # the first resolution stands
+    with database.uow() as uow:
+        assert uow.alerts.resolve(alert_id, at=clock.now) is False
+        assert uow.alerts.resolve("no-such-alert", at=clock.now) is False

@@ -267,7 +267,8 @@ class RuleEvaluator:
                     labels = _labels_of(record)
                     if record.id in firing_ids or labels in holding:
                         continue
-                    uow.alerts.resolve(record.id, at=now)
+                    if not uow.alerts.resolve(record.id, at=now):
+                        continue  # resolved meanwhile (another evaluator): its event is written
                     emit(
                         uow,
                         "alert_resolved",

@@ -82,10 +82,15 @@ class AlertRepository(Protocol):
 
     def acknowledge(self, alert_id: str, *, actor: str, at: datetime) -> None: ...
 
-    def resolve(self, alert_id: str, *, at: datetime) -> None: ...
+    def resolve(self, alert_id: str, *, at: datetime) -> bool:
+        """Resolve the alert if it is not resolved yet: whether this call resolved it (False
+        when it was resolved before, e.g. by another evaluator, or does not exist). Write
+        ``alert_resolved`` only when True."""
+        ...
 
     def to_notify(self, *, max_attempts: int, limit: int = 100) -> list[AlertRecord]:
-        """Alerts not notified yet with fewer than ``max_attempts`` attempts, oldest first."""
+        """Unresolved alerts not notified yet with fewer than ``max_attempts`` attempts:
+        critical first, then warning, then info, newest first within a severity."""
         ...
 
     def record_notified(self, alert_id: str, *, at: datetime) -> None: ...

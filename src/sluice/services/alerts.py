@@ -75,8 +75,11 @@ def get_alert(uow_factory: UnitOfWorkFactory, alert_id: str) -> AlertRecord:
     return record
 
 
-def _resolve(uow: UnitOfWork, record: AlertRecord, *, reason: str, at: datetime) -> None:
-    uow.alerts.resolve(record.id, at=at)
+def _resolve(uow: UnitOfWork, record: AlertRecord, *, reason: str, at: datetime) -> bool:
+    """Resolve the alert with its ``alert_resolved`` event, unless it was resolved meanwhile:
+    whether this call resolved it."""
+    if not uow.alerts.resolve(record.id, at=at):
+        return False
     emit(
         uow,
         "alert_resolved",
@@ -90,6 +93,7 @@ def _resolve(uow: UnitOfWork, record: AlertRecord, *, reason: str, at: datetime)
         },
         at=at,
     )
+    return True
 
 
 def acknowledge(

@@ -179,8 +179,16 @@ class SqlAlertRepository:
             .values(acknowledged_at=ts(at), acknowledged_by=actor)
         )
 
-    def resolve(self, alert_id: str, *, at: datetime) -> None:
-        self._connection.execute(update(_A).where(_A.c.id == alert_id).values(resolved_at=ts(at)))
+    def resolve(self, alert_id: str, *, at: datetime) -> bool:
+        # Conditional: of two evaluators resolving the same alert, one changes the row (the
+        # other waits for its lock, then finds it resolved) and only that one writes the event.
+        changed = self._connection.execute(
+            update(_A)
+            .where(_A.c.id == alert_id, _A.c.resolved_at.is_(None))
+            .values(resolved_at=ts(at))
+            .returning(_A.c.id)
+        ).first()
+        return changed is not None
 
     def to_notify(self, *, max_attempts: int, limit: int = 100) -> list[AlertRecord]:
         statement = (
