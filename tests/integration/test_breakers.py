@@ -212,6 +212,29 @@ def test_a_forced_open_breaker_pauses_the_flow_until_given_back(
     assert "ledger, registry, bitcoin, payouts, nats, webhooks" in refused.output
 
 
+def test_the_withdrawals_part_waits_for_the_registry_breaker_too(
+    sandbox: Sandbox, clock: Monotonic
+) -> None:
+    """A withdrawal asks the registry (transfer factory) before the ledger: while the registry's
+    breaker is open the part is skipped, nothing is claimed and nothing is announced."""
+    sb = sandbox
+    registry = _registry(sb, clock)
+    fund(sb, "cust-0", "40")
+    withdrawal = sb.withdraw("cust-0", "10", key="registry-open")
+    worker = sb.withdrawal_worker(commands=GuardedLedgerCommands(sb.commands))
+    loop = ServiceLoop([withdrawal_part(worker)], name="breakers-test")
+    registry.get("registry").force("open", "registry maintenance")
+    for _ in range(3):
+        loop.run_round()
+    assert loop.status()["withdrawals"].skipped == "registry circuit breaker open"
+    assert record(sb, withdrawal.id).status == "reserved"
+    assert _events(sb, "withdrawal_submitted") == []
+    registry.get("registry").force(None)
+    loop.run_round()
+    assert record(sb, withdrawal.id).status == "submitted"
+    assert [e["attempt"] for e in _events(sb, "withdrawal_submitted")] == [1]
+
+
 def test_the_process_registry_is_the_configured_one(sandbox: Sandbox, clock: Monotonic) -> None:
     registry = _registry(sandbox, clock)
     assert breakers() is registry

@@ -50,12 +50,20 @@ class Outcome:
 @dataclass(frozen=True, slots=True)
 class Part:
     """One step of a round. A part that moves value is skipped while sluice is paused; a part
-    with a ``flow`` is skipped while that flow's circuit breaker is open."""
+    with a ``flow`` (or several) is skipped while one of their circuit breakers is open."""
 
     name: str
     run: Callable[[], Outcome | None]
     moves_value: bool = False
-    flow: str | None = None
+    # One flow, or several (a part that calls the registry and then the ledger waits while
+    # either breaker is open).
+    flow: str | tuple[str, ...] | None = None
+
+    @property
+    def flows(self) -> tuple[str, ...]:
+        if self.flow is None:
+            return ()
+        return (self.flow,) if isinstance(self.flow, str) else tuple(self.flow)
 
 
 @dataclass
@@ -169,14 +177,15 @@ class ServiceLoop:
     def _breaker_reason(self, part: Part) -> str | None:
         """Why ``part`` waits for its flow's breaker now, or None (takes no half-open probe:
         the part's guarded calls do)."""
-        if part.flow is None:
-            return None
-        try:
-            refusing = flow_open(part.flow)
-        except Exception as exc:  # a breaker that cannot be read does not stop work
-            log.warning("service loop cannot read a breaker", part=part.name, error=str(exc))
-            return None
-        return f"{part.flow} circuit breaker open" if refusing else None
+        for flow in part.flows:
+            try:
+                refusing = flow_open(flow)
+            except Exception as exc:  # a breaker that cannot be read does not stop work
+                log.warning("service loop cannot read a breaker", part=part.name, error=str(exc))
+                continue
+            if refusing:
+                return f"{flow} circuit breaker open"
+        return None
 
     def _run_part(self, part: Part) -> None:
         status = self._status[part.name]
@@ -367,7 +376,7 @@ def withdrawal_part(worker: WithdrawalWorker) -> Part:
             problems=tuple(tick.errors),
         )
 
-    return Part("withdrawals", run, moves_value=True, flow="ledger")
+    return Part("withdrawals", run, moves_value=True, flow=("ledger", "registry"))
 
 
 def deposit_part(worker: DepositWorker) -> Part:
@@ -383,7 +392,7 @@ def deposit_part(worker: DepositWorker) -> Part:
             problems=tuple(tick.errors),
         )
 
-    return Part("deposits", run, moves_value=True, flow="ledger")
+    return Part("deposits", run, moves_value=True, flow=("ledger", "registry"))
 
 
 def pause_reason(uow: UnitOfWorkFactory) -> Callable[[], str | None]:

@@ -5,6 +5,7 @@ why it cannot be here."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -12,6 +13,7 @@ from decimal import Decimal
 
 from sluice.domain.amounts import parse_amount
 from sluice.domain.coin_selection import plan_merge, plan_split
+from sluice.domain.events import Event
 from sluice.domain.ledger import REASON_KEY, Cursor, Holding, InstrumentId, Transfer
 from sluice.domain.withdrawals import (
     AWAITING_OUTCOME_STATUSES,
@@ -49,6 +51,26 @@ from sluice.services.withdrawal_attempts import (
 )
 
 # --- the worker --------------------------------------------------------------------------------
+
+# The namespace of the ids of ``withdrawal_submitted`` events (one per record and attempt).
+_SUBMITTED_NAMESPACE = uuid.UUID("5b0c3f5e-8f1d-4d7a-9a51-2f3e6c1d7b40")
+
+
+def submitted_event_id(withdrawal_id: str, attempt: int) -> str:
+    """The id of the ``withdrawal_submitted`` event of a record's attempt: the same every time
+    the attempt is claimed, so it is written once."""
+    return str(uuid.uuid5(_SUBMITTED_NAMESPACE, f"withdrawal_submitted:{withdrawal_id}:{attempt}"))
+
+
+def _announce_once(uow: UnitOfWork, events: list[Event]) -> list[Event]:
+    """``withdrawal_submitted`` events with their deterministic ids, less those of attempts the
+    outbox already holds."""
+    fresh: list[Event] = []
+    for event in events:
+        event_id = submitted_event_id(event.aggregate_id, int(event.payload["attempt"]))
+        if uow.events.get(event_id) is None:
+            fresh.append(replace(event, event_id=event_id))
+    return fresh
 
 
 @dataclass(slots=True)
@@ -165,8 +187,21 @@ class WithdrawalWorker:
         its anchor, fence it, or — when nothing of it can commit any more — fail it. Returns the
         record when it is a payout that failed here (credited back)."""
         tick.settled += 1
-        repo.close_attempt(record.id, record.attempt, "expired", record.last_error)
-        unseen = f"attempt {record.attempt} expired unseen at {cursor.record_time}"
+        # A ``reserved`` record was never sent on its current attempt: ``submitting`` is
+        # committed before any call, and a worker a breaker refused puts back only records it
+        # did not send. Its trec_tgt passed while it waited (a breaker open, a compliance
+        # block), so it is given a fresh one on the same attempt (through the queue for a
+        # payout, which also asks compliance again): no attempt is counted, none can fail it.
+        unsent = record.status == "reserved"
+        step = 0 if unsent else 1
+        if unsent:
+            unseen = (
+                f"attempt {record.attempt} not sent before its trec_tgt "
+                f"(passed at {cursor.record_time})"
+            )
+        else:
+            repo.close_attempt(record.id, record.attempt, "expired", record.last_error)
+            unseen = f"attempt {record.attempt} expired unseen at {cursor.record_time}"
         anchor = record.anchor
         # Only the anchor stays reserved. Ingestion books a transfer of this record in the same
         # transaction as the archive of the inputs it spent, so if the anchor cannot be reserved
@@ -174,14 +209,14 @@ class WithdrawalWorker:
         # its attempts spent it: none of them can ever commit.
         repo.release(record.id)
         anchored = anchor is not None and repo.reserve([anchor], record.id)
-        final = record.failure is not None or record.attempt >= record.attempts_max
+        final = record.failure is not None or (not unsent and record.attempt >= record.attempts_max)
         if not anchored and record.is_payout and not final:
             tick.retried += 1
             repo.update(
                 replace(
                     record,
                     status="queued",
-                    attempt=record.attempt + 1,
+                    attempt=record.attempt + step,
                     inputs=(),
                     trec_tgt=None,
                     last_error=f"{unseen}; its anchor was spent elsewhere: inputs chosen afresh",
@@ -197,7 +232,7 @@ class WithdrawalWorker:
                     replace(
                         record,
                         status="queued",
-                        attempt=record.attempt + 1,
+                        attempt=record.attempt + step,
                         inputs=(anchor,),
                         trec_tgt=None,
                         last_error=unseen,
@@ -211,7 +246,7 @@ class WithdrawalWorker:
                 retried = replace(
                     record,
                     status="reserved",
-                    attempt=record.attempt + 1,
+                    attempt=record.attempt + step,
                     trec_tgt=self._clock() + timedelta(seconds=self.settings.trec_span_s),
                     last_error=unseen,
                 )
@@ -232,7 +267,7 @@ class WithdrawalWorker:
             fence = replace(
                 record,
                 status="reserved",
-                attempt=record.attempt + 1,
+                attempt=record.attempt + step,
                 inputs=(anchor,),
                 trec_tgt=self._clock() + timedelta(seconds=self.settings.trec_span_s),
                 failure=failure,
@@ -308,9 +343,9 @@ class WithdrawalWorker:
             if until is not None:
                 uow.withdrawals.set_control(HOLD_KEY, None)  # ingestion has passed it
             claimed = uow.withdrawals.claim(["reserved"], self.settings.claim_batch)
-            # Frozen or flagged since they were reserved: not submitted; they stay reserved,
-            # expire at trec_tgt and wait in the queue like any retry. A fence pays nobody and
-            # always leaves.
+            # Frozen or flagged since they were reserved: not submitted; they stay reserved and,
+            # once trec_tgt has passed, go back to the queue on the same attempt (never sent),
+            # where compliance is asked again. A fence pays nobody and always leaves.
             blocked = self._compliance_blocked(
                 uow, [record for record in claimed if record.failure is None]
             )
@@ -319,14 +354,21 @@ class WithdrawalWorker:
             submitting = [replace(r, status="submitting") for r in claimed]
             uow.withdrawals.update_many(submitting)
             # Emitted as the attempt is claimed for the ledger (so it always precedes the
-            # completion ingestion may see); a fence is no payment attempt.
+            # completion ingestion may see); a fence is no payment attempt. Once per attempt:
+            # a claim a breaker then refuses goes back to ``reserved`` on the same attempt and
+            # is claimed again, so the event's id is derived from (record, attempt) and an
+            # attempt already announced is not announced again (the claim holds the record's
+            # row, so no other worker announces it meanwhile).
             emit_all(
                 uow,
-                withdrawal_events(
-                    "withdrawal_submitted",
-                    [r for r in submitting if r.failure is None],
-                    at=self._clock(),
-                    actor="withdrawal-worker",
+                _announce_once(
+                    uow,
+                    withdrawal_events(
+                        "withdrawal_submitted",
+                        [r for r in submitting if r.failure is None],
+                        at=self._clock(),
+                        actor="withdrawal-worker",
+                    ),
                 ),
             )
             kinds = {
