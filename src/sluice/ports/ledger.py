@@ -83,7 +83,18 @@ class CommandError(Exception):
 
 
 class RegistryError(Exception):
-    """The registry could not answer (unreachable, or it refused the request)."""
+    """The registry could not answer (unreachable, or it refused the request).
+
+    ``answered`` says the registry (or the client's own checks) answered about the request —
+    an HTTP 4xx other than 408/429, an unknown or archived instruction, an instrument of
+    another admin, a bad choice — so the registry itself works (a circuit breaker does not
+    count it); otherwise it failed or could not be reached. ``status`` is the HTTP status when
+    there was one."""
+
+    def __init__(self, message: str, *, answered: bool = False, status: int | None = None) -> None:
+        super().__init__(message)
+        self.answered = answered
+        self.status = status
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ from sluice.ports import (
     InstructionChoice,
     LedgerCommands,
     RegistryClient,
+    RegistryError,
     RegistryLookup,
 )
 from sluice.ports.bitcoin import BitcoinNode, JsonObject, NodeRejectedError
@@ -152,6 +153,15 @@ class GuardedLedgerCommands:
             )
 
 
+def registry_failure(exc: BaseException) -> bool:
+    """Does a registry call's ``exc`` count against the registry? Not when the registry answered
+    about the request (:attr:`RegistryError.answered`: a 4xx, an unknown instruction, another
+    admin's instrument): that registry works."""
+    if isinstance(exc, RegistryError) and exc.answered:
+        return False
+    return counts_as_failure(exc)
+
+
 class GuardedRegistryClient:
     """One admin's :class:`RegistryClient` under the ``registry`` breaker."""
 
@@ -160,11 +170,11 @@ class GuardedRegistryClient:
         self._registry = registry
 
     def transfer_factory(self, transfer: Transfer) -> FactoryChoice:
-        with guard("registry", registry=self._registry):
+        with guard("registry", registry=self._registry, failure=registry_failure):
             return self.inner.transfer_factory(transfer)
 
     def choice_context(self, choice: InstructionChoice, instruction_cid: str) -> ChoiceContextData:
-        with guard("registry", registry=self._registry):
+        with guard("registry", registry=self._registry, failure=registry_failure):
             return self.inner.choice_context(choice, instruction_cid)
 
 

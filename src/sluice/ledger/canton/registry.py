@@ -79,7 +79,8 @@ class HttpRegistry:
         if transfer.instrument.admin != self.admin:
             raise RegistryError(
                 f"the registry at {self.base_url} serves admin {self.admin}, not the admin of "
-                f"instrument {transfer.instrument.key()}"
+                f"instrument {transfer.instrument.key()}",
+                answered=True,
             )
         body = {
             "choiceArguments": wire.transfer_factory_arguments(transfer),
@@ -101,9 +102,9 @@ class HttpRegistry:
     def choice_context(self, choice: InstructionChoice, instruction_cid: str) -> ChoiceContextData:
         """``POST .../{instruction}/choice-contexts/{accept|reject|withdraw}``."""
         if choice not in wire.INSTRUCTION_CHOICES:
-            raise RegistryError(f"{choice!r} is not a transfer instruction choice")
+            raise RegistryError(f"{choice!r} is not a transfer instruction choice", answered=True)
         if not instruction_cid:
-            raise RegistryError("the transfer instruction's contract id is empty")
+            raise RegistryError("the transfer instruction's contract id is empty", answered=True)
         path = (
             f"/registry/transfer-instruction/v1/{quote(instruction_cid, safe='')}"
             f"/choice-contexts/{choice}"
@@ -165,7 +166,12 @@ class HttpRegistry:
                 return self._http.get(path, params=params)
             return self._http.post(path, body, params=params, read=True)
         except CantonError as exc:
-            raise RegistryError(f"the registry at {self.base_url} failed: {exc}") from exc
+            # A 4xx (but a timeout or rate limit) is the registry's answer about the request.
+            status = exc.status
+            answered = status is not None and 400 <= status < 500 and status not in (408, 429)
+            raise RegistryError(
+                f"the registry at {self.base_url} failed: {exc}", answered=answered, status=status
+            ) from exc
 
     def _object(self, value: Any, what: str) -> dict[str, Any]:
         if not isinstance(value, dict):

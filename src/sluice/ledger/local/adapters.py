@@ -97,7 +97,8 @@ class EmbeddedRegistry:
         try:
             factory = self._ledger.registry(self.admin).transfer_factory(transfer)
         except (LedgerError, InvalidInputError) as exc:
-            raise RegistryError(str(exc)) from exc
+            # The embedded registry's answer about the request (it cannot be unreachable).
+            raise RegistryError(str(exc), answered=True) from exc
         context = factory.choice_context
         return FactoryChoice(
             factory_id=factory.factory_id,
@@ -115,7 +116,7 @@ class EmbeddedRegistry:
         try:
             context = ask(instruction_cid)
         except (LedgerError, ValueError) as exc:
-            raise RegistryError(str(exc)) from exc
+            raise RegistryError(str(exc), answered=True) from exc
         return ChoiceContextData(context.values, tuple(context.disclosed_contracts))
 
 
