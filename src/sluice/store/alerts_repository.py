@@ -7,13 +7,14 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, Connection, and_, case, func, or_, select, update
 
 from sluice.ports.alerts import AlertRecord, AlertStatus, RaiseOutcome
 from sluice.store import tables as t
 from sluice.store.rows import insert_for, time_of, ts
 
 _A = t.alerts
+_SEVERITY_RANK = case((_A.c.severity == "critical", 0), (_A.c.severity == "warning", 1), else_=2)
 
 
 def _record(row: Any) -> AlertRecord:
@@ -198,7 +199,8 @@ class SqlAlertRepository:
                 _A.c.resolved_at.is_(None),
                 _A.c.notify_attempts < max_attempts,
             )
-            .order_by(_A.c.created_at, _A.c.id)
+            # Critical first, newest first: a backlog never delays a new critical alert.
+            .order_by(_SEVERITY_RANK, _A.c.created_at.desc(), _A.c.id)
             .limit(limit)
         )
         return [_record(row) for row in self._connection.execute(statement)]

@@ -288,6 +288,21 @@ alerts = Table(
     Column("occurrences", Integer, nullable=False, server_default=text("1")),
     Column("notified_at", TIMESTAMP, nullable=True),
     Column("notify_attempts", Integer, nullable=False, server_default=text("0")),
+    # Read every evaluation / notification round without the resolved history (0011).
+    Index(
+        "ix_alerts_unresolved",
+        "rule",
+        "severity",
+        postgresql_where=text("resolved_at IS NULL"),
+        sqlite_where=text("resolved_at IS NULL"),
+    ),
+    Index(
+        "ix_alerts_to_notify",
+        "severity",
+        "created_at",
+        postgresql_where=text("notified_at IS NULL"),
+        sqlite_where=text("notified_at IS NULL"),
+    ),
 )
 
 withdrawals = Table(

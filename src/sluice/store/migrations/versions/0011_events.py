@@ -28,6 +28,13 @@ ALERT_COLUMNS = (
     sa.Column("notify_attempts", sa.Integer(), nullable=False, server_default=sa.text("0")),
 )
 
+# What the evaluator and the notifier read every round, found without the resolved history:
+# a rule's unresolved alerts (and the open / acknowledged counts), the alerts not notified yet.
+ALERT_INDEXES = (
+    ("ix_alerts_unresolved", ("rule", "severity"), "resolved_at IS NULL"),
+    ("ix_alerts_to_notify", ("severity", "created_at"), "notified_at IS NULL"),
+)
+
 
 def upgrade() -> None:
     op.create_table(
@@ -69,9 +76,28 @@ def upgrade() -> None:
     with op.batch_alter_table("alerts") as batch:
         for column in ALERT_COLUMNS:
             batch.add_column(column.copy())
+    # The alerts raised before: they were delivered (to the log) when raised, so they are not
+    # notified again; a product alert acknowledged before is resolved, as acknowledging one
+    # resolves it from now on. Without this the notifier would send the whole history.
+    op.execute("UPDATE alerts SET notified_at = created_at WHERE notified_at IS NULL")
+    op.execute(
+        "UPDATE alerts SET resolved_at = acknowledged_at"
+        " WHERE rule IS NULL AND acknowledged_at IS NOT NULL AND resolved_at IS NULL"
+    )
+    for name, columns, where in ALERT_INDEXES:
+        op.create_index(
+            name,
+            "alerts",
+            list(columns),
+            unique=False,
+            postgresql_where=sa.text(where),
+            sqlite_where=sa.text(where),
+        )
 
 
 def downgrade() -> None:
+    for name, _columns, _where in reversed(ALERT_INDEXES):
+        op.drop_index(name, table_name="alerts")
     with op.batch_alter_table("alerts") as batch:
         for column in reversed(ALERT_COLUMNS):
             batch.drop_column(column.name)
