@@ -358,20 +358,29 @@ def test_a_fence_that_expires_unseen_is_tried_again_on_the_same_anchor(
     assert_books_balance(sb)
 
 
-def test_a_last_attempt_that_never_left_is_credited_back_without_a_fence(
+def test_a_last_attempt_still_reserved_at_its_trec_tgt_is_sent_on_that_attempt(
     world: SandboxFactory,
 ) -> None:
+    """A record still ``reserved`` when ingestion passes its trec_tgt was never sent on its
+    attempt (``submitting`` is committed before any call): no attempt is counted, so even the
+    last one is not failed and credited back; it goes back to the queue on the same attempt
+    (its anchor kept), is reserved with a fresh trec_tgt and sent."""
     sb = world(withdrawal_settings=WithdrawalSettings(attempts_max=1))
     fund(sb, "cust-0", "500")
     requested = sb.withdraw("cust-0", "200", key="k1")
+    anchor = requested.anchor
     expire_current_attempt(sb, requested.id)  # reserved, never claimed for submission
     tick = sb.withdrawal_worker().run_once()
-    assert (tick.settled, tick.fenced, tick.refunded, tick.submitted) == (1, 0, 1, 0)
-    assert record(sb, requested.id).status == "failed"
-    assert balance(sb, "cust-0") == D(500)
-    assert reservations(sb) == {}
-    assert ledger_view(sb).with_reason(requested.id) == []
-    assert_books_balance(sb)
+    assert (tick.settled, tick.fenced, tick.refunded, tick.submitted) == (1, 0, 0, 1)
+    resent = record(sb, requested.id)
+    assert (resent.status, resent.attempt, resent.failure) == ("submitted", 1, None)
+    assert resent.anchor == anchor
+    assert resent.trec_tgt is not None and requested.trec_tgt is not None
+    assert resent.trec_tgt > requested.trec_tgt
+    assert ledger_view(sb).with_reason(requested.id) != []
+    sb.ingest()
+    assert_paid_once(sb, requested.id, D(200))
+    assert balance(sb, "cust-0") == D(300)
 
 
 # --- the anchor spent by another transaction ------------------------------------------------------
