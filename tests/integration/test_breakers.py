@@ -235,6 +235,53 @@ def test_the_withdrawals_part_waits_for_the_registry_breaker_too(
     assert [e["attempt"] for e in _events(sb, "withdrawal_submitted")] == [1]
 
 
+def test_one_breaker_alert_per_flow_counted_again_resolved_on_close_and_reopened(
+    sandbox: Sandbox, clock: Monotonic
+) -> None:
+    """A flapping breaker (a failed half-open probe opens it again) keeps one alert for its
+    flow, with one more occurrence; closing resolves it (``alert_resolved``); opening after
+    that reopens the same alert."""
+    sb = sandbox
+    registry = _registry(sb, clock)
+
+    def fail(times: int) -> None:
+        for _ in range(times):
+            with pytest.raises(ConnectionError), guard("ledger", registry=registry):
+                raise ConnectionError("node down")
+
+    def succeed(times: int) -> None:
+        for _ in range(times):
+            with guard("ledger", registry=registry):
+                pass
+
+    def alert() -> tuple[int, bool]:
+        with sb.database.uow() as uow:
+            found = [a for a in uow.alerts.find(limit=100) if a.kind == "breaker_open"]
+        assert [a.id for a in found] == ["breaker_open:ledger"]
+        return found[0].occurrences, found[0].resolved_at is not None
+
+    fail(SETTINGS.min_calls)
+    assert alert() == (1, False)
+    clock.now += SETTINGS.open_s
+    fail(1)  # the half-open probe fails: open again
+    assert registry.states()["ledger"] == "open"
+    assert alert() == (2, False)
+    clock.now += SETTINGS.open_s
+    succeed(SETTINGS.probes)
+    assert registry.states()["ledger"] == "closed"
+    assert alert() == (2, True)
+    resolved = _events(sb, "alert_resolved")
+    assert [(e["alert_id"], e["reason"]) for e in resolved] == [
+        ("breaker_open:ledger", "breaker_closed")
+    ]
+
+    fail(SETTINGS.min_calls)
+    assert alert() == (1, False)
+    raised = _events(sb, "alert_raised")
+    assert [e["alert_id"] for e in raised] == ["breaker_open:ledger"] * 2
+    assert len(_events(sb, "breaker_opened")) == 3
+
+
 def test_the_process_registry_is_the_configured_one(sandbox: Sandbox, clock: Monotonic) -> None:
     registry = _registry(sandbox, clock)
     assert breakers() is registry

@@ -258,9 +258,13 @@ def record_transition(
     failures: int,
     at: datetime,
 ) -> None:
-    """In ``uow``: a breaker that opened raises its alert (one per opening: the id names the
-    flow and the time; critical, or a warning when an operator forced it) and writes
-    ``breaker_opened``; one that closed writes ``breaker_closed``."""
+    """In ``uow``: a breaker that opened raises its alert and writes ``breaker_opened``; one
+    that closed resolves the alert (``alert_resolved``) and writes ``breaker_closed``.
+
+    One alert per flow while its breaker is not closed (id ``breaker_open:<flow>``; critical,
+    or a warning when an operator forced it): opening again before it closed (a failed
+    half-open probe) adds an occurrence to it; opening after it closed reopens it (a new
+    ``alert_raised``)."""
     payload: dict[str, object] = {
         "flow": flow,
         "old_state": old,
@@ -270,24 +274,70 @@ def record_transition(
         "calls": calls,
         "failures": failures,
     }
+    alert_id = breaker_alert_id(flow)
     if new == "open":
         severity: Literal["critical", "warning"] = "warning" if forced == "open" else "critical"
-        uow.breakers.add_alert(
-            Alert(
-                id=f"breaker_open:{flow}:{format_timestamp(at)}",
-                severity=severity,
-                kind="breaker_open",
-                message=(
-                    f"the {flow} circuit breaker opened ({reason}): "
-                    f"{FLOW_DESCRIPTIONS[flow]} are paused until it closes"
-                ),
-                details={key: str(value) for key, value in payload.items()},
+        alert = Alert(
+            id=alert_id,
+            severity=severity,
+            kind="breaker_open",
+            message=(
+                f"the {flow} circuit breaker opened ({reason}): "
+                f"{FLOW_DESCRIPTIONS[flow]} are paused until it closes"
             ),
-            at,
+            details={key: str(value) for key, value in payload.items()},
         )
+        # A new alert is inserted with its ``alert_raised``; an existing row (unresolved, or
+        # resolved by an earlier closing) is counted again or reopened in place.
+        existing = uow.alerts.get(alert_id, lock=True)
+        if existing is not None or not uow.breakers.add_alert(alert, at):
+            outcome = uow.alerts.raise_rule_alert(
+                alert_id=alert_id,
+                rule=f"breaker:{flow}",
+                severity=severity,
+                message=alert.message,
+                details=alert.details,
+                at=at,
+            )
+            if outcome != "repeated":
+                emit(
+                    uow,
+                    "alert_raised",
+                    alert_id,
+                    {
+                        "alert_id": alert_id,
+                        "severity": severity,
+                        "kind": "breaker_open",
+                        "message": alert.message,
+                        "update_id": None,
+                        "details": dict(alert.details),
+                        "reopened": outcome == "reopened",
+                    },
+                    at=at,
+                )
         emit(uow, "breaker_opened", flow, payload, at=at)
     elif new == "closed":
+        raised = uow.alerts.get(alert_id, lock=True)
+        if raised is not None and uow.alerts.resolve(alert_id, at=at):
+            emit(
+                uow,
+                "alert_resolved",
+                alert_id,
+                {
+                    "alert_id": alert_id,
+                    "rule": None,
+                    "severity": raised.severity,
+                    "kind": raised.kind,
+                    "reason": "breaker_closed",
+                },
+                at=at,
+            )
         emit(uow, "breaker_closed", flow, payload, at=at)
+
+
+def breaker_alert_id(flow: str) -> str:
+    """The id of a flow's breaker alert (one per flow, reopened each time it opens again)."""
+    return f"breaker_open:{flow}"
 
 
 # --- the process's registry ----------------------------------------------------------------
