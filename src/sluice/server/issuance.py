@@ -14,7 +14,8 @@ other workers, is in the services: every step is idempotent, each operation is c
 lease before a step (services/issuance_router.py), and each held transfer's decision row is
 written before its command is sent, with a command id derived from the instruction
 (services/issuance_transfers.py). A failing round (the node down, a rebuild refused) is logged
-by the loop, once and then at 2, 4, 8, … rounds, and tried again at the next round.
+by the loop, once and then at 2, 4, 8, … rounds, and tried again at the next round. The
+router part waits while the ``ledger`` circuit breaker is open.
 """
 
 from __future__ import annotations
@@ -69,7 +70,11 @@ def router_part(router: IssuanceRouter) -> Part:
     def run() -> Outcome:
         return router_outcome(router.tick())
 
-    return Part(ROUTER_PART, run, moves_value=True)
+    # The router's mints and burns are commands to the ledger (under its breaker, see
+    # services/issuer_breaker.py): the part waits while the ledger's breaker is open. A refusal
+    # inside a round (the breaker opened meanwhile, or half-open probes used up) is a step that
+    # waits: nothing was sent, the record and its command id stay as they were.
+    return Part(ROUTER_PART, run, moves_value=True, flow="ledger")
 
 
 def transfers_part(router: IssuanceRouter) -> Part:
