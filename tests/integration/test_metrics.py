@@ -113,6 +113,22 @@ def test_requests_are_counted_by_route_template_and_refused_credentials_by_reaso
     assert not any("wd-" in v or "/no/such" in v for _name, labels in after for _k, v in labels)
 
 
+def test_an_unknown_http_method_is_labelled_other(world: ApiWorld) -> None:
+    """A client's arbitrary method tokens do not become label values (one series each)."""
+    before = scrape(world)
+    client = world.client()
+    for token in ("X1", "X2", "BREW"):
+        client.request(token, "/v1/system/status", headers=world.headers("operator"))
+    client.request("get", "/no/such/path")
+    after = scrape(world)
+    methods = {v for _name, labels in after for k, v in labels if k == "method"}
+    assert not methods & {"X1", "X2", "BREW", "get"}
+    other = {"route": "/v1/system/status", "method": "other"}
+    assert delta(after, before, "sluice_http_request_duration_seconds_count", **other) == 3
+    unmatched = {"route": "unmatched", "method": "GET"}
+    assert delta(after, before, "sluice_http_request_duration_seconds_count", **unmatched) == 1
+
+
 # --- operations, queues, the outbox --------------------------------------------------------------
 
 

@@ -1,7 +1,8 @@
 """Counts and times every HTTP request for Prometheus, by the route's path template.
 
 The label is the matched route's template (``/v1/withdrawals/{withdrawal_id}``), never the path
-itself, so ids never become label values; a path no route knows is ``unmatched``. Plain ASGI
+itself, so ids never become label values; a path no route knows is ``unmatched``, a method
+other than the standard ones ``other``. Plain ASGI
 (no per-request task switch), like the correlation middleware."""
 
 from __future__ import annotations
@@ -20,6 +21,20 @@ def route_template(scope: Scope) -> str:
     route = scope.get("route")
     path = getattr(route, "path", None)
     return path if isinstance(path, str) else UNMATCHED
+
+
+# The methods a label may name; any other token a client sends is ``other`` (a label value per
+# arbitrary token would be a new series each).
+KNOWN_METHODS: frozenset[str] = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
+)
+OTHER_METHOD = "other"
+
+
+def method_label(scope: Scope) -> str:
+    """The request's HTTP method as a label: a known method, else ``other``."""
+    method = str(scope.get("method", "")).upper()
+    return method if method in KNOWN_METHODS else OTHER_METHOD
 
 
 class MetricsMiddleware:
@@ -47,6 +62,6 @@ class MetricsMiddleware:
             raise
         finally:
             route = route_template(scope)
-            method = str(scope.get("method", ""))
+            method = method_label(scope)
             HTTP_REQUESTS.labels(route, method, status_class(status)).inc()
             HTTP_DURATION.labels(route, method).observe(time.perf_counter() - started)
