@@ -23,9 +23,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from sluice.api.app import create_app
 from sluice.bitcoin.rpc import BitcoinRpc
 from sluice.config import DeploymentConfig
+from sluice.domain.breaker import BreakerSettings
+from sluice.domain.errors import SystemPausedError
 from sluice.monitoring.collectors import install_state
+from sluice.monitoring.metrics import LOOP_PART_FAILURES, timed_part
 from sluice.server.monitoring import install_monitoring
 from sluice.server.wiring import Service, build_service
+from sluice.services.breaker_proxies import GuardedBitcoinNode
+from sluice.services.breakers import BreakerOpenError, Breakers
 from tests.api_support import free_port
 from tests.conftest import missing
 
@@ -169,3 +174,56 @@ def test_each_part_of_the_service_loop_is_timed_once_per_round(
     service.loop.run_round()
     after = counts()
     assert {part: after[part] - before[part] for part in parts} == dict.fromkeys(parts, 2.0)
+
+
+class _Node:
+    """A Bitcoin node that answers (only what monitoring reads)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def getblockchaininfo(self) -> dict[str, Any]:
+        self.calls += 1
+        return {"blocks": 321}
+
+
+def test_monitoring_reads_the_node_past_its_breaker(tmp_path: Path, started: list[Service]) -> None:
+    """The ``bitcoin`` breaker open (forced): the node still answers, so readiness and the
+    scrape say so, and their reads take nothing from the breaker (no probe, no call counted)."""
+    service = _service(tmp_path, f"nats://127.0.0.1:{free_port()}")
+    started.append(service)
+    breakers = Breakers(default=BreakerSettings(), monotonic=lambda: 1000.0)
+    breakers.get("bitcoin").force("open", "node maintenance")
+    node = _Node()
+    service.bitcoin = SimpleNamespace(  # type: ignore[assignment]
+        node=GuardedBitcoinNode(node, registry=breakers)  # type: ignore[arg-type]
+    )
+    install_monitoring(service)
+    _status, checks = _ready(service)
+    assert checks["bitcoin_node"]["ready"] is True, checks["bitcoin_node"]
+    samples = _scrape(service)
+    assert samples["sluice_up", frozenset({("component", "bitcoin_node")})] == 1
+    assert samples["sluice_bitcoin_node_height", frozenset()] == 321
+    assert node.calls >= 1
+    assert breakers.get("bitcoin").snapshot().calls == 0
+
+
+def test_a_breaker_refusal_or_a_pause_in_a_part_is_no_part_failure() -> None:
+    def refused() -> None:
+        raise BreakerOpenError("ledger", retry_after_s=30)
+
+    def paused() -> None:
+        raise SystemPausedError("paused")
+
+    def broken() -> None:
+        raise RuntimeError("bug")
+
+    failures = LOOP_PART_FAILURES.labels("test-skips", "part")
+    before = failures._value.get()
+    for run, raised in ((refused, BreakerOpenError), (paused, SystemPausedError)):
+        with pytest.raises(raised):
+            timed_part("test-skips", "part", run)()
+    assert failures._value.get() == before
+    with pytest.raises(RuntimeError):
+        timed_part("test-skips", "part", broken)()
+    assert failures._value.get() == before + 1

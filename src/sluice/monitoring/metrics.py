@@ -24,7 +24,9 @@ from typing import TypeVar
 from prometheus_client import CollectorRegistry, Counter, Histogram, Info, disable_created_metrics
 
 from sluice import __version__
+from sluice.domain.errors import SystemPausedError
 from sluice.domain.events import EVENT_TYPES, Event
+from sluice.services.breakers import BreakerOpenError
 from sluice.store.events_repository import add_commit_listener
 
 T = TypeVar("T")
@@ -147,9 +149,14 @@ def listen() -> None:
             _listened = True
 
 
+# What a part raises to say it was skipped (the service loop records a skip, not a failure).
+_SKIPS: tuple[type[BaseException], ...] = (SystemPausedError, BreakerOpenError)
+
+
 def timed_part(loop: str, part: str, run: Callable[[], T]) -> Callable[[], T]:
     """``run`` observed: its duration in :data:`LOOP_PART_DURATION` and its exceptions (counted,
-    then re-raised for the loop to record) in :data:`LOOP_PART_FAILURES`."""
+    then re-raised for the loop to record) in :data:`LOOP_PART_FAILURES` — except a pause or a
+    circuit breaker's refusal, which the loop treats as a skip, not a failure."""
     duration = LOOP_PART_DURATION.labels(loop, part)
     failures = LOOP_PART_FAILURES.labels(loop, part)
 
@@ -157,6 +164,8 @@ def timed_part(loop: str, part: str, run: Callable[[], T]) -> Callable[[], T]:
         started = time.perf_counter()
         try:
             return run()
+        except _SKIPS:
+            raise
         except BaseException:
             failures.inc()
             raise

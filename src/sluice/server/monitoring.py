@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 from sluice.monitoring.collectors import Cached, StateSources, install_state
 from sluice.monitoring.metrics import is_timed, listen, timed_part
 from sluice.server.loop import ServiceLoop
+from sluice.services.breaker_proxies import GuardedBitcoinNode
 from sluice.services.ingestion import connection_name
 
 if TYPE_CHECKING:
@@ -41,6 +42,11 @@ def install_monitoring(service: Service) -> None:
     link = service.link
     ledger_end = Cached(link.client.ledger_end, PROBE_TTL_S)
     node = service.bitcoin.node if service.bitcoin is not None else None
+    # Monitoring reads the node itself, not through the ``bitcoin`` breaker: a scrape or a
+    # readiness probe takes no half-open probe slot (nor closes it), and an open breaker alone
+    # does not make the node "not answering".
+    if isinstance(node, GuardedBitcoinNode):
+        node = node.inner
     node_tip: Cached[int] | None = None
     if node is not None:
         node_tip = Cached(lambda: int(node.getblockchaininfo()["blocks"]), PROBE_TTL_S)
