@@ -55,6 +55,7 @@ from sluice.services.breakers import Breakers, configure_breakers
 from sluice.services.compliance import ComplianceSettings, KycRegistry
 from sluice.services.issuance_router import IssuanceRouter
 from sluice.services.issuance_settings import IssuanceContext
+from sluice.services.issuer_breaker import GuardedIssuer
 from sluice.services.reserves_settings import ReservesContext, ReservesSettings
 from sluice.store.async_reads import PgAsyncReads
 from sluice.store.database import open_database
@@ -517,7 +518,9 @@ def issuance(
         base = IssuanceContext(
             uow=database.uow,
             clock=now,
-            issuer=_ensure_istsi(admin, party, section.instrument_id, database, now()),
+            issuer=GuardedIssuer(
+                _ensure_istsi(admin, party, section.instrument_id, database, now())
+            ),
             registry=registry,
             wallet=custody.wallet,
             node=custody.node,
@@ -740,7 +743,7 @@ def issuance_rebuild(
         if party is None or party == base.issuer.instrument.admin:
             return base
         issuer = _ensure_istsi(admin, party, base.settings.instrument_id, database, base.clock())
-        return replace(base, issuer=issuer)
+        return replace(base, issuer=GuardedIssuer(issuer))
 
     return rebuild
 

@@ -67,6 +67,7 @@ from sluice.ports.issuance import (
     StepOutcomeKind,
     StepRecord,
 )
+from sluice.services.breakers import BreakerOpenError
 from sluice.services.controls import current_pause, pause_state
 from sluice.services.events import emit_all
 from sluice.services.issuance_contracts import contract_addresses_in_force
@@ -470,6 +471,12 @@ class IssuanceRouter:
             return StepOutcome("fail", error=f"no step {op.step!r} for operations of {op.type}")
         try:
             return function(self.ctx, op)
+        except BreakerOpenError as exc:
+            # Refused before anything was sent: the step runs again once the breaker lets
+            # calls through, with the same records and command ids; no attempt is used up.
+            return StepOutcome(
+                "wait", detail={"breaker": exc.flow}, error=str(exc), wait_s=exc.retry_after_s
+            )
         except SluiceError as exc:
             return StepOutcome("fail", error=f"{type(exc).__name__}: {exc}")
         except Exception as exc:
