@@ -12,11 +12,16 @@
   drops a second copy within the duplicate window and acks it as a duplicate with the first
   copy's sequence), at most ``max_in_flight`` acks outstanding at once. No ack within
   ``ack_timeout_s`` is :class:`PublishError` with ``outcome_unknown`` (it may be stored: publish
-  again with the same id); a JetStream refusal is a :class:`PublishError`. Once a publish is
-  known to have failed, the rest of the batch is not sent (each is a :class:`PublishError`
-  "not sent"): only events already in flight then, at most ``max_in_flight - 1``, can land
-  before the failed one's retry (with ``max_in_flight = 1`` none can). Results come back in
-  the input order, one per event; nothing is swallowed.
+  again with the same id); a JetStream refusal is a :class:`PublishError`. **Order per
+  subject is strict**: publishes of different subjects are pipelined, but a subject never has
+  two unacked publishes outstanding: a later event of a subject is sent only once the earlier
+  one is acked (meanwhile the other subjects' events keep flowing). A failed publish (refused,
+  no ack in time, the send itself failed) stops its batch: nothing more of it is sent (each is
+  a :class:`PublishError` "not sent"), and a later event of the failed one's subject, already
+  waiting for it, is never sent either. So no later event of a subject can be stored (from the
+  wire or from the reconnect buffer) before an earlier one that has not been acked, and the
+  failed one's retry can never land after a later event of its own subject. Results come back
+  in the input order, one per event; nothing is swallowed.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -201,12 +207,12 @@ class _Acks:
         assert self.prefix is not None
         return self.prefix + token
 
-    def expect(self, loop: asyncio.AbstractEventLoop) -> tuple[str, asyncio.Future[dict[str, Any]]]:
+    def register(self, future: asyncio.Future[dict[str, Any]]) -> str:
+        """A token for ``future``: the answer on its inbox completes it."""
         self._next += 1
         token = str(self._next)
-        future: asyncio.Future[dict[str, Any]] = loop.create_future()
         self._futures[token] = future
-        return token, future
+        return token
 
     def forget(self, token: str) -> None:
         self._futures.pop(token, None)
@@ -236,6 +242,29 @@ class _Acks:
             future.set_exception(RefusedError(f"{description or answer} (err_code {code})"))
             return
         future.set_result(answer)
+
+
+class NotSentError(Exception):
+    """The publish was not sent: an earlier one of its subject or of its batch failed."""
+
+
+_Outcome = asyncio.Future[dict[str, Any]]
+
+
+def _settled(
+    future: _Outcome,
+    subject: str,
+    tails: dict[str, _Outcome],
+    window: asyncio.Semaphore,
+    call: _Call,
+) -> None:
+    """A publish is answered (or given up): its place in the window is free, its subject has
+    no unacked publish left if it was the last one, and its batch stops once it failed."""
+    if future.cancelled() or future.exception() is not None:
+        call.failed = True
+    if tails.get(subject) is future:
+        del tails[subject]
+    window.release()
 
 
 class _Call:
@@ -279,11 +308,16 @@ class JetStreamPublisher:
         self._window: asyncio.Semaphore | None = None
         self._send: asyncio.Lock | None = None
         self._last_call: _Call | None = None
+        # Per subject, its last publish not answered yet: the next one of the subject waits
+        # for it (never two unacked publishes of one subject).
+        self._tails: dict[str, _Outcome] = {}
+        self._waiting: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         if self._nc is None or self._nc.is_closed:
             self._acks = _Acks()
             self._window = self._send = self._last_call = None
+            self._tails = {}
             self._nc = await connect(
                 self.url, name=self.name, first_timeout_s=self.first_connect_timeout_s
             )
@@ -321,7 +355,10 @@ class JetStreamPublisher:
         one window of ``max_in_flight`` acks, so a call made while the previous one's acks are
         outstanding keeps the window full. With ``follows`` the call continues the previous
         one: once any publish of the previous call failed, nothing more of this call is sent
-        (each is a :class:`PublishError` "not sent"), as within one call."""
+        (each is a :class:`PublishError` "not sent"), as within one call. Across all calls, a
+        subject has at most one unacked publish: a later event of it waits for the earlier
+        one's ack (then is sent, while other subjects' events went on meanwhile) and is not
+        sent at all when the earlier one failed."""
         nc = self._nc
         if nc is None:
             raise RuntimeError("JetStreamPublisher.publish_many before start")
@@ -332,50 +369,76 @@ class JetStreamPublisher:
             self._window = asyncio.Semaphore(self.max_in_flight)
             self._send = asyncio.Lock()
         window = self._window
+        tails = self._tails
         call = _Call()
         pending: list[asyncio.Future[dict[str, Any]] | PublishError] = []
+
+        def stopped() -> bool:
+            return call.failed or (previous is not None and previous.failed)
+
+        async def send(subject: str, event: Event, body: bytes | None, future: _Outcome) -> None:
+            """Put one publish on the wire (or in the reconnect buffer); ``future`` gets its
+            ack, its refusal, an ack timeout, or the error of the send itself."""
+            token = acks.register(future)
+            timer = loop.call_later(self.ack_timeout_s, acks.expire, token)
+            future.add_done_callback(lambda _: timer.cancel())
+            try:
+                await nc.publish(
+                    subject,
+                    body if body is not None else event.encode(),
+                    reply=acks.inbox(token),
+                    headers={"Nats-Msg-Id": event.event_id, "Nats-Expected-Stream": self.stream},
+                )
+            except Exception as exc:
+                acks.forget(token)
+                if not future.done():
+                    future.set_exception(exc)
+
+        async def after(
+            earlier: _Outcome, subject: str, event: Event, body: bytes | None, future: _Outcome
+        ) -> None:
+            """Send ``event`` once the earlier publish of its subject is acked; not at all when
+            that one failed (or the batch stopped): a retry of the earlier one can then never
+            land after it."""
+            await asyncio.wait([earlier])
+            if future.done():
+                return
+            if earlier.cancelled() or earlier.exception() is not None or stopped():
+                future.set_exception(NotSentError(NOT_SENT))
+                return
+            await send(subject, event, body, future)
+
         async with self._send:
             previous, self._last_call = self._last_call, call
             if not follows:
                 previous = None
             for index, event in enumerate(events):
-                # Sent in input order, pipelined: at most max_in_flight acks awaited at once.
+                # Sent in input order, pipelined: at most max_in_flight acks awaited at once
+                # (a publish waiting for its subject's earlier one holds its place in the window).
                 await window.acquire()
-                if call.failed or (previous is not None and previous.failed):
+                if stopped():
                     call.failed = True
                     window.release()
                     pending.append(PublishError(NOT_SENT))
                     continue
-                token, future = acks.expect(loop)
+                subject = self.subject_of(event)
                 body = data[index] if data is not None else None
-                try:
-                    await nc.publish(
-                        self.subject_of(event),
-                        body if body is not None else event.encode(),
-                        reply=acks.inbox(token),
-                        headers={
-                            "Nats-Msg-Id": event.event_id,
-                            "Nats-Expected-Stream": self.stream,
-                        },
+                future: _Outcome = loop.create_future()
+                earlier = tails.get(subject)
+                tails[subject] = future
+                future.add_done_callback(
+                    functools.partial(
+                        _settled, subject=subject, tails=tails, window=window, call=call
                     )
-                except Exception as exc:
-                    acks.forget(token)
-                    window.release()
-                    call.failed = True
-                    pending.append(self._error(exc))
-                    continue
-                timer = loop.call_later(self.ack_timeout_s, acks.expire, token)
-
-                def done(
-                    future: asyncio.Future[dict[str, Any]],
-                    timer: asyncio.TimerHandle = timer,
-                ) -> None:
-                    timer.cancel()
-                    if future.cancelled() or future.exception() is not None:
-                        call.failed = True
-                    window.release()
-
-                future.add_done_callback(done)
+                )
+                if earlier is None:
+                    await send(subject, event, body, future)
+                else:
+                    # One unacked publish per subject: this one waits for the earlier one's
+                    # ack; the other subjects' publishes keep flowing meanwhile.
+                    task = loop.create_task(after(earlier, subject, event, body, future))
+                    self._waiting.add(task)
+                    task.add_done_callback(self._waiting.discard)
                 pending.append(future)
         results: list[PublishAck | PublishError] = []
         for item in pending:
@@ -395,6 +458,8 @@ class JetStreamPublisher:
         return results
 
     def _error(self, exc: Exception) -> PublishError:
+        if isinstance(exc, NotSentError):
+            return PublishError(NOT_SENT)
         if isinstance(exc, RefusedError):
             return PublishError(f"JetStream refused the publish: {exc}")
         if isinstance(exc, AckTimeoutError | TimeoutError | nats.errors.TimeoutError):
