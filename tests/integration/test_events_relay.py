@@ -498,3 +498,143 @@ def test_refused_publish_stops_the_batch_and_order_holds_with_one_in_flight(
         relay.close()
     messages = read_all(nats_target, 5)
     assert [m[2].event_id for m in messages] == [e.event_id for e in committed]
+
+
+# --- order per subject with the default window (1024 acks in flight), batches overlapping ----
+
+
+def interleaved(db: bootstrap.Database, count: int, *, big: int | None = None) -> list[Event]:
+    """``count`` withdrawal events over three withdrawals (subjects) in turn, one ordering key;
+    event ``big`` (if any) carries a 2 KB payload."""
+    with db.uow() as uow:
+        out = [
+            emit(uow, "withdrawal_requested", f"w{i % 3}",
+                 {"n": i, "pad": "x" * (2000 if i == big else 1)}, at=T0 + timedelta(seconds=i))
+            for i in range(count)
+        ]  # fmt: skip
+        uow.commit()
+    return out
+
+
+def assert_once_in_order(target: NatsTarget, committed: Sequence[Event]) -> None:
+    """The stream holds every committed event exactly once, in commit order per subject."""
+    messages = read_all(target, len(committed))
+    ids = [m[2].event_id for m in messages]
+    assert sorted(ids) == sorted(e.event_id for e in committed)
+    assert len(set(ids)) == len(ids)
+    assert per_subject([m[2] for m in messages]) == per_subject(committed)
+
+
+def stored_before_retry(target: NatsTarget, committed: Sequence[Event], failed: int) -> None:
+    """After the failed round, nothing later than event ``failed`` of its subject is stored."""
+    count = asyncio.run(stream_state(target.url, target.stream)).messages
+    stored = [m[2].event_id for m in read_all(target, count)] if count else []
+    subject = committed[failed].subject
+    later = {e.event_id for e in committed[failed + 1 :] if e.subject == subject}
+    assert not later & set(stored), "a later event of the failed one's subject was stored"
+
+
+async def _stream(target: NatsTarget, max_msg_size: int, *, create: bool) -> None:
+    import nats
+    from nats.js.api import StreamConfig
+
+    nc = await nats.connect(target.url)
+    try:
+        js = nc.jetstream()
+        config = StreamConfig(
+            name=target.stream,
+            subjects=[target.subjects],
+            duplicate_window=120.0,
+            max_msg_size=max_msg_size,
+        )
+        await (js.add_stream(config) if create else js.update_stream(config))
+    finally:
+        await nc.close()
+
+
+def test_refused_publish_with_the_default_window_keeps_order_per_subject(
+    db: bootstrap.Database, nats_target: NatsTarget
+) -> None:
+    # Event 5 is over the stream's limit: refused in the middle of the second batch of 4 while
+    # the first is unacked and the third follows (overlapping), each batch holding several
+    # events of the same three subjects.
+    asyncio.run(_stream(nats_target, 1024, create=True))
+    committed = interleaved(db, 16, big=5)
+    publisher = jetstream(nats_target)
+    assert publisher.max_in_flight == 1024  # the default
+    relay = make_relay(db, publisher, batch=4)
+    try:
+        first = relay.run_round()
+        assert first.failed >= 1 and first.pending > 0
+        assert first.error is not None and "JetStream refused" in first.error
+        stored_before_retry(nats_target, committed, 5)
+        with db.uow() as uow:
+            row = uow.events.get(committed[5].event_id)
+        assert row is not None and row.published_at is None and row.attempts == 1
+        asyncio.run(_stream(nats_target, 1 << 20, create=False))  # the operator raises the limit
+        rounds = drain(relay)
+    finally:
+        relay.close()
+    assert first.published + sum(r.published for r in rounds) == 16
+    assert_once_in_order(nats_target, committed)
+
+
+class LosesOne(JetStreamPublisher):
+    """The real publisher, but one publish (by event id) loses its message on the way (never
+    stored) or its ack (stored, the answer goes nowhere): no ack in time, outcome unknown."""
+
+    def __init__(self, *args: object, lose: str, what: str, **kw: object) -> None:
+        super().__init__(*args, **kw)  # type: ignore[arg-type]
+        self.lose, self.what, self.lost = lose, what, False
+
+    async def start(self) -> None:
+        await super().start()
+        nc = self._nc
+        assert nc is not None
+        if getattr(nc, "_loses_one", False):
+            return
+        real = nc.publish
+
+        async def publish(
+            subject: str,
+            payload: bytes = b"",
+            reply: str = "",
+            headers: dict[str, str] | None = None,
+        ) -> None:
+            if not self.lost and headers and headers.get("Nats-Msg-Id") == self.lose:
+                self.lost = True
+                if self.what == "message":
+                    return
+                reply = "_INBOX.nobody.listens"
+            await real(subject, payload, reply=reply, headers=headers)
+
+        nc.publish = publish  # type: ignore[method-assign]
+        nc._loses_one = True  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("what", ["message", "ack"])
+def test_ack_timeout_with_the_default_window_keeps_order_per_subject(
+    db: bootstrap.Database, nats_target: NatsTarget, what: str
+) -> None:
+    committed = interleaved(db, 16)
+    publisher = LosesOne(
+        nats_target.url,
+        nats_target.stream,
+        subject_prefix=nats_target.prefix,
+        ack_timeout_s=1.0,
+        lose=committed[5].event_id,
+        what=what,
+    )
+    assert publisher.max_in_flight == 1024
+    relay = make_relay(db, publisher, batch=4)
+    try:
+        first = relay.run_round()
+        assert publisher.lost
+        assert first.failed >= 1 and first.pending > 0
+        assert first.error is not None and "outcome unknown" in first.error
+        stored_before_retry(nats_target, committed, 5)
+        rounds = drain(relay)
+    finally:
+        relay.close()
+    assert first.published + sum(r.published for r in rounds) == 16
+    assert_once_in_order(nats_target, committed)

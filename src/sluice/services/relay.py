@@ -522,9 +522,13 @@ class Relay:
         stack = contextlib.ExitStack()
         try:
             uow = stack.enter_context(self._uow())
-            rows = uow.events.claim(
-                ordering_key=key, limit=self.batch + len(exclude), lock=self.hold_rows
-            )
+            # On PostgreSQL the batch in flight is held by its own transaction, so SKIP LOCKED
+            # already leaves it out: fetch just one batch (every row the query returns is
+            # locked; fetching more would hold rows past this batch, and the next claim would
+            # skip them: a later row of a subject published before an earlier one). SQLite
+            # holds nothing: fetch past the rows in flight and leave them out here.
+            limit = self.batch if self.hold_rows else self.batch + len(exclude)
+            rows = uow.events.claim(ordering_key=key, limit=limit, lock=self.hold_rows)
             if exclude:
                 rows = [row for row in rows if row.seq not in exclude]
             rows = rows[: self.batch]
