@@ -638,3 +638,86 @@ def test_ack_timeout_with_the_default_window_keeps_order_per_subject(
         relay.close()
     assert first.published + sum(r.published for r in rounds) == 16
     assert_once_in_order(nats_target, committed)
+
+
+# --- a relay that lost its key's lock --------------------------------------------------------
+
+
+class FlagLock:
+    """A relay lock the test takes away (as when a PostgreSQL lock's session dies)."""
+
+    def __init__(self) -> None:
+        self.ok = True
+
+    def try_acquire(self) -> bool:
+        return self.ok
+
+    def held(self) -> bool:
+        return self.ok
+
+    def holder(self) -> str | None:
+        return None
+
+    def release(self) -> None:
+        return None
+
+
+def test_a_relay_that_lost_its_lock_stops_claiming_and_marks_nothing(
+    db: bootstrap.Database, nats_target: NatsTarget
+) -> None:
+    committed = interleaved(db, 12)
+    lock = FlagLock()
+
+    def lose_it(_rows: Sequence[OutboxRow], _results: Sequence[object]) -> None:
+        lock.ok = False  # lost after the first batch's acks, before its rows are marked
+
+    loser = Relay(
+        db.uow,
+        jetstream(nats_target),
+        batch=4,
+        hold_rows=db.engine.url.get_backend_name() == "postgresql",
+        lock_for=lambda _key: lock,  # type: ignore[arg-type, return-value]
+        breakers=Breakers(),
+        after_publish=lose_it,
+    )
+    try:
+        lost = loser.run_round()
+        assert lost.published == 0 and lost.pending == 12
+        assert lost.error is not None and "lost the relay lock" in lost.error
+        # No batch claimed after the loss: at most the two overlapped batches went out.
+        assert asyncio.run(stream_state(nats_target.url, nats_target.stream)).messages <= 8
+        with db.uow() as uow:
+            assert uow.events.pending_count() == 12
+    finally:
+        loser.close()
+    other = make_relay(db, jetstream(nats_target), batch=4)
+    try:
+        rounds = drain(other)
+    finally:
+        other.close()
+    assert sum(r.published for r in rounds) == 12
+    assert_once_in_order(nats_target, committed)
+
+
+def test_a_held_head_is_not_jumped_over(postgres_url: str, nats_target: NatsTarget) -> None:
+    db = bootstrap.database(postgres_url)
+    committed = interleaved(db, 12)
+    relay = make_relay(db, jetstream(nats_target), batch=4)
+    try:
+        # Another relay (that lost the key's lock) still holds the first rows in its
+        # transaction: this one must not publish the rows after them.
+        with db.engine.connect() as other:
+            other.exec_driver_sql(
+                "SELECT seq FROM event_outbox WHERE published_at IS NULL"
+                " ORDER BY seq LIMIT 4 FOR UPDATE"
+            )
+            waiting = relay.run_round()
+            assert (waiting.published, waiting.pending) == (0, 12)
+            assert asyncio.run(stream_state(nats_target.url, nats_target.stream)).messages == 0
+            other.rollback()
+        rounds = drain(relay)
+    finally:
+        relay.close()
+        db.dispose()
+    assert sum(r.published for r in rounds) == 12
+    assert_once_in_order(nats_target, committed)

@@ -16,7 +16,10 @@ holding that key's relay lock (one relay per ordering key; another relay's keys 
    event id within the stream's duplicate window) and marked with their first sequence.
 
 With ``hold_rows`` (PostgreSQL) the rows are claimed ``FOR UPDATE SKIP LOCKED`` and marked in
-the same transaction, which ends right after the acks. Without it (SQLite, where a transaction
+the same transaction, which ends right after the acks; a round's first batch must start at the
+key's lowest pending row (else another relay holds the head: the key waits for the next round).
+The key's lock is asked again before each claim, after it and before marking: a relay that lost
+it claims and marks nothing more. Without it (SQLite, where a transaction
 held open would block every writer) the rows are read, the read ends, they are published, and a
 short transaction marks them.
 
@@ -351,13 +354,42 @@ class Relay:
         log.debug("events relay: another relay holds the key", ordering_key=key)
         return False
 
+    def _holds(self, key: str) -> bool:
+        """Whether this relay still holds ``key``'s lock (asked again: a PostgreSQL lock's
+        session may have died since it was taken, and another relay may hold it now)."""
+        if self._lock_for is None:
+            return True
+        lock = self._locks.get(key)
+        if lock is not None and lock.held():
+            return True
+        log.warning("events relay: lost the key's relay lock; leaving the key", ordering_key=key)
+        return False
+
+    def _at_head(self, uow: UnitOfWork, key: str, rows: Sequence[OutboxRow]) -> bool:
+        """The first batch of a round (PostgreSQL, rows held): it must start at the key's
+        lowest pending row. When it does not, ``SKIP LOCKED`` jumped over rows another
+        transaction holds (a relay that lost the key's lock and still publishes them): publishing
+        later rows now could put them ahead of those, so the key waits for the next round."""
+        head = uow.events.claim(ordering_key=key, limit=1, lock=False)
+        if not head or head[0].seq == rows[0].seq:
+            return True
+        log.warning(
+            "events relay: the key's first pending rows are held by another relay; waiting",
+            ordering_key=key,
+            head_seq=head[0].seq,
+            claimed_seq=rows[0].seq,
+        )
+        return False
+
     def _relay_key(self, key: str) -> _KeyOutcome:
         if getattr(self.publisher, "pipelined", False):
             return self._relay_key_pipelined(key)
+        if not self._holds(key):
+            return _KeyOutcome(errors=["lost the relay lock"])
         if self.hold_rows:
             with self._uow() as uow:
                 rows = uow.events.claim(ordering_key=key, limit=self.batch, lock=True)
-                if not rows:
+                if not rows or not self._at_head(uow, key, rows) or not self._holds(key):
                     return _KeyOutcome()
                 with self._settling(uow, rows) as outcome:
                     results = self._publish(rows, outcome)
@@ -367,7 +399,7 @@ class Relay:
                 return outcome
         with self._uow() as uow:
             rows = uow.events.claim(ordering_key=key, limit=self.batch, lock=False)
-        if not rows:
+        if not rows or not self._holds(key):
             return _KeyOutcome()
         outcome = _KeyOutcome()
         with self._settling(None, rows) as outcome:
@@ -431,6 +463,11 @@ class Relay:
         results: Sequence[PublishAck | PublishError],
         outcome: _KeyOutcome,
     ) -> None:
+        if rows and not self._holds(rows[0].ordering_key):
+            # Another relay may have the key now: it publishes these rows again (the bus
+            # acks them as duplicates) and marks them; marking here could race it.
+            outcome.errors.append("lost the relay lock before marking")
+            return
         marked: list[tuple[str, int]] = []
         duplicates = 0
         first_error: PublishError | None = None
@@ -469,16 +506,21 @@ class Relay:
 
         * a row is marked only after its ack, in order, up to the first row of its batch that
           was not acked; the batch sent after one with a failure is sent as its continuation
-          (``follows``: nothing more of it goes out once the failure is known, so no more
-          events can overtake the failed one than within one batch, at most
-          ``max_in_flight - 1``), and none of its rows is marked: they are all published again
+          (``follows``: nothing more of it goes out once the failure is known, and the
+          publisher never has two unacked publishes of one subject, across calls too, so no
+          later event of the failed one's subject can be stored before its retry), and none
+          of its rows is marked: they are all published again
           from the failed row on, at the next round (what the bus had is acked as a
           duplicate and marked with its first sequence);
         * the next batch is found like every batch, by ``published_at IS NULL`` in ``seq``
           order, leaving out the rows of the batch still in flight (on PostgreSQL that batch's
           transaction holds them ``FOR UPDATE``, so ``SKIP LOCKED`` leaves them out too; the
-          next batch is claimed in a transaction of its own): never by "seq greater than the
-          last one seen";
+          next batch is claimed in a transaction of its own, one batch only: every row the
+          query returns is locked): never by "seq greater than the last one seen";
+        * the key's lock is asked again before each claim, after it and before marking (a
+          relay that lost it stops, marking nothing), and the round's first batch must start
+          at the key's lowest pending row (:meth:`_at_head`), so rows another relay still
+          holds are never jumped over;
         * the batches of a key are sent one after the other on one connection (the
           publisher's calls send in the order they were made), so a subject's events reach the
           stream in ``seq`` order; one relay per ordering key still holds (the key's lock is
@@ -519,6 +561,8 @@ class Relay:
         return outcome
 
     def _claim(self, key: str, exclude: set[int]) -> _Batch | None:
+        if not self._holds(key):
+            return None
         stack = contextlib.ExitStack()
         try:
             uow = stack.enter_context(self._uow())
@@ -532,7 +576,11 @@ class Relay:
             if exclude:
                 rows = [row for row in rows if row.seq not in exclude]
             rows = rows[: self.batch]
-            if not rows:
+            if (
+                not rows
+                or (self.hold_rows and not exclude and not self._at_head(uow, key, rows))
+                or not self._holds(key)
+            ):
                 stack.close()
                 return None
             if not self.hold_rows:
