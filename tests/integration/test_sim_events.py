@@ -97,6 +97,27 @@ def test_a_bus_reordering_a_subject_is_found(monkeypatch: pytest.MonkeyPatch) ->
     assert "without a failed publish before it" in found[0]
 
 
+class _OvertakingPublisher(events_actor.FlakyPublisher):
+    """The publisher without the per-subject gate: a subject's later events still go out after
+    one of its publishes failed, so the failed one's retry can land after them."""
+
+    async def publish_many(self, events: Sequence[Event]) -> list[PublishAck | PublishError]:
+        results: list[PublishAck | PublishError] = []
+        for event in events:  # one call each: a failure gates nothing after it
+            results += await super().publish_many([event])
+        return results
+
+
+def test_a_retry_landing_after_a_later_event_of_its_subject_is_found(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(events_actor, "FlakyPublisher", _OvertakingPublisher)
+    result = run_simulation(1, 300, crash_rate=0.1, fault_rate=0.1)
+    found = _violations(result.violations, "events_order")
+    assert found, result.as_json_line()
+    assert "after a failed publish of it" in found[0]
+
+
 def test_an_event_of_a_change_that_is_not_in_the_db_is_found() -> None:
     def ghost(step: int, sandbox: Sandbox) -> None:
         if step != 40:

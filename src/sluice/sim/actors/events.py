@@ -53,7 +53,9 @@ def _shared_runner() -> AsyncRunner:
 
 
 class FlakyPublisher:
-    """The bus: delivers each event to the consumer and acks it, except the faults drawn."""
+    """The bus: delivers each event to the consumer and acks it, except the faults drawn; after a
+    failed publish of a subject, nothing more of that subject in the call (as the JetStream
+    publisher, which never has two unacked publishes of one subject)."""
 
     def __init__(self, sim: SimulationState, world: EventsWorld) -> None:
         self.sim = sim
@@ -67,18 +69,24 @@ class FlakyPublisher:
     async def publish_many(self, events: Sequence[Event]) -> list[PublishAck | PublishError]:
         results: list[PublishAck | PublishError] = []
         outcomes = self.sim.result.outcomes
+        failed: set[str] = set()  # subjects with a failed publish in this call
         for event in events:
+            if event.subject in failed:
+                results.append(PublishError("not sent: an earlier publish of its subject failed"))
+                continue
             fault = self.faults and self.sim.rng.random() < PUBLISH_FAULT_RATE
             kind = self.sim.rng.choice(("refused", "lost", "stored")) if fault else "ok"
             if kind in ("refused", "lost"):
                 self.world.lost(event)
                 outcomes[f"events_publish_{kind}"] += 1
+                failed.add(event.subject)
                 results.append(PublishError(f"injected: {kind}", outcome_unknown=kind == "lost"))
                 continue
             self.world.deliver(decode_event(event.encode()))
             self.seq += 1
             if kind == "stored":
                 outcomes["events_publish_stored_no_ack"] += 1
+                failed.add(event.subject)
                 results.append(PublishError("injected: no ack in time", outcome_unknown=True))
             else:
                 results.append(PublishAck("sim", self.seq))
