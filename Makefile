@@ -39,8 +39,9 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix src tests
 	$(BIN)/ruff format src tests
 
-# The suite runs on TEST_WORKERS processes (pytest-xdist); TEST_WORKERS=0 runs it in this one.
-TEST_WORKERS ?= 2
+# The suite runs on TEST_WORKERS processes (pytest-xdist; four, because many tests wait on real
+# nodes, servers and subprocesses rather than compute); TEST_WORKERS=0 runs it in this one.
+TEST_WORKERS ?= 4
 test: lint tools
 	$(BIN)/pytest -n $(TEST_WORKERS)
 
