@@ -13,7 +13,6 @@ A read that fails does not fail the scrape: ``sluice_up{component}`` says 0 and
 
 from __future__ import annotations
 
-import importlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -28,6 +27,7 @@ from sqlalchemy import Connection, Engine, func, select, text
 
 from sluice.domain.withdrawals import LIVE_STATUSES, PAYOUT_KINDS
 from sluice.monitoring.metrics import REGISTRY, SCRAPE_ERRORS
+from sluice.services.breakers import breakers
 from sluice.services.relay import current_relay
 from sluice.store.bitcoin_tables import btc_blocks, btc_payouts
 from sluice.store.events_tables import event_outbox
@@ -159,44 +159,28 @@ class StateCollector(Collector):
     # -- the ledger and the node -----------------------------------------------------------------
 
     def _ledger(self, sources: StateSources, up: GaugeMetricFamily) -> Iterator[Metric]:
-        if sources.ledger_end is None:
-            return
-        try:
-            end = sources.ledger_end()
-        except Exception as exc:
-            log.warning("metrics: the ledger end could not be read", error=repr(exc))
-            SCRAPE_ERRORS.labels("ledger").inc()
-            up.add_metric(["ledger"], 0)
-            return
-        up.add_metric(["ledger"], 1)
-        gauge = _gauge("sluice_ledger_end_offset", "The ledger's end offset on this node.")
-        gauge.add_metric([], end)
-        yield gauge
+        yield from _read_one(
+            "ledger",
+            "the ledger end",
+            sources.ledger_end,
+            _gauge("sluice_ledger_end_offset", "The ledger's end offset on this node."),
+            up,
+        )
 
     def _bitcoin_node(self, sources: StateSources, up: GaugeMetricFamily) -> Iterator[Metric]:
-        if sources.node_tip is None:
-            return
-        try:
-            tip = sources.node_tip()
-        except Exception as exc:
-            log.warning("metrics: the Bitcoin node's tip could not be read", error=repr(exc))
-            SCRAPE_ERRORS.labels("bitcoin_node").inc()
-            up.add_metric(["bitcoin_node"], 0)
-            return
-        up.add_metric(["bitcoin_node"], 1)
-        gauge = _gauge("sluice_bitcoin_node_height", "The Bitcoin node's chain tip height.")
-        gauge.add_metric([], tip)
-        yield gauge
+        yield from _read_one(
+            "bitcoin_node",
+            "the Bitcoin node's tip",
+            sources.node_tip,
+            _gauge("sluice_bitcoin_node_height", "The Bitcoin node's chain tip height."),
+            up,
+        )
 
     # -- circuit breakers ------------------------------------------------------------------------
 
     def _breakers(self) -> Iterator[Metric]:
         try:
-            module = importlib.import_module("sluice.services.breakers")
-        except ImportError:
-            return
-        try:
-            states: dict[str, str] = module.breakers().states()
+            states: dict[str, str] = breakers().states()
         except Exception as exc:
             log.warning("metrics: the circuit breakers could not be read", error=repr(exc))
             SCRAPE_ERRORS.labels("breakers").inc()
@@ -473,3 +457,26 @@ def ensure_state(uow: object, clock: Callable[[], datetime]) -> None:
     if current is None or (_automatic and current.engine is not engine):
         STATE.sources = StateSources(engine=engine, clock=clock)
         _automatic = True
+
+
+def _read_one(
+    component: str,
+    what: str,
+    read: Callable[[], int] | None,
+    gauge: GaugeMetricFamily,
+    up: GaugeMetricFamily,
+) -> Iterator[Metric]:
+    """One value read from a component at scrape time (nothing when the source is not there):
+    the gauge with it, and ``up`` 1 — or 0 and a scrape error when the read fails."""
+    if read is None:
+        return
+    try:
+        value = read()
+    except Exception as exc:
+        log.warning(f"metrics: {what} could not be read", error=repr(exc))
+        SCRAPE_ERRORS.labels(component).inc()
+        up.add_metric([component], 0)
+        return
+    up.add_metric([component], 1)
+    gauge.add_metric([], value)
+    yield gauge
