@@ -319,3 +319,32 @@ def test_istsi_is_found_for_its_units_and_an_ambiguous_one_is_refused(
     _post(db, "other-istsi", InstrumentId("issuer::1220dd", "iSTSi"), "bob", "1")
     with pytest.raises(InvalidInputError, match="several instruments are iSTSi"):
         find_istsi(db.uow, AT, "iSTSi")
+
+
+def test_a_snapshot_id_seen_again_in_another_database_gets_its_own_proofs(
+    db: bootstrap.Database, tmp_path: Path
+) -> None:
+    """Proof trees are kept in memory by snapshot id: one process answering for a database and
+    then for another (a restore to a fresh database, consecutive simulations) with the same id
+    and secret must rebuild, not serve the first database's tree."""
+    _fund(db)
+    ctx = _context(db, tmp_path)
+    ctx.secret_path.parent.mkdir()
+    ctx.secret_path.write_bytes(bytes(range(32)))
+    ctx.secret_path.chmod(0o600)
+    take_snapshot(ctx, snapshot_id="snap-1", instruments=[AMULET.key()])
+    first = customer_proof(ctx, "bob", AMULET.key())
+    other = bootstrap.database(f"sqlite:///{tmp_path / 'other.db'}")
+    try:
+        migrate(other.engine)
+        _post(other, "bob-more", AMULET, "bob", "9")
+        _post(other, "alice-some", AMULET, "alice", "2")
+        other_ctx = _context(other, tmp_path)
+        take_snapshot(other_ctx, snapshot_id="snap-1", instruments=[AMULET.key()])
+        root = Root.from_json(published_roots(other.uow, "snap-1")[0])
+        proof = Proof.from_json(customer_proof(other_ctx, "bob", AMULET.key()))
+        assert (proof.units, first["units"]) == (90_000_000_000, "70000000000")
+        verdict = verify_proof(proof, root)
+        assert verdict.valid, verdict.reason
+    finally:
+        other.dispose()

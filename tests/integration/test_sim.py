@@ -240,9 +240,10 @@ def test_a_cursor_claiming_more_than_was_ingested_is_reported_and_pays_nothing_t
             uow.ingestion.set_cursor(sandbox.connection, sandbox.treasury, ahead)
             uow.commit()
 
-    # A seed with a commit still waiting for ingestion at step 50, so the lie is seen at once
-    # (seed 3 draws differently since the bitcoin actor joined and had none until step 58).
-    result = run_simulation(1, 100, crash_rate=0.0, fault_rate=0.0, tamper=jump_the_cursor)
+    # A seed with a commit still waiting for ingestion at step 50, so the lie is seen at once,
+    # and with attempts both retried and fenced after it (seeds draw differently whenever an
+    # actor joins or the pool settings change: seed 1 stopped fencing when the events actor did).
+    result = run_simulation(3, 100, crash_rate=0.0, fault_rate=0.0, tamper=jump_the_cursor)
     assert result.violations[0].startswith("step 50: cursor: ")
     checks = {violation.split(": ")[1] for violation in result.violations}
     assert checks == {"cursor"}

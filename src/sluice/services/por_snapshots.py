@@ -434,7 +434,7 @@ def reserves_of(uow_factory: UnitOfWorkFactory, snapshot_id: str) -> dict[str, A
 
 # The last few trees rebuilt for proofs, by (snapshot, instrument, secret digest): a snapshot
 # never changes, so they stay right.
-TreeKey = tuple[str, str, bytes]
+TreeKey = tuple[str, str, str, bytes]  # snapshot, instrument, root hash, secret digest
 _trees: OrderedDict[TreeKey, LiabilityTree] = OrderedDict()
 _trees_lock = threading.Lock()
 _rebuilding = threading.Lock()
@@ -486,7 +486,9 @@ def inclusion_proof(
         if root is None:
             raise NotFoundError(f"snapshot {snapshot.id} has no root for {key}")
         secret = secret_of()
-        cache_key = (snapshot.id, key, hashlib.sha256(secret).digest())
+        # Keyed by the published root as well: a snapshot id seen again in another database
+        # (a restore, another simulation in this process) must not get the old tree.
+        cache_key = (snapshot.id, key, root.root_hash, hashlib.sha256(secret).digest())
         tree = _cached(cache_key)
         if tree is None:
             leaves = uow.reserves.leaves(snapshot.id, key)
