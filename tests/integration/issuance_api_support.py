@@ -30,6 +30,7 @@ from sluice.services.issuance_operations import DEFINITIONS
 from sluice.services.issuance_router import IssuanceRouter
 from sluice.services.issuance_settings import IssuanceContext
 from tests.api_support import ApiWorld
+from tests.ledger_holdings import mirror_holdings
 
 CHAIN = CHAINS["regtest"]
 CONFIRMATIONS = 2
@@ -55,6 +56,8 @@ class IssuanceWorld:
         ctx.issuer.mint(
             ctx.treasury, sats, reason=f"test:{customer}", command_id=f"test-mint:{self.minted}"
         )
+        sandbox = self.api.sandbox
+        mirror_holdings(sandbox.database, sandbox.ledger, ctx.treasury, self.istsi)
         value = sats_to_amount(sats)
         treasury = AccountRef(treasury_account_name(ctx.treasury), self.istsi)
         account = AccountRef(customer_account_name(customer), self.istsi)

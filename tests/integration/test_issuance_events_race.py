@@ -19,7 +19,7 @@ router with every operation type (the deposit world of ``test_ingestion_issuance
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from decimal import Decimal
 from typing import Any
@@ -104,8 +104,10 @@ class LosingAnswers:
         result = self.inner.mint(owner, sats, reason=reason, command_id=command_id)
         return self._answer("mint", result)
 
-    def burn(self, owner: str, sats: int, *, reason: str, command_id: str) -> IssuerResult:
-        result = self.inner.burn(owner, sats, reason=reason, command_id=command_id)
+    def burn(
+        self, owner: str, sats: int, *, reason: str, command_id: str, inputs: Sequence[str] = ()
+    ) -> IssuerResult:
+        result = self.inner.burn(owner, sats, reason=reason, command_id=command_id, inputs=inputs)
         return self._answer("burn", result)
 
 

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from sluice import bootstrap
 from sluice.bitcoin.fakechain import FakeChain
@@ -64,6 +65,7 @@ from sluice.services.btc_payouts import PayoutWorker, cancel_payout, get_payout,
 from sluice.services.btc_watcher import DepositWatcher
 from sluice.services.compliance import KycRegistry
 from sluice.services.compliance_officer import flag_address, freeze_customer, set_limits
+from sluice.services.issuance_burn_inputs import burn_holder
 from sluice.services.issuance_overrides import compensate_operation, retry_operation
 from sluice.services.issuance_redeem import (
     DEFINITION,
@@ -75,6 +77,8 @@ from sluice.services.issuance_redeem import (
 from sluice.services.issuance_router import IssuanceRouter
 from sluice.services.issuance_settings import IssuanceContext
 from sluice.services.mint_guard import halt_minting, record_mint, resume_minting
+from sluice.store.tables import holdings
+from tests.ledger_holdings import mirror_holdings
 
 CHAIN = CHAINS["regtest"]
 START = datetime(2026, 12, 5, 6, 0, tzinfo=UTC)
@@ -116,12 +120,14 @@ class FaultyIssuer:
     def mint(self, owner: str, sats: int, *, reason: str, command_id: str) -> IssuerResult:
         return self.inner.mint(owner, sats, reason=reason, command_id=command_id)
 
-    def burn(self, owner: str, sats: int, *, reason: str, command_id: str) -> IssuerResult:
+    def burn(
+        self, owner: str, sats: int, *, reason: str, command_id: str, inputs: Sequence[str] = ()
+    ) -> IssuerResult:
         self.burns_sent.append(command_id)
         if self.reject_burns:
             self.reject_burns -= 1
             raise IssuerRejectedError(f"{command_id}: refused (test)")
-        result = self.inner.burn(owner, sats, reason=reason, command_id=command_id)
+        result = self.inner.burn(owner, sats, reason=reason, command_id=command_id, inputs=inputs)
         if self.lose_answers:
             self.lose_answers -= 1
             raise IssuerOutcomeUnknownError(f"{command_id}: the answer was lost (test)")
@@ -271,6 +277,7 @@ class World:
         return request_redemption(self.ctx, **arguments)
 
     def run(self, op_id: str) -> IssuanceOperation:
+        mirror_holdings(self.db, self.ledger, self.treasury)  # as ingestion would have
         return self.router.run_operation(op_id)
 
     # -- reads -------------------------------------------------------------------------------------
@@ -684,3 +691,90 @@ def test_concurrent_requests_with_one_key_take_the_istsi_once(world: World) -> N
     assert world.balance(IN_FLIGHT) == Decimal("0.003")
     assert world.balance(customer_account_name(ALICE)) == Decimal("0.007")
     assert world.operations_count() == 1
+
+
+# --- the burn's inputs --------------------------------------------------------------------------
+
+
+def _treasury_holdings(world: World) -> dict[str, str | None]:
+    """The treasury's active iSTSi holdings in the table → who reserved them."""
+    mirror_holdings(world.db, world.ledger, world.treasury)
+    with world.db.engine.connect() as connection:
+        rows = connection.execute(
+            select(holdings.c.contract_id, holdings.c.reserved_by).where(
+                holdings.c.owner == world.treasury, holdings.c.archived_update_id.is_(None)
+            )
+        )
+        return {str(row.contract_id): row.reserved_by for row in rows}
+
+
+WITHDRAWAL = "wd-" + "0" * 32  # a withdrawal record's id, as the worker reserves under
+
+
+def _holding_of(world: World, sats: int) -> str:
+    return next(
+        h.contract_id
+        for h in world.ledger.active_holdings(world.treasury)
+        if to_sats(h.amount) == sats
+    )
+
+
+def _reserve(world: World, contract_id: str | None, holder: str = WITHDRAWAL) -> None:
+    with world.db.uow() as uow:
+        if contract_id is None:
+            uow.withdrawals.release(holder)
+        else:
+            assert uow.withdrawals.reserve([contract_id], holder)
+        uow.commit()
+
+
+def test_a_burn_never_spends_a_holding_a_withdrawal_reserved(world: World) -> None:
+    """The treasury's iSTSi is one pool with two spenders: a holding the withdrawal worker
+    reserved (for a customer's withdrawal, a merge or a split) is never burned; the burn
+    reserves what it spends, under its own holder id, before it sends."""
+    world.give_istsi("bob", 500_000)
+    mirror_holdings(world.db, world.ledger, world.treasury)
+    big = _holding_of(world, 1_000_000)  # the ledger's own pick (largest first)
+    _reserve(world, big)
+    op = world.redeem(300_000)  # the free 500,000 cover it
+    done = world.run(op.id)
+    assert (done.status, done.step) == ("waiting", "confirm"), done.last_error
+    assert world.issuer.supply() == 1_200_000
+    held = _treasury_holdings(world)
+    assert held[big] == WITHDRAWAL  # still there, still the withdrawal's
+    with world.db.uow() as uow:
+        burned = uow.withdrawals.reserved_by(burn_holder(burn_id_of(op.id)))
+    assert len(burned) == 1 and burned[0] not in held and burned[0] != big
+
+
+def test_a_burn_waits_sending_nothing_while_the_free_holdings_fall_short(world: World) -> None:
+    world.give_istsi("bob", 500_000)
+    mirror_holdings(world.db, world.ledger, world.treasury)
+    big = _holding_of(world, 1_000_000)
+    _reserve(world, big)
+    op = world.redeem(700_000)  # the free 500,000 do not cover it
+    waiting = world.run(op.id)
+    assert (waiting.status, waiting.step) == ("waiting", "burn"), waiting.last_error
+    assert "do not cover" in (waiting.last_error or "")
+    assert world.issuer.burns_sent == [] and world.issuer.supply() == 1_500_000
+    _reserve(world, None)  # the withdrawal settled without spending it
+    world.clock.now += timedelta(minutes=5)
+    done = world.run(op.id)
+    assert (done.status, done.step) == ("waiting", "confirm"), done.last_error
+    assert world.issuer.burns_sent == [burn_id_of(op.id)]
+    assert world.issuer.supply() == 800_000
+
+
+def test_a_rejected_burn_gives_back_the_holdings_it_reserved(world: World) -> None:
+    world.issuer.reject_burns = 1
+    op = world.redeem(300_000)
+    assert world.run(op.id).status == "stuck"
+    holder = burn_holder(burn_id_of(op.id))
+    with world.db.uow() as uow:
+        assert uow.withdrawals.reserved_by(holder) == []
+    retry_operation(world.ctx, op.id, reason="sent again", actor="operator")
+    after = world.run(op.id)
+    assert (after.status, after.step) == ("waiting", "confirm"), after.last_error
+    with world.db.uow() as uow:
+        spent = uow.withdrawals.reserved_by(holder)
+    assert len(spent) == 1 and spent[0] not in _treasury_holdings(world)  # burned, archived

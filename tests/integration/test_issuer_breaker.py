@@ -13,7 +13,7 @@ test's own, wired into :class:`GuardedIssuer` here (as bootstrap wires the proce
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from decimal import Decimal
 from typing import Any
@@ -72,9 +72,13 @@ class Counting:
         result: IssuerResult = self.inner.mint(owner, sats, reason=reason, command_id=command_id)
         return result
 
-    def burn(self, owner: str, sats: int, *, reason: str, command_id: str) -> IssuerResult:
+    def burn(
+        self, owner: str, sats: int, *, reason: str, command_id: str, inputs: Sequence[str] = ()
+    ) -> IssuerResult:
         self.sent.append(("burn", command_id))
-        result: IssuerResult = self.inner.burn(owner, sats, reason=reason, command_id=command_id)
+        result: IssuerResult = self.inner.burn(
+            owner, sats, reason=reason, command_id=command_id, inputs=inputs
+        )
         return result
 
 
@@ -179,7 +183,10 @@ class Answering:
         self.calls += 1
         raise self.answers.pop(0)
 
-    burn = mint
+    def burn(
+        self, owner: str, sats: int, *, reason: str, command_id: str, inputs: Sequence[str] = ()
+    ) -> IssuerResult:
+        return self.mint(owner, sats, reason=reason, command_id=command_id)
 
 
 def test_definite_refusals_do_not_open_the_breaker_and_lost_answers_do() -> None:

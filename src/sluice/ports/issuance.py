@@ -95,8 +95,18 @@ class IssuerLedger(Protocol):
         """Create a holding of ``sats`` for ``owner``."""
         ...
 
-    def burn(self, owner: str, sats: int, *, reason: str, command_id: str) -> IssuerResult:
-        """Burn ``sats`` of ``owner``'s holdings (change goes back to the owner)."""
+    def burn(
+        self,
+        owner: str,
+        sats: int,
+        *,
+        reason: str,
+        command_id: str,
+        inputs: Sequence[str] = (),
+    ) -> IssuerResult:
+        """Burn ``sats`` of ``owner``'s holdings (change goes back to the owner): ``inputs``, the
+        holdings the caller reserved for this burn (so that no withdrawal, merge or split of the
+        treasury spends them meanwhile), or, when empty, holdings the ledger picks."""
         ...
 
     def decide_transfer(

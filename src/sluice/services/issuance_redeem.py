@@ -106,6 +106,7 @@ from sluice.services.btc_payouts import (
 from sluice.services.compliance import check_operation_allowed
 from sluice.services.controls import check_not_paused
 from sluice.services.events import emit_all
+from sluice.services.issuance_burn_inputs import burn_inputs, release_burn_inputs
 from sluice.services.issuance_events import burned_event, redemption_requested_event
 from sluice.services.issuance_router import (
     OperationDefinition,
@@ -346,9 +347,17 @@ def burn_step(ctx: IssuanceContext, operation: IssuanceOperation) -> StepOutcome
             check_resend_window(ctx, kind="burn", record_id=burn_id, created_at=burn.created_at)
         except ResendWindowPassedError as exc:
             return StepOutcome(kind="fail", error=str(exc), detail={"burn_id": burn_id})
+    inputs = burn_inputs(ctx, burn, ctx.issuer.instrument)
+    if not inputs:
+        return StepOutcome(
+            kind="wait",
+            error=f"burn {burn_id}: the treasury's free iSTSi holdings do not cover "
+            f"{burn.amount_sats} sat yet (withdrawals in flight hold the rest); nothing was sent",
+            detail={"burn_id": burn_id},
+        )
     try:
         result = ctx.issuer.burn(
-            burn.owner, burn.amount_sats, reason=burn.reason, command_id=burn.id
+            burn.owner, burn.amount_sats, reason=burn.reason, command_id=burn.id, inputs=inputs
         )
     except BreakerOpenError as exc:
         return _breaker_wait(exc, {"burn_id": burn_id})
@@ -362,6 +371,7 @@ def burn_step(ctx: IssuanceContext, operation: IssuanceOperation) -> StepOutcome
     except IssuerRejectedError as exc:
         with ctx.uow() as uow:
             uow.issuance.set_burn_status(burn_id, "failed")
+            release_burn_inputs(uow, burn_id)
             uow.commit()
         return StepOutcome(
             kind="fail",

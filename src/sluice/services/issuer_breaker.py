@@ -23,6 +23,7 @@ transfers pass through unguarded.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sluice.domain.ledger import InstrumentId
@@ -59,9 +60,17 @@ class GuardedIssuer:
         with guard(FLOW, registry=self._registry, failure=issuer_failure):
             return self.inner.mint(owner, sats, reason=reason, command_id=command_id)
 
-    def burn(self, owner: str, sats: int, *, reason: str, command_id: str) -> IssuerResult:
+    def burn(
+        self,
+        owner: str,
+        sats: int,
+        *,
+        reason: str,
+        command_id: str,
+        inputs: Sequence[str] = (),
+    ) -> IssuerResult:
         with guard(FLOW, registry=self._registry, failure=issuer_failure):
-            return self.inner.burn(owner, sats, reason=reason, command_id=command_id)
+            return self.inner.burn(owner, sats, reason=reason, command_id=command_id, inputs=inputs)
 
     def decide_transfer(
         self, instruction_cid: str, *, approve: bool, reason: str, command_id: str

@@ -104,7 +104,7 @@ class WithdrawalSettings:
             raise InvalidInputError("attempts_max and claim_batch must be at least 1")
 
 
-def _candidates(holdings: list[Holding]) -> list[Candidate]:
+def holding_candidates(holdings: list[Holding]) -> list[Candidate]:
     return [
         Candidate(
             contract_id=h.contract_id,
@@ -168,15 +168,15 @@ def _try_reserve(
     if anchor_id is not None and anchor is None:
         return None
     if anchor is None:
-        selection = select_inputs(_candidates(holdings), target, now=now)
+        selection = select_inputs(holding_candidates(holdings), target, now=now)
         if selection is None:
             return None
         inputs = tuple(c.contract_id for c in selection.inputs)
         if not repo.reserve(inputs, withdrawal.id):
             return None
     else:
-        (candidate,) = _candidates([anchor])
-        selection = select_around(candidate, _candidates(holdings), target, now=now)
+        (candidate,) = holding_candidates([anchor])
+        selection = select_around(candidate, holding_candidates(holdings), target, now=now)
         if selection is None:
             return None
         others = tuple(c.contract_id for c in selection.inputs if c.contract_id != anchor_id)

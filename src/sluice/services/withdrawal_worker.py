@@ -39,13 +39,13 @@ from sluice.services.withdrawal_attempts import (
     HOLD_KEY,
     Clock,
     WithdrawalSettings,
-    _candidates,
     _drop_spent_anchor,
     _fee_allowance,
     _lock_time,
     _refund,
     _try_reserve,
     hold_in_force,
+    holding_candidates,
     recorded_hold,
     withdrawal_events,
 )
@@ -600,7 +600,7 @@ class WithdrawalWorker:
         now: datetime,
         cursor: Cursor,
     ) -> Withdrawal | None:
-        candidates = _candidates(repo.spendable_holdings(party, instrument))
+        candidates = holding_candidates(repo.spendable_holdings(party, instrument))
         if not candidates:
             return None
         settings = self.settings

@@ -267,6 +267,8 @@ def check_reservations(sim: SimulationState, state: DatabaseState, final: bool) 
                     f"{reserved.get(contract_id)}",
                 )
     for contract_id, record_id in sorted(reserved.items()):
+        if record_id in state.burn_holders:
+            continue  # an iSTSi burn's input, reserved until the burn is booked or rejected
         if contract_id not in inputs_of.get(record_id, ()):
             sim.violation(
                 "reservations",

@@ -33,9 +33,11 @@ from sluice.ports.bitcoin import BitcoinNode, CustodyWallet, JsonObject
 from sluice.sandbox import Sandbox
 from sluice.services.bitcoin_settings import BitcoinSettings
 from sluice.services.books import check_invariant
+from sluice.services.issuance_burn_inputs import burn_holder
 from sluice.services.withdrawals import WithdrawalSettings
 from sluice.sim.issuance_state import IssuanceWorld
 from sluice.store import bitcoin_tables, tables
+from sluice.store.issuance_tables import issuance_burns
 from sluice.store.repositories import SqlBooksRepository
 
 CUSTOMERS = 3
@@ -152,6 +154,10 @@ class DatabaseState:
     spent: dict[str, bool]  # archived inputs of records that hold inputs → whether locked
     alerts: list[tuple[str, str]]  # (kind, message) of the first unexpected alert
     treasury_holdings: frozenset[str]  # the treasury's active holdings, ingested
+    # iSTSi burns sent or committed (their inputs stay active until ingestion books the burn),
+    # not rejected: the only holders of reservations that are not withdrawal records (a burn
+    # reserves the holdings it spends, and a rejected one gives them back).
+    burn_holders: frozenset[str] = frozenset()
     bitcoin: BitcoinRows | None = None  # once the simulation has a Bitcoin custody
 
 
@@ -340,6 +346,12 @@ class SimulationState:
                     )
                 ).scalars()
             )
+            burn_holders = frozenset(
+                burn_holder(burn_id)
+                for burn_id in connection.execute(
+                    select(issuance_burns.c.id).where(issuance_burns.c.status != "failed")
+                ).scalars()
+            )
             bitcoin = read_bitcoin(connection) if self.bitcoin is not None else None
         self._database_state = DatabaseState(
             books_problems=problems,
@@ -353,6 +365,7 @@ class SimulationState:
             spent=spent,
             alerts=alerts,
             treasury_holdings=treasury_holdings,
+            burn_holders=burn_holders,
             bitcoin=bitcoin,
         )
         self.dirty = False

@@ -231,6 +231,15 @@ class SqlWithdrawalRepository:
             ).rowcount
         )
 
+    def reserved_by(self, holder_id: str) -> list[str]:
+        table = t.holdings
+        query = (
+            select(table.c.contract_id)
+            .where(table.c.reserved_by == holder_id)
+            .order_by(table.c.contract_id)
+        )
+        return list(self._c.execute(query).scalars())
+
     def post(self, journal: list[JournalTransaction]) -> None:
         post_journal(self._c, journal, _now())
 

@@ -179,12 +179,25 @@ class _IssuerCommands:
             ),
         )
 
-    def burn(self, owner: str, sats: int, *, reason: str, command_id: str) -> IssuerResult:
+    def burn(
+        self,
+        owner: str,
+        sats: int,
+        *,
+        reason: str,
+        command_id: str,
+        inputs: Sequence[str] = (),
+    ) -> IssuerResult:
         amount = sats_to_amount(_positive_sats(sats))
         return self._command(
             command_id,
             lambda: self._ledger.burn(
-                owner, self._instrument, amount, reason=reason, command_id=command_id
+                owner,
+                self._instrument,
+                amount,
+                inputs=list(inputs) or None,
+                reason=reason,
+                command_id=command_id,
             ),
         )
 
