@@ -6,14 +6,15 @@ Nothing connects at import time; :func:`open_database` is called by ``bootstrap`
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 
 from sluice.store import tables
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -49,15 +50,36 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: object) -> None:
     cursor.close()
 
 
+# The newest migration's revision (``migrations/versions/``; a test checks it is alembic's head).
+# A database already there is not handed to alembic at all: every command opens the database,
+# and loading the migration scripts to learn there is nothing to do costs a command's start more
+# than the rest of the work many of them do.
+HEAD_REVISION = "0011"
+
+
 def alembic_config(engine: Engine) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
     return config
 
 
+def schema_revision(engine: Engine) -> str | None:
+    """The revision the database's schema is at (``None``: not managed by the migrations yet)."""
+    with engine.connect() as connection:
+        if not inspect(connection).has_table("alembic_version"):
+            return None
+        return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest revision (a no-op when it is already there)."""
+    if schema_revision(engine) == HEAD_REVISION:
+        return
+    from alembic import command
+
     config = alembic_config(engine)
     with engine.begin() as connection:
         config.attributes["connection"] = connection

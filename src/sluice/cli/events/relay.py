@@ -32,7 +32,6 @@ from sluice.cli.common import (
 )
 from sluice.cli.events.wiring import events_app
 from sluice.domain.errors import SluiceError
-from sluice.server.events import relay_for
 from sluice.services.relay import Relay, RelayRound
 from sluice.store.events_repository import add_commit_listener, remove_commit_listener
 
@@ -71,6 +70,8 @@ def relay_command(
             "publish to NATS JetStream, or pass --force to publish to this process's bus "
             "anyway (the events are marked published and lost to `sluice serve`)."
         )
+    from sluice.server.events import relay_for  # the server's modules load the API: only here
+
     database = open_database(db or config.database_url)
     relay = relay_for(events, database)
     log_to_stderr()

@@ -64,7 +64,6 @@ from sluice.config import DeploymentConfig
 from sluice.domain.errors import SluiceError
 from sluice.domain.reserves import format_units
 from sluice.ports.reserves import ReadPoint, ReserveReading
-from sluice.server.world import TREASURY_KEY
 from sluice.services.ingestion import connection_name
 from sluice.services.reserves import (
     HISTORY_LIMIT_MAX,
@@ -105,6 +104,8 @@ def reserves_session(db: str | None) -> Iterator[Session]:
 
 def _session(config: DeploymentConfig, database: bootstrap.Database) -> Session:
     with database.uow() as uow:
+        from sluice.server.world import TREASURY_KEY  # the server's modules load the API
+
         treasury = config.treasury.party or uow.withdrawals.control(TREASURY_KEY)
         istsi = find_istsi(
             uow,
