@@ -21,18 +21,6 @@ from sluice.domain.compliance import LimitLadder, TierLimits
 from sluice.domain.errors import InvalidInputError
 from sluice.domain.ledger import InstrumentId
 from sluice.domain.risk import RiskRules
-from sluice.ledger.canton import (
-    CantonCommands,
-    CantonLedgerClient,
-    Ed25519Signer,
-    LedgerHttp,
-    NoAuth,
-    OAuth2ClientCredentials,
-    SelfSignedToken,
-    StaticToken,
-    TokenSource,
-    registry_lookup,
-)
 from sluice.ports import (
     ActiveContractsReader,
     AsyncReads,
@@ -57,13 +45,13 @@ from sluice.services.issuance_router import IssuanceRouter
 from sluice.services.issuance_settings import IssuanceContext
 from sluice.services.issuer_breaker import GuardedIssuer
 from sluice.services.reserves_settings import ReservesContext, ReservesSettings
-from sluice.store.async_reads import PgAsyncReads
 from sluice.store.database import open_database
 from sluice.store.unit_of_work import SqlUnitOfWork
 from sluice.store.writer_lock import writer_lock as ingestion_writer_lock
 
 if TYPE_CHECKING:
     from sluice.bitcoin.chainfile import ChainFile
+    from sluice.ledger.canton import TokenSource
     from sluice.ledger.local.engine import EmbeddedLedger
 
 
@@ -91,6 +79,8 @@ class Database:
         store on worker threads answers them (SQLite, whose driver has no asyncio)."""
         if self.engine.url.get_backend_name() != "postgresql":
             return None
+        from sluice.store.async_reads import PgAsyncReads  # the API's async driver: only there
+
         return PgAsyncReads(self.engine.url)
 
     def writer_lock(self, connection: str) -> WriterLock:
@@ -176,6 +166,9 @@ def registry_urls(
 
 def token_source(ledger: LedgerConfig) -> TokenSource:
     """How requests to the participant are authenticated, per ``[ledger.auth]``."""
+    # The Canton client (httpx, websockets, JWT) is loaded by what talks to a participant only.
+    from sluice.ledger.canton import NoAuth, OAuth2ClientCredentials, SelfSignedToken, StaticToken
+
     auth = ledger.auth
     if auth.kind == "static":
         return StaticToken(auth.secret_value())
@@ -203,6 +196,14 @@ def canton_connection(
     clock: Callable[[], datetime] | None = None,
 ) -> LedgerConnection:
     """The Canton adapter: a participant's JSON Ledger API and the registries' Registry API."""
+    from sluice.ledger.canton import (
+        CantonCommands,
+        CantonLedgerClient,
+        Ed25519Signer,
+        LedgerHttp,
+        registry_lookup,
+    )
+
     url = participant_url or config.ledger.participant_url
     if not url:
         raise InvalidInputError("no participant URL: set ledger.participant_url or --ledger-url")

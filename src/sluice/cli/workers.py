@@ -30,7 +30,6 @@ from sluice.cli.common import (
 )
 from sluice.config import DeploymentConfig, Settings
 from sluice.domain.errors import SluiceError
-from sluice.ledger.canton import CantonCommands
 from sluice.services.compliance import RegistryGate
 from sluice.services.deposit_worker import DepositWorker
 from sluice.services.ingestion import connection_name
@@ -83,6 +82,8 @@ def workers_run(
     margin = config.ledger.local_margin_s
     # The commands may be wrapped in the ledger breaker's proxy: look through it.
     commands = getattr(link.commands, "inner", link.commands)
+    from sluice.ledger.canton import CantonCommands  # loaded by what talks to a participant
+
     if isinstance(commands, CantonCommands) and worker_settings.trec_span_s <= margin:
         link.close()
         database.dispose()

@@ -29,12 +29,13 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from sqlalchemy import bindparam
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL
 
 from sluice.domain.errors import OperationTimeoutError
 from sluice.domain.journal import customer_account_name
 from sluice.domain.ledger import InstrumentId
 from sluice.store.account_repository import balances_query
+from sluice.store.database import conninfo
 
 POOL_MIN = 2
 POOL_MAX = 10
@@ -47,14 +48,6 @@ def _compiled_balances_sql() -> str:
     statement = balances_query(bindparam("account_name"))
     compiled = statement.compile(dialect=postgresql.psycopg.dialect())  # type: ignore[no-untyped-call]
     return str(compiled)
-
-
-def conninfo(url: str | URL) -> str:
-    """The libpq connection string for an SQLAlchemy PostgreSQL URL (driver name dropped)."""
-    parsed = make_url(url) if isinstance(url, str) else url
-    if parsed.get_backend_name() != "postgresql":
-        raise ValueError(f"not a PostgreSQL URL: {parsed.render_as_string(hide_password=True)}")
-    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 class PgAsyncReads:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 from sluice.store import tables
 
@@ -105,3 +105,11 @@ def empty_tables(engine: Engine) -> None:
         else:
             for table in reversed(emptied):
                 connection.execute(table.delete())
+
+
+def conninfo(url: str | URL) -> str:
+    """The libpq connection string for an SQLAlchemy PostgreSQL URL (driver name dropped)."""
+    parsed = make_url(url) if isinstance(url, str) else url
+    if parsed.get_backend_name() != "postgresql":
+        raise ValueError(f"not a PostgreSQL URL: {parsed.render_as_string(hide_password=True)}")
+    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)

@@ -29,7 +29,7 @@ import psycopg
 from sqlalchemy import Engine
 
 from sluice.ports import WriterLock, WriterLockError
-from sluice.store.async_reads import conninfo
+from sluice.store.database import conninfo
 
 APPLICATION_PREFIX = "sluice-ingestion"
 CONNECT_TIMEOUT_S = 10
