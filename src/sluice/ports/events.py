@@ -3,7 +3,7 @@ what receives events in process."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -43,10 +43,16 @@ class EventOutbox(Protocol):
         ...
 
     def claim(
-        self, *, ordering_key: str | None = None, limit: int = 500, lock: bool = False
+        self,
+        *,
+        ordering_key: str | None = None,
+        limit: int = 500,
+        lock: bool = False,
+        exclude: Collection[int] = (),
     ) -> list[OutboxRow]:
-        """Unpublished rows (of ``ordering_key`` when given) in ``seq`` order. With ``lock``
-        on PostgreSQL, ``FOR UPDATE SKIP LOCKED``: rows another relay's transaction holds are
+        """Unpublished rows (of ``ordering_key`` when given) in ``seq`` order, leaving out the
+        rows whose ``seq`` is in ``exclude`` (a batch still in flight). With ``lock`` on
+        PostgreSQL, ``FOR UPDATE SKIP LOCKED``: rows another relay's transaction holds are
         skipped, and these stay held until the caller's transaction ends."""
         ...
 

@@ -570,12 +570,13 @@ class Relay:
             # already leaves it out: fetch just one batch (every row the query returns is
             # locked; fetching more would hold rows past this batch, and the next claim would
             # skip them: a later row of a subject published before an earlier one). SQLite
-            # holds nothing: fetch past the rows in flight and leave them out here.
-            limit = self.batch if self.hold_rows else self.batch + len(exclude)
-            rows = uow.events.claim(ordering_key=key, limit=limit, lock=self.hold_rows)
-            if exclude:
-                rows = [row for row in rows if row.seq not in exclude]
-            rows = rows[: self.batch]
+            # holds nothing: the query leaves out the rows in flight by their ``seq``.
+            rows = uow.events.claim(
+                ordering_key=key,
+                limit=self.batch,
+                lock=self.hold_rows,
+                exclude=() if self.hold_rows else exclude,
+            )
             if (
                 not rows
                 or (self.hold_rows and not exclude and not self._at_head(uow, key, rows))
