@@ -251,7 +251,7 @@ class SqlEventOutbox:
             occurred_at,
             payload,
             attempts,
-        ) in self._c.execute(query):
+        ) in self._c.execute(query).fetchall():  # one driver call, not one per row
             event = Event(
                 event_id,
                 type_,
