@@ -37,6 +37,7 @@ from sluice.config.breakers import BreakerConfig as BreakerConfig
 from sluice.config.breakers import BreakersConfig as BreakersConfig
 from sluice.config.events import EventsConfig as EventsConfig
 from sluice.config.issuance import IssuanceConfig as IssuanceConfig
+from sluice.config.oracle import OracleConfig as OracleConfig
 from sluice.config.reserves import ReservesConfig as ReservesConfig
 from sluice.config.reserves import ToleranceConfig as ToleranceConfig
 from sluice.config.sections import (
@@ -359,6 +360,8 @@ class DeploymentConfig(_Section):
     alerts: AlertsConfig = AlertsConfig()
     # Circuit breakers, one per flow.
     breakers: BreakersConfig = BreakersConfig()
+    # Price feeds for the cross-token exchange (none by default).
+    oracle: OracleConfig = OracleConfig()
 
     @property
     def database_url(self) -> str:

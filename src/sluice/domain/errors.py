@@ -209,3 +209,20 @@ class MintingHaltedError(SluiceError):
 
     code = 31
     error = "minting_halted"
+
+
+class OracleOfflineError(SluiceError):
+    """No price of the pair can be used: its primary failed and its secondary (if it has one)
+    failed too, or a leg of a composed pair is offline (DESIGN §9: the exchange is refused,
+    never priced on a bad or stale price). Code 80 opens the exchange's range (80–89). 503:
+    the caller may retry once the feed recovers; ``rules`` names the rules that failed."""
+
+    code = 80
+    error = "oracle_offline"
+    http_status = 503
+
+    def __init__(self, pair: str, rules: tuple[str, ...] = ()) -> None:
+        why = f" (failed: {', '.join(rules)})" if rules else ""
+        super().__init__(f"no usable price for {pair}: the price oracle is offline{why}")
+        self.pair = pair
+        self.rules = rules

@@ -14,6 +14,7 @@ from sluice.ports.bitcoin_watch import BitcoinWatchRepository
 from sluice.ports.breakers import BreakersRepository
 from sluice.ports.events import EventOutbox
 from sluice.ports.issuance import IssuanceRepository
+from sluice.ports.oracle import OracleRepository
 from sluice.ports.repositories import (
     AuditLog,
     BooksRepository,
@@ -45,6 +46,7 @@ class UnitOfWork(Protocol):
     events: EventOutbox
     alerts: AlertRepository
     breakers: BreakersRepository
+    oracle: OracleRepository
 
     def __enter__(self) -> UnitOfWork: ...
     def __exit__(self, *exc_info: object) -> None: ...

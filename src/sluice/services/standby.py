@@ -48,6 +48,7 @@ from sluice.ports.alerts import AlertRepository
 from sluice.ports.breakers import BreakersRepository
 from sluice.ports.events import EventOutbox
 from sluice.ports.issuance import IssuanceRepository
+from sluice.ports.oracle import OracleRepository
 from sluice.ports.reserves import ReservesRepository
 
 STANDBY_POLL_INTERVAL_S = 0.5
@@ -200,6 +201,7 @@ class _FencedUnitOfWork:
     events: EventOutbox
     alerts: AlertRepository
     breakers: BreakersRepository
+    oracle: OracleRepository
 
     def __init__(self, inner: UnitOfWork, lock: WriterLock) -> None:
         self._inner = inner
@@ -224,6 +226,7 @@ class _FencedUnitOfWork:
         self.events = work.events
         self.alerts = work.alerts
         self.breakers = work.breakers
+        self.oracle = work.oracle
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -26,6 +26,7 @@ from sluice.ports.alerts import AlertRepository
 from sluice.ports.breakers import BreakersRepository
 from sluice.ports.events import EventOutbox
 from sluice.ports.issuance import IssuanceRepository
+from sluice.ports.oracle import OracleRepository
 from sluice.ports.reserves import ReservesRepository
 from sluice.store.access_repository import SqlAccessRepository
 from sluice.store.account_repository import SqlAccountsRepository
@@ -37,6 +38,7 @@ from sluice.store.breakers_repository import SqlBreakersRepository
 from sluice.store.compliance_repository import SqlComplianceRepository
 from sluice.store.events_repository import SqlEventOutbox, notify_committed
 from sluice.store.issuance_repository import SqlIssuanceRepository
+from sluice.store.oracle_repository import SqlOracleRepository
 from sluice.store.repositories import (
     SqlBooksRepository,
     SqlIngestionRepository,
@@ -63,6 +65,7 @@ class SqlUnitOfWork:
     events: EventOutbox
     alerts: AlertRepository
     breakers: BreakersRepository
+    oracle: OracleRepository
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -89,6 +92,7 @@ class SqlUnitOfWork:
         self.events = self._outbox
         self.alerts = SqlAlertRepository(connection)
         self.breakers = SqlBreakersRepository(connection)
+        self.oracle = SqlOracleRepository(connection)
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -10,6 +10,7 @@ from sluice.store import (  # noqa: F401
     bitcoin_tables,
     events_tables,
     issuance_tables,
+    oracle_tables,
     reserves_tables,
 )
 from sluice.store.tables import metadata
