@@ -306,7 +306,9 @@ class OracleService:
                     health=state.health if state is not None else None,
                     source=state.source if state is not None else None,
                     fallback_fee=state is not None and state.health == "degraded",
-                    price=str(state.price) if state is not None and state.price else None,
+                    price=str(state.price)
+                    if state is not None and state.price is not None
+                    else None,
                     observed_at=state.observed_at if state is not None else None,
                     updated_at=state.updated_at if state is not None else None,
                     last_rejection=last.get(pair),
