@@ -172,6 +172,9 @@ def test_a_non_2xx_answer_is_unreachable(
         (b'{"data": {"price": "100", "updated_at": "2026-12-05T10:00:00"}}', "no UTC offset"),
         (b'{"data": {"price": "100", "updated_at": 1700000000, "round": -3}}', "not a round id"),
         (b'{"data": [1, 2]}', "no element 'price'"),
+        (b'{"data": {"price": "1", "updated_at": 1, "round": 1' + b"0" * 40 + b"}}", "round id"),
+        (b'{"data": {"price": "\xff\xfe"}}', "not JSON"),
+        (b'{"data": {"price": 1e999999, "updated_at": 1700000000}}', "does not fit"),
     ],
 )
 def test_a_malformed_answer_is_malformed(

@@ -36,6 +36,7 @@ from sluice.domain.oracle import (
 from sluice.oracle.pointers import PointerError, resolve_pointer
 
 BODY_BYTES_MAX = 1 << 20
+ROUND_ID_MAX = 10**38 - 1  # the oracle_sources column's width; Chainlink's ids are 80 bits
 _INTEGER = re.compile(r"^-?[0-9]{1,80}$")
 _DECIMAL = re.compile(r"^-?[0-9]{1,80}(\.[0-9]{1,80})?$")
 
@@ -112,7 +113,7 @@ class FeedReader:
                 return b"".join(chunks)
         except httpx.TimeoutException:
             return Rejection("unreachable", f"GET {url}: timed out after {self.timeout_s} s")
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, OSError) as exc:
             return Rejection("unreachable", f"GET {url}: {type(exc).__name__}: {exc}")
 
     def _read_file(self, path: Path) -> bytes | Rejection:
@@ -215,6 +216,6 @@ def _seconds(seconds: Decimal) -> timedelta:
 def _round(value: Any, pointer: str) -> int:
     if isinstance(value, str) and _INTEGER.match(value):
         value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= ROUND_ID_MAX:
         raise MalformedError(f"{pointer}: {value!r} is not a round id")
     return value
