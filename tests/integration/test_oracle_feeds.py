@@ -3,7 +3,8 @@ a good price, a Chainlink-style scaled answer, timeouts, 5xx, malformed JSON, a 
 a refused connection and an oversized body each become a named rejection, never an exception.
 Then the oracle service on the Integration DB (SQLite and PostgreSQL): prices validated against
 the persisted state, across a restart; every rejection recorded with its rule; the fallback to
-the secondary; inverted and crossed pairs, each leg validated on its own."""
+the secondary; inverted and crossed pairs, each leg validated on its own; and migration 0012
+against the tables the code declares."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 
 from sluice.config import OracleConfig
 from sluice.domain.errors import OracleOfflineError
@@ -27,6 +30,7 @@ from sluice.oracle.feeds import FeedReader
 from sluice.services.oracle import OracleService
 from sluice.store.database import open_database
 from sluice.store.oracle_tables import oracle_rejections, oracle_sources
+from sluice.store.tables import metadata
 from sluice.store.unit_of_work import SqlUnitOfWork
 
 D = Decimal
@@ -413,3 +417,18 @@ def test_inverted_and_crossed_pairs_validate_each_leg_on_its_own(
         "USD/CC": "offline",
     }
     assert deployed.service.refresh()["ISTSI/USD"] == "degraded"
+
+
+def test_migration_0012_creates_the_oracle_tables_as_declared(database_url: str) -> None:
+    engine = open_database(database_url)
+    try:
+        with engine.connect() as connection:
+            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            differences = [
+                difference
+                for difference in compare_metadata(context, metadata)
+                if "oracle" in repr(difference)
+            ]
+    finally:
+        engine.dispose()
+    assert differences == []
