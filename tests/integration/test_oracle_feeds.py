@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from itertools import count
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ NOW = datetime.now(UTC).replace(microsecond=0)
 @dataclass
 class Answer:
     status: int = 200
-    body: bytes = b"{}"
+    body: bytes | Callable[[], bytes] = b"{}"  # a callable: computed for each request
     delay_s: float = 0.0
 
 
@@ -72,18 +73,24 @@ def server() -> Iterator[PriceServer]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             answer = answers.get(self.path, Answer(404, b"not found"))
+            if callable(answer.body):
+                answer = Answer(answer.status, answer.body(), answer.delay_s)
             if answer.delay_s:
                 release.wait(answer.delay_s)
             self.send_response(answer.status)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(answer.body)))
             self.end_headers()
+            assert isinstance(answer.body, bytes)
             self.wfile.write(answer.body)
 
         def log_message(self, format: str, *args: Any) -> None:
             return None
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    class Server(ThreadingHTTPServer):
+        request_queue_size = 64  # the concurrency test connects 8 at once (default backlog 5)
+
+    httpd = Server(("127.0.0.1", 0), Handler)
     httpd.daemon_threads = True
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -432,3 +439,56 @@ def test_migration_0012_creates_the_oracle_tables_as_declared(database_url: str)
     finally:
         engine.dispose()
     assert differences == []
+
+
+def test_concurrent_evaluations_of_a_pair_never_take_its_round_backwards(
+    deployment: tuple[Deployment, OracleConfig], server: PriceServer
+) -> None:
+    """Many threads ask for one pair at once, its server answering a higher round each time:
+    each evaluation locks the pair (its first one too), so the stored round only moves forward
+    and ends at the highest round any evaluation used; a reading overtaken by a newer one is
+    rejected as round_backwards, never stored."""
+    deployed, _config = deployment
+    rounds = count(1)
+    counter_lock = threading.Lock()
+
+    def next_quote() -> bytes:
+        with counter_lock:
+            round_id = next(rounds)
+        return json.dumps(quote("60000", round_id=round_id)).encode()
+
+    server.answers["/istsi"] = Answer(body=next_quote)
+    write(deployed.files["istsi_secondary"], "60000")
+    used: list[int] = []
+    failures: list[BaseException] = []
+    start = threading.Barrier(8)
+
+    def ask() -> None:
+        start.wait()
+        for _ in range(5):
+            try:
+                price = deployed.service.current_price("ISTSI/USD")
+            except OracleOfflineError:
+                continue
+            except BaseException as exc:
+                failures.append(exc)
+                return
+            if price.source == "primary":
+                assert price.round_id is not None
+                used.append(price.round_id)
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert failures == []
+    assert used
+    with deployed.engine.connect() as connection:
+        stored = connection.execute(
+            sa.select(oracle_sources.c.round_id).where(
+                oracle_sources.c.pair == "ISTSI/USD", oracle_sources.c.source == "primary"
+            )
+        ).scalar_one()
+    assert int(stored) == max(used)
+    assert {rule for _source, rule in deployed.rules("ISTSI/USD")} <= {"round_backwards"}

@@ -51,7 +51,9 @@ class OracleRepository(Protocol):
 
     def feed(self, pair: str, *, lock: bool = False) -> FeedState | None:
         """The pair's state; ``lock``: hold its row until the transaction ends (PostgreSQL),
-        so two evaluations of one pair do not interleave."""
+        so two evaluations of one pair do not interleave — also the first two: the row is
+        created for that (None is returned), and the caller must save the pair's state
+        before committing."""
         ...
 
     def feeds(self) -> list[FeedState]:

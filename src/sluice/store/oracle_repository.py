@@ -3,7 +3,7 @@ SQLAlchemy Core, in the caller's transaction. Prices go in and out as exact deci
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -75,6 +75,23 @@ class SqlOracleRepository:
     def feed(self, pair: str, *, lock: bool = False) -> FeedState | None:
         statement = select(feeds_t).where(feeds_t.c.pair == pair)
         if lock:
+            # A pair's first evaluation has no row to lock: insert a placeholder (the caller
+            # replaces it before committing), so that two first evaluations wait for each other
+            # too. A concurrent insert of the same key waits for this transaction's end.
+            created = self._connection.execute(
+                insert_for(self._connection, feeds_t)
+                .values(
+                    pair=pair,
+                    health="offline",
+                    source=None,
+                    on_fallback=False,
+                    updated_at=ts(datetime.now(UTC)),
+                )
+                .on_conflict_do_nothing(index_elements=["pair"])
+                .returning(feeds_t.c.pair)
+            ).first()
+            if created is not None:
+                return None
             statement = statement.with_for_update()
         row = self._connection.execute(statement).first()
         return _feed(row) if row is not None else None
