@@ -755,7 +755,10 @@ def test_a_burn_waits_sending_nothing_while_the_free_holdings_fall_short(world: 
     op = world.redeem(700_000)  # the free 500,000 do not cover it
     waiting = world.run(op.id)
     assert (waiting.status, waiting.step) == ("waiting", "burn"), waiting.last_error
-    assert "do not cover" in (waiting.last_error or "")
+    with world.db.uow() as uow:
+        step = uow.issuance.steps(op.id)[0]  # newest first
+    assert (step.step, step.outcome) == ("burn", "wait")
+    assert "do not cover" in (step.error or "")
     assert world.issuer.burns_sent == [] and world.issuer.supply() == 1_500_000
     _reserve(world, None)  # the withdrawal settled without spending it
     world.clock.now += timedelta(minutes=5)
