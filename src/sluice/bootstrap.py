@@ -44,6 +44,7 @@ from sluice.services.compliance import ComplianceSettings, KycRegistry
 from sluice.services.issuance_router import IssuanceRouter
 from sluice.services.issuance_settings import IssuanceContext
 from sluice.services.issuer_breaker import GuardedIssuer
+from sluice.services.oracle import OracleService
 from sluice.services.reserves_settings import ReservesContext, ReservesSettings
 from sluice.store.database import open_database
 from sluice.store.unit_of_work import SqlUnitOfWork
@@ -810,3 +811,25 @@ def active_contracts_reader(connection: LedgerConnection) -> ActiveContractsRead
     if hasattr(client, "active_contracts"):
         return cast("ActiveContractsReader", client)
     return None
+
+
+# --- the price oracle ----------------------------------------------------------------------------
+
+
+def oracle_service(
+    config: DeploymentConfig,
+    uow: Callable[[], UnitOfWork],
+    *,
+    clock: Callable[[], datetime] | None = None,
+) -> OracleService:
+    """The ``[oracle]`` feeds read over HTTP and from files, checked under its limits (see
+    ``docs/oracle.md``); an oracle with no feeds answers NotFound for every pair."""
+    from sluice.oracle.feeds import FeedReader  # httpx: loaded where prices are read
+
+    return OracleService(
+        uow,
+        FeedReader(timeout_s=config.oracle.timeout_s),
+        config.oracle.specs(),
+        limits=config.oracle.limits(),
+        clock=clock or _system_clock,
+    )
