@@ -22,7 +22,9 @@ from typing import Any
 import pytest
 from fastapi.routing import APIRoute
 
+from sluice import bootstrap
 from sluice.api.app import ROUTERS
+from sluice.config import DeploymentConfig
 from sluice.domain.access import ROLES, Permission, roles_admitted
 from sluice.services.reserves_settings import ReservesContext
 from tests.api_support import ApiWorld, api_world
@@ -117,6 +119,7 @@ EXPECTED: dict[tuple[str, str], frozenset[str] | str] = {
     ("POST", "/v1/alerts/{alert_id}/acknowledge"): STAFF,
     ("GET", "/v1/breakers"): STAFF,
     ("POST", "/v1/breakers/{name}/force"): frozenset({S, Y}),
+    ("GET", "/v1/oracle/health"): ALL,
 }
 
 PATH_VALUES = {
@@ -140,6 +143,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiWorld]:
     url = f"sqlite:///{tmp_path_factory.mktemp('api') / 'sluice.db'}"
     built = api_world(url)
     add_issuance(built, custody_wallet(tmp_path_factory.mktemp("keys") / "custody"))
+    # A price oracle with no feeds: its health endpoint answers (healthy, no pairs).
+    built.context.oracle = bootstrap.oracle_service(DeploymentConfig(), built.context.uow)
     # A reserves side with no sources: reconciliation runs and reports every source not read,
     # so walking its endpoints cannot halt minting or pause the system for the other calls.
     built.context.reserves = ReservesContext(

@@ -24,6 +24,8 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
+from sluice import bootstrap
+from sluice.config import DeploymentConfig
 from sluice.services.reserves_settings import ReservesContext
 from tests.api_support import ApiWorld, api_world
 from tests.integration.issuance_api_support import add_issuance, custody_wallet
@@ -34,6 +36,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiWorld]:
     url = f"sqlite:///{tmp_path_factory.mktemp('schema') / 'sluice.db'}"
     built = api_world(url, settings={"approvals.required": 2})
     add_issuance(built, custody_wallet(tmp_path_factory.mktemp("keys") / "custody"))
+    # A price oracle with no feeds: its health endpoint answers (healthy, no pairs).
+    built.context.oracle = bootstrap.oracle_service(DeploymentConfig(), built.context.uow)
     for customer in ("cust-0", "cust-1"):
         built.sandbox.deposit(customer, Decimal(500))
     built.sandbox.ingest()

@@ -20,6 +20,7 @@ from sluice.api.routes import (
     instruments,
     issuance,
     metrics,
+    oracle,
     por,
     reconciliation,
     reserves,
@@ -38,6 +39,7 @@ ROUTERS = (
     metrics.router,
     alerts.router,
     breakers.router,
+    oracle.router,
 )
 
 DESCRIPTION = """\

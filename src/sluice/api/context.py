@@ -12,6 +12,7 @@ from sluice.ports import AsyncReads, RegistryLookup, UnitOfWorkFactory
 from sluice.services.access import ApiKeyVerifier
 from sluice.services.approvals import Executor
 from sluice.services.compliance import KycRegistry
+from sluice.services.oracle import OracleService
 from sluice.services.reserves_settings import ReservesContext
 from sluice.services.settings import RuntimeSettings
 from sluice.services.withdrawals import WithdrawalSettings
@@ -44,6 +45,8 @@ class ApiContext:
     # iSTSi issuance (its router and context), when this process runs it (Bitcoin custody and an
     # issuer ledger); None: the issuance endpoints answer 503 saying so.
     issuance: bootstrap.Issuance | None = None
+    # The price oracle (``[oracle]`` feeds), when any feed is configured; None: 503.
+    oracle: OracleService | None = None
     # The reserves side (figures, reconciliation, proof of reserves) with the sources this
     # process reads; None: the reserves endpoints that need a source answer 503 saying so.
     reserves: ReservesContext | None = None

@@ -90,9 +90,12 @@ def oracle_status(
     log_to_stderr()  # health changes are logged; stdout is the status
     with compliance_database(db or config.database_url) as database:
         service = bootstrap.oracle_service(config, database.uow)
-        if refresh:
-            service.refresh()
-        status = service.oracle_status()
+        try:
+            if refresh:
+                service.refresh()
+            status = service.oracle_status()
+        finally:
+            service.close()
     if as_json:
         print_json(status_json(status))
     else:
@@ -126,7 +129,11 @@ def oracle_rejections(
     """The prices and reads the oracle refused, newest first, each with the rule it broke."""
     config = deployment()
     with compliance_database(db or config.database_url) as database:
-        found = bootstrap.oracle_service(config, database.uow).rejections(pair, limit=limit)
+        service = bootstrap.oracle_service(config, database.uow)
+        try:
+            found = service.rejections(pair, limit=limit)
+        finally:
+            service.close()
     rows = [_rejection(item) for item in found]
     if as_json:
         print_json(rows)

@@ -211,6 +211,8 @@ class OracleConfig(_Section):
     jump_limit: Annotated[Decimal, Field(gt=0, le=10)] = Decimal("0.5")
     divergence_limit: Annotated[Decimal, Field(gt=0, le=1)] = Decimal("0.05")
     timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
+    # How often `sluice serve` reads every feed (the API answers what was read last).
+    poll_s: Annotated[float, Field(gt=0, le=3600)] = 15.0
 
     @model_validator(mode="after")
     def _feeds(self) -> OracleConfig:

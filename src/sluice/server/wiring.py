@@ -33,6 +33,7 @@ from sluice.server.loop import (
     withdrawal_part,
 )
 from sluice.server.monitoring import install_monitoring, time_parts
+from sluice.server.oracle import oracle_loop
 from sluice.server.reserves import reserves_loop
 from sluice.server.world import EmbeddedWorld, FollowedClock, prepare_embedded_world
 from sluice.services.access import ApiKeyVerifier, list_api_keys
@@ -194,7 +195,7 @@ def _wire_monitoring(service: Service) -> None:
     """Metrics, readiness probes and circuit breakers (:mod:`sluice.server.monitoring`), then
     the events relay's and the alert rules' loops, each where it is on."""
     install_monitoring(service)
-    for loop in (events_loop(service), alerts_loop(service)):
+    for loop in (events_loop(service), alerts_loop(service), oracle_loop(service)):
         if loop is not None:
             time_parts(loop)
             service.extra_loops.append(loop)

@@ -106,6 +106,12 @@ class OracleService:
         self.limits = limits or OracleLimits()
         self._clock = clock
 
+    def close(self) -> None:
+        """Release the reader's connections (a reader without ``close`` holds none)."""
+        close = getattr(self._reader, "close", None)
+        if callable(close):
+            close()
+
     @property
     def pairs(self) -> tuple[str, ...]:
         return tuple(sorted(self._feeds))
