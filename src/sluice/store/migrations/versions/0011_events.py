@@ -18,15 +18,19 @@ depends_on = None
 
 SEQ = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
-ALERT_COLUMNS = (
-    sa.Column("rule", sa.String(length=100), nullable=True),
-    sa.Column("acknowledged_by", sa.String(length=200), nullable=True),
-    sa.Column("resolved_at", sa.String(length=32), nullable=True),
-    sa.Column("last_seen_at", sa.String(length=32), nullable=True),
-    sa.Column("occurrences", sa.Integer(), nullable=False, server_default=sa.text("1")),
-    sa.Column("notified_at", sa.String(length=32), nullable=True),
-    sa.Column("notify_attempts", sa.Integer(), nullable=False, server_default=sa.text("0")),
-)
+
+def _alert_columns() -> tuple[sa.Column, ...]:  # type: ignore[type-arg]
+    """Made afresh for each use: a column belongs to one table once added."""
+    return (
+        sa.Column("rule", sa.String(length=100), nullable=True),
+        sa.Column("acknowledged_by", sa.String(length=200), nullable=True),
+        sa.Column("resolved_at", sa.String(length=32), nullable=True),
+        sa.Column("last_seen_at", sa.String(length=32), nullable=True),
+        sa.Column("occurrences", sa.Integer(), nullable=False, server_default=sa.text("1")),
+        sa.Column("notified_at", sa.String(length=32), nullable=True),
+        sa.Column("notify_attempts", sa.Integer(), nullable=False, server_default=sa.text("0")),
+    )
+
 
 # What the evaluator and the notifier read every round, found without the resolved history:
 # a rule's unresolved alerts (and the open / acknowledged counts), the alerts not notified yet.
@@ -74,8 +78,8 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("name", name=op.f("pk_circuit_breakers")),
     )
     with op.batch_alter_table("alerts") as batch:
-        for column in ALERT_COLUMNS:
-            batch.add_column(column.copy())
+        for column in _alert_columns():
+            batch.add_column(column)
     # The alerts raised before: they were delivered (to the log) when raised, so they are not
     # notified again; a product alert acknowledged before is resolved, as acknowledging one
     # resolves it from now on. Without this the notifier would send the whole history.
@@ -99,7 +103,7 @@ def downgrade() -> None:
     for name, _columns, _where in reversed(ALERT_INDEXES):
         op.drop_index(name, table_name="alerts")
     with op.batch_alter_table("alerts") as batch:
-        for column in reversed(ALERT_COLUMNS):
+        for column in reversed(_alert_columns()):
             batch.drop_column(column.name)
     op.drop_table("circuit_breakers")
     op.drop_index("ix_event_outbox_pending", table_name="event_outbox")
