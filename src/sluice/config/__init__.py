@@ -36,6 +36,7 @@ from sluice.config.bitcoin import BitcoinConfig as BitcoinConfig
 from sluice.config.breakers import BreakerConfig as BreakerConfig
 from sluice.config.breakers import BreakersConfig as BreakersConfig
 from sluice.config.events import EventsConfig as EventsConfig
+from sluice.config.exchange import ExchangeConfig as ExchangeConfig
 from sluice.config.issuance import IssuanceConfig as IssuanceConfig
 from sluice.config.oracle import OracleConfig as OracleConfig
 from sluice.config.reserves import ReservesConfig as ReservesConfig
@@ -362,6 +363,8 @@ class DeploymentConfig(_Section):
     breakers: BreakersConfig = BreakersConfig()
     # Price feeds for the cross-token exchange (none by default).
     oracle: OracleConfig = OracleConfig()
+    # The cross-token exchange: pairs, fees, quotes, price impact and inventory.
+    exchange: ExchangeConfig = ExchangeConfig()
 
     @property
     def database_url(self) -> str:

@@ -226,3 +226,43 @@ class OracleOfflineError(SluiceError):
         super().__init__(f"no usable price for {pair}: the price oracle is offline{why}")
         self.pair = pair
         self.rules = rules
+
+
+class QuoteExpiredError(SluiceError):
+    """The quote's lifetime is over (DESIGN §9): a swap needs a fresh quote. Nothing moved."""
+
+    code = 81
+    error = "quote_expired"
+    http_status = 409
+
+
+class SlippageExceededError(SluiceError):
+    """The price moved since the quote: what the swap would receive now, priced again from the
+    oracle, is below the minimum received (the quote's, or the caller's if higher). Nothing
+    moved; ``received`` and ``minimum`` are decimal text."""
+
+    code = 82
+    error = "slippage_exceeded"
+    http_status = 409
+
+    def __init__(self, message: str, *, received: str, minimum: str) -> None:
+        super().__init__(message)
+        self.received = received
+        self.minimum = minimum
+
+
+class InsufficientInventoryError(SluiceError):
+    """The exchange's free inventory of the bought instrument cannot pay the swap (what the
+    customer receives plus the fee). Nothing moved."""
+
+    code = 83
+    error = "insufficient_inventory"
+    http_status = 409
+
+
+class ExchangePairNotConfiguredError(InvalidInputError):
+    """No ``[[exchange.pairs]]`` entry prices the two instruments against each other (in either
+    direction), or the two are the same instrument."""
+
+    code = 84
+    error = "exchange_pair_not_configured"

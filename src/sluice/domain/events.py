@@ -87,6 +87,8 @@ EVENT_TYPES: dict[str, EventType] = _types(
     ("system_resumed", "system", "the emergency pause was lifted"),
     ("breaker_opened", "breaker", "a circuit breaker opened and paused its flow"),
     ("breaker_closed", "breaker", "a circuit breaker closed and its flow resumed"),
+    # the cross-token exchange
+    ("swap_executed", "swap", "a customer swapped one instrument for another at a quote"),
 )
 
 _TOKEN = re.compile(r"[^A-Za-z0-9_-]")

@@ -13,6 +13,7 @@ from sluice.ports.bitcoin_payouts import BitcoinPayoutRepository
 from sluice.ports.bitcoin_watch import BitcoinWatchRepository
 from sluice.ports.breakers import BreakersRepository
 from sluice.ports.events import EventOutbox
+from sluice.ports.exchange import ExchangeRepository
 from sluice.ports.issuance import IssuanceRepository
 from sluice.ports.oracle import OracleRepository
 from sluice.ports.repositories import (
@@ -47,6 +48,7 @@ class UnitOfWork(Protocol):
     alerts: AlertRepository
     breakers: BreakersRepository
     oracle: OracleRepository
+    exchange: ExchangeRepository
 
     def __enter__(self) -> UnitOfWork: ...
     def __exit__(self, *exc_info: object) -> None: ...

@@ -47,6 +47,7 @@ from sluice.ports import (
 from sluice.ports.alerts import AlertRepository
 from sluice.ports.breakers import BreakersRepository
 from sluice.ports.events import EventOutbox
+from sluice.ports.exchange import ExchangeRepository
 from sluice.ports.issuance import IssuanceRepository
 from sluice.ports.oracle import OracleRepository
 from sluice.ports.reserves import ReservesRepository
@@ -202,6 +203,7 @@ class _FencedUnitOfWork:
     alerts: AlertRepository
     breakers: BreakersRepository
     oracle: OracleRepository
+    exchange: ExchangeRepository
 
     def __init__(self, inner: UnitOfWork, lock: WriterLock) -> None:
         self._inner = inner
@@ -227,6 +229,7 @@ class _FencedUnitOfWork:
         self.alerts = work.alerts
         self.breakers = work.breakers
         self.oracle = work.oracle
+        self.exchange = work.exchange
         return self
 
     def __exit__(self, *exc_info: object) -> None:

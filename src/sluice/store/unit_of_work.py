@@ -25,6 +25,7 @@ from sluice.ports import (
 from sluice.ports.alerts import AlertRepository
 from sluice.ports.breakers import BreakersRepository
 from sluice.ports.events import EventOutbox
+from sluice.ports.exchange import ExchangeRepository
 from sluice.ports.issuance import IssuanceRepository
 from sluice.ports.oracle import OracleRepository
 from sluice.ports.reserves import ReservesRepository
@@ -37,6 +38,7 @@ from sluice.store.bitcoin_watch_repository import SqlBitcoinWatchRepository
 from sluice.store.breakers_repository import SqlBreakersRepository
 from sluice.store.compliance_repository import SqlComplianceRepository
 from sluice.store.events_repository import SqlEventOutbox, notify_committed
+from sluice.store.exchange_repository import SqlExchangeRepository
 from sluice.store.issuance_repository import SqlIssuanceRepository
 from sluice.store.oracle_repository import SqlOracleRepository
 from sluice.store.repositories import (
@@ -66,6 +68,7 @@ class SqlUnitOfWork:
     alerts: AlertRepository
     breakers: BreakersRepository
     oracle: OracleRepository
+    exchange: ExchangeRepository
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -93,6 +96,7 @@ class SqlUnitOfWork:
         self.alerts = SqlAlertRepository(connection)
         self.breakers = SqlBreakersRepository(connection)
         self.oracle = SqlOracleRepository(connection)
+        self.exchange = SqlExchangeRepository(connection)
         return self
 
     def __exit__(self, *exc_info: object) -> None:

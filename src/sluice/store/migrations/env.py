@@ -9,6 +9,7 @@ from sqlalchemy import Connection
 from sluice.store import (  # noqa: F401
     bitcoin_tables,
     events_tables,
+    exchange_tables,
     issuance_tables,
     oracle_tables,
     reserves_tables,
