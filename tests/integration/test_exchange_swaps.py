@@ -571,6 +571,43 @@ def test_concurrent_swaps_never_exceed_balance_limits_or_inventory(
     assert exchange.invariant() == []
 
 
+@pytest.mark.postgres
+def test_concurrent_executes_of_one_quote_book_it_once(
+    exchange: Exchange, database_url: str
+) -> None:
+    if not database_url.startswith("postgresql"):
+        pytest.skip("row locks are PostgreSQL's; SQLite has one writer")
+    quote = quote_alice(exchange, "100")
+    results: list[Any] = []
+    failures: list[BaseException] = []
+    lock = threading.Lock()
+    start = threading.Barrier(6)
+
+    def run() -> None:
+        start.wait()
+        try:
+            swap = execute_swap(exchange.ctx, quote.id, customer_id="alice", actor="alice")
+        except BaseException as exc:
+            with lock:
+                failures.append(exc)
+            return
+        with lock:
+            results.append(swap)
+
+    threads = [threading.Thread(target=run) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert failures == []
+    assert len(results) == 6
+    assert all(result == results[0] for result in results)
+    assert exchange.count_rows(exchange_swaps) == 1
+    assert exchange.count_rows(tables.journal_transactions, kind="exchange_swap") == 1
+    assert exchange.balance(customer_account_name("alice"), ISTSI) == D(4900)
+    assert exchange.invariant() == []
+
+
 def test_migration_0013_creates_the_exchange_tables_as_declared(database_url: str) -> None:
     engine = open_database(database_url)
     try:
