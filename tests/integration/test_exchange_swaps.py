@@ -164,6 +164,19 @@ class Exchange:
         with self.engine.connect() as connection:
             return int(connection.execute(statement).scalar_one())
 
+    def refusals(self, quote_id: str) -> list[str]:
+        """The codes of the quote's ``swap_refused`` audit records, oldest first."""
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(tables.audit_records.c.error)
+                .where(
+                    tables.audit_records.c.operation_id == f"swap:{quote_id}",
+                    tables.audit_records.c.operation == "swap_refused",
+                )
+                .order_by(tables.audit_records.c.seq)
+            ).all()
+        return [row.error.split(":")[0] for row in rows]
+
     def invariant(self) -> list[str]:
         return check_invariant(self.uow).problems
 
@@ -363,6 +376,7 @@ def test_an_expired_quote_is_refused(exchange: Exchange) -> None:
         execute_swap(exchange.ctx, quote.id, customer_id="alice", actor="alice")
     assert refused.value.code == 81
     assert exchange.books() == before
+    assert exchange.refusals(quote.id) == ["81"]
     assert exchange.count_rows(exchange_swaps) == 0
 
 
@@ -385,6 +399,7 @@ def test_a_price_that_moved_past_the_minimum_received_is_refused(exchange: Excha
             min_received=quote.received,
         )
     assert exchange.books() == before
+    assert exchange.refusals(quote.id) == ["82", "82"]
     # A price within both: executed at the price of the execution.
     swap = execute_swap(exchange.ctx, quote.id, customer_id="alice", actor="alice")
     assert swap.rate == D("3.99")
@@ -443,6 +458,7 @@ def test_the_exchange_inventory_bounds_a_swap(exchange: Exchange) -> None:
         execute_swap(exchange.ctx, quote.id, customer_id="carol", actor="carol")
     assert refused.value.code == 83
     assert exchange.books() == before
+    assert exchange.refusals(quote.id) == ["83"]
     within = request_quote(
         exchange.ctx, customer_id="carol", sell=AMULET, buy=ISTSI, sell_amount="5800"
     )
@@ -459,6 +475,7 @@ def test_a_customer_cannot_swap_more_than_their_balance(exchange: Exchange) -> N
     with pytest.raises(InsufficientBalanceError) as refused:
         execute_swap(exchange.ctx, quote.id, customer_id="carol", actor="carol")
     assert refused.value.code == 62
+    assert exchange.refusals(quote.id) == ["62"]
     assert exchange.balance(customer_account_name("carol"), ISTSI) == D(4000)
     assert exchange.count_rows(exchange_swaps) == 0
 
@@ -470,6 +487,7 @@ def test_an_oracle_offline_refuses_quotes_and_swaps(exchange: Exchange) -> None:
     with pytest.raises(OracleOfflineError) as refused:
         execute_swap(exchange.ctx, quote.id, customer_id="alice", actor="alice")
     assert refused.value.code == 80
+    assert exchange.refusals(quote.id) == ["80"]
     with pytest.raises(OracleOfflineError):
         quote_alice(exchange, "100")
     assert exchange.count_rows(exchange_swaps) == 0

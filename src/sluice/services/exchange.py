@@ -52,8 +52,11 @@ from sluice.domain.errors import (
     InvalidAmountError,
     InvalidInputError,
     NotFoundError,
+    OracleOfflineError,
     QuoteExpiredError,
     SlippageExceededError,
+    SluiceError,
+    SystemPausedError,
 )
 from sluice.domain.events import Event, new_event
 from sluice.domain.exchange import (
@@ -187,7 +190,8 @@ def execute_swap(
     the first swap, whatever it is asked now. Refused, with nothing moved: a quote of another
     customer or none (10), expired (81), what would be received now under the minimum (82), the
     exchange's inventory short (83), the customer's balance short (62), the oracle offline
-    (80), a pause (50–52); a KYC refusal (20, 21) leaves only its audit record."""
+    (80), a pause (50–52): each leaves a ``swap_refused`` audit record; a KYC refusal (20, 21)
+    leaves the registry's."""
     if not actor.strip():
         raise InvalidInputError("a swap names who executed it")
     floor = None if min_received is None else parse_amount(min_received, field="min_received")
@@ -198,9 +202,28 @@ def execute_swap(
         raise NotFoundError(f"no quote {quote_id!r} of customer {customer_id!r}")
     if first is not None:
         return first
+    try:
+        return _execute(ctx, quote, floor, actor)
+    except REFUSALS as exc:
+        _audit_refusal(ctx, quote, actor, exc)
+        raise
+
+
+# Refusals audited by a ``swap_refused`` record of their own (the registry audits its refusals).
+REFUSALS = (
+    QuoteExpiredError,
+    SlippageExceededError,
+    InsufficientInventoryError,
+    InsufficientBalanceError,
+    OracleOfflineError,
+    SystemPausedError,
+)
+
+
+def _execute(ctx: ExchangeContext, quote: Quote, floor: Decimal | None, actor: str) -> Swap:
     if quote.is_expired(ctx.clock()):
         raise QuoteExpiredError(
-            f"quote {quote_id} expired at {quote.expires_at.isoformat()}: ask for a new quote"
+            f"quote {quote.id} expired at {quote.expires_at.isoformat()}: ask for a new quote"
         )
     oracle_pair, inverted = _resolve_pair(ctx.settings, quote.sell, quote.buy)
     price = ctx.oracle.current_price(oracle_pair)
@@ -208,7 +231,7 @@ def execute_swap(
     minimum = max(quote.minimum_received, floor if floor is not None else ZERO)
     if pricing.received < minimum:
         raise SlippageExceededError(
-            f"the price moved: swap {quote_id} would receive {format_amount(pricing.received)} "
+            f"the price moved: swap {quote.id} would receive {format_amount(pricing.received)} "
             f"{quote.buy.id} now, under the minimum {format_amount(minimum)}",
             received=format_amount(pricing.received),
             minimum=format_amount(minimum),
@@ -218,8 +241,34 @@ def execute_swap(
         swap, new = _book(ctx, uow, quote, pricing, minimum, price, actor)
         if new:
             uow.commit()
-            log.info("swap executed", quote_id=quote_id, customer_id=customer_id)
+            log.info("swap executed", quote_id=quote.id, customer_id=quote.customer_id)
     return swap
+
+
+def _audit_refusal(ctx: ExchangeContext, quote: Quote, actor: str, exc: SluiceError) -> None:
+    """A refused swap's record, in a transaction of its own (the swap's rolled back)."""
+    with ctx.uow() as uow:
+        uow.audit.append(
+            [
+                AuditEntry(
+                    operation_id=swap_transaction_id(quote.id),
+                    operation="swap_refused",
+                    actor=actor,
+                    recorded_at=ctx.clock(),
+                    customer_id=quote.customer_id,
+                    parameters={
+                        "quote_id": quote.id,
+                        "sell": quote.sell.key(),
+                        "sell_amount": format_amount(quote.sell_amount),
+                        "buy": quote.buy.key(),
+                        "minimum_received": format_amount(quote.minimum_received),
+                    },
+                    error=f"{exc.code}: {exc}",
+                )
+            ]
+        )
+        uow.commit()
+    log.warning("swap refused", quote_id=quote.id, code=exc.code, reason=str(exc))
 
 
 def _book(
