@@ -26,6 +26,8 @@ from sluice import bootstrap
 from sluice.api.app import ROUTERS
 from sluice.config import DeploymentConfig
 from sluice.domain.access import ROLES, Permission, roles_admitted
+from sluice.domain.exchange import ExchangeSettings
+from sluice.services.exchange import ExchangeContext
 from sluice.services.reserves_settings import ReservesContext
 from tests.api_support import ApiWorld, api_world
 from tests.integration.issuance_api_support import add_issuance, custody_wallet
@@ -120,6 +122,9 @@ EXPECTED: dict[tuple[str, str], frozenset[str] | str] = {
     ("GET", "/v1/breakers"): STAFF,
     ("POST", "/v1/breakers/{name}/force"): frozenset({S, Y}),
     ("GET", "/v1/oracle/health"): ALL,
+    ("POST", "/v1/customers/{customer_id}/quotes"): frozenset({S, Y, OP, U}),
+    ("POST", "/v1/customers/{customer_id}/swaps"): frozenset({S, Y, OP, U}),
+    ("GET", "/v1/customers/{customer_id}/swaps"): ALL,
 }
 
 PATH_VALUES = {
@@ -145,6 +150,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiWorld]:
     add_issuance(built, custody_wallet(tmp_path_factory.mktemp("keys") / "custody"))
     # A price oracle with no feeds: its health endpoint answers (healthy, no pairs).
     built.context.oracle = bootstrap.oracle_service(DeploymentConfig(), built.context.uow)
+    # And an exchange with no pairs: a quote is refused (84), a swap finds no quote (10).
+    built.context.exchange = ExchangeContext(
+        uow=built.context.uow,
+        clock=built.context.clock,
+        oracle=built.context.oracle,
+        registry=built.context.compliance,
+        settings=ExchangeSettings(),
+    )
     # A reserves side with no sources: reconciliation runs and reports every source not read,
     # so walking its endpoints cannot halt minting or pause the system for the other calls.
     built.context.reserves = ReservesContext(

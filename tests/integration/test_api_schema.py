@@ -26,6 +26,8 @@ from schemathesis.checks import (
 
 from sluice import bootstrap
 from sluice.config import DeploymentConfig
+from sluice.domain.exchange import ExchangeSettings
+from sluice.services.exchange import ExchangeContext
 from sluice.services.reserves_settings import ReservesContext
 from tests.api_support import ApiWorld, api_world
 from tests.integration.issuance_api_support import add_issuance, custody_wallet
@@ -38,6 +40,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiWorld]:
     add_issuance(built, custody_wallet(tmp_path_factory.mktemp("keys") / "custody"))
     # A price oracle with no feeds: its health endpoint answers (healthy, no pairs).
     built.context.oracle = bootstrap.oracle_service(DeploymentConfig(), built.context.uow)
+    # And an exchange with no pairs: a quote is refused (84), a swap finds no quote (10).
+    built.context.exchange = ExchangeContext(
+        uow=built.context.uow,
+        clock=built.context.clock,
+        oracle=built.context.oracle,
+        registry=built.context.compliance,
+        settings=ExchangeSettings(),
+    )
     for customer in ("cust-0", "cust-1"):
         built.sandbox.deposit(customer, Decimal(500))
     built.sandbox.ingest()

@@ -17,6 +17,7 @@ from sluice.api.routes import (
     breakers,
     compliance,
     customers,
+    exchange,
     instruments,
     issuance,
     metrics,
@@ -40,6 +41,7 @@ ROUTERS = (
     alerts.router,
     breakers.router,
     oracle.router,
+    exchange.router,
 )
 
 DESCRIPTION = """\

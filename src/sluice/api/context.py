@@ -12,6 +12,7 @@ from sluice.ports import AsyncReads, RegistryLookup, UnitOfWorkFactory
 from sluice.services.access import ApiKeyVerifier
 from sluice.services.approvals import Executor
 from sluice.services.compliance import KycRegistry
+from sluice.services.exchange import ExchangeContext
 from sluice.services.oracle import OracleService
 from sluice.services.reserves_settings import ReservesContext
 from sluice.services.settings import RuntimeSettings
@@ -47,6 +48,8 @@ class ApiContext:
     issuance: bootstrap.Issuance | None = None
     # The price oracle (``[oracle]`` feeds), when any feed is configured; None: 503.
     oracle: OracleService | None = None
+    # The cross-token exchange (``[exchange]`` pairs over the oracle); None: 503.
+    exchange: ExchangeContext | None = None
     # The reserves side (figures, reconciliation, proof of reserves) with the sources this
     # process reads; None: the reserves endpoints that need a source answer 503 saying so.
     reserves: ReservesContext | None = None

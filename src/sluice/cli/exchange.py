@@ -31,12 +31,10 @@ from sluice.cli.common import (
     print_json,
     utc_now,
 )
-from sluice.domain.errors import InvalidInputError, NotFoundError
-from sluice.domain.ledger import InstrumentId
-from sluice.ports import UnitOfWorkFactory
 from sluice.services.exchange import (
     ExchangeContext,
     execute_swap,
+    instrument_named,
     quote_json,
     request_quote,
     swap_json,
@@ -48,23 +46,6 @@ CustomerOption = Annotated[str, typer.Option("--customer", help="The customer sw
 def register(app: typer.Typer) -> None:
     app.command("quote")(quote)
     app.command("swap")(swap)
-
-
-def resolve(uow: UnitOfWorkFactory, text: str) -> InstrumentId:
-    """``ADMIN:ID`` (split at the last colon: party ids contain ``::``), or a bare id that
-    exactly one onboarded instrument has."""
-    head, sep, tail = text.rpartition(":")
-    if sep and head and tail and not head.endswith(":"):
-        return InstrumentId(head, tail)
-    with uow() as work:
-        found = [r.instrument for r in work.reference.instruments() if r.instrument.id == text]
-    if len(found) == 1:
-        return found[0]
-    if not found:
-        raise NotFoundError(f"no onboarded instrument {text!r} (name it ADMIN:ID)")
-    raise InvalidInputError(
-        f"{len(found)} onboarded instruments are called {text!r}: name one as ADMIN:ID"
-    )
 
 
 def _decimal(value: str | None, option: str) -> Decimal | None:
@@ -114,8 +95,8 @@ def quote(
             found = request_quote(
                 ctx,
                 customer_id=customer,
-                sell=resolve(database.uow, sell),
-                buy=resolve(database.uow, buy),
+                sell=instrument_named(database.uow, sell),
+                buy=instrument_named(database.uow, buy),
                 sell_amount=amount,
                 slippage=tolerance,
             )

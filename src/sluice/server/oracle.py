@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from sluice import bootstrap
 from sluice.server.loop import Outcome, Part, ServiceLoop
+from sluice.services.exchange import ExchangeContext
 
 if TYPE_CHECKING:
     from sluice.server.wiring import Service
@@ -25,6 +26,14 @@ def oracle_loop(service: Service) -> ServiceLoop | None:
         service.config, service.database.uow, clock=service.context.clock
     )
     service.context.oracle = oracle
+    if service.config.exchange.pairs:
+        service.context.exchange = ExchangeContext(
+            uow=service.database.uow,
+            clock=service.context.clock,
+            oracle=oracle,
+            registry=service.context.compliance,
+            settings=service.config.exchange.settings(),
+        )
 
     def refresh() -> Outcome | None:
         healths = oracle.refresh()

@@ -557,3 +557,21 @@ def swap_executed_event(swap: Swap) -> Event:
         },
         at=swap.executed_at,
     )
+
+
+def instrument_named(uow: UnitOfWorkFactory, text: str) -> InstrumentId:
+    """An instrument from ``ADMIN:ID`` (split at the last colon: party ids contain ``::``), or
+    from a bare id that exactly one onboarded instrument has (NotFound: none; invalid input:
+    several)."""
+    head, sep, tail = text.rpartition(":")
+    if sep and head and tail and not head.endswith(":"):
+        return InstrumentId(head, tail)
+    with uow() as work:
+        found = [r.instrument for r in work.reference.instruments() if r.instrument.id == text]
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise NotFoundError(f"no onboarded instrument {text!r} (name it ADMIN:ID)")
+    raise InvalidInputError(
+        f"{len(found)} onboarded instruments are called {text!r}: name one as ADMIN:ID"
+    )
