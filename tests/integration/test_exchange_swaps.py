@@ -193,6 +193,16 @@ def settings(**overrides: Any) -> ExchangeSettings:
 
 @pytest.fixture
 def exchange(database_url: str) -> Iterator[Exchange]:
+    yield from _deployed(database_url)
+
+
+@pytest.fixture
+def pg_exchange(postgres_url: str) -> Iterator[Exchange]:
+    """The same exchange on PostgreSQL only (row locks under concurrent swaps)."""
+    yield from _deployed(postgres_url)
+
+
+def _deployed(database_url: str) -> Iterator[Exchange]:
     engine = open_database(database_url)
     clock = [NOW]
     reader = StubReader()
@@ -520,16 +530,13 @@ def test_a_crash_mid_swap_leaves_no_half_swap(
 
 
 @pytest.mark.postgres
-def test_concurrent_swaps_never_exceed_balance_limits_or_inventory(
-    exchange: Exchange, database_url: str
-) -> None:
+def test_concurrent_swaps_never_exceed_balance_limits_or_inventory(pg_exchange: Exchange) -> None:
     """Threads swap ISTSI for Amulet at once: alice's ten sales of 150 are bound by her daily
     limit (1000), carol's eight of 900 by her balance (4000), and all of them by the exchange's
     Amulet inventory (20000, of which a swap may take at most a fifth of what is left here:
     3596 Amulet for 900 ISTSI fits once at most). Whatever the interleaving, no bound is passed,
     and carol's swaps are refused for the inventory."""
-    if not database_url.startswith("postgresql"):
-        pytest.skip("row locks are PostgreSQL's; SQLite has one writer")
+    exchange = pg_exchange  # row locks are PostgreSQL's; SQLite has one writer
     exchange.ctx = replace(exchange.ctx, settings=settings(inventory_reserve_ratio=D("0.8")))
     quotes = [("alice", quote_alice(exchange, "150").id) for _ in range(10)]
     quotes += [
@@ -590,11 +597,8 @@ def test_concurrent_swaps_never_exceed_balance_limits_or_inventory(
 
 
 @pytest.mark.postgres
-def test_concurrent_executes_of_one_quote_book_it_once(
-    exchange: Exchange, database_url: str
-) -> None:
-    if not database_url.startswith("postgresql"):
-        pytest.skip("row locks are PostgreSQL's; SQLite has one writer")
+def test_concurrent_executes_of_one_quote_book_it_once(pg_exchange: Exchange) -> None:
+    exchange = pg_exchange  # row locks are PostgreSQL's; SQLite has one writer
     quote = quote_alice(exchange, "100")
     results: list[Any] = []
     failures: list[BaseException] = []
