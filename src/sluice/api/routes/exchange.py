@@ -60,8 +60,9 @@ class FeeOut(BaseModel):
     kind: str
 
 
-class QuoteOut(BaseModel):
-    id: str
+class _PricedOut(BaseModel):
+    """What a quote and the swap made from it both carry."""
+
     customer_id: str
     sell: dict[str, str]
     buy: dict[str, str]
@@ -72,23 +73,17 @@ class QuoteOut(BaseModel):
     received: str
     minimum_received: str
     oracle: dict[str, Any]
+
+
+class QuoteOut(_PricedOut):
+    id: str
     created_at: str
     expires_at: str
 
 
-class SwapOut(BaseModel):
+class SwapOut(_PricedOut):
     quote_id: str
-    customer_id: str
-    sell: dict[str, str]
-    buy: dict[str, str]
-    sell_amount: str
-    rate: str
-    price_impact: str
-    fee: FeeOut
-    received: str
-    minimum_received: str
     journal_transaction_id: str
-    oracle: dict[str, Any]
     warnings: list[str]
     actor: str
     executed_at: str
