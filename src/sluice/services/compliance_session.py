@@ -37,6 +37,7 @@ from sluice.domain.compliance import (
     ComplianceDecision,
     ComplianceRequest,
     HeldDeposit,
+    LimitLadder,
     Profile,
     ReviewItem,
     UsageRecord,
@@ -115,6 +116,14 @@ class UsageCache:
         self._settled.pop(customer_id, None)
 
 
+def effective_ladder(configured: LimitLadder, uow: UnitOfWork) -> LimitLadder:
+    """The limit ladder in force: the configured one with the compliance officer's overrides."""
+    ladder = configured
+    for (tier, operation), limits in uow.compliance.limit_overrides().items():
+        ladder = ladder.with_override(tier, operation, limits)
+    return ladder
+
+
 class ComplianceSession:
     """The decisions of one transaction (see the module docstring)."""
 
@@ -148,10 +157,7 @@ class ComplianceSession:
             self._read_usage_kept(cache, ids, since, until or since, operations)
         elif ids:
             self._read_usage(ids, since, until or since, operations)
-        ladder = registry.settings.ladder
-        for (tier, operation), limits in repo.limit_overrides().items():
-            ladder = ladder.with_override(tier, operation, limits)
-        self.ladder = ladder
+        self.ladder = effective_ladder(registry.settings.ladder, uow)
         self._flagged: dict[str, str] = repo.flagged(set(counterparties)) if counterparties else {}
         self._asked_flags: set[str] = set(counterparties)
         self._new_usage: dict[str, list[UsageRecord]] = {}

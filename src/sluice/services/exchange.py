@@ -77,6 +77,7 @@ from sluice.domain.ledger import InstrumentId
 from sluice.domain.oracle import OraclePrice
 from sluice.ports import UnitOfWork, UnitOfWorkFactory
 from sluice.services.compliance import KycRegistry, check_operation_allowed
+from sluice.services.compliance_session import effective_ladder
 from sluice.services.controls import check_not_paused
 from sluice.services.events import emit_all
 from sluice.services.oracle import OracleService
@@ -390,10 +391,7 @@ def _warnings(
     profile = uow.compliance.profiles([customer_id]).get(customer_id)
     if profile is None:
         return ()
-    ladder = ctx.registry.settings.ladder
-    for (tier, operation), limits in uow.compliance.limit_overrides().items():
-        ladder = ladder.with_override(tier, operation, limits)
-    limits = ladder.of(profile.tier, OPERATION)
+    limits = effective_ladder(ctx.registry.settings.ladder, uow).of(profile.tier, OPERATION)
     windows = uow.compliance.usage_windows([customer_id], now, now, [OPERATION])
     used = windows.get(customer_id)
     if used is None:
