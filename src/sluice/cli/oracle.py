@@ -8,7 +8,7 @@ every pair is healthy, 1 when one is degraded and 2 when one is offline, so a ch
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -24,8 +24,7 @@ from sluice.cli.common import (
     print_table,
     timestamp_or_none,
 )
-from sluice.ports.oracle import RecordedRejection
-from sluice.services.oracle import OracleStatus
+from sluice.services.oracle import rejection_json, status_json
 
 oracle_app = typer.Typer(
     no_args_is_help=True,
@@ -36,40 +35,6 @@ EXIT_BY_HEALTH = {"healthy": 0, "degraded": 1, "offline": 2}
 
 def register(app: typer.Typer) -> None:
     app.add_typer(oracle_app, name="oracle")
-
-
-def _rejection(found: RecordedRejection | None) -> dict[str, Any] | None:
-    if found is None:
-        return None
-    return {
-        "pair": found.pair,
-        "source": found.source,
-        "rule": found.rule,
-        "detail": found.detail,
-        "observed": found.observed,
-        "at": timestamp_or_none(found.at),
-    }
-
-
-def status_json(status: OracleStatus) -> dict[str, Any]:
-    """The status as ``--json`` prints it (and the API answers it)."""
-    return {
-        "health": status.health,
-        "feeds": [
-            {
-                "pair": feed.pair,
-                "kind": feed.kind,
-                "health": feed.health,
-                "source": feed.source,
-                "fallback_fee": feed.fallback_fee,
-                "price": feed.price,
-                "observed_at": timestamp_or_none(feed.observed_at),
-                "updated_at": timestamp_or_none(feed.updated_at),
-                "last_rejection": _rejection(feed.last_rejection),
-            }
-            for feed in status.feeds
-        ],
-    }
 
 
 @oracle_app.command("status")
@@ -134,7 +99,7 @@ def oracle_rejections(
             found = service.rejections(pair, limit=limit)
         finally:
             service.close()
-    rows = [_rejection(item) for item in found]
+    rows = [rejection_json(item) for item in found]
     if as_json:
         print_json(rows)
         return

@@ -25,10 +25,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import structlog
 
 from sluice.domain.errors import NotFoundError, OracleOfflineError
+from sluice.domain.ledger import format_timestamp
 from sluice.domain.oracle import (
     Accepted,
     Decision,
@@ -328,3 +330,45 @@ class OracleService:
             self.spec(pair)
         with self._uow() as uow:
             return uow.oracle.rejections(pair, limit=limit)
+
+
+# --- as JSON ---------------------------------------------------------------------------------
+
+
+def _time_text(value: datetime | None) -> str | None:
+    return format_timestamp(value) if value is not None else None
+
+
+def rejection_json(found: RecordedRejection | None) -> dict[str, Any] | None:
+    """A rejection as ``sluice oracle rejections --json`` and the API show it."""
+    if found is None:
+        return None
+    return {
+        "pair": found.pair,
+        "source": found.source,
+        "rule": found.rule,
+        "detail": found.detail,
+        "observed": found.observed,
+        "at": _time_text(found.at),
+    }
+
+
+def status_json(status: OracleStatus) -> dict[str, Any]:
+    """The status as ``sluice oracle status --json`` prints it and the API answers it."""
+    return {
+        "health": status.health,
+        "feeds": [
+            {
+                "pair": feed.pair,
+                "kind": feed.kind,
+                "health": feed.health,
+                "source": feed.source,
+                "fallback_fee": feed.fallback_fee,
+                "price": feed.price,
+                "observed_at": _time_text(feed.observed_at),
+                "updated_at": _time_text(feed.updated_at),
+                "last_rejection": rejection_json(feed.last_rejection),
+            }
+            for feed in status.feeds
+        ],
+    }

@@ -10,8 +10,7 @@ from pydantic import BaseModel
 from sluice.api.context import ApiContext
 from sluice.api.routes.common import ERRORS, AnyPrincipal, Context
 from sluice.domain.errors import SluiceError
-from sluice.ports.oracle import RecordedRejection
-from sluice.services.oracle import OracleService
+from sluice.services.oracle import OracleService, status_json
 
 router = APIRouter(tags=["oracle"], responses=ERRORS)
 
@@ -59,19 +58,6 @@ def oracle_of(context: ApiContext) -> OracleService:
     return found
 
 
-def _rejection(found: RecordedRejection | None) -> RejectionOut | None:
-    if found is None:
-        return None
-    return RejectionOut(
-        pair=found.pair,
-        source=found.source,
-        rule=found.rule,
-        detail=found.detail,
-        observed=found.observed,
-        at=found.at,
-    )
-
-
 @router.get(
     "/v1/oracle/health",
     response_model=OracleHealthOut,
@@ -80,21 +66,4 @@ def _rejection(found: RecordedRejection | None) -> RejectionOut | None:
     "when no feed is configured",
 )
 def oracle_health(context: Context, _caller: AnyPrincipal) -> OracleHealthOut:
-    status = oracle_of(context).oracle_status()
-    return OracleHealthOut(
-        health=status.health,
-        feeds=[
-            FeedHealthOut(
-                pair=feed.pair,
-                kind=feed.kind,
-                health=feed.health,
-                source=feed.source,
-                fallback_fee=feed.fallback_fee,
-                price=feed.price,
-                observed_at=feed.observed_at,
-                updated_at=feed.updated_at,
-                last_rejection=_rejection(feed.last_rejection),
-            )
-            for feed in status.feeds
-        ],
-    )
+    return OracleHealthOut.model_validate(status_json(oracle_of(context).oracle_status()))
