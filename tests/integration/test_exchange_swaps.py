@@ -26,8 +26,6 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
 from sqlalchemy import Engine
 
 import sluice.services.exchange as exchange_service
@@ -72,8 +70,8 @@ from sluice.store import tables
 from sluice.store.database import open_database
 from sluice.store.events_tables import event_outbox
 from sluice.store.exchange_tables import exchange_quotes, exchange_swaps
-from sluice.store.tables import metadata
 from sluice.store.unit_of_work import SqlUnitOfWork
+from tests.schema_check import schema_differences
 
 D = Decimal
 NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
@@ -631,15 +629,4 @@ def test_concurrent_executes_of_one_quote_book_it_once(pg_exchange: Exchange) ->
 
 
 def test_migration_0013_creates_the_exchange_tables_as_declared(database_url: str) -> None:
-    engine = open_database(database_url)
-    try:
-        with engine.connect() as connection:
-            context = MigrationContext.configure(connection, opts={"compare_type": True})
-            differences = [
-                difference
-                for difference in compare_metadata(context, metadata)
-                if "exchange" in repr(difference)
-            ]
-    finally:
-        engine.dispose()
-    assert differences == []
+    assert schema_differences(database_url, "exchange") == []

@@ -21,8 +21,6 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
 
 from sluice.config import OracleConfig
 from sluice.domain.errors import OracleOfflineError
@@ -31,8 +29,8 @@ from sluice.oracle.feeds import FeedReader
 from sluice.services.oracle import OracleService
 from sluice.store.database import open_database
 from sluice.store.oracle_tables import oracle_rejections, oracle_sources
-from sluice.store.tables import metadata
 from sluice.store.unit_of_work import SqlUnitOfWork
+from tests.schema_check import schema_differences
 
 D = Decimal
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -427,18 +425,7 @@ def test_inverted_and_crossed_pairs_validate_each_leg_on_its_own(
 
 
 def test_migration_0012_creates_the_oracle_tables_as_declared(database_url: str) -> None:
-    engine = open_database(database_url)
-    try:
-        with engine.connect() as connection:
-            context = MigrationContext.configure(connection, opts={"compare_type": True})
-            differences = [
-                difference
-                for difference in compare_metadata(context, metadata)
-                if "oracle" in repr(difference)
-            ]
-    finally:
-        engine.dispose()
-    assert differences == []
+    assert schema_differences(database_url, "oracle") == []
 
 
 def test_concurrent_evaluations_of_a_pair_never_take_its_round_backwards(
