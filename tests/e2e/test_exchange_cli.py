@@ -11,21 +11,17 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
-import sqlalchemy as sa
-
 from sluice import bootstrap
 from sluice.domain.exchange import EXCHANGE_INVENTORY
 from sluice.domain.journal import (
     AccountRef,
     customer_account_name,
-    transfer_into,
-    treasury_account_name,
 )
 from sluice.domain.ledger import InstrumentId
 from sluice.services.books import check_invariant
 from sluice.services.reference import onboard_instrument, register_customer
-from sluice.store import tables
 from tests.e2e.test_cli_over_the_wire import environment, sluice
+from tests.ledger_holdings import seed_owed
 
 TREASURY = "treasury::1220aa"
 ISTSI = InstrumentId("issuer::1220bb", "iSTSi")
@@ -45,31 +41,14 @@ def _world(data: Path) -> bootstrap.Database:
             (EXCHANGE_INVENTORY, AMULET, "100000"),
         )
     ):
-        with uow() as work:
-            work.withdrawals.post(
-                [
-                    transfer_into(
-                        f"seed:{number}",
-                        "deposit",
-                        treasury=AccountRef(treasury_account_name(TREASURY), instrument),
-                        liability=AccountRef(account, instrument),
-                        amount=Decimal(amount),
-                    )
-                ]
-            )
-            work.commit()
-        with database.engine.begin() as connection:  # the treasury's holding on the ledger
-            connection.execute(
-                sa.insert(tables.holdings).values(
-                    contract_id=f"holding-{number}",
-                    owner=TREASURY,
-                    instrument_admin=instrument.admin,
-                    instrument_id=instrument.id,
-                    amount=Decimal(amount),
-                    created_update_id=f"update-{number}",
-                    created_offset=number,
-                )
-            )
+        seed_owed(
+            database.engine,
+            number,
+            treasury=TREASURY,
+            account=account,
+            instrument=instrument,
+            amount=amount,
+        )
     return database
 
 

@@ -50,8 +50,6 @@ from sluice.domain.exchange import (
 from sluice.domain.journal import (
     AccountRef,
     customer_account_name,
-    transfer_into,
-    treasury_account_name,
 )
 from sluice.domain.ledger import InstrumentId
 from sluice.domain.oracle import FeedSpec, Observation, Reading, Rejection, SourceSpec
@@ -71,6 +69,7 @@ from sluice.store.database import open_database
 from sluice.store.events_tables import event_outbox
 from sluice.store.exchange_tables import exchange_quotes, exchange_swaps
 from sluice.store.unit_of_work import SqlUnitOfWork
+from tests.ledger_holdings import seed_owed
 from tests.schema_check import schema_differences
 
 D = Decimal
@@ -114,32 +113,14 @@ class Exchange:
 
     def seed(self, account: str, instrument: InstrumentId, amount: str) -> None:
         """Books ``amount`` owed to ``account``, held by the treasury (as after a deposit)."""
-        number = next(self.holdings)
-        with self.uow() as uow:
-            uow.withdrawals.post(
-                [
-                    transfer_into(
-                        f"seed:{number}",
-                        "deposit",
-                        treasury=AccountRef(treasury_account_name(TREASURY), instrument),
-                        liability=AccountRef(account, instrument),
-                        amount=D(amount),
-                    )
-                ]
-            )
-            uow.commit()
-        with self.engine.begin() as connection:
-            connection.execute(
-                sa.insert(tables.holdings).values(
-                    contract_id=f"holding-{number}",
-                    owner=TREASURY,
-                    instrument_admin=instrument.admin,
-                    instrument_id=instrument.id,
-                    amount=D(amount),
-                    created_update_id=f"update-{number}",
-                    created_offset=number,
-                )
-            )
+        seed_owed(
+            self.engine,
+            next(self.holdings),
+            treasury=TREASURY,
+            account=account,
+            instrument=instrument,
+            amount=amount,
+        )
 
     def balance(self, account: str, instrument: InstrumentId) -> Decimal:
         with self.uow() as uow:
