@@ -18,6 +18,7 @@ from typing import Annotated
 import typer
 
 from sluice import bootstrap
+from sluice.config import DeploymentConfig
 from sluice.cli.common import (
     ActorOption,
     DbOption,
@@ -57,8 +58,7 @@ def _decimal(value: str | None, option: str) -> Decimal | None:
         fail(f"{option} {value!r} is not a decimal number")
 
 
-def _context(database: bootstrap.Database) -> ExchangeContext:
-    config = deployment()
+def _context(config: DeploymentConfig, database: bootstrap.Database) -> ExchangeContext:
     return ExchangeContext(
         uow=database.uow,
         clock=utc_now,
@@ -90,7 +90,7 @@ def quote(
     log_to_stderr()
     tolerance = _decimal(slippage, "--slippage")
     with compliance_database(db or config.database_url) as database:
-        ctx = _context(database)
+        ctx = _context(config, database)
         try:
             found = request_quote(
                 ctx,
@@ -134,7 +134,7 @@ def swap(
     floor = _decimal(min_received, "--min-received")
     who = actor_name(actor)
     with compliance_database(db or config.database_url) as database:
-        ctx = _context(database)
+        ctx = _context(config, database)
         try:
             done = execute_swap(ctx, quote_id, customer_id=customer, actor=who, min_received=floor)
         finally:
