@@ -18,7 +18,6 @@ from typing import Annotated
 import typer
 
 from sluice import bootstrap
-from sluice.config import DeploymentConfig
 from sluice.cli.common import (
     ActorOption,
     DbOption,
@@ -32,6 +31,7 @@ from sluice.cli.common import (
     print_json,
     utc_now,
 )
+from sluice.config import DeploymentConfig
 from sluice.services.exchange import (
     ExchangeContext,
     execute_swap,
