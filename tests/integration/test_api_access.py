@@ -125,6 +125,8 @@ EXPECTED: dict[tuple[str, str], frozenset[str] | str] = {
     ("POST", "/v1/customers/{customer_id}/quotes"): frozenset({S, Y, OP, U}),
     ("POST", "/v1/customers/{customer_id}/swaps"): frozenset({S, Y, OP, U}),
     ("GET", "/v1/customers/{customer_id}/swaps"): ALL,
+    ("GET", "/v1/exchange/inventory"): STAFF,
+    ("POST", "/v1/exchange/inventory/fundings"): frozenset({S, Y, OP}),
 }
 
 PATH_VALUES = {

@@ -18,6 +18,7 @@ from sluice.api.routes import (
     compliance,
     customers,
     exchange,
+    exchange_inventory,
     instruments,
     issuance,
     metrics,
@@ -42,6 +43,7 @@ ROUTERS = (
     breakers.router,
     oracle.router,
     exchange.router,
+    exchange_inventory.router,
 )
 
 DESCRIPTION = """\

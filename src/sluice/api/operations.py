@@ -21,6 +21,7 @@ from sluice.domain.errors import InvalidOperationStateError
 from sluice.domain.ledger import InstrumentId
 from sluice.services.approvals import Executor, propose_operation
 from sluice.services.compliance_officer import set_limits
+from sluice.services.exchange_inventory import fund_inventory
 from sluice.services.issuance_approvals import issuance_executors as shared_issuance_executors
 from sluice.services.issuance_settings import IssuanceContext
 from sluice.services.reference import onboard_instrument, set_instrument_enabled
@@ -114,6 +115,17 @@ def executors(context: ApiContext) -> dict[str, Executor]:
         )
         return {"item_id": item.id, "assigned_to": item.assigned_to}
 
+    def fund(approval: Approval, at: datetime) -> Mapping[str, object]:
+        item = fund_inventory(
+            context.uow,
+            str(approval.parameters["item_id"]),
+            actor=f"approval:{approval.id}",
+            at=at,
+            approval_id=approval.id,
+            reason=approval.reason,
+        )
+        return {"item_id": item.id, "assigned_to": item.assigned_to}
+
     def change(approval: Approval, at: datetime) -> Mapping[str, object]:
         p = approval.parameters
         assert approval.effective_at is not None
@@ -136,6 +148,7 @@ def executors(context: ApiContext) -> dict[str, Executor]:
         "withdrawal.large": large_withdrawal,
         "compliance.limits": limits,
         "suspense.assign": assign,
+        "exchange.inventory.fund": fund,
         "config.change": change,
         **issuance_executors(context),
     }

@@ -50,6 +50,7 @@ CRITICAL_OPERATIONS: Mapping[str, Capability] = {
     "withdrawal.large": "user_operations",
     "compliance.limits": "compliance_override",
     "suspense.assign": "user_operations",
+    "exchange.inventory.fund": "user_operations",
     "config.change": "router_admin",
     "issuance.retry": "router_admin",
     "issuance.compensate": "router_admin",

@@ -44,6 +44,11 @@ EVENT_TYPES: dict[str, EventType] = _types(
     ("deposit_credited", "deposit", "a deposit was credited to a customer's account"),
     ("deposit_held", "deposit", "a deposit was held: suspense or a compliance hold"),
     ("deposit_released", "deposit", "a held deposit was assigned or released to a customer"),
+    (
+        "inventory_funded",
+        "deposit",
+        "a deposit in suspense was booked to the exchange's inventory",
+    ),
     ("deposit_returned", "deposit", "a held deposit is being returned to its sender"),
     # withdrawals
     ("withdrawal_requested", "withdrawal", "a customer asked for a withdrawal"),

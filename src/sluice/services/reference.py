@@ -19,6 +19,7 @@ from sluice.domain.amounts import format_amount, parse_amount
 from sluice.domain.audit import AuditEntry
 from sluice.domain.compliance import check_tier
 from sluice.domain.errors import InvalidInputError, NotFoundError
+from sluice.domain.exchange import EXCHANGE_INVENTORY
 from sluice.domain.ledger import InstrumentId, check_party_id
 from sluice.ports import InstrumentRecord, UnitOfWorkFactory
 
@@ -41,6 +42,10 @@ def register_customer(
     starts on KYC tier 1 (basic verification done), active, unless ``tier`` says otherwise."""
     if not customer_id.strip():
         raise InvalidInputError("customer id must not be empty")
+    if customer_id == EXCHANGE_INVENTORY:
+        raise InvalidInputError(
+            f"customer id {EXCHANGE_INVENTORY!r} is reserved: it names the exchange's inventory"
+        )
     checked_tier = check_tier(tier) if tier is not None else None
     when = at or datetime.now(UTC)
     with uow_factory() as uow:

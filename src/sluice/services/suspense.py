@@ -22,6 +22,7 @@ from sluice.domain.amounts import format_amount
 from sluice.domain.audit import AuditEntry
 from sluice.domain.compliance import UsageRecord
 from sluice.domain.errors import InvalidInputError, InvalidOperationStateError, NotFoundError
+from sluice.domain.exchange import EXCHANGE_INVENTORY
 from sluice.domain.journal import (
     SUSPENSE,
     AccountRef,
@@ -58,7 +59,8 @@ def parse_item_id(item_id: str) -> tuple[str, int]:
     return update_id, int(node_text)
 
 
-def _item(uow: UnitOfWork, item_id: str) -> SuspenseItem:
+def suspense_item_in(uow: UnitOfWork, item_id: str) -> SuspenseItem:
+    """The suspense item ``item_id`` as ``uow`` reads it; 404 when there is none."""
     update_id, node_id = parse_item_id(item_id)
     item = uow.accounts.suspense_item(update_id, node_id)
     if item is None:
@@ -76,7 +78,7 @@ def list_suspense(
 
 def get_suspense_item(uow_factory: UnitOfWorkFactory, item_id: str) -> SuspenseItem:
     with uow_factory() as uow:
-        return _item(uow, item_id)
+        return suspense_item_in(uow, item_id)
 
 
 def _check_assignable(item: SuspenseItem, customer_id: str) -> SuspenseItem | None:
@@ -106,7 +108,12 @@ def assign_suspense(
         raise InvalidInputError("actor must not be empty")
     with uow_factory() as uow:
         check_not_paused(uow)
-        item = _item(uow, item_id)
+        item = suspense_item_in(uow, item_id)
+        if customer_id == EXCHANGE_INVENTORY:
+            raise InvalidInputError(
+                f"{EXCHANGE_INVENTORY!r} is the exchange's inventory, not a customer: fund it "
+                "with `sluice exchange fund` (the exchange.inventory.fund approval)"
+            )
         # The customer's row first, then the balances (the order every writer locks in).
         profile = uow.compliance.profiles([customer_id], lock=True).get(customer_id)
         if profile is None:
@@ -119,7 +126,7 @@ def assign_suspense(
         ):
             # Another assignment committed between the read and the insert (the insert waited
             # for it); a new statement sees it.
-            done = _check_assignable(_item(uow, item_id), customer_id)
+            done = _check_assignable(suspense_item_in(uow, item_id), customer_id)
             assert done is not None, f"{item_id} is assigned yet reads as open"
             return done
         uow.withdrawals.post(

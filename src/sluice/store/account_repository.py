@@ -103,6 +103,11 @@ class SqlAccountsRepository:
         rows = self._c.execute(balances_query(customer_account_name(customer_id)))
         return {InstrumentId(admin, instrument): balance for admin, instrument, balance in rows}
 
+    def account_balances(self, account_name: str) -> dict[InstrumentId, Decimal]:
+        """Any liability account's balances per instrument, by the account's name."""
+        rows = self._c.execute(balances_query(account_name))
+        return {InstrumentId(admin, instrument): balance for admin, instrument, balance in rows}
+
     def customer_history(
         self, customer_id: str, *, offset: int = 0, limit: int = 100
     ) -> list[HistoryRecord]:
