@@ -22,6 +22,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from rich.console import Console
 
 from sluice import bootstrap
@@ -50,6 +51,7 @@ from sluice.services.books import check_invariant, customer_balances
 from sluice.services.controls import current_pause
 from sluice.services.ingestion import connection_name
 from sluice.services.withdrawals import list_withdrawals
+from sluice.store import exchange_tables
 
 pytestmark = pytest.mark.slow
 
@@ -278,6 +280,19 @@ def wallet_expected(expected: Plan, customer: Customer, symbol: str) -> Decimal:
     return held + paid
 
 
+def swapped(database: bootstrap.Database, coin: InstrumentId) -> dict[str, Decimal]:
+    """Canton Coin each customer received by swaps (the exchange chapter), as recorded."""
+    swaps = exchange_tables.exchange_swaps
+    statement = sa.select(swaps.c.customer_id, swaps.c.received).where(
+        swaps.c.buy_id == coin.id, swaps.c.buy_admin == coin.admin
+    )
+    found: dict[str, Decimal] = {}
+    with database.engine.connect() as connection:
+        for customer_id, received in connection.execute(statement):
+            found[customer_id] = found.get(customer_id, Decimal(0)) + received
+    return found
+
+
 def check_files(data: Path, expected: Plan) -> None:
     """What the demo left behind: exact balances and withdrawal statuses in the DB, the books
     balanced, the cursor at the ledger end, and on the ledger the crashed withdrawal paid once and
@@ -290,13 +305,17 @@ def check_files(data: Path, expected: Plan) -> None:
         coin, usdx = symbols["Amulet"], symbols["USDX"]
         instruments: dict[str, InstrumentId] = {"CC": coin, "USDX": usdx}
         balances = customer_balances(database.uow)
+        bought = swapped(database, coin)
+        assert sorted(bought) == ["alice", "bob"]  # the exchange chapter's two swaps
         for customer in EVERYONE:
             account = balances.get(f"customer:{customer.id}", {})
             for symbol in SYMBOLS:
                 released = HELD_AMOUNT if (customer, symbol) == (HELD_CUSTOMER, "CC") else 0
+                swaps = bought.get(customer.id, Decimal(0)) if symbol == "CC" else 0
                 assert account.get(instruments[symbol].key(), Decimal(0)) == (
                     expected.expected_final(customer, symbol)
                     + released
+                    + swaps
                     - api_paid(customer, symbol)
                 ), (customer, symbol)
         assert sum(balances.get("compliance_hold", {}).values(), Decimal(0)) == 0

@@ -74,7 +74,14 @@ reference ledger):
     the journal); Alice's inclusion proof verifies with the standalone verifier against the
     published root, a copy claiming one unit more is refused, and the signed reserves document
     verifies against the custody descriptor, the node and the roots.
-11. **Events, metrics, alerts and breakers**, on the embedded defaults. An alert rule (events
+11. **The cross-token exchange**, on that world: the exchange's desk funds its inventory of
+    Canton Coin from a suspense deposit (an operator proposes, a treasurer approves); oracle
+    prices from files in the data folder (ISTSI/CC crossed from ISTSI/USD and CC/USD, each with
+    a secondary); Alice quotes and swaps iSTSi for CC (the same quote again: the same swap); the
+    CC/USD primary goes stale (degraded: the fallback fee), then its secondary (offline: quotes
+    and swaps refused), then both publish again (healthy); an expired quote and a price that
+    moved past the minimum are refused; a fresh quote executes; the books balance.
+12. **Events, metrics, alerts and breakers**, on the embedded defaults. An alert rule (events
     waiting in the outbox) fires against the metrics and an operator acknowledges it; the ledger
     circuit breaker opens under injected faults, refuses, probes after its wait (an injected
     clock) and closes; the relay publishes the outbox to the in-process bus with a subscriber
@@ -115,6 +122,7 @@ from sluice.demo import (
     bitcoin,
     compliance,
     events,
+    exchange,
     ingestion,
     issuance,
     report,
@@ -193,6 +201,7 @@ CHAPTERS: tuple[Chapter[Any], ...] = (
     bitcoin.CHAPTER,  # custody: deposits, a reorg, a batched payout through a crash and a bump
     issuance.CHAPTER,  # iSTSi: minted at 6, a reorg, a held deposit, redemptions, held transfers
     reserves.CHAPTER,  # reserves, reconciliation (a shortfall halts minting), proof of reserves
+    exchange.CHAPTER,  # inventory funded, iSTSi swapped for CC, a feed going stale, refusals
     events.CHAPTER,  # the relay to the in-process bus, an alert rule, a breaker, /metrics
 )
 
