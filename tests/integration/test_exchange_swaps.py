@@ -575,9 +575,9 @@ def test_concurrent_swaps_never_exceed_balance_limits_or_inventory(pg_exchange: 
     assert exchange.invariant() == []
 
 
-@pytest.mark.postgres
-def test_concurrent_executes_of_one_quote_book_it_once(pg_exchange: Exchange) -> None:
-    exchange = pg_exchange  # row locks are PostgreSQL's; SQLite has one writer
+def test_concurrent_executes_of_one_quote_book_it_once(exchange: Exchange) -> None:
+    """Six threads execute one quote at once: one swap, the same for all (PostgreSQL's row
+    locks; SQLite's one writer, each transaction begun IMMEDIATE)."""
     quote = quote_alice(exchange, "100")
     results: list[Any] = []
     failures: list[BaseException] = []
