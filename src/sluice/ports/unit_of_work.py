@@ -26,6 +26,7 @@ from sluice.ports.repositories import (
     WithdrawalRepository,
 )
 from sluice.ports.reserves import ReservesRepository
+from sluice.ports.web import WebSessionRepository
 
 
 class UnitOfWork(Protocol):
@@ -49,6 +50,7 @@ class UnitOfWork(Protocol):
     breakers: BreakersRepository
     oracle: OracleRepository
     exchange: ExchangeRepository
+    web_sessions: WebSessionRepository
 
     def __enter__(self) -> UnitOfWork: ...
     def __exit__(self, *exc_info: object) -> None: ...

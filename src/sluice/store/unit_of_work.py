@@ -29,6 +29,7 @@ from sluice.ports.exchange import ExchangeRepository
 from sluice.ports.issuance import IssuanceRepository
 from sluice.ports.oracle import OracleRepository
 from sluice.ports.reserves import ReservesRepository
+from sluice.ports.web import WebSessionRepository
 from sluice.store.access_repository import SqlAccessRepository
 from sluice.store.account_repository import SqlAccountsRepository
 from sluice.store.alerts_repository import SqlAlertRepository
@@ -47,6 +48,7 @@ from sluice.store.repositories import (
     SqlReferenceRepository,
 )
 from sluice.store.reserves_repository import SqlReservesRepository
+from sluice.store.web_repository import SqlWebSessionRepository
 from sluice.store.withdrawal_repository import SqlDepositOfferRepository, SqlWithdrawalRepository
 
 
@@ -69,6 +71,7 @@ class SqlUnitOfWork:
     breakers: BreakersRepository
     oracle: OracleRepository
     exchange: ExchangeRepository
+    web_sessions: WebSessionRepository
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -97,6 +100,7 @@ class SqlUnitOfWork:
         self.breakers = SqlBreakersRepository(connection)
         self.oracle = SqlOracleRepository(connection)
         self.exchange = SqlExchangeRepository(connection)
+        self.web_sessions = SqlWebSessionRepository(connection)
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -13,6 +13,7 @@ from sluice.store import (  # noqa: F401
     issuance_tables,
     oracle_tables,
     reserves_tables,
+    web_tables,
 )
 from sluice.store.tables import metadata
 
