@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from sluice.api.body_limit import BodyLimitMiddleware
 from sluice.api.context import ApiContext
 from sluice.api.errors import install_error_handlers
 from sluice.api.metrics_middleware import MetricsMiddleware
@@ -30,6 +31,7 @@ from sluice.api.routes import (
     withdrawals,
 )
 from sluice.api.security import CorrelationMiddleware, RateLimiter
+from sluice.api.web.install import install_pages
 
 # Every router of the API, in the order they are mounted.
 ROUTERS = (
@@ -94,6 +96,8 @@ def create_app(context: ApiContext, *, access_log: bool = True) -> FastAPI:
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    install_pages(app)
     app.add_middleware(MetricsMiddleware)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=context.max_body_bytes)
     app.add_middleware(CorrelationMiddleware, access_log=access_log)
     return app

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from sluice.api.body_limit import DEFAULT_MAX_BODY_BYTES
 from sluice.api.oidc import JwtVerifier
+from sluice.api.web.settings import WebSettings
 from sluice.ports import AsyncReads, RegistryLookup, UnitOfWorkFactory
 from sluice.services.access import ApiKeyVerifier
 from sluice.services.approvals import Executor
@@ -53,3 +55,7 @@ class ApiContext:
     # The reserves side (figures, reconciliation, proof of reserves) with the sources this
     # process reads; None: the reserves endpoints that need a source answer 503 saying so.
     reserves: ReservesContext | None = None
+    # The web pages' sessions and sign-in limits (``[web]``).
+    web: WebSettings = field(default_factory=WebSettings)
+    # The bound on a request's body, for the API and the pages (``[api] max_body_bytes``).
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES

@@ -47,6 +47,7 @@ from sluice.config.sections import (
     _secret,
     _Section,
 )
+from sluice.config.web import WebConfig as WebConfig
 from sluice.domain.errors import InvalidInputError
 from sluice.domain.ledger import check_party_id
 from sluice.services.settings import check_setting
@@ -325,6 +326,8 @@ class ApiConfig(_Section):
     port: Annotated[int, Field(ge=1, le=65535)] = 8080
     oidc: OidcConfig | None = None
     settings: dict[str, Any] = {}  # noqa: RUF012
+    # Request bodies over this many bytes are answered 413 unread (the API and the pages).
+    max_body_bytes: Annotated[int, Field(ge=1024, le=1024**3)] = 1024 * 1024
 
     @field_validator("settings")
     @classmethod
@@ -365,6 +368,7 @@ class DeploymentConfig(_Section):
     oracle: OracleConfig = OracleConfig()
     # The cross-token exchange: pairs, fees, quotes, price impact and inventory.
     exchange: ExchangeConfig = ExchangeConfig()
+    web: WebConfig = WebConfig()
 
     @property
     def database_url(self) -> str:

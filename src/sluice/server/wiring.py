@@ -14,6 +14,7 @@ from sluice import bootstrap
 from sluice.api.context import ApiContext
 from sluice.api.oidc import JwtVerifier, OidcSettings
 from sluice.api.operations import executors
+from sluice.api.web.settings import WebSettings
 from sluice.config import DeploymentConfig
 from sluice.domain.errors import InvalidInputError
 from sluice.ledger.local.adapters import EmbeddedCommands, embedded_registries
@@ -323,6 +324,8 @@ def _wire(
         withdrawal_settings=settings,
         deployment=config.redacted(),
         reads=database.async_reads(),
+        web=WebSettings(**config.web.model_dump()),
+        max_body_bytes=config.api.max_body_bytes,
     )
     context.executors = executors(context)
     parts: list[Part] = []

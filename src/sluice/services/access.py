@@ -173,8 +173,9 @@ def create_api_key(
 def revoke_api_key(
     uow_factory: UnitOfWorkFactory, key_id: str, *, actor: str, at: datetime
 ) -> ApiKeyRecord:
-    """Revoke a key for good (:class:`NotFoundError` if unknown, 41 if already revoked). The
-    caller holding an :class:`ApiKeyVerifier` should also ``forget`` it."""
+    """Revoke a key for good (:class:`NotFoundError` if unknown, 41 if already revoked), and
+    every web session signed in with it. The caller holding an :class:`ApiKeyVerifier` should
+    also ``forget`` it."""
     _require_actor(actor)
     with uow_factory() as uow:
         record = uow.access.api_key(key_id)
@@ -184,6 +185,8 @@ def revoke_api_key(
             raise InvalidOperationStateError(f"API key {key_id} is already revoked")
         revoked = uow.access.api_key(key_id)
         assert revoked is not None
+        # The web pages' sessions signed in with this key end with it.
+        uow.web_sessions.revoke_principal(f"key:{key_id}", at)
         _audit(
             uow,
             operation="api_key_revoked",

@@ -51,6 +51,7 @@ from sluice.ports.exchange import ExchangeRepository
 from sluice.ports.issuance import IssuanceRepository
 from sluice.ports.oracle import OracleRepository
 from sluice.ports.reserves import ReservesRepository
+from sluice.ports.web import WebSessionRepository
 
 STANDBY_POLL_INTERVAL_S = 0.5
 
@@ -204,6 +205,7 @@ class _FencedUnitOfWork:
     breakers: BreakersRepository
     oracle: OracleRepository
     exchange: ExchangeRepository
+    web_sessions: WebSessionRepository
 
     def __init__(self, inner: UnitOfWork, lock: WriterLock) -> None:
         self._inner = inner
@@ -230,6 +232,7 @@ class _FencedUnitOfWork:
         self.breakers = work.breakers
         self.oracle = work.oracle
         self.exchange = work.exchange
+        self.web_sessions = work.web_sessions
         return self
 
     def __exit__(self, *exc_info: object) -> None:
