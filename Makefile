@@ -52,14 +52,18 @@ TEST_WORKERS ?= 4
 test: lint tools
 	env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest -n $(TEST_WORKERS)
 
-# Programs the tests drive besides Python: wrk (the API benchmark's load generator) and litecoind
-# (Debian's Litecoin Core, the real node of the Bitcoin custody tests, run in -regtest).
+# Programs the tests drive besides Python: wrk (the API benchmark's load generator), litecoind
+# (Debian's Litecoin Core, the real node of the Bitcoin custody tests, run in -regtest) and
+# chromium (Debian's, the browser the web pages' tests drive through Playwright; Playwright
+# downloads nothing).
 SUDO := $(shell test "$$(id -u)" -eq 0 || echo sudo)
 tools:
 	@command -v wrk >/dev/null || { echo "installing wrk"; $(SUDO) apt-get update -qq && \
 		$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 	@command -v litecoind >/dev/null || { echo "installing litecoind"; $(SUDO) apt-get update -qq && \
 		$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq litecoind >/dev/null; }
+	@command -v chromium >/dev/null || { echo "installing chromium"; $(SUDO) apt-get update -qq && \
+		$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 bench: $(STAMP)
 	$(BIN)/sluice bench ingest --updates $(BENCH_UPDATES) --db sqlite:///data/bench/bench.db --record docs/benchmarks.md
