@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 from sluice.domain.audit import current_correlation_id
 from sluice.domain.errors import (
@@ -137,6 +138,22 @@ def _field(location: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in location)
 
 
+HTTP_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method the request's path takes, for a 405's ``Allow`` header. (Starlette names
+    only the methods of the first route matching the path; a path served by two routes, a GET
+    and a POST, takes both.)"""
+    routes = request.app.router.routes
+
+    def takes(method: str) -> bool:
+        scope = {**request.scope, "method": method}
+        return any(route.matches(scope)[0] is Match.FULL for route in routes)
+
+    return ", ".join(method for method in HTTP_METHODS if takes(method))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(SluiceError)
     async def _sluice(_request: Request, exc: SluiceError) -> JsonResponse:
@@ -155,10 +172,13 @@ def install_error_handlers(app: FastAPI) -> None:
         return JsonResponse(error_body(60, "invalid_input", message, {"fields": problems}), 422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JsonResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JsonResponse:
         code, error = HTTP_ERROR_NAMES.get(exc.status_code, (60, "bad_request"))
         status = exc.status_code if exc.status_code < 500 else 500
-        return JsonResponse(error_body(code, error, str(exc.detail)), status, headers=exc.headers)
+        headers = dict(exc.headers or {})
+        if status == 405:
+            headers["Allow"] = allowed_methods(request)
+        return JsonResponse(error_body(code, error, str(exc.detail)), status, headers=headers)
 
     @app.exception_handler(CommandError)
     async def _command(_request: Request, exc: CommandError) -> JsonResponse:
