@@ -26,7 +26,9 @@ IN_FLIGHT = "in_flight"
 FEES = "fees"
 # Deposits the KYC registry refused to credit, until a compliance officer releases or returns them.
 COMPLIANCE_HOLD = "compliance_hold"
-LIABILITY_NAMES = (SUSPENSE, IN_FLIGHT, FEES, COMPLIANCE_HOLD)
+# The exchange's own stock of each instrument (``sluice.domain.exchange``, which names it too).
+EXCHANGE_INVENTORY = "exchange_inventory"
+LIABILITY_NAMES = (SUSPENSE, IN_FLIGHT, FEES, COMPLIANCE_HOLD, EXCHANGE_INVENTORY)
 
 
 def treasury_account_name(party: str) -> str:

@@ -72,6 +72,7 @@ from sluice.domain.ledger import InstrumentId, format_timestamp
 from sluice.domain.withdrawals import LIVE_STATUSES
 from sluice.ports.bitcoin import NotFoundError
 from sluice.sim import events_invariants as events
+from sluice.sim import exchange_invariants as exchange
 from sluice.sim import issuance_invariants as istsi
 from sluice.sim import reserves_invariants as reserves
 from sluice.sim.state import (
@@ -166,6 +167,8 @@ def check_cursor(sim: SimulationState, state: DatabaseState, final: bool) -> Non
 def check_credits(sim: SimulationState, state: DatabaseState, final: bool) -> None:
     balances = state.balances
     owed = sim.owed
+    # What swaps and fundings of the exchange's inventory moved between liabilities.
+    moved = exchange.movements(sim, state)
     live: dict[tuple[str, InstrumentId], Decimal] = {}
     paid: dict[tuple[str, InstrumentId], Decimal] = {}
     for row in state.records:
@@ -182,20 +185,24 @@ def check_credits(sim: SimulationState, state: DatabaseState, final: bool) -> No
         for customer in sim.customer_ids:
             key = (customer_account_name(customer), instrument)
             balance = balances.get(AccountRef(*key), ZERO)
-            total = balance + live.get(key, ZERO) + paid.get(key, ZERO)
+            swapped = moved.get(key, ZERO)
+            total = balance + live.get(key, ZERO) + paid.get(key, ZERO) - swapped
             if total != owed.get(key, ZERO):
                 sim.violation(
                     "credits",
                     f"{customer} {instrument.id}: balance {_show(balance)} + in flight "
-                    f"{_show(live.get(key))} + paid out {_show(paid.get(key))} = "
-                    f"{_show(total)}, but the ingested deposits credit {_show(owed.get(key))}",
+                    f"{_show(live.get(key))} + paid out {_show(paid.get(key))} - swapped "
+                    f"{_show(swapped)} = {_show(total)}, but the ingested deposits credit "
+                    f"{_show(owed.get(key))}",
                 )
         suspense = balances.get(AccountRef(SUSPENSE, instrument), ZERO)
-        if suspense != owed.get((SUSPENSE, instrument), ZERO):
+        funded = -moved.get((SUSPENSE, instrument), ZERO)
+        if suspense + funded != owed.get((SUSPENSE, instrument), ZERO):
             sim.violation(
                 "suspense",
-                f"{instrument.id}: suspense holds {_show(suspense)}, the ingested deposits "
-                f"with unknown reasons {_show(owed.get((SUSPENSE, instrument)))}",
+                f"{instrument.id}: suspense holds {_show(suspense)} after funding the exchange's "
+                f"inventory with {_show(funded)}, the ingested deposits with unknown reasons "
+                f"{_show(owed.get((SUSPENSE, instrument)))}",
             )
         in_flight = balances.get(AccountRef(IN_FLIGHT, instrument), ZERO)
         if in_flight != live.get((IN_FLIGHT, instrument), ZERO):
@@ -205,8 +212,13 @@ def check_credits(sim: SimulationState, state: DatabaseState, final: bool) -> No
                 f"{_show(live.get((IN_FLIGHT, instrument)))}",
             )
         fees = balances.get(AccountRef(FEES, instrument), ZERO)
-        if fees != 0:
-            sim.violation("fees", f"{instrument.id}: fees {_show(fees)}, none charged")
+        charged = moved.get((FEES, instrument), ZERO)
+        if fees != charged:
+            sim.violation(
+                "fees",
+                f"{instrument.id}: fees {_show(fees)}, the swaps' fees {_show(charged)} (the "
+                "sandbox charges no other)",
+            )
 
 
 def check_payments(sim: SimulationState, state: DatabaseState, final: bool) -> None:
@@ -529,6 +541,11 @@ INVARIANTS: tuple[Invariant, ...] = (
     Invariant("events_delivered", events.check_delivered, final_only=True),
     Invariant("events_order", events.check_order),
     Invariant("events_aggregates", events.check_aggregates, final_only=True),
+    # The oracle and the exchange (sim/exchange_invariants.py)
+    Invariant("exchange_swaps", exchange.check_swaps),
+    Invariant("exchange_prices", exchange.check_prices),
+    Invariant("exchange_inventory", exchange.check_inventory),
+    Invariant("exchange_limits", exchange.check_limits),
 )
 
 

@@ -24,6 +24,7 @@ from sluice.sim.actors import (
     bitcoin,
     customers,
     events,
+    exchange,
     ingestion,
     issuance,
     ledger_admin,
@@ -41,6 +42,7 @@ ACTORS: tuple[Actor, ...] = (
     issuance.ACTOR,
     reserves.ACTOR,
     events.ACTOR,
+    exchange.ACTOR,
 )
 
 ACTIONS: tuple[Action, ...] = tuple(action for actor in ACTORS for action in actor.actions)
