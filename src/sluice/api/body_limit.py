@@ -4,7 +4,8 @@ default 1 MiB).
 Plain ASGI middleware in front of everything else: a request whose ``Content-Length`` says more
 than the bound is answered 413 before a byte of its body is read; one without a length (chunked)
 is counted as it is read, and answered 413 as soon as it passes the bound — the application then
-sees a disconnect instead of the rest, so nothing past the bound is ever buffered or parsed. The
+sees the client gone instead of the rest (its own answer to that is dropped), so nothing past the
+bound is ever buffered or parsed. The
 answer is sluice's error shape, code 60 ``payload_too_large``."""
 
 from __future__ import annotations
@@ -15,10 +16,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from sluice.domain.audit import current_correlation_id
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
-
-
-class BodyTooLargeError(Exception):
-    pass
 
 
 class BodyLimitMiddleware:
@@ -41,28 +38,37 @@ class BodyLimitMiddleware:
                     return
                 break
         seen = 0
-        started = False
+        started = False  # the application began its answer
+        refused = False  # this middleware answered 413 instead
 
         async def counted() -> Message:
-            nonlocal seen
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise BodyTooLargeError
+                if seen > self.max_bytes and not started:
+                    # Answer now; the application sees the client gone, and whatever it
+                    # answers to that is dropped.
+                    refused = True
+                    await self._refuse(send, -1)
+                    return {"type": "http.disconnect"}
             return message
 
         async def tracked(message: Message) -> None:
             nonlocal started
+            if refused:
+                return
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
 
         try:
             await self.app(scope, counted, tracked)
-        except BodyTooLargeError:
-            if not started:
-                await self._refuse(send, seen)
+        except Exception:
+            if not refused:
+                raise
 
     async def _refuse(self, send: Send, size: int) -> None:
         shown = f"{size} bytes" if size >= 0 else "a body of unknown length"
