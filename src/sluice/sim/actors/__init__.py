@@ -12,7 +12,22 @@ Each step draws one action, by weight, from the actions of all :data:`ACTORS` in
   refund, withdraw stale offers, merge and split the pool), the deposit worker runs;
 * :mod:`~sluice.sim.actors.bitcoin`: custody on the in-memory chain — customers deposit (some
   dust), blocks are mined, the chain reorganises, the node evicts, the deposit watcher runs,
-  payouts are requested and the payouts worker runs (crashing after recording, after sending).
+  payouts are requested and the payouts worker runs (crashing after recording, after sending);
+* :mod:`~sluice.sim.actors.issuance`: iSTSi — Bitcoin deposits minted by the issuance router
+  (dying mid-step), redemptions, the compliance officer's freezes, lists and releases, transfers
+  between customers' parties and the KYC hold worker;
+* :mod:`~sluice.sim.actors.reserves`: reserve readings, reconciliation runs over every source and
+  proof-of-liabilities snapshots;
+* :mod:`~sluice.sim.actors.events`: the outbox relay, through a bus that refuses or loses acks
+  and relays crashing between publish and mark;
+* :mod:`~sluice.sim.actors.exchange`: the price oracle's feeds move (now and then a bad reading of
+  every kind, a divergent secondary and a fallback, an outage); customers quote and swap (at
+  once, later, twice, beyond their balance, their KYC exchange limits, the inventory or a tight
+  minimum received); the house's deposits in suspense fund the exchange's inventory.
+
+Each actor with checks of its own keeps its part of the run's state in ``sim/<part>_state.py``
+and its checks in ``sim/<part>_invariants.py``, registered in
+:data:`~sluice.sim.invariants.INVARIANTS`.
 
 A new actor is one module defining its ``ACTOR`` (an :class:`Actor`: its :class:`Action`\\ s, each
 a name, a weight and a function of the :class:`~sluice.sim.state.SimulationState`) and one line
