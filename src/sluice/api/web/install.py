@@ -7,10 +7,28 @@ from importlib.resources import files
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from sluice.api.web import auth, customer, dashboard
+from sluice.api.web import (
+    auth,
+    customer,
+    dashboard,
+    dashboard_audit,
+    dashboard_compliance,
+    dashboard_controls,
+    dashboard_ops,
+    dashboard_reserves,
+)
 from sluice.api.web.pages import handlers
 
-ROUTERS = (auth.router, dashboard.router, customer.router)
+ROUTERS = (
+    auth.router,
+    dashboard.router,
+    dashboard_ops.router,
+    dashboard_reserves.router,
+    dashboard_compliance.router,
+    dashboard_controls.router,
+    dashboard_audit.router,
+    customer.router,
+)
 
 
 def install_pages(app: FastAPI) -> None:
