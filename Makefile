@@ -11,7 +11,7 @@ UV_VERSION := 0.13.8
 PG_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/sluice_bench
 BENCH_UPDATES ?= 100000
 
-.PHONY: demo test tools lint format bench bench-quick soak lock clean install
+.PHONY: demo dashboard test tools lint format bench bench-quick soak lock clean install
 
 install: $(STAMP)
 
@@ -32,6 +32,11 @@ $(STAMP): requirements.lock pyproject.toml $(NATIVE_SOURCES)
 
 demo: $(STAMP)
 	$(BIN)/sluice demo
+
+# The pages (/login, /dashboard, /me) and the API on the data `make demo` left, with ingestion and
+# the workers; sign in with a key the demo printed (also in data/demo/dashboard-keys.txt).
+dashboard: $(STAMP)
+	$(BIN)/sluice serve --db sqlite:///data/demo/sluice.db --ledger data/demo/ledger.db --port 8080
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

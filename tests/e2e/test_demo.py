@@ -46,7 +46,7 @@ from sluice.demo import (
 )
 from sluice.domain.ledger import REASON_KEY, InstrumentId
 from sluice.ledger.local import EmbeddedLedger
-from sluice.services.access import list_api_keys
+from sluice.services.access import ApiKeyVerifier, list_api_keys
 from sluice.services.books import check_invariant, customer_balances
 from sluice.services.controls import current_pause
 from sluice.services.ingestion import connection_name
@@ -240,9 +240,11 @@ def check_api_report(report: str, expected: Plan) -> None:
     given = re.search(r"X-Correlation-ID ([0-9a-f]{8})…", rows[7][4])
     recorded = re.search(r"correlation id ([0-9a-f]{8})…", rows[13][4])
     assert given and recorded and given.group(1) == recorded.group(1), (rows[7], rows[13])
-    # Five keys by id; no key itself anywhere in the report.
+    # Five keys by id; no key itself anywhere in the report before its last lines (the sign-in
+    # keys of the dashboard, made for that).
     assert len(re.findall(r"(?:admin|operator|officer|\(user\)) [0-9a-f]{16}\b", chapter)) == 5
-    assert re.search(r"sk_[0-9a-f]{16}_", report) is None
+    before, _, _ = report.partition(DASHBOARD_HEADING)
+    assert re.search(r"sk_[0-9a-f]{16}_", before) is None
 
 
 def payments(ledger: EmbeddedLedger, party: str, reason: str) -> list[str]:
@@ -338,7 +340,7 @@ def check_files(data: Path, expected: Plan) -> None:
             assert count == 1, (planned, count)
         crashed = next(w for w in expected.withdrawals if w.crash)
         assert len(payments(ledger, treasury, crashed.id)) == 1
-        keys = list_api_keys(database.uow)
+        keys = [k for k in list_api_keys(database.uow) if k.label != "demo dashboard"]
         assert sorted(k.role for k in keys) == sorted(
             ["super_admin", "system_admin", "operator", "compliance_officer", "user"]
         )
@@ -377,6 +379,40 @@ def test_the_report_shows_what_the_customers_did(demo_folder: tuple[Path, str]) 
     expected = plan(SEED)
     check_report(report, expected)
     check_files(data, expected)
+
+
+DASHBOARD_HEADING = "The dashboard and the customer page on the demo's data:"
+
+
+def test_the_report_ends_with_the_dashboard_command_and_keys_that_sign_in(
+    demo_folder: tuple[Path, str],
+) -> None:
+    data, report = demo_folder
+    _before, heading, ending = report.partition(DASHBOARD_HEADING)
+    assert heading, report[-2000:]
+    lines = [line.strip() for line in ending.strip().splitlines()]
+    assert lines[0].startswith(f"sluice serve --db sqlite:///{data / 'sluice.db'} --ledger ")
+    assert "http://localhost:8080/login" in lines[0]
+    shown = dict(
+        re.fullmatch(r"sign in as (\S+(?: \(\w+\))?)\s+(sk_\S+)", line).groups()  # type: ignore[union-attr]
+        for line in lines[1:4]
+    )
+    assert sorted(shown) == sorted(
+        ["super_admin", "compliance_officer", f"user ({API_CUSTOMER.id})"]
+    )
+    written = (data / "dashboard-keys.txt").read_text().splitlines()
+    assert sorted(line.split("\t")[2] for line in written) == sorted(shown.values())
+    assert (data / "dashboard-keys.txt").stat().st_mode & 0o077 == 0
+    database = bootstrap.database(f"sqlite:///{data / 'sluice.db'}")
+    try:
+        verifier = ApiKeyVerifier(database.uow)
+        for who, key in shown.items():
+            principal = verifier.authenticate(key)
+            assert principal.role == who.split(" ")[0]
+            if principal.is_user:
+                assert principal.customer_id == API_CUSTOMER.id
+    finally:
+        database.dispose()
 
 
 def test_ingestion_is_killed_part_way_and_resumes_from_its_cursor(

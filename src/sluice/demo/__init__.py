@@ -133,7 +133,7 @@ from sluice.demo import (
 from sluice.demo.api import API_CUSTOMER, API_OTHER, API_WITHDRAWALS
 from sluice.demo.compliance import HELD_AMOUNT, HELD_CUSTOMER
 from sluice.demo.ingestion import ingest_command, sluice_command
-from sluice.demo.next_steps import show_next_steps
+from sluice.demo.next_steps import show_dashboard, show_next_steps
 from sluice.demo.report import Chapter, Sections, money
 from sluice.demo.world import (
     BLOCKED,
@@ -282,4 +282,5 @@ def run_demo(
     console.print(
         f"\n{verdict} — the demo took {elapsed:.1f}s ({with_start_up:.1f}s with Python start-up)"
     )
+    show_dashboard(console, world)
     return ok
