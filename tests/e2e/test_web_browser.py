@@ -20,15 +20,31 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 
 import pytest
 from playwright.sync_api import Browser, expect
 
+from sluice.services.compliance_officer import flag_address, review_queue
 from tests.api_support import ApiWorld, api_world, live_server
 from tests.e2e.browser import Screens, Tab, TabFactory, artefacts_for, chromium
 
 SETTINGS = {"approvals.required": 2, "withdrawals.approval_above": "500"}
-STAFF_PAGES = ("/dashboard",)
+# Every staff page, as the overview's navigation links them.
+STAFF_PAGES = (
+    "/dashboard",
+    "/dashboard/health",
+    "/dashboard/reserves",
+    "/dashboard/ingestion",
+    "/dashboard/pending",
+    "/dashboard/holds",
+    "/dashboard/reviews",
+    "/dashboard/alerts",
+    "/dashboard/approvals",
+    "/dashboard/controls",
+    "/dashboard/audit",
+)
+WORKER_ROUNDS_MAX = 20
 
 
 @dataclass
@@ -71,6 +87,79 @@ def tabs(browser: Browser, site: Site, request: pytest.FixtureRequest) -> Iterat
     yield open_tab
     for tab in opened:
         tab.close()
+
+
+# --- the world behind the pages, driven as the API's tests drive it ----------------------------
+
+
+def instrument(world: ApiWorld) -> dict[str, str]:
+    return {"admin": world.sandbox.coin.admin, "id": world.sandbox.coin.id}
+
+
+def fund(world: ApiWorld, customer: str, amount: str) -> None:
+    """The customer deposits ``amount`` of the sandbox's coin; ingestion credits it."""
+    world.sandbox.deposit(customer, Decimal(amount))
+    world.sandbox.ingest()
+
+
+def balance(world: ApiWorld, customer: str) -> Decimal:
+    answer = world.client().get(
+        f"/v1/customers/{customer}/balances", headers=world.headers("operator")
+    )
+    assert answer.status_code == 200, answer.text
+    for row in answer.json()["balances"]:
+        if row["instrument"] == instrument(world):
+            return Decimal(row["amount"])
+    return Decimal(0)
+
+
+def request_withdrawal_by_api(world: ApiWorld, customer: str, amount: str, key: str) -> str:
+    """A withdrawal the customer asks for over the API; answers its id, or its proposal's id
+    when it awaits approval."""
+    answer = world.client().post(
+        f"/v1/customers/{customer}/withdrawals",
+        json={
+            "receiver": world.sandbox.customers[customer],
+            "instrument": instrument(world),
+            "amount": amount,
+        },
+        headers={
+            **world.headers("user" if customer == "cust-0" else f"user:{customer}"),
+            "Idempotency-Key": key,
+        },
+    )
+    assert answer.status_code in (200, 201, 202), answer.text
+    return str(answer.json()["id"])
+
+
+def hold_a_deposit(world: ApiWorld, customer: str, amount: str) -> str:
+    """A deposit held by compliance (its sender's address flagged); answers the hold's id."""
+    sandbox = world.sandbox
+    assert flag_address(
+        sandbox.database.uow,
+        sandbox.customers[customer],
+        actor="officer-1",
+        at=sandbox.clock(),
+        reason="fraud report",
+    )
+    fund(world, customer, amount)
+    (hold,) = review_queue(sandbox.database.uow).holds
+    return hold.id
+
+
+def settle_withdrawals(world: ApiWorld, withdrawal_id: str) -> None:
+    """The withdrawal worker and ingestion run until the withdrawal is over (bounded)."""
+    worker = world.sandbox.withdrawal_worker()
+    for _ in range(WORKER_ROUNDS_MAX):
+        worker.run_once()
+        world.sandbox.ingest()
+        with world.sandbox.database.uow() as uow:
+            found = uow.withdrawals.get(withdrawal_id)
+        assert found is not None
+        if found.status in ("completed", "failed"):
+            assert found.status == "completed", found
+            return
+    raise AssertionError(f"withdrawal {withdrawal_id} did not finish")
 
 
 # --- sessions ------------------------------------------------------------------------------------
@@ -120,6 +209,99 @@ def test_staff_sign_in_to_the_dashboard_with_a_secure_strict_cookie_and_sign_out
     operator.sign_out()
     operator.open("/dashboard", "dashboard-after-sign-out")
     assert operator.path == "/login"
+
+
+# --- the staff's work ---------------------------------------------------------------------------
+
+
+def test_staff_read_the_dashboard_approve_a_large_withdrawal_in_two_and_release_a_held_deposit(
+    site: Site, tabs: TabFactory
+) -> None:
+    world = site.world
+    fund(world, "cust-0", "2000")
+    proposal = request_withdrawal_by_api(world, "cust-0", "800", "big-one")  # over 500: proposed
+    hold_id = hold_a_deposit(world, "cust-1", "250")
+    assert (balance(world, "cust-0"), balance(world, "cust-1")) == (Decimal(2000), Decimal(0))
+
+    admin = tabs("super-admin")
+    admin.sign_in(site.key("super_admin"), lands_on="/dashboard")
+    # The overview links a page per concern; the staff member reads each of them.
+    nav = admin.page.get_by_role("navigation", name="main").get_by_role("link")
+    linked = nav.evaluate_all("links => links.map(a => a.pathname)")
+    assert linked == list(STAFF_PAGES), linked
+    for path in STAFF_PAGES[1:]:
+        admin.open(path, path.removeprefix("/dashboard/"))
+        expect(admin.page.get_by_role("heading", level=1)).to_be_visible()
+
+    # The first signature: the withdrawal stays a proposal and nothing moves.
+    admin.open("/dashboard/approvals", "approvals-awaiting")
+    row = admin.page.locator(f"#approval-{proposal}")
+    expect(row).to_contain_text("0 of 2")
+    row.get_by_label("Comment (optional)").fill("called the customer")
+    admin.submit(row.get_by_role("button", name="Approve"), "approved-once")
+    expect(admin.page.locator("#flash")).to_contain_text("now pending, 1 of 2 approvals")
+    expect(admin.page.locator(f"#approval-{proposal}")).to_contain_text("you voted")
+    assert balance(world, "cust-0") == Decimal(2000)
+
+    # A second staff member, in a browser of their own, gives the second: it runs.
+    operator = tabs("operator")
+    operator.sign_in(site.key("operator"), lands_on="/dashboard")
+    operator.open("/dashboard/approvals", "approvals-awaiting")
+    row = operator.page.locator(f"#approval-{proposal}")
+    expect(row).to_contain_text("1 of 2")
+    operator.submit(row.get_by_role("button", name="Approve"), "approved-twice")
+    expect(operator.page.locator("#flash")).to_contain_text("now executed, 2 of 2 approvals")
+    expect(operator.page.locator(f"#approval-{proposal}")).to_have_count(0)  # none pending
+    assert balance(world, "cust-0") == Decimal(1200)
+    operator.open("/dashboard/approvals?status=executed", "approvals-executed")
+    expect(operator.page.locator(f"#approval-{proposal}")).to_contain_text("executed")
+
+    # The held deposit, released to its customer.
+    admin.open("/dashboard/holds", "holds")
+    held = admin.page.locator("#holds tbody tr", has_text=hold_id)
+    expect(held).to_contain_text("fraud report")
+    held.get_by_label("Reason to release").fill("sender verified")
+    admin.submit(held.get_by_role("button", name="Release"), "released")
+    expect(admin.page.locator("#flash")).to_contain_text(f"Released {hold_id} to cust-1")
+    expect(admin.page.locator("#holds")).to_contain_text("No deposit on hold")
+    assert balance(world, "cust-1") == Decimal(250)
+    admin.open("/dashboard/audit", "audit")
+
+
+# --- the customer's page -------------------------------------------------------------------------
+
+
+def test_a_customer_sees_how_to_deposit_and_their_balance_withdraws_and_sees_it_complete(
+    site: Site, tabs: TabFactory
+) -> None:
+    world = site.world
+    fund(world, "cust-0", "300")
+    customer = tabs("cust-0")
+    customer.sign_in(site.key("user"), lands_on="/me")
+    page = customer.page
+    deposit = page.locator("#deposit-instructions .card.deposit").first
+    expect(deposit.locator(".treasury")).to_have_text(world.sandbox.treasury)
+    expect(deposit.locator(".deposit-account")).to_have_text("acct-0")
+    available = page.locator("#balances tbody tr").first.locator("td").first
+    expect(available).to_have_text("300")
+
+    page.get_by_label("Amount").fill("120")
+    page.get_by_label("Receiver").fill(world.sandbox.customers["cust-0"])
+    customer.submit(page.get_by_role("button", name="Request withdrawal"), "withdrawal-requested")
+    assert customer.path == "/me"
+    (requested,) = page.locator("#withdrawals tbody tr").all()
+    withdrawal_id = requested.get_attribute("data-id")
+    assert withdrawal_id is not None
+    expect(requested).not_to_have_attribute("data-status", "completed")
+    expect(available).to_have_text("180")
+
+    settle_withdrawals(world, withdrawal_id)
+    customer.open("/me", "withdrawal-completed")
+    done = page.locator(f"#withdrawals tbody tr[data-id='{withdrawal_id}']")
+    expect(done).to_have_attribute("data-status", "completed")
+    expect(done.locator(".status")).to_have_text("completed")
+    expect(page.locator("#balances tbody tr").first.locator("td").first).to_have_text("180")
+    expect(page.locator("#history")).to_contain_text("120")
 
 
 # --- who reaches what ----------------------------------------------------------------------------
