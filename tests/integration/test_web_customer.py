@@ -19,12 +19,15 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from sluice.bitcoin.wallet import EmbitCustodyWallet
 from sluice.por.documents import Proof, parse_roots, root_for
 from sluice.por.verify import verify_proof
+from sluice.ports.issuance import IssuanceOperation
 from sluice.services import accounts
 from sluice.services.por_snapshots import take_snapshot
 from sluice.services.reserves_settings import ReservesContext
 from tests.api_support import ApiWorld, api_world
+from tests.integration.issuance_api_support import IssuanceWorld, add_issuance, custody_wallet
 
 HIDDEN = r'name="{name}" value="([^"]*)"'
 
@@ -282,3 +285,72 @@ def test_the_proof_of_reserves_downloaded_from_the_page_verifies(
     nobody = sign_in(world, "user:cust-1")
     their_proof = nobody.get(link.group(1).replace("&amp;", "&"))
     assert Proof.from_json(their_proof.json()).customer_id == "cust-1"
+
+
+# --- iSTSi issuance: the Bitcoin deposit address and redemptions ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def wallet(tmp_path_factory: pytest.TempPathFactory) -> EmbitCustodyWallet:
+    return custody_wallet(tmp_path_factory.mktemp("keys") / "custody")
+
+
+@pytest.fixture
+def issuance(database_url: str, wallet: EmbitCustodyWallet) -> Iterator[IssuanceWorld]:
+    api = api_world(database_url, settings={"approvals.required": 2})
+    built = add_issuance(api, wallet)
+    built.give_istsi("cust-0", 1_000_000)
+    built.give_istsi("cust-1", 1_000_000)
+    yield built
+    api.sandbox.close()
+
+
+def uow_operations(world: ApiWorld) -> list[IssuanceOperation]:
+    with world.context.uow() as uow:
+        return uow.issuance.operations(type="token_withdrawal", customer_id="cust-0", limit=10)
+
+
+def test_a_redemption_form_posted_twice_redeems_once(issuance: IssuanceWorld) -> None:
+    world = issuance.api
+    client = sign_in(world, "user")
+    page = client.get("/me").text
+    deposit = _section(page, "deposit-instructions")
+    address = re.search(r'<p class="mono address">([^<]+)</p>', deposit)
+    assert address is not None
+    with issuance.ctx.uow() as uow:
+        latest = uow.btc_watch.latest_address("cust-0")
+    assert latest is not None and latest.address == address.group(1)
+    form = {
+        "csrf_token": _hidden(page, "csrf_token", "redeem"),
+        "idempotency_key": _hidden(page, "idempotency_key", "redeem"),
+        "amount_sats": "200000",
+        "address": issuance.outside_address("cust-0"),
+    }
+    first = client.post("/me/redemptions", data=form, follow_redirects=False)
+    assert first.headers["location"] == "/me?notice=redemption-requested#redemptions"
+    again = client.post(
+        "/me/redemptions", data={**form, "amount_sats": "300000"}, follow_redirects=False
+    )
+    assert again.headers["location"] == "/me?notice=redemption-replayed#redemptions"
+    ops = uow_operations(world)
+    assert [(op.id, op.amount_sats) for op in ops] == [
+        (f"redeem:cust-0:{form['idempotency_key']}", 200_000)
+    ]
+    shown = client.get("/me").text
+    listed = _section(shown, "redemptions")
+    assert f'<tr data-id="{ops[0].id}" data-status="pending">' in listed and "0.002" in listed
+    istsi = _section(shown, "balances")
+    assert f'data-instrument="{issuance.istsi.key()}"' in istsi and "0.008" in istsi
+    refused = client.post(
+        "/me/redemptions",
+        data={**form, "idempotency_key": "web-other", "address": "bc1qnotanaddress"},
+    )
+    assert refused.status_code >= 400 and 'id="redeem-error"' in refused.text
+    typo = client.post(
+        "/me/redemptions", data={**form, "idempotency_key": "web-3", "amount_sats": "2k"}
+    )
+    assert typo.status_code == 422 and "Satoshis to redeem:" in typo.text
+    assert len(uow_operations(world)) == 1
+    # cust-1 sees neither the redemption nor cust-0's address.
+    theirs = sign_in(world, "user:cust-1").get("/me").text
+    assert ops[0].id not in theirs and address.group(1) not in theirs

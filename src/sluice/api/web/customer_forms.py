@@ -129,10 +129,11 @@ def request_redemption(
     idempotency_key: str,
 ) -> str:
     """Redeem iSTSi as ``POST /v1/customers/{id}/redemptions`` does; the notice to show."""
+    sats = amount_sats.strip()
+    # The API's model takes a JSON number only; a form's digits are that number.
+    whole: int | str = int(sats) if sats.isascii() and sats.isdigit() and len(sats) < 20 else sats
     try:
-        body = RedemptionIn.model_validate(
-            {"amount_sats": amount_sats.strip(), "address": address.strip()}
-        )
+        body = RedemptionIn.model_validate({"amount_sats": whole, "address": address.strip()})
     except ValidationError as exc:
         raise _form_error(exc) from exc
     try:
