@@ -275,7 +275,7 @@ def test_a_customer_sees_how_to_deposit_and_their_balance_withdraws_and_sees_it_
     site: Site, tabs: TabFactory
 ) -> None:
     world = site.world
-    fund(world, "cust-0", "300")
+    fund(world, "cust-0", "1000")
     customer = tabs("cust-0")
     customer.sign_in(site.key("user"), lands_on="/me")
     page = customer.page
@@ -283,7 +283,7 @@ def test_a_customer_sees_how_to_deposit_and_their_balance_withdraws_and_sees_it_
     expect(deposit.locator(".treasury")).to_have_text(world.sandbox.treasury)
     expect(deposit.locator(".deposit-account")).to_have_text("acct-0")
     available = page.locator("#balances tbody tr").first.locator("td").first
-    expect(available).to_have_text("300")
+    expect(available).to_have_text("1000")
 
     page.get_by_label("Amount").fill("120")
     page.get_by_label("Receiver").fill(world.sandbox.customers["cust-0"])
@@ -293,15 +293,24 @@ def test_a_customer_sees_how_to_deposit_and_their_balance_withdraws_and_sees_it_
     withdrawal_id = requested.get_attribute("data-id")
     assert withdrawal_id is not None
     expect(requested).not_to_have_attribute("data-status", "completed")
-    expect(available).to_have_text("180")
+    expect(available).to_have_text("880")
 
     settle_withdrawals(world, withdrawal_id)
     customer.open("/me", "withdrawal-completed")
     done = page.locator(f"#withdrawals tbody tr[data-id='{withdrawal_id}']")
     expect(done).to_have_attribute("data-status", "completed")
     expect(done.locator(".status")).to_have_text("completed")
-    expect(page.locator("#balances tbody tr").first.locator("td").first).to_have_text("180")
+    expect(page.locator("#balances tbody tr").first.locator("td").first).to_have_text("880")
     expect(page.locator("#history")).to_contain_text("120")
+
+    # Over the approval threshold (500), a withdrawal waits for the exchange's approvals.
+    page.get_by_label("Amount").fill("600")
+    page.get_by_label("Receiver").fill(world.sandbox.customers["cust-0"])
+    customer.submit(page.get_by_role("button", name="Request withdrawal"), "large-withdrawal")
+    waiting = page.locator("#withdrawals tbody tr[data-status='pending']")
+    expect(waiting).to_contain_text("600")
+    expect(waiting.locator(".status")).to_have_text("awaiting approval")
+    expect(page.locator("#balances tbody tr").first.locator("td").first).to_have_text("880")
 
 
 # --- who reaches what ----------------------------------------------------------------------------
@@ -323,14 +332,42 @@ def test_a_customer_reaches_their_own_page_and_no_staff_page(site: Site, tabs: T
     assert customer.path == "/me"
 
 
-def test_a_customer_sees_only_their_own_account(site: Site, tabs: TabFactory) -> None:
-    first, second = tabs("cust-0"), tabs("cust-1")
-    first.sign_in(site.key("user"), lands_on="/me")
-    second.sign_in(site.key("user:cust-1"), lands_on="/me")
-    expect(first.page.locator("main")).to_contain_text("cust-0")
-    expect(first.page.locator("main")).not_to_contain_text("cust-1")
-    expect(second.page.locator("main")).to_contain_text("cust-1")
-    expect(second.page.locator("main")).not_to_contain_text("cust-0")
+def test_a_customer_sees_only_their_own_account_and_acts_for_nobody_else(
+    site: Site, tabs: TabFactory
+) -> None:
+    world = site.world
+    fund(world, "cust-0", "300")
+    theirs = request_withdrawal_by_api(world, "cust-0", "50", "cust-0-small")
+    hold_id = hold_a_deposit(world, "cust-2", "40")
+    fund(world, "cust-1", "70")
+    customer = tabs("cust-1")
+    customer.sign_in(site.key("user:cust-1"), lands_on="/me")
+    main = customer.page.locator("main")
+    expect(main).to_contain_text("cust-1")
+    expect(customer.page.locator("#balances tbody tr").first.locator("td").first).to_have_text("70")
+    expect(customer.page.locator(".deposit-account").first).to_have_text("acct-1")
+    for someone_elses in ("cust-0", "acct-0", theirs, world.sandbox.customers["cust-0"], hold_id):
+        expect(main).not_to_contain_text(someone_elses)
+    # The session is for the pages only: the API does not take its cookie for a key, for another
+    # customer's data or for their own.
+    for path in ("/v1/customers/cust-0/balances", "/v1/customers/cust-1/balances"):
+        answer = customer.context.request.get(path)
+        assert answer.status == 401, (path, answer.status)
+    # A staff action posted with the customer's own, valid, CSRF token is still refused.
+    token = customer.page.locator("form[action='/logout'] input[name=csrf_token]").input_value()
+    for action, form in (
+        ("/dashboard/holds/release", {"hold_id": hold_id, "reason": "mine now"}),
+        ("/dashboard/approvals/approve", {"approval_id": theirs}),
+        ("/dashboard/controls/pause", {"reason": "why not"}),
+    ):
+        answer = customer.context.request.post(
+            action, form={**form, "csrf_token": token}, max_redirects=0
+        )
+        assert answer.status == 403, (action, answer.status)
+    assert [h.id for h in review_queue(world.sandbox.database.uow).holds] == [hold_id]
+    assert balance(world, "cust-2") == Decimal(0)
+    customer.open("/me", "me-unchanged")
+    expect(customer.page.locator("#balances tbody tr").first.locator("td").first).to_have_text("70")
 
 
 def test_staff_do_not_reach_the_customer_page(site: Site, tabs: TabFactory) -> None:
@@ -373,3 +410,35 @@ def test_the_sign_in_form_without_its_csrf_token_is_refused(site: Site, tabs: Ta
     expect(visitor.page.get_by_role("alert")).to_contain_text("expired")
     visitor.open("/dashboard", "still-signed-out")
     assert visitor.path == "/login"
+
+
+def test_action_forms_without_their_csrf_token_are_refused_and_change_nothing(
+    site: Site, tabs: TabFactory
+) -> None:
+    world = site.world
+    fund(world, "cust-0", "1000")
+    proposal = request_withdrawal_by_api(world, "cust-0", "700", "big-one")
+    operator = tabs("operator")
+    operator.sign_in(site.key("operator"), lands_on="/dashboard")
+    operator.open("/dashboard/approvals", "approvals")
+    row = operator.page.locator(f"#approval-{proposal}")
+    operator.remove_csrf_tokens(row.locator("form"))
+    operator.submit(row.get_by_role("button", name="Approve"), "approve-without-csrf", status=403)
+    expect(operator.page.get_by_role("alert")).to_contain_text("CSRF")
+    operator.open("/dashboard/approvals", "approvals-unchanged")
+    expect(operator.page.locator(f"#approval-{proposal}")).to_contain_text("0 of 2")
+
+    customer = tabs("cust-0")
+    customer.sign_in(site.key("user"), lands_on="/me")
+    form = customer.page.locator("form#withdraw")
+    customer.remove_csrf_tokens(form)
+    form.get_by_label("Amount").fill("100")
+    form.get_by_label("Receiver").fill(world.sandbox.customers["cust-0"])
+    customer.submit(
+        form.get_by_role("button", name="Request withdrawal"), "withdraw-without-csrf", status=403
+    )
+    expect(customer.page.get_by_role("alert")).to_contain_text("CSRF")
+    assert balance(world, "cust-0") == Decimal(1000)
+    customer.open("/me", "me-unchanged")
+    # Only the proposal asked over the API is listed; the refused form made no withdrawal.
+    expect(customer.page.locator("#withdrawals tbody tr")).to_have_count(1)
