@@ -24,10 +24,16 @@ from sluice.por.documents import Proof, parse_roots, root_for
 from sluice.por.verify import verify_proof
 from sluice.ports.issuance import IssuanceOperation
 from sluice.services import accounts
+from sluice.services.btc_watcher import DepositWatcher
 from sluice.services.por_snapshots import take_snapshot
 from sluice.services.reserves_settings import ReservesContext
 from tests.api_support import ApiWorld, api_world
-from tests.integration.issuance_api_support import IssuanceWorld, add_issuance, custody_wallet
+from tests.integration.issuance_api_support import (
+    CONFIRMATIONS,
+    IssuanceWorld,
+    add_issuance,
+    custody_wallet,
+)
 
 HIDDEN = r'name="{name}" value="([^"]*)"'
 
@@ -354,3 +360,23 @@ def test_a_redemption_form_posted_twice_redeems_once(issuance: IssuanceWorld) ->
     # cust-1 sees neither the redemption nor cust-0's address.
     theirs = sign_in(world, "user:cust-1").get("/me").text
     assert ops[0].id not in theirs and address.group(1) not in theirs
+
+
+def test_a_bitcoin_deposit_to_the_shown_address_is_listed(issuance: IssuanceWorld) -> None:
+    client = sign_in(issuance.api, "user")
+    deposit = _section(client.get("/me").text, "deposit-instructions")
+    found = re.search(r'<p class="mono address">([^<]+)</p>', deposit)
+    assert found is not None and 'id="btc-deposits"' not in deposit
+    address = found.group(1)
+    assert address in _section(client.get("/me").text, "deposit-instructions")  # the same one
+    script = issuance.wallet.validate_address(address)
+    txid, vout = issuance.chain.fund(script, 150_000, mine=True)
+    issuance.chain.mine(CONFIRMATIONS)
+    watcher = DepositWatcher(
+        issuance.ctx.uow, issuance.chain, issuance.wallet, issuance.ctx.bitcoin, issuance.ctx.clock
+    )
+    assert watcher.run_once().error is None
+    deposit = _section(client.get("/me").text, "deposit-instructions")
+    assert f"{txid}:{vout}" in deposit and "0.0015" in deposit
+    assert address not in deposit  # paid: a fresh address is shown
+    assert f"{txid}:{vout}" not in sign_in(issuance.api, "user:cust-1").get("/me").text

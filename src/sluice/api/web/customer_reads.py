@@ -23,6 +23,8 @@ from sluice.ports.issuance import IssuanceOperation, sats_to_amount
 from sluice.services import accounts
 from sluice.services.balances import customer_balances
 from sluice.services.btc_addresses import deposit_address
+from sluice.services.btc_deposits import list_deposits
+from sluice.services.issuance_intake import deposit_operation_id
 
 PAGE_SIZE = 20
 PAGE_MAX = 10_000
@@ -30,6 +32,7 @@ PAGE_MAX = 10_000
 APPROVALS_SHOWN = 20
 LARGE_WITHDRAWAL = "withdrawal.large"
 REDEMPTION = "token_withdrawal"
+BTC_DEPOSITS_SHOWN = 10
 # What a customer reads for a withdrawal's status; anything else is shown as it is.
 WITHDRAWAL_STATUS_LABELS = {
     "queued": "queued",
@@ -141,8 +144,37 @@ def bitcoin_deposit(context: ApiContext, customer_id: str, actor: str) -> dict[s
     try:
         derived = deposit_address(ctx.uow, ctx.wallet, customer_id, clock=ctx.clock, actor=actor)
     except SluiceError as exc:
-        return {"configured": True, "address": None, "error": str(exc)}
-    return {"configured": True, "address": derived.address, "index": derived.index}
+        return {"configured": True, "address": None, "error": str(exc), "deposits": []}
+    return {
+        "configured": True,
+        "address": derived.address,
+        "index": derived.index,
+        "deposits": bitcoin_deposits(context, customer_id),
+    }
+
+
+def bitcoin_deposits(context: ApiContext, customer_id: str) -> list[dict[str, Any]]:
+    """The customer's latest Bitcoin deposits and the minting of each (as ``GET
+    …/istsi/deposits``): the watcher's confirmations, then the operation's status."""
+    issuance = context.issuance
+    assert issuance is not None
+    views = list_deposits(issuance.context.uow, customer_id=customer_id, limit=BTC_DEPOSITS_SHOWN)
+    ids = [deposit_operation_id(v.txid, v.vout) for v in views]
+    with context.uow() as uow:
+        operations = {i: uow.issuance.get_operation(i) for i in ids}
+    rows = []
+    for view, operation_id in zip(views, ids, strict=True):
+        operation = operations[operation_id]
+        rows.append(
+            {
+                "txid": view.txid,
+                "vout": view.vout,
+                "amount": shown(sats_to_amount(view.amount_sats)),
+                "confirmations": view.confirmations,
+                "status": operation.status if operation is not None else "confirming",
+            }
+        )
+    return rows
 
 
 # --- withdrawals -------------------------------------------------------------------------------
