@@ -268,7 +268,8 @@ def _settled(
 
 
 class _Call:
-    """One ``publish_many`` call: ``failed`` once one of its publishes failed."""
+    """One ``publish_many`` call, or a run of calls each continuing the one before
+    (``follows``), which share one: ``failed`` once one of their publishes failed."""
 
     __slots__ = ("failed",)
 
@@ -354,8 +355,9 @@ class JetStreamPublisher:
         already made). Calls send one after the other in the order they were made, sharing
         one window of ``max_in_flight`` acks, so a call made while the previous one's acks are
         outstanding keeps the window full. With ``follows`` the call continues the previous
-        one: once any publish of the previous call failed, nothing more of this call is sent
-        (each is a :class:`PublishError` "not sent"), as within one call. Across all calls, a
+        one: once any publish of the previous call (or of a call it continues in turn) failed,
+        nothing more of this call is sent (each is a :class:`PublishError` "not sent"), as
+        within one call, and the same goes the other way. Across all calls, a
         subject has at most one unacked publish: a later event of it waits for the earlier
         one's ack (then is sent, while other subjects' events went on meanwhile) and is not
         sent at all when the earlier one failed."""
@@ -370,11 +372,7 @@ class JetStreamPublisher:
             self._send = asyncio.Lock()
         window = self._window
         tails = self._tails
-        call = _Call()
         pending: list[asyncio.Future[dict[str, Any]] | PublishError] = []
-
-        def stopped() -> bool:
-            return call.failed or (previous is not None and previous.failed)
 
         async def send(subject: str, event: Event, body: bytes | None, future: _Outcome) -> None:
             """Put one publish on the wire (or in the reconnect buffer); ``future`` gets its
@@ -403,21 +401,21 @@ class JetStreamPublisher:
             await asyncio.wait([earlier])
             if future.done():
                 return
-            if earlier.cancelled() or earlier.exception() is not None or stopped():
+            if earlier.cancelled() or earlier.exception() is not None or call.failed:
                 future.set_exception(NotSentError(NOT_SENT))
                 return
             await send(subject, event, body, future)
 
         async with self._send:
-            previous, self._last_call = self._last_call, call
-            if not follows:
-                previous = None
+            # A call that continues the one before shares its flag: a failure in either stops
+            # both (nothing more of them is sent).
+            call = self._last_call if follows and self._last_call is not None else _Call()
+            self._last_call = call
             for index, event in enumerate(events):
                 # Sent in input order, pipelined: at most max_in_flight acks awaited at once
                 # (a publish waiting for its subject's earlier one holds its place in the window).
                 await window.acquire()
-                if stopped():
-                    call.failed = True
+                if call.failed:
                     window.release()
                     pending.append(PublishError(NOT_SENT))
                     continue

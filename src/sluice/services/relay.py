@@ -30,6 +30,7 @@ and consumers dedupe on ``event_id`` (JetStream already drops copies within its 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -51,6 +52,10 @@ T = TypeVar("T")
 BREAKER_FLOW = "nats"
 # Batches of one ordering key a round publishes back to back (a publisher that overlaps them).
 PIPELINE_BATCHES = 50
+# Batches of one ordering key on their way at once: one being settled (acks, marking), one
+# publishing, one claimed and sent behind it. On PostgreSQL each holds its rows in a
+# transaction of its own.
+PIPELINE_DEPTH = 3
 
 LockFactory = Callable[[str], WriterLock]
 # Called after the acks and before the rows are marked (tests inject a crash there).
@@ -222,6 +227,7 @@ class Relay:
         self._breakers = breakers  # the process's registry when None
         self.stats = RelayStats()
         self._stats_lock = threading.Lock()
+        self._settler: concurrent.futures.ThreadPoolExecutor | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -253,6 +259,9 @@ class Relay:
             if self._own_runner:
                 self._runner.close()
                 self._runner = None
+        if self._settler is not None:
+            self._settler.shutdown(wait=True)
+            self._settler = None
         self._started = False
 
     def wake(self, *_args: object) -> None:
@@ -497,26 +506,30 @@ class Relay:
     # -- one ordering key, batches overlapped -------------------------------------------------
 
     def _relay_key_pipelined(self, key: str) -> _KeyOutcome:
-        """Batch after batch of the key (up to :data:`PIPELINE_BATCHES` in a round), the next
-        one claimed and sent while the acks of the one before are outstanding, and that one
-        marked while the next one publishes: the publisher's window of acks stays full across
-        batches, and the database's work overlaps the bus's.
+        """Batch after batch of the key (up to :data:`PIPELINE_BATCHES` in a round), each sent as
+        soon as it is claimed and then settled (its acks waited for, its rows marked, its
+        transaction ended) on the relay's settling thread, while this thread claims and sends
+        the next ones: up to :data:`PIPELINE_DEPTH` batches are on their way at once. The
+        publisher's window of acks stays full across batches, and the database's work (the
+        claim of one batch, the marking of another) overlaps the bus's and itself.
 
         Why it keeps the guarantees:
 
         * a row is marked only after its ack, in order, up to the first row of its batch that
-          was not acked; the batch sent after one with a failure is sent as its continuation
-          (``follows``: nothing more of it goes out once the failure is known, and the
-          publisher never has two unacked publishes of one subject, across calls too, so no
-          later event of the failed one's subject can be stored before its retry), and none
-          of its rows is marked: they are all published again
-          from the failed row on, at the next round (what the bus had is acked as a
-          duplicate and marked with its first sequence);
-        * the next batch is found like every batch, by ``published_at IS NULL`` in ``seq``
-          order, leaving out the rows of the batch still in flight (on PostgreSQL that batch's
-          transaction holds them ``FOR UPDATE``, so ``SKIP LOCKED`` leaves them out too; the
-          next batch is claimed in a transaction of its own, one batch only: every row the
-          query returns is locked): never by "seq greater than the last one seen";
+          was not acked; batches are settled one after the other in the order they were sent,
+          and once one was not fully acked (or settling raised), every later batch of the round
+          is discarded: none of its rows is marked, they are all published again from the
+          failed row on, at the next round (what the bus had is acked as a duplicate and
+          marked with its first sequence). A batch sent while earlier ones are on their way is
+          sent as their continuation (``follows``): nothing more of it goes out once a publish
+          of an earlier one failed, and the publisher never has two unacked publishes of one
+          subject, across calls too, so no later event of the failed one's subject can be
+          stored before its retry;
+        * each batch is found like every batch, by ``published_at IS NULL`` in ``seq`` order,
+          leaving out the rows of the batches on their way (on PostgreSQL each one's
+          transaction holds them ``FOR UPDATE``, so ``SKIP LOCKED`` leaves them out; every batch
+          is claimed in a transaction of its own, one batch only: every row the query returns
+          is locked): never by "seq greater than the last one seen";
         * the key's lock is asked again before each claim, after it and before marking (a
           relay that lost it stops, marking nothing), and the round's first batch must start
           at the key's lowest pending row (:meth:`_at_head`), so rows another relay still
@@ -527,38 +540,79 @@ class Relay:
           held for the whole round).
         """
         outcome = _KeyOutcome()
-        flying: _Batch | None = None
+        stop = threading.Event()  # a batch was not fully acked, or settling raised
+        on_way: collections.deque[tuple[_Batch, concurrent.futures.Future[_KeyOutcome]]] = (
+            collections.deque()
+        )
         batch: _Batch | None = None
+        failure: BaseException | None = None
         try:
             for _ in range(PIPELINE_BATCHES):
-                exclude = {row.seq for row in flying.rows} if flying is not None else set()
+                while len(on_way) >= PIPELINE_DEPTH and not stop.is_set():
+                    self._settled(on_way.popleft()[1], outcome)
+                if stop.is_set():
+                    break
+                exclude = {row.seq for sent, _ in on_way for row in sent.rows}
                 batch = self._claim(key, exclude)
                 if batch is None:
                     break
-                if not self._send(batch, follows=flying is not None, outcome=outcome):
+                if not self._send(batch, follows=bool(on_way), outcome=outcome):
                     batch.stack.close()
                     batch = None
                     break
-                if flying is not None:
-                    ok = self._finish(flying, outcome)
-                    flying = None
-                    if not ok:  # the new batch followed a failed one: it is published again
-                        self._discard(batch)
-                        batch = None
-                        break
-                flying, batch = batch, None
-                if len(flying.rows) < self.batch:
+                sent, batch = batch, None
+                on_way.append((sent, self.settler.submit(self._settle_in_turn, sent, stop)))
+                if len(sent.rows) < self.batch:
                     break
                 outcome.full = True  # there may be more: the caller runs again at once
-            if flying is not None:
-                current, flying = flying, None
-                self._finish(current, outcome)
-        except BaseException:
-            for left in (flying, batch):
-                if left is not None:
-                    self._discard(left)
-            raise
+        except BaseException as exc:
+            failure = exc
+            stop.set()
+            if batch is not None:
+                self._discard(batch)
+        # Every batch on its way is settled (or discarded, after a failure) before the round
+        # goes on: none is left holding its rows.
+        while on_way:
+            try:
+                self._settled(on_way.popleft()[1], outcome)
+            except BaseException as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
         return outcome
+
+    @property
+    def settler(self) -> concurrent.futures.ThreadPoolExecutor:
+        """The thread that settles the batches sent (one: they are settled in turn)."""
+        if self._settler is None:
+            self._settler = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="sluice-relay-settle"
+            )
+        return self._settler
+
+    def _settle_in_turn(self, batch: _Batch, stop: threading.Event) -> _KeyOutcome:
+        """On the settling thread: ``batch`` settled (:meth:`_finish`), or discarded when an
+        earlier batch of the round was not fully acked; ``stop`` set when this one was not."""
+        done = _KeyOutcome()
+        if stop.is_set():
+            self._discard(batch)
+            return done
+        try:
+            if not self._finish(batch, done):
+                stop.set()
+        except BaseException:
+            stop.set()
+            raise
+        return done
+
+    @staticmethod
+    def _settled(future: concurrent.futures.Future[_KeyOutcome], outcome: _KeyOutcome) -> None:
+        """Wait for a batch's settling and add what it did to ``outcome``."""
+        done = future.result()
+        outcome.published += done.published
+        outcome.duplicates += done.duplicates
+        outcome.failed += done.failed
+        outcome.errors.extend(done.errors)
 
     def _claim(self, key: str, exclude: set[int]) -> _Batch | None:
         if not self._holds(key):

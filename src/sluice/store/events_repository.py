@@ -7,10 +7,11 @@ import json
 import logging
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Row, func, select, text, update
+from sqlalchemy import Connection, Row, func, select, update
 
 from sluice.domain.events import Event, payload_json
 from sluice.ports.events import OutboxRow, OutboxStats
@@ -109,24 +110,85 @@ def envelope_bytes(event: Event, payload_text: str) -> bytes:
         "occurred_at": event.occurred_at.isoformat(),
     }
     encoded = orjson.dumps(head)
-    if not encoded.isascii():  # json.dumps escapes non-ASCII text: so must this
+    if not encoded.isascii() or b"\x7f" in encoded:  # json.dumps escapes these: so must this
         encoded = json.dumps(head, separators=(",", ":")).encode()
     return encoded[:-1] + _PAYLOAD_KEY + payload_text.encode() + b"}"
 
 
 _CLAIM_COLUMNS = (
-    t.c.seq,
-    t.c.event_id,
-    t.c.type,
-    t.c.schema_version,
-    t.c.aggregate_type,
-    t.c.aggregate_id,
-    t.c.ordering_key,
-    t.c.correlation_id,
-    t.c.occurred_at,
-    t.c.payload,
-    t.c.attempts,
+    "seq, event_id, type, schema_version, aggregate_type, aggregate_id, ordering_key, "
+    "correlation_id, occurred_at, payload, attempts"
 )
+# PostgreSQL makes the envelope's bytes (those of ``Event.encode()`` for the event read back)
+# in the claim's query: the fields as JSON strings (``to_json`` of a text escapes as
+# ``json.dumps`` does an ASCII text: quote, backslash, ``\b \f \n \r \t``, other control
+# characters as ``\u00xx``), ``occurred_at`` as ``datetime.isoformat()`` writes the stored
+# time (``+00:00``, no fraction when it is zero), the stored payload text spliced in as it is.
+# Only when every text field is ASCII without DEL (``json.dumps`` escapes those, ``to_json``
+# does not) and the stored time has its canonical form; otherwise NULL, and Python makes it
+# (:func:`envelope_bytes`).
+_TEXT_FIELDS = "event_id || type || aggregate_type || aggregate_id || coalesce(correlation_id, '')"
+_CLAIM_ENVELOPE_PG = (
+    f"CASE WHEN octet_length({_TEXT_FIELDS}) = char_length({_TEXT_FIELDS})"
+    f" AND strpos({_TEXT_FIELDS}, chr(127)) = 0"
+    " AND occurred_at ~ '^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}[.][0-9]{6}Z$'"
+    " THEN '{\"event_id\":' || to_json(event_id::text)::text"
+    " || ',\"type\":' || to_json(type::text)::text"
+    " || ',\"schema_version\":' || schema_version::text"
+    " || ',\"aggregate_type\":' || to_json(aggregate_type::text)::text"
+    " || ',\"aggregate_id\":' || to_json(aggregate_id::text)::text"
+    " || ',\"correlation_id\":' || coalesce(to_json(correlation_id::text)::text, 'null')"
+    ' || \',"occurred_at":"\''
+    " || CASE WHEN substr(occurred_at, 21, 6) = '000000' THEN left(occurred_at, 19)"
+    " ELSE left(occurred_at, 26) END"
+    " || '+00:00\",\"payload\":' || payload || '}' END"
+)
+
+
+@cache
+def _claim_sql(*, postgresql: bool, by_key: bool, excluding: bool, lock: bool) -> str:
+    mark = "%s" if postgresql else "?"
+    envelope = _CLAIM_ENVELOPE_PG if postgresql else "NULL"
+    ctid = "ctid::text" if lock else "NULL"
+    sql = (
+        f"SELECT {_CLAIM_COLUMNS}, {envelope}, {ctid} FROM event_outbox WHERE published_at IS NULL"
+    )
+    if by_key:
+        sql += f" AND ordering_key = {mark}"
+    if excluding:
+        # SQLite: the rows of the batches in flight, left out by the query (``json_each`` of
+        # their seqs as one JSON array: one parameter however many there are).
+        sql += (
+            " AND seq <> ALL(%s)"
+            if postgresql
+            else " AND seq NOT IN (SELECT value FROM json_each(?))"
+        )
+    sql += f" ORDER BY seq LIMIT {mark}"
+    if lock:
+        sql += " FOR UPDATE SKIP LOCKED"
+    return sql
+
+
+def _claim_statement(
+    *,
+    postgresql: bool,
+    ordering_key: str | None,
+    limit: int,
+    lock: bool,
+    exclude: Collection[int],
+) -> tuple[str, tuple[object, ...]]:
+    parameters: list[object] = []
+    if ordering_key is not None:
+        parameters.append(ordering_key)
+    if exclude:
+        parameters.append(list(exclude) if postgresql else orjson.dumps(sorted(exclude)).decode())
+    parameters.append(limit)
+    sql = _claim_sql(
+        postgresql=postgresql, by_key=ordering_key is not None, excluding=bool(exclude), lock=lock
+    )
+    return sql, tuple(parameters)
+
+
 _OUTBOX_COLUMNS = (
     "event_id",
     "type",
@@ -139,10 +201,19 @@ _OUTBOX_COLUMNS = (
     "payload",
     "attempts",
 )
-_MARK_PG = text(
-    "UPDATE event_outbox AS o SET published_at = :at, stream_seq = v.seq "
-    "FROM unnest(CAST(:ids AS text[]), CAST(:seqs AS bigint[])) AS v(id, seq) "
+_MARK_PG = (
+    "UPDATE event_outbox AS o SET published_at = %s, stream_seq = v.seq "
+    "FROM unnest(%s::text[], %s::bigint[]) AS v(id, seq) "
     "WHERE o.event_id = v.id AND o.published_at IS NULL"
+)
+# Rows this transaction claimed ``FOR UPDATE`` are found by their ``ctid`` (no index lookups):
+# a row locked by the transaction cannot be updated or deleted by another one, nor moved by
+# VACUUM, until the transaction ends. Its event id is checked too; a row that is not found that
+# way (the transaction updated it since, e.g. a failure recorded) is marked by its event id.
+_MARK_PG_LOCKED = (
+    "UPDATE event_outbox AS o SET published_at = %s, stream_seq = v.seq "
+    "FROM unnest(%s::tid[], %s::text[], %s::bigint[]) AS v(t, id, seq) "
+    "WHERE o.ctid = v.t AND o.event_id = v.id AND o.published_at IS NULL"
 )
 # SQLite: one statement per chunk, the pairs as a VALUES list: the driver steps it once (an
 # executemany steps each row, giving up the GIL between rows, and the relay's publishing thread
@@ -194,6 +265,8 @@ class SqlEventOutbox:
         connection.info["sluice.event_outbox"] = self
         # What this transaction added, for the commit listeners.
         self.added: list[Event] = []
+        # Rows this transaction claimed FOR UPDATE (PostgreSQL): event id -> ctid, for marking.
+        self._locked: dict[str, str] = {}
 
     def add(self, events: Sequence[Event]) -> None:
         if events:
@@ -228,16 +301,17 @@ class SqlEventOutbox:
         lock: bool = False,
         exclude: Collection[int] = (),
     ) -> list[OutboxRow]:
-        # Only what publishing needs, read by position; the payload stays the stored text (the
-        # row's ``data`` is the envelope as published, made from it without parsing it).
-        query = select(*_CLAIM_COLUMNS).where(t.c.published_at.is_(None))
-        if ordering_key is not None:
-            query = query.where(t.c.ordering_key == ordering_key)
-        if exclude:
-            query = query.where(t.c.seq.not_in(list(exclude)))
-        query = query.order_by(t.c.seq).limit(limit)
-        if lock and is_postgresql(self._c):
-            query = query.with_for_update(skip_locked=True)
+        # Only what publishing needs, read by position through the driver; the payload stays
+        # the stored text (the row's ``data`` is the envelope as published, made from it without
+        # parsing it: by PostgreSQL in the query, else here).
+        postgresql = is_postgresql(self._c)
+        sql, parameters = _claim_statement(
+            postgresql=postgresql,
+            ordering_key=ordering_key,
+            limit=limit,
+            lock=lock and postgresql,
+            exclude=exclude,
+        )
         rows = []
         for (
             seq,
@@ -251,7 +325,9 @@ class SqlEventOutbox:
             occurred_at,
             payload,
             attempts,
-        ) in self._c.execute(query).fetchall():  # one driver call, not one per row
+            envelope,
+            ctid,
+        ) in self._c.exec_driver_sql(sql, parameters).fetchall():  # one driver call
             event = Event(
                 event_id,
                 type_,
@@ -262,7 +338,10 @@ class SqlEventOutbox:
                 time_of(occurred_at),
                 StoredPayload(payload),
             )
-            rows.append(OutboxRow(seq, event, key, attempts, data=envelope_bytes(event, payload)))
+            data = envelope.encode() if envelope is not None else envelope_bytes(event, payload)
+            rows.append(OutboxRow(seq, event, key, attempts, data=data))
+            if ctid is not None:
+                self._locked[event_id] = ctid
         return rows
 
     def mark_published(self, published: Sequence[tuple[str, int]], at: datetime) -> int:
@@ -270,16 +349,32 @@ class SqlEventOutbox:
             return 0
         when = ts(at)
         if is_postgresql(self._c):
-            # One statement for the batch.
-            result = self._c.execute(
-                _MARK_PG,
-                {
-                    "at": when,
-                    "ids": [event_id for event_id, _ in published],
-                    "seqs": [seq for _, seq in published],
-                },
-            )
-            return int(result.rowcount or 0)
+            # One statement for the batch (two when some rows were not claimed here).
+            locked = self._locked
+            by_ctid = [(event_id, seq) for event_id, seq in published if event_id in locked]
+            rest = [(event_id, seq) for event_id, seq in published if event_id not in locked]
+            marked = 0
+            if by_ctid:
+                cursor = self._c.exec_driver_sql(
+                    _MARK_PG_LOCKED,
+                    (
+                        when,
+                        [locked.pop(event_id) for event_id, _ in by_ctid],
+                        [event_id for event_id, _ in by_ctid],
+                        [seq for _, seq in by_ctid],
+                    ),
+                )
+                found = int(cursor.rowcount or 0)
+                marked += found
+                if found < len(by_ctid):
+                    rest += by_ctid  # the rows already marked are left as they are
+            if rest:
+                cursor = self._c.exec_driver_sql(
+                    _MARK_PG,
+                    (when, [event_id for event_id, _ in rest], [seq for _, seq in rest]),
+                )
+                marked += int(cursor.rowcount or 0)
+            return marked
         marked = 0
         for start in range(0, len(published), _MARK_SQLITE_ROWS):
             chunk = published[start : start + _MARK_SQLITE_ROWS]
@@ -293,6 +388,7 @@ class SqlEventOutbox:
     def record_failure(self, event_ids: Sequence[str], error: str) -> None:
         if not event_ids:
             return
+        self._locked.clear()  # the rows updated here have new ctids
         self._c.execute(
             update(t)
             .where(t.c.event_id.in_(list(event_ids)), t.c.published_at.is_(None))
