@@ -147,7 +147,9 @@ def test_each_page_renders_for_the_roles_the_api_lets_read_it_and_is_refused_to_
             assert answer.status_code == expected, (role, path, answer.text[-500:])
             if expected == 200:
                 assert "<h1>" in answer.text
-                assert "style=" not in answer.text and "<script" not in answer.text
+                assert "style=" not in answer.text
+                scripts = re.findall(r"<script[^>]*>", answer.text)
+                assert set(scripts) <= {'<script src="/static/vendor/htmx.min.js" defer>'}
                 assert "default-src 'self'" in answer.headers["Content-Security-Policy"]
         overview = client.get("/dashboard").text
         for path, roles in PAGES.items():
@@ -176,6 +178,21 @@ def test_without_a_session_a_dashboard_page_redirects_to_sign_in(world: ApiWorld
     )
     refused = client.post("/dashboard/controls/pause", data={"reason": "x"}, follow_redirects=False)
     assert refused.status_code == 303 and current_pause(world.context.uow) is None
+
+
+def test_read_only_pages_refresh_live_with_the_vendored_htmx_and_pages_with_forms_do_not(
+    world: ApiWorld,
+) -> None:
+    client = sign_in(world, "super_admin")
+    script = '<script src="/static/vendor/htmx.min.js" defer></script>'
+    for path in ("/dashboard", "/dashboard/health", "/dashboard/ingestion", "/dashboard/pending"):
+        page = client.get(f"{path}?flash=done").text
+        assert script in page and '"includeIndicatorStyles": false' in page, path
+        assert f'hx-get="{path}"' in page  # its own URL, less the outcome shown once
+    for path in ("/dashboard/holds", "/dashboard/approvals", "/dashboard/controls"):
+        assert "<script" not in client.get(path).text, path
+    served = client.get("/static/vendor/htmx.min.js")
+    assert served.status_code == 200 and 'version:"2.0.4"' in served.text
 
 
 # --- CSRF ----------------------------------------------------------------------------------------

@@ -189,4 +189,4 @@ def overview(page: Annotated[Page, Depends(staff_page)]) -> HTMLResponse:
         "/dashboard/audit": admitted(page, AUDIT_READERS),
     }
     pages = [row for row in PAGES if may_see.get(row[0], True)]
-    return show(page, "dashboard/overview.html", figures=figures(page), pages=pages)
+    return show(page, "dashboard/overview.html", live=True, figures=figures(page), pages=pages)

@@ -27,6 +27,8 @@ from sluice.domain.access import Permission
 from sluice.domain.errors import SluiceError
 
 FLASH_CHARS_MAX = 300
+# How often a live page refreshes its content (each refresh is a request of the session).
+LIVE_EVERY_S = 30
 
 
 def permission_of(annotation: Any) -> Permission:
@@ -63,13 +65,20 @@ def allow(page: Page, permission: Permission) -> Caller:
     return Caller(page.principal, permission)
 
 
-def show(page: Page, template: str, **values: Any) -> HTMLResponse:
-    """Render a dashboard page with the outcome of the action that led to it, if any."""
+def show(page: Page, template: str, *, live: bool = False, **values: Any) -> HTMLResponse:
+    """Render a dashboard page with the outcome of the action that led to it, if any.
+
+    ``live``: the page (read-only) refreshes its content every ``LIVE_EVERY_S`` seconds through
+    the vendored htmx, from its own URL less the outcome; with scripts off it is a plain page."""
     query = page.request.query_params
+    kept = [(k, v) for k, v in query.multi_items() if k not in ("flash", "error")]
+    url = page.request.url.path + (f"?{urlencode(kept)}" if kept else "")
     return page.render(
         template,
         flash=(query.get("flash") or "")[:FLASH_CHARS_MAX] or None,
         error=(query.get("error") or "")[:FLASH_CHARS_MAX] or None,
+        live=url if live else None,
+        live_every_s=LIVE_EVERY_S,
         **values,
     )
 

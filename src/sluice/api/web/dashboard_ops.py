@@ -77,6 +77,7 @@ def health(page: Annotated[Page, Depends(staff_page)]) -> HTMLResponse:
     return show(
         page,
         "dashboard/health.html",
+        live=True,
         ready=ready,
         checks=checks,
         breakers=breakers(page.context),
@@ -140,6 +141,7 @@ def ingestion(page: Annotated[Page, Depends(staff_page)]) -> HTMLResponse:
     return show(
         page,
         "dashboard/ingestion.html",
+        live=True,
         connection=connection,
         cursor=cursor,
         cursor_age_s=age_s,
@@ -209,6 +211,7 @@ def pending(page: Annotated[Page, Depends(staff_page)]) -> HTMLResponse:
     return show(
         page,
         "dashboard/pending.html",
+        live=True,
         withdrawals=pending_withdrawals(page.context),
         offers=pending_offers(page.context),
         redemptions=pending_redemptions(page.context),
