@@ -12,7 +12,9 @@ one page. Every page a tab shows is checked by :meth:`Tab.check`:
 * a full-page screenshot, kept under ``test-artifacts/screenshots/<test>/<nn>-<page>.png`` at
   the repository's root (numbered in the order the test saw them);
 * accessibility: axe-core (vendored in ``tests/e2e/vendor``, refused unless its SHA-256 matches
-  ``SHA256SUMS``) finds no violation of impact "serious" or "critical".
+  ``SHA256SUMS``) finds no violation of impact "serious" or "critical";
+* its width: the page is no wider than the screen (a laptop's, or a phone's for a tab opened
+  with ``phone=True``), so nobody scrolls it sideways; a wide table scrolls inside its own box.
 
 The pages' Content-Security-Policy (``script-src 'self'``) stays in force: axe is evaluated
 through the DevTools protocol (``page.evaluate``), which that policy does not govern, rather than
@@ -26,12 +28,12 @@ from __future__ import annotations
 import hashlib
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from playwright.sync_api import Browser, ConsoleMessage, Locator, Page, Response, sync_playwright
@@ -44,7 +46,8 @@ SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
 CHROMIUM = Path("/usr/bin/chromium")
 # Bounds: a page of this local server loads in well under a second; anything slower is a fault.
 TIMEOUT_MS = 10_000
-VIEWPORT = {"width": 1280, "height": 800}
+LAPTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
 IMPACTS_REFUSED = ("serious", "critical")
 FAILED_LOAD = "Failed to load resource"
 
@@ -100,11 +103,19 @@ class Screens:
 class Tab:
     """One person's browser (a context of its own: cookies apart) showing one page at a time."""
 
-    def __init__(self, browser: Browser, base_url: str, screens: Screens, who: str) -> None:
+    def __init__(
+        self, browser: Browser, base_url: str, screens: Screens, who: str, *, phone: bool = False
+    ) -> None:
         self.base_url = base_url
         self.who = who
         self.screens = screens
-        self.context = browser.new_context(base_url=base_url, viewport=VIEWPORT)  # type: ignore[arg-type]
+        self.width = (PHONE if phone else LAPTOP)["width"]
+        self.context = browser.new_context(
+            base_url=base_url,
+            viewport=PHONE if phone else LAPTOP,  # type: ignore[arg-type]
+            is_mobile=phone,
+            has_touch=phone,
+        )
         self.context.set_default_timeout(TIMEOUT_MS)
         self.context.set_default_navigation_timeout(TIMEOUT_MS)
         self.page: Page = self.context.new_page()
@@ -169,6 +180,7 @@ class Tab:
         self.page.screenshot(path=self.screens.path(f"{self.who}-{name}"), full_page=True)
         self.check_console()
         self.check_accessibility(name)
+        self.check_width(name)
 
     def check_console(self) -> None:
         errors = [
@@ -193,6 +205,23 @@ class Tab:
         refused = [v for v in violations if v["impact"] in IMPACTS_REFUSED]
         assert not refused, f"axe on {self.who}'s {name} page ({self.page.url}): {refused}"
 
+    def check_width(self, name: str) -> None:
+        wide: dict[str, Any] = self.page.evaluate(
+            """(width) => ({
+                page: document.documentElement.scrollWidth,
+                past: [...document.body.querySelectorAll('*')]
+                    .filter(e => !e.closest('.table-wrap') && (
+                        e.getBoundingClientRect().right > width + 1
+                        || e.scrollWidth > e.clientWidth + 1))
+                    .slice(-3).map(e => e.outerHTML.slice(0, 120)),
+            })""",
+            self.width,
+        )
+        assert wide["page"] <= self.width, (
+            f"{self.who}'s {name} page ({self.page.url}) is {wide['page']} px wide on a screen of "
+            f"{self.width}: {wide['past']}"
+        )
+
     def close(self) -> None:
         """Close the tab, failing on an error its last page logged after its last check."""
         try:
@@ -212,4 +241,7 @@ class Tab:
         return path.strip("/").replace("/", "-") or "root"
 
 
-TabFactory = Callable[[str], Tab]
+class TabFactory(Protocol):
+    """Opens a tab for a person (``who`` names their screenshots)."""
+
+    def __call__(self, who: str, *, phone: bool = False) -> Tab: ...
