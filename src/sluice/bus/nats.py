@@ -30,12 +30,12 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import json
 from collections.abc import Sequence
 from typing import Any
 
 import nats.errors
 import nats.js.errors
+import orjson
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -190,12 +190,18 @@ class NoStreamError(Exception):
 
 class _Acks:
     """The acks of pipelined publishes, on one wildcard inbox subscription of the publisher's
-    (nats-py's own ``publish_async`` never completes a publish JetStream refuses)."""
+    (nats-py's own ``publish_async`` never completes a publish JetStream refuses), and their
+    timeouts: one timer for them all, set for the oldest publish awaiting its ack (every
+    publish gets the same ``timeout_s``, so the oldest is the first one due; a timer per
+    publish cost the publishing loop more than the publish itself)."""
 
-    def __init__(self) -> None:
+    def __init__(self, timeout_s: float) -> None:
         self.prefix: str | None = None
-        self._futures: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.timeout_s = timeout_s
+        # token -> (future, when it is due on the loop's clock), oldest first.
+        self._futures: dict[str, tuple[asyncio.Future[dict[str, Any]], float]] = {}
         self._next = 0
+        self._timer: asyncio.TimerHandle | None = None
 
     async def start(self, nc: Client) -> None:
         if self.prefix is None:
@@ -208,30 +214,46 @@ class _Acks:
         return self.prefix + token
 
     def register(self, future: asyncio.Future[dict[str, Any]]) -> str:
-        """A token for ``future``: the answer on its inbox completes it."""
+        """A token for ``future``: the answer on its inbox completes it, else an
+        :class:`AckTimeoutError` once ``timeout_s`` have passed."""
+        loop = future.get_loop()
         self._next += 1
         token = str(self._next)
-        self._futures[token] = future
+        due = loop.time() + self.timeout_s
+        self._futures[token] = (future, due)
+        if self._timer is None:
+            self._timer = loop.call_at(due, self._expire_due, loop)
         return token
 
     def forget(self, token: str) -> None:
         self._futures.pop(token, None)
 
-    def expire(self, token: str) -> None:
-        future = self._futures.pop(token, None)
-        if future is not None and not future.done():
-            future.set_exception(AckTimeoutError())
+    def _expire_due(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Fail every publish whose ack is due, then set the timer for the oldest left."""
+        self._timer = None
+        now = loop.time()
+        futures = self._futures
+        while futures:
+            token = next(iter(futures))
+            future, due = futures[token]
+            if due > now:
+                self._timer = loop.call_at(due, self._expire_due, loop)
+                return
+            del futures[token]
+            if not future.done():
+                future.set_exception(AckTimeoutError())
 
     async def _reply(self, msg: Msg) -> None:
         assert self.prefix is not None
-        future = self._futures.pop(msg.subject[len(self.prefix) :], None)
-        if future is None or future.done():
+        entry = self._futures.pop(msg.subject[len(self.prefix) :], None)
+        if entry is None or entry[0].done():
             return
+        future = entry[0]
         if msg.headers and msg.headers.get(Header.STATUS) == NO_RESPONDERS:
             future.set_exception(NoStreamError("no JetStream stream answers on the subject"))
             return
         try:
-            answer = json.loads(msg.data)
+            answer = orjson.loads(msg.data)
         except ValueError:
             future.set_exception(RefusedError(f"not a JetStream answer: {msg.data[:200]!r}"))
             return
@@ -303,7 +325,7 @@ class JetStreamPublisher:
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self.stream_state: str | None = None
-        self._acks = _Acks()
+        self._acks = _Acks(self.ack_timeout_s)
         # Shared by every call on the publisher's loop: the window of acks in flight, the turn
         # to send, and the last call made (what a ``follows`` call continues).
         self._window: asyncio.Semaphore | None = None
@@ -316,7 +338,7 @@ class JetStreamPublisher:
 
     async def start(self) -> None:
         if self._nc is None or self._nc.is_closed:
-            self._acks = _Acks()
+            self._acks = _Acks(self.ack_timeout_s)
             self._window = self._send = self._last_call = None
             self._tails = {}
             self._nc = await connect(
@@ -378,8 +400,6 @@ class JetStreamPublisher:
             """Put one publish on the wire (or in the reconnect buffer); ``future`` gets its
             ack, its refusal, an ack timeout, or the error of the send itself."""
             token = acks.register(future)
-            timer = loop.call_later(self.ack_timeout_s, acks.expire, token)
-            future.add_done_callback(lambda _: timer.cancel())
             try:
                 await nc.publish(
                     subject,
