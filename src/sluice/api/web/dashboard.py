@@ -13,12 +13,12 @@ from fastapi.responses import HTMLResponse
 from sluice.api.routes import reserves
 from sluice.api.security import Caller
 from sluice.api.web.dashboard_actions import (
-    AUDIT_READERS,
     COMPLIANCE_OVERRIDE,
     STAFF_READS,
     USER_OPERATIONS,
     admitted,
     show,
+    visible_pages,
 )
 from sluice.api.web.dashboard_ops import breakers, readiness
 from sluice.api.web.pages import Page, staff_page
@@ -161,32 +161,7 @@ def _ratio(page: Page) -> Figure:
     )
 
 
-PAGES = (
-    ("/dashboard/health", "Health", "components, circuit breakers and readiness"),
-    (
-        "/dashboard/reserves",
-        "Reserves",
-        "the reserve ratio over time, supply against reserves, reconciliation",
-    ),
-    ("/dashboard/ingestion", "Ingestion", "the cursor against the ledger's end, the queues"),
-    ("/dashboard/pending", "Pending", "withdrawals, offers, redemptions and payouts"),
-    ("/dashboard/holds", "Suspense and holds", "assign, release and return"),
-    ("/dashboard/reviews", "Reviews", "the compliance review queue"),
-    ("/dashboard/alerts", "Alerts", "with acknowledge"),
-    ("/dashboard/approvals", "Approvals", "awaiting a signature: approve or reject"),
-    ("/dashboard/controls", "Pause and resume", "the emergency pause"),
-    ("/dashboard/audit", "Audit trail", "searchable, with its chain's status"),
-)
-
-
 @router.get("/dashboard")
 def overview(page: Annotated[Page, Depends(staff_page)]) -> HTMLResponse:
-    may_see = {
-        "/dashboard/reserves": admitted(page, STAFF_READS),
-        "/dashboard/pending": admitted(page, STAFF_READS),
-        "/dashboard/holds": admitted(page, USER_OPERATIONS) or admitted(page, COMPLIANCE_OVERRIDE),
-        "/dashboard/reviews": admitted(page, COMPLIANCE_OVERRIDE),
-        "/dashboard/audit": admitted(page, AUDIT_READERS),
-    }
-    pages = [row for row in PAGES if may_see.get(row[0], True)]
+    pages = [row for row in visible_pages(page) if row[0] != "/dashboard"]
     return show(page, "dashboard/overview.html", live=True, figures=figures(page), pages=pages)

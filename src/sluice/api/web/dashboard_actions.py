@@ -50,6 +50,42 @@ EMERGENCY_PAUSE = permission_of(common.EmergencyPause)
 AUDIT_READERS = permission_of(common.AuditReaders)
 
 
+# The dashboard's pages: (path, name in the navigation, what it shows, the permissions any one
+# of which lets a role read it — as the API's endpoints for the same reads).
+PAGES: tuple[tuple[str, str, str, tuple[Permission, ...]], ...] = (
+    ("/dashboard", "Overview", "the key figures", (STAFF,)),
+    ("/dashboard/health", "Health", "components, circuit breakers and readiness", (STAFF,)),
+    (
+        "/dashboard/reserves",
+        "Reserves",
+        "the reserve ratio over time, supply against reserves, reconciliation",
+        (STAFF_READS,),
+    ),
+    ("/dashboard/ingestion", "Ingestion", "the cursor against the ledger's end, queues", (STAFF,)),
+    ("/dashboard/pending", "Pending", "withdrawals, offers, redemptions, payouts", (STAFF_READS,)),
+    (
+        "/dashboard/holds",
+        "Suspense & holds",
+        "assign, release and return",
+        (USER_OPERATIONS, COMPLIANCE_OVERRIDE),
+    ),
+    ("/dashboard/reviews", "Reviews", "the compliance review queue", (COMPLIANCE_OVERRIDE,)),
+    ("/dashboard/alerts", "Alerts", "with acknowledge", (STAFF,)),
+    ("/dashboard/approvals", "Approvals", "awaiting a signature: approve or reject", (STAFF,)),
+    ("/dashboard/controls", "Pause", "pause and resume", (ANY_PRINCIPAL,)),
+    ("/dashboard/audit", "Audit", "searchable, with its chain's status", (AUDIT_READERS,)),
+)
+
+
+def visible_pages(page: Page) -> list[tuple[str, str, str]]:
+    """The dashboard's pages the role may read: (path, name, what it shows)."""
+    return [
+        (path, name, what)
+        for path, name, what, permissions in PAGES
+        if any(admitted(page, permission) for permission in permissions)
+    ]
+
+
 def admitted(page: Page, permission: Permission) -> bool:
     """Whether the page's principal may do what ``permission`` guards (staff only)."""
     principal = page.principal
@@ -78,6 +114,7 @@ def show(page: Page, template: str, *, live: bool = False, **values: Any) -> HTM
         flash=(query.get("flash") or "")[:FLASH_CHARS_MAX] or None,
         error=(query.get("error") or "")[:FLASH_CHARS_MAX] or None,
         live=url if live else None,
+        nav=visible_pages(page),
         live_every_s=LIVE_EVERY_S,
         **values,
     )
