@@ -385,16 +385,6 @@ def test_the_customer_page_fits_a_phone_screen(site: Site, tabs: TabFactory) -> 
     expect(customer.page.locator("#withdrawals tbody tr")).to_have_count(2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "page bug: on a phone the dashboard's wide tables (health, reserves, pending, holds) "
-        "scroll inside a .table-wrap that a keyboard cannot reach (axe: "
-        "scrollable-region-focusable, serious); the customer page's have tabindex=0, "
-        "role=region and a label. Remove this mark once the dashboard's do too."
-    ),
-)
 def test_the_dashboard_fits_a_phone_screen(site: Site, tabs: TabFactory) -> None:
     _phone_world(site.world)
     admin = tabs("super-admin-phone", phone=True)
