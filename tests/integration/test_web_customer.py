@@ -113,7 +113,11 @@ def test_the_page_shows_balances_and_deposit_instructions(world: ApiWorld) -> No
     page = client.get("/me")
     assert page.status_code == 200, page.text
     assert "script-src 'self'" in page.headers["content-security-policy"]
-    assert ' style="' not in page.text and "<script" not in page.text
+    # No inline style nor script: the only script is the vendored one.
+    assert ' style="' not in page.text
+    assert re.findall(r"<script[^>]*>", page.text) == [
+        '<script src="/static/vendor/htmx.min.js" defer>'
+    ]
     balances = _section(page.text, "balances")
     coin = world.sandbox.coin
     assert f'data-instrument="{coin.key()}"' in balances and "120.5" in balances
@@ -157,6 +161,15 @@ def test_a_withdrawal_requested_twice_with_one_form_is_one_and_completes(world: 
     assert f'<tr data-id="{ids[0]}" data-status="completed">' in table
     assert "completed" in table
     assert "65" in _section(page, "balances")
+    # What a live refresh (htmx) asks for: the balances and the lists, without the forms.
+    live = client.get("/me", headers={"HX-Request": "true"})
+    assert live.status_code == 200 and "<form" not in live.text and "<html" not in live.text
+    assert 'id="balances-live"' in live.text and 'hx-get="/me"' in live.text
+    assert f'<tr data-id="{ids[0]}" data-status="completed">' in live.text
+    assert (
+        'hx-get="/me?withdrawals_page=2"'
+        in client.get("/me?withdrawals_page=2", headers={"HX-Request": "true"}).text
+    )
 
 
 def test_refused_forms_show_why_and_take_nothing(world: ApiWorld) -> None:

@@ -40,6 +40,8 @@ PageQuery = Annotated[str | None, Query()]
 # The list pages a link may change; the others stay as they are.
 PAGE_PARAMETERS = ("page", "withdrawals_page", "redemptions_page")
 SnapshotQuery = Annotated[str | None, Query(max_length=100, pattern=r"^[A-Za-z0-9._:-]+$")]
+# How often an open page refreshes its balances and statuses (while scripts are on).
+LIVE_EVERY_S = 15
 
 
 def own_customer(page: Page) -> str:
@@ -48,6 +50,29 @@ def own_customer(page: Page) -> str:
     if customer_id is None:
         raise PageForbiddenError("this session has no customer")
     return customer_id
+
+
+def _live(page: Page, numbers: dict[str, int]) -> dict[str, Any]:
+    """What a live refresh reads and how it asks again: the page's own lists, at their pages."""
+    customer_id = own_customer(page)
+    context = page.context
+    redemptions = customer_reads.redemptions(context, customer_id, numbers["redemptions_page"])
+    query = {key: value for key, value in numbers.items() if value > 1}
+    return {
+        "balances": customer_reads.balances(context, customer_id),
+        "approvals": customer_reads.proposed_withdrawals(context, customer_id)
+        if numbers["withdrawals_page"] == 1
+        else [],
+        "withdrawals": customer_reads.withdrawals(
+            context, customer_id, numbers["withdrawals_page"]
+        ),
+        "redemptions": redemptions,
+        "page_link": _page_links(numbers),
+        "live_url": f"/me?{urlencode(query)}" if query else "/me",
+        "live_every_s": LIVE_EVERY_S,
+        "live_parts": "#withdrawals-live"
+        + (",#redemptions-live" if redemptions is not None else ""),
+    }
 
 
 def _page_links(numbers: dict[str, int]) -> Callable[[str, int, str], str]:
@@ -82,20 +107,11 @@ def _me(
     try:
         instructions = customer_reads.deposit_instructions(context, customer_id)
         values: dict[str, Any] = {
+            **_live(page, numbers),
             "customer_id": customer_id,
-            "balances": customer_reads.balances(context, customer_id),
             "instructions": instructions,
             "bitcoin": customer_reads.bitcoin_deposit(context, customer_id, page.principal.actor),
             "withdraw_instruments": customer_reads.withdrawable(instructions),
-            "approvals": customer_reads.proposed_withdrawals(context, customer_id)
-            if numbers["withdrawals_page"] == 1
-            else [],
-            "withdrawals": customer_reads.withdrawals(
-                context, customer_id, numbers["withdrawals_page"]
-            ),
-            "redemptions": customer_reads.redemptions(
-                context, customer_id, numbers["redemptions_page"]
-            ),
             "history": customer_reads.history(context, customer_id, numbers["page"]),
             "proof": customer_reads.proofs(context, customer_id),
         }
@@ -112,7 +128,6 @@ def _me(
         redeem_key=customer_forms.new_idempotency_key(),
         redeem_error=redeem_error,
         redeem_form=redeem_form or {},
-        page_link=_page_links(numbers),
     )
 
 
@@ -129,6 +144,12 @@ def me(
         "withdrawals_page": customer_reads.page_number(withdrawals_page),
         "redemptions_page": customer_reads.page_number(redemptions_page),
     }
+    if page.request.headers.get("hx-request") == "true":
+        try:
+            return page.render("customer/live.html", **_live(page, numbers))
+        except SluiceError:
+            # Nothing to swap: the page keeps what it shows until the next refresh or a reload.
+            return Response(status_code=204, headers=SECURITY_HEADERS)
     return _me(page, numbers=numbers, notice=notice)
 
 
