@@ -138,7 +138,7 @@ def me(
     history_page: Annotated[str | None, Query(alias="page")] = None,
     withdrawals_page: PageQuery = None,
     redemptions_page: PageQuery = None,
-) -> HTMLResponse:
+) -> Response:
     numbers = {
         "page": customer_reads.page_number(history_page),
         "withdrawals_page": customer_reads.page_number(withdrawals_page),
