@@ -10,9 +10,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import Field, StringConstraints
+from pydantic import ConfigDict, Field, StringConstraints
 
-from sluice.api.schemas import Amount, Body, InstrumentRef, Out, Reason, instrument_ref
+from sluice.api.schemas import (
+    HTTP_URL_PATTERN,
+    JSON_INTEGER,
+    NOT_BLANK,
+    Amount,
+    Body,
+    InstrumentRef,
+    Out,
+    Reason,
+    instrument_ref,
+)
 from sluice.domain.amounts import format_amount
 from sluice.domain.ledger import format_timestamp
 from sluice.ports.bitcoin import DerivedAddress
@@ -23,13 +33,20 @@ from sluice.services.balances import BalanceLine
 # 21 million bitcoin in satoshis: no amount of sats can be larger.
 SATS_MAX = 2_100_000_000_000_000
 
-Sats = Annotated[int, Field(gt=0, le=SATS_MAX, description="whole satoshis")]
+Sats = Annotated[int, Field(gt=0, le=SATS_MAX, description="whole satoshis"), JSON_INTEGER]
 BitcoinAddress = Annotated[
     str,
-    StringConstraints(min_length=1, max_length=100, strip_whitespace=True),
+    StringConstraints(min_length=1, max_length=100, strip_whitespace=True, pattern=NOT_BLANK),
     Field(description="a Bitcoin address of the custody's network"),
 ]
-OptionalText = Annotated[str, StringConstraints(min_length=1, max_length=2000)] | None
+# The contract addresses' shapes (services.issuance_contracts checks them again, and a
+# descriptor's BIP-380 checksum besides, which no pattern can say).
+DESCRIPTOR_PATTERN = r"^[!-\"$-~]*\([!-\"$-~]*\)#[qpzry9x8gf2tvdw0s3jn54khce6mua7l]{8}$"
+ISSUER_PARTY_PATTERN = r"^[^:\s]{1,200}::1220[0-9a-f]{64}$"
+HttpUrl = Annotated[str, StringConstraints(max_length=2000, pattern=HTTP_URL_PATTERN)]
+Descriptor = Annotated[str, StringConstraints(max_length=2000, pattern=DESCRIPTOR_PATTERN)]
+IssuerParty = Annotated[str, StringConstraints(pattern=ISSUER_PARTY_PATTERN)]
+CONTRACT_FIELDS = ("bitcoin_node_url", "custody_descriptor", "issuer_party", "registry_url")
 
 # --- requests ------------------------------------------------------------------------------------
 
@@ -49,12 +66,23 @@ class ReturnIn(Body):
 
 
 class ContractAddressesIn(Body):
-    """The components the router talks to; a field left out (null) is not in force."""
+    """The components the router talks to; a field left out (null) is not in force. At least one
+    is given."""
 
-    bitcoin_node_url: OptionalText = None
-    custody_descriptor: OptionalText = None
-    issuer_party: OptionalText = None
-    registry_url: OptionalText = None
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "anyOf": [
+                {"required": [name], "properties": {name: {"type": "string"}}}
+                for name in CONTRACT_FIELDS
+            ]
+        },
+    )
+
+    bitcoin_node_url: HttpUrl | None = None
+    custody_descriptor: Descriptor | None = None
+    issuer_party: IssuerParty | None = None
+    registry_url: HttpUrl | None = None
     reason: Reason | None = None
 
 

@@ -7,12 +7,23 @@ misspelt field is an error rather than silently ignored.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StringConstraints,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from sluice.domain.amounts import format_amount
 from sluice.domain.approvals import Approval
@@ -20,22 +31,138 @@ from sluice.domain.compliance import HeldDeposit, Profile, ReviewItem
 from sluice.domain.ledger import InstrumentId
 from sluice.domain.withdrawals import Withdrawal
 from sluice.ports import ApiKeyRecord, CustomerRecord, HistoryRecord, InstrumentRecord, SuspenseItem
+from sluice.services.settings import DEFINITIONS, SettingDefinition
 
 T = TypeVar("T")
 
-Text = Annotated[str, StringConstraints(min_length=1, max_length=500, strip_whitespace=True)]
-Reason = Annotated[str, StringConstraints(min_length=1, max_length=1000, strip_whitespace=True)]
+# Free text must hold something besides spaces (it is stripped before its length is checked).
+NOT_BLANK = r"\S"
+Text = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=500, strip_whitespace=True, pattern=NOT_BLANK),
+]
+Reason = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=1000, strip_whitespace=True, pattern=NOT_BLANK),
+]
+IDENTIFIER_PATTERN = r"^[A-Za-z0-9._:@-]+$"
+# An http(s) URL with a host name (or address), an optional port (0–65535) and anything after.
+PORT_PATTERN = (
+    r"(?:[0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+)
+HTTP_URL_PATTERN = rf"^https?://[A-Za-z0-9.-]+(:{PORT_PATTERN})?([/?#][!-~]*)?$"
 Identifier = Annotated[
-    str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._:@-]+$")
+    str, StringConstraints(min_length=1, max_length=100, pattern=IDENTIFIER_PATTERN)
 ]
 PartyId = Annotated[
     str, StringConstraints(min_length=3, max_length=512, pattern=r"^[^:\s]+::[0-9A-Za-z]+$")
 ]
+
+
+def _json_integer(value: object) -> object:
+    """A JSON integer as JSON Schema has it: a number with no fraction (``2`` or ``2.0``), not
+    ``true`` and not ``"2"``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("expected a whole number")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("expected a whole number")
+        return int(value)
+    return value
+
+
+JSON_INTEGER = BeforeValidator(_json_integer)
+# A KYC tier: a JSON integer 0–4.
+Tier = Annotated[int, Field(ge=0, le=4), JSON_INTEGER]
+
+
+def _positive_decimal_pattern(whole_digits: int, fraction_digits: int) -> str:
+    """Decimal text above zero: no sign, no exponent, no leading zeros, at most
+    ``whole_digits`` before the point and ``fraction_digits`` after it."""
+    whole = rf"[1-9][0-9]{{0,{whole_digits - 1}}}(\.[0-9]{{1,{fraction_digits}}})?"
+    # Below one: a fraction with a non-zero digit among its first ``fraction_digits``.
+    fractions = "|".join(
+        rf"0{{{zeros}}}[1-9][0-9]{{0,{fraction_digits - 1 - zeros}}}"
+        for zeros in range(fraction_digits)
+    )
+    return rf"^(?:{whole}|0\.(?:{fractions}))$"
+
+
+# Amounts in requests are decimal strings, as in answers: 28 digits before the point at most and
+# 10 after (the ledger's precision). The pattern is the whole check, here and in the document.
+POSITIVE_AMOUNT_PATTERN = _positive_decimal_pattern(28, 10)
+AMOUNT_PATTERN = rf"^(?:0(\.[0-9]{{1,10}})?|{POSITIVE_AMOUNT_PATTERN[4:-2]})$"
+
+
+def _decimal_text(pattern: str, what: str) -> Any:
+    compiled = re.compile(pattern)
+
+    def parse(value: object) -> object:
+        if not isinstance(value, str) or compiled.match(value) is None:
+            raise ValueError(f'expected {what} as a decimal string such as "12.5"')
+        return Decimal(value)
+
+    return BeforeValidator(parse)
+
+
 AmountIn = Annotated[
-    Decimal, Field(gt=0, max_digits=38, decimal_places=10, description="a positive decimal")
+    Decimal,
+    _decimal_text(POSITIVE_AMOUNT_PATTERN, "a positive amount"),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": POSITIVE_AMOUNT_PATTERN,
+            "description": "a positive decimal string (at most 28 digits before the point "
+            "and 10 after)",
+            "examples": ["12.5"],
+        }
+    ),
 ]
-LimitIn = Annotated[Decimal, Field(ge=0, max_digits=38, decimal_places=10)]
+LimitIn = Annotated[
+    Decimal,
+    _decimal_text(AMOUNT_PATTERN, "an amount"),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": AMOUNT_PATTERN,
+            "description": "a decimal string, zero or more (at most 28 digits before the point "
+            "and 10 after)",
+            "examples": ["1000"],
+        }
+    ),
+]
 Amount = Annotated[str, Field(description="decimal amount as a string", examples=["12.5"])]
+
+# ``<update id>:<node id>``: an update id of 1–256 characters, then after the last colon a node
+# id of at most 10 digits no greater than 2^31 - 1 (services.suspense.parse_item_id).
+NODE_ID_PATTERN = (
+    r"(?:[0-9]{1,9}|0[0-9]{9}|1[0-9]{9}|20[0-9]{8}|21[0-3][0-9]{7}|214[0-6][0-9]{6}"
+    r"|2147[0-3][0-9]{5}|21474[0-7][0-9]{4}|214748[0-2][0-9]{3}|2147483[0-5][0-9]{2}"
+    r"|21474836[0-3][0-9]|214748364[0-7])"
+)
+SUSPENSE_ITEM_ID_PATTERN = rf"^.{{1,256}}:{NODE_ID_PATTERN}$"
+SuspenseItemId = Annotated[
+    str, StringConstraints(min_length=3, max_length=267, pattern=SUSPENSE_ITEM_ID_PATTERN)
+]
+
+RFC3339_PATTERN = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
+    r"([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+)
+
+
+def _rfc3339(value: object) -> object:
+    if not isinstance(value, str) or re.match(RFC3339_PATTERN, value) is None:
+        raise ValueError("expected an RFC 3339 time with its offset, such as 2025-01-31T12:00:00Z")
+    return value.upper()
+
+
+# A time given in a request: RFC 3339 text with an offset (not a number of seconds, not a date).
+Rfc3339 = Annotated[
+    datetime,
+    BeforeValidator(_rfc3339),
+    WithJsonSchema({"type": "string", "format": "date-time"}),
+]
 
 
 class Body(BaseModel):
@@ -131,7 +258,7 @@ def customer_out(record: CustomerRecord) -> CustomerOut:
 class CustomerIn(Body):
     id: Identifier
     name: Text
-    tier: int | None = Field(default=None, ge=0, le=4)
+    tier: Tier | None = None
     deposit_accounts: list[Identifier] = Field(default_factory=list, max_length=20)
 
 
@@ -186,10 +313,37 @@ def history_out(record: HistoryRecord) -> HistoryOut:
     )
 
 
+KycStatus = Literal["active", "under_review", "frozen", "blacklisted"]
+
+
 class KycChangeIn(Body):
-    status: Literal["active", "under_review", "frozen", "blacklisted"] | None = None
-    tier: int | None = Field(default=None, ge=0, le=4)
+    """A status, a tier or both (at least one of them, not null)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"anyOf": [{"required": ["status"]}, {"required": ["tier"]}]},
+    )
+
+    status: Annotated[
+        KycStatus | None, WithJsonSchema({"type": "string", "enum": list(get_args(KycStatus))})
+    ] = None
+    tier: Annotated[
+        Tier | None, WithJsonSchema({"type": "integer", "minimum": 0, "maximum": 4})
+    ] = None
     reason: Reason
+
+    @field_validator("status", "tier", mode="before")
+    @classmethod
+    def _not_null(cls, value: object) -> object:
+        if value is None:
+            raise ValueError("leave it out rather than null")
+        return value
+
+    @model_validator(mode="after")
+    def _one_at_least(self) -> KycChangeIn:
+        if self.status is None and self.tier is None:
+            raise ValueError("give a status, a tier or both")
+        return self
 
 
 # --- withdrawals ---------------------------------------------------------------------------------
@@ -258,7 +412,12 @@ def instrument_out(record: InstrumentRecord) -> InstrumentOut:
     )
 
 
-TransferKindIn = Literal["direct", "offer", "self"]
+# A limit's name: withdrawal_max, transfer_fee… (services.reference.check_limits).
+LIMIT_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
+LimitName = Annotated[str, StringConstraints(pattern=LIMIT_NAME_PATTERN)]
+
+# How the exchange sends an instrument out ("self", a transfer to oneself, is not a choice).
+TransferKindIn = Literal["direct", "offer"]
 
 
 def _direct_only() -> list[TransferKindIn]:
@@ -268,12 +427,28 @@ def _direct_only() -> list[TransferKindIn]:
 class OnboardIn(Body):
     admin: PartyId
     id: Identifier
-    registry_url: Annotated[str, StringConstraints(max_length=500)] | None = None
-    trusted: bool = True
+    registry_url: (
+        Annotated[str, StringConstraints(max_length=500, pattern=HTTP_URL_PATTERN)] | None
+    ) = None
+    trusted: StrictBool = True
     transfer_kinds: list[TransferKindIn] = Field(
         default_factory=_direct_only, min_length=1, max_length=3
     )
-    limits: dict[Identifier, LimitIn] | None = None
+    limits: Annotated[
+        dict[LimitName, LimitIn] | None,
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {
+                        "type": "object",
+                        "propertyNames": {"pattern": LIMIT_NAME_PATTERN},
+                        "additionalProperties": {"type": "string", "pattern": AMOUNT_PATTERN},
+                    },
+                    {"type": "null"},
+                ]
+            }
+        ),
+    ] = None
     reason: Reason | None = None
 
 
@@ -388,7 +563,7 @@ class ResolutionIn(Body):
 
 
 class LimitsIn(Body):
-    tier: int = Field(ge=0, le=4)
+    tier: Tier
     operation: Literal["deposit", "withdrawal", "mint", "burn", "transfer", "exchange"]
     per_operation: LimitIn | None = None
     daily: LimitIn | None = None
@@ -405,7 +580,11 @@ class LimitOut(Out):
 
 
 class AddressIn(Body):
-    address: Annotated[str, StringConstraints(min_length=1, max_length=600, strip_whitespace=True)]
+    # At most 256 characters: the audit record's operation id (300 at most) holds it.
+    address: Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=256, strip_whitespace=True, pattern=NOT_BLANK),
+    ]
     reason: Reason
 
 
@@ -536,10 +715,90 @@ class VoteIn(Body):
     comment: Annotated[str, StringConstraints(max_length=1000)] | None = None
 
 
+# A decimal setting given as text: at most 15 digits before the point (they are all below 10^15).
+DECIMAL_SETTING_PATTERN = r"^(?:0|[1-9][0-9]{0,14})(?:\.[0-9]{1,10})?$"
+
+
+def _json_number(value: int | float | Decimal) -> int | float:
+    return value if isinstance(value, int) else float(value)
+
+
+def setting_value_schema(spec: SettingDefinition) -> dict[str, Any]:
+    """The JSON Schema of the values setting ``spec`` takes over the API."""
+    bounds: dict[str, Any] = {}
+    if spec.minimum is not None:
+        low = "exclusiveMinimum" if spec.minimum_exclusive else "minimum"
+        bounds[low] = _json_number(spec.minimum)
+    if spec.maximum is not None:
+        bounds["maximum"] = _json_number(spec.maximum)
+    choices: list[dict[str, Any]]
+    if spec.kind == "int":
+        choices = [{"type": "integer", **bounds}]
+    elif spec.kind == "float":
+        choices = [{"type": "number", **bounds}]
+    else:
+        choices = [
+            {"type": "string", "pattern": DECIMAL_SETTING_PATTERN},
+            {"type": "number", **bounds},
+        ]
+    if spec.nullable:
+        choices.append({"type": "null"})
+    return choices[0] if len(choices) == 1 else {"anyOf": choices}
+
+
+def check_setting_value(spec: SettingDefinition, value: object) -> None:
+    """Refuse (ValueError) a value :func:`setting_value_schema` does not describe: the JSON type
+    first (the settings service would also take numbers as text); the bounds stay the
+    service's."""
+    if value is None and spec.nullable:
+        return
+    if spec.kind == "decimal" and isinstance(value, str):
+        if re.match(DECIMAL_SETTING_PATTERN, value) is None:
+            raise ValueError(f'{spec.key}: expected a decimal such as "1000.5"')
+        return
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not number or (spec.kind == "int" and not float(value).is_integer()):  # type: ignore[arg-type]
+        kind = "a whole number" if spec.kind == "int" else "a number"
+        raise ValueError(f"{spec.key}: expected {kind}, got {value!r}")
+
+
+def _config_change_schema(schema: dict[str, Any]) -> None:
+    """One alternative per setting: its key and the values it takes."""
+    reason = schema["properties"]["reason"]
+    alternatives = [
+        {
+            "type": "object",
+            "properties": {
+                "key": {"const": key, "description": spec.description},
+                "value": setting_value_schema(spec),
+                "reason": reason,
+            },
+            "required": ["key", "value", "reason"],
+            "additionalProperties": False,
+        }
+        for key, spec in DEFINITIONS.items()
+    ]
+    title = schema.get("title")
+    schema.clear()
+    schema.update({"title": title, "oneOf": alternatives})
+
+
 class ConfigChangeIn(Body):
-    key: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+    """A setting (one of ``GET /v1/config``'s keys) and its new value."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_config_change_schema)
+
+    key: str
     value: Any = Field(description="the new value (JSON); null where the setting allows none")
     reason: Reason
+
+    @model_validator(mode="after")
+    def _known_and_typed(self) -> ConfigChangeIn:
+        spec = DEFINITIONS.get(self.key)
+        if spec is None:
+            raise ValueError(f"unknown setting {self.key!r}: one of {', '.join(DEFINITIONS)}")
+        check_setting_value(spec, self.value)
+        return self
 
 
 class SettingOut(Out):
@@ -555,10 +814,39 @@ class ConfigOut(Out):
     deployment: dict[str, Any]
 
 
+ApiRole = Literal["super_admin", "system_admin", "compliance_officer", "operator", "user"]
+
+
 class ApiKeyIn(Body):
-    role: Literal["super_admin", "system_admin", "compliance_officer", "operator", "user"]
+    """A user's key names the customer it acts for; a staff key names none."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "anyOf": [
+                {
+                    "properties": {"role": {"const": "user"}, "customer_id": {"type": "string"}},
+                    "required": ["role", "customer_id"],
+                },
+                {
+                    "properties": {
+                        "role": {"enum": [r for r in get_args(ApiRole) if r != "user"]},
+                        "customer_id": {"type": "null"},
+                    }
+                },
+            ]
+        },
+    )
+
+    role: ApiRole
     customer_id: Identifier | None = None
     label: Annotated[str, StringConstraints(max_length=200)] | None = None
+
+    @model_validator(mode="after")
+    def _customer_for_users_only(self) -> ApiKeyIn:
+        if (self.role == "user") != (self.customer_id is not None):
+            raise ValueError("a user's key names its customer (customer_id); no other key does")
+        return self
 
 
 class ApiKeyOut(Out):

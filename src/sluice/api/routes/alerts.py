@@ -9,6 +9,8 @@ from fastapi import APIRouter, Query
 from sluice.api.alerts_schemas import AlertOut, alert_out
 from sluice.api.routes.common import ERRORS, Context, PageParams, Staff
 from sluice.api.schemas import Page, page
+from sluice.domain.deposits import Severity
+from sluice.ports.alerts import AlertStatus
 from sluice.services.alerts import acknowledge, list_alerts
 
 router = APIRouter(tags=["alerts"], responses=ERRORS)
@@ -24,10 +26,10 @@ def alerts(
     _caller: Staff,
     paging: PageParams,
     status: Annotated[
-        list[str] | None,
+        list[AlertStatus] | None,
         Query(description="open, acknowledged and/or resolved (repeat it); default: all"),
     ] = None,
-    severity: Annotated[str | None, Query(description="critical, warning or info")] = None,
+    severity: Annotated[Severity | None, Query(description="critical, warning or info")] = None,
 ) -> dict[str, object]:
     found = list_alerts(
         context.uow,

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from sluice.api.breakers_schemas import BreakerForceIn, BreakerOut, breaker_out
 from sluice.api.routes.common import ERRORS, Context, RouterAdmin, Staff
-from sluice.services.breakers import breaker_report, force_breaker
+from sluice.services.breakers import Flow, breaker_report, force_breaker
 
 router = APIRouter(tags=["system"], responses=ERRORS)
 
@@ -23,10 +23,9 @@ def breakers(context: Context, _caller: Staff) -> list[BreakerOut]:
 @router.post(
     "/v1/breakers/{name}/force",
     response_model=BreakerOut,
-    summary="Force a flow's circuit breaker open or closed, or back to automatic (audited; "
-    "422 for an unknown flow, listing the flows)",
+    summary="Force a flow's circuit breaker open or closed, or back to automatic (audited)",
 )
-def force(name: str, body: BreakerForceIn, context: Context, caller: RouterAdmin) -> BreakerOut:
+def force(name: Flow, body: BreakerForceIn, context: Context, caller: RouterAdmin) -> BreakerOut:
     force_breaker(
         context.uow,
         flow=name,

@@ -21,6 +21,7 @@ from sluice.api.routes.common import (
     UserOps,
 )
 from sluice.api.schemas import (
+    SUSPENSE_ITEM_ID_PATTERN,
     AddressIn,
     AssignIn,
     ComplianceCheckIn,
@@ -57,7 +58,7 @@ router = APIRouter(tags=["compliance"], responses=ERRORS)
 
 HoldId = Annotated[str, Path(min_length=1, max_length=700)]
 ReviewId = Annotated[str, Path(min_length=1, max_length=700)]
-ItemId = Annotated[str, Path(min_length=3, max_length=300, pattern=r"^.+:[0-9]+$")]
+ItemId = Annotated[str, Path(min_length=3, max_length=267, pattern=SUSPENSE_ITEM_ID_PATTERN)]
 
 
 # --- held deposits -------------------------------------------------------------------------------

@@ -50,7 +50,7 @@ from sluice.domain.amounts import format_amount
 from sluice.domain.compliance import STATUSES, Profile
 from sluice.domain.errors import InvalidInputError, NotFoundError
 from sluice.domain.ledger import InstrumentId
-from sluice.domain.withdrawals import Withdrawal, withdrawal_id
+from sluice.domain.withdrawals import Withdrawal, WithdrawalStatus, withdrawal_id
 from sluice.services import accounts
 from sluice.services.compliance_officer import change_tier, set_customer_status
 from sluice.services.reference import register_customer
@@ -210,7 +210,7 @@ def customer_withdrawals(
     context: Context,
     paging: PageParams,
     caller: OwnOrCompliance,
-    status: Annotated[list[str] | None, Query(max_length=10)] = None,
+    status: Annotated[list[WithdrawalStatus] | None, Query(max_length=10)] = None,
 ) -> dict[str, object]:
     caller.check_customer(customer_id)
     records = accounts.customer_withdrawals(

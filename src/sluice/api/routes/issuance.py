@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Header, Path, Query
 from starlette.responses import Response
 
 from sluice import bootstrap
@@ -54,7 +54,7 @@ from sluice.api.routes.common import (
     RouterAdmin,
     StaffReads,
 )
-from sluice.api.routes.customers import CustomerId, IdempotencyKey
+from sluice.api.routes.customers import CustomerId
 from sluice.api.schemas import Page, approval_out, page
 from sluice.api.security import Caller
 from sluice.domain.errors import InvalidOperationStateError, NotFoundError, SluiceError
@@ -65,9 +65,24 @@ from sluice.services.btc_deposits import list_deposits
 from sluice.services.issuance_contracts import check_contract_addresses
 from sluice.services.issuance_held import release_held_deposit, return_held_deposit
 from sluice.services.issuance_intake import deposit_operation_id
-from sluice.services.issuance_redeem import request_redemption
+from sluice.services.issuance_redeem import IDEMPOTENCY_KEY_MAX, request_redemption
 from sluice.services.issuance_router import operation_json
 from sluice.services.mint_guard import guard_status
+
+# A redemption's Idempotency-Key is at most 100 characters (it becomes part of the operation id).
+RedemptionKey = Annotated[
+    str,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=IDEMPOTENCY_KEY_MAX,
+        pattern=r"^[A-Za-z0-9._:-]+$",
+        description="chosen by the caller; the same key again answers 409 with the first",
+    ),
+]
+
+# How many outputs the Bitcoin watcher lists at once (a page past them is empty).
+DEPOSITS_LISTED_MAX = 100_000
 
 customers = APIRouter(prefix="/v1/customers", tags=["issuance"], responses=ERRORS)
 staff = APIRouter(prefix="/v1/issuance", tags=["issuance"], responses=ERRORS)
@@ -172,7 +187,8 @@ def istsi_deposits(
 ) -> dict[str, object]:
     caller.check_customer(customer_id)
     ctx = issuance_of(context).context
-    views = list_deposits(ctx.uow, customer_id=customer_id, limit=paging.offset + paging.limit)
+    wanted = min(paging.offset + paging.limit, DEPOSITS_LISTED_MAX)
+    views = list_deposits(ctx.uow, customer_id=customer_id, limit=wanted)
     views = views[paging.offset : paging.offset + paging.limit]
     ids = [deposit_operation_id(v.txid, v.vout) for v in views]
     with context.uow() as uow:
@@ -208,7 +224,7 @@ def balance_lines(
 def create_redemption(
     customer_id: CustomerId,
     body: RedemptionIn,
-    idempotency_key: IdempotencyKey,
+    idempotency_key: RedemptionKey,
     context: Context,
     caller: OwnOnly,
 ) -> Response:

@@ -11,7 +11,7 @@ documents (:mod:`sluice.cli.reserves.show` lists their keys).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
@@ -19,7 +19,7 @@ from fastapi import APIRouter, Query
 from sluice.api.context import ApiContext
 from sluice.api.reserves_schemas import ReadingOut, ReserveReportOut
 from sluice.api.routes.common import ERRORS, Context, PageParams, StaffReads
-from sluice.api.schemas import Page, page
+from sluice.api.schemas import Page, Rfc3339, page
 from sluice.domain.ledger import InstrumentId
 from sluice.ports import UnitOfWorkFactory
 from sluice.services.reserves import (
@@ -110,7 +110,7 @@ def reserves_history(
     _caller: StaffReads,
     instrument: InstrumentKey = None,
     since: Annotated[
-        datetime | None, Query(description="only readings taken at or after (RFC 3339)")
+        Rfc3339 | None, Query(description="only readings taken at or after (RFC 3339)")
     ] = None,
 ) -> dict[str, Any]:
     reads = _reads(context)

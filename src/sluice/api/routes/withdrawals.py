@@ -16,6 +16,7 @@ from sluice.api.routes.common import (
 )
 from sluice.api.schemas import Page, WithdrawalOut, page, withdrawal_out
 from sluice.domain.errors import NotFoundError
+from sluice.domain.withdrawals import WithdrawalStatus
 from sluice.services import accounts
 from sluice.services.withdrawals import cancel_withdrawal
 
@@ -29,7 +30,7 @@ def list_withdrawals(
     context: Context,
     paging: PageParams,
     _caller: StaffReads,
-    status: Annotated[list[str] | None, Query(max_length=10)] = None,
+    status: Annotated[list[WithdrawalStatus] | None, Query(max_length=10)] = None,
 ) -> dict[str, object]:
     records = accounts.customer_withdrawals(
         context.uow, None, statuses=status or (), offset=paging.offset, limit=paging.limit
