@@ -90,14 +90,14 @@ def _deletions(token: str) -> set[str]:
     return keys
 
 
-def token_similarity(left: str, right: str) -> float:
+def token_similarity(left: str, right: str, floor: float = TOKEN_SIMILARITY_FLOOR) -> float:
     """0–1: normalised Indel similarity (0 under the floor); an initial is nearly as good as a
     name it begins."""
     if left == right:
         return 1.0
     if len(left) == 1 or len(right) == 1:
         return INITIAL_SIMILARITY if left[0] == right[0] else 0.0
-    return Indel.normalized_similarity(left, right, score_cutoff=TOKEN_SIMILARITY_FLOOR)
+    return Indel.normalized_similarity(left, right, score_cutoff=floor)
 
 
 def _words(tokens: tuple[str, ...]) -> int:
@@ -163,15 +163,20 @@ class NameIndex:
             return INITIAL_WEIGHT
         return self._weights.get(token, self._unknown_weight)
 
-    def best(self, query: NormalisedName) -> NameScore | None:
-        """The best-scoring listed name for ``query``, or None when nothing comes close."""
+    def best(
+        self, query: NormalisedName, *, floor: float = TOKEN_SIMILARITY_FLOOR
+    ) -> NameScore | None:
+        """The best-scoring listed name for ``query``, or None when nothing comes close.
+
+        ``floor``: the token similarity under which two tokens do not align (stricter for a
+        query that is a transliteration of ours than for a name typed in Latin letters)."""
         if not query.tokens:
             return None
         exact = self._exact.get(query.sorted_key)
         if exact:
             return NameScore(self._names[exact[0]], 100.0)
         query_weights = tuple(self.weight(token) for token in query.tokens)
-        estimates = self._candidates(query, query_weights)
+        estimates = self._candidates(query, query_weights, floor)
         if not estimates:
             return None
         names = self._names
@@ -186,12 +191,17 @@ class NameIndex:
         best: NameScore | None = None
         for position in ranked:
             name = names[position]
-            score = score_tokens(query, query_weights, name)
+            score = score_tokens(query, query_weights, name, floor)
             if best is None or score > best.score:
                 best = NameScore(name, score)
         return best
 
-    def _candidates(self, query: NormalisedName, weights: tuple[float, ...]) -> dict[int, float]:
+    def _candidates(
+        self,
+        query: NormalisedName,
+        weights: tuple[float, ...],
+        floor: float = TOKEN_SIMILARITY_FLOOR,
+    ) -> dict[int, float]:
         """Candidate names → an estimate of their matched weight."""
         found: list[tuple[int, str, float]] = []
         for token, spelling in zip(query.tokens, query.spellings, strict=True):
@@ -200,7 +210,8 @@ class NameIndex:
                 similar.update(self._neighbourhood.get(key, ()))
             for listed in similar:
                 similarity = max(
-                    token_similarity(token, listed), token_similarity(spelling, listed)
+                    token_similarity(token, listed, floor),
+                    token_similarity(spelling, listed, floor),
                 )
                 if similarity:
                     held = len(self._postings[listed])
@@ -244,7 +255,10 @@ def _blend(matched: float, query_total: float, name_total: float) -> float:
 
 
 def score_tokens(
-    query: NormalisedName, query_weights: tuple[float, ...], name: IndexedName
+    query: NormalisedName,
+    query_weights: tuple[float, ...],
+    name: IndexedName,
+    floor: float = TOKEN_SIMILARITY_FLOOR,
 ) -> float:
     """Score (0–100) ``query`` against one listed name (see the module docstring)."""
     pairs: list[tuple[float, int, int]] = []
@@ -252,10 +266,11 @@ def score_tokens(
         zip(query.tokens, query.spellings, strict=True)
     ):
         for name_position, name_token in enumerate(name.tokens):
-            similarity = token_similarity(query_token, name_token)
+            similarity = token_similarity(query_token, name_token, floor)
             if similarity < 1.0:
                 similarity = max(
-                    similarity, token_similarity(query_spelling, name.spellings[name_position])
+                    similarity,
+                    token_similarity(query_spelling, name.spellings[name_position], floor),
                 )
             if similarity:
                 pairs.append((similarity, query_position, name_position))

@@ -43,8 +43,11 @@ from pathlib import Path
 from typing import Any
 
 from sluice.domain.errors import InvalidInputError
+from sluice.screening.arabic import SKELETON, arabic_queries, listed_skeletons
+from sluice.screening.cjk import east_asian_renderings, whole_name_score
 from sluice.screening.index import NameIndex, NameScore
 from sluice.screening.names import NormalisedName, normalise_name
+from sluice.screening.scripts import ANYASCII, ARABIC, LATIN, needs_renderings, scripts_of
 
 OFAC_ID_PREFIX = "ofac-sdn:"
 OFAC_PARTS = ("sdn", "alt", "add", "sdn_comments")
@@ -60,6 +63,11 @@ INDIVIDUAL_KINDS = frozenset({"individual", "Person"})
 NAME_LENGTH_MAX = 1_000
 """Longer names are refused (lists and queries alike): no real name is that long."""
 WARNINGS_KEPT_MAX = 100
+RENDERED_SIMILARITY_FLOOR = 0.85
+"""Token floor for our own transliterations (pinyin, Korean, Hepburn): they are spelt as the
+lists spell them, so a looser alignment would only find lookalikes."""
+SKELETON_SIMILARITY_FLOOR = 0.8
+"""Token floor for consonant skeletons (a skeleton is short: one consonant apart is far)."""
 
 _ALSO_KNOWN_AS = re.compile(r"\b[afn]\.k\.a\.,?\s*'([^']+)'", re.IGNORECASE)
 _CURRENCY_ADDRESS = re.compile(r"Digital Currency Address - ([A-Za-z0-9]+)\s+([^\s;]+)")
@@ -107,6 +115,10 @@ class NameFound:
     score: float
     entity: SanctionedEntity
     matched_name: str
+    rendering: str = ANYASCII
+    """How the query was brought to Latin letters for the match: ``"anyascii"`` (Latin,
+    Cyrillic, Greek…), or e.g. ``"pinyin: Fangwei Li"``, ``"Arabic consonant skeleton: hsn
+    nsrl"`` (see :mod:`sluice.screening.scripts`)."""
 
 
 def address_key(address: str) -> str:
@@ -139,6 +151,8 @@ class SanctionsList:
     warnings: tuple[str, ...]
     index: NameIndex = field(repr=False)
     _addresses: dict[str, ListedAddress] = field(repr=False)
+    skeleton_index: NameIndex | None = field(default=None, repr=False)
+    """The listed names' consonant skeletons, for names written in Arabic script."""
 
     @classmethod
     def build(
@@ -178,6 +192,9 @@ class SanctionsList:
             warnings=tuple(warnings),
             index=NameIndex(names),
             _addresses=by_key,
+            skeleton_index=NameIndex(
+                [(text, entity, listed_skeletons(normalised)) for text, entity, normalised in names]
+            ),
         )
 
     @property
@@ -197,10 +214,40 @@ class SanctionsList:
         normalised = normalise_name(check_name(name))
         if not normalised.tokens:
             raise InvalidInputError(f"a name to screen needs letters or digits: {name!r}")
-        found: NameScore | None = self.index.best(normalised)
+        rendering = ANYASCII
+        if needs_renderings(name):
+            # A name wholly in a script with renderings of its own is screened through those
+            # alone (anyascii's reading of Han or Hangul finds only lookalikes); Latin words
+            # mixed in keep anyascii's result in the running.
+            found = self.index.best(normalised) if LATIN in scripts_of(name) else None
+            found, rendering = self._best_rendering(name, found)
+        else:
+            found = self.index.best(normalised)
         if found is None:
             return None
-        return NameFound(found.score, self.entities[found.name.entity], found.name.text)
+        return NameFound(found.score, self.entities[found.name.entity], found.name.text, rendering)
+
+    def _best_rendering(self, name: str, found: NameScore | None) -> tuple[NameScore | None, str]:
+        """The best of anyascii's result and the script's own renderings (see
+        :mod:`sluice.screening.scripts`); ties go to the earlier one."""
+        rendering = ANYASCII
+        scripts = scripts_of(name)
+        for candidate in east_asian_renderings(name, scripts):
+            query = normalise_name(candidate.text, ordered_last_first=False)
+            scored = (
+                self.index.best(query, floor=RENDERED_SIMILARITY_FLOOR) if query.tokens else None
+            )
+            if scored is not None:
+                whole = round(whole_name_score(query, scored.name), 2)
+                scored = NameScore(scored.name, min(scored.score, whole))
+            if scored is not None and (found is None or scored.score > found.score):
+                found, rendering = scored, f"{candidate.system}: {candidate.text}"
+        if ARABIC in scripts and self.skeleton_index is not None:
+            for query in arabic_queries(name):
+                scored = self.skeleton_index.best(query, floor=SKELETON_SIMILARITY_FLOOR)
+                if scored is not None and (found is None or scored.score > found.score):
+                    found, rendering = scored, f"{SKELETON}: {' '.join(query.tokens)}"
+        return found, rendering
 
     def find_address(self, address: str) -> ListedAddress | None:
         """The listed address equal to ``address`` (see :func:`address_key`), if any."""

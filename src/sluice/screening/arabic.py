@@ -1,0 +1,207 @@
+"""Arabic and Persian names against their Latin listed forms: consonant skeletons.
+
+Arabic script does not write short vowels, and one letter stands for sounds that Latin
+renderings spell differently (``ظ`` is Z or DH, ``ق`` Q, K or G). So both sides are reduced to
+the part they agree on, a **consonant skeleton** of each word:
+
+* The Arabic word is written one Latin letter per Arabic letter through anyascii
+  (``الظواهري`` → ``zwhry``: anyascii's digraphs become the one letter the skeleton gives them,
+  so that ``زاده`` stays z-d-h), after the article is taken off (``ال``, also in ``بال``/``وال``)
+  and ta marbuta (``ة``) dropped; alef, hamza and ayn carriers vanish. ``عبد`` is written
+  ``abdul`` (``abd al-``, ``abdel`` and ``abdul`` are one canonical word on the Latin side) and
+  ``الله`` as the Latin side's ``ala``. A Persian zero-width non-joiner joins the word's parts.
+* The listed word is the word as written, through the screen's transliteration table
+  (``mohammed`` → ``muhammad``), stop words set aside as the screen does.
+* Both then lose vowels and the half-vowels ``w``, ``y`` and ``v`` (``و`` and ``ي`` are
+  ``u``/``i`` as often as ``w``/``y``) except as a word's first letter, where they are
+  consonants (``Wali``, ``Yusuf``). Latin digraphs become one letter (``kh``→``h``, ``gh``→``g``,
+  ``th``→``t``, ``dh``/``zh``→``z``), ``q``/``c``→``k``, doubled letters collapse and a final
+  ``h`` goes (ta marbuta; the Latin spelling key drops it too). A one-letter skeleton is
+  doubled (``ali`` → ``ll``) so that the index does not take it for an initial.
+
+Compounds are tried joined as well as apart: ``نصر الله`` as ``nasrallah``, ``عبد الرحمن`` as
+``abdulrahman``, ``ابو بكر`` as ``abubakr``, ``X الدين`` as one word; and a name's skeleton
+written without spaces is compared whole (``amirali`` and ``amir ali`` alike). The skeletons are
+scored by the same index and the same scoring as Latin names (aligned tokens, rarity weights),
+against an index of the listed names' skeletons.
+
+Skeletons cannot tell apart names that differ only in their vowels (``عمر`` Omar, ``عمير``
+Omair): those are left to the score's other words and to the reviewer.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+from anyascii import anyascii
+
+from sluice.screening.names import VARIANTS, NormalisedName, canonical_token, is_stop_word
+from sluice.screening.scripts import ARABIC, script_of
+
+SKELETON = "Arabic consonant skeleton"
+
+_ARTICLE = "ال"
+_ARTICLE_PREFIXES = ("بال", "وال", "فال", "لل")
+_ABD = "عبد"
+_ABU = ("ابو", "أبو", "ابي", "أبي")
+_ALLAH = "الله"
+_DIN = "الدين"
+_TA_MARBUTA = "ة"
+_NON_JOINER = "\u200c"
+_VOWEL_CARRIERS = frozenset("اأإآعٱ")
+# Words written one way in Arabic script and several in Latin letters, as the Latin side's
+# canonical form comes to (``abd``/``abdel``/``abdul`` → ``abdul``; ``allah`` → ``ala``).
+_SPECIAL_WORDS = {_ALLAH: "ala", _ABD: "abdul", **dict.fromkeys(_ABU, "abu")}
+_ARABIC_DIGRAPHS = {"th": "t", "dh": "z", "kh": "h", "gh": "g", "sh": "S", "ch": "C", "zh": "z"}
+_DIACRITICS = re.compile("[\u064b-\u065f\u0670\u0640]")  # harakat, superscript alef, tatweel
+_DIGRAPHS: tuple[tuple[str, str], ...] = (
+    ("sh", "S"),
+    ("ch", "C"),
+    ("kh", "h"),
+    ("gh", "g"),
+    ("th", "t"),
+    ("dh", "z"),
+    ("zh", "z"),
+    ("ph", "f"),
+    ("ck", "k"),
+)
+_SINGLE_LETTERS: tuple[tuple[str, str], ...] = (("q", "k"), ("c", "k"), ("x", "ks"))
+_NOT_CONSONANT = re.compile(r"[aeiouywv'`\W\d_]+")
+_DOUBLED = re.compile(r"(.)\1+")
+
+
+@lru_cache(maxsize=65_536)
+def skeleton(word: str, *, latin: bool = True) -> str:
+    """The consonant skeleton of an ASCII word (see the module docstring); ``latin=False`` for
+    a word already written one letter per Arabic letter (:func:`_arabic_word`), whose letter
+    pairs are not digraphs (``زاده`` is z-d-h, not z-dh)."""
+    word = word.casefold()
+    # An initial w (v) or y is a consonant in both scripts (ولي Wali, يوسف Yusuf).
+    initial = "w" if word[:1] in ("w", "v") else "y" if word[:1] == "y" else ""
+    for digraph, letter in (*_DIGRAPHS, *_SINGLE_LETTERS) if latin else _SINGLE_LETTERS:
+        word = word.replace(digraph, letter)
+    consonants = _DOUBLED.sub(r"\1", initial + _NOT_CONSONANT.sub("", word)).lower()
+    if len(consonants) > 1 and consonants.endswith("h"):
+        # A final h is ta marbuta or a Latin spelling's (the spelling key drops it after a
+        # vowel already): it is dropped on both sides alike.
+        consonants = consonants[:-1]
+    if not consonants:
+        return word or "_"
+    return consonants * 2 if len(consonants) == 1 else consonants
+
+
+@dataclass(frozen=True, slots=True)
+class SkeletonName(NormalisedName):
+    """A name as skeletons: ``joined`` is the skeleton of the whole name written without spaces
+    (``amirali hajizadeh`` and ``amir ali hajizadeh`` both ``mrlhjzd``), not the skeletons
+    joined (a one-consonant word's skeleton is doubled, see :func:`skeleton`)."""
+
+    whole: str = ""
+
+    @property
+    def joined(self) -> str:
+        return self.whole
+
+
+def skeleton_name(
+    original: str, folded: str, words: Sequence[str], *, latin: bool = True
+) -> SkeletonName:
+    """The skeleton form of a name of (canonical) ASCII words (see :func:`skeleton`)."""
+    tokens = tuple(skeleton(word, latin=latin) for word in words)
+    return SkeletonName(
+        original=original,
+        folded=folded,
+        tokens=tokens,
+        spellings=tokens,
+        set_aside=(),
+        whole=skeleton("".join(words), latin=latin),
+    )
+
+
+def listed_skeletons(normalised: NormalisedName) -> NormalisedName:
+    """A listed name's skeleton form, for the skeleton index: its words as written (through
+    the transliteration table, not the spelling key, which would hide an initial ``y``), stop
+    words set aside as the screen sets them aside."""
+    words = [
+        VARIANTS.get(word, word)
+        for word in normalised.folded.replace("abd al ", "abdul ").split()
+        if not is_stop_word(word)
+    ]
+    return skeleton_name(normalised.original, normalised.folded, words or normalised.tokens)
+
+
+def _arabic_word(word: str) -> str:
+    """One Arabic-script word in ASCII, one letter per Arabic letter (anyascii's digraphs as
+    the letter the skeleton gives them), article and ta marbuta off (see the docstring)."""
+    word = _DIACRITICS.sub("", word)
+    if word in _SPECIAL_WORDS:
+        return _SPECIAL_WORDS[word]
+    for prefix in _ARTICLE_PREFIXES:
+        if word.startswith(prefix) and len(word) > len(prefix) + 1:
+            word = word[len(prefix) :]
+            break
+    else:
+        if word.startswith(_ARTICLE) and len(word) > len(_ARTICLE) + 1:
+            word = word[len(_ARTICLE) :]
+    word = word.removesuffix(_TA_MARBUTA)
+    # A word opening on a vowel carrier (alef, ayn) opens on a vowel: "a" keeps the next
+    # letter from counting as an initial consonant (ايمن is Ayman, not Yman).
+    opening = "a" if word[:1] in _VOWEL_CARRIERS else ""
+    letters = (anyascii(character).casefold() for character in word)
+    return opening + "".join(_ARABIC_DIGRAPHS.get(letter, letter) for letter in letters)
+
+
+def _joinings(words: list[str], originals: list[str]) -> list[list[str]]:
+    """The word lists to try: as written, and with the name's compounds joined."""
+    variants = [words]
+    joined: list[str] = []
+    index = 0
+    changed = False
+    while index < len(words):
+        word = words[index]
+        following = originals[index + 1] if index + 1 < len(words) else None
+        if following is not None and (
+            originals[index] in (_ABD, *_ABU) or following in (_ALLAH, _DIN)
+        ):
+            joined.append(word + words[index + 1])
+            index += 2
+            changed = True
+            continue
+        joined.append(word)
+        index += 1
+    if changed:
+        variants.append(joined)
+    return variants
+
+
+def arabic_queries(name: str) -> tuple[NormalisedName, ...]:
+    """The skeleton forms of a name written (partly) in Arabic script, compounds apart and
+    joined; words in other scripts go through anyascii."""
+    # A zero-width non-joiner (Persian: حاجی‌زاده) keeps the parts of one word apart in print.
+    originals = [
+        word
+        for word in re.split(r"[\s\-،,.]+", name.replace(_NON_JOINER, ""))
+        if word and any(script_of(character) is not None for character in word)
+    ]
+    words = [
+        _arabic_word(word)
+        if any(script_of(character) == ARABIC for character in word)
+        else _letters(canonical_token(anyascii(word).casefold()))
+        for word in originals
+    ]
+    queries: list[NormalisedName] = []
+    for variant in _joinings(words, originals):
+        kept = [word for word in variant if word]
+        if kept:
+            queries.append(skeleton_name(name, " ".join(kept), kept, latin=False))
+    return tuple(queries)
+
+
+def _letters(word: str) -> str:
+    """A Latin word's digraphs as single letters, as :func:`_arabic_word` writes them."""
+    for digraph, letter in _DIGRAPHS:
+        word = word.replace(digraph, letter)
+    return word

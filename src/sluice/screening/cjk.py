@@ -1,0 +1,260 @@
+"""Chinese, Korean and Japanese names in Latin letters, the ways the lists write them.
+
+* **Chinese**: pypinyin reads each character (tones dropped). The first character is the
+  surname (the first two for a four-character name — the compound surnames); the given name's
+  syllables are written joined (``LI, Fangwei``) and separated (``LI Fang Wei``), in pinyin and,
+  where it differs, Wade–Giles.
+* **Korean**: korean-romanizer gives each syllable's Revised Romanization (syllable by syllable:
+  a name's syllables are not assimilated across). Lists mostly write McCune–Reischauer, often as
+  North Korea does (``KIM Jong Un``, ``CHOE Ryong Hae``, ``PAK Jong Chon``), so each given-name
+  syllable also gets those vowels (``eo``→``o``, ``eu``→``u``) and, for McCune–Reischauer, the
+  unvoiced initials (``g``→``k``, ``d``→``t``, ``b``→``p``, ``j``→``ch``). Surnames take their
+  customary spellings (``김`` → Kim, ``이``/``리`` → Lee, Yi, Ri, Rhee, ``박`` → Park, Pak).
+  Syllables are joined and separated (a hyphen separates words for screening).
+* **Japanese**: pykakasi's Hepburn for kana and kanji, long vowels written out
+  (``shoukou``) and collapsed (``shoko``), as passports and lists write them.
+
+Everything is a pure function of the text; each rendering is labelled with its system.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Any
+
+from korean_romanizer.romanizer import Romanizer
+from pypinyin import Style, lazy_pinyin
+from rapidfuzz.distance import Indel
+
+from sluice.screening.index import IndexedName
+from sluice.screening.names import NormalisedName
+from sluice.screening.scripts import HAN, HANGUL, KANA, Rendering, script_of
+
+PINYIN = "pinyin"
+WADE_GILES = "Wade-Giles"
+REVISED_ROMANIZATION = "Revised Romanization"
+MCCUNE_REISCHAUER = "McCune-Reischauer"
+NORTH_KOREAN = "McCune-Reischauer (North Korean lists)"
+HEPBURN = "Hepburn"
+RENDERINGS_MAX = 24
+"""The most renderings one name gets (each is screened)."""
+
+# Customary spellings of the most common Korean surnames (the official romanisation, "Gim",
+# is not how anyone writes Kim). A surname not here is written by its syllable's forms.
+_KOREAN_SURNAMES: dict[str, tuple[str, ...]] = {
+    "김": ("Kim",),
+    "이": ("Lee", "Yi", "Ri", "Rhee"),
+    "리": ("Ri", "Lee", "Yi"),
+    "박": ("Park", "Pak"),
+    "최": ("Choe", "Choi"),
+    "정": ("Jong", "Jung", "Chong", "Jeong"),
+    "강": ("Kang",),
+    "조": ("Jo", "Cho"),
+    "윤": ("Yun", "Yoon"),
+    "장": ("Jang", "Chang"),
+    "임": ("Lim", "Im", "Rim"),
+    "림": ("Rim", "Lim"),
+    "한": ("Han",),
+    "오": ("O", "Oh"),
+    "신": ("Sin", "Shin"),
+    "권": ("Kwon", "Kwan"),
+    "황": ("Hwang",),
+    "송": ("Song",),
+    "전": ("Jon", "Jeon", "Chon"),
+    "홍": ("Hong",),
+    "고": ("Ko", "Go"),
+    "문": ("Mun", "Moon"),
+    "양": ("Yang",),
+    "손": ("Son",),
+    "배": ("Pae", "Bae"),
+    "백": ("Paek", "Baek"),
+    "허": ("Ho", "Heo"),
+    "유": ("Yu", "Yoo"),
+    "류": ("Ryu", "Yu"),
+    "노": ("No", "Roh"),
+    "로": ("Ro",),
+    "심": ("Sim", "Shim"),
+    "안": ("An", "Ahn"),
+    "현": ("Hyon", "Hyun"),
+    "주": ("Ju", "Chu"),
+    "차": ("Cha",),
+    "구": ("Ku", "Koo"),
+    "서": ("So", "Seo"),
+    "명": ("Myong", "Myung"),
+    "방": ("Pang", "Bang"),
+    "태": ("Thae", "Tae"),
+}
+_UNVOICED_INITIALS = (("g", "k"), ("d", "t"), ("b", "p"), ("j", "ch"))
+_LONG_VOWELS = re.compile(r"ou|oo|uu|aa|ii|ee")
+
+
+def _unique(renderings: list[Rendering]) -> tuple[Rendering, ...]:
+    seen: set[str] = set()
+    kept: list[Rendering] = []
+    for rendering in renderings:
+        key = rendering.text.casefold()
+        if key not in seen:
+            seen.add(key)
+            kept.append(rendering)
+    return tuple(kept[:RENDERINGS_MAX])
+
+
+def _letters_of(text: str, script: str) -> str:
+    return "".join(character for character in text if script_of(character) == script)
+
+
+def _given_forms(syllables: list[str]) -> tuple[str, ...]:
+    """Given-name syllables joined and separated, capitalised as lists write them."""
+    if not syllables:
+        return ("",)
+    joined = "".join(syllables).capitalize()
+    separated = " ".join(syllable.capitalize() for syllable in syllables)
+    return (joined, separated) if len(syllables) > 1 else (joined,)
+
+
+def _name(given: str, surname: str) -> str:
+    """Natural order (given name first), as screening reads an uncommaed name."""
+    return f"{given} {surname}".strip()
+
+
+# --- Chinese --------------------------------------------------------------------------------
+
+
+def chinese_renderings(text: str) -> tuple[Rendering, ...]:
+    """Pinyin (and Wade–Giles) renderings of the Han characters of ``text``."""
+    characters = _letters_of(text, HAN)
+    if not characters:
+        return ()
+    surname_length = 2 if len(characters) == 4 else 1
+    renderings: list[Rendering] = []
+    for system, style in ((PINYIN, Style.NORMAL), (WADE_GILES, Style.WADEGILES)):
+        syllables = [
+            syllable.replace("'", "").replace("-", "")
+            for syllable in lazy_pinyin(characters, style=style, errors="ignore")
+        ]
+        if not syllables:
+            continue
+        surname = "".join(syllables[:surname_length]).capitalize()
+        for given in _given_forms(syllables[surname_length:]):
+            renderings.append(Rendering(system, _name(given, surname)))
+    return _unique(renderings)
+
+
+# --- Korean ---------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=4_096)
+def revised_romanization(syllable: str) -> str:
+    """One Hangul syllable in Revised Romanization (korean-romanizer)."""
+    return str(Romanizer(syllable).romanize()).strip().lower()
+
+
+def _north_korean(syllable: str) -> str:
+    """RR vowels as McCune–Reischauer writes them without breves (``eo``→``o``, ``eu``→``u``)."""
+    return syllable.replace("eo", "o").replace("eu", "u")
+
+
+def _mccune_reischauer(syllable: str) -> str:
+    """The North Korean form with McCune–Reischauer's unvoiced initial consonant."""
+    syllable = _north_korean(syllable)
+    for voiced, unvoiced in _UNVOICED_INITIALS:
+        if syllable.startswith(voiced):
+            return unvoiced + syllable[len(voiced) :]
+    return syllable
+
+
+def korean_renderings(text: str) -> tuple[Rendering, ...]:
+    """RR, McCune–Reischauer and North Korean renderings of the Hangul of ``text``."""
+    words = [_letters_of(word, HANGUL) for word in text.split()]
+    words = [word for word in words if word]
+    if not words:
+        return ()
+    if len(words) >= 2 and len(words[0]) == 1:
+        surname_syllable, given_syllables = words[0], "".join(words[1:])
+    else:
+        joined = "".join(words)
+        surname_syllable, given_syllables = joined[0], joined[1:]
+    romanized = [revised_romanization(syllable) for syllable in given_syllables]
+    surname_romanized = revised_romanization(surname_syllable)
+    surnames = _KOREAN_SURNAMES.get(
+        surname_syllable,
+        (
+            surname_romanized,
+            _north_korean(surname_romanized),
+            _mccune_reischauer(surname_romanized),
+        ),
+    )
+    renderings: list[Rendering] = []
+    for system, convert in (
+        (NORTH_KOREAN, _north_korean),
+        (REVISED_ROMANIZATION, lambda syllable: syllable),
+        (MCCUNE_REISCHAUER, _mccune_reischauer),
+    ):
+        syllables = [convert(syllable) for syllable in romanized]
+        for given in _given_forms(syllables):
+            for surname in surnames:
+                renderings.append(Rendering(system, _name(given, surname.capitalize())))
+    return _unique(renderings)
+
+
+# --- Japanese -------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def _kakasi() -> Any:
+    import pykakasi
+
+    return pykakasi.kakasi()  # type: ignore[no-untyped-call]
+
+
+def japanese_renderings(text: str) -> tuple[Rendering, ...]:
+    """Hepburn renderings (pykakasi) of the kana and kanji of ``text``."""
+    kept = "".join(
+        character if script_of(character) in (HAN, KANA) or character == "ー" else " "
+        for character in text
+    )
+    if not kept.strip():
+        return ()
+    words = [
+        str(item["hepburn"]).strip() for item in _kakasi().convert(kept) if item["hepburn"].strip()
+    ]
+    words = [word for word in words if word.isascii() and word.isalpha()]
+    if not words:
+        return ()
+    long_form = " ".join(word.capitalize() for word in words)
+    short_form = " ".join(
+        _LONG_VOWELS.sub(lambda found: found.group(0)[0], word).capitalize() for word in words
+    )
+    return _unique([Rendering(HEPBURN, long_form), Rendering(HEPBURN, short_form)])
+
+
+def whole_name_score(query: NormalisedName, name: IndexedName) -> float:
+    """0–100: how alike a rendered name and a listed name are as wholes, spaces removed.
+
+    An East Asian name has no middle name to drop: every syllable is the name. The index's
+    score forgives unmatched words on the longer side (``Hung Min SON`` against ``SON, Min``),
+    so a rendering's score is also bounded by this comparison of the whole names: the tokens
+    sorted and joined, or in their natural orders (given name first or surname first).
+    """
+    query_sorted = "".join(sorted(query.tokens))
+    name_sorted = "".join(sorted(name.tokens))
+    surname_first = "".join(query.tokens[-1:] + query.tokens[:-1])
+    return 100 * max(
+        Indel.normalized_similarity(query_sorted, name_sorted),
+        Indel.normalized_similarity(query.joined, name.joined),
+        Indel.normalized_similarity(surname_first, name.joined),
+    )
+
+
+def east_asian_renderings(text: str, scripts: frozenset[str]) -> tuple[Rendering, ...]:
+    """The renderings for the East Asian scripts among ``scripts``."""
+    renderings: list[Rendering] = []
+    if HANGUL in scripts:
+        renderings.extend(korean_renderings(text))
+    if KANA in scripts:
+        renderings.extend(japanese_renderings(text))
+    elif HAN in scripts:
+        renderings.extend(chinese_renderings(text))
+        renderings.extend(japanese_renderings(text))
+    return tuple(renderings)
