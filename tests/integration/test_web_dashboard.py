@@ -60,6 +60,7 @@ ACTIONS = (
     "/dashboard/controls/pause",
     "/dashboard/controls/resume",
     "/dashboard/reserves/reconcile",
+    "/dashboard/health/force",
 )
 
 
@@ -500,6 +501,32 @@ def test_pending_ingestion_and_health_show_what_the_api_shows(world: ApiWorld) -
     breakers = world.client().get("/v1/breakers", headers=world.headers("operator")).json()
     for breaker in breakers:
         assert breaker["flow"] in table(health, "breakers")
+
+
+def test_a_router_admin_forces_a_breaker_from_the_health_page_and_an_operator_cannot(
+    world: ApiWorld,
+) -> None:
+    operator = sign_in(world, "operator")
+    assert "Force a breaker" not in operator.get("/dashboard/health").text
+    flow = world.client().get("/v1/breakers", headers=world.headers("operator")).json()[0]["flow"]
+    refused = operator.post(
+        "/dashboard/health/force",
+        data={"csrf_token": csrf(operator), "flow": flow, "state": "open", "reason": "x"},
+        follow_redirects=False,
+    )
+    assert refused.status_code == 403
+
+    admin = sign_in(world, "system_admin")
+    assert "Force a breaker" in admin.get("/dashboard/health").text
+    unknown = post(admin, "/dashboard/health/force", flow="no-such-flow", state="open", reason="x")
+    assert 'id="flash-error"' in unknown.text
+    forced = post(admin, "/dashboard/health/force", flow=flow, state="open", reason="drill")
+    assert f"The {flow} breaker is forced open" in forced.text
+    assert "open by system_admin:" in table(forced.text, "breakers")
+    (record,) = audited(world, "breaker_forced")
+    assert record.actor.startswith("system_admin:")
+    post(admin, "/dashboard/health/force", flow=flow, state="auto", reason="done")
+    assert "automatic" in table(admin.get("/dashboard/health").text, "breakers")
 
 
 # --- audit ---------------------------------------------------------------------------------------

@@ -14,15 +14,24 @@ import json
 from collections.abc import Iterable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
-from fastapi.responses import HTMLResponse
+from fastapi import APIRouter, Depends, Form
+from fastapi.responses import HTMLResponse, RedirectResponse
 from prometheus_client.core import Metric
 
-from sluice.api.breakers_schemas import breaker_out
+from sluice.api.breakers_schemas import BreakerForceIn, breaker_out
 from sluice.api.context import ApiContext
 from sluice.api.routes import system
 from sluice.api.schemas import withdrawal_out
-from sluice.api.web.dashboard_actions import STAFF, STAFF_READS, allow, show
+from sluice.api.security import Caller
+from sluice.api.web.dashboard_actions import (
+    ROUTER_ADMIN,
+    STAFF,
+    STAFF_READS,
+    act,
+    admitted,
+    allow,
+    show,
+)
 from sluice.api.web.pages import Page, staff_page
 from sluice.domain.amounts import format_amount
 from sluice.domain.ledger import Cursor
@@ -35,7 +44,7 @@ from sluice.monitoring.collectors import (
     ensure_state,
 )
 from sluice.services import accounts
-from sluice.services.breakers import breaker_report
+from sluice.services.breakers import breaker_report, force_breaker
 from sluice.services.btc_payouts import list_payouts
 from sluice.services.controls import current_pause
 from sluice.services.deposit_worker import list_incoming_offers
@@ -82,7 +91,37 @@ def health(page: Annotated[Page, Depends(staff_page)]) -> HTMLResponse:
         checks=checks,
         breakers=breakers(page.context),
         pause=current_pause(page.context.uow),
+        may_force=admitted(page, ROUTER_ADMIN),
     )
+
+
+@router.post("/dashboard/health/force")
+def force(
+    page: Annotated[Page, Depends(staff_page)],
+    flow: Annotated[str, Form(max_length=100)] = "",
+    state: Annotated[str, Form(max_length=20)] = "",
+    reason: Annotated[str, Form(max_length=1000)] = "",
+    csrf_token: Annotated[str, Form(max_length=200)] = "",
+) -> RedirectResponse:
+    """``POST /v1/breakers/{name}/force`` (router admin)."""
+
+    def run(caller: Caller) -> str:
+        body = BreakerForceIn.model_validate({"state": state, "reason": reason})
+        force_breaker(
+            page.context.uow,
+            flow=flow,
+            state=body.state,
+            reason=body.reason,
+            actor=caller.actor,
+            at=page.now,
+        )
+        return (
+            f"The {flow} breaker is forced {body.state}"
+            if body.state != "auto"
+            else (f"The {flow} breaker is automatic again")
+        )
+
+    return act(page, csrf_token, ROUTER_ADMIN, "/dashboard/health", run)
 
 
 def gauges(context: ApiContext) -> dict[str, list[tuple[dict[str, str], float]]]:
