@@ -107,6 +107,46 @@ def test_windows_read_through_a_span_equal_the_sums_over_the_whole_history(
             assert windows.used(operation, now) == expected
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    history=histories,
+    first=moments,
+    length_h=st.sampled_from((0, 1, 5, 30)),
+    steps=st.lists(
+        st.tuples(st.floats(0, 1), st.sampled_from(OPERATIONS), st.integers(1, 50)),
+        min_size=1,
+        max_size=30,
+    ),
+)
+def test_sums_remembered_per_hour_are_those_of_windows_read_afresh(
+    history: list[tuple[datetime, str, int]],
+    first: datetime,
+    length_h: int,
+    steps: list[tuple[float, str, int]],
+) -> None:
+    """Decisions at times in the span (mostly forwards, sometimes back), each adding its record
+    as an allowed decision does: every sum equals that of the same windows built anew from what
+    was read plus what was added, in the same order."""
+    records = [
+        UsageRecord(f"op-{index}", operation, Decimal(amount), at)
+        for index, (at, operation, amount) in enumerate(history)
+    ]
+    last = first + timedelta(hours=length_h)
+    span = UsageSpan.of(first, last)
+    windows = restricted(records, span)
+    added: list[UsageRecord] = []
+    for index, (offset, operation, amount) in enumerate(steps):
+        now = first + (last - first) * offset
+        fresh = restricted(records, span)
+        for record in added:
+            fresh.add(record)
+        for asked in OPERATIONS:
+            assert windows.used(asked, now) == fresh.used(asked, now)
+        record = UsageRecord(f"new-{index}", operation, Decimal(amount), now)
+        windows.add(record)
+        added.append(record)
+
+
 def test_buckets_start_on_the_utc_hour_and_day() -> None:
     at = datetime(2026, 12, 5, 13, 59, 59, 999999, tzinfo=UTC)
     assert bucket_start(at, HOUR_S) == datetime(2026, 12, 5, 13, tzinfo=UTC)

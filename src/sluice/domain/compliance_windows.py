@@ -235,6 +235,10 @@ class UsageWindows:
         self.operations = frozenset(operations)
         self._records: dict[str, list[UsageRecord]] = {}
         self._totals: dict[str, dict[tuple[int, datetime], Decimal]] = {}
+        # What :meth:`used` summed of an operation's totals for decisions in one UTC hour:
+        # (operation, hour) → (daily, monthly). Valid while the totals it walked are unchanged
+        # (see add and _forget_totals_sums).
+        self._totals_sums: dict[tuple[str, datetime], tuple[Decimal, Decimal]] = {}
 
     @classmethod
     def of_records(
@@ -255,6 +259,8 @@ class UsageWindows:
         totals = self._totals.setdefault(operation, {})
         key = (length_s, starts_at)
         totals[key] = totals.get(key, ZERO) + amount
+        if self._totals_sums:
+            self._totals_sums.clear()
 
     def add_record(self, record: UsageRecord) -> None:
         """A record as read from the edges (its buckets are read separately)."""
@@ -269,6 +275,15 @@ class UsageWindows:
         for length_s in BUCKET_LENGTHS_S:
             key = (length_s, bucket_start(at, length_s))
             totals[key] = totals.get(key, ZERO) + amount
+        sums = self._totals_sums
+        if sums:
+            # A sum for the hour H walks only buckets that start before H and its day: a record
+            # at H or later (the usual case, decisions come in time order) changes none of the
+            # buckets it added up, whether it adds to a bucket or makes a new one (which comes
+            # last in the walk). Anything earlier forgets the operation's sums.
+            stale = [known for known in sums if known[0] == operation and not (at >= known[1])]
+            for known in stale:
+                del sums[known]
 
     def retain(self, span: UsageSpan) -> None:
         """Keep only what ``span`` needs (its records and bucket totals; what was added for
@@ -291,6 +306,7 @@ class UsageWindows:
             }
             for operation, totals in self._totals.items()
         }
+        self._totals_sums.clear()
         self.span = span
 
     def used(self, operation: str, now: datetime) -> tuple[Decimal, Decimal]:
@@ -299,7 +315,6 @@ class UsageWindows:
         span = self.span
         assert operation in self.operations, f"usage of {operation} was not read"
         assert span.first <= now <= span.last, f"usage at {now} was not read"
-        totals = self._totals.get(operation, {})
         records = self._records.get(operation, ())
         # Both windows in one walk over the totals and records (each sum adds the same values in
         # the same order as _window_sum would on its own).
@@ -308,8 +323,41 @@ class UsageWindows:
             (m_hour_0, m_hour_1, m_days, m_first, m_last),
         ) = _hour_bounds(now)
         d_start, m_start = now - DAY, now - MONTH
+        # The totals' part depends only on the hour of now (in UTC; the bounds above are that
+        # hour's): summed once per hour and operation while the totals it walked stay as they
+        # were, then the records are added to it as before (the same additions in the same
+        # order).
+        key = (operation, d_last)
+        known = self._totals_sums.get(key) if now.tzinfo is UTC else None
+        if known is None:
+            daily, monthly = self._totals_sum(
+                operation, d_hour_0, d_hour_1, d_days, m_hour_0, m_hour_1, m_days
+            )
+            if now.tzinfo is UTC:
+                self._totals_sums[key] = (daily, monthly)
+        else:
+            daily, monthly = known
+        for record in records:
+            at = record.occurred_at
+            if d_start < at < d_first or d_last <= at <= now:
+                daily += record.amount
+            if m_start < at < m_first or m_last <= at <= now:
+                monthly += record.amount
+        return daily, monthly
+
+    def _totals_sum(
+        self,
+        operation: str,
+        d_hour_0: _Range,
+        d_hour_1: _Range,
+        d_days: _Range,
+        m_hour_0: _Range,
+        m_hour_1: _Range,
+        m_days: _Range,
+    ) -> tuple[Decimal, Decimal]:
+        """The totals' part of :meth:`used` (the bucket totals in the windows' ranges)."""
         daily = monthly = ZERO
-        for (length_s, starts_at), amount in totals.items():
+        for (length_s, starts_at), amount in self._totals.get(operation, {}).items():
             if length_s == 3600:
                 if d_hour_0[0] <= starts_at < d_hour_0[1] or d_hour_1[0] <= starts_at < d_hour_1[1]:
                     daily += amount
@@ -320,12 +368,6 @@ class UsageWindows:
                     daily += amount
                 if m_days[0] <= starts_at < m_days[1]:
                     monthly += amount
-        for record in records:
-            at = record.occurred_at
-            if d_start < at < d_first or d_last <= at <= now:
-                daily += record.amount
-            if m_start < at < m_first or m_last <= at <= now:
-                monthly += record.amount
         return daily, monthly
 
 

@@ -80,7 +80,7 @@ class ComplianceSettings:
 
     def value(self, instrument: InstrumentId | None, amount: Decimal) -> Decimal:
         """``amount`` of ``instrument`` in reference currency units."""
-        if instrument is None:
+        if instrument is None or not self.reference_rates:
             return amount
         rate = self.reference_rates.get(instrument.key()) or self.reference_rates.get(instrument.id)
         return amount if rate is None else amount * rate

@@ -282,9 +282,19 @@ class ComplianceSession:
         recent = self._recent.get(customer_id)
         if not recent:
             return []
-        # The rows are in (time, operation id) order: the slice is found by halving.
-        low = bisect_right(recent, (at - self._recent_window, _LAST_KEY), key=_record_order)
-        high = bisect_right(recent, (at, _LAST_KEY), key=_record_order)
+        # The rows are in (time, operation id) order: the slice is found by halving — or at once
+        # in the usual case, every row at or before ``at`` and none before the window (what
+        # bisect_right gives then, without its probes).
+        until = (at, _LAST_KEY)
+        if _record_order(recent[-1]) <= until:
+            high = len(recent)
+        else:
+            high = bisect_right(recent, until, key=_record_order)
+        start = (at - self._recent_window, _LAST_KEY)
+        if start < _record_order(recent[0]):
+            low = 0
+        else:
+            low = bisect_right(recent, start, key=_record_order)
         return recent[max(low, high - self._recent_count) : high]
 
     def _counterparties_seen(self, request: ComplianceRequest, at: datetime) -> set[str]:
@@ -330,24 +340,46 @@ class ComplianceSession:
         caller does with the decision — the operation that names and the state change it adds
         (ingestion credits or holds a deposit this way, one record for the decision and what
         came of it)."""
-        rules = self._registry.settings.risk
-        profile = self.profiles.get(request.customer_id)
-        windows = self._usage_at(request.customer_id, request.operation, at)
-        daily, monthly = windows.used(request.operation, at)
-        current = UsageRecord(
-            operation_id, request.operation, request.amount, at, request.counterparty
+        registry = self._registry
+        rules = registry.settings.risk
+        customer_id, requested, counterparty = (
+            request.customer_id,
+            request.operation,
+            request.counterparty,
         )
+        profile = self.profiles.get(customer_id)
+        # _usage_at's test of what was read, inline (it reads only when that does not cover at).
+        windows = self._windows.get(customer_id)
+        if (
+            windows is None
+            or requested not in windows.operations
+            or not windows.span.first <= at <= windows.span.last
+        ):
+            windows = self._usage_at(customer_id, requested, at)
+        daily, monthly = windows.used(requested, at)
+        current = UsageRecord(operation_id, requested, request.amount, at, counterparty)
         risk = None
         if profile is not None and request.amount > 0:
             risk = assess_risk(
-                self._recent_before(request.customer_id, at),
+                self._recent_before(customer_id, at),
                 current,
                 rules=rules,
-                limits=self.ladder.of(profile.tier, request.operation),
+                limits=self.ladder.of(profile.tier, requested),
                 now=at,
-                counterparties_seen=self._counterparties_seen(request, at),
+                counterparties_seen=(
+                    self._counterparties_seen(request, at)
+                    if counterparty is not None and requested in CASH_OUT_OPERATIONS
+                    else ()
+                ),
             )
-        listed = self.listed(request.counterparty) if request.counterparty else None
+        listed: str | None = None
+        if counterparty:
+            if counterparty in self._asked_flags and registry.screen is None:
+                # listed(), for an address already asked about and no sanctions list.
+                reason = self._flagged.get(counterparty)
+                listed = None if reason is None else f"flagged ({reason})"
+            else:
+                listed = self.listed(counterparty)
         decision = decide(
             request,
             profile,

@@ -218,7 +218,8 @@ class BatchDecisions:
         ) -> str | None:
             session = state.compliance
             assert session is not None, "a batch with deposits has a compliance session"
-            operation_id = f"deposit:{tx.update_id}:{entry.node_id}:{instrument.key()}"
+            instrument_key = instrument.key()
+            operation_id = f"deposit:{tx.update_id}:{entry.node_id}:{instrument_key}"
             why: str | None
             if customer is None:
                 state.undecided.add((tx.update_id, entry.node_id))
@@ -238,7 +239,7 @@ class BatchDecisions:
                     actor=f"ingestion:{self.connection}",
                     record=True,
                     parameters={
-                        "instrument": instrument.key(),
+                        "instrument": instrument_key,
                         "instrument_amount": format_amount(amount),
                         "update_id": tx.update_id,
                         "deposit_account": entry.reason,
@@ -247,8 +248,8 @@ class BatchDecisions:
                 )
                 why = None if decision.allowed else decision.summary()
             if why is not None:
-                state.held_why[(tx.update_id, entry.node_id, instrument.key())] = why
-                hold_id = f"hold:{tx.update_id}:{entry.node_id}:{instrument.key()}"
+                state.held_why[(tx.update_id, entry.node_id, instrument_key)] = why
+                hold_id = f"hold:{tx.update_id}:{entry.node_id}:{instrument_key}"
                 session.hold(
                     HeldDeposit(
                         id=hold_id,
