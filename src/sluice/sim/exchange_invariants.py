@@ -85,6 +85,12 @@ def read_exchange(sim: SimulationState, state: DatabaseState) -> ExchangeRows | 
             )
         )
         quote_ids = [row.quote_id for row in swaps]
+        # The audit trail outlives a run (a database given by URL is emptied, but for the audit
+        # trail): only this run's quotes' records count.
+        ours = {
+            f"swap:{quote_id}"
+            for quote_id in connection.execute(select(exchange_quotes.c.id)).scalars()
+        }
         quotes: dict[str, Any] = {}
         for start in range(0, len(quote_ids), 500):
             chunk = quote_ids[start : start + 500]
@@ -111,6 +117,7 @@ def read_exchange(sim: SimulationState, state: DatabaseState) -> ExchangeRows | 
             for row in connection.execute(
                 select(audit.c.operation_id).where(audit.c.operation == "swap_executed")
             )
+            if row.operation_id in ours
         )
         events = Counter(
             row.aggregate_id

@@ -25,7 +25,18 @@ from sluice.domain.withdrawals import LIVE_STATUSES
 from sluice.ports import LedgerReadError
 from sluice.sandbox import Sandbox
 from sluice.services.ingestion import IngestionSettings, IngestionStoppedError
-from sluice.sim.actors import ACTIONS, events, ingestion, issuance, ledger_admin, workers
+from sluice.sim.actors import (
+    ACTIONS,
+    Action,
+    events,
+    ingestion,
+    issuance,
+    ledger_admin,
+    workers,
+)
+from sluice.sim.actors import (
+    exchange as exchange_actor,
+)
 from sluice.sim.actors.customers import DEPOSIT_OFFER_SPANS_S
 from sluice.sim.database import database_url, fast_sqlite
 from sluice.sim.faults import Crash, deliver_late_commits, inject_fault
@@ -41,6 +52,7 @@ from sluice.sim.state import (
 from sluice.store import tables
 
 DRAIN_ROUNDS_MAX = 20
+WITHOUT_EXCHANGE = tuple(a for a in ACTIONS if a not in exchange_actor.ACTOR.actions)
 # Past every deadline at once: attempts, stale offers, offer expiries, customers' offers.
 DRAIN_CLOCK_MOVE_S = (
     max(
@@ -75,6 +87,7 @@ def run_simulation(
     tamper: Tamper | None = None,
     via_http: bool = False,
     late_commit_rate: float = 0.0,
+    exchange: bool = True,
 ) -> SimulationResult:
     """Run ``steps`` steps of the simulation for ``seed`` and return what happened.
 
@@ -85,6 +98,8 @@ def run_simulation(
     HTTP/WebSocket server (the ledger's faults then reach it as a node's errors would).
     ``late_commit_rate``: the share of injected faults that are a late commit of the treasury's
     next command (0, the default: none, and the other faults are drawn exactly as without it).
+    ``exchange`` False: the oracle and exchange actor's actions are left out of the draw, so a
+    seed runs as it did before that actor was added (tests whose seeds were chosen then).
     """
     if steps < 0:
         raise ValueError("steps must not be negative")
@@ -106,7 +121,8 @@ def run_simulation(
             if db_url is None:
                 event.listen(sandbox.database.engine, "connect", fast_sqlite)
                 sandbox.database.engine.dispose()
-            simulation = _Simulation(seed, steps, sandbox, crash_rate, fault_rate, tamper)
+            actions = ACTIONS if exchange else WITHOUT_EXCHANGE
+            simulation = _Simulation(seed, steps, sandbox, crash_rate, fault_rate, tamper, actions)
             simulation.sim.late_commit_rate = late_commit_rate
             return simulation.run()
         finally:
@@ -122,14 +138,17 @@ class _Simulation:
         crash_rate: float,
         fault_rate: float,
         tamper: Tamper | None,
+        actions: tuple[Action, ...] = ACTIONS,
     ) -> None:
         self.sim = SimulationState(seed, steps, sandbox, crash_rate)
         self.fault_rate = fault_rate
         self.tamper = tamper
+        self.actions = actions
 
     def run(self) -> SimulationResult:
         sim = self.sim
-        weights = [action.weight for action in ACTIONS]
+        actions = self.actions
+        weights = [action.weight for action in actions]
         # The issuer party and iSTSi are set up on the ledger (and onboarded in the books) before
         # any fault is armed: it is the deployment's own setup, done once before the exchange runs,
         # like the treasury's and the customers' parties the sandbox allocates.
@@ -141,7 +160,7 @@ class _Simulation:
             if sim.rng.random() < sim.crash_rate:
                 sim.restart("restart")
             deliver_late_commits(sim)
-            action = sim.rng.choices(ACTIONS, weights)[0]
+            action = sim.rng.choices(actions, weights)[0]
             sim.result.outcomes[f"action_{action.name}"] += 1
             self._perform(action.perform, ledger_only=action.ledger_only)
             sim.absorb_completions()
