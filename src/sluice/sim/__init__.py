@@ -12,10 +12,13 @@ The parts, one concern each:
 * :mod:`~sluice.sim.scenario`: the driver — the sandbox, the steps, the action draw, the drain at
   the end, the result;
 * :mod:`~sluice.sim.actors`: who acts — the customers, the ledger's clock and admin, ingestion,
-  the exchange's workers — one module each, registered in one list;
+  the exchange's workers, Bitcoin custody, iSTSi issuance, reserves, the events relay, the price
+  oracle and the cross-token exchange — one module each, registered in one list;
 * :mod:`~sluice.sim.faults`: what goes wrong — the ledger's faults (with the runbook after a node
   restore) and the crash points inside the exchange's processes;
-* :mod:`~sluice.sim.invariants`: the checks, one function each, registered in one list;
+* :mod:`~sluice.sim.invariants`: the checks, one function each, registered in one list (a part
+  with checks of its own keeps them, and its share of the run's state, in modules of its own:
+  ``issuance_*``, ``reserves_*``, ``events_invariants``, ``exchange_*``);
 * :mod:`~sluice.sim.state`: the state of a run they all share (the random source, the model of
   what the ledger committed, the Integration DB as the checks read it, the result);
 * :mod:`~sluice.sim.database`: the run's Integration DB; :mod:`~sluice.sim.command`: the entry
