@@ -45,7 +45,7 @@ from typing import Any
 from sluice.domain.errors import InvalidInputError
 from sluice.screening.arabic import SKELETON, arabic_queries, listed_skeletons
 from sluice.screening.cjk import east_asian_renderings, whole_name_score
-from sluice.screening.index import NameIndex, NameScore
+from sluice.screening.index import ONE_WORD_CAP, NameIndex, NameScore
 from sluice.screening.names import NormalisedName, normalise_name
 from sluice.screening.scripts import ANYASCII, ARABIC, LATIN, needs_renderings, scripts_of
 
@@ -243,8 +243,13 @@ class SanctionsList:
             if scored is not None and (found is None or scored.score > found.score):
                 found, rendering = scored, f"{candidate.system}: {candidate.text}"
         if ARABIC in scripts and self.skeleton_index is not None:
-            for query in arabic_queries(name):
+            queries = arabic_queries(name)
+            for query in queries:
                 scored = self.skeleton_index.best(query, floor=SKELETON_SIMILARITY_FLOOR)
+                if scored is not None and len(queries[0].tokens) == 1:
+                    # One word's consonants are too little to name anyone (فيروز Fairuz and
+                    # FARAZ are both f-r-z): a one-word name matches through its letters only.
+                    scored = NameScore(scored.name, min(scored.score, ONE_WORD_CAP))
                 if scored is not None and (found is None or scored.score > found.score):
                     found, rendering = scored, f"{SKELETON}: {' '.join(query.tokens)}"
         return found, rendering

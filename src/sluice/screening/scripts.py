@@ -83,6 +83,8 @@ def scripts_of(name: str) -> frozenset[str]:
 
 def needs_renderings(name: str) -> bool:
     """Whether a name is written (partly) in a script with renderings of its own."""
+    if name.isascii():
+        return False
     return any(
         not character.isascii() and script_of(character) in SCRIPTS_RENDERED for character in name
     )

@@ -25,8 +25,14 @@ Precision and recall count a name as matched when the screen says ``match`` at t
 threshold; a positive matched to a different entity than the one it was made from is counted as
 found (the screen did raise it) and reported separately as ``wrong_entity``.
 
+**Other scripts.** Names written in Arabic, Persian, Chinese, Korean, Japanese and Cyrillic
+script, from the labelled set ``tests/data/screening/scripts.json`` (built by hand from the list,
+its method recorded in the file), are screened once each and reported per script: precision,
+recall and screenings/s, against precision ≥ 0.95 and recall ≥ 0.90 (:mod:`.scripts`).
+
 The parts: :mod:`.pools` (name pools and spelling tables), :mod:`.labelled` (the labelled set),
-:mod:`.benchmark` (the run and its report) and :mod:`.report` (recording, and the command).
+:mod:`.scripts` (the per-script set and figures), :mod:`.benchmark` (the run and its report) and
+:mod:`.report` (recording, and the command).
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ from .pools import (
     SLAVIC_ENDINGS,
 )
 from .report import HEADER, SECTION, bench_command, record_screening_report
+from .scripts import SCRIPTS_SET, ScriptFigures, load_scripts_set, measure_scripts
 
 __all__ = [
     "COMPANY_WORDS",
@@ -67,13 +74,17 @@ __all__ = [
     "RECALL_TARGET",
     "SCREENINGS_MAX",
     "SCREENINGS_PER_S_TARGET",
+    "SCRIPTS_SET",
     "SECTION",
     "SLAVIC_ENDINGS",
     "Example",
     "LabelledName",
     "ScreeningBenchReport",
+    "ScriptFigures",
     "bench_command",
     "build_labelled_set",
+    "load_scripts_set",
+    "measure_scripts",
     "record_screening_report",
     "run_screening_bench",
 ]

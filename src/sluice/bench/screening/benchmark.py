@@ -20,6 +20,7 @@ from sluice.screening.lists import load_list
 from sluice.screening.screen import ListedSanctions
 
 from .labelled import build_labelled_set
+from .scripts import SCRIPTS_SET, ScriptFigures, load_scripts_set, measure_scripts
 
 SCREENINGS_PER_S_TARGET = 1_000.0
 PRECISION_TARGET = 0.95
@@ -70,6 +71,7 @@ class ScreeningBenchReport:
     false_positive_rate_by_variation: dict[str, tuple[int, int]] = field(default_factory=dict)
     false_positive_examples: tuple[Example, ...] = ()
     false_negative_examples: tuple[Example, ...] = ()
+    by_script: dict[str, ScriptFigures] = field(default_factory=dict)
 
     @property
     def targets_met(self) -> dict[str, bool]:
@@ -84,6 +86,9 @@ class ScreeningBenchReport:
     def as_dict(self) -> dict[str, Any]:
         result = asdict(self)
         result["targets_met"] = self.targets_met
+        result["by_script_targets_met"] = {
+            script: figures.targets_met for script, figures in self.by_script.items()
+        }
         return result
 
 
@@ -122,10 +127,12 @@ def run_screening_bench(
     positives_n: int = 1_500,
     negatives_n: int = 1_500,
     threshold: float = DEFAULT_THRESHOLD,
+    scripts_set: Path | None = SCRIPTS_SET,
 ) -> ScreeningBenchReport:
     """Load the list, build the labelled set, screen ``count`` queries for speed — or as many
     as fit in ``seconds`` when given (at most ``SCREENINGS_MAX``) — and every labelled name once
-    for quality (see the module docstring)."""
+    for quality (see the module docstring); then the names written in other scripts of
+    ``scripts_set`` (skipped when None or absent), per script (:mod:`.scripts`)."""
     if count < 1:
         raise ValueError("count must be at least 1")
     if seconds is not None and seconds <= 0:
@@ -185,6 +192,10 @@ def run_screening_bench(
                     false_positive_examples.append(example)
             else:
                 true_negatives += 1
+    by_script: dict[str, ScriptFigures] = {}
+    if scripts_set is not None and Path(scripts_set).exists():
+        with _one_core():
+            by_script = measure_scripts(screen, load_scripts_set(Path(scripts_set)))
     precision = _ratio(true_positives, true_positives + false_positives)
     recall = _ratio(true_positives, true_positives + false_negatives)
     f1 = round(2 * precision * recall / (precision + recall), 4) if precision + recall else 0.0
@@ -220,4 +231,5 @@ def run_screening_bench(
         },
         false_positive_examples=tuple(false_positive_examples),
         false_negative_examples=tuple(false_negative_examples),
+        by_script=by_script,
     )

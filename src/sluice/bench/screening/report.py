@@ -12,6 +12,7 @@ from pathlib import Path
 from sluice.bench.record import machine
 
 from .benchmark import DEFAULT_SEED, Example, ScreeningBenchReport, run_screening_bench
+from .scripts import SCRIPT_PRECISION_TARGET, SCRIPT_RECALL_TARGET
 
 SECTION = "## Sanctions screening (`sluice bench screening`)"
 HEADER = (
@@ -36,6 +37,32 @@ def _examples(title: str, examples: Sequence[Example]) -> str:
             f"  * `{example.query}` ({example.variation}; from `{example.source_name}`) → "
             f"`{example.matched_name}` at {example.score:.1f}\n"
         )
+    return "".join(lines)
+
+
+def _scripts(report: ScreeningBenchReport) -> str:
+    """The per-script table (names written in their own script), when the run measured it."""
+    if not report.by_script:
+        return ""
+    lines = [
+        "\n### Names written in other scripts (`tests/data/screening/scripts.json`)\n\n",
+        "| script | positives / negatives | precision | recall | wrong entity | screenings/s "
+        f"| precision ≥ {SCRIPT_PRECISION_TARGET}, recall ≥ {SCRIPT_RECALL_TARGET} |\n",
+        "|---|---|---|---|---|---|---|\n",
+    ]
+    for figures in report.by_script.values():
+        lines.append(
+            f"| {figures.script} | {figures.positives} / {figures.negatives} "
+            f"| {figures.precision} | {figures.recall} | {figures.wrong_entity} "
+            f"| {figures.screenings_per_s} | {'met' if figures.targets_met else 'NOT met'} |\n"
+        )
+    for figures in report.by_script.values():
+        for title, examples in (
+            ("false negatives", figures.false_negative_examples),
+            ("false positives", figures.false_positive_examples),
+        ):
+            if examples:
+                lines.append(f"* {figures.script} {title}: " + "; ".join(examples) + "\n")
     return "".join(lines)
 
 
@@ -86,6 +113,7 @@ def record_screening_report(
         f"({report.elapsed_s} s).\n"
         + _examples("False positives", report.false_positive_examples)
         + _examples("False negatives", report.false_negative_examples)
+        + _scripts(report)
     )
     body = f"{SECTION}\n\n{HEADER}{''.join(rows)}{details}"
     path.write_text(head + body + ("\n" + rest.lstrip("\n") if rest else ""))

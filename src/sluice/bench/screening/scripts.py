@@ -1,0 +1,118 @@
+"""Screening quality per script: names written in Arabic, Persian, Chinese, Korean, Japanese and
+Cyrillic script against the list's Latin forms.
+
+The labelled set is ``tests/data/screening/scripts.json`` (its ``method`` says how it was built):
+listed people's names written in their own script, several renderings where people write them
+differently, and unlisted names of the same origins as negatives. Each query is screened once
+at the screen's threshold; a positive counts as found when the screen says ``match`` (and, as
+for Latin names, a match to another entity than the one labelled is counted separately as
+``wrong_entity``). The screenings are timed as well, so the cost of the renderings shows.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sluice.screening.screen import ListedSanctions
+
+SCRIPTS_SET = Path(__file__).resolve().parents[4] / "tests" / "data" / "screening" / "scripts.json"
+"""The labelled set in a checkout of the repository."""
+SCRIPT_PRECISION_TARGET = 0.95
+SCRIPT_RECALL_TARGET = 0.90
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptFigures:
+    """Screening quality for the names of one script."""
+
+    script: str
+    positives: int
+    negatives: int
+    true_positives: int
+    false_positives: int
+    wrong_entity: int
+    precision: float
+    recall: float
+    screenings_per_s: float
+    false_negative_examples: tuple[str, ...] = ()
+    false_positive_examples: tuple[str, ...] = ()
+
+    @property
+    def targets_met(self) -> bool:
+        return self.precision >= SCRIPT_PRECISION_TARGET and self.recall >= SCRIPT_RECALL_TARGET
+
+
+def load_scripts_set(path: Path = SCRIPTS_SET) -> list[dict[str, Any]]:
+    """The labelled names: ``{"script", "query", "listed"}`` (``listed`` None for negatives)."""
+    names: list[dict[str, Any]] = json.loads(path.read_text(encoding="utf-8"))["names"]
+    return names
+
+
+def measure_scripts(
+    screen: ListedSanctions, names: list[dict[str, Any]], *, examples_max: int = 4
+) -> dict[str, ScriptFigures]:
+    """Screen every labelled name once; the figures per script."""
+    tallies: dict[str, dict[str, Any]] = {}
+    for item in {item["script"]: item for item in names}.values():
+        # Warm up: the libraries load their dictionaries on first use (pypinyin, pykakasi).
+        screen.current.find_name(item["query"])
+    for item in names:
+        tally = tallies.setdefault(
+            item["script"],
+            {"p": 0, "n": 0, "tp": 0, "fp": 0, "wrong": 0, "s": 0.0, "fn_ex": [], "fp_ex": []},
+        )
+        started = time.perf_counter()
+        found = screen.current.find_name(item["query"])
+        tally["s"] += time.perf_counter() - started
+        matched = found is not None and found.score >= screen.threshold
+        described = (
+            f"{item['query']} → {found.matched_name} at {found.score:.1f} ({found.rendering})"
+            if found is not None
+            else f"{item['query']} → nothing"
+        )
+        if item["listed"] is not None:
+            tally["p"] += 1
+            if matched and found is not None:
+                tally["tp"] += 1
+                tally["wrong"] += found.matched_name != item["listed"] and not _same_entity(
+                    screen, found.entity.entity_id, item["listed"]
+                )
+            elif len(tally["fn_ex"]) < examples_max:
+                tally["fn_ex"].append(f"{described}; listed as {item['listed']}")
+        else:
+            tally["n"] += 1
+            if matched:
+                tally["fp"] += 1
+                if len(tally["fp_ex"]) < examples_max:
+                    tally["fp_ex"].append(described)
+    figures: dict[str, ScriptFigures] = {}
+    for script, tally in tallies.items():
+        found_total = tally["tp"] + tally["fp"]
+        figures[script] = ScriptFigures(
+            script=script,
+            positives=tally["p"],
+            negatives=tally["n"],
+            true_positives=tally["tp"],
+            false_positives=tally["fp"],
+            wrong_entity=tally["wrong"],
+            precision=round(tally["tp"] / found_total, 4) if found_total else 0.0,
+            recall=round(tally["tp"] / tally["p"], 4) if tally["p"] else 0.0,
+            screenings_per_s=round((tally["p"] + tally["n"]) / tally["s"], 1)
+            if tally["s"]
+            else 0.0,
+            false_negative_examples=tuple(tally["fn_ex"]),
+            false_positive_examples=tuple(tally["fp_ex"]),
+        )
+    return figures
+
+
+def _same_entity(screen: ListedSanctions, entity_id: str, listed: str) -> bool:
+    """Whether ``listed`` is one of the names of the entity ``entity_id``."""
+    for entity in screen.current.entities:
+        if entity.entity_id == entity_id:
+            return listed in (entity.name, *entity.aliases)
+    return False

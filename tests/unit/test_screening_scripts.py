@@ -1,0 +1,187 @@
+"""Screening names written in other scripts (``sluice.screening.scripts``, ``.arabic``, ``.cjk``).
+
+Covers script detection, the renderings of each script (pinyin, Revised Romanization and
+McCune–Reischauer, Hepburn, Arabic consonant skeletons), and screening against the full OFAC SDN
+list in ``../shared/reference/sanctions`` the names of the issue's table — written in Cyrillic,
+Arabic, Persian, Chinese and Korean script, they match their listed Latin forms, and the match
+says which transliteration matched. Hypothesis checks that a name listed as its own
+transliteration (a list built on the fly) always matches when screened in its own script.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from anyascii import anyascii
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from sluice.screening import DEFAULT_THRESHOLD, SanctionedEntity, SanctionsList, load_list
+from sluice.screening.arabic import arabic_queries, skeleton
+from sluice.screening.cjk import (
+    chinese_renderings,
+    japanese_renderings,
+    korean_renderings,
+)
+from sluice.screening.names import is_stop_word
+from sluice.screening.scripts import (
+    ANYASCII,
+    ARABIC,
+    CYRILLIC,
+    HAN,
+    HANGUL,
+    KANA,
+    LATIN,
+    needs_renderings,
+    scripts_of,
+)
+from tests.conftest import reference_path
+
+
+@pytest.fixture(scope="module")
+def full_list() -> SanctionsList:
+    return load_list(Path(reference_path("sanctions")), "full-")
+
+
+def texts(renderings: tuple[object, ...]) -> set[str]:
+    return {getattr(rendering, "text") for rendering in renderings}  # noqa: B009
+
+
+# --- Detection --------------------------------------------------------------------------------
+
+
+def test_each_script_is_detected() -> None:
+    assert scripts_of("TIMCHENKO, Gennady") == {LATIN}
+    assert scripts_of("Геннадий Тимченко") == {CYRILLIC}
+    assert scripts_of("حسن نصر الله") == {ARABIC}
+    assert scripts_of("قاسم سلیمانی") == {ARABIC}
+    assert scripts_of("李方伟") == {HAN}
+    assert scripts_of("김정은") == {HANGUL}
+    assert scripts_of("アサハラ しょうこう") == {KANA}
+    assert scripts_of("Kim 정은") == {LATIN, HANGUL}
+
+
+def test_only_arabic_and_east_asian_scripts_get_renderings_of_their_own() -> None:
+    assert not needs_renderings("Геннадий Тимченко")
+    assert not needs_renderings("Müller & Söhne GmbH")
+    assert needs_renderings("أيمن الظواهري")
+    assert needs_renderings("李方伟")
+
+
+# --- Renderings -------------------------------------------------------------------------------
+
+
+def test_chinese_is_pinyin_without_tones_given_name_joined_and_separated() -> None:
+    assert {"Fangwei Li", "Fang Wei Li"} <= texts(chinese_renderings("李方伟"))
+    assert "Fangwei Li" in texts(chinese_renderings("李方偉"))  # traditional characters
+
+
+def test_korean_is_revised_romanization_and_mccune_reischauer_with_customary_surnames() -> None:
+    renderings = texts(korean_renderings("김정은"))
+    assert {"Jong Un Kim", "Jongun Kim", "Jeong Eun Kim", "Chong Un Kim"} <= renderings
+    assert {"Pyong Chol Ri", "Pyong Chol Lee"} <= texts(korean_renderings("리병철"))
+
+
+def test_japanese_is_hepburn_long_vowels_written_out_and_collapsed() -> None:
+    assert {"Asahara Shoukou", "Asahara Shoko"} <= texts(japanese_renderings("アサハラ ショウコウ"))
+
+
+def test_arabic_skeletons_agree_with_the_listed_latin_forms() -> None:
+    assert skeleton("zawahiri") == "zhr"
+    assert skeleton("soleimani") == skeleton("sulaymani") == "slmn"
+    assert skeleton("ali") == "ll"  # doubled: not an initial
+    assert skeleton("wali") == "wl"  # an initial w is a consonant
+    (as_written,) = arabic_queries("أيمن الظواهري")
+    assert as_written.tokens == ("mn", "zhr")
+    queries = arabic_queries("حسن نصر الله")
+    assert [query.tokens for query in queries] == [("hsn", "nsr", "ll"), ("hsn", "nsrl")]
+
+
+# --- Screening against the full list: the issue's table ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("query", "listed", "rendering"),
+    [
+        ("Геннадий Тимченко", "TIMCHENKO, Gennady", ANYASCII),
+        ("أيمن الظواهري", "AL ZAWAHIRI, Dr. Ayman", "Arabic consonant skeleton"),
+        ("حسن نصر الله", "NASRALLAH, Hasan", "Arabic consonant skeleton"),
+        ("قاسم سلیمانی", "SOLEIMANI, Qasem", "Arabic consonant skeleton"),
+        ("李方伟", "LI, Fangwei", "pinyin"),
+        ("김정은", "KIM, Jong Un", "McCune-Reischauer"),
+        ("최룡해", "CHOE, Ryong Hae", "McCune-Reischauer"),
+    ],
+)
+def test_a_name_in_its_own_script_matches_its_listed_latin_form(
+    full_list: SanctionsList, query: str, listed: str, rendering: str
+) -> None:
+    found = full_list.find_name(query)
+    assert found is not None
+    assert found.matched_name == listed
+    assert found.score >= DEFAULT_THRESHOLD
+    assert found.rendering.startswith(rendering)
+
+
+@pytest.mark.parametrize("query", ["王小明", "박지성", "Лев Толстой", "فيروز"])
+def test_unlisted_names_in_other_scripts_do_not_match(full_list: SanctionsList, query: str) -> None:
+    found = full_list.find_name(query)
+    assert found is None or found.score < DEFAULT_THRESHOLD
+
+
+def test_latin_names_are_screened_as_before(full_list: SanctionsList) -> None:
+    found = full_list.find_name("Ayman al-Zawahiri")
+    assert found is not None and found.rendering == ANYASCII
+    assert found.matched_name == "AL ZAWAHIRI, Dr. Ayman"
+
+
+# --- Property: a name listed as its own transliteration matches --------------------------------
+
+ARABIC_LETTERS = "بتجحدرزسشصطعفقكلمنهوي"
+HANGUL_SYLLABLES = [chr(code) for code in range(0xAC00, 0xD7A4, 97)]
+HAN_CHARACTERS = "王李张刘陈杨黄赵周吴徐孙马朱胡郭何林高罗明华伟芳军国建平文志海"
+
+
+def one_entity(name: str) -> SanctionsList:
+    entity = SanctionedEntity(entity_id="test:1", name=name, kind="individual", source="test")
+    filler = SanctionedEntity(
+        entity_id="test:2", name="NORTHWIND, Charlotte", kind="individual", source="test"
+    )
+    return SanctionsList.build([entity, filler], source="test")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.text(alphabet=ARABIC_LETTERS, min_size=3, max_size=6), min_size=2, max_size=3))
+def test_an_arabic_name_listed_as_its_own_transliteration_matches_it(words: list[str]) -> None:
+    assume("عبد" not in words)  # written "abdul" on purpose: the lists' canonical form
+    # Written as a list writes it: each letter through anyascii, short vowels between them.
+    listed_words = ["a".join(anyascii(letter) for letter in word) for word in words]
+    assume(not any(is_stop_word(word.lower()) for word in listed_words))  # "BHD" is Berhad
+    listed = " ".join(word.upper() for word in listed_words)
+    found = one_entity(listed).find_name(" ".join(words))
+    assert found is not None and found.score >= DEFAULT_THRESHOLD
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.sampled_from(HANGUL_SYLLABLES), min_size=2, max_size=3),
+    st.sampled_from(["Kim", "Pak", "Ri"]),
+)
+def test_a_korean_name_listed_in_its_romanisation_matches_it(
+    given_syllables: list[str], surname: str
+) -> None:
+    hangul_surname = {"Kim": "김", "Pak": "박", "Ri": "리"}[surname]
+    query = hangul_surname + "".join(given_syllables)
+    rendering = korean_renderings(query)[0].text  # "Given Syllables Surname"
+    *given, _ = rendering.split()
+    found = one_entity(f"{surname.upper()}, {' '.join(given)}").find_name(query)
+    assert found is not None and found.score >= DEFAULT_THRESHOLD
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.text(alphabet=HAN_CHARACTERS, min_size=2, max_size=3))
+def test_a_chinese_name_listed_in_pinyin_matches_it(characters: str) -> None:
+    rendering = chinese_renderings(characters)[0].text  # "Givenname Surname"
+    given_name, surname = rendering.rsplit(" ", 1)
+    found = one_entity(f"{surname.upper()}, {given_name}").find_name(characters)
+    assert found is not None and found.score >= DEFAULT_THRESHOLD
