@@ -1,8 +1,8 @@
 """The exchange's inventory over HTTP on SQLite and PostgreSQL: ``POST
 /v1/exchange/inventory/fundings`` proposes funding it from a suspense deposit, which runs only
-once two distinct staff approved it (the proposer's own approval counts) (through ``/v1/approvals``), once; ``GET
-/v1/exchange/inventory`` shows it; a deposit already given away is refused (409, 41), a
-malformed id 422, and a customer's key reaches neither endpoint."""
+once two distinct staff approved it (the proposer's own approval counts; through
+``/v1/approvals``), once; ``GET /v1/exchange/inventory`` shows it; a deposit already given
+away is refused (409, 41), a malformed id 422, and a customer's key reaches neither endpoint."""
 
 from __future__ import annotations
 
