@@ -393,3 +393,14 @@ def test_a_bitcoin_deposit_to_the_shown_address_is_listed(issuance: IssuanceWorl
     assert f"{txid}:{vout}" in deposit and "0.0015" in deposit
     assert address not in deposit  # paid: a fresh address is shown
     assert f"{txid}:{vout}" not in sign_in(issuance.api, "user:cust-1").get("/me").text
+
+
+def test_a_live_refresh_after_the_session_ended_sends_the_page_to_sign_in(world: ApiWorld) -> None:
+    client = sign_in(world, "user")
+    assert client.get("/me", headers={"HX-Request": "true"}).status_code == 200
+    page = client.get("/me").text
+    client.post("/logout", data={"csrf_token": _hidden(page, "csrf_token")})
+    ended = client.get("/me", headers={"HX-Request": "true"}, follow_redirects=False)
+    assert ended.status_code == 204 and ended.headers["hx-redirect"] == "/login?next=/me"
+    plain = client.get("/me", follow_redirects=False)
+    assert plain.status_code == 303 and plain.headers["location"] == "/login?next=/me"

@@ -131,7 +131,12 @@ def any_page(request: Request) -> Page:
 def handlers() -> Mapping[type[Exception], Callable[[Request, Exception], Response]]:
     def sign_in(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, SignInRequiredError)
-        return RedirectResponse(f"/login?next={quote(exc.path, safe='/')}", 303)
+        target = f"/login?next={quote(exc.path, safe='/')}"
+        if request.headers.get("hx-request") == "true":
+            # A live refresh whose session ended: the whole page goes to /login (htmx would
+            # otherwise swap the sign-in form's page into the refreshed part).
+            return Response(status_code=204, headers={"HX-Redirect": target})
+        return RedirectResponse(target, 303)
 
     def forbidden(request: Request, exc: Exception) -> Response:
         return render(request, "forbidden.html", 403, reason=str(exc), principal=None)
