@@ -90,12 +90,13 @@ def test_japanese_is_hepburn_long_vowels_written_out_and_collapsed() -> None:
 def test_arabic_skeletons_agree_with_the_listed_latin_forms() -> None:
     assert skeleton("zawahiri") == "zhr"
     assert skeleton("soleimani") == skeleton("sulaymani") == "slmn"
-    assert skeleton("ali") == "ll"  # doubled: not an initial
+    assert skeleton("ali") == "l_"  # marked: not an initial
+    assert skeleton("leila") == "ll"  # two consonants, not one doubled
     assert skeleton("wali") == "wl"  # an initial w is a consonant
     (as_written,) = arabic_queries("أيمن الظواهري")
     assert as_written.tokens == ("mn", "zhr")
     queries = arabic_queries("حسن نصر الله")
-    assert [query.tokens for query in queries] == [("hsn", "nsr", "ll"), ("hsn", "nsrl")]
+    assert [query.tokens for query in queries] == [("hsn", "nsr", "l_"), ("hsn", "nsrl")]
 
 
 # --- Screening against the full list: the table ---------------------------------------

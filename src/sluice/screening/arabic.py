@@ -17,7 +17,7 @@ the part they agree on, a **consonant skeleton** of each word:
   consonants (``Wali``, ``Yusuf``). Latin digraphs become one letter (``kh``→``h``, ``gh``→``g``,
   ``th``→``t``, ``dh``/``zh``→``z``), ``q``/``c``→``k``, doubled letters collapse and a final
   ``h`` goes (ta marbuta; the Latin spelling key drops it too). A one-letter skeleton is
-  doubled (``ali`` → ``ll``) so that the index does not take it for an initial.
+  marked (``ali`` → ``l_``) so that the index does not take it for an initial.
 
 Compounds are tried joined as well as apart: ``نصر الله`` as ``nasrallah``, ``عبد الرحمن`` as
 ``abdulrahman``, ``ابو بكر`` as ``abubakr``, ``X الدين`` as one word; and a name's skeleton
@@ -38,7 +38,7 @@ from functools import lru_cache
 
 from anyascii import anyascii
 
-from sluice.screening.names import VARIANTS, NormalisedName, canonical_token, is_stop_word
+from sluice.screening.names import VARIANTS, NormalisedName, canonical_token, fold, is_stop_word
 from sluice.screening.scripts import ARABIC, script_of
 
 SKELETON = "Arabic consonant skeleton"
@@ -52,6 +52,10 @@ _DIN = "الدين"
 _TA_MARBUTA = "ة"
 _NON_JOINER = "\u200c"
 _VOWEL_CARRIERS = frozenset("اأإآعٱ")
+# Letters Persian says (and Latin renderings of Persian names write) otherwise than Arabic:
+# رضا is Reza, not Rida; ثابت Sabet, not Thabit. Names holding them are tried both ways.
+_PERSIAN_SOUNDS = {"ض": "z", "ث": "s", "ص": "s"}
+_PERSIAN_SUFFIXES = frozenset({"ای", "زاده", "پور", "نژاد", "زادە"})
 # Words written one way in Arabic script and several in Latin letters, as the Latin side's
 # canonical form comes to (``abd``/``abdel``/``abdul`` → ``abdul``; ``allah`` → ``ala``).
 _SPECIAL_WORDS = {_ALLAH: "ala", _ABD: "abdul", **dict.fromkeys(_ABU, "abu")}
@@ -83,21 +87,26 @@ def skeleton(word: str, *, latin: bool = True) -> str:
     initial = "w" if word[:1] in ("w", "v") else "y" if word[:1] == "y" else ""
     for digraph, letter in (*_DIGRAPHS, *_SINGLE_LETTERS) if latin else _SINGLE_LETTERS:
         word = word.replace(digraph, letter)
-    consonants = _DOUBLED.sub(r"\1", initial + _NOT_CONSONANT.sub("", word)).lower()
+    # Latin doubles a letter for gemination, Arabic script does not (shadda goes unwritten): two
+    # like letters in Arabic are two consonants (ممدوح Mamduh). Latin's doubles collapse before
+    # the vowels go, so l-y-l (لیلا Leila) stays two consonants on both sides.
+    if latin:
+        word = _DOUBLED.sub(r"\1", word)
+    consonants = (initial + _NOT_CONSONANT.sub("", word)).lower()
     if len(consonants) > 1 and consonants.endswith("h"):
         # A final h is ta marbuta or a Latin spelling's (the spelling key drops it after a
         # vowel already): it is dropped on both sides alike.
         consonants = consonants[:-1]
     if not consonants:
         return word or "_"
-    return consonants * 2 if len(consonants) == 1 else consonants
+    return consonants + "_" if len(consonants) == 1 else consonants
 
 
 @dataclass(frozen=True, slots=True)
 class SkeletonName(NormalisedName):
     """A name as skeletons: ``joined`` is the skeleton of the whole name written without spaces
     (``amirali hajizadeh`` and ``amir ali hajizadeh`` both ``mrlhjzd``), not the skeletons
-    joined (a one-consonant word's skeleton is doubled, see :func:`skeleton`)."""
+    joined (a one-consonant word's skeleton is marked, see :func:`skeleton`)."""
 
     whole: str = ""
 
@@ -133,7 +142,7 @@ def listed_skeletons(normalised: NormalisedName) -> NormalisedName:
     return skeleton_name(normalised.original, normalised.folded, words or normalised.tokens)
 
 
-def _arabic_word(word: str) -> str:
+def _arabic_word(word: str, *, persian: bool = False) -> str:
     """One Arabic-script word in ASCII, one letter per Arabic letter (anyascii's digraphs as
     the letter the skeleton gives them), article and ta marbuta off (see the docstring)."""
     word = _DIACRITICS.sub("", word)
@@ -150,7 +159,12 @@ def _arabic_word(word: str) -> str:
     # A word opening on a vowel carrier (alef, ayn) opens on a vowel: "a" keeps the next
     # letter from counting as an initial consonant (ايمن is Ayman, not Yman).
     opening = "a" if word[:1] in _VOWEL_CARRIERS else ""
-    letters = (anyascii(character).casefold() for character in word)
+    letters = (
+        _PERSIAN_SOUNDS[character]
+        if persian and character in _PERSIAN_SOUNDS
+        else anyascii(character).casefold() or "a"  # alef: a vowel, keeps d-a-d two letters
+        for character in word
+    )
     return opening + "".join(_ARABIC_DIGRAPHS.get(letter, letter) for letter in letters)
 
 
@@ -177,26 +191,45 @@ def _joinings(words: list[str], originals: list[str]) -> list[list[str]]:
     return variants
 
 
+def _name_words(name: str) -> list[str]:
+    """A name's words, Persian suffixes written apart joined to their word and a one-word
+    ``عبدX`` split in two."""
+    # A zero-width non-joiner (Persian: حاجی‌زاده) keeps the parts of one word apart in print.
+    originals: list[str] = []
+    for word in re.split(r"[\s\-،,.]+", name.replace(_NON_JOINER, "")):
+        if not word or not any(script_of(character) is not None for character in word):
+            continue
+        if originals and word in _PERSIAN_SUFFIXES:
+            # خامنه ای, حاجی زاده: a suffix written apart is still part of the word before.
+            originals[-1] += word
+        elif word.startswith(_ABD) and len(word) > len(_ABD) + 1:
+            # عبدالخالق is عبد الخالق written as one word: apart first, joined below.
+            originals.extend((_ABD, word[len(_ABD) :]))
+        else:
+            originals.append(word)
+    return originals
+
+
 def arabic_queries(name: str) -> tuple[NormalisedName, ...]:
     """The skeleton forms of a name written (partly) in Arabic script, compounds apart and
     joined; words in other scripts go through anyascii."""
-    # A zero-width non-joiner (Persian: حاجی‌زاده) keeps the parts of one word apart in print.
-    originals = [
-        word
-        for word in re.split(r"[\s\-،,.]+", name.replace(_NON_JOINER, ""))
-        if word and any(script_of(character) is not None for character in word)
-    ]
-    words = [
-        _arabic_word(word)
-        if any(script_of(character) == ARABIC for character in word)
-        else _letters(canonical_token(anyascii(word).casefold()))
-        for word in originals
-    ]
+    originals = _name_words(name)
     queries: list[NormalisedName] = []
-    for variant in _joinings(words, originals):
-        kept = [word for word in variant if word]
-        if kept:
-            queries.append(skeleton_name(name, " ".join(kept), kept, latin=False))
+    seen: set[tuple[str, ...]] = set()
+    both = any(character in _PERSIAN_SOUNDS for character in name)
+    for persian in (False, True) if both else (False,):
+        words = [
+            _arabic_word(word, persian=persian)
+            if any(script_of(character) == ARABIC for character in word)
+            else _letters(canonical_token(anyascii(word).casefold()))
+            for word in originals
+        ]
+        for variant in _joinings(words, originals):
+            kept = [word for word in variant if word]
+            query = skeleton_name(name, " ".join(kept), kept, latin=False)
+            if kept and query.tokens not in seen:
+                seen.add(query.tokens)
+                queries.append(query)
     return tuple(queries)
 
 
@@ -205,3 +238,66 @@ def _letters(word: str) -> str:
     for digraph, letter in _DIGRAPHS:
         word = word.replace(digraph, letter)
     return word
+
+
+# --- The long vowels: what the skeleton leaves out --------------------------------------------
+
+_LONG_VOWELS = {"ا": "A", "آ": "A", "و": "U", "ي": "I", "ی": "I"}
+_LATIN_VOWELS = {"a": "A", "e": "E", "i": "I", "o": "U", "u": "U"}
+_LATIN_HALF_VOWELS = {"y": "I", "w": "U", "v": "U"}
+
+
+def _arabic_vowels(word: str) -> str:
+    """The long vowels Arabic script writes in a word (alef, waw, ya), in order: not a word's
+    first letter (a consonant or a carrier there) nor its last (a final ی is often "a" in
+    Persian: مجتبی Mojtaba)."""
+    word = _DIACRITICS.sub("", word)
+    if word.startswith(_ARTICLE) and len(word) > len(_ARTICLE) + 1:
+        word = word[len(_ARTICLE) :]
+    return "".join(_LONG_VOWELS.get(letter, "") for letter in word[1:-1])
+
+
+def _latin_vowels(word: str) -> str:
+    """A Latin word's vowels (and half-vowels after its first letter) as vowel classes."""
+    return "".join(
+        _LATIN_VOWELS.get(letter) or (_LATIN_HALF_VOWELS.get(letter, "") if index else "")
+        for index, letter in enumerate(word)
+    )
+
+
+def _written_in(arabic: str, latin: str) -> bool:
+    """Whether Arabic's long vowels appear, in order, among the Latin word's vowels (an ``e``
+    stands for an alef or a ya; a Latin word writes the short vowels as well)."""
+    position = 0
+    for vowel in arabic:
+        while position < len(latin) and not (
+            latin[position] == vowel or (latin[position] == "E" and vowel in "AI")
+        ):
+            position += 1
+        if position == len(latin):
+            return False
+        position += 1
+    return True
+
+
+def long_vowels_agree(name: str, listed: str) -> bool:
+    """Whether each word of ``name`` (Arabic script) that writes long vowels finds them in one of
+    the words of ``listed`` (Latin): ``علی دایی`` (Ali Daei) does not agree with ``DA'UD,
+    Lu'ay`` although their skeletons are the same."""
+    listed_words = [
+        (skeleton(VARIANTS.get(word, word)), _latin_vowels(word))
+        for word in fold(listed).split()
+        if not is_stop_word(word)
+    ]
+    for word in _name_words(name):
+        if word in _SPECIAL_WORDS or not any(script_of(letter) == ARABIC for letter in word):
+            continue
+        vowels = _arabic_vowels(word)
+        if not vowels:
+            continue
+        consonants = skeleton(_arabic_word(word), latin=False)
+        # Compared with the listed words of the same skeleton, else with any of them.
+        same = [latin for listed_skeleton, latin in listed_words if listed_skeleton == consonants]
+        if not any(_written_in(vowels, latin) for latin in same or [v for _, v in listed_words]):
+            return False
+    return True

@@ -43,7 +43,12 @@ from pathlib import Path
 from typing import Any
 
 from sluice.domain.errors import InvalidInputError
-from sluice.screening.arabic import SKELETON, arabic_queries, listed_skeletons
+from sluice.screening.arabic import (
+    SKELETON,
+    arabic_queries,
+    listed_skeletons,
+    long_vowels_agree,
+)
 from sluice.screening.cjk import east_asian_renderings, whole_name_score
 from sluice.screening.index import ONE_WORD_CAP, NameIndex, NameScore
 from sluice.screening.names import NormalisedName, normalise_name
@@ -68,6 +73,9 @@ RENDERED_SIMILARITY_FLOOR = 0.85
 lists spell them, so a looser alignment would only find lookalikes."""
 SKELETON_SIMILARITY_FLOOR = 0.8
 """Token floor for consonant skeletons (a skeleton is short: one consonant apart is far)."""
+VOWELS_DISAGREE_CAP = 80.0
+"""The most a skeleton match scores when the long vowels the Arabic script writes are not in
+the listed name (see :func:`sluice.screening.arabic.long_vowels_agree`)."""
 
 _ALSO_KNOWN_AS = re.compile(r"\b[afn]\.k\.a\.,?\s*'([^']+)'", re.IGNORECASE)
 _CURRENCY_ADDRESS = re.compile(r"Digital Currency Address - ([A-Za-z0-9]+)\s+([^\s;]+)")
@@ -250,6 +258,8 @@ class SanctionsList:
                     # One word's consonants are too little to name anyone (فيروز Fairuz and
                     # FARAZ are both f-r-z): a one-word name matches through its letters only.
                     scored = NameScore(scored.name, min(scored.score, ONE_WORD_CAP))
+                if scored is not None and not long_vowels_agree(name, scored.name.text):
+                    scored = NameScore(scored.name, min(scored.score, VOWELS_DISAGREE_CAP))
                 if scored is not None and (found is None or scored.score > found.score):
                     found, rendering = scored, f"{SKELETON}: {' '.join(query.tokens)}"
         return found, rendering
