@@ -196,11 +196,12 @@ def test_read_only_pages_refresh_live_with_the_vendored_htmx_and_pages_with_form
         assert "<script" not in client.get(path).text, path
     served = client.get("/static/vendor/htmx.min.js")
     assert served.status_code == 200 and 'version:"2.0.4"' in served.text
-    # A refresh after the session ended reloads the page (and so goes to /login) instead of
-    # swapping the sign-in page into it.
+    # A refresh after the session ended sends the whole page to /login (the pages' own answer)
+    # instead of swapping the sign-in page into it.
     signed_out = TestClient(world.app, base_url="https://testserver")
     refresh = signed_out.get("/dashboard/health", headers={"HX-Request": "true"})
-    assert (refresh.status_code, refresh.headers["HX-Refresh"]) == (401, "true")
+    assert refresh.status_code == 204
+    assert refresh.headers["HX-Redirect"] == "/login?next=/dashboard/health"
     plain = signed_out.get("/dashboard/health", follow_redirects=False)
     assert (plain.status_code, plain.headers["location"]) == (303, "/login?next=/dashboard/health")
 

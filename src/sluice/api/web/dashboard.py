@@ -17,12 +17,11 @@ from sluice.api.web.dashboard_actions import (
     STAFF_READS,
     USER_OPERATIONS,
     admitted,
-    live_staff_page,
     show,
     visible_pages,
 )
 from sluice.api.web.dashboard_ops import breakers, readiness
-from sluice.api.web.pages import Page
+from sluice.api.web.pages import Page, staff_page
 from sluice.domain.withdrawals import LIVE_STATUSES
 from sluice.services import accounts
 from sluice.services.alerts import list_alerts
@@ -163,6 +162,6 @@ def _ratio(page: Page) -> Figure:
 
 
 @router.get("/dashboard")
-def overview(page: Annotated[Page, Depends(live_staff_page)]) -> HTMLResponse:
+def overview(page: Annotated[Page, Depends(staff_page)]) -> HTMLResponse:
     pages = [row for row in visible_pages(page) if row[0] != "/dashboard"]
     return show(page, "dashboard/overview.html", live=True, figures=figures(page), pages=pages)

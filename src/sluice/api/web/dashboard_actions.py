@@ -17,13 +17,12 @@ from collections.abc import Callable
 from typing import Any, get_args
 from urllib.parse import urlencode
 
-from fastapi import HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import ValidationError
 
 from sluice.api.routes import common
 from sluice.api.security import Caller
-from sluice.api.web.pages import Page, PageForbiddenError, SignInRequiredError, staff_page
+from sluice.api.web.pages import Page, PageForbiddenError
 from sluice.domain.access import Permission
 from sluice.domain.errors import SluiceError
 
@@ -100,20 +99,6 @@ def allow(page: Page, permission: Permission) -> Caller:
             f"role {page.principal.role} may not do this (needs {permission.describe()})"
         )
     return Caller(page.principal, permission)
-
-
-def live_staff_page(request: Request) -> Page:
-    """:func:`staff_page` for a live page. A refresh (htmx's ``HX-Request``) asked after the
-    session ended answers 401 with ``HX-Refresh``: the browser reloads the page and so lands on
-    ``/login``, rather than the sign-in page being swapped into this one."""
-    try:
-        return staff_page(request)
-    except SignInRequiredError:
-        if request.headers.get("HX-Request") == "true":
-            raise HTTPException(
-                401, "the session has ended: sign in again", headers={"HX-Refresh": "true"}
-            ) from None
-        raise
 
 
 def show(page: Page, template: str, *, live: bool = False, **values: Any) -> HTMLResponse:

@@ -30,7 +30,6 @@ from sluice.api.web.dashboard_actions import (
     act,
     admitted,
     allow,
-    live_staff_page,
     show,
 )
 from sluice.api.web.pages import Page, staff_page
@@ -81,7 +80,7 @@ def breakers(context: ApiContext) -> list[dict[str, Any]]:
 
 
 @router.get("/dashboard/health")
-def health(page: Annotated[Page, Depends(live_staff_page)]) -> HTMLResponse:
+def health(page: Annotated[Page, Depends(staff_page)]) -> HTMLResponse:
     allow(page, STAFF)
     ready, checks = readiness(page.context)
     return show(
@@ -151,7 +150,7 @@ def _one(found: dict[str, list[tuple[dict[str, str], float]]], name: str) -> flo
 
 
 @router.get("/dashboard/ingestion")
-def ingestion(page: Annotated[Page, Depends(live_staff_page)]) -> HTMLResponse:
+def ingestion(page: Annotated[Page, Depends(staff_page)]) -> HTMLResponse:
     allow(page, STAFF)
     found = gauges(page.context)
     figures = [(name, label, _one(found, name)) for name, label in INGESTION_GAUGES]
@@ -246,7 +245,7 @@ def pending_payouts(context: ApiContext) -> list[dict[str, Any]]:
 
 
 @router.get("/dashboard/pending")
-def pending(page: Annotated[Page, Depends(live_staff_page)]) -> HTMLResponse:
+def pending(page: Annotated[Page, Depends(staff_page)]) -> HTMLResponse:
     allow(page, STAFF_READS)
     return show(
         page,
