@@ -12,7 +12,8 @@ one page. Every page a tab shows is checked by :meth:`Tab.check`:
 * a full-page screenshot, kept under ``test-artifacts/screenshots/<test>/<nn>-<page>.png`` at
   the repository's root (numbered in the order the test saw them);
 * accessibility: axe-core (vendored in ``tests/e2e/vendor``, refused unless its SHA-256 matches
-  ``SHA256SUMS``) finds no violation of impact "serious" or "critical";
+  ``SHA256SUMS``) finds no violation of impact "serious" or "critical" (not in a tab opened with
+  ``scripts=False``: axe itself needs the page's timers);
 * its width: the page is no wider than the screen (a laptop's, or a phone's for a tab opened
   with ``phone=True``), so nobody scrolls it sideways; a wide table scrolls inside its own box.
 
@@ -104,17 +105,27 @@ class Tab:
     """One person's browser (a context of its own: cookies apart) showing one page at a time."""
 
     def __init__(
-        self, browser: Browser, base_url: str, screens: Screens, who: str, *, phone: bool = False
+        self,
+        browser: Browser,
+        base_url: str,
+        screens: Screens,
+        who: str,
+        *,
+        phone: bool = False,
+        scripts: bool = True,
     ) -> None:
         self.base_url = base_url
         self.who = who
         self.screens = screens
         self.width = (PHONE if phone else LAPTOP)["width"]
+        self.scripts = scripts
         self.context = browser.new_context(
             base_url=base_url,
             viewport=PHONE if phone else LAPTOP,  # type: ignore[arg-type]
             is_mobile=phone,
             has_touch=phone,
+            # Scripts off stops the pages' own; the harness's checks still run (DevTools).
+            java_script_enabled=scripts,
         )
         self.context.set_default_timeout(TIMEOUT_MS)
         self.context.set_default_navigation_timeout(TIMEOUT_MS)
@@ -179,7 +190,10 @@ class Tab:
         self.page.wait_for_load_state("load")
         self.page.screenshot(path=self.screens.path(f"{self.who}-{name}"), full_page=True)
         self.check_console()
-        self.check_accessibility(name)
+        if self.scripts:
+            # axe needs the page's timers, which do not run with scripts off; the same pages are
+            # checked with scripts on.
+            self.check_accessibility(name)
         self.check_width(name)
 
     def check_console(self) -> None:
@@ -244,4 +258,4 @@ class Tab:
 class TabFactory(Protocol):
     """Opens a tab for a person (``who`` names their screenshots)."""
 
-    def __call__(self, who: str, *, phone: bool = False) -> Tab: ...
+    def __call__(self, who: str, *, phone: bool = False, scripts: bool = True) -> Tab: ...

@@ -22,6 +22,9 @@ Covered:
   staff do not reach ``/me``;
 * CSRF: the sign-out, sign-in, approve and withdrawal forms without their token, and a forged
   post, are refused and change nothing;
+* scripts: the overview refreshes itself in place (htmx, under the pages' policy; the test
+  jumps the page's clock 31 s ahead); with scripts off, a customer withdraws and a super admin
+  approves and releases, all through plain forms;
 * a phone's screen (390 px) for the customer page and the dashboard;
 * the harness itself: its checks do fail a console error, a breach of the page's policy, a
   serious accessibility fault and a page wider than the screen.
@@ -93,8 +96,8 @@ def tabs(browser: Browser, site: Site, request: pytest.FixtureRequest) -> Iterat
     screens = Screens(artefacts_for(request.node.name))
     opened: list[Tab] = []
 
-    def open_tab(who: str, *, phone: bool = False) -> Tab:
-        tab = Tab(browser, site.base_url, screens, who, phone=phone)
+    def open_tab(who: str, *, phone: bool = False, scripts: bool = True) -> Tab:
+        tab = Tab(browser, site.base_url, screens, who, phone=phone, scripts=scripts)
         opened.append(tab)
         return tab
 
@@ -368,6 +371,60 @@ def test_a_customer_sees_how_to_deposit_and_their_balance_withdraws_and_sees_it_
     expect(waiting).to_contain_text("600")
     expect(waiting.locator(".status")).to_have_text("awaiting approval")
     expect(page.locator("#balances tbody tr").first.locator("td").first).to_have_text("880")
+
+
+def test_the_overview_refreshes_itself_while_scripts_are_on(site: Site, tabs: TabFactory) -> None:
+    world = site.world
+    fund(world, "cust-0", "2000")
+    admin = tabs("super-admin")
+    admin.page.clock.install()  # time flows, and the test may jump it forward
+    admin.sign_in(site.key("super_admin"), lands_on="/dashboard")
+    approvals = admin.page.locator("#figure-approvals .figure")
+    holds = admin.page.locator("#figure-holds .figure")
+    expect(approvals).to_have_text("0")
+    expect(holds).to_have_text("0")
+    request_withdrawal_by_api(world, "cust-0", "800", "big-one")
+    hold_a_deposit(world, "cust-1", "250")
+    with admin.page.expect_response(
+        lambda answer: answer.request.headers.get("hx-request") == "true"
+    ) as refreshed:
+        admin.page.clock.fast_forward("00:31")
+    assert refreshed.value.status == 200
+    expect(approvals).to_have_text("1")
+    expect(holds).to_have_text("1")
+    assert admin.path == "/dashboard"  # the content changed in place, no navigation
+    admin.check("dashboard-refreshed")
+
+
+def test_the_pages_work_with_scripts_off(site: Site, tabs: TabFactory) -> None:
+    world = site.world
+    fund(world, "cust-0", "1000")
+    customer = tabs("cust-0-no-scripts", scripts=False)
+    customer.sign_in(site.key("user"), lands_on="/me")
+    customer.page.get_by_label("Amount").fill("700")
+    customer.page.get_by_label("Receiver").fill(world.sandbox.customers["cust-0"])
+    customer.submit(
+        customer.page.get_by_role("button", name="Request withdrawal"), "withdrawal-requested"
+    )
+    waiting = customer.page.locator("#withdrawals tbody tr[data-status='pending']")
+    expect(waiting.locator(".status")).to_have_text("awaiting approval")
+    proposal = waiting.get_attribute("data-id")
+    hold_id = hold_a_deposit(world, "cust-1", "250")
+
+    admin = tabs("super-admin-no-scripts", scripts=False)
+    admin.sign_in(site.key("super_admin"), lands_on="/dashboard")
+    admin.open("/dashboard/approvals", "approvals")
+    admin.submit(
+        admin.page.locator(f"#approval-{proposal}").get_by_role("button", name="Approve"),
+        "approved-once",
+    )
+    expect(admin.page.locator("#flash")).to_contain_text("1 of 2 approvals")
+    admin.open("/dashboard/holds", "holds")
+    held = admin.page.locator("#holds tbody tr", has_text=hold_id)
+    held.get_by_label("Reason to release").fill("sender verified")
+    admin.submit(held.get_by_role("button", name="Release"), "released")
+    assert balance(world, "cust-1") == Decimal(250)
+    admin.sign_out()
 
 
 def _phone_world(world: ApiWorld) -> None:
