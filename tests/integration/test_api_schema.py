@@ -1,4 +1,4 @@
-"""The HTTP API's published OpenAPI document tells the truth: schemathesis, with all of its
+r"""The HTTP API's published OpenAPI document tells the truth: schemathesis, with all of its
 checks and all of its phases, the stateful one included, finds no disagreement.
 
 How: schemathesis' engine — what ``st run <url>/openapi.json --checks all`` runs — drives the
@@ -35,6 +35,9 @@ refuses:
 * Schema-violating requests accepted: ``since=0.5`` (a number of seconds) where an RFC 3339
   time is documented; ``tier: false`` and ``trusted: "false"`` (booleans and integers are no
   longer coerced).
+* Patterns that meant one thing to the server and another to the document: ``\s`` is a
+  different set of characters in pydantic's regex, in Python's and in JSON Schema's (a party
+  id's hint with U+0085 in it); white space is now spelled out (``schemas.SPACES``).
 
 What remains accepted below (:data:`ACCEPTED`), each a refusal no OpenAPI document can state:
 a domain refusal (code 61–64: an amount under the dust limit at the deployment's fee cap, a

@@ -16,6 +16,7 @@ from sluice.api.schemas import (
     HTTP_URL_PATTERN,
     JSON_INTEGER,
     NOT_BLANK,
+    SPACES,
     Amount,
     Body,
     InstrumentRef,
@@ -42,7 +43,7 @@ BitcoinAddress = Annotated[
 # The contract addresses' shapes (services.issuance_contracts checks them again, and a
 # descriptor's BIP-380 checksum besides, which no pattern can say).
 DESCRIPTOR_PATTERN = r"^[!-\"$-~]*\([!-\"$-~]*\)#[qpzry9x8gf2tvdw0s3jn54khce6mua7l]{8}$"
-ISSUER_PARTY_PATTERN = r"^[^:\s]{1,200}::1220[0-9a-f]{64}$"
+ISSUER_PARTY_PATTERN = rf"^[^:{SPACES}]{{1,200}}::1220[0-9a-f]{{64}}$"
 HttpUrl = Annotated[str, StringConstraints(max_length=2000, pattern=HTTP_URL_PATTERN)]
 Descriptor = Annotated[str, StringConstraints(max_length=2000, pattern=DESCRIPTOR_PATTERN)]
 IssuerParty = Annotated[str, StringConstraints(pattern=ISSUER_PARTY_PATTERN)]

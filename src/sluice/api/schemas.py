@@ -35,8 +35,14 @@ from sluice.services.settings import DEFINITIONS, SettingDefinition
 
 T = TypeVar("T")
 
+# White space, spelled out: ``\s`` is not the same set in Python's regex, in pydantic's (Rust)
+# regex and in the ECMA-262 regex a JSON Schema pattern is read with, and the document must mean
+# what the server does. STRIPPED is what pydantic's strip_whitespace removes (Unicode
+# White_Space); SPACES adds what Python's str.isspace also counts (the services check with it).
+STRIPPED = r"\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+SPACES = rf"\x1c-\x1f{STRIPPED}"
 # Free text must hold something besides spaces (it is stripped before its length is checked).
-NOT_BLANK = r"\S"
+NOT_BLANK = rf"[^{STRIPPED}]"
 Text = Annotated[
     str,
     StringConstraints(min_length=1, max_length=500, strip_whitespace=True, pattern=NOT_BLANK),
@@ -55,7 +61,7 @@ Identifier = Annotated[
     str, StringConstraints(min_length=1, max_length=100, pattern=IDENTIFIER_PATTERN)
 ]
 PartyId = Annotated[
-    str, StringConstraints(min_length=3, max_length=512, pattern=r"^[^:\s]+::[0-9A-Za-z]+$")
+    str, StringConstraints(min_length=3, max_length=512, pattern=rf"^[^:{SPACES}]+::[0-9A-Za-z]+$")
 ]
 
 
