@@ -69,3 +69,11 @@ def test_screening_a_name_in_another_script_says_which_listed_name_it_matched(
         result = sluice("compliance screen --list", str(extract), "--name", written)
         (line,) = json_lines(result)
         assert (line["match"], line["matched_name"]) == (True, listed), json.dumps(line)
+        if written.isascii() or "TIMCHENKO" in listed:
+            assert "transliteration" not in line  # Latin and Cyrillic: as before
+        else:
+            assert line["transliteration"].split(":")[0] in (
+                "Arabic consonant skeleton",
+                "McCune-Reischauer (North Korean lists)",
+                "pinyin",
+            )

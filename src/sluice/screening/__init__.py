@@ -2,6 +2,9 @@
 indexed; names matched after normalisation with rapidfuzz, digital currency addresses exactly.
 
 * :mod:`sluice.screening.names` — normalisation (transliteration, order, variants).
+* :mod:`sluice.screening.scripts` — which script a name is written in; its Latin renderings:
+  :mod:`sluice.screening.arabic` (Arabic and Persian consonant skeletons) and
+  :mod:`sluice.screening.cjk` (pinyin, Korean romanisations, Hepburn).
 * :mod:`sluice.screening.index` — blocking and scoring, :data:`DEFAULT_THRESHOLD`.
 * :mod:`sluice.screening.lists` — loaders, :class:`SanctionsList`, :func:`load_list`.
 * :mod:`sluice.screening.screen` — :class:`ListedSanctions`, the list in force (reloadable),

@@ -21,6 +21,7 @@ from sluice.domain.errors import InvalidInputError
 from sluice.ports import AddressMatch, NameMatch, SanctionsScreen
 from sluice.screening.index import DEFAULT_THRESHOLD
 from sluice.screening.lists import SanctionsList, check_name, load_list
+from sluice.screening.scripts import ANYASCII
 
 BATCH_SIZE_MAX = 100_000
 """The most names :meth:`ListedSanctions.screen_names` takes at once."""
@@ -107,6 +108,11 @@ class ListedSanctions:
         """Screen one name against the list in force (blank → InvalidInputError)."""
         return _screen(self._current, name, self._threshold)
 
+    def explain_name(self, name: str) -> tuple[NameMatch, str | None]:
+        """Screen one name, and say how it was brought to Latin letters for its closest listed
+        name (``"anyascii"``, ``"pinyin: Fangwei Li"``…; None when nothing came close)."""
+        return _screen_explained(self._current, name, self._threshold)
+
     def screen_names(self, names: Iterable[str]) -> list[NameMatch]:
         """Screen many names against one list (the same list for all of them)."""
         sanctions_list = self._current
@@ -126,37 +132,54 @@ class ListedSanctions:
 
 
 def _screen(sanctions_list: SanctionsList, name: str, threshold: float) -> NameMatch:
+    return _screen_explained(sanctions_list, name, threshold)[0]
+
+
+def _screen_explained(
+    sanctions_list: SanctionsList, name: str, threshold: float
+) -> tuple[NameMatch, str | None]:
     name = check_name(name)
     found = sanctions_list.find_name(name)
     if found is None:
-        return NameMatch(name=name, match=False, score=0.0, entity_id=None, matched_name=None)
-    return NameMatch(
+        return (
+            NameMatch(name=name, match=False, score=0.0, entity_id=None, matched_name=None),
+            None,
+        )
+    match = NameMatch(
         name=name,
         match=found.score >= threshold,
         score=found.score,
         entity_id=found.entity.entity_id,
         matched_name=found.matched_name,
     )
+    return match, found.rendering
 
 
 def screen_to_json_lines(
     screen: SanctionsScreen, names: Iterable[str], *, skip_blank: bool = True
 ) -> Iterator[str]:
     """One JSON object per name: ``{"name", "match", "score", "entity_id", "matched_name"}``,
-    the score on 0–100 with one decimal. Names are trimmed (a line's newline included); blank
-    ones are skipped unless ``skip_blank`` is False (then they raise InvalidInputError).
+    the score on 0–100 with one decimal, and ``"transliteration"`` for a name written in a script
+    with renderings of its own (Arabic, Chinese, Korean, Japanese: which one matched). Names are
+    trimmed (a line's newline included); blank ones are skipped unless ``skip_blank`` is False
+    (then they raise InvalidInputError).
     Below the threshold, ``entity_id``/``matched_name`` still name the closest listed name."""
     for name in names:
         if skip_blank and not name.strip():
             continue
-        result = screen.screen_name(name.strip())
-        yield json.dumps(
-            {
-                "name": result.name,
-                "match": result.match,
-                "score": round(result.score, 1),
-                "entity_id": result.entity_id,
-                "matched_name": result.matched_name,
-            },
-            ensure_ascii=False,
-        )
+        rendering: str | None = None
+        if isinstance(screen, ListedSanctions):
+            result, rendering = screen.explain_name(name.strip())
+        else:
+            result = screen.screen_name(name.strip())
+        line: dict[str, object] = {
+            "name": result.name,
+            "match": result.match,
+            "score": round(result.score, 1),
+            "entity_id": result.entity_id,
+            "matched_name": result.matched_name,
+        }
+        if rendering is not None and rendering != ANYASCII:
+            # A name written in another script: which transliteration matched.
+            line["transliteration"] = rendering
+        yield json.dumps(line, ensure_ascii=False)

@@ -12,7 +12,7 @@ from pathlib import Path
 from sluice.bench.record import machine
 
 from .benchmark import DEFAULT_SEED, Example, ScreeningBenchReport, run_screening_bench
-from .scripts import SCRIPT_PRECISION_TARGET, SCRIPT_RECALL_TARGET
+from .scripts import COMPARISON, SCRIPT_PRECISION_TARGET, SCRIPT_RECALL_TARGET
 
 SECTION = "## Sanctions screening (`sluice bench screening`)"
 HEADER = (
@@ -63,6 +63,7 @@ def _scripts(report: ScreeningBenchReport) -> str:
         ):
             if examples:
                 lines.append(f"* {figures.script} {title}: " + "; ".join(examples) + "\n")
+    lines.append(f"* {COMPARISON}\n")
     return "".join(lines)
 
 
