@@ -17,8 +17,9 @@ from anyascii import anyascii
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from sluice.domain.errors import InvalidInputError
 from sluice.screening import DEFAULT_THRESHOLD, SanctionedEntity, SanctionsList, load_list
-from sluice.screening.arabic import arabic_queries, skeleton
+from sluice.screening.arabic import arabic_queries, long_vowels_agree, skeleton
 from sluice.screening.cjk import (
     chinese_renderings,
     japanese_renderings,
@@ -85,6 +86,13 @@ def test_korean_is_revised_romanization_and_mccune_reischauer_with_customary_sur
 
 def test_japanese_is_hepburn_long_vowels_written_out_and_collapsed() -> None:
     assert {"Asahara Shoukou", "Asahara Shoko"} <= texts(japanese_renderings("アサハラ ショウコウ"))
+
+
+def test_long_vowels_written_in_arabic_script_must_be_in_the_listed_word() -> None:
+    assert long_vowels_agree("قاسم سلیمانی", "SOLEIMANI, Qasem")
+    assert long_vowels_agree("علی خامنه‌ای", "KHAMENEI, Ali Husseini")
+    assert not long_vowels_agree("علی دایی", "DA'UD, Lu'ay")  # same skeletons: l, dd
+    assert not long_vowels_agree("عمر فاروق", "OMAIRI, Farouk")  # OMAIRI writes a diphthong
 
 
 def test_arabic_skeletons_agree_with_the_listed_latin_forms() -> None:
@@ -186,3 +194,25 @@ def test_a_chinese_name_listed_in_pinyin_matches_it(characters: str) -> None:
     given_name, surname = rendering.rsplit(" ", 1)
     found = one_entity(f"{surname.upper()}, {given_name}").find_name(characters)
     assert found is not None and found.score >= DEFAULT_THRESHOLD
+
+
+MIXED_SCRIPTS = st.one_of(
+    st.characters(min_codepoint=0x600, max_codepoint=0x6FF),
+    st.characters(min_codepoint=0x4E00, max_codepoint=0x4EFF),
+    st.characters(min_codepoint=0xAC00, max_codepoint=0xACFF),
+    st.characters(min_codepoint=0x3040, max_codepoint=0x30FF),
+    st.sampled_from(" -,.\u200cـ'ーA"),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=MIXED_SCRIPTS, min_size=1, max_size=12))
+def test_any_text_in_these_scripts_screens_without_an_error_or_is_refused_as_input(
+    text: str,
+) -> None:
+    screened = one_entity("NASRALLAH, Hasan")
+    try:
+        found = screened.find_name(text)
+    except InvalidInputError:
+        return
+    assert found is None or 0 <= found.score <= 100

@@ -245,6 +245,8 @@ def _letters(word: str) -> str:
 _LONG_VOWELS = {"ا": "A", "آ": "A", "و": "U", "ي": "I", "ی": "I"}
 _LATIN_VOWELS = {"a": "A", "e": "E", "i": "I", "o": "U", "u": "U"}
 _LATIN_HALF_VOWELS = {"y": "I", "w": "U", "v": "U"}
+_VOWEL_PAIR = re.compile(r"[aeiouy][aeiouy]")
+_INNER_LONG = re.compile("[اآوؤيیئىءأإع]")
 
 
 def _arabic_vowels(word: str) -> str:
@@ -283,9 +285,14 @@ def _written_in(arabic: str, latin: str) -> bool:
 def long_vowels_agree(name: str, listed: str) -> bool:
     """Whether each word of ``name`` (Arabic script) that writes long vowels finds them in one of
     the words of ``listed`` (Latin): ``علی دایی`` (Ali Daei) does not agree with ``DA'UD,
-    Lu'ay`` although their skeletons are the same."""
+    Lu'ay`` although their skeletons are the same; nor does a word without long vowels with a
+    listed word of its skeleton that writes two vowels together inside (``عمر``, OMAIRI)."""
     listed_words = [
-        (skeleton(VARIANTS.get(word, word)), _latin_vowels(word))
+        (
+            skeleton(VARIANTS.get(word, word)),
+            _latin_vowels(word),
+            bool(_VOWEL_PAIR.search(word[1:-1])),
+        )
         for word in fold(listed).split()
         if not is_stop_word(word)
     ]
@@ -293,11 +300,15 @@ def long_vowels_agree(name: str, listed: str) -> bool:
         if word in _SPECIAL_WORDS or not any(script_of(letter) == ARABIC for letter in word):
             continue
         vowels = _arabic_vowels(word)
+        consonants = skeleton(_arabic_word(word), latin=False)
+        same = [entry for entry in listed_words if entry[0] == consonants]
+        if same and not _INNER_LONG.search(word[1:-1]) and all(entry[2] for entry in same):
+            # The listed word writes a long vowel or diphthong inside (OMAIRI), the Arabic word
+            # none (عمر Omar): not the same word.
+            return False
         if not vowels:
             continue
-        consonants = skeleton(_arabic_word(word), latin=False)
         # Compared with the listed words of the same skeleton, else with any of them.
-        same = [latin for listed_skeleton, latin in listed_words if listed_skeleton == consonants]
-        if not any(_written_in(vowels, latin) for latin in same or [v for _, v in listed_words]):
+        if not any(_written_in(vowels, entry[1]) for entry in same or listed_words):
             return False
     return True
