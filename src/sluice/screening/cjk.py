@@ -8,7 +8,8 @@
   a name's syllables are not assimilated across). Lists mostly write McCune–Reischauer, often as
   North Korea does (``KIM Jong Un``, ``CHOE Ryong Hae``, ``PAK Jong Chon``), so each given-name
   syllable also gets those vowels (``eo``→``o``, ``eu``→``u``) and, for McCune–Reischauer, the
-  unvoiced initials (``g``→``k``, ``d``→``t``, ``b``→``p``, ``j``→``ch``). Surnames take their
+  unvoiced initials (``g``→``k``, ``d``→``t``, ``b``→``p``, ``j``→``ch``), and the customary
+  ``eo``→``u`` many people write (``Jung``, ``Sung``, ``Hyun``). Surnames take their
   customary spellings (``김`` → Kim, ``이``/``리`` → Lee, Yi, Ri, Rhee, ``박`` → Park, Pak).
   Syllables are joined and separated (a hyphen separates words for screening).
 * **Japanese**: pykakasi's Hepburn for kana and kanji, long vowels written out
@@ -36,8 +37,9 @@ WADE_GILES = "Wade-Giles"
 REVISED_ROMANIZATION = "Revised Romanization"
 MCCUNE_REISCHAUER = "McCune-Reischauer"
 NORTH_KOREAN = "McCune-Reischauer (North Korean lists)"
+CUSTOMARY = "customary Korean spelling"
 HEPBURN = "Hepburn"
-RENDERINGS_MAX = 24
+RENDERINGS_MAX = 32
 """The most renderings one name gets (each is screened)."""
 
 # Customary spellings of the most common Korean surnames (the official romanisation, "Gim",
@@ -155,6 +157,12 @@ def _north_korean(syllable: str) -> str:
     return syllable.replace("eo", "o").replace("eu", "u")
 
 
+def _customary(syllable: str) -> str:
+    """The spelling many people choose for ``eo`` after a consonant: ``u`` (Jung, Sung,
+    Hyun), with ``eu`` as ``u`` too."""
+    return re.sub(r"(?<=[^aeiouy])eo", "u", syllable).replace("eu", "u")
+
+
 def _mccune_reischauer(syllable: str) -> str:
     """The North Korean form with McCune–Reischauer's unvoiced initial consonant."""
     syllable = _north_korean(syllable)
@@ -190,6 +198,7 @@ def korean_renderings(text: str) -> tuple[Rendering, ...]:
         (NORTH_KOREAN, _north_korean),
         (REVISED_ROMANIZATION, lambda syllable: syllable),
         (MCCUNE_REISCHAUER, _mccune_reischauer),
+        (CUSTOMARY, _customary),
     ):
         syllables = [convert(syllable) for syllable in romanized]
         for given in _given_forms(syllables):
