@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
+import httpx
 import pytest
 from playwright.sync_api import Browser, expect
 
@@ -84,6 +85,8 @@ def site(sqlite_url: str) -> Iterator[Site]:
     world = api_world(sqlite_url, settings=SETTINGS)
     try:
         with live_server(world.app) as base:
+            # The first page a process renders compiles its templates: not on a test's clock.
+            assert httpx.get(f"{base}/login", timeout=60).status_code == 200
             # localhost, not 127.0.0.1: the address a person would type, where Secure cookies live.
             yield Site(world, base.replace("//127.0.0.1:", "//localhost:"))
     finally:
