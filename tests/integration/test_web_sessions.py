@@ -159,6 +159,18 @@ def test_a_staff_session_ends_after_fifteen_idle_minutes(world: ApiWorld) -> Non
     assert answer.status_code == 303
 
 
+def test_a_live_refresh_does_not_keep_an_idle_session_alive(world: ApiWorld) -> None:
+    clock: Clock = world.context.web_clock  # type: ignore[attr-defined]
+    client = browser(world)
+    sign_in(client, world.keys["operator"])
+    refresh = {"HX-Request": "true"}
+    for _ in range(3):  # an open tab refreshing itself for 21 minutes
+        clock.offset += timedelta(minutes=7)
+        answer = client.get("/dashboard", headers=refresh, follow_redirects=False)
+        assert answer.status_code in (200, 204)
+    assert client.get("/dashboard", follow_redirects=False).status_code == 303
+
+
 def test_signing_out_or_revoking_the_key_ends_the_session(world: ApiWorld) -> None:
     client = browser(world)
     sign_in(client, world.keys["operator"])

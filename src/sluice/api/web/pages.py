@@ -101,7 +101,11 @@ def render(request: Request, name: str, status: int = 200, **values: Any) -> HTM
 def _session(request: Request) -> WebSession:
     context: ApiContext = request.app.state.context
     found = sessions.current(
-        context, context.web, request.cookies.get(sessions.COOKIE), context.clock()
+        context,
+        context.web,
+        request.cookies.get(sessions.COOKIE),
+        context.clock(),
+        extend=request.headers.get("hx-request") != "true",  # a live refresh is not a visit
     )
     if found is None:
         raise SignInRequiredError(request.url.path)

@@ -102,10 +102,16 @@ def sign_in(
 
 
 def current(
-    context: ApiContext, settings: WebSettings, token: str | None, now: datetime
+    context: ApiContext,
+    settings: WebSettings,
+    token: str | None,
+    now: datetime,
+    *,
+    extend: bool = True,
 ) -> WebSession | None:
-    """The live session of a cookie's token, its lifetime extended (None: none, expired or
-    revoked)."""
+    """The live session of a cookie's token, its lifetime extended unless ``extend`` is False
+    (None: none, expired or revoked). A page's live refresh does not extend it: an open tab
+    left alone ends its session after the idle time like any other."""
     if not token or len(token) > 200:
         return None
     with context.uow() as uow:
@@ -116,7 +122,7 @@ def current(
         expires = min(
             now + timedelta(seconds=idle), session.created_at + timedelta(seconds=longest)
         )
-        if expires - session.expires_at > timedelta(seconds=30):  # not on every request
+        if extend and expires - session.expires_at > timedelta(seconds=30):  # not every time
             uow.web_sessions.touch(session.id, last_seen_at=now, expires_at=expires)
             uow.commit()
     return session
