@@ -24,7 +24,8 @@ refuses:
   status filters of ``GET /v1/alerts`` and of the withdrawals lists, and the alerts' severity
   (enums); a circuit breaker's name (an enum of the flows); ``transfer_kinds`` (``self`` is not
   one a caller may choose); amounts and limits (decimal strings with a pattern saying exactly
-  what is taken; JSON numbers, which the document never promised, are refused); instrument
+  what is taken; JSON numbers, which the document never promised, are refused); a quote's and a
+  swap's amounts (28 digits before the point and 10 after; what is sold above zero); instrument
   limit names and registry URLs; a suspense item id (its node id is at most 2^31 - 1); the
   contract addresses' shapes (URL, descriptor, issuer party; at least one of them); a KYC change
   (a status, a tier or both); an API key's customer (a user's key names one, no other does);

@@ -94,6 +94,17 @@ def _positive_decimal_pattern(whole_digits: int, fraction_digits: int) -> str:
     return rf"^(?:{whole}|0\.(?:{fractions}))$"
 
 
+def ledger_decimal_pattern(*, positive: bool) -> str:
+    """Decimal text ``domain.amounts.parse_amount`` reads exactly (leading zeros and trailing
+    fractional zeros allowed, at most 28 significant digits before the point and 10 after),
+    without sign or exponent; ``positive``: above zero."""
+    fractions = "|".join(rf"0{{{zeros}}}[1-9][0-9]{{0,{9 - zeros}}}" for zeros in range(10))
+    whole = r"[1-9][0-9]{0,27}(?:\.[0-9]{1,10}0*)?"
+    if positive:
+        return rf"^0*(?:{whole}|0\.(?:{fractions})0*)$"
+    return rf"^0*(?:{whole}|0(?:\.[0-9]{{1,10}}0*)?)$"
+
+
 # Amounts in requests are decimal strings, as in answers: 28 digits before the point at most and
 # 10 after (the ledger's precision). The pattern is the whole check, here and in the document.
 POSITIVE_AMOUNT_PATTERN = _positive_decimal_pattern(28, 10)

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from sluice.api.context import ApiContext
 from sluice.api.routes.common import ERRORS, Context, OwnOnly, OwnOrCompliance
 from sluice.api.routes.customers import CustomerId
+from sluice.api.schemas import ledger_decimal_pattern
 from sluice.domain.errors import SluiceError
 from sluice.services.exchange import (
     ExchangeContext,
@@ -30,7 +31,9 @@ from sluice.services.exchange import (
 
 router = APIRouter(prefix="/v1/customers", tags=["exchange"], responses=ERRORS)
 
-AMOUNT = Field(min_length=1, max_length=40, pattern=r"^[0-9]+(\.[0-9]+)?$")
+# Decimal text the ledger's amounts take (28 digits before the point, 10 after); sold: above 0.
+AMOUNT = Field(min_length=1, max_length=40, pattern=ledger_decimal_pattern(positive=False))
+SOLD = Field(min_length=1, max_length=40, pattern=ledger_decimal_pattern(positive=True))
 INSTRUMENT = Field(min_length=1, max_length=700, description="ADMIN:ID, or a bare id")
 
 
@@ -45,7 +48,7 @@ class ExchangeNotConfiguredError(SluiceError):
 class QuoteIn(BaseModel):
     sell: Annotated[str, INSTRUMENT]
     buy: Annotated[str, INSTRUMENT]
-    sell_amount: Annotated[str, AMOUNT]
+    sell_amount: Annotated[str, SOLD]
     slippage: Annotated[str | None, Field(max_length=20, pattern=r"^0(\.[0-9]+)?$")] = None
 
 
