@@ -49,9 +49,6 @@ service; a 409 would say it better), a quote or swap naming an unknown instrumen
 which the stateful check reads as "the customer just created is gone"), and a value carried from
 one answer into another operation's path parameter that does not match the parameter's pattern
 (schemathesis counts it as schema-valid without checking).
-``POST /v1/exchange/inventory/fundings`` still documents its suspense item id loosely (its
-module belongs to the exchange's owner; :data:`sluice.api.schemas.SuspenseItemId` is the exact
-type to use there).
 
 The run keeps its world usable: after each call, a pause is lifted, a forced circuit breaker
 given back to automatic, and the run's own key un-revoked (otherwise everything after a
@@ -148,11 +145,6 @@ ACCEPTED: tuple[tuple[str, str | None, str], ...] = (
         "positive_data_acceptance",
         "POST /v1/customers/{customer_id}/withdrawals",
         "a withdrawal cannot be paid to the treasury party itself",
-    ),
-    (
-        "positive_data_acceptance",
-        "POST /v1/exchange/inventory/fundings",
-        "suspense item id must be '<update id>:<node id>'",
     ),
     # A 404 for what the body names (an instrument, a quote), not for the customer just created.
     (

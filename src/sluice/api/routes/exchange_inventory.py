@@ -8,16 +8,14 @@ staff approved it (at once with ``approvals.required`` 1)."""
 
 from __future__ import annotations
 
-from typing import Annotated
-
 from fastapi import APIRouter
-from pydantic import BaseModel, StringConstraints
+from pydantic import BaseModel
 from starlette.responses import Response
 
 from sluice.api.errors import JsonResponse
 from sluice.api.operations import propose
 from sluice.api.routes.common import ERRORS, PROPOSED, Context, StaffReads, UserOps
-from sluice.api.schemas import Body, Reason, approval_out
+from sluice.api.schemas import Body, Reason, SuspenseItemId, approval_out
 from sluice.domain.amounts import format_amount
 from sluice.domain.errors import InvalidOperationStateError
 from sluice.services.exchange_inventory import OPERATION, inventory_balances
@@ -27,7 +25,7 @@ router = APIRouter(prefix="/v1/exchange", tags=["exchange"], responses=ERRORS)
 
 
 class FundingIn(Body):
-    item_id: Annotated[str, StringConstraints(min_length=3, max_length=300, pattern=r"^.+:[0-9]+$")]
+    item_id: SuspenseItemId
     reason: Reason
 
 
