@@ -36,6 +36,7 @@ from sluice.domain.errors import (
     InsufficientBalanceError,
     InsufficientInventoryError,
     InsufficientKycTierError,
+    InvalidAmountError,
     NotFoundError,
     OracleOfflineError,
     QuoteExpiredError,
@@ -611,3 +612,34 @@ def test_concurrent_executes_of_one_quote_book_it_once(exchange: Exchange) -> No
 
 def test_migration_0013_creates_the_exchange_tables_as_declared(database_url: str) -> None:
     assert schema_differences(database_url, "exchange") == []
+
+
+def test_what_is_bought_of_istsi_is_whole_satoshis_and_istsi_sold_too(exchange: Exchange) -> None:
+    """iSTSi counts in satoshis (8 places): a swap buying it books whole satoshis — gross,
+    fee and received, rounded against the buyer — so the reserves and the proof of reserves
+    can count the books; selling a fraction of a satoshi is refused (61) and stores nothing."""
+    istsi = InstrumentId("issuer::1220dd", "iSTSi")
+    onboard_instrument(exchange.uow, istsi, at=NOW)
+    exchange.seed(EXCHANGE_INVENTORY, istsi, "10")
+    exchange.ctx = replace(exchange.ctx, settings=settings(pairs=(("Amulet", "iSTSi", PAIR),)))
+    exchange.price("0.0000123457")  # iSTSi per Amulet
+    quote = request_quote(
+        exchange.ctx, customer_id="bob", sell=AMULET, buy=istsi, sell_amount="12.3457"
+    )
+    eight = D("0.00000001")
+    for amount in (quote.gross, quote.fee_amount, quote.received, quote.minimum_received):
+        assert amount == amount.quantize(eight), amount
+    assert quote.gross == (D("12.3457") * D("0.0000123457")).quantize(eight, rounding=ROUND_DOWN)
+    swap = execute_swap(exchange.ctx, quote.id, customer_id="bob", actor="bob")
+    bought = exchange.balance(customer_account_name("bob"), istsi)
+    assert bought == swap.received and bought == bought.quantize(eight)
+    assert exchange.balance(EXCHANGE_INVENTORY, istsi) == D(10) - swap.gross
+    assert exchange.invariant() == []
+
+    before = exchange.count_rows(exchange_quotes)
+    with pytest.raises(InvalidAmountError) as finer:
+        request_quote(
+            exchange.ctx, customer_id="bob", sell=istsi, buy=AMULET, sell_amount="0.000000001"
+        )
+    assert finer.value.code == 61 and "smallest unit is 0.00000001" in str(finer.value)
+    assert exchange.count_rows(exchange_quotes) == before

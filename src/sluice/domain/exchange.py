@@ -134,25 +134,32 @@ class Pricing:
 
 
 def price_sale(
-    sell_amount: Decimal, rate: Decimal, impact: Decimal, fee_rate: Decimal, fee_kind: FeeKind
+    sell_amount: Decimal,
+    rate: Decimal,
+    impact: Decimal,
+    fee_rate: Decimal,
+    fee_kind: FeeKind,
+    quantum: Decimal = QUANTUM,
 ) -> Pricing:
-    """The amounts of selling ``sell_amount`` at ``rate`` (exact; rounded against the buyer)."""
+    """The amounts of selling ``sell_amount`` at ``rate`` (exact; rounded against the buyer),
+    in whole units of the bought instrument: ``quantum`` is its smallest unit (10^-10 for a
+    token, 10^-8 for iSTSi, whose unit is the satoshi)."""
     assert sell_amount > 0, "a sale sells something"
     assert rate > 0, "at a positive rate"
     assert 0 <= impact < 1, "an impact is a fraction"
     assert 0 <= fee_rate < 1, "a fee rate is a fraction"
     gross_exact = _CONTEXT.multiply(_CONTEXT.multiply(sell_amount, rate), 1 - impact)
-    gross = gross_exact.quantize(QUANTUM, rounding=decimal.ROUND_DOWN, context=_CONTEXT)
+    gross = gross_exact.quantize(quantum, rounding=decimal.ROUND_DOWN, context=_CONTEXT)
     fee = _CONTEXT.multiply(gross, fee_rate).quantize(
-        QUANTUM, rounding=decimal.ROUND_UP, context=_CONTEXT
+        quantum, rounding=decimal.ROUND_UP, context=_CONTEXT
     )
     received = gross - fee
     return Pricing(rate, impact, fee_rate, fee_kind, gross, fee, received)
 
 
-def minimum_received(received: Decimal, slippage: Decimal) -> Decimal:
+def minimum_received(received: Decimal, slippage: Decimal, quantum: Decimal = QUANTUM) -> Decimal:
     return _CONTEXT.multiply(received, 1 - slippage).quantize(
-        QUANTUM, rounding=decimal.ROUND_DOWN, context=_CONTEXT
+        quantum, rounding=decimal.ROUND_DOWN, context=_CONTEXT
     )
 
 

@@ -36,7 +36,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import ROUND_UP, Decimal
+from decimal import ROUND_DOWN, ROUND_UP, Decimal
 from typing import Any, Final
 
 import structlog
@@ -75,12 +75,14 @@ from sluice.domain.exchange import (
 from sluice.domain.journal import FEES, AccountRef, customer_account_name
 from sluice.domain.ledger import InstrumentId
 from sluice.domain.oracle import OraclePrice
+from sluice.domain.reserves import decimals_for
 from sluice.ports import UnitOfWork, UnitOfWorkFactory
 from sluice.services.compliance import KycRegistry, check_operation_allowed
 from sluice.services.compliance_session import effective_ladder
 from sluice.services.controls import check_not_paused
 from sluice.services.events import emit_all
 from sluice.services.oracle import OracleService
+from sluice.services.reserves import find_istsi
 
 log = structlog.get_logger("sluice.exchange")
 
@@ -123,8 +125,10 @@ def request_quote(
     oracle_pair, inverted = _resolve_pair(ctx.settings, sell, buy)
     with ctx.uow() as uow:
         _check_parties(uow, customer_id, sell, buy)
+        quanta = _quanta(ctx, uow, sell, buy)
+    _check_units(sell, amount, quanta[0])
     price = ctx.oracle.current_price(oracle_pair)
-    pricing = _price(ctx, sell, amount, price, inverted)
+    pricing = _price(ctx, sell, amount, price, inverted, quanta[1])
     if pricing.received <= 0:
         raise InvalidAmountError(
             f"selling {format_amount(amount)} {sell.id} would receive nothing of {buy.id}"
@@ -143,7 +147,7 @@ def request_quote(
         fee_amount=pricing.fee,
         gross=pricing.gross,
         received=pricing.received,
-        minimum_received=minimum_received(pricing.received, tolerance),
+        minimum_received=minimum_received(pricing.received, tolerance, quanta[1]),
         oracle_pair=oracle_pair,
         oracle_source=price.source,
         oracle_health=price.health,
@@ -227,8 +231,10 @@ def _execute(ctx: ExchangeContext, quote: Quote, floor: Decimal | None, actor: s
             f"quote {quote.id} expired at {quote.expires_at.isoformat()}: ask for a new quote"
         )
     oracle_pair, inverted = _resolve_pair(ctx.settings, quote.sell, quote.buy)
+    with ctx.uow() as uow:
+        _sold, bought = _quanta(ctx, uow, quote.sell, quote.buy)
     price = ctx.oracle.current_price(oracle_pair)
-    pricing = _price(ctx, quote.sell, quote.sell_amount, price, inverted)
+    pricing = _price(ctx, quote.sell, quote.sell_amount, price, inverted, bought)
     minimum = max(quote.minimum_received, floor if floor is not None else ZERO)
     if pricing.received < minimum:
         raise SlippageExceededError(
@@ -443,13 +449,36 @@ def _price(
     sell_amount: Decimal,
     price: OraclePrice,
     inverted: bool,
+    quantum: Decimal,
 ) -> Pricing:
     settings = ctx.settings
     rate = inverse_rate(price.price) if inverted else price.price
     impact = settings.depth_curve.impact(ctx.registry.settings.value(sell, sell_amount))
     if price.fallback_fee:
-        return price_sale(sell_amount, rate, impact, settings.fallback_fee_rate, "fallback")
-    return price_sale(sell_amount, rate, impact, settings.fee_rate, "oracle")
+        return price_sale(
+            sell_amount, rate, impact, settings.fallback_fee_rate, "fallback", quantum
+        )
+    return price_sale(sell_amount, rate, impact, settings.fee_rate, "oracle", quantum)
+
+
+def _quanta(
+    ctx: ExchangeContext, uow: UnitOfWork, sell: InstrumentId, buy: InstrumentId
+) -> tuple[Decimal, Decimal]:
+    """The smallest unit of the sold and of the bought instrument: a satoshi for iSTSi, 10^-10
+    for any other token (what the books, the reserves and the proof of reserves count in)."""
+    istsi = find_istsi(uow, ctx.clock())
+    return (
+        Decimal(1).scaleb(-decimals_for(sell, istsi)),
+        Decimal(1).scaleb(-decimals_for(buy, istsi)),
+    )
+
+
+def _check_units(sell: InstrumentId, amount: Decimal, quantum: Decimal) -> None:
+    if amount != amount.quantize(quantum, rounding=ROUND_DOWN):
+        raise InvalidAmountError(
+            f"sell_amount {format_amount(amount)} has more places than {sell.id} counts in "
+            f"(its smallest unit is {quantum.normalize():f})"
+        )
 
 
 # --- what is written about a swap ---------------------------------------------------------------
