@@ -25,17 +25,12 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from sluice.domain.amounts import format_amount
-from sluice.domain.audit import AuditEntry
 from sluice.domain.errors import InvalidInputError, InvalidOperationStateError
 from sluice.domain.exchange import EXCHANGE_INVENTORY
-from sluice.domain.journal import SUSPENSE, AccountRef, JournalTransaction, Posting
 from sluice.domain.ledger import InstrumentId
 from sluice.ports import SuspenseItem, UnitOfWorkFactory
-from sluice.services.compliance import deposit_event
 from sluice.services.controls import check_not_paused
-from sluice.services.events import emit_all
-from sluice.services.suspense import suspense_item_in
+from sluice.services.suspense import book_from_suspense, suspense_item_in
 
 # Who a funded deposit reads as assigned to (``sluice suspense`` lists it so). Not a customer
 # id: registering a customer under this id, or assigning a deposit to one, is refused.
@@ -81,66 +76,23 @@ def fund_inventory(
             raise InvalidOperationStateError(
                 f"deposit {item.id} was assigned to {raced.assigned_to} meanwhile"
             )
-        transaction = JournalTransaction(
-            id=inventory_transaction_id(item),
-            kind="inventory_funded",
-            postings=(
-                Posting(AccountRef(SUSPENSE, item.instrument), item.amount),
-                Posting(AccountRef(EXCHANGE_INVENTORY, item.instrument), -item.amount),
-            ),
-            description=f"deposit {item.id} in suspense booked to the exchange's inventory",
-        )
-        uow.withdrawals.post([transaction])
-        uow.audit.append(
-            [
-                AuditEntry(
-                    operation_id=transaction.id,
-                    operation="exchange_inventory_funded",
-                    actor=actor,
-                    recorded_at=at,
-                    parameters={
-                        "item": item.id,
-                        "instrument": item.instrument.key(),
-                        "amount": format_amount(item.amount),
-                        "sender": item.sender,
-                        "deposit_reason": item.reason,
-                        "approval_id": approval_id,
-                        "reason": reason,
-                    },
-                    state_changes=[
-                        {
-                            "debited": SUSPENSE,
-                            "credited": EXCHANGE_INVENTORY,
-                            "amount": format_amount(item.amount),
-                        },
-                        {"suspense_item": item.id, "assigned_to": INVENTORY_ASSIGNEE},
-                    ],
-                )
-            ]
-        )
-        emit_all(
+        funded = book_from_suspense(
             uow,
-            [
-                deposit_event(
-                    "inventory_funded",
-                    item.id,
-                    at=at,
-                    instrument=item.instrument,
-                    amount=item.amount,
-                    status="inventory",
-                    sender=item.sender,
-                    deposit_account=item.reason,
-                    held_in="suspense",
-                    reason=reason,
-                    update_id=item.update_id,
-                    approval_id=approval_id,
-                    actor=actor,
-                )
-            ],
+            item,
+            account=EXCHANGE_INVENTORY,
+            assignee=INVENTORY_ASSIGNEE,
+            transaction_id=inventory_transaction_id(item),
+            kind="inventory_funded",
+            operation="exchange_inventory_funded",
+            description=f"deposit {item.id} in suspense booked to the exchange's inventory",
+            event="inventory_funded",
+            status="inventory",
+            actor=actor,
+            at=at,
+            approval_id=approval_id,
+            reason=reason,
         )
-        funded = uow.accounts.suspense_item(item.update_id, item.node_id)
         uow.commit()
-    assert funded is not None
     return funded
 
 

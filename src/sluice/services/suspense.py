@@ -129,77 +129,117 @@ def assign_suspense(
             done = _check_assignable(suspense_item_in(uow, item_id), customer_id)
             assert done is not None, f"{item_id} is assigned yet reads as open"
             return done
-        uow.withdrawals.post(
-            [
-                JournalTransaction(
-                    id=f"assign:{item.update_id}:{item.node_id}",
-                    kind="suspense_assigned",
-                    postings=(
-                        Posting(AccountRef(SUSPENSE, item.instrument), item.amount),
-                        Posting(
-                            AccountRef(customer_account_name(customer_id), item.instrument),
-                            -item.amount,
-                        ),
-                    ),
-                    description=f"deposit {item.id} in suspense assigned to {customer_id}",
-                )
-            ]
-        )
         value = (registry or KycRegistry()).settings.value(item.instrument, item.amount)
         uow.compliance.record_usage(
             customer_id, [UsageRecord(f"assign:{item.id}", "deposit", value, at, item.sender)]
         )
-        uow.audit.append(
-            [
-                AuditEntry(
-                    operation_id=f"assign:{item.id}",
-                    operation="suspense_assigned",
-                    actor=actor,
-                    recorded_at=at,
-                    customer_id=customer_id,
-                    kyc=profile.as_dict(),
-                    parameters={
-                        "item": item.id,
-                        "instrument": item.instrument.key(),
-                        "amount": format_amount(item.amount),
-                        "sender": item.sender,
-                        "deposit_reason": item.reason,
-                        "approval_id": approval_id,
-                        "reason": reason,
-                    },
-                    state_changes=[
-                        {
-                            "debited": SUSPENSE,
-                            "credited": customer_account_name(customer_id),
-                            "amount": format_amount(item.amount),
-                        },
-                        {"suspense_item": item.id, "assigned_to": customer_id},
-                    ],
-                )
-            ]
-        )
-        emit_all(
+        assigned = book_from_suspense(
             uow,
-            [
-                deposit_event(
-                    "deposit_released",
-                    item.id,
-                    at=at,
-                    instrument=item.instrument,
-                    amount=item.amount,
-                    status="released",
-                    customer_id=customer_id,
-                    sender=item.sender,
-                    deposit_account=item.reason,
-                    held_in="suspense",
-                    reason=reason,
-                    update_id=item.update_id,
-                    approval_id=approval_id,
-                    actor=actor,
-                )
-            ],
+            item,
+            account=customer_account_name(customer_id),
+            assignee=customer_id,
+            transaction_id=f"assign:{item.id}",
+            kind="suspense_assigned",
+            operation="suspense_assigned",
+            description=f"deposit {item.id} in suspense assigned to {customer_id}",
+            event="deposit_released",
+            status="released",
+            actor=actor,
+            at=at,
+            approval_id=approval_id,
+            reason=reason,
+            customer_id=customer_id,
+            kyc=profile.as_dict(),
         )
-        assigned = uow.accounts.suspense_item(item.update_id, item.node_id)
         uow.commit()
-    assert assigned is not None
     return assigned
+
+
+def book_from_suspense(
+    uow: UnitOfWork,
+    item: SuspenseItem,
+    *,
+    account: str,
+    assignee: str,
+    transaction_id: str,
+    kind: str,
+    operation: str,
+    description: str,
+    event: str,
+    status: str,
+    actor: str,
+    at: datetime,
+    approval_id: str | None,
+    reason: str | None,
+    customer_id: str | None = None,
+    kyc: dict[str, object] | None = None,
+) -> SuspenseItem:
+    """In ``uow`` (not committed), for a deposit whose assignment to ``assignee`` was just
+    recorded: the journal transaction (of ``kind``) moving it from suspense to ``account``, its
+    audit record (``operation``) and its ``event``; the item as it now reads."""
+    uow.withdrawals.post(
+        [
+            JournalTransaction(
+                id=transaction_id,
+                kind=kind,
+                postings=(
+                    Posting(AccountRef(SUSPENSE, item.instrument), item.amount),
+                    Posting(AccountRef(account, item.instrument), -item.amount),
+                ),
+                description=description,
+            )
+        ]
+    )
+    uow.audit.append(
+        [
+            AuditEntry(
+                operation_id=transaction_id,
+                operation=operation,
+                actor=actor,
+                recorded_at=at,
+                customer_id=customer_id,
+                kyc=kyc,
+                parameters={
+                    "item": item.id,
+                    "instrument": item.instrument.key(),
+                    "amount": format_amount(item.amount),
+                    "sender": item.sender,
+                    "deposit_reason": item.reason,
+                    "approval_id": approval_id,
+                    "reason": reason,
+                },
+                state_changes=[
+                    {
+                        "debited": SUSPENSE,
+                        "credited": account,
+                        "amount": format_amount(item.amount),
+                    },
+                    {"suspense_item": item.id, "assigned_to": assignee},
+                ],
+            )
+        ]
+    )
+    emit_all(
+        uow,
+        [
+            deposit_event(
+                event,
+                item.id,
+                at=at,
+                instrument=item.instrument,
+                amount=item.amount,
+                status=status,
+                customer_id=customer_id,
+                sender=item.sender,
+                deposit_account=item.reason,
+                held_in="suspense",
+                reason=reason,
+                update_id=item.update_id,
+                approval_id=approval_id,
+                actor=actor,
+            )
+        ],
+    )
+    booked = uow.accounts.suspense_item(item.update_id, item.node_id)
+    assert booked is not None
+    return booked
