@@ -34,6 +34,7 @@ from typing import Literal
 
 from sluice.domain.amounts import QUANTUM
 from sluice.domain.errors import InvalidInputError
+from sluice.domain.journal import EXCHANGE_INVENTORY as EXCHANGE_INVENTORY
 from sluice.domain.journal import (
     FEES,
     AccountRef,
@@ -43,9 +44,6 @@ from sluice.domain.journal import (
 )
 from sluice.domain.ledger import InstrumentId
 
-# The exchange's own stock of each instrument: a liability account (owed to the house), so the
-# books' invariant counts it among what the treasury's holdings cover.
-EXCHANGE_INVENTORY = "exchange_inventory"
 # Rates are kept to this many places (an inverted pair's 1/price is not exact).
 RATE_DECIMALS = 18
 IMPACT_MAX = Decimal("0.5")

@@ -1,10 +1,11 @@
 """The double-entry journal: accounts per instrument, balanced transactions, signed postings.
 
 Assets (the treasury's holdings on the ledger) sit on one side, what the exchange owes on the
-other (customers, suspense, in-flight withdrawals, fees). Postings are signed — debits positive,
-credits negative — and every transaction's postings sum to zero, so per instrument
+other (customers, suspense, in-flight withdrawals, fees, compliance holds, the exchange's
+inventory). Postings are signed — debits positive, credits negative — and every transaction's
+postings sum to zero, so per instrument
 
-    Σ customer balances + suspense + in-flight + fees = treasury holdings
+    Σ customer balances + suspense + in-flight + fees + holds + inventory = treasury holdings
 
 holds after every transaction. Balances are cached per account and checked against the postings.
 """
@@ -27,6 +28,8 @@ FEES = "fees"
 # Deposits the KYC registry refused to credit, until a compliance officer releases or returns them.
 COMPLIANCE_HOLD = "compliance_hold"
 # The exchange's own stock of each instrument (``sluice.domain.exchange``, which names it too).
+# The exchange's own stock of each instrument (swaps pay from it): owed to the house, so the
+# invariant counts it among what the treasury's holdings cover.
 EXCHANGE_INVENTORY = "exchange_inventory"
 LIABILITY_NAMES = (SUSPENSE, IN_FLIGHT, FEES, COMPLIANCE_HOLD, EXCHANGE_INVENTORY)
 
