@@ -16,7 +16,6 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -25,9 +24,9 @@ from sqlalchemy import select
 from sluice.demo import events
 from sluice.demo.events import OPERATOR, RULE, EventsStory
 from sluice.demo.report import Sections
-from sluice.demo.world import Exchange, Plan, build_ledger, plan, prepare_folder, set_up_books
-from sluice.ledger.local import EmbeddedLedger
+from sluice.demo.world import Exchange
 from sluice.store.events_tables import event_outbox
+from tests.e2e.demo_support import small_demo, small_plan
 
 STEPS = 11
 DEPOSITS = 8  # Canton Coin deposits of the demo's plan: their deposit_credited events
@@ -43,22 +42,9 @@ class Told:
 @pytest.fixture(scope="module")
 def told(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Told]:
     data = tmp_path_factory.mktemp("demo") / "data"
-    prepare_folder(data)
-    full = plan(17)
-    small = Plan(
-        deposits=full.deposits[:DEPOSITS],
-        pauses=full.pauses[:DEPOSITS],
-        offer=full.offer,
-        offer_after=DEPOSITS // 2,
-        blocked_offer=full.blocked_offer,
-        withdrawals=(),
-    )
-    path: Path = data / "ledger.db"
-    ledger = EmbeddedLedger.open(str(path), seed=17, checkpoint_interval_s=60.0)
-    world = build_ledger(data, path, ledger, small, None)
-    database = set_up_books(world)
-    exchange = Exchange(world, ledger, database)
-    exchange.ingest()
+    small = small_plan(DEPOSITS)
+    ledger, exchange = small_demo(data, small)
+    database = exchange.database
     story = events.CHAPTER.run(exchange, lambda _message: nullcontext())
     output = io.StringIO()
     console = Console(file=output, width=600, color_system=None)  # no row wraps

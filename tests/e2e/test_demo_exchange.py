@@ -29,14 +29,14 @@ from sluice.demo import exchange as exchange_chapter
 from sluice.demo.exchange import DESK, FUNDING, OPERATION, SALE, ExchangeStory
 from sluice.demo.issuance import ALICE, BOB
 from sluice.demo.report import Sections
-from sluice.demo.world import Exchange, Plan, build_ledger, plan, prepare_folder, set_up_books
+from sluice.demo.world import Exchange
 from sluice.domain.exchange import EXCHANGE_INVENTORY
 from sluice.domain.journal import AccountRef
-from sluice.ledger.local import EmbeddedLedger
 from sluice.services.books import check_invariant
 from sluice.store import tables
 from sluice.store.events_tables import event_outbox
 from sluice.store.exchange_tables import exchange_quotes, exchange_swaps
+from tests.e2e.demo_support import small_demo, small_plan
 
 STEPS = 15
 DEPOSITS = 12
@@ -57,22 +57,9 @@ class Told:
 @pytest.fixture(scope="module")
 def told(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Told]:
     data = tmp_path_factory.mktemp("demo") / "data"
-    prepare_folder(data)
-    full = plan(17)
-    small = Plan(
-        deposits=full.deposits[:DEPOSITS],
-        pauses=full.pauses[:DEPOSITS],
-        offer=full.offer,
-        offer_after=DEPOSITS // 2,
-        blocked_offer=full.blocked_offer,
-        withdrawals=(),
-    )
-    path = data / "ledger.db"
-    ledger = EmbeddedLedger.open(str(path), seed=17, checkpoint_interval_s=60.0)
-    world = build_ledger(data, path, ledger, small, None)
-    database = set_up_books(world)
-    exchange = Exchange(world, ledger, database)
-    exchange.ingest()
+    small = small_plan(DEPOSITS)
+    ledger, exchange = small_demo(data, small)
+    database = exchange.database
     status = lambda _message: nullcontext()  # noqa: E731
     bitcoin.CHAPTER.run(exchange, status)
     issuance.CHAPTER.run(exchange, status)

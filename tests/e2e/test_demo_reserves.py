@@ -47,20 +47,15 @@ from sluice.demo.world import (
     OFFER_AMOUNT,
     OFFICER,
     Exchange,
-    Plan,
-    build_ledger,
     held_on_ledger,
     load_cursor,
-    plan,
-    prepare_folder,
-    set_up_books,
 )
 from sluice.domain.reserves import units_of
-from sluice.ledger.local import EmbeddedLedger
 from sluice.ports import UnitOfWorkFactory
 from sluice.ports.reserves import ReconciliationRun
 from sluice.services.approvals import get_approval
 from sluice.services.balances import customer_balances
+from tests.e2e.demo_support import small_demo, small_plan
 
 STEPS = 7
 DEPOSITS = 12  # Canton Coin deposits of the demo's plan, so CC is owed and held
@@ -94,24 +89,11 @@ class Told:
 @pytest.fixture(scope="module")
 def told(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Told]:
     data = tmp_path_factory.mktemp("demo") / "data"
-    prepare_folder(data)
-    full = plan(17)
-    small = Plan(
-        deposits=full.deposits[:DEPOSITS],
-        pauses=full.pauses[:DEPOSITS],
-        offer=full.offer,
-        offer_after=DEPOSITS // 2,
-        blocked_offer=full.blocked_offer,
-        withdrawals=(),
-    )
+    small = small_plan(DEPOSITS)
     assert (small.offer.amount, small.blocked_offer.customer) == (OFFER_AMOUNT, BLOCKED)
     assert small.blocked_offer.amount == BLOCKED_OFFER_AMOUNT
-    path = data / "ledger.db"
-    ledger = EmbeddedLedger.open(str(path), seed=17, checkpoint_interval_s=60.0)
-    world = build_ledger(data, path, ledger, small, None)
-    database = set_up_books(world)
-    exchange = Exchange(world, ledger, database)
-    exchange.ingest()
+    ledger, exchange = small_demo(data, small)
+    database = exchange.database
     status = lambda _message: nullcontext()  # noqa: E731
     bitcoin.CHAPTER.run(exchange, status)
     issuance.CHAPTER.run(exchange, status)
