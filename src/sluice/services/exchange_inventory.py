@@ -29,6 +29,7 @@ from sluice.domain.errors import InvalidInputError, InvalidOperationStateError
 from sluice.domain.exchange import EXCHANGE_INVENTORY
 from sluice.domain.ledger import InstrumentId
 from sluice.ports import SuspenseItem, UnitOfWorkFactory
+from sluice.services.compliance import deposit_event
 from sluice.services.controls import check_not_paused
 from sluice.services.suspense import book_from_suspense, suspense_item_in
 
@@ -85,8 +86,21 @@ def fund_inventory(
             kind="inventory_funded",
             operation="exchange_inventory_funded",
             description=f"deposit {item.id} in suspense booked to the exchange's inventory",
-            event="inventory_funded",
-            status="inventory",
+            event=deposit_event(
+                "inventory_funded",
+                item.id,
+                at=at,
+                instrument=item.instrument,
+                amount=item.amount,
+                status="inventory",
+                sender=item.sender,
+                deposit_account=item.reason,
+                held_in="suspense",
+                reason=reason,
+                update_id=item.update_id,
+                approval_id=approval_id,
+                actor=actor,
+            ),
             actor=actor,
             at=at,
             approval_id=approval_id,

@@ -22,6 +22,7 @@ from sluice.domain.amounts import format_amount
 from sluice.domain.audit import AuditEntry
 from sluice.domain.compliance import UsageRecord
 from sluice.domain.errors import InvalidInputError, InvalidOperationStateError, NotFoundError
+from sluice.domain.events import Event
 from sluice.domain.exchange import EXCHANGE_INVENTORY
 from sluice.domain.journal import (
     SUSPENSE,
@@ -142,8 +143,22 @@ def assign_suspense(
             kind="suspense_assigned",
             operation="suspense_assigned",
             description=f"deposit {item.id} in suspense assigned to {customer_id}",
-            event="deposit_released",
-            status="released",
+            event=deposit_event(
+                "deposit_released",
+                item.id,
+                at=at,
+                instrument=item.instrument,
+                amount=item.amount,
+                status="released",
+                customer_id=customer_id,
+                sender=item.sender,
+                deposit_account=item.reason,
+                held_in="suspense",
+                reason=reason,
+                update_id=item.update_id,
+                approval_id=approval_id,
+                actor=actor,
+            ),
             actor=actor,
             at=at,
             approval_id=approval_id,
@@ -165,8 +180,7 @@ def book_from_suspense(
     kind: str,
     operation: str,
     description: str,
-    event: str,
-    status: str,
+    event: Event,
     actor: str,
     at: datetime,
     approval_id: str | None,
@@ -176,7 +190,7 @@ def book_from_suspense(
 ) -> SuspenseItem:
     """In ``uow`` (not committed), for a deposit whose assignment to ``assignee`` was just
     recorded: the journal transaction (of ``kind``) moving it from suspense to ``account``, its
-    audit record (``operation``) and its ``event``; the item as it now reads."""
+    audit record (``operation``) and ``event``; the item as it now reads."""
     uow.withdrawals.post(
         [
             JournalTransaction(
@@ -219,27 +233,7 @@ def book_from_suspense(
             )
         ]
     )
-    emit_all(
-        uow,
-        [
-            deposit_event(
-                event,
-                item.id,
-                at=at,
-                instrument=item.instrument,
-                amount=item.amount,
-                status=status,
-                customer_id=customer_id,
-                sender=item.sender,
-                deposit_account=item.reason,
-                held_in="suspense",
-                reason=reason,
-                update_id=item.update_id,
-                approval_id=approval_id,
-                actor=actor,
-            )
-        ],
-    )
+    emit_all(uow, [event])
     booked = uow.accounts.suspense_item(item.update_id, item.node_id)
     assert booked is not None
     return booked
