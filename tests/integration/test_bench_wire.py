@@ -17,7 +17,8 @@ def test_the_three_ways_ingest_the_same_stream_and_are_recorded(tmp_path: Path) 
     assert result.updates >= 300
     assert result.books_balance
     assert min(result.in_process_per_s, result.websocket_per_s, result.http_list_per_s) > 0
-    assert result.ratio == round(result.websocket_per_s / result.in_process_per_s, 3)
+    # the ratio is taken from the unrounded rates, the rates shown to one decimal
+    assert abs(result.ratio - result.websocket_per_s / result.in_process_per_s) < 0.002
 
     page = tmp_path / "benchmarks.md"
     page.write_text("# Benchmarks\n\n## Earlier\n\ntext\n")
