@@ -11,7 +11,7 @@ UV_VERSION := 0.13.8
 PG_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/sluice_bench
 BENCH_UPDATES ?= 100000
 
-.PHONY: demo dashboard test tools lint format bench bench-quick soak lock clean install
+.PHONY: demo dashboard test tools lint format bench bench-quick soak lock clean install verify
 
 install: $(STAMP)
 
@@ -58,9 +58,9 @@ test: lint tools
 	env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest -n $(TEST_WORKERS)
 
 # Programs the tests drive besides Python: wrk (the API benchmark's load generator), litecoind
-# (Debian's Litecoin Core, the real node of the Bitcoin custody tests, run in -regtest) and
+# (Debian's Litecoin Core, the real node of the Bitcoin custody tests, run in -regtest),
 # chromium (Debian's, the browser the web pages' tests drive through Playwright; Playwright
-# downloads nothing).
+# downloads nothing) and spin (the model checker of verification/).
 SUDO := $(shell test "$$(id -u)" -eq 0 || echo sudo)
 tools:
 	@command -v wrk >/dev/null || { echo "installing wrk"; $(SUDO) apt-get update -qq && \
@@ -69,6 +69,14 @@ tools:
 		$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq litecoind >/dev/null; }
 	@command -v chromium >/dev/null || { echo "installing chromium"; $(SUDO) apt-get update -qq && \
 		$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@command -v spin >/dev/null || { echo "installing spin"; $(SUDO) apt-get update -qq && \
+		$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq spin >/dev/null; }
+
+# The model checks (docs/verification.md): spin on the Promela models under verification/ and
+# their mutants, the tests tying the models to the code, and the CrossHair checks. `make test`
+# runs them too (they are tests under tests/verification).
+verify: $(STAMP) tools
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest -n $(TEST_WORKERS) tests/verification
 
 bench: $(STAMP)
 	$(BIN)/sluice bench ingest --updates $(BENCH_UPDATES) --db sqlite:///data/bench/bench.db --record docs/benchmarks.md
