@@ -43,11 +43,11 @@ FIGURES_ENV = "SLUICE_SPIN_FIGURES"
 _LTL_BLOCK = re.compile(r"^\s*ltl\s+(\w+)\s*\{[^}]*\}", re.MULTILINE)
 
 
-class SpinUnavailable(RuntimeError):
+class SpinUnavailableError(RuntimeError):
     """spin or the C compiler its verifiers need is not installed (``make tools`` installs it)."""
 
 
-class SpinFailed(RuntimeError):
+class SpinError(RuntimeError):
     """spin, gcc or pan stopped abnormally (a syntax error in the model, a compile error...)."""
 
 
@@ -78,10 +78,10 @@ class SpinResult:
 
 
 def require_tools() -> None:
-    """Raise ``SpinUnavailable`` unless spin and gcc are on the PATH."""
+    """Raise ``SpinUnavailableError`` unless spin and gcc are on the PATH."""
     for tool in ("spin", "gcc"):
         if shutil.which(tool) is None:
-            raise SpinUnavailable(
+            raise SpinUnavailableError(
                 f"{tool} is not installed; `make tools` installs spin (Debian's package) and "
                 "the verification tests need it (they fail rather than skip without it)"
             )
@@ -170,9 +170,9 @@ def _run(
     )
     output = completed.stdout + completed.stderr
     if check and completed.returncode != 0:
-        raise SpinFailed(f"{what} failed ({completed.returncode}):\n{output}")
+        raise SpinError(f"{what} failed ({completed.returncode}):\n{output}")
     if what == "pan" and "errors:" not in output:
-        raise SpinFailed(f"pan stopped without its report ({completed.returncode}):\n{output}")
+        raise SpinError(f"pan stopped without its report ({completed.returncode}):\n{output}")
     return output
 
 
@@ -180,7 +180,7 @@ def _parse(output: str) -> dict[str, int]:
     def number(pattern: str) -> int:
         match = re.search(pattern, output)
         if match is None:
-            raise SpinFailed(f"pan's report has no {pattern!r}:\n{output}")
+            raise SpinError(f"pan's report has no {pattern!r}:\n{output}")
         return int(match.group(1))
 
     return {

@@ -48,9 +48,7 @@ def test_a_correct_model_is_proved_with_its_figures(model: Path, tmp_path: Path)
 def test_a_mutant_selected_by_a_define_is_refuted_with_a_replay(
     model: Path, tmp_path: Path
 ) -> None:
-    result = run_spin(
-        model, defines=["LIMIT=3", "MUTANT_OVERSHOOT"], work_dir=tmp_path / "mutant"
-    )
+    result = run_spin(model, defines=["LIMIT=3", "MUTANT_OVERSHOOT"], work_dir=tmp_path / "mutant")
     assert result.errors == 1
     assert result.trail is not None and "assertion violated" in result.trail
 
