@@ -26,13 +26,16 @@ from sluice.ports import (
     AsyncReads,
     LedgerClient,
     LedgerCommands,
+    NameMatch,
     RegistryLookup,
+    SanctionsScreen,
     UnitOfWork,
     WriterLock,
 )
 from sluice.ports.bitcoin import BitcoinNode, CustodyWallet
 from sluice.ports.issuance import ContractAddresses, IssuerLedger
 from sluice.screening import ListedSanctions, screen_to_json_lines
+from sluice.screening.scripts import scripts_of
 from sluice.services.bitcoin_settings import BitcoinSettings
 from sluice.services.breaker_proxies import (
     GuardedBitcoinNode,
@@ -41,6 +44,7 @@ from sluice.services.breaker_proxies import (
 )
 from sluice.services.breakers import Breakers, configure_breakers
 from sluice.services.compliance import ComplianceSettings, KycRegistry
+from sluice.services.customer_screening import NameScreening
 from sluice.services.issuance_router import IssuanceRouter
 from sluice.services.issuance_settings import IssuanceContext
 from sluice.services.issuer_breaker import GuardedIssuer
@@ -288,6 +292,21 @@ def sanctions_screen(directory: Path, prefix: str | None = None) -> ListedSancti
 
 def screening_json_lines(screen: ListedSanctions, names: Iterable[str]) -> Iterator[str]:
     return screen_to_json_lines(screen, names)
+
+
+def name_screening(screen: SanctionsScreen | None) -> NameScreening:
+    """How customers' names are screened: their scripts told by the screening package and,
+    with a sanctions list in force, each name screened against it, saying through which
+    transliteration it matched. ``None``: names are recorded but not screened."""
+    if screen is None:
+        return NameScreening(scripts_of)
+    if isinstance(screen, ListedSanctions):
+        return NameScreening(scripts_of, screen.explain_name, screen.source)
+
+    def explain(name: str) -> tuple[NameMatch, str | None]:
+        return screen.screen_name(name), None
+
+    return NameScreening(scripts_of, explain, None)
 
 
 def kyc_registry(config: DeploymentConfig) -> KycRegistry:

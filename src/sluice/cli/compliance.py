@@ -420,7 +420,10 @@ def compliance_screen_customers(
     actor: ActorOption = None,
     db: DbOption = None,
 ) -> None:
-    """Screen every customer's name; matches go under review (run after each list update)."""
+    """Screen every name of every customer (primary and other names, in any script); matches
+    go under review (run after each list update). One JSON line per matching name on stdout
+    (which name, its script, the listed name and the transliteration it matched through), a
+    sentence per match on stderr."""
     config = deployment()
     directory = list_dir or config.compliance.sanctions_list
     if directory is None:
@@ -429,16 +432,31 @@ def compliance_screen_customers(
         screen = bootstrap.sanctions_screen(directory, prefix or config.compliance.sanctions_prefix)
         matches = screen_customers(
             database.uow,
-            screen,
+            bootstrap.name_screening(screen),
             actor=actor_name(actor),
             at=utc_now(),
-            on_progress=lambda done, total: note(f"screened {done}/{total} customers"),
+            on_progress=lambda done, total: note(f"screened {done}/{total} names"),
         )
-    for customer_id, result in matches:
-        sys.stdout.write(
-            json.dumps({"customer_id": customer_id, **dataclasses.asdict(result)}) + "\n"
+    for hit in matches:
+        line = {"customer_id": hit.customer_id, **dataclasses.asdict(hit.result)}
+        line["score"] = round(hit.result.score, 1)
+        line.update(
+            script=hit.name.script,
+            primary=hit.name.primary,
+            transliteration=hit.transliteration,
         )
-    note(f"{len(matches)} match(es); see `sluice compliance queue`")
+        sys.stdout.write(json.dumps(line, ensure_ascii=False) + "\n")
+        via = f" via {hit.transliteration}" if hit.transliteration else ""
+        note(
+            f"{hit.customer_id}: {'name' if hit.name.primary else 'other name'} "
+            f"{hit.name.name!r} ({hit.name.script or 'script not recorded'}) matches "
+            f"{hit.result.matched_name!r} ({hit.result.entity_id}, score "
+            f"{hit.result.score:.1f}{via})"
+        )
+    customers = len({hit.customer_id for hit in matches})
+    note(
+        f"{len(matches)} matching name(s) of {customers} customer(s); see `sluice compliance queue`"
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from sluice.domain.approvals import Approval
 from sluice.domain.compliance import Profile
+from sluice.domain.customer_names import CustomerName
 from sluice.domain.ledger import InstrumentId
 from sluice.domain.withdrawals import Withdrawal
 from sluice.ports.repositories import HistoryRecord
@@ -103,6 +104,10 @@ class CustomerRecord:
     created_at: datetime
     profile: Profile
     deposit_accounts: tuple[str, ...] = ()
+    # The script(s) of ``name`` (None: registered before scripts were recorded) and the
+    # customer's other names, in the order given.
+    name_script: str | None = None
+    other_names: tuple[CustomerName, ...] = ()
 
 
 class AccountsRepository(Protocol):

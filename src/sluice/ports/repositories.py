@@ -21,6 +21,7 @@ from sluice.domain.compliance import (
     UsageRecord,
     UsageWindows,
 )
+from sluice.domain.customer_names import CustomerName
 from sluice.domain.deposits import Alert
 from sluice.domain.history import HistoryEntry
 from sluice.domain.journal import AccountRef, JournalTransaction
@@ -154,7 +155,14 @@ class BooksRepository(Protocol):
 class ReferenceRepository(Protocol):
     """Customers, deposit accounts and onboarded instruments."""
 
-    def add_customer(self, customer_id: str, name: str) -> bool: ...
+    def add_customer(self, customer_id: str, name: str, name_script: str | None = None) -> bool: ...
+    def customer_names_of(self, customer_id: str) -> list[CustomerName] | None:
+        """The customer's names, the primary one first (None: no such customer)."""
+        ...
+
+    def add_customer_names(
+        self, customer_id: str, names: Sequence[CustomerName], *, actor: str, at: datetime
+    ) -> None: ...
     def add_deposit_account(self, account_id: str, customer_id: str) -> bool: ...
     def customer_of_deposit_account(self, account_id: str) -> str | None: ...
     def add_instrument(
@@ -361,6 +369,10 @@ class ComplianceRepository(Protocol):
         sanctions_match: Mapping[str, object] | None = None,
     ) -> bool: ...
     def customer_names(self) -> list[tuple[str, str]]: ...
+    def names_to_screen(self) -> list[tuple[str, CustomerName]]:
+        """Every name of every customer, by customer id, each customer's primary name first."""
+        ...
+
     def add_hold(self, hold: HeldDeposit) -> bool: ...
     def holds(
         self, *, status: str | None = "held", offset: int = 0, limit: int = 1000

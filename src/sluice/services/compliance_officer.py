@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
@@ -46,10 +46,17 @@ from sluice.domain.journal import (
 )
 from sluice.domain.ledger import InstrumentId, check_party_id
 from sluice.domain.withdrawals import Withdrawal
-from sluice.ports import NameMatch, SanctionsScreen, UnitOfWork, UnitOfWorkFactory
+from sluice.ports import UnitOfWork, UnitOfWorkFactory
 from sluice.services.compliance import KycRegistry, hold_event
 from sluice.services.compliance_session import kyc_event
 from sluice.services.controls import check_not_paused
+from sluice.services.customer_screening import (
+    NameHit,
+    NameScreening,
+    audit_screening,
+    hold_for_sanctions,
+    screen_names,
+)
 from sluice.services.events import emit_all
 from sluice.services.withdrawal_attempts import withdrawal_event
 
@@ -552,71 +559,47 @@ def return_hold(
 
 def screen_customers(
     uow_factory: UnitOfWorkFactory,
-    screen: SanctionsScreen,
+    screening: NameScreening,
     *,
     actor: str,
     at: datetime,
     on_progress: Callable[[int, int], None] | None = None,
-) -> list[tuple[str, NameMatch]]:
-    """Screen every customer's name; a match puts an active customer under review (an officer
-    then clears or blacklists them) and opens a review item. Returns the matches."""
+) -> list[NameHit]:
+    """Screen every name of every customer (the primary one and the others they gave, in
+    whatever script); a match puts an active customer under review (an officer then clears or
+    blacklists them) and opens a review item per listed entity. Returns the matching names,
+    by customer, best first."""
     _require_actor(actor)
+    if screening.explain is None:
+        raise InvalidInputError("no sanctions list to screen the customers against")
     with uow_factory() as uow:
-        customers = uow.compliance.customer_names()
-    matches: list[tuple[str, NameMatch]] = []
-    for index, (customer_id, name) in enumerate(customers, 1):
-        result = screen.screen_name(name)
-        if result.match:
-            matches.append((customer_id, result))
-        if on_progress is not None and (index % 500 == 0 or index == len(customers)):
-            on_progress(index, len(customers))
-    for customer_id, result in matches:
+        names = uow.compliance.names_to_screen()
+    found: dict[str, list[NameHit]] = {}
+    for index, (customer_id, name) in enumerate(names, 1):
+        hits = screen_names(screening, customer_id, [name])
+        if hits:
+            found.setdefault(customer_id, []).extend(hits)
+        if on_progress is not None and (index % 500 == 0 or index == len(names)):
+            on_progress(index, len(names))
+    matches: list[NameHit] = []
+    for customer_id, customer_hits in found.items():
+        hits = sorted(customer_hits, key=lambda hit: -hit.result.score)
         with uow_factory() as uow:
             profile = _profile(uow, customer_id)
-            hit: dict[str, object] = {
-                "entity_id": result.entity_id,
-                "matched_name": result.matched_name,
-                "score": result.score,
-            }
-            reason = (
-                f"name {result.name!r} matches {result.matched_name!r} ({result.entity_id}, "
-                f"score {result.score:.1f})"
-            )
-            new_status: KycStatus | None = "under_review" if profile.status == "active" else None
-            if new_status is not None:
-                uow.compliance.set_profile(
-                    customer_id,
-                    at=at,
-                    sanctions_match=hit,
-                    status=new_status,
-                    status_reason=reason,
-                )
-            else:
-                uow.compliance.set_profile(customer_id, at=at, sanctions_match=hit)
-            uow.compliance.open_review(
-                ReviewItem(
-                    id=f"sanctions:{customer_id}:{result.entity_id}",
-                    kind="sanctions_match",
-                    reason=reason,
-                    opened_at=at,
-                    customer_id=customer_id,
-                    subject=result.entity_id,
-                )
-            )
-            _audit(
+            status = hold_for_sanctions(uow, profile, hits, actor=actor, at=at)
+            audit_screening(
                 uow,
-                operation="customer_screened",
-                operation_id=f"screen:{customer_id}:{at.isoformat()}",
+                profile,
+                [hit.name for hit in hits],
+                hits,
                 actor=actor,
                 at=at,
-                customer=profile,
-                parameters={"name": result.name},
-                state_changes=[{"sanctions_match": hit, "status": new_status or profile.status}],
+                operation_id=f"screen:{customer_id}:{at.isoformat()}",
+                status=status,
+                source=screening.source,
             )
-            if new_status is not None:
-                after = replace(profile, status=new_status, status_reason=reason)
-                emit_all(uow, [kyc_event(profile, after, at=at, actor=actor, reason=reason)])
             uow.commit()
+        matches.extend(hits)
     return matches
 
 

@@ -1,4 +1,9 @@
-"""Customers, their deposit accounts, and the instruments the exchange has onboarded.
+"""Customers, their names and deposit accounts, and the instruments the exchange has onboarded.
+
+A customer gives a primary name and any number of other names (up to
+:data:`~sluice.domain.customer_names.OTHER_NAMES_MAX`): other scripts, maiden names, aliases.
+Every one is screened against the sanctions list when it is recorded
+(:mod:`sluice.services.customer_screening`).
 
 Onboarding an instrument is what makes its deposits count: ingestion credits a deposit only when
 its instrument is onboarded *and enabled*; anything else goes to suspense with an alert. Only
@@ -10,7 +15,7 @@ limits, kept as exact decimal strings.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from urllib.parse import urlsplit
@@ -18,10 +23,12 @@ from urllib.parse import urlsplit
 from sluice.domain.amounts import format_amount, parse_amount
 from sluice.domain.audit import AuditEntry
 from sluice.domain.compliance import check_tier
+from sluice.domain.customer_names import CustomerName, check_customer_name, check_other_names
 from sluice.domain.errors import InvalidInputError, NotFoundError
 from sluice.domain.exchange import EXCHANGE_INVENTORY
 from sluice.domain.ledger import InstrumentId, check_party_id
-from sluice.ports import InstrumentRecord, UnitOfWorkFactory
+from sluice.ports import InstrumentRecord, UnitOfWork, UnitOfWorkFactory
+from sluice.services.customer_screening import NameScreening, ScreeningOutcome, screen_and_hold
 
 # The transfer kinds a withdrawal of an onboarded instrument may take (see DESIGN §1).
 WITHDRAWAL_TRANSFER_KINDS = ("direct", "offer")
@@ -34,24 +41,36 @@ def register_customer(
     name: str,
     deposit_accounts: list[str],
     *,
+    other_names: Sequence[str] = (),
     tier: int | None = None,
     actor: str = "operator",
     at: datetime | None = None,
-) -> None:
-    """Create a customer (if new) and attach deposit accounts to it; idempotent. A new customer
-    starts on KYC tier 1 (basic verification done), active, unless ``tier`` says otherwise."""
+    screening: NameScreening | None = None,
+) -> ScreeningOutcome:
+    """Create a customer (if new) and attach deposit accounts and other names to it; idempotent.
+    A new customer starts on KYC tier 1 (basic verification done), active, unless ``tier`` says
+    otherwise.
+
+    With ``screening``, each name is recorded with its script(s), and the names new to the
+    customer are screened against the sanctions list in force, in the same transaction: a match
+    puts the customer under review (see :mod:`sluice.services.customer_screening`). Without a
+    list, the outcome says the names were not screened."""
     if not customer_id.strip():
         raise InvalidInputError("customer id must not be empty")
     if customer_id == EXCHANGE_INVENTORY:
         raise InvalidInputError(
             f"customer id {EXCHANGE_INVENTORY!r} is reserved: it names the exchange's inventory"
         )
+    primary = check_customer_name(name)
+    given = [check_customer_name(other, what="another name") for other in other_names]
     checked_tier = check_tier(tier) if tier is not None else None
     when = at or datetime.now(UTC)
     with uow_factory() as uow:
-        created = uow.reference.add_customer(customer_id, name)
+        primary_script = screening.script(primary) if screening is not None else None
+        created = uow.reference.add_customer(customer_id, primary, primary_script)
         if created and checked_tier is not None:
             uow.compliance.set_profile(customer_id, at=when, tier=checked_tier)
+        added = _add_names(uow, customer_id, given, screening=screening, actor=actor, at=when)
         if created:
             uow.audit.append(
                 [
@@ -62,14 +81,29 @@ def register_customer(
                         recorded_at=when,
                         customer_id=customer_id,
                         parameters={
-                            "name": name,
+                            "name": primary,
+                            "other_names": [other.name for other in added],
                             "deposit_accounts": list(deposit_accounts),
                             "tier": checked_tier if checked_tier is not None else 1,
+                            "screened": screening is not None and screening.screens,
                         },
                         state_changes=[{"customer": customer_id, "created": True}],
                     )
                 ]
             )
+        new_names = [CustomerName(primary, primary_script, primary=True)] if created else []
+        new_names += added
+        outcome = screen_and_hold(
+            uow,
+            screening,
+            customer_id,
+            new_names,
+            actor=actor,
+            at=when,
+            operation_id=f"screen:{customer_id}:{when.isoformat()}",
+        )
+        if not created and added:
+            _audit_names_added(uow, customer_id, added, outcome, actor=actor, at=when)
         for account in deposit_accounts:
             if not account.strip():
                 raise InvalidInputError("deposit account id must not be empty")
@@ -80,6 +114,99 @@ def register_customer(
                 )
             uow.reference.add_deposit_account(account, customer_id)
         uow.commit()
+        return outcome
+
+
+def add_customer_names(
+    uow_factory: UnitOfWorkFactory,
+    customer_id: str,
+    names: Sequence[str],
+    *,
+    actor: str = "operator",
+    at: datetime | None = None,
+    screening: NameScreening | None = None,
+) -> ScreeningOutcome:
+    """Give a registered customer more names (another script, a maiden name, an alias), each
+    recorded with its script(s) and screened like the names given at registration; a name the
+    customer already has is skipped."""
+    given = [check_customer_name(name, what="another name") for name in names]
+    if not given:
+        raise InvalidInputError("give at least one name to add")
+    when = at or datetime.now(UTC)
+    with uow_factory() as uow:
+        added = _add_names(uow, customer_id, given, screening=screening, actor=actor, at=when)
+        outcome = screen_and_hold(
+            uow,
+            screening,
+            customer_id,
+            added,
+            actor=actor,
+            at=when,
+            operation_id=f"screen:{customer_id}:{when.isoformat()}",
+        )
+        if added:
+            _audit_names_added(uow, customer_id, added, outcome, actor=actor, at=when)
+        uow.commit()
+        return outcome
+
+
+def customer_names(uow_factory: UnitOfWorkFactory, customer_id: str) -> list[CustomerName]:
+    """A customer's names, the primary one first."""
+    with uow_factory() as uow:
+        names = uow.reference.customer_names_of(customer_id)
+    if names is None:
+        raise NotFoundError(f"unknown customer {customer_id!r}")
+    return names
+
+
+def _add_names(
+    uow: UnitOfWork,
+    customer_id: str,
+    given: Sequence[str],
+    *,
+    screening: NameScreening | None,
+    actor: str,
+    at: datetime,
+) -> list[CustomerName]:
+    """Record the names the customer does not have yet (checked: at most OTHER_NAMES_MAX)."""
+    known = uow.reference.customer_names_of(customer_id)
+    if known is None:
+        raise NotFoundError(f"unknown customer {customer_id!r}")
+    primary, others = known[0], known[1:]
+    fresh = check_other_names(primary.name, given, [other.name for other in others])
+    added = [
+        CustomerName(name, screening.script(name) if screening is not None else None)
+        for name in fresh
+    ]
+    uow.reference.add_customer_names(customer_id, added, actor=actor, at=at)
+    return added
+
+
+def _audit_names_added(
+    uow: UnitOfWork,
+    customer_id: str,
+    added: Sequence[CustomerName],
+    outcome: ScreeningOutcome,
+    *,
+    actor: str,
+    at: datetime,
+) -> None:
+    uow.audit.append(
+        [
+            AuditEntry(
+                operation_id=f"customer-names:{customer_id}:{at.isoformat()}",
+                operation="customer_names_added",
+                actor=actor,
+                recorded_at=at,
+                customer_id=customer_id,
+                parameters={
+                    "names": [{"name": name.name, "script": name.script} for name in added],
+                    "screened": outcome.screened,
+                },
+                state_changes=[{"customer": customer_id, "names_added": len(added)}],
+            )
+        ]
+    )
 
 
 def check_transfer_kinds(kinds: str | Collection[str]) -> tuple[str, ...]:

@@ -31,6 +31,7 @@ from sluice.domain.ledger import InstrumentId, format_timestamp, parse_timestamp
 from sluice.domain.withdrawals import Withdrawal
 from sluice.ports import CustomerRecord, HistoryRecord, SuspenseItem
 from sluice.store import tables as t
+from sluice.store.records import other_names_of
 from sluice.store.repositories import history_record_from_row, withdrawal_from_row
 from sluice.store.rows import check_page, insert_for
 
@@ -82,6 +83,7 @@ class SqlAccountsRepository:
         )
         for account_id, customer_id in found:
             accounts.setdefault(customer_id, []).append(account_id)
+        names = other_names_of(self._c, [row.id for row in rows])
         return [
             CustomerRecord(
                 id=row.id,
@@ -95,6 +97,8 @@ class SqlAccountsRepository:
                     row.risk_score,
                 ),
                 deposit_accounts=tuple(accounts.get(row.id, ())),
+                name_script=row.name_script,
+                other_names=tuple(names.get(row.id, ())),
             )
             for row in rows
         ]

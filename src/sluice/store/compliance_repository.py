@@ -40,6 +40,7 @@ from sqlalchemy import delete, literal_column, select, update
 from sqlalchemy.sql.dml import ReturningInsert
 
 from sluice.domain.compliance import KycStatus, Profile, TierLimits, check_status
+from sluice.domain.customer_names import CustomerName
 from sluice.domain.ledger import format_timestamp
 from sluice.store import tables as t
 from sluice.store.compliance_connection import CHUNK, ComplianceConnection, _chunks, marks
@@ -167,6 +168,28 @@ class SqlComplianceRepository(SqlComplianceUsage, SqlComplianceHolds):
         table = t.customers
         rows = self._c.execute(select(table.c.id, table.c.name).order_by(table.c.id))
         return [(row.id, row.name) for row in rows]
+
+    def names_to_screen(self) -> list[tuple[str, CustomerName]]:
+        customers, others = t.customers, t.customer_names
+        primary = self._c.execute(
+            select(customers.c.id, customers.c.name, customers.c.name_script).order_by(
+                customers.c.id
+            )
+        )
+        found: dict[str, list[CustomerName]] = {
+            row.id: [CustomerName(row.name, row.name_script, primary=True)] for row in primary
+        }
+        rows = self._c.execute(
+            select(others.c.customer_id, others.c.name, others.c.script).order_by(
+                others.c.customer_id, others.c.position
+            )
+        )
+        for row in rows:
+            # A customer registered after the first read (PostgreSQL reads committed rows
+            # afresh per statement) is screened next time.
+            if row.customer_id in found:
+                found[row.customer_id].append(CustomerName(row.name, row.script))
+        return [(customer_id, name) for customer_id, names in found.items() for name in names]
 
     # --- limits -----------------------------------------------------------------------------
 

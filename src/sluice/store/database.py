@@ -54,7 +54,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: object) -> None:
 # A database already there is not handed to alembic at all: every command opens the database,
 # and loading the migration scripts to learn there is nothing to do costs a command's start more
 # than the rest of the work many of them do.
-HEAD_REVISION = "0014"
+HEAD_REVISION = "0015"
 
 
 def alembic_config(engine: Engine) -> Config:

@@ -7,8 +7,9 @@ from collections.abc import Collection, Iterator
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Row
+from sqlalchemy import Connection, Row, select
 
+from sluice.domain.customer_names import CustomerName
 from sluice.domain.journal import AccountRef
 from sluice.domain.ledger import (
     Holding,
@@ -21,6 +22,7 @@ from sluice.domain.ledger import (
 )
 from sluice.domain.withdrawals import Withdrawal
 from sluice.ports import HistoryRecord, InstrumentRecord
+from sluice.store import tables as t
 from sluice.store.rows import ts
 
 CHUNK = 500  # bound on the number of parameters in one IN (…) list
@@ -176,3 +178,21 @@ def withdrawal_row(w: Withdrawal, now: str) -> dict[str, object]:
         "created_at": now,
         "updated_at": now,
     }
+
+
+def other_names_of(
+    connection: Connection, customer_ids: Collection[str]
+) -> dict[str, list[CustomerName]]:
+    """The other names of these customers (one query per :data:`CHUNK` of ids), each
+    customer's in the order they were given."""
+    table = t.customer_names
+    found: dict[str, list[CustomerName]] = {}
+    for chunk in _chunks(list(customer_ids)):
+        rows = connection.execute(
+            select(table.c.customer_id, table.c.name, table.c.script)
+            .where(table.c.customer_id.in_(chunk))
+            .order_by(table.c.customer_id, table.c.position)
+        )
+        for row in rows:
+            found.setdefault(row.customer_id, []).append(CustomerName(row.name, row.script))
+    return found

@@ -3,26 +3,69 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 
-from sqlalchemy import Connection, and_, insert, select, update
+from sqlalchemy import Connection, and_, func, insert, select, update
 
-from sluice.domain.ledger import InstrumentId
+from sluice.domain.customer_names import CustomerName
+from sluice.domain.ledger import InstrumentId, format_timestamp
 from sluice.ports import InstrumentRecord
 from sluice.store import tables as t
-from sluice.store.records import _now, instrument_from_row
+from sluice.store.records import _now, instrument_from_row, other_names_of
 
 
 class SqlReferenceRepository:
     def __init__(self, connection: Connection) -> None:
         self._c = connection
 
-    def add_customer(self, customer_id: str, name: str) -> bool:
+    def add_customer(self, customer_id: str, name: str, name_script: str | None = None) -> bool:
         table = t.customers
         if self._c.execute(select(table.c.id).where(table.c.id == customer_id)).first():
             return False
-        self._c.execute(insert(table).values(id=customer_id, name=name, created_at=_now()))
+        self._c.execute(
+            insert(table).values(
+                id=customer_id, name=name, name_script=name_script, created_at=_now()
+            )
+        )
         return True
+
+    def customer_names_of(self, customer_id: str) -> list[CustomerName] | None:
+        customers = t.customers
+        row = self._c.execute(
+            select(customers.c.name, customers.c.name_script).where(customers.c.id == customer_id)
+        ).first()
+        if row is None:
+            return None
+        others = other_names_of(self._c, [customer_id]).get(customer_id, [])
+        return [CustomerName(row.name, row.name_script, primary=True), *others]
+
+    def add_customer_names(
+        self, customer_id: str, names: Sequence[CustomerName], *, actor: str, at: datetime
+    ) -> None:
+        """Append ``names`` after the customer's other names (the caller left out those the
+        customer already has)."""
+        if not names:
+            return
+        table = t.customer_names
+        last = self._c.execute(
+            select(func.max(table.c.position)).where(table.c.customer_id == customer_id)
+        ).scalar()
+        first = 1 if last is None else last + 1
+        self._c.execute(
+            insert(table),
+            [
+                {
+                    "customer_id": customer_id,
+                    "name": name.name,
+                    "script": name.script or "other",
+                    "position": first + offset,
+                    "added_by": actor,
+                    "added_at": format_timestamp(at),
+                }
+                for offset, name in enumerate(names)
+            ],
+        )
 
     def add_deposit_account(self, account_id: str, customer_id: str) -> bool:
         table = t.deposit_accounts

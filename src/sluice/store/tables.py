@@ -141,6 +141,9 @@ customers = Table(
     Column("id", String(100), primary_key=True),
     Column("name", String(200), nullable=False),
     Column("created_at", TIMESTAMP, nullable=False),
+    # The script(s) the name is written in ("latin", "arabic", "han+kana"…); NULL for a
+    # customer registered before scripts were recorded.
+    Column("name_script", String(40), nullable=True),
     # The KYC registry (DESIGN §6): tier 0 (none) … 4, and a status that gates every operation.
     Column("kyc_tier", Integer, nullable=False, server_default="1"),
     Column("kyc_status", String(20), nullable=False, server_default="active"),
@@ -149,6 +152,19 @@ customers = Table(
     Column("risk_flags", Text, nullable=True),  # JSON list
     Column("sanctions_match", Text, nullable=True),  # JSON object of the last screening hit
     Column("kyc_updated_at", TIMESTAMP, nullable=True),
+)
+
+# A customer's other names (other scripts, maiden names, aliases), screened like the primary one
+# (``customers.name``), in the order they were given.
+customer_names = Table(
+    "customer_names",
+    metadata,
+    Column("customer_id", String(100), ForeignKey("customers.id"), primary_key=True),
+    Column("name", String(200), primary_key=True),
+    Column("script", String(40), nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("added_by", String(200), nullable=False),
+    Column("added_at", TIMESTAMP, nullable=False),
 )
 
 deposit_accounts = Table(
