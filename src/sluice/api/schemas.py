@@ -28,9 +28,11 @@ from pydantic import (
 from sluice.domain.amounts import format_amount
 from sluice.domain.approvals import Approval
 from sluice.domain.compliance import HeldDeposit, Profile, ReviewItem
+from sluice.domain.customer_names import NAME_LENGTH_MAX, OTHER_NAMES_MAX, script_label
 from sluice.domain.ledger import InstrumentId
 from sluice.domain.withdrawals import Withdrawal
 from sluice.ports import ApiKeyRecord, CustomerRecord, HistoryRecord, InstrumentRecord, SuspenseItem
+from sluice.screening.scripts import scripts_of
 from sluice.services.settings import DEFINITIONS, SettingDefinition
 
 T = TypeVar("T")
@@ -254,27 +256,96 @@ def kyc_out(profile: Profile) -> KycOut:
     )
 
 
+class CustomerNameOut(Out):
+    name: str
+    script: str = Field(
+        description="the script(s) the name is written in, joined by '+' when several: latin, "
+        "cyrillic, greek, arabic, han, hangul, kana, other"
+    )
+
+
 class CustomerOut(Out):
     id: str
     name: str
+    name_script: str = Field(description="the script(s) of the primary name")
+    names: list[CustomerNameOut] = Field(
+        description="the customer's other names (other scripts, maiden names, aliases), in the "
+        "order given"
+    )
     created_at: datetime
     kyc: KycOut
     deposit_accounts: list[str]
 
 
 def customer_out(record: CustomerRecord) -> CustomerOut:
+    # A primary name recorded before scripts were has its script told now.
+    script = record.name_script or script_label(scripts_of(record.name))
     return CustomerOut(
         id=record.id,
         name=record.name,
+        name_script=script,
+        names=[
+            CustomerNameOut(
+                name=name.name, script=name.script or script_label(scripts_of(name.name))
+            )
+            for name in record.other_names
+        ],
         created_at=record.created_at,
         kyc=kyc_out(record.profile),
         deposit_accounts=list(record.deposit_accounts),
     )
 
 
+class NameMatchOut(Out):
+    name: str = Field(description="the customer's name that matched")
+    script: str | None
+    primary: bool
+    entity_id: str | None
+    matched_name: str | None = Field(description="the listed name it matched")
+    score: float = Field(description="0–100, one decimal")
+    transliteration: str | None = Field(
+        description="how a name in another script was brought to Latin letters for the match "
+        "(null: Latin letters, or the default transliteration)"
+    )
+
+
+class ScreeningOut(Out):
+    screened: bool = Field(
+        description="false: no sanctions list is configured, so the names were recorded but "
+        "not screened"
+    )
+    sanctions_list: str | None = Field(description="the sanctions list screened against")
+    names: list[str] = Field(description="the names screened now (those new to the customer)")
+    matches: list[NameMatchOut]
+    status: str | None = Field(
+        description="the KYC status a match put the customer in (null: unchanged)"
+    )
+    note: str | None
+
+
+class CustomerRegisteredOut(CustomerOut):
+    screening: ScreeningOut
+
+
+# A customer's name: stripped, at most 200 characters, with something in it besides white space
+# (as Python's str.strip counts it, which the service strips with).
+CustomerNameText = Annotated[
+    str,
+    StringConstraints(
+        min_length=1, max_length=NAME_LENGTH_MAX, strip_whitespace=True, pattern=rf"[^{SPACES}]"
+    ),
+]
+
+
 class CustomerIn(Body):
     id: Identifier
-    name: Text
+    name: CustomerNameText = Field(description="the legal (primary) name; screened")
+    names: list[CustomerNameText] = Field(
+        default_factory=list,
+        max_length=OTHER_NAMES_MAX,
+        description="other names (other scripts, maiden names, aliases), each screened; for a "
+        "customer already registered, those new to them are added",
+    )
     tier: Tier | None = None
     deposit_accounts: list[Identifier] = Field(default_factory=list, max_length=20)
 

@@ -140,7 +140,8 @@ def customers_show(
     customer_id: Annotated[str, typer.Argument(help="The customer.")],
     db: DbOption = None,
 ) -> None:
-    """A customer's KYC tier, status, risk score and what they used of their limits."""
+    """A customer's names (with their scripts), KYC tier, status, risk score and what they used
+    of their limits."""
     database = open_database(db)
     registry = kyc_registry()
     try:
@@ -160,7 +161,7 @@ def customers_show(
                     "used_30d": format_amount(monthly),
                     **limits.as_dict(),
                 }
-        names = uow.reference.customer_names_of(customer_id) or []
+            names = uow.reference.customer_names_of(customer_id) or []
     finally:
         database.dispose()
     print_json({**profile_json(profile), "names": _names_json(names), "limits": windows})

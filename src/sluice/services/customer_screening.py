@@ -92,7 +92,7 @@ class ScreeningOutcome:
     def as_dict(self) -> dict[str, object]:
         return {
             "screened": self.screened,
-            "list": self.source,
+            "sanctions_list": self.source,
             "names": [name.name for name in self.names],
             "matches": [hit.as_dict() for hit in self.hits],
             "status": self.status,

@@ -91,6 +91,8 @@ def register_customer(
                     )
                 ]
             )
+        if not created and added:
+            _audit_names_added(uow, customer_id, added, screening, actor=actor, at=when)
         new_names = [CustomerName(primary, primary_script, primary=True)] if created else []
         new_names += added
         outcome = screen_and_hold(
@@ -102,8 +104,6 @@ def register_customer(
             at=when,
             operation_id=f"screen:{customer_id}:{when.isoformat()}",
         )
-        if not created and added:
-            _audit_names_added(uow, customer_id, added, outcome, actor=actor, at=when)
         for account in deposit_accounts:
             if not account.strip():
                 raise InvalidInputError("deposit account id must not be empty")
@@ -135,6 +135,8 @@ def add_customer_names(
     when = at or datetime.now(UTC)
     with uow_factory() as uow:
         added = _add_names(uow, customer_id, given, screening=screening, actor=actor, at=when)
+        if added:
+            _audit_names_added(uow, customer_id, added, screening, actor=actor, at=when)
         outcome = screen_and_hold(
             uow,
             screening,
@@ -144,8 +146,6 @@ def add_customer_names(
             at=when,
             operation_id=f"screen:{customer_id}:{when.isoformat()}",
         )
-        if added:
-            _audit_names_added(uow, customer_id, added, outcome, actor=actor, at=when)
         uow.commit()
         return outcome
 
@@ -186,7 +186,7 @@ def _audit_names_added(
     uow: UnitOfWork,
     customer_id: str,
     added: Sequence[CustomerName],
-    outcome: ScreeningOutcome,
+    screening: NameScreening | None,
     *,
     actor: str,
     at: datetime,
@@ -201,7 +201,7 @@ def _audit_names_added(
                 customer_id=customer_id,
                 parameters={
                     "names": [{"name": name.name, "script": name.script} for name in added],
-                    "screened": outcome.screened,
+                    "screened": screening is not None and screening.screens,
                 },
                 state_changes=[{"customer": customer_id, "names_added": len(added)}],
             )

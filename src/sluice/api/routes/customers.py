@@ -12,6 +12,7 @@ from fastapi import APIRouter, Header, Path, Query
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from sluice import bootstrap
 from sluice.api.context import ApiContext
 from sluice.api.errors import JsonResponse
 from sluice.api.operations import propose
@@ -31,11 +32,13 @@ from sluice.api.schemas import (
     BalancesOut,
     CustomerIn,
     CustomerOut,
+    CustomerRegisteredOut,
     DepositInstructionOut,
     HistoryOut,
     KycChangeIn,
     KycOut,
     Page,
+    ScreeningOut,
     WithdrawalIn,
     WithdrawalOut,
     approval_out,
@@ -71,18 +74,33 @@ IdempotencyKey = Annotated[
 ]
 
 
-@router.post("", response_model=CustomerOut, status_code=201, summary="Register a customer")
-def create_customer(body: CustomerIn, context: Context, caller: UserOps) -> CustomerOut:
-    register_customer(
+@router.post(
+    "",
+    response_model=CustomerRegisteredOut,
+    status_code=201,
+    summary="Register a customer (every name is screened against the sanctions list)",
+)
+def create_customer(body: CustomerIn, context: Context, caller: UserOps) -> CustomerRegisteredOut:
+    """Registers the customer (or, for one already registered, adds the deposit accounts and
+    names new to them). Every new name is screened against the sanctions list in force: a match
+    puts the customer under review (``kyc.status``), and ``screening`` says which name matched
+    which listed name, through which transliteration. Without a configured list, ``screening``
+    says the names were not screened."""
+    outcome = register_customer(
         context.uow,
         body.id,
         body.name,
         list(body.deposit_accounts),
+        other_names=list(body.names),
         tier=body.tier,
         actor=caller.actor,
         at=context.clock(),
+        screening=bootstrap.name_screening(context.compliance.screen),
     )
-    return customer_out(accounts.get_customer(context.uow, body.id))
+    customer = customer_out(accounts.get_customer(context.uow, body.id))
+    return CustomerRegisteredOut(
+        **customer.model_dump(), screening=ScreeningOut.model_validate(outcome.as_dict())
+    )
 
 
 @router.get("", response_model=Page[CustomerOut], summary="Customers, paged")
