@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from sluice.domain.errors import InvalidInputError
 from sluice.screening import DEFAULT_THRESHOLD, SanctionedEntity, SanctionsList, load_list
-from sluice.screening.arabic import arabic_queries, long_vowels_agree, skeleton
+from sluice.screening.arabic import arabic_queries, covers_surname, long_vowels_agree, skeleton
 from sluice.screening.cjk import (
     chinese_renderings,
     japanese_renderings,
@@ -95,6 +95,33 @@ def test_long_vowels_written_in_arabic_script_must_be_in_the_listed_word() -> No
     assert not long_vowels_agree("عمر فاروق", "OMAIRI, Farouk")  # OMAIRI writes a diphthong
 
 
+def test_an_arabic_word_and_a_latin_word_of_its_skeleton_must_open_and_close_alike() -> None:
+    # DIABY ends on a vowel that Arabic script would write; دياب ends on b.
+    assert not long_vowels_agree("عمرو دياب", "DIABY, Omar")
+    # ATA opens on a vowel, طه on a consonant (both are the skeleton t).
+    assert not long_vowels_agree("رشيد طه", "RASHID, Ata Abdoulaziz")
+    # أحمد opens on an alef, MOHAMMAD on m: skeletons only alike (hmd, mhmd) are checked too.
+    assert not long_vowels_agree("أحمد شوقي", "SHWEIKI, Mohammad Amer")
+    assert long_vowels_agree("يحيى السنوار", "SINWAR, Yahya")
+    assert long_vowels_agree("إسماعيل هنية", "HANIYEH, Ismail")
+
+
+def test_a_long_vowel_must_stand_between_the_same_consonants_in_the_listed_word() -> None:
+    # محمود writes its long u between m and d; MUHAMMAD has an a there (both m-h-m-d).
+    assert not long_vowels_agree("محمود عباس", "ABBAS, Muhammad")
+    assert long_vowels_agree("محمود نیکوسخن", "NIKOUSOKHAN, Mahmoud")
+    assert long_vowels_agree("محمد صلاح", "SALAH, Muhammad")
+    assert not long_vowels_agree("محمد صلاح", "SYAWAL, Muhammad")  # no long a after s-l
+
+
+def test_a_skeleton_query_must_hold_the_listed_surname() -> None:
+    (karim_mansur,) = arabic_queries("كريم منصور")
+    assert not covers_surname(karim_mansur, "AL-GHANIMI, Karim Mansur", 0.8)
+    (ali_baghdadi,) = arabic_queries("علي البغدادي")
+    assert covers_surname(ali_baghdadi, "AL BAGHDADI, Ali Al-Mahmoudi", 0.8)
+    assert covers_surname(karim_mansur, "KARIM MANSUR TRADING", 0.8)  # no surname to hold
+
+
 def test_arabic_skeletons_agree_with_the_listed_latin_forms() -> None:
     assert skeleton("zawahiri") == "zhr"
     assert skeleton("soleimani") == skeleton("sulaymani") == "slmn"
@@ -136,6 +163,31 @@ def test_a_name_in_its_own_script_matches_its_listed_latin_form(
 def test_unlisted_names_in_other_scripts_do_not_match(full_list: SanctionsList, query: str) -> None:
     found = full_list.find_name(query)
     assert found is None or found.score < DEFAULT_THRESHOLD
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "عمرو دياب",  # Amr Diab: the consonants of DIABY, Omar
+        "كريم منصور",  # Karim Mansur: two given names of AL-GHANIMI, Karim Mansur
+        "رشيد طه",  # Rashid Taha: Taha and Ata (RASHID, Ata Abdoulaziz) are both t
+        "محمود عباس",  # Mahmoud Abbas: Mahmoud and Muhammad (ABBAS, Muhammad) both m-h-m-d
+    ],
+)
+def test_an_arabic_name_sharing_only_consonants_with_a_listed_name_does_not_match(
+    full_list: SanctionsList, query: str
+) -> None:
+    found = full_list.find_name(query)
+    assert found is None or found.score < DEFAULT_THRESHOLD
+
+
+def test_a_listed_name_set_aside_by_its_vowels_leaves_room_for_the_next(
+    full_list: SanctionsList,
+) -> None:
+    # ABOU SALMAN has ایوب سلیمانی's skeletons exactly (b, slmn) but not its vowels.
+    found = full_list.find_name("ایوب سلیمانی")
+    assert found is not None and found.score >= DEFAULT_THRESHOLD
+    assert found.matched_name == "SOLEIMANI, Ayoub"
 
 
 def test_latin_names_are_screened_as_before(full_list: SanctionsList) -> None:

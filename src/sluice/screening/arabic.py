@@ -38,7 +38,15 @@ from functools import lru_cache
 
 from anyascii import anyascii
 
-from sluice.screening.names import VARIANTS, NormalisedName, canonical_token, fold, is_stop_word
+from sluice.screening.index import token_similarity
+from sluice.screening.names import (
+    VARIANTS,
+    NormalisedName,
+    canonical_token,
+    fold,
+    is_stop_word,
+    name_orders,
+)
 from sluice.screening.scripts import ARABIC, script_of
 
 SKELETON = "Arabic consonant skeleton"
@@ -247,6 +255,11 @@ _LATIN_VOWELS = {"a": "A", "e": "E", "i": "I", "o": "U", "u": "U"}
 _LATIN_HALF_VOWELS = {"y": "I", "w": "U", "v": "U"}
 _VOWEL_PAIR = re.compile(r"[aeiouy][aeiouy]")
 _INNER_LONG = re.compile("[اآوؤيیئىءأإع]")
+_OPENING_VOWELS = frozenset("aeiou")
+_NEAR_SKELETON_SIMILARITY = 0.8
+_VOWEL_OPENINGS = frozenset("اأإآٱعءؤئويیه")
+_CLOSING_VOWELS = frozenset("aeiouy")
+_VOWEL_CLOSINGS = frozenset("اآأإىيیوؤئءةهعۀ")
 
 
 def _arabic_vowels(word: str) -> str:
@@ -282,16 +295,40 @@ def _written_in(arabic: str, latin: str) -> bool:
     return True
 
 
+def _ends_agree(word: str, latin: str) -> bool:
+    """Whether an Arabic-script word and a Latin word of the same skeleton open and close alike.
+
+    * A Latin word opening on a vowel is an Arabic word opening on a vowel carrier (alef, ayn,
+      hamza), and the other way round: ``طه`` (Taha) is not ``ATA``, ``أحمد`` not MOHAMMAD.
+      Arabic words opening on waw, ya or ha are left alone (French renderings write
+      ``Ouissam`` for وسام).
+    * A Latin word closing on a vowel (``DIABY``, ``KHALIDI``) is an Arabic word closing on a
+      letter that writes one (alef, alef maqsura, waw, ya, ta marbuta, ha, hamza, ayn): Arabic
+      script writes a name's final long vowel, so ``دياب`` is Diab, not Diaby.
+    """
+    word = _DIACRITICS.sub("", word)
+    if word.startswith(_ARTICLE) and len(word) > len(_ARTICLE) + 1:
+        word = word[len(_ARTICLE) :]
+    if latin[:1] in _OPENING_VOWELS and word[:1] not in _VOWEL_OPENINGS:
+        return False
+    if word[:1] in _CARRIERS and latin[:1] not in _OPENING_VOWELS:
+        return False
+    return not (latin[-1:] in _CLOSING_VOWELS and word[-1:] not in _VOWEL_CLOSINGS)
+
+
 def long_vowels_agree(name: str, listed: str) -> bool:
     """Whether each word of ``name`` (Arabic script) that writes long vowels finds them in one of
     the words of ``listed`` (Latin): ``علی دایی`` (Ali Daei) does not agree with ``DA'UD,
     Lu'ay`` although their skeletons are the same; nor does a word without long vowels with a
-    listed word of its skeleton that writes two vowels together inside (``عمر``, OMAIRI)."""
+    listed word of its skeleton that writes two vowels together inside (``عمر``, OMAIRI); nor
+    a word with listed words of its skeleton that all open or close otherwise (see
+    :func:`_ends_agree`: ``دياب`` and DIABY, ``طه`` and ATA)."""
     listed_words = [
         (
             skeleton(VARIANTS.get(word, word)),
             _latin_vowels(word),
             bool(_VOWEL_PAIR.search(word[1:-1])),
+            word,
         )
         for word in fold(listed).split()
         if not is_stop_word(word)
@@ -302,9 +339,19 @@ def long_vowels_agree(name: str, listed: str) -> bool:
         vowels = _arabic_vowels(word)
         consonants = skeleton(_arabic_word(word), latin=False)
         same = [entry for entry in listed_words if entry[0] == consonants]
+        # Words whose skeletons are only alike (``hmd`` and ``mhmd``) must open and close alike.
+        near = same or [
+            entry
+            for entry in listed_words
+            if token_similarity(consonants, entry[0], _NEAR_SKELETON_SIMILARITY)
+        ]
+        if near and not any(_ends_agree(word, entry[3]) for entry in near):
+            return False
         if same and not _INNER_LONG.search(word[1:-1]) and all(entry[2] for entry in same):
             # The listed word writes a long vowel or diphthong inside (OMAIRI), the Arabic word
             # none (عمر Omar): not the same word.
+            return False
+        if same and not any(_vowels_in_place(word, entry[3]) for entry in same):
             return False
         if not vowels:
             continue
@@ -312,3 +359,102 @@ def long_vowels_agree(name: str, listed: str) -> bool:
         if not any(_written_in(vowels, entry[1]) for entry in same or listed_words):
             return False
     return True
+
+
+_CARRIERS = frozenset("اأإآعٱءؤئ")
+_SILENT_INSIDE = frozenset("عءأإؤئٱ")
+_LONG_VOWEL_CLASSES = {"ا": "A", "آ": "A", "و": "U", "ي": "I", "ی": "I", "ى": "A"}
+
+
+def _skeleton_letter(letter: str) -> str:
+    latin = anyascii(letter).casefold()
+    return _ARABIC_DIGRAPHS.get(latin, latin)
+
+
+def _arabic_places(word: str) -> tuple[int, list[tuple[int, str]]]:
+    """An Arabic-script word's consonants (counted as its skeleton counts them) and its long
+    vowels inside, each with the number of consonants before it."""
+    word = _DIACRITICS.sub("", word)
+    if word.startswith(_ARTICLE) and len(word) > len(_ARTICLE) + 1:
+        word = word[len(_ARTICLE) :]
+    word = word.removesuffix(_TA_MARBUTA)
+    consonants: list[str] = []
+    vowels: list[tuple[int, str]] = []
+    for position, letter in enumerate(word):
+        if position == 0:
+            if letter not in _CARRIERS:
+                consonants.append(_skeleton_letter(letter))
+        elif letter in _LONG_VOWEL_CLASSES:
+            if position < len(word) - 1:
+                vowels.append((len(consonants), _LONG_VOWEL_CLASSES[letter]))
+        elif letter not in _SILENT_INSIDE:
+            consonants.append(_skeleton_letter(letter))
+    if len(consonants) > 1 and consonants[-1] == "h":
+        consonants.pop()  # as the skeleton drops a final h
+        vowels = [(min(place, len(consonants)), vowel) for place, vowel in vowels]
+    return len(consonants), vowels
+
+
+def _latin_places(word: str) -> tuple[int, list[tuple[int, str]]]:
+    """A Latin word's consonants (counted as :func:`skeleton` counts them) and its vowels, each
+    with the number of consonants before it."""
+    word = word.casefold()
+    for digraph, letter in (*_DIGRAPHS, *_SINGLE_LETTERS):
+        word = word.replace(digraph, letter)
+    word = _DOUBLED.sub(r"\1", word)
+    consonants = 0
+    last_consonant = ""
+    vowels: list[tuple[int, str]] = []
+    for position, letter in enumerate(word):
+        if position == 0 and letter in "wvy":
+            consonants, last_consonant = 1, letter
+        elif letter in _LATIN_VOWELS:
+            vowels.append((consonants, _LATIN_VOWELS[letter]))
+        elif letter in _LATIN_HALF_VOWELS:
+            vowels.append((consonants, _LATIN_HALF_VOWELS[letter]))
+        elif letter.isalpha():
+            consonants += 1
+            last_consonant = letter
+    if consonants > 1 and last_consonant == "h" and word.rstrip("aeiouywv").endswith("h"):
+        consonants -= 1
+        vowels = [(min(place, consonants), vowel) for place, vowel in vowels]
+    return consonants, vowels
+
+
+def _vowels_in_place(word: str, latin: str) -> bool:
+    """Whether each long vowel an Arabic-script word writes is where the Latin word of the same
+    skeleton has a vowel of its kind: between the same consonants. ``محمود`` (Mahmoud) writes
+    its ``و`` between m and d, MUHAMMAD an a there: not the same name, though both are m-h-m-d.
+    True when the two words do not count the same consonants (nothing to compare then)."""
+    arabic_count, arabic_vowels = _arabic_places(word)
+    latin_count, latin_vowels = _latin_places(latin)
+    if arabic_count != latin_count:
+        return True
+    for place, vowel in arabic_vowels:
+        if not any(
+            where == place and (found == vowel or (found == "E" and vowel in "AI"))
+            for where, found in latin_vowels
+        ):
+            return False
+    return True
+
+
+def covers_surname(query: NormalisedName, listed: str, floor: float) -> bool:
+    """Whether a skeleton query aligns with a word of the listed name's surname (the part before
+    the comma of ``"LAST, First Middle"``; True for a name written otherwise).
+
+    A skeleton says little on its own, so two given names shared with a longer listed name
+    (``كريم منصور`` and ``AL-GHANIMI, Karim Mansur``) are not that person; the surname, or one
+    of its words, must be among the query's."""
+    if len(name_orders(listed)) != 2:
+        return True
+    surname = listed.partition(",")[0]
+    words = [VARIANTS.get(word, word) for word in fold(surname).split() if not is_stop_word(word)]
+    if not words or len(words) > 4:
+        return True
+    surnames = [skeleton(word) for word in words]
+    return any(
+        token_similarity(token, listed_token, floor)
+        for token in query.tokens
+        for listed_token in surnames
+    )

@@ -196,6 +196,34 @@ class NameIndex:
                 best = NameScore(name, score)
         return best
 
+    def ranked(
+        self, query: NormalisedName, *, floor: float = TOKEN_SIMILARITY_FLOOR
+    ) -> list[NameScore]:
+        """The listed names :meth:`best` chooses from, best first (each name whose sorted tokens
+        are the query's at 100, then the candidates scored): for a caller that checks more than
+        the tokens and may set the first aside."""
+        if not query.tokens:
+            return []
+        names = self._names
+        exact = self._exact.get(query.sorted_key, ())
+        found = [NameScore(names[position], 100.0) for position in exact]
+        query_weights = tuple(self.weight(token) for token in query.tokens)
+        estimates = self._candidates(query, query_weights, floor)
+        totals = self._totals
+        query_total = sum(query_weights)
+        ranked = heapq.nlargest(
+            CANDIDATES_SCORED_MAX,
+            (position for position in estimates if position not in exact),
+            key=lambda position: estimates[position] / max(query_total, totals[position]),
+        )
+        scored = [
+            NameScore(names[position], score_tokens(query, query_weights, names[position], floor))
+            for position in ranked
+        ]
+        # Stable: among equal scores the better estimate stays first, as in best().
+        scored.sort(key=lambda name_score: -name_score.score)
+        return found + scored
+
     def _candidates(
         self,
         query: NormalisedName,

@@ -46,6 +46,7 @@ from sluice.domain.errors import InvalidInputError
 from sluice.screening.arabic import (
     SKELETON,
     arabic_queries,
+    covers_surname,
     listed_skeletons,
     long_vowels_agree,
 )
@@ -74,8 +75,10 @@ lists spell them, so a looser alignment would only find lookalikes."""
 SKELETON_SIMILARITY_FLOOR = 0.8
 """Token floor for consonant skeletons (a skeleton is short: one consonant apart is far)."""
 VOWELS_DISAGREE_CAP = 80.0
-"""The most a skeleton match scores when the long vowels the Arabic script writes are not in
-the listed name (see :func:`sluice.screening.arabic.long_vowels_agree`)."""
+"""The most a skeleton match scores when the letters the Arabic script writes besides the
+consonants (long vowels, a word's opening and closing vowel) are not the listed name's (see
+:func:`sluice.screening.arabic.long_vowels_agree`), or when none of the query's words is the
+listed surname (:func:`sluice.screening.arabic.covers_surname`)."""
 
 _ALSO_KNOWN_AS = re.compile(r"\b[afn]\.k\.a\.,?\s*'([^']+)'", re.IGNORECASE)
 _CURRENCY_ADDRESS = re.compile(r"Digital Currency Address - ([A-Za-z0-9]+)\s+([^\s;]+)")
@@ -253,16 +256,36 @@ class SanctionsList:
         if ARABIC in scripts and self.skeleton_index is not None:
             queries = arabic_queries(name)
             for query in queries:
-                scored = self.skeleton_index.best(query, floor=SKELETON_SIMILARITY_FLOOR)
-                if scored is not None and len(queries[0].tokens) == 1:
-                    # One word's consonants are too little to name anyone (فيروز Fairuz and
-                    # FARAZ are both f-r-z): a one-word name matches through its letters only.
-                    scored = NameScore(scored.name, min(scored.score, ONE_WORD_CAP))
-                if scored is not None and not long_vowels_agree(name, scored.name.text):
-                    scored = NameScore(scored.name, min(scored.score, VOWELS_DISAGREE_CAP))
+                scored = self._best_skeleton(name, query, one_word=len(queries[0].tokens) == 1)
                 if scored is not None and (found is None or scored.score > found.score):
                     found, rendering = scored, f"{SKELETON}: {' '.join(query.tokens)}"
         return found, rendering
+
+    def _best_skeleton(
+        self, name: str, query: NormalisedName, *, one_word: bool
+    ) -> NameScore | None:
+        """The best listed name for a skeleton query once the letters the skeleton leaves out
+        are checked: candidates in the order of their skeleton scores, each capped when its
+        vowels or surname disagree (see :data:`VOWELS_DISAGREE_CAP`), until no later one can
+        do better."""
+        assert self.skeleton_index is not None
+        best: NameScore | None = None
+        for scored in self.skeleton_index.ranked(query, floor=SKELETON_SIMILARITY_FLOOR):
+            if best is not None and scored.score <= best.score:
+                break  # ranked by score: nothing after this one scores more
+            score = scored.score
+            if one_word:
+                # One word's consonants are too little to name anyone (فيروز Fairuz and
+                # FARAZ are both f-r-z): a one-word name matches through its letters only.
+                score = min(score, ONE_WORD_CAP)
+            if score > VOWELS_DISAGREE_CAP and not (
+                long_vowels_agree(name, scored.name.text)
+                and covers_surname(query, scored.name.text, SKELETON_SIMILARITY_FLOOR)
+            ):
+                score = VOWELS_DISAGREE_CAP
+            if best is None or score > best.score:
+                best = NameScore(scored.name, score)
+        return best
 
     def find_address(self, address: str) -> ListedAddress | None:
         """The listed address equal to ``address`` (see :func:`address_key`), if any."""
