@@ -23,6 +23,7 @@ from sluice.screening.arabic import arabic_queries, covers_surname, long_vowels_
 from sluice.screening.cjk import (
     chinese_renderings,
     japanese_renderings,
+    kanji_readings,
     korean_renderings,
 )
 from sluice.screening.names import is_stop_word
@@ -86,6 +87,18 @@ def test_korean_is_revised_romanization_and_mccune_reischauer_with_customary_sur
 
 def test_japanese_is_hepburn_long_vowels_written_out_and_collapsed() -> None:
     assert {"Asahara Shoukou", "Asahara Shoko"} <= texts(japanese_renderings("アサハラ ショウコウ"))
+
+
+def test_kanji_are_read_with_each_reading_the_dictionary_gives_names_too() -> None:
+    # pykakasi's own reading of 高山 is Kouzan; names read it Takayama.
+    assert kanji_readings("高山")[:2] == ("kouzan", "takayama")
+    assert "teruaki" in kanji_readings("照明")
+    assert "Takayama Kiyoshi" in texts(japanese_renderings("高山清司"))
+    assert "Yamaguchi Gumi" in texts(japanese_renderings("山口組"))
+
+
+def test_a_name_with_a_character_japanese_cannot_read_gets_no_japanese_rendering() -> None:
+    assert japanese_renderings("成龙") == ()  # 龙 is simplified Chinese only
 
 
 def test_long_vowels_written_in_arabic_script_must_be_in_the_listed_word() -> None:
@@ -175,6 +188,38 @@ def test_unlisted_names_in_other_scripts_do_not_match(full_list: SanctionsList, 
     ],
 )
 def test_an_arabic_name_sharing_only_consonants_with_a_listed_name_does_not_match(
+    full_list: SanctionsList, query: str
+) -> None:
+    found = full_list.find_name(query)
+    assert found is None or found.score < DEFAULT_THRESHOLD
+
+
+@pytest.mark.parametrize(
+    ("query", "listed"),
+    [
+        ("高山清司", "TAKAYAMA, Kiyoshi"),
+        ("竹内照明", "TAKEUCHI, Teruaki"),
+        ("山口組", "YAMAGUCHI-GUMI"),
+    ],
+)
+def test_a_japanese_name_in_kanji_matches_through_the_reading_names_take(
+    full_list: SanctionsList, query: str, listed: str
+) -> None:
+    found = full_list.find_name(query)
+    assert found is not None and found.score >= DEFAULT_THRESHOLD
+    assert found.matched_name == listed
+    assert found.rendering.startswith("Hepburn")
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "박찬호",  # Chan Ho Pak: PAK, Chang-Ho is one syllable off (찬 Chan, 창 Chang)
+        "김철수",  # Chol Su Kim: KIM, Chol has one syllable less
+        "成龙",  # Cheng Long: not SEI (成's Japanese reading alone)
+    ],
+)
+def test_an_east_asian_name_a_syllable_off_a_listed_name_does_not_match(
     full_list: SanctionsList, query: str
 ) -> None:
     found = full_list.find_name(query)

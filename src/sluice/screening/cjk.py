@@ -20,13 +20,14 @@ Everything is a pure function of the text; each rendering is labelled with its s
 
 from __future__ import annotations
 
+import itertools
 import re
 from functools import lru_cache
 from typing import Any
 
 from korean_romanizer.romanizer import Romanizer
 from pypinyin import Style, lazy_pinyin
-from rapidfuzz.distance import Indel
+from rapidfuzz.distance import Levenshtein
 
 from sluice.screening.index import IndexedName
 from sluice.screening.names import NormalisedName
@@ -41,6 +42,13 @@ CUSTOMARY = "customary Korean spelling"
 HEPBURN = "Hepburn"
 RENDERINGS_MAX = 32
 """The most renderings one name gets (each is screened)."""
+KANJI_READINGS_MAX = 4
+"""The most readings of one kanji word tried (pykakasi's dictionary lists up to a dozen)."""
+JAPANESE_READINGS_MAX = 8
+"""The most combinations of the words' readings tried for one name."""
+LETTER_EDIT_COST = 2.0
+"""What one letter edit costs a rendering against a listed name, in letters (see
+:func:`whole_name_score`)."""
 
 # Customary spellings of the most common Korean surnames (the official romanisation, "Gim",
 # is not how anyone writes Kim). A surname not here is written by its syllable's forms.
@@ -212,30 +220,81 @@ def korean_renderings(text: str) -> tuple[Rendering, ...]:
 
 @lru_cache(maxsize=1)
 def _kakasi() -> Any:
+    """pykakasi's converter, its dictionaries loaded on first use (once per process)."""
     import pykakasi
 
     return pykakasi.kakasi()  # type: ignore[no-untyped-call]
 
 
+@lru_cache(maxsize=1)
+def _kanji_readings_table() -> Any:
+    """pykakasi's kanji dictionary (kanwadict: each kanji word's readings, most common first),
+    or None when this pykakasi does not have it where 2.3 keeps it."""
+    try:
+        from pykakasi.kanji import Kanwa
+    except ImportError:  # pragma: no cover - another pykakasi layout
+        return None
+    return Kanwa()  # type: ignore[no-untyped-call]
+
+
+@lru_cache(maxsize=4_096)
+def _hepburn(kana: str) -> str:
+    """Kana in Hepburn (pykakasi), "" when any of it cannot be read."""
+    words = [str(item["hepburn"]) for item in _kakasi().convert(kana)]
+    written = "".join(words)
+    return written if written.isascii() and written.isalpha() else ""
+
+
+def kanji_readings(word: str) -> tuple[str, ...]:
+    """The readings pykakasi's dictionary gives a kanji word, in Hepburn, its own first.
+
+    pykakasi reads a word with the first reading its dictionary lists, often a word's
+    Sino-Japanese reading (高山 Kouzan, 照明 Shoumei, 組 Kumi); the dictionary also lists the
+    readings names take (Takayama, Teruaki, Gumi), so each is tried, at most
+    :data:`KANJI_READINGS_MAX` of them."""
+    table = _kanji_readings_table()
+    entries = table.load(word[0]) if table is not None else None
+    readings = [kana for kana, context in (entries or {}).get(word, ()) if context is None]
+    found: list[str] = []
+    for kana in readings:
+        written = _hepburn(kana)
+        if written and written not in found:
+            found.append(written)
+        if len(found) == KANJI_READINGS_MAX:
+            break
+    return tuple(found)
+
+
+@lru_cache(maxsize=1_024)
 def japanese_renderings(text: str) -> tuple[Rendering, ...]:
-    """Hepburn renderings (pykakasi) of the kana and kanji of ``text``."""
+    """Hepburn renderings (pykakasi) of the kana and kanji of ``text``: each word's readings
+    (see :func:`kanji_readings`), long vowels written out and collapsed. None when a character
+    has no reading (a Chinese character Japanese does not use)."""
     kept = "".join(
         character if script_of(character) in (HAN, KANA) or character == "ー" else " "
         for character in text
     )
     if not kept.strip():
         return ()
-    words = [
-        str(item["hepburn"]).strip() for item in _kakasi().convert(kept) if item["hepburn"].strip()
-    ]
-    words = [word for word in words if word.isascii() and word.isalpha()]
-    if not words:
+    choices: list[tuple[str, ...]] = []
+    for item in _kakasi().convert(kept):
+        original, written = str(item["orig"]).strip(), str(item["hepburn"]).strip()
+        if not original:
+            continue
+        if not (written.isascii() and written.replace(" ", "").isalpha()):
+            return ()
+        readings = kanji_readings(original) if script_of(original[0]) == HAN else ()
+        choices.append((written, *(reading for reading in readings if reading != written)))
+    if not choices:
         return ()
-    long_form = " ".join(word.capitalize() for word in words)
-    short_form = " ".join(
-        _LONG_VOWELS.sub(lambda found: found.group(0)[0], word).capitalize() for word in words
-    )
-    return _unique([Rendering(HEPBURN, long_form), Rendering(HEPBURN, short_form)])
+    renderings: list[Rendering] = []
+    for words in itertools.islice(itertools.product(*choices), JAPANESE_READINGS_MAX):
+        long_form = " ".join(word.capitalize() for word in words)
+        short_form = " ".join(
+            _LONG_VOWELS.sub(lambda found: found.group(0)[0], word).capitalize() for word in words
+        )
+        renderings.extend((Rendering(HEPBURN, long_form), Rendering(HEPBURN, short_form)))
+    return _unique(renderings)
 
 
 def whole_name_score(query: NormalisedName, name: IndexedName) -> float:
@@ -250,10 +309,22 @@ def whole_name_score(query: NormalisedName, name: IndexedName) -> float:
     name_sorted = "".join(sorted(name.tokens))
     surname_first = "".join(query.tokens[-1:] + query.tokens[:-1])
     return 100 * max(
-        Indel.normalized_similarity(query_sorted, name_sorted),
-        Indel.normalized_similarity(query.joined, name.joined),
-        Indel.normalized_similarity(surname_first, name.joined),
+        _letters_alike(query_sorted, name_sorted),
+        _letters_alike(query.joined, name.joined),
+        _letters_alike(surname_first, name.joined),
     )
+
+
+def _letters_alike(left: str, right: str) -> float:
+    """0–1: one less, per letter edit, by :data:`LETTER_EDIT_COST` over the longer's length.
+
+    A rendering is spelt in the system the lists use, so a letter apart is another syllable
+    (찬 Chan and 창 Chang), not a typo: an edit costs twice what it costs a name typed in
+    Latin letters."""
+    if left == right:
+        return 1.0
+    longer = max(len(left), len(right))
+    return max(0.0, 1 - LETTER_EDIT_COST * Levenshtein.distance(left, right) / longer)
 
 
 def east_asian_renderings(text: str, scripts: frozenset[str]) -> tuple[Rendering, ...]:
