@@ -1,0 +1,194 @@
+"""The mint guard's model tied to the code: spin's counterexample for a mutant is replayed against
+the real services, with the same mutation applied to the code, and the code misbehaves the same
+way; the unmutated code, driven through the very same schedule, does not.
+
+How: spin refutes ``verification/mint_guard.pml`` under ``MUTANT_GUARD_OUTSIDE_TX`` (record_mint's
+figures read in a transaction of their own, before the one that records the mint), with three
+deposits, no redemption and no lost answer, so that the schedule involves deposits only. The
+model prints one ``EV <event> <n>`` line per step it takes; the replay of the counterexample
+(``spin -t``) is read back and each event is done in a small world of real services (the
+sandbox custody wallet, the in-memory chain and the watcher, SQLite, the embedded ledger with
+its issuer, the deposit operation's step functions; ``tests/integration/issuance_deposit_world``):
+
+* ``confirm d``: a deposit of one unit (``SATS``) is paid to the customer's address and confirmed
+  by the watcher, which opens its ``bitcoin_deposit`` operation;
+* ``reserve d``: the operation's ``kyc`` and ``reserve`` steps (the output becomes credited);
+* ``read k``: the mutated code reads the guard's figures and the ledger's supply now (in a
+  transaction of its own); the code as it is reads nothing here;
+* ``commit k``/``sent k``: the operation's ``mint`` step (record_mint, then send_mint); mutated,
+  record_mint compares against what ``read k`` saw (``SqlIssuanceRepository.guard_figures`` and
+  the issuer's ``supply`` answer that, by monkeypatch);
+* ``reorg d``: the chain drops the deposit's transaction and the watcher rolls the reorg back
+  (minting halts: the deposit was credited);
+* ``resume``: an operator resumes minting.
+
+The mutated code ends with the supply above the reserves less pending redemptions, as the model
+does (its assertion P1); the code as it is refuses the last mint (MintGuardError: the step fails,
+minting halts) and the supply stays within the reserves.
+
+Why this approach rather than driving the services through random traces of the model and
+comparing states: a replay needs only the mapping of the events of one schedule, and the world
+the integration tests already build; a conformance test would also need every model state mapped
+to the database's (amounts, statuses, the halt switch, the operations' steps) and a trace
+generator, more machinery to keep honest than the models themselves. The replay tests what
+matters most: that the hazard the model finds is a hazard of the code, and that the code as it
+is closes it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from sluice import bootstrap
+from sluice.bitcoin.keys import create_sandbox_custody, load_signing_keys
+from sluice.bitcoin.wallet import EmbitCustodyWallet
+from sluice.ports.issuance import GuardFigures
+from sluice.services import issuance_deposit
+from sluice.services.compliance import KycRegistry
+from sluice.services.issuance_router import StepOutcome
+from sluice.services.mint_guard import guard_status, resume_minting
+from sluice.store.issuance_repository import SqlIssuanceRepository
+from tests.integration.issuance_deposit_world import CHAIN, World
+from tests.verification.spin import run_spin
+
+MODEL = Path(__file__).resolve().parents[2] / "verification" / "mint_guard.pml"
+MUTANT = "MUTANT_GUARD_OUTSIDE_TX"
+BOUNDS = ("ND=3", "REDEMPTIONS=0", "CRASHES=0")
+SATS = 125_000  # one unit of the model
+EVENT = re.compile(r"^\s*EV (\w+)(?: (\d+))?\s*$", re.MULTILINE)
+KNOWN = {"confirm", "reserve", "read", "commit", "sent", "reorg", "resume"}
+
+Event = tuple[str, int]
+
+
+@pytest.fixture(scope="module")
+def counterexample(tmp_path_factory: pytest.TempPathFactory) -> list[Event]:
+    result = run_spin(MODEL, defines=(MUTANT, *BOUNDS), work_dir=tmp_path_factory.mktemp("pan"))
+    assert result.errors == 1, result.output
+    assert result.trail is not None
+    assert "assertion violated (supply<=(reserves-pending))" in result.output
+    events = [(m.group(1), int(m.group(2) or -1)) for m in EVENT.finditer(result.trail)]
+    unknown = {name for name, _ in events} - KNOWN
+    assert not unknown, f"the replay does not know the model's events {unknown}: {events}"
+    assert events[-1][0] == "commit", events
+    return events
+
+
+@pytest.fixture(scope="module")
+def wallet(tmp_path_factory: pytest.TempPathFactory) -> EmbitCustodyWallet:
+    custody = create_sandbox_custody(tmp_path_factory.mktemp("custody") / "keys", CHAIN)
+    return EmbitCustodyWallet(custody.descriptor, CHAIN, load_signing_keys(custody.key_files))
+
+
+@pytest.fixture
+def world(tmp_path: Path, wallet: EmbitCustodyWallet) -> Iterator[World]:
+    db = bootstrap.database(f"sqlite:///{tmp_path / 'sluice.db'}")
+    world = World(db, wallet, KycRegistry())
+    world.customer("alice")
+    yield world
+    db.dispose()
+
+
+@dataclass
+class Replay:
+    """The model's events done in ``world``; ``mutated`` applies the mutant's change to
+    record_mint (its figures read before its transaction)."""
+
+    world: World
+    mutated: bool
+    monkeypatch: pytest.MonkeyPatch
+    operations: dict[int, str] = field(default_factory=dict)
+    read: dict[int, tuple[GuardFigures, int]] = field(default_factory=dict)
+    minted: dict[int, StepOutcome] = field(default_factory=dict)
+
+    def run(self, events: list[Event]) -> None:
+        for name, n in events:
+            getattr(self, f"on_{name}")(n)
+
+    def on_confirm(self, deposit: int) -> None:
+        self.operations[deposit] = self.world.deposit("alice", SATS, sender=deposit + 1)
+
+    def on_reserve(self, deposit: int) -> None:
+        op = self.world.operation(self.operations[deposit])
+        assert issuance_deposit.kyc(self.world.ctx, op).kind == "done"
+        assert issuance_deposit.reserve(self.world.ctx, op).kind == "done"
+
+    def on_read(self, key: int) -> None:
+        if not self.mutated:
+            return  # the code as it is reads the figures inside the mint's transaction
+        ledger_supply = self.world.issuer.supply()
+        with self.world.db.uow() as uow:
+            self.read[key] = (uow.issuance.guard_figures(), ledger_supply)
+
+    def on_commit(self, key: int) -> None:
+        op = self.world.operation(self.operations[key])  # the model's key is its deposit
+        with self.monkeypatch.context() as patch:
+            if self.mutated:
+                figures, ledger_supply = self.read[key]
+                patch.setattr(SqlIssuanceRepository, "guard_figures", lambda *_a, **_k: figures)
+                patch.setattr(self.world.issuer, "supply", lambda: ledger_supply)
+            self.minted[key] = issuance_deposit.mint(self.world.ctx, op)
+
+    def on_sent(self, key: int) -> None:
+        assert self.minted[key].kind == "done", self.minted[key]
+        mint = self.world.mint(self.operations[key])
+        assert mint is not None and mint.status == "committed"
+
+    def on_reorg(self, deposit: int) -> None:
+        chain = self.world.chain
+        txid = self.operations[deposit].split(":")[1]
+        height = chain.getblock(chain.getrawtransaction(txid)["blockhash"])["height"]
+        chain.reorg(chain.tip_height - height + 1, drop_txids=[txid])
+        assert self.world.watcher.run_once().reorgs == 1
+
+    def on_resume(self, _: int) -> None:
+        resume_minting(self.world.db.uow, reason="replayed", actor="officer", at=self.world.clock())
+
+
+def headroom_sats(world: World) -> int:
+    """reserves − pending − supply, as the guard counts them now."""
+    return int(guard_status(world.ctx)["headroom_sats"])
+
+
+def test_the_counterexample_is_a_race_of_two_mints_after_a_reorg_and_a_resume(
+    counterexample: list[Event],
+) -> None:
+    names = [name for name, _ in counterexample]
+    assert "reorg" in names and "resume" in names
+    last = counterexample[-1][1]
+    # The last mint read its figures before the mint committed just before it.
+    read_at = counterexample.index(("read", last))
+    assert any(name == "commit" for name, _ in counterexample[read_at:-1])
+
+
+def test_the_mutated_code_mints_above_the_reserves_like_the_mutant(
+    world: World, counterexample: list[Event], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    replay = Replay(world, mutated=True, monkeypatch=monkeypatch)
+    replay.run(counterexample)
+    last = counterexample[-1][1]
+    assert replay.minted[last].kind == "done", replay.minted[last]
+    status = guard_status(world.ctx)
+    assert status["supply_sats"] > status["reserves_sats"] - status["pending_redemptions_sats"]
+    assert headroom_sats(world) < 0
+    commits = [n for name, n in counterexample if name == "commit"]
+    recorded = [world.mint(op_id) for op_id in replay.operations.values()]
+    assert len([m for m in recorded if m is not None]) == len(commits)
+
+
+def test_the_code_refuses_the_same_schedules_last_mint(
+    world: World, counterexample: list[Event], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    replay = Replay(world, mutated=False, monkeypatch=monkeypatch)
+    replay.run(counterexample)
+    last = counterexample[-1][1]
+    refused = replay.minted[last]
+    assert refused.kind == "fail" and "would take the supply" in (refused.error or "")
+    assert world.mint(replay.operations[last]) is None
+    assert world.halted()
+    assert headroom_sats(world) >= 0
