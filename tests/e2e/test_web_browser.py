@@ -45,7 +45,7 @@ from playwright.sync_api import Browser, expect
 
 from sluice.services.compliance_officer import flag_address, review_queue
 from tests.api_support import ApiWorld, api_world, live_server
-from tests.e2e.browser import Screens, Tab, TabFactory, artefacts_for, chromium
+from tests.e2e.browser import Screens, Tab, TabFactory, artefacts_for
 
 SETTINGS = {"approvals.required": 2, "withdrawals.approval_above": "500"}
 # Every staff page, as the overview's navigation links them.
@@ -72,12 +72,6 @@ class Site:
 
     def key(self, who: str) -> str:
         return self.world.keys[who]
-
-
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Browser]:
-    with chromium() as launched:
-        yield launched
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from sluice.api.body_limit import DEFAULT_MAX_BODY_BYTES
 from sluice.api.oidc import JwtVerifier
+from sluice.api.web.oidc_client import OidcClient
 from sluice.api.web.settings import WebSettings
 from sluice.ports import AsyncReads, RegistryLookup, UnitOfWorkFactory
 from sluice.services.access import ApiKeyVerifier
@@ -57,5 +58,7 @@ class ApiContext:
     reserves: ReservesContext | None = None
     # The web pages' sessions and sign-in limits (``[web]``).
     web: WebSettings = field(default_factory=WebSettings)
+    # Staff sign-in to the pages on the OIDC provider's own page (``[web.oidc]``); None: off.
+    web_oidc: OidcClient | None = None
     # The bound on a request's body, for the API and the pages (``[api] max_body_bytes``).
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES

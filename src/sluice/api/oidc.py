@@ -14,6 +14,7 @@ message.
 
 from __future__ import annotations
 
+import hmac
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,8 +121,10 @@ class JwtVerifier:
             assert settings.jwks_file is not None
             self._file = _FileKeys(settings.jwks_file)
 
-    def authenticate(self, token: str) -> Principal:
-        """The principal a token names; :class:`UnauthorizedError` saying why it is refused."""
+    def authenticate(self, token: str, *, nonce: str | None = None) -> Principal:
+        """The principal a token names; :class:`UnauthorizedError` saying why it is refused.
+        With ``nonce`` (an ID token of a sign-in this site started), the token's ``nonce``
+        claim must be that value."""
         if not token or len(token) > TOKEN_LENGTH_MAX:
             raise UnauthorizedError("malformed token: empty or too long")
         try:
@@ -154,6 +157,10 @@ class JwtVerifier:
             raise UnauthorizedError(f"invalid token: {exc}") from None
         except (ValueError, TypeError, KeyError) as exc:
             raise UnauthorizedError(f"invalid token: {type(exc).__name__}") from None
+        if nonce is not None:
+            found = claims.get("nonce")
+            if not isinstance(found, str) or not hmac.compare_digest(found, nonce):
+                raise UnauthorizedError("the token's nonce is not this sign-in's")
         return self._principal(claims)
 
     def _verified_claims(self, token: str) -> dict[str, Any]:

@@ -370,6 +370,15 @@ class DeploymentConfig(_Section):
     exchange: ExchangeConfig = ExchangeConfig()
     web: WebConfig = WebConfig()
 
+    @model_validator(mode="after")
+    def _web_oidc(self) -> DeploymentConfig:
+        if self.web.oidc is not None and self.api.oidc is None:
+            raise ValueError(
+                "[web.oidc] signs staff in with the provider [api.oidc] trusts: configure "
+                "[api.oidc] (issuer, keys, claims) too"
+            )
+        return self
+
     @property
     def database_url(self) -> str:
         return self.database.url or f"sqlite:///{self.data_dir / 'sluice.db'}"

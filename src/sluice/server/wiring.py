@@ -14,6 +14,7 @@ from sluice import bootstrap
 from sluice.api.context import ApiContext
 from sluice.api.oidc import JwtVerifier, OidcSettings
 from sluice.api.operations import executors
+from sluice.api.web.oidc_client import OidcClient, OidcClientSettings
 from sluice.api.web.settings import WebSettings
 from sluice.config import DeploymentConfig
 from sluice.domain.errors import InvalidInputError
@@ -324,7 +325,8 @@ def _wire(
         withdrawal_settings=settings,
         deployment=config.redacted(),
         reads=database.async_reads(),
-        web=WebSettings(**config.web.model_dump()),
+        web=WebSettings(**config.web.model_dump(exclude={"oidc"})),
+        web_oidc=web_oidc_client(config),
         max_body_bytes=config.api.max_body_bytes,
     )
     context.executors = executors(context)
@@ -404,3 +406,21 @@ def approvals_part(context: ApiContext) -> Part:
         return Outcome(busy=bool(executed), counts={"executed": executed})
 
     return Part("approvals", run, moves_value=True)
+
+
+def web_oidc_client(config: DeploymentConfig) -> OidcClient | None:
+    """The pages' sign-in through the OIDC provider (``[web.oidc]``), if configured."""
+    web, api = config.web.oidc, config.api.oidc
+    if web is None or api is None:
+        return None
+    settings = OidcClientSettings(
+        client_id=web.client_id,
+        redirect_uri=web.redirect_uri,
+        client_secret=web.secret_value(),
+        token_auth=web.token_auth,
+        authorization_endpoint=web.authorization_endpoint,
+        token_endpoint=web.token_endpoint,
+        scopes=web.scopes,
+        provider_name=web.provider_name,
+    )
+    return OidcClient(settings, OidcSettings(**api.model_dump()))

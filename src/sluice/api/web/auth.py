@@ -13,6 +13,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Request
@@ -21,6 +22,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sluice.api.context import ApiContext
 from sluice.api.web import sessions
 from sluice.api.web.pages import Page, any_page, render
+from sluice.domain.access import Principal
 from sluice.domain.errors import SluiceError
 
 router = APIRouter(include_in_schema=False)
@@ -63,18 +65,18 @@ LOGIN_COOKIE_S = 15 * 60
 PAGES = ("/dashboard", "/me")
 
 
-def _client(request: Request) -> str:
+def client_address(request: Request) -> str:
     return request.client.host if request.client is not None else "unknown"
 
 
-def _landing(next_path: str | None, is_user: bool) -> str:
+def landing(next_path: str | None, is_user: bool) -> str:
     home = "/me" if is_user else "/dashboard"
     if next_path and next_path.startswith(home) and "//" not in next_path:
         return next_path
     return home
 
 
-def _form(request: Request, status: int = 200, error: str | None = None) -> HTMLResponse:
+def form(request: Request, status: int = 200, error: str | None = None) -> HTMLResponse:
     context: ApiContext = request.app.state.context
     token = sessions.new_token()
     answer = render(
@@ -86,6 +88,7 @@ def _form(request: Request, status: int = 200, error: str | None = None) -> HTML
         next=request.query_params.get("next", ""),
         error=error,
         oidc=context.jwt is not None,
+        oidc_provider=context.web_oidc.provider_name if context.web_oidc is not None else None,
     )
     answer.set_cookie(
         sessions.LOGIN_COOKIE,
@@ -101,7 +104,7 @@ def _form(request: Request, status: int = 200, error: str | None = None) -> HTML
 
 @router.get("/login")
 def login_form(request: Request) -> HTMLResponse:
-    return _form(request)
+    return form(request)
 
 
 @router.post("/login")
@@ -112,23 +115,40 @@ def login(
     next: Annotated[str, Form(max_length=500)] = "",
 ) -> Response:
     context: ApiContext = request.app.state.context
-    client = _client(request)
+    client = client_address(request)
     now = context.clock()
     if not sessions.same(csrf_token, request.cookies.get(sessions.LOGIN_COOKIE, "\0")):
-        return _form(request, 403, "The form expired or was not this site's: try again.")
+        return form(request, 403, "The form expired or was not this site's: try again.")
     failures: FailedSignIns = request.app.state.failed_sign_ins
     allowed = context.web.login_failures_per_minute
     if failures.count(client) >= allowed:
         sessions.audit_failed_sign_in(context, client, "too many failed sign-ins", now)
-        return _form(request, 429, "Too many failed sign-ins from here: wait a minute.")
+        return form(request, 429, "Too many failed sign-ins from here: wait a minute.")
     try:
         principal = sessions.verify_credentials(context, credential)
     except SluiceError as exc:
         failures.add(client)
         sessions.audit_failed_sign_in(context, client, str(exc), now)
-        return _form(request, 401, "Those credentials were not accepted.")
+        return form(request, 401, "Those credentials were not accepted.")
+    answer = signed_in(context, principal, client, next, now)
+    answer.delete_cookie(sessions.LOGIN_COOKIE, path="/login")
+    return answer
+
+
+def signed_in(
+    context: ApiContext, principal: Principal, client: str, next: str, now: datetime
+) -> Response:
+    """A new session for ``principal``: its cookie, and the way to the page it lands on."""
+    return start_session(
+        RedirectResponse(landing(next, principal.is_user), 303), context, principal, client, now
+    )
+
+
+def start_session(
+    answer: Response, context: ApiContext, principal: Principal, client: str, now: datetime
+) -> Response:
+    """``answer`` with the cookie of a new session for ``principal``."""
     signed = sessions.sign_in(context, context.web, principal, client, now)
-    answer = RedirectResponse(_landing(next, principal.is_user), 303)
     answer.set_cookie(
         sessions.COOKIE,
         signed.token,
@@ -137,7 +157,6 @@ def login(
         samesite="strict",
         path="/",
     )
-    answer.delete_cookie(sessions.LOGIN_COOKIE, path="/login")
     return answer
 
 

@@ -16,11 +16,13 @@ from sluice.api.web import (
     dashboard_controls,
     dashboard_ops,
     dashboard_reserves,
+    oidc_login,
 )
 from sluice.api.web.pages import handlers
 
 ROUTERS = (
     auth.router,
+    oidc_login.router,
     dashboard.router,
     dashboard_ops.router,
     dashboard_reserves.router,
