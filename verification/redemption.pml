@@ -66,6 +66,9 @@
  *                                batch pays it.
  *   MUTANT_NO_REBROADCAST        a broadcast batch the node no longer holds (evicted, or dropped
  *                                by a reorg) is not sent again.
+ *
+ * Events for the replay against the code (tests/verification/test_issuance_conformance.py) are
+ * printed as "EV <name> [n]" lines.
  */
 
 #ifndef NCOINS
@@ -183,6 +186,7 @@ inline broadcast(t, result) {
 /* ---- the chain ------------------------------------------------------------------------------ */
 
 inline mine(t) {
+  printf("EV mine %d\n", t);
   tx_state[t] = TX_MINED;
   spent_by[tx_coin[t]] = t + 1;
   mined_count++;
@@ -210,9 +214,9 @@ inline unmine(t) {
 
 #define CHAIN_ACTIONS(t) \
   :: atomic { tx_state[t] == TX_MEMPOOL && spent_by[tx_coin[t]] == 0 -> mine(t) } \
-  :: atomic { tx_state[t] == TX_MINED -> tx_state[t] = TX_DEEP } \
-  :: atomic { reorgs_left > 0 && tx_state[t] >= TX_MINED -> reorgs_left--; unmine(t) } \
-  :: atomic { evictions_left > 0 && tx_state[t] == TX_MEMPOOL -> evictions_left--; tx_state[t] = TX_NONE }
+  :: atomic { tx_state[t] == TX_MINED -> tx_state[t] = TX_DEEP; printf("EV deep %d\n", t) } \
+  :: atomic { reorgs_left > 0 && tx_state[t] >= TX_MINED -> reorgs_left--; printf("EV reorg %d\n", t); unmine(t) } \
+  :: atomic { evictions_left > 0 && tx_state[t] == TX_MEMPOOL -> evictions_left--; tx_state[t] = TX_NONE; printf("EV evict %d\n", t) }
 
 active proctype Chain() {
   byte j;
@@ -242,10 +246,10 @@ inline record_sent(b) {
 
 /* _send: broadcast the recorded latest version, then record it; a crash may come between */
 inline send_and_record(b) {
-  atomic { t = b_latest[b]; broadcast(t, result) };
+  atomic { t = b_latest[b]; broadcast(t, result); printf("EV broadcast %d\n", t) };
   if
   :: atomic { crashes_left > 0 -> crashes_left-- }   /* crashed before recording */
-  :: atomic { record_sent(b) }
+  :: atomic { record_sent(b); printf("EV recorded %d\n", b) }
   fi
 }
 
@@ -345,7 +349,8 @@ end:
        b_coin[b] = c; reserved = reserved | (1 << c);
        t = ntx; ntx++;
        tx_coin[t] = c; tx_batch[t] = b; tx_state[t] = TX_NONE;
-       b_latest[b] = t; b_status[b] = B_SIGNED; p_status = P_BATCHED
+       b_latest[b] = t; b_status[b] = B_SIGNED; p_status = P_BATCHED;
+       printf("EV batched %d\n", b)
      };
      if
      :: atomic { crashes_left > 0 -> crashes_left-- }   /* crashed after the record */
@@ -385,7 +390,7 @@ end:
      atomic { ledger_burn = 1 };
      if
      :: atomic { crashes_left > 0 -> crashes_left--; claim = 0 }   /* answer lost: run again */
-     :: atomic { burn_rec = R_COMMITTED; op_step = S_PAYOUT; claim = 0 }
+     :: atomic { burn_rec = R_COMMITTED; op_step = S_PAYOUT; claim = 0; printf("EV burned\n") }
      fi
   /* payout_step: request_payout (the same id answers the first request) */
   :: atomic { claim == 0 && op_step == S_PAYOUT ->
@@ -393,13 +398,14 @@ end:
        :: p_status == P_NONE -> p_status = P_QUEUED
        :: else -> skip
        fi;
-       op_step = S_CONFIRM
+       op_step = S_CONFIRM;
+       printf("EV payout_requested\n")
      }
   /* confirm_step: completed -> done; can never be paid -> remint; otherwise it waits */
   :: atomic { claim == 0 && op_step == S_CONFIRM && (p_status == P_COMPLETED || p_status == P_CANCELLED) ->
        if
-       :: p_status == P_COMPLETED -> op_step = S_DONE
-       :: else -> op_step = S_REMINT
+       :: p_status == P_COMPLETED -> op_step = S_DONE; printf("EV completed\n")
+       :: else -> op_step = S_REMINT; printf("EV to_remint\n")
        fi
      }
   /* remint_step: the payout read again; recorded, sent, its answer recorded */
@@ -418,7 +424,7 @@ end:
      atomic { ledger_remint = 1 };
      if
      :: atomic { crashes_left > 0 -> crashes_left--; claim = 0 }   /* answer lost: run again */
-     :: atomic { remint_rec = R_COMMITTED; op_step = S_DONE; claim = 0 }
+     :: atomic { remint_rec = R_COMMITTED; op_step = S_DONE; claim = 0; printf("EV reminted\n") }
      fi
   od;
 next:
@@ -433,13 +439,13 @@ end:
   if
   :: atomic { burn_rec == R_NONE || burn_rec == R_FAILED ->
        /* _refund: the burn fenced as failed, the customer's iSTSi given back */
-       burn_rec = R_FAILED; refunded = 1; op_step = S_DONE; claim = 0 }
+       burn_rec = R_FAILED; refunded = 1; op_step = S_DONE; claim = 0; printf("EV refunded\n") }
   :: atomic { burn_rec == R_SUBMITTED -> claim = 0 }   /* refused: its outcome is unknown */
   :: burn_rec == R_COMMITTED ->
 #ifdef MUTANT_COMPENSATE_UNCHECKED
      atomic {
        if
-       :: p_status != P_COMPLETED -> op_step = S_REMINT
+       :: p_status != P_COMPLETED -> op_step = S_REMINT; printf("EV compensated\n")
        :: else -> skip
        fi;
        claim = 0
@@ -453,9 +459,10 @@ end:
      };
      atomic {
        if
-       :: p_status == P_QUEUED -> p_status = P_CANCELLED; op_step = S_REMINT   /* cancel_payout */
-       :: p_status == P_CANCELLED -> op_step = S_REMINT
-       :: else -> skip   /* completed, or a batch holds it: refused (41) */
+       :: p_status == P_QUEUED -> p_status = P_CANCELLED; op_step = S_REMINT;   /* cancel_payout */
+          printf("EV compensated\n")
+       :: p_status == P_CANCELLED -> op_step = S_REMINT; printf("EV compensated\n")
+       :: else -> printf("EV compensation_refused\n")   /* completed, or batched: refused (41) */
        fi;
        claim = 0
      }

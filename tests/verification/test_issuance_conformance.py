@@ -26,6 +26,15 @@ The mutated code ends with the supply above the reserves less pending redemption
 does (its assertion P1); the code as it is refuses the last mint (MintGuardError: the step fails,
 minting halts) and the supply stays within the reserves.
 
+The redemption model is tied the same way: spin refutes ``verification/redemption.pml`` under
+``MUTANT_COMPENSATE_UNCHECKED`` (the compensation and the remint step do not look at the payout's
+final state) with no crash, reorg, eviction or bump, and its counterexample is replayed against
+the router with ``issuance_redeem.DEFINITION``, the payout worker, the chain and the embedded
+ledger (the world of ``tests/integration/test_issuance_redeem``), the router running one step at a
+time. The same mutation applied to the code (``issuance_redeem.cancel_payout`` cancels nothing
+and ``_unpaid_for_good`` answers "not completed") re-mints and then pays the same redemption; the
+code as it is cancels the queued payout before the re-mint, so nothing is paid.
+
 Why this approach rather than driving the services through random traces of the model and
 comparing states: a replay needs only the mapping of the events of one schedule, and the world
 the integration tests already build; a conformance test would also need every model state mapped
@@ -39,7 +48,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -47,13 +56,19 @@ import pytest
 from sluice import bootstrap
 from sluice.bitcoin.keys import create_sandbox_custody, load_signing_keys
 from sluice.bitcoin.wallet import EmbitCustodyWallet
+from sluice.ports import UnitOfWorkFactory
 from sluice.ports.issuance import GuardFigures
-from sluice.services import issuance_deposit
+from sluice.services import issuance_deposit, issuance_redeem
+from sluice.services.btc_payouts import PayoutView, get_payout
 from sluice.services.compliance import KycRegistry
+from sluice.services.issuance_overrides import compensate_operation
 from sluice.services.issuance_router import StepOutcome
+from sluice.services.issuance_settings import IssuanceSettings
 from sluice.services.mint_guard import guard_status, resume_minting
 from sluice.store.issuance_repository import SqlIssuanceRepository
 from tests.integration.issuance_deposit_world import CHAIN, World
+from tests.integration.test_issuance_redeem import CONFIRMATIONS, DEFINITIONS, destination
+from tests.integration.test_issuance_redeem import World as RedemptionWorld
 from tests.verification.spin import run_spin
 
 MODEL = Path(__file__).resolve().parents[2] / "verification" / "mint_guard.pml"
@@ -192,3 +207,178 @@ def test_the_code_refuses_the_same_schedules_last_mint(
     assert world.mint(replay.operations[last]) is None
     assert world.halted()
     assert headroom_sats(world) >= 0
+
+
+# --- the redemption model's counterexample -------------------------------------------------------
+
+REDEMPTION_MODEL = MODEL.parent / "redemption.pml"
+REDEMPTION_MUTANT = "MUTANT_COMPENSATE_UNCHECKED"
+REDEMPTION_BOUNDS = ("CRASHES=0", "REORGS=0", "EVICTIONS=0", "BUMPS=0")
+REDEEMED_SATS = 300_000
+REDEMPTION_EVENTS = {
+    "burned",
+    "payout_requested",
+    "compensated",
+    "compensation_refused",
+    "to_remint",
+    "reminted",
+    "completed",
+    "batched",
+    "broadcast",
+    "recorded",
+    "mine",
+    "deep",
+}
+
+
+@pytest.fixture(scope="module")
+def redemption_counterexample(tmp_path_factory: pytest.TempPathFactory) -> list[Event]:
+    result = run_spin(
+        REDEMPTION_MODEL,
+        defines=(REDEMPTION_MUTANT, *REDEMPTION_BOUNDS),
+        work_dir=tmp_path_factory.mktemp("pan"),
+    )
+    assert result.errors == 1, result.output
+    assert "!((ledger_remint&&ever_paid))" in result.output
+    assert result.trail is not None
+    events = [(m.group(1), int(m.group(2) or -1)) for m in EVENT.finditer(result.trail)]
+    unknown = {name for name, _ in events} - REDEMPTION_EVENTS
+    assert not unknown, f"the replay does not know the model's events {unknown}: {events}"
+    return events
+
+
+@pytest.fixture
+def redemption_world(tmp_path: Path, wallet: EmbitCustodyWallet) -> Iterator[RedemptionWorld]:
+    db = bootstrap.database(f"sqlite:///{tmp_path / 'sluice.db'}")
+    world = RedemptionWorld(db, wallet)
+    # One step a run: the model's events are the router's steps.
+    world.ctx = replace(world.ctx, settings=IssuanceSettings(steps_per_round=1))
+    world.router.ctx = world.ctx
+    world.customer("alice")
+    world.give_istsi("alice", 1_000_000)
+    world.fund_custody(2_000_000)
+    yield world
+    db.dispose()
+
+
+@dataclass
+class RedemptionReplay:
+    """The redemption model's events done in ``world``; ``mutated`` applies the mutant's change:
+    the compensation cancels nothing and neither it nor the remint step looks at whether the
+    payout can still be paid."""
+
+    world: RedemptionWorld
+    mutated: bool
+    monkeypatch: pytest.MonkeyPatch
+    operation_id: str = ""
+    paid_batches: set[int] = field(default_factory=set)
+    compensation_refused: bool = False
+
+    def run(self, events: list[Event]) -> None:
+        if self.mutated:
+            self.monkeypatch.setattr(issuance_redeem, "cancel_payout", _cancel_nothing)
+            self.monkeypatch.setattr(issuance_redeem, "_unpaid_for_good", _not_completed)
+        self.operation_id = self.world.redeem(REDEEMED_SATS).id
+        for name, n in events:
+            getattr(self, f"on_{name}")(n)
+
+    def step(self) -> str:
+        return self.world.run(self.operation_id).step
+
+    def on_burned(self, _: int) -> None:
+        assert self.step() == "payout"
+        self.world.book_burn(self.world.operation(self.operation_id))
+
+    def on_payout_requested(self, _: int) -> None:
+        assert self.step() == "confirm"
+
+    def on_compensated(self, _: int) -> None:
+        moved = compensate_operation(
+            self.world.ctx, DEFINITIONS, self.operation_id, reason="replayed", actor="operator"
+        )
+        assert moved.step == "remint", moved
+
+    def on_compensation_refused(self, _: int) -> None:
+        self.compensation_refused = True
+
+    def on_to_remint(self, _: int) -> None:
+        assert self.step() == "remint"
+
+    def on_reminted(self, _: int) -> None:
+        self.step()  # record_mint and send_mint; it waits for ingestion to credit it
+        self.world.book_remint(self.world.operation(self.operation_id))
+        assert self.world.run(self.operation_id).status == "compensated"
+
+    def on_completed(self, _: int) -> None:
+        assert self.world.run(self.operation_id).status == "completed"
+
+    def on_batched(self, batch: int) -> None:
+        if batch not in self.paid_batches:  # the worker batches, signs, records and sends
+            self.paid_batches.add(batch)
+            self.world.pay()
+
+    def on_broadcast(self, _: int) -> None:
+        pass  # done by the worker's round of on_batched
+
+    def on_recorded(self, _: int) -> None:
+        pass
+
+    def on_mine(self, _: int) -> None:
+        self.world.mine()
+
+    def on_deep(self, _: int) -> None:
+        self.world.mine(CONFIRMATIONS)
+        self.world.pay()
+
+    def payout(self) -> PayoutView:
+        view = get_payout(self.world.db.uow, issuance_redeem.payout_id_of(self.operation_id))
+        assert view is not None
+        return view
+
+    def reminted(self) -> bool:
+        with self.world.db.uow() as uow:
+            mint = uow.issuance.get_mint(issuance_redeem.remint_id_of(self.operation_id))
+        return mint is not None and mint.status == "committed"
+
+
+def _cancel_nothing(uow_factory: UnitOfWorkFactory, *, payout_id: str, **_: object) -> PayoutView:
+    view = get_payout(uow_factory, payout_id)
+    assert view is not None
+    return view
+
+
+def _not_completed(view: PayoutView) -> bool:
+    return view.status != "completed"
+
+
+def test_the_redemption_counterexample_remints_before_the_payout_is_mined(
+    redemption_counterexample: list[Event],
+) -> None:
+    names = [name for name, _ in redemption_counterexample]
+    assert names.index("compensated") < names.index("reminted") < len(names)
+    assert names[-1] == "mine"
+
+
+def test_the_mutated_code_pays_and_remints_one_redemption_like_the_mutant(
+    redemption_world: RedemptionWorld,
+    redemption_counterexample: list[Event],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    replay = RedemptionReplay(redemption_world, mutated=True, monkeypatch=monkeypatch)
+    replay.run(redemption_counterexample)
+    _, script = destination(redemption_world.wallet, "dest")
+    assert len(redemption_world.paid_to(script)) == 1  # paid on the chain
+    assert replay.reminted()  # and the customer's iSTSi minted back
+
+
+def test_the_code_cancels_the_payout_before_the_remint_on_the_same_schedule(
+    redemption_world: RedemptionWorld,
+    redemption_counterexample: list[Event],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    replay = RedemptionReplay(redemption_world, mutated=False, monkeypatch=monkeypatch)
+    replay.run(redemption_counterexample)
+    _, script = destination(redemption_world.wallet, "dest")
+    assert replay.reminted()
+    assert replay.payout().status == "cancelled"
+    assert redemption_world.paid_to(script) == []  # never paid
