@@ -52,7 +52,7 @@
  *
  * Properties:
  *   paid_once        (assertion) never two transactions paying the payout in the chain at once:
- *                    refuted by MUTANT_REBUILD_AFTER_CRASH.
+ *                    refuted by MUTANT_REBUILD_AFTER_CRASH and by MUTANT_BUMP_OTHER_COIN.
  *   remint_xor_paid  (assertion) never both a re-mint sent and a transaction paying the payout
  *                    ever mined (nor a refund and a burn): refuted by MUTANT_COMPENSATE_UNCHECKED.
  *   done             (ltl, weak fairness) the redemption is eventually completed or compensated:
@@ -61,6 +61,8 @@
  * Mutants:
  *   MUTANT_REBUILD_AFTER_CRASH   a signed batch found after a crash is taken as never sent: its
  *                                payout is queued again and paid by a new batch from other coins.
+ *   MUTANT_BUMP_OTHER_COIN       a fee bump spends another coin than the version it replaces, so
+ *                                the two do not conflict (both can be mined).
  *   MUTANT_COMPENSATE_UNCHECKED  the compensation and the remint step do not look at the
  *                                payout's final state (no cancel, no re-read): re-mint while a
  *                                batch pays it.
@@ -366,6 +368,18 @@ end:
        fi;
        t = ntx; ntx++;
        tx_coin[t] = b_coin[b]; tx_batch[t] = b; tx_state[t] = TX_NONE;
+#ifdef MUTANT_BUMP_OTHER_COIN
+       /* the new version funded by another coin: it does not conflict with the old one */
+       c = 0;
+       do
+       :: c < NCOINS && (reserved & (1 << c)) -> c++
+       :: else -> break
+       od;
+       if
+       :: c < NCOINS -> tx_coin[t] = c; reserved = reserved | (1 << c)
+       :: else -> skip
+       fi;
+#endif
        b_latest[b] = t; b_bumps[b]++
      };
      if

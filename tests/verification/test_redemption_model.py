@@ -71,6 +71,12 @@ def test_liveness_holds_under_wider_bounds(tmp_path: Path) -> None:
             id="rebuilt-after-a-crash",
         ),
         pytest.param(
+            "paid_once refuted by MUTANT_BUMP_OTHER_COIN",
+            ("MUTANT_BUMP_OTHER_COIN",),
+            "assertion violated (mined_count<=1)",
+            id="fee-bump-not-conflicting",
+        ),
+        pytest.param(
             "remint_xor_paid refuted by MUTANT_COMPENSATE_UNCHECKED",
             ("MUTANT_COMPENSATE_UNCHECKED",),
             "assertion violated  !((ledger_remint&&ever_paid))",
