@@ -169,6 +169,9 @@ def _add_names(
     at: datetime,
 ) -> list[CustomerName]:
     """Record the names the customer does not have yet (checked: at most OTHER_NAMES_MAX)."""
+    # The customer's row is locked first (PostgreSQL), so two requests adding names to one
+    # customer take turns instead of both inserting the same name.
+    uow.compliance.profiles([customer_id], lock=True)
     known = uow.reference.customer_names_of(customer_id)
     if known is None:
         raise NotFoundError(f"unknown customer {customer_id!r}")
