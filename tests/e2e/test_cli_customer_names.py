@@ -202,6 +202,11 @@ def test_screen_customers_finds_a_customer_by_a_second_name_in_chinese_or_cyrill
         ("cust-e", "under_review"),
     ]
     assert [r["operation"] for r in trail(sluice, "cust-d")][-1] == "customer_screened"
+    (run,) = [
+        r for r in json_lines(sluice("audit list")) if r["operation"] == "customer_base_screened"
+    ]
+    assert run["parameters"]["names"] == 6
+    assert (run["parameters"]["matches"], run["parameters"]["customers_matched"]) == (2, 2)
 
 
 # --- names added later --------------------------------------------------------------------------

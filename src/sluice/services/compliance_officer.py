@@ -600,6 +600,23 @@ def screen_customers(
             )
             uow.commit()
         matches.extend(hits)
+    # The run itself, matches or not: which list, how many names, what was found.
+    with uow_factory() as uow:
+        _audit(
+            uow,
+            operation="customer_base_screened",
+            operation_id=f"screen-customers:{at.isoformat()}",
+            actor=actor,
+            at=at,
+            parameters={
+                "list": screening.source,
+                "customers": len({customer_id for customer_id, _ in names}),
+                "names": len(names),
+                "matches": len(matches),
+                "customers_matched": len(found),
+            },
+        )
+        uow.commit()
     return matches
 
 
