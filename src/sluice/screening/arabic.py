@@ -31,6 +31,7 @@ Omair): those are left to the score's other words and to the reviewer.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -150,13 +151,15 @@ def listed_skeletons(normalised: NormalisedName) -> NormalisedName:
     return skeleton_name(normalised.original, normalised.folded, words or normalised.tokens)
 
 
-def _arabic_word(word: str, *, persian: bool = False) -> str:
+def _arabic_word(word: str, *, persian: bool = False, prefixed: bool = False) -> str:
     """One Arabic-script word in ASCII, one letter per Arabic letter (anyascii's digraphs as
-    the letter the skeleton gives them), article and ta marbuta off (see the docstring)."""
+    the letter the skeleton gives them), article and ta marbuta off (see the docstring);
+    ``prefixed``: a preposition with the article (``لل``, ``بال``…) is read as letters of the
+    word."""
     word = _DIACRITICS.sub("", word)
     if word in _SPECIAL_WORDS:
         return _SPECIAL_WORDS[word]
-    for prefix in _ARTICLE_PREFIXES:
+    for prefix in () if prefixed else _ARTICLE_PREFIXES:
         if word.startswith(prefix) and len(word) > len(prefix) + 1:
             word = word[len(prefix) :]
             break
@@ -218,6 +221,7 @@ def _name_words(name: str) -> list[str]:
     return originals
 
 
+@lru_cache(maxsize=4_096)
 def arabic_queries(name: str) -> tuple[NormalisedName, ...]:
     """The skeleton forms of a name written (partly) in Arabic script, compounds apart and
     joined; words in other scripts go through anyascii."""
@@ -225,9 +229,14 @@ def arabic_queries(name: str) -> tuple[NormalisedName, ...]:
     queries: list[NormalisedName] = []
     seen: set[tuple[str, ...]] = set()
     both = any(character in _PERSIAN_SOUNDS for character in name)
-    for persian in (False, True) if both else (False,):
+    # لل, بال… open a word as a preposition and the article, or as the name's own letters
+    # (للبب): tried both ways, the preposition first.
+    prefixes = any(word.startswith(_ARTICLE_PREFIXES) for word in originals)
+    for persian, prefixed in itertools.product(
+        (False, True) if both else (False,), (False, True) if prefixes else (False,)
+    ):
         words = [
-            _arabic_word(word, persian=persian)
+            _arabic_word(word, persian=persian, prefixed=prefixed)
             if any(script_of(character) == ARABIC for character in word)
             else _letters(canonical_token(anyascii(word).casefold()))
             for word in originals

@@ -327,6 +327,7 @@ def _letters_alike(left: str, right: str) -> float:
     return max(0.0, 1 - LETTER_EDIT_COST * Levenshtein.distance(left, right) / longer)
 
 
+@lru_cache(maxsize=4_096)
 def east_asian_renderings(text: str, scripts: frozenset[str]) -> tuple[Rendering, ...]:
     """The renderings for the East Asian scripts among ``scripts``."""
     renderings: list[Rendering] = []

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from rapidfuzz.distance import Indel
@@ -123,6 +123,7 @@ class NameIndex:
         postings: dict[str, list[int]] = {}
         exact: dict[str, list[int]] = {}
         neighbourhood: dict[str, set[str]] = {}
+        keyed: set[tuple[str, str]] = set()
         for position, (text, entity, normalised) in enumerate(names):
             weights = tuple(self._weights[token] for token in normalised.tokens)
             indexed.append(
@@ -141,7 +142,13 @@ class NameIndex:
                 held = postings.setdefault(token, [])
                 if not held or held[-1] != position:
                     held.append(position)
-                for key in _deletions(token) | _deletions(spelling):
+                if (token, spelling) in keyed:
+                    continue  # its keys are in already (muhammad, ali…: thousands of names)
+                keyed.add((token, spelling))
+                keys = _deletions(token)
+                if spelling != token:
+                    keys |= _deletions(spelling)
+                for key in keys:
                     neighbourhood.setdefault(key, set()).add(token)
             exact.setdefault(normalised.sorted_key, []).append(position)
         self._names = tuple(indexed)
@@ -164,12 +171,20 @@ class NameIndex:
         return self._weights.get(token, self._unknown_weight)
 
     def best(
-        self, query: NormalisedName, *, floor: float = TOKEN_SIMILARITY_FLOOR
+        self,
+        query: NormalisedName,
+        *,
+        floor: float = TOKEN_SIMILARITY_FLOOR,
+        bound: Callable[[NormalisedName, IndexedName], float] | None = None,
+        beat: float = 0.0,
     ) -> NameScore | None:
         """The best-scoring listed name for ``query``, or None when nothing comes close.
 
         ``floor``: the token similarity under which two tokens do not align (stricter for a
-        query that is a transliteration of ours than for a name typed in Latin letters)."""
+        query that is a transliteration of ours than for a name typed in Latin letters).
+        ``bound``: a cap on each candidate's score (a rendering's whole-name comparison); a
+        candidate whose cap is not above ``beat`` (the best score found so far through other
+        renderings) is not scored at all, and None is returned when none is."""
         if not query.tokens:
             return None
         exact = self._exact.get(query.sorted_key)
@@ -191,22 +206,29 @@ class NameIndex:
         best: NameScore | None = None
         for position in ranked:
             name = names[position]
-            score = score_tokens(query, query_weights, name, floor)
+            if bound is None:
+                score = score_tokens(query, query_weights, name, floor)
+            else:
+                cap = round(bound(query, name), 2)
+                if cap <= beat or (best is not None and cap <= best.score):
+                    continue  # it cannot score more than what is already found
+                score = min(score_tokens(query, query_weights, name, floor), cap)
             if best is None or score > best.score:
                 best = NameScore(name, score)
         return best
 
     def ranked(
         self, query: NormalisedName, *, floor: float = TOKEN_SIMILARITY_FLOOR
-    ) -> list[NameScore]:
+    ) -> Iterator[NameScore]:
         """The listed names :meth:`best` chooses from, best first (each name whose sorted tokens
-        are the query's at 100, then the candidates scored): for a caller that checks more than
-        the tokens and may set the first aside."""
+        are the query's at 100, then the candidates scored — only once the caller asks past
+        those): for a caller that checks more than the tokens and may set the first aside."""
         if not query.tokens:
-            return []
+            return
         names = self._names
         exact = self._exact.get(query.sorted_key, ())
-        found = [NameScore(names[position], 100.0) for position in exact]
+        for position in exact:
+            yield NameScore(names[position], 100.0)
         query_weights = tuple(self.weight(token) for token in query.tokens)
         estimates = self._candidates(query, query_weights, floor)
         totals = self._totals
@@ -222,7 +244,7 @@ class NameIndex:
         ]
         # Stable: among equal scores the better estimate stays first, as in best().
         scored.sort(key=lambda name_score: -name_score.score)
-        return found + scored
+        yield from scored
 
     def _candidates(
         self,
@@ -290,16 +312,24 @@ def score_tokens(
 ) -> float:
     """Score (0–100) ``query`` against one listed name (see the module docstring)."""
     pairs: list[tuple[float, int, int]] = []
+    name_tokens = name.tokens
+    name_spellings = name.spellings
     for query_position, (query_token, query_spelling) in enumerate(
         zip(query.tokens, query.spellings, strict=True)
     ):
-        for name_position, name_token in enumerate(name.tokens):
+        for name_position, name_token in enumerate(name_tokens):
+            if query_token == name_token:
+                pairs.append((1.0, query_position, name_position))
+                continue
             similarity = token_similarity(query_token, name_token, floor)
             if similarity < 1.0:
-                similarity = max(
-                    similarity,
-                    token_similarity(query_spelling, name.spellings[name_position], floor),
-                )
+                name_spelling = name_spellings[name_position]
+                if query_spelling == name_spelling:
+                    similarity = 1.0
+                else:
+                    similarity = max(
+                        similarity, token_similarity(query_spelling, name_spelling, floor)
+                    )
             if similarity:
                 pairs.append((similarity, query_position, name_position))
     pairs.sort(reverse=True)

@@ -39,6 +39,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -244,18 +245,26 @@ class SanctionsList:
         rendering = ANYASCII
         scripts = scripts_of(name)
         for candidate in east_asian_renderings(name, scripts):
-            query = normalise_name(candidate.text, ordered_last_first=False)
+            if found is not None and found.score >= 100.0:
+                break  # ties go to the earlier rendering: nothing later can win
+            query = _rendered_query(candidate.text)
             scored = (
-                self.index.best(query, floor=RENDERED_SIMILARITY_FLOOR) if query.tokens else None
+                self.index.best(
+                    query,
+                    floor=RENDERED_SIMILARITY_FLOOR,
+                    bound=whole_name_score,
+                    beat=found.score if found is not None else 0.0,
+                )
+                if query.tokens
+                else None
             )
-            if scored is not None:
-                whole = round(whole_name_score(query, scored.name), 2)
-                scored = NameScore(scored.name, min(scored.score, whole))
             if scored is not None and (found is None or scored.score > found.score):
                 found, rendering = scored, f"{candidate.system}: {candidate.text}"
         if ARABIC in scripts and self.skeleton_index is not None:
             queries = arabic_queries(name)
             for query in queries:
+                if found is not None and found.score >= 100.0:
+                    break  # ties go to the earlier form: nothing later can win
                 scored = self._best_skeleton(name, query, one_word=len(queries[0].tokens) == 1)
                 if scored is not None and (found is None or scored.score > found.score):
                     found, rendering = scored, f"{SKELETON}: {' '.join(query.tokens)}"
@@ -295,6 +304,12 @@ class SanctionsList:
 
     def addresses(self) -> Iterator[ListedAddress]:
         return iter(self._addresses.values())
+
+
+@lru_cache(maxsize=4_096)
+def _rendered_query(text: str) -> NormalisedName:
+    """A rendering as screening compares it (renderings are written given name first)."""
+    return normalise_name(text, ordered_last_first=False)
 
 
 # --- Finding the files ---------------------------------------------------------------------
