@@ -35,7 +35,7 @@ from sluice.ports import (
 from sluice.ports.bitcoin import BitcoinNode, CustodyWallet
 from sluice.ports.issuance import ContractAddresses, IssuerLedger
 from sluice.screening import ListedSanctions, screen_to_json_lines
-from sluice.screening.scripts import scripts_of
+from sluice.screening.scripts import ANYASCII, scripts_of
 from sluice.services.bitcoin_settings import BitcoinSettings
 from sluice.services.breaker_proxies import (
     GuardedBitcoinNode,
@@ -300,13 +300,16 @@ def name_screening(screen: SanctionsScreen | None) -> NameScreening:
     transliteration it matched. ``None``: names are recorded but not screened."""
     if screen is None:
         return NameScreening(scripts_of)
-    if isinstance(screen, ListedSanctions):
-        return NameScreening(scripts_of, screen.explain_name, screen.source)
+    listed = screen if isinstance(screen, ListedSanctions) else None
 
     def explain(name: str) -> tuple[NameMatch, str | None]:
-        return screen.screen_name(name), None
+        if listed is None:
+            return screen.screen_name(name), None
+        result, rendering = listed.explain_name(name)
+        # anyascii's rendering is what every name gets: only another one is worth naming.
+        return result, None if rendering == ANYASCII else rendering
 
-    return NameScreening(scripts_of, explain, None)
+    return NameScreening(scripts_of, explain, listed.source if listed is not None else None)
 
 
 def kyc_registry(config: DeploymentConfig) -> KycRegistry:

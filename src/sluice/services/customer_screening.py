@@ -36,7 +36,8 @@ NOT_SCREENED = "not screened: no sanctions list is configured"
 ScriptsOf = Callable[[str], Collection[str]]
 """The scripts a name's letters are written in (``sluice.screening.scripts.scripts_of``)."""
 Explain = Callable[[str], tuple[NameMatch, str | None]]
-"""Screen one name; the result and the transliteration that brought it to Latin letters."""
+"""Screen one name; the result and the transliteration that brought it to Latin letters for
+the match (None: the name's own Latin letters, or the default transliteration)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +111,7 @@ def screen_names(
     for name in names:
         result, rendering = screening.explain(name.name)
         if result.match:
-            transliteration = rendering if rendering not in (None, "anyascii") else None
-            hits.append(NameHit(customer_id, name, result, transliteration))
+            hits.append(NameHit(customer_id, name, result, rendering))
     return sorted(hits, key=lambda hit: -hit.result.score)
 
 
