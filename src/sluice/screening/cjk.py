@@ -26,7 +26,6 @@ from functools import lru_cache
 from typing import Any
 
 from korean_romanizer.romanizer import Romanizer
-from pypinyin import Style, lazy_pinyin
 from rapidfuzz.distance import Levenshtein
 
 from sluice.screening.index import IndexedName
@@ -138,6 +137,10 @@ def chinese_renderings(text: str) -> tuple[Rendering, ...]:
         return ()
     surname_length = 2 if len(characters) == 4 else 1
     renderings: list[Rendering] = []
+    # Imported on first use: pypinyin loads its dictionaries when imported (about half a
+    # second), which a list without Chinese queries need not wait for.
+    from pypinyin import Style, lazy_pinyin
+
     for system, style in ((PINYIN, Style.NORMAL), (WADE_GILES, Style.WADEGILES)):
         syllables = [
             syllable.replace("'", "").replace("-", "")
