@@ -100,13 +100,18 @@ def test_signing_in_sets_a_strict_cookie_and_lands_each_role_at_home(world: ApiW
     page = staff.get("/dashboard")
     assert page.status_code == 200 and "Dashboard" in page.text
     assert "script-src 'self'" in page.headers["content-security-policy"]
-    assert staff.get("/me").status_code == 403
+    refused = staff.get("/me")
+    assert refused.status_code == 403
+    # signed in as someone who may not see it: the page offers to sign out and the way home
+    assert 'action="/logout"' in refused.text and 'href="/dashboard"' in refused.text
 
     customer = browser(world)
     answer = sign_in(customer, world.keys["user"], next_path="https://evil.example/")
     assert answer.headers["location"] == "/me"  # type: ignore[attr-defined]
     assert customer.get("/me").status_code == 200
-    assert customer.get("/dashboard").status_code == 403
+    refused = customer.get("/dashboard")
+    assert refused.status_code == 403
+    assert 'action="/logout"' in refused.text and 'href="/me">your own pages' in refused.text
 
     asked = browser(world)
     answer = sign_in(asked, world.keys["user"], next_path="/me?page=2")

@@ -143,6 +143,20 @@ def handlers() -> Mapping[type[Exception], Callable[[Request, Exception], Respon
         return RedirectResponse(target, 303)
 
     def forbidden(request: Request, exc: Exception) -> Response:
-        return render(request, "forbidden.html", 403, reason=str(exc), principal=None)
+        # Signed in as someone who may not see this: the page still offers to sign out.
+        context: ApiContext = request.app.state.context
+        session = sessions.current(
+            context,
+            context.web,
+            request.cookies.get(sessions.COOKIE),
+            context.clock(),
+            extend=False,
+        )
+        if session is None:
+            return render(request, "forbidden.html", 403, reason=str(exc), principal=None)
+        principal = sessions.principal_of(session)
+        return render(
+            request, "forbidden.html", 403, reason=str(exc), principal=principal, csrf=session.csrf
+        )
 
     return {SignInRequiredError: sign_in, PageForbiddenError: forbidden}
