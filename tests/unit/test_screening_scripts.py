@@ -293,6 +293,52 @@ def test_a_chinese_name_listed_in_pinyin_matches_it(characters: str) -> None:
     assert found is not None and found.score >= DEFAULT_THRESHOLD
 
 
+KANA_SYLLABLES = list(
+    "かきくけこさしすせそたちつてとなにぬねのはひふへほまみむめもやゆよらりるれろわ"
+)
+KANJI_WORDS = [
+    "山田",
+    "高山",
+    "田中",
+    "中村",
+    "小林",
+    "竹内",
+    "山口",
+    "清司",
+    "太郎",
+    "照明",
+    "和也",
+]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.sampled_from(KANA_SYLLABLES), min_size=2, max_size=4),
+    st.lists(st.sampled_from(KANA_SYLLABLES), min_size=2, max_size=3),
+)
+def test_a_japanese_name_in_kana_listed_in_hepburn_matches_it(
+    surname: list[str], given_name: list[str]
+) -> None:
+    query = f"{''.join(surname)} {''.join(given_name)}"
+    listed_surname, listed_given = japanese_renderings(query)[0].text.split()
+    found = one_entity(f"{listed_surname.upper()}, {listed_given}").find_name(query)
+    assert found is not None and found.score >= DEFAULT_THRESHOLD
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(KANJI_WORDS), st.sampled_from(KANJI_WORDS), st.data())
+def test_a_japanese_name_in_kanji_listed_in_any_of_its_readings_matches_it(
+    surname: str, given_name: str, data: st.DataObject
+) -> None:
+    query = surname + given_name
+    reading = data.draw(st.sampled_from(japanese_renderings(query)))
+    words = reading.text.split()
+    assume(len(words) == 2)
+    found = one_entity(f"{words[0].upper()}, {words[1]}").find_name(query)
+    assert found is not None and found.score >= DEFAULT_THRESHOLD
+    assert found.rendering.startswith("Hepburn")
+
+
 MIXED_SCRIPTS = st.one_of(
     st.characters(min_codepoint=0x600, max_codepoint=0x6FF),
     st.characters(min_codepoint=0x4E00, max_codepoint=0x4EFF),

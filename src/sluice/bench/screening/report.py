@@ -12,7 +12,13 @@ from pathlib import Path
 from sluice.bench.record import machine
 
 from .benchmark import DEFAULT_SEED, Example, ScreeningBenchReport, run_screening_bench
-from .scripts import COMPARISON, SCRIPT_PRECISION_TARGET, SCRIPT_RECALL_TARGET
+from .scripts import (
+    COMPARISON,
+    SCRIPT_PRECISION_TARGET,
+    SCRIPT_RECALL_TARGET,
+    SETS_NOTE,
+    ScriptFigures,
+)
 
 SECTION = "## Sanctions screening (`sluice bench screening`)"
 HEADER = (
@@ -40,30 +46,50 @@ def _examples(title: str, examples: Sequence[Example]) -> str:
     return "".join(lines)
 
 
-def _scripts(report: ScreeningBenchReport) -> str:
-    """The per-script table (names written in their own script), when the run measured it."""
-    if not report.by_script:
-        return ""
+def _script_table(title: str, by_script: dict[str, ScriptFigures]) -> list[str]:
     lines = [
-        "\n### Names written in other scripts (`tests/data/screening/scripts.json`)\n\n",
+        f"\n### {title}\n\n",
         "| script | positives / negatives | precision | recall | wrong entity | screenings/s "
         f"| precision ≥ {SCRIPT_PRECISION_TARGET}, recall ≥ {SCRIPT_RECALL_TARGET} |\n",
         "|---|---|---|---|---|---|---|\n",
     ]
-    for figures in report.by_script.values():
+    for figures in by_script.values():
         lines.append(
             f"| {figures.script} | {figures.positives} / {figures.negatives} "
             f"| {figures.precision} | {figures.recall} | {figures.wrong_entity} "
             f"| {figures.screenings_per_s} | {'met' if figures.targets_met else 'NOT met'} |\n"
         )
-    for figures in report.by_script.values():
-        for title, examples in (
+    for figures in by_script.values():
+        for kind, examples in (
             ("false negatives", figures.false_negative_examples),
             ("false positives", figures.false_positive_examples),
         ):
             if examples:
-                lines.append(f"* {figures.script} {title}: " + "; ".join(examples) + "\n")
-    lines.append(f"* {COMPARISON}\n")
+                lines.append(f"* {figures.script} {kind}: " + "; ".join(examples) + "\n")
+    if not any(
+        figures.false_negative_examples or figures.false_positive_examples
+        for figures in by_script.values()
+    ):
+        lines.append("* No false positives or false negatives.\n")
+    return lines
+
+
+def _scripts(report: ScreeningBenchReport) -> str:
+    """The per-script tables (names written in their own script), when the run measured them."""
+    if not report.by_script and not report.by_script_check:
+        return ""
+    lines: list[str] = []
+    if report.by_script:
+        lines += _script_table(
+            "Names written in other scripts: development set (`tests/data/screening/scripts.json`)",
+            report.by_script,
+        )
+    if report.by_script_check:
+        lines += _script_table(
+            "Names written in other scripts: check set (`tests/data/screening/scripts-check.json`)",
+            report.by_script_check,
+        )
+    lines.append(f"\n* {SETS_NOTE}\n* {COMPARISON}\n")
     return "".join(lines)
 
 
