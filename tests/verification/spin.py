@@ -97,13 +97,16 @@ def run_spin(
     work_dir: Path,
     reduce: bool = True,
     hash_bits: int = 22,
+    compile_flags: Sequence[str] = (),
     timeout_s: float = 300.0,
 ) -> SpinResult:
     """Check ``model`` exhaustively with spin and return pan's figures.
 
     ``defines`` are preprocessor names (``"MUTANT_X"`` or ``"BOUND=3"``); ``ltl`` names one of the
     model's ``ltl`` blocks; ``liveness`` adds weak fairness; ``search_depth`` is pan's ``-m``;
-    ``reduce=False`` turns partial-order reduction off; ``hash_bits`` is pan's ``-w``.
+    ``reduce=False`` turns partial-order reduction off; ``hash_bits`` is pan's ``-w``;
+    ``compile_flags`` are added to gcc's (``-DCOLLAPSE`` halves the memory of a large search,
+    exactly, for a little more time).
     """
     require_tools()
     if liveness and ltl is None:
@@ -133,6 +136,7 @@ def run_spin(
         cflags.append("-DNFAIR=3")
     if not reduce:
         cflags.append("-DNOREDUCE")
+    cflags.extend(compile_flags)
     _run(["gcc", *cflags, "-o", "pan", "pan.c"], work_dir, timeout_s, "gcc")
     pan_args = ["./pan", "-n", f"-m{search_depth}", f"-w{hash_bits}"]
     if ltl is not None:
@@ -158,16 +162,20 @@ def run_spin(
         seconds=time.monotonic() - started,
         output=output,
         trail=trail,
-        depth_limited="max search depth too small" in output,
+        depth_limited="max search depth too small" in output
+        or figures["depth_reached"] >= search_depth - 1,
     )
 
 
 def _run(
     command: list[str], work_dir: Path, timeout_s: float, what: str, *, check: bool = True
 ) -> str:
-    completed = subprocess.run(
-        command, cwd=work_dir, capture_output=True, text=True, timeout=timeout_s, check=False
-    )
+    try:
+        completed = subprocess.run(
+            command, cwd=work_dir, capture_output=True, text=True, timeout=timeout_s, check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise SpinError(f"{what} took more than {timeout_s:.0f} s (in {work_dir})") from exc
     output = completed.stdout + completed.stderr
     if check and completed.returncode != 0:
         raise SpinError(f"{what} failed ({completed.returncode}):\n{output}")
