@@ -331,7 +331,16 @@ end_idle:
 #endif
             /* update_many(done, expected_status="submitting", same_attempt=True) */
             if
+#ifdef MUTANT_RECORD_ANY_ATTEMPT
+            /* Without same_attempt: the attempt this worker sent is written back over a later
+             * one another worker has claimed meanwhile. */
+            :: status == SUBMITTING ->
+                status = SUBMITTED; attempt = my_attempt; inputs = my_inputs;
+                trec_tgt = my_deadline; fenced = my_fence;
+                anchor = (my_inputs == 1 -> 0 : 1)
+#else
             :: status == SUBMITTING && attempt == my_attempt -> status = SUBMITTED
+#endif
             :: else -> skip
             fi
         }
