@@ -25,8 +25,21 @@ written without spaces is compared whole (``amirali`` and ``amir ali`` alike). T
 scored by the same index and the same scoring as Latin names (aligned tokens, rarity weights),
 against an index of the listed names' skeletons.
 
-Skeletons cannot tell apart names that differ only in their vowels (``عمر`` Omar, ``عمير``
-Omair): those are left to the score's other words and to the reviewer.
+A skeleton match alone does not score like an exact one: what the skeleton leaves out is
+checked against the listed words of the same (or a nearly identical) skeleton, and a match that
+fails is capped below the threshold (:data:`sluice.screening.lists.VOWELS_DISAGREE_CAP`):
+
+* the long vowels Arabic script writes must be in the listed word, each between the same
+  consonants (``محمود`` Mahmoud writes its u between m and d, MUHAMMAD an a there);
+* the word must open and close alike: a Latin word opening on a vowel is an Arabic word opening
+  on alef, ayn or hamza and the other way round (``طه`` is not ATA), and a Latin word ending
+  on a vowel is an Arabic word ending on a letter that writes one (``دياب`` is not DIABY);
+* the query must hold the listed surname, or one of its words (``كريم منصور`` is two given
+  names of AL-GHANIMI, Karim Mansur, not that person).
+
+When the best skeleton match fails these, the next candidate is checked. Skeletons still cannot
+tell apart names that differ only in their short vowels (``صالح`` Saleh and ``صلاح`` Salah when
+the Latin form writes an e): those are left to the score's other words and to the reviewer.
 """
 
 from __future__ import annotations

@@ -13,7 +13,13 @@
   customary spellings (``김`` → Kim, ``이``/``리`` → Lee, Yi, Ri, Rhee, ``박`` → Park, Pak).
   Syllables are joined and separated (a hyphen separates words for screening).
 * **Japanese**: pykakasi's Hepburn for kana and kanji, long vowels written out
-  (``shoukou``) and collapsed (``shoko``), as passports and lists write them.
+  (``shoukou``) and collapsed (``shoko``), as passports and lists write them. A kanji word is
+  read with each reading pykakasi's dictionary lists for it, not only the first: names take
+  readings that words do not (高山 is Kouzan as a word, Takayama as a name).
+
+A rendering is spelt as the lists spell it, so a letter apart from a listed name is another
+syllable, not a typo: the whole-name comparison that bounds a rendering's score charges two
+letters for each edit (:func:`whole_name_score`).
 
 Everything is a pure function of the text; each rendering is labelled with its system.
 """
@@ -296,7 +302,9 @@ def japanese_renderings(text: str) -> tuple[Rendering, ...]:
         short_form = " ".join(
             _LONG_VOWELS.sub(lambda found: found.group(0)[0], word).capitalize() for word in words
         )
-        renderings.extend((Rendering(HEPBURN, long_form), Rendering(HEPBURN, short_form)))
+        # The collapsed form first: lists write Kudo, not Kudou (工藤会 is KUDO-KAI; KOUDOU-KAI,
+        # another group, has the long form's spelling key).
+        renderings.extend((Rendering(HEPBURN, short_form), Rendering(HEPBURN, long_form)))
     return _unique(renderings)
 
 
