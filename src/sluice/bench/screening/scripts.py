@@ -35,8 +35,8 @@ SETS_NOTE = (
 COMPARISON = (
     "OpenSanctions' matcher: nomenklatura 4.17.4 (rigour 2.6.1, followthemoney 4.11.2) installs "
     "here only in a separate virtualenv, building PyICU 2.17 from source against the system's ICU "
-    "72 (about 8 minutes), so it is not a dependency of the project and is not run by this "
-    "command. Measured on 2026-12-06 on the same two sets by "
+    "72 (two minutes, libicu-dev being installed), so it is not a dependency of the project and "
+    "is not run by this command. Measured on 2026-12-06 on the same two sets by "
     "`tests/data/screening/compare_nomenklatura.py` in that virtualenv: its algorithms score an "
     "entity pair, and yente finds the candidates in Elasticsearch, which is not here; the script's "
     "own blocking (metaphone keys of ICU-transliterated words, 50 candidates) plus, for a "
