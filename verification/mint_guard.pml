@@ -1,6 +1,7 @@
 /*
- * The mint guard: concurrent mints (deposits' and a redemption's re-mint) and a redemption,
- * against confirmed reserves, with deposits removed (and brought back) by reorgs.
+ * The mint guard: concurrent mints (deposits' and a redemption's re-mint), a redemption and
+ * operators' payouts, against confirmed reserves, with deposits removed (and brought back) by
+ * reorgs.
  *
  * Code modelled (src/sluice/services/ unless said otherwise):
  *   mint_guard.record_mint      guard checked and mint recorded in ONE transaction, under
@@ -24,6 +25,12 @@
  *   btc_watcher / store.bitcoin_watch_repository
  *                               reorged outputs are "reorged"; seen again they are confirmed, or
  *                               credited again when they had been credited (credited_at).
+ *   btc_payouts.request_payout / _dips_into_backing
+ *                               an operator's payout is checked under the guard's lock in the
+ *                               transaction that inserts it: refused when supply + unminted
+ *                               deposits > reserves - pending - amount, not checked at all while
+ *                               the supply is 0 or less; pending from then until the watcher
+ *                               sees its batch's inputs spent.
  *   issuance_redeem.burn_step / remint_step and store.issuance_repository.guard_figures
  *                               supply = mints not failed - burns committed; reserves = custody
  *                               outputs confirmed or credited, unspent; pending = redemptions
@@ -38,8 +45,10 @@
  * itself is verification/redemption.pml. The guard's lock is a Promela atomic block.
  *
  * Bounds (defaults; -D to change): ND deposits of 1 unit (2), REDEMPTIONS (1, of the initial
- * supply of 1 backed by an old coin of 1), REORGS (1, of deposits or of the payout's spend),
- * RESUMES (1), CRASHES (1: a mint whose answer is lost and whose step runs again).
+ * supply of 1 backed by an old coin of 1), PAYOUTS operators' payouts of 1 unit (2), EXCESS
+ * (1 unit of the exchange's own Bitcoin in custody), REORGS (1, of deposits or of the
+ * redemption's payout), RESUMES (1), CRASHES (1: a mint whose answer is lost and whose step runs
+ * again).
  *
  * Properties (assertions; pan -DSAFETY):
  *   P1 guard_at_commit   at every mint's commit, supply <= reserves - pending (the figures of
@@ -48,8 +57,11 @@
  *                        MUTANT_DEPOSIT_KEY.
  *   P3 backing           in every state supply <= reserves - pending + lost, where lost is what
  *                        reorged credited deposits held (each such reorg halts minting, asserted
- *                        where it happens): the guard keeps a double mint from breaking it; with
- *                        MUTANT_DEPOSIT_KEY and MUTANT_NO_GUARD together it breaks.
+ *                        where it happens). The operators' payout check as the code has it
+ *                        breaks it (two gaps, see _dips_into_backing below); with
+ *                        PAYOUT_CHECK_FIXED (or PAYOUTS=0) it is proved, and then refuted by
+ *                        MUTANT_PAYOUT_CHECK_OUTSIDE_LOCK, and by MUTANT_DEPOSIT_KEY with
+ *                        MUTANT_NO_GUARD (the guard keeps a double mint from breaking it).
  *
  * SKIP_P1 / SKIP_P2 leave that assertion out, to look at another property alone under a mutant.
  *
@@ -60,6 +72,9 @@
  *                            outpoint and its block, not the outpoint alone: a deposit a reorg
  *                            takes away and brings back opens a second operation.
  *   MUTANT_NO_GUARD          record_mint does not compare (for the P3 demonstration).
+ *   MUTANT_PAYOUT_CHECK_OUTSIDE_LOCK
+ *                            an operator's payout is checked on figures read before the
+ *                            transaction that inserts it (two payouts both pass).
  *   MUTANT_NO_HALT_ON_REORG  a reorg of a credited deposit does not halt minting.
  *
  * Events for the replay against the code (tests/verification/test_issuance_conformance.py) are
@@ -71,6 +86,12 @@
 #endif
 #ifndef REDEMPTIONS
 #define REDEMPTIONS 1
+#endif
+#ifndef PAYOUTS
+#define PAYOUTS 2
+#endif
+#ifndef EXCESS
+#define EXCESS 1
 #endif
 #ifndef REORGS
 #define REORGS 1
@@ -104,15 +125,23 @@ bool ledger_cmd[KEYS];      /* the ledger's deduplication: command ids it commit
 byte recorded[ND];          /* ghost: mint records written for the deposit */
 byte ledger_mints[ND];      /* ghost: mints the ledger committed for the deposit */
 
-short supply = REDEMPTIONS;   /* iSTSi in circulation: the redeemable supply to start with */
-short reserves = REDEMPTIONS; /* the old coin backing it */
-short pending = 0;
+short supply = REDEMPTIONS;            /* iSTSi in circulation: the supply to start with */
+short reserves = REDEMPTIONS + EXCESS; /* the old coin backing it, and the exchange's own */
+short pending = 0;            /* pending redemptions and pending payouts */
+short pending_redemptions = 0;
+byte remint_owed = 0;          /* a redemption at its re-mint step whose re-mint is not recorded */
+bool redemption_coin_held = 0; /* the redemption's batch reserves a coin the chain has not spent */
 byte lost = 0;                /* ghost: units of credited deposits reorged out, not back */
 bool halted = 0;
 
 byte reorgs_left = REORGS;
 byte resumes_left = RESUMES;
 byte crashes_left = CRASHES;
+
+/* guard_figures' unminted_deposits: deposits confirmed in the chain with no mint record */
+#define UNMINTED_1(d) \
+  ((d < ND && (dep[d] == CONFIRMED || dep[d] == CREDITED) && mint_rec[d] == NONE) -> 1 : 0)
+#define UNMINTED (UNMINTED_1(0) + UNMINTED_1(1) + UNMINTED_1(2))
 
 #define P1 (supply <= reserves - pending)
 #define P3 (supply <= reserves - pending + lost)
@@ -153,7 +182,7 @@ insert_ok:
   supply++;
   if
   :: deposit < ND -> recorded[deposit]++
-  :: else -> skip
+  :: else -> remint_owed = 0   /* the re-mint is in the supply from its record on */
   fi;
   printf("EV commit %d\n", k);
 #ifndef SKIP_P1
@@ -268,18 +297,25 @@ proctype Redemption() {
   byte d = ND;
   byte k = REMINT_KEY;
   /* burn_step, commit_burn: out of the supply, pending from then on */
-  atomic { supply--; pending++; printf("EV burn\n") }
+  atomic { supply--; pending++; pending_redemptions++; printf("EV burn\n") }
   if
   :: /* the payout's batch mined: the watcher sees its inputs (the old coin) spent */
-     atomic { reserves--; pending--; printf("EV paid\n") };
+     atomic { reserves > 0 -> reserves--; pending--; pending_redemptions--; printf("EV paid\n") };
      if
-     :: atomic { reorgs_left > 0 -> reorgs_left--; reserves++; pending++; printf("EV unpaid\n") };
-        atomic { reserves--; pending--; printf("EV paid\n") }
+     :: atomic {
+          reorgs_left > 0 -> reorgs_left--; reserves++; pending++; pending_redemptions++;
+          redemption_coin_held = 1;   /* back unspent, still reserved by its batch */
+          printf("EV unpaid\n")
+        };
+        atomic {
+          reserves--; pending--; pending_redemptions--; redemption_coin_held = 0;
+          printf("EV paid\n")
+        }
      :: skip
      fi;
      goto done
   :: /* the payout can never be paid: confirm_step moves to remint, no longer pending */
-     atomic { pending--; printf("EV to_remint\n") }
+     atomic { pending--; pending_redemptions--; remint_owed = 1; printf("EV to_remint\n") }
   fi;
 mint:
 #ifdef MUTANT_GUARD_OUTSIDE_TX
@@ -300,6 +336,66 @@ done:
   skip;
 end_stuck:
 stuck:
+  skip
+}
+
+/* An operator's payout of one unit (btc_payouts.request_payout of kind "operator"): checked by
+   _dips_into_backing under the guard's lock in the transaction that inserts it, pending from then
+   until the watcher sees its batch's inputs spent (which takes them out of the reserves). */
+/* What _dips_into_backing counts as owed, and its exemption. As the code is: the supply and the
+   deposits not minted yet are owed, and a payout is not checked at all while the supply is 0 or
+   less ("no iSTSi in circulation"). Two gaps follow (spin finds both):
+   - the supply is also 0 once everything issued was burned for redemptions still to be paid:
+     the payout is then not checked and may take the Bitcoin owed to them;
+   - a redemption at its re-mint step is counted nowhere (burned: out of the supply; at remint:
+     no longer pending), so the Bitcoin its re-mint needs looks like excess.
+   NO_PAYOUT_EXEMPTION checks every payout; PAYOUT_OWES_REMINT counts a redemption waiting for
+   its re-mint as owed; PAYOUT_CHECK_FIXED is both. (Narrowing the exemption to "nothing owed at
+   all" is not enough: a reorg can undo a redemption's payout after an exempt payout was queued
+   beyond the reserves.) */
+#ifdef PAYOUT_CHECK_FIXED
+#define NO_PAYOUT_EXEMPTION
+#define PAYOUT_OWES_REMINT
+#endif
+#ifdef PAYOUT_OWES_REMINT
+#define OWED (supply + UNMINTED + remint_owed)
+#else
+#define OWED (supply + UNMINTED)
+#endif
+#ifdef NO_PAYOUT_EXEMPTION
+#define EXEMPT false
+#else
+#define EXEMPT (supply <= 0)
+#endif
+
+proctype OperatorPayout(byte n) {
+  short seen_owed, seen_cover;
+#ifdef MUTANT_PAYOUT_CHECK_OUTSIDE_LOCK
+  atomic { seen_owed = OWED; seen_cover = reserves - pending - 1; printf("EV payout_read %d\n", n) }
+#else
+  skip;
+#endif
+  atomic {
+#ifdef MUTANT_PAYOUT_CHECK_OUTSIDE_LOCK
+    if
+    :: EXEMPT || seen_owed <= seen_cover -> pending++; printf("EV payout_requested %d\n", n)
+    :: else -> printf("EV payout_refused %d\n", n); goto refused
+    fi
+#else
+    if
+    :: EXEMPT || OWED <= reserves - pending - 1 ->
+       pending++; printf("EV payout_requested %d\n", n)
+    :: else -> printf("EV payout_refused %d\n", n); goto refused
+    fi
+#endif
+  };
+end_unpaid:
+  /* batched with a coin no other batch reserves, mined, seen spent */
+  atomic {
+    reserves - redemption_coin_held > 0 ->
+    reserves--; pending--; printf("EV payout_paid %d\n", n)
+  };
+refused:
   skip
 }
 
@@ -343,7 +439,12 @@ init {
       run DepositChain(i)
     }
 #if REDEMPTIONS > 0
-    run Redemption()
+    run Redemption();
+#endif
+#if PAYOUTS > 0
+    for (i : 1 .. PAYOUTS) {
+      run OperatorPayout(i)
+    }
 #endif
   }
 }

@@ -4,11 +4,12 @@ way; the unmutated code, driven through the very same schedule, does not.
 
 How: spin refutes ``verification/mint_guard.pml`` under ``MUTANT_GUARD_OUTSIDE_TX`` (record_mint's
 figures read in a transaction of their own, before the one that records the mint), with three
-deposits, no redemption and no lost answer, so that the schedule involves deposits only. The
-model prints one ``EV <event> <n>`` line per step it takes; the replay of the counterexample
-(``spin -t``) is read back and each event is done in a small world of real services (the
-sandbox custody wallet, the in-memory chain and the watcher, SQLite, the embedded ledger with
-its issuer, the deposit operation's step functions; ``tests/integration/issuance_deposit_world``):
+deposits, no redemption, no operator's payout nor excess Bitcoin and no lost answer, so that the
+schedule involves deposits only. The model prints one ``EV <event> <n>`` line per step it takes;
+the replay of the counterexample (``spin -t``) is read back and each event is done in a small
+world of real services (the sandbox custody wallet, the in-memory chain and the watcher, SQLite,
+the embedded ledger with its issuer, the deposit operation's step functions;
+``tests/integration/issuance_deposit_world``):
 
 * ``confirm d``: a deposit of one unit (``SATS``) is paid to the customer's address and confirmed
   by the watcher, which opens its ``bitcoin_deposit`` operation;
@@ -73,7 +74,7 @@ from tests.verification.spin import run_spin
 
 MODEL = Path(__file__).resolve().parents[2] / "verification" / "mint_guard.pml"
 MUTANT = "MUTANT_GUARD_OUTSIDE_TX"
-BOUNDS = ("ND=3", "REDEMPTIONS=0", "CRASHES=0")
+BOUNDS = ("ND=3", "REDEMPTIONS=0", "PAYOUTS=0", "EXCESS=0", "CRASHES=0")
 SATS = 125_000  # one unit of the model
 EVENT = re.compile(r"^\s*EV (\w+)(?: (\d+))?\s*$", re.MULTILINE)
 KNOWN = {"confirm", "reserve", "read", "commit", "sent", "reorg", "resume"}
