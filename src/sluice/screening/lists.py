@@ -294,6 +294,8 @@ class SanctionsList:
                 score = VOWELS_DISAGREE_CAP
             if best is None or score > best.score:
                 best = NameScore(scored.name, score)
+            if best.score >= 100.0:
+                break  # before the generator scores the candidates past the exact names
         return best
 
     def find_address(self, address: str) -> ListedAddress | None:
