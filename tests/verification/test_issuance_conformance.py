@@ -36,6 +36,11 @@ time. The same mutation applied to the code (``issuance_redeem.cancel_payout`` c
 and ``_unpaid_for_good`` answers "not completed") re-mints and then pays the same redemption; the
 code as it is cancels the queued payout before the re-mint, so nothing is paid.
 
+Last, the two gaps spin found in the operators' payout check (``btc_payouts._dips_into_backing``:
+no check while the supply is 0, though redemptions are pending; a redemption waiting for its
+re-mint owed nowhere) are shown on the services: two tests state that such a payout is refused,
+and are marked ``xfail(strict=True)`` until the code's check is fixed.
+
 Why this approach rather than driving the services through random traces of the model and
 comparing states: a replay needs only the mapping of the events of one schedule, and the world
 the integration tests already build; a conformance test would also need every model state mapped
@@ -57,18 +62,24 @@ import pytest
 from sluice import bootstrap
 from sluice.bitcoin.keys import create_sandbox_custody, load_signing_keys
 from sluice.bitcoin.wallet import EmbitCustodyWallet
+from sluice.domain.errors import MintGuardError
 from sluice.ports import UnitOfWorkFactory
-from sluice.ports.issuance import GuardFigures
+from sluice.ports.issuance import GuardFigures, MintRecord
 from sluice.services import issuance_deposit, issuance_redeem
-from sluice.services.btc_payouts import PayoutView, get_payout
+from sluice.services.btc_payouts import PayoutView, get_payout, request_payout
 from sluice.services.compliance import KycRegistry
 from sluice.services.issuance_overrides import compensate_operation
 from sluice.services.issuance_router import StepOutcome
 from sluice.services.issuance_settings import IssuanceSettings
-from sluice.services.mint_guard import guard_status, resume_minting
+from sluice.services.mint_guard import guard_status, halt_minting, record_mint, resume_minting
 from sluice.store.issuance_repository import SqlIssuanceRepository
 from tests.integration.issuance_deposit_world import CHAIN, World
-from tests.integration.test_issuance_redeem import CONFIRMATIONS, DEFINITIONS, destination
+from tests.integration.test_issuance_redeem import (
+    CONFIRMATIONS,
+    DEFINITIONS,
+    SETTINGS,
+    destination,
+)
 from tests.integration.test_issuance_redeem import World as RedemptionWorld
 from tests.verification.spin import run_spin
 
@@ -383,3 +394,92 @@ def test_the_code_cancels_the_payout_before_the_remint_on_the_same_schedule(
     assert replay.reminted()
     assert replay.payout().status == "cancelled"
     assert redemption_world.paid_to(script) == []  # never paid
+
+
+# --- the gaps spin found in the operators' payout check, on the code ------------------------------
+#
+# The mint guard model refutes P3 with btc_payouts._dips_into_backing as the code has it (see
+# docs/verification.md, "Two gaps found in the operators' payout check"). These tests state what
+# the check should do and fail today; strict, so that they report as soon as the code is fixed.
+
+GAP = "a gap spin found in the operators' payout check (docs/verification.md, Mint guard)"
+
+
+class GapStillOpenError(Exception):
+    """The payout was queued: the gap is still there (anything else failing is a real failure)."""
+
+
+def check_operator_payout_refused(world: RedemptionWorld, sats: int) -> None:
+    """An operator's payout of ``sats`` must be refused for the backing (MintGuardError)."""
+    try:
+        view = _operator_payout(world, sats)
+    except MintGuardError:
+        return
+    raise GapStillOpenError(f"an operator's payout of {sats} sats was {view.status}")
+
+
+def _operator_payout(world: RedemptionWorld, sats: int) -> PayoutView:
+    return request_payout(
+        world.db.uow,
+        world.wallet,
+        SETTINGS,
+        payout_id="ops-1",
+        address=destination(world.wallet, "ops")[0],
+        amount_sats=sats,
+        kind="operator",
+        requested_by="ops",
+        clock=world.clock,
+    )
+
+
+@pytest.mark.xfail(strict=True, raises=GapStillOpenError, reason=GAP)
+def test_an_operators_payout_may_not_take_the_bitcoin_of_pending_redemptions_at_zero_supply(
+    tmp_path: Path, wallet: EmbitCustodyWallet
+) -> None:
+    db = bootstrap.database(f"sqlite:///{tmp_path / 'sluice.db'}")
+    try:
+        world = RedemptionWorld(db, wallet)
+        world.customer("alice")
+        world.give_istsi("alice", 1_000_000)  # on the ledger: our records' supply stays 0
+        world.fund_custody(400_000)
+        op = world.redeem(300_000)
+        world.run(op.id)  # burned: the records' supply is now below 0, 300,000 pending
+        # 390,000 would leave 10,000 sats for the 300,000 owed to the redemption.
+        check_operator_payout_refused(world, 390_000)
+    finally:
+        db.dispose()
+
+
+@pytest.mark.xfail(strict=True, raises=GapStillOpenError, reason=GAP)
+def test_an_operators_payout_may_not_take_the_bitcoin_a_remint_waits_for(
+    tmp_path: Path, wallet: EmbitCustodyWallet
+) -> None:
+    db = bootstrap.database(f"sqlite:///{tmp_path / 'sluice.db'}")
+    try:
+        world = RedemptionWorld(db, wallet)
+        world.customer("alice")
+        world.fund_custody(1_000_000)
+        recorded = MintRecord(
+            id="issuance:earlier:mint",
+            operation_id="earlier",
+            customer_id="alice",
+            owner=world.treasury,
+            amount_sats=700_000,
+            reason="issuance:earlier",
+            status="submitted",
+            created_at=world.clock(),
+        )
+        record_mint(world.ctx, recorded, actor="test")  # 700,000 in our records' supply
+        world.give_istsi("alice", 1_000_000)
+        op = world.redeem(300_000)
+        world.run(op.id)  # burned: supply 400,000
+        halt_minting(db.uow, reason="test", kind="test", details={}, at=world.clock(), actor="test")
+        moved = compensate_operation(
+            world.ctx, DEFINITIONS, op.id, reason="customer asked", actor="operator"
+        )
+        assert moved.step == "remint"
+        assert world.run(op.id).step == "remint"  # waits while minting is halted
+        # 400,000 supply + 300,000 to re-mint are owed out of 1,000,000 sats of reserves.
+        check_operator_payout_refused(world, 600_000)
+    finally:
+        db.dispose()
