@@ -158,6 +158,12 @@ byte saved_cursor;
 #define tick_allowed (!finished && (awaiting || hold_in_force))
 #endif
 
+/* Each step prints its name and the state after it when spin replays a trail (pan prints
+ * nothing): tests/verification/test_withdrawal_conformance.py drives the code through them. */
+#define STEP(name) printf("STEP "); printf(name); \
+    printf(" now=%d status=%e attempt=%d committed=%d refunds=%d\n", now, status, attempt, \
+        committed, refunds)
+
 /* The properties. */
 #define one_transfer (committed <= 1)
 #define no_refund_of_paid (refunds == 0 || committed == 0)
@@ -199,12 +205,13 @@ inline submit(spent, deadline, is_fence, ok) {
         /* commits in time; its answer arrives, or is lost (a fault) */
         commit((is_fence -> TX_FENCE : TX_PAY), spent);
         if
-        :: ok = true
-        :: faults > 0 -> faults--
+        :: ok = true; STEP("call-commit")
+        :: faults > 0 -> faults--; STEP("call-commit-unanswered")
         fi
     :: (spent & live) != spent || now + 1 > deadline || now >= TMAX ->
-        skip                                    /* rejected: an input archived, or too late */
-    :: faults > 0 && (spent & live) == spent -> faults--   /* rejected anyway (a fault) */
+        STEP("call-reject")                     /* rejected: an input archived, or too late */
+    :: faults > 0 && (spent & live) == spent ->
+        faults--; STEP("call-reject-fault")     /* rejected anyway (a fault) */
     :: faults > 0 && (spent & live) == spent ->
         /* lost: no answer, and it may still commit later */
         faults--;
@@ -213,7 +220,8 @@ inline submit(spent, deadline, is_fence, ok) {
         :: else -> i = 1
         fi;
         pending_live[i] = true; pending_inputs[i] = spent;
-        pending_deadline[i] = deadline; pending_fence[i] = is_fence
+        pending_deadline[i] = deadline; pending_fence[i] = is_fence;
+        STEP("call-lost")
     fi
 }
 
@@ -267,6 +275,7 @@ end_idle:
     :: atomic {   /* settle_expired: claim(AWAITING_OUTCOME_STATUSES, trec_tgt <= record time) */
         settle_claimable && cursor > 0 && trec_tgt <= cursor ->
         settle();
+        STEP("settle");
         unsent = false; anchored = false; final = false; step = 0
     }
     :: atomic {   /* reserve_queued: _drop_spent_anchor, then _try_reserve */
@@ -292,7 +301,8 @@ end_idle:
             :: else -> skip
             fi;
             h = 0
-        fi
+        fi;
+        STEP("reserve")
     }
     :: atomic {   /* submit_reserved: claim, status submitting, committed before any call */
         status == RESERVED && !hold_in_force ->
@@ -302,24 +312,25 @@ end_idle:
         fi;
         status = SUBMITTING;
         my_attempt = attempt; my_inputs = inputs; my_deadline = trec_tgt; my_fence = fenced;
-        in_hand++
+        in_hand++;
+        STEP("claim")
     };
         if
-        :: atomic { crashes > 0 -> crashes--; in_hand--; goto forget }  /* before the call */
+        :: atomic { crashes > 0 -> crashes--; in_hand--; STEP("crash"); goto forget }  /* before the call */
         :: atomic {
             /* (An option never starts with an if that has an else: spin would take that else
              * only when the crash option is not executable either.) */
             ok = false;
             /* _submit_fence sends nothing when ingestion shows the anchor archived */
             if
-            :: my_fence && (known_active & my_inputs) != my_inputs -> skip
+            :: my_fence && (known_active & my_inputs) != my_inputs -> STEP("call-fence-not-sent")
             :: else -> submit(my_inputs, my_deadline, my_fence, ok)
             fi;
             prune()
         }
         fi;
         if
-        :: atomic { crashes > 0 -> crashes--; in_hand--; goto forget }  /* before recording */
+        :: atomic { crashes > 0 -> crashes--; in_hand--; STEP("crash"); goto forget }  /* before recording */
         :: atomic {
             in_hand--;
 #ifdef MUTANT_REFUND_ON_COMMAND_ERROR
@@ -342,7 +353,8 @@ end_idle:
             :: status == SUBMITTING && attempt == my_attempt -> status = SUBMITTED
 #endif
             :: else -> skip
-            fi
+            fi;
+            STEP("record")
         }
         fi;
 forget:
@@ -378,6 +390,7 @@ end_idle:
             skip                                /* withdrawal_fence_unexpected */
         :: else -> skip
         fi;
+        STEP("ingest");
         kind = 0; spent = 0
     }
     od
@@ -390,7 +403,8 @@ active proctype ledger() {
 end_idle:
     do
     :: atomic {
-        now < TMAX && tick_allowed -> now++; stream_kind[now] = 0; stream_inputs[now] = 0; prune()
+        now < TMAX && tick_allowed -> now++; stream_kind[now] = 0; stream_inputs[now] = 0; prune();
+        STEP("tick")
     }
     :: atomic {
         now < TMAX && (pending_live[0] || pending_live[1]) ->
@@ -399,10 +413,15 @@ end_idle:
         :: pending_live[1] -> i = 1
         fi;
         if
-        :: now + 1 > pending_deadline[i] -> late--    /* after its max_record_time */
-        :: else -> skip
+        :: now + 1 > pending_deadline[i] -> late--; h = 1    /* after its max_record_time */
+        :: else -> h = 0
         fi;
         commit((pending_fence[i] -> TX_FENCE : TX_PAY), pending_inputs[i]);
+        if
+        :: h == 1 -> STEP("late-commit")
+        :: else -> STEP("pending-commit")
+        fi;
+        h = 0;
         pending_live[i] = false; pending_inputs[i] = 0; pending_deadline[i] = 0;
         pending_fence[i] = false;
         prune();
@@ -416,6 +435,7 @@ end_idle:
         :: (live & 2) -> h = 2
         fi;
         commit(TX_OTHER, h);
+        STEP("other-spend");
         prune();
         h = 0
     }
@@ -434,7 +454,8 @@ active proctype operator() {
         saved_status = status; saved_attempt = attempt; saved_anchor = anchor;
         saved_inputs = inputs; saved_trec_tgt = trec_tgt; saved_fenced = fenced;
         saved_known_active = known_active; saved_cursor = cursor; saved_refunds = refunds;
-        saved_paid_booked = paid_booked; phase = 1
+        saved_paid_booked = paid_booked; phase = 1;
+        STEP("backup")
     };
     atomic {
         in_hand == 0 ->   /* the workers are stopped for the restore */
@@ -450,7 +471,7 @@ active proctype operator() {
         :: else -> skip
         fi;
 #endif
-        skip
+        STEP("restore")
     }
 }
 #endif

@@ -64,6 +64,8 @@ class SpinResult:
     trail: str | None
     # pan reached the depth bound somewhere: the search was cut, so "no error" proves nothing.
     depth_limited: bool
+    # What the model itself printed (its printf) along the counterexample (``spin -t``).
+    printed: str | None = None
 
     @property
     def proved(self) -> bool:
@@ -98,6 +100,7 @@ def run_spin(
     reduce: bool = True,
     hash_bits: int = 22,
     compile_flags: Sequence[str] = (),
+    shortest: bool = False,
     timeout_s: float = 300.0,
 ) -> SpinResult:
     """Check ``model`` exhaustively with spin and return pan's figures.
@@ -106,7 +109,8 @@ def run_spin(
     model's ``ltl`` blocks; ``liveness`` adds weak fairness; ``search_depth`` is pan's ``-m``;
     ``reduce=False`` turns partial-order reduction off; ``hash_bits`` is pan's ``-w``;
     ``compile_flags`` are added to gcc's (``-DCOLLAPSE`` halves the memory of a large search,
-    exactly, for a little more time).
+    exactly, for a little more time); ``shortest=True`` searches on for the shortest
+    counterexample (``pan -i``), the one to read or to replay against the code.
     """
     require_tools()
     if liveness and ltl is None:
@@ -136,16 +140,24 @@ def run_spin(
         cflags.append("-DNFAIR=3")
     if not reduce:
         cflags.append("-DNOREDUCE")
+    if shortest:
+        cflags.append("-DREACH")
     cflags.extend(compile_flags)
     _run(["gcc", *cflags, "-o", "pan", "pan.c"], work_dir, timeout_s, "gcc")
     pan_args = ["./pan", "-n", f"-m{search_depth}", f"-w{hash_bits}"]
+    if shortest:
+        pan_args.append("-i")
     if ltl is not None:
         pan_args.append("-a")
         if liveness:
             pan_args.append("-f")
     output = _run(pan_args, work_dir, timeout_s, "pan", check=False)
     figures = _parse(output)
-    trail = None
+    errors = figures["errors"]
+    if shortest and errors:
+        # pan -i counts each shorter counterexample it found on the way: one property broken.
+        errors = 1
+    trail = printed = None
     if figures["errors"] and (work_dir / f"{checked.name}.trail").exists():
         trail = _run(
             ["spin", "-t", "-p", "-g", *define_args, checked.name],
@@ -154,8 +166,9 @@ def run_spin(
             "spin -t",
             check=False,
         )
+        printed = _run(["spin", "-t", *define_args, checked.name], work_dir, timeout_s, "spin -t")
     return SpinResult(
-        errors=figures["errors"],
+        errors=errors,
         states_stored=figures["states_stored"],
         transitions=figures["transitions"],
         depth_reached=figures["depth_reached"],
@@ -164,6 +177,7 @@ def run_spin(
         trail=trail,
         depth_limited="max search depth too small" in output
         or figures["depth_reached"] >= search_depth - 1,
+        printed=printed,
     )
 
 
@@ -208,7 +222,7 @@ def record_figures(check: str, result: SpinResult, bounds: str = "") -> None:
     if not path:
         return
     figures = asdict(result)
-    del figures["output"], figures["trail"]
+    del figures["output"], figures["trail"], figures["printed"]
     line = json.dumps({"check": check, "bounds": bounds, **figures}) + "\n"
     with open(path, "a", encoding="utf-8") as stream:
         stream.write(line)
