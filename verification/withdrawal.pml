@@ -45,6 +45,22 @@
  *                record waits for time (an attempt out and unseen, the hold), not while a worker
  *                has work in hand; without it, record time advances freely up to TMAX
  *
+ * The checks (tests/verification/test_withdrawal_model.py; docs/verification.md has their bounds
+ * and figures) run three mixes of these bounds for safety and one, with TIMELY, for liveness.
+ *
+ * Properties: one_transfer and no_refund_of_paid (assertions of the monitor, in every state);
+ * settles (ltl, under weak fairness).
+ *
+ * Mutants (-D), each refuted by spin:
+ *   MUTANT_RETRY_FRESH_INPUTS       a retry chooses its inputs afresh      -> one_transfer
+ *   MUTANT_REFUND_ON_COMMAND_ERROR  credit back on a command's error       -> no_refund_of_paid
+ *   MUTANT_REFUND_WITHOUT_FENCE     credit back once the last trec_tgt passed, with no fence
+ *                                                                          -> no_refund_of_paid
+ *   MUTANT_RECORD_ANY_ATTEMPT       the record step writes over a later attempt
+ *                                                                          -> no_refund_of_paid
+ *   MUTANT_RESTORE_WITHOUT_HOLD     no hold_until_safe after a restore    -> one_transfer
+ *   MUTANT_SETTLE_SUBMITTED_ONLY    a record left submitting is never settled -> settles
+ *
  * Not modelled: offers (two-step transfers), merges and splits, cancels, compliance blocks,
  * circuit breakers, amounts and fees (one holding covers the withdrawal), a DB restored to before
  * the request (ingestion's rebuild of the record from the transfer's metadata).
@@ -242,7 +258,8 @@ inline settle() {
     anchored = (anchor != NONE && (known_active & (1 << anchor)) != 0);
     final = (fenced || (!unsent && attempt >= AMAX));
 #ifdef MUTANT_RETRY_FRESH_INPUTS
-    /* The naive retry: the next attempt chooses its inputs afresh. */
+    /* The naive retry: the next attempt chooses its inputs afresh (with no attempt left, the
+     * fence still takes the anchor). */
     anchored = anchored && final;
 #endif
     if

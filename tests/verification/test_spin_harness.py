@@ -53,6 +53,22 @@ def test_a_mutant_selected_by_a_define_is_refuted_with_a_replay(
     assert result.trail is not None and "assertion violated" in result.trail
 
 
+def test_the_shortest_counterexample_and_what_the_model_printed_along_it(
+    model: Path, tmp_path: Path
+) -> None:
+    path = model.with_name("printing.pml")
+    path.write_text(
+        model.read_text().replace("count++\n", 'count++; printf("STEP count=%d\\n", count)\n')
+    )
+    result = run_spin(
+        path, defines=["LIMIT=3", "MUTANT_OVERSHOOT"], shortest=True, work_dir=tmp_path / "short"
+    )
+    assert result.errors == 1
+    assert result.printed is not None
+    steps = [line.strip() for line in result.printed.splitlines() if "STEP" in line]
+    assert steps == ["STEP count=1", "STEP count=2", "STEP count=3"]  # then the overshoot
+
+
 def test_ltl_properties_are_checked_one_by_name(model: Path, tmp_path: Path) -> None:
     liveness = run_spin(
         model, defines=["LIMIT=3"], ltl="finishes", liveness=True, work_dir=tmp_path / "live"
