@@ -21,6 +21,7 @@ from sluice.screening import (
     SanctionsList,
     screen_to_json_lines,
 )
+from sluice.screening.names import normalise_name
 
 
 def person(number: int, name: str, *aliases: str) -> SanctionedEntity:
@@ -270,3 +271,32 @@ def test_json_lines_keep_non_latin_names_readable(screen: ListedSanctions) -> No
 def test_json_lines_refuse_a_blank_name_when_asked_to(screen: ListedSanctions) -> None:
     with pytest.raises(InvalidInputError):
         list(screen_to_json_lines(screen, [" "], skip_blank=False))
+
+
+# --- Ranked candidates and bounded scores (used by the renderings of other scripts) -----------
+
+
+def test_ranked_gives_the_exact_names_first_then_the_candidates_by_score(
+    sanctions_list: SanctionsList,
+) -> None:
+    index = sanctions_list.index
+    query = normalise_name(sanctions_list.entities[0].name)
+    ranked = list(index.ranked(query))
+    assert ranked[0].score == 100.0
+    best = index.best(query)
+    assert best is not None and best.name == ranked[0].name
+    scores = [found.score for found in ranked]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_a_bound_caps_each_candidate_and_skips_those_that_cannot_beat_the_score_found(
+    sanctions_list: SanctionsList,
+) -> None:
+    index = sanctions_list.index
+    name = sanctions_list.entities[0].name
+    query = normalise_name(name + " Extra")  # not exact: candidates are scored
+    unbounded = index.best(query)
+    assert unbounded is not None
+    capped = index.best(query, bound=lambda _query, _name: 50.0)
+    assert capped is not None and capped.score == min(unbounded.score, 50.0)
+    assert index.best(query, bound=lambda _query, _name: 50.0, beat=50.0) is None
