@@ -7,7 +7,8 @@ the bounds). Each check is one exhaustive search by ``tests/verification/spin.py
   withdrawal that was paid) under three mixes of bounds, since all faults at once with two
   workers would take minutes: two workers; one worker under every fault; a DB restore;
 * the liveness property (every withdrawal is eventually completed or credited back, for good)
-  under weak fairness, with the timely-workers assumption (``TIMELY``);
+  under weak fairness, with the timely-workers assumption (``TIMELY``), with two workers and
+  with a DB restore (after which the DB must come to agree with the ledger again);
 * each mutant (a naive variant of one rule of the code) breaks the property it names, and spin
   prints the counterexample;
 * the hold after a DB restore rests on time: with late commits spin finds the double payment,
@@ -39,6 +40,17 @@ LIVENESS = (
     "FAULTS=2",
     "LATE=1",
     "OTHERS=1",
+    "TMAX=12",
+)
+
+LIVENESS_RESTORE = (
+    "TIMELY",
+    "RESTORE",
+    "WORKERS=1",
+    "AMAX=2",
+    "CRASHES=1",
+    "FAULTS=2",
+    "OTHERS=0",
     "TMAX=12",
 )
 
@@ -88,8 +100,17 @@ def test_spin_proves_one_transfer_and_no_refund_of_a_paid_withdrawal(
     assert result.states_stored > 1000, result.output  # the search did explore the model
 
 
-def test_spin_proves_every_withdrawal_is_settled_under_weak_fairness(tmp_path: Path) -> None:
-    result = check("liveness (settles)", LIVENESS, tmp_path, ltl="settles")
+@pytest.mark.parametrize(
+    ("name", "defines"),
+    [
+        ("liveness (settles)", LIVENESS),
+        ("liveness (settles), DB restore", LIVENESS_RESTORE),
+    ],
+)
+def test_spin_proves_every_withdrawal_is_settled_under_weak_fairness(
+    name: str, defines: tuple[str, ...], tmp_path: Path
+) -> None:
+    result = check(name, defines, tmp_path, ltl="settles")
     assert result.proved, f"{result.summary()}\n{result.trail or result.output}"
     assert result.states_stored > 1000, result.output
 
