@@ -311,25 +311,30 @@ def score_tokens(
     floor: float = TOKEN_SIMILARITY_FLOOR,
 ) -> float:
     """Score (0–100) ``query`` against one listed name (see the module docstring)."""
+    # token_similarity of the words and of their spellings, written out: this loop is most of
+    # a screening's time.
     pairs: list[tuple[float, int, int]] = []
     name_tokens = name.tokens
     name_spellings = name.spellings
+    similar = Indel.normalized_similarity
     for query_position, (query_token, query_spelling) in enumerate(
         zip(query.tokens, query.spellings, strict=True)
     ):
         for name_position, name_token in enumerate(name_tokens):
-            if query_token == name_token:
+            name_spelling = name_spellings[name_position]
+            if query_token == name_token or query_spelling == name_spelling:
                 pairs.append((1.0, query_position, name_position))
                 continue
-            similarity = token_similarity(query_token, name_token, floor)
-            if similarity < 1.0:
-                name_spelling = name_spellings[name_position]
-                if query_spelling == name_spelling:
-                    similarity = 1.0
-                else:
-                    similarity = max(
-                        similarity, token_similarity(query_spelling, name_spelling, floor)
-                    )
+            if len(query_token) == 1 or len(name_token) == 1:
+                similarity = INITIAL_SIMILARITY if query_token[0] == name_token[0] else 0.0
+            else:
+                similarity = similar(query_token, name_token, score_cutoff=floor)
+            if len(query_spelling) == 1 or len(name_spelling) == 1:
+                spelled = INITIAL_SIMILARITY if query_spelling[0] == name_spelling[0] else 0.0
+            else:
+                spelled = similar(query_spelling, name_spelling, score_cutoff=floor)
+            if spelled > similarity:
+                similarity = spelled
             if similarity:
                 pairs.append((similarity, query_position, name_position))
     pairs.sort(reverse=True)
