@@ -514,6 +514,31 @@ end_watch:
     fi
 }
 
+/* A test's probe (-DREACH_...): spin reports a state of the situation named as an assertion
+ * violation, which shows that the checks reach a situation the properties must survive (a proof
+ * over a model that never gets there would say little). */
+#if defined(REACH_LATE_COMMIT_AFTER_RETRY)
+#define REACHABLE (late == 0 && committed == 1 && attempt == 2)
+#elif defined(REACH_RETRY_COMPLETES)
+#define REACHABLE (status == COMPLETED && attempt == 2 && late == 1)
+#elif defined(REACH_FENCE_CREDITS_BACK)
+#define REACHABLE (status == FAILED && fenced && refunds == 1)
+#elif defined(REACH_TWO_CLAIMS)
+#define REACHABLE (in_hand == 2)
+#elif defined(REACH_STALE_CLAIM)
+#define REACHABLE (in_hand == 2 && status == SUBMITTING && attempt == 2)
+#elif defined(REACH_ANCHOR_SPENT_ELSEWHERE_THEN_PAID)
+#define REACHABLE (others == 0 && (known_active & 1) == 0 && status == COMPLETED && committed == 1)
+#elif defined(REACH_RESTORED_DB_COMPLETES)
+#define REACHABLE (phase == 2 && saved_status != COMPLETED && status == COMPLETED && hold != 0)
+#endif
+#ifdef REACHABLE
+active proctype probe() {
+end_probe:
+    atomic { REACHABLE -> assert(false) }
+}
+#endif
+
 #ifdef TIMELY
 /* A run that stops (every process blocked: time is up) is extended by this idle step (taken
  * only then: spin's timeout), so that

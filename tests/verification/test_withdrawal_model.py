@@ -115,6 +115,31 @@ def test_spin_proves_every_withdrawal_is_settled_under_weak_fairness(
     assert result.states_stored > 1000, result.output
 
 
+# Situations the safety checks must reach, or their proofs would say little: each (a probe of
+# the model, REACH_...) is found by spin under the bounds of the check named.
+SITUATIONS = [
+    ("REACH_LATE_COMMIT_AFTER_RETRY", TWO_WORKERS),
+    ("REACH_RETRY_COMPLETES", TWO_WORKERS),
+    ("REACH_FENCE_CREDITS_BACK", TWO_WORKERS),
+    ("REACH_TWO_CLAIMS", TWO_WORKERS),
+    ("REACH_STALE_CLAIM", TWO_WORKERS),
+    ("REACH_ANCHOR_SPENT_ELSEWHERE_THEN_PAID", EVERY_FAULT),
+    ("REACH_RESTORED_DB_COMPLETES", RESTORE),
+]
+
+
+@pytest.mark.parametrize(("situation", "defines"), SITUATIONS, ids=[s[0] for s in SITUATIONS])
+def test_the_safety_checks_reach_the_situations_that_matter(
+    situation: str, defines: tuple[str, ...], tmp_path: Path
+) -> None:
+    result = run_spin(
+        MODEL, defines=(*defines, situation), work_dir=tmp_path, compile_flags=("-DCOLLAPSE",)
+    )
+    assert result.errors == 1 and "assertion violated 0" in result.output, (
+        f"never reached: {situation}\n{result.output}"
+    )
+
+
 @dataclass(frozen=True)
 class Mutant:
     name: str
