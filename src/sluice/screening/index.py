@@ -258,11 +258,23 @@ class NameIndex:
             similar: set[str] = set()
             for key in _deletions(token) | _deletions(spelling):
                 similar.update(self._neighbourhood.get(key, ()))
+            compare = Indel.normalized_similarity
+            one_letter = len(token) == 1 or len(spelling) == 1
             for listed in similar:
-                similarity = max(
-                    token_similarity(token, listed, floor),
-                    token_similarity(spelling, listed, floor),
-                )
+                # max(token_similarity(token, listed), token_similarity(spelling, listed)),
+                # written out: this runs for every word near the query's words.
+                if listed in (token, spelling):
+                    similarity = 1.0
+                elif one_letter or len(listed) == 1:
+                    similarity = max(
+                        token_similarity(token, listed, floor),
+                        token_similarity(spelling, listed, floor),
+                    )
+                else:
+                    similarity = max(
+                        compare(token, listed, score_cutoff=floor),
+                        compare(spelling, listed, score_cutoff=floor),
+                    )
                 if similarity:
                     held = len(self._postings[listed])
                     found.append((held, listed, similarity * self._weights[listed]))
