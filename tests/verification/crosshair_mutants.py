@@ -231,15 +231,18 @@ def hour_bounds_with_current_hour(now: datetime) -> tuple[_HourBounds, _HourBoun
 def verify_hash_only(proof: Proof, root: Root) -> bool:
     """Follows the path to the root hash, but never compares the path's sum with the published
     total."""
-    root_hash, _ = compute_root(
-        proof.snapshot_id,
-        proof.instrument,
-        proof.customer_id,
-        proof.nonce,
-        proof.units,
-        proof.index,
-        proof.siblings,
-    )
+    try:
+        root_hash, _ = compute_root(
+            proof.snapshot_id,
+            proof.instrument,
+            proof.customer_id,
+            proof.nonce,
+            proof.units,
+            proof.index,
+            proof.siblings,
+        )
+    except ValueError:
+        return False
     return root_hash == root.root_hash
 
 
