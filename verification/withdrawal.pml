@@ -111,7 +111,7 @@ byte stream_inputs[TMAX + 1];   /* the holdings it archived (bit h: holding h) *
 
 /* --- the ledger's truth ------------------------------------------------------------------- */
 byte now = 0;                   /* the ledger's record time: of the last item of the stream */
-byte live = 3;                /* holdings live on the ledger (bit mask, NH = 2) */
+byte live = 3;                  /* holdings active on the ledger (bit mask, NH = 2) */
 byte committed = 0;             /* transfers of the withdrawal committed (fences not counted) */
 bool pending_live[PENDING];
 byte pending_inputs[PENDING];
@@ -137,7 +137,8 @@ byte faults = FAULTS;
 byte late = LATE;
 byte others = OTHERS;
 byte in_hand = 0;               /* workers between their claim and their record */
-bool paid_twice_alert = false;  /* ingestion saw a transfer of a finished record */
+bool paid_twice_alert = false;  /* ingestion saw a transfer of a finished record (implied
+                                 * by the properties: a second transfer, or a paid refund) */
 
 #define awaiting (status == RESERVED || status == SUBMITTING || status == SUBMITTED)
 #define finished (status == COMPLETED || status == FAILED)
@@ -186,7 +187,7 @@ byte saved_cursor;
 #define settled ((status == COMPLETED && committed == 1 && paid_booked == 1 && refunds == 0) \
               || (status == FAILED && committed == 0 && refunds == 1))
 
-/* The ledger commits a transaction at the next record time (false when time is up). */
+/* The ledger commits a transaction at the next record time (callers check now < TMAX). */
 inline commit(kind, spent) {
     now++;
     stream_kind[now] = kind;
