@@ -293,6 +293,33 @@ def test_a_chinese_name_listed_in_pinyin_matches_it(characters: str) -> None:
     assert found is not None and found.score >= DEFAULT_THRESHOLD
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.sampled_from(HANGUL_SYLLABLES), min_size=2, max_size=3),
+    st.sampled_from(["Kim", "Pak", "Ri"]),
+    st.data(),
+)
+def test_a_korean_name_listed_in_any_of_its_romanisations_matches_it(
+    given_syllables: list[str], surname: str, data: st.DataObject
+) -> None:
+    query = {"Kim": "김", "Pak": "박", "Ri": "리"}[surname] + "".join(given_syllables)
+    rendering = data.draw(st.sampled_from(korean_renderings(query)))
+    *given, listed_surname = rendering.text.split()
+    found = one_entity(f"{listed_surname.upper()}, {' '.join(given)}").find_name(query)
+    assert found is not None and found.score >= DEFAULT_THRESHOLD
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.text(alphabet=HAN_CHARACTERS, min_size=2, max_size=4), st.data())
+def test_a_chinese_name_listed_in_any_of_its_renderings_matches_it(
+    characters: str, data: st.DataObject
+) -> None:
+    rendering = data.draw(st.sampled_from(chinese_renderings(characters)))
+    given_name, surname = rendering.text.rsplit(" ", 1)
+    found = one_entity(f"{surname.upper()}, {given_name}").find_name(characters)
+    assert found is not None and found.score >= DEFAULT_THRESHOLD
+
+
 KANA_SYLLABLES = list(
     "かきくけこさしすせそたちつてとなにぬねのはひふへほまみむめもやゆよらりるれろわ"
 )
