@@ -1,18 +1,22 @@
 """The withdrawal model and the code misbehave alike: a mutant's counterexample replayed on code.
 
-spin finds the shortest counterexample of the model's ``MUTANT_RETRY_FRESH_INPUTS`` (a retry that
-chooses its inputs afresh instead of spending its anchor). Replayed by ``spin -t``, the model
-prints each step with the state after it (``STEP <name> status=... attempt=... committed=...``).
-This test drives the real services through the same steps, in the same order, on a
-:class:`~sluice.sandbox.Sandbox` (SQLite, the embedded ledger and its faults):
+spin finds the shortest counterexample of two of the model's mutants. Replayed by ``spin -t``,
+the model prints each step with the state after it (``STEP <name> now=... status=...
+attempt=... committed=... refunds=...``). This test drives the real services through the same
+steps, in the same order, on a :class:`~sluice.sandbox.Sandbox` (SQLite, the embedded ledger and
+its faults):
 
-* with the same mutation applied to the code (``WithdrawalWorker._settle`` queues the retry
-  without its anchor, which stays reserved so that the retry's selection takes other holdings),
-  the code follows the model step by step — the record's status and attempt after each DB step,
-  the transfers committed on the ledger after each ledger step — and ends as the model does: two
-  transfers for one withdrawal;
-* without the mutation, the same steps pay once: the retry spends the anchor, and the late first
-  attempt is refused by the ledger (its input is archived).
+* ``MUTANT_RETRY_FRESH_INPUTS`` (a retry that chooses its inputs afresh instead of spending its
+  anchor). With the same mutation applied to the code (``WithdrawalWorker._settle`` queues the
+  retry without its anchor, which stays reserved so that the retry's selection takes other
+  holdings), the code follows the model step by step — the record's status, attempt and credits
+  back after each DB step, the transfers committed on the ledger after each ledger step — and
+  ends as the model does: two transfers for one withdrawal. Without the mutation, the same steps
+  pay once: the retry spends the anchor, and the late first attempt is refused by the ledger.
+* ``MUTANT_REFUND_WITHOUT_FENCE`` (a credit back once the last attempt's ``trec_tgt`` has passed).
+  With the same mutation (``Withdrawal.may_have_left`` always false), the code follows the model
+  and ends paid and credited back; without it, the same steps fence the anchor instead, and
+  ingestion completes the withdrawal when it reads the late transfer: no credit back.
 
 Each model step maps to one call (``STEP_ACTIONS``); a step the mapping does not know fails the
 test, so a change of the model that the code cannot follow shows here.
@@ -40,14 +44,26 @@ from sluice.domain.ledger import Cursor
 from sluice.domain.withdrawals import Withdrawal
 from sluice.ports import WithdrawalRepository
 from sluice.sandbox import Sandbox
-from sluice.services.withdrawals import WithdrawalWorker, WorkerTick
-from tests.integration.test_withdrawals import fund, ledger_view, record
+from sluice.services.withdrawals import WithdrawalSettings, WithdrawalWorker, WorkerTick
+from tests.integration.test_withdrawals import balance, fund, ledger_view, record
 from tests.verification.spin import run_spin
 
 MODEL = Path(__file__).resolve().parents[2] / "verification" / "withdrawal.pml"
 # One worker and the faults the counterexample needs, so that its trail is the short story.
-BOUNDS = ("WORKERS=1", "AMAX=2", "CRASHES=0", "FAULTS=1", "LATE=1", "OTHERS=0", "TMAX=8")
+ATTEMPTS_MAX = 2
+BOUNDS = (
+    "WORKERS=1",
+    f"AMAX={ATTEMPTS_MAX}",
+    "CRASHES=0",
+    "FAULTS=1",
+    "LATE=1",
+    "OTHERS=0",
+    "TMAX=8",
+)
 SPAN = 2  # the model's trec_span_s, in record-time steps (the model's default)
+# The customer deposits 500 and 300 (two holdings, each covers the withdrawal) and withdraws 120.
+AMOUNT = Decimal(120)
+BALANCE_DEBITED = Decimal(800) - AMOUNT
 
 _STEP = re.compile(
     r"STEP\s+(?P<name>[\w-]+)\s+now=(?P<now>\d+)\s+status=(?P<status>\w+)\s+attempt=(?P<attempt>\d+)"
@@ -81,17 +97,29 @@ def model_steps(trail: str) -> list[Step]:
     ]
 
 
-@pytest.fixture(scope="module")
-def counterexample(tmp_path_factory: pytest.TempPathFactory) -> list[Step]:
-    result = run_spin(
-        MODEL,
-        defines=(*BOUNDS, "MUTANT_RETRY_FRESH_INPUTS", "CHECK_ONE_TRANSFER"),
-        work_dir=tmp_path_factory.mktemp("spin"),
-        shortest=True,
-    )
+def shortest_counterexample(work_dir: Path, *defines: str) -> list[Step]:
+    result = run_spin(MODEL, defines=(*BOUNDS, *defines), work_dir=work_dir, shortest=True)
     assert result.errors == 1 and result.printed is not None, result.output
     steps = model_steps(result.printed)
-    assert steps and steps[-1].committed == 2, result.trail
+    assert steps, result.trail
+    return steps
+
+
+@pytest.fixture(scope="module")
+def counterexample(tmp_path_factory: pytest.TempPathFactory) -> list[Step]:
+    steps = shortest_counterexample(
+        tmp_path_factory.mktemp("spin"), "MUTANT_RETRY_FRESH_INPUTS", "CHECK_ONE_TRANSFER"
+    )
+    assert steps[-1].committed == 2, steps
+    return steps
+
+
+@pytest.fixture(scope="module")
+def refund_counterexample(tmp_path_factory: pytest.TempPathFactory) -> list[Step]:
+    steps = shortest_counterexample(
+        tmp_path_factory.mktemp("spin"), "MUTANT_REFUND_WITHOUT_FENCE", "CHECK_NO_REFUND_OF_PAID"
+    )
+    assert (steps[-1].committed, steps[-1].refunds) == (1, 1), steps
     return steps
 
 
@@ -125,6 +153,12 @@ def retry_with_fresh_inputs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(WithdrawalWorker, "_settle", mutated)
 
 
+def refund_without_fence(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The model's MUTANT_REFUND_WITHOUT_FENCE applied to the code: a record whose last attempt
+    expired unseen is credited back at once, as if no attempt could have left."""
+    monkeypatch.setattr(Withdrawal, "may_have_left", lambda _self: False)
+
+
 class Replay:
     """The code driven through the model's steps, for one withdrawal."""
 
@@ -146,7 +180,7 @@ class Replay:
     def reserve(self, step: Step) -> None:
         if not self.withdrawal_id:
             # request_withdrawal reserves at once when free holdings cover the amount.
-            requested = self.sb.withdraw("cust-0", "120", key="k1")
+            requested = self.sb.withdraw("cust-0", str(AMOUNT), key="k1")
             self.withdrawal_id = requested.id
             assert requested.trec_tgt is not None
             reserved_at = self.sb.clock()
@@ -180,6 +214,10 @@ class Replay:
 
     def committed(self) -> int:
         return ledger_view(self.sb).paid(self.withdrawal_id)
+
+    def refunds(self) -> int:
+        """Credits back of the withdrawal: the customer's balance back up by its amount."""
+        return int((balance(self.sb, "cust-0") - BALANCE_DEBITED) / AMOUNT)
 
     def status(self) -> tuple[str, int]:
         current = record(self.sb, self.withdrawal_id)
@@ -221,7 +259,8 @@ LEDGER_STEPS = {"call-commit", "call-commit-unanswered", "late-commit", "pending
 
 @pytest.fixture
 def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
-    sb = Sandbox.create(f"sqlite:///{tmp_path / 'sluice.db'}")
+    settings = WithdrawalSettings(attempts_max=ATTEMPTS_MAX)
+    sb = Sandbox.create(f"sqlite:///{tmp_path / 'sluice.db'}", withdrawal_settings=settings)
     yield sb
     sb.close()
 
@@ -238,6 +277,7 @@ def replay_steps(sb: Sandbox, steps: list[Step], *, follow: bool) -> Replay:
         where = f"step {index} ({step.name})"
         if follow and step.name in DB_STEPS:
             assert replay.status() == (step.status, step.attempt), where
+            assert replay.refunds() == step.refunds, where
         if follow and step.name in LEDGER_STEPS:
             assert replay.committed() == step.committed, where
     return replay
@@ -263,3 +303,25 @@ def test_the_same_steps_pay_once_on_the_code_as_it_is(
     sandbox.ingest()
     done = record(sandbox, replay.withdrawal_id)
     assert (done.status, done.attempt) == ("completed", 2)
+
+
+def test_the_refund_mutants_counterexample_pays_and_credits_back_on_the_code_alike(
+    refund_counterexample: list[Step], sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refund_without_fence(monkeypatch)
+    replay = replay_steps(sandbox, refund_counterexample, follow=True)
+    assert (replay.committed(), replay.refunds()) == (1, 1)
+    assert record(sandbox, replay.withdrawal_id).status == "failed"
+
+
+def test_the_same_steps_fence_instead_of_crediting_back_on_the_code_as_it_is(
+    refund_counterexample: list[Step], sandbox: Sandbox
+) -> None:
+    replay = replay_steps(sandbox, refund_counterexample, follow=False)
+    assert (replay.committed(), replay.refunds()) == (1, 0)
+    fencing = record(sandbox, replay.withdrawal_id)
+    assert fencing.failure is not None and fencing.status == "reserved"  # its fence, not sent
+    sandbox.ingest()
+    done = record(sandbox, replay.withdrawal_id)
+    assert (done.status, done.failure) == ("completed", None)
+    assert replay.refunds() == 0
