@@ -119,6 +119,11 @@ def test_an_arabic_word_and_a_latin_word_of_its_skeleton_must_open_and_close_ali
     assert long_vowels_agree("إسماعيل هنية", "HANIYEH, Ismail")
 
 
+def test_the_second_part_of_an_abd_compound_is_not_checked_as_a_word_opening() -> None:
+    # عبداللهی is ABDOLLAHI: its اللهی does not open a Latin word.
+    assert long_vowels_agree("علی عبداللهی", "ABDOLLAHI, Ali")
+
+
 def test_a_long_vowel_must_stand_between_the_same_consonants_in_the_listed_word() -> None:
     # محمود writes its long u between m and d; MUHAMMAD has an a there (both m-h-m-d).
     assert not long_vowels_agree("محمود عباس", "ABBAS, Muhammad")

@@ -355,19 +355,23 @@ def long_vowels_agree(name: str, listed: str) -> bool:
         for word in fold(listed).split()
         if not is_stop_word(word)
     ]
-    for word in _name_words(name):
+    words = _name_words(name)
+    for position, word in enumerate(words):
         if word in _SPECIAL_WORDS or not any(script_of(letter) == ARABIC for letter in word):
             continue
         vowels = _arabic_vowels(word)
         consonants = skeleton(_arabic_word(word), latin=False)
         same = [entry for entry in listed_words if entry[0] == consonants]
-        # Words whose skeletons are only alike (``hmd`` and ``mhmd``) must open and close alike.
+        # Words whose skeletons are only alike (``hmd`` and ``mhmd``) must open and close alike;
+        # not the second part of an عبد or ابو compound, which the Latin form writes inside one
+        # word (عبد اللهی, ABDOLLAHI).
+        compound = position > 0 and words[position - 1] in (_ABD, *_ABU)
         near = same or [
             entry
             for entry in listed_words
             if token_similarity(consonants, entry[0], _NEAR_SKELETON_SIMILARITY)
         ]
-        if near and not any(_ends_agree(word, entry[3]) for entry in near):
+        if near and not compound and not any(_ends_agree(word, entry[3]) for entry in near):
             return False
         if same and not _INNER_LONG.search(word[1:-1]) and all(entry[2] for entry in same):
             # The listed word writes a long vowel or diphthong inside (OMAIRI), the Arabic word
