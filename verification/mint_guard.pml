@@ -28,9 +28,9 @@
  *   btc_payouts.request_payout / _dips_into_backing
  *                               an operator's payout is checked under the guard's lock in the
  *                               transaction that inserts it: refused when supply + unminted
- *                               deposits > reserves - pending - amount, not checked at all while
- *                               the supply is 0 or less; pending from then until the watcher
- *                               sees its batch's inputs spent.
+ *                               deposits + redemptions awaiting their re-mint > reserves -
+ *                               pending - amount, whatever the supply; pending from then until
+ *                               the watcher sees its batch's inputs spent.
  *   issuance_redeem.burn_step / remint_step and store.issuance_repository.guard_figures
  *                               supply = mints not failed - burns committed; reserves = custody
  *                               outputs confirmed or credited, unspent; pending = redemptions
@@ -57,10 +57,10 @@
  *                        MUTANT_DEPOSIT_KEY.
  *   P3 backing           in every state supply <= reserves - pending + lost, where lost is what
  *                        reorged credited deposits held (each such reorg halts minting, asserted
- *                        where it happens). The operators' payout check as the code has it
- *                        breaks it (two gaps, see _dips_into_backing below); with
- *                        PAYOUT_CHECK_FIXED (or PAYOUTS=0) it is proved, and then refuted by
- *                        MUTANT_PAYOUT_CHECK_OUTSIDE_LOCK, and by MUTANT_DEPOSIT_KEY with
+ *                        where it happens): refuted by MUTANT_PAYOUT_CHECK_OUTSIDE_LOCK,
+ *                        MUTANT_PAYOUT_ZERO_SUPPLY_EXEMPT and MUTANT_PAYOUT_REMINT_UNOWED (the
+ *                        two gaps spin found in the operators' payout check as it was, see
+ *                        _dips_into_backing below), and by MUTANT_DEPOSIT_KEY with
  *                        MUTANT_NO_GUARD (the guard keeps a double mint from breaking it).
  *
  * SKIP_P1 / SKIP_P2 leave that assertion out, to look at another property alone under a mutant.
@@ -76,6 +76,8 @@
  *                            an operator's payout is checked on figures read before the
  *                            transaction that inserts it (two payouts both pass).
  *   MUTANT_NO_HALT_ON_REORG  a reorg of a credited deposit does not halt minting.
+ *   MUTANT_PAYOUT_ZERO_SUPPLY_EXEMPT, MUTANT_PAYOUT_REMINT_UNOWED
+ *                            the operators' payout check as it was (see below).
  *
  * Events for the replay against the code (tests/verification/test_issuance_conformance.py) are
  * printed as "EV <name> <args>" lines.
@@ -342,30 +344,26 @@ stuck:
 /* An operator's payout of one unit (btc_payouts.request_payout of kind "operator"): checked by
    _dips_into_backing under the guard's lock in the transaction that inserts it, pending from then
    until the watcher sees its batch's inputs spent (which takes them out of the reserves). */
-/* What _dips_into_backing counts as owed, and its exemption. As the code is: the supply and the
-   deposits not minted yet are owed, and a payout is not checked at all while the supply is 0 or
-   less ("no iSTSi in circulation"). Two gaps follow (spin finds both):
-   - the supply is also 0 once everything issued was burned for redemptions still to be paid:
-     the payout is then not checked and may take the Bitcoin owed to them;
-   - a redemption at its re-mint step is counted nowhere (burned: out of the supply; at remint:
-     no longer pending), so the Bitcoin its re-mint needs looks like excess.
-   NO_PAYOUT_EXEMPTION checks every payout; PAYOUT_OWES_REMINT counts a redemption waiting for
-   its re-mint as owed; PAYOUT_CHECK_FIXED is both. (Narrowing the exemption to "nothing owed at
-   all" is not enough: a reorg can undo a redemption's payout after an exempt payout was queued
-   beyond the reserves.) */
-#ifdef PAYOUT_CHECK_FIXED
-#define NO_PAYOUT_EXEMPTION
-#define PAYOUT_OWES_REMINT
-#endif
-#ifdef PAYOUT_OWES_REMINT
-#define OWED (supply + UNMINTED + remint_owed)
-#else
+/* What _dips_into_backing counts as owed: the supply, the deposits not minted yet and a
+   redemption waiting for its re-mint (burned: out of the supply; at remint: no longer pending;
+   its Bitcoin is the re-mint's), and every payout is checked. The rule before had two gaps
+   that spin found, kept as mutants:
+   - MUTANT_PAYOUT_ZERO_SUPPLY_EXEMPT: a payout not checked while the supply is 0 or less, which
+     it also is once everything issued was burned for redemptions still to be paid: the payout
+     may take the Bitcoin owed to them;
+   - MUTANT_PAYOUT_REMINT_UNOWED: a redemption at its re-mint step counted nowhere, so the
+     Bitcoin its re-mint needs looks like excess.
+   (Narrowing the exemption to "nothing owed at all" is not enough: a reorg can undo a
+   redemption's payout after an exempt payout was queued beyond the reserves.) */
+#ifdef MUTANT_PAYOUT_REMINT_UNOWED
 #define OWED (supply + UNMINTED)
-#endif
-#ifdef NO_PAYOUT_EXEMPTION
-#define EXEMPT false
 #else
+#define OWED (supply + UNMINTED + remint_owed)
+#endif
+#ifdef MUTANT_PAYOUT_ZERO_SUPPLY_EXEMPT
 #define EXEMPT (supply <= 0)
+#else
+#define EXEMPT false
 #endif
 
 proctype OperatorPayout(byte n) {

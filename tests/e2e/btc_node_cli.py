@@ -204,6 +204,14 @@ class Custody:
         assert answer["customer"] == customer
         return answer
 
+    def float_address(self) -> str:
+        """A new custody address for the exchange's own Bitcoin (``sluice btc float-address``)."""
+        return str(self.json("btc", "float-address")["address"])
+
+    def balance(self) -> dict[str, Any]:
+        answer: dict[str, Any] = self.json("btc", "balance")
+        return answer
+
     def watch(self, *, code: int = 0) -> dict[str, Any]:
         """One ``sluice btc watch --once --json`` (a new process every time)."""
         answer: dict[str, Any] = self.json("btc", "watch", "--once", code=code)

@@ -374,10 +374,13 @@ def test_watch_follows_the_chain_until_interrupted(tmp_path: Path) -> None:
 def test_a_payout_is_queued_sent_mined_and_completed_once(tmp_path: Path) -> None:
     data = tmp_path / "data"
     env = with_customers(data, "alice")
-    address = btc(env, "address", "--customer", "alice")["address"]
+    # The exchange's own Bitcoin (a customer's deposit is owed to them: no operator payout may
+    # spend it)
+    address = btc(env, "float-address")["address"]
     funded = btc(env, "sandbox", "fund", "--address", address, "--amount", "500000", "--mine")
     btc(env, "sandbox", "mine", "5")
-    assert btc(env, "watch", "--once")["watch"]["confirmed"] == 1
+    btc(env, "watch", "--once")
+    assert btc(env, "balance")["total_sats"] == 500000
 
     queued = btc(env, "payout", "--id", "p-1", "--to", OUTSIDE, "--amount", "120000")
     assert set(queued) == PAYOUT_KEYS
@@ -621,14 +624,22 @@ def test_against_a_real_node_everything_through_the_cli(
     assert deposit["block_hash"] != old_hash and deposit["confirmations"] == 7
     assert btc(env, "watch", "--once")["watch"]["confirmed"] == 0
 
+    # Alice's deposit is owed to her (minted or returned): an operator's payout may not spend
+    # it, only the exchange's own Bitcoin, sent to a float address.
     receiver = litecoind.new_address()
+    refused = btc(env, "payout", "--id", "real-1", "--to", receiver, "--amount", "5000000", code=2)
+    assert "error 30 mint_guard_breach" in refused.stderr
+    own = litecoind.fund(btc(env, "float-address")["address"], 10_000_000)
+    litecoind.mine(6)
+    btc(env, "watch", "--once")
     queued = btc(env, "payout", "--id", "real-1", "--to", receiver, "--amount", "5000000")
     assert queued["status"] == "queued"
     tick = btc(env, "watch", "--once")
     assert tick["payouts"]["broadcast"] == 1, tick
     (sent,) = btc(env, "payouts")
     assert sent["status"] == "broadcast"
-    assert sent["outpoints"] == [f"{funding}:{deposit['vout']}"]
+    (spent,) = sent["outpoints"]  # one of custody's two outputs (the coins are fungible)
+    assert spent.split(":")[0] in (funding, own)
     assert litecoind.rpc.getmempoolentry(sent["txid"])
     litecoind.mine(6)
     tick = btc(env, "watch", "--once")
@@ -638,7 +649,7 @@ def test_against_a_real_node_everything_through_the_cli(
     assert to_sats(received) == 5_000_000 - done["fee_sats"]
     balance = btc(env, "balance")
     assert balance["block_hash"] == litecoind.rpc.getblockchaininfo()["bestblockhash"]
-    assert balance["total_sats"] == 40_000_000 - 5_000_000
+    assert balance["total_sats"] == 40_000_000 + 10_000_000 - 5_000_000
 
 
 def test_an_operator_cancels_an_unbatched_payout_and_releases_an_orphaned_batch(
@@ -652,12 +663,14 @@ def test_an_operator_cancels_an_unbatched_payout_and_releases_an_orphaned_batch(
     that input."""
     data = tmp_path / "data"
     env = with_customers(data, "alice")
-    first = btc(env, "address", "--customer", "alice")["address"]
+    # The exchange's own Bitcoin, at two float addresses (an operator may not spend deposits)
+    first = btc(env, "float-address")["address"]
     btc(env, "sandbox", "fund", "--address", first, "--amount", "300000", "--mine")
-    second = btc(env, "address", "--customer", "alice", "--new")["address"]
+    second = btc(env, "float-address")["address"]
     dropped = btc(env, "sandbox", "fund", "--address", second, "--amount", "300000", "--mine")
     btc(env, "sandbox", "mine", "5")
-    assert btc(env, "watch", "--once")["watch"]["confirmed"] == 2
+    btc(env, "watch", "--once")
+    assert btc(env, "balance")["total_sats"] == 600000
 
     btc(env, "payout", "--id", "p-late", "--to", OUTSIDE, "--amount", "90000")
     cancelled = btc(env, "payout", "cancel", "--id", "p-late")
@@ -693,7 +706,7 @@ def test_an_operator_cancels_an_unbatched_payout_and_releases_an_orphaned_batch(
 
     # The first deposit alone cannot pay it: with another one confirmed, its successor spends
     # both.
-    third = btc(env, "address", "--customer", "alice", "--new")["address"]
+    third = btc(env, "float-address")["address"]
     btc(env, "sandbox", "fund", "--address", third, "--amount", "300000", "--mine")
     btc(env, "sandbox", "mine", "5")
     assert btc(env, "watch", "--once")["payouts"]["broadcast"] == 1

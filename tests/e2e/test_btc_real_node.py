@@ -397,7 +397,8 @@ def test_a_confirmed_deposit_reorged_away_comes_back_as_the_same_deposit(
 def funded_custody(
     node: RegtestNode, folder: Path, db: str, amounts: list[int], *, password_file: bool = False
 ) -> Custody:
-    """A custody whose deposits of ``amounts`` (to one customer) are confirmed."""
+    """A custody holding the exchange's own Bitcoin, outputs of ``amounts`` to a float address,
+    confirmed (a customer's deposit would be owed to them: no operator payout may spend it)."""
     custody = Custody.create(
         node,
         folder,
@@ -408,14 +409,14 @@ def funded_custody(
         payout_bump_after_blocks=BUMP_AFTER,
     )
     custody.add_customer("alice")
-    address = str(custody.address("alice")["address"])
+    address = custody.float_address()
     for amount in amounts:
         node.fund(address, amount)
     node.mine(CONFIRMATIONS)
     custody.watch()
-    deposits = custody.deposits()
-    assert sorted(r["amount_sats"] for r in deposits.values()) == sorted(amounts)
-    assert {r["status"] for r in deposits.values()} == {"confirmed"}
+    assert custody.deposits() == {}  # nobody's deposit
+    utxos = custody.balance()["utxos"]
+    assert sorted(u["amount_sats"] for u in utxos) == sorted(amounts)
     return custody
 
 
@@ -772,6 +773,18 @@ def test_a_long_running_watch_rides_out_the_node_going_away(
         wait_until(
             "the second deposit seen by the running watch",
             lambda: outputs_in_db(custody.db).get(bob_deposit) == ("seen", amount),
+            timeout_s=LOOP_TIMEOUT_S,
+        )
+
+        # The exchange's own Bitcoin, which an operator's payout may spend (the customers'
+        # deposits are owed to them), confirmed by the running watch.
+        own_address = custody.float_address()
+        own_txid = node.fund(own_address, 500_000)
+        own = f"{own_txid}:{output_index(node, own_txid, own_address)}"
+        node.mine(CONFIRMATIONS)
+        wait_until(
+            "the exchange's own Bitcoin confirmed by the running watch",
+            lambda: outputs_in_db(custody.db).get(own) == ("confirmed", 500_000),
             timeout_s=LOOP_TIMEOUT_S,
         )
 

@@ -140,7 +140,7 @@ def test_an_operator_payout_may_not_spend_a_deposit_not_minted_yet(world: World)
     assert not world.halted()
 
 
-def test_a_deposit_not_yet_through_kyc_is_counted_and_before_the_first_mint_not_held_to(
+def test_a_deposit_not_yet_through_kyc_is_counted_and_kept_from_payouts_before_the_first_mint(
     world: World,
 ) -> None:
     world.customer("alice")
@@ -153,10 +153,10 @@ def test_a_deposit_not_yet_through_kyc_is_counted_and_before_the_first_mint_not_
         pending_payouts=0,
         unminted_deposits=MINTED,
     )
-    # No iSTSi in circulation yet: payouts are not held to the guard before the first mint
-    # (custody without issuance pays from any confirmed output). A known gap: the deposit is
-    # counted as owed (the reserves document says so), but not kept from an operator payout.
-    assert operator_payout(world, "ops-1", 60_000).status == "queued"
+    # No iSTSi in circulation yet, but the deposit is owed (minted or returned later): every
+    # payout is checked, so an operator payout may not spend it before the first mint either.
+    with pytest.raises(MintGuardError, match=f"{MINTED} sats of customers' deposits not minted"):
+        operator_payout(world, "ops-1", 60_000)
 
 
 def test_an_operator_payout_may_spend_the_excess_only_and_then_counts_as_pending(

@@ -409,7 +409,8 @@ def test_guard_figures_from_outputs_mints_burns_and_redemptions(
             _operation("r-no-burn", type="token_withdrawal", status="pending", amount=10**7)
         )
         repo.insert_operation(_operation("deposit", status="pending", amount=10**8))
-        # At its re-mint the payout can never be paid: the Bitcoin stays, nothing is pending.
+        # At its re-mint the payout can never be paid: the Bitcoin stays, nothing is pending;
+        # it is owed to the re-mint (awaiting_remint), which no other payout may spend.
         remint = _operation("r-remint", type="token_withdrawal", status="pending", amount=10**7)
         repo.insert_operation(replace(remint, step="remint"))
         repo.insert_burn(_redemption_burn("r-remint", 10**7, "committed"))
@@ -417,9 +418,15 @@ def test_guard_figures_from_outputs_mints_burns_and_redemptions(
             supply=300_000 + 200_000 - 50_000 - 46 - 10**7,
             reserves=1_000_000 + 200_000,
             pending_redemptions=10 + 11 + 12 + 13,
+            awaiting_remint=10**7,
         )
         uow.commit()
-    figures = GuardFigures(supply=450_000 - 46 - 10**7, reserves=1_200_000, pending_redemptions=46)
+    figures = GuardFigures(
+        supply=450_000 - 46 - 10**7,
+        reserves=1_200_000,
+        pending_redemptions=46,
+        awaiting_remint=10**7,
+    )
     with database.uow() as uow:
         assert uow.issuance.guard_figures() == figures
     assert figures.allows(1_200_000 - 46 - figures.supply)

@@ -36,10 +36,10 @@ time. The same mutation applied to the code (``issuance_redeem.cancel_payout`` c
 and ``_unpaid_for_good`` answers "not completed") re-mints and then pays the same redemption; the
 code as it is cancels the queued payout before the re-mint, so nothing is paid.
 
-Last, the two gaps spin found in the operators' payout check (``btc_payouts._dips_into_backing``:
-no check while the supply is 0, though redemptions are pending; a redemption waiting for its
-re-mint owed nowhere) are shown on the services: two tests state that such a payout is refused,
-and are marked ``xfail(strict=True)`` until the code's check is fixed.
+Last, the two gaps spin found in the operators' payout check (``btc_payouts._dips_into_backing``
+as it was: no check while the supply is 0, though redemptions are pending; a redemption waiting
+for its re-mint owed nowhere) are driven on the services: the payout each gap let through is
+refused now (the check was fixed after spin found them).
 
 Why this approach rather than driving the services through random traces of the model and
 comparing states: a replay needs only the mapping of the events of one schedule, and the world
@@ -66,7 +66,7 @@ from sluice.domain.errors import MintGuardError
 from sluice.ports import UnitOfWorkFactory
 from sluice.ports.issuance import GuardFigures, MintRecord
 from sluice.services import issuance_deposit, issuance_redeem
-from sluice.services.btc_payouts import PayoutView, get_payout, request_payout
+from sluice.services.btc_payouts import PayoutView, get_payout, list_payouts, request_payout
 from sluice.services.compliance import KycRegistry
 from sluice.services.issuance_overrides import compensate_operation
 from sluice.services.issuance_router import StepOutcome
@@ -398,24 +398,17 @@ def test_the_code_cancels_the_payout_before_the_remint_on_the_same_schedule(
 
 # --- the gaps spin found in the operators' payout check, on the code ------------------------------
 #
-# The mint guard model refutes P3 with btc_payouts._dips_into_backing as the code has it (see
-# docs/verification.md, "Two gaps found in the operators' payout check"). These tests state what
-# the check should do and fail today; strict, so that they report as soon as the code is fixed.
-
-GAP = "a gap spin found in the operators' payout check (docs/verification.md, Mint guard)"
-
-
-class GapStillOpenError(Exception):
-    """The payout was queued: the gap is still there (anything else failing is a real failure)."""
+# The mint guard model refutes P3 with btc_payouts._dips_into_backing as it was (the mutants
+# MUTANT_PAYOUT_ZERO_SUPPLY_EXEMPT and MUTANT_PAYOUT_REMINT_UNOWED; docs/verification.md, "Two
+# gaps found in the operators' payout check"). The payouts each gap let through are refused now.
 
 
 def check_operator_payout_refused(world: RedemptionWorld, sats: int) -> None:
-    """An operator's payout of ``sats`` must be refused for the backing (MintGuardError)."""
-    try:
-        view = _operator_payout(world, sats)
-    except MintGuardError:
-        return
-    raise GapStillOpenError(f"an operator's payout of {sats} sats was {view.status}")
+    """An operator's payout of ``sats`` is refused for the backing (MintGuardError), and
+    nothing is queued."""
+    with pytest.raises(MintGuardError, match="would spend Bitcoin that is owed"):
+        _operator_payout(world, sats)
+    assert [p for p in list_payouts(world.db.uow) if p.kind == "operator"] == []
 
 
 def _operator_payout(world: RedemptionWorld, sats: int) -> PayoutView:
@@ -432,7 +425,6 @@ def _operator_payout(world: RedemptionWorld, sats: int) -> PayoutView:
     )
 
 
-@pytest.mark.xfail(strict=True, raises=GapStillOpenError, reason=GAP)
 def test_an_operators_payout_may_not_take_the_bitcoin_of_pending_redemptions_at_zero_supply(
     tmp_path: Path, wallet: EmbitCustodyWallet
 ) -> None:
@@ -450,7 +442,6 @@ def test_an_operators_payout_may_not_take_the_bitcoin_of_pending_redemptions_at_
         db.dispose()
 
 
-@pytest.mark.xfail(strict=True, raises=GapStillOpenError, reason=GAP)
 def test_an_operators_payout_may_not_take_the_bitcoin_a_remint_waits_for(
     tmp_path: Path, wallet: EmbitCustodyWallet
 ) -> None:

@@ -260,13 +260,20 @@ class GuardFigures:
     is counted once. Only a
     payout other than a redemption is held to it (:mod:`sluice.services.btc_payouts`); the mint
     rule (:meth:`allows`) leaves it out, since a mint turns an unminted deposit into supply and
-    adds nothing owed (counting it there would count the deposit being minted twice)."""
+    adds nothing owed (counting it there would count the deposit being minted twice).
+
+    ``awaiting_remint``: redemptions burned and compensated by a re-mint not done yet (step
+    ``remint``, not closed; the re-mint waits while minting is halted). They are neither supply
+    (burned) nor pending (their payout will never be paid), yet their Bitcoin is owed to the
+    re-mint: a payout other than a redemption is held to it too; the mint rule leaves it out
+    (the re-mint itself is a mint that turns it into supply)."""
 
     supply: int
     reserves: int
     pending_redemptions: int
     pending_payouts: int = 0
     unminted_deposits: int = 0
+    awaiting_remint: int = 0
 
     @property
     def pending(self) -> int:

@@ -239,14 +239,14 @@ def request_payout(
     changes nothing.
 
     A payout of any kind but ``redemption`` (an operator's, a held deposit's return) must not
-    spend Bitcoin that backs iSTSi in circulation or is owed for a deposit not minted yet: in
-    the transaction that inserts it, under the mint guard's lock, it is refused with
-    :class:`MintGuardError` (30) when
-    ``supply + unminted_deposits > reserves − pending − amount_sats`` (the mint guard's
-    figures; ``pending`` includes the other custody payouts not yet paid; a deposit being
-    returned is counted by its return payout only) while anything is owed
-    (``supply > 0`` or ``unminted_deposits > 0``; with neither, a payout may wait for its
-    coins as before). Nothing is written then and the refusal is audited (``btc_payout_refused``);
+    spend Bitcoin that backs iSTSi in circulation, is owed for a deposit not minted yet, or
+    waits for a redemption's re-mint: in the transaction that inserts it, under the mint
+    guard's lock, it is refused with :class:`MintGuardError` (30) when
+    ``supply + unminted_deposits + awaiting_remint > reserves − pending − amount_sats`` (the
+    mint guard's figures; ``pending`` includes the redemptions and other custody payouts not
+    yet paid; a deposit being returned is counted by its return payout only). Every such
+    payout is checked, so it needs confirmed reserves to cover it when it is requested.
+    Nothing is written then and the refusal is audited (``btc_payout_refused``);
     minting is not halted (nothing was breached). The
     supply is our records' (mints not failed, minus burns committed): the ledger's supply is not
     available to this service. A redemption's payout is not checked: its iSTSi was burned
@@ -338,27 +338,27 @@ def request_payout(
 def _dips_into_backing(uow: UnitOfWork, payout_id: str, kind: str, amount_sats: int) -> str | None:
     """Why a custody payout of ``kind`` (not a redemption: an operator's, a held deposit's
     return) would spend Bitcoin that is owed, else None: refused when it would leave less than
-    ``supply + pending + unminted deposits`` in custody, i.e. when
-    ``supply + unminted > reserves − pending − amount``. Owed are the iSTSi in circulation, the
-    redemptions and other payouts pending, and the customers' deposits confirmed and not minted
-    yet (waiting at KYC, held for an officer, before their mint: each is minted or returned
-    later, and an operator payout that spent one would leave its mint refused by the guard). A
+    what is owed in custody, i.e. when ``supply + unminted + awaiting re-mint > reserves −
+    pending − amount``. Owed are the iSTSi in circulation, the redemptions and other payouts
+    pending, the customers' deposits confirmed and not minted yet (waiting at KYC, held for an
+    officer, before their mint: each is minted or returned later, and an operator payout that
+    spent one would leave its mint refused by the guard), and the redemptions compensated by a
+    re-mint not done yet (burned and never to be paid: their Bitcoin is the re-mint's). A
     deposit's own return is not held to its own amount: the return closes the operation
     (``returned``, step ``returning``) before it requests the payout, and the figures leave out
     the deposit this payout returns (``paying``), so it counts once, as this payout. The
     supply is our records' (mints not failed, minus burns committed): this service has no
     ledger to ask, and the mint guard, which does, still refuses any mint the payout leaves
-    uncovered. With no iSTSi in circulation the guard does not apply (custody without
-    issuance, or before the first mint), and a payout may be queued before the coins that pay it are
-    confirmed (the payouts worker waits for them, with an alert), as without issuance. Read
-    under the guard's lock (the caller took it)."""
+    uncovered.
+
+    Every payout is checked, with or without iSTSi in circulation: a payout therefore needs
+    confirmed reserves to cover it when it is requested (with nothing owed, custody without
+    issuance, it may take all of them). An exemption at zero supply, as there once was, let an
+    operator take the Bitcoin of redemptions burned and not paid yet, once everything issued
+    had been burned; the mint guard's model found it (``docs/verification.md``). Read under the
+    guard's lock (the caller took it)."""
     figures = uow.issuance.guard_figures(paying=payout_id)
-    owed = figures.supply + figures.unminted_deposits
-    if figures.supply <= 0:
-        # No iSTSi in circulation: the deployment has not issued yet (custody alone, or
-        # issuance before its first mint), and payouts are not held to the guard. Known gap:
-        # until the first mint, an operator payout may spend a deposit not minted yet.
-        return None
+    owed = max(0, figures.supply) + figures.unminted_deposits + figures.awaiting_remint
     cover = figures.reserves - figures.pending - amount_sats
     if owed <= cover:
         return None
@@ -368,8 +368,8 @@ def _dips_into_backing(uow: UnitOfWork, payout_id: str, kind: str, amount_sats: 
         f"the reserves of {figures.reserves} sats less {figures.pending} sats of pending "
         f"outflows less this payout would fall below the iSTSi supply of {figures.supply} sats "
         f"(our records) plus {figures.unminted_deposits} sats of customers' deposits not minted "
-        f"yet (to be minted or returned); at most {excess} sats of excess Bitcoin can be paid "
-        "out now"
+        f"yet (to be minted or returned) plus {figures.awaiting_remint} sats of redemptions "
+        f"awaiting their re-mint; at most {excess} sats of excess Bitcoin can be paid out now"
     )
 
 

@@ -478,6 +478,13 @@ class SqlIssuanceRepository:
             burned_for_it,
             ~paid,
         )
+        # A redemption compensated by a re-mint not done yet: burned, never to be paid, owed.
+        awaiting_remint = select(func.coalesce(func.sum(ops.c.amount_sats), 0)).where(
+            ops.c.type == "token_withdrawal",
+            ops.c.status.not_in(REDEMPTION_CLOSED_STATUSES),
+            ops.c.step == "remint",
+            burned_for_it,
+        )
         # Every other custody payout (an operator's, a held deposit's return) spends Bitcoin
         # that may back iSTSi: it is pending from its request (no burn takes it out of the
         # supply) until the watcher saw its batch's inputs spent, by the same rule as above. A
@@ -500,6 +507,7 @@ class SqlIssuanceRepository:
                 pending.scalar_subquery().label("pending"),
                 other_pending.scalar_subquery().label("other_pending"),
                 _unminted_deposits(paying).scalar_subquery().label("unminted"),
+                awaiting_remint.scalar_subquery().label("awaiting_remint"),
             )
         ).one()
         return GuardFigures(
@@ -508,6 +516,7 @@ class SqlIssuanceRepository:
             pending_redemptions=int(row.pending),
             pending_payouts=int(row.other_pending),
             unminted_deposits=int(row.unminted),
+            awaiting_remint=int(row.awaiting_remint),
         )
 
     def minting_state(self) -> MintingState:

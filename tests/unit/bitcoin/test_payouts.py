@@ -32,6 +32,7 @@ from sluice.domain.errors import (
     InvalidAddressError,
     InvalidAmountError,
     InvalidInputError,
+    MintGuardError,
 )
 from sluice.ports.bitcoin import NodeUnavailableError, SignedTransaction, SpendInput, TxOutput
 from sluice.ports.bitcoin_payouts import BatchRecord
@@ -196,6 +197,7 @@ def custody(tmp_path: Path, wallet: EmbitCustodyWallet) -> Iterator[Custody]:
 def test_a_payout_id_answers_its_first_request_and_refuses_other_parameters(
     custody: Custody,
 ) -> None:
+    custody.fund(150_000)
     first = custody.request("p1", 100_000)
     assert (first.status, first.amount_sats, first.kind) == ("queued", 100_000, "operator")
     assert custody.request("p1", 100_000) == first
@@ -210,6 +212,7 @@ def test_a_payout_id_answers_its_first_request_and_refuses_other_parameters(
 
 
 def test_a_request_is_checked_before_anything_is_recorded(custody: Custody) -> None:
+    custody.fund(30_000)
     with pytest.raises(InvalidAddressError):
         custody.request("p1", 100_000, address="bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4")
     with pytest.raises(InvalidAddressError):
@@ -220,6 +223,9 @@ def test_a_request_is_checked_before_anything_is_recorded(custody: Custody) -> N
         custody.request("p1", 20_294)
     with pytest.raises(InvalidInputError, match="payout kind"):
         custody.request("p1", 10**6, kind="gift")
+    # Past the confirmed reserves (nothing else owed): refused, every payout is checked.
+    with pytest.raises(MintGuardError, match="at most 30000 sats of excess"):
+        custody.request("p1", 30_001)
     assert custody.request("p1", 20_295).status == "queued"
 
 
@@ -326,8 +332,10 @@ def test_without_confirmed_funds_payouts_stay_queued_with_an_alert(custody: Cust
     address = deposit_address(custody.uow, custody.wallet, "alice", clock=custody.clock)
     custody.chain.fund(address.script_hex, 150_000)
     custody.mine()  # seen, not confirmed: not spendable yet
-    custody.request("p1", 100_000)
-    custody.request("p2", 100_000)
+    # Redemptions' payouts (their iSTSi burned first) are queued whatever the reserves; an
+    # operator's would be refused here (every other payout needs confirmed reserves).
+    custody.request("p1", 100_000, kind="redemption")
+    custody.request("p2", 100_000, kind="redemption")
     tick = custody.worker().run_once()
     assert (tick.batches, tick.insufficient) == (0, 2)
     view = custody.payouts()["p1"]
