@@ -12,10 +12,12 @@ exits 1 and names the record once the trail has been tampered with.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
 import sqlite3
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -49,12 +51,18 @@ def database(tmp_path: Path) -> Path:
 def sluice(tmp_path: Path, database: Path) -> Sluice:
     """``sluice("compliance queue --json", *more, code=0)`` runs the command (split at spaces;
     ``more`` are passed as they are), checks the exit code and returns the click result."""
+    return cli_runner(tmp_path, f"sqlite:///{database}")
+
+
+def cli_runner(data_dir: Path, database_url: str) -> Sluice:
+    """A :class:`Sluice` on ``database_url``, acting as the compliance officer, with none of
+    this process's ``SLUICE_*`` settings (no sanctions list unless a call's ``env`` gives one)."""
     runner = CliRunner()
     base: dict[str, str | None] = {name: None for name in os.environ if name.startswith("SLUICE_")}
     base.update(
         {
-            "SLUICE_DATA_DIR": str(tmp_path),
-            "SLUICE_DATABASE_URL": f"sqlite:///{database}",
+            "SLUICE_DATA_DIR": str(data_dir),
+            "SLUICE_DATABASE_URL": database_url,
             "SLUICE_ACTOR": OFFICER,
             "COLUMNS": "250",
         }
@@ -70,6 +78,19 @@ def sluice(tmp_path: Path, database: Path) -> Sluice:
         return result
 
     return run
+
+
+def list_extract(directory: Path, listed: Collection[str]) -> Path:
+    """A list directory (``directory``, made here) holding the full list's rows of the people
+    named ``listed`` (as the list writes them), all of them found."""
+    source = reference_path("sanctions", "full-sdn.csv")
+    directory.mkdir()
+    with source.open(encoding="utf-8", newline="") as full:
+        rows = [row for row in csv.reader(full) if len(row) > 1 and row[1] in listed]
+    assert sorted(row[1] for row in rows) == sorted(listed)
+    with (directory / "sdn.csv").open("w", encoding="utf-8", newline="") as out:
+        csv.writer(out).writerows(rows)
+    return directory
 
 
 def refused(result: Result, starts: str, *containing: str) -> None:

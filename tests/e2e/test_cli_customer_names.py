@@ -20,19 +20,22 @@ with exit code 2 and one line naming the error code.
 
 from __future__ import annotations
 
-import csv
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
-from sluice.cli import app
 from sluice.domain.customer_names import OTHER_NAMES_MAX
-from tests.conftest import reference_path
-from tests.e2e.test_cli_compliance import OFFICER, Sluice, json_lines, queue, refused
+from tests.e2e.test_cli_compliance import (
+    Sluice,
+    cli_runner,
+    json_lines,
+    list_extract,
+    queue,
+    refused,
+)
 
 LISTED = ("NASRALLAH, Hasan", "SOLEIMANI, Qasem", "LI, Fangwei", "TIMCHENKO, Gennady")
 
@@ -40,42 +43,14 @@ LISTED = ("NASRALLAH, Hasan", "SOLEIMANI, Qasem", "LI, Fangwei", "TIMCHENKO, Gen
 @pytest.fixture
 def extract(tmp_path: Path) -> Path:
     """A list directory holding the full list's rows of the people of ``LISTED``."""
-    source = reference_path("sanctions", "full-sdn.csv")
-    directory = tmp_path / "list"
-    directory.mkdir()
-    with source.open(encoding="utf-8", newline="") as full:
-        rows = [row for row in csv.reader(full) if len(row) > 1 and row[1] in LISTED]
-    assert sorted(row[1] for row in rows) == sorted(LISTED)
-    with (directory / "sdn.csv").open("w", encoding="utf-8", newline="") as out:
-        csv.writer(out).writerows(rows)
-    return directory
+    return list_extract(tmp_path / "list", LISTED)
 
 
 @pytest.fixture
 def sluice(tmp_path: Path, database_url: str) -> Sluice:
     """``sluice("customers add …", *more, code=0, env=…)`` on this test's database (SQLite or
     PostgreSQL), with no sanctions list unless ``env`` configures one."""
-    runner = CliRunner()
-    base: dict[str, str | None] = {name: None for name in os.environ if name.startswith("SLUICE_")}
-    base.update(
-        {
-            "SLUICE_DATA_DIR": str(tmp_path),
-            "SLUICE_DATABASE_URL": database_url,
-            "SLUICE_ACTOR": OFFICER,
-            "COLUMNS": "250",
-        }
-    )
-
-    def run(command: str, *more: str, code: int = 0, env: dict[str, str] | None = None) -> Result:
-        args = [*command.split(), *more]
-        result = runner.invoke(app, args, env={**base, **(env or {})})
-        assert result.exit_code == code, (
-            f"sluice {' '.join(args)} exited {result.exit_code}, expected {code}\n"
-            f"stdout: {result.stdout}\nstderr: {result.stderr}\nexception: {result.exception!r}"
-        )
-        return result
-
-    return run
+    return cli_runner(tmp_path, database_url)
 
 
 def listed(extract: Path) -> dict[str, str]:

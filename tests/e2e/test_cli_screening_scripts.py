@@ -10,14 +10,18 @@ A customer has one name in sluice today; that name, in whatever script it is wri
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import reference_path
-from tests.e2e.test_cli_compliance import Sluice, json_lines, queue, sluice  # noqa: F401
+from tests.e2e.test_cli_compliance import (  # noqa: F401
+    Sluice,
+    json_lines,
+    list_extract,
+    queue,
+    sluice,
+)
 
 LISTED = {
     "NASRALLAH, Hasan": "حسن نصر الله",
@@ -35,15 +39,7 @@ def database(tmp_path: Path) -> Path:
 @pytest.fixture
 def extract(tmp_path: Path) -> Path:
     """A list directory holding the full list's rows of the four people of ``LISTED``."""
-    source = reference_path("sanctions", "full-sdn.csv")
-    directory = tmp_path / "list"
-    directory.mkdir()
-    with source.open(encoding="utf-8", newline="") as full:
-        rows = [row for row in csv.reader(full) if len(row) > 1 and row[1] in LISTED]
-    assert sorted(row[1] for row in rows) == sorted(LISTED)
-    with (directory / "sdn.csv").open("w", encoding="utf-8", newline="") as out:
-        csv.writer(out).writerows(rows)
-    return directory
+    return list_extract(tmp_path / "list", LISTED)
 
 
 def test_customers_named_in_other_scripts_are_found_by_screen_customers(
