@@ -23,11 +23,10 @@ class SqlReferenceRepository:
         table = t.customers
         if self._c.execute(select(table.c.id).where(table.c.id == customer_id)).first():
             return False
-        self._c.execute(
-            insert(table).values(
-                id=customer_id, name=name, name_script=name_script, created_at=_now()
-            )
-        )
+        values = {"id": customer_id, "name": name, "created_at": _now()}
+        if name_script is not None:  # left out unless known (databases before migration 0015)
+            values["name_script"] = name_script
+        self._c.execute(insert(table).values(**values))
         return True
 
     def customer_names_of(self, customer_id: str) -> list[CustomerName] | None:
