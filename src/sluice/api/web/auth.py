@@ -120,10 +120,8 @@ def login(
     if not sessions.same(csrf_token, request.cookies.get(sessions.LOGIN_COOKIE, "\0")):
         return form(request, 403, "The form expired or was not this site's: try again.")
     failures: FailedSignIns = request.app.state.failed_sign_ins
-    allowed = context.web.login_failures_per_minute
-    if failures.count(client) >= allowed:
-        sessions.audit_failed_sign_in(context, client, "too many failed sign-ins", now)
-        return form(request, 429, "Too many failed sign-ins from here: wait a minute.")
+    if too_many_failures(request, client, now):
+        return form(request, 429, TOO_MANY)
     try:
         principal = sessions.verify_credentials(context, credential)
     except SluiceError as exc:
@@ -133,6 +131,19 @@ def login(
     answer = signed_in(context, principal, client, next, now)
     answer.delete_cookie(sessions.LOGIN_COOKIE, path="/login")
     return answer
+
+
+TOO_MANY = "Too many failed sign-ins from here: wait a minute."
+
+
+def too_many_failures(request: Request, client: str, now: datetime) -> bool:
+    """Whether ``client`` is past the sign-in limit (then the attempt is audited, unchecked)."""
+    context: ApiContext = request.app.state.context
+    failures: FailedSignIns = request.app.state.failed_sign_ins
+    if failures.count(client) < context.web.login_failures_per_minute:
+        return False
+    sessions.audit_failed_sign_in(context, client, "too many failed sign-ins", now)
+    return True
 
 
 def signed_in(

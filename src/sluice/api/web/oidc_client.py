@@ -21,7 +21,7 @@ import base64
 import hashlib
 import secrets
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlencode
 
@@ -77,8 +77,7 @@ class OidcClient:
         self.settings = settings
         self._issuer = api.issuer.rstrip("/")
         # The ID token's audience is this client (the API's bearer tokens name the API).
-        fields = {name: getattr(api, name) for name in api.__dataclass_fields__}
-        self._verifier = JwtVerifier(OidcSettings(**{**fields, "audience": settings.client_id}))
+        self._verifier = JwtVerifier(replace(api, audience=settings.client_id))
         self._http = httpx.Client(timeout=TIMEOUT_S, transport=transport)
         self._lock = threading.Lock()
         self._endpoints: tuple[str, str] | None = None

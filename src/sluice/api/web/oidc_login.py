@@ -26,7 +26,15 @@ from fastapi.responses import RedirectResponse, Response
 
 from sluice.api.context import ApiContext
 from sluice.api.web import sessions
-from sluice.api.web.auth import FailedSignIns, client_address, form, landing, start_session
+from sluice.api.web.auth import (
+    TOO_MANY,
+    FailedSignIns,
+    client_address,
+    form,
+    landing,
+    start_session,
+    too_many_failures,
+)
 from sluice.api.web.pages import render
 from sluice.domain.errors import ComponentCallFailedError, SluiceError
 
@@ -99,9 +107,8 @@ def oidc_callback(
         sessions.audit_failed_sign_in(context, client, f"oidc: {reason}", now)
         return _refused(request, status, message)
 
-    if failures.count(client) >= context.web.login_failures_per_minute:
-        sessions.audit_failed_sign_in(context, client, "too many failed sign-ins", now)
-        return _refused(request, 429, "Too many failed sign-ins from here: wait a minute.")
+    if too_many_failures(request, client, now):
+        return _refused(request, 429, TOO_MANY)
     started = _unpack(request.cookies.get(COOKIE))
     if started is None or not sessions.same(state, started[0]):
         return refuse(
