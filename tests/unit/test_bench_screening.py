@@ -16,11 +16,13 @@ from sluice.bench.screening import (
     SECTION,
     ScreeningBenchReport,
     build_labelled_set,
+    measure_scripts,
     record_screening_report,
     run_screening_bench,
 )
 from sluice.screening import (
     DEFAULT_THRESHOLD,
+    ListedSanctions,
     SanctionedEntity,
     SanctionsList,
     load_list,
@@ -180,3 +182,31 @@ def test_a_time_boxed_run_screens_until_its_time_is_up(sample_directory: Path) -
     assert timed.screenings >= 1
     assert timed.elapsed_s >= 0.05
     assert timed.screenings_per_s == pytest.approx(timed.screenings / timed.elapsed_s, rel=0.01)
+
+
+def test_a_negative_whose_latin_spelling_matches_is_a_namesake_left_out_of_the_precision(
+    sample: SanctionsList,
+) -> None:
+    screen = ListedSanctions(sample)
+    names = [
+        {"script": "cyrillic", "query": "Дмитрий Хорошев", "listed": "KHOROSHEV, Dmitry Yuryevich"},
+        # Matched in its script, and its Latin spelling matches too: a near namesake.
+        {
+            "script": "cyrillic",
+            "query": "Дмитрий Хорошев",
+            "listed": None,
+            "latin": "Dmitry Khoroshev",
+        },
+        # Matched in its script, but its Latin spelling does not match: a false positive.
+        {"script": "cyrillic", "query": "Артем Лифшиц", "listed": None, "latin": "Ivan Petrov"},
+        # No Latin spelling: an ordinary negative.
+        {"script": "cyrillic", "query": "Иван Петров", "listed": None},
+    ]
+    figures = measure_scripts(screen, names)["cyrillic"]
+    assert (figures.positives, figures.true_positives) == (1, 1)
+    assert (figures.negatives, figures.false_positives, figures.namesakes) == (2, 1, 1)
+    assert figures.precision == 0.5
+    (namesake,) = figures.namesake_examples
+    assert namesake.startswith("Дмитрий Хорошев → ")
+    assert "in Latin, Dmitry Khoroshev → KHOROSHEV, Dmitry Yuryevich at " in namesake
+    assert figures.false_positive_examples[0].startswith("Артем Лифшиц → LIFSHITS")

@@ -63,6 +63,7 @@ def _script_table(title: str, by_script: dict[str, ScriptFigures]) -> list[str]:
         for kind, examples in (
             ("false negatives", figures.false_negative_examples),
             ("false positives", figures.false_positive_examples),
+            ("near namesakes (left out of the precision)", figures.namesake_examples),
         ):
             if examples:
                 lines.append(f"* {figures.script} {kind}: " + "; ".join(examples) + "\n")
