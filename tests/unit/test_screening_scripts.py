@@ -22,6 +22,7 @@ from sluice.screening import DEFAULT_THRESHOLD, SanctionedEntity, SanctionsList,
 from sluice.screening.arabic import arabic_queries, covers_surname, long_vowels_agree, skeleton
 from sluice.screening.cjk import (
     chinese_renderings,
+    hanja_hangul,
     japanese_renderings,
     kanji_readings,
     korean_renderings,
@@ -83,6 +84,15 @@ def test_korean_is_revised_romanization_and_mccune_reischauer_with_customary_sur
     renderings = texts(korean_renderings("김정은"))
     assert {"Jong Un Kim", "Jongun Kim", "Jeong Eun Kim", "Chong Un Kim"} <= renderings
     assert {"Pyong Chol Ri", "Pyong Chol Lee"} <= texts(korean_renderings("리병철"))
+
+
+def test_hanja_are_read_as_korean_with_the_surname_kim_as_names_read_it() -> None:
+    assert hanja_hangul("金正恩") == "김정은"  # as a word, 金 is 금 (gold)
+    assert hanja_hangul("朴正熙") == "박정희"
+    assert hanja_hangul("李方伟") == "이방위"  # a Chinese name gets a Korean reading too
+    # A Korean name is two to four syllables: one character or five are not read.
+    assert hanja_hangul("金") is None
+    assert hanja_hangul("森尾卯太男") is None
 
 
 def test_japanese_is_hepburn_long_vowels_written_out_and_collapsed() -> None:
@@ -165,6 +175,9 @@ def test_arabic_skeletons_agree_with_the_listed_latin_forms() -> None:
         ("李方伟", "LI, Fangwei", "pinyin"),
         ("김정은", "KIM, Jong Un", "McCune-Reischauer"),
         ("최룡해", "CHOE, Ryong Hae", "McCune-Reischauer"),
+        # Korean names written in hanja: read as Korean (金 as a surname is 김, Kim).
+        ("金正恩", "KIM, Jong Un", "Sino-Korean reading (김정은)"),
+        ("崔龍海", "CHOE, Ryong Hae", "Sino-Korean reading (최룡해)"),
     ],
 )
 def test_a_name_in_its_own_script_matches_its_listed_latin_form(

@@ -12,6 +12,9 @@
   ``eo``→``u`` many people write (``Jung``, ``Sung``, ``Hyun``). Surnames take their
   customary spellings (``김`` → Kim, ``이``/``리`` → Lee, Yi, Ri, Rhee, ``박`` → Park, Pak).
   Syllables are joined and separated (a hyphen separates words for screening).
+  A Korean name written in hanja (金正恩) is read as Korean too: the hanja library gives each
+  character's Sino-Korean reading (김정은 after the surname 金, which names read 김 where the
+  word reads 금), and the Hangul is then rendered as above.
 * **Japanese**: pykakasi's Hepburn for kana and kanji, long vowels written out
   (``shoukou``) and collapsed (``shoko``), as passports and lists write them. A kanji word is
   read with each reading pykakasi's dictionary lists for it, not only the first: names take
@@ -45,6 +48,7 @@ MCCUNE_REISCHAUER = "McCune-Reischauer"
 NORTH_KOREAN = "McCune-Reischauer (North Korean lists)"
 CUSTOMARY = "customary Korean spelling"
 HEPBURN = "Hepburn"
+SINO_KOREAN = "Sino-Korean reading"
 RENDERINGS_MAX = 32
 """The most renderings one name gets (each is screened)."""
 KANJI_READINGS_MAX = 4
@@ -100,6 +104,10 @@ _KOREAN_SURNAMES: dict[str, tuple[str, ...]] = {
     "방": ("Pang", "Bang"),
     "태": ("Thae", "Tae"),
 }
+# A Korean name is two to four syllables; hanja read as Korean only for names of that length.
+_HANJA_NAME_LENGTHS = range(2, 5)
+# The surname 金 is read 김 (Kim); as a word it is 금 (gold), the library's reading.
+_HANJA_SURNAME_READINGS = {"金": "김"}
 _UNVOICED_INITIALS = (("g", "k"), ("d", "t"), ("b", "p"), ("j", "ch"))
 _LONG_VOWELS = re.compile(r"ou|oo|uu|aa|ii|ee")
 
@@ -222,6 +230,35 @@ def korean_renderings(text: str) -> tuple[Rendering, ...]:
             for surname in surnames:
                 renderings.append(Rendering(system, _name(given, surname.capitalize())))
     return _unique(renderings)
+
+
+def hanja_hangul(text: str) -> str | None:
+    """The Sino-Korean reading (in Hangul) of a name written in hanja, or ``None`` when
+    ``text`` is not two to four Han characters or one of them has no reading."""
+    characters = _letters_of(text, HAN)
+    if len(characters) not in _HANJA_NAME_LENGTHS:
+        return None
+    # Imported on first use, as pypinyin is (its dictionary loads at import).
+    import hanja
+
+    surname = _HANJA_SURNAME_READINGS.get(characters[0])
+    hangul = str(hanja.translate(characters, "substitution"))
+    if surname is not None:
+        hangul = surname + hangul[1:]
+    if len(hangul) != len(characters) or any(script_of(c) != HANGUL for c in hangul):
+        return None
+    return hangul
+
+
+def sino_korean_renderings(text: str) -> tuple[Rendering, ...]:
+    """The Korean renderings of the Sino-Korean reading of a name written in hanja."""
+    hangul = hanja_hangul(text)
+    if hangul is None:
+        return ()
+    return tuple(
+        Rendering(f"{SINO_KOREAN} ({hangul}), {rendering.system}", rendering.text)
+        for rendering in korean_renderings(hangul)
+    )
 
 
 # --- Japanese -------------------------------------------------------------------------------
@@ -349,4 +386,5 @@ def east_asian_renderings(text: str, scripts: frozenset[str]) -> tuple[Rendering
     elif HAN in scripts:
         renderings.extend(chinese_renderings(text))
         renderings.extend(japanese_renderings(text))
+        renderings.extend(sino_korean_renderings(text))
     return tuple(renderings)
