@@ -198,6 +198,22 @@ def test_a_range_of_seeds_prints_a_summary(capsys: pytest.CaptureFixture[str]) -
     assert main(["--seeds", "3-4", "--steps", "15"]) == 0
     summary = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert (summary["seeds"], summary["steps"], summary["failed"]) == (2, 15, [])
+    assert set(summary["issuance"]) >= {"btc_confirmed", "istsi_completed", "issuance_crashes"}
+
+
+def test_a_soak_summary_counts_what_the_bitcoin_and_istsi_actors_did(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert (
+        main(["--seeds", "3", "--steps", "200", "--crash-rate", "0.1", "--fault-rate", "0.1"]) == 0
+    )
+    issuance = json.loads(capsys.readouterr().out.splitlines()[-1])["issuance"]
+    expected = run_simulation(3, 200, crash_rate=0.1, fault_rate=0.1).outcomes
+    assert issuance["btc_confirmed"] == expected["btc_confirmed"] > 0
+    assert issuance["istsi_completed"] == expected["istsi_completed"] > 0
+    assert issuance["issuance_crashes"] == sum(
+        count for name, count in expected.items() if name.startswith(("crash_istsi_", "crash_btc_"))
+    )
 
 
 def test_a_credit_nobody_deposited_is_reported() -> None:

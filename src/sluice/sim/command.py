@@ -20,6 +20,23 @@ LATE_COMMIT_OUTCOMES = (
     "late_commit_rejected",
     "worker_fenced",
 )
+# What the Bitcoin and iSTSi actors did, summed over the seeds (every summary has them): Bitcoin
+# deposits confirmed and reorged away, issuance operations completed, held, stuck, redemptions
+# asked, payouts completed, and the crashes of the watcher and the router.
+ISSUANCE_OUTCOMES = (
+    "btc_confirmed",
+    "btc_watch_reorgs",
+    "btc_batches_reorged",
+    "btc_payouts_completed",
+    "istsi_deposit",
+    "istsi_completed",
+    "istsi_held",
+    "istsi_stuck",
+    "istsi_redeem_asked",
+    "istsi_transfer_approved",
+    "istsi_transfer_rejected",
+)
+ISSUANCE_CRASH_PREFIXES = ("crash_istsi_", "crash_btc_")
 
 
 def simulate_command(
@@ -121,6 +138,12 @@ def main(argv: list[str] | None = None) -> int:
             faults=result.faults,
         )
         totals.update({name: result.outcomes[name] for name in LATE_COMMIT_OUTCOMES})
+        totals.update({name: result.outcomes[name] for name in ISSUANCE_OUTCOMES})
+        totals["issuance_crashes"] += sum(
+            count
+            for name, count in result.outcomes.items()
+            if name.startswith(ISSUANCE_CRASH_PREFIXES)
+        )
         if not result.ok:
             failed.append(result.seed)
             print(result.as_json_line(), flush=True)
@@ -141,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             if options.late_commit_rate
             else {}
         ),
+        "issuance": {name: totals[name] for name in (*ISSUANCE_OUTCOMES, "issuance_crashes")},
         "failed": failed,
         "elapsed_s": round(time.perf_counter() - started, 1),
     }
