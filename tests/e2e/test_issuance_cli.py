@@ -13,9 +13,12 @@ shows the iSTSi; ``sluice redeem`` moves it to in flight and opens the redemptio
 again is refused with error 42 showing the first operation (``details.first`` under ``--json``, and
 on stdout for people); an override (``issuance compensate``) is only proposed while two approvals
 are required, and with one it runs at once (the redemption refunded, the iSTSi available again); a
-second compensation is refused (41) with nothing changed; ``issuance guard``; bad input (unknown
-status, unknown operation, an address of another network, a party id) gets a clear error and exit
-code 2.
+second compensation is refused (41) with nothing changed; ``issuance resolve`` (proposed, then
+run with one approval) closes a held deposit and ``issuance retry`` puts a stuck one back at its
+step, which runs again without a second mint; a retry or resolve of a completed deposit and a
+resolve of a burned, unpaid redemption are refused (41) and audited; ``issuance guard``; bad
+input (unknown status, unknown operation, an address of another network, a party id) gets a clear
+error and exit code 2.
 
 How: every ``sluice`` is the virtualenv's console script run as a process with
 ``SLUICE_DATA_DIR`` in ``tmp_path`` (the helpers of ``test_cli_over_the_wire``); the embedded
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -38,6 +42,7 @@ import pytest
 from sluice import bootstrap
 from sluice.bitcoin.params import AddressCodec
 from sluice.demo.issuance import write_sanctions
+from sluice.domain.audit import AuditRecord
 from sluice.domain.chains import CHAINS
 from sluice.domain.journal import (
     AccountRef,
@@ -46,10 +51,13 @@ from sluice.domain.journal import (
     customer_account_name,
     treasury_account_name,
 )
+from sluice.ledger.local.engine import EmbeddedLedger
 from sluice.ports.issuance import IssuanceOperation, sats_to_amount
 from sluice.server.world import prepare_embedded_world
+from sluice.services.audit import list_audit_records
 from sluice.services.reference import register_customer
 from tests.e2e.test_cli_over_the_wire import Done, environment, sluice
+from tests.ledger_holdings import mirror_holdings
 
 pytestmark = pytest.mark.slow
 
@@ -392,3 +400,152 @@ def test_bad_input_gets_a_clear_error(world: World) -> None:
     assert chosen == {"customer_id": "alice", "party": party, "mint_to_party": True}
     with world.database.uow() as uow:
         assert uow.issuance.mint_to_party("alice") == party
+
+
+def mark_stuck(world: World, operation_id: str, error: str) -> None:
+    """What the router leaves when a step's attempts ran out: the operation ``stuck`` at its
+    step (in process: no sluice start, and no step of the CLI world fails by itself)."""
+    with world.database.uow() as uow:
+        op = uow.issuance.get_operation(operation_id, lock=True)
+        assert op is not None
+        stuck = replace(op, status="stuck", version=op.version + 1, last_error=error)
+        assert uow.issuance.update_operation(stuck, expected_version=op.version)
+        uow.commit()
+
+
+def mirror_treasury(world: World) -> None:
+    """Ingestion's booking of the treasury's iSTSi holdings (which a burn spends), read from the
+    ledger file while no ``sluice`` has it open."""
+    with world.database.uow() as uow:
+        (istsi,) = [r.instrument for r in uow.reference.instruments() if r.instrument.id == "iSTSi"]
+    ledger = EmbeddedLedger.open(str(world.data / "ledger.db"), read_only=True)
+    try:
+        mirror_holdings(world.database, ledger, world.treasury, istsi)
+    finally:
+        ledger.close()
+
+
+def refusals(world: World, operation: str) -> list[AuditRecord]:
+    records = list_audit_records(world.database.uow, limit=500)
+    return [r for r in records if r.entry.operation == operation]
+
+
+def test_retry_and_resolve_run_through_the_cli_and_refuse_a_second_mint_or_a_lost_burn(
+    world: World,
+) -> None:
+    """``sluice issuance resolve`` closes a held deposit (only proposed while two approvals are
+    required, run at once with one); ``sluice issuance retry`` puts a stuck deposit back at its
+    step, which runs again without minting a second time; a retry or resolve of the completed
+    deposit is refused (41: its mint would be repeated or its record closed over), and so is a
+    resolve of a redemption whose iSTSi was burned and whose Bitcoin is not paid yet (it would
+    close it with the customer owed); each refusal is audited and changes nothing."""
+    env = world.env
+    config = world.data / "one-approval.toml"
+    config.write_text(world.config + '\n[api.settings]\n"approvals.required" = 1\n')
+    single = {**env, "SLUICE_CONFIG": str(config)}
+    address = as_json(env, "btc", "address", "--customer", "alice")["address"]
+    ids = {}
+    for name, sats, sender in (
+        ("first", CLEAN_SATS, ()),
+        ("second", CLEAN_SATS, ()),
+        ("listed", LISTED_SATS, ("--from", LISTED)),
+    ):
+        funded = as_json(
+            env, "btc", "sandbox", "fund", "--address", address, "--amount", str(sats), *sender
+        )
+        ids[name] = f"btc-deposit:{funded['txid']}:{funded['vout']}"
+    as_json(env, "btc", "sandbox", "mine", "6")
+    assert as_json(env, "btc", "watch", "--once")["watch"]["confirmed"] == 3
+    tick = as_json(env, "issuance", "run", "--once")
+    assert tick["router"]["held"] == [ids["listed"]]
+    minted = 2 * CLEAN_SATS
+    assert as_json(env, "issuance", "guard")["supply_sats"] == minted
+
+    # resolve: proposed while two approvals are required; nothing moves.
+    proposed = as_json(env, "issuance", "resolve", ids["listed"], "--reason", "case closed")
+    assert (proposed["approval"]["operation"], proposed["approval"]["status"]) == (
+        "issuance.resolve",
+        "pending",
+    )
+    assert world.operation(ids["listed"]).status == "held"
+    # With one approval it runs at once: closed with the reason, nothing minted for it.
+    done = as_json(single, "issuance", "resolve", ids["listed"], "--reason", "case closed")
+    assert done["approval"]["status"] == "executed"
+    assert (done["operation"]["id"], done["operation"]["status"]) == (ids["listed"], "resolved")
+    shown = as_json(env, "issuance", "show", ids["listed"])
+    assert shown["status"] == "resolved" and shown["completed_at"] is not None
+    (override,) = [s for s in shown["steps"] if s["kind"] == "override"]
+    assert override["detail"]["action"] == "resolve"
+    assert override["detail"]["reason"] == "case closed"
+    assert override["detail"]["actor"] == f"approval:{done['approval']['id']}"
+    assert as_json(env, "issuance", "guard")["supply_sats"] == minted
+    people = run(single, "issuance", "resolve", ids["listed"], "--reason", "again", code=2)
+    assert "error 41" in people.stderr and "is resolved" in people.stderr
+
+    # retry: the first deposit is stuck at its credit step (its mint is on the ledger already).
+    mark_stuck(world, ids["first"], "ingestion did not answer")
+    retried = as_json(single, "issuance", "retry", ids["first"], "--reason", "ingestion is back")
+    assert retried["approval"]["status"] == "executed"
+    operation = retried["operation"]
+    assert (operation["status"], operation["step"], operation["attempts"]) == (
+        "pending",
+        "credit",
+        0,
+    )
+    assert operation["last_error"] is None
+    # The step runs again and finds the mint it made: nothing is minted a second time.
+    as_json(env, "issuance", "run", "--once")
+    assert world.operation(ids["first"]).status == "waiting"
+    guard = as_json(env, "issuance", "guard")
+    assert (guard["supply_sats"], guard["ledger_supply_sats"]) == (minted, minted)
+    world.credit_mint(ids["first"], CLEAN_SATS)
+    world.credit_mint(ids["second"], CLEAN_SATS)
+    tick = as_json(env, "issuance", "run", "--once")
+    assert sorted(tick["router"]["completed"]) == sorted([ids["first"], ids["second"]])
+
+    # A retry or a resolve of the completed deposit is refused: the mint is never repeated.
+    for action in ("retry", "resolve"):
+        refused = run(
+            single, "issuance", action, ids["first"], "--reason", "mint it again", "--json", code=2
+        )
+        assert json.loads(refused.stdout)["code"] == 41, refused.stdout
+        assert "error 41" in refused.stderr and "is completed" in refused.stderr
+    assert world.operation(ids["first"]).status == "completed"
+    guard = as_json(env, "issuance", "guard")
+    assert (guard["supply_sats"], guard["ledger_supply_sats"]) == (minted, minted)
+    assert istsi_line(env)[0] == sats_to_amount(minted)
+
+    # A redemption burned and waiting for its payout: resolving it would close it with the
+    # customer owed its Bitcoin; refused, and the operator is pointed to compensate.
+    as_json(
+        env,
+        "redeem",
+        "--customer",
+        "alice",
+        "--amount",
+        str(REDEEM_SATS),
+        "--to",
+        OUTSIDE,
+        "--idempotency-key",
+        "r-2",
+    )
+    mirror_treasury(world)
+    as_json(env, "issuance", "run", "--once")
+    burned = world.operation("redeem:alice:r-2")
+    assert burned.status == "waiting" and burned.step != "burn", burned
+    refused = run(single, "issuance", "resolve", "redeem:alice:r-2", "--reason", "done", code=2)
+    assert "error 41" in refused.stderr and "its iSTSi was burned" in refused.stderr
+    assert "compensate it instead" in refused.stderr
+    after = world.operation("redeem:alice:r-2")
+    assert (after.status, after.step, after.version) == (burned.status, burned.step, burned.version)
+    assert as_json(env, "issuance", "guard")["supply_sats"] == minted - REDEEM_SATS
+
+    # Every refusal left an audit record with the operator's reason.
+    assert len(refusals(world, "issuance_retry_refused")) == 1
+    resolved_refusals = refusals(world, "issuance_resolve_refused")
+    assert [r.entry.operation_id for r in resolved_refusals] == [
+        ids["listed"],
+        ids["first"],
+        "redeem:alice:r-2",
+    ]
+    assert all(r.entry.parameters["code"] == 41 for r in resolved_refusals)
