@@ -2,11 +2,16 @@
 client), on SQLite and PostgreSQL: a customer's redemption with an Idempotency-Key (the same key
 again: 409, code 42, the first redemption in ``details.first``), what a user may not see of
 another customer, staff's lists and views, overrides/resume/contracts proposed (202), held
-deposits, the deposit address and deposits, and 503 when issuance is not configured."""
+deposits, the deposit address and deposits, and 503 when issuance is not configured. Overrides
+through their whole path: proposed by one staff member, approved by a second through
+``/v1/approvals/{id}/approve`` and executed (retry, compensate, resolve: the operation moves, an
+override step and an audit record name the approval), and refused when they run (41, audited,
+nothing moved) when they would refund twice or close a burned, unpaid redemption."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -14,7 +19,9 @@ from typing import Any
 import pytest
 
 from sluice.bitcoin.wallet import EmbitCustodyWallet
+from sluice.services.audit import list_audit_records
 from sluice.services.btc_watcher import DepositWatcher
+from sluice.services.issuance_redeem import burn_id_of
 from sluice.services.mint_guard import halt_minting
 from tests.api_support import ApiWorld, api_world
 from tests.integration.issuance_api_support import (
@@ -303,3 +310,160 @@ def test_not_configured_answers_503(tmp_path: Path) -> None:
 def get_plain(api: ApiWorld, who: str, path: str) -> Any:
     with api.client() as client:
         return client.get(path, headers=api.headers(who))
+
+
+# --- overrides approved by a second staff member and executed -----------------------------------
+
+
+def approve(world: IssuanceWorld, approval_id: str, who: str = "system_admin:2") -> Any:
+    answer = post(world, who, f"/v1/approvals/{approval_id}/approve", {})
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def propose_override(world: IssuanceWorld, op_id: str, action: str, reason: str) -> Any:
+    answer = post(
+        world, "system_admin", f"/v1/issuance/operations/{op_id}/{action}", {"reason": reason}
+    )
+    assert answer.status_code == 202, answer.text
+    proposal = answer.json()
+    assert (proposal["operation"], proposal["status"]) == (f"issuance.{action}", "pending")
+    return proposal
+
+
+def operation(world: IssuanceWorld, op_id: str) -> Any:
+    shown = get(world, "operator", f"/v1/issuance/operations/{op_id}")
+    assert shown.status_code == 200, shown.text
+    return shown.json()
+
+
+def audited(world: IssuanceWorld, op_id: str) -> list[tuple[str, str]]:
+    """(operation, actor) of the operation's audit records, oldest first."""
+    records = list_audit_records(world.ctx.uow, operation_id=op_id, limit=500)
+    return [(r.entry.operation, r.entry.actor) for r in records]
+
+
+def mark_stuck(world: IssuanceWorld, op_id: str) -> None:
+    """What the router leaves when a step's attempts ran out."""
+    with world.ctx.uow() as uow:
+        op = uow.issuance.get_operation(op_id, lock=True)
+        assert op is not None
+        stuck = replace(op, status="stuck", version=op.version + 1, last_error="node timed out")
+        assert uow.issuance.update_operation(stuck, expected_version=op.version)
+        uow.commit()
+
+
+def istsi_of(world: IssuanceWorld, customer: str) -> tuple[Decimal, Decimal]:
+    """The customer's iSTSi: (available, in flight)."""
+    lines = get(world, "user", f"/v1/customers/{customer}/balances/detail").json()["balances"]
+    (line,) = [line for line in lines if line["instrument"]["id"] == "iSTSi"]
+    return Decimal(line["available"]), Decimal(line["in_flight"])
+
+
+def watched_deposit(world: IssuanceWorld, customer: str, sats: int) -> str:
+    """A deposit to the customer's address, confirmed: the watcher opens its operation."""
+    address = get(world, "user", f"/v1/customers/{customer}/istsi/deposit-address").json()
+    txid, vout = world.chain.fund(world.wallet.validate_address(address["address"]), sats)
+    world.chain.mine(CONFIRMATIONS)
+    watcher = DepositWatcher(
+        world.ctx.uow, world.chain, world.wallet, world.ctx.bitcoin, world.ctx.clock
+    )
+    assert watcher.run_once().error is None
+    return f"btc-deposit:{txid}:{vout}"
+
+
+def test_retry_compensate_and_resolve_run_once_a_second_staff_member_approves(
+    world: IssuanceWorld,
+) -> None:
+    # compensate: a redemption not burned yet; the compensation refunds the customer.
+    compensated = redeem(world, "user", "cust-0", "c").json()["id"]
+    assert istsi_of(world, "cust-0") == (Decimal("0.008"), Decimal("0.002"))
+    proposal = propose_override(world, compensated, "compensate", "customer asked")
+    # The proposer's own second vote does not count: one distinct principal so far.
+    again = post(world, "system_admin", f"/v1/approvals/{proposal['id']}/approve", {})
+    assert again.status_code in {403, 409}, again.text
+    assert operation(world, compensated)["status"] == "pending"
+    approved = approve(world, proposal["id"])
+    assert approved["status"] == "executed", approved
+    assert approved["result"]["operation"]["id"] == compensated
+    if operation(world, compensated)["status"] != "compensated":  # handed to its refund step
+        world.issuance.router.run_operation(compensated)
+    shown = operation(world, compensated)
+    assert shown["status"] == "compensated"
+    actor = f"approval:{proposal['id']}"
+    assert any(s["kind"] == "override" and s["detail"]["actor"] == actor for s in shown["steps"]), (
+        shown["steps"]
+    )
+    assert ("issuance_compensate", actor) in audited(world, compensated)
+    assert istsi_of(world, "cust-0") == (Decimal("0.01"), Decimal(0))
+
+    # retry: a redemption burned, then stuck at its next step; put back there, attempts zero.
+    retried = redeem(world, "user:cust-1", "cust-1", "r").json()["id"]
+    world.issuance.router.run_operation(retried)  # the burn commits
+    step = operation(world, retried)["step"]
+    assert step != "burn"
+    mark_stuck(world, retried)
+    proposal = propose_override(world, retried, "retry", "the node is back")
+    assert operation(world, retried)["status"] == "stuck"
+    approved = approve(world, proposal["id"], "super_admin")
+    assert approved["status"] == "executed", approved
+    shown = operation(world, retried)
+    assert (shown["status"], shown["step"], shown["attempts"]) == ("pending", step, 0)
+    assert shown["last_error"] is None
+    assert ("issuance_retry", f"approval:{proposal['id']}") in audited(world, retried)
+    with world.ctx.uow() as uow:
+        burns = uow.issuance.get_burn(burn_id_of(retried))
+    assert burns is not None and burns.status == "committed"  # the burn is not sent again
+
+    # resolve: a deposit stuck before anything was minted; closed with the reason.
+    deposit = watched_deposit(world, "cust-0", 150_000)
+    mark_stuck(world, deposit)
+    supply = get(world, "operator", "/v1/issuance/guard").json()["supply_sats"]
+    proposal = propose_override(world, deposit, "resolve", "returned off-band")
+    approved = approve(world, proposal["id"])
+    assert approved["status"] == "executed", approved
+    shown = operation(world, deposit)
+    assert shown["status"] == "resolved" and shown["completed_at"] is not None
+    assert ("issuance_resolve", f"approval:{proposal['id']}") in audited(world, deposit)
+    world.issuance.router.tick()  # nothing runs a resolved operation
+    assert operation(world, deposit)["status"] == "resolved"
+    assert get(world, "operator", "/v1/issuance/guard").json()["supply_sats"] == supply
+
+
+def test_an_approved_override_that_would_pay_or_mint_twice_is_refused(
+    world: IssuanceWorld,
+) -> None:
+    compensated = redeem(world, "user", "cust-0", "c").json()["id"]
+    first = propose_override(world, compensated, "compensate", "asked")
+    assert approve(world, first["id"])["status"] == "executed"
+    if operation(world, compensated)["status"] != "compensated":
+        world.issuance.router.run_operation(compensated)
+    assert operation(world, compensated)["status"] == "compensated"
+    refunded = istsi_of(world, "cust-0")
+
+    # A second compensation (the refund again) is refused when it runs: 41, nothing moves.
+    second = propose_override(world, compensated, "compensate", "asked again")
+    refused = approve(world, second["id"])
+    assert refused["status"] == "failed", refused
+    assert refused["result"]["code"] == 41 and "compensated" in refused["error"]
+    assert operation(world, compensated)["status"] == "compensated"
+    assert istsi_of(world, "cust-0") == refunded
+
+    # Resolving a burned redemption whose Bitcoin is not paid would close it with the customer
+    # owed: refused, the operator pointed to compensate.
+    burned = redeem(world, "user:cust-1", "cust-1", "b").json()["id"]
+    world.issuance.router.run_operation(burned)
+    before = operation(world, burned)
+    assert before["step"] != "burn"
+    mark_stuck(world, burned)
+    proposal = propose_override(world, burned, "resolve", "close it")
+    refused = approve(world, proposal["id"])
+    assert refused["status"] == "failed" and refused["result"]["code"] == 41, refused
+    assert "its iSTSi was burned" in refused["error"] and "compensate" in refused["error"]
+    after = operation(world, burned)
+    assert (after["status"], after["step"]) == ("stuck", before["step"])
+    trail = audited(world, burned)
+    assert ("issuance_resolve_refused", f"approval:{proposal['id']}") in trail
+    assert ("issuance_compensate_refused", f"approval:{second['id']}") in audited(
+        world, compensated
+    )
