@@ -6,24 +6,34 @@ deposits, the deposit address and deposits, and 503 when issuance is not configu
 through their whole path: proposed by one staff member, approved by a second through
 ``/v1/approvals/{id}/approve`` and executed (retry, compensate, resolve: the operation moves, an
 override step and an audit record name the approval), and refused when they run (41, audited,
-nothing moved) when they would refund twice or close a burned, unpaid redemption."""
+nothing moved) when they would refund twice or close a burned, unpaid redemption. Contract
+addresses proposed, approved by a second router admin and in force once the time lock (shrunk to
+an hour on a clock the test moves) passed: a new descriptor or node URL stops the router until a
+restart, a new issuer party is switched by the running router (docs/issuance.md)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from sluice import bootstrap
 from sluice.bitcoin.wallet import EmbitCustodyWallet
+from sluice.config import DeploymentConfig
+from sluice.domain.ledger import InstrumentId
 from sluice.services.audit import list_audit_records
 from sluice.services.btc_watcher import DepositWatcher
+from sluice.services.issuance_contracts import contract_addresses_in_force, descriptor_checksum
+from sluice.services.issuance_operations import DEFINITIONS
 from sluice.services.issuance_redeem import burn_id_of
+from sluice.services.issuance_router import IssuanceRouter
 from sluice.services.mint_guard import halt_minting
-from tests.api_support import ApiWorld, api_world
+from tests.api_support import ApiWorld, ManualClock, api_world
 from tests.integration.issuance_api_support import (
     CONFIRMATIONS,
     IssuanceWorld,
@@ -362,7 +372,8 @@ def istsi_of(world: IssuanceWorld, customer: str) -> tuple[Decimal, Decimal]:
 
 def watched_deposit(world: IssuanceWorld, customer: str, sats: int) -> str:
     """A deposit to the customer's address, confirmed: the watcher opens its operation."""
-    address = get(world, "user", f"/v1/customers/{customer}/istsi/deposit-address").json()
+    who = "user" if customer == "cust-0" else f"user:{customer}"
+    address = get(world, who, f"/v1/customers/{customer}/istsi/deposit-address").json()
     txid, vout = world.chain.fund(world.wallet.validate_address(address["address"]), sats)
     world.chain.mine(CONFIRMATIONS)
     watcher = DepositWatcher(
@@ -467,3 +478,126 @@ def test_an_approved_override_that_would_pay_or_mint_twice_is_refused(
     assert ("issuance_compensate_refused", f"approval:{second['id']}") in audited(
         world, compensated
     )
+
+
+# --- update_contract_addresses through approval, time lock and the router -------------------------
+
+TIMELOCK_S = 3600.0
+START = datetime(2026, 12, 6, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def timed(
+    database_url: str, wallet: EmbitCustodyWallet, tmp_path: Path
+) -> Iterator[tuple[IssuanceWorld, ManualClock]]:
+    """An issuance world on a clock the test moves (past the time lock), whose router rebuilds
+    its context for the contract addresses in force as `sluice serve`'s does
+    (:func:`bootstrap.issuance_rebuild` over the sandbox custody it runs)."""
+    clock = ManualClock(START)
+    api = api_world(
+        database_url,
+        settings={"approvals.required": 2, "config.timelock_s": TIMELOCK_S},
+        clock=clock,
+    )
+    built = add_issuance(api, wallet)
+    ctx = built.ctx
+    custody = bootstrap.BitcoinCustody(
+        node=built.chain,
+        wallet=wallet,
+        settings=ctx.bitcoin,
+        description="sandbox custody on the in-memory chain",
+        configured=False,
+        signers=2,
+    )
+    rebuild = bootstrap.issuance_rebuild(
+        ctx, api.sandbox.ledger, custody, DeploymentConfig(data_dir=tmp_path), api.sandbox.database
+    )
+    router = IssuanceRouter(ctx, DEFINITIONS, rebuild=rebuild)
+    built.issuance = replace(built.issuance, router=router)
+    api.context.issuance = built.issuance
+    yield built, clock
+    api.sandbox.close()
+
+
+def other_descriptor(descriptor: str) -> str:
+    """Another well-formed descriptor (1 of 3 keys instead of 2), with its right checksum."""
+    body = descriptor.partition("#")[0]
+    assert "multi(2," in body
+    changed = body.replace("multi(2,", "multi(1,", 1)
+    return f"{changed}#{descriptor_checksum(changed)}"
+
+
+def propose_contracts(world: IssuanceWorld, body: dict[str, str]) -> Any:
+    """Proposed by one router admin, approved by a second: the executor writes the addresses with
+    the time lock's ``effective_at``."""
+    proposed = post(world, "system_admin", "/v1/issuance/contracts", body)
+    assert proposed.status_code == 202, proposed.text
+    assert (proposed.json()["status"], proposed.json()["timelock_s"]) == ("pending", TIMELOCK_S)
+    approved = approve(world, proposed.json()["id"])
+    assert approved["status"] == "executed", approved
+    (record,) = list_audit_records(
+        world.ctx.uow, operation_id=f"contract-addresses:{approved['id']}"
+    )
+    assert record.entry.operation == "issuance_contract_addresses_updated"
+    return approved
+
+
+def test_contract_addresses_take_effect_after_approval_and_time_lock(
+    timed: tuple[IssuanceWorld, ManualClock],
+) -> None:
+    """A new custody descriptor or node URL in force stops the router (no step runs) until the
+    process is restarted with a matching ``[bitcoin]``; a new issuer party is switched by the
+    running router at its next round. Each update is the whole set: one that names only the
+    issuer party puts the configured node and descriptor back in force."""
+    world, clock = timed
+    router = world.issuance.router
+    configured = router.ctx.issuer.instrument
+
+    # A new descriptor: within the time lock nothing changes.
+    approved = propose_contracts(
+        world,
+        {"custody_descriptor": other_descriptor(world.wallet.descriptor), "reason": "new keys"},
+    )
+    effective = datetime.fromisoformat(approved["effective_at"])
+    assert effective == START + timedelta(seconds=TIMELOCK_S)
+    assert contract_addresses_in_force(world.ctx.uow, clock()) is None
+    assert router.tick().error is None
+    # Past it: every round fails before any step, saying what to restart with.
+    clock.now = effective + timedelta(seconds=1)
+    deposit = watched_deposit(world, "cust-1", 150_000)  # confirmed now: due at its kyc step
+    tick = router.tick()
+    assert tick.error is not None and "restart with that [bitcoin] descriptor" in tick.error
+    assert router.tick().error == tick.error
+    assert (operation(world, deposit)["status"], operation(world, deposit)["steps"]) == (
+        "pending",
+        [],
+    )
+
+    # A node URL other than the running custody's stops it the same way.
+    approved = propose_contracts(
+        world, {"bitcoin_node_url": "http://127.0.0.1:18443", "reason": "new node"}
+    )
+    clock.now = datetime.fromisoformat(approved["effective_at"]) + timedelta(seconds=1)
+    tick = router.tick()
+    assert tick.error is not None and "restart with [bitcoin] rpc_url" in tick.error
+    assert operation(world, deposit)["steps"] == []
+
+    # A new issuer party (and nothing else): the running router's next round moves the issuer's
+    # commands to that party's iSTSi (created on the ledger, onboarded in the books), and runs
+    # again on the configured custody.
+    new_issuer = world.api.sandbox.ledger.allocate_party("issuer-two", "registry")
+    approved = propose_contracts(world, {"issuer_party": new_issuer, "reason": "issuer rotated"})
+    assert approved["result"]["issuer_party"] == new_issuer
+    assert router.tick().error is not None  # the node's row is still the one in force
+    clock.now = datetime.fromisoformat(approved["effective_at"]) + timedelta(seconds=1)
+    tick = router.tick()
+    assert tick.rebuilt and tick.error is None, tick
+    moved_to = InstrumentId(new_issuer, "iSTSi")
+    assert router.ctx.issuer.instrument == moved_to != configured
+    assert router.ctx.node is world.chain and router.ctx.wallet is world.wallet
+    with world.ctx.uow() as uow:
+        assert moved_to in {r.instrument for r in uow.reference.instruments()}
+    # The deposit's steps run now, and its iSTSi is minted by the new issuer.
+    shown = operation(world, deposit)
+    assert (shown["status"], shown["step"]) == ("waiting", "credit"), shown
+    assert router.ctx.issuer.supply() == 150_000
