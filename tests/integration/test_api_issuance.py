@@ -25,9 +25,11 @@ import pytest
 from sluice import bootstrap
 from sluice.bitcoin.wallet import EmbitCustodyWallet
 from sluice.config import DeploymentConfig
+from sluice.demo.issuance import write_sanctions
 from sluice.domain.ledger import InstrumentId
 from sluice.services.audit import list_audit_records
 from sluice.services.btc_watcher import DepositWatcher
+from sluice.services.compliance import KycRegistry
 from sluice.services.issuance_contracts import contract_addresses_in_force, descriptor_checksum
 from sluice.services.issuance_operations import DEFINITIONS
 from sluice.services.issuance_redeem import burn_id_of
@@ -601,3 +603,36 @@ def test_contract_addresses_take_effect_after_approval_and_time_lock(
     shown = operation(world, deposit)
     assert (shown["status"], shown["step"]) == ("waiting", "credit"), shown
     assert router.ctx.issuer.supply() == 150_000
+
+
+def test_a_redemption_to_an_address_on_the_sanctions_list_is_refused_before_any_burn(
+    world: IssuanceWorld, tmp_path: Path
+) -> None:
+    """The destination is screened against the sanctions list's digital currency addresses (an
+    OFAC SDN entry ``Digital Currency Address - XBT``), not only against officer-flagged ones:
+    refused before anything is taken or burned."""
+    listed = world.outside_address("sanctioned")
+    ctx = replace(
+        world.ctx,
+        registry=KycRegistry(
+            world.ctx.registry.settings, write_sanctions(tmp_path / "sdn", listed)
+        ),
+    )
+    world.issuance = replace(world.issuance, context=ctx, router=IssuanceRouter(ctx, DEFINITIONS))
+    world.api.context.issuance = world.issuance
+    supply = ctx.issuer.supply()
+
+    refused = redeem(world, "user", "cust-0", "to-listed", address=listed)
+    assert refused.status_code == 403, refused.text
+    body = refused.json()
+    assert body["code"] == 22 and listed in body["message"], body
+    with world.ctx.uow() as uow:
+        assert uow.issuance.operations(customer_id="cust-0") == []
+        assert uow.issuance.get_burn(burn_id_of("redeem:cust-0:to-listed")) is None
+    assert istsi_of(world, "cust-0") == (Decimal("0.01"), Decimal(0))
+    assert world.issuance.router.tick().error is None
+    assert ctx.issuer.supply() == supply  # nothing burned
+
+    # Another address of the same customer goes through.
+    fine = redeem(world, "user", "cust-0", "to-fine")
+    assert fine.status_code == 201, fine.text
