@@ -63,6 +63,9 @@ EVENT_TYPES: dict[str, EventType] = _types(
     ("btc_deposit_seen", "btc_deposit", "a Bitcoin deposit was seen in a block"),
     ("btc_deposit_confirmed", "btc_deposit", "a Bitcoin deposit reached its confirmations"),
     ("btc_deposit_reorged", "btc_deposit", "a Bitcoin deposit left the chain in a reorg"),
+    ("btc_deposit_held", "btc_deposit", "an iSTSi Bitcoin deposit was held for compliance"),
+    ("btc_deposit_released", "btc_deposit", "an officer released a held Bitcoin deposit"),
+    ("btc_deposit_returned", "btc_deposit", "an officer had a Bitcoin deposit paid back"),
     ("btc_payout_requested", "btc_payout", "a Bitcoin payout was requested"),
     ("btc_payout_broadcast", "btc_payout", "a Bitcoin payout's transaction was broadcast"),
     ("btc_payout_confirmed", "btc_payout", "a Bitcoin payout reached its confirmations"),
@@ -74,6 +77,12 @@ EVENT_TYPES: dict[str, EventType] = _types(
     ("redemption_completed", "issuance", "a redemption's Bitcoin payout confirmed"),
     ("redemption_failed", "issuance", "a redemption failed and was compensated"),
     ("issuance_operation_stuck", "issuance", "an issuance operation exhausted its retries"),
+    (
+        "issuance_operation_compensated",
+        "issuance",
+        "a Bitcoin deposit's operation was compensated: nothing minted",
+    ),
+    ("issuance_operation_resolved", "issuance", "an operator closed an issuance operation"),
     # compliance
     ("compliance_action", "customer", "a compliance decision or an officer's action"),
     ("customer_kyc_changed", "customer", "a customer's KYC tier or state changed"),

@@ -9,7 +9,20 @@ they describe, with the operation's correlation id:
 * ``redemption_completed`` when a redemption ends ``completed`` (its payout confirmed);
 * ``redemption_failed`` when a redemption ends ``compensated`` (refunded or re-minted);
 * ``issuance_operation_stuck`` when an operation becomes ``stuck`` (retries exhausted, a
-  step's failure, a compensation that failed).
+  step's failure, a compensation that failed);
+* ``issuance_operation_compensated`` when an operation other than a redemption (a Bitcoin
+  deposit) ends ``compensated`` (a redemption's is ``redemption_failed``);
+* ``issuance_operation_resolved`` when an operator closes an operation as ``resolved``.
+
+And of a Bitcoin deposit's compliance hold (aggregate ``btc_deposit``, id the outpoint
+``txid:vout``, so a consumer following the deposit gets them after its ``btc_deposit_seen`` and
+``btc_deposit_confirmed`` on the same subject):
+
+* ``btc_deposit_held`` when its ``bitcoin_deposit`` operation becomes ``held`` (the ``kyc`` step:
+  a listed sender, unreadable inputs, or the KYC registry's refusal);
+* ``btc_deposit_released`` when an officer releases it (``held`` → ``pending``);
+* ``btc_deposit_returned`` when an officer returns it (→ ``returned``; the payout's own
+  ``btc_payout_requested`` follows).
 """
 
 from __future__ import annotations
@@ -23,6 +36,7 @@ from sluice.domain.events import Event, new_event
 from sluice.ports.issuance import BurnRecord, IssuanceOperation, MintRecord, sats_to_amount
 
 REDEMPTION = "token_withdrawal"
+BITCOIN_DEPOSIT = "bitcoin_deposit"
 
 
 def minted_event(
@@ -108,13 +122,85 @@ def _compensation(op: IssuanceOperation) -> str | None:
     return None
 
 
-def operation_events(
-    before: IssuanceOperation, after: IssuanceOperation, at: datetime
+def _deposit_event(type: str, op: IssuanceOperation, at: datetime, **extra: Any) -> Event:
+    txid, vout = str(op.params.get("txid", "")), op.params.get("vout")
+    return new_event(
+        type,
+        f"{txid}:{vout}",
+        {
+            "operation_id": op.id,
+            "txid": txid,
+            "vout": vout,
+            "customer_id": op.customer_id,
+            "amount_sats": op.amount_sats,
+            **extra,
+        },
+        at=at,
+        correlation_id=op.correlation_id,
+    )
+
+
+def _held_event(after: IssuanceOperation, at: datetime) -> Event:
+    kyc = after.result.get("kyc")
+    facts: Mapping[str, Any] = kyc if isinstance(kyc, Mapping) else {}
+    return _deposit_event(
+        "btc_deposit_held",
+        after,
+        at,
+        refused=facts.get("refused"),
+        reason=after.last_error,
+        listed_senders=list(facts.get("listed_senders") or []),
+        unreadable_inputs=list(facts.get("unreadable_inputs") or []),
+    )
+
+
+def _deposit_events(
+    before: IssuanceOperation,
+    after: IssuanceOperation,
+    at: datetime,
+    actor: str | None,
+    reason: str | None,
 ) -> list[Event]:
-    """The events of an operation's move from ``before`` to ``after`` (none for most moves)."""
+    """A Bitcoin deposit's hold, its officer's release and its return."""
+    if after.status == "held":
+        return [_held_event(after, at)]
+    if before.status == "held" and after.status == "pending":
+        return [
+            _deposit_event(
+                "btc_deposit_released", after, at, step=after.step, actor=actor, reason=reason
+            )
+        ]
+    if after.status == "returned":
+        return [
+            _deposit_event(
+                "btc_deposit_returned",
+                after,
+                at,
+                returned_from=before.status,
+                payout_id=after.result.get("return_payout"),
+                address=after.result.get("return_address"),
+                actor=actor,
+                reason=reason,
+            )
+        ]
+    return []
+
+
+def operation_events(
+    before: IssuanceOperation,
+    after: IssuanceOperation,
+    at: datetime,
+    *,
+    actor: str | None = None,
+    reason: str | None = None,
+) -> list[Event]:
+    """The events of an operation's move from ``before`` to ``after`` (none for most moves);
+    ``actor`` and ``reason``: the operator's or officer's, for a move they made."""
     if after.status == before.status:
         return []
     events: list[Event] = []
+    if after.type == BITCOIN_DEPOSIT:
+        events.extend(_deposit_events(before, after, at, actor, reason))
     if after.type == REDEMPTION and after.status == "completed":
         events.append(
             new_event(
@@ -146,6 +232,32 @@ def operation_events(
                     compensation=_compensation(after),
                     **_result(after, "payout_id", "payout_status", "payout_error"),
                 ),
+                at=at,
+                correlation_id=after.correlation_id,
+            )
+        )
+    elif after.status == "compensated":
+        events.append(
+            new_event(
+                "issuance_operation_compensated",
+                after.id,
+                _operation_payload(
+                    after,
+                    was=before.status,
+                    compensation=after.result.get("compensated"),
+                    actor=actor,
+                    reason=reason,
+                ),
+                at=at,
+                correlation_id=after.correlation_id,
+            )
+        )
+    elif after.status == "resolved":
+        events.append(
+            new_event(
+                "issuance_operation_resolved",
+                after.id,
+                _operation_payload(after, was=before.status, actor=actor, reason=reason),
                 at=at,
                 correlation_id=after.correlation_id,
             )

@@ -49,6 +49,7 @@ from sluice.ports import UnitOfWork
 from sluice.ports.bitcoin_watch import CustodyOutput
 from sluice.ports.issuance import IssuanceOperation, MintRecord
 from sluice.services.btc_payouts import request_payout
+from sluice.services.compliance import compliance_event
 from sluice.services.events import emit_all
 from sluice.services.issuance_deposit import mint_id, review_id, screen_senders
 from sluice.services.issuance_events import operation_events
@@ -135,6 +136,8 @@ def _close(
     41): the override step, the review item closed, the audit record; with ``fence``, the
     ``failed`` mint record that keeps it from ever being minted."""
     at = moved.updated_at
+    released = moved.status == "pending"
+    action = "issuance_deposit_released" if released else "issuance_deposit_returned"
     with ctx.uow() as uow:
         current = uow.issuance.get_operation(op.id, lock=True)
         if current is None or current.status != op.status or current.version != op.version:
@@ -152,7 +155,24 @@ def _close(
             _fence_mint(uow, ctx, op, at)
         if not uow.issuance.update_operation(moved, expected_version=op.version):
             raise InvalidOperationStateError(f"{op.id} moved meanwhile")
-        emit_all(uow, operation_events(op, moved, at))
+        # The deposit's event (btc_deposit_released / btc_deposit_returned) and the officer's
+        # compliance action, in the transaction of the move.
+        emit_all(uow, operation_events(op, moved, at, actor=actor, reason=reason))
+        emit_all(
+            uow,
+            [
+                compliance_event(
+                    op.customer_id,
+                    action,
+                    at=at,
+                    actor=actor,
+                    reason=reason,
+                    subject=op.id,
+                    details={"amount_sats": op.amount_sats, **detail},
+                    changes=[{"operation": op.id, "status": moved.status, "step": moved.step}],
+                )
+            ],
+        )
         record_override(
             uow, op, kind="override", outcome="done", at=at, detail={**detail, "reason": reason}
         )

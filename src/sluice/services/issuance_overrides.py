@@ -208,7 +208,7 @@ def _override_unaudited(
             moved = replace(moved, completed_at=now)
         if not uow.issuance.update_operation(moved, expected_version=op.version):
             raise InvalidOperationStateError(f"operation {operation_id} moved meanwhile; try again")
-        emit_all(uow, operation_events(op, moved, now))
+        emit_all(uow, operation_events(op, moved, now, actor=actor, reason=reason))
         outcome: StepOutcomeKind = "retry" if action == "retry" else "done"
         record_override(
             uow,
@@ -392,7 +392,7 @@ def _record_compensation(
             )
         # From the operation as it was before the compensation claimed it (the claim's
         # ``stuck`` is a lease, not an event).
-        emit_all(uow, operation_events(before, moved, now))
+        emit_all(uow, operation_events(before, moved, now, actor=actor, reason=reason))
         record_override(
             uow,
             claimed,
