@@ -189,7 +189,7 @@ def test_a_compliance_hold_is_held_released_and_a_returned_one_runs_as_a_return(
     officer_flags(sb, sender)
     (flagged,) = outbox(sb)
     assert (flagged.type, flagged.aggregate_type, flagged.aggregate_id) == (
-        "compliance_action",
+        "compliance_action_taken",
         "customer",
         "compliance",
     )
@@ -214,7 +214,7 @@ def test_a_compliance_hold_is_held_released_and_a_returned_one_runs_as_a_return(
 
     mark = len(outbox(sb))
     release_hold(sb.database.uow, hold.id, actor=OFFICER, at=sb.clock(), reason="verified")
-    assert types(since(sb, mark)) == ["compliance_action", "deposit_released"]
+    assert types(since(sb, mark)) == ["compliance_action_taken", "deposit_released"]
     action, released = since(sb, mark)
     assert (action.aggregate_id, action.payload["action"]) == ("cust-0", "deposit_released")
     assert released.aggregate_id == held.aggregate_id
@@ -227,7 +227,7 @@ def test_a_compliance_hold_is_held_released_and_a_returned_one_runs_as_a_return(
     # A frozen customer's deposit is held; the officer returns it to its sender.
     mark = len(outbox(sb))
     freeze_customer(sb.database.uow, "cust-1", actor=OFFICER, at=sb.clock(), reason="KYC expired")
-    assert types(since(sb, mark)) == ["compliance_action", "customer_kyc_changed"]
+    assert types(since(sb, mark)) == ["compliance_action_taken", "customer_kyc_changed"]
     kyc = the(since(sb, mark), "customer_kyc_changed")
     assert (kyc.aggregate_type, kyc.aggregate_id) == ("customer", "cust-1")
     assert {k: kyc.payload[k] for k in ("status", "was_status", "tier", "was_tier")} == {
@@ -249,7 +249,7 @@ def test_a_compliance_hold_is_held_released_and_a_returned_one_runs_as_a_return(
         reason="customer gone",
     )
     assert types(since(sb, mark)) == [
-        "compliance_action",
+        "compliance_action_taken",
         "deposit_returned",
         "withdrawal_requested",
     ]
@@ -344,7 +344,7 @@ def test_cancelled_and_refused_withdrawals(sb: Sandbox) -> None:
     with pytest.raises(SluiceError):
         sb.withdraw("cust-0", "10", key="k3")
     (refused,) = since(sb, mark)
-    assert (refused.type, refused.aggregate_id) == ("compliance_action", "cust-0")
+    assert (refused.type, refused.aggregate_id) == ("compliance_action_taken", "cust-0")
     assert refused.payload["action"] == "withdrawal_refused"
     assert "frozen" in str(refused.payload["reason"])
     assert (
@@ -446,7 +446,7 @@ def test_officer_actions_and_kyc_changes(sb: Sandbox) -> None:
     change_tier(sb.database.uow, "cust-2", 2, actor=OFFICER, at=sb.clock(), reason="docs")
     action, kyc = outbox(sb)
     assert (action.type, action.aggregate_id, action.payload["action"]) == (
-        "compliance_action",
+        "compliance_action_taken",
         "cust-2",
         "customer_tier_changed",
     )
@@ -457,7 +457,7 @@ def test_officer_actions_and_kyc_changes(sb: Sandbox) -> None:
         1,
     )
     unfreeze_customer(sb.database.uow, "cust-2", actor=OFFICER, at=sb.clock(), reason="ok")
-    assert types(outbox(sb))[2:] == ["compliance_action", "customer_kyc_changed"]
+    assert types(outbox(sb))[2:] == ["compliance_action_taken", "customer_kyc_changed"]
 
     freeze_customer(sb.database.uow, "cust-0", actor=OFFICER, at=sb.clock(), reason="late")
     sb.deposit("cust-0", "9")

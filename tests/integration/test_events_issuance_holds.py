@@ -250,11 +250,11 @@ def test_unreadable_inputs_and_the_registrys_refusal_hold_with_their_reasons(
     held = one(found, "btc_deposit_held")
     assert held.aggregate_id == outpoint_of(refused)
     assert held.payload["refused"] == "insufficient_kyc_tier"
-    action = one(found, "compliance_action")
+    action = one(found, "compliance_action_taken")
     assert (action.payload["action"], action.payload["subject"]) == ("mint_refused", refused)
     assert set(types(found)) == {
         "btc_deposit_held",
-        "compliance_action",
+        "compliance_action_taken",
         "btc_deposit_seen",
         "btc_deposit_confirmed",
     }
@@ -278,7 +278,7 @@ def test_a_release_writes_released_and_its_compliance_action_once(world: World) 
     moved = release_held_deposit(world.ctx, op_id, reason="documents checked", actor="officer-b")
     assert (moved.status, moved.step) == ("pending", "reserve")
     found = outbox.new()
-    assert types(found) == ["btc_deposit_released", "compliance_action"]
+    assert types(found) == ["btc_deposit_released", "compliance_action_taken"]
     released = one(found, "btc_deposit_released")
     txid = moved.params["txid"]
     assert released.aggregate_id == f"{txid}:0"
@@ -292,7 +292,7 @@ def test_a_release_writes_released_and_its_compliance_action_once(world: World) 
         "actor": "officer-b",
         "reason": "documents checked",
     }
-    action = one(found, "compliance_action")
+    action = one(found, "compliance_action_taken")
     assert (action.aggregate_type, action.aggregate_id) == ("customer", "alice")
     assert action.payload["action"] == "issuance_deposit_released"
     assert (action.payload["subject"], action.payload["actor"]) == (op_id, "officer-b")
@@ -321,7 +321,11 @@ def test_a_return_writes_returned_its_action_and_the_payout_once(world: World) -
     op = return_held_deposit(world.ctx, op_id, address=to, reason="refund", actor="officer-a")
     assert (op.status, op.step) == ("returned", "done")
     found = outbox.new()
-    assert types(found) == ["btc_deposit_returned", "btc_payout_requested", "compliance_action"]
+    assert types(found) == [
+        "btc_deposit_returned",
+        "btc_payout_requested",
+        "compliance_action_taken",
+    ]
     returned = one(found, "btc_deposit_returned")
     assert returned.aggregate_id == outpoint_of(op_id)
     assert returned.payload == {
@@ -338,7 +342,7 @@ def test_a_return_writes_returned_its_action_and_the_payout_once(world: World) -
     }
     payout = one(found, "btc_payout_requested")
     assert (payout.aggregate_id, payout.payload["kind"]) == (f"return:{op_id}", "return")
-    action = one(found, "compliance_action")
+    action = one(found, "compliance_action_taken")
     assert action.payload["action"] == "issuance_deposit_returned"
     assert action.payload["subject"] == op_id
     # A second return is refused and writes nothing.
@@ -383,7 +387,11 @@ def test_a_compensated_deposit_then_returned_writes_each_event_once(world: World
     to = address(world)
     return_held_deposit(world.ctx, op_id, address=to, reason="pay back", actor="officer")
     found = outbox.new()
-    assert types(found) == ["btc_deposit_returned", "btc_payout_requested", "compliance_action"]
+    assert types(found) == [
+        "btc_deposit_returned",
+        "btc_payout_requested",
+        "compliance_action_taken",
+    ]
     assert one(found, "btc_deposit_returned").payload["returned_from"] == "compensated"
 
 

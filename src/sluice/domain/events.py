@@ -84,7 +84,7 @@ EVENT_TYPES: dict[str, EventType] = _types(
     ),
     ("issuance_operation_resolved", "issuance", "an operator closed an issuance operation"),
     # compliance
-    ("compliance_action", "customer", "a compliance decision or an officer's action"),
+    ("compliance_action_taken", "customer", "a compliance decision or an officer's action"),
     ("customer_kyc_changed", "customer", "a customer's KYC tier or state changed"),
     # reserves
     ("reserve_updated", "reserve", "a reserve reading was recorded"),

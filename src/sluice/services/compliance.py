@@ -357,10 +357,10 @@ def compliance_event(
     subject: str | None = None,
     **facts: Any,
 ) -> Event:
-    """``compliance_action``: an officer's decision about ``customer_id`` (aggregate = the
+    """``compliance_action_taken``: an officer's decision about ``customer_id`` (aggregate = the
     customer), ``action`` naming it (the audit record's operation)."""
     return new_event(
-        "compliance_action",
+        "compliance_action_taken",
         customer_id,
         {
             "customer_id": customer_id,

@@ -98,7 +98,7 @@ def _audit(
     state_changes: list[dict[str, object]] | None = None,
     about: str | None = None,
 ) -> None:
-    """Append the officer's audit record and its ``compliance_action`` event (aggregate: the
+    """Append the officer's audit record and its ``compliance_action_taken`` event (aggregate: the
     customer concerned — ``about`` when the record names none — or ``compliance`` for a
     decision about no one customer: an address, a tier's limits)."""
     subject_customer = (customer.customer_id if customer is not None else customer_id) or about
@@ -108,7 +108,7 @@ def _audit(
         uow,
         [
             new_event(
-                "compliance_action",
+                "compliance_action_taken",
                 subject_customer or COMPLIANCE_AGGREGATE,
                 {
                     "customer_id": subject_customer,

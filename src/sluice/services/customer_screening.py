@@ -9,7 +9,7 @@ What it guarantees:
 * A name at or above the list's threshold puts an active customer under review (every operation
   is refused until an officer makes them active again or blacklists them), records the hit on
   the customer, opens one review item per listed entity, and is audited
-  (``customer_screened``, with a ``compliance_action`` event and a ``customer_kyc_changed``
+  (``customer_screened``, with a ``compliance_action_taken`` event and a ``customer_kyc_changed``
   event for the status change), in the same transaction as the names themselves. A
   registration that matches is therefore never visible without its hold.
 * Names screened with no match are audited as screened (``customer_screened``, no hit).
@@ -135,7 +135,7 @@ def audit_screening(
     status: KycStatus | None = None,
     source: str | None = None,
 ) -> None:
-    """The ``customer_screened`` audit record and its ``compliance_action`` event: which names
+    """The ``customer_screened`` audit record and its ``compliance_action_taken`` event: which names
     were screened, against which list, and what matched (nothing: screened clear)."""
     matches = [hit.as_dict() for hit in hits]
     parameters: dict[str, object] = {
@@ -152,7 +152,7 @@ def audit_screening(
         uow,
         [
             new_event(
-                "compliance_action",
+                "compliance_action_taken",
                 profile.customer_id,
                 {
                     "customer_id": profile.customer_id,
