@@ -10,8 +10,8 @@ payload changes incompatibly.
 from __future__ import annotations
 
 import json
+import os
 import re
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -150,10 +150,11 @@ class Event:
         }
 
     def encode(self) -> bytes:
-        return json.dumps(self.envelope(), separators=(",", ":"), default=_json_default).encode()
+        return json.dumps(self.envelope(), separators=(",", ":"), default=json_default).encode()
 
 
-def _json_default(value: object) -> object:
+def json_default(value: object) -> object:
+    """What ``json.dumps`` writes for the payload values JSON has no form of."""
     if isinstance(value, Decimal):
         return str(value)
     if isinstance(value, datetime):
@@ -165,7 +166,16 @@ def _json_default(value: object) -> object:
 
 def payload_json(payload: Mapping[str, Any]) -> str:
     """A payload as stored: compact JSON, decimals as strings."""
-    return json.dumps(dict(payload), separators=(",", ":"), default=_json_default)
+    return json.dumps(dict(payload), separators=(",", ":"), default=json_default)
+
+
+def _event_id() -> str:
+    """A random version-4 UUID as text (what ``str(uuid.uuid4())`` gives, at half the cost)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def decode_event(data: bytes | str) -> Event:
@@ -203,7 +213,7 @@ def new_event(
     if kind is None:
         raise ValueError(f"unknown event type {type!r}: add it to EVENT_TYPES and docs/events.md")
     return Event(
-        event_id=event_id or str(uuid.uuid4()),
+        event_id=event_id or _event_id(),
         type=type,
         schema_version=kind.schema_version,
         aggregate_type=kind.aggregate_type,

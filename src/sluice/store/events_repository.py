@@ -7,13 +7,15 @@ import json
 import logging
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from datetime import datetime
+from decimal import Decimal
 from functools import cache
 from typing import Any
 
 import orjson
 from sqlalchemy import Connection, Row, func, select, update
 
-from sluice.domain.events import Event, payload_json
+from sluice.domain.audit.records import timestamp_text
+from sluice.domain.events import Event, json_default, payload_json
 from sluice.ports.events import OutboxRow, OutboxStats
 from sluice.store.bulk import insert_rows
 from sluice.store.events_tables import event_outbox as t
@@ -256,6 +258,46 @@ def notify_committed(events: Sequence[Event]) -> None:
             log.exception("events: a commit listener failed")
 
 
+def stored_payload(payload: Mapping[str, Any]) -> str:
+    """:func:`~sluice.domain.events.payload_json` of ``payload``: the same text, from orjson
+    when both encoders write it alike.
+
+    orjson writes the same bytes as ``json.dumps`` (compact, ASCII, keys in their order) for
+    text, integers, booleans, nulls, lists and objects with text keys, and goes through the same
+    ``default`` for decimals and times. So a payload of those alone whose text needs no escape —
+    only printable ASCII, no quote or backslash inside a string — is taken from orjson; floats
+    (spelt differently), anything escaped and whatever orjson refuses take ``payload_json``."""
+    plain = payload if type(payload) is dict else dict(payload)
+    if _float_free(plain):
+        try:
+            data = orjson.dumps(plain, default=json_default, option=_ORJSON_PASSTHROUGH)
+        except TypeError:
+            pass
+        else:
+            if data.isascii() and b"\\" not in data and b"\x7f" not in data:
+                return data.decode("ascii")
+    return payload_json(plain)
+
+
+# Types orjson would otherwise write its own way (``json.dumps`` calls ``default`` or refuses).
+_ORJSON_PASSTHROUGH = (
+    orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+)
+_SCALARS = frozenset({str, int, bool, type(None), Decimal, datetime})
+
+
+def _float_free(value: Any) -> bool:
+    """Whether ``value`` holds only what both encoders write alike (no float, anywhere)."""
+    kind = type(value)
+    if kind is dict:
+        return all(type(item) in _SCALARS or _float_free(item) for item in value.values())
+    if kind is list or kind is tuple:
+        return all(type(item) in _SCALARS or _float_free(item) for item in value)
+    return kind in _SCALARS
+
+
 class SqlEventOutbox:
     def __init__(self, connection: Connection) -> None:
         self._c = connection
@@ -284,8 +326,8 @@ class SqlEventOutbox:
                         event.aggregate_id,
                         event.aggregate_type,
                         event.correlation_id,
-                        ts(event.occurred_at),
-                        payload_json(event.payload),
+                        timestamp_text(event.occurred_at),  # ts's text, remembered
+                        stored_payload(event.payload),
                         0,
                     )
                     for event in events
