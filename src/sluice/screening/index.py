@@ -31,8 +31,10 @@ import heapq
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from rapidfuzz.distance import Indel
+from rapidfuzz.process import extract
 
 from sluice.screening.names import NormalisedName
 
@@ -45,6 +47,7 @@ TOKEN_SIMILARITY_FLOOR = 0.75
 """Two tokens less similar than this do not align at all."""
 SMALLER_SIDE_SHARE = 0.7
 """How much of the score is the matched share of the smaller side (the rest: the larger side)."""
+_LARGER_SIDE_SHARE = 1 - SMALLER_SIDE_SHARE
 POSTINGS_CAP = 400
 """A token held by more names than this only confirms candidates found otherwise."""
 CANDIDATES_SCORED_MAX = 16
@@ -90,6 +93,12 @@ def _deletions(token: str) -> set[str]:
     return keys
 
 
+@lru_cache(maxsize=65_536)
+def _query_keys(token: str, spelling: str) -> frozenset[str]:
+    """The blocking keys of a query word: its deletions and its spelling key's."""
+    return frozenset(_deletions(token) | _deletions(spelling))
+
+
 def token_similarity(left: str, right: str, floor: float = TOKEN_SIMILARITY_FLOOR) -> float:
     """0–1: normalised Indel similarity (0 under the floor); an initial is nearly as good as a
     name it begins."""
@@ -124,8 +133,16 @@ class NameIndex:
         exact: dict[str, list[int]] = {}
         neighbourhood: dict[str, set[str]] = {}
         keyed: set[tuple[str, str]] = set()
+        pair_ids: dict[tuple[str, str], int] = {}
+        name_ids: list[tuple[int, ...]] = []
         for position, (text, entity, normalised) in enumerate(names):
             weights = tuple(self._weights[token] for token in normalised.tokens)
+            name_ids.append(
+                tuple(
+                    pair_ids.setdefault(pair, len(pair_ids))
+                    for pair in zip(normalised.tokens, normalised.spellings, strict=True)
+                )
+            )
             indexed.append(
                 IndexedName(
                     text=text,
@@ -159,6 +176,24 @@ class NameIndex:
         }
         self._exact = {key: tuple(held) for key, held in exact.items()}
         self._neighbourhood = {key: tuple(tokens) for key, tokens in neighbourhood.items()}
+        self._held = {token: len(held) for token, held in self._postings.items()}
+        # What scoring needs of each listed name, precomputed: its distinct (token, spelling)
+        # pairs by number (names share them: a query's pair similarities are computed once per
+        # pair, not once per name), its weights, which of its tokens are words, its total
+        # weight and its number of words.
+        self._name_ids = tuple(name_ids)
+        self._pair_tokens = tuple(token for token, _ in pair_ids)
+        self._pair_spellings = tuple(spelling for _, spelling in pair_ids)
+        self._scoring = tuple(
+            (
+                ids,
+                name.weights,
+                tuple(len(token) > 1 for token in name.tokens),
+                name.total_weight,
+                name.words,
+            )
+            for ids, name in zip(name_ids, indexed, strict=True)
+        )
 
     @property
     def names(self) -> tuple[IndexedName, ...]:
@@ -195,27 +230,42 @@ class NameIndex:
         if not estimates:
             return None
         names = self._names
-        totals = self._totals
-        query_total = sum(query_weights)
-        # Ranked by the estimate's share of the larger side, the cheapest proxy of the blend.
-        ranked = heapq.nlargest(
-            CANDIDATES_SCORED_MAX,
-            estimates,
-            key=lambda position: estimates[position] / max(query_total, totals[position]),
-        )
+        # Ranked as heapq.nlargest(CANDIDATES_SCORED_MAX, estimates, key=share) would (stable).
+        ranked = self._top(estimates, sum(query_weights))
+        scorer = _QueryScorer(self, query, query_weights, floor)
         best: NameScore | None = None
+        if bound is None:
+            # Every candidate is scored: their pair similarities and joined forms in batches.
+            scorer.add(ranked)
+            joined = scorer.joined(ranked)
+            for position, joined_similarity in zip(ranked, joined, strict=True):
+                score = scorer.score(position, joined_similarity)
+                if best is None or score > best.score:
+                    best = NameScore(names[position], score)
+            return best
         for position in ranked:
             name = names[position]
-            if bound is None:
-                score = score_tokens(query, query_weights, name, floor)
-            else:
-                cap = round(bound(query, name), 2)
-                if cap <= beat or (best is not None and cap <= best.score):
-                    continue  # it cannot score more than what is already found
-                score = min(score_tokens(query, query_weights, name, floor), cap)
+            cap = round(bound(query, name), 2)
+            if cap <= beat or (best is not None and cap <= best.score):
+                continue  # it cannot score more than what is already found
+            scorer.add((position,))
+            score = min(scorer.score(position, scorer.joined((position,))[0]), cap)
             if best is None or score > best.score:
                 best = NameScore(name, score)
         return best
+
+    def _top(self, estimates: dict[int, float], query_total: float) -> list[int]:
+        """The candidates scored fully: the best few by the estimate's share of the larger
+        side, the cheapest proxy of the blend (among equal shares, the one found first)."""
+        totals = self._totals
+        positions = list(estimates)
+        shares = [
+            # estimate / max(query_total, total), without a call per candidate
+            estimate / (total if (total := totals[position]) > query_total else query_total)
+            for position, estimate in estimates.items()
+        ]
+        order = sorted(range(len(shares)), key=shares.__getitem__, reverse=True)
+        return [positions[rank] for rank in order[:CANDIDATES_SCORED_MAX]]
 
     def ranked(
         self, query: NormalisedName, *, floor: float = TOKEN_SIMILARITY_FLOOR
@@ -254,37 +304,53 @@ class NameIndex:
     ) -> dict[int, float]:
         """Candidate names → an estimate of their matched weight."""
         found: list[tuple[int, str, float]] = []
+        neighbourhood = self._neighbourhood
+        held_by = self._held
+        listed_weights = self._weights
         for token, spelling in zip(query.tokens, query.spellings, strict=True):
             similar: set[str] = set()
-            for key in _deletions(token) | _deletions(spelling):
-                similar.update(self._neighbourhood.get(key, ()))
-            compare = Indel.normalized_similarity
-            one_letter = len(token) == 1 or len(spelling) == 1
-            for listed in similar:
-                # max(token_similarity(token, listed), token_similarity(spelling, listed)),
-                # written out: this runs for every word near the query's words.
+            for key in _query_keys(token, spelling):
+                listed_tokens = neighbourhood.get(key)
+                if listed_tokens is not None:
+                    similar.update(listed_tokens)
+            if not similar:
+                continue
+            if len(token) == 1 or len(spelling) == 1:
+                for listed in similar:
+                    if listed in (token, spelling):
+                        similarity = 1.0
+                    else:
+                        similarity = max(
+                            token_similarity(token, listed, floor),
+                            token_similarity(spelling, listed, floor),
+                        )
+                    if similarity:
+                        found.append((held_by[listed], listed, similarity * listed_weights[listed]))
+                continue
+            # max(token_similarity(token, listed), token_similarity(spelling, listed)) for
+            # every word near the query's word, the Indel similarities in one call each.
+            near = list(similar)
+            similarities = _similarities(token, near, floor)
+            if spelling != token:
+                spelled = _similarities(spelling, near, floor)
+                similarities = [
+                    other if other > similarity else similarity
+                    for similarity, other in zip(similarities, spelled, strict=True)
+                ]
+            for listed, similarity in zip(near, similarities, strict=True):
                 if listed in (token, spelling):
                     similarity = 1.0
-                elif one_letter or len(listed) == 1:
-                    similarity = max(
-                        token_similarity(token, listed, floor),
-                        token_similarity(spelling, listed, floor),
-                    )
-                else:
-                    similarity = max(
-                        compare(token, listed, score_cutoff=floor),
-                        compare(spelling, listed, score_cutoff=floor),
-                    )
                 if similarity:
-                    held = len(self._postings[listed])
-                    found.append((held, listed, similarity * self._weights[listed]))
+                    found.append((held_by[listed], listed, similarity * listed_weights[listed]))
         found.sort()
         estimates: dict[int, float] = {}
         common: list[tuple[str, float]] = []
+        postings = self._postings
+        add = estimates.get
         for held, listed, gain in found:
             if held <= POSTINGS_CAP:
-                for position in self._postings[listed]:
-                    estimates[position] = estimates.get(position, 0.0) + gain
+                for position in postings[listed]:
+                    estimates[position] = add(position, 0.0) + gain
             else:
                 common.append((listed, gain))
         if not estimates and len(common) >= 2:
@@ -293,11 +359,219 @@ class NameIndex:
             for position in self._posting_sets[first] & self._posting_sets[second]:
                 estimates[position] = 0.0
         for listed, gain in common:
-            held_set = self._posting_sets[listed]
-            for position in estimates:
-                if position in held_set:
-                    estimates[position] += gain
+            # Each name holding the word gains once per word, in the words' order as before.
+            for position in self._posting_sets[listed].intersection(estimates):
+                estimates[position] += gain
         return estimates
+
+
+class _QueryScorer:
+    """:func:`score_tokens` for one query against many listed names of one index, the same
+    scores computed with less work: each distinct listed (token, spelling) pair is compared
+    with the query's tokens once per query, many pairs per call to rapidfuzz."""
+
+    __slots__ = (
+        "_floor",
+        "_index",
+        "_joined",
+        "_long",
+        "_query",
+        "_query_words",
+        "_rows",
+        "_weights",
+    )
+
+    def __init__(
+        self,
+        index: NameIndex,
+        query: NormalisedName,
+        query_weights: tuple[float, ...],
+        floor: float,
+    ) -> None:
+        self._index = index
+        self._query = query
+        self._weights = query_weights
+        self._floor = floor
+        self._long = tuple(len(token) > 1 for token in query.tokens)
+        self._query_words = _words(query.tokens)
+        self._joined = query.joined
+        self._rows: dict[int, tuple[tuple[int, float], ...]] = {}
+        """pair number → (query token position, similarity) for each query token it pairs
+        with in score_tokens (similarity not 0)"""
+
+    def add(self, positions: Sequence[int]) -> None:
+        """Compare the query's tokens with the pairs of these names not compared yet."""
+        rows = self._rows
+        name_ids = self._index._name_ids
+        new = [
+            pair
+            for pair in dict.fromkeys(pair for position in positions for pair in name_ids[position])
+            if pair not in rows
+        ]
+        if not new:
+            return
+        pair_tokens = self._index._pair_tokens
+        pair_spellings = self._index._pair_spellings
+        tokens = [pair_tokens[pair] for pair in new]
+        spellings = [pair_spellings[pair] for pair in new]
+        # Pairs with an initial on the listed side are compared one by one, as score_tokens does.
+        initials = [
+            rank
+            for rank, (token, spelling) in enumerate(zip(tokens, spellings, strict=True))
+            if len(token) == 1 or len(spelling) == 1
+        ]
+        floor = self._floor
+        found: list[list[tuple[int, float]]] = [[] for _ in new]
+        for query_position, (query_token, query_spelling) in enumerate(
+            zip(self._query.tokens, self._query.spellings, strict=True)
+        ):
+            if len(query_token) == 1 or len(query_spelling) == 1:
+                for rank, (token, spelling) in enumerate(zip(tokens, spellings, strict=True)):
+                    similarity = _pair_similarity(
+                        query_token, query_spelling, token, spelling, floor
+                    )
+                    if similarity:
+                        found[rank].append((query_position, similarity))
+                continue
+            # Words on both sides: the better of the two Indel similarities (1.0 for equal
+            # words or equal spellings), the ones over the floor from one call each.
+            similar: dict[int, float] = {}
+            for _, similarity, rank in extract(
+                query_token,
+                tokens,
+                scorer=Indel.normalized_similarity,
+                score_cutoff=floor,
+                limit=None,
+            ):
+                similar[rank] = similarity
+            for _, similarity, rank in extract(
+                query_spelling,
+                spellings,
+                scorer=Indel.normalized_similarity,
+                score_cutoff=floor,
+                limit=None,
+            ):
+                if similarity > similar.get(rank, 0.0):
+                    similar[rank] = similarity
+            for rank in initials:
+                similarity = _pair_similarity(
+                    query_token, query_spelling, tokens[rank], spellings[rank], floor
+                )
+                if similarity:
+                    similar[rank] = similarity
+                else:
+                    similar.pop(rank, None)
+            for rank, similarity in similar.items():
+                found[rank].append((query_position, similarity))
+        for pair, row in zip(new, found, strict=True):
+            rows[pair] = tuple(row)
+
+    def joined(self, positions: Sequence[int]) -> list[float]:
+        """The whole-name comparison of each of these names (0 under its minimum)."""
+        names = self._index._names
+        choices = [names[position].joined for position in positions]
+        similarities = [0.0] * len(choices)
+        for _, similarity, rank in extract(
+            self._joined,
+            choices,
+            scorer=Indel.normalized_similarity,
+            score_cutoff=JOINED_SIMILARITY_MIN,
+            limit=None,
+        ):
+            similarities[rank] = similarity
+        return similarities
+
+    def score(self, position: int, joined: float) -> float:
+        """score_tokens(query, query_weights, names[position], floor), once :meth:`add` has
+        seen the name, given its whole-name comparison ``joined``."""
+        pair_ids, name_weights, name_long, name_total, name_words = self._index._scoring[position]
+        rows = self._rows
+        pairs = [
+            (similarity, query_position, name_position)
+            for name_position, pair in enumerate(pair_ids)
+            for query_position, similarity in rows[pair]
+        ]
+        query_weights = self._weights
+        matched = 0.0
+        query_total = 0.0
+        aligned_words = 0
+        if pairs:
+            # Aligned one to one, best pairs first (ties: the later query word, then the later
+            # listed word, as sorting the tuples in reverse does).
+            pairs.sort(reverse=True)
+            used_query = [False] * len(query_weights)
+            used_name = [False] * len(pair_ids)
+            query_long = self._long
+            for similarity, query_position, name_position in pairs:
+                if used_query[query_position] or used_name[name_position]:
+                    continue
+                used_query[query_position] = True
+                used_name[name_position] = True
+                weight = name_weights[name_position]
+                matched += similarity * weight
+                query_total += weight
+                if query_long[query_position] and name_long[name_position]:
+                    aligned_words += 1
+            query_total += sum(
+                weight for weight, used in zip(query_weights, used_query, strict=True) if not used
+            )
+        else:
+            query_total += sum(query_weights)
+        # _blend(matched, query_total, name_total), written out
+        if query_total < name_total:
+            smaller, larger = query_total, name_total
+        else:
+            smaller, larger = name_total, query_total
+        if smaller <= 0:
+            score = 0.0
+        else:
+            smaller_share = matched / smaller
+            larger_share = matched / larger
+            score = 100 * (
+                SMALLER_SIDE_SHARE * (1.0 if smaller_share > 1.0 else smaller_share)
+                + _LARGER_SIDE_SHARE * (1.0 if larger_share > 1.0 else larger_share)
+            )
+        if (
+            aligned_words < 2
+            and score > ONE_WORD_CAP
+            and (self._query_words >= 2 or name_words >= 2)
+        ):
+            score = ONE_WORD_CAP  # min(score, ONE_WORD_CAP) when one word aligns
+        return round(max(score, 100 * joined), 2)
+
+
+def _pair_similarity(
+    query_token: str, query_spelling: str, token: str, spelling: str, floor: float
+) -> float:
+    """How well a query word pairs with a listed word in score_tokens (0: not at all)."""
+    if query_token == token or query_spelling == spelling:
+        return 1.0
+    if len(query_token) == 1 or len(token) == 1:
+        similarity = INITIAL_SIMILARITY if query_token[0] == token[0] else 0.0
+    else:
+        similarity = Indel.normalized_similarity(query_token, token, score_cutoff=floor)
+    if len(query_spelling) == 1 or len(spelling) == 1:
+        spelled = INITIAL_SIMILARITY if query_spelling[0] == spelling[0] else 0.0
+    else:
+        spelled = Indel.normalized_similarity(query_spelling, spelling, score_cutoff=floor)
+    return spelled if spelled > similarity else similarity
+
+
+def _similarities(text: str, choices: list[str], floor: float) -> list[float]:
+    """token_similarity(text, choice, floor) for each choice that is not ``text`` itself (an
+    initial against a name, or normalised Indel similarity), the Indel ones in one call."""
+    if len(text) == 1:
+        return [INITIAL_SIMILARITY if choice[0] == text else 0.0 for choice in choices]
+    similarities = [0.0] * len(choices)
+    for _, similarity, rank in extract(
+        text, choices, scorer=Indel.normalized_similarity, score_cutoff=floor, limit=None
+    ):
+        similarities[rank] = similarity
+    first = text[0]
+    for rank, choice in enumerate(choices):
+        if len(choice) == 1:
+            similarities[rank] = INITIAL_SIMILARITY if choice == first else 0.0
+    return similarities
 
 
 def _weight(token: str, frequency: int, count: int) -> float:
