@@ -32,6 +32,7 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import chain, compress
 
 from rapidfuzz.distance import Indel
 from rapidfuzz.process import extract
@@ -62,6 +63,8 @@ INITIAL_SIMILARITY = 0.9
 """How well an initial matches a name it begins."""
 DELETION_LENGTH_MIN = 4
 """Tokens shorter than this are looked up exactly (their deletions would block too widely)."""
+NEAR_WORDS_CACHED = 8_192
+"""How many query words' near listed words an index keeps (least recently used go first)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,12 +94,6 @@ def _deletions(token: str) -> set[str]:
     if len(token) >= DELETION_LENGTH_MIN:
         keys.update(token[:position] + token[position + 1 :] for position in range(len(token)))
     return keys
-
-
-@lru_cache(maxsize=65_536)
-def _query_keys(token: str, spelling: str) -> frozenset[str]:
-    """The blocking keys of a query word: its deletions and its spelling key's."""
-    return frozenset(_deletions(token) | _deletions(spelling))
 
 
 def token_similarity(left: str, right: str, floor: float = TOKEN_SIMILARITY_FLOOR) -> float:
@@ -177,6 +174,11 @@ class NameIndex:
         self._exact = {key: tuple(held) for key, held in exact.items()}
         self._neighbourhood = {key: tuple(tokens) for key, tokens in neighbourhood.items()}
         self._held = {token: len(held) for token, held in self._postings.items()}
+        # A query word's near listed words are the same for every query holding it (names
+        # share words: half of the words of 3,000 varied listed and unlisted names are repeats).
+        self._near: Callable[[str, str, float], tuple[tuple[int, str, float], ...]] = lru_cache(
+            maxsize=NEAR_WORDS_CACHED
+        )(self._near_words)
         # What scoring needs of each listed name, precomputed: its distinct (token, spelling)
         # pairs by number (names share them: a query's pair similarities are computed once per
         # pair, not once per name), its weights, which of its tokens are words, its total
@@ -184,6 +186,11 @@ class NameIndex:
         self._name_ids = tuple(name_ids)
         self._pair_tokens = tuple(token for token, _ in pair_ids)
         self._pair_spellings = tuple(spelling for _, spelling in pair_ids)
+        self._initial_pairs = frozenset(
+            number
+            for (token, spelling), number in pair_ids.items()
+            if len(token) == 1 or len(spelling) == 1
+        )
         self._scoring = tuple(
             (
                 ids,
@@ -242,6 +249,8 @@ class NameIndex:
                 score = scorer.score(position, joined_similarity)
                 if best is None or score > best.score:
                     best = NameScore(names[position], score)
+                    if score >= 100.0:
+                        break  # no score is above 100, and ties go to the earlier candidate
             return best
         for position in ranked:
             name = names[position]
@@ -296,6 +305,51 @@ class NameIndex:
         scored.sort(key=lambda name_score: -name_score.score)
         yield from scored
 
+    def _near_words(
+        self, token: str, spelling: str, floor: float
+    ) -> tuple[tuple[int, str, float], ...]:
+        """The listed words near a query word (one key apart, at the floor or above): for
+        each, how many names hold it, the word, and its similarity times its weight."""
+        similar: set[str] = set()
+        neighbourhood = self._neighbourhood
+        for key in _deletions(token) | _deletions(spelling):
+            listed_tokens = neighbourhood.get(key)
+            if listed_tokens is not None:
+                similar.update(listed_tokens)
+        if not similar:
+            return ()
+        held_by = self._held
+        listed_weights = self._weights
+        found: list[tuple[int, str, float]] = []
+        if len(token) == 1 or len(spelling) == 1:
+            for listed in similar:
+                if listed in (token, spelling):
+                    similarity = 1.0
+                else:
+                    similarity = max(
+                        token_similarity(token, listed, floor),
+                        token_similarity(spelling, listed, floor),
+                    )
+                if similarity:
+                    found.append((held_by[listed], listed, similarity * listed_weights[listed]))
+            return tuple(found)
+        # max(token_similarity(token, listed), token_similarity(spelling, listed)) for every
+        # word near the query's word, the Indel similarities in one call each.
+        near = list(similar)
+        similarities = _similarities(token, near, floor)
+        if spelling != token:
+            spelled = _similarities(spelling, near, floor)
+            similarities = [
+                other if other > similarity else similarity
+                for similarity, other in zip(similarities, spelled, strict=True)
+            ]
+        for listed, similarity in zip(near, similarities, strict=True):
+            if listed in (token, spelling):
+                similarity = 1.0
+            if similarity:
+                found.append((held_by[listed], listed, similarity * listed_weights[listed]))
+        return tuple(found)
+
     def _candidates(
         self,
         query: NormalisedName,
@@ -304,44 +358,8 @@ class NameIndex:
     ) -> dict[int, float]:
         """Candidate names → an estimate of their matched weight."""
         found: list[tuple[int, str, float]] = []
-        neighbourhood = self._neighbourhood
-        held_by = self._held
-        listed_weights = self._weights
         for token, spelling in zip(query.tokens, query.spellings, strict=True):
-            similar: set[str] = set()
-            for key in _query_keys(token, spelling):
-                listed_tokens = neighbourhood.get(key)
-                if listed_tokens is not None:
-                    similar.update(listed_tokens)
-            if not similar:
-                continue
-            if len(token) == 1 or len(spelling) == 1:
-                for listed in similar:
-                    if listed in (token, spelling):
-                        similarity = 1.0
-                    else:
-                        similarity = max(
-                            token_similarity(token, listed, floor),
-                            token_similarity(spelling, listed, floor),
-                        )
-                    if similarity:
-                        found.append((held_by[listed], listed, similarity * listed_weights[listed]))
-                continue
-            # max(token_similarity(token, listed), token_similarity(spelling, listed)) for
-            # every word near the query's word, the Indel similarities in one call each.
-            near = list(similar)
-            similarities = _similarities(token, near, floor)
-            if spelling != token:
-                spelled = _similarities(spelling, near, floor)
-                similarities = [
-                    other if other > similarity else similarity
-                    for similarity, other in zip(similarities, spelled, strict=True)
-                ]
-            for listed, similarity in zip(near, similarities, strict=True):
-                if listed in (token, spelling):
-                    similarity = 1.0
-                if similarity:
-                    found.append((held_by[listed], listed, similarity * listed_weights[listed]))
+            found.extend(self._near(token, spelling, floor))
         found.sort()
         estimates: dict[int, float] = {}
         common: list[tuple[str, float]] = []
@@ -402,24 +420,20 @@ class _QueryScorer:
     def add(self, positions: Sequence[int]) -> None:
         """Compare the query's tokens with the pairs of these names not compared yet."""
         rows = self._rows
-        name_ids = self._index._name_ids
-        new = [
-            pair
-            for pair in dict.fromkeys(pair for position in positions for pair in name_ids[position])
-            if pair not in rows
-        ]
+        index = self._index
+        pairs = dict.fromkeys(chain.from_iterable(map(index._name_ids.__getitem__, positions)))
+        new = [pair for pair in pairs if pair not in rows] if rows else list(pairs)
         if not new:
             return
-        pair_tokens = self._index._pair_tokens
-        pair_spellings = self._index._pair_spellings
-        tokens = [pair_tokens[pair] for pair in new]
-        spellings = [pair_spellings[pair] for pair in new]
+        tokens = list(map(index._pair_tokens.__getitem__, new))
+        spellings = list(map(index._pair_spellings.__getitem__, new))
+        count = len(new)
         # Pairs with an initial on the listed side are compared one by one, as score_tokens does.
-        initials = [
-            rank
-            for rank, (token, spelling) in enumerate(zip(tokens, spellings, strict=True))
-            if len(token) == 1 or len(spelling) == 1
-        ]
+        initials = (
+            []
+            if index._initial_pairs.isdisjoint(new)
+            else [rank for rank, pair in enumerate(new) if pair in index._initial_pairs]
+        )
         floor = self._floor
         found: list[list[tuple[int, float]]] = [[] for _ in new]
         for query_position, (query_token, query_spelling) in enumerate(
@@ -436,23 +450,37 @@ class _QueryScorer:
             # Words on both sides: the better of the two Indel similarities (1.0 for equal
             # words or equal spellings), the ones over the floor from one call each.
             similar: dict[int, float] = {}
-            for _, similarity, rank in extract(
-                query_token,
-                tokens,
-                scorer=Indel.normalized_similarity,
-                score_cutoff=floor,
-                limit=None,
-            ):
-                similar[rank] = similarity
-            for _, similarity, rank in extract(
-                query_spelling,
-                spellings,
-                scorer=Indel.normalized_similarity,
-                score_cutoff=floor,
-                limit=None,
-            ):
-                if similarity > similar.get(rank, 0.0):
+            if query_token == query_spelling:
+                # One call for both: the listed words, then their spellings (rank - count).
+                for _, similarity, rank in extract(
+                    query_token,
+                    tokens + spellings,
+                    scorer=Indel.normalized_similarity,
+                    score_cutoff=floor,
+                    limit=None,
+                ):
+                    if rank >= count:
+                        rank -= count
+                    if similarity > similar.get(rank, 0.0):
+                        similar[rank] = similarity
+            else:
+                for _, similarity, rank in extract(
+                    query_token,
+                    tokens,
+                    scorer=Indel.normalized_similarity,
+                    score_cutoff=floor,
+                    limit=None,
+                ):
                     similar[rank] = similarity
+                for _, similarity, rank in extract(
+                    query_spelling,
+                    spellings,
+                    scorer=Indel.normalized_similarity,
+                    score_cutoff=floor,
+                    limit=None,
+                ):
+                    if similarity > similar.get(rank, 0.0):
+                        similar[rank] = similarity
             for rank in initials:
                 similarity = _pair_similarity(
                     query_token, query_spelling, tokens[rank], spellings[rank], floor
@@ -463,8 +491,7 @@ class _QueryScorer:
                     similar.pop(rank, None)
             for rank, similarity in similar.items():
                 found[rank].append((query_position, similarity))
-        for pair, row in zip(new, found, strict=True):
-            rows[pair] = tuple(row)
+        rows.update(zip(new, map(tuple, found), strict=True))
 
     def joined(self, positions: Sequence[int]) -> list[float]:
         """The whole-name comparison of each of these names (0 under its minimum)."""
@@ -499,22 +526,20 @@ class _QueryScorer:
             # Aligned one to one, best pairs first (ties: the later query word, then the later
             # listed word, as sorting the tuples in reverse does).
             pairs.sort(reverse=True)
-            used_query = [False] * len(query_weights)
+            unused_query = [True] * len(query_weights)
             used_name = [False] * len(pair_ids)
             query_long = self._long
             for similarity, query_position, name_position in pairs:
-                if used_query[query_position] or used_name[name_position]:
+                if not unused_query[query_position] or used_name[name_position]:
                     continue
-                used_query[query_position] = True
+                unused_query[query_position] = False
                 used_name[name_position] = True
                 weight = name_weights[name_position]
                 matched += similarity * weight
                 query_total += weight
                 if query_long[query_position] and name_long[name_position]:
                     aligned_words += 1
-            query_total += sum(
-                weight for weight, used in zip(query_weights, used_query, strict=True) if not used
-            )
+            query_total += sum(compress(query_weights, unused_query))
         else:
             query_total += sum(query_weights)
         # _blend(matched, query_total, name_total), written out
