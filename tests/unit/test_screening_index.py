@@ -300,3 +300,35 @@ def test_a_bound_caps_each_candidate_and_skips_those_that_cannot_beat_the_score_
     capped = index.best(query, bound=lambda _query, _name: 50.0)
     assert capped is not None and capped.score == min(unbounded.score, 50.0)
     assert index.best(query, bound=lambda _query, _name: 50.0, beat=50.0) is None
+
+
+@pytest.mark.parametrize("floor", [0.0, 0.5, 0.75, 0.85, 1.0])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Dmitri KHOROSHEF",
+        "Aleksandr Malkevitch",
+        "Mohamed Yousef Hassan",
+        "Elvis Morey",
+        "Daniel Moreno Garcia",
+        "Iran Aircraft Industries Company",
+        "B. Nacional de Cuba",
+        "Carlos A MORENO",
+        "J Smith",
+        "Ali",
+    ],
+)
+def test_best_scores_its_candidates_as_score_tokens_does(
+    sanctions_list: SanctionsList, name: str, floor: float
+) -> None:
+    """best() scores its candidates in batches (pair similarities once per query); ranked()
+    scores each one with score_tokens: the best of either is the same name at the same score."""
+    index = sanctions_list.index
+    query = normalise_name(name)
+    best = index.best(query, floor=floor)
+    first = next(index.ranked(query, floor=floor), None)
+    if first is None:
+        assert best is None
+    else:
+        assert best is not None
+        assert (best.name, best.score) == (first.name, first.score)

@@ -490,7 +490,8 @@ class _QueryScorer:
                 else:
                     similar.pop(rank, None)
             for rank, similarity in similar.items():
-                found[rank].append((query_position, similarity))
+                if similarity:  # (a floor of 0 lets extract return dissimilar words)
+                    found[rank].append((query_position, similarity))
         rows.update(zip(new, map(tuple, found), strict=True))
 
     def joined(self, positions: Sequence[int]) -> list[float]:
