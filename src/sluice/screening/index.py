@@ -110,11 +110,64 @@ def _words(tokens: tuple[str, ...]) -> int:
     return sum(1 for token in tokens if len(token) > 1)
 
 
+_NameScoring = tuple[tuple[int, ...], tuple[float, ...], tuple[bool, ...], float, int]
+"""Of a listed name: its (token, spelling) pairs by number, its weights, which of its tokens
+are words, its total weight, its number of words."""
+
+
+@dataclass(frozen=True, slots=True)
+class _ScoringTables:
+    """What :meth:`NameIndex.best` scores with, precomputed: each distinct listed (token,
+    spelling) pair numbered (names share them: a query's pair similarities are computed once
+    per pair, not once per name), and per listed name what :class:`_QueryScorer` reads."""
+
+    name_ids: tuple[tuple[int, ...], ...]
+    pair_tokens: tuple[str, ...]
+    pair_spellings: tuple[str, ...]
+    initial_pairs: frozenset[int]  # pairs with a one-letter token or spelling
+    scoring: tuple[_NameScoring, ...]
+
+    @classmethod
+    def build(cls, names: Sequence[IndexedName]) -> _ScoringTables:
+        pair_ids: dict[tuple[str, str], int] = {}
+        name_ids = tuple(
+            tuple(
+                pair_ids.setdefault(pair, len(pair_ids))
+                for pair in zip(name.tokens, name.spellings, strict=True)
+            )
+            for name in names
+        )
+        return cls(
+            name_ids=name_ids,
+            pair_tokens=tuple(token for token, _ in pair_ids),
+            pair_spellings=tuple(spelling for _, spelling in pair_ids),
+            initial_pairs=frozenset(
+                number
+                for (token, spelling), number in pair_ids.items()
+                if len(token) == 1 or len(spelling) == 1
+            ),
+            scoring=tuple(
+                (
+                    ids,
+                    name.weights,
+                    tuple(len(token) > 1 for token in name.tokens),
+                    name.total_weight,
+                    name.words,
+                )
+                for ids, name in zip(name_ids, names, strict=True)
+            ),
+        )
+
+
 class NameIndex:
     """Listed names, indexed for blocking and scoring (immutable once built)."""
 
-    def __init__(self, names: Sequence[tuple[str, int, NormalisedName]]) -> None:
-        """``names``: (the name as listed, the entity's position, its normalised form)."""
+    def __init__(
+        self, names: Sequence[tuple[str, int, NormalisedName]], *, batched: bool = True
+    ) -> None:
+        """``names``: (the name as listed, the entity's position, its normalised form).
+        ``batched``: build the tables :meth:`best` scores with now (else on its first call:
+        an index that only :meth:`ranked` reads never needs them)."""
         document_frequency: dict[str, int] = {}
         for _, _, normalised in names:
             for token in set(normalised.tokens):
@@ -130,16 +183,8 @@ class NameIndex:
         exact: dict[str, list[int]] = {}
         neighbourhood: dict[str, set[str]] = {}
         keyed: set[tuple[str, str]] = set()
-        pair_ids: dict[tuple[str, str], int] = {}
-        name_ids: list[tuple[int, ...]] = []
         for position, (text, entity, normalised) in enumerate(names):
             weights = tuple(self._weights[token] for token in normalised.tokens)
-            name_ids.append(
-                tuple(
-                    pair_ids.setdefault(pair, len(pair_ids))
-                    for pair in zip(normalised.tokens, normalised.spellings, strict=True)
-                )
-            )
             indexed.append(
                 IndexedName(
                     text=text,
@@ -179,28 +224,15 @@ class NameIndex:
         self._near: Callable[[str, str, float], tuple[tuple[int, str, float], ...]] = lru_cache(
             maxsize=NEAR_WORDS_CACHED
         )(self._near_words)
-        # What scoring needs of each listed name, precomputed: its distinct (token, spelling)
-        # pairs by number (names share them: a query's pair similarities are computed once per
-        # pair, not once per name), its weights, which of its tokens are words, its total
-        # weight and its number of words.
-        self._name_ids = tuple(name_ids)
-        self._pair_tokens = tuple(token for token, _ in pair_ids)
-        self._pair_spellings = tuple(spelling for _, spelling in pair_ids)
-        self._initial_pairs = frozenset(
-            number
-            for (token, spelling), number in pair_ids.items()
-            if len(token) == 1 or len(spelling) == 1
-        )
-        self._scoring = tuple(
-            (
-                ids,
-                name.weights,
-                tuple(len(token) > 1 for token in name.tokens),
-                name.total_weight,
-                name.words,
-            )
-            for ids, name in zip(name_ids, indexed, strict=True)
-        )
+        self._scoring_tables = _ScoringTables.build(self._names) if batched else None
+
+    def _tables(self) -> _ScoringTables:
+        """The tables best() scores with: built with the index, or on first use for an index
+        built without them (two threads may both build them: the same tables)."""
+        tables = self._scoring_tables
+        if tables is None:
+            tables = self._scoring_tables = _ScoringTables.build(self._names)
+        return tables
 
     @property
     def names(self) -> tuple[IndexedName, ...]:
@@ -396,6 +428,7 @@ class _QueryScorer:
         "_query",
         "_query_words",
         "_rows",
+        "_tables",
         "_weights",
     )
 
@@ -407,6 +440,7 @@ class _QueryScorer:
         floor: float,
     ) -> None:
         self._index = index
+        self._tables = index._tables()
         self._query = query
         self._weights = query_weights
         self._floor = floor
@@ -420,19 +454,19 @@ class _QueryScorer:
     def add(self, positions: Sequence[int]) -> None:
         """Compare the query's tokens with the pairs of these names not compared yet."""
         rows = self._rows
-        index = self._index
-        pairs = dict.fromkeys(chain.from_iterable(map(index._name_ids.__getitem__, positions)))
+        tables = self._tables
+        pairs = dict.fromkeys(chain.from_iterable(map(tables.name_ids.__getitem__, positions)))
         new = [pair for pair in pairs if pair not in rows] if rows else list(pairs)
         if not new:
             return
-        tokens = list(map(index._pair_tokens.__getitem__, new))
-        spellings = list(map(index._pair_spellings.__getitem__, new))
+        tokens = list(map(tables.pair_tokens.__getitem__, new))
+        spellings = list(map(tables.pair_spellings.__getitem__, new))
         count = len(new)
         # Pairs with an initial on the listed side are compared one by one, as score_tokens does.
         initials = (
             []
-            if index._initial_pairs.isdisjoint(new)
-            else [rank for rank, pair in enumerate(new) if pair in index._initial_pairs]
+            if tables.initial_pairs.isdisjoint(new)
+            else [rank for rank, pair in enumerate(new) if pair in tables.initial_pairs]
         )
         floor = self._floor
         found: list[list[tuple[int, float]]] = [[] for _ in new]
@@ -512,7 +546,7 @@ class _QueryScorer:
     def score(self, position: int, joined: float) -> float:
         """score_tokens(query, query_weights, names[position], floor), once :meth:`add` has
         seen the name, given its whole-name comparison ``joined``."""
-        pair_ids, name_weights, name_long, name_total, name_words = self._index._scoring[position]
+        pair_ids, name_weights, name_long, name_total, name_words = self._tables.scoring[position]
         rows = self._rows
         pairs = [
             (similarity, query_position, name_position)

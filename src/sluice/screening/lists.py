@@ -205,7 +205,11 @@ class SanctionsList:
             index=NameIndex(names),
             _addresses=by_key,
             skeleton_index=NameIndex(
-                [(text, entity, listed_skeletons(normalised)) for text, entity, normalised in names]
+                [
+                    (text, entity, listed_skeletons(normalised))
+                    for text, entity, normalised in names
+                ],
+                batched=False,  # read through ranked() only
             ),
         )
 
