@@ -31,7 +31,7 @@ import heapq
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from itertools import chain, compress
 
 from rapidfuzz.distance import Indel
@@ -221,9 +221,10 @@ class NameIndex:
         self._held = {token: len(held) for token, held in self._postings.items()}
         # A query word's near listed words are the same for every query holding it (names
         # share words: half of the words of 3,000 varied listed and unlisted names are repeats).
+        # The cache holds the tables it reads, not the index (no reference cycle to collect).
         self._near: Callable[[str, str, float], tuple[tuple[int, str, float], ...]] = lru_cache(
             maxsize=NEAR_WORDS_CACHED
-        )(self._near_words)
+        )(partial(_near_words, self._neighbourhood, self._held, self._weights))
         self._scoring_tables = _ScoringTables.build(self._names) if batched else None
 
     def _tables(self) -> _ScoringTables:
@@ -336,51 +337,6 @@ class NameIndex:
         # Stable: among equal scores the better estimate stays first, as in best().
         scored.sort(key=lambda name_score: -name_score.score)
         yield from scored
-
-    def _near_words(
-        self, token: str, spelling: str, floor: float
-    ) -> tuple[tuple[int, str, float], ...]:
-        """The listed words near a query word (one key apart, at the floor or above): for
-        each, how many names hold it, the word, and its similarity times its weight."""
-        similar: set[str] = set()
-        neighbourhood = self._neighbourhood
-        for key in _deletions(token) | _deletions(spelling):
-            listed_tokens = neighbourhood.get(key)
-            if listed_tokens is not None:
-                similar.update(listed_tokens)
-        if not similar:
-            return ()
-        held_by = self._held
-        listed_weights = self._weights
-        found: list[tuple[int, str, float]] = []
-        if len(token) == 1 or len(spelling) == 1:
-            for listed in similar:
-                if listed in (token, spelling):
-                    similarity = 1.0
-                else:
-                    similarity = max(
-                        token_similarity(token, listed, floor),
-                        token_similarity(spelling, listed, floor),
-                    )
-                if similarity:
-                    found.append((held_by[listed], listed, similarity * listed_weights[listed]))
-            return tuple(found)
-        # max(token_similarity(token, listed), token_similarity(spelling, listed)) for every
-        # word near the query's word, the Indel similarities in one call each.
-        near = list(similar)
-        similarities = _similarities(token, near, floor)
-        if spelling != token:
-            spelled = _similarities(spelling, near, floor)
-            similarities = [
-                other if other > similarity else similarity
-                for similarity, other in zip(similarities, spelled, strict=True)
-            ]
-        for listed, similarity in zip(near, similarities, strict=True):
-            if listed in (token, spelling):
-                similarity = 1.0
-            if similarity:
-                found.append((held_by[listed], listed, similarity * listed_weights[listed]))
-        return tuple(found)
 
     def _candidates(
         self,
@@ -598,6 +554,55 @@ class _QueryScorer:
         ):
             score = ONE_WORD_CAP  # min(score, ONE_WORD_CAP) when one word aligns
         return round(max(score, 100 * joined), 2)
+
+
+def _near_words(
+    neighbourhood: dict[str, tuple[str, ...]],
+    held_by: dict[str, int],
+    listed_weights: dict[str, float],
+    token: str,
+    spelling: str,
+    floor: float,
+) -> tuple[tuple[int, str, float], ...]:
+    """The listed words near a query word (one key apart, at the floor or above): for
+    each, how many names hold it, the word, and its similarity times its weight (of an
+    index: its neighbourhood, its words' postings lengths and weights)."""
+    similar: set[str] = set()
+    for key in _deletions(token) | _deletions(spelling):
+        listed_tokens = neighbourhood.get(key)
+        if listed_tokens is not None:
+            similar.update(listed_tokens)
+    if not similar:
+        return ()
+    found: list[tuple[int, str, float]] = []
+    if len(token) == 1 or len(spelling) == 1:
+        for listed in similar:
+            if listed in (token, spelling):
+                similarity = 1.0
+            else:
+                similarity = max(
+                    token_similarity(token, listed, floor),
+                    token_similarity(spelling, listed, floor),
+                )
+            if similarity:
+                found.append((held_by[listed], listed, similarity * listed_weights[listed]))
+        return tuple(found)
+    # max(token_similarity(token, listed), token_similarity(spelling, listed)) for every
+    # word near the query's word, the Indel similarities in one call each.
+    near = list(similar)
+    similarities = _similarities(token, near, floor)
+    if spelling != token:
+        spelled = _similarities(spelling, near, floor)
+        similarities = [
+            other if other > similarity else similarity
+            for similarity, other in zip(similarities, spelled, strict=True)
+        ]
+    for listed, similarity in zip(near, similarities, strict=True):
+        if listed in (token, spelling):
+            similarity = 1.0
+        if similarity:
+            found.append((held_by[listed], listed, similarity * listed_weights[listed]))
+    return tuple(found)
 
 
 def _pair_similarity(
