@@ -109,6 +109,13 @@ def _operation_payload(op: IssuanceOperation, **extra: Any) -> dict[str, Any]:
     }
 
 
+def _operation_event(type: str, op: IssuanceOperation, at: datetime, **extra: Any) -> Event:
+    """An event of the operation ``op`` (its id the aggregate), with its payload and ``extra``."""
+    return new_event(
+        type, op.id, _operation_payload(op, **extra), at=at, correlation_id=op.correlation_id
+    )
+
+
 def _result(op: IssuanceOperation, *names: str) -> dict[str, Any]:
     result: Mapping[str, Any] = op.result
     return {name: result.get(name) for name in names}
@@ -203,75 +210,57 @@ def operation_events(
         events.extend(_deposit_events(before, after, at, actor, reason))
     if after.type == REDEMPTION and after.status == "completed":
         events.append(
-            new_event(
+            _operation_event(
                 "redemption_completed",
-                after.id,
-                _operation_payload(
-                    after,
-                    **_result(
-                        after,
-                        "payout_id",
-                        "txid",
-                        "vout",
-                        "fee_sats",
-                        "received_sats",
-                        "confirmations",
-                    ),
+                after,
+                at,
+                **_result(
+                    after, "payout_id", "txid", "vout", "fee_sats", "received_sats", "confirmations"
                 ),
-                at=at,
-                correlation_id=after.correlation_id,
             )
         )
     elif after.type == REDEMPTION and after.status == "compensated":
         events.append(
-            new_event(
+            _operation_event(
                 "redemption_failed",
-                after.id,
-                _operation_payload(
-                    after,
-                    compensation=_compensation(after),
-                    **_result(after, "payout_id", "payout_status", "payout_error"),
-                ),
-                at=at,
-                correlation_id=after.correlation_id,
+                after,
+                at,
+                compensation=_compensation(after),
+                **_result(after, "payout_id", "payout_status", "payout_error"),
             )
         )
     elif after.status == "compensated":
         events.append(
-            new_event(
+            _operation_event(
                 "issuance_operation_compensated",
-                after.id,
-                _operation_payload(
-                    after,
-                    was=before.status,
-                    compensation=after.result.get("compensated"),
-                    actor=actor,
-                    reason=reason,
-                ),
-                at=at,
-                correlation_id=after.correlation_id,
+                after,
+                at,
+                was=before.status,
+                compensation=after.result.get("compensated"),
+                actor=actor,
+                reason=reason,
             )
         )
     elif after.status == "resolved":
         events.append(
-            new_event(
+            _operation_event(
                 "issuance_operation_resolved",
-                after.id,
-                _operation_payload(after, was=before.status, actor=actor, reason=reason),
-                at=at,
-                correlation_id=after.correlation_id,
+                after,
+                at,
+                was=before.status,
+                actor=actor,
+                reason=reason,
             )
         )
     elif after.status == "stuck":
         events.append(
-            new_event(
+            _operation_event(
                 "issuance_operation_stuck",
-                after.id,
-                _operation_payload(
-                    after, was=before.status, attempts=after.attempts, error=after.last_error
-                ),
-                at=at,
-                correlation_id=after.correlation_id,
+                after,
+                at,
+                was=before.status,
+                attempts=after.attempts,
+                error=after.last_error,
             )
         )
     return events
