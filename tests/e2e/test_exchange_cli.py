@@ -28,7 +28,8 @@ ISTSI = InstrumentId("issuer::1220bb", "iSTSi")
 AMULET = InstrumentId("dso::1220cc", "Amulet")
 
 
-def _world(data: Path) -> bootstrap.Database:
+def exchange_world(data: Path, inventory: str = "100000") -> bootstrap.Database:
+    """Alice (10 iSTSi) and Bob, tier 2, and ``inventory`` Amulet in the exchange's inventory."""
     database = bootstrap.database(f"sqlite:///{data / 'sluice.db'}")
     uow = database.uow
     for instrument in (ISTSI, AMULET):
@@ -38,7 +39,7 @@ def _world(data: Path) -> bootstrap.Database:
     for number, (account, instrument, amount) in enumerate(
         (
             (customer_account_name("alice"), ISTSI, "10"),
-            (EXCHANGE_INVENTORY, AMULET, "100000"),
+            (EXCHANGE_INVENTORY, AMULET, inventory),
         )
     ):
         seed_owed(
@@ -52,7 +53,8 @@ def _world(data: Path) -> bootstrap.Database:
     return database
 
 
-def _config(tmp_path: Path, prices: Path) -> Path:
+def exchange_config(tmp_path: Path, prices: Path) -> Path:
+    """A configuration with the ISTSI/AMULET file feed reading ``prices`` and that pair."""
     config = tmp_path / "sluice.toml"
     config.write_text(
         f"""
@@ -81,10 +83,10 @@ oracle_pair = "ISTSI/AMULET"
 def test_quote_and_swap_through_the_command_line(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
-    database = _world(data)
+    database = exchange_world(data)
     prices = tmp_path / "price.json"
     prices.write_text(json.dumps({"price": "250", "time": int(time.time())}))
-    env = environment(data, SLUICE_CONFIG=str(_config(tmp_path, prices)))
+    env = environment(data, SLUICE_CONFIG=str(exchange_config(tmp_path, prices)))
     try:
         asked = sluice(
             "quote", "--customer", "alice", "--sell", "iSTSi", "--buy", "Amulet",

@@ -2,8 +2,9 @@
 ``error 83 insufficient_inventory`` on stderr and no swap JSON on stdout, the books untouched and
 the refusal audited; a quote the inventory covers then swaps (``--json``: the swap).
 
-How: as ``test_exchange_cli.py`` — a database whose books hold a customer's iSTSi and the
-exchange's Amulet inventory (here only 100 of it), an oracle reading a price file at 250.
+How: the world and configuration of ``test_exchange_cli.py`` — a database whose books hold a
+customer's iSTSi and the exchange's Amulet inventory (here only 100 of it), an oracle reading a
+price file at 250.
 """
 
 from __future__ import annotations
@@ -15,62 +16,10 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from sluice import bootstrap
-from sluice.domain.exchange import EXCHANGE_INVENTORY
-from sluice.domain.journal import customer_account_name
-from sluice.domain.ledger import InstrumentId
 from sluice.services.books import check_invariant
-from sluice.services.reference import onboard_instrument, register_customer
 from sluice.store import tables
 from tests.e2e.test_cli_over_the_wire import environment, sluice
-from tests.ledger_holdings import seed_owed
-
-TREASURY = "treasury::1220aa"
-ISTSI = InstrumentId("issuer::1220bb", "iSTSi")
-AMULET = InstrumentId("dso::1220cc", "Amulet")
-
-
-def _world(data: Path) -> bootstrap.Database:
-    database = bootstrap.database(f"sqlite:///{data / 'sluice.db'}")
-    for instrument in (ISTSI, AMULET):
-        onboard_instrument(database.uow, instrument)
-    register_customer(database.uow, "alice", "Alice", [], tier=2)
-    for number, (account, instrument, amount) in enumerate(
-        ((customer_account_name("alice"), ISTSI, "10"), (EXCHANGE_INVENTORY, AMULET, "100"))
-    ):
-        seed_owed(
-            database.engine,
-            number,
-            treasury=TREASURY,
-            account=account,
-            instrument=instrument,
-            amount=amount,
-        )
-    return database
-
-
-def _config(tmp_path: Path, prices: Path) -> Path:
-    config = tmp_path / "sluice.toml"
-    config.write_text(
-        f"""
-[oracle]
-[[oracle.feeds]]
-pair = "ISTSI/AMULET"
-kind = "file"
-path = "{prices}"
-price_pointer = "/price"
-time_pointer = "/time"
-heartbeat_s = 600
-
-[exchange]
-quote_lifetime_s = 600
-[[exchange.pairs]]
-sell = "iSTSi"
-buy = "Amulet"
-oracle_pair = "ISTSI/AMULET"
-"""
-    )
-    return config
+from tests.e2e.test_exchange_cli import exchange_config, exchange_world
 
 
 def _quote(amount: str, env: dict[str, str]) -> dict[str, str]:
@@ -87,10 +36,10 @@ def test_a_swap_beyond_the_inventory_exits_2_with_error_83_and_moves_nothing(
 ) -> None:
     data = tmp_path / "data"
     data.mkdir()
-    database = _world(data)
+    database = exchange_world(data, inventory="100")
     prices = tmp_path / "price.json"
     prices.write_text(json.dumps({"price": "250", "time": int(time.time())}))
-    env = environment(data, SLUICE_CONFIG=str(_config(tmp_path, prices)))
+    env = environment(data, SLUICE_CONFIG=str(exchange_config(tmp_path, prices)))
 
     def books() -> dict[str, Decimal]:
         with database.uow() as uow:
