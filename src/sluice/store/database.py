@@ -36,9 +36,18 @@ def create_database_engine(url: str) -> Engine:
     return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=10)
 
 
+SQLITE_PAGE_SIZE = 16384
+WAL_CHECKPOINT_BYTES = 40 * 1024 * 1024
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: object) -> None:
     dbapi_connection.isolation_level = None  # transactions are begun explicitly (above)
     cursor = dbapi_connection.cursor()
+    # 16 KiB pages for a new database (SQLite's default is 4 KiB; an existing file keeps the size
+    # it was made with, so this is a no-op there): an ingestion batch inserts into indexes on
+    # random ids, dirtying one page per row in each, and at 16 KiB the same rows sit in a quarter
+    # of the pages with shallower trees, so a commit writes fewer WAL frames in fewer calls.
+    cursor.execute(f"PRAGMA page_size={SQLITE_PAGE_SIZE}")
     cursor.execute("PRAGMA journal_mode=WAL")
     # FULL: a committed transaction survives a power cut, not only a process crash.
     cursor.execute("PRAGMA synchronous=FULL")
@@ -47,13 +56,15 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: object) -> None:
     # 64 MiB of page cache: the indexes on random ids (contract ids, update ids) outgrow the
     # default 2 MiB as soon as a few tens of thousands of updates are in.
     cursor.execute("PRAGMA cache_size=-65536")
-    # Checkpoint once the WAL holds 10,000 pages (40 MiB at 4 KiB), not the default 1,000: an
+    # Checkpoint once the WAL holds about 40 MiB of pages, not SQLite's default 1,000 pages: an
     # ingestion batch dirties more than 1,000 pages (its rows and the indexes on random ids), so
     # with the default every batch's commit copies all it wrote into the database at once; less
     # often, a page rewritten by several batches is copied once, and the checkpoint's reads,
     # writes and syncs come fewer. Durability is the WAL's, synced at every commit (FULL above);
-    # when to checkpoint changes only when pages move from the WAL into the database file.
-    cursor.execute("PRAGMA wal_autocheckpoint=10000")
+    # when to checkpoint changes only when pages move from the WAL into the database file. The
+    # count is in pages of the file's own size (4 KiB in a database made before 16 KiB pages).
+    page_size = cursor.execute("PRAGMA page_size").fetchone()[0]
+    cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_BYTES // page_size}")
     cursor.close()
 
 
