@@ -412,27 +412,34 @@ class SqlComplianceUsage(ComplianceConnection):
         """Insert usage rows of many customers at once, add the new ones to the totals and move
         the usage version of every customer with a new row."""
         money = money_value(self._c)
-        rows = [
-            (
-                operation_key(record.operation_id),
-                record.operation_id,
-                customer_id,
-                record.operation,
-                money(record.amount),
-                record.counterparty,
-                None if record.counterparty is None else counterparty_key(record.counterparty),
-                timestamp_text(record.occurred_at),
-            )
-            for customer_id, records in records_by_customer.items()
-            for record in records
-        ]
+        ids: dict[bytes, str] = {}  # each row's key: its operation
+        rows: list[tuple[object, ...]] = []
+        for customer_id, records in records_by_customer.items():
+            for record in records:
+                key = operation_key(record.operation_id)
+                ids[key] = record.operation_id
+                rows.append(
+                    (
+                        # bound as a bytearray: sqlite3 takes it as it is, while bytes go
+                        # through the driver's adapter look-up first (the same BLOB is stored)
+                        bytearray(key),
+                        record.operation_id,
+                        customer_id,
+                        record.operation,
+                        money(record.amount),
+                        record.counterparty,
+                        None
+                        if record.counterparty is None
+                        else counterparty_key(record.counterparty),
+                        timestamp_text(record.occurred_at),
+                    )
+                )
         if not rows:
             return UsageWrite({}, set())
         # A replayed row is skipped by the database; only the rows that went in count.
         inserted = insert_new_rows(
             self._c, t.compliance_usage, _USAGE_COLUMNS, rows, key="operation_key"
         )
-        ids = {row[0]: row[1] for row in rows}
         # bytes(): a driver may return a BLOB as a memoryview
         went_in = {ids[bytes(key)] for key in cast("set[bytes | memoryview]", inserted)}
         added = {
