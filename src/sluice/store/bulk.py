@@ -8,7 +8,7 @@ values already in the form the column stores (see :func:`money_value`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from functools import cache
 from typing import Any
@@ -73,7 +73,8 @@ def select_in(
     chunk: int = 500,
 ) -> list[Sequence[Any]]:
     """``SELECT columns FROM table WHERE key IN (values)`` as the driver returns the rows (no
-    result processing, see :func:`select_rows`), at most ``chunk`` values a statement.
+    result processing, see :func:`select_rows`), at most ``chunk`` values a statement (the last
+    one :func:`padded`).
 
     For the batch lookups of ingestion: SQLAlchemy renders an expanding ``IN`` anew for every
     execution and processes every row, which costs more than the query itself."""
@@ -81,10 +82,38 @@ def select_in(
     pending = list(values)
     names = tuple(columns)
     for start in range(0, len(pending), chunk):
-        part = tuple(pending[start : start + chunk])
+        part = padded(pending[start : start + chunk], chunk)
         sql = _select_in_statement(connection.dialect, table.name, names, key, len(part))
         found.extend(connection.exec_driver_sql(sql, part).all())
     return found
+
+
+def padded_size(count: int, limit: int) -> int:
+    """How many values a statement for ``count`` of them (at most ``limit``) takes: the next
+    power of two, or ``limit``. A batch's last chunk has any size; padded, its statement's text
+    recurs across batches, and the driver prepares it once instead of once a batch (preparing an
+    ``IN`` list of hundreds costs more than running it)."""
+    assert 0 < count <= limit, f"{count} values for statements of at most {limit}"
+    return min(1 << (count - 1).bit_length(), limit)
+
+
+def padded(values: Sequence[Any], limit: int) -> tuple[Any, ...]:
+    """``values`` (at least one, at most ``limit``) with the last repeated up to
+    :func:`padded_size`: for an ``IN`` list, where a value listed twice matches the same rows."""
+    missing = padded_size(len(values), limit) - len(values)
+    return (*values, *[values[-1]] * missing)
+
+
+def statement_sizes(count: int, limit: int) -> Iterator[int]:
+    """Split ``count`` rows into statements of ``limit`` rows and then powers of two (largest
+    first), so the multi-row statements' texts recur across batches (see :func:`padded_size`)."""
+    while count >= limit:
+        yield limit
+        count -= limit
+    while count:
+        size = 1 << (count.bit_length() - 1)
+        yield size
+        count -= size
 
 
 @cache
@@ -132,11 +161,13 @@ def insert_new_rows(
 ) -> set[object]:
     """Insert ``rows``, skipping those whose ``key`` (a unique column, one of ``columns``) is
     already taken; returns the keys of the rows that went in. Multi-row statements of at most
-    :data:`ROWS_PER_STATEMENT` rows."""
+    :data:`ROWS_PER_STATEMENT` rows (sizes from :func:`statement_sizes`)."""
     inserted: set[object] = set()
-    for start in range(0, len(rows), ROWS_PER_STATEMENT):
-        chunk = rows[start : start + ROWS_PER_STATEMENT]
-        sql = _insert_new_statement(connection.dialect, table.name, tuple(columns), key, len(chunk))
+    start = 0
+    for size in statement_sizes(len(rows), ROWS_PER_STATEMENT):
+        chunk = rows[start : start + size]
+        start += size
+        sql = _insert_new_statement(connection.dialect, table.name, tuple(columns), key, size)
         values = tuple(value for row in chunk for value in row)
         inserted.update(row[0] for row in connection.exec_driver_sql(sql, values))
     return inserted
@@ -165,12 +196,14 @@ def bump_counters(
 ) -> dict[object, int]:
     """Move ``counter`` by one for each of ``keys`` (a row starting at 1 when there is none, in
     the same statement); returns each key's new value. Multi-row statements of at most
-    :data:`ROWS_PER_STATEMENT` rows."""
+    :data:`ROWS_PER_STATEMENT` rows (sizes from :func:`statement_sizes`)."""
     found: dict[object, int] = {}
     unique = sorted(set(keys), key=str)  # sorted: two bumpers lock rows in the same order
-    for start in range(0, len(unique), ROWS_PER_STATEMENT):
-        chunk = unique[start : start + ROWS_PER_STATEMENT]
-        sql = _bump_statement(connection.dialect, table.name, key, counter, len(chunk))
+    start = 0
+    for size in statement_sizes(len(unique), ROWS_PER_STATEMENT):
+        chunk = unique[start : start + size]
+        start += size
+        sql = _bump_statement(connection.dialect, table.name, key, counter, size)
         for name, value in connection.exec_driver_sql(sql, tuple(chunk)):
             found[name] = int(value)
     return found

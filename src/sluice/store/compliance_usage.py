@@ -39,6 +39,8 @@ from sluice.store.bulk import (
     execute_many,
     insert_new_rows,
     money_value,
+    padded,
+    padded_size,
 )
 from sluice.store.compliance_connection import CHUNK, ComplianceConnection, _chunks, marks
 from sluice.store.rows import time_of
@@ -64,6 +66,11 @@ def counterparty_key(counterparty: str) -> int:
 
 
 SPAN_RANGES = 3  # a span's record and hour ranges, at most (see UsageSpan.of)
+
+
+def _padded(chunk: list[str]) -> tuple[str, ...]:
+    """A chunk of an ``IN`` list padded to a size whose statement recurs (see ``padded``)."""
+    return padded(chunk, CHUNK)
 
 
 _NO_TIME = datetime(1970, 1, 1, tzinfo=UTC)
@@ -309,7 +316,7 @@ class SqlComplianceUsage(ComplianceConnection):
             parts = [(3600, *pair) for pair in _range_values(hour_ranges[cut], SPAN_RANGES)]
             parts += [(86400, *pair) for pair in _range_values(day_ranges[index : index + 1], 1)]
             edges = _range_values(record_ranges[cut], SPAN_RANGES)
-            for chunk in _chunks(list(windows)):
+            for chunk in map(_padded, _chunks(list(windows))):
                 if hour_ranges[cut] or day_ranges[index : index + 1]:
                     sql = _totals_in_span_sql(mark, len(chunk), len(kinds))
                     values = [value for part in parts for value in (*chunk, *part, *kinds)]
@@ -336,8 +343,8 @@ class SqlComplianceUsage(ComplianceConnection):
     def usage_versions(self, customer_ids: Collection[str]) -> dict[str, int]:
         """Each customer's usage version (0 when their usage never changed)."""
         found = dict.fromkeys(customer_ids, 0)
-        for chunk in _chunks(list(found)):
-            rows = self._c.exec_driver_sql(_versions_sql(self._mark, len(chunk)), tuple(chunk))
+        for chunk in map(_padded, _chunks(list(found))):
+            rows = self._c.exec_driver_sql(_versions_sql(self._mark, len(chunk)), chunk)
             for customer_id, version in rows:
                 found[customer_id] = int(version)
         return found
@@ -355,10 +362,13 @@ class SqlComplianceUsage(ComplianceConnection):
         low, high = format_timestamp(after), format_timestamp(until)
         found: dict[str, list[UsageRecord]] = {customer_id: [] for customer_id in customer_ids}
         for chunk in _chunks(customer_ids, RECENT_CHUNK):
-            sql = _latest_usage_sql(self._mark, len(chunk))
-            parameters = tuple(
-                value for customer_id in chunk for value in (customer_id, low, high, limit)
+            # Padded with parts that read nothing (a limit of 0): see padded_size.
+            parts = [(customer_id, low, high, limit) for customer_id in chunk]
+            parts += [(chunk[-1], low, high, 0)] * (
+                padded_size(len(chunk), RECENT_CHUNK) - len(chunk)
             )
+            sql = _latest_usage_sql(self._mark, len(parts))
+            parameters = tuple(value for part in parts for value in part)
             for row in self._c.exec_driver_sql(sql, parameters):
                 customer_id, record = _usage_from_tuple(row)
                 found[customer_id].append(record)
@@ -373,7 +383,7 @@ class SqlComplianceUsage(ComplianceConnection):
         short as a batch's: bounded by time)."""
         found: dict[str, list[UsageRecord]] = {customer_id: [] for customer_id in customer_ids}
         low, high = format_timestamp(after), format_timestamp(until)
-        for chunk in _chunks(list(found)):
+        for chunk in map(_padded, _chunks(list(found))):
             sql = _usage_between_sql(self._mark, len(chunk))
             for row in self._c.exec_driver_sql(sql, (*chunk, low, high)):
                 customer_id, record = _usage_from_tuple(row)
@@ -525,8 +535,8 @@ class SqlComplianceUsage(ComplianceConnection):
             starts = sorted(
                 {texts[bucket.starts_at] for _, bucket in changes if bucket.length_s == length_s}
             )
-            for customer_chunk in _chunks(customers):
-                for start_chunk in _chunks(starts):
+            for customer_chunk in map(_padded, _chunks(customers)):
+                for start_chunk in map(_padded, _chunks(starts)):
                     sql = _SQLITE_TOTALS_OF.format(
                         ids=", ".join("?" * len(customer_chunk)),
                         starts=", ".join("?" * len(start_chunk)),
