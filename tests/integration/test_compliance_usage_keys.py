@@ -175,6 +175,25 @@ def test_new_usage_is_recorded_once_under_its_key(database_url: str) -> None:
         engine.dispose()
 
 
+def test_an_operation_twice_in_one_write_is_recorded_once(database_url: str) -> None:
+    # (on SQLite, the rows first go in together, in a savepoint rolled back when one is skipped)
+    engine = open_database(database_url)
+    try:
+        with engine.begin() as connection:
+            SqlReferenceRepository(connection).add_customer("alice", "alice")
+        record = UsageRecord("op-1", "deposit", Decimal("1.5"), NOW, PARTY)
+        other = UsageRecord("op-2", "deposit", Decimal(2), NOW + timedelta(seconds=1))
+        with engine.begin() as connection:
+            repository = SqlComplianceRepository(connection)
+            written = repository.record_usage_of({"alice": [record, other, record]})
+        assert written.inserted == {"op-1", "op-2"}
+        with engine.connect() as connection:
+            found = SqlComplianceRepository(connection).usage(["alice"], NOW - timedelta(days=1))
+        assert found["alice"] == [record, other]
+    finally:
+        engine.dispose()
+
+
 def test_a_counterparty_sharing_a_digest_with_another_is_told_apart(database_url: str) -> None:
     engine = open_database(database_url)
     try:

@@ -176,6 +176,31 @@ def insert_new_rows(
 ROWS_PER_STATEMENT = 500  # well under SQLite's limit on bound values in one statement
 
 
+def insert_if_all_new(
+    connection: Connection,
+    table: Table,
+    columns: Sequence[str],
+    rows: Sequence[tuple[object, ...]],
+    key: str,
+) -> bool:
+    """Insert ``rows`` if no ``key`` of theirs (a unique column, one of ``columns``) is taken or
+    repeated among them; returns whether they went in (if not, none did). For SQLite, where a
+    row a time through ``executemany`` costs about half a multi-row statement with ``RETURNING``
+    (:func:`insert_new_rows`, which a caller runs when this returns False): the rows go in
+    within a savepoint, rolled back unless the driver counts every row as inserted."""
+    assert connection.dialect.name == "sqlite", "the driver's row count of an executemany"
+    if not rows:
+        return True
+    sql = _insert_new_statement(connection.dialect, table.name, tuple(columns), key, 1)
+    sql = sql.removesuffix(f" RETURNING {connection.dialect.identifier_preparer.quote(key)}")
+    savepoint = connection.begin_nested()
+    if connection.exec_driver_sql(sql, list(rows)).rowcount == len(rows):
+        savepoint.commit()
+        return True
+    savepoint.rollback()
+    return False
+
+
 @cache
 def _insert_new_statement(
     dialect: Dialect, table: str, columns: tuple[str, ...], key: str, rows: int

@@ -37,6 +37,7 @@ from sluice.store import tables as t
 from sluice.store.bulk import (
     bump_counters,
     execute_many,
+    insert_if_all_new,
     insert_new_rows,
     money_value,
     padded,
@@ -446,16 +447,23 @@ class SqlComplianceUsage(ComplianceConnection):
                 )
         if not rows:
             return UsageWrite({}, set())
-        # A replayed row is skipped by the database; only the rows that went in count.
-        inserted = insert_new_rows(
-            self._c, t.compliance_usage, _USAGE_COLUMNS, rows, key="operation_key"
-        )
-        # bytes(): a driver may return a BLOB as a memoryview
-        went_in = {ids[bytes(key)] for key in cast("set[bytes | memoryview]", inserted)}
-        added = {
-            customer_id: [r for r in records if r.operation_id in went_in]
-            for customer_id, records in records_by_customer.items()
-        }
+        # A replayed row is skipped by the database; only the rows that went in count. On
+        # SQLite, a batch of new rows (the rule) goes in through executemany at half the cost.
+        table = t.compliance_usage
+        added: Mapping[str, Sequence[UsageRecord]]
+        if not self._postgresql and insert_if_all_new(
+            self._c, table, _USAGE_COLUMNS, rows, key="operation_key"
+        ):
+            went_in = set(ids.values())
+            added = records_by_customer
+        else:
+            inserted = insert_new_rows(self._c, table, _USAGE_COLUMNS, rows, key="operation_key")
+            # bytes(): a driver may return a BLOB as a memoryview
+            went_in = {ids[bytes(key)] for key in cast("set[bytes | memoryview]", inserted)}
+            added = {
+                customer_id: [r for r in records if r.operation_id in went_in]
+                for customer_id, records in records_by_customer.items()
+            }
         self._add_to_totals(added, sign=1)
         versions = self._bump_versions([customer for customer, new in added.items() if new])
         return UsageWrite(versions, went_in)
