@@ -518,14 +518,18 @@ def _advance(
 
 
 def _collect_consumed(body: Mapping[str, Any], into: set[str]) -> None:
+    # Runs over every event of a batch: the exact-type tests come first (a decoded update holds
+    # plain dicts, lists and strs), and most events are created ones (no ExercisedEvent).
     events = body.get("events")
-    if not isinstance(events, list):
+    if not (type(events) is list or isinstance(events, list)):
         return
     add = into.add
     for event in events:
-        if isinstance(event, dict):
+        if type(event) is dict or isinstance(event, dict):
             exercised = event.get("ExercisedEvent")
-            if isinstance(exercised, dict) and exercised.get("consuming"):
+            if exercised is None or not (type(exercised) is dict or isinstance(exercised, dict)):
+                continue
+            if exercised.get("consuming"):
                 cid = exercised.get("contractId")
-                if isinstance(cid, str):
+                if type(cid) is str or isinstance(cid, str):
                     add(cid)

@@ -207,7 +207,11 @@ class SqlIngestionRepository:
         return {row[0] for row in rows}
 
     def quarantined_keys(self, keys: Collection[str]) -> set[str]:
-        rows = select_in(self._c, t.quarantined_updates, ("update_id",), "update_id", keys)
+        # Nothing is quarantined nearly always: one row's look-up spares binding a batch's ids.
+        table = t.quarantined_updates
+        if not keys or self._c.execute(select(table.c.update_id).limit(1)).first() is None:
+            return set()
+        rows = select_in(self._c, table, ("update_id",), "update_id", keys)
         return {row[0] for row in rows}
 
     def holdings_by_ids(self, contract_ids: Collection[str]) -> dict[str, Holding]:
