@@ -145,7 +145,8 @@ def test_format_timestamp_is_the_strftime_text(value: datetime) -> None:
 
 
 @pytest.mark.parametrize(
-    "ids", [[], ["00ab12"], ["00ab", "ffee"], ['a"b'], ["\u00e91"], [""], ["a b", "c"]]
+    "ids",
+    [[], ["00ab12"], ["00ab", "ffee"], ['a"b'], ["\u00e91"], [""], ["a b", "c"], ["a\\b", "\x01"]],
 )
 def test_contract_id_lists_are_their_json(ids: list[str]) -> None:
     instrument = InstrumentId("admin::1", "Amulet")
