@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from functools import cache
@@ -292,10 +292,19 @@ def _float_free(value: Any) -> bool:
     """Whether ``value`` holds only what both encoders write alike (no float, anywhere)."""
     kind = type(value)
     if kind is dict:
-        return all(type(item) in _SCALARS or _float_free(item) for item in value.values())
-    if kind is list or kind is tuple:
-        return all(type(item) in _SCALARS or _float_free(item) for item in value)
-    return kind in _SCALARS
+        items: Iterable[Any] = value.values()
+    elif kind is list or kind is tuple:
+        items = value
+    else:
+        return kind in _SCALARS
+    # A loop, not all() over a generator: a payload has a dozen items, and resuming a generator
+    # for each costs more than testing it.
+    for item in items:
+        if type(item) in _SCALARS:
+            continue
+        if not _float_free(item):
+            return False
+    return True
 
 
 class SqlEventOutbox:
