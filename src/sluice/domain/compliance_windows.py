@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Literal
+from typing import Literal, TypeVar
 
 from sluice.domain.amounts import ZERO
 
@@ -40,6 +40,7 @@ MONTH = timedelta(days=30)
 WINDOWS = (DAY, MONTH)
 BUCKET_LENGTHS_S = (3600, 86400)  # hour and day buckets of usage
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_K = TypeVar("_K")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,14 +66,41 @@ def bucket_start(at: datetime, length_s: int) -> datetime:
     """The start of the ``length_s`` bucket (hour or day, in UTC) that ``at`` falls in."""
     if at.tzinfo is UTC and type(at) is datetime:
         # The same instant without the arithmetic (every decision and usage row asks): in UTC
-        # an hour or day starts where the smaller fields are zero.
+        # an hour or day starts where the smaller fields are zero. What replace gives depends
+        # on the fields kept alone, so the starts made are remembered by those (see _STARTS).
         if length_s == 3600:
-            return at.replace(minute=0, second=0, microsecond=0)
+            hour_key = (at.year, at.month, at.day, at.hour, at.fold)
+            start = _HOUR_STARTS.get(hour_key)
+            if start is None:
+                start = at.replace(minute=0, second=0, microsecond=0)
+                _remember(_HOUR_STARTS, hour_key, start)
+            return start
         if length_s == 86400:
-            return at.replace(hour=0, minute=0, second=0, microsecond=0)
+            day_key = (at.year, at.month, at.day, at.fold)
+            start = _DAY_STARTS.get(day_key)
+            if start is None:
+                start = at.replace(hour=0, minute=0, second=0, microsecond=0)
+                _remember(_DAY_STARTS, day_key, start)
+            return start
     elapsed = at - _EPOCH
     seconds = elapsed.days * 86400 + elapsed.seconds
     return _EPOCH + timedelta(seconds=seconds - seconds % length_s)
+
+
+# The UTC hour and day starts recently made, by the fields they are made of (year, month, day,
+# [hour,] fold): a decision and its usage row ask for the same few several times, and a look-up
+# costs a third of datetime.replace (which parses keyword arguments). Handing out the same object
+# also keeps its hash, which the totals and bounds keyed by it would otherwise compute afresh.
+# Bounded; emptied when full. A dict's get and set are atomic, so threads at worst make one again.
+_HOUR_STARTS: dict[tuple[int, int, int, int, int], datetime] = {}
+_DAY_STARTS: dict[tuple[int, int, int, int], datetime] = {}
+_STARTS_MAX = 4096
+
+
+def _remember(starts: dict[_K, datetime], key: _K, start: datetime) -> None:
+    if len(starts) >= _STARTS_MAX:
+        starts.clear()
+    starts[key] = start
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,7 +449,7 @@ def _hour_bounds(now: datetime) -> tuple[_HourBounds, _HourBounds]:
     if now.tzinfo is not UTC:
         return _without_starts(_both_window_bounds(now))
     # In UTC an hour bucket starts where minutes, seconds and microseconds are zero.
-    hour = now.replace(minute=0, second=0, microsecond=0)
+    hour = bucket_start(now, 3600)
     known = _HOUR_BOUNDS.get(hour)
     if known is None:
         if len(_HOUR_BOUNDS) >= _HOUR_BOUNDS_MAX:
