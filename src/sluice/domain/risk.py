@@ -29,11 +29,13 @@ Windows are half-open like the limits' windows (:mod:`sluice.domain.compliance`)
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from functools import cache
+from operator import attrgetter
 
 from sluice.domain.compliance import MONTH, TierLimits, UsageRecord
 from sluice.domain.errors import InvalidInputError
@@ -211,29 +213,48 @@ def assess_risk(
     limits: TierLimits | None,
     now: datetime,
     counterparties_seen: Collection[str] = (),
+    in_order: bool = False,
 ) -> RiskAssessment:
     """Score ``current`` (not part of ``history``) against the customer's recent operations.
 
     ``limits`` are the customer's tier limits for ``current.operation``; without them the
     structuring rule cannot tell what "just under a limit" is and does not fire.
     ``counterparties_seen``: counterparties the customer dealt with in the last 30 days beyond
-    those in ``history``.
+    those in ``history``. ``in_order``: ``history`` is a list in time order with no record after
+    ``now`` (what a compliance session hands over), so the rules need not test each record's
+    time — the same score and flags, found by halving.
     """
-    past = [record for record in history if record.occurred_at <= now]
-    candidates = (
-        _velocity(past, rules, now),
-        _structuring(past, current, rules, limits, now),
-        _smurfing(past, current, rules, now),
-        _new_counterparty(past, current, rules, counterparties_seen),
-    )
+    past = history if in_order else [record for record in history if record.occurred_at <= now]
+    velocity = _velocity(past, rules, now, in_order)
+    structuring = _structuring(past, current, rules, limits, now)
+    smurfing = _smurfing(past, current, rules, now)
+    new_counterparty = _new_counterparty(past, current, rules, counterparties_seen)
+    if velocity is None and structuring is None and smurfing is None and new_counterparty is None:
+        return _unflagged(rules.threshold)  # what the general case gives, made once
+    candidates = (velocity, structuring, smurfing, new_counterparty)
     flags = tuple([flag for flag in candidates if flag is not None and flag.weight > 0])
     score = min(SCORE_MAX, sum([flag.weight for flag in flags])) if flags else 0
     return RiskAssessment(score, flags, rules.threshold)
 
 
-def _velocity(past: Sequence[UsageRecord], rules: RiskRules, now: datetime) -> RiskFlag | None:
-    start = now - timedelta(seconds=rules.velocity_window_s)
-    count = 1 + len([record for record in past if start < record.occurred_at <= now])
+@cache
+def _unflagged(threshold: int) -> RiskAssessment:
+    """The assessment when no rule fires (immutable, so one per threshold)."""
+    return RiskAssessment(0, (), threshold)
+
+
+_occurred_at: Callable[[UsageRecord], datetime] = attrgetter("occurred_at")
+
+
+def _velocity(
+    past: Sequence[UsageRecord], rules: RiskRules, now: datetime, in_order: bool
+) -> RiskFlag | None:
+    start = now - _seconds(rules.velocity_window_s)
+    if in_order:
+        # Every record is at or before now: those after start are the ones past the halving.
+        count = 1 + len(past) - bisect_right(past, start, key=_occurred_at)
+    else:
+        count = 1 + len([record for record in past if start < record.occurred_at <= now])
     if count <= rules.velocity_count_max:
         return None
     return RiskFlag(
@@ -258,9 +279,9 @@ def _structuring(
     def just_under(amount: Decimal) -> bool:
         return any(low <= amount < high for low, high in bands)
 
-    if not just_under(current.amount):
+    if not _just_under(current.amount, bands):
         return None
-    start = now - timedelta(seconds=rules.structuring_window_s)
+    start = now - _seconds(rules.structuring_window_s)
     earlier = sum(
         1
         for record in past
@@ -284,7 +305,7 @@ def _smurfing(
 ) -> RiskFlag | None:
     if current.operation != "withdrawal":
         return None
-    start = now - timedelta(seconds=rules.small_deposits_window_s)
+    start = now - _seconds(rules.small_deposits_window_s)
     small = [
         record.amount
         for record in past
@@ -339,6 +360,22 @@ def _bands(
         for limit in (per_operation, daily)
         if limit is not None and limit > 0
     )
+
+
+def _just_under(amount: Decimal, bands: tuple[tuple[Decimal, Decimal], ...]) -> bool:
+    """Whether ``amount`` lies in one of ``bands`` (asked of every decision: no generator)."""
+    for low, high in bands:
+        if low <= amount < high:
+            break
+    else:
+        return False
+    return True
+
+
+@cache
+def _seconds(seconds: float) -> timedelta:
+    """A rule's window as a duration (made once per length: every decision asks)."""
+    return timedelta(seconds=seconds)
 
 
 def _plain(value: Decimal) -> str:

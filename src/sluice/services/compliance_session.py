@@ -371,6 +371,7 @@ class ComplianceSession:
                     if counterparty is not None and requested in CASH_OUT_OPERATIONS
                     else ()
                 ),
+                in_order=True,  # _recent_before's slice: in time order, none after at
             )
         listed: str | None = None
         if counterparty:
