@@ -166,6 +166,12 @@ class ComplianceSession:
         self._holds: list[HeldDeposit] = []
         self._audit: list[AuditEntry] = []
         self._events: list[Event] = []
+        # The audit content of the checks and KYC states the decisions share, by identity (most
+        # checks pass the same way every time and are the same objects, see
+        # sluice.domain.compliance.decide; a customer's profile is one object until it changes).
+        # Each is kept with its content, so its id is not another object's while kept.
+        self._check_contents: dict[int, tuple[Check, Mapping[str, object]]] = {}
+        self._kyc_contents: dict[int, tuple[Profile, Mapping[str, object]]] = {}
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -441,7 +447,7 @@ class ComplianceSession:
                 actor=actor,
                 recorded_at=at,
                 customer_id=request.customer_id,
-                kyc=_kyc_content(profile) if profile is not None else None,
+                kyc=_kyc_content(profile, self._kyc_contents) if profile is not None else None,
                 parameters=_texts(
                     {
                         "operation": request.operation,
@@ -450,7 +456,7 @@ class ComplianceSession:
                         **(parameters or {}),
                     }
                 ),
-                checks=_checks_content(decision.checks),
+                checks=_checks_content(decision.checks, self._check_contents),
                 state_changes=_array(changes),
                 error=None if decision.allowed else f"{decision.code}: {decision.summary()}",
             )
@@ -542,8 +548,14 @@ def _array(values: list[Mapping[str, object]]) -> Sequence[Mapping[str, object]]
     return cast(Sequence[Mapping[str, object]], FloatFreeArray(values))
 
 
-def _kyc_content(profile: Profile) -> Mapping[str, object]:
-    """``profile.as_dict()``, marked float-free when its fields are what they should be."""
+def _kyc_content(
+    profile: Profile, known: dict[int, tuple[Profile, Mapping[str, object]]]
+) -> Mapping[str, object]:
+    """``profile.as_dict()``, marked float-free when its fields are what they should be (that
+    content is kept in ``known``, see ComplianceSession.__init__)."""
+    found = known.get(id(profile))
+    if found is not None and found[0] is profile:
+        return found[1]
     tier, status, risk_score = profile.tier, profile.status, profile.risk_score
     if (
         type(profile) is Profile
@@ -554,16 +566,25 @@ def _kyc_content(profile: Profile) -> Mapping[str, object]:
         and -(2**63) <= risk_score < 2**63
     ):
         # What Profile.as_dict gives, in its order.
-        return FloatFreeObject(tier=tier, status=status, risk_score=risk_score)
+        content = FloatFreeObject(tier=tier, status=status, risk_score=risk_score)
+        known[id(profile)] = (profile, content)
+        return content
     return profile.as_dict()
 
 
-def _checks_content(checks: Sequence[Check]) -> Sequence[Mapping[str, object]]:
+def _checks_content(
+    checks: Sequence[Check], known: dict[int, tuple[Check, Mapping[str, object]]]
+) -> Sequence[Mapping[str, object]]:
     """The checks as the audit record lists them (``Check.as_dict``), marked float-free when
-    every field is of its declared type."""
+    every field is of its declared type (such content is kept in ``known``, see
+    ComplianceSession.__init__)."""
     content: list[Mapping[str, object]] = []
     plain = True
     for check in checks:
+        found = known.get(id(check))
+        if found is not None and found[0] is check:
+            content.append(found[1])
+            continue
         name, passed, reason = check.name, check.passed, check.reason
         if (
             type(check) is Check
@@ -572,7 +593,9 @@ def _checks_content(checks: Sequence[Check]) -> Sequence[Mapping[str, object]]:
             and type(reason) is str
         ):
             # What Check.as_dict gives, in its order.
-            content.append(FloatFreeObject(name=name, passed=passed, reason=reason))
+            item = FloatFreeObject(name=name, passed=passed, reason=reason)
+            known[id(check)] = (check, item)
+            content.append(item)
         else:
             content.append(check.as_dict())
             plain = False
