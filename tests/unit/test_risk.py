@@ -463,3 +463,21 @@ def test_rules_from_a_mapping_with_bad_values_are_refused_naming_the_field(
 ) -> None:
     with pytest.raises(InvalidInputError, match=name):
         RiskRules.from_mapping({name: value})
+
+
+def test_a_history_in_time_order_gives_the_same_assessment_in_order() -> None:
+    """``in_order`` (a session's slice: in time order, nothing after now) finds the velocity
+    window by halving; every rule scores as it does testing each record."""
+    rules = RiskRules(velocity_count_max=3, structuring_count_min=2, small_deposits_min=2)
+    limits = TierLimits(Decimal(1000), Decimal(1000), None)
+    ages = (0, 1, HOUR_S - 1, HOUR_S, HOUR_S + 1, DAY_S, DAY_S + 1, 7 * DAY_S, 7 * DAY_S + 1)
+    for size in range(len(ages) + 1):
+        for operation, amount in (("deposit", 950), ("withdrawal", 900), ("transfer", 5)):
+            history = sorted(
+                (record("deposit", 950 - i, age, "cp") for i, age in enumerate(ages[:size])),
+                key=lambda item: item.occurred_at,
+            )
+            now = current(operation, amount, "other")
+            plain = assess_risk(history, now, rules=rules, limits=limits, now=NOW)
+            fast = assess_risk(history, now, rules=rules, limits=limits, now=NOW, in_order=True)
+            assert fast == plain
