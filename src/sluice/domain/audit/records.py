@@ -166,6 +166,10 @@ def _float_free_value(value: object) -> object:
     raise _NotPlainError
 
 
+# The JSON fields' values _float_free_value returns as they are, without a walk.
+_AS_THEY_ARE = frozenset({FloatFreeObject, FloatFreeArray, type(None)})
+
+
 class FloatFreeContent(dict[str, object]):
     """Canonical content known to hold no float: nothing but text, nothing, booleans, 64-bit
     integers, lists and objects with text keys. Its canonical bytes are therefore what any JSON
@@ -352,11 +356,21 @@ def _float_free_content(seq: int, entry: AuditEntry) -> FloatFreeContent | None:
         or not _INT_MIN <= seq <= _INT_MAX
     ):
         return None
+    kyc: object = entry.kyc
+    parameters: object = entry.parameters
+    checks: object = entry.checks
+    state_changes: object = entry.state_changes
     try:
-        kyc = _float_free_value(entry.kyc)
-        parameters = _float_free_value(entry.parameters)
-        checks = _float_free_value(entry.checks)
-        state_changes = _float_free_value(entry.state_changes)
+        # What _float_free_value takes as it is (a decision's record is all marked content)
+        # is taken without the call.
+        if type(kyc) not in _AS_THEY_ARE:
+            kyc = _float_free_value(kyc)
+        if type(parameters) not in _AS_THEY_ARE:
+            parameters = _float_free_value(parameters)
+        if type(checks) not in _AS_THEY_ARE:
+            checks = _float_free_value(checks)
+        if type(state_changes) not in _AS_THEY_ARE:
+            state_changes = _float_free_value(state_changes)
     except _NotPlainError:
         return None
     content = FloatFreeContent(
