@@ -398,9 +398,10 @@ class ComplianceSession:
             risk_threshold=rules.threshold,
             risk_flags=risk.flag_names() if risk is not None else (),
         )
+        allowed = decision.allowed
         changes: list[Mapping[str, object]] = []
         amount_text = format_amount(request.amount)
-        if decision.allowed and record:
+        if allowed and record:
             windows.add(current)
             _insort(self._recent.setdefault(request.customer_id, []), current)
             kept_recent = self._kept_recent.get(request.customer_id)
@@ -436,11 +437,12 @@ class ComplianceSession:
                 )
             )
             changes.append(_texts({"status": "under_review", "was": "active", "reason": reason}))
-        operation = f"compliance_check:{request.operation}"
         if audited_as is not None:
             operation, outcome = audited_as(decision)
             changes.append(_texts(outcome))
-        self.audit(
+        else:
+            operation = f"compliance_check:{request.operation}"
+        self._audit.append(  # what self.audit does
             AuditEntry(
                 operation_id=operation_id,
                 operation=operation,
@@ -458,7 +460,7 @@ class ComplianceSession:
                 ),
                 checks=_checks_content(decision.checks, self._check_contents),
                 state_changes=_array(changes),
-                error=None if decision.allowed else f"{decision.code}: {decision.summary()}",
+                error=None if allowed else f"{decision.code}: {decision.summary()}",
             )
         )
         return decision
