@@ -164,10 +164,6 @@ def _content_hash(previous_hash: str, content: dict[str, object]) -> str:
     return content_hash(previous_hash, content)
 
 
-def _json(value: object) -> str:
-    return orjson.dumps(value).decode()
-
-
 _COLUMNS = (
     "seq",
     "operation_id",
@@ -189,17 +185,18 @@ _COLUMNS = (
 def _row(content: dict[str, object], previous_hash: str, digest: str) -> tuple[object, ...]:
     """The row of ``_COLUMNS`` that stores ``content``."""
     kyc = content["kyc"]
+    dumps = orjson.dumps  # four columns of every record
     return (
         content["seq"],
         content["operation_id"],
         content["recorded_at"],
         content["actor"],
         content["customer_id"],
-        _json(kyc) if kyc is not None else None,
+        dumps(kyc).decode() if kyc is not None else None,
         content["operation"],
-        _json(content["parameters"]),
-        _json(content["checks"]),
-        _json(content["state_changes"]),
+        dumps(content["parameters"]).decode(),
+        dumps(content["checks"]).decode(),
+        dumps(content["state_changes"]).decode(),
         content["error"],
         content.get("correlation_id"),
         previous_hash,
