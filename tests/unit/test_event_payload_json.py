@@ -86,3 +86,30 @@ def test_event_ids_are_random_version_4_uuids_in_their_usual_text() -> None:
         assert parsed.version == 4
         assert parsed.variant == uuid.RFC_4122
         assert str(parsed) == text
+
+
+def make(count: int) -> list[str]:
+    at = datetime(2026, 12, 6, tzinfo=UTC)
+    return [new_event("alert_raised", "a", {}, at=at).event_id for _ in range(count)]
+
+
+def test_event_ids_differ_across_threads_and_a_forked_child() -> None:
+    """Ids come from a pool of random bytes per thread; a thread or a forked child never hands
+    out bytes another one does."""
+    import multiprocessing
+    import threading
+
+    make(1)  # this thread's pool filled, partly used
+    seen: list[str] = []
+    threads = [threading.Thread(target=lambda: seen.extend(make(300))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    context = multiprocessing.get_context("fork")
+    with context.Pool(2) as pool:
+        children = pool.map(make, [300, 300])
+    mine = make(300)
+    every = seen + mine + [event_id for ids in children for event_id in ids]
+    assert len(every) == 300 * 7  # four threads, this one, two children
+    assert len(set(every)) == len(every)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -170,10 +171,44 @@ def payload_json(payload: Mapping[str, Any]) -> str:
 
 
 def _event_id() -> str:
-    """A random version-4 UUID as text (what ``str(uuid.uuid4())`` gives, at a third of the
+    """A random version-4 UUID as text (what ``str(uuid.uuid4())`` gives, at a fraction of the
     cost): the version and variant bits are set in the text, not in a copy of the bytes."""
-    h = os.urandom(16).hex()
+    h = _random_hex32()
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+
+
+class _RandomPool(threading.local):
+    """The operating system's random bytes (``os.urandom``, as ``uuid4`` uses), fetched 4 KiB at a
+    time as hex text and handed out 16 bytes at a time: one system call per 256 ids instead of
+    one per id (ingestion makes an event per deposit). Each thread has its own pool, so no two
+    threads hand out the same bytes, and a forked child starts with an empty one (below), so it
+    cannot repeat its parent's; bytes are never handed out twice."""
+
+    def __init__(self) -> None:
+        self.hex = ""
+        self.at = 0
+
+
+_POOL_BYTES = 4096
+_pool = _RandomPool()
+
+
+def _random_hex32() -> str:
+    pool = _pool
+    at = pool.at
+    if at >= len(pool.hex):
+        pool.hex = os.urandom(_POOL_BYTES).hex()
+        at = 0
+    pool.at = at + 32
+    return pool.hex[at : at + 32]
+
+
+def _empty_pool_after_fork() -> None:
+    global _pool
+    _pool = _RandomPool()
+
+
+os.register_at_fork(after_in_child=_empty_pool_after_fork)
 
 
 # A random byte's high hex digit → that digit with the variant bits (10xx) set.
