@@ -41,6 +41,7 @@ from sluice.domain.errors import (
     InsufficientKycTierError,
     InvalidInputError,
 )
+from sluice.domain.values import value_class
 
 # The usage arithmetic lives in compliance_windows; its names are re-exported so that they stay
 # importable from here.
@@ -219,7 +220,7 @@ class Profile:
         return {"tier": self.tier, "status": self.status, "risk_score": self.risk_score}
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class Check:
     name: str
     passed: bool
@@ -232,7 +233,7 @@ class Check:
         return {"name": self.name, "passed": self.passed, "reason": self.reason}
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class ComplianceRequest:
     customer_id: str
     operation: Operation
@@ -240,7 +241,7 @@ class ComplianceRequest:
     counterparty: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class ComplianceDecision:
     request: ComplianceRequest
     checks: tuple[Check, ...]

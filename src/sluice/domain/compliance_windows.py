@@ -23,6 +23,7 @@ from decimal import Decimal
 from typing import Literal, TypeVar
 
 from sluice.domain.amounts import ZERO
+from sluice.domain.values import value_class
 
 # The operations the registry decides on; usage is kept and summed per operation.
 Operation = Literal["deposit", "withdrawal", "mint", "burn", "transfer", "exchange"]
@@ -43,7 +44,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _K = TypeVar("_K")
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class UsageRecord:
     """One allowed operation, as it counts against its customer's limits."""
 

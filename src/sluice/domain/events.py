@@ -21,6 +21,7 @@ from typing import Any
 
 from sluice.domain.audit.records import current_correlation_id
 from sluice.domain.errors import InvalidInputError
+from sluice.domain.values import value_class
 
 SUBJECT_PREFIX = "sluice"
 
@@ -116,7 +117,7 @@ def subject_token(value: str) -> str:
     return token or "_"
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class Event:
     """The envelope every consumer sees."""
 

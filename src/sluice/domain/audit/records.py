@@ -13,13 +13,14 @@ import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import Enum
 
 from sluice.domain.errors import InvalidInputError
 from sluice.domain.ledger import format_timestamp
+from sluice.domain.values import value_class
 
 GENESIS_HASH = "0" * 64
 
@@ -37,7 +38,7 @@ _INT_MAX = 2**63 - 1
 _DECIMAL_EXPONENT_MAX = 100  # beyond this, plain notation would be needlessly long
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class AuditEntry:
     """A record to append (the log assigns its sequence number and hashes)."""
 
@@ -60,7 +61,7 @@ class AuditEntry:
 current_correlation_id: ContextVar[str | None] = ContextVar("correlation_id", default=None)
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class AuditRecord:
     """A record as stored: its entry, its place in the chain and its hashes.
 
