@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Literal, TypeVar
@@ -104,7 +103,7 @@ def _remember(starts: dict[_K, datetime], key: _K, start: datetime) -> None:
     starts[key] = start
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class UsageBucket:
     """The total of one operation's usage in one hour or day (``length_s`` 3600 or 86400)."""
 
@@ -132,7 +131,7 @@ def usage_buckets(
     }
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class UsageSpan:
     """What must be read to decide at any ``now`` in ``[first, last]``: the records in
     ``record_ranges``, the hour buckets starting in ``hour_ranges`` and the day buckets starting
