@@ -4,8 +4,15 @@ that recur, so the driver prepares each statement text once."""
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import Column, MetaData, String, Table, bindparam, create_engine, delete, update
 
-from sluice.store.bulk import padded, padded_size, statement_sizes
+from sluice.store.bulk import (
+    execute_many,
+    insert_rows,
+    padded,
+    padded_size,
+    statement_sizes,
+)
 
 
 @pytest.mark.parametrize(
@@ -29,3 +36,20 @@ def test_statement_sizes_cover_every_row_in_recurring_sizes(count: int) -> None:
     assert sum(sizes) == count
     assert all(size == 500 or size & (size - 1) == 0 for size in sizes)
     assert sizes == sorted(sizes, reverse=True)
+
+
+def test_execute_many_binds_rows_of_one_or_more_parameters_and_none_as_null() -> None:
+    engine = create_engine("sqlite://")
+    metadata = MetaData()
+    table = Table("t", metadata, Column("k", String, primary_key=True), Column("v", String))
+    metadata.create_all(engine)
+    with engine.begin() as c:
+        insert_rows(c, table, ("k", "v"), [("a", "x"), ("b", "y"), ("c", None)])
+        execute_many(
+            c,
+            update(table).where(table.c.k == bindparam("key")).values(v=bindparam("value")),
+            [{"key": "a", "value": None}, {"key": "b", "value": "z"}],
+        )
+        execute_many(c, delete(table).where(table.c.k == bindparam("key")), [{"key": "c"}])
+        rows = c.exec_driver_sql("SELECT k, v, typeof(v) FROM t ORDER BY k").all()
+    assert [tuple(row) for row in rows] == [("a", None, "null"), ("b", "z", "text")]
