@@ -132,30 +132,19 @@ def _insert_holdings(
 ) -> None:
     """The rows of new holdings, in order: each run of unlocked or locked ones in one
     ``executemany`` (unlocked: without the lock columns)."""
+
+    def leading(h: Holding) -> tuple[object, ...]:
+        return (h.contract_id, h.owner, h.instrument.admin, h.instrument.id, money(h.amount))
+
     for unlocked, run in groupby(created, key=lambda item: item[0].lock is None):
         rows: list[tuple[object, ...]]
         if unlocked:
-            rows = [
-                (
-                    h.contract_id,
-                    h.owner,
-                    h.instrument.admin,
-                    h.instrument.id,
-                    money(h.amount),
-                    update_id,
-                    offset,
-                )
-                for h, update_id, offset in run
-            ]
+            rows = [(*leading(h), update_id, offset) for h, update_id, offset in run]
             insert_rows(c, t.holdings, _UNLOCKED_HOLDING_COLUMNS, rows)
             continue
         rows = [
             (
-                h.contract_id,
-                h.owner,
-                h.instrument.admin,
-                h.instrument.id,
-                money(h.amount),
+                *leading(h),
                 json.dumps(list(h.lock.holders)),
                 ts(h.lock.expires_at),
                 h.lock.context,
