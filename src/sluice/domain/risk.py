@@ -275,10 +275,6 @@ def _structuring(
     if limits is None:
         return None
     bands = _bands(limits.per_operation, limits.daily, rules.structuring_band)
-
-    def just_under(amount: Decimal) -> bool:
-        return any(low <= amount < high for low, high in bands)
-
     if not _just_under(current.amount, bands):
         return None
     start = now - _seconds(rules.structuring_window_s)
@@ -287,7 +283,7 @@ def _structuring(
         for record in past
         if record.operation == current.operation
         and start < record.occurred_at <= now
-        and just_under(record.amount)
+        and _just_under(record.amount, bands)
     )
     count = 1 + earlier
     if count < rules.structuring_count_min:
@@ -364,12 +360,10 @@ def _bands(
 
 def _just_under(amount: Decimal, bands: tuple[tuple[Decimal, Decimal], ...]) -> bool:
     """Whether ``amount`` lies in one of ``bands`` (asked of every decision: no generator)."""
-    for low, high in bands:
+    for low, high in bands:  # noqa: SIM110 (a loop: any() would resume a generator per band)
         if low <= amount < high:
-            break
-    else:
-        return False
-    return True
+            return True
+    return False
 
 
 @cache
