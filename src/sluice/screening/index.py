@@ -425,6 +425,8 @@ class _QueryScorer:
             else [rank for rank, pair in enumerate(new) if pair in tables.initial_pairs]
         )
         floor = self._floor
+        # Every listed word over the floor, by its Indel similarity to a query word.
+        near = partial(extract, scorer=Indel.normalized_similarity, score_cutoff=floor, limit=None)
         found: list[list[tuple[int, float]]] = [[] for _ in new]
         for query_position, (query_token, query_spelling) in enumerate(
             zip(self._query.tokens, self._query.spellings, strict=True)
@@ -442,33 +444,15 @@ class _QueryScorer:
             similar: dict[int, float] = {}
             if query_token == query_spelling:
                 # One call for both: the listed words, then their spellings (rank - count).
-                for _, similarity, rank in extract(
-                    query_token,
-                    tokens + spellings,
-                    scorer=Indel.normalized_similarity,
-                    score_cutoff=floor,
-                    limit=None,
-                ):
+                for _, similarity, rank in near(query_token, tokens + spellings):
                     if rank >= count:
                         rank -= count
                     if similarity > similar.get(rank, 0.0):
                         similar[rank] = similarity
             else:
-                for _, similarity, rank in extract(
-                    query_token,
-                    tokens,
-                    scorer=Indel.normalized_similarity,
-                    score_cutoff=floor,
-                    limit=None,
-                ):
+                for _, similarity, rank in near(query_token, tokens):
                     similar[rank] = similarity
-                for _, similarity, rank in extract(
-                    query_spelling,
-                    spellings,
-                    scorer=Indel.normalized_similarity,
-                    score_cutoff=floor,
-                    limit=None,
-                ):
+                for _, similarity, rank in near(query_spelling, spellings):
                     if similarity > similar.get(rank, 0.0):
                         similar[rank] = similarity
             for rank in initials:
