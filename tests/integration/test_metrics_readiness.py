@@ -25,7 +25,7 @@ from sluice.bitcoin.rpc import BitcoinRpc
 from sluice.config import DeploymentConfig
 from sluice.domain.breaker import BreakerSettings
 from sluice.domain.errors import SystemPausedError
-from sluice.monitoring.collectors import install_state
+from sluice.monitoring.collectors import STATE, install_state
 from sluice.monitoring.metrics import LOOP_PART_FAILURES, timed_part
 from sluice.server.monitoring import install_monitoring
 from sluice.server.wiring import Service, build_service
@@ -139,6 +139,26 @@ def test_a_reachable_nats_and_ledger_make_the_service_ready(
     assert samples["sluice_ledger_end_offset", frozenset()] == end
     assert samples["sluice_up", frozenset({("component", "ledger")})] == 1
     assert samples["sluice_up", frozenset({("component", "database")})] == 1
+
+
+def test_a_closed_service_leaves_no_sources_and_a_later_api_scrapes_its_own_database(
+    tmp_path: Path,
+) -> None:
+    """A stopped service's monitoring sources go with it: an API started later in the same
+    process reads its own database, not the one the service disposed of."""
+    service = _service(tmp_path / "first", "nats://127.0.0.1:1")
+    assert STATE.sources is not None and STATE.sources.engine is service.database.engine
+    assert service.close(timeout_s=10)
+    assert STATE.sources is None
+    later = _service(tmp_path / "later", "nats://127.0.0.1:1")
+    try:
+        install_state(None)  # as an API without serve's wiring starts: nothing installed
+        with TestClient(create_app(later.context, access_log=False)) as client:
+            assert client.get("/metrics").status_code == 200
+        assert STATE.sources is not None and STATE.sources.engine is later.database.engine
+    finally:
+        install_state(None)
+        assert later.close(timeout_s=10)
 
 
 def test_an_unreachable_bitcoin_node_is_named_and_shows_up_0_in_metrics(

@@ -447,6 +447,15 @@ def install_state(sources: StateSources | None) -> None:
     _automatic = False
 
 
+def forget_state(engine: Engine) -> None:
+    """A stopped service's sources forgotten (when they are still the ones installed): nothing
+    scrapes a database the service has disposed of, and an API started later in the process
+    scrapes its own (:func:`ensure_state`)."""
+    current = STATE.sources
+    if current is not None and current.engine is engine:
+        install_state(None)
+
+
 def ensure_state(uow: object, clock: Callable[[], datetime]) -> None:
     """Called by the scrape: when no sources are installed, or only ones this function chose for
     another database, scrape the database behind ``uow`` (an API without ``sluice serve``'s

@@ -19,6 +19,7 @@ from sluice.api.web.settings import WebSettings
 from sluice.config import DeploymentConfig
 from sluice.domain.errors import InvalidInputError
 from sluice.ledger.local.adapters import EmbeddedCommands, embedded_registries
+from sluice.monitoring.collectors import forget_state
 from sluice.server.alerts import alerts_loop
 from sluice.server.bitcoin import bitcoin_loop
 from sluice.server.events import events_loop
@@ -111,7 +112,9 @@ class Service:
         issuance_stopped = self.issuance_loop is None or self.issuance_loop.stop(timeout_s)
         bitcoin_stopped = self.bitcoin_loop is None or self.bitcoin_loop.stop(timeout_s)
         bitcoin_stopped = bitcoin_stopped and issuance_stopped and reserves_stopped
-        return self.loop.stop(timeout_s) and bitcoin_stopped
+        stopped = self.loop.stop(timeout_s) and bitcoin_stopped
+        forget_state(self.database.engine)  # its monitoring reads a database now disposed of
+        return stopped
 
 
 def build_service(
