@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import Column, MetaData, String, Table, bindparam, create_engine, delete, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from sluice.store.bulk import (
+    _select_in_statement,
     execute_many,
+    has_rows,
+    insert_if_all_new,
     insert_rows,
     padded,
     padded_size,
+    select_in,
     statement_sizes,
+    update_row,
 )
 
 
@@ -53,3 +59,57 @@ def test_execute_many_binds_rows_of_one_or_more_parameters_and_none_as_null() ->
         execute_many(c, delete(table).where(table.c.k == bindparam("key")), [{"key": "c"}])
         rows = c.exec_driver_sql("SELECT k, v, typeof(v) FROM t ORDER BY k").all()
     assert [tuple(row) for row in rows] == [("a", None, "null"), ("b", "z", "text")]
+
+
+def _table() -> tuple[Table, MetaData]:
+    metadata = MetaData()
+    table = Table("t", metadata, Column("k", String, primary_key=True), Column("v", String))
+    return table, metadata
+
+
+def test_a_locking_select_in_reads_in_key_order_and_locks_rows_on_postgresql_only() -> None:
+    columns = ("k", "v")
+    assert _select_in_statement(postgresql.psycopg.dialect(), "t", columns, "k", 2, True) == (
+        "SELECT k, v FROM t WHERE k IN (%s, %s) ORDER BY k FOR UPDATE"
+    )
+    assert _select_in_statement(sqlite.dialect(), "t", columns, "k", 2, True) == (
+        "SELECT k, v FROM t WHERE k IN (?, ?) ORDER BY k"
+    )
+    assert _select_in_statement(sqlite.dialect(), "t", columns, "k", 2, False) == (
+        "SELECT k, v FROM t WHERE k IN (?, ?)"
+    )
+
+
+def test_select_in_update_row_and_has_rows() -> None:
+    engine = create_engine("sqlite://")
+    table, metadata = _table()
+    metadata.create_all(engine)
+    with engine.begin() as c:
+        assert not has_rows(c, table)
+        insert_rows(c, table, ("k", "v"), [("b", "y"), ("a", "x"), ("c", None)])
+        assert has_rows(c, table)
+        assert update_row(c, table, ("v",), "k", ("z", "b")) == 1
+        assert update_row(c, table, ("v",), "k", ("z", "missing")) == 0
+        found = select_in(c, table, ("k", "v"), "k", ["c", "b", "a"], chunk=2, for_update=True)
+    assert [tuple(row) for row in found] == [("b", "z"), ("c", None), ("a", "x")]
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_insert_if_all_new_inserts_all_rows_or_none(count: int) -> None:
+    engine = create_engine("sqlite://")
+    table, metadata = _table()
+    metadata.create_all(engine)
+    rows = [(f"k{i}", "new") for i in range(count)]
+    with engine.begin() as c:
+        insert_rows(c, table, ("k", "v"), [(rows[-1][0], "old")])
+        assert not insert_if_all_new(c, table, ("k", "v"), rows, key="k")
+        assert insert_if_all_new(c, table, ("k", "v"), [("fresh", "new")], key="k")
+        assert insert_if_all_new(c, table, ("k", "v"), [("x", "new"), ("y", "new")], key="k")
+        assert c.in_transaction() and not c.in_nested_transaction()
+        stored = c.exec_driver_sql("SELECT k, v FROM t ORDER BY k").all()
+    assert [tuple(row) for row in stored] == [
+        ("fresh", "new"),
+        (rows[-1][0], "old"),
+        ("x", "new"),
+        ("y", "new"),
+    ]

@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Row, select, update
+from sqlalchemy import Connection, Row, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from sluice.domain.audit import (
@@ -46,7 +46,7 @@ from sluice.domain.audit import (
 from sluice.domain.errors import InvalidInputError
 from sluice.domain.ledger import parse_timestamp
 from sluice.store import tables as t
-from sluice.store.bulk import insert_rows
+from sluice.store.bulk import insert_rows, select_in, update_row
 
 HEAD_ID = 1
 PAGE_MAX = 10_000  # bound on the records one read returns
@@ -85,20 +85,13 @@ class SqlAuditLog:
             rows.append(_row(content, previous_hash, digest))
             previous_hash = digest
         insert_rows(self._c, t.audit_records, _COLUMNS, rows)
-        self._c.execute(
-            update(t.audit_head)
-            .where(t.audit_head.c.id == HEAD_ID)
-            .values(seq=seq, hash=previous_hash)
-        )
+        update_row(self._c, t.audit_head, ("seq", "hash"), "id", (seq, previous_hash, HEAD_ID))
         first = seq - len(rows) + 1
         return list(range(first, seq + 1))
 
     def _lock_head(self) -> tuple[int, str]:
-        query = select(t.audit_head.c.seq, t.audit_head.c.hash).where(t.audit_head.c.id == HEAD_ID)
-        if self._postgresql:
-            query = query.with_for_update()
-        row = self._c.execute(query).first()
-        if row is None:
+        rows = self._head_locked()
+        if not rows:
             insert = (postgresql.insert if self._postgresql else sqlite.insert)(t.audit_head)
             self._c.execute(
                 insert.values(id=HEAD_ID, seq=0, hash=GENESIS_HASH).on_conflict_do_nothing(
@@ -106,8 +99,14 @@ class SqlAuditLog:
                 )
             )
             # Read again, locked: under a race this is the row the other appender committed.
-            row = self._c.execute(query).one()
-        return int(row.seq), str(row.hash)
+            rows = self._head_locked()
+        ((seq, digest),) = rows
+        return int(seq), str(digest)
+
+    def _head_locked(self) -> list[Sequence[Any]]:
+        """The head row (none or one), locked: ``FOR UPDATE`` on PostgreSQL; SQLite's
+        transactions hold the database already."""
+        return select_in(self._c, t.audit_head, ("seq", "hash"), "id", (HEAD_ID,), for_update=True)
 
     def records(self, after_seq: int = 0, limit: int = 1000) -> list[AuditRecord]:
         query = (

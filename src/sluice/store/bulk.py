@@ -31,6 +31,14 @@ sqlite3.register_adapter(type(None), _NOTHING.get)
 _PLACEHOLDER = {"qmark": "?", "format": "%s", "pyformat": "%s", "numeric": ":{}"}
 
 
+def positional(dialect: Dialect) -> str:
+    """The driver's positional placeholder on ``dialect`` (``?`` for sqlite3, ``%s`` for psycopg),
+    for statement texts built once per dialect and run with ``exec_driver_sql``."""
+    placeholder = _PLACEHOLDER[dialect.paramstyle]
+    assert "{}" not in placeholder, "positional placeholders only"
+    return placeholder
+
+
 def insert_rows(
     connection: Connection, table: Table, columns: Sequence[str], rows: Sequence[tuple[object, ...]]
 ) -> None:
@@ -81,10 +89,13 @@ def select_in(
     values: Iterable[object],
     *,
     chunk: int = 500,
+    for_update: bool = False,
 ) -> list[Sequence[Any]]:
     """``SELECT columns FROM table WHERE key IN (values)`` as the driver returns the rows (no
     result processing, see :func:`select_rows`), at most ``chunk`` values a statement (the last
-    one :func:`padded`).
+    one :func:`padded`). ``for_update``: the rows are locked while read (``FOR UPDATE`` on
+    PostgreSQL; SQLite's transactions hold the database already), in the order of ``key``, so
+    that two writers take their locks in one order and never wait on each other.
 
     For the batch lookups of ingestion: SQLAlchemy renders an expanding ``IN`` anew for every
     execution and processes every row, which costs more than the query itself."""
@@ -93,9 +104,43 @@ def select_in(
     names = tuple(columns)
     for start in range(0, len(pending), chunk):
         part = padded(pending[start : start + chunk], chunk)
-        sql = _select_in_statement(connection.dialect, table.name, names, key, len(part))
+        sql = _select_in_statement(
+            connection.dialect, table.name, names, key, len(part), for_update
+        )
         found.extend(connection.exec_driver_sql(sql, part).all())
     return found
+
+
+def has_rows(connection: Connection, table: Table) -> bool:
+    """Whether ``table`` holds a row at all: one row's look-up."""
+    sql = _any_row_statement(connection.dialect, table.name)
+    return connection.exec_driver_sql(sql).first() is not None
+
+
+@cache
+def _any_row_statement(dialect: Dialect, table: str) -> str:
+    return f"SELECT 1 FROM {dialect.identifier_preparer.quote(table)} LIMIT 1"
+
+
+def update_row(
+    connection: Connection,
+    table: Table,
+    columns: Sequence[str],
+    key: str,
+    values: tuple[object, ...],
+) -> int:
+    """``UPDATE table SET columns WHERE key = …``, ``values`` the columns' new values and then
+    the key's; returns the driver's count of the rows it matched."""
+    sql = _update_statement(connection.dialect, table.name, tuple(columns), key)
+    return connection.exec_driver_sql(sql, values).rowcount
+
+
+@cache
+def _update_statement(dialect: Dialect, table: str, columns: tuple[str, ...], key: str) -> str:
+    quote = dialect.identifier_preparer.quote
+    mark = positional(dialect)
+    assignments = ", ".join(f"{quote(column)} = {mark}" for column in columns)
+    return f"UPDATE {quote(table)} SET {assignments} WHERE {quote(key)} = {mark}"
 
 
 def padded_size(count: int, limit: int) -> int:
@@ -128,14 +173,27 @@ def statement_sizes(count: int, limit: int) -> Iterator[int]:
 
 @cache
 def _select_in_statement(
-    dialect: Dialect, table: str, columns: tuple[str, ...], key: str, count: int
+    dialect: Dialect,
+    table: str,
+    columns: tuple[str, ...],
+    key: str,
+    count: int,
+    for_update: bool,
 ) -> str:
     quote = dialect.identifier_preparer.quote
-    placeholder = _PLACEHOLDER[dialect.paramstyle]
-    assert "{}" not in placeholder, "positional placeholders only"
     names = ", ".join(quote(column) for column in columns)
-    marks = ", ".join([placeholder] * count)
-    return f"SELECT {names} FROM {quote(table)} WHERE {quote(key)} IN ({marks})"
+    marks = ", ".join([positional(dialect)] * count)
+    sql = f"SELECT {names} FROM {quote(table)} WHERE {quote(key)} IN ({marks})"
+    if for_update:
+        sql += f" ORDER BY {quote(key)}{for_update_clause(dialect)}"
+    return sql
+
+
+def for_update_clause(dialect: Dialect) -> str:
+    """`` FOR UPDATE`` where the database has row locks (PostgreSQL), else nothing, as SQLAlchemy
+    renders ``with_for_update()``: SQLite's transactions begin ``IMMEDIATE`` and hold the
+    database already."""
+    return " FOR UPDATE" if dialect.name == "postgresql" else ""
 
 
 @cache
@@ -200,12 +258,15 @@ def insert_if_all_new(
     repeated among them; returns whether they went in (if not, none did). For SQLite, where a
     row a time through ``executemany`` costs about half a multi-row statement with ``RETURNING``
     (:func:`insert_new_rows`, which a caller runs when this returns False): the rows go in
-    within a savepoint, rolled back unless the driver counts every row as inserted."""
+    within a savepoint, rolled back unless the driver counts every row as inserted. A single row
+    needs no savepoint: it either went in or nothing did."""
     assert connection.dialect.name == "sqlite", "the driver's row count of an executemany"
     if not rows:
         return True
     sql = _insert_new_statement(connection.dialect, table.name, tuple(columns), key, 1)
     sql = sql.removesuffix(f" RETURNING {connection.dialect.identifier_preparer.quote(key)}")
+    if len(rows) == 1:
+        return connection.exec_driver_sql(sql, rows[0]).rowcount == 1
     savepoint = connection.begin_nested()
     if connection.exec_driver_sql(sql, list(rows)).rowcount == len(rows):
         savepoint.commit()
@@ -219,8 +280,7 @@ def _insert_new_statement(
     dialect: Dialect, table: str, columns: tuple[str, ...], key: str, rows: int
 ) -> str:
     quote = dialect.identifier_preparer.quote
-    placeholder = _PLACEHOLDER[dialect.paramstyle]
-    assert "{}" not in placeholder, "positional placeholders only"
+    placeholder = positional(dialect)
     row = "(" + ", ".join([placeholder] * len(columns)) + ")"
     names = ", ".join(quote(column) for column in columns)
     return (
@@ -250,8 +310,7 @@ def bump_counters(
 @cache
 def _bump_statement(dialect: Dialect, table: str, key: str, counter: str, rows: int) -> str:
     quote = dialect.identifier_preparer.quote
-    placeholder = _PLACEHOLDER[dialect.paramstyle]
-    assert "{}" not in placeholder, "positional placeholders only"
+    placeholder = positional(dialect)
     values = ", ".join([f"({placeholder}, 1)"] * rows)
     name, column = quote(table), quote(counter)
     return (

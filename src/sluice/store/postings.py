@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from decimal import Decimal
 from json.encoder import encode_basestring_ascii
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, bindparam, update
 
 from sluice.domain.amounts import ZERO
 from sluice.domain.audit import timestamp_text
@@ -15,8 +15,7 @@ from sluice.domain.journal import AccountRef, JournalTransaction, balance_change
 from sluice.domain.ledger import Holding
 from sluice.ports import EntryRecord
 from sluice.store import tables as t
-from sluice.store.bulk import execute_many, insert_rows, money_value
-from sluice.store.records import _chunks
+from sluice.store.bulk import execute_many, insert_rows, money_value, select_in
 
 
 def post_journal(
@@ -61,17 +60,17 @@ def apply_balance_deltas(
     forbid_negative_customers: bool = True,
 ) -> None:
     """Move cached balances, creating accounts on first use; rows are locked while read."""
-    existing: dict[str, Decimal] = {}
-    for chunk in _chunks(sorted(deltas)):
-        rows = c.execute(
-            select(t.accounts.c.id, t.accounts.c.balance)
-            .where(t.accounts.c.id.in_(chunk))
-            # Locks taken in one order everywhere, so two writers never wait on each other.
-            .order_by(t.accounts.c.id)
-            .with_for_update()
+    # Locked in key order (select_in's for_update), as everywhere, so two writers never wait on
+    # each other; a balance converted as the Money column reads it (the driver gives text on
+    # SQLite).
+    existing: dict[str, Decimal] = {
+        account_id: balance if isinstance(balance, Decimal) else Decimal(balance)
+        for account_id, balance in select_in(
+            c, t.accounts, ("id", "balance"), "id", sorted(deltas), for_update=True
         )
-        existing.update({row.id: row.balance for row in rows})
-    new_rows = []
+    }
+    money = money_value(c)
+    new_rows: list[tuple[object, ...]] = []
     changed: list[tuple[str, Decimal]] = []
     for account_id, delta in deltas.items():
         if account_id in existing:
@@ -80,24 +79,22 @@ def apply_balance_deltas(
         else:
             ref = refs[account_id]
             new_rows.append(
-                {
-                    "id": account_id,
-                    "name": ref.name,
-                    "instrument_admin": ref.instrument.admin,
-                    "instrument_id": ref.instrument.id,
-                    "side": ref.side,
-                    "balance": delta,
-                }
+                (
+                    account_id,
+                    ref.name,
+                    ref.instrument.admin,
+                    ref.instrument.id,
+                    ref.side,
+                    money(delta),
+                )
             )
     for account_id, balance in changed if forbid_negative_customers else ():
         ref = refs[account_id]
         assert not (ref.customer_id and balance < 0), (
             f"customer account {ref.id} would go negative: {balance}"
         )
-    if new_rows:
-        c.execute(insert(t.accounts), new_rows)
+    insert_rows(c, t.accounts, _ACCOUNT_COLUMNS, new_rows)
     if changed:
-        money = money_value(c)
         execute_many(
             c,
             _SET_BALANCE,
@@ -119,6 +116,7 @@ _CLOSE_INSTRUCTION = (
 _SET_BALANCE = (
     update(t.accounts).where(t.accounts.c.id == bindparam("aid")).values(balance=bindparam("bal"))
 )
+_ACCOUNT_COLUMNS = ("id", "name", "instrument_admin", "instrument_id", "side", "balance")
 _HOLDING_COLUMNS = (
     "contract_id",
     "owner",

@@ -24,7 +24,14 @@ from sluice.ports import IngestBatch
 from sluice.store import tables as t
 from sluice.store.bitcoin_rows import add_alert_events
 from sluice.store.books_repository import SqlBooksRepository
-from sluice.store.bulk import execute_many, insert_rows, money_value, select_in
+from sluice.store.bulk import (
+    execute_many,
+    has_rows,
+    insert_rows,
+    money_value,
+    select_in,
+    update_row,
+)
 from sluice.store.postings import (
     _ARCHIVE_HOLDING,
     _CLOSE_INSTRUCTION,
@@ -120,6 +127,17 @@ _ALERT_COLUMNS = (
     "details",
     "created_at",
 )  # acknowledged_at: NULL (left out, as closed_update_id above)
+_CURSOR_COLUMNS = ("party", "offset", "update_id", "record_time", "synchronizer_id", "updated_at")
+# Prebuilt, so that a look-up compiles nothing and derives no cache key (only the IN list, of
+# the chunk's length, is rendered anew).
+_INSTRUCTIONS = select(t.transfer_instructions).where(
+    t.transfer_instructions.c.contract_id.in_(bindparam("ids", expanding=True))
+)
+_WITHDRAWALS_LOCKED = (
+    select(t.withdrawals)
+    .where(t.withdrawals.c.id.in_(bindparam("ids", expanding=True)))
+    .with_for_update()
+)
 # An unlocked holding's row leaves the lock columns out (NULL): most holdings have no lock, and
 # sqlite3 binds a None through its adapter look-up, which costs more than the rest of the value.
 _UNLOCKED_HOLDING_COLUMNS = tuple(name for name in _HOLDING_COLUMNS if not name.startswith("lock_"))
@@ -175,21 +193,17 @@ class SqlIngestionRepository:
         )
 
     def set_cursor(self, connection: str, party: str, cursor: Cursor) -> None:
-        values = {
-            "party": party,
-            "offset": cursor.offset,
-            "update_id": cursor.update_id,
-            "record_time": ts(cursor.record_time),
-            "synchronizer_id": cursor.synchronizer_id,
-            "updated_at": _now(),
-        }
-        changed = self._c.execute(
-            update(t.ledger_cursors)
-            .where(t.ledger_cursors.c.connection == connection)
-            .values(**values)
-        ).rowcount
-        if not changed:
-            self._c.execute(insert(t.ledger_cursors).values(connection=connection, **values))
+        values = (
+            party,
+            cursor.offset,
+            cursor.update_id,
+            ts(cursor.record_time),
+            cursor.synchronizer_id,
+            _now(),
+        )
+        table = t.ledger_cursors
+        if not update_row(self._c, table, _CURSOR_COLUMNS, "connection", (*values, connection)):
+            insert_rows(self._c, table, ("connection", *_CURSOR_COLUMNS), [(connection, *values)])
 
     def known_update_ids(self, update_ids: Collection[str]) -> set[str]:
         rows = select_in(self._c, t.ingested_updates, ("update_id",), "update_id", update_ids)
@@ -198,7 +212,7 @@ class SqlIngestionRepository:
     def quarantined_keys(self, keys: Collection[str]) -> set[str]:
         # Nothing is quarantined nearly always: one row's look-up spares binding a batch's ids.
         table = t.quarantined_updates
-        if not keys or self._c.execute(select(table.c.update_id).limit(1)).first() is None:
+        if not keys or not has_rows(self._c, table):
             return set()
         rows = select_in(self._c, table, ("update_id",), "update_id", keys)
         return {row[0] for row in rows}
@@ -234,7 +248,7 @@ class SqlIngestionRepository:
         # instructions at all (a cheap driver query), then read only those rows.
         rows = select_in(self._c, table, ("contract_id",), "contract_id", contract_ids)
         for chunk in _chunks([row[0] for row in rows]):
-            for row in self._c.execute(select(table).where(table.c.contract_id.in_(chunk))):
+            for row in self._c.execute(_INSTRUCTIONS, {"ids": chunk}):
                 found[row.contract_id] = _instruction_from_row(row)
         return found
 
@@ -249,9 +263,8 @@ class SqlIngestionRepository:
 
     def withdrawals_by_ids(self, ids: Collection[str]) -> dict[str, Withdrawal]:
         found: dict[str, Withdrawal] = {}
-        table = t.withdrawals
         for chunk in _chunks(ids):
-            rows = self._c.execute(select(table).where(table.c.id.in_(chunk)).with_for_update())
+            rows = self._c.execute(_WITHDRAWALS_LOCKED, {"ids": chunk})
             found.update({row.id: withdrawal_from_row(row) for row in rows})
         return found
 
