@@ -32,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
@@ -86,6 +87,20 @@ def _flagged_sql(mark: str, addresses: int) -> str:
     return (
         f"SELECT address, reason FROM flagged_addresses WHERE address IN ({marks(mark, addresses)})"
     )
+
+
+_LIMIT_OVERRIDES_SQL = (
+    "SELECT tier, operation, per_operation, daily, monthly FROM compliance_limits "
+    "ORDER BY tier, operation"
+)
+
+
+def _money(value: Any) -> Decimal | None:
+    """A Money column's value as the driver returns it (text on SQLite), read as the column
+    reads it (``tables.Money``)."""
+    if value is None:
+        return None
+    return value if isinstance(value, Decimal) else Decimal(value)
 
 
 class SqlComplianceRepository(SqlComplianceUsage, SqlComplianceHolds):
@@ -194,11 +209,13 @@ class SqlComplianceRepository(SqlComplianceUsage, SqlComplianceHolds):
     # --- limits -----------------------------------------------------------------------------
 
     def limit_overrides(self) -> dict[tuple[int, str], TierLimits]:
-        table = t.compliance_limits
-        rows = self._c.execute(select(table).order_by(table.c.tier, table.c.operation))
+        # Read by every compliance session (once a transaction of live ingestion): SQL text run
+        # by the driver, money converted as the Money column does.
         return {
-            (row.tier, row.operation): TierLimits(row.per_operation, row.daily, row.monthly)
-            for row in rows
+            (tier, operation): TierLimits(_money(per_operation), _money(daily), _money(monthly))
+            for tier, operation, per_operation, daily, monthly in self._c.exec_driver_sql(
+                _LIMIT_OVERRIDES_SQL
+            )
         }
 
     def set_limits(
