@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from alembic import command
 from sqlalchemy import Engine
@@ -22,7 +23,7 @@ from sqlalchemy import Engine
 from sluice.domain.compliance import UsageRecord
 from sluice.store import tables as t
 from sluice.store.compliance_repository import SqlComplianceRepository
-from sluice.store.compliance_usage import counterparty_key, operation_key
+from sluice.store.compliance_usage import FEW_USAGE_ROWS, counterparty_key, operation_key
 from sluice.store.database import alembic_config, create_database_engine, migrate, open_database
 from sluice.store.repositories import SqlReferenceRepository
 
@@ -175,21 +176,27 @@ def test_new_usage_is_recorded_once_under_its_key(database_url: str) -> None:
         engine.dispose()
 
 
-def test_an_operation_twice_in_one_write_is_recorded_once(database_url: str) -> None:
-    # (on SQLite, the rows first go in together, in a savepoint rolled back when one is skipped)
+@pytest.mark.parametrize("others", [1, FEW_USAGE_ROWS + 1])
+def test_an_operation_twice_in_one_write_is_recorded_once(database_url: str, others: int) -> None:
+    # (on SQLite, more than a few rows first go in together, in a savepoint rolled back when one
+    # is skipped; a few go in by one statement that returns what went in)
     engine = open_database(database_url)
     try:
         with engine.begin() as connection:
             SqlReferenceRepository(connection).add_customer("alice", "alice")
-        record = UsageRecord("op-1", "deposit", Decimal("1.5"), NOW, PARTY)
-        other = UsageRecord("op-2", "deposit", Decimal(2), NOW + timedelta(seconds=1))
+        record = UsageRecord("op-0", "deposit", Decimal("1.5"), NOW, PARTY)
+        rest = [
+            UsageRecord(f"op-{index}", "deposit", Decimal(2), NOW + timedelta(seconds=index))
+            for index in range(1, others + 1)
+        ]
         with engine.begin() as connection:
             repository = SqlComplianceRepository(connection)
-            written = repository.record_usage_of({"alice": [record, other, record]})
-        assert written.inserted == {"op-1", "op-2"}
+            written = repository.record_usage_of({"alice": [record, *rest, record]})
+        assert written.inserted == {"op-0", *(other.operation_id for other in rest)}
+        assert written.versions == {"alice": 1}
         with engine.connect() as connection:
             found = SqlComplianceRepository(connection).usage(["alice"], NOW - timedelta(days=1))
-        assert found["alice"] == [record, other]
+        assert found["alice"] == [record, *rest]
     finally:
         engine.dispose()
 

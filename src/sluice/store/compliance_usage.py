@@ -47,6 +47,7 @@ from sluice.store.compliance_connection import CHUNK, ComplianceConnection, _chu
 from sluice.store.rows import time_of
 
 RECENT_CHUNK = 50  # customers per statement reading each one's latest usage rows
+FEW_USAGE_ROWS = 32  # rows written by one multi-row statement on SQLite too (record_usage_of)
 
 
 def operation_key(operation_id: str) -> bytes:
@@ -448,11 +449,15 @@ class SqlComplianceUsage(ComplianceConnection):
         if not rows:
             return UsageWrite({}, set())
         # A replayed row is skipped by the database; only the rows that went in count. On
-        # SQLite, a batch of new rows (the rule) goes in through executemany at half the cost.
+        # SQLite, a batch of new rows (the rule) goes in through executemany at half the cost —
+        # of many rows: for a few (a transaction of live ingestion), the savepoint this needs
+        # costs more than the multi-row statement with RETURNING does.
         table = t.compliance_usage
         added: Mapping[str, Sequence[UsageRecord]]
-        if not self._postgresql and insert_if_all_new(
-            self._c, table, _USAGE_COLUMNS, rows, key="operation_key"
+        if (
+            not self._postgresql
+            and len(rows) > FEW_USAGE_ROWS
+            and insert_if_all_new(self._c, table, _USAGE_COLUMNS, rows, key="operation_key")
         ):
             went_in = set(ids.values())
             added = records_by_customer
