@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -38,7 +39,7 @@ from sluice.domain.compliance import (
 from sluice.domain.risk import RiskRules
 from sluice.services.compliance import KycRegistry
 from sluice.store import tables as t
-from sluice.store.compliance_repository import SqlComplianceRepository
+from sluice.store.compliance_repository import CHUNK, SqlComplianceRepository
 from sluice.store.database import alembic_config, create_database_engine, migrate, open_database
 from sluice.store.repositories import SqlReferenceRepository
 from sluice.store.unit_of_work import SqlUnitOfWork
@@ -46,6 +47,7 @@ from sluice.store.unit_of_work import SqlUnitOfWork
 NOW = datetime(2026, 12, 5, 13, 30, 15, 250000, tzinfo=UTC)
 RECEIVER = "receiver::1220aa"
 WAIT_S = 10.0
+MINUTE = timedelta(minutes=1)
 
 
 @pytest.fixture
@@ -208,6 +210,23 @@ def test_totals_follow_recorded_replayed_and_forgotten_usage(engine: Engine) -> 
         windows = SqlComplianceRepository(connection).usage_windows(["alice"], NOW, NOW)["alice"]
     for operation in ("withdrawal", "deposit"):
         assert windows.used(operation, NOW) == hand_windows(kept, operation, NOW)
+
+
+def test_totals_of_more_hours_than_one_chunk_follow_the_rows(engine: Engine) -> None:
+    # (on SQLite, the totals a write adds to are read first: here two chunks of hours, one of days)
+    first = bucket_start(NOW, 3600) - timedelta(hours=CHUNK + 99)
+    earlier = [
+        UsageRecord(f"a-{hour}", "deposit", Decimal("1.25"), first + timedelta(hours=hour))
+        for hour in range(CHUNK + 100)
+    ]
+    later = [
+        replace(record, operation_id=f"b-{index}", occurred_at=record.occurred_at + MINUTE)
+        for index, record in enumerate(earlier)
+    ]
+    add_customers(engine, {"alice": earlier})
+    with engine.begin() as connection:
+        SqlComplianceRepository(connection).record_usage_of({"alice": later})
+    assert stored_totals(engine, "alice") == expected_totals(earlier + later)
 
 
 # compliance_usage as revisions 0003 to 0007 made it (keyed by the operation id itself)

@@ -208,11 +208,20 @@ def _totals_upsert(dialect: str) -> Executable:
 
 
 # SQLite's totals, read and written as the driver takes them (``_add_to_totals``).
-_SQLITE_TOTALS_OF = (
-    'SELECT customer_id, length_s, starts_at, operation, amount, "count" '
-    "FROM compliance_usage_totals "
-    "WHERE customer_id IN ({ids}) AND length_s = ? AND starts_at IN ({starts})"
-)
+@lru_cache(maxsize=256)
+def _sqlite_totals_of_sql(ids: int, starts: tuple[int, ...]) -> str:
+    """The totals of ``ids`` customers starting at given times, one part per bucket length with
+    ``starts`` of them (parameters per part: the ids, the length, the starts): the hours and
+    days a write touches in one statement, each part an indexed look-up."""
+    return " UNION ALL ".join(
+        'SELECT customer_id, length_s, starts_at, operation, amount, "count" '
+        "FROM compliance_usage_totals "
+        f"WHERE customer_id IN ({marks('?', ids)}) AND length_s = ? "
+        f"AND starts_at IN ({marks('?', count)})"
+        for count in starts
+    )
+
+
 _SQLITE_TOTALS_UPSERT = (
     "INSERT INTO compliance_usage_totals "
     '(customer_id, length_s, starts_at, operation, amount, "count") '
@@ -540,24 +549,34 @@ class SqlComplianceUsage(ComplianceConnection):
     def _totals_of(
         self, changes: Sequence[tuple[str, UsageBucket]], texts: Mapping[datetime, str]
     ) -> dict[tuple[str, int, str, str], tuple[Decimal, int]]:
-        """The stored totals of the buckets ``changes`` touch (one indexed look-up per customer
-        chunk and bucket length; SQLite only: the amounts are read as their text)."""
+        """The stored totals of the buckets ``changes`` touch (an indexed look-up per customer
+        chunk, bucket length and chunk of starts, those of one customer chunk and n-th start
+        chunk in one statement; SQLite only: the amounts are read as their text)."""
         customers = sorted({customer_id for customer_id, _ in changes})
+        starts_of: dict[int, set[str]] = {length_s: set() for length_s in BUCKET_LENGTHS_S}
+        for _, bucket in changes:
+            starts_of[bucket.length_s].add(texts[bucket.starts_at])
+        start_chunks = [
+            (length_s, list(map(_padded, _chunks(starts))))
+            for length_s, starts in starts_of.items()
+        ]
         found: dict[tuple[str, int, str, str], tuple[Decimal, int]] = {}
-        for length_s in BUCKET_LENGTHS_S:
-            starts = sorted(
-                {texts[bucket.starts_at] for _, bucket in changes if bucket.length_s == length_s}
-            )
-            for customer_chunk in map(_padded, _chunks(customers)):
-                for start_chunk in map(_padded, _chunks(starts)):
-                    sql = _SQLITE_TOTALS_OF.format(
-                        ids=", ".join("?" * len(customer_chunk)),
-                        starts=", ".join("?" * len(start_chunk)),
-                    )
-                    rows = self._c.exec_driver_sql(sql, (*customer_chunk, length_s, *start_chunk))
-                    for customer_id, length, starts_at, operation, amount, count in rows:
-                        found[(customer_id, length, starts_at, operation)] = (
-                            Decimal(amount),
-                            count,
-                        )
+        for customer_chunk in map(_padded, _chunks(customers)):
+            for index in range(max(len(chunks) for _, chunks in start_chunks)):
+                parts = [
+                    (length_s, chunks[index])
+                    for length_s, chunks in start_chunks
+                    if index < len(chunks)
+                ]
+                sql = _sqlite_totals_of_sql(
+                    len(customer_chunk), tuple(len(starts) for _, starts in parts)
+                )
+                values = [
+                    value
+                    for length_s, starts in parts
+                    for value in (*customer_chunk, length_s, *starts)
+                ]
+                rows = self._c.exec_driver_sql(sql, tuple(values))
+                for customer_id, length, starts_at, operation, amount, count in rows:
+                    found[(customer_id, length, starts_at, operation)] = (Decimal(amount), count)
         return found
