@@ -118,30 +118,32 @@ _USAGE_COLUMN_NAMES = "customer_id, operation_id, operation, amount, occurred_at
 
 
 @lru_cache(maxsize=256)
-def _totals_in_span_sql(mark: str, ids: int, operations: int) -> str:
-    """The totals of a span: one indexed range of the primary key per part, three hour ranges
-    and one day range (parts are disjoint, so UNION ALL repeats no row). Parameters per part:
-    the ids, the length, the range's low and high, the operations."""
-    part = (
-        "SELECT customer_id, operation, length_s, starts_at, amount "
+def _usage_ranges_sql(mark: str, ids: int, operations: int, totals: bool, records: bool) -> str:
+    """What :meth:`SqlComplianceUsage.read_usage_ranges` reads in one round, in one statement
+    (parts are disjoint, so UNION ALL repeats no row; each part is one indexed range):
+
+    * with ``totals``, the totals of three hour ranges and one day range, as rows
+      ``(customer_id, operation, length_s, starts_at, amount, NULL, NULL)``; parameters per
+      part: the ids, the length, the range's low and high, the operations;
+    * with ``records``, the usage rows in three time ranges, as rows ``(customer_id, operation,
+      0, occurred_at, amount, operation_id, counterparty)`` — a length of 0 tells them from
+      totals; parameters per part: the ids, the range's low and high, the operations.
+    """
+    total = (
+        "SELECT customer_id, operation, length_s, starts_at, amount, NULL, NULL "
         f"FROM compliance_usage_totals WHERE customer_id IN ({marks(mark, ids)}) "
         f"AND length_s = {mark} AND starts_at >= {mark} AND starts_at < {mark} "
         f"AND operation IN ({marks(mark, operations)})"
     )
-    return " UNION ALL ".join([part] * (SPAN_RANGES + 1))
-
-
-@lru_cache(maxsize=256)
-def _edge_records_sql(mark: str, ids: int, operations: int) -> str:
-    """The usage rows in up to three time ranges (parameters per range: the ids, the range's
-    low and high, the operations)."""
-    part = (
-        f"SELECT {_USAGE_COLUMN_NAMES} FROM compliance_usage "
-        f"WHERE customer_id IN ({marks(mark, ids)}) "
+    record = (
+        "SELECT customer_id, operation, 0, occurred_at, amount, operation_id, counterparty "
+        f"FROM compliance_usage WHERE customer_id IN ({marks(mark, ids)}) "
         f"AND occurred_at >= {mark} AND occurred_at < {mark} "
         f"AND operation IN ({marks(mark, operations)})"
     )
-    return " UNION ALL ".join([part] * SPAN_RANGES)
+    parts = [total] * (SPAN_RANGES + 1) if totals else []
+    parts += [record] * SPAN_RANGES if records else []
+    return " UNION ALL ".join(parts)
 
 
 @lru_cache(maxsize=256)
@@ -327,29 +329,32 @@ class SqlComplianceUsage(ComplianceConnection):
             parts = [(3600, *pair) for pair in _range_values(hour_ranges[cut], SPAN_RANGES)]
             parts += [(86400, *pair) for pair in _range_values(day_ranges[index : index + 1], 1)]
             edges = _range_values(record_ranges[cut], SPAN_RANGES)
+            totals = bool(hour_ranges[cut] or day_ranges[index : index + 1])
+            records = bool(record_ranges[cut])
             for chunk in map(_padded, _chunks(list(windows))):
-                if hour_ranges[cut] or day_ranges[index : index + 1]:
-                    sql = _totals_in_span_sql(mark, len(chunk), len(kinds))
-                    values = [value for part in parts for value in (*chunk, *part, *kinds)]
-                    for (
-                        customer_id,
-                        operation,
-                        length_s,
-                        starts_at,
-                        amount,
-                    ) in self._c.exec_driver_sql(sql, tuple(values)):
-                        windows[customer_id].add_total(
-                            operation,
-                            length_s,
-                            time_of(starts_at),
-                            amount if type(amount) is Decimal else Decimal(amount),
+                # The totals and the edge records in one statement (see _usage_ranges_sql).
+                sql = _usage_ranges_sql(mark, len(chunk), len(kinds), totals, records)
+                values: list[object] = []
+                if totals:
+                    values += [value for part in parts for value in (*chunk, *part, *kinds)]
+                if records:
+                    values += [value for edge in edges for value in (*chunk, *edge, *kinds)]
+                for (
+                    customer_id,
+                    operation,
+                    length_s,
+                    at,
+                    amount,
+                    operation_id,
+                    counterparty,
+                ) in self._c.exec_driver_sql(sql, tuple(values)):
+                    amount = amount if type(amount) is Decimal else Decimal(amount)
+                    if length_s:
+                        windows[customer_id].add_total(operation, length_s, time_of(at), amount)
+                    else:
+                        windows[customer_id].add_record(
+                            UsageRecord(operation_id, operation, amount, time_of(at), counterparty)
                         )
-                if record_ranges[cut]:
-                    sql = _edge_records_sql(mark, len(chunk), len(kinds))
-                    values = [value for edge in edges for value in (*chunk, *edge, *kinds)]
-                    for row in self._c.exec_driver_sql(sql, tuple(values)):
-                        customer_id, record = _usage_from_tuple(row)
-                        windows[customer_id].add_record(record)
 
     def usage_versions(self, customer_ids: Collection[str]) -> dict[str, int]:
         """Each customer's usage version (0 when their usage never changed)."""
