@@ -16,13 +16,24 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
 
-from sluice.domain.compliance import HeldDeposit, Profile, ReviewItem, TierLimits, UsageRecord
+from sluice.domain.compliance import (
+    HeldDeposit,
+    LimitLadder,
+    Profile,
+    ReviewItem,
+    TierLimits,
+    UsageRecord,
+)
 from sluice.domain.errors import InvalidInputError
+from sluice.ports import UnitOfWork
+from sluice.services.compliance_session import effective_ladder
 from sluice.store import tables as t
 from sluice.store.compliance_repository import CHUNK, SqlComplianceRepository
 from sluice.store.database import open_database
@@ -281,6 +292,25 @@ def test_limit_overrides_are_set_replaced_and_keep_no_limit_and_exact_amounts(
     repository.set_limits(2, "withdrawal", replaced, "officer-2", WHEN + timedelta(days=1))
     assert repository.limit_overrides()[(2, "withdrawal")] == replaced
     assert len(repository.limit_overrides()) == 2
+
+
+def test_the_ladder_in_force_is_the_configured_one_with_every_override(
+    repository: SqlComplianceRepository,
+) -> None:
+    # (configured without tier 0 minting: an override may add a pair, not only replace one)
+    configured = LimitLadder(
+        {key: limits for key, limits in LimitLadder.default().limits.items() if key != (0, "mint")}
+    )
+    uow = cast(UnitOfWork, SimpleNamespace(compliance=repository))
+    assert effective_ladder(configured, uow) is configured
+    first = TierLimits(Decimal("5"), None, Decimal("500"))
+    second = TierLimits(None, None, None)
+    repository.set_limits(2, "withdrawal", first, "officer-1", WHEN)
+    repository.set_limits(0, "mint", second, "officer-1", WHEN)
+    expected = configured.with_override(0, "mint", second).with_override(2, "withdrawal", first)
+    found = effective_ladder(configured, uow)
+    assert found == expected and list(found.limits) == list(expected.limits)
+    assert (0, "mint") not in configured.limits
 
 
 # --- flagged addresses ------------------------------------------------------------------------
