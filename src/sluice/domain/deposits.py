@@ -22,7 +22,7 @@ Incoming offers change nothing yet: they are recorded as pending and credited on
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from decimal import Decimal
 from typing import Literal
 
@@ -39,6 +39,7 @@ from sluice.domain.journal import (
     treasury_account_name,
 )
 from sluice.domain.ledger import InstrumentId
+from sluice.domain.values import value_class
 
 DispositionKind = Literal[
     "credited", "suspense", "fee", "pending", "none", "review", "held", "burned"
@@ -48,7 +49,7 @@ Severity = Literal["critical", "warning", "info"]
 FEE_KINDS = frozenset({"self_transfer", "merge_split", "unlock", "expire_dust"})
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class Alert:
     id: str
     severity: Severity
@@ -58,7 +59,7 @@ class Alert:
     details: Mapping[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class Disposition:
     kind: DispositionKind
     customer_id: str | None = None

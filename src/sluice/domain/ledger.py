@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Literal
 
 from sluice.domain.errors import InvalidInputError
+from sluice.domain.values import value_class
 
 REASON_KEY = "splice.lfdecentralizedtrust.org/reason"
 TX_KIND_KEY = "splice.lfdecentralizedtrust.org/tx-kind"
@@ -49,7 +50,7 @@ class InstrumentId:
         return f"{self.id}@{self.admin}"
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class Lock:
     holders: tuple[str, ...]
     expires_at: datetime | None = None
@@ -59,7 +60,7 @@ class Lock:
         return self.expires_at is not None and self.expires_at <= now
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class Holding:
     """One UTXO of an instrument owned by a party."""
 
@@ -73,7 +74,7 @@ class Holding:
         return self.lock is None or self.lock.is_expired(now)
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class Transfer:
     sender: str
     receiver: str
@@ -89,7 +90,7 @@ class Transfer:
         return self.meta.get(REASON_KEY)
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class TransferInstruction:
     """A pending multi-step transfer (an offer the receiver must accept)."""
 
@@ -105,7 +106,7 @@ class TransferInstruction:
         return self.original_instruction_cid or self.contract_id
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class Cursor:
     """The last ingested position of one ledger connection."""
 
@@ -125,7 +126,7 @@ class Cursor:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class Checkpoint:
     """The node saying: up to ``offset``, synchronizer record time has reached ``record_time``."""
 

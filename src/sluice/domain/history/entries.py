@@ -6,12 +6,13 @@ Frozen values only; how they are found is :mod:`.walk`'s business.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import datetime
 from decimal import Decimal
 from typing import Literal
 
 from sluice.domain.ledger import Checkpoint, Holding, InstrumentId, TransferInstruction
+from sluice.domain.values import value_class
 
 EntryKind = Literal[
     "transfer_in",
@@ -30,7 +31,7 @@ HoldingLookup = Callable[[str], Holding | None]
 InstructionLookup = Callable[[str], TransferInstruction | None]
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class HistoryEntry:
     """One transfer or other token-standard action inside an update, from one party's view."""
 
@@ -54,7 +55,7 @@ class HistoryEntry:
     meta: Mapping[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class ParsedTransaction:
     update_id: str
     offset: int
