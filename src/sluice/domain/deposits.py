@@ -69,6 +69,12 @@ class Disposition:
 
 def net_holdings_change(entry: HistoryEntry) -> dict[InstrumentId, Decimal]:
     """Per instrument: the party's holdings created minus those archived in the entry."""
+    created = entry.holdings_created
+    if len(created) == 1 and not entry.holdings_archived:
+        # Most entries (a deposit) create one holding: the same, without the sums.
+        holding = created[0]
+        amount = ZERO + holding.amount
+        return {holding.instrument: amount} if amount != 0 else {}
     change: dict[InstrumentId, Decimal] = {}
     for holding in entry.holdings_created:
         change[holding.instrument] = change.get(holding.instrument, ZERO) + holding.amount
@@ -135,9 +141,8 @@ def dispose_entry(
     for instrument, amount in sorted(change.items()):
         if entry.kind == "transfer_in":
             customer = customer_for_reason.get(entry.reason) if entry.reason else None
-            crediting = customer if customer is not None and amount > 0 else None
-            if crediting is not None and not is_onboarded(instrument):
-                crediting = None
+            onboarded = is_onboarded(instrument)
+            crediting = customer if customer is not None and amount > 0 and onboarded else None
             held = admit(entry, instrument, amount, crediting) if admit and amount > 0 else None
             if held is not None:
                 book(instrument, amount, COMPLIANCE_HOLD, "deposit_held")
@@ -150,7 +155,7 @@ def dispose_entry(
                     instrument,
                 )
                 outcome, customer_id = "held", customer
-            elif not is_onboarded(instrument):
+            elif not onboarded:
                 book(instrument, amount, SUSPENSE, "deposit_suspense")
                 alert(
                     "instrument_not_onboarded",

@@ -174,7 +174,8 @@ class _Scope:
 
 
 class _Group:
-    """The party's holdings changed under one top-level event, outside any entry."""
+    """The party's holdings changed under one top-level event, outside any entry (made only for
+    a top-level event that has such holdings: most have none)."""
 
     __slots__ = ("archived", "choice", "created")
 
@@ -189,12 +190,15 @@ class _Walk:
 
     __slots__ = (
         "entries",
+        "group",
         "groups",
         "holdings",
         "instructions",
         "instructions_archived",
         "instructions_created",
         "party",
+        "top_exercise",
+        "top_node",
         "tx_holdings",
         "tx_instructions",
     )
@@ -207,6 +211,10 @@ class _Walk:
         self.instructions = instructions
         self.entries: list[HistoryEntry] = []
         self.groups: dict[int, _Group] = {}
+        # The top-level event being walked (its exercise, if it is one) and its group, if made.
+        self.top_node = -1
+        self.top_exercise: Mapping[str, Any] | None = None
+        self.group: _Group | None = None
         self.tx_holdings: dict[str, Holding] = {}  # the party's, created in this update
         self.tx_instructions: dict[str, TransferInstruction] = {}
         self.instructions_created: list[TransferInstruction] = []
@@ -214,19 +222,19 @@ class _Walk:
 
     def run(self, ordered: list[tuple[int, int, int, str, Mapping[str, Any]]]) -> None:
         scope: _Scope | None = None
-        group: _Group | None = None
         top_end = -1
         for node, end, index, tag, body in ordered:
             if scope is not None and node > scope.end:
                 self._close(scope)
                 scope = None
             try:
-                if group is None or node > top_end:
+                if node > top_end:
                     top_end = end
-                    group = _Group(body.get("choice") if tag == _EXERCISED else None)
-                    self.groups[node] = group
+                    self.top_node = node
+                    self.top_exercise = body if tag == _EXERCISED else None
+                    self.group = None
                 if tag == _CREATED:
-                    self._created(node, body, scope, group)
+                    self._created(node, body, scope)
                 elif tag == _EXERCISED:
                     consuming = body.get("consuming", _MISSING)
                     if type(consuming) is not bool:
@@ -237,9 +245,9 @@ class _Walk:
                         scope.fallback = self._nested_transfer(body)
                         scope.wants_transfer = scope.fallback is None
                     if consuming:
-                        self._consumed(_text(body, "contractId", ""), scope, group)
+                        self._consumed(_text(body, "contractId", ""), scope)
                 else:
-                    self._consumed(_text(body, "contractId", ""), scope, group)
+                    self._consumed(_text(body, "contractId", ""), scope)
             except _ShapeError as exc:
                 raise _ShapeError(f"events[{index}] (node {node}) {tag}.{exc}") from None
         if scope is not None:
@@ -268,9 +276,7 @@ class _Walk:
 
     # -- facts ---------------------------------------------------------------------------------
 
-    def _created(
-        self, node: int, body: Mapping[str, Any], scope: _Scope | None, group: _Group
-    ) -> None:
+    def _created(self, node: int, body: Mapping[str, Any], scope: _Scope | None) -> None:
         views = body.get("interfaceViews")
         if not views:
             return
@@ -293,7 +299,7 @@ class _Walk:
                         scope.all_created.append(holding)
                     if holding.owner == self.party:
                         self.tx_holdings[contract_id] = holding
-                        (scope or group).created.append(holding)
+                        (scope or self._group()).created.append(holding)
                 elif name == TRANSFER_INSTRUCTION_INTERFACE:
                     value = _view_value(view, "")
                     if value is None:
@@ -308,14 +314,23 @@ class _Walk:
             except _ShapeError as exc:
                 raise _ShapeError(f"interfaceViews[{position}].{exc}") from None
 
-    def _consumed(self, contract_id: str, scope: _Scope | None, group: _Group) -> None:
+    def _consumed(self, contract_id: str, scope: _Scope | None) -> None:
         holding = self.tx_holdings.get(contract_id) or self.holdings(contract_id)
         if holding is not None:
             if holding.owner == self.party:
-                (scope or group).archived.append(holding)
+                (scope or self._group()).archived.append(holding)
             return
         if contract_id in self.tx_instructions or self.instructions(contract_id) is not None:
             self.instructions_archived.append(contract_id)
+
+    def _group(self) -> _Group:
+        """The current top-level event's group, made when it first gets a holding."""
+        group = self.group
+        if group is None:
+            exercise = self.top_exercise
+            group = self.group = _Group(None if exercise is None else exercise.get("choice"))
+            self.groups[self.top_node] = group
+        return group
 
     def _find_instruction(self, contract_id: str) -> TransferInstruction | None:
         return self.tx_instructions.get(contract_id) or self.instructions(contract_id)
