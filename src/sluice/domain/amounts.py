@@ -27,8 +27,9 @@ _CONTEXT = decimal.Context(
 _DECIMAL_TEXT = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?\Z", re.ASCII)
 # The ledger's own spelling of a Numeric 10 that fits NUMERIC(38, 10): at most 28 integer digits
 # and exactly 10 fractional ones. Text of this shape is exact, in range and already at the
-# canonical scale, so it needs none of the checks below (most amounts read are of this shape).
-_CANONICAL_TEXT = re.compile(r"-?[0-9]{1,28}\.[0-9]{10}\Z", re.ASCII)
+# canonical scale, so it needs none of the checks below (most amounts read are of this shape;
+# the history parser's readers test it themselves before calling parse_amount).
+CANONICAL_TEXT = re.compile(r"-?[0-9]{1,28}\.[0-9]{10}\Z", re.ASCII)
 
 
 def parse_amount(text: object, *, field: str = "amount") -> Decimal:
@@ -37,7 +38,7 @@ def parse_amount(text: object, *, field: str = "amount") -> Decimal:
     Accepts decimal text as the ledger writes it (``"-12.5"``, or with an exponent); no spaces,
     underscores or non-ASCII digits.
     """
-    if type(text) is str and _CANONICAL_TEXT.match(text):
+    if type(text) is str and CANONICAL_TEXT.match(text):
         return Decimal(text)
     if isinstance(text, bool) or not isinstance(text, str | int | Decimal):
         raise InvalidAmountError(f"{field}: expected a decimal string, got {type(text).__name__}")

@@ -13,7 +13,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Final
 
-from sluice.domain.amounts import parse_amount
+from sluice.domain.amounts import CANONICAL_TEXT, parse_amount
 from sluice.domain.errors import InvalidInputError
 from sluice.domain.ledger import (
     Holding,
@@ -108,6 +108,8 @@ def _amount(obj: Mapping[str, Any], key: str, path: str) -> Decimal:
     value = obj.get(key, _MISSING)
     if type(value) is not str:
         raise _wrong(path + key, value, "a decimal string")
+    if CANONICAL_TEXT.match(value):
+        return Decimal(value)  # what parse_amount makes of it, without spelling out the path
     try:
         return parse_amount(value, field=path + key)
     except InvalidInputError as exc:

@@ -49,10 +49,17 @@ def parse_transaction(
         problem = "a non-empty string"
         raise MalformedUpdateError(None, str(_wrong("updateId", update_id, problem)), offset=offset)
     try:
-        offset = _integer(tx, "offset", "")
+        # Values of the expected type are taken as read; the readers (which say what is wrong
+        # with anything else) only for the rest.
+        if offset is None:
+            offset = _integer(tx, "offset", "")
         record_time = _time(tx, "recordTime", "")
-        synchronizer_id = _text(tx, "synchronizerId", "")
-        events = _list(tx, "events", "")
+        synchronizer_id = tx.get("synchronizerId")
+        if type(synchronizer_id) is not str:
+            synchronizer_id = _text(tx, "synchronizerId", "")
+        events = tx.get("events")
+        if type(events) is not list:
+            events = _list(tx, "events", "")
         walk = _Walk(party, holdings, instructions)
         walk.run(_order_events(events))
     except _ShapeError as exc:

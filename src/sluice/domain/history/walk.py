@@ -235,7 +235,8 @@ class _Walk:
                     self.group = None
                 if tag == _CREATED:
                     self._created(node, body, scope)
-                elif tag == _EXERCISED:
+                    continue
+                if tag == _EXERCISED:
                     consuming = body.get("consuming", _MISSING)
                     if type(consuming) is not bool:
                         raise _wrong("consuming", consuming, "a boolean")
@@ -244,10 +245,13 @@ class _Walk:
                     elif scope.wants_transfer:
                         scope.fallback = self._nested_transfer(body)
                         scope.wants_transfer = scope.fallback is None
-                    if consuming:
-                        self._consumed(_text(body, "contractId", ""), scope)
-                else:
-                    self._consumed(_text(body, "contractId", ""), scope)
+                    if not consuming:
+                        continue
+                # A consuming exercise or an archive (a plain str read inline).
+                contract_id = body.get("contractId")
+                if type(contract_id) is not str:
+                    contract_id = _text(body, "contractId", "")
+                self._consumed(contract_id, scope)
             except _ShapeError as exc:
                 raise _ShapeError(f"events[{index}] (node {node}) {tag}.{exc}") from None
         if scope is not None:
@@ -282,14 +286,21 @@ class _Walk:
             return
         if type(views) is not list:
             raise _wrong("interfaceViews", views, "a list")
-        contract_id = _text(body, "contractId", "")
+        # Plain strs read inline (this runs for every view of every create); the reader, which
+        # says what is wrong, only for anything else.
+        contract_id = body.get("contractId")
+        if type(contract_id) is not str:
+            contract_id = _text(body, "contractId", "")
         for position, view in enumerate(views):
             if not (type(view) is dict or isinstance(view, Mapping)):
                 raise _wrong(f"interfaceViews[{position}]", view, "an object")
             # The readers get paths relative to the view; the view's own path is put in front
             # only when one fails (building it for every view costs more than the read).
             try:
-                name = qualified_name(_text(view, "interfaceId", ""))
+                interface_id = view.get("interfaceId")
+                if type(interface_id) is not str:
+                    interface_id = _text(view, "interfaceId", "")
+                name = qualified_name(interface_id)
                 if name == HOLDING_INTERFACE:
                     value = _view_value(view, "")
                     if value is None:
@@ -361,10 +372,14 @@ class _Walk:
 
     def _open(self, index: int, node: int, end: int, body: Mapping[str, Any]) -> _Scope | None:
         """The entry this exercise starts, or None when it is walked through."""
-        choice = _text(body, "choice", "")
+        choice = body.get("choice")
+        if type(choice) is not str:
+            choice = _text(body, "choice", "")
         interface_id = body.get("interfaceId")
         if interface_id is None:
-            identifier = _text(body, "templateId", "")
+            identifier = body.get("templateId")
+            if type(identifier) is not str:
+                identifier = _text(body, "templateId", "")
         elif type(interface_id) is str:
             identifier = interface_id
         else:
