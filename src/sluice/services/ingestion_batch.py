@@ -294,12 +294,14 @@ class BatchDecisions:
             type, status, held_in = outcome
             treasury, liability = txn.postings
             instrument = treasury.account.instrument
-            why = state.held_why.get((tx.update_id, entry.node_id, instrument.key()))
             customer = liability.account.customer_id
+            why: str | None = None  # a credit has no reason (admit refused nothing)
             if held_in is not None:
                 customer = state.customers.get(entry.reason) if entry.reason else None
-            if held_in == "suspense":
-                why = _suspense_reason(entry, instrument, customer, self._onboarded)
+                if held_in == "suspense":
+                    why = _suspense_reason(entry, instrument, customer, self._onboarded)
+                else:
+                    why = state.held_why.get((tx.update_id, entry.node_id, instrument.key()))
             state.events.append(
                 deposit_event(
                     type,
