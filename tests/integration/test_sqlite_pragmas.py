@@ -1,5 +1,5 @@
-"""The SQLite settings every connection gets (``store/database.py``): 16 KiB pages for a new
-database, a file made with 4 KiB pages kept as it is, and the WAL checkpointed at about 40 MiB in
+"""The SQLite settings every connection gets (``store/database.py``): 8 KiB pages for a new
+database, a file made with other pages kept as it is, and the WAL checkpointed at about 40 MiB in
 the file's own pages, with full durability."""
 
 from __future__ import annotations
@@ -22,18 +22,18 @@ def pragmas(engine_url: str) -> dict[str, object]:
         engine.dispose()
 
 
-def test_a_new_database_has_16_kib_pages_and_a_40_mib_checkpoint(tmp_path: Path) -> None:
+def test_a_new_database_has_8_kib_pages_and_a_40_mib_checkpoint(tmp_path: Path) -> None:
     path = tmp_path / "new.db"
     settings = pragmas(f"sqlite:///{path}")
     assert settings == {
-        "page_size": 16384,
-        "wal_autocheckpoint": WAL_CHECKPOINT_BYTES // 16384,
+        "page_size": 8192,
+        "wal_autocheckpoint": WAL_CHECKPOINT_BYTES // 8192,
         "journal_mode": "wal",
         "synchronous": 2,  # FULL
     }
     # The size is the file's own: a plain connection reads it from the header.
     with sqlite3.connect(path) as plain:
-        assert plain.execute("PRAGMA page_size").fetchone()[0] == 16384
+        assert plain.execute("PRAGMA page_size").fetchone()[0] == 8192
 
 
 def test_a_database_made_with_4_kib_pages_keeps_them(tmp_path: Path) -> None:
