@@ -68,6 +68,12 @@ def _same(value: Decimal) -> object:
     return value
 
 
+def money_read(value: Any) -> Decimal:
+    """A Money column's value as the driver returns it (text on SQLite), read as the column
+    reads it: the other way of :func:`money_value`."""
+    return value if type(value) is Decimal else Decimal(value)
+
+
 def select_rows(
     connection: Connection, statement: Executable, parameters: Mapping[str, object]
 ) -> Sequence[Sequence[Any]]:

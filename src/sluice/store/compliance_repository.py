@@ -44,6 +44,7 @@ from sluice.domain.compliance import KycStatus, Profile, TierLimits, check_statu
 from sluice.domain.customer_names import CustomerName
 from sluice.domain.ledger import format_timestamp
 from sluice.store import tables as t
+from sluice.store.bulk import money_read
 from sluice.store.compliance_connection import CHUNK, ComplianceConnection, _chunks, marks
 from sluice.store.compliance_holds import HOLD_STATUSES, SqlComplianceHolds
 from sluice.store.compliance_usage import RECENT_CHUNK, SPAN_RANGES, SqlComplianceUsage
@@ -100,7 +101,7 @@ def _money(value: Any) -> Decimal | None:
     reads it (``tables.Money``)."""
     if value is None:
         return None
-    return value if isinstance(value, Decimal) else Decimal(value)
+    return money_read(value)
 
 
 class SqlComplianceRepository(SqlComplianceUsage, SqlComplianceHolds):

@@ -39,6 +39,7 @@ from sluice.store.bulk import (
     execute_many,
     insert_if_all_new,
     insert_new_rows,
+    money_read,
     money_value,
     padded,
     padded_size,
@@ -105,7 +106,7 @@ def _usage_from_tuple(row: Sequence[Any]) -> tuple[str, UsageRecord]:
     return customer_id, UsageRecord(
         operation_id,
         operation,
-        amount if type(amount) is Decimal else Decimal(amount),
+        money_read(amount),
         time_of(occurred_at),
         counterparty,
     )
@@ -348,7 +349,7 @@ class SqlComplianceUsage(ComplianceConnection):
                     operation_id,
                     counterparty,
                 ) in self._c.exec_driver_sql(sql, tuple(values)):
-                    amount = amount if type(amount) is Decimal else Decimal(amount)
+                    amount = money_read(amount)
                     if length_s:
                         windows[customer_id].add_total(operation, length_s, time_of(at), amount)
                     else:

@@ -15,7 +15,7 @@ from sluice.domain.journal import AccountRef, JournalTransaction, balance_change
 from sluice.domain.ledger import Holding
 from sluice.ports import EntryRecord
 from sluice.store import tables as t
-from sluice.store.bulk import execute_many, insert_rows, money_value, select_in
+from sluice.store.bulk import execute_many, insert_rows, money_read, money_value, select_in
 
 
 def post_journal(
@@ -64,7 +64,7 @@ def apply_balance_deltas(
     # each other; a balance converted as the Money column reads it (the driver gives text on
     # SQLite).
     existing: dict[str, Decimal] = {
-        account_id: balance if isinstance(balance, Decimal) else Decimal(balance)
+        account_id: money_read(balance)
         for account_id, balance in select_in(
             c, t.accounts, ("id", "balance"), "id", sorted(deltas), for_update=True
         )

@@ -28,6 +28,7 @@ from sluice.store.bulk import (
     execute_many,
     has_rows,
     insert_rows,
+    money_read,
     money_value,
     select_in,
     update_row,
@@ -236,7 +237,7 @@ class SqlIngestionRepository:
                     owner=owner,
                     instrument=InstrumentId(admin, instrument_id),
                     # As the Money column reads it (text on SQLite).
-                    amount=amount if isinstance(amount, Decimal) else Decimal(amount),
+                    amount=money_read(amount),
                     lock=lock,
                 )
         return found
