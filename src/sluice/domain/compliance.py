@@ -183,9 +183,14 @@ class LimitLadder:
         return self.limits.get((tier, operation), NOTHING)
 
     def with_override(self, tier: int, operation: str, limits: TierLimits) -> LimitLadder:
-        merged = dict(self.limits)
-        merged[(tier, operation)] = limits
-        return LimitLadder(merged)
+        return self.with_overrides({(tier, operation): limits})
+
+    def with_overrides(self, overrides: Mapping[tuple[int, str], TierLimits]) -> LimitLadder:
+        """This ladder with ``overrides`` in place of its limits of those (tier, operation)
+        pairs; the ladder itself when there are none."""
+        if not overrides:
+            return self
+        return LimitLadder({**self.limits, **overrides})
 
     def required_tier(
         self,

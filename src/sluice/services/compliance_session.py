@@ -119,11 +119,7 @@ class UsageCache:
 def effective_ladder(configured: LimitLadder, uow: UnitOfWork) -> LimitLadder:
     """The limit ladder in force: the configured one with the compliance officer's overrides
     (read again every time: an officer's change counts from the next transaction on)."""
-    overrides = uow.compliance.limit_overrides()
-    if not overrides:
-        return configured
-    # What LimitLadder.with_override gives override by override, in one merge.
-    return LimitLadder({**configured.limits, **overrides})
+    return configured.with_overrides(uow.compliance.limit_overrides())
 
 
 class ComplianceSession:
